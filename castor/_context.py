@@ -1,0 +1,107 @@
+"""The state of one run while its agent executes, reached by ``castor.lib`` through a context variable.
+
+A ``RunContext`` hands out step positions in call order, keeps the journal contiguous when parallel
+calls finish out of order, and is closed when the run ends, so a task the agent left behind cannot
+keep calling tools through a finished run.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from castor._errors import RunEndedError
+from castor.checkpoint import AgentCheckpoint, SyscallRecord
+
+if TYPE_CHECKING:
+    from castor.kernel import Castor
+
+
+class Suspend(BaseException):
+    """Unwinds the agent when a call must wait for a human.
+
+    A ``BaseException`` so that an agent's ``except Exception`` cannot swallow it.
+    """
+
+    def __init__(self, step: int) -> None:
+        super().__init__(step)
+        self.step = step
+
+
+@dataclass(eq=False)
+class RunContext:
+    """One run in progress."""
+
+    kernel: Castor
+    checkpoint: AgentCheckpoint
+    speculative: bool = False
+    scopes: tuple[str, ...] = ()
+    next_step: int = 0
+    closed: bool = False
+    suspended_at: int | None = None
+    preemption_context: dict[str, Any] | None = None
+    children: dict[str, Any] = field(default_factory=dict)
+    spawned: int = 0
+    _ahead: dict[int, SyscallRecord] = field(default_factory=dict)
+
+    @property
+    def run_id(self) -> str:
+        """The run's pid."""
+        return self.checkpoint.pid
+
+    def claim_step(self) -> int:
+        """The next step position; taken synchronously so concurrent calls get call order."""
+        if self.closed:
+            raise RunEndedError(f"run {self.checkpoint.pid!r} has ended; tool() cannot be called after it")
+        if self.suspended_at is not None:
+            # A sibling suspended the run: nothing after it may run before the human decides.
+            raise Suspend(self.suspended_at)
+        step = self.next_step
+        self.next_step = step + 1
+        return step
+
+    async def commit(self, step: int, record: SyscallRecord) -> None:
+        """Journal ``record`` at ``step``: in the store, then in the checkpoint, in step order.
+
+        A record that arrives before an earlier step's is held until that step is journaled, so the
+        journal never has holes; held records of a run that stops first are dropped (and refunded).
+        """
+        log = self.checkpoint.syscall_log
+        if step != len(log):
+            self._ahead[step] = record
+            return
+        journal = self.kernel.backend.journal
+        while True:
+            await journal.append(self.run_id, step, record)
+            log.append(record)
+            step += 1
+            nxt = self._ahead.pop(step, None)
+            if nxt is None:
+                return
+            record = nxt
+
+    def proxy(self) -> Any:
+        """The legacy syscall proxy handed to agents that take one parameter."""
+        from castor.lib.proxy import SyscallProxy
+
+        return SyscallProxy(self)
+
+    def dropped_steps(self) -> list[int]:
+        """Steps that finished after a hole that was never filled; the caller refunds them."""
+        steps = sorted(self._ahead)
+        self._ahead.clear()
+        return steps
+
+
+current_run: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar("castor_run", default=None)
+
+
+def active_run() -> RunContext:
+    """The run this code executes in; ``RunEndedError`` outside a run or after it ended."""
+    ctx = current_run.get()
+    if ctx is None:
+        raise RunEndedError("castor.lib.tool() must be called inside Castor.run()")
+    if ctx.closed:
+        raise RunEndedError(f"run {ctx.checkpoint.pid!r} has ended; tool() cannot be called after it")
+    return ctx

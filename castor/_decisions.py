@@ -1,0 +1,133 @@
+"""Human decisions on a pending call: record the decision (the first one wins), then journal its
+outcome at the pending step so the resumed agent receives it from the cache.
+
+``approve`` executes the approved call right away through the syscall path (budget, executor,
+journal); ``reject`` / ``modify`` journal the human's answer. Either way the run is ``RUNNING`` again
+and ``Castor.run(agent, checkpoint=cp)`` resumes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import time
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from castor._context import RunContext
+from castor._errors import CastorError, NothingPendingError
+from castor.checkpoint import AgentCheckpoint
+from castor.seams import Decision, PendingApproval
+from castor.syscall import Syscall
+
+if TYPE_CHECKING:
+    from castor.kernel import Castor
+
+OUTCOMES = {"approve": "approve", "reject": "reject", "modify": "modify"}
+T = TypeVar("T")
+
+
+def default_user() -> str:
+    """Who decides when nobody says: the OS user."""
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry (containers): still record something truthful
+        return "unknown"
+
+
+async def resolve(kernel: Castor, checkpoint: AgentCheckpoint | str) -> AgentCheckpoint:
+    """The checkpoint object for a checkpoint or a pid."""
+    if isinstance(checkpoint, AgentCheckpoint):
+        return checkpoint
+    live = kernel.live.get(checkpoint)
+    return live if live is not None else await kernel.aload(checkpoint)
+
+
+async def decide(
+    kernel: Castor, checkpoint: AgentCheckpoint | str, outcome: str, feedback: str | None, by: str | None
+) -> AgentCheckpoint:
+    """Record the decision on the pending call and journal its outcome."""
+    if outcome not in OUTCOMES:
+        raise ValueError(f"decision must be approve, reject or modify, not {outcome!r}")
+    await kernel.flush()
+    cp = await resolve(kernel, checkpoint)
+    from castor._children import pending_child
+
+    child = pending_child(cp)
+    if child is not None:  # the call waits in a child agent: the decision is the child's
+        await decide(kernel, child, outcome, feedback, by)
+        _clear_pending(cp)
+        await kernel.backend.runs.save(cp)
+        return cp
+    if not cp.pending_hitl:
+        raise NothingPendingError(f"run {cp.pid!r} has no pending call to {outcome}")
+    step = cp.pending_step if cp.pending_step is not None else len(cp.syscall_log)
+    tool, args = str(cp.pending_hitl.get("tool_name")), dict(cp.pending_hitl.get("arguments") or {})
+    approvals = kernel.backend.approvals
+    if await approvals.decision(cp.pid, step) is None:
+        # A checkpoint restored from JSON into a fresh kernel: its store never saw the request.
+        await approvals.request(PendingApproval(cp.pid, step, tool, args, time.time()))
+    decision = Decision(cp.pid, step, outcome, by or default_user(), time.time(), feedback or "")  # type: ignore[arg-type]
+    await approvals.decide(decision)
+    await settle_decision(kernel, cp, step, tool, args)
+    return cp
+
+
+async def settle_decision(kernel: Castor, cp: AgentCheckpoint, step: int, tool: str, args: dict[str, Any]) -> None:
+    """Journal the decided step now (executing it if approved) and mark the run ready to resume."""
+    ctx = RunContext(kernel, cp, speculative=False, scopes=tuple(cp.scopes), next_step=step + 1)
+    caps = cp.capabilities
+    await kernel.backend.budgets.open_run(
+        cp.pid, {r: c.max_budget for r, c in caps.items()}, {r: c.current_usage for r, c in caps.items()}
+    )
+    try:
+        if step == len(cp.syscall_log):
+            await kernel.path(Syscall(ctx, step, tool, args))
+    except CastorError:
+        raise
+    except Exception:
+        pass
+    finally:
+        ctx.closed = True
+        await kernel.backend.budgets.close_run(cp.pid)
+        _clear_pending(cp)
+        cp.status = "RUNNING"
+        cp.updated_at = time.time()
+        await kernel.backend.runs.save(cp)
+        kernel.live[cp.pid] = cp
+
+
+def _clear_pending(cp: AgentCheckpoint) -> None:
+    cp.pending_hitl = None
+    cp.pending_step = None
+    cp.pending_reason = None
+    cp.status = "RUNNING"
+
+
+def decide_sync(
+    kernel: Castor, checkpoint: AgentCheckpoint | str, outcome: str, feedback: str | None, by: str | None
+) -> None:
+    """``reject`` / ``modify`` are synchronous in the published API; run the decision to completion."""
+    run_now(decide(kernel, checkpoint, outcome, feedback, by), f"kernel.{outcome}()")
+
+
+def run_now(coro: Coroutine[Any, Any, T], what: str) -> T:
+    """Finish ``coro`` from sync code.
+
+    Outside an event loop it runs in a fresh one. Inside a running loop it is stepped right here; that
+    completes whenever the backend answers without waiting (memory, SQLite). A backend that must wait
+    on the network (Redis) cannot be driven from sync code inside the loop: that is a clear error.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    coro.close()
+    raise RuntimeError(
+        f"{what} needs network I/O with this store; inside a running event loop use the async form "
+        "(await kernel.decide(cp, 'reject', reason))"
+    )

@@ -1,0 +1,117 @@
+"""Castor's exception tree.
+
+Every error a Castor API raises on purpose is one of these; backend errors (sqlite3, redis, celery)
+are translated at the boundary with ``raise ... from exc`` so callers never catch a driver's type.
+
+    CastorError
+    ├── ConfigError              bad tools, budgets, settings or CLI input, found at start-up
+    ├── UnknownToolError         the agent called a tool the kernel does not have   (also KeyError)
+    ├── RunNotFoundError         no run with that pid in the store                  (also KeyError)
+    ├── NothingPendingError      approve/reject/modify on a run with no pending call (also ValueError)
+    ├── AlreadyDecidedError      a second decision on the same pending call          (also ValueError)
+    ├── ReplayDivergenceError    a resumed agent asked for another call than the journal holds
+    ├── JournalConflictError     a second write of the same step (records are write-once)
+    ├── RunEndedError            castor.lib used outside a run or after its run ended (also RuntimeError)
+    ├── StaleLeaseError          a process that lost a run's lease tried to write to it
+    ├── ToolTimeoutError         a tool ran past its deadline                        (also TimeoutError)
+    ├── InDoubtError             a step was dispatched but its outcome is unknown (worker lost)
+    └── BackendUnavailable       the store (SQLite file, Redis) cannot be reached
+
+All of them pickle, so they cross process boundaries (coordinator, workers) unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CastorError(Exception):
+    """Base of every error Castor raises on purpose."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only constructors do not survive the default pickling; rebuild from args + state.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[CastorError], args: tuple[Any, ...], state: dict[str, Any]) -> CastorError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
+
+
+class ConfigError(CastorError):
+    """The operator's configuration (tools, budgets, settings, CLI input) is invalid."""
+
+
+class UnknownToolError(CastorError, KeyError):
+    """The agent asked for a tool that is not registered with the kernel."""
+
+    def __init__(self, name: str, known: list[str] | None = None) -> None:
+        known = sorted(known or [])
+        hint = f"; registered tools: {', '.join(known)}" if known else ""
+        super().__init__(f"unknown tool {name!r}{hint}")
+        self.tool_name = name
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class RunNotFoundError(CastorError, KeyError):
+    """No run with the given pid exists in the store."""
+
+    def __init__(self, pid: str) -> None:
+        super().__init__(f"no run with pid {pid!r}")
+        self.pid = pid
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class NothingPendingError(CastorError, ValueError):
+    """A decision was given for a run that has no pending call."""
+
+
+class AlreadyDecidedError(CastorError, ValueError):
+    """A pending call was decided already; the first decision wins."""
+
+
+class ReplayDivergenceError(CastorError):
+    """A resumed agent asked for a different call than the journal recorded at that position."""
+
+    def __init__(self, step: int, expected: dict[str, Any], actual: dict[str, Any]) -> None:
+        super().__init__(
+            f"replay diverged at step {step}: the journal holds {_call(expected)} "
+            f"but the agent asked for {_call(actual)}; agent code must be deterministic between syscalls"
+        )
+        self.step = step
+        self.expected = expected
+        self.actual = actual
+
+
+def _call(request: dict[str, Any]) -> str:
+    return f"{request.get('tool_name')}({request.get('arguments')})"
+
+
+class JournalConflictError(CastorError):
+    """A step's record was written already; journal records are write-once."""
+
+
+class RunEndedError(CastorError, RuntimeError):
+    """castor.lib was used outside ``Castor.run()`` or after the run it belonged to ended."""
+
+
+class StaleLeaseError(CastorError):
+    """A process whose lease on a run expired tried to write to that run."""
+
+
+class ToolTimeoutError(CastorError, TimeoutError):
+    """A tool ran past its deadline."""
+
+
+class InDoubtError(CastorError):
+    """A step was dispatched but its outcome is unknown (the worker running it was lost)."""
+
+
+class BackendUnavailable(CastorError):
+    """The state store (SQLite file, Redis) cannot be reached."""

@@ -1,0 +1,217 @@
+"""Driving one run: build or resume its checkpoint, run the agent in a ``RunContext``, set its final
+status, persist it. Every way a run stops (return, exception, suspension, preemption) goes through
+``drive``, so each is persisted the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from castor._context import RunContext, Suspend, current_run
+from castor._errors import ConfigError
+from castor.checkpoint import AgentCheckpoint, Capability, usage_of
+
+if TYPE_CHECKING:
+    from castor.kernel import Castor
+
+
+def agent_name(agent: Callable[..., Any]) -> str:
+    """The name runs of ``agent`` are known by (pids start with it)."""
+    return str(getattr(agent, "__name__", None) or type(agent).__name__)
+
+
+def new_pid(agent: Callable[..., Any]) -> str:
+    """``<agent function name>-<8 hex chars>``."""
+    return f"{agent_name(agent)}-{uuid.uuid4().hex[:8]}"
+
+
+def new_checkpoint(pid: str, name: str, budgets: Mapping[str, float]) -> AgentCheckpoint:
+    """A fresh ``RUNNING`` checkpoint with one capability per budget."""
+    caps = {r: Capability(resource_type=r, max_budget=float(v)) for r, v in budgets.items()}
+    return AgentCheckpoint(pid=pid, status="RUNNING", agent_function_name=name, capabilities=caps)
+
+
+async def prepare(
+    kernel: Castor,
+    agent: Callable[..., Any],
+    *,
+    budgets: Mapping[str, float] | None,
+    checkpoint: AgentCheckpoint | None,
+    pid: str | None,
+    speculative: bool | None,
+    scopes: Iterable[str] | None,
+) -> RunContext:
+    """The run's context, its checkpoint ready to (re)start and its state in the backend."""
+    if checkpoint is None and pid is not None and await kernel.backend.runs.load(pid) is not None:
+        checkpoint = await kernel.aload(pid)  # a stored run of that pid resumes
+    if checkpoint is None:
+        limits = kernel.budgets if budgets is None else budgets
+        checkpoint = new_checkpoint(pid or new_pid(agent), agent_name(agent), limits)
+        checkpoint.speculative = bool(speculative)
+        checkpoint.scopes = list(kernel.scopes if scopes is None else scopes)
+    else:
+        if pid is not None and pid != checkpoint.pid:
+            raise ConfigError(
+                f"checkpoint {checkpoint.pid!r} cannot run as {pid!r}; use checkpoint.fork() for a new run"
+            )
+        for resource, limit in (budgets or {}).items():
+            cap = checkpoint.capabilities.get(resource)
+            if cap is None:
+                checkpoint.capabilities[resource] = Capability(resource_type=resource, max_budget=float(limit))
+            else:
+                cap.max_budget = float(limit)
+        if speculative is not None:
+            checkpoint.speculative = speculative
+        if scopes is not None:
+            checkpoint.scopes = list(scopes)
+    cp = checkpoint
+    ctx = RunContext(kernel, cp, speculative=cp.speculative, scopes=tuple(cp.scopes))
+    if cp.status == "PREEMPTED":
+        ctx.preemption_context = {
+            "reason": cp.preemption_reason, "payload": cp.preemption_payload, "partial_work": cp.partial_work,
+        }
+        cp.preemption_reason = cp.preemption_payload = cp.partial_work = None
+    cp.status = "RUNNING"
+    cp.pending_hitl = None
+    cp.pending_step = None
+    cp.pending_reason = None
+    cp.error = None
+    cp.updated_at = time.time()
+    await sync_journal(kernel, cp)
+    limits = {r: c.max_budget for r, c in cp.capabilities.items()}
+    await kernel.backend.budgets.open_run(cp.pid, limits, {r: c.current_usage for r, c in cp.capabilities.items()})
+    await kernel.backend.runs.save(cp)
+    kernel.live[cp.pid] = cp
+    return ctx
+
+
+async def sync_journal(kernel: Castor, cp: AgentCheckpoint) -> None:
+    """Make the store's journal hold every record of ``cp`` (a checkpoint may come from JSON)."""
+    journal = kernel.backend.journal
+    have = await journal.length(cp.pid)
+    log = cp.syscall_log
+    if have >= len(log):
+        return
+    if have == 0 and cp.parent_pid and cp.pid == f"{cp.parent_pid}::fork-{len(log)}":
+        if await journal.length(cp.parent_pid) >= len(log):
+            await journal.fork(cp.parent_pid, cp.pid, len(log))  # share the prefix, copy nothing
+            return
+    for step in range(have, len(log)):
+        await journal.append(cp.pid, step, log[step])
+
+
+async def drive(ctx: RunContext, agent: Callable[..., Any], preempted: list[Any] | None = None) -> AgentCheckpoint:
+    """Run the agent to its next stop and persist where it stopped."""
+    cp = ctx.checkpoint
+    token = current_run.set(ctx)
+    error: BaseException | None = None
+    try:
+        result = agent(ctx.proxy()) if takes_proxy(agent) else agent()
+        if inspect.isawaitable(result):
+            result = await result
+    except Suspend:
+        cp.status = "SUSPENDED_FOR_HITL"
+    except asyncio.CancelledError as exc:
+        cp.status = "PREEMPTED"
+        reason, payload = preempted if preempted else ("cancelled", None)
+        cp.preemption_reason, cp.preemption_payload = reason, payload
+        if not preempted:
+            error = exc
+    except Exception as exc:
+        cp.status = "FAILED"
+        cp.error = f"{type(exc).__name__}: {exc}"
+        error = exc
+    except BaseException as exc:  # KeyboardInterrupt, SystemExit: stop, resumable later
+        cp.status = "PREEMPTED"
+        cp.preemption_reason = type(exc).__name__
+        error = exc
+    else:
+        cp.status = "COMPLETED"
+        cp.result = result
+    finally:
+        ctx.closed = True
+        current_run.reset(token)
+    await settle(ctx)
+    if error is not None:
+        raise error
+    return cp
+
+
+async def settle(ctx: RunContext) -> None:
+    """Refund steps that could not be journaled, persist the header, drop the run's ledger."""
+    cp = ctx.checkpoint
+    kernel = ctx.kernel
+    budgets = kernel.backend.budgets
+    for step in ctx.dropped_steps():
+        await budgets.refund(cp.pid, step)
+    # The journal is the truth of what was charged; the mirror may hold refunded steps.
+    used = usage_of(cp.syscall_log)
+    for resource, cap in cp.capabilities.items():
+        cap.current_usage = used.get(resource, 0.0)
+    cp.updated_at = time.time()
+    await kernel.backend.runs.save(cp)
+    await budgets.close_run(cp.pid)
+
+
+def takes_proxy(agent: Callable[..., Any]) -> bool:
+    """Legacy agents take one parameter: the syscall proxy."""
+    try:
+        params = [
+            p for p in inspect.signature(agent).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+        ]
+    except (TypeError, ValueError):
+        return False
+    return len(params) == 1
+
+
+async def run(kernel: Castor, agent: Callable[..., Any], **options: Any) -> AgentCheckpoint:
+    """Prepare and drive a run in the caller's task."""
+    ctx = await prepare(kernel, agent, **options)
+    return await drive(ctx, agent)
+
+
+class CastorTask:
+    """A run started with ``run_async``: await it for the checkpoint, or preempt it."""
+
+    def __init__(self, ctx: RunContext, agent: Callable[..., Any]) -> None:
+        self._preempted: list[Any] = []
+        self.checkpoint = ctx.checkpoint
+        self.task: asyncio.Task[AgentCheckpoint] = asyncio.create_task(drive(ctx, agent, self._preempted))
+
+    @property
+    def done(self) -> bool:
+        """Whether the run has stopped."""
+        return self.task.done()
+
+    def preempt(self, reason: str, payload: dict[str, Any] | None = None) -> None:
+        """Stop the run; it ends ``PREEMPTED`` with the reason and payload."""
+        if not self.task.done():
+            self._preempted[:] = [reason, payload]
+            self.task.cancel()
+
+    def __await__(self) -> Any:
+        return self.task.__await__()
+
+
+async def start(
+    kernel: Castor, agent: Callable[..., Any], budgets: Mapping[str, float] | None,
+    checkpoint: AgentCheckpoint | None, pid: str | None, speculative: bool | None,
+) -> CastorTask:
+    """Prepare a run and drive it in its own task."""
+    ctx = await prepare(
+        kernel, agent, budgets=budgets, checkpoint=checkpoint, pid=pid, speculative=speculative, scopes=None
+    )
+    return CastorTask(ctx, agent)
+
+
+async def persist_all(kernel: Castor, cp: AgentCheckpoint) -> None:
+    """Write the checkpoint's header and every record the store lacks."""
+    await sync_journal(kernel, cp)
+    await kernel.backend.runs.save(cp)
+    kernel.live[cp.pid] = cp

@@ -1,0 +1,196 @@
+"""The run state a user holds: ``AgentCheckpoint`` and its journal of ``SyscallRecord``s.
+
+A checkpoint is plain data (pydantic): it round-trips through JSON and carries its journal, so a
+checkpoint restored in another process resumes with nothing re-executed. Records are frozen: once a
+step is journaled it never changes, which is what lets a fork share its parent's records instead of
+copying them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RunStatus = Literal["RUNNING", "SUSPENDED_FOR_HITL", "PREEMPTED", "COMPLETED", "FAILED"]
+FINISHED: frozenset[str] = frozenset({"COMPLETED", "FAILED"})
+
+
+class Capability(BaseModel):
+    """A depletable budget on one resource for one run."""
+
+    resource_type: str
+    max_budget: float
+    current_usage: float = 0.0
+
+    @property
+    def remaining(self) -> float:
+        """What is left to spend (never negative)."""
+        return max(self.max_budget - self.current_usage, 0.0)
+
+
+class SyscallRecord(BaseModel):
+    """One journaled step: the request, what the agent received, and how it was decided and charged."""
+
+    model_config = ConfigDict(frozen=True)
+
+    request: dict[str, Any]
+    response: Any
+    was_hitl: bool = False
+    needs_review: bool = False
+    review_reason: str | None = None
+    child_checkpoint: AgentCheckpoint | None = None
+    # Castor additions: what the step cost, who decided it, when it finished.
+    charged: dict[str, float] = Field(default_factory=dict)
+    decided_by: str | None = None
+    finished_at: float | None = None
+
+    @property
+    def tool_name(self) -> str:
+        """The requested tool's name."""
+        return str(self.request.get("tool_name", ""))
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        """The requested call's raw arguments."""
+        args = self.request.get("arguments")
+        return args if isinstance(args, dict) else {}
+
+
+class StepFailure(BaseModel):
+    """A tool call that raised: journaled for audit, not cached (a resumed run executes it again)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    step: int
+    tool_name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    error_type: str
+    message: str
+    at: float = Field(default_factory=time.time)
+
+
+class RunSpec(BaseModel):
+    """How to rebuild a run's kernel in another process: import specs of the agent and tools."""
+
+    agent: str
+    tools: list[str] = Field(default_factory=list)
+    destructive: list[str] = Field(default_factory=list)
+    source_hash: str | None = None
+
+
+class AgentCheckpoint(BaseModel):
+    """Everything about one run: status, budgets, the journal, the pending call, the result."""
+
+    pid: str
+    parent_pid: str | None = None
+    status: RunStatus
+    agent_function_name: str
+    capabilities: dict[str, Capability]
+    syscall_log: list[SyscallRecord] = Field(default_factory=list)
+    pending_hitl: dict[str, Any] | None = None
+    context_history: list[dict[str, Any]] = Field(default_factory=list)
+    result: Any | None = None
+    preemption_reason: str | None = None
+    preemption_payload: dict[str, Any] | None = None
+    partial_work: str | None = None
+    # Castor additions.
+    error: str | None = None
+    pending_step: int | None = None
+    pending_reason: str | None = None
+    failures: list[StepFailure] = Field(default_factory=list)
+    speculative: bool = False
+    scopes: list[str] = Field(default_factory=list)
+    spec: RunSpec | None = None
+    children: dict[str, AgentCheckpoint] = Field(default_factory=dict)
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
+
+    @property
+    def pending_tool(self) -> str | None:
+        """The name of the tool waiting for approval, if any."""
+        return self.pending_hitl.get("tool_name") if self.pending_hitl else None
+
+    @property
+    def pending_args(self) -> dict[str, Any] | None:
+        """The arguments of the call waiting for approval, if any."""
+        return self.pending_hitl.get("arguments") if self.pending_hitl else None
+
+    @property
+    def is_suspended(self) -> bool:
+        """True while a call waits for a human decision."""
+        return self.status == "SUSPENDED_FOR_HITL"
+
+    @property
+    def is_complete(self) -> bool:
+        """True once the agent returned."""
+        return self.status == "COMPLETED"
+
+    def budget_used(self, resource: str) -> float:
+        """What the run has spent on ``resource`` (0 for an untracked resource)."""
+        cap = self.capabilities.get(resource)
+        return cap.current_usage if cap else 0.0
+
+    def budget_remaining(self, resource: str) -> float:
+        """What the run may still spend on ``resource`` (``inf`` for an untracked resource)."""
+        cap = self.capabilities.get(resource)
+        return cap.remaining if cap else math.inf
+
+    def fork(self, *, at_step: int) -> AgentCheckpoint:
+        """A new run whose first ``at_step`` steps are this run's records, shared, not copied.
+
+        Its budget usage is exactly what those steps were charged, so re-executed steps are charged once.
+        """
+        if not isinstance(at_step, int) or not 0 <= at_step <= len(self.syscall_log):
+            raise ValueError(f"at_step must be between 0 and {len(self.syscall_log)}, got {at_step!r}")
+        prefix = self.syscall_log[:at_step]
+        used = usage_of(prefix)
+        caps = {
+            name: Capability.model_construct(
+                resource_type=cap.resource_type, max_budget=cap.max_budget, current_usage=used.get(name, 0.0)
+            )
+            for name, cap in self.capabilities.items()
+        }
+        now = time.time()
+        return AgentCheckpoint.model_construct(
+            pid=f"{self.pid}::fork-{at_step}",
+            parent_pid=self.pid,
+            status="RUNNING",
+            agent_function_name=self.agent_function_name,
+            capabilities=caps,
+            syscall_log=prefix,
+            pending_hitl=None,
+            context_history=list(self.context_history),
+            result=None,
+            preemption_reason=None,
+            preemption_payload=None,
+            partial_work=None,
+            error=None,
+            pending_step=None,
+            pending_reason=None,
+            failures=[],
+            speculative=self.speculative,
+            scopes=list(self.scopes),
+            spec=self.spec,
+            children={},
+            created_at=now,
+            updated_at=now,
+        )
+
+
+def usage_of(records: list[SyscallRecord]) -> dict[str, float]:
+    """Sum what ``records`` were charged, per resource."""
+    used: dict[str, float] = {}
+    get = used.get
+    for record in records:
+        charged = record.charged
+        if charged:
+            for name, amount in charged.items():
+                used[name] = get(name, 0.0) + amount
+    return used
+
+
+SyscallRecord.model_rebuild()
+AgentCheckpoint.model_rebuild()

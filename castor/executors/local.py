@@ -1,0 +1,50 @@
+"""Run tools in this process: async tools on the event loop, sync tools in a thread pool."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from castor._errors import ToolTimeoutError
+from castor.registry import ToolRegistry
+from castor.seams import Call
+
+
+class LocalExecutor:
+    """Calls the registered function; a sync tool never blocks the event loop."""
+
+    def __init__(self, tools: ToolRegistry, *, max_threads: int = 32) -> None:
+        self._tools = tools
+        self._max_threads = max_threads
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _threads(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._max_threads, thread_name_prefix="castor-tool")
+        return self._pool
+
+    async def execute(self, call: Call) -> Any:
+        """Run the call with the tool's deadline; ``ToolTimeoutError`` past it."""
+        spec = self._tools.get(call.tool_name)
+        if spec.is_async:
+            work = spec.func(**call.arguments)
+        else:
+            loop = asyncio.get_running_loop()
+            work = loop.run_in_executor(self._threads(), functools.partial(spec.func, **call.arguments))
+        if call.timeout is None:
+            return await work
+        try:
+            async with asyncio.timeout(call.timeout):
+                return await work
+        except TimeoutError as exc:
+            raise ToolTimeoutError(
+                f"tool {call.tool_name!r} timed out after {call.timeout:g}s (run {call.run_id}, step {call.step})"
+            ) from exc
+
+    async def close(self) -> None:
+        """Stop the thread pool without waiting for stray threads."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None

@@ -1,0 +1,27 @@
+"""The agent's side of Castor: what agent code imports. It never touches the kernel directly.
+
+    from castor.lib import tool
+    results = await tool("search", query="old logs")
+
+Every call is a syscall through the kernel of the run it executes in; outside a run (or after the
+run ended) it raises ``RunEndedError``, a ``RuntimeError``.
+"""
+
+from castor.lib.patterns import conversation, map_reduce, plan_execute, react, run_task, supervisor
+from castor.lib.primitives import budget, chat, join, parallel, spawn, tool, try_tool
+
+__all__ = [
+    "budget",
+    "chat",
+    "conversation",
+    "join",
+    "map_reduce",
+    "parallel",
+    "plan_execute",
+    "react",
+    "run_task",
+    "spawn",
+    "supervisor",
+    "tool",
+    "try_tool",
+]

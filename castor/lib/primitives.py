@@ -1,0 +1,62 @@
+"""The syscall and the kernel operations an agent can ask for."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from castor import _children
+from castor._context import Suspend, active_run
+from castor.results import wrap
+from castor.syscall import Syscall
+
+
+async def tool(name: str, /, **kwargs: Any) -> Any:
+    """Call tool ``name`` with ``kwargs`` through the kernel and return what the agent receives."""
+    ctx = active_run()
+    response = await ctx.kernel.path(Syscall(ctx, ctx.claim_step(), name, kwargs))
+    return wrap(response) if ctx.kernel.structured_results else response
+
+
+async def try_tool(name: str, /, **kwargs: Any) -> Any:
+    """``tool``, for calls whose denial the agent expects and handles."""
+    return await tool(name, **kwargs)
+
+
+async def chat(prompt: str, *, system: str = "", tool_name: str = "llm_inference") -> Any:
+    """Ask the operator's LLM tool."""
+    return await tool(tool_name, prompt=prompt, system=system)
+
+
+def budget(resource: str) -> float:
+    """What this run may still spend on ``resource`` (``inf`` if nothing limits it). Costs nothing."""
+    return active_run().checkpoint.budget_remaining(resource)
+
+
+async def spawn(agent_name: str, *, capabilities: dict[str, float] | None = None) -> Any:
+    """Start a child agent with part of this run's budget; returns a handle for ``join``."""
+    return await _children.spawn(active_run(), agent_name, capabilities)
+
+
+async def join(handle: str) -> Any:
+    """Wait for a child agent and return its result; its unused budget comes back."""
+    return await _children.join(active_run(), handle)
+
+
+async def parallel(*tool_calls: tuple[str, dict[str, Any]]) -> list[Any]:
+    """Run several tool calls concurrently; results in call order.
+
+    Steps are numbered in call order, so a resumed run replays them at the same positions. If one call
+    must wait for approval, the others still finish before the run suspends.
+    """
+    for entry in tool_calls:
+        if not (isinstance(entry, tuple | list) and len(entry) == 2 and isinstance(entry[1], dict)):
+            raise TypeError(f"parallel() takes (tool_name, arguments_dict) pairs, got {entry!r}")
+    outcomes = await asyncio.gather(*(tool(name, **args) for name, args in tool_calls), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, Suspend):
+            raise outcome
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return list(outcomes)

@@ -1,0 +1,63 @@
+"""The legacy agent style: an agent that takes one parameter receives a ``SyscallProxy``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from castor._context import RunContext
+from castor.lib import primitives
+
+
+class SyscallProxy:
+    """``proxy.syscall(name, args)``, ``proxy.syscall(name, **kwargs)`` and ``proxy.<tool>(**kwargs)``."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self._ctx = ctx
+
+    async def syscall(self, name: str, args: dict[str, Any] | None = None, /, **kwargs: Any) -> Any:
+        """Call a tool through the kernel."""
+        if args is not None:
+            if not isinstance(args, dict):
+                raise TypeError(f"syscall() arguments must be a dict, got {type(args).__name__}")
+            kwargs = {**args, **kwargs}
+        return await primitives.tool(name, **kwargs)
+
+    async def call(self, name: str, **kwargs: Any) -> Any:
+        """Alias of ``syscall(name, **kwargs)``."""
+        return await primitives.tool(name, **kwargs)
+
+    @property
+    def preemption_context(self) -> dict[str, Any] | None:
+        """``{"reason", "payload", "partial_work"}`` when this run resumes after a preemption, else None."""
+        return self._ctx.preemption_context
+
+    def clear_preemption_context(self) -> None:
+        """Forget the preemption context once the agent has handled it."""
+        self._ctx.preemption_context = None
+
+    @property
+    def is_replaying(self) -> bool:
+        """True while the next call will be served from the journal."""
+        return self._ctx.next_step < len(self._ctx.checkpoint.syscall_log)
+
+    def budget(self, resource: str) -> float:
+        """What the run may still spend on ``resource``."""
+        return self._ctx.checkpoint.budget_remaining(resource)
+
+    async def spawn(self, agent_name: str, *, capabilities: dict[str, float] | None = None) -> Any:
+        """Start a child agent."""
+        return await primitives.spawn(agent_name, capabilities=capabilities)
+
+    async def join(self, handle: str) -> Any:
+        """Wait for a child agent."""
+        return await primitives.join(handle)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        async def call_tool(**kwargs: Any) -> Any:
+            return await primitives.tool(name, **kwargs)
+
+        call_tool.__name__ = name
+        return call_tool

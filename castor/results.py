@@ -1,0 +1,52 @@
+"""The typed envelope an agent receives with ``Castor(structured_results=True)``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+_DENIALS = {"VALIDATION_ERROR", "INSUFFICIENT_CAPABILITY", "HITL_REJECTED", "HITL_MODIFIED"}
+
+
+@dataclass(frozen=True)
+class SyscallResult:
+    """A tool's value, or the reason the kernel answered instead of the tool."""
+
+    value: Any
+    status: str = "OK"
+    feedback: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """The tool ran and returned ``value``."""
+        return self.status == "OK"
+
+    @property
+    def rejected(self) -> bool:
+        """A human rejected the call."""
+        return self.status == "HITL_REJECTED"
+
+    @property
+    def modified(self) -> bool:
+        """A human answered with feedback instead of running the call."""
+        return self.status == "HITL_MODIFIED"
+
+    @property
+    def exhausted(self) -> bool:
+        """The budget could not pay for the call."""
+        return self.status == "INSUFFICIENT_CAPABILITY"
+
+    @property
+    def invalid(self) -> bool:
+        """The arguments did not match the tool's parameters."""
+        return self.status == "VALIDATION_ERROR"
+
+
+def wrap(response: Any) -> SyscallResult:
+    """Classify a raw response into the envelope."""
+    if isinstance(response, dict):
+        status = response.get("status")
+        if status in _DENIALS:
+            feedback = response.get("human_feedback", response.get("feedback_message"))
+            return SyscallResult(None, str(status), feedback)
+    return SyscallResult(response)

@@ -1,0 +1,218 @@
+"""The five seams the kernel talks through, and the values that cross them.
+
+The kernel imports only this module to reach state and execution. A backend is a bundle of the four
+state seams (``Backend``); an executor runs a tool call somewhere. Implementations: ``memory`` (tests,
+the Python API's default), ``sqlite`` (embedded default of the CLI), ``redis`` (the fleet).
+
+Every method is a coroutine, so a backend may do I/O; the memory one simply never awaits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from castor.checkpoint import AgentCheckpoint, StepFailure, SyscallRecord
+
+DecisionOutcome = Literal["approve", "reject", "modify"]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingApproval:
+    """A call waiting for a human: which run and step, what tool with which arguments."""
+
+    run_id: str
+    step: int
+    tool_name: str
+    arguments: dict[str, Any]
+    created_at: float
+    expires_at: float | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A human's answer to a pending call. The first decision on a call wins."""
+
+    run_id: str
+    step: int
+    outcome: DecisionOutcome
+    by: str
+    at: float
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """One line of ``castor ps``: enough to list runs without loading their journals."""
+
+    pid: str
+    status: str
+    agent: str
+    parent_pid: str | None
+    pending_tool: str | None
+    steps: int
+    created_at: float
+    updated_at: float
+    owner: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """The outcome of a budget charge: ``ok`` or the first resource that was short."""
+
+    ok: bool
+    short: str | None = None
+    remaining: float = 0.0
+
+
+@dataclass(slots=True)
+class Call:
+    """A tool call handed to an executor: the tool, its checked arguments and where it belongs."""
+
+    run_id: str
+    step: int
+    tool_name: str
+    arguments: dict[str, Any]
+    effect_id: str
+    timeout: float | None = None
+    approved_by: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Journal(Protocol):
+    """The step cache: one write-once record per (run, step), plus an audit list of failures."""
+
+    async def append(self, run_id: str, step: int, record: SyscallRecord) -> None:
+        """Write the record of ``step``; ``JournalConflictError`` if that step has one already."""
+
+    async def get(self, run_id: str, step: int) -> SyscallRecord | None:
+        """The record of ``step``, or None."""
+
+    async def history(self, run_id: str) -> list[SyscallRecord]:
+        """Every record of the run in step order, a fork's shared prefix included."""
+
+    async def length(self, run_id: str) -> int:
+        """How many steps the run has journaled."""
+
+    async def fork(self, parent_id: str, child_id: str, at_step: int) -> None:
+        """Make ``child_id`` start with the parent's first ``at_step`` records, without copying them."""
+
+    async def record_failure(self, run_id: str, failure: StepFailure) -> None:
+        """Journal a tool failure for audit (not cached: the step runs again on resume)."""
+
+    async def failures(self, run_id: str) -> list[StepFailure]:
+        """The run's failures, oldest first."""
+
+    async def delete(self, run_id: str) -> None:
+        """Forget the run's journal."""
+
+
+@runtime_checkable
+class BudgetStore(Protocol):
+    """Depletable budgets: per run, and shared scopes that many runs draw from. Charges are atomic."""
+
+    async def open_run(self, run_id: str, limits: Mapping[str, float], used: Mapping[str, float]) -> None:
+        """Set the run's limits and what it has used so far (a resume or fork brings its usage)."""
+
+    async def charge(
+        self, run_id: str, step: int, cost: Mapping[str, float], scopes: Sequence[str] = ()
+    ) -> Charge:
+        """Draw ``cost`` from the run and every scope, all or nothing; charging a step twice is a no-op."""
+
+    async def can_afford(self, run_id: str, cost: Mapping[str, float], scopes: Sequence[str] = ()) -> Charge:
+        """Whether ``charge`` would succeed now, without charging."""
+
+    async def refund(self, run_id: str, step: int) -> None:
+        """Give back what ``step`` was charged; idempotent."""
+
+    async def remaining(self, run_id: str, resource: str, scopes: Sequence[str] = ()) -> float:
+        """What the run may still spend on ``resource`` (``inf`` where nothing limits it)."""
+
+    async def close_run(self, run_id: str) -> None:
+        """Drop the run's ledger (its usage lives on in its journal)."""
+
+    async def set_scope(self, scope: str, limits: Mapping[str, float]) -> None:
+        """Create a shared scope or change its limits (usage kept)."""
+
+    async def top_up(self, scope: str, amounts: Mapping[str, float]) -> None:
+        """Raise a scope's limits by ``amounts``."""
+
+    async def reset_scope(self, scope: str) -> None:
+        """Set a scope's usage back to zero."""
+
+    async def read_scope(self, scope: str) -> dict[str, tuple[float, float]]:
+        """``{resource: (limit, used)}`` of a scope; ``{}`` if it does not exist."""
+
+
+@runtime_checkable
+class ApprovalStore(Protocol):
+    """Pending calls and the human decisions on them."""
+
+    async def request(self, pending: PendingApproval) -> None:
+        """Record a call waiting for a decision (again for the same step: no-op)."""
+
+    async def decide(self, decision: Decision) -> Decision:
+        """Record a decision; ``AlreadyDecidedError`` if the call was decided, ``NothingPendingError``
+        if nothing waits at that step."""
+
+    async def decision(self, run_id: str, step: int) -> Decision | None:
+        """The decision on a step, if there is one."""
+
+    async def pending(self, run_id: str | None = None) -> list[PendingApproval]:
+        """Calls still waiting, oldest first (of one run, or of every run)."""
+
+    async def wait(self, run_id: str, step: int, timeout: float | None = None) -> Decision | None:
+        """Wait for the decision on a step (None after ``timeout``)."""
+
+    async def clear(self, run_id: str) -> None:
+        """Forget the run's approvals."""
+
+
+@runtime_checkable
+class RunStore(Protocol):
+    """Run headers (a checkpoint without its journal) for resume, ``ps`` and ``inspect``."""
+
+    async def save(self, checkpoint: AgentCheckpoint) -> None:
+        """Store the checkpoint's header: status, budgets, pending call, result, spec."""
+
+    async def load(self, pid: str) -> AgentCheckpoint | None:
+        """The header (``syscall_log`` empty) or None if no such run."""
+
+    async def list(self, status: str | None = None, limit: int = 100, offset: int = 0) -> list[RunSummary]:
+        """Runs, newest first, optionally of one status."""
+
+    async def delete(self, pid: str) -> None:
+        """Forget the run."""
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Runs a tool call: in this process, or as a task on the tool's worker pool."""
+
+    async def execute(self, call: Call) -> Any:
+        """Run the call and return its result; raise what the tool raised."""
+
+    async def close(self) -> None:
+        """Release threads, connections and reply readers."""
+
+
+@dataclass
+class Backend:
+    """A bundle of the four state seams, all of one technology."""
+
+    journal: Journal
+    budgets: BudgetStore
+    approvals: ApprovalStore
+    runs: RunStore
+    url: str = "memory://"
+    durable: bool = False
+
+    async def close(self) -> None:
+        """Close connections the backend holds."""
+        for part in (self.journal, self.budgets, self.approvals, self.runs):
+            closer = getattr(part, "close", None)
+            if closer is not None:
+                await closer()

@@ -1,0 +1,241 @@
+"""The syscall path: every tool call an agent makes passes these stages, in this order, here only.
+
+    replay → validate → gate → budget → execute (+ journal)
+
+Each stage is an async function ``stage(call, inner)`` over one typed input, ``Syscall``; adding a
+field to it breaks no signature. The stack is built once per kernel. A stage either answers (a
+replayed result, a ``VALIDATION_ERROR``, a human's rejection, an ``INSUFFICIENT_CAPABILITY``) or
+passes the call inward. Whatever the agent receives from a live step is journaled before it sees it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from castor._canonical import canonical
+from castor._context import RunContext, Suspend
+from castor._errors import ReplayDivergenceError, UnknownToolError
+from castor.checkpoint import StepFailure, SyscallRecord
+from castor.registry import ToolSpec
+from castor.seams import Call, PendingApproval
+
+SPECULATIVE_REASON = "destructive tool executed speculatively; review before trusting its effect"
+HITL_SPECULATIVE_REASON = "tool requires human review; executed speculatively"
+
+
+@dataclass(slots=True)
+class Syscall:
+    """One tool call on its way through the kernel."""
+
+    ctx: RunContext
+    step: int
+    tool_name: str
+    arguments: dict[str, Any]
+    spec: ToolSpec | None = None
+    checked: dict[str, Any] = field(default_factory=dict)
+    charged: Mapping[str, float] = field(default_factory=dict)
+    was_hitl: bool = False
+    decided_by: str | None = None
+    needs_review: bool = False
+    review_reason: str | None = None
+
+    @property
+    def request(self) -> dict[str, Any]:
+        """The request as journaled: the tool and its raw arguments."""
+        return {"tool_name": self.tool_name, "arguments": self.arguments}
+
+
+Handler = Callable[[Syscall], Awaitable[Any]]
+Stage = Callable[[Syscall, Handler], Awaitable[Any]]
+
+
+def build_path(stages: list[Stage], terminal: Handler) -> Handler:
+    """Wrap ``terminal`` in ``stages``, the first stage outermost."""
+    handler = terminal
+    for stage in reversed(stages):
+        handler = _bind(stage, handler)
+    return handler
+
+
+def _bind(stage: Stage, inner: Handler) -> Handler:
+    async def handle(call: Syscall) -> Any:
+        return await stage(call, inner)
+
+    return handle
+
+
+async def answer(call: Syscall, response: Any, charged: Mapping[str, float] | None = None) -> Any:
+    """Journal ``response`` as the step's result and return it to the agent."""
+    record = SyscallRecord.model_construct(
+        request=call.request,
+        response=response,
+        was_hitl=call.was_hitl,
+        needs_review=call.needs_review,
+        review_reason=call.review_reason,
+        child_checkpoint=None,
+        charged=dict(charged) if charged else {},
+        decided_by=call.decided_by,
+        finished_at=time.time(),
+    )
+    await call.ctx.commit(call.step, record)
+    return response
+
+
+# --- 1. replay ------------------------------------------------------------------------------------
+
+
+async def replay(call: Syscall, inner: Handler) -> Any:
+    """Serve a journaled step from the cache, after checking it is the same call."""
+    log = call.ctx.checkpoint.syscall_log
+    if call.step < len(log):
+        record = log[call.step]
+        request = record.request
+        if request.get("tool_name") != call.tool_name or not same_arguments(
+            request.get("arguments"), call.arguments
+        ):
+            raise ReplayDivergenceError(call.step, request, call.request)
+        return record.response
+    return await inner(call)
+
+
+def same_arguments(recorded: Any, actual: dict[str, Any]) -> bool:
+    """Equal as canonical JSON: a list recorded for a tuple, or another key order, still matches."""
+    if recorded == actual:
+        return True
+    return bool(canonical(recorded) == canonical(actual))
+
+
+# --- 2. validate ----------------------------------------------------------------------------------
+
+
+async def validate(call: Syscall, inner: Handler) -> Any:
+    """Check the arguments against the tool's schema; a bad call is answered, not executed."""
+    spec = call.ctx.kernel.tools.find(call.tool_name)
+    if spec is None:
+        raise UnknownToolError(call.tool_name, call.ctx.kernel.tools.names())
+    call.spec = spec
+    checked, error = spec.schema.check(call.arguments)
+    if error is not None:
+        return await answer(
+            call, {"status": "VALIDATION_ERROR", "feedback_message": error, "tool_name": call.tool_name}
+        )
+    call.checked = checked
+    return await inner(call)
+
+
+# --- 3. gate --------------------------------------------------------------------------------------
+
+
+async def gate(call: Syscall, inner: Handler) -> Any:
+    """Destructive calls wait for a human, or run speculatively flagged for review."""
+    spec = cast(ToolSpec, call.spec)  # set by validate, which runs before every inner stage
+    if not spec.gated:
+        return await inner(call)
+    ctx = call.ctx
+    if ctx.speculative:
+        call.needs_review = True
+        call.review_reason = SPECULATIVE_REASON if spec.destructive else HITL_SPECULATIVE_REASON
+        return await inner(call)
+    kernel = ctx.kernel
+    decision = await kernel.backend.approvals.decision(ctx.run_id, call.step)
+    if decision is None:
+        # Never ask a human to approve what the budget cannot pay for: let the budget stage deny it.
+        affordable = await kernel.backend.budgets.can_afford(ctx.run_id, cost_of(call), ctx.scopes)
+        if not affordable.ok:
+            return await inner(call)
+        await kernel.backend.approvals.request(
+            PendingApproval(ctx.run_id, call.step, call.tool_name, call.arguments, time.time())
+        )
+        ctx.suspended_at = call.step
+        cp = ctx.checkpoint
+        cp.pending_hitl = {"tool_name": call.tool_name, "arguments": call.arguments}
+        cp.pending_step = call.step
+        raise Suspend(call.step)
+    call.was_hitl = True
+    call.decided_by = decision.by
+    if decision.outcome == "reject":
+        return await answer(call, {"status": "HITL_REJECTED", "human_feedback": decision.reason})
+    if decision.outcome == "modify":
+        return await answer(call, {"status": "HITL_MODIFIED", "human_feedback": decision.reason})
+    return await inner(call)
+
+
+# --- 4. budget ------------------------------------------------------------------------------------
+
+
+def cost_of(call: Syscall) -> Mapping[str, float]:
+    """What one call of the tool costs; a budget named after the tool counts its calls."""
+    spec = cast(ToolSpec, call.spec)
+    if spec.name in call.ctx.checkpoint.capabilities:
+        return {**spec.cost, spec.name: 1.0}
+    return spec.cost
+
+
+async def budget(call: Syscall, inner: Handler) -> Any:
+    """Reserve the call's cost atomically; refund it if the tool never produced a result."""
+    ctx = call.ctx
+    cost = cost_of(call)
+    budgets = ctx.kernel.backend.budgets
+    charge = await budgets.charge(ctx.run_id, call.step, cost, ctx.scopes)
+    if not charge.ok:
+        return await answer(
+            call,
+            {
+                "status": "INSUFFICIENT_CAPABILITY",
+                "feedback_message": (
+                    f"budget exhausted for '{charge.short}': {call.tool_name} needs "
+                    f"{_amount(cost, charge.short)}, {charge.remaining:g} left"
+                ),
+                "resource": charge.short,
+            },
+        )
+    call.charged = cost
+    try:
+        result = await inner(call)
+    except BaseException:
+        await budgets.refund(ctx.run_id, call.step)
+        raise
+    caps = ctx.checkpoint.capabilities
+    for resource, amount in cost.items():
+        cap = caps.get(resource)
+        if cap is not None:
+            cap.current_usage += amount
+    return result
+
+
+def _amount(cost: Mapping[str, float], short: str | None) -> str:
+    resource = (short or "").rsplit(":", 1)[-1]
+    return f"{cost.get(resource, 0):g}"
+
+
+# --- 5. execute -----------------------------------------------------------------------------------
+
+
+async def execute(call: Syscall) -> Any:
+    """Run the tool through the executor and journal its result; journal a failure for audit."""
+    spec = cast(ToolSpec, call.spec)
+    ctx = call.ctx
+    run_id = ctx.run_id
+    work = Call(
+        run_id, call.step, call.tool_name, call.checked, f"{run_id}:{call.step}", spec.timeout, call.decided_by
+    )
+    try:
+        result = await ctx.kernel.executor.execute(work)
+    except Exception as exc:
+        failure = StepFailure(
+            step=call.step,
+            tool_name=call.tool_name,
+            arguments=call.arguments,
+            error_type=type(exc).__name__,
+            message=str(exc),
+        )
+        ctx.checkpoint.failures.append(failure)
+        await ctx.kernel.backend.journal.record_failure(run_id, failure)
+        raise
+    return await answer(call, result, call.charged)
+
+
+DEFAULT_STAGES: list[Stage] = [replay, validate, gate, budget]
