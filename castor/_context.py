@@ -43,7 +43,7 @@ class RunContext:
     preemption_context: dict[str, Any] | None = None
     children: dict[str, Any] = field(default_factory=dict)
     spawned: int = 0
-    _ahead: dict[int, SyscallRecord] = field(default_factory=dict)
+    _ahead: dict[int, tuple[SyscallRecord, bool]] = field(default_factory=dict)
 
     @property
     def run_id(self) -> str:
@@ -61,25 +61,27 @@ class RunContext:
         self.next_step = step + 1
         return step
 
-    async def commit(self, step: int, record: SyscallRecord) -> None:
+    async def commit(self, step: int, record: SyscallRecord, *, stored: bool = False) -> None:
         """Journal ``record`` at ``step``: in the store, then in the checkpoint, in step order.
 
         A record that arrives before an earlier step's is held until that step is journaled, so the
         journal never has holes; held records of a run that stops first are dropped (and refunded).
+        ``stored`` says the executor journaled the record already (write-once, in the store).
         """
         log = self.checkpoint.syscall_log
         if step != len(log):
-            self._ahead[step] = record
+            self._ahead[step] = (record, stored)
             return
         journal = self.kernel.backend.journal
         while True:
-            await journal.append(self.run_id, step, record)
+            if not stored:
+                await journal.append(self.run_id, step, record)
             log.append(record)
             step += 1
-            nxt = self._ahead.pop(step, None)
-            if nxt is None:
+            held = self._ahead.pop(step, None)
+            if held is None:
                 return
-            record = nxt
+            record, stored = held
 
     def proxy(self) -> Any:
         """The legacy syscall proxy handed to agents that take one parameter."""

@@ -78,6 +78,9 @@ class Call:
     effect_id: str
     timeout: float | None = None
     approved_by: str | None = None
+    # What the journal record of this step carries besides the response (request, charged, flags), so an
+    # executor that journals results itself (a Celery worker) writes the same record the kernel would.
+    record: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -190,7 +193,13 @@ class RunStore(Protocol):
 
 @runtime_checkable
 class Executor(Protocol):
-    """Runs a tool call: in this process, or as a task on the tool's worker pool."""
+    """Runs a tool call: in this process, or as a task on the tool's worker pool.
+
+    An executor whose ``writes_journal`` is true journals the step's record itself (write-once, before
+    it reports the result); the kernel then only appends the record to the in-memory checkpoint.
+    """
+
+    writes_journal: bool
 
     async def execute(self, call: Call) -> Any:
         """Run the call and return its result; raise what the tool raised."""

@@ -67,20 +67,27 @@ def _bind(stage: Stage, inner: Handler) -> Handler:
     return handle
 
 
-async def answer(call: Syscall, response: Any, charged: Mapping[str, float] | None = None) -> Any:
+def record_fields(call: Syscall, charged: Mapping[str, float] | None) -> dict[str, Any]:
+    """Everything a step's record holds except its response."""
+    return {
+        "request": call.request,
+        "was_hitl": call.was_hitl,
+        "needs_review": call.needs_review,
+        "review_reason": call.review_reason,
+        "child_checkpoint": None,
+        "charged": dict(charged) if charged else {},
+        "decided_by": call.decided_by,
+    }
+
+
+async def answer(
+    call: Syscall, response: Any, charged: Mapping[str, float] | None = None, *, stored: bool = False
+) -> Any:
     """Journal ``response`` as the step's result and return it to the agent."""
     record = SyscallRecord.model_construct(
-        request=call.request,
-        response=response,
-        was_hitl=call.was_hitl,
-        needs_review=call.needs_review,
-        review_reason=call.review_reason,
-        child_checkpoint=None,
-        charged=dict(charged) if charged else {},
-        decided_by=call.decided_by,
-        finished_at=time.time(),
+        response=response, finished_at=time.time(), **record_fields(call, charged)
     )
-    await call.ctx.commit(call.step, record)
+    await call.ctx.commit(call.step, record, stored=stored)
     return response
 
 
@@ -219,11 +226,12 @@ async def execute(call: Syscall) -> Any:
     spec = cast(ToolSpec, call.spec)
     ctx = call.ctx
     run_id = ctx.run_id
-    work = Call(
-        run_id, call.step, call.tool_name, call.checked, f"{run_id}:{call.step}", spec.timeout, call.decided_by
-    )
+    executor = ctx.kernel.executor
+    work = Call(run_id, call.step, call.tool_name, call.checked, f"{run_id}:{call.step}", spec.timeout, call.decided_by)
+    if executor.writes_journal:
+        work.record = record_fields(call, call.charged)
     try:
-        result = await ctx.kernel.executor.execute(work)
+        result = await executor.execute(work)
     except Exception as exc:
         failure = StepFailure(
             step=call.step,
@@ -235,7 +243,7 @@ async def execute(call: Syscall) -> Any:
         ctx.checkpoint.failures.append(failure)
         await ctx.kernel.backend.journal.record_failure(run_id, failure)
         raise
-    return await answer(call, result, call.charged)
+    return await answer(call, result, call.charged, stored=executor.writes_journal)
 
 
 DEFAULT_STAGES: list[Stage] = [replay, validate, gate, budget]

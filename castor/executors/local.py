@@ -15,6 +15,8 @@ from castor.seams import Call
 class LocalExecutor:
     """Calls the registered function; a sync tool never blocks the event loop."""
 
+    writes_journal = False
+
     def __init__(self, tools: ToolRegistry, *, max_threads: int = 32) -> None:
         self._tools = tools
         self._max_threads = max_threads
