@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from castor._errors import RunEndedError
-from castor.checkpoint import AgentCheckpoint, SyscallRecord
+from castor.checkpoint import AgentCheckpoint, SyscallRecord, chain_usage
 
 if TYPE_CHECKING:
     from castor.kernel import Castor
@@ -74,6 +74,7 @@ class RunContext:
             return
         journal = self.kernel.backend.journal
         while True:
+            chain_usage(log[-1] if log else None, record)
             if not stored:
                 await journal.append(self.run_id, step, record)
             log.append(record)

@@ -10,6 +10,7 @@ passes the call inward. Whatever the agent receives from a live step is journale
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any, cast
 from castor._canonical import canonical
 from castor._context import RunContext, Suspend
 from castor._errors import ReplayDivergenceError, UnknownToolError
-from castor.checkpoint import StepFailure, SyscallRecord
+from castor.checkpoint import StepFailure, new_record
 from castor.registry import ToolSpec
 from castor.seams import Call, PendingApproval
 
@@ -53,18 +54,14 @@ Stage = Callable[[Syscall, Handler], Awaitable[Any]]
 
 
 def build_path(stages: list[Stage], terminal: Handler) -> Handler:
-    """Wrap ``terminal`` in ``stages``, the first stage outermost."""
+    """Wrap ``terminal`` in ``stages``, the first stage outermost.
+
+    ``partial`` binds each stage to its inner handler without an extra coroutine frame per stage.
+    """
     handler = terminal
     for stage in reversed(stages):
-        handler = _bind(stage, handler)
+        handler = functools.partial(stage, inner=handler)
     return handler
-
-
-def _bind(stage: Stage, inner: Handler) -> Handler:
-    async def handle(call: Syscall) -> Any:
-        return await stage(call, inner)
-
-    return handle
 
 
 def record_fields(call: Syscall, charged: Mapping[str, float] | None) -> dict[str, Any]:
@@ -84,8 +81,15 @@ async def answer(
     call: Syscall, response: Any, charged: Mapping[str, float] | None = None, *, stored: bool = False
 ) -> Any:
     """Journal ``response`` as the step's result and return it to the agent."""
-    record = SyscallRecord.model_construct(
-        response=response, finished_at=time.time(), **record_fields(call, charged)
+    record = new_record(
+        call.request,
+        response,
+        was_hitl=call.was_hitl,
+        needs_review=call.needs_review,
+        review_reason=call.review_reason,
+        charged=dict(charged) if charged else None,
+        decided_by=call.decided_by,
+        finished_at=time.time(),
     )
     await call.ctx.commit(call.step, record, stored=stored)
     return response

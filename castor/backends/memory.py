@@ -27,8 +27,10 @@ class MemoryJournal:
 
     async def append(self, run_id: str, step: int, record: SyscallRecord) -> None:
         """Write the record of ``step`` once."""
-        steps = self._steps.setdefault(run_id, {})
-        if step in steps or step < self._base_len(run_id):
+        steps = self._steps.get(run_id)
+        if steps is None:
+            steps = self._steps[run_id] = {}
+        if step in steps or (run_id in self._base and step < self._base[run_id][1]):
             raise JournalConflictError(f"run {run_id!r} step {step} is journaled already")
         steps[step] = record
 
@@ -83,6 +85,10 @@ class MemoryJournal:
         self._failures.pop(run_id, None)
 
 
+_OK = Charge(True)
+Taken = list[tuple[str | None, str, float]]
+
+
 class MemoryBudgetStore:
     """Ledgers ``{resource: [limit, used]}`` per run and per scope, charged under one lock."""
 
@@ -90,12 +96,13 @@ class MemoryBudgetStore:
         self._lock = threading.Lock()
         self._runs: dict[str, dict[str, list[float]]] = {}
         self._scopes: dict[str, dict[str, list[float]]] = {}
-        self._charged: dict[tuple[str, int], list[tuple[str | None, str, float]]] = {}
+        self._charged: dict[str, dict[int, Taken]] = {}
 
     async def open_run(self, run_id: str, limits: Mapping[str, float], used: Mapping[str, float]) -> None:
         """Set the run's ledger."""
         with self._lock:
             self._runs[run_id] = {r: [float(v), float(used.get(r, 0.0))] for r, v in limits.items()}
+            self._charged.setdefault(run_id, {})
 
     def _ledgers(self, run_id: str, scopes: Sequence[str]) -> list[tuple[str | None, dict[str, list[float]]]]:
         ledgers: list[tuple[str | None, dict[str, list[float]]]] = [(None, self._runs.get(run_id, {}))]
@@ -116,30 +123,52 @@ class MemoryBudgetStore:
     ) -> Charge:
         """Charge all or nothing; a step charged before is not charged again."""
         with self._lock:
-            if (run_id, step) in self._charged:
-                return Charge(True)
+            steps = self._charged.get(run_id)
+            if steps is None:
+                steps = self._charged[run_id] = {}
+            elif step in steps:
+                return _OK
+            if not scopes:
+                return self._charge_run(run_id, step, cost, steps)
             short = self._short(run_id, cost, scopes)
             if short is not None:
                 return short
-            taken: list[tuple[str | None, str, float]] = []
+            taken: Taken = []
             for scope, ledger in self._ledgers(run_id, scopes):
                 for resource, amount in cost.items():
                     entry = ledger.get(resource)
                     if entry is not None:
                         entry[1] += amount
                         taken.append((scope, resource, amount))
-            self._charged[(run_id, step)] = taken
-            return Charge(True)
+            steps[step] = taken
+            return _OK
+
+    def _charge_run(self, run_id: str, step: int, cost: Mapping[str, float], steps: dict[int, Taken]) -> Charge:
+        # The common case (no shared scope) in one pass over the run's ledger.
+        ledger = self._runs.get(run_id)
+        taken: Taken = []
+        if ledger:
+            for resource, amount in cost.items():
+                entry = ledger.get(resource)
+                if entry is not None and entry[1] + amount > entry[0] + 1e-9:
+                    return Charge(False, resource, max(entry[0] - entry[1], 0.0))
+            for resource, amount in cost.items():
+                entry = ledger.get(resource)
+                if entry is not None:
+                    entry[1] += amount
+                    taken.append((None, resource, amount))
+        steps[step] = taken
+        return _OK
 
     async def can_afford(self, run_id: str, cost: Mapping[str, float], scopes: Sequence[str] = ()) -> Charge:
         """Whether the charge would pass now."""
         with self._lock:
-            return self._short(run_id, cost, scopes) or Charge(True)
+            return self._short(run_id, cost, scopes) or _OK
 
     async def refund(self, run_id: str, step: int) -> None:
         """Give back what the step took, once."""
         with self._lock:
-            for scope, resource, amount in self._charged.pop((run_id, step), []):
+            for scope, resource, amount in self._charged.get(run_id, {}).pop(step, []):
                 ledger = self._runs.get(run_id) if scope is None else self._scopes.get(scope)
                 if ledger and resource in ledger:
                     ledger[resource][1] -= amount
@@ -158,8 +187,7 @@ class MemoryBudgetStore:
         """Drop the run's ledger and its charge keys."""
         with self._lock:
             self._runs.pop(run_id, None)
-            for key in [k for k in self._charged if k[0] == run_id]:
-                del self._charged[key]
+            self._charged.pop(run_id, None)
 
     async def set_scope(self, scope: str, limits: Mapping[str, float]) -> None:
         """Create or re-limit a scope, keeping its usage."""
