@@ -108,9 +108,19 @@ class SqliteJournal:
 
     def __init__(self, db: SqliteDatabase) -> None:
         self.db = db
+        self._fork_at: dict[str, int] = {}  # a fork point never changes once made, so it may be cached
+
+    def _shared_until(self, run_id: str) -> int:
+        at = self._fork_at.get(run_id)
+        if at is None:
+            row = self.db.execute("SELECT at_step FROM forks WHERE run_id = ?", (run_id,)).fetchone()
+            at = self._fork_at[run_id] = row[0] if row else 0
+        return at
 
     async def append(self, run_id: str, step: int, record: SyscallRecord) -> None:
-        """Insert the record; a second write of the step is refused."""
+        """Insert the record; a second write of the step (or of a step shared from a parent) is refused."""
+        if step < self._shared_until(run_id):
+            raise JournalConflictError(f"run {run_id!r} step {step} is shared from the run it was forked from")
         data = record.model_dump_json(fallback=repr)
         try:
             self.db.execute("INSERT INTO journal (run_id, step, record) VALUES (?, ?, ?)", (run_id, step, data))
@@ -167,6 +177,7 @@ class SqliteJournal:
 
     async def fork(self, parent_id: str, child_id: str, at_step: int) -> None:
         """One row: the child shares the parent's first ``at_step`` records."""
+        self._fork_at[child_id] = at_step
         self.db.execute(
             "INSERT OR REPLACE INTO forks (run_id, parent, at_step) VALUES (?, ?, ?)", (child_id, parent_id, at_step)
         )
@@ -186,6 +197,7 @@ class SqliteJournal:
 
     async def delete(self, run_id: str) -> None:
         """Forget the run's records, failures and fork pointer."""
+        self._fork_at.pop(run_id, None)
         with self.db.transaction() as conn:
             for table in ("journal", "failures", "forks"):
                 conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
