@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from castor._context import RunContext, Suspend, current_run
-from castor._errors import ConfigError
+from castor._errors import ConfigError, JournalConflictError
 from castor.checkpoint import AgentCheckpoint, Capability, usage_of
 
 if TYPE_CHECKING:
@@ -97,12 +97,20 @@ async def sync_journal(kernel: Castor, cp: AgentCheckpoint) -> None:
     log = cp.syscall_log
     if have >= len(log):
         return
-    if have == 0 and cp.parent_pid and cp.pid == f"{cp.parent_pid}::fork-{len(log)}":
-        if await journal.length(cp.parent_pid) >= len(log):
-            await journal.fork(cp.parent_pid, cp.pid, len(log))  # share the prefix, copy nothing
-            return
+    is_fork = have == 0 and cp.parent_pid and cp.pid == f"{cp.parent_pid}::fork-{len(log)}"
+    if is_fork and await journal.length(str(cp.parent_pid)) >= len(log):
+        await journal.fork(str(cp.parent_pid), cp.pid, len(log))  # share the prefix, copy nothing
+        return
     for step in range(have, len(log)):
-        await journal.append(cp.pid, step, log[step])
+        try:
+            await journal.append(cp.pid, step, log[step])
+        except JournalConflictError:
+            stored = await journal.get(cp.pid, step)
+            if stored is None or stored.request != log[step].request:
+                raise JournalConflictError(
+                    f"run {cp.pid!r} step {step}: the store holds another call than the checkpoint; "
+                    "the checkpoint is stale (load the run from the store instead)"
+                ) from None
 
 
 async def drive(ctx: RunContext, agent: Callable[..., Any], preempted: list[Any] | None = None) -> AgentCheckpoint:
