@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from castor._context import RunContext
 from castor._errors import CastorError, NothingPendingError
 from castor.checkpoint import AgentCheckpoint
-from castor.seams import Decision, PendingApproval
+from castor.seams import Decision, DecisionOutcome, PendingApproval
 from castor.syscall import Syscall
 
 if TYPE_CHECKING:
     from castor.kernel import Castor
 
-OUTCOMES = {"approve": "approve", "reject": "reject", "modify": "modify"}
+OUTCOMES: dict[str, DecisionOutcome] = {"approve": "approve", "reject": "reject", "modify": "modify"}
 T = TypeVar("T")
 
 
@@ -70,7 +70,7 @@ async def decide(
     if await approvals.decision(cp.pid, step) is None:
         # A checkpoint restored from JSON into a fresh kernel: its store never saw the request.
         await approvals.request(PendingApproval(cp.pid, step, tool, args, time.time()))
-    decision = Decision(cp.pid, step, outcome, by or default_user(), time.time(), feedback or "")  # type: ignore[arg-type]
+    decision = Decision(cp.pid, step, OUTCOMES[outcome], by or default_user(), time.time(), feedback or "")
     await approvals.decide(decision)
     await settle_decision(kernel, cp, step, tool, args)
     return cp
@@ -128,7 +128,7 @@ def run_now(coro: Coroutine[Any, Any, T], what: str) -> T:
     try:
         coro.send(None)
     except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
+        return stop.value
     coro.close()
     raise RuntimeError(
         f"{what} needs network I/O with this store; inside a running event loop use the async form "

@@ -50,7 +50,7 @@ class Syscall:
 
 
 Handler = Callable[[Syscall], Awaitable[Any]]
-Stage = Callable[[Syscall, Handler], Awaitable[Any]]
+Stage = Callable[..., Awaitable[Any]]  # async def stage(call: Syscall, inner: Handler) -> Any
 
 
 def build_path(stages: list[Stage], terminal: Handler) -> Handler:

@@ -245,7 +245,9 @@ class SqliteBudgetStore(MemoryBudgetStore):
                 conn.execute(
                     "UPDATE scopes SET used = used + ? WHERE scope = ? AND resource = ?", (amount, scope, resource)
                 )
-                conn.execute("INSERT INTO scope_charges VALUES (?, ?, ?, ?, ?)", (run_id, step, scope, resource, amount))
+                conn.execute(
+                    "INSERT INTO scope_charges VALUES (?, ?, ?, ?, ?)", (run_id, step, scope, resource, amount)
+                )
         return Charge(True)
 
     async def can_afford(self, run_id: str, cost: Mapping[str, float], scopes: Sequence[str] = ()) -> Charge:
@@ -358,7 +360,10 @@ class SqliteApprovalStore:
 
     async def pending(self, run_id: str | None = None) -> list[PendingApproval]:
         """Undecided calls, oldest first."""
-        sql = "SELECT run_id, step, tool, arguments, created_at, expires_at, reason FROM approvals WHERE outcome IS NULL"
+        sql = (
+            "SELECT run_id, step, tool, arguments, created_at, expires_at, reason FROM approvals "
+            "WHERE outcome IS NULL"
+        )
         params: tuple[Any, ...] = ()
         if run_id is not None:
             sql += " AND run_id = ?"

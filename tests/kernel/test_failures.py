@@ -45,7 +45,7 @@ async def test_unknown_tool_raises_and_fails_the_run(store: str | None) -> None:
     async def agent() -> object:
         return await tool("serch", query="x")
 
-    with pytest.raises(UnknownToolError, match="'serch'.*search"):
+    with pytest.raises(UnknownToolError, match=r"'serch'.*search"):
         await kernel.run(agent, pid="typo-run")
     cp = await kernel.aload("typo-run")
     assert cp.status == "FAILED" and "serch" in (cp.error or "")
@@ -88,7 +88,7 @@ async def test_agent_exception_fails_the_run() -> None:
 
 
 async def test_tool_outside_and_after_a_run() -> None:
-    with pytest.raises(RuntimeError, match="inside Castor.run"):
+    with pytest.raises(RuntimeError, match=r"inside Castor\.run"):
         await tool("search", query="x")
     leaked: list[asyncio.Task[object]] = []
 
