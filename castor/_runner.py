@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from castor._context import RunContext, Suspend, current_run
 from castor._errors import ConfigError, JournalConflictError
-from castor.checkpoint import AgentCheckpoint, Capability, usage_of
+from castor.checkpoint import AgentCheckpoint, Capability
 
 if TYPE_CHECKING:
     from castor.kernel import Castor
@@ -84,7 +84,7 @@ async def prepare(
     cp.updated_at = time.time()
     await sync_journal(kernel, cp)
     limits = {r: c.max_budget for r, c in cp.capabilities.items()}
-    await kernel.backend.budgets.open_run(cp.pid, limits, {r: c.current_usage for r, c in cp.capabilities.items()})
+    await kernel.backend.budgets.open_run(cp.pid, limits, ctx.usage)
     await kernel.backend.runs.save(cp)
     kernel.live[cp.pid] = cp
     return ctx
@@ -157,10 +157,7 @@ async def settle(ctx: RunContext) -> None:
     budgets = kernel.backend.budgets
     for step in ctx.dropped_steps():
         await budgets.refund(cp.pid, step)
-    # The journal is the truth of what was charged; the mirror may hold refunded steps.
-    used = usage_of(cp.syscall_log)
-    for resource, cap in cp.capabilities.items():
-        cap.current_usage = used.get(resource, 0.0)
+    ctx.settle_usage()  # the journal is the truth of what was charged
     cp.updated_at = time.time()
     await kernel.backend.runs.save(cp)
     await budgets.close_run(cp.pid)

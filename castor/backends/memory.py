@@ -86,7 +86,9 @@ class MemoryJournal:
 
 
 _OK = Charge(True)
-Taken = list[tuple[str | None, str, float]]
+# What a step took: from the run's ledger alone, the cost itself (its tracked resources are known);
+# with scopes, (scope or None, resource, amount) triples.
+Taken = Mapping[str, float] | list[tuple[str | None, str, float]]
 
 
 class MemoryBudgetStore:
@@ -133,7 +135,7 @@ class MemoryBudgetStore:
             short = self._short(run_id, cost, scopes)
             if short is not None:
                 return short
-            taken: Taken = []
+            taken: list[tuple[str | None, str, float]] = []
             for scope, ledger in self._ledgers(run_id, scopes):
                 for resource, amount in cost.items():
                     entry = ledger.get(resource)
@@ -146,7 +148,6 @@ class MemoryBudgetStore:
     def _charge_run(self, run_id: str, step: int, cost: Mapping[str, float], steps: dict[int, Taken]) -> Charge:
         # The common case (no shared scope) in one pass over the run's ledger.
         ledger = self._runs.get(run_id)
-        taken: Taken = []
         if ledger:
             for resource, amount in cost.items():
                 entry = ledger.get(resource)
@@ -156,8 +157,7 @@ class MemoryBudgetStore:
                 entry = ledger.get(resource)
                 if entry is not None:
                     entry[1] += amount
-                    taken.append((None, resource, amount))
-        steps[step] = taken
+        steps[step] = cost
         return _OK
 
     async def can_afford(self, run_id: str, cost: Mapping[str, float], scopes: Sequence[str] = ()) -> Charge:
@@ -168,7 +168,10 @@ class MemoryBudgetStore:
     async def refund(self, run_id: str, step: int) -> None:
         """Give back what the step took, once."""
         with self._lock:
-            for scope, resource, amount in self._charged.get(run_id, {}).pop(step, []):
+            taken = self._charged.get(run_id, {}).pop(step, None)
+            if isinstance(taken, Mapping):
+                taken = [(None, resource, amount) for resource, amount in taken.items()]
+            for scope, resource, amount in taken or ():
                 ledger = self._runs.get(run_id) if scope is None else self._scopes.get(scope)
                 if ledger and resource in ledger:
                     ledger[resource][1] -= amount

@@ -121,7 +121,7 @@ class SqliteJournal:
         """Insert the record; a second write of the step (or of a step shared from a parent) is refused."""
         if step < self._shared_until(run_id):
             raise JournalConflictError(f"run {run_id!r} step {step} is shared from the run it was forked from")
-        data = record.model_dump_json(fallback=repr)
+        data = record.model_dump_json(exclude_defaults=True, fallback=repr)  # smaller rows insert faster
         try:
             self.db.execute("INSERT INTO journal (run_id, step, record) VALUES (?, ?, ?)", (run_id, step, data))
         except sqlite3.IntegrityError as exc:
