@@ -39,7 +39,7 @@ def open_backend(url: str | None) -> Backend:
         from castor.backends.redis import redis_backend
 
         return redis_backend(url)
-    if url.endswith((".db", ".sqlite", ".sqlite3")) or os.sep in url:
+    if "://" not in url and (url.endswith((".db", ".sqlite", ".sqlite3")) or os.sep in url):
         from castor.backends.sqlite import sqlite_backend
 
         return sqlite_backend(url)
