@@ -80,9 +80,7 @@ async def settle_decision(kernel: Castor, cp: AgentCheckpoint, step: int, tool: 
     """Journal the decided step now (executing it if approved) and mark the run ready to resume."""
     ctx = RunContext(kernel, cp, speculative=False, scopes=tuple(cp.scopes), next_step=step + 1)
     caps = cp.capabilities
-    await kernel.backend.budgets.open_run(
-        cp.pid, {r: c.max_budget for r, c in caps.items()}, {r: c.current_usage for r, c in caps.items()}
-    )
+    await kernel.backend.budgets.open_run(cp.pid, {r: c.max_budget for r, c in caps.items()}, ctx.usage)
     try:
         if step == len(cp.syscall_log):
             await kernel.path(Syscall(ctx, step, tool, args))
@@ -92,6 +90,7 @@ async def settle_decision(kernel: Castor, cp: AgentCheckpoint, step: int, tool: 
         pass
     finally:
         ctx.closed = True
+        ctx.settle_usage()
         await kernel.backend.budgets.close_run(cp.pid)
         _clear_pending(cp)
         cp.status = "RUNNING"

@@ -46,7 +46,7 @@ class SyscallRecord(BaseModel):
     charged: dict[str, float] = Field(default_factory=dict)
     decided_by: str | None = None
     finished_at: float | None = None
-    # The run's total usage after this step: a fork reads its budget usage from its last shared record.
+    # The run's total usage after this step, on every USAGE_STRIDE-th record (see usage_of).
     usage: dict[str, float] | None = None
 
     @property
@@ -185,6 +185,7 @@ class AgentCheckpoint(BaseModel):
 
 
 _RECORD_NEW = object.__new__
+_NO_FIELDS: set[str] = set()
 _SET = object.__setattr__
 
 
@@ -222,35 +223,33 @@ def new_record(
             "usage": None,
         },
     )
-    _SET(record, "__pydantic_fields_set__", set(_ALL_RECORD_FIELDS))
+    # Shared and empty: pydantic copies this set before it would ever change it (model_copy).
+    _SET(record, "__pydantic_fields_set__", _NO_FIELDS)
     _SET(record, "__pydantic_extra__", None)
     _SET(record, "__pydantic_private__", None)
     return record
 
 
-def chain_usage(previous: SyscallRecord | None, record: SyscallRecord) -> None:
-    """Set ``record.usage``: the previous step's usage plus what this step was charged."""
-    before = previous.usage if previous is not None else {}
-    if before is None:
-        return
-    charged = record.charged
-    if charged:
-        usage = dict(before)
-        for name, amount in charged.items():
-            usage[name] = usage.get(name, 0.0) + amount
-    else:
-        usage = before
-    record.__dict__["usage"] = usage  # frozen for callers; set once, before anyone holds the record
+USAGE_STRIDE = 64
 
 
 def usage_of(records: list[SyscallRecord]) -> dict[str, float]:
-    """What ``records`` were charged in all, per resource (O(1) when the last record carries it)."""
-    if records and records[-1].usage is not None:
-        return dict(records[-1].usage)
+    """What ``records`` were charged in all, per resource.
+
+    Every ``USAGE_STRIDE``-th record carries the run's total so far (``usage``), so this sums at most
+    that many records after the last total: a fork of a long run costs O(1), not O(steps).
+    """
+    start = len(records)
     used: dict[str, float] = {}
+    while start > 0:
+        carried = records[start - 1].usage
+        if carried is not None:
+            used = dict(carried)
+            break
+        start -= 1
     get = used.get
-    for record in records:
-        charged = record.charged
+    for index in range(start, len(records)):
+        charged = records[index].charged
         if charged:
             for name, amount in charged.items():
                 used[name] = get(name, 0.0) + amount
@@ -259,4 +258,4 @@ def usage_of(records: list[SyscallRecord]) -> dict[str, float]:
 
 SyscallRecord.model_rebuild()
 AgentCheckpoint.model_rebuild()
-_ALL_RECORD_FIELDS = frozenset(SyscallRecord.model_fields)
+

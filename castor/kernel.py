@@ -17,7 +17,7 @@ from castor import _decisions, _runner
 from castor._errors import ConfigError, RunNotFoundError
 from castor.agents import AgentRegistry, default_agent_registry
 from castor.backends import open_backend
-from castor.checkpoint import AgentCheckpoint, chain_usage, usage_of
+from castor.checkpoint import AgentCheckpoint, usage_of
 from castor.executors.local import LocalExecutor
 from castor.registry import ToolRegistry
 from castor.seams import Backend, Executor
@@ -203,10 +203,7 @@ class Castor:
         header = await self.backend.runs.load(pid)
         if header is None:
             raise RunNotFoundError(pid)
-        header.syscall_log = log = await self.backend.journal.history(pid)
-        for index, record in enumerate(log):
-            if record.usage is None:
-                chain_usage(log[index - 1] if index else None, record)
+        header.syscall_log = await self.backend.journal.history(pid)
         header.failures = await self.backend.journal.failures(pid)
         used = usage_of(header.syscall_log)  # the journal is the truth of what was charged
         for resource, cap in header.capabilities.items():

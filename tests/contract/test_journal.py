@@ -79,3 +79,17 @@ async def test_delete(backend: Backend) -> None:
     await backend.journal.delete("r1")
     assert await backend.journal.history("r1") == []
     await backend.journal.append("r1", 0, rec(7))  # the position is free again
+
+
+def test_store_urls() -> None:
+    from castor import ConfigError
+    from castor.backends import open_backend
+
+    with pytest.raises(ConfigError, match="unknown store"):
+        open_backend("postgres://x")
+    with pytest.raises(ConfigError, match="bogus"):
+        open_backend("sqlite:///:memory:?bogus=1")
+    with pytest.raises(ConfigError, match="synchronous"):
+        open_backend("sqlite:///:memory:?synchronous=sometimes")
+    assert open_backend("sqlite:///:memory:?synchronous=OFF").url == "sqlite:///:memory:"
+    assert open_backend(None).url == "memory://"
