@@ -14,7 +14,7 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from castor._context import RunContext
+from castor._context import RunContext, Suspend
 from castor._errors import CastorError, NothingPendingError
 from castor.checkpoint import AgentCheckpoint
 from castor.seams import Decision, PendingApproval
@@ -80,9 +80,12 @@ async def settle_decision(kernel: Castor, cp: AgentCheckpoint, step: int, tool: 
     await kernel.backend.budgets.open_run(
         cp.pid, {r: c.max_budget for r, c in caps.items()}, {r: c.current_usage for r, c in caps.items()}
     )
+    suspended = False
     try:
         if step == len(cp.syscall_log):
             await kernel.path(Syscall(ctx, step, tool, args))
+    except Suspend:
+        suspended = True  # the approved call went in doubt again (worker lost): a new round waits
     except CastorError:
         raise
     except Exception:
@@ -90,8 +93,11 @@ async def settle_decision(kernel: Castor, cp: AgentCheckpoint, step: int, tool: 
     finally:
         ctx.closed = True
         await kernel.backend.budgets.close_run(cp.pid)
-        _clear_pending(cp)
-        cp.status = "RUNNING"
+        if suspended:
+            cp.status = "SUSPENDED_FOR_HITL"
+        else:
+            _clear_pending(cp)
+            cp.status = "RUNNING"
         cp.updated_at = time.time()
         await kernel.backend.runs.save(cp)
         kernel.live[cp.pid] = cp
