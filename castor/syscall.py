@@ -2,23 +2,28 @@
 
     replay → validate → gate → budget → execute (+ journal)
 
-Each stage is an async function ``stage(call, inner)`` over one typed input, ``Syscall``; adding a
-field to it breaks no signature. The stack is built once per kernel. A stage either answers (a
-replayed result, a ``VALIDATION_ERROR``, a human's rejection, an ``INSUFFICIENT_CAPABILITY``) or
-passes the call inward. Whatever the agent receives from a live step is journaled before it sees it.
+Each stage is a function ``stage(call, inner)`` over one typed input, ``Syscall``; adding a field to
+it breaks no signature. The stack is built once per kernel. A stage either answers (a replayed
+result, a ``VALIDATION_ERROR``, a human's rejection, an ``INSUFFICIENT_CAPABILITY``) or passes the
+call inward. Whatever the agent receives from a live step is journaled before it sees it.
+
+Speed: a stage returns an awaitable rather than being a coroutine itself, so a stage that only
+passes a call inward (replay on a live step, the gate for a safe tool) costs a function call, not a
+coroutine frame. Only stages that must wait for something (a charge, the tool) are coroutines.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NoReturn, cast
 
 from castor._canonical import canonical
 from castor._context import RunContext, Suspend
 from castor._errors import InDoubtError, ReplayDivergenceError, UnknownToolError
-from castor.checkpoint import StepFailure, SyscallRecord
+from castor.checkpoint import StepFailure, new_record
 from castor.registry import ToolSpec
 from castor.seams import Call, PendingApproval
 
@@ -36,13 +41,13 @@ class Syscall:
     tool_name: str
     arguments: dict[str, Any]
     spec: ToolSpec | None = None
-    checked: dict[str, Any] = field(default_factory=dict)
-    charged: Mapping[str, float] = field(default_factory=dict)
+    checked: dict[str, Any] | None = None
+    charged: Mapping[str, float] | None = None
     was_hitl: bool = False
     decided_by: str | None = None
     needs_review: bool = False
     review_reason: str | None = None
-    attempt: int = 0
+    attempt: int = 0  # the approval round that let the call run (>= 1 after its worker was lost)
 
     @property
     def request(self) -> dict[str, Any]:
@@ -51,22 +56,15 @@ class Syscall:
 
 
 Handler = Callable[[Syscall], Awaitable[Any]]
-Stage = Callable[[Syscall, Handler], Awaitable[Any]]
+Stage = Callable[..., Awaitable[Any]]  # def stage(call: Syscall, inner: Handler) -> Awaitable[Any]
 
 
 def build_path(stages: list[Stage], terminal: Handler) -> Handler:
     """Wrap ``terminal`` in ``stages``, the first stage outermost."""
     handler = terminal
     for stage in reversed(stages):
-        handler = _bind(stage, handler)
+        handler = functools.partial(stage, inner=handler)
     return handler
-
-
-def _bind(stage: Stage, inner: Handler) -> Handler:
-    async def handle(call: Syscall) -> Any:
-        return await stage(call, inner)
-
-    return handle
 
 
 def record_fields(call: Syscall, charged: Mapping[str, float] | None) -> dict[str, Any]:
@@ -86,28 +84,37 @@ async def answer(
     call: Syscall, response: Any, charged: Mapping[str, float] | None = None, *, stored: bool = False
 ) -> Any:
     """Journal ``response`` as the step's result and return it to the agent."""
-    record = SyscallRecord.model_construct(
-        response=response, finished_at=time.time(), **record_fields(call, charged)
+    record = new_record(
+        call.request,
+        response,
+        was_hitl=call.was_hitl,
+        needs_review=call.needs_review,
+        review_reason=call.review_reason,
+        charged=charged,  # type: ignore[arg-type]  # a tool's cost mapping, never mutated: shared, not copied
+        decided_by=call.decided_by,
+        finished_at=time.time(),
     )
     await call.ctx.commit(call.step, record, stored=stored)
     return response
 
 
+async def _value(value: Any) -> Any:
+    return value
+
+
 # --- 1. replay ------------------------------------------------------------------------------------
 
 
-async def replay(call: Syscall, inner: Handler) -> Any:
+def replay(call: Syscall, inner: Handler) -> Awaitable[Any]:
     """Serve a journaled step from the cache, after checking it is the same call."""
     log = call.ctx.checkpoint.syscall_log
-    if call.step < len(log):
-        record = log[call.step]
-        request = record.request
-        if request.get("tool_name") != call.tool_name or not same_arguments(
-            request.get("arguments"), call.arguments
-        ):
-            raise ReplayDivergenceError(call.step, request, call.request)
-        return record.response
-    return await inner(call)
+    if call.step >= len(log):
+        return inner(call)
+    record = log[call.step]
+    request = record.request
+    if request.get("tool_name") != call.tool_name or not same_arguments(request.get("arguments"), call.arguments):
+        raise ReplayDivergenceError(call.step, request, call.request)
+    return _value(record.response)
 
 
 def same_arguments(recorded: Any, actual: dict[str, Any]) -> bool:
@@ -120,7 +127,7 @@ def same_arguments(recorded: Any, actual: dict[str, Any]) -> bool:
 # --- 2. validate ----------------------------------------------------------------------------------
 
 
-async def validate(call: Syscall, inner: Handler) -> Any:
+def validate(call: Syscall, inner: Handler) -> Awaitable[Any]:
     """Check the arguments against the tool's schema; a bad call is answered, not executed."""
     spec = call.ctx.kernel.tools.find(call.tool_name)
     if spec is None:
@@ -128,41 +135,46 @@ async def validate(call: Syscall, inner: Handler) -> Any:
     call.spec = spec
     checked, error = spec.schema.check(call.arguments)
     if error is not None:
-        return await answer(
-            call, {"status": "VALIDATION_ERROR", "feedback_message": error, "tool_name": call.tool_name}
-        )
+        return answer(call, {"status": "VALIDATION_ERROR", "feedback_message": error, "tool_name": call.tool_name})
     call.checked = checked
-    return await inner(call)
+    return inner(call)
 
 
 # --- 3. gate --------------------------------------------------------------------------------------
 
 
-async def gate(call: Syscall, inner: Handler) -> Any:
+def gate(call: Syscall, inner: Handler) -> Awaitable[Any]:
     """Destructive calls wait for a human, or run speculatively flagged for review.
 
-    A step left in doubt by a lost worker waits for a human whatever the tool or mode: its new approval
-    round (``checkpoint.in_doubt[step]``) must be decided before it may run again.
+    A step left in doubt by a lost worker (``checkpoint.in_doubt``) waits for a human whatever the tool
+    or mode: its new approval round must be decided before it may run again.
     """
     spec = cast(ToolSpec, call.spec)  # set by validate, which runs before every inner stage
-    ctx = call.ctx
-    reopened = ctx.checkpoint.in_doubt.get(call.step)
-    if not spec.gated and reopened is None:
-        return await inner(call)
-    if ctx.speculative and reopened is None:
+    in_doubt = call.ctx.checkpoint.in_doubt
+    if in_doubt and call.step in in_doubt:
+        return _ask_human(call, inner)
+    if not spec.gated:
+        return inner(call)
+    if call.ctx.speculative:
         call.needs_review = True
         call.review_reason = SPECULATIVE_REASON if spec.destructive else HITL_SPECULATIVE_REASON
-        return await inner(call)
-    kernel = ctx.kernel
-    decision = await kernel.backend.approvals.decision(ctx.run_id, call.step)
-    if decision is not None and decision.attempt < (reopened or 0):
+        return inner(call)
+    return _ask_human(call, inner)
+
+
+async def _ask_human(call: Syscall, inner: Handler) -> Any:
+    ctx = call.ctx
+    backend = ctx.kernel.backend
+    decision = await backend.approvals.decision(ctx.run_id, call.step)
+    reopened = ctx.checkpoint.in_doubt.get(call.step, 0)
+    if decision is not None and decision.attempt < reopened:
         decision = None  # decides an earlier round: it does not authorize running the step again
     if decision is None:
         # Never ask a human to approve what the budget cannot pay for: let the budget stage deny it.
-        affordable = await kernel.backend.budgets.can_afford(ctx.run_id, cost_of(call), ctx.scopes)
+        affordable = await backend.budgets.can_afford(ctx.run_id, cost_of(call), ctx.scopes)
         if not affordable.ok:
             return await inner(call)
-        await suspend_for_human(call, reopened or 0, IN_DOUBT_REASON if reopened else "")
+        await suspend_for_human(call, reopened, IN_DOUBT_REASON if reopened else "")
     call.was_hitl = True
     call.decided_by = decision.by
     call.attempt = decision.attempt
@@ -174,7 +186,7 @@ async def gate(call: Syscall, inner: Handler) -> Any:
 
 
 async def suspend_for_human(call: Syscall, attempt: int, reason: str) -> NoReturn:
-    """Open approval round ``attempt`` for the step and unwind the run until a human decides it."""
+    """Open approval round ``attempt`` of the step and unwind the run until a human decides it."""
     ctx = call.ctx
     await ctx.kernel.backend.approvals.request(
         PendingApproval(ctx.run_id, call.step, call.tool_name, call.arguments, time.time(), None, reason, attempt)
@@ -202,7 +214,7 @@ async def budget(call: Syscall, inner: Handler) -> Any:
     """Reserve the call's cost atomically; refund it if the tool never produced a result."""
     ctx = call.ctx
     cost = cost_of(call)
-    budgets = ctx.kernel.backend.budgets
+    budgets = ctx.budgets
     charge = await budgets.charge(ctx.run_id, call.step, cost, ctx.scopes)
     if not charge.ok:
         return await answer(
@@ -218,16 +230,10 @@ async def budget(call: Syscall, inner: Handler) -> Any:
         )
     call.charged = cost
     try:
-        result = await inner(call)
+        return await inner(call)
     except BaseException:
         await budgets.refund(ctx.run_id, call.step)
         raise
-    caps = ctx.checkpoint.capabilities
-    for resource, amount in cost.items():
-        cap = caps.get(resource)
-        if cap is not None:
-            cap.current_usage += amount
-    return result
 
 
 def _amount(cost: Mapping[str, float], short: str | None) -> str:
@@ -245,8 +251,8 @@ async def execute(call: Syscall) -> Any:
     run_id = ctx.run_id
     executor = ctx.kernel.executor
     work = Call(
-        run_id, call.step, call.tool_name, call.checked, f"{run_id}:{call.step}", spec.timeout, call.decided_by,
-        call.attempt,
+        run_id, call.step, call.tool_name, cast(dict, call.checked), f"{run_id}:{call.step}", spec.timeout,
+        call.decided_by, call.attempt,
     )
     if executor.writes_journal:
         work.record = record_fields(call, call.charged)
@@ -262,7 +268,7 @@ async def execute(call: Syscall) -> Any:
             message=getattr(exc, "tool_message", None) or str(exc),
         )
         ctx.checkpoint.failures.append(failure)
-        if not getattr(exc, "failure_journaled", False):  # a worker that refused a task journaled it already
+        if not getattr(exc, "failure_journaled", False):  # a worker journals what happened on it
             await ctx.kernel.backend.journal.record_failure(run_id, failure)
         if isinstance(exc, InDoubtError):
             # The worker died mid-call and the tool may not run twice: a human decides, in a new round.

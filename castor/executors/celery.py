@@ -83,7 +83,7 @@ class CeleryExecutor:
         pool = self._settings.pool_of(call.tool_name)
         job = Job(
             call.run_id, call.step, call.tool_name, call.arguments, call.effect_id, call.attempt,
-            self._replies.stream, call.record,
+            self._replies.stream, call.record or {},
         )
         if self._settings.secret:
             job.token = sign(self._settings.secret, job)
