@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from castor._canonical import canonical
-from castor.executors._fleet_keys import reply_stream_prefix
+from castor.backends.redis.keys import reply_stream_prefix
 from castor.executors._wire import Job, task_name, verify
 from castor.registry import ToolRegistry, ToolSpec
 from castor.seams import ApprovalStore

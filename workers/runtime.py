@@ -24,8 +24,8 @@ from typing import Any
 
 from castor._canonical import canonical
 from castor._errors import JournalConflictError
+from castor.backends.redis.keys import started_marker
 from castor.checkpoint import StepFailure, SyscallRecord
-from castor.executors._fleet_keys import started_marker
 from castor.executors._wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, redact
 from castor.registry import ToolRegistry, ToolSpec
 from castor.seams import Backend

@@ -24,8 +24,8 @@ from castor._errors import (
     TaskRefusedError,
     ToolTimeoutError,
 )
+from castor.backends.redis.keys import reply_stream
 from castor.executors._celery_conf import celery_config
-from castor.executors._fleet_keys import reply_stream
 from castor.executors._replies import ReplyReader
 from castor.executors._wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, sign, task_name
 from castor.registry import ToolRegistry

@@ -44,7 +44,7 @@ import = [{imports}]
 default_timeout = 20
 max_retries = 1
 retry_backoff = 0.1
-timeouts = { noop = 0.5 }
+timeouts = {{ noop = 0.5 }}
 
 [pools]
 fs = [{fs}]

@@ -10,7 +10,7 @@ import redis.asyncio.connection as aioconnection
 
 from castor.backends.redis import redis_backend
 from castor.seams import Backend
-from redis_support import RoundTrips
+from tests.redis_support import RoundTrips
 
 
 @pytest.fixture

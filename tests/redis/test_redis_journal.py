@@ -11,7 +11,7 @@ from castor import JournalConflictError, StaleLeaseError
 from castor.backends.redis import Fence, keys
 from castor.checkpoint import StepFailure, SyscallRecord
 from castor.seams import Backend
-from redis_support import RoundTrips
+from tests.redis_support import RoundTrips
 
 
 def record(i: int, **extra: object) -> SyscallRecord:
