@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from importlib import resources
 from typing import Any
 
-from castor import _fleet_keys as keys
 from castor._errors import BackendUnavailable, ConfigError, NothingPendingError, RunNotFoundError
+from castor.backends.redis import keys
 from castor.checkpoint import FINISHED, AgentCheckpoint
 from castor.seams import Backend, Decision, DecisionOutcome
 

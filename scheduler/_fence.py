@@ -1,10 +1,12 @@
 """Fencing: the writes a coordinator makes to a run are refused once it no longer holds the run's lease.
 
-The coordinator's kernels talk to the store through ``fenced(backend, fences)``: every write to a run
-(journal record, budget charge or refund, ledger open and close, header save) first proves that the run's
-lease still holds this coordinator's token, and raises ``StaleLeaseError`` otherwise. So a coordinator
-that was paused past its lease and then woke up cannot write over the coordinator that took the run
-over. A child run (``<pid>::<name>-<n>``) is fenced by its root run's lease.
+The coordinator's kernels talk to the store through ``fenced(backend, fences)``. The writes of the hot
+path, a journal record and a budget charge, hand the Redis scripts a ``Fence`` (the run's lease key and
+this coordinator's token) and the script refuses the write inside Redis when the token differs. The rare
+writes (ledger open, refund and close, header save, failure record) check the lease just before they
+write. Either way a stale coordinator gets ``StaleLeaseError``: one that was paused past its lease and
+woke up cannot write over the coordinator that took the run over, nor dispatch a tool (the charge comes
+first). A child run (``<pid>::<name>-<n>``) is fenced by its root run's lease.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from castor import _fleet_keys as keys
 from castor._errors import StaleLeaseError
+from castor.backends.redis import Fence, keys
 from castor.checkpoint import AgentCheckpoint, StepFailure, SyscallRecord
 from castor.seams import Backend, Charge
 
@@ -21,9 +23,10 @@ from castor.seams import Backend, Charge
 class Fences:
     """The leases this coordinator holds: pid -> fencing token, checked against Redis before a write."""
 
-    def __init__(self, redis: Any, prefix: str) -> None:
+    def __init__(self, redis: Any, prefix: str, owner: str) -> None:
         self.redis = redis
         self.prefix = prefix
+        self.owner = owner
         self.tokens: dict[str, str] = {}
 
     def holder_of(self, pid: str) -> tuple[str, str]:
@@ -36,10 +39,10 @@ class Fences:
             run = run.rpartition("::")[0]
         raise StaleLeaseError(f"this coordinator holds no lease on run {pid!r}; it may not write to it")
 
-    def fence(self, pid: str) -> tuple[str, str]:
-        """``(lease key, token)`` to hand to a Redis script that checks the token itself."""
+    def fence(self, pid: str) -> Fence:
+        """The fence a Redis script checks itself: the covering run's lease key and this token."""
         run, token = self.holder_of(pid)
-        return keys.lease(self.prefix, run), token
+        return Fence(keys.lease(self.prefix, run), token)
 
     async def check(self, pid: str) -> None:
         """Raise ``StaleLeaseError`` unless the run's lease still holds this coordinator's token."""
@@ -66,9 +69,8 @@ class FencedJournal(_Fenced):
     """A journal whose writes check the lease."""
 
     async def append(self, run_id: str, step: int, record: SyscallRecord) -> None:
-        """Write the record if this coordinator still holds the run."""
-        await self._fences.check(run_id)
-        await self._inner.append(run_id, step, record)
+        """Write the record if this coordinator still holds the run (checked inside the script)."""
+        await self._inner.append(run_id, step, record, fence=self._fences.fence(run_id))
 
     async def record_failure(self, run_id: str, failure: StepFailure) -> None:
         """Journal the failure if this coordinator still holds the run."""
@@ -91,8 +93,9 @@ class FencedBudgets(_Fenced):
 
     async def charge(self, run_id: str, step: int, cost: Mapping[str, float], scopes: Sequence[str] = ()) -> Charge:
         """Charge only while this coordinator holds the run: a stale one can dispatch nothing."""
-        await self._fences.check(run_id)
-        return await self._inner.charge(run_id, step, cost, scopes)  # type: ignore[no-any-return]
+        return await self._inner.charge(
+            run_id, step, cost, scopes, fence=self._fences.fence(run_id)
+        )
 
     async def refund(self, run_id: str, step: int) -> None:
         """Refund a step of a run this coordinator holds."""
@@ -109,18 +112,19 @@ class FencedRuns(_Fenced):
     """A run store whose saves check the lease."""
 
     async def save(self, checkpoint: AgentCheckpoint) -> None:
-        """Store the header if this coordinator still holds the run."""
+        """Store the header if this coordinator still holds the run; a running run names its owner."""
         await self._fences.check(checkpoint.pid)
-        await self._inner.save(checkpoint)
+        owner = self._fences.owner if checkpoint.status == "RUNNING" else None
+        await self._inner.save(checkpoint, owner=owner)
 
 
 def fenced(backend: Backend, fences: Fences) -> Backend:
     """The backend as a coordinator's kernels see it: the same store, every run write fenced."""
     return Backend(
-        journal=FencedJournal(backend.journal, fences),  # type: ignore[arg-type]
-        budgets=FencedBudgets(backend.budgets, fences),  # type: ignore[arg-type]
+        journal=FencedJournal(backend.journal, fences),
+        budgets=FencedBudgets(backend.budgets, fences),
         approvals=backend.approvals,
-        runs=FencedRuns(backend.runs, fences),  # type: ignore[arg-type]
+        runs=FencedRuns(backend.runs, fences),
         url=backend.url,
         durable=backend.durable,
     )

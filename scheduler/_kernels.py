@@ -9,16 +9,11 @@ there instead of starting, so the run stops at a step boundary.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import importlib
-import importlib.util
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from castor._code import split_spec
 from castor._errors import ConfigError
+from castor._imports import load_object, load_tools
 from castor.checkpoint import RunSpec
 from castor.kernel import Castor
 from castor.seams import Backend
@@ -77,8 +72,9 @@ class Kernels:
         key = (tuple(spec.tools), tuple(sorted(spec.destructive)))
         kernel = self._kernels.get(key)
         if kernel is None:
-            tools = [(split_spec(s)[1], load_object(s)) for s in spec.tools]
-            kernel = Castor(tools=tools, destructive=spec.destructive, store=self.backend, executor=self.executor)
+            kernel = Castor(
+                tools=load_tools(spec.tools), destructive=spec.destructive, store=self.backend, executor=self.executor
+            )
             kernel.path = self._path
             binder = getattr(kernel.executor, "bind_journal", None)
             if binder is not None:
@@ -109,42 +105,3 @@ class Kernels:
         """Close every kernel's executor (the backend is the coordinator's to close)."""
         for kernel in self._kernels.values():
             await kernel.executor.close()
-
-
-def load_object(spec: str) -> Any:
-    """What ``module:name`` or ``path/file.py:name`` names; ``ConfigError`` saying what is wrong."""
-    where, name = split_spec(spec)
-    module = _load_file(where) if where.endswith(".py") else _import(where)
-    try:
-        return getattr(module, name)
-    except AttributeError:
-        raise ConfigError(f"import spec {spec!r}: {where} has no {name!r}") from None
-
-
-def _import(name: str) -> Any:
-    try:
-        return importlib.import_module(name)
-    except ImportError as exc:
-        raise ConfigError(f"cannot import module {name!r}: {exc}") from exc
-
-
-def _load_file(path: str) -> Any:
-    file = Path(path).resolve()
-    if not file.is_file():
-        raise ConfigError(f"file {path} does not exist")
-    # One module per file, so the agent and its tools from one file share their globals.
-    mod_name = f"castor_user_{file.stem}_{hashlib.sha1(str(file).encode()).hexdigest()[:8]}"
-    loaded = sys.modules.get(mod_name)
-    if loaded is not None:
-        return loaded
-    module_spec = importlib.util.spec_from_file_location(mod_name, file)
-    if module_spec is None or module_spec.loader is None:
-        raise ConfigError(f"cannot load {path} as a Python module")
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[mod_name] = module
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as exc:
-        del sys.modules[mod_name]
-        raise ConfigError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
-    return module

@@ -10,8 +10,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from castor import _fleet_keys as keys
 from castor._fleet import FleetClient, load_script
+from castor.backends.redis import keys
 
 SCRIPTS = ("acquire", "renew", "release", "unpark", "requeue_expired", "due", "bury", "register")
 
@@ -47,9 +47,9 @@ class FleetOps:
 
     # --- taking and leasing ---------------------------------------------------------------------
 
-    async def take(self, timeout: float) -> str | None:
-        """Move the next queued pid onto this coordinator's taking list (None after ``timeout``)."""
-        return await self.client._call(  # type: ignore[no-any-return]
+    async def take(self, timeout: int) -> str | None:
+        """Move the next queued pid onto this coordinator's taking list (None after ``timeout`` seconds)."""
+        return await self.client._call(
             "take a run",
             self.blocking.blmove(keys.run_queue(self.prefix), self.taking, timeout, "RIGHT", "LEFT"),
         )
@@ -177,7 +177,7 @@ class FleetOps:
     async def read_events(self, cursor: dict[str, str], block_ms: int) -> list[tuple[str, dict[str, str]]]:
         """Decisions and operator commands after ``cursor`` (advanced in place), waiting up to ``block_ms``."""
         reply = await self.client._call(
-            "read the decision stream", self.blocking.xread(cursor, block=block_ms, count=500)
+            "read the decision stream", self.blocking.xread(dict(cursor), block=block_ms, count=500)  # type: ignore[arg-type]
         )
         events = []
         for stream, entries in reply or []:

@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from castor import _fleet_keys as keys
 from castor._errors import BackendUnavailable, CastorError, StaleLeaseError
+from castor.backends.redis import keys
 from castor.seams import Backend
 from scheduler._fence import Fences, fenced
 from scheduler._kernels import DrainGate, ExecutorFactory, Kernels
@@ -62,7 +62,7 @@ class Coordinator:
     def __init__(self, config: CoordinatorConfig, backend: Backend, executor: ExecutorFactory | None = None) -> None:
         self.config = config
         self.ops = FleetOps(config.url, config.prefix, config.name)
-        self.fences = Fences(self.ops.redis, config.prefix)
+        self.fences = Fences(self.ops.redis, config.prefix, config.name)
         self.gate = DrainGate()
         self.backend = backend
         self.kernels = Kernels(fenced(backend, self.fences), executor, self.gate)
@@ -144,7 +144,7 @@ class Coordinator:
         while not self.stopping.is_set():
             await self.slots.acquire()
             try:
-                pid = await self.ops.take(timeout=2.0)
+                pid = await self.ops.take(timeout=2)
             except BackendUnavailable as exc:
                 self.slots.release()
                 log.warning("%s: %s", self.name, exc)

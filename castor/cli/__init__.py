@@ -6,13 +6,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from castor.cli import _fleet_cmds
+from castor.cli import _celery_cmds, _fleet_cmds
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole ``castor`` parser."""
     parser = argparse.ArgumentParser(prog="castor", description="Castor: a secure execution layer for LLM agents")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _celery_cmds.add_commands(subparsers)
     _fleet_cmds.add_commands(subparsers)
     return parser
 

@@ -120,7 +120,7 @@ async def ps(args: argparse.Namespace) -> int:
     async with fleet(args) as (backend, client):
         runs = await backend.runs.list(status=args.status, limit=args.limit)
         state = await client.fleet_state([r.pid for r in runs])
-    rows = []
+    rows: list[dict[str, Any]] = []
     for r in runs:
         s = state[r.pid]
         shown = "QUEUED" if s["queued"] and not s["owner"] and r.status == "RUNNING" else r.status
@@ -130,7 +130,8 @@ async def ps(args: argparse.Namespace) -> int:
             "steps": r.steps, "pending": pending, "parked": s["parked"] is not None, "agent": r.agent,
         })
     text = table(
-        [(r["pid"], r["status"], r["owner"], age(time.time() - r["age"]), r["steps"], r["pending"]) for r in rows],
+        [(r["pid"], r["status"], r["owner"], age(time.time() - float(r["age"])), r["steps"], r["pending"])
+         for r in rows],
         ("PID", "STATUS", "OWNER", "AGE", "STEPS", "PENDING"),
     )
     emit(args, rows, text)
@@ -184,7 +185,7 @@ async def approvals(args: argparse.Namespace) -> int:
     """``castor approvals``: what waits for a human, oldest first."""
     async with fleet(args) as (backend, _):
         pending = await backend.approvals.pending()
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"pid": p.run_id, "step": p.step, "tool": p.tool_name, "arguments": p.arguments,
          "waiting": round(time.time() - p.created_at, 3), "reason": p.reason}
         for p in pending
