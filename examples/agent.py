@@ -1,8 +1,9 @@
-"""An example agent: find old logs, keep a report, delete the logs. It knows only ``castor.lib``.
+"""The example fleet agent: open a ticket, search, write a report, delete it (that waits for a human).
+It knows only ``castor.lib``; its tools are in ``examples/tools.py`` and ``examples/fleet_tools.py``.
 
-    castor submit examples/agent.py:cleanup --tool examples/tools.py:search --tool examples/tools.py:fetch \
-        --tool examples/tools.py:write_file --tool examples/tools.py:delete_file \
-        --destructive delete_file --budget api=20
+    castor submit examples/agent.py:cleanup --tool examples/tools.py:open_ticket \
+        --tool examples/fleet_tools.py:search --tool examples/fleet_tools.py:write_file \
+        --tool examples/fleet_tools.py:delete_file --budget api=10
 """
 
 from __future__ import annotations
@@ -11,12 +12,10 @@ from castor.lib import tool
 
 
 async def cleanup() -> str:
-    """Search, look at each hit, write a report, then delete the hits (each deletion waits for a human)."""
+    """Every file it writes is named after its ticket, so concurrent runs never touch each other's files."""
+    ticket = await tool("open_ticket")
     hits = await tool("search", query="old logs")
-    sizes = [await tool("fetch", url=f"file://{name}") for name in hits]
-    total = sum(int(s["bytes"]) for s in sizes if isinstance(s, dict))
-    await tool("write_file", name="report.txt", content=f"{len(hits)} logs, {total} bytes\n")
-    for name in hits:
-        await tool("write_file", name=name, content="old\n")
-    deleted = [await tool("delete_file", name=name) for name in hits]
-    return f"cleaned up {len(deleted)} logs ({total} bytes)"
+    path = f"/tmp/castor-example-{ticket}.log"
+    await tool("write_file", path=path, content="\n".join(hits) + "\n")
+    await tool("delete_file", path=path)  # destructive: waits for `castor approve`
+    return f"ticket {ticket}: wrote and removed {path}"
