@@ -9,11 +9,14 @@ redis is imported lazily, so ``import castor`` never loads it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
+from castor import _code
 from castor._errors import BackendUnavailable, ConfigError, NothingPendingError, RunNotFoundError
+from castor._runner import new_checkpoint
 from castor.backends.redis import keys
 from castor.checkpoint import FINISHED, AgentCheckpoint
 from castor.seams import Backend, Decision, DecisionOutcome
@@ -35,6 +38,29 @@ def load_script(client: Any, name: str) -> Any:
     """A fleet Lua script from the package, registered on ``client`` (sent by its sha after the first call)."""
     text = resources.files("castor.backends").joinpath("redis", "lua", f"{name}.lua").read_text()
     return client.register_script(text)
+
+
+def new_run(
+    agent: str,
+    tools: Sequence[str],
+    *,
+    destructive: Sequence[str] = (),
+    budgets: Mapping[str, float] | None = None,
+    speculative: bool = False,
+    scopes: Sequence[str] = (),
+    pid: str | None = None,
+) -> AgentCheckpoint:
+    """A run ready to submit: its checkpoint, stamped with the import specs and source hashes of its code."""
+    spec = _code.run_spec(agent, tools, destructive)
+    unknown = set(destructive) - {_code.split_spec(t)[1] for t in tools}
+    if unknown:
+        raise ConfigError(f"destructive names tools that are not among the run's tools: {', '.join(sorted(unknown))}")
+    name = _code.split_spec(agent)[1]
+    cp = new_checkpoint(pid or f"{name}-{uuid.uuid4().hex[:8]}", name, dict(budgets or {}))
+    cp.speculative = speculative
+    cp.scopes = list(scopes)
+    cp.spec = spec
+    return cp
 
 
 def owner_of(token: str | None) -> str | None:

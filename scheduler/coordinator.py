@@ -114,8 +114,8 @@ class Coordinator:
         self.gate.draining = True
         idle = await self.gate.wait_idle(self.config.grace)
         log.info(
-            "%s: draining %d runs (%s)", self.name, len(self.tasks),
-            "in-flight steps finished" if idle else f"grace of {self.config.grace:g}s ran out",
+            "%s: draining %d runs (%s): %s", self.name, len(self.tasks),
+            "in-flight steps finished" if idle else f"grace of {self.config.grace:g}s ran out", " ".join(self.tasks),
         )
         for pid, task in list(self.tasks.items()):
             self.stop_run(pid, "drained", {"coordinator": self.name}, task)

@@ -6,16 +6,13 @@ import argparse
 import json
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from castor import _code
 from castor._decisions import default_user
 from castor._errors import ConfigError, RunNotFoundError
-from castor._fleet import FleetClient
-from castor._runner import new_checkpoint
+from castor._fleet import FleetClient, new_run
 from castor.checkpoint import AgentCheckpoint
 from castor.seams import Backend
 
@@ -98,15 +95,10 @@ async def coordinator(args: argparse.Namespace) -> int:
 
 async def submit(args: argparse.Namespace) -> int:
     """``castor submit``: store the run and queue it; print its pid."""
-    spec = _code.run_spec(args.agent, args.tool, args.destructive)
-    unknown = set(args.destructive) - {_code.split_spec(t)[1] for t in args.tool}
-    if unknown:
-        raise ConfigError(f"--destructive names tools not given with --tool: {', '.join(sorted(unknown))}")
-    name = _code.split_spec(args.agent)[1]
-    cp = new_checkpoint(args.pid or f"{name}-{uuid.uuid4().hex[:8]}", name, parse_budgets(args.budget))
-    cp.speculative = args.speculative
-    cp.scopes = list(args.scope)
-    cp.spec = spec
+    cp = new_run(
+        args.agent, args.tool, destructive=args.destructive, budgets=parse_budgets(args.budget),
+        speculative=args.speculative, scopes=args.scope, pid=args.pid,
+    )
     async with fleet(args) as (backend, client):
         if args.pid and await backend.runs.load(args.pid) is not None:
             raise ConfigError(f"a run with pid {args.pid!r} exists already")

@@ -11,16 +11,16 @@ async def job() -> dict[str, Any]:
     """Five calls on two pools, no approval."""
     t = await tool("ticket")
     for i in range(2):
-        await tool("fetch", tag=f"{t}:fetch{i}", seconds=0.05)
+        await tool("fetch", tag=f"{t}:fetch{i}", seconds=0.2)
     await tool("store", tag=f"{t}:store")
-    last = await tool("fetch", tag=f"{t}:fetch2", seconds=0.05)
+    last = await tool("fetch", tag=f"{t}:fetch2", seconds=0.2)
     return {"ticket": t, "last": last}
 
 
 async def job_with_approval() -> dict[str, Any]:
     """Like ``job``, with a destructive call in the middle that waits for a human."""
     t = await tool("ticket")
-    await tool("fetch", tag=f"{t}:fetch0", seconds=0.05)
+    await tool("fetch", tag=f"{t}:fetch0", seconds=0.2)
     removed = await tool("remove", tag=f"{t}:remove")
     await tool("store", tag=f"{t}:store")
     return {"ticket": t, "removed": removed}
