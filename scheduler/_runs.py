@@ -87,6 +87,7 @@ class RunDriver:
         """The run was stopped before its agent started: hand it on as its stop reason says."""
         if reason == "drained":
             await self.co.ops.release(pid, token, "requeue")
+            log.info("%s: run %s handed back to the queue before it started", self.co.name, pid)
         elif reason == "cancelled":
             await self.co.ops.release(pid, token, "done")
             await self.cancel_queued(pid)
@@ -97,6 +98,7 @@ class RunDriver:
             await self._park(cp, token)
         elif cp.status == "PREEMPTED" and reason == "drained":
             await self.co.ops.release(cp.pid, token, "requeue")
+            log.info("%s: run %s handed back to the queue at step %d", self.co.name, cp.pid, len(cp.syscall_log))
         else:
             if reason == "cancelled":
                 await self.backend.approvals.clear(cp.pid)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import os
 import random
@@ -120,7 +121,11 @@ class Coordinator:
         for pid, task in list(self.tasks.items()):
             self.stop_run(pid, "drained", {"coordinator": self.name}, task)
         if self.tasks:
-            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+            _, stuck = await asyncio.wait(list(self.tasks.values()), timeout=max(self.config.lease, 5.0))
+            for task in stuck:  # never hang the exit: their leases run out and others take the runs over
+                out = io.StringIO()
+                task.print_stack(file=out)
+                log.error("%s: %s did not stop when drained:\n%s", self.name, task.get_name(), out.getvalue())
         for loop in self._loops[1:]:
             loop.cancel()
         await asyncio.gather(*self._loops[1:], return_exceptions=True)

@@ -24,3 +24,11 @@ async def job_with_approval() -> dict[str, Any]:
     removed = await tool("remove", tag=f"{t}:remove")
     await tool("store", tag=f"{t}:store")
     return {"ticket": t, "removed": removed}
+
+
+async def long_job() -> dict[str, Any]:
+    """Eight slow calls: still running when its coordinator is drained."""
+    t = await tool("ticket")
+    for i in range(8):
+        await tool("fetch", tag=f"{t}:fetch{i}", seconds=0.25)
+    return {"ticket": t}
