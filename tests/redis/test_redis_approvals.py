@@ -115,7 +115,9 @@ async def test_expired_call_gets_the_configured_outcome(redis_url: str, redis_pr
     await b.close()
 
 
-async def test_fleet_pending_is_oldest_first_and_clear_forgets(backend: Backend, redis_url: str, redis_prefix: str) -> None:
+async def test_fleet_pending_is_oldest_first_and_clear_forgets(
+    backend: Backend, redis_url: str, redis_prefix: str
+) -> None:
     a = backend.approvals
     await a.request(pending("b", 0, created=300.0))
     await a.request(pending("a", 5, created=100.0))

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from redis_support import RoundTrips
 
 from castor import Castor, castor_tool
 from castor.backends.redis import redis_backend
 from castor.lib import tool
 from castor.seams import Backend
-from redis_support import RoundTrips
 
 
 @castor_tool(consumes="api", cost_per_use=1)
@@ -50,7 +50,8 @@ async def test_suspend_here_approve_there_resume(backend: Backend, second: Backe
     assert resumed.status == "COMPLETED" and resumed.result == [3, "deleted /tmp/x", 13]
     loaded = await here.aload("job-1")
     assert [r.response for r in loaded.syscall_log] == [3, "deleted /tmp/x", 13]
-    assert loaded.syscall_log[1].decided_by == "alice" and loaded.budget_used("api") == 3  # every castor_tool costs api 1 by default
+    assert loaded.syscall_log[1].decided_by == "alice"
+    assert loaded.budget_used("api") == 3  # every castor_tool costs api 1 by default
     assert [r.pid for r in await backend.runs.list("COMPLETED")] == ["job-1"]
 
 

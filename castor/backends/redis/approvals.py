@@ -81,9 +81,9 @@ class RedisApprovalStore:
         decision = Decision(run_id, step, self.expiry_outcome, EXPIRY_BY, now, self.expiry_reason)
         return json.dumps(dataclasses.asdict(decision))
 
-    async def _decide(self, run_id: str, step: int, decision: str) -> list[str]:
-        """Run the decide script; ``decision`` '' only applies the expiry if the call has expired."""
-        now = time.time()
+    async def _decide(self, run_id: str, step: int, decision: str, now: float | None = None) -> list[str]:
+        """Run the decide script; ``decision`` '' only applies the expiry if the call has expired by ``now``."""
+        now = time.time() if now is None else now
         return await self._conn.script(
             "approval_decide",
             [*self._keys(run_id), keys.decision_stream(self._prefix)],
@@ -210,7 +210,7 @@ class RedisApprovalStore:
         expired = 0
         for member in due:
             step, run_id = member.split(":", 1)
-            status, *_ = await self._decide(run_id, int(step), "")
+            status, *_ = await self._decide(run_id, int(step), "", cutoff)
             expired += status == "expired"
             if status in ("none", "decided"):
                 await self._conn.call("zrem", index, member)
