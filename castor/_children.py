@@ -68,8 +68,6 @@ async def spawn(ctx: RunContext, name: str, capabilities: dict[str, float] | Non
         }
         await _journal(ctx, step, request, denial)
         return denial
-    for resource, amount in tracked.items():
-        parent.capabilities[resource].current_usage += amount
     handle = f"{parent.pid}::{name}-{ctx.spawned}"
     child = AgentCheckpoint(
         pid=handle, parent_pid=parent.pid, status="RUNNING", agent_function_name=name,
@@ -117,8 +115,6 @@ async def join(ctx: RunContext, handle: str) -> Any:
     unused = {r: -c.remaining for r, c in child.capabilities.items() if r in parent.capabilities and c.remaining}
     if unused:
         await ctx.kernel.backend.budgets.charge(parent.pid, step, unused)
-        for resource, amount in unused.items():
-            parent.capabilities[resource].current_usage += amount
     del parent.children[handle]
     await _journal(ctx, step, request, child.result, child_checkpoint=child, charged=unused)
     return child.result

@@ -8,11 +8,12 @@ keep calling tools through a finished run.
 from __future__ import annotations
 
 import contextvars
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from castor._errors import RunEndedError
-from castor.checkpoint import AgentCheckpoint, SyscallRecord
+from castor.checkpoint import USAGE_STRIDE, AgentCheckpoint, SyscallRecord, usage_of
 
 if TYPE_CHECKING:
     from castor.kernel import Castor
@@ -44,11 +45,14 @@ class RunContext:
     children: dict[str, Any] = field(default_factory=dict)
     spawned: int = 0
     _ahead: dict[int, tuple[SyscallRecord, bool]] = field(default_factory=dict)
+    usage: dict[str, float] = field(default_factory=dict)  # what the journal was charged so far
 
-    @property
-    def run_id(self) -> str:
-        """The run's pid."""
-        return self.checkpoint.pid
+    def __post_init__(self) -> None:
+        self.usage = usage_of(self.checkpoint.syscall_log)
+        self.run_id: str = self.checkpoint.pid
+        # Looked up once: the syscall path reaches these on every step.
+        self.journal = self.kernel.backend.journal
+        self.budgets = self.kernel.backend.budgets
 
     def claim_step(self) -> int:
         """The next step position; taken synchronously so concurrent calls get call order."""
@@ -72,8 +76,15 @@ class RunContext:
         if step != len(log):
             self._ahead[step] = (record, stored)
             return
-        journal = self.kernel.backend.journal
+        journal = self.journal
+        usage = self.usage
         while True:
+            charged = record.charged
+            if charged:
+                for name, amount in charged.items():
+                    usage[name] = usage.get(name, 0.0) + amount
+            if step % USAGE_STRIDE == USAGE_STRIDE - 1:
+                record.__dict__["usage"] = dict(usage)  # set once, before anyone else holds the record
             if not stored:
                 await journal.append(self.run_id, step, record)
             log.append(record)
@@ -82,6 +93,18 @@ class RunContext:
             if held is None:
                 return
             record, stored = held
+
+    def remaining(self, resource: str) -> float:
+        """What the run may still spend on ``resource``, by what its journal was charged so far."""
+        cap = self.checkpoint.capabilities.get(resource)
+        if cap is None:
+            return math.inf
+        return max(cap.max_budget - self.usage.get(resource, 0.0), 0.0)
+
+    def settle_usage(self) -> None:
+        """Bring the checkpoint's capabilities up to what the journal was charged (when the run stops)."""
+        for resource, cap in self.checkpoint.capabilities.items():
+            cap.current_usage = self.usage.get(resource, 0.0)
 
     def proxy(self) -> Any:
         """The legacy syscall proxy handed to agents that take one parameter."""

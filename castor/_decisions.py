@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from castor._context import RunContext
 from castor._errors import CastorError, NothingPendingError
 from castor.checkpoint import AgentCheckpoint
-from castor.seams import Decision, PendingApproval
+from castor.seams import Decision, DecisionOutcome, PendingApproval
 from castor.syscall import Syscall
 
 if TYPE_CHECKING:
     from castor.kernel import Castor
 
-OUTCOMES = {"approve": "approve", "reject": "reject", "modify": "modify"}
+OUTCOMES: dict[str, DecisionOutcome] = {"approve": "approve", "reject": "reject", "modify": "modify"}
 T = TypeVar("T")
 
 
@@ -61,13 +61,16 @@ async def decide(
         return cp
     if not cp.pending_hitl:
         raise NothingPendingError(f"run {cp.pid!r} has no pending call to {outcome}")
+    from castor._runner import sync_journal
+
+    await sync_journal(kernel, cp)  # a checkpoint from JSON: the store gets its prefix first
     step = cp.pending_step if cp.pending_step is not None else len(cp.syscall_log)
     tool, args = str(cp.pending_hitl.get("tool_name")), dict(cp.pending_hitl.get("arguments") or {})
     approvals = kernel.backend.approvals
     if await approvals.decision(cp.pid, step) is None:
         # A checkpoint restored from JSON into a fresh kernel: its store never saw the request.
         await approvals.request(PendingApproval(cp.pid, step, tool, args, time.time()))
-    decision = Decision(cp.pid, step, outcome, by or default_user(), time.time(), feedback or "")  # type: ignore[arg-type]
+    decision = Decision(cp.pid, step, OUTCOMES[outcome], by or default_user(), time.time(), feedback or "")
     await approvals.decide(decision)
     await settle_decision(kernel, cp, step, tool, args)
     return cp
@@ -77,9 +80,7 @@ async def settle_decision(kernel: Castor, cp: AgentCheckpoint, step: int, tool: 
     """Journal the decided step now (executing it if approved) and mark the run ready to resume."""
     ctx = RunContext(kernel, cp, speculative=False, scopes=tuple(cp.scopes), next_step=step + 1)
     caps = cp.capabilities
-    await kernel.backend.budgets.open_run(
-        cp.pid, {r: c.max_budget for r, c in caps.items()}, {r: c.current_usage for r, c in caps.items()}
-    )
+    await kernel.backend.budgets.open_run(cp.pid, {r: c.max_budget for r, c in caps.items()}, ctx.usage)
     try:
         if step == len(cp.syscall_log):
             await kernel.path(Syscall(ctx, step, tool, args))
@@ -89,6 +90,7 @@ async def settle_decision(kernel: Castor, cp: AgentCheckpoint, step: int, tool: 
         pass
     finally:
         ctx.closed = True
+        ctx.settle_usage()
         await kernel.backend.budgets.close_run(cp.pid)
         _clear_pending(cp)
         cp.status = "RUNNING"
@@ -125,7 +127,7 @@ def run_now(coro: Coroutine[Any, Any, T], what: str) -> T:
     try:
         coro.send(None)
     except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
+        return stop.value
     coro.close()
     raise RuntimeError(
         f"{what} needs network I/O with this store; inside a running event loop use the async form "

@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from castor._context import RunContext, Suspend, current_run
-from castor._errors import ConfigError
-from castor.checkpoint import AgentCheckpoint, Capability, usage_of
+from castor._errors import ConfigError, JournalConflictError
+from castor.checkpoint import AgentCheckpoint, Capability
 
 if TYPE_CHECKING:
     from castor.kernel import Castor
+
+log = logging.getLogger("castor.run")
 
 
 def agent_name(agent: Callable[..., Any]) -> str:
@@ -84,9 +87,10 @@ async def prepare(
     cp.updated_at = time.time()
     await sync_journal(kernel, cp)
     limits = {r: c.max_budget for r, c in cp.capabilities.items()}
-    await kernel.backend.budgets.open_run(cp.pid, limits, {r: c.current_usage for r, c in cp.capabilities.items()})
+    await kernel.backend.budgets.open_run(cp.pid, limits, ctx.usage)
     await kernel.backend.runs.save(cp)
     kernel.live[cp.pid] = cp
+    log.info("run %s %s (%d journaled steps)", cp.pid, "resumes" if cp.syscall_log else "starts", len(cp.syscall_log))
     return ctx
 
 
@@ -97,12 +101,20 @@ async def sync_journal(kernel: Castor, cp: AgentCheckpoint) -> None:
     log = cp.syscall_log
     if have >= len(log):
         return
-    if have == 0 and cp.parent_pid and cp.pid == f"{cp.parent_pid}::fork-{len(log)}":
-        if await journal.length(cp.parent_pid) >= len(log):
-            await journal.fork(cp.parent_pid, cp.pid, len(log))  # share the prefix, copy nothing
-            return
+    is_fork = have == 0 and cp.parent_pid and cp.pid == f"{cp.parent_pid}::fork-{len(log)}"
+    if is_fork and await journal.length(str(cp.parent_pid)) >= len(log):
+        await journal.fork(str(cp.parent_pid), cp.pid, len(log))  # share the prefix, copy nothing
+        return
     for step in range(have, len(log)):
-        await journal.append(cp.pid, step, log[step])
+        try:
+            await journal.append(cp.pid, step, log[step])
+        except JournalConflictError:
+            stored = await journal.get(cp.pid, step)
+            if stored is None or stored.request != log[step].request:
+                raise JournalConflictError(
+                    f"run {cp.pid!r} step {step}: the store holds another call than the checkpoint; "
+                    "the checkpoint is stale (load the run from the store instead)"
+                ) from None
 
 
 async def drive(ctx: RunContext, agent: Callable[..., Any], preempted: list[Any] | None = None) -> AgentCheckpoint:
@@ -149,13 +161,23 @@ async def settle(ctx: RunContext) -> None:
     budgets = kernel.backend.budgets
     for step in ctx.dropped_steps():
         await budgets.refund(cp.pid, step)
-    # The journal is the truth of what was charged; the mirror may hold refunded steps.
-    used = usage_of(cp.syscall_log)
-    for resource, cap in cp.capabilities.items():
-        cap.current_usage = used.get(resource, 0.0)
+    ctx.settle_usage()  # the journal is the truth of what was charged
     cp.updated_at = time.time()
     await kernel.backend.runs.save(cp)
     await budgets.close_run(cp.pid)
+    _log_stop(cp)
+
+
+def _log_stop(cp: AgentCheckpoint) -> None:
+    steps = len(cp.syscall_log)
+    if cp.status == "SUSPENDED_FOR_HITL":
+        log.info("run %s suspended at step %s: %s waits for approval", cp.pid, cp.pending_step, cp.pending_tool)
+    elif cp.status == "FAILED":
+        log.warning("run %s failed after %d steps: %s", cp.pid, steps, cp.error)
+    elif cp.status == "PREEMPTED":
+        log.info("run %s preempted after %d steps: %s", cp.pid, steps, cp.preemption_reason)
+    else:
+        log.info("run %s %s after %d steps", cp.pid, cp.status.lower(), steps)
 
 
 def takes_proxy(agent: Callable[..., Any]) -> bool:

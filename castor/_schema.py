@@ -62,7 +62,7 @@ class ArgSchema:
         self._names = frozenset(fast)
         self._required = tuple(required)
         config = ConfigDict(extra="allow" if self._open else "forbid", arbitrary_types_allowed=True)
-        self._model: type[BaseModel] = create_model(  # type: ignore[call-overload]
+        self._model: type[BaseModel] = create_model(
             f"{name}_arguments", __config__=config, **fields
         )
 
@@ -71,12 +71,13 @@ class ArgSchema:
         fast = self._fast
         ok = True
         for key, value in arguments.items():
-            types = fast.get(key, False)
-            if types is False:
+            if key not in fast:
                 if not self._open:
                     ok = False
                     break
-            elif types is None or not isinstance(value, types) or (types is _INT and value.__class__ is bool):
+                continue
+            types = fast[key]
+            if types is None or not isinstance(value, types) or (types is _INT and value.__class__ is bool):
                 ok = False
                 break
         if ok:

@@ -107,7 +107,9 @@ class ToolSpec:
 def _is_async(func: Callable[..., Any]) -> bool:
     while isinstance(func, functools.partial):
         func = func.func
-    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(getattr(func, "__call__", None))
+    # A callable object with an ``async def __call__`` is an async tool too.
+    dunder_call = type(func).__dict__.get("__call__")
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(dunder_call)
 
 
 def tool_name_of(func: Callable[..., Any]) -> str:

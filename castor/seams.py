@@ -9,8 +9,8 @@ Every method is a coroutine, so a backend may do I/O; the memory one simply neve
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from castor.checkpoint import AgentCheckpoint, StepFailure, SyscallRecord
@@ -80,8 +80,8 @@ class Call:
     approved_by: str | None = None
     # What the journal record of this step carries besides the response (request, charged, flags), so an
     # executor that journals results itself (a Celery worker) writes the same record the kernel would.
-    record: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
+    record: dict[str, Any] | None = None
+    extra: dict[str, Any] | None = None
 
 
 @runtime_checkable
@@ -201,8 +201,8 @@ class Executor(Protocol):
 
     writes_journal: bool
 
-    async def execute(self, call: Call) -> Any:
-        """Run the call and return its result; raise what the tool raised."""
+    def execute(self, call: Call) -> Awaitable[Any]:
+        """An awaitable of the call's result; it raises what the tool raised."""
 
     async def close(self) -> None:
         """Release threads, connections and reply readers."""

@@ -2,23 +2,28 @@
 
     replay → validate → gate → budget → execute (+ journal)
 
-Each stage is an async function ``stage(call, inner)`` over one typed input, ``Syscall``; adding a
-field to it breaks no signature. The stack is built once per kernel. A stage either answers (a
-replayed result, a ``VALIDATION_ERROR``, a human's rejection, an ``INSUFFICIENT_CAPABILITY``) or
-passes the call inward. Whatever the agent receives from a live step is journaled before it sees it.
+Each stage is a function ``stage(call, inner)`` over one typed input, ``Syscall``; adding a field to
+it breaks no signature. The stack is built once per kernel. A stage either answers (a replayed
+result, a ``VALIDATION_ERROR``, a human's rejection, an ``INSUFFICIENT_CAPABILITY``) or passes the
+call inward. Whatever the agent receives from a live step is journaled before it sees it.
+
+Speed: a stage returns an awaitable rather than being a coroutine itself, so a stage that only
+passes a call inward (replay on a live step, the gate for a safe tool) costs a function call, not a
+coroutine frame. Only stages that must wait for something (a charge, the tool) are coroutines.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 from castor._canonical import canonical
 from castor._context import RunContext, Suspend
 from castor._errors import ReplayDivergenceError, UnknownToolError
-from castor.checkpoint import StepFailure, SyscallRecord
+from castor.checkpoint import StepFailure, new_record
 from castor.registry import ToolSpec
 from castor.seams import Call, PendingApproval
 
@@ -35,8 +40,8 @@ class Syscall:
     tool_name: str
     arguments: dict[str, Any]
     spec: ToolSpec | None = None
-    checked: dict[str, Any] = field(default_factory=dict)
-    charged: Mapping[str, float] = field(default_factory=dict)
+    checked: dict[str, Any] | None = None
+    charged: Mapping[str, float] | None = None
     was_hitl: bool = False
     decided_by: str | None = None
     needs_review: bool = False
@@ -49,22 +54,15 @@ class Syscall:
 
 
 Handler = Callable[[Syscall], Awaitable[Any]]
-Stage = Callable[[Syscall, Handler], Awaitable[Any]]
+Stage = Callable[..., Awaitable[Any]]  # def stage(call: Syscall, inner: Handler) -> Awaitable[Any]
 
 
 def build_path(stages: list[Stage], terminal: Handler) -> Handler:
     """Wrap ``terminal`` in ``stages``, the first stage outermost."""
     handler = terminal
     for stage in reversed(stages):
-        handler = _bind(stage, handler)
+        handler = functools.partial(stage, inner=handler)
     return handler
-
-
-def _bind(stage: Stage, inner: Handler) -> Handler:
-    async def handle(call: Syscall) -> Any:
-        return await stage(call, inner)
-
-    return handle
 
 
 def record_fields(call: Syscall, charged: Mapping[str, float] | None) -> dict[str, Any]:
@@ -84,28 +82,37 @@ async def answer(
     call: Syscall, response: Any, charged: Mapping[str, float] | None = None, *, stored: bool = False
 ) -> Any:
     """Journal ``response`` as the step's result and return it to the agent."""
-    record = SyscallRecord.model_construct(
-        response=response, finished_at=time.time(), **record_fields(call, charged)
+    record = new_record(
+        call.request,
+        response,
+        was_hitl=call.was_hitl,
+        needs_review=call.needs_review,
+        review_reason=call.review_reason,
+        charged=charged,  # type: ignore[arg-type]  # a tool's cost mapping, never mutated: shared, not copied
+        decided_by=call.decided_by,
+        finished_at=time.time(),
     )
     await call.ctx.commit(call.step, record, stored=stored)
     return response
 
 
+async def _value(value: Any) -> Any:
+    return value
+
+
 # --- 1. replay ------------------------------------------------------------------------------------
 
 
-async def replay(call: Syscall, inner: Handler) -> Any:
+def replay(call: Syscall, inner: Handler) -> Awaitable[Any]:
     """Serve a journaled step from the cache, after checking it is the same call."""
     log = call.ctx.checkpoint.syscall_log
-    if call.step < len(log):
-        record = log[call.step]
-        request = record.request
-        if request.get("tool_name") != call.tool_name or not same_arguments(
-            request.get("arguments"), call.arguments
-        ):
-            raise ReplayDivergenceError(call.step, request, call.request)
-        return record.response
-    return await inner(call)
+    if call.step >= len(log):
+        return inner(call)
+    record = log[call.step]
+    request = record.request
+    if request.get("tool_name") != call.tool_name or not same_arguments(request.get("arguments"), call.arguments):
+        raise ReplayDivergenceError(call.step, request, call.request)
+    return _value(record.response)
 
 
 def same_arguments(recorded: Any, actual: dict[str, Any]) -> bool:
@@ -118,7 +125,7 @@ def same_arguments(recorded: Any, actual: dict[str, Any]) -> bool:
 # --- 2. validate ----------------------------------------------------------------------------------
 
 
-async def validate(call: Syscall, inner: Handler) -> Any:
+def validate(call: Syscall, inner: Handler) -> Awaitable[Any]:
     """Check the arguments against the tool's schema; a bad call is answered, not executed."""
     spec = call.ctx.kernel.tools.find(call.tool_name)
     if spec is None:
@@ -126,34 +133,36 @@ async def validate(call: Syscall, inner: Handler) -> Any:
     call.spec = spec
     checked, error = spec.schema.check(call.arguments)
     if error is not None:
-        return await answer(
-            call, {"status": "VALIDATION_ERROR", "feedback_message": error, "tool_name": call.tool_name}
-        )
+        return answer(call, {"status": "VALIDATION_ERROR", "feedback_message": error, "tool_name": call.tool_name})
     call.checked = checked
-    return await inner(call)
+    return inner(call)
 
 
 # --- 3. gate --------------------------------------------------------------------------------------
 
 
-async def gate(call: Syscall, inner: Handler) -> Any:
+def gate(call: Syscall, inner: Handler) -> Awaitable[Any]:
     """Destructive calls wait for a human, or run speculatively flagged for review."""
     spec = cast(ToolSpec, call.spec)  # set by validate, which runs before every inner stage
     if not spec.gated:
-        return await inner(call)
-    ctx = call.ctx
-    if ctx.speculative:
+        return inner(call)
+    if call.ctx.speculative:
         call.needs_review = True
         call.review_reason = SPECULATIVE_REASON if spec.destructive else HITL_SPECULATIVE_REASON
-        return await inner(call)
-    kernel = ctx.kernel
-    decision = await kernel.backend.approvals.decision(ctx.run_id, call.step)
+        return inner(call)
+    return _ask_human(call, inner)
+
+
+async def _ask_human(call: Syscall, inner: Handler) -> Any:
+    ctx = call.ctx
+    backend = ctx.kernel.backend
+    decision = await backend.approvals.decision(ctx.run_id, call.step)
     if decision is None:
         # Never ask a human to approve what the budget cannot pay for: let the budget stage deny it.
-        affordable = await kernel.backend.budgets.can_afford(ctx.run_id, cost_of(call), ctx.scopes)
+        affordable = await backend.budgets.can_afford(ctx.run_id, cost_of(call), ctx.scopes)
         if not affordable.ok:
             return await inner(call)
-        await kernel.backend.approvals.request(
+        await backend.approvals.request(
             PendingApproval(ctx.run_id, call.step, call.tool_name, call.arguments, time.time())
         )
         ctx.suspended_at = call.step
@@ -185,7 +194,7 @@ async def budget(call: Syscall, inner: Handler) -> Any:
     """Reserve the call's cost atomically; refund it if the tool never produced a result."""
     ctx = call.ctx
     cost = cost_of(call)
-    budgets = ctx.kernel.backend.budgets
+    budgets = ctx.budgets
     charge = await budgets.charge(ctx.run_id, call.step, cost, ctx.scopes)
     if not charge.ok:
         return await answer(
@@ -201,16 +210,10 @@ async def budget(call: Syscall, inner: Handler) -> Any:
         )
     call.charged = cost
     try:
-        result = await inner(call)
+        return await inner(call)
     except BaseException:
         await budgets.refund(ctx.run_id, call.step)
         raise
-    caps = ctx.checkpoint.capabilities
-    for resource, amount in cost.items():
-        cap = caps.get(resource)
-        if cap is not None:
-            cap.current_usage += amount
-    return result
 
 
 def _amount(cost: Mapping[str, float], short: str | None) -> str:
@@ -227,7 +230,10 @@ async def execute(call: Syscall) -> Any:
     ctx = call.ctx
     run_id = ctx.run_id
     executor = ctx.kernel.executor
-    work = Call(run_id, call.step, call.tool_name, call.checked, f"{run_id}:{call.step}", spec.timeout, call.decided_by)
+    work = Call(
+        run_id, call.step, call.tool_name, cast(dict, call.checked), f"{run_id}:{call.step}", spec.timeout,
+        call.decided_by,
+    )
     if executor.writes_journal:
         work.record = record_fields(call, call.charged)
     try:

@@ -1,7 +1,10 @@
 """Backends: bundles of the state seams, chosen by URL.
 
     memory://                 in this process only (the Python API's default)
-    sqlite:///path/to/file.db one local file (the CLI's embedded default); a bare ``*.db`` path works too
+    sqlite:///path/to/file.db one local file (the CLI's embedded default); a bare ``*.db`` path works too;
+                              ``?synchronous=OFF|NORMAL|FULL`` (default NORMAL: a committed step survives a
+                              killed process; FULL also survives power loss; OFF is faster, and safe against a
+                              killed process but not against an OS crash)
     redis://[:password@]host:port/db, rediss://...   shared by every process (the fleet)
 """
 
@@ -20,19 +23,23 @@ def open_backend(url: str | None) -> Backend:
 
         return memory_backend()
     if url.startswith("sqlite://"):
-        path = url[len("sqlite://") :]
+        path, _, query = url[len("sqlite://") :].partition("?")
+        options = dict(part.partition("=")[::2] for part in query.split("&") if part)
+        unknown = set(options) - {"synchronous"}
+        if unknown:
+            raise ConfigError(f"unknown sqlite store option(s) {', '.join(sorted(unknown))} in {url!r}")
         if path.startswith("/") and not path.startswith("//"):
             path = path[1:] or ":memory:"  # sqlite:///x.db is the relative path x.db
         elif path.startswith("//"):
             path = path[1:]  # sqlite:////abs/x.db
         from castor.backends.sqlite import sqlite_backend
 
-        return sqlite_backend(path)
+        return sqlite_backend(path, synchronous=options.get("synchronous", "NORMAL"))
     if url.startswith(("redis://", "rediss://", "unix://")):
         from castor.backends.redis import redis_backend
 
         return redis_backend(url)
-    if url.endswith((".db", ".sqlite", ".sqlite3")) or os.sep in url:
+    if "://" not in url and (url.endswith((".db", ".sqlite", ".sqlite3")) or os.sep in url):
         from castor.backends.sqlite import sqlite_backend
 
         return sqlite_backend(url)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 from castor._errors import ToolTimeoutError
 from castor.registry import ToolRegistry
@@ -27,8 +28,11 @@ class LocalExecutor:
             self._pool = ThreadPoolExecutor(self._max_threads, thread_name_prefix="castor-tool")
         return self._pool
 
-    async def execute(self, call: Call) -> Any:
-        """Run the call with the tool's deadline; ``ToolTimeoutError`` past it."""
+    def execute(self, call: Call) -> Awaitable[Any]:
+        """Run the call with the tool's deadline; ``ToolTimeoutError`` past it.
+
+        An async tool without a deadline is awaited directly by the kernel: no frame of our own.
+        """
         spec = self._tools.get(call.tool_name)
         if spec.is_async:
             work = spec.func(**call.arguments)
@@ -36,13 +40,19 @@ class LocalExecutor:
             loop = asyncio.get_running_loop()
             work = loop.run_in_executor(self._threads(), functools.partial(spec.func, **call.arguments))
         if call.timeout is None:
-            return await work
+            return cast(Awaitable[Any], work)
+        return self._with_deadline(call, work)
+
+    async def _with_deadline(self, call: Call, work: Awaitable[Any]) -> Any:
+        timeout = cast(float, call.timeout)
         try:
-            async with asyncio.timeout(call.timeout):
+            async with asyncio.timeout(timeout) as deadline:
                 return await work
         except TimeoutError as exc:
+            if not deadline.expired():
+                raise  # the tool's own TimeoutError, not our deadline
             raise ToolTimeoutError(
-                f"tool {call.tool_name!r} timed out after {call.timeout:g}s (run {call.run_id}, step {call.step})"
+                f"tool {call.tool_name!r} timed out after {timeout:g}s (run {call.run_id}, step {call.step})"
             ) from exc
 
     async def close(self) -> None:

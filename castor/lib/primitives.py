@@ -30,7 +30,7 @@ async def chat(prompt: str, *, system: str = "", tool_name: str = "llm_inference
 
 def budget(resource: str) -> float:
     """What this run may still spend on ``resource`` (``inf`` if nothing limits it). Costs nothing."""
-    return active_run().checkpoint.budget_remaining(resource)
+    return active_run().remaining(resource)
 
 
 async def spawn(agent_name: str, *, capabilities: dict[str, float] | None = None) -> Any:

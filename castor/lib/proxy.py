@@ -42,7 +42,7 @@ class SyscallProxy:
 
     def budget(self, resource: str) -> float:
         """What the run may still spend on ``resource``."""
-        return self._ctx.checkpoint.budget_remaining(resource)
+        return self._ctx.remaining(resource)
 
     async def spawn(self, agent_name: str, *, capabilities: dict[str, float] | None = None) -> Any:
         """Start a child agent."""

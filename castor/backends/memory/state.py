@@ -1,86 +1,19 @@
-"""In-memory implementations of the state seams: the Python API's default and the tests' double.
-
-State lives in dicts guarded by one lock per store, so tool threads and several event loops in one
-process see consistent budgets. Nothing survives the process.
-"""
+"""In-memory budgets (ledgers under one lock) and approvals (first decision wins, events wake waiters)."""
 
 from __future__ import annotations
 
 import asyncio
 import math
 import threading
-import time
 from collections.abc import Mapping, Sequence
 
-from castor._errors import AlreadyDecidedError, JournalConflictError, NothingPendingError
-from castor.checkpoint import AgentCheckpoint, StepFailure, SyscallRecord
-from castor.seams import Backend, Charge, Decision, PendingApproval, RunSummary
+from castor._errors import AlreadyDecidedError, NothingPendingError
+from castor.seams import Charge, Decision, PendingApproval
 
-
-class MemoryJournal:
-    """Records per run in a dict keyed by step; a fork points at its parent's prefix."""
-
-    def __init__(self) -> None:
-        self._steps: dict[str, dict[int, SyscallRecord]] = {}
-        self._base: dict[str, tuple[str, int]] = {}
-        self._failures: dict[str, list[StepFailure]] = {}
-
-    async def append(self, run_id: str, step: int, record: SyscallRecord) -> None:
-        """Write the record of ``step`` once."""
-        steps = self._steps.setdefault(run_id, {})
-        if step in steps or step < self._base_len(run_id):
-            raise JournalConflictError(f"run {run_id!r} step {step} is journaled already")
-        steps[step] = record
-
-    def _base_len(self, run_id: str) -> int:
-        base = self._base.get(run_id)
-        return base[1] if base else 0
-
-    async def get(self, run_id: str, step: int) -> SyscallRecord | None:
-        """The record of ``step`` (looked up through fork parents)."""
-        while True:
-            base = self._base.get(run_id)
-            if base is None or step >= base[1]:
-                return self._steps.get(run_id, {}).get(step)
-            run_id = base[0]
-
-    async def history(self, run_id: str) -> list[SyscallRecord]:
-        """All records of the run in step order, contiguous from step 0."""
-        out: list[SyscallRecord] = []
-        step = 0
-        while True:
-            record = await self.get(run_id, step)
-            if record is None:
-                return out
-            out.append(record)
-            step += 1
-
-    async def length(self, run_id: str) -> int:
-        """Number of contiguous steps journaled."""
-        steps = self._steps.get(run_id, {})
-        n = self._base_len(run_id)
-        while n in steps:
-            n += 1
-        return n
-
-    async def fork(self, parent_id: str, child_id: str, at_step: int) -> None:
-        """Share the parent's first ``at_step`` records with ``child_id``."""
-        self._base[child_id] = (parent_id, at_step)
-        self._steps.setdefault(child_id, {})
-
-    async def record_failure(self, run_id: str, failure: StepFailure) -> None:
-        """Keep the failure for audit."""
-        self._failures.setdefault(run_id, []).append(failure)
-
-    async def failures(self, run_id: str) -> list[StepFailure]:
-        """The run's failures, oldest first."""
-        return list(self._failures.get(run_id, []))
-
-    async def delete(self, run_id: str) -> None:
-        """Forget the run (forks of it keep working only while it exists)."""
-        self._steps.pop(run_id, None)
-        self._base.pop(run_id, None)
-        self._failures.pop(run_id, None)
+_OK = Charge(True)
+# What a step took: from the run's ledger alone, the cost itself (its tracked resources are known);
+# with scopes, (scope or None, resource, amount) triples.
+Taken = Mapping[str, float] | list[tuple[str | None, str, float]]
 
 
 class MemoryBudgetStore:
@@ -90,12 +23,13 @@ class MemoryBudgetStore:
         self._lock = threading.Lock()
         self._runs: dict[str, dict[str, list[float]]] = {}
         self._scopes: dict[str, dict[str, list[float]]] = {}
-        self._charged: dict[tuple[str, int], list[tuple[str | None, str, float]]] = {}
+        self._charged: dict[str, dict[int, Taken]] = {}
 
     async def open_run(self, run_id: str, limits: Mapping[str, float], used: Mapping[str, float]) -> None:
         """Set the run's ledger."""
         with self._lock:
             self._runs[run_id] = {r: [float(v), float(used.get(r, 0.0))] for r, v in limits.items()}
+            self._charged.setdefault(run_id, {})
 
     def _ledgers(self, run_id: str, scopes: Sequence[str]) -> list[tuple[str | None, dict[str, list[float]]]]:
         ledgers: list[tuple[str | None, dict[str, list[float]]]] = [(None, self._runs.get(run_id, {}))]
@@ -116,8 +50,13 @@ class MemoryBudgetStore:
     ) -> Charge:
         """Charge all or nothing; a step charged before is not charged again."""
         with self._lock:
-            if (run_id, step) in self._charged:
-                return Charge(True)
+            steps = self._charged.get(run_id)
+            if steps is None:
+                steps = self._charged[run_id] = {}
+            elif step in steps:
+                return _OK
+            if not scopes:
+                return self._charge_run(run_id, step, cost, steps)
             short = self._short(run_id, cost, scopes)
             if short is not None:
                 return short
@@ -128,18 +67,36 @@ class MemoryBudgetStore:
                     if entry is not None:
                         entry[1] += amount
                         taken.append((scope, resource, amount))
-            self._charged[(run_id, step)] = taken
-            return Charge(True)
+            steps[step] = taken
+            return _OK
+
+    def _charge_run(self, run_id: str, step: int, cost: Mapping[str, float], steps: dict[int, Taken]) -> Charge:
+        # The common case (no shared scope) in one pass over the run's ledger.
+        ledger = self._runs.get(run_id)
+        if ledger:
+            for resource, amount in cost.items():
+                entry = ledger.get(resource)
+                if entry is not None and entry[1] + amount > entry[0] + 1e-9:
+                    return Charge(False, resource, max(entry[0] - entry[1], 0.0))
+            for resource, amount in cost.items():
+                entry = ledger.get(resource)
+                if entry is not None:
+                    entry[1] += amount
+        steps[step] = cost
+        return _OK
 
     async def can_afford(self, run_id: str, cost: Mapping[str, float], scopes: Sequence[str] = ()) -> Charge:
         """Whether the charge would pass now."""
         with self._lock:
-            return self._short(run_id, cost, scopes) or Charge(True)
+            return self._short(run_id, cost, scopes) or _OK
 
     async def refund(self, run_id: str, step: int) -> None:
         """Give back what the step took, once."""
         with self._lock:
-            for scope, resource, amount in self._charged.pop((run_id, step), []):
+            taken = self._charged.get(run_id, {}).pop(step, None)
+            if isinstance(taken, Mapping):
+                taken = [(None, resource, amount) for resource, amount in taken.items()]
+            for scope, resource, amount in taken or ():
                 ledger = self._runs.get(run_id) if scope is None else self._scopes.get(scope)
                 if ledger and resource in ledger:
                     ledger[resource][1] -= amount
@@ -158,8 +115,7 @@ class MemoryBudgetStore:
         """Drop the run's ledger and its charge keys."""
         with self._lock:
             self._runs.pop(run_id, None)
-            for key in [k for k in self._charged if k[0] == run_id]:
-                del self._charged[key]
+            self._charged.pop(run_id, None)
 
     async def set_scope(self, scope: str, limits: Mapping[str, float]) -> None:
         """Create or re-limit a scope, keeping its usage."""
@@ -247,50 +203,3 @@ class MemoryApprovalStore:
                 del table[key]
 
 
-class MemoryRunStore:
-    """Run headers as checkpoints without journals."""
-
-    def __init__(self) -> None:
-        self._runs: dict[str, AgentCheckpoint] = {}
-        self._steps: dict[str, int] = {}
-
-    async def save(self, checkpoint: AgentCheckpoint) -> None:
-        """Keep a header copy (the journal is the Journal's)."""
-        self._runs[checkpoint.pid] = checkpoint.model_copy(update={"syscall_log": []})
-        self._steps[checkpoint.pid] = len(checkpoint.syscall_log)
-
-    async def load(self, pid: str) -> AgentCheckpoint | None:
-        """A fresh copy of the header."""
-        header = self._runs.get(pid)
-        return header.model_copy(deep=True) if header is not None else None
-
-    async def list(self, status: str | None = None, limit: int = 100, offset: int = 0) -> list[RunSummary]:
-        """Newest first."""
-        rows = [cp for cp in self._runs.values() if status is None or cp.status == status]
-        rows.sort(key=lambda cp: cp.created_at, reverse=True)
-        return [summarize(cp, self._steps.get(cp.pid, 0)) for cp in rows[offset : offset + limit]]
-
-    async def delete(self, pid: str) -> None:
-        """Forget the run."""
-        self._runs.pop(pid, None)
-        self._steps.pop(pid, None)
-
-
-def summarize(cp: AgentCheckpoint, steps: int, owner: str | None = None) -> RunSummary:
-    """The ``ps`` line of a checkpoint header."""
-    return RunSummary(
-        pid=cp.pid,
-        status=cp.status,
-        agent=cp.agent_function_name,
-        parent_pid=cp.parent_pid,
-        pending_tool=cp.pending_tool,
-        steps=steps,
-        created_at=cp.created_at,
-        updated_at=cp.updated_at or time.time(),
-        owner=owner,
-    )
-
-
-def memory_backend() -> Backend:
-    """A fresh in-memory bundle."""
-    return Backend(MemoryJournal(), MemoryBudgetStore(), MemoryApprovalStore(), MemoryRunStore(), "memory://")

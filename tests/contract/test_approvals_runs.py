@@ -1,0 +1,93 @@
+"""ApprovalStore and RunStore contracts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from castor import AgentCheckpoint, AlreadyDecidedError, NothingPendingError
+from castor.checkpoint import Capability, SyscallRecord
+from castor.seams import Backend, Decision, PendingApproval
+
+
+def pending(run: str, step: int, at: float) -> PendingApproval:
+    return PendingApproval(run, step, "delete_file", {"path": f"/tmp/{run}"}, at)
+
+
+async def test_first_decision_wins(backend: Backend) -> None:
+    a = backend.approvals
+    await a.request(pending("r", 2, time.time()))
+    assert [p.step for p in await a.pending("r")] == [2]
+    first = Decision("r", 2, "approve", "alice", time.time())
+    assert await a.decide(first) == first
+    with pytest.raises(AlreadyDecidedError, match="alice"):
+        await a.decide(Decision("r", 2, "reject", "bob", time.time(), "no"))
+    got = await a.decision("r", 2)
+    assert got is not None and got.outcome == "approve" and got.by == "alice"
+    assert await a.pending("r") == []
+
+
+async def test_deciding_nothing_pending(backend: Backend) -> None:
+    with pytest.raises(NothingPendingError):
+        await backend.approvals.decide(Decision("ghost", 0, "approve", "alice", time.time()))
+
+
+async def test_pending_oldest_first_across_runs(backend: Backend) -> None:
+    a = backend.approvals
+    now = time.time()
+    await a.request(pending("b", 0, now + 1))
+    await a.request(pending("a", 5, now))
+    await a.request(pending("a", 5, now + 9))  # the same step again changes nothing
+    assert [(p.run_id, p.step) for p in await a.pending()] == [("a", 5), ("b", 0)]
+    assert (await a.pending())[0].arguments == {"path": "/tmp/a"}
+
+
+async def test_wait_wakes_on_decision(backend: Backend) -> None:
+    a = backend.approvals
+    await a.request(pending("r", 0, time.time()))
+    assert await a.wait("r", 0, timeout=0.05) is None
+    waiter = asyncio.ensure_future(a.wait("r", 0, timeout=5))
+    await asyncio.sleep(0.01)
+    await a.decide(Decision("r", 0, "modify", "carol", time.time(), "use /tmp/x"))
+    got = await waiter
+    assert got is not None and got.outcome == "modify" and got.reason == "use /tmp/x"
+
+
+async def test_clear(backend: Backend) -> None:
+    a = backend.approvals
+    await a.request(pending("r", 0, time.time()))
+    await a.clear("r")
+    assert await a.pending() == [] and await a.decision("r", 0) is None
+
+
+def checkpoint(pid: str, status: str, created: float) -> AgentCheckpoint:
+    return AgentCheckpoint(
+        pid=pid, status=status, agent_function_name="agent", created_at=created,  # type: ignore[arg-type]
+        capabilities={"api": Capability(resource_type="api", max_budget=5, current_usage=2)},
+        syscall_log=[SyscallRecord(request={"tool_name": "t", "arguments": {}}, response=1)],
+        pending_hitl={"tool_name": "rm", "arguments": {"p": 1}} if status == "SUSPENDED_FOR_HITL" else None,
+        result={"ok": True} if status == "COMPLETED" else None,
+    )
+
+
+async def test_run_headers(backend: Backend) -> None:
+    r = backend.runs
+    assert await r.load("none") is None
+    await r.save(checkpoint("a", "COMPLETED", 1.0))
+    await r.save(checkpoint("b", "SUSPENDED_FOR_HITL", 2.0))
+    await r.save(checkpoint("c", "COMPLETED", 3.0))
+    loaded = await r.load("b")
+    assert loaded is not None and loaded.syscall_log == [] and loaded.pending_tool == "rm"
+    assert loaded.capabilities["api"].current_usage == 2
+    assert [s.pid for s in await r.list()] == ["c", "b", "a"]
+    assert [s.pid for s in await r.list(status="COMPLETED")] == ["c", "a"]
+    assert [s.pid for s in await r.list(limit=1, offset=1)] == ["b"]
+    summary = (await r.list(status="SUSPENDED_FOR_HITL"))[0]
+    assert summary.pending_tool == "rm" and summary.steps == 1 and summary.agent == "agent"
+    again = checkpoint("b", "COMPLETED", 2.0)
+    await r.save(again)
+    assert [s.pid for s in await r.list(status="SUSPENDED_FOR_HITL")] == []
+    await r.delete("a")
+    assert await r.load("a") is None

@@ -1,0 +1,98 @@
+"""BudgetStore contract: atomic, all-or-nothing, idempotent charges over runs and shared scopes."""
+
+from __future__ import annotations
+
+import math
+
+from castor.seams import Backend
+
+
+async def test_charge_within_and_beyond_the_limit(backend: Backend) -> None:
+    b = backend.budgets
+    await b.open_run("r", {"api": 2}, {})
+    assert (await b.charge("r", 0, {"api": 1})).ok
+    assert (await b.charge("r", 1, {"api": 1})).ok
+    denied = await b.charge("r", 2, {"api": 1})
+    assert not denied.ok and denied.short == "api" and denied.remaining == 0
+    assert await b.remaining("r", "api") == 0
+
+
+async def test_all_or_nothing(backend: Backend) -> None:
+    b = backend.budgets
+    await b.open_run("r", {"api": 5, "disk": 1}, {"disk": 1})
+    denied = await b.charge("r", 0, {"api": 1, "disk": 1})
+    assert not denied.ok and denied.short == "disk"
+    assert await b.remaining("r", "api") == 5  # nothing was taken
+
+
+async def test_charging_a_step_twice_charges_once(backend: Backend) -> None:
+    b = backend.budgets
+    await b.open_run("r", {"api": 10}, {})
+    assert (await b.charge("r", 0, {"api": 3})).ok
+    assert (await b.charge("r", 0, {"api": 3})).ok
+    assert await b.remaining("r", "api") == 7
+
+
+async def test_refund_is_idempotent(backend: Backend) -> None:
+    b = backend.budgets
+    await b.open_run("r", {"api": 10}, {"api": 4})
+    await b.charge("r", 0, {"api": 3})
+    await b.refund("r", 0)
+    await b.refund("r", 0)
+    assert await b.remaining("r", "api") == 6
+    await b.refund("r", 99)  # never charged: nothing happens
+    assert await b.remaining("r", "api") == 6
+
+
+async def test_untracked_resources_are_unlimited(backend: Backend) -> None:
+    b = backend.budgets
+    await b.open_run("r", {"api": 1}, {})
+    assert (await b.charge("r", 0, {"gpu": 1e9})).ok
+    assert math.isinf(await b.remaining("r", "gpu"))
+
+
+async def test_can_afford_does_not_charge(backend: Backend) -> None:
+    b = backend.budgets
+    await b.open_run("r", {"api": 1}, {})
+    assert (await b.can_afford("r", {"api": 1})).ok
+    assert not (await b.can_afford("r", {"api": 2})).ok
+    assert await b.remaining("r", "api") == 1
+
+
+async def test_scopes_are_drawn_with_the_run(backend: Backend) -> None:
+    b = backend.budgets
+    await b.set_scope("team", {"api": 3})
+    await b.open_run("r1", {"api": 10}, {})
+    await b.open_run("r2", {"api": 10}, {})
+    assert (await b.charge("r1", 0, {"api": 2}, ["team"])).ok
+    denied = await b.charge("r2", 0, {"api": 2}, ["team"])
+    assert not denied.ok and denied.short == "team:api"
+    assert await b.remaining("r2", "api") == 10  # all or nothing: the run kept its budget
+    assert (await b.charge("r2", 1, {"api": 1}, ["team"])).ok
+    assert await b.read_scope("team") == {"api": (3.0, 3.0)}
+    assert await b.remaining("r1", "api", ["team"]) == 0
+    await b.refund("r1", 0)
+    assert await b.read_scope("team") == {"api": (3.0, 1.0)}
+
+
+async def test_scope_admin(backend: Backend) -> None:
+    b = backend.budgets
+    assert await b.read_scope("nope") == {}
+    await b.set_scope("s", {"api": 1})
+    await b.open_run("r", {}, {})
+    assert (await b.charge("r", 0, {"api": 1}, ["s"])).ok
+    await b.top_up("s", {"api": 4})
+    assert await b.read_scope("s") == {"api": (5.0, 1.0)}
+    await b.set_scope("s", {"api": 2})  # re-limit keeps usage
+    assert await b.read_scope("s") == {"api": (2.0, 1.0)}
+    await b.reset_scope("s")
+    assert await b.read_scope("s") == {"api": (2.0, 0.0)}
+
+
+async def test_reopen_run_with_usage(backend: Backend) -> None:
+    b = backend.budgets
+    await b.open_run("r", {"api": 5}, {"api": 4})
+    assert not (await b.charge("r", 9, {"api": 2})).ok
+    await b.close_run("r")
+    await b.open_run("r", {"api": 8}, {"api": 4})
+    assert (await b.charge("r", 9, {"api": 2})).ok

@@ -1,0 +1,95 @@
+"""Journal contract: write-once records, contiguous history, forks that share a prefix."""
+
+from __future__ import annotations
+
+import pytest
+
+from castor import JournalConflictError
+from castor.checkpoint import StepFailure, SyscallRecord
+from castor.seams import Backend
+
+
+def rec(i: int, **extra: object) -> SyscallRecord:
+    return SyscallRecord(request={"tool_name": "t", "arguments": {"i": i}}, response={"value": i}, **extra)
+
+
+async def test_append_get_history(backend: Backend) -> None:
+    j = backend.journal
+    for i in range(3):
+        await j.append("r1", i, rec(i, charged={"api": 1.0}))
+    assert await j.length("r1") == 3
+    assert await j.get("r1", 1) == rec(1, charged={"api": 1.0})
+    assert [r.response["value"] for r in await j.history("r1")] == [0, 1, 2]
+    assert await j.get("r1", 3) is None
+    assert await j.history("unknown") == []
+    assert await j.length("unknown") == 0
+
+
+async def test_records_are_write_once(backend: Backend) -> None:
+    await backend.journal.append("r1", 0, rec(0))
+    with pytest.raises(JournalConflictError):
+        await backend.journal.append("r1", 0, rec(99))
+    assert (await backend.journal.get("r1", 0)) == rec(0)
+
+
+async def test_history_stops_at_a_hole(backend: Backend) -> None:
+    await backend.journal.append("r1", 0, rec(0))
+    await backend.journal.append("r1", 2, rec(2))
+    assert len(await backend.journal.history("r1")) == 1
+    assert await backend.journal.length("r1") == 1
+
+
+async def test_fork_shares_the_prefix(backend: Backend) -> None:
+    j = backend.journal
+    for i in range(5):
+        await j.append("parent", i, rec(i))
+    await j.fork("parent", "child", 3)
+    assert await j.length("child") == 3
+    assert [r.response["value"] for r in await j.history("child")] == [0, 1, 2]
+    with pytest.raises(JournalConflictError):
+        await j.append("child", 2, rec(42))
+    await j.append("child", 3, rec(30))
+    assert [r.response["value"] for r in await j.history("child")] == [0, 1, 2, 30]
+    assert (await j.get("child", 1)) == rec(1)
+    assert (await j.get("child", 4)) is None
+    assert [r.response["value"] for r in await j.history("parent")] == [0, 1, 2, 3, 4]
+
+
+async def test_fork_of_a_fork(backend: Backend) -> None:
+    j = backend.journal
+    for i in range(4):
+        await j.append("a", i, rec(i))
+    await j.fork("a", "b", 2)
+    await j.append("b", 2, rec(20))
+    await j.fork("b", "c", 3)
+    await j.append("c", 3, rec(300))
+    assert [r.response["value"] for r in await j.history("c")] == [0, 1, 20, 300]
+
+
+async def test_failures_are_kept_for_audit(backend: Backend) -> None:
+    j = backend.journal
+    await j.record_failure("r1", StepFailure(step=0, tool_name="t", error_type="OSError", message="disk"))
+    await j.record_failure("r1", StepFailure(step=0, tool_name="t", error_type="OSError", message="again"))
+    assert [f.message for f in await j.failures("r1")] == ["disk", "again"]
+    assert await j.history("r1") == []  # failures are not cached steps
+
+
+async def test_delete(backend: Backend) -> None:
+    await backend.journal.append("r1", 0, rec(0))
+    await backend.journal.delete("r1")
+    assert await backend.journal.history("r1") == []
+    await backend.journal.append("r1", 0, rec(7))  # the position is free again
+
+
+def test_store_urls() -> None:
+    from castor import ConfigError
+    from castor.backends import open_backend
+
+    with pytest.raises(ConfigError, match="unknown store"):
+        open_backend("postgres://x")
+    with pytest.raises(ConfigError, match="bogus"):
+        open_backend("sqlite:///:memory:?bogus=1")
+    with pytest.raises(ConfigError, match="synchronous"):
+        open_backend("sqlite:///:memory:?synchronous=sometimes")
+    assert open_backend("sqlite:///:memory:?synchronous=OFF").url == "sqlite:///:memory:"
+    assert open_backend(None).url == "memory://"

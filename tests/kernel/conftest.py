@@ -1,0 +1,48 @@
+"""Shared tools and agents for kernel tests: every tool counts its own executions."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from castor import Castor
+from castor.lib import tool
+
+CALLS: Counter[str] = Counter()
+
+
+async def search(query: str) -> list[str]:
+    CALLS["search"] += 1
+    return [f"Result for: {query}"]
+
+
+async def delete_file(path: str) -> str:
+    CALLS["delete_file"] += 1
+    return f"Deleted {path}"
+
+
+async def cleanup_agent() -> str:
+    await tool("search", query="old logs")
+    await tool("delete_file", path="/tmp/old1")
+    await tool("delete_file", path="/tmp/old2")
+    return "Cleaned up"
+
+
+@pytest.fixture(autouse=True)
+def _reset_calls() -> Iterator[None]:
+    CALLS.clear()
+    yield
+    CALLS.clear()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: object) -> str | None:
+    """The kernel's store: the Python API default (memory) and the embedded SQLite file."""
+    return None if request.param == "memory" else f"sqlite:///{tmp_path}/castor.db"
+
+
+@pytest.fixture
+def kernel(store: str | None) -> Castor:
+    return Castor(tools=[search, delete_file], destructive=["delete_file"], store=store)
