@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 import redis.asyncio.connection as aioconnection
-from redis_support import RoundTrips
 
 from castor.backends.redis import redis_backend
 from castor.seams import Backend
+from tests.redis_support import RoundTrips
 
 
 @pytest.fixture

@@ -7,11 +7,11 @@ import time
 
 import pytest
 import redis
-from redis_support import RoundTrips
 
 from castor import StaleLeaseError
 from castor.backends.redis import Fence, RedisBudgetStore, keys, redis_backend
 from castor.seams import Backend, Charge
+from tests.redis_support import RoundTrips
 
 
 async def test_charge_draws_from_run_and_scopes_all_or_nothing(backend: Backend, round_trips: RoundTrips) -> None:

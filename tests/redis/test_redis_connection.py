@@ -9,13 +9,13 @@ import time
 
 import pytest
 import redis
-from redis_support import free_port
 
 from castor import BackendUnavailable, ConfigError
 from castor.backends import open_backend
 from castor.backends.redis import hide_password, redis_backend
 from castor.checkpoint import SyscallRecord
 from castor.seams import Backend, PendingApproval
+from tests.redis_support import free_port
 
 
 async def test_redis_down_is_backend_unavailable_with_the_password_hidden() -> None:

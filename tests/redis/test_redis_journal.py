@@ -6,12 +6,12 @@ import time
 
 import pytest
 import redis
-from redis_support import RoundTrips
 
 from castor import JournalConflictError, StaleLeaseError
 from castor.backends.redis import Fence, keys
 from castor.checkpoint import StepFailure, SyscallRecord
 from castor.seams import Backend
+from tests.redis_support import RoundTrips
 
 
 def record(i: int, **extra: object) -> SyscallRecord:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from redis_support import RoundTrips
 
 from castor import Castor, castor_tool
 from castor.backends.redis import redis_backend
 from castor.lib import tool
 from castor.seams import Backend
+from tests.redis_support import RoundTrips
 
 
 @castor_tool(consumes="api", cost_per_use=1)

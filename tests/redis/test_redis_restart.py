@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
-from redis_support import free_port, start_redis_server
 
 from castor.backends.redis import redis_backend
 from castor.checkpoint import SyscallRecord
 from castor.seams import Decision, PendingApproval
+from tests.redis_support import free_port, start_redis_server
 
 AOF = ("--appendonly", "yes", "--appendfsync", "always")
 
