@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
 import re
 import shutil
 import statistics
@@ -199,6 +200,7 @@ def main() -> None:
     parser.add_argument("--per-process", type=int, default=1500, help="operations per process, 8 processes")
     args = parser.parse_args()
     prefix = f"castorbench-{uuid.uuid4().hex[:12]}"
+    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (figures scale with it)")
     try:
         ratios, charge_us, bare_us = [], [], []
         for _ in range(args.runs):
@@ -231,6 +233,7 @@ def main() -> None:
         redis_times, memory_times = asyncio.run(replay(args.url, prefix, 10_000, args.runs))
         print(f"4. replay of a 10,000-step run from Redis: {median_of(redis_times) * 1e6:.2f} us/step "
               f"(memory journal: {median_of(memory_times) * 1e6:.2f} us/step) (target <= 5)")
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
     finally:
         sync = redis.Redis.from_url(args.url)
         names = list(sync.scan_iter(match=f"{prefix}:*", count=1000))
