@@ -96,6 +96,8 @@ def open_store(args: argparse.Namespace) -> Backend:
     try:
         return open_backend(url)
     except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("castor"):
+            raise ConfigError(f"store {url!r} is not supported by this installation ({exc.name} is missing)") from exc
         raise ConfigError(
             f"store {url!r} needs the optional package {exc.name!r}: pip install 'castor-kernel[redis]'"
         ) from exc

@@ -160,7 +160,7 @@ def inspect_lines(cp: AgentCheckpoint) -> list[str]:
     if cp.status == "COMPLETED":
         lines.append(f"Result: {cp.result}")
     if cp.error:
-        lines.append(f"Error: {cp.error}")
+        lines.append(f"Error:  {cp.error}")
     if cp.preemption_reason:
         lines.append(f"Preempted: {cp.preemption_reason}")
     return lines
