@@ -47,10 +47,20 @@ async def record_only(backend: Backend, cp: AgentCheckpoint, outcome: str, feedb
     return who
 
 
+async def owner(backend: Backend, cp: AgentCheckpoint) -> AgentCheckpoint:
+    """The run that drives ``cp``: a child agent's pending call is decided, and resumed, through its parent."""
+    while cp.spec is None and cp.parent_pid and cp.pid.startswith(f"{cp.parent_pid}::"):
+        parent = await load_run(backend, cp.parent_pid)
+        if (parent.pending_hitl or {}).get("child") != cp.pid:
+            break
+        cp = parent
+    return cp
+
+
 async def decide(args: argparse.Namespace, outcome: str, feedback: str) -> int:
     """Record ``outcome`` on the pending call of ``args.pid`` and resume the run."""
     async with opened(args) as backend:
-        cp = await load_run(backend, args.pid)
+        cp = await owner(backend, await load_run(backend, args.pid))
         if not cp.pending_hitl:
             raise NothingPendingError(f"run {cp.pid!r} has no pending call to {outcome} (status {cp.status})")
         if cp.spec is None:

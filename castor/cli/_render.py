@@ -54,7 +54,7 @@ def human_outcome(record: SyscallRecord) -> str:
 def result_lines(cp: AgentCheckpoint) -> list[str]:
     """The lines every command prints about where a run stopped."""
     lines = [f"PID:    {cp.pid}", f"Status: {cp.status}"]
-    if cp.status == "COMPLETED":
+    if cp.status == "COMPLETED" and cp.result is not None:
         lines.append(f"Result: {cp.result}")
     if cp.error:
         lines.append(f"Error:  {cp.error}")
@@ -157,7 +157,7 @@ def inspect_lines(cp: AgentCheckpoint) -> list[str]:
         if cp.pending_step is not None:
             lines.append(f"Step: {cp.pending_step}")
         lines += [f"Tool: {cp.pending_tool}", f"Arguments: {json.dumps(cp.pending_args, indent=2, default=repr)}"]
-    if cp.status == "COMPLETED":
+    if cp.status == "COMPLETED" and cp.result is not None:
         lines.append(f"Result: {cp.result}")
     if cp.error:
         lines.append(f"Error:  {cp.error}")

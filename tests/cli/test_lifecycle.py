@@ -142,3 +142,35 @@ def test_budget_limits_plain_tools_and_warns_about_unused_keys(cli: Cli, workdir
     assert "castor: warning: budget 'gpu' limits nothing" in done.err
     assert "INSUFFICIENT_CAPABILITY" in cli("inspect", done.pid).out
     assert calls(workdir) == ["search", "delete_file"]  # the third call was denied, never asked about
+
+
+KIDS = '''
+from castor import castor_agent
+from castor.lib import join, spawn, tool
+
+
+@castor_agent(name="cli_test_deleter")
+async def deleter():
+    return await tool("delete_file", path="/tmp/child")
+
+
+async def parent():
+    await tool("search", query="q")
+    return "parent got " + str(await join(await spawn("cli_test_deleter", capabilities={"api": 3})))
+'''
+
+
+def test_a_child_agents_call_is_decided_through_the_parent_or_its_own_pid(cli: Cli, workdir: Path) -> None:
+    (workdir / "kids.py").write_text(KIDS)
+    tools = ("--tool", "tools.py:search", "--tool", "tools.py:delete_file", "--destructive", "--budget", "api=10")
+    first = cli("run", "kids.py:parent", *tools, "--pid", "p1")
+    assert 'Pending: delete_file(path="/tmp/child")' in first.out
+    assert "[HITL] p1::cli_test_deleter-1  cli_test_deleter  0 steps  (parent: p1)" in cli("ps").out
+    approved = cli("approve", "p1")
+    assert approved.code == 0 and "Result: parent got Deleted /tmp/child" in approved.out
+
+    cli("run", "kids.py:parent", *tools, "--pid", "p2")
+    rejected = cli("reject", "p2::cli_test_deleter-1", "--reason", "no")  # the child's pid: resumed via p2
+    assert rejected.code == 0 and rejected.out.startswith("Rejected: p2\n")
+    assert "Status: COMPLETED" in rejected.out and "HITL_REJECTED" in rejected.out
+    assert calls(workdir) == ["search", "delete_file", "search"]
