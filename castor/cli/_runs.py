@@ -99,7 +99,10 @@ async def advance(
     policy = POLICIES.get(hitl)
     while cp.is_suspended and policy is not None:
         step, tool = cp.pending_step, cp.pending_tool
-        decision, feedback = await policy(cp)
+        try:
+            decision, feedback = await policy(cp)
+        except EOFError:
+            raise ConfigError(f"no answer on standard input; run {cp.pid} stays suspended at step {step}") from None
         await kernel.decide(cp, decision, feedback, by=POLICY_USERS.get(hitl))
         out(f"({hitl}) {decision} step {step}: {tool}")
         cp = await kernel.run(agent, checkpoint=cp)
@@ -134,6 +137,9 @@ async def go(
             f"  {command(args, 'reject', cp.pid)} --reason \"...\"",
             f"  {command(args, 'modify', cp.pid)} --feedback \"...\"",
         )
+        if kernel.backend.url.startswith("memory"):
+            print("castor: warning: the memory:// store ends with this command; use --db PATH to decide later",
+                  file=sys.stderr)
     return 0
 
 

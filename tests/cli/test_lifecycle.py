@@ -174,3 +174,10 @@ def test_a_child_agents_call_is_decided_through_the_parent_or_its_own_pid(cli: C
     assert rejected.code == 0 and rejected.out.startswith("Rejected: p2\n")
     assert "Status: COMPLETED" in rejected.out and "HITL_REJECTED" in rejected.out
     assert calls(workdir) == ["search", "delete_file", "search"]
+
+
+def test_interactive_without_an_answer_leaves_the_run_suspended(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    result = cli(*RUN, "--hitl", "interactive")
+    assert result.code == 1 and "no answer on standard input" in result.err and "stays suspended" in result.err
+    assert cli("ps").out.startswith("[HITL] ")

@@ -78,6 +78,8 @@ def test_store_url_and_environment(cli: Cli, workdir: Path, monkeypatch: pytest.
     done = cli("--store", "memory://", "run", "agents.py:cleanup", *SEARCH, *DELETE, "--destructive",
                "--hitl", "approve-all")
     assert "Status: COMPLETED" in done.out
+    lost = cli("--store", "memory://", "run", "agents.py:cleanup", *SEARCH, *DELETE, "--destructive")
+    assert lost.code == 0 and "the memory:// store ends with this command" in lost.err
 
 
 def test_store_resolution_order(monkeypatch: pytest.MonkeyPatch) -> None:
