@@ -39,6 +39,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "castor.cli._decide",  # approve, reject, modify
     "castor.cli._status",  # ps, inspect
     "castor.cli.demo",  # demo
+    "castor.cli._budget",  # budget set / top-up / show / reset
 )
 
 

@@ -75,3 +75,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--speculative", action="store_true", help="never suspend; flag destructive steps for review")
     parser.add_argument("--pid", metavar="PID", help="the run's pid (default <agent>-<8 hex>)")
+    parser.add_argument(
+        "--scope", dest="scopes", action="append", metavar="SCOPE",
+        help="a shared budget scope the run also draws from (castor budget set SCOPE api=1000; repeatable)",
+    )

@@ -161,9 +161,20 @@ async def cmd_run(args: argparse.Namespace) -> int:
                 speculative=args.speculative,
                 spec=loaded.spec,
             )
-            return await go(kernel, loaded.agent, cp, args, budgets=budgets, speculative=args.speculative)
+            scopes = args.scopes or []
+            await _check_scopes(backend, scopes, args)
+            return await go(
+                kernel, loaded.agent, cp, args, budgets=budgets, speculative=args.speculative, scopes=scopes
+            )
         finally:
             await kernel.executor.close()
+
+
+async def _check_scopes(backend: Backend, scopes: list[str], args: argparse.Namespace) -> None:
+    for scope in scopes:
+        if not await backend.budgets.read_scope(scope):
+            create = command(args, "budget", "set", scope, "api=1000")
+            raise ConfigError(f"budget scope {scope!r} does not exist; create it with: {create}")
 
 
 async def cmd_resume(args: argparse.Namespace) -> int:
