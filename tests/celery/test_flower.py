@@ -26,7 +26,8 @@ def _free_port() -> int:
 
 
 def _get(url: str) -> object:
-    request = urllib.request.Request(url, headers={"Authorization": "Basic " + base64.b64encode(b"castor:test").decode()})
+    auth = "Basic " + base64.b64encode(b"castor:test").decode()
+    request = urllib.request.Request(url, headers={"Authorization": auth})
     with urllib.request.urlopen(request, timeout=2) as response:
         return json.loads(response.read())
 
