@@ -106,8 +106,16 @@ def med(values: list[float]) -> float:
     return statistics.median(values)
 
 
+class Lines(list[str]):
+    """Figures, printed as they come (a long run shows progress; a failure keeps what was measured)."""
+
+    def append(self, line: str) -> None:
+        print(line, flush=True)
+        super().append(line)
+
+
 async def measure(args: argparse.Namespace, kernel: Castor, app: Any) -> list[str]:
-    lines = []
+    lines = Lines()
     ours = [await castor_latency(kernel, args.latency_calls) for _ in range(args.repeat)]
     theirs = [raw_latency(app, args.latency_calls) for _ in range(args.repeat)]
     lines.append(f"latency p50 of one call | {med(ours) * 1e3:.2f} ms | {med(theirs) * 1e3:.2f} ms | "
@@ -152,9 +160,14 @@ async def main() -> None:
     os.environ["BENCH_REDIS"] = REDIS
     workers.append(start(celery_cmd("bench._celery_fixtures", f"{raw_prefix}.q", 8), env, tmp / "raw-worker.log"))
     app = raw_app()
-    kernel = Castor(**fleet_options(load_settings(config, env={}), budgets={}))
+    # 2,000 concurrent runs each hold a connection now and then: a bigger pool than the default 50.
+    settings = load_settings(config, env={})
+    kernel = Castor(**fleet_options(settings, budgets={}, backend_options={"max_connections": 400}))
+    version = sys.version.split()[0]
+    print(f"Celery execution, Redis broker, thread pool of 8, medians of {args.repeat} runs (python {version})")
+    print("figure | Castor (kernel + Celery pool) | raw Celery | ratio", flush=True)
     try:
-        lines = await measure(args, kernel, app)
+        await measure(args, kernel, app)
     finally:
         await kernel.close()
         app.close()
@@ -168,11 +181,6 @@ async def main() -> None:
             for i in range(0, len(keys), 1000):
                 client.delete(*keys[i : i + 1000])
         client.close()
-    version = sys.version.split()[0]
-    print(f"Celery execution, Redis broker, thread pool of 8, medians of {args.repeat} runs (python {version})")
-    print("figure | Castor (kernel + Celery pool) | raw Celery | ratio")
-    for line in lines:
-        print(line)
 
 
 if __name__ == "__main__":
