@@ -14,7 +14,7 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from castor._context import RunContext
+from castor._context import RunContext, Suspend
 from castor._errors import CastorError, NothingPendingError
 from castor.checkpoint import AgentCheckpoint, new_record
 from castor.seams import Decision, DecisionOutcome, PendingApproval
@@ -69,7 +69,8 @@ async def decide(
     approvals = kernel.backend.approvals
     if await approvals.decision(cp.pid, step) is None:
         # A checkpoint restored from JSON into a fresh kernel: its store never saw the request.
-        await approvals.request(PendingApproval(cp.pid, step, tool, args, time.time()))
+        attempt = cp.in_doubt.get(step, 0)
+        await approvals.request(PendingApproval(cp.pid, step, tool, args, time.time(), attempt=attempt))
     decision = Decision(cp.pid, step, OUTCOMES[outcome], by or default_user(), time.time(), feedback or "")
     await approvals.decide(decision)
     await settle_decision(kernel, cp, step, tool, args)
@@ -81,9 +82,12 @@ async def settle_decision(kernel: Castor, cp: AgentCheckpoint, step: int, tool: 
     ctx = RunContext(kernel, cp, speculative=False, scopes=tuple(cp.scopes), next_step=step + 1)
     caps = cp.capabilities
     await kernel.backend.budgets.open_run(cp.pid, {r: c.max_budget for r, c in caps.items()}, ctx.usage)
+    suspended = False
     try:
         if step == len(cp.syscall_log):
             await kernel.path(Syscall(ctx, step, tool, args))
+    except Suspend:
+        suspended = True  # the approved call went in doubt (its worker was lost): a new round waits
     except CastorError:
         raise
     except Exception:
@@ -92,8 +96,11 @@ async def settle_decision(kernel: Castor, cp: AgentCheckpoint, step: int, tool: 
         ctx.closed = True
         ctx.settle_usage()
         await kernel.backend.budgets.close_run(cp.pid)
-        _clear_pending(cp)
-        cp.status = "RUNNING"
+        if suspended:
+            cp.status = "SUSPENDED_FOR_HITL"
+        else:
+            _clear_pending(cp)
+            cp.status = "RUNNING"
         cp.updated_at = time.time()
         await kernel.backend.runs.save(cp)
         kernel.live[cp.pid] = cp

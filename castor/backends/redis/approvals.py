@@ -6,6 +6,10 @@ first decision wins, later ones get ``AlreadyDecidedError`` naming who decided, 
 added to the decision stream in the same script, so waiters (``wait``) wake without polling: one
 ``XREAD BLOCK`` reader per event loop serves every waiter of that loop.
 
+A step has approval rounds (``PendingApproval.attempt``): ``a:<step>`` holds the current round. A
+request for a later round (the step went in doubt after its worker was lost) drops the earlier
+decision, so it no longer authorizes the step; a decision is stamped with the round it decides.
+
 A pending call may expire (``approval_ttl`` or its own ``expires_at``); once it has, the configured
 outcome (reject, with a reason) is recorded as its decision, lazily by whoever looks at it next, or
 by ``sweep()``.
@@ -17,6 +21,7 @@ import asyncio
 import dataclasses
 import json
 import time
+from dataclasses import replace
 from typing import Any
 
 from pydantic_core import to_json
@@ -74,38 +79,47 @@ class RedisApprovalStore:
             [
                 pending.step, to_json(dataclasses.asdict(pending)), repr(pending.created_at),
                 "" if expires is None else repr(expires), keys.step_member(pending.run_id, pending.step),
+                pending.attempt,
             ],
         )
 
-    def _expiry(self, run_id: str, step: int, now: float) -> str:
-        decision = Decision(run_id, step, self.expiry_outcome, EXPIRY_BY, now, self.expiry_reason)
+    def _expiry(self, run_id: str, step: int, now: float, attempt: int) -> str:
+        decision = Decision(run_id, step, self.expiry_outcome, EXPIRY_BY, now, self.expiry_reason, attempt)
         return json.dumps(dataclasses.asdict(decision))
 
-    async def _decide(self, run_id: str, step: int, decision: str, now: float | None = None) -> list[str]:
-        """Run the decide script; ``decision`` '' only applies the expiry if the call has expired by ``now``."""
-        now = time.time() if now is None else now
-        return await self._conn.script(
-            "approval_decide",
-            [*self._keys(run_id), keys.decision_stream(self._prefix)],
-            [
-                step, decision, keys.step_member(run_id, step), repr(now),
-                self._expiry(run_id, step, now), run_id, self.stream_maxlen,
-            ],
-        )
+    async def _decide(
+        self, run_id: str, step: int, decision: Decision | None, now: float | None = None
+    ) -> list[str]:
+        """Run the decide script on the step's current round; ``decision`` None only applies the expiry
+        if the call has expired by ``now``. The decision is stamped with the round's number."""
+        key = keys.approvals(self._prefix, run_id)
+        for _ in range(3):  # a new round opened between the read and the script: read it again
+            at = time.time() if now is None else now
+            attempt = int(await self._conn.run(lambda c: c.hget(key, f"a:{step}")) or 0)
+            chosen = "" if decision is None else json.dumps(dataclasses.asdict(replace(decision, attempt=attempt)))
+            result: list[str] = await self._conn.script(
+                "approval_decide",
+                [*self._keys(run_id), keys.decision_stream(self._prefix)],
+                [
+                    step, chosen, keys.step_member(run_id, step), repr(at),
+                    self._expiry(run_id, step, at, attempt), run_id, self.stream_maxlen, attempt,
+                ],
+            )
+            if result[0] != "stale":
+                return result
+        return ["none"]
 
     async def decide(self, decision: Decision) -> Decision:
         """Record a decision: the first one wins; it is announced on the decision stream."""
-        status, *rest = await self._decide(
-            decision.run_id, decision.step, json.dumps(dataclasses.asdict(decision))
-        )
-        where = f"run {decision.run_id!r} step {decision.step}"
+        status, *rest = await self._decide(decision.run_id, decision.step, decision)
         if status == "ok":
-            return decision
+            return _decision(rest[0])
+        where = f"run {decision.run_id!r} step {decision.step}"
         if status == "none":
             raise NothingPendingError(f"{where} has no pending call to decide")
         prior = _decision(rest[0])
-        if status == "decided" and prior == decision:
-            return decision  # our own decision, written by an attempt whose reply was lost
+        if status == "decided" and replace(prior, attempt=decision.attempt) == decision:
+            return prior  # our own decision, written by an attempt whose reply was lost
         err = AlreadyDecidedError(
             f"{where} was decided already: {prior.outcome} by {prior.by} at "
             f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(prior.at))}"
@@ -126,7 +140,7 @@ class RedisApprovalStore:
 
     async def expire(self, run_id: str, step: int) -> Decision | None:
         """Record the expiry outcome if the call has expired; the step's decision either way."""
-        _status, *rest = await self._decide(run_id, step, "")
+        _status, *rest = await self._decide(run_id, step, None)
         return _decision(rest[0]) if rest else None
 
     async def pending(self, run_id: str | None = None) -> list[PendingApproval]:
@@ -210,7 +224,7 @@ class RedisApprovalStore:
         expired = 0
         for member in due:
             step, run_id = member.split(":", 1)
-            status, *_ = await self._decide(run_id, int(step), "", cutoff)
+            status, *_ = await self._decide(run_id, int(step), None, cutoff)
             expired += status == "expired"
             if status in ("none", "decided"):
                 await self._conn.call("zrem", index, member)

@@ -140,3 +140,15 @@ def reply_stream(prefix: str, consumer: str) -> str:
 def lease(prefix: str, run_id: str) -> str:
     """String: the fencing token of the coordinator that holds the run (in the run's slot)."""
     return f"{prefix}:{{{run_id}}}:lease"
+
+
+
+def reply_stream_prefix(prefix: str) -> str:
+    """What every reply stream name starts with: a worker replies to nothing else."""
+    return f"{prefix}:replies:{{"
+
+
+def started_marker(prefix: str, run_id: str, step: int) -> str:
+    """String: the approval round (attempt) a worker started executing the step in. A lost worker leaves
+    it behind, which is how a redelivered task knows the step is in doubt."""
+    return f"{prefix}:{{{run_id}}}:started:{step}"
