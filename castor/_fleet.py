@@ -100,8 +100,13 @@ class FleetClient:
         if checkpoint.spec is None:
             raise ConfigError(f"run {checkpoint.pid!r} has no spec: a coordinator could not rebuild its kernel")
         await backend.runs.save(checkpoint)
+        await self._call("submit the run", self.redis.sadd(keys.submitted(self.prefix), checkpoint.pid))
         await self.enqueue(checkpoint.pid)
         return checkpoint.pid
+
+    async def was_submitted(self, pid: str) -> bool:
+        """Whether the run was submitted to the fleet (then its fork is too)."""
+        return bool(await self._call("read the fleet", self.redis.sismember(keys.submitted(self.prefix), pid)))
 
     async def enqueue(self, pid: str) -> None:
         """Queue a run behind those waiting (fresh submissions enter at the left)."""

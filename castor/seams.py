@@ -230,6 +230,9 @@ class Backend:
     runs: RunStore
     url: str = "memory://"
     durable: bool = False
+    # True when every operation completes without waiting on the network (memory, SQLite): sync APIs
+    # such as ``Castor.reject`` may then drive it to completion inside a running event loop.
+    answers_inline: bool = True
 
     async def close(self) -> None:
         """Close connections the backend holds."""

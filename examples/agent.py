@@ -1,21 +1,16 @@
-"""The example fleet agent: open a ticket, search, write a report, delete it (that waits for a human).
-It knows only ``castor.lib``; its tools are in ``examples/tools.py`` and ``examples/fleet_tools.py``.
-
-    castor submit examples/agent.py:cleanup --tool examples/tools.py:open_ticket \
-        --tool examples/fleet_tools.py:search --tool examples/fleet_tools.py:write_file \
-        --tool examples/fleet_tools.py:delete_file --budget api=10
+"""The agent of the README's CLI walk-through: it asks for tools through ``castor.lib`` and knows
+nothing else about Castor. ``castor run examples/agent.py`` finds ``main``; ``:cleanup`` names it.
 """
-
-from __future__ import annotations
 
 from castor.lib import tool
 
 
 async def cleanup() -> str:
-    """Every file it writes is named after its ticket, so concurrent runs never touch each other's files."""
-    ticket = await tool("open_ticket")
-    hits = await tool("search", query="old logs")
-    path = f"/tmp/castor-example-{ticket}.log"
-    await tool("write_file", path=path, content="\n".join(hits) + "\n")
-    await tool("delete_file", path=path)  # destructive: waits for `castor approve`
-    return f"ticket {ticket}: wrote and removed {path}"
+    """Search for old logs, delete two files."""
+    await tool("search", query="old logs")
+    await tool("delete_file", path="/tmp/old1")
+    await tool("delete_file", path="/tmp/old2")
+    return "Cleaned up"
+
+
+main = cleanup  # castor-kernel 0.5.1's README runs `agent.py:main`

@@ -1,14 +1,17 @@
-"""An example tool beside ``fleet_tools.py``: it hands out a unique ticket per call.
+"""Tools for the README's CLI walk-through: plain functions that know nothing about Castor.
 
-An agent must make the same calls when it is replayed, so it cannot draw a random name itself; a
-tool's result is journaled, so a ticket drawn through a tool is the same on every replay.
+    castor run examples/agent.py:cleanup --tool examples/tools.py:search \
+        --tool examples/tools.py:delete_file --destructive --budget api=50
+
+``delete_file`` only says what it would delete, so the walk-through is safe to run anywhere.
 """
 
-from __future__ import annotations
 
-import uuid
+async def search(query: str) -> list[str]:
+    """Search for ``query``."""
+    return [f"Result for: {query}"]
 
 
-def open_ticket() -> str:
-    """A fresh ticket id (runs on the ``web`` pool)."""
-    return uuid.uuid4().hex[:12]
+async def delete_file(path: str) -> str:
+    """Delete ``path`` (pretend)."""
+    return f"Deleted {path}"

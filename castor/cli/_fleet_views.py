@@ -54,20 +54,6 @@ def emit(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data, indent=2, default=str) if getattr(args, "json", False) else text)
 
 
-def parse_budgets(items: Sequence[str]) -> dict[str, float]:
-    """``["api=50", "gpu=2"]`` -> ``{"api": 50.0, "gpu": 2.0}``."""
-    out = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        try:
-            out[name.strip()] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep or not name.strip() or out[name.strip()] < 0:
-            raise ConfigError(f"--budget {item!r} must be RESOURCE=AMOUNT with a non-negative amount")
-    return out
-
-
 # --- commands -------------------------------------------------------------------------------------
 
 
@@ -95,9 +81,12 @@ async def coordinator(args: argparse.Namespace) -> int:
 
 async def submit(args: argparse.Namespace) -> int:
     """``castor submit``: store the run and queue it; print its pid."""
+    from castor.cli._runs import parse_budgets
+
+    tools = [one for spec in args.tools or [] for one in single_specs(spec)]
     cp = new_run(
-        args.agent, args.tool, destructive=args.destructive, budgets=parse_budgets(args.budget),
-        speculative=args.speculative, scopes=args.scope, pid=args.pid,
+        agent_spec(args.agent), tools, destructive=args.destructive or [], budgets=parse_budgets(args.budget),
+        speculative=args.speculative, scopes=args.scopes or [], pid=args.pid,
     )
     async with fleet(args) as (backend, client):
         if args.pid and await backend.runs.load(args.pid) is not None:
@@ -105,6 +94,28 @@ async def submit(args: argparse.Namespace) -> int:
         pid = await client.submit(backend, cp)
     emit(args, {"pid": pid}, pid)
     return 0
+
+
+def single_specs(spec: str) -> list[str]:
+    """``file.py:a,b`` as ``[/abs/file.py:a, /abs/file.py:b]``: a coordinator loads one function per spec."""
+    from castor.cli._specs import absolute, split_spec
+
+    target, names = split_spec(absolute(spec))
+    if not names:
+        raise ConfigError(f"tool spec {spec!r} names no function: use FILE.py:FUNC or MODULE:FUNC")
+    return [f"{target}:{name}" for name in names]
+
+
+def agent_spec(spec: str) -> str:
+    """The agent's spec with an absolute path and its function named (``file.py`` means its agent or main)."""
+    from castor.cli._specs import absolute, load_agent, split_spec
+
+    target, names = split_spec(absolute(spec))
+    if len(names) > 1:
+        raise ConfigError(f"agent spec {spec!r} names more than one function")
+    if not names:
+        names = [load_agent(spec).__name__]
+    return f"{target}:{names[0]}"
 
 
 async def ps(args: argparse.Namespace) -> int:
@@ -208,6 +219,15 @@ async def cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+async def held_by_fleet(args: argparse.Namespace, command: str) -> bool:
+    """Whether ``command`` on ``args.pid`` is the fleet's: a decision on a run the fleet holds, a fork of a
+    run submitted to the fleet."""
+    async with fleet(args) as (_, client):
+        if command == "fork":
+            return await client.was_submitted(args.pid)
+        return await client.is_fleet_run(args.pid)
+
+
 async def fork(args: argparse.Namespace) -> int:
     """``castor fork PID --at-step N``: the fork shares the first N steps and is submitted to the fleet."""
     async with fleet(args) as (backend, client):
@@ -219,8 +239,12 @@ async def fork(args: argparse.Namespace) -> int:
             child = header.fork(at_step=args.at_step)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
+        if getattr(args, "new_pid", None):
+            child.pid = args.new_pid
+        if getattr(args, "speculative", False):
+            child.speculative = True
         if await backend.runs.load(child.pid) is not None:
-            raise ConfigError(f"run {child.pid!r} exists already (a fork at that step was made before)")
+            raise ConfigError(f"run {child.pid!r} exists already; fork under another name with --pid NEW")
         await backend.journal.fork(header.pid, child.pid, args.at_step)  # shared, not copied
         pid = await client.submit(backend, child)
     emit(args, {"pid": pid, "parent": args.pid, "at_step": args.at_step}, pid)

@@ -19,6 +19,7 @@ from castor.executors._wire import Reply, parse_reply
 log = logging.getLogger("castor.replies")
 BATCH = 1000
 BLOCK_MS = 1000
+RETRIES = 5  # a dropped connection is read again (nothing is lost: the stream keeps unread replies)
 IDLE_TTL = 24 * 3600  # a stream whose coordinator vanished expires instead of leaking
 
 
@@ -49,6 +50,7 @@ class ReplyReader:
     async def _read(self) -> None:
         last = "0-0"
         read_any = False
+        errors = 0
         while True:
             try:
                 pipe = self._client.pipeline(transaction=False)
@@ -59,9 +61,15 @@ class ReplyReader:
                 answers = await pipe.execute()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # a dead Redis fails every waiter instead of hanging them
-                self._fail_all(exc)
-                return
+            except Exception as exc:
+                errors += 1
+                if errors > RETRIES:  # Redis stays away: fail every waiter instead of hanging them
+                    self._fail_all(exc)
+                    return
+                log.warning("reply stream %s: %s; reading again (%d/%d)", self.stream, exc, errors, RETRIES)
+                await asyncio.sleep(0.1 * 2**errors)
+                continue
+            errors = 0
             batch = answers[-1] or []
             read_any = False
             for _stream, entries in batch:

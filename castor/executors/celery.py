@@ -167,13 +167,16 @@ def _outcome(reply: Reply, tool: str) -> Any:
     raise error
 
 
-def fleet_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
+def fleet_options(
+    settings: Settings, *, backend_options: dict[str, Any] | None = None, **overrides: Any
+) -> dict[str, Any]:
     """Keyword arguments for ``Castor(...)`` in the fleet: the config's tools, destructive list and
-    budgets, the shared Redis store and this executor (which consults the store's journal)."""
+    budgets, the shared Redis store (``backend_options`` go to ``redis_backend``) and this executor
+    (which consults the store's journal when a reply is late)."""
     from castor._imports import load_tools
     from castor.backends.redis import redis_backend
 
-    backend = redis_backend(settings.redis_url, prefix=settings.redis_prefix)
+    backend = redis_backend(settings.redis_url, prefix=settings.redis_prefix, **(backend_options or {}))
     options: dict[str, Any] = {
         "tools": load_tools(settings.tool_imports),
         "destructive": sorted(settings.destructive),

@@ -36,6 +36,7 @@ async def test_calls_land_on_both_pools(fleet: Fleet, kernel: Castor) -> None:
     history = await kernel.backend.journal.history(cp.pid)
     assert [r.tool_name for r in history] == ["search", "summarize", "write_note"]
     assert history[0].response == found
+    assert "secret body" not in fleet.log("fs")  # sensitive arguments stay out of the worker's logs
 
 
 async def test_replayed_steps_never_leave_the_coordinator(fleet: Fleet, kernel: Castor) -> None:

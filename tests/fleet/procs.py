@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 TOOLS = HERE / "fleet_tools.py"
 AGENTS = HERE / "fleet_agent.py"
-CASTOR = [sys.executable, "-m", "castor.cli"]
+CASTOR = [sys.executable, "-m", "castor"]
 POOLS = {"web": ["ticket", "fetch", "pid_of"], "fs": ["store", "remove"]}
 
 CONFIG = """

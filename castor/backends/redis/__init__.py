@@ -81,4 +81,4 @@ def redis_backend(url: str, *, prefix: str = "castor", **options: Any) -> Backen
         expiry_reason=o["expiry_reason"], stream_maxlen=int(o["stream_maxlen"]),
     )
     runs = RedisRunStore(conn, prefix, journal, retention_seconds=float(o["retention_seconds"]))
-    return Backend(journal, budgets, approvals, runs, url=hide_password(url), durable=True)
+    return Backend(journal, budgets, approvals, runs, url=hide_password(url), durable=True, answers_inline=False)

@@ -87,20 +87,22 @@ class RedisApprovalStore:
         decision = Decision(run_id, step, self.expiry_outcome, EXPIRY_BY, now, self.expiry_reason, attempt)
         return json.dumps(dataclasses.asdict(decision))
 
-    async def _decide(self, run_id: str, step: int, decision: Decision | None) -> list[str]:
+    async def _decide(
+        self, run_id: str, step: int, decision: Decision | None, now: float | None = None
+    ) -> list[str]:
         """Run the decide script on the step's current round; ``decision`` None only applies the expiry
-        if the call has expired. The decision is stamped with the round's number."""
+        if the call has expired by ``now``. The decision is stamped with the round's number."""
         key = keys.approvals(self._prefix, run_id)
         for _ in range(3):  # a new round opened between the read and the script: read it again
-            now = time.time()
+            at = time.time() if now is None else now
             attempt = int(await self._conn.run(lambda c: c.hget(key, f"a:{step}")) or 0)
             chosen = "" if decision is None else json.dumps(dataclasses.asdict(replace(decision, attempt=attempt)))
             result: list[str] = await self._conn.script(
                 "approval_decide",
                 [*self._keys(run_id), keys.decision_stream(self._prefix)],
                 [
-                    step, chosen, keys.step_member(run_id, step), repr(now),
-                    self._expiry(run_id, step, now, attempt), run_id, self.stream_maxlen, attempt,
+                    step, chosen, keys.step_member(run_id, step), repr(at),
+                    self._expiry(run_id, step, at, attempt), run_id, self.stream_maxlen, attempt,
                 ],
             )
             if result[0] != "stale":
@@ -222,7 +224,7 @@ class RedisApprovalStore:
         expired = 0
         for member in due:
             step, run_id = member.split(":", 1)
-            status, *_ = await self._decide(run_id, int(step), None)
+            status, *_ = await self._decide(run_id, int(step), None, cutoff)
             expired += status == "expired"
             if status in ("none", "decided"):
                 await self._conn.call("zrem", index, member)

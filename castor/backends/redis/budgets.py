@@ -36,6 +36,13 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
+def _short(reply: list[Any], scopes: Sequence[str]) -> Charge:
+    """The refusal of the charge script: ``resource`` of the run, ``scope:resource`` of a scope."""
+    _, ledger, resource, left = reply
+    name = resource if ledger == 1 else f"{scopes[ledger - 2]}:{resource}"
+    return Charge(False, name, float(left))
+
+
 class RedisBudgetStore:
     """Budgets every process shares; see the module docstring for the layout."""
 
@@ -87,7 +94,6 @@ class RedisBudgetStore:
         for resource, amount in cost.items():
             args.append(resource)
             args.append(_number(amount))
-        args.extend(scopes)
         return key_list, args
 
     async def charge(
@@ -101,9 +107,7 @@ class RedisBudgetStore:
             run_id, step, cost, scopes, "charge", fence or self.fences.get(run_id)
         )
         reply = await self._conn.script("budget_charge", key_list, args)
-        if reply[0] == 1:
-            return _OK
-        return Charge(False, reply[1], float(reply[2]))
+        return _OK if reply[0] == 1 else _short(reply, scopes)
 
     async def can_afford(self, run_id: str, cost: Mapping[str, float], scopes: Sequence[str] = ()) -> Charge:
         """Whether ``charge`` would succeed now, without charging."""
@@ -111,7 +115,7 @@ class RedisBudgetStore:
             return _OK
         key_list, args = self._charge_args(run_id, -1, cost, scopes, "check", None)
         reply = await self._conn.script("budget_charge", key_list, args)
-        return _OK if reply[0] == 1 else Charge(False, reply[1], float(reply[2]))
+        return _OK if reply[0] == 1 else _short(reply, scopes)
 
     async def refund(self, run_id: str, step: int) -> None:
         """Give back what ``step`` was charged; a second refund finds nothing to give."""

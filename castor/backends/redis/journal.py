@@ -3,12 +3,13 @@
 A record is its ``SyscallRecord`` JSON (fields at their defaults left out, which halves the bytes to
 parse on replay). A fork stores only a pointer to its parent and the step it forked at; ``get`` and
 ``history`` follow the pointers, so forking a 10,000-step run costs a few commands, not 10,000 copies.
-``history`` asks for all of a run's records in one pipeline of range scripts, each returning up to
-``BATCH`` records as one string, and parses each batch with one pydantic call.
+``history`` reads a run's records with range scripts, each returning up to ``BATCH`` records as one
+string (one round trip per batch, several in flight at once), and parses each batch with one pydantic call.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -16,14 +17,14 @@ from pydantic_core import PydanticSerializationError
 
 from castor._errors import ConfigError, JournalConflictError
 from castor.backends.redis import keys
-from castor.backends.redis._client import SCRIPTS, Fence, RedisConnection
+from castor.backends.redis._client import Fence, RedisConnection
 from castor.checkpoint import StepFailure, SyscallRecord
 
 BATCH = 1000  # records per range script: one round trip reads them all, a reply stays a few hundred KB
+WAVE = 8  # batches in flight at once
 MAX_DEPTH = 10_000  # forks of forks deeper than this are a cycle, not a lineage
 
 _RECORDS = TypeAdapter(list[SyscallRecord])
-_RANGE_SHA = SCRIPTS["journal_range"][1]
 
 
 def encode(record: SyscallRecord, run_id: str, step: int) -> str:
@@ -129,20 +130,21 @@ class RedisJournal:
             for first in range(start, end, BATCH)
         ]
 
-        async def fetch(c: Any) -> list[str]:
-            async with c.pipeline(transaction=False) as pipe:
-                for key, first, end in ranges:
-                    pipe.evalsha(_RANGE_SHA, 1, key, first, end - 1)
-                return await pipe.execute()
-
-        parts = await self._conn.run(fetch)
+        # Batches are fetched on up to WAVE connections at once and each is parsed as soon as it
+        # arrives, so parsing one batch overlaps with Redis preparing and sending the next ones.
+        parsed: list[list[SyscallRecord]] = []
+        for wave in range(0, len(ranges), WAVE):
+            parsed.extend(await asyncio.gather(*(self._batch(*r) for r in ranges[wave : wave + WAVE])))
         records: list[SyscallRecord] = []
-        for (_key, first, end), body in zip(ranges, parts, strict=True):
-            batch = _RECORDS.validate_json(f"[{body}]") if body else []
+        for (_key, first, end), batch in zip(ranges, parsed, strict=True):
             records.extend(batch)
             if len(batch) < end - first:
                 break  # a hole (a parent's record is gone): history is contiguous from step 0
         return records
+
+    async def _batch(self, key: str, first: int, end: int) -> list[SyscallRecord]:
+        body = await self._conn.script("journal_range", [key], [first, end - 1])
+        return _RECORDS.validate_json(f"[{body}]") if body else []
 
     async def length(self, run_id: str) -> int:
         """How many contiguous steps the run has journaled, a fork's shared prefix included."""

@@ -206,5 +206,10 @@ def fleet_keys(prefix: str) -> list[str]:
     """The fleet-wide keys (not per coordinator, not per run)."""
     return [
         run_queue(prefix), leased(prefix), parked(prefix), refused(prefix), cancelled(prefix),
-        control_stream(prefix), coordinators(prefix),
+        control_stream(prefix), coordinators(prefix), submitted(prefix),
     ]
+
+
+def submitted(prefix: str) -> str:
+    """Set: pids submitted to the fleet (a fork of one is submitted to the fleet too)."""
+    return f"{prefix}:fleet:submitted"

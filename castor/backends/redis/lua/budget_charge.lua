@@ -3,9 +3,10 @@
 -- KEYS[4] the run's lease key (KEYS[1] again when not fenced), KEYS[5..] scope ledgers
 -- ARGV[1] step, ARGV[2] 'charge' or 'check', ARGV[3] fencing token or '', ARGV[4] holder,
 -- ARGV[5] when the holder's claim ends (unix time), ARGV[6] reservation member, ARGV[7] n resources,
--- ARGV[8 .. 7+2n] resource, amount pairs, then one display name per scope ledger
+-- ARGV[8 .. 7+2n] resource, amount pairs
 -- Ledgers are hashes of `L:<resource>` (limit) and `U:<resource>` (used); a resource without a limit is free.
--- Returns {1} charged (or charged before: a step is charged once), {0, what was short, what is left}.
+-- Returns {1} charged (or charged before: a step is charged once), or
+-- {0, which ledger was short (1: the run's, 2..: the scopes in order), resource, what is left}.
 if ARGV[3] ~= '' then
   local holder = redis.call('GET', KEYS[4])
   if holder ~= ARGV[3] then
@@ -18,10 +19,8 @@ if charge and redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
 end
 local n = tonumber(ARGV[7])
 local ledgers = {KEYS[1]}
-local names = {''}
 for i = 5, #KEYS do
   ledgers[#ledgers + 1] = KEYS[i]
-  names[#names + 1] = ARGV[7 + 2 * n + i - 4] .. ':'
 end
 local taken = {}
 for li = 1, #ledgers do
@@ -35,7 +34,7 @@ for li = 1, #ledgers do
       if used + amount > limit + 1e-9 then
         local left = limit - used
         if left < 0 then left = 0 end
-        return {0, names[li] .. resource, tostring(left)}
+        return {0, li, resource, tostring(left)}
       end
       taken[#taken + 1] = {li, resource, ARGV[9 + 2 * r]} -- the exact decimal the caller sent
     end
