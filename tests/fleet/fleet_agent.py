@@ -32,3 +32,12 @@ async def long_job() -> dict[str, Any]:
     for i in range(8):
         await tool("fetch", tag=f"{t}:fetch{i}", seconds=0.25)
     return {"ticket": t}
+
+
+async def slow_job() -> dict[str, Any]:
+    """A slow call in the middle: its coordinator is paused while the call runs on a worker."""
+    t = await tool("ticket")
+    await tool("fetch", tag=f"{t}:slow", seconds=2.5)
+    await tool("store", tag=f"{t}:store")
+    await tool("fetch", tag=f"{t}:after")
+    return {"ticket": t}
