@@ -94,11 +94,11 @@ class FleetOps:
         if await self.release(pid, token, "done"):
             await self.client._call("set a run aside", self.redis.hset(keys.refused(self.prefix), pid, why))
 
-    async def take_refused(self) -> list[str]:
-        """Queue every run set aside for a code change (a coordinator with --allow-code-change does)."""
+    async def claim_refused(self) -> list[str]:
+        """Take every run set aside for a code change (a coordinator with --allow-code-change drives them)."""
         p = self.prefix
         pids = await self.client._call("read refused runs", self.redis.hkeys(keys.refused(p)))
-        return [pid for pid in pids if await self._run("unpark", [keys.refused(p), keys.run_queue(p)], [pid])]
+        return [pid for pid in pids if await self.client._call("claim a run", self.redis.hdel(keys.refused(p), pid))]
 
     async def parked(self) -> dict[str, int]:
         """Every parked run and the step it waits on."""

@@ -146,10 +146,8 @@ class RunDriver:
         await self.co.ops.forget_cancel(pid)
 
     async def catch_up(self) -> None:
-        """Queue parked runs decided while no coordinator listened; resume refused runs if allowed."""
-        if self.co.config.allow_code_change:
-            for pid in await self.co.ops.take_refused():
-                log.info("%s: resuming %s despite its code change", self.co.name, pid)
+        """Queue parked runs decided while no coordinator listened; drive refused runs if allowed."""
+        await self.co.adopt_refused()
         woken = 0
         for pid, step in (await self.co.ops.parked()).items():
             header = await self.backend.runs.load(pid)

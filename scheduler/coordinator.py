@@ -163,6 +163,15 @@ class Coordinator:
                 continue
             await self._lease(pid)
 
+    async def adopt_refused(self) -> None:
+        """With --allow-code-change: drive the runs other coordinators refused for a code change."""
+        if not self.config.allow_code_change or self.stopping.is_set():
+            return
+        for pid in await self.ops.claim_refused():
+            log.info("%s: resuming %s despite its code change", self.name, pid)
+            await self.slots.acquire()
+            await self._lease(pid)
+
     async def _lease(self, pid: str) -> None:
         token = self.ops.new_token()
         try:
@@ -248,6 +257,7 @@ class Coordinator:
             try:
                 taken_over = await self.ops.requeue_expired()
                 buried = await self.ops.bury_dead()
+                await self.adopt_refused()
             except BackendUnavailable as exc:
                 log.warning("%s: sweep failed: %s", self.name, exc)
                 continue

@@ -81,6 +81,8 @@ def add_commands(subparsers: Any) -> None:
         if parser is None:
             continue
         _prefix(parser)
+        if name == "fork":
+            _json(parser)  # against the fleet, fork prints the new pid (as JSON with --json)
         if name in ("approve", "reject", "modify"):
             parser.set_defaults(outcome=name)
         parser.set_defaults(handler=_fleet_aware(name, parser.get_default("handler")))
