@@ -17,7 +17,7 @@ import os
 import random
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from castor._errors import BackendUnavailable, CastorError, StaleLeaseError
@@ -42,6 +42,7 @@ class CoordinatorConfig:
     lease: float = 15.0
     grace: float = 30.0
     allow_code_change: bool = False
+    store_options: dict[str, Any] = field(default_factory=dict)  # the Redis backend's (approval_ttl, ...)
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -251,7 +252,9 @@ class Coordinator:
                     self.stop_run(pid, "cancelled", {"by": fields.get("by", "")})
 
     async def _sweep_loop(self) -> None:
-        every = max(self.config.lease / 2, 0.2)
+        # Often enough that a dead coordinator's runs resume within its lease time plus half a second;
+        # a sweep is two short scripts, whatever the number of runs parked or leased.
+        every = min(self.config.lease / 4, 0.5)
         while True:
             await asyncio.sleep(every * random.uniform(0.8, 1.2))  # coordinators spread their sweeps
             try:

@@ -28,7 +28,7 @@ async def serve(config: CoordinatorConfig, *, executor: Any = None) -> None:
     """Run one coordinator until SIGTERM or SIGINT, then drain it."""
     from castor.backends.redis import redis_backend
 
-    backend = redis_backend(config.url, prefix=config.prefix)
+    backend = redis_backend(config.url, prefix=config.prefix, **config.store_options)
     coordinator = Coordinator(config, backend, executor)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -113,23 +113,33 @@ def store_of(args: argparse.Namespace) -> str | None:
     return url if url.startswith(REDIS_SCHEMES) else None
 
 
-def target(args: argparse.Namespace) -> tuple[str, str]:
-    """The fleet's Redis URL and key prefix: from the options, the environment, else ``--config``."""
-    from castor.cli._common import STORE_ENV, _given
+def target(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:
+    """The fleet's Redis address, key prefix and store options.
+
+    The URL comes from ``--store`` / ``--redis`` / the environment, else ``--config``, else the local Redis.
+    The prefix: ``--prefix``, else the URL's ``?prefix=``, else ``CASTOR_REDIS_PREFIX``, else the config's.
+    """
+    from castor.backends import _redis_options
+    from castor.cli._common import STORE_ENV, _given, store_url
 
     url = None
     if _given(args) or any(os.environ.get(name) for name in STORE_ENV):
         url = store_of(args)
         if url is None:
-            from castor.cli._common import store_url
-
             raise ConfigError(f"the fleet keeps its state in Redis; {store_url(args)!r} is not a redis:// URL")
-    prefix = getattr(args, "prefix", None) or os.environ.get("CASTOR_REDIS_PREFIX")
     config = getattr(args, "config", None)
-    if config and (url is None or prefix is None):
+    settings = None
+    if config:
         from castor.settings import load_settings
 
         settings = load_settings(config)
-        url = url or settings.redis_url
-        prefix = prefix or settings.redis_prefix
-    return url or DEFAULT_URL, prefix or "castor"
+    url = url or (settings.redis_url if settings else DEFAULT_URL)
+    address, url_prefix, options = _redis_options(url)
+    prefix = (
+        getattr(args, "prefix", None)
+        or (url_prefix if "prefix=" in url else None)
+        or os.environ.get("CASTOR_REDIS_PREFIX")
+        or (settings.redis_prefix if settings else None)
+        or "castor"
+    )
+    return address, prefix, options

@@ -23,8 +23,8 @@ async def fleet(args: argparse.Namespace) -> AsyncIterator[tuple[Backend, FleetC
     from castor.backends.redis import redis_backend
     from castor.cli._fleet_cmds import target
 
-    url, prefix = target(args)
-    backend = redis_backend(url, prefix=prefix)
+    url, prefix, options = target(args)
+    backend = redis_backend(url, prefix=prefix, **options)
     client = FleetClient(url, prefix)
     try:
         yield backend, client
@@ -63,7 +63,7 @@ async def coordinator(args: argparse.Namespace) -> int:
     from scheduler.coordinator import CoordinatorConfig
     from scheduler.main import executor_factory, serve
 
-    url, prefix = target(args)
+    url, prefix, options = target(args)
     settings = None
     if args.config:
         from castor.settings import load_settings
@@ -73,7 +73,7 @@ async def coordinator(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = CoordinatorConfig(
         url=url, prefix=prefix, name=args.name or "", concurrency=args.concurrency, lease=args.lease,
-        grace=args.grace, allow_code_change=args.allow_code_change,
+        grace=args.grace, allow_code_change=args.allow_code_change, store_options=options,
     )
     await serve(config, executor=executor_factory(kind, settings))
     return 0
