@@ -41,3 +41,22 @@ async def slow_job() -> dict[str, Any]:
     await tool("store", tag=f"{t}:store")
     await tool("fetch", tag=f"{t}:after")
     return {"ticket": t}
+
+
+async def quick_job() -> str:
+    """Four fast calls (the throughput bench)."""
+    t = await tool("ticket")
+    for i in range(3):
+        await tool("fetch", tag=f"{t}:q{i}")
+    return t
+
+
+async def approve_then_go() -> str:
+    """A destructive call first, then one more (the approval latency bench)."""
+    await tool("remove", tag="bench")
+    return str(await tool("store", tag="bench-after"))
+
+
+async def park_only() -> None:
+    """Waits for a human at its first call (the parked-runs bench)."""
+    await tool("remove", tag="parked")
