@@ -21,7 +21,6 @@ import asyncio
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -224,13 +223,15 @@ def main() -> None:
         two = [throughput(2, args.runs) for _ in range(args.repeat)]
         r1, s1 = statistics.median(r for r, _ in one), statistics.median(s for _, s in one)
         r2, s2 = statistics.median(r for r, _ in two), statistics.median(s for _, s in two)
-        print(f"throughput, 1 coordinator:  {r1:7.1f} runs/s  {s1:7.1f} syscalls/s   (runs: {[round(r, 1) for r, _ in one]})")
-        print(f"throughput, 2 coordinators: {r2:7.1f} runs/s  {s2:7.1f} syscalls/s   (runs: {[round(r, 1) for r, _ in two]})")
+        for label, rate, calls, each in (("1 coordinator: ", r1, s1, one), ("2 coordinators:", r2, s2, two)):
+            print(f"throughput, {label} {rate:7.1f} runs/s  {calls:7.1f} syscalls/s   "
+                  f"(runs: {[round(r, 1) for r, _ in each]})")
         print(f"scaling ratio 2/1: {r2 / r1:.2f}")
     if args.only in (None, "approve"):
         lat, wall, startup = approval_latency(20)
         print(f"approve: decision -> resumed run's next syscall journaled, p50 {lat * 1000:.1f} ms "
-              f"(target < 50 ms); the CLI itself: approve {wall * 1000:.0f} ms, start-up (--help) {startup * 1000:.0f} ms")
+              f"(target < 50 ms); the CLI itself: approve {wall * 1000:.0f} ms, "
+              f"start-up (--help) {startup * 1000:.0f} ms")
     if args.only in (None, "takeover"):
         for lease in (2.0,):
             worst = [takeover(lease) for _ in range(max(1, args.repeat - 1))]
@@ -241,7 +242,8 @@ def main() -> None:
         p = parked_runs(args.parked)
         print(f"parked: {args.parked} runs parked at {p['park_rate']:.0f} runs/s; idle CPU over 5 s: "
               f"{p['cpu'] * 1000:.0f} ms with them, {p['base_cpu'] * 1000:.0f} ms before (200 parked); "
-              f"RSS {p['base_rss'] / 2**20:.1f} -> {p['rss'] / 2**20:.1f} MiB = {p['per_run']:.0f} bytes per parked run")
+              f"RSS {p['base_rss'] / 2**20:.1f} -> {p['rss'] / 2**20:.1f} MiB = "
+              f"{p['per_run']:.0f} bytes per parked run")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,39 @@ def private_config(fleet: Fleet) -> Path:
     return path
 
 
+def start_services(fleet: Fleet, services: list[list[str]], flower_port: int) -> None:
+    for args in services:
+        if args[0] == "flower":
+            args[args.index("--port") + 1] = str(flower_port)
+            fleet.start("flower", *args)
+        elif args[0] == "worker":
+            fleet.start(f"worker-{args[args.index('--pool') + 1]}", *args, "--fast-start", ready=" ready.")
+        else:
+            fleet.start(args[args.index("--name") + 1], *args, ready="coordinating")
+
+
+def until(fleet: Fleet, args: list[str], text: str) -> str:
+    """Run the command again until its output holds ``text`` (the fleet works asynchronously)."""
+    deadline = time.monotonic() + 30
+    out = fleet.cli(*args).stdout
+    while text not in out and time.monotonic() < deadline:
+        time.sleep(0.2)
+        out = fleet.cli(*args).stdout
+    return out
+
+
+def wait_http(url: str, timeout: float = 20.0) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                return int(reply.status)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def test_the_readme_fleet_section_works_as_written(fleet: Fleet) -> None:
     config = private_config(fleet)
     port = free_port()
@@ -36,14 +69,7 @@ def test_the_readme_fleet_section_works_as_written(fleet: Fleet) -> None:
         args = [str(config) if a == "config/castor.toml" else a for a in argv[1:]]
         args = [fleet.url if a == README_URL else a for a in args]
         (services if args[0] in ("worker", "coordinator", "flower") else operator).append(args)
-    for args in services:
-        if args[0] == "flower":
-            args[args.index("--port") + 1] = str(port)
-            fleet.start("flower", *args)
-        elif args[0] == "worker":
-            fleet.start(f"worker-{args[args.index('--pool') + 1]}", *args, "--fast-start", ready=" ready.")
-        else:
-            fleet.start(args[args.index("--name") + 1], *args, ready="coordinating")
+    start_services(fleet, services, port)
 
     pid = ""
     for args in operator:
@@ -52,29 +78,13 @@ def test_the_readme_fleet_section_works_as_written(fleet: Fleet) -> None:
             assert re.fullmatch(r"cleanup-[0-9a-f]{8}", pid)
             continue
         args = [pid if a == "<pid>" else a for a in args]
-        if args[0] == "approvals":  # wait until the run reached its destructive call
-            deadline = time.monotonic() + 30
-            while pid not in fleet.cli(*args).stdout and time.monotonic() < deadline:
-                time.sleep(0.2)
-        if args[0] == "ps":
-            deadline = time.monotonic() + 30
-            while "COMPLETED" not in fleet.cli(*args).stdout and time.monotonic() < deadline:
-                time.sleep(0.2)
-        out = fleet.cli(*args).stdout
-        if args[0] in ("approvals", "ps"):
-            assert pid in out
-        if args[0] == "ps":
-            assert re.search(rf"{pid}\s+COMPLETED", out), out
-        if args[0] == "coordinators":
+        if args[0] == "approvals":  # until the run reached its destructive call
+            assert pid in until(fleet, args, pid)
+        elif args[0] == "ps":
+            assert re.search(rf"{pid}\s+COMPLETED", until(fleet, args, "COMPLETED"))
+        elif args[0] == "coordinators":
+            out = fleet.cli(*args).stdout
             assert "coordinator-1" in out and "coordinator-2" in out
-
-    deadline = time.monotonic() + 20
-    while True:  # Flower serves the fleet's broker
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthcheck", timeout=2) as reply:
-                assert reply.status == 200
-                break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+        else:
+            fleet.cli(*args)
+    assert wait_http(f"http://127.0.0.1:{port}/healthcheck") == 200  # Flower serves the fleet's broker
