@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -18,6 +19,8 @@ from castor.checkpoint import AgentCheckpoint, Capability
 
 if TYPE_CHECKING:
     from castor.kernel import Castor
+
+log = logging.getLogger("castor.run")
 
 
 def agent_name(agent: Callable[..., Any]) -> str:
@@ -87,6 +90,7 @@ async def prepare(
     await kernel.backend.budgets.open_run(cp.pid, limits, ctx.usage)
     await kernel.backend.runs.save(cp)
     kernel.live[cp.pid] = cp
+    log.info("run %s %s (%d journaled steps)", cp.pid, "resumes" if cp.syscall_log else "starts", len(cp.syscall_log))
     return ctx
 
 
@@ -161,6 +165,19 @@ async def settle(ctx: RunContext) -> None:
     cp.updated_at = time.time()
     await kernel.backend.runs.save(cp)
     await budgets.close_run(cp.pid)
+    _log_stop(cp)
+
+
+def _log_stop(cp: AgentCheckpoint) -> None:
+    steps = len(cp.syscall_log)
+    if cp.status == "SUSPENDED_FOR_HITL":
+        log.info("run %s suspended at step %s: %s waits for approval", cp.pid, cp.pending_step, cp.pending_tool)
+    elif cp.status == "FAILED":
+        log.warning("run %s failed after %d steps: %s", cp.pid, steps, cp.error)
+    elif cp.status == "PREEMPTED":
+        log.info("run %s preempted after %d steps: %s", cp.pid, steps, cp.preemption_reason)
+    else:
+        log.info("run %s %s after %d steps", cp.pid, cp.status.lower(), steps)
 
 
 def takes_proxy(agent: Callable[..., Any]) -> bool:

@@ -1,0 +1,83 @@
+"""The one SQLite connection a backend shares: schema, WAL mode, a lock, short transactions."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from castor._errors import BackendUnavailable, ConfigError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS journal (run_id TEXT, step INTEGER, record TEXT NOT NULL,
+    PRIMARY KEY (run_id, step)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS forks (run_id TEXT PRIMARY KEY, parent TEXT NOT NULL, at_step INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS failures (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS failures_run ON failures (run_id);
+CREATE TABLE IF NOT EXISTS scopes (scope TEXT, resource TEXT, lim REAL NOT NULL, used REAL NOT NULL,
+    PRIMARY KEY (scope, resource)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS scope_charges (run_id TEXT, step INTEGER, scope TEXT, resource TEXT, amount REAL,
+    PRIMARY KEY (run_id, step, scope, resource)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS approvals (run_id TEXT, step INTEGER, tool TEXT NOT NULL, arguments TEXT NOT NULL,
+    created_at REAL NOT NULL, expires_at REAL, reason TEXT NOT NULL DEFAULT '', outcome TEXT,
+    decided_by TEXT, decided_at REAL, feedback TEXT, PRIMARY KEY (run_id, step)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS runs (pid TEXT PRIMARY KEY, status TEXT NOT NULL, created_at REAL NOT NULL,
+    updated_at REAL NOT NULL, steps INTEGER NOT NULL, header TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS runs_status ON runs (status, created_at);
+"""
+
+SYNC_MODES = ("OFF", "NORMAL", "FULL")
+
+
+class SqliteDatabase:
+    """The shared connection of one backend."""
+
+    def __init__(self, path: str, *, synchronous: str = "NORMAL") -> None:
+        if synchronous.upper() not in SYNC_MODES:
+            raise ConfigError(f"sqlite synchronous must be one of {', '.join(SYNC_MODES)}, got {synchronous!r}")
+        self.path = path
+        self.lock = threading.RLock()
+        try:
+            if path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            self.conn.executescript(SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise BackendUnavailable(f"cannot open SQLite store {path!r}: {exc}") from exc
+        self.closed = False
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on error), under the lock."""
+        with self.lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        """One autocommitted statement."""
+        with self.lock:
+            try:
+                return self.conn.execute(sql, params)
+            except sqlite3.IntegrityError:
+                raise
+            except sqlite3.Error as exc:
+                raise BackendUnavailable(f"SQLite store {self.path!r}: {exc}") from exc
+
+    async def close(self) -> None:
+        """Close the connection (idempotent)."""
+        with self.lock:
+            if not self.closed:
+                self.closed = True
+                self.conn.close()
+
+
