@@ -86,7 +86,8 @@ def rows(ours: dict[str, Any], ref: dict[str, Any] | None, calls: int) -> list[R
             Row("SQLite store: persisted syscall, charged", "µs", 60.0, ours["sqlite_us"], None,
                 "sqlite:///file.db, WAL, synchronous=NORMAL"),
             Row("  baseline: one committed sqlite3 insert", "µs", None, ours["sqlite_insert_us"], None,
-                "same row size, WAL, NORMAL, no Castor"),
+                "plain sqlite3, a journal-sized row, our store's pragmas: "
+                + ", ".join(f"{k}={v}" for k, v in ours.get("sqlite_pragmas", {}).items())),
         ]
     return out
 

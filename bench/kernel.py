@@ -30,6 +30,7 @@ import _refvenv  # noqa: E402  (bench/ is not a package: its helpers are importe
 import _report  # noqa: E402
 
 WORKLOAD = HERE / "_workload.py"
+BUSY = "the machine was busy (load average above the core count): every figure is inflated"
 
 
 def run_workload(python: Path | str, calls: int, *, ours: bool, sqlite: bool) -> dict[str, Any]:
@@ -100,18 +101,22 @@ def main() -> None:
         _breakdown.main(args.calls, args.repeat, sqlite=not args.no_sqlite)
         return
     info = _report.machine()
+    load_start = os.getloadavg()[0]
     ours, ref = measure(args.calls, args.repeat, not args.no_reference, not args.no_sqlite)
     table = _report.rows(ours, ref, args.calls)
     print()
     print(_report.console_table(table, args.calls, args.repeat))
     load_end = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"\nload average {info['load']} at the start, {load_end} at the end ({info['nproc']} cores)")
+    busy = max(load_start, os.getloadavg()[0]) > (os.cpu_count() or 1)
+    if busy:
+        print("warning: " + BUSY)
     misses = [row.label.strip() for row in table if row.verdict == "MISS"]
     if misses:
         print("missed targets: " + "; ".join(misses) + " (see python bench/kernel.py --profile)")
     if not args.no_write:
         command = "python " + shlex.join(["bench/kernel.py", *sys.argv[1:]])
-        notes = [_report.fork_note(ours, ref, args.calls)]
+        notes = [_report.fork_note(ours, ref, args.calls)] + ([f"**Warning**: {BUSY}."] if busy else [])
         section = _report.markdown(table, args.calls, args.repeat, command, info, load_end, notes)
         path = ROOT / "docs" / "benchmarks.md"
         _report.write_section(path, section)
