@@ -73,6 +73,7 @@ async def prepare(
         if scopes is not None:
             checkpoint.scopes = list(scopes)
     cp = checkpoint
+    cp.scopes = list(dict.fromkeys(cp.scopes))  # a scope named twice is drawn from once
     ctx = RunContext(kernel, cp, speculative=cp.speculative, scopes=tuple(cp.scopes))
     if cp.status == "PREEMPTED":
         ctx.preemption_context = {

@@ -1,0 +1,82 @@
+"""The ``castor`` command: a thin argparse front over the kernel.
+
+    castor [--db PATH | --store URL | --redis URL] [--debug] COMMAND ...
+
+Run state lives in ``./castor.db`` (SQLite) unless ``--db``, ``--store``, ``--redis`` or the environment
+(``CASTOR_STORE``, ``CASTOR_REDIS_URL``) say otherwise; the global options work before or after the
+command. Errors print one line, ``castor: error: ...``, and exit 1 (usage errors exit 2); ``--debug``
+shows the traceback instead.
+
+Adding commands
+---------------
+Each module named in ``COMMAND_MODULES`` defines ``add_commands(subparsers)``: it adds its
+subparsers and gives each one a handler with ``parser.set_defaults(handler=func)``. A handler takes
+the parsed ``argparse.Namespace`` and returns the exit code; it may be ``async def`` (run with
+``asyncio.run``) or a plain function. The global options are added to every subparser afterwards, so
+a module adds nothing for them. To add a module of commands, add one line to ``COMMAND_MODULES``::
+
+    "workers.cli",  # castor worker ...
+
+Import heavy dependencies (celery, redis) inside handlers, not at module level: ``castor --help``
+must stay fast and work without the extras.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import inspect
+import sys
+import traceback
+from collections.abc import Sequence
+
+from castor.cli._args import normalize_argv
+from castor.cli._common import add_global_options, warnings_to_stderr
+
+COMMAND_MODULES: tuple[str, ...] = (
+    "castor.cli._runs",  # run, resume, fork
+    "castor.cli._decide",  # approve, reject, modify
+    "castor.cli._status",  # ps, inspect
+    "castor.cli.demo",  # demo
+    "castor.cli._budget",  # budget set / top-up / show / reset
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``castor`` parser with every command of ``COMMAND_MODULES``."""
+    parser = argparse.ArgumentParser(
+        prog="castor",
+        description="Castor: a secure execution layer for LLM agents. Run state is kept in ./castor.db.",
+    )
+    add_global_options(parser, top_level=True)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_commands(subparsers)
+    for sub in subparsers.choices.values():
+        add_global_options(sub, top_level=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``castor`` command line; returns the exit code."""
+    args_list = normalize_argv(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as exc:  # usage errors (2), --help (0)
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+    handler = args.handler
+    try:
+        with warnings_to_stderr(sys.stderr):
+            if inspect.iscoroutinefunction(handler):
+                return int(asyncio.run(handler(args)))
+            return int(handler(args))
+    except KeyboardInterrupt:
+        print("castor: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"castor: error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,121 @@
+"""What every CLI command shares: the global options, the store a command talks to, and the kernel
+opened on it.
+
+The store is chosen once per command, in this order: ``--store URL``, ``--redis URL``, ``--db PATH``
+(only one of them), then the environment (``CASTOR_STORE``, then ``CASTOR_REDIS_URL``), then
+``./castor.db``. Runs started by one command are seen by every later command on the same store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from castor._errors import ConfigError
+from castor.backends import open_backend
+from castor.kernel import Castor, CastorWarning
+from castor.seams import Backend
+
+DEFAULT_DB = "castor.db"
+STORE_ENV = ("CASTOR_STORE", "CASTOR_REDIS_URL")
+
+
+def add_global_options(parser: argparse.ArgumentParser, *, top_level: bool) -> None:
+    """The options every command accepts, before or after its name.
+
+    On a subcommand they default to ``SUPPRESS`` so that an option given before the subcommand is not
+    overwritten by the subcommand's default.
+    """
+    default: Any = None if top_level else argparse.SUPPRESS
+    known = parser._option_string_actions  # a command module may define its own option of that name
+    options: list[tuple[str, dict[str, Any]]] = [
+        ("--db", {"metavar": "PATH", "help": f"SQLite file holding run state (default ./{DEFAULT_DB})"}),
+        ("--store", {"metavar": "URL", "help": "any store URL: memory://, sqlite:///path.db, redis://host:port/0"}),
+        ("--redis", {"metavar": "URL", "help": "shorthand for --store redis://..."}),
+    ]
+    for flag, kwargs in options:
+        if flag not in known:
+            parser.add_argument(flag, default=default, **kwargs)
+    if "--debug" not in known:
+        parser.add_argument(
+            "--debug", action="store_true", default=False if top_level else argparse.SUPPRESS,
+            help="show tracebacks instead of one-line errors",
+        )
+
+
+def sqlite_url(path: str) -> str:
+    """A store URL for a SQLite file path (absolute or relative to the working directory)."""
+    return path if "://" in path else f"sqlite:///{path}"
+
+
+def _given(args: argparse.Namespace) -> list[tuple[str, str]]:
+    flags = (("--store", "store"), ("--redis", "redis"), ("--db", "db"))
+    return [(flag, getattr(args, dest)) for flag, dest in flags if getattr(args, dest, None)]
+
+
+def store_url(args: argparse.Namespace) -> str:
+    """The store URL this command uses."""
+    given = _given(args)
+    if len(given) > 1:
+        raise ConfigError(f"give only one of --db, --store, --redis (got {', '.join(f for f, _ in given)})")
+    if given:
+        flag, value = given[0]
+        if flag == "--db":
+            return sqlite_url(value)
+        if flag == "--redis" and "://" not in value:
+            return f"redis://{value}"
+        return value
+    for name in STORE_ENV:
+        env = os.environ.get(name)
+        if env:
+            return env
+    return sqlite_url(DEFAULT_DB)
+
+
+def store_flags(args: argparse.Namespace) -> str:
+    """The store option to repeat in a command we tell the user to type (empty for the default)."""
+    given = _given(args)
+    return " ".join(f"{flag} {shlex.quote(value)}" for flag, value in given[:1])
+
+
+def command(args: argparse.Namespace, *words: str) -> str:
+    """A command line the user can paste: ``castor <words> [store option]``."""
+    store = store_flags(args)
+    line = " ".join(["castor", *(shlex.quote(w) for w in words)])
+    return f"{line} {store}" if store else line
+
+
+def open_store(args: argparse.Namespace) -> Backend:
+    """The backend of this command's store."""
+    url = store_url(args)
+    try:
+        return open_backend(url)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("castor"):
+            raise ConfigError(f"store {url!r} is not supported by this installation ({exc.name} is missing)") from exc
+        raise ConfigError(
+            f"store {url!r} needs the optional package {exc.name!r}: pip install 'castor-kernel[redis]'"
+        ) from exc
+
+
+def bare_kernel(backend: Backend) -> Castor:
+    """A kernel with no tools: enough to list, load and inspect runs."""
+    return Castor(store=backend)
+
+
+@contextmanager
+def warnings_to_stderr(err: Any) -> Iterator[None]:
+    """Show the kernel's configuration warnings as ``castor: warning: ...`` lines, not as Python warnings."""
+
+    def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        err.write(f"castor: warning: {message}\n")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", CastorWarning)
+        warnings.showwarning = show
+        yield

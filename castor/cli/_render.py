@@ -1,0 +1,181 @@
+"""How the CLI prints runs. Shapes that scripts already read (from castor-kernel 0.5.1) are kept exactly:
+``PID:    <pid>``, ``Status: <status>``, ``Result: <result>``, the ``Execution Summary:`` block, the ``ps``
+markers, and ``inspect``'s ``Capabilities:`` / ``Syscall log: N entries`` / ``--- Pending HITL ---``.
+Everything here returns lines; the commands print them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+from castor.checkpoint import AgentCheckpoint, SyscallRecord
+from castor.seams import RunSummary
+from castor.summary import ExecutionSummary, scan
+
+MARKERS = {
+    "SUSPENDED_FOR_HITL": "[HITL]",
+    "COMPLETED": "[DONE]",
+    "RUNNING": "[RUN ]",
+    "PREEMPTED": "[PREM]",
+    "FAILED": "[FAIL]",
+}
+WIDTH = 100
+
+
+def short(value: Any, width: int = WIDTH) -> str:
+    """A value on one line: strings as they are, anything else as JSON, cut at ``width``."""
+    text = value if isinstance(value, str) else json.dumps(value, default=repr, ensure_ascii=False)
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def call_text(tool: str, arguments: Any) -> str:
+    """``tool(key="value", ...)``."""
+    if not isinstance(arguments, dict):
+        return f"{tool}()"
+    args = ", ".join(f"{k}={json.dumps(v, default=repr, ensure_ascii=False)}" for k, v in arguments.items())
+    return f"{tool}({args})"
+
+
+def number(value: float) -> str:
+    """``50`` rather than ``50.0``; ``inf`` stays ``inf``."""
+    return f"{value:g}"
+
+
+def human_outcome(record: SyscallRecord) -> str:
+    """What a human decided on a step: approved, rejected or modified."""
+    response = record.response
+    status = response.get("status") if isinstance(response, dict) else None
+    return {"HITL_REJECTED": "rejected", "HITL_MODIFIED": "modified"}.get(str(status), "approved")
+
+
+def result_lines(cp: AgentCheckpoint) -> list[str]:
+    """The lines every command prints about where a run stopped."""
+    lines = [f"PID:    {cp.pid}", f"Status: {cp.status}"]
+    if cp.status == "COMPLETED" and cp.result is not None:
+        lines.append(f"Result: {cp.result}")
+    if cp.error:
+        lines.append(f"Error:  {cp.error}")
+    if cp.status == "PREEMPTED" and cp.preemption_reason:
+        lines.append(f"Preempted: {cp.preemption_reason}")
+    if cp.pending_hitl:
+        step = "" if cp.pending_step is None else f"step {cp.pending_step}: "
+        lines.append(f"Pending: {step}{call_text(str(cp.pending_tool), cp.pending_args)}")
+    return lines
+
+
+def summary_lines(summary: ExecutionSummary) -> list[str]:
+    """The ``Execution Summary:`` block; steps a human decided are listed apart from flagged ones."""
+    lines = [
+        "Execution Summary:",
+        f"  Total steps:    {summary.total_steps}",
+        f"  Auto-verified:  {summary.auto_verified}",
+        f"  Human-decided:  {len(summary.human_decided)}",
+        f"  Flagged:        {summary.flagged_count}",
+    ]
+    lines += [f"    Step {step.index}: {step.tool_name} — {step.reason}" for step in summary.flagged]
+    return lines
+
+
+def decided_lines(cp: AgentCheckpoint) -> list[str]:
+    """One line per step a human decided, for the summary's reader."""
+    return [
+        f"    Decided step {i}: {r.tool_name} — {human_outcome(r)} by {r.decided_by or 'unknown'}"
+        for i, r in enumerate(cp.syscall_log)
+        if r.was_hitl
+    ]
+
+
+def finished_lines(cp: AgentCheckpoint) -> list[str]:
+    """``result_lines`` and, for a completed run that ran speculatively or had humans decide, the summary."""
+    lines = result_lines(cp)
+    if cp.status == "COMPLETED":
+        summary = scan(cp)
+        if cp.speculative or summary.flagged or summary.human_decided:
+            lines += summary_lines(summary) + decided_lines(cp)
+    return lines
+
+
+def ps_line(run: RunSummary) -> str:
+    """``[HITL] <pid>  <agent>  N steps  (pending: <tool>)``."""
+    marker = MARKERS.get(run.status, f"[{run.status[:4]}]")
+    steps = f"{run.steps} step" + ("" if run.steps == 1 else "s")
+    line = f"{marker} {run.pid}  {run.agent}  {steps}"
+    if run.parent_pid:
+        line += f"  (parent: {run.parent_pid})"
+    if run.status == "SUSPENDED_FOR_HITL":
+        line += f"  (pending: {run.pending_tool or '?'})"
+    return line
+
+
+def ps_json(runs: list[RunSummary]) -> str:
+    """The run list as JSON."""
+    return json.dumps([asdict(run) for run in runs], indent=2, default=repr)
+
+
+def step_line(index: int, record: SyscallRecord) -> str:
+    """One journal record with its flags."""
+    flags: list[str] = []
+    if record.was_hitl:
+        flags.append(f"human: {human_outcome(record)} by {record.decided_by or 'unknown'}")
+    if record.needs_review:
+        flags.append(f"needs_review: {record.review_reason or 'yes'}")
+    if record.charged:
+        flags.append("charged " + ", ".join(f"{k}={number(v)}" for k, v in record.charged.items()))
+    if record.child_checkpoint is not None:
+        flags.append(f"child: {record.child_checkpoint.pid} {record.child_checkpoint.status}")
+    text = f"  [{index}] {call_text(record.tool_name, record.arguments)} -> {short(record.response, 60)}"
+    return text + (f"  ({'; '.join(flags)})" if flags else "")
+
+
+def inspect_lines(cp: AgentCheckpoint) -> list[str]:
+    """Everything about a run, for ``castor inspect``."""
+    lines = [f"PID:    {cp.pid}", f"Status: {cp.status}", f"Agent:  {cp.agent_function_name}"]
+    if cp.parent_pid:
+        lines.append(f"Parent: {cp.parent_pid}")
+    lines.append(f"Mode:   {'speculative' if cp.speculative else 'human approval for destructive calls'}")
+    if cp.spec is not None:
+        lines.append(f"Spec:   {cp.spec.agent}")
+        lines += [f"  tool: {t}" for t in cp.spec.tools]
+        if cp.spec.destructive:
+            lines.append(f"  destructive: {', '.join(cp.spec.destructive)}")
+    else:
+        lines.append("Spec:   none (saved by a host program; the host program resumes it)")
+    lines.append("Capabilities:")
+    lines += [f"  {r}: {number(c.remaining)} / {number(c.max_budget)} remaining" for r, c in cp.capabilities.items()]
+    if not cp.capabilities:
+        lines.append("  (no budgets: unlimited)")
+    lines.append(f"Syscall log: {len(cp.syscall_log)} entries")
+    lines += [step_line(i, record) for i, record in enumerate(cp.syscall_log)]
+    if cp.failures:
+        lines.append(f"Failures: {len(cp.failures)}")
+        lines += [f"  step {f.step}: {f.tool_name}: {f.error_type}: {f.message}" for f in cp.failures]
+    if cp.pending_hitl:
+        lines += ["--- Pending HITL ---"]
+        if cp.pending_step is not None:
+            lines.append(f"Step: {cp.pending_step}")
+        lines += [f"Tool: {cp.pending_tool}", f"Arguments: {json.dumps(cp.pending_args, indent=2, default=repr)}"]
+    if cp.status == "COMPLETED" and cp.result is not None:
+        lines.append(f"Result: {cp.result}")
+    if cp.error:
+        lines.append(f"Error:  {cp.error}")
+    if cp.preemption_reason:
+        lines.append(f"Preempted: {cp.preemption_reason}")
+    return lines
+
+
+def inspect_json(cp: AgentCheckpoint) -> str:
+    """The checkpoint as JSON, with each budget's remaining amount and the review summary."""
+    data = json.loads(cp.model_dump_json(fallback=repr))
+    for resource, cap in cp.capabilities.items():
+        data["capabilities"][resource]["remaining"] = cap.remaining
+    summary = scan(cp)
+    data["summary"] = {
+        "total_steps": summary.total_steps,
+        "auto_verified": summary.auto_verified,
+        "flagged": [step.index for step in summary.flagged],
+        "human_decided": [step.index for step in summary.human_decided],
+    }
+    return json.dumps(data, indent=2, default=repr)

@@ -1,0 +1,223 @@
+"""Import specs: how the CLI finds an agent and its tools, and how a later command finds them again.
+
+    file.py:func        a function in a Python file (its directory goes on sys.path, like ``python file.py``)
+    module:func         a function in an importable module (the working directory is on sys.path)
+    file.py             an agent only: its ``agent`` function, else its ``main``
+    file.py:f1,f2       several tools from one file
+
+A run records the specs of its agent and tools on its checkpoint (``RunSpec``), with file paths made
+absolute and a hash of the source files, so ``approve``, ``resume`` or ``fork`` in another process
+rebuilds the same kernel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from castor._errors import ConfigError
+from castor.checkpoint import RunSpec
+from castor.kernel import Castor
+from castor.seams import Backend, Call
+
+NAMES = re.compile(r"^[A-Za-z_]\w*(,[A-Za-z_]\w*)*$")
+AGENT_DEFAULTS = ("agent", "main")
+
+
+def split_spec(spec: str) -> tuple[str, list[str]]:
+    """``'file.py:a,b'`` → ``('file.py', ['a', 'b'])``; no names when the spec has no ``:``."""
+    target, sep, names = spec.rpartition(":") if ":" in spec else (spec, "", "")
+    if sep and not NAMES.match(names):
+        raise ConfigError(f"bad spec {spec!r}: expected FILE.py:FUNC or MODULE:FUNC")
+    return target, names.split(",") if names else []
+
+
+def tool_names(spec: str) -> list[str]:
+    """The tool names a ``--tool`` spec registers (its function names)."""
+    return split_spec(spec)[1]
+
+
+def is_file(target: str) -> bool:
+    """A target is a file path (not a module name) when it ends in .py or holds a path separator."""
+    return target.endswith(".py") or os.sep in target or "/" in target
+
+
+def absolute(spec: str) -> str:
+    """The spec with its file path made absolute, as it is recorded on the run."""
+    target, names = split_spec(spec)
+    if not is_file(target):
+        return spec
+    path = str(Path(target).expanduser().resolve())
+    return f"{path}:{','.join(names)}" if names else path
+
+
+_loaded: dict[str, ModuleType] = {}
+
+
+def import_target(target: str, spec: str, kind: str) -> ModuleType:
+    """The module a spec names; ``ConfigError`` naming the file (or module) when it does not import."""
+    if not is_file(target):
+        if "" not in sys.path and os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())  # `module:func` finds modules next to the user, as python -m does
+        try:
+            return importlib.import_module(target)
+        except Exception as exc:
+            raise ConfigError(f"cannot import {kind} {spec!r}: module {target!r} failed: {_brief(exc)}") from exc
+    path = Path(target).expanduser().resolve()
+    key = str(path)
+    if key in _loaded:
+        return _loaded[key]
+    if not path.is_file():
+        raise ConfigError(f"cannot import {kind} {spec!r}: file {target} not found")
+    stem = re.sub(r"\W", "_", path.stem)
+    name = f"castor_spec_{stem}_{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+    loader_spec = importlib.util.spec_from_file_location(name, path)
+    if loader_spec is None or loader_spec.loader is None:
+        raise ConfigError(f"cannot import {kind} {spec!r}: {target} is not a Python file")
+    module = importlib.util.module_from_spec(loader_spec)
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))  # sibling imports work as with `python file.py`
+    sys.modules[name] = module
+    try:
+        loader_spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise ConfigError(f"cannot import {kind} {spec!r}: {target} failed: {_brief(exc)}") from exc
+    _loaded[key] = module
+    return module
+
+
+def _brief(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _symbol(module: ModuleType, target: str, name: str, spec: str, kind: str) -> Callable[..., Any]:
+    func = getattr(module, name, None)
+    if func is None:
+        raise ConfigError(f"cannot import {kind} {spec!r}: {target} has no {name!r}")
+    if not callable(func):
+        raise ConfigError(f"cannot import {kind} {spec!r}: {target}:{name} is not a function")
+    return func
+
+
+def load_agent(spec: str) -> Callable[..., Any]:
+    """The agent function a spec names."""
+    target, names = split_spec(spec)
+    if len(names) > 1:
+        raise ConfigError(f"agent spec {spec!r} names several functions; give one")
+    module = import_target(target, spec, "agent")
+    if names:
+        return _symbol(module, target, names[0], spec, "agent")
+    for name in AGENT_DEFAULTS:
+        if callable(getattr(module, name, None)):
+            return _symbol(module, target, name, spec, "agent")
+    raise ConfigError(f"cannot import agent {spec!r}: {target} has neither an 'agent' nor a 'main' function")
+
+
+def load_tools(specs: Iterable[str]) -> list[Callable[..., Any]]:
+    """The tool functions the specs name, in order."""
+    tools: list[Callable[..., Any]] = []
+    for spec in specs:
+        target, names = split_spec(spec)
+        if not names:
+            raise ConfigError(f"tool spec {spec!r} names no function: use FILE.py:FUNC or MODULE:FUNC")
+        module = import_target(target, spec, "tool")
+        tools.extend(_symbol(module, target, name, spec, "tool") for name in names)
+    return tools
+
+
+def source_hash(specs: Iterable[str]) -> str:
+    """sha256 over the source files the specs import (a changed agent is told apart on resume)."""
+    digest = hashlib.sha256()
+    files: set[str] = set()
+    for spec in specs:
+        target, _ = split_spec(spec)
+        if is_file(target):
+            files.add(str(Path(target).expanduser().resolve()))
+        else:
+            module = sys.modules.get(target)
+            path = getattr(module, "__file__", None)
+            if path:
+                files.add(str(Path(path).resolve()))
+    for path in sorted(files):
+        digest.update(path.encode() + b"\0")
+        try:
+            digest.update(Path(path).read_bytes())
+        except OSError:
+            digest.update(b"<unreadable>")
+    return digest.hexdigest()
+
+
+class CountingExecutor:
+    """Wraps the kernel's executor and counts the tool calls it really executes (not the replayed ones)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.writes_journal = inner.writes_journal
+        self.executed = 0
+
+    def execute(self, call: Call) -> Any:
+        """Count, then delegate."""
+        self.executed += 1
+        return self.inner.execute(call)
+
+    async def close(self) -> None:
+        """Close the wrapped executor."""
+        await self.inner.close()
+
+
+@dataclass
+class Loaded:
+    """An agent and its tools imported from specs, and the spec to record on the run."""
+
+    agent: Callable[..., Any]
+    tools: list[Callable[..., Any]]
+    spec: RunSpec
+    counter: list[CountingExecutor] = field(default_factory=list)
+
+    def kernel(self, backend: Backend) -> Castor:
+        """A kernel with these tools on ``backend``; its executor counts executed calls."""
+        from castor.executors.local import LocalExecutor
+
+        def counting(registry: Any) -> CountingExecutor:
+            executor = CountingExecutor(LocalExecutor(registry))
+            self.counter.append(executor)
+            return executor
+
+        return Castor(tools=self.tools, destructive=self.spec.destructive, store=backend, executor=counting)
+
+    @property
+    def executed(self) -> int:
+        """Tool calls executed by kernels built from this (replayed steps are not executed)."""
+        return sum(c.executed for c in self.counter)
+
+
+def load(agent: str, tools: Iterable[str], destructive: Iterable[str]) -> Loaded:
+    """Import a new run's agent and tools and build the spec it records."""
+    tool_specs = [absolute(spec) for spec in tools]
+    agent_spec = absolute(agent)
+    loaded_agent = load_agent(agent_spec)
+    loaded_tools = load_tools(tool_specs)
+    spec = RunSpec(
+        agent=agent_spec,
+        tools=tool_specs,
+        destructive=list(dict.fromkeys(destructive)),
+        source_hash=source_hash([agent_spec, *tool_specs]),
+    )
+    return Loaded(loaded_agent, loaded_tools, spec)
+
+
+def reload(spec: RunSpec) -> tuple[Loaded, bool]:
+    """Import a recorded run's agent and tools again; the flag says whether their source changed."""
+    loaded = Loaded(load_agent(spec.agent), load_tools(spec.tools), spec)
+    changed = spec.source_hash is not None and source_hash([spec.agent, *spec.tools]) != spec.source_hash
+    return loaded, changed

@@ -1,0 +1,74 @@
+"""``castor ps`` and ``castor inspect``: read-only views of the runs in the store."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from castor._children import pending_child
+from castor.cli._render import inspect_json, inspect_lines, ps_json, ps_line
+from castor.cli._runs import load_run, opened, out
+
+STATUSES = {
+    "running": "RUNNING", "run": "RUNNING",
+    "suspended_for_hitl": "SUSPENDED_FOR_HITL", "suspended": "SUSPENDED_FOR_HITL", "hitl": "SUSPENDED_FOR_HITL",
+    "completed": "COMPLETED", "done": "COMPLETED",
+    "preempted": "PREEMPTED", "prem": "PREEMPTED",
+    "failed": "FAILED", "fail": "FAILED",
+}
+
+
+def status_name(text: str) -> str:
+    """A status as ``ps --status`` accepts it: the full name or the marker word, any case."""
+    try:
+        return STATUSES[text.strip().lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(
+            f"unknown status {text!r}: use one of RUNNING, SUSPENDED_FOR_HITL (hitl), COMPLETED (done), "
+            "PREEMPTED (prem), FAILED (fail)"
+        ) from None
+
+
+async def cmd_ps(args: argparse.Namespace) -> int:
+    """List runs, newest first."""
+    async with opened(args) as backend:
+        runs = await backend.runs.list(status=args.status, limit=args.limit)
+    if args.json:
+        out(ps_json(runs))
+    elif not runs:
+        out("No agents found.")
+    else:
+        out(*(ps_line(run) for run in runs))
+    return 0
+
+
+async def cmd_inspect(args: argparse.Namespace) -> int:
+    """Show a run: status, budgets, every step with its flags, failures, the pending call, result or error."""
+    async with opened(args) as backend:
+        cp = await load_run(backend, args.pid)
+        decision = None
+        if cp.pending_hitl:
+            target = pending_child(cp) or cp
+            step = target.pending_step if target.pending_step is not None else len(target.syscall_log)
+            decision = await backend.approvals.decision(target.pid, step)
+    if args.json:
+        out(inspect_json(cp))
+        return 0
+    out(*inspect_lines(cp))
+    if decision is not None:
+        out(f"Decision: {decision.outcome} by {decision.by} (recorded; applied when the run resumes)")
+    return 0
+
+
+def add_commands(subparsers: Any) -> None:
+    """Register ps and inspect."""
+    ps = subparsers.add_parser("ps", help="list runs", description=cmd_ps.__doc__)
+    ps.add_argument("--status", type=status_name, metavar="S", help="only runs with this status (e.g. hitl, done)")
+    ps.add_argument("--limit", type=int, default=100, metavar="N", help="at most N runs (default 100)")
+    ps.add_argument("--json", action="store_true", help="print JSON")
+    ps.set_defaults(handler=cmd_ps)
+
+    inspect = subparsers.add_parser("inspect", help="show one run", description=cmd_inspect.__doc__)
+    inspect.add_argument("pid", metavar="PID")
+    inspect.add_argument("--json", action="store_true", help="print the checkpoint as JSON")
+    inspect.set_defaults(handler=cmd_inspect)
