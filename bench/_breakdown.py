@@ -47,7 +47,7 @@ async def stages(calls: int, repeat: int) -> None:
     levels.append(("+ execute (tool, journal)", len(names), execute))
     samples: dict[str, list[float]] = {"direct await of the tool": []}
     for _ in range(repeat):
-        samples["direct await of the tool"].append(us_per_call(await w.direct(), calls))
+        samples["direct await of the tool"].append(us_per_call((await w.direct())[0], calls))
         for label, k, terminal in levels:
             kernel = Castor(tools=[noop])
             kernel.path = build_path(DEFAULT_STAGES[:k], terminal)

@@ -18,7 +18,7 @@ HEADING = "## Embedded kernel"
 
 @dataclass
 class Row:
-    """One figure: what it is, its target (None: none), ours and the reference's samples."""
+    """One figure: what it is, its target (None: none), ours and the reference's wall-clock and CPU samples."""
 
     label: str
     unit: str
@@ -26,6 +26,8 @@ class Row:
     ours: list[float] | None
     reference: list[float] | None
     note: str = ""
+    ours_cpu: list[float] | None = None
+    reference_cpu: list[float] | None = None
 
     def med(self, samples: list[float] | None) -> float | None:
         return statistics.median(samples) if samples else None
@@ -63,28 +65,45 @@ def difference(a: list[float] | None, b: list[float] | None) -> list[float] | No
     return [x - y for x, y in zip(a, b, strict=True)]
 
 
+def _pair(figures: dict[str, Any] | None, key: str) -> tuple[list[float] | None, list[float] | None]:
+    """The wall-clock and CPU samples of one figure (None, None when it was not measured)."""
+    entry = (figures or {}).get(key)
+    if not entry:
+        return None, None
+    return entry["wall"], entry.get("cpu")
+
+
 def rows(ours: dict[str, Any], ref: dict[str, Any] | None, calls: int) -> list[Row]:
     """The table of ``bench/kernel.py``, in the order the issue states its targets."""
-    r = ref or {}
     half, full = str(calls // 2), str(calls)
+    direct, plain, charged, replay = (
+        (_pair(ours, key), _pair(ref, key)) for key in ("direct_us", "plain_us", "charged_us", "replay_us")
+    )
+
+    def overhead(side: int, kind: int) -> list[float] | None:
+        return difference(charged[side][kind], direct[side][kind])
+
+    def fork(figures: dict[str, Any] | None, at: str) -> list[float] | None:
+        return ((figures or {}).get("fork_ms") or {}).get(at)
+
     out = [
-        Row("direct call (await of the tool function)", "µs", None, ours["direct_us"], r.get("direct_us")),
-        Row("syscall, no budget", "µs", None, ours["plain_us"], r.get("plain_us")),
-        Row("syscall, budget charged", "µs", None, ours["charged_us"], r.get("charged_us"),
-            "ours: budgets={'api': 1e9}; 0.5.1: same, tool declared cost_per_use=1"),
-        Row("  charged syscall − direct call", "µs", 10.0,
-            difference(ours["charged_us"], ours["direct_us"]), difference(r.get("charged_us"), r.get("direct_us"))),
-        Row("replayed step (resume a completed run)", "µs", 3.0, ours["replay_us"]["whole"],
-            (r.get("replay_us") or {}).get("whole"), "whole run(agent, checkpoint=cp) / steps"),
-        Row(f"fork() of a {calls:,}-step run at step {int(half):,}", "ms", 1.0, ours["fork_ms"][half],
-            (r.get("fork_ms") or {}).get(half)),
-        Row(f"fork() of a {calls:,}-step run at step {int(full):,}", "ms", 1.0, ours["fork_ms"][full],
-            (r.get("fork_ms") or {}).get(full)),
+        Row("direct call (await of the tool function)", "µs", None, direct[0][0], direct[1][0], "",
+            direct[0][1], direct[1][1]),
+        Row("syscall, no budget", "µs", None, plain[0][0], plain[1][0], "", plain[0][1], plain[1][1]),
+        Row("syscall, budget charged", "µs", None, charged[0][0], charged[1][0],
+            "ours: budgets={'api': 1e9}; 0.5.1: same, tool declared cost_per_use=1", charged[0][1], charged[1][1]),
+        Row("  charged syscall − direct call", "µs", 10.0, overhead(0, 0), overhead(1, 0), "",
+            overhead(0, 1), overhead(1, 1)),
+        Row("replayed step (resume a completed run)", "µs", 3.0, replay[0][0], replay[1][0],
+            "whole run(agent, checkpoint=cp) / steps", replay[0][1], replay[1][1]),
+        Row(f"fork() of a {calls:,}-step run at step {int(half):,}", "ms", 1.0, fork(ours, half), fork(ref, half)),
+        Row(f"fork() of a {calls:,}-step run at step {int(full):,}", "ms", 1.0, fork(ours, full), fork(ref, full)),
     ]
     if "sqlite_us" in ours:
+        wall, cpu = _pair(ours, "sqlite_us")
         out += [
-            Row("SQLite store: persisted syscall, charged", "µs", 60.0, ours["sqlite_us"], None,
-                "sqlite:///file.db, WAL, synchronous=NORMAL"),
+            Row("SQLite store: persisted syscall, charged", "µs", 60.0, wall, None,
+                "sqlite:///file.db, WAL, synchronous=NORMAL", cpu),
             Row("  baseline: one committed sqlite3 insert", "µs", None, ours["sqlite_insert_us"], None,
                 "plain sqlite3, a journal-sized row, our store's pragmas: "
                 + ", ".join(f"{k}={v}" for k, v in ours.get("sqlite_pragmas", {}).items())),
@@ -94,20 +113,25 @@ def rows(ours: dict[str, Any], ref: dict[str, Any] | None, calls: int) -> list[R
 
 def console_table(table: list[Row], calls: int, repeat: int) -> str:
     """The table printed on stdout."""
-    head = ("figure", "target", "ours", "ours min–max", "ref 0.5.1", "verdict")
+    head = ("figure", "target", "ours", "ours min–max", "ours CPU", "ref 0.5.1", "ref CPU", "verdict")
     body = [
         (
             row.label + (f" ({row.unit})" if row.unit == "ms" else ""),
             "—" if row.target is None else f"≤ {row.target:g}",
             fmt(row.med(row.ours)),
             spread(row.ours),
+            fmt(row.med(row.ours_cpu)),
             fmt(row.med(row.reference)),
+            fmt(row.med(row.reference_cpu)),
             row.verdict,
         )
         for row in table
     ]
     widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
-    lines = [f"{calls:,} calls of a no-op async tool, median of {repeat} runs; µs per call unless marked (ms)"]
+    lines = [
+        f"{calls:,} calls of a no-op async tool, median of {repeat} runs; µs per call unless marked (ms); "
+        "wall-clock time, and the process's CPU time over the same loop"
+    ]
     for line in [head, *body]:
         cells = [line[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(line[1:], widths[1:], strict=True)]
         lines.append("  ".join(cells))
@@ -172,10 +196,13 @@ def markdown(
         f"{calls:,} calls of a no-op async tool in one process, median of {repeat} runs. Our kernel and the "
         "published castor-kernel 0.5.1 (in `bench/.refvenv`) are measured in the same invocation, one "
         "process per implementation and repetition, alternating, each beside its own direct-call baseline. "
-        "µs per call unless marked ms. `bench/README.md` says what each figure covers.",
+        "µs per call unless marked ms. The verdict reads the wall-clock median; the CPU-time columns (the "
+        "process's own CPU time over the same loop) show what a busy machine inflates least. "
+        "`bench/README.md` says what each figure covers.",
         "",
-        "| figure | target | ours (median) | ours (min–max) | castor-kernel 0.5.1 | verdict |",
-        "|---|---:|---:|---:|---:|---|",
+        "| figure | target | ours (median) | ours (min–max) | ours, CPU time | castor-kernel 0.5.1 | 0.5.1, CPU time "
+        "| verdict |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in table:
         target = "—" if row.target is None else f"≤ {row.target:g} {row.unit}"
@@ -183,7 +210,8 @@ def markdown(
         note = f" <br><sub>{row.note}</sub>" if row.note else ""
         lines.append(
             f"| {label}{note} | {target} | {fmt(row.med(row.ours), row.unit)} | {spread(row.ours)} | "
-            f"{fmt(row.med(row.reference), row.unit)} | {row.verdict or ''} |"
+            f"{fmt(row.med(row.ours_cpu))} | {fmt(row.med(row.reference), row.unit)} | "
+            f"{fmt(row.med(row.reference_cpu))} | {row.verdict or ''} |"
         )
     for note in notes:
         lines += ["", note]

@@ -49,27 +49,28 @@ class Workload:
 
     def __init__(self, calls: int) -> None:
         self.calls = calls
-        self.elapsed = 0.0
+        self.elapsed = 0.0  # wall-clock seconds of the last agent loop
+        self.cpu = 0.0  # CPU seconds of this process in that loop: what a busy machine inflates least
 
     def agent(self, tool_name: str) -> Callable[[], Awaitable[str]]:
         """An agent that calls ``tool_name`` ``calls`` times and records how long the loop took."""
         calls = self.calls
 
         async def bench_agent() -> str:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             for i in range(calls):
                 await tool(tool_name, i=i)
-            self.elapsed = time.perf_counter() - start
+            self.elapsed, self.cpu = time.perf_counter() - start, time.process_time() - cpu
             return "done"
 
         return bench_agent
 
-    async def direct(self) -> float:
-        """Seconds for ``calls`` awaits of the tool function itself: the baseline."""
-        start = time.perf_counter()
+    async def direct(self) -> tuple[float, float]:
+        """Wall and CPU seconds for ``calls`` awaits of the tool function itself: the baseline."""
+        start, cpu = time.perf_counter(), time.process_time()
         for i in range(self.calls):
             await noop(i=i)
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
 
 
 def us_per_call(seconds: float, calls: int) -> float:
@@ -80,20 +81,27 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-async def measure_direct(w: Workload, repeat: int) -> list[float]:
-    return [us_per_call(await w.direct(), w.calls) for _ in range(repeat)]
+async def measure_direct(w: Workload, repeat: int) -> dict[str, list[float]]:
+    """µs per direct await, wall and CPU."""
+    out: dict[str, list[float]] = {"wall": [], "cpu": []}
+    for _ in range(repeat):
+        wall, cpu = await w.direct()
+        out["wall"].append(us_per_call(wall, w.calls))
+        out["cpu"].append(us_per_call(cpu, w.calls))
+    return out
 
 
 async def measure_syscall(
     w: Workload, repeat: int, tool_name: str, budgets: dict[str, float] | None, store: Callable[[int], Any]
-) -> list[float]:
-    """µs per live syscall: the agent's loop, one fresh kernel per repetition."""
-    samples = []
+) -> dict[str, list[float]]:
+    """µs per live syscall, wall and CPU: the agent's loop, one fresh kernel per repetition."""
+    samples: dict[str, list[float]] = {"wall": [], "cpu": []}
     for rep in range(repeat):
         kernel = Castor(tools=[noop, noop_paid], **store(rep))
         cp = await kernel.run(w.agent(tool_name), budgets=budgets)
         check_complete(cp, w.calls)
-        samples.append(us_per_call(w.elapsed, w.calls))
+        samples["wall"].append(us_per_call(w.elapsed, w.calls))
+        samples["cpu"].append(us_per_call(w.cpu, w.calls))
         await close(kernel)
         del kernel, cp
         gc.collect()
@@ -102,22 +110,23 @@ async def measure_syscall(
 
 async def measure_replay(w: Workload, repeat: int, tool_name: str, budgets: dict[str, float] | None) -> dict[str, Any]:
     """µs per replayed step: ``run(agent, checkpoint=cp)`` of a completed run, whole call timed."""
-    whole, loop = [], []
+    whole, loop, cpu = [], [], []
     for _ in range(repeat):
         kernel = Castor(tools=[noop, noop_paid])
         agent = w.agent(tool_name)
         cp = await kernel.run(agent, budgets=budgets)
         check_complete(cp, w.calls)
         gc.collect()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         cp = await kernel.run(agent, checkpoint=cp)
         whole.append(us_per_call(time.perf_counter() - start, w.calls))
+        cpu.append(us_per_call(time.process_time() - cpu_start, w.calls))
         loop.append(us_per_call(w.elapsed, w.calls))
         check_complete(cp, w.calls)
         await close(kernel)
         del kernel, cp
         gc.collect()
-    return {"whole": whole, "loop": loop}
+    return {"wall": whole, "cpu": cpu, "loop": loop}
 
 
 async def measure_fork(
