@@ -210,8 +210,8 @@ def markdown(
         note = f" <br><sub>{row.note}</sub>" if row.note else ""
         lines.append(
             f"| {label}{note} | {target} | {fmt(row.med(row.ours), row.unit)} | {spread(row.ours)} | "
-            f"{fmt(row.med(row.ours_cpu))} | {fmt(row.med(row.reference), row.unit)} | "
-            f"{fmt(row.med(row.reference_cpu))} | {row.verdict or ''} |"
+            f"{fmt(row.med(row.ours_cpu), row.unit)} | {fmt(row.med(row.reference), row.unit)} | "
+            f"{fmt(row.med(row.reference_cpu), row.unit)} | {row.verdict or ''} |"
         )
     for note in notes:
         lines += ["", note]
@@ -229,8 +229,11 @@ def write_section(path: Path, section: str) -> None:
     """Replace the ``## Embedded kernel`` section of ``path`` (up to the next ``## ``), or append it."""
     text = path.read_text() if path.exists() else "# Benchmarks\n\nFigures measured by the scripts in `bench/`.\n\n"
     pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.M | re.S)
+    first = re.search(r"^## ", text, re.M)
     if pattern.search(text):
         text = pattern.sub(lambda _: section.rstrip("\n") + "\n\n", text, count=1)
+    elif first:  # the embedded kernel comes first: every other shape builds on it
+        text = text[: first.start()] + section.rstrip("\n") + "\n\n" + text[first.start() :]
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.parent.mkdir(parents=True, exist_ok=True)

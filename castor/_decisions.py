@@ -14,9 +14,9 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from castor._context import RunContext
+from castor._context import RunContext, Suspend
 from castor._errors import CastorError, NothingPendingError
-from castor.checkpoint import AgentCheckpoint
+from castor.checkpoint import AgentCheckpoint, new_record
 from castor.seams import Decision, DecisionOutcome, PendingApproval
 from castor.syscall import Syscall
 
@@ -69,7 +69,8 @@ async def decide(
     approvals = kernel.backend.approvals
     if await approvals.decision(cp.pid, step) is None:
         # A checkpoint restored from JSON into a fresh kernel: its store never saw the request.
-        await approvals.request(PendingApproval(cp.pid, step, tool, args, time.time()))
+        attempt = cp.in_doubt.get(step, 0)
+        await approvals.request(PendingApproval(cp.pid, step, tool, args, time.time(), attempt=attempt))
     decision = Decision(cp.pid, step, OUTCOMES[outcome], by or default_user(), time.time(), feedback or "")
     await approvals.decide(decision)
     await settle_decision(kernel, cp, step, tool, args)
@@ -81,9 +82,12 @@ async def settle_decision(kernel: Castor, cp: AgentCheckpoint, step: int, tool: 
     ctx = RunContext(kernel, cp, speculative=False, scopes=tuple(cp.scopes), next_step=step + 1)
     caps = cp.capabilities
     await kernel.backend.budgets.open_run(cp.pid, {r: c.max_budget for r, c in caps.items()}, ctx.usage)
+    suspended = False
     try:
         if step == len(cp.syscall_log):
             await kernel.path(Syscall(ctx, step, tool, args))
+    except Suspend:
+        suspended = True  # the approved call went in doubt (its worker was lost): a new round waits
     except CastorError:
         raise
     except Exception:
@@ -92,8 +96,11 @@ async def settle_decision(kernel: Castor, cp: AgentCheckpoint, step: int, tool: 
         ctx.closed = True
         ctx.settle_usage()
         await kernel.backend.budgets.close_run(cp.pid)
-        _clear_pending(cp)
-        cp.status = "RUNNING"
+        if suspended:
+            cp.status = "SUSPENDED_FOR_HITL"
+        else:
+            _clear_pending(cp)
+            cp.status = "RUNNING"
         cp.updated_at = time.time()
         await kernel.backend.runs.save(cp)
         kernel.live[cp.pid] = cp
@@ -109,8 +116,65 @@ def _clear_pending(cp: AgentCheckpoint) -> None:
 def decide_sync(
     kernel: Castor, checkpoint: AgentCheckpoint | str, outcome: str, feedback: str | None, by: str | None
 ) -> None:
-    """``reject`` / ``modify`` are synchronous in the published API; run the decision to completion."""
-    run_now(decide(kernel, checkpoint, outcome, feedback, by), f"kernel.{outcome}()")
+    """``reject`` / ``modify`` are synchronous in the published API.
+
+    Where the store answers inline, or no event loop runs, the decision completes here. Inside a running
+    loop on a network store it cannot: the checkpoint is updated in place now, as the published API
+    promises, and the store learns the decision in a background task that the kernel's next operation
+    (``run``, ``approve``, ``save``, ``flush``) waits for; a decision someone else took first then
+    surfaces there as ``AlreadyDecidedError``.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(decide(kernel, checkpoint, outcome, feedback, by))
+        return
+    if kernel.backend.answers_inline:
+        run_now(decide(kernel, checkpoint, outcome, feedback, by), f"kernel.{outcome}()")
+        return
+    cp = checkpoint if isinstance(checkpoint, AgentCheckpoint) else kernel.live.get(checkpoint)
+    if cp is None:
+        raise RuntimeError(
+            f"kernel.{outcome}({checkpoint!r}) inside a running event loop needs the checkpoint object or the "
+            f"async form: await kernel.decide({checkpoint!r}, {outcome!r}, reason)"
+        )
+    _decide_deferred(kernel, cp, outcome, feedback, by)
+
+
+def _decide_deferred(
+    kernel: Castor, cp: AgentCheckpoint, outcome: str, feedback: str | None, by: str | None
+) -> None:
+    from castor._children import pending_child
+
+    if pending_child(cp) is not None or not cp.pending_hitl:
+        if not cp.pending_hitl:
+            raise NothingPendingError(f"run {cp.pid!r} has no pending call to {outcome}")
+        raise RuntimeError("a child agent's pending call on a network store: use await kernel.decide(...)")
+    step = cp.pending_step if cp.pending_step is not None else len(cp.syscall_log)
+    if step != len(cp.syscall_log):
+        raise RuntimeError(f"run {cp.pid!r} is not at its pending step; use await kernel.decide(...)")
+    tool, args = str(cp.pending_hitl.get("tool_name")), dict(cp.pending_hitl.get("arguments") or {})
+    decision = Decision(cp.pid, step, OUTCOMES[outcome], by or default_user(), time.time(), feedback or "")
+    status = "HITL_REJECTED" if outcome == "reject" else "HITL_MODIFIED"
+    record = new_record(
+        {"tool_name": tool, "arguments": args}, {"status": status, "human_feedback": decision.reason},
+        was_hitl=True, decided_by=decision.by, finished_at=decision.at,
+    )
+    cp.syscall_log.append(record)
+    _clear_pending(cp)
+    cp.updated_at = time.time()
+
+    async def persist() -> None:
+        from castor._runner import sync_journal
+
+        approvals = kernel.backend.approvals
+        if await approvals.decision(cp.pid, step) is None:
+            await approvals.request(PendingApproval(cp.pid, step, tool, args, decision.at))
+        await approvals.decide(decision)
+        await sync_journal(kernel, cp)
+        await kernel.backend.runs.save(cp)
+
+    kernel.background.add(asyncio.get_running_loop().create_task(persist()))
 
 
 def run_now(coro: Coroutine[Any, Any, T], what: str) -> T:

@@ -15,6 +15,8 @@ are translated at the boundary with ``raise ... from exc`` so callers never catc
     ├── StaleLeaseError          a process that lost a run's lease tried to write to it
     ├── ToolTimeoutError         a tool ran past its deadline                        (also TimeoutError)
     ├── InDoubtError             a step was dispatched but its outcome is unknown (worker lost)
+    ├── RemoteToolError          a tool raised on a worker; carries the original type name and message
+    ├── TaskRefusedError         a worker refused a task (unknown tool, bad arguments, no authorization)
     └── BackendUnavailable       the store (SQLite file, Redis) cannot be reached
 
 All of them pickle, so they cross process boundaries (coordinator, workers) unchanged.
@@ -111,6 +113,21 @@ class ToolTimeoutError(CastorError, TimeoutError):
 
 class InDoubtError(CastorError):
     """A step was dispatched but its outcome is unknown (the worker running it was lost)."""
+
+
+class RemoteToolError(CastorError):
+    """A tool raised on a worker; ``error_type`` and ``tool_message`` are what it raised there."""
+
+    def __init__(self, error_type: str, message: str, *, tool_name: str = "") -> None:
+        super().__init__(f"{error_type}: {message}" if message else error_type)
+        self.error_type = error_type
+        self.tool_message = message
+        self.tool_name = tool_name
+
+
+class TaskRefusedError(CastorError):
+    """A worker refused a task without executing it: unknown tool, malformed or oversized arguments,
+    or a destructive call without a valid approval."""
 
 
 class BackendUnavailable(CastorError):

@@ -102,6 +102,8 @@ class AgentCheckpoint(BaseModel):
     error: str | None = None
     pending_step: int | None = None
     pending_reason: str | None = None
+    # Steps reopened for a human after their worker was lost mid-call: step -> approval round to decide.
+    in_doubt: dict[int, int] = Field(default_factory=dict)
     failures: list[StepFailure] = Field(default_factory=list)
     speculative: bool = False
     scopes: list[str] = Field(default_factory=list)

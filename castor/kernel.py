@@ -213,7 +213,9 @@ class Castor:
     async def flush(self) -> None:
         """Wait for decisions taken synchronously inside a running loop to reach the store."""
         while self.background:
-            await asyncio.gather(*list(self.background))
+            tasks = list(self.background)
+            self.background.clear()
+            await asyncio.gather(*tasks)
 
     async def close(self) -> None:
         """Release the executor and the backend's connections."""

@@ -20,7 +20,12 @@ DecisionOutcome = Literal["approve", "reject", "modify"]
 
 @dataclass(frozen=True, slots=True)
 class PendingApproval:
-    """A call waiting for a human: which run and step, what tool with which arguments."""
+    """A call waiting for a human: which run and step, what tool with which arguments.
+
+    ``attempt`` numbers the approval rounds of one step. A step normally has one round (0); a step whose
+    worker was lost mid-call (in doubt) opens round ``attempt + 1``, so an earlier approval never
+    authorizes running it again.
+    """
 
     run_id: str
     step: int
@@ -29,6 +34,7 @@ class PendingApproval:
     created_at: float
     expires_at: float | None = None
     reason: str = ""
+    attempt: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +47,7 @@ class Decision:
     by: str
     at: float
     reason: str = ""
+    attempt: int = 0  # the approval round it decides; the store stamps the pending round's number
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +85,7 @@ class Call:
     effect_id: str
     timeout: float | None = None
     approved_by: str | None = None
+    attempt: int = 0  # the approval round that let it run: a re-run after an in-doubt step is attempt >= 1
     # What the journal record of this step carries besides the response (request, charged, flags), so an
     # executor that journals results itself (a Celery worker) writes the same record the kernel would.
     record: dict[str, Any] | None = None
@@ -155,14 +163,18 @@ class ApprovalStore(Protocol):
     """Pending calls and the human decisions on them."""
 
     async def request(self, pending: PendingApproval) -> None:
-        """Record a call waiting for a decision (again for the same step: no-op)."""
+        """Record a call waiting for a decision (again for the same step and round: no-op).
+
+        A request whose ``attempt`` is higher than the step's decided round opens a new round: the old
+        decision stops counting (``decision`` returns None until the new round is decided).
+        """
 
     async def decide(self, decision: Decision) -> Decision:
-        """Record a decision; ``AlreadyDecidedError`` if the call was decided, ``NothingPendingError``
-        if nothing waits at that step."""
+        """Record a decision on the step's open round (stamped with its ``attempt``) and return it;
+        ``AlreadyDecidedError`` if the round was decided, ``NothingPendingError`` if nothing waits."""
 
     async def decision(self, run_id: str, step: int) -> Decision | None:
-        """The decision on a step, if there is one."""
+        """The decision on the step's current round, if there is one."""
 
     async def pending(self, run_id: str | None = None) -> list[PendingApproval]:
         """Calls still waiting, oldest first (of one run, or of every run)."""
@@ -218,6 +230,9 @@ class Backend:
     runs: RunStore
     url: str = "memory://"
     durable: bool = False
+    # True when every operation completes without waiting on the network (memory, SQLite): sync APIs
+    # such as ``Castor.reject`` may then drive it to completion inside a running event loop.
+    answers_inline: bool = True
 
     async def close(self) -> None:
         """Close connections the backend holds."""

@@ -18,17 +18,18 @@ import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from castor._canonical import canonical
 from castor._context import RunContext, Suspend
-from castor._errors import ReplayDivergenceError, UnknownToolError
+from castor._errors import InDoubtError, ReplayDivergenceError, UnknownToolError
 from castor.checkpoint import StepFailure, SyscallRecord, new_record
 from castor.registry import ToolSpec
 from castor.seams import Call, PendingApproval
 
 SPECULATIVE_REASON = "destructive tool executed speculatively; review before trusting its effect"
 HITL_SPECULATIVE_REASON = "tool requires human review; executed speculatively"
+IN_DOUBT_REASON = "in doubt after worker loss"
 
 
 @dataclass(slots=True)
@@ -46,6 +47,7 @@ class Syscall:
     decided_by: str | None = None
     needs_review: bool = False
     review_reason: str | None = None
+    attempt: int = 0  # the approval round that let the call run (>= 1 after its worker was lost)
 
     @property
     def request(self) -> dict[str, Any]:
@@ -146,9 +148,16 @@ def validate(call: Syscall, inner: Handler) -> Awaitable[Any]:
 
 
 def gate(call: Syscall, inner: Handler) -> Awaitable[Any]:
-    """Destructive calls wait for a human, or run speculatively flagged for review."""
+    """Destructive calls wait for a human, or run speculatively flagged for review.
+
+    A step left in doubt by a lost worker (``checkpoint.in_doubt``) waits for a human whatever the tool
+    or mode: its new approval round must be decided before it may run again.
+    """
     # Set by validate, which runs before every inner stage (an annotation, not typing.cast: no call per step).
     spec: ToolSpec = call.spec  # type: ignore[assignment]
+    in_doubt = call.ctx.checkpoint.in_doubt
+    if in_doubt and call.step in in_doubt:
+        return _ask_human(call, inner)
     if not spec.gated:
         return inner(call)
     if call.ctx.speculative:
@@ -162,26 +171,37 @@ async def _ask_human(call: Syscall, inner: Handler) -> Any:
     ctx = call.ctx
     backend = ctx.kernel.backend
     decision = await backend.approvals.decision(ctx.run_id, call.step)
+    reopened = ctx.checkpoint.in_doubt.get(call.step, 0)
+    if decision is not None and decision.attempt < reopened:
+        decision = None  # decides an earlier round: it does not authorize running the step again
     if decision is None:
         # Never ask a human to approve what the budget cannot pay for: let the budget stage deny it.
         affordable = await backend.budgets.can_afford(ctx.run_id, cost_of(call), ctx.scopes)
         if not affordable.ok:
             return await inner(call)
-        await backend.approvals.request(
-            PendingApproval(ctx.run_id, call.step, call.tool_name, call.arguments, time.time())
-        )
-        ctx.suspended_at = call.step
-        cp = ctx.checkpoint
-        cp.pending_hitl = {"tool_name": call.tool_name, "arguments": call.arguments}
-        cp.pending_step = call.step
-        raise Suspend(call.step)
+        await suspend_for_human(call, reopened, IN_DOUBT_REASON if reopened else "")
     call.was_hitl = True
     call.decided_by = decision.by
+    call.attempt = decision.attempt
     if decision.outcome == "reject":
         return await answer(call, {"status": "HITL_REJECTED", "human_feedback": decision.reason})
     if decision.outcome == "modify":
         return await answer(call, {"status": "HITL_MODIFIED", "human_feedback": decision.reason})
     return await inner(call)
+
+
+async def suspend_for_human(call: Syscall, attempt: int, reason: str) -> NoReturn:
+    """Open approval round ``attempt`` of the step and unwind the run until a human decides it."""
+    ctx = call.ctx
+    await ctx.kernel.backend.approvals.request(
+        PendingApproval(ctx.run_id, call.step, call.tool_name, call.arguments, time.time(), None, reason, attempt)
+    )
+    ctx.suspended_at = call.step
+    cp = ctx.checkpoint
+    cp.pending_hitl = {"tool_name": call.tool_name, "arguments": call.arguments}
+    cp.pending_step = call.step
+    cp.pending_reason = reason or None
+    raise Suspend(call.step)
 
 
 # --- 4. budget ------------------------------------------------------------------------------------
@@ -238,7 +258,7 @@ async def execute(call: Syscall) -> Any:
     executor = ctx.kernel.executor
     work = Call(
         run_id, call.step, call.tool_name, checked, f"{run_id}:{call.step}", spec.timeout,
-        call.decided_by,
+        call.decided_by, call.attempt,
     )
     if executor.writes_journal:
         work.record = record_fields(call, call.charged)
@@ -249,11 +269,17 @@ async def execute(call: Syscall) -> Any:
             step=call.step,
             tool_name=call.tool_name,
             arguments=call.arguments,
-            error_type=type(exc).__name__,
-            message=str(exc),
+            # A worker's error keeps the type name the tool raised there (RemoteToolError.error_type).
+            error_type=getattr(exc, "error_type", None) or type(exc).__name__,
+            message=getattr(exc, "tool_message", None) or str(exc),
         )
         ctx.checkpoint.failures.append(failure)
-        await ctx.kernel.backend.journal.record_failure(run_id, failure)
+        if not getattr(exc, "failure_journaled", False):  # a worker journals what happened on it
+            await ctx.kernel.backend.journal.record_failure(run_id, failure)
+        if isinstance(exc, InDoubtError):
+            # The worker died mid-call and the tool may not run twice: a human decides, in a new round.
+            ctx.checkpoint.in_doubt[call.step] = call.attempt + 1
+            await suspend_for_human(call, call.attempt + 1, IN_DOUBT_REASON)
         raise
     # The record is committed here rather than through answer(): one coroutine fewer on every live step.
     await ctx.commit(call.step, step_record(call, result, call.charged), stored=executor.writes_journal)

@@ -5,15 +5,39 @@
                               ``?synchronous=OFF|NORMAL|FULL`` (default NORMAL: a committed step survives a
                               killed process; FULL also survives power loss; OFF is faster, and safe against a
                               killed process but not against an OS crash)
-    redis://[:password@]host:port/db, rediss://...   shared by every process (the fleet)
+    redis://[:password@]host:port/db, rediss://...   shared by every process (the fleet); Castor's options
+                              ride in the query: ``?prefix=team-a&approval_ttl=3600&retention_seconds=86400``
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from castor._errors import ConfigError
 from castor.seams import Backend
+
+
+def _redis_options(url: str) -> tuple[str, str, dict[str, Any]]:
+    """Split Castor's own options (``?prefix=team-a&approval_ttl=3600``) from the connection URL."""
+    from castor.backends.redis import OPTIONS
+
+    parts = urlsplit(url)
+    ours: dict[str, Any] = {}
+    theirs: list[tuple[str, str]] = []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key == "prefix" or key in OPTIONS:
+            default = OPTIONS.get(key)
+            numeric = isinstance(default, int | float) or key == "approval_ttl"
+            try:
+                ours[key] = (type(default) if default is not None else float)(value) if numeric and value else value
+            except ValueError:
+                raise ConfigError(f"Redis store option {key}={value!r} in the URL must be a number") from None
+        else:
+            theirs.append((key, value))  # redis-py's own connection options
+    prefix = str(ours.pop("prefix", "castor"))
+    return urlunsplit(parts._replace(query=urlencode(theirs))), prefix, ours
 
 
 def open_backend(url: str | None) -> Backend:
@@ -38,7 +62,8 @@ def open_backend(url: str | None) -> Backend:
     if url.startswith(("redis://", "rediss://", "unix://")):
         from castor.backends.redis import redis_backend
 
-        return redis_backend(url)
+        address, prefix, options = _redis_options(url)
+        return redis_backend(address, prefix=prefix, **options)
     if "://" not in url and (url.endswith((".db", ".sqlite", ".sqlite3")) or os.sep in url):
         from castor.backends.sqlite import sqlite_backend
 

@@ -24,9 +24,17 @@ def _sqlite(request: pytest.FixtureRequest) -> Backend:
     return sqlite_backend(str(tmp_path / "contract.db"))
 
 
+def _redis(request: pytest.FixtureRequest) -> Backend:
+    from castor.backends.redis import redis_backend
+
+    url = request.getfixturevalue("redis_url")
+    return redis_backend(url, prefix=request.getfixturevalue("redis_prefix"))  # keys deleted after the test
+
+
 FACTORIES: dict[str, Callable[[pytest.FixtureRequest], Backend]] = {
     "memory": _memory,
     "sqlite": _sqlite,
+    "redis": _redis,
 }
 
 

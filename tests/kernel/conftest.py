@@ -37,10 +37,15 @@ def _reset_calls() -> Iterator[None]:
     CALLS.clear()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def store(request: pytest.FixtureRequest, tmp_path: object) -> str | None:
-    """The kernel's store: the Python API default (memory) and the embedded SQLite file."""
-    return None if request.param == "memory" else f"sqlite:///{tmp_path}/castor.db"
+    """The kernel's store: the Python API default (memory), the embedded SQLite file, and Redis."""
+    if request.param == "memory":
+        return None
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/castor.db"
+    url = request.getfixturevalue("redis_url")
+    return f"{url}?prefix={request.getfixturevalue('redis_prefix')}"
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import asyncio
 import math
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from castor._errors import AlreadyDecidedError, NothingPendingError
 from castor.seams import Charge, Decision, PendingApproval
@@ -152,13 +153,19 @@ class MemoryApprovalStore:
         self._events: dict[tuple[str, int], asyncio.Event] = {}
 
     async def request(self, pending: PendingApproval) -> None:
-        """Record a pending call unless that step has one."""
+        """Record a pending call unless that step's round has one; a higher ``attempt`` opens a new round."""
         key = (pending.run_id, pending.step)
-        if key not in self._decisions:
-            self._pending.setdefault(key, pending)
+        prior = self._decisions.get(key)
+        if prior is not None:
+            if pending.attempt <= prior.attempt:
+                return
+            del self._decisions[key]  # a new round: the old approval no longer authorizes the step
+        current = self._pending.get(key)
+        if current is None or current.attempt < pending.attempt:
+            self._pending[key] = pending
 
     async def decide(self, decision: Decision) -> Decision:
-        """First decision wins."""
+        """First decision on the open round wins; it is stamped with that round's attempt."""
         key = (decision.run_id, decision.step)
         if key in self._decisions:
             prior = self._decisions[key]
@@ -168,7 +175,7 @@ class MemoryApprovalStore:
             )
         if key not in self._pending:
             raise NothingPendingError(f"run {decision.run_id!r} has no pending call at step {decision.step}")
-        del self._pending[key]
+        decision = replace(decision, attempt=self._pending.pop(key).attempt)
         self._decisions[key] = decision
         event = self._events.pop(key, None)
         if event is not None:

@@ -1,0 +1,187 @@
+"""Celery execution: Castor's syscall through a Celery pool beside raw Celery on the same broker and pool.
+
+    python bench/celery_exec.py [--repeat 3] [--agents 200] [--calls 50] [--curve 10,100,500,2000]
+
+Starts two worker processes with a pool of 8 threads each, on the local Redis (127.0.0.1:6379) under a
+private prefix deleted afterwards: Castor's (``python -m workers worker``) and raw Celery's (``celery
+worker``, Redis broker and result backend). Prints, for each figure, the median of ``--repeat`` runs:
+
+1. latency: p50 of one syscall through the kernel vs raw ``apply_async().get()`` of a no-op task;
+2. throughput: ``--agents`` concurrent agents x ``--calls`` syscalls on one coordinator vs raw Celery
+   pushing as many no-op tasks and gathering their results;
+3. CPU: the coordinator's process CPU per live syscall vs the caller's CPU per raw task, at each
+   number of concurrent agents of ``--curve`` (10 syscalls per agent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import redis
+
+import castor.lib as lib
+from bench._celery_fixtures import ROOT, celery_cmd, raw_app, start
+from castor import Castor
+from castor.executors.celery import fleet_options
+from castor.settings import load_settings
+
+REDIS = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0")
+CONFIG = """
+[redis]
+url = "{redis}"
+prefix = "{prefix}"
+[broker]
+url = "{redis}"
+queue_prefix = "{prefix}q"
+[security]
+secret = "bench-secret"
+[tools]
+import = ["{tools}:noop"]
+[pools]
+bench = ["noop"]
+"""
+
+
+async def castor_latency(kernel: Castor, n: int) -> float:
+    times: list[float] = []
+
+    async def agent() -> None:
+        for _ in range(n):
+            t = time.perf_counter()
+            await lib.tool("noop")
+            times.append(time.perf_counter() - t)
+
+    await kernel.run(agent)
+    return statistics.median(times[5:])  # the first calls open connections
+
+
+def raw_latency(app: Any, n: int) -> float:
+    task = app.tasks["raw.noop"]
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        task.apply_async().get(timeout=30)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times[5:])
+
+
+async def castor_batch(kernel: Castor, agents: int, calls: int) -> tuple[float, float]:
+    """(seconds, process CPU seconds) of ``agents`` concurrent agents making ``calls`` syscalls each."""
+
+    async def agent() -> None:
+        for _ in range(calls):
+            await lib.tool("noop")
+
+    cpu, wall = time.process_time(), time.perf_counter()
+    done = await asyncio.gather(*(kernel.run(agent) for _ in range(agents)))
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    failed = [cp.error for cp in done if cp.status != "COMPLETED"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} runs failed, e.g. {failed[0]}")
+    return wall, cpu
+
+
+def raw_batch(app: Any, total: int) -> tuple[float, float]:
+    """(seconds, caller CPU seconds) of pushing ``total`` no-op tasks and gathering their results."""
+    task = app.tasks["raw.noop"]
+    cpu, wall = time.process_time(), time.perf_counter()
+    results = [task.apply_async() for _ in range(total)]
+    for result in results:
+        result.get(timeout=120)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+class Lines(list[str]):
+    """Figures, printed as they come (a long run shows progress; a failure keeps what was measured)."""
+
+    def append(self, line: str) -> None:
+        print(line, flush=True)
+        super().append(line)
+
+
+async def measure(args: argparse.Namespace, kernel: Castor, app: Any) -> list[str]:
+    lines = Lines()
+    ours = [await castor_latency(kernel, args.latency_calls) for _ in range(args.repeat)]
+    theirs = [raw_latency(app, args.latency_calls) for _ in range(args.repeat)]
+    lines.append(f"latency p50 of one call | {med(ours) * 1e3:.2f} ms | {med(theirs) * 1e3:.2f} ms | "
+                 f"{med(theirs) / med(ours):.1f}x")
+    total = args.agents * args.calls
+    ours_rate = [total / (await castor_batch(kernel, args.agents, args.calls))[0] for _ in range(args.repeat)]
+    raw_rate = [total / raw_batch(app, total)[0] for _ in range(args.repeat)]
+    lines.append(f"throughput, {args.agents} agents x {args.calls} calls | {med(ours_rate):,.0f} calls/s | "
+                 f"{med(raw_rate):,.0f} tasks/s | {med(ours_rate) / med(raw_rate):.1f}x")
+    raw_cpu = [raw_batch(app, args.cpu_raw_tasks)[1] / args.cpu_raw_tasks for _ in range(args.repeat)]
+    lines.append(f"caller CPU per raw Celery task ({args.cpu_raw_tasks} tasks) | | {med(raw_cpu) * 1e3:.2f} ms |")
+    for agents in args.curve:
+        per_call = []
+        for _ in range(args.repeat):
+            _wall, cpu = await castor_batch(kernel, agents, 10)
+            per_call.append(cpu / (agents * 10))
+        lines.append(f"coordinator CPU per syscall, {agents} agents | {med(per_call) * 1e3:.3f} ms | "
+                     f"{med(raw_cpu) * 1e3:.2f} ms | {med(per_call) / med(raw_cpu):.2f} of raw")
+    return lines
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--agents", type=int, default=200)
+    parser.add_argument("--calls", type=int, default=50)
+    parser.add_argument("--latency-calls", type=int, default=200)
+    parser.add_argument("--cpu-raw-tasks", type=int, default=2000)
+    parser.add_argument("--curve", type=lambda s: [int(x) for x in s.split(",")], default=[10, 100, 500, 2000])
+    args = parser.parse_args()
+    tag = uuid.uuid4().hex[:10]
+    prefix, raw_prefix = f"castorbench-{tag}", f"castorbenchraw-{tag}"
+    tmp = Path(tempfile.mkdtemp(prefix="castor-bench-"))
+    config = tmp / "castor.toml"
+    tools = ROOT / "bench" / "_celery_fixtures.py"
+    config.write_text(CONFIG.format(redis=REDIS, prefix=prefix, tools=tools))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_REDIS": REDIS, "BENCH_RAW_PREFIX": raw_prefix}
+    ours_cmd = [sys.executable, "-m", "workers", "worker", "--config", str(config), "--pool", "bench",
+                "--pool-impl", "threads", "--concurrency", "8", "--fast-start"]
+    workers = [start(ours_cmd, env, tmp / "castor-worker.log")]
+    os.environ["BENCH_RAW_PREFIX"] = raw_prefix
+    os.environ["BENCH_REDIS"] = REDIS
+    workers.append(start(celery_cmd("bench._celery_fixtures", f"{raw_prefix}.q", 8), env, tmp / "raw-worker.log"))
+    app = raw_app()
+    # 2,000 concurrent runs each hold a connection now and then: a bigger pool than the default 50.
+    settings = load_settings(config, env={})
+    kernel = Castor(**fleet_options(settings, budgets={}, backend_options={"max_connections": 400}))
+    version = sys.version.split()[0]
+    print(f"Celery execution, Redis broker, thread pool of 8, medians of {args.repeat} runs (python {version})")
+    print("figure | Castor (kernel + Celery pool) | raw Celery | ratio", flush=True)
+    try:
+        await measure(args, kernel, app)
+    finally:
+        await kernel.close()
+        app.close()
+        for proc in workers:
+            proc.terminate()
+        for proc in workers:
+            proc.wait(10)
+        client = redis.Redis.from_url(REDIS)
+        for pattern in (f"{prefix}*", f"{raw_prefix}*", f"celery-task-meta-*{tag}*"):
+            keys = list(client.scan_iter(match=pattern, count=1000))
+            for i in range(0, len(keys), 1000):
+                client.delete(*keys[i : i + 1000])
+        client.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

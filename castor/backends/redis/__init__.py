@@ -1,0 +1,84 @@
+"""The Redis backend: run state shared by every process of the fleet.
+
+``redis_backend("redis://[:password@]host:6379/0")`` bundles ``RedisJournal``, ``RedisBudgetStore``,
+``RedisApprovalStore`` and ``RedisRunStore`` over one ``RedisConnection``. Every key name is built in
+``keys``; every atomic operation is a Lua script in ``lua/``, loaded once. ``admin`` holds what the
+operator's CLI calls (scopes, pending approvals, sweeps).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from castor._errors import ConfigError
+from castor.backends.redis._client import Fence, RedisConnection, hide_password
+from castor.backends.redis.approvals import RedisApprovalStore
+from castor.backends.redis.budgets import RedisBudgetStore
+from castor.backends.redis.journal import RedisJournal
+from castor.backends.redis.runs import WEEK, RedisRunStore
+from castor.seams import Backend
+
+__all__ = [
+    "Fence",
+    "RedisApprovalStore",
+    "RedisBudgetStore",
+    "RedisConnection",
+    "RedisJournal",
+    "RedisRunStore",
+    "redis_backend",
+]
+
+OPTIONS: dict[str, Any] = {
+    # connection
+    "max_connections": 50,
+    "socket_timeout": 5.0,
+    "socket_connect_timeout": 2.0,
+    # runs
+    "retention_seconds": WEEK,
+    # budgets
+    "reservation_seconds": 3600.0,
+    "holder": None,
+    # approvals
+    "approval_ttl": None,
+    "expiry_outcome": "reject",
+    "expiry_reason": "approval expired",
+    "stream_maxlen": 10_000,
+}
+
+
+def redis_backend(url: str, *, prefix: str = "castor", **options: Any) -> Backend:
+    """The four state seams on the Redis server at ``url``, their keys under ``prefix``.
+
+    Options (unknown ones are a ``ConfigError``): ``max_connections`` (per event loop),
+    ``socket_timeout``, ``socket_connect_timeout``, ``retention_seconds`` (finished runs),
+    ``reservation_seconds`` (how long a charge's holder may take before a sweep refunds it), ``holder``,
+    ``approval_ttl`` (seconds a call may wait; None: forever), ``expiry_outcome`` / ``expiry_reason``
+    (the decision an expired call gets), ``stream_maxlen`` (decisions kept on the stream).
+    """
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ConfigError(
+            f"unknown Redis backend option(s) {', '.join(unknown)}; known: {', '.join(sorted(OPTIONS))}"
+        )
+    if not prefix or "{" in prefix or "}" in prefix:
+        raise ConfigError(f"Redis key prefix {prefix!r} must be non-empty and hold no braces")
+    o = {**OPTIONS, **options}
+    if o["expiry_outcome"] not in ("reject", "modify"):
+        raise ConfigError(f"expiry_outcome must be 'reject' or 'modify', not {o['expiry_outcome']!r}")
+    conn = RedisConnection(
+        url,
+        max_connections=int(o["max_connections"]),
+        socket_timeout=float(o["socket_timeout"]),
+        socket_connect_timeout=float(o["socket_connect_timeout"]),
+    )
+    fences: dict[str, Fence] = {}  # one table: a run's journal writes and charges pass the same fence
+    journal = RedisJournal(conn, prefix, fences)
+    budgets = RedisBudgetStore(
+        conn, prefix, reservation_seconds=float(o["reservation_seconds"]), holder=o["holder"], fences=fences
+    )
+    approvals = RedisApprovalStore(
+        conn, prefix, approval_ttl=o["approval_ttl"], expiry_outcome=o["expiry_outcome"],
+        expiry_reason=o["expiry_reason"], stream_maxlen=int(o["stream_maxlen"]),
+    )
+    runs = RedisRunStore(conn, prefix, journal, retention_seconds=float(o["retention_seconds"]))
+    return Backend(journal, budgets, approvals, runs, url=hide_password(url), durable=True, answers_inline=False)

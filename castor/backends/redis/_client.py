@@ -1,0 +1,214 @@
+"""One Redis server as Castor's stores see it: a client per event loop, the Lua scripts, errors translated.
+
+The kernel sometimes runs a coroutine in a fresh event loop (``asyncio.run`` from sync code: the CLI,
+``kernel.reject``), and an asyncio Redis client belongs to the loop it first ran in. So each loop gets
+its own client and pool, made on first use; when the loop shuts down (``asyncio.run`` finalizes async
+generators) the client is closed with it.
+
+Every store goes through ``RedisConnection.script`` / ``RedisConnection.run``: a dropped connection or a
+timeout becomes ``BackendUnavailable`` naming the URL with its password hidden, after one retry where
+the operation is safe to repeat; a script the server forgot (restart, ``SCRIPT FLUSH``) is loaded again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import weakref
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from castor._errors import BackendUnavailable, ConfigError, StaleLeaseError
+
+SCRIPT_NAMES = (
+    "journal_append", "journal_range", "journal_fork",
+    "budget_charge", "budget_refund", "budget_close", "scope_reset",
+    "approval_request", "approval_decide",
+    "run_save", "run_prune",
+)
+
+
+def _read_scripts() -> dict[str, tuple[str, str]]:
+    folder = resources.files("castor.backends.redis") / "lua"
+    out = {}
+    for name in SCRIPT_NAMES:
+        source = (folder / f"{name}.lua").read_text(encoding="utf-8")
+        out[name] = (source, hashlib.sha1(source.encode()).hexdigest())
+    return out
+
+
+SCRIPTS = _read_scripts()  # read once per process; each server learns a script on first use
+
+
+def hide_password(url: str) -> str:
+    """``url`` with its password (in the authority or the query) replaced by ``***``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user, sep, _secret = userinfo.partition(":")
+        # ``user:password@`` keeps the user; a lone ``secret@`` may be a password: hide it whole
+        netloc = f"{user}:***@{host}" if sep else f"***@{host}"
+    query = urlencode([(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)], safe="*")
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """A coordinator's claim on a run: a write goes through only while ``key`` holds ``token``.
+
+    ``key`` is the run's lease key (``keys.lease``), in the run's hash slot; the scripts compare the
+    token inside Redis and refuse the write with ``StaleLeaseError`` when another holder took over.
+    """
+
+    key: str
+    token: str
+
+
+@dataclass(eq=False)
+class _LoopState:
+    client: aioredis.Redis
+    closer: AsyncGenerator[None, None]
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+async def _close_with_loop(client: aioredis.Redis) -> AsyncGenerator[None, None]:
+    # Parked at its yield; the loop's shutdown_asyncgens() closes it, which closes the client.
+    try:
+        yield
+    finally:
+        await client.aclose()
+
+
+class RedisConnection:
+    """A lazily made asyncio client per event loop, with Castor's scripts and error translation."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_connections: int = 50,
+        socket_timeout: float = 5.0,
+        socket_connect_timeout: float = 2.0,
+    ) -> None:
+        self.url = url
+        self.safe_url = hide_password(url)
+        self.max_connections = max_connections
+        self.socket_timeout = socket_timeout
+        self.socket_connect_timeout = socket_connect_timeout
+        if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(f"not a Redis URL: {self.safe_url} (use redis://, rediss:// or unix://)")
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
+        # The loop used last and its state: most processes run one loop, so that is nearly always a hit.
+        self._last: tuple[weakref.ref[asyncio.AbstractEventLoop] | None, _LoopState | None] = (None, None)
+
+    # --- clients ----------------------------------------------------------------------------------
+
+    def state(self) -> _LoopState:
+        """This event loop's client (made now if the loop has none)."""
+        loop = asyncio.get_running_loop()
+        last_ref, last_state = self._last
+        if last_ref is not None and last_ref() is loop and last_state is not None:
+            return last_state
+        state = self._loops.get(loop)
+        if state is None:
+            state = self._open()
+            self._loops[loop] = state
+        self._last = (weakref.ref(loop), state)
+        return state
+
+    def client(self) -> Any:
+        """This event loop's client (typed loosely: redis-py's reply types are unions of everything)."""
+        return self.state().client
+
+    def _open(self) -> _LoopState:
+        try:
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self.url,
+                max_connections=self.max_connections,
+                timeout=self.socket_timeout,  # how long to wait for a free connection of the pool
+                socket_timeout=self.socket_timeout,
+                socket_connect_timeout=self.socket_connect_timeout,
+                retry=Retry(NoBackoff(), 0),  # we retry ourselves, only what is safe to repeat
+                decode_responses=True,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"bad Redis URL {self.safe_url}: {exc}") from exc
+        client = aioredis.Redis.from_pool(pool)
+        closer = _close_with_loop(client)
+        step = closer.__anext__()  # registers the generator with the running loop and parks it
+        with contextlib.suppress(StopIteration):
+            step.send(None)
+        return _LoopState(client, closer)
+
+    async def close(self) -> None:
+        """Close this loop's client; forget clients of loops that are closed."""
+        loop = asyncio.get_running_loop()
+        state = self._loops.pop(loop, None)
+        self._last = (None, None)
+        if state is not None:
+            await state.closer.aclose()
+        for other in [lp for lp in self._loops if lp.is_closed()]:
+            del self._loops[other]
+
+    # --- calls ------------------------------------------------------------------------------------
+
+    async def script(self, name: str, keys: Sequence[str], args: Sequence[Any], *, retry: bool = True) -> Any:
+        """Run one of Castor's Lua scripts (``EVALSHA``; loaded first if the server lacks it)."""
+        sha = SCRIPTS[name][1]
+        return await self.run(lambda c: c.evalsha(sha, len(keys), *keys, *args), retry=retry)
+
+    async def call(self, method: str, *args: Any, retry: bool = True, **kwargs: Any) -> Any:
+        """One command, by the name of its redis-py method (``call("hget", key, field)``)."""
+        return await self.run(lambda c: getattr(c, method)(*args, **kwargs), retry=retry)
+
+    async def run(self, op: Callable[[Any], Awaitable[Any]], *, retry: bool = True) -> Any:
+        """Run ``op`` on this loop's client, translating driver errors; ``retry`` it once if it is idempotent."""
+        client = self.client()
+        try:
+            return await op(client)
+        except NoScriptError:
+            await self._load_scripts(client)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            if not retry:
+                raise self._unavailable(exc) from exc
+        except RedisError as exc:
+            raise self._translate(exc) from exc
+        try:
+            return await op(client)
+        except RedisError as exc:
+            raise self._translate(exc) from exc
+
+    async def _load_scripts(self, client: aioredis.Redis) -> None:
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                for source, _sha in SCRIPTS.values():
+                    pipe.script_load(source)
+                await pipe.execute()
+        except RedisError as exc:
+            raise self._unavailable(exc) from exc
+
+    def _translate(self, exc: RedisError) -> Exception:
+        if isinstance(exc, ResponseError):
+            return self._refused(exc)
+        return self._unavailable(exc)
+
+    def _unavailable(self, exc: BaseException) -> BackendUnavailable:
+        return BackendUnavailable(f"Redis at {self.safe_url} is unavailable: {exc}")
+
+    def _refused(self, exc: BaseException) -> Exception:
+        message = str(exc)
+        if "CASTOR_STALE_LEASE" in message:
+            return StaleLeaseError(message.split("CASTOR_STALE_LEASE", 1)[1].strip() or "stale lease")
+        return BackendUnavailable(f"Redis at {self.safe_url} refused a command: {message}")

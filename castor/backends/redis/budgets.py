@@ -1,0 +1,241 @@
+"""``RedisBudgetStore``: per-run ledgers and shared scopes, charged atomically by one Lua script.
+
+A ledger is a hash of ``L:<resource>`` (limit) and ``U:<resource>`` (used). A charge checks the run's
+ledger and every scope the run draws from and takes the cost from all of them or none, in one round
+trip. It leaves a record per (run, step): charging the step again is a no-op, a refund gives back
+exactly what was taken, once. Each record is also a *reservation*: it names its holder (host:pid) and
+when the holder's claim ends. A step that is journaled has spent its charge; a step whose holder died
+before journaling it is refunded by ``sweep()`` once the claim ended, so a crash never leaks budget.
+The claim (``reservation_seconds``) must outlast the longest tool call.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from castor.backends.redis import keys
+from castor.backends.redis._client import SCRIPTS, Fence, RedisConnection
+from castor.seams import Charge
+
+_OK = Charge(True)
+_REFUND_SHA = SCRIPTS["budget_refund"][1]
+
+
+def default_holder() -> str:
+    """Who holds the reservations this process makes: ``<host>:<pid>``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _number(value: float) -> str:
+    return repr(float(value))
+
+
+def _short(reply: list[Any], scopes: Sequence[str]) -> Charge:
+    """The refusal of the charge script: ``resource`` of the run, ``scope:resource`` of a scope."""
+    _, ledger, resource, left = reply
+    name = resource if ledger == 1 else f"{scopes[ledger - 2]}:{resource}"
+    return Charge(False, name, float(left))
+
+
+class RedisBudgetStore:
+    """Budgets every process shares; see the module docstring for the layout."""
+
+    def __init__(
+        self,
+        conn: RedisConnection,
+        prefix: str,
+        *,
+        reservation_seconds: float = 3600.0,
+        holder: str | None = None,
+        fences: dict[str, Fence] | None = None,
+    ) -> None:
+        self._conn = conn
+        self._prefix = prefix
+        self.reservation_seconds = reservation_seconds
+        self.holder = holder or default_holder()
+        self.fences: dict[str, Fence] = {} if fences is None else fences
+
+    # --- runs -------------------------------------------------------------------------------------
+
+    async def open_run(self, run_id: str, limits: Mapping[str, float], used: Mapping[str, float]) -> None:
+        """Set the run's limits and what it used so far (replacing any ledger it had)."""
+        key = keys.ledger(self._prefix, run_id)
+        fields: dict[str, str] = {}
+        for resource, limit in limits.items():
+            fields[f"L:{resource}"] = _number(limit)
+            fields[f"U:{resource}"] = _number(used.get(resource, 0.0))
+
+        async def write(c: Any) -> None:
+            async with c.pipeline(transaction=True) as pipe:
+                pipe.delete(key)
+                if fields:
+                    pipe.hset(key, mapping=fields)
+                await pipe.execute()
+
+        await self._conn.run(write)
+
+    def _charge_args(
+        self, run_id: str, step: int, cost: Mapping[str, float], scopes: Sequence[str], mode: str, fence: Fence | None
+    ) -> tuple[list[str], list[Any]]:
+        p = self._prefix
+        ledger = keys.ledger(p, run_id)
+        key_list = [ledger, keys.charges(p, run_id), keys.reservations(p), fence.key if fence else ledger]
+        key_list.extend(keys.scope(p, name) for name in scopes)
+        args: list[Any] = [
+            step, mode, fence.token if fence else "", self.holder,
+            _number(time.time() + self.reservation_seconds), keys.step_member(run_id, step), len(cost),
+        ]
+        for resource, amount in cost.items():
+            args.append(resource)
+            args.append(_number(amount))
+        return key_list, args
+
+    async def charge(
+        self, run_id: str, step: int, cost: Mapping[str, float], scopes: Sequence[str] = (), *,
+        fence: Fence | None = None,
+    ) -> Charge:
+        """Draw ``cost`` from the run and every scope, all or nothing, in one round trip; once per step."""
+        if not cost:
+            return _OK  # nothing to take: no ledger can refuse it, no record is needed
+        key_list, args = self._charge_args(
+            run_id, step, cost, scopes, "charge", fence or self.fences.get(run_id)
+        )
+        reply = await self._conn.script("budget_charge", key_list, args)
+        return _OK if reply[0] == 1 else _short(reply, scopes)
+
+    async def can_afford(self, run_id: str, cost: Mapping[str, float], scopes: Sequence[str] = ()) -> Charge:
+        """Whether ``charge`` would succeed now, without charging."""
+        if not cost:
+            return _OK
+        key_list, args = self._charge_args(run_id, -1, cost, scopes, "check", None)
+        reply = await self._conn.script("budget_charge", key_list, args)
+        return _OK if reply[0] == 1 else _short(reply, scopes)
+
+    async def refund(self, run_id: str, step: int) -> None:
+        """Give back what ``step`` was charged; a second refund finds nothing to give."""
+        await self._give_back(run_id, step, sweeping=False)
+
+    async def _give_back(self, run_id: str, step: int, *, sweeping: bool) -> bool:
+        p = self._prefix
+        charges = keys.charges(p, run_id)
+        record = await self._conn.run(lambda c: c.hget(charges, str(step)))
+        if record is None and not sweeping:
+            return False
+        data = json.loads(record) if record is not None else {"k": [], "m": keys.step_member(run_id, step)}
+        reply = await self._conn.script(
+            "budget_refund",
+            [charges, keys.reservations(p), keys.journal(p, run_id), *data["k"]],
+            [step, record or "", data["m"], "sweep" if sweeping else ""],
+        )
+        return bool(reply)
+
+    async def remaining(self, run_id: str, resource: str, scopes: Sequence[str] = ()) -> float:
+        """The least any of the run's ledgers leaves for ``resource`` (``inf`` if none limits it)."""
+        p = self._prefix
+        ledgers = [keys.ledger(p, run_id), *(keys.scope(p, name) for name in scopes)]
+
+        async def read(c: Any) -> list[Any]:
+            async with c.pipeline(transaction=False) as pipe:
+                for key in ledgers:
+                    pipe.hmget(key, f"L:{resource}", f"U:{resource}")
+                return await pipe.execute()
+
+        left = math.inf
+        for limit, used in await self._conn.run(read):
+            if limit is not None:
+                left = min(left, max(float(limit) - float(used or 0.0), 0.0))
+        return left
+
+    async def close_run(self, run_id: str) -> None:
+        """Drop the run's ledger and charge records (its usage lives on in its journal)."""
+        p = self._prefix
+        await self._conn.script(
+            "budget_close", [keys.ledger(p, run_id), keys.charges(p, run_id), keys.reservations(p)], []
+        )
+
+    async def sweep(self, now: float | None = None, limit: int = 500, rounds: int = 100) -> int:
+        """Settle reservations whose claim ended: refund the steps never journaled. Returns how many.
+
+        Looks at ``limit`` reservations per round trip, ``rounds`` times at most (call again for more).
+        """
+        now = time.time() if now is None else now
+        index = keys.reservations(self._prefix)
+        refunded = 0
+        for _ in range(rounds):
+            due = await self._conn.run(lambda c: c.zrangebyscore(index, "-inf", now, start=0, num=limit))
+            for member in due:
+                step, run_id = member.split(":", 1)
+                # the script settles the member: refunded, spent (journaled) or orphaned, it leaves the index
+                refunded += await self._give_back(run_id, int(step), sweeping=True)
+            if len(due) < limit:
+                break
+        return refunded
+
+    # --- scopes -----------------------------------------------------------------------------------
+
+    async def set_scope(self, scope: str, limits: Mapping[str, float]) -> None:
+        """Create a shared scope or change its limits (usage kept)."""
+        await self._scope_write(scope, limits, raise_by=False)
+
+    async def top_up(self, scope: str, amounts: Mapping[str, float]) -> None:
+        """Raise a scope's limits by ``amounts`` (a missing resource starts from zero)."""
+        await self._scope_write(scope, amounts, raise_by=True)
+
+    async def _scope_write(self, scope: str, values: Mapping[str, float], *, raise_by: bool) -> None:
+        key = keys.scope(self._prefix, scope)
+        names = keys.scope_names(self._prefix)
+
+        async def write(c: Any) -> None:
+            async with c.pipeline(transaction=True) as pipe:
+                for resource, value in values.items():
+                    if raise_by:
+                        pipe.hincrbyfloat(key, f"L:{resource}", float(value))
+                    else:
+                        pipe.hset(key, f"L:{resource}", _number(value))
+                    pipe.hsetnx(key, f"U:{resource}", "0")
+                pipe.sadd(names, scope)
+                await pipe.execute()
+
+        # A top-up repeated after a lost reply would add twice: only setting limits is retried.
+        await self._conn.run(write, retry=not raise_by)
+
+    async def reset_scope(self, scope: str) -> None:
+        """Set a scope's usage back to zero."""
+        await self._conn.script("scope_reset", [keys.scope(self._prefix, scope)], [])
+
+    async def read_scope(self, scope: str) -> dict[str, tuple[float, float]]:
+        """``{resource: (limit, used)}`` of a scope; ``{}`` if it does not exist."""
+        key = keys.scope(self._prefix, scope)
+        fields = await self._conn.run(lambda c: c.hgetall(key))
+        return {
+            name[2:]: (float(value), float(fields.get(f"U:{name[2:]}", 0.0)))
+            for name, value in fields.items()
+            if name.startswith("L:")
+        }
+
+    async def scopes(self) -> list[str]:
+        """Every scope that was set, sorted."""
+        names = keys.scope_names(self._prefix)
+        return sorted(await self._conn.run(lambda c: c.smembers(names)))
+
+    async def delete_scope(self, scope: str) -> None:
+        """Forget a scope (runs that name it draw from nothing there any more)."""
+        key, names = keys.scope(self._prefix, scope), keys.scope_names(self._prefix)
+
+        async def drop(c: Any) -> None:
+            async with c.pipeline(transaction=True) as pipe:
+                pipe.delete(key)
+                pipe.srem(names, scope)
+                await pipe.execute()
+
+        await self._conn.run(drop)
+
+    async def close(self) -> None:
+        """Close this event loop's connections."""
+        await self._conn.close()

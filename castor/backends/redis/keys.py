@@ -1,0 +1,154 @@
+"""Every Redis key name Castor uses, built here and nowhere else.
+
+All keys of one run share the hash tag ``{<run>}`` (``castor:{<run>}:journal``, ``castor:{<run>}:budget``
+...), so a script that touches only one run's keys stays valid on Redis Cluster; a scope's keys share
+``{<scope>}``. Fleet-wide indexes (run status indexes, the pending-approval index, the reservation
+index, the decision stream) are single keys without a tag.
+
+Two scripts touch keys of more than one tag: a charge that draws from shared scopes, and a decision
+(which also announces itself on the fleet's decision stream). They are correct on one Redis server
+(standalone or Sentinel); on Cluster those keys would have to be co-located first.
+"""
+
+from __future__ import annotations
+
+# --- one run --------------------------------------------------------------------------------------
+
+
+def run_tag(prefix: str, run_id: str) -> str:
+    """The part every key of ``run_id`` starts with: ``<prefix>:{<run>}``."""
+    return f"{prefix}:{{{run_id}}}"
+
+
+def journal(prefix: str, run_id: str) -> str:
+    """Hash: step number -> the step's ``SyscallRecord`` JSON (write-once)."""
+    return f"{prefix}:{{{run_id}}}:journal"
+
+
+def journal_meta(prefix: str, run_id: str) -> str:
+    """Hash: ``parent``/``at`` of a fork (its shared prefix) and ``len``, the contiguous length."""
+    return f"{prefix}:{{{run_id}}}:jmeta"
+
+
+def failures(prefix: str, run_id: str) -> str:
+    """List of the run's ``StepFailure`` JSON, oldest first."""
+    return f"{prefix}:{{{run_id}}}:failures"
+
+
+def ledger(prefix: str, run_id: str) -> str:
+    """Hash: ``L:<resource>`` limit and ``U:<resource>`` used of the run's own budget."""
+    return f"{prefix}:{{{run_id}}}:budget"
+
+
+def charges(prefix: str, run_id: str) -> str:
+    """Hash: step -> what that step was charged, where, by whom, until when (the reservation)."""
+    return f"{prefix}:{{{run_id}}}:charges"
+
+
+def approvals(prefix: str, run_id: str) -> str:
+    """Hash: ``p:<step>`` pending JSON, ``e:<step>`` its expiry, ``d:<step>`` the decision JSON."""
+    return f"{prefix}:{{{run_id}}}:approvals"
+
+
+def run_header(prefix: str, run_id: str) -> str:
+    """Hash: the run's checkpoint header JSON and the fields ``castor ps`` lists."""
+    return f"{prefix}:{{{run_id}}}:run"
+
+
+def run_keys(prefix: str, run_id: str) -> list[str]:
+    """Every key that holds the run's state; retention expires them together."""
+    return [
+        run_header(prefix, run_id),
+        journal(prefix, run_id),
+        journal_meta(prefix, run_id),
+        failures(prefix, run_id),
+        approvals(prefix, run_id),
+        ledger(prefix, run_id),
+        charges(prefix, run_id),
+    ]
+
+
+# --- budget scopes --------------------------------------------------------------------------------
+
+
+def scope(prefix: str, name: str) -> str:
+    """Hash: ``L:<resource>`` / ``U:<resource>`` of a shared scope."""
+    return f"{prefix}:scope:{{{name}}}"
+
+
+def scope_names(prefix: str) -> str:
+    """Set of every scope name ever set, for ``castor budget show`` without a name."""
+    return f"{prefix}:scopes"
+
+
+def reservations(prefix: str) -> str:
+    """Sorted set: ``<step>:<run>`` of charges not settled yet, scored by when their holder's claim ends."""
+    return f"{prefix}:reservations"
+
+
+def step_member(run_id: str, step: int) -> str:
+    """A run's step as a member of a fleet-wide index: ``<step>:<run>`` (the step first: run ids hold colons)."""
+    return f"{step}:{run_id}"
+
+
+# --- run and approval indexes ---------------------------------------------------------------------
+
+
+STATUSES = ("RUNNING", "SUSPENDED_FOR_HITL", "PREEMPTED", "COMPLETED", "FAILED")
+
+
+def runs_all(prefix: str) -> str:
+    """Sorted set of every run's pid, scored by creation time."""
+    return f"{prefix}:runs:all"
+
+
+def runs_by_status(prefix: str, status: str) -> str:
+    """Sorted set of the pids of one status, scored by creation time."""
+    return f"{prefix}:runs:status:{status}"
+
+
+def runs_expiring(prefix: str) -> str:
+    """Sorted set of finished runs scored by when retention drops them (to prune the indexes)."""
+    return f"{prefix}:runs:expiring"
+
+
+def approvals_pending(prefix: str) -> str:
+    """Sorted set ``<step>:<run>`` of calls waiting for a decision, scored by creation time."""
+    return f"{prefix}:approvals:pending"
+
+
+def approvals_expiring(prefix: str) -> str:
+    """Sorted set ``<step>:<run>`` of pending calls that expire, scored by expiry time."""
+    return f"{prefix}:approvals:expiring"
+
+
+# === fleet keys ===================================================================================
+# Keys of the fleet machinery (coordinators, reply streams, run queue, leases). Later work adds its
+# key functions here, below this line, so every key name stays in this module.
+
+
+def decision_stream(prefix: str) -> str:
+    """Stream announcing every decision (``run``, ``step``, ``outcome``, ``by``): waiters wake on it."""
+    return f"{prefix}:decisions"
+
+
+def reply_stream(prefix: str, consumer: str) -> str:
+    """Stream a coordinator reads its tool results from (one per coordinator)."""
+    return f"{prefix}:replies:{{{consumer}}}"
+
+
+def lease(prefix: str, run_id: str) -> str:
+    """String: the fencing token of the coordinator that holds the run (in the run's slot)."""
+    return f"{prefix}:{{{run_id}}}:lease"
+
+
+
+def reply_stream_prefix(prefix: str) -> str:
+    """What every reply stream name starts with: a worker replies to nothing else."""
+    return f"{prefix}:replies:{{"
+
+
+def started_marker(prefix: str, run_id: str, step: int) -> str:
+    """String: the approval round (attempt) a worker started executing the step in. A lost worker leaves
+    it behind, which is how a redelivered task knows the step is in doubt."""
+    return f"{prefix}:{{{run_id}}}:started:{step}"

@@ -1,0 +1,33 @@
+-- Store a run's header, move it to its status index, and apply retention to all its keys.
+-- KEYS[1] the run's header hash, KEYS[2] all-runs index, KEYS[3] expiring-runs index,
+-- KEYS[4..8] the five status indexes, KEYS[9..] the run's other keys (journal, approvals, ...)
+-- ARGV[1] pid, ARGV[2] index of its status among KEYS[4..8] (1-5), ARGV[3] created (index score),
+-- ARGV[4] retention seconds ('0': the run is not finished, keep it), ARGV[5] now, ARGV[6..] header field, value pairs
+local pid = ARGV[1]
+local own = 3 + tonumber(ARGV[2])
+for i = 4, 8 do
+  if i ~= own then
+    redis.call('ZREM', KEYS[i], pid)
+  end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('ZADD', KEYS[2], ARGV[3], pid)
+redis.call('ZADD', KEYS[own], ARGV[3], pid)
+local retention = tonumber(ARGV[4])
+local kept = {KEYS[1]}
+for i = 9, #KEYS do
+  kept[#kept + 1] = KEYS[i]
+end
+for _, key in ipairs(kept) do
+  if retention > 0 then
+    redis.call('EXPIRE', key, retention)
+  else
+    redis.call('PERSIST', key)
+  end
+end
+if retention > 0 then
+  redis.call('ZADD', KEYS[3], tonumber(ARGV[5]) + retention, pid)
+else
+  redis.call('ZREM', KEYS[3], pid)
+end
+return 1

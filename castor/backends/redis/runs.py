@@ -1,0 +1,148 @@
+"""``RedisRunStore``: run headers for resume, ``castor ps`` and ``castor inspect``.
+
+A run's header is a hash: the checkpoint JSON without its journal, plus the few fields ``ps`` lists,
+so listing runs never parses checkpoints. Sorted sets index every run and the runs of each status by
+creation time, for paging newest first. Retention: when a run finishes (COMPLETED, FAILED) all of its
+keys get ``retention_seconds`` to live, journal included; a fork's ancestors are kept at least as long,
+since the fork's history is theirs.
+"""
+
+from __future__ import annotations
+
+import time
+from builtins import list as _list
+from typing import Any
+
+from castor.backends.redis import keys
+from castor.backends.redis._client import SCRIPTS, RedisConnection
+from castor.backends.redis.journal import RedisJournal
+from castor.checkpoint import FINISHED, AgentCheckpoint
+from castor.seams import RunSummary
+
+WEEK = 7 * 24 * 3600.0
+_PRUNE_SHA = SCRIPTS["run_prune"][1]
+_SUMMARY = ("status", "agent", "parent", "pending_tool", "steps", "created", "updated", "owner")
+
+
+class RedisRunStore:
+    """Run headers every process shares; see the module docstring."""
+
+    def __init__(
+        self, conn: RedisConnection, prefix: str, journal: RedisJournal, *, retention_seconds: float = WEEK
+    ) -> None:
+        self._conn = conn
+        self._prefix = prefix
+        self._journal = journal
+        self.retention_seconds = retention_seconds
+
+    def _index_keys(self) -> _list[str]:
+        p = self._prefix
+        return [keys.runs_expiring(p), keys.runs_all(p), *(keys.runs_by_status(p, s) for s in keys.STATUSES)]
+
+    async def save(self, checkpoint: AgentCheckpoint, *, owner: str | None = None) -> None:
+        """Store the checkpoint's header; a finished run starts its retention time."""
+        cp = checkpoint
+        p = self._prefix
+        header = cp.model_copy(update={"syscall_log": []}).model_dump_json()
+        finished = cp.status in FINISHED
+        retention = max(int(self.retention_seconds), 1) if finished else 0
+        expiring, every, *by_status = self._index_keys()
+        own = keys.run_keys(p, cp.pid)
+        fields = {
+            "cp": header, "status": cp.status, "agent": cp.agent_function_name, "parent": cp.parent_pid or "",
+            "pending_tool": cp.pending_tool or "", "steps": len(cp.syscall_log), "created": repr(cp.created_at),
+            "updated": repr(cp.updated_at), "owner": owner or "",
+        }
+        status_at = keys.STATUSES.index(cp.status) + 1
+        args: _list[Any] = [cp.pid, status_at, repr(cp.created_at), retention, repr(time.time())]
+        for name, value in fields.items():
+            args.extend((name, value))
+        await self._conn.script("run_save", [own[0], every, expiring, *by_status, *own[1:]], args)
+        if finished:
+            await self._keep_ancestors(cp.pid, retention)
+
+    async def _keep_ancestors(self, pid: str, retention: int) -> None:
+        """Give the runs a finished fork shares records with at least the fork's retention."""
+        lineage = await self._journal.ancestors(pid)
+        if not lineage:
+            return
+        p = self._prefix
+        shared = [key for run in lineage for key in (keys.journal(p, run), keys.journal_meta(p, run))]
+        headers = [keys.run_header(p, run) for run in lineage]
+
+        async def extend(c: Any) -> None:
+            async with c.pipeline(transaction=False) as pipe:
+                for key in shared:
+                    pipe.ttl(key)
+                for key in headers:
+                    pipe.hget(key, "status")
+                replies = await pipe.execute()
+            ttls, statuses = replies[: len(shared)], replies[len(shared) :]
+            async with c.pipeline(transaction=False) as pipe:
+                for i, key in enumerate(shared):
+                    status = statuses[i // 2]
+                    live = status is not None and status not in FINISHED
+                    # a live ancestor keeps its records anyway; a finished or gone one keeps them this long
+                    if not live and (ttls[i] == -1 or 0 <= ttls[i] < retention):
+                        pipe.expire(key, retention)
+                await pipe.execute()
+
+        await self._conn.run(extend)
+
+    async def load(self, pid: str) -> AgentCheckpoint | None:
+        """The header (``syscall_log`` empty) or None if no such run."""
+        key = keys.run_header(self._prefix, pid)
+        data = await self._conn.run(lambda c: c.hget(key, "cp"))
+        return None if data is None else AgentCheckpoint.model_validate_json(data)
+
+    async def list(self, status: str | None = None, limit: int = 100, offset: int = 0) -> _list[RunSummary]:
+        """Runs, newest first, optionally of one status; runs past their retention are pruned first."""
+        p = self._prefix
+        index = keys.runs_all(p) if status is None else keys.runs_by_status(p, status)
+        if limit <= 0:
+            return []
+
+        prune_keys = self._index_keys()
+
+        async def page(c: Any) -> _list[str]:
+            async with c.pipeline(transaction=False) as pipe:
+                pipe.evalsha(_PRUNE_SHA, len(prune_keys), *prune_keys, repr(time.time()), 1000)
+                pipe.zrevrange(index, offset, offset + limit - 1)
+                return (await pipe.execute())[1]
+
+        pids = await self._conn.run(page)
+
+        async def read(c: Any) -> _list[Any]:
+            async with c.pipeline(transaction=False) as pipe:
+                for pid in pids:
+                    pipe.hmget(keys.run_header(p, pid), *_SUMMARY)
+                return await pipe.execute()
+
+        rows = await self._conn.run(read) if pids else []
+        return [_summary(pid, row) for pid, row in zip(pids, rows, strict=True) if row[0] is not None]
+
+    async def delete(self, pid: str) -> None:
+        """Forget the run's header and take it off the indexes (its journal is the journal's)."""
+        header = keys.run_header(self._prefix, pid)
+        indexes = self._index_keys()
+
+        async def drop(c: Any) -> None:
+            async with c.pipeline(transaction=False) as pipe:
+                pipe.delete(header)
+                for index in indexes:
+                    pipe.zrem(index, pid)
+                await pipe.execute()
+
+        await self._conn.run(drop)
+
+    async def close(self) -> None:
+        """Close this event loop's connections."""
+        await self._conn.close()
+
+
+def _summary(pid: str, row: _list[Any]) -> RunSummary:
+    status, agent, parent, pending_tool, steps, created, updated, owner = row
+    return RunSummary(
+        pid=pid, status=status, agent=agent, parent_pid=parent or None, pending_tool=pending_tool or None,
+        steps=int(steps or 0), created_at=float(created), updated_at=float(updated), owner=owner or None,
+    )

@@ -1,0 +1,112 @@
+"""What crosses the broker and the reply stream between a coordinator and a worker: JSON only.
+
+A tool task is named ``castor.tool.<tool>`` and carries one keyword argument per field of ``Job``. Its
+``token`` is an HMAC-SHA256, under the fleet's secret, over the run, step, tool, canonical arguments,
+approval round and journal record: a worker runs nothing a coordinator did not sign (or, for a gated
+tool without a secret, nothing a human did not approve in Redis). A reply is a flat stream entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from castor._canonical import canonical
+
+TASK_PREFIX = "castor.tool."
+REDACTED = "***"
+
+# Reply statuses: what became of a task.
+OK, ERROR, REFUSED, IN_DOUBT, TIMEOUT = "ok", "error", "refused", "in_doubt", "timeout"
+
+
+def task_name(tool: str) -> str:
+    """The Celery task name of a tool, as Flower shows it."""
+    return f"{TASK_PREFIX}{tool}"
+
+
+@dataclass(slots=True)
+class Job:
+    """One tool call as a task carries it."""
+
+    run_id: str
+    step: int
+    tool: str
+    arguments: dict[str, Any]
+    effect_id: str
+    attempt: int = 0
+    reply_to: str = ""
+    record: dict[str, Any] = field(default_factory=dict)
+    token: str | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        """The task's keyword arguments."""
+        return asdict(self)
+
+    def signed_part(self) -> bytes:
+        """The bytes a token authenticates."""
+        body = [self.run_id, self.step, self.tool, self.arguments, self.attempt, self.record]
+        return canonical(body).encode()
+
+
+def sign(secret: str, job: Job) -> str:
+    """The coordinator's token for ``job``."""
+    return hmac.new(secret.encode(), job.signed_part(), hashlib.sha256).hexdigest()
+
+
+def verify(secret: str | None, job: Job) -> bool:
+    """Whether ``job`` carries a token ``secret`` signed for exactly this call."""
+    if not secret or not job.token:
+        return False
+    return hmac.compare_digest(sign(secret, job), job.token)
+
+
+def redact(arguments: dict[str, Any], sensitive: frozenset[str] | set[str]) -> dict[str, Any]:
+    """The arguments with sensitive values replaced, for task listings and logs."""
+    if not sensitive:
+        return arguments
+    return {k: (REDACTED if k in sensitive else v) for k, v in arguments.items()}
+
+
+def kwargs_repr(job: Job, sensitive: frozenset[str] | set[str]) -> str:
+    """What Flower and the worker's logs show of a task's kwargs: run, step, tool, redacted arguments."""
+    shown = {"run_id": job.run_id, "step": job.step, "tool": job.tool, "attempt": job.attempt}
+    shown["arguments"] = redact(job.arguments, sensitive)
+    return repr(shown)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A worker's answer for one effect."""
+
+    effect_id: str
+    attempt: int
+    status: str
+    result: Any = None
+    error_type: str = ""
+    message: str = ""
+    journaled: bool = False  # the worker journaled the failure itself (refusals, in-doubt)
+
+    def fields(self) -> dict[str, str]:
+        """The reply as a stream entry."""
+        return {
+            "e": self.effect_id, "a": str(self.attempt), "s": self.status, "r": canonical(self.result),
+            "t": self.error_type, "m": self.message, "j": "1" if self.journaled else "",
+        }
+
+
+def parse_reply(fields: dict[bytes, bytes]) -> Reply:
+    """A stream entry back into a ``Reply``."""
+    get = {k.decode(): v.decode() for k, v in fields.items()}
+    return Reply(
+        effect_id=get.get("e", ""),
+        attempt=int(get.get("a") or 0),
+        status=get.get("s", ERROR),
+        result=json.loads(get["r"]) if get.get("r") else None,
+        error_type=get.get("t", ""),
+        message=get.get("m", ""),
+        journaled=bool(get.get("j")),
+    )

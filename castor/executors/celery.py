@@ -1,0 +1,188 @@
+"""``CeleryExecutor``: every live syscall becomes a task on its tool's worker pool.
+
+The coordinator sends ``castor.tool.<tool>`` to the queue ``<queue_prefix>.<pool>`` without Celery's
+result backend, then awaits the worker's reply on this process's one reply stream. The worker journals
+the step (write-once) before it replies, so the kernel only appends the record in memory
+(``writes_journal``). A coordinator that gives up at its deadline looks in the journal once more before
+it reports a ``ToolTimeoutError``: a result that made it to the journal is the step's result.
+
+Celery and redis are imported here only, so ``import castor`` loads neither.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from typing import Any
+
+from castor._errors import (
+    BackendUnavailable,
+    InDoubtError,
+    RemoteToolError,
+    TaskRefusedError,
+    ToolTimeoutError,
+)
+from castor.backends.redis.keys import reply_stream
+from castor.executors._celery_conf import celery_config
+from castor.executors._replies import ReplyReader
+from castor.executors._wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, sign, task_name
+from castor.registry import ToolRegistry
+from castor.seams import Call, Journal
+from castor.settings import REPLY_GRACE, Settings, tool_policy
+
+_ERRORS: dict[str, type[Exception]] = {REFUSED: TaskRefusedError, IN_DOUBT: InDoubtError, TIMEOUT: ToolTimeoutError}
+
+
+class CeleryExecutor:
+    """Sends each call to its pool's queue and awaits the reply; one reply reader per process."""
+
+    writes_journal = True
+
+    def __init__(
+        self,
+        tools: ToolRegistry,
+        settings: Settings,
+        *,
+        journal: Journal | None = None,
+        reply_grace: float = REPLY_GRACE,
+        consumer: str | None = None,
+    ) -> None:
+        from celery import Celery
+        from redis import asyncio as aioredis
+
+        self._tools = tools
+        self._settings = settings
+        self._journal = journal
+        self._grace = reply_grace
+        self._app = Celery("castor-coordinator", set_as_current=False)
+        self._app.conf.update(celery_config(settings))
+        self._producer: Any = None
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=None)
+        self._replies = ReplyReader(client, reply_stream(settings.redis_prefix, self.consumer))
+
+    @classmethod
+    def factory(cls, settings: Settings, **options: Any) -> Any:
+        """``Castor(executor=CeleryExecutor.factory(settings))``: built with the kernel's tools and journal."""
+
+        def build(tools: ToolRegistry) -> CeleryExecutor:
+            return cls(tools, settings, **options)
+
+        return build
+
+    def bind_journal(self, journal: Journal) -> None:
+        """The journal to consult when a reply is late (the kernel's backend's)."""
+        self._journal = journal
+
+    async def execute(self, call: Call) -> Any:
+        """Send the call to its pool and return the tool's result, or raise what became of it."""
+        spec = self._tools.get(call.tool_name)
+        policy = tool_policy(self._settings, spec)
+        pool = self._settings.pool_of(call.tool_name)
+        job = Job(
+            call.run_id, call.step, call.tool_name, call.arguments, call.effect_id, call.attempt,
+            self._replies.stream, call.record or {},
+        )
+        if self._settings.secret:
+            job.token = sign(self._settings.secret, job)
+        deadline = self._deadline(policy.timeout, policy.retryable)
+        future = self._replies.expect(call.effect_id, call.attempt)
+        try:
+            self._send(job, pool, deadline, policy.sensitive)
+            async with asyncio.timeout(deadline):
+                reply = await future
+        except TimeoutError:
+            return await self._late(call, pool, deadline)
+        finally:
+            self._replies.forget(call.effect_id)
+        return _outcome(reply, call.tool_name)
+
+    def _deadline(self, timeout: float, retryable: bool) -> float:
+        if not retryable:
+            return timeout + self._grace
+        s = self._settings
+        backoff = sum(s.retry_backoff * 2**n for n in range(s.max_retries))
+        return timeout * (s.max_retries + 1) + backoff + self._grace
+
+    def _send(self, job: Job, pool: str, deadline: float, sensitive: frozenset[str]) -> None:
+        # A publish is one LPUSH (or basic_publish): brief enough to do on the loop, and a thread hop per
+        # call would cost more CPU than it saves.
+        queue = self._settings.queue_of(pool)
+        try:
+            if self._producer is None:
+                self._producer = self._app.producer_pool.acquire(block=True)
+            self._app.send_task(
+                task_name(job.tool),
+                kwargs=job.kwargs(),
+                queue=queue,
+                routing_key=queue,
+                task_id=f"{job.effect_id}#{job.attempt}-{uuid.uuid4().hex[:8]}",
+                headers={"castor_run": job.run_id, "castor_step": job.step},
+                expires=deadline,
+                ignore_result=True,
+                kwargsrepr=kwargs_repr(job, sensitive),
+                argsrepr="()",
+                producer=self._producer,
+                retry=True,
+                retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},
+            )
+        except Exception as exc:
+            self._producer = None
+            raise BackendUnavailable(f"cannot send {job.tool!r} to queue {queue!r}: {exc}") from exc
+
+    async def _late(self, call: Call, pool: str, deadline: float) -> Any:
+        if self._journal is not None:
+            record = await self._journal.get(call.run_id, call.step)
+            if record is not None and record.tool_name == call.tool_name:
+                return record.response
+        raise ToolTimeoutError(
+            f"tool {call.tool_name!r} gave no result within {deadline:g}s (run {call.run_id}, step {call.step}); "
+            f"is a worker of pool {pool!r} running?"
+        )
+
+    async def close(self) -> None:
+        """Stop the reply reader and release the broker connection."""
+        await self._replies.close()
+        if self._producer is not None:
+            self._producer.release()
+            self._producer = None
+        self._app.close()
+
+
+def _outcome(reply: Reply, tool: str) -> Any:
+    """The tool's result, or the error the reply describes."""
+    if reply.status == OK:
+        return reply.result
+    kind = _ERRORS.get(reply.status)
+    if kind is not None:
+        error: Exception = kind(reply.message)
+    elif reply.status == ERROR:
+        error = RemoteToolError(reply.error_type or "Exception", reply.message, tool_name=tool)
+    else:
+        error = RemoteToolError("UnknownReply", f"reply status {reply.status!r}", tool_name=tool)
+    if reply.journaled:
+        error.failure_journaled = True  # type: ignore[attr-defined]
+    raise error
+
+
+def fleet_options(
+    settings: Settings, *, backend_options: dict[str, Any] | None = None, **overrides: Any
+) -> dict[str, Any]:
+    """Keyword arguments for ``Castor(...)`` in the fleet: the config's tools, destructive list and
+    budgets, the shared Redis store (``backend_options`` go to ``redis_backend``) and this executor
+    (which consults the store's journal when a reply is late)."""
+    from castor._imports import load_tools
+    from castor.backends.redis import redis_backend
+
+    backend = redis_backend(settings.redis_url, prefix=settings.redis_prefix, **(backend_options or {}))
+    options: dict[str, Any] = {
+        "tools": load_tools(settings.tool_imports),
+        "destructive": sorted(settings.destructive),
+        "budgets": dict(settings.budgets),
+        "store": backend,
+        "executor": CeleryExecutor.factory(settings, journal=backend.journal),
+    }
+    options.update(overrides)
+    return options

@@ -1,0 +1,269 @@
+"""Fleet settings: one ``castor.toml`` parsed once at an entrypoint and passed down, never global.
+
+    [redis]     url, prefix                      where runs, journals, budgets and approvals live
+    [broker]    url, queue_prefix, visibility_timeout
+    [security]  secret, max_argument_bytes      HMAC secret for approval tokens; argument size limit
+    [tools]     import, destructive, idempotent, retryable, timeouts, default_timeout, max_retries, retry_backoff
+    [pools]     <pool> = [tool, ...]            every other tool runs on ``[workers] default_pool``
+    [workers]   default_pool, concurrency, pool
+    [budgets]   <resource> = limit
+    [flower]    port, basic_auth
+
+Unknown sections or keys, an unknown pool and a tool in two pools are ``ConfigError``s at start-up.
+``CASTOR_REDIS_URL``, ``CASTOR_BROKER_URL`` and ``CASTOR_SECRET`` override the file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from castor._errors import ConfigError
+from castor.registry import ToolSpec
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_POOL = "default"
+# Coordinator-side grace on top of a tool's own deadline: queueing, delivery and the journal write.
+REPLY_GRACE = 30.0
+
+_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "redis": {"url": str, "prefix": str},
+    "broker": {"url": str, "queue_prefix": str, "visibility_timeout": (int, float)},
+    "security": {"secret": str, "max_argument_bytes": int},
+    "tools": {
+        "import": list, "destructive": list, "idempotent": list, "retryable": list, "timeouts": dict,
+        "default_timeout": (int, float), "max_retries": int, "retry_backoff": (int, float),
+    },
+    "workers": {"default_pool": str, "concurrency": int, "pool": str},
+    "flower": {"port": int, "basic_auth": str},
+}
+_FREE_SECTIONS = ("pools", "budgets")  # their keys are the operator's names
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a coordinator, a worker or Flower needs to join the fleet."""
+
+    redis_url: str = DEFAULT_REDIS_URL
+    redis_prefix: str = "castor"
+    broker_url: str | None = None
+    queue_prefix: str = "castor"
+    visibility_timeout: float | None = None
+    secret: str | None = None
+    max_argument_bytes: int = 64 * 1024
+    tool_imports: tuple[str, ...] = ()
+    destructive: frozenset[str] = frozenset()
+    idempotent: frozenset[str] = frozenset()
+    retryable: frozenset[str] = frozenset()
+    timeouts: Mapping[str, float] = field(default_factory=dict)
+    default_timeout: float = 300.0
+    max_retries: int = 3
+    retry_backoff: float = 1.0
+    pools: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    default_pool: str = DEFAULT_POOL
+    concurrency: int = 4
+    worker_pool: str = "threads"
+    budgets: Mapping[str, float] = field(default_factory=dict)
+    flower_port: int = 5555
+    flower_basic_auth: str | None = None
+    source: str = "<defaults>"
+
+    def __post_init__(self) -> None:
+        owner: dict[str, str] = {}
+        for pool, tools in self.pools.items():
+            for tool in tools:
+                if tool in owner:
+                    raise ConfigError(
+                        f"{self.source}: tool {tool!r} is in two pools, {owner[tool]!r} and {pool!r}; "
+                        "a tool runs on exactly one pool"
+                    )
+                owner[tool] = pool
+        for name, seconds in self.timeouts.items():
+            if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not 0 < seconds < math.inf:
+                raise ConfigError(f"{self.source}: timeout of {name!r} must be a positive number, got {seconds!r}")
+        if self.max_argument_bytes <= 0:
+            raise ConfigError(f"{self.source}: max_argument_bytes must be positive")
+
+    # --- routing ----------------------------------------------------------------------------------
+
+    @property
+    def pool_names(self) -> list[str]:
+        """Every pool: the configured ones and the default pool."""
+        return sorted({*self.pools, self.default_pool})
+
+    def pool_of(self, tool: str) -> str:
+        """The pool that runs ``tool``."""
+        for pool, tools in self.pools.items():
+            if tool in tools:
+                return pool
+        return self.default_pool
+
+    def queue_of(self, pool: str) -> str:
+        """The broker queue a pool consumes: ``<queue_prefix>.<pool>``."""
+        return f"{self.queue_prefix}.{pool}"
+
+    def check_pool(self, pool: str) -> str:
+        """``pool`` if it is configured; a ``ConfigError`` naming the known pools otherwise."""
+        if pool not in self.pool_names:
+            raise ConfigError(f"unknown pool {pool!r} in {self.source}; pools: {', '.join(self.pool_names)}")
+        return pool
+
+    def tools_of(self, pool: str) -> tuple[str, ...]:
+        """The tools explicitly mapped to ``pool``."""
+        return tuple(self.pools.get(pool, ()))
+
+    # --- deadlines --------------------------------------------------------------------------------
+
+    def timeout_of(self, tool: str, declared: float | None = None) -> float:
+        """The tool's deadline: the config's, else what the tool declares, else the default."""
+        configured = self.timeouts.get(tool)
+        if configured is not None:
+            return float(configured)
+        return float(declared) if declared is not None else self.default_timeout
+
+    @property
+    def longest_timeout(self) -> float:
+        """The longest deadline any tool may have, retries included."""
+        single = max([self.default_timeout, *self.timeouts.values()])
+        return single * (self.max_retries + 1) + self.retry_backoff * (2 ** self.max_retries)
+
+    @property
+    def broker_visibility_timeout(self) -> float:
+        """How long an unacked task stays invisible: above the longest tool deadline, or redelivery would
+        run a task that is still running."""
+        floor = self.longest_timeout + REPLY_GRACE
+        return max(self.visibility_timeout or 0.0, floor)
+
+    @property
+    def broker(self) -> str:
+        """The broker URL (the Redis URL unless one is set)."""
+        return self.broker_url or self.redis_url
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Parse ``castor.toml`` (or take the defaults) and apply the environment's overrides."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    if path is not None:
+        values = _parse(Path(path))
+    overrides = {"redis_url": "CASTOR_REDIS_URL", "broker_url": "CASTOR_BROKER_URL", "secret": "CASTOR_SECRET"}
+    for name, var in overrides.items():
+        if env.get(var):
+            values[name] = env[var]
+    return Settings(**values)
+
+
+def _parse(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    where = str(path)
+    _check_keys(raw, where)
+    section = {name: raw.get(name, {}) for name in (*_SCHEMA, *_FREE_SECTIONS)}
+    tools, workers, broker = section["tools"], section["workers"], section["broker"]
+    values: dict[str, Any] = {
+        "redis_url": section["redis"].get("url", DEFAULT_REDIS_URL),
+        "redis_prefix": section["redis"].get("prefix", "castor"),
+        "broker_url": broker.get("url"),
+        "queue_prefix": broker.get("queue_prefix", "castor"),
+        "visibility_timeout": broker.get("visibility_timeout"),
+        "secret": section["security"].get("secret"),
+        "max_argument_bytes": section["security"].get("max_argument_bytes", 64 * 1024),
+        "tool_imports": tuple(_strings(tools.get("import", []), where, "tools.import")),
+        "destructive": frozenset(_strings(tools.get("destructive", []), where, "tools.destructive")),
+        "idempotent": frozenset(_strings(tools.get("idempotent", []), where, "tools.idempotent")),
+        "retryable": frozenset(_strings(tools.get("retryable", []), where, "tools.retryable")),
+        "timeouts": dict(tools.get("timeouts", {})),
+        "default_timeout": float(tools.get("default_timeout", 300.0)),
+        "max_retries": tools.get("max_retries", 3),
+        "retry_backoff": float(tools.get("retry_backoff", 1.0)),
+        "pools": {pool: tuple(_strings(names, where, f"pools.{pool}")) for pool, names in section["pools"].items()},
+        "default_pool": workers.get("default_pool", DEFAULT_POOL),
+        "concurrency": workers.get("concurrency", 4),
+        "worker_pool": workers.get("pool", "threads"),
+        "budgets": _budgets(section["budgets"], where),
+        "flower_port": section["flower"].get("port", 5555),
+        "flower_basic_auth": section["flower"].get("basic_auth"),
+        "source": where,
+    }
+    if values["worker_pool"] not in ("threads", "prefork", "solo"):
+        raise ConfigError(f"{where}: [workers] pool must be threads, prefork or solo, not {values['worker_pool']!r}")
+    _check_tool_names(values, where)
+    return values
+
+
+def _check_keys(raw: dict[str, Any], where: str) -> None:
+    for name, body in raw.items():
+        if name not in _SCHEMA and name not in _FREE_SECTIONS:
+            known = ", ".join(sorted([*_SCHEMA, *_FREE_SECTIONS]))
+            raise ConfigError(f"{where}: unknown section [{name}]; known sections: {known}")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{where}: [{name}] must be a table")
+        schema = _SCHEMA.get(name)
+        if schema is None:
+            continue
+        for key, value in body.items():
+            if key not in schema:
+                raise ConfigError(f"{where}: unknown key {key!r} in [{name}]; known keys: {', '.join(schema)}")
+            if not isinstance(value, schema[key]) or isinstance(value, bool):
+                raise ConfigError(f"{where}: [{name}] {key} has the wrong type ({type(value).__name__})")
+
+
+def _strings(value: Any, where: str, what: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: {what} must be a list of strings, got {value!r}")
+    return value
+
+
+def _budgets(table: dict[str, Any], where: str) -> dict[str, float]:
+    for key, value in table.items():
+        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"{where}: budget {key!r} must be a non-negative number, got {value!r}")
+    return {k: float(v) for k, v in table.items()}
+
+
+def _check_tool_names(values: dict[str, Any], where: str) -> None:
+    """With ``[tools] import`` given, every tool named elsewhere must be one of the imported tools."""
+    imported = {spec.rsplit(":", 1)[-1] for spec in values["tool_imports"]}
+    if not imported:
+        return
+    named = {
+        "tools.destructive": values["destructive"], "tools.idempotent": values["idempotent"],
+        "tools.retryable": values["retryable"], "tools.timeouts": set(values["timeouts"]),
+        **{f"pools.{pool}": set(tools) for pool, tools in values["pools"].items()},
+    }
+    for what, names in named.items():
+        unknown = sorted(set(names) - imported)
+        if unknown:
+            raise ConfigError(f"{where}: {what} names tools that [tools] import does not: {', '.join(unknown)}")
+
+
+def tool_policy(settings: Settings, spec: ToolSpec) -> ToolPolicy:
+    """What the fleet does with ``spec``: the tool's declarations with the config's lists on top."""
+    return ToolPolicy(
+        timeout=settings.timeout_of(spec.name, spec.timeout),
+        idempotent=spec.idempotent or spec.name in settings.idempotent,
+        retryable=spec.retryable or spec.name in settings.retryable,
+        gated=spec.gated or spec.name in settings.destructive,
+        sensitive=spec.sensitive,
+    )
+
+
+@dataclass(frozen=True)
+class ToolPolicy:
+    """A tool's deadline and recovery rules in the fleet."""
+
+    timeout: float
+    idempotent: bool
+    retryable: bool
+    gated: bool
+    sensitive: frozenset[str]

@@ -1,0 +1,161 @@
+"""A real fleet for the Celery tests: Redis at 127.0.0.1:6379 under a unique key and queue prefix, and
+two worker processes (pool ``fs``: prefork, so a test can SIGKILL the child running a call; pool ``web``:
+threads). Everything the session created in Redis is deleted at the end; nothing else is touched."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from castor import Castor
+from castor.executors.celery import fleet_options
+from castor.settings import Settings, load_settings
+
+REDIS_URL = os.environ.get("CASTOR_TEST_REDIS", "redis://127.0.0.1:6379/0")
+TOOLS = Path(__file__).with_name("fleet_tools.py")
+ROOT = Path(__file__).resolve().parents[2]
+FS_TOOLS = ["write_note", "delete_file", "slow_copy", "slow_remove", "stuck"]
+WEB_TOOLS = ["search", "summarize", "explode", "flaky"]
+
+CONFIG = """
+[redis]
+url = "{redis}"
+prefix = "{prefix}"
+
+[broker]
+url = "{redis}"
+queue_prefix = "{queues}"
+
+[security]
+secret = "test-secret-{prefix}"
+max_argument_bytes = 2048
+
+[tools]
+import = [{imports}]
+default_timeout = 20
+max_retries = 1
+retry_backoff = 0.1
+timeouts = {{ noop = 0.5 }}
+
+[pools]
+fs = [{fs}]
+web = [{web}]
+
+[flower]
+basic_auth = "castor:test"
+"""
+
+
+@dataclass
+class Fleet:
+    """The session's settings, worker processes and their logs."""
+
+    settings: Settings
+    config: Path
+    env: dict[str, str]
+    workers: dict[str, subprocess.Popen[bytes]]
+    logs: dict[str, Path]
+    redis: redis.Redis
+
+    @property
+    def prefix(self) -> str:
+        return self.settings.redis_prefix
+
+    def count(self, tag: str, what: str) -> int:
+        """How often a test tool started / finished the call tagged ``tag``."""
+        value = self.redis.get(f"{self.prefix}:count:{tag}:{what}")
+        return int(value) if value else 0
+
+    def running_pid(self, tag: str, timeout: float = 10.0) -> int:
+        """The pid of the process running the call tagged ``tag``, once it runs."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = self.redis.get(f"{self.prefix}:pid:{tag}")
+            if value:
+                return int(value)
+            time.sleep(0.02)
+        raise AssertionError(f"call {tag!r} never started")
+
+    def log(self, pool: str) -> str:
+        return self.logs[pool].read_text(errors="replace")
+
+
+def _quoted(names: list[str]) -> str:
+    return ", ".join(f'"{n}"' for n in names)
+
+
+def start_worker(config: Path, pool: str, impl: str, concurrency: int, env: dict[str, str], log: Path
+                 ) -> subprocess.Popen[bytes]:
+    """A worker subprocess of ``pool``, returned once it is ready to consume."""
+    cmd = [
+        sys.executable, "-m", "workers", "worker", "--config", str(config), "--pool", pool,
+        "--pool-impl", impl, "--concurrency", str(concurrency), "--fast-start", "--loglevel", "INFO",
+    ]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**env, "CASTOR_TEST_POOL": pool}, stdout=out, stderr=out)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if " ready." in log.read_text(errors="replace"):
+            return proc
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker {pool} exited: {log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"worker {pool} not ready: {log.read_text(errors='replace')[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """Two worker pools on a private prefix, torn down (processes and keys) after the session."""
+    tag = uuid.uuid4().hex[:12]
+    prefix, queues = f"castortest-{tag}", f"castortestq-{tag}"
+    tmp = tmp_path_factory.mktemp("fleet")
+    config = tmp / "castor.toml"
+    names = FS_TOOLS + WEB_TOOLS
+    config.write_text(CONFIG.format(
+        redis=REDIS_URL, prefix=prefix, queues=queues, fs=_quoted(FS_TOOLS), web=_quoted(WEB_TOOLS),
+        imports=_quoted([f"{TOOLS}:{n}" for n in [*names, "noop"]]),
+    ))
+    env = {**os.environ, "CASTOR_TEST_PREFIX": prefix, "CASTOR_TEST_REDIS": REDIS_URL, "PYTHONPATH": str(ROOT)}
+    for var in ("CASTOR_REDIS_URL", "CASTOR_BROKER_URL", "CASTOR_SECRET"):
+        env.pop(var, None)
+    os.environ["CASTOR_TEST_PREFIX"] = prefix  # the test process counts too (approvals run tools nowhere)
+    client = redis.Redis.from_url(REDIS_URL)
+    logs = {pool: tmp / f"worker-{pool}.log" for pool in ("fs", "web")}
+    workers: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        workers["fs"] = start_worker(config, "fs", "prefork", 2, env, logs["fs"])
+        workers["web"] = start_worker(config, "web", "threads", 4, env, logs["web"])
+        yield Fleet(load_settings(config, env={}), config, env, workers, logs, client)
+    finally:
+        for proc in workers.values():
+            proc.terminate()
+        for proc in workers.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for pattern in (f"{prefix}*", f"{queues}*"):
+            keys = list(client.scan_iter(match=pattern, count=1000))
+            if keys:
+                client.delete(*keys)
+        client.close()
+
+
+@pytest.fixture
+async def kernel(fleet: Fleet) -> AsyncIterator[Castor]:
+    """A coordinator kernel on the fleet: Redis store, Celery executor."""
+    k = Castor(**fleet_options(fleet.settings, budgets={}))
+    try:
+        yield k
+    finally:
+        await k.close()

@@ -1,0 +1,101 @@
+"""Tools the Celery tests' workers serve. They count their starts and completions in Redis keys under the
+test session's prefix (``CASTOR_TEST_PREFIX``), so a test can tell how often a call really ran."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import redis
+
+from castor import castor_tool
+
+_client: redis.Redis | None = None
+
+
+def _redis() -> redis.Redis:
+    global _client
+    if _client is None:
+        _client = redis.Redis.from_url(os.environ.get("CASTOR_TEST_REDIS", "redis://127.0.0.1:6379/0"))
+    return _client
+
+
+def _count(tag: str, what: str) -> None:
+    _redis().incr(f"{os.environ['CASTOR_TEST_PREFIX']}:count:{tag}:{what}")
+
+
+def _mark_running(tag: str) -> None:
+    """Tell the test which process runs the call (it may SIGKILL it)."""
+    _redis().set(f"{os.environ['CASTOR_TEST_PREFIX']}:pid:{tag}", os.getpid(), ex=60)
+
+
+def search(query: str) -> dict[str, str]:
+    """Runs on the web pool."""
+    return {"query": query, "pool": os.environ.get("CASTOR_TEST_POOL", "?")}
+
+
+async def summarize(text: str) -> dict[str, str]:
+    """An async tool on the web pool."""
+    await asyncio.sleep(0)
+    return {"summary": text[:10], "pool": os.environ.get("CASTOR_TEST_POOL", "?")}
+
+
+@castor_tool(sensitive=["content"])
+def write_note(name: str, content: str) -> dict[str, str]:
+    """Runs on the fs pool; its content is sensitive."""
+    _count(name, "done")
+    return {"name": name, "size": str(len(content)), "pool": os.environ.get("CASTOR_TEST_POOL", "?")}
+
+
+@castor_tool(destructive=True)
+def delete_file(path: str) -> str:
+    """Destructive: runs only with an approval or a coordinator's token."""
+    _count(path, "done")
+    return f"deleted {path}"
+
+
+@castor_tool(idempotent=True, timeout_seconds=20)
+def slow_copy(tag: str, seconds: float) -> str:
+    """Idempotent and slow: a test kills its worker in the middle."""
+    _count(tag, "start")
+    _mark_running(tag)
+    time.sleep(seconds)
+    _count(tag, "done")
+    return f"copied {tag}"
+
+
+@castor_tool(destructive=True, timeout_seconds=20)
+def slow_remove(tag: str, seconds: float) -> str:
+    """Destructive and slow: a test kills its worker in the middle."""
+    _count(tag, "start")
+    _mark_running(tag)
+    time.sleep(seconds)
+    _count(tag, "done")
+    return f"removed {tag}"
+
+
+@castor_tool(timeout_seconds=1)
+def stuck(seconds: float) -> str:
+    """Runs past its one-second deadline."""
+    time.sleep(seconds)
+    return "woke up"
+
+
+def noop() -> None:
+    """The benchmark's tool."""
+    return None
+
+
+def explode(message: str) -> str:
+    """Raises: the coordinator sees a RemoteToolError that keeps the type name."""
+    raise ValueError(message)
+
+
+@castor_tool(retryable=True)
+def flaky(tag: str) -> str:
+    """Fails on its first start, succeeds on the retry."""
+    starts = _redis().incr(f"{os.environ['CASTOR_TEST_PREFIX']}:count:{tag}:start")
+    if starts == 1:
+        raise ConnectionError("first try fails")
+    return f"ok after {starts} starts"

@@ -1,0 +1,260 @@
+"""Real worker processes, real Redis: routing, approvals from another process, refusals, deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import pytest
+
+import castor.lib as lib
+from castor import Castor, RemoteToolError, ToolTimeoutError
+from castor.executors.celery import CeleryExecutor, fleet_options
+
+from .conftest import ROOT, Fleet
+
+
+async def test_calls_land_on_both_pools(fleet: Fleet, kernel: Castor) -> None:
+    async def agent() -> list[object]:
+        found = await lib.tool("search", query="castor")
+        short = await lib.tool("summarize", text="a long text to summarize")
+        note = await lib.tool("write_note", name=f"n-{uuid.uuid4().hex[:6]}", content="secret body")
+        return [found, short, note]
+
+    cp = await kernel.run(agent)
+    assert cp.status == "COMPLETED", cp.error
+    found, short, note = cp.result
+    assert found == {"query": "castor", "pool": "web"}
+    assert short == {"summary": "a long tex", "pool": "web"}
+    assert note["pool"] == "fs"
+    # The workers journaled the records: the store holds them, write-once, with the request.
+    history = await kernel.backend.journal.history(cp.pid)
+    assert [r.tool_name for r in history] == ["search", "summarize", "write_note"]
+    assert history[0].response == found
+    assert "secret body" not in fleet.log("fs")  # sensitive arguments stay out of the worker's logs
+
+
+async def test_replayed_steps_never_leave_the_coordinator(fleet: Fleet, kernel: Castor) -> None:
+    tag = f"r-{uuid.uuid4().hex[:6]}"
+
+    async def agent() -> object:
+        return await lib.tool("write_note", name=tag, content="x")
+
+    cp = await kernel.run(agent)
+    assert cp.status == "COMPLETED"
+    cp.status = "RUNNING"
+    again = await kernel.run(agent, checkpoint=cp)
+    assert again.status == "COMPLETED"
+    assert fleet.count(tag, "done") == 1
+
+
+async def test_destructive_call_approved_from_another_process(fleet: Fleet, kernel: Castor) -> None:
+    path = f"/tmp/castor-{uuid.uuid4().hex[:6]}"
+
+    async def agent() -> object:
+        return await lib.tool("delete_file", path=path)
+
+    cp = await kernel.run(agent)
+    assert cp.status == "SUSPENDED_FOR_HITL"
+    assert fleet.count(path, "done") == 0
+    approver = textwrap.dedent(f"""
+        import asyncio
+        from castor import Castor
+        from castor.executors.celery import fleet_options
+        from castor.settings import load_settings
+
+        async def main():
+            kernel = Castor(**fleet_options(load_settings({str(fleet.config)!r}), budgets={{}}))
+            try:
+                await kernel.decide({cp.pid!r}, "approve", by="alice")
+            finally:
+                await kernel.close()
+
+        asyncio.run(main())
+    """)
+    done = subprocess.run([sys.executable, "-c", approver], cwd=ROOT, env=fleet.env, capture_output=True, timeout=30)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert fleet.count(path, "done") == 1
+    resumed = await kernel.run(agent, checkpoint=await kernel.aload(cp.pid))
+    assert resumed.status == "COMPLETED"
+    assert resumed.result == f"deleted {path}"
+    assert resumed.syscall_log[0].decided_by == "alice"
+    assert fleet.count(path, "done") == 1  # served from the journal on resume
+
+
+async def test_killed_worker_during_idempotent_call_completes_once(fleet: Fleet, kernel: Castor) -> None:
+    tag = f"copy-{uuid.uuid4().hex[:6]}"
+
+    async def agent() -> object:
+        return await lib.tool("slow_copy", tag=tag, seconds=1.0)
+
+    task = asyncio.create_task(kernel.run(agent))
+    pid = await asyncio.to_thread(fleet.running_pid, tag)
+    _kill(pid)
+    cp = await asyncio.wait_for(task, 30)
+    assert cp.status == "COMPLETED", cp.error
+    assert cp.result == f"copied {tag}"
+    assert fleet.count(tag, "start") == 2  # the killed run, then the redelivered one
+    assert fleet.count(tag, "done") == 1
+    assert len(await kernel.backend.journal.history(cp.pid)) == 1
+
+
+async def test_killed_worker_during_destructive_call_goes_back_to_a_human(fleet: Fleet, kernel: Castor) -> None:
+    tag = f"rm-{uuid.uuid4().hex[:6]}"
+
+    async def agent() -> object:
+        return await lib.tool("slow_remove", tag=tag, seconds=1.0)
+
+    cp = await kernel.run(agent)
+    assert cp.status == "SUSPENDED_FOR_HITL"
+    deciding = asyncio.create_task(kernel.decide(cp, "approve", by="bob"))
+    pid = await asyncio.to_thread(fleet.running_pid, tag)
+    _kill(pid)
+    cp = await asyncio.wait_for(deciding, 30)
+    # Redelivered, the task found the step started and unfinished: never run blindly a second time.
+    assert cp.status == "SUSPENDED_FOR_HITL"
+    assert cp.pending_reason == "in doubt after worker loss"
+    assert fleet.count(tag, "start") == 1
+    assert fleet.count(tag, "done") == 0
+    pending = await kernel.backend.approvals.pending(cp.pid)
+    assert [(p.step, p.attempt, p.reason) for p in pending] == [(0, 1, "in doubt after worker loss")]
+    failures = await kernel.backend.journal.failures(cp.pid)
+    assert [f.error_type for f in failures] == ["InDoubtError"]
+    # A new approval round: the human looked, and decides again.
+    await kernel.decide(cp, "approve", by="carol")
+    resumed = await kernel.run(agent, checkpoint=cp)
+    assert resumed.status == "COMPLETED"
+    assert resumed.result == f"removed {tag}"
+    assert resumed.syscall_log[0].decided_by == "carol"
+    assert fleet.count(tag, "done") == 1
+
+
+async def test_forged_tasks_are_refused_and_recorded(fleet: Fleet, kernel: Castor) -> None:
+    from celery import Celery
+
+    from castor.executors._celery_conf import celery_config
+
+    forger = Celery("forger", set_as_current=False)
+    forger.conf.update(celery_config(fleet.settings))
+    queue = fleet.settings.queue_of("fs")
+    run_id = f"forged-{uuid.uuid4().hex[:6]}"
+    path = f"/tmp/forged-{uuid.uuid4().hex[:6]}"
+
+    def task(step: int, tool: str, arguments: dict[str, object], token: str | None = None) -> dict[str, object]:
+        return {"run_id": run_id, "step": step, "tool": tool, "arguments": arguments, "effect_id": f"{run_id}:{step}",
+                "attempt": 0, "reply_to": "", "record": {"request": {"tool_name": tool, "arguments": arguments}},
+                "token": token}
+
+    forger.send_task("castor.tool.delete_file", kwargs=task(0, "delete_file", {"path": path}), queue=queue)
+    forger.send_task("castor.tool.delete_file", kwargs=task(1, "delete_file", {"path": path}, "0" * 64), queue=queue)
+    forger.send_task("castor.tool.write_note", kwargs=task(2, "write_note", {"name": path, "content": "x" * 5000}),
+                     queue=queue)
+    forger.send_task("castor.tool.rm_rf", kwargs=task(3, "rm_rf", {"path": "/"}), queue=queue)
+    forger.close()
+    journal = kernel.backend.journal
+    failures = []
+    for _ in range(200):
+        failures = await journal.failures(run_id)
+        if len(failures) == 4:
+            break
+        await asyncio.sleep(0.05)
+    reasons = sorted((f.step, f.error_type, f.message) for f in failures)
+    assert [r[:2] for r in reasons] == [(s, "TaskRefusedError") for s in range(4)], reasons
+    assert "no approval" in reasons[0][2]
+    assert "invalid authorization token" in reasons[1][2]
+    assert "above the limit of 2048" in reasons[2][2]
+    assert "unknown task 'castor.tool.rm_rf'" in reasons[3][2]
+    assert fleet.count(path, "done") == 0
+    assert await journal.length(run_id) == 0
+    assert "x" * 100 not in fleet.log("fs")  # arguments of an unknown-size refusal are not logged raw
+
+
+async def test_malformed_message_is_refused_and_the_worker_survives(fleet: Fleet, kernel: Castor) -> None:
+    queue = fleet.settings.queue_of("web")
+    key = f"{fleet.settings.queue_prefix}:{queue}"
+    envelope = {
+        "body": "eyJub3QganNvbg==",  # base64 of '{"not json'
+        "content-encoding": "utf-8", "content-type": "application/json",
+        "headers": {"id": "bad-1", "task": "castor.tool.search"},
+        "properties": {"delivery_tag": uuid.uuid4().hex, "body_encoding": "base64",
+                       "delivery_info": {"exchange": "", "routing_key": queue}, "priority": 0},
+    }
+    fleet.redis.lpush(key, json.dumps(envelope))
+    pickled = dict(envelope, **{"content-type": "application/x-python-serialize"})
+    pickled["properties"] = dict(envelope["properties"], delivery_tag=uuid.uuid4().hex)
+    fleet.redis.lpush(key, json.dumps(pickled))
+
+    async def agent() -> object:
+        return await lib.tool("search", query="still alive")
+
+    cp = await kernel.run(agent)
+    assert cp.status == "COMPLETED"
+    assert fleet.workers["web"].poll() is None
+    deadline = time.monotonic() + 5
+    while "decode" not in fleet.log("web").lower() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    log = fleet.log("web")
+    assert "Can't decode message body" in log
+    assert "ContentDisallowed" in log or "content type" in log.lower()
+
+
+async def test_tool_timeout_is_journaled(fleet: Fleet, kernel: Castor) -> None:
+    async def agent() -> object:
+        return await lib.tool("stuck", seconds=5)
+
+    started = time.monotonic()
+    with pytest.raises(ToolTimeoutError, match="timed out after 1s"):
+        await kernel.run(agent)
+    assert time.monotonic() - started < 4
+    cp = kernel.live[next(iter(kernel.live))]
+    failures = await kernel.backend.journal.failures(cp.pid)
+    assert [f.error_type for f in failures] == ["ToolTimeoutError"]
+
+
+async def test_coordinator_deadline_when_no_worker_answers(fleet: Fleet) -> None:
+    k = Castor(**fleet_options(
+        fleet.settings, budgets={}, executor=CeleryExecutor.factory(fleet.settings, reply_grace=0.5)
+    ))
+    try:
+        async def agent() -> object:
+            return await lib.tool("noop")  # the default pool has no worker in this fleet
+
+        with pytest.raises(ToolTimeoutError, match="is a worker of pool 'default' running"):
+            await k.run(agent)
+    finally:
+        await k.close()
+
+
+async def test_tool_exception_keeps_its_type_name(fleet: Fleet, kernel: Castor) -> None:
+    async def agent() -> object:
+        return await lib.tool("explode", message="boom")
+
+    with pytest.raises(RemoteToolError) as info:
+        await kernel.run(agent)
+    assert (info.value.error_type, info.value.tool_message) == ("ValueError", "boom")
+    pid = next(p for p, cp in kernel.live.items() if cp.status == "FAILED")
+    failures = await kernel.backend.journal.failures(pid)
+    assert [(f.error_type, f.message) for f in failures] == [("ValueError", "boom")]  # once, by the worker
+
+
+async def test_retryable_tool_is_retried_with_backoff(fleet: Fleet, kernel: Castor) -> None:
+    tag = f"flaky-{uuid.uuid4().hex[:6]}"
+
+    async def agent() -> object:
+        return await lib.tool("flaky", tag=tag)
+
+    cp = await kernel.run(agent)
+    assert cp.status == "COMPLETED", cp.error
+    assert cp.result == "ok after 2 starts"
+
+
+def _kill(pid: int) -> None:
+    import os
+    import signal
+
+    os.kill(pid, signal.SIGKILL)

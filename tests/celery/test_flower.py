@@ -1,0 +1,76 @@
+"""Flower on the fleet: its HTTP API lists our tasks by readable name, with run id and step, and
+redacts the arguments a tool marks sensitive."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import castor.lib as lib
+from castor import Castor
+
+from .conftest import ROOT, Fleet
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _get(url: str) -> object:
+    auth = "Basic " + base64.b64encode(b"castor:test").decode()
+    request = urllib.request.Request(url, headers={"Authorization": auth})
+    with urllib.request.urlopen(request, timeout=2) as response:
+        return json.loads(response.read())
+
+
+async def test_flower_lists_tasks_by_tool_name(fleet: Fleet, kernel: Castor, tmp_path: object) -> None:
+    port = _free_port()
+    cmd = [sys.executable, "-m", "workers", "flower", "--config", str(fleet.config), "--port", str(port)]
+    flower = subprocess.Popen(cmd, cwd=ROOT, env=fleet.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                _get(f"{base}/api/tasks")
+                break
+            except (urllib.error.URLError, ConnectionError):
+                if time.monotonic() > deadline or flower.poll() is not None:
+                    raise AssertionError("Flower did not start") from None
+                time.sleep(0.1)
+        time.sleep(0.5)  # Flower subscribes to the event channel just after its HTTP server starts
+        secret = f"s3cret-{uuid.uuid4().hex[:6]}"
+
+        async def agent() -> object:
+            await lib.tool("search", query="flower")
+            return await lib.tool("write_note", name="flower", content=secret)
+
+        cp = await kernel.run(agent)
+        assert cp.status == "COMPLETED"
+        mine: dict[str, dict[str, object]] = {}
+        deadline = time.monotonic() + 10
+        while len(mine) < 2 and time.monotonic() < deadline:
+            tasks = _get(f"{base}/api/tasks")
+            assert isinstance(tasks, dict)
+            mine = {t["name"]: t for t in tasks.values() if cp.pid in str(t.get("kwargs"))}
+            time.sleep(0.1)
+        assert set(mine) == {"castor.tool.search", "castor.tool.write_note"}
+        note = mine["castor.tool.write_note"]
+        assert "'step': 1" in str(note["kwargs"])
+        assert secret not in json.dumps(tasks)
+        assert "'content': '***'" in str(note["kwargs"])
+    finally:
+        flower.terminate()
+        try:
+            flower.wait(5)
+        except subprocess.TimeoutExpired:
+            flower.kill()

@@ -1,0 +1,35 @@
+"""Fixtures of the Redis backend tests: a backend under the test's own prefix, a round-trip counter."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import redis.asyncio.connection as aioconnection
+
+from castor.backends.redis import redis_backend
+from castor.seams import Backend
+from tests.redis_support import RoundTrips
+
+
+@pytest.fixture
+async def backend(redis_url: str, redis_prefix: str) -> AsyncIterator[Backend]:
+    """A Redis backend whose keys live under this test's prefix."""
+    b = redis_backend(redis_url, prefix=redis_prefix)
+    yield b
+    await b.close()
+
+
+@pytest.fixture
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[RoundTrips]:
+    """Count round trips of every asyncio Redis connection while the test runs."""
+    counter = RoundTrips()
+    send = aioconnection.AbstractConnection.send_packed_command
+
+    async def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        counter.sends += 1
+        await send(self, command, check_health)
+
+    monkeypatch.setattr(aioconnection.AbstractConnection, "send_packed_command", counting)
+    yield counter

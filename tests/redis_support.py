@@ -1,0 +1,144 @@
+"""Redis for the tests: the real server at 127.0.0.1:6379 when it answers, else a fallback.
+
+Fallbacks, in order: a ``redis-server`` started on a free port (if installed), then fakeredis's TCP
+server. The fallback used is printed. Under ``CI=true`` a missing real Redis is a failure: CI must
+test against Redis, not a double. Each test gets its own key prefix and its keys are deleted after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def answers(url: str, timeout: float = 0.5) -> bool:
+    """Whether a Redis server at ``url`` answers PING."""
+    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def redis_server(directory: Path, port: int, *extra: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A ``redis-server`` of our own on ``port`` with its files in ``directory``; killed after."""
+    proc = start_redis_server(directory, port, *extra)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def start_redis_server(directory: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
+    """Start ``redis-server`` and wait until it answers."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory), "--save", "", *extra],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while not answers(url, 0.2):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"redis-server on port {port} did not start")
+        time.sleep(0.02)
+    return proc
+
+
+def _say(config: pytest.Config, text: str) -> None:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(text)
+    else:
+        print(text, file=sys.stderr)
+
+
+@pytest.fixture(scope="session")
+def redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The URL of a Redis server for this test session."""
+    url = os.environ.get("CASTOR_TEST_REDIS_URL", DEFAULT_URL)
+    if answers(url):
+        yield url
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but no Redis answers at {url}: CI must test against a real Redis")
+    if shutil.which("redis-server"):
+        port = free_port()
+        with tempfile.TemporaryDirectory() as tmp, redis_server(Path(tmp), port):
+            _say(request.config, f"castor tests: no Redis at {url}; using a redis-server started on port {port}")
+            yield f"redis://127.0.0.1:{port}/0"
+        return
+    from fakeredis import TcpFakeServer
+
+    port = free_port()
+    server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _say(request.config, f"castor tests: no Redis at {url} and no redis-server; using fakeredis on port {port}")
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def delete_prefix(url: str, prefix: str) -> None:
+    """Delete every key under ``prefix:`` (only the test's own keys)."""
+    client = redis.Redis.from_url(url)
+    try:
+        batch = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        while batch:
+            client.delete(*batch[:1000])
+            batch = batch[1000:]
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test's own; its keys are deleted after the test."""
+    prefix = f"castortest-{uuid.uuid4().hex}"
+    yield prefix
+    delete_prefix(redis_url, prefix)
+
+
+class RoundTrips:
+    """Counts what this process sends to Redis: one send is one round trip (a pipeline is one send)."""
+
+    def __init__(self) -> None:
+        self.sends = 0
+        self.commands: list[str] = []
+
+    def reset(self) -> None:
+        """Start counting from zero."""
+        self.sends = 0
+        self.commands.clear()

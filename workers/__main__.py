@@ -1,0 +1,26 @@
+"""``python -m workers worker|flower ...``: the same entrypoints as ``castor worker`` / ``castor flower``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from castor._errors import ConfigError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run a worker or Flower."""
+    from castor.cli._celery_cmds import add_commands
+
+    parser = argparse.ArgumentParser(prog="python -m workers")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""What a worker checks before it runs anything: the payload's shape and size, the tool, the authority.
+
+Every check fails with ``Refusal``; the runtime journals and reports it and never calls the tool. The
+worker trusts its own registry and config, never what the message claims about the tool.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from castor._canonical import canonical
+from castor.backends.redis.keys import reply_stream_prefix
+from castor.executors._wire import Job, task_name, verify
+from castor.registry import ToolRegistry, ToolSpec
+from castor.seams import ApprovalStore
+from castor.settings import Settings, ToolPolicy
+
+_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "run_id": str, "step": int, "tool": str, "arguments": dict, "effect_id": str, "attempt": int,
+    "reply_to": str, "record": dict, "token": (str, type(None)),
+}
+
+
+class Refusal(Exception):
+    """A task the worker will not run; ``job`` is what could be read of it (None if nothing)."""
+
+    def __init__(self, reason: str, job: Job | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.job = job
+
+
+def parse_job(kwargs: Any, settings: Settings) -> Job:
+    """The task's keyword arguments as a ``Job``; ``Refusal`` if they are malformed or oversized."""
+    if not isinstance(kwargs, dict):
+        raise Refusal(f"task arguments must be an object, got {type(kwargs).__name__}")
+    unknown = sorted(set(kwargs) - set(_FIELDS))
+    if unknown:
+        raise Refusal(f"unexpected task fields: {', '.join(unknown)}", _partial(kwargs))
+    for name, kind in _FIELDS.items():
+        value = kwargs.get(name)
+        if name == "token" and name not in kwargs:
+            continue
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise Refusal(f"task field {name!r} is missing or not a {_type_name(kind)}", _partial(kwargs))
+    job = Job(**kwargs)
+    size = len(canonical(job.arguments).encode())
+    if size > settings.max_argument_bytes:
+        raise Refusal(f"arguments are {size} bytes, above the limit of {settings.max_argument_bytes}", job)
+    if job.effect_id != f"{job.run_id}:{job.step}" or job.step < 0 or job.attempt < 0:
+        raise Refusal("effect id, step and attempt do not agree", job)
+    if job.reply_to and not job.reply_to.startswith(reply_stream_prefix(settings.redis_prefix)):
+        raise Refusal(f"reply stream {job.reply_to!r} is not a Castor reply stream", job)
+    return job
+
+
+def check_tool(job: Job, registry: ToolRegistry, name: str) -> tuple[ToolSpec, dict[str, Any]]:
+    """The worker's own spec of the job's tool and the checked arguments to call it with; ``Refusal``
+    for a tool it does not serve or arguments its schema rejects."""
+    if name != task_name(job.tool):
+        raise Refusal(f"task {name!r} carries a call of {job.tool!r}", job)
+    spec = registry.find(job.tool)
+    if spec is None:
+        raise Refusal(f"unknown tool {job.tool!r}: this pool serves {', '.join(registry.names()) or 'nothing'}", job)
+    checked, error = spec.schema.check(job.arguments)
+    if error is not None:
+        raise Refusal(f"malformed arguments for {job.tool!r}: {error}", job)
+    return spec, checked
+
+
+async def authorize(job: Job, policy: ToolPolicy, settings: Settings, approvals: ApprovalStore | None) -> None:
+    """With a secret, every task must carry the coordinator's token; a gated tool without one needs a
+    human's approval of exactly this step and round in the shared approval store."""
+    if verify(settings.secret, job):
+        return
+    if job.token and settings.secret:
+        raise Refusal(f"invalid authorization token for {job.tool!r} (run {job.run_id}, step {job.step})", job)
+    if not policy.gated:
+        if settings.secret:
+            raise Refusal(f"no authorization token for {job.tool!r} (run {job.run_id}, step {job.step})", job)
+        return
+    decision = await approvals.decision(job.run_id, job.step) if approvals is not None else None
+    if decision is None or decision.outcome != "approve" or decision.attempt != job.attempt:
+        raise Refusal(
+            f"destructive tool {job.tool!r} has no approval for run {job.run_id} step {job.step} "
+            f"(round {job.attempt}) and no valid token",
+            job,
+        )
+
+
+def _partial(kwargs: dict[str, Any]) -> Job | None:
+    """Enough of a malformed task to record the refusal against its run, if it names one."""
+    run_id, step, tool = kwargs.get("run_id"), kwargs.get("step"), kwargs.get("tool")
+    if not isinstance(run_id, str) or not isinstance(step, int) or isinstance(step, bool):
+        return None
+    reply_to = kwargs.get("reply_to") if isinstance(kwargs.get("reply_to"), str) else ""
+    attempt = kwargs.get("attempt") if isinstance(kwargs.get("attempt"), int) else 0
+    return Job(run_id, step, str(tool or "?"), {}, f"{run_id}:{step}", attempt, reply_to)  # type: ignore[arg-type]
+
+
+def _type_name(kind: Any) -> str:
+    return " or ".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__

@@ -1,0 +1,27 @@
+"""The Celery app of a worker pool, built from settings (never a module-level global)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from castor.executors._celery_conf import celery_config
+from castor.settings import Settings
+
+
+def make_app(settings: Settings, *, name: str = "castor") -> Any:
+    """A Celery app for ``settings``: the fleet's shared config plus what only workers need."""
+    from celery import Celery
+
+    app = Celery(name, set_as_current=True)
+    conf = celery_config(settings)
+    conf.update(
+        {
+            # One task per worker slot at a time: long tools must not hold queued tasks hostage.
+            "worker_prefetch_multiplier": 1,
+            "worker_disable_rate_limits": True,
+            "worker_redirect_stdouts": False,
+            "task_track_started": False,
+        }
+    )
+    app.conf.update(conf)
+    return app

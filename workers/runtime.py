@@ -1,0 +1,220 @@
+"""Running one tool task exactly once: check, claim, execute, journal, reply — in that order.
+
+    1. check    payload shape and size, the tool (the worker's own registry), the authority   (_guard)
+    2. claim    set the step's started marker (Lua): a step started before and never finished is in
+                doubt — run again only if the tool is idempotent, else report it for a human
+    3. execute  the tool, in the task's own thread (so Celery's time limits interrupt it there)
+    4. journal  the record, write-once; a record already there wins (its response is the result)
+    5. reply    on the coordinator's reply stream; only then does the task return and Celery ack
+
+A failure (refusal, in doubt, timeout, exception) is journaled by the worker as a ``StepFailure`` and
+replied with ``journaled`` set, so it is recorded once even when no coordinator waits any more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from castor._canonical import canonical
+from castor._errors import JournalConflictError
+from castor.backends.redis.keys import started_marker
+from castor.checkpoint import StepFailure, SyscallRecord
+from castor.executors._wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, redact
+from castor.registry import ToolRegistry, ToolSpec
+from castor.seams import Backend
+from castor.settings import Settings, ToolPolicy, tool_policy
+from workers._guard import Refusal, authorize, check_tool, parse_job
+from workers._loop import LoopThread
+
+log = logging.getLogger("castor.worker")
+MARKER_TTL = 7 * 24 * 3600
+REPLY_MAXLEN = 100_000
+IN_DOUBT_MESSAGE = "in doubt after worker loss"
+_RUN, _DONE, _IN_DOUBT = "run", "done", "in_doubt"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the Celery task does next: nothing (acked), or retry after ``retry_in`` seconds."""
+
+    status: str
+    retry_in: float | None = None
+
+
+def redis_backend_factory(settings: Settings) -> Backend:
+    """The fleet's shared state: the Redis backend under the settings' prefix."""
+    from castor.backends.redis import redis_backend
+
+    return redis_backend(settings.redis_url, prefix=settings.redis_prefix)
+
+
+class _Process:
+    """Per-process state: the loop thread, the shared backend and a Redis client for markers/replies."""
+
+    def __init__(self, settings: Settings, factory: Callable[[Settings], Backend]) -> None:
+        from redis import asyncio as aioredis
+
+        self.pid = os.getpid()
+        self.loop = LoopThread()
+        self.backend = factory(settings)
+        self.redis = aioredis.Redis.from_url(settings.redis_url)
+        source = resources.files("workers").joinpath("lua/claim.lua").read_text()
+        self.claim = self.redis.register_script(source)
+
+
+class WorkerRuntime:
+    """Everything a tool task needs, built once per worker from its settings and its registry."""
+
+    def __init__(
+        self, settings: Settings, registry: ToolRegistry, backend_factory: Callable[[Settings], Backend] | None = None
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self._factory = backend_factory or redis_backend_factory
+        self._proc: _Process | None = None
+
+    def process(self) -> _Process:
+        """This process's state, rebuilt after a fork."""
+        if self._proc is None or self._proc.pid != os.getpid():
+            self._proc = _Process(self.settings, self._factory)
+        return self._proc
+
+    def policy(self, spec: ToolSpec) -> ToolPolicy:
+        """The tool's deadline and recovery rules."""
+        return tool_policy(self.settings, spec)
+
+    # --- the task ---------------------------------------------------------------------------------
+
+    def handle(self, kwargs: Any, name: str, retries: int = 0) -> Outcome:
+        """Run one task's call; never raises (everything becomes a journaled reply)."""
+        proc = self.process()
+        try:
+            job = parse_job(kwargs, self.settings)
+            spec, checked = check_tool(job, self.registry, name)
+            policy = self.policy(spec)
+            start, previous = proc.loop.run(self._begin(proc, job, policy))
+        except Refusal as refusal:
+            proc.loop.run(self._refuse(proc, refusal.job, refusal.reason, name))
+            return Outcome(REFUSED)
+        if start == _DONE:
+            proc.loop.run(self._reply(proc, job, Reply(job.effect_id, job.attempt, OK, previous)))
+            return Outcome(OK)
+        if start == _IN_DOUBT:
+            message = f"{IN_DOUBT_MESSAGE}: {job.tool!r} (run {job.run_id}, step {job.step}) started and never finished"
+            proc.loop.run(self._fail(proc, job, IN_DOUBT, "InDoubtError", message, policy))
+            return Outcome(IN_DOUBT)
+        return self._execute(proc, job, spec, checked, policy, retries)
+
+    def refuse_unknown(self, kwargs: Any, name: str) -> None:
+        """A task whose name no tool of this worker has: record the refusal against its run, if it names one."""
+        proc = self.process()
+        job: Job | None
+        try:
+            job = parse_job(kwargs, self.settings)
+        except Refusal as refusal:
+            job = refusal.job
+        proc.loop.run(self._refuse(proc, job, f"unknown task {name!r}: this pool does not serve it", name))
+
+    def _execute(
+        self, proc: _Process, job: Job, spec: ToolSpec, checked: dict[str, Any], policy: ToolPolicy, retries: int
+    ) -> Outcome:
+        from celery.exceptions import SoftTimeLimitExceeded
+
+        try:
+            result = self._call(proc, spec, checked, policy.timeout)
+            canonical(result)  # a result that cannot be journaled is a failure, not a silent loss
+        except (SoftTimeLimitExceeded, TimeoutError):
+            message = f"tool {job.tool!r} timed out after {policy.timeout:g}s (run {job.run_id}, step {job.step})"
+            proc.loop.run(self._fail(proc, job, TIMEOUT, "ToolTimeoutError", message, policy))
+            return Outcome(TIMEOUT)
+        except Exception as exc:
+            # The tool finished, by raising: its outcome is known, so a retry is a fresh start, not in doubt.
+            proc.loop.run(self._forget_start(proc, job))
+            if policy.retryable and retries < self.settings.max_retries:
+                delay = self.settings.retry_backoff * 2**retries
+                log.warning("%s failed (%s: %s); retry %d in %.2fs", kwargs_repr(job, policy.sensitive),
+                            type(exc).__name__, exc, retries + 1, delay)
+                return Outcome(ERROR, retry_in=delay)
+            proc.loop.run(self._fail(proc, job, ERROR, type(exc).__name__, str(exc), policy))
+            return Outcome(ERROR)
+        proc.loop.run(self._finish(proc, job, result))
+        return Outcome(OK)
+
+    def _call(self, proc: _Process, spec: ToolSpec, checked: dict[str, Any], timeout: float) -> Any:
+        if not spec.is_async:
+            return spec.func(**checked)
+        future = asyncio.run_coroutine_threadsafe(spec.func(**checked), proc.loop.loop)
+        try:
+            return future.result(timeout)
+        except BaseException:
+            future.cancel()
+            raise
+
+    # --- on the loop ------------------------------------------------------------------------------
+
+    async def _begin(self, proc: _Process, job: Job, policy: ToolPolicy) -> tuple[str, Any]:
+        """Authorize, then claim the step: run it, serve its journaled result, or report it in doubt."""
+        await authorize(job, policy, self.settings, proc.backend.approvals)
+        key = started_marker(self.settings.redis_prefix, job.run_id, job.step)
+        previous = int(await proc.claim(keys=[key], args=[job.attempt, MARKER_TTL]))
+        if previous < 0:
+            return _RUN, None
+        if previous > job.attempt:
+            raise Refusal(f"step {job.step} of run {job.run_id} belongs to a later approval round ({previous})", job)
+        record = await proc.backend.journal.get(job.run_id, job.step)
+        if record is not None:
+            if record.tool_name != job.tool:
+                raise Refusal(f"step {job.step} of run {job.run_id} holds a call of {record.tool_name!r}", job)
+            return _DONE, record.response
+        if policy.idempotent:
+            log.warning("%s: started before and never finished; idempotent, running it again",
+                        kwargs_repr(job, policy.sensitive))
+            return _RUN, None
+        return _IN_DOUBT, None
+
+    async def _forget_start(self, proc: _Process, job: Job) -> None:
+        await proc.redis.delete(started_marker(self.settings.redis_prefix, job.run_id, job.step))
+
+    async def _finish(self, proc: _Process, job: Job, result: Any) -> None:
+        """Journal the result write-once (a record already there wins), then reply."""
+        journal = proc.backend.journal
+        record = SyscallRecord.model_validate({**job.record, "response": result, "finished_at": time.time()})
+        try:
+            await journal.append(job.run_id, job.step, record)
+        except JournalConflictError:
+            existing = await journal.get(job.run_id, job.step)
+            result = existing.response if existing is not None else result
+        await self._reply(proc, job, Reply(job.effect_id, job.attempt, OK, result))
+
+    async def _fail(
+        self, proc: _Process, job: Job, status: str, error_type: str, message: str, policy: ToolPolicy
+    ) -> None:
+        log.warning("%s: %s: %s", kwargs_repr(job, policy.sensitive), error_type, message)
+        failure = StepFailure(
+            step=job.step, tool_name=job.tool, arguments=redact(job.arguments, policy.sensitive),
+            error_type=error_type, message=message,
+        )
+        await proc.backend.journal.record_failure(job.run_id, failure)
+        await self._reply(proc, job, Reply(job.effect_id, job.attempt, status, None, error_type, message, True))
+
+    async def _refuse(self, proc: _Process, job: Job | None, reason: str, name: str) -> None:
+        if job is None:
+            log.error("refused task %s (names no run): %s", name, reason)
+            return
+        spec = self.registry.find(job.tool)
+        sensitive = spec.sensitive if spec is not None else frozenset(job.arguments)  # unknown: hide all
+        log.error("refused task %s %s: %s", name, kwargs_repr(job, sensitive), reason)
+        policy = ToolPolicy(0.0, False, False, False, sensitive)
+        await self._fail(proc, job, REFUSED, "TaskRefusedError", reason, policy)
+
+    async def _reply(self, proc: _Process, job: Job, reply: Reply) -> None:
+        if job.reply_to:
+            fields: dict[Any, Any] = reply.fields()
+            await proc.redis.xadd(job.reply_to, fields, maxlen=REPLY_MAXLEN, approximate=True)

@@ -1,0 +1,66 @@
+"""The tool task: one Celery task per tool, named ``castor.tool.<tool>``, and nothing but a thin edge.
+
+It hands its JSON keyword arguments to ``WorkerRuntime.handle`` and returns nothing (a result would
+show in logs and events; results travel through the journal and the reply stream). A task whose name
+no tool of this worker has is refused by Celery; the ``task_unknown`` signal records the refusal.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from castor.executors._wire import task_name
+from workers.runtime import WorkerRuntime
+
+# Past the soft limit the tool gets this long to unwind before its process is killed.
+HARD_LIMIT_GRACE = 5.0
+
+
+def register_tools(app: Any, runtime: WorkerRuntime) -> list[str]:
+    """Register a task for every tool of ``runtime``'s registry; returns the task names."""
+    names = []
+    for spec in runtime.registry:
+        policy = runtime.policy(spec)
+        names.append(_register(app, runtime, spec.name, policy.timeout))
+    _watch_unknown(app, runtime)
+    return names
+
+
+def _register(app: Any, runtime: WorkerRuntime, tool: str, timeout: float) -> str:
+    name = task_name(tool)
+
+    def run(self: Any, *args: Any, **kwargs: Any) -> None:
+        if args:  # positional arguments are not part of the protocol: refuse them with the rest
+            kwargs = {"positional": list(args), **kwargs}
+        outcome = runtime.handle(kwargs, self.name, self.request.retries)
+        if outcome.retry_in is not None:
+            raise self.retry(countdown=outcome.retry_in, max_retries=None)
+
+    app.task(
+        run,
+        name=name,
+        shared=False,  # this app only: another app in the process must not pick it up
+        lazy=False,
+        bind=True,
+        typing=False,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        ignore_result=True,
+        soft_time_limit=timeout,
+        time_limit=timeout + HARD_LIMIT_GRACE,
+    )
+    return name
+
+
+def _watch_unknown(app: Any, runtime: WorkerRuntime) -> None:
+    from celery import signals
+
+    def on_unknown(sender: Any = None, message: Any = None, name: str = "", **_: Any) -> None:
+        try:
+            body = message.decode() if message is not None else None
+        except Exception:  # undecodable: Celery has logged it; nothing names a run
+            return
+        kwargs = body[1] if isinstance(body, list | tuple) and len(body) > 1 else None
+        runtime.refuse_unknown(kwargs, name)
+
+    signals.task_unknown.connect(on_unknown, weak=False)
