@@ -118,8 +118,8 @@ def add_commands(subparsers: Any) -> None:
         ("modify", cmd_modify, ("--feedback", "what the agent should do instead (it receives it)"),
          "answer the pending call with feedback instead of running it, then resume"),
     )
-    for name, handler, text, short in specs:
-        parser = subparsers.add_parser(name, help=short, description=handler.__doc__)
+    for name, handler, text, summary in specs:
+        parser = subparsers.add_parser(name, help=summary, description=handler.__doc__)
         parser.add_argument("pid", metavar="PID")
         if text is not None:
             parser.add_argument(text[0], required=True, help=text[1])
