@@ -29,6 +29,7 @@ from typing import Any
 
 import redis
 import redis.asyncio.connection as aioconnection
+import redis.utils
 
 from castor import Castor, castor_tool
 from castor.backends.memory import memory_backend
@@ -42,6 +43,11 @@ PROCESSES = 8
 
 def median_of(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def load() -> str:
+    """The 1-minute load average, printed beside every figure: the figures scale with it."""
+    return f"[load {os.getloadavg()[0]:.2f}]"
 
 
 # --- 1. one charge vs one bare EVALSHA ------------------------------------------------------------
@@ -200,7 +206,8 @@ def main() -> None:
     parser.add_argument("--per-process", type=int, default=1500, help="operations per process, 8 processes")
     args = parser.parse_args()
     prefix = f"castorbench-{uuid.uuid4().hex[:12]}"
-    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (figures scale with it)")
+    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (figures scale with it); "
+          f"redis-py {redis.__version__}, hiredis parser: {'yes' if redis.utils.HIREDIS_AVAILABLE else 'NO'}")
     try:
         ratios, charge_us, bare_us = [], [], []
         for _ in range(args.runs):
@@ -209,7 +216,7 @@ def main() -> None:
             bare_us.append(bare * 1e6)
             ratios.append(charge / bare)
         print(f"1. budget charge (run + 1 scope): {median_of(charge_us):.0f} us; bare EVALSHA on the same client: "
-              f"{median_of(bare_us):.0f} us; ratio {median_of(ratios):.2f}x (target <= 1.3x)")
+              f"{median_of(bare_us):.0f} us; ratio {median_of(ratios):.2f}x (target <= 1.3x) {load()}")
 
         sync = redis.Redis.from_url(args.url)
         sync.hset(f"{prefix}:scope:{{shared}}", mapping={"L:api": 1e15, "U:api": 0})
@@ -225,14 +232,14 @@ def main() -> None:
         bench_rate = redis_benchmark_rate(args.url)
         beside = f"; redis-benchmark -c 50 EVALSHA: {bench_rate:,.0f}/s" if bench_rate else ""
         print(f"2. 8 processes on one scope: {median_of(charged):,.0f} charges/s; 8 processes bare EVALSHA: "
-              f"{median_of(bare_rates):,.0f}/s; {median_of(shares):.0%} of it (target >= 80%){beside}")
+              f"{median_of(bare_rates):,.0f}/s; {median_of(shares):.0%} of it (target >= 80%){beside} {load()}")
 
         trips = asyncio.run(syscall_round_trips(args.url, prefix))
-        print(f"3. round trips of one embedded syscall (charge + journal write): {trips} (target <= 3)")
+        print(f"3. round trips of one embedded syscall (charge + journal write): {trips} (target <= 3) {load()}")
 
         redis_times, memory_times = asyncio.run(replay(args.url, prefix, 10_000, args.runs))
         print(f"4. replay of a 10,000-step run from Redis: {median_of(redis_times) * 1e6:.2f} us/step "
-              f"(memory journal: {median_of(memory_times) * 1e6:.2f} us/step) (target <= 5)")
+              f"(memory journal: {median_of(memory_times) * 1e6:.2f} us/step) (target <= 5) {load()}")
         print(f"load average after: {os.getloadavg()[0]:.2f}")
     finally:
         sync = redis.Redis.from_url(args.url)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import time
 
 import pytest
@@ -145,3 +147,17 @@ async def test_failures_and_delete(backend: Backend) -> None:
     assert await backend.journal.history("r") == []
     assert await backend.journal.failures("r") == []
     assert await backend.journal.length("r") == 0
+
+
+async def test_history_leaves_the_gc_as_it_found_it(backend: Backend) -> None:
+    await fill(backend, "r", 30)
+    assert gc.isenabled()
+    both = await asyncio.gather(backend.journal.history("r"), backend.journal.history("r"))
+    assert both[0] == both[1] == [record(i) for i in range(30)]
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        await backend.journal.history("r")
+        assert not gc.isenabled()  # a program that turned it off keeps it off
+    finally:
+        gc.enable()

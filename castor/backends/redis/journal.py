@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -60,17 +61,20 @@ class _GCPaused:
 
     depth = 0
     resume = False
+    lock = threading.Lock()  # event loops in other threads replay too
 
     def __enter__(self) -> None:
-        if _GCPaused.depth == 0:
-            _GCPaused.resume = gc.isenabled()
-            gc.disable()
-        _GCPaused.depth += 1
+        with _GCPaused.lock:
+            if _GCPaused.depth == 0:
+                _GCPaused.resume = gc.isenabled()
+                gc.disable()
+            _GCPaused.depth += 1
 
     def __exit__(self, *exc: object) -> None:
-        _GCPaused.depth -= 1
-        if _GCPaused.depth == 0 and _GCPaused.resume:
-            gc.enable()
+        with _GCPaused.lock:
+            _GCPaused.depth -= 1
+            if _GCPaused.depth == 0 and _GCPaused.resume:
+                gc.enable()
 
 
 class RedisJournal:
