@@ -62,14 +62,21 @@ async def charge_vs_evalsha(url: str, prefix: str, n: int) -> tuple[float, float
     sha = await client.script_load(TRIVIAL)
     await budgets.charge("bench", -1, {"api": 1}, ["team"])  # scripts loaded, connection warm
     step = int(time.time() * 1000) % 1_000_000 * 10_000
-    started = time.perf_counter()
-    for _ in range(n):
-        await client.evalsha(sha, 0)
-    bare = (time.perf_counter() - started) / n
+
+    async def bare_half() -> float:
+        started = time.perf_counter()
+        for _ in range(n // 2):
+            await client.evalsha(sha, 0)
+        return time.perf_counter() - started
+
+    # The bare round trips are taken half before, half after the charges: a load that drifts while the
+    # run lasts weighs on both sides alike.
+    before = await bare_half()
     started = time.perf_counter()
     for i in range(n):
         await budgets.charge("bench", step + i, {"api": 1}, ["team"])
     charge = (time.perf_counter() - started) / n
+    bare = (before + await bare_half()) / (n // 2 * 2)
     await budgets.close_run("bench")
     await backend.close()
     return charge, bare
@@ -223,9 +230,14 @@ def main() -> None:
         sync.close()
         with multiprocessing.get_context("spawn").Pool(PROCESSES) as pool:
             charged, bare_rates, shares = [], [], []
-            for _ in range(args.runs):
-                c = aggregate_rate(pool, args.url, prefix, "charge", args.per_process)
-                b = aggregate_rate(pool, args.url, prefix, "evalsha", args.per_process)
+            for run in range(args.runs):
+                # every other run measures the baseline first: a drifting load favours neither side
+                if run % 2:
+                    b = aggregate_rate(pool, args.url, prefix, "evalsha", args.per_process)
+                    c = aggregate_rate(pool, args.url, prefix, "charge", args.per_process)
+                else:
+                    c = aggregate_rate(pool, args.url, prefix, "charge", args.per_process)
+                    b = aggregate_rate(pool, args.url, prefix, "evalsha", args.per_process)
                 charged.append(c)
                 bare_rates.append(b)
                 shares.append(c / b)
