@@ -188,3 +188,14 @@ async def test_names_holding_nul_are_refused(backend: Backend) -> None:
         await backend.budgets.charge("r", 0, {"a\0b": 1})
     with pytest.raises(ConfigError):
         await backend.budgets.charge("r", 0, {"api": 1}, ["team\0x"])
+
+
+async def test_a_charge_that_took_nothing_is_swept_without_counting(redis_url: str, redis_prefix: str) -> None:
+    dead = redis_backend(redis_url, prefix=redis_prefix, reservation_seconds=0.01, holder="host:1")
+    await dead.budgets.charge("r", 0, {"free": 1})  # no ledger limits "free"
+    time.sleep(0.02)
+    assert await dead.budgets.sweep() == 0
+    sync = redis.Redis.from_url(redis_url)
+    assert sync.hlen(keys.charges(redis_prefix, "r")) == 0 and sync.zcard(keys.reservations(redis_prefix)) == 0
+    sync.close()
+    await dead.close()

@@ -3,7 +3,7 @@
 -- ARGV[1] step, ARGV[2] the charge record as the caller read it,
 -- ARGV[3] 'sweep' (a journaled step's charge is spent: settle it instead of refunding) or ''
 -- A record is NUL-joined: holder, claim end, then ledger, resource, amount of every part taken.
--- Returns 1 refunded, 0 nothing to give back.
+-- Returns 1 refunded, 0 nothing to give back (a record that took nothing is dropped all the same).
 local record = redis.call('HGET', KEYS[1], ARGV[1])
 if not record or record ~= ARGV[2] then
   return 0 -- gone, or charged again since the caller looked: that is another reservation
@@ -37,4 +37,7 @@ for i = 3, #f - 2, 3 do
     end
   end
 end
-return 1
+if #f > 2 then
+  return 1
+end
+return 0
