@@ -29,6 +29,7 @@ from typing import Any
 
 import redis
 import redis.asyncio.connection as aioconnection
+import redis.utils
 
 from castor import Castor, castor_tool
 from castor.backends.memory import memory_backend
@@ -44,6 +45,11 @@ def median_of(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def load() -> str:
+    """The 1-minute load average, printed beside every figure: the figures scale with it."""
+    return f"[load {os.getloadavg()[0]:.2f}]"
+
+
 # --- 1. one charge vs one bare EVALSHA ------------------------------------------------------------
 
 
@@ -56,14 +62,21 @@ async def charge_vs_evalsha(url: str, prefix: str, n: int) -> tuple[float, float
     sha = await client.script_load(TRIVIAL)
     await budgets.charge("bench", -1, {"api": 1}, ["team"])  # scripts loaded, connection warm
     step = int(time.time() * 1000) % 1_000_000 * 10_000
-    started = time.perf_counter()
-    for _ in range(n):
-        await client.evalsha(sha, 0)
-    bare = (time.perf_counter() - started) / n
+
+    async def bare_half() -> float:
+        started = time.perf_counter()
+        for _ in range(n // 2):
+            await client.evalsha(sha, 0)
+        return time.perf_counter() - started
+
+    # The bare round trips are taken half before, half after the charges: a load that drifts while the
+    # run lasts weighs on both sides alike.
+    before = await bare_half()
     started = time.perf_counter()
     for i in range(n):
         await budgets.charge("bench", step + i, {"api": 1}, ["team"])
     charge = (time.perf_counter() - started) / n
+    bare = (before + await bare_half()) / (n // 2 * 2)
     await budgets.close_run("bench")
     await backend.close()
     return charge, bare
@@ -200,7 +213,8 @@ def main() -> None:
     parser.add_argument("--per-process", type=int, default=1500, help="operations per process, 8 processes")
     args = parser.parse_args()
     prefix = f"castorbench-{uuid.uuid4().hex[:12]}"
-    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (figures scale with it)")
+    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (figures scale with it); "
+          f"redis-py {redis.__version__}, hiredis parser: {'yes' if redis.utils.HIREDIS_AVAILABLE else 'NO'}")
     try:
         ratios, charge_us, bare_us = [], [], []
         for _ in range(args.runs):
@@ -209,30 +223,35 @@ def main() -> None:
             bare_us.append(bare * 1e6)
             ratios.append(charge / bare)
         print(f"1. budget charge (run + 1 scope): {median_of(charge_us):.0f} us; bare EVALSHA on the same client: "
-              f"{median_of(bare_us):.0f} us; ratio {median_of(ratios):.2f}x (target <= 1.3x)")
+              f"{median_of(bare_us):.0f} us; ratio {median_of(ratios):.2f}x (target <= 1.3x) {load()}")
 
         sync = redis.Redis.from_url(args.url)
         sync.hset(f"{prefix}:scope:{{shared}}", mapping={"L:api": 1e15, "U:api": 0})
         sync.close()
         with multiprocessing.get_context("spawn").Pool(PROCESSES) as pool:
             charged, bare_rates, shares = [], [], []
-            for _ in range(args.runs):
-                c = aggregate_rate(pool, args.url, prefix, "charge", args.per_process)
-                b = aggregate_rate(pool, args.url, prefix, "evalsha", args.per_process)
+            for run in range(args.runs):
+                # every other run measures the baseline first: a drifting load favours neither side
+                if run % 2:
+                    b = aggregate_rate(pool, args.url, prefix, "evalsha", args.per_process)
+                    c = aggregate_rate(pool, args.url, prefix, "charge", args.per_process)
+                else:
+                    c = aggregate_rate(pool, args.url, prefix, "charge", args.per_process)
+                    b = aggregate_rate(pool, args.url, prefix, "evalsha", args.per_process)
                 charged.append(c)
                 bare_rates.append(b)
                 shares.append(c / b)
         bench_rate = redis_benchmark_rate(args.url)
         beside = f"; redis-benchmark -c 50 EVALSHA: {bench_rate:,.0f}/s" if bench_rate else ""
         print(f"2. 8 processes on one scope: {median_of(charged):,.0f} charges/s; 8 processes bare EVALSHA: "
-              f"{median_of(bare_rates):,.0f}/s; {median_of(shares):.0%} of it (target >= 80%){beside}")
+              f"{median_of(bare_rates):,.0f}/s; {median_of(shares):.0%} of it (target >= 80%){beside} {load()}")
 
         trips = asyncio.run(syscall_round_trips(args.url, prefix))
-        print(f"3. round trips of one embedded syscall (charge + journal write): {trips} (target <= 3)")
+        print(f"3. round trips of one embedded syscall (charge + journal write): {trips} (target <= 3) {load()}")
 
         redis_times, memory_times = asyncio.run(replay(args.url, prefix, 10_000, args.runs))
         print(f"4. replay of a 10,000-step run from Redis: {median_of(redis_times) * 1e6:.2f} us/step "
-              f"(memory journal: {median_of(memory_times) * 1e6:.2f} us/step) (target <= 5)")
+              f"(memory journal: {median_of(memory_times) * 1e6:.2f} us/step) (target <= 5) {load()}")
         print(f"load average after: {os.getloadavg()[0]:.2f}")
     finally:
         sync = redis.Redis.from_url(args.url)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import time
 
 import pytest
@@ -45,6 +47,28 @@ async def test_second_write_of_a_step_is_refused_and_never_overwrites(backend: B
     await backend.journal.append("r", 0, record(0))  # the very same record again: a retried write, accepted
 
 
+async def test_equal_records_of_two_steps_are_both_kept(backend: Backend) -> None:
+    same = SyscallRecord(request={"tool_name": "ping", "arguments": {}}, response="pong")
+    for step in range(3):
+        await backend.journal.append("r", step, same)
+    await backend.journal.append("r", 1, same)  # a retried write of a record stored with its step
+    with pytest.raises(JournalConflictError):
+        await backend.journal.append("r", 2, record(2))
+    assert await backend.journal.history("r") == [same, same, same]
+    assert await backend.journal.get("r", 2) == same
+    assert await backend.journal.length("r") == 3
+
+
+async def test_history_stops_where_a_record_went_missing(
+    backend: Backend, redis_url: str, redis_prefix: str
+) -> None:
+    await fill(backend, "r", 5)
+    sync = redis.Redis.from_url(redis_url)
+    sync.zremrangebyscore(keys.journal(redis_prefix, "r"), 2, 2)  # lost behind the journal's back
+    sync.close()
+    assert await backend.journal.history("r") == [record(0), record(1)]
+
+
 async def test_out_of_order_records_keep_length_contiguous(backend: Backend) -> None:
     await backend.journal.append("r", 1, record(1))
     await backend.journal.append("r", 2, record(2))
@@ -69,7 +93,7 @@ async def test_fork_is_constant_work_and_resolves_through_the_parent(
     await backend.journal.fork("parent", "child", 2000)
     assert round_trips.sends <= 3  # fork script, lineage lookup, keep-alive
     assert own_keys() - before == 1  # only the child's meta hash: no record copied
-    assert sync.hlen(keys.journal(redis_prefix, "child")) == 0
+    assert sync.zcard(keys.journal(redis_prefix, "child")) == 0
     sync.close()
     assert await backend.journal.length("child") == 2000
     assert await backend.journal.get("child", 1999) == record(1999)
@@ -123,3 +147,17 @@ async def test_failures_and_delete(backend: Backend) -> None:
     assert await backend.journal.history("r") == []
     assert await backend.journal.failures("r") == []
     assert await backend.journal.length("r") == 0
+
+
+async def test_history_leaves_the_gc_as_it_found_it(backend: Backend) -> None:
+    await fill(backend, "r", 30)
+    assert gc.isenabled()
+    both = await asyncio.gather(backend.journal.history("r"), backend.journal.history("r"))
+    assert both[0] == both[1] == [record(i) for i in range(30)]
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        await backend.journal.history("r")
+        assert not gc.isenabled()  # a program that turned it off keeps it off
+    finally:
+        gc.enable()

@@ -32,8 +32,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from castor._errors import BackendUnavailable, ConfigError, StaleLeaseError
 
 SCRIPT_NAMES = (
-    "journal_append", "journal_range", "journal_fork",
-    "budget_charge", "budget_refund", "budget_close", "scope_reset",
+    "journal_append", "journal_fork",
+    "budget_charge", "budget_refund", "budget_reindex", "budget_close", "scope_reset",
     "approval_request", "approval_decide",
     "run_save", "run_prune",
 )

@@ -4,14 +4,19 @@ A ledger is a hash of ``L:<resource>`` (limit) and ``U:<resource>`` (used). A ch
 ledger and every scope the run draws from and takes the cost from all of them or none, in one round
 trip. It leaves a record per (run, step): charging the step again is a no-op, a refund gives back
 exactly what was taken, once. Each record is also a *reservation*: it names its holder (host:pid) and
-when the holder's claim ends. A step that is journaled has spent its charge; a step whose holder died
-before journaling it is refunded by ``sweep()`` once the claim ended, so a crash never leaks budget.
-The claim (``reservation_seconds``) must outlast the longest tool call.
+when the holder's claim ends. Journaling a step spends its charge (the journal write drops the record);
+a step whose holder died before journaling it is refunded by ``sweep()`` once the claim ended, so a
+crash never leaks budget. The claim (``reservation_seconds``) must outlast the longest tool call.
+
+The reservation index holds runs, not steps: a run with unsettled charges, scored no later than its
+earliest claim end. A charge touches it only when the run is not there yet (or with an earlier claim),
+which the run's ledger tells in the read the charge makes anyway; ``sweep()`` settles a due run's
+records and scores it again. A record is NUL-joined text (holder, claim end, then ledger, resource,
+amount of every part taken) that the scripts read without JSON: names holding NUL are refused.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import socket
@@ -19,12 +24,13 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from castor._errors import ConfigError
 from castor.backends.redis import keys
-from castor.backends.redis._client import SCRIPTS, Fence, RedisConnection
+from castor.backends.redis._client import Fence, RedisConnection
 from castor.seams import Charge
 
 _OK = Charge(True)
-_REFUND_SHA = SCRIPTS["budget_refund"][1]
+_KEY_LISTS = 4096  # (run, scopes) key lists kept made; past that the table starts again
 
 
 def default_holder() -> str:
@@ -60,6 +66,9 @@ class RedisBudgetStore:
         self.reservation_seconds = reservation_seconds
         self.holder = holder or default_holder()
         self.fences: dict[str, Fence] = {} if fences is None else fences
+        if "{" in prefix or "}" in prefix or "\0" in self.holder:
+            raise ConfigError(f"key prefix {prefix!r} holds a brace or holder {self.holder!r} a NUL character")
+        self._key_lists: dict[tuple[str, ...], list[str]] = {}
 
     # --- runs -------------------------------------------------------------------------------------
 
@@ -80,21 +89,29 @@ class RedisBudgetStore:
 
         await self._conn.run(write)
 
-    def _charge_args(
-        self, run_id: str, step: int, cost: Mapping[str, float], scopes: Sequence[str], mode: str, fence: Fence | None
-    ) -> tuple[list[str], list[Any]]:
-        p = self._prefix
-        ledger = keys.ledger(p, run_id)
-        key_list = [ledger, keys.charges(p, run_id), keys.reservations(p), fence.key if fence else ledger]
-        key_list.extend(keys.scope(p, name) for name in scopes)
-        args: list[Any] = [
-            step, mode, fence.token if fence else "", self.holder,
-            _number(time.time() + self.reservation_seconds), keys.step_member(run_id, step), len(cost),
-        ]
+    def _keys(self, run_id: str, scopes: Sequence[str]) -> list[str]:
+        """The charge script's keys for a run and its scopes, made once per (run, scopes)."""
+        made = self._key_lists.get((run_id, *scopes))
+        if made is None:
+            if "\0" in run_id or any("\0" in name for name in scopes):
+                raise ConfigError(f"run {run_id!r} or its scopes {list(scopes)!r} hold a NUL character")
+            if len(self._key_lists) >= _KEY_LISTS:
+                self._key_lists.clear()
+            p = self._prefix
+            made = [keys.ledger(p, run_id), keys.reservations(p), *(keys.scope(p, name) for name in scopes)]
+            self._key_lists[(run_id, *scopes)] = made
+        return made
+
+    def _call(self, step: int | str, cost: Mapping[str, float]) -> str:
+        """The charge script's one argument: step, holder, claim end, then resource, amount pairs, NUL-joined."""
+        parts = [str(step), self.holder, repr(time.time() + self.reservation_seconds)]
         for resource, amount in cost.items():
-            args.append(resource)
-            args.append(_number(amount))
-        return key_list, args
+            parts.append(resource)
+            parts.append(repr(float(amount)))
+        call = "\0".join(parts)
+        if call.count("\0") != len(parts) - 1:
+            raise ConfigError(f"resource names hold a NUL character: {list(cost)!r}")
+        return call
 
     async def charge(
         self, run_id: str, step: int, cost: Mapping[str, float], scopes: Sequence[str] = (), *,
@@ -103,35 +120,34 @@ class RedisBudgetStore:
         """Draw ``cost`` from the run and every scope, all or nothing, in one round trip; once per step."""
         if not cost:
             return _OK  # nothing to take: no ledger can refuse it, no record is needed
-        key_list, args = self._charge_args(
-            run_id, step, cost, scopes, "charge", fence or self.fences.get(run_id)
-        )
-        reply = await self._conn.script("budget_charge", key_list, args)
-        return _OK if reply[0] == 1 else _short(reply, scopes)
+        key_list, call = self._keys(run_id, scopes), self._call(step, cost)
+        fence = fence or self.fences.get(run_id)
+        if fence is None:
+            reply = await self._conn.script("budget_charge", key_list, (call,))
+        else:
+            reply = await self._conn.script("budget_charge", [*key_list, fence.key], (call, fence.token))
+        return _OK if reply == 1 else _short(reply, scopes)
 
     async def can_afford(self, run_id: str, cost: Mapping[str, float], scopes: Sequence[str] = ()) -> Charge:
         """Whether ``charge`` would succeed now, without charging."""
         if not cost:
             return _OK
-        key_list, args = self._charge_args(run_id, -1, cost, scopes, "check", None)
-        reply = await self._conn.script("budget_charge", key_list, args)
-        return _OK if reply[0] == 1 else _short(reply, scopes)
+        reply = await self._conn.script("budget_charge", self._keys(run_id, scopes), (self._call("", cost),))
+        return _OK if reply == 1 else _short(reply, scopes)
 
     async def refund(self, run_id: str, step: int) -> None:
         """Give back what ``step`` was charged; a second refund finds nothing to give."""
-        await self._give_back(run_id, step, sweeping=False)
+        record = await self._conn.call("hget", keys.charges(self._prefix, run_id), str(step))
+        if record is not None:
+            await self._give_back(run_id, str(step), record, sweeping=False)
 
-    async def _give_back(self, run_id: str, step: int, *, sweeping: bool) -> bool:
+    async def _give_back(self, run_id: str, step: str, record: str, *, sweeping: bool) -> bool:
         p = self._prefix
-        charges = keys.charges(p, run_id)
-        record = await self._conn.run(lambda c: c.hget(charges, str(step)))
-        if record is None and not sweeping:
-            return False
-        data = json.loads(record) if record is not None else {"k": [], "m": keys.step_member(run_id, step)}
+        ledgers = list(dict.fromkeys(record.split("\0")[2::3]))
         reply = await self._conn.script(
             "budget_refund",
-            [charges, keys.reservations(p), keys.journal(p, run_id), *data["k"]],
-            [step, record or "", data["m"], "sweep" if sweeping else ""],
+            [keys.charges(p, run_id), keys.journal(p, run_id), *ledgers],
+            [step, record, "sweep" if sweeping else ""],
         )
         return bool(reply)
 
@@ -156,23 +172,27 @@ class RedisBudgetStore:
         """Drop the run's ledger and charge records (its usage lives on in its journal)."""
         p = self._prefix
         await self._conn.script(
-            "budget_close", [keys.ledger(p, run_id), keys.charges(p, run_id), keys.reservations(p)], []
+            "budget_close", [keys.ledger(p, run_id), keys.charges(p, run_id), keys.reservations(p)], [run_id]
         )
 
     async def sweep(self, now: float | None = None, limit: int = 500, rounds: int = 100) -> int:
         """Settle reservations whose claim ended: refund the steps never journaled. Returns how many.
 
-        Looks at ``limit`` reservations per round trip, ``rounds`` times at most (call again for more).
+        Looks at ``limit`` due runs per round trip, ``rounds`` times at most (call again for more).
         """
         now = time.time() if now is None else now
-        index = keys.reservations(self._prefix)
+        p = self._prefix
+        index = keys.reservations(p)
         refunded = 0
         for _ in range(rounds):
             due = await self._conn.run(lambda c: c.zrangebyscore(index, "-inf", now, start=0, num=limit))
-            for member in due:
-                step, run_id = member.split(":", 1)
-                # the script settles the member: refunded, spent (journaled) or orphaned, it leaves the index
-                refunded += await self._give_back(run_id, int(step), sweeping=True)
+            for run_id in due:
+                charges = keys.charges(p, run_id)
+                for step, record in (await self._conn.call("hgetall", charges)).items():
+                    if float(record.split("\0", 2)[1]) <= now:
+                        refunded += await self._give_back(run_id, step, record, sweeping=True)
+                # the run's remaining charges are all claimed past now: it comes due again with the earliest
+                await self._conn.script("budget_reindex", [charges, index, keys.ledger(p, run_id)], [run_id])
             if len(due) < limit:
                 break
         return refunded

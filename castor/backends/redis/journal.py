@@ -1,15 +1,21 @@
-"""``RedisJournal``: each run's step records in one hash, written once, read back in batches.
+"""``RedisJournal``: each run's step records in one sorted set, written once, read back in batches.
 
-A record is its ``SyscallRecord`` JSON (fields at their defaults left out, which halves the bytes to
-parse on replay). A fork stores only a pointer to its parent and the step it forked at; ``get`` and
-``history`` follow the pointers, so forking a 10,000-step run costs a few commands, not 10,000 copies.
-``history`` reads a run's records with range scripts, each returning up to ``BATCH`` records as one
-string (one round trip per batch, several in flight at once), and parses each batch with one pydantic call.
+A run's journal is a sorted set scored by step, so replay reads a range of steps with one
+``ZRANGEBYSCORE`` that Redis answers without running any script (a hash needs a Lua loop over
+``HMGET`` for that, which costs Redis ten times as much per record). A stored record is its
+``SyscallRecord`` JSON, fields at their defaults left out (half the bytes to parse); a record equal to
+another step's is stored led by ``"_s": <step>``, which keeps the two distinct members of the set and
+which pydantic ignores. Write-once is kept by the append script. A fork stores only a pointer to its
+parent and the step it forked at; ``get`` and ``history`` follow the pointers, so forking a 10,000-step
+run costs a few commands, not 10,000 copies. ``history`` fetches ``BATCH`` records per round trip, several in flight,
+and parses each batch as one JSON array with one pydantic call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import threading
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -20,15 +26,15 @@ from castor.backends.redis import keys
 from castor.backends.redis._client import Fence, RedisConnection
 from castor.checkpoint import StepFailure, SyscallRecord
 
-BATCH = 1000  # records per range script: one round trip reads them all, a reply stays a few hundred KB
-WAVE = 8  # batches in flight at once
+BATCH = 1000  # records per range read: one round trip reads them all, a reply stays a few hundred KB
+WINDOW = 8  # batches in flight at once
 MAX_DEPTH = 10_000  # forks of forks deeper than this are a cycle, not a lineage
 
 _RECORDS = TypeAdapter(list[SyscallRecord])
 
 
 def encode(record: SyscallRecord, run_id: str, step: int) -> str:
-    """The stored form of a record."""
+    """A record's JSON as the append script takes it."""
     try:
         return record.model_dump_json(exclude_defaults=True)
     except PydanticSerializationError as exc:
@@ -36,6 +42,39 @@ def encode(record: SyscallRecord, run_id: str, step: int) -> str:
             f"run {run_id!r} step {step}: the result cannot be journaled as JSON ({exc}); "
             "a durable store keeps JSON results only"
         ) from exc
+
+
+def parse(rows: list[bytes]) -> list[SyscallRecord]:
+    """Records as stored, parsed as one JSON array by one pydantic call."""
+    return _RECORDS.validate_json(b"[" + b",".join(rows) + b"]")
+
+
+class _GCPaused:
+    """Pauses the cyclic GC while any replay builds its records (nested and concurrent ones count).
+
+    A replay makes tens of thousands of containers that all live on. Collected as they are made, they
+    would be scanned by one young-generation collection after another and by the older generations'
+    collections that their number sets off: more time than the parsing itself. Paused, they are
+    scanned once, by the first collection after the replay. Only the process's own GC state is touched,
+    and only if the GC was on.
+    """
+
+    depth = 0
+    resume = False
+    lock = threading.Lock()  # event loops in other threads replay too
+
+    def __enter__(self) -> None:
+        with _GCPaused.lock:
+            if _GCPaused.depth == 0:
+                _GCPaused.resume = gc.isenabled()
+                gc.disable()
+            _GCPaused.depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with _GCPaused.lock:
+            _GCPaused.depth -= 1
+            if _GCPaused.depth == 0 and _GCPaused.resume:
+                gc.enable()
 
 
 class RedisJournal:
@@ -73,13 +112,13 @@ class RedisJournal:
 
             async def read(c: Any, journal: str = journal, meta: str = meta) -> list[Any]:
                 async with c.pipeline(transaction=False) as pipe:
-                    pipe.hget(journal, str(step))
+                    pipe.zrangebyscore(journal, step, step)
                     pipe.hmget(meta, "parent", "at")
                     return await pipe.execute()
 
-            data, (parent, at) = await self._conn.run(read)
-            if data is not None:
-                return SyscallRecord.model_validate_json(data)
+            rows, (parent, at) = await self._conn.run(read)
+            if rows:
+                return SyscallRecord.model_validate_json(rows[0])
             if parent is None or step >= int(at):
                 return None
             run_id = parent
@@ -130,21 +169,38 @@ class RedisJournal:
             for first in range(start, end, BATCH)
         ]
 
-        # Batches are fetched on up to WAVE connections at once and each is parsed as soon as it
-        # arrives, so parsing one batch overlaps with Redis preparing and sending the next ones.
-        parsed: list[list[SyscallRecord]] = []
-        for wave in range(0, len(ranges), WAVE):
-            parsed.extend(await asyncio.gather(*(self._batch(*r) for r in ranges[wave : wave + WAVE])))
+        # Up to WINDOW batches are in flight at once and each is parsed as soon as it arrives, so parsing
+        # one batch overlaps with Redis preparing and sending the next ones.
+        window = asyncio.Semaphore(WINDOW)
+
+        async def batch(key: str, first: int, end: int) -> list[SyscallRecord]:
+            async with window:
+                # as bytes: pydantic reads them as they are, nothing is decoded to str first
+                rows = await self._conn.call("execute_command", "ZRANGEBYSCORE", key, first, end - 1, NEVER_DECODE=True)
+            if len(rows) < end - first:
+                rows = await self._contiguous(key, first, end)
+            return parse(rows) if rows else []
+
+        with _GCPaused():
+            parsed = await asyncio.gather(*(batch(*r) for r in ranges))
         records: list[SyscallRecord] = []
-        for (_key, first, end), batch in zip(ranges, parsed, strict=True):
-            records.extend(batch)
-            if len(batch) < end - first:
+        for (_key, first, end), part in zip(ranges, parsed, strict=True):
+            records.extend(part)
+            if len(part) < end - first:
                 break  # a hole (a parent's record is gone): history is contiguous from step 0
         return records
 
-    async def _batch(self, key: str, first: int, end: int) -> list[SyscallRecord]:
-        body = await self._conn.script("journal_range", [key], [first, end - 1])
-        return _RECORDS.validate_json(f"[{body}]") if body else []
+    async def _contiguous(self, key: str, first: int, end: int) -> list[bytes]:
+        """The stored records of a batch that has a hole: those before the first missing step."""
+        pairs = await self._conn.call(
+            "execute_command", "ZRANGEBYSCORE", key, first, end - 1, "WITHSCORES", NEVER_DECODE=True, withscores=True
+        )
+        rows: list[bytes] = []
+        for expected, (row, score) in enumerate(pairs, first):
+            if int(score) != expected:
+                break
+            rows.append(row)
+        return rows
 
     async def length(self, run_id: str) -> int:
         """How many contiguous steps the run has journaled, a fork's shared prefix included."""

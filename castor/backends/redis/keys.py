@@ -21,7 +21,7 @@ def run_tag(prefix: str, run_id: str) -> str:
 
 
 def journal(prefix: str, run_id: str) -> str:
-    """Hash: step number -> the step's ``SyscallRecord`` JSON (write-once)."""
+    """Sorted set: each step's ``SyscallRecord`` JSON (led by ``"_s": <step>``), scored by the step; write-once."""
     return f"{prefix}:{{{run_id}}}:journal"
 
 
@@ -36,12 +36,17 @@ def failures(prefix: str, run_id: str) -> str:
 
 
 def ledger(prefix: str, run_id: str) -> str:
-    """Hash: ``L:<resource>`` limit and ``U:<resource>`` used of the run's own budget."""
+    """Hash: ``L:<resource>`` limit and ``U:<resource>`` used of the run's own budget, ``I`` the claim end the
+    run is in the reservation index under."""
     return f"{prefix}:{{{run_id}}}:budget"
 
 
 def charges(prefix: str, run_id: str) -> str:
-    """Hash: step -> what that step was charged, where, by whom, until when (the reservation)."""
+    """Hash: step -> its unsettled charge: by whom, until when (the reservation), where and how much.
+
+    The charge and journal scripts name this key from the run's ``ledger`` / ``journal`` key (same hash
+    tag, last part swapped), so the three must keep the ``<prefix>:{<run>}:<part>`` shape.
+    """
     return f"{prefix}:{{{run_id}}}:charges"
 
 
@@ -82,7 +87,7 @@ def scope_names(prefix: str) -> str:
 
 
 def reservations(prefix: str) -> str:
-    """Sorted set: ``<step>:<run>`` of charges not settled yet, scored by when their holder's claim ends."""
+    """Sorted set of the runs with charges not settled yet, each scored no later than its earliest claim end."""
     return f"{prefix}:reservations"
 
 

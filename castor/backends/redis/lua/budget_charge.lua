@@ -1,54 +1,88 @@
 -- Check a call's cost against the run's ledger and every scope, and charge all of them or none.
--- KEYS[1] run ledger, KEYS[2] run charges, KEYS[3] reservation index,
--- KEYS[4] the run's lease key (KEYS[1] again when not fenced), KEYS[5..] scope ledgers
--- ARGV[1] step, ARGV[2] 'charge' or 'check', ARGV[3] fencing token or '', ARGV[4] holder,
--- ARGV[5] when the holder's claim ends (unix time), ARGV[6] reservation member, ARGV[7] n resources,
--- ARGV[8 .. 7+2n] resource, amount pairs
+-- KEYS[1] the run's ledger '<prefix>:{<run>}:budget', KEYS[2] the reservation index, KEYS[3 ..] the scopes'
+-- ledgers, and last, only when a fencing token is given, the run's lease key
+-- ARGV[1] the call, fields joined by NUL: step ('' to check without charging), holder, when the holder's
+-- claim ends (unix time), then resource, amount pairs; ARGV[2] the fencing token (fenced calls only)
 -- Ledgers are hashes of `L:<resource>` (limit) and `U:<resource>` (used); a resource without a limit is free.
--- Returns {1} charged (or charged before: a step is charged once), or
+-- The run's charge records live in '<prefix>:{<run>}:charges', named here from KEYS[1]: the same hash tag,
+-- so the same Cluster slot, and one argument fewer to send on every charge.
+-- Returns 1 charged (or charged before: a step is charged once), or
 -- {0, which ledger was short (1: the run's, 2..: the scopes in order), resource, what is left}.
-if ARGV[3] ~= '' then
-  local holder = redis.call('GET', KEYS[4])
-  if holder ~= ARGV[3] then
+local last = #KEYS
+if ARGV[2] then
+  local holder = redis.call('GET', KEYS[last])
+  if holder ~= ARGV[2] then
     return redis.error_reply('CASTOR_STALE_LEASE the lease is held by ' .. (holder or 'nobody'))
   end
+  last = last - 1
 end
-local charge = ARGV[2] == 'charge'
-if charge and redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
-  return {1}
+local call, f, at = ARGV[1], {}, 1
+while true do
+  local z = string.find(call, '\0', at, true)
+  if not z then
+    f[#f + 1] = string.sub(call, at)
+    break
+  end
+  f[#f + 1] = string.sub(call, at, z - 1)
+  at = z + 1
 end
-local n = tonumber(ARGV[7])
-local ledgers = {KEYS[1]}
-for i = 5, #KEYS do
-  ledgers[#ledgers + 1] = KEYS[i]
+local step, claim, n = f[1], f[3], (#f - 3) / 2
+local fields = {}
+for k = 1, n do
+  fields[2 * k - 1] = 'L:' .. f[2 + 2 * k]
+  fields[2 * k] = 'U:' .. f[2 + 2 * k]
 end
-local taken = {}
-for li = 1, #ledgers do
-  for r = 0, n - 1 do
-    local resource = ARGV[8 + 2 * r]
-    local amount = tonumber(ARGV[9 + 2 * r])
-    local entry = redis.call('HMGET', ledgers[li], 'L:' .. resource, 'U:' .. resource)
-    if entry[1] then
-      local limit = tonumber(entry[1])
-      local used = tonumber(entry[2]) or 0
-      if used + amount > limit + 1e-9 then
-        local left = limit - used
+-- The charge record: holder, claim end, then ledger, resource, amount of every part taken. It is what a
+-- refund or a sweep gives back, exactly.
+local record = {f[2], claim}
+local indexed
+for li = 1, last - 1 do
+  local ledger, entry, o = KEYS[1], nil, 0
+  if li == 1 then
+    -- the run's ledger is read with `I` too: the claim end under which the run is in the reservation index
+    entry = redis.call('HMGET', ledger, 'I', unpack(fields))
+    indexed, o = entry[1], 1
+  else
+    ledger = KEYS[li + 1]
+    entry = redis.call('HMGET', ledger, unpack(fields))
+  end
+  for k = 1, n do
+    local limit = entry[o + 2 * k - 1]
+    if limit then
+      local resource, amount = f[2 + 2 * k], f[3 + 2 * k]
+      local used = tonumber(entry[o + 2 * k]) or 0
+      if used + tonumber(amount) > tonumber(limit) + 1e-9 then
+        if step ~= '' and redis.call('HEXISTS', string.sub(KEYS[1], 1, -7) .. 'charges', step) == 1 then
+          return 1 -- charged before: a retried charge succeeds whatever is left now
+        end
+        local left = tonumber(limit) - used
         if left < 0 then left = 0 end
         return {0, li, resource, tostring(left)}
       end
-      taken[#taken + 1] = {li, resource, ARGV[9 + 2 * r]} -- the exact decimal the caller sent
+      record[#record + 1] = ledger
+      record[#record + 1] = resource
+      record[#record + 1] = amount -- the exact decimal the caller sent
     end
   end
 end
-if not charge then
-  return {1}
+if step == '' then
+  return 1
 end
-for _, t in ipairs(taken) do
-  redis.call('HINCRBYFLOAT', ledgers[t[1]], 'U:' .. t[2], t[3])
+if redis.call('HSETNX', string.sub(KEYS[1], 1, -7) .. 'charges', step, table.concat(record, '\0')) == 0 then
+  return 1 -- charged before
 end
--- The record says where the charge went, so a refund or a sweep can give back exactly that.
-redis.call('HSET', KEYS[2], ARGV[1], cjson.encode({h = ARGV[4], e = tonumber(ARGV[5]), m = ARGV[6], k = ledgers, t = taken}))
-if #taken > 0 then
-  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6])
+for i = 3, #record, 3 do
+  redis.call('HINCRBYFLOAT', record[i], 'U:' .. record[i + 1], record[i + 2])
 end
-return {1}
+-- The index holds every run with unsettled charges, scored no later than its earliest claim end. `I` (never
+-- below the run's score) says the run is there already, scored no later than this claim: no write needed.
+if not indexed or tonumber(claim) < tonumber(indexed) then
+  local open = string.find(KEYS[1], '{', 1, true)
+  local run = string.sub(KEYS[1], open + 1, -9)
+  local score = tonumber(redis.call('ZSCORE', KEYS[2], run))
+  if not score or tonumber(claim) < score then
+    redis.call('ZADD', KEYS[2], claim, run)
+  end
+  redis.call('HSET', KEYS[1], 'I', claim)
+end
+return 1

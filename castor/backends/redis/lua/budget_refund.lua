@@ -1,34 +1,43 @@
 -- Give back what one step was charged, once.
--- KEYS[1] run charges, KEYS[2] reservation index, KEYS[3] the run's journal, KEYS[4..] the ledgers
--- the charge recorded, in its order
--- ARGV[1] step, ARGV[2] the charge record as the caller read it, ARGV[3] reservation member,
--- ARGV[4] 'sweep' (a journaled step's charge is spent: settle it instead of refunding) or ''
--- Returns 1 refunded, 0 nothing to give back.
+-- KEYS[1] run charges, KEYS[2] the run's journal, KEYS[3..] the ledgers the charge record names
+-- ARGV[1] step, ARGV[2] the charge record as the caller read it,
+-- ARGV[3] 'sweep' (a journaled step's charge is spent: settle it instead of refunding) or ''
+-- A record is NUL-joined: holder, claim end, then ledger, resource, amount of every part taken.
+-- Returns 1 refunded, 0 nothing to give back (a record that took nothing is dropped all the same).
 local record = redis.call('HGET', KEYS[1], ARGV[1])
-if not record then
-  redis.call('ZREM', KEYS[2], ARGV[3])
-  return 0
-end
-if record ~= ARGV[2] then
-  return 0 -- charged again since the caller looked: that is another reservation
-end
-redis.call('ZREM', KEYS[2], ARGV[3])
-if ARGV[4] == 'sweep' and redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
-  return 0
+if not record or record ~= ARGV[2] then
+  return 0 -- gone, or charged again since the caller looked: that is another reservation
 end
 redis.call('HDEL', KEYS[1], ARGV[1])
-local data = cjson.decode(record)
-for _, t in ipairs(data.t) do
-  local key = KEYS[3 + t[1]]
-  local field = 'U:' .. t[2]
+if ARGV[3] == 'sweep' and redis.call('ZCOUNT', KEYS[2], ARGV[1], ARGV[1]) > 0 then
+  return 0 -- journaled (a journal write settles its step's charge; this one was missed): spent
+end
+local f, at = {}, 1
+while true do
+  local z = string.find(record, '\0', at, true)
+  if not z then
+    f[#f + 1] = string.sub(record, at)
+    break
+  end
+  f[#f + 1] = string.sub(record, at, z - 1)
+  at = z + 1
+end
+for i = 3, #f - 2, 3 do
+  local key, resource, amount = f[i], f[i + 1], f[i + 2]
+  local field = 'U:' .. resource
   -- a ledger dropped since (run closed, scope deleted) is not brought back to life
-  if redis.call('HEXISTS', key, 'L:' .. t[2]) == 1 then
+  if redis.call('HEXISTS', key, 'L:' .. resource) == 1 then
     local used = tonumber(redis.call('HGET', key, field) or '0')
-    if used - tonumber(t[3]) < 0 then
+    if used - tonumber(amount) < 0 then
       redis.call('HSET', key, field, 0) -- reset since the charge: never below zero
+    elseif string.sub(amount, 1, 1) == '-' then
+      redis.call('HINCRBYFLOAT', key, field, string.sub(amount, 2))
     else
-      redis.call('HINCRBYFLOAT', key, field, -tonumber(t[3]))
+      redis.call('HINCRBYFLOAT', key, field, '-' .. amount) -- the exact decimal that was taken
     end
   end
 end
-return 1
+if #f > 2 then
+  return 1
+end
+return 0
