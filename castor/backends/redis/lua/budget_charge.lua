@@ -5,6 +5,7 @@
 -- ARGV[5] when the holder's claim ends (unix time), ARGV[6] reservation member, ARGV[7] n resources,
 -- ARGV[8 .. 7+2n] resource, amount pairs
 -- Ledgers are hashes of `L:<resource>` (limit) and `U:<resource>` (used); a resource without a limit is free.
+-- A call that costs nothing (n = 0) is sent only to check the fence.
 -- Returns {1} charged (or charged before: a step is charged once), or
 -- {0, which ledger was short (1: the run's, 2..: the scopes in order), resource, what is left}.
 if ARGV[3] ~= '' then
@@ -13,11 +14,14 @@ if ARGV[3] ~= '' then
     return redis.error_reply('CASTOR_STALE_LEASE the lease is held by ' .. (holder or 'nobody'))
   end
 end
+local n = tonumber(ARGV[7])
+if n == 0 then
+  return {1} -- a free call: the fence above was the point; nothing to take, no record to keep
+end
 local charge = ARGV[2] == 'charge'
 if charge and redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
   return {1}
 end
-local n = tonumber(ARGV[7])
 local ledgers = {KEYS[1]}
 for i = 5, #KEYS do
   ledgers[#ledgers + 1] = KEYS[i]
