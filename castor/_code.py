@@ -2,22 +2,53 @@
 
 A resumed run replays its journal by running its agent again, so the agent and its tools must be the
 code that wrote that journal. ``run_spec`` stamps a run with a sha256 per source file; ``changed_files``
-says which of them differ now, so a coordinator can refuse to resume a run whose code changed.
+says which of them differ now. ``castor run`` and ``castor submit`` stamp with it, and ``castor resume``
+and the coordinators check with it: one notion of "the run's code".
+
+The files of a spec are its own source file and, transitively, the local modules it imports: those
+found in its directory tree (a file spec's directory; a module spec's top-level package), not the
+standard library nor an installed distribution. So a change in a helper module next to the tools
+counts as a code change. Imports are read from the source (``ast``), never executed, and include
+imports inside functions: a file that might import a helper depends on it.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
+import importlib.metadata
 import importlib.util
 import os
-from collections.abc import Iterable
+import re
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from castor._errors import ConfigError
 from castor.checkpoint import RunSpec
 
-# path -> (mtime_ns, size, digest): a coordinator checks the same few files for every run it takes.
+_NAMES = re.compile(r"^[A-Za-z_]\w*(,[A-Za-z_]\w*)*$")
+_INSTALLED = ("site-packages", "dist-packages")
+
+# path -> (mtime_ns, size, value): a coordinator checks the same few files for every run it takes.
 _DIGESTS: dict[str, tuple[int, int, str]] = {}
+_IMPORTS: dict[Path, tuple[int, int, tuple[_Import, ...]]] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class _Import:
+    level: int  # 0 absolute, 1 ``from .``, 2 ``from ..`` ...
+    module: str  # dotted, '' for ``from . import x``
+    names: tuple[str, ...]  # what ``from`` imports (each may be a submodule); () for ``import m``
+
+
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    file: Path  # the spec's source file
+    base: Path  # where its absolute imports are found (its sys.path entry)
+    tree: Path  # what is local: a module found outside it is not the run's own code
 
 
 def split_spec(spec: str) -> tuple[str, str]:
@@ -28,30 +59,144 @@ def split_spec(spec: str) -> tuple[str, str]:
     return where, name
 
 
+def spec_target(spec: str) -> str:
+    """The file or module of any import spec the CLI or the fleet writes: ``file.py``, ``file.py:f``,
+    ``file.py:f,g``, ``package.module:f``."""
+    where, sep, names = spec.rpartition(":")
+    return where if sep and where and _NAMES.match(names) else spec
+
+
+def _is_file(target: str) -> bool:
+    return target.endswith(".py") or "/" in target or os.sep in target
+
+
 def source_file(spec: str) -> str:
-    """The file that defines what ``spec`` names, as the spec spells it (a module is looked up)."""
-    where, _ = split_spec(spec)
-    if where.endswith(".py"):
-        return where
+    """The absolute path of the file that defines what ``spec`` names (a module is looked up)."""
+    return str(_origin(spec).file)
+
+
+def _origin(spec: str) -> _Origin:
+    target = spec_target(spec)
+    if _is_file(target):
+        path = Path(target).expanduser().resolve()
+        if not path.is_file():
+            raise ConfigError(f"import spec {spec!r}: file {path} does not exist")
+        return _Origin(path, path.parent, path.parent)  # its directory goes on sys.path when it is loaded
     try:
-        found = importlib.util.find_spec(where)
+        found = importlib.util.find_spec(target)
     except (ImportError, ValueError) as exc:
-        raise ConfigError(f"import spec {spec!r}: cannot find module {where!r}: {exc}") from exc
+        raise ConfigError(f"import spec {spec!r}: cannot find module {target!r}: {exc}") from exc
     if found is None or not found.origin or not os.path.isfile(found.origin):
-        raise ConfigError(f"import spec {spec!r}: module {where!r} has no source file")
-    return found.origin
+        raise ConfigError(f"import spec {spec!r}: module {target!r} has no source file")
+    path = Path(found.origin).resolve()
+    base = path.parent
+    for _ in range(target.count(".") + (path.name == "__init__.py")):
+        base = base.parent
+    top = base / target.partition(".")[0]
+    return _Origin(path, base, top if top.is_dir() else base)
+
+
+def local_sources(spec: str) -> list[str]:
+    """The spec's source file and every local module it imports, directly or not; sorted paths."""
+    origin = _origin(spec)
+    found = {origin.file}
+    target = spec_target(spec)
+    if not _is_file(target):  # importing package.module runs the package's __init__ first
+        found.update(_resolve(origin.base, target.split("."), (), origin))
+    todo = list(found)
+    while todo:
+        for dep in _local_imports(todo.pop(), origin):
+            if dep not in found:
+                found.add(dep)
+                todo.append(dep)
+    return sorted(str(path) for path in found)
+
+
+def _local_imports(path: Path, origin: _Origin) -> Iterator[Path]:
+    for imp in _imports_of(path):
+        parts = imp.module.split(".") if imp.module else []
+        if imp.level:
+            package = path.parent
+            for _ in range(imp.level - 1):
+                package = package.parent
+            yield from _resolve(package, parts, imp.names, origin)
+        elif parts and parts[0] not in sys.stdlib_module_names:
+            files = list(_resolve(origin.base, parts, imp.names, origin))
+            if files and not _distributed(parts[0]):
+                yield from files
+
+
+def _resolve(start: Path, parts: list[str], names: tuple[str, ...], origin: _Origin) -> Iterator[Path]:
+    """The local files importing ``parts`` (then ``names`` from it) from ``start`` executes, found as
+    Python finds them: a regular package, then a module, then a namespace package."""
+    here = start
+    for part in parts:
+        if (here / part / "__init__.py").is_file():
+            here = here / part
+            yield from _local(here / "__init__.py", origin)
+        elif (here / f"{part}.py").is_file():
+            yield from _local(here / f"{part}.py", origin)
+            return  # a plain module: nothing is imported below it
+        elif (here / part).is_dir():
+            here = here / part
+        else:
+            return  # not here: the standard library, an installed package, or no module at all
+    for name in names:  # ``from package import name``: name may be a submodule
+        for candidate in (here / name / "__init__.py", here / f"{name}.py"):
+            if candidate.is_file():
+                yield from _local(candidate, origin)
+                break
+
+
+def _local(path: Path, origin: _Origin) -> Iterator[Path]:
+    path = path.resolve()
+    if path.is_relative_to(origin.tree) and not any(part in _INSTALLED for part in path.parts):
+        yield path
+
+
+@functools.cache
+def _distributions() -> frozenset[str]:
+    return frozenset(importlib.metadata.packages_distributions())
+
+
+def _distributed(name: str) -> bool:
+    """Whether an installed distribution provides the top-level module (an editable install in the tree
+    included): it is versioned by its distribution, not part of the run's code."""
+    return name in _distributions()
+
+
+def _imports_of(path: Path) -> tuple[_Import, ...]:
+    """Every import statement of the file, read with ``ast`` (cached while its mtime and size hold)."""
+    try:
+        stat = path.stat()
+        cached = _IMPORTS.get(path)
+        if cached is not None and cached[:2] == (stat.st_mtime_ns, stat.st_size):
+            return cached[2]
+        tree = ast.parse(path.read_bytes(), str(path))
+    except (OSError, SyntaxError, ValueError):
+        return ()  # unreadable or not Python: its digest still covers it
+    found: list[_Import] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.extend(_Import(0, alias.name, ()) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            names = tuple(alias.name for alias in node.names if alias.name != "*")
+            found.append(_Import(node.level, node.module or "", names))
+    _IMPORTS[path] = (stat.st_mtime_ns, stat.st_size, tuple(found))
+    return _IMPORTS[path][2]
 
 
 def digest(path: str) -> str | None:
     """sha256 of the file's bytes (None if it is missing), cached while its mtime and size hold."""
     try:
         stat = os.stat(path)
+        cached = _DIGESTS.get(path)
+        if cached is not None and cached[0] == stat.st_mtime_ns and cached[1] == stat.st_size:
+            return cached[2]
+        data = Path(path).read_bytes()
     except OSError:
         return None
-    cached = _DIGESTS.get(path)
-    if cached is not None and cached[0] == stat.st_mtime_ns and cached[1] == stat.st_size:
-        return cached[2]
-    value = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    value = hashlib.sha256(data).hexdigest()
     _DIGESTS[path] = (stat.st_mtime_ns, stat.st_size, value)
     return value
 
@@ -62,26 +207,35 @@ def combined(sources: dict[str, str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def stamp(specs: Iterable[str]) -> dict[str, str]:
+    """File -> sha256 for every file the specs' code is made of."""
+    sources: dict[str, str] = {}
+    for spec in specs:
+        for path in local_sources(spec):
+            if path in sources:
+                continue
+            value = digest(path)
+            if value is None:
+                raise ConfigError(f"import spec {spec!r}: file {path} cannot be read")
+            sources[path] = value
+    return sources
+
+
 def run_spec(agent: str, tools: Iterable[str], destructive: Iterable[str] = ()) -> RunSpec:
     """A ``RunSpec`` for the agent and tools, stamped with the hashes of their source files."""
     tools = list(tools)
-    sources: dict[str, str] = {}
-    for spec in (agent, *tools):
-        path = source_file(spec)
-        value = digest(path)
-        if value is None:
-            raise ConfigError(f"import spec {spec!r}: file {path} does not exist")
-        sources[path] = value
+    sources = stamp([agent, *tools])
     return RunSpec(
-        agent=agent, tools=tools, destructive=sorted(set(destructive)), source_hash=combined(sources),
+        agent=agent, tools=tools, destructive=list(dict.fromkeys(destructive)), source_hash=combined(sources),
         sources=sources,
     )
 
 
 def changed_files(spec: RunSpec) -> list[str]:
-    """The source files of ``spec`` whose content differs from when the run was stamped (or are gone)."""
-    if not spec.sources:
-        return []
+    """The source files of ``spec`` whose content differs from when the run was stamped (or are gone).
+
+    A run stamped without per-file hashes (``sources``) cannot be checked and reports none.
+    """
     return sorted(path for path, value in spec.sources.items() if digest(path) != value)
 
 

@@ -56,6 +56,10 @@ def _load_file(path: str) -> Any:
     if module_spec is None or module_spec.loader is None:
         raise ConfigError(f"cannot load {path} as a Python module")
     module = importlib.util.module_from_spec(module_spec)
+    if str(file.parent) not in sys.path:
+        # its sibling modules import as with `python file.py` (and as `castor run` loads it): the
+        # helpers next to a tool are part of its code, and hashed with it (castor._code)
+        sys.path.insert(0, str(file.parent))
     sys.modules[mod_name] = module
     try:
         module_spec.loader.exec_module(module)

@@ -1,12 +1,14 @@
 """Fencing: the writes a coordinator makes to a run are refused once it no longer holds the run's lease.
 
-The coordinator's kernels talk to the store through ``fenced(backend, fences)``. The writes of the hot
-path, a journal record and a budget charge, hand the Redis scripts a ``Fence`` (the run's lease key and
-this coordinator's token) and the script refuses the write inside Redis when the token differs. The rare
-writes (ledger open, refund and close, header save, failure record) check the lease just before they
-write. Either way a stale coordinator gets ``StaleLeaseError``: one that was paused past its lease and
-woke up cannot write over the coordinator that took the run over, nor dispatch a tool (the charge comes
-first). A child run (``<pid>::<name>-<n>``) is fenced by its root run's lease.
+The coordinator's kernels talk to the store through ``fenced(backend, fences)``. A journal record, a
+budget charge and a run-header save hand their Redis script a ``Fence`` (the run's lease key and this
+coordinator's token) and the script refuses the write inside Redis when the token differs, so nothing
+can slip between the check and the write. Every live call is charged before it is dispatched, a call
+that costs nothing included (for a fenced run the charge script runs to check the fence), so a stale
+coordinator cannot dispatch a tool either. The rare writes (ledger open, refund and close, failure
+record, fork) check the lease just before they write. Either way a stale coordinator gets
+``StaleLeaseError``: one that was paused past its lease and woke up cannot write over the coordinator
+that took the run over. A child run (``<pid>::<name>-<n>``) is fenced by its root run's lease.
 """
 
 from __future__ import annotations
@@ -92,7 +94,8 @@ class FencedBudgets(_Fenced):
         await self._inner.open_run(run_id, limits, used)
 
     async def charge(self, run_id: str, step: int, cost: Mapping[str, float], scopes: Sequence[str] = ()) -> Charge:
-        """Charge only while this coordinator holds the run: a stale one can dispatch nothing."""
+        """Charge only while this coordinator holds the run: a stale one can dispatch nothing (the
+        fence is checked even for a call that costs nothing)."""
         return await self._inner.charge(
             run_id, step, cost, scopes, fence=self._fences.fence(run_id)
         )
@@ -112,10 +115,10 @@ class FencedRuns(_Fenced):
     """A run store whose saves check the lease."""
 
     async def save(self, checkpoint: AgentCheckpoint) -> None:
-        """Store the header if this coordinator still holds the run; a running run names its owner."""
-        await self._fences.check(checkpoint.pid)
+        """Store the header if this coordinator still holds the run (checked inside the save script);
+        a running run names its owner."""
         owner = self._fences.owner if checkpoint.status == "RUNNING" else None
-        await self._inner.save(checkpoint, owner=owner)
+        await self._inner.save(checkpoint, owner=owner, fence=self._fences.fence(checkpoint.pid))
 
 
 def fenced(backend: Backend, fences: Fences) -> Backend:

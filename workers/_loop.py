@@ -31,3 +31,12 @@ class LoopThread:
     def stop(self) -> None:
         """Stop the loop (the thread ends with it)."""
         self.loop.call_soon_threadsafe(self.loop.stop)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the loop, wait for its thread and close it (its self-pipe and selector with it)."""
+        if self.loop.is_closed():
+            return
+        self.stop()
+        self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self.loop.close()

@@ -1,8 +1,10 @@
 """Running one tool task exactly once: check, claim, execute, journal, reply — in that order.
 
     1. check    payload shape and size, the tool (the worker's own registry), the authority   (_guard)
-    2. claim    set the step's started marker (Lua): a step started before and never finished is in
-                doubt — run again only if the tool is idempotent, else report it for a human
+    2. claim    one Lua script: a step the journal already holds is answered from its record, never
+                run again (a redelivery, or a round re-approved after the step went in doubt);
+                otherwise set the step's started marker. A step started before and never finished is
+                in doubt — run again only if the tool is idempotent, else report it for a human
     3. execute  the tool, in the task's own thread (so Celery's time limits interrupt it there)
     4. journal  the record, write-once; a record already there wins (its response is the result)
     5. reply    on the coordinator's reply stream; only then does the task return and Celery ack
@@ -24,6 +26,7 @@ from typing import Any
 
 from castor._canonical import canonical
 from castor._errors import JournalConflictError
+from castor.backends.redis.keys import journal as journal_key
 from castor.backends.redis.keys import started_marker
 from castor.checkpoint import StepFailure, SyscallRecord
 from castor.executors._wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, redact
@@ -85,6 +88,15 @@ class WorkerRuntime:
         if self._proc is None or self._proc.pid != os.getpid():
             self._proc = _Process(self.settings, self._factory)
         return self._proc
+
+    def close(self) -> None:
+        """Close this process's connections and its loop thread (a worker's process exit does it anyway)."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.pid != os.getpid():
+            return
+        proc.loop.run(proc.backend.close())
+        proc.loop.run(proc.redis.aclose())
+        proc.loop.close()
 
     def policy(self, spec: ToolSpec) -> ToolPolicy:
         """The tool's deadline and recovery rules."""
@@ -160,19 +172,27 @@ class WorkerRuntime:
     # --- on the loop ------------------------------------------------------------------------------
 
     async def _begin(self, proc: _Process, job: Job, policy: ToolPolicy) -> tuple[str, Any]:
-        """Authorize, then claim the step: run it, serve its journaled result, or report it in doubt."""
+        """Authorize, then claim the step: serve its journaled result, run it, or report it in doubt.
+
+        The journal lookup and the started marker are one script: a record present is the result (even
+        in a round re-approved after the step went in doubt, when the lost attempt did finish), and of
+        two deliveries racing for an unjournaled step exactly one starts it.
+        """
         await authorize(job, policy, self.settings, proc.backend.approvals)
-        key = started_marker(self.settings.redis_prefix, job.run_id, job.step)
-        previous = int(await proc.claim(keys=[key], args=[job.attempt, MARKER_TTL]))
-        if previous < 0:
-            return _RUN, None
-        if previous > job.attempt:
-            raise Refusal(f"step {job.step} of run {job.run_id} belongs to a later approval round ({previous})", job)
-        record = await proc.backend.journal.get(job.run_id, job.step)
-        if record is not None:
+        prefix = self.settings.redis_prefix
+        marker, journal = started_marker(prefix, job.run_id, job.step), journal_key(prefix, job.run_id)
+        claim = await proc.claim(keys=[marker, journal], args=[job.step, job.attempt, MARKER_TTL])
+        outcome = claim[0].decode()
+        if outcome == "done":
+            record = SyscallRecord.model_validate_json(claim[1])
             if record.tool_name != job.tool:
                 raise Refusal(f"step {job.step} of run {job.run_id} holds a call of {record.tool_name!r}", job)
             return _DONE, record.response
+        if outcome == "run":
+            return _RUN, None
+        previous = int(claim[1])
+        if previous > job.attempt:
+            raise Refusal(f"step {job.step} of run {job.run_id} belongs to a later approval round ({previous})", job)
         if policy.idempotent:
             log.warning("%s: started before and never finished; idempotent, running it again",
                         kwargs_repr(job, policy.sensitive))

@@ -84,8 +84,8 @@ def rebuild(cp: AgentCheckpoint, what: str) -> _specs.Loaded:
     loaded, changed = _specs.reload(cp.spec)
     if changed:
         print(
-            f"castor: warning: the source of run {cp.pid!r} changed since it started; replayed steps are "
-            "checked against the journal and a different call stops the run",
+            f"castor: warning: the source of run {cp.pid!r} changed since it started ({', '.join(changed)}); "
+            "replayed steps are checked against the journal and a different call stops the run",
             file=sys.stderr,
         )
     return loaded

@@ -6,8 +6,9 @@
     file.py:f1,f2       several tools from one file
 
 A run records the specs of its agent and tools on its checkpoint (``RunSpec``), with file paths made
-absolute and a hash of the source files, so ``approve``, ``resume`` or ``fork`` in another process
-rebuilds the same kernel.
+absolute and the hashes of their source files (``castor._code``, the same stamp coordinators check), so
+``approve``, ``resume`` or ``fork`` in another process rebuilds the same kernel and knows whether its code
+changed.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from castor import _code
 from castor._errors import ConfigError
 from castor.checkpoint import RunSpec
 from castor.kernel import Castor
@@ -135,28 +137,6 @@ def load_tools(specs: Iterable[str]) -> list[Callable[..., Any]]:
     return tools
 
 
-def source_hash(specs: Iterable[str]) -> str:
-    """sha256 over the source files the specs import (a changed agent is told apart on resume)."""
-    digest = hashlib.sha256()
-    files: set[str] = set()
-    for spec in specs:
-        target, _ = split_spec(spec)
-        if is_file(target):
-            files.add(str(Path(target).expanduser().resolve()))
-        else:
-            module = sys.modules.get(target)
-            path = getattr(module, "__file__", None)
-            if path:
-                files.add(str(Path(path).resolve()))
-    for path in sorted(files):
-        digest.update(path.encode() + b"\0")
-        try:
-            digest.update(Path(path).read_bytes())
-        except OSError:
-            digest.update(b"<unreadable>")
-    return digest.hexdigest()
-
-
 class CountingExecutor:
     """Wraps the kernel's executor and counts the tool calls it really executes (not the replayed ones)."""
 
@@ -207,17 +187,11 @@ def load(agent: str, tools: Iterable[str], destructive: Iterable[str]) -> Loaded
     agent_spec = absolute(agent)
     loaded_agent = load_agent(agent_spec)
     loaded_tools = load_tools(tool_specs)
-    spec = RunSpec(
-        agent=agent_spec,
-        tools=tool_specs,
-        destructive=list(dict.fromkeys(destructive)),
-        source_hash=source_hash([agent_spec, *tool_specs]),
-    )
+    spec = _code.run_spec(agent_spec, tool_specs, destructive)  # hashed the way coordinators check it
     return Loaded(loaded_agent, loaded_tools, spec)
 
 
-def reload(spec: RunSpec) -> tuple[Loaded, bool]:
-    """Import a recorded run's agent and tools again; the flag says whether their source changed."""
+def reload(spec: RunSpec) -> tuple[Loaded, list[str]]:
+    """Import a recorded run's agent and tools again, with the source files that changed since it started."""
     loaded = Loaded(load_agent(spec.agent), load_tools(spec.tools), spec)
-    changed = spec.source_hash is not None and source_hash([spec.agent, *spec.tools]) != spec.source_hash
-    return loaded, changed
+    return loaded, _code.changed_files(spec)

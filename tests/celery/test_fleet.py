@@ -205,12 +205,13 @@ async def test_malformed_message_is_refused_and_the_worker_survives(fleet: Fleet
 
 async def test_tool_timeout_is_journaled(fleet: Fleet, kernel: Castor) -> None:
     async def agent() -> object:
-        return await lib.tool("stuck", seconds=5)
+        return await lib.tool("stuck", seconds=30)
 
     started = time.monotonic()
     with pytest.raises(ToolTimeoutError, match="timed out after 1s"):
         await kernel.run(agent)
-    assert time.monotonic() - started < 4
+    # Cut at its deadline, long before the tool would end (with room for queueing on a loaded machine).
+    assert time.monotonic() - started < 10
     cp = kernel.live[next(iter(kernel.live))]
     failures = await kernel.backend.journal.failures(cp.pid)
     assert [f.error_type for f in failures] == ["ToolTimeoutError"]

@@ -3,6 +3,7 @@ redacts the arguments a tool marks sensitive."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import socket
@@ -32,6 +33,34 @@ def _get(url: str) -> object:
         return json.loads(response.read())
 
 
+async def _listed(base: str, pid: str, count: int, timeout: float) -> tuple[dict[str, dict[str, object]], object]:
+    """The tasks of run ``pid`` Flower lists, by name, once there are ``count`` (or ``timeout`` ran out)."""
+    mine: dict[str, dict[str, object]] = {}
+    tasks: object = {}
+    deadline = time.monotonic() + timeout
+    while len(mine) < count and time.monotonic() < deadline:
+        tasks = _get(f"{base}/api/tasks")
+        assert isinstance(tasks, dict)
+        mine = {t["name"]: t for t in tasks.values() if pid in str(t.get("kwargs"))}
+        await asyncio.sleep(0.1)
+    return mine, tasks
+
+
+async def _wait_until_flower_sees_events(base: str, kernel: Castor, timeout: float = 30) -> None:
+    """Flower subscribes to the task events some time after its HTTP server answers (longer on a loaded
+    machine); events sent before are lost to it. Probe until a probe's task shows up."""
+
+    async def probe() -> object:
+        return await lib.tool("search", query="probe")
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        cp = await kernel.run(probe)
+        if (await _listed(base, cp.pid, 1, timeout=2))[0]:
+            return
+    raise AssertionError("Flower listed no task of the probes")
+
+
 async def test_flower_lists_tasks_by_tool_name(fleet: Fleet, kernel: Castor, tmp_path: object) -> None:
     port = _free_port()
     cmd = [sys.executable, "-m", "workers", "flower", "--config", str(fleet.config), "--port", str(port)]
@@ -47,7 +76,7 @@ async def test_flower_lists_tasks_by_tool_name(fleet: Fleet, kernel: Castor, tmp
                 if time.monotonic() > deadline or flower.poll() is not None:
                     raise AssertionError("Flower did not start") from None
                 time.sleep(0.1)
-        time.sleep(0.5)  # Flower subscribes to the event channel just after its HTTP server starts
+        await _wait_until_flower_sees_events(base, kernel)
         secret = f"s3cret-{uuid.uuid4().hex[:6]}"
 
         async def agent() -> object:
@@ -56,13 +85,7 @@ async def test_flower_lists_tasks_by_tool_name(fleet: Fleet, kernel: Castor, tmp
 
         cp = await kernel.run(agent)
         assert cp.status == "COMPLETED"
-        mine: dict[str, dict[str, object]] = {}
-        deadline = time.monotonic() + 10
-        while len(mine) < 2 and time.monotonic() < deadline:
-            tasks = _get(f"{base}/api/tasks")
-            assert isinstance(tasks, dict)
-            mine = {t["name"]: t for t in tasks.values() if cp.pid in str(t.get("kwargs"))}
-            time.sleep(0.1)
+        mine, tasks = await _listed(base, cp.pid, 2, timeout=15)
         assert set(mine) == {"castor.tool.search", "castor.tool.write_note"}
         note = mine["castor.tool.write_note"]
         assert "'step': 1" in str(note["kwargs"])

@@ -137,7 +137,7 @@ class Fleet:
         """How often the test tools ran the call tagged ``tag``."""
         return int(self.redis.get(f"{self.prefix}:count:{tag}") or 0)
 
-    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
         """Signal a process and (unless it is a stop/continue) wait for it to exit."""
         proc = self.procs[name]
         proc.send_signal(sig)

@@ -17,6 +17,8 @@ import time
 from castor import castor_tool
 from castor.lib import tool
 
+from agent_helpers import DONE
+
 
 def note(text: str) -> str:
     return f"noted {text}"
@@ -36,7 +38,7 @@ async def work():
     await tool("note", text="one")
     await tool("drop", name="old")
     await tool("note", text="two")
-    return "done"
+    return DONE
 
 
 async def sleepy():
@@ -50,6 +52,7 @@ async def sleepy():
 def write_agent(tmp: Path) -> Path:
     path = tmp / "agent_mod.py"
     path.write_text(textwrap.dedent(AGENT))
+    path.with_name("agent_helpers.py").write_text('DONE = "done"\n')  # a local module it imports: its code too
     return path
 
 
@@ -101,13 +104,15 @@ def test_a_coordinator_refuses_to_resume_a_run_whose_code_changed(fleet: Fleet, 
     fleet.coordinator("co-1", executor="local", lease=2.0)
     pid = submit(fleet, path, "work")
     wait_for("the run to park", lambda: status(fleet, pid) == "SUSPENDED_FOR_HITL", 20)
-    path.write_text(path.read_text() + "\n# edited while the run waited\n")
+    helper = path.with_name("agent_helpers.py")
+    helper.write_text(helper.read_text() + "# edited while the run waited\n")  # only the helper changed
     fleet.cli("approve", pid)
     wait_for("the refusal", lambda: status(fleet, pid) == "PREEMPTED", 20)
     run = run_json(fleet, pid)
     assert run["preemption_reason"] == "code changed"
-    assert str(path) in run["error"] and "--allow-code-change" in run["error"]
-    assert str(path) in fleet.log("co-1")
+    assert run["preemption_payload"] == {"files": [str(helper)]}
+    assert str(helper) in run["error"] and "--allow-code-change" in run["error"]
+    assert str(helper) in fleet.log("co-1")
     time.sleep(0.5)
     assert status(fleet, pid) == "PREEMPTED"  # nobody else picks it up either
 

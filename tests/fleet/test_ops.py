@@ -8,7 +8,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+import castor.lib as lib
+from castor import Castor, castor_tool
 from castor._errors import StaleLeaseError
+from castor._runner import new_checkpoint
 from castor.backends.redis import keys, redis_backend
 from castor.checkpoint import new_record
 from castor.seams import Backend
@@ -105,3 +108,55 @@ async def test_the_redis_scripts_refuse_writes_from_a_stale_holder(ops: FleetOps
         await store.budgets.close_run("r5")  # never drops the new owner's ledger
     assert await backend.journal.length("r5") == 1
     assert await backend.budgets.remaining("r5", "api") == 9.0
+
+
+class CheckedTooEarly(Fences):
+    """A coordinator whose own lease check always passes: it ran just before another coordinator took
+    the run over, the window a check-then-write leaves open. Only a fence inside Redis can close it."""
+
+    async def check(self, pid: str) -> None:
+        self.holder_of(pid)
+
+
+async def test_a_header_save_is_fenced_inside_the_script_not_before_it(ops: FleetOps, backend: Backend) -> None:
+    token = await take_and_lease(ops, "r6")
+    fences = CheckedTooEarly(ops.redis, ops.prefix, "co-test")
+    fences.tokens["r6"] = token
+    store = fenced(backend, fences)
+    cp = new_checkpoint("r6", "agent", {"api": 3})
+    await store.runs.save(cp)
+    await ops.redis.set(keys.lease(ops.prefix, "r6"), "co-other/123")  # taken over after the check
+    cp.status = "SUSPENDED_FOR_HITL"
+    await backend.runs.save(cp, owner="co-other")  # type: ignore[call-arg]  # the new owner's header
+    stale = cp.model_copy(update={"status": "COMPLETED", "result": "stale"})
+    with pytest.raises(StaleLeaseError, match="co-other"):
+        await store.runs.save(stale)
+    header = await backend.runs.load("r6")
+    assert header is not None and (header.status, header.result) == ("SUSPENDED_FOR_HITL", None)
+    assert await ops.redis.hget(keys.run_header(ops.prefix, "r6"), "owner") == "co-other"
+
+
+async def test_a_stale_coordinator_dispatches_no_call_not_even_a_free_one(ops: FleetOps, backend: Backend) -> None:
+    token = await take_and_lease(ops, "r7")
+    fences = Fences(ops.redis, ops.prefix, "co-test")
+    fences.tokens["r7"] = token
+    ran: list[int] = []
+
+    @castor_tool(cost_per_use=0)
+    def ping(n: int) -> int:
+        ran.append(n)
+        return n
+
+    kernel = Castor(tools=[ping], store=fenced(backend, fences))
+
+    async def agent() -> None:
+        await lib.tool("ping", n=1)
+        # paused here past its lease: another coordinator took the run over
+        await ops.redis.set(keys.lease(ops.prefix, "r7"), "co-other/456")
+        await lib.tool("ping", n=2)
+
+    with pytest.raises(StaleLeaseError):
+        await kernel.run(agent, pid="r7")
+    assert ran == [1]  # the free call was never dispatched
+    assert await backend.journal.length("r7") == 1
+    assert kernel.tools.get("ping").cost == {}

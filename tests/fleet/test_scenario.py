@@ -15,6 +15,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
+
 from castor._fleet import FleetClient, new_run
 from castor.backends.redis import keys, redis_backend
 from castor.checkpoint import SyscallRecord
@@ -91,6 +93,7 @@ def decide_pending(fleet: Fleet, decided: dict[str, str], pool: ThreadPoolExecut
         job.result()
 
 
+@pytest.mark.timeout(300)  # 15-25 s on an idle machine; its waits allow for one loaded by other jobs
 def test_fleet_of_two_pools_and_three_coordinators(fleet: Fleet) -> None:
     fleet.worker("web", 6)
     fleet.worker("fs", 4)
@@ -102,7 +105,8 @@ def test_fleet_of_two_pools_and_three_coordinators(fleet: Fleet) -> None:
         fleet.cli("submit", agent_spec("job"), *tools, "--budget", "api=10", "--scope", "team").stdout.strip()
         for _ in range(2)
     ]
-    pids += asyncio.run(submit_all(fleet, ["job_with_approval"] * WITH_APPROVAL + ["job"] * (RUNS - 14)))
+    approvals = asyncio.run(submit_all(fleet, ["job_with_approval"] * WITH_APPROVAL))
+    pids += approvals
 
     decided: dict[str, str] = {}
     stop = threading.Event()
@@ -116,6 +120,11 @@ def test_fleet_of_two_pools_and_three_coordinators(fleet: Fleet) -> None:
     deciding = threading.Thread(target=humans, daemon=True)
     deciding.start()
     try:
+        # The first removes are decided (approve, reject, ...) and journaled while the team's budget can pay
+        # for them; only then come the other runs, which compete for what is left and may be denied. (Sent
+        # all at once, the runs without approvals could spend the budget before a slow human approves one.)
+        wait_for("the first decided removes", lambda: sum(steps(fleet, pid) >= 3 for pid in approvals) >= 4, 60)
+        pids += asyncio.run(submit_all(fleet, ["job"] * (RUNS - 14)))
         # Midway, co-a dies without a word; its runs are taken over when their leases run out.
         wait_for("co-a midway", lambda: finished(fleet) >= 8 and driving(fleet, "co-a") > 0, 60)
         fleet.stop("co-a", signal.SIGKILL)
@@ -159,6 +168,8 @@ def test_fleet_of_two_pools_and_three_coordinators(fleet: Fleet) -> None:
                 rejected += isinstance(record.response, dict) and record.response["status"] == "HITL_REJECTED"
                 approved += isinstance(record.response, str)
                 assert record.decided_by == "tester"
-    assert approved >= 1 and rejected >= 1
+    removes = [r.response if isinstance(r.response, str) else r.response["status"]
+               for log in logs.values() for r in log if r.tool_name == "remove"]
+    assert approved >= 1 and rejected >= 1, (approved, rejected, removes, decided)
     assert scope_used <= SCOPE_LIMIT
     assert abs(scope_used - charged) < 1e-6  # the scope was charged exactly what the journals say

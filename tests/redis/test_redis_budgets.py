@@ -130,6 +130,30 @@ async def test_charge_fence(backend: Backend, redis_url: str, redis_prefix: str)
     assert await b.remaining("r", "api") == 4.0
 
 
+async def test_a_free_call_of_a_fenced_run_still_checks_the_fence(
+    backend: Backend, redis_url: str, redis_prefix: str, round_trips: RoundTrips
+) -> None:
+    b = backend.budgets
+    lease = keys.lease(redis_prefix, "r")
+    sync = redis.Redis.from_url(redis_url)
+    sync.set(lease, "mine")
+    await b.open_run("r", {"api": 5}, {})
+    round_trips.reset()
+    assert (await b.charge("r", 0, {})).ok  # unfenced: nothing to check, no round trip
+    assert round_trips.sends == 0
+    assert (await b.charge("r", 0, {}, fence=Fence(lease, "mine"))).ok  # type: ignore[call-arg]
+    assert round_trips.sends == 1  # fenced: one script call, even for nothing
+    sync.set(lease, "theirs")
+    with pytest.raises(StaleLeaseError, match="theirs"):
+        await b.charge("r", 1, {}, fence=Fence(lease, "mine"))  # type: ignore[call-arg]
+    b.fences["r"] = Fence(lease, "mine")  # type: ignore[attr-defined]  # the table the coordinator fills
+    with pytest.raises(StaleLeaseError):
+        await b.charge("r", 1, {})
+    assert not sync.hlen(keys.charges(redis_prefix, "r"))  # a free call leaves no charge record
+    sync.close()
+    assert await b.remaining("r", "api") == 5.0
+
+
 async def test_float_costs_add_up_exactly_enough(backend: Backend) -> None:
     b = backend.budgets
     await b.open_run("r", {"usd": 0.3}, {})

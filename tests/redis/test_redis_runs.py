@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import redis
 
-from castor.backends.redis import keys, redis_backend
+from castor import StaleLeaseError
+from castor.backends.redis import Fence, keys, redis_backend
 from castor.checkpoint import AgentCheckpoint, Capability, SyscallRecord
 from castor.seams import Backend
 
@@ -91,3 +93,24 @@ async def test_a_fork_keeps_its_ancestors_records_alive(redis_url: str, redis_pr
     assert [r.response for r in await b.journal.history("child")] == [0, 1]
     sync.close()
     await b.close()
+
+
+async def test_a_fenced_save_is_refused_inside_the_script_once_the_lease_moved(
+    backend: Backend, redis_url: str, redis_prefix: str
+) -> None:
+    lease = keys.lease(redis_prefix, "p")
+    sync = redis.Redis.from_url(redis_url)
+    sync.set(lease, "co-a/1")
+    await backend.runs.save(checkpoint("p", "RUNNING"), owner="co-a", fence=Fence(lease, "co-a/1"))  # type: ignore[call-arg]
+    sync.set(lease, "co-b/2")  # co-b took the run over and saved its own header
+    await backend.runs.save(checkpoint("p", "SUSPENDED_FOR_HITL"), owner="co-b", fence=Fence(lease, "co-b/2"))  # type: ignore[call-arg]
+    with pytest.raises(StaleLeaseError, match="co-b/2"):
+        await backend.runs.save(checkpoint("p", "COMPLETED"), fence=Fence(lease, "co-a/1"))  # type: ignore[call-arg]
+    backend.runs.fences["p"] = Fence(lease, "co-a/1")  # type: ignore[attr-defined]  # the shared table
+    with pytest.raises(StaleLeaseError):
+        await backend.runs.save(checkpoint("p", "FAILED"))
+    header = keys.run_header(redis_prefix, "p")
+    assert sync.hmget(header, "status", "owner") == [b"SUSPENDED_FOR_HITL", b"co-b"]
+    assert [r.pid for r in await backend.runs.list("SUSPENDED_FOR_HITL")] == ["p"]
+    assert sync.ttl(header) == -1  # nor did the refused COMPLETED start its retention
+    sync.close()

@@ -71,7 +71,7 @@ def redis_backend(url: str, *, prefix: str = "castor", **options: Any) -> Backen
         socket_timeout=float(o["socket_timeout"]),
         socket_connect_timeout=float(o["socket_connect_timeout"]),
     )
-    fences: dict[str, Fence] = {}  # one table: a run's journal writes and charges pass the same fence
+    fences: dict[str, Fence] = {}  # one table: a run's journal writes, charges and saves pass the same fence
     journal = RedisJournal(conn, prefix, fences)
     budgets = RedisBudgetStore(
         conn, prefix, reservation_seconds=float(o["reservation_seconds"]), holder=o["holder"], fences=fences
@@ -80,5 +80,5 @@ def redis_backend(url: str, *, prefix: str = "castor", **options: Any) -> Backen
         conn, prefix, approval_ttl=o["approval_ttl"], expiry_outcome=o["expiry_outcome"],
         expiry_reason=o["expiry_reason"], stream_maxlen=int(o["stream_maxlen"]),
     )
-    runs = RedisRunStore(conn, prefix, journal, retention_seconds=float(o["retention_seconds"]))
+    runs = RedisRunStore(conn, prefix, journal, retention_seconds=float(o["retention_seconds"]), fences=fences)
     return Backend(journal, budgets, approvals, runs, url=hide_password(url), durable=True, answers_inline=False)

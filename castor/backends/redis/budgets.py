@@ -117,11 +117,16 @@ class RedisBudgetStore:
         self, run_id: str, step: int, cost: Mapping[str, float], scopes: Sequence[str] = (), *,
         fence: Fence | None = None,
     ) -> Charge:
-        """Draw ``cost`` from the run and every scope, all or nothing, in one round trip; once per step."""
-        if not cost:
-            return _OK  # nothing to take: no ledger can refuse it, no record is needed
-        key_list, call = self._keys(run_id, scopes), self._call(step, cost)
+        """Draw ``cost`` from the run and every scope, all or nothing, in one round trip; once per step.
+
+        A charge precedes every dispatch, so for a fenced run (a ``fence`` given, or the run's in
+        ``fences``) the script runs even when the call costs nothing: it checks the fence, and a
+        coordinator that lost the run gets ``StaleLeaseError`` instead of dispatching a free tool.
+        """
         fence = fence or self.fences.get(run_id)
+        if not cost and fence is None:
+            return _OK  # nothing to take and no fence to check: no round trip
+        key_list, call = self._keys(run_id, scopes), self._call(step, cost)
         if fence is None:
             reply = await self._conn.script("budget_charge", key_list, (call,))
         else:

@@ -5,6 +5,10 @@ so listing runs never parses checkpoints. Sorted sets index every run and the ru
 creation time, for paging newest first. Retention: when a run finishes (COMPLETED, FAILED) all of its
 keys get ``retention_seconds`` to live, journal included; a fork's ancestors are kept at least as long,
 since the fork's history is theirs.
+
+A save may carry a ``Fence`` (or find one in the ``fences`` table the backend's stores share): the save
+script then compares the run's lease with the fence's token inside Redis and refuses the write with
+``StaleLeaseError`` when another coordinator holds the run, with no window between check and write.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from builtins import list as _list
 from typing import Any
 
 from castor.backends.redis import keys
-from castor.backends.redis._client import SCRIPTS, RedisConnection
+from castor.backends.redis._client import SCRIPTS, Fence, RedisConnection
 from castor.backends.redis.journal import RedisJournal
 from castor.checkpoint import FINISHED, AgentCheckpoint
 from castor.seams import RunSummary
@@ -28,20 +32,34 @@ class RedisRunStore:
     """Run headers every process shares; see the module docstring."""
 
     def __init__(
-        self, conn: RedisConnection, prefix: str, journal: RedisJournal, *, retention_seconds: float = WEEK
+        self,
+        conn: RedisConnection,
+        prefix: str,
+        journal: RedisJournal,
+        *,
+        retention_seconds: float = WEEK,
+        fences: dict[str, Fence] | None = None,
     ) -> None:
         self._conn = conn
         self._prefix = prefix
         self._journal = journal
         self.retention_seconds = retention_seconds
+        self.fences: dict[str, Fence] = {} if fences is None else fences
 
     def _index_keys(self) -> _list[str]:
         p = self._prefix
         return [keys.runs_expiring(p), keys.runs_all(p), *(keys.runs_by_status(p, s) for s in keys.STATUSES)]
 
-    async def save(self, checkpoint: AgentCheckpoint, *, owner: str | None = None) -> None:
-        """Store the checkpoint's header; a finished run starts its retention time."""
+    async def save(
+        self, checkpoint: AgentCheckpoint, *, owner: str | None = None, fence: Fence | None = None
+    ) -> None:
+        """Store the checkpoint's header; a finished run starts its retention time.
+
+        With a ``fence`` (given, or the run's in ``fences``) the write goes through only while the
+        fence's lease key holds its token (checked inside the script); ``StaleLeaseError`` otherwise.
+        """
         cp = checkpoint
+        fence = fence or self.fences.get(cp.pid)
         p = self._prefix
         header = cp.model_copy(update={"syscall_log": []}).model_dump_json()
         finished = cp.status in FINISHED
@@ -54,10 +72,13 @@ class RedisRunStore:
             "updated": repr(cp.updated_at), "owner": owner or "",
         }
         status_at = keys.STATUSES.index(cp.status) + 1
-        args: _list[Any] = [cp.pid, status_at, repr(cp.created_at), retention, repr(time.time())]
+        args: _list[Any] = [
+            cp.pid, status_at, repr(cp.created_at), retention, repr(time.time()), fence.token if fence else "",
+        ]
         for name, value in fields.items():
             args.extend((name, value))
-        await self._conn.script("run_save", [own[0], every, expiring, *by_status, *own[1:]], args)
+        lease = fence.key if fence else own[0]
+        await self._conn.script("run_save", [own[0], every, expiring, *by_status, lease, *own[1:]], args)
         if finished:
             await self._keep_ancestors(cp.pid, retention)
 

@@ -6,6 +6,7 @@
 -- Ledgers are hashes of `L:<resource>` (limit) and `U:<resource>` (used); a resource without a limit is free.
 -- The run's charge records live in '<prefix>:{<run>}:charges', named here from KEYS[1]: the same hash tag,
 -- so the same Cluster slot, and one argument fewer to send on every charge.
+-- A call that costs nothing is sent only for a fenced run, to check the fence.
 -- Returns 1 charged (or charged before: a step is charged once), or
 -- {0, which ledger was short (1: the run's, 2..: the scopes in order), resource, what is left}.
 local last = #KEYS
@@ -27,6 +28,9 @@ while true do
   at = z + 1
 end
 local step, claim, n = f[1], f[3], (#f - 3) / 2
+if n == 0 then
+  return 1 -- a free call of a fenced run: checking the fence above was the point; nothing to take
+end
 local fields = {}
 for k = 1, n do
   fields[2 * k - 1] = 'L:' .. f[2 + 2 * k]

@@ -1,8 +1,16 @@
 -- Store a run's header, move it to its status index, and apply retention to all its keys.
 -- KEYS[1] the run's header hash, KEYS[2] all-runs index, KEYS[3] expiring-runs index,
--- KEYS[4..8] the five status indexes, KEYS[9..] the run's other keys (journal, approvals, ...)
+-- KEYS[4..8] the five status indexes, KEYS[9] the lease key of the run's fence (read only when a
+-- fencing token is given), KEYS[10..] the run's other keys (journal, approvals, ...)
 -- ARGV[1] pid, ARGV[2] index of its status among KEYS[4..8] (1-5), ARGV[3] created (index score),
--- ARGV[4] retention seconds ('0': the run is not finished, keep it), ARGV[5] now, ARGV[6..] header field, value pairs
+-- ARGV[4] retention seconds ('0': the run is not finished, keep it), ARGV[5] now, ARGV[6] fencing token or '',
+-- ARGV[7..] header field, value pairs
+if ARGV[6] ~= '' then
+  local holder = redis.call('GET', KEYS[9])
+  if holder ~= ARGV[6] then
+    return redis.error_reply('CASTOR_STALE_LEASE the lease is held by ' .. (holder or 'nobody'))
+  end
+end
 local pid = ARGV[1]
 local own = 3 + tonumber(ARGV[2])
 for i = 4, 8 do
@@ -10,12 +18,12 @@ for i = 4, 8 do
     redis.call('ZREM', KEYS[i], pid)
   end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
 redis.call('ZADD', KEYS[2], ARGV[3], pid)
 redis.call('ZADD', KEYS[own], ARGV[3], pid)
 local retention = tonumber(ARGV[4])
 local kept = {KEYS[1]}
-for i = 9, #KEYS do
+for i = 10, #KEYS do
   kept[#kept + 1] = KEYS[i]
 end
 for _, key in ipairs(kept) do

@@ -1,0 +1,108 @@
+"""The worker's claim on a step, against the real Redis in this process (no Celery worker needed): a
+step the journal already holds is answered from its record and never executed again, whatever the
+approval round; of several deliveries racing for an unjournaled step exactly one executes."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import redis
+
+from castor.backends.redis import keys, redis_backend
+from castor.checkpoint import new_record
+from castor.executors._wire import IN_DOUBT, OK, Job, task_name
+from castor.registry import ToolRegistry
+from castor.settings import Settings
+from workers.runtime import WorkerRuntime
+
+
+class Touch:
+    """A non-idempotent tool that counts how often it really ran."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def touch(self, path: str) -> str:
+        with self.lock:
+            self.calls += 1
+        time.sleep(0.2)  # long enough for the other deliveries to arrive while it runs
+        return f"touched {path}"
+
+
+@pytest.fixture
+def tool() -> Touch:
+    return Touch()
+
+
+@pytest.fixture
+def runtime(redis_url: str, redis_prefix: str, tool: Touch) -> Iterator[WorkerRuntime]:
+    made = WorkerRuntime(Settings(redis_url=redis_url, redis_prefix=redis_prefix), ToolRegistry([tool.touch]))
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def job(attempt: int) -> dict[str, Any]:
+    request = {"tool_name": "touch", "arguments": {"path": "/tmp/x"}}
+    return Job("r", 0, "touch", {"path": "/tmp/x"}, "r:0", attempt, "", {"request": request}).kwargs()
+
+
+def journal_the_step(redis_url: str, redis_prefix: str, response: str) -> None:
+    """What the lost attempt did before its worker's reply was lost: it journaled the step."""
+
+    async def append() -> None:
+        backend = redis_backend(redis_url, prefix=redis_prefix)
+        try:
+            record = new_record({"tool_name": "touch", "arguments": {"path": "/tmp/x"}}, response)
+            await backend.journal.append("r", 0, record)
+        finally:
+            await backend.close()
+
+    asyncio.run(append())
+
+
+def test_a_round_reapproved_after_doubt_is_served_from_the_journal(
+    runtime: WorkerRuntime, tool: Touch, redis_url: str, redis_prefix: str
+) -> None:
+    sync = redis.Redis.from_url(redis_url)
+    sync.set(keys.started_marker(redis_prefix, "r", 0), 0)  # round 0 started here ...
+    journal_the_step(redis_url, redis_prefix, "touched by round 0")  # ... and did finish
+    # The step was reported in doubt, a human approved round 1: its task must not run the tool again.
+    outcome = runtime.handle(job(1), task_name("touch"))
+    assert outcome.status == OK
+    assert tool.calls == 0
+    assert sync.get(keys.started_marker(redis_prefix, "r", 0)) == b"0"  # a journaled step is not claimed
+    sync.close()
+
+
+def test_a_journaled_step_without_a_marker_is_not_run_again(
+    runtime: WorkerRuntime, tool: Touch, redis_url: str, redis_prefix: str
+) -> None:
+    journal_the_step(redis_url, redis_prefix, "touched before")  # its marker expired or was never set
+    assert runtime.handle(job(0), task_name("touch")).status == OK
+    assert tool.calls == 0
+
+
+def test_of_racing_deliveries_exactly_one_executes(runtime: WorkerRuntime, tool: Touch, redis_url: str,
+                                                   redis_prefix: str) -> None:
+    sync = redis.Redis.from_url(redis_url)
+    sync.set(keys.started_marker(redis_prefix, "r", 0), 0)  # round 0 was lost before it journaled
+    runtime.process()  # build the process state once, not in every racing thread
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(lambda _: runtime.handle(job(1), task_name("touch")).status, range(4)))
+    assert tool.calls == 1
+    assert sorted(outcomes) == sorted([OK, IN_DOUBT, IN_DOUBT, IN_DOUBT])
+    # and a late duplicate, once the step is journaled, gets the result
+    assert runtime.handle(job(1), task_name("touch")).status == OK
+    assert tool.calls == 1
+    journal = sync.zrangebyscore(keys.journal(redis_prefix, "r"), 0, 0)
+    assert len(journal) == 1 and b"touched /tmp/x" in journal[0]
+    sync.close()
