@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from castor._errors import BackendUnavailable, CastorError, StaleLeaseError
+from castor._tasks import stop_tasks
 from castor.backends.redis import keys
 from castor.seams import Backend
 from scheduler._fence import Fences, fenced
@@ -74,6 +75,7 @@ class Coordinator:
         self.stops: dict[str, list[Any]] = {}  # pid -> [reason, payload] handed to drive on cancel
         self.taken = 0
         self.stopping = asyncio.Event()
+        self._closing = False  # the loops end at their next turn (a cancellation alone may be lost)
         self._loops: list[asyncio.Task[None]] = []
 
     @property
@@ -127,9 +129,9 @@ class Coordinator:
                 out = io.StringIO()
                 task.print_stack(file=out)
                 log.error("%s: %s did not stop when drained:\n%s", self.name, task.get_name(), out.getvalue())
-        for loop in self._loops[1:]:
-            loop.cancel()
-        await asyncio.gather(*self._loops[1:], return_exceptions=True)
+        self._closing = True
+        for task in await stop_tasks(self._loops[1:], max(self.config.lease, 5.0)):
+            log.error("%s: %s did not stop; leaving it behind", self.name, task.get_name())
         with contextlib.suppress(BackendUnavailable):
             await self.ops.unregister()
         await self.kernels.close()
@@ -212,7 +214,7 @@ class Coordinator:
 
     async def _heartbeat_loop(self) -> None:
         every = self.config.lease / 3
-        while True:
+        while not self._closing:
             try:
                 held = dict(self.fences.tokens)
                 lost = await self.ops.renew(held, self.config.lease_ms)
@@ -237,7 +239,7 @@ class Coordinator:
 
     async def _wake_loop(self, cursor: dict[str, str]) -> None:
         decisions = keys.decision_stream(self.config.prefix)
-        while True:
+        while not self._closing:
             try:
                 events = await self.ops.read_events(cursor, block_ms=5000)
             except BackendUnavailable as exc:
@@ -255,7 +257,7 @@ class Coordinator:
         # Often enough that a dead coordinator's runs resume within its lease time plus half a second;
         # a sweep is two short scripts, whatever the number of runs parked or leased.
         every = min(self.config.lease / 4, 0.5)
-        while True:
+        while not self._closing:
             await asyncio.sleep(every * random.uniform(0.8, 1.2))  # coordinators spread their sweeps
             try:
                 taken_over = await self.ops.requeue_expired()

@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 from castor._errors import BackendUnavailable
+from castor._tasks import stop_tasks
 from castor.executors._wire import Reply, parse_reply
 
 log = logging.getLogger("castor.replies")
@@ -32,6 +33,7 @@ class ReplyReader:
         self._waiting: dict[str, tuple[int, asyncio.Future[Reply]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
+        self._closed = False  # the reader ends at its next turn (a cancellation alone may be lost)
 
     def expect(self, effect_id: str, attempt: int) -> asyncio.Future[Reply]:
         """A future set when the reply for ``effect_id`` (that attempt) arrives; starts the reader."""
@@ -51,7 +53,7 @@ class ReplyReader:
         last = "0-0"
         read_any = False
         errors = 0
-        while True:
+        while not self._closed:
             try:
                 pipe = self._client.pipeline(transaction=False)
                 if read_any:
@@ -102,10 +104,10 @@ class ReplyReader:
 
     async def close(self) -> None:
         """Stop reading and delete the stream."""
+        self._closed = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            # a read blocks at most BLOCK_MS: with the flag set it ends by then even if the cancel is lost
+            await stop_tasks([self._task], BLOCK_MS / 1000 + 1.0)
             self._task = None
         with contextlib.suppress(Exception):
             await self._client.delete(self.stream)

@@ -82,7 +82,8 @@ class Fleet:
             web=_quoted(POOLS["web"]), fs=_quoted(POOLS["fs"]),
         ))
         self.env = {**os.environ, "CASTOR_REDIS_URL": self.url, "CASTOR_REDIS_PREFIX": self.prefix,
-                    "CASTOR_TEST_PREFIX": self.prefix, "CASTOR_TEST_REDIS": self.url, "PYTHONPATH": str(ROOT)}
+                    "CASTOR_TEST_PREFIX": self.prefix, "CASTOR_TEST_REDIS": self.url, "PYTHONPATH": str(ROOT),
+                    "PYTHONFAULTHANDLER": "1"}  # a process stopped with SIGABRT logs where it hung
         for var in ("CASTOR_BROKER_URL", "CASTOR_SECRET", "CASTOR_STORE"):
             self.env.pop(var, None)
         self.redis = redis.Redis.from_url(self.url, decode_responses=True)
@@ -146,8 +147,13 @@ class Fleet:
         try:
             return proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait(5)
+            proc.send_signal(signal.SIGABRT)  # the faulthandler writes every thread's stack to its log
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            proc.wait(5)
+            return None
 
     def close(self) -> None:
         """Stop every process and delete every key and queue of this fleet."""

@@ -133,7 +133,7 @@ def test_fleet_of_two_pools_and_three_coordinators(fleet: Fleet) -> None:
         longs = asyncio.run(submit_all(fleet, ["long_job"] * 2, scopes=()))  # the team's budget may be spent
         pids += longs
         wait_for("the long runs to start", lambda: all(steps(fleet, pid) >= 2 for pid in longs), 60)
-        assert fleet.stop("co-b", signal.SIGTERM) == 0
+        assert fleet.stop("co-b", signal.SIGTERM) == 0, fleet.log("co-b")[-5000:]
         fleet.coordinator("co-c", concurrency=5)
         wait_for("every run to finish", lambda: finished(fleet) == RUNS, 90)
     finally:
