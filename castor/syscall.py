@@ -210,10 +210,24 @@ def cost_of(call: Syscall) -> Mapping[str, float]:
     return spec.cost
 
 
-async def budget(call: Syscall, inner: Handler) -> Any:
-    """Reserve the call's cost atomically; refund it if the tool never produced a result."""
-    ctx = call.ctx
+def budget(call: Syscall, inner: Handler) -> Awaitable[Any]:
+    """Reserve the call's cost atomically; refund it if the tool never produced a result.
+
+    A cost that no ledger tracks (no limit of the run on any of its resources, no shared scope) can be
+    neither refused nor taken, so nothing is charged and nothing would be refunded: the store is not
+    asked (the run's limits are its checkpoint's capabilities, which ``open_run`` gave the store).
+    The journal still records the cost, so usage stays exact.
+    """
     cost = cost_of(call)
+    ctx = call.ctx
+    if not ctx.scopes and ctx.checkpoint.capabilities.keys().isdisjoint(cost):
+        call.charged = cost
+        return inner(call)
+    return _charge(call, inner, cost)
+
+
+async def _charge(call: Syscall, inner: Handler, cost: Mapping[str, float]) -> Any:
+    ctx = call.ctx
     budgets = ctx.budgets
     charge = await budgets.charge(ctx.run_id, call.step, cost, ctx.scopes)
     if not charge.ok:

@@ -1,9 +1,9 @@
 """One reply stream per coordinator process, read by one asyncio task that resolves futures.
 
 Workers ``XADD`` a reply for every task they finish or refuse; the reader takes them in batches
-(``XREAD BLOCK``, up to 1,000 at a time), trims what it has read in the same round trip, and sets the
-future waiting for that effect id. No thread and no polling per call: a thousand calls in flight cost
-one blocked connection.
+(``XREAD BLOCK``, up to 1,000 at a time), trims what it has read about once a second (in the same round
+trip as a read), and sets the future waiting for that effect id. No thread and no polling per call: a
+thousand calls in flight cost one blocked connection.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from castor._errors import BackendUnavailable
@@ -19,16 +20,19 @@ from castor.executors._wire import Reply, parse_reply
 log = logging.getLogger("castor.replies")
 BATCH = 1000
 BLOCK_MS = 1000
+TRIM_EVERY, TRIM_SECONDS = 1000, 1.0
+STALL_SECONDS = 10.0
 RETRIES = 5  # a dropped connection is read again (nothing is lost: the stream keeps unread replies)
 IDLE_TTL = 24 * 3600  # a stream whose coordinator vanished expires instead of leaking
 
 
 class ReplyReader:
-    """Reads ``stream`` with ``client`` (a redis.asyncio client of its own: the read blocks)."""
+    """Reads ``stream`` through ``conn``, a connection of its own (the read blocks): anything with
+    ``execute(*commands)`` and ``close()`` (``RespConnection``, or a ``RedisConnection`` without hiredis)."""
 
-    def __init__(self, client: Any, stream: str) -> None:
+    def __init__(self, conn: Any, stream: str) -> None:
         self.stream = stream
-        self._client = client
+        self._conn = conn
         self._waiting: dict[str, tuple[int, asyncio.Future[Reply]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
@@ -49,20 +53,28 @@ class ReplyReader:
 
     async def _read(self) -> None:
         last = "0-0"
-        read_any = False
+        unread_trim = 0  # replies read since the stream was last trimmed
+        trimmed_at = time.monotonic()
         errors = 0
         while True:
+            # Trimming what was delivered costs two more commands: once a second (or per TRIM_EVERY
+            # replies) is enough to keep the stream short, and most reads are then one XREAD.
+            trim = unread_trim >= TRIM_EVERY or (unread_trim and time.monotonic() - trimmed_at >= TRIM_SECONDS)
+            commands: list[tuple[Any, ...]] = []
+            if trim:
+                commands += [("XTRIM", self.stream, "MINID", last), ("EXPIRE", self.stream, IDLE_TTL)]
+            commands.append(("XREAD", "COUNT", BATCH, "BLOCK", BLOCK_MS, "STREAMS", self.stream, last))
             try:
-                pipe = self._client.pipeline(transaction=False)
-                if read_any:
-                    pipe.xtrim(self.stream, minid=last)  # drop what was delivered, in this round trip
-                    pipe.expire(self.stream, IDLE_TTL)
-                pipe.xread({self.stream: last}, count=BATCH, block=BLOCK_MS)
-                answers = await pipe.execute()
+                async with asyncio.timeout(BLOCK_MS / 1000 + STALL_SECONDS):  # a silent server is a lost one
+                    replies = await self._conn.execute(*commands)
+                failed = [r for r in replies if isinstance(r, Exception)]
+                if failed:
+                    raise failed[0]
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 errors += 1
+                await self._conn.close()  # the next read opens a fresh connection
                 if errors > RETRIES:  # Redis stays away: fail every waiter instead of hanging them
                     self._fail_all(exc)
                     return
@@ -70,15 +82,14 @@ class ReplyReader:
                 await asyncio.sleep(0.1 * 2**errors)
                 continue
             errors = 0
-            batch = answers[-1] or []
-            read_any = False
-            for _stream, entries in batch:
-                for entry_id, fields in entries:
-                    last = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                    read_any = True
-                    self._deliver(fields)
+            if trim:
+                unread_trim, trimmed_at = 0, time.monotonic()
+            for entry_id, fields in _entries(replies[-1]):
+                last = entry_id
+                unread_trim += 1
+                self._deliver(fields)
 
-    def _deliver(self, fields: dict[bytes, bytes]) -> None:
+    def _deliver(self, fields: Any) -> None:
         try:
             reply = parse_reply(fields)
         except (ValueError, KeyError, UnicodeDecodeError) as exc:
@@ -108,5 +119,18 @@ class ReplyReader:
                 await self._task
             self._task = None
         with contextlib.suppress(Exception):
-            await self._client.delete(self.stream)
-        await self._client.aclose()
+            await self._conn.execute(("DEL", self.stream))
+        await self._conn.close()
+
+
+def _entries(reply: Any) -> list[tuple[str, Any]]:
+    """``(id, fields)`` of an XREAD reply, whichever shape the client gives it (RESP2 arrays of flat
+    field lists, or redis-py's parsed lists and maps)."""
+    if not reply:
+        return []
+    streams = reply.values() if isinstance(reply, dict) else [entries for _name, entries in reply]
+    out = []
+    for entries in streams:
+        for entry_id, fields in entries:
+            out.append((entry_id.decode() if isinstance(entry_id, bytes) else entry_id, fields))
+    return out

@@ -58,7 +58,7 @@ class RedisRunStore:
         for name, value in fields.items():
             args.extend((name, value))
         await self._conn.script("run_save", [own[0], every, expiring, *by_status, *own[1:]], args)
-        if finished:
+        if finished and cp.parent_pid:  # only a fork (whose parent is named) shares an ancestor's records
             await self._keep_ancestors(cp.pid, retention)
 
     async def _keep_ancestors(self, pid: str, retention: int) -> None:
@@ -92,7 +92,7 @@ class RedisRunStore:
     async def load(self, pid: str) -> AgentCheckpoint | None:
         """The header (``syscall_log`` empty) or None if no such run."""
         key = keys.run_header(self._prefix, pid)
-        data = await self._conn.run(lambda c: c.hget(key, "cp"))
+        data = await self._conn.command("hget", key, "cp")
         return None if data is None else AgentCheckpoint.model_validate_json(data)
 
     async def list(self, status: str | None = None, limit: int = 100, offset: int = 0) -> _list[RunSummary]:
