@@ -58,7 +58,7 @@ class RedisRunStore:
         for name, value in fields.items():
             args.extend((name, value))
         await self._conn.script("run_save", [own[0], every, expiring, *by_status, *own[1:]], args)
-        if finished and cp.parent_pid:  # only a fork (whose parent is named) shares an ancestor's records
+        if finished:
             await self._keep_ancestors(cp.pid, retention)
 
     async def _keep_ancestors(self, pid: str, retention: int) -> None:
