@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import os
 import time
@@ -61,7 +62,7 @@ class RedisPublisher:
 
         self._app = app
         self._conn = conn
-        self._dumps = dumps
+        self._kombu_dumps = dumps
         self._utcoffset = utcoffset
         self._origin = anon_nodename()
         self._pid = os.getpid()
@@ -91,7 +92,7 @@ class RedisPublisher:
         """The task's message and its ``task-sent`` event, as kombu's Redis transport stores them."""
         now = time.time() if now is None else now
         expires = (datetime.fromtimestamp(now, UTC) + timedelta(seconds=task.expires)).isoformat()
-        dumps = self._dumps
+        dumps = json.dumps  # kombu's dumps is json.dumps with a fallback for other types: same bytes
         headers = {
             "lang": "py", "task": task.name, "id": task.task_id, "shadow": None, "eta": None, "expires": expires,
             "group": None, "group_index": None, "retries": 0, "timelimit": [None, None], "root_id": task.task_id,
@@ -105,7 +106,10 @@ class RedisPublisher:
             "delivery_info": {"exchange": "", "routing_key": task.queue}, "priority": 0,
             "body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
         }
-        body = _b64(dumps([[], task.kwargs, _EMBED]))
+        try:
+            body = _b64(dumps([[], task.kwargs, _EMBED]))
+        except TypeError:  # a datetime, a UUID...: kombu's encoder tags it, as send_task would
+            body = _b64(self._kombu_dumps([[], task.kwargs, _EMBED]))
         message = dumps({
             "body": body, "content-encoding": "utf-8", "content-type": "application/json",
             "headers": headers, "properties": properties,

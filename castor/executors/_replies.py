@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from typing import Any
 
@@ -21,35 +22,76 @@ log = logging.getLogger("castor.replies")
 BATCH = 1000
 BLOCK_MS = 1000
 TRIM_EVERY, TRIM_SECONDS = 1000, 1.0
-STALL_SECONDS = 10.0
+TICK = 0.25  # deadline resolution (s)
+STALL_SECONDS = 30.0  # a read that takes this much longer than its BLOCK: the connection is dead
 RETRIES = 5  # a dropped connection is read again (nothing is lost: the stream keeps unread replies)
 IDLE_TTL = 24 * 3600  # a stream whose coordinator vanished expires instead of leaking
 
 
 class ReplyReader:
     """Reads ``stream`` through ``conn``, a connection of its own (the read blocks): anything with
-    ``execute(*commands)`` and ``close()`` (``RespConnection``, or a ``RedisConnection`` without hiredis)."""
+    ``execute(*commands)`` and ``close()`` (``RespConnection``, or a ``RedisConnection`` without hiredis).
+
+    It also keeps the callers' deadlines: a future whose reply has not come by its deadline gets a
+    ``TimeoutError``. Deadlines are kept in buckets of ``TICK`` seconds behind one timer, not one timer
+    per call: with thousands of calls in flight, the event loop's timer heap stays small.
+    """
 
     def __init__(self, conn: Any, stream: str) -> None:
         self.stream = stream
         self._conn = conn
-        self._waiting: dict[str, tuple[int, asyncio.Future[Reply]]] = {}
+        self._waiting: dict[str, tuple[int, asyncio.Future[Reply], int]] = {}
+        self._due: dict[int, dict[str, asyncio.Future[Reply]]] = {}  # bucket -> the calls due in it
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_bucket = 0
         self._task: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
 
-    def expect(self, effect_id: str, attempt: int) -> asyncio.Future[Reply]:
-        """A future set when the reply for ``effect_id`` (that attempt) arrives; starts the reader."""
+    def expect(self, effect_id: str, attempt: int, deadline: float) -> asyncio.Future[Reply]:
+        """A future set when the reply for ``effect_id`` (that attempt) arrives, or failed with
+        ``TimeoutError`` about ``deadline`` seconds from now (never earlier); starts the reader."""
         if self._failure is not None:
             raise BackendUnavailable(f"the reply stream {self.stream} cannot be read: {self._failure}")
+        loop = asyncio.get_running_loop()
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._read(), name=f"castor-replies:{self.stream}")
-        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._waiting[effect_id] = (attempt, future)
+            self._task = loop.create_task(self._read(), name=f"castor-replies:{self.stream}")
+        future: asyncio.Future[Reply] = loop.create_future()
+        bucket = math.ceil((loop.time() + deadline) / TICK)
+        self._waiting[effect_id] = (attempt, future, bucket)
+        self._due.setdefault(bucket, {})[effect_id] = future
+        if self._timer is None or bucket < self._timer_bucket:
+            self._arm(loop, bucket)
         return future
 
     def forget(self, effect_id: str) -> None:
-        """Stop waiting for ``effect_id`` (its caller gave up)."""
-        self._waiting.pop(effect_id, None)
+        """Stop waiting for ``effect_id`` (its caller has its answer or gave up)."""
+        waiting = self._waiting.pop(effect_id, None)
+        if waiting is not None:
+            self._undue(effect_id, waiting[2])
+
+    def _undue(self, effect_id: str, bucket: int) -> None:
+        due = self._due.get(bucket)
+        if due is not None:
+            due.pop(effect_id, None)
+            if not due:
+                del self._due[bucket]
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, bucket: int) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_bucket = loop.call_at(bucket * TICK, self._expire), bucket
+
+    def _expire(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for bucket in sorted(b for b in self._due if b * TICK <= now):
+            for effect_id, future in self._due.pop(bucket).items():
+                self._waiting.pop(effect_id, None)
+                if not future.done():
+                    future.set_exception(TimeoutError())
+        if self._due:
+            self._arm(loop, min(self._due))
 
     async def _read(self) -> None:
         last = "0-0"
@@ -78,7 +120,8 @@ class ReplyReader:
                 if errors > RETRIES:  # Redis stays away: fail every waiter instead of hanging them
                     self._fail_all(exc)
                     return
-                log.warning("reply stream %s: %s; reading again (%d/%d)", self.stream, exc, errors, RETRIES)
+                log.warning("reply stream %s: %s: %s; reading again (%d/%d)", self.stream, type(exc).__name__, exc,
+                            errors, RETRIES)
                 await asyncio.sleep(0.1 * 2**errors)
                 continue
             errors = 0
@@ -99,6 +142,7 @@ class ReplyReader:
         if waiting is None or waiting[0] != reply.attempt:
             return  # nobody waits (timed out), or a late reply of an earlier attempt
         del self._waiting[reply.effect_id]
+        self._undue(reply.effect_id, waiting[2])
         if not waiting[1].done():
             waiting[1].set_result(reply)
 
@@ -106,13 +150,17 @@ class ReplyReader:
         self._failure = exc
         log.error("reply stream %s failed: %s", self.stream, exc)
         error = BackendUnavailable(f"the reply stream {self.stream} cannot be read: {exc}")
-        for _attempt, future in self._waiting.values():
+        for _attempt, future, _bucket in self._waiting.values():
             if not future.done():
                 future.set_exception(error)
         self._waiting.clear()
+        self._due.clear()
 
     async def close(self) -> None:
         """Stop reading and delete the stream."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

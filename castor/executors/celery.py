@@ -12,10 +12,10 @@ Celery and redis are imported here only, so ``import castor`` loads neither.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from castor._errors import (
@@ -34,6 +34,17 @@ from castor.seams import Call, Journal
 from castor.settings import REPLY_GRACE, Settings, tool_policy
 
 _ERRORS: dict[str, type[Exception]] = {REFUSED: TaskRefusedError, IN_DOUBT: InDoubtError, TIMEOUT: ToolTimeoutError}
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """Where a tool's calls go and how long the coordinator waits (worked out once per tool)."""
+
+    task: str
+    pool: str
+    queue: str
+    deadline: float
+    sensitive: frozenset[str]
 
 
 class CeleryExecutor:
@@ -57,6 +68,7 @@ class CeleryExecutor:
         self._settings = settings
         self._journal = journal
         self._grace = reply_grace
+        self._routes: dict[str, _Route] = {}
         self._app = Celery("castor-coordinator", set_as_current=False)
         self._app.conf.update(celery_config(settings))
         self._broker: Any = None
@@ -85,30 +97,34 @@ class CeleryExecutor:
 
     async def execute(self, call: Call) -> Any:
         """Send the call to its pool and return the tool's result, or raise what became of it."""
-        spec = self._tools.get(call.tool_name)
-        policy = tool_policy(self._settings, spec)
-        pool = self._settings.pool_of(call.tool_name)
+        route = self._routes.get(call.tool_name) or self._route(call.tool_name)
         job = Job(
             call.run_id, call.step, call.tool_name, call.arguments, call.effect_id, call.attempt,
             self._replies.stream, call.record or {},
         )
         if self._settings.secret:
             job.token = sign(self._settings.secret, job)
-        deadline = self._deadline(policy.timeout, policy.retryable)
-        future = self._replies.expect(call.effect_id, call.attempt)
+        future = self._replies.expect(call.effect_id, call.attempt, route.deadline)
         try:
             await self._publisher.publish(Task(
-                task_name(job.tool), f"{job.effect_id}#{job.attempt}-{uuid.uuid4().hex[:8]}", job.kwargs(),
-                self._settings.queue_of(pool), deadline, {"castor_run": job.run_id, "castor_step": job.step},
-                kwargs_repr(job, policy.sensitive),
+                route.task, f"{job.effect_id}#{job.attempt}-{uuid.uuid4().hex[:8]}", job.kwargs(), route.queue,
+                route.deadline, {"castor_run": job.run_id, "castor_step": job.step},
+                kwargs_repr(job, route.sensitive),
             ))
-            async with asyncio.timeout(deadline):
-                reply = await future
+            reply = await future
         except TimeoutError:
-            return await self._late(call, pool, deadline)
+            return await self._late(call, route.pool, route.deadline)
         finally:
             self._replies.forget(call.effect_id)
         return _outcome(reply, call.tool_name)
+
+    def _route(self, tool: str) -> _Route:
+        policy = tool_policy(self._settings, self._tools.get(tool))
+        pool = self._settings.pool_of(tool)
+        route = _Route(task_name(tool), pool, self._settings.queue_of(pool),
+                       self._deadline(policy.timeout, policy.retryable), policy.sensitive)
+        self._routes[tool] = route
+        return route
 
     def _deadline(self, timeout: float, retryable: bool) -> float:
         if not retryable:

@@ -3,8 +3,9 @@
 redis-py's asyncio client spends ~100 µs of CPU per pipeline (checking a connection out of the pool,
 command objects, response callbacks, observability hooks) — as much as everything else a live
 syscall costs the coordinator. Publishing a task needs none of it: ``RespConnection`` writes each
-group of commands RESP-encoded straight to one socket, with any number of groups in flight, and
-hiredis parses the replies in ``data_received``, which resolve the waiting futures in order.
+group of commands RESP-encoded to one socket (what a loop iteration queued goes out in one write),
+with any number of groups in flight, and hiredis parses the replies in ``data_received``, which
+resolve the waiting futures in order.
 
 Plain TCP only (``redis://``; a password and a database in the URL are honoured). ``available()``
 says whether hiredis is installed; callers fall back to the batched redis-py path otherwise (and for
@@ -53,9 +54,23 @@ class _Protocol(asyncio.Protocol):
         self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self.reader = hiredis.Reader(replyError=RespError, encoding="utf-8", errors="replace")
         self.closed = False
+        self.outbox: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+
+    def send(self, data: bytes, loop: asyncio.AbstractEventLoop) -> None:
+        """Queue ``data``; everything queued in this loop iteration goes out in one write (one syscall)."""
+        if not self.outbox:
+            loop.call_soon(self._flush)
+        self.outbox.append(data)
+
+    def _flush(self) -> None:
+        data, self.outbox = b"".join(self.outbox), []
+        if self.transport is None or self.closed:
+            self.connection_lost(None)  # lost since it was queued: its callers must not wait forever
+        else:
+            self.transport.write(data)
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
@@ -104,7 +119,7 @@ class RespConnection:
             proto = await self._connected(loop)
         futures = [loop.create_future() for _ in commands]
         proto.waiting.extend(futures)
-        proto.transport.write(b"".join(_pack(c) for c in commands))  # type: ignore[union-attr]
+        proto.send(b"".join(_pack(c) for c in commands), loop)
         replies: list[Any] = []
         try:
             for future in futures:
@@ -150,7 +165,7 @@ class RespConnection:
         if hello:
             futures = [loop.create_future() for _ in hello]
             proto.waiting.extend(futures)
-            proto.transport.write(b"".join(_pack(c) for c in hello))  # type: ignore[union-attr]
+            proto.send(b"".join(_pack(c) for c in hello), loop)
             for future in futures:
                 try:
                     await future
