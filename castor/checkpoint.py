@@ -81,6 +81,8 @@ class RunSpec(BaseModel):
     tools: list[str] = Field(default_factory=list)
     destructive: list[str] = Field(default_factory=list)
     source_hash: str | None = None
+    # The file behind each import spec's module -> sha256 of its source, so a refusal can name what changed.
+    sources: dict[str, str] = Field(default_factory=dict)
 
 
 class AgentCheckpoint(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 
 from castor import castor_tool
 
@@ -30,3 +31,9 @@ def search(query: str) -> list[str]:
 def summarize(text: str) -> str:
     """Runs on the default pool."""
     return text[:80]
+
+
+def open_ticket() -> str:
+    """A fresh ticket id (web pool). An agent is replayed with the same calls, so it cannot draw a random
+    name itself; a ticket drawn through a tool is journaled, the same on every replay."""
+    return uuid.uuid4().hex[:12]

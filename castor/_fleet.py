@@ -1,0 +1,223 @@
+"""The fleet from the operator's side: submit runs to the coordinators' queue, decide and cancel them,
+see which coordinator drives what. The coordinators' own side is ``scheduler``.
+
+Against the fleet a decision is only recorded: the Redis approval store announces it on the decision
+stream and a coordinator resumes the run. A run is the fleet's while it is queued, leased or parked.
+redis is imported lazily, so ``import castor`` never loads it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from importlib import resources
+from typing import Any
+
+from castor import _code
+from castor._errors import BackendUnavailable, ConfigError, NothingPendingError, RunNotFoundError
+from castor._runner import new_checkpoint
+from castor.backends.redis import keys
+from castor.checkpoint import FINISHED, AgentCheckpoint
+from castor.seams import Backend, Decision, DecisionOutcome
+
+CANCELLED = "cancelled"
+
+
+def redacted(url: str) -> str:
+    """The URL with its password hidden, for error messages."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    user = creds.partition(":")[0]
+    return f"{scheme}{sep}{user}:***@{host}" if ":" in creds else f"{scheme}{sep}***@{host}"
+
+
+def load_script(client: Any, name: str) -> Any:
+    """A fleet Lua script from the package, registered on ``client`` (sent by its sha after the first call)."""
+    text = resources.files("castor.backends").joinpath("redis", "lua", f"{name}.lua").read_text()
+    return client.register_script(text)
+
+
+def new_run(
+    agent: str,
+    tools: Sequence[str],
+    *,
+    destructive: Sequence[str] = (),
+    budgets: Mapping[str, float] | None = None,
+    speculative: bool = False,
+    scopes: Sequence[str] = (),
+    pid: str | None = None,
+) -> AgentCheckpoint:
+    """A run ready to submit: its checkpoint, stamped with the import specs and source hashes of its code."""
+    spec = _code.run_spec(agent, tools, destructive)
+    unknown = set(destructive) - {_code.split_spec(t)[1] for t in tools}
+    if unknown:
+        raise ConfigError(f"destructive names tools that are not among the run's tools: {', '.join(sorted(unknown))}")
+    name = _code.split_spec(agent)[1]
+    cp = new_checkpoint(pid or f"{name}-{uuid.uuid4().hex[:8]}", name, dict(budgets or {}))
+    cp.speculative = speculative
+    cp.scopes = list(scopes)
+    cp.spec = spec
+    return cp
+
+
+def owner_of(token: str | None) -> str | None:
+    """The coordinator name inside a fencing token ``<name>/<nonce>``."""
+    return token.rpartition("/")[0] if token else None
+
+
+class FleetClient:
+    """Fleet-wide Redis operations an operator (or a test) needs; one asyncio Redis client."""
+
+    def __init__(self, url: str, prefix: str = "castor", *, client: Any = None) -> None:
+        if client is None:
+            from redis import asyncio as aioredis
+
+            client = aioredis.Redis.from_url(url, decode_responses=True)
+        self.url = url
+        self.prefix = prefix
+        self.redis = client
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self.redis.aclose()
+
+    async def _call(self, what: str, awaitable: Any) -> Any:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        try:
+            return await awaitable
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise BackendUnavailable(f"cannot {what}: Redis at {redacted(self.url)} is unreachable ({exc})") from exc
+
+    # --- runs -------------------------------------------------------------------------------------
+
+    async def submit(self, backend: Backend, checkpoint: AgentCheckpoint) -> str:
+        """Store a new run and queue it for the coordinators; returns its pid."""
+        if checkpoint.spec is None:
+            raise ConfigError(f"run {checkpoint.pid!r} has no spec: a coordinator could not rebuild its kernel")
+        await backend.runs.save(checkpoint)
+        await self._call("submit the run", self.redis.sadd(keys.submitted(self.prefix), checkpoint.pid))
+        await self.enqueue(checkpoint.pid)
+        return checkpoint.pid
+
+    async def was_submitted(self, pid: str) -> bool:
+        """Whether the run was submitted to the fleet (then its fork is too)."""
+        return bool(await self._call("read the fleet", self.redis.sismember(keys.submitted(self.prefix), pid)))
+
+    async def enqueue(self, pid: str) -> None:
+        """Queue a run behind those waiting (fresh submissions enter at the left)."""
+        await self._call("queue the run", self.redis.lpush(keys.run_queue(self.prefix), pid))
+
+    async def fleet_state(self, pids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Per pid: ``owner`` (the coordinator leasing it), ``parked`` (the step it waits on), ``queued``."""
+        pids = list(pids)
+        p = self.prefix
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for pid in pids:
+                pipe.get(keys.lease(p, pid))
+            pipe.hgetall(keys.parked(p))
+            pipe.lrange(keys.run_queue(p), 0, -1)
+            out = await self._call("read the fleet's state", pipe.execute())
+        tokens, parked_steps, queue = out[: len(pids)], out[len(pids)], set(out[len(pids) + 1])
+        return {
+            pid: {"owner": owner_of(tokens[i]), "parked": _int(parked_steps.get(pid)), "queued": pid in queue}
+            for i, pid in enumerate(pids)
+        }
+
+    async def is_fleet_run(self, pid: str) -> bool:
+        """Whether the fleet holds the run: queued, leased or parked (then decisions only get recorded)."""
+        state = (await self.fleet_state([pid]))[pid]
+        return bool(state["owner"] or state["parked"] is not None or state["queued"])
+
+    async def decide(
+        self, backend: Backend, pid: str, outcome: DecisionOutcome, by: str, reason: str = ""
+    ) -> Decision:
+        """Record a decision on the run's pending call; the coordinator that wakes on it resumes the run."""
+        if await backend.runs.load(pid) is None:
+            raise RunNotFoundError(pid)
+        pending = await backend.approvals.pending(pid)
+        if not pending:
+            raise NothingPendingError(f"run {pid!r} has no pending call to {outcome}")
+        call = pending[0]
+        return await backend.approvals.decide(Decision(pid, call.step, outcome, by, time.time(), reason))
+
+    async def cancel(self, backend: Backend, pid: str, by: str) -> str:
+        """Stop a run wherever it is; returns what happened (``cancelled`` or ``cancel requested``)."""
+        header = await backend.runs.load(pid)
+        if header is None:
+            raise RunNotFoundError(pid)
+        if header.status in FINISHED:
+            raise ConfigError(f"run {pid!r} has finished ({header.status}); there is nothing to cancel")
+        p = self.prefix
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(keys.cancelled(p), pid)
+            pipe.hdel(keys.parked(p), pid)
+            pipe.xadd(keys.control_stream(p), {"cmd": "cancel", "run": pid, "by": by}, maxlen=10_000)
+            _, was_parked, _ = await self._call("cancel the run", pipe.execute())
+        if not was_parked:
+            return "cancel requested"  # its coordinator (or the next to take it) stops it
+        await mark_cancelled(backend, header, by)
+        await self._call("cancel the run", self.redis.srem(keys.cancelled(p), pid))
+        return CANCELLED
+
+    # --- coordinators -----------------------------------------------------------------------------
+
+    async def coordinators(self) -> list[dict[str, Any]]:
+        """Live coordinators with their load, from their registrations (a dead one drops out)."""
+        p = self.prefix
+        now_ms = time.time() * 1000
+        entries = await self._call(
+            "list coordinators", self.redis.zrangebyscore(keys.coordinators(p), now_ms, "+inf", withscores=True)
+        )
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name, _ in entries:
+                pipe.hgetall(keys.coordinator(p, name))
+            infos = await self._call("list coordinators", pipe.execute())
+        rows = []
+        for (name, _), info in zip(entries, infos, strict=True):
+            if not info:
+                continue
+            seen = float(info.get("seen", 0)) / 1000
+            rows.append({
+                "name": name,
+                "host": info.get("host", ""),
+                "pid": _int(info.get("pid")),
+                "driving": _int(info.get("driving")) or 0,
+                "concurrency": _int(info.get("concurrency")) or 0,
+                "taken": _int(info.get("taken")) or 0,
+                "state": info.get("state", ""),
+                "seen_ago": max(time.time() - seen, 0.0),
+            })
+        return sorted(rows, key=lambda r: r["name"])
+
+    async def counts(self) -> dict[str, int]:
+        """How many runs are queued, leased and parked across the fleet."""
+        p = self.prefix
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.llen(keys.run_queue(p))
+            pipe.zcard(keys.leased(p))
+            pipe.hlen(keys.parked(p))
+            queued, leased, parked = await self._call("count runs", pipe.execute())
+        return {"queued": queued, "leased": leased, "parked": parked}
+
+
+async def mark_cancelled(backend: Backend, header: AgentCheckpoint, by: str) -> None:
+    """Store the run as stopped by an operator: ``PREEMPTED`` with reason ``cancelled`` (resumable)."""
+    if not header.syscall_log:
+        header.syscall_log = await backend.journal.history(header.pid)  # the store counts steps on save
+    header.status = "PREEMPTED"
+    header.preemption_reason = CANCELLED
+    header.preemption_payload = {"by": by}
+    header.pending_hitl = None
+    header.pending_step = None
+    header.updated_at = time.time()
+    await backend.runs.save(header)
+    await backend.approvals.clear(header.pid)
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if value not in (None, "") else None

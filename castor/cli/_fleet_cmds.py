@@ -1,0 +1,145 @@
+"""CLI commands against the fleet.
+
+New commands: ``coordinator``, ``submit``, ``approvals``, ``cancel``, ``coordinators``. On a Redis store,
+``ps`` and ``inspect`` also show which coordinator drives a run, and ``approve`` / ``reject`` / ``modify``
+of a run the fleet holds (queued, driven or parked) only record the decision: a coordinator resumes the
+run. ``fork`` of a run submitted to the fleet submits the fork to the fleet. Everything else keeps the
+embedded behaviour of ``castor.cli._runs`` / ``_decide`` / ``_status``.
+
+The store is the CLI's (``--store URL`` / ``--redis URL`` / ``CASTOR_REDIS_URL``); the key prefix is
+``--prefix`` / ``CASTOR_REDIS_PREFIX`` (default ``castor``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from castor._errors import ConfigError
+from castor.cli import _fleet_views as views
+from castor.cli._args import add_run_options
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+Handler = Callable[[argparse.Namespace], Awaitable[int]]
+
+
+def _prefix(parser: argparse.ArgumentParser) -> None:
+    if "--prefix" not in parser._option_string_actions:
+        parser.add_argument("--prefix", default=argparse.SUPPRESS, help="Redis key prefix (default: castor)")
+
+
+def _json(parser: argparse.ArgumentParser) -> None:
+    if "--json" not in parser._option_string_actions:
+        parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _as(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--as", dest="by", default=None, metavar="NAME", help="who (default: the OS user)")
+
+
+def add_commands(subparsers: Any) -> None:
+    """Add the fleet commands, and make ``ps`` / ``inspect`` / decisions / ``fork`` fleet-aware."""
+
+    def add(name: str, handler: Handler, help_: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = subparsers.add_parser(name, help=help_, description=help_)
+        parser.set_defaults(handler=handler)
+        _prefix(parser)
+        return parser
+
+    co = add("coordinator", views.coordinator, "run a coordinator: take submitted runs and drive them")
+    co.add_argument("--concurrency", type=int, default=200, help="runs driven at once (parked runs hold none)")
+    co.add_argument("--name", default=None, help="this coordinator's name (default: <host>-<pid>)")
+    co.add_argument("--config", default=None, help="castor.toml: Redis, broker and pools")
+    co.add_argument("--lease", type=float, default=15.0, metavar="SECONDS", help="lease time on each run")
+    co.add_argument("--grace", type=float, default=30.0, metavar="SECONDS", help="drain: wait for steps this long")
+    co.add_argument("--executor", choices=("auto", "local", "celery"), default="auto",
+                    help="where tools run (auto: celery with --config, else in this process)")
+    co.add_argument("--allow-code-change", action="store_true",
+                    help="resume runs whose agent or tool source changed since they started")
+    co.add_argument("--log-level", default="INFO")
+
+    sub = add("submit", views.submit, "submit a run to the fleet (same options as run); prints its pid")
+    add_run_options(sub)
+    _json(sub)
+
+    if "approvals" not in subparsers.choices:
+        _json(add("approvals", views.approvals, "calls waiting for a decision across the fleet, oldest first"))
+
+    can = add("cancel", views.cancel, "stop a run wherever it is (it ends PREEMPTED, reason cancelled)")
+    can.add_argument("pid")
+    _as(can)
+
+    cos = add("coordinators", views.coordinators, "live coordinators with their load")
+    cos.add_argument("--alive", default=None, metavar="NAME", help="exit 1 unless NAME is live (health check)")
+    _json(cos)
+
+    for name in ("ps", "inspect", "approve", "reject", "modify", "fork"):
+        parser = subparsers.choices.get(name)
+        if parser is None:
+            continue
+        _prefix(parser)
+        if name == "fork":
+            _json(parser)  # against the fleet, fork prints the new pid (as JSON with --json)
+        if name in ("approve", "reject", "modify"):
+            parser.set_defaults(outcome=name)
+        parser.set_defaults(handler=_fleet_aware(name, parser.get_default("handler")))
+
+
+def _fleet_aware(name: str, embedded: Handler) -> Handler:
+    """The command's embedded handler, or the fleet's when the store is Redis and the fleet holds the run."""
+    fleet_handler: Handler = getattr(views, name if name != "approve" else "decide", views.decide)
+
+    async def handler(args: argparse.Namespace) -> int:
+        url = store_of(args)
+        if url is None:
+            return await embedded(args)
+        if name in ("ps", "inspect") or await views.held_by_fleet(args, name):
+            return await fleet_handler(args)
+        return await embedded(args)
+
+    handler.__name__ = f"fleet_{name}"
+    handler.__doc__ = embedded.__doc__
+    return handler
+
+
+def store_of(args: argparse.Namespace) -> str | None:
+    """The command's store URL if it is a Redis one, else None (then the embedded commands apply)."""
+    from castor.cli._common import store_url
+
+    url = store_url(args)
+    return url if url.startswith(REDIS_SCHEMES) else None
+
+
+def target(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:
+    """The fleet's Redis address, key prefix and store options.
+
+    The URL comes from ``--store`` / ``--redis`` / the environment, else ``--config``, else the local Redis.
+    The prefix: ``--prefix``, else the URL's ``?prefix=``, else ``CASTOR_REDIS_PREFIX``, else the config's.
+    """
+    from castor.backends import _redis_options
+    from castor.cli._common import STORE_ENV, _given, store_url
+
+    url = None
+    if _given(args) or any(os.environ.get(name) for name in STORE_ENV):
+        url = store_of(args)
+        if url is None:
+            raise ConfigError(f"the fleet keeps its state in Redis; {store_url(args)!r} is not a redis:// URL")
+    config = getattr(args, "config", None)
+    settings = None
+    if config:
+        from castor.settings import load_settings
+
+        settings = load_settings(config)
+    url = url or (settings.redis_url if settings else DEFAULT_URL)
+    address, url_prefix, options = _redis_options(url)
+    prefix = (
+        getattr(args, "prefix", None)
+        or (url_prefix if "prefix=" in url else None)
+        or os.environ.get("CASTOR_REDIS_PREFIX")
+        or (settings.redis_prefix if settings else None)
+        or "castor"
+    )
+    return address, prefix, options

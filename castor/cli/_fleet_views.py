@@ -1,0 +1,270 @@
+"""What the fleet commands do and print: one coroutine per command, tables for people, JSON for tools."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from castor._decisions import default_user
+from castor._errors import ConfigError, RunNotFoundError
+from castor._fleet import FleetClient, new_run
+from castor.checkpoint import AgentCheckpoint
+from castor.seams import Backend
+
+
+@asynccontextmanager
+async def fleet(args: argparse.Namespace) -> AsyncIterator[tuple[Backend, FleetClient]]:
+    """The fleet's backend and client for one command, closed after it."""
+    from castor.backends.redis import redis_backend
+    from castor.cli._fleet_cmds import target
+
+    url, prefix, options = target(args)
+    backend = redis_backend(url, prefix=prefix, **options)
+    client = FleetClient(url, prefix)
+    try:
+        yield backend, client
+    finally:
+        await client.close()
+        await backend.close()
+
+
+def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    """Left-aligned columns."""
+    cells = [[str(c) for c in header], *[[("-" if c is None else str(c)) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
+
+
+def age(since: float) -> str:
+    """``42s``, ``7m``, ``3h``, ``2d``."""
+    s = max(time.time() - since, 0.0)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{int(s // size)}{unit}"
+    return f"{int(s)}s"
+
+
+def emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    """Print JSON with ``--json``, else the text."""
+    print(json.dumps(data, indent=2, default=str) if getattr(args, "json", False) else text)
+
+
+# --- commands -------------------------------------------------------------------------------------
+
+
+async def coordinator(args: argparse.Namespace) -> int:
+    """``castor coordinator``: run until SIGTERM."""
+    from castor.cli._fleet_cmds import target
+    from scheduler.coordinator import CoordinatorConfig
+    from scheduler.main import executor_factory, serve
+
+    url, prefix, options = target(args)
+    settings = None
+    if args.config:
+        from castor.settings import load_settings
+
+        settings = load_settings(args.config)
+    kind = args.executor if args.executor != "auto" else ("celery" if settings is not None else "local")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = CoordinatorConfig(
+        url=url, prefix=prefix, name=args.name or "", concurrency=args.concurrency, lease=args.lease,
+        grace=args.grace, allow_code_change=args.allow_code_change, store_options=options,
+    )
+    await serve(config, executor=executor_factory(kind, settings))
+    return 0
+
+
+async def submit(args: argparse.Namespace) -> int:
+    """``castor submit``: store the run and queue it; print its pid."""
+    from castor.cli._runs import parse_budgets
+
+    tools = [one for spec in args.tools or [] for one in single_specs(spec)]
+    cp = new_run(
+        agent_spec(args.agent), tools, destructive=args.destructive or [], budgets=parse_budgets(args.budget),
+        speculative=args.speculative, scopes=args.scopes or [], pid=args.pid,
+    )
+    async with fleet(args) as (backend, client):
+        if args.pid and await backend.runs.load(args.pid) is not None:
+            raise ConfigError(f"a run with pid {args.pid!r} exists already")
+        pid = await client.submit(backend, cp)
+    emit(args, {"pid": pid}, pid)
+    return 0
+
+
+def single_specs(spec: str) -> list[str]:
+    """``file.py:a,b`` as ``[/abs/file.py:a, /abs/file.py:b]``: a coordinator loads one function per spec."""
+    from castor.cli._specs import absolute, split_spec
+
+    target, names = split_spec(absolute(spec))
+    if not names:
+        raise ConfigError(f"tool spec {spec!r} names no function: use FILE.py:FUNC or MODULE:FUNC")
+    return [f"{target}:{name}" for name in names]
+
+
+def agent_spec(spec: str) -> str:
+    """The agent's spec with an absolute path and its function named (``file.py`` means its agent or main)."""
+    from castor.cli._specs import absolute, load_agent, split_spec
+
+    target, names = split_spec(absolute(spec))
+    if len(names) > 1:
+        raise ConfigError(f"agent spec {spec!r} names more than one function")
+    if not names:
+        names = [load_agent(spec).__name__]
+    return f"{target}:{names[0]}"
+
+
+async def ps(args: argparse.Namespace) -> int:
+    """``castor ps``: runs with their owner coordinator, status, age and pending step."""
+    async with fleet(args) as (backend, client):
+        runs = await backend.runs.list(status=args.status, limit=args.limit)
+        state = await client.fleet_state([r.pid for r in runs])
+    rows: list[dict[str, Any]] = []
+    for r in runs:
+        s = state[r.pid]
+        shown = "QUEUED" if s["queued"] and not s["owner"] and r.status == "RUNNING" else r.status
+        pending = f"{r.pending_tool}@{s['parked'] if s['parked'] is not None else r.steps}" if r.pending_tool else None
+        rows.append({
+            "pid": r.pid, "status": shown, "owner": s["owner"], "age": round(time.time() - r.created_at, 3),
+            "steps": r.steps, "pending": pending, "parked": s["parked"] is not None, "agent": r.agent,
+        })
+    text = table(
+        [(r["pid"], r["status"], r["owner"], age(time.time() - float(r["age"])), r["steps"], r["pending"])
+         for r in rows],
+        ("PID", "STATUS", "OWNER", "AGE", "STEPS", "PENDING"),
+    )
+    emit(args, rows, text)
+    return 0
+
+
+async def inspect(args: argparse.Namespace) -> int:
+    """``castor inspect PID``."""
+    async with fleet(args) as (backend, client):
+        header = await backend.runs.load(args.pid)
+        if header is None:
+            raise RunNotFoundError(args.pid)
+        header.syscall_log = await backend.journal.history(args.pid)
+        header.failures = await backend.journal.failures(args.pid)
+        state = (await client.fleet_state([args.pid]))[args.pid]
+    data = header.model_dump(mode="json")
+    data["fleet"] = state
+    emit(args, data, describe(header, state))
+    return 0
+
+
+def describe(cp: AgentCheckpoint, state: dict[str, Any]) -> str:
+    """The text ``castor inspect`` prints."""
+    lines = [
+        f"pid:      {cp.pid}" + (f"  (fork of {cp.parent_pid})" if cp.parent_pid else ""),
+        f"status:   {cp.status}" + (f"  ({cp.preemption_reason})" if cp.preemption_reason else ""),
+        f"owner:    {state['owner'] or '-'}" + ("  (queued)" if state["queued"] else "")
+        + ("  (parked)" if state["parked"] is not None else ""),
+        f"agent:    {cp.spec.agent if cp.spec else cp.agent_function_name}",
+        f"age:      {age(cp.created_at)}",
+    ]
+    for name, cap in cp.capabilities.items():
+        lines.append(f"budget:   {name} {cp.budget_used(name):g}/{cap.max_budget:g}")
+    if cp.scopes:
+        lines.append(f"scopes:   {', '.join(cp.scopes)}")
+    for i, rec in enumerate(cp.syscall_log):
+        flags = " [review]" if rec.needs_review else (f" [decided by {rec.decided_by}]" if rec.was_hitl else "")
+        lines.append(f"  {i:>3} {rec.tool_name}({json.dumps(rec.arguments, default=str)}) -> "
+                     f"{json.dumps(rec.response, default=str)[:80]}{flags}")
+    if cp.pending_hitl:
+        lines.append(f"pending:  step {cp.pending_step} {cp.pending_tool}({json.dumps(cp.pending_args, default=str)})"
+                     + (f"  ({cp.pending_reason})" if cp.pending_reason else ""))
+    if cp.error:
+        lines.append(f"error:    {cp.error}")
+    if cp.result is not None:
+        lines.append(f"result:   {json.dumps(cp.result, default=str)}")
+    return "\n".join(lines)
+
+
+async def approvals(args: argparse.Namespace) -> int:
+    """``castor approvals``: what waits for a human, oldest first."""
+    async with fleet(args) as (backend, _):
+        pending = await backend.approvals.pending()
+    rows: list[dict[str, Any]] = [
+        {"pid": p.run_id, "step": p.step, "tool": p.tool_name, "arguments": p.arguments,
+         "waiting": round(time.time() - p.created_at, 3), "reason": p.reason}
+        for p in pending
+    ]
+    text = table(
+        [(r["pid"], r["step"], r["tool"], json.dumps(r["arguments"], default=str)[:60],
+          age(time.time() - r["waiting"]), r["reason"] or None) for r in rows],
+        ("PID", "STEP", "TOOL", "ARGUMENTS", "WAITING", "REASON"),
+    )
+    emit(args, rows, text)
+    return 0
+
+
+async def decide(args: argparse.Namespace) -> int:
+    """``castor approve`` / ``reject`` / ``modify``: record the decision; a coordinator resumes the run."""
+    reason = getattr(args, "reason", "") or getattr(args, "feedback", "") or ""
+    async with fleet(args) as (backend, client):
+        decision = await client.decide(backend, args.pid, args.outcome, args.by or default_user(), reason)
+    print(f"{args.pid}: step {decision.step} {decision.outcome}d by {decision.by}; a coordinator resumes the run")
+    return 0
+
+
+async def cancel(args: argparse.Namespace) -> int:
+    """``castor cancel PID``."""
+    async with fleet(args) as (backend, client):
+        outcome = await client.cancel(backend, args.pid, args.by or default_user())
+    print(f"{args.pid}: {outcome}")
+    return 0
+
+
+async def held_by_fleet(args: argparse.Namespace, command: str) -> bool:
+    """Whether ``command`` on ``args.pid`` is the fleet's: a decision on a run the fleet holds, a fork of a
+    run submitted to the fleet."""
+    async with fleet(args) as (_, client):
+        if command == "fork":
+            return await client.was_submitted(args.pid)
+        return await client.is_fleet_run(args.pid)
+
+
+async def fork(args: argparse.Namespace) -> int:
+    """``castor fork PID --at-step N``: the fork shares the first N steps and is submitted to the fleet."""
+    async with fleet(args) as (backend, client):
+        header = await backend.runs.load(args.pid)
+        if header is None:
+            raise RunNotFoundError(args.pid)
+        header.syscall_log = await backend.journal.history(args.pid)
+        try:
+            child = header.fork(at_step=args.at_step)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        if getattr(args, "new_pid", None):
+            child.pid = args.new_pid
+        if getattr(args, "speculative", False):
+            child.speculative = True
+        if await backend.runs.load(child.pid) is not None:
+            raise ConfigError(f"run {child.pid!r} exists already; fork under another name with --pid NEW")
+        await backend.journal.fork(header.pid, child.pid, args.at_step)  # shared, not copied
+        pid = await client.submit(backend, child)
+    emit(args, {"pid": pid, "parent": args.pid, "at_step": args.at_step}, pid)
+    return 0
+
+
+async def coordinators(args: argparse.Namespace) -> int:
+    """``castor coordinators``: live coordinators with their load."""
+    async with fleet(args) as (_, client):
+        rows = await client.coordinators()
+        counts = await client.counts()
+    if args.alive is not None:
+        alive = any(r["name"] == args.alive for r in rows)
+        print(f"{args.alive}: {'alive' if alive else 'not registered'}")
+        return 0 if alive else 1
+    text = table(
+        [(r["name"], r["host"], r["pid"], f"{r['driving']}/{r['concurrency']}", r["taken"], r["state"],
+          f"{r['seen_ago']:.1f}s") for r in rows],
+        ("NAME", "HOST", "PID", "DRIVING", "TAKEN", "STATE", "SEEN"),
+    )
+    text += f"\nqueued {counts['queued']}, driven {counts['leased']}, parked {counts['parked']}"
+    emit(args, {"coordinators": rows, **counts}, text)
+    return 0

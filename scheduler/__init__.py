@@ -1,0 +1,11 @@
+"""The fleet's coordinator (``castor coordinator``): takes submitted runs from Redis, drives them with
+the kernel under a renewable lease, parks runs that wait for a human, wakes them on decisions, takes
+over runs whose coordinator died, and drains cleanly on SIGTERM.
+
+``scheduler`` imports ``castor``; ``castor`` never imports ``scheduler`` (the CLI loads it lazily).
+"""
+
+from scheduler.coordinator import Coordinator, CoordinatorConfig
+from scheduler.main import serve
+
+__all__ = ["Coordinator", "CoordinatorConfig", "serve"]

@@ -1,0 +1,130 @@
+"""Fencing: the writes a coordinator makes to a run are refused once it no longer holds the run's lease.
+
+The coordinator's kernels talk to the store through ``fenced(backend, fences)``. The writes of the hot
+path, a journal record and a budget charge, hand the Redis scripts a ``Fence`` (the run's lease key and
+this coordinator's token) and the script refuses the write inside Redis when the token differs. The rare
+writes (ledger open, refund and close, header save, failure record) check the lease just before they
+write. Either way a stale coordinator gets ``StaleLeaseError``: one that was paused past its lease and
+woke up cannot write over the coordinator that took the run over, nor dispatch a tool (the charge comes
+first). A child run (``<pid>::<name>-<n>``) is fenced by its root run's lease.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from castor._errors import StaleLeaseError
+from castor.backends.redis import Fence, keys
+from castor.checkpoint import AgentCheckpoint, StepFailure, SyscallRecord
+from castor.seams import Backend, Charge
+
+
+class Fences:
+    """The leases this coordinator holds: pid -> fencing token, checked against Redis before a write."""
+
+    def __init__(self, redis: Any, prefix: str, owner: str) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.owner = owner
+        self.tokens: dict[str, str] = {}
+
+    def holder_of(self, pid: str) -> tuple[str, str]:
+        """``(leased pid, token)`` that covers ``pid``; ``StaleLeaseError`` if this process holds none."""
+        run = pid
+        while run:
+            token = self.tokens.get(run)
+            if token is not None:
+                return run, token
+            run = run.rpartition("::")[0]
+        raise StaleLeaseError(f"this coordinator holds no lease on run {pid!r}; it may not write to it")
+
+    def fence(self, pid: str) -> Fence:
+        """The fence a Redis script checks itself: the covering run's lease key and this token."""
+        run, token = self.holder_of(pid)
+        return Fence(keys.lease(self.prefix, run), token)
+
+    async def check(self, pid: str) -> None:
+        """Raise ``StaleLeaseError`` unless the run's lease still holds this coordinator's token."""
+        run, token = self.holder_of(pid)
+        holder = await self.redis.get(keys.lease(self.prefix, run))
+        if holder != token:
+            self.tokens.pop(run, None)
+            raise StaleLeaseError(
+                f"run {run!r}: this coordinator's lease is gone (now held by {holder or 'nobody'}); "
+                "another coordinator drives the run"
+            )
+
+
+class _Fenced:
+    def __init__(self, inner: Any, fences: Fences) -> None:
+        self._inner = inner
+        self._fences = fences
+
+    def __getattr__(self, name: str) -> Any:  # reads pass straight through
+        return getattr(self._inner, name)
+
+
+class FencedJournal(_Fenced):
+    """A journal whose writes check the lease."""
+
+    async def append(self, run_id: str, step: int, record: SyscallRecord) -> None:
+        """Write the record if this coordinator still holds the run (checked inside the script)."""
+        await self._inner.append(run_id, step, record, fence=self._fences.fence(run_id))
+
+    async def record_failure(self, run_id: str, failure: StepFailure) -> None:
+        """Journal the failure if this coordinator still holds the run."""
+        await self._fences.check(run_id)
+        await self._inner.record_failure(run_id, failure)
+
+    async def fork(self, parent_id: str, child_id: str, at_step: int) -> None:
+        """Share a prefix into a run this coordinator holds."""
+        await self._fences.check(child_id)
+        await self._inner.fork(parent_id, child_id, at_step)
+
+
+class FencedBudgets(_Fenced):
+    """A budget store whose per-run writes check the lease (scopes are shared and not fenced)."""
+
+    async def open_run(self, run_id: str, limits: Mapping[str, float], used: Mapping[str, float]) -> None:
+        """Open the ledger of a run this coordinator holds."""
+        await self._fences.check(run_id)
+        await self._inner.open_run(run_id, limits, used)
+
+    async def charge(self, run_id: str, step: int, cost: Mapping[str, float], scopes: Sequence[str] = ()) -> Charge:
+        """Charge only while this coordinator holds the run: a stale one can dispatch nothing."""
+        return await self._inner.charge(
+            run_id, step, cost, scopes, fence=self._fences.fence(run_id)
+        )
+
+    async def refund(self, run_id: str, step: int) -> None:
+        """Refund a step of a run this coordinator holds."""
+        await self._fences.check(run_id)
+        await self._inner.refund(run_id, step)
+
+    async def close_run(self, run_id: str) -> None:
+        """Drop the ledger of a run this coordinator holds (never the ledger its new owner opened)."""
+        await self._fences.check(run_id)
+        await self._inner.close_run(run_id)
+
+
+class FencedRuns(_Fenced):
+    """A run store whose saves check the lease."""
+
+    async def save(self, checkpoint: AgentCheckpoint) -> None:
+        """Store the header if this coordinator still holds the run; a running run names its owner."""
+        await self._fences.check(checkpoint.pid)
+        owner = self._fences.owner if checkpoint.status == "RUNNING" else None
+        await self._inner.save(checkpoint, owner=owner)
+
+
+def fenced(backend: Backend, fences: Fences) -> Backend:
+    """The backend as a coordinator's kernels see it: the same store, every run write fenced."""
+    return Backend(
+        journal=FencedJournal(backend.journal, fences),
+        budgets=FencedBudgets(backend.budgets, fences),
+        approvals=backend.approvals,
+        runs=FencedRuns(backend.runs, fences),
+        url=backend.url,
+        durable=backend.durable,
+    )

@@ -1,0 +1,107 @@
+"""Kernels rebuilt from run specs: a coordinator drives runs of many agents with one kernel per tool set.
+
+A run's ``RunSpec`` names its agent and tools by import spec; the kernel for those tools is built once and
+shared by every run that uses them (building the argument schemas is the costly part). Each kernel's
+syscall path has one extra stage, right after replay: while the coordinator drains, a live call waits
+there instead of starting, so the run stops at a step boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from castor._errors import ConfigError
+from castor._imports import load_object, load_tools
+from castor.checkpoint import RunSpec
+from castor.kernel import Castor
+from castor.seams import Backend
+from castor.syscall import DEFAULT_STAGES, Handler, Syscall, build_path, execute, replay
+
+ExecutorFactory = Callable[[Any], Any]
+
+
+class DrainGate:
+    """Counts live calls in flight; once draining, holds every new one until its run is stopped."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def stage(self, call: Syscall, inner: Handler) -> Any:
+        """The syscall-path stage: let a call through, or hold it while draining."""
+        if self.draining:
+            await asyncio.Event().wait()  # until the coordinator cancels the run
+        self.inflight += 1
+        self._idle.clear()
+        try:
+            return await inner(call)
+        finally:
+            self.inflight -= 1
+            if self.inflight == 0:
+                self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no call is in flight (or ``timeout``); True if idle."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+
+class Kernels:
+    """Kernels by tool set and agents by import spec, built on first use."""
+
+    def __init__(self, backend: Backend, executor: ExecutorFactory | None, gate: DrainGate) -> None:
+        self.backend = backend
+        self.executor = executor
+        self.gate = gate
+        self._kernels: dict[tuple[tuple[str, ...], tuple[str, ...]], Castor] = {}
+        self._agents: dict[str, Callable[..., Any]] = {}
+        stages = list(DEFAULT_STAGES)
+        stages.insert(stages.index(replay) + 1, gate.stage)
+        self._path = build_path(stages, execute)
+
+    def kernel_for(self, spec: RunSpec) -> Castor:
+        """The kernel with the spec's tools and destructive list."""
+        key = (tuple(spec.tools), tuple(sorted(spec.destructive)))
+        kernel = self._kernels.get(key)
+        if kernel is None:
+            kernel = Castor(
+                tools=load_tools(spec.tools), destructive=spec.destructive, store=self.backend, executor=self.executor
+            )
+            kernel.path = self._path
+            binder = getattr(kernel.executor, "bind_journal", None)
+            if binder is not None:
+                binder(self.backend.journal)
+            self._kernels[key] = kernel
+        return kernel
+
+    def agent_for(self, spec: RunSpec) -> Callable[..., Any]:
+        """The agent function the spec names."""
+        agent = self._agents.get(spec.agent)
+        if agent is None:
+            agent = load_object(spec.agent)
+            if not callable(agent):
+                raise ConfigError(f"agent {spec.agent!r} is not callable")
+            self._agents[spec.agent] = agent
+        return agent
+
+    def forget(self, pid: str) -> None:
+        """Drop a stopped run (and its children) from every kernel: a parked run costs no memory here."""
+        for kernel in self._kernels.values():
+            live = kernel.live
+            live.pop(pid, None)
+            if live:
+                for key in [k for k in live if k.startswith(f"{pid}::")]:
+                    del live[key]
+
+    async def close(self) -> None:
+        """Close every kernel's executor (the backend is the coordinator's to close)."""
+        for kernel in self._kernels.values():
+            await kernel.executor.close()

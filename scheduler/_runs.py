@@ -1,0 +1,159 @@
+"""Driving one leased run to its next stop, and what happens to it there.
+
+``serve`` loads the run, refuses it if its code changed, rebuilds its kernel from its ``RunSpec``, replays
+its journal and drives the agent with ``castor._runner.prepare`` / ``drive``. Where the run stops decides
+where it goes: finished runs release their lease, suspended runs are parked (the lease released, the
+pending step recorded; a decision queues them again), drained runs go back on the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from castor import _code, _runner
+from castor._errors import BackendUnavailable, StaleLeaseError
+from castor._fleet import mark_cancelled
+from castor.checkpoint import FINISHED, AgentCheckpoint
+from castor.seams import Decision
+
+if TYPE_CHECKING:
+    from scheduler.coordinator import Coordinator
+
+log = logging.getLogger("castor.coordinator")
+
+CODE_CHANGED = "code changed"
+
+
+def waiting_round(header: AgentCheckpoint, step: int) -> int:
+    """Which approval round of ``step`` the run waits on (a step reopened after a lost worker is round 1+)."""
+    in_doubt = getattr(header, "in_doubt", None) or {}
+    return int(in_doubt.get(step, 0))
+
+
+def decides(decision: Decision | None, round_: int) -> bool:
+    """Whether ``decision`` answers round ``round_`` (a decision of an earlier round does not)."""
+    return decision is not None and int(getattr(decision, "attempt", 0)) >= round_
+
+
+class RunDriver:
+    """What a coordinator does with each run it leases."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.co = coordinator
+        self.backend = coordinator.backend  # reads go to the store directly; writes go through the fence
+        self.store = coordinator.kernels.backend
+
+    async def serve(self, pid: str, token: str) -> None:
+        """Drive the leased run to its next stop and release, park or requeue it."""
+        header = await self.backend.runs.load(pid)
+        if header is None or header.status in FINISHED:
+            await self.co.ops.release(pid, token, "done")
+            return
+        if header.status == "SUSPENDED_FOR_HITL" and header.pending_step is not None:
+            step = header.pending_step
+            if not decides(await self.backend.approvals.decision(pid, step), waiting_round(header, step)):
+                await self._park(header, token)  # queued again without a decision: nothing to do yet
+                return
+        spec = header.spec
+        if spec is None:
+            await self._fail(header, token, "the run has no RunSpec: a coordinator cannot rebuild its kernel")
+            return
+        changed = _code.changed_files(spec)
+        kernel = self.co.kernels.kernel_for(spec)
+        agent = self.co.kernels.agent_for(spec)
+        cp = await kernel.aload(pid)
+        if changed:
+            if cp.syscall_log and not self.co.config.allow_code_change:
+                await self._refuse(cp, token, changed)
+                return
+            cp.spec = _code.restamp(spec)  # nothing to replay yet, or the operator allowed it
+        ctx = await _runner.prepare(
+            kernel, agent, budgets=None, checkpoint=cp, pid=None, speculative=None, scopes=None
+        )
+        stop = self.co.stops.setdefault(pid, [])
+        try:
+            cp = await _runner.drive(ctx, agent, stop)
+        except (StaleLeaseError, BackendUnavailable):
+            raise  # the run's state may not be stored: its lease runs out and another coordinator replays it
+        except Exception as exc:  # the agent raised; drive stored the run FAILED
+            log.info("%s: run %s failed: %s: %s", self.co.name, pid, type(exc).__name__, exc)
+            await self.co.ops.release(pid, token, "done")
+            return
+        await self._after(cp, token, stop)
+
+    async def stopped_early(self, pid: str, token: str, reason: str) -> None:
+        """The run was stopped before its agent started: hand it on as its stop reason says."""
+        if reason == "drained":
+            await self.co.ops.release(pid, token, "requeue")
+            log.info("%s: run %s handed back to the queue before it started", self.co.name, pid)
+        elif reason == "cancelled":
+            await self.co.ops.release(pid, token, "done")
+            await self.cancel_queued(pid)
+
+    async def _after(self, cp: AgentCheckpoint, token: str, stop: list[Any]) -> None:
+        reason = stop[0] if stop else None
+        if cp.status == "SUSPENDED_FOR_HITL":
+            await self._park(cp, token)
+        elif cp.status == "PREEMPTED" and reason == "drained":
+            await self.co.ops.release(cp.pid, token, "requeue")
+            log.info("%s: run %s handed back to the queue at step %d", self.co.name, cp.pid, len(cp.syscall_log))
+        else:
+            if reason == "cancelled":
+                await self.backend.approvals.clear(cp.pid)
+            await self.co.ops.release(cp.pid, token, "done")
+
+    async def _park(self, cp: AgentCheckpoint, token: str) -> None:
+        step = cp.pending_step if cp.pending_step is not None else len(cp.syscall_log)
+        round_ = waiting_round(cp, step)
+        released = await self.co.ops.release(cp.pid, token, "park", step)
+        if released == 2:  # cancelled while it was driven
+            await mark_cancelled(self.backend, cp, "operator")
+            await self.co.ops.forget_cancel(cp.pid)
+        elif released == 1 and decides(await self.backend.approvals.decision(cp.pid, step), round_):
+            await self.co.ops.unpark(cp.pid)  # decided before it was parked: nobody else will wake it
+
+    async def _fail(self, header: AgentCheckpoint, token: str, error: str) -> None:
+        log.error("%s: run %s: %s", self.co.name, header.pid, error)
+        header.syscall_log = await self.backend.journal.history(header.pid)
+        header.status = "FAILED"
+        header.error = error
+        header.updated_at = time.time()
+        await self.store.runs.save(header)
+        await self.co.ops.release(header.pid, token, "done")
+
+    async def _refuse(self, cp: AgentCheckpoint, token: str, changed: list[str]) -> None:
+        message = (
+            f"refusing to resume run {cp.pid!r}: its code changed since it started ({', '.join(changed)}); "
+            "replaying its journal with other code could diverge. Start a coordinator with "
+            "--allow-code-change to resume it anyway"
+        )
+        log.error("%s: %s", self.co.name, message)
+        cp.status = "PREEMPTED"
+        cp.preemption_reason = CODE_CHANGED
+        cp.preemption_payload = {"files": changed}
+        cp.error = message
+        cp.updated_at = time.time()
+        await self.store.runs.save(cp)
+        await self.co.ops.refuse(cp.pid, token, message)
+
+    async def cancel_queued(self, pid: str) -> None:
+        """A cancelled run came off the queue: store it as cancelled."""
+        header = await self.backend.runs.load(pid)
+        if header is not None and header.status not in FINISHED:
+            await mark_cancelled(self.backend, header, "operator")
+        await self.co.ops.forget_cancel(pid)
+
+    async def catch_up(self) -> None:
+        """Queue parked runs decided while no coordinator listened; drive refused runs if allowed."""
+        await self.co.adopt_refused()
+        woken = 0
+        for pid, step in (await self.co.ops.parked()).items():
+            header = await self.backend.runs.load(pid)
+            if header is None:
+                continue
+            if decides(await self.backend.approvals.decision(pid, step), waiting_round(header, step)):
+                woken += await self.co.ops.unpark(pid)
+        if woken:
+            log.info("%s: queued %d parked runs decided while no coordinator listened", self.co.name, woken)

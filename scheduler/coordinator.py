@@ -1,0 +1,281 @@
+"""The coordinator: takes runs off the fleet's queue and drives them, a slot per run it drives.
+
+Four loops share one event loop: the *taker* moves a pid off the queue (BLMOVE onto this coordinator's
+taking list, so a crash mid-take loses nothing) and leases it; the *heartbeat* renews every lease in one
+round trip and registers the coordinator; the *waker* reads the decision and control streams (XREAD BLOCK)
+and queues decided runs; the *sweeper* queues runs whose lease ran out and what dead coordinators took.
+A run that suspends for a human is unwound and parked: it holds no slot, no coroutine, no memory here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import os
+import random
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from castor._errors import BackendUnavailable, CastorError, StaleLeaseError
+from castor.backends.redis import keys
+from castor.seams import Backend
+from scheduler._fence import Fences, fenced
+from scheduler._kernels import DrainGate, ExecutorFactory, Kernels
+from scheduler._ops import FleetOps
+from scheduler._runs import RunDriver
+
+log = logging.getLogger("castor.coordinator")
+
+
+@dataclass
+class CoordinatorConfig:
+    """How one coordinator runs: where the fleet is, its name, its slots, its lease and drain times."""
+
+    url: str
+    prefix: str = "castor"
+    name: str = ""
+    concurrency: int = 200
+    lease: float = 15.0
+    grace: float = 30.0
+    allow_code_change: bool = False
+    store_options: dict[str, Any] = field(default_factory=dict)  # the Redis backend's (approval_ttl, ...)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            self.name = f"{socket.gethostname()}-{os.getpid()}"
+        if "/" in self.name:
+            raise CastorError(f"coordinator name {self.name!r} may not contain '/'")
+        if self.concurrency < 1 or self.lease <= 0 or self.grace < 0:
+            raise CastorError("concurrency must be >= 1, lease > 0 and grace >= 0")
+
+    @property
+    def lease_ms(self) -> int:
+        """The lease time in milliseconds."""
+        return int(self.lease * 1000)
+
+
+class Coordinator:
+    """One coordinator process's scheduling state."""
+
+    def __init__(self, config: CoordinatorConfig, backend: Backend, executor: ExecutorFactory | None = None) -> None:
+        self.config = config
+        self.ops = FleetOps(config.url, config.prefix, config.name)
+        self.fences = Fences(self.ops.redis, config.prefix, config.name)
+        self.gate = DrainGate()
+        self.backend = backend
+        self.kernels = Kernels(fenced(backend, self.fences), executor, self.gate)
+        self.driver = RunDriver(self)
+        self.slots = asyncio.Semaphore(config.concurrency)
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.stops: dict[str, list[Any]] = {}  # pid -> [reason, payload] handed to drive on cancel
+        self.taken = 0
+        self.stopping = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+
+    @property
+    def name(self) -> str:
+        """This coordinator's name (in fencing tokens, ``ps`` and ``coordinators``)."""
+        return self.config.name
+
+    # --- life cycle -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Join the fleet and drive runs until ``drain`` is called; then drain and leave."""
+        reclaimed = await self.ops.reclaim_own()
+        if reclaimed:
+            log.info("%s: queued %d runs a previous process of this name took", self.name, reclaimed)
+        await self._register("running")
+        cursor = await self.ops.stream_tail()
+        self._loops = [
+            asyncio.create_task(self._take_loop(), name="take"),
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._wake_loop(cursor), name="wake"),
+            asyncio.create_task(self._sweep_loop(), name="sweep"),
+            asyncio.create_task(self.driver.catch_up(), name="catch-up"),
+        ]
+        log.info("%s: coordinating (concurrency %d, lease %gs)", self.name, self.config.concurrency, self.config.lease)
+        await self.stopping.wait()
+        await self._drain()
+
+    def drain(self) -> None:
+        """Stop taking runs and leave (what SIGTERM does)."""
+        self.stopping.set()
+
+    async def _drain(self) -> None:
+        take = self._loops[0]
+        take.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await take
+        await self.ops.reclaim_own()  # a pid moved onto the taking list but not leased goes back
+        with contextlib.suppress(BackendUnavailable):
+            await self._register("draining")
+        self.gate.draining = True
+        idle = await self.gate.wait_idle(self.config.grace)
+        log.info(
+            "%s: draining %d runs (%s): %s", self.name, len(self.tasks),
+            "in-flight steps finished" if idle else f"grace of {self.config.grace:g}s ran out", " ".join(self.tasks),
+        )
+        for pid, task in list(self.tasks.items()):
+            self.stop_run(pid, "drained", {"coordinator": self.name}, task)
+        if self.tasks:
+            _, stuck = await asyncio.wait(list(self.tasks.values()), timeout=max(self.config.lease, 5.0))
+            for task in stuck:  # never hang the exit: their leases run out and others take the runs over
+                out = io.StringIO()
+                task.print_stack(file=out)
+                log.error("%s: %s did not stop when drained:\n%s", self.name, task.get_name(), out.getvalue())
+        for loop in self._loops[1:]:
+            loop.cancel()
+        await asyncio.gather(*self._loops[1:], return_exceptions=True)
+        with contextlib.suppress(BackendUnavailable):
+            await self.ops.unregister()
+        await self.kernels.close()
+        await self.ops.close()
+        log.info("%s: drained", self.name)
+
+    def stop_run(self, pid: str, reason: str, payload: dict[str, Any] | None, task: Any = None) -> None:
+        """Stop a run this coordinator drives; it ends ``PREEMPTED`` with ``reason`` at its next await."""
+        task = task or self.tasks.get(pid)
+        if task is None or task.done():
+            return
+        self.stops.setdefault(pid, [])[:] = [reason, payload]
+        task.cancel()
+
+    # --- loops ----------------------------------------------------------------------------------
+
+    async def _take_loop(self) -> None:
+        while not self.stopping.is_set():
+            await self.slots.acquire()
+            try:
+                pid = await self.ops.take(timeout=2)
+            except BackendUnavailable as exc:
+                self.slots.release()
+                log.warning("%s: %s", self.name, exc)
+                await asyncio.sleep(1.0)
+                continue
+            except BaseException:
+                self.slots.release()
+                raise
+            if pid is None:
+                self.slots.release()
+                continue
+            await self._lease(pid)
+
+    async def adopt_refused(self) -> None:
+        """With --allow-code-change: drive the runs other coordinators refused for a code change."""
+        if not self.config.allow_code_change or self.stopping.is_set():
+            return
+        for pid in await self.ops.claim_refused():
+            log.info("%s: resuming %s despite its code change", self.name, pid)
+            await self.slots.acquire()
+            await self._lease(pid)
+
+    async def _lease(self, pid: str) -> None:
+        token = self.ops.new_token()
+        try:
+            status, _holder = await self.ops.acquire(pid, token, self.config.lease_ms)
+        except BackendUnavailable as exc:
+            self.slots.release()
+            log.warning("%s: could not lease %s: %s", self.name, pid, exc)
+            return
+        if status != "ok":
+            self.slots.release()
+            if status == "cancelled":
+                self._spawn(self.driver.cancel_queued(pid))
+            return
+        self.taken += 1
+        self.fences.tokens[pid] = token
+        self.tasks[pid] = asyncio.create_task(self._serve(pid, token), name=f"run {pid}")
+
+    async def _serve(self, pid: str, token: str) -> None:
+        try:
+            await self.driver.serve(pid, token)
+        except StaleLeaseError as exc:
+            log.warning("%s: lost run %s: %s", self.name, pid, exc)
+        except asyncio.CancelledError:
+            stop = self.stops.get(pid)
+            if not stop:
+                raise
+            with contextlib.suppress(CastorError):
+                await self.driver.stopped_early(pid, token, str(stop[0]))
+        except Exception:
+            log.exception("%s: run %s stopped on an error", self.name, pid)
+        finally:
+            self.tasks.pop(pid, None)
+            self.stops.pop(pid, None)
+            self.fences.tokens.pop(pid, None)
+            self.kernels.forget(pid)
+            self.slots.release()
+
+    async def _heartbeat_loop(self) -> None:
+        every = self.config.lease / 3
+        while True:
+            try:
+                held = dict(self.fences.tokens)
+                lost = await self.ops.renew(held, self.config.lease_ms)
+                for pid in lost:
+                    if self.fences.tokens.get(pid) == held[pid]:
+                        log.warning("%s: lease on %s lost; stopping it here", self.name, pid)
+                        self.fences.tokens.pop(pid, None)
+                        self.stop_run(pid, "lease lost", {"coordinator": self.name})
+                await self._register("draining" if self.stopping.is_set() else "running")
+            except BackendUnavailable as exc:
+                log.warning("%s: heartbeat failed: %s", self.name, exc)
+            await asyncio.sleep(every)
+
+    async def _register(self, state: str) -> None:
+        await self.ops.register(
+            max(self.config.lease_ms, 3000),
+            {
+                "host": socket.gethostname(), "pid": os.getpid(), "concurrency": self.config.concurrency,
+                "driving": len(self.tasks), "taken": self.taken, "state": state,
+            },
+        )
+
+    async def _wake_loop(self, cursor: dict[str, str]) -> None:
+        decisions = keys.decision_stream(self.config.prefix)
+        while True:
+            try:
+                events = await self.ops.read_events(cursor, block_ms=5000)
+            except BackendUnavailable as exc:
+                log.warning("%s: decision stream: %s", self.name, exc)
+                await asyncio.sleep(1.0)
+                continue
+            for stream, fields in events:
+                pid = fields.get("run", "")
+                if stream == decisions:
+                    await self.ops.unpark(pid)
+                elif fields.get("cmd") == "cancel" and pid in self.tasks:
+                    self.stop_run(pid, "cancelled", {"by": fields.get("by", "")})
+
+    async def _sweep_loop(self) -> None:
+        # Often enough that a dead coordinator's runs resume within its lease time plus half a second;
+        # a sweep is two short scripts, whatever the number of runs parked or leased.
+        every = min(self.config.lease / 4, 0.5)
+        while True:
+            await asyncio.sleep(every * random.uniform(0.8, 1.2))  # coordinators spread their sweeps
+            try:
+                taken_over = await self.ops.requeue_expired()
+                buried = await self.ops.bury_dead()
+                await self.adopt_refused()
+            except BackendUnavailable as exc:
+                log.warning("%s: sweep failed: %s", self.name, exc)
+                continue
+            if taken_over:
+                log.info("%s: leases ran out on %d runs; queued them: %s", self.name, len(taken_over), taken_over[:5])
+            for name, n in buried.items():
+                log.info("%s: coordinator %s is gone; queued %d runs it had taken", self.name, name, n)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._loops.append(task)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def wait_started(self, timeout: float = 10.0) -> None:
+        """For tests and benches: wait until this coordinator is registered."""
+        deadline = time.monotonic() + timeout
+        while not self._loops and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)

@@ -1,0 +1,48 @@
+"""The coordinator process: build its backend and executor from the settings, run until SIGTERM, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from castor._errors import ConfigError
+from scheduler.coordinator import Coordinator, CoordinatorConfig
+
+
+def executor_factory(kind: str, settings: Any) -> Any:
+    """The executor a coordinator's kernels use: ``local`` (in this process) or ``celery`` (worker pools)."""
+    if kind == "local":
+        return None
+    if kind != "celery":
+        raise ConfigError(f"unknown executor {kind!r}: use local or celery")
+    if settings is None:
+        raise ConfigError("--executor celery needs --config (pools, broker)")
+    from castor.executors.celery import CeleryExecutor
+
+    return CeleryExecutor.factory(settings)
+
+
+async def serve(config: CoordinatorConfig, *, executor: Any = None) -> None:
+    """Run one coordinator until SIGTERM or SIGINT, then drain it."""
+    from castor.backends.redis import redis_backend
+
+    backend = redis_backend(config.url, prefix=config.prefix, **config.store_options)
+    coordinator = Coordinator(config, backend, executor)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, coordinator.drain)
+    try:
+        await coordinator.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await backend.close()
+
+
+def main(config: CoordinatorConfig, *, executor: Any = None, log_level: str = "INFO") -> int:
+    """Entry point of ``castor coordinator``."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(config, executor=executor))
+    return 0

@@ -1,0 +1,116 @@
+"""The fleet from the command line, with coordinators that run tools in their own process (no pools):
+submit, ps, coordinators, approve, cancel, fork, and the refusal to resume a run whose code changed."""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.fleet.procs import Fleet
+from tests.fleet.test_fencing import status
+from tests.fleet.test_scenario import wait_for
+
+AGENT = '''
+import time
+from castor import castor_tool
+from castor.lib import tool
+
+
+def note(text: str) -> str:
+    return f"noted {text}"
+
+
+def nap(seconds: float) -> str:
+    time.sleep(seconds)
+    return "rested"
+
+
+@castor_tool(destructive=True)
+def drop(name: str) -> str:
+    return f"dropped {name}"
+
+
+async def work():
+    await tool("note", text="one")
+    await tool("drop", name="old")
+    await tool("note", text="two")
+    return "done"
+
+
+async def sleepy():
+    await tool("note", text="start")
+    for _ in range(20):
+        await tool("nap", seconds=0.2)
+    return "slept"
+'''
+
+
+def write_agent(tmp: Path) -> Path:
+    path = tmp / "agent_mod.py"
+    path.write_text(textwrap.dedent(AGENT))
+    return path
+
+
+def submit(fleet: Fleet, path: Path, agent: str) -> str:
+    tools = [a for n in ("note", "nap", "drop") for a in ("--tool", f"{path}:{n}")]
+    return fleet.cli("submit", f"{path}:{agent}", *tools, "--budget", "api=50").stdout.strip()
+
+
+def run_json(fleet: Fleet, pid: str) -> dict[str, Any]:
+    data: dict[str, Any] = fleet.cli_json("inspect", pid)
+    return data
+
+
+def test_submit_ps_coordinators_approve_cancel_fork(fleet: Fleet, tmp_path: Path) -> None:
+    path = write_agent(tmp_path)
+    fleet.coordinator("co-1", executor="local", lease=2.0, concurrency=4)
+    pid = submit(fleet, path, "work")
+    wait_for("the run to park", lambda: status(fleet, pid) == "SUSPENDED_FOR_HITL", 20)
+    row = next(r for r in fleet.cli_json("ps") if r["pid"] == pid)
+    assert row["parked"] and row["pending"] == "drop@1" and row["owner"] is None
+    [waiting] = fleet.cli_json("approvals")
+    assert (waiting["pid"], waiting["step"], waiting["tool"]) == (pid, 1, "drop")
+    [co] = fleet.cli_json("coordinators")["coordinators"]
+    assert (co["name"], co["concurrency"], co["state"]) == ("co-1", 4, "running")
+    assert "step 1 approved by ann" in fleet.cli("approve", pid, "--as", "ann").stdout
+    wait_for("the run to finish", lambda: status(fleet, pid) == "COMPLETED", 20)
+    run = run_json(fleet, pid)
+    assert run["result"] == "done" and run["syscall_log"][1]["decided_by"] == "ann"
+
+    fork = fleet.cli_json("fork", pid, "--at-step", "1")["pid"]
+    wait_for("the fork to park", lambda: status(fleet, fork) == "SUSPENDED_FOR_HITL", 20)
+    assert run_json(fleet, fork)["syscall_log"][0] == run["syscall_log"][0]  # the shared step, replayed
+    assert "cancelled" in fleet.cli("cancel", fork).stdout  # parked: stopped at once
+    forked = run_json(fleet, fork)
+    assert (forked["status"], forked["preemption_reason"]) == ("PREEMPTED", "cancelled")
+    assert fleet.cli_json("approvals") == []
+
+    slow = submit(fleet, path, "sleepy")
+    wait_for("the slow run to be driven", lambda: len(run_json(fleet, slow)["syscall_log"]) >= 2, 20)
+    assert "cancel requested" in fleet.cli("cancel", slow).stdout  # driven: its coordinator stops it
+    wait_for("the slow run to stop", lambda: status(fleet, slow) == "PREEMPTED", 20)
+    assert run_json(fleet, slow)["preemption_reason"] == "cancelled"
+    assert len(run_json(fleet, slow)["syscall_log"]) < 21
+    assert fleet.cli("cancel", pid, check=False).returncode == 1  # finished: nothing to cancel
+
+
+def test_a_coordinator_refuses_to_resume_a_run_whose_code_changed(fleet: Fleet, tmp_path: Path) -> None:
+    path = write_agent(tmp_path)
+    fleet.coordinator("co-1", executor="local", lease=2.0)
+    pid = submit(fleet, path, "work")
+    wait_for("the run to park", lambda: status(fleet, pid) == "SUSPENDED_FOR_HITL", 20)
+    path.write_text(path.read_text() + "\n# edited while the run waited\n")
+    fleet.cli("approve", pid)
+    wait_for("the refusal", lambda: status(fleet, pid) == "PREEMPTED", 20)
+    run = run_json(fleet, pid)
+    assert run["preemption_reason"] == "code changed"
+    assert str(path) in run["error"] and "--allow-code-change" in run["error"]
+    assert str(path) in fleet.log("co-1")
+    time.sleep(0.5)
+    assert status(fleet, pid) == "PREEMPTED"  # nobody else picks it up either
+
+    fleet.coordinator("co-2", "--allow-code-change", executor="local", lease=2.0)
+    wait_for("the run to finish on co-2", lambda: status(fleet, pid) == "COMPLETED", 20)
+    assert run_json(fleet, pid)["result"] == "done"

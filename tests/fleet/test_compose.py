@@ -1,0 +1,103 @@
+"""The deployment files, checked without a Docker engine: every compose service's command is a real
+``castor`` command with valid flags (parsed by the CLI's own parser), every file they name exists, the
+Dockerfile copies what exists, and the README's "Running a fleet" commands give the same topology."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from castor.cli import build_parser
+from castor.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES: dict[str, Any] = COMPOSE["services"]
+CASTOR_SERVICES = [name for name, svc in SERVICES.items() if "build" in svc]
+
+
+def parse(argv: list[str]) -> Any:
+    """The CLI's own parse of ``castor ARGV``; a usage error fails the test."""
+    try:
+        return build_parser().parse_args(argv)
+    except SystemExit as exc:
+        pytest.fail(f"castor {' '.join(argv)}: not a valid command line (exit {exc.code})")
+
+
+def readme_fleet_commands() -> list[list[str]]:
+    """The ``castor`` command lines of the README's fleet section, in order."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Running a fleet", 1)[1].split("\n## ", 1)[0]
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", section, re.S):
+        commands += [shlex.split(line) for line in block.splitlines() if line.startswith("castor ")]
+    return commands
+
+
+def role(argv: list[str]) -> tuple[str, str | None]:
+    """A long-running process's role: ``(command, pool or name)``."""
+    args = parse(argv)
+    return args.command, getattr(args, "pool", None) or getattr(args, "name", None)
+
+
+@pytest.mark.parametrize("service", CASTOR_SERVICES)
+def test_every_service_runs_a_real_castor_command(service: str) -> None:
+    svc = SERVICES[service]
+    argv = svc["command"]
+    args = parse(argv)
+    assert args.command == argv[0] and callable(args.handler)
+    config = getattr(args, "config", None)
+    assert config and (ROOT / config).is_file(), f"{service}: config {config!r} does not exist"
+    settings = load_settings(ROOT / config, env={})  # parses: unknown keys would be errors
+    if args.command == "worker":
+        assert args.pool in settings.pool_names
+        for spec in settings.tool_imports:  # the tools the pool imports are in the image
+            assert (ROOT / spec.rpartition(":")[0]).is_file(), spec
+    assert "healthcheck" in svc, f"{service} has no health check"
+    health = svc["healthcheck"]["test"]
+    if health[:2] == ["CMD", "castor"]:
+        parse(health[2:])
+
+
+def test_the_topology() -> None:
+    roles = {role(SERVICES[name]["command"]) for name in CASTOR_SERVICES}
+    assert {r for r in roles if r[0] == "coordinator"} == {("coordinator", "coordinator-1"),
+                                                          ("coordinator", "coordinator-2")}
+    assert {r for r in roles if r[0] == "worker"} == {("worker", "fs"), ("worker", "web")}
+    flower = parse(SERVICES["flower"]["command"])
+    assert flower.command == "flower" and flower.port == 5555
+    assert any(str(p).endswith(":5555:5555") or str(p) == "5555:5555" for p in SERVICES["flower"]["ports"])
+    redis = SERVICES["redis"]
+    mounted = {v.split(":")[0]: v.split(":")[1] for v in redis["volumes"] if v.startswith("./")}
+    conf = ROOT / "config/redis.conf"
+    assert mounted["./config/redis.conf"] in redis["command"]
+    assert re.search(r"^appendonly yes", conf.read_text(), re.M)
+    assert "healthcheck" in redis
+    for name in CASTOR_SERVICES:
+        assert SERVICES[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_the_dockerfile_copies_what_exists() -> None:
+    dockerfile = COMPOSE["x-castor"]["build"]["dockerfile"]
+    text = (ROOT / dockerfile).read_text()
+    copies = re.findall(r"^COPY\s+(.+?)\s+\S+\s*$", text, re.M)
+    assert copies
+    for sources in copies:
+        for source in sources.split():
+            assert (ROOT / source).exists(), f"COPY source {source} does not exist"
+    copied = {s for sources in copies for s in sources.split()}
+    assert {"castor", "workers", "scheduler", "config", "examples"} <= copied
+    assert re.search(r'^ENTRYPOINT \["castor"\]', text, re.M)
+
+
+def test_the_readme_gives_the_same_topology_on_localhost() -> None:
+    commands = readme_fleet_commands()
+    long_running = [argv[1:] for argv in commands if argv[1] in ("worker", "coordinator", "flower")]
+    assert {role(argv) for argv in long_running} == {role(SERVICES[n]["command"]) for n in CASTOR_SERVICES}
+    for argv in commands:
+        parse([a if a != "<pid>" else "some-pid" for a in argv[1:]])
