@@ -215,26 +215,21 @@ def cost_of(call: Syscall) -> Mapping[str, float]:
     return spec.cost
 
 
-def budget(call: Syscall, inner: Handler) -> Awaitable[Any]:
+async def budget(call: Syscall, inner: Handler) -> Any:
     """Reserve the call's cost atomically; refund it if the tool never produced a result.
 
-    A cost that no ledger tracks (no limit of the run on any of its resources, no shared scope) can be
-    neither refused nor taken, so nothing is charged and nothing would be refunded: the store is not
-    asked (the run's limits are its checkpoint's capabilities, which ``open_run`` gave the store).
-    The journal still records the cost, so usage stays exact.
+    Only what a ledger tracks is drawn: the resources the run has limits on (its checkpoint's
+    capabilities, which ``open_run`` gave the store), or all of them when the run draws from shared
+    scopes. A charge of nothing costs a store no round trip — unless the store must check that this
+    process still owns the run (a fenced coordinator), which it then does. The journal records the
+    whole cost, so usage stays exact.
     """
+    ctx = call.ctx
     cost = cost_of(call)
-    ctx = call.ctx
-    if not ctx.scopes and ctx.checkpoint.capabilities.keys().isdisjoint(cost):
-        call.charged = cost
-        return inner(call)
-    return _charge(call, inner, cost)
-
-
-async def _charge(call: Syscall, inner: Handler, cost: Mapping[str, float]) -> Any:
-    ctx = call.ctx
+    caps = ctx.checkpoint.capabilities
+    tracked = cost if ctx.scopes or caps.keys() >= cost.keys() else {r: a for r, a in cost.items() if r in caps}
     budgets = ctx.budgets
-    charge = await budgets.charge(ctx.run_id, call.step, cost, ctx.scopes)
+    charge = await budgets.charge(ctx.run_id, call.step, tracked, ctx.scopes)
     if not charge.ok:
         return await answer(
             call,
@@ -251,7 +246,8 @@ async def _charge(call: Syscall, inner: Handler, cost: Mapping[str, float]) -> A
     try:
         return await inner(call)
     except BaseException:
-        await budgets.refund(ctx.run_id, call.step)
+        if tracked:  # nothing was taken otherwise
+            await budgets.refund(ctx.run_id, call.step)
         raise
 
 

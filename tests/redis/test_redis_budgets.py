@@ -130,6 +130,26 @@ async def test_charge_fence(backend: Backend, redis_url: str, redis_prefix: str)
     assert await b.remaining("r", "api") == 4.0
 
 
+async def test_a_charge_of_nothing_is_free_unless_fenced(
+    backend: Backend, redis_url: str, redis_prefix: str, round_trips: RoundTrips
+) -> None:
+    b = backend.budgets
+    lease = keys.lease(redis_prefix, "r")
+    sync = redis.Redis.from_url(redis_url)
+    sync.set(lease, "mine")
+    await b.open_run("r", {}, {})
+    round_trips.reset()
+    assert (await b.charge("r", 0, {})).ok
+    assert round_trips.sends == 0  # untracked cost, no fence: the store is not even asked
+    assert (await b.charge("r", 1, {}, fence=Fence(lease, "mine"))).ok  # type: ignore[call-arg]
+    assert round_trips.sends == 1  # the fence is checked in Redis
+    sync.set(lease, "theirs")
+    with pytest.raises(StaleLeaseError):  # a coordinator that lost the run dispatches nothing, even free calls
+        await b.charge("r", 2, {}, fence=Fence(lease, "mine"))  # type: ignore[call-arg]
+    assert sync.hlen(keys.charges(redis_prefix, "r")) == 0  # nothing taken, nothing recorded
+    sync.close()
+
+
 async def test_float_costs_add_up_exactly_enough(backend: Backend) -> None:
     b = backend.budgets
     await b.open_run("r", {"usd": 0.3}, {})

@@ -91,11 +91,11 @@ class RedisBudgetStore:
         fence: Fence | None = None,
     ) -> Charge:
         """Draw ``cost`` from the run and every scope, all or nothing, in one round trip; once per step."""
-        if not cost:
+        fence = fence or self.fences.get(run_id)
+        if not cost and fence is None:
             return _OK  # nothing to take: no ledger can refuse it, no record is needed
-        key_list, args = self._charge_args(
-            run_id, step, cost, scopes, "charge", fence or self.fences.get(run_id)
-        )
+        # A fenced charge of nothing still goes to the script: it refuses a process that lost the run.
+        key_list, args = self._charge_args(run_id, step, cost, scopes, "charge", fence)
         reply = await self._conn.script("budget_charge", key_list, args)
         return _OK if reply[0] == 1 else _short(reply, scopes)
 

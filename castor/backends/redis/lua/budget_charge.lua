@@ -13,11 +13,14 @@ if ARGV[3] ~= '' then
     return redis.error_reply('CASTOR_STALE_LEASE the lease is held by ' .. (holder or 'nobody'))
   end
 end
+local n = tonumber(ARGV[7])
+if n == 0 then
+  return {1} -- nothing to take (the caller only needed the fence checked): no record
+end
 local charge = ARGV[2] == 'charge'
 if charge and redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
   return {1}
 end
-local n = tonumber(ARGV[7])
 local ledgers = {KEYS[1]}
 for i = 5, #KEYS do
   ledgers[#ledgers + 1] = KEYS[i]
