@@ -1,9 +1,9 @@
 """``CeleryExecutor``: every live syscall becomes a task on its tool's worker pool.
 
 The coordinator sends ``castor.tool.<tool>`` to the queue ``<queue_prefix>.<pool>`` without Celery's
-result backend (on a Redis broker without ``send_task`` either: ``_publish`` writes the same message in
-one pipelined round trip), then awaits the worker's reply on this process's one reply stream. The worker journals
-the step (write-once) before it replies, so the kernel only appends the record in memory
+result backend (and, on a Redis broker, without ``send_task``: ``_publish`` writes the same message in
+one round trip), then awaits the worker's reply on this process's one reply stream. The worker
+journals the step (write-once) before it replies, so the kernel only appends the record in memory
 (``writes_journal``). A coordinator that gives up at its deadline looks in the journal once more before
 it reports a ``ToolTimeoutError``: a result that made it to the journal is the step's result.
 
