@@ -11,7 +11,7 @@ worker``, Redis broker and result backend). Prints, for each figure, the median 
 2. throughput: ``--agents`` concurrent agents x ``--calls`` syscalls on one coordinator vs raw Celery
    pushing as many no-op tasks and gathering their results;
 3. CPU: the coordinator's process CPU per live syscall vs the caller's CPU per raw task, at each
-   number of concurrent agents of ``--curve`` (10 syscalls per agent).
+   number of concurrent agents of ``--curve`` (10 syscalls per agent, at least 2,000 per sample).
 
 Each line ends with the load average when it was printed (the machine may be shared).
 """
@@ -149,10 +149,16 @@ async def measure(args: argparse.Namespace, kernel: Castor, app: Any) -> list[st
         lines.append(f"caller CPU per raw Celery task ({args.cpu_raw_tasks} tasks) | | {med(raw_cpu) * 1e3:.2f} ms | "
                      f"| {load()}")
         for agents in args.curve:
+            # Runs of 10 calls each at every point; at least 2,000 calls per sample, so that one full
+            # garbage collection (tens of ms, and the kernel keeps every run's checkpoint) does not
+            # dominate the 100 calls of 10 agents.
+            rounds = max(1, -(-2000 // (agents * 10)))
             per_call = []
             for _ in range(args.repeat):
-                _wall, cpu = await castor_batch(kernel, agents, 10)
-                per_call.append(cpu / (agents * 10))
+                cpu = 0.0
+                for _ in range(rounds):
+                    cpu += (await castor_batch(kernel, agents, 10))[1]
+                per_call.append(cpu / (rounds * agents * 10))
             lines.append(f"coordinator CPU per syscall, {agents} agents | {med(per_call) * 1e3:.3f} ms | "
                          f"{med(raw_cpu) * 1e3:.2f} ms | {med(per_call) / med(raw_cpu):.2f} of raw | {load()}")
     return lines
