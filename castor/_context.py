@@ -46,6 +46,7 @@ class RunContext:
     spawned: int = 0
     _ahead: dict[int, tuple[SyscallRecord, bool]] = field(default_factory=dict)
     usage: dict[str, float] = field(default_factory=dict)  # what the journal was charged so far
+    ledger_open: bool = True  # the store holds a ledger for the run (closed when it stops)
 
     def __post_init__(self) -> None:
         self.usage = usage_of(self.checkpoint.syscall_log)

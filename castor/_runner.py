@@ -52,6 +52,7 @@ async def prepare(
     """The run's context, its checkpoint ready to (re)start and its state in the backend."""
     if checkpoint is None and pid is not None and await kernel.backend.runs.load(pid) is not None:
         checkpoint = await kernel.aload(pid)  # a stored run of that pid resumes
+    fresh = checkpoint is None and pid is None  # a pid made up here: nothing in the store can hold it yet
     if checkpoint is None:
         limits = kernel.budgets if budgets is None else budgets
         checkpoint = new_checkpoint(pid or new_pid(agent), agent_name(agent), limits)
@@ -88,7 +89,11 @@ async def prepare(
     cp.updated_at = time.time()
     await sync_journal(kernel, cp)
     limits = {r: c.max_budget for r, c in cp.capabilities.items()}
-    await kernel.backend.budgets.open_run(cp.pid, limits, ctx.usage)
+    # A fresh run without limits or scopes is never charged (the budget stage skips costs no ledger
+    # tracks) and has no old ledger to replace: its ledger needs neither opening nor closing.
+    ctx.ledger_open = bool(limits or ctx.scopes or not fresh)
+    if ctx.ledger_open:
+        await kernel.backend.budgets.open_run(cp.pid, limits, ctx.usage)
     await kernel.backend.runs.save(cp)
     kernel.live[cp.pid] = cp
     log.info("run %s %s (%d journaled steps)", cp.pid, "resumes" if cp.syscall_log else "starts", len(cp.syscall_log))
@@ -97,9 +102,11 @@ async def prepare(
 
 async def sync_journal(kernel: Castor, cp: AgentCheckpoint) -> None:
     """Make the store's journal hold every record of ``cp`` (a checkpoint may come from JSON)."""
+    log = cp.syscall_log
+    if not log:
+        return  # nothing to hold (a fresh run): no round trip
     journal = kernel.backend.journal
     have = await journal.length(cp.pid)
-    log = cp.syscall_log
     if have >= len(log):
         return
     is_fork = have == 0 and cp.parent_pid and cp.pid == f"{cp.parent_pid}::fork-{len(log)}"
@@ -165,7 +172,8 @@ async def settle(ctx: RunContext) -> None:
     ctx.settle_usage()  # the journal is the truth of what was charged
     cp.updated_at = time.time()
     await kernel.backend.runs.save(cp)
-    await budgets.close_run(cp.pid)
+    if ctx.ledger_open or ctx.spawned:  # a child's budget is charged to its parent's ledger
+        await budgets.close_run(cp.pid)
     _log_stop(cp)
 
 

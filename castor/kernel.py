@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import math
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+import weakref
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 from castor import _decisions, _runner
@@ -78,7 +79,9 @@ class Castor:
         else:
             self.executor = executor  # type: ignore[assignment]
         self.path: Handler = build_path(DEFAULT_STAGES, execute)
-        self.live: dict[str, AgentCheckpoint] = {}
+        # Checkpoints this kernel drove, while someone still holds them: the store has the rest, so a
+        # long-lived kernel (a coordinator) does not keep every run it ever drove in memory.
+        self.live: MutableMapping[str, AgentCheckpoint] = weakref.WeakValueDictionary()
         self.background: set[asyncio.Task[Any]] = set()
 
     # --- configuration checks ---------------------------------------------------------------------

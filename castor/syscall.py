@@ -216,11 +216,20 @@ def cost_of(call: Syscall) -> Mapping[str, float]:
 
 
 async def budget(call: Syscall, inner: Handler) -> Any:
-    """Reserve the call's cost atomically; refund it if the tool never produced a result."""
+    """Reserve the call's cost atomically; refund it if the tool never produced a result.
+
+    Only what a ledger tracks is drawn: the resources the run has limits on (its checkpoint's
+    capabilities, which ``open_run`` gave the store), or all of them when the run draws from shared
+    scopes. A charge of nothing costs a store no round trip — unless the store must check that this
+    process still owns the run (a fenced coordinator), which it then does. The journal records the
+    whole cost, so usage stays exact.
+    """
     ctx = call.ctx
     cost = cost_of(call)
+    caps = ctx.checkpoint.capabilities
+    tracked = cost if ctx.scopes or caps.keys() >= cost.keys() else {r: a for r, a in cost.items() if r in caps}
     budgets = ctx.budgets
-    charge = await budgets.charge(ctx.run_id, call.step, cost, ctx.scopes)
+    charge = await budgets.charge(ctx.run_id, call.step, tracked, ctx.scopes)
     if not charge.ok:
         return await answer(
             call,
@@ -237,7 +246,8 @@ async def budget(call: Syscall, inner: Handler) -> Any:
     try:
         return await inner(call)
     except BaseException:
-        await budgets.refund(ctx.run_id, call.step)
+        if tracked:  # nothing was taken otherwise
+            await budgets.refund(ctx.run_id, call.step)
         raise
 
 

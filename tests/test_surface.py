@@ -40,3 +40,31 @@ def test_import_castor_loads_neither_redis_nor_celery() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+BLOCK_EXTRAS = """
+import sys
+
+class Missing:
+    # Behave as if the optional extras were not installed: `pip install -e .` has only pydantic.
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("redis", "celery", "kombu", "flower"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, Missing())
+from castor.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_cli_and_demo_work_without_the_extras(tmp_path: object) -> None:
+    for args in (["--help"], ["demo"], ["budget", "--help"], ["submit", "--help"]):
+        done = subprocess.run(
+            [sys.executable, "-c", BLOCK_EXTRAS, *args], capture_output=True, text=True, timeout=120, cwd=str(tmp_path)
+        )
+        assert done.returncode == 0, (args, done.stdout[-500:], done.stderr[-2000:])
+    demo = subprocess.run(
+        [sys.executable, "-c", BLOCK_EXTRAS, "demo"], capture_output=True, text=True, timeout=120, cwd=str(tmp_path)
+    )
+    assert "Level 3" in demo.stdout and demo.returncode == 0

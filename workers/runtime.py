@@ -1,13 +1,17 @@
 """Running one tool task exactly once: check, claim, execute, journal, reply — in that order.
 
     1. check    payload shape and size, the tool (the worker's own registry), the authority   (_guard)
-    2. claim    one Lua script: a step the journal already holds is answered from its record, never
-                run again (a redelivery, or a round re-approved after the step went in doubt);
-                otherwise set the step's started marker. A step started before and never finished is
-                in doubt — run again only if the tool is idempotent, else report it for a human
+    2. claim    one Lua script with the journal: a step the journal holds is answered from its record,
+                never run again (a redelivery, or a round re-approved after the step went in doubt);
+                otherwise set the step's started marker. A step started before and never finished is in
+                doubt — run again only if the tool is idempotent, else report it for a human
     3. execute  the tool, in the task's own thread (so Celery's time limits interrupt it there)
     4. journal  the record, write-once; a record already there wins (its response is the result)
-    5. reply    on the coordinator's reply stream; only then does the task return and Celery ack
+    5. reply    on the coordinator's reply stream (with 4, one Lua call); only then does the task
+                return and Celery ack
+
+The common case (a signed call that starts and returns) runs in the pool thread on a synchronous
+client (``_scripts``); everything else goes through the worker's event loop and the async seams.
 
 A failure (refusal, in doubt, timeout, exception) is journaled by the worker as a ``StepFailure`` and
 replied with ``journaled`` set, so it is recorded once even when no coordinator waits any more.
@@ -21,24 +25,20 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 from castor._canonical import canonical
-from castor._errors import JournalConflictError
-from castor.backends.redis.keys import journal as journal_key
 from castor.backends.redis.keys import started_marker
 from castor.checkpoint import StepFailure, SyscallRecord
-from castor.executors._wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, redact
+from castor.executors._wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, redact, verify
 from castor.registry import ToolRegistry, ToolSpec
 from castor.seams import Backend
 from castor.settings import Settings, ToolPolicy, tool_policy
 from workers._guard import Refusal, authorize, check_tool, parse_job
 from workers._loop import LoopThread
+from workers._scripts import REPLY_MAXLEN, StepScripts
 
 log = logging.getLogger("castor.worker")
-MARKER_TTL = 7 * 24 * 3600
-REPLY_MAXLEN = 100_000
 IN_DOUBT_MESSAGE = "in doubt after worker loss"
 _RUN, _DONE, _IN_DOUBT = "run", "done", "in_doubt"
 
@@ -59,7 +59,8 @@ def redis_backend_factory(settings: Settings) -> Backend:
 
 
 class _Process:
-    """Per-process state: the loop thread, the shared backend and a Redis client for markers/replies."""
+    """Per-process state: the loop thread, the shared backend, a Redis client for markers and replies,
+    and the synchronous scripts of the common case."""
 
     def __init__(self, settings: Settings, factory: Callable[[Settings], Backend]) -> None:
         from redis import asyncio as aioredis
@@ -68,8 +69,7 @@ class _Process:
         self.loop = LoopThread()
         self.backend = factory(settings)
         self.redis = aioredis.Redis.from_url(settings.redis_url)
-        source = resources.files("workers").joinpath("lua/claim.lua").read_text()
-        self.claim = self.redis.register_script(source)
+        self.scripts = StepScripts(settings.redis_url, settings.redis_prefix)
 
 
 class WorkerRuntime:
@@ -94,6 +94,7 @@ class WorkerRuntime:
         proc, self._proc = self._proc, None
         if proc is None or proc.pid != os.getpid():
             return
+        proc.scripts.close()
         proc.loop.run(proc.backend.close())
         proc.loop.run(proc.redis.aclose())
         proc.loop.close()
@@ -111,12 +112,16 @@ class WorkerRuntime:
             job = parse_job(kwargs, self.settings)
             spec, checked = check_tool(job, self.registry, name)
             policy = self.policy(spec)
-            start, previous = proc.loop.run(self._begin(proc, job, policy))
+            if not verify(self.settings.secret, job):  # a signed call needs nothing from Redis to be authorized
+                proc.loop.run(authorize(job, policy, self.settings, proc.backend.approvals))
+            previous = proc.scripts.claim(job)
+            # -1: this delivery starts the step; -2: journaled already; else started before (in doubt)
+            start, result = (_RUN, None) if previous == -1 else proc.loop.run(self._resume(proc, job, policy, previous))
         except Refusal as refusal:
             proc.loop.run(self._refuse(proc, refusal.job, refusal.reason, name))
             return Outcome(REFUSED)
         if start == _DONE:
-            proc.loop.run(self._reply(proc, job, Reply(job.effect_id, job.attempt, OK, previous)))
+            proc.loop.run(self._reply(proc, job, Reply(job.effect_id, job.attempt, OK, result)))
             return Outcome(OK)
         if start == _IN_DOUBT:
             message = f"{IN_DOUBT_MESSAGE}: {job.tool!r} (run {job.run_id}, step {job.step}) started and never finished"
@@ -156,7 +161,9 @@ class WorkerRuntime:
                 return Outcome(ERROR, retry_in=delay)
             proc.loop.run(self._fail(proc, job, ERROR, type(exc).__name__, str(exc), policy))
             return Outcome(ERROR)
-        proc.loop.run(self._finish(proc, job, result))
+        record = SyscallRecord.model_validate({**job.record, "response": result, "finished_at": time.time()})
+        if not proc.scripts.finish(job, record, Reply(job.effect_id, job.attempt, OK, result)):
+            proc.loop.run(self._finish_late(proc, job, result))  # another record holds the step: it wins
         return Outcome(OK)
 
     def _call(self, proc: _Process, spec: ToolSpec, checked: dict[str, Any], timeout: float) -> Any:
@@ -171,28 +178,16 @@ class WorkerRuntime:
 
     # --- on the loop ------------------------------------------------------------------------------
 
-    async def _begin(self, proc: _Process, job: Job, policy: ToolPolicy) -> tuple[str, Any]:
-        """Authorize, then claim the step: serve its journaled result, run it, or report it in doubt.
-
-        The journal lookup and the started marker are one script: a record present is the result (even
-        in a round re-approved after the step went in doubt, when the lost attempt did finish), and of
-        two deliveries racing for an unjournaled step exactly one starts it.
-        """
-        await authorize(job, policy, self.settings, proc.backend.approvals)
-        prefix = self.settings.redis_prefix
-        marker, journal = started_marker(prefix, job.run_id, job.step), journal_key(prefix, job.run_id)
-        claim = await proc.claim(keys=[marker, journal], args=[job.step, job.attempt, MARKER_TTL])
-        outcome = claim[0].decode()
-        if outcome == "done":
-            record = SyscallRecord.model_validate_json(claim[1])
+    async def _resume(self, proc: _Process, job: Job, policy: ToolPolicy, previous: int) -> tuple[str, Any]:
+        """The step was claimed before (by attempt ``previous``): serve its journaled result, run it
+        again (idempotent), or report it in doubt."""
+        if previous > job.attempt:
+            raise Refusal(f"step {job.step} of run {job.run_id} belongs to a later approval round ({previous})", job)
+        record = await proc.backend.journal.get(job.run_id, job.step)
+        if record is not None:
             if record.tool_name != job.tool:
                 raise Refusal(f"step {job.step} of run {job.run_id} holds a call of {record.tool_name!r}", job)
             return _DONE, record.response
-        if outcome == "run":
-            return _RUN, None
-        previous = int(claim[1])
-        if previous > job.attempt:
-            raise Refusal(f"step {job.step} of run {job.run_id} belongs to a later approval round ({previous})", job)
         if policy.idempotent:
             log.warning("%s: started before and never finished; idempotent, running it again",
                         kwargs_repr(job, policy.sensitive))
@@ -202,15 +197,10 @@ class WorkerRuntime:
     async def _forget_start(self, proc: _Process, job: Job) -> None:
         await proc.redis.delete(started_marker(self.settings.redis_prefix, job.run_id, job.step))
 
-    async def _finish(self, proc: _Process, job: Job, result: Any) -> None:
-        """Journal the result write-once (a record already there wins), then reply."""
-        journal = proc.backend.journal
-        record = SyscallRecord.model_validate({**job.record, "response": result, "finished_at": time.time()})
-        try:
-            await journal.append(job.run_id, job.step, record)
-        except JournalConflictError:
-            existing = await journal.get(job.run_id, job.step)
-            result = existing.response if existing is not None else result
+    async def _finish_late(self, proc: _Process, job: Job, result: Any) -> None:
+        """Another record holds the step (a redelivered task raced the first): reply with that one."""
+        existing = await proc.backend.journal.get(job.run_id, job.step)
+        result = existing.response if existing is not None else result
         await self._reply(proc, job, Reply(job.effect_id, job.attempt, OK, result))
 
     async def _fail(

@@ -8,13 +8,15 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from castor._decisions import default_user
 from castor._errors import ConfigError, RunNotFoundError
-from castor._fleet import FleetClient, new_run
 from castor.checkpoint import AgentCheckpoint
 from castor.seams import Backend
+
+if TYPE_CHECKING:  # the fleet client needs redis: imported when a fleet command runs, not for `castor --help`
+    from castor._fleet import FleetClient
 
 
 @asynccontextmanager
@@ -25,6 +27,8 @@ async def fleet(args: argparse.Namespace) -> AsyncIterator[tuple[Backend, FleetC
 
     url, prefix, options = target(args)
     backend = redis_backend(url, prefix=prefix, **options)
+    from castor._fleet import FleetClient
+
     client = FleetClient(url, prefix)
     try:
         yield backend, client
@@ -84,6 +88,8 @@ async def submit(args: argparse.Namespace) -> int:
     from castor.cli._runs import parse_budgets
 
     tools = [one for spec in args.tools or [] for one in single_specs(spec)]
+    from castor._fleet import new_run
+
     cp = new_run(
         agent_spec(args.agent), tools, destructive=args.destructive or [], budgets=parse_budgets(args.budget),
         speculative=args.speculative, scopes=args.scopes or [], pid=args.pid,

@@ -1,9 +1,9 @@
 """One reply stream per coordinator process, read by one asyncio task that resolves futures.
 
 Workers ``XADD`` a reply for every task they finish or refuse; the reader takes them in batches
-(``XREAD BLOCK``, up to 1,000 at a time), trims what it has read in the same round trip, and sets the
-future waiting for that effect id. No thread and no polling per call: a thousand calls in flight cost
-one blocked connection.
+(``XREAD BLOCK``, up to 1,000 at a time), trims what it has read about once a second (in the same round
+trip as a read), and sets the future waiting for that effect id. No thread and no polling per call: a
+thousand calls in flight cost one blocked connection.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from typing import Any
 
 from castor._errors import BackendUnavailable
@@ -20,67 +22,119 @@ from castor.executors._wire import Reply, parse_reply
 log = logging.getLogger("castor.replies")
 BATCH = 1000
 BLOCK_MS = 1000
+TRIM_EVERY, TRIM_SECONDS = 1000, 1.0
+TICK = 0.25  # deadline resolution (s)
+STALL_SECONDS = 30.0  # a read that takes this much longer than its BLOCK: the connection is dead
 RETRIES = 5  # a dropped connection is read again (nothing is lost: the stream keeps unread replies)
 IDLE_TTL = 24 * 3600  # a stream whose coordinator vanished expires instead of leaking
 
 
 class ReplyReader:
-    """Reads ``stream`` with ``client`` (a redis.asyncio client of its own: the read blocks)."""
+    """Reads ``stream`` through ``conn``, a connection of its own (the read blocks): anything with
+    ``execute(*commands)`` and ``close()`` (``RespConnection``, or a ``RedisConnection`` without hiredis).
 
-    def __init__(self, client: Any, stream: str) -> None:
+    It also keeps the callers' deadlines: a future whose reply has not come by its deadline gets a
+    ``TimeoutError``. Deadlines are kept in buckets of ``TICK`` seconds behind one timer, not one timer
+    per call: with thousands of calls in flight, the event loop's timer heap stays small.
+    """
+
+    def __init__(self, conn: Any, stream: str) -> None:
         self.stream = stream
-        self._client = client
-        self._waiting: dict[str, tuple[int, asyncio.Future[Reply]]] = {}
+        self._conn = conn
+        self._waiting: dict[str, tuple[int, asyncio.Future[Reply], int]] = {}
+        self._due: dict[int, dict[str, asyncio.Future[Reply]]] = {}  # bucket -> the calls due in it
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_bucket = 0
         self._task: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         self._closed = False  # the reader ends at its next turn (a cancellation alone may be lost)
 
-    def expect(self, effect_id: str, attempt: int) -> asyncio.Future[Reply]:
-        """A future set when the reply for ``effect_id`` (that attempt) arrives; starts the reader."""
+    def expect(self, effect_id: str, attempt: int, deadline: float) -> asyncio.Future[Reply]:
+        """A future set when the reply for ``effect_id`` (that attempt) arrives, or failed with
+        ``TimeoutError`` about ``deadline`` seconds from now (never earlier); starts the reader."""
         if self._failure is not None:
             raise BackendUnavailable(f"the reply stream {self.stream} cannot be read: {self._failure}")
+        loop = asyncio.get_running_loop()
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._read(), name=f"castor-replies:{self.stream}")
-        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._waiting[effect_id] = (attempt, future)
+            self._task = loop.create_task(self._read(), name=f"castor-replies:{self.stream}")
+        future: asyncio.Future[Reply] = loop.create_future()
+        bucket = math.ceil((loop.time() + deadline) / TICK)
+        self._waiting[effect_id] = (attempt, future, bucket)
+        self._due.setdefault(bucket, {})[effect_id] = future
+        if self._timer is None or bucket < self._timer_bucket:
+            self._arm(loop, bucket)
         return future
 
     def forget(self, effect_id: str) -> None:
-        """Stop waiting for ``effect_id`` (its caller gave up)."""
-        self._waiting.pop(effect_id, None)
+        """Stop waiting for ``effect_id`` (its caller has its answer or gave up)."""
+        waiting = self._waiting.pop(effect_id, None)
+        if waiting is not None:
+            self._undue(effect_id, waiting[2])
+
+    def _undue(self, effect_id: str, bucket: int) -> None:
+        due = self._due.get(bucket)
+        if due is not None:
+            due.pop(effect_id, None)
+            if not due:
+                del self._due[bucket]
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, bucket: int) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_bucket = loop.call_at(bucket * TICK, self._expire), bucket
+
+    def _expire(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for bucket in sorted(b for b in self._due if b * TICK <= now):
+            for effect_id, future in self._due.pop(bucket).items():
+                self._waiting.pop(effect_id, None)
+                if not future.done():
+                    future.set_exception(TimeoutError())
+        if self._due:
+            self._arm(loop, min(self._due))
 
     async def _read(self) -> None:
         last = "0-0"
-        read_any = False
+        unread_trim = 0  # replies read since the stream was last trimmed
+        trimmed_at = time.monotonic()
         errors = 0
         while not self._closed:
+            # Trimming what was delivered costs two more commands: once a second (or per TRIM_EVERY
+            # replies) is enough to keep the stream short, and most reads are then one XREAD.
+            trim = unread_trim >= TRIM_EVERY or (unread_trim and time.monotonic() - trimmed_at >= TRIM_SECONDS)
+            commands: list[tuple[Any, ...]] = []
+            if trim:
+                commands += [("XTRIM", self.stream, "MINID", last), ("EXPIRE", self.stream, IDLE_TTL)]
+            commands.append(("XREAD", "COUNT", BATCH, "BLOCK", BLOCK_MS, "STREAMS", self.stream, last))
             try:
-                pipe = self._client.pipeline(transaction=False)
-                if read_any:
-                    pipe.xtrim(self.stream, minid=last)  # drop what was delivered, in this round trip
-                    pipe.expire(self.stream, IDLE_TTL)
-                pipe.xread({self.stream: last}, count=BATCH, block=BLOCK_MS)
-                answers = await pipe.execute()
+                async with asyncio.timeout(BLOCK_MS / 1000 + STALL_SECONDS):  # a silent server is a lost one
+                    replies = await self._conn.execute(*commands)
+                failed = [r for r in replies if isinstance(r, Exception)]
+                if failed:
+                    raise failed[0]
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 errors += 1
+                await self._conn.close()  # the next read opens a fresh connection
                 if errors > RETRIES:  # Redis stays away: fail every waiter instead of hanging them
                     self._fail_all(exc)
                     return
-                log.warning("reply stream %s: %s; reading again (%d/%d)", self.stream, exc, errors, RETRIES)
+                log.warning("reply stream %s: %s: %s; reading again (%d/%d)", self.stream, type(exc).__name__, exc,
+                            errors, RETRIES)
                 await asyncio.sleep(0.1 * 2**errors)
                 continue
             errors = 0
-            batch = answers[-1] or []
-            read_any = False
-            for _stream, entries in batch:
-                for entry_id, fields in entries:
-                    last = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                    read_any = True
-                    self._deliver(fields)
+            if trim:
+                unread_trim, trimmed_at = 0, time.monotonic()
+            for entry_id, fields in _entries(replies[-1]):
+                last = entry_id
+                unread_trim += 1
+                self._deliver(fields)
 
-    def _deliver(self, fields: dict[bytes, bytes]) -> None:
+    def _deliver(self, fields: Any) -> None:
         try:
             reply = parse_reply(fields)
         except (ValueError, KeyError, UnicodeDecodeError) as exc:
@@ -90,6 +144,7 @@ class ReplyReader:
         if waiting is None or waiting[0] != reply.attempt:
             return  # nobody waits (timed out), or a late reply of an earlier attempt
         del self._waiting[reply.effect_id]
+        self._undue(reply.effect_id, waiting[2])
         if not waiting[1].done():
             waiting[1].set_result(reply)
 
@@ -97,18 +152,35 @@ class ReplyReader:
         self._failure = exc
         log.error("reply stream %s failed: %s", self.stream, exc)
         error = BackendUnavailable(f"the reply stream {self.stream} cannot be read: {exc}")
-        for _attempt, future in self._waiting.values():
+        for _attempt, future, _bucket in self._waiting.values():
             if not future.done():
                 future.set_exception(error)
         self._waiting.clear()
+        self._due.clear()
 
     async def close(self) -> None:
         """Stop reading and delete the stream."""
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._task is not None:
             # a read blocks at most BLOCK_MS: with the flag set it ends by then even if the cancel is lost
             await stop_tasks([self._task], BLOCK_MS / 1000 + 1.0)
             self._task = None
         with contextlib.suppress(Exception):
-            await self._client.delete(self.stream)
-        await self._client.aclose()
+            await self._conn.execute(("DEL", self.stream))
+        await self._conn.close()
+
+
+def _entries(reply: Any) -> list[tuple[str, Any]]:
+    """``(id, fields)`` of an XREAD reply, whichever shape the client gives it (RESP2 arrays of flat
+    field lists, or redis-py's parsed lists and maps)."""
+    if not reply:
+        return []
+    streams = reply.values() if isinstance(reply, dict) else [entries for _name, entries in reply]
+    out = []
+    for entries in streams:
+        for entry_id, fields in entries:
+            out.append((entry_id.decode() if isinstance(entry_id, bytes) else entry_id, fields))
+    return out

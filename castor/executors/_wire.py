@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from castor._canonical import canonical
@@ -43,8 +43,12 @@ class Job:
     token: str | None = None
 
     def kwargs(self) -> dict[str, Any]:
-        """The task's keyword arguments."""
-        return asdict(self)
+        """The task's keyword arguments (shallow: serialized right away, never mutated)."""
+        return {
+            "run_id": self.run_id, "step": self.step, "tool": self.tool, "arguments": self.arguments,
+            "effect_id": self.effect_id, "attempt": self.attempt, "reply_to": self.reply_to, "record": self.record,
+            "token": self.token,
+        }
 
     def signed_part(self) -> bytes:
         """The bytes a token authenticates."""
@@ -98,9 +102,11 @@ class Reply:
         }
 
 
-def parse_reply(fields: dict[bytes, bytes]) -> Reply:
-    """A stream entry back into a ``Reply``."""
-    get = {k.decode(): v.decode() for k, v in fields.items()}
+def parse_reply(fields: Any) -> Reply:
+    """A stream entry back into a ``Reply``: its fields as a mapping or a flat ``[name, value, ...]`` list,
+    of ``str`` or ``bytes``."""
+    pairs = fields.items() if isinstance(fields, dict) else zip(fields[::2], fields[1::2], strict=True)
+    get = {_text(k): _text(v) for k, v in pairs}
     return Reply(
         effect_id=get.get("e", ""),
         attempt=int(get.get("a") or 0),
@@ -110,3 +116,7 @@ def parse_reply(fields: dict[bytes, bytes]) -> Reply:
         message=get.get("m", ""),
         journaled=bool(get.get("j")),
     )
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value

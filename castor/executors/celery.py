@@ -1,8 +1,9 @@
 """``CeleryExecutor``: every live syscall becomes a task on its tool's worker pool.
 
 The coordinator sends ``castor.tool.<tool>`` to the queue ``<queue_prefix>.<pool>`` without Celery's
-result backend, then awaits the worker's reply on this process's one reply stream. The worker journals
-the step (write-once) before it replies, so the kernel only appends the record in memory
+result backend (and, on a Redis broker, without ``send_task``: ``_publish`` writes the same message in
+one round trip), then awaits the worker's reply on this process's one reply stream. The worker
+journals the step (write-once) before it replies, so the kernel only appends the record in memory
 (``writes_journal``). A coordinator that gives up at its deadline looks in the journal once more before
 it reports a ``ToolTimeoutError``: a result that made it to the journal is the step's result.
 
@@ -11,14 +12,13 @@ Celery and redis are imported here only, so ``import castor`` loads neither.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from castor._errors import (
-    BackendUnavailable,
     InDoubtError,
     RemoteToolError,
     TaskRefusedError,
@@ -26,6 +26,7 @@ from castor._errors import (
 )
 from castor.backends.redis.keys import reply_stream
 from castor.executors._celery_conf import celery_config
+from castor.executors._publish import FAST_SCHEMES, RedisPublisher, SendTaskPublisher, Task
 from castor.executors._replies import ReplyReader
 from castor.executors._wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, sign, task_name
 from castor.registry import ToolRegistry
@@ -33,6 +34,17 @@ from castor.seams import Call, Journal
 from castor.settings import REPLY_GRACE, Settings, tool_policy
 
 _ERRORS: dict[str, type[Exception]] = {REFUSED: TaskRefusedError, IN_DOUBT: InDoubtError, TIMEOUT: ToolTimeoutError}
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """Where a tool's calls go and how long the coordinator waits (worked out once per tool)."""
+
+    task: str
+    pool: str
+    queue: str
+    deadline: float
+    sensitive: frozenset[str]
 
 
 class CeleryExecutor:
@@ -48,20 +60,27 @@ class CeleryExecutor:
         journal: Journal | None = None,
         reply_grace: float = REPLY_GRACE,
         consumer: str | None = None,
+        fast_publish: bool = True,
     ) -> None:
         from celery import Celery
-        from redis import asyncio as aioredis
 
         self._tools = tools
         self._settings = settings
         self._journal = journal
         self._grace = reply_grace
+        self._routes: dict[str, _Route] = {}
         self._app = Celery("castor-coordinator", set_as_current=False)
         self._app.conf.update(celery_config(settings))
-        self._producer: Any = None
+        self._broker: Any = None
+        self._publisher: RedisPublisher | SendTaskPublisher
+        if settings.broker.startswith(FAST_SCHEMES) and fast_publish:
+            self._broker = _connection(settings.broker)
+            self._publisher = RedisPublisher(self._app, self._broker)
+        else:
+            self._publisher = SendTaskPublisher(self._app)
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=None)
-        self._replies = ReplyReader(client, reply_stream(settings.redis_prefix, self.consumer))
+        stream = reply_stream(settings.redis_prefix, self.consumer)
+        self._replies = ReplyReader(_connection(settings.redis_url), stream)
 
     @classmethod
     def factory(cls, settings: Settings, **options: Any) -> Any:
@@ -78,26 +97,34 @@ class CeleryExecutor:
 
     async def execute(self, call: Call) -> Any:
         """Send the call to its pool and return the tool's result, or raise what became of it."""
-        spec = self._tools.get(call.tool_name)
-        policy = tool_policy(self._settings, spec)
-        pool = self._settings.pool_of(call.tool_name)
+        route = self._routes.get(call.tool_name) or self._route(call.tool_name)
         job = Job(
             call.run_id, call.step, call.tool_name, call.arguments, call.effect_id, call.attempt,
             self._replies.stream, call.record or {},
         )
         if self._settings.secret:
             job.token = sign(self._settings.secret, job)
-        deadline = self._deadline(policy.timeout, policy.retryable)
-        future = self._replies.expect(call.effect_id, call.attempt)
+        future = self._replies.expect(call.effect_id, call.attempt, route.deadline)
         try:
-            self._send(job, pool, deadline, policy.sensitive)
-            async with asyncio.timeout(deadline):
-                reply = await future
+            await self._publisher.publish(Task(
+                route.task, f"{job.effect_id}#{job.attempt}-{uuid.uuid4().hex[:8]}", job.kwargs(), route.queue,
+                route.deadline, {"castor_run": job.run_id, "castor_step": job.step},
+                kwargs_repr(job, route.sensitive),
+            ))
+            reply = await future
         except TimeoutError:
-            return await self._late(call, pool, deadline)
+            return await self._late(call, route.pool, route.deadline)
         finally:
             self._replies.forget(call.effect_id)
         return _outcome(reply, call.tool_name)
+
+    def _route(self, tool: str) -> _Route:
+        policy = tool_policy(self._settings, self._tools.get(tool))
+        pool = self._settings.pool_of(tool)
+        route = _Route(task_name(tool), pool, self._settings.queue_of(pool),
+                       self._deadline(policy.timeout, policy.retryable), policy.sensitive)
+        self._routes[tool] = route
+        return route
 
     def _deadline(self, timeout: float, retryable: bool) -> float:
         if not retryable:
@@ -105,32 +132,6 @@ class CeleryExecutor:
         s = self._settings
         backoff = sum(s.retry_backoff * 2**n for n in range(s.max_retries))
         return timeout * (s.max_retries + 1) + backoff + self._grace
-
-    def _send(self, job: Job, pool: str, deadline: float, sensitive: frozenset[str]) -> None:
-        # A publish is one LPUSH (or basic_publish): brief enough to do on the loop, and a thread hop per
-        # call would cost more CPU than it saves.
-        queue = self._settings.queue_of(pool)
-        try:
-            if self._producer is None:
-                self._producer = self._app.producer_pool.acquire(block=True)
-            self._app.send_task(
-                task_name(job.tool),
-                kwargs=job.kwargs(),
-                queue=queue,
-                routing_key=queue,
-                task_id=f"{job.effect_id}#{job.attempt}-{uuid.uuid4().hex[:8]}",
-                headers={"castor_run": job.run_id, "castor_step": job.step},
-                expires=deadline,
-                ignore_result=True,
-                kwargsrepr=kwargs_repr(job, sensitive),
-                argsrepr="()",
-                producer=self._producer,
-                retry=True,
-                retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},
-            )
-        except Exception as exc:
-            self._producer = None
-            raise BackendUnavailable(f"cannot send {job.tool!r} to queue {queue!r}: {exc}") from exc
 
     async def _late(self, call: Call, pool: str, deadline: float) -> Any:
         if self._journal is not None:
@@ -145,10 +146,19 @@ class CeleryExecutor:
     async def close(self) -> None:
         """Stop the reply reader and release the broker connection."""
         await self._replies.close()
-        if self._producer is not None:
-            self._producer.release()
-            self._producer = None
+        if isinstance(self._publisher, SendTaskPublisher):
+            self._publisher.close()
+        if self._broker is not None:
+            await self._broker.close()
         self._app.close()
+
+
+def _connection(url: str) -> Any:
+    """A connection of the executor's own: the lean one where hiredis can parse, else redis-py's."""
+    from castor.backends.redis import RedisConnection
+    from castor.backends.redis._resp import RespConnection, available
+
+    return RespConnection(url) if available(url) else RedisConnection(url)
 
 
 def _outcome(reply: Reply, tool: str) -> Any:

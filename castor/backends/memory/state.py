@@ -50,6 +50,8 @@ class MemoryBudgetStore:
         self, run_id: str, step: int, cost: Mapping[str, float], scopes: Sequence[str] = ()
     ) -> Charge:
         """Charge all or nothing; a step charged before is not charged again."""
+        if not cost:
+            return _OK  # nothing to take, nothing to record
         with self._lock:
             steps = self._charged.get(run_id)
             if steps is None:

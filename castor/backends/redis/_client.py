@@ -5,9 +5,11 @@ The kernel sometimes runs a coroutine in a fresh event loop (``asyncio.run`` fro
 its own client and pool, made on first use; when the loop shuts down (``asyncio.run`` finalizes async
 generators) the client is closed with it.
 
-Every store goes through ``RedisConnection.script`` / ``RedisConnection.run``: a dropped connection or a
+Every store goes through ``RedisConnection.script`` / ``command`` / ``run``: a dropped connection or a
 timeout becomes ``BackendUnavailable`` naming the URL with its password hidden, after one retry where
 the operation is safe to repeat; a script the server forgot (restart, ``SCRIPT FLUSH``) is loaded again.
+Scripts and single commands issued in the same loop iteration share one pipelined round trip
+(``_batch``), so thousands of runs in flight need a handful of connections, not one each.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from castor._errors import BackendUnavailable, ConfigError, StaleLeaseError
+from castor.backends.redis._batch import Batcher
 
 SCRIPT_NAMES = (
     "journal_append", "journal_fork",
-    "budget_charge", "budget_refund", "budget_reindex", "budget_close", "scope_reset",
+    "budget_open", "budget_charge", "budget_refund", "budget_reindex", "budget_close", "scope_reset",
     "approval_request", "approval_decide",
     "run_save", "run_prune",
 )
@@ -79,15 +82,17 @@ class Fence:
 @dataclass(eq=False)
 class _LoopState:
     client: aioredis.Redis
+    batcher: Batcher
     closer: AsyncGenerator[None, None]
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-async def _close_with_loop(client: aioredis.Redis) -> AsyncGenerator[None, None]:
+async def _close_with_loop(client: aioredis.Redis, batcher: Batcher) -> AsyncGenerator[None, None]:
     # Parked at its yield; the loop's shutdown_asyncgens() closes it, which closes the client.
     try:
         yield
     finally:
+        await batcher.drain()
         await client.aclose()
 
 
@@ -146,11 +151,12 @@ class RedisConnection:
         except ValueError as exc:
             raise ConfigError(f"bad Redis URL {self.safe_url}: {exc}") from exc
         client = aioredis.Redis.from_pool(pool)
-        closer = _close_with_loop(client)
+        batcher = Batcher(client)
+        closer = _close_with_loop(client, batcher)
         step = closer.__anext__()  # registers the generator with the running loop and parks it
         with contextlib.suppress(StopIteration):
             step.send(None)
-        return _LoopState(client, closer)
+        return _LoopState(client, batcher, closer)
 
     async def close(self) -> None:
         """Close this loop's client; forget clients of loops that are closed."""
@@ -165,12 +171,41 @@ class RedisConnection:
     # --- calls ------------------------------------------------------------------------------------
 
     async def script(self, name: str, keys: Sequence[str], args: Sequence[Any], *, retry: bool = True) -> Any:
-        """Run one of Castor's Lua scripts (``EVALSHA``; loaded first if the server lacks it)."""
-        sha = SCRIPTS[name][1]
-        return await self.run(lambda c: c.evalsha(sha, len(keys), *keys, *args), retry=retry)
+        """Run one of Castor's Lua scripts (``EVALSHA``; loaded first if the server lacks it), batched."""
+        return await self.command("evalsha", SCRIPTS[name][1], len(keys), *keys, *args, retry=retry)
+
+    async def command(self, method: str, *args: Any, retry: bool = True, **kwargs: Any) -> Any:
+        """One command that answers at once, by its redis-py method name, in this iteration's pipeline."""
+        state = self.state()
+        try:
+            return await state.batcher.submit(method, args, kwargs)
+        except NoScriptError:
+            await self._load_scripts(state.client)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            if not retry:
+                raise self._unavailable(exc) from exc
+        except RedisError as exc:
+            raise self._translate(exc) from exc
+        try:
+            return await state.batcher.submit(method, args, kwargs)
+        except RedisError as exc:
+            raise self._translate(exc) from exc
+
+    async def execute(self, *commands: Sequence[Any]) -> list[Any]:
+        """Raw commands (``("LPUSH", key, value)``) in the same pipeline, in order, never retried; each
+        reply, or its error translated (not raised), in a list."""
+        batcher = self.state().batcher
+        futures = [batcher.submit("execute_command", tuple(command), {}) for command in commands]
+        out: list[Any] = []
+        for future in futures:
+            try:
+                out.append(await future)
+            except RedisError as exc:
+                out.append(self._translate(exc))
+        return out
 
     async def call(self, method: str, *args: Any, retry: bool = True, **kwargs: Any) -> Any:
-        """One command, by the name of its redis-py method (``call("hget", key, field)``)."""
+        """One command on a connection of its own (``call("xread", ..., block=1000)``: it may block)."""
         return await self.run(lambda c: getattr(c, method)(*args, **kwargs), retry=retry)
 
     async def run(self, op: Callable[[Any], Awaitable[Any]], *, retry: bool = True) -> Any:

@@ -95,7 +95,7 @@ class RedisApprovalStore:
         key = keys.approvals(self._prefix, run_id)
         for _ in range(3):  # a new round opened between the read and the script: read it again
             at = time.time() if now is None else now
-            attempt = int(await self._conn.run(lambda c: c.hget(key, f"a:{step}")) or 0)
+            attempt = int(await self._conn.command("hget", key, f"a:{step}") or 0)
             chosen = "" if decision is None else json.dumps(dataclasses.asdict(replace(decision, attempt=attempt)))
             result: list[str] = await self._conn.script(
                 "approval_decide",
@@ -131,7 +131,7 @@ class RedisApprovalStore:
     async def decision(self, run_id: str, step: int) -> Decision | None:
         """The decision on a step, if there is one (an expired call gets its expiry outcome now)."""
         key = keys.approvals(self._prefix, run_id)
-        decided, expires = await self._conn.run(lambda c: c.hmget(key, f"d:{step}", f"e:{step}"))
+        decided, expires = await self._conn.command("hmget", key, f"d:{step}", f"e:{step}")
         if decided is not None:
             return _decision(decided)
         if expires is not None and float(expires) <= time.time():
@@ -148,7 +148,7 @@ class RedisApprovalStore:
         p = self._prefix
         if run_id is not None:
             key = keys.approvals(p, run_id)
-            fields = await self._conn.run(lambda c: c.hgetall(key))
+            fields = await self._conn.command("hgetall", key)
             found = [_pending(v) for k, v in fields.items() if k.startswith("p:")]
         else:
             found = await self._fleet_pending()
@@ -164,7 +164,7 @@ class RedisApprovalStore:
     async def _fleet_pending(self) -> list[PendingApproval]:
         p = self._prefix
         index = keys.approvals_pending(p)
-        members: list[str] = await self._conn.run(lambda c: c.zrange(index, 0, -1))
+        members: list[str] = await self._conn.command("zrange", index, 0, -1)
         located = [(m, *m.split(":", 1)) for m in members]
 
         async def read(c: Any) -> list[Any]:
@@ -181,7 +181,7 @@ class RedisApprovalStore:
             else:
                 found.append(_pending(row))
         if stale:
-            await self._conn.run(lambda c: c.zrem(index, *stale))
+            await self._conn.command("zrem", index, *stale)
         return found
 
     async def wait(self, run_id: str, step: int, timeout: float | None = None) -> Decision | None:
@@ -206,7 +206,7 @@ class RedisApprovalStore:
 
     async def _expires_at(self, run_id: str, step: int) -> float | None:
         key = keys.approvals(self._prefix, run_id)
-        expires = await self._conn.run(lambda c: c.hget(key, f"e:{step}"))
+        expires = await self._conn.command("hget", key, f"e:{step}")
         return None if expires is None else float(expires)
 
     def _listener(self) -> DecisionListener:
@@ -220,7 +220,7 @@ class RedisApprovalStore:
         """Record the expiry outcome of every call that expired by ``now``; returns how many."""
         index = keys.approvals_expiring(self._prefix)
         cutoff = time.time() if now is None else now
-        due = await self._conn.run(lambda c: c.zrangebyscore(index, "-inf", cutoff, start=0, num=limit))
+        due = await self._conn.command("zrangebyscore", index, "-inf", cutoff, start=0, num=limit)
         expired = 0
         for member in due:
             step, run_id = member.split(":", 1)
@@ -233,7 +233,7 @@ class RedisApprovalStore:
     async def clear(self, run_id: str) -> None:
         """Forget the run's approvals and take them off the fleet's indexes."""
         key, pending_index, expiring_index = self._keys(run_id)
-        fields = await self._conn.run(lambda c: c.hkeys(key))
+        fields = await self._conn.command("hkeys", key)
         members = [keys.step_member(run_id, int(f[2:])) for f in fields if f.startswith("p:")]
 
         async def drop(c: Any) -> None:

@@ -74,20 +74,10 @@ class RedisBudgetStore:
 
     async def open_run(self, run_id: str, limits: Mapping[str, float], used: Mapping[str, float]) -> None:
         """Set the run's limits and what it used so far (replacing any ledger it had)."""
-        key = keys.ledger(self._prefix, run_id)
-        fields: dict[str, str] = {}
+        args: list[str] = []
         for resource, limit in limits.items():
-            fields[f"L:{resource}"] = _number(limit)
-            fields[f"U:{resource}"] = _number(used.get(resource, 0.0))
-
-        async def write(c: Any) -> None:
-            async with c.pipeline(transaction=True) as pipe:
-                pipe.delete(key)
-                if fields:
-                    pipe.hset(key, mapping=fields)
-                await pipe.execute()
-
-        await self._conn.run(write)
+            args.extend((f"L:{resource}", _number(limit), f"U:{resource}", _number(used.get(resource, 0.0))))
+        await self._conn.script("budget_open", [keys.ledger(self._prefix, run_id)], args)
 
     def _keys(self, run_id: str, scopes: Sequence[str]) -> list[str]:
         """The charge script's keys for a run and its scopes, made once per (run, scopes)."""
@@ -237,7 +227,7 @@ class RedisBudgetStore:
     async def read_scope(self, scope: str) -> dict[str, tuple[float, float]]:
         """``{resource: (limit, used)}`` of a scope; ``{}`` if it does not exist."""
         key = keys.scope(self._prefix, scope)
-        fields = await self._conn.run(lambda c: c.hgetall(key))
+        fields = await self._conn.command("hgetall", key)
         return {
             name[2:]: (float(value), float(fields.get(f"U:{name[2:]}", 0.0)))
             for name, value in fields.items()
@@ -247,7 +237,7 @@ class RedisBudgetStore:
     async def scopes(self) -> list[str]:
         """Every scope that was set, sorted."""
         names = keys.scope_names(self._prefix)
-        return sorted(await self._conn.run(lambda c: c.smembers(names)))
+        return sorted(await self._conn.command("smembers", names))
 
     async def delete_scope(self, scope: str) -> None:
         """Forget a scope (runs that name it draw from nothing there any more)."""

@@ -133,7 +133,7 @@ class RedisJournal:
         while run_id not in seen and len(seen) < MAX_DEPTH:
             seen.add(run_id)
             meta = keys.journal_meta(p, run_id)
-            parent, at, length = await self._conn.call("hmget", meta, "parent", "at", "len")
+            parent, at, length = await self._conn.command("hmget", meta, "parent", "at", "len")
             first = int(at or 0)
             end = int(length or first) if limit is None else min(int(length or first), limit)
             if end > first:
@@ -150,7 +150,7 @@ class RedisJournal:
         p = self._prefix
         while len(out) < MAX_DEPTH:
             meta = keys.journal_meta(p, run_id)
-            parent = await self._conn.call("hget", meta, "parent")
+            parent = await self._conn.command("hget", meta, "parent")
             if parent is None or parent in out or parent == run_id:
                 return out
             out.append(parent)
@@ -205,7 +205,7 @@ class RedisJournal:
     async def length(self, run_id: str) -> int:
         """How many contiguous steps the run has journaled, a fork's shared prefix included."""
         meta = keys.journal_meta(self._prefix, run_id)
-        length = await self._conn.run(lambda c: c.hget(meta, "len"))
+        length = await self._conn.command("hget", meta, "len")
         return int(length or 0)
 
     async def fork(self, parent_id: str, child_id: str, at_step: int) -> None:
@@ -232,19 +232,19 @@ class RedisJournal:
     async def record_failure(self, run_id: str, failure: StepFailure) -> None:
         """Keep the failure for audit (not retried: a repeated audit line is worse than a missing retry)."""
         key = keys.failures(self._prefix, run_id)
-        await self._conn.run(lambda c: c.rpush(key, failure.model_dump_json()), retry=False)
+        await self._conn.command("rpush", key, failure.model_dump_json(), retry=False)
 
     async def failures(self, run_id: str) -> list[StepFailure]:
         """The run's failures, oldest first."""
         key = keys.failures(self._prefix, run_id)
-        rows = await self._conn.run(lambda c: c.lrange(key, 0, -1))
+        rows = await self._conn.command("lrange", key, 0, -1)
         return [StepFailure.model_validate_json(row) for row in rows]
 
     async def delete(self, run_id: str) -> None:
         """Forget the run's journal (forks of it keep working only while it exists)."""
         p = self._prefix
         names = (keys.journal(p, run_id), keys.journal_meta(p, run_id), keys.failures(p, run_id))
-        await self._conn.run(lambda c: c.delete(*names))
+        await self._conn.command("delete", *names)
 
     async def close(self) -> None:
         """Close this event loop's connections."""

@@ -113,7 +113,7 @@ class RedisRunStore:
     async def load(self, pid: str) -> AgentCheckpoint | None:
         """The header (``syscall_log`` empty) or None if no such run."""
         key = keys.run_header(self._prefix, pid)
-        data = await self._conn.run(lambda c: c.hget(key, "cp"))
+        data = await self._conn.command("hget", key, "cp")
         return None if data is None else AgentCheckpoint.model_validate_json(data)
 
     async def list(self, status: str | None = None, limit: int = 100, offset: int = 0) -> _list[RunSummary]:

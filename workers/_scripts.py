@@ -1,0 +1,65 @@
+"""The worker's hot path in two synchronous round trips from the pool thread: claim, then finish.
+
+A tool task used to hop to the worker's event loop three times (claim, journal, reply), each hop a
+cross-thread wake-up and a redis.asyncio round trip. The common case — a signed call that starts,
+returns and is journaled — needs none of the loop: ``StepScripts`` runs ``claim.lua`` and
+``finish.lua`` (the journal's own ``journal_append.lua`` with the reply ``XADD`` after it, one atomic
+call) on a redis-py client shared by the pool's threads. Every other case (refusals, in-doubt steps,
+failures, a record already there) keeps the loop and the async seams.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from castor.backends.redis import keys
+from castor.backends.redis.journal import encode
+from castor.checkpoint import SyscallRecord
+from castor.executors._wire import Job, Reply
+
+MARKER_TTL = 7 * 24 * 3600
+REPLY_MAXLEN = 100_000
+
+
+def finish_source() -> str:
+    """``finish.lua`` with ``journal_append.lua`` inlined as the function ``append``: one source of truth
+    for the write-once rule."""
+    append = (resources.files("castor.backends.redis") / "lua" / "journal_append.lua").read_text()
+    finish = resources.files("workers").joinpath("lua/finish.lua").read_text()
+    return f"local function append()\n{append}\nend\n{finish}"
+
+
+class StepScripts:
+    """``claim`` and ``finish`` of one step, on a synchronous client (thread-safe, pooled)."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        import redis
+
+        self._prefix = prefix
+        self.client = redis.Redis.from_url(url)
+        self._claim = self.client.register_script(resources.files("workers").joinpath("lua/claim.lua").read_text())
+        self._finish = self.client.register_script(finish_source())
+
+    def claim(self, job: Job) -> int:
+        """-1: this attempt starts the step (marker set); -2: the journal holds the step (serve its record,
+        never run it again); else the attempt that started it before (in doubt)."""
+        marker = keys.started_marker(self._prefix, job.run_id, job.step)
+        journal = keys.journal(self._prefix, job.run_id)
+        return int(self._claim(keys=[marker, journal], args=[job.attempt, MARKER_TTL, job.step]))
+
+    def finish(self, job: Job, record: SyscallRecord, reply: Reply) -> bool:
+        """Journal ``record`` write-once and reply; False (nothing replied) if another record holds the step."""
+        journal = keys.journal(self._prefix, job.run_id)
+        key_list = [journal, keys.journal_meta(self._prefix, job.run_id), journal]
+        args: list[Any] = [job.step, encode(record, job.run_id, job.step), ""]
+        if job.reply_to:
+            key_list.append(job.reply_to)
+            args.append(REPLY_MAXLEN)
+            for name, value in reply.fields().items():
+                args += (name, value)
+        return int(self._finish(keys=key_list, args=args)) != 0
+
+    def close(self) -> None:
+        """Release the client's connections."""
+        self.client.close()
