@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from castor._errors import ConfigError
@@ -44,26 +46,36 @@ def _load_module(name: str) -> Any:
 
 
 def _load_file(path: str) -> Any:
-    file = Path(path).resolve()
+    return load_file(path)
+
+
+def load_file(path: str | Path) -> ModuleType:
+    """The module of a Python file, loaded once per file whatever the spelling of its path.
+
+    The CLI, the workers and the coordinators all load tool and agent files here, so one file is one
+    module in a process (tools from it share their globals). ``ConfigError`` names the file when it is
+    missing or fails to import.
+    """
+    file = Path(path).expanduser().resolve()
     if not file.is_file():
-        raise ConfigError(f"tool file {path} does not exist")
-    # One module per file, whatever the spelling of its path, so tools from one file share their globals.
-    mod_name = f"castor_tools_{file.stem}_{hashlib.sha1(str(file).encode()).hexdigest()[:8]}"
+        raise ConfigError(f"file {path} not found")
+    stem = re.sub(r"\W", "_", file.stem)
+    mod_name = f"castor_file_{stem}_{hashlib.sha1(str(file).encode()).hexdigest()[:8]}"
     loaded = sys.modules.get(mod_name)
     if loaded is not None:
         return loaded
     module_spec = importlib.util.spec_from_file_location(mod_name, file)
     if module_spec is None or module_spec.loader is None:
-        raise ConfigError(f"cannot load {path} as a Python module")
+        raise ConfigError(f"{path} is not a Python file")
     module = importlib.util.module_from_spec(module_spec)
     if str(file.parent) not in sys.path:
-        # its sibling modules import as with `python file.py` (and as `castor run` loads it): the
-        # helpers next to a tool are part of its code, and hashed with it (castor._code)
+        # its sibling modules import as with `python file.py`: the helpers next to a tool are part of
+        # its code, and hashed with it (castor._code)
         sys.path.insert(0, str(file.parent))
     sys.modules[mod_name] = module
     try:
         module_spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[mod_name]
-        raise ConfigError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+        raise ConfigError(f"{path} failed: {type(exc).__name__}: {exc}") from exc
     return module

@@ -13,7 +13,6 @@ changed.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import os
@@ -27,6 +26,7 @@ from typing import Any
 
 from castor import _code
 from castor._errors import ConfigError
+from castor._imports import load_file
 from castor.checkpoint import RunSpec
 from castor.kernel import Castor
 from castor.seams import Backend, Call
@@ -62,9 +62,6 @@ def absolute(spec: str) -> str:
     return f"{path}:{','.join(names)}" if names else path
 
 
-_loaded: dict[str, ModuleType] = {}
-
-
 def import_target(target: str, spec: str, kind: str) -> ModuleType:
     """The module a spec names; ``ConfigError`` naming the file (or module) when it does not import."""
     if not is_file(target):
@@ -74,28 +71,10 @@ def import_target(target: str, spec: str, kind: str) -> ModuleType:
             return importlib.import_module(target)
         except Exception as exc:
             raise ConfigError(f"cannot import {kind} {spec!r}: module {target!r} failed: {_brief(exc)}") from exc
-    path = Path(target).expanduser().resolve()
-    key = str(path)
-    if key in _loaded:
-        return _loaded[key]
-    if not path.is_file():
-        raise ConfigError(f"cannot import {kind} {spec!r}: file {target} not found")
-    stem = re.sub(r"\W", "_", path.stem)
-    name = f"castor_spec_{stem}_{hashlib.sha1(key.encode()).hexdigest()[:8]}"
-    loader_spec = importlib.util.spec_from_file_location(name, path)
-    if loader_spec is None or loader_spec.loader is None:
-        raise ConfigError(f"cannot import {kind} {spec!r}: {target} is not a Python file")
-    module = importlib.util.module_from_spec(loader_spec)
-    if str(path.parent) not in sys.path:
-        sys.path.insert(0, str(path.parent))  # sibling imports work as with `python file.py`
-    sys.modules[name] = module
     try:
-        loader_spec.loader.exec_module(module)
-    except Exception as exc:
-        del sys.modules[name]
-        raise ConfigError(f"cannot import {kind} {spec!r}: {target} failed: {_brief(exc)}") from exc
-    _loaded[key] = module
-    return module
+        return load_file(target)
+    except ConfigError as exc:
+        raise ConfigError(f"cannot import {kind} {spec!r}: {exc}") from exc.__cause__
 
 
 def _brief(exc: BaseException) -> str:
