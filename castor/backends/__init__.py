@@ -29,6 +29,9 @@ def _redis_options(url: str) -> tuple[str, str, dict[str, Any]]:
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if key == "prefix" or key in OPTIONS:
             default = OPTIONS.get(key)
+            if isinstance(default, bool):
+                ours[key] = _flag(key, value)
+                continue
             numeric = isinstance(default, int | float) or key == "approval_ttl"
             try:
                 ours[key] = (type(default) if default is not None else float)(value) if numeric and value else value
@@ -38,6 +41,15 @@ def _redis_options(url: str) -> tuple[str, str, dict[str, Any]]:
             theirs.append((key, value))  # redis-py's own connection options
     prefix = str(ours.pop("prefix", "castor"))
     return urlunsplit(parts._replace(query=urlencode(theirs))), prefix, ours
+
+
+def _flag(key: str, value: str) -> bool:
+    word = value.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"Redis store option {key}={value!r} in the URL must be true or false")
 
 
 def open_backend(url: str | None) -> Backend:

@@ -24,17 +24,24 @@ def _sqlite(request: pytest.FixtureRequest) -> Backend:
     return sqlite_backend(str(tmp_path / "contract.db"))
 
 
-def _redis(request: pytest.FixtureRequest) -> Backend:
+def _redis(request: pytest.FixtureRequest, *, lean: bool = True) -> Backend:
     from castor.backends.redis import redis_backend
 
     url = request.getfixturevalue("redis_url")
-    return redis_backend(url, prefix=request.getfixturevalue("redis_prefix"))  # keys deleted after the test
+    # keys deleted after the test
+    return redis_backend(url, prefix=request.getfixturevalue("redis_prefix"), lean_connection=lean)
+
+
+def _redis_py_only(request: pytest.FixtureRequest) -> Backend:
+    """The Redis backend without its lean connection: scripts through redis-py, as without hiredis."""
+    return _redis(request, lean=False)
 
 
 FACTORIES: dict[str, Callable[[pytest.FixtureRequest], Backend]] = {
     "memory": _memory,
     "sqlite": _sqlite,
     "redis": _redis,
+    "redis-py": _redis_py_only,
 }
 
 

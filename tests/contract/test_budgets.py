@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from castor.seams import Backend
 
 
@@ -96,3 +98,21 @@ async def test_reopen_run_with_usage(backend: Backend) -> None:
     await b.close_run("r")
     await b.open_run("r", {"api": 8}, {"api": 4})
     assert (await b.charge("r", 9, {"api": 2})).ok
+
+
+async def test_fractional_costs_add_up_like_floats_everywhere(backend: Backend) -> None:
+    """Ten charges of 0.1 fill a limit of 1.0 (within the stores' tolerance), the eleventh is short;
+    a refund gives back exactly what was taken. Every backend sums in doubles."""
+    b = backend.budgets
+    await b.open_run("r", {"usd": 1.0}, {})
+    await b.set_scope("team", {"usd": 0.55})
+    for step in range(10):
+        assert (await b.charge("r", step, {"usd": 0.1})).ok
+    short = await b.charge("r", 10, {"usd": 0.1})
+    assert not short.ok and short.short == "usd" and short.remaining == pytest.approx(0.0, abs=1e-9)
+    await b.refund("r", 3)
+    assert await b.remaining("r", "usd") == pytest.approx(0.1)
+    for step in range(5):
+        assert (await b.charge("s", step, {"usd": 0.11}, ["team"])).ok
+    assert not (await b.charge("s", 5, {"usd": 0.11}, ["team"])).ok
+    assert (await b.read_scope("team"))["usd"][1] == pytest.approx(0.55)

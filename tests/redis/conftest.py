@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import redis.asyncio.connection as aioconnection
 
-from castor.backends.redis import redis_backend
+from castor.backends.redis import _resp, redis_backend
 from castor.seams import Backend
 from tests.redis_support import RoundTrips
 
@@ -23,13 +23,20 @@ async def backend(redis_url: str, redis_prefix: str) -> AsyncIterator[Backend]:
 
 @pytest.fixture
 def round_trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[RoundTrips]:
-    """Count round trips of every asyncio Redis connection while the test runs."""
+    """Count round trips of every asyncio Redis connection while the test runs: redis-py's sends and
+    the lean connection's writes (one write carries what a loop iteration queued)."""
     counter = RoundTrips()
     send = aioconnection.AbstractConnection.send_packed_command
+    flush = _resp._Protocol._flush
 
     async def counting(self: Any, command: Any, check_health: bool = True) -> None:
         counter.sends += 1
         await send(self, command, check_health)
 
+    def counting_flush(self: Any) -> None:
+        counter.sends += 1
+        flush(self)
+
     monkeypatch.setattr(aioconnection.AbstractConnection, "send_packed_command", counting)
+    monkeypatch.setattr(_resp._Protocol, "_flush", counting_flush)
     yield counter

@@ -89,6 +89,7 @@ async def test_fork_is_constant_work_and_resolves_through_the_parent(
         return len(list(sync.scan_iter(match=f"{redis_prefix}:*", count=1000)))
 
     before = own_keys()
+    assert await backend.journal.length("parent") == 2500  # both connections made: no handshake counted below
     round_trips.reset()
     await backend.journal.fork("parent", "child", 2000)
     assert round_trips.sends <= 3  # fork script, lineage lookup, keep-alive

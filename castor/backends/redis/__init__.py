@@ -33,6 +33,7 @@ OPTIONS: dict[str, Any] = {
     "max_connections": 50,
     "socket_timeout": 5.0,
     "socket_connect_timeout": 2.0,
+    "lean_connection": True,
     # runs
     "retention_seconds": WEEK,
     # budgets
@@ -50,7 +51,8 @@ def redis_backend(url: str, *, prefix: str = "castor", **options: Any) -> Backen
     """The four state seams on the Redis server at ``url``, their keys under ``prefix``.
 
     Options (unknown ones are a ``ConfigError``): ``max_connections`` (per event loop),
-    ``socket_timeout``, ``socket_connect_timeout``, ``retention_seconds`` (finished runs),
+    ``socket_timeout``, ``socket_connect_timeout``, ``lean_connection`` (scripts over hiredis on a socket
+    of their own where it can; False: everything through redis-py), ``retention_seconds`` (finished runs),
     ``reservation_seconds`` (how long a charge's holder may take before a sweep refunds it), ``holder``,
     ``approval_ttl`` (seconds a call may wait; None: forever), ``expiry_outcome`` / ``expiry_reason``
     (the decision an expired call gets), ``stream_maxlen`` (decisions kept on the stream).
@@ -70,6 +72,7 @@ def redis_backend(url: str, *, prefix: str = "castor", **options: Any) -> Backen
         max_connections=int(o["max_connections"]),
         socket_timeout=float(o["socket_timeout"]),
         socket_connect_timeout=float(o["socket_connect_timeout"]),
+        lean=bool(o["lean_connection"]),
     )
     fences: dict[str, Fence] = {}  # one table: a run's journal writes, charges and saves pass the same fence
     journal = RedisJournal(conn, prefix, fences)

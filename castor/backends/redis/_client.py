@@ -8,8 +8,12 @@ generators) the client is closed with it.
 Every store goes through ``RedisConnection.script`` / ``command`` / ``run``: a dropped connection or a
 timeout becomes ``BackendUnavailable`` naming the URL with its password hidden, after one retry where
 the operation is safe to repeat; a script the server forgot (restart, ``SCRIPT FLUSH``) is loaded again.
-Scripts and single commands issued in the same loop iteration share one pipelined round trip
-(``_batch``), so thousands of runs in flight need a handful of connections, not one each.
+
+Scripts (every charge, journal write, run save) go over the loop's lean multiplexed connection
+(``_resp``) where hiredis is installed and the URL is plain ``redis://``: a third of redis-py's CPU
+per call. Single commands, and scripts elsewhere, share one redis-py pipeline per loop iteration
+(``_batch``). Either way, what a loop iteration issues goes out in one write, so thousands of runs in
+flight need a handful of connections, not one each.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from castor._errors import BackendUnavailable, ConfigError, StaleLeaseError
+from castor.backends.redis import _resp
 from castor.backends.redis._batch import Batcher
 
 SCRIPT_NAMES = (
@@ -83,16 +88,21 @@ class Fence:
 class _LoopState:
     client: aioredis.Redis
     batcher: Batcher
+    resp: _resp.RespConnection | None  # the scripts' connection; None: they go through ``batcher``
     closer: AsyncGenerator[None, None]
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-async def _close_with_loop(client: aioredis.Redis, batcher: Batcher) -> AsyncGenerator[None, None]:
-    # Parked at its yield; the loop's shutdown_asyncgens() closes it, which closes the client.
+async def _close_with_loop(
+    client: aioredis.Redis, batcher: Batcher, resp: _resp.RespConnection | None
+) -> AsyncGenerator[None, None]:
+    # Parked at its yield; the loop's shutdown_asyncgens() closes it, which closes the clients.
     try:
         yield
     finally:
         await batcher.drain()
+        if resp is not None:
+            await resp.close()
         await client.aclose()
 
 
@@ -106,12 +116,14 @@ class RedisConnection:
         max_connections: int = 50,
         socket_timeout: float = 5.0,
         socket_connect_timeout: float = 2.0,
+        lean: bool = True,
     ) -> None:
         self.url = url
         self.safe_url = hide_password(url)
         self.max_connections = max_connections
         self.socket_timeout = socket_timeout
         self.socket_connect_timeout = socket_connect_timeout
+        self.lean = lean and _resp.available(url)  # False: the scripts go through redis-py too
         if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
             raise ConfigError(f"not a Redis URL: {self.safe_url} (use redis://, rediss:// or unix://)")
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
@@ -152,11 +164,16 @@ class RedisConnection:
             raise ConfigError(f"bad Redis URL {self.safe_url}: {exc}") from exc
         client = aioredis.Redis.from_pool(pool)
         batcher = Batcher(client)
-        closer = _close_with_loop(client, batcher)
+        resp = None
+        if self.lean:
+            resp = _resp.RespConnection(
+                self.url, connect_timeout=self.socket_connect_timeout, reply_timeout=self.socket_timeout
+            )
+        closer = _close_with_loop(client, batcher, resp)
         step = closer.__anext__()  # registers the generator with the running loop and parks it
         with contextlib.suppress(StopIteration):
             step.send(None)
-        return _LoopState(client, batcher, closer)
+        return _LoopState(client, batcher, resp, closer)
 
     async def close(self) -> None:
         """Close this loop's client; forget clients of loops that are closed."""
@@ -171,8 +188,27 @@ class RedisConnection:
     # --- calls ------------------------------------------------------------------------------------
 
     async def script(self, name: str, keys: Sequence[str], args: Sequence[Any], *, retry: bool = True) -> Any:
-        """Run one of Castor's Lua scripts (``EVALSHA``; loaded first if the server lacks it), batched."""
-        return await self.command("evalsha", SCRIPTS[name][1], len(keys), *keys, *args, retry=retry)
+        """Run one of Castor's Lua scripts (``EVALSHA``; loaded first if the server lacks it).
+
+        ``retry``: the script is safe to run again after a lost connection (it may have run once).
+        """
+        state = self.state()
+        if state.resp is None:
+            return await self.command("evalsha", SCRIPTS[name][1], len(keys), *keys, *args, retry=retry)
+        command = ("EVALSHA", SCRIPTS[name][1], len(keys), *keys, *args)
+        try:
+            return await state.resp.call(*command)
+        except _resp.RespError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise self._refused(exc) from exc
+            await self._load_scripts(state.client)  # the server forgot it: it did not run
+        except BackendUnavailable:
+            if not retry:
+                raise
+        try:
+            return await state.resp.call(*command)
+        except _resp.RespError as exc:
+            raise self._refused(exc) from exc
 
     async def command(self, method: str, *args: Any, retry: bool = True, **kwargs: Any) -> Any:
         """One command that answers at once, by its redis-py method name, in this iteration's pipeline."""

@@ -1,15 +1,20 @@
-"""A lean, multiplexed Redis connection for the coordinator's hottest commands (publishing tasks).
+"""A lean, multiplexed Redis connection for the hottest commands: publishing tasks, the stores' scripts.
 
-redis-py's asyncio client spends ~100 µs of CPU per pipeline (checking a connection out of the pool,
-command objects, response callbacks, observability hooks) — as much as everything else a live
-syscall costs the coordinator. Publishing a task needs none of it: ``RespConnection`` writes each
-group of commands RESP-encoded to one socket (what a loop iteration queued goes out in one write),
-with any number of groups in flight, and hiredis parses the replies in ``data_received``, which
-resolve the waiting futures in order.
+redis-py's asyncio client spends ~60 µs of CPU per command and ~100 µs per pipeline (checking a
+connection out of the pool, command objects, response callbacks, observability hooks): more than the
+round trip itself, and more than a charge or a journal write costs Redis. ``RespConnection`` writes
+each group of commands RESP-encoded to one socket (what a loop iteration queued goes out in one
+write), with any number of groups in flight, and hiredis parses the replies in ``data_received``,
+which resolve the waiting futures in order.
+
+A reply that does not come within ``reply_timeout`` seconds fails every command waiting on the
+socket and closes it (the next command connects again): one timer per connection checks that the
+oldest waiting command moves, so nothing is paid per command. Leave it ``None`` for a connection
+that blocks on purpose (the reply reader's ``XREAD BLOCK``).
 
 Plain TCP only (``redis://``; a password and a database in the URL are honoured). ``available()``
-says whether hiredis is installed; callers fall back to the batched redis-py path otherwise (and for
-``rediss://`` or ``unix://``).
+says whether hiredis is installed; callers fall back to redis-py otherwise (and for ``rediss://`` or
+``unix://``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ from castor._errors import BackendUnavailable
 
 class RespError(Exception):
     """An error reply of the server (``-ERR ...``)."""
+
+
+_LOOKS = 4  # looks at the oldest waiting command per reply timeout
 
 
 def available(url: str) -> bool:
@@ -47,7 +55,7 @@ def _pack(args: Sequence[Any]) -> bytes:
 class _Protocol(asyncio.Protocol):
     """One socket: replies come back in the order the commands went out."""
 
-    def __init__(self) -> None:
+    def __init__(self, reply_timeout: float | None = None) -> None:
         import hiredis
 
         self.transport: asyncio.Transport | None = None
@@ -55,6 +63,11 @@ class _Protocol(asyncio.Protocol):
         self.reader = hiredis.Reader(replyError=RespError, encoding="utf-8", errors="replace")
         self.closed = False
         self.outbox: list[bytes] = []
+        self.reply_timeout = reply_timeout
+        self._interval = None if reply_timeout is None else reply_timeout / _LOOKS
+        self._watch: asyncio.TimerHandle | None = None
+        self._watched: asyncio.Future[Any] | None = None  # the oldest waiting command at the last look
+        self._looks = 0  # how many looks in a row found that same command still waiting
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -63,7 +76,26 @@ class _Protocol(asyncio.Protocol):
         """Queue ``data``; everything queued in this loop iteration goes out in one write (one syscall)."""
         if not self.outbox:
             loop.call_soon(self._flush)
+            if self._watch is None and self._interval is not None:
+                self._watch = loop.call_later(self._interval, self._look)
         self.outbox.append(data)
+
+    def _look(self) -> None:
+        # A look every timeout/_LOOKS seconds. The command at the head was sent before the look that
+        # first saw it: seen there _LOOKS + 1 looks in a row, it has waited the timeout, at most a look more.
+        self._watch = None
+        if self.closed or not self.waiting or self._interval is None:
+            self._watched, self._looks = None, 0
+            return  # idle: the next send starts watching again
+        head = self.waiting[0]
+        self._looks = self._looks + 1 if head is self._watched else 1
+        self._watched = head
+        if self._looks > _LOOKS:
+            self.connection_lost(TimeoutError(f"no reply within {self.reply_timeout:g}s"))
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        self._watch = asyncio.get_running_loop().call_later(self._interval, self._look)
 
     def _flush(self) -> None:
         data, self.outbox = b"".join(self.outbox), []
@@ -88,6 +120,9 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         error = ConnectionError(f"connection to Redis lost: {exc or 'closed'}")
         while self.waiting:
             future = self.waiting.popleft()
@@ -98,12 +133,13 @@ class _Protocol(asyncio.Protocol):
 class RespConnection:
     """One socket to the server at ``url``, made on first use and again after it was lost."""
 
-    def __init__(self, url: str, *, connect_timeout: float = 2.0) -> None:
+    def __init__(self, url: str, *, connect_timeout: float = 2.0, reply_timeout: float | None = None) -> None:
         from redis.connection import parse_url
 
         self.url = url
         self._options = parse_url(url)
         self._connect_timeout = connect_timeout
+        self._reply_timeout = reply_timeout
         self._proto: _Protocol | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
@@ -131,6 +167,23 @@ class RespConnection:
             raise BackendUnavailable(f"Redis at {self._safe_url()} is unavailable: {exc}") from exc
         return replies
 
+    async def call(self, *command: Any) -> Any:
+        """One command's reply; an error reply raises ``RespError``, a lost connection ``BackendUnavailable``.
+
+        The stores' hot path (a charge, a journal write): one future, no list, no pipeline object.
+        """
+        proto = self._proto
+        loop = asyncio.get_running_loop()
+        if proto is None or proto.closed or self._loop is not loop:
+            proto = await self._connected(loop)
+        future = loop.create_future()
+        proto.waiting.append(future)
+        proto.send(_pack(command), loop)
+        try:
+            return await future
+        except ConnectionError as exc:
+            raise BackendUnavailable(f"Redis at {self._safe_url()} is unavailable: {exc}") from exc
+
     async def _connected(self, loop: asyncio.AbstractEventLoop) -> _Protocol:
         if self._connecting is not None and self._loop is loop:
             return await asyncio.shield(self._connecting)  # another caller connects right now
@@ -153,7 +206,7 @@ class RespConnection:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _transport, proto = await loop.create_connection(
-                    _Protocol, o.get("host", "127.0.0.1"), o.get("port", 6379)
+                    lambda: _Protocol(self._reply_timeout), o.get("host", "127.0.0.1"), o.get("port", 6379)
                 )
         except (OSError, TimeoutError) as exc:
             raise BackendUnavailable(f"Redis at {self._safe_url()} is unavailable: {exc}") from exc

@@ -69,6 +69,7 @@ class RedisBudgetStore:
         if "{" in prefix or "}" in prefix or "\0" in self.holder:
             raise ConfigError(f"key prefix {prefix!r} holds a brace or holder {self.holder!r} a NUL character")
         self._key_lists: dict[tuple[str, ...], list[str]] = {}
+        self._names: set[str] = set()  # resource names checked for NUL already
 
     # --- runs -------------------------------------------------------------------------------------
 
@@ -85,6 +86,8 @@ class RedisBudgetStore:
         if made is None:
             if "\0" in run_id or any("\0" in name for name in scopes):
                 raise ConfigError(f"run {run_id!r} or its scopes {list(scopes)!r} hold a NUL character")
+            if len(set(scopes)) != len(scopes):  # the kernel draws from a scope named twice once
+                raise ConfigError(f"scopes {list(scopes)!r} name a scope twice")
             if len(self._key_lists) >= _KEY_LISTS:
                 self._key_lists.clear()
             p = self._prefix
@@ -92,16 +95,17 @@ class RedisBudgetStore:
             self._key_lists[(run_id, *scopes)] = made
         return made
 
-    def _call(self, step: int | str, cost: Mapping[str, float]) -> str:
-        """The charge script's one argument: step, holder, claim end, then resource, amount pairs, NUL-joined."""
-        parts = [str(step), self.holder, repr(time.time() + self.reservation_seconds)]
+    def _call(self, token: str, step: int | str, cost: Mapping[str, float]) -> list[str]:
+        """The charge script's arguments: fence token, step, holder, claim end, then resource, amount pairs."""
+        args = [token, str(step), self.holder, repr(time.time() + self.reservation_seconds)]
         for resource, amount in cost.items():
-            parts.append(resource)
-            parts.append(repr(float(amount)))
-        call = "\0".join(parts)
-        if call.count("\0") != len(parts) - 1:
-            raise ConfigError(f"resource names hold a NUL character: {list(cost)!r}")
-        return call
+            if resource not in self._names:
+                if "\0" in resource:  # the charge record is NUL-joined
+                    raise ConfigError(f"resource name {resource!r} holds a NUL character")
+                self._names.add(resource)
+            args.append(resource)
+            args.append(repr(float(amount)))
+        return args
 
     async def charge(
         self, run_id: str, step: int, cost: Mapping[str, float], scopes: Sequence[str] = (), *,
@@ -116,18 +120,17 @@ class RedisBudgetStore:
         fence = fence or self.fences.get(run_id)
         if not cost and fence is None:
             return _OK  # nothing to take and no fence to check: no round trip
-        key_list, call = self._keys(run_id, scopes), self._call(step, cost)
-        if fence is None:
-            reply = await self._conn.script("budget_charge", key_list, (call,))
-        else:
-            reply = await self._conn.script("budget_charge", [*key_list, fence.key], (call, fence.token))
+        key_list = self._keys(run_id, scopes)
+        if fence is not None:
+            key_list = [*key_list, fence.key]
+        reply = await self._conn.script("budget_charge", key_list, self._call(fence.token if fence else "", step, cost))
         return _OK if reply == 1 else _short(reply, scopes)
 
     async def can_afford(self, run_id: str, cost: Mapping[str, float], scopes: Sequence[str] = ()) -> Charge:
         """Whether ``charge`` would succeed now, without charging."""
         if not cost:
             return _OK
-        reply = await self._conn.script("budget_charge", self._keys(run_id, scopes), (self._call("", cost),))
+        reply = await self._conn.script("budget_charge", self._keys(run_id, scopes), self._call("", "", cost))
         return _OK if reply == 1 else _short(reply, scopes)
 
     async def refund(self, run_id: str, step: int) -> None:

@@ -1,44 +1,40 @@
 -- Check a call's cost against the run's ledger and every scope, and charge all of them or none.
 -- KEYS[1] the run's ledger '<prefix>:{<run>}:budget', KEYS[2] the reservation index, KEYS[3 ..] the scopes'
 -- ledgers, and last, only when a fencing token is given, the run's lease key
--- ARGV[1] the call, fields joined by NUL: step ('' to check without charging), holder, when the holder's
--- claim ends (unix time), then resource, amount pairs; ARGV[2] the fencing token (fenced calls only)
+-- ARGV[1] the fencing token ('' for an unfenced call), ARGV[2] step ('' to check without charging),
+-- ARGV[3] holder, ARGV[4] when the holder's claim ends (unix time), then resource, amount pairs.
+-- (Arguments of their own, not one joined string: splitting a string in Lua costs Redis more than the
+-- arguments do, and Redis's time is what every process of the fleet shares.)
 -- Ledgers are hashes of `L:<resource>` (limit) and `U:<resource>` (used); a resource without a limit is free.
 -- The run's charge records live in '<prefix>:{<run>}:charges', named here from KEYS[1]: the same hash tag,
--- so the same Cluster slot, and one argument fewer to send on every charge.
+-- so the same Cluster slot, and one key fewer to send on every charge.
 -- A call that costs nothing is sent only for a fenced run, to check the fence.
 -- Returns 1 charged (or charged before: a step is charged once), or
 -- {0, which ledger was short (1: the run's, 2..: the scopes in order), resource, what is left}.
 local last = #KEYS
-if ARGV[2] then
+if ARGV[1] ~= '' then
   local holder = redis.call('GET', KEYS[last])
-  if holder ~= ARGV[2] then
+  if holder ~= ARGV[1] then
     return redis.error_reply('CASTOR_STALE_LEASE the lease is held by ' .. (holder or 'nobody'))
   end
   last = last - 1
 end
-local call, f, at = ARGV[1], {}, 1
-while true do
-  local z = string.find(call, '\0', at, true)
-  if not z then
-    f[#f + 1] = string.sub(call, at)
-    break
-  end
-  f[#f + 1] = string.sub(call, at, z - 1)
-  at = z + 1
-end
-local step, claim, n = f[1], f[3], (#f - 3) / 2
+local f = ARGV
+local step, claim, n = f[2], f[4], (#f - 4) / 2
 if n == 0 then
   return 1 -- a free call of a fenced run: checking the fence above was the point; nothing to take
 end
 local fields = {}
 for k = 1, n do
-  fields[2 * k - 1] = 'L:' .. f[2 + 2 * k]
-  fields[2 * k] = 'U:' .. f[2 + 2 * k]
+  fields[2 * k - 1] = 'L:' .. f[3 + 2 * k]
+  fields[2 * k] = 'U:' .. f[3 + 2 * k]
 end
 -- The charge record: holder, claim end, then ledger, resource, amount of every part taken. It is what a
--- refund or a sweep gives back, exactly.
-local record = {f[2], claim}
+-- refund or a sweep gives back, exactly. The new usage of each ledger is summed here from the read above
+-- and written with one HSET per ledger: HINCRBYFLOAT costs Redis twice an HSET, and its long double sums
+-- differ from the doubles every other backend (and the refund check) adds with. '%.17g' keeps the double.
+local record = {f[3], claim}
+local writes = {}
 local indexed
 for li = 1, last - 1 do
   local ledger, entry, o = KEYS[1], nil, 0
@@ -50,22 +46,30 @@ for li = 1, last - 1 do
     ledger = KEYS[li + 1]
     entry = redis.call('HMGET', ledger, unpack(fields))
   end
+  local sets
   for k = 1, n do
     local limit = entry[o + 2 * k - 1]
     if limit then
-      local resource, amount = f[2 + 2 * k], f[3 + 2 * k]
-      local used = tonumber(entry[o + 2 * k]) or 0
-      if used + tonumber(amount) > tonumber(limit) + 1e-9 then
+      local resource, amount = f[3 + 2 * k], f[4 + 2 * k]
+      local prior = tonumber(entry[o + 2 * k]) or 0
+      local used = prior + tonumber(amount)
+      if used > tonumber(limit) + 1e-9 then
         if step ~= '' and redis.call('HEXISTS', string.sub(KEYS[1], 1, -7) .. 'charges', step) == 1 then
           return 1 -- charged before: a retried charge succeeds whatever is left now
         end
-        local left = tonumber(limit) - used
+        local left = tonumber(limit) - prior
         if left < 0 then left = 0 end
         return {0, li, resource, tostring(left)}
       end
       record[#record + 1] = ledger
       record[#record + 1] = resource
       record[#record + 1] = amount -- the exact decimal the caller sent
+      if not sets then
+        sets = {ledger}
+        writes[#writes + 1] = sets
+      end
+      sets[#sets + 1] = fields[2 * k]
+      sets[#sets + 1] = string.format('%.17g', used)
     end
   end
 end
@@ -75,8 +79,8 @@ end
 if redis.call('HSETNX', string.sub(KEYS[1], 1, -7) .. 'charges', step, table.concat(record, '\0')) == 0 then
   return 1 -- charged before
 end
-for i = 3, #record, 3 do
-  redis.call('HINCRBYFLOAT', record[i], 'U:' .. record[i + 1], record[i + 2])
+for i = 1, #writes do
+  redis.call('HSET', unpack(writes[i]))
 end
 -- The index holds every run with unsettled charges, scored no later than its earliest claim end. `I` (never
 -- below the run's score) says the run is there already, scored no later than this claim: no write needed.
