@@ -140,3 +140,28 @@ async def test_a_scope_named_twice_is_refused_not_charged_twice(backend: Backend
     with pytest.raises(ConfigError, match="name a scope twice"):
         await backend.budgets.charge("r", 0, {"api": 1}, ["team", "team"])
     assert (await backend.budgets.read_scope("team"))["api"] == (10.0, 0.0)
+
+
+async def test_a_redis_cluster_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    """Scripts over a run and the shared indexes cannot be atomic across Cluster slots: say so."""
+    from castor import ConfigError
+
+    port = free_port()
+    while port > 55000:  # the cluster bus listens on port + 10000
+        port = free_port()
+    with redis_server(tmp_path, port, "--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "n.conf")):
+        admin = redis.Redis(port=port)
+        admin.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)  # one node serving every slot
+        deadline = time.monotonic() + 10
+        while admin.execute_command("CLUSTER", "INFO").decode().find("cluster_state:ok") < 0:
+            assert time.monotonic() < deadline, "the one-node cluster did not come up"
+            await asyncio.sleep(0.05)
+        admin.close()
+        for lean in (True, False):
+            b = redis_backend(f"redis://127.0.0.1:{port}/0", prefix="c", lean_connection=lean)
+            refused = r"Cluster mode.*point them at a single Redis server"
+            with pytest.raises(ConfigError, match=refused):
+                await b.budgets.set_scope("team", {"api": 5})
+            with pytest.raises(ConfigError, match=refused):
+                await b.budgets.charge("r", 0, {"api": 1})  # the run's ledger and the reservation index
+            await b.close()

@@ -31,13 +31,23 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    AskError,
+    ClusterCrossSlotError,
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from castor._errors import BackendUnavailable, ConfigError, StaleLeaseError
 from castor.backends.redis import _resp
 from castor.backends.redis._batch import Batcher
+
+_CLUSTER_ERRORS = (ClusterCrossSlotError, MovedError, AskError, ClusterDownError)
 
 SCRIPT_NAMES = (
     "journal_append", "journal_fork",
@@ -282,4 +292,12 @@ class RedisConnection:
         message = str(exc)
         if "CASTOR_STALE_LEASE" in message:
             return StaleLeaseError(message.split("CASTOR_STALE_LEASE", 1)[1].strip() or "stale lease")
+        # redis-py raises its cluster errors with the code cut off; the lean connection keeps the code
+        if isinstance(exc, _CLUSTER_ERRORS) or message.startswith(("CROSSSLOT", "MOVED ", "ASK ", "CLUSTERDOWN")):
+            # Charges, run saves and approvals update a run's keys and shared indexes in one script:
+            # atomic on one server, not across Cluster slots.
+            return ConfigError(
+                f"Redis at {self.safe_url} runs in Cluster mode, which Castor's stores do not support: "
+                f"point them at a single Redis server (its primary, where it has replicas) ({message})"
+            )
         return BackendUnavailable(f"Redis at {self.safe_url} refused a command: {message}")

@@ -5,9 +5,11 @@ All keys of one run share the hash tag ``{<run>}`` (``castor:{<run>}:journal``, 
 ``{<scope>}``. Fleet-wide indexes (run status indexes, the pending-approval index, the reservation
 index, the decision stream) are single keys without a tag.
 
-Two scripts touch keys of more than one tag: a charge that draws from shared scopes, and a decision
-(which also announces itself on the fleet's decision stream). They are correct on one Redis server
-(standalone or Sentinel); on Cluster those keys would have to be co-located first.
+The scripts that keep those indexes right in the same step as the run's own keys touch keys of more
+than one tag: every charge (the reservation index, and the scopes it draws from), a run save (the
+status indexes), an approval request and a decision (the pending index, the decision stream). They
+are atomic on one Redis server, not across Cluster slots: on Redis Cluster the stores refuse with a
+``ConfigError`` that says so (``_client``), never a half-applied write.
 """
 
 from __future__ import annotations
