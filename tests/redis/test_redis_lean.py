@@ -165,3 +165,21 @@ async def test_a_redis_cluster_is_refused_with_a_clear_error(tmp_path: Path) -> 
             with pytest.raises(ConfigError, match=refused):
                 await b.budgets.charge("r", 0, {"api": 1})  # the run's ledger and the reservation index
             await b.close()
+
+
+async def test_a_password_and_a_database_are_honoured(tmp_path: Path) -> None:
+    port = free_port()
+    with redis_server(tmp_path, port):
+        redis.Redis(port=port).config_set("requirepass", "s3cret")  # after start: the start-up check pings bare
+        b = redis_backend(f"redis://:s3cret@127.0.0.1:{port}/3", prefix="pw")
+        await b.budgets.open_run("r", {"api": 2}, {})
+        assert await b.budgets.charge("r", 0, {"api": 1}) == Charge(True)
+        sync = redis.Redis(port=port, password="s3cret", db=3)
+        assert sync.hget("pw:{r}:budget", "U:api") == b"1"  # written in database 3 by the lean connection
+        sync.close()
+        await b.close()
+        wrong = redis_backend(f"redis://:nope@127.0.0.1:{port}/3", prefix="pw")
+        with pytest.raises(BackendUnavailable, match="refused the connection") as caught:
+            await wrong.budgets.charge("r", 1, {"api": 1})
+        assert "nope" not in str(caught.value)
+        await wrong.close()

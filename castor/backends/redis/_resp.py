@@ -52,6 +52,13 @@ def _pack(args: Sequence[Any]) -> bytes:
     return b"".join(out)
 
 
+def _retrieved(futures: Sequence[asyncio.Future[Any]]) -> None:
+    """Mark the errors of futures nobody will await as seen (asyncio would log each one)."""
+    for future in futures:
+        if future.done() and not future.cancelled():
+            future.exception()
+
+
 class _Protocol(asyncio.Protocol):
     """One socket: replies come back in the order the commands went out."""
 
@@ -164,6 +171,7 @@ class RespConnection:
                 except RespError as exc:
                     replies.append(exc)
         except ConnectionError as exc:
+            _retrieved(futures)
             raise BackendUnavailable(f"Redis at {self._safe_url()} is unavailable: {exc}") from exc
         return replies
 
@@ -223,6 +231,8 @@ class RespConnection:
                 try:
                     await future
                 except (RespError, ConnectionError) as exc:
+                    await asyncio.wait(futures)  # a refused AUTH fails the SELECT after it too
+                    _retrieved(futures)
                     proto.transport.close()  # type: ignore[union-attr]
                     raise BackendUnavailable(f"Redis at {self._safe_url()} refused the connection: {exc}") from exc
         return proto
