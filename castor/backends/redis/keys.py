@@ -159,6 +159,12 @@ def started_marker(prefix: str, run_id: str, step: int) -> str:
     return f"{prefix}:{{{run_id}}}:started:{step}"
 
 
+def deliveries(prefix: str, run_id: str, step: int) -> str:
+    """Set: the task messages (``<task id>/<retries>``) workers took for the step. A second copy of one
+    (a publish retried after its first try landed) is dropped; a redelivery of one is not a copy."""
+    return f"{prefix}:{{{run_id}}}:delivered:{step}"
+
+
 # --- the coordinators: run queue, leases, parked runs, registry --------------------------------------
 
 
