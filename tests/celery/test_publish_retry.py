@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -19,13 +18,13 @@ import pytest
 import redis
 
 import castor.lib as lib
-from castor import BackendUnavailable, Castor
-from castor.backends.redis import keys
+from castor import Castor
 from castor.backends.redis._resp import RespConnection
 from castor.executors._publish import RedisPublisher
 from castor.executors.celery import CeleryExecutor, fleet_options
 from tests.redis_support import free_port
 
+from .checks import dropped, fails_cleanly
 from .conftest import REDIS_URL, Fleet
 
 
@@ -129,13 +128,6 @@ def _publisher(kernel: Castor) -> RedisPublisher:
     return executor._publisher
 
 
-async def _dropped(fleet: Fleet, pid: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not any("duplicate delivery" in line and pid in line for line in fleet.log("fs").splitlines()):
-        assert time.monotonic() < deadline, f"no second copy of {pid}'s task reached a worker"
-        await asyncio.sleep(0.05)
-
-
 async def test_a_publish_whose_connection_was_killed_is_sent_once_more(
     fleet: Fleet, kernel: Castor, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -170,7 +162,7 @@ async def test_a_push_that_landed_with_its_reply_lost_runs_once(fleet: Fleet, cu
         assert cp.status == "COMPLETED", cp.error
         assert cp.result == f"wrote {tag}"
         assert cutters[0].cuts == 1
-        await _dropped(fleet, cp.pid)  # both copies were queued; the one taken second was dropped
+        await dropped(fleet, cp.pid)  # both copies were queued; the one taken second was dropped
         assert (fleet.count(tag, "start"), fleet.count(tag, "done")) == (1, 1)
         assert await kernel.backend.journal.failures(cp.pid) == []
         assert len(await kernel.backend.journal.history(cp.pid)) == 1
@@ -178,33 +170,10 @@ async def test_a_push_that_landed_with_its_reply_lost_runs_once(fleet: Fleet, cu
         await kernel.close()
 
 
-async def _fails_cleanly(kernel: Castor, fleet: Fleet, match: str) -> str:
-    """Run one budgeted call that cannot be sent: the error, and nothing left of the call but its failure."""
-    tag = f"unsent-{uuid.uuid4().hex[:6]}"
-
-    async def agent() -> object:
-        return await lib.tool("write_note", name=tag, content="x")
-
-    scope = f"team-{tag}"
-    await kernel.backend.budgets.set_scope(scope, {"api": 5})
-    with pytest.raises(BackendUnavailable, match=match) as caught:
-        await kernel.run(agent, scopes=[scope])
-    cp = next(iter(kernel.live.values()))
-    assert cp.status == "FAILED"
-    assert cp.budget_used("api") == 0
-    assert await kernel.backend.budgets.read_scope(scope) == {"api": (5.0, 0.0)}  # the charge was refunded
-    assert fleet.redis.hgetall(keys.charges(fleet.prefix, cp.pid)) == {}  # no reservation left behind
-    assert await kernel.backend.journal.history(cp.pid) == []
-    assert [f.error_type for f in await kernel.backend.journal.failures(cp.pid)] == ["BackendUnavailable"]
-    assert kernel.executor._replies._waiting == {}  # type: ignore[attr-defined]  # nobody waits any more
-    assert fleet.count(tag, "done") == 0
-    return str(caught.value)
-
-
 async def test_a_push_that_fails_twice_fails_the_call_cleanly(fleet: Fleet, cutters: list[PushCutter]) -> None:
     kernel = await _through(cutters, fleet, landed=False, budgets={})
     try:
-        message = await _fails_cleanly(kernel, fleet, r"cannot send 'castor.tool.write_note' .* \(tried twice\)")
+        message = str(await fails_cleanly(kernel, fleet, r"cannot send 'castor.tool.write_note' .* \(tried twice\)"))
         assert "Redis at redis://127.0.0.1:" in message
         assert cutters[0].cuts == 2  # the try, and the one more
         queue = f"{fleet.settings.queue_prefix}:{fleet.settings.queue_of('fs')}"
@@ -217,7 +186,8 @@ async def test_an_unreachable_broker_fails_the_call_cleanly(fleet: Fleet) -> Non
     nowhere = f"redis://:pw@127.0.0.1:{free_port()}/0"
     kernel = Castor(**fleet_options(dataclasses.replace(fleet.settings, broker_url=nowhere), budgets={}))
     try:
-        message = await _fails_cleanly(kernel, fleet, r"cannot declare queue '.*\.fs': the broker at .* is unreachable")
+        unreachable = r"cannot declare queue '.*\.fs': the broker at .* is unreachable"
+        message = str(await fails_cleanly(kernel, fleet, unreachable))
         assert nowhere.replace(":pw@", ":***@") in message and "pw@" not in message
     finally:
         await kernel.close()
