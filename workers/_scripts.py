@@ -53,8 +53,8 @@ class StepScripts:
         self._finish = self.client.register_script(finish_source())
 
     def claim(self, job: Job, delivery: Delivery | None = None) -> int:
-        """-3 (``DUPLICATE``): another copy of a message a worker took already, to drop; -1: this attempt
-        starts the step (marker set); -2: the journal holds the step (serve its record, never run it again);
+        """-2: the journal holds the step (serve its record, never run it again); -3 (``DUPLICATE``): another
+        copy of a message a worker took already, to drop; -1: this attempt starts the step (marker set);
         else the attempt that started it before (in doubt). Without ``delivery`` nothing is a duplicate."""
         marker = keys.started_marker(self._prefix, job.run_id, job.step)
         journal = keys.journal(self._prefix, job.run_id)
@@ -63,9 +63,14 @@ class StepScripts:
         return int(self._claim(keys=[marker, journal, taken], args=[job.attempt, MARKER_TTL, job.step, message, again]))
 
     def finish(self, job: Job, record: SyscallRecord, reply: Reply) -> bool:
-        """Journal ``record`` write-once and reply; False (nothing replied) if another record holds the step."""
-        journal = keys.journal(self._prefix, job.run_id)
-        key_list = [journal, keys.journal_meta(self._prefix, job.run_id), journal]
+        """Journal ``record`` write-once, drop the step's marker and deliveries, and reply; False (nothing
+        replied, nothing dropped) if another record holds the step."""
+        run, step = job.run_id, job.step
+        journal = keys.journal(self._prefix, run)
+        key_list = [
+            journal, keys.journal_meta(self._prefix, run), journal,
+            keys.started_marker(self._prefix, run, step), keys.deliveries(self._prefix, run, step),
+        ]
         args: list[Any] = [job.step, encode(record, job.run_id, job.step), ""]
         if job.reply_to:
             key_list.append(job.reply_to)

@@ -1,16 +1,16 @@
 """Running one tool task exactly once: check, claim, execute, journal, reply — in that order.
 
     1. check    payload shape and size, the tool (the worker's own registry), the authority   (_guard)
-    2. claim    one Lua script with the journal: a second copy of a task message a worker took already
-                (a publish retried after its first try landed) is dropped, answering nothing; a step the
-                journal holds is answered from its record, never run again (a redelivery, or a round
-                re-approved after the step went in doubt); otherwise set the step's started marker. A
-                step started before and never finished is in doubt — run again only if the tool is
-                idempotent, else report it for a human
+    2. claim    one Lua script with the journal: a step the journal holds is answered from its record,
+                never run again (a redelivery, a late copy, or a round re-approved after the step went in
+                doubt); a second copy of a task message a worker took already (a publish retried after
+                its first try landed) is dropped, answering nothing; otherwise set the step's started
+                marker. A step started before and never finished is in doubt — run again only if the
+                tool is idempotent, else report it for a human
     3. execute  the tool, in the task's own thread (so Celery's time limits interrupt it there)
     4. journal  the record, write-once; a record already there wins (its response is the result)
-    5. reply    on the coordinator's reply stream (with 4, one Lua call); only then does the task
-                return and Celery ack
+    5. reply    on the coordinator's reply stream (with 4, one Lua call, which drops the step's marker
+                and deliveries too); only then does the task return and Celery ack
 
 The common case (a signed call that starts and returns) runs in the pool thread on a synchronous
 client (``_scripts``); everything else goes through the worker's event loop and the async seams.

@@ -32,7 +32,7 @@ from castor.settings import Settings
 from tests.redis_support import free_port
 from workers._preflight import consumer_timeout_warning
 
-from .checks import Twice, dropped, fails_cleanly
+from .checks import Twice, fails_cleanly, handled_twice
 from .conftest import ROOT, Fleet, running_fleet
 
 AMQP = os.environ.get("CASTOR_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672")
@@ -192,7 +192,7 @@ async def test_a_task_published_twice_runs_once(amqp_fleet: Fleet, amqp_kernel: 
     finally:
         executor._publisher = publisher
     assert cp.status == "COMPLETED", cp.error
-    await dropped(amqp_fleet, cp.pid)
+    await handled_twice(amqp_fleet, cp.pid)
     assert (amqp_fleet.count(tag, "start"), amqp_fleet.count(tag, "done")) == (1, 1)
     assert await amqp_kernel.backend.journal.failures(cp.pid) == []
 

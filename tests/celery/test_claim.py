@@ -110,17 +110,21 @@ def test_of_racing_deliveries_exactly_one_executes(runtime: WorkerRuntime, tool:
     sync.close()
 
 
-def test_copies_of_one_task_message_run_it_once_and_only_the_first_answers(runtime: WorkerRuntime, tool: Touch
-                                                                           ) -> None:
+def test_copies_of_one_task_message_run_it_once_and_only_the_first_answers(
+    runtime: WorkerRuntime, tool: Touch, redis_url: str, redis_prefix: str
+) -> None:
     runtime.process()
     copy = Delivery("r:0#0-abcd/0")
     with ThreadPoolExecutor(4) as pool:
         outcomes = list(pool.map(lambda _: runtime.handle(job(0), task_name("touch"), 0, copy).status, range(4)))
     assert tool.calls == 1
     assert sorted(outcomes) == sorted([OK, DROPPED, DROPPED, DROPPED])
-    assert runtime.handle(job(0), task_name("touch"), 0, copy).status == DROPPED  # late copies too
-    # A Celery retry is a new message under the same task id, and a redelivery is no copy: both are
-    # answered from the journal here, never run again.
+    # Journaled, the step keeps neither its marker nor its deliveries: a late copy, a Celery retry (a new
+    # message under the same task id) and a redelivery are all answered from the record, never run again.
+    sync = redis.Redis.from_url(redis_url)
+    assert sync.exists(keys.started_marker(redis_prefix, "r", 0), keys.deliveries(redis_prefix, "r", 0)) == 0
+    sync.close()
+    assert runtime.handle(job(0), task_name("touch"), 0, copy).status == OK
     assert runtime.handle(job(0), task_name("touch"), 1, Delivery("r:0#0-abcd/1")).status == OK
     assert runtime.handle(job(0), task_name("touch"), 0, Delivery("r:0#0-abcd/0", redelivered=True)).status == OK
     assert tool.calls == 1
