@@ -128,9 +128,6 @@ class RespConnection:
                 except RespError as exc:
                     replies.append(exc)
         except ConnectionError as exc:
-            for lost in futures:  # all failed together: retrieve them, or asyncio logs each one it collects
-                if lost.done() and not lost.cancelled():
-                    lost.exception()
             raise BackendUnavailable(f"Redis at {self._safe_url()} is unavailable: {exc}") from exc
         return replies
 
