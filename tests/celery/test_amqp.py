@@ -1,8 +1,8 @@
 """The fleet on RabbitMQ: real ``castor worker`` processes consume from RabbitMQ at 127.0.0.1:5672 (in a
 vhost of this module's own, deleted after), Redis holds the state and the reply stream, and the
 coordinator publishes with ``send_task``. Calls land on their pools, an approved destructive call runs
-once, a worker killed mid-call is redelivered and the idempotent call completes once, a second copy of
-a task is dropped, a connection the broker closes is published on again; a broker that cannot be
+once, a worker killed mid-call is redelivered and the idempotent call completes once, a task queued
+twice runs once, a connection the broker closes is published on again; a broker that cannot be
 reached is a one-line error at worker start and a clean ``BackendUnavailable`` at dispatch.
 
 Without RabbitMQ the fleet tests skip, saying why; under ``CI=true`` they fail instead.
