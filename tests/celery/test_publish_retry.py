@@ -60,6 +60,7 @@ class PushCutter:
         self.server: asyncio.Server | None = None
 
     async def start(self) -> str:
+        """Listen on a free port; the URL to give a publisher instead of Redis's."""
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         port = self.server.sockets[0].getsockname()[1]
         return f"redis://127.0.0.1:{port}/{urlsplit(REDIS_URL).path.strip('/') or 0}"
@@ -87,16 +88,18 @@ class PushCutter:
                 client_w.write(data)
                 await client_w.drain()
 
+        pumps = [asyncio.ensure_future(up()), asyncio.ensure_future(down())]
         try:
-            await asyncio.wait([asyncio.ensure_future(up()), asyncio.ensure_future(down())],
-                               return_when=asyncio.FIRST_COMPLETED)
-        except (ConnectionError, OSError):
-            pass
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for writer in (client_w, server_w):
                 writer.transport.abort()
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)  # a reset connection's error is expected
 
     async def close(self) -> None:
+        """Stop listening (connections still open end with their client)."""
         if self.server is not None:
             self.server.close()
             with contextlib.suppress(Exception):
