@@ -1,7 +1,7 @@
 """Fleet settings: one ``castor.toml`` parsed once at an entrypoint and passed down, never global.
 
     [redis]     url, prefix                      where runs, journals, budgets and approvals live
-    [broker]    url, queue_prefix, visibility_timeout
+    [broker]    url, queue_prefix, visibility_timeout   Redis (the default) or RabbitMQ (amqp://)
     [security]  secret, max_argument_bytes      HMAC secret for approval tokens; argument size limit
     [tools]     import, destructive, idempotent, retryable, timeouts, default_timeout, max_retries, retry_backoff
     [pools]     <pool> = [tool, ...]            every other tool runs on ``[workers] default_pool``
@@ -9,7 +9,8 @@
     [budgets]   <resource> = limit
     [flower]    port, basic_auth
 
-Unknown sections or keys, an unknown pool and a tool in two pools are ``ConfigError``s at start-up.
+Unknown sections or keys, an unknown pool, a tool in two pools and a broker URL of a scheme no fleet
+runs on are ``ConfigError``s at start-up.
 ``CASTOR_REDIS_URL``, ``CASTOR_BROKER_URL`` and ``CASTOR_SECRET`` override the file.
 """
 
@@ -22,11 +23,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from castor._errors import ConfigError
 from castor.registry import ToolSpec
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+# The brokers a fleet runs on, by URL scheme: kombu's Redis transport, and RabbitMQ through py-amqp.
+BROKER_SCHEMES = {
+    "redis": "redis", "rediss": "redis", "redis+socket": "redis", "sentinel": "redis",
+    "amqp": "amqp", "amqps": "amqp", "pyamqp": "amqp",
+}
 DEFAULT_POOL = "default"
 # Coordinator-side grace on top of a tool's own deadline: queueing, delivery and the journal write.
 REPLY_GRACE = 30.0
@@ -88,6 +95,8 @@ class Settings:
                 raise ConfigError(f"{self.source}: timeout of {name!r} must be a positive number, got {seconds!r}")
         if self.max_argument_bytes <= 0:
             raise ConfigError(f"{self.source}: max_argument_bytes must be positive")
+        if self.broker_url is not None:  # the Redis URL as a broker is Redis, whatever its form
+            _check_broker_url(self.broker_url, self.source)
 
     # --- routing ----------------------------------------------------------------------------------
 
@@ -135,7 +144,7 @@ class Settings:
     @property
     def broker_visibility_timeout(self) -> float:
         """How long an unacked task stays invisible: above the longest tool deadline, or redelivery would
-        run a task that is still running."""
+        run a task that is still running. (RabbitMQ's ``consumer_timeout`` must be above it too.)"""
         floor = self.longest_timeout + REPLY_GRACE
         return max(self.visibility_timeout or 0.0, floor)
 
@@ -143,6 +152,27 @@ class Settings:
     def broker(self) -> str:
         """The broker URL (the Redis URL unless one is set)."""
         return self.broker_url or self.redis_url
+
+    @property
+    def broker_transport(self) -> str:
+        """``"redis"`` or ``"amqp"`` (RabbitMQ): what the broker URL's scheme names."""
+        return BROKER_SCHEMES.get(urlsplit(self.broker).scheme, "redis")
+
+
+def _check_broker_url(url: str, source: str) -> None:
+    """A broker URL a fleet can use, or a ``ConfigError`` that says why not, before anything connects (the
+    message never shows the URL: it may hold a password)."""
+    where = f"{source}: the broker URL ([broker] url or CASTOR_BROKER_URL)"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  # raises on a port that is not a number
+    except ValueError as exc:
+        raise ConfigError(f"{where} is malformed: {exc}") from exc
+    if parts.scheme not in BROKER_SCHEMES:
+        raise ConfigError(
+            f"{where} starts with {parts.scheme + '://' if parts.scheme else 'no scheme'}, which names no broker "
+            "Castor runs on: use redis:// (rediss://, redis+socket://, sentinel://) or amqp:// (amqps://) for RabbitMQ"
+        )
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:

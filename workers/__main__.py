@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from castor._errors import ConfigError
+from castor._errors import CastorError, ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except CastorError as exc:  # a broker or a Redis that does not answer
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

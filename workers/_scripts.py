@@ -10,6 +10,7 @@ failures, a record already there) keeps the loop and the async seams.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -20,6 +21,16 @@ from castor.executors._wire import Job, Reply
 
 MARKER_TTL = 7 * 24 * 3600
 REPLY_MAXLEN = 100_000
+DUPLICATE = -3  # claim: another copy of a task message a worker took already
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Which task message a worker got: its task id with Celery's retry count (a retry is a new message
+    under the same id), and whether the broker redelivers it (its worker was lost, or it was requeued)."""
+
+    message: str
+    redelivered: bool = False
 
 
 def finish_source() -> str:
@@ -41,17 +52,25 @@ class StepScripts:
         self._claim = self.client.register_script(resources.files("workers").joinpath("lua/claim.lua").read_text())
         self._finish = self.client.register_script(finish_source())
 
-    def claim(self, job: Job) -> int:
-        """-1: this attempt starts the step (marker set); -2: the journal holds the step (serve its record,
-        never run it again); else the attempt that started it before (in doubt)."""
+    def claim(self, job: Job, delivery: Delivery | None = None) -> int:
+        """-2: the journal holds the step (serve its record, never run it again); -3 (``DUPLICATE``): another
+        copy of a message a worker took already, to drop; -1: this attempt starts the step (marker set);
+        else the attempt that started it before (in doubt). Without ``delivery`` nothing is a duplicate."""
         marker = keys.started_marker(self._prefix, job.run_id, job.step)
         journal = keys.journal(self._prefix, job.run_id)
-        return int(self._claim(keys=[marker, journal], args=[job.attempt, MARKER_TTL, job.step]))
+        taken = keys.deliveries(self._prefix, job.run_id, job.step)
+        message, again = (delivery.message, int(delivery.redelivered)) if delivery is not None else ("", 0)
+        return int(self._claim(keys=[marker, journal, taken], args=[job.attempt, MARKER_TTL, job.step, message, again]))
 
     def finish(self, job: Job, record: SyscallRecord, reply: Reply) -> bool:
-        """Journal ``record`` write-once and reply; False (nothing replied) if another record holds the step."""
-        journal = keys.journal(self._prefix, job.run_id)
-        key_list = [journal, keys.journal_meta(self._prefix, job.run_id), journal]
+        """Journal ``record`` write-once, drop the step's marker and deliveries, and reply; False (nothing
+        replied, nothing dropped) if another record holds the step."""
+        run, step = job.run_id, job.step
+        journal = keys.journal(self._prefix, run)
+        key_list = [
+            journal, keys.journal_meta(self._prefix, run), journal,
+            keys.started_marker(self._prefix, run, step), keys.deliveries(self._prefix, run, step),
+        ]
         args: list[Any] = [job.step, encode(record, job.run_id, job.step), ""]
         if job.reply_to:
             key_list.append(job.reply_to)

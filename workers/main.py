@@ -13,6 +13,7 @@ from castor._errors import ConfigError
 from castor._imports import load_tools
 from castor.registry import ToolRegistry
 from castor.settings import Settings
+from workers._preflight import preflight
 from workers.app import make_app
 from workers.runtime import WorkerRuntime
 from workers.tasks import register_tools
@@ -70,5 +71,6 @@ def run_worker(
         settings, pool, concurrency=concurrency, pool_impl=pool_impl, loglevel=loglevel, fast_start=fast_start
     )
     app = make_app(settings)
+    preflight(app, settings)  # a broker or a Redis that does not answer stops the worker here, in one line
     register_tools(app, WorkerRuntime(settings, registry))
     app.worker_main(argv)

@@ -2,13 +2,15 @@
 
     1. check    payload shape and size, the tool (the worker's own registry), the authority   (_guard)
     2. claim    one Lua script with the journal: a step the journal holds is answered from its record,
-                never run again (a redelivery, or a round re-approved after the step went in doubt);
-                otherwise set the step's started marker. A step started before and never finished is in
-                doubt — run again only if the tool is idempotent, else report it for a human
+                never run again (a redelivery, a late copy, or a round re-approved after the step went in
+                doubt); a second copy of a task message a worker took already (a publish retried after
+                its first try landed) is dropped, answering nothing; otherwise set the step's started
+                marker. A step started before and never finished is in doubt — run again only if the
+                tool is idempotent, else report it for a human
     3. execute  the tool, in the task's own thread (so Celery's time limits interrupt it there)
     4. journal  the record, write-once; a record already there wins (its response is the result)
-    5. reply    on the coordinator's reply stream (with 4, one Lua call); only then does the task
-                return and Celery ack
+    5. reply    on the coordinator's reply stream (with 4, one Lua call, which drops the step's marker
+                and deliveries too); only then does the task return and Celery ack
 
 The common case (a signed call that starts and returns) runs in the pool thread on a synchronous
 client (``_scripts``); everything else goes through the worker's event loop and the async seams.
@@ -36,10 +38,11 @@ from castor.seams import Backend
 from castor.settings import Settings, ToolPolicy, tool_policy
 from workers._guard import Refusal, authorize, check_tool, parse_job
 from workers._loop import LoopThread
-from workers._scripts import REPLY_MAXLEN, StepScripts
+from workers._scripts import DUPLICATE, REPLY_MAXLEN, Delivery, StepScripts
 
 log = logging.getLogger("castor.worker")
 IN_DOUBT_MESSAGE = "in doubt after worker loss"
+DROPPED = "dropped"  # an outcome only: a duplicate copy sends no reply
 _RUN, _DONE, _IN_DOUBT = "run", "done", "in_doubt"
 
 
@@ -105,8 +108,9 @@ class WorkerRuntime:
 
     # --- the task ---------------------------------------------------------------------------------
 
-    def handle(self, kwargs: Any, name: str, retries: int = 0) -> Outcome:
-        """Run one task's call; never raises (everything becomes a journaled reply)."""
+    def handle(self, kwargs: Any, name: str, retries: int = 0, delivery: Delivery | None = None) -> Outcome:
+        """Run one task's call; never raises (everything becomes a journaled reply, but a duplicate copy of
+        the ``delivery``'s message, which is dropped)."""
         proc = self.process()
         try:
             job = parse_job(kwargs, self.settings)
@@ -114,7 +118,13 @@ class WorkerRuntime:
             policy = self.policy(spec)
             if not verify(self.settings.secret, job):  # a signed call needs nothing from Redis to be authorized
                 proc.loop.run(authorize(job, policy, self.settings, proc.backend.approvals))
-            previous = proc.scripts.claim(job)
+            previous = proc.scripts.claim(job, delivery)
+            if previous == DUPLICATE:
+                # The copy a worker took first runs the call (or ran it) and answers; were its worker lost,
+                # the broker would redeliver that copy, which is no duplicate.
+                log.warning("duplicate delivery of %s (task %s) dropped: another copy of it was taken first",
+                            kwargs_repr(job, policy.sensitive), delivery.message if delivery else "?")
+                return Outcome(DROPPED)
             # -1: this delivery starts the step; -2: journaled already; else started before (in doubt)
             start, result = (_RUN, None) if previous == -1 else proc.loop.run(self._resume(proc, job, policy, previous))
         except Refusal as refusal:

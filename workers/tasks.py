@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from castor.executors._wire import task_name
+from workers._scripts import Delivery
 from workers.runtime import WorkerRuntime
 
 # Past the soft limit the tool gets this long to unwind before its process is killed.
@@ -32,7 +33,7 @@ def _register(app: Any, runtime: WorkerRuntime, tool: str, timeout: float) -> st
     def run(self: Any, *args: Any, **kwargs: Any) -> None:
         if args:  # positional arguments are not part of the protocol: refuse them with the rest
             kwargs = {"positional": list(args), **kwargs}
-        outcome = runtime.handle(kwargs, self.name, self.request.retries)
+        outcome = runtime.handle(kwargs, self.name, self.request.retries, _delivery(self.request))
         if outcome.retry_in is not None:
             raise self.retry(countdown=outcome.retry_in, max_retries=None)
 
@@ -50,6 +51,12 @@ def _register(app: Any, runtime: WorkerRuntime, tool: str, timeout: float) -> st
         time_limit=timeout + HARD_LIMIT_GRACE,
     )
     return name
+
+
+def _delivery(request: Any) -> Delivery:
+    """The message a task runs from: a Celery retry is a new message under the same task id."""
+    info = request.delivery_info or {}
+    return Delivery(f"{request.id}/{request.retries or 0}", bool(info.get("redelivered")))
 
 
 def _watch_unknown(app: Any, runtime: WorkerRuntime) -> None:

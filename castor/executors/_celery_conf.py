@@ -2,6 +2,14 @@
 
 Plain data, no Celery import: ``workers.app`` and ``CeleryExecutor`` both build their app from it, so a
 coordinator and a worker can never disagree on serializer, queues or broker options.
+
+The broker's own options differ by transport. On Redis, kombu emulates acks: an unacked task comes back
+after ``visibility_timeout``, kept above the longest tool deadline, and every broker key lives under the
+fleet's queue prefix. RabbitMQ has neither: an unacked task comes back when its worker's channel
+closes, or when the worker holds it past the broker's ``consumer_timeout`` (30 minutes by default,
+set in rabbitmq.conf: a worker warns at start when a tool deadline is longer). A coordinator publishing
+to RabbitMQ waits for the broker's confirm, or a task written to a connection the broker had closed
+would be lost without an error (kombu then retries the publish on a new connection).
 """
 
 from __future__ import annotations
@@ -11,14 +19,18 @@ from typing import Any
 from castor.settings import Settings
 
 
-def celery_config(settings: Settings) -> dict[str, Any]:
-    """Celery settings for the fleet: JSON only, events on, late acks, one task prefetched at a time."""
+def celery_config(settings: Settings, *, publisher: bool = False) -> dict[str, Any]:
+    """Celery settings for the fleet: JSON only, events on, late acks, one task prefetched at a time;
+    ``publisher`` for a process that sends the tool tasks (a coordinator)."""
     transport: dict[str, Any] = {}
-    if settings.broker.startswith(("redis://", "rediss://", "unix://")):
+    if settings.broker_transport == "redis":
         # Redelivering a task that is still running would run it twice: stay above the longest deadline.
         transport["visibility_timeout"] = int(settings.broker_visibility_timeout)
         # Every broker key (queues, unacked, bindings, event channels) under the fleet's prefix.
         transport["global_keyprefix"] = f"{settings.queue_prefix}:"
+    elif publisher:
+        # Not on workers: each of their task events would wait for the broker too.
+        transport["confirm_publish"] = True
     return {
         "broker_url": settings.broker,
         "broker_transport_options": transport,

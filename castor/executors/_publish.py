@@ -11,6 +11,11 @@ Where the message goes is asked from kombu's own channel once (the queue's list 
 transport's ``global_keyprefix``, the event channel with its ``keyprefix_fanout``), and each queue is
 declared through kombu on first use, as ``send_task`` would. Other transports (amqp, sentinel) use
 ``SendTaskPublisher``. ``tests/celery/test_publish.py`` compares both publishers' bytes.
+
+A publish that fails — its connection lost, most often — is made once more on a new connection, by
+both publishers, before the call fails with ``BackendUnavailable``. The lost try may have landed (only
+its reply or confirm was lost), so the queue can hold two copies of a task: the worker's claim runs the
+copy taken first and drops the other (``workers/lua/claim.lua``).
 """
 
 from __future__ import annotations
@@ -22,16 +27,22 @@ import logging
 import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from castor._errors import BackendUnavailable
+from castor.executors._broker import broker_error
 
 log = logging.getLogger("castor.publish")
 EVENT_EXCHANGE, SENT_ROUTING_KEY = "celeryev", "task.sent"
 FAST_SCHEMES = ("redis://", "rediss://")
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+# Both publishers make a failed publish once more, on a new connection, then give up: the worker's claim
+# drops the second copy should both tries have landed. kombu's policy for send_task says the same.
+RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+PUBLISH_TIMEOUT = 10.0  # s for the broker to take (and confirm) a task, on the send_task path
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,20 +84,47 @@ class RedisPublisher:
         self._reply_to = ""
 
     async def publish(self, task: Task) -> None:
-        """Send ``task`` (and its ``task-sent`` event) in this loop iteration's pipeline."""
+        """Send ``task`` (and its ``task-sent`` event) in this loop iteration's pipeline; a try that fails
+        (its connection lost, most often) is made once more, on a new connection, before giving up."""
         key = self._keys.get(task.queue) or await self._declared(task.queue)
+        try:
+            failure = self._sent(task, await self._conn.execute(*self._commands(task, key)))
+        except BackendUnavailable as exc:  # the connection was lost: the LPUSH may or may not have run
+            failure = exc
+        if failure is not None:
+            await self._again(task, key, failure)
+
+    async def _again(self, task: Task, key: str, failure: Exception) -> None:
+        # The first try may have landed (only its reply was lost): the queue then holds two copies, and
+        # the worker's claim drops the one taken second. Each copy is encoded anew, with a delivery tag
+        # of its own: kombu keeps an unacked task under its tag, and a copy acked under a shared tag
+        # would take the other's redelivery with it.
+        log.warning("sending %s to queue %s failed (%s); sending it once more", task.task_id, task.queue, failure)
+        try:
+            again = self._sent(task, await self._conn.execute(*self._commands(task, key)))
+        except BackendUnavailable as exc:
+            again = exc
+        if again is not None:
+            raise BackendUnavailable(f"cannot send {task.name!r} to queue {task.queue!r} (tried twice): {again}"
+                                     ) from again
+
+    def _commands(self, task: Task, key: str) -> list[tuple[str, str, str]]:
+        # One round trip carries the task and its event, in send_task's order.
         message, event = self.encode(task)
-        # One round trip carries the task and its event, in send_task's order. Never retried: a
-        # retried LPUSH whose first try went through would queue the call twice.
         commands = [("LPUSH", key, message)]
         if event is not None:
             commands.extend(("PUBLISH", topic, event) for topic in self._topics)
-        sent, *published = await self._conn.execute(*commands)
+        return commands
+
+    def _sent(self, task: Task, replies: list[Any]) -> Exception | None:
+        """The LPUSH's error, if it failed (``execute`` gives error replies in place)."""
+        sent, *published = replies
         if isinstance(sent, Exception):
-            raise BackendUnavailable(f"cannot send {task.name!r} to queue {task.queue!r}: {sent}") from sent
+            return sent
         for reply in published:
             if isinstance(reply, Exception):  # the task is queued: a lost event only hides it from Flower
                 log.warning("task-sent event of %s not published: %s", task.task_id, reply)
+        return None
 
     def encode(self, task: Task, now: float | None = None) -> tuple[str, str | None]:
         """The task's message and its ``task-sent`` event, as kombu's Redis transport stores them."""
@@ -143,7 +181,7 @@ class RedisPublisher:
                 key, topics = await asyncio.to_thread(self._declare, queue)
             except Exception as exc:
                 del self._declaring[queue]
-                error = BackendUnavailable(f"cannot declare queue {queue!r} on the broker: {exc}")
+                error = broker_error(f"cannot declare queue {queue!r}", self._app.conf.broker_url, exc)
                 pending.set_exception(error)
                 pending.exception()  # retrieved here: the waiters (if any) get it too
                 raise error from exc
@@ -154,6 +192,7 @@ class RedisPublisher:
 
     def _declare(self, queue: str) -> tuple[str, list[str]]:
         with self._app.connection_for_write() as connection:
+            connection.ensure_connection(**RETRY_POLICY)  # kombu's own default keeps trying for seconds
             channel = connection.default_channel
             self._app.amqp.queues[queue].bind(channel).declare()
             prefix = getattr(channel, "global_keyprefix", "") or ""
@@ -162,29 +201,48 @@ class RedisPublisher:
 
 
 class SendTaskPublisher:
-    """Celery's ``send_task``, for the transports ``RedisPublisher`` does not speak (amqp, sentinel)."""
+    """Celery's ``send_task``, for the transports ``RedisPublisher`` does not speak (amqp, sentinel).
+
+    Publishes run one at a time on a thread of their own: a publish to RabbitMQ waits for the broker's
+    confirm, which the event loop must not wait for. kombu retries a publish on a new connection as
+    ``RETRY_POLICY`` says (once, as ``RedisPublisher`` does); a broker that answers nothing within
+    ``PUBLISH_TIMEOUT`` counts as a lost connection.
+    """
 
     def __init__(self, app: Any) -> None:
         self._app = app
         self._producer: Any = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="castor-publish")
+        self._closed = False
 
     async def publish(self, task: Task) -> None:
-        """Send ``task`` with ``send_task`` (a blocking publish, brief enough to run on the loop)."""
+        """Send ``task`` with ``send_task``; ``BackendUnavailable`` if the broker would not take it."""
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._send, task)
+
+    def _send(self, task: Task) -> None:
         try:
             if self._producer is None:
                 self._producer = self._app.producer_pool.acquire(block=True)
             self._app.send_task(
                 task.name, kwargs=task.kwargs, queue=task.queue, routing_key=task.queue, task_id=task.task_id,
                 headers=task.headers, expires=task.expires, ignore_result=True, kwargsrepr=task.kwargsrepr,
-                argsrepr="()", producer=self._producer, retry=True,
-                retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},
+                argsrepr="()", producer=self._producer, retry=True, retry_policy=RETRY_POLICY,
+                timeout=PUBLISH_TIMEOUT, confirm_timeout=PUBLISH_TIMEOUT,
             )
         except Exception as exc:
-            self.close()
-            raise BackendUnavailable(f"cannot send {task.name!r} to queue {task.queue!r}: {exc}") from exc
+            self._release()
+            what = f"cannot send {task.name!r} to queue {task.queue!r}"
+            raise broker_error(what, self._app.conf.broker_url, exc) from exc
 
-    def close(self) -> None:
-        """Give the producer back to the pool."""
+    def _release(self) -> None:
         if self._producer is not None:
             self._producer.release()
             self._producer = None
+
+    def close(self) -> None:
+        """Give the producer back to the pool, on the thread that used it, and end that thread."""
+        if self._closed:
+            return
+        self._closed = True
+        self._thread.submit(self._release).result()
+        self._thread.shutdown()

@@ -168,6 +168,9 @@ class ReplyReader:
             # a read blocks at most BLOCK_MS: with the flag set it ends by then even if the cancel is lost
             await stop_tasks([self._task], BLOCK_MS / 1000 + 1.0)
             self._task = None
+        # The DEL goes out on a new connection: on this one it would queue behind the XREAD, which Redis
+        # keeps blocked for up to BLOCK_MS even though nobody reads its answer any more.
+        await self._conn.close()
         with contextlib.suppress(Exception):
             await self._conn.execute(("DEL", self.stream))
         await self._conn.close()

@@ -70,7 +70,7 @@ class CeleryExecutor:
         self._grace = reply_grace
         self._routes: dict[str, _Route] = {}
         self._app = Celery("castor-coordinator", set_as_current=False)
-        self._app.conf.update(celery_config(settings))
+        self._app.conf.update(celery_config(settings, publisher=True))
         self._broker: Any = None
         self._publisher: RedisPublisher | SendTaskPublisher
         if settings.broker.startswith(FAST_SCHEMES) and fast_publish:

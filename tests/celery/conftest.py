@@ -1,9 +1,11 @@
 """A real fleet for the Celery tests: Redis at 127.0.0.1:6379 under a unique key and queue prefix, and
 two worker processes (pool ``fs``: prefork, so a test can SIGKILL the child running a call; pool ``web``:
-threads). Everything the session created in Redis is deleted at the end; nothing else is touched."""
+threads). Everything the session created in Redis is deleted at the end; nothing else is touched.
+``running_fleet`` builds the same fleet on another broker (``test_amqp.py``: RabbitMQ)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -23,7 +25,7 @@ from castor.settings import Settings, load_settings
 REDIS_URL = os.environ.get("CASTOR_TEST_REDIS", "redis://127.0.0.1:6379/0")
 TOOLS = Path(__file__).with_name("fleet_tools.py")
 ROOT = Path(__file__).resolve().parents[2]
-FS_TOOLS = ["write_note", "delete_file", "slow_copy", "slow_remove", "stuck"]
+FS_TOOLS = ["write_note", "delete_file", "slow_copy", "slow_remove", "slow_write", "stuck"]
 WEB_TOOLS = ["search", "summarize", "explode", "flaky"]
 
 CONFIG = """
@@ -32,7 +34,7 @@ url = "{redis}"
 prefix = "{prefix}"
 
 [broker]
-url = "{redis}"
+url = "{broker}"
 queue_prefix = "{queues}"
 
 [security]
@@ -93,19 +95,23 @@ def _quoted(names: list[str]) -> str:
     return ", ".join(f'"{n}"' for n in names)
 
 
-def start_worker(config: Path, pool: str, impl: str, concurrency: int, env: dict[str, str], log: Path
+def spawn_worker(config: Path, pool: str, impl: str, concurrency: int, env: dict[str, str], log: Path
                  ) -> subprocess.Popen[bytes]:
-    """A worker subprocess of ``pool``, returned once it is ready to consume."""
+    """A worker subprocess of ``pool``, started (not yet ready: ``wait_ready``)."""
     cmd = [
         sys.executable, "-m", "workers", "worker", "--config", str(config), "--pool", pool,
         "--pool-impl", impl, "--concurrency", str(concurrency), "--fast-start", "--loglevel", "INFO",
     ]
     with log.open("ab") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env={**env, "CASTOR_TEST_POOL": pool}, stdout=out, stderr=out)
-    deadline = time.monotonic() + 20
+        return subprocess.Popen(cmd, cwd=ROOT, env={**env, "CASTOR_TEST_POOL": pool}, stdout=out, stderr=out)
+
+
+def wait_ready(proc: subprocess.Popen[bytes], pool: str, log: Path, timeout: float = 20.0) -> None:
+    """Return once the worker is ready to consume; ``RuntimeError`` with its log if it exits or stalls."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if " ready." in log.read_text(errors="replace"):
-            return proc
+            return
         if proc.poll() is not None:
             raise RuntimeError(f"worker {pool} exited: {log.read_text(errors='replace')[-3000:]}")
         time.sleep(0.05)
@@ -113,42 +119,53 @@ def start_worker(config: Path, pool: str, impl: str, concurrency: int, env: dict
     raise RuntimeError(f"worker {pool} not ready: {log.read_text(errors='replace')[-3000:]}")
 
 
-@pytest.fixture(scope="session")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    """Two worker pools on a private prefix, torn down (processes and keys) after the session."""
+@contextlib.contextmanager
+def running_fleet(tmp: Path, broker: str = REDIS_URL) -> Iterator[Fleet]:
+    """Two worker pools on ``broker`` (Redis by default) with state in Redis under a private prefix,
+    started side by side; their processes and keys are gone after."""
     tag = uuid.uuid4().hex[:12]
     prefix, queues = f"castortest-{tag}", f"castortestq-{tag}"
-    tmp = tmp_path_factory.mktemp("fleet")
     config = tmp / "castor.toml"
     names = FS_TOOLS + WEB_TOOLS
     config.write_text(CONFIG.format(
-        redis=REDIS_URL, prefix=prefix, queues=queues, fs=_quoted(FS_TOOLS), web=_quoted(WEB_TOOLS),
+        redis=REDIS_URL, broker=broker, prefix=prefix, queues=queues, fs=_quoted(FS_TOOLS), web=_quoted(WEB_TOOLS),
         imports=_quoted([f"{TOOLS}:{n}" for n in [*names, "noop"]]),
     ))
     env = {**os.environ, "CASTOR_TEST_PREFIX": prefix, "CASTOR_TEST_REDIS": REDIS_URL, "PYTHONPATH": str(ROOT)}
     for var in ("CASTOR_REDIS_URL", "CASTOR_BROKER_URL", "CASTOR_SECRET"):
         env.pop(var, None)
-    os.environ["CASTOR_TEST_PREFIX"] = prefix  # the test process counts too (approvals run tools nowhere)
     client = redis.Redis.from_url(REDIS_URL)
     logs = {pool: tmp / f"worker-{pool}.log" for pool in ("fs", "web")}
     workers: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        workers["fs"] = start_worker(config, "fs", "prefork", 2, env, logs["fs"])
-        workers["web"] = start_worker(config, "web", "threads", 4, env, logs["web"])
+        workers["fs"] = spawn_worker(config, "fs", "prefork", 2, env, logs["fs"])
+        workers["web"] = spawn_worker(config, "web", "threads", 4, env, logs["web"])
+        for pool, proc in workers.items():
+            wait_ready(proc, pool, logs[pool])
         yield Fleet(load_settings(config, env={}), config, env, workers, logs, client)
     finally:
         for proc in workers.values():
             proc.terminate()
-        for proc in workers.values():
+        stop_by = time.monotonic() + 3  # an idle threads worker on RabbitMQ sees SIGTERM only at its hub's
+        for proc in workers.values():  # next wake-up, up to 10 s later; nothing it holds needs the wait
             try:
-                proc.wait(10)
+                proc.wait(max(0.1, stop_by - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait(5)
         for pattern in (f"{prefix}*", f"{queues}*"):
             keys = list(client.scan_iter(match=pattern, count=1000))
             if keys:
                 client.delete(*keys)
         client.close()
+
+
+@pytest.fixture(scope="session")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """Two worker pools on a Redis broker, torn down (processes and keys) after the session."""
+    with running_fleet(tmp_path_factory.mktemp("fleet")) as made:
+        os.environ["CASTOR_TEST_PREFIX"] = made.prefix  # the test process counts too (approvals run tools nowhere)
+        yield made
 
 
 @pytest.fixture

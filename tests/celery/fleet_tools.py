@@ -75,6 +75,16 @@ def slow_remove(tag: str, seconds: float) -> str:
     return f"removed {tag}"
 
 
+@castor_tool(timeout_seconds=20)
+def slow_write(tag: str, seconds: float) -> str:
+    """Neither idempotent nor destructive, and slow: a second copy of its task arrives while it runs."""
+    _count(tag, "start")
+    _mark_running(tag)
+    time.sleep(seconds)
+    _count(tag, "done")
+    return f"wrote {tag}"
+
+
 @castor_tool(timeout_seconds=1)
 def stuck(seconds: float) -> str:
     """Runs past its one-second deadline."""

@@ -1,6 +1,7 @@
 """The worker's claim on a step, against the real Redis in this process (no Celery worker needed): a
 step the journal already holds is answered from its record and never executed again, whatever the
-approval round; of several deliveries racing for an unjournaled step exactly one executes."""
+approval round; of several deliveries racing for an unjournaled step exactly one executes; a second copy
+of a task message is dropped, while a redelivery of it is not a copy."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from castor.checkpoint import new_record
 from castor.executors._wire import IN_DOUBT, OK, Job, task_name
 from castor.registry import ToolRegistry
 from castor.settings import Settings
-from workers.runtime import WorkerRuntime
+from workers._scripts import Delivery
+from workers.runtime import DROPPED, WorkerRuntime
 
 
 class Touch:
@@ -105,4 +107,37 @@ def test_of_racing_deliveries_exactly_one_executes(runtime: WorkerRuntime, tool:
     assert tool.calls == 1
     journal = sync.zrangebyscore(keys.journal(redis_prefix, "r"), 0, 0)
     assert len(journal) == 1 and b"touched /tmp/x" in journal[0]
+    sync.close()
+
+
+def test_copies_of_one_task_message_run_it_once_and_only_the_first_answers(
+    runtime: WorkerRuntime, tool: Touch, redis_url: str, redis_prefix: str
+) -> None:
+    runtime.process()
+    copy = Delivery("r:0#0-abcd/0")
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(lambda _: runtime.handle(job(0), task_name("touch"), 0, copy).status, range(4)))
+    assert tool.calls == 1
+    assert sorted(outcomes) == sorted([OK, DROPPED, DROPPED, DROPPED])
+    # Journaled, the step keeps neither its marker nor its deliveries: a late copy, a Celery retry (a new
+    # message under the same task id) and a redelivery are all answered from the record, never run again.
+    sync = redis.Redis.from_url(redis_url)
+    assert sync.exists(keys.started_marker(redis_prefix, "r", 0), keys.deliveries(redis_prefix, "r", 0)) == 0
+    sync.close()
+    assert runtime.handle(job(0), task_name("touch"), 0, copy).status == OK
+    assert runtime.handle(job(0), task_name("touch"), 1, Delivery("r:0#0-abcd/1")).status == OK
+    assert runtime.handle(job(0), task_name("touch"), 0, Delivery("r:0#0-abcd/0", redelivered=True)).status == OK
+    assert tool.calls == 1
+
+
+def test_a_redelivered_message_whose_worker_was_lost_is_in_doubt_not_a_copy(
+    runtime: WorkerRuntime, tool: Touch, redis_url: str, redis_prefix: str
+) -> None:
+    sync = redis.Redis.from_url(redis_url)
+    # A worker took the message and started the step, then was lost before it journaled anything.
+    sync.set(keys.started_marker(redis_prefix, "r", 0), 0)
+    sync.sadd(keys.deliveries(redis_prefix, "r", 0), "r:0#0-abcd/0")
+    assert runtime.handle(job(0), task_name("touch"), 0, Delivery("r:0#0-abcd/0")).status == DROPPED
+    assert runtime.handle(job(0), task_name("touch"), 0, Delivery("r:0#0-abcd/0", redelivered=True)).status == IN_DOUBT
+    assert tool.calls == 0
     sync.close()

@@ -23,8 +23,9 @@ from castor.executors.celery import CeleryExecutor, fleet_options
 
 from .conftest import Fleet
 
-# What differs between two publishes of the same task: a fresh delivery tag, the expiry and send time.
-_VARYING = re.compile(r'("delivery_tag": |"expires": |"timestamp": |"clock": )("[^"]*"|[0-9.]+)')
+# What differs between two publishes of the same task: a fresh delivery tag, the expiry and send time,
+# and reply_to (Celery's oid of the sending thread; send_task runs on a publish thread of its own).
+_VARYING = re.compile(r'("delivery_tag": |"expires": |"timestamp": |"clock": |"reply_to": )("[^"]*"|[0-9.]+)')
 
 
 def _app(fleet: Fleet) -> Any:

@@ -1,6 +1,7 @@
 """The deployment files, checked without a Docker engine: every compose service's command is a real
 ``castor`` command with valid flags (parsed by the CLI's own parser), every file they name exists, the
-Dockerfile copies what exists, and the README's "Running a fleet" commands give the same topology."""
+Dockerfile copies what exists, the README's "Running a fleet" commands give the same topology, and the
+RabbitMQ service (on request) lets tools run as long as the config allows."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from castor.cli import build_parser
 from castor.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
-COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
+COMPOSE = yaml.safe_load(COMPOSE_TEXT)
 SERVICES: dict[str, Any] = COMPOSE["services"]
 CASTOR_SERVICES = [name for name, svc in SERVICES.items() if "build" in svc]
 
@@ -80,6 +82,29 @@ def test_the_topology() -> None:
     assert "healthcheck" in redis
     for name in CASTOR_SERVICES:
         assert SERVICES[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_rabbitmq_is_the_broker_on_request_and_gives_tools_the_time_they_need() -> None:
+    rabbit = SERVICES["rabbitmq"]
+    assert rabbit["profiles"] == ["rabbitmq"]  # a plain `docker compose up` keeps Redis as the broker
+    assert "healthcheck" in rabbit
+    for name in CASTOR_SERVICES:
+        assert SERVICES[name]["depends_on"]["rabbitmq"] == {"condition": "service_healthy", "required": False}
+    mounted = {v.split(":")[0]: v.split(":")[1] for v in rabbit["volumes"] if v.startswith("./")}
+    assert mounted["./config/rabbitmq.conf"].startswith("/etc/rabbitmq/conf.d/")
+    conf = (ROOT / "config/rabbitmq.conf").read_text()
+    consumer_timeout = re.search(r"^consumer_timeout = (\d+)$", conf, re.M)
+    assert consumer_timeout is not None
+    # The URL the header gives names the service's user and vhost, and the fleet's settings accept it;
+    # RabbitMQ lets a worker hold a task longer than the config's longest tool may run.
+    url = re.search(r"CASTOR_BROKER_URL=(amqp://\S+)", COMPOSE_TEXT)
+    assert url is not None
+    env = rabbit["environment"]
+    assert url.group(1).startswith(f"amqp://{env['RABBITMQ_DEFAULT_USER']}:")
+    assert url.group(1).endswith(f"@rabbitmq:5672/{env['RABBITMQ_DEFAULT_VHOST']}")
+    settings = load_settings(ROOT / "config/castor.toml", env={"CASTOR_BROKER_URL": url.group(1)})
+    assert settings.broker_transport == "amqp"
+    assert int(consumer_timeout.group(1)) > settings.broker_visibility_timeout * 1000
 
 
 def test_the_dockerfile_copies_what_exists() -> None:

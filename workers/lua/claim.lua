@@ -1,13 +1,24 @@
 -- Claim a step for execution, in one step with the journal: no two deliveries can both execute it.
--- KEYS[1] the step's started marker, KEYS[2] the run's journal (sorted set of records scored by step)
--- ARGV[1] attempt (approval round), ARGV[2] marker ttl (s), ARGV[3] step
--- Returns -2 when the journal holds the step already: whatever round this is, the step finished and its
---   record is the result (nothing is marked);
+-- KEYS[1] the step's started marker, KEYS[2] the run's journal (sorted set of records scored by step),
+-- KEYS[3] the step's deliveries (set of the task messages workers took for it)
+-- ARGV[1] attempt (approval round), ARGV[2] marker ttl (s), ARGV[3] step,
+-- ARGV[4] the task message's id ('' when unknown: no duplicate check), ARGV[5] '1' if the broker redelivers it
+-- Returns -2 when the journal holds the step already: whatever round or copy this is, the step finished
+--   and its record is the result (nothing is marked);
+-- -3 when this is another copy of a message a worker took already, and no redelivery: a publish retried
+--   after its first try landed. The copy taken first runs the step and answers; this one does nothing;
 -- -1 when there is no marker, or one of an earlier approval round: this attempt starts (marker set);
 -- else the marker's attempt, the marker left alone: the step was started before and never finished (in
 --   doubt), or a newer round owns it.
 if redis.call('ZRANGEBYSCORE', KEYS[2], ARGV[3], ARGV[3], 'LIMIT', 0, 1)[1] then
   return -2
+end
+if ARGV[4] ~= '' then
+  local first = redis.call('SADD', KEYS[3], ARGV[4])
+  redis.call('EXPIRE', KEYS[3], ARGV[2])
+  if first == 0 and ARGV[5] ~= '1' then
+    return -3
+  end
 end
 local old = redis.call('GET', KEYS[1])
 if (not old) or tonumber(old) < tonumber(ARGV[1]) then

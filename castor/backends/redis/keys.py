@@ -157,8 +157,14 @@ def reply_stream_prefix(prefix: str) -> str:
 
 def started_marker(prefix: str, run_id: str, step: int) -> str:
     """String: the approval round (attempt) a worker started executing the step in. A lost worker leaves
-    it behind, which is how a redelivered task knows the step is in doubt."""
+    it behind, which is how a redelivered task knows the step is in doubt; a journaled step drops it."""
     return f"{prefix}:{{{run_id}}}:started:{step}"
+
+
+def deliveries(prefix: str, run_id: str, step: int) -> str:
+    """Set: the task messages (``<task id>/<retries>``) workers took for the step while it is unjournaled. A
+    second copy of one (a publish retried after its first try landed) is dropped; a redelivery is no copy."""
+    return f"{prefix}:{{{run_id}}}:delivered:{step}"
 
 
 # --- the coordinators: run queue, leases, parked runs, registry --------------------------------------

@@ -1,0 +1,36 @@
+"""A task delivered twice runs once: two copies of the same task message on the queue (what a retried
+publish whose first try went through leaves) execute the tool once, and the run gets the one result."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+import castor.lib as lib
+from castor import Castor
+from castor.executors.celery import CeleryExecutor
+
+from .checks import Twice, handled_twice
+from .conftest import Fleet
+
+
+@pytest.mark.parametrize("tool", ["slow_write", "slow_copy"])  # not idempotent / idempotent
+async def test_a_task_delivered_twice_runs_once(fleet: Fleet, kernel: Castor, tool: str) -> None:
+    executor = kernel.executor
+    assert isinstance(executor, CeleryExecutor)
+    executor._publisher = Twice(executor._publisher)  # type: ignore[assignment]
+    tag = f"twice-{uuid.uuid4().hex[:6]}"
+
+    async def agent() -> object:
+        return await lib.tool(tool, tag=tag, seconds=0.5)
+
+    cp = await kernel.run(agent)
+    assert cp.status == "COMPLETED", cp.error
+    assert cp.result in (f"wrote {tag}", f"copied {tag}")
+    await handled_twice(fleet, cp.pid)
+    # The copy that came second ran nothing and reported no doubt: no second start, no in-doubt record.
+    assert fleet.count(tag, "start") == 1
+    assert fleet.count(tag, "done") == 1
+    assert await kernel.backend.journal.failures(cp.pid) == []
+    assert len(await kernel.backend.journal.history(cp.pid)) == 1

@@ -1,0 +1,196 @@
+"""A publish that loses its Redis connection is sent once more, and the call still runs exactly once:
+whether the lost try never reached Redis (its connection killed under it) or landed with only its
+reply lost (a proxy cuts the connection after forwarding the LPUSH). A publish that fails twice fails
+the call cleanly: a ``BackendUnavailable`` naming the queue, the budget refunded, nothing queued."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+
+import castor.lib as lib
+from castor import Castor
+from castor.backends.redis._resp import RespConnection
+from castor.executors._publish import RedisPublisher
+from castor.executors.celery import CeleryExecutor, fleet_options
+from tests.redis_support import free_port
+
+from .checks import fails_cleanly, handled_twice
+from .conftest import REDIS_URL, Fleet
+
+
+class KilledBeforeFirstPush(RespConnection):
+    """A real connection that Redis kills (``CLIENT KILL``) just before the first ``LPUSH`` goes out on it:
+    the client learns it only when it writes, so that try fails without reaching Redis."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.kills = 0
+
+    async def execute(self, *commands: Sequence[Any]) -> list[Any]:
+        if commands and commands[0][0] == "LPUSH" and not self.kills:
+            own = (await super().execute(("CLIENT", "ID")))[0]
+            admin = redis.Redis.from_url(REDIS_URL)
+            admin.client_kill_filter(_id=own)  # blocking on purpose: this loop has no turn to see the close
+            admin.close()
+            self.kills += 1
+        return await super().execute(*commands)
+
+
+class PushCutter:
+    """A TCP proxy to Redis that drops a connection carrying an ``LPUSH``. ``landed``: it forwards the
+    command first, then drops the connection instead of forwarding Redis's reply (the task is queued,
+    its publisher never hears so), once; else it drops every such connection before the command reaches
+    Redis. Every other connection passes through."""
+
+    def __init__(self, *, landed: bool) -> None:
+        target = urlsplit(REDIS_URL)
+        self.target = (target.hostname or "127.0.0.1", target.port or 6379)
+        self.landed = landed
+        self.cuts = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        """Listen on a free port; the URL to give a publisher instead of Redis's."""
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"redis://127.0.0.1:{port}/{urlsplit(REDIS_URL).path.strip('/') or 0}"
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection(*self.target)
+        cut = asyncio.Event()
+
+        async def up() -> None:
+            while data := await client_r.read(65536):
+                if b"LPUSH" in data and not (self.landed and self.cuts):
+                    self.cuts += 1
+                    if not self.landed:
+                        client_w.transport.abort()
+                        return
+                    cut.set()  # before the write: the reply cannot come back ahead of the flag
+                server_w.write(data)
+                await server_w.drain()
+
+        async def down() -> None:
+            while data := await server_r.read(65536):
+                if cut.is_set():
+                    client_w.transport.abort()
+                    return
+                client_w.write(data)
+                await client_w.drain()
+
+        pumps = [asyncio.ensure_future(up()), asyncio.ensure_future(down())]
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for writer in (client_w, server_w):
+                writer.transport.abort()
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)  # a reset connection's error is expected
+
+    async def close(self) -> None:
+        """Stop listening (connections still open end with their client)."""
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 2)
+
+
+@pytest.fixture
+async def cutters() -> AsyncIterator[list[PushCutter]]:
+    made: list[PushCutter] = []
+    try:
+        yield made
+    finally:
+        for cutter in made:
+            await cutter.close()
+
+
+async def _through(cutters: list[PushCutter], fleet: Fleet, *, landed: bool, **options: Any) -> Castor:
+    """A coordinator kernel whose broker connections go through a new ``PushCutter``."""
+    cutter = PushCutter(landed=landed)
+    cutters.append(cutter)
+    settings = dataclasses.replace(fleet.settings, broker_url=await cutter.start())
+    return Castor(**fleet_options(settings, **options))
+
+
+def _publisher(kernel: Castor) -> RedisPublisher:
+    """The kernel's fast publisher."""
+    executor = kernel.executor
+    assert isinstance(executor, CeleryExecutor) and isinstance(executor._publisher, RedisPublisher)
+    return executor._publisher
+
+
+async def test_a_publish_whose_connection_was_killed_is_sent_once_more(
+    fleet: Fleet, kernel: Castor, caplog: pytest.LogCaptureFixture
+) -> None:
+    killed = KilledBeforeFirstPush(fleet.settings.broker)
+    publisher = _publisher(kernel)
+    publisher._conn = killed
+    kernel.executor._broker = killed  # type: ignore[attr-defined]  # closed with the executor
+    tag = f"killed-{uuid.uuid4().hex[:6]}"
+
+    async def agent() -> object:
+        return await lib.tool("slow_write", tag=tag, seconds=0.1)
+
+    with caplog.at_level(logging.WARNING, logger="castor.publish"):
+        cp = await kernel.run(agent)
+    assert cp.status == "COMPLETED", cp.error
+    assert cp.result == f"wrote {tag}"
+    assert killed.kills == 1
+    assert any("sending it once more" in r.getMessage() for r in caplog.records)
+    assert (fleet.count(tag, "start"), fleet.count(tag, "done")) == (1, 1)
+    assert await kernel.backend.journal.failures(cp.pid) == []
+
+
+async def test_a_push_that_landed_with_its_reply_lost_runs_once(fleet: Fleet, cutters: list[PushCutter]) -> None:
+    kernel = await _through(cutters, fleet, landed=True, budgets={})
+    tag = f"landed-{uuid.uuid4().hex[:6]}"
+
+    async def agent() -> object:
+        return await lib.tool("slow_write", tag=tag, seconds=0.3)
+
+    try:
+        cp = await kernel.run(agent)
+        assert cp.status == "COMPLETED", cp.error
+        assert cp.result == f"wrote {tag}"
+        assert cutters[0].cuts == 1
+        await handled_twice(fleet, cp.pid)  # both copies were queued, and taken
+        assert (fleet.count(tag, "start"), fleet.count(tag, "done")) == (1, 1)
+        assert await kernel.backend.journal.failures(cp.pid) == []
+        assert len(await kernel.backend.journal.history(cp.pid)) == 1
+    finally:
+        await kernel.close()
+
+
+async def test_a_push_that_fails_twice_fails_the_call_cleanly(fleet: Fleet, cutters: list[PushCutter]) -> None:
+    kernel = await _through(cutters, fleet, landed=False, budgets={})
+    try:
+        message = str(await fails_cleanly(kernel, fleet, r"cannot send 'castor.tool.write_note' .* \(tried twice\)"))
+        assert "Redis at redis://127.0.0.1:" in message
+        assert cutters[0].cuts == 2  # the try, and the one more
+        queue = f"{fleet.settings.queue_prefix}:{fleet.settings.queue_of('fs')}"
+        assert fleet.redis.llen(queue) == 0  # nothing queued for a worker to run later
+    finally:
+        await kernel.close()
+
+
+async def test_an_unreachable_broker_fails_the_call_cleanly(fleet: Fleet) -> None:
+    nowhere = f"redis://:pw@127.0.0.1:{free_port()}/0"
+    kernel = Castor(**fleet_options(dataclasses.replace(fleet.settings, broker_url=nowhere), budgets={}))
+    try:
+        unreachable = r"cannot declare queue '.*\.fs': the broker at .* is unreachable"
+        message = str(await fails_cleanly(kernel, fleet, unreachable))
+        assert nowhere.replace(":pw@", ":***@") in message and "pw@" not in message
+    finally:
+        await kernel.close()

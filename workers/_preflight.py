@@ -1,0 +1,80 @@
+"""What a worker checks before Celery starts consuming: its broker and its Redis answer, and on RabbitMQ
+whether the broker lets a worker hold a task as long as the longest tool may run.
+
+Celery alone would retry a refused broker connection for minutes, and crash with a traceback on a vhost
+that does not exist. A worker that cannot do its job says so in one line (``BackendUnavailable``) and
+its process exits; the orchestrator restarts it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from castor._errors import BackendUnavailable
+from castor.backends.redis import hide_password
+from castor.executors._broker import broker_error
+from castor.settings import Settings
+
+log = logging.getLogger("castor.worker")
+CONNECT_TIMEOUT = 4.0  # s, for each of the two connections
+RABBITMQ_CONSUMER_TIMEOUT = 1800.0  # s: RabbitMQ's consumer_timeout unless rabbitmq.conf sets another
+
+
+def preflight(app: Any, settings: Settings) -> None:
+    """Connect once to the broker and once to Redis; ``BackendUnavailable`` naming the one that fails.
+    Logs what the operator should fix that does not stop the worker."""
+    server = _broker(app, settings)
+    _redis(settings)
+    warning = consumer_timeout_warning(settings, server)
+    if warning:
+        log.warning(warning)
+
+
+def _broker(app: Any, settings: Settings) -> dict[str, Any]:
+    """The broker's server properties (RabbitMQ's product and version; nothing on Redis)."""
+    try:
+        with app.connection_for_read(connect_timeout=CONNECT_TIMEOUT) as connection:
+            connection.ensure_connection(max_retries=0)
+            return dict(getattr(connection.connection, "server_properties", None) or {})
+    except Exception as exc:
+        raise broker_error("cannot start the worker", settings.broker, exc) from exc
+
+
+def _redis(settings: Settings) -> None:
+    import redis
+
+    client = redis.Redis.from_url(
+        settings.redis_url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT
+    )
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise BackendUnavailable(
+            f"cannot start the worker: Redis at {hide_password(settings.redis_url)}, where the fleet's runs, "
+            f"journals and approvals live, is unavailable: {exc}"
+        ) from exc
+    finally:
+        client.close()
+
+
+def consumer_timeout_warning(settings: Settings, server: dict[str, Any] | None = None) -> str | None:
+    """On RabbitMQ, a warning when a tool may run longer than RabbitMQ's default ``consumer_timeout``.
+
+    Past it, RabbitMQ closes the channel of the worker that holds the task and hands the task to another
+    worker while the first still runs it (in doubt, or run twice if idempotent). The timeout is a broker
+    setting Castor cannot raise from here: a queue argument would make every existing queue's
+    redeclaration fail. So the operator is told what to set.
+    """
+    if settings.broker_transport != "amqp" or settings.broker_visibility_timeout <= RABBITMQ_CONSUMER_TIMEOUT:
+        return None
+    version = (server or {}).get("version")
+    name = f"RabbitMQ {version.decode() if isinstance(version, bytes) else version}" if version else "RabbitMQ"
+    needed = int(settings.broker_visibility_timeout * 1000)
+    return (
+        f"a tool here may hold its task for up to {settings.broker_visibility_timeout:g}s (its deadline with "
+        f"retries, and a grace), longer than {name}'s default consumer_timeout of "
+        f"{RABBITMQ_CONSUMER_TIMEOUT:g}s: past its consumer_timeout RabbitMQ takes the task back and gives it to "
+        f"another worker while this one still runs it. Unless it is set higher already, set "
+        f"consumer_timeout = {needed} in rabbitmq.conf"
+    )
