@@ -26,7 +26,7 @@ from castor._errors import (
 )
 from castor.backends.redis.keys import reply_stream
 from castor.executors._celery_conf import celery_config
-from castor.executors._publish import FAST_SCHEMES, RedisPublisher, SendTaskPublisher, Task
+from castor.executors._publish import FAST_SCHEMES, PUBLISH_TIMEOUT, RedisPublisher, SendTaskPublisher, Task
 from castor.executors._replies import ReplyReader
 from castor.executors._wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, sign, task_name
 from castor.registry import ToolRegistry
@@ -74,7 +74,8 @@ class CeleryExecutor:
         self._broker: Any = None
         self._publisher: RedisPublisher | SendTaskPublisher
         if settings.broker.startswith(FAST_SCHEMES) and fast_publish:
-            self._broker = _connection(settings.broker)
+            # a half-open broker connection must fail the publish (which is then made once more), not hang it
+            self._broker = _connection(settings.broker, reply_timeout=PUBLISH_TIMEOUT)
             self._publisher = RedisPublisher(self._app, self._broker)
         else:
             self._publisher = SendTaskPublisher(self._app)
@@ -153,12 +154,15 @@ class CeleryExecutor:
         self._app.close()
 
 
-def _connection(url: str) -> Any:
-    """A connection of the executor's own: the lean one where hiredis can parse, else redis-py's."""
+def _connection(url: str, reply_timeout: float | None = None) -> Any:
+    """A connection of the executor's own: the lean one where hiredis can parse, else redis-py's.
+    ``reply_timeout`` None: replies may take as long as they like (the reply reader's blocking read)."""
     from castor.backends.redis import RedisConnection
     from castor.backends.redis._resp import RespConnection, available
 
-    return RespConnection(url) if available(url) else RedisConnection(url)
+    if available(url):
+        return RespConnection(url, reply_timeout=reply_timeout)
+    return RedisConnection(url, socket_timeout=reply_timeout or 5.0)
 
 
 def _outcome(reply: Reply, tool: str) -> Any:

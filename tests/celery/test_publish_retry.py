@@ -52,10 +52,11 @@ class PushCutter:
     its publisher never hears so), once; else it drops every such connection before the command reaches
     Redis. Every other connection passes through."""
 
-    def __init__(self, *, landed: bool) -> None:
+    def __init__(self, *, landed: bool, stall: bool = False) -> None:
         target = urlsplit(REDIS_URL)
         self.target = (target.hostname or "127.0.0.1", target.port or 6379)
         self.landed = landed
+        self.stall = stall  # with landed: keep the connection open and never answer (a half-open socket)
         self.cuts = 0
         self.server: asyncio.Server | None = None
 
@@ -83,6 +84,8 @@ class PushCutter:
         async def down() -> None:
             while data := await server_r.read(65536):
                 if cut.is_set():
+                    if self.stall:
+                        continue  # swallowed: the publisher hears nothing, and its socket stays up
                     client_w.transport.abort()
                     return
                 client_w.write(data)
@@ -116,9 +119,11 @@ async def cutters() -> AsyncIterator[list[PushCutter]]:
             await cutter.close()
 
 
-async def _through(cutters: list[PushCutter], fleet: Fleet, *, landed: bool, **options: Any) -> Castor:
+async def _through(
+    cutters: list[PushCutter], fleet: Fleet, *, landed: bool, stall: bool = False, **options: Any
+) -> Castor:
     """A coordinator kernel whose broker connections go through a new ``PushCutter``."""
-    cutter = PushCutter(landed=landed)
+    cutter = PushCutter(landed=landed, stall=stall)
     cutters.append(cutter)
     settings = dataclasses.replace(fleet.settings, broker_url=await cutter.start())
     return Castor(**fleet_options(settings, **options))
@@ -169,6 +174,28 @@ async def test_a_push_that_landed_with_its_reply_lost_runs_once(fleet: Fleet, cu
         assert (fleet.count(tag, "start"), fleet.count(tag, "done")) == (1, 1)
         assert await kernel.backend.journal.failures(cp.pid) == []
         assert len(await kernel.backend.journal.history(cp.pid)) == 1
+    finally:
+        await kernel.close()
+
+
+async def test_a_push_whose_reply_never_comes_times_out_and_is_sent_once_more(
+    fleet: Fleet, cutters: list[PushCutter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("castor.executors.celery.PUBLISH_TIMEOUT", 0.5)  # the publisher's reply timeout
+    kernel = await _through(cutters, fleet, landed=True, stall=True, budgets={})
+    tag = f"stalled-{uuid.uuid4().hex[:6]}"
+
+    async def agent() -> object:
+        return await lib.tool("slow_write", tag=tag, seconds=0.1)
+
+    try:
+        started = asyncio.get_running_loop().time()
+        cp = await kernel.run(agent)
+        assert cp.status == "COMPLETED", cp.error
+        assert 0.5 <= asyncio.get_running_loop().time() - started < 5  # waited the timeout, not forever
+        assert cutters[0].cuts == 1
+        await handled_twice(fleet, cp.pid)  # the stalled try had landed: two copies, one run
+        assert (fleet.count(tag, "start"), fleet.count(tag, "done")) == (1, 1)
     finally:
         await kernel.close()
 
