@@ -4,12 +4,15 @@ A tool task used to hop to the worker's event loop three times (claim, journal, 
 cross-thread wake-up and a redis.asyncio round trip. The common case — a signed call that starts,
 returns and is journaled — needs none of the loop: ``StepScripts`` runs ``claim.lua`` and
 ``finish.lua`` (the journal's own ``journal_append.lua`` with the reply ``XADD`` after it, one atomic
-call) on a redis-py client shared by the pool's threads. Every other case (refusals, in-doubt steps,
-failures, a record already there) keeps the loop and the async seams.
+call) from the pool thread, on a socket of the thread's own parsed by hiredis (``_lean``; redis-py's
+client where hiredis is missing or the URL is not plain ``redis://``). Every other case (refusals,
+in-doubt steps, failures, a record already there) keeps the loop and the async seams.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -42,15 +45,25 @@ def finish_source() -> str:
 
 
 class StepScripts:
-    """``claim`` and ``finish`` of one step, on a synchronous client (thread-safe, pooled)."""
+    """``claim`` and ``finish`` of one step, on a synchronous client (thread-safe)."""
 
     def __init__(self, url: str, prefix: str) -> None:
-        import redis
+        from workers import _lean
 
         self._prefix = prefix
-        self.client = redis.Redis.from_url(url)
-        self._claim = self.client.register_script(resources.files("workers").joinpath("lua/claim.lua").read_text())
-        self._finish = self.client.register_script(finish_source())
+        claim, finish = resources.files("workers").joinpath("lua/claim.lua").read_text(), finish_source()
+        self._claim: Any  # script(keys=..., args=...): redis-py's registered script, or the lean twin
+        self._finish: Any
+        self._close: Callable[[], None]
+        if _lean.available(url):
+            lean = _lean.LeanClient(url)
+            self._claim, self._finish, self._close = _lean_script(lean, claim), _lean_script(lean, finish), lean.close
+        else:
+            import redis
+
+            client = redis.Redis.from_url(url)
+            self._claim, self._finish = client.register_script(claim), client.register_script(finish)
+            self._close = client.close
 
     def claim(self, job: Job, delivery: Delivery | None = None) -> int:
         """-2: the journal holds the step (serve its record, never run it again); -3 (``DUPLICATE``): another
@@ -81,4 +94,23 @@ class StepScripts:
 
     def close(self) -> None:
         """Release the client's connections."""
-        self.client.close()
+        self._close()
+
+
+def _lean_script(client: Any, source: str) -> Callable[[Sequence[str], Sequence[Any]], Any]:
+    """``script(keys=..., args=...)`` as redis-py's registered scripts take it, over ``client``:
+    ``EVALSHA``, and the source loaded first when the server does not know it (it did not run)."""
+    from castor.backends.redis._resp import RespError
+
+    sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def run(keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return client.call("EVALSHA", sha, len(keys), *keys, *args)
+        except RespError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        client.call("SCRIPT", "LOAD", source)
+        return client.call("EVALSHA", sha, len(keys), *keys, *args)
+
+    return run

@@ -1,0 +1,110 @@
+"""The worker's lean Redis client (``workers._lean``): a socket per pool thread, reconnected when the
+server closed it while idle, never a blind resend of a command that may have run; the claim and finish
+scripts over it, loaded again when the server forgot them."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from castor import BackendUnavailable
+from castor.executors._wire import Job
+from tests.redis_support import free_port, redis_server
+from workers._lean import LeanClient
+from workers._scripts import StepScripts
+
+from .conftest import REDIS_URL
+
+
+def test_each_thread_has_a_socket_of_its_own_and_close_ends_them() -> None:
+    client = LeanClient(REDIS_URL)
+    ids: list[int] = []
+    threads = [threading.Thread(target=lambda: ids.append(client.call("CLIENT", "ID"))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    mine = client.call("CLIENT", "ID")
+    assert len({*ids, mine}) == 5
+    client.close()
+    listed = redis.Redis.from_url(REDIS_URL).client_list()
+    assert not {int(c["id"]) for c in listed} & {*ids, mine}
+
+
+def test_a_socket_the_server_closed_while_idle_is_replaced() -> None:
+    client = LeanClient(REDIS_URL)
+    first = client.call("CLIENT", "ID")
+    admin = redis.Redis.from_url(REDIS_URL)
+    admin.client_kill_filter(_id=first)
+    admin.close()
+    time.sleep(0.05)  # the close reaches this side
+    assert client.call("PING") == "PONG"  # sent on a new socket: the old one was closed before the send
+    assert client.call("CLIENT", "ID") != first
+    client.close()
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield int(listener.getsockname()[1])
+    stop.set()
+    thread.join(5)
+    for conn in held:
+        conn.close()
+    listener.close()
+
+
+def test_a_reply_that_never_comes_is_unavailable_not_sent_again(silent_port: int) -> None:
+    client = LeanClient(f"redis://:pw@127.0.0.1:{silent_port}/0", timeout=0.3)
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable) as caught:
+        client.call("PING")
+    assert time.monotonic() - started < 2
+    assert "pw" not in str(caught.value) and "***" in str(caught.value)
+    client.close()
+
+
+def test_a_wrong_password_is_refused_clearly(tmp_path: Path) -> None:
+    port = free_port()
+    with redis_server(tmp_path, port):
+        redis.Redis(port=port).config_set("requirepass", "right")
+        good = LeanClient(f"redis://:right@127.0.0.1:{port}/2")
+        assert good.call("SET", "k", "v") == "OK"
+        assert redis.Redis(port=port, password="right", db=2).get("k") == b"v"
+        good.close()
+        with pytest.raises(BackendUnavailable, match="refused the connection") as caught:
+            LeanClient(f"redis://:wrong@127.0.0.1:{port}/2").call("PING")
+        assert "wrong" not in str(caught.value)
+
+
+def test_claim_and_finish_scripts_are_loaded_again_after_a_flush(tmp_path: Path) -> None:
+    port = free_port()
+    with redis_server(tmp_path, port):
+        scripts = StepScripts(f"redis://127.0.0.1:{port}/0", "lean")
+        job = Job("run-1", 0, "noop", {}, "run-1:0", 0, "", {})
+        assert scripts.claim(job) == -1  # this attempt starts the step
+        redis.Redis(port=port).script_flush()
+        assert scripts.claim(job) == 0  # started before by attempt 0, never finished: in doubt
+        scripts.close()
