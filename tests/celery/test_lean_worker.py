@@ -4,10 +4,8 @@ scripts over it, loaded again when the server forgot them."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ import redis
 
 from castor import BackendUnavailable
 from castor.executors._wire import Job
-from tests.redis_support import free_port, redis_server
+from tests.redis_support import free_port, redis_server, silent_port
 from workers._lean import LeanClient
 from workers._scripts import StepScripts
 
@@ -49,38 +47,12 @@ def test_a_socket_the_server_closed_while_idle_is_replaced() -> None:
     client.close()
 
 
-@pytest.fixture
-def silent_port() -> Iterator[int]:
-    """A port that accepts and never answers."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def serve() -> None:
-        listener.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                held.append(listener.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield int(listener.getsockname()[1])
-    stop.set()
-    thread.join(5)
-    for conn in held:
-        conn.close()
-    listener.close()
-
-
-def test_a_reply_that_never_comes_is_unavailable_not_sent_again(silent_port: int) -> None:
-    client = LeanClient(f"redis://:pw@127.0.0.1:{silent_port}/0", timeout=0.3)
-    started = time.monotonic()
-    with pytest.raises(BackendUnavailable) as caught:
-        client.call("PING")
+def test_a_reply_that_never_comes_is_unavailable_not_sent_again() -> None:
+    with silent_port() as port:
+        client = LeanClient(f"redis://:pw@127.0.0.1:{port}/0", timeout=0.3)
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailable) as caught:
+            client.call("PING")
     assert time.monotonic() - started < 2
     assert "pw" not in str(caught.value) and "***" in str(caught.value)
     client.close()

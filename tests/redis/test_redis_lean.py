@@ -4,8 +4,6 @@ errors as the redis-py path, a reply timeout, a retry after a dropped connection
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,35 +14,14 @@ import redis
 from castor import BackendUnavailable
 from castor.backends.redis import RedisConnection, redis_backend
 from castor.seams import Backend, Charge
-from tests.redis_support import RoundTrips, free_port, redis_server
+from tests.redis_support import RoundTrips, free_port, redis_server, silent_port
 
 
 @pytest.fixture
 def silent_server() -> Iterator[int]:
-    """A port that accepts connections, reads what comes and never answers."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def serve() -> None:
-        listener.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            held.append(conn)  # kept open and unread: the client waits for a reply that never comes
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield int(listener.getsockname()[1])
-    stop.set()
-    thread.join(timeout=5)
-    for conn in held:
-        conn.close()
-    listener.close()
+    """A port that accepts connections and never answers."""
+    with silent_port() as port:
+        yield port
 
 
 def _lean(backend: Backend) -> object:
