@@ -66,10 +66,13 @@ class _Socket:
 class LeanClient:
     """Commands on a socket of the calling thread's own; error replies raise ``RespError``."""
 
-    def __init__(self, url: str, *, timeout: float = 5.0, connect_timeout: float = 2.0) -> None:
+    def __init__(
+        self, url: str, *, timeout: float = 5.0, connect_timeout: float = 2.0, replies: bool = True
+    ) -> None:
         from redis.connection import parse_url
 
         self.url = url
+        self._replies = replies  # False: the server is told to send none (CLIENT REPLY OFF); use send()
         self._options = parse_url(url)
         self._timeout = timeout
         self._connect_timeout = connect_timeout
@@ -101,6 +104,23 @@ class LeanClient:
                 self._drop(conn)
             raise BackendUnavailable(f"Redis at {hide_password(self.url)} is unavailable: {exc}") from exc
 
+    def send(self, *command: Any) -> None:
+        """Write one command on a socket without replies (``replies=False``): nothing is waited for, and
+        what the server makes of it is not known (for best-effort traffic such as task events)."""
+        data = _pack(command)
+        conn: _Socket | None = getattr(self._local, "conn", None)
+        try:
+            if conn is not None and not conn.alive():
+                self._drop(conn)
+                conn = None
+            if conn is None:
+                conn = self._connect()
+            conn.sock.sendall(data)
+        except (OSError, ConnectionError) as exc:
+            if conn is not None:
+                self._drop(conn)
+            raise BackendUnavailable(f"Redis at {hide_password(self.url)} is unavailable: {exc}") from exc
+
     def _connect(self) -> _Socket:
         o = self._options
         sock = socket.create_connection((o.get("host", "127.0.0.1"), o.get("port", 6379)), self._connect_timeout)
@@ -123,6 +143,8 @@ class LeanClient:
             except BaseException:
                 sock.close()
                 raise
+        if not self._replies:
+            sock.sendall(_pack(("CLIENT", "REPLY", "OFF")))  # answered by nothing, like what follows
         self._local.conn = conn
         with self._lock:
             self._open.add(conn)
