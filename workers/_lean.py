@@ -82,44 +82,46 @@ class LeanClient:
 
     def call(self, *command: Any) -> Any:
         """Send one command and return its reply."""
-        data = _pack(command)
-        conn: _Socket | None = getattr(self._local, "conn", None)
+        conn = None
         try:
-            if conn is not None and not conn.alive():  # closed while idle (a restart, the server's timeout)
-                self._drop(conn)
-                conn = None
-            if conn is None:
-                conn = self._connect()
-            try:
-                conn.sock.sendall(data)
-            except OSError:  # the write failed: a partial command is dropped by the server with the socket
-                self._drop(conn)
-                conn = self._connect()
-                conn.sock.sendall(data)
+            conn = self._write(_pack(command))
             return conn.reply()
         except RespError:
             raise
         except (OSError, ConnectionError) as exc:
-            if conn is not None:
-                self._drop(conn)
-            raise BackendUnavailable(f"Redis at {hide_password(self.url)} is unavailable: {exc}") from exc
+            raise self._lost(conn, exc) from exc
 
     def send(self, *command: Any) -> None:
         """Write one command on a socket without replies (``replies=False``): nothing is waited for, and
         what the server makes of it is not known (for best-effort traffic such as task events)."""
-        data = _pack(command)
-        conn: _Socket | None = getattr(self._local, "conn", None)
         try:
-            if conn is not None and not conn.alive():
-                self._drop(conn)
-                conn = None
-            if conn is None:
-                conn = self._connect()
-            conn.sock.sendall(data)
+            self._write(_pack(command))
         except (OSError, ConnectionError) as exc:
-            if conn is not None:
-                self._drop(conn)
-            raise BackendUnavailable(f"Redis at {hide_password(self.url)} is unavailable: {exc}") from exc
+            raise self._lost(None, exc) from exc
+
+    def _write(self, data: bytes) -> _Socket:
+        """``data`` written on this thread's socket, made anew if the server closed it while idle or the
+        write failed (neither reached the server: a partial command is dropped with its socket)."""
+        conn: _Socket | None = getattr(self._local, "conn", None)
+        if conn is not None and not conn.alive():  # closed while idle (a restart, the server's timeout)
+            self._drop(conn)
+            conn = None
+        if conn is None:
+            conn = self._connect()
+        try:
+            conn.sock.sendall(data)
+        except OSError:
+            self._drop(conn)
+            conn = self._connect()
+            conn.sock.sendall(data)
+        return conn
+
+    def _lost(self, conn: _Socket | None, exc: BaseException) -> BackendUnavailable:
+        """Drop the thread's socket (``conn``, or whichever it holds) after ``exc``; the error to raise."""
+        conn = conn or getattr(self._local, "conn", None)
+        if conn is not None:
+            self._drop(conn)
+        return BackendUnavailable(f"Redis at {hide_password(self.url)} is unavailable: {exc}")
 
     def _connect(self) -> _Socket:
         o = self._options

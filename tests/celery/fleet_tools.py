@@ -55,33 +55,32 @@ def delete_file(path: str) -> str:
     return f"deleted {path}"
 
 
-@castor_tool(idempotent=True, timeout_seconds=20)
-def slow_copy(tag: str, seconds: float) -> str:
-    """Idempotent and slow: a test kills its worker in the middle."""
+def _run_slowly(tag: str, seconds: float) -> None:
+    """Count the start, say where it runs, take ``seconds``, count the end (a kill in between shows)."""
     _count(tag, "start")
     _mark_running(tag)
     time.sleep(seconds)
     _count(tag, "done")
+
+
+@castor_tool(idempotent=True, timeout_seconds=20)
+def slow_copy(tag: str, seconds: float) -> str:
+    """Idempotent and slow: a test kills its worker in the middle."""
+    _run_slowly(tag, seconds)
     return f"copied {tag}"
 
 
 @castor_tool(destructive=True, timeout_seconds=20)
 def slow_remove(tag: str, seconds: float) -> str:
     """Destructive and slow: a test kills its worker in the middle."""
-    _count(tag, "start")
-    _mark_running(tag)
-    time.sleep(seconds)
-    _count(tag, "done")
+    _run_slowly(tag, seconds)
     return f"removed {tag}"
 
 
 @castor_tool(timeout_seconds=20)
 def slow_write(tag: str, seconds: float) -> str:
     """Neither idempotent nor destructive, and slow: a second copy of its task arrives while it runs."""
-    _count(tag, "start")
-    _mark_running(tag)
-    time.sleep(seconds)
-    _count(tag, "done")
+    _run_slowly(tag, seconds)
     return f"wrote {tag}"
 
 
