@@ -11,7 +11,8 @@ worker``, Redis broker and result backend). Prints, for each figure, the median 
 2. throughput: ``--agents`` concurrent agents x ``--calls`` syscalls on one coordinator vs raw Celery
    pushing as many no-op tasks and gathering their results;
 3. CPU: the coordinator's process CPU per live syscall vs the caller's CPU per raw task, at each
-   number of concurrent agents of ``--curve`` (10 syscalls per agent, at least 2,000 per sample).
+   number of concurrent agents of ``--curve`` (10 syscalls per agent, at least 2,000 per sample), each
+   sample paired with a raw sample taken just before it; then the spread of the curve.
 
 Each line ends with the load average when it was printed (the machine may be shared).
 """
@@ -95,6 +96,16 @@ async def castor_batch(kernel: Castor, agents: int, calls: int) -> tuple[float, 
     return wall, cpu
 
 
+async def castor_cpu(kernel: Castor, agents: int) -> float:
+    """Process CPU seconds per syscall of ``agents`` concurrent agents, in runs of 10 calls each: at least
+    2,000 calls per sample, so that one full garbage collection does not dominate 10 agents' 100 calls."""
+    rounds = max(1, -(-2000 // (agents * 10)))
+    cpu = 0.0
+    for _ in range(rounds):
+        cpu += (await castor_batch(kernel, agents, 10))[1]
+    return cpu / (rounds * agents * 10)
+
+
 def raw_batch(app: Any, total: int) -> tuple[float, float]:
     """(seconds, caller CPU seconds) of pushing ``total`` no-op tasks and gathering their results."""
     task = app.tasks["raw.noop"]
@@ -144,23 +155,24 @@ async def measure(args: argparse.Namespace, kernel: Castor, app: Any) -> list[st
         lines.append(f"throughput, {args.agents} agents x {args.calls} calls | {med(ours_rate):,.0f} calls/s | "
                      f"{med(raw_rate):,.0f} tasks/s | {med(ours_rate) / med(raw_rate):.2f}x raw | {load()}")
     if "cpu" in args.only:
-        raw_cpu = [(await asyncio.to_thread(raw_batch, app, args.cpu_raw_tasks))[1] / args.cpu_raw_tasks
-                   for _ in range(args.repeat)]
-        lines.append(f"caller CPU per raw Celery task ({args.cpu_raw_tasks} tasks) | | {med(raw_cpu) * 1e3:.2f} ms | "
-                     f"| {load()}")
+        # Each point's sample is taken right after a raw sample of its own: on a shared (or throttled)
+        # machine the speed of a core drifts by tens of percent over minutes, and a ratio is only fair
+        # between figures taken under the same drift. The ratio is the median of the pairs' ratios.
+        ours_cpu: dict[int, list[float]] = {agents: [] for agents in args.curve}
+        raw_cpu: dict[int, list[float]] = {agents: [] for agents in args.curve}
+        for _ in range(args.repeat):
+            for agents in args.curve:
+                raw_cpu[agents].append((await asyncio.to_thread(raw_batch, app, args.cpu_raw_tasks))[1]
+                                       / args.cpu_raw_tasks)
+                ours_cpu[agents].append(await castor_cpu(kernel, agents))
         for agents in args.curve:
-            # Runs of 10 calls each at every point; at least 2,000 calls per sample, so that one full
-            # garbage collection (tens of ms, and the kernel keeps every run's checkpoint) does not
-            # dominate the 100 calls of 10 agents.
-            rounds = max(1, -(-2000 // (agents * 10)))
-            per_call = []
-            for _ in range(args.repeat):
-                cpu = 0.0
-                for _ in range(rounds):
-                    cpu += (await castor_batch(kernel, agents, 10))[1]
-                per_call.append(cpu / (rounds * agents * 10))
-            lines.append(f"coordinator CPU per syscall, {agents} agents | {med(per_call) * 1e3:.3f} ms | "
-                         f"{med(raw_cpu) * 1e3:.2f} ms | {med(per_call) / med(raw_cpu):.2f} of raw | {load()}")
+            ratio = med([o / r for o, r in zip(ours_cpu[agents], raw_cpu[agents], strict=True)])
+            lines.append(f"coordinator CPU per syscall, {agents} agents | {med(ours_cpu[agents]) * 1e3:.3f} ms | "
+                         f"{med(raw_cpu[agents]) * 1e3:.2f} ms per raw task | {ratio:.2f} of raw | {load()}")
+        ratios = [med([o / r for o, r in zip(ours_cpu[a], raw_cpu[a], strict=True)]) for a in args.curve]
+        lines.append(f"coordinator CPU curve, {args.curve[0]} to {args.curve[-1]} agents | "
+                     f"{min(ratios):.2f}-{max(ratios):.2f} of raw | | spread {max(ratios) / min(ratios) - 1:+.0%} | "
+                     f"{load()}")
     return lines
 
 

@@ -62,6 +62,49 @@ def silent_port() -> Iterator[int]:
         listener.close()
 
 
+@contextlib.contextmanager
+def reply_dropping_proxy(upstream: int, marker: bytes) -> Iterator[tuple[int, list[bytes]]]:
+    """A port that relays to Redis at ``upstream`` until a command holding ``marker`` goes through:
+    that command runs on the server, and the client's socket is closed instead of its reply (a
+    connection lost after the send). Yields the port and the commands that held ``marker``."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.1)
+    dropped: list[bytes] = []
+    stop = threading.Event()
+
+    def relay(client: socket.socket) -> None:
+        with client, socket.create_connection(("127.0.0.1", upstream)) as server:
+            while not stop.is_set():
+                data = client.recv(65536)
+                if not data:
+                    return
+                server.sendall(data)
+                reply = server.recv(65536)  # one command at a time: a synchronous client
+                if marker in data:
+                    dropped.append(data)
+                    return  # the command ran; its reply is never relayed
+                client.sendall(reply)
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                client = listener.accept()[0]
+            except TimeoutError:
+                continue
+            threading.Thread(target=relay, args=(client,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield int(listener.getsockname()[1]), dropped
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
 def answers(url: str, timeout: float = 0.5) -> bool:
     """Whether a Redis server at ``url`` answers PING."""
     client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)

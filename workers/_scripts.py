@@ -25,6 +25,7 @@ from castor.executors._wire import Job, Reply
 MARKER_TTL = 7 * 24 * 3600
 REPLY_MAXLEN = 100_000
 DUPLICATE = -3  # claim: another copy of a task message a worker took already
+ABANDONED = -4  # claim: a task its coordinator gave up on before any worker took it
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,11 @@ class Delivery:
 
     message: str
     redelivered: bool = False
+
+    @property
+    def task_id(self) -> str:
+        """The Celery task id of the message."""
+        return self.message.rpartition("/")[0]
 
 
 def finish_source() -> str:
@@ -60,20 +66,30 @@ class StepScripts:
             self._claim, self._finish, self._close = _lean_script(lean, claim), _lean_script(lean, finish), lean.close
         else:
             import redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
 
-            client = redis.Redis.from_url(url)
+            # Never a resend: a claim whose reply was lost may have run, and run again it would find its
+            # own delivery taken and drop the task as a duplicate (redis-py's default retries vary by version).
+            client = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0))
             self._claim, self._finish = client.register_script(claim), client.register_script(finish)
             self._close = client.close
 
     def claim(self, job: Job, delivery: Delivery | None = None) -> int:
         """-2: the journal holds the step (serve its record, never run it again); -3 (``DUPLICATE``): another
-        copy of a message a worker took already, to drop; -1: this attempt starts the step (marker set);
-        else the attempt that started it before (in doubt). Without ``delivery`` nothing is a duplicate."""
-        marker = keys.started_marker(self._prefix, job.run_id, job.step)
-        journal = keys.journal(self._prefix, job.run_id)
-        taken = keys.deliveries(self._prefix, job.run_id, job.step)
-        message, again = (delivery.message, int(delivery.redelivered)) if delivery is not None else ("", 0)
-        return int(self._claim(keys=[marker, journal, taken], args=[job.attempt, MARKER_TTL, job.step, message, again]))
+        copy of a message a worker took already, to drop; -4 (``ABANDONED``): a task its coordinator gave up
+        on, to drop; -1: this attempt starts the step (marker set); else the attempt that started it before
+        (in doubt). Without ``delivery`` nothing is a duplicate or abandoned."""
+        run, step = job.run_id, job.step
+        key_list = [
+            keys.started_marker(self._prefix, run, step), keys.journal(self._prefix, run),
+            keys.deliveries(self._prefix, run, step), keys.abandoned(self._prefix, run, step),
+        ]
+        if delivery is None:
+            args = [job.attempt, MARKER_TTL, step, "", 0, ""]
+        else:
+            args = [job.attempt, MARKER_TTL, step, delivery.message, int(delivery.redelivered), delivery.task_id]
+        return int(self._claim(keys=key_list, args=args))
 
     def finish(self, job: Job, record: SyscallRecord, reply: Reply) -> bool:
         """Journal ``record`` write-once, drop the step's marker and deliveries, and reply; False (nothing

@@ -38,7 +38,7 @@ from castor.seams import Backend
 from castor.settings import Settings, ToolPolicy, tool_policy
 from workers._guard import Refusal, authorize, check_tool, parse_job
 from workers._loop import LoopThread
-from workers._scripts import DUPLICATE, REPLY_MAXLEN, Delivery, StepScripts
+from workers._scripts import ABANDONED, DUPLICATE, REPLY_MAXLEN, Delivery, StepScripts
 
 log = logging.getLogger("castor.worker")
 IN_DOUBT_MESSAGE = "in doubt after worker loss"
@@ -124,6 +124,12 @@ class WorkerRuntime:
                 # the broker would redeliver that copy, which is no duplicate.
                 log.warning("duplicate delivery of %s (task %s) dropped: another copy of it was taken first",
                             kwargs_repr(job, policy.sensitive), delivery.message if delivery else "?")
+                return Outcome(DROPPED)
+            if previous == ABANDONED:
+                # Its coordinator could not tell whether the publish landed, failed the call and refunded it:
+                # run now, the tool would act for a call its agent was told had failed.
+                log.warning("task %s of %s dropped: its coordinator gave up on it (the publish failed)",
+                            delivery.message if delivery else "?", kwargs_repr(job, policy.sensitive))
                 return Outcome(DROPPED)
             # -1: this delivery starts the step; -2: journaled already; else started before (in doubt)
             start, result = (_RUN, None) if previous == -1 else proc.loop.run(self._resume(proc, job, policy, previous))

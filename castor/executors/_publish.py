@@ -13,20 +13,24 @@ declared through kombu on first use, as ``send_task`` would. Other transports (a
 ``SendTaskPublisher``. ``tests/celery/test_publish.py`` compares both publishers' bytes.
 
 A publish that fails — its connection lost, most often — is made once more on a new connection, by
-both publishers, before the call fails with ``BackendUnavailable``. The lost try may have landed (only
-its reply or confirm was lost), so the queue can hold two copies of a task: the worker's claim runs the
-copy taken first and drops the other (``workers/lua/claim.lua``).
+both publishers, before it fails with ``UnsurePublish``. The lost try may have landed (only its reply
+or confirm was lost), so the queue can hold two copies of a task: the worker's claim runs the copy
+taken first and drops the other (``workers/lua/claim.lua``). Whether either landed is for the executor
+to settle (``CeleryExecutor``: it abandons the task, or waits for it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import logging
+import math
 import os
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -34,6 +38,7 @@ from typing import Any
 
 from castor._errors import BackendUnavailable
 from castor.executors._broker import broker_error
+from castor.executors._template import Template, quote, slot, value
 
 log = logging.getLogger("castor.publish")
 EVENT_EXCHANGE, SENT_ROUTING_KEY = "celeryev", "task.sent"
@@ -43,6 +48,10 @@ _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 # drops the second copy should both tries have landed. kombu's policy for send_task says the same.
 RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 PUBLISH_TIMEOUT = 10.0  # s for the broker to take (and confirm) a task, on the send_task path
+
+
+class UnsurePublish(BackendUnavailable):
+    """A publish failed after its task may have reached the queue (a worker may still run it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +69,18 @@ class Task:
 
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
+
+
+def unique_ids(*, compact: bool = False) -> Callable[[], str]:
+    """A source of ids unique across processes without a ``uuid4`` (and its ``urandom`` call) each: a
+    random prefix per source, then a counter. Shaped like ``str(uuid4())``, or ``compact`` (hex, short)."""
+    rand = uuid.uuid4().hex
+    counter = itertools.count()
+    if compact:
+        head = rand[:12]
+        return lambda: f"{head}{next(counter):x}"
+    head = f"{rand[:8]}-{rand[8:12]}-{rand[12:16]}-{rand[16:20]}-"
+    return lambda: f"{head}{next(counter):012x}"
 
 
 class RedisPublisher:
@@ -82,6 +103,18 @@ class RedisPublisher:
         self._declaring: dict[str, asyncio.Future[str]] = {}
         self._topics: list[str] = []
         self._reply_to = ""
+        self._made: dict[tuple[Any, ...], tuple[Template, Template | None]] = {}
+        self._tag = unique_ids()
+        self._offset, self._offset_at = "", -math.inf
+        self._envelope = Template(
+            {"body": slot("body"), "content-encoding": "utf-8", "content-type": "application/json",
+             "headers": {"hostname": self._origin},
+             "properties": {
+                 "delivery_mode": 1, "delivery_info": {"exchange": EVENT_EXCHANGE, "routing_key": SENT_ROUTING_KEY},
+                 "priority": 0, "body_encoding": "base64", "delivery_tag": slot("tag"),
+             }},
+            ["body", "tag"],
+        )
 
     async def publish(self, task: Task) -> None:
         """Send ``task`` (and its ``task-sent`` event) in this loop iteration's pipeline; a try that fails
@@ -105,8 +138,7 @@ class RedisPublisher:
         except BackendUnavailable as exc:
             again = exc
         if again is not None:
-            raise BackendUnavailable(f"cannot send {task.name!r} to queue {task.queue!r} (tried twice): {again}"
-                                     ) from again
+            raise UnsurePublish(f"cannot send {task.name!r} to queue {task.queue!r} (tried twice): {again}") from again
 
     def _commands(self, task: Task, key: str) -> list[tuple[str, str, str]]:
         # One round trip carries the task and its event, in send_task's order.
@@ -129,47 +161,61 @@ class RedisPublisher:
     def encode(self, task: Task, now: float | None = None) -> tuple[str, str | None]:
         """The task's message and its ``task-sent`` event, as kombu's Redis transport stores them."""
         now = time.time() if now is None else now
-        expires = (datetime.fromtimestamp(now, UTC) + timedelta(seconds=task.expires)).isoformat()
-        dumps = json.dumps  # kombu's dumps is json.dumps with a fallback for other types: same bytes
+        expires = quote((datetime.fromtimestamp(now, UTC) + timedelta(seconds=task.expires)).isoformat())
+        try:  # kombu's dumps is json.dumps with a fallback for other types: the same bytes
+            body = json.dumps([[], task.kwargs, _EMBED])
+        except TypeError:  # a datetime, a UUID...: kombu's encoder tags it, as send_task would
+            body = self._kombu_dumps([[], task.kwargs, _EMBED])
+        task_id, kwargsrepr = quote(task.task_id), quote(task.kwargsrepr)
+        message, sent = self._templates(task)
+        headers = [value(v) for v in task.headers.values()]
+        text = message.render([task_id, expires, kwargsrepr, quote(_b64(body)), quote(self._tag()), *headers])
+        if sent is None:
+            return text, None
+        if now - self._offset_at >= 60:  # the UTC offset changes twice a year: once a minute is often enough
+            self._offset, self._offset_at = value(self._utcoffset()), now
+        event = sent.render([task_id, expires, kwargsrepr, self._offset, str(self._app.clock.forward()), repr(now)])
+        return text, self._envelope.render([quote(_b64(event)), quote(self._tag())])
+
+    def _templates(self, task: Task) -> tuple[Template, Template | None]:
+        """The message and event templates of the task's tool and queue (made on its first task)."""
+        key = (task.name, task.queue, task.expires, tuple(task.headers), self._reply_to)
+        made = self._made.get(key)
+        if made is None:
+            made = self._made[key] = self._make(task)
+        return made
+
+    def _make(self, task: Task) -> tuple[Template, Template | None]:
+        # The documents send_task builds, field for field and in its order, with a slot where a value
+        # differs from one task of this tool to the next.
+        task_id, kwargsrepr, expires = slot("id"), slot("kwargsrepr"), slot("expires")
+        extra = {name: slot(f"h{i}") for i, name in enumerate(task.headers)}
         headers = {
-            "lang": "py", "task": task.name, "id": task.task_id, "shadow": None, "eta": None, "expires": expires,
-            "group": None, "group_index": None, "retries": 0, "timelimit": [None, None], "root_id": task.task_id,
-            "parent_id": None, "argsrepr": "()", "kwargsrepr": task.kwargsrepr, "origin": self._origin,
-            "ignore_result": True, "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {},
-            **task.headers,
+            "lang": "py", "task": task.name, "id": task_id, "shadow": None, "eta": None, "expires": expires,
+            "group": None, "group_index": None, "retries": 0, "timelimit": [None, None], "root_id": task_id,
+            "parent_id": None, "argsrepr": "()", "kwargsrepr": kwargsrepr, "origin": self._origin,
+            "ignore_result": True, "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {}, **extra,
         }
         properties = {
-            "correlation_id": task.task_id, "reply_to": self._reply_to, "kwargsrepr": task.kwargsrepr,
+            "correlation_id": task_id, "reply_to": self._reply_to, "kwargsrepr": kwargsrepr,
             "argsrepr": "()", "delivery_mode": 2, "expiration": str(int(task.expires * 1000)),
             "delivery_info": {"exchange": "", "routing_key": task.queue}, "priority": 0,
-            "body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
+            "body_encoding": "base64", "delivery_tag": slot("tag"),
         }
-        try:
-            body = _b64(dumps([[], task.kwargs, _EMBED]))
-        except TypeError:  # a datetime, a UUID...: kombu's encoder tags it, as send_task would
-            body = _b64(self._kombu_dumps([[], task.kwargs, _EMBED]))
-        message = dumps({
-            "body": body, "content-encoding": "utf-8", "content-type": "application/json",
-            "headers": headers, "properties": properties,
-        })
+        message = Template(
+            {"body": slot("body"), "content-encoding": "utf-8", "content-type": "application/json",
+             "headers": headers, "properties": properties},
+            ["id", "expires", "kwargsrepr", "body", "tag", *(f"h{i}" for i in range(len(extra)))],
+        )
         if not self._events:
             return message, None
         sent = {
-            "hostname": self._origin, "utcoffset": self._utcoffset(), "pid": self._pid,
-            "clock": self._app.clock.forward(), "uuid": task.task_id, "root_id": task.task_id, "parent_id": None,
-            "name": task.name, "args": "()", "kwargs": task.kwargsrepr, "retries": 0, "eta": None,
-            "expires": expires, "queue": task.queue, "exchange": "", "routing_key": task.queue,
-            "timestamp": now, "type": "task-sent",
+            "hostname": self._origin, "utcoffset": slot("offset"), "pid": self._pid, "clock": slot("clock"),
+            "uuid": task_id, "root_id": task_id, "parent_id": None, "name": task.name, "args": "()",
+            "kwargs": kwargsrepr, "retries": 0, "eta": None, "expires": expires, "queue": task.queue,
+            "exchange": "", "routing_key": task.queue, "timestamp": slot("now"), "type": "task-sent",
         }
-        event = dumps({
-            "body": _b64(dumps(sent)), "content-encoding": "utf-8", "content-type": "application/json",
-            "headers": {"hostname": self._origin},
-            "properties": {
-                "delivery_mode": 1, "delivery_info": {"exchange": EVENT_EXCHANGE, "routing_key": SENT_ROUTING_KEY},
-                "priority": 0, "body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
-            },
-        })
-        return message, event
+        return message, Template(sent, ["id", "expires", "kwargsrepr", "offset", "clock", "now"])
 
     async def _declared(self, queue: str) -> str:
         # The first task for a queue declares it through kombu (as send_task's first publish does) and
@@ -232,7 +278,7 @@ class SendTaskPublisher:
         except Exception as exc:
             self._release()
             what = f"cannot send {task.name!r} to queue {task.queue!r}"
-            raise broker_error(what, self._app.conf.broker_url, exc) from exc
+            raise UnsurePublish(str(broker_error(what, self._app.conf.broker_url, exc))) from exc
 
     def _release(self) -> None:
         if self._producer is not None:

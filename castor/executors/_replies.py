@@ -25,13 +25,17 @@ BLOCK_MS = 1000
 TRIM_EVERY, TRIM_SECONDS = 1000, 1.0
 TICK = 0.25  # deadline resolution (s)
 STALL_SECONDS = 30.0  # a read that takes this much longer than its BLOCK: the connection is dead
+READ_TIMEOUT = BLOCK_MS / 1000 + STALL_SECONDS  # the reply timeout the reader's connection must keep
 RETRIES = 5  # a dropped connection is read again (nothing is lost: the stream keeps unread replies)
 IDLE_TTL = 24 * 3600  # a stream whose coordinator vanished expires instead of leaking
 
 
 class ReplyReader:
     """Reads ``stream`` through ``conn``, a connection of its own (the read blocks): anything with
-    ``execute(*commands)`` and ``close()`` (``RespConnection``, or a ``RedisConnection`` without hiredis).
+    ``execute(*commands)`` and ``close()`` (``RespConnection``, or a ``RedisConnection`` without hiredis)
+    that fails a command whose reply takes over ``READ_TIMEOUT`` (a silent server is a lost one). The
+    connection keeps that watch, not the reader: a timeout scope around every read cost more than the
+    rest of the read.
 
     It also keeps the callers' deadlines: a future whose reply has not come by its deadline gets a
     ``TimeoutError``. Deadlines are kept in buckets of ``TICK`` seconds behind one timer, not one timer
@@ -109,8 +113,7 @@ class ReplyReader:
                 commands += [("XTRIM", self.stream, "MINID", last), ("EXPIRE", self.stream, IDLE_TTL)]
             commands.append(("XREAD", "COUNT", BATCH, "BLOCK", BLOCK_MS, "STREAMS", self.stream, last))
             try:
-                async with asyncio.timeout(BLOCK_MS / 1000 + STALL_SECONDS):  # a silent server is a lost one
-                    replies = await self._conn.execute(*commands)
+                replies = await self._conn.execute(*commands)
                 failed = [r for r in replies if isinstance(r, Exception)]
                 if failed:
                     raise failed[0]

@@ -8,7 +8,6 @@ tool without a secret, nothing a human did not approve in Redis). A reply is a f
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 from dataclasses import dataclass, field
@@ -58,7 +57,7 @@ class Job:
 
 def sign(secret: str, job: Job) -> str:
     """The coordinator's token for ``job``."""
-    return hmac.new(secret.encode(), job.signed_part(), hashlib.sha256).hexdigest()
+    return hmac.digest(secret.encode(), job.signed_part(), "sha256").hex()  # one-shot: no HMAC object
 
 
 def verify(secret: str | None, job: Job) -> bool:
@@ -105,8 +104,11 @@ class Reply:
 def parse_reply(fields: Any) -> Reply:
     """A stream entry back into a ``Reply``: its fields as a mapping or a flat ``[name, value, ...]`` list,
     of ``str`` or ``bytes``."""
-    pairs = fields.items() if isinstance(fields, dict) else zip(fields[::2], fields[1::2], strict=True)
-    get = {_text(k): _text(v) for k, v in pairs}
+    if isinstance(fields, list) and fields and type(fields[0]) is str:  # hiredis's, decoded: the common case
+        get = dict(zip(fields[::2], fields[1::2], strict=True))
+    else:
+        pairs = fields.items() if isinstance(fields, dict) else zip(fields[::2], fields[1::2], strict=True)
+        get = {_text(k): _text(v) for k, v in pairs}
     return Reply(
         effect_id=get.get("e", ""),
         attempt=int(get.get("a") or 0),

@@ -12,6 +12,7 @@ Celery and redis are imported here only, so ``import castor`` loads neither.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid
@@ -19,20 +20,35 @@ from dataclasses import dataclass
 from typing import Any
 
 from castor._errors import (
+    BackendUnavailable,
+    CastorError,
     InDoubtError,
     RemoteToolError,
     TaskRefusedError,
     ToolTimeoutError,
 )
+from castor.backends.redis import RedisConnection, keys
 from castor.backends.redis.keys import reply_stream
 from castor.executors._celery_conf import celery_config
-from castor.executors._publish import FAST_SCHEMES, PUBLISH_TIMEOUT, RedisPublisher, SendTaskPublisher, Task
-from castor.executors._replies import ReplyReader
+from castor.executors._publish import (
+    FAST_SCHEMES,
+    PUBLISH_TIMEOUT,
+    RedisPublisher,
+    SendTaskPublisher,
+    Task,
+    UnsurePublish,
+    unique_ids,
+)
+from castor.executors._replies import READ_TIMEOUT, ReplyReader
 from castor.executors._wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, sign, task_name
 from castor.registry import ToolRegistry
 from castor.seams import Call, Journal
 from castor.settings import REPLY_GRACE, Settings, tool_policy
 
+log = logging.getLogger("castor.executor")
+# How long an abandoned task's id is kept: as long as a worker's started marker, far past the task's
+# expiry (its deadline), after which no worker runs it anyway.
+ABANDON_TTL = 7 * 24 * 3600
 _ERRORS: dict[str, type[Exception]] = {REFUSED: TaskRefusedError, IN_DOUBT: InDoubtError, TIMEOUT: ToolTimeoutError}
 
 
@@ -69,6 +85,7 @@ class CeleryExecutor:
         self._journal = journal
         self._grace = reply_grace
         self._routes: dict[str, _Route] = {}
+        self._control: RedisConnection | None = None  # made for the rare abandon of a task
         self._app = Celery("castor-coordinator", set_as_current=False)
         self._app.conf.update(celery_config(settings, publisher=True))
         self._broker: Any = None
@@ -79,9 +96,10 @@ class CeleryExecutor:
             self._publisher = RedisPublisher(self._app, self._broker)
         else:
             self._publisher = SendTaskPublisher(self._app)
+        self._ids = unique_ids(compact=True)  # a task id of its own for every publish of an effect's attempt
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         stream = reply_stream(settings.redis_prefix, self.consumer)
-        self._replies = ReplyReader(_connection(settings.redis_url), stream)
+        self._replies = ReplyReader(_connection(settings.redis_url, reply_timeout=READ_TIMEOUT), stream)
 
     @classmethod
     def factory(cls, settings: Settings, **options: Any) -> Any:
@@ -106,12 +124,15 @@ class CeleryExecutor:
         if self._settings.secret:
             job.token = sign(self._settings.secret, job)
         future = self._replies.expect(call.effect_id, call.attempt, route.deadline)
+        task_id = f"{job.effect_id}#{job.attempt}-{self._ids()}"
         try:
-            await self._publisher.publish(Task(
-                route.task, f"{job.effect_id}#{job.attempt}-{uuid.uuid4().hex[:8]}", job.kwargs(), route.queue,
-                route.deadline, {"castor_run": job.run_id, "castor_step": job.step},
-                kwargs_repr(job, route.sensitive),
-            ))
+            try:
+                await self._publisher.publish(Task(
+                    route.task, task_id, job.kwargs(), route.queue, route.deadline,
+                    {"castor_run": job.run_id, "castor_step": job.step}, kwargs_repr(job, route.sensitive),
+                ))
+            except UnsurePublish as exc:
+                await self._abandon_or_wait(call, task_id, exc)
             reply = await future
         except TimeoutError:
             return await self._late(call, route.pool, route.deadline)
@@ -134,6 +155,27 @@ class CeleryExecutor:
         backoff = sum(s.retry_backoff * 2**n for n in range(s.max_retries))
         return timeout * (s.max_retries + 1) + backoff + self._grace
 
+    async def _abandon_or_wait(self, call: Call, task_id: str, failure: UnsurePublish) -> None:
+        """The publish failed, but its task may be queued: abandon it (no worker will run it; the call
+        fails, and its charge is refunded) unless a worker took it already, whose reply is then awaited.
+        Failing the call while the task may still run would have the tool act for a call its agent was
+        told had failed, and paid back."""
+        prefix, run, step = self._settings.redis_prefix, call.run_id, call.step
+        if self._control is None:
+            self._control = RedisConnection(self._settings.redis_url)
+        try:
+            state = await self._control.script(
+                "task_abandon",
+                [keys.journal(prefix, run), keys.deliveries(prefix, run, step), keys.abandoned(prefix, run, step)],
+                [step, task_id, ABANDON_TTL],
+            )
+        except CastorError as exc:  # Redis is away too: the task may run, so its reply is the answer
+            log.warning("%s; cannot abandon task %s either (%s): waiting for its reply", failure, task_id, exc)
+            return
+        if int(state) == 0:
+            raise BackendUnavailable(f"{failure}; no worker will run it") from failure.__cause__ or failure
+        log.warning("%s, but a worker took task %s: waiting for its reply", failure, task_id)
+
     async def _late(self, call: Call, pool: str, deadline: float) -> Any:
         if self._journal is not None:
             record = await self._journal.get(call.run_id, call.step)
@@ -147,6 +189,8 @@ class CeleryExecutor:
     async def close(self) -> None:
         """Stop the reply reader and release the broker connection."""
         await self._replies.close()
+        if self._control is not None:
+            await self._control.close()
         if isinstance(self._publisher, SendTaskPublisher):
             self._publisher.close()
         if self._broker is not None:
@@ -154,15 +198,14 @@ class CeleryExecutor:
         self._app.close()
 
 
-def _connection(url: str, reply_timeout: float | None = None) -> Any:
-    """A connection of the executor's own: the lean one where hiredis can parse, else redis-py's.
-    ``reply_timeout`` None: replies may take as long as they like (the reply reader's blocking read)."""
-    from castor.backends.redis import RedisConnection
+def _connection(url: str, reply_timeout: float) -> Any:
+    """A connection of the executor's own: the lean one where hiredis can parse, else redis-py's. A reply
+    that takes over ``reply_timeout`` seconds fails its command as a lost connection."""
     from castor.backends.redis._resp import RespConnection, available
 
     if available(url):
         return RespConnection(url, reply_timeout=reply_timeout)
-    return RedisConnection(url, socket_timeout=reply_timeout or 5.0)
+    return RedisConnection(url, socket_timeout=reply_timeout)
 
 
 def _outcome(reply: Reply, tool: str) -> Any:

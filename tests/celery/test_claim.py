@@ -141,3 +141,47 @@ def test_a_redelivered_message_whose_worker_was_lost_is_in_doubt_not_a_copy(
     assert runtime.handle(job(0), task_name("touch"), 0, Delivery("r:0#0-abcd/0", redelivered=True)).status == IN_DOUBT
     assert tool.calls == 0
     sync.close()
+
+
+async def _abandon(redis_url: str, redis_prefix: str, task_id: str) -> int:
+    """The coordinator's abandon of task ``task_id`` of step 0 of run ``r``."""
+    from castor.backends.redis import RedisConnection
+
+    conn = RedisConnection(redis_url)
+    try:
+        step = [keys.journal(redis_prefix, "r"), keys.deliveries(redis_prefix, "r", 0)]
+        return int(await conn.script("task_abandon", [*step, keys.abandoned(redis_prefix, "r", 0)], [0, task_id, 60]))
+    finally:
+        await conn.close()
+
+
+def test_an_abandoned_task_is_dropped_by_every_copy_and_a_new_task_for_the_step_runs(
+    runtime: WorkerRuntime, tool: Touch, redis_url: str, redis_prefix: str
+) -> None:
+    assert asyncio.run(_abandon(redis_url, redis_prefix, "r:0#0-gone")) == 0
+    for delivery in (Delivery("r:0#0-gone/0"), Delivery("r:0#0-gone/0"), Delivery("r:0#0-gone/0", redelivered=True)):
+        assert runtime.handle(job(0), task_name("touch"), 0, delivery).status == DROPPED
+    assert tool.calls == 0
+    sync = redis.Redis.from_url(redis_url)
+    assert sync.exists(keys.started_marker(redis_prefix, "r", 0)) == 0  # nothing claimed the step
+    sync.close()
+    # The run goes on (a resumed run sends the step again): a task of its own runs it.
+    assert runtime.handle(job(0), task_name("touch"), 0, Delivery("r:0#0-again/0")).status == OK
+    assert tool.calls == 1
+
+
+def test_a_task_a_worker_took_is_not_abandoned_and_a_journaled_step_says_so(
+    runtime: WorkerRuntime, tool: Touch, redis_url: str, redis_prefix: str
+) -> None:
+    runtime.process()
+    sync = redis.Redis.from_url(redis_url)
+    taken = keys.deliveries(redis_prefix, "r", 0)
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(runtime.handle, job(0), task_name("touch"), 0, Delivery("r:0#0-took/0"))
+        while not sync.sismember(taken, "r:0#0-took/0"):  # the worker claimed it; the tool runs 0.2 s
+            time.sleep(0.01)
+        assert asyncio.run(_abandon(redis_url, redis_prefix, "r:0#0-took")) == 1  # taken: wait for it
+        assert running.result().status == OK
+    assert asyncio.run(_abandon(redis_url, redis_prefix, "r:0#0-took")) == -2  # it ran: the journal has it
+    assert tool.calls == 1
+    sync.close()

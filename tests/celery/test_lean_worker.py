@@ -12,8 +12,9 @@ import pytest
 import redis
 
 from castor import BackendUnavailable
+from castor.backends.redis import keys
 from castor.executors._wire import Job
-from tests.redis_support import free_port, redis_server, silent_port
+from tests.redis_support import free_port, redis_server, reply_dropping_proxy, silent_port
 from workers._lean import LeanClient
 from workers._scripts import StepScripts
 
@@ -80,3 +81,29 @@ def test_claim_and_finish_scripts_are_loaded_again_after_a_flush(tmp_path: Path)
         redis.Redis(port=port).script_flush()
         assert scripts.claim(job) == 0  # started before by attempt 0, never finished: in doubt
         scripts.close()
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "redis-py"])
+def test_a_claim_whose_reply_was_lost_is_never_sent_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lean: bool
+) -> None:
+    # Sent again, the claim would find its own delivery taken and drop the task as a duplicate: the
+    # step would then run nowhere. It must fail instead (the claim ran once, the worker never ran it).
+    from workers import _lean, _scripts
+
+    port = free_port()
+    with redis_server(tmp_path, port):
+        direct = StepScripts(f"redis://127.0.0.1:{port}/0", "lost")
+        assert direct.claim(Job("warm", 0, "noop", {}, "warm:0", 0, "", {})) == -1  # the script is loaded
+        if not lean:
+            monkeypatch.setattr(_lean, "available", lambda url: False)
+        with reply_dropping_proxy(port, b"EVALSHA") as (proxy, dropped):
+            scripts = _scripts.StepScripts(f"redis://127.0.0.1:{proxy}/0", "lost")
+            job = Job("run-1", 0, "noop", {}, "run-1:0", 0, "", {})
+            with pytest.raises((BackendUnavailable, redis.ConnectionError)):
+                scripts.claim(job, _scripts.Delivery("run-1:0#0-a/0"))
+            scripts.close()
+        assert len(dropped) == 1
+        server = redis.Redis(port=port)
+        assert server.smembers(keys.deliveries("lost", "run-1", 0)) == {b"run-1:0#0-a/0"}  # the one claim that ran
+        direct.close()

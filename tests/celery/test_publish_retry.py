@@ -1,7 +1,9 @@
 """A publish that loses its Redis connection is sent once more, and the call still runs exactly once:
 whether the lost try never reached Redis (its connection killed under it) or landed with only its
 reply lost (a proxy cuts the connection after forwarding the LPUSH). A publish that fails twice fails
-the call cleanly: a ``BackendUnavailable`` naming the queue, the budget refunded, nothing queued."""
+the call cleanly: a ``BackendUnavailable`` naming the queue, the budget refunded, and no worker runs
+the task, even if both tries landed unheard (the coordinator abandons it) — unless a worker took it
+already, whose result is then the call's."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import redis
 
 import castor.lib as lib
 from castor import Castor
+from castor.backends.redis import keys
 from castor.backends.redis._resp import RespConnection
 from castor.executors._publish import RedisPublisher
 from castor.executors.celery import CeleryExecutor, fleet_options
@@ -52,11 +55,13 @@ class PushCutter:
     its publisher never hears so), once; else it drops every such connection before the command reaches
     Redis. Every other connection passes through."""
 
-    def __init__(self, *, landed: bool, stall: bool = False) -> None:
+    def __init__(self, *, landed: bool, stall: bool = False, every: bool = False, hold: float = 0.0) -> None:
         target = urlsplit(REDIS_URL)
         self.target = (target.hostname or "127.0.0.1", target.port or 6379)
         self.landed = landed
         self.stall = stall  # with landed: keep the connection open and never answer (a half-open socket)
+        self.every = every  # with landed: every LPUSH lands unheard, not only the first
+        self.hold = hold  # with landed: seconds the connection stays up, silent, before it is dropped
         self.cuts = 0
         self.server: asyncio.Server | None = None
 
@@ -72,7 +77,7 @@ class PushCutter:
 
         async def up() -> None:
             while data := await client_r.read(65536):
-                if b"LPUSH" in data and not (self.landed and self.cuts):
+                if b"LPUSH" in data and not (self.landed and self.cuts and not self.every):
                     self.cuts += 1
                     if not self.landed:
                         client_w.transport.abort()
@@ -86,6 +91,7 @@ class PushCutter:
                 if cut.is_set():
                     if self.stall:
                         continue  # swallowed: the publisher hears nothing, and its socket stays up
+                    await asyncio.sleep(self.hold)
                     client_w.transport.abort()
                     return
                 client_w.write(data)
@@ -120,12 +126,15 @@ async def cutters() -> AsyncIterator[list[PushCutter]]:
 
 
 async def _through(
-    cutters: list[PushCutter], fleet: Fleet, *, landed: bool, stall: bool = False, **options: Any
+    cutters: list[PushCutter], fleet: Fleet, *, landed: bool, queue_prefix: str = "", **options: Any
 ) -> Castor:
-    """A coordinator kernel whose broker connections go through a new ``PushCutter``."""
-    cutter = PushCutter(landed=landed, stall=stall)
+    """A coordinator kernel whose broker connections go through a new ``PushCutter`` (``options`` other
+    than the cutter's go to ``fleet_options``); with ``queue_prefix``, to queues no worker consumes."""
+    cutter = PushCutter(landed=landed, **{k: options.pop(k) for k in ("stall", "every", "hold") if k in options})
     cutters.append(cutter)
     settings = dataclasses.replace(fleet.settings, broker_url=await cutter.start())
+    if queue_prefix:
+        settings = dataclasses.replace(settings, queue_prefix=queue_prefix)
     return Castor(**fleet_options(settings, **options))
 
 
@@ -221,3 +230,51 @@ async def test_an_unreachable_broker_fails_the_call_cleanly(fleet: Fleet) -> Non
         assert nowhere.replace(":pw@", ":***@") in message and "pw@" not in message
     finally:
         await kernel.close()
+
+
+async def test_a_task_that_landed_twice_unheard_is_awaited_once_a_worker_took_it(
+    fleet: Fleet, cutters: list[PushCutter], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Each try lands and its connection stays silent for 0.5 s before it drops: a worker takes the first
+    # copy meanwhile, so the coordinator may not abandon the task; it waits for the reply instead.
+    kernel = await _through(cutters, fleet, landed=True, every=True, hold=0.5, budgets={})
+    tag = f"unheard-{uuid.uuid4().hex[:6]}"
+
+    async def agent() -> object:
+        return await lib.tool("slow_write", tag=tag, seconds=0.1)
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="castor.executor"):
+            cp = await kernel.run(agent)
+        assert cp.status == "COMPLETED", cp.error
+        assert cp.result == f"wrote {tag}"
+        assert cutters[0].cuts == 2
+        assert any("but a worker took task" in r.getMessage() for r in caplog.records)
+        await handled_twice(fleet, cp.pid)
+        assert (fleet.count(tag, "start"), fleet.count(tag, "done")) == (1, 1)
+        assert await kernel.backend.journal.failures(cp.pid) == []
+    finally:
+        await kernel.close()
+
+
+async def test_a_task_that_landed_twice_unheard_and_untaken_is_abandoned(
+    fleet: Fleet, cutters: list[PushCutter]
+) -> None:
+    # Both tries land on a queue no worker consumes, unheard: the call fails cleanly and the task is
+    # abandoned. Moved to the pool's real queue afterwards, both copies reach a worker, which drops them.
+    idle = f"{fleet.settings.queue_prefix}-idle"
+    kernel = await _through(cutters, fleet, landed=True, every=True, queue_prefix=idle, budgets={})
+    try:
+        message = str(await fails_cleanly(kernel, fleet, r"\(tried twice\).*; no worker will run it"))
+        assert "cannot send 'castor.tool.write_note'" in message
+        pid = next(iter(kernel.live))
+    finally:
+        await kernel.close()
+    parked, live = f"{idle}:{idle}.fs", f"{fleet.settings.queue_prefix}:{fleet.settings.queue_of('fs')}"
+    assert fleet.redis.llen(parked) == 2  # both tries landed
+    for _ in range(2):
+        fleet.redis.lmove(parked, live, "RIGHT", "LEFT")
+    await handled_twice(fleet, pid)
+    assert "its coordinator gave up on it" in fleet.log("fs")
+    assert fleet.redis.zcard(keys.journal(fleet.prefix, pid)) == 0  # the tool never ran: nothing journaled
+    assert fleet.redis.exists(keys.started_marker(fleet.prefix, pid, 0)) == 0

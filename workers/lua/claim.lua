@@ -1,10 +1,13 @@
 -- Claim a step for execution, in one step with the journal: no two deliveries can both execute it.
 -- KEYS[1] the step's started marker, KEYS[2] the run's journal (sorted set of records scored by step),
--- KEYS[3] the step's deliveries (set of the task messages workers took for it)
+-- KEYS[3] the step's deliveries (set of the task messages workers took for it), KEYS[4] the step's
+-- abandoned tasks (set of task ids their coordinator gave up on)
 -- ARGV[1] attempt (approval round), ARGV[2] marker ttl (s), ARGV[3] step,
--- ARGV[4] the task message's id ('' when unknown: no duplicate check), ARGV[5] '1' if the broker redelivers it
+-- ARGV[4] the task message's id ('' when unknown: no duplicate check), ARGV[5] '1' if the broker redelivers it,
+-- ARGV[6] the task's id ('' when unknown)
 -- Returns -2 when the journal holds the step already: whatever round or copy this is, the step finished
 --   and its record is the result (nothing is marked);
+-- -4 when the coordinator gave up on this task before any worker took it (nothing is marked);
 -- -3 when this is another copy of a message a worker took already, and no redelivery: a publish retried
 --   after its first try landed. The copy taken first runs the step and answers; this one does nothing;
 -- -1 when there is no marker, or one of an earlier approval round: this attempt starts (marker set);
@@ -12,6 +15,9 @@
 --   doubt), or a newer round owns it.
 if redis.call('ZRANGEBYSCORE', KEYS[2], ARGV[3], ARGV[3], 'LIMIT', 0, 1)[1] then
   return -2
+end
+if ARGV[6] ~= '' and redis.call('SISMEMBER', KEYS[4], ARGV[6]) == 1 then
+  return -4
 end
 if ARGV[4] ~= '' then
   local first = redis.call('SADD', KEYS[3], ARGV[4])

@@ -161,6 +161,12 @@ def started_marker(prefix: str, run_id: str, step: int) -> str:
     return f"{prefix}:{{{run_id}}}:started:{step}"
 
 
+def abandoned(prefix: str, run_id: str, step: int) -> str:
+    """Set: the ids of tasks for the step whose coordinator gave up before any worker took them (their
+    publish failed, and may have landed); a worker that takes one later drops it."""
+    return f"{prefix}:{{{run_id}}}:abandoned:{step}"
+
+
 def deliveries(prefix: str, run_id: str, step: int) -> str:
     """Set: the task messages (``<task id>/<retries>``) workers took for the step while it is unjournaled. A
     second copy of one (a publish retried after its first try landed) is dropped; a redelivery is no copy."""
