@@ -63,10 +63,10 @@ def silent_port() -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def reply_dropping_proxy(upstream: int, marker: bytes) -> Iterator[tuple[int, list[bytes]]]:
-    """A port that relays to Redis at ``upstream`` until a command holding ``marker`` goes through:
-    that command runs on the server, and the client's socket is closed instead of its reply (a
-    connection lost after the send). Yields the port and the commands that held ``marker``."""
+def reply_dropping_proxy(upstream: int, marker: bytes, times: int = 1) -> Iterator[tuple[int, list[bytes]]]:
+    """A port that relays to Redis at ``upstream``, but for the first ``times`` commands holding
+    ``marker``: each runs on the server, and the client's socket is closed instead of its reply (a
+    connection lost after the send). Yields the port and the commands dropped so far."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -82,7 +82,7 @@ def reply_dropping_proxy(upstream: int, marker: bytes) -> Iterator[tuple[int, li
                     return
                 server.sendall(data)
                 reply = server.recv(65536)  # one command at a time: a synchronous client
-                if marker in data:
+                if marker in data and len(dropped) < times:
                     dropped.append(data)
                     return  # the command ran; its reply is never relayed
                 client.sendall(reply)

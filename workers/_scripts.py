@@ -12,17 +12,23 @@ in-doubt steps, failures, a record already there) keeps the loop and the async s
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from castor._errors import BackendUnavailable
 from castor.backends.redis import keys
 from castor.backends.redis.journal import encode
 from castor.checkpoint import SyscallRecord
+from castor.executors._publish import unique_ids
 from castor.executors._wire import Job, Reply
 
 MARKER_TTL = 7 * 24 * 3600
+CLAIM_PAUSES = (0.2, 1.0)  # before asking a lost claim again (a Redis restart or failover takes a moment)
+log = logging.getLogger("castor.worker")
 REPLY_MAXLEN = 100_000
 DUPLICATE = -3  # claim: another copy of a task message a worker took already
 ABANDONED = -4  # claim: a task its coordinator gave up on before any worker took it
@@ -61,35 +67,49 @@ class StepScripts:
         self._claim: Any  # script(keys=..., args=...): redis-py's registered script, or the lean twin
         self._finish: Any
         self._close: Callable[[], None]
+        self._receipt = unique_ids(compact=True)  # one per handling of a task message
+        self._lost: tuple[type[Exception], ...]
         if _lean.available(url):
             lean = _lean.LeanClient(url)
             self._claim, self._finish, self._close = _lean_script(lean, claim), _lean_script(lean, finish), lean.close
+            self._lost = (BackendUnavailable,)
         else:
             import redis
             from redis.backoff import NoBackoff
             from redis.retry import Retry
 
-            # Never a resend: a claim whose reply was lost may have run, and run again it would find its
-            # own delivery taken and drop the task as a duplicate (redis-py's default retries vary by version).
+            # No resend by the client: a command whose reply was lost may have run. ``claim`` asks again
+            # itself, under its receipt (redis-py's default retries vary by version).
             client = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0))
             self._claim, self._finish = client.register_script(claim), client.register_script(finish)
             self._close = client.close
+            self._lost = (redis.ConnectionError, redis.TimeoutError)
 
     def claim(self, job: Job, delivery: Delivery | None = None) -> int:
         """-2: the journal holds the step (serve its record, never run it again); -3 (``DUPLICATE``): another
         copy of a message a worker took already, to drop; -4 (``ABANDONED``): a task its coordinator gave up
         on, to drop; -1: this attempt starts the step (marker set); else the attempt that started it before
-        (in doubt). Without ``delivery`` nothing is a duplicate or abandoned."""
+        (in doubt). Without ``delivery`` nothing is a duplicate or abandoned.
+
+        A claim whose connection was lost is asked again, on a new one, under the same receipt: had the
+        lost one run, the script gives its answer again instead of taking this handling for a second copy
+        (or the step for one in doubt)."""
         run, step = job.run_id, job.step
         key_list = [
             keys.started_marker(self._prefix, run, step), keys.journal(self._prefix, run),
             keys.deliveries(self._prefix, run, step), keys.abandoned(self._prefix, run, step),
         ]
         if delivery is None:
-            args = [job.attempt, MARKER_TTL, step, "", 0, ""]
-        else:
-            args = [job.attempt, MARKER_TTL, step, delivery.message, int(delivery.redelivered), delivery.task_id]
-        return int(self._claim(keys=key_list, args=args))
+            return int(self._claim(keys=key_list, args=[job.attempt, MARKER_TTL, step, "", 0, "", ""]))
+        args = [job.attempt, MARKER_TTL, step, delivery.message, int(delivery.redelivered), delivery.task_id,
+                self._receipt()]
+        for pause in CLAIM_PAUSES:
+            try:
+                return int(self._claim(keys=key_list, args=args))
+            except self._lost as exc:
+                log.warning("claim of %s lost its connection (%s); asking again in %gs", delivery.message, exc, pause)
+                time.sleep(pause)
+        return int(self._claim(keys=key_list, args=args))  # the last try: its failure is the task's
 
     def finish(self, job: Job, record: SyscallRecord, reply: Reply) -> bool:
         """Journal ``record`` write-once, drop the step's marker and deliveries, and reply; False (nothing

@@ -136,7 +136,7 @@ def test_a_redelivered_message_whose_worker_was_lost_is_in_doubt_not_a_copy(
     sync = redis.Redis.from_url(redis_url)
     # A worker took the message and started the step, then was lost before it journaled anything.
     sync.set(keys.started_marker(redis_prefix, "r", 0), 0)
-    sync.sadd(keys.deliveries(redis_prefix, "r", 0), "r:0#0-abcd/0")
+    sync.hset(keys.deliveries(redis_prefix, "r", 0), "r:0#0-abcd/0", "lost-worker:-1")
     assert runtime.handle(job(0), task_name("touch"), 0, Delivery("r:0#0-abcd/0")).status == DROPPED
     assert runtime.handle(job(0), task_name("touch"), 0, Delivery("r:0#0-abcd/0", redelivered=True)).status == IN_DOUBT
     assert tool.calls == 0
@@ -178,7 +178,7 @@ def test_a_task_a_worker_took_is_not_abandoned_and_a_journaled_step_says_so(
     taken = keys.deliveries(redis_prefix, "r", 0)
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(runtime.handle, job(0), task_name("touch"), 0, Delivery("r:0#0-took/0"))
-        while not sync.sismember(taken, "r:0#0-took/0"):  # the worker claimed it; the tool runs 0.2 s
+        while not sync.hexists(taken, "r:0#0-took/0"):  # the worker claimed it; the tool runs 0.2 s
             time.sleep(0.01)
         assert asyncio.run(_abandon(redis_url, redis_prefix, "r:0#0-took")) == 1  # taken: wait for it
         assert running.result().status == OK

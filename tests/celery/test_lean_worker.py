@@ -84,26 +84,36 @@ def test_claim_and_finish_scripts_are_loaded_again_after_a_flush(tmp_path: Path)
 
 
 @pytest.mark.parametrize("lean", [True, False], ids=["lean", "redis-py"])
-def test_a_claim_whose_reply_was_lost_is_never_sent_again(
+def test_a_claim_whose_reply_was_lost_is_asked_again_under_its_receipt(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lean: bool
 ) -> None:
-    # Sent again, the claim would find its own delivery taken and drop the task as a duplicate: the
-    # step would then run nowhere. It must fail instead (the claim ran once, the worker never ran it).
+    # Neither client resends it (the claim ran); asked again under the same receipt, the script gives the
+    # first answer: this handling owns the step. Sent blindly again, it would look like a second copy.
     from workers import _lean, _scripts
 
+    monkeypatch.setattr(_scripts, "CLAIM_PAUSES", (0.05,))
     port = free_port()
     with redis_server(tmp_path, port):
         direct = StepScripts(f"redis://127.0.0.1:{port}/0", "lost")
         assert direct.claim(Job("warm", 0, "noop", {}, "warm:0", 0, "", {})) == -1  # the script is loaded
         if not lean:
             monkeypatch.setattr(_lean, "available", lambda url: False)
-        with reply_dropping_proxy(port, b"EVALSHA") as (proxy, dropped):
+        job = Job("run-1", 0, "noop", {}, "run-1:0", 0, "", {})
+        with reply_dropping_proxy(port, b"EVALSHA", times=1) as (proxy, dropped):
             scripts = _scripts.StepScripts(f"redis://127.0.0.1:{proxy}/0", "lost")
-            job = Job("run-1", 0, "noop", {}, "run-1:0", 0, "", {})
-            with pytest.raises((BackendUnavailable, redis.ConnectionError)):
-                scripts.claim(job, _scripts.Delivery("run-1:0#0-a/0"))
+            assert scripts.claim(job, _scripts.Delivery("run-1:0#0-a/0")) == -1  # the first answer, again
             scripts.close()
         assert len(dropped) == 1
         server = redis.Redis(port=port)
-        assert server.smembers(keys.deliveries("lost", "run-1", 0)) == {b"run-1:0#0-a/0"}  # the one claim that ran
+        assert list(server.hgetall(keys.deliveries("lost", "run-1", 0))) == [b"run-1:0#0-a/0"]
+        assert server.get(keys.started_marker("lost", "run-1", 0)) == b"0"
+        # another handling of the same message (a second copy) is still a duplicate
+        assert direct.claim(job, _scripts.Delivery("run-1:0#0-a/0")) == _scripts.DUPLICATE
+        # and a claim that never gets through fails after its tries, for the task to fail
+        with reply_dropping_proxy(port, b"EVALSHA", times=3) as (proxy, dropped):
+            scripts = _scripts.StepScripts(f"redis://127.0.0.1:{proxy}/0", "lost")
+            with pytest.raises((BackendUnavailable, redis.ConnectionError)):
+                scripts.claim(Job("run-2", 0, "noop", {}, "run-2:0", 0, "", {}), _scripts.Delivery("run-2:0#0-b/0"))
+            scripts.close()
+        assert len(dropped) == 2  # the try and the one more
         direct.close()

@@ -1,10 +1,11 @@
 -- Claim a step for execution, in one step with the journal: no two deliveries can both execute it.
 -- KEYS[1] the step's started marker, KEYS[2] the run's journal (sorted set of records scored by step),
--- KEYS[3] the step's deliveries (set of the task messages workers took for it), KEYS[4] the step's
--- abandoned tasks (set of task ids their coordinator gave up on)
+-- KEYS[3] the step's deliveries (hash: task message id -> '<receipt>:<what its claim returned>'),
+-- KEYS[4] the step's abandoned tasks (set of task ids their coordinator gave up on)
 -- ARGV[1] attempt (approval round), ARGV[2] marker ttl (s), ARGV[3] step,
 -- ARGV[4] the task message's id ('' when unknown: no duplicate check), ARGV[5] '1' if the broker redelivers it,
--- ARGV[6] the task's id ('' when unknown)
+-- ARGV[6] the task's id ('' when unknown), ARGV[7] the receipt: the worker's id for this one handling of
+-- the message (a claim asked again with it, its first reply lost, gets the first answer again)
 -- Returns -2 when the journal holds the step already: whatever round or copy this is, the step finished
 --   and its record is the result (nothing is marked);
 -- -4 when the coordinator gave up on this task before any worker took it (nothing is marked);
@@ -20,15 +21,27 @@ if ARGV[6] ~= '' and redis.call('SISMEMBER', KEYS[4], ARGV[6]) == 1 then
   return -4
 end
 if ARGV[4] ~= '' then
-  local first = redis.call('SADD', KEYS[3], ARGV[4])
-  redis.call('EXPIRE', KEYS[3], ARGV[2])
-  if first == 0 and ARGV[5] ~= '1' then
-    return -3
+  local held = redis.call('HGET', KEYS[3], ARGV[4])
+  if held then
+    local receipt, answer = string.match(held, '^(.*):(-?%d+)$')
+    if receipt == ARGV[7] then
+      return tonumber(answer) -- this very handling claimed already; its reply was lost
+    end
+    if ARGV[5] ~= '1' then
+      return -3
+    end
   end
 end
 local old = redis.call('GET', KEYS[1])
+local answer
 if (not old) or tonumber(old) < tonumber(ARGV[1]) then
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-  return -1
+  answer = -1
+else
+  answer = tonumber(old)
 end
-return tonumber(old)
+if ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[3], ARGV[4], ARGV[7] .. ':' .. answer)
+  redis.call('EXPIRE', KEYS[3], ARGV[2])
+end
+return answer
