@@ -27,7 +27,7 @@ from castor.executors._publish import unique_ids
 from castor.executors._wire import Job, Reply
 
 MARKER_TTL = 7 * 24 * 3600
-CLAIM_PAUSES = (0.2, 1.0)  # before asking a lost claim again (a Redis restart or failover takes a moment)
+CLAIM_PAUSES = (0.2, 1.0)  # before asking a lost claim or finish again (a Redis restart takes a moment)
 log = logging.getLogger("castor.worker")
 REPLY_MAXLEN = 100_000
 DUPLICATE = -3  # claim: another copy of a task message a worker took already
@@ -103,17 +103,13 @@ class StepScripts:
             return int(self._claim(keys=key_list, args=[job.attempt, MARKER_TTL, step, "", 0, "", ""]))
         args = [job.attempt, MARKER_TTL, step, delivery.message, int(delivery.redelivered), delivery.task_id,
                 self._receipt()]
-        for pause in CLAIM_PAUSES:
-            try:
-                return int(self._claim(keys=key_list, args=args))
-            except self._lost as exc:
-                log.warning("claim of %s lost its connection (%s); asking again in %gs", delivery.message, exc, pause)
-                time.sleep(pause)
-        return int(self._claim(keys=key_list, args=args))  # the last try: its failure is the task's
+        return int(self._asked(self._claim, key_list, args, f"claim of {delivery.message}"))
 
     def finish(self, job: Job, record: SyscallRecord, reply: Reply) -> bool:
         """Journal ``record`` write-once, drop the step's marker and deliveries, and reply; False (nothing
-        replied, nothing dropped) if another record holds the step."""
+        replied, nothing dropped) if another record holds the step. A finish whose connection was lost is
+        asked again: the journal takes the very same record as written already (the reply may then go
+        out twice; the coordinator reads the first)."""
         run, step = job.run_id, job.step
         journal = keys.journal(self._prefix, run)
         key_list = [
@@ -126,7 +122,18 @@ class StepScripts:
             args.append(REPLY_MAXLEN)
             for name, value in reply.fields().items():
                 args += (name, value)
-        return int(self._finish(keys=key_list, args=args)) != 0
+        return int(self._asked(self._finish, key_list, args, f"finish of {job.effect_id}")) != 0
+
+    def _asked(self, script: Any, key_list: list[str], args: list[Any], what: str) -> Any:
+        """``script``'s answer, asked again on a new connection after a lost one (it must be safe to run
+        twice), ``CLAIM_PAUSES`` apart; the last try's failure is the caller's."""
+        for pause in CLAIM_PAUSES:
+            try:
+                return script(keys=key_list, args=args)
+            except self._lost as exc:
+                log.warning("%s lost its connection (%s); asking again in %gs", what, exc, pause)
+                time.sleep(pause)
+        return script(keys=key_list, args=args)
 
     def close(self) -> None:
         """Release the client's connections."""

@@ -13,10 +13,11 @@ import redis
 
 from castor import BackendUnavailable
 from castor.backends.redis import keys
-from castor.executors._wire import Job
+from castor.checkpoint import new_record
+from castor.executors._wire import OK, Job, Reply
 from tests.redis_support import free_port, redis_server, reply_dropping_proxy, silent_port
 from workers._lean import LeanClient
-from workers._scripts import StepScripts
+from workers._scripts import DUPLICATE, Delivery, StepScripts
 
 from .conftest import REDIS_URL
 
@@ -83,37 +84,68 @@ def test_claim_and_finish_scripts_are_loaded_again_after_a_flush(tmp_path: Path)
         scripts.close()
 
 
+def _warm_scripts(port: int, lean: bool, monkeypatch: pytest.MonkeyPatch) -> StepScripts:
+    """Scripts straight on the server at ``port``, both loaded there (so that a proxied ``EVALSHA`` is the
+    script's one run); later ``StepScripts`` are on redis-py unless ``lean``; lost tries are asked again fast."""
+    from workers import _lean, _scripts
+
+    monkeypatch.setattr(_scripts, "CLAIM_PAUSES", (0.05,))
+    direct = StepScripts(f"redis://127.0.0.1:{port}/0", "lost")
+    warm = Job("warm", 0, "noop", {}, "warm:0", 0, "", {})
+    assert direct.claim(warm) == -1
+    assert direct.finish(warm, new_record({"tool_name": "noop", "arguments": {}}, None), Reply("warm:0", 0, OK, None))
+    if not lean:
+        monkeypatch.setattr(_lean, "available", lambda url: False)
+    return direct
+
+
 @pytest.mark.parametrize("lean", [True, False], ids=["lean", "redis-py"])
 def test_a_claim_whose_reply_was_lost_is_asked_again_under_its_receipt(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lean: bool
 ) -> None:
     # Neither client resends it (the claim ran); asked again under the same receipt, the script gives the
     # first answer: this handling owns the step. Sent blindly again, it would look like a second copy.
-    from workers import _lean, _scripts
-
-    monkeypatch.setattr(_scripts, "CLAIM_PAUSES", (0.05,))
     port = free_port()
     with redis_server(tmp_path, port):
-        direct = StepScripts(f"redis://127.0.0.1:{port}/0", "lost")
-        assert direct.claim(Job("warm", 0, "noop", {}, "warm:0", 0, "", {})) == -1  # the script is loaded
-        if not lean:
-            monkeypatch.setattr(_lean, "available", lambda url: False)
+        direct = _warm_scripts(port, lean, monkeypatch)
         job = Job("run-1", 0, "noop", {}, "run-1:0", 0, "", {})
         with reply_dropping_proxy(port, b"EVALSHA", times=1) as (proxy, dropped):
-            scripts = _scripts.StepScripts(f"redis://127.0.0.1:{proxy}/0", "lost")
-            assert scripts.claim(job, _scripts.Delivery("run-1:0#0-a/0")) == -1  # the first answer, again
+            scripts = StepScripts(f"redis://127.0.0.1:{proxy}/0", "lost")
+            assert scripts.claim(job, Delivery("run-1:0#0-a/0")) == -1  # the first answer, again
             scripts.close()
         assert len(dropped) == 1
         server = redis.Redis(port=port)
         assert list(server.hgetall(keys.deliveries("lost", "run-1", 0))) == [b"run-1:0#0-a/0"]
         assert server.get(keys.started_marker("lost", "run-1", 0)) == b"0"
         # another handling of the same message (a second copy) is still a duplicate
-        assert direct.claim(job, _scripts.Delivery("run-1:0#0-a/0")) == _scripts.DUPLICATE
+        assert direct.claim(job, Delivery("run-1:0#0-a/0")) == DUPLICATE
         # and a claim that never gets through fails after its tries, for the task to fail
         with reply_dropping_proxy(port, b"EVALSHA", times=3) as (proxy, dropped):
-            scripts = _scripts.StepScripts(f"redis://127.0.0.1:{proxy}/0", "lost")
+            scripts = StepScripts(f"redis://127.0.0.1:{proxy}/0", "lost")
             with pytest.raises((BackendUnavailable, redis.ConnectionError)):
-                scripts.claim(Job("run-2", 0, "noop", {}, "run-2:0", 0, "", {}), _scripts.Delivery("run-2:0#0-b/0"))
+                scripts.claim(Job("run-2", 0, "noop", {}, "run-2:0", 0, "", {}), Delivery("run-2:0#0-b/0"))
             scripts.close()
         assert len(dropped) == 2  # the try and the one more
+        direct.close()
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "redis-py"])
+def test_a_finish_whose_reply_was_lost_is_asked_again_and_journals_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lean: bool
+) -> None:
+    port = free_port()
+    with redis_server(tmp_path, port):
+        direct = _warm_scripts(port, lean, monkeypatch)
+        job = Job("run-1", 0, "noop", {}, "run-1:0", 0, "lost:replies", {})
+        assert direct.claim(job, Delivery("run-1:0#0-a/0")) == -1
+        record = new_record({"tool_name": "noop", "arguments": {}}, 7)
+        with reply_dropping_proxy(port, b"EVALSHA", times=1) as (proxy, dropped):
+            scripts = StepScripts(f"redis://127.0.0.1:{proxy}/0", "lost")
+            assert scripts.finish(job, record, Reply("run-1:0", 0, OK, 7)) is True  # written, as far as it knows
+            scripts.close()
+        assert len(dropped) == 1
+        server = redis.Redis(port=port)
+        assert server.zcard(keys.journal("lost", "run-1")) == 1
+        assert server.exists(keys.started_marker("lost", "run-1", 0), keys.deliveries("lost", "run-1", 0)) == 0
+        assert server.xlen("lost:replies") == 2  # the lost try's reply and the one more: the coordinator reads one
         direct.close()
