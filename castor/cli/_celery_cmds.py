@@ -1,15 +1,21 @@
-"""The fleet's CLI pieces: ``castor worker``, ``castor flower`` and ``castor run --executor celery``.
+"""The fleet's CLI pieces: ``castor worker``, ``castor flower``, and ``--executor celery`` for the
+commands that drive a run in this process (``run``, ``resume``, ``fork``, ``approve``, ``reject``,
+``modify``).
 
-Wire them into the CLI with ``add_commands(subparsers)`` (each parser sets ``handler``: call
-``args.handler(args)``), and for ``castor run`` call ``add_run_options(run_parser)`` then pass
-``kernel_options(args)`` to ``Castor(...)``. ``workers`` and celery load only when a command runs.
+With ``--executor celery --config FILE`` such a command keeps the run in the config's Redis (``[redis]
+url`` and ``prefix``: workers journal there) and sends every live call to its pool; the agent and tool
+code are the same as in the embedded default. ``workers`` and celery load only when a command runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from castor._errors import ConfigError
+from castor.seams import Backend
 from castor.settings import Settings, load_settings
 
 
@@ -33,22 +39,52 @@ def add_commands(subparsers: Any) -> None:
     flower.set_defaults(handler=_run_flower)
 
 
-def add_run_options(parser: argparse.ArgumentParser) -> None:
-    """``--executor local|celery`` and ``--config`` for ``castor run``."""
-    parser.add_argument("--executor", choices=("local", "celery"), default="local",
-                        help="where tools run: in this process, or as Celery tasks on their pools")
+def add_executor_options(parser: argparse.ArgumentParser) -> None:
+    """``--executor local|celery`` and ``--config`` for a command that drives a run."""
+    parser.add_argument("--executor", dest="run_executor", choices=("local", "celery"), default="local",
+                        help="where tools run: in this process (default), or as Celery tasks on their pools "
+                             "(with --config; the run is kept in the config's Redis)")
     if not any("--config" in action.option_strings for action in parser._actions):
         _config_option(parser)
 
 
-def kernel_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``Castor(**kernel_options(args))`` for ``--executor celery``: Redis store, Celery executor,
-    the config's tools, destructive list and budgets. Empty for the local executor."""
-    if getattr(args, "executor", "local") != "celery":
-        return {}
-    from castor.executors.celery import fleet_options
+def uses_celery(args: argparse.Namespace) -> bool:
+    """Whether the command drives its run with ``--executor celery``."""
+    return getattr(args, "run_executor", "local") == "celery"
 
-    return fleet_options(settings_of(args))
+
+def celery_store_url(args: argparse.Namespace, given: list[tuple[str, str]]) -> str:
+    """The store of a ``--executor celery`` command: the config's Redis under its prefix (the workers
+    journal there, so no other store will do)."""
+    if given:
+        flags = ", ".join(flag for flag, _ in given)
+        raise ConfigError(f"--executor celery keeps the run in the Redis of --config ([redis] url); leave out {flags}")
+    settings = settings_of(args)
+    parts = urlsplit(settings.redis_url)
+    query = urlencode([*parse_qsl(parts.query), ("prefix", settings.redis_prefix)])
+    return urlunsplit(parts._replace(query=query))
+
+
+def celery_executor(args: argparse.Namespace, backend: Backend) -> tuple[Any, list[str]]:
+    """The executor factory of a ``--executor celery`` kernel on ``backend``, and the tools the config
+    marks destructive (on top of the run's)."""
+    from castor.executors.celery import CeleryExecutor
+
+    settings = settings_of(args)
+    return CeleryExecutor.factory(settings, journal=backend.journal), sorted(settings.destructive)
+
+
+def config_tools(args: argparse.Namespace) -> list[str]:
+    """The import specs of the config's ``[tools] import`` (the tools its workers serve)."""
+    return list(settings_of(args).tool_imports)
+
+
+def executor_flags(args: argparse.Namespace) -> str:
+    """The options to repeat in a command the user is told to type (empty for the local executor)."""
+    if not uses_celery(args):
+        return ""
+    config = getattr(args, "config", None)
+    return "--executor celery" + (f" --config {shlex.quote(config)}" if config else "")
 
 
 def settings_of(args: argparse.Namespace) -> Settings:

@@ -18,6 +18,7 @@ from typing import Any
 
 from castor._errors import ConfigError
 from castor.backends import open_backend
+from castor.cli._celery_cmds import celery_store_url, executor_flags, uses_celery
 from castor.kernel import Castor, CastorWarning
 from castor.seams import Backend
 
@@ -61,6 +62,8 @@ def _given(args: argparse.Namespace) -> list[tuple[str, str]]:
 def store_url(args: argparse.Namespace) -> str:
     """The store URL this command uses."""
     given = _given(args)
+    if uses_celery(args):
+        return celery_store_url(args, given)
     if len(given) > 1:
         raise ConfigError(f"give only one of --db, --store, --redis (got {', '.join(f for f, _ in given)})")
     if given:
@@ -84,10 +87,10 @@ def store_flags(args: argparse.Namespace) -> str:
 
 
 def command(args: argparse.Namespace, *words: str) -> str:
-    """A command line the user can paste: ``castor <words> [store option]``."""
-    store = store_flags(args)
+    """A command line the user can paste: ``castor <words> [store option] [executor options]``."""
+    options = " ".join(part for part in (store_flags(args), executor_flags(args)) if part)
     line = " ".join(["castor", *(shlex.quote(w) for w in words)])
-    return f"{line} {store}" if store else line
+    return f"{line} {options}" if options else line
 
 
 def open_store(args: argparse.Namespace) -> Backend:

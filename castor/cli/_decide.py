@@ -17,9 +17,10 @@ from castor._children import pending_child
 from castor._decisions import default_user
 from castor._errors import NothingPendingError
 from castor.checkpoint import AgentCheckpoint
+from castor.cli._celery_cmds import add_executor_options
 from castor.cli._common import command
 from castor.cli._render import call_text, short
-from castor.cli._runs import RunFailed, add_hitl, go, load_run, opened, out, rebuild
+from castor.cli._runs import RunFailed, add_hitl, go, kernel_of, load_run, opened, out, rebuild
 from castor.seams import Backend, Decision, PendingApproval
 
 PAST = {"approve": "Approved", "reject": "Rejected", "modify": "Modified"}
@@ -73,7 +74,7 @@ async def decide(args: argparse.Namespace, outcome: str, feedback: str) -> int:
             )
             return 0
         loaded = rebuild(cp, "resume")
-        kernel = loaded.kernel(backend)
+        kernel = kernel_of(loaded, backend, args)
         try:
             step, child, tool = pending_step(cp), pending_child(cp), cp.pending_tool
             await kernel.decide(cp, outcome, feedback or None, by=args.by)
@@ -125,4 +126,5 @@ def add_commands(subparsers: Any) -> None:
             parser.add_argument(text[0], required=True, help=text[1])
         parser.add_argument("--as", dest="by", metavar="NAME", help="who decides (default: the OS user)")
         add_hitl(parser)
+        add_executor_options(parser)
         parser.set_defaults(handler=handler)

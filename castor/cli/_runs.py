@@ -18,6 +18,7 @@ from castor import _runner
 from castor._errors import CastorError, ConfigError, UnknownToolError
 from castor.checkpoint import AgentCheckpoint
 from castor.cli import _specs
+from castor.cli._celery_cmds import add_executor_options, celery_executor, config_tools, uses_celery
 from castor.cli._common import bare_kernel, command, open_store
 from castor.cli._render import finished_lines, result_lines
 from castor.kernel import Castor
@@ -72,6 +73,15 @@ async def opened(args: argparse.Namespace) -> AsyncIterator[Backend]:
 async def load_run(backend: Backend, pid: str) -> AgentCheckpoint:
     """The run ``pid`` with its journal (``RunNotFoundError`` if the store has none)."""
     return await bare_kernel(backend).aload(pid)
+
+
+def kernel_of(loaded: _specs.Loaded, backend: Backend, args: argparse.Namespace) -> Castor:
+    """The kernel that drives the run: its tools in this process, or, with ``--executor celery``, on
+    their worker pools (the run's state on the config's Redis, where the workers journal)."""
+    if not uses_celery(args):
+        return loaded.kernel(backend)
+    executor, destructive = celery_executor(args, backend)
+    return loaded.kernel(backend, executor, destructive)
 
 
 def rebuild(cp: AgentCheckpoint, what: str) -> _specs.Loaded:
@@ -144,11 +154,13 @@ async def go(
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
-    """Start a run of AGENT with the given tools and budgets."""
+    """Start a run of AGENT with the given tools and budgets (with ``--executor celery``, the tools of
+    ``--config`` unless --tool names others)."""
     budgets = parse_budgets(args.budget)
-    loaded = _specs.load(args.agent, args.tools or [], args.destructive or [])
+    tools = args.tools or (config_tools(args) if uses_celery(args) else [])
+    loaded = _specs.load(args.agent, tools, args.destructive or [])
     async with opened(args) as backend:
-        kernel = loaded.kernel(backend)
+        kernel = kernel_of(loaded, backend, args)
         try:
             if args.pid and await backend.runs.load(args.pid) is not None:
                 resume = command(args, "resume", args.pid)
@@ -186,7 +198,7 @@ async def cmd_resume(args: argparse.Namespace) -> int:
             out(*finished_lines(cp), f"Run {cp.pid} completed already; nothing to resume.")
             return 0
         loaded = rebuild(cp, "resume")
-        kernel = loaded.kernel(backend)
+        kernel = kernel_of(loaded, backend, args)
         try:
             return await go(kernel, loaded.agent, cp, args, budgets=budgets)
         finally:
@@ -206,7 +218,7 @@ async def cmd_fork(args: argparse.Namespace) -> int:
         if await backend.runs.load(forked.pid) is not None:
             raise ConfigError(f"run {forked.pid!r} exists already; fork under another name with --pid NEW")
         loaded = rebuild(cp, "fork")
-        kernel = loaded.kernel(backend)
+        kernel = kernel_of(loaded, backend, args)
         out(f"Forked: {cp.pid} at step {args.at_step} -> {forked.pid}")
         try:
             code = await go(kernel, loaded.agent, forked, args, speculative=True if args.speculative else None)
@@ -236,12 +248,14 @@ def add_commands(subparsers: Any) -> None:
     run = subparsers.add_parser("run", help="run an agent", description=cmd_run.__doc__)
     add_run_options(run)
     add_hitl(run)
+    add_executor_options(run)
     run.set_defaults(handler=cmd_run)
 
     resume = subparsers.add_parser("resume", help="resume a stored run", description=cmd_resume.__doc__)
     resume.add_argument("pid", metavar="PID")
     resume.add_argument("--budget", action="append", metavar="K=V", help="set a new limit (a top-up)")
     add_hitl(resume)
+    add_executor_options(resume)
     resume.set_defaults(handler=cmd_resume)
 
     fork = subparsers.add_parser("fork", help="fork a run at a step", description=cmd_fork.__doc__)
@@ -250,4 +264,5 @@ def add_commands(subparsers: Any) -> None:
     fork.add_argument("--pid", dest="new_pid", metavar="NEW", help="the new run's pid (default PID::fork-N)")
     fork.add_argument("--speculative", action="store_true", help="run the fork speculatively")
     add_hitl(fork)
+    add_executor_options(fork)
     fork.set_defaults(handler=cmd_fork)

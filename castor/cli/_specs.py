@@ -143,16 +143,22 @@ class Loaded:
     spec: RunSpec
     counter: list[CountingExecutor] = field(default_factory=list)
 
-    def kernel(self, backend: Backend) -> Castor:
-        """A kernel with these tools on ``backend``; its executor counts executed calls."""
+    def kernel(
+        self, backend: Backend, executor: Callable[[Any], Any] | None = None, destructive: Iterable[str] = ()
+    ) -> Castor:
+        """A kernel with these tools on ``backend``, its executor made by ``executor`` (from the tool
+        registry; default: in this process), counting executed calls; ``destructive`` adds to the spec's."""
         from castor.executors.local import LocalExecutor
 
-        def counting(registry: Any) -> CountingExecutor:
-            executor = CountingExecutor(LocalExecutor(registry))
-            self.counter.append(executor)
-            return executor
+        make = executor or LocalExecutor
 
-        return Castor(tools=self.tools, destructive=self.spec.destructive, store=backend, executor=counting)
+        def counting(registry: Any) -> CountingExecutor:
+            counted = CountingExecutor(make(registry))
+            self.counter.append(counted)
+            return counted
+
+        marked = sorted({*self.spec.destructive, *destructive})
+        return Castor(tools=self.tools, destructive=marked, store=backend, executor=counting)
 
     @property
     def executed(self) -> int:
