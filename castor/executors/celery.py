@@ -44,6 +44,7 @@ from castor.executors._wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, R
 from castor.registry import ToolRegistry
 from castor.seams import Call, Journal
 from castor.settings import REPLY_GRACE, Settings, tool_policy
+from castor.syscall import IN_DOUBT_REASON
 
 log = logging.getLogger("castor.executor")
 # How long an abandoned task's id is kept: as long as a worker's started marker, far past the task's
@@ -61,6 +62,7 @@ class _Route:
     queue: str
     deadline: float
     sensitive: frozenset[str]
+    idempotent: bool
 
 
 class CeleryExecutor:
@@ -123,6 +125,19 @@ class CeleryExecutor:
         )
         if self._settings.secret:
             job.token = sign(self._settings.secret, job)
+        reply = await self._dispatch(call, job, route)
+        if reply is None and route.idempotent and await self._started(call):
+            # Its worker died mid-call (a killed threads-pool worker's task comes back only after the
+            # broker's visibility timeout): the same effect runs again, once, on a live worker.
+            log.warning("%s (run %s, step %d) started and never finished: sending it again (idempotent)",
+                        call.tool_name, call.run_id, call.step)
+            reply = await self._dispatch(call, job, route)
+        if reply is None:
+            return await self._late(call, route)
+        return _outcome(reply, call.tool_name)
+
+    async def _dispatch(self, call: Call, job: Job, route: _Route) -> Reply | None:
+        """Publish the job as a new task and await its reply (None: none came by the deadline)."""
         future = self._replies.expect(call.effect_id, call.attempt, route.deadline)
         task_id = f"{job.effect_id}#{job.attempt}-{self._ids()}"
         try:
@@ -133,18 +148,17 @@ class CeleryExecutor:
                 ))
             except UnsurePublish as exc:
                 await self._abandon_or_wait(call, task_id, exc)
-            reply = await future
-        except TimeoutError:
-            return await self._late(call, route.pool, route.deadline)
+            return await future
+        except TimeoutError:  # the reader's deadline (a worker's timeout is a reply, not this)
+            return None
         finally:
             self._replies.forget(call.effect_id)
-        return _outcome(reply, call.tool_name)
 
     def _route(self, tool: str) -> _Route:
         policy = tool_policy(self._settings, self._tools.get(tool))
         pool = self._settings.pool_of(tool)
         route = _Route(task_name(tool), pool, self._settings.queue_of(pool),
-                       self._deadline(policy.timeout, policy.retryable), policy.sensitive)
+                       self._deadline(policy.timeout, policy.retryable), policy.sensitive, policy.idempotent)
         self._routes[tool] = route
         return route
 
@@ -161,10 +175,8 @@ class CeleryExecutor:
         Failing the call while the task may still run would have the tool act for a call its agent was
         told had failed, and paid back."""
         prefix, run, step = self._settings.redis_prefix, call.run_id, call.step
-        if self._control is None:
-            self._control = RedisConnection(self._settings.redis_url)
         try:
-            state = await self._control.script(
+            state = await self._control_conn().script(
                 "task_abandon",
                 [keys.journal(prefix, run), keys.deliveries(prefix, run, step), keys.abandoned(prefix, run, step)],
                 [step, task_id, ABANDON_TTL],
@@ -176,15 +188,36 @@ class CeleryExecutor:
             raise BackendUnavailable(f"{failure}; no worker will run it") from failure.__cause__ or failure
         log.warning("%s, but a worker took task %s: waiting for its reply", failure, task_id)
 
-    async def _late(self, call: Call, pool: str, deadline: float) -> Any:
+    async def _late(self, call: Call, route: _Route) -> Any:
+        """No reply by the deadline: the journal's record if the step finished after all; in doubt if a
+        worker started it and never finished (a lost worker, or a tool that would not stop); else a
+        timeout (no worker took it)."""
         if self._journal is not None:
             record = await self._journal.get(call.run_id, call.step)
             if record is not None and record.tool_name == call.tool_name:
                 return record.response
+        if await self._started(call):
+            raise InDoubtError(
+                f"{IN_DOUBT_REASON}: {call.tool_name!r} (run {call.run_id}, step {call.step}) started on a worker "
+                f"of pool {route.pool!r} and gave no result within {route.deadline:g}s"
+            )
         raise ToolTimeoutError(
-            f"tool {call.tool_name!r} gave no result within {deadline:g}s (run {call.run_id}, step {call.step}); "
-            f"is a worker of pool {pool!r} running?"
+            f"tool {call.tool_name!r} gave no result within {route.deadline:g}s (run {call.run_id}, "
+            f"step {call.step}); is a worker of pool {route.pool!r} running?"
         )
+
+    async def _started(self, call: Call) -> bool:
+        """Whether a worker started this round of the step and left it unfinished (its marker is there)."""
+        marker = await self._control_conn().command(
+            "get", keys.started_marker(self._settings.redis_prefix, call.run_id, call.step)
+        )
+        return marker is not None and int(marker) >= call.attempt
+
+    def _control_conn(self) -> RedisConnection:
+        """The connection for the rare calls outside the hot path (an abandon, a look at a late step)."""
+        if self._control is None:
+            self._control = RedisConnection(self._settings.redis_url)
+        return self._control
 
     async def close(self) -> None:
         """Stop the reply reader and release the broker connection."""

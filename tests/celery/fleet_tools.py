@@ -70,6 +70,13 @@ def slow_copy(tag: str, seconds: float) -> str:
     return f"copied {tag}"
 
 
+@castor_tool(sensitive=["content"], timeout_seconds=20)
+def slow_note(tag: str, content: str, seconds: float) -> str:
+    """Slow, with a sensitive argument: a second copy of its task arrives while it runs."""
+    _run_slowly(tag, seconds)
+    return f"noted {tag} ({len(content)} characters)"
+
+
 @castor_tool(destructive=True, timeout_seconds=20)
 def slow_remove(tag: str, seconds: float) -> str:
     """Destructive and slow: a test kills its worker in the middle."""

@@ -36,7 +36,7 @@ async def test_calls_land_on_both_pools(fleet: Fleet, kernel: Castor) -> None:
     history = await kernel.backend.journal.history(cp.pid)
     assert [r.tool_name for r in history] == ["search", "summarize", "write_note"]
     assert history[0].response == found
-    assert "secret body" not in fleet.log("fs")  # sensitive arguments stay out of the worker's logs
+    # (What a worker logs of a task's arguments is redacted: test_duplicates, and the refusals below.)
 
 
 async def test_replayed_steps_never_leave_the_coordinator(fleet: Fleet, kernel: Castor) -> None:
@@ -51,6 +51,10 @@ async def test_replayed_steps_never_leave_the_coordinator(fleet: Fleet, kernel: 
     again = await kernel.run(agent, checkpoint=cp)
     assert again.status == "COMPLETED"
     assert fleet.count(tag, "done") == 1
+    # Not even sent: a dispatched replay would show as a second task received by the pool (its worker
+    # would then answer it from the journal, so the count above alone cannot tell).
+    received = [line for line in fleet.log("fs").splitlines() if f"[{cp.pid}:0#" in line and " received" in line]
+    assert len(received) == 1, received
 
 
 async def test_destructive_call_approved_from_another_process(fleet: Fleet, kernel: Castor) -> None:
