@@ -53,8 +53,7 @@ async def test_replayed_steps_never_leave_the_coordinator(fleet: Fleet, kernel: 
     assert fleet.count(tag, "done") == 1
     # Not even sent: a dispatched replay would show as a second task received by the pool (its worker
     # would then answer it from the journal, so the count above alone cannot tell).
-    received = [line for line in fleet.log("fs").splitlines() if f"[{cp.pid}:0#" in line and " received" in line]
-    assert len(received) == 1, received
+    assert len(_received(fleet, "fs", cp.pid)) == 1
 
 
 async def test_destructive_call_approved_from_another_process(fleet: Fleet, kernel: Castor) -> None:
@@ -231,6 +230,10 @@ async def test_coordinator_deadline_when_no_worker_answers(fleet: Fleet) -> None
 
         with pytest.raises(ToolTimeoutError, match="is a worker of pool 'default' running"):
             await k.run(agent)
+        pid = next(iter(k.live))
+        failures = await k.backend.journal.failures(pid)
+        assert [f.error_type for f in failures] == ["ToolTimeoutError"]
+        assert "gave no result within" in failures[0].message
     finally:
         await k.close()
 
@@ -245,6 +248,7 @@ async def test_tool_exception_keeps_its_type_name(fleet: Fleet, kernel: Castor) 
     pid = next(p for p, cp in kernel.live.items() if cp.status == "FAILED")
     failures = await kernel.backend.journal.failures(pid)
     assert [(f.error_type, f.message) for f in failures] == [("ValueError", "boom")]  # once, by the worker
+    assert len(_received(fleet, "web", pid)) == 1  # not retryable: never sent again (a retry is a new message)
 
 
 async def test_retryable_tool_is_retried_with_backoff(fleet: Fleet, kernel: Castor) -> None:
@@ -256,6 +260,14 @@ async def test_retryable_tool_is_retried_with_backoff(fleet: Fleet, kernel: Cast
     cp = await kernel.run(agent)
     assert cp.status == "COMPLETED", cp.error
     assert cp.result == "ok after 2 starts"
+    assert len(_received(fleet, "web", cp.pid)) == 2  # the task, and its one retry
+    retries = [line for line in fleet.log("web").splitlines() if f"'run_id': '{cp.pid}'" in line and " retry " in line]
+    assert len(retries) == 1 and "retry 1 in 0.10s" in retries[0]  # after retry_backoff (0.1 s in this fleet)
+
+
+def _received(fleet: Fleet, pool: str, pid: str) -> list[str]:
+    """The worker log's lines of tasks of run ``pid`` received by ``pool``."""
+    return [line for line in fleet.log(pool).splitlines() if f"[{pid}:0#" in line and " received" in line]
 
 
 def _kill(pid: int) -> None:
