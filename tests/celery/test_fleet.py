@@ -158,20 +158,25 @@ async def test_forged_tasks_are_refused_and_recorded(fleet: Fleet, kernel: Casto
     forger.send_task("castor.tool.write_note", kwargs=task(2, "write_note", {"name": path, "content": "x" * 5000}),
                      queue=queue)
     forger.send_task("castor.tool.rm_rf", kwargs=task(3, "rm_rf", {"path": "/"}), queue=queue)
+    forger.send_task("castor.tool.write_note", kwargs=task(4, "write_note", {"name": path, "content": "x"}),
+                     queue=queue)  # a plain tool, but unsigned while the fleet has a secret
+    forger.send_task("castor.tool.write_note", kwargs=task(5, "write_note", {"name": path}), queue=queue)
     forger.close()
     journal = kernel.backend.journal
     failures = []
     for _ in range(200):
         failures = await journal.failures(run_id)
-        if len(failures) == 4:
+        if len(failures) == 6:
             break
         await asyncio.sleep(0.05)
     reasons = sorted((f.step, f.error_type, f.message) for f in failures)
-    assert [r[:2] for r in reasons] == [(s, "TaskRefusedError") for s in range(4)], reasons
+    assert [r[:2] for r in reasons] == [(s, "TaskRefusedError") for s in range(6)], reasons
     assert "no approval" in reasons[0][2]
     assert "invalid authorization token" in reasons[1][2]
     assert "above the limit of 2048" in reasons[2][2]
     assert "unknown task 'castor.tool.rm_rf'" in reasons[3][2]
+    assert "no authorization token for 'write_note'" in reasons[4][2]
+    assert "malformed arguments for 'write_note'" in reasons[5][2]
     assert fleet.count(path, "done") == 0
     assert await journal.length(run_id) == 0
     assert "x" * 100 not in fleet.log("fs")  # arguments of an unknown-size refusal are not logged raw
