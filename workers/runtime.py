@@ -117,7 +117,7 @@ class WorkerRuntime:
             spec, checked = check_tool(job, self.registry, name)
             policy = self.policy(spec)
             if not verify(self.settings.secret, job):  # a signed call needs nothing from Redis to be authorized
-                proc.loop.run(authorize(job, policy, self.settings, proc.backend.approvals))
+                proc.loop.run(authorize(job, spec, policy, self.settings, proc.backend.approvals))
             previous = proc.scripts.claim(job, delivery)
             if previous == DUPLICATE:
                 # The copy a worker took first runs the call (or ran it) and answers; were its worker lost,
