@@ -48,10 +48,12 @@ _RUN, _DONE, _IN_DOUBT = "run", "done", "in_doubt"
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What the Celery task does next: nothing (acked), or retry after ``retry_in`` seconds."""
+    """What the Celery task does next: nothing (acked), or retry after ``retry_in`` seconds, the retried
+    message showing ``shown`` (the task's kwargs, sensitive arguments redacted) as its kwargs."""
 
     status: str
     retry_in: float | None = None
+    shown: str = ""
 
 
 def redis_backend_factory(settings: Settings) -> Backend:
@@ -172,9 +174,9 @@ class WorkerRuntime:
             proc.loop.run(self._forget_start(proc, job))
             if policy.retryable and retries < self.settings.max_retries:
                 delay = self.settings.retry_backoff * 2**retries
-                log.warning("%s failed (%s: %s); retry %d in %.2fs", kwargs_repr(job, policy.sensitive),
-                            type(exc).__name__, exc, retries + 1, delay)
-                return Outcome(ERROR, retry_in=delay)
+                shown = kwargs_repr(job, policy.sensitive)
+                log.warning("%s failed (%s: %s); retry %d in %.2fs", shown, type(exc).__name__, exc, retries + 1, delay)
+                return Outcome(ERROR, retry_in=delay, shown=shown)
             proc.loop.run(self._fail(proc, job, ERROR, type(exc).__name__, str(exc), policy))
             return Outcome(ERROR)
         record = SyscallRecord.model_validate({**job.record, "response": result, "finished_at": time.time()})
