@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from castor._canonical import canonical
+from castor._redact import redact
 from castor.backends.redis.keys import reply_stream_prefix
-from castor.executors._wire import Job, redact, task_name, verify
+from castor.executors._wire import Job, task_name, verify
 from castor.registry import ToolRegistry, ToolSpec
 from castor.seams import ApprovalStore, PendingApproval
 from castor.settings import Settings, ToolPolicy

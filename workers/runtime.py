@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from castor._canonical import canonical
+from castor._redact import redact
 from castor.backends.redis.keys import started_marker
 from castor.checkpoint import StepFailure, SyscallRecord
-from castor.executors._wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, redact, verify
+from castor.executors._wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, verify
 from castor.registry import ToolRegistry, ToolSpec
 from castor.seams import Backend
 from castor.settings import Settings, ToolPolicy, tool_policy

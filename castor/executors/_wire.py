@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from castor._canonical import canonical
+from castor._redact import redact
 
 TASK_PREFIX = "castor.tool."
-REDACTED = "***"
 
 # Reply statuses: what became of a task.
 OK, ERROR, REFUSED, IN_DOUBT, TIMEOUT = "ok", "error", "refused", "in_doubt", "timeout"
@@ -65,13 +65,6 @@ def verify(secret: str | None, job: Job) -> bool:
     if not secret or not job.token:
         return False
     return hmac.compare_digest(sign(secret, job), job.token)
-
-
-def redact(arguments: dict[str, Any], sensitive: frozenset[str] | set[str]) -> dict[str, Any]:
-    """The arguments with sensitive values replaced, for task listings and logs."""
-    if not sensitive:
-        return arguments
-    return {k: (REDACTED if k in sensitive else v) for k, v in arguments.items()}
 
 
 def kwargs_repr(job: Job, sensitive: frozenset[str] | set[str]) -> str:
