@@ -3,7 +3,8 @@
 A tool task is named ``castor.tool.<tool>`` and carries one keyword argument per field of ``Job``. Its
 ``token`` is an HMAC-SHA256, under the fleet's secret, over the run, step, tool, canonical arguments,
 approval round and journal record: a worker runs nothing a coordinator did not sign (or, for a gated
-tool without a secret, nothing a human did not approve in Redis). A reply is a flat stream entry.
+tool without a token, nothing but the very call, tool and arguments, a human approved in Redis). A reply
+is a flat stream entry.
 """
 
 from __future__ import annotations
