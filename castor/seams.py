@@ -176,6 +176,13 @@ class ApprovalStore(Protocol):
     async def decision(self, run_id: str, step: int) -> Decision | None:
         """The decision on the step's current round, if there is one."""
 
+    async def decided_request(self, run_id: str, step: int) -> PendingApproval | None:
+        """The request the step's current decision answered, kept once decided (None while it waits).
+
+        A worker checks an unsigned task against it: an approval authorizes that tool with those
+        arguments in that round, nothing else.
+        """
+
     async def pending(self, run_id: str | None = None) -> list[PendingApproval]:
         """Calls still waiting, oldest first (of one run, or of every run)."""
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from castor._canonical import canonical
+from castor._redact import redact
 from castor.backends.redis.keys import reply_stream_prefix
 from castor.executors._wire import Job, task_name, verify
 from castor.registry import ToolRegistry, ToolSpec
-from castor.seams import ApprovalStore
+from castor.seams import ApprovalStore, PendingApproval
 from castor.settings import Settings, ToolPolicy
 
 _FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -68,9 +69,12 @@ def check_tool(job: Job, registry: ToolRegistry, name: str) -> tuple[ToolSpec, d
     return spec, checked
 
 
-async def authorize(job: Job, policy: ToolPolicy, settings: Settings, approvals: ApprovalStore | None) -> None:
+async def authorize(
+    job: Job, spec: ToolSpec, policy: ToolPolicy, settings: Settings, approvals: ApprovalStore | None
+) -> None:
     """With a secret, every task must carry the coordinator's token; a gated tool without one needs a
-    human's approval of exactly this step and round in the shared approval store."""
+    human's approval of exactly this step and round, given for this tool with these arguments, in the
+    shared approval store."""
     if verify(settings.secret, job):
         return
     if job.token and settings.secret:
@@ -80,12 +84,41 @@ async def authorize(job: Job, policy: ToolPolicy, settings: Settings, approvals:
             raise Refusal(f"no authorization token for {job.tool!r} (run {job.run_id}, step {job.step})", job)
         return
     decision = await approvals.decision(job.run_id, job.step) if approvals is not None else None
-    if decision is None or decision.outcome != "approve" or decision.attempt != job.attempt:
+    if approvals is None or decision is None or decision.outcome != "approve" or decision.attempt != job.attempt:
         raise Refusal(
             f"destructive tool {job.tool!r} has no approval for run {job.run_id} step {job.step} "
             f"(round {job.attempt}) and no valid token",
             job,
         )
+    check_approved_call(job, spec, policy, await approvals.decided_request(job.run_id, job.step))
+
+
+def check_approved_call(job: Job, spec: ToolSpec, policy: ToolPolicy, approved: PendingApproval | None) -> None:
+    """``Refusal`` unless ``approved`` (the request the human approved) is this job's tool with its
+    arguments, in its round: an approval of a step never lends its authority to another call."""
+    where = f"approval for run {job.run_id} step {job.step}"
+    if approved is None or approved.attempt != job.attempt:
+        raise Refusal(f"{where} (round {job.attempt}) does not say which call was approved", job)
+    # The request shows the arguments as the human saw them, which may hold sensitive values.
+    shown = f"{approved.tool_name}({redact(approved.arguments, policy.sensitive)})"
+    if approved.tool_name != job.tool:
+        raise Refusal(f"{where} was given for {shown}, not {job.tool!r}", job)
+    if not _same_arguments(approved.arguments, job.arguments, spec):
+        raise Refusal(f"{where} was given for {shown}, not these arguments", job)
+
+
+def _same_arguments(approved: dict[str, Any], arguments: dict[str, Any], spec: ToolSpec) -> bool:
+    """Equal as canonical JSON, or once both are checked by the tool's schema: the request holds the
+    agent's raw arguments, the task the coordinator's checked ones (``"3"`` coerced to ``3``)."""
+    if canonical(approved) == canonical(arguments):
+        return True
+    (mine, mine_error), (theirs, their_error) = spec.schema.check(approved), spec.schema.check(arguments)
+    if mine_error is not None or their_error is not None:
+        return False
+    try:
+        return canonical(mine) == canonical(theirs)
+    except (TypeError, ValueError):  # coerced into values JSON cannot show: compare them as Python values
+        return bool(mine == theirs)
 
 
 def _partial(kwargs: dict[str, Any]) -> Job | None:

@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from castor._canonical import canonical
+from castor._redact import redact
 from castor.backends.redis.keys import started_marker
 from castor.checkpoint import StepFailure, SyscallRecord
-from castor.executors._wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, redact, verify
+from castor.executors._wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, verify
 from castor.registry import ToolRegistry, ToolSpec
 from castor.seams import Backend
 from castor.settings import Settings, ToolPolicy, tool_policy
@@ -48,10 +49,12 @@ _RUN, _DONE, _IN_DOUBT = "run", "done", "in_doubt"
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What the Celery task does next: nothing (acked), or retry after ``retry_in`` seconds."""
+    """What the Celery task does next: nothing (acked), or retry after ``retry_in`` seconds, the retried
+    message showing ``shown`` (the task's kwargs, sensitive arguments redacted) as its kwargs."""
 
     status: str
     retry_in: float | None = None
+    shown: str = ""
 
 
 def redis_backend_factory(settings: Settings) -> Backend:
@@ -117,7 +120,7 @@ class WorkerRuntime:
             spec, checked = check_tool(job, self.registry, name)
             policy = self.policy(spec)
             if not verify(self.settings.secret, job):  # a signed call needs nothing from Redis to be authorized
-                proc.loop.run(authorize(job, policy, self.settings, proc.backend.approvals))
+                proc.loop.run(authorize(job, spec, policy, self.settings, proc.backend.approvals))
             previous = proc.scripts.claim(job, delivery)
             if previous == DUPLICATE:
                 # The copy a worker took first runs the call (or ran it) and answers; were its worker lost,
@@ -172,9 +175,9 @@ class WorkerRuntime:
             proc.loop.run(self._forget_start(proc, job))
             if policy.retryable and retries < self.settings.max_retries:
                 delay = self.settings.retry_backoff * 2**retries
-                log.warning("%s failed (%s: %s); retry %d in %.2fs", kwargs_repr(job, policy.sensitive),
-                            type(exc).__name__, exc, retries + 1, delay)
-                return Outcome(ERROR, retry_in=delay)
+                shown = kwargs_repr(job, policy.sensitive)
+                log.warning("%s failed (%s: %s); retry %d in %.2fs", shown, type(exc).__name__, exc, retries + 1, delay)
+                return Outcome(ERROR, retry_in=delay, shown=shown)
             proc.loop.run(self._fail(proc, job, ERROR, type(exc).__name__, str(exc), policy))
             return Outcome(ERROR)
         record = SyscallRecord.model_validate({**job.record, "response": result, "finished_at": time.time()})

@@ -35,7 +35,11 @@ def _register(app: Any, runtime: WorkerRuntime, tool: str, timeout: float) -> st
             kwargs = {"positional": list(args), **kwargs}
         outcome = runtime.handle(kwargs, self.name, self.request.retries, _delivery(self.request))
         if outcome.retry_in is not None:
-            raise self.retry(countdown=outcome.retry_in, max_retries=None)
+            # Celery builds the retried message from the request, which has lost the coordinator's
+            # kwargsrepr: without ours, events and Flower would show the raw arguments and the token.
+            raise self.retry(
+                countdown=outcome.retry_in, max_retries=None, argsrepr="()", kwargsrepr=outcome.shown
+            )
 
     app.task(
         run,

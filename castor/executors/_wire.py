@@ -3,7 +3,8 @@
 A tool task is named ``castor.tool.<tool>`` and carries one keyword argument per field of ``Job``. Its
 ``token`` is an HMAC-SHA256, under the fleet's secret, over the run, step, tool, canonical arguments,
 approval round and journal record: a worker runs nothing a coordinator did not sign (or, for a gated
-tool without a secret, nothing a human did not approve in Redis). A reply is a flat stream entry.
+tool without a token, nothing but the very call, tool and arguments, a human approved in Redis). A reply
+is a flat stream entry.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from castor._canonical import canonical
+from castor._redact import redact
 
 TASK_PREFIX = "castor.tool."
-REDACTED = "***"
 
 # Reply statuses: what became of a task.
 OK, ERROR, REFUSED, IN_DOUBT, TIMEOUT = "ok", "error", "refused", "in_doubt", "timeout"
@@ -65,13 +66,6 @@ def verify(secret: str | None, job: Job) -> bool:
     if not secret or not job.token:
         return False
     return hmac.compare_digest(sign(secret, job), job.token)
-
-
-def redact(arguments: dict[str, Any], sensitive: frozenset[str] | set[str]) -> dict[str, Any]:
-    """The arguments with sensitive values replaced, for task listings and logs."""
-    if not sensitive:
-        return arguments
-    return {k: (REDACTED if k in sensitive else v) for k, v in arguments.items()}
 
 
 def kwargs_repr(job: Job, sensitive: frozenset[str] | set[str]) -> str:

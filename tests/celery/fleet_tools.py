@@ -115,3 +115,12 @@ def flaky(tag: str) -> str:
     if starts == 1:
         raise ConnectionError("first try fails")
     return f"ok after {starts} starts"
+
+
+@castor_tool(retryable=True, sensitive=["password"])
+def flaky_login(tag: str, password: str) -> str:
+    """Retryable with a sensitive argument: fails on its first start, so its retry is a new task message."""
+    starts = _redis().incr(f"{os.environ['CASTOR_TEST_PREFIX']}:count:{tag}:start")
+    if starts == 1:
+        raise ConnectionError("first login fails")
+    return f"logged in after {starts} starts"

@@ -3,15 +3,19 @@ the very envelope kombu's producer writes (Flower reads them: ``test_flower``)."
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
+import uuid
 from typing import Any
 
 import pytest
 import redis
 from celery.events.dispatcher import EventDispatcher
 
+import castor.lib as lib
+from castor import Castor
 from workers._events import LeanEventDispatcher
 from workers.app import make_app
 
@@ -78,3 +82,45 @@ def test_the_events_socket_asks_for_no_replies(fleet: Fleet) -> None:
         assert time.monotonic() < deadline, "the events did not reach Redis"
         time.sleep(0.05)
     admin.close()
+
+
+def _events_of(pubsub: Any, pid: str, until: Any, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The task events naming run ``pid`` in their kwargs, read until ``until(events)`` holds."""
+    mine: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while not until(mine):
+        assert time.monotonic() < deadline, f"events of {pid} seen so far: {mine}"
+        message = pubsub.get_message(timeout=0.2)
+        if message and message["type"] == "pmessage":
+            body = json.loads(base64.b64decode(json.loads(message["data"])["body"]))
+            # A buffered group (task-succeeded and the like) comes as one list.
+            mine.extend(e for e in (body if isinstance(body, list) else [body]) if pid in str(e.get("kwargs")))
+    return mine
+
+
+async def test_a_retried_task_shows_its_arguments_redacted(fleet: Fleet, kernel: Castor) -> None:
+    tag, password = (f"{what}-{uuid.uuid4().hex[:6]}" for what in ("login", "pw"))
+    listener = redis.Redis.from_url(fleet.settings.broker).pubsub()
+    listener.psubscribe(f"{fleet.settings.queue_prefix}:*celeryev*")
+    subscribed = listener.get_message(timeout=2)
+    assert subscribed is not None and subscribed["type"] == "psubscribe"
+
+    async def agent() -> object:
+        return await lib.tool("flaky_login", tag=tag, password=password)
+
+    try:
+        cp = await kernel.run(agent)
+        assert cp.status == "COMPLETED", cp.error
+        assert cp.result == "logged in after 2 starts"
+        # The worker's retry is a new message: its task-sent (from the worker) and task-received events.
+        events = await asyncio.to_thread(
+            _events_of, listener, cp.pid,
+            lambda seen: {"task-sent", "task-received"} <= {e["type"] for e in seen if e.get("retries") == 1},
+        )
+    finally:
+        listener.close()
+    retried = [e for e in events if e.get("retries") == 1]
+    for event in retried:
+        assert password not in event["kwargs"] and "token" not in event["kwargs"], event
+        assert "'password': '***'" in event["kwargs"] and event.get("args") in (None, "()"), event
+    assert password not in fleet.log("web")

@@ -15,6 +15,7 @@ import pytest
 import castor.lib as lib
 from castor import Castor, RemoteToolError, ToolTimeoutError
 from castor.executors.celery import CeleryExecutor, fleet_options
+from castor.seams import Decision
 
 from .conftest import ROOT, Fleet
 
@@ -180,6 +181,57 @@ async def test_forged_tasks_are_refused_and_recorded(fleet: Fleet, kernel: Casto
     assert fleet.count(path, "done") == 0
     assert await journal.length(run_id) == 0
     assert "x" * 100 not in fleet.log("fs")  # arguments of an unknown-size refusal are not logged raw
+
+
+async def test_an_approval_does_not_authorize_other_arguments(fleet: Fleet, kernel: Castor) -> None:
+    from celery import Celery
+
+    from castor.executors._celery_conf import celery_config
+
+    path, other = (f"/tmp/castor-{uuid.uuid4().hex[:6]}" for _ in range(2))
+
+    async def agent() -> object:
+        return await lib.tool("delete_file", path=path)
+
+    cp = await kernel.run(agent)
+    assert cp.status == "SUSPENDED_FOR_HITL"
+    # Approved in the store, not yet run: the window in which a forged task could borrow the approval.
+    await kernel.backend.approvals.decide(Decision(cp.pid, 0, "approve", "alice", time.time()))
+    forger = Celery("forger", set_as_current=False)
+    forger.conf.update(celery_config(fleet.settings))
+    queue = fleet.settings.queue_of("fs")
+
+    def unsigned(tool: str, arguments: dict[str, object]) -> None:
+        kwargs = {"run_id": cp.pid, "step": 0, "tool": tool, "arguments": arguments, "effect_id": f"{cp.pid}:0",
+                  "attempt": 0, "reply_to": "", "record": {"request": {"tool_name": tool, "arguments": arguments}},
+                  "token": None}
+        forger.send_task(f"castor.tool.{tool}", kwargs=kwargs, queue=queue)
+
+    unsigned("delete_file", {"path": other})
+    unsigned("slow_remove", {"tag": other, "seconds": 0.0})  # another destructive tool at the approved step
+    forger.close()
+    journal = kernel.backend.journal
+    failures = []
+    for _ in range(200):
+        failures = await journal.failures(cp.pid)
+        if len(failures) == 2:
+            break
+        await asyncio.sleep(0.05)
+    reasons = sorted((f.tool_name, f.error_type, f.message) for f in failures)
+    given = f"approval for run {cp.pid} step 0 was given for delete_file({{'path': '{path}'}})"
+    assert reasons == [
+        ("delete_file", "TaskRefusedError", f"{given}, not these arguments"),
+        ("slow_remove", "TaskRefusedError", f"{given}, not 'slow_remove'"),
+    ], reasons
+    assert fleet.count(other, "done") == 0 and fleet.count(other, "start") == 0
+    assert await journal.length(cp.pid) == 0
+    # The approved call itself still runs, once.
+    resumed = await kernel.run(agent, checkpoint=cp)
+    assert resumed.status == "COMPLETED", resumed.error
+    assert resumed.result == f"deleted {path}"
+    assert resumed.syscall_log[0].decided_by == "alice"
+    assert fleet.count(path, "done") == 1
+    assert fleet.count(other, "done") == 0
 
 
 async def test_malformed_message_is_refused_and_the_worker_survives(fleet: Fleet, kernel: Castor) -> None:

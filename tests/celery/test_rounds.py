@@ -52,8 +52,11 @@ async def test_a_later_round_needs_a_new_decision(backend: Backend) -> None:
     # A repeated request of round 0 (a replaying kernel) changes nothing.
     await approvals.request(PendingApproval("r", 3, "rm", {"p": 1}, 4.0))
     assert [p.attempt for p in await approvals.pending("r")] == [1]
+    assert await approvals.decided_request("r", 3) is None  # nor does the call it approved
     second = await approvals.decide(Decision("r", 3, "approve", "bob", 5.0))
     assert (second.attempt, second.by) == (1, "bob")
+    decided = await approvals.decided_request("r", 3)
+    assert decided is not None and (decided.attempt, decided.reason) == (1, "in doubt after worker loss")
     assert (await approvals.decision("r", 3)) == second
     with pytest.raises(AlreadyDecidedError):
         await approvals.decide(Decision("r", 3, "reject", "carol", 6.0))

@@ -29,6 +29,20 @@ async def test_first_decision_wins(backend: Backend) -> None:
     assert await a.pending("r") == []
 
 
+async def test_the_decided_request_is_kept(backend: Backend) -> None:
+    a = backend.approvals
+    asked = pending("r", 4, time.time())
+    await a.request(asked)
+    assert await a.decided_request("r", 4) is None  # still waiting: nothing was approved yet
+    await a.decide(Decision("r", 4, "approve", "alice", time.time()))
+    kept = await a.decided_request("r", 4)
+    assert kept is not None
+    assert (kept.tool_name, kept.arguments, kept.attempt) == ("delete_file", {"path": "/tmp/r"}, 0)
+    assert await a.decided_request("r", 5) is None
+    await a.clear("r")
+    assert await a.decided_request("r", 4) is None
+
+
 async def test_deciding_nothing_pending(backend: Backend) -> None:
     with pytest.raises(NothingPendingError):
         await backend.approvals.decide(Decision("ghost", 0, "approve", "alice", time.time()))

@@ -76,6 +76,23 @@ async def test_tool_failure_is_journaled_not_cached(store: str | None) -> None:
     assert cp.budget_used("api") == 2
 
 
+async def test_a_failure_record_hides_sensitive_arguments(store: str | None) -> None:
+    @castor_tool(sensitive=["password"])
+    async def login(user: str, password: str) -> str:
+        raise PermissionError(f"no such user {user}")
+
+    async def agent() -> object:
+        return await tool("login", user="ann", password="hunter2")
+
+    kernel = Castor(tools=[login], store=store)
+    with pytest.raises(PermissionError):
+        await kernel.run(agent, pid="login-run")
+    expected = {"user": "ann", "password": "***"}
+    journaled = await kernel.backend.journal.failures("login-run")
+    assert [(f.tool_name, f.arguments, f.message) for f in journaled] == [("login", expected, "no such user ann")]
+    assert [f.arguments for f in (await kernel.aload("login-run")).failures] == [expected]  # the checkpoint's too
+
+
 async def test_agent_exception_fails_the_run() -> None:
     async def agent() -> None:
         await tool("search", query="a")

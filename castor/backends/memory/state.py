@@ -152,6 +152,7 @@ class MemoryApprovalStore:
     def __init__(self) -> None:
         self._pending: dict[tuple[str, int], PendingApproval] = {}
         self._decisions: dict[tuple[str, int], Decision] = {}
+        self._decided: dict[tuple[str, int], PendingApproval] = {}  # the request each decision answered
         self._events: dict[tuple[str, int], asyncio.Event] = {}
 
     async def request(self, pending: PendingApproval) -> None:
@@ -162,6 +163,7 @@ class MemoryApprovalStore:
             if pending.attempt <= prior.attempt:
                 return
             del self._decisions[key]  # a new round: the old approval no longer authorizes the step
+            self._decided.pop(key, None)
         current = self._pending.get(key)
         if current is None or current.attempt < pending.attempt:
             self._pending[key] = pending
@@ -177,7 +179,8 @@ class MemoryApprovalStore:
             )
         if key not in self._pending:
             raise NothingPendingError(f"run {decision.run_id!r} has no pending call at step {decision.step}")
-        decision = replace(decision, attempt=self._pending.pop(key).attempt)
+        answered = self._decided[key] = self._pending.pop(key)
+        decision = replace(decision, attempt=answered.attempt)
         self._decisions[key] = decision
         event = self._events.pop(key, None)
         if event is not None:
@@ -187,6 +190,10 @@ class MemoryApprovalStore:
     async def decision(self, run_id: str, step: int) -> Decision | None:
         """The decision on the step, if any."""
         return self._decisions.get((run_id, step))
+
+    async def decided_request(self, run_id: str, step: int) -> PendingApproval | None:
+        """The request the step's decision answered, if it was decided."""
+        return self._decided.get((run_id, step))
 
     async def pending(self, run_id: str | None = None) -> list[PendingApproval]:
         """Waiting calls, oldest first."""
@@ -207,7 +214,7 @@ class MemoryApprovalStore:
 
     async def clear(self, run_id: str) -> None:
         """Forget the run's approvals."""
-        for table in (self._pending, self._decisions):
+        for table in (self._pending, self._decisions, self._decided):
             for key in [k for k in table if k[0] == run_id]:
                 del table[key]
 

@@ -1,10 +1,12 @@
 """``RedisApprovalStore``: pending calls of every run, decided once, announced on a stream.
 
-Per run, one hash holds ``p:<step>`` (the pending call), ``e:<step>`` (when it expires) and ``d:<step>``
-(the decision). A fleet-wide sorted set lists pending calls oldest first. Deciding is one script: the
-first decision wins, later ones get ``AlreadyDecidedError`` naming who decided, and the decision is
-added to the decision stream in the same script, so waiters (``wait``) wake without polling: one
-``XREAD BLOCK`` reader per event loop serves every waiter of that loop.
+Per run, one hash holds ``p:<step>`` (the pending call), ``e:<step>`` (when it expires), ``d:<step>``
+(the decision) and ``r:<step>`` (the call it decided, moved there from ``p:<step>`` by the same script, so
+a worker can check that an unsigned task is the approved call). A fleet-wide sorted set lists pending
+calls oldest first. Deciding is one script: the first decision wins, later ones get
+``AlreadyDecidedError`` naming who decided, and the decision is added to the decision stream in the same
+script, so waiters (``wait``) wake without polling: one ``XREAD BLOCK`` reader per event loop serves every
+waiter of that loop.
 
 A step has approval rounds (``PendingApproval.attempt``): ``a:<step>`` holds the current round. A
 request for a later round (the step went in doubt after its worker was lost) drops the earlier
@@ -137,6 +139,11 @@ class RedisApprovalStore:
         if expires is not None and float(expires) <= time.time():
             return await self.expire(run_id, step)
         return None
+
+    async def decided_request(self, run_id: str, step: int) -> PendingApproval | None:
+        """The call the step's current decision answered (None while it waits or without a decision)."""
+        decided = await self._conn.command("hget", keys.approvals(self._prefix, run_id), f"r:{step}")
+        return None if decided is None else _pending(decided)
 
     async def expire(self, run_id: str, step: int) -> Decision | None:
         """Record the expiry outcome if the call has expired; the step's decision either way."""

@@ -124,6 +124,14 @@ class SqliteBudgetStore(MemoryBudgetStore):
         return {r: (lim, used) for r, lim, used in rows}
 
 
+_REQUEST_COLUMNS = "run_id, step, tool, arguments, created_at, expires_at, reason"
+
+
+def _request(row: Any) -> PendingApproval:
+    """A ``PendingApproval`` from a row of ``_REQUEST_COLUMNS``."""
+    return PendingApproval(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5], row[6])
+
+
 class SqliteApprovalStore:
     """Pending calls and decisions in one table; ``wait`` polls, since another process may decide."""
 
@@ -170,18 +178,23 @@ class SqliteApprovalStore:
         ).fetchone()
         return Decision(run_id, step, row[0], row[1], row[2], row[3] or "") if row else None
 
+    async def decided_request(self, run_id: str, step: int) -> PendingApproval | None:
+        """The request the step's decision answered: its row, once it has an outcome."""
+        row = self.db.execute(
+            f"SELECT {_REQUEST_COLUMNS} FROM approvals WHERE run_id = ? AND step = ? AND outcome IS NOT NULL",
+            (run_id, step),
+        ).fetchone()
+        return _request(row) if row else None
+
     async def pending(self, run_id: str | None = None) -> list[PendingApproval]:
         """Undecided calls, oldest first."""
-        sql = (
-            "SELECT run_id, step, tool, arguments, created_at, expires_at, reason FROM approvals "
-            "WHERE outcome IS NULL"
-        )
+        sql = f"SELECT {_REQUEST_COLUMNS} FROM approvals WHERE outcome IS NULL"
         params: tuple[Any, ...] = ()
         if run_id is not None:
             sql += " AND run_id = ?"
             params = (run_id,)
         rows = self.db.execute(sql + " ORDER BY created_at", params).fetchall()
-        return [PendingApproval(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6]) for r in rows]
+        return [_request(r) for r in rows]
 
     async def wait(self, run_id: str, step: int, timeout: float | None = None) -> Decision | None:
         """Poll until decided or ``timeout``."""

@@ -23,7 +23,9 @@ if ARGV[5] ~= '' and expires and expires <= tonumber(ARGV[4]) then
 elseif chosen == '' then
   return {'pending'} -- only the expiry was asked for, and the call has not expired
 end
-redis.call('HSET', KEYS[1], 'd:' .. step, chosen)
+-- The decided request stays as 'r:<step>', written with the decision: a worker checks an unsigned task's
+-- tool and arguments against what the human saw.
+redis.call('HSET', KEYS[1], 'd:' .. step, chosen, 'r:' .. step, redis.call('HGET', KEYS[1], 'p:' .. step))
 redis.call('HDEL', KEYS[1], 'p:' .. step, 'e:' .. step)
 redis.call('ZREM', KEYS[2], ARGV[3])
 redis.call('ZREM', KEYS[3], ARGV[3])

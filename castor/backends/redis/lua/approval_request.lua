@@ -2,13 +2,13 @@
 -- KEYS[1] the run's approvals hash, KEYS[2] pending index, KEYS[3] expiring index
 -- ARGV[1] step, ARGV[2] pending JSON, ARGV[3] created (unix time), ARGV[4] expires or '', ARGV[5] index member,
 -- ARGV[6] the approval round (attempt); a later round than 'a:<step>' drops the earlier decision: it no longer
--- authorizes the step (the step went in doubt after its worker was lost)
+-- authorizes the step (the step went in doubt after its worker was lost), nor does the request it decided
 -- Returns 1 recorded, 0 already there.
 local step = ARGV[1]
 local attempt = tonumber(ARGV[6] or '0') or 0
 local round = tonumber(redis.call('HGET', KEYS[1], 'a:' .. step) or '0')
 if attempt > round then
-  redis.call('HDEL', KEYS[1], 'd:' .. step, 'p:' .. step, 'e:' .. step)
+  redis.call('HDEL', KEYS[1], 'd:' .. step, 'r:' .. step, 'p:' .. step, 'e:' .. step)
   redis.call('ZREM', KEYS[3], ARGV[5])
   redis.call('HSET', KEYS[1], 'a:' .. step, attempt)
 elseif attempt < round or redis.call('HEXISTS', KEYS[1], 'd:' .. step) == 1
