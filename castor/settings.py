@@ -11,7 +11,9 @@
 
 Unknown sections or keys, an unknown pool, a tool in two pools and a broker URL of a scheme no fleet
 runs on are ``ConfigError``s at start-up.
-``CASTOR_REDIS_URL``, ``CASTOR_BROKER_URL`` and ``CASTOR_SECRET`` override the file.
+``CASTOR_REDIS_URL``, ``CASTOR_BROKER_URL`` and ``CASTOR_SECRET`` override the file. A command given no
+``--config`` finds one with ``find_config``: ``CASTOR_CONFIG``, else ``./castor.toml``, else
+``./config/castor.toml``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,12 @@ BROKER_SCHEMES = {
 DEFAULT_POOL = "default"
 # Coordinator-side grace on top of a tool's own deadline: queueing, delivery and the journal write.
 REPLY_GRACE = 30.0
+CONFIG_ENV = "CASTOR_CONFIG"
+CONFIG_FILES = ("castor.toml", "config/castor.toml")  # looked for in the working directory, in this order
+CONFIG_HELP = (
+    f"castor.toml: pools, tools, broker, secret (default: ${CONFIG_ENV}, else ./{CONFIG_FILES[0]}, "
+    f"else ./{CONFIG_FILES[1]}, the first that is set or exists; none: the built-in defaults)"
+)
 
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "redis": {"url": str, "prefix": str},
@@ -137,16 +145,14 @@ class Settings:
 
     @property
     def longest_timeout(self) -> float:
-        """The longest deadline any tool may have, retries included."""
-        single = max([self.default_timeout, *self.timeouts.values()])
-        return single * (self.max_retries + 1) + self.retry_backoff * (2 ** self.max_retries)
+        """The longest a call of a tool the config gives a deadline may take, retries and backoff included
+        (tools declaring a longer one in code: ``longest_deadline``)."""
+        return longest_deadline(self)
 
     @property
     def broker_visibility_timeout(self) -> float:
-        """How long an unacked task stays invisible: above the longest tool deadline, or redelivery would
-        run a task that is still running. (RabbitMQ's ``consumer_timeout`` must be above it too.)"""
-        floor = self.longest_timeout + REPLY_GRACE
-        return max(self.visibility_timeout or 0.0, floor)
+        """``broker_visibility(self)``: for a process that knows no tools but the config's."""
+        return broker_visibility(self)
 
     @property
     def broker(self) -> str:
@@ -175,8 +181,75 @@ def _check_broker_url(url: str, source: str) -> None:
         )
 
 
+def call_deadline(settings: Settings, timeout: float, retryable: bool, grace: float = REPLY_GRACE) -> float:
+    """How long one call may take from its publish to its reply: the tool's ``timeout``, and if it is
+    ``retryable`` every retry's with the backoff before each (the worker waits ``retry_backoff * 2**n``
+    before retry ``n + 1``), plus ``grace``. The coordinator waits this long; the broker must not hand
+    the task to another worker sooner."""
+    if not retryable:
+        return timeout + grace
+    backoff = sum(settings.retry_backoff * 2**n for n in range(settings.max_retries))
+    return timeout * (settings.max_retries + 1) + backoff + grace
+
+
+def longest_deadline(settings: Settings, tools: Iterable[ToolSpec] = ()) -> float:
+    """The longest ``call_deadline`` (no grace) of any of ``tools`` and of any deadline the config gives.
+
+    The config's deadlines count as retryable: a process that does not know a tool (Flower, a worker of
+    another pool) must still not take it for lost while its retries run.
+    """
+    configured = max([settings.default_timeout, *settings.timeouts.values()])
+    longest = call_deadline(settings, configured, retryable=True, grace=0.0)
+    for spec in tools:
+        policy = tool_policy(settings, spec)
+        longest = max(longest, call_deadline(settings, policy.timeout, policy.retryable, grace=0.0))
+    return longest
+
+
+def broker_visibility(settings: Settings, tools: Iterable[ToolSpec] = ()) -> float:
+    """How long a Redis broker keeps a delivered, unacked task from every other worker: above the longest
+    deadline of ``tools`` and of the config (with ``REPLY_GRACE``), or it would hand a task that still
+    runs to a second worker. A lower ``[broker] visibility_timeout`` is raised (``visibility_warning``).
+    (RabbitMQ's ``consumer_timeout`` must be above it too.)
+
+    kombu's Redis transport lets every consumer of the broker restore any task unacked for longer than
+    its own visibility timeout, whatever its queue: a tool declaring a long deadline in code is safe from
+    the processes that know it (its workers) and from the config's ``[tools] timeouts``, so a fleet lists
+    such a tool there, or sets ``[broker] visibility_timeout``, for its other pools and Flower too.
+    """
+    return max(settings.visibility_timeout or 0.0, longest_deadline(settings, tools) + REPLY_GRACE)
+
+
+def visibility_warning(settings: Settings, tools: Iterable[ToolSpec] = ()) -> str | None:
+    """A warning when ``[broker] visibility_timeout`` is below what ``broker_visibility`` needs (it is
+    raised to that); None otherwise, and on RabbitMQ (where the setting does nothing)."""
+    configured = settings.visibility_timeout
+    needed = broker_visibility(settings, tools)
+    if settings.broker_transport != "redis" or configured is None or configured >= needed:
+        return None
+    return (
+        f"[broker] visibility_timeout = {configured:g} in {settings.source} is below the longest deadline of "
+        f"the tools here (with retries and a grace): raised to {needed:g}s, or the broker would give a task "
+        "that still runs to another worker"
+    )
+
+
+def find_config(env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None) -> Path | None:
+    """The config file of a command given no ``--config``: ``$CASTOR_CONFIG`` (which must exist then),
+    else the first of ``CONFIG_FILES`` in ``cwd`` that exists, else None (the built-in defaults)."""
+    env = os.environ if env is None else env
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV])  # named on purpose: load_settings says so if it is missing
+    base = Path.cwd() if cwd is None else Path(cwd)
+    for name in CONFIG_FILES:
+        if (base / name).is_file():
+            return base / name
+    return None
+
+
 def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
-    """Parse ``castor.toml`` (or take the defaults) and apply the environment's overrides."""
+    """Parse ``castor.toml`` (or take the defaults) and apply the environment's overrides. ``path`` None
+    means no file (the CLI looks for one first: ``find_config``)."""
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
     if path is not None:

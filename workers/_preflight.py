@@ -9,26 +9,30 @@ its process exits; the orchestrator restarts it.
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Iterable
 from typing import Any
 
 from castor._errors import BackendUnavailable
 from castor.backends.redis import hide_password
 from castor.executors._broker import broker_error
-from castor.settings import Settings
+from castor.registry import ToolSpec
+from castor.settings import Settings, broker_visibility, visibility_warning
 
 log = logging.getLogger("castor.worker")
 CONNECT_TIMEOUT = 4.0  # s, for each of the two connections
 RABBITMQ_CONSUMER_TIMEOUT = 1800.0  # s: RabbitMQ's consumer_timeout unless rabbitmq.conf sets another
 
 
-def preflight(app: Any, settings: Settings) -> None:
+def preflight(app: Any, settings: Settings, tools: Iterable[ToolSpec] = ()) -> None:
     """Connect once to the broker and once to Redis; ``BackendUnavailable`` naming the one that fails.
-    Logs what the operator should fix that does not stop the worker."""
+    Logs what the operator should fix that does not stop the worker (``tools``: those it serves)."""
     server = _broker(app, settings)
     _redis(settings)
-    warning = consumer_timeout_warning(settings, server)
-    if warning:
-        log.warning(warning)
+    tools = list(tools)
+    for warning in (visibility_warning(settings, tools), consumer_timeout_warning(settings, server, tools)):
+        if warning:
+            log.warning(warning)
 
 
 def _broker(app: Any, settings: Settings) -> dict[str, Any]:
@@ -58,21 +62,25 @@ def _redis(settings: Settings) -> None:
         client.close()
 
 
-def consumer_timeout_warning(settings: Settings, server: dict[str, Any] | None = None) -> str | None:
-    """On RabbitMQ, a warning when a tool may run longer than RabbitMQ's default ``consumer_timeout``.
+def consumer_timeout_warning(
+    settings: Settings, server: dict[str, Any] | None = None, tools: Iterable[ToolSpec] = ()
+) -> str | None:
+    """On RabbitMQ, a warning when a tool (of the config, or of ``tools``: those the worker serves, with
+    their deadlines declared in code) may run longer than RabbitMQ's default ``consumer_timeout``.
 
     Past it, RabbitMQ closes the channel of the worker that holds the task and hands the task to another
     worker while the first still runs it (in doubt, or run twice if idempotent). The timeout is a broker
     setting Castor cannot raise from here: a queue argument would make every existing queue's
     redeclaration fail. So the operator is told what to set.
     """
-    if settings.broker_transport != "amqp" or settings.broker_visibility_timeout <= RABBITMQ_CONSUMER_TIMEOUT:
+    longest = broker_visibility(settings, tools)  # the Redis broker's visibility timeout: the same bound
+    if settings.broker_transport != "amqp" or longest <= RABBITMQ_CONSUMER_TIMEOUT:
         return None
     version = (server or {}).get("version")
     name = f"RabbitMQ {version.decode() if isinstance(version, bytes) else version}" if version else "RabbitMQ"
-    needed = int(settings.broker_visibility_timeout * 1000)
+    needed = math.ceil(longest * 1000)
     return (
-        f"a tool here may hold its task for up to {settings.broker_visibility_timeout:g}s (its deadline with "
+        f"a tool here may hold its task for up to {longest:g}s (its deadline with "
         f"retries, and a grace), longer than {name}'s default consumer_timeout of "
         f"{RABBITMQ_CONSUMER_TIMEOUT:g}s: past its consumer_timeout RabbitMQ takes the task back and gives it to "
         f"another worker while this one still runs it. Unless it is set higher already, set "

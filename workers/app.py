@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from castor.executors._celery_conf import celery_config
+from castor.registry import ToolSpec
 from castor.settings import Settings
 
 
-def make_app(settings: Settings, *, name: str = "castor") -> Any:
-    """A Celery app for ``settings``: the fleet's shared config plus what only workers need."""
+def make_app(settings: Settings, *, name: str = "castor", tools: Iterable[ToolSpec] = ()) -> Any:
+    """A Celery app for ``settings``: the fleet's shared config plus what only workers need. ``tools``:
+    those the worker serves (the broker's visibility timeout stays above their deadlines)."""
     from celery import Celery
 
     # task events on a Redis broker leave by a lean PUBLISH (workers._events): a third of the consumer thread
     app = Celery(name, set_as_current=True, events="workers._events:LeanEvents")
-    conf = celery_config(settings)
+    conf = celery_config(settings, tools=tools)
     conf.update(
         {
             # One task per worker slot at a time: long tools must not hold queued tasks hostage.

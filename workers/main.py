@@ -2,6 +2,8 @@
 
 A worker serves the tools of one pool, consuming the queue ``<queue_prefix>.<pool>``. Its tools come
 from ``--tools`` import specs or from the config's ``[tools] import`` (those the config maps to the pool).
+With no ``[pools]`` in the config (or no config at all), ``--pool NAME --tools SPECS`` serves exactly
+those tools on ``<queue_prefix>.NAME``: the coordinators' config says which pool a tool runs on.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ POOL_IMPLEMENTATIONS = ("threads", "prefork", "solo")
 
 
 def worker_registry(settings: Settings, pool: str, tool_specs: Sequence[str] = ()) -> ToolRegistry:
-    """The tools a worker of ``pool`` serves; ``ConfigError`` for a tool the config puts on another pool."""
+    """The tools a worker of ``pool`` serves; ``ConfigError`` for a pool the config does not define or a
+    tool it puts on another pool. Without ``[pools]``, ``tool_specs`` are served on any pool as given."""
+    if tool_specs and not settings.pools:
+        return _registry(settings, load_tools(tool_specs))
     settings.check_pool(pool)
     explicit = bool(tool_specs)
     tools = load_tools(tool_specs or settings.tool_imports)
@@ -35,8 +40,12 @@ def worker_registry(settings: Settings, pool: str, tool_specs: Sequence[str] = (
             raise ConfigError(f"tool {name!r} runs on pool {home!r} in {settings.source}, not on {pool!r}")
     if not chosen:
         raise ConfigError(f"pool {pool!r} has no tools: pass --tools or list them in [tools] import")
-    names = {name for name, _ in chosen}
-    return ToolRegistry(chosen, destructive=settings.destructive & names)
+    return _registry(settings, chosen)
+
+
+def _registry(settings: Settings, tools: Sequence[tuple[str, object]]) -> ToolRegistry:
+    names = {name for name, _ in tools}
+    return ToolRegistry(tools, destructive=settings.destructive & names)
 
 
 def worker_argv(
@@ -70,7 +79,8 @@ def run_worker(
     argv = worker_argv(
         settings, pool, concurrency=concurrency, pool_impl=pool_impl, loglevel=loglevel, fast_start=fast_start
     )
-    app = make_app(settings)
-    preflight(app, settings)  # a broker or a Redis that does not answer stops the worker here, in one line
+    specs = list(registry)
+    app = make_app(settings, tools=specs)  # the broker's visibility timeout above these tools' deadlines
+    preflight(app, settings, specs)  # a broker or a Redis that does not answer stops the worker here, in one line
     register_tools(app, WorkerRuntime(settings, registry))
     app.worker_main(argv)

@@ -5,18 +5,28 @@ commands that drive a run in this process (``run``, ``resume``, ``fork``, ``appr
 With ``--executor celery --config FILE`` such a command keeps the run in the config's Redis (``[redis]
 url`` and ``prefix``: workers journal there) and sends every live call to its pool; the agent and tool
 code are the same as in the embedded default. ``workers`` and celery load only when a command runs.
+
+Every command with a ``--config`` option that is not given one looks for a config: ``$CASTOR_CONFIG``,
+else ``./castor.toml``, else ``./config/castor.toml`` (``castor.settings.find_config``).
+
+``castor worker`` and ``castor flower`` take ``--redis URL`` / ``--store redis://URL`` as ``castor
+coordinator`` does: the fleet's Redis instead of the config's (as ``CASTOR_REDIS_URL``; a ``?prefix=``
+in it sets the key prefix). Any other store is an error: the fleet's state is in Redis.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from castor._errors import ConfigError
 from castor.seams import Backend
-from castor.settings import Settings, load_settings
+from castor.settings import CONFIG_HELP, Settings, find_config, load_settings
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def add_commands(subparsers: Any) -> None:
@@ -29,14 +39,27 @@ def add_commands(subparsers: Any) -> None:
                         help="Celery execution pool (default: config or threads)")
     worker.add_argument("--loglevel", default="INFO")
     worker.add_argument("--fast-start", action="store_true", help="no mingle/gossip/heartbeat (tests, one host)")
-    _config_option(worker)
+    config_option(worker)
+    _redis_options_of(worker)
     worker.set_defaults(handler=_run_worker)
 
     flower = subparsers.add_parser("flower", help="start Flower on the fleet's broker")
     flower.add_argument("--port", type=int, default=None, help="HTTP port (default: config or 5555)")
     flower.add_argument("--address", default="127.0.0.1", help="address to listen on")
-    _config_option(flower)
+    config_option(flower)
+    _redis_options_of(flower)
     flower.set_defaults(handler=_run_flower)
+
+
+def _redis_options_of(parser: argparse.ArgumentParser) -> None:
+    """The CLI's store options, as a fleet process takes them (their defaults stay unset, so one given
+    before the command name counts: ``castor --redis URL worker ...``)."""
+    unset = argparse.SUPPRESS
+    parser.add_argument("--redis", metavar="URL", default=unset,
+                        help="the fleet's Redis instead of the config's [redis] url, as CASTOR_REDIS_URL "
+                             "(?prefix=NAME sets the key prefix)")
+    parser.add_argument("--store", metavar="URL", default=unset, help="a redis:// URL only: the same as --redis")
+    parser.add_argument("--db", metavar="PATH", default=unset, help="not accepted: the fleet's state is in Redis")
 
 
 def add_executor_options(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +68,7 @@ def add_executor_options(parser: argparse.ArgumentParser) -> None:
                         help="where tools run: in this process (default), or as Celery tasks on their pools "
                              "(with --config; the run is kept in the config's Redis)")
     if not any("--config" in action.option_strings for action in parser._actions):
-        _config_option(parser)
+        config_option(parser)
 
 
 def uses_celery(args: argparse.Namespace) -> bool:
@@ -87,13 +110,49 @@ def executor_flags(args: argparse.Namespace) -> str:
     return "--executor celery" + (f" --config {shlex.quote(config)}" if config else "")
 
 
+def config_path(args: argparse.Namespace) -> str | None:
+    """The config of a command: its ``--config``, else (if the command has that option) the one
+    ``find_config`` finds, else None (the built-in defaults)."""
+    given = getattr(args, "config", None)
+    if given or not hasattr(args, "config"):  # a command with no --config option looks for none
+        return given
+    found = find_config()
+    return str(found) if found is not None else None
+
+
 def settings_of(args: argparse.Namespace) -> Settings:
-    """The settings a command names with ``--config`` (environment overrides applied)."""
-    return load_settings(getattr(args, "config", None))
+    """The settings a command names with ``--config`` or finds (environment overrides applied)."""
+    return load_settings(config_path(args))
 
 
-def _config_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None, help="castor.toml (pools, tools, broker, secret)")
+def config_option(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE``, saying where a command looks for one without it."""
+    parser.add_argument("--config", default=None, metavar="FILE", help=CONFIG_HELP)
+
+
+def fleet_process_settings(args: argparse.Namespace) -> Settings:
+    """The settings of ``castor worker`` / ``castor flower``: the config's, with the Redis of ``--redis`` /
+    ``--store`` (if given) in place of ``[redis] url`` as ``castor coordinator`` takes it; ``ConfigError``
+    for a store that is not Redis (``--db``, ``sqlite://``, ``memory://``)."""
+    from castor.backends import _redis_options
+    from castor.cli._common import _given, store_url
+
+    settings = settings_of(args)
+    given = _given(args)
+    if not given:
+        return settings
+    url = store_url(args)  # one of them only; --redis HOST:PORT as redis://HOST:PORT
+    if not url.startswith(REDIS_SCHEMES):
+        raise ConfigError(
+            f"castor {args.command} keeps the fleet's state in Redis: {given[0][0]} {given[0][1]!r} is not a "
+            "redis:// URL (give --redis URL, or [redis] url in --config, or CASTOR_REDIS_URL)"
+        )
+    address, prefix, options = _redis_options(url)
+    if options:
+        raise ConfigError(f"castor {args.command} takes only ?prefix= in its Redis URL, not {', '.join(options)}")
+    if "prefix" not in dict(parse_qsl(urlsplit(url).query)):
+        prefix = settings.redis_prefix
+    return dataclasses.replace(settings, redis_url=address, redis_prefix=prefix)
 
 
 def _run_worker(args: argparse.Namespace) -> int:
@@ -101,7 +160,7 @@ def _run_worker(args: argparse.Namespace) -> int:
 
     specs = [spec.strip() for spec in args.tools.split(",") if spec.strip()]
     run_worker(
-        settings_of(args), args.pool, specs, concurrency=args.concurrency, pool_impl=args.pool_impl,
+        fleet_process_settings(args), args.pool, specs, concurrency=args.concurrency, pool_impl=args.pool_impl,
         loglevel=args.loglevel, fast_start=args.fast_start,
     )
     return 0
@@ -110,5 +169,5 @@ def _run_worker(args: argparse.Namespace) -> int:
 def _run_flower(args: argparse.Namespace) -> int:
     from workers.flower import run_flower
 
-    run_flower(settings_of(args), args.port, args.address)
+    run_flower(fleet_process_settings(args), args.port, args.address)
     return 0

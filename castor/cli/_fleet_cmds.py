@@ -20,6 +20,7 @@ from typing import Any
 from castor._errors import ConfigError
 from castor.cli import _fleet_views as views
 from castor.cli._args import add_run_options
+from castor.cli._celery_cmds import config_option
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -52,11 +53,11 @@ def add_commands(subparsers: Any) -> None:
     co = add("coordinator", views.coordinator, "run a coordinator: take submitted runs and drive them")
     co.add_argument("--concurrency", type=int, default=200, help="runs driven at once (parked runs hold none)")
     co.add_argument("--name", default=None, help="this coordinator's name (default: <host>-<pid>)")
-    co.add_argument("--config", default=None, help="castor.toml: Redis, broker and pools")
+    config_option(co)
     co.add_argument("--lease", type=float, default=15.0, metavar="SECONDS", help="lease time on each run")
     co.add_argument("--grace", type=float, default=30.0, metavar="SECONDS", help="drain: wait for steps this long")
     co.add_argument("--executor", choices=("auto", "local", "celery"), default="auto",
-                    help="where tools run (auto: celery with --config, else in this process)")
+                    help="where tools run (auto: celery with a config, given or found, else in this process)")
     co.add_argument("--allow-code-change", action="store_true",
                     help="resume runs whose agent or tool source changed since they started")
     co.add_argument("--log-level", default="INFO")
@@ -116,10 +117,12 @@ def store_of(args: argparse.Namespace) -> str | None:
 def target(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:
     """The fleet's Redis address, key prefix and store options.
 
-    The URL comes from ``--store`` / ``--redis`` / the environment, else ``--config``, else the local Redis.
+    The URL comes from ``--store`` / ``--redis`` / the environment, else the config (``--config``, or the
+    one a command with that option finds), else the local Redis.
     The prefix: ``--prefix``, else the URL's ``?prefix=``, else ``CASTOR_REDIS_PREFIX``, else the config's.
     """
     from castor.backends import _redis_options
+    from castor.cli._celery_cmds import config_path
     from castor.cli._common import STORE_ENV, _given, store_url
 
     url = None
@@ -127,7 +130,7 @@ def target(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:
         url = store_of(args)
         if url is None:
             raise ConfigError(f"the fleet keeps its state in Redis; {store_url(args)!r} is not a redis:// URL")
-    config = getattr(args, "config", None)
+    config = config_path(args)
     settings = None
     if config:
         from castor.settings import load_settings

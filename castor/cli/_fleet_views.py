@@ -63,16 +63,17 @@ def emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 async def coordinator(args: argparse.Namespace) -> int:
     """``castor coordinator``: run until SIGTERM."""
+    from castor.cli._celery_cmds import config_path
     from castor.cli._fleet_cmds import target
     from scheduler.coordinator import CoordinatorConfig
     from scheduler.main import executor_factory, serve
 
     url, prefix, options = target(args)
-    settings = None
-    if args.config:
+    config_file, settings = config_path(args), None
+    if config_file:
         from castor.settings import load_settings
 
-        settings = load_settings(args.config)
+        settings = load_settings(config_file)
     kind = args.executor if args.executor != "auto" else ("celery" if settings is not None else "local")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = CoordinatorConfig(

@@ -4,7 +4,8 @@ Plain data, no Celery import: ``workers.app`` and ``CeleryExecutor`` both build 
 coordinator and a worker can never disagree on serializer, queues or broker options.
 
 The broker's own options differ by transport. On Redis, kombu emulates acks: an unacked task comes back
-after ``visibility_timeout``, kept above the longest tool deadline, and every broker key lives under the
+after ``visibility_timeout``, kept above the longest tool deadline (a worker counts the deadlines its
+tools declare in code too), and every broker key lives under the
 fleet's queue prefix. RabbitMQ has neither: an unacked task comes back when its worker's channel
 closes, or when the worker holds it past the broker's ``consumer_timeout`` (30 minutes by default,
 set in rabbitmq.conf: a worker warns at start when a tool deadline is longer). A coordinator publishing
@@ -14,18 +15,23 @@ would be lost without an error (kombu then retries the publish on a new connecti
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from typing import Any
 
-from castor.settings import Settings
+from castor.registry import ToolSpec
+from castor.settings import Settings, broker_visibility
 
 
-def celery_config(settings: Settings, *, publisher: bool = False) -> dict[str, Any]:
+def celery_config(settings: Settings, *, publisher: bool = False, tools: Iterable[ToolSpec] = ()) -> dict[str, Any]:
     """Celery settings for the fleet: JSON only, events on, late acks, one task prefetched at a time;
-    ``publisher`` for a process that sends the tool tasks (a coordinator)."""
+    ``publisher`` for a process that sends the tool tasks (a coordinator); ``tools`` those the process
+    serves (a worker), whose deadlines the broker's visibility timeout must exceed."""
     transport: dict[str, Any] = {}
     if settings.broker_transport == "redis":
-        # Redelivering a task that is still running would run it twice: stay above the longest deadline.
-        transport["visibility_timeout"] = int(settings.broker_visibility_timeout)
+        # Redelivering a task that is still running would run it twice: stay above the longest deadline
+        # (rounded up: int() could land a fraction of a second below it).
+        transport["visibility_timeout"] = math.ceil(broker_visibility(settings, tools))
         # Every broker key (queues, unacked, bindings, event channels) under the fleet's prefix.
         transport["global_keyprefix"] = f"{settings.queue_prefix}:"
     elif publisher:

@@ -43,7 +43,7 @@ from castor.executors._replies import READ_TIMEOUT, ReplyReader
 from castor.executors._wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, sign, task_name
 from castor.registry import ToolRegistry
 from castor.seams import Call, Journal
-from castor.settings import REPLY_GRACE, Settings, tool_policy
+from castor.settings import REPLY_GRACE, Settings, call_deadline, tool_policy
 from castor.syscall import IN_DOUBT_REASON
 
 log = logging.getLogger("castor.executor")
@@ -163,11 +163,8 @@ class CeleryExecutor:
         return route
 
     def _deadline(self, timeout: float, retryable: bool) -> float:
-        if not retryable:
-            return timeout + self._grace
-        s = self._settings
-        backoff = sum(s.retry_backoff * 2**n for n in range(s.max_retries))
-        return timeout * (s.max_retries + 1) + backoff + self._grace
+        # the workers' broker visibility timeout is computed from the same function: keep them one
+        return call_deadline(self._settings, timeout, retryable, self._grace)
 
     async def _abandon_or_wait(self, call: Call, task_id: str, failure: UnsurePublish) -> None:
         """The publish failed, but its task may be queued: abandon it (no worker will run it; the call

@@ -117,7 +117,7 @@ def test_a_tool_longer_than_rabbitmqs_consumer_timeout_is_warned_about() -> None
     assert consumer_timeout_warning(Settings(default_timeout=3600)) is None  # Redis: visibility_timeout follows
     warning = consumer_timeout_warning(long, {"version": b"3.10.8"})
     assert warning is not None
-    assert "RabbitMQ 3.10.8" in warning and "consumer_timeout = 3631000 in rabbitmq.conf" in warning
+    assert "RabbitMQ 3.10.8" in warning and "consumer_timeout = 3630000 in rabbitmq.conf" in warning
 
 
 # --- the fleet on RabbitMQ -------------------------------------------------------------------------

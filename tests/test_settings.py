@@ -1,0 +1,154 @@
+"""``castor.toml`` validation, config discovery, and the deadlines the broker's visibility timeout follows:
+no broker, no Redis (the worker processes that check the same things for real: tests/celery/test_worker_cli.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from castor import castor_tool
+from castor._errors import ConfigError
+from castor.executors._celery_conf import celery_config
+from castor.registry import ToolRegistry
+from castor.settings import (
+    REPLY_GRACE,
+    Settings,
+    broker_visibility,
+    call_deadline,
+    find_config,
+    load_settings,
+    visibility_warning,
+)
+from workers._preflight import consumer_timeout_warning
+from workers.main import worker_registry
+
+HOUR = 3600
+
+
+@castor_tool(timeout_seconds=HOUR)
+def long_export(table: str) -> str:
+    """A tool whose deadline only its code declares."""
+    return table
+
+
+@castor_tool(timeout_seconds=HOUR, retryable=True)
+def long_retried(table: str) -> str:
+    """The same, retried with backoff when it raises."""
+    return table
+
+
+def write(tmp_path: Path, text: str, name: str = "castor.toml") -> Path:
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+# --- validation ------------------------------------------------------------------------------------
+
+BAD_CONFIGS = {
+    "unknown section": ("[pool]\nfs = []\n", r"unknown section \[pool\]; known sections: .*pools"),
+    "unknown key": ("[workers]\ncolour = 'red'\n", r"unknown key 'colour' in \[workers\]"),
+    "wrong type": ("[workers]\nconcurrency = 'four'\n", r"\[workers\] concurrency has the wrong type \(str\)"),
+    "boolean as a number": ("[workers]\nconcurrency = true\n", r"\[workers\] concurrency has the wrong type"),
+    "bad execution pool": ("[workers]\npool = 'gevent'\n", r"\[workers\] pool must be threads, prefork or solo"),
+    "a tool in two pools": ("[pools]\nfs = ['rm']\nweb = ['rm']\n", r"tool 'rm' is in two pools, 'fs' and 'web'"),
+    "pool not a list": ("[pools]\nfs = 'rm'\n", r"pools.fs must be a list of strings"),
+    "section not a table": ("workers = 3\n", r"\[workers\] must be a table"),
+    "negative timeout": ("[tools]\ntimeouts = { rm = -1 }\n", r"timeout of 'rm' must be a positive number"),
+    "negative budget": ("[budgets]\napi = -1\n", r"budget 'api' must be a non-negative number"),
+    "pool tool not imported": (
+        "[tools]\nimport = ['t.py:ls']\n[pools]\nfs = ['rm']\n",
+        r"pools.fs names tools that \[tools\] import does not: rm",
+    ),
+    "broker of no scheme castor runs on": ("[broker]\nurl = 'kafka://h'\n", r"starts with kafka://"),
+    "not toml": ("[workers\n", r"is not valid TOML"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_a_bad_config_is_one_config_error_naming_the_file_and_the_problem(tmp_path: Path, case: str) -> None:
+    text, message = BAD_CONFIGS[case]
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=message) as raised:
+        load_settings(path, env={})
+    assert str(path) in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_a_missing_config_file_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"config file /nowhere/castor\.toml does not exist"):
+        load_settings("/nowhere/castor.toml", env={})
+
+
+def test_a_good_config_and_the_environments_overrides(tmp_path: Path) -> None:
+    path = write(tmp_path, "[workers]\nconcurrency = 8\npool = 'prefork'\n[pools]\nfs = ['rm']\n")
+    settings = load_settings(path, env={"CASTOR_REDIS_URL": "redis://elsewhere:1/2"})
+    assert (settings.concurrency, settings.worker_pool, settings.redis_url) == (8, "prefork", "redis://elsewhere:1/2")
+    assert settings.pool_of("rm") == "fs" and settings.pool_of("ls") == "default"
+
+
+def test_a_worker_of_a_pool_the_config_does_not_define_is_refused(tmp_path: Path) -> None:
+    tools = write(tmp_path, "def rm(path: str) -> str:\n    return path\n", "tools.py")
+    settings = load_settings(write(tmp_path, f"[tools]\nimport = ['{tools}:rm']\n[pools]\nfs = ['rm']\n"), env={})
+    with pytest.raises(ConfigError, match=r"unknown pool 'nope' in .*castor.toml; pools: default, fs"):
+        worker_registry(settings, "nope")
+    with pytest.raises(ConfigError, match="tool 'rm' runs on pool 'fs'"):
+        worker_registry(settings, "default", [f"{tools}:rm"])
+    assert [spec.name for spec in worker_registry(settings, "fs")] == ["rm"]
+
+
+def test_without_pools_a_worker_serves_the_tools_it_is_given_on_any_pool(tmp_path: Path) -> None:
+    source = "def rm(path: str) -> str:\n    return path\n\ndef ls() -> list:\n    return []\n"
+    tools = write(tmp_path, source, "tools.py")
+    registry = worker_registry(Settings(), "fs", [f"{tools}:rm", f"{tools}:ls"])
+    assert sorted(spec.name for spec in registry) == ["ls", "rm"]
+    with pytest.raises(ConfigError, match="unknown pool 'fs'"):  # with no tools given, nothing says what to serve
+        worker_registry(Settings(), "fs")
+
+
+# --- where a command finds its config ---------------------------------------------------------------
+
+
+def test_a_config_is_found_in_the_environment_then_the_working_directory(tmp_path: Path) -> None:
+    assert find_config(env={}, cwd=tmp_path) is None
+    nested = write(tmp_path, "", "config/castor.toml")
+    assert find_config(env={}, cwd=tmp_path) == nested
+    top = write(tmp_path, "")
+    assert find_config(env={}, cwd=tmp_path) == top
+    named = tmp_path / "elsewhere.toml"  # named on purpose: taken even if missing, so loading it says so
+    assert find_config(env={"CASTOR_CONFIG": str(named)}, cwd=tmp_path) == named
+
+
+# --- deadlines and the broker's visibility timeout ---------------------------------------------------
+
+
+def test_the_visibility_timeout_exceeds_a_deadline_declared_only_in_code() -> None:
+    settings = Settings()  # default_timeout 300, 3 retries: far below an hour
+    registry = ToolRegistry([long_export])
+    options = celery_config(settings, tools=registry)["broker_transport_options"]
+    assert options["visibility_timeout"] == HOUR + REPLY_GRACE
+    assert celery_config(settings)["broker_transport_options"]["visibility_timeout"] < HOUR  # knows no such tool
+    # retried: every attempt's deadline and the backoff before each, as long as the coordinator waits
+    retried = celery_config(settings, tools=ToolRegistry([long_retried]))["broker_transport_options"]
+    deadline = call_deadline(settings, HOUR, True)  # what the coordinator waits (CeleryExecutor._deadline)
+    assert deadline == 4 * HOUR + (1 + 2 + 4) + REPLY_GRACE
+    assert retried["visibility_timeout"] == deadline
+
+
+def test_a_configured_visibility_timeout_below_the_longest_deadline_is_raised_with_a_warning() -> None:
+    registry = ToolRegistry([long_export])
+    low, high = Settings(visibility_timeout=600, source="fleet.toml"), Settings(visibility_timeout=5 * HOUR)
+    assert broker_visibility(low, registry) == HOUR + REPLY_GRACE
+    warning = visibility_warning(low, registry)
+    assert warning is not None and "visibility_timeout = 600 in fleet.toml" in warning and "raised to 3630s" in warning
+    assert "raised to 1237s" in (visibility_warning(low) or "")  # the config's deadlines: 300 s, 3 retries
+    assert broker_visibility(high, registry) == 5 * HOUR and visibility_warning(high, registry) is None
+    assert visibility_warning(Settings(broker_url="amqp://h//", visibility_timeout=1)) is None  # no such thing there
+
+
+def test_rabbitmqs_consumer_timeout_warning_counts_the_deadlines_declared_in_code() -> None:
+    settings = Settings(broker_url="amqp://h//")
+    assert consumer_timeout_warning(settings) is None  # the config's deadlines: 1237 s, under 30 minutes
+    warning = consumer_timeout_warning(settings, tools=ToolRegistry([long_export]))
+    assert warning is not None and "consumer_timeout = 3630000 in rabbitmq.conf" in warning
