@@ -106,6 +106,16 @@ def spawn_worker(config: Path, pool: str, impl: str, concurrency: int, env: dict
         return subprocess.Popen(cmd, cwd=ROOT, env={**env, "CASTOR_TEST_POOL": pool}, stdout=out, stderr=out)
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """SIGTERM, and SIGKILL if it has not exited within ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+
+
 def wait_ready(proc: subprocess.Popen[bytes], pool: str, log: Path, timeout: float = 20.0) -> None:
     """Return once the worker is ready to consume; ``RuntimeError`` with its log if it exits or stalls."""
     deadline = time.monotonic() + timeout

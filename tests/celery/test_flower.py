@@ -17,7 +17,7 @@ import uuid
 import castor.lib as lib
 from castor import Castor
 
-from .conftest import ROOT, Fleet
+from .conftest import ROOT, Fleet, stop_process
 
 
 def _free_port() -> int:
@@ -92,8 +92,4 @@ async def test_flower_lists_tasks_by_tool_name(fleet: Fleet, kernel: Castor, tmp
         assert secret not in json.dumps(tasks)
         assert "'content': '***'" in str(note["kwargs"])
     finally:
-        flower.terminate()
-        try:
-            flower.wait(5)
-        except subprocess.TimeoutExpired:
-            flower.kill()
+        stop_process(flower)

@@ -18,6 +18,7 @@ import pytest
 
 import castor.lib as lib
 from castor import Castor
+from castor.checkpoint import AgentCheckpoint
 from castor.executors.celery import CeleryExecutor, fleet_options
 from castor.settings import load_settings
 
@@ -71,24 +72,31 @@ async def lost_kernel(pool: tuple[Pool, object]) -> AsyncIterator[Castor]:
         await kernel.close()
 
 
-def _kill_the_worker_running(fleet: Fleet, tag: str, pool: Pool) -> int:
-    pid = fleet.running_pid(tag)
-    assert pid in pool.workers, "a threads-pool worker runs its tools in its own process"
-    os.kill(pid, signal.SIGKILL)
-    return pid
+async def _run_killing_its_worker(
+    fleet: Fleet, pool: Pool, kernel: Castor, tool: str, tag: str, seconds: float
+) -> tuple[AgentCheckpoint, int]:
+    """Run one call of ``tool`` and SIGKILL the whole worker process that runs it; the run's end, and
+    the pid killed."""
+
+    async def agent() -> object:
+        return await lib.tool(tool, tag=tag, seconds=seconds)
+
+    def kill() -> int:
+        pid = fleet.running_pid(tag)
+        assert pid in pool.workers, "a threads-pool worker runs its tools in its own process"
+        os.kill(pid, signal.SIGKILL)
+        return pid
+
+    running = asyncio.create_task(kernel.run(agent))
+    killed = await asyncio.to_thread(kill)
+    return await asyncio.wait_for(running, 30), killed
 
 
 async def test_a_killed_worker_mid_call_leaves_the_call_in_doubt_for_a_human(
     fleet: Fleet, pool: tuple[Pool, object], lost_kernel: Castor
 ) -> None:
     tag = f"lost-{uuid.uuid4().hex[:6]}"
-
-    async def agent() -> object:
-        return await lib.tool("slow_write", tag=tag, seconds=30)
-
-    running = asyncio.create_task(lost_kernel.run(agent))
-    await asyncio.to_thread(_kill_the_worker_running, fleet, tag, pool[0])
-    cp = await asyncio.wait_for(running, 30)
+    cp, _ = await _run_killing_its_worker(fleet, pool[0], lost_kernel, "slow_write", tag, 30)
     assert cp.status == "SUSPENDED_FOR_HITL", cp.error
     assert cp.pending_reason == "in doubt after worker loss"
     assert (fleet.count(tag, "start"), fleet.count(tag, "done")) == (1, 0)
@@ -101,14 +109,8 @@ async def test_a_killed_worker_mid_idempotent_call_is_sent_again_and_completes_o
     fleet: Fleet, pool: tuple[Pool, object], lost_kernel: Castor
 ) -> None:
     tag = f"lostcopy-{uuid.uuid4().hex[:6]}"
-
-    async def agent() -> object:
-        return await lib.tool("slow_copy", tag=tag, seconds=1.5)
-
     # The first run is killed within its 1.5 s; the second, sent at the deadline (4 + 1 s), completes.
-    running = asyncio.create_task(lost_kernel.run(agent))
-    killed = await asyncio.to_thread(_kill_the_worker_running, fleet, tag, pool[0])
-    cp = await asyncio.wait_for(running, 30)
+    cp, killed = await _run_killing_its_worker(fleet, pool[0], lost_kernel, "slow_copy", tag, 1.5)
     assert cp.status == "COMPLETED", cp.error
     assert cp.result == f"copied {tag}"
     assert (fleet.count(tag, "start"), fleet.count(tag, "done")) == (2, 1)  # killed once, completed once

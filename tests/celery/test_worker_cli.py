@@ -23,7 +23,7 @@ from castor.executors._celery_conf import celery_config
 from castor.executors.celery import fleet_options
 from castor.settings import REPLY_GRACE, Settings
 
-from .conftest import REDIS_URL, wait_ready
+from .conftest import REDIS_URL, stop_process, wait_ready
 
 TOOLS = '''
 from castor import castor_tool
@@ -68,12 +68,7 @@ def unconfigured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
         wait_ready(proc, pool, log)
         yield pool, prefix, proc, tmp_path
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
         # no config: the default queue prefix "castor"; only this pool's queue and binding are the test's
         for pattern in (f"{prefix}*", f"castor:castor.{pool}*", f"castor:_kombu.binding*.castor.{pool}"):
             keys = list(client.scan_iter(match=pattern, count=1000))
