@@ -45,12 +45,12 @@ async def test_the_worker_logs_a_dropped_copy_with_its_sensitive_arguments_redac
     secret = f"secret-{uuid.uuid4().hex[:8]}"
 
     async def agent() -> object:
-        return await lib.tool("slow_note", tag=f"n-{uuid.uuid4().hex[:6]}", content=secret, seconds=0.5)
+        return await lib.tool("slow_note", tag=f"n-{uuid.uuid4().hex[:6]}", content=secret, seconds=1.5)
 
     cp = await kernel.run(agent)
     assert cp.status == "COMPLETED", cp.error
     await handled_twice(fleet, cp.pid)
-    # The second copy came while the first ran (0.5 s): the worker logged it as dropped, with its arguments.
+    # The second copy came while the first ran (1.5 s): the worker logged it as dropped, with its arguments.
     dropped = [line for line in fleet.log("fs").splitlines() if f"'run_id': '{cp.pid}'" in line and "dropped" in line]
     assert len(dropped) == 1 and "'content': '***'" in dropped[0], dropped
     assert secret not in fleet.log("fs")

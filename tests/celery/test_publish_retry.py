@@ -235,9 +235,9 @@ async def test_an_unreachable_broker_fails_the_call_cleanly(fleet: Fleet) -> Non
 async def test_a_task_that_landed_twice_unheard_is_awaited_once_a_worker_took_it(
     fleet: Fleet, cutters: list[PushCutter], caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Each try lands and its connection stays silent for 0.5 s before it drops: a worker takes the first
+    # Each try lands and its connection stays silent for 1.5 s before it drops: a worker takes the first
     # copy meanwhile, so the coordinator may not abandon the task; it waits for the reply instead.
-    kernel = await _through(cutters, fleet, landed=True, every=True, hold=0.5, budgets={})
+    kernel = await _through(cutters, fleet, landed=True, every=True, hold=1.5, budgets={})
     tag = f"unheard-{uuid.uuid4().hex[:6]}"
 
     async def agent() -> object:
