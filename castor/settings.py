@@ -213,9 +213,10 @@ def broker_visibility(settings: Settings, tools: Iterable[ToolSpec] = ()) -> flo
     (RabbitMQ's ``consumer_timeout`` must be above it too.)
 
     kombu's Redis transport lets every consumer of the broker restore any task unacked for longer than
-    its own visibility timeout, whatever its queue: a tool declaring a long deadline in code is safe from
-    the processes that know it (its workers) and from the config's ``[tools] timeouts``, so a fleet lists
-    such a tool there, or sets ``[broker] visibility_timeout``, for its other pools and Flower too.
+    its own visibility timeout, whatever its queue. Workers that take their tools from the config count
+    every tool it imports (``workers.main.deadline_tools``); Flower and a worker given ``--tools`` know
+    only the config's deadlines, so a tool declaring a long one in code belongs in ``[tools] timeouts``
+    too (or the fleet sets ``[broker] visibility_timeout``).
     """
     return max(settings.visibility_timeout or 0.0, longest_deadline(settings, tools) + REPLY_GRACE)
 

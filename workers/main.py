@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from castor._errors import ConfigError
 from castor._imports import load_tools
-from castor.registry import ToolRegistry
+from castor.registry import ToolRegistry, ToolSpec
 from castor.settings import Settings
 from workers._preflight import preflight
 from workers.app import make_app
@@ -41,6 +41,17 @@ def worker_registry(settings: Settings, pool: str, tool_specs: Sequence[str] = (
     if not chosen:
         raise ConfigError(f"pool {pool!r} has no tools: pass --tools or list them in [tools] import")
     return _registry(settings, chosen)
+
+
+def deadline_tools(settings: Settings, registry: ToolRegistry, tool_specs: Sequence[str] = ()) -> list[ToolSpec]:
+    """The tools whose deadlines the worker's broker visibility timeout must exceed: its own, and, when it
+    took its tools from the config, every tool the config imports. On a Redis broker any consumer puts
+    back any pool's task unacked past its own visibility timeout, so a worker of one pool must not give
+    up on another pool's long tool (a tool named only by ``--tools`` elsewhere counts through the
+    config's ``[tools] timeouts``)."""
+    if tool_specs or not settings.tool_imports:
+        return list(registry)
+    return [*registry, *_registry(settings, load_tools(settings.tool_imports))]
 
 
 def _registry(settings: Settings, tools: Sequence[tuple[str, object]]) -> ToolRegistry:
@@ -80,7 +91,7 @@ def run_worker(
         settings, pool, concurrency=concurrency, pool_impl=pool_impl, loglevel=loglevel, fast_start=fast_start
     )
     specs = list(registry)
-    app = make_app(settings, tools=specs)  # the broker's visibility timeout above these tools' deadlines
+    app = make_app(settings, tools=deadline_tools(settings, registry, tool_specs))
     preflight(app, settings, specs)  # a broker or a Redis that does not answer stops the worker here, in one line
     register_tools(app, WorkerRuntime(settings, registry))
     app.worker_main(argv)

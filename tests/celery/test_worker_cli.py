@@ -151,6 +151,38 @@ def test_the_worker_app_is_built_with_the_fleets_celery_config() -> None:
     assert conf.worker_send_task_events and conf.task_send_sent_event
 
 
+def test_a_worker_keeps_other_pools_long_tools_from_being_taken_for_lost(tmp_path: Path) -> None:
+    # On a Redis broker any consumer restores any queue's unacked tasks: the fs worker's visibility
+    # timeout must exceed the deadline the web pool's tool declares in code.
+    from castor.executors._celery_conf import celery_config
+    from castor.settings import load_settings
+    from workers.main import deadline_tools, worker_registry
+
+    (tmp_path / "fleet_tools.py").write_text(textwrap.dedent("""
+        from castor import castor_tool
+
+        def write(path: str) -> str:
+            return path
+
+        @castor_tool(timeout_seconds=7200)
+        def crawl(url: str) -> str:
+            return url
+    """))
+    config = tmp_path / "castor.toml"
+    config.write_text(textwrap.dedent(f"""
+        [tools]
+        import = ["{tmp_path / 'fleet_tools.py'}:write", "{tmp_path / 'fleet_tools.py'}:crawl"]
+        [pools]
+        fs = ["write"]
+        web = ["crawl"]
+    """))
+    settings = load_settings(config, env={})
+    fs = worker_registry(settings, "fs")
+    assert fs.names() == ["write"]
+    visibility = celery_config(settings, tools=deadline_tools(settings, fs))["broker_transport_options"]
+    assert visibility["visibility_timeout"] > 7200
+
+
 # --- start-up errors --------------------------------------------------------------------------------
 
 
