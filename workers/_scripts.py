@@ -20,10 +20,10 @@ from importlib import resources
 from typing import Any
 
 from castor._errors import BackendUnavailable
+from castor._ids import unique_ids
 from castor.backends.redis import keys
 from castor.backends.redis.journal import encode
 from castor.checkpoint import SyscallRecord
-from castor.executors._publish import unique_ids
 from castor.executors._wire import Job, Reply
 
 MARKER_TTL = 7 * 24 * 3600

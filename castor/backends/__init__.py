@@ -18,6 +18,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from castor._errors import ConfigError
 from castor.seams import Backend
 
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")  # the store URLs the Redis backend opens
+
 
 def _redis_options(url: str) -> tuple[str, str, dict[str, Any]]:
     """Split Castor's own options (``?prefix=team-a&approval_ttl=3600``) from the connection URL."""
@@ -71,7 +73,7 @@ def open_backend(url: str | None) -> Backend:
         from castor.backends.sqlite import sqlite_backend
 
         return sqlite_backend(path, synchronous=options.get("synchronous", "NORMAL"))
-    if url.startswith(("redis://", "rediss://", "unix://")):
+    if url.startswith(REDIS_SCHEMES):
         from castor.backends.redis import redis_backend
 
         address, prefix, options = _redis_options(url)

@@ -23,10 +23,9 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from castor._errors import ConfigError
+from castor.backends import REDIS_SCHEMES
 from castor.seams import Backend
 from castor.settings import CONFIG_HELP, Settings, find_config, load_settings
-
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def add_commands(subparsers: Any) -> None:
@@ -121,8 +120,13 @@ def config_path(args: argparse.Namespace) -> str | None:
 
 
 def settings_of(args: argparse.Namespace) -> Settings:
-    """The settings a command names with ``--config`` or finds (environment overrides applied)."""
-    return load_settings(config_path(args))
+    """The settings a command names with ``--config`` or finds (environment overrides applied), read
+    once per command (its store, executor and tools all ask)."""
+    loaded: Settings | None = getattr(args, "_settings", None)
+    if loaded is None:
+        loaded = load_settings(config_path(args))
+        args._settings = loaded
+    return loaded
 
 
 def config_option(parser: argparse.ArgumentParser) -> None:

@@ -18,12 +18,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from castor._errors import ConfigError
+from castor.backends import REDIS_SCHEMES
 from castor.cli import _fleet_views as views
 from castor.cli._args import add_run_options
 from castor.cli._celery_cmds import config_option
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 Handler = Callable[[argparse.Namespace], Awaitable[int]]
 
 

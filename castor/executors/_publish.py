@@ -23,20 +23,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import itertools
 import json
 import logging
 import math
 import os
 import time
-import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from castor._errors import BackendUnavailable
+from castor._ids import unique_ids
 from castor.executors._broker import broker_error
 from castor.executors._template import Template, quote, slot, value
 
@@ -69,18 +67,6 @@ class Task:
 
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
-
-
-def unique_ids(*, compact: bool = False) -> Callable[[], str]:
-    """A source of ids unique across processes without a ``uuid4`` (and its ``urandom`` call) each: a
-    random prefix per source, then a counter. Shaped like ``str(uuid4())``, or ``compact`` (hex, short)."""
-    rand = uuid.uuid4().hex
-    counter = itertools.count()
-    if compact:
-        head = rand[:12]
-        return lambda: f"{head}{next(counter):x}"
-    head = f"{rand[:8]}-{rand[8:12]}-{rand[12:16]}-{rand[16:20]}-"
-    return lambda: f"{head}{next(counter):012x}"
 
 
 class RedisPublisher:

@@ -27,6 +27,7 @@ from castor._errors import (
     TaskRefusedError,
     ToolTimeoutError,
 )
+from castor._ids import unique_ids
 from castor.backends.redis import RedisConnection, keys
 from castor.backends.redis.keys import reply_stream
 from castor.executors._celery_conf import celery_config
@@ -37,7 +38,6 @@ from castor.executors._publish import (
     SendTaskPublisher,
     Task,
     UnsurePublish,
-    unique_ids,
 )
 from castor.executors._replies import READ_TIMEOUT, ReplyReader
 from castor.executors._wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, sign, task_name

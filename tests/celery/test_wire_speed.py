@@ -11,8 +11,8 @@ import uuid
 
 import pytest
 
+from castor._ids import unique_ids
 from castor.backends.redis._resp import RespConnection
-from castor.executors._publish import unique_ids
 from castor.executors._replies import ReplyReader
 from castor.executors._template import Template, quote, slot, value
 from castor.executors._wire import OK, Reply, parse_reply
