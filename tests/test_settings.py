@@ -56,7 +56,7 @@ BAD_CONFIGS = {
     "a tool in two pools": ("[pools]\nfs = ['rm']\nweb = ['rm']\n", r"tool 'rm' is in two pools, 'fs' and 'web'"),
     "pool not a list": ("[pools]\nfs = 'rm'\n", r"pools.fs must be a list of strings"),
     "section not a table": ("workers = 3\n", r"\[workers\] must be a table"),
-    "negative timeout": ("[tools]\ntimeouts = { rm = -1 }\n", r"timeout of 'rm' must be a positive number"),
+    "negative timeout": ("[tools]\ntimeouts = { rm = -1 }\n", r"\[tools\] timeouts.rm = -1 is out of range"),
     "negative budget": ("[budgets]\napi = -1\n", r"budget 'api' must be a non-negative number"),
     "pool tool not imported": (
         "[tools]\nimport = ['t.py:ls']\n[pools]\nfs = ['rm']\n",

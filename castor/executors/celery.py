@@ -28,6 +28,7 @@ from castor._errors import (
     ToolTimeoutError,
 )
 from castor._ids import unique_ids
+from castor._secret import require_secret
 from castor.backends.redis import RedisConnection, keys
 from castor.backends.redis.keys import reply_stream
 from castor.executors._celery_conf import celery_config
@@ -105,7 +106,9 @@ class CeleryExecutor:
 
     @classmethod
     def factory(cls, settings: Settings, **options: Any) -> Any:
-        """``Castor(executor=CeleryExecutor.factory(settings))``: built with the kernel's tools and journal."""
+        """``Castor(executor=CeleryExecutor.factory(settings))``: built with the kernel's tools and journal.
+        ``InvalidValueError`` without a proper secret (``castor._secret.require_secret``)."""
+        require_secret(settings, "a process sending tasks to the fleet (coordinator, --executor celery)")
 
         def build(tools: ToolRegistry) -> CeleryExecutor:
             return cls(tools, settings, **options)
