@@ -8,10 +8,11 @@ import asyncio
 import time
 
 import pytest
+import redis
 
 from castor import Castor, CastorError, InvalidPidError
 from castor._ids import check_pid
-from castor.backends.redis import redis_backend
+from castor.backends.redis import keys, redis_backend
 from castor.backends.sqlite import sqlite_backend
 from castor.checkpoint import AgentCheckpoint, SyscallRecord
 from castor.cli._escape import shown
@@ -112,5 +113,17 @@ def test_a_stored_bad_pid_prints_escaped_from_redis(cli: Cli, redis_url: str, re
         assert result.code == 0, result.err
         assert ESCAPED in result.out, result.out
         assert_escaped(result.out)
-    refused = cli("cancel", EVIL, *store, "--as", "eve\x1b[8m")
-    assert_escaped(refused.out + refused.err)
+    for decision in (("cancel", EVIL, "--as", "eve\x1b[8m"), ("reject", EVIL, "--reason", "no\x1b[8m")):
+        result = cli(*decision, *store)
+        assert_escaped(result.out + result.err)
+
+
+def test_a_coordinator_registered_under_a_bad_name_prints_escaped(cli: Cli, redis_url: str, redis_prefix: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    name = "coord\n[DONE] fake\x1b[31m"
+    client.zadd(keys.coordinators(redis_prefix), {name: time.time() * 1000 + 60_000})
+    client.hset(keys.coordinator(redis_prefix, name), mapping={"host": "h\r\x1b[2K", "seen": time.time() * 1000})
+    client.close()
+    result = cli("coordinators", "--redis", redis_url, "--prefix", redis_prefix)
+    assert result.code == 0 and "coord\\n[DONE] fake\\x1b[31m" in result.out and "h\\r\\x1b[2K" in result.out
+    assert_escaped(result.out)
