@@ -64,6 +64,8 @@ def test_a_tool_timeout_and_settings_built_in_python_meet_the_same_ranges(tmp_pa
         Settings(concurrency=0)
     with pytest.raises(InvalidValueError, match=r"\[tools\] max_retries = 1.5 is out of range: it must be an integer"):
         Settings(max_retries=1.5)  # type: ignore[arg-type]
+    with pytest.raises(InvalidValueError, match=r"\[workers\] concurrency = 4.0 is out of range: it must be an"):
+        Settings(concurrency=4.0)  # type: ignore[arg-type]
 
 
 TOOLS = "def rm(path: str) -> str:\n    return path\n"
