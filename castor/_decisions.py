@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from castor._context import RunContext, Suspend
 from castor._errors import CastorError, NothingPendingError
-from castor._sealing import digested, opened
+from castor._sealing import SealError, digested, opened
 from castor.checkpoint import AgentCheckpoint, new_record
 from castor.seams import Decision, DecisionOutcome, PendingApproval
 from castor.syscall import Syscall
@@ -111,7 +111,12 @@ def clear_arguments(kernel: Castor, tool: str, arguments: dict[str, Any]) -> dic
     """A pending call's arguments as the tool takes them: the store keeps its sensitive values encrypted
     (``castor._sealing``); ``SealError`` if this process does not hold the key they were sealed with."""
     spec = kernel.tools.find(tool)
-    return opened(arguments, spec.sensitive, kernel.data_key) if spec is not None else arguments
+    if spec is None:
+        return arguments
+    try:
+        return opened(arguments, spec.sensitive, kernel.data_key)
+    except SealError as exc:
+        raise SealError(f"the pending call to {tool!r}: {exc}; resuming the run asks for it anew") from exc
 
 
 def _clear_pending(cp: AgentCheckpoint) -> None:

@@ -3,8 +3,10 @@
 A value held under a name its tool declares sensitive (at any depth, see ``castor._redact``) is sealed
 one of two ways, both under the store's ``DataKey``:
 
-- **digested** (``***hmac:<hex>``): an HMAC-SHA256 of its canonical JSON. The journal's request keeps
-  this: replay compares a call with its record by digest, and nothing needs the value back.
+- **digested** (``***hmac:<key id>:<hex>``): an HMAC-SHA256 of its canonical JSON. The journal's request
+  keeps this: replay compares a call with its record by digest, and nothing needs the value back. A
+  digest made under another key (a checkpoint's JSON resumed on another store) cannot be compared: replay
+  then compares the rest of the call only.
 - **encrypted** (``***aead:<base64>``): AES-256-GCM with a random nonce (``cryptography``). A pending
   call keeps this in its checkpoint and its approval row (``approve`` may execute it in another process),
   and a fleet task carries it across the broker (the worker decrypts it just before calling the tool).
@@ -16,7 +18,9 @@ Where the key comes from:
 - a Redis store and the fleet: derived (HKDF-SHA256) from the fleet's secret; without one from
   ``$CASTOR_DATA_KEY``; without either a fixed development key, which hides values from a glance and
   nothing more.
-- the memory store: a random key of the process.
+- the memory store (the Python API's default): ``$CASTOR_DATA_KEY``, else the development key, so that a
+  checkpoint's JSON (which carries its pending call) can be approved in another process; set
+  ``$CASTOR_DATA_KEY`` to protect the values in that JSON.
 
 Changing the key (or the fleet's secret) makes runs stored under the old one unable to replay a sensitive
 call (a divergence) or to execute a pending one (a clear error): finish or drop them first.
@@ -61,6 +65,7 @@ class DataKey:
         self._load = load
         self.source = source
         self._keys: tuple[bytes, Any] | None = None
+        self._key_id = ""
         self._lock = threading.Lock()
 
     @classmethod
@@ -85,6 +90,13 @@ class DataKey:
         return cls.from_secret(_DEV_KEY, "development")
 
     @classmethod
+    def for_process(cls) -> DataKey:
+        """The memory store's key: ``$CASTOR_DATA_KEY``, else the development key (silently: the store
+        keeps nothing outside the process)."""
+        env = os.environ.get(KEY_ENV)
+        return cls.from_secret(env, KEY_ENV) if env else cls.from_secret(_DEV_KEY, "process")
+
+    @classmethod
     def for_file(cls, database: str) -> DataKey:
         """A SQLite store's key: ``$CASTOR_DATA_KEY``, else ``<database>.key`` (made on first use)."""
         env = os.environ.get(KEY_ENV)
@@ -105,13 +117,21 @@ class DataKey:
                     if self.source == "development":
                         log.warning("sensitive values are sealed with the development key: set a fleet secret "
                                     "or %s to protect them", KEY_ENV)
-                    self._keys = (_derive(material, b"castor digest"), AESGCM(_derive(material, b"castor aead")))
+                    mac = _derive(material, b"castor digest")
+                    self._key_id = hmac.digest(mac, b"castor key id", "sha256")[:4].hex()
+                    self._keys = (mac, AESGCM(_derive(material, b"castor aead")))
         return self._keys
+
+    @property
+    def key_id(self) -> str:
+        """Names the key in its digests (a hash of it, not the key)."""
+        self._subkeys()
+        return self._key_id
 
     def digest(self, value: Any) -> str:
         """A keyed digest of ``value``: equal for equal values, and nothing of the value."""
         mac = hmac.digest(self._subkeys()[0], canonical(value).encode(), "sha256")
-        return DIGEST_MARK + mac[:16].hex()
+        return f"{DIGEST_MARK}{self._key_id}:{mac[:16].hex()}"
 
     def encrypt(self, value: Any) -> str:
         """``value`` encrypted (a sealed value stays as it is)."""
@@ -159,6 +179,19 @@ def digested(arguments: dict[str, Any], sensitive: frozenset[str], key: DataKey)
     if not sensitive:
         return arguments
     return replace_sensitive(arguments, sensitive, key.digest)
+
+
+def foreign_digests(value: Any, key: DataKey) -> bool:
+    """Whether ``value`` holds a digest made under another key than ``key``."""
+    if isinstance(value, str):
+        if not value.startswith(DIGEST_MARK):
+            return False
+        return not value.startswith(f"{DIGEST_MARK}{key.key_id}:")
+    if isinstance(value, dict):
+        return any(foreign_digests(v, key) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(foreign_digests(v, key) for v in value)
+    return False
 
 
 def encrypted(arguments: dict[str, Any], sensitive: frozenset[str], key: DataKey) -> dict[str, Any]:

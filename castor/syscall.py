@@ -23,8 +23,8 @@ from typing import Any, NoReturn
 from castor._canonical import canonical
 from castor._context import RunContext, Suspend
 from castor._errors import InDoubtError, ReplayDivergenceError, UnknownToolError
-from castor._redact import redact
-from castor._sealing import DataKey, digested, encrypted
+from castor._redact import masked, redact
+from castor._sealing import DataKey, digested, encrypted, foreign_digests
 from castor.checkpoint import StepFailure, SyscallRecord, new_record
 from castor.registry import ToolSpec
 from castor.seams import Call, PendingApproval
@@ -125,12 +125,24 @@ def replay(call: Syscall, inner: Handler) -> Awaitable[Any]:
         return inner(call)
     record = log[call.step]
     request = record.request
-    recorded = request.get("arguments")
-    if request.get("tool_name") != call.tool_name or not (
-        same_arguments(recorded, call.arguments) or same_arguments(recorded, call.request["arguments"])
-    ):  # the journal keeps sensitive values as digests (a journal written before that, as they are)
+    if request.get("tool_name") != call.tool_name or not _same_call(request.get("arguments"), call):
         raise ReplayDivergenceError(call.step, request, call.request)
     return _value(record.response)
+
+
+def _same_call(recorded: Any, call: Syscall) -> bool:
+    """The journal keeps sensitive values as keyed digests (a journal written before that, as they are).
+    A digest under another key (a checkpoint's JSON resumed on another store) cannot be compared: the rest
+    of the call must still match."""
+    if same_arguments(recorded, call.arguments):
+        return True
+    spec = call.ctx.kernel.tools.find(call.tool_name)
+    if spec is None or not spec.sensitive:
+        return False
+    if same_arguments(recorded, call.request["arguments"]):
+        return True
+    key = call.ctx.kernel.data_key
+    return foreign_digests(recorded, key) and same_arguments(masked(recorded), redact(call.arguments, spec.sensitive))
 
 
 def same_arguments(recorded: Any, actual: dict[str, Any]) -> bool:

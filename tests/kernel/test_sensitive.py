@@ -105,3 +105,26 @@ async def test_a_sqlite_store_keeps_its_key_in_a_private_file(tmp_path: Path) ->
     for name in ("castor.db", "castor.db-wal"):
         path = tmp_path / name
         assert not path.exists() or MARK.encode() not in path.read_bytes(), name
+
+
+async def test_a_checkpoint_json_resumes_on_a_store_with_another_key(tmp_path: Path) -> None:
+    RECEIVED.clear()
+    first = Castor(tools=[login, rotate], store=f"sqlite:///{tmp_path}/castor.db")
+    cp = await first.run(agent_with(MARK), pid="moved")
+    await first.close()
+    text = cp.model_dump_json()
+    assert MARK not in text
+    # Another process, the memory store: its key cannot check step 0's digest, the rest of the call it can.
+    fresh = Castor(tools=[login, rotate])
+    cp = await fresh.run(agent_with(MARK), checkpoint=type(cp).model_validate_json(text))
+    assert cp.status == "SUSPENDED_FOR_HITL" and len(RECEIVED) == 1  # step 0 replayed, not run again
+    await fresh.approve(cp)
+    cp = await fresh.run(agent_with(MARK), checkpoint=cp)
+    assert cp.status == "COMPLETED" and RECEIVED[-1] == {"auth": [{"token": MARK}], "dry": False}
+
+    async def changed() -> str:
+        await tool("login", user="bob", creds={"password": MARK, "realm": "corp"})
+        return "never"
+
+    with pytest.raises(ReplayDivergenceError):
+        await Castor(tools=[login, rotate]).run(changed, checkpoint=type(cp).model_validate_json(text))

@@ -25,5 +25,5 @@ def memory_backend() -> Backend:
     """A fresh in-memory bundle."""
     return Backend(
         MemoryJournal(), MemoryBudgetStore(), MemoryApprovalStore(), MemoryRunStore(), "memory://",
-        data_key=DataKey.ephemeral(),
+        data_key=DataKey.for_process(),
     )
