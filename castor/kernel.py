@@ -16,6 +16,7 @@ from typing import Any
 
 from castor import _decisions, _runner
 from castor._errors import ConfigError, RunNotFoundError
+from castor._sealing import DataKey
 from castor.agents import AgentRegistry, default_agent_registry
 from castor.backends import open_backend
 from castor.checkpoint import AgentCheckpoint, usage_of
@@ -72,6 +73,8 @@ class Castor:
                 self.budgets.setdefault(resource, float(auto_budget))
         self.check_budgets(self.budgets, stacklevel=3)
         self.backend = store if isinstance(store, Backend) else open_backend(store)
+        # Seals sensitive arguments in the journal and in pending calls (castor._sealing).
+        self.data_key: DataKey = self.backend.data_key or DataKey.ephemeral()
         if executor is None:
             self.executor: Executor = LocalExecutor(self.tools)
         elif callable(executor) and not hasattr(executor, "execute"):

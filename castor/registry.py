@@ -54,7 +54,9 @@ def castor_tool(
     costs (default 1; 0 makes it free). ``destructive`` / ``requires_hitl`` make every call wait for a
     human outside speculative mode. ``idempotent`` lets a call whose worker died run again with the
     same effect id; ``retryable`` lets a failed call be retried with backoff; ``sensitive`` names
-    arguments redacted from logs and task listings. ``registry`` is accepted for compatibility.
+    arguments (matched at any depth of nested dicts and lists) that only the tool sees in clear: shown
+    as ``***``, journaled as keyed digests, kept encrypted in a pending call and in a fleet task
+    (``castor._sealing``). ``registry`` is accepted for compatibility.
     """
     if consumes == "_default":  # castor-kernel 0.5.1 spelled "not declared" this way
         consumes = None

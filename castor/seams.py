@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from castor._sealing import DataKey
 from castor.checkpoint import AgentCheckpoint, StepFailure, SyscallRecord
 
 DecisionOutcome = Literal["approve", "reject", "modify"]
@@ -240,6 +241,8 @@ class Backend:
     # True when every operation completes without waiting on the network (memory, SQLite): sync APIs
     # such as ``Castor.reject`` may then drive it to completion inside a running event loop.
     answers_inline: bool = True
+    # Seals sensitive arguments in this store (castor._sealing); None: a random key of the process.
+    data_key: DataKey | None = None
 
     async def close(self) -> None:
         """Close connections the backend holds."""

@@ -23,7 +23,8 @@ from typing import Any, NoReturn
 from castor._canonical import canonical
 from castor._context import RunContext, Suspend
 from castor._errors import InDoubtError, ReplayDivergenceError, UnknownToolError
-from castor._redact import redact
+from castor._redact import masked, redact
+from castor._sealing import DataKey, digested, encrypted, foreign_digests
 from castor.checkpoint import StepFailure, SyscallRecord, new_record
 from castor.registry import ToolSpec
 from castor.seams import Call, PendingApproval
@@ -52,8 +53,15 @@ class Syscall:
 
     @property
     def request(self) -> dict[str, Any]:
-        """The request as journaled: the tool and its raw arguments."""
-        return {"tool_name": self.tool_name, "arguments": self.arguments}
+        """The request as journaled: the tool and its raw arguments, sensitive values as keyed digests."""
+        return {"tool_name": self.tool_name, "arguments": self.stored_arguments(digested)}
+
+    def stored_arguments(self, seal: Callable[[dict[str, Any], frozenset[str], DataKey], dict[str, Any]]) -> Any:
+        """The raw arguments with their sensitive values sealed by ``seal`` (``castor._sealing``)."""
+        spec = self.spec or self.ctx.kernel.tools.find(self.tool_name)
+        if spec is None or not spec.sensitive:
+            return self.arguments
+        return seal(self.arguments, spec.sensitive, self.ctx.kernel.data_key)
 
 
 Handler = Callable[[Syscall], Awaitable[Any]]
@@ -117,9 +125,24 @@ def replay(call: Syscall, inner: Handler) -> Awaitable[Any]:
         return inner(call)
     record = log[call.step]
     request = record.request
-    if request.get("tool_name") != call.tool_name or not same_arguments(request.get("arguments"), call.arguments):
+    if request.get("tool_name") != call.tool_name or not _same_call(request.get("arguments"), call):
         raise ReplayDivergenceError(call.step, request, call.request)
     return _value(record.response)
+
+
+def _same_call(recorded: Any, call: Syscall) -> bool:
+    """The journal keeps sensitive values as keyed digests (a journal written before that, as they are).
+    A digest under another key (a checkpoint's JSON resumed on another store) cannot be compared: the rest
+    of the call must still match."""
+    if same_arguments(recorded, call.arguments):
+        return True
+    spec = call.ctx.kernel.tools.find(call.tool_name)
+    if spec is None or not spec.sensitive:
+        return False
+    if same_arguments(recorded, call.request["arguments"]):
+        return True
+    key = call.ctx.kernel.data_key
+    return foreign_digests(recorded, key) and same_arguments(masked(recorded), redact(call.arguments, spec.sensitive))
 
 
 def same_arguments(recorded: Any, actual: dict[str, Any]) -> bool:
@@ -194,12 +217,14 @@ async def _ask_human(call: Syscall, inner: Handler) -> Any:
 async def suspend_for_human(call: Syscall, attempt: int, reason: str) -> NoReturn:
     """Open approval round ``attempt`` of the step and unwind the run until a human decides it."""
     ctx = call.ctx
+    # The pending call keeps its sensitive values encrypted: an approval may execute it in another process.
+    arguments = call.stored_arguments(encrypted)
     await ctx.kernel.backend.approvals.request(
-        PendingApproval(ctx.run_id, call.step, call.tool_name, call.arguments, time.time(), None, reason, attempt)
+        PendingApproval(ctx.run_id, call.step, call.tool_name, arguments, time.time(), None, reason, attempt)
     )
     ctx.suspended_at = call.step
     cp = ctx.checkpoint
-    cp.pending_hitl = {"tool_name": call.tool_name, "arguments": call.arguments}
+    cp.pending_hitl = {"tool_name": call.tool_name, "arguments": arguments}
     cp.pending_step = call.step
     cp.pending_reason = reason or None
     raise Suspend(call.step)

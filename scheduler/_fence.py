@@ -130,4 +130,5 @@ def fenced(backend: Backend, fences: Fences) -> Backend:
         runs=FencedRuns(backend.runs, fences),
         url=backend.url,
         durable=backend.durable,
+        data_key=backend.data_key,
     )

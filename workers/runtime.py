@@ -31,6 +31,7 @@ from typing import Any
 
 from castor._canonical import canonical
 from castor._redact import redact
+from castor._sealing import DataKey
 from castor.backends.redis.keys import started_marker
 from castor.checkpoint import StepFailure, SyscallRecord
 from castor.executors._wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, verify
@@ -59,9 +60,10 @@ class Outcome:
 
 def redis_backend_factory(settings: Settings) -> Backend:
     """The fleet's shared state: the Redis backend under the settings' prefix."""
+    from castor._sealing import DataKey
     from castor.backends.redis import redis_backend
 
-    return redis_backend(settings.redis_url, prefix=settings.redis_prefix)
+    return redis_backend(settings.redis_url, prefix=settings.redis_prefix, data_key=DataKey.for_fleet(settings.secret))
 
 
 class _Process:
@@ -88,6 +90,7 @@ class WorkerRuntime:
         self.registry = registry
         self._factory = backend_factory or redis_backend_factory
         self._proc: _Process | None = None
+        self.key = DataKey.for_fleet(settings.secret)  # opens a task's encrypted sensitive arguments
 
     def process(self) -> _Process:
         """This process's state, rebuilt after a fork."""
@@ -117,7 +120,7 @@ class WorkerRuntime:
         proc = self.process()
         try:
             job = parse_job(kwargs, self.settings)
-            spec, checked = check_tool(job, self.registry, name)
+            spec, checked = check_tool(job, self.registry, name, self.key)
             policy = self.policy(spec)
             if not verify(self.settings.secret, job):  # a signed call needs nothing from Redis to be authorized
                 proc.loop.run(authorize(job, spec, policy, self.settings, proc.backend.approvals))

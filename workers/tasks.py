@@ -2,7 +2,8 @@
 
 It hands its JSON keyword arguments to ``WorkerRuntime.handle`` and returns nothing (a result would
 show in logs and events; results travel through the journal and the reply stream). A task whose name
-no tool of this worker has is refused by Celery; the ``task_unknown`` signal records the refusal.
+no tool of this worker has is refused by Celery; the ``task_unknown`` signal records the refusal, and
+Celery's log of it shows the message body's size and digest, not the body (``_logfilter``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from castor.executors._wire import task_name
+from workers._logfilter import withhold_bodies
 from workers._scripts import Delivery
 from workers.runtime import WorkerRuntime
 
@@ -75,3 +77,4 @@ def _watch_unknown(app: Any, runtime: WorkerRuntime) -> None:
         runtime.refuse_unknown(kwargs, name)
 
     signals.task_unknown.connect(on_unknown, weak=False)
+    withhold_bodies()  # Celery logs an unknown task's whole body: arguments and token

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from castor._decisions import default_user
 from castor._errors import ConfigError, RunNotFoundError
+from castor._redact import masked
 from castor.checkpoint import AgentCheckpoint
 from castor.seams import Backend
 
@@ -80,7 +81,7 @@ async def coordinator(args: argparse.Namespace) -> int:
         url=url, prefix=prefix, name=args.name or "", concurrency=args.concurrency, lease=args.lease,
         grace=args.grace, allow_code_change=args.allow_code_change, store_options=options,
     )
-    await serve(config, executor=executor_factory(kind, settings))
+    await serve(config, executor=executor_factory(kind, settings), secret=settings.secret if settings else None)
     return 0
 
 
@@ -179,10 +180,11 @@ def describe(cp: AgentCheckpoint, state: dict[str, Any]) -> str:
         lines.append(f"scopes:   {', '.join(cp.scopes)}")
     for i, rec in enumerate(cp.syscall_log):
         flags = " [review]" if rec.needs_review else (f" [decided by {rec.decided_by}]" if rec.was_hitl else "")
-        lines.append(f"  {i:>3} {rec.tool_name}({json.dumps(rec.arguments, default=str)}) -> "
+        lines.append(f"  {i:>3} {rec.tool_name}({json.dumps(masked(rec.arguments), default=str)}) -> "
                      f"{json.dumps(rec.response, default=str)[:80]}{flags}")
     if cp.pending_hitl:
-        lines.append(f"pending:  step {cp.pending_step} {cp.pending_tool}({json.dumps(cp.pending_args, default=str)})"
+        shown = json.dumps(masked(cp.pending_args), default=str)
+        lines.append(f"pending:  step {cp.pending_step} {cp.pending_tool}({shown})"
                      + (f"  ({cp.pending_reason})" if cp.pending_reason else ""))
     if cp.error:
         lines.append(f"error:    {cp.error}")
@@ -201,7 +203,7 @@ async def approvals(args: argparse.Namespace) -> int:
         for p in pending
     ]
     text = table(
-        [(r["pid"], r["step"], r["tool"], json.dumps(r["arguments"], default=str)[:60],
+        [(r["pid"], r["step"], r["tool"], json.dumps(masked(r["arguments"]), default=str)[:60],
           age(time.time() - r["waiting"]), r["reason"] or None) for r in rows],
         ("PID", "STEP", "TOOL", "ARGUMENTS", "WAITING", "REASON"),
     )

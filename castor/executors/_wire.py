@@ -5,6 +5,9 @@ A tool task is named ``castor.tool.<tool>`` and carries one keyword argument per
 approval round and journal record: a worker runs nothing a coordinator did not sign (or, for a gated
 tool without a token, nothing but the very call, tool and arguments, a human approved in Redis). A reply
 is a flat stream entry.
+
+Sensitive arguments travel encrypted (``castor._sealing``) and the token covers them as sent, encrypted;
+the record's request holds their keyed digests.
 """
 
 from __future__ import annotations

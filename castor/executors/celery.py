@@ -7,6 +7,10 @@ journals the step (write-once) before it replies, so the kernel only appends the
 (``writes_journal``). A coordinator that gives up at its deadline looks in the journal once more before
 it reports a ``ToolTimeoutError``: a result that made it to the journal is the step's result.
 
+Arguments a tool declares sensitive cross the broker encrypted under the fleet's key (derived from its
+secret, ``castor._sealing``): the message body, Flower and any worker's log hold only ciphertext, and the
+token signs the encrypted form. The worker decrypts them just before it checks and calls the tool.
+
 Celery and redis are imported here only, so ``import castor`` loads neither.
 """
 
@@ -28,6 +32,7 @@ from castor._errors import (
     ToolTimeoutError,
 )
 from castor._ids import unique_ids
+from castor._sealing import DataKey, encrypted
 from castor.backends.redis import RedisConnection, keys
 from castor.backends.redis.keys import reply_stream
 from castor.executors._celery_conf import celery_config
@@ -87,6 +92,7 @@ class CeleryExecutor:
         self._journal = journal
         self._grace = reply_grace
         self._routes: dict[str, _Route] = {}
+        self._key = DataKey.for_fleet(settings.secret)  # a task's sensitive values cross the broker encrypted
         self._control: RedisConnection | None = None  # made for the rare abandon of a task
         self._app = Celery("castor-coordinator", set_as_current=False)
         self._app.conf.update(celery_config(settings, publisher=True))
@@ -119,8 +125,9 @@ class CeleryExecutor:
     async def execute(self, call: Call) -> Any:
         """Send the call to its pool and return the tool's result, or raise what became of it."""
         route = self._routes.get(call.tool_name) or self._route(call.tool_name)
+        arguments = encrypted(call.arguments, route.sensitive, self._key) if route.sensitive else call.arguments
         job = Job(
-            call.run_id, call.step, call.tool_name, call.arguments, call.effect_id, call.attempt,
+            call.run_id, call.step, call.tool_name, arguments, call.effect_id, call.attempt,
             self._replies.stream, call.record or {},
         )
         if self._settings.secret:
@@ -263,7 +270,10 @@ def fleet_options(
     from castor._imports import load_tools
     from castor.backends.redis import redis_backend
 
-    backend = redis_backend(settings.redis_url, prefix=settings.redis_prefix, **(backend_options or {}))
+    backend = redis_backend(
+        settings.redis_url, prefix=settings.redis_prefix, data_key=DataKey.for_fleet(settings.secret),
+        **(backend_options or {}),
+    )
     options: dict[str, Any] = {
         "tools": load_tools(settings.tool_imports),
         "destructive": sorted(settings.destructive),
