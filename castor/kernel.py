@@ -136,7 +136,12 @@ class Castor:
         checkpoint: AgentCheckpoint | None = None,
         max_iterations: int = 20,
     ) -> AgentCheckpoint:
-        """Run, and answer every approval with ``on_hitl`` until the run ends or ``max_iterations``."""
+        """Run, and answer every approval with ``on_hitl`` until the run ends.
+
+        After ``max_iterations`` answered approvals, a run that waits for one more raises
+        ``RuntimeError`` (as castor-kernel 0.5.1); the run stays suspended and undecided, so it can be
+        loaded by its pid and continued.
+        """
         cp = await self.run(agent, budgets=budgets, checkpoint=checkpoint, pid=pid)
         for _ in range(max_iterations):
             if not cp.is_suspended:
@@ -144,6 +149,12 @@ class Castor:
             decision, feedback = await on_hitl(cp)
             await self.decide(cp, decision, feedback)
             cp = await self.run(agent, checkpoint=cp)
+        if cp.is_suspended:
+            raise RuntimeError(
+                f"run {cp.pid!r} exceeded {max_iterations} HITL iterations (max_iterations={max_iterations}) and "
+                f"still waits for approval of {cp.pending_tool!r}; it stays suspended: "
+                f"continue it with run(agent, checkpoint=await kernel.aload({cp.pid!r}))"
+            )
         return cp
 
     async def run_async(
