@@ -17,7 +17,9 @@ are translated at the boundary with ``raise ... from exc`` so callers never catc
     ├── InDoubtError             a step was dispatched but its outcome is unknown (worker lost)
     ├── RemoteToolError          a tool raised on a worker; carries the original type name and message
     ├── TaskRefusedError         a worker refused a task (unknown tool, bad arguments, no authorization)
-    └── BackendUnavailable       the store (SQLite file, Redis) cannot be reached
+    ├── BackendUnavailable       the store (SQLite file, Redis) cannot be reached
+    └── UnsupportedError         a castor-kernel 0.5.1 name or option Castor has no equivalent for yet;
+                                 the message names what to use instead          (also NotImplementedError)
 
 All of them pickle, so they cross process boundaries (coordinator, workers) unchanged.
 """
@@ -150,3 +152,8 @@ class TaskRefusedError(CastorError):
 
 class BackendUnavailable(CastorError):
     """The state store (SQLite file, Redis) cannot be reached."""
+
+
+class UnsupportedError(CastorError, NotImplementedError):
+    """Code used a castor-kernel 0.5.1 name or option that Castor has no equivalent for yet; the message
+    names what to use instead."""

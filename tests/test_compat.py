@@ -1,0 +1,141 @@
+"""castor-kernel 0.5.1's names and ``Castor()`` options: honoured through an equivalent, or refused with an
+error naming what to use instead, never silently ignored."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+import castor
+from castor import (
+    AgentRegistry,
+    AgentRegistryProtocol,
+    Castor,
+    CheckpointStore,
+    MemoryCheckpointStore,
+    RunNotFoundError,
+    SuspendInterrupt,
+    SyscallGate,
+    SyscallRequest,
+    SyscallResponse,
+    UnsupportedError,
+    castor_tool,
+)
+from castor.lib import tool
+from castor.registry import ToolRegistry
+
+# Each name Castor has no equivalent for, and a word of what its error tells the user to use instead.
+REFUSED = {
+    "CapabilityManager": "budgets=", "BudgetProtocol": "budgets=", "HITLHandler": "kernel.approve",
+    "AgentRunner": "run_async", "InMemoryJournal": "syscall_log", "JournalProtocol": "castor.seams.Journal",
+    "CheckpointStoreProtocol": "castor.seams.Backend", "GateProtocol": "SyscallGate", "ToolMetadata": "@castor_tool",
+    "CastorMessage": "conversation", "MMU": "conversation", "MMUProtocol": "conversation",
+    "LLMSyscall": "Castor(llm=", "StreamingLLMSyscall": "Castor(llm=",
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_a_name_without_equivalent_refuses_every_use_naming_what_to_use(name: str) -> None:
+    placeholder = getattr(castor, name)
+    match = f"castor.{name} \\(castor-kernel 0.5.1\\) is not provided: .*{re.escape(REFUSED[name])}"
+    with pytest.raises(UnsupportedError, match=match):
+        placeholder()
+    with pytest.raises(UnsupportedError, match=match):
+        isinstance(object(), placeholder)
+    with pytest.raises(UnsupportedError, match=match):
+
+        class Mine(placeholder):  # type: ignore[misc, valid-type]
+            pass
+    assert issubclass(UnsupportedError, NotImplementedError)
+
+
+@pytest.mark.parametrize(
+    ("option", "hint"),
+    [("lodge", "llm="), ("capability_manager", "budgets="), ("roche", "tools="), ("gate", "SyscallGate(registry)")],
+)
+def test_castor_refuses_options_it_cannot_honour(option: str, hint: str) -> None:
+    with pytest.raises(UnsupportedError, match=f"Castor\\({option}=.*{re.escape(hint)}"):
+        Castor(tools=[], **{option: object()})
+    Castor(tools=[], **{option: None})  # 0.5.1's default: nothing asked for
+
+
+async def test_gate_over_a_registry_runs_its_tools_with_the_operators_policy() -> None:
+    registry = ToolRegistry()
+
+    @castor_tool(registry=registry, cost_per_use=2)
+    async def search(query: str) -> str:
+        return f"found {query}"
+
+    @castor_tool(registry=registry)
+    def wipe(path: str) -> str:
+        return f"wiped {path}"
+
+    gate = SyscallGate(registry)
+    assert gate.list_tools() == ["search", "wipe"] and gate.has_tool("wipe")
+    assert await gate.execute("search", gate.validate("search", {"query": "x"})) == "found x"
+    with pytest.raises(ValueError, match="query"):
+        gate.validate("search", {})
+
+    async def agent() -> object:
+        return [await tool("search", query="logs"), await tool("wipe", path="/tmp/a")]
+
+    kernel = Castor(gate=gate, destructive=["wipe"])
+    cp = await kernel.run(agent, budgets={"api": 10})
+    assert cp.status == "SUSPENDED_FOR_HITL" and cp.pending_tool == "wipe" and cp.budget_used("api") == 2
+    await kernel.approve(cp)
+    cp = await kernel.run(agent, checkpoint=cp)
+    assert cp.result == ["found logs", "wiped /tmp/a"]
+
+
+def test_castor_tool_registry_must_be_a_tool_registry() -> None:
+    with pytest.raises(castor.ConfigError, match="ToolRegistry"):
+        castor_tool(registry=AgentRegistry())(lambda: None)
+
+
+async def test_checkpoint_store_is_a_store_castor_takes(tmp_path: Path) -> None:
+    async def agent() -> object:
+        return await tool("wipe", path="/tmp/b")
+
+    def wipe(path: str) -> str:
+        return f"wiped {path}"
+
+    url = f"sqlite:///{tmp_path}/castor.db"
+    store = CheckpointStore(url)
+    cp = await Castor(tools=[wipe], destructive=["wipe"], store=store).run(agent, pid="p1")
+    again = CheckpointStore(url)  # another handle on the same file sees the run, synchronously
+    assert again.list_pids() == ["p1"] and again.load("p1").pending_args == {"path": "/tmp/b"}
+    again.delete("p1")
+    with pytest.raises(RunNotFoundError):
+        again.load("p1")
+    with pytest.raises(UnsupportedError, match="write-ahead log"):
+        again.write_wal("p1", 0, "wipe", {}, {})
+
+    memory = MemoryCheckpointStore()
+    memory.save(cp)
+    assert memory.load("p1").pending_tool == "wipe" and memory.list_pids() == ["p1"]
+
+
+async def test_suspend_interrupt_is_what_unwinds_a_suspended_agent() -> None:
+    seen: list[str] = []
+
+    def wipe(path: str) -> str:
+        return path
+
+    async def agent() -> object:
+        try:
+            return await tool("wipe", path="/x")
+        except SuspendInterrupt:
+            seen.append("suspended")
+            raise
+
+    cp = await Castor(tools=[wipe], destructive=["wipe"]).run(agent)
+    assert cp.is_suspended and seen == ["suspended"]
+
+
+def test_data_records_and_the_agent_registry_protocol() -> None:
+    request = SyscallRequest(caller_pid="p", tool_name="search", arguments={"q": 1})
+    assert request.model_dump() == {"caller_pid": "p", "tool_name": "search", "arguments": {"q": 1}}
+    assert SyscallResponse(status="HITL_REJECTED", human_feedback="no").human_feedback == "no"
+    assert isinstance(AgentRegistry(), AgentRegistryProtocol)
