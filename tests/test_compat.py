@@ -3,6 +3,7 @@ error naming what to use instead, never silently ignored."""
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
 
@@ -139,3 +140,47 @@ def test_data_records_and_the_agent_registry_protocol() -> None:
     assert request.model_dump() == {"caller_pid": "p", "tool_name": "search", "arguments": {"q": 1}}
     assert SyscallResponse(status="HITL_REJECTED", human_feedback="no").human_feedback == "no"
     assert isinstance(AgentRegistry(), AgentRegistryProtocol)
+
+
+# castor-kernel 0.5.1's module paths for stable names, and names each must provide.
+MODULE_PATHS = {
+    "castor.gate.registry": ["ToolRegistry", "ToolMetadata", "ToolNotFoundError"],
+    "castor.gate.decorator": ["castor_tool"],
+    "castor.gate.validator": ["SyscallGate"],
+    "castor.capability.manager": ["CapabilityManager"],
+    "castor.models.checkpoint": ["AgentCheckpoint", "SyscallRecord", "CastorMessage", "SuspendInterrupt"],
+    "castor.models.capability": ["Capability", "SyscallRequest", "SyscallResponse"],
+    "castor.models.result": ["SyscallResult"],
+    "castor.scheduler.proxy": ["SyscallProxy", "ReplayDivergenceError"],
+    "castor.scheduler.runner": ["AgentRunner"],
+    "castor.scheduler.hitl": ["HITLHandler"],
+    "castor.scheduler.persistence": ["CheckpointStore", "MemoryCheckpointStore", "CheckpointNotFoundError"],
+    "castor.scheduler.agent_registry": [
+        "AgentRegistry", "castor_agent", "AgentNotFoundError", "default_agent_registry",
+    ],
+    "castor.lib._context": ["get_proxy", "set_proxy"],
+}
+
+
+@pytest.mark.parametrize("path", sorted(MODULE_PATHS))
+def test_051_module_paths_import_castors_own_names(path: str) -> None:
+    module = importlib.import_module(path)
+    for name in MODULE_PATHS[path]:
+        value = getattr(module, name)
+        assert value is getattr(castor, name, value), f"{path}.{name} is not castor.{name}"
+
+
+async def test_get_proxy_is_the_current_runs_proxy() -> None:
+    from castor.lib._context import get_proxy, set_proxy
+
+    async def agent() -> object:
+        return await get_proxy().syscall("wipe", {"path": "/p"})
+
+    def wipe(path: str) -> str:
+        return f"wiped {path}"
+
+    assert (await Castor(tools=[wipe]).run(agent)).result == "wiped /p"
+    with pytest.raises(RuntimeError, match=r"inside Castor\.run"):
+        get_proxy()
+    with pytest.raises(UnsupportedError, match=r"castor\.lib finds it"):
+        set_proxy(object())
