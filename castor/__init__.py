@@ -33,14 +33,12 @@ from castor.compat import (
     BudgetProtocol,
     CapabilityManager,
     CastorMessage,
-    CheckpointStore,
     CheckpointStoreProtocol,
     GateProtocol,
     HITLHandler,
     InMemoryJournal,
     JournalProtocol,
     LLMSyscall,
-    MemoryCheckpointStore,
     MMUProtocol,
     StreamingLLMSyscall,
     SuspendInterrupt,
@@ -53,6 +51,7 @@ from castor.lib.proxy import SyscallProxy
 from castor.policies import auto_approve, auto_reject, interactive
 from castor.registry import SyscallGate, castor_tool
 from castor.results import SyscallResult
+from castor.scheduler.persistence import CheckpointStore, MemoryCheckpointStore
 from castor.summary import ApprovedStep, ExecutionSummary, FlaggedStep
 
 __version__ = "0.6.0"

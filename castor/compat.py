@@ -2,26 +2,23 @@
 
 Code written for 0.5.1 imports every one of them from ``castor``. Where Castor has an equivalent, the
 name is it or a thin adapter over it: ``SyscallGate`` (in ``castor.registry``), ``CheckpointStore`` and
-``MemoryCheckpointStore`` (a store ``Castor(store=...)`` takes), ``SuspendInterrupt``, ``SyscallRequest``,
-``SyscallResponse``, ``AgentRegistryProtocol``. Where it has none yet, the name still imports, and any use
-of it (calling, subclassing, ``isinstance``) raises ``UnsupportedError`` naming what to use instead.
+``MemoryCheckpointStore`` (in ``castor.scheduler.persistence``), ``CapabilityManager`` (the kernel's own
+budgets), ``SuspendInterrupt``, ``SyscallRequest``, ``SyscallResponse``, ``AgentRegistryProtocol``. Where
+it has none yet, the name still imports, and any use of it (calling, subclassing, ``isinstance``) raises
+``UnsupportedError`` naming what to use instead. ``legacy_tools`` honours or refuses 0.5.1's other
+``Castor()`` options.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, NoReturn, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
 from castor._context import Suspend
-from castor._decisions import run_now
 from castor._errors import UnsupportedError
-from castor.backends import open_backend
-from castor.checkpoint import AgentCheckpoint
-from castor.kernel import Castor
-from castor.seams import Backend
+from castor.registry import SyscallGate
 
 SuspendInterrupt = Suspend
 """The signal that unwinds an agent suspended for approval (a ``BaseException`` here, so an agent's
@@ -53,72 +50,6 @@ class AgentRegistryProtocol(Protocol):
 
     def get(self, name: str) -> Callable[..., Any]:
         """The agent called ``name``."""
-
-
-class CheckpointStore(Backend):
-    """castor-kernel 0.5.1's checkpoint store over a store URL: ``Castor(store=CheckpointStore(url))``.
-
-    Its synchronous ``save`` / ``load`` / ``delete`` / ``list_pids`` complete in place for stores that
-    answer without waiting (memory, SQLite); for Redis, use the kernel's async ``save`` / ``aload``.
-    """
-
-    def __init__(self, db_url: str = "sqlite:///castor.db") -> None:
-        backend = open_backend(db_url)
-        super().__init__(**{f.name: getattr(backend, f.name) for f in dataclasses.fields(Backend)})
-        self._kernel: Castor | None = None
-
-    def _castor(self) -> Castor:
-        if self._kernel is None:
-            self._kernel = Castor(tools=[], store=self)
-        return self._kernel
-
-    def save(self, checkpoint: AgentCheckpoint) -> None:
-        """Persist the checkpoint, header and journal."""
-        run_now(self._castor().save(checkpoint), "CheckpointStore.save()")
-
-    def load(self, pid: str) -> AgentCheckpoint:
-        """The checkpoint of ``pid``; ``RunNotFoundError`` (a ``KeyError``) if there is none."""
-        return run_now(self._castor().aload(pid), "CheckpointStore.load()")
-
-    def delete(self, pid: str) -> None:
-        """Forget the run ``pid``: its header, journal and approvals."""
-
-        async def forget() -> None:
-            await self.runs.delete(pid)
-            await self.journal.delete(pid)
-            await self.approvals.clear(pid)
-
-        run_now(forget(), "CheckpointStore.delete()")
-
-    def list_pids(self) -> list[str]:
-        """Every stored run's pid."""
-
-        async def every() -> list[str]:
-            pids: list[str] = []
-            while batch := await self.runs.list(limit=500, offset=len(pids)):
-                pids += [run.pid for run in batch]
-            return pids
-
-        return run_now(every(), "CheckpointStore.list_pids()")
-
-    def write_wal(self, *args: Any, **kwargs: Any) -> NoReturn:
-        """Not provided: there is no separate write-ahead log."""
-        raise UnsupportedError(_NO_WAL)
-
-    complete_wal = abandon_wal = write_wal
-
-
-_NO_WAL = (
-    "CheckpointStore has no write-ahead log here: Castor journals each call write-once as it completes "
-    "and refunds what it could not journal; read the journal as checkpoint.syscall_log"
-)
-
-
-class MemoryCheckpointStore(CheckpointStore):
-    """castor-kernel 0.5.1's in-process store: Castor's memory store, what ``Castor()`` uses by default."""
-
-    def __init__(self) -> None:
-        super().__init__("memory://")
 
 
 class Unsupported(type):
@@ -164,7 +95,6 @@ _LLM = (
     "and agents call castor.lib.chat()"
 )
 
-CapabilityManager = unsupported("CapabilityManager", _BUDGETS)
 BudgetProtocol = unsupported("BudgetProtocol", _BUDGETS)
 HITLHandler = unsupported(
     "HITLHandler", "decide through the kernel: kernel.approve(cp), kernel.reject(cp, reason), "
@@ -196,3 +126,49 @@ MMU = unsupported("MMU", _MMU)
 MMUProtocol = unsupported("MMUProtocol", _MMU)
 LLMSyscall = unsupported("LLMSyscall", _LLM)
 StreamingLLMSyscall = unsupported("StreamingLLMSyscall", "streaming LLM calls are not supported yet; " + _LLM)
+
+
+class CapabilityManager:
+    """castor-kernel 0.5.1's budget manager. Budgets here are kept by the kernel's store, so the use kept is
+    the default one: ``Castor(capability_manager=CapabilityManager())`` means the kernel's own budgets.
+    Its methods on capability dicts (``check``, ``deduct``, ``delegate``, ...) are not provided."""
+
+    def __getattr__(self, name: str) -> NoReturn:
+        if name.startswith("_"):  # copy, pickle and friends probe dunders: answer as any object would
+            raise AttributeError(name)
+        raise UnsupportedError(f"CapabilityManager.{name}() (castor-kernel 0.5.1) is not provided: {_BUDGETS}")
+
+
+REFUSED = {
+    "lodge": "Castor(lodge=...) (castor-kernel 0.5.1's context-window MMU) is not supported yet; "
+    "keep the conversation in the agent and pass the LLM as Castor(llm=...)",
+    "capability_manager": "Castor(capability_manager=...) takes only castor.CapabilityManager() (the kernel's own "
+    "budgets): a custom budget manager is not supported; pass budgets=, default_budgets= or costs= to Castor",
+    "roche": "Castor(roche=...) (sandboxed tools) is not supported: pass the sandbox's tools as tools=",
+}
+
+
+def legacy_tools(options: Mapping[str, Any]) -> list[tuple[str, Callable[..., Any]]]:
+    """castor-kernel 0.5.1's other ``Castor()`` options, honoured or refused but never ignored.
+
+    ``gate=SyscallGate(registry)`` gives the registry's tools; ``capability_manager=CapabilityManager()`` is
+    the kernel's own budgets; ``lodge=``, ``roche=`` and any other gate or budget manager raise
+    ``UnsupportedError`` naming what to use instead.
+    """
+    unknown = set(options) - {"gate", *REFUSED}
+    if unknown:
+        raise TypeError(f"Castor() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
+    for name, why in REFUSED.items():
+        value = options.get(name)
+        # None / False are 0.5.1's defaults (nothing asked for); a plain CapabilityManager() is the default too.
+        if value and not (name == "capability_manager" and type(value) is CapabilityManager):
+            raise UnsupportedError(why)
+    gate = options.get("gate")
+    if gate is None:
+        return []
+    if not isinstance(gate, SyscallGate):
+        raise UnsupportedError(
+            f"Castor(gate=...) takes castor.SyscallGate(registry), not {type(gate).__name__}: a custom gate is "
+            "not supported; declare tools with tools= and @castor_tool"
+        )
+    return [(spec.name, spec.func) for spec in gate.registry]

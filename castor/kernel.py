@@ -15,12 +15,13 @@ from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 from castor import _decisions, _runner
-from castor._errors import ConfigError, RunNotFoundError, UnsupportedError
+from castor._errors import ConfigError, RunNotFoundError
 from castor.agents import AgentRegistry, default_agent_registry
 from castor.backends import open_backend
 from castor.checkpoint import AgentCheckpoint, usage_of
+from castor.compat import legacy_tools
 from castor.executors.local import LocalExecutor
-from castor.registry import SyscallGate, ToolRegistry
+from castor.registry import ToolRegistry
 from castor.seams import Backend, Executor
 from castor.summary import ExecutionSummary, scan
 from castor.syscall import DEFAULT_STAGES, Handler, build_path, execute
@@ -30,38 +31,6 @@ LLM_TOOL = "llm_inference"
 
 class CastorWarning(UserWarning):
     """A configuration that works but is probably not what the operator meant."""
-
-
-REFUSED = {
-    "lodge": "Castor(lodge=...) (castor-kernel 0.5.1's context-window MMU) is not supported yet; "
-    "keep the conversation in the agent and pass the LLM as Castor(llm=...)",
-    "capability_manager": "Castor(capability_manager=...) is not supported: budgets are kept by the kernel's "
-    "store; pass budgets=, default_budgets= or costs= to Castor (or budgets= to run())",
-    "roche": "Castor(roche=...) (sandboxed tools) is not supported: pass the sandbox's tools as tools=",
-}
-
-
-def legacy_tools(options: Mapping[str, Any]) -> list[tuple[str, Callable[..., Any]]]:
-    """castor-kernel 0.5.1's other ``Castor()`` options, honoured or refused but never ignored.
-
-    ``gate=SyscallGate(registry)`` gives the registry's tools; ``lodge=``, ``capability_manager=`` and
-    ``roche=`` raise ``UnsupportedError`` naming what to use instead.
-    """
-    unknown = set(options) - {"gate", *REFUSED}
-    if unknown:
-        raise TypeError(f"Castor() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
-    for name, why in REFUSED.items():
-        if options.get(name):  # None / False are 0.5.1's defaults: nothing asked for
-            raise UnsupportedError(why)
-    gate = options.get("gate")
-    if gate is None:
-        return []
-    if not isinstance(gate, SyscallGate):
-        raise UnsupportedError(
-            f"Castor(gate=...) takes castor.SyscallGate(registry), not {type(gate).__name__}: a custom gate is "
-            "not supported; declare tools with tools= and @castor_tool"
-        )
-    return [(spec.name, spec.func) for spec in gate.registry]
 
 
 class Castor:

@@ -29,7 +29,7 @@ from castor.registry import ToolRegistry
 
 # Each name Castor has no equivalent for, and a word of what its error tells the user to use instead.
 REFUSED = {
-    "CapabilityManager": "budgets=", "BudgetProtocol": "budgets=", "HITLHandler": "kernel.approve",
+    "BudgetProtocol": "budgets=", "HITLHandler": "kernel.approve",
     "AgentRunner": "run_async", "InMemoryJournal": "syscall_log", "JournalProtocol": "castor.seams.Journal",
     "CheckpointStoreProtocol": "castor.seams.Backend", "GateProtocol": "SyscallGate", "ToolMetadata": "@castor_tool",
     "CastorMessage": "conversation", "MMU": "conversation", "MMUProtocol": "conversation",
@@ -60,6 +60,27 @@ def test_castor_refuses_options_it_cannot_honour(option: str, hint: str) -> None
     with pytest.raises(UnsupportedError, match=f"Castor\\({option}=.*{re.escape(hint)}"):
         Castor(tools=[], **{option: object()})
     Castor(tools=[], **{option: None})  # 0.5.1's default: nothing asked for
+
+
+async def test_the_default_capability_manager_is_the_kernels_own_budgets() -> None:
+    manager = castor.CapabilityManager()
+
+    def search(query: str) -> str:
+        return query
+
+    async def agent() -> object:
+        return [await tool("search", query="a"), await tool("search", query="b")]
+
+    cp = await Castor(tools=[search], capability_manager=manager).run(agent, budgets={"api": 1})
+    assert cp.result[1]["status"] == "INSUFFICIENT_CAPABILITY"  # the kernel's budgets apply
+
+    class Custom(castor.CapabilityManager):
+        pass
+
+    with pytest.raises(UnsupportedError, match="custom budget manager is not supported"):
+        Castor(tools=[search], capability_manager=Custom())
+    with pytest.raises(UnsupportedError, match=r"CapabilityManager\.deduct\(\) .* is not provided: budgets"):
+        manager.deduct({}, "api", 1.0)
 
 
 async def test_gate_over_a_registry_runs_its_tools_with_the_operators_policy() -> None:
@@ -184,3 +205,18 @@ async def test_get_proxy_is_the_current_runs_proxy() -> None:
         get_proxy()
     with pytest.raises(UnsupportedError, match=r"castor\.lib finds it"):
         set_proxy(object())
+
+
+async def test_syscall_result_is_built_and_read_as_in_051() -> None:
+    rejected = castor.SyscallResult(status="HITL_REJECTED", feedback="too risky")
+    assert rejected.rejected and not rejected.ok and rejected.value is None and rejected.feedback == "too risky"
+    assert castor.SyscallResult(value=42).ok
+
+    def search(query: str) -> str:
+        return query
+
+    async def agent() -> object:
+        return await tool("search", query="q")
+
+    cp = await Castor(tools=[search], structured_results=True).run(agent, budgets={"api": 0})
+    assert cp.result.exhausted and cp.result.resource == "api"

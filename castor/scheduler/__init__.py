@@ -5,8 +5,9 @@ for 0.5.1 imports unchanged. (The fleet's coordinator is the separate ``schedule
 
 from castor._errors import ReplayDivergenceError
 from castor.agents import AgentNotFoundError, AgentRegistry, castor_agent, default_agent_registry
-from castor.compat import AgentRunner, CheckpointStore, HITLHandler, MemoryCheckpointStore
+from castor.compat import AgentRunner, HITLHandler
 from castor.lib.proxy import SyscallProxy
+from castor.scheduler.persistence import CheckpointStore, MemoryCheckpointStore
 
 __all__ = [
     "AgentNotFoundError", "AgentRegistry", "AgentRunner", "CheckpointStore", "HITLHandler", "MemoryCheckpointStore",
