@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from castor._context import Suspend
 from castor._errors import UnsupportedError
+from castor.checkpoint import Capability
 from castor.registry import SyscallGate
 
 SuspendInterrupt = Suspend
@@ -131,7 +132,12 @@ StreamingLLMSyscall = unsupported("StreamingLLMSyscall", "streaming LLM calls ar
 class CapabilityManager:
     """castor-kernel 0.5.1's budget manager. Budgets here are kept by the kernel's store, so the use kept is
     the default one: ``Castor(capability_manager=CapabilityManager())`` means the kernel's own budgets.
-    Its methods on capability dicts (``check``, ``deduct``, ``delegate``, ...) are not provided."""
+    ``create_capabilities`` builds a checkpoint's capabilities; its methods that track usage in capability
+    dicts (``check``, ``deduct``, ``refund``, ``delegate``, ``reclaim``) are not provided."""
+
+    def create_capabilities(self, specs: Mapping[str, float]) -> dict[str, Capability]:
+        """One ``Capability`` per budget, nothing used yet (what ``AgentCheckpoint.capabilities`` holds)."""
+        return {r: Capability(resource_type=r, max_budget=float(v)) for r, v in specs.items()}
 
     def __getattr__(self, name: str) -> NoReturn:
         if name.startswith("_"):  # copy, pickle and friends probe dunders: answer as any object would

@@ -79,6 +79,7 @@ async def test_the_default_capability_manager_is_the_kernels_own_budgets() -> No
 
     with pytest.raises(UnsupportedError, match="custom budget manager is not supported"):
         Castor(tools=[search], capability_manager=Custom())
+    assert manager.create_capabilities({"api": 5}) == {"api": castor.Capability(resource_type="api", max_budget=5)}
     with pytest.raises(UnsupportedError, match=r"CapabilityManager\.deduct\(\) .* is not provided: budgets"):
         manager.deduct({}, "api", 1.0)
 
@@ -180,6 +181,8 @@ MODULE_PATHS = {
         "AgentRegistry", "castor_agent", "AgentNotFoundError", "default_agent_registry",
     ],
     "castor.lib._context": ["get_proxy", "set_proxy"],
+    "castor.core": ["Castor", "CastorTask"],
+    "castor.hitl_policies": ["auto_approve", "auto_reject", "interactive"],
 }
 
 
@@ -205,6 +208,9 @@ async def test_get_proxy_is_the_current_runs_proxy() -> None:
         get_proxy()
     with pytest.raises(UnsupportedError, match=r"castor\.lib finds it"):
         set_proxy(object())
+    with pytest.raises(UnsupportedError, match=r"the kernel builds the proxy; run the agent with Castor"):
+        castor.SyscallProxy(castor.AgentCheckpoint(pid="p", status="RUNNING", agent_function_name="a",
+                                                   capabilities={}), SyscallGate(ToolRegistry()))
 
 
 async def test_syscall_result_is_built_and_read_as_in_051() -> None:

@@ -5,13 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 from castor._context import RunContext
+from castor._errors import UnsupportedError
 from castor.lib import primitives
 
 
 class SyscallProxy:
     """``proxy.syscall(name, args)``, ``proxy.syscall(name, **kwargs)`` and ``proxy.<tool>(**kwargs)``."""
 
-    def __init__(self, ctx: RunContext) -> None:
+    def __init__(self, ctx: RunContext, *legacy: Any, **options: Any) -> None:
+        if not isinstance(ctx, RunContext) or legacy or options:
+            # castor-kernel 0.5.1 let code wire a proxy by hand: SyscallProxy(checkpoint, gate, cap_mgr, ...).
+            raise UnsupportedError(
+                "SyscallProxy(checkpoint, gate, ...) (castor-kernel 0.5.1) is not provided: the kernel builds the "
+                "proxy; run the agent with Castor(...).run(agent, checkpoint=checkpoint) (an agent that takes one "
+                "parameter receives it; castor.lib._context.get_proxy() returns the current run's)"
+            )
         self._ctx = ctx
 
     async def syscall(self, name: str, args: dict[str, Any] | None = None, /, **kwargs: Any) -> Any:
