@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -226,3 +228,11 @@ async def test_syscall_result_is_built_and_read_as_in_051() -> None:
 
     cp = await Castor(tools=[search], structured_results=True).run(agent, budgets={"api": 0})
     assert cp.result.exhausted and cp.result.resource == "api"
+
+
+def test_python_dash_m_castor_cli_is_the_castor_command(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "castor.cli", "--db", str(tmp_path / "castor.db"), "ps"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert done.returncode == 0 and done.stdout == "No agents found.\n", done.stderr
