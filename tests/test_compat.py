@@ -236,3 +236,22 @@ def test_python_dash_m_castor_cli_is_the_castor_command(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )
     assert done.returncode == 0 and done.stdout == "No agents found.\n", done.stderr
+
+
+async def test_the_legacy_proxy_reads_its_checkpoint_and_spawns_synchronously() -> None:
+    agents = AgentRegistry()
+
+    @castor.castor_agent("echo", registry=agents)
+    async def echo(proxy: castor.SyscallProxy) -> str:
+        return str(await proxy.search(query="child"))
+
+    def search(query: str) -> str:
+        return query
+
+    async def parent(proxy: castor.SyscallProxy) -> object:
+        await proxy.search(query="me")
+        used = proxy.checkpoint.budget_used("api")  # 0.5.1's examples read the live checkpoint
+        return used, await proxy.spawn_sync("echo", capabilities={"api": 2})
+
+    cp = await Castor(tools=[search], agent_registry=agents).run(parent, budgets={"api": 5})
+    assert cp.result == (1.0, "child")
