@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     totals = Counter(outcome for _, outcome, _ in rows)
     by_file: dict[str, Counter[str]] = {}
     for name, outcome, _ in rows:
-        by_file.setdefault(name.split("::")[0], Counter())[outcome] += 1
+        module = ".".join(p for p in name.split("::")[0].split(".") if not p.startswith("Test"))
+        by_file.setdefault(module, Counter())[outcome] += 1
     for module, counts in sorted(by_file.items()):
         print(f"{module:55} " + "  ".join(f"{k} {counts[k]}" for k in ("passed", "failed", "error", "skipped")))
     if args.failures:
