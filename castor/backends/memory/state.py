@@ -174,8 +174,7 @@ class MemoryApprovalStore:
         if key in self._decisions:
             prior = self._decisions[key]
             raise AlreadyDecidedError(
-                f"run {decision.run_id!r} step {decision.step} was decided already: "
-                f"{prior.outcome} by {prior.by}"
+                decision.run_id, decision.step, prior.outcome, prior.by, at=prior.at, reason=prior.reason
             )
         if key not in self._pending:
             raise NothingPendingError(f"run {decision.run_id!r} has no pending call at step {decision.step}")

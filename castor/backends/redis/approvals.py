@@ -123,9 +123,7 @@ class RedisApprovalStore:
         if status == "decided" and replace(prior, attempt=decision.attempt) == decision:
             return prior  # our own decision, written by an attempt whose reply was lost
         err = AlreadyDecidedError(
-            f"{where} was decided already: {prior.outcome} by {prior.by} at "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(prior.at))}"
-            + (f" ({prior.reason})" if prior.reason else "")
+            decision.run_id, decision.step, prior.outcome, prior.by, at=prior.at, reason=prior.reason
         )
         err.decision = prior  # type: ignore[attr-defined]
         raise err

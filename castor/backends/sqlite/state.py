@@ -153,15 +153,14 @@ class SqliteApprovalStore:
         """First decision wins, atomically."""
         with self.db.transaction() as conn:
             row = conn.execute(
-                "SELECT outcome, decided_by FROM approvals WHERE run_id = ? AND step = ?",
+                "SELECT outcome, decided_by, decided_at, feedback FROM approvals WHERE run_id = ? AND step = ?",
                 (decision.run_id, decision.step),
             ).fetchone()
             if row is None:
                 raise NothingPendingError(f"run {decision.run_id!r} has no pending call at step {decision.step}")
             if row[0] is not None:
-                raise AlreadyDecidedError(
-                    f"run {decision.run_id!r} step {decision.step} was decided already: {row[0]} by {row[1]}"
-                )
+                outcome, by, at, reason = row
+                raise AlreadyDecidedError(decision.run_id, decision.step, outcome, by, at=at, reason=reason or "")
             conn.execute(
                 "UPDATE approvals SET outcome = ?, decided_by = ?, decided_at = ?, feedback = ? "
                 "WHERE run_id = ? AND step = ?",
