@@ -60,3 +60,12 @@ async def approve_then_go() -> str:
 async def park_only() -> None:
     """Waits for a human at its first call (the parked-runs bench)."""
     await tool("remove", tag="parked")
+
+
+async def poison() -> None:
+    """Kills the process driving it, every time, after its first call (a coordinator crash loop, if let)."""
+    import os
+    import signal
+
+    await tool("ticket")
+    os.kill(os.getpid(), signal.SIGKILL)
