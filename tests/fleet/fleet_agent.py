@@ -62,6 +62,17 @@ async def park_only() -> None:
     await tool("remove", tag="parked")
 
 
+async def outage_job() -> str:
+    """A 6 s non-idempotent call between two quick ones; the file it notes its starts in is named by the
+    coordinator's environment (``CASTOR_TEST_STARTS``)."""
+    import os
+
+    t = await tool("ticket")
+    await tool("slow_write", path=os.environ["CASTOR_TEST_STARTS"], seconds=6.0)
+    await tool("store", tag=f"{t}:after")
+    return str(t)
+
+
 async def poison() -> None:
     """Kills the process driving it, every time, after its first call (a coordinator crash loop, if let)."""
     import os
