@@ -243,8 +243,9 @@ class Coordinator:
                 await asyncio.wait({old}, timeout=0.05)
             old.cancel()
             _, stuck = await asyncio.wait({old}, timeout=max(self.config.lease, 5.0))
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # this drive is stopped too: the old one goes with it
             old.cancel()
+            await asyncio.wait({old}, timeout=max(self.config.lease, 5.0))
             raise
         if stuck:  # it can write nothing and dispatch nothing (every call is charged, fenced, first)
             log.error("%s: the previous drive of %s did not stop when cancelled; going on without it",

@@ -7,7 +7,13 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from pathlib import Path
 
+import pytest
+
+from castor._errors import CastorError, ConfigError
+from castor.settings import load_settings
+from scheduler.coordinator import CoordinatorConfig
 from tests.fleet.procs import Fleet, agent_spec, tool_spec
 from tests.fleet.test_fencing import status
 
@@ -51,3 +57,15 @@ def test_a_run_that_kills_its_coordinator_is_quarantined_and_the_others_go_on(fl
     assert "quarantined: taken over" in fleet.cli("inspect", poison).stdout
     time.sleep(1.5)  # nobody drives it again: no more deaths
     assert all(p.poll() is None for p in (fleet.procs["co-a"], fleet.procs["co-b"]))
+
+
+def test_max_takeovers_is_read_from_the_config_and_checked(tmp_path: Path) -> None:
+    config = tmp_path / "castor.toml"
+    config.write_text("[coordinator]\nmax_takeovers = 5\n")
+    assert load_settings(config, env={}).max_takeovers == 5
+    assert load_settings(None, env={}).max_takeovers == 3
+    config.write_text("[coordinator]\nmax_takeovers = -1\n")
+    with pytest.raises(ConfigError, match=r"\[coordinator\] max_takeovers must be >= 0"):
+        load_settings(config, env={})
+    with pytest.raises(CastorError, match="max_takeovers"):
+        CoordinatorConfig("redis://127.0.0.1:6379/0", max_takeovers=-1)
