@@ -222,12 +222,14 @@ class Coordinator:
         except Exception:
             log.exception("%s: run %s stopped on an error", self.name, pid)
         finally:
-            if self.tasks.get(pid) is me:
+            current = self.tasks.get(pid) is me
+            if current:
                 self.tasks.pop(pid, None)
                 self.stops.pop(pid, None)
             if self.fences.tokens.get(pid) == token:
                 self.fences.tokens.pop(pid, None)
-            self.kernels.forget(pid)  # a later drive of the run here starts only once this one ended
+            if current or pid not in self.tasks:
+                self.kernels.forget(pid)  # never the live state of a newer drive of the run here
             self.slots.release()
 
     async def _outlive(self, pid: str, old: asyncio.Task[None]) -> None:
