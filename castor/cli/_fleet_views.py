@@ -77,9 +77,13 @@ async def coordinator(args: argparse.Namespace) -> int:
         settings = load_settings(config_file)
     kind = args.executor if args.executor != "auto" else ("celery" if settings is not None else "local")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    max_takeovers = args.max_takeovers if args.max_takeovers is not None else (
+        settings.max_takeovers if settings is not None else 3
+    )
     config = CoordinatorConfig(
         url=url, prefix=prefix, name=args.name or "", concurrency=args.concurrency, lease=args.lease,
-        grace=args.grace, allow_code_change=args.allow_code_change, store_options=options,
+        grace=args.grace, allow_code_change=args.allow_code_change, max_takeovers=max_takeovers,
+        store_options=options,
     )
     await serve(config, executor=executor_factory(kind, settings), secret=settings.secret if settings else None)
     return 0

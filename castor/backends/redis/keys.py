@@ -206,6 +206,16 @@ def cancelled(prefix: str) -> str:
     return f"{prefix}:fleet:cancelled"
 
 
+def lapsed(prefix: str) -> str:
+    """Set: pids queued because their lease ran out without a release; their next lease is a takeover."""
+    return f"{prefix}:fleet:lapsed"
+
+
+def takeovers(prefix: str) -> str:
+    """Hash: pid -> takeovers in a row (leases on it that ran out unreleased); a release clears it."""
+    return f"{prefix}:fleet:takeovers"
+
+
 def control_stream(prefix: str) -> str:
     """Stream of operator commands to coordinators (``cancel`` a run)."""
     return f"{prefix}:fleet:control"
@@ -225,7 +235,7 @@ def fleet_keys(prefix: str) -> list[str]:
     """The fleet-wide keys (not per coordinator, not per run)."""
     return [
         run_queue(prefix), leased(prefix), parked(prefix), refused(prefix), cancelled(prefix),
-        control_stream(prefix), coordinators(prefix), submitted(prefix),
+        control_stream(prefix), coordinators(prefix), submitted(prefix), lapsed(prefix), takeovers(prefix),
     ]
 
 
