@@ -69,3 +69,15 @@ async def fails_cleanly(kernel: Castor, fleet: Fleet, match: str) -> BackendUnav
     assert kernel.executor._replies._waiting == {}  # type: ignore[attr-defined]  # nobody waits any more
     assert fleet.count(tag, "done") == 0
     return caught.value
+
+
+async def dead_letters(fleet: Fleet, pool: str, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The dead letters of ``pool`` (oldest first) once there are at least ``count`` of them."""
+    import json
+
+    key = keys.dead_letters(fleet.prefix, pool)
+    deadline = time.monotonic() + timeout
+    while fleet.redis.llen(key) < count:
+        assert time.monotonic() < deadline, f"pool {pool}: {fleet.redis.llen(key)} dead letters, not {count}"
+        await asyncio.sleep(0.05)
+    return [json.loads(raw) for raw in reversed(fleet.redis.lrange(key, 0, -1))]
