@@ -47,7 +47,7 @@ def describe(entry: dict[str, Any]) -> str:
     shown = entry.get("headers")
     task = shown.get("task", "?") if isinstance(shown, dict) else "?"
     task_id = shown.get("id", "?") if isinstance(shown, dict) else "?"
-    return f"{task!r} [{task_id}] ({entry['size']} bytes, sha256 {entry['sha256'][:16]}): {entry['reason']!r}"
+    return f"{task!r} [{task_id!r}] ({entry['size']} bytes, sha256 {entry['sha256'][:16]}): {entry['reason']!r}"
 
 
 def _short(value: Any) -> Any:

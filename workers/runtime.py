@@ -35,7 +35,7 @@ from typing import Any
 from castor._canonical import canonical
 from castor._redact import redact
 from castor.backends.redis.keys import dead_letters, is_reply_stream, started_marker
-from castor.checkpoint import StepFailure, SyscallRecord
+from castor.checkpoint import StepFailure, SyscallRecord, bounded_arguments
 from castor.executors._wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, verify
 from castor.registry import ToolRegistry, ToolSpec
 from castor.seams import Backend
@@ -262,10 +262,7 @@ class WorkerRuntime:
             entry = letter(reason, body, headers, "application/json")
             await record_async(proc.redis, dead_letters(self.settings.redis_prefix, self.pool), entry)
             return
-        body = _json_of(job.arguments)
-        if len(body) > self.settings.max_argument_bytes:
-            shown = letter("", body)
-            job = replace(job, arguments={"_omitted": f"{shown['size']} bytes, sha256 {shown['sha256']}"})
+        job = replace(job, arguments=bounded_arguments(job.arguments, self.settings.max_argument_bytes))
         spec = self.registry.find(job.tool)
         sensitive = spec.sensitive if spec is not None else frozenset(job.arguments)  # unknown: hide all
         log.error("refused task %s %s: %s", name, kwargs_repr(job, sensitive), reason)

@@ -257,7 +257,7 @@ async def test_malformed_message_is_refused_and_the_worker_survives(fleet: Fleet
         "cannot decode the body: DecodeError",
         "content type 'application/x-python-serialize' is not application/json",
     ]
-    assert "refused message 'castor.tool.search' [bad-1]" in fleet.log("web")
+    assert "refused message 'castor.tool.search' ['bad-1']" in fleet.log("web")
 
 
 async def test_tool_timeout_is_journaled(fleet: Fleet, kernel: Castor) -> None:
