@@ -146,3 +146,24 @@ async def test_an_oversized_argument_is_recorded_by_size_and_digest(
         await asyncio.sleep(0.1)  # the broker's copy of the message goes with its ack
     assert _footprint(fleet) - redis_before < 20_000
     assert len(fleet.log("web")) - logs_before < 10_000
+
+
+async def test_the_reader_takes_only_the_signed_reply_to_the_task_it_published() -> None:
+    from castor.executors._replies import ReplyReader
+    from castor.executors._wire import OK, Reply
+
+    reader = ReplyReader(None, "castor-test:replies:{c}", secret="s3cret")
+    future = reader.expect("run:0", 0, deadline=30.0, task_id="run:0#0-a")
+    reader._task = asyncio.get_running_loop().create_future()  # type: ignore[assignment]  # no read loop here
+    for fields in (
+        Reply("run:0", 0, OK, "unsigned", task_id="run:0#0-a").fields(),
+        Reply("run:0", 0, OK, "wrong secret", task_id="run:0#0-a").fields("other"),
+        Reply("run:0", 0, OK, "another task", task_id="run:0#0-b").fields("s3cret"),
+        {**Reply("run:0", 0, OK, "tampered", task_id="run:0#0-a").fields("s3cret"), "r": '"changed"'},
+    ):
+        reader._deliver(fields)
+        assert not future.done()
+    reader._deliver(Reply("run:0", 0, OK, "real", task_id="run:0#0-a").fields("s3cret"))
+    assert future.result().result == "real"
+    if reader._timer is not None:
+        reader._timer.cancel()
