@@ -111,9 +111,10 @@ _REPLY_SIGNED = ("i", "e", "a", "s", "r", "t", "m", "j")
 
 def reply_signature(secret: str, fields: dict[str, str]) -> str:
     """HMAC-SHA256 under ``secret`` over a reply's fields as written (task id, effect, attempt, status,
-    result, error): distinct from a task's token, which signs a list of another shape."""
-    signed = canonical(["reply", *(fields.get(name, "") for name in _REPLY_SIGNED)]).encode()
-    return hmac.digest(secret.encode(), signed, "sha256").hex()
+    result, error): distinct from a task's token, which signs JSON, never a ``reply|`` string."""
+    # Each field length-prefixed: unambiguous, and a fraction of the cost of a JSON dump.
+    signed = "reply" + "".join(f"|{len(v)}:{v}" for v in (fields.get(name, "") for name in _REPLY_SIGNED))
+    return hmac.digest(secret.encode(), signed.encode(), "sha256").hex()
 
 
 def parse_reply(fields: Any, secret: str | None = None) -> Reply:

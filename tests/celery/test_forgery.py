@@ -167,3 +167,18 @@ async def test_the_reader_takes_only_the_signed_reply_to_the_task_it_published()
     assert future.result().result == "real"
     if reader._timer is not None:
         reader._timer.cancel()
+
+
+async def test_without_a_secret_the_reader_still_takes_only_the_reply_to_its_task() -> None:
+    from castor.executors._replies import ReplyReader
+    from castor.executors._wire import OK, REFUSED, Reply
+
+    reader = ReplyReader(None, "castor-test:replies:{c}")  # an insecure development fleet
+    future = reader.expect("run:0", 0, deadline=30.0, task_id="run:0#0-a")
+    reader._task = asyncio.get_running_loop().create_future()  # type: ignore[assignment]  # no read loop here
+    reader._deliver(Reply("run:0", 0, REFUSED, None, "TaskRefusedError", "forged", True, task_id="forged").fields())
+    assert not future.done()
+    reader._deliver(Reply("run:0", 0, OK, "real", task_id="run:0#0-a").fields())
+    assert future.result().result == "real"
+    if reader._timer is not None:
+        reader._timer.cancel()
