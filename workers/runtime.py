@@ -36,7 +36,7 @@ from castor._canonical import canonical
 from castor._redact import redact
 from castor.backends.redis.keys import dead_letters, is_reply_stream, started_marker
 from castor.checkpoint import StepFailure, SyscallRecord, bounded_arguments
-from castor.executors._wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, verify
+from castor.executors._wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, task_name, verify
 from castor.registry import ToolRegistry, ToolSpec
 from castor.seams import Backend
 from castor.settings import Settings, ToolPolicy, tool_policy
@@ -118,8 +118,8 @@ class WorkerRuntime:
     # --- the task ---------------------------------------------------------------------------------
 
     def handle(self, kwargs: Any, name: str, retries: int = 0, delivery: Delivery | None = None) -> Outcome:
-        """Run one task's call; never raises (everything becomes a journaled reply, but a duplicate copy of
-        the ``delivery``'s message, which is dropped)."""
+        """Run one task's call; never raises (everything becomes a journaled reply or a dead letter, but a
+        duplicate copy of the ``delivery``'s message, which is dropped)."""
         proc = self.process()
         task_id = delivery.task_id if delivery is not None else ""
         try:
@@ -252,9 +252,11 @@ class WorkerRuntime:
     async def _refuse(
         self, proc: _Process, job: Job | None, reason: str, name: str, kwargs: Any = None, task_id: str = ""
     ) -> None:
-        """Journal and answer the refusal of a job its coordinator signed (without a secret, of any job that
-        names a run); dead-letter anything else. Arguments too big to take are recorded by size and digest."""
-        if job is None or (self.settings.secret and not verify(self.settings.secret, job)):
+        """Journal and answer the refusal of a job its coordinator signed, sent under its tool's task name
+        (without a secret, of any job that names a run); dead-letter anything else: a signed job replayed
+        under another name is no coordinator's. Arguments too big to take are kept by size and digest."""
+        secret = self.settings.secret
+        if job is None or (secret and (not verify(secret, job) or name != task_name(job.tool))):
             body = _json_of(kwargs)
             headers: dict[str, Any] = {"task": name, "id": task_id}
             if job is not None:

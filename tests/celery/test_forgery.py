@@ -6,6 +6,7 @@ by its size and digest, never in full."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -68,13 +69,20 @@ async def test_a_forged_task_and_forged_replies_cannot_end_a_live_run(
     forger.send_task("castor.tool.slow_write", kwargs=forged(pid, 0, "slow_write", arguments, stream, token="0" * 64),
                      queue=queue)
     forger.send_task("castor.tool.slow_write", kwargs=forged(pid, 0, "slow_write", {"tag": tag}, stream), queue=queue)
+    # A signed call (as one read off the broker) replayed under another tool's name and the live task's id.
+    from castor.executors._wire import Job, sign
+
+    real_id = re.findall(rf"castor\.tool\.slow_write\[({re.escape(pid)}:0#0-\w+)\] received", fleet.log("fs"))[0]
+    signed = Job(pid, 0, "slow_write", arguments, f"{pid}:0", 0, stream, {})
+    signed.token = sign(fleet.settings.secret or "", signed)
+    forger.send_task("castor.tool.write_note", kwargs=signed.kwargs(), queue=queue, task_id=real_id)
     # Replies written straight to the stream: unsigned, and signed with the wrong secret.
     from castor.executors._wire import REFUSED, Reply
 
     for secret in (None, "not-the-fleet-secret"):
         fake = Reply(f"{pid}:0", 0, REFUSED, None, "TaskRefusedError", "forged", True, task_id="whatever")
         fleet.redis.xadd(stream, fake.fields(secret))  # type: ignore[arg-type]
-    letters = (await dead_letters(fleet, "fs", before + 3))[before:]
+    letters = (await dead_letters(fleet, "fs", before + 4))[before:]
     assert {d["headers"].get("castor_run") for d in letters} == {pid}
     cp = await asyncio.wait_for(running, 30)
     assert cp.status == "COMPLETED", cp.error
