@@ -157,6 +157,7 @@ async def test_forged_tasks_are_refused_and_dead_lettered(fleet: Fleet, kernel: 
                 "attempt": 0, "reply_to": "", "record": {"request": {"tool_name": tool, "arguments": arguments}},
                 "token": token}
 
+    before = fleet.redis.llen(keys.dead_letters(fleet.prefix, "fs"))
     forger.send_task("castor.tool.delete_file", kwargs=task(0, "delete_file", {"path": path}), queue=queue)
     forger.send_task("castor.tool.delete_file", kwargs=task(1, "delete_file", {"path": path}, "0" * 64), queue=queue)
     forger.send_task("castor.tool.write_note", kwargs=task(2, "write_note", {"name": path, "content": "x" * 5000}),
@@ -166,7 +167,7 @@ async def test_forged_tasks_are_refused_and_dead_lettered(fleet: Fleet, kernel: 
                      queue=queue)  # a plain tool, but unsigned while the fleet has a secret
     forger.send_task("castor.tool.write_note", kwargs=task(5, "write_note", {"name": path}), queue=queue)
     forger.close()
-    letters = [d for d in await dead_letters(fleet, "fs", 6) if d["headers"].get("castor_run") == run_id]
+    letters = [d for d in await dead_letters(fleet, "fs", before + 6) if d["headers"].get("castor_run") == run_id]
     reasons = sorted((d["headers"]["castor_step"], d["reason"]) for d in letters)
     assert [r[0] for r in reasons] == list(range(6)), reasons
     assert "no approval" in reasons[0][1]
@@ -241,6 +242,7 @@ async def test_malformed_message_is_refused_and_the_worker_survives(fleet: Fleet
         "properties": {"delivery_tag": uuid.uuid4().hex, "body_encoding": "base64",
                        "delivery_info": {"exchange": "", "routing_key": queue}, "priority": 0},
     }
+    before = fleet.redis.llen(keys.dead_letters(fleet.prefix, "web"))
     fleet.redis.lpush(key, json.dumps(envelope))
     pickled = dict(envelope, **{"content-type": "application/x-python-serialize"})
     pickled["properties"] = dict(envelope["properties"], delivery_tag=uuid.uuid4().hex)
@@ -252,7 +254,7 @@ async def test_malformed_message_is_refused_and_the_worker_survives(fleet: Fleet
     cp = await kernel.run(agent)
     assert cp.status == "COMPLETED"
     assert fleet.workers["web"].poll() is None
-    letters = [d for d in await dead_letters(fleet, "web", 2) if d["headers"].get("id") == "bad-1"]
+    letters = [d for d in await dead_letters(fleet, "web", before + 2) if d["headers"].get("id") == "bad-1"]
     assert sorted(d["reason"] for d in letters) == [
         "cannot decode the body: DecodeError",
         "content type 'application/x-python-serialize' is not application/json",
