@@ -126,7 +126,8 @@ def parse_reply(fields: Any, secret: str | None = None) -> Reply:
         pairs = fields.items() if isinstance(fields, dict) else zip(fields[::2], fields[1::2], strict=True)
         get = {_text(k): _text(v) for k, v in pairs}
     if secret and not hmac.compare_digest(reply_signature(secret, get), get.get("h", "")):
-        raise ValueError(f"reply for {get.get('e', '?')!r} (task {get.get('i', '?')!r}) has no valid signature")
+        effect, task = get.get("e", "?")[:80], get.get("i", "?")[:80]
+        raise ValueError(f"reply for {effect!r} (task {task!r}) has no valid signature")
     return Reply(
         effect_id=get.get("e", ""),
         attempt=int(get.get("a") or 0),
