@@ -25,7 +25,7 @@ from castor._context import RunContext, Suspend
 from castor._errors import InDoubtError, ReplayDivergenceError, UnknownToolError
 from castor._redact import masked, redact
 from castor._sealing import DataKey, digested, encrypted, foreign_digests
-from castor.checkpoint import StepFailure, SyscallRecord, new_record
+from castor.checkpoint import StepFailure, SyscallRecord, bounded_arguments, new_record
 from castor.registry import ToolSpec
 from castor.seams import Call, PendingApproval
 
@@ -305,7 +305,7 @@ async def execute(call: Syscall) -> Any:
             step=call.step,
             tool_name=call.tool_name,
             # Journaled and kept in the checkpoint: sensitive values stay out, as of a worker's failure entry.
-            arguments=redact(call.arguments, spec.sensitive),
+            arguments=bounded_arguments(redact(call.arguments, spec.sensitive)),
             # A worker's error keeps the type name the tool raised there (RemoteToolError.error_type).
             error_type=getattr(exc, "error_type", None) or type(exc).__name__,
             message=getattr(exc, "tool_message", None) or str(exc),

@@ -11,7 +11,7 @@ from typing import Any
 from castor._canonical import canonical
 from castor._redact import redact
 from castor._sealing import DataKey, SealError, opened
-from castor.backends.redis.keys import reply_stream_prefix
+from castor.backends.redis.keys import is_reply_stream
 from castor.executors._wire import Job, task_name, verify
 from castor.registry import ToolRegistry, ToolSpec
 from castor.seams import ApprovalStore, PendingApproval
@@ -51,8 +51,8 @@ def parse_job(kwargs: Any, settings: Settings) -> Job:
         raise Refusal(f"arguments are {size} bytes, above the limit of {settings.max_argument_bytes}", job)
     if job.effect_id != f"{job.run_id}:{job.step}" or job.step < 0 or job.attempt < 0:
         raise Refusal("effect id, step and attempt do not agree", job)
-    if job.reply_to and not job.reply_to.startswith(reply_stream_prefix(settings.redis_prefix)):
-        raise Refusal(f"reply stream {job.reply_to!r} is not a Castor reply stream", job)
+    if job.reply_to and not is_reply_stream(settings.redis_prefix, job.reply_to):
+        raise Refusal(f"reply stream {job.reply_to[:200]!r} is not a Castor reply stream", job)
     return job
 
 

@@ -26,6 +26,7 @@ from typing import Any
 from castor._errors import (
     BackendUnavailable,
     CastorError,
+    ConfigError,
     InDoubtError,
     RemoteToolError,
     TaskRefusedError,
@@ -106,8 +107,11 @@ class CeleryExecutor:
             self._publisher = SendTaskPublisher(self._app)
         self._ids = unique_ids(compact=True)  # a task id of its own for every publish of an effect's attempt
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        if not keys.CONSUMER_NAME.fullmatch(self.consumer):
+            raise ConfigError(f"consumer name {self.consumer!r} must be 1-200 of A-Z a-z 0-9 . _ -")
         stream = reply_stream(settings.redis_prefix, self.consumer)
-        self._replies = ReplyReader(_connection(settings.redis_url, reply_timeout=READ_TIMEOUT), stream)
+        connection = _connection(settings.redis_url, reply_timeout=READ_TIMEOUT)
+        self._replies = ReplyReader(connection, stream, settings.secret or None)
 
     @classmethod
     def factory(cls, settings: Settings, **options: Any) -> Any:
@@ -145,8 +149,8 @@ class CeleryExecutor:
 
     async def _dispatch(self, call: Call, job: Job, route: _Route) -> Reply | None:
         """Publish the job as a new task and await its reply (None: none came by the deadline)."""
-        future = self._replies.expect(call.effect_id, call.attempt, route.deadline)
         task_id = f"{job.effect_id}#{job.attempt}-{self._ids()}"
+        future = self._replies.expect(call.effect_id, call.attempt, route.deadline, task_id)
         try:
             try:
                 await self._publisher.publish(Task(

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from castor import castor_tool
-from castor.backends.redis import redis_backend
+from castor.backends.redis import keys, redis_backend
 from castor.checkpoint import StepFailure
 from castor.executors._wire import OK, REFUSED, Job, task_name
 from castor.registry import ToolRegistry
@@ -93,3 +93,20 @@ def test_other_arguments_are_refused_without_showing_sensitive_values(
         "not these arguments"
     )
     assert failure.arguments == {"path": "/", "depth": 1, "key": "***"}
+
+
+@pytest.mark.parametrize("extra", [{"extra": 1}, {}])
+def test_a_refusal_writes_to_no_key_but_a_reply_stream(
+    runtime: WorkerRuntime, redis_url: str, redis_prefix: str, extra: dict[str, Any]
+) -> None:
+    import redis
+
+    victim = keys.scope(redis_prefix, "victim")
+    kwargs = {**unsigned("g3", {"path": "/", "depth": 1, "key": "k"}), "reply_to": victim, **extra}
+    assert runtime.handle(kwargs, task_name("wipe")).status == REFUSED
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.exists(victim) == 0
+    finally:
+        client.close()
+    assert RAN == []

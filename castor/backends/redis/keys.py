@@ -14,6 +14,8 @@ are atomic on one Redis server, not across Cluster slots: on Redis Cluster the s
 
 from __future__ import annotations
 
+import re
+
 # --- one run --------------------------------------------------------------------------------------
 
 
@@ -151,8 +153,31 @@ def lease(prefix: str, run_id: str) -> str:
 
 
 def reply_stream_prefix(prefix: str) -> str:
-    """What every reply stream name starts with: a worker replies to nothing else."""
+    """What every reply stream name starts with."""
     return f"{prefix}:replies:{{"
+
+
+# A coordinator's name in its reply stream: host names, pids and hex ids, nothing Redis or a terminal
+# would read as structure (no braces, colons, spaces or control characters).
+CONSUMER_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
+
+
+def is_reply_stream(prefix: str, name: str) -> bool:
+    """Whether ``name`` is exactly ``reply_stream(prefix, <consumer>)`` for a consumer name of the safe
+    set (``CONSUMER_NAME``): a worker replies to nothing else."""
+    start = reply_stream_prefix(prefix)
+    return name.startswith(start) and name.endswith("}") and bool(CONSUMER_NAME.fullmatch(name[len(start):-1]))
+
+
+def dead_letters(prefix: str, pool: str) -> str:
+    """List: the messages a pool's workers refused before they could tell which run sent them, or could
+    not authenticate (newest first, capped): why, how big, a digest, what the headers said; never a body."""
+    return f"{prefix}:deadletters:{pool}"
+
+
+def dead_letters_pattern(prefix: str) -> str:
+    """``SCAN`` pattern of every pool's dead-letter list."""
+    return f"{prefix}:deadletters:*"
 
 
 def started_marker(prefix: str, run_id: str, step: int) -> str:
