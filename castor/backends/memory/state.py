@@ -12,9 +12,12 @@ from castor._errors import AlreadyDecidedError, NothingPendingError
 from castor.seams import Charge, Decision, PendingApproval
 
 _OK = Charge(True)
-# What a step took: from the run's ledger alone, the cost itself (its tracked resources are known);
-# with scopes, (scope or None, resource, amount) triples.
-Taken = Mapping[str, float] | list[tuple[str | None, str, float]]
+# What a step took: from the run's ledger alone, that ledger and the cost (its tracked resources are known);
+# with scopes, (scope or None, resource, amount, the ledger entry drawn from) quadruples. A refund gives
+# back only to the entry it took from: a reset or a reopened ledger has new entries, so a charge taken
+# before it is spent, never refunded into the new period.
+Entry = list[float]
+Taken = tuple[dict[str, Entry], Mapping[str, float]] | list[tuple[str | None, str, float, Entry]]
 
 
 class MemoryBudgetStore:
@@ -63,13 +66,13 @@ class MemoryBudgetStore:
             short = self._short(run_id, cost, scopes)
             if short is not None:
                 return short
-            taken: list[tuple[str | None, str, float]] = []
+            taken: list[tuple[str | None, str, float, Entry]] = []
             for scope, ledger in self._ledgers(run_id, scopes):
                 for resource, amount in cost.items():
                     entry = ledger.get(resource)
                     if entry is not None:
                         entry[1] += amount
-                        taken.append((scope, resource, amount))
+                        taken.append((scope, resource, amount, entry))
             steps[step] = taken
             return _OK
 
@@ -85,7 +88,7 @@ class MemoryBudgetStore:
                 entry = ledger.get(resource)
                 if entry is not None:
                     entry[1] += amount
-        steps[step] = cost
+        steps[step] = (ledger or {}, cost)
         return _OK
 
     async def can_afford(self, run_id: str, cost: Mapping[str, float], scopes: Sequence[str] = ()) -> Charge:
@@ -97,12 +100,13 @@ class MemoryBudgetStore:
         """Give back what the step took, once."""
         with self._lock:
             taken = self._charged.get(run_id, {}).pop(step, None)
-            if isinstance(taken, Mapping):
-                taken = [(None, resource, amount) for resource, amount in taken.items()]
-            for scope, resource, amount in taken or ():
+            if isinstance(taken, tuple):
+                ledger, cost = taken
+                taken = [(None, r, amount, ledger[r]) for r, amount in cost.items() if r in ledger]
+            for scope, resource, amount, entry in taken or ():
                 ledger = self._runs.get(run_id) if scope is None else self._scopes.get(scope)
-                if ledger and resource in ledger:
-                    ledger[resource][1] -= amount
+                if ledger and ledger.get(resource) is entry:  # else reset or reopened since: spent
+                    entry[1] = max(entry[1] - amount, 0.0)
 
     async def remaining(self, run_id: str, resource: str, scopes: Sequence[str] = ()) -> float:
         """The least that any ledger of the run leaves for ``resource``."""
@@ -135,10 +139,11 @@ class MemoryBudgetStore:
                 ledger.setdefault(resource, [0.0, 0.0])[0] += float(amount)
 
     async def reset_scope(self, scope: str) -> None:
-        """Zero the usage."""
+        """Zero the usage; charges taken before are spent (new entries: a refund never crosses a reset)."""
         with self._lock:
-            for entry in self._scopes.get(scope, {}).values():
-                entry[1] = 0.0
+            ledger = self._scopes.get(scope, {})
+            for resource, entry in ledger.items():
+                ledger[resource] = [entry[0], 0.0]
 
     async def read_scope(self, scope: str) -> dict[str, tuple[float, float]]:
         """``{resource: (limit, used)}``."""

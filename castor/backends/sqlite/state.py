@@ -81,8 +81,9 @@ class SqliteBudgetStore(MemoryBudgetStore):
                 "SELECT scope, resource, amount FROM scope_charges WHERE run_id = ? AND step = ?", (run_id, step)
             ).fetchall()
             for scope, resource, amount in rows:
-                conn.execute(
-                    "UPDATE scopes SET used = used - ? WHERE scope = ? AND resource = ?", (amount, scope, resource)
+                conn.execute(  # a reset since may have spent part of the usage: never below zero
+                    "UPDATE scopes SET used = MAX(used - ?, 0) WHERE scope = ? AND resource = ?",
+                    (amount, scope, resource),
                 )
             conn.execute("DELETE FROM scope_charges WHERE run_id = ? AND step = ?", (run_id, step))
 
@@ -115,8 +116,11 @@ class SqliteBudgetStore(MemoryBudgetStore):
                 )
 
     async def reset_scope(self, scope: str) -> None:
-        """Zero usage."""
-        self.db.execute("UPDATE scopes SET used = 0 WHERE scope = ?", (scope,))
+        """Zero usage. Charges taken before are spent: their ledger entries keep the step (a charge of it
+        again stays a no-op) but give nothing back, so a refund never crosses a reset."""
+        with self.db.transaction() as conn:
+            conn.execute("UPDATE scopes SET used = 0 WHERE scope = ?", (scope,))
+            conn.execute("UPDATE scope_charges SET amount = 0 WHERE scope = ?", (scope,))
 
     async def read_scope(self, scope: str) -> dict[str, tuple[float, float]]:
         """``{resource: (limit, used)}``."""
