@@ -104,8 +104,8 @@ class MemoryBudgetStore:
                 ledger, cost = taken
                 taken = [(None, r, amount, ledger[r]) for r, amount in cost.items() if r in ledger]
             for scope, resource, amount, entry in taken or ():
-                ledger = self._runs.get(run_id) if scope is None else self._scopes.get(scope)
-                if ledger and ledger.get(resource) is entry:  # else reset or reopened since: spent
+                now = self._runs.get(run_id) if scope is None else self._scopes.get(scope)
+                if now and now.get(resource) is entry:  # else reset or reopened since: spent
                     entry[1] = max(entry[1] - amount, 0.0)
 
     async def remaining(self, run_id: str, resource: str, scopes: Sequence[str] = ()) -> float:

@@ -17,6 +17,8 @@ CREATE TABLE IF NOT EXISTS journal (run_id TEXT, step INTEGER, record TEXT NOT N
 CREATE TABLE IF NOT EXISTS forks (run_id TEXT PRIMARY KEY, parent TEXT NOT NULL, at_step INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS failures (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, data TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS failures_run ON failures (run_id);
+CREATE TABLE IF NOT EXISTS step_claims (run_id TEXT, step INTEGER, attempt INTEGER NOT NULL, holder TEXT NOT NULL,
+    lease_end REAL NOT NULL, PRIMARY KEY (run_id, step)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS scopes (scope TEXT, resource TEXT, lim REAL NOT NULL, used REAL NOT NULL,
     PRIMARY KEY (scope, resource)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS scope_charges (run_id TEXT, step INTEGER, scope TEXT, resource TEXT, amount REAL,
