@@ -110,8 +110,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
     return ["--store", f"{url}?prefix={prefix}"]
 
 
-def suspended_run(cwd: Path, store: list[str]) -> None:
-    (cwd / "tools.py").write_text(textwrap.dedent(TOOLS))
+def suspended_run(cwd: Path, store: list[str], tools: str = TOOLS) -> None:
+    (cwd / "tools.py").write_text(textwrap.dedent(tools))
     (cwd / "agent.py").write_text(textwrap.dedent(AGENT))
     started = castor(
         cwd, *store, "run", "agent.py:cleanup", "--tool", "tools.py:wipe", "--destructive", "--pid", "racy"
@@ -146,3 +146,36 @@ def test_an_approved_call_runs_once_whoever_races_to_run_it(tmp_path: Path, stor
     shown = castor(tmp_path, *store, "inspect", "racy")
     assert re.search(r"(?i)^status:\s+COMPLETED$", shown.stdout, re.M), shown.stdout + outputs
     assert "done: wiped /data" in shown.stdout
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"], indirect=True)
+def test_a_claim_whose_process_died_mid_call_goes_back_to_a_human(tmp_path: Path, store: list[str]) -> None:
+    """The approving process dies inside the tool, its claim held: the next process to reach the step
+    does not wait forever, nor run it again blindly; the step is in doubt and a human decides, once."""
+    suspended_run(tmp_path, store)
+    (tmp_path / "crash").touch()
+    crashed = castor(tmp_path, *store, "approve", "racy")
+    assert crashed.returncode == 9 and executions(tmp_path) == 1, crashed.stderr
+    (tmp_path / "crash").unlink()
+    resumed = castor(tmp_path, *store, "resume", "racy")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "SUSPENDED_FOR_HITL" in resumed.stdout and executions(tmp_path) == 1, resumed.stdout
+    shown = castor(tmp_path, *store, "inspect", "racy")
+    assert "in doubt after process loss" in shown.stdout, shown.stdout
+    approved = castor(tmp_path, *store, "approve", "racy")
+    assert approved.returncode == 0, approved.stderr
+    assert "COMPLETED" in approved.stdout and executions(tmp_path) == 2, approved.stdout
+
+
+def test_an_idempotent_call_whose_process_died_runs_again(tmp_path: Path) -> None:
+    """As the fleet does for a lost worker: an idempotent tool is run again, without asking anyone."""
+    store = ["--store", f"sqlite:///{tmp_path / 'castor.db'}"]
+    marked = TOOLS.replace("def wipe(", "@castor_tool(idempotent=True)\ndef wipe(")
+    idempotent = "from castor import castor_tool\n" + marked
+    suspended_run(tmp_path, store, idempotent)
+    (tmp_path / "crash").touch()
+    assert castor(tmp_path, *store, "approve", "racy").returncode == 9
+    (tmp_path / "crash").unlink()
+    resumed = castor(tmp_path, *store, "resume", "racy")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "COMPLETED" in resumed.stdout and executions(tmp_path) == 2, resumed.stdout

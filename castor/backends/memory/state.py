@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
@@ -12,6 +13,13 @@ from castor._errors import AlreadyDecidedError, NothingPendingError
 from castor.seams import Charge, Decision, PendingApproval
 
 _OK = Charge(True)
+EXPIRY_BY = "castor-expiry"  # who a call that expired undecided is decided by (as in the Redis store)
+EXPIRY_REASON = "approval expired"
+
+
+def expiry(decision: Decision) -> Decision:
+    """The decision an expired call gets instead of ``decision``: a rejection, by the expiry."""
+    return replace(decision, outcome="reject", by=EXPIRY_BY, reason=EXPIRY_REASON)
 # What a step took: from the run's ledger alone, that ledger and the cost (its tracked resources are known);
 # with scopes, (scope or None, resource, amount, the ledger entry drawn from) quadruples. A refund gives
 # back only to the entry it took from: a reset or a reopened ledger has new entries, so a charge taken
@@ -186,10 +194,17 @@ class MemoryApprovalStore:
             raise NothingPendingError(f"run {decision.run_id!r} has no pending call at step {decision.step}")
         answered = self._decided[key] = self._pending.pop(key)
         decision = replace(decision, attempt=answered.attempt)
+        # Judged by this process's clock, the store's: an embedded store is one machine.
+        expired = answered.expires_at is not None and answered.expires_at <= time.time()
+        if expired:
+            decision = expiry(decision)
         self._decisions[key] = decision
         event = self._events.pop(key, None)
         if event is not None:
             event.set()
+        if expired:
+            raise AlreadyDecidedError(f"run {decision.run_id!r} step {decision.step} was decided already: "
+                                      f"{decision.outcome} by {decision.by} ({decision.reason})")
         return decision
 
     async def decision(self, run_id: str, step: int) -> Decision | None:
