@@ -11,7 +11,8 @@ run; the claim is taken in one atomic step with a look at the journal (``Journal
   waits no longer than one lease past the holder's last sign of life;
 - the holder is gone (its lease ran out, or it was a process of this machine that no longer exists):
   the step is *in doubt*, as in the fleet. An idempotent tool is claimed over and run again; any other
-  goes back to a human ("in doubt after process loss"), in a new approval round;
+  goes back to a human ("in doubt after process loss"), in a new approval round. Where the executor
+  journals itself (Celery workers), the call is sent again and the worker's own claim decides;
 - the claim ends when the call does: its record is journaled, or it failed (a failure is not cached:
   the next process to reach the step runs it again, as a resume would).
 """
@@ -76,8 +77,11 @@ async def run_claimed(call: Syscall, inner: Handler) -> Any:
             await asyncio.sleep(POLL)
             continue
         spec = call.spec
-        if spec is not None and spec.idempotent:
-            replace = found.holder  # run it again under a claim of our own, taken over atomically
+        if (spec is not None and spec.idempotent) or ctx.kernel.executor.writes_journal:
+            # Run it again under a claim of our own, taken over atomically. An executor that journals
+            # itself (the fleet's workers) has its own claim per step, which knows better: it answers
+            # with the record, runs the call, or reports it in doubt.
+            replace = found.holder
             continue
         await _in_doubt(call, found)
     renewal = asyncio.get_running_loop().create_task(_renew(journal, ctx.run_id, call.step, holder))
