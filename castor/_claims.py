@@ -11,10 +11,12 @@ run; the claim is taken in one atomic step with a look at the journal (``Journal
   waits no longer than one lease past the holder's last sign of life;
 - the holder is gone (its lease ran out, or it was a process of this machine that no longer exists):
   the step is *in doubt*, as in the fleet. An idempotent tool is claimed over and run again; any other
-  goes back to a human ("in doubt after process loss"), in a new approval round. Where the executor
+  goes back to a human ("in doubt: started and never finished"), in a new approval round. Where the executor
   journals itself (Celery workers), the call is sent again and the worker's own claim decides;
 - the claim ends when the call does: its record is journaled, or it failed (a failure is not cached:
-  the next process to reach the step runs it again, as a resume would).
+  the next process to reach the step runs it again, as a resume would). A call cut off at its deadline
+  or interrupted may still be acting (a thread cannot be stopped): its claim is left lapsed, so the
+  step is in doubt for whoever reaches it next.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import socket
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from castor._errors import ToolTimeoutError
 from castor._redact import redact
 from castor.checkpoint import StepFailure
 
@@ -35,7 +38,7 @@ if TYPE_CHECKING:
 
 LEASE = 15.0  # seconds a claim lives without renewal; renewed every third of it while the call runs
 POLL = 0.05  # seconds between two looks at a claim someone else holds
-IN_DOUBT_LOST_PROCESS = "in doubt after process loss"
+IN_DOUBT_UNFINISHED = "in doubt: started and never finished"
 _HOST = socket.gethostname()
 
 
@@ -85,13 +88,20 @@ async def run_claimed(call: Syscall, inner: Handler) -> Any:
             continue
         await _in_doubt(call, found)
     renewal = asyncio.get_running_loop().create_task(_renew(journal, ctx.run_id, call.step, holder))
+    unknown = False
     try:
         return await inner(call)
+    except (ToolTimeoutError, asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+        unknown = True  # cut off mid-call (a thread cannot be stopped): whether it acted is unknown
+        raise
     finally:
         renewal.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await renewal
-        await journal.release_claim(ctx.run_id, call.step, holder)
+        if unknown:  # the claim stays, lapsed: whoever reaches the step next finds it in doubt
+            await journal.renew_claim(ctx.run_id, call.step, holder, 0.0)
+        else:
+            await journal.release_claim(ctx.run_id, call.step, holder)
 
 
 async def adopt(call: Syscall) -> Any:
@@ -123,8 +133,8 @@ async def _in_doubt(call: Syscall, found: StepClaim) -> None:
 
     ctx = call.ctx
     message = (
-        f"{IN_DOUBT_LOST_PROCESS}: {call.tool_name!r} (run {ctx.run_id}, step {call.step}) was started by "
-        f"{found.holder}, which is gone, and never finished"
+        f"{IN_DOUBT_UNFINISHED}: {call.tool_name!r} (run {ctx.run_id}, step {call.step}) was started by "
+        f"{found.holder}, whose process was lost or cut the call off at its deadline"
     )
     sensitive = call.spec.sensitive if call.spec is not None else frozenset(call.arguments)
     failure = StepFailure(step=call.step, tool_name=call.tool_name, arguments=redact(call.arguments, sensitive),
@@ -132,4 +142,4 @@ async def _in_doubt(call: Syscall, found: StepClaim) -> None:
     ctx.checkpoint.failures.append(failure)
     await ctx.kernel.backend.journal.record_failure(ctx.run_id, failure)
     ctx.checkpoint.in_doubt[call.step] = found.attempt + 1
-    await suspend_for_human(call, found.attempt + 1, IN_DOUBT_LOST_PROCESS)
+    await suspend_for_human(call, found.attempt + 1, IN_DOUBT_UNFINISHED)

@@ -161,7 +161,7 @@ def test_a_claim_whose_process_died_mid_call_goes_back_to_a_human(tmp_path: Path
     assert resumed.returncode == 0, resumed.stderr
     assert "SUSPENDED_FOR_HITL" in resumed.stdout and executions(tmp_path) == 1, resumed.stdout
     shown = castor(tmp_path, *store, "inspect", "racy")
-    assert "in doubt after process loss" in shown.stdout, shown.stdout
+    assert "in doubt: started and never finished" in shown.stdout, shown.stdout
     approved = castor(tmp_path, *store, "approve", "racy")
     assert approved.returncode == 0, approved.stderr
     assert "COMPLETED" in approved.stdout and executions(tmp_path) == 2, approved.stdout
