@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from castor._canonical import canonical
+from castor._claims import run_claimed
 from castor._context import RunContext, Suspend
 from castor._errors import InDoubtError, ReplayDivergenceError, UnknownToolError
 from castor._redact import masked, redact
@@ -92,9 +93,10 @@ def record_fields(call: Syscall, charged: Mapping[str, float] | None) -> dict[st
 async def answer(
     call: Syscall, response: Any, charged: Mapping[str, float] | None = None, *, stored: bool = False
 ) -> Any:
-    """Journal ``response`` as the step's result and return it to the agent."""
-    await call.ctx.commit(call.step, step_record(call, response, charged), stored=stored)
-    return response
+    """Journal ``response`` as the step's result and return it to the agent (or the step's record
+    another process driving the run journaled first, which stands)."""
+    record = await call.ctx.commit(call.step, step_record(call, response, charged), stored=stored)
+    return record.response
 
 
 def step_record(call: Syscall, response: Any, charged: Mapping[str, float] | None) -> SyscallRecord:
@@ -175,7 +177,8 @@ def gate(call: Syscall, inner: Handler) -> Awaitable[Any]:
     """Destructive calls wait for a human, or run speculatively flagged for review.
 
     A step left in doubt by a lost worker (``checkpoint.in_doubt``) waits for a human whatever the tool
-    or mode: its new approval round must be decided before it may run again.
+    or mode: its new approval round must be decided before it may run again. A gated call that runs is
+    claimed first (``castor._claims``): of several processes driving the run, one runs it.
     """
     # Set by validate, which runs before every inner stage (an annotation, not typing.cast: no call per step).
     spec: ToolSpec = call.spec  # type: ignore[assignment]
@@ -187,7 +190,7 @@ def gate(call: Syscall, inner: Handler) -> Awaitable[Any]:
     if call.ctx.speculative:
         call.needs_review = True
         call.review_reason = SPECULATIVE_REASON if spec.destructive else HITL_SPECULATIVE_REASON
-        return inner(call)
+        return run_claimed(call, inner)
     return _ask_human(call, inner)
 
 
@@ -211,7 +214,7 @@ async def _ask_human(call: Syscall, inner: Handler) -> Any:
         return await answer(call, {"status": "HITL_REJECTED", "human_feedback": decision.reason})
     if decision.outcome == "modify":
         return await answer(call, {"status": "HITL_MODIFIED", "human_feedback": decision.reason})
-    return await inner(call)
+    return await run_claimed(call, inner)  # one process runs an approved call; the others take its record
 
 
 async def suspend_for_human(call: Syscall, attempt: int, reason: str) -> NoReturn:
@@ -319,8 +322,8 @@ async def execute(call: Syscall) -> Any:
             await suspend_for_human(call, call.attempt + 1, IN_DOUBT_REASON)
         raise
     # The record is committed here rather than through answer(): one coroutine fewer on every live step.
-    await ctx.commit(call.step, step_record(call, result, call.charged), stored=executor.writes_journal)
-    return result
+    record = await ctx.commit(call.step, step_record(call, result, call.charged), stored=executor.writes_journal)
+    return record.response
 
 
 DEFAULT_STAGES: list[Stage] = [replay, validate, gate, budget]

@@ -54,6 +54,11 @@ def charges(prefix: str, run_id: str) -> str:
     return f"{prefix}:{{{run_id}}}:charges"
 
 
+def claims(prefix: str, run_id: str) -> str:
+    """Hash: step -> ``<attempt>|<lease end>|<holder>``, who executes a step that must run at most once."""
+    return f"{prefix}:{{{run_id}}}:claims"
+
+
 def approvals(prefix: str, run_id: str) -> str:
     """Hash: ``p:<step>`` pending JSON, ``e:<step>`` its expiry, ``d:<step>`` the decision JSON."""
     return f"{prefix}:{{{run_id}}}:approvals"
@@ -74,6 +79,7 @@ def run_keys(prefix: str, run_id: str) -> list[str]:
         approvals(prefix, run_id),
         ledger(prefix, run_id),
         charges(prefix, run_id),
+        claims(prefix, run_id),
     ]
 
 
