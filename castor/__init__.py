@@ -2,6 +2,7 @@
 
 Agents request tools through ``castor.lib``; the operator builds a ``Castor`` kernel that validates,
 budgets, gates, executes and journals every call. ``import castor`` loads neither redis nor celery.
+Every name of castor-kernel 0.5.1's ``castor.__all__`` imports from here (see ``castor.compat``).
 """
 
 from castor._errors import (
@@ -22,38 +23,75 @@ from castor._errors import (
     TaskRefusedError,
     ToolTimeoutError,
     UnknownToolError,
+    UnsupportedError,
 )
 from castor._runner import CastorTask
 from castor.agents import AgentNotFoundError, AgentRegistry, castor_agent, default_agent_registry
 from castor.checkpoint import AgentCheckpoint, Capability, StepFailure, SyscallRecord
+from castor.compat import (
+    MMU,
+    AgentRegistryProtocol,
+    AgentRunner,
+    BudgetProtocol,
+    CapabilityManager,
+    CastorMessage,
+    CheckpointStoreProtocol,
+    GateProtocol,
+    HITLHandler,
+    InMemoryJournal,
+    JournalProtocol,
+    LLMSyscall,
+    MMUProtocol,
+    StreamingLLMSyscall,
+    SuspendInterrupt,
+    SyscallRequest,
+    SyscallResponse,
+    ToolMetadata,
+)
 from castor.kernel import Castor, CastorWarning
 from castor.lib.proxy import SyscallProxy
 from castor.policies import auto_approve, auto_reject, interactive
-from castor.registry import castor_tool
+from castor.registry import SyscallGate, castor_tool
 from castor.results import SyscallResult
+from castor.scheduler.persistence import CheckpointStore, MemoryCheckpointStore
 from castor.summary import ApprovedStep, ExecutionSummary, FlaggedStep
 
 __version__ = "0.6.0"
 
 __all__ = [
+    "MMU",
     "AgentCheckpoint",
     "AgentNotFoundError",
     "AgentRegistry",
+    "AgentRegistryProtocol",
+    "AgentRunner",
     "AlreadyDecidedError",
     "ApprovedStep",
     "BackendUnavailable",
+    "BudgetProtocol",
     "Capability",
+    "CapabilityManager",
     "Castor",
     "CastorError",
+    "CastorMessage",
     "CastorTask",
     "CastorWarning",
+    "CheckpointStore",
+    "CheckpointStoreProtocol",
     "ConfigError",
     "ExecutionSummary",
     "FlaggedStep",
+    "GateProtocol",
+    "HITLHandler",
     "InDoubtError",
+    "InMemoryJournal",
     "InvalidPidError",
     "InvalidValueError",
     "JournalConflictError",
+    "JournalProtocol",
+    "LLMSyscall",
+    "MMUProtocol",
+    "MemoryCheckpointStore",
     "NothingPendingError",
     "RemoteToolError",
     "ReplayDivergenceError",
@@ -61,12 +99,19 @@ __all__ = [
     "RunNotFoundError",
     "StaleLeaseError",
     "StepFailure",
+    "StreamingLLMSyscall",
+    "SuspendInterrupt",
+    "SyscallGate",
     "SyscallProxy",
     "SyscallRecord",
+    "SyscallRequest",
+    "SyscallResponse",
     "SyscallResult",
     "TaskRefusedError",
+    "ToolMetadata",
     "ToolTimeoutError",
     "UnknownToolError",
+    "UnsupportedError",
     "__version__",
     "auto_approve",
     "auto_reject",

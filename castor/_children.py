@@ -52,6 +52,7 @@ async def spawn(ctx: RunContext, name: str, capabilities: dict[str, float] | Non
     step = ctx.claim_step()
     caps = {k: float(v) for k, v in (capabilities or {}).items()}
     request = {"tool_name": "spawn", "arguments": {"agent": name, "capabilities": caps}}
+    index = ctx.spawned  # handles number from 0, as in castor-kernel 0.5.1
     ctx.spawned += 1
     done, response = _replayed(ctx, step, request)
     if done:
@@ -69,7 +70,7 @@ async def spawn(ctx: RunContext, name: str, capabilities: dict[str, float] | Non
         }
         await _journal(ctx, step, request, denial)
         return denial
-    handle = check_pid(f"{parent.pid}::{pid_part(name)}-{ctx.spawned}")
+    handle = check_pid(f"{parent.pid}::{pid_part(name)}-{index}")
     child = AgentCheckpoint(
         pid=handle, parent_pid=parent.pid, status="RUNNING", agent_function_name=name,
         capabilities={r: Capability(resource_type=r, max_budget=v) for r, v in caps.items()},

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from castor._errors import RunEndedError
+from castor._errors import JournalConflictError, RunEndedError
 from castor.checkpoint import USAGE_STRIDE, AgentCheckpoint, SyscallRecord, usage_of
 
 if TYPE_CHECKING:
@@ -66,8 +66,10 @@ class RunContext:
         self.next_step = step + 1
         return step
 
-    async def commit(self, step: int, record: SyscallRecord, *, stored: bool = False) -> None:
-        """Journal ``record`` at ``step``: in the store, then in the checkpoint, in step order.
+    async def commit(self, step: int, record: SyscallRecord, *, stored: bool = False) -> SyscallRecord:
+        """Journal ``record`` at ``step``: in the store, then in the checkpoint, in step order. Returns the
+        step's record: ``record``, or the same call's record another process driving the run journaled
+        first (write-once: the first record is the step's result for everyone).
 
         A record that arrives before an earlier step's is held until that step is journaled, so the
         journal never has holes; held records of a run that stops first are dropped (and refunded).
@@ -76,9 +78,10 @@ class RunContext:
         log = self.checkpoint.syscall_log
         if step != len(log):
             self._ahead[step] = (record, stored)
-            return
+            return record
         journal = self.journal
         usage = self.usage
+        first, mine = step, record
         while True:
             charged = record.charged
             if charged:
@@ -87,13 +90,38 @@ class RunContext:
             if step % USAGE_STRIDE == USAGE_STRIDE - 1:
                 record.__dict__["usage"] = dict(usage)  # set once, before anyone else holds the record
             if not stored:
-                await journal.append(self.run_id, step, record)
+                try:
+                    await journal.append(self.run_id, step, record)
+                except JournalConflictError:
+                    adopted = await self._journaled_first(step, record)
+                    for name, amount in (charged or {}).items():  # the usage is the standing record's
+                        usage[name] -= amount
+                    for name, amount in (adopted.charged or {}).items():
+                        usage[name] = usage.get(name, 0.0) + amount
+                    record = adopted
+                if step == first:
+                    mine = record
             log.append(record)
             step += 1
             held = self._ahead.pop(step, None)
             if held is None:
-                return
+                return mine
             record, stored = held
+
+    async def _journaled_first(self, step: int, record: SyscallRecord) -> SyscallRecord:
+        """The step's record in the store, written first by another process driving the run, if it is the
+        same call (it then stands for ``record``); else the conflict stands."""
+        from castor.syscall import same_arguments
+
+        stored = await self.journal.get(self.run_id, step)
+        request = record.request
+        if stored is None or stored.request.get("tool_name") != request.get("tool_name") or not same_arguments(
+            stored.request.get("arguments"), request.get("arguments") or {}
+        ):
+            raise JournalConflictError(
+                f"run {self.run_id!r} step {step} is journaled already with another call; records are write-once"
+            )
+        return stored
 
     def remaining(self, resource: str) -> float:
         """What the run may still spend on ``resource``, by what its journal was charged so far."""

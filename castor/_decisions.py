@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from castor._context import RunContext, Suspend
 from castor._errors import CastorError, NothingPendingError
+from castor._sealing import SealError, digested, opened
 from castor.checkpoint import AgentCheckpoint, new_record
 from castor.seams import Decision, DecisionOutcome, PendingApproval
 from castor.syscall import Syscall
@@ -85,7 +86,7 @@ async def settle_decision(kernel: Castor, cp: AgentCheckpoint, step: int, tool: 
     suspended = False
     try:
         if step == len(cp.syscall_log):
-            await kernel.path(Syscall(ctx, step, tool, args))
+            await kernel.path(Syscall(ctx, step, tool, clear_arguments(kernel, tool, args)))
     except Suspend:
         suspended = True  # the approved call went in doubt (its worker was lost): a new round waits
     except CastorError:
@@ -104,6 +105,18 @@ async def settle_decision(kernel: Castor, cp: AgentCheckpoint, step: int, tool: 
         cp.updated_at = time.time()
         await kernel.backend.runs.save(cp)
         kernel.live[cp.pid] = cp
+
+
+def clear_arguments(kernel: Castor, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """A pending call's arguments as the tool takes them: the store keeps its sensitive values encrypted
+    (``castor._sealing``); ``SealError`` if this process does not hold the key they were sealed with."""
+    spec = kernel.tools.find(tool)
+    if spec is None:
+        return arguments
+    try:
+        return opened(arguments, spec.sensitive, kernel.data_key)
+    except SealError as exc:
+        raise SealError(f"the pending call to {tool!r}: {exc}; resuming the run asks for it anew") from exc
 
 
 def _clear_pending(cp: AgentCheckpoint) -> None:
@@ -156,8 +169,10 @@ def _decide_deferred(
     tool, args = str(cp.pending_hitl.get("tool_name")), dict(cp.pending_hitl.get("arguments") or {})
     decision = Decision(cp.pid, step, OUTCOMES[outcome], by or default_user(), time.time(), feedback or "")
     status = "HITL_REJECTED" if outcome == "reject" else "HITL_MODIFIED"
+    spec = kernel.tools.find(tool)
+    journaled = digested(clear_arguments(kernel, tool, args), spec.sensitive, kernel.data_key) if spec else args
     record = new_record(
-        {"tool_name": tool, "arguments": args}, {"status": status, "human_feedback": decision.reason},
+        {"tool_name": tool, "arguments": journaled}, {"status": status, "human_feedback": decision.reason},
         was_hitl=True, decided_by=decision.by, finished_at=decision.at,
     )
     cp.syscall_log.append(record)

@@ -10,7 +10,7 @@ are translated at the boundary with ``raise ... from exc`` so callers never catc
     ├── UnknownToolError         the agent called a tool the kernel does not have   (also KeyError)
     ├── RunNotFoundError         no run with that pid in the store                  (also KeyError)
     ├── NothingPendingError      approve/reject/modify on a run with no pending call (also ValueError)
-    ├── AlreadyDecidedError      a second decision on the same pending call          (also ValueError)
+    │   └── AlreadyDecidedError  a second decision on the same call: none pends any more
     ├── ReplayDivergenceError    a resumed agent asked for another call than the journal holds
     ├── JournalConflictError     a second write of the same step (records are write-once)
     ├── RunEndedError            castor.lib used outside a run or after its run ended (also RuntimeError)
@@ -19,13 +19,16 @@ are translated at the boundary with ``raise ... from exc`` so callers never catc
     ├── InDoubtError             a step was dispatched but its outcome is unknown (worker lost)
     ├── RemoteToolError          a tool raised on a worker; carries the original type name and message
     ├── TaskRefusedError         a worker refused a task (unknown tool, bad arguments, no authorization)
-    └── BackendUnavailable       the store (SQLite file, Redis) cannot be reached
+    ├── BackendUnavailable       the store (SQLite file, Redis) cannot be reached
+    └── UnsupportedError         a castor-kernel 0.5.1 name or option Castor has no equivalent for yet;
+                                 the message names what to use instead          (also NotImplementedError)
 
 All of them pickle, so they cross process boundaries (coordinator, workers) unchanged.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 
@@ -85,8 +88,25 @@ class NothingPendingError(CastorError, ValueError):
     """A decision was given for a run that has no pending call."""
 
 
-class AlreadyDecidedError(CastorError, ValueError):
-    """A pending call was decided already; the first decision wins."""
+class AlreadyDecidedError(NothingPendingError):
+    """A pending call was decided already; the first decision wins, so no call waits any more.
+
+    The message says so in the words of castor-kernel 0.5.1 callers match on ("has no pending call"),
+    and names who decided it.
+    """
+
+    def __init__(
+        self, run_id: str, step: int, outcome: str, by: str, *, at: float | None = None, reason: str = ""
+    ) -> None:
+        when = f" at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(at))}" if at is not None else ""
+        why = f": {reason}" if reason else ""
+        super().__init__(
+            f"run {run_id!r} has no pending call at step {step}: it was decided already ({outcome} by {by}{when}{why})"
+        )
+        self.run_id = run_id
+        self.step = step
+        self.outcome = outcome
+        self.by = by
 
 
 class ReplayDivergenceError(CastorError):
@@ -94,7 +114,7 @@ class ReplayDivergenceError(CastorError):
 
     def __init__(self, step: int, expected: dict[str, Any], actual: dict[str, Any]) -> None:
         super().__init__(
-            f"replay diverged at step {step}: the journal holds {_call(expected)} "
+            f"replay divergence at step {step}: the journal holds {_call(expected)} "
             f"but the agent asked for {_call(actual)}; agent code must be deterministic between syscalls"
         )
         self.step = step
@@ -143,3 +163,8 @@ class TaskRefusedError(CastorError):
 
 class BackendUnavailable(CastorError):
     """The state store (SQLite file, Redis) cannot be reached."""
+
+
+class UnsupportedError(CastorError, NotImplementedError):
+    """Code used a castor-kernel 0.5.1 name or option that Castor has no equivalent for yet; the message
+    names what to use instead."""

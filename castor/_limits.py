@@ -54,6 +54,7 @@ def _number(value: float) -> str:
 SECONDS = Limit(0, 30 * DAY, above=True)  # a deadline: positive, finite, at most 30 days
 PORT = Limit(1, 65535, integer=True)
 WORKER_CONCURRENCY = Limit(1, 1024, integer=True)
+TAKEOVERS = Limit(0, 1000, integer=True)
 
 # Settings field -> (its key in castor.toml, its range).
 SETTINGS: dict[str, tuple[str, Limit]] = {
@@ -64,6 +65,7 @@ SETTINGS: dict[str, tuple[str, Limit]] = {
     "retry_backoff": ("[tools] retry_backoff", Limit(0, 3600)),
     "concurrency": ("[workers] concurrency", WORKER_CONCURRENCY),
     "flower_port": ("[flower] port", PORT),
+    "max_takeovers": ("[coordinator] max_takeovers", TAKEOVERS),
 }
 TOOL_TIMEOUT = SECONDS  # each entry of [tools] timeouts
 BUDGET = Limit(0, math.inf)  # each entry of [budgets]
@@ -75,7 +77,9 @@ OPTIONS: dict[str, Limit] = {
     "coordinator --concurrency": Limit(1, 100_000, integer=True),
     "coordinator --lease": Limit(0.5, 3600),
     "coordinator --grace": Limit(0, 3600),
+    "coordinator --max-takeovers": TAKEOVERS,
     "ps --limit": Limit(1, 1_000_000, integer=True),
+    "deadletters --limit": Limit(1, 1_000_000, integer=True),
 }
 
 

@@ -8,6 +8,7 @@ copying them.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from typing import Any, Literal
@@ -74,6 +75,25 @@ class StepFailure(BaseModel):
     error_type: str
     message: str
     at: float = Field(default_factory=time.time)
+
+
+# Above this many bytes of JSON a failure keeps its call's arguments by size and digest only (the worker
+# uses its smaller ``max_argument_bytes`` when it refuses arguments as too big).
+FAILURE_ARGUMENT_BYTES = 64 * 1024
+
+
+def bounded_arguments(arguments: dict[str, Any], limit: int = FAILURE_ARGUMENT_BYTES) -> dict[str, Any]:
+    """``arguments`` as a ``StepFailure`` keeps them: as they are, or, above ``limit`` bytes of canonical
+    JSON, ``{"_omitted": "<size> bytes, sha256 <hex>"}``: a refused 10 MB argument costs Redis a line."""
+    import json
+
+    try:
+        body = json.dumps(arguments, sort_keys=True, separators=(",", ":")).encode()
+    except (TypeError, ValueError):  # not JSON: it cannot be huge JSON either; redaction has run already
+        return arguments
+    if len(body) <= limit:
+        return arguments
+    return {"_omitted": f"{len(body)} bytes, sha256 {hashlib.sha256(body).hexdigest()}"}
 
 
 class RunSpec(BaseModel):

@@ -16,9 +16,11 @@ from typing import Any
 
 from castor import _decisions, _runner
 from castor._errors import ConfigError, RunNotFoundError
+from castor._sealing import DataKey
 from castor.agents import AgentRegistry, default_agent_registry
 from castor.backends import open_backend
 from castor.checkpoint import AgentCheckpoint, usage_of
+from castor.compat import legacy_tools
 from castor.executors.local import LocalExecutor
 from castor.registry import ToolRegistry
 from castor.seams import Backend, Executor
@@ -54,10 +56,8 @@ class Castor:
         scopes: Iterable[str] = (),
         **compat: Any,
     ) -> None:
-        unknown = set(compat) - {"lodge", "gate", "capability_manager", "roche"}
-        if unknown:
-            raise TypeError(f"Castor() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
-        self.tools = ToolRegistry(tools or (), destructive=destructive or (), costs=costs)
+        gated = legacy_tools(compat)
+        self.tools = ToolRegistry([*(tools or ()), *gated], destructive=destructive or (), costs=costs)
         if llm is not None and LLM_TOOL not in self.tools:
             # The LLM is a tool like any other; castor-kernel 0.5.1 dropped it unless tools= was given.
             self.tools.add((LLM_TOOL, llm), cost={llm_resource: float(llm_cost)} if llm_cost else {})
@@ -72,6 +72,8 @@ class Castor:
                 self.budgets.setdefault(resource, float(auto_budget))
         self.check_budgets(self.budgets, stacklevel=3)
         self.backend = store if isinstance(store, Backend) else open_backend(store)
+        # Seals sensitive arguments in the journal and in pending calls (castor._sealing).
+        self.data_key: DataKey = self.backend.data_key or DataKey.ephemeral()
         if executor is None:
             self.executor: Executor = LocalExecutor(self.tools)
         elif callable(executor) and not hasattr(executor, "execute"):
@@ -136,7 +138,12 @@ class Castor:
         checkpoint: AgentCheckpoint | None = None,
         max_iterations: int = 20,
     ) -> AgentCheckpoint:
-        """Run, and answer every approval with ``on_hitl`` until the run ends or ``max_iterations``."""
+        """Run, and answer every approval with ``on_hitl`` until the run ends.
+
+        After ``max_iterations`` answered approvals, a run that waits for one more raises
+        ``RuntimeError`` (as castor-kernel 0.5.1); the run stays suspended and undecided, so it can be
+        loaded by its pid and continued.
+        """
         cp = await self.run(agent, budgets=budgets, checkpoint=checkpoint, pid=pid)
         for _ in range(max_iterations):
             if not cp.is_suspended:
@@ -144,6 +151,12 @@ class Castor:
             decision, feedback = await on_hitl(cp)
             await self.decide(cp, decision, feedback)
             cp = await self.run(agent, checkpoint=cp)
+        if cp.is_suspended:
+            raise RuntimeError(
+                f"run {cp.pid!r} exceeded {max_iterations} HITL iterations (max_iterations={max_iterations}) and "
+                f"still waits for approval of {cp.pending_tool!r}; it stays suspended: "
+                f"continue it with run(agent, checkpoint=await kernel.aload({cp.pid!r}))"
+            )
         return cp
 
     async def run_async(

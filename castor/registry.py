@@ -54,7 +54,10 @@ def castor_tool(
     costs (default 1; 0 makes it free). ``destructive`` / ``requires_hitl`` make every call wait for a
     human outside speculative mode. ``idempotent`` lets a call whose worker died run again with the
     same effect id; ``retryable`` lets a failed call be retried with backoff; ``sensitive`` names
-    arguments redacted from logs and task listings. ``registry`` is accepted for compatibility.
+    arguments (matched at any depth of nested dicts and lists) that only the tool sees in clear: shown
+    as ``***``, journaled as keyed digests, kept encrypted in a pending call and in a fleet task
+    (``castor._sealing``). ``registry``, a ``ToolRegistry``, also registers the function there
+    (castor-kernel 0.5.1's ``Castor(gate=SyscallGate(registry))`` then runs it).
     """
     if consumes == "_default":  # castor-kernel 0.5.1 spelled "not declared" this way
         consumes = None
@@ -72,9 +75,19 @@ def castor_tool(
             setattr(fn, _META, declaration)
         except AttributeError as exc:
             raise ConfigError(f"cannot declare {fn!r} as a tool: it takes no attributes") from exc
+        if registry is not None:
+            _register(registry, fn)
         return fn
 
     return mark(func) if func is not None else mark
+
+
+def _register(registry: Any, fn: Callable[..., Any]) -> None:
+    if not isinstance(registry, ToolRegistry):
+        raise ConfigError(f"castor_tool(registry=...) takes a castor.registry.ToolRegistry, got {registry!r}")
+    known = registry.find(tool_name_of(fn))
+    if known is None or known.func is not fn:  # the same function declared again (a reload) is no change
+        registry.add(fn)
 
 
 def declaration_of(func: Callable[..., Any]) -> ToolDeclaration:
@@ -204,3 +217,38 @@ class ToolRegistry:
 
     def __iter__(self) -> Any:
         return iter(self._specs.values())
+
+
+class SyscallGate:
+    """castor-kernel 0.5.1's gate over a ``ToolRegistry``, kept for code written against it.
+
+    ``Castor(gate=SyscallGate(registry))`` runs the registry's tools (the operator's ``destructive=`` and
+    ``costs=`` apply on top, as for ``tools=``). Standalone it validates and executes a call directly,
+    outside any run: nothing is budgeted, gated or journaled.
+    """
+
+    def __init__(self, registry: ToolRegistry) -> None:
+        if not isinstance(registry, ToolRegistry):
+            raise ConfigError(f"SyscallGate() takes a castor.registry.ToolRegistry, got {registry!r}")
+        self.registry = registry
+
+    def has_tool(self, tool_name: str) -> bool:
+        """Whether ``tool_name`` is registered."""
+        return tool_name in self.registry
+
+    def list_tools(self) -> list[str]:
+        """Registered tool names, sorted."""
+        return sorted(self.registry.names())
+
+    def validate(self, tool_name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        """The arguments as the tool receives them; ``ValueError`` naming what is wrong if they do not fit."""
+        checked, error = self.registry.get(tool_name).schema.check(arguments)
+        if error is not None:
+            raise ValueError(error)
+        return checked
+
+    async def execute(self, tool_name: str, validated_args: dict[str, Any]) -> Any:
+        """Call the tool with arguments ``validate`` returned."""
+        spec = self.registry.get(tool_name)
+        result = spec.func(**validated_args)
+        return await result if inspect.isawaitable(result) else result

@@ -10,11 +10,13 @@ _DENIALS = {"VALIDATION_ERROR", "INSUFFICIENT_CAPABILITY", "HITL_REJECTED", "HIT
 
 @dataclass(frozen=True)
 class SyscallResult:
-    """A tool's value, or the reason the kernel answered instead of the tool."""
+    """A tool's value, or the reason the kernel answered instead of the tool (``resource``: the budget that
+    ran out). Built as in castor-kernel 0.5.1: ``SyscallResult(status="HITL_REJECTED", feedback="no")``."""
 
-    value: Any
+    value: Any = None
     status: str = "OK"
     feedback: str | None = None
+    resource: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -48,5 +50,5 @@ def wrap(response: Any) -> SyscallResult:
         status = response.get("status")
         if status in _DENIALS:
             feedback = response.get("human_feedback", response.get("feedback_message"))
-            return SyscallResult(None, str(status), feedback)
+            return SyscallResult(None, str(status), feedback, response.get("resource"))
     return SyscallResult(response)

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from castor._sealing import DataKey
 from castor.checkpoint import AgentCheckpoint, StepFailure, SyscallRecord
 
 DecisionOutcome = Literal["approve", "reject", "modify"]
@@ -92,9 +93,29 @@ class Call:
     extra: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class StepClaim:
+    """The answer to a claim on a step: who executes it.
+
+    ``claimed``: the caller holds it now and runs the call. ``journaled``: the step has its record; that
+    record is the result. ``held``: ``holder`` (``<host>:<pid>:<token>``) claimed it for round ``attempt``
+    and has not journaled it; ``expired`` says its lease ran out (it stopped renewing: gone, or hung).
+    """
+
+    state: Literal["claimed", "journaled", "held"]
+    holder: str = ""
+    attempt: int = 0
+    expired: bool = False
+
+
 @runtime_checkable
 class Journal(Protocol):
-    """The step cache: one write-once record per (run, step), plus an audit list of failures."""
+    """The step cache: one write-once record per (run, step), plus an audit list of failures.
+
+    A step whose call must run at most once (a decided or destructive one) is *claimed* before it runs:
+    the claim is taken atomically with a look at the journal, so two processes driving one run never
+    both execute it. A claim has a lease its holder renews while the call runs.
+    """
 
     async def append(self, run_id: str, step: int, record: SyscallRecord) -> None:
         """Write the record of ``step``; ``JournalConflictError`` if that step has one already."""
@@ -119,6 +140,19 @@ class Journal(Protocol):
 
     async def delete(self, run_id: str) -> None:
         """Forget the run's journal."""
+
+    async def claim(
+        self, run_id: str, step: int, attempt: int, holder: str, lease: float, *, replace: str = ""
+    ) -> StepClaim:
+        """Claim ``step`` for approval round ``attempt``: ``claimed`` unless the step is journaled or another
+        holder has it for this round or a later one (``replace`` names a holder whose claim may be taken
+        over). The lease ends ``lease`` seconds after the claim, by the store's clock."""
+
+    async def renew_claim(self, run_id: str, step: int, holder: str, lease: float) -> bool:
+        """Extend ``holder``'s lease on the step; False if it holds it no more."""
+
+    async def release_claim(self, run_id: str, step: int, holder: str) -> None:
+        """Drop ``holder``'s claim on the step (the call ended without a record, or its record is in)."""
 
 
 @runtime_checkable
@@ -179,8 +213,8 @@ class ApprovalStore(Protocol):
     async def decided_request(self, run_id: str, step: int) -> PendingApproval | None:
         """The request the step's current decision answered, kept once decided (None while it waits).
 
-        A worker checks an unsigned task against it: an approval authorizes that tool with those
-        arguments in that round, nothing else.
+        A worker of an insecure development fleet (no secret) checks an unsigned task against it: an
+        approval authorizes that tool with those arguments in that round, nothing else.
         """
 
     async def pending(self, run_id: str | None = None) -> list[PendingApproval]:
@@ -240,6 +274,8 @@ class Backend:
     # True when every operation completes without waiting on the network (memory, SQLite): sync APIs
     # such as ``Castor.reject`` may then drive it to completion inside a running event loop.
     answers_inline: bool = True
+    # Seals sensitive arguments in this store (castor._sealing); None: a random key of the process.
+    data_key: DataKey | None = None
 
     async def close(self) -> None:
         """Close connections the backend holds."""

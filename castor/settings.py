@@ -9,6 +9,7 @@
     [workers]   default_pool, concurrency, pool
     [budgets]   <resource> = limit
     [flower]    port, basic_auth
+    [coordinator] max_takeovers                 a run taken over more times in a row is quarantined (FAILED)
 
 Unknown sections or keys, an unknown pool, a tool in two pools and a broker URL of a scheme no fleet
 runs on are ``ConfigError``s at start-up; a number out of its range (``castor._limits.SETTINGS``) or of
@@ -60,6 +61,7 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     },
     "workers": {"default_pool": str, "concurrency": int, "pool": str},
     "flower": {"port": int, "basic_auth": str},
+    "coordinator": {"max_takeovers": int},
 }
 _FREE_SECTIONS = ("pools", "budgets")  # their keys are the operator's names
 
@@ -91,6 +93,7 @@ class Settings:
     budgets: Mapping[str, float] = field(default_factory=dict)
     flower_port: int = 5555
     flower_basic_auth: str | None = None
+    max_takeovers: int = 3
     source: str = "<defaults>"
 
     def __post_init__(self) -> None:
@@ -316,6 +319,7 @@ def _parse(path: Path) -> dict[str, Any]:
         "budgets": _budgets(section["budgets"], where),
         "flower_port": section["flower"].get("port", 5555),
         "flower_basic_auth": section["flower"].get("basic_auth"),
+        "max_takeovers": section["coordinator"].get("max_takeovers", 3),
         "source": where,
     }
     if values["worker_pool"] not in ("threads", "prefork", "solo"):

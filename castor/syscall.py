@@ -21,10 +21,12 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from castor._canonical import canonical
+from castor._claims import run_claimed
 from castor._context import RunContext, Suspend
 from castor._errors import InDoubtError, ReplayDivergenceError, UnknownToolError
-from castor._redact import redact
-from castor.checkpoint import StepFailure, SyscallRecord, new_record
+from castor._redact import masked, redact
+from castor._sealing import DataKey, digested, encrypted, foreign_digests
+from castor.checkpoint import StepFailure, SyscallRecord, bounded_arguments, new_record
 from castor.registry import ToolSpec
 from castor.seams import Call, PendingApproval
 
@@ -52,8 +54,15 @@ class Syscall:
 
     @property
     def request(self) -> dict[str, Any]:
-        """The request as journaled: the tool and its raw arguments."""
-        return {"tool_name": self.tool_name, "arguments": self.arguments}
+        """The request as journaled: the tool and its raw arguments, sensitive values as keyed digests."""
+        return {"tool_name": self.tool_name, "arguments": self.stored_arguments(digested)}
+
+    def stored_arguments(self, seal: Callable[[dict[str, Any], frozenset[str], DataKey], dict[str, Any]]) -> Any:
+        """The raw arguments with their sensitive values sealed by ``seal`` (``castor._sealing``)."""
+        spec = self.spec or self.ctx.kernel.tools.find(self.tool_name)
+        if spec is None or not spec.sensitive:
+            return self.arguments
+        return seal(self.arguments, spec.sensitive, self.ctx.kernel.data_key)
 
 
 Handler = Callable[[Syscall], Awaitable[Any]]
@@ -84,9 +93,10 @@ def record_fields(call: Syscall, charged: Mapping[str, float] | None) -> dict[st
 async def answer(
     call: Syscall, response: Any, charged: Mapping[str, float] | None = None, *, stored: bool = False
 ) -> Any:
-    """Journal ``response`` as the step's result and return it to the agent."""
-    await call.ctx.commit(call.step, step_record(call, response, charged), stored=stored)
-    return response
+    """Journal ``response`` as the step's result and return it to the agent (or the step's record
+    another process driving the run journaled first, which stands)."""
+    record = await call.ctx.commit(call.step, step_record(call, response, charged), stored=stored)
+    return record.response
 
 
 def step_record(call: Syscall, response: Any, charged: Mapping[str, float] | None) -> SyscallRecord:
@@ -117,9 +127,24 @@ def replay(call: Syscall, inner: Handler) -> Awaitable[Any]:
         return inner(call)
     record = log[call.step]
     request = record.request
-    if request.get("tool_name") != call.tool_name or not same_arguments(request.get("arguments"), call.arguments):
+    if request.get("tool_name") != call.tool_name or not _same_call(request.get("arguments"), call):
         raise ReplayDivergenceError(call.step, request, call.request)
     return _value(record.response)
+
+
+def _same_call(recorded: Any, call: Syscall) -> bool:
+    """The journal keeps sensitive values as keyed digests (a journal written before that, as they are).
+    A digest under another key (a checkpoint's JSON resumed on another store) cannot be compared: the rest
+    of the call must still match."""
+    if same_arguments(recorded, call.arguments):
+        return True
+    spec = call.ctx.kernel.tools.find(call.tool_name)
+    if spec is None or not spec.sensitive:
+        return False
+    if same_arguments(recorded, call.request["arguments"]):
+        return True
+    key = call.ctx.kernel.data_key
+    return foreign_digests(recorded, key) and same_arguments(masked(recorded), redact(call.arguments, spec.sensitive))
 
 
 def same_arguments(recorded: Any, actual: dict[str, Any]) -> bool:
@@ -152,7 +177,8 @@ def gate(call: Syscall, inner: Handler) -> Awaitable[Any]:
     """Destructive calls wait for a human, or run speculatively flagged for review.
 
     A step left in doubt by a lost worker (``checkpoint.in_doubt``) waits for a human whatever the tool
-    or mode: its new approval round must be decided before it may run again.
+    or mode: its new approval round must be decided before it may run again. A gated call that runs is
+    claimed first (``castor._claims``): of several processes driving the run, one runs it.
     """
     # Set by validate, which runs before every inner stage (an annotation, not typing.cast: no call per step).
     spec: ToolSpec = call.spec  # type: ignore[assignment]
@@ -164,7 +190,7 @@ def gate(call: Syscall, inner: Handler) -> Awaitable[Any]:
     if call.ctx.speculative:
         call.needs_review = True
         call.review_reason = SPECULATIVE_REASON if spec.destructive else HITL_SPECULATIVE_REASON
-        return inner(call)
+        return run_claimed(call, inner)
     return _ask_human(call, inner)
 
 
@@ -188,18 +214,20 @@ async def _ask_human(call: Syscall, inner: Handler) -> Any:
         return await answer(call, {"status": "HITL_REJECTED", "human_feedback": decision.reason})
     if decision.outcome == "modify":
         return await answer(call, {"status": "HITL_MODIFIED", "human_feedback": decision.reason})
-    return await inner(call)
+    return await run_claimed(call, inner)  # one process runs an approved call; the others take its record
 
 
 async def suspend_for_human(call: Syscall, attempt: int, reason: str) -> NoReturn:
     """Open approval round ``attempt`` of the step and unwind the run until a human decides it."""
     ctx = call.ctx
+    # The pending call keeps its sensitive values encrypted: an approval may execute it in another process.
+    arguments = call.stored_arguments(encrypted)
     await ctx.kernel.backend.approvals.request(
-        PendingApproval(ctx.run_id, call.step, call.tool_name, call.arguments, time.time(), None, reason, attempt)
+        PendingApproval(ctx.run_id, call.step, call.tool_name, arguments, time.time(), None, reason, attempt)
     )
     ctx.suspended_at = call.step
     cp = ctx.checkpoint
-    cp.pending_hitl = {"tool_name": call.tool_name, "arguments": call.arguments}
+    cp.pending_hitl = {"tool_name": call.tool_name, "arguments": arguments}
     cp.pending_step = call.step
     cp.pending_reason = reason or None
     raise Suspend(call.step)
@@ -280,7 +308,7 @@ async def execute(call: Syscall) -> Any:
             step=call.step,
             tool_name=call.tool_name,
             # Journaled and kept in the checkpoint: sensitive values stay out, as of a worker's failure entry.
-            arguments=redact(call.arguments, spec.sensitive),
+            arguments=bounded_arguments(redact(call.arguments, spec.sensitive)),
             # A worker's error keeps the type name the tool raised there (RemoteToolError.error_type).
             error_type=getattr(exc, "error_type", None) or type(exc).__name__,
             message=getattr(exc, "tool_message", None) or str(exc),
@@ -294,8 +322,8 @@ async def execute(call: Syscall) -> Any:
             await suspend_for_human(call, call.attempt + 1, IN_DOUBT_REASON)
         raise
     # The record is committed here rather than through answer(): one coroutine fewer on every live step.
-    await ctx.commit(call.step, step_record(call, result, call.charged), stored=executor.writes_journal)
-    return result
+    record = await ctx.commit(call.step, step_record(call, result, call.charged), stored=executor.writes_journal)
+    return record.response
 
 
 DEFAULT_STAGES: list[Stage] = [replay, validate, gate, budget]

@@ -14,6 +14,7 @@ that took the run over. A child run (``<pid>::<name>-<n>``) is fenced by its roo
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 from castor._errors import StaleLeaseError
@@ -21,9 +22,13 @@ from castor.backends.redis import Fence, keys
 from castor.checkpoint import AgentCheckpoint, StepFailure, SyscallRecord
 from castor.seams import Backend, Charge
 
+# (leased pid, token) of the drive the current task belongs to; None outside a drive.
+_DRIVE: ContextVar[tuple[str, str] | None] = ContextVar("castor_drive", default=None)
+
 
 class Fences:
-    """The leases this coordinator holds: pid -> fencing token, checked against Redis before a write."""
+    """The leases this coordinator holds (pid -> the newest token, which the heartbeat renews) and the
+    token each drive writes with, checked against Redis before a write."""
 
     def __init__(self, redis: Any, prefix: str, owner: str) -> None:
         self.redis = redis
@@ -31,11 +36,19 @@ class Fences:
         self.owner = owner
         self.tokens: dict[str, str] = {}
 
+    @staticmethod
+    def bind(pid: str, token: str) -> None:
+        """Make the calling task (and the tasks it starts) a drive of ``pid`` under ``token``: its writes
+        carry that token, whatever token this process holds for the run later."""
+        _DRIVE.set((pid, token))
+
     def holder_of(self, pid: str) -> tuple[str, str]:
-        """``(leased pid, token)`` that covers ``pid``; ``StaleLeaseError`` if this process holds none."""
+        """``(leased pid, token)`` that covers ``pid``: the calling drive's own token, else (outside a drive)
+        the one this process holds; ``StaleLeaseError`` if there is none."""
+        drive = _DRIVE.get()
         run = pid
         while run:
-            token = self.tokens.get(run)
+            token = self.tokens.get(run) if drive is None else (drive[1] if drive[0] == run else None)
             if token is not None:
                 return run, token
             run = run.rpartition("::")[0]
@@ -51,10 +64,11 @@ class Fences:
         run, token = self.holder_of(pid)
         holder = await self.redis.get(keys.lease(self.prefix, run))
         if holder != token:
-            self.tokens.pop(run, None)
+            if self.tokens.get(run) == token:  # never drop a newer lease of the run this process holds
+                self.tokens.pop(run, None)
             raise StaleLeaseError(
-                f"run {run!r}: this coordinator's lease is gone (now held by {holder or 'nobody'}); "
-                "another coordinator drives the run"
+                f"run {run!r}: this drive's lease is gone (now held by {holder or 'nobody'}); "
+                "another drive has the run"
             )
 
 
@@ -130,4 +144,5 @@ def fenced(backend: Backend, fences: Fences) -> Backend:
         runs=FencedRuns(backend.runs, fences),
         url=backend.url,
         durable=backend.durable,
+        data_key=backend.data_key,
     )

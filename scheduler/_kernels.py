@@ -9,6 +9,7 @@ there instead of starting, so the run stops at a step boundary.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -23,24 +24,35 @@ ExecutorFactory = Callable[[Any], Any]
 
 
 class DrainGate:
-    """Counts live calls in flight; once draining, holds every new one until its run is stopped."""
+    """Counts live calls in flight (in all and per run); once draining, holds every new one until its run
+    is stopped."""
 
     def __init__(self) -> None:
         self.draining = False
         self.inflight = 0
+        self.runs: Counter[str] = Counter()  # root pid -> its calls in flight (a child's count as its root's)
         self._idle = asyncio.Event()
         self._idle.set()
+
+    def busy(self, pid: str) -> bool:
+        """Whether a call of ``pid`` (or of a child of it) is in flight in this process."""
+        return self.runs[pid] > 0
 
     async def stage(self, call: Syscall, inner: Handler) -> Any:
         """The syscall-path stage: let a call through, or hold it while draining."""
         if self.draining:
             await asyncio.Event().wait()  # until the coordinator cancels the run
+        root = call.ctx.run_id.partition("::")[0]
         self.inflight += 1
+        self.runs[root] += 1
         self._idle.clear()
         try:
             return await inner(call)
         finally:
             self.inflight -= 1
+            self.runs[root] -= 1
+            if not self.runs[root]:
+                del self.runs[root]
             if self.inflight == 0:
                 self._idle.set()
 

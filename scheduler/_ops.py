@@ -54,13 +54,21 @@ class FleetOps:
             self.blocking.blmove(keys.run_queue(self.prefix), self.taking, timeout, "RIGHT", "LEFT"),
         )
 
-    async def acquire(self, pid: str, token: str, lease_ms: int) -> tuple[str, str | None]:
-        """Lease a taken run: ``('ok', None)``, ``('cancelled', None)`` or ``('held', holder token)``."""
+    async def acquire(
+        self, pid: str, token: str, lease_ms: int, max_takeovers: int = 3
+    ) -> tuple[str, str | int | None]:
+        """Lease a taken run: ``('ok', takeovers in a row)``, ``('quarantine', takeovers)`` (leased, but taken
+        over more than ``max_takeovers`` times in a row), ``('cancelled', None)`` or ``('held', holder token)``."""
         p = self.prefix
         out = await self._run(
-            "acquire", [keys.lease(p, pid), keys.leased(p), self.taking, keys.cancelled(p)], [pid, token, lease_ms]
+            "acquire",
+            [keys.lease(p, pid), keys.leased(p), self.taking, keys.cancelled(p), keys.lapsed(p), keys.takeovers(p)],
+            [pid, token, lease_ms, max_takeovers],
         )
-        return str(out[0]), (str(out[1]) if len(out) > 1 else None)
+        status = str(out[0])
+        if len(out) < 2:
+            return status, None
+        return status, (str(out[1]) if status == "held" else int(out[1]))
 
     async def renew(self, leases: dict[str, str], lease_ms: int) -> set[str]:
         """Extend every lease in ``leases`` (pid -> token) in one round trip; returns the pids lost."""
@@ -82,7 +90,9 @@ class FleetOps:
         Returns 1, 2 if a park found the run cancelled, 0 if the lease was lost already.
         """
         p = self.prefix
-        run_keys = [keys.lease(p, pid), keys.leased(p), keys.run_queue(p), keys.parked(p), keys.cancelled(p)]
+        run_keys = [
+            keys.lease(p, pid), keys.leased(p), keys.run_queue(p), keys.parked(p), keys.cancelled(p), keys.takeovers(p),
+        ]
         return int(await self._run("release", run_keys, [pid, token, mode, step]))
 
     async def unpark(self, pid: str) -> bool:
@@ -117,7 +127,8 @@ class FleetOps:
         due = await self._run("due", [keys.leased(p)], [limit])
         queued = []
         for pid in due:
-            if await self._run("requeue_expired", [keys.lease(p, pid), keys.leased(p), keys.run_queue(p)], [pid]):
+            run_keys = [keys.lease(p, pid), keys.leased(p), keys.run_queue(p), keys.lapsed(p)]
+            if await self._run("requeue_expired", run_keys, [pid]):
                 queued.append(pid)
         return queued
 

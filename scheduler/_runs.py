@@ -83,6 +83,17 @@ class RunDriver:
             return
         await self._after(cp, token, stop)
 
+    async def quarantine(self, pid: str, token: str, takeovers: int) -> None:
+        """The run was taken over more than ``max_takeovers`` times in a row, each driver dying without
+        letting go of it (an agent or tool that kills the process driving it would take every coordinator
+        down in turn): store it ``FAILED`` with the reason, its journal kept, and drive it no more."""
+        header = await self.backend.runs.load(pid)
+        if header is None or header.status in FINISHED:
+            await self.co.ops.release(pid, token, "done")
+            return
+        await self.store.budgets.close_run(pid)  # as a failed run's ledger is closed (its usage is journaled)
+        await self._fail(header, token, f"quarantined: taken over {takeovers} times; its driver died each time")
+
     async def stopped_early(self, pid: str, token: str, reason: str) -> None:
         """The run was stopped before its agent started: hand it on as its stop reason says."""
         if reason == "drained":

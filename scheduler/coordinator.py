@@ -43,6 +43,7 @@ class CoordinatorConfig:
     lease: float = 15.0
     grace: float = 30.0
     allow_code_change: bool = False
+    max_takeovers: int = 3  # a run taken over more times in a row is quarantined (stored FAILED)
     store_options: dict[str, Any] = field(default_factory=dict)  # the Redis backend's (approval_ttl, ...)
 
     def __post_init__(self) -> None:
@@ -50,8 +51,8 @@ class CoordinatorConfig:
             self.name = f"{socket.gethostname()}-{os.getpid()}"
         if "/" in self.name:
             raise CastorError(f"coordinator name {self.name!r} may not contain '/'")
-        if self.concurrency < 1 or self.lease <= 0 or self.grace < 0:
-            raise CastorError("concurrency must be >= 1, lease > 0 and grace >= 0")
+        if self.concurrency < 1 or self.lease <= 0 or self.grace < 0 or self.max_takeovers < 0:
+            raise CastorError("concurrency must be >= 1, lease > 0, grace >= 0 and max_takeovers >= 0")
 
     @property
     def lease_ms(self) -> int:
@@ -178,27 +179,42 @@ class Coordinator:
     async def _lease(self, pid: str) -> None:
         token = self.ops.new_token()
         try:
-            status, _holder = await self.ops.acquire(pid, token, self.config.lease_ms)
+            status, detail = await self.ops.acquire(pid, token, self.config.lease_ms, self.config.max_takeovers)
         except BackendUnavailable as exc:
             self.slots.release()
             log.warning("%s: could not lease %s: %s", self.name, pid, exc)
             return
-        if status != "ok":
+        if status not in ("ok", "quarantine"):
             self.slots.release()
             if status == "cancelled":
                 self._spawn(self.driver.cancel_queued(pid))
             return
+        takeovers = int(detail or 0)
+        if takeovers:
+            log.warning("%s: taking run %s over (takeover %d in a row; at most %d before it is quarantined)",
+                        self.name, pid, takeovers, self.config.max_takeovers)
         self.taken += 1
         self.fences.tokens[pid] = token
-        self.tasks[pid] = asyncio.create_task(self._serve(pid, token), name=f"run {pid}")
+        previous = self.tasks.get(pid)
+        if previous is not None:
+            self.stops[pid] = []  # the old drive keeps its own stop list; this one starts with a fresh one
+        quarantine = takeovers if status == "quarantine" else 0
+        self.tasks[pid] = asyncio.create_task(self._serve(pid, token, previous, quarantine), name=f"run {pid}")
 
-    async def _serve(self, pid: str, token: str) -> None:
+    async def _serve(self, pid: str, token: str, previous: asyncio.Task[None] | None, quarantine: int) -> None:
+        self.fences.bind(pid, token)  # every write of this drive carries its own token
+        me = asyncio.current_task()
         try:
-            await self.driver.serve(pid, token)
+            if previous is not None:
+                await self._outlive(pid, previous)
+            if quarantine:
+                await self.driver.quarantine(pid, token, quarantine - 1)
+            else:
+                await self.driver.serve(pid, token)
         except StaleLeaseError as exc:
             log.warning("%s: lost run %s: %s", self.name, pid, exc)
         except asyncio.CancelledError:
-            stop = self.stops.get(pid)
+            stop = self.stops.get(pid) if self.tasks.get(pid) is me else None  # a stale drive hands nothing on
             if not stop:
                 raise
             with contextlib.suppress(CastorError):
@@ -206,11 +222,48 @@ class Coordinator:
         except Exception:
             log.exception("%s: run %s stopped on an error", self.name, pid)
         finally:
-            self.tasks.pop(pid, None)
-            self.stops.pop(pid, None)
-            self.fences.tokens.pop(pid, None)
-            self.kernels.forget(pid)
+            current = self.tasks.get(pid) is me
+            if current:
+                self.tasks.pop(pid, None)
+                self.stops.pop(pid, None)
+            if self.fences.tokens.get(pid) == token:
+                self.fences.tokens.pop(pid, None)
+            if current or pid not in self.tasks:
+                self.kernels.forget(pid)  # never the live state of a newer drive of the run here
             self.slots.release()
+
+    async def _outlive(self, pid: str, old: asyncio.Task[None]) -> None:
+        """One drive per run per process: this process leased ``pid`` again (its lease had run out, e.g. over
+        a Redis outage) while its previous drive of it still goes; that one ends before this one starts.
+        Its writes are refused already (its token is not the lease's). A call it has in flight is let
+        finish: its worker journals the result, which this drive then replays rather than sending the
+        step a second time. Then it is cancelled."""
+        log.warning("%s: run %s leased again while its previous drive here still goes: ending that one first",
+                    self.name, pid)
+        try:
+            while not old.done() and self.gate.busy(pid):
+                await asyncio.wait({old}, timeout=0.05)
+            old.cancel()
+            _, stuck = await asyncio.wait({old}, timeout=max(self.config.lease, 5.0))
+        except asyncio.CancelledError:  # this drive is stopped too: the old one goes with it
+            old.cancel()
+            await asyncio.wait({old}, timeout=max(self.config.lease, 5.0))
+            raise
+        if stuck:  # it can write nothing and dispatch nothing (every call is charged, fenced, first)
+            log.error("%s: the previous drive of %s did not stop when cancelled; going on without it",
+                      self.name, pid)
+
+    def _let_go(self, pid: str, task: asyncio.Task[None]) -> None:
+        """A drive lost its lease: stop it once no call of it is in flight here (a call's result, which
+        its worker journals, is worth waiting for: whoever drives the run next replays it)."""
+
+        async def stop_when_idle() -> None:
+            while not task.done() and self.gate.busy(pid):
+                await asyncio.wait({task}, timeout=0.05)
+            if self.tasks.get(pid) is task:
+                self.stop_run(pid, "lease lost", {"coordinator": self.name})
+
+        self._spawn(stop_when_idle())
 
     async def _heartbeat_loop(self) -> None:
         every = self.config.lease / 3
@@ -219,10 +272,12 @@ class Coordinator:
                 held = dict(self.fences.tokens)
                 lost = await self.ops.renew(held, self.config.lease_ms)
                 for pid in lost:
+                    task = self.tasks.get(pid)
                     if self.fences.tokens.get(pid) == held[pid]:
                         log.warning("%s: lease on %s lost; stopping it here", self.name, pid)
                         self.fences.tokens.pop(pid, None)
-                        self.stop_run(pid, "lease lost", {"coordinator": self.name})
+                        if task is not None:
+                            self._let_go(pid, task)
                 await self._register("draining" if self.stopping.is_set() else "running")
             except BackendUnavailable as exc:
                 log.warning("%s: heartbeat failed: %s", self.name, exc)

@@ -24,11 +24,15 @@ def executor_factory(kind: str, settings: Any) -> Any:
     return CeleryExecutor.factory(settings)
 
 
-async def serve(config: CoordinatorConfig, *, executor: Any = None) -> None:
-    """Run one coordinator until SIGTERM or SIGINT, then drain it."""
+async def serve(config: CoordinatorConfig, *, executor: Any = None, secret: str | None = None) -> None:
+    """Run one coordinator until SIGTERM or SIGINT, then drain it; sensitive arguments are sealed under
+    the key of the fleet's ``secret`` (``castor._sealing``)."""
+    from castor._sealing import DataKey
     from castor.backends.redis import redis_backend
 
-    backend = redis_backend(config.url, prefix=config.prefix, **config.store_options)
+    backend = redis_backend(
+        config.url, prefix=config.prefix, data_key=DataKey.for_fleet(secret), **config.store_options
+    )
     coordinator = Coordinator(config, backend, executor)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

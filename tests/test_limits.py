@@ -22,6 +22,7 @@ BAD_VALUES = {
     "[tools] retry_backoff": ("-1", "a number from 0 to 3600", "0"),
     "[workers] concurrency": ("0", "an integer from 1 to 1024", "1024"),
     "[flower] port": ("99999", "an integer from 1 to 65535", "65535"),
+    "[coordinator] max_takeovers": ("-1", "an integer from 0 to 1000", "0"),
 }
 MORE_BAD = {  # not finite, or too large to be meant
     "[tools] default_timeout": "inf",
@@ -113,7 +114,9 @@ BAD_OPTIONS = {
     "coordinator --concurrency": (["coordinator"], "0", "an integer from 1 to 100000"),
     "coordinator --lease": (["coordinator"], "-1", "a number from 0.5 to 3600"),
     "coordinator --grace": (["coordinator"], "-5", "a number from 0 to 3600"),
+    "coordinator --max-takeovers": (["coordinator"], "-1", "an integer from 0 to 1000"),
     "ps --limit": (["ps"], "0", "an integer from 1 to 1000000"),
+    "deadletters --limit": (["deadletters"], "0", "an integer from 1 to 1000000"),
 }
 
 

@@ -10,7 +10,8 @@ from typing import Any
 
 from castor._canonical import canonical
 from castor._redact import redact
-from castor.backends.redis.keys import reply_stream_prefix
+from castor._sealing import DataKey, SealError, opened
+from castor.backends.redis.keys import is_reply_stream
 from castor.executors._wire import Job, task_name, verify
 from castor.registry import ToolRegistry, ToolSpec
 from castor.seams import ApprovalStore, PendingApproval
@@ -50,20 +51,23 @@ def parse_job(kwargs: Any, settings: Settings) -> Job:
         raise Refusal(f"arguments are {size} bytes, above the limit of {settings.max_argument_bytes}", job)
     if job.effect_id != f"{job.run_id}:{job.step}" or job.step < 0 or job.attempt < 0:
         raise Refusal("effect id, step and attempt do not agree", job)
-    if job.reply_to and not job.reply_to.startswith(reply_stream_prefix(settings.redis_prefix)):
-        raise Refusal(f"reply stream {job.reply_to!r} is not a Castor reply stream", job)
+    if job.reply_to and not is_reply_stream(settings.redis_prefix, job.reply_to):
+        raise Refusal(f"reply stream {job.reply_to[:200]!r} is not a Castor reply stream", job)
     return job
 
 
-def check_tool(job: Job, registry: ToolRegistry, name: str) -> tuple[ToolSpec, dict[str, Any]]:
-    """The worker's own spec of the job's tool and the checked arguments to call it with; ``Refusal``
-    for a tool it does not serve or arguments its schema rejects."""
+def check_tool(
+    job: Job, registry: ToolRegistry, name: str, key: DataKey | None = None
+) -> tuple[ToolSpec, dict[str, Any]]:
+    """The worker's own spec of the job's tool and the checked arguments to call it with, its sensitive
+    values decrypted with ``key`` (the fleet's); ``Refusal`` for a tool it does not serve, a value it
+    cannot decrypt or arguments its schema rejects. ``job.arguments`` stay as sent (the token signs them)."""
     if name != task_name(job.tool):
         raise Refusal(f"task {name!r} carries a call of {job.tool!r}", job)
     spec = registry.find(job.tool)
     if spec is None:
         raise Refusal(f"unknown tool {job.tool!r}: this pool serves {', '.join(registry.names()) or 'nothing'}", job)
-    checked, error = spec.schema.check(job.arguments)
+    checked, error = spec.schema.check(_clear(job.arguments, spec, key, job))
     if error is not None:
         raise Refusal(f"malformed arguments for {job.tool!r}: {error}", job)
     return spec, checked
@@ -93,12 +97,16 @@ async def authorize(
             f"(round {job.attempt}) and no valid token",
             job,
         )
-    check_approved_call(job, spec, policy, await approvals.decided_request(job.run_id, job.step))
+    approved = await approvals.decided_request(job.run_id, job.step)
+    check_approved_call(job, spec, policy, approved, DataKey.for_fleet(settings.secret))
 
 
-def check_approved_call(job: Job, spec: ToolSpec, policy: ToolPolicy, approved: PendingApproval | None) -> None:
+def check_approved_call(
+    job: Job, spec: ToolSpec, policy: ToolPolicy, approved: PendingApproval | None, key: DataKey | None = None
+) -> None:
     """``Refusal`` unless ``approved`` (the request the human approved) is this job's tool with its
-    arguments, in its round: an approval of a step never lends its authority to another call."""
+    arguments, in its round: an approval of a step never lends its authority to another call. Both keep
+    their sensitive values encrypted: they are compared decrypted with ``key``."""
     where = f"approval for run {job.run_id} step {job.step}"
     if approved is None or approved.attempt != job.attempt:
         raise Refusal(f"{where} (round {job.attempt}) does not say which call was approved", job)
@@ -106,7 +114,7 @@ def check_approved_call(job: Job, spec: ToolSpec, policy: ToolPolicy, approved: 
     shown = f"{approved.tool_name}({redact(approved.arguments, policy.sensitive)})"
     if approved.tool_name != job.tool:
         raise Refusal(f"{where} was given for {shown}, not {job.tool!r}", job)
-    if not _same_arguments(approved.arguments, job.arguments, spec):
+    if not _same_arguments(_clear(approved.arguments, spec, key, job), _clear(job.arguments, spec, key, job), spec):
         raise Refusal(f"{where} was given for {shown}, not these arguments", job)
 
 
@@ -122,6 +130,16 @@ def _same_arguments(approved: dict[str, Any], arguments: dict[str, Any], spec: T
         return canonical(mine) == canonical(theirs)
     except (TypeError, ValueError):  # coerced into values JSON cannot show: compare them as Python values
         return bool(mine == theirs)
+
+
+def _clear(arguments: dict[str, Any], spec: ToolSpec, key: DataKey | None, job: Job) -> dict[str, Any]:
+    """``arguments`` with their encrypted sensitive values decrypted; ``Refusal`` if one cannot be."""
+    if key is None or not spec.sensitive:
+        return arguments
+    try:
+        return opened(arguments, spec.sensitive, key)
+    except SealError as exc:
+        raise Refusal(f"sensitive arguments of {job.tool!r} (run {job.run_id}, step {job.step}): {exc}", job) from exc
 
 
 def _partial(kwargs: dict[str, Any]) -> Job | None:

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
 
@@ -59,10 +59,11 @@ def finish_source() -> str:
 class StepScripts:
     """``claim`` and ``finish`` of one step, on a synchronous client (thread-safe)."""
 
-    def __init__(self, url: str, prefix: str) -> None:
+    def __init__(self, url: str, prefix: str, secret: str | None = None) -> None:
         from workers import _lean
 
         self._prefix = prefix
+        self._secret = secret  # signs the replies
         claim, finish = resources.files("workers").joinpath("lua/claim.lua").read_text(), finish_source()
         self._claim: Any  # script(keys=..., args=...): redis-py's registered script, or the lean twin
         self._finish: Any
@@ -120,7 +121,7 @@ class StepScripts:
         if job.reply_to:
             key_list.append(job.reply_to)
             args.append(REPLY_MAXLEN)
-            for name, value in reply.fields().items():
+            for name, value in replace(reply, task_id=job.task_id).fields(self._secret).items():
                 args += (name, value)
         return int(self._asked(self._finish, key_list, args, f"finish of {job.effect_id}")) != 0
 

@@ -96,5 +96,5 @@ def run_worker(
     specs = list(registry)
     app = make_app(settings, tools=deadline_tools(settings, registry, tool_specs))
     preflight(app, settings, specs)  # a broker or a Redis that does not answer stops the worker here, in one line
-    register_tools(app, WorkerRuntime(settings, registry))
+    register_tools(app, WorkerRuntime(settings, registry, pool=pool))
     app.worker_main(argv)

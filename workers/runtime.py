@@ -16,7 +16,11 @@ The common case (a signed call that starts and returns) runs in the pool thread 
 client (``_scripts``); everything else goes through the worker's event loop and the async seams.
 
 A failure (refusal, in doubt, timeout, exception) is journaled by the worker as a ``StepFailure`` and
-replied with ``journaled`` set, so it is recorded once even when no coordinator waits any more.
+replied with ``journaled`` set, so it is recorded once even when no coordinator waits any more. A refusal
+of a task the worker cannot authenticate (no valid token with a secret; anything without one, outside an
+insecure development fleet) is neither journaled nor replied: it goes to the pool's dead letters and the
+log only, so a forged task can neither end a live run nor write to a key of its choosing. A reply names
+the task it answers and is signed (``_wire``).
 """
 
 from __future__ import annotations
@@ -26,17 +30,19 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from castor._canonical import canonical
 from castor._redact import redact
-from castor.backends.redis.keys import started_marker
-from castor.checkpoint import StepFailure, SyscallRecord
-from castor.executors._wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, verify
+from castor._sealing import DataKey
+from castor.backends.redis.keys import dead_letters, is_reply_stream, started_marker
+from castor.checkpoint import StepFailure, SyscallRecord, bounded_arguments
+from castor.executors._wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, task_name, verify
 from castor.registry import ToolRegistry, ToolSpec
 from castor.seams import Backend
 from castor.settings import Settings, ToolPolicy, tool_policy
+from workers._deadletter import letter, record_async
 from workers._guard import Refusal, authorize, check_tool, parse_job
 from workers._loop import LoopThread
 from workers._scripts import ABANDONED, DUPLICATE, REPLY_MAXLEN, Delivery, StepScripts
@@ -59,9 +65,10 @@ class Outcome:
 
 def redis_backend_factory(settings: Settings) -> Backend:
     """The fleet's shared state: the Redis backend under the settings' prefix."""
+    from castor._sealing import DataKey
     from castor.backends.redis import redis_backend
 
-    return redis_backend(settings.redis_url, prefix=settings.redis_prefix)
+    return redis_backend(settings.redis_url, prefix=settings.redis_prefix, data_key=DataKey.for_fleet(settings.secret))
 
 
 class _Process:
@@ -75,19 +82,22 @@ class _Process:
         self.loop = LoopThread()
         self.backend = factory(settings)
         self.redis = aioredis.Redis.from_url(settings.redis_url)
-        self.scripts = StepScripts(settings.redis_url, settings.redis_prefix)
+        self.scripts = StepScripts(settings.redis_url, settings.redis_prefix, settings.secret or None)
 
 
 class WorkerRuntime:
-    """Everything a tool task needs, built once per worker from its settings and its registry."""
+    """Everything a tool task needs, built once per worker from its settings, its registry and its pool."""
 
     def __init__(
-        self, settings: Settings, registry: ToolRegistry, backend_factory: Callable[[Settings], Backend] | None = None
+        self, settings: Settings, registry: ToolRegistry, backend_factory: Callable[[Settings], Backend] | None = None,
+        pool: str = "default",
     ) -> None:
         self.settings = settings
         self.registry = registry
+        self.pool = pool
         self._factory = backend_factory or redis_backend_factory
         self._proc: _Process | None = None
+        self.key = DataKey.for_fleet(settings.secret)  # opens a task's encrypted sensitive arguments
 
     def process(self) -> _Process:
         """This process's state, rebuilt after a fork."""
@@ -112,15 +122,19 @@ class WorkerRuntime:
     # --- the task ---------------------------------------------------------------------------------
 
     def handle(self, kwargs: Any, name: str, retries: int = 0, delivery: Delivery | None = None) -> Outcome:
-        """Run one task's call; never raises (everything becomes a journaled reply, but a duplicate copy of
-        the ``delivery``'s message, which is dropped)."""
+        """Run one task's call; never raises (everything becomes a journaled reply or a dead letter, but a
+        duplicate copy of the ``delivery``'s message, which is dropped)."""
         proc = self.process()
+        task_id = delivery.task_id if delivery is not None else ""
         try:
             job = parse_job(kwargs, self.settings)
-            spec, checked = check_tool(job, self.registry, name)
+            job.task_id = task_id
+            spec, checked = check_tool(job, self.registry, name, self.key)
             policy = self.policy(spec)
             if not verify(self.settings.secret, job):  # a signed call needs nothing from Redis to be authorized
                 proc.loop.run(authorize(job, spec, policy, self.settings, proc.backend.approvals))
+                if self.settings.secret:  # approved in the store, but no coordinator named that stream
+                    job.reply_to = ""
             previous = proc.scripts.claim(job, delivery)
             if previous == DUPLICATE:
                 # The copy a worker took first runs the call (or ran it) and answers; were its worker lost,
@@ -137,7 +151,9 @@ class WorkerRuntime:
             # -1: this delivery starts the step; -2: journaled already; else started before (in doubt)
             start, result = (_RUN, None) if previous == -1 else proc.loop.run(self._resume(proc, job, policy, previous))
         except Refusal as refusal:
-            proc.loop.run(self._refuse(proc, refusal.job, refusal.reason, name))
+            if refusal.job is not None:
+                refusal.job.task_id = task_id
+            proc.loop.run(self._refuse(proc, refusal.job, refusal.reason, name, kwargs, task_id))
             return Outcome(REFUSED)
         if start == _DONE:
             proc.loop.run(self._reply(proc, job, Reply(job.effect_id, job.attempt, OK, result)))
@@ -148,15 +164,19 @@ class WorkerRuntime:
             return Outcome(IN_DOUBT)
         return self._execute(proc, job, spec, checked, policy, retries)
 
-    def refuse_unknown(self, kwargs: Any, name: str) -> None:
-        """A task whose name no tool of this worker has: record the refusal against its run, if it names one."""
+    def refuse_unknown(self, kwargs: Any, name: str, task_id: str = "") -> None:
+        """A task whose name no tool of this worker has: record the refusal against its run, if it names one
+        and is authenticated; else as a dead letter."""
         proc = self.process()
         job: Job | None
         try:
             job = parse_job(kwargs, self.settings)
         except Refusal as refusal:
             job = refusal.job
-        proc.loop.run(self._refuse(proc, job, f"unknown task {name!r}: this pool does not serve it", name))
+        if job is not None:
+            job.task_id = task_id
+        reason = f"unknown task {name[:200]!r}: this pool does not serve it"
+        proc.loop.run(self._refuse(proc, job, reason, name, kwargs, task_id))
 
     def _execute(
         self, proc: _Process, job: Job, spec: ToolSpec, checked: dict[str, Any], policy: ToolPolicy, retries: int
@@ -233,10 +253,26 @@ class WorkerRuntime:
         await proc.backend.journal.record_failure(job.run_id, failure)
         await self._reply(proc, job, Reply(job.effect_id, job.attempt, status, None, error_type, message, True))
 
-    async def _refuse(self, proc: _Process, job: Job | None, reason: str, name: str) -> None:
-        if job is None:
-            log.error("refused task %s (names no run): %s", name, reason)
+    async def _refuse(
+        self, proc: _Process, job: Job | None, reason: str, name: str, kwargs: Any = None, task_id: str = ""
+    ) -> None:
+        """Journal and answer the refusal of a job its coordinator signed, sent under its tool's task name
+        (in an insecure development fleet without a secret, of any job that names a run); dead-letter anything
+        else: a signed job replayed
+        under another name is no coordinator's. Arguments too big to take are kept by size and digest."""
+        secret = self.settings.secret
+        # A worker with no secret can authenticate nothing, but in an insecure development fleet.
+        if job is None or not (
+            (verify(secret, job) and name == task_name(job.tool)) if secret else self.settings.insecure_dev
+        ):
+            body = _json_of(kwargs)
+            headers: dict[str, Any] = {"task": name, "id": task_id}
+            if job is not None:
+                headers.update(castor_run=job.run_id, castor_step=job.step)
+            entry = letter(reason, body, headers, "application/json")
+            await record_async(proc.redis, dead_letters(self.settings.redis_prefix, self.pool), entry)
             return
+        job = replace(job, arguments=bounded_arguments(job.arguments, self.settings.max_argument_bytes))
         spec = self.registry.find(job.tool)
         sensitive = spec.sensitive if spec is not None else frozenset(job.arguments)  # unknown: hide all
         log.error("refused task %s %s: %s", name, kwargs_repr(job, sensitive), reason)
@@ -244,6 +280,15 @@ class WorkerRuntime:
         await self._fail(proc, job, REFUSED, "TaskRefusedError", reason, policy)
 
     async def _reply(self, proc: _Process, job: Job, reply: Reply) -> None:
-        if job.reply_to:
-            fields: dict[Any, Any] = reply.fields()
+        # Only to a reply stream (never another key a message names), bound to the task and signed.
+        if job.reply_to and is_reply_stream(self.settings.redis_prefix, job.reply_to):
+            fields: dict[Any, Any] = replace(reply, task_id=job.task_id).fields(self.settings.secret or None)
             await proc.redis.xadd(job.reply_to, fields, maxlen=REPLY_MAXLEN, approximate=True)
+
+
+def _json_of(value: Any) -> bytes:
+    """``value`` as the JSON bytes a refusal measures and digests (whatever it is: it came as JSON)."""
+    try:
+        return canonical(value).encode()
+    except (TypeError, ValueError):
+        return repr(value).encode()

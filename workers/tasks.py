@@ -2,7 +2,9 @@
 
 It hands its JSON keyword arguments to ``WorkerRuntime.handle`` and returns nothing (a result would
 show in logs and events; results travel through the journal and the reply stream). A task whose name
-no tool of this worker has is refused by Celery; the ``task_unknown`` signal records the refusal.
+no tool of this worker has is refused by Celery; the ``task_unknown`` signal records the refusal, and
+Celery's log of it shows the message body's size and digest, not the body (``_logfilter``). A message
+Celery cannot take as a task (``_poison``) or rejects is dead-lettered (``_deadletter``).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from castor.executors._wire import task_name
+from workers._deadletter import DeadLetters, letter
+from workers._logfilter import withhold_bodies
 from workers._scripts import Delivery
 from workers.runtime import WorkerRuntime
 
@@ -20,14 +24,15 @@ HARD_LIMIT_GRACE = 5.0
 def register_tools(app: Any, runtime: WorkerRuntime) -> list[str]:
     """Register a task for every tool of ``runtime``'s registry; returns the task names."""
     names = []
+    letters = DeadLetters(runtime.settings.redis_url, runtime.settings.redis_prefix, runtime.pool)
     for spec in runtime.registry:
         policy = runtime.policy(spec)
-        names.append(_register(app, runtime, spec.name, policy.timeout))
-    _watch_unknown(app, runtime)
+        names.append(_register(app, runtime, spec.name, policy.timeout, letters))
+    _watch_unknown(app, runtime, letters)
     return names
 
 
-def _register(app: Any, runtime: WorkerRuntime, tool: str, timeout: float) -> str:
+def _register(app: Any, runtime: WorkerRuntime, tool: str, timeout: float, letters: DeadLetters) -> str:
     name = task_name(tool)
 
     def run(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -53,6 +58,8 @@ def _register(app: Any, runtime: WorkerRuntime, tool: str, timeout: float) -> st
         ignore_result=True,
         soft_time_limit=timeout,
         time_limit=timeout + HARD_LIMIT_GRACE,
+        Strategy="workers._poison:strategy",  # a malformed message is dead-lettered, never the worker's end
+        dead_letters=letters,
     )
     return name
 
@@ -63,15 +70,27 @@ def _delivery(request: Any) -> Delivery:
     return Delivery(f"{request.id}/{request.retries or 0}", bool(info.get("redelivered")))
 
 
-def _watch_unknown(app: Any, runtime: WorkerRuntime) -> None:
+def _watch_unknown(app: Any, runtime: WorkerRuntime, letters: DeadLetters) -> None:
     from celery import signals
 
     def on_unknown(sender: Any = None, message: Any = None, name: str = "", **_: Any) -> None:
         try:
             body = message.decode() if message is not None else None
-        except Exception:  # undecodable: Celery has logged it; nothing names a run
+        except Exception as exc:
+            if message is not None:
+                letters.record(letter(f"unknown task {name[:200]!r}, undecodable: {type(exc).__name__}",
+                                      message.body, message.headers, message.content_type))
             return
-        kwargs = body[1] if isinstance(body, list | tuple) and len(body) > 1 else None
-        runtime.refuse_unknown(kwargs, name)
+        kwargs = body[1] if isinstance(body, list | tuple) and len(body) == 3 else None
+        headers = message.headers if message is not None and isinstance(message.headers, dict) else {}
+        runtime.refuse_unknown(kwargs, name, str(headers.get("id", ""))[:200])
+
+    def on_rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: Any) -> None:
+        # Celery rejected it (no task header, an invalid request): it has dropped it, we keep its trace.
+        if message is not None:
+            reason = f"rejected by Celery: {type(exc).__name__}: {exc}" if exc else "rejected by Celery: unknown format"
+            letters.record(letter(reason, message.body, message.headers, message.content_type))
 
     signals.task_unknown.connect(on_unknown, weak=False)
+    signals.task_rejected.connect(on_rejected, weak=False)
+    withhold_bodies()  # Celery logs an unknown task's whole body: arguments and token

@@ -76,8 +76,8 @@ def open_backend(url: str | None) -> Backend:
     if url.startswith(REDIS_SCHEMES):
         from castor.backends.redis import redis_backend
 
-        address, prefix, options = _redis_options(url)
-        return redis_backend(address, prefix=prefix, **options)
+        address, prefix, store_options = _redis_options(url)
+        return redis_backend(address, prefix=prefix, **store_options)
     if "://" not in url and (url.endswith((".db", ".sqlite", ".sqlite3")) or os.sep in url):
         from castor.backends.sqlite import sqlite_backend
 

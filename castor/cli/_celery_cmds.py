@@ -93,9 +93,12 @@ def celery_store_url(args: argparse.Namespace, given: list[tuple[str, str]]) -> 
 def celery_executor(args: argparse.Namespace, backend: Backend) -> tuple[Any, list[str]]:
     """The executor factory of a ``--executor celery`` kernel on ``backend``, and the tools the config
     marks destructive (on top of the run's)."""
+    from castor._sealing import DataKey
     from castor.executors.celery import CeleryExecutor
 
     settings = settings_of(args)
+    # The fleet's key: a pending call its coordinator sealed is opened here, and tasks sealed for its workers.
+    backend.data_key = DataKey.for_fleet(settings.secret)
     return CeleryExecutor.factory(settings, journal=backend.journal), sorted(settings.destructive)
 
 

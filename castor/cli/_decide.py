@@ -48,6 +48,19 @@ async def record_only(backend: Backend, cp: AgentCheckpoint, outcome: str, feedb
     return who
 
 
+async def waiting_in_store(backend: Backend, cp: AgentCheckpoint) -> None:
+    """Give ``cp`` the call its run waits on in the approval store when its header shows none: a resume in
+    another process clears the header's pending call as it starts, before it reaches the step again, and
+    an approval given in that moment must still find the call."""
+    if cp.pending_hitl or cp.status == "COMPLETED":
+        return
+    waiting = [p for p in await backend.approvals.pending(cp.pid) if p.step == len(cp.syscall_log)]
+    if waiting:
+        call = waiting[-1]
+        cp.pending_hitl = {"tool_name": call.tool_name, "arguments": call.arguments}
+        cp.pending_step, cp.pending_reason = call.step, call.reason or None
+
+
 async def owner(backend: Backend, cp: AgentCheckpoint) -> AgentCheckpoint:
     """The run that drives ``cp``: a child agent's pending call is decided, and resumed, through its parent."""
     while cp.spec is None and cp.parent_pid and cp.pid.startswith(f"{cp.parent_pid}::"):
@@ -62,6 +75,7 @@ async def decide(args: argparse.Namespace, outcome: str, feedback: str) -> int:
     """Record ``outcome`` on the pending call of ``args.pid`` and resume the run."""
     async with opened(args) as backend:
         cp = await owner(backend, await load_run(backend, args.pid))
+        await waiting_in_store(backend, cp)
         if not cp.pending_hitl:
             raise NothingPendingError(f"run {cp.pid!r} has no pending call to {outcome} (status {cp.status})")
         if cp.spec is None:

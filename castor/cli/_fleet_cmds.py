@@ -62,6 +62,9 @@ def add_commands(subparsers: Any) -> None:
                     help="drain: wait for steps this long")
     co.add_argument("--executor", choices=("auto", "local", "celery"), default="auto",
                     help="where tools run (auto: celery with a config, given or found, else in this process)")
+    co.add_argument("--max-takeovers", type=option_type("coordinator --max-takeovers"), default=None, metavar="N",
+                    help="quarantine (store FAILED) a run taken over more than N times in a row, its driver "
+                         "dying each time (default: [coordinator] max_takeovers, else 3)")
     co.add_argument("--allow-code-change", action="store_true",
                     help="resume runs whose agent or tool source changed since they started")
     co.add_argument("--log-level", default="INFO")

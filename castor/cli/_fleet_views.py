@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from castor._decisions import default_user
 from castor._errors import ConfigError, InvalidPidError, RunNotFoundError
+from castor._redact import masked
 from castor.checkpoint import AgentCheckpoint
 from castor.cli._escape import shown
 from castor.seams import Backend
@@ -77,11 +78,15 @@ async def coordinator(args: argparse.Namespace) -> int:
         settings = load_settings(config_file)
     kind = args.executor if args.executor != "auto" else ("celery" if settings is not None else "local")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    max_takeovers = args.max_takeovers if args.max_takeovers is not None else (
+        settings.max_takeovers if settings is not None else 3
+    )
     config = CoordinatorConfig(
         url=url, prefix=prefix, name=args.name or "", concurrency=args.concurrency, lease=args.lease,
-        grace=args.grace, allow_code_change=args.allow_code_change, store_options=options,
+        grace=args.grace, allow_code_change=args.allow_code_change, max_takeovers=max_takeovers,
+        store_options=options,
     )
-    await serve(config, executor=executor_factory(kind, settings))
+    await serve(config, executor=executor_factory(kind, settings), secret=settings.secret if settings else None)
     return 0
 
 
@@ -180,10 +185,11 @@ def describe(cp: AgentCheckpoint, state: dict[str, Any]) -> str:
         lines.append(f"scopes:   {', '.join(cp.scopes)}")
     for i, rec in enumerate(cp.syscall_log):
         flags = " [review]" if rec.needs_review else (f" [decided by {rec.decided_by}]" if rec.was_hitl else "")
-        lines.append(f"  {i:>3} {rec.tool_name}({json.dumps(rec.arguments, default=str)}) -> "
+        lines.append(f"  {i:>3} {rec.tool_name}({json.dumps(masked(rec.arguments), default=str)}) -> "
                      f"{json.dumps(rec.response, default=str)[:80]}{flags}")
     if cp.pending_hitl:
-        lines.append(f"pending:  step {cp.pending_step} {cp.pending_tool}({json.dumps(cp.pending_args, default=str)})"
+        arguments = json.dumps(masked(cp.pending_args), default=str)
+        lines.append(f"pending:  step {cp.pending_step} {cp.pending_tool}({arguments})"
                      + (f"  ({cp.pending_reason})" if cp.pending_reason else ""))
     if cp.error:
         lines.append(f"error:    {cp.error}")
@@ -202,7 +208,7 @@ async def approvals(args: argparse.Namespace) -> int:
         for p in pending
     ]
     text = table(
-        [(r["pid"], r["step"], r["tool"], json.dumps(r["arguments"], default=str)[:60],
+        [(r["pid"], r["step"], r["tool"], json.dumps(masked(r["arguments"]), default=str)[:60],
           age(time.time() - r["waiting"]), r["reason"] or None) for r in rows],
         ("PID", "STEP", "TOOL", "ARGUMENTS", "WAITING", "REASON"),
     )

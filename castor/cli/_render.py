@@ -10,6 +10,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
+from castor._redact import masked
 from castor.checkpoint import AgentCheckpoint, SyscallRecord
 from castor.seams import RunSummary
 from castor.summary import ExecutionSummary, scan
@@ -32,9 +33,10 @@ def short(value: Any, width: int = WIDTH) -> str:
 
 
 def call_text(tool: str, arguments: Any) -> str:
-    """``tool(key="value", ...)``."""
+    """``tool(key="value", ...)``, sealed sensitive values shown as ``***``."""
     if not isinstance(arguments, dict):
         return f"{tool}()"
+    arguments = masked(arguments)
     args = ", ".join(f"{k}={json.dumps(v, default=repr, ensure_ascii=False)}" for k, v in arguments.items())
     return f"{tool}({args})"
 
@@ -158,7 +160,7 @@ def inspect_lines(cp: AgentCheckpoint) -> list[str]:
             lines.append(f"Step: {cp.pending_step}")
         lines.append(f"Tool: {cp.pending_tool}")
         # One element per line: the CLI escapes what a line holds (json.dumps escaped the values already).
-        lines += f"Arguments: {json.dumps(cp.pending_args, indent=2, default=repr)}".splitlines()
+        lines += f"Arguments: {json.dumps(masked(cp.pending_args), indent=2, default=repr)}".splitlines()
     if cp.status == "COMPLETED" and cp.result is not None:
         lines.append(f"Result: {cp.result}")
     if cp.error:

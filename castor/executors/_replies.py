@@ -2,8 +2,9 @@
 
 Workers ``XADD`` a reply for every task they finish or refuse; the reader takes them in batches
 (``XREAD BLOCK``, up to 1,000 at a time), trims what it has read about once a second (in the same round
-trip as a read), and sets the future waiting for that effect id. No thread and no polling per call: a
-thousand calls in flight cost one blocked connection.
+trip as a read), and sets the future waiting for that effect id — only with a reply for the very task
+published for it (its Celery task id) and, with a secret, signed by a worker. No thread and no polling
+per call: a thousand calls in flight cost one blocked connection.
 """
 
 from __future__ import annotations
@@ -42,10 +43,11 @@ class ReplyReader:
     per call: with thousands of calls in flight, the event loop's timer heap stays small.
     """
 
-    def __init__(self, conn: Any, stream: str) -> None:
+    def __init__(self, conn: Any, stream: str, secret: str | None = None) -> None:
         self.stream = stream
         self._conn = conn
-        self._waiting: dict[str, tuple[int, asyncio.Future[Reply], int]] = {}
+        self._secret = secret
+        self._waiting: dict[str, tuple[int, asyncio.Future[Reply], int, str]] = {}
         self._due: dict[int, dict[str, asyncio.Future[Reply]]] = {}  # bucket -> the calls due in it
         self._timer: asyncio.TimerHandle | None = None
         self._timer_bucket = 0
@@ -53,9 +55,10 @@ class ReplyReader:
         self._failure: BaseException | None = None
         self._closed = False  # the reader ends at its next turn (a cancellation alone may be lost)
 
-    def expect(self, effect_id: str, attempt: int, deadline: float) -> asyncio.Future[Reply]:
-        """A future set when the reply for ``effect_id`` (that attempt) arrives, or failed with
-        ``TimeoutError`` about ``deadline`` seconds from now (never earlier); starts the reader."""
+    def expect(self, effect_id: str, attempt: int, deadline: float, task_id: str = "") -> asyncio.Future[Reply]:
+        """A future set when the reply for ``effect_id`` (that attempt, answering task ``task_id``) arrives,
+        or failed with ``TimeoutError`` about ``deadline`` seconds from now (never earlier); starts the
+        reader."""
         if self._failure is not None:
             raise BackendUnavailable(f"the reply stream {self.stream} cannot be read: {self._failure}")
         loop = asyncio.get_running_loop()
@@ -63,7 +66,7 @@ class ReplyReader:
             self._task = loop.create_task(self._read(), name=f"castor-replies:{self.stream}")
         future: asyncio.Future[Reply] = loop.create_future()
         bucket = math.ceil((loop.time() + deadline) / TICK)
-        self._waiting[effect_id] = (attempt, future, bucket)
+        self._waiting[effect_id] = (attempt, future, bucket, task_id)
         self._due.setdefault(bucket, {})[effect_id] = future
         if self._timer is None or bucket < self._timer_bucket:
             self._arm(loop, bucket)
@@ -139,13 +142,17 @@ class ReplyReader:
 
     def _deliver(self, fields: Any) -> None:
         try:
-            reply = parse_reply(fields)
+            reply = parse_reply(fields, self._secret)
         except (ValueError, KeyError, UnicodeDecodeError) as exc:
             log.warning("ignoring a malformed reply on %s: %s", self.stream, exc)
             return
         waiting = self._waiting.get(reply.effect_id)
         if waiting is None or waiting[0] != reply.attempt:
             return  # nobody waits (timed out), or a late reply of an earlier attempt
+        if waiting[3] != reply.task_id:  # an answer to another task: a forged one, or an earlier publish
+            log.warning("ignoring a reply on %s for %s from task %r: the call waits for task %r", self.stream,
+                        reply.effect_id, reply.task_id[:80], waiting[3])
+            return
         del self._waiting[reply.effect_id]
         self._undue(reply.effect_id, waiting[2])
         if not waiting[1].done():
@@ -155,7 +162,7 @@ class ReplyReader:
         self._failure = exc
         log.error("reply stream %s failed: %s", self.stream, exc)
         error = BackendUnavailable(f"the reply stream {self.stream} cannot be read: {exc}")
-        for _attempt, future, _bucket in self._waiting.values():
+        for _attempt, future, _bucket, _task in self._waiting.values():
             if not future.done():
                 future.set_exception(error)
         self._waiting.clear()

@@ -7,6 +7,10 @@ journals the step (write-once) before it replies, so the kernel only appends the
 (``writes_journal``). A coordinator that gives up at its deadline looks in the journal once more before
 it reports a ``ToolTimeoutError``: a result that made it to the journal is the step's result.
 
+Arguments a tool declares sensitive cross the broker encrypted under the fleet's key (derived from its
+secret, ``castor._sealing``): the message body, Flower and any worker's log hold only ciphertext, and the
+token signs the encrypted form. The worker decrypts them just before it checks and calls the tool.
+
 Celery and redis are imported here only, so ``import castor`` loads neither.
 """
 
@@ -22,12 +26,14 @@ from typing import Any
 from castor._errors import (
     BackendUnavailable,
     CastorError,
+    ConfigError,
     InDoubtError,
     RemoteToolError,
     TaskRefusedError,
     ToolTimeoutError,
 )
 from castor._ids import unique_ids
+from castor._sealing import DataKey, encrypted
 from castor._secret import require_secret
 from castor.backends.redis import RedisConnection, keys
 from castor.backends.redis.keys import reply_stream
@@ -89,6 +95,7 @@ class CeleryExecutor:
         self._journal = journal
         self._grace = reply_grace
         self._routes: dict[str, _Route] = {}
+        self._key = DataKey.for_fleet(settings.secret)  # a task's sensitive values cross the broker encrypted
         self._control: RedisConnection | None = None  # made for the rare abandon of a task
         self._app = Celery("castor-coordinator", set_as_current=False)
         self._app.conf.update(celery_config(settings, publisher=True))
@@ -102,8 +109,11 @@ class CeleryExecutor:
             self._publisher = SendTaskPublisher(self._app)
         self._ids = unique_ids(compact=True)  # a task id of its own for every publish of an effect's attempt
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        if not keys.CONSUMER_NAME.fullmatch(self.consumer):
+            raise ConfigError(f"consumer name {self.consumer!r} must be 1-200 of A-Z a-z 0-9 . _ -")
         stream = reply_stream(settings.redis_prefix, self.consumer)
-        self._replies = ReplyReader(_connection(settings.redis_url, reply_timeout=READ_TIMEOUT), stream)
+        connection = _connection(settings.redis_url, reply_timeout=READ_TIMEOUT)
+        self._replies = ReplyReader(connection, stream, settings.secret or None)
 
     @classmethod
     def factory(cls, settings: Settings, **options: Any) -> Any:
@@ -126,8 +136,9 @@ class CeleryExecutor:
     async def execute(self, call: Call) -> Any:
         """Send the call to its pool and return the tool's result, or raise what became of it."""
         route = self._routes.get(call.tool_name) or self._route(call.tool_name)
+        arguments = encrypted(call.arguments, route.sensitive, self._key) if route.sensitive else call.arguments
         job = Job(
-            call.run_id, call.step, call.tool_name, call.arguments, call.effect_id, call.attempt,
+            call.run_id, call.step, call.tool_name, arguments, call.effect_id, call.attempt,
             self._replies.stream, call.record or {},
         )
         if self._settings.secret:
@@ -145,8 +156,8 @@ class CeleryExecutor:
 
     async def _dispatch(self, call: Call, job: Job, route: _Route) -> Reply | None:
         """Publish the job as a new task and await its reply (None: none came by the deadline)."""
-        future = self._replies.expect(call.effect_id, call.attempt, route.deadline)
         task_id = f"{job.effect_id}#{job.attempt}-{self._ids()}"
+        future = self._replies.expect(call.effect_id, call.attempt, route.deadline, task_id)
         try:
             try:
                 await self._publisher.publish(Task(
@@ -271,7 +282,10 @@ def fleet_options(
     from castor.backends.redis import redis_backend
 
     require_secret(settings, SENDER)  # before anything connects
-    backend = redis_backend(settings.redis_url, prefix=settings.redis_prefix, **(backend_options or {}))
+    backend = redis_backend(
+        settings.redis_url, prefix=settings.redis_prefix, data_key=DataKey.for_fleet(settings.secret),
+        **(backend_options or {}),
+    )
     options: dict[str, Any] = {
         "tools": load_tools(settings.tool_imports),
         "destructive": sorted(settings.destructive),

@@ -5,13 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 from castor._context import RunContext
+from castor._errors import UnsupportedError
+from castor.checkpoint import AgentCheckpoint
 from castor.lib import primitives
 
 
 class SyscallProxy:
     """``proxy.syscall(name, args)``, ``proxy.syscall(name, **kwargs)`` and ``proxy.<tool>(**kwargs)``."""
 
-    def __init__(self, ctx: RunContext) -> None:
+    def __init__(self, ctx: RunContext, *legacy: Any, **options: Any) -> None:
+        if not isinstance(ctx, RunContext) or legacy or options:
+            # castor-kernel 0.5.1 let code wire a proxy by hand: SyscallProxy(checkpoint, gate, cap_mgr, ...).
+            raise UnsupportedError(
+                "SyscallProxy(checkpoint, gate, ...) (castor-kernel 0.5.1) is not provided: the kernel builds the "
+                "proxy; run the agent with Castor(...).run(agent, checkpoint=checkpoint) (an agent that takes one "
+                "parameter receives it; castor.lib._context.get_proxy() returns the current run's)"
+            )
         self._ctx = ctx
 
     async def syscall(self, name: str, args: dict[str, Any] | None = None, /, **kwargs: Any) -> Any:
@@ -36,6 +45,13 @@ class SyscallProxy:
         self._ctx.preemption_context = None
 
     @property
+    def checkpoint(self) -> AgentCheckpoint:
+        """The run's checkpoint as it stands: its journal so far, its budgets used up to the last journaled
+        step (brought up to date on each read). Read it; do not change it."""
+        self._ctx.settle_usage()
+        return self._ctx.checkpoint
+
+    @property
     def is_replaying(self) -> bool:
         """True while the next call will be served from the journal."""
         return self._ctx.next_step < len(self._ctx.checkpoint.syscall_log)
@@ -51,6 +67,10 @@ class SyscallProxy:
     async def join(self, handle: str) -> Any:
         """Wait for a child agent."""
         return await primitives.join(handle)
+
+    async def spawn_sync(self, agent_name: str, *, capabilities: dict[str, float] | None = None) -> Any:
+        """Start a child agent and wait for its result (``join(spawn(...))``)."""
+        return await primitives.join(await primitives.spawn(agent_name, capabilities=capabilities))
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):

@@ -5,6 +5,7 @@ half-done."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from typing import Any
@@ -69,3 +70,67 @@ async def fails_cleanly(kernel: Castor, fleet: Fleet, match: str) -> BackendUnav
     assert kernel.executor._replies._waiting == {}  # type: ignore[attr-defined]  # nobody waits any more
     assert fleet.count(tag, "done") == 0
     return caught.value
+
+
+async def dead_letters(fleet: Fleet, pool: str, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The dead letters of ``pool`` (oldest first) once there are at least ``count`` of them."""
+    key = keys.dead_letters(fleet.prefix, pool)
+    deadline = time.monotonic() + timeout
+    while fleet.redis.llen(key) < count:
+        assert time.monotonic() < deadline, f"pool {pool}: {fleet.redis.llen(key)} dead letters, not {count}"
+        await asyncio.sleep(0.05)
+    return [json.loads(raw) for raw in reversed(fleet.redis.lrange(key, 0, -1))]
+
+
+# (body, content type, headers) of messages no Castor worker can take; ``None`` headers: a task's own.
+POISON: list[tuple[bytes, str, dict[str, Any] | None]] = [
+    (b'"just a string"', "application/json", None),
+    (b"[1, 2]", "application/json", None),
+    (b"{}", "application/json", None),
+    (b'[[], "not kwargs", {}]', "application/json", None),
+    (b'[[], {}, {"chain": [{"task": "castor.tool.search"}]}]', "application/json", None),
+    (b"[[], {}, {}]", "application/json", {"timelimit": "soon"}),
+    (b"[[], {}, {}]", "application/json", {"id": None}),
+    (b"hello", "text/plain", None),
+    (b'{"not json', "application/json", None),
+    (b'{"task": "castor.tool.search", "id": "p1", "args": [], "kwargs": {}}', "application/json", {"task": None}),
+]
+
+
+def send_poison(fleet: Fleet, pool: str, task: str) -> int:
+    """Put every ``POISON`` message on ``pool``'s queue, as a forger on the fleet's broker would (task
+    ``task``); returns how many."""
+    from celery import Celery
+
+    from castor.executors._celery_conf import celery_config
+
+    app = Celery("poisoner", set_as_current=False)
+    app.conf.update(celery_config(fleet.settings))
+    queue = fleet.settings.queue_of(pool)
+    try:
+        with app.connection_for_write() as connection:
+            producer = connection.Producer()
+            for body, content_type, extra in POISON:
+                headers = {"id": f"poison-{uuid.uuid4().hex[:8]}", "task": task, **(extra or {})}
+                headers = {k: v for k, v in headers.items() if not (k == "task" and v is None)}
+                producer.publish(body, exchange=queue, routing_key=queue, content_type=content_type,
+                                 content_encoding="utf-8", headers=headers, retry=True)
+    finally:
+        app.close()
+    return len(POISON)
+
+
+async def survives_poison(fleet: Fleet, kernel: Castor, pool: str, task: str, tool_call: Any) -> None:
+    """Every ``POISON`` message on ``pool`` is dead-lettered and acknowledged; the worker lives and serves
+    the next call (``tool_call``, an agent)."""
+    key = keys.dead_letters(fleet.prefix, pool)
+    before = fleet.redis.llen(key)
+    sent = send_poison(fleet, pool, task)
+    letters = (await dead_letters(fleet, pool, before + sent))[before:]
+    assert len(letters) == sent, letters
+    assert all(len(d["sha256"]) == 64 and "just a string" not in json.dumps(d) for d in letters)
+    cp = await kernel.run(tool_call)
+    assert cp.status == "COMPLETED", cp.error
+    assert fleet.workers[pool].poll() is None
+    await asyncio.sleep(0.5)  # nothing comes back: each was acknowledged, not restored for another try
+    assert fleet.redis.llen(key) == before + sent

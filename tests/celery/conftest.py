@@ -26,7 +26,8 @@ from castor.settings import Settings, load_settings
 REDIS_URL = os.environ.get("CASTOR_TEST_REDIS", "redis://127.0.0.1:6379/0")
 TOOLS = Path(__file__).with_name("fleet_tools.py")
 ROOT = Path(__file__).resolve().parents[2]
-FS_TOOLS = ["write_note", "delete_file", "slow_copy", "slow_note", "slow_remove", "slow_write", "stuck"]
+FS_TOOLS = ["write_note", "delete_file", "slow_copy", "slow_note", "slow_remove", "slow_write", "stuck",
+            "sealed_login", "sealed_rotate"]
 WEB_TOOLS = ["search", "summarize", "explode", "flaky", "flaky_login"]
 
 CONFIG = """

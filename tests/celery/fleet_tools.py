@@ -4,6 +4,7 @@ test session's prefix (``CASTOR_TEST_PREFIX``), so a test can tell how often a c
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import time
 
@@ -124,3 +125,15 @@ def flaky_login(tag: str, password: str) -> str:
     if starts == 1:
         raise ConnectionError("first login fails")
     return f"logged in after {starts} starts"
+
+
+@castor_tool(sensitive=["password"])
+def sealed_login(user: str, creds: dict) -> dict[str, str]:
+    """A nested sensitive value: answers with a digest of what it received (never the value)."""
+    return {"user": user, "got": hashlib.sha256(str(creds.get("password")).encode()).hexdigest()}
+
+
+@castor_tool(destructive=True, sensitive=["token"])
+def sealed_rotate(target: str, options: dict) -> dict[str, str]:
+    """Destructive, a sensitive value nested in a list: answers with a digest of what it received."""
+    return {"target": target, "got": hashlib.sha256(str(options["auth"][0]["token"]).encode()).hexdigest()}

@@ -32,7 +32,7 @@ from castor.settings import Settings
 from tests.redis_support import free_port
 from workers._preflight import consumer_timeout_warning
 
-from .checks import Twice, fails_cleanly, handled_twice
+from .checks import Twice, fails_cleanly, handled_twice, survives_poison
 from .conftest import ROOT, Fleet, running_fleet
 
 AMQP = os.environ.get("CASTOR_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672")
@@ -195,6 +195,19 @@ async def test_a_task_published_twice_runs_once(amqp_fleet: Fleet, amqp_kernel: 
     await handled_twice(amqp_fleet, cp.pid)
     assert (amqp_fleet.count(tag, "start"), amqp_fleet.count(tag, "done")) == (1, 1)
     assert await amqp_kernel.backend.journal.failures(cp.pid) == []
+
+
+@pytest.mark.parametrize(("pool", "task", "tool", "arguments"), [
+    ("fs", "castor.tool.write_note", "write_note", {"name": "after-poison", "content": "fine"}),
+    ("web", "castor.tool.search", "search", {"query": "after the poison"}),
+])
+async def test_a_worker_survives_poison(
+    amqp_fleet: Fleet, amqp_kernel: Castor, pool: str, task: str, tool: str, arguments: dict[str, object]
+) -> None:
+    async def agent() -> object:
+        return await lib.tool(tool, **arguments)
+
+    await survives_poison(amqp_fleet, amqp_kernel, pool, task, agent)
 
 
 async def test_a_connection_the_broker_closed_is_published_on_again(

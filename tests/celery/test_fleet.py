@@ -14,9 +14,11 @@ import pytest
 
 import castor.lib as lib
 from castor import Castor, RemoteToolError, ToolTimeoutError
+from castor.backends.redis import keys
 from castor.executors.celery import CeleryExecutor, fleet_options
 from castor.seams import Decision
 
+from .checks import dead_letters
 from .conftest import ROOT, Fleet
 
 
@@ -138,7 +140,8 @@ async def test_killed_worker_during_destructive_call_goes_back_to_a_human(fleet:
     assert fleet.count(tag, "done") == 1
 
 
-async def test_forged_tasks_are_refused_and_recorded(fleet: Fleet, kernel: Castor) -> None:
+async def test_forged_tasks_are_refused_and_dead_lettered(fleet: Fleet, kernel: Castor) -> None:
+    # Unsigned (or wrongly signed) while the fleet has a secret: nothing is written into the run they name.
     from celery import Celery
 
     from castor.executors._celery_conf import celery_config
@@ -154,6 +157,7 @@ async def test_forged_tasks_are_refused_and_recorded(fleet: Fleet, kernel: Casto
                 "attempt": 0, "reply_to": "", "record": {"request": {"tool_name": tool, "arguments": arguments}},
                 "token": token}
 
+    before = fleet.redis.llen(keys.dead_letters(fleet.prefix, "fs"))
     forger.send_task("castor.tool.delete_file", kwargs=task(0, "delete_file", {"path": path}), queue=queue)
     forger.send_task("castor.tool.delete_file", kwargs=task(1, "delete_file", {"path": path}, "0" * 64), queue=queue)
     forger.send_task("castor.tool.write_note", kwargs=task(2, "write_note", {"name": path, "content": "x" * 5000}),
@@ -163,24 +167,21 @@ async def test_forged_tasks_are_refused_and_recorded(fleet: Fleet, kernel: Casto
                      queue=queue)  # a plain tool, but unsigned while the fleet has a secret
     forger.send_task("castor.tool.write_note", kwargs=task(5, "write_note", {"name": path}), queue=queue)
     forger.close()
-    journal = kernel.backend.journal
-    failures = []
-    for _ in range(200):
-        failures = await journal.failures(run_id)
-        if len(failures) == 6:
-            break
-        await asyncio.sleep(0.05)
-    reasons = sorted((f.step, f.error_type, f.message) for f in failures)
-    assert [r[:2] for r in reasons] == [(s, "TaskRefusedError") for s in range(6)], reasons
-    assert "no authorization token for 'delete_file'" in reasons[0][2]  # a secret: approval or not, unsigned is refused
-    assert "invalid authorization token" in reasons[1][2]
-    assert "above the limit of 2048" in reasons[2][2]
-    assert "unknown task 'castor.tool.rm_rf'" in reasons[3][2]
-    assert "no authorization token for 'write_note'" in reasons[4][2]
-    assert "malformed arguments for 'write_note'" in reasons[5][2]
+    letters = [d for d in await dead_letters(fleet, "fs", before + 6) if d["headers"].get("castor_run") == run_id]
+    reasons = sorted((d["headers"]["castor_step"], d["reason"]) for d in letters)
+    assert [r[0] for r in reasons] == list(range(6)), reasons
+    assert "no authorization token for 'delete_file'" in reasons[0][1]  # a secret: approval or not, unsigned is refused
+    assert "invalid authorization token" in reasons[1][1]
+    assert "above the limit of 2048" in reasons[2][1]
+    assert "unknown task 'castor.tool.rm_rf'" in reasons[3][1]
+    assert "no authorization token for 'write_note'" in reasons[4][1]
+    assert "malformed arguments for 'write_note'" in reasons[5][1]
+    assert all(len(d["sha256"]) == 64 and d["size"] > 0 for d in letters)
     assert fleet.count(path, "done") == 0
+    journal = kernel.backend.journal
     assert await journal.length(run_id) == 0
-    assert "x" * 100 not in fleet.log("fs")  # arguments of an unknown-size refusal are not logged raw
+    assert await journal.failures(run_id) == []  # nothing written on behalf of an unauthenticated message
+    assert "x" * 100 not in fleet.log("fs")  # arguments of a refusal are not logged
 
 
 async def test_an_approval_does_not_authorize_other_arguments(fleet: Fleet, kernel: Castor) -> None:
@@ -207,23 +208,20 @@ async def test_an_approval_does_not_authorize_other_arguments(fleet: Fleet, kern
                   "token": None}
         forger.send_task(f"castor.tool.{tool}", kwargs=kwargs, queue=queue)
 
+    before = fleet.redis.llen(keys.dead_letters(fleet.prefix, "fs"))
     unsigned("delete_file", {"path": other})
     unsigned("slow_remove", {"tag": other, "seconds": 0.0})  # another destructive tool at the approved step
     forger.close()
     journal = kernel.backend.journal
-    failures = []
-    for _ in range(200):
-        failures = await journal.failures(cp.pid)
-        if len(failures) == 2:
-            break
-        await asyncio.sleep(0.05)
-    reasons = sorted((f.tool_name, f.error_type, f.message) for f in failures)
+    letters = (await dead_letters(fleet, "fs", before + 2))[before:]
+    reasons = sorted((d["headers"]["task"], d["reason"]) for d in letters)
     # With a secret only a signed task runs: the approval lends an unsigned one nothing (without a secret, in a
     # development fleet, the approved call's tool and arguments are checked: tests/celery/test_guard.py).
     assert reasons == [
-        ("delete_file", "TaskRefusedError", f"no authorization token for 'delete_file' (run {cp.pid}, step 0)"),
-        ("slow_remove", "TaskRefusedError", f"no authorization token for 'slow_remove' (run {cp.pid}, step 0)"),
+        ("castor.tool.delete_file", f"no authorization token for 'delete_file' (run {cp.pid}, step 0)"),
+        ("castor.tool.slow_remove", f"no authorization token for 'slow_remove' (run {cp.pid}, step 0)"),
     ], reasons
+    assert await journal.failures(cp.pid) == []
     assert fleet.count(other, "done") == 0 and fleet.count(other, "start") == 0
     assert await journal.length(cp.pid) == 0
     # The approved call itself still runs, once.
@@ -245,6 +243,7 @@ async def test_malformed_message_is_refused_and_the_worker_survives(fleet: Fleet
         "properties": {"delivery_tag": uuid.uuid4().hex, "body_encoding": "base64",
                        "delivery_info": {"exchange": "", "routing_key": queue}, "priority": 0},
     }
+    before = fleet.redis.llen(keys.dead_letters(fleet.prefix, "web"))
     fleet.redis.lpush(key, json.dumps(envelope))
     pickled = dict(envelope, **{"content-type": "application/x-python-serialize"})
     pickled["properties"] = dict(envelope["properties"], delivery_tag=uuid.uuid4().hex)
@@ -256,12 +255,12 @@ async def test_malformed_message_is_refused_and_the_worker_survives(fleet: Fleet
     cp = await kernel.run(agent)
     assert cp.status == "COMPLETED"
     assert fleet.workers["web"].poll() is None
-    deadline = time.monotonic() + 5
-    while "decode" not in fleet.log("web").lower() and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    log = fleet.log("web")
-    assert "Can't decode message body" in log
-    assert "ContentDisallowed" in log or "content type" in log.lower()
+    letters = [d for d in await dead_letters(fleet, "web", before + 2) if d["headers"].get("id") == "bad-1"]
+    assert sorted(d["reason"] for d in letters) == [
+        "cannot decode the body: DecodeError",
+        "content type 'application/x-python-serialize' is not application/json",
+    ]
+    assert "refused message 'castor.tool.search' ['bad-1']" in fleet.log("web")
 
 
 async def test_tool_timeout_is_journaled(fleet: Fleet, kernel: Castor) -> None:

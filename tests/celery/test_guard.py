@@ -6,14 +6,16 @@ the real Redis in this process (no Celery worker needed)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 
 from castor import castor_tool
-from castor.backends.redis import redis_backend
+from castor.backends.redis import keys, redis_backend
 from castor.checkpoint import StepFailure
 from castor.executors._wire import OK, REFUSED, Job, sign, task_name
 from castor.registry import ToolRegistry
@@ -99,6 +101,23 @@ def test_other_arguments_are_refused_without_showing_sensitive_values(
     assert failure.arguments == {"path": "/", "depth": 1, "key": "***"}
 
 
+@pytest.mark.parametrize("extra", [{"extra": 1}, {}])
+def test_a_refusal_writes_to_no_key_but_a_reply_stream(
+    runtime: WorkerRuntime, redis_url: str, redis_prefix: str, extra: dict[str, Any]
+) -> None:
+    import redis
+
+    victim = keys.scope(redis_prefix, "victim")
+    kwargs = {**unsigned("g3", {"path": "/", "depth": 1, "key": "k"}), "reply_to": victim, **extra}
+    assert runtime.handle(kwargs, task_name("wipe")).status == REFUSED
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.exists(victim) == 0
+    finally:
+        client.close()
+    assert RAN == []
+
+
 @castor_tool
 def jot(text: str) -> str:
     """A plain tool: not destructive, not gated."""
@@ -122,6 +141,15 @@ def guarded(redis_url: str, redis_prefix: str) -> Iterator[Callable[..., WorkerR
         runtime.close()
 
 
+def letters(redis_url: str, redis_prefix: str) -> list[dict[str, Any]]:
+    """The default pool's dead letters, oldest first."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return [json.loads(raw) for raw in reversed(client.lrange(keys.dead_letters(redis_prefix, "default"), 0, -1))]
+    finally:
+        client.close()
+
+
 def jot_task(run_id: str, token_secret: str | None = None) -> dict[str, Any]:
     arguments = {"text": "hello"}
     request = {"tool_name": "jot", "arguments": arguments}
@@ -138,8 +166,11 @@ def test_a_worker_with_a_secret_refuses_an_unsigned_or_missigned_plain_tool_task
     assert runtime.handle(jot_task("p1"), task_name("jot")).status == REFUSED
     assert runtime.handle(jot_task("p2", token_secret="change-me"), task_name("jot")).status == REFUSED
     assert RAN == []
-    assert "no authorization token for 'jot'" in failures(redis_url, redis_prefix, "p1")[0].message
-    assert "invalid authorization token for 'jot'" in failures(redis_url, redis_prefix, "p2")[0].message
+    # Not journaled (it could be anyone's): the pool's dead letters say why.
+    assert [d["reason"].split(" (")[0] for d in letters(redis_url, redis_prefix)] == [
+        "no authorization token for 'jot'", "invalid authorization token for 'jot'",
+    ]
+    assert failures(redis_url, redis_prefix, "p1") == failures(redis_url, redis_prefix, "p2") == []
     assert runtime.handle(jot_task("p3", token_secret=SECRET), task_name("jot")).status == OK
     assert RAN == [{"text": "hello"}]
 
@@ -159,5 +190,6 @@ def test_a_worker_without_a_secret_runs_nothing_outside_a_development_fleet(
     runtime = guarded()
     assert runtime.handle(jot_task("p5"), task_name("jot")).status == REFUSED
     assert RAN == []
-    assert "this worker has no secret" in failures(redis_url, redis_prefix, "p5")[0].message
+    assert "this worker has no secret" in letters(redis_url, redis_prefix)[0]["reason"]
+    assert failures(redis_url, redis_prefix, "p5") == []
     assert guarded(insecure_dev=True).handle(jot_task("p6"), task_name("jot")).status == OK

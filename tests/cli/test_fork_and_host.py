@@ -104,6 +104,7 @@ def test_a_host_saved_run_is_decided_by_the_cli_and_resumed_by_the_host(cli: Cli
     assert "Decision: approve by carol" in cli("inspect", cp.pid).out
     again = cli("approve", cp.pid)
     assert again.code == 1 and "decided already" in again.err
+    assert "has no pending call" in again.err and "approve by carol" in again.err  # as 0.5.1's "no pending HITL"
     resumed = cli("resume", cp.pid)
     assert resumed.code == 1 and "host program" in resumed.err
 

@@ -165,12 +165,12 @@ def test_a_child_agents_call_is_decided_through_the_parent_or_its_own_pid(cli: C
     tools = ("--tool", "tools.py:search", "--tool", "tools.py:delete_file", "--destructive", "--budget", "api=10")
     first = cli("run", "kids.py:parent", *tools, "--pid", "p1")
     assert 'Pending: delete_file(path="/tmp/child")' in first.out
-    assert "[HITL] p1::cli_test_deleter-1  cli_test_deleter  0 steps  (parent: p1)" in cli("ps").out
+    assert "[HITL] p1::cli_test_deleter-0  cli_test_deleter  0 steps  (parent: p1)" in cli("ps").out
     approved = cli("approve", "p1")
     assert approved.code == 0 and "Result: parent got Deleted /tmp/child" in approved.out
 
     cli("run", "kids.py:parent", *tools, "--pid", "p2")
-    rejected = cli("reject", "p2::cli_test_deleter-1", "--reason", "no")  # the child's pid: resumed via p2
+    rejected = cli("reject", "p2::cli_test_deleter-0", "--reason", "no")  # the child's pid: resumed via p2
     assert rejected.code == 0 and rejected.out.startswith("Rejected: p2\n")
     assert "Status: COMPLETED" in rejected.out and "HITL_REJECTED" in rejected.out
     assert calls(workdir) == ["search", "delete_file", "search"]

@@ -105,3 +105,32 @@ async def test_run_headers(backend: Backend) -> None:
     assert [s.pid for s in await r.list(status="SUSPENDED_FOR_HITL")] == []
     await r.delete("a")
     assert await r.load("a") is None
+
+
+async def test_a_later_round_reopens_a_decided_step(backend: Backend) -> None:
+    """A step that went in doubt after it was approved asks again in round 1: the old approval stops
+    counting, the new decision is stamped with its round (what lets the step run again, once)."""
+    a = backend.approvals
+    await a.request(pending("r", 3, time.time()))
+    await a.decide(Decision("r", 3, "approve", "alice", time.time()))
+    await a.request(PendingApproval("r", 3, "delete_file", {"path": "/tmp/r"}, time.time(), None, "in doubt", 1))
+    assert await a.decision("r", 3) is None
+    assert [(p.step, p.attempt, p.reason) for p in await a.pending("r")] == [(3, 1, "in doubt")]
+    await a.request(pending("r", 3, time.time()))  # an earlier round asked again: nothing changes
+    decided = await a.decide(Decision("r", 3, "approve", "bob", time.time()))
+    assert (decided.by, decided.attempt) == ("bob", 1)
+    got = await a.decision("r", 3)
+    assert got is not None and (got.by, got.attempt) == ("bob", 1)
+
+
+async def test_an_expired_call_cannot_be_approved(backend: Backend) -> None:
+    """Expiry is judged by the store's clock at decision time: a call whose time ran out is rejected by
+    the expiry, whatever the approver sends."""
+    a = backend.approvals
+    now = time.time()
+    await a.request(PendingApproval("r", 0, "delete_file", {}, now, now + 0.1))
+    await asyncio.sleep(0.2)
+    with pytest.raises(AlreadyDecidedError, match="castor-expiry"):
+        await a.decide(Decision("r", 0, "approve", "alice", now))
+    got = await a.decision("r", 0)
+    assert got is not None and (got.outcome, got.by) == ("reject", "castor-expiry")

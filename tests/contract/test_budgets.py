@@ -116,3 +116,35 @@ async def test_fractional_costs_add_up_like_floats_everywhere(backend: Backend) 
         assert (await b.charge("s", step, {"usd": 0.11}, ["team"])).ok
     assert not (await b.charge("s", 5, {"usd": 0.11}, ["team"])).ok
     assert (await b.read_scope("team"))["usd"][1] == pytest.approx(0.55)
+
+
+async def test_a_refund_never_crosses_a_scope_reset(backend: Backend) -> None:
+    """A charge taken before ``reset_scope`` is spent by the reset: refunding it later gives nothing back,
+    so usage never goes negative and the new period's charges are not wiped (no overspend)."""
+    b = backend.budgets
+    await b.set_scope("day", {"api": 5})
+    await b.open_run("old", {}, {})
+    assert (await b.charge("old", 0, {"api": 1}, ["day"])).ok
+    await b.reset_scope("day")
+    await b.refund("old", 0)
+    assert await b.read_scope("day") == {"api": (5.0, 0.0)}
+    await b.open_run("new", {}, {})
+    passed = [(await b.charge("new", step, {"api": 1}, ["day"])).ok for step in range(6)]
+    assert passed == [True] * 5 + [False]
+    await b.reset_scope("day")
+    assert (await b.charge("new", 9, {"api": 2}, ["day"])).ok
+    await b.refund("new", 0)  # charged before the second reset: the 2 taken after it stay taken
+    assert await b.read_scope("day") == {"api": (5.0, 2.0)}
+
+
+async def test_a_refund_never_crosses_a_reopened_run_ledger(backend: Backend) -> None:
+    """Reopening a run's ledger (a resume or top-up: usage taken from its journal) starts a new period:
+    a charge the earlier ledger took, refunded after, does not lower the new ledger's usage."""
+    b = backend.budgets
+    await b.open_run("r", {"api": 5}, {"api": 2})
+    assert (await b.charge("r", 2, {"api": 1})).ok
+    await b.open_run("r", {"api": 5}, {"api": 2})  # step 2 was never journaled: not in the usage
+    assert (await b.charge("r", 3, {"api": 3})).ok
+    await b.refund("r", 2)
+    assert await b.remaining("r", "api") == 0
+    assert not (await b.charge("r", 4, {"api": 1})).ok

@@ -93,3 +93,42 @@ def test_store_urls() -> None:
         open_backend("sqlite:///:memory:?synchronous=sometimes")
     assert open_backend("sqlite:///:memory:?synchronous=OFF").url == "sqlite:///:memory:"
     assert open_backend(None).url == "memory://"
+
+
+async def test_one_claim_per_step_until_it_is_journaled(backend: Backend) -> None:
+    """A step that must run at most once is claimed atomically with a look at the journal."""
+    j = backend.journal
+    assert (await j.claim("r", 0, 0, "a", 30)).state == "claimed"
+    assert (await j.claim("r", 0, 0, "a", 30)).state == "claimed"  # the holder asking again
+    held = await j.claim("r", 0, 0, "b", 30)
+    assert (held.state, held.holder, held.attempt, held.expired) == ("held", "a", 0, False)
+    assert await j.renew_claim("r", 0, "a", 30)
+    assert not await j.renew_claim("r", 0, "b", 30)
+    await j.append("r", 0, rec(0))
+    assert (await j.claim("r", 0, 0, "b", 30)).state == "journaled"
+    await j.release_claim("r", 0, "b")  # not b's: nothing happens
+    await j.release_claim("r", 0, "a")
+    assert (await j.claim("r", 0, 0, "b", 30)).state == "journaled"
+
+
+async def test_a_released_claim_is_free_and_an_expired_one_is_reported(backend: Backend) -> None:
+    j = backend.journal
+    await j.claim("r", 1, 0, "a", 30)
+    await j.release_claim("r", 1, "a")  # the call failed: the next one to reach the step runs it
+    assert (await j.claim("r", 1, 0, "b", 0)).state == "claimed"
+    lapsed = await j.claim("r", 1, 0, "c", 30)
+    assert (lapsed.state, lapsed.holder, lapsed.expired) == ("held", "b", True)  # b's lease ran out
+    assert (await j.claim("r", 1, 0, "c", 30, replace="x")).state == "held"
+    assert (await j.claim("r", 1, 0, "c", 30, replace="b")).state == "claimed"  # taken over
+    assert not await j.renew_claim("r", 1, "b", 30)
+
+
+async def test_a_later_round_claims_over_an_earlier_one(backend: Backend) -> None:
+    """A step re-approved after it went in doubt (round 1) is claimed over round 0's claim, never the reverse."""
+    j = backend.journal
+    await j.claim("r", 2, 0, "a", 30)
+    assert (await j.claim("r", 2, 1, "b", 30)).state == "claimed"
+    stale = await j.claim("r", 2, 0, "c", 30)
+    assert (stale.state, stale.holder, stale.attempt) == ("held", "b", 1)
+    await j.delete("r")
+    assert (await j.claim("r", 2, 0, "c", 30)).state == "claimed"

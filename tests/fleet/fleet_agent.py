@@ -60,3 +60,23 @@ async def approve_then_go() -> str:
 async def park_only() -> None:
     """Waits for a human at its first call (the parked-runs bench)."""
     await tool("remove", tag="parked")
+
+
+async def outage_job() -> str:
+    """A 6 s non-idempotent call between two quick ones; the file it notes its starts in is named by the
+    coordinator's environment (``CASTOR_TEST_STARTS``)."""
+    import os
+
+    t = await tool("ticket")
+    await tool("slow_write", path=os.environ["CASTOR_TEST_STARTS"], seconds=6.0)
+    await tool("store", tag=f"{t}:after")
+    return str(t)
+
+
+async def poison() -> None:
+    """Kills the process driving it, every time, after its first call (a coordinator crash loop, if let)."""
+    import os
+    import signal
+
+    await tool("ticket")
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -53,6 +53,15 @@ def remove(tag: str) -> str:
     return f"removed {tag}"
 
 
+def slow_write(path: str, seconds: float = 5.0) -> str:
+    """A non-idempotent write (fs pool) that notes each start in the file ``path`` (Redis may be away), then
+    takes ``seconds``."""
+    with open(path, "a") as fh:
+        fh.write(f"start {os.getpid()}\n")
+    time.sleep(seconds)
+    return f"wrote {path}"
+
+
 async def pid_of() -> int:
     """The process that runs the call (tests that run tools in the coordinator)."""
     return os.getpid()

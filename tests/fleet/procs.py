@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 TOOLS = HERE / "fleet_tools.py"
 AGENTS = HERE / "fleet_agent.py"
 CASTOR = [sys.executable, "-m", "castor"]
-POOLS = {"web": ["ticket", "fetch", "pid_of"], "fs": ["store", "remove"]}
+POOLS = {"web": ["ticket", "fetch", "pid_of"], "fs": ["store", "remove", "slow_write"]}
 
 CONFIG = """
 [redis]

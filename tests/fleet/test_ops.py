@@ -41,7 +41,7 @@ async def take_and_lease(ops: FleetOps, pid: str, lease_ms: int = 5000) -> str:
     await ops.client.enqueue(pid)
     assert await ops.take(timeout=1) == pid
     token = ops.new_token()
-    assert await ops.acquire(pid, token, lease_ms) == ("ok", None)
+    assert await ops.acquire(pid, token, lease_ms) == ("ok", 0)
     return token
 
 

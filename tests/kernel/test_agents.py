@@ -125,7 +125,7 @@ async def test_children_get_a_delegated_budget_and_return_the_rest() -> None:
 
     kernel = Castor(tools=[search], agent_registry=registry)
     cp = await kernel.run(parent, budgets={"api": 10}, pid="boss")
-    assert cp.result == ("boss::researcher-1", "found")
+    assert cp.result == ("boss::researcher-0", "found")
     join_record = cp.syscall_log[-1]
     child = join_record.child_checkpoint
     assert isinstance(child, AgentCheckpoint) and child.parent_pid == "boss" and child.budget_used("api") == 2
@@ -153,3 +153,18 @@ async def test_child_approvals_reach_the_child() -> None:
     kernel.reject(cp, "not today")
     cp = await kernel.run(parent, checkpoint=cp)
     assert cp.result == {"status": "HITL_REJECTED", "human_feedback": "not today"}
+
+
+async def test_child_handles_number_from_zero() -> None:
+    registry = AgentRegistry()
+
+    @castor_agent("crawler", registry=registry)
+    async def crawler() -> str:
+        return "crawled"
+
+    async def boss() -> object:
+        handles = [await spawn("crawler"), await spawn("crawler")]
+        return [(h, await join(h)) for h in handles]
+
+    cp = await Castor(tools=[], agent_registry=registry).run(boss, pid="boss")
+    assert cp.result == [("boss::crawler-0", "crawled"), ("boss::crawler-1", "crawled")]  # as castor-kernel 0.5.1

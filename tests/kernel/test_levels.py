@@ -89,6 +89,16 @@ async def test_first_decision_wins(kernel: Castor) -> None:
         await kernel.decide(stale, "reject", "too late")
 
 
+async def test_a_decided_call_has_no_pending_call_naming_who_decided(kernel: Castor) -> None:
+    cp = await kernel.run(cleanup_agent)
+    stale = cp.model_copy(deep=True)
+    kernel.reject(cp, "no", by="alice")
+    for decide in (kernel.approve(stale), kernel.decide(stale, "modify", "later")):
+        # As castor-kernel 0.5.1's "has no pending HITL": callers catching "nothing pending" catch it too.
+        with pytest.raises(NothingPendingError, match=r"has no pending call at step 1: .*\(reject by alice"):
+            await decide
+
+
 async def test_run_until_complete_policies(kernel: Castor) -> None:
     cp = await kernel.run_until_complete(cleanup_agent, on_hitl=auto_reject)
     assert cp.status == "COMPLETED" and CALLS["delete_file"] == 0
@@ -103,9 +113,15 @@ async def test_run_until_complete_policies(kernel: Castor) -> None:
     assert cp.status == "COMPLETED" and CALLS["delete_file"] == 1
 
 
-async def test_run_until_complete_stops_at_max_iterations(kernel: Castor) -> None:
-    cp = await kernel.run_until_complete(cleanup_agent, on_hitl=auto_approve, max_iterations=1)
-    assert cp.status == "SUSPENDED_FOR_HITL" and CALLS["delete_file"] == 1
+async def test_run_until_complete_raises_after_max_iterations(kernel: Castor) -> None:
+    # castor-kernel 0.5.1 raises when the rounds run out; the run stays suspended, its call undecided.
+    with pytest.raises(RuntimeError, match=r"'limited' exceeded 1 HITL iterations \(max_iterations=1\)"):
+        await kernel.run_until_complete(cleanup_agent, on_hitl=auto_approve, pid="limited", max_iterations=1)
+    assert CALLS["delete_file"] == 1
+    cp = await kernel.aload("limited")
+    assert cp.status == "SUSPENDED_FOR_HITL" and cp.pending_args == {"path": "/tmp/old2"}
+    cp = await kernel.run_until_complete(cleanup_agent, on_hitl=auto_approve, checkpoint=cp, max_iterations=1)
+    assert cp.status == "COMPLETED" and CALLS["delete_file"] == 2
 
 
 async def test_speculative_flags_only_unreviewed_destructive_steps(kernel: Castor) -> None:

@@ -126,3 +126,45 @@ async def test_fleet_pending_is_oldest_first_and_clear_forgets(
     sync = redis.Redis.from_url(redis_url)
     assert sync.zcard(keys.approvals_pending(redis_prefix)) == 2
     sync.close()
+
+
+def _skew(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """This process's clock ``seconds`` off (a machine whose clock drifted): ``time.time`` as every module reads it."""
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + seconds)
+
+
+async def test_an_approver_whose_clock_is_behind_cannot_approve_an_expired_call(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Expiry is judged by Redis's clock: an approver 60 s behind, deciding after the call expired, is
+    refused, and the call gets its expiry outcome."""
+    b = redis_backend(redis_url, prefix=redis_prefix, approval_ttl=0.2)
+    try:
+        await b.approvals.request(pending("r", 0))
+        await asyncio.sleep(0.3)
+        _skew(monkeypatch, -60.0)
+        with pytest.raises(AlreadyDecidedError, match="castor-expiry"):
+            await b.approvals.decide(Decision("r", 0, "approve", "alice", time.time()))
+        decided = await b.approvals.decision("r", 0)
+        assert decided is not None and decided.outcome == "reject"
+    finally:
+        await b.close()
+
+
+async def test_a_requester_whose_clock_is_ahead_cannot_stretch_the_deadline(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deadline is set by Redis's clock too: a request made 60 s ahead still expires after its ttl."""
+    b = redis_backend(redis_url, prefix=redis_prefix, approval_ttl=0.2)
+    try:
+        with monkeypatch.context() as patched:
+            _skew(patched, 60.0)
+            await b.approvals.request(pending("r", 0))
+        [waiting] = await b.approvals.pending("r")
+        assert waiting.expires_at is not None and waiting.expires_at < time.time() + 1
+        await asyncio.sleep(0.3)
+        with pytest.raises(AlreadyDecidedError, match="castor-expiry"):
+            await b.approvals.decide(Decision("r", 0, "approve", "alice", time.time()))
+    finally:
+        await b.close()

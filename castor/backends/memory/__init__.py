@@ -6,6 +6,7 @@ process see consistent budgets. Nothing survives the process.
 
 from __future__ import annotations
 
+from castor._sealing import DataKey
 from castor.backends.memory.journal import MemoryJournal, MemoryRunStore, summarize
 from castor.backends.memory.state import MemoryApprovalStore, MemoryBudgetStore
 from castor.seams import Backend
@@ -22,4 +23,7 @@ __all__ = [
 
 def memory_backend() -> Backend:
     """A fresh in-memory bundle."""
-    return Backend(MemoryJournal(), MemoryBudgetStore(), MemoryApprovalStore(), MemoryRunStore(), "memory://")
+    return Backend(
+        MemoryJournal(), MemoryBudgetStore(), MemoryApprovalStore(), MemoryRunStore(), "memory://",
+        data_key=DataKey.for_process(),
+    )

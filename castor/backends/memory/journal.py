@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 
 from castor._errors import JournalConflictError
+from castor.backends.memory.claims import MemoryClaims
 from castor.checkpoint import AgentCheckpoint, StepFailure, SyscallRecord
 from castor.seams import RunSummary
 
 
-class MemoryJournal:
+class MemoryJournal(MemoryClaims):
     """Records per run in a dict keyed by step; a fork points at its parent's prefix."""
 
     def __init__(self) -> None:
@@ -75,6 +76,7 @@ class MemoryJournal:
         self._steps.pop(run_id, None)
         self._base.pop(run_id, None)
         self._failures.pop(run_id, None)
+        self.forget_claims(run_id)
 
 
 class MemoryRunStore:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
@@ -12,9 +13,19 @@ from castor._errors import AlreadyDecidedError, NothingPendingError
 from castor.seams import Charge, Decision, PendingApproval
 
 _OK = Charge(True)
-# What a step took: from the run's ledger alone, the cost itself (its tracked resources are known);
-# with scopes, (scope or None, resource, amount) triples.
-Taken = Mapping[str, float] | list[tuple[str | None, str, float]]
+EXPIRY_BY = "castor-expiry"  # who a call that expired undecided is decided by (as in the Redis store)
+EXPIRY_REASON = "approval expired"
+
+
+def expiry(decision: Decision) -> Decision:
+    """The decision an expired call gets instead of ``decision``: a rejection, by the expiry."""
+    return replace(decision, outcome="reject", by=EXPIRY_BY, reason=EXPIRY_REASON)
+# What a step took: from the run's ledger alone, that ledger and the cost (its tracked resources are known);
+# with scopes, (scope or None, resource, amount, the ledger entry drawn from) quadruples. A refund gives
+# back only to the entry it took from: a reset or a reopened ledger has new entries, so a charge taken
+# before it is spent, never refunded into the new period.
+Entry = list[float]
+Taken = tuple[dict[str, Entry], Mapping[str, float]] | list[tuple[str | None, str, float, Entry]]
 
 
 class MemoryBudgetStore:
@@ -63,13 +74,13 @@ class MemoryBudgetStore:
             short = self._short(run_id, cost, scopes)
             if short is not None:
                 return short
-            taken: list[tuple[str | None, str, float]] = []
+            taken: list[tuple[str | None, str, float, Entry]] = []
             for scope, ledger in self._ledgers(run_id, scopes):
                 for resource, amount in cost.items():
                     entry = ledger.get(resource)
                     if entry is not None:
                         entry[1] += amount
-                        taken.append((scope, resource, amount))
+                        taken.append((scope, resource, amount, entry))
             steps[step] = taken
             return _OK
 
@@ -85,7 +96,7 @@ class MemoryBudgetStore:
                 entry = ledger.get(resource)
                 if entry is not None:
                     entry[1] += amount
-        steps[step] = cost
+        steps[step] = (ledger or {}, cost)
         return _OK
 
     async def can_afford(self, run_id: str, cost: Mapping[str, float], scopes: Sequence[str] = ()) -> Charge:
@@ -97,12 +108,13 @@ class MemoryBudgetStore:
         """Give back what the step took, once."""
         with self._lock:
             taken = self._charged.get(run_id, {}).pop(step, None)
-            if isinstance(taken, Mapping):
-                taken = [(None, resource, amount) for resource, amount in taken.items()]
-            for scope, resource, amount in taken or ():
-                ledger = self._runs.get(run_id) if scope is None else self._scopes.get(scope)
-                if ledger and resource in ledger:
-                    ledger[resource][1] -= amount
+            if isinstance(taken, tuple):
+                ledger, cost = taken
+                taken = [(None, r, amount, ledger[r]) for r, amount in cost.items() if r in ledger]
+            for scope, resource, amount, entry in taken or ():
+                now = self._runs.get(run_id) if scope is None else self._scopes.get(scope)
+                if now and now.get(resource) is entry:  # else reset or reopened since: spent
+                    entry[1] = max(entry[1] - amount, 0.0)
 
     async def remaining(self, run_id: str, resource: str, scopes: Sequence[str] = ()) -> float:
         """The least that any ledger of the run leaves for ``resource``."""
@@ -135,10 +147,11 @@ class MemoryBudgetStore:
                 ledger.setdefault(resource, [0.0, 0.0])[0] += float(amount)
 
     async def reset_scope(self, scope: str) -> None:
-        """Zero the usage."""
+        """Zero the usage; charges taken before are spent (new entries: a refund never crosses a reset)."""
         with self._lock:
-            for entry in self._scopes.get(scope, {}).values():
-                entry[1] = 0.0
+            ledger = self._scopes.get(scope, {})
+            for resource, entry in ledger.items():
+                ledger[resource] = [entry[0], 0.0]
 
     async def read_scope(self, scope: str) -> dict[str, tuple[float, float]]:
         """``{resource: (limit, used)}``."""
@@ -174,17 +187,24 @@ class MemoryApprovalStore:
         if key in self._decisions:
             prior = self._decisions[key]
             raise AlreadyDecidedError(
-                f"run {decision.run_id!r} step {decision.step} was decided already: "
-                f"{prior.outcome} by {prior.by}"
+                decision.run_id, decision.step, prior.outcome, prior.by, at=prior.at, reason=prior.reason
             )
         if key not in self._pending:
             raise NothingPendingError(f"run {decision.run_id!r} has no pending call at step {decision.step}")
         answered = self._decided[key] = self._pending.pop(key)
         decision = replace(decision, attempt=answered.attempt)
+        # Judged by this process's clock, the store's: an embedded store is one machine.
+        expired = answered.expires_at is not None and answered.expires_at <= time.time()
+        if expired:
+            decision = expiry(decision)
         self._decisions[key] = decision
         event = self._events.pop(key, None)
         if event is not None:
             event.set()
+        if expired:
+            raise AlreadyDecidedError(
+                decision.run_id, decision.step, decision.outcome, decision.by, at=decision.at, reason=decision.reason
+            )
         return decision
 
     async def decision(self, run_id: str, step: int) -> Decision | None:

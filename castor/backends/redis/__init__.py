@@ -8,9 +8,11 @@ operator's CLI calls (scopes, pending approvals, sweeps).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from castor._errors import ConfigError
+from castor._sealing import DataKey
 from castor.backends.redis._client import Fence, RedisConnection, hide_password
 from castor.backends.redis.approvals import RedisApprovalStore
 from castor.backends.redis.budgets import RedisBudgetStore
@@ -47,7 +49,7 @@ OPTIONS: dict[str, Any] = {
 }
 
 
-def redis_backend(url: str, *, prefix: str = "castor", **options: Any) -> Backend:
+def redis_backend(url: str, *, prefix: str = "castor", data_key: DataKey | None = None, **options: Any) -> Backend:
     """The four state seams on the Redis server at ``url``, their keys under ``prefix``.
 
     Options (unknown ones are a ``ConfigError``): ``max_connections`` (per event loop),
@@ -56,6 +58,8 @@ def redis_backend(url: str, *, prefix: str = "castor", **options: Any) -> Backen
     ``reservation_seconds`` (how long a charge's holder may take before a sweep refunds it), ``holder``,
     ``approval_ttl`` (seconds a call may wait; None: forever), ``expiry_outcome`` / ``expiry_reason``
     (the decision an expired call gets), ``stream_maxlen`` (decisions kept on the stream).
+    ``data_key`` seals sensitive arguments (default: the fleet's, from ``$CASTOR_SECRET``; see
+    ``castor._sealing``).
     """
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
@@ -84,4 +88,7 @@ def redis_backend(url: str, *, prefix: str = "castor", **options: Any) -> Backen
         expiry_reason=o["expiry_reason"], stream_maxlen=int(o["stream_maxlen"]),
     )
     runs = RedisRunStore(conn, prefix, journal, retention_seconds=float(o["retention_seconds"]), fences=fences)
-    return Backend(journal, budgets, approvals, runs, url=hide_password(url), durable=True, answers_inline=False)
+    key = data_key or DataKey.for_fleet(os.environ.get("CASTOR_SECRET"))
+    return Backend(
+        journal, budgets, approvals, runs, url=hide_password(url), durable=True, answers_inline=False, data_key=key
+    )

@@ -54,7 +54,7 @@ SCRIPT_NAMES = (
     "budget_open", "budget_charge", "budget_refund", "budget_reindex", "budget_close", "scope_reset",
     "approval_request", "approval_decide",
     "run_save", "run_prune",
-    "task_abandon",
+    "task_abandon", "step_claim",
 )
 
 

@@ -12,9 +12,10 @@ A step has approval rounds (``PendingApproval.attempt``): ``a:<step>`` holds the
 request for a later round (the step went in doubt after its worker was lost) drops the earlier
 decision, so it no longer authorizes the step; a decision is stamped with the round it decides.
 
-A pending call may expire (``approval_ttl`` or its own ``expires_at``); once it has, the configured
-outcome (reject, with a reason) is recorded as its decision, lazily by whoever looks at it next, or
-by ``sweep()``.
+A pending call may expire (``approval_ttl`` or its own ``expires_at``, taken as a duration from its
+``created_at``); once it has, the configured outcome (reject, with a reason) is recorded as its decision,
+lazily by whoever looks at it next, or by ``sweep()``. Expiry is judged by Redis's clock (``TIME`` in the
+scripts), never by a client's: a requester or an approver whose clock is off cannot stretch a deadline.
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ def _decision(data: str) -> Decision:
     return Decision(**json.loads(data))
 
 
-def _pending(data: str) -> PendingApproval:
-    return PendingApproval(**json.loads(data))
+def _pending(data: str, expires: str | None = None) -> PendingApproval:
+    """The request as stored; its expiry is the one the script set by Redis's clock ('e:<step>')."""
+    pending = PendingApproval(**json.loads(data))
+    return pending if expires is None else replace(pending, expires_at=float(expires))
 
 
 class RedisApprovalStore:
@@ -71,16 +74,14 @@ class RedisApprovalStore:
 
     async def request(self, pending: PendingApproval) -> None:
         """Record a call waiting for a decision (again for the same step: no-op)."""
-        expires = pending.expires_at
-        if expires is None and self.approval_ttl is not None:
-            expires = pending.created_at + self.approval_ttl
-            pending = dataclasses.replace(pending, expires_at=expires)
+        # Only a duration crosses: the script sets the deadline by Redis's clock (readers take it from 'e:').
+        ttl = self.approval_ttl if pending.expires_at is None else pending.expires_at - pending.created_at
         await self._conn.script(
             "approval_request",
             self._keys(pending.run_id),
             [
                 pending.step, to_json(dataclasses.asdict(pending)), repr(pending.created_at),
-                "" if expires is None else repr(expires), keys.step_member(pending.run_id, pending.step),
+                "" if ttl is None else repr(max(float(ttl), 0.0)), keys.step_member(pending.run_id, pending.step),
                 pending.attempt,
             ],
         )
@@ -93,17 +94,18 @@ class RedisApprovalStore:
         self, run_id: str, step: int, decision: Decision | None, now: float | None = None
     ) -> list[str]:
         """Run the decide script on the step's current round; ``decision`` None only applies the expiry
-        if the call has expired by ``now``. The decision is stamped with the round's number."""
+        if the call has expired (by Redis's clock, or by ``now`` if that is later: a sweep's cutoff).
+        The decision is stamped with the round's number."""
         key = keys.approvals(self._prefix, run_id)
         for _ in range(3):  # a new round opened between the read and the script: read it again
-            at = time.time() if now is None else now
+            at = time.time() if now is None else now  # only what the expiry's record says; the script judges
             attempt = int(await self._conn.command("hget", key, f"a:{step}") or 0)
             chosen = "" if decision is None else json.dumps(dataclasses.asdict(replace(decision, attempt=attempt)))
             result: list[str] = await self._conn.script(
                 "approval_decide",
                 [*self._keys(run_id), keys.decision_stream(self._prefix)],
                 [
-                    step, chosen, keys.step_member(run_id, step), repr(at),
+                    step, chosen, keys.step_member(run_id, step), "" if now is None else repr(now),
                     self._expiry(run_id, step, at, attempt), run_id, self.stream_maxlen, attempt,
                 ],
             )
@@ -123,9 +125,7 @@ class RedisApprovalStore:
         if status == "decided" and replace(prior, attempt=decision.attempt) == decision:
             return prior  # our own decision, written by an attempt whose reply was lost
         err = AlreadyDecidedError(
-            f"{where} was decided already: {prior.outcome} by {prior.by} at "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(prior.at))}"
-            + (f" ({prior.reason})" if prior.reason else "")
+            decision.run_id, decision.step, prior.outcome, prior.by, at=prior.at, reason=prior.reason
         )
         err.decision = prior  # type: ignore[attr-defined]
         raise err
@@ -136,8 +136,8 @@ class RedisApprovalStore:
         decided, expires = await self._conn.command("hmget", key, f"d:{step}", f"e:{step}")
         if decided is not None:
             return _decision(decided)
-        if expires is not None and float(expires) <= time.time():
-            return await self.expire(run_id, step)
+        if expires is not None:
+            return await self.expire(run_id, step)  # the script judges it by Redis's clock
         return None
 
     async def decided_request(self, run_id: str, step: int) -> PendingApproval | None:
@@ -156,16 +156,16 @@ class RedisApprovalStore:
         if run_id is not None:
             key = keys.approvals(p, run_id)
             fields = await self._conn.command("hgetall", key)
-            found = [_pending(v) for k, v in fields.items() if k.startswith("p:")]
+            found = [_pending(v, fields.get(f"e:{k[2:]}")) for k, v in fields.items() if k.startswith("p:")]
         else:
             found = await self._fleet_pending()
         now = time.time()
         waiting = []
         for item in sorted(found, key=lambda item: item.created_at):
-            if item.expires_at is not None and item.expires_at <= now:
-                await self.expire(item.run_id, item.step)
-            else:
-                waiting.append(item)
+            # This clock only picks which calls to ask about; the script says whether one expired.
+            if item.expires_at is not None and item.expires_at <= now and await self.expire(item.run_id, item.step):
+                continue
+            waiting.append(item)
         return waiting
 
     async def _fleet_pending(self) -> list[PendingApproval]:
@@ -177,16 +177,16 @@ class RedisApprovalStore:
         async def read(c: Any) -> list[Any]:
             async with c.pipeline(transaction=False) as pipe:
                 for _member, step, run in located:
-                    pipe.hget(keys.approvals(p, run), f"p:{step}")
+                    pipe.hmget(keys.approvals(p, run), f"p:{step}", f"e:{step}")
                 return await pipe.execute()
 
         rows = await self._conn.run(read) if located else []
         found, stale = [], []
-        for (member, _step, _run), row in zip(located, rows, strict=True):
+        for (member, _step, _run), (row, expires) in zip(located, rows, strict=True):
             if row is None:
                 stale.append(member)  # its run was cleared: drop the index entry
             else:
-                found.append(_pending(row))
+                found.append(_pending(row, expires))
         if stale:
             await self._conn.command("zrem", index, *stale)
         return found
@@ -231,7 +231,7 @@ class RedisApprovalStore:
         expired = 0
         for member in due:
             step, run_id = member.split(":", 1)
-            status, *_ = await self._decide(run_id, int(step), None, cutoff)
+            status, *_ = await self._decide(run_id, int(step), None, now)  # Redis's clock unless told
             expired += status == "expired"
             if status in ("none", "decided"):
                 await self._conn.call("zrem", index, member)

@@ -12,7 +12,10 @@ The reservation index holds runs, not steps: a run with unsettled charges, score
 earliest claim end. A charge touches it only when the run is not there yet (or with an earlier claim),
 which the run's ledger tells in the read the charge makes anyway; ``sweep()`` settles a due run's
 records and scores it again. A record is NUL-joined text (holder, claim end, then ledger, resource,
-amount of every part taken) that the scripts read without JSON: names holding NUL are refused.
+amount, period of every part taken) that the scripts read without JSON: names holding NUL are refused.
+
+A ledger has a period (``R``): resetting a scope or reopening a run's ledger starts a new one, and a refund
+gives back only to the period its charge was taken from (a charge before a reset is spent by the reset).
 """
 
 from __future__ import annotations
@@ -141,7 +144,7 @@ class RedisBudgetStore:
 
     async def _give_back(self, run_id: str, step: str, record: str, *, sweeping: bool) -> bool:
         p = self._prefix
-        ledgers = list(dict.fromkeys(record.split("\0")[2::3]))
+        ledgers = list(dict.fromkeys(record.split("\0")[2::4]))
         reply = await self._conn.script(
             "budget_refund",
             [keys.charges(p, run_id), keys.journal(p, run_id), *ledgers],

@@ -24,6 +24,7 @@ from pydantic_core import PydanticSerializationError
 from castor._errors import ConfigError, JournalConflictError
 from castor.backends.redis import keys
 from castor.backends.redis._client import Fence, RedisConnection
+from castor.backends.redis.claims import RedisClaims
 from castor.checkpoint import StepFailure, SyscallRecord
 
 BATCH = 1000  # records per range read: one round trip reads them all, a reply stays a few hundred KB
@@ -77,7 +78,7 @@ class _GCPaused:
                 gc.enable()
 
 
-class RedisJournal:
+class RedisJournal(RedisClaims):
     """The step cache of every run, shared by every process that reaches the Redis server.
 
     ``fences`` maps a run to the ``Fence`` its writes must pass (the coordinator that holds the run's
@@ -243,7 +244,9 @@ class RedisJournal:
     async def delete(self, run_id: str) -> None:
         """Forget the run's journal (forks of it keep working only while it exists)."""
         p = self._prefix
-        names = (keys.journal(p, run_id), keys.journal_meta(p, run_id), keys.failures(p, run_id))
+        names = (
+            keys.journal(p, run_id), keys.journal_meta(p, run_id), keys.failures(p, run_id), keys.claims(p, run_id)
+        )
         await self._conn.command("delete", *names)
 
     async def close(self) -> None:

@@ -14,6 +14,8 @@ are atomic on one Redis server, not across Cluster slots: on Redis Cluster the s
 
 from __future__ import annotations
 
+import re
+
 # --- one run --------------------------------------------------------------------------------------
 
 
@@ -52,6 +54,11 @@ def charges(prefix: str, run_id: str) -> str:
     return f"{prefix}:{{{run_id}}}:charges"
 
 
+def claims(prefix: str, run_id: str) -> str:
+    """Hash: step -> ``<attempt>|<lease end>|<holder>``, who executes a step that must run at most once."""
+    return f"{prefix}:{{{run_id}}}:claims"
+
+
 def approvals(prefix: str, run_id: str) -> str:
     """Hash: ``p:<step>`` pending JSON, ``e:<step>`` its expiry, ``d:<step>`` the decision JSON."""
     return f"{prefix}:{{{run_id}}}:approvals"
@@ -72,6 +79,7 @@ def run_keys(prefix: str, run_id: str) -> list[str]:
         approvals(prefix, run_id),
         ledger(prefix, run_id),
         charges(prefix, run_id),
+        claims(prefix, run_id),
     ]
 
 
@@ -151,8 +159,31 @@ def lease(prefix: str, run_id: str) -> str:
 
 
 def reply_stream_prefix(prefix: str) -> str:
-    """What every reply stream name starts with: a worker replies to nothing else."""
+    """What every reply stream name starts with."""
     return f"{prefix}:replies:{{"
+
+
+# A coordinator's name in its reply stream: host names, pids and hex ids, nothing Redis or a terminal
+# would read as structure (no braces, colons, spaces or control characters).
+CONSUMER_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
+
+
+def is_reply_stream(prefix: str, name: str) -> bool:
+    """Whether ``name`` is exactly ``reply_stream(prefix, <consumer>)`` for a consumer name of the safe
+    set (``CONSUMER_NAME``): a worker replies to nothing else."""
+    start = reply_stream_prefix(prefix)
+    return name.startswith(start) and name.endswith("}") and bool(CONSUMER_NAME.fullmatch(name[len(start):-1]))
+
+
+def dead_letters(prefix: str, pool: str) -> str:
+    """List: the messages a pool's workers refused before they could tell which run sent them, or could
+    not authenticate (newest first, capped): why, how big, a digest, what the headers said; never a body."""
+    return f"{prefix}:deadletters:{pool}"
+
+
+def dead_letters_pattern(prefix: str) -> str:
+    """``SCAN`` pattern of every pool's dead-letter list."""
+    return f"{prefix}:deadletters:*"
 
 
 def started_marker(prefix: str, run_id: str, step: int) -> str:
@@ -206,6 +237,16 @@ def cancelled(prefix: str) -> str:
     return f"{prefix}:fleet:cancelled"
 
 
+def lapsed(prefix: str) -> str:
+    """Set: pids queued because their lease ran out without a release; their next lease is a takeover."""
+    return f"{prefix}:fleet:lapsed"
+
+
+def takeovers(prefix: str) -> str:
+    """Hash: pid -> takeovers in a row (leases on it that ran out unreleased); a release clears it."""
+    return f"{prefix}:fleet:takeovers"
+
+
 def control_stream(prefix: str) -> str:
     """Stream of operator commands to coordinators (``cancel`` a run)."""
     return f"{prefix}:fleet:control"
@@ -225,7 +266,7 @@ def fleet_keys(prefix: str) -> list[str]:
     """The fleet-wide keys (not per coordinator, not per run)."""
     return [
         run_queue(prefix), leased(prefix), parked(prefix), refused(prefix), cancelled(prefix),
-        control_stream(prefix), coordinators(prefix), submitted(prefix),
+        control_stream(prefix), coordinators(prefix), submitted(prefix), lapsed(prefix), takeovers(prefix),
     ]
 
 

@@ -12,6 +12,7 @@ and processes draw from, are SQLite rows changed in one transaction per charge.
 
 from __future__ import annotations
 
+from castor._sealing import DataKey
 from castor.backends.sqlite._db import SqliteDatabase
 from castor.backends.sqlite.journal import SqliteJournal, SqliteRunStore
 from castor.backends.sqlite.state import SqliteApprovalStore, SqliteBudgetStore
@@ -32,6 +33,6 @@ def sqlite_backend(path: str, *, synchronous: str = "NORMAL") -> Backend:
     db = SqliteDatabase(path, synchronous=synchronous)
     backend = Backend(
         SqliteJournal(db), SqliteBudgetStore(db), SqliteApprovalStore(db), SqliteRunStore(db),
-        url=f"sqlite:///{path}", durable=path != ":memory:",
+        url=f"sqlite:///{path}", durable=path != ":memory:", data_key=DataKey.for_file(path),
     )
     return backend

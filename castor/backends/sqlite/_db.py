@@ -17,13 +17,16 @@ CREATE TABLE IF NOT EXISTS journal (run_id TEXT, step INTEGER, record TEXT NOT N
 CREATE TABLE IF NOT EXISTS forks (run_id TEXT PRIMARY KEY, parent TEXT NOT NULL, at_step INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS failures (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, data TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS failures_run ON failures (run_id);
+CREATE TABLE IF NOT EXISTS step_claims (run_id TEXT, step INTEGER, attempt INTEGER NOT NULL, holder TEXT NOT NULL,
+    lease_end REAL NOT NULL, PRIMARY KEY (run_id, step)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS scopes (scope TEXT, resource TEXT, lim REAL NOT NULL, used REAL NOT NULL,
     PRIMARY KEY (scope, resource)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS scope_charges (run_id TEXT, step INTEGER, scope TEXT, resource TEXT, amount REAL,
     PRIMARY KEY (run_id, step, scope, resource)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS approvals (run_id TEXT, step INTEGER, tool TEXT NOT NULL, arguments TEXT NOT NULL,
     created_at REAL NOT NULL, expires_at REAL, reason TEXT NOT NULL DEFAULT '', outcome TEXT,
-    decided_by TEXT, decided_at REAL, feedback TEXT, PRIMARY KEY (run_id, step)) WITHOUT ROWID;
+    decided_by TEXT, decided_at REAL, feedback TEXT, attempt INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, step)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS runs (pid TEXT PRIMARY KEY, status TEXT NOT NULL, created_at REAL NOT NULL,
     updated_at REAL NOT NULL, steps INTEGER NOT NULL, header TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS runs_status ON runs (status, created_at);
@@ -31,6 +34,18 @@ CREATE INDEX IF NOT EXISTS runs_status ON runs (status, created_at);
 
 SYNC_MODES = ("OFF", "NORMAL", "FULL")
 WAL_AUTOCHECKPOINT_PAGES = 10_000
+
+
+def _add_column(conn: sqlite3.Connection, table: str, column: str) -> None:
+    """Give a table made by an earlier version a column it lacks (another process may be doing it too)."""
+    name = column.split()[0]
+    if any(row[1] == name for row in conn.execute(f"PRAGMA table_info({table})")):
+        return
+    try:
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+    except sqlite3.OperationalError as exc:
+        if "duplicate column" not in str(exc):
+            raise
 
 
 class SqliteDatabase:
@@ -53,6 +68,7 @@ class SqliteDatabase:
             # Durability against a killed process is the same: a committed step is in the WAL either way.
             self.conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
             self.conn.executescript(SCHEMA)
+            _add_column(self.conn, "approvals", "attempt INTEGER NOT NULL DEFAULT 0")  # files made before rounds
         except (sqlite3.Error, OSError) as exc:
             raise BackendUnavailable(f"cannot open SQLite store {path!r}: {exc}") from exc
         self.closed = False

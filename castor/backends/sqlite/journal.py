@@ -8,11 +8,12 @@ from typing import Any
 from castor._errors import JournalConflictError
 from castor.backends.memory import summarize
 from castor.backends.sqlite._db import SqliteDatabase
+from castor.backends.sqlite.claims import SqliteClaims
 from castor.checkpoint import AgentCheckpoint, StepFailure, SyscallRecord
 from castor.seams import RunSummary
 
 
-class SqliteJournal:
+class SqliteJournal(SqliteClaims):
     """Write-once records keyed by (run, step); a fork row points at the parent's prefix."""
 
     def __init__(self, db: SqliteDatabase) -> None:
@@ -108,7 +109,7 @@ class SqliteJournal:
         """Forget the run's records, failures and fork pointer."""
         self._fork_at.pop(run_id, None)
         with self.db.transaction() as conn:
-            for table in ("journal", "failures", "forks"):
+            for table in ("journal", "failures", "forks", "step_claims"):
                 conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
 
 

@@ -7,10 +7,12 @@ import json
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from castor._errors import AlreadyDecidedError, NothingPendingError
 from castor.backends.memory import MemoryBudgetStore
+from castor.backends.memory.state import expiry
 from castor.backends.sqlite._db import SqliteDatabase
 from castor.seams import Charge, Decision, PendingApproval
 
@@ -81,8 +83,9 @@ class SqliteBudgetStore(MemoryBudgetStore):
                 "SELECT scope, resource, amount FROM scope_charges WHERE run_id = ? AND step = ?", (run_id, step)
             ).fetchall()
             for scope, resource, amount in rows:
-                conn.execute(
-                    "UPDATE scopes SET used = used - ? WHERE scope = ? AND resource = ?", (amount, scope, resource)
+                conn.execute(  # a reset since may have spent part of the usage: never below zero
+                    "UPDATE scopes SET used = MAX(used - ?, 0) WHERE scope = ? AND resource = ?",
+                    (amount, scope, resource),
                 )
             conn.execute("DELETE FROM scope_charges WHERE run_id = ? AND step = ?", (run_id, step))
 
@@ -115,8 +118,11 @@ class SqliteBudgetStore(MemoryBudgetStore):
                 )
 
     async def reset_scope(self, scope: str) -> None:
-        """Zero usage."""
-        self.db.execute("UPDATE scopes SET used = 0 WHERE scope = ?", (scope,))
+        """Zero usage. Charges taken before are spent: their ledger entries keep the step (a charge of it
+        again stays a no-op) but give nothing back, so a refund never crosses a reset."""
+        with self.db.transaction() as conn:
+            conn.execute("UPDATE scopes SET used = 0 WHERE scope = ?", (scope,))
+            conn.execute("UPDATE scope_charges SET amount = 0 WHERE scope = ?", (scope,))
 
     async def read_scope(self, scope: str) -> dict[str, tuple[float, float]]:
         """``{resource: (limit, used)}``."""
@@ -124,12 +130,12 @@ class SqliteBudgetStore(MemoryBudgetStore):
         return {r: (lim, used) for r, lim, used in rows}
 
 
-_REQUEST_COLUMNS = "run_id, step, tool, arguments, created_at, expires_at, reason"
+_REQUEST_COLUMNS = "run_id, step, tool, arguments, created_at, expires_at, reason, attempt"
 
 
 def _request(row: Any) -> PendingApproval:
     """A ``PendingApproval`` from a row of ``_REQUEST_COLUMNS``."""
-    return PendingApproval(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5], row[6])
+    return PendingApproval(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5], row[6], row[7])
 
 
 class SqliteApprovalStore:
@@ -141,42 +147,59 @@ class SqliteApprovalStore:
         self.db = db
 
     async def request(self, pending: PendingApproval) -> None:
-        """Insert unless the step has a row."""
-        self.db.execute(
-            "INSERT OR IGNORE INTO approvals (run_id, step, tool, arguments, created_at, expires_at, reason) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (pending.run_id, pending.step, pending.tool_name, json.dumps(pending.arguments, default=repr),
-             pending.created_at, pending.expires_at, pending.reason),
-        )
+        """Insert unless the step has a row; a later round (``attempt``) replaces the row, its decision
+        dropped: it no longer authorizes the step."""
+        values = (pending.tool_name, json.dumps(pending.arguments, default=repr), pending.created_at,
+                  pending.expires_at, pending.reason, pending.attempt, pending.run_id, pending.step)
+        with self.db.transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO approvals (tool, arguments, created_at, expires_at, reason, attempt, run_id, "
+                "step) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                values,
+            )
+            conn.execute(
+                "UPDATE approvals SET tool = ?, arguments = ?, created_at = ?, expires_at = ?, reason = ?, "
+                "attempt = ?, outcome = NULL, decided_by = NULL, decided_at = NULL, feedback = NULL "
+                "WHERE run_id = ? AND step = ? AND attempt < ?",
+                (*values, pending.attempt),
+            )
 
     async def decide(self, decision: Decision) -> Decision:
         """First decision wins, atomically."""
         with self.db.transaction() as conn:
             row = conn.execute(
-                "SELECT outcome, decided_by FROM approvals WHERE run_id = ? AND step = ?",
+                "SELECT outcome, decided_by, attempt, expires_at, decided_at, feedback FROM approvals "
+                "WHERE run_id = ? AND step = ?",
                 (decision.run_id, decision.step),
             ).fetchone()
             if row is None:
                 raise NothingPendingError(f"run {decision.run_id!r} has no pending call at step {decision.step}")
             if row[0] is not None:
-                raise AlreadyDecidedError(
-                    f"run {decision.run_id!r} step {decision.step} was decided already: {row[0]} by {row[1]}"
-                )
+                outcome, by, _, _, at, reason = row
+                raise AlreadyDecidedError(decision.run_id, decision.step, outcome, by, at=at, reason=reason or "")
+            decision = replace(decision, attempt=row[2])
+            expired = row[3] is not None and row[3] <= time.time()  # this machine's clock: the store's
+            if expired:
+                decision = expiry(decision)
             conn.execute(
                 "UPDATE approvals SET outcome = ?, decided_by = ?, decided_at = ?, feedback = ? "
                 "WHERE run_id = ? AND step = ?",
                 (decision.outcome, decision.by, decision.at, decision.reason, decision.run_id, decision.step),
+            )
+        if expired:
+            raise AlreadyDecidedError(
+                decision.run_id, decision.step, decision.outcome, decision.by, at=decision.at, reason=decision.reason
             )
         return decision
 
     async def decision(self, run_id: str, step: int) -> Decision | None:
         """The decision on a step."""
         row = self.db.execute(
-            "SELECT outcome, decided_by, decided_at, feedback FROM approvals "
+            "SELECT outcome, decided_by, decided_at, feedback, attempt FROM approvals "
             "WHERE run_id = ? AND step = ? AND outcome IS NOT NULL",
             (run_id, step),
         ).fetchone()
-        return Decision(run_id, step, row[0], row[1], row[2], row[3] or "") if row else None
+        return Decision(run_id, step, row[0], row[1], row[2], row[3] or "", row[4]) if row else None
 
     async def decided_request(self, run_id: str, step: int) -> PendingApproval | None:
         """The request the step's decision answered: its row, once it has an outcome."""

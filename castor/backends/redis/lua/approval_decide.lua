@@ -1,6 +1,8 @@
 -- Decide a pending call: the first decision wins, and it is announced on the decision stream.
 -- KEYS[1] the run's approvals hash, KEYS[2] pending index, KEYS[3] expiring index, KEYS[4] decision stream
--- ARGV[1] step, ARGV[2] decision JSON ('' to apply only the expiry), ARGV[3] index member, ARGV[4] now (unix time),
+-- ARGV[1] step, ARGV[2] decision JSON ('' to apply only the expiry), ARGV[3] index member,
+-- ARGV[4] '' or a time to expire as of (a sweep's cutoff): expiry is judged by Redis's clock, or that time if
+-- later (it can only expire a call early, never let one through late); never by a deciding client's clock,
 -- ARGV[5] the expiry's decision JSON, applied instead once the call has expired ('' to decide regardless),
 -- ARGV[6] run id, ARGV[7] stream length kept (approximate), ARGV[8] the round the caller stamped the decisions with
 -- Returns {'ok', decision} | {'expired', the expiry's decision} | {'decided', the earlier decision} | {'none'}
@@ -18,7 +20,12 @@ if redis.call('HEXISTS', KEYS[1], 'p:' .. step) == 0 then
 end
 local status, chosen = 'ok', ARGV[2]
 local expires = tonumber(redis.call('HGET', KEYS[1], 'e:' .. step) or '')
-if ARGV[5] ~= '' and expires and expires <= tonumber(ARGV[4]) then
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+if ARGV[4] ~= '' and tonumber(ARGV[4]) > now then
+  now = tonumber(ARGV[4])
+end
+if ARGV[5] ~= '' and expires and expires <= now then
   status, chosen = 'expired', ARGV[5]
 elseif chosen == '' then
   return {'pending'} -- only the expiry was asked for, and the call has not expired

@@ -6,6 +6,8 @@
 -- (Arguments of their own, not one joined string: splitting a string in Lua costs Redis more than the
 -- arguments do, and Redis's time is what every process of the fleet shares.)
 -- Ledgers are hashes of `L:<resource>` (limit) and `U:<resource>` (used); a resource without a limit is free.
+-- `R` is the ledger's period: a reset (scope) or a reopening (run) changes it, and a refund gives back only
+-- to the period it took from.
 -- The run's charge records live in '<prefix>:{<run>}:charges', named here from KEYS[1]: the same hash tag,
 -- so the same Cluster slot, and one key fewer to send on every charge.
 -- A call that costs nothing is sent only for a fenced run, to check the fence.
@@ -29,7 +31,7 @@ for k = 1, n do
   fields[2 * k - 1] = 'L:' .. f[3 + 2 * k]
   fields[2 * k] = 'U:' .. f[3 + 2 * k]
 end
--- The charge record: holder, claim end, then ledger, resource, amount of every part taken. It is what a
+-- The charge record: holder, claim end, then ledger, resource, amount, period of every part taken. It is what a
 -- refund or a sweep gives back, exactly. The new usage of each ledger is summed here from the read above
 -- and written with one HSET per ledger: HINCRBYFLOAT costs Redis twice an HSET, and its long double sums
 -- differ from the doubles every other backend (and the refund check) adds with. '%.17g' keeps the double.
@@ -40,12 +42,14 @@ for li = 1, last - 1 do
   local ledger, entry, o = KEYS[1], nil, 0
   if li == 1 then
     -- the run's ledger is read with `I` too: the claim end under which the run is in the reservation index
-    entry = redis.call('HMGET', ledger, 'I', unpack(fields))
-    indexed, o = entry[1], 1
+    entry = redis.call('HMGET', ledger, 'I', 'R', unpack(fields))
+    indexed, o = entry[1], 2
   else
     ledger = KEYS[li + 1]
-    entry = redis.call('HMGET', ledger, unpack(fields))
+    entry = redis.call('HMGET', ledger, 'R', unpack(fields))
+    o = 1
   end
+  local period = entry[o] or '0'
   local sets
   for k = 1, n do
     local limit = entry[o + 2 * k - 1]
@@ -64,6 +68,7 @@ for li = 1, last - 1 do
       record[#record + 1] = ledger
       record[#record + 1] = resource
       record[#record + 1] = amount -- the exact decimal the caller sent
+      record[#record + 1] = period
       if not sets then
         sets = {ledger}
         writes[#writes + 1] = sets

@@ -2,7 +2,9 @@
 -- KEYS[1] run charges, KEYS[2] the run's journal, KEYS[3..] the ledgers the charge record names
 -- ARGV[1] step, ARGV[2] the charge record as the caller read it,
 -- ARGV[3] 'sweep' (a journaled step's charge is spent: settle it instead of refunding) or ''
--- A record is NUL-joined: holder, claim end, then ledger, resource, amount of every part taken.
+-- A record is NUL-joined: holder, claim end, then ledger, resource, amount, period of every part taken.
+-- A part is given back only to the period it was taken from (the ledger's `R`): a scope reset or a run
+-- ledger reopened since spent it, so a refund never lowers the new period's usage.
 -- Returns 1 refunded, 0 nothing to give back (a record that took nothing is dropped all the same).
 local record = redis.call('HGET', KEYS[1], ARGV[1])
 if not record or record ~= ARGV[2] then
@@ -22,11 +24,12 @@ while true do
   f[#f + 1] = string.sub(record, at, z - 1)
   at = z + 1
 end
-for i = 3, #f - 2, 3 do
-  local key, resource, amount = f[i], f[i + 1], f[i + 2]
+for i = 3, #f - 3, 4 do
+  local key, resource, amount, period = f[i], f[i + 1], f[i + 2], f[i + 3]
   local field = 'U:' .. resource
   -- a ledger dropped since (run closed, scope deleted) is not brought back to life
-  if redis.call('HEXISTS', key, 'L:' .. resource) == 1 then
+  local limit, now = unpack(redis.call('HMGET', key, 'L:' .. resource, 'R'))
+  if limit and (now or '0') == period then
     local used = tonumber(redis.call('HGET', key, field) or '0')
     if used - tonumber(amount) < 0 then
       redis.call('HSET', key, field, 0) -- reset since the charge: never below zero

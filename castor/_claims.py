@@ -1,0 +1,145 @@
+"""At most one process executes a step that must run at most once.
+
+Two processes may drive one run at the same time (``castor approve PID`` and ``castor resume PID``, a
+second resume, a host program and the CLI). A gated step (destructive or ``requires_hitl``: the calls a
+human decides, or that run speculatively for review) is *claimed* in the store before it is charged and
+run; the claim is taken in one atomic step with a look at the journal (``Journal.claim``):
+
+- the step is journaled already: its record is the result; this process takes it and goes on;
+- another process holds the claim and is alive: this one waits for the record (polling the store) and
+  takes it. The holder renews its lease every third of ``LEASE`` while the call runs, so a waiter
+  waits no longer than one lease past the holder's last sign of life;
+- the holder is gone (its lease ran out, or it was a process of this machine that no longer exists):
+  the step is *in doubt*, as in the fleet. An idempotent tool is claimed over and run again; any other
+  goes back to a human ("in doubt: started and never finished"), in a new approval round. Where the executor
+  journals itself (Celery workers), the call is sent again and the worker's own claim decides;
+- the claim ends when the call does: its record is journaled, or it failed (a failure is not cached:
+  the next process to reach the step runs it again, as a resume would). A call cut off at its deadline
+  or interrupted may still be acting (a thread cannot be stopped): its claim is left lapsed, so the
+  step is in doubt for whoever reaches it next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from castor._errors import ToolTimeoutError
+from castor._redact import redact
+from castor.checkpoint import StepFailure
+
+if TYPE_CHECKING:
+    from castor.seams import Journal, StepClaim
+    from castor.syscall import Handler, Syscall
+
+LEASE = 15.0  # seconds a claim lives without renewal; renewed every third of it while the call runs
+POLL = 0.05  # seconds between two looks at a claim someone else holds
+IN_DOUBT_UNFINISHED = "in doubt: started and never finished"
+_HOST = socket.gethostname()
+
+
+def new_holder() -> str:
+    """A name for one claim: ``<host>:<pid>:<token>`` (the pid lets this machine see that its holder died)."""
+    return f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def holder_gone(found: StepClaim) -> bool:
+    """Whether the holder of ``found`` can no longer finish its call: its lease ran out, or it was a
+    process of this machine that no longer exists (seen at once, without waiting for the lease)."""
+    if found.expired:
+        return True
+    host, _, rest = found.holder.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != _HOST or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists (owned by another user)
+        return False
+    return False
+
+
+async def run_claimed(call: Syscall, inner: Handler) -> Any:
+    """Run ``call`` through ``inner`` only if this process claims its step; else take the step's record."""
+    ctx = call.ctx
+    journal: Journal = ctx.journal
+    holder, replace = new_holder(), ""
+    while True:
+        found = await journal.claim(ctx.run_id, call.step, call.attempt, holder, LEASE, replace=replace)
+        if found.state == "claimed":
+            break
+        if found.state == "journaled":
+            return await adopt(call)
+        if not holder_gone(found):
+            await asyncio.sleep(POLL)
+            continue
+        spec = call.spec
+        if (spec is not None and spec.idempotent) or ctx.kernel.executor.writes_journal:
+            # Run it again under a claim of our own, taken over atomically. An executor that journals
+            # itself (the fleet's workers) has its own claim per step, which knows better: it answers
+            # with the record, runs the call, or reports it in doubt.
+            replace = found.holder
+            continue
+        await _in_doubt(call, found)
+    renewal = asyncio.get_running_loop().create_task(_renew(journal, ctx.run_id, call.step, holder))
+    unknown = False
+    try:
+        return await inner(call)
+    except (ToolTimeoutError, asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+        unknown = True  # cut off mid-call (a thread cannot be stopped): whether it acted is unknown
+        raise
+    finally:
+        renewal.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewal
+        if unknown:  # the claim stays, lapsed: whoever reaches the step next finds it in doubt
+            await journal.renew_claim(ctx.run_id, call.step, holder, 0.0)
+        else:
+            await journal.release_claim(ctx.run_id, call.step, holder)
+
+
+async def adopt(call: Syscall) -> Any:
+    """The step's record, journaled by another process: check it is this call, take it, return its result."""
+    from castor._errors import ReplayDivergenceError
+    from castor.syscall import same_arguments
+
+    ctx = call.ctx
+    record = await ctx.journal.get(ctx.run_id, call.step)
+    if record is None:  # released between the two reads: cannot happen to a journaled step
+        raise RuntimeError(f"run {ctx.run_id!r} step {call.step}: journaled, then gone")
+    request = record.request
+    if request.get("tool_name") != call.tool_name or not same_arguments(request.get("arguments"), call.arguments):
+        raise ReplayDivergenceError(call.step, request, call.request)
+    committed = await ctx.commit(call.step, record, stored=True)
+    return committed.response
+
+
+async def _renew(journal: Journal, run_id: str, step: int, holder: str) -> None:
+    while True:
+        await asyncio.sleep(LEASE / 3)
+        with contextlib.suppress(Exception):  # a missed renewal is retried; the lease has margin
+            await journal.renew_claim(run_id, step, holder, LEASE)
+
+
+async def _in_doubt(call: Syscall, found: StepClaim) -> None:
+    """The holder died mid-call and the tool may not run twice: a human decides, in a new round."""
+    from castor.syscall import suspend_for_human
+
+    ctx = call.ctx
+    message = (
+        f"{IN_DOUBT_UNFINISHED}: {call.tool_name!r} (run {ctx.run_id}, step {call.step}) was started by "
+        f"{found.holder}, whose process was lost or cut the call off at its deadline"
+    )
+    sensitive = call.spec.sensitive if call.spec is not None else frozenset(call.arguments)
+    failure = StepFailure(step=call.step, tool_name=call.tool_name, arguments=redact(call.arguments, sensitive),
+                          error_type="InDoubtError", message=message)
+    ctx.checkpoint.failures.append(failure)
+    await ctx.kernel.backend.journal.record_failure(ctx.run_id, failure)
+    ctx.checkpoint.in_doubt[call.step] = found.attempt + 1
+    await suspend_for_human(call, found.attempt + 1, IN_DOUBT_UNFINISHED)

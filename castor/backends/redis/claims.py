@@ -1,0 +1,50 @@
+"""Step claims in Redis: who executes a step that must run at most once (see ``Journal.claim``).
+
+One script (``step_claim.lua``) claims, renews and releases, looking at the run's journal in the same
+step, with leases judged by Redis's clock. The claims of a run are one hash under its hash tag.
+"""
+
+from __future__ import annotations
+
+from castor.backends.redis import keys
+from castor.backends.redis._client import RedisConnection
+from castor.seams import StepClaim
+
+CLAIMED = StepClaim("claimed")
+JOURNALED = StepClaim("journaled")
+
+
+class RedisClaims:
+    """The claim half of ``RedisJournal``."""
+
+    _conn: RedisConnection
+    _prefix: str
+
+    async def _claim_script(self, op: str, run_id: str, step: int, *args: object) -> object:
+        p = self._prefix
+        return await self._conn.script(
+            "step_claim", [keys.claims(p, run_id), keys.journal(p, run_id)], [op, step, *args]
+        )
+
+    async def claim(
+        self, run_id: str, step: int, attempt: int, holder: str, lease: float, *, replace: str = ""
+    ) -> StepClaim:
+        """Claim the step unless it is journaled or another holder has it (see ``Journal.claim``)."""
+        reply: list[str] = await self._claim_script(  # type: ignore[assignment]
+            "claim", run_id, step, attempt, holder, repr(float(lease)), replace
+        )
+        state, *rest = reply
+        if state == "claimed":
+            return CLAIMED
+        if state == "journaled":
+            return JOURNALED
+        owner, held_attempt, expired = rest
+        return StepClaim("held", str(owner), int(held_attempt), str(expired) == "1")
+
+    async def renew_claim(self, run_id: str, step: int, holder: str, lease: float) -> bool:
+        """Extend the holder's lease."""
+        return bool(await self._claim_script("renew", run_id, step, 0, holder, repr(float(lease)), ""))
+
+    async def release_claim(self, run_id: str, step: int, holder: str) -> None:
+        """Drop the holder's claim."""
+        await self._claim_script("release", run_id, step, 0, holder, "0", "")

@@ -1,0 +1,192 @@
+"""Forged tasks and replies against a live run, on real workers: a task the worker cannot authenticate
+writes nothing into the run it names (no failure, no reply) and no key it names; a reply that is not the
+signed answer to the task the coordinator published resolves nothing; an oversized argument is recorded
+by its size and digest, never in full."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import castor.lib as lib
+from castor import Castor, TaskRefusedError
+from castor.backends.redis import keys
+from castor.executors.celery import CeleryExecutor
+
+from .checks import dead_letters
+from .conftest import Fleet
+
+
+@pytest.fixture
+def forger(fleet: Fleet) -> Iterator[Any]:
+    """A Celery app on the fleet's broker that knows no secret."""
+    from celery import Celery
+
+    from castor.executors._celery_conf import celery_config
+
+    app = Celery("forger", set_as_current=False)
+    app.conf.update(celery_config(fleet.settings))
+    try:
+        yield app
+    finally:
+        app.close()
+
+
+def forged(run_id: str, step: int, tool: str, arguments: dict[str, Any], reply_to: str, **more: Any) -> dict[str, Any]:
+    kwargs = {"run_id": run_id, "step": step, "tool": tool, "arguments": arguments, "effect_id": f"{run_id}:{step}",
+              "attempt": 0, "reply_to": reply_to, "record": {"request": {"tool_name": tool, "arguments": arguments}},
+              "token": None}
+    return {**kwargs, **more}
+
+
+async def test_a_forged_task_and_forged_replies_cannot_end_a_live_run(
+    fleet: Fleet, kernel: Castor, forger: Any
+) -> None:
+    tag = f"hijack-{uuid.uuid4().hex[:6]}"
+    pid = f"run-{tag}"
+    scope = f"team-{tag}"
+    await kernel.backend.budgets.set_scope(scope, {"api": 5})
+    arguments = {"tag": tag, "seconds": 2.0}
+
+    async def agent() -> object:
+        return await lib.tool("slow_write", **arguments)
+
+    running = asyncio.create_task(kernel.run(agent, pid=pid, scopes=[scope]))
+    await asyncio.to_thread(fleet.running_pid, tag)  # the real task runs its tool now
+    executor = kernel.executor
+    assert isinstance(executor, CeleryExecutor)
+    stream = executor._replies.stream
+    before = fleet.redis.llen(keys.dead_letters(fleet.prefix, "fs"))
+    queue = fleet.settings.queue_of("fs")
+    # Same run, step, round and reply stream as the live call: unsigned, wrongly signed, and a refusal bait.
+    forger.send_task("castor.tool.slow_write", kwargs=forged(pid, 0, "slow_write", arguments, stream), queue=queue)
+    forger.send_task("castor.tool.slow_write", kwargs=forged(pid, 0, "slow_write", arguments, stream, token="0" * 64),
+                     queue=queue)
+    forger.send_task("castor.tool.slow_write", kwargs=forged(pid, 0, "slow_write", {"tag": tag}, stream), queue=queue)
+    # A signed call (as one read off the broker) replayed under another tool's name and the live task's id.
+    from castor.executors._wire import Job, sign
+
+    real_id = re.findall(rf"castor\.tool\.slow_write\[({re.escape(pid)}:0#0-\w+)\] received", fleet.log("fs"))[0]
+    signed = Job(pid, 0, "slow_write", arguments, f"{pid}:0", 0, stream, {})
+    signed.token = sign(fleet.settings.secret or "", signed)
+    forger.send_task("castor.tool.write_note", kwargs=signed.kwargs(), queue=queue, task_id=real_id)
+    # Replies written straight to the stream: unsigned, and signed with the wrong secret.
+    from castor.executors._wire import REFUSED, Reply
+
+    for secret in (None, "not-the-fleet-secret"):
+        fake = Reply(f"{pid}:0", 0, REFUSED, None, "TaskRefusedError", "forged", True, task_id="whatever")
+        fleet.redis.xadd(stream, fake.fields(secret))  # type: ignore[arg-type]
+    letters = (await dead_letters(fleet, "fs", before + 4))[before:]
+    assert {d["headers"].get("castor_run") for d in letters} == {pid}
+    cp = await asyncio.wait_for(running, 30)
+    assert cp.status == "COMPLETED", cp.error
+    assert cp.result == f"wrote {tag}"
+    assert (fleet.count(tag, "start"), fleet.count(tag, "done")) == (1, 1)
+    assert await kernel.backend.budgets.read_scope(scope) == {"api": (5.0, 1.0)}  # charged, never refunded
+    assert await kernel.backend.journal.failures(pid) == []
+
+
+async def test_a_forged_reply_to_creates_no_key(fleet: Fleet, forger: Any) -> None:
+    run_id = f"inject-{uuid.uuid4().hex[:6]}"
+    victims = [keys.scope(fleet.prefix, f"victim-{run_id}"), f"{keys.reply_stream(fleet.prefix, 'c')}:x",
+               keys.reply_stream(fleet.prefix, "a b"), f"{fleet.prefix}:replies:{{}}"]
+    queue = fleet.settings.queue_of("fs")
+    before = fleet.redis.llen(keys.dead_letters(fleet.prefix, "fs"))
+    sent = 0
+    for step, victim in enumerate(victims):
+        for kwargs in (
+            forged(run_id, step, "write_note", {"name": "n", "content": "c"}, victim),  # unsigned
+            forged(run_id, step, "write_note", {"name": "n", "content": "c"}, victim, extra=1),  # unknown field
+            forged(run_id, step, "write_note", {"name": "n", "content": "c" * 5000}, victim),  # oversized
+            forged(run_id, step, "write_note", {"name": "n"}, victim, token="0" * 64),  # wrong token
+        ):
+            forger.send_task("castor.tool.write_note", kwargs=kwargs, queue=queue)
+            sent += 1
+        unknown = forged(run_id, step, "nothing_here", {}, victim)
+        forger.send_task("castor.tool.nothing_here", kwargs=unknown, queue=queue)
+        sent += 1
+    await dead_letters(fleet, "fs", before + sent)
+    assert [fleet.redis.exists(victim) for victim in victims] == [0] * len(victims)
+    assert fleet.redis.exists(keys.failures(fleet.prefix, run_id)) == 0
+
+
+def _footprint(fleet: Fleet) -> int:
+    """Bytes Redis holds under the fleet's key and queue prefixes."""
+    total = 0
+    for pattern in (f"{fleet.prefix}*", f"{fleet.settings.queue_prefix}*"):
+        for key in fleet.redis.scan_iter(match=pattern, count=1000):
+            total += fleet.redis.memory_usage(key, samples=0) or 0
+    return total
+
+
+async def test_an_oversized_argument_is_recorded_by_size_and_digest(
+    fleet: Fleet, kernel: Castor, forger: Any
+) -> None:
+    big = "x" * (10 * 1024 * 1024)
+    run_id = f"big-{uuid.uuid4().hex[:6]}"
+    letters_before = fleet.redis.llen(keys.dead_letters(fleet.prefix, "web"))
+    logs_before = len(fleet.log("web"))
+    redis_before = _footprint(fleet)
+    # A forged one (unsigned: dead-lettered) and the coordinator's own (signed: refused to the run).
+    forger.send_task("castor.tool.search", kwargs=forged(run_id, 0, "search", {"query": big}, ""),
+                     queue=fleet.settings.queue_of("web"))
+
+    async def agent() -> object:
+        return await lib.tool("search", query=big)
+
+    with pytest.raises(TaskRefusedError, match="above the limit of 2048"):
+        await kernel.run(agent)
+    cp = next(iter(kernel.live.values()))
+    [letter] = (await dead_letters(fleet, "web", letters_before + 1))[letters_before:]
+    assert letter["size"] > len(big) and len(letter["sha256"]) == 64
+    [failure] = await kernel.backend.journal.failures(cp.pid)
+    assert failure.error_type == "TaskRefusedError"
+    assert failure.arguments == {"_omitted": failure.arguments["_omitted"]}
+    assert "bytes, sha256 " in failure.arguments["_omitted"]
+    deadline = time.monotonic() + 5
+    while _footprint(fleet) - redis_before > 20_000 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)  # the broker's copy of the message goes with its ack
+    assert _footprint(fleet) - redis_before < 20_000
+    assert len(fleet.log("web")) - logs_before < 10_000
+
+
+async def test_the_reader_takes_only_the_signed_reply_to_the_task_it_published() -> None:
+    from castor.executors._replies import ReplyReader
+    from castor.executors._wire import OK, Reply
+
+    reader = ReplyReader(None, "castor-test:replies:{c}", secret="s3cret")
+    future = reader.expect("run:0", 0, deadline=30.0, task_id="run:0#0-a")
+    reader._task = asyncio.get_running_loop().create_future()  # type: ignore[assignment]  # no read loop here
+    for fields in (
+        Reply("run:0", 0, OK, "unsigned", task_id="run:0#0-a").fields(),
+        Reply("run:0", 0, OK, "wrong secret", task_id="run:0#0-a").fields("other"),
+        Reply("run:0", 0, OK, "another task", task_id="run:0#0-b").fields("s3cret"),
+        {**Reply("run:0", 0, OK, "tampered", task_id="run:0#0-a").fields("s3cret"), "r": '"changed"'},
+    ):
+        reader._deliver(fields)
+        assert not future.done()
+    reader._deliver(Reply("run:0", 0, OK, "real", task_id="run:0#0-a").fields("s3cret"))
+    assert future.result().result == "real"
+    if reader._timer is not None:
+        reader._timer.cancel()
+
+
+async def test_without_a_secret_the_reader_still_takes_only_the_reply_to_its_task() -> None:
+    from castor.executors._replies import ReplyReader
+    from castor.executors._wire import OK, REFUSED, Reply
+
+    reader = ReplyReader(None, "castor-test:replies:{c}")  # an insecure development fleet
+    future = reader.expect("run:0", 0, deadline=30.0, task_id="run:0#0-a")
+    reader._task = asyncio.get_running_loop().create_future()  # type: ignore[assignment]  # no read loop here
+    reader._deliver(Reply("run:0", 0, REFUSED, None, "TaskRefusedError", "forged", True, task_id="forged").fields())
+    assert not future.done()
+    reader._deliver(Reply("run:0", 0, OK, "real", task_id="run:0#0-a").fields())
+    assert future.result().result == "real"
+    if reader._timer is not None:
+        reader._timer.cancel()

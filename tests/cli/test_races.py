@@ -1,0 +1,181 @@
+"""Several ``castor`` processes deciding and resuming one run at the same time (embedded mode: one SQLite
+file, or one Redis prefix). Exactly one process executes the approved destructive call; the others take
+its journaled result, and the run completes.
+
+Each process is the real command line (``castor.cli.main``) in a Python process of its own. It imports
+everything first, then waits on a file barrier, so all of them start deciding in the same moment. The
+destructive tool appends one line per execution to a file and takes half a second, so the calls overlap.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+TOOLS = '''
+import os
+import time
+from pathlib import Path
+
+LOG = Path(__file__).with_name("executions.log")
+
+
+def wipe(path: str) -> str:
+    with LOG.open("a") as log:
+        log.write(f"{os.getpid()}\\n")
+    if Path(__file__).with_name("crash").exists():
+        os._exit(9)  # the process dies mid-call: the step is in doubt
+    time.sleep(0.5)
+    return f"wiped {path}"
+'''
+
+AGENT = '''
+from castor.lib import tool
+
+
+async def cleanup():
+    answer = await tool("wipe", path="/data")
+    return f"done: {answer}"
+'''
+
+RACER = '''
+import sys
+import time
+from pathlib import Path
+
+from castor.cli import main
+import castor.cli._decide, castor.cli._runs, castor.kernel  # noqa: F401  (imported before the barrier)
+
+Path(sys.argv[1]).touch()
+go = Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.001)
+sys.exit(main(sys.argv[3:]))
+'''
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ("CASTOR_STORE", "CASTOR_REDIS_URL")}
+
+
+def castor(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """One ``castor`` command, to its end."""
+    return subprocess.run(
+        [sys.executable, "-m", "castor", *args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=60
+    )
+
+
+def race(cwd: Path, commands: list[tuple[str, list[str]]]) -> list[subprocess.CompletedProcess[str]]:
+    """Start every command in a process of its own once its barrier file exists (``go``: when all are
+    ready; ``executions.log``: once the tool started), wait for them all."""
+    (cwd / "racer.py").write_text(RACER)
+    go = cwd / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "racer.py", str(cwd / f"ready-{i}"), str(cwd / barrier), *command],
+            cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i, (barrier, command) in enumerate(commands)
+    ]
+    deadline = time.monotonic() + 30
+    while not all((cwd / f"ready-{i}").exists() for i in range(len(commands))):
+        assert time.monotonic() < deadline, "the racers never got ready"
+        time.sleep(0.01)
+    go.touch()
+    done = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return done
+
+
+def executions(cwd: Path) -> int:
+    log = cwd / "executions.log"
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+@pytest.fixture
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
+    """The ``--store`` option of every process: one SQLite file, or one Redis prefix."""
+    if request.param == "sqlite":
+        return ["--store", f"sqlite:///{tmp_path / 'castor.db'}"]
+    url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+    return ["--store", f"{url}?prefix={prefix}"]
+
+
+def suspended_run(cwd: Path, store: list[str], tools: str = TOOLS) -> None:
+    (cwd / "tools.py").write_text(textwrap.dedent(tools))
+    (cwd / "agent.py").write_text(textwrap.dedent(AGENT))
+    started = castor(
+        cwd, *store, "run", "agent.py:cleanup", "--tool", "tools.py:wipe", "--destructive", "--pid", "racy"
+    )
+    assert started.returncode == 0, started.stderr
+    assert "SUSPENDED_FOR_HITL" in started.stdout
+
+
+# Each process with its barrier: all released together ("go"), or once the approved call started running.
+SCENARIOS = {
+    "approve+resume": [("go", "approve"), ("go", "resume")],
+    "approve+approve": [("go", "approve"), ("go", "approve")],
+    "approve+resume+resume": [("go", "approve"), ("go", "resume"), ("go", "resume")],
+    "resumes-mid-call": [("go", "approve"), ("executions.log", "resume"), ("executions.log", "resume")],
+}
+
+
+@pytest.mark.parametrize(
+    ("store", "scenario"),
+    [("sqlite", "approve+resume"), ("sqlite", "approve+approve"), ("sqlite", "resumes-mid-call"),
+     ("redis", "approve+resume+resume"), ("redis", "resumes-mid-call")],
+    indirect=["store"],
+)
+def test_an_approved_call_runs_once_whoever_races_to_run_it(tmp_path: Path, store: list[str], scenario: str) -> None:
+    suspended_run(tmp_path, store)
+    results = race(tmp_path, [(barrier, [*store, verb, "racy"]) for barrier, verb in SCENARIOS[scenario]])
+    outputs = "\n".join(f"$ {' '.join(r.args[5:])} -> {r.returncode}\n{r.stdout}{r.stderr}" for r in results)
+    assert executions(tmp_path) == 1, outputs
+    for result in results:  # every process ended well, or was told the call was decided already
+        assert result.returncode == 0 or "decided already" in result.stderr, outputs
+        assert "journaled already" not in result.stdout + result.stderr, outputs
+    shown = castor(tmp_path, *store, "inspect", "racy")
+    assert re.search(r"(?i)^status:\s+COMPLETED$", shown.stdout, re.M), shown.stdout + outputs
+    assert "done: wiped /data" in shown.stdout
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"], indirect=True)
+def test_a_claim_whose_process_died_mid_call_goes_back_to_a_human(tmp_path: Path, store: list[str]) -> None:
+    """The approving process dies inside the tool, its claim held: the next process to reach the step
+    does not wait forever, nor run it again blindly; the step is in doubt and a human decides, once."""
+    suspended_run(tmp_path, store)
+    (tmp_path / "crash").touch()
+    crashed = castor(tmp_path, *store, "approve", "racy")
+    assert crashed.returncode == 9 and executions(tmp_path) == 1, crashed.stderr
+    (tmp_path / "crash").unlink()
+    resumed = castor(tmp_path, *store, "resume", "racy")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "SUSPENDED_FOR_HITL" in resumed.stdout and executions(tmp_path) == 1, resumed.stdout
+    shown = castor(tmp_path, *store, "inspect", "racy")
+    assert "in doubt: started and never finished" in shown.stdout, shown.stdout
+    approved = castor(tmp_path, *store, "approve", "racy")
+    assert approved.returncode == 0, approved.stderr
+    assert "COMPLETED" in approved.stdout and executions(tmp_path) == 2, approved.stdout
+
+
+def test_an_idempotent_call_whose_process_died_runs_again(tmp_path: Path) -> None:
+    """As the fleet does for a lost worker: an idempotent tool is run again, without asking anyone."""
+    store = ["--store", f"sqlite:///{tmp_path / 'castor.db'}"]
+    marked = TOOLS.replace("def wipe(", "@castor_tool(idempotent=True)\ndef wipe(")
+    idempotent = "from castor import castor_tool\n" + marked
+    suspended_run(tmp_path, store, idempotent)
+    (tmp_path / "crash").touch()
+    assert castor(tmp_path, *store, "approve", "racy").returncode == 9
+    (tmp_path / "crash").unlink()
+    resumed = castor(tmp_path, *store, "resume", "racy")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "COMPLETED" in resumed.stdout and executions(tmp_path) == 2, resumed.stdout

@@ -1,0 +1,103 @@
+"""A Redis outage longer than the lease, mid-tool, with real processes on a private ``redis-server`` (AOF
+on): the coordinator's lease runs out and it leases its own run again while its first drive still waits
+for the 5 s non-idempotent call. The call must start at most once, the coordinator must dispatch it once,
+and the run must end in a clear state: completed, or waiting for a human with the reason."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from castor.backends.redis import keys
+from tests.fleet.procs import Fleet, agent_spec, tool_spec
+from tests.redis_support import free_port, start_redis_server
+
+AOF = ("--appendonly", "yes", "--appendfsync", "always")
+TOOLS = [a for n in ("ticket", "store", "slow_write") for a in ("--tool", tool_spec(n))]
+LEASE = 2.0
+OUTAGE = 4.0  # longer than the lease
+
+
+class PrivateRedis:
+    """A ``redis-server`` of the test's own, with AOF on, that the test stops and starts again."""
+
+    def __init__(self, data: Path, port: int) -> None:
+        self.data, self.port = data, port
+        self.proc = start_redis_server(data, port, *AOF)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no final save (every write was fsynced to the AOF)."""
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def start(self) -> None:
+        """Start it again on the same port and files."""
+        self.proc = start_redis_server(self.data, self.port, *AOF)
+
+
+@pytest.fixture
+def private(tmp_path: Path) -> Iterator[tuple[Fleet, PrivateRedis]]:
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but redis-server is not installed: the outage test must run in CI")
+        pytest.skip("needs redis-server to stop and restart")
+    port = free_port()
+    data = tmp_path / "redis"
+    data.mkdir()
+    server = PrivateRedis(data, port)
+    fleet = Fleet(f"redis://127.0.0.1:{port}/0", tmp_path)
+    try:
+        yield fleet, server
+    finally:
+        try:
+            fleet.close()
+        finally:
+            server.kill()
+
+
+def header(fleet: Fleet, pid: str) -> dict[str, str]:
+    return {str(k): str(v) for k, v in fleet.redis.hgetall(keys.run_header(fleet.prefix, pid)).items()}
+
+
+def dispatches(fleet: Fleet, tool: str) -> set[str]:
+    """The ids of the tasks of ``tool`` the workers of pool fs received (a redelivery keeps its id)."""
+    return set(re.findall(rf"Task castor\.tool\.{tool}\[([^\]]+)\] received", fleet.log("worker-fs")))
+
+
+def test_a_redis_outage_past_the_lease_never_drives_a_run_twice(private: tuple[Fleet, PrivateRedis]) -> None:
+    fleet, server = private
+    starts = fleet.tmp / "starts"
+    fleet.env["CASTOR_TEST_STARTS"] = str(starts)
+    workers = {"web": fleet.worker("web"), "fs": fleet.worker("fs")}
+    fleet.coordinator("co-a", lease=LEASE)
+    pid = fleet.cli("submit", agent_spec("outage_job"), *TOOLS).stdout.strip()
+    deadline = time.monotonic() + 30
+    while not starts.exists():
+        assert time.monotonic() < deadline, fleet.log("co-a")[-2000:]
+        time.sleep(0.05)
+    time.sleep(0.3)
+    server.kill()  # mid-call, for longer than the lease
+    time.sleep(OUTAGE)
+    server.start()
+    deadline = time.monotonic() + 60
+    while header(fleet, pid).get("status") not in ("COMPLETED", "FAILED", "SUSPENDED_FOR_HITL"):
+        assert time.monotonic() < deadline, fleet.log("co-a")[-3000:]
+        for pool, proc in workers.items():
+            if proc.poll() is not None:  # the test is the workers' supervisor (a worker may exit over an outage)
+                workers[pool] = fleet.worker(pool)
+        time.sleep(0.1)
+
+    assert starts.read_text().count("start") == 1  # the non-idempotent call started once
+    assert len(dispatches(fleet, "slow_write")) == 1  # and the coordinator sent it once, with one drive
+    log = fleet.log("co-a")
+    assert f"run {pid} leased again while its previous drive here still goes" in log, log[-3000:]
+    final = header(fleet, pid)
+    # a clear end: the new drive replayed the call's journaled result and went on
+    assert final.get("status") == "COMPLETED", (final, log[-3000:])
+    assert fleet.procs["co-a"].poll() is None

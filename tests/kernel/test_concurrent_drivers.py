@@ -1,0 +1,63 @@
+"""Two drivers of one run (two kernels on one store, as two processes would be): the first record of a
+step stands, and a driver whose write finds it takes it and goes on."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+
+import pytest
+
+from castor import AgentCheckpoint, Castor, ToolTimeoutError, castor_tool
+from castor.backends.memory import memory_backend
+from castor.lib import tool
+
+
+async def test_a_step_journaled_first_by_another_driver_stands_for_both() -> None:
+    backend = memory_backend()
+    counter = itertools.count()
+
+    async def stamp() -> int:
+        return next(counter)
+
+    async def agent() -> int:
+        return int(await tool("stamp"))
+
+    first = await Castor(tools=[stamp], store=backend).run(agent, pid="p")
+    assert (first.status, first.result) == ("COMPLETED", 0)
+    # A second driver that loaded the run before the step was journaled runs it too, and finds it written.
+    stale = AgentCheckpoint(pid="p", status="RUNNING", agent_function_name="agent", capabilities={})
+    second = await Castor(tools=[stamp], store=backend).run(agent, checkpoint=stale)
+    assert (second.status, second.result) == ("COMPLETED", 0)  # the stored record's answer, not its own 1
+    assert [r.response for r in await backend.journal.history("p")] == [0]
+
+
+async def test_a_destructive_call_cut_off_at_its_deadline_is_in_doubt() -> None:
+    """A sync tool past its deadline still runs in its thread: the step is in doubt, never run again
+    unasked (it used to be a plain failure, run again by the next resume while the first still ran)."""
+    release = threading.Event()
+    runs: list[str] = []
+
+    @castor_tool(timeout_seconds=0.05)
+    def wipe(path: str) -> str:
+        runs.append(path)
+        release.wait(5)
+        return f"wiped {path}"
+
+    async def agent() -> object:
+        return await tool("wipe", path="/data")
+
+    kernel = Castor(tools=[wipe], destructive=["wipe"])
+    try:
+        cp = await kernel.run(agent)
+        with pytest.raises(ToolTimeoutError):
+            await kernel.approve(cp)
+        cp = await kernel.run(agent, checkpoint=cp)
+        assert (cp.status, cp.pending_reason) == ("SUSPENDED_FOR_HITL", "in doubt: started and never finished")
+        assert runs == ["/data"]
+        release.set()
+        await kernel.approve(cp)  # round 1: the human says run it again
+        cp = await kernel.run(agent, checkpoint=cp)
+        assert (cp.status, cp.result, runs) == ("COMPLETED", "wiped /data", ["/data", "/data"])
+    finally:
+        release.set()

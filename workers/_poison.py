@@ -1,0 +1,95 @@
+"""Poison messages: a message on a pool's queue that Celery's consumer cannot turn into a request.
+
+Celery's default strategy builds a ``Request`` in the worker's main process, which unpacks the body as
+``[args, kwargs, embed]``: a body that is valid JSON of another shape (``"just a string"``, ``[1, 2]``,
+``{}``) raises a ``ValueError`` that no handler catches, the worker stops (exit code 0) and the broker
+restores the message for the next worker of the pool to die of. Every tool task therefore runs under
+``strategy`` (its ``Strategy``, Celery's extension point for this): it checks what the request would
+trust — the headers, the content type, the body's shape — and dead-letters and acknowledges a message
+that fails, as it does one the default strategy raises on; the worker goes on with the next message.
+
+The body is decoded here no more than before: ``Request`` decodes it in this process anyway (kombu keeps
+the decoded payload).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers._deadletter import DeadLetters, letter
+
+CONTENT_TYPE = "application/json"
+_OPTIONAL_TEXT = ("eta", "expires", "shadow", "root_id", "parent_id", "group", "argsrepr", "kwargsrepr")
+
+
+def strategy(task: Any, app: Any, consumer: Any, **options: Any) -> Any:
+    """Celery's default strategy for ``task``, behind the checks of ``problem``."""
+    from celery.worker.strategy import default
+
+    handler = default(task, app, consumer, **options)
+    letters: DeadLetters = task.dead_letters
+    passing = tuple(consumer.connection_errors) + tuple(consumer.channel_errors)  # the consumer reconnects
+
+    def guarded(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **more: Any) -> Any:
+        reason = problem(message, body)
+        if reason is None:
+            try:
+                return handler(message, body, ack, reject, callbacks, **more)
+            except passing:
+                raise
+            except Exception as exc:  # anything else would stop the worker and poison its successors
+                reason = f"Celery cannot take it: {type(exc).__name__}: {exc}"
+        refuse(message, reason, letters)
+        return None
+
+    return guarded
+
+
+def refuse(message: Any, reason: str, letters: DeadLetters) -> None:
+    """Record ``message`` as a dead letter and acknowledge it (never redelivered)."""
+    headers = getattr(message, "headers", None)
+    letters.record(letter(reason, getattr(message, "body", b""), headers, getattr(message, "content_type", None)))
+    if not message.acknowledged:
+        message.ack()
+
+
+def problem(message: Any, body: Any) -> str | None:
+    """Why ``message`` is no Castor task message (Celery protocol 2, JSON), or None if it is one."""
+    headers = message.headers
+    if body is not None or not isinstance(headers, dict):
+        return "not a Celery protocol 2 message (its headers must say the task)"
+    task_id = headers.get("id")
+    if not isinstance(task_id, str) or not task_id or len(task_id) > 200:
+        return "header 'id' is missing or not a task id"
+    limits = headers.get("timelimit")
+    if limits is not None and not (
+        isinstance(limits, list | tuple) and len(limits) == 2
+        and all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in limits)
+    ):
+        return "header 'timelimit' is not [soft, hard]"
+    retries = headers.get("retries")
+    if retries is not None and (not isinstance(retries, int) or isinstance(retries, bool) or retries < 0):
+        return "header 'retries' is not a count"
+    for name in _OPTIONAL_TEXT:
+        if not isinstance(headers.get(name), str | None):
+            return f"header {name!r} is not text"
+    if message.content_type != CONTENT_TYPE:
+        return f"content type {str(message.content_type)[:80]!r} is not {CONTENT_TYPE}"
+    try:
+        payload = message.payload
+    except Exception as exc:
+        return f"cannot decode the body: {type(exc).__name__}"
+    if not isinstance(payload, list | tuple) or len(payload) != 3:
+        return f"the body is {_shape(payload)}, not [args, kwargs, embed]"
+    args, kwargs, embed = payload
+    if not isinstance(args, list | tuple) or not isinstance(kwargs, dict):
+        return f"the body is [{_shape(args)}, {_shape(kwargs)}, ...], not [args, kwargs, embed]"
+    if embed is not None and (not isinstance(embed, dict) or any(embed.values())):
+        return "the body asks for callbacks, errbacks, a chain or a chord: a tool task has none"
+    return None
+
+
+def _shape(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return f"an array of {len(value)}"
+    return "an object" if isinstance(value, dict) else f"a {type(value).__name__}"
