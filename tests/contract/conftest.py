@@ -25,9 +25,9 @@ def _sqlite(request: pytest.FixtureRequest) -> Backend:
 
 
 def _redis(request: pytest.FixtureRequest, *, lean: bool = True) -> Backend:
+    url = request.getfixturevalue("redis_url")  # first: it skips the test where redis is not installed
     from castor.backends.redis import redis_backend
 
-    url = request.getfixturevalue("redis_url")
     # keys deleted after the test
     return redis_backend(url, prefix=request.getfixturevalue("redis_prefix"), lean_connection=lean)
 
