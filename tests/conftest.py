@@ -18,8 +18,10 @@ from collections.abc import Iterator
 
 import pytest
 
-# Fixtures that start worker or coordinator processes (tests/celery, tests/fleet): whoever asks for
-# one, even through another fixture, is a fleet test.
+# Fixtures that start worker or coordinator processes: whoever asks for one, even through another
+# fixture, is a fleet test. ``fleet``: tests/celery/conftest.py and tests/fleet/conftest.py;
+# ``amqp_fleet``: celery/test_amqp.py; ``unconfigured``: celery/test_worker_cli.py; ``executor_fleet``:
+# contract/conftest.py (its ``executor`` fixture asks for it only for the Celery case, which its param marks).
 FLEET_FIXTURES = frozenset({"fleet", "amqp_fleet", "unconfigured", "executor_fleet"})
 
 try:
