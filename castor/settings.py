@@ -135,10 +135,6 @@ class Settings:
             raise ConfigError(f"unknown pool {pool!r} in {self.source}; pools: {', '.join(self.pool_names)}")
         return pool
 
-    def tools_of(self, pool: str) -> tuple[str, ...]:
-        """The tools explicitly mapped to ``pool``."""
-        return tuple(self.pools.get(pool, ()))
-
     # --- deadlines --------------------------------------------------------------------------------
 
     def timeout_of(self, tool: str, declared: float | None = None) -> float:
@@ -147,12 +143,6 @@ class Settings:
         if configured is not None:
             return float(configured)
         return float(declared) if declared is not None else self.default_timeout
-
-    @property
-    def longest_timeout(self) -> float:
-        """The longest a call of a tool the config gives a deadline may take, retries and backoff included
-        (tools declaring a longer one in code: ``longest_deadline``)."""
-        return longest_deadline(self)
 
     @property
     def broker_visibility_timeout(self) -> float:

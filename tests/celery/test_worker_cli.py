@@ -197,6 +197,7 @@ def start_failing(tmp_path: Path, config: str, *args: str) -> subprocess.Complet
     )
 
 
+@pytest.mark.fleet
 def test_a_worker_of_a_pool_the_found_config_lacks_exits_with_one_line(tmp_path: Path) -> None:
     done = start_failing(tmp_path, """
         [tools]
@@ -208,6 +209,7 @@ def test_a_worker_of_a_pool_the_found_config_lacks_exits_with_one_line(tmp_path:
     assert done.stderr == f"castor: error: unknown pool 'nope' in {tmp_path}/castor.toml; pools: default, fs\n"
 
 
+@pytest.mark.fleet
 def test_a_worker_on_a_config_with_an_unknown_key_exits_with_one_line(tmp_path: Path) -> None:
     done = start_failing(tmp_path, """
         [workers]

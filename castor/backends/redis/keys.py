@@ -19,11 +19,6 @@ import re
 # --- one run --------------------------------------------------------------------------------------
 
 
-def run_tag(prefix: str, run_id: str) -> str:
-    """The part every key of ``run_id`` starts with: ``<prefix>:{<run>}``."""
-    return f"{prefix}:{{{run_id}}}"
-
-
 def journal(prefix: str, run_id: str) -> str:
     """Sorted set: each step's ``SyscallRecord`` JSON (led by ``"_s": <step>``), scored by the step; write-once."""
     return f"{prefix}:{{{run_id}}}:journal"
@@ -260,14 +255,6 @@ def coordinators(prefix: str) -> str:
 def coordinator(prefix: str, name: str) -> str:
     """Hash: one coordinator's host, pid, concurrency, load and state, expiring with its registration."""
     return f"{prefix}:fleet:coordinator:{name}"
-
-
-def fleet_keys(prefix: str) -> list[str]:
-    """The fleet-wide keys (not per coordinator, not per run)."""
-    return [
-        run_queue(prefix), leased(prefix), parked(prefix), refused(prefix), cancelled(prefix),
-        control_stream(prefix), coordinators(prefix), submitted(prefix), lapsed(prefix), takeovers(prefix),
-    ]
 
 
 def submitted(prefix: str) -> str:
