@@ -60,3 +60,11 @@ async def approve_then_go() -> str:
 async def park_only() -> None:
     """Waits for a human at its first call (the parked-runs bench)."""
     await tool("remove", tag="parked")
+
+
+async def handover_job() -> dict[str, Any]:
+    """A 6 s call in the middle: its coordinator is killed while a worker runs it."""
+    t = await tool("ticket")
+    await tool("fetch", tag=f"{t}:slow", seconds=6)
+    await tool("store", tag=f"{t}:store")
+    return {"ticket": t}
