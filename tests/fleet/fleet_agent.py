@@ -68,3 +68,11 @@ async def handover_job() -> dict[str, Any]:
     await tool("fetch", tag=f"{t}:slow", seconds=6)
     await tool("store", tag=f"{t}:store")
     return {"ticket": t}
+
+
+async def restart_job() -> dict[str, Any]:
+    """A 3 s call during which Redis restarts, then a quick one."""
+    t = await tool("ticket")
+    slow = await tool("fetch", tag=f"{t}:slow", seconds=3)
+    await tool("store", tag=f"{t}:store")
+    return {"ticket": t, "slow": slow}
