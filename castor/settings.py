@@ -5,7 +5,7 @@
     [security]  secret, max_argument_bytes      HMAC secret for approval tokens; argument size limit
     [tools]     import, destructive, idempotent, retryable, timeouts, default_timeout, max_retries, retry_backoff
     [pools]     <pool> = [tool, ...]            every other tool runs on ``[workers] default_pool``
-    [workers]   default_pool, concurrency, pool, heartbeat, outage_deadline
+    [workers]   default_pool, concurrency, pool, heartbeat, outage_deadline, spool
     [budgets]   <resource> = limit
     [flower]    port, basic_auth
 
@@ -56,7 +56,7 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     },
     "workers": {
         "default_pool": str, "concurrency": int, "pool": str, "heartbeat": (int, float),
-        "outage_deadline": (int, float),
+        "outage_deadline": (int, float), "spool": str,
     },
     "flower": {"port": int, "basic_auth": str},
 }
@@ -88,6 +88,7 @@ class Settings:
     worker_pool: str = "threads"
     heartbeat: float = 10.0  # TTL (s) of a running step's heartbeat: a dead worker's step is in doubt after it
     outage_deadline: float = 300.0  # how long (s) a worker keeps asking a lost Redis to take a finished step
+    spool: str = "~/.castor/spool"  # where a finished step waits for Redis past the outage deadline
     budgets: Mapping[str, float] = field(default_factory=dict)
     flower_port: int = 5555
     flower_basic_auth: str | None = None
@@ -305,6 +306,7 @@ def _parse(path: Path) -> dict[str, Any]:
         "worker_pool": workers.get("pool", "threads"),
         "heartbeat": float(workers.get("heartbeat", 10.0)),
         "outage_deadline": float(workers.get("outage_deadline", 300.0)),
+        "spool": workers.get("spool", "~/.castor/spool"),
         "budgets": _budgets(section["budgets"], where),
         "flower_port": section["flower"].get("port", 5555),
         "flower_basic_auth": section["flower"].get("basic_auth"),

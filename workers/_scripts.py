@@ -26,6 +26,7 @@ from castor.backends.redis import keys
 from castor.backends.redis.journal import encode
 from castor.checkpoint import SyscallRecord
 from castor.executors._wire import Job, Reply
+from workers._spool import Spool
 
 MARKER_TTL = 7 * 24 * 3600
 CLAIM_PAUSES = (0.2, 1.0)  # before asking a lost claim again (a Redis restart takes a moment)
@@ -63,7 +64,8 @@ class StepScripts:
     """``claim`` and ``finish`` of one step, on a synchronous client (thread-safe)."""
 
     def __init__(
-        self, url: str, prefix: str, *, worker: str = "", heartbeat: float = 10.0, outage: float = 300.0
+        self, url: str, prefix: str, *, worker: str = "", heartbeat: float = 10.0, outage: float = 300.0,
+        spool: str | None = None,
     ) -> None:
         from workers import _lean
 
@@ -90,6 +92,7 @@ class StepScripts:
             self._claim, self._finish = client.register_script(claim), client.register_script(finish)
             self._close = client.close
             self._lost = (redis.ConnectionError, redis.TimeoutError)
+        self.spool = Spool(spool, url, self._finish) if spool else None
 
     def claim(self, job: Job, delivery: Delivery | None = None) -> int:
         """-2: the journal holds the step (serve its record, never run it again); -3 (``DUPLICATE``): another
@@ -120,7 +123,8 @@ class StepScripts:
         asked again, pauses doubling up to ``FINISH_PAUSE_MAX``, for as long as the ``outage`` deadline
         allows (a Redis restart must not lose a finished effect): the journal takes the very same record as
         written already (the reply may then go out twice; the coordinator reads the first). Past the
-        deadline the last failure is the caller's."""
+        deadline the finish goes to the ``spool`` (True: kept, to be journaled when Redis is back), or,
+        without one, the last failure is the caller's."""
         run, step = job.run_id, job.step
         journal = keys.journal(self._prefix, run)
         key_list = [
@@ -134,7 +138,14 @@ class StepScripts:
             args.append(REPLY_MAXLEN)
             for name, value in reply.fields().items():
                 args += (name, value)
-        return int(self._asked(self._finish, key_list, args, f"finish of {job.effect_id}", self._outage)) != 0
+        what = f"finish of {job.effect_id}"
+        try:
+            return int(self._asked(self._finish, key_list, args, what, self._outage)) != 0
+        except self._lost:
+            if self.spool is None:
+                raise
+            self.spool.keep(f"{job.run_id}#{job.step}", key_list, args)
+            return True
 
     def _asked(self, script: Any, key_list: list[str], args: list[Any], what: str, within: float = 0.0) -> Any:
         """``script``'s answer, asked again on a new connection after a lost one (it must be safe to run
@@ -186,3 +197,12 @@ def _lean_script(client: Any, source: str) -> Callable[[Sequence[str], Sequence[
         return call("EVALSHA", sha, len(keys), *keys, *args)
 
     return run
+
+
+def replay_spool(url: str, prefix: str, spool: str) -> int:
+    """Journal what a worker of this Redis spooled before it stopped (at a worker's start); how many."""
+    scripts = StepScripts(url, prefix, spool=spool)
+    try:
+        return scripts.spool.replay() if scripts.spool is not None else 0
+    finally:
+        scripts.close()

@@ -16,6 +16,7 @@ from castor._imports import load_tools
 from castor.registry import ToolRegistry, ToolSpec
 from castor.settings import Settings
 from workers._preflight import preflight
+from workers._scripts import replay_spool
 from workers.app import make_app
 from workers.runtime import WorkerRuntime
 from workers.tasks import register_tools
@@ -95,5 +96,6 @@ def run_worker(
     specs = list(registry)
     app = make_app(settings, tools=deadline_tools(settings, registry, tool_specs))
     preflight(app, settings, specs)  # a broker or a Redis that does not answer stops the worker here, in one line
+    replay_spool(settings.redis_url, settings.redis_prefix, settings.spool)  # what a past outage left behind
     register_tools(app, WorkerRuntime(settings, registry))
     return int(app.start(argv) or 0)

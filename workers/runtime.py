@@ -81,7 +81,7 @@ class _Process:
         self.worker = f"{socket.gethostname()}/{self.pid}"
         self.scripts = StepScripts(
             settings.redis_url, settings.redis_prefix, worker=self.worker, heartbeat=settings.heartbeat,
-            outage=settings.outage_deadline,
+            outage=settings.outage_deadline, spool=settings.spool,
         )
         self.heartbeats = Heartbeats(settings.redis_url, settings.heartbeat)
 
