@@ -36,9 +36,13 @@ class Private:
         self.fleet = Fleet(f"redis://127.0.0.1:{self.port}/0", tmp)
         self.fleet.env["CASTOR_TEST_REDIS"] = shared_url  # the tools count where the outage cannot reach
 
-    def restart(self, down: float) -> None:
-        """Stop Redis cleanly (it writes its AOF), keep it away ``down`` seconds, start it again."""
-        subprocess.run(["redis-cli", "-p", str(self.port), "shutdown"], check=False, capture_output=True)
+    def restart(self, down: float, kill: bool) -> None:
+        """Stop Redis, cleanly or with SIGKILL (no final write: the AOF synced at every write is all there
+        is), keep it away ``down`` seconds, start it again."""
+        if kill:
+            self.server.kill()
+        else:
+            subprocess.run(["redis-cli", "-p", str(self.port), "shutdown"], check=False, capture_output=True)
         self.server.wait(10)
         time.sleep(down)
         self.server = start_redis_server(self.data, self.port, *AOF)
@@ -68,7 +72,8 @@ def _status(fleet: Fleet, pid: str) -> str:
     return str(fleet.redis.hget(keys.run_header(fleet.prefix, pid), "status") or "")
 
 
-def test_a_worker_keeps_a_finished_result_across_a_redis_restart(private: Private, redis_url: str) -> None:
+@pytest.mark.parametrize("kill", [False, True], ids=["shutdown", "sigkill"])
+def test_a_worker_keeps_a_finished_result_across_a_redis_restart(private: Private, redis_url: str, kill: bool) -> None:
     fleet = private.fleet
     counts = redis.Redis.from_url(redis_url, decode_responses=True)
     fleet.worker("web")
@@ -78,7 +83,7 @@ def test_a_worker_keeps_a_finished_result_across_a_redis_restart(private: Privat
     wait_for("the slow call to start", lambda: fleet.redis.exists(keys.started_marker(fleet.prefix, pid, 1)), 30)
     ticket = fleet.cli_json("inspect", pid)["syscall_log"][0]["response"]
     time.sleep(0.5)
-    private.restart(DOWN)  # the 3 s tool ends while Redis is away
+    private.restart(DOWN, kill)  # the 3 s tool ends while Redis is away
     try:
         wait_for("the run to end", lambda: _status(fleet, pid) in ("COMPLETED", "FAILED", "SUSPENDED_FOR_HITL"), 60)
         logs = fleet.log("worker-web")[-4000:] + fleet.log("co-a")[-3000:]
