@@ -22,6 +22,15 @@ from typing import Any
 log = logging.getLogger("castor.worker")
 
 
+class Beat:
+    """One step's heartbeat while it is renewed: ``dropped`` once something else deleted the key."""
+
+    __slots__ = ("dropped",)
+
+    def __init__(self) -> None:
+        self.dropped = False
+
+
 class Heartbeats:
     """Renews the heartbeat keys registered with ``beating``, on a client of its own."""
 
@@ -38,24 +47,26 @@ class Heartbeats:
         self._thread: threading.Thread | None = None
 
     @contextlib.contextmanager
-    def beating(self, key: str, worker: str | None = None) -> Iterator[None]:
-        """Renew ``key`` until the block ends, then drop it (best effort: it expires anyway); ``worker``:
-        set the key to it first (a step its claim did not mark, such as an idempotent step run again)."""
+    def beating(self, key: str, worker: str | None = None) -> Iterator[Beat]:
+        """Renew ``key`` until the block ends, then drop it (best effort: it expires anyway) unless the
+        block set ``dropped`` on the ``Beat`` it got (the step's finish dropped it); ``worker``: set the
+        key to it first (a step its claim did not mark, such as an idempotent step run again)."""
         if worker is not None:
             self._client.set(key, worker, px=self._ttl_ms)
+        beat = Beat()
         with self._lock:
             self._keys[key] = self._keys.get(key, 0) + 1
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="castor-heartbeats", daemon=True)
                 self._thread.start()
         try:
-            yield
+            yield beat
         finally:
             with self._lock:
                 held = self._keys.pop(key, 1) - 1
                 if held > 0:
                     self._keys[key] = held
-            if held <= 0:
+            if held <= 0 and not beat.dropped:
                 self._drop(key)
 
     def _drop(self, key: str) -> None:

@@ -160,8 +160,10 @@ class WorkerRuntime:
             proc.loop.run(self._fail(proc, job, IN_DOUBT, "InDoubtError", message, policy))
             return Outcome(IN_DOUBT)
         with proc.heartbeats.beating(heartbeat(self.settings.redis_prefix, job.run_id, job.step),
-                                     None if previous == -1 else proc.worker):
-            return self._execute(proc, job, spec, checked, policy, retries)
+                                     None if previous == -1 else proc.worker) as beat:
+            outcome = self._execute(proc, job, spec, checked, policy, retries)
+            beat.dropped = outcome.status == OK  # the finish dropped it with the marker: no round trip more
+            return outcome
 
     def _await_running(self, proc: _Process, job: Job, delivery: Delivery | None, policy: ToolPolicy) -> int:
         """A live worker runs the step (a coordinator that took the run over sent it again): ask again
