@@ -5,8 +5,9 @@
                 never run again (a redelivery, a late copy, or a round re-approved after the step went in
                 doubt); a second copy of a task message a worker took already (a publish retried after
                 its first try landed) is dropped, answering nothing; otherwise set the step's started
-                marker. A step started before and never finished is in doubt — run again only if the
-                tool is idempotent, else report it for a human
+                marker and heartbeat. A step a live worker runs (its heartbeat renewed) is waited for,
+                and answered from its record; one started before whose worker is gone (heartbeat
+                expired) is in doubt — run again only if the tool is idempotent, else report it for a human
     3. execute  the tool, in the task's own thread (so Celery's time limits interrupt it there)
     4. journal  the record, write-once; a record already there wins (its response is the result)
     5. reply    on the coordinator's reply stream (with 4, one Lua call, which drops the step's marker
