@@ -5,7 +5,7 @@
     [security]  secret, max_argument_bytes      HMAC secret for approval tokens; argument size limit
     [tools]     import, destructive, idempotent, retryable, timeouts, default_timeout, max_retries, retry_backoff
     [pools]     <pool> = [tool, ...]            every other tool runs on ``[workers] default_pool``
-    [workers]   default_pool, concurrency, pool
+    [workers]   default_pool, concurrency, pool, heartbeat, outage_deadline, spool
     [budgets]   <resource> = limit
     [flower]    port, basic_auth
     [coordinator] max_takeovers                 a run taken over more times in a row is quarantined (FAILED)
@@ -55,7 +55,10 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
         "import": list, "destructive": list, "idempotent": list, "retryable": list, "timeouts": dict,
         "default_timeout": (int, float), "max_retries": int, "retry_backoff": (int, float),
     },
-    "workers": {"default_pool": str, "concurrency": int, "pool": str},
+    "workers": {
+        "default_pool": str, "concurrency": int, "pool": str, "heartbeat": (int, float),
+        "outage_deadline": (int, float), "spool": str,
+    },
     "flower": {"port": int, "basic_auth": str},
     "coordinator": {"max_takeovers": int},
 }
@@ -85,6 +88,9 @@ class Settings:
     default_pool: str = DEFAULT_POOL
     concurrency: int = 4
     worker_pool: str = "threads"
+    heartbeat: float = 10.0  # TTL (s) of a running step's heartbeat: a dead worker's step is in doubt after it
+    outage_deadline: float = 300.0  # how long (s) a worker keeps asking a lost Redis to take a finished step
+    spool: str = "~/.castor/spool"  # where a finished step waits for Redis past the outage deadline
     budgets: Mapping[str, float] = field(default_factory=dict)
     flower_port: int = 5555
     flower_basic_auth: str | None = None
@@ -104,6 +110,10 @@ class Settings:
         for name, seconds in self.timeouts.items():
             if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not 0 < seconds < math.inf:
                 raise ConfigError(f"{self.source}: timeout of {name!r} must be a positive number, got {seconds!r}")
+        for key in ("heartbeat", "outage_deadline"):
+            seconds = getattr(self, key)
+            if isinstance(seconds, bool) or not 0 < seconds < math.inf:
+                raise ConfigError(f"{self.source}: [workers] {key} must be positive seconds, not {seconds!r}")
         if self.max_argument_bytes <= 0:
             raise ConfigError(f"{self.source}: max_argument_bytes must be positive")
         if self.max_takeovers < 0:
@@ -289,6 +299,9 @@ def _parse(path: Path) -> dict[str, Any]:
         "default_pool": workers.get("default_pool", DEFAULT_POOL),
         "concurrency": workers.get("concurrency", 4),
         "worker_pool": workers.get("pool", "threads"),
+        "heartbeat": float(workers.get("heartbeat", 10.0)),
+        "outage_deadline": float(workers.get("outage_deadline", 300.0)),
+        "spool": workers.get("spool", "~/.castor/spool"),
         "budgets": _budgets(section["budgets"], where),
         "flower_port": section["flower"].get("port", 5555),
         "flower_basic_auth": section["flower"].get("basic_auth"),

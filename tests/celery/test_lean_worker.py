@@ -84,6 +84,7 @@ def test_claim_and_finish_scripts_are_loaded_again_after_a_flush(tmp_path: Path)
         job = Job("run-1", 0, "noop", {}, "run-1:0", 0, "", {})
         assert scripts.claim(job) == -1  # this attempt starts the step
         redis.Redis(port=port).script_flush()
+        redis.Redis(port=port).delete(keys.heartbeat("lean", "run-1", 0))  # its worker is gone
         assert scripts.claim(job) == 0  # started before by attempt 0, never finished: in doubt
         scripts.close()
 

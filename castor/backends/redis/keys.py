@@ -187,6 +187,13 @@ def started_marker(prefix: str, run_id: str, step: int) -> str:
     return f"{prefix}:{{{run_id}}}:started:{step}"
 
 
+def heartbeat(prefix: str, run_id: str, step: int) -> str:
+    """String: the id of the worker running the step, with a TTL of ``[workers] heartbeat`` seconds that
+    worker renews while the tool runs. A started step whose heartbeat expired lost its worker (in doubt);
+    one whose heartbeat is there still runs, and a second delivery waits for its result."""
+    return f"{prefix}:{{{run_id}}}:alive:{step}"
+
+
 def abandoned(prefix: str, run_id: str, step: int) -> str:
     """Set: the ids of tasks for the step whose coordinator gave up before any worker took them (their
     publish failed, and may have landed); a worker that takes one later drops it."""
