@@ -19,11 +19,3 @@ def canonical(value: Any) -> str:
     """``value`` as compact JSON with sorted keys (tuples become lists, as in any JSON round trip)."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_default)
 
-
-def is_jsonable(value: Any) -> bool:
-    """Whether ``value`` survives a JSON round trip closely enough to be journaled."""
-    try:
-        canonical(value)
-    except (TypeError, ValueError):
-        return False
-    return True

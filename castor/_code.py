@@ -70,11 +70,6 @@ def _is_file(target: str) -> bool:
     return target.endswith(".py") or "/" in target or os.sep in target
 
 
-def source_file(spec: str) -> str:
-    """The absolute path of the file that defines what ``spec`` names (a module is looked up)."""
-    return str(_origin(spec).file)
-
-
 def _origin(spec: str) -> _Origin:
     target = spec_target(spec)
     if _is_file(target):

@@ -64,6 +64,8 @@ SETTINGS: dict[str, tuple[str, Limit]] = {
     "max_retries": ("[tools] max_retries", Limit(0, 30, integer=True)),
     "retry_backoff": ("[tools] retry_backoff", Limit(0, 3600)),
     "concurrency": ("[workers] concurrency", WORKER_CONCURRENCY),
+    "heartbeat": ("[workers] heartbeat", Limit(0, 3600, above=True)),
+    "outage_deadline": ("[workers] outage_deadline", SECONDS),
     "flower_port": ("[flower] port", PORT),
     "max_takeovers": ("[coordinator] max_takeovers", TAKEOVERS),
 }

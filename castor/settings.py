@@ -6,7 +6,7 @@
                                                 limit; a development fleet without a proper secret
     [tools]     import, destructive, idempotent, retryable, timeouts, default_timeout, max_retries, retry_backoff
     [pools]     <pool> = [tool, ...]            every other tool runs on ``[workers] default_pool``
-    [workers]   default_pool, concurrency, pool
+    [workers]   default_pool, concurrency, pool, heartbeat, outage_deadline, spool
     [budgets]   <resource> = limit
     [flower]    port, basic_auth
     [coordinator] max_takeovers                 a run taken over more times in a row is quarantined (FAILED)
@@ -59,7 +59,10 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
         "import": list, "destructive": list, "idempotent": list, "retryable": list, "timeouts": dict,
         "default_timeout": (int, float), "max_retries": int, "retry_backoff": (int, float),
     },
-    "workers": {"default_pool": str, "concurrency": int, "pool": str},
+    "workers": {
+        "default_pool": str, "concurrency": int, "pool": str, "heartbeat": (int, float),
+        "outage_deadline": (int, float), "spool": str,
+    },
     "flower": {"port": int, "basic_auth": str},
     "coordinator": {"max_takeovers": int},
 }
@@ -90,6 +93,9 @@ class Settings:
     default_pool: str = DEFAULT_POOL
     concurrency: int = 4
     worker_pool: str = "threads"
+    heartbeat: float = 10.0  # TTL (s) of a running step's heartbeat: a dead worker's step is in doubt after it
+    outage_deadline: float = 300.0  # how long (s) a worker keeps asking a lost Redis to take a finished step
+    spool: str = "~/.castor/spool"  # where a finished step waits for Redis past the outage deadline
     budgets: Mapping[str, float] = field(default_factory=dict)
     flower_port: int = 5555
     flower_basic_auth: str | None = None
@@ -139,10 +145,6 @@ class Settings:
             raise ConfigError(f"unknown pool {pool!r} in {self.source}; pools: {', '.join(self.pool_names)}")
         return pool
 
-    def tools_of(self, pool: str) -> tuple[str, ...]:
-        """The tools explicitly mapped to ``pool``."""
-        return tuple(self.pools.get(pool, ()))
-
     # --- deadlines --------------------------------------------------------------------------------
 
     def timeout_of(self, tool: str, declared: float | None = None) -> float:
@@ -151,12 +153,6 @@ class Settings:
         if configured is not None:
             return float(configured)
         return float(declared) if declared is not None else self.default_timeout
-
-    @property
-    def longest_timeout(self) -> float:
-        """The longest a call of a tool the config gives a deadline may take, retries and backoff included
-        (tools declaring a longer one in code: ``longest_deadline``)."""
-        return longest_deadline(self)
 
     @property
     def broker_visibility_timeout(self) -> float:
@@ -316,6 +312,9 @@ def _parse(path: Path) -> dict[str, Any]:
         "default_pool": workers.get("default_pool", DEFAULT_POOL),
         "concurrency": workers.get("concurrency", 4),
         "worker_pool": workers.get("pool", "threads"),
+        "heartbeat": float(workers.get("heartbeat", 10.0)),
+        "outage_deadline": float(workers.get("outage_deadline", 300.0)),
+        "spool": workers.get("spool", "~/.castor/spool"),
         "budgets": _budgets(section["budgets"], where),
         "flower_port": section["flower"].get("port", 5555),
         "flower_basic_auth": section["flower"].get("basic_auth"),

@@ -16,7 +16,6 @@ import logging
 import os
 import random
 import socket
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -330,9 +329,3 @@ class Coordinator:
         task = asyncio.create_task(coro)
         self._loops.append(task)
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
-
-    async def wait_started(self, timeout: float = 10.0) -> None:
-        """For tests and benches: wait until this coordinator is registered."""
-        deadline = time.monotonic() + timeout
-        while not self._loops and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)

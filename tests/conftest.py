@@ -1,5 +1,59 @@
-"""Fixtures shared by every test package."""
+"""Fixtures shared by every test package, and the ``fleet`` marker.
 
-from tests.redis_support import redis_prefix, redis_url
+The Redis fixtures come from ``tests.redis_support``, which needs the ``redis`` package. Without it
+(a venv with only the kernel's dependencies) the kernel, CLI and in-memory contract tests still
+collect and run; a test that asks for Redis is skipped, saying why. Under ``CI=true`` a missing
+``redis`` package is an error, as a missing Redis server is.
+
+A test that starts processes (Celery workers, coordinators, CLI subprocesses, ``redis-server``) is
+marked ``fleet``: ``pytest -m "not fleet"`` is the fast inner loop. A test that asks for one of the
+fleet fixtures below is marked here; a test that starts processes itself says so with
+``@pytest.mark.fleet`` (or a module's ``pytestmark``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+# Fixtures that start worker or coordinator processes: whoever asks for one, even through another
+# fixture, is a fleet test. ``fleet``: tests/celery/conftest.py and tests/fleet/conftest.py;
+# ``amqp_fleet``: celery/test_amqp.py; ``unconfigured``: celery/test_worker_cli.py; ``executor_fleet``:
+# contract/conftest.py (its ``executor`` fixture asks for it only for the Celery case, which its param marks).
+FLEET_FIXTURES = frozenset({"fleet", "amqp_fleet", "unconfigured", "executor_fleet"})
+
+try:
+    from tests.redis_support import redis_prefix, redis_url
+except ModuleNotFoundError as missing:
+    if missing.name != "redis" or os.environ.get("CI") == "true":
+        raise
+    NO_REDIS = "the redis package is not installed (pip install -e '.[redis]' or '.[dev]')"
+
+    @pytest.fixture(scope="session")
+    def redis_url() -> str:
+        """Skips the test: no ``redis`` package to talk to a server with."""
+        pytest.skip(NO_REDIS)
+
+    @pytest.fixture
+    def redis_prefix(redis_url: str) -> Iterator[str]:
+        """Never reached without ``redis``: ``redis_url`` skips first."""
+        yield ""
+
+    # Their modules import redis (or the workers, which do) at the top: without it they cannot be collected.
+    collect_ignore = ["redis", "celery", "fleet", "test_settings.py"]
+
+    def pytest_report_header() -> str:
+        """Say in the header which tests were left out, and why."""
+        return f"castor tests: {NO_REDIS}; not collected: {', '.join(collect_ignore)}"
+
 
 __all__ = ["redis_prefix", "redis_url"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``fleet`` every test that uses a fixture starting processes."""
+    for item in items:
+        if FLEET_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.fleet)

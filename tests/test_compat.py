@@ -230,6 +230,7 @@ async def test_syscall_result_is_built_and_read_as_in_051() -> None:
     assert cp.result.exhausted and cp.result.resource == "api"
 
 
+@pytest.mark.fleet
 def test_python_dash_m_castor_cli_is_the_castor_command(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "castor.cli", "--db", str(tmp_path / "castor.db"), "ps"],

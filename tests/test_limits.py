@@ -21,6 +21,8 @@ BAD_VALUES = {
     "[tools] max_retries": ("-1", "an integer from 0 to 30", "0"),
     "[tools] retry_backoff": ("-1", "a number from 0 to 3600", "0"),
     "[workers] concurrency": ("0", "an integer from 1 to 1024", "1024"),
+    "[workers] heartbeat": ("0", "a number above 0 and at most 3600", "3600"),
+    "[workers] outage_deadline": ("-1", "a number above 0 and at most 2592000", "0.1"),
     "[flower] port": ("99999", "an integer from 1 to 65535", "65535"),
     "[coordinator] max_takeovers": ("-1", "an integer from 0 to 1000", "0"),
 }

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import castor
 import castor.lib
 
@@ -42,6 +44,7 @@ def test_all_public_names_have_docstrings() -> None:
             assert obj.__doc__, f"castor.{name} has no docstring"
 
 
+@pytest.mark.fleet
 def test_import_castor_loads_neither_redis_nor_celery() -> None:
     code = (
         "import sys, castor, castor.lib; from castor import Castor; Castor(tools=[]); "
@@ -67,6 +70,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.fleet
 def test_cli_and_demo_work_without_the_extras(tmp_path: object) -> None:
     for args in (["--help"], ["demo"], ["budget", "--help"], ["submit", "--help"]):
         done = subprocess.run(

@@ -12,6 +12,7 @@ in-doubt steps, failures, a record already there) keeps the loop and the async s
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -25,13 +26,16 @@ from castor.backends.redis import keys
 from castor.backends.redis.journal import encode
 from castor.checkpoint import SyscallRecord
 from castor.executors._wire import Job, Reply
+from workers._spool import Spool
 
 MARKER_TTL = 7 * 24 * 3600
-CLAIM_PAUSES = (0.2, 1.0)  # before asking a lost claim or finish again (a Redis restart takes a moment)
+CLAIM_PAUSES = (0.2, 1.0)  # before asking a lost claim again (a Redis restart takes a moment)
+FINISH_PAUSE_MAX = 5.0  # the longest pause between two tries of a lost finish (they double from 0.2 s)
 log = logging.getLogger("castor.worker")
 REPLY_MAXLEN = 100_000
 DUPLICATE = -3  # claim: another copy of a task message a worker took already
 ABANDONED = -4  # claim: a task its coordinator gave up on before any worker took it
+RUNNING = -5  # claim: a live worker runs the step (its heartbeat is there): wait, and ask again
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,11 +63,15 @@ def finish_source() -> str:
 class StepScripts:
     """``claim`` and ``finish`` of one step, on a synchronous client (thread-safe)."""
 
-    def __init__(self, url: str, prefix: str, secret: str | None = None) -> None:
+    def __init__(
+        self, url: str, prefix: str, secret: str | None = None, *, worker: str = "", heartbeat: float = 10.0,
+        outage: float = 300.0, spool: str | None = None,
+    ) -> None:
         from workers import _lean
 
         self._prefix = prefix
         self._secret = secret  # signs the replies
+        self._worker, self._heartbeat_ms, self._outage = worker, max(1, int(heartbeat * 1000)), outage
         claim, finish = resources.files("workers").joinpath("lua/claim.lua").read_text(), finish_source()
         self._claim: Any  # script(keys=..., args=...): redis-py's registered script, or the lean twin
         self._finish: Any
@@ -85,11 +93,13 @@ class StepScripts:
             self._claim, self._finish = client.register_script(claim), client.register_script(finish)
             self._close = client.close
             self._lost = (redis.ConnectionError, redis.TimeoutError)
+        self.spool = Spool(spool, url, self._finish) if spool else None
 
     def claim(self, job: Job, delivery: Delivery | None = None) -> int:
         """-2: the journal holds the step (serve its record, never run it again); -3 (``DUPLICATE``): another
         copy of a message a worker took already, to drop; -4 (``ABANDONED``): a task its coordinator gave up
-        on, to drop; -1: this attempt starts the step (marker set); else the attempt that started it before
+        on, to drop; -5 (``RUNNING``): a live worker runs the step (ask again later); -1: this attempt starts
+        the step (marker and heartbeat set); else the attempt that started it before, whose worker is gone
         (in doubt). Without ``delivery`` nothing is a duplicate or abandoned.
 
         A claim whose connection was lost is asked again, on a new one, under the same receipt: had the
@@ -99,23 +109,29 @@ class StepScripts:
         key_list = [
             keys.started_marker(self._prefix, run, step), keys.journal(self._prefix, run),
             keys.deliveries(self._prefix, run, step), keys.abandoned(self._prefix, run, step),
+            keys.heartbeat(self._prefix, run, step),
         ]
+        beat = [self._worker, self._heartbeat_ms]
         if delivery is None:
-            return int(self._claim(keys=key_list, args=[job.attempt, MARKER_TTL, step, "", 0, "", ""]))
+            return int(self._claim(keys=key_list, args=[job.attempt, MARKER_TTL, step, "", 0, "", "", *beat]))
         args = [job.attempt, MARKER_TTL, step, delivery.message, int(delivery.redelivered), delivery.task_id,
-                self._receipt()]
+                self._receipt(), *beat]
         return int(self._asked(self._claim, key_list, args, f"claim of {delivery.message}"))
 
     def finish(self, job: Job, record: SyscallRecord, reply: Reply) -> bool:
         """Journal ``record`` write-once, drop the step's marker and deliveries, and reply; False (nothing
         replied, nothing dropped) if another record holds the step. A finish whose connection was lost is
-        asked again: the journal takes the very same record as written already (the reply may then go
-        out twice; the coordinator reads the first)."""
+        asked again, pauses doubling up to ``FINISH_PAUSE_MAX``, for as long as the ``outage`` deadline
+        allows (a Redis restart must not lose a finished effect): the journal takes the very same record as
+        written already (the reply may then go out twice; the coordinator reads the first). Past the
+        deadline the finish goes to the ``spool`` (True: kept, to be journaled when Redis is back), or,
+        without one, the last failure is the caller's."""
         run, step = job.run_id, job.step
         journal = keys.journal(self._prefix, run)
         key_list = [
             journal, keys.journal_meta(self._prefix, run), journal,
             keys.started_marker(self._prefix, run, step), keys.deliveries(self._prefix, run, step),
+            keys.heartbeat(self._prefix, run, step),
         ]
         args: list[Any] = [job.step, encode(record, job.run_id, job.step), ""]
         if job.reply_to:
@@ -123,18 +139,34 @@ class StepScripts:
             args.append(REPLY_MAXLEN)
             for name, value in replace(reply, task_id=job.task_id).fields(self._secret).items():
                 args += (name, value)
-        return int(self._asked(self._finish, key_list, args, f"finish of {job.effect_id}")) != 0
+        what = f"finish of {job.effect_id}"
+        try:
+            return int(self._asked(self._finish, key_list, args, what, self._outage)) != 0
+        except self._lost:
+            if self.spool is None:
+                raise
+            self.spool.keep(f"{job.run_id}#{job.step}", key_list, args)
+            return True
 
-    def _asked(self, script: Any, key_list: list[str], args: list[Any], what: str) -> Any:
+    def _asked(self, script: Any, key_list: list[str], args: list[Any], what: str, within: float = 0.0) -> Any:
         """``script``'s answer, asked again on a new connection after a lost one (it must be safe to run
-        twice), ``CLAIM_PAUSES`` apart; the last try's failure is the caller's."""
-        for pause in CLAIM_PAUSES:
+        twice): ``CLAIM_PAUSES`` apart, then, while ``within`` seconds have not passed since the first
+        try, at doubling pauses; the last try's failure is the caller's."""
+        until = time.monotonic() + within
+        pause = 0.0
+        for tries in itertools.count():
             try:
                 return script(keys=key_list, args=args)
             except self._lost as exc:
+                if tries < len(CLAIM_PAUSES):
+                    pause = CLAIM_PAUSES[tries]
+                else:
+                    pause = min(FINISH_PAUSE_MAX, pause * 2)
+                    if time.monotonic() + pause > until:
+                        raise
                 log.warning("%s lost its connection (%s); asking again in %gs", what, exc, pause)
                 time.sleep(pause)
-        return script(keys=key_list, args=args)
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         """Release the client's connections."""
@@ -148,13 +180,30 @@ def _lean_script(client: Any, source: str) -> Callable[[Sequence[str], Sequence[
 
     sha = hashlib.sha1(source.encode()).hexdigest()
 
+    def call(*command: Any) -> Any:
+        try:
+            return client.call(*command)
+        except RespError as exc:
+            if str(exc).startswith("LOADING"):  # a restarted Redis reading its AOF: nothing ran yet
+                raise BackendUnavailable(f"Redis is loading its data: {exc}") from exc
+            raise
+
     def run(keys: Sequence[str], args: Sequence[Any]) -> Any:
         try:
-            return client.call("EVALSHA", sha, len(keys), *keys, *args)
+            return call("EVALSHA", sha, len(keys), *keys, *args)
         except RespError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-        client.call("SCRIPT", "LOAD", source)
-        return client.call("EVALSHA", sha, len(keys), *keys, *args)
+        call("SCRIPT", "LOAD", source)
+        return call("EVALSHA", sha, len(keys), *keys, *args)
 
     return run
+
+
+def replay_spool(url: str, prefix: str, spool: str) -> int:
+    """Journal what a worker of this Redis spooled before it stopped (at a worker's start); how many."""
+    scripts = StepScripts(url, prefix, spool=spool)
+    try:
+        return scripts.spool.replay() if scripts.spool is not None else 0
+    finally:
+        scripts.close()

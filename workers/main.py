@@ -17,6 +17,7 @@ from castor._secret import require_secret
 from castor.registry import ToolRegistry, ToolSpec
 from castor.settings import Settings
 from workers._preflight import preflight
+from workers._scripts import replay_spool
 from workers.app import make_app
 from workers.runtime import WorkerRuntime
 from workers.tasks import register_tools
@@ -85,9 +86,11 @@ def worker_argv(
 def run_worker(
     settings: Settings, pool: str, tool_specs: Sequence[str] = (), *, concurrency: int | None = None,
     pool_impl: str | None = None, loglevel: str = "INFO", fast_start: bool = False,
-) -> None:
+) -> int:
     """Start a worker of ``pool`` in this process and serve until it is stopped (never without a proper
-    secret, unless the fleet is an insecure development one: ``require_secret``)."""
+    secret, unless the fleet is an insecure development one: ``require_secret``); its exit code (Celery's
+    ``worker_main`` drops it: a worker stopped by an unrecoverable error exited 0, and no supervisor
+    restarted it)."""
     registry = worker_registry(settings, pool, tool_specs)
     argv = worker_argv(
         settings, pool, concurrency=concurrency, pool_impl=pool_impl, loglevel=loglevel, fast_start=fast_start
@@ -96,5 +99,6 @@ def run_worker(
     specs = list(registry)
     app = make_app(settings, tools=deadline_tools(settings, registry, tool_specs))
     preflight(app, settings, specs)  # a broker or a Redis that does not answer stops the worker here, in one line
+    replay_spool(settings.redis_url, settings.redis_prefix, settings.spool)  # what a past outage left behind
     register_tools(app, WorkerRuntime(settings, registry, pool=pool))
-    app.worker_main(argv)
+    return int(app.start(argv) or 0)

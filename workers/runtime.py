@@ -5,8 +5,9 @@
                 never run again (a redelivery, a late copy, or a round re-approved after the step went in
                 doubt); a second copy of a task message a worker took already (a publish retried after
                 its first try landed) is dropped, answering nothing; otherwise set the step's started
-                marker. A step started before and never finished is in doubt — run again only if the
-                tool is idempotent, else report it for a human
+                marker and heartbeat. A step a live worker runs (its heartbeat renewed) is waited for,
+                and answered from its record; one started before whose worker is gone (heartbeat
+                expired) is in doubt — run again only if the tool is idempotent, else report it for a human
     3. execute  the tool, in the task's own thread (so Celery's time limits interrupt it there)
     4. journal  the record, write-once; a record already there wins (its response is the result)
     5. reply    on the coordinator's reply stream (with 4, one Lua call, which drops the step's marker
@@ -28,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -36,21 +38,23 @@ from typing import Any
 from castor._canonical import canonical
 from castor._redact import redact
 from castor._sealing import DataKey
-from castor.backends.redis.keys import dead_letters, is_reply_stream, started_marker
+from castor.backends.redis.keys import dead_letters, heartbeat, is_reply_stream, started_marker
 from castor.checkpoint import StepFailure, SyscallRecord, bounded_arguments
 from castor.executors._wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, task_name, verify
 from castor.registry import ToolRegistry, ToolSpec
 from castor.seams import Backend
-from castor.settings import Settings, ToolPolicy, tool_policy
+from castor.settings import Settings, ToolPolicy, call_deadline, tool_policy
 from workers._deadletter import letter, record_async
 from workers._guard import Refusal, authorize, check_tool, parse_job
+from workers._heartbeat import Heartbeats
 from workers._loop import LoopThread
-from workers._scripts import ABANDONED, DUPLICATE, REPLY_MAXLEN, Delivery, StepScripts
+from workers._scripts import ABANDONED, DUPLICATE, REPLY_MAXLEN, RUNNING, Delivery, StepScripts
 
 log = logging.getLogger("castor.worker")
 IN_DOUBT_MESSAGE = "in doubt after worker loss"
 DROPPED = "dropped"  # an outcome only: a duplicate copy sends no reply
 _RUN, _DONE, _IN_DOUBT = "run", "done", "in_doubt"
+WAIT_POLL = 0.25  # how often a delivery waiting for a step another worker runs asks again (s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +86,12 @@ class _Process:
         self.loop = LoopThread()
         self.backend = factory(settings)
         self.redis = aioredis.Redis.from_url(settings.redis_url)
-        self.scripts = StepScripts(settings.redis_url, settings.redis_prefix, settings.secret or None)
+        self.worker = f"{socket.gethostname()}/{self.pid}"
+        self.scripts = StepScripts(
+            settings.redis_url, settings.redis_prefix, settings.secret or None, worker=self.worker,
+            heartbeat=settings.heartbeat, outage=settings.outage_deadline, spool=settings.spool,
+        )
+        self.heartbeats = Heartbeats(settings.redis_url, settings.heartbeat)
 
 
 class WorkerRuntime:
@@ -111,6 +120,7 @@ class WorkerRuntime:
         if proc is None or proc.pid != os.getpid():
             return
         proc.scripts.close()
+        proc.heartbeats.close()
         proc.loop.run(proc.backend.close())
         proc.loop.run(proc.redis.aclose())
         proc.loop.close()
@@ -136,6 +146,10 @@ class WorkerRuntime:
                 if self.settings.secret:  # approved in the store, but no coordinator named that stream
                     job.reply_to = ""
             previous = proc.scripts.claim(job, delivery)
+            if previous == RUNNING:
+                previous = self._await_running(proc, job, delivery, policy)
+                if previous == RUNNING:
+                    return Outcome(DROPPED)
             if previous == DUPLICATE:
                 # The copy a worker took first runs the call (or ran it) and answers; were its worker lost,
                 # the broker would redeliver that copy, which is no duplicate.
@@ -162,7 +176,28 @@ class WorkerRuntime:
             message = f"{IN_DOUBT_MESSAGE}: {job.tool!r} (run {job.run_id}, step {job.step}) started and never finished"
             proc.loop.run(self._fail(proc, job, IN_DOUBT, "InDoubtError", message, policy))
             return Outcome(IN_DOUBT)
-        return self._execute(proc, job, spec, checked, policy, retries)
+        with proc.heartbeats.beating(heartbeat(self.settings.redis_prefix, job.run_id, job.step),
+                                     None if previous == -1 else proc.worker) as beat:
+            outcome = self._execute(proc, job, spec, checked, policy, retries)
+            beat.dropped = outcome.status == OK  # the finish dropped it with the marker: no round trip more
+            return outcome
+
+    def _await_running(self, proc: _Process, job: Job, delivery: Delivery | None, policy: ToolPolicy) -> int:
+        """A live worker runs the step (a coordinator that took the run over sent it again): ask again
+        until it is journaled (its record answers this delivery), failed, or its worker is gone (in
+        doubt); RUNNING if it still runs at the call's deadline (no reply: the coordinator settles the
+        step at its deadline, from the journal or as in doubt)."""
+        shown = kwargs_repr(job, policy.sensitive)
+        log.warning("%s: a live worker runs this step; this delivery waits for the worker running it", shown)
+        wait = call_deadline(self.settings, policy.timeout, policy.retryable)
+        until = time.monotonic() + wait
+        while time.monotonic() < until:
+            time.sleep(WAIT_POLL)
+            previous = proc.scripts.claim(job, delivery)
+            if previous != RUNNING:
+                return previous
+        log.warning("%s: still running on another worker after %gs; no longer waiting for it", shown, wait)
+        return RUNNING
 
     def refuse_unknown(self, kwargs: Any, name: str, task_id: str = "") -> None:
         """A task whose name no tool of this worker has: record the refusal against its run, if it names one

@@ -169,11 +169,10 @@ def _run_worker(args: argparse.Namespace) -> int:
     from workers.main import run_worker
 
     specs = [spec.strip() for spec in args.tools.split(",") if spec.strip()]
-    run_worker(
+    return run_worker(
         fleet_process_settings(args), args.pool, specs, concurrency=args.concurrency, pool_impl=args.pool_impl,
         loglevel=args.loglevel, fast_start=args.fast_start,
     )
-    return 0
 
 
 def _run_flower(args: argparse.Namespace) -> int:

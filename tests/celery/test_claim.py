@@ -107,7 +107,8 @@ def test_of_racing_deliveries_exactly_one_executes(runtime: WorkerRuntime, tool:
     with ThreadPoolExecutor(4) as pool:
         outcomes = list(pool.map(lambda _: runtime.handle(job(1), task_name("touch")).status, range(4)))
     assert tool.calls == 1
-    assert sorted(outcomes) == sorted([OK, IN_DOUBT, IN_DOUBT, IN_DOUBT])
+    # the one that claimed it runs it; the others find its heartbeat, wait, and answer with its record
+    assert outcomes == [OK, OK, OK, OK]
     # and a late duplicate, once the step is journaled, gets the result
     assert runtime.handle(job(1), task_name("touch")).status == OK
     assert tool.calls == 1
@@ -190,4 +191,17 @@ def test_a_task_a_worker_took_is_not_abandoned_and_a_journaled_step_says_so(
         assert running.result().status == OK
     assert asyncio.run(_abandon(redis_url, redis_prefix, "r:0#0-took")) == -2  # it ran: the journal has it
     assert tool.calls == 1
+    sync.close()
+
+
+def test_a_delivery_waits_for_a_live_worker_and_goes_in_doubt_once_its_heartbeat_expires(
+    runtime: WorkerRuntime, tool: Touch, redis_url: str, redis_prefix: str
+) -> None:
+    sync = redis.Redis.from_url(redis_url)
+    sync.set(keys.started_marker(redis_prefix, "r", 0), 0)  # another worker started round 0 ...
+    sync.set(keys.heartbeat(redis_prefix, "r", 0), "elsewhere/1", px=800)  # ... and beat last just now
+    began = time.monotonic()
+    assert runtime.handle(job(0), task_name("touch")).status == IN_DOUBT
+    assert time.monotonic() - began >= 0.7  # it waited while the heartbeat lived, then gave the step up
+    assert tool.calls == 0
     sync.close()

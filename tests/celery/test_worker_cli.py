@@ -202,6 +202,7 @@ def start_failing(tmp_path: Path, config: str, *args: str) -> subprocess.Complet
     )
 
 
+@pytest.mark.fleet
 def test_a_worker_of_a_pool_the_found_config_lacks_exits_with_one_line(tmp_path: Path) -> None:
     done = start_failing(tmp_path, """
         [tools]
@@ -213,6 +214,7 @@ def test_a_worker_of_a_pool_the_found_config_lacks_exits_with_one_line(tmp_path:
     assert done.stderr == f"castor: error: unknown pool 'nope' in {tmp_path}/castor.toml; pools: default, fs\n"
 
 
+@pytest.mark.fleet
 def test_a_worker_on_a_config_with_an_unknown_key_exits_with_one_line(tmp_path: Path) -> None:
     done = start_failing(tmp_path, """
         [workers]
@@ -265,3 +267,27 @@ def test_a_fleet_process_takes_redis_from_redis_or_store(tmp_path: Path, monkeyp
     assert (given.redis_url, given.redis_prefix, given.broker) == ("redis://other:6380", "team", "redis://other:6380")
     before = fleet_process_settings(parse(["--store", "redis://h/3?prefix=p", "flower"]))
     assert (before.redis_url, before.redis_prefix) == ("redis://h/3", "p")
+
+
+def test_a_worker_that_celery_stops_on_an_error_exits_non_zero(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Celery's worker_main dropped the exit code: a worker stopped by an unrecoverable error (a lost broker
+    # connection it could not recover from) exited 0, and a supervisor took it for a clean stop.
+    from celery import Celery
+
+    import workers.main
+
+    started: list[list[str]] = []
+
+    def celery_stops(self: Celery, argv: list[str] | None = None) -> int:
+        started.append(list(argv or []))
+        return 1  # EX_FAILURE: what Celery's worker exits with after "Unrecoverable error"
+
+    monkeypatch.setattr(Celery, "start", celery_stops)
+    monkeypatch.setattr(workers.main, "preflight", lambda *_: None)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CASTOR_CONFIG", raising=False)
+    monkeypatch.setenv("CASTOR_SECRET", SECRET)
+    (tmp_path / "tools.py").write_text(TOOLS)
+    argv = ["worker", "--pool", "p", "--tools", f"{tmp_path}/tools.py:echo", "--redis", REDIS_URL]
+    assert main(argv) == 1
+    assert started and started[0][0] == "worker"

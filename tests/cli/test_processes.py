@@ -20,6 +20,7 @@ from .conftest import RUN, Cli, calls
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = shutil.which("castor", path=str(Path(sys.executable).parent)) or "castor"
+pytestmark = pytest.mark.fleet  # console scripts in processes of their own
 
 
 def castor(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

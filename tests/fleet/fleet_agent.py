@@ -80,3 +80,19 @@ async def poison() -> None:
 
     await tool("ticket")
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+async def handover_job() -> dict[str, Any]:
+    """A 6 s call in the middle: its coordinator is killed while a worker runs it."""
+    t = await tool("ticket")
+    await tool("fetch", tag=f"{t}:slow", seconds=6)
+    await tool("store", tag=f"{t}:store")
+    return {"ticket": t}
+
+
+async def restart_job() -> dict[str, Any]:
+    """A 3 s call during which Redis restarts, then a quick one."""
+    t = await tool("ticket")
+    slow = await tool("fetch", tag=f"{t}:slow", seconds=3)
+    await tool("store", tag=f"{t}:store")
+    return {"ticket": t, "slow": slow}

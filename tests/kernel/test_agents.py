@@ -83,9 +83,11 @@ async def test_sync_tools_do_not_block_the_event_loop() -> None:
 
 async def test_preempt_refunds_the_interrupted_call_and_resumes() -> None:
     gate = asyncio.Event()
+    waiting = asyncio.Event()
     seen: list[object] = []
 
     async def wait_for(label: str) -> str:
+        waiting.set()
         await gate.wait()
         return label
 
@@ -97,7 +99,7 @@ async def test_preempt_refunds_the_interrupted_call_and_resumes() -> None:
 
     kernel = Castor(tools=[search, wait_for])
     task = await kernel.run_async(agent, budgets={"api": 10})
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(waiting.wait(), 5)  # the second call is running
     assert not task.done
     kernel.preempt(task, "operator needs the slot", {"priority": 1})
     cp = await task

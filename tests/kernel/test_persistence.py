@@ -9,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from castor import AgentCheckpoint, Castor
 from castor.lib import chat, tool
 
@@ -74,6 +76,7 @@ asyncio.run(Castor(tools=[work], store=sys.argv[1]).run(agent, pid="victim"))
 """
 
 
+@pytest.mark.fleet
 async def test_no_finished_step_is_lost_when_the_process_is_killed(tmp_path: Path) -> None:
     script = tmp_path / "victim.py"
     script.write_text(textwrap.dedent(KILLED_AGENT))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis
@@ -20,6 +21,30 @@ async def other(redis_url: str, redis_prefix: str) -> AsyncIterator[Backend]:
     b = redis_backend(redis_url, prefix=redis_prefix)
     yield b
     await b.close()
+
+
+class Looks:
+    """Counts the store's looks at a step's decision. A waiter looks once after its reader took the
+    stream's cursor: a decision made after that look can only reach it through the stream."""
+
+    def __init__(self, store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        self._changed = asyncio.Condition()
+        original = store.decision
+
+        async def decision(run_id: str, step: int) -> Decision | None:
+            found = await original(run_id, step)
+            async with self._changed:
+                self.count += 1
+                self._changed.notify_all()
+            return found
+
+        monkeypatch.setattr(store, "decision", decision)
+
+    async def reach(self, count: int) -> None:
+        """Return once the store was looked at ``count`` times."""
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: self.count >= count), 5)
 
 
 def pending(run: str, step: int = 0, created: float | None = None, **extra: object) -> PendingApproval:
@@ -60,23 +85,30 @@ async def test_first_decision_wins_across_two_clients(backend: Backend, other: B
         await other.approvals.decide(Decision("r", 0, "approve", "carol", time.time()))
 
 
-async def test_waiter_wakes_on_the_decision_stream(backend: Backend, other: Backend) -> None:
+async def test_waiter_wakes_on_the_decision_stream(
+    backend: Backend, other: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
     await backend.approvals.request(pending("r", 3))
+    looks = Looks(backend.approvals, monkeypatch)
     waiter = asyncio.create_task(backend.approvals.wait("r", 3, timeout=10))
-    await asyncio.sleep(0.05)
+    await looks.reach(1)  # it found no decision: from here on only the stream can wake it
     assert not waiter.done()
     started = time.monotonic()
     decision = Decision("r", 3, "modify", "bob", time.time(), "use /tmp/y")
     await other.approvals.decide(decision)
     assert await waiter == decision
-    assert time.monotonic() - started < 0.5  # woken by the stream, not by a poll or the timeout
+    assert looks.count == 1  # woken by the stream, not by looking again
+    assert time.monotonic() - started < 0.5  # nor by the timeout
 
 
-async def test_many_waiters_share_one_reader(backend: Backend, other: Backend) -> None:
+async def test_many_waiters_share_one_reader(
+    backend: Backend, other: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for step in range(20):
         await backend.approvals.request(pending("r", step))
+    looks = Looks(backend.approvals, monkeypatch)
     waiters = [asyncio.create_task(backend.approvals.wait("r", step, timeout=10)) for step in range(20)]
-    await asyncio.sleep(0.05)
+    await looks.reach(20)  # every waiter is past its look: each has the reader it shares started
     readers = [t for t in asyncio.all_tasks() if t.get_name() == "castor-decisions"]
     assert len(readers) == 1  # one XREAD BLOCK for every waiter of this loop, not one per waiter
     for step in range(20):
@@ -104,8 +136,7 @@ async def test_expired_call_gets_the_configured_outcome(redis_url: str, redis_pr
         await a.decide(Decision("r", 0, "approve", "alice", time.time()))
     # a sweep records it for calls nobody looks at
     await a.request(pending("r", 1))
-    time.sleep(0.06)
-    assert await a.sweep() == 1  # type: ignore[attr-defined]
+    assert await a.sweep(now=time.time() + 1) == 1  # type: ignore[attr-defined]  # a second on: past its 0.05 s
     assert (await a.decision("r", 1)).outcome == "reject"  # type: ignore[union-attr]
     # a human who decides before the expiry wins
     await a.request(pending("r", 2, expires_at=time.time() + 60))

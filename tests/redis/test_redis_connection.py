@@ -76,6 +76,7 @@ def test_each_event_loop_gets_its_own_client(backend: Backend) -> None:
     assert asyncio.run(backend.approvals.pending("r")) == [pending]
 
 
+@pytest.mark.fleet
 def test_import_castor_loads_no_redis() -> None:
     code = "import sys, castor; print('redis' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -68,6 +68,7 @@ async def test_a_script_whose_connection_dropped_is_sent_again(backend: Backend,
     assert await b.remaining("r", "api") == 3.0  # each step charged exactly once
 
 
+@pytest.mark.fleet
 async def test_scripts_are_loaded_again_after_the_server_forgot_them(tmp_path: Path) -> None:
     port = free_port()
     with redis_server(tmp_path, port):
@@ -119,6 +120,7 @@ async def test_a_scope_named_twice_is_refused_not_charged_twice(backend: Backend
     assert (await backend.budgets.read_scope("team"))["api"] == (10.0, 0.0)
 
 
+@pytest.mark.fleet
 async def test_a_redis_cluster_is_refused_with_a_clear_error(tmp_path: Path) -> None:
     """Scripts over a run and the shared indexes cannot be atomic across Cluster slots: say so."""
     from castor import ConfigError
@@ -144,6 +146,7 @@ async def test_a_redis_cluster_is_refused_with_a_clear_error(tmp_path: Path) -> 
             await b.close()
 
 
+@pytest.mark.fleet
 async def test_a_password_and_a_database_are_honoured(tmp_path: Path) -> None:
     port = free_port()
     with redis_server(tmp_path, port):

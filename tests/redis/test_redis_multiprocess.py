@@ -6,9 +6,12 @@ import asyncio
 import multiprocessing
 import uuid
 
+import pytest
 import redis
 
 from castor.backends.redis import keys, redis_backend
+
+pytestmark = pytest.mark.fleet  # eight processes
 
 PROCESSES = 8
 CHARGES = 500

@@ -14,6 +14,7 @@ from castor.checkpoint import SyscallRecord
 from castor.seams import Decision, PendingApproval
 from tests.redis_support import free_port, start_redis_server
 
+pytestmark = pytest.mark.fleet  # a redis-server of its own
 AOF = ("--appendonly", "yes", "--appendfsync", "always")
 
 

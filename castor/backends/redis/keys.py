@@ -19,11 +19,6 @@ import re
 # --- one run --------------------------------------------------------------------------------------
 
 
-def run_tag(prefix: str, run_id: str) -> str:
-    """The part every key of ``run_id`` starts with: ``<prefix>:{<run>}``."""
-    return f"{prefix}:{{{run_id}}}"
-
-
 def journal(prefix: str, run_id: str) -> str:
     """Sorted set: each step's ``SyscallRecord`` JSON (led by ``"_s": <step>``), scored by the step; write-once."""
     return f"{prefix}:{{{run_id}}}:journal"
@@ -192,6 +187,13 @@ def started_marker(prefix: str, run_id: str, step: int) -> str:
     return f"{prefix}:{{{run_id}}}:started:{step}"
 
 
+def heartbeat(prefix: str, run_id: str, step: int) -> str:
+    """String: the id of the worker running the step, with a TTL of ``[workers] heartbeat`` seconds that
+    worker renews while the tool runs. A started step whose heartbeat expired lost its worker (in doubt);
+    one whose heartbeat is there still runs, and a second delivery waits for its result."""
+    return f"{prefix}:{{{run_id}}}:alive:{step}"
+
+
 def abandoned(prefix: str, run_id: str, step: int) -> str:
     """Set: the ids of tasks for the step whose coordinator gave up before any worker took them (their
     publish failed, and may have landed); a worker that takes one later drops it."""
@@ -260,14 +262,6 @@ def coordinators(prefix: str) -> str:
 def coordinator(prefix: str, name: str) -> str:
     """Hash: one coordinator's host, pid, concurrency, load and state, expiring with its registration."""
     return f"{prefix}:fleet:coordinator:{name}"
-
-
-def fleet_keys(prefix: str) -> list[str]:
-    """The fleet-wide keys (not per coordinator, not per run)."""
-    return [
-        run_queue(prefix), leased(prefix), parked(prefix), refused(prefix), cancelled(prefix),
-        control_stream(prefix), coordinators(prefix), submitted(prefix), lapsed(prefix), takeovers(prefix),
-    ]
 
 
 def submitted(prefix: str) -> str:

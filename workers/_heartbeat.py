@@ -1,0 +1,98 @@
+"""The heartbeats of the steps a worker process runs: one daemon thread renews them all.
+
+``claim.lua`` sets a step's heartbeat key (the worker's id, a TTL of ``[workers] heartbeat`` seconds)
+with its started marker. While the tool runs, this thread renews the key every quarter of the TTL; when
+the tool has ended (journaled, failed or given up) the key is dropped. So a second delivery of the step
+(a coordinator that took the run over sends it again) finds the key and waits for the result, and only
+a step whose worker is gone — the key expired — is in doubt.
+
+Renewing is ``PEXPIRE``, never a ``SET``: a key the step's finish dropped is not brought back. A renewal
+that fails (Redis restarting) is tried again at the next beat; a TTL of several beats rides out a short
+outage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+log = logging.getLogger("castor.worker")
+
+
+class Beat:
+    """One step's heartbeat while it is renewed: ``dropped`` once something else deleted the key."""
+
+    __slots__ = ("dropped",)
+
+    def __init__(self) -> None:
+        self.dropped = False
+
+
+class Heartbeats:
+    """Renews the heartbeat keys registered with ``beating``, on a client of its own."""
+
+    def __init__(self, url: str, ttl: float) -> None:
+        import redis
+
+        self._ttl_ms = max(1, int(ttl * 1000))
+        self._every = ttl / 4
+        self._client = redis.Redis.from_url(url, socket_timeout=max(self._every, 0.5))
+        self._keys: dict[str, int] = {}  # key -> how many tools of this process hold it
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def beating(self, key: str, worker: str | None = None) -> Iterator[Beat]:
+        """Renew ``key`` until the block ends, then drop it (best effort: it expires anyway) unless the
+        block set ``dropped`` on the ``Beat`` it got (the step's finish dropped it); ``worker``: set the
+        key to it first (a step its claim did not mark, such as an idempotent step run again)."""
+        if worker is not None:
+            self._client.set(key, worker, px=self._ttl_ms)
+        beat = Beat()
+        with self._lock:
+            self._keys[key] = self._keys.get(key, 0) + 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="castor-heartbeats", daemon=True)
+                self._thread.start()
+        try:
+            yield beat
+        finally:
+            with self._lock:
+                held = self._keys.pop(key, 1) - 1
+                if held > 0:
+                    self._keys[key] = held
+            if held <= 0 and not beat.dropped:
+                self._drop(key)
+
+    def _drop(self, key: str) -> None:
+        try:
+            self._client.delete(key)
+        except Exception as exc:  # Redis away: the key expires within its TTL
+            log.warning("could not drop the heartbeat %s (%s); it expires by itself", key, exc)
+
+    def _run(self) -> None:
+        while not self._wake.wait(self._every) and not self._closed:
+            with self._lock:
+                held = list(self._keys)
+            if not held:
+                continue
+            try:
+                pipe: Any = self._client.pipeline(transaction=False)
+                for key in held:
+                    pipe.pexpire(key, self._ttl_ms)
+                pipe.execute()
+            except Exception as exc:  # renewed at the next beat; the TTL spans several
+                log.warning("could not renew %d heartbeat(s): %s", len(held), exc)
+
+    def close(self) -> None:
+        """Stop renewing and release the client (the keys expire by themselves)."""
+        self._closed = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
+        self._client.close()
