@@ -18,6 +18,8 @@ from tests.redis_support import free_port, start_redis_server
 from workers import _spool
 from workers._scripts import StepScripts, replay_spool
 
+pytestmark = pytest.mark.fleet  # starts processes (CLI, workers or redis-server)
+
 AOF = ("--appendonly", "yes", "--appendfsync", "always")
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.fleet  # starts CLI processes
+
 TOOLS = '''
 import os
 import time

@@ -18,6 +18,8 @@ from castor.backends.redis import keys
 from tests.fleet.procs import Fleet, agent_spec, tool_spec
 from tests.redis_support import free_port, start_redis_server
 
+pytestmark = pytest.mark.fleet  # starts processes (CLI, workers or redis-server)
+
 AOF = ("--appendonly", "yes", "--appendfsync", "always")
 TOOLS = [a for n in ("ticket", "store", "slow_write") for a in ("--tool", tool_spec(n))]
 LEASE = 2.0

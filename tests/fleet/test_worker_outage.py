@@ -20,6 +20,8 @@ from tests.fleet.procs import Fleet, agent_spec, tool_spec
 from tests.fleet.test_scenario import wait_for
 from tests.redis_support import free_port, start_redis_server
 
+pytestmark = pytest.mark.fleet  # starts processes (CLI, workers or redis-server)
+
 AOF = ("--appendonly", "yes", "--appendfsync", "always")
 TOOLS = [a for n in ("ticket", "fetch", "store") for a in ("--tool", tool_spec(n))]
 DOWN = 4.0  # seconds Redis stays away, longer than the tool has left to run
