@@ -8,11 +8,9 @@ import asyncio
 import time
 
 import pytest
-import redis
 
 from castor import Castor, CastorError, InvalidPidError
 from castor._ids import check_pid
-from castor.backends.redis import keys, redis_backend
 from castor.backends.sqlite import sqlite_backend
 from castor.checkpoint import AgentCheckpoint, SyscallRecord
 from castor.cli._escape import shown
@@ -96,6 +94,8 @@ def test_a_stored_bad_pid_prints_escaped_from_sqlite(cli: Cli) -> None:
 
 
 def test_a_stored_bad_pid_prints_escaped_from_redis(cli: Cli, redis_url: str, redis_prefix: str) -> None:
+    from castor.backends.redis import redis_backend
+
     cp = evil_run()
     save(redis_backend(redis_url, prefix=redis_prefix), cp)
 
@@ -119,6 +119,10 @@ def test_a_stored_bad_pid_prints_escaped_from_redis(cli: Cli, redis_url: str, re
 
 
 def test_a_coordinator_registered_under_a_bad_name_prints_escaped(cli: Cli, redis_url: str, redis_prefix: str) -> None:
+    import redis
+
+    from castor.backends.redis import keys
+
     client = redis.Redis.from_url(redis_url)
     name = "coord\n[DONE] fake\x1b[31m"
     client.zadd(keys.coordinators(redis_prefix), {name: time.time() * 1000 + 60_000})
