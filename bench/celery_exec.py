@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import statistics
 import sys
 import tempfile
@@ -49,7 +50,7 @@ prefix = "{prefix}"
 url = "{redis}"
 queue_prefix = "{prefix}q"
 [security]
-secret = "bench-secret"
+secret = "{secret}"
 [tools]
 import = ["{tools}:noop"]
 [pools]
@@ -192,7 +193,7 @@ async def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="castor-bench-"))
     config = tmp / "castor.toml"
     tools = ROOT / "bench" / "_celery_fixtures.py"
-    config.write_text(CONFIG.format(redis=REDIS, prefix=prefix, tools=tools))
+    config.write_text(CONFIG.format(redis=REDIS, prefix=prefix, tools=tools, secret=secrets.token_hex(32)))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_REDIS": REDIS, "BENCH_RAW_PREFIX": raw_prefix}
     ours_cmd = [sys.executable, "-m", "workers", "worker", "--config", str(config), "--pool", "bench",
                 "--pool-impl", "threads", "--concurrency", "8", "--fast-start"]

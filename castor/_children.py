@@ -13,6 +13,7 @@ from typing import Any
 
 from castor._context import RunContext, Suspend
 from castor._errors import CastorError
+from castor._ids import check_pid, pid_part
 from castor.checkpoint import AgentCheckpoint, Capability, SyscallRecord
 from castor.syscall import same_arguments
 
@@ -69,7 +70,7 @@ async def spawn(ctx: RunContext, name: str, capabilities: dict[str, float] | Non
         }
         await _journal(ctx, step, request, denial)
         return denial
-    handle = f"{parent.pid}::{name}-{index}"
+    handle = check_pid(f"{parent.pid}::{pid_part(name)}-{index}")
     child = AgentCheckpoint(
         pid=handle, parent_pid=parent.pid, status="RUNNING", agent_function_name=name,
         capabilities={r: Capability(resource_type=r, max_budget=v) for r, v in caps.items()},

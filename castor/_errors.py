@@ -5,6 +5,8 @@ are translated at the boundary with ``raise ... from exc`` so callers never catc
 
     CastorError
     ├── ConfigError              bad tools, budgets, settings or CLI input, found at start-up
+    │   └── InvalidValueError    a setting, number or secret outside what is allowed (also ValueError; CLI exit 2)
+    │       └── InvalidPidError  a pid outside the documented character set or length
     ├── UnknownToolError         the agent called a tool the kernel does not have   (also KeyError)
     ├── RunNotFoundError         no run with that pid in the store                  (also KeyError)
     ├── NothingPendingError      approve/reject/modify on a run with no pending call (also ValueError)
@@ -47,6 +49,15 @@ def _rebuild(cls: type[CastorError], args: tuple[Any, ...], state: dict[str, Any
 
 class ConfigError(CastorError):
     """The operator's configuration (tools, budgets, settings, CLI input) is invalid."""
+
+
+class InvalidValueError(ConfigError, ValueError):
+    """A value outside what Castor allows: a setting out of its range, a sample or missing secret, a pid
+    with characters it may not hold. The CLI exits 2 on it, as on a usage error."""
+
+
+class InvalidPidError(InvalidValueError):
+    """A pid outside ``castor._ids.PID_RULE``: 1 to 200 characters of letters, digits and ``_ . - : @ +``."""
 
 
 class UnknownToolError(CastorError, KeyError):

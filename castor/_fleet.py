@@ -16,6 +16,7 @@ from typing import Any
 
 from castor import _code
 from castor._errors import BackendUnavailable, ConfigError, NothingPendingError, RunNotFoundError
+from castor._ids import pid_part
 from castor._runner import new_checkpoint
 from castor.backends.redis import keys
 from castor.checkpoint import FINISHED, AgentCheckpoint
@@ -56,7 +57,7 @@ def new_run(
     if unknown:
         raise ConfigError(f"destructive names tools that are not among the run's tools: {', '.join(sorted(unknown))}")
     name = _code.split_spec(agent)[1]
-    cp = new_checkpoint(pid or f"{name}-{uuid.uuid4().hex[:8]}", name, dict(budgets or {}))
+    cp = new_checkpoint(pid or f"{pid_part(name)}-{uuid.uuid4().hex[:8]}", name, dict(budgets or {}))
     cp.speculative = speculative
     cp.scopes = list(scopes)
     cp.spec = spec

@@ -1,10 +1,37 @@
-"""Cheap unique ids: a random prefix per source, then a counter (no ``uuid4`` per id)."""
+"""Ids: cheap unique ones (a random prefix per source, then a counter, no ``uuid4`` per id), and the rule
+every run's pid follows.
+
+A pid is 1 to ``PID_MAX_LENGTH`` characters: ASCII letters, digits and ``_ . - : @ +``, the first a letter,
+a digit or ``_`` (so it never reads as a command-line option). No spaces, quotes, braces (Redis hash
+tags), slashes or control characters. Derived pids keep to it: a child's is ``<parent>::<agent>-<n>``, a
+fork's ``<parent>::fork-<step>``.
+"""
 
 from __future__ import annotations
 
 import itertools
+import re
 import uuid
 from collections.abc import Callable
+
+from castor._errors import InvalidPidError
+
+PID_MAX_LENGTH = 200
+PID_RULE = f"1 to {PID_MAX_LENGTH} characters of letters, digits and _ . - : @ +, starting with a letter, digit or _"
+_PID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@+-]*")
+_NOT_IN_PID = re.compile(r"[^A-Za-z0-9_.:@+-]")
+
+
+def check_pid(pid: object) -> str:
+    """``pid`` if it follows the rule; ``InvalidPidError`` saying what it must be otherwise."""
+    if not isinstance(pid, str) or len(pid) > PID_MAX_LENGTH or _PID.fullmatch(pid) is None:
+        raise InvalidPidError(f"invalid pid {pid!r}: a pid is {PID_RULE}")
+    return pid
+
+
+def pid_part(name: str, limit: int = 100) -> str:
+    """``name`` (an agent's) as a piece of a pid: every character a pid may not hold becomes ``_``."""
+    return _NOT_IN_PID.sub("_", name)[:limit] or "_"
 
 
 def unique_ids(*, compact: bool = False) -> Callable[[], str]:

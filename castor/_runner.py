@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from castor._context import RunContext, Suspend, current_run
 from castor._errors import ConfigError, JournalConflictError
+from castor._ids import check_pid, pid_part
 from castor.checkpoint import AgentCheckpoint, Capability
 
 if TYPE_CHECKING:
@@ -29,12 +30,14 @@ def agent_name(agent: Callable[..., Any]) -> str:
 
 
 def new_pid(agent: Callable[..., Any]) -> str:
-    """``<agent function name>-<8 hex chars>``."""
-    return f"{agent_name(agent)}-{uuid.uuid4().hex[:8]}"
+    """``<agent function name>-<8 hex chars>`` (a ``<lambda>`` as ``_lambda_``: see ``check_pid``)."""
+    return f"{pid_part(agent_name(agent))}-{uuid.uuid4().hex[:8]}"
 
 
 def new_checkpoint(pid: str, name: str, budgets: Mapping[str, float]) -> AgentCheckpoint:
-    """A fresh ``RUNNING`` checkpoint with one capability per budget."""
+    """A fresh ``RUNNING`` checkpoint with one capability per budget; ``InvalidPidError`` for a pid that
+    breaks ``castor._ids.check_pid``'s rule."""
+    check_pid(pid)
     caps = {r: Capability(resource_type=r, max_budget=float(v)) for r, v in budgets.items()}
     return AgentCheckpoint(pid=pid, status="RUNNING", agent_function_name=name, capabilities=caps)
 
@@ -55,7 +58,7 @@ async def prepare(
     fresh = checkpoint is None and pid is None  # a pid made up here: nothing in the store can hold it yet
     if checkpoint is None:
         limits = kernel.budgets if budgets is None else budgets
-        checkpoint = new_checkpoint(pid or new_pid(agent), agent_name(agent), limits)
+        checkpoint = new_checkpoint(new_pid(agent) if pid is None else pid, agent_name(agent), limits)
         checkpoint.speculative = bool(speculative)
         checkpoint.scopes = list(kernel.scopes if scopes is None else scopes)
     else:

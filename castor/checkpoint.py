@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from castor._ids import check_pid
+
 RunStatus = Literal["RUNNING", "SUSPENDED_FOR_HITL", "PREEMPTED", "COMPLETED", "FAILED"]
 FINISHED: frozenset[str] = frozenset({"COMPLETED", "FAILED"})
 
@@ -181,7 +183,7 @@ class AgentCheckpoint(BaseModel):
         }
         now = time.time()
         return AgentCheckpoint.model_construct(
-            pid=f"{self.pid}::fork-{at_step}",
+            pid=check_pid(f"{self.pid}::fork-{at_step}"),
             parent_pid=self.pid,
             status="RUNNING",
             agent_function_name=self.agent_function_name,

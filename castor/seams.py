@@ -213,8 +213,8 @@ class ApprovalStore(Protocol):
     async def decided_request(self, run_id: str, step: int) -> PendingApproval | None:
         """The request the step's current decision answered, kept once decided (None while it waits).
 
-        A worker checks an unsigned task against it: an approval authorizes that tool with those
-        arguments in that round, nothing else.
+        A worker of an insecure development fleet (no secret) checks an unsigned task against it: an
+        approval authorizes that tool with those arguments in that round, nothing else.
         """
 
     async def pending(self, run_id: str | None = None) -> list[PendingApproval]:

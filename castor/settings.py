@@ -2,7 +2,8 @@
 
     [redis]     url, prefix                      where runs, journals, budgets and approvals live
     [broker]    url, queue_prefix, visibility_timeout   Redis (the default) or RabbitMQ (amqp://)
-    [security]  secret, max_argument_bytes      HMAC secret for approval tokens; argument size limit
+    [security]  secret, max_argument_bytes, insecure_dev   HMAC secret tasks are signed with; argument size
+                                                limit; a development fleet without a proper secret
     [tools]     import, destructive, idempotent, retryable, timeouts, default_timeout, max_retries, retry_backoff
     [pools]     <pool> = [tool, ...]            every other tool runs on ``[workers] default_pool``
     [workers]   default_pool, concurrency, pool, heartbeat, outage_deadline, spool
@@ -11,15 +12,16 @@
     [coordinator] max_takeovers                 a run taken over more times in a row is quarantined (FAILED)
 
 Unknown sections or keys, an unknown pool, a tool in two pools and a broker URL of a scheme no fleet
-runs on are ``ConfigError``s at start-up.
-``CASTOR_REDIS_URL``, ``CASTOR_BROKER_URL`` and ``CASTOR_SECRET`` override the file. A command given no
-``--config`` finds one with ``find_config``: ``CASTOR_CONFIG``, else ``./castor.toml``, else
-``./config/castor.toml``.
+runs on are ``ConfigError``s at start-up; a number out of its range (``castor._limits.SETTINGS``) or of
+the wrong type is an ``InvalidValueError`` naming the key, the file and the range. A process that signs
+or verifies tasks calls ``require_secret`` (``castor._secret``) before it starts.
+``CASTOR_REDIS_URL``, ``CASTOR_BROKER_URL``, ``CASTOR_SECRET`` and ``CASTOR_INSECURE_DEV`` override the
+file. A command given no ``--config`` finds one with ``find_config``: ``CASTOR_CONFIG``, else
+``./castor.toml``, else ``./config/castor.toml``.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -28,7 +30,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from castor._errors import ConfigError
+from castor._errors import ConfigError, InvalidValueError
+from castor._limits import SETTINGS, TOOL_TIMEOUT, check_setting
+from castor._secret import INSECURE_ENV
 from castor.registry import ToolSpec
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -50,7 +54,7 @@ CONFIG_HELP = (
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "redis": {"url": str, "prefix": str},
     "broker": {"url": str, "queue_prefix": str, "visibility_timeout": (int, float)},
-    "security": {"secret": str, "max_argument_bytes": int},
+    "security": {"secret": str, "max_argument_bytes": int, "insecure_dev": bool},
     "tools": {
         "import": list, "destructive": list, "idempotent": list, "retryable": list, "timeouts": dict,
         "default_timeout": (int, float), "max_retries": int, "retry_backoff": (int, float),
@@ -76,6 +80,7 @@ class Settings:
     visibility_timeout: float | None = None
     secret: str | None = None
     max_argument_bytes: int = 64 * 1024
+    insecure_dev: bool = False
     tool_imports: tuple[str, ...] = ()
     destructive: frozenset[str] = frozenset()
     idempotent: frozenset[str] = frozenset()
@@ -107,17 +112,12 @@ class Settings:
                         "a tool runs on exactly one pool"
                     )
                 owner[tool] = pool
+        for field_name, (key, limit) in SETTINGS.items():
+            value = getattr(self, field_name)
+            if value is not None:  # None: not set (visibility_timeout)
+                check_setting(key, value, limit, self.source)
         for name, seconds in self.timeouts.items():
-            if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not 0 < seconds < math.inf:
-                raise ConfigError(f"{self.source}: timeout of {name!r} must be a positive number, got {seconds!r}")
-        for key in ("heartbeat", "outage_deadline"):
-            seconds = getattr(self, key)
-            if isinstance(seconds, bool) or not 0 < seconds < math.inf:
-                raise ConfigError(f"{self.source}: [workers] {key} must be positive seconds, not {seconds!r}")
-        if self.max_argument_bytes <= 0:
-            raise ConfigError(f"{self.source}: max_argument_bytes must be positive")
-        if self.max_takeovers < 0:
-            raise ConfigError(f"{self.source}: [coordinator] max_takeovers must be >= 0, got {self.max_takeovers}")
+            check_setting(f"[tools] timeouts.{name}", seconds, TOOL_TIMEOUT, self.source)
         if self.broker_url is not None:  # the Redis URL as a broker is Redis, whatever its form
             _check_broker_url(self.broker_url, self.source)
 
@@ -264,7 +264,19 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, 
     for name, var in overrides.items():
         if env.get(var):
             values[name] = env[var]
+    if env.get(INSECURE_ENV):
+        values["insecure_dev"] = _flag(env[INSECURE_ENV], INSECURE_ENV)
     return Settings(**values)
+
+
+def _flag(text: str, name: str) -> bool:
+    """An environment switch: 1/true/yes/on or 0/false/no/off, any case."""
+    word = text.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off", ""):
+        return False
+    raise InvalidValueError(f"{name}={text!r} is neither 1 (true, yes, on) nor 0 (false, no, off)")
 
 
 def _parse(path: Path) -> dict[str, Any]:
@@ -287,6 +299,7 @@ def _parse(path: Path) -> dict[str, Any]:
         "visibility_timeout": broker.get("visibility_timeout"),
         "secret": section["security"].get("secret"),
         "max_argument_bytes": section["security"].get("max_argument_bytes", 64 * 1024),
+        "insecure_dev": section["security"].get("insecure_dev", False),
         "tool_imports": tuple(_strings(tools.get("import", []), where, "tools.import")),
         "destructive": frozenset(_strings(tools.get("destructive", []), where, "tools.destructive")),
         "idempotent": frozenset(_strings(tools.get("idempotent", []), where, "tools.idempotent")),
@@ -327,8 +340,8 @@ def _check_keys(raw: dict[str, Any], where: str) -> None:
         for key, value in body.items():
             if key not in schema:
                 raise ConfigError(f"{where}: unknown key {key!r} in [{name}]; known keys: {', '.join(schema)}")
-            if not isinstance(value, schema[key]) or isinstance(value, bool):
-                raise ConfigError(f"{where}: [{name}] {key} has the wrong type ({type(value).__name__})")
+            if not isinstance(value, schema[key]) or (isinstance(value, bool) and schema[key] is not bool):
+                raise InvalidValueError(f"{where}: [{name}] {key} has the wrong type ({type(value).__name__})")
 
 
 def _strings(value: Any, where: str, what: str) -> list[str]:

@@ -42,7 +42,7 @@ except ModuleNotFoundError as missing:
         yield ""
 
     # Their modules import redis (or the workers, which do) at the top: without it they cannot be collected.
-    collect_ignore = ["redis", "celery", "fleet", "test_settings.py"]
+    collect_ignore = ["redis", "celery", "fleet", "test_settings.py", "test_secret.py", "test_limits.py"]
 
     def pytest_report_header() -> str:
         """Say in the header which tests were left out, and why."""

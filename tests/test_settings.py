@@ -56,10 +56,10 @@ BAD_CONFIGS = {
     "a tool in two pools": ("[pools]\nfs = ['rm']\nweb = ['rm']\n", r"tool 'rm' is in two pools, 'fs' and 'web'"),
     "pool not a list": ("[pools]\nfs = 'rm'\n", r"pools.fs must be a list of strings"),
     "section not a table": ("workers = 3\n", r"\[workers\] must be a table"),
-    "negative timeout": ("[tools]\ntimeouts = { rm = -1 }\n", r"timeout of 'rm' must be a positive number"),
+    "negative timeout": ("[tools]\ntimeouts = { rm = -1 }\n", r"\[tools\] timeouts.rm = -1 is out of range"),
     "negative budget": ("[budgets]\napi = -1\n", r"budget 'api' must be a non-negative number"),
-    "zero heartbeat": ("[workers]\nheartbeat = 0\n", r"\[workers\] heartbeat must be positive seconds, not 0"),
-    "negative outage deadline": ("[workers]\noutage_deadline = -1\n", r"\[workers\] outage_deadline must be positive"),
+    "zero heartbeat": ("[workers]\nheartbeat = 0\n", r"\[workers\] heartbeat = 0(\.0)? is out of range"),
+    "negative outage deadline": ("[workers]\noutage_deadline = -1\n", r"\[workers\] outage_deadline = -1(\.0)? is out"),
     "pool tool not imported": (
         "[tools]\nimport = ['t.py:ls']\n[pools]\nfs = ['rm']\n",
         r"pools.fs names tools that \[tools\] import does not: rm",

@@ -76,16 +76,19 @@ def check_tool(
 async def authorize(
     job: Job, spec: ToolSpec, policy: ToolPolicy, settings: Settings, approvals: ApprovalStore | None
 ) -> None:
-    """With a secret, every task must carry the coordinator's token; a gated tool without one needs a
-    human's approval of exactly this step and round, given for this tool with these arguments, in the
-    shared approval store."""
+    """With a secret (every fleet but an insecure development one), a task runs only with the token its
+    coordinator signed for exactly this call, whatever the tool. A worker without a secret refuses every
+    task, unless the fleet is an insecure development one (``[security] insecure_dev``): there a plain
+    tool runs unsigned and a gated one needs a human's approval of exactly this step and round, given for
+    this tool with these arguments, in the shared approval store."""
     if verify(settings.secret, job):
         return
-    if job.token and settings.secret:
-        raise Refusal(f"invalid authorization token for {job.tool!r} (run {job.run_id}, step {job.step})", job)
+    where = f"for {job.tool!r} (run {job.run_id}, step {job.step})"
+    if settings.secret:
+        raise Refusal(f"{'invalid' if job.token else 'no'} authorization token {where}", job)
+    if not settings.insecure_dev:
+        raise Refusal(f"this worker has no secret to verify a task with and runs none: refused {where}", job)
     if not policy.gated:
-        if settings.secret:
-            raise Refusal(f"no authorization token for {job.tool!r} (run {job.run_id}, step {job.step})", job)
         return
     decision = await approvals.decision(job.run_id, job.step) if approvals is not None else None
     if approvals is None or decision is None or decision.outcome != "approve" or decision.attempt != job.attempt:

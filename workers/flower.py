@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from castor._secret import require_secret
 from castor.settings import Settings
 from workers.app import make_app
 
@@ -22,6 +23,7 @@ def run_flower(settings: Settings, port: int | None = None, address: str = "127.
     Flower 2 serves its HTTP API only with authentication configured, unless told otherwise: without
     ``[flower] basic_auth`` it listens on ``address`` (loopback by default) with the API open.
     """
+    require_secret(settings, "castor flower")
     if not settings.flower_basic_auth:
         os.environ.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
     app = make_app(settings)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from castor._errors import ConfigError
 from castor._imports import load_tools
+from castor._secret import require_secret
 from castor.registry import ToolRegistry, ToolSpec
 from castor.settings import Settings
 from workers._preflight import preflight
@@ -86,13 +87,15 @@ def run_worker(
     settings: Settings, pool: str, tool_specs: Sequence[str] = (), *, concurrency: int | None = None,
     pool_impl: str | None = None, loglevel: str = "INFO", fast_start: bool = False,
 ) -> int:
-    """Start a worker of ``pool`` in this process and serve until it is stopped; its exit code (Celery's
+    """Start a worker of ``pool`` in this process and serve until it is stopped (never without a proper
+    secret, unless the fleet is an insecure development one: ``require_secret``); its exit code (Celery's
     ``worker_main`` drops it: a worker stopped by an unrecoverable error exited 0, and no supervisor
     restarted it)."""
     registry = worker_registry(settings, pool, tool_specs)
     argv = worker_argv(
         settings, pool, concurrency=concurrency, pool_impl=pool_impl, loglevel=loglevel, fast_start=fast_start
     )
+    require_secret(settings, f"castor worker --pool {pool}")
     specs = list(registry)
     app = make_app(settings, tools=deadline_tools(settings, registry, tool_specs))
     preflight(app, settings, specs)  # a broker or a Redis that does not answer stops the worker here, in one line

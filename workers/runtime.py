@@ -18,9 +18,10 @@ client (``_scripts``); everything else goes through the worker's event loop and 
 
 A failure (refusal, in doubt, timeout, exception) is journaled by the worker as a ``StepFailure`` and
 replied with ``journaled`` set, so it is recorded once even when no coordinator waits any more. A refusal
-of a task the worker cannot authenticate (no valid token, with a secret) is neither journaled nor
-replied: it goes to the pool's dead letters and the log only, so a forged task can neither end a live
-run nor write to a key of its choosing. A reply names the task it answers and is signed (``_wire``).
+of a task the worker cannot authenticate (no valid token with a secret; anything without one, outside an
+insecure development fleet) is neither journaled nor replied: it goes to the pool's dead letters and the
+log only, so a forged task can neither end a live run nor write to a key of its choosing. A reply names
+the task it answers and is signed (``_wire``).
 """
 
 from __future__ import annotations
@@ -291,10 +292,14 @@ class WorkerRuntime:
         self, proc: _Process, job: Job | None, reason: str, name: str, kwargs: Any = None, task_id: str = ""
     ) -> None:
         """Journal and answer the refusal of a job its coordinator signed, sent under its tool's task name
-        (without a secret, of any job that names a run); dead-letter anything else: a signed job replayed
+        (in an insecure development fleet without a secret, of any job that names a run); dead-letter anything
+        else: a signed job replayed
         under another name is no coordinator's. Arguments too big to take are kept by size and digest."""
         secret = self.settings.secret
-        if job is None or (secret and (not verify(secret, job) or name != task_name(job.tool))):
+        # A worker with no secret can authenticate nothing, but in an insecure development fleet.
+        if job is None or not (
+            (verify(secret, job) and name == task_name(job.tool)) if secret else self.settings.insecure_dev
+        ):
             body = _json_of(kwargs)
             headers: dict[str, Any] = {"task": name, "id": task_id}
             if job is not None:

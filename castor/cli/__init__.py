@@ -4,7 +4,8 @@
 
 Run state lives in ``./castor.db`` (SQLite) unless ``--db``, ``--store``, ``--redis`` or the environment
 (``CASTOR_STORE``, ``CASTOR_REDIS_URL``) say otherwise; the global options work before or after the
-command. Errors print one line, ``castor: error: ...``, and exit 1 (usage errors exit 2); ``--debug``
+command. Errors print one line, ``castor: error: ...``, and exit 1 (usage errors and values out of their
+range, ``InvalidValueError``, exit 2); ``--debug``
 shows the traceback instead.
 
 Adding commands
@@ -31,8 +32,10 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from castor._errors import InvalidValueError
 from castor.cli._args import normalize_argv
 from castor.cli._common import add_global_options, warnings_to_stderr
+from castor.cli._escape import shown
 
 COMMAND_MODULES: tuple[str, ...] = (
     "castor.cli._runs",  # run, resume, fork
@@ -81,5 +84,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"castor: error: {exc}", file=sys.stderr)
-        return 1
+        print(f"castor: error: {shown(str(exc))}", file=sys.stderr)
+        return 2 if isinstance(exc, InvalidValueError) else 1

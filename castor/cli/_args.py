@@ -11,6 +11,8 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
+from castor._errors import InvalidPidError
+from castor._ids import PID_RULE, check_pid
 from castor.cli._specs import NAMES, tool_names
 
 BARE = ""  # the value a bare --destructive carries after normalize_argv
@@ -74,8 +76,17 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         help="a budget, e.g. api=50 (every call costs 1 api by default; a tool's name caps its calls)",
     )
     parser.add_argument("--speculative", action="store_true", help="never suspend; flag destructive steps for review")
-    parser.add_argument("--pid", metavar="PID", help="the run's pid (default <agent>-<8 hex>)")
+    parser.add_argument("--pid", metavar="PID", type=pid_option,
+                        help=f"the run's pid (default <agent>-<8 hex>): {PID_RULE}")
     parser.add_argument(
         "--scope", dest="scopes", action="append", metavar="SCOPE",
         help="a shared budget scope the run also draws from (castor budget set SCOPE api=1000; repeatable)",
     )
+
+
+def pid_option(text: str) -> str:
+    """The argparse ``type`` of a new run's ``--pid``: a usage error (exit 2) for a pid ``check_pid`` refuses."""
+    try:
+        return check_pid(text)
+    except InvalidPidError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -17,7 +17,7 @@ from typing import Any
 
 from castor._errors import ConfigError
 from castor.cli._common import add_global_options
-from castor.cli._runs import opened, out, parse_budgets
+from castor.cli._runs import opened, out, out_json, parse_budgets
 
 
 def _amounts(args: argparse.Namespace) -> dict[str, float]:
@@ -65,7 +65,7 @@ async def cmd_reset(args: argparse.Namespace) -> int:
 def _show(scope: str, ledger: dict[str, tuple[float, float]], *, as_json: bool) -> int:
     if as_json:
         rows = {r: {"limit": lim, "used": used, "left": max(lim - used, 0.0)} for r, (lim, used) in ledger.items()}
-        out(json.dumps({"scope": scope, "resources": rows}, indent=2, sort_keys=True))
+        out_json(json.dumps({"scope": scope, "resources": rows}, indent=2, sort_keys=True))
         return 0
     out(f"Scope: {scope}")
     for resource, (lim, used) in sorted(ledger.items()):

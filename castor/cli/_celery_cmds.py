@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from castor._errors import ConfigError
+from castor._limits import option_type
 from castor.backends import REDIS_SCHEMES
 from castor.seams import Backend
 from castor.settings import CONFIG_HELP, Settings, find_config, load_settings
@@ -33,7 +34,8 @@ def add_commands(subparsers: Any) -> None:
     worker = subparsers.add_parser("worker", help="start a Celery worker of one tool pool")
     worker.add_argument("--pool", required=True, help="the pool to serve (consumes queue <prefix>.<pool>)")
     worker.add_argument("--tools", default="", help="comma-separated import specs: tools.py:delete_file,mod:fn")
-    worker.add_argument("--concurrency", type=int, default=None, help="parallel tasks (default: config or 4)")
+    worker.add_argument("--concurrency", type=option_type("worker --concurrency"), default=None,
+                        help="parallel tasks (default: config or 4)")
     worker.add_argument("--pool-impl", choices=("threads", "prefork", "solo"), default=None,
                         help="Celery execution pool (default: config or threads)")
     worker.add_argument("--loglevel", default="INFO")
@@ -43,7 +45,8 @@ def add_commands(subparsers: Any) -> None:
     worker.set_defaults(handler=_run_worker)
 
     flower = subparsers.add_parser("flower", help="start Flower on the fleet's broker")
-    flower.add_argument("--port", type=int, default=None, help="HTTP port (default: config or 5555)")
+    flower.add_argument("--port", type=option_type("flower --port"), default=None,
+                        help="HTTP port (default: config or 5555)")
     flower.add_argument("--address", default="127.0.0.1", help="address to listen on")
     config_option(flower)
     _redis_options_of(flower)

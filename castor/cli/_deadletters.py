@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from castor._errors import ConfigError
+from castor._limits import option_type
 from castor.cli._celery_cmds import config_option
 from castor.cli._common import add_global_options
 
@@ -117,7 +118,8 @@ def add_commands(subparsers: Any) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     dead.set_defaults(handler=cmd_list)
     dead.add_argument("--pool", default=None, help="only this pool's (default: every pool)")
-    dead.add_argument("--limit", type=int, default=50, metavar="N", help="show at most N, newest first (default 50)")
+    dead.add_argument("--limit", type=option_type("deadletters --limit"), default=50, metavar="N",
+                      help="show at most N, newest first (default 50)")
     dead.add_argument("--json", action="store_true", help="print JSON instead of a table")
     actions = dead.add_subparsers(dest="deadletters_command", metavar="ACTION")
     purge = actions.add_parser("purge", help="delete a pool's dead letters", description="delete a pool's dead letters")

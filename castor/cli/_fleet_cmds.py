@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from castor._errors import ConfigError
+from castor._limits import option_type
 from castor.backends import REDIS_SCHEMES
 from castor.cli import _fleet_views as views
 from castor.cli._args import add_run_options
@@ -51,14 +52,17 @@ def add_commands(subparsers: Any) -> None:
         return parser
 
     co = add("coordinator", views.coordinator, "run a coordinator: take submitted runs and drive them")
-    co.add_argument("--concurrency", type=int, default=200, help="runs driven at once (parked runs hold none)")
+    co.add_argument("--concurrency", type=option_type("coordinator --concurrency"), default=200,
+                    help="runs driven at once (parked runs hold none)")
     co.add_argument("--name", default=None, help="this coordinator's name (default: <host>-<pid>)")
     config_option(co)
-    co.add_argument("--lease", type=float, default=15.0, metavar="SECONDS", help="lease time on each run")
-    co.add_argument("--grace", type=float, default=30.0, metavar="SECONDS", help="drain: wait for steps this long")
+    co.add_argument("--lease", type=option_type("coordinator --lease"), default=15.0, metavar="SECONDS",
+                    help="lease time on each run")
+    co.add_argument("--grace", type=option_type("coordinator --grace"), default=30.0, metavar="SECONDS",
+                    help="drain: wait for steps this long")
     co.add_argument("--executor", choices=("auto", "local", "celery"), default="auto",
                     help="where tools run (auto: celery with a config, given or found, else in this process)")
-    co.add_argument("--max-takeovers", type=int, default=None, metavar="N",
+    co.add_argument("--max-takeovers", type=option_type("coordinator --max-takeovers"), default=None, metavar="N",
                     help="quarantine (store FAILED) a run taken over more than N times in a row, its driver "
                          "dying each time (default: [coordinator] max_takeovers, else 3)")
     co.add_argument("--allow-code-change", action="store_true",

@@ -11,9 +11,10 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from castor._decisions import default_user
-from castor._errors import ConfigError, RunNotFoundError
+from castor._errors import ConfigError, InvalidPidError, RunNotFoundError
 from castor._redact import masked
 from castor.checkpoint import AgentCheckpoint
+from castor.cli._escape import shown
 from castor.seams import Backend
 
 if TYPE_CHECKING:  # the fleet client needs redis: imported when a fleet command runs, not for `castor --help`
@@ -39,8 +40,8 @@ async def fleet(args: argparse.Namespace) -> AsyncIterator[tuple[Backend, FleetC
 
 
 def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
-    """Left-aligned columns."""
-    cells = [[str(c) for c in header], *[[("-" if c is None else str(c)) for c in row] for row in rows]]
+    """Left-aligned columns; what a cell holds from the store is escaped (no fake rows)."""
+    cells = [[str(c) for c in header], *[[("-" if c is None else shown(c)) for c in row] for row in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
 
@@ -187,14 +188,14 @@ def describe(cp: AgentCheckpoint, state: dict[str, Any]) -> str:
         lines.append(f"  {i:>3} {rec.tool_name}({json.dumps(masked(rec.arguments), default=str)}) -> "
                      f"{json.dumps(rec.response, default=str)[:80]}{flags}")
     if cp.pending_hitl:
-        shown = json.dumps(masked(cp.pending_args), default=str)
-        lines.append(f"pending:  step {cp.pending_step} {cp.pending_tool}({shown})"
+        arguments = json.dumps(masked(cp.pending_args), default=str)
+        lines.append(f"pending:  step {cp.pending_step} {cp.pending_tool}({arguments})"
                      + (f"  ({cp.pending_reason})" if cp.pending_reason else ""))
     if cp.error:
         lines.append(f"error:    {cp.error}")
     if cp.result is not None:
         lines.append(f"result:   {json.dumps(cp.result, default=str)}")
-    return "\n".join(lines)
+    return "\n".join(shown(line) for line in lines)
 
 
 async def approvals(args: argparse.Namespace) -> int:
@@ -220,7 +221,8 @@ async def decide(args: argparse.Namespace) -> int:
     reason = getattr(args, "reason", "") or getattr(args, "feedback", "") or ""
     async with fleet(args) as (backend, client):
         decision = await client.decide(backend, args.pid, args.outcome, args.by or default_user(), reason)
-    print(f"{args.pid}: step {decision.step} {decision.outcome}d by {decision.by}; a coordinator resumes the run")
+    done = f"step {decision.step} {decision.outcome}d by {decision.by}"
+    print(shown(f"{args.pid}: {done}; a coordinator resumes the run"))
     return 0
 
 
@@ -228,7 +230,7 @@ async def cancel(args: argparse.Namespace) -> int:
     """``castor cancel PID``."""
     async with fleet(args) as (backend, client):
         outcome = await client.cancel(backend, args.pid, args.by or default_user())
-    print(f"{args.pid}: {outcome}")
+    print(shown(f"{args.pid}: {outcome}"))
     return 0
 
 
@@ -250,6 +252,8 @@ async def fork(args: argparse.Namespace) -> int:
         header.syscall_log = await backend.journal.history(args.pid)
         try:
             child = header.fork(at_step=args.at_step)
+        except InvalidPidError:
+            raise
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
         if getattr(args, "new_pid", None):
@@ -260,7 +264,7 @@ async def fork(args: argparse.Namespace) -> int:
             raise ConfigError(f"run {child.pid!r} exists already; fork under another name with --pid NEW")
         await backend.journal.fork(header.pid, child.pid, args.at_step)  # shared, not copied
         pid = await client.submit(backend, child)
-    emit(args, {"pid": pid, "parent": args.pid, "at_step": args.at_step}, pid)
+    emit(args, {"pid": pid, "parent": args.pid, "at_step": args.at_step}, shown(pid))
     return 0
 
 
@@ -271,7 +275,7 @@ async def coordinators(args: argparse.Namespace) -> int:
         counts = await client.counts()
     if args.alive is not None:
         alive = any(r["name"] == args.alive for r in rows)
-        print(f"{args.alive}: {'alive' if alive else 'not registered'}")
+        print(shown(f"{args.alive}: {'alive' if alive else 'not registered'}"))
         return 0 if alive else 1
     text = table(
         [(r["name"], r["host"], r["pid"], f"{r['driving']}/{r['concurrency']}", r["taken"], r["state"],

@@ -158,8 +158,9 @@ def inspect_lines(cp: AgentCheckpoint) -> list[str]:
         lines += ["--- Pending HITL ---"]
         if cp.pending_step is not None:
             lines.append(f"Step: {cp.pending_step}")
-        shown = json.dumps(masked(cp.pending_args), indent=2, default=repr)
-        lines += [f"Tool: {cp.pending_tool}", f"Arguments: {shown}"]
+        lines.append(f"Tool: {cp.pending_tool}")
+        # One element per line: the CLI escapes what a line holds (json.dumps escaped the values already).
+        lines += f"Arguments: {json.dumps(masked(cp.pending_args), indent=2, default=repr)}".splitlines()
     if cp.status == "COMPLETED" and cp.result is not None:
         lines.append(f"Result: {cp.result}")
     if cp.error:

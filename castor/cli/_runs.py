@@ -15,11 +15,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from castor import _runner
-from castor._errors import CastorError, ConfigError, UnknownToolError
+from castor._errors import CastorError, ConfigError, InvalidPidError, UnknownToolError
 from castor.checkpoint import AgentCheckpoint
 from castor.cli import _specs
+from castor.cli._args import pid_option
 from castor.cli._celery_cmds import add_executor_options, celery_executor, config_tools, uses_celery
 from castor.cli._common import bare_kernel, command, open_store
+from castor.cli._escape import shown
 from castor.cli._render import finished_lines, result_lines
 from castor.kernel import Castor
 from castor.policies import auto_approve, auto_reject, interactive
@@ -37,9 +39,15 @@ class RunFailed(Exception):
 
 
 def out(*lines: str) -> None:
-    """Print lines on stdout."""
+    """Print lines of text on stdout, each on one line: what they hold from the store is escaped (a pid with
+    a newline draws no fake row). JSON goes through ``out_json``."""
     for line in lines:
-        print(line)
+        print(shown(line))
+
+
+def out_json(text: str) -> None:
+    """Print JSON (``json.dumps`` escapes control characters itself) on stdout."""
+    print(text)
 
 
 def parse_budgets(items: list[str] | None) -> dict[str, float]:
@@ -211,6 +219,8 @@ async def cmd_fork(args: argparse.Namespace) -> int:
         cp = await load_run(backend, args.pid)
         try:
             forked = cp.fork(at_step=args.at_step)
+        except InvalidPidError:
+            raise
         except ValueError as exc:
             raise ConfigError(f"cannot fork {cp.pid!r}: {exc}") from exc
         if args.new_pid:
@@ -261,7 +271,8 @@ def add_commands(subparsers: Any) -> None:
     fork = subparsers.add_parser("fork", help="fork a run at a step", description=cmd_fork.__doc__)
     fork.add_argument("pid", metavar="PID")
     fork.add_argument("--at-step", type=int, required=True, metavar="N", help="keep steps 0..N-1 of the run")
-    fork.add_argument("--pid", dest="new_pid", metavar="NEW", help="the new run's pid (default PID::fork-N)")
+    fork.add_argument("--pid", dest="new_pid", metavar="NEW", type=pid_option,
+                      help="the new run's pid (default PID::fork-N)")
     fork.add_argument("--speculative", action="store_true", help="run the fork speculatively")
     add_hitl(fork)
     add_executor_options(fork)

@@ -6,8 +6,9 @@ import argparse
 from typing import Any
 
 from castor._children import pending_child
+from castor._limits import option_type
 from castor.cli._render import inspect_json, inspect_lines, ps_json, ps_line
-from castor.cli._runs import load_run, opened, out
+from castor.cli._runs import load_run, opened, out, out_json
 
 STATUSES = {
     "running": "RUNNING", "run": "RUNNING",
@@ -34,7 +35,7 @@ async def cmd_ps(args: argparse.Namespace) -> int:
     async with opened(args) as backend:
         runs = await backend.runs.list(status=args.status, limit=args.limit)
     if args.json:
-        out(ps_json(runs))
+        out_json(ps_json(runs))
     elif not runs:
         out("No agents found.")
     else:
@@ -52,7 +53,7 @@ async def cmd_inspect(args: argparse.Namespace) -> int:
             step = target.pending_step if target.pending_step is not None else len(target.syscall_log)
             decision = await backend.approvals.decision(target.pid, step)
     if args.json:
-        out(inspect_json(cp))
+        out_json(inspect_json(cp))
         return 0
     out(*inspect_lines(cp))
     if decision is not None:
@@ -64,7 +65,8 @@ def add_commands(subparsers: Any) -> None:
     """Register ps and inspect."""
     ps = subparsers.add_parser("ps", help="list runs", description=cmd_ps.__doc__)
     ps.add_argument("--status", type=status_name, metavar="S", help="only runs with this status (e.g. hitl, done)")
-    ps.add_argument("--limit", type=int, default=100, metavar="N", help="at most N runs (default 100)")
+    ps.add_argument("--limit", type=option_type("ps --limit"), default=100, metavar="N",
+                    help="at most N runs (default 100)")
     ps.add_argument("--json", action="store_true", help="print JSON")
     ps.set_defaults(handler=cmd_ps)
 

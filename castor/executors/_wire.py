@@ -2,8 +2,8 @@
 
 A tool task is named ``castor.tool.<tool>`` and carries one keyword argument per field of ``Job``. Its
 ``token`` is an HMAC-SHA256, under the fleet's secret, over the run, step, tool, canonical arguments,
-approval round, journal record and reply stream: a worker runs nothing a coordinator did not sign (or,
-for a gated tool without a token, nothing but the very call, tool and arguments, a human approved in
+approval round, journal record and reply stream: a worker runs nothing a coordinator did not sign (only
+in an insecure development fleet without a secret, a gated tool's unsigned call that a human approved in
 Redis), and replies to no stream a coordinator did not name.
 
 A reply is a flat stream entry naming the Celery task id it answers (a coordinator takes a reply only

@@ -34,6 +34,7 @@ from castor._errors import (
 )
 from castor._ids import unique_ids
 from castor._sealing import DataKey, encrypted
+from castor._secret import require_secret
 from castor.backends.redis import RedisConnection, keys
 from castor.backends.redis.keys import reply_stream
 from castor.executors._celery_conf import celery_config
@@ -53,6 +54,7 @@ from castor.settings import REPLY_GRACE, Settings, call_deadline, tool_policy
 from castor.syscall import IN_DOUBT_REASON
 
 log = logging.getLogger("castor.executor")
+SENDER = "a process sending tasks to the fleet (coordinator, --executor celery, fleet_options)"
 # How long an abandoned task's id is kept: as long as a worker's started marker, far past the task's
 # expiry (its deadline), after which no worker runs it anyway.
 ABANDON_TTL = 7 * 24 * 3600
@@ -115,8 +117,13 @@ class CeleryExecutor:
 
     @classmethod
     def factory(cls, settings: Settings, **options: Any) -> Any:
-        """``Castor(executor=CeleryExecutor.factory(settings))``: built with the kernel's tools and journal."""
+        """``Castor(executor=CeleryExecutor.factory(settings))``: built with the kernel's tools and journal.
+        ``InvalidValueError`` without a proper secret (``castor._secret.require_secret``)."""
+        require_secret(settings, SENDER)
+        return cls._builder(settings, **options)
 
+    @classmethod
+    def _builder(cls, settings: Settings, **options: Any) -> Any:
         def build(tools: ToolRegistry) -> CeleryExecutor:
             return cls(tools, settings, **options)
 
@@ -274,6 +281,7 @@ def fleet_options(
     from castor._imports import load_tools
     from castor.backends.redis import redis_backend
 
+    require_secret(settings, SENDER)  # before anything connects
     backend = redis_backend(
         settings.redis_url, prefix=settings.redis_prefix, data_key=DataKey.for_fleet(settings.secret),
         **(backend_options or {}),
@@ -283,7 +291,7 @@ def fleet_options(
         "destructive": sorted(settings.destructive),
         "budgets": dict(settings.budgets),
         "store": backend,
-        "executor": CeleryExecutor.factory(settings, journal=backend.journal),
+        "executor": CeleryExecutor._builder(settings, journal=backend.journal),  # the secret is checked
     }
     options.update(overrides)
     return options

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -39,7 +40,7 @@ url = "{broker}"
 queue_prefix = "{queues}"
 
 [security]
-secret = "test-secret-{prefix}"
+secret = "{secret}"
 max_argument_bytes = 2048
 
 [tools]
@@ -140,6 +141,7 @@ def running_fleet(tmp: Path, broker: str = REDIS_URL) -> Iterator[Fleet]:
     names = FS_TOOLS + WEB_TOOLS
     config.write_text(CONFIG.format(
         redis=REDIS_URL, broker=broker, prefix=prefix, queues=queues, fs=_quoted(FS_TOOLS), web=_quoted(WEB_TOOLS),
+        secret=secrets.token_hex(32),
         imports=_quoted([f"{TOOLS}:{n}" for n in [*names, "noop"]]),
     ))
     env = {**os.environ, "CASTOR_TEST_PREFIX": prefix, "CASTOR_TEST_REDIS": REDIS_URL, "PYTHONPATH": str(ROOT)}

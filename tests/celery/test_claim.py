@@ -6,6 +6,7 @@ of a task message is dropped, while a redelivery of it is not a copy."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -17,11 +18,13 @@ import redis
 
 from castor.backends.redis import keys, redis_backend
 from castor.checkpoint import new_record
-from castor.executors._wire import IN_DOUBT, OK, Job, task_name
+from castor.executors._wire import IN_DOUBT, OK, Job, sign, task_name
 from castor.registry import ToolRegistry
 from castor.settings import Settings
 from workers._scripts import Delivery
 from workers.runtime import DROPPED, WorkerRuntime
+
+SECRET = secrets.token_hex(32)
 
 
 class Touch:
@@ -45,7 +48,8 @@ def tool() -> Touch:
 
 @pytest.fixture
 def runtime(redis_url: str, redis_prefix: str, tool: Touch) -> Iterator[WorkerRuntime]:
-    made = WorkerRuntime(Settings(redis_url=redis_url, redis_prefix=redis_prefix), ToolRegistry([tool.touch]))
+    settings = Settings(redis_url=redis_url, redis_prefix=redis_prefix, secret=SECRET)
+    made = WorkerRuntime(settings, ToolRegistry([tool.touch]))
     try:
         yield made
     finally:
@@ -54,7 +58,9 @@ def runtime(redis_url: str, redis_prefix: str, tool: Touch) -> Iterator[WorkerRu
 
 def job(attempt: int) -> dict[str, Any]:
     request = {"tool_name": "touch", "arguments": {"path": "/tmp/x"}}
-    return Job("r", 0, "touch", {"path": "/tmp/x"}, "r:0", attempt, "", {"request": request}).kwargs()
+    made = Job("r", 0, "touch", {"path": "/tmp/x"}, "r:0", attempt, "", {"request": request})
+    made.token = sign(SECRET, made)  # as its coordinator signs it
+    return made.kwargs()
 
 
 def journal_the_step(redis_url: str, redis_prefix: str, response: str) -> None:

@@ -1,25 +1,30 @@
-"""An unsigned task of a destructive tool runs only as the call a human approved: that tool, those arguments,
-that round. Against the real Redis in this process, on a fleet without a secret (no Celery worker needed)."""
+"""Who may make a worker run a tool. With a secret, only a task its coordinator signed, whatever the tool;
+without one, nothing, unless the fleet is an insecure development one, where an unsigned task of a
+destructive tool runs only as the call a human approved: that tool, those arguments, that round. Against
+the real Redis in this process (no Celery worker needed)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 
 from castor import castor_tool
 from castor.backends.redis import keys, redis_backend
 from castor.checkpoint import StepFailure
-from castor.executors._wire import OK, REFUSED, Job, task_name
+from castor.executors._wire import OK, REFUSED, Job, sign, task_name
 from castor.registry import ToolRegistry
 from castor.seams import Decision, PendingApproval
 from castor.settings import Settings
 from workers.runtime import WorkerRuntime
 
 RAN: list[dict[str, Any]] = []
+SECRET = "a-secret-of-the-fleet-" + "x" * 20
 
 
 @castor_tool(destructive=True, sensitive=["key"])
@@ -32,7 +37,8 @@ def wipe(path: str, depth: int, key: str) -> str:
 @pytest.fixture
 def runtime(redis_url: str, redis_prefix: str) -> Iterator[WorkerRuntime]:
     RAN.clear()
-    made = WorkerRuntime(Settings(redis_url=redis_url, redis_prefix=redis_prefix), ToolRegistry([wipe]))
+    settings = Settings(redis_url=redis_url, redis_prefix=redis_prefix, insecure_dev=True)  # no secret
+    made = WorkerRuntime(settings, ToolRegistry([wipe]))
     try:
         yield made
     finally:
@@ -110,3 +116,80 @@ def test_a_refusal_writes_to_no_key_but_a_reply_stream(
     finally:
         client.close()
     assert RAN == []
+
+
+@castor_tool
+def jot(text: str) -> str:
+    """A plain tool: not destructive, not gated."""
+    RAN.append({"text": text})
+    return text
+
+
+@pytest.fixture
+def guarded(redis_url: str, redis_prefix: str) -> Iterator[Callable[..., WorkerRuntime]]:
+    """Worker runtimes serving ``jot`` and ``wipe`` with the settings a test gives."""
+    RAN.clear()
+    made: list[WorkerRuntime] = []
+
+    def build(**settings: Any) -> WorkerRuntime:
+        made.append(WorkerRuntime(Settings(redis_url=redis_url, redis_prefix=redis_prefix, **settings),
+                                  ToolRegistry([jot, wipe])))
+        return made[-1]
+
+    yield build
+    for runtime in made:
+        runtime.close()
+
+
+def letters(redis_url: str, redis_prefix: str) -> list[dict[str, Any]]:
+    """The default pool's dead letters, oldest first."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return [json.loads(raw) for raw in reversed(client.lrange(keys.dead_letters(redis_prefix, "default"), 0, -1))]
+    finally:
+        client.close()
+
+
+def jot_task(run_id: str, token_secret: str | None = None) -> dict[str, Any]:
+    arguments = {"text": "hello"}
+    request = {"tool_name": "jot", "arguments": arguments}
+    job = Job(run_id, 0, "jot", arguments, f"{run_id}:0", 0, "", {"request": request})
+    if token_secret is not None:
+        job.token = sign(token_secret, job)
+    return job.kwargs()
+
+
+def test_a_worker_with_a_secret_refuses_an_unsigned_or_missigned_plain_tool_task(
+    guarded: Callable[..., WorkerRuntime], redis_url: str, redis_prefix: str
+) -> None:
+    runtime = guarded(secret=SECRET)
+    assert runtime.handle(jot_task("p1"), task_name("jot")).status == REFUSED
+    assert runtime.handle(jot_task("p2", token_secret="change-me"), task_name("jot")).status == REFUSED
+    assert RAN == []
+    # Not journaled (it could be anyone's): the pool's dead letters say why.
+    assert [d["reason"].split(" (")[0] for d in letters(redis_url, redis_prefix)] == [
+        "no authorization token for 'jot'", "invalid authorization token for 'jot'",
+    ]
+    assert failures(redis_url, redis_prefix, "p1") == failures(redis_url, redis_prefix, "p2") == []
+    assert runtime.handle(jot_task("p3", token_secret=SECRET), task_name("jot")).status == OK
+    assert RAN == [{"text": "hello"}]
+
+
+def test_a_worker_with_a_secret_refuses_an_unsigned_destructive_call_even_once_approved(
+    guarded: Callable[..., WorkerRuntime], redis_url: str, redis_prefix: str
+) -> None:
+    runtime = guarded(secret=SECRET, insecure_dev=True)  # not even in a development fleet: it has a secret
+    approve(redis_url, redis_prefix, "p4", {"path": "/tmp/a", "depth": 1, "key": "k"})
+    outcome = runtime.handle(unsigned("p4", {"path": "/tmp/a", "depth": 1, "key": "k"}), task_name("wipe"))
+    assert outcome.status == REFUSED and RAN == []
+
+
+def test_a_worker_without_a_secret_runs_nothing_outside_a_development_fleet(
+    guarded: Callable[..., WorkerRuntime], redis_url: str, redis_prefix: str
+) -> None:
+    runtime = guarded()
+    assert runtime.handle(jot_task("p5"), task_name("jot")).status == REFUSED
+    assert RAN == []
+    assert "this worker has no secret" in letters(redis_url, redis_prefix)[0]["reason"]
+    assert failures(redis_url, redis_prefix, "p5") == []
+    assert guarded(insecure_dev=True).handle(jot_task("p6"), task_name("jot")).status == OK

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -25,6 +26,8 @@ from castor.settings import REPLY_GRACE, Settings
 
 from .conftest import REDIS_URL, stop_process, wait_ready
 
+SECRET = secrets.token_hex(32)
+
 TOOLS = '''
 from castor import castor_tool
 
@@ -40,10 +43,12 @@ def long_export(table: str) -> str:
 
 
 def clean_env() -> dict[str, str]:
-    """The test's environment without the variables that would give the worker a config or a Redis."""
+    """The test's environment without the variables that would give the worker a config or a Redis, with
+    the fleet's secret (no worker starts without one)."""
     env = dict(os.environ)
-    for var in ("CASTOR_CONFIG", "CASTOR_REDIS_URL", "CASTOR_BROKER_URL", "CASTOR_SECRET", "CASTOR_STORE"):
+    for var in ("CASTOR_CONFIG", "CASTOR_REDIS_URL", "CASTOR_BROKER_URL", "CASTOR_STORE", "CASTOR_INSECURE_DEV"):
         env.pop(var, None)
+    env["CASTOR_SECRET"] = SECRET
     return env
 
 
@@ -112,7 +117,7 @@ async def test_a_worker_without_a_config_serves_its_tools_on_its_pool(
     # The coordinator's config maps the tool to the worker's pool; the worker knew only --tools.
     settings = Settings(
         redis_url=REDIS_URL, redis_prefix=prefix, pools={pool: ("echo", "long_export")},
-        tool_imports=(f"{tmp_path}/tools.py:echo",), default_timeout=20,
+        tool_imports=(f"{tmp_path}/tools.py:echo",), default_timeout=20, secret=SECRET,
     )
     kernel = Castor(**fleet_options(settings, budgets={}))
 
@@ -281,6 +286,7 @@ def test_a_worker_that_celery_stops_on_an_error_exits_non_zero(tmp_path: Path, m
     monkeypatch.setattr(workers.main, "preflight", lambda *_: None)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CASTOR_CONFIG", raising=False)
+    monkeypatch.setenv("CASTOR_SECRET", SECRET)
     (tmp_path / "tools.py").write_text(TOOLS)
     argv = ["worker", "--pool", "p", "--tools", f"{tmp_path}/tools.py:echo", "--redis", REDIS_URL]
     assert main(argv) == 1

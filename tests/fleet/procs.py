@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -33,7 +34,7 @@ url = "{url}"
 queue_prefix = "{queues}"
 
 [security]
-secret = "secret-{prefix}"
+secret = "{secret}"
 
 [tools]
 import = [{imports}]
@@ -79,6 +80,7 @@ class Fleet:
         tools = [n for names in POOLS.values() for n in names]
         self.config.write_text(CONFIG.format(
             url=self.url, prefix=self.prefix, queues=self.queues, imports=_quoted([tool_spec(n) for n in tools]),
+            secret=secrets.token_hex(32),
             web=_quoted(POOLS["web"]), fs=_quoted(POOLS["fs"]),
         ))
         self.env = {**os.environ, "CASTOR_REDIS_URL": self.url, "CASTOR_REDIS_PREFIX": self.prefix,

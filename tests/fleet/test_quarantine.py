@@ -65,7 +65,7 @@ def test_max_takeovers_is_read_from_the_config_and_checked(tmp_path: Path) -> No
     assert load_settings(config, env={}).max_takeovers == 5
     assert load_settings(None, env={}).max_takeovers == 3
     config.write_text("[coordinator]\nmax_takeovers = -1\n")
-    with pytest.raises(ConfigError, match=r"\[coordinator\] max_takeovers must be >= 0"):
+    with pytest.raises(ConfigError, match=r"\[coordinator\] max_takeovers = -1 is out of range"):
         load_settings(config, env={})
     with pytest.raises(CastorError, match="max_takeovers"):
         CoordinatorConfig("redis://127.0.0.1:6379/0", max_takeovers=-1)

@@ -2,11 +2,13 @@
 Flower from its first block, then submit, approvals, approve, ps and coordinators from its second.
 
 Only what must differ for a shared test machine is substituted: a copy of ``config/castor.toml`` with a
-private key prefix and private queue names, the Redis URL of the test session, and a free Flower port."""
+private key prefix and private queue names, the Redis URL of the test session, and a free Flower port;
+``CASTOR_SECRET`` is set as the README tells the operator to."""
 
 from __future__ import annotations
 
 import re
+import secrets
 import time
 import urllib.request
 from pathlib import Path
@@ -25,6 +27,7 @@ def private_config(fleet: Fleet) -> Path:
     text = text.replace(README_URL, fleet.url)
     path = fleet.tmp / "castor.toml"
     path.write_text(text)
+    fleet.env["CASTOR_SECRET"] = secrets.token_hex(32)  # as the README says: the shipped config has none
     return path
 
 

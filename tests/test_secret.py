@@ -1,0 +1,83 @@
+"""No process of a fleet starts without a secret of its own: none, a sample one or a short one stops a
+worker, a coordinator, Flower, the CLI's ``--executor celery`` and ``fleet_options`` with one line,
+exit 2, unless the fleet is an insecure development one (then it warns). The shipped config and
+compose file carry no usable secret. (Started for real with the insecure switch: tests/fleet/test_secret.py.)"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from pathlib import Path
+
+import pytest
+
+from castor import CastorWarning, InvalidValueError
+from castor._secret import MIN_SECRET_LENGTH, require_secret, secret_problem
+from castor.cli import main
+from castor.executors.celery import fleet_options
+from castor.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+WEAK = {  # secret line in castor.toml -> the problem the error names
+    "": "no secret is set",
+    'secret = "change-me"': "the secret is a sample value",
+    'secret = "ChangeMe"': "the secret is a sample value",
+    'secret = "secret"': "the secret is a sample value",
+    'secret = "s3cr3t-but-short"': f"below the minimum of {MIN_SECRET_LENGTH}",
+}
+PROCESSES = {
+    "worker": ("worker", "--pool", "default", "--fast-start", "--config"),
+    "coordinator": ("coordinator", "--executor", "celery", "--config"),
+    "flower": ("flower", "--config"),
+    "run": ("run", "agents.py:main", "--executor", "celery", "--config"),
+}
+
+
+@pytest.fixture(autouse=True)
+def no_secret_in_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for var in ("CASTOR_CONFIG", "CASTOR_SECRET", "CASTOR_INSECURE_DEV", "CASTOR_REDIS_URL", "CASTOR_STORE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tools.py").write_text("def rm(path: str) -> str:\n    return path\n")
+    (tmp_path / "agents.py").write_text("async def main():\n    return 1\n")
+
+
+def config(tmp_path: Path, secret_line: str) -> Path:
+    path = tmp_path / "castor.toml"
+    path.write_text(f"[security]\n{secret_line}\n[tools]\nimport = [\"{tmp_path}/tools.py:rm\"]\n")
+    return path
+
+
+@pytest.mark.parametrize("process", sorted(PROCESSES))
+def test_a_fleet_process_refuses_a_missing_sample_or_short_secret(
+    tmp_path: Path, process: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for line, problem in WEAK.items():
+        path = config(tmp_path, line)
+        capsys.readouterr()
+        assert main([*PROCESSES[process], str(path)]) == 2, line
+        err = capsys.readouterr().err
+        assert err.startswith(f"castor: error: {path}: ") and problem in err, err
+        assert "secrets.token_hex(32)" in err and "CASTOR_INSECURE_DEV=1" in err and err.count("\n") == 1
+
+
+def test_fleet_options_refuses_the_sample_secret_and_warns_in_a_development_fleet() -> None:
+    with pytest.raises(InvalidValueError, match="the secret is a sample value"):
+        fleet_options(Settings(secret="change-me"))
+    with pytest.warns(CastorWarning, match="INSECURE DEVELOPMENT FLEET .*the secret is a sample value"):
+        require_secret(Settings(secret="change-me", insecure_dev=True), "a test")
+    with pytest.warns(CastorWarning, match="INSECURE DEVELOPMENT FLEET .*no secret is set"):
+        require_secret(Settings(insecure_dev=True), "a test")
+    require_secret(Settings(secret=secrets.token_hex(32)), "a test")  # a proper one: silent
+    assert secret_problem("x" * MIN_SECRET_LENGTH) is None
+
+
+def test_the_shipped_config_and_compose_file_carry_no_usable_secret() -> None:
+    settings = load_settings(ROOT / "config/castor.toml", env={})
+    with pytest.raises(InvalidValueError, match="no secret is set"):
+        require_secret(settings, "castor worker")
+    compose = (ROOT / "docker-compose.yml").read_text()
+    assert re.search(r"CASTOR_SECRET: '\$\{CASTOR_SECRET:\?[^}]+\}'", compose)  # compose refuses to start without
+    assert "change-me" not in (ROOT / "config/castor.toml").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert 'python -c "import secrets; print(secrets.token_hex(32))"' in readme
