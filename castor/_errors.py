@@ -23,6 +23,8 @@ are translated at the boundary with ``raise ... from exc`` so callers never catc
     └── UnsupportedError         a castor-kernel 0.5.1 name or option Castor has no equivalent for yet;
                                  the message names what to use instead          (also NotImplementedError)
 
+``CastorWarning`` (a ``UserWarning``) flags a configuration that works but is probably a mistake.
+
 All of them pickle, so they cross process boundaries (coordinator, workers) unchanged.
 """
 
@@ -168,3 +170,7 @@ class BackendUnavailable(CastorError):
 class UnsupportedError(CastorError, NotImplementedError):
     """Code used a castor-kernel 0.5.1 name or option that Castor has no equivalent for yet; the message
     names what to use instead."""
+
+
+class CastorWarning(UserWarning):
+    """A configuration that works but is probably not what the operator meant."""

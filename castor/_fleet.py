@@ -17,9 +17,9 @@ from typing import Any
 from castor import _code
 from castor._errors import BackendUnavailable, ConfigError, NothingPendingError, RunNotFoundError
 from castor._ids import pid_part
-from castor._runner import new_checkpoint
 from castor.backends.redis import keys
 from castor.checkpoint import FINISHED, AgentCheckpoint
+from castor.kernel.runner import new_checkpoint
 from castor.seams import Backend, Decision, DecisionOutcome
 
 CANCELLED = "cancelled"

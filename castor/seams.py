@@ -1,7 +1,10 @@
 """The five seams the kernel talks through, and the values that cross them.
 
 The kernel imports only this module to reach state and execution. A backend is a bundle of the four
-state seams (``Backend``); an executor runs a tool call somewhere. Implementations: ``memory`` (tests,
+state seams (``Backend``; derive one from another with ``dataclasses.replace``, which keeps what it
+says of its store, such as ``answers_inline``); an executor runs a tool call somewhere, and may
+implement the optional ``JournalBinding``. The kernel's own extension point, the interceptors of its
+syscall handler chain, is ``castor.kernel.context.Interceptor``. Implementations: ``memory`` (tests,
 the Python API's default), ``sqlite`` (embedded default of the CLI), ``redis`` (the fleet).
 
 Every method is a coroutine, so a backend may do I/O; the memory one simply never awaits.
@@ -259,6 +262,15 @@ class Executor(Protocol):
 
     async def close(self) -> None:
         """Release threads, connections and reply readers."""
+
+
+@runtime_checkable
+class JournalBinding(Protocol):
+    """Optional for an executor: one that reads the journal itself (the Celery executor, when a worker's
+    reply is late) is handed the kernel's journal when the kernel is built."""
+
+    def bind_journal(self, journal: Journal) -> None:
+        """Use ``journal`` to look up steps the executor dispatched."""
 
 
 @dataclass

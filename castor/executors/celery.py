@@ -48,10 +48,10 @@ from castor.executors._publish import (
 )
 from castor.executors._replies import READ_TIMEOUT, ReplyReader
 from castor.executors._wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, sign, task_name
+from castor.kernel.steps import IN_DOUBT_REASON
 from castor.registry import ToolRegistry
 from castor.seams import Call, Journal
 from castor.settings import REPLY_GRACE, Settings, call_deadline, tool_policy
-from castor.syscall import IN_DOUBT_REASON
 
 log = logging.getLogger("castor.executor")
 SENDER = "a process sending tasks to the fleet (coordinator, --executor celery, fleet_options)"
