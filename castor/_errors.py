@@ -37,6 +37,9 @@ from typing import Any
 class CastorError(Exception):
     """Base of every error Castor raises on purpose."""
 
+    # True when the failure is in the run's journal already: a worker that ran the tool journaled it.
+    failure_journaled: bool = False
+
     def __reduce__(self) -> tuple[Any, ...]:
         # Keyword-only constructors do not survive the default pickling; rebuild from args + state.
         return (_rebuild, (type(self), self.args, self.__dict__))

@@ -2,10 +2,11 @@
 
 The kernel imports only this module to reach state and execution. A backend is a bundle of the four
 state seams (``Backend``; derive one from another with ``dataclasses.replace``, which keeps what it
-says of its store, such as ``answers_inline``); an executor runs a tool call somewhere, and may
-implement the optional ``JournalBinding``. The kernel's own extension point, the interceptors of its
-syscall handler chain, is ``castor.kernel.context.Interceptor``. Implementations: ``memory`` (tests,
-the Python API's default), ``sqlite`` (embedded default of the CLI), ``redis`` (the fleet).
+says of its store, such as ``answers_inline``); an executor runs a tool call somewhere. Optional
+protocols say what a part may also do: ``JournalBinding`` (an executor), ``Closeable`` (a state seam).
+The kernel's own extension point, the interceptors of its syscall handler chain, is
+``castor.kernel.context.Interceptor``. Implementations: ``memory`` (tests, the Python API's default),
+``sqlite`` (embedded default of the CLI), ``redis`` (the fleet).
 
 Every method is a coroutine, so a backend may do I/O; the memory one simply never awaits.
 """
@@ -273,6 +274,14 @@ class JournalBinding(Protocol):
         """Use ``journal`` to look up steps the executor dispatched."""
 
 
+@runtime_checkable
+class Closeable(Protocol):
+    """Optional for a state seam: one that holds connections closes them with the backend."""
+
+    async def close(self) -> None:
+        """Release the connections."""
+
+
 @dataclass
 class Backend:
     """A bundle of the four state seams, all of one technology."""
@@ -292,6 +301,5 @@ class Backend:
     async def close(self) -> None:
         """Close connections the backend holds."""
         for part in (self.journal, self.budgets, self.approvals, self.runs):
-            closer = getattr(part, "close", None)
-            if closer is not None:
-                await closer()
+            if isinstance(part, Closeable):
+                await part.close()

@@ -20,7 +20,7 @@ import functools
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
-from castor._errors import InDoubtError, UnknownToolError
+from castor._errors import CastorError, InDoubtError, RemoteToolError, UnknownToolError
 from castor._redact import redact
 from castor.checkpoint import StepFailure, bounded_arguments
 from castor.kernel.claims import run_claimed
@@ -195,11 +195,11 @@ async def execute(call: Syscall) -> Any:
             # Journaled and kept in the checkpoint: sensitive values stay out, as of a worker's failure entry.
             arguments=bounded_arguments(redact(call.arguments, spec.sensitive)),
             # A worker's error keeps the type name the tool raised there (RemoteToolError.error_type).
-            error_type=getattr(exc, "error_type", None) or type(exc).__name__,
-            message=getattr(exc, "tool_message", None) or str(exc),
+            error_type=(exc.error_type if isinstance(exc, RemoteToolError) else "") or type(exc).__name__,
+            message=(exc.tool_message if isinstance(exc, RemoteToolError) else "") or str(exc),
         )
         ctx.checkpoint.failures.append(failure)
-        if not getattr(exc, "failure_journaled", False):  # a worker journals what happened on it
+        if not (isinstance(exc, CastorError) and exc.failure_journaled):  # a worker journals what happened on it
             await ctx.services.backend.journal.record_failure(run_id, failure)
         if isinstance(exc, InDoubtError):
             # The worker died mid-call and the tool may not run twice: a human decides, in a new round.
