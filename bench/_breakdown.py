@@ -2,7 +2,7 @@
 
 Three views, each measured here and now:
 
-1. The path built stage by stage: the agent's loop with only the first k stages and a stub tool
+1. The syscall handler chain built stage by stage: the agent's loop with only the first k stages and a stub tool
    behind them, so each line's increment is what that stage adds, in real time (no profiler).
 2. The pieces of the innermost step (execute + journal) and of the SQLite journal write, timed alone.
 3. cProfile of a whole charged run, by own time: the ranking, not the absolute figures (the profiler
@@ -47,7 +47,7 @@ async def stages(calls: int, repeat: int) -> None:
     """View 1: the agent loop through the first k stages."""
     w = Workload(calls)
     names = [stage.__name__ for stage in STAGES]
-    levels: list[tuple[str, int, Any]] = [("tool() + Syscall, stub path", 0, _stub)]
+    levels: list[tuple[str, int, Any]] = [("tool() + Syscall, stub chain", 0, _stub)]
     levels += [(f"+ {name}", k + 1, _stub) for k, name in enumerate(names)]
     levels.append(("+ execute (tool, journal)", len(names), execute))
     samples: dict[str, list[float]] = {"direct await of the tool": []}
@@ -61,7 +61,7 @@ async def stages(calls: int, repeat: int) -> None:
             samples.setdefault(label, []).append(us_per_call(w.elapsed, calls))
             await kernel.close()
             gc.collect()
-    print(f"1. the path stage by stage, charged, memory store ({calls:,} calls, median of {repeat})")
+    print(f"1. the syscall handler chain stage by stage, charged, memory store ({calls:,} calls, median of {repeat})")
     previous = None
     for label, values in samples.items():
         value = statistics.median(values)
