@@ -29,13 +29,12 @@ CODE_CHANGED = "code changed"
 
 def waiting_round(header: AgentCheckpoint, step: int) -> int:
     """Which approval round of ``step`` the run waits on (a step reopened after a lost worker is round 1+)."""
-    in_doubt = getattr(header, "in_doubt", None) or {}
-    return int(in_doubt.get(step, 0))
+    return header.in_doubt.get(step, 0)
 
 
 def decides(decision: Decision | None, round_: int) -> bool:
     """Whether ``decision`` answers round ``round_`` (a decision of an earlier round does not)."""
-    return decision is not None and int(getattr(decision, "attempt", 0)) >= round_
+    return decision is not None and decision.attempt >= round_
 
 
 class RunDriver:
