@@ -41,10 +41,10 @@ from castor.seams import Call
 Stage = Callable[..., Awaitable[Any]]  # def stage(call: Syscall, inner: Handler) -> Awaitable[Any]
 
 
-def build_chain(interceptors: Iterable[Interceptor] = (), terminal: Handler | None = None) -> Handler:
+def build_chain(interceptors: Iterable[Interceptor] = ()) -> Handler:
     """The handler chain: replay, then ``interceptors`` in order, then the kernel's own stages around
-    ``terminal`` (``execute`` unless a benchmark measures the stages alone)."""
-    return wrap([replay, *interceptors, *KERNEL_STAGES], execute if terminal is None else terminal)
+    ``execute``."""
+    return wrap([replay, *interceptors, *KERNEL_STAGES], execute)
 
 
 def wrap(stages: Iterable[Stage], terminal: Handler) -> Handler:
