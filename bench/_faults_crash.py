@@ -1,0 +1,154 @@
+"""Crash and race faults: a worker or a coordinator SIGKILLed mid-tool, Redis restarted mid-tool (clean
+``SHUTDOWN`` or SIGKILL, on the same AOF), and two ``castor`` processes deciding one run at once."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from bench._faults_agents import POOLS
+from bench._faults_fleet import CASTOR, ROOT, FaultFleet, spec
+from bench._faults_observe import Row, journals, judge, running, settle, snapshot, wait_until
+
+TOOLS = [a for names in POOLS.values() for n in names for a in ("--tool", spec(n))]
+Inject = Callable[[FaultFleet, tuple[str, int, int], dict[str, dict[str, Any]]], bool]  # False: not injected
+
+
+def submit(fleet: FaultFleet, agent: str, n: int) -> list[str]:
+    """Submit ``n`` runs of ``agent`` with ``castor submit``; their pids."""
+    with ThreadPoolExecutor(n) as pool:
+        done = list(pool.map(lambda _: fleet.cli("submit", spec(agent), *TOOLS, "--budget", "api=100"), range(n)))
+    for d in done:
+        if d.returncode != 0:
+            raise RuntimeError(f"castor submit failed: {d.stderr.strip()[-500:]}")
+    return [d.stdout.strip() for d in done]
+
+
+def trial(fleet: FaultFleet, row: Row, agent: str, tool: str, inject: Inject, settle_for: float) -> None:
+    """Two runs of ``agent``; once a call of ``tool`` is running, snapshot the journals and inject the
+    fault; then let the runs end and judge them."""
+    since = time.time()
+    pids = submit(fleet, agent, 2)
+    found = wait_until(lambda: running(fleet.records, tool), 60)
+    if found is None:
+        row.problems.append(f"no call of {tool} started within 60 s: fault not injected")
+    before = journals(fleet.cli_json, pids)
+    if found is not None and not inject(fleet, found, before):
+        row.problems.append(f"the fault could not be injected (call of {tool} at {found[0]}:{found[1]})")
+    outcome = settle(fleet.cli_json, fleet.cli, pids, settle_for)
+    judge(row, fleet.records, snapshot(before), journals(fleet.cli_json, pids), outcome, fleet.exits_since(since))
+
+
+def kill_worker(fleet: FaultFleet, found: tuple[str, int, int], _: dict[str, dict[str, Any]]) -> bool:
+    """SIGKILL the worker process that runs the call."""
+    name = fleet.name_of(found[2])
+    if name is not None:
+        fleet.kill(name)
+    return name is not None
+
+
+def kill_coordinator(fleet: FaultFleet, found: tuple[str, int, int], before: dict[str, dict[str, Any]]) -> bool:
+    """SIGKILL the coordinator that drives the run of the call (its owner in ``castor ps``)."""
+    pid = next((p for p, d in before.items() if (d.get("syscall_log") or [{}])[0].get("response") == found[0]),
+               None)
+    owners = {r["pid"]: str(r.get("owner") or "") for r in fleet.cli_json("ps", "--limit", "100000") or []}
+    owner = owners.get(pid or "", "")
+    for name in ("co-1", "co-2"):
+        if owner.startswith(name) and fleet.pid_of(name) is not None:
+            fleet.kill(name)
+            return True
+    return False
+
+
+def restart_redis(clean: bool) -> Inject:
+    """Stop Redis (``SHUTDOWN`` or SIGKILL), keep it down for the outage, start it on the same AOF."""
+
+    def inject(fleet: FaultFleet, _: tuple[str, int, int], __: dict[str, dict[str, Any]]) -> bool:
+        fleet.stop_redis(clean)
+        time.sleep(fleet.timing.outage)
+        fleet.start_redis()
+        return True
+
+    return inject
+
+
+def crash_rows(fleet: FaultFleet, trials: int, chosen: Callable[[str], bool]) -> list[Row]:
+    """Every crash fault of a chosen family, ``trials`` times each (a fault with two targets alternates)."""
+    settle_for = 4 * fleet.timing.long + 40
+    once, idem = ("long_job", "fx_once"), ("long_idem_job", "fx_idem")
+    plans: list[tuple[str, str, list[tuple[str, str]], Inject]] = [
+        ("worker", "worker SIGKILL mid-tool", [once, idem], kill_worker),
+        ("coordinator", "coordinator SIGKILL, short tool", [("short_job", "fx_once")], kill_coordinator),
+        ("coordinator", "coordinator SIGKILL, long tool", [once], kill_coordinator),
+        ("redis", "Redis SHUTDOWN+restart mid-tool", [once, idem], restart_redis(True)),
+        ("redis", "Redis SIGKILL+restart mid-tool", [once, idem], restart_redis(False)),
+    ]
+    rows = []
+    for family, fault, targets, inject in plans:
+        if not chosen(family):
+            continue
+        row, started = Row(fault), time.monotonic()
+        for i in range(trials):
+            agent, tool = targets[i % len(targets)]
+            trial(fleet, row, agent, tool, inject, settle_for)
+        row.seconds = time.monotonic() - started
+        rows.append(row)
+    return rows
+
+
+def race_rows(fleet: FaultFleet, trials: int, chosen: Callable[[str], bool]) -> list[Row]:
+    """``castor approve`` and ``castor resume`` of one suspended run at the same time, on a SQLite file
+    and on Redis (runs of the CLI, not of the fleet: the deciding processes execute the call)."""
+    rows = []
+    if not chosen("approve"):
+        return []
+    for store in ("sqlite", "redis"):
+        fault = f"approve+resume at once ({store})"
+        row, started = Row(fault), time.monotonic()
+        for i in range(trials):
+            race(fleet, row, store, i)
+        row.seconds = time.monotonic() - started
+        rows.append(row)
+    return rows
+
+
+def race(fleet: FaultFleet, row: Row, store: str, i: int) -> None:
+    """One run suspended on its destructive call, then approved and resumed by two processes at once."""
+    since = time.time()
+    env = dict(fleet.env)
+    for var in ("CASTOR_CONFIG", "CASTOR_REDIS_URL", "CASTOR_REDIS_PREFIX"):
+        env.pop(var, None)
+    if store == "redis":  # the prefix in the URL: `castor run` does not read CASTOR_REDIS_PREFIX
+        env["CASTOR_REDIS_URL"] = f"{fleet.url}?prefix=faults-race"
+    where = [] if store == "redis" else ["--db", str(fleet.tmp / f"race-{i}.db")]
+    pid = f"race-{store}-{i}-{int(since * 1000) % 10**8}"
+    fleet.cli("run", spec("approval_job"), *TOOLS, "--pid", pid, *where, env=env)
+    procs = [subprocess.Popen([*CASTOR, cmd, pid, *where], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) for cmd in ("approve", "resume")]
+    for proc in procs:
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+
+    after = journals(lambda *args: _json(fleet, env, *args, *where), [pid])
+    status = str((after.get(pid) or {}).get("status") or "UNKNOWN")
+    outcome = {pid: status}
+    if status != "COMPLETED":
+        row.problems.append(f"run {pid} ended {status} ({(after.get(pid) or {}).get('error')}), not COMPLETED")
+    judge(row, fleet.records, {}, after, outcome, fleet.exits_since(since))
+
+
+def _json(fleet: FaultFleet, env: dict[str, str], *args: str) -> Any:
+    import json
+
+    done = fleet.cli(*args, "--json", env=env)
+    try:
+        return json.loads(done.stdout) if done.returncode == 0 else None
+    except json.JSONDecodeError:
+        return None
