@@ -10,6 +10,7 @@ result), ``STEP`` the journal position the agent gives the call. How long a tool
 from __future__ import annotations
 
 import os
+import signal
 import time
 import uuid
 from typing import Any
@@ -85,6 +86,13 @@ async def approval_job() -> dict[str, Any]:
     t = await tool("fx_ticket")
     await tool("fx_remove", run=t, step=1, kind="short")
     await tool("fx_idem", run=t, step=2, kind="short")
+    return {"ticket": t}
+
+
+async def poison_job() -> dict[str, Any]:
+    """Kills the process that drives it, on every resume: only a quarantine ends it."""
+    t = await tool("fx_ticket")
+    os.kill(os.getpid(), signal.SIGKILL)
     return {"ticket": t}
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from bench._faults_agents import POOLS
 from bench._faults_fleet import CASTOR, ROOT, FaultFleet, spec
-from bench._faults_observe import Row, journals, judge, running, settle, snapshot, wait_until
+from bench._faults_observe import Row, busy, journals, judge, running, settle, snapshot, wait_until
 
 TOOLS = [a for names in POOLS.values() for n in names for a in ("--tool", spec(n))]
 Inject = Callable[[FaultFleet, tuple[str, int, int], dict[str, dict[str, Any]]], bool]  # False: not injected
@@ -33,13 +33,15 @@ def trial(fleet: FaultFleet, row: Row, agent: str, tool: str, inject: Inject, se
     fault; then let the runs end and judge them."""
     since = time.time()
     pids = submit(fleet, agent, 2)
-    found = wait_until(lambda: running(fleet.records, tool), 60)
+    found = wait_until(lambda: running(fleet.records, tool, since), 60)
     if found is None:
         row.problems.append(f"no call of {tool} started within 60 s: fault not injected")
     before = journals(fleet.cli_json, pids)
     if found is not None and not inject(fleet, found, before):
         row.problems.append(f"the fault could not be injected (call of {tool} at {found[0]}:{found[1]})")
     outcome = settle(fleet.cli_json, fleet.cli, pids, settle_for)
+    # A call still running (one a human was asked about, say) finishes before the verdict, or is lost.
+    wait_until(lambda: not busy(fleet.records, since), fleet.timing.long + 10)
     judge(row, fleet.records, snapshot(before), journals(fleet.cli_json, pids), outcome, fleet.exits_since(since))
 
 
@@ -98,6 +100,28 @@ def crash_rows(fleet: FaultFleet, trials: int, chosen: Callable[[str], bool]) ->
         row.seconds = time.monotonic() - started
         rows.append(row)
     return rows
+
+
+def poison_rows(fleet: FaultFleet, trials: int, chosen: Callable[[str], bool]) -> list[Row]:
+    """A run whose agent kills the coordinator driving it, on every resume: it must be quarantined
+    (FAILED with the reason) instead of sending coordinators into an endless crash loop."""
+    if not chosen("poison"):
+        return []
+    row, started = Row("poison run (its agent kills its coordinator)"), time.monotonic()
+    for _ in range(trials):
+        since = time.time()
+        pids = submit(fleet, "poison_job", 1)
+        outcome = settle(fleet.cli_json, fleet.cli, pids, 10 * fleet.timing.lease + 30)
+        after = journals(fleet.cli_json, pids)
+        for pid in pids:
+            if outcome.get(pid) != "FAILED":
+                row.problems.append(f"poison run {pid} was not quarantined: {outcome.get(pid)}")
+                fleet.cli("cancel", pid)  # or it goes on killing coordinators through the next faults
+        deaths = sum(e.name.startswith("co-") and not e.planned for e in fleet.exits_since(since))
+        row.problems += [f"{deaths} coordinator deaths for one run"] if deaths > 10 else []
+        judge(row, fleet.records, {}, after, outcome, fleet.exits_since(since))
+    row.seconds = time.monotonic() - started
+    return [row]
 
 
 def race_rows(fleet: FaultFleet, trials: int, chosen: Callable[[str], bool]) -> list[Row]:

@@ -19,7 +19,7 @@ from typing import Any
 
 from bench._faults_crash import submit
 from bench._faults_fleet import CASTOR, PREFIX, QUEUES, ROOT, FaultFleet
-from bench._faults_observe import Row, journals, judge, read_records, running, settle, snapshot, wait_until
+from bench._faults_observe import Row, busy, journals, judge, read_records, settle, snapshot, wait_until
 
 SAMPLE_SECRET = "change-me"
 EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
@@ -37,14 +37,18 @@ class Forger:
     def live_run(self) -> str | None:
         """Submit a run and wait until its long non-idempotent call runs; capture that call's task."""
         pid = submit(self.fleet, "long_job", 1)[0]
-        if wait_until(lambda: running(self.fleet.records, "fx_once"), 60) is None:
-            return None
+        return pid if wait_until(lambda: self._capture(pid), 60) else None
+
+    def _capture(self, pid: str) -> bool:
+        """Whether the transport's ``unacked`` hash holds ``pid``'s running ``fx_once`` task (now copied)."""
         for raw in self.fleet.redis.hvals(f"{QUEUES}:unacked"):
             payload, _, routing_key = json.loads(raw)
             body = json.loads(base64.b64decode(payload["body"]))
-            if isinstance(body, list) and len(body) == 3 and body[1].get("run_id") == pid:
+            if isinstance(body, list) and len(body) == 3 and isinstance(body[1], dict) \
+                    and body[1].get("run_id") == pid and body[1].get("tool") == "fx_once":
                 self.envelope, self.kwargs, self.queue = payload, body[1], f"{QUEUES}:{routing_key}"
-        return pid
+                return True
+        return False
 
     def message(self, body: Any, task: str | None = None) -> str:
         """The captured envelope with a new task id and delivery tag, a fresh expiry and ``body``."""
@@ -195,12 +199,13 @@ def forge_rows(fleet: FaultFleet, trials: int, chosen: Callable[[str], bool]) ->
         for _ in range(trials):
             since = time.time()
             pid = forger.live_run()
-            if pid is None or not forger.envelope:
+            if pid is None:
                 row.problems.append("no genuine task to copy: the forgery was not sent")
                 continue
             before = journals(fleet.cli_json, [pid])
             extra = attack(forger, row, pid)
             outcome = settle(fleet.cli_json, fleet.cli, [pid], 4 * fleet.timing.long + 30)
+            wait_until(lambda since=since: not busy(fleet.records, since), fleet.timing.long + 10)
             after = journals(fleet.cli_json, [pid])
             if outcome.get(pid) != "COMPLETED":
                 error = (after.get(pid) or {}).get("error")

@@ -4,6 +4,7 @@ state through ``castor ps`` / ``approvals`` / ``inspect --json``, and the verdic
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -30,21 +31,36 @@ def read_records(path: Path) -> tuple[Counter[tuple[str, int, str]], Counter[tup
     return starts, finishes
 
 
-def running(path: Path, tool: str) -> tuple[str, int, int] | None:
-    """A call of ``tool`` that started and has not finished: (ticket, step, OS pid of its process)."""
-    open_calls: dict[tuple[str, int], int] = {}
+def open_calls(path: Path, tool: str | None, since: float) -> list[tuple[str, int, int]]:
+    """Calls of ``tool`` (None: any) that started after ``since`` (a ``time.time()``) and have not finished:
+    (ticket, step, OS pid of the process running it). Calls of earlier trials are not counted."""
+    found: dict[tuple[str, int], int] = {}
     for line in path.read_text().splitlines():
         parts = line.split()
-        if len(parts) >= 5 and parts[3] == tool:
+        if len(parts) >= 6 and tool in (None, parts[3]) and float(parts[5]) >= since:
             key = (parts[1], int(parts[2]))
             if parts[0] == "start":
-                open_calls[key] = int(parts[4])
+                found[key] = int(parts[4])
             else:
-                open_calls.pop(key, None)
-    if not open_calls:
-        return None
-    (ticket, step), os_pid = next(iter(open_calls.items()))
-    return ticket, step, os_pid
+                found.pop(key, None)
+    return [(ticket, step, os_pid) for (ticket, step), os_pid in found.items()]
+
+
+def running(path: Path, tool: str, since: float) -> tuple[str, int, int] | None:
+    """A call of ``tool`` started after ``since`` that has not finished, if any."""
+    calls = open_calls(path, tool, since)
+    return calls[0] if calls else None
+
+
+def busy(path: Path, since: float) -> bool:
+    """Whether a call started after ``since`` is still running in a live process."""
+    for _, _, os_pid in open_calls(path, None, since):
+        try:
+            os.kill(os_pid, 0)
+        except OSError:
+            continue
+        return True
+    return False
 
 
 def wait_until(check: Callable[[], Any], timeout: float, every: float = 0.05) -> Any:
@@ -107,6 +123,7 @@ class Row:
     dead: int = 0
     restarted: int = 0
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # how runs failed: allowed, but worth reading
     seconds: float = 0.0
 
     @property
@@ -120,7 +137,7 @@ class Row:
                 "idempotent_min": min(self.idem, default=None), "idempotent_max": max(self.idem, default=None),
                 "outcomes": dict(self.outcomes), "lost": self.lost, "workers_dead": self.dead,
                 "workers_restarted": self.restarted, "holds": self.holds, "problems": self.problems,
-                "seconds": round(self.seconds, 1)}
+                "notes": self.notes, "seconds": round(self.seconds, 1)}
 
 
 def tool_of(record: dict[str, Any]) -> str:
@@ -166,11 +183,14 @@ def judge(row: Row, records: Path, before: dict[str, list[Any]], after: dict[str
 def _judge_run(row: Row, pid: str, status: str, data: dict[str, Any], before: list[Any],
                finishes: Counter[tuple[str, int, str]]) -> None:
     error = str(data.get("error") or data.get("preemption_reason") or "")
-    row.outcomes["quarantined" if status == "FAILED" and "quarantin" in error.lower() else status] += 1
+    quarantined = status == "FAILED" and any(w in error.lower() for w in ("quarantin", "taken over"))
+    row.outcomes["quarantined" if quarantined else status] += 1
     if status not in (*ENDED, "IN_DOUBT"):
         row.problems.append(f"run {pid} did not end: {status}")
     elif status == "FAILED" and not error:
         row.problems.append(f"run {pid} FAILED without a reason")
+    elif status in ("FAILED", "PREEMPTED"):
+        row.notes.append(f"run {pid} {status}: {error[:160]}")
     log = data.get("syscall_log") or []
     ticket = str(log[0]["response"]) if log and isinstance(log[0].get("response"), str) else ""
     kept = [json.dumps([tool_of(r), r.get("response")], sort_keys=True) for r in log]
@@ -215,6 +235,6 @@ def table(rows: list[Row]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(cell, widths, strict=True)).rstrip() for cell in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     for r in rows:
-        for problem in dict.fromkeys(r.problems):
-            lines.append(f"  {r.fault}: {problem}")
+        lines += [f"  {r.fault}: {problem}" for problem in dict.fromkeys(r.problems)]
+        lines += [f"  {r.fault}: (note) {note}" for note in dict.fromkeys(r.notes)]
     return "\n".join(lines)

@@ -8,7 +8,8 @@ private config in a temporary directory, and plays their supervisor: a process t
 as systemd or compose would. It drives runs with ``castor submit`` / ``approve`` / ``resume`` and reads
 them with ``castor ps`` / ``approvals`` / ``inspect --json``; their tools record each start and finish
 to a file. Faults: a worker or a coordinator SIGKILLed mid-tool, Redis restarted mid-tool (clean and
-SIGKILL), ``approve`` and ``resume`` at once, forged and malformed broker messages.
+SIGKILL), ``approve`` and ``resume`` at once, a run whose agent kills its coordinator, forged and
+malformed broker messages.
 
 A row holds when: a non-idempotent tool ran at most once per step; an idempotent step completed exactly
 once; every run ended (COMPLETED, FAILED with a reason, or waiting for a human on a call in doubt, and
@@ -28,12 +29,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._faults_crash import crash_rows, race_rows
+from bench._faults_crash import crash_rows, poison_rows, race_rows
 from bench._faults_fleet import FaultFleet, Timing
 from bench._faults_forge import forge_rows
 from bench._faults_observe import Row, table
 
-FAULTS = ("worker", "coordinator", "redis", "approve", "forged")
+FAULTS = ("approve", "worker", "coordinator", "redis", "poison", "forged")
 QUICK = Timing(short=0.3, long=4.0, lease=1.5, outage=2.5)
 FULL = Timing(short=0.5, long=10.0, lease=3.0, outage=4.0)
 
@@ -68,6 +69,7 @@ def run(args: argparse.Namespace) -> list[Row]:
             fleet.start()
             rows = race_rows(fleet, trials, chosen)
             rows += crash_rows(fleet, trials, chosen)
+            rows += poison_rows(fleet, trials, chosen)
             rows += forge_rows(fleet, trials, chosen)  # last: a poison pill may keep killing a pool
         finally:
             fleet.close()
