@@ -15,7 +15,7 @@ from bench._faults_fleet import CASTOR, ROOT, FaultFleet, spec
 from bench._faults_observe import Row, busy, journals, judge, running, settle, snapshot, wait_until
 
 TOOLS = [a for names in POOLS.values() for n in names for a in ("--tool", spec(n))]
-Inject = Callable[[FaultFleet, tuple[str, int, int], dict[str, dict[str, Any]]], bool]  # False: not injected
+Inject = Callable[[FaultFleet, tuple[str, int, int], dict[str, str]], bool]  # False: not injected
 
 
 def submit(fleet: FaultFleet, agent: str, n: int) -> list[str]:
@@ -28,24 +28,35 @@ def submit(fleet: FaultFleet, agent: str, n: int) -> list[str]:
     return [d.stdout.strip() for d in done]
 
 
+def owners(fleet: FaultFleet, pids: list[str]) -> dict[str, str]:
+    """The coordinator driving each run (its owner in ``castor ps``), once every run has one; else {}."""
+    rows = {r["pid"]: str(r.get("owner") or "") for r in fleet.cli_json("ps", "--limit", "100000") or []}
+    return rows if all(rows.get(pid) for pid in pids) else {}
+
+
 def trial(fleet: FaultFleet, row: Row, agent: str, tool: str, inject: Inject, settle_for: float) -> None:
     """Two runs of ``agent``; once a call of ``tool`` is running, snapshot the journals and inject the
-    fault; then let the runs end and judge them."""
+    fault; then let the runs end and judge them. A coordinator is killed before the snapshot, which takes
+    longer than a short call: its death changes nothing in Redis, so the journals read after it are
+    those it left."""
     since = time.time()
     pids = submit(fleet, agent, 2)
+    driving = wait_until(lambda: owners(fleet, pids), 20) or {}
     found = wait_until(lambda: running(fleet.records, tool, since), 60)
     if found is None:
         row.problems.append(f"no call of {tool} started within 60 s: fault not injected")
-    before = journals(fleet.cli_json, pids)
-    if found is not None and not inject(fleet, found, before):
+    first = inject is not kill_coordinator
+    before = journals(fleet.cli_json, pids) if first else {}
+    if found is not None and not inject(fleet, found, {p: driving.get(p, "") for p in pids}):
         row.problems.append(f"the fault could not be injected (call of {tool} at {found[0]}:{found[1]})")
+    before = before if first else journals(fleet.cli_json, pids)
     outcome = settle(fleet.cli_json, fleet.cli, pids, settle_for)
     # A call still running (one a human was asked about, say) finishes before the verdict, or is lost.
     wait_until(lambda: not busy(fleet.records, since), fleet.timing.long + 10)
     judge(row, fleet.records, snapshot(before), journals(fleet.cli_json, pids), outcome, fleet.exits_since(since))
 
 
-def kill_worker(fleet: FaultFleet, found: tuple[str, int, int], _: dict[str, dict[str, Any]]) -> bool:
+def kill_worker(fleet: FaultFleet, found: tuple[str, int, int], _: dict[str, str]) -> bool:
     """SIGKILL the worker process that runs the call."""
     name = fleet.name_of(found[2])
     if name is not None:
@@ -53,23 +64,20 @@ def kill_worker(fleet: FaultFleet, found: tuple[str, int, int], _: dict[str, dic
     return name is not None
 
 
-def kill_coordinator(fleet: FaultFleet, found: tuple[str, int, int], before: dict[str, dict[str, Any]]) -> bool:
-    """SIGKILL the coordinator that drives the run of the call (its owner in ``castor ps``)."""
-    pid = next((p for p, d in before.items() if (d.get("syscall_log") or [{}])[0].get("response") == found[0]),
-               None)
-    owners = {r["pid"]: str(r.get("owner") or "") for r in fleet.cli_json("ps", "--limit", "100000") or []}
-    owner = owners.get(pid or "", "")
-    for name in ("co-1", "co-2"):
-        if owner.startswith(name) and fleet.pid_of(name) is not None:
+def kill_coordinator(fleet: FaultFleet, _: tuple[str, int, int], driving: dict[str, str]) -> bool:
+    """SIGKILL the coordinators driving the trial's runs (which run the call is of takes a journal read
+    longer than a short call to learn, so both die if the two runs have different owners)."""
+    names = [n for n in ("co-1", "co-2") if any(o.startswith(n) for o in driving.values())]
+    for name in names:
+        if fleet.pid_of(name) is not None:
             fleet.kill(name)
-            return True
-    return False
+    return bool(names)
 
 
 def restart_redis(clean: bool) -> Inject:
     """Stop Redis (``SHUTDOWN`` or SIGKILL), keep it down for the outage, start it on the same AOF."""
 
-    def inject(fleet: FaultFleet, _: tuple[str, int, int], __: dict[str, dict[str, Any]]) -> bool:
+    def inject(fleet: FaultFleet, _: tuple[str, int, int], __: dict[str, str]) -> bool:
         fleet.stop_redis(clean)
         time.sleep(fleet.timing.outage)
         fleet.start_redis()

@@ -205,7 +205,7 @@ def forge_rows(fleet: FaultFleet, trials: int, chosen: Callable[[str], bool]) ->
             before = journals(fleet.cli_json, [pid])
             extra = attack(forger, row, pid)
             outcome = settle(fleet.cli_json, fleet.cli, [pid], 4 * fleet.timing.long + 30)
-            wait_until(lambda since=since: not busy(fleet.records, since), fleet.timing.long + 10)
+            settled_calls(fleet, since)
             after = journals(fleet.cli_json, [pid])
             if outcome.get(pid) != "COMPLETED":
                 error = (after.get(pid) or {}).get("error")
@@ -215,6 +215,11 @@ def forge_rows(fleet: FaultFleet, trials: int, chosen: Callable[[str], bool]) ->
         rows.append(row)
     clean_queues(fleet)
     return rows
+
+
+def settled_calls(fleet: FaultFleet, since: float) -> None:
+    """Wait for the calls started since ``since`` that still run (the real one a forgery shadowed)."""
+    wait_until(lambda: not busy(fleet.records, since), fleet.timing.long + 10)
 
 
 def clean_queues(fleet: FaultFleet) -> None:
