@@ -12,7 +12,7 @@ from typing import Any
 
 from bench._faults_agents import POOLS
 from bench._faults_fleet import CASTOR, ROOT, FaultFleet, spec
-from bench._faults_observe import Row, busy, journals, judge, running, settle, snapshot, wait_until
+from bench._faults_observe import Plan, Row, busy, journals, judge, running, settle, snapshot, wait_until
 
 TOOLS = [a for names in POOLS.values() for n in names for a in ("--tool", spec(n))]
 Inject = Callable[[FaultFleet, tuple[str, int, int], dict[str, str]], bool]  # False: not injected
@@ -86,8 +86,8 @@ def restart_redis(clean: bool) -> Inject:
     return inject
 
 
-def crash_rows(fleet: FaultFleet, trials: int, chosen: Callable[[str], bool]) -> list[Row]:
-    """Every crash fault of a chosen family, ``trials`` times each (a fault with two targets alternates)."""
+def crash_rows(fleet: FaultFleet, plan: Plan, chosen: Callable[[str], bool]) -> list[Row]:
+    """Every crash fault of a chosen family, ``plan.trials`` times each (a fault with two targets alternates)."""
     settle_for = 4 * fleet.timing.long + 40
     once, idem = ("long_job", "fx_once"), ("long_idem_job", "fx_idem")
     plans: list[tuple[str, str, list[tuple[str, str]], Inject]] = [
@@ -102,7 +102,7 @@ def crash_rows(fleet: FaultFleet, trials: int, chosen: Callable[[str], bool]) ->
         if not chosen(family):
             continue
         row, started = Row(fault), time.monotonic()
-        for i in range(trials):
+        for i in plan.rounds(row):
             agent, tool = targets[i % len(targets)]
             trial(fleet, row, agent, tool, inject, settle_for)
         row.seconds = time.monotonic() - started
@@ -110,13 +110,13 @@ def crash_rows(fleet: FaultFleet, trials: int, chosen: Callable[[str], bool]) ->
     return rows
 
 
-def poison_rows(fleet: FaultFleet, trials: int, chosen: Callable[[str], bool]) -> list[Row]:
+def poison_rows(fleet: FaultFleet, plan: Plan, chosen: Callable[[str], bool]) -> list[Row]:
     """A run whose agent kills the coordinator driving it, on every resume: it must be quarantined
     (FAILED with the reason) instead of sending coordinators into an endless crash loop."""
     if not chosen("poison"):
         return []
     row, started = Row("poison run (its agent kills its coordinator)"), time.monotonic()
-    for _ in range(trials):
+    for _ in plan.rounds(row):
         since = time.time()
         pids = submit(fleet, "poison_job", 1)
         outcome = settle(fleet.cli_json, fleet.cli, pids, 10 * fleet.timing.lease + 30)
@@ -132,7 +132,7 @@ def poison_rows(fleet: FaultFleet, trials: int, chosen: Callable[[str], bool]) -
     return [row]
 
 
-def race_rows(fleet: FaultFleet, trials: int, chosen: Callable[[str], bool]) -> list[Row]:
+def race_rows(fleet: FaultFleet, plan: Plan, chosen: Callable[[str], bool]) -> list[Row]:
     """``castor approve`` and ``castor resume`` of one suspended run at the same time, on a SQLite file
     and on Redis (runs of the CLI, not of the fleet: the deciding processes execute the call)."""
     rows = []
@@ -141,7 +141,7 @@ def race_rows(fleet: FaultFleet, trials: int, chosen: Callable[[str], bool]) -> 
     for store in ("sqlite", "redis"):
         fault = f"approve+resume at once ({store})"
         row, started = Row(fault), time.monotonic()
-        for i in range(trials):
+        for i in plan.rounds(row):
             race(fleet, row, store, i)
         row.seconds = time.monotonic() - started
         rows.append(row)
@@ -159,14 +159,16 @@ def race(fleet: FaultFleet, row: Row, store: str, i: int) -> None:
     where = [] if store == "redis" else ["--db", str(fleet.tmp / f"race-{i}.db")]
     pid = f"race-{store}-{i}-{int(since * 1000) % 10**8}"
     fleet.cli("run", spec("approval_job"), *TOOLS, "--pid", pid, *where, env=env)
-    procs = [subprocess.Popen([*CASTOR, cmd, pid, *where], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL) for cmd in ("approve", "resume")]
-    for proc in procs:
+    procs = {cmd: subprocess.Popen([*CASTOR, cmd, pid, *where], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True) for cmd in ("approve", "resume")}
+    for cmd, proc in procs.items():
         try:
-            proc.wait(60)
+            out = proc.communicate(timeout=60)[0]
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
-            proc.wait(10)
+            out = proc.communicate(timeout=10)[0]
+        if proc.returncode != 0:
+            row.notes.append(f"castor {cmd} {pid} exited {proc.returncode}: {' '.join(out.split())[-200:]}")
 
     after = journals(lambda *args: _json(fleet, env, *args, *where), [pid])
     status = str((after.get(pid) or {}).get("status") or "UNKNOWN")

@@ -19,7 +19,7 @@ from typing import Any
 
 from bench._faults_crash import submit
 from bench._faults_fleet import CASTOR, PREFIX, QUEUES, ROOT, FaultFleet
-from bench._faults_observe import Row, busy, journals, judge, read_records, settle, snapshot, wait_until
+from bench._faults_observe import Plan, Row, busy, journals, judge, read_records, settle, snapshot, wait_until
 
 SAMPLE_SECRET = "change-me"
 EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
@@ -191,12 +191,12 @@ ATTACKS: list[tuple[str, Attack]] = [
 ]
 
 
-def forge_rows(fleet: FaultFleet, trials: int, chosen: Callable[[str], bool]) -> list[Row]:
-    """Every forged-message fault, ``trials`` times each; each trial has a live run the forgery targets."""
+def forge_rows(fleet: FaultFleet, plan: Plan, chosen: Callable[[str], bool]) -> list[Row]:
+    """Every forged-message fault, ``plan.trials`` times each; each trial has a live run the forgery targets."""
     forger, rows = Forger(fleet), []
     for fault, attack in ATTACKS if chosen("forged") else []:
         row, started = Row(fault), time.monotonic()
-        for _ in range(trials):
+        for _ in plan.rounds(row):
             since = time.time()
             pid = forger.live_run()
             if pid is None:

@@ -7,7 +7,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +107,27 @@ def settle(cli_json: Cli, cli: Cli, pids: list[str], timeout: float) -> dict[str
             return outcome
         time.sleep(0.3)
     return outcome
+
+
+@dataclass
+class Plan:
+    """How many trials each fault gets: ``trials``, fewer when ``fail_fast`` (quick mode: a row that failed
+    once fails, and waiting out its broken runs again would only cost time) or when the time budget that
+    ends at ``deadline`` (a ``time.monotonic()``) is spent."""
+
+    trials: int
+    fail_fast: bool
+    deadline: float
+
+    def rounds(self, row: Row) -> Iterator[int]:
+        """The trial numbers ``row`` gets."""
+        for i in range(self.trials):
+            if self.fail_fast and row.problems:
+                return
+            if time.monotonic() > self.deadline:
+                row.problems.append(f"stopped after {row.trials} of {self.trials} trials: the time budget is spent")
+                return
+            yield i
 
 
 @dataclass

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._faults_crash import crash_rows, poison_rows, race_rows
 from bench._faults_fleet import FaultFleet, Timing
 from bench._faults_forge import forge_rows
-from bench._faults_observe import Row, table
+from bench._faults_observe import Plan, Row, table
 
 FAULTS = ("approve", "worker", "coordinator", "redis", "poison", "forged")
 QUICK = Timing(short=0.3, long=4.0, lease=1.5, outage=2.5)
@@ -46,6 +47,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--faults", default=",".join(FAULTS),
                         help=f"comma-separated fault families to inject: {', '.join(FAULTS)}")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of the table")
+    parser.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                        help="stop injecting after this long; the faults left fail (default: 240 quick, 3600 full)")
     args = parser.parse_args(argv)
     args.families = [f.strip() for f in args.faults.split(",") if f.strip()]
     unknown = sorted(set(args.families) - set(FAULTS))
@@ -56,9 +59,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def run(args: argparse.Namespace) -> list[Row]:
-    """Start the fleet, inject every chosen fault, stop the fleet; the rows."""
-    trials = args.trials or (2 if args.quick else 5)
+def run(args: argparse.Namespace, rows: list[Row]) -> None:
+    """Start the fleet, inject every chosen fault (adding its row to ``rows`` when done), stop the fleet."""
+    budget = args.budget if args.budget is not None else (240.0 if args.quick else 3600.0)
+    plan = Plan(args.trials or (2 if args.quick else 5), fail_fast=args.quick, deadline=time.monotonic() + budget)
 
     def chosen(family: str) -> bool:
         return family in args.families
@@ -67,19 +71,24 @@ def run(args: argparse.Namespace) -> list[Row]:
         fleet = FaultFleet(Path(tmp), QUICK if args.quick else FULL)
         try:
             fleet.start()
-            rows = race_rows(fleet, trials, chosen)
-            rows += crash_rows(fleet, trials, chosen)
-            rows += poison_rows(fleet, trials, chosen)
-            rows += forge_rows(fleet, trials, chosen)  # last: a poison pill may keep killing a pool
+            rows += race_rows(fleet, plan, chosen)
+            rows += crash_rows(fleet, plan, chosen)
+            rows += poison_rows(fleet, plan, chosen)
+            rows += forge_rows(fleet, plan, chosen)  # last: a poison pill may keep killing a pool
         finally:
             fleet.close()
-    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    # SIGTERM (a CI timeout, a test's) unwinds like Ctrl-C, so the fleet is stopped, not orphaned.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
-    rows = run(args)
+    rows: list[Row] = []
+    try:
+        run(args, rows)
+    except (KeyboardInterrupt, SystemExit):  # the rows done so far are still worth printing
+        rows.append(Row("(interrupted)", problems=["the harness was stopped before its last fault"]))
     took = time.monotonic() - started
     if args.json:
         print(json.dumps({"rows": [r.as_dict() for r in rows], "seconds": round(took, 1),

@@ -15,10 +15,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.faults
-@pytest.mark.timeout(400)  # the harness's own budget is 3 minutes on a 2-core machine; margin for a loaded one
+# The harness's own budget is 3 minutes on a 2-core machine once its rows hold; a row that fails can take
+# longer (a run that never ends is waited for), so the limit leaves room to print the table that says why.
+@pytest.mark.timeout(560)
 def test_every_row_of_the_quick_fault_table_holds() -> None:
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "faults.py"), "--quick", "--json"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=380)
+    harness = subprocess.Popen([sys.executable, str(ROOT / "bench" / "faults.py"), "--quick", "--json"], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = harness.communicate(timeout=480)
+    except subprocess.TimeoutExpired:
+        harness.terminate()  # the harness stops its fleet on SIGTERM
+        out, err = harness.communicate(timeout=60)
+    done = subprocess.CompletedProcess(harness.args, harness.returncode, out, err)
     assert done.stdout.strip(), f"the harness printed nothing (exit {done.returncode}): {done.stderr[-3000:]}"
     report = json.loads(done.stdout)
     failing = {row["fault"]: row["problems"] for row in report["rows"] if not row["holds"]}
