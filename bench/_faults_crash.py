@@ -1,5 +1,6 @@
 """Crash and race faults: a worker or a coordinator SIGKILLed mid-tool, Redis restarted mid-tool (clean
-``SHUTDOWN`` or SIGKILL, on the same AOF), and two ``castor`` processes deciding one run at once."""
+``SHUTDOWN`` or SIGKILL, on the same AOF), a run whose agent kills its coordinator, and two ``castor``
+processes deciding one run at once."""
 
 from __future__ import annotations
 

@@ -157,8 +157,8 @@ class Row:
         return {"fault": self.fault, "trials": self.trials, "runs": self.runs, "non_idempotent_max": self.once_max,
                 "idempotent_min": min(self.idem, default=None), "idempotent_max": max(self.idem, default=None),
                 "outcomes": dict(self.outcomes), "lost": self.lost, "workers_dead": self.dead,
-                "workers_restarted": self.restarted, "holds": self.holds, "problems": self.problems,
-                "notes": self.notes, "seconds": round(self.seconds, 1)}
+                "workers_restarted": self.restarted, "holds": self.holds, "problems": counted(self.problems),
+                "notes": counted(self.notes), "seconds": round(self.seconds, 1)}
 
 
 def tool_of(record: dict[str, Any]) -> str:
@@ -237,6 +237,12 @@ def snapshot(data: dict[str, dict[str, Any]]) -> dict[str, list[Any]]:
                   for r in d.get("syscall_log") or []] for pid, d in data.items()}
 
 
+def counted(lines: list[str]) -> list[str]:
+    """Each line once, in order, with how often it came when more than once."""
+    seen = Counter(lines)
+    return [line if seen[line] == 1 else f"{line} ({seen[line]}x)" for line in dict.fromkeys(lines)]
+
+
 def table(rows: list[Row]) -> str:
     """The table the harness prints, and under it why each failing row fails."""
     head = ("fault", "trials", "non-idem max", "idem effects", "done/doubt/quar/failed", "lost", "workers dead",
@@ -256,6 +262,6 @@ def table(rows: list[Row]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(cell, widths, strict=True)).rstrip() for cell in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     for r in rows:
-        lines += [f"  {r.fault}: {problem}" for problem in dict.fromkeys(r.problems)]
-        lines += [f"  {r.fault}: (note) {note}" for note in dict.fromkeys(r.notes)]
+        lines += [f"  {r.fault}: {problem}" for problem in counted(r.problems)]
+        lines += [f"  {r.fault}: (note) {note}" for note in counted(r.notes)]
     return "\n".join(lines)
