@@ -64,7 +64,7 @@ async def decide(
         raise NothingPendingError(f"run {cp.pid!r} has no pending call to {outcome}")
     from castor._runner import sync_journal
 
-    await sync_journal(kernel, cp)  # a checkpoint from JSON: the store gets its prefix first
+    await sync_journal(kernel, cp, catch_up=True)  # a checkpoint from JSON, or one the store is ahead of
     step = cp.pending_step if cp.pending_step is not None else len(cp.syscall_log)
     tool, args = str(cp.pending_hitl.get("tool_name")), dict(cp.pending_hitl.get("arguments") or {})
     approvals = kernel.backend.approvals

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from castor._claims import driving
 from castor._context import RunContext, Suspend, current_run
 from castor._errors import ConfigError, JournalConflictError
 from castor._ids import check_pid, pid_part
@@ -56,6 +57,7 @@ async def prepare(
     if checkpoint is None and pid is not None and await kernel.backend.runs.load(pid) is not None:
         checkpoint = await kernel.aload(pid)  # a stored run of that pid resumes
     fresh = checkpoint is None and pid is None  # a pid made up here: nothing in the store can hold it yet
+    stored = checkpoint is not None  # read earlier, maybe by another process: the store may be ahead of it
     if checkpoint is None:
         limits = kernel.budgets if budgets is None else budgets
         checkpoint = new_checkpoint(new_pid(agent) if pid is None else pid, agent_name(agent), limits)
@@ -78,6 +80,7 @@ async def prepare(
             checkpoint.scopes = list(scopes)
     cp = checkpoint
     cp.scopes = list(dict.fromkeys(cp.scopes))  # a scope named twice is drawn from once
+    await sync_journal(kernel, cp, catch_up=stored)  # before the context reads what the journal charged
     ctx = RunContext(kernel, cp, speculative=cp.speculative, scopes=tuple(cp.scopes))
     if cp.status == "PREEMPTED":
         ctx.preemption_context = {
@@ -90,7 +93,6 @@ async def prepare(
     cp.pending_reason = None
     cp.error = None
     cp.updated_at = time.time()
-    await sync_journal(kernel, cp)
     limits = {r: c.max_budget for r, c in cp.capabilities.items()}
     # A fresh run without limits or scopes is never charged (the budget stage skips costs no ledger
     # tracks) and has no old ledger to replace: its ledger needs neither opening nor closing.
@@ -103,13 +105,20 @@ async def prepare(
     return ctx
 
 
-async def sync_journal(kernel: Castor, cp: AgentCheckpoint) -> None:
-    """Make the store's journal hold every record of ``cp`` (a checkpoint may come from JSON)."""
+async def sync_journal(kernel: Castor, cp: AgentCheckpoint, *, catch_up: bool = False) -> None:
+    """Make the store's journal hold every record of ``cp`` (a checkpoint may come from JSON); with
+    ``catch_up``, also make ``cp`` hold the records only the store has (another process drove the run on
+    since ``cp`` was read: those steps are served from the journal, never run again)."""
     log = cp.syscall_log
-    if not log:
+    if not log and not catch_up:
         return  # nothing to hold (a fresh run): no round trip
     journal = kernel.backend.journal
     have = await journal.length(cp.pid)
+    for step in range(len(log), have):
+        record = await journal.get(cp.pid, step)
+        if record is None:
+            break
+        log.append(record)
     if have >= len(log):
         return
     is_fork = have == 0 and cp.parent_pid and cp.pid == f"{cp.parent_pid}::fork-{len(log)}"
@@ -205,9 +214,16 @@ def takes_proxy(agent: Callable[..., Any]) -> bool:
 
 
 async def run(kernel: Castor, agent: Callable[..., Any], **options: Any) -> AgentCheckpoint:
-    """Prepare and drive a run in the caller's task."""
-    ctx = await prepare(kernel, agent, **options)
-    return await drive(ctx, agent)
+    """Prepare and drive a run in the caller's task. An existing run is driven by one process at a time:
+    its drive is claimed before its checkpoint is read, so a second process reads what the first left."""
+    checkpoint = options.get("checkpoint")
+    pid = options.get("pid") or (checkpoint.pid if checkpoint is not None else None)
+    if pid is None:  # a new run: no other process knows its pid yet
+        ctx = await prepare(kernel, agent, **options)
+        return await drive(ctx, agent)
+    async with driving(kernel.backend.journal, pid):
+        ctx = await prepare(kernel, agent, **options)
+        return await drive(ctx, agent)
 
 
 class CastorTask:
@@ -216,7 +232,11 @@ class CastorTask:
     def __init__(self, ctx: RunContext, agent: Callable[..., Any]) -> None:
         self._preempted: list[Any] = []
         self.checkpoint = ctx.checkpoint
-        self.task: asyncio.Task[AgentCheckpoint] = asyncio.create_task(drive(ctx, agent, self._preempted))
+        self.task: asyncio.Task[AgentCheckpoint] = asyncio.create_task(self._drive(ctx, agent))
+
+    async def _drive(self, ctx: RunContext, agent: Callable[..., Any]) -> AgentCheckpoint:
+        async with driving(ctx.kernel.backend.journal, ctx.checkpoint.pid):
+            return await drive(ctx, agent, self._preempted)
 
     @property
     def done(self) -> bool:
