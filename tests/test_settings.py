@@ -49,7 +49,7 @@ def write(tmp_path: Path, text: str, name: str = "castor.toml") -> Path:
 
 BAD_CONFIGS = {
     "unknown section": ("[pool]\nfs = []\n", r"unknown section \[pool\]; known sections: .*pools"),
-    "unknown key": ("[workers]\ncolour = 'red'\n", r"unknown key 'colour' in \[workers\]"),
+    "unknown key": ("[workers]\ncolour = 'red'\n", r"toml: unknown key 'colour' in \[workers\]"),
     "wrong type": ("[workers]\nconcurrency = 'four'\n", r"\[workers\] concurrency has the wrong type \(str\)"),
     "boolean as a number": ("[workers]\nconcurrency = true\n", r"\[workers\] concurrency has the wrong type"),
     "bad execution pool": ("[workers]\npool = 'gevent'\n", r"\[workers\] pool must be threads, prefork or solo"),
@@ -86,7 +86,7 @@ def test_a_missing_config_file_is_named() -> None:
 def test_a_good_config_and_the_environments_overrides(tmp_path: Path) -> None:
     path = write(tmp_path, "[workers]\nconcurrency = 8\npool = 'prefork'\n[pools]\nfs = ['rm']\n")
     settings = load_settings(path, env={"CASTOR_REDIS_URL": "redis://elsewhere:1/2"})
-    assert (settings.concurrency, settings.worker_pool, settings.redis_url) == (8, "prefork", "redis://elsewhere:1/2")
+    assert (settings.workers.concurrency, settings.workers.pool, settings.redis.url) == (8, "prefork", "redis://elsewhere:1/2")
     assert settings.pool_of("rm") == "fs" and settings.pool_of("ls") == "default"
 
 
@@ -140,17 +140,19 @@ def test_the_visibility_timeout_exceeds_a_deadline_declared_only_in_code() -> No
 
 def test_a_configured_visibility_timeout_below_the_longest_deadline_is_raised_with_a_warning() -> None:
     registry = ToolRegistry([long_export])
-    low, high = Settings(visibility_timeout=600, source="fleet.toml"), Settings(visibility_timeout=5 * HOUR)
+    low = Settings(broker={"visibility_timeout": 600}, source="fleet.toml")
+    high = Settings(broker={"visibility_timeout": 5 * HOUR})
     assert broker_visibility(low, registry) == HOUR + REPLY_GRACE
     warning = visibility_warning(low, registry)
     assert warning is not None and "visibility_timeout = 600 in fleet.toml" in warning and "raised to 3630s" in warning
     assert "raised to 1237s" in (visibility_warning(low) or "")  # the config's deadlines: 300 s, 3 retries
     assert broker_visibility(high, registry) == 5 * HOUR and visibility_warning(high, registry) is None
-    assert visibility_warning(Settings(broker_url="amqp://h//", visibility_timeout=1)) is None  # no such thing there
+    rabbit = Settings(broker={"url": "amqp://h//", "visibility_timeout": 1})
+    assert visibility_warning(rabbit) is None  # no such thing there
 
 
 def test_rabbitmqs_consumer_timeout_warning_counts_the_deadlines_declared_in_code() -> None:
-    settings = Settings(broker_url="amqp://h//")
+    settings = Settings(broker={"url": "amqp://h//"})
     assert consumer_timeout_warning(settings) is None  # the config's deadlines: 1237 s, under 30 minutes
     warning = consumer_timeout_warning(settings, tools=ToolRegistry([long_export]))
     assert warning is not None and "consumer_timeout = 3630000 in rabbitmq.conf" in warning
