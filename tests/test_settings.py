@@ -3,17 +3,23 @@ no broker, no Redis (the worker processes that check the same things for real: t
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
+from typing import get_args
 
 import pytest
+from pydantic import ValidationError
 
 from castor import castor_tool
-from castor._errors import ConfigError
+from castor._errors import ConfigError, InvalidValueError
+from castor.cli import main
 from castor.executors._celery_conf import celery_config
 from castor.registry import ToolRegistry
 from castor.settings import (
     REPLY_GRACE,
     Settings,
+    WorkerPool,
+    WorkersSection,
     broker_visibility,
     call_deadline,
     find_config,
@@ -21,7 +27,7 @@ from castor.settings import (
     visibility_warning,
 )
 from workers._preflight import consumer_timeout_warning
-from workers.main import worker_registry
+from workers.main import POOL_IMPLEMENTATIONS, worker_registry
 
 HOUR = 3600
 
@@ -66,6 +72,10 @@ BAD_CONFIGS = {
     ),
     "broker of no scheme castor runs on": ("[broker]\nurl = 'kafka://h'\n", r"starts with kafka://"),
     "not toml": ("[workers\n", r"is not valid TOML"),
+    "a list of non-strings": ("[tools]\nimport = ['t.py:a', 1]\n", r"tools.import must be a list of strings, got \['t"),
+    "a list that is none": ("[tools]\ndestructive = 'rm'\n", r"\[tools\] destructive has the wrong type \(str\)"),
+    "an integer written as a float": ("[workers]\nconcurrency = 4.0\n", r"concurrency = 4.0 is out of range: it must be an int"),
+    "a source section": ("[source]\nx = 1\n", r"unknown section \[source\]"),
 }
 
 
@@ -107,6 +117,38 @@ def test_without_pools_a_worker_serves_the_tools_it_is_given_on_any_pool(tmp_pat
     assert sorted(spec.name for spec in registry) == ["ls", "rm"]
     with pytest.raises(ConfigError, match="unknown pool 'fs'"):  # with no tools given, nothing says what to serve
         worker_registry(Settings(), "fs")
+
+
+# --- the schema: a frozen pydantic model per section -------------------------------------------------
+
+
+def test_settings_built_in_python_are_validated_as_a_file_is() -> None:
+    settings = Settings(workers={"concurrency": 8, "pool": "prefork"}, pools={"fs": ["rm"]}, source="fleet.toml")
+    assert (settings.workers.concurrency, settings.workers.pool, settings.pool_of("rm")) == (8, "prefork", "fs")
+    assert Settings(workers=WorkersSection(concurrency=8)).workers == WorkersSection(concurrency=8)
+    assert load_settings(None, env={}) == Settings()  # the defaults: stated once, on the fields
+    changed = settings.updated(redis={"prefix": "team"})
+    assert (changed.redis.prefix, changed.redis.url, changed.workers.concurrency) == ("team", Settings().redis.url, 8)
+    with pytest.raises(InvalidValueError, match=r"^fleet.toml: \[flower\] port = 0 is out of range: it must be"):
+        settings.updated(flower={"port": 0})  # a change is validated again
+    with pytest.raises(ConfigError, match=r"^fleet.toml: unknown key 'colour' in \[workers\]; known keys: "):
+        settings.updated(workers={"colour": "red"})
+    with pytest.raises(ValidationError, match="frozen"):
+        settings.workers.concurrency = 2  # type: ignore[misc]
+
+
+def test_the_pool_implementations_are_listed_once(capsys: pytest.CaptureFixture[str]) -> None:
+    assert POOL_IMPLEMENTATIONS == get_args(WorkerPool) == ("threads", "prefork", "solo")
+    assert main(["worker", "--pool", "p", "--pool-impl", "gevent"]) == 2
+    err = capsys.readouterr().err
+    choices = err.split("invalid choice: 'gevent' (choose from ")[1]
+    assert all(impl in choices for impl in POOL_IMPLEMENTATIONS)
+
+
+def test_the_secret_never_shows_in_the_settings_repr() -> None:
+    secret = secrets.token_hex(32)
+    settings = Settings(security={"secret": secret}, flower={"basic_auth": "admin:hunter2"})
+    assert secret not in repr(settings) and "hunter2" not in repr(settings) and secret not in str(settings)
 
 
 # --- where a command finds its config ---------------------------------------------------------------

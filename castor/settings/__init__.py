@@ -34,9 +34,6 @@ from castor._errors import ConfigError, InvalidValueError
 from castor._secret import INSECURE_ENV
 from castor.registry import ToolSpec
 from castor.settings._model import (
-    BROKER_SCHEMES,
-    DEFAULT_POOL,
-    DEFAULT_REDIS_URL,
     BrokerSection,
     CoordinatorSection,
     FlowerSection,
@@ -49,10 +46,10 @@ from castor.settings._model import (
 )
 
 __all__ = [
-    "BROKER_SCHEMES", "CONFIG_ENV", "CONFIG_FILES", "CONFIG_HELP", "DEFAULT_POOL", "DEFAULT_REDIS_URL",
-    "REPLY_GRACE", "BrokerSection", "CoordinatorSection", "FlowerSection", "RedisSection", "SecuritySection",
-    "Settings", "ToolPolicy", "ToolsSection", "WorkerPool", "WorkersSection", "broker_visibility",
-    "call_deadline", "find_config", "load_settings", "longest_deadline", "tool_policy", "visibility_warning",
+    "CONFIG_ENV", "CONFIG_FILES", "CONFIG_HELP", "REPLY_GRACE", "BrokerSection", "CoordinatorSection",
+    "FlowerSection", "RedisSection", "SecuritySection", "Settings", "ToolPolicy", "ToolsSection", "WorkerPool",
+    "WorkersSection", "broker_visibility", "call_deadline", "find_config", "load_settings", "longest_deadline",
+    "tool_policy", "visibility_warning",
 ]
 
 # Coordinator-side grace on top of a tool's own deadline: queueing, delivery and the journal write.

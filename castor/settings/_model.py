@@ -15,8 +15,6 @@ from castor._errors import ConfigError
 from castor.settings._ranges import settings_error
 
 DAY = 86400.0
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-DEFAULT_POOL = "default"
 # The brokers a fleet runs on, by URL scheme: kombu's Redis transport, and RabbitMQ through py-amqp.
 BROKER_SCHEMES = {
     "redis": "redis", "rediss": "redis", "redis+socket": "redis", "sentinel": "redis",
@@ -34,7 +32,10 @@ Names = frozenset[str]  # tool names; a TOML list
 
 
 class Section(BaseModel):
-    """A ``castor.toml`` section: unknown keys are errors, and settings never change once loaded."""
+    """A ``castor.toml`` section: unknown keys are errors, and settings never change once loaded.
+
+    Sections keep pydantic's own ``__init__``: pydantic calls a custom one for every nested section, so
+    ``Settings.__init__`` alone turns a ``ValidationError`` into Castor's one-line errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -42,7 +43,7 @@ class Section(BaseModel):
 class RedisSection(Section):
     """``[redis]``: where runs, journals, budgets and approvals live."""
 
-    url: str = DEFAULT_REDIS_URL
+    url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "castor"  # every key starts with it
 
 
@@ -78,7 +79,7 @@ class ToolsSection(Section):
 class WorkersSection(Section):
     """``[workers]``: how a worker runs (``castor worker``'s defaults)."""
 
-    default_pool: str = DEFAULT_POOL  # the pool of every tool ``[pools]`` does not name
+    default_pool: str = "default"  # the pool of every tool ``[pools]`` does not name
     concurrency: Annotated[int, Field(strict=True, ge=1, le=1024)] = 4
     pool: WorkerPool = "threads"
     # TTL (s) of a running step's heartbeat: a dead worker's step is in doubt after it
@@ -122,7 +123,7 @@ class Settings(Section):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise settings_error(exc, type(self), data, str(data.get("source", "<defaults>"))) from None
+            raise settings_error(exc, Settings, data, str(data.get("source", "<defaults>"))) from None
 
     def updated(self, **sections: Mapping[str, Any]) -> Settings:
         """These settings with some keys of some sections changed, validated again:

@@ -100,11 +100,11 @@ def settings_error(error: ValidationError, model: type[BaseModel], data: Mapping
     if field is None:  # pragma: no cover - pydantic names only known fields
         return ConfigError(f"{where} {'.'.join(loc[1:])}: {first['msg']}")
     key = f"[{section}] {'.'.join(loc[1:])}"
-    if get_origin(field.annotation) is Literal:
+    if get_origin(field.annotation) is Literal and isinstance(value, str):
         choices = [str(choice) for choice in get_args(field.annotation)]
         allowed = f"{', '.join(choices[:-1])} or {choices[-1]}" if len(choices) > 1 else choices[0]
         return ConfigError(f"{source}: {key} must be {allowed}, not {value!r}")
-    if get_origin(field.annotation) in (tuple, frozenset):
+    if get_origin(field.annotation) in (tuple, frozenset) and len(loc) > 2:  # an item of the list
         return ConfigError(f"{source}: {section}.{loc[1]} must be a list of strings, got {_input(data, loc[:2])!r}")
     limit = _range(_value_type(field.annotation), field.metadata) if len(loc) > 2 else Range.of(field)
     if limit is not None and isinstance(value, int | float) and not isinstance(value, bool):
