@@ -25,8 +25,6 @@ WorkerPool = Literal["threads", "prefork", "solo"]
 
 # strict: a number is a number (not "4", not true), an integer is an integer (not 4.0)
 Seconds = Annotated[float, Field(strict=True, gt=0, le=30 * DAY)]  # a deadline: positive, finite, at most 30 days
-Port = Annotated[int, Field(strict=True, ge=1, le=65535)]
-Takeovers = Annotated[int, Field(strict=True, ge=0, le=1000)]
 Budget = Annotated[float, Field(strict=True, ge=0)]
 Names = frozenset[str]  # tool names; a TOML list
 
@@ -91,14 +89,14 @@ class WorkersSection(Section):
 class FlowerSection(Section):
     """``[flower]``: the monitoring UI."""
 
-    port: Port = 5555
+    port: Annotated[int, Field(strict=True, ge=1, le=65535)] = 5555
     basic_auth: Annotated[str | None, Field(repr=False)] = None
 
 
 class CoordinatorSection(Section):
     """``[coordinator]``: a run taken over more than ``max_takeovers`` times in a row is quarantined."""
 
-    max_takeovers: Takeovers = 3
+    max_takeovers: Annotated[int, Field(strict=True, ge=0, le=1000)] = 3
 
 
 class Settings(Section):
@@ -125,12 +123,16 @@ class Settings(Section):
         except ValidationError as exc:
             raise settings_error(exc, Settings, data, str(data.get("source", "<defaults>"))) from None
 
-    def updated(self, **sections: Mapping[str, Any]) -> Settings:
+    def updated(self, **changes: Any) -> Settings:
         """These settings with some keys of some sections changed, validated again:
-        ``settings.updated(redis={"prefix": "team"})``."""
+        ``settings.updated(redis={"prefix": "team"})``. ``pools``, ``budgets`` and ``source`` are
+        replaced whole."""
         data = self.model_dump(by_alias=True)
-        for name, changes in sections.items():
-            data[name] = {**data[name], **changes} if name not in ("pools", "budgets") else changes
+        for name, change in changes.items():
+            current = data.get(name)
+            if isinstance(current, dict) and isinstance(change, Mapping) and name not in ("pools", "budgets"):
+                change = {**current, **change}
+            data[name] = change
         return Settings(**data)
 
     @model_validator(mode="after")
