@@ -44,10 +44,10 @@ def secret_problem(secret: str | None) -> str | None:
 def require_secret(settings: Settings, process: str) -> None:
     """Stop ``process`` (``castor worker`` ...) unless ``settings`` hold a proper secret; in an insecure
     development fleet, warn instead (every start, so it is never forgotten)."""
-    problem = secret_problem(settings.secret)
-    if problem is None and not settings.insecure_dev:
+    problem = secret_problem(settings.security.secret)
+    if problem is None and not settings.security.insecure_dev:
         return
-    if not settings.insecure_dev:
+    if not settings.security.insecure_dev:
         raise InvalidValueError(
             f"{settings.source}: {problem}: {process} will not start, as anyone who can write to the broker "
             f"could run tools; generate a secret with {GENERATE} and set CASTOR_SECRET (or [security] secret) "
