@@ -282,6 +282,10 @@ class Backend:
     answers_inline: bool = True
     # Seals sensitive arguments in this store (castor._sealing); None: a random key of the process.
     data_key: DataKey | None = None
+    # True when runs on this store are driven under leases another process may take over (a fleet
+    # coordinator's fenced store): a non-idempotent call is then claimed before it runs (castor._claims),
+    # so the drive that takes the run over finds it in doubt instead of running it again.
+    leased: bool = False
 
     async def close(self) -> None:
         """Close connections the backend holds."""

@@ -146,4 +146,5 @@ def fenced(backend: Backend, fences: Fences) -> Backend:
         url=backend.url,
         durable=backend.durable,
         data_key=backend.data_key,
+        leased=True,
     )
