@@ -254,5 +254,6 @@ async def start(
 async def persist_all(kernel: Castor, cp: AgentCheckpoint) -> None:
     """Write the checkpoint's header and every record the store lacks."""
     await sync_journal(kernel, cp)
-    await kernel.backend.runs.save(cp)
+    # Saving a finished run again as it ended is allowed; moving it to another status is RunFinishedError.
+    await kernel.backend.runs.save(cp, reopen=cp.status if cp.status in FINISHED else None)
     kernel.live[cp.pid] = cp

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from castor import AgentCheckpoint, Castor
+from castor import AgentCheckpoint, Castor, RunFinishedError
 from castor.backends.sqlite import sqlite_backend
 from castor.cli._decide import waiting_in_store
 from castor.lib import tool
@@ -116,3 +116,20 @@ async def test_a_resume_asked_for_re_runs_a_failed_run(stores: list[Backend]) ->
     finally:
         await kernel.close()
         await other.close()
+
+
+async def test_a_host_saves_a_finished_run_as_it_ended_but_never_moves_it_back(tmp_path: Path) -> None:
+    """``kernel.save(cp)`` (and 0.5.1's ``CheckpointStore.save``) after a run completed stores it again;
+    a stale copy of the run in another status is refused with a clear error."""
+    WIPED.clear()
+    kernel = Castor(tools=[wipe], store=sqlite_backend(str(tmp_path / "castor.db")))
+    try:
+        done = await kernel.run(cleanup, pid="saved")
+        stale = done.model_copy(deep=True)
+        await kernel.save(done)  # the same end again
+        stale.status = "RUNNING"
+        with pytest.raises(RunFinishedError, match="is COMPLETED in the store"):
+            await kernel.save(stale)
+        assert (await kernel.aload("saved")).status == "COMPLETED"
+    finally:
+        await kernel.close()
