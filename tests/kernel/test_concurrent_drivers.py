@@ -3,8 +3,10 @@ step stands, and a driver whose write finds it takes it and goes on."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
+from typing import Any
 
 import pytest
 
@@ -61,3 +63,37 @@ async def test_a_destructive_call_cut_off_at_its_deadline_is_in_doubt() -> None:
         assert (cp.status, cp.result, runs) == ("COMPLETED", "wiped /data", ["/data", "/data"])
     finally:
         release.set()
+
+
+async def test_a_waiter_waits_as_long_as_the_claimed_call_runs(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README, "Several processes on one run": the holder renews its claim while the call runs, so a call
+    longer than the claim's lease is waited for, not declared in doubt (lease shortened to 0.3 s here)."""
+    from castor import _claims
+    from castor.backends.sqlite import sqlite_backend
+
+    monkeypatch.setattr(_claims, "LEASE", 0.3)
+    runs: list[str] = []
+    started = asyncio.Event()
+
+    async def wipe(path: str) -> str:
+        runs.append(path)
+        started.set()
+        await asyncio.sleep(1.2)  # four leases
+        return f"wiped {path}"
+
+    async def agent() -> object:
+        return await tool("wipe", path="/data")
+
+    db = str(tmp_path / "castor.db")
+    first = Castor(tools=[wipe], destructive=["wipe"], store=sqlite_backend(db))
+    second = Castor(tools=[wipe], destructive=["wipe"], store=sqlite_backend(db))
+    try:
+        cp = await first.run(agent, pid="long")
+        approving = asyncio.create_task(first.approve(cp))
+        await asyncio.wait_for(started.wait(), 5)
+        resumed = await second.run(agent, checkpoint=await second.aload("long"))
+        await approving
+        assert (resumed.status, resumed.result, runs) == ("COMPLETED", "wiped /data", ["/data"])
+    finally:
+        await first.close()
+        await second.close()
