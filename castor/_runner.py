@@ -254,6 +254,8 @@ async def start(
 async def persist_all(kernel: Castor, cp: AgentCheckpoint) -> None:
     """Write the checkpoint's header and every record the store lacks."""
     await sync_journal(kernel, cp)
-    # Saving a finished run again as it ended is allowed; moving it to another status is RunFinishedError.
-    await kernel.backend.runs.save(cp, reopen=cp.status if cp.status in FINISHED else None)
+    if cp.status in FINISHED:  # saved again as it ended: allowed; a run moved from its end is RunFinishedError
+        await kernel.backend.runs.save(cp, reopen=cp.status)
+    else:
+        await kernel.backend.runs.save(cp)
     kernel.live[cp.pid] = cp
