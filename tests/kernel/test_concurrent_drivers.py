@@ -13,6 +13,7 @@ import pytest
 from castor import AgentCheckpoint, Castor, ToolTimeoutError, castor_tool
 from castor.backends.memory import memory_backend
 from castor.lib import tool
+from castor.seams import Decision
 
 
 async def test_a_step_journaled_first_by_another_driver_stands_for_both() -> None:
@@ -97,3 +98,34 @@ async def test_a_waiter_waits_as_long_as_the_claimed_call_runs(tmp_path: Any, mo
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_claim_held_on_another_machine_is_in_doubt_once_its_lease_runs_out(tmp_path: Any) -> None:
+    """README, "Several processes on one run": a holder this machine cannot see (another host) is waited
+    for while its lease lives; once it runs out the step is in doubt and the call is not run."""
+    import time
+
+    from castor._claims import IN_DOUBT_UNFINISHED
+    from castor.backends.sqlite import sqlite_backend
+
+    runs: list[str] = []
+
+    async def wipe(path: str) -> str:
+        runs.append(path)
+        return f"wiped {path}"
+
+    async def agent() -> object:
+        return await tool("wipe", path="/data")
+
+    kernel = Castor(tools=[wipe], destructive=["wipe"], store=sqlite_backend(str(tmp_path / "castor.db")))
+    try:
+        cp = await kernel.run(agent, pid="far")
+        await kernel.backend.approvals.decide(Decision("far", 0, "approve", "ops", time.time()))
+        # a process on another machine claimed the approved call and went silent
+        assert (await kernel.backend.journal.claim("far", 0, 0, "elsewhere:4242:abc", 0.5)).state == "claimed"
+        began = time.monotonic()
+        cp = await kernel.run(agent, checkpoint=cp)
+        assert time.monotonic() - began >= 0.4  # waited for the lease, not less
+        assert (cp.status, cp.pending_reason, runs) == ("SUSPENDED_FOR_HITL", IN_DOUBT_UNFINISHED, [])
+    finally:
+        await kernel.close()
