@@ -16,7 +16,13 @@ run; the claim is taken in one atomic step with a look at the journal (``Journal
 - the claim ends when the call does: its record is journaled, or it failed (a failure is not cached:
   the next process to reach the step runs it again, as a resume would). A call cut off at its deadline
   or interrupted may still be acting (a thread cannot be stopped): its claim is left lapsed, so the
-  step is in doubt for whoever reaches it next.
+  step is in doubt for whoever reaches it next. So is a call whose record a fleet drive that lost its
+  lease could not write (``StaleLeaseError`` once the call was charged): the tool ran, its result is lost.
+
+Besides gated calls, a coordinator that runs tools itself (``--executor local``) claims every
+non-idempotent call (``Backend.leased``): the drive that takes a run over (another coordinator, or this
+one after its lease ran out) waits while the old drive's call runs, then finds the step in doubt and
+asks a human. Embedded runs and Celery workers (which claim each step themselves) pay nothing for it.
 
 The whole drive is claimed too (``driving``): ``Castor.run`` on a run another live process is driving
 waits until that drive ends, then replays what it journaled. So the steps after a decided one (plain
@@ -35,7 +41,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from castor._errors import ToolTimeoutError
+from castor._errors import StaleLeaseError, ToolTimeoutError
 from castor._redact import redact
 from castor.checkpoint import StepFailure
 
@@ -103,6 +109,11 @@ async def run_claimed(call: Syscall, inner: Handler) -> Any:
         return await inner(call)
     except (ToolTimeoutError, asyncio.CancelledError, KeyboardInterrupt, SystemExit):
         unknown = True  # cut off mid-call (a thread cannot be stopped): whether it acted is unknown
+        raise
+    except StaleLeaseError:
+        # A fleet drive that lost the run: if the call was charged it ran (or may still run), and its
+        # record was refused; the drive that has the run now must find it in doubt, not run it again.
+        unknown = call.charged is not None
         raise
     finally:
         renewal.cancel()

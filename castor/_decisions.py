@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from castor._context import RunContext, Suspend
 from castor._errors import CastorError, NothingPendingError
 from castor._sealing import SealError, digested, opened
+from castor._terminal import save_run
 from castor.checkpoint import AgentCheckpoint, new_record
 from castor.seams import Decision, DecisionOutcome, PendingApproval
 from castor.syscall import Syscall
@@ -58,7 +59,7 @@ async def decide(
     if child is not None:  # the call waits in a child agent: the decision is the child's
         await decide(kernel, child, outcome, feedback, by)
         _clear_pending(cp)
-        await kernel.backend.runs.save(cp)
+        await save_run(kernel.backend, cp)
         return cp
     if not cp.pending_hitl:
         raise NothingPendingError(f"run {cp.pid!r} has no pending call to {outcome}")
@@ -103,7 +104,7 @@ async def settle_decision(kernel: Castor, cp: AgentCheckpoint, step: int, tool: 
             _clear_pending(cp)
             cp.status = "RUNNING"
         cp.updated_at = time.time()
-        await kernel.backend.runs.save(cp)
+        await save_run(kernel.backend, cp)  # a run another process ended meanwhile keeps its end
         kernel.live[cp.pid] = cp
 
 
@@ -187,7 +188,7 @@ def _decide_deferred(
             await approvals.request(PendingApproval(cp.pid, step, tool, args, decision.at))
         await approvals.decide(decision)
         await sync_journal(kernel, cp)
-        await kernel.backend.runs.save(cp)
+        await save_run(kernel.backend, cp)
 
     kernel.background.add(asyncio.get_running_loop().create_task(persist()))
 

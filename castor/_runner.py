@@ -17,7 +17,8 @@ from castor._claims import driving
 from castor._context import RunContext, Suspend, current_run
 from castor._errors import ConfigError, JournalConflictError
 from castor._ids import check_pid, pid_part
-from castor.checkpoint import AgentCheckpoint, Capability
+from castor._terminal import save_run, save_started
+from castor.checkpoint import FINISHED, AgentCheckpoint, Capability
 
 if TYPE_CHECKING:
     from castor.kernel import Castor
@@ -87,6 +88,7 @@ async def prepare(
             "reason": cp.preemption_reason, "payload": cp.preemption_payload, "partial_work": cp.partial_work,
         }
         cp.preemption_reason = cp.preemption_payload = cp.partial_work = None
+    loaded = cp.status
     cp.status = "RUNNING"
     cp.pending_hitl = None
     cp.pending_step = None
@@ -99,7 +101,10 @@ async def prepare(
     ctx.ledger_open = bool(limits or ctx.scopes or not fresh)
     if ctx.ledger_open:
         await kernel.backend.budgets.open_run(cp.pid, limits, ctx.usage)
-    await kernel.backend.runs.save(cp)
+    if not await save_started(kernel.backend, cp, loaded):  # finished by another process: nothing to drive
+        ctx.closed = True
+        if ctx.ledger_open:
+            await kernel.backend.budgets.close_run(cp.pid)
     kernel.live[cp.pid] = cp
     log.info("run %s %s (%d journaled steps)", cp.pid, "resumes" if cp.syscall_log else "starts", len(cp.syscall_log))
     return ctx
@@ -140,6 +145,8 @@ async def sync_journal(kernel: Castor, cp: AgentCheckpoint, *, catch_up: bool = 
 async def drive(ctx: RunContext, agent: Callable[..., Any], preempted: list[Any] | None = None) -> AgentCheckpoint:
     """Run the agent to its next stop and persist where it stopped."""
     cp = ctx.checkpoint
+    if cp.status in FINISHED:  # prepare found the run finished by another process (castor._terminal)
+        return cp
     token = current_run.set(ctx)
     error: BaseException | None = None
     try:
@@ -183,7 +190,7 @@ async def settle(ctx: RunContext) -> None:
         await budgets.refund(cp.pid, step)
     ctx.settle_usage()  # the journal is the truth of what was charged
     cp.updated_at = time.time()
-    await kernel.backend.runs.save(cp)
+    await save_run(kernel.backend, cp)  # a run another process ended first keeps that end
     if ctx.ledger_open or ctx.spawned:  # a child's budget is charged to its parent's ledger
         await budgets.close_run(cp.pid)
     _log_stop(cp)
@@ -267,5 +274,8 @@ async def start(
 async def persist_all(kernel: Castor, cp: AgentCheckpoint) -> None:
     """Write the checkpoint's header and every record the store lacks."""
     await sync_journal(kernel, cp)
-    await kernel.backend.runs.save(cp)
+    if cp.status in FINISHED:  # saved again as it ended: allowed; a run moved from its end is RunFinishedError
+        await kernel.backend.runs.save(cp, reopen=cp.status)
+    else:
+        await kernel.backend.runs.save(cp)
     kernel.live[cp.pid] = cp
