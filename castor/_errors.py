@@ -15,6 +15,7 @@ are translated at the boundary with ``raise ... from exc`` so callers never catc
     ├── JournalConflictError     a second write of the same step (records are write-once)
     ├── RunEndedError            castor.lib used outside a run or after its run ended (also RuntimeError)
     ├── StaleLeaseError          a process that lost a run's lease tried to write to it
+    ├── RunFinishedError         a save would move a finished run (COMPLETED, FAILED) out of its end
     ├── ToolTimeoutError         a tool ran past its deadline                        (also TimeoutError)
     ├── InDoubtError             a step was dispatched but its outcome is unknown (worker lost)
     ├── RemoteToolError          a tool raised on a worker; carries the original type name and message
@@ -141,6 +142,19 @@ class RunEndedError(CastorError, RuntimeError):
 
 class StaleLeaseError(CastorError):
     """A process whose lease on a run expired tried to write to that run."""
+
+
+class RunFinishedError(CastorError):
+    """A plain save would move a run out of its end (COMPLETED, FAILED): the stored end stands.
+
+    A late saver (a resume that suspended, a decision, a second driver) is told by this error and takes
+    the stored record (``castor._terminal``); only a resume asked for explicitly reopens a finished run.
+    """
+
+    def __init__(self, pid: str, status: str) -> None:
+        super().__init__(f"run {pid!r} is {status} in the store; a save does not move a finished run back")
+        self.pid = pid
+        self.status = status
 
 
 class ToolTimeoutError(CastorError, TimeoutError):

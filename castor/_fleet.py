@@ -17,6 +17,7 @@ from typing import Any
 from castor import _code
 from castor._errors import BackendUnavailable, ConfigError, NothingPendingError, RunNotFoundError
 from castor._ids import pid_part
+from castor._terminal import save_run
 from castor.backends.redis import keys
 from castor.checkpoint import FINISHED, AgentCheckpoint
 from castor.kernel.runner import new_checkpoint
@@ -216,8 +217,8 @@ async def mark_cancelled(backend: Backend, header: AgentCheckpoint, by: str) -> 
     header.pending_hitl = None
     header.pending_step = None
     header.updated_at = time.time()
-    await backend.runs.save(header)
-    await backend.approvals.clear(header.pid)
+    if await save_run(backend, header):  # a run that ended meanwhile keeps its end
+        await backend.approvals.clear(header.pid)
 
 
 def _int(value: Any) -> int | None:

@@ -38,8 +38,8 @@ def secret_problem(secret: str | None) -> str | None:
     return None
 
 
-class SecretSettings(Protocol):
-    """What ``require_secret`` reads of ``castor.settings.Settings`` (which imports this module)."""
+class SecuritySection(Protocol):
+    """What ``require_secret`` reads of the settings' ``[security]`` section."""
 
     @property
     def secret(self) -> str | None:
@@ -49,6 +49,14 @@ class SecretSettings(Protocol):
     def insecure_dev(self) -> bool:
         """Whether this is an insecure development fleet."""
 
+
+class SecretSettings(Protocol):
+    """What ``require_secret`` reads of ``castor.settings.Settings`` (which imports this module)."""
+
+    @property
+    def security(self) -> SecuritySection:
+        """The ``[security]`` section."""
+
     @property
     def source(self) -> str:
         """Where the settings came from (a file, or ``<defaults>``), for messages."""
@@ -57,10 +65,10 @@ class SecretSettings(Protocol):
 def require_secret(settings: SecretSettings, process: str) -> None:
     """Stop ``process`` (``castor worker`` ...) unless ``settings`` hold a proper secret; in an insecure
     development fleet, warn instead (every start, so it is never forgotten)."""
-    problem = secret_problem(settings.secret)
-    if problem is None and not settings.insecure_dev:
+    problem = secret_problem(settings.security.secret)
+    if problem is None and not settings.security.insecure_dev:
         return
-    if not settings.insecure_dev:
+    if not settings.security.insecure_dev:
         raise InvalidValueError(
             f"{settings.source}: {problem}: {process} will not start, as anyone who can write to the broker "
             f"could run tools; generate a secret with {GENERATE} and set CASTOR_SECRET (or [security] secret) "

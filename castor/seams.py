@@ -235,8 +235,14 @@ class ApprovalStore(Protocol):
 class RunStore(Protocol):
     """Run headers (a checkpoint without its journal) for resume, ``ps`` and ``inspect``."""
 
-    async def save(self, checkpoint: AgentCheckpoint) -> None:
-        """Store the checkpoint's header: status, budgets, pending call, result, spec."""
+    async def save(self, checkpoint: AgentCheckpoint, *, reopen: str | None = None) -> None:
+        """Store the checkpoint's header: status, budgets, pending call, result, spec.
+
+        A finished run (COMPLETED, FAILED) keeps its end: a save over it writes nothing and raises
+        ``RunFinishedError`` (atomically with the write: two processes' saves cannot both pass), so a late
+        saver never moves the run back. Only ``reopen`` equal to the stored status lets the save through:
+        a resume the user asked for of a run they saw finished (``castor resume`` of a FAILED run).
+        """
 
     async def load(self, pid: str) -> AgentCheckpoint | None:
         """The header (``syscall_log`` empty) or None if no such run."""
@@ -297,6 +303,11 @@ class Backend:
     answers_inline: bool = True
     # Seals sensitive arguments in this store (castor._sealing); None: a random key of the process.
     data_key: DataKey | None = None
+    # True when runs on this store are driven under leases another process may take over (a fleet
+    # coordinator's fenced store): a non-idempotent call is then claimed before it runs
+    # (castor.kernel.claims), so the drive that takes the run over finds it in doubt instead of running
+    # it again.
+    leased: bool = False
 
     async def close(self) -> None:
         """Close connections the backend holds."""

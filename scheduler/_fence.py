@@ -129,11 +129,12 @@ class FencedBudgets(_Fenced):
 class FencedRuns(_Fenced):
     """A run store whose saves check the lease."""
 
-    async def save(self, checkpoint: AgentCheckpoint) -> None:
+    async def save(self, checkpoint: AgentCheckpoint, *, reopen: str | None = None) -> None:
         """Store the header if this coordinator still holds the run (checked inside the save script);
-        a running run names its owner."""
+        a running run names its owner. A finished run keeps its end (``RunStore.save``)."""
         owner = self._fences.owner if checkpoint.status == "RUNNING" else None
-        await self._inner.save(checkpoint, owner=owner, fence=self._fences.fence(checkpoint.pid))
+        fence = self._fences.fence(checkpoint.pid)
+        await self._inner.save(checkpoint, owner=owner, fence=fence, reopen=reopen)
 
 
 def fenced(backend: Backend, fences: Fences) -> Backend:
@@ -144,4 +145,5 @@ def fenced(backend: Backend, fences: Fences) -> Backend:
         journal=FencedJournal(backend.journal, fences),
         budgets=FencedBudgets(backend.budgets, fences),
         runs=FencedRuns(backend.runs, fences),
+        leased=True,
     )

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from castor import _code
 from castor._errors import BackendUnavailable, StaleLeaseError
 from castor._fleet import mark_cancelled
+from castor._terminal import save_run
 from castor.checkpoint import FINISHED, AgentCheckpoint
 from castor.kernel import runner
 from castor.seams import Decision
@@ -129,7 +130,7 @@ class RunDriver:
         header.status = "FAILED"
         header.error = error
         header.updated_at = time.time()
-        await self.store.runs.save(header)
+        await save_run(self.store, header)  # a run that ended meanwhile keeps its end
         await self.co.ops.release(header.pid, token, "done")
 
     async def _refuse(self, cp: AgentCheckpoint, token: str, changed: list[str]) -> None:
@@ -144,7 +145,7 @@ class RunDriver:
         cp.preemption_payload = {"files": changed}
         cp.error = message
         cp.updated_at = time.time()
-        await self.store.runs.save(cp)
+        await save_run(self.store, cp)
         await self.co.ops.refuse(cp.pid, token, message)
 
     async def cancel_queued(self, pid: str) -> None:

@@ -1,17 +1,23 @@
-"""Every numeric setting and numeric CLI option has one declared range (``castor._limits``): a value
-out of it stops the process with one line naming the key, the file and the range, exit 2."""
+"""Every numeric setting and numeric CLI option has one declared range (on its pydantic field:
+``castor.settings``, ``castor._limits``): a value out of it stops the process with one line naming the
+key, the file and the range, exit 2."""
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, get_args, get_origin
 
 import pytest
+from pydantic.fields import FieldInfo
 
 from castor import InvalidValueError
-from castor._limits import OPTIONS, SETTINGS
+from castor._limits import OPTIONS, option_range
 from castor.cli import main
 from castor.settings import Settings, load_settings
+from castor.settings._model import Section
+from castor.settings._ranges import Range
 
 # key in castor.toml -> (a value out of range, the range's words, a value at its edge that is fine)
 BAD_VALUES = {
@@ -41,8 +47,29 @@ def config(tmp_path: Path, key: str, value: str) -> Path:
     return path
 
 
+def is_number(annotation: Any) -> bool:
+    """``int``, ``float``, ``Seconds | None``: a number, maybe optional or annotated."""
+    return annotation in (int, float) or any(is_number(arg) for arg in get_args(annotation))
+
+
+def numeric_settings() -> dict[str, Range | None]:
+    """Every number of every section, and its range (None: it declares none)."""
+    found = {}
+    for name, field in Settings.model_fields.items():
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, Section):
+            for key, inner in section.model_fields.items():
+                if get_origin(inner.annotation) is not Mapping and is_number(inner.annotation):
+                    found[f"[{name}] {key}"] = Range.of(inner)
+    return found
+
+
 def test_every_numeric_setting_has_a_range() -> None:
-    assert set(BAD_VALUES) == {key for key, _ in SETTINGS.values()}
+    ranges = numeric_settings()
+    assert set(BAD_VALUES) == set(ranges)
+    assert {key: limit.describe() for key, limit in ranges.items() if limit} == {
+        key: words for key, (_, words, _) in BAD_VALUES.items()
+    }
 
 
 @pytest.mark.parametrize("key", sorted(BAD_VALUES))
@@ -64,11 +91,11 @@ def test_a_tool_timeout_and_settings_built_in_python_meet_the_same_ranges(tmp_pa
     with pytest.raises(InvalidValueError, match=r"\[tools\] timeouts.rm = 0 is out of range"):
         load_settings(path, env={})
     with pytest.raises(InvalidValueError, match=r"<defaults>: \[workers\] concurrency = 0 is out of range"):
-        Settings(concurrency=0)
+        Settings(workers={"concurrency": 0})
     with pytest.raises(InvalidValueError, match=r"\[tools\] max_retries = 1.5 is out of range: it must be an integer"):
-        Settings(max_retries=1.5)  # type: ignore[arg-type]
+        Settings(tools={"max_retries": 1.5})
     with pytest.raises(InvalidValueError, match=r"\[workers\] concurrency = 4.0 is out of range: it must be an"):
-        Settings(concurrency=4.0)  # type: ignore[arg-type]
+        Settings(workers={"concurrency": 4.0})
 
 
 TOOLS = "def rm(path: str) -> str:\n    return path\n"
@@ -124,6 +151,19 @@ BAD_OPTIONS = {
 
 def test_every_numeric_option_has_a_range() -> None:
     assert set(BAD_OPTIONS) == set(OPTIONS)
+    assert {option: option_range(option).describe() for option in OPTIONS} == {
+        option: words for option, (_, _, words) in BAD_OPTIONS.items()
+    }
+    # an option that overrides a setting has the setting's range: declared once, on the setting's field
+    assert option_range("worker --concurrency") == Range.of(numeric_field("workers", "concurrency"))
+    assert option_range("flower --port") == Range.of(numeric_field("flower", "port"))
+    assert option_range("coordinator --max-takeovers") == Range.of(numeric_field("coordinator", "max_takeovers"))
+
+
+def numeric_field(section: str, key: str) -> FieldInfo:
+    model = Settings.model_fields[section].annotation
+    assert isinstance(model, type) and issubclass(model, Section)
+    return model.model_fields[key]
 
 
 @pytest.mark.parametrize("option", sorted(BAD_OPTIONS))
@@ -137,12 +177,12 @@ def test_a_numeric_option_out_of_range_is_a_usage_error(option: str, capsys: pyt
 
 
 def test_the_insecure_switch_takes_only_a_yes_or_a_no() -> None:
-    assert load_settings(None, env={"CASTOR_INSECURE_DEV": "1"}).insecure_dev
-    assert not load_settings(None, env={"CASTOR_INSECURE_DEV": "off"}).insecure_dev
+    assert load_settings(None, env={"CASTOR_INSECURE_DEV": "1"}).security.insecure_dev
+    assert not load_settings(None, env={"CASTOR_INSECURE_DEV": "off"}).security.insecure_dev
     with pytest.raises(InvalidValueError, match="CASTOR_INSECURE_DEV='maybe' is neither"):
         load_settings(None, env={"CASTOR_INSECURE_DEV": "maybe"})
 
 
 def test_the_shipped_config_is_within_every_range() -> None:
     root = Path(__file__).resolve().parents[1]
-    assert load_settings(root / "config/castor.toml", env={}).secret is None  # and it ships no secret
+    assert load_settings(root / "config/castor.toml", env={}).security.secret is None  # and it ships no secret

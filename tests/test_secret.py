@@ -63,12 +63,12 @@ def test_a_fleet_process_refuses_a_missing_sample_or_short_secret(
 
 def test_fleet_options_refuses_the_sample_secret_and_warns_in_a_development_fleet() -> None:
     with pytest.raises(InvalidValueError, match="the secret is a sample value"):
-        fleet_options(Settings(secret="change-me"))
+        fleet_options(Settings(security={"secret": "change-me"}))
     with pytest.warns(CastorWarning, match="INSECURE DEVELOPMENT FLEET .*the secret is a sample value"):
-        require_secret(Settings(secret="change-me", insecure_dev=True), "a test")
+        require_secret(Settings(security={"secret": "change-me", "insecure_dev": True}), "a test")
     with pytest.warns(CastorWarning, match="INSECURE DEVELOPMENT FLEET .*no secret is set"):
-        require_secret(Settings(insecure_dev=True), "a test")
-    require_secret(Settings(secret=secrets.token_hex(32)), "a test")  # a proper one: silent
+        require_secret(Settings(security={"insecure_dev": True}), "a test")
+    require_secret(Settings(security={"secret": secrets.token_hex(32)}), "a test")  # a proper one: silent
     assert secret_problem("x" * MIN_SECRET_LENGTH) is None
 
 

@@ -3,17 +3,23 @@ no broker, no Redis (the worker processes that check the same things for real: t
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
+from typing import get_args
 
 import pytest
+from pydantic import ValidationError
 
 from castor import castor_tool
-from castor._errors import ConfigError
+from castor._errors import ConfigError, InvalidValueError
+from castor.cli import main
 from castor.executors._celery_conf import celery_config
 from castor.registry import ToolRegistry
 from castor.settings import (
     REPLY_GRACE,
     Settings,
+    WorkerPool,
+    WorkersSection,
     broker_visibility,
     call_deadline,
     find_config,
@@ -21,7 +27,7 @@ from castor.settings import (
     visibility_warning,
 )
 from workers._preflight import consumer_timeout_warning
-from workers.main import worker_registry
+from workers.main import POOL_IMPLEMENTATIONS, worker_registry
 
 HOUR = 3600
 
@@ -49,7 +55,7 @@ def write(tmp_path: Path, text: str, name: str = "castor.toml") -> Path:
 
 BAD_CONFIGS = {
     "unknown section": ("[pool]\nfs = []\n", r"unknown section \[pool\]; known sections: .*pools"),
-    "unknown key": ("[workers]\ncolour = 'red'\n", r"unknown key 'colour' in \[workers\]"),
+    "unknown key": ("[workers]\ncolour = 'red'\n", r"toml: unknown key 'colour' in \[workers\]"),
     "wrong type": ("[workers]\nconcurrency = 'four'\n", r"\[workers\] concurrency has the wrong type \(str\)"),
     "boolean as a number": ("[workers]\nconcurrency = true\n", r"\[workers\] concurrency has the wrong type"),
     "bad execution pool": ("[workers]\npool = 'gevent'\n", r"\[workers\] pool must be threads, prefork or solo"),
@@ -66,6 +72,10 @@ BAD_CONFIGS = {
     ),
     "broker of no scheme castor runs on": ("[broker]\nurl = 'kafka://h'\n", r"starts with kafka://"),
     "not toml": ("[workers\n", r"is not valid TOML"),
+    "a list of non-strings": ("[tools]\nimport = ['t.py:a', 1]\n", r"tools.import must be a list of strings, got \['t"),
+    "a list that is none": ("[tools]\ndestructive = 'rm'\n", r"\[tools\] destructive has the wrong type \(str\)"),
+    "an integer written as a float": ("[workers]\nconcurrency = 4.0\n", r"concurrency = 4.0 is out of range: it must"),
+    "a source section": ("[source]\nx = 1\n", r"unknown section \[source\]"),
 }
 
 
@@ -86,7 +96,7 @@ def test_a_missing_config_file_is_named() -> None:
 def test_a_good_config_and_the_environments_overrides(tmp_path: Path) -> None:
     path = write(tmp_path, "[workers]\nconcurrency = 8\npool = 'prefork'\n[pools]\nfs = ['rm']\n")
     settings = load_settings(path, env={"CASTOR_REDIS_URL": "redis://elsewhere:1/2"})
-    assert (settings.concurrency, settings.worker_pool, settings.redis_url) == (8, "prefork", "redis://elsewhere:1/2")
+    assert (settings.workers.concurrency, settings.workers.pool, settings.redis.url) == (8, "prefork", "redis://elsewhere:1/2")
     assert settings.pool_of("rm") == "fs" and settings.pool_of("ls") == "default"
 
 
@@ -107,6 +117,38 @@ def test_without_pools_a_worker_serves_the_tools_it_is_given_on_any_pool(tmp_pat
     assert sorted(spec.name for spec in registry) == ["ls", "rm"]
     with pytest.raises(ConfigError, match="unknown pool 'fs'"):  # with no tools given, nothing says what to serve
         worker_registry(Settings(), "fs")
+
+
+# --- the schema: a frozen pydantic model per section -------------------------------------------------
+
+
+def test_settings_built_in_python_are_validated_as_a_file_is() -> None:
+    settings = Settings(workers={"concurrency": 8, "pool": "prefork"}, pools={"fs": ["rm"]}, source="fleet.toml")
+    assert (settings.workers.concurrency, settings.workers.pool, settings.pool_of("rm")) == (8, "prefork", "fs")
+    assert Settings(workers=WorkersSection(concurrency=8)).workers == WorkersSection(concurrency=8)
+    assert load_settings(None, env={}) == Settings()  # the defaults: stated once, on the fields
+    changed = settings.updated(redis={"prefix": "team"})
+    assert (changed.redis.prefix, changed.redis.url, changed.workers.concurrency) == ("team", Settings().redis.url, 8)
+    with pytest.raises(InvalidValueError, match=r"^fleet.toml: \[flower\] port = 0 is out of range: it must be"):
+        settings.updated(flower={"port": 0})  # a change is validated again
+    with pytest.raises(ConfigError, match=r"^fleet.toml: unknown key 'colour' in \[workers\]; known keys: "):
+        settings.updated(workers={"colour": "red"})
+    with pytest.raises(ValidationError, match="frozen"):
+        settings.workers.concurrency = 2  # type: ignore[misc]
+
+
+def test_the_pool_implementations_are_listed_once(capsys: pytest.CaptureFixture[str]) -> None:
+    assert POOL_IMPLEMENTATIONS == get_args(WorkerPool) == ("threads", "prefork", "solo")
+    assert main(["worker", "--pool", "p", "--pool-impl", "gevent"]) == 2
+    err = capsys.readouterr().err
+    choices = err.split("invalid choice: 'gevent' (choose from ")[1]
+    assert all(impl in choices for impl in POOL_IMPLEMENTATIONS)
+
+
+def test_the_secret_never_shows_in_the_settings_repr() -> None:
+    secret = secrets.token_hex(32)
+    settings = Settings(security={"secret": secret}, flower={"basic_auth": "admin:hunter2"})
+    assert secret not in repr(settings) and "hunter2" not in repr(settings) and secret not in str(settings)
 
 
 # --- where a command finds its config ---------------------------------------------------------------
@@ -140,17 +182,19 @@ def test_the_visibility_timeout_exceeds_a_deadline_declared_only_in_code() -> No
 
 def test_a_configured_visibility_timeout_below_the_longest_deadline_is_raised_with_a_warning() -> None:
     registry = ToolRegistry([long_export])
-    low, high = Settings(visibility_timeout=600, source="fleet.toml"), Settings(visibility_timeout=5 * HOUR)
+    low = Settings(broker={"visibility_timeout": 600}, source="fleet.toml")
+    high = Settings(broker={"visibility_timeout": 5 * HOUR})
     assert broker_visibility(low, registry) == HOUR + REPLY_GRACE
     warning = visibility_warning(low, registry)
     assert warning is not None and "visibility_timeout = 600 in fleet.toml" in warning and "raised to 3630s" in warning
     assert "raised to 1237s" in (visibility_warning(low) or "")  # the config's deadlines: 300 s, 3 retries
     assert broker_visibility(high, registry) == 5 * HOUR and visibility_warning(high, registry) is None
-    assert visibility_warning(Settings(broker_url="amqp://h//", visibility_timeout=1)) is None  # no such thing there
+    rabbit = Settings(broker={"url": "amqp://h//", "visibility_timeout": 1})
+    assert visibility_warning(rabbit) is None  # no such thing there
 
 
 def test_rabbitmqs_consumer_timeout_warning_counts_the_deadlines_declared_in_code() -> None:
-    settings = Settings(broker_url="amqp://h//")
+    settings = Settings(broker={"url": "amqp://h//"})
     assert consumer_timeout_warning(settings) is None  # the config's deadlines: 1237 s, under 30 minutes
     warning = consumer_timeout_warning(settings, tools=ToolRegistry([long_export]))
     assert warning is not None and "consumer_timeout = 3630000 in rabbitmq.conf" in warning

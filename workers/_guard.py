@@ -47,11 +47,11 @@ def parse_job(kwargs: Any, settings: Settings) -> Job:
             raise Refusal(f"task field {name!r} is missing or not a {_type_name(kind)}", _partial(kwargs))
     job = Job(**kwargs)
     size = len(canonical(job.arguments).encode())
-    if size > settings.max_argument_bytes:
-        raise Refusal(f"arguments are {size} bytes, above the limit of {settings.max_argument_bytes}", job)
+    if size > settings.security.max_argument_bytes:
+        raise Refusal(f"arguments are {size} bytes, above the limit of {settings.security.max_argument_bytes}", job)
     if job.effect_id != f"{job.run_id}:{job.step}" or job.step < 0 or job.attempt < 0:
         raise Refusal("effect id, step and attempt do not agree", job)
-    if job.reply_to and not is_reply_stream(settings.redis_prefix, job.reply_to):
+    if job.reply_to and not is_reply_stream(settings.redis.prefix, job.reply_to):
         raise Refusal(f"reply stream {job.reply_to[:200]!r} is not a Castor reply stream", job)
     return job
 
@@ -81,12 +81,12 @@ async def authorize(
     task, unless the fleet is an insecure development one (``[security] insecure_dev``): there a plain
     tool runs unsigned and a gated one needs a human's approval of exactly this step and round, given for
     this tool with these arguments, in the shared approval store."""
-    if verify(settings.secret, job):
+    if verify(settings.security.secret, job):
         return
     where = f"for {job.tool!r} (run {job.run_id}, step {job.step})"
-    if settings.secret:
+    if settings.security.secret:
         raise Refusal(f"{'invalid' if job.token else 'no'} authorization token {where}", job)
-    if not settings.insecure_dev:
+    if not settings.security.insecure_dev:
         raise Refusal(f"this worker has no secret to verify a task with and runs none: refused {where}", job)
     if not policy.gated:
         return
@@ -98,7 +98,7 @@ async def authorize(
             job,
         )
     approved = await approvals.decided_request(job.run_id, job.step)
-    check_approved_call(job, spec, policy, approved, DataKey.for_fleet(settings.secret))
+    check_approved_call(job, spec, policy, approved, DataKey.for_fleet(settings.security.secret))
 
 
 def check_approved_call(

@@ -42,20 +42,20 @@ def _broker(app: Any, settings: Settings) -> dict[str, Any]:
             connection.ensure_connection(max_retries=0)
             return dict(getattr(connection.connection, "server_properties", None) or {})
     except Exception as exc:
-        raise broker_error("cannot start the worker", settings.broker, exc) from exc
+        raise broker_error("cannot start the worker", settings.broker_url, exc) from exc
 
 
 def _redis(settings: Settings) -> None:
     import redis
 
     client = redis.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT
+        settings.redis.url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT
     )
     try:
         client.ping()
     except redis.RedisError as exc:
         raise BackendUnavailable(
-            f"cannot start the worker: Redis at {hide_password(settings.redis_url)}, where the fleet's runs, "
+            f"cannot start the worker: Redis at {hide_password(settings.redis.url)}, where the fleet's runs, "
             f"journals and approvals live, is unavailable: {exc}"
         ) from exc
     finally:

@@ -11,9 +11,9 @@ from workers.app import make_app
 
 def flower_argv(settings: Settings, port: int | None = None, address: str = "127.0.0.1") -> list[str]:
     """The ``celery flower`` arguments."""
-    argv = ["flower", f"--port={port or settings.flower_port}", f"--address={address}"]
-    if settings.flower_basic_auth:
-        argv.append(f"--basic-auth={settings.flower_basic_auth}")
+    argv = ["flower", f"--port={port or settings.flower.port}", f"--address={address}"]
+    if settings.flower.basic_auth:
+        argv.append(f"--basic-auth={settings.flower.basic_auth}")
     return argv
 
 
@@ -24,7 +24,7 @@ def run_flower(settings: Settings, port: int | None = None, address: str = "127.
     ``[flower] basic_auth`` it listens on ``address`` (loopback by default) with the API open.
     """
     require_secret(settings, "castor flower")
-    if not settings.flower_basic_auth:
+    if not settings.flower.basic_auth:
         os.environ.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
     app = make_app(settings)
     app.start(flower_argv(settings, port, address))

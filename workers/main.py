@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import get_args
 
 from castor._errors import ConfigError
 from castor._imports import load_tools
 from castor._secret import require_secret
 from castor.registry import ToolRegistry, ToolSpec
-from castor.settings import Settings
+from castor.settings import Settings, WorkerPool
 from workers._preflight import preflight
 from workers._scripts import replay_spool
 from workers.app import make_app
 from workers.runtime import WorkerRuntime
 from workers.tasks import register_tools
 
-POOL_IMPLEMENTATIONS = ("threads", "prefork", "solo")
+POOL_IMPLEMENTATIONS: tuple[str, ...] = get_args(WorkerPool)
 
 
 def worker_registry(settings: Settings, pool: str, tool_specs: Sequence[str] = ()) -> ToolRegistry:
@@ -32,7 +33,7 @@ def worker_registry(settings: Settings, pool: str, tool_specs: Sequence[str] = (
         return _registry(settings, load_tools(tool_specs))
     settings.check_pool(pool)
     explicit = bool(tool_specs)
-    tools = load_tools(tool_specs or settings.tool_imports)
+    tools = load_tools(tool_specs or settings.tools.imports)
     chosen = []
     for name, func in tools:
         home = settings.pool_of(name)
@@ -51,14 +52,14 @@ def deadline_tools(settings: Settings, registry: ToolRegistry, tool_specs: Seque
     back any pool's task unacked past its own visibility timeout, so a worker of one pool must not give
     up on another pool's long tool (a tool named only by ``--tools`` elsewhere counts through the
     config's ``[tools] timeouts``)."""
-    if tool_specs or not settings.tool_imports:
+    if tool_specs or not settings.tools.imports:
         return list(registry)
-    return [*registry, *_registry(settings, load_tools(settings.tool_imports))]
+    return [*registry, *_registry(settings, load_tools(settings.tools.imports))]
 
 
 def _registry(settings: Settings, tools: Sequence[tuple[str, object]]) -> ToolRegistry:
     names = {name for name, _ in tools}
-    return ToolRegistry(tools, destructive=settings.destructive & names)
+    return ToolRegistry(tools, destructive=settings.tools.destructive & names)
 
 
 def worker_argv(
@@ -66,13 +67,13 @@ def worker_argv(
     loglevel: str = "INFO", fast_start: bool = False,
 ) -> list[str]:
     """The ``celery worker`` arguments of a worker of ``pool``."""
-    impl = pool_impl or settings.worker_pool
+    impl = pool_impl or settings.workers.pool
     if impl not in POOL_IMPLEMENTATIONS:
         raise ConfigError(f"worker pool implementation must be one of {', '.join(POOL_IMPLEMENTATIONS)}, not {impl!r}")
     argv = [
         "worker",
         f"--queues={settings.queue_of(pool)}",
-        f"--concurrency={concurrency or settings.concurrency}",
+        f"--concurrency={concurrency or settings.workers.concurrency}",
         f"--pool={impl}",
         f"--hostname={pool}-{os.getpid()}@%h",
         f"--loglevel={loglevel}",
@@ -99,6 +100,6 @@ def run_worker(
     specs = list(registry)
     app = make_app(settings, tools=deadline_tools(settings, registry, tool_specs))
     preflight(app, settings, specs)  # a broker or a Redis that does not answer stops the worker here, in one line
-    replay_spool(settings.redis_url, settings.redis_prefix, settings.spool)  # what a past outage left behind
+    replay_spool(settings.redis.url, settings.redis.prefix, settings.workers.spool)  # what a past outage left behind
     register_tools(app, WorkerRuntime(settings, registry, pool=pool))
     return int(app.start(argv) or 0)

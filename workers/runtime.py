@@ -72,7 +72,9 @@ def redis_backend_factory(settings: Settings) -> Backend:
     from castor._sealing import DataKey
     from castor.backends.redis import redis_backend
 
-    return redis_backend(settings.redis_url, prefix=settings.redis_prefix, data_key=DataKey.for_fleet(settings.secret))
+    return redis_backend(
+        settings.redis.url, prefix=settings.redis.prefix, data_key=DataKey.for_fleet(settings.security.secret)
+    )
 
 
 class _Process:
@@ -85,13 +87,13 @@ class _Process:
         self.pid = os.getpid()
         self.loop = LoopThread()
         self.backend = factory(settings)
-        self.redis = aioredis.Redis.from_url(settings.redis_url)
+        self.redis = aioredis.Redis.from_url(settings.redis.url)
         self.worker = f"{socket.gethostname()}/{self.pid}"
         self.scripts = StepScripts(
-            settings.redis_url, settings.redis_prefix, settings.secret or None, worker=self.worker,
-            heartbeat=settings.heartbeat, outage=settings.outage_deadline, spool=settings.spool,
+            settings.redis.url, settings.redis.prefix, settings.security.secret or None, worker=self.worker,
+            heartbeat=settings.workers.heartbeat, outage=settings.workers.outage_deadline, spool=settings.workers.spool,
         )
-        self.heartbeats = Heartbeats(settings.redis_url, settings.heartbeat)
+        self.heartbeats = Heartbeats(settings.redis.url, settings.workers.heartbeat)
 
 
 class WorkerRuntime:
@@ -106,7 +108,7 @@ class WorkerRuntime:
         self.pool = pool
         self._factory = backend_factory or redis_backend_factory
         self._proc: _Process | None = None
-        self.key = DataKey.for_fleet(settings.secret)  # opens a task's encrypted sensitive arguments
+        self.key = DataKey.for_fleet(settings.security.secret)  # opens a task's encrypted sensitive arguments
 
     def process(self) -> _Process:
         """This process's state, rebuilt after a fork."""
@@ -141,9 +143,10 @@ class WorkerRuntime:
             job.task_id = task_id
             spec, checked = check_tool(job, self.registry, name, self.key)
             policy = self.policy(spec)
-            if not verify(self.settings.secret, job):  # a signed call needs nothing from Redis to be authorized
+            # a signed call needs nothing from Redis to be authorized
+            if not verify(self.settings.security.secret, job):
                 proc.loop.run(authorize(job, spec, policy, self.settings, proc.backend.approvals))
-                if self.settings.secret:  # approved in the store, but no coordinator named that stream
+                if self.settings.security.secret:  # approved in the store, but no coordinator named that stream
                     job.reply_to = ""
             previous = proc.scripts.claim(job, delivery)
             if previous == RUNNING:
@@ -176,7 +179,7 @@ class WorkerRuntime:
             message = f"{IN_DOUBT_MESSAGE}: {job.tool!r} (run {job.run_id}, step {job.step}) started and never finished"
             proc.loop.run(self._fail(proc, job, IN_DOUBT, "InDoubtError", message, policy))
             return Outcome(IN_DOUBT)
-        with proc.heartbeats.beating(heartbeat(self.settings.redis_prefix, job.run_id, job.step),
+        with proc.heartbeats.beating(heartbeat(self.settings.redis.prefix, job.run_id, job.step),
                                      None if previous == -1 else proc.worker) as beat:
             outcome = self._execute(proc, job, spec, checked, policy, retries)
             beat.dropped = outcome.status == OK  # the finish dropped it with the marker: no round trip more
@@ -228,8 +231,8 @@ class WorkerRuntime:
         except Exception as exc:
             # The tool finished, by raising: its outcome is known, so a retry is a fresh start, not in doubt.
             proc.loop.run(self._forget_start(proc, job))
-            if policy.retryable and retries < self.settings.max_retries:
-                delay = self.settings.retry_backoff * 2**retries
+            if policy.retryable and retries < self.settings.tools.max_retries:
+                delay = self.settings.tools.retry_backoff * 2**retries
                 shown = kwargs_repr(job, policy.sensitive)
                 log.warning("%s failed (%s: %s); retry %d in %.2fs", shown, type(exc).__name__, exc, retries + 1, delay)
                 return Outcome(ERROR, retry_in=delay, shown=shown)
@@ -269,7 +272,7 @@ class WorkerRuntime:
         return _IN_DOUBT, None
 
     async def _forget_start(self, proc: _Process, job: Job) -> None:
-        await proc.redis.delete(started_marker(self.settings.redis_prefix, job.run_id, job.step))
+        await proc.redis.delete(started_marker(self.settings.redis.prefix, job.run_id, job.step))
 
     async def _finish_late(self, proc: _Process, job: Job, result: Any) -> None:
         """Another record holds the step (a redelivered task raced the first): reply with that one."""
@@ -295,19 +298,19 @@ class WorkerRuntime:
         (in an insecure development fleet without a secret, of any job that names a run); dead-letter anything
         else: a signed job replayed
         under another name is no coordinator's. Arguments too big to take are kept by size and digest."""
-        secret = self.settings.secret
+        secret = self.settings.security.secret
         # A worker with no secret can authenticate nothing, but in an insecure development fleet.
         if job is None or not (
-            (verify(secret, job) and name == task_name(job.tool)) if secret else self.settings.insecure_dev
+            (verify(secret, job) and name == task_name(job.tool)) if secret else self.settings.security.insecure_dev
         ):
             body = _json_of(kwargs)
             headers: dict[str, Any] = {"task": name, "id": task_id}
             if job is not None:
                 headers.update(castor_run=job.run_id, castor_step=job.step)
             entry = letter(reason, body, headers, "application/json")
-            await record_async(proc.redis, dead_letters(self.settings.redis_prefix, self.pool), entry)
+            await record_async(proc.redis, dead_letters(self.settings.redis.prefix, self.pool), entry)
             return
-        job = replace(job, arguments=bounded_arguments(job.arguments, self.settings.max_argument_bytes))
+        job = replace(job, arguments=bounded_arguments(job.arguments, self.settings.security.max_argument_bytes))
         spec = self.registry.find(job.tool)
         sensitive = spec.sensitive if spec is not None else frozenset(job.arguments)  # unknown: hide all
         log.error("refused task %s %s: %s", name, kwargs_repr(job, sensitive), reason)
@@ -316,8 +319,8 @@ class WorkerRuntime:
 
     async def _reply(self, proc: _Process, job: Job, reply: Reply) -> None:
         # Only to a reply stream (never another key a message names), bound to the task and signed.
-        if job.reply_to and is_reply_stream(self.settings.redis_prefix, job.reply_to):
-            fields: dict[Any, Any] = replace(reply, task_id=job.task_id).fields(self.settings.secret or None)
+        if job.reply_to and is_reply_stream(self.settings.redis.prefix, job.reply_to):
+            fields: dict[Any, Any] = replace(reply, task_id=job.task_id).fields(self.settings.security.secret or None)
             await proc.redis.xadd(job.reply_to, fields, maxlen=REPLY_MAXLEN, approximate=True)
 
 

@@ -24,7 +24,7 @@ HARD_LIMIT_GRACE = 5.0
 def register_tools(app: Any, runtime: WorkerRuntime) -> list[str]:
     """Register a task for every tool of ``runtime``'s registry; returns the task names."""
     names = []
-    letters = DeadLetters(runtime.settings.redis_url, runtime.settings.redis_prefix, runtime.pool)
+    letters = DeadLetters(runtime.settings.redis.url, runtime.settings.redis.prefix, runtime.pool)
     for spec in runtime.registry:
         policy = runtime.policy(spec)
         names.append(_register(app, runtime, spec.name, policy.timeout, letters))

@@ -17,16 +17,15 @@ in it sets the key prefix). Any other store is an error: the fleet's state is in
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shlex
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from castor._errors import ConfigError
 from castor._limits import option_type
 from castor.backends import REDIS_SCHEMES
 from castor.seams import Backend
-from castor.settings import CONFIG_HELP, Settings, find_config, load_settings
+from castor.settings import CONFIG_HELP, Settings, WorkerPool, find_config, load_settings
 
 
 def add_commands(subparsers: Any) -> None:
@@ -36,7 +35,7 @@ def add_commands(subparsers: Any) -> None:
     worker.add_argument("--tools", default="", help="comma-separated import specs: tools.py:delete_file,mod:fn")
     worker.add_argument("--concurrency", type=option_type("worker --concurrency"), default=None,
                         help="parallel tasks (default: config or 4)")
-    worker.add_argument("--pool-impl", choices=("threads", "prefork", "solo"), default=None,
+    worker.add_argument("--pool-impl", choices=get_args(WorkerPool), default=None,
                         help="Celery execution pool (default: config or threads)")
     worker.add_argument("--loglevel", default="INFO")
     worker.add_argument("--fast-start", action="store_true", help="no mingle/gossip/heartbeat (tests, one host)")
@@ -85,8 +84,8 @@ def celery_store_url(args: argparse.Namespace, given: list[tuple[str, str]]) -> 
         flags = ", ".join(flag for flag, _ in given)
         raise ConfigError(f"--executor celery keeps the run in the Redis of --config ([redis] url); leave out {flags}")
     settings = settings_of(args)
-    parts = urlsplit(settings.redis_url)
-    query = urlencode([*parse_qsl(parts.query), ("prefix", settings.redis_prefix)])
+    parts = urlsplit(settings.redis.url)
+    query = urlencode([*parse_qsl(parts.query), ("prefix", settings.redis.prefix)])
     return urlunsplit(parts._replace(query=query))
 
 
@@ -98,13 +97,13 @@ def celery_executor(args: argparse.Namespace, backend: Backend) -> tuple[Any, li
 
     settings = settings_of(args)
     # The fleet's key: a pending call its coordinator sealed is opened here, and tasks sealed for its workers.
-    backend.data_key = DataKey.for_fleet(settings.secret)
-    return CeleryExecutor.factory(settings, journal=backend.journal), sorted(settings.destructive)
+    backend.data_key = DataKey.for_fleet(settings.security.secret)
+    return CeleryExecutor.factory(settings, journal=backend.journal), sorted(settings.tools.destructive)
 
 
 def config_tools(args: argparse.Namespace) -> list[str]:
     """The import specs of the config's ``[tools] import`` (the tools its workers serve)."""
-    return list(settings_of(args).tool_imports)
+    return list(settings_of(args).tools.imports)
 
 
 def executor_flags(args: argparse.Namespace) -> str:
@@ -161,8 +160,8 @@ def fleet_process_settings(args: argparse.Namespace) -> Settings:
     if options:
         raise ConfigError(f"castor {args.command} takes only ?prefix= in its Redis URL, not {', '.join(options)}")
     if "prefix" not in dict(parse_qsl(urlsplit(url).query)):
-        prefix = settings.redis_prefix
-    return dataclasses.replace(settings, redis_url=address, redis_prefix=prefix)
+        prefix = settings.redis.prefix
+    return settings.updated(redis={"url": address, "prefix": prefix})
 
 
 def _run_worker(args: argparse.Namespace) -> int:

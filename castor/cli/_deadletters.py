@@ -22,6 +22,7 @@ from castor._errors import ConfigError
 from castor._limits import option_type
 from castor.cli._celery_cmds import config_option
 from castor.cli._common import add_global_options
+from castor.cli._escape import shown
 
 
 def _client(args: argparse.Namespace) -> tuple[Any, str]:
@@ -70,11 +71,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     for d in letters:
         given = d.get("headers")
         headers: dict[str, Any] = given if isinstance(given, dict) else {}
-        rows.append((d["pool"], age(float(d.get("at") or time.time())), _safe(headers.get("task")),
+        rows.append((shown(d["pool"]), age(float(d.get("at") or time.time())), _safe(headers.get("task")),
                      _safe(headers.get("castor_run")), d.get("size"), str(d.get("sha256", ""))[:12],
                      _safe(d.get("reason"), 80)))
     print(table(rows, ("POOL", "AGE", "TASK", "RUN", "BYTES", "SHA256", "REASON")))
-    print(", ".join(f"{pool}: {n}" for pool, n in counts.items()))
+    print(", ".join(f"{shown(pool)}: {n}" for pool, n in counts.items()))  # a key's name: anyone's
     return 0
 
 
@@ -104,10 +105,10 @@ def _parsed(raw: str) -> dict[str, Any]:
 
 
 def _safe(value: Any, width: int = 40) -> str:
-    """A value a forger chose, printable on a terminal: control characters escaped, cut to ``width``."""
+    """A value a forger chose, printable on a terminal (``shown``, ASCII only), cut to ``width``."""
     if value is None:
         return "-"
-    text = str(value).encode("unicode_escape").decode("ascii")
+    text = shown(value, ascii_only=True)
     return text if len(text) <= width else text[: width - 3] + "..."
 
 

@@ -143,13 +143,13 @@ def target(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:
         from castor.settings import load_settings
 
         settings = load_settings(config)
-    url = url or (settings.redis_url if settings else DEFAULT_URL)
+    url = url or (settings.redis.url if settings else DEFAULT_URL)
     address, url_prefix, options = _redis_options(url)
     prefix = (
         getattr(args, "prefix", None)
         or (url_prefix if "prefix=" in url else None)
         or os.environ.get("CASTOR_REDIS_PREFIX")
-        or (settings.redis_prefix if settings else None)
+        or (settings.redis.prefix if settings else None)
         or "castor"
     )
     return address, prefix, options

@@ -67,26 +67,26 @@ async def coordinator(args: argparse.Namespace) -> int:
     """``castor coordinator``: run until SIGTERM."""
     from castor.cli._celery_cmds import config_path
     from castor.cli._fleet_cmds import target
+    from castor.settings import Settings, load_settings
     from scheduler.coordinator import CoordinatorConfig
     from scheduler.main import executor_factory, serve
 
     url, prefix, options = target(args)
     config_file, settings = config_path(args), None
     if config_file:
-        from castor.settings import load_settings
-
         settings = load_settings(config_file)
     kind = args.executor if args.executor != "auto" else ("celery" if settings is not None else "local")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     max_takeovers = args.max_takeovers if args.max_takeovers is not None else (
-        settings.max_takeovers if settings is not None else 3
+        (settings or Settings()).coordinator.max_takeovers
     )
     config = CoordinatorConfig(
         url=url, prefix=prefix, name=args.name or "", concurrency=args.concurrency, lease=args.lease,
         grace=args.grace, allow_code_change=args.allow_code_change, max_takeovers=max_takeovers,
         store_options=options,
     )
-    await serve(config, executor=executor_factory(kind, settings), secret=settings.secret if settings else None)
+    secret = settings.security.secret if settings else None
+    await serve(config, executor=executor_factory(kind, settings), secret=secret)
     return 0
 
 

@@ -33,12 +33,12 @@ def celery_config(settings: Settings, *, publisher: bool = False, tools: Iterabl
         # (rounded up: int() could land a fraction of a second below it).
         transport["visibility_timeout"] = math.ceil(broker_visibility(settings, tools))
         # Every broker key (queues, unacked, bindings, event channels) under the fleet's prefix.
-        transport["global_keyprefix"] = f"{settings.queue_prefix}:"
+        transport["global_keyprefix"] = f"{settings.broker.queue_prefix}:"
     elif publisher:
         # Not on workers: each of their task events would wait for the broker too.
         transport["confirm_publish"] = True
     return {
-        "broker_url": settings.broker,
+        "broker_url": settings.broker_url,
         "broker_transport_options": transport,
         "broker_connection_retry_on_startup": True,
         "result_backend": None,
@@ -52,7 +52,7 @@ def celery_config(settings: Settings, *, publisher: bool = False, tools: Iterabl
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "task_default_queue": settings.queue_of(settings.default_pool),
+        "task_default_queue": settings.queue_of(settings.workers.default_pool),
         "task_create_missing_queues": True,
         "worker_hijack_root_logger": False,
     }

@@ -95,15 +95,15 @@ class CeleryExecutor:
         self._journal = journal
         self._grace = reply_grace
         self._routes: dict[str, _Route] = {}
-        self._key = DataKey.for_fleet(settings.secret)  # a task's sensitive values cross the broker encrypted
+        self._key = DataKey.for_fleet(settings.security.secret)  # a task's sensitive values cross the broker encrypted
         self._control: RedisConnection | None = None  # made for the rare abandon of a task
         self._app = Celery("castor-coordinator", set_as_current=False)
         self._app.conf.update(celery_config(settings, publisher=True))
         self._broker: Any = None
         self._publisher: RedisPublisher | SendTaskPublisher
-        if settings.broker.startswith(FAST_SCHEMES) and fast_publish:
+        if settings.broker_url.startswith(FAST_SCHEMES) and fast_publish:
             # a half-open broker connection must fail the publish (which is then made once more), not hang it
-            self._broker = _connection(settings.broker, reply_timeout=PUBLISH_TIMEOUT)
+            self._broker = _connection(settings.broker_url, reply_timeout=PUBLISH_TIMEOUT)
             self._publisher = RedisPublisher(self._app, self._broker)
         else:
             self._publisher = SendTaskPublisher(self._app)
@@ -111,9 +111,9 @@ class CeleryExecutor:
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         if not keys.CONSUMER_NAME.fullmatch(self.consumer):
             raise ConfigError(f"consumer name {self.consumer!r} must be 1-200 of A-Z a-z 0-9 . _ -")
-        stream = reply_stream(settings.redis_prefix, self.consumer)
-        connection = _connection(settings.redis_url, reply_timeout=READ_TIMEOUT)
-        self._replies = ReplyReader(connection, stream, settings.secret or None)
+        stream = reply_stream(settings.redis.prefix, self.consumer)
+        connection = _connection(settings.redis.url, reply_timeout=READ_TIMEOUT)
+        self._replies = ReplyReader(connection, stream, settings.security.secret or None)
 
     @classmethod
     def factory(cls, settings: Settings, **options: Any) -> Any:
@@ -141,8 +141,8 @@ class CeleryExecutor:
             call.run_id, call.step, call.tool_name, arguments, call.effect_id, call.attempt,
             self._replies.stream, call.record or {},
         )
-        if self._settings.secret:
-            job.token = sign(self._settings.secret, job)
+        if self._settings.security.secret:
+            job.token = sign(self._settings.security.secret, job)
         reply = await self._dispatch(call, job, route)
         if reply is None and route.idempotent and await self._started(call):
             # Its worker died mid-call (a killed threads-pool worker's task comes back only after the
@@ -189,7 +189,7 @@ class CeleryExecutor:
         fails, and its charge is refunded) unless a worker took it already, whose reply is then awaited.
         Failing the call while the task may still run would have the tool act for a call its agent was
         told had failed, and paid back."""
-        prefix, run, step = self._settings.redis_prefix, call.run_id, call.step
+        prefix, run, step = self._settings.redis.prefix, call.run_id, call.step
         try:
             state = await self._control_conn().script(
                 "task_abandon",
@@ -224,14 +224,14 @@ class CeleryExecutor:
     async def _started(self, call: Call) -> bool:
         """Whether a worker started this round of the step and left it unfinished (its marker is there)."""
         marker = await self._control_conn().command(
-            "get", keys.started_marker(self._settings.redis_prefix, call.run_id, call.step)
+            "get", keys.started_marker(self._settings.redis.prefix, call.run_id, call.step)
         )
         return marker is not None and int(marker) >= call.attempt
 
     def _control_conn(self) -> RedisConnection:
         """The connection for the rare calls outside the hot path (an abandon, a look at a late step)."""
         if self._control is None:
-            self._control = RedisConnection(self._settings.redis_url)
+            self._control = RedisConnection(self._settings.redis.url)
         return self._control
 
     async def close(self) -> None:
@@ -283,12 +283,12 @@ def fleet_options(
 
     require_secret(settings, SENDER)  # before anything connects
     backend = redis_backend(
-        settings.redis_url, prefix=settings.redis_prefix, data_key=DataKey.for_fleet(settings.secret),
+        settings.redis.url, prefix=settings.redis.prefix, data_key=DataKey.for_fleet(settings.security.secret),
         **(backend_options or {}),
     )
     options: dict[str, Any] = {
-        "tools": load_tools(settings.tool_imports),
-        "destructive": sorted(settings.destructive),
+        "tools": load_tools(settings.tools.imports),
+        "destructive": sorted(settings.tools.destructive),
         "budgets": dict(settings.budgets),
         "store": backend,
         "executor": CeleryExecutor._builder(settings, journal=backend.journal),  # the secret is checked

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from castor._errors import CastorError, NothingPendingError
 from castor._sealing import SealError, digested, opened
+from castor._terminal import save_run
 from castor.checkpoint import AgentCheckpoint, new_record
 from castor.kernel.children import pending_child
 from castor.kernel.context import RunContext, Services, Suspend, Syscall
@@ -55,11 +56,11 @@ async def decide(
     if child is not None:  # the call waits in a child agent: the decision is the child's
         await decide(services, child, outcome, feedback, by)
         _clear_pending(cp)
-        await services.backend.runs.save(cp)
+        await save_run(services.backend, cp)
         return cp
     if not cp.pending_hitl:
         raise NothingPendingError(f"run {cp.pid!r} has no pending call to {outcome}")
-    await sync_journal(services, cp)  # a checkpoint from JSON: the store gets its prefix first
+    await sync_journal(services, cp, catch_up=True)  # a checkpoint from JSON, or one the store is ahead of
     step = cp.pending_step if cp.pending_step is not None else len(cp.syscall_log)
     tool, args = str(cp.pending_hitl.get("tool_name")), dict(cp.pending_hitl.get("arguments") or {})
     approvals = services.backend.approvals
@@ -99,7 +100,7 @@ async def apply_decision(services: Services, cp: AgentCheckpoint, step: int, too
             _clear_pending(cp)
             cp.status = "RUNNING"
         cp.updated_at = time.time()
-        await backend.runs.save(cp)
+        await save_run(backend, cp)  # a run another process ended meanwhile keeps its end
         services.live[cp.pid] = cp
 
 
@@ -181,7 +182,7 @@ def _decide_deferred(
             await approvals.request(PendingApproval(cp.pid, step, tool, args, decision.at))
         await approvals.decide(decision)
         await sync_journal(services, cp)
-        await services.backend.runs.save(cp)
+        await save_run(services.backend, cp)
 
     background.add(asyncio.get_running_loop().create_task(persist()))
 

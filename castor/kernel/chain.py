@@ -79,7 +79,9 @@ def gate(call: Syscall, inner: Handler) -> Awaitable[Any]:
 
     A step left in doubt by a lost worker (``checkpoint.in_doubt``) waits for a human whatever the tool
     or mode: its new approval round must be decided before it may run again. A gated call that runs is
-    claimed first (``castor.kernel.claims``): of several processes driving the run, one runs it.
+    claimed first (``castor.kernel.claims``): of several processes driving the run, one runs it. So is a
+    non-idempotent call a coordinator runs itself (a leased store, an executor that does not journal):
+    the drive that takes the run over finds it in doubt rather than running it a second time.
     """
     # Set by validate, which runs before every inner stage (an annotation, not typing.cast: no call per step).
     spec: ToolSpec = call.spec  # type: ignore[assignment]
@@ -87,7 +89,10 @@ def gate(call: Syscall, inner: Handler) -> Awaitable[Any]:
     if in_doubt and call.step in in_doubt:
         return _ask_human(call, inner)
     if not spec.gated:
-        return inner(call)
+        services = call.ctx.services
+        if spec.idempotent or not services.backend.leased or services.executor.writes_journal:
+            return inner(call)
+        return run_claimed(call, inner)  # a fleet's drive runs it in-process: claimed, never run twice
     if call.ctx.speculative:
         call.needs_review = True
         call.review_reason = SPECULATIVE_REASON if spec.destructive else HITL_SPECULATIVE_REASON

@@ -16,19 +16,32 @@ run; the claim is taken in one atomic step with a look at the journal (``Journal
 - the claim ends when the call does: its record is journaled, or it failed (a failure is not cached:
   the next process to reach the step runs it again, as a resume would). A call cut off at its deadline
   or interrupted may still be acting (a thread cannot be stopped): its claim is left lapsed, so the
-  step is in doubt for whoever reaches it next.
+  step is in doubt for whoever reaches it next. So is a call whose record a fleet drive that lost its
+  lease could not write (``StaleLeaseError`` once the call was charged): the tool ran, its result is lost.
+
+Besides gated calls, a coordinator that runs tools itself (``--executor local``) claims every
+non-idempotent call (``Backend.leased``): the drive that takes a run over (another coordinator, or this
+one after its lease ran out) waits while the old drive's call runs, then finds the step in doubt and
+asks a human. Embedded runs and Celery workers (which claim each step themselves) pay nothing for it.
+
+The whole drive is claimed too (``driving``): ``Castor.run`` on a run another live process is driving
+waits until that drive ends, then replays what it journaled. So the steps after a decided one (plain
+tools, which carry no claim of their own) run in one process, not in each process that raced to the
+decision. The fleet's coordinators drive under their lease instead and take no drive claim.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
-from castor._errors import ReplayDivergenceError, ToolTimeoutError
+from castor._errors import ReplayDivergenceError, StaleLeaseError, ToolTimeoutError
 from castor._redact import redact
 from castor.checkpoint import StepFailure
 from castor.kernel.context import Handler, Syscall, same_arguments
@@ -38,7 +51,10 @@ from castor.seams import Journal, StepClaim
 LEASE = 15.0  # seconds a claim lives without renewal; renewed every third of it while the call runs
 POLL = 0.05  # seconds between two looks at a claim someone else holds
 IN_DOUBT_UNFINISHED = "in doubt: started and never finished"
+DRIVE_STEP = -1  # the position whose claim is the run's drive (no step has it)
+DRIVE_POLL = 0.1  # seconds between two looks at a drive someone else holds
 _HOST = socket.gethostname()
+log = logging.getLogger("castor.run")
 
 
 def new_holder() -> str:
@@ -93,6 +109,11 @@ async def run_claimed(call: Syscall, inner: Handler) -> Any:
     except (ToolTimeoutError, asyncio.CancelledError, KeyboardInterrupt, SystemExit):
         unknown = True  # cut off mid-call (a thread cannot be stopped): whether it acted is unknown
         raise
+    except StaleLeaseError:
+        # A fleet drive that lost the run: if the call was charged it ran (or may still run), and its
+        # record was refused; the drive that has the run now must find it in doubt, not run it again.
+        unknown = call.charged is not None
+        raise
     finally:
         renewal.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -101,6 +122,32 @@ async def run_claimed(call: Syscall, inner: Handler) -> Any:
             await journal.renew_claim(ctx.run_id, call.step, holder, 0.0)
         else:
             await journal.release_claim(ctx.run_id, call.step, holder)
+
+
+@contextlib.asynccontextmanager
+async def driving(journal: Journal, run_id: str) -> AsyncIterator[None]:
+    """Hold the drive of ``run_id`` for the block: wait while another live process drives it, take it
+    over from one that is gone (its steps' own claims judge what it left unfinished)."""
+    holder, replace, waiting = new_holder(), "", False
+    while True:
+        found = await journal.claim(run_id, DRIVE_STEP, 0, holder, LEASE, replace=replace)
+        if found.state == "claimed":
+            break
+        if holder_gone(found):
+            replace = found.holder
+            continue
+        if not waiting:
+            waiting = True
+            log.warning("run %s is being driven by %s; waiting for that drive to end", run_id, found.holder)
+        await asyncio.sleep(DRIVE_POLL)
+    renewal = asyncio.get_running_loop().create_task(_renew(journal, run_id, DRIVE_STEP, holder))
+    try:
+        yield
+    finally:
+        renewal.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewal
+        await journal.release_claim(run_id, DRIVE_STEP, holder)
 
 
 async def adopt(call: Syscall) -> Any:

@@ -19,7 +19,9 @@ from typing import Any
 
 from castor._errors import ConfigError, JournalConflictError, RunNotFoundError
 from castor._ids import check_pid, pid_part
-from castor.checkpoint import AgentCheckpoint, Capability, usage_of
+from castor._terminal import save_run, save_started
+from castor.checkpoint import FINISHED, AgentCheckpoint, Capability, usage_of
+from castor.kernel.claims import driving
 from castor.kernel.context import RunContext, Services, Suspend, current_run
 from castor.lib.proxy import SyscallProxy
 
@@ -77,6 +79,7 @@ async def prepare(
     if checkpoint is None and pid is not None and await backend.runs.load(pid) is not None:
         checkpoint = await load(services, pid)  # a stored run of that pid resumes
     fresh = checkpoint is None and pid is None  # a pid made up here: nothing in the store can hold it yet
+    stored = checkpoint is not None  # read earlier, maybe by another process: the store may be ahead of it
     if checkpoint is None:
         limits = (default_budgets or {}) if budgets is None else budgets
         checkpoint = new_checkpoint(new_pid(agent) if pid is None else pid, agent_name(agent), limits)
@@ -99,38 +102,49 @@ async def prepare(
             checkpoint.scopes = list(scopes)
     cp = checkpoint
     cp.scopes = list(dict.fromkeys(cp.scopes))  # a scope named twice is drawn from once
+    await sync_journal(services, cp, catch_up=stored)  # before the context reads what the journal charged
     ctx = RunContext(services, cp, speculative=cp.speculative, scopes=tuple(cp.scopes))
     if cp.status == "PREEMPTED":
         ctx.preemption_context = {
             "reason": cp.preemption_reason, "payload": cp.preemption_payload, "partial_work": cp.partial_work,
         }
         cp.preemption_reason = cp.preemption_payload = cp.partial_work = None
+    loaded = cp.status
     cp.status = "RUNNING"
     cp.pending_hitl = None
     cp.pending_step = None
     cp.pending_reason = None
     cp.error = None
     cp.updated_at = time.time()
-    await sync_journal(services, cp)
     limits = {r: c.max_budget for r, c in cp.capabilities.items()}
     # A fresh run without limits or scopes is never charged (the budget stage skips costs no ledger
     # tracks) and has no old ledger to replace: its ledger needs neither opening nor closing.
     ctx.ledger_open = bool(limits or ctx.scopes or not fresh)
     if ctx.ledger_open:
         await backend.budgets.open_run(cp.pid, limits, ctx.usage)
-    await backend.runs.save(cp)
+    if not await save_started(backend, cp, loaded):  # finished by another process: nothing to drive
+        ctx.closed = True
+        if ctx.ledger_open:
+            await backend.budgets.close_run(cp.pid)
     services.live[cp.pid] = cp
     log.info("run %s %s (%d journaled steps)", cp.pid, "resumes" if cp.syscall_log else "starts", len(cp.syscall_log))
     return ctx
 
 
-async def sync_journal(services: Services, cp: AgentCheckpoint) -> None:
-    """Make the store's journal hold every record of ``cp`` (a checkpoint may come from JSON)."""
+async def sync_journal(services: Services, cp: AgentCheckpoint, *, catch_up: bool = False) -> None:
+    """Make the store's journal hold every record of ``cp`` (a checkpoint may come from JSON); with
+    ``catch_up``, also make ``cp`` hold the records only the store has (another process drove the run on
+    since ``cp`` was read: those steps are served from the journal, never run again)."""
     log = cp.syscall_log
-    if not log:
+    if not log and not catch_up:
         return  # nothing to hold (a fresh run): no round trip
     journal = services.backend.journal
     have = await journal.length(cp.pid)
+    for step in range(len(log), have):
+        record = await journal.get(cp.pid, step)
+        if record is None:
+            break
+        log.append(record)
     if have >= len(log):
         return
     is_fork = have == 0 and cp.parent_pid and cp.pid == f"{cp.parent_pid}::fork-{len(log)}"
@@ -152,6 +166,8 @@ async def sync_journal(services: Services, cp: AgentCheckpoint) -> None:
 async def drive(ctx: RunContext, agent: Callable[..., Any], preempted: list[Any] | None = None) -> AgentCheckpoint:
     """Run the agent to its next stop and persist where it stopped."""
     cp = ctx.checkpoint
+    if cp.status in FINISHED:  # prepare found the run finished by another process (castor._terminal)
+        return cp
     token = current_run.set(ctx)
     error: BaseException | None = None
     try:
@@ -195,7 +211,7 @@ async def finish(ctx: RunContext) -> None:
         await budgets.refund(cp.pid, step)
     ctx.update_capabilities()  # the journal is the truth of what was charged
     cp.updated_at = time.time()
-    await backend.runs.save(cp)
+    await save_run(backend, cp)  # a run another process ended first keeps that end
     if ctx.ledger_open or ctx.spawned:  # a child's budget is charged to its parent's ledger
         await budgets.close_run(cp.pid)
     _log_stop(cp)
@@ -226,9 +242,17 @@ def takes_proxy(agent: Callable[..., Any]) -> bool:
 
 
 async def run(services: Services, agent: Callable[..., Any], **options: Any) -> AgentCheckpoint:
-    """Prepare and drive a run in the caller's task (``options``: those of ``prepare``)."""
-    ctx = await prepare(services, agent, **options)
-    return await drive(ctx, agent)
+    """Prepare and drive a run in the caller's task (``options``: those of ``prepare``). An existing run
+    is driven by one process at a time: its drive is claimed before its checkpoint is read, so a second
+    process reads what the first left."""
+    checkpoint = options.get("checkpoint")
+    pid = options.get("pid") or (checkpoint.pid if checkpoint is not None else None)
+    if pid is None:  # a new run: no other process knows its pid yet
+        ctx = await prepare(services, agent, **options)
+        return await drive(ctx, agent)
+    async with driving(services.backend.journal, pid):
+        ctx = await prepare(services, agent, **options)
+        return await drive(ctx, agent)
 
 
 class CastorTask:
@@ -237,7 +261,11 @@ class CastorTask:
     def __init__(self, ctx: RunContext, agent: Callable[..., Any]) -> None:
         self._preempted: list[Any] = []
         self.checkpoint = ctx.checkpoint
-        self.task: asyncio.Task[AgentCheckpoint] = asyncio.create_task(drive(ctx, agent, self._preempted))
+        self.task: asyncio.Task[AgentCheckpoint] = asyncio.create_task(self._drive(ctx, agent))
+
+    async def _drive(self, ctx: RunContext, agent: Callable[..., Any]) -> AgentCheckpoint:
+        async with driving(ctx.services.backend.journal, ctx.checkpoint.pid):
+            return await drive(ctx, agent, self._preempted)
 
     @property
     def done(self) -> bool:
@@ -262,5 +290,8 @@ async def start(services: Services, agent: Callable[..., Any], **options: Any) -
 async def persist_all(services: Services, cp: AgentCheckpoint) -> None:
     """Write the checkpoint's header and every record the store lacks."""
     await sync_journal(services, cp)
-    await services.backend.runs.save(cp)
+    if cp.status in FINISHED:  # saved again as it ended: allowed; a run moved from its end is RunFinishedError
+        await services.backend.runs.save(cp, reopen=cp.status)
+    else:
+        await services.backend.runs.save(cp)
     services.live[cp.pid] = cp

@@ -72,7 +72,7 @@ class Fleet:
 
     @property
     def prefix(self) -> str:
-        return self.settings.redis_prefix
+        return self.settings.redis.prefix
 
     def count(self, tag: str, what: str) -> int:
         """How often a test tool started / finished the call tagged ``tag``."""

@@ -11,7 +11,6 @@ Without RabbitMQ the fleet tests skip, saying why; under ``CI=true`` they fail i
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import shutil
 import signal
@@ -97,7 +96,7 @@ async def amqp_kernel(amqp_fleet: Fleet) -> AsyncIterator[Castor]:
 
 
 def test_the_broker_url_is_checked_and_the_transport_configured() -> None:
-    amqp = Settings(broker_url="amqp://guest:guest@rabbit:5672/castor")
+    amqp = Settings(broker={"url": "amqp://guest:guest@rabbit:5672/castor"})
     assert amqp.broker_transport == "amqp" and Settings().broker_transport == "redis"
     worker, coordinator = celery_config(amqp), celery_config(amqp, publisher=True)
     # visibility_timeout and the key prefix are kombu-Redis options; RabbitMQ redelivers on its own.
@@ -107,14 +106,15 @@ def test_the_broker_url_is_checked_and_the_transport_configured() -> None:
     for bad, why in (("amqqp://h//", "starts with amqqp://"), ("amqp://h:port//", "malformed"),
                      ("unix:///tmp/r.sock", "redis\\+socket://")):
         with pytest.raises(ConfigError, match=why):
-            Settings(broker_url=bad)
+            Settings(broker={"url": bad})
 
 
 def test_a_tool_longer_than_rabbitmqs_consumer_timeout_is_warned_about() -> None:
-    short = Settings(broker_url="amqp://h//", default_timeout=60)
-    long = Settings(broker_url="amqp://h//", default_timeout=3600, max_retries=0)
+    short = Settings(broker={"url": "amqp://h//"}, tools={"default_timeout": 60})
+    long = Settings(broker={"url": "amqp://h//"}, tools={"default_timeout": 3600, "max_retries": 0})
     assert consumer_timeout_warning(short) is None
-    assert consumer_timeout_warning(Settings(default_timeout=3600)) is None  # Redis: visibility_timeout follows
+    redis = Settings(tools={"default_timeout": 3600})
+    assert consumer_timeout_warning(redis) is None  # Redis: visibility_timeout follows
     warning = consumer_timeout_warning(long, {"version": b"3.10.8"})
     assert warning is not None
     assert "RabbitMQ 3.10.8" in warning and "consumer_timeout = 3630000 in rabbitmq.conf" in warning
@@ -231,7 +231,7 @@ async def test_a_connection_the_broker_closed_is_published_on_again(
 
 async def test_an_unreachable_broker_fails_the_dispatch_cleanly(amqp_fleet: Fleet) -> None:
     nowhere = f"amqp://guest:s3cret@127.0.0.1:{free_port()}//"
-    kernel = Castor(**fleet_options(dataclasses.replace(amqp_fleet.settings, broker_url=nowhere), budgets={}))
+    kernel = Castor(**fleet_options(amqp_fleet.settings.updated(broker={"url": nowhere}), budgets={}))
     try:
         error = await fails_cleanly(kernel, amqp_fleet, r"cannot send 'castor.tool.write_note' to queue '.*\.fs'")
     finally:

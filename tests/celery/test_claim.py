@@ -48,7 +48,7 @@ def tool() -> Touch:
 
 @pytest.fixture
 def runtime(redis_url: str, redis_prefix: str, tool: Touch) -> Iterator[WorkerRuntime]:
-    settings = Settings(redis_url=redis_url, redis_prefix=redis_prefix, secret=SECRET)
+    settings = Settings(redis={"url": redis_url, "prefix": redis_prefix}, security={"secret": SECRET})
     made = WorkerRuntime(settings, ToolRegistry([tool.touch]))
     try:
         yield made

@@ -36,7 +36,7 @@ def _castor(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, s
 
 
 async def _stored(fleet: Fleet, pid: str) -> tuple[str, list[str]]:
-    backend = redis_backend(fleet.settings.redis_url, prefix=fleet.prefix)
+    backend = redis_backend(fleet.settings.redis.url, prefix=fleet.prefix)
     try:
         cp = await backend.runs.load(pid)
         assert cp is not None, f"run {pid} is not in the config's Redis"

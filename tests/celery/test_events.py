@@ -33,8 +33,8 @@ def _next(pubsub: Any) -> dict[str, Any]:
 
 def test_lean_events_are_the_envelope_kombu_writes(fleet: Fleet) -> None:
     app = make_app(fleet.settings, name="events-test")
-    listener = redis.Redis.from_url(fleet.settings.broker).pubsub()
-    listener.psubscribe(f"{fleet.settings.queue_prefix}:*celeryev*")
+    listener = redis.Redis.from_url(fleet.settings.broker_url).pubsub()
+    listener.psubscribe(f"{fleet.settings.broker.queue_prefix}:*celeryev*")
     _next_subscribed = listener.get_message(timeout=2)
     assert _next_subscribed is not None and _next_subscribed["type"] == "psubscribe"
     with app.connection_for_write() as connection:
@@ -63,7 +63,7 @@ def test_lean_events_are_the_envelope_kombu_writes(fleet: Fleet) -> None:
 
 def test_the_events_socket_asks_for_no_replies(fleet: Fleet) -> None:
     app = make_app(fleet.settings, name="events-test")
-    admin = redis.Redis.from_url(fleet.settings.broker)
+    admin = redis.Redis.from_url(fleet.settings.broker_url)
     before = admin.info("commandstats").get("cmdstat_publish", {}).get("calls", 0)
     with app.connection_for_write() as connection:
         lean = app.events.Dispatcher(connection, hostname="quiet@test", enabled=True)
@@ -100,8 +100,8 @@ def _events_of(pubsub: Any, pid: str, until: Any, timeout: float = 10.0) -> list
 
 async def test_a_retried_task_shows_its_arguments_redacted(fleet: Fleet, kernel: Castor) -> None:
     tag, password = (f"{what}-{uuid.uuid4().hex[:6]}" for what in ("login", "pw"))
-    listener = redis.Redis.from_url(fleet.settings.broker).pubsub()
-    listener.psubscribe(f"{fleet.settings.queue_prefix}:*celeryev*")
+    listener = redis.Redis.from_url(fleet.settings.broker_url).pubsub()
+    listener.psubscribe(f"{fleet.settings.broker.queue_prefix}:*celeryev*")
     subscribed = listener.get_message(timeout=2)
     assert subscribed is not None and subscribed["type"] == "psubscribe"
 

@@ -235,7 +235,7 @@ async def test_an_approval_does_not_authorize_other_arguments(fleet: Fleet, kern
 
 async def test_malformed_message_is_refused_and_the_worker_survives(fleet: Fleet, kernel: Castor) -> None:
     queue = fleet.settings.queue_of("web")
-    key = f"{fleet.settings.queue_prefix}:{queue}"
+    key = f"{fleet.settings.broker.queue_prefix}:{queue}"
     envelope = {
         "body": "eyJub3QganNvbg==",  # base64 of '{"not json'
         "content-encoding": "utf-8", "content-type": "application/json",

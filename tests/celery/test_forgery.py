@@ -74,7 +74,7 @@ async def test_a_forged_task_and_forged_replies_cannot_end_a_live_run(
 
     real_id = re.findall(rf"castor\.tool\.slow_write\[({re.escape(pid)}:0#0-\w+)\] received", fleet.log("fs"))[0]
     signed = Job(pid, 0, "slow_write", arguments, f"{pid}:0", 0, stream, {})
-    signed.token = sign(fleet.settings.secret or "", signed)
+    signed.token = sign(fleet.settings.security.secret or "", signed)
     forger.send_task("castor.tool.write_note", kwargs=signed.kwargs(), queue=queue, task_id=real_id)
     # Replies written straight to the stream: unsigned, and signed with the wrong secret.
     from castor.executors._wire import REFUSED, Reply
@@ -119,7 +119,7 @@ async def test_a_forged_reply_to_creates_no_key(fleet: Fleet, forger: Any) -> No
 def _footprint(fleet: Fleet) -> int:
     """Bytes Redis holds under the fleet's key and queue prefixes."""
     total = 0
-    for pattern in (f"{fleet.prefix}*", f"{fleet.settings.queue_prefix}*"):
+    for pattern in (f"{fleet.prefix}*", f"{fleet.settings.broker.queue_prefix}*"):
         for key in fleet.redis.scan_iter(match=pattern, count=1000):
             total += fleet.redis.memory_usage(key, samples=0) or 0
     return total

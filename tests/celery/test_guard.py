@@ -37,7 +37,7 @@ def wipe(path: str, depth: int, key: str) -> str:
 @pytest.fixture
 def runtime(redis_url: str, redis_prefix: str) -> Iterator[WorkerRuntime]:
     RAN.clear()
-    settings = Settings(redis_url=redis_url, redis_prefix=redis_prefix, insecure_dev=True)  # no secret
+    settings = Settings(redis={"url": redis_url, "prefix": redis_prefix}, security={"insecure_dev": True})  # no secret
     made = WorkerRuntime(settings, ToolRegistry([wipe]))
     try:
         yield made
@@ -131,8 +131,8 @@ def guarded(redis_url: str, redis_prefix: str) -> Iterator[Callable[..., WorkerR
     RAN.clear()
     made: list[WorkerRuntime] = []
 
-    def build(**settings: Any) -> WorkerRuntime:
-        made.append(WorkerRuntime(Settings(redis_url=redis_url, redis_prefix=redis_prefix, **settings),
+    def build(**security: Any) -> WorkerRuntime:
+        made.append(WorkerRuntime(Settings(redis={"url": redis_url, "prefix": redis_prefix}, security=security),
                                   ToolRegistry([jot, wipe])))
         return made[-1]
 

@@ -39,8 +39,8 @@ class Pool:
 def pool(fleet: Fleet, tmp_path: Path) -> Iterator[tuple[Pool, object]]:
     text = fleet.config.read_text()
     assert TIMEOUTS in text
-    own = f"{fleet.settings.queue_prefix}-lost-{uuid.uuid4().hex[:6]}"
-    text = text.replace(f'queue_prefix = "{fleet.settings.queue_prefix}"', f'queue_prefix = "{own}"')
+    own = f"{fleet.settings.broker.queue_prefix}-lost-{uuid.uuid4().hex[:6]}"
+    text = text.replace(f'queue_prefix = "{fleet.settings.broker.queue_prefix}"', f'queue_prefix = "{own}"')
     text = text.replace(TIMEOUTS, "timeouts = { noop = 0.5, slow_copy = 4, slow_write = 2 }")
     # a killed worker's heartbeat must expire before the deadline the idempotent call is sent again under
     text += "\n[workers]\nheartbeat = 1.5\n"

@@ -53,14 +53,14 @@ def _normal(raw: str) -> str:
 
 async def test_fast_message_and_event_equal_send_task(fleet: Fleet) -> None:
     app = _app(fleet)
-    queue = f"{fleet.settings.queue_prefix}.bytes-{uuid.uuid4().hex[:6]}"  # no worker consumes it
-    key = f"{fleet.settings.queue_prefix}:{queue}"
-    channel = f"{fleet.settings.queue_prefix}:/0.celeryev/task.sent"  # kombu's fanout layout, under the prefix
+    queue = f"{fleet.settings.broker.queue_prefix}.bytes-{uuid.uuid4().hex[:6]}"  # no worker consumes it
+    key = f"{fleet.settings.broker.queue_prefix}:{queue}"
+    channel = f"{fleet.settings.broker.queue_prefix}:/0.celeryev/task.sent"  # kombu's fanout layout, under the prefix
     events = fleet.redis.pubsub()
     events.subscribe(channel)
     events.get_message(timeout=1)  # the subscription's confirmation
     task = _task(queue)
-    for conn in (RespConnection(fleet.settings.broker), RedisConnection(fleet.settings.broker)):
+    for conn in (RespConnection(fleet.settings.broker_url), RedisConnection(fleet.settings.broker_url)):
         fast = RedisPublisher(app, conn)
         slow = SendTaskPublisher(app)
         try:
@@ -90,7 +90,7 @@ async def test_executor_publishes_fast_and_stock_workers_run_it(fleet: Fleet, ke
     executor = kernel.executor
     assert isinstance(executor, CeleryExecutor) and isinstance(executor._publisher, RedisPublisher)
     events = fleet.redis.pubsub()
-    events.psubscribe(f"{fleet.settings.queue_prefix}:/0.celeryev/task.*")
+    events.psubscribe(f"{fleet.settings.broker.queue_prefix}:/0.celeryev/task.*")
     events.get_message(timeout=1)
 
     async def agent() -> object:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -132,9 +131,9 @@ async def _through(
     than the cutter's go to ``fleet_options``); with ``queue_prefix``, to queues no worker consumes."""
     cutter = PushCutter(landed=landed, **{k: options.pop(k) for k in ("stall", "every", "hold") if k in options})
     cutters.append(cutter)
-    settings = dataclasses.replace(fleet.settings, broker_url=await cutter.start())
+    settings = fleet.settings.updated(broker={"url": await cutter.start()})
     if queue_prefix:
-        settings = dataclasses.replace(settings, queue_prefix=queue_prefix)
+        settings = settings.updated(broker={"queue_prefix": queue_prefix})
     return Castor(**fleet_options(settings, **options))
 
 
@@ -148,7 +147,7 @@ def _publisher(kernel: Castor) -> RedisPublisher:
 async def test_a_publish_whose_connection_was_killed_is_sent_once_more(
     fleet: Fleet, kernel: Castor, caplog: pytest.LogCaptureFixture
 ) -> None:
-    killed = KilledBeforeFirstPush(fleet.settings.broker)
+    killed = KilledBeforeFirstPush(fleet.settings.broker_url)
     publisher = _publisher(kernel)
     publisher._conn = killed
     kernel.executor._broker = killed  # type: ignore[attr-defined]  # closed with the executor
@@ -215,7 +214,7 @@ async def test_a_push_that_fails_twice_fails_the_call_cleanly(fleet: Fleet, cutt
         message = str(await fails_cleanly(kernel, fleet, r"cannot send 'castor.tool.write_note' .* \(tried twice\)"))
         assert "Redis at redis://127.0.0.1:" in message
         assert cutters[0].cuts == 2  # the try, and the one more
-        queue = f"{fleet.settings.queue_prefix}:{fleet.settings.queue_of('fs')}"
+        queue = f"{fleet.settings.broker.queue_prefix}:{fleet.settings.queue_of('fs')}"
         assert fleet.redis.llen(queue) == 0  # nothing queued for a worker to run later
     finally:
         await kernel.close()
@@ -223,7 +222,7 @@ async def test_a_push_that_fails_twice_fails_the_call_cleanly(fleet: Fleet, cutt
 
 async def test_an_unreachable_broker_fails_the_call_cleanly(fleet: Fleet) -> None:
     nowhere = f"redis://:pw@127.0.0.1:{free_port()}/0"
-    kernel = Castor(**fleet_options(dataclasses.replace(fleet.settings, broker_url=nowhere), budgets={}))
+    kernel = Castor(**fleet_options(fleet.settings.updated(broker={"url": nowhere}), budgets={}))
     try:
         unreachable = r"cannot declare queue '.*\.fs': the broker at .* is unreachable"
         message = str(await fails_cleanly(kernel, fleet, unreachable))
@@ -262,7 +261,7 @@ async def test_a_task_that_landed_twice_unheard_and_untaken_is_abandoned(
 ) -> None:
     # Both tries land on a queue no worker consumes, unheard: the call fails cleanly and the task is
     # abandoned. Moved to the pool's real queue afterwards, both copies reach a worker, which drops them.
-    idle = f"{fleet.settings.queue_prefix}-idle"
+    idle = f"{fleet.settings.broker.queue_prefix}-idle"
     kernel = await _through(cutters, fleet, landed=True, every=True, queue_prefix=idle, budgets={})
     try:
         message = str(await fails_cleanly(kernel, fleet, r"\(tried twice\).*; no worker will run it"))
@@ -270,7 +269,7 @@ async def test_a_task_that_landed_twice_unheard_and_untaken_is_abandoned(
         pid = next(iter(kernel.live))
     finally:
         await kernel.close()
-    parked, live = f"{idle}:{idle}.fs", f"{fleet.settings.queue_prefix}:{fleet.settings.queue_of('fs')}"
+    parked, live = f"{idle}:{idle}.fs", f"{fleet.settings.broker.queue_prefix}:{fleet.settings.queue_of('fs')}"
     assert fleet.redis.llen(parked) == 2  # both tries landed
     for _ in range(2):
         fleet.redis.lmove(parked, live, "RIGHT", "LEFT")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import hashlib
 import json
 import subprocess
@@ -54,7 +53,7 @@ def dump(client: redis.Redis, prefix: str) -> bytes:
 
 
 def castor_cli(fleet: Fleet, *args: str) -> str:
-    store = f"{fleet.settings.redis_url}?prefix={fleet.prefix}"
+    store = f"{fleet.settings.redis.url}?prefix={fleet.prefix}"
     done = subprocess.run([sys.executable, "-m", "castor", *args, "--store", store], cwd=ROOT, env=fleet.env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr + done.stdout
@@ -81,7 +80,7 @@ async def test_a_sensitive_value_stays_sealed_across_the_fleet(fleet: Fleet, ker
 async def test_the_broker_body_and_another_pools_log_hold_no_sensitive_value(fleet: Fleet) -> None:
     # The tool routed to a pool no worker serves: its task waits on the queue, to be read there.
     pools = {pool: tuple(t for t in tools if t != "sealed_login") for pool, tools in fleet.settings.pools.items()}
-    settings = dataclasses.replace(fleet.settings, pools={**pools, "nobody": ("sealed_login",)})
+    settings = fleet.settings.updated(pools={**pools, "nobody": ("sealed_login",)})
     kernel = Castor(**fleet_options(settings, budgets={}))
     queue = settings.queue_of("nobody")
     run = asyncio.create_task(kernel.run(agent, pid=f"broker-{uuid.uuid4().hex[:8]}"))

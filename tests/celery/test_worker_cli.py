@@ -116,8 +116,8 @@ async def test_a_worker_without_a_config_serves_its_tools_on_its_pool(
     pool, prefix, _, tmp_path = unconfigured
     # The coordinator's config maps the tool to the worker's pool; the worker knew only --tools.
     settings = Settings(
-        redis_url=REDIS_URL, redis_prefix=prefix, pools={pool: ("echo", "long_export")},
-        tool_imports=(f"{tmp_path}/tools.py:echo",), default_timeout=20, secret=SECRET,
+        redis={"url": REDIS_URL, "prefix": prefix}, pools={pool: ("echo", "long_export")},
+        tools={"import": (f"{tmp_path}/tools.py:echo",), "default_timeout": 20}, security={"secret": SECRET},
     )
     kernel = Castor(**fleet_options(settings, budgets={}))
 
@@ -262,11 +262,11 @@ def test_a_fleet_process_takes_redis_from_redis_or_store(tmp_path: Path, monkeyp
         monkeypatch.delenv(var, raising=False)
     (tmp_path / "castor.toml").write_text('[redis]\nurl = "redis://config:6379/0"\nprefix = "team"\n')
     parse = build_parser().parse_args
-    assert fleet_process_settings(parse(["worker", "--pool", "fs"])).redis_url == "redis://config:6379/0"
+    assert fleet_process_settings(parse(["worker", "--pool", "fs"])).redis.url == "redis://config:6379/0"
     given = fleet_process_settings(parse(["worker", "--pool", "fs", "--redis", "other:6380"]))
-    assert (given.redis_url, given.redis_prefix, given.broker) == ("redis://other:6380", "team", "redis://other:6380")
+    assert (given.redis.url, given.redis.prefix, given.broker_url) == ("redis://other:6380", "team", "redis://other:6380")
     before = fleet_process_settings(parse(["--store", "redis://h/3?prefix=p", "flower"]))
-    assert (before.redis_url, before.redis_prefix) == ("redis://h/3", "p")
+    assert (before.redis.url, before.redis.prefix) == ("redis://h/3", "p")
 
 
 def test_a_worker_that_celery_stops_on_an_error_exits_non_zero(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

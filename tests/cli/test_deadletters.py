@@ -25,15 +25,21 @@ def test_dead_letters_are_listed_per_pool_and_purged(cli: Cli, redis_url: str, r
     assert "castor.tool.search\\x1b[2J" in shown.out and "\x1b" not in shown.out  # escaped, never raw
     assert "r\\n1" in shown.out and "just a string" not in shown.out
     assert "fs: 1, web: 1" in shown.out
+    assert "castor.tool.rm" in shown.out
+
+    # A homoglyph and an invisible character in a forged name are escaped, not shown as a real task's.
+    web.record(letter("no authorization token", b"[]", {"id": "t3", "task": "castor.tool.\u0441earch\u200b"}))
+    forged = cli("deadletters", "--pool", "web", *where)
+    assert "castor.tool.\\u0441earch\\u200b" in forged.out and "\u0441" not in forged.out, forged.out
 
     data = json.loads(cli("deadletters", "--pool", "web", "--json", *where).out)
-    assert data["counts"] == {"web": 1}
-    [entry] = data["letters"]
+    assert data["counts"] == {"web": 2}
+    entry = data["letters"][-1]
     assert entry["size"] == 15 and len(entry["sha256"]) == 64 and entry["pool"] == "web"
 
     assert cli("deadletters", "purge", *where).code == 1  # which pool?
     purged = cli("deadletters", "purge", "--pool", "web", *where)
-    assert purged.code == 0 and "purged 1 dead letter of pool 'web'" in purged.out
+    assert purged.code == 0 and "purged 2 dead letters of pool 'web'" in purged.out
     assert json.loads(cli("deadletters", "--json", *where).out)["counts"] == {"fs": 1}
     assert "purged 1 dead letter of every pool" in cli("deadletters", "purge", "--all", *where).out
     assert cli("deadletters", *where).out.strip() == "no dead letters"

@@ -131,3 +131,14 @@ def test_a_coordinator_registered_under_a_bad_name_prints_escaped(cli: Cli, redi
     result = cli("coordinators", "--redis", redis_url, "--prefix", redis_prefix)
     assert result.code == 0 and "coord\\n[DONE] fake\\x1b[31m" in result.out and "h\\r\\x1b[2K" in result.out
     assert_escaped(result.out)
+
+
+def test_shown_ascii_only_leaves_nothing_but_printable_ascii() -> None:
+    """What ``castor deadletters`` shows of a forger's values: homoglyphs, invisible and wide characters
+    escaped, backslashes doubled (an escape on the screen is never text that looks like one)."""
+    from castor.cli._escape import shown
+
+    forged = "castor.tool.\u0441earch\u200b\x1b[2J\\x1b\u4e2d"
+    assert shown(forged, ascii_only=True) == "castor.tool.\\u0441earch\\u200b\\x1b[2J\\\\x1b\\u4e2d"
+    assert shown("castor.tool.search", ascii_only=True) == "castor.tool.search"
+    assert shown(forged) == "castor.tool.\u0441earch\u200b\\x1b[2J\\x1b\u4e2d"  # stored names keep their letters

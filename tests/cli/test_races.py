@@ -36,6 +36,14 @@ def wipe(path: str) -> str:
         os._exit(9)  # the process dies mid-call: the step is in doubt
     time.sleep(0.5)
     return f"wiped {path}"
+
+
+def note(text: str) -> str:
+    """A plain tool after the decided one: no claim of its own, so only one drive of the run may reach it."""
+    with Path(__file__).with_name("notes.log").open("a") as notes:
+        notes.write(f"{os.getpid()}\\n")
+    time.sleep(0.2)
+    return text
 '''
 
 AGENT = '''
@@ -44,6 +52,7 @@ from castor.lib import tool
 
 async def cleanup():
     answer = await tool("wipe", path="/data")
+    await tool("note", text=answer)
     return f"done: {answer}"
 '''
 
@@ -98,8 +107,8 @@ def race(cwd: Path, commands: list[tuple[str, list[str]]]) -> list[subprocess.Co
     return done
 
 
-def executions(cwd: Path) -> int:
-    log = cwd / "executions.log"
+def executions(cwd: Path, log_name: str = "executions.log") -> int:
+    log = cwd / log_name
     return len(log.read_text().splitlines()) if log.exists() else 0
 
 
@@ -116,7 +125,8 @@ def suspended_run(cwd: Path, store: list[str], tools: str = TOOLS) -> None:
     (cwd / "tools.py").write_text(textwrap.dedent(tools))
     (cwd / "agent.py").write_text(textwrap.dedent(AGENT))
     started = castor(
-        cwd, *store, "run", "agent.py:cleanup", "--tool", "tools.py:wipe", "--destructive", "--pid", "racy"
+        cwd, *store, "run", "agent.py:cleanup", "--tool", "tools.py:wipe", "--destructive", "--tool", "tools.py:note",
+        "--pid", "racy",
     )
     assert started.returncode == 0, started.stderr
     assert "SUSPENDED_FOR_HITL" in started.stdout
@@ -142,6 +152,9 @@ def test_an_approved_call_runs_once_whoever_races_to_run_it(tmp_path: Path, stor
     results = race(tmp_path, [(barrier, [*store, verb, "racy"]) for barrier, verb in SCENARIOS[scenario]])
     outputs = "\n".join(f"$ {' '.join(r.args[5:])} -> {r.returncode}\n{r.stdout}{r.stderr}" for r in results)
     assert executions(tmp_path) == 1, outputs
+    # The steps after the decided one run in one drive of the run: a second process waits for it, then
+    # replays what it journaled.
+    assert executions(tmp_path, "notes.log") == 1, outputs
     for result in results:  # every process ended well, or was told the call was decided already
         assert result.returncode == 0 or "decided already" in result.stderr, outputs
         assert "journaled already" not in result.stdout + result.stderr, outputs

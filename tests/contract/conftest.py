@@ -82,7 +82,7 @@ async def _celery_executor(request: pytest.FixtureRequest) -> ExecutorCase:
     from castor.settings import load_settings
 
     settings = load_settings(workers.config, env={})
-    store = redis_backend(settings.redis_url, prefix=settings.redis_prefix)
+    store = redis_backend(settings.redis.url, prefix=settings.redis.prefix)
     tools = registry()
     case = ExecutorCase(CeleryExecutor(tools, settings, journal=store.journal), tools, store.journal)
     case.closers.append(store.close)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from castor import AgentCheckpoint, AlreadyDecidedError, NothingPendingError
+from castor import AgentCheckpoint, AlreadyDecidedError, NothingPendingError, RunFinishedError
 from castor.checkpoint import Capability, SyscallRecord
 from castor.seams import Backend, Decision, PendingApproval
 
@@ -134,3 +134,36 @@ async def test_an_expired_call_cannot_be_approved(backend: Backend) -> None:
         await a.decide(Decision("r", 0, "approve", "alice", now))
     got = await a.decision("r", 0)
     assert got is not None and (got.outcome, got.by) == ("reject", "castor-expiry")
+
+
+async def test_a_finished_run_keeps_its_end(backend: Backend) -> None:
+    """A plain save over a COMPLETED or FAILED run writes nothing and says so: the late saver (a resume
+    that suspended before the approval existed, a second driver) never moves the run back."""
+    r = backend.runs
+    await r.save(checkpoint("done", "SUSPENDED_FOR_HITL", 1.0))
+    await r.save(checkpoint("done", "RUNNING", 1.0))  # a run that has not ended moves freely
+    await r.save(checkpoint("done", "COMPLETED", 1.0))
+    for late in ("SUSPENDED_FOR_HITL", "RUNNING", "PREEMPTED", "FAILED", "COMPLETED"):
+        with pytest.raises(RunFinishedError) as raised:
+            await r.save(checkpoint("done", late, 1.0))
+        assert raised.value.status == "COMPLETED"
+    loaded = await r.load("done")
+    assert loaded is not None and loaded.status == "COMPLETED" and loaded.result == {"ok": True}
+    assert [s.pid for s in await r.list(status="COMPLETED")] == ["done"]
+    assert await r.list(status="SUSPENDED_FOR_HITL") == [] and await r.list(status="FAILED") == []
+
+
+async def test_only_a_resume_of_the_status_it_saw_reopens_a_finished_run(backend: Backend) -> None:
+    """``castor resume`` of a FAILED run re-executes it: its save names the status it loaded the run with,
+    and goes through only while that is still the stored status."""
+    r = backend.runs
+    await r.save(checkpoint("f", "FAILED", 1.0))
+    with pytest.raises(RunFinishedError):
+        await r.save(checkpoint("f", "RUNNING", 1.0), reopen="COMPLETED")  # not what it saw
+    await r.save(checkpoint("f", "RUNNING", 1.0), reopen="FAILED")
+    assert [s.pid for s in await r.list(status="RUNNING")] == ["f"] and await r.list(status="FAILED") == []
+    await r.save(checkpoint("f", "COMPLETED", 1.0))
+    with pytest.raises(RunFinishedError):  # completed by someone else since it was seen FAILED
+        await r.save(checkpoint("f", "RUNNING", 1.0), reopen="FAILED")
+    loaded = await r.load("f")
+    assert loaded is not None and loaded.status == "COMPLETED"

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from castor.cli import build_parser
-from castor.settings import load_settings
+from castor.settings import broker_visibility, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
@@ -58,7 +58,7 @@ def test_every_service_runs_a_real_castor_command(service: str) -> None:
     settings = load_settings(ROOT / config, env={})  # parses: unknown keys would be errors
     if args.command == "worker":
         assert args.pool in settings.pool_names
-        for spec in settings.tool_imports:  # the tools the pool imports are in the image
+        for spec in settings.tools.imports:  # the tools the pool imports are in the image
             assert (ROOT / spec.rpartition(":")[0]).is_file(), spec
     assert "healthcheck" in svc, f"{service} has no health check"
     health = svc["healthcheck"]["test"]
@@ -104,7 +104,7 @@ def test_rabbitmq_is_the_broker_on_request_and_gives_tools_the_time_they_need() 
     assert url.group(1).endswith(f"@rabbitmq:5672/{env['RABBITMQ_DEFAULT_VHOST']}")
     settings = load_settings(ROOT / "config/castor.toml", env={"CASTOR_BROKER_URL": url.group(1)})
     assert settings.broker_transport == "amqp"
-    assert int(consumer_timeout.group(1)) > settings.broker_visibility_timeout * 1000
+    assert int(consumer_timeout.group(1)) > broker_visibility(settings) * 1000
 
 
 def test_the_dockerfile_copies_what_exists() -> None:

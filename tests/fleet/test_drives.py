@@ -17,6 +17,7 @@ from castor._errors import StaleLeaseError
 from castor._fleet import new_run
 from castor.backends.redis import keys, redis_backend
 from castor.checkpoint import new_record
+from castor.kernel.claims import IN_DOUBT_UNFINISHED
 from castor.seams import Backend
 from scheduler._fence import Fences, fenced
 from scheduler._ops import FleetOps
@@ -121,13 +122,14 @@ async def test_a_run_leased_again_by_its_own_process_is_never_driven_twice_at_on
         await asyncio.wait_for(asyncio.shield(second), 10)
         assert first.done()
         header = await backend.runs.load(pid)
-        assert header is not None and header.status == "COMPLETED", header
-        # The old drive's result was not its to write (its token is stale): the journal holds the call the
-        # new drive made once the old one had ended. (On a worker pool the worker journals the first call's
+        # The old drive's result was not its to write (its token is stale), and ``hold`` is not idempotent:
+        # it ran and its result is lost, so the new drive finds the call it claimed in doubt and asks a
+        # human instead of running it a second time. (On a worker pool the worker journals the first call's
         # result and the new drive replays it: see test_redis_outage.)
-        assert drive_parts.starts == [1, 2]
-        assert [r.response for r in await backend.journal.history(pid)] == [2]
-        assert header.result == 2
+        assert header is not None and header.status == "SUSPENDED_FOR_HITL", header
+        assert header.pending_reason == IN_DOUBT_UNFINISHED and header.pending_tool == "hold"
+        assert drive_parts.starts == [1]
+        assert await backend.journal.history(pid) == []
         assert pid not in co.tasks and pid not in co.fences.tokens
     finally:
         for task in list(co.tasks.values()):

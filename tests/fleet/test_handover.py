@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 
 from castor.backends.redis import keys
 from tests.fleet.procs import Fleet, agent_spec, tool_spec
@@ -63,3 +64,21 @@ def test_a_step_whose_worker_died_too_is_still_in_doubt(fleet: Fleet) -> None:
     assert [p["pid"] for p in pending] == [pid]
     assert "in doubt after worker loss" in str(pending[0])
     assert fleet.count(f"{ticket}:slow") == 0  # killed mid-call: it never finished, and it did not run again
+
+
+def test_a_coordinator_running_tools_itself_killed_mid_call_leaves_it_in_doubt(fleet: Fleet, tmp_path: Path) -> None:
+    """``--executor local``: the coordinator claims a non-idempotent call before it runs it; killed mid-call,
+    its claim tells the coordinator that takes the run over that the call may have acted (its holder is
+    gone): in doubt, a human decides, and the call does not run a second time unasked."""
+    starts = tmp_path / "starts"
+    fleet.env["CASTOR_TEST_STARTS"] = str(starts)
+    fleet.coordinator("co-a", lease=1.0, executor="local")
+    tools = [a for n in ("ticket", "store", "slow_write") for a in ("--tool", tool_spec(n))]
+    pid = fleet.cli("submit", agent_spec("outage_job"), *tools).stdout.strip()
+    wait_for("the slow write to start", lambda: starts.exists() and "start" in starts.read_text(), 30)
+    fleet.stop("co-a", signal.SIGKILL)
+    fleet.coordinator("co-b", lease=1.0, executor="local")
+    assert _settled(fleet, pid) == "SUSPENDED_FOR_HITL", fleet.log("co-b")[-3000:]
+    assert starts.read_text().count("start") == 1
+    pending = fleet.cli_json("approvals")
+    assert [p["pid"] for p in pending] == [pid] and "in doubt: started and never finished" in str(pending[0])

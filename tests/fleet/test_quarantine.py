@@ -62,8 +62,8 @@ def test_a_run_that_kills_its_coordinator_is_quarantined_and_the_others_go_on(fl
 def test_max_takeovers_is_read_from_the_config_and_checked(tmp_path: Path) -> None:
     config = tmp_path / "castor.toml"
     config.write_text("[coordinator]\nmax_takeovers = 5\n")
-    assert load_settings(config, env={}).max_takeovers == 5
-    assert load_settings(None, env={}).max_takeovers == 3
+    assert load_settings(config, env={}).coordinator.max_takeovers == 5
+    assert load_settings(None, env={}).coordinator.max_takeovers == 3
     config.write_text("[coordinator]\nmax_takeovers = -1\n")
     with pytest.raises(ConfigError, match=r"\[coordinator\] max_takeovers = -1 is out of range"):
         load_settings(config, env={})

@@ -3,14 +3,17 @@ step stands, and a driver whose write finds it takes it and goes on."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
+from typing import Any
 
 import pytest
 
 from castor import AgentCheckpoint, Castor, ToolTimeoutError, castor_tool
 from castor.backends.memory import memory_backend
 from castor.lib import tool
+from castor.seams import Decision
 
 
 async def test_a_step_journaled_first_by_another_driver_stands_for_both() -> None:
@@ -61,3 +64,68 @@ async def test_a_destructive_call_cut_off_at_its_deadline_is_in_doubt() -> None:
         assert (cp.status, cp.result, runs) == ("COMPLETED", "wiped /data", ["/data", "/data"])
     finally:
         release.set()
+
+
+async def test_a_waiter_waits_as_long_as_the_claimed_call_runs(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README, "Several processes on one run": the holder renews its claim while the call runs, so a call
+    longer than the claim's lease is waited for, not declared in doubt (lease shortened to 0.3 s here)."""
+    from castor.backends.sqlite import sqlite_backend
+    from castor.kernel import claims as _claims
+
+    monkeypatch.setattr(_claims, "LEASE", 0.3)
+    runs: list[str] = []
+    started = asyncio.Event()
+
+    async def wipe(path: str) -> str:
+        runs.append(path)
+        started.set()
+        await asyncio.sleep(1.2)  # four leases
+        return f"wiped {path}"
+
+    async def agent() -> object:
+        return await tool("wipe", path="/data")
+
+    db = str(tmp_path / "castor.db")
+    first = Castor(tools=[wipe], destructive=["wipe"], store=sqlite_backend(db))
+    second = Castor(tools=[wipe], destructive=["wipe"], store=sqlite_backend(db))
+    try:
+        cp = await first.run(agent, pid="long")
+        approving = asyncio.create_task(first.approve(cp))
+        await asyncio.wait_for(started.wait(), 5)
+        resumed = await second.run(agent, checkpoint=await second.aload("long"))
+        await approving
+        assert (resumed.status, resumed.result, runs) == ("COMPLETED", "wiped /data", ["/data"])
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_claim_held_on_another_machine_is_in_doubt_once_its_lease_runs_out(tmp_path: Any) -> None:
+    """README, "Several processes on one run": a holder this machine cannot see (another host) is waited
+    for while its lease lives; once it runs out the step is in doubt and the call is not run."""
+    import time
+
+    from castor.backends.sqlite import sqlite_backend
+    from castor.kernel.claims import IN_DOUBT_UNFINISHED
+
+    runs: list[str] = []
+
+    async def wipe(path: str) -> str:
+        runs.append(path)
+        return f"wiped {path}"
+
+    async def agent() -> object:
+        return await tool("wipe", path="/data")
+
+    kernel = Castor(tools=[wipe], destructive=["wipe"], store=sqlite_backend(str(tmp_path / "castor.db")))
+    try:
+        cp = await kernel.run(agent, pid="far")
+        await kernel.backend.approvals.decide(Decision("far", 0, "approve", "ops", time.time()))
+        # a process on another machine claimed the approved call and went silent
+        assert (await kernel.backend.journal.claim("far", 0, 0, "elsewhere:4242:abc", 0.5)).state == "claimed"
+        began = time.monotonic()
+        cp = await kernel.run(agent, checkpoint=cp)
+        assert time.monotonic() - began >= 0.4  # waited for the lease, not less
+        assert (cp.status, cp.pending_reason, runs) == ("SUSPENDED_FOR_HITL", IN_DOUBT_UNFINISHED, [])
+    finally:
+        await kernel.close()

@@ -59,7 +59,7 @@ async def test_finished_runs_expire_with_their_journal(redis_url: str, redis_pre
     await b.runs.save(checkpoint("done", "COMPLETED"))
     assert 100 < sync.ttl(header) <= 120 and 100 < sync.ttl(journal) <= 120
     assert 100 < sync.ttl(keys.journal_meta(redis_prefix, "done")) <= 120
-    await b.runs.save(checkpoint("done", "RUNNING"))  # resumed: kept again
+    await b.runs.save(checkpoint("done", "RUNNING"), reopen="COMPLETED")  # resumed (asked for): kept again
     assert sync.ttl(header) == -1 and sync.ttl(journal) == -1
     sync.close()
     await b.close()

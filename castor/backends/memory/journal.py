@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from castor._errors import JournalConflictError
+from castor._errors import JournalConflictError, RunFinishedError
 from castor.backends.memory.claims import MemoryClaims
-from castor.checkpoint import AgentCheckpoint, StepFailure, SyscallRecord
+from castor.checkpoint import FINISHED, AgentCheckpoint, StepFailure, SyscallRecord
 from castor.seams import RunSummary
 
 
@@ -86,8 +86,12 @@ class MemoryRunStore:
         self._runs: dict[str, AgentCheckpoint] = {}
         self._steps: dict[str, int] = {}
 
-    async def save(self, checkpoint: AgentCheckpoint) -> None:
-        """Keep a header copy (the journal is the Journal's)."""
+    async def save(self, checkpoint: AgentCheckpoint, *, reopen: str | None = None) -> None:
+        """Keep a header copy (the journal is the Journal's); ``RunFinishedError`` over a finished run,
+        unless ``reopen`` names its stored status (see ``RunStore.save``)."""
+        stored = self._runs.get(checkpoint.pid)
+        if stored is not None and stored.status in FINISHED and stored.status != reopen:
+            raise RunFinishedError(checkpoint.pid, stored.status)
         self._runs[checkpoint.pid] = checkpoint.model_copy(update={"syscall_log": []})
         self._steps[checkpoint.pid] = len(checkpoint.syscall_log)
 

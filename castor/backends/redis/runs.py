@@ -17,6 +17,7 @@ import time
 from builtins import list as _list
 from typing import Any
 
+from castor._errors import RunFinishedError
 from castor.backends.redis import keys
 from castor.backends.redis._client import SCRIPTS, Fence, RedisConnection
 from castor.backends.redis.journal import RedisJournal
@@ -51,12 +52,15 @@ class RedisRunStore:
         return [keys.runs_expiring(p), keys.runs_all(p), *(keys.runs_by_status(p, s) for s in keys.STATUSES)]
 
     async def save(
-        self, checkpoint: AgentCheckpoint, *, owner: str | None = None, fence: Fence | None = None
+        self, checkpoint: AgentCheckpoint, *, owner: str | None = None, fence: Fence | None = None,
+        reopen: str | None = None,
     ) -> None:
         """Store the checkpoint's header; a finished run starts its retention time.
 
         With a ``fence`` (given, or the run's in ``fences``) the write goes through only while the
         fence's lease key holds its token (checked inside the script); ``StaleLeaseError`` otherwise.
+        Over a finished run the script writes nothing and the save raises ``RunFinishedError``, unless
+        ``reopen`` names the stored status (see ``RunStore.save``).
         """
         cp = checkpoint
         fence = fence or self.fences.get(cp.pid)
@@ -74,11 +78,14 @@ class RedisRunStore:
         status_at = keys.STATUSES.index(cp.status) + 1
         args: _list[Any] = [
             cp.pid, status_at, repr(cp.created_at), retention, repr(time.time()), fence.token if fence else "",
+            reopen or "",
         ]
         for name, value in fields.items():
             args.extend((name, value))
         lease = fence.key if fence else own[0]
-        await self._conn.script("run_save", [own[0], every, expiring, *by_status, lease, *own[1:]], args)
+        done = await self._conn.script("run_save", [own[0], every, expiring, *by_status, lease, *own[1:]], args)
+        if done != 1:  # the stored status of a finished run: nothing was written
+            raise RunFinishedError(cp.pid, done.decode() if isinstance(done, bytes) else str(done))
         if finished:
             await self._keep_ancestors(cp.pid, retention)
 

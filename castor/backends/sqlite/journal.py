@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from castor._errors import JournalConflictError
+from castor._errors import JournalConflictError, RunFinishedError
 from castor.backends.memory import summarize
 from castor.backends.sqlite._db import SqliteDatabase
 from castor.backends.sqlite.claims import SqliteClaims
@@ -119,16 +119,22 @@ class SqliteRunStore:
     def __init__(self, db: SqliteDatabase) -> None:
         self.db = db
 
-    async def save(self, checkpoint: AgentCheckpoint) -> None:
-        """Upsert the header."""
+    async def save(self, checkpoint: AgentCheckpoint, *, reopen: str | None = None) -> None:
+        """Upsert the header; ``RunFinishedError`` over a finished run, unless ``reopen`` names its stored
+        status (see ``RunStore.save``). The check is the upsert's own condition: one atomic statement."""
         header = checkpoint.model_dump_json(exclude={"syscall_log", "failures"}, fallback=repr)
-        self.db.execute(
-            "INSERT INTO runs (pid, status, created_at, updated_at, steps, header) VALUES (?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (pid) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at, "
-            "steps = excluded.steps, header = excluded.header",
-            (checkpoint.pid, checkpoint.status, checkpoint.created_at, checkpoint.updated_at,
-             len(checkpoint.syscall_log), header),
-        )
+        with self.db.lock:
+            written = self.db.execute(
+                "INSERT INTO runs (pid, status, created_at, updated_at, steps, header) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (pid) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at, "
+                "steps = excluded.steps, header = excluded.header "
+                "WHERE runs.status NOT IN ('COMPLETED', 'FAILED') OR runs.status = ?",
+                (checkpoint.pid, checkpoint.status, checkpoint.created_at, checkpoint.updated_at,
+                 len(checkpoint.syscall_log), header, reopen or ""),
+            ).rowcount
+            if written == 0:
+                row = self.db.execute("SELECT status FROM runs WHERE pid = ?", (checkpoint.pid,)).fetchone()
+                raise RunFinishedError(checkpoint.pid, row[0] if row else "finished")
 
     async def load(self, pid: str) -> AgentCheckpoint | None:
         """The header, or None."""

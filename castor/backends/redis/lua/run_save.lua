@@ -4,12 +4,17 @@
 -- fencing token is given), KEYS[10..] the run's other keys (journal, approvals, ...)
 -- ARGV[1] pid, ARGV[2] index of its status among KEYS[4..8] (1-5), ARGV[3] created (index score),
 -- ARGV[4] retention seconds ('0': the run is not finished, keep it), ARGV[5] now, ARGV[6] fencing token or '',
--- ARGV[7..] header field, value pairs
+-- ARGV[7] the finished status a resume asked for reopens ('' for a plain save), ARGV[8..] header field, value pairs
+-- Returns 1, or the stored status of a finished run the save would move out of its end (nothing written).
 if ARGV[6] ~= '' then
   local holder = redis.call('GET', KEYS[9])
   if holder ~= ARGV[6] then
     return redis.error_reply('CASTOR_STALE_LEASE the lease is held by ' .. (holder or 'nobody'))
   end
+end
+local stored = redis.call('HGET', KEYS[1], 'status')
+if (stored == 'COMPLETED' or stored == 'FAILED') and stored ~= ARGV[7] then
+  return stored
 end
 local pid = ARGV[1]
 local own = 3 + tonumber(ARGV[2])
@@ -18,7 +23,7 @@ for i = 4, 8 do
     redis.call('ZREM', KEYS[i], pid)
   end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
 redis.call('ZADD', KEYS[2], ARGV[3], pid)
 redis.call('ZADD', KEYS[own], ARGV[3], pid)
 local retention = tonumber(ARGV[4])

@@ -1,0 +1,100 @@
+"""The fault harness's tools and agents, loaded by its workers and coordinators from this file.
+
+Every tool appends one line to ``$CASTOR_FAULTS_RECORDS`` when it starts and one when it finishes
+(``start|finish RUN STEP TOOL OS-PID TIME``), in a single ``write`` on a file opened for appending, so
+lines from many processes never interleave. ``RUN`` is the run's ticket (its first step's journaled
+result), ``STEP`` the journal position the agent gives the call. How long a tool sleeps is its
+``kind``: ``$CASTOR_FAULTS_SHORT`` or ``$CASTOR_FAULTS_LONG`` seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from typing import Any
+
+from castor import castor_tool
+from castor.lib import tool
+
+
+def _record(event: str, run: str, step: int, name: str) -> None:
+    line = f"{event} {run} {step} {name} {os.getpid()} {time.time():.3f}\n".encode()
+    fd = os.open(os.environ["CASTOR_FAULTS_RECORDS"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def _work(name: str, run: str, step: int, kind: str) -> str:
+    _record("start", run, step, name)
+    time.sleep(float(os.environ.get("CASTOR_FAULTS_LONG" if kind == "long" else "CASTOR_FAULTS_SHORT", "0.2")))
+    _record("finish", run, step, name)
+    return f"{name} {run}:{step}"
+
+
+def fx_ticket() -> str:
+    """The run's ticket: a unique id, journaled, so a replay names the same run."""
+    return uuid.uuid4().hex[:12]
+
+
+@castor_tool(idempotent=True)
+def fx_idem(run: str, step: int, kind: str = "short") -> str:
+    """An idempotent call: may run again after its worker died mid-call."""
+    return _work("fx_idem", run, step, kind)
+
+
+def fx_once(run: str, step: int, kind: str = "short") -> str:
+    """A non-idempotent call: must run at most once."""
+    return _work("fx_once", run, step, kind)
+
+
+@castor_tool(destructive=True)
+def fx_remove(run: str, step: int, kind: str = "short") -> str:
+    """A destructive, non-idempotent call: runs only after a human approved it, at most once."""
+    return _work("fx_remove", run, step, kind)
+
+
+async def _steps(once: str, idem: str) -> dict[str, Any]:
+    t = await tool("fx_ticket")
+    await tool("fx_idem", run=t, step=1, kind="short")
+    await tool("fx_once", run=t, step=2, kind=once)
+    await tool("fx_idem", run=t, step=3, kind=idem)
+    await tool("fx_once", run=t, step=4, kind="short")
+    return {"ticket": t}
+
+
+async def short_job() -> dict[str, Any]:
+    """Four short calls, idempotent and not, on both pools."""
+    return await _steps("short", "short")
+
+
+async def long_job() -> dict[str, Any]:
+    """Like ``short_job``, with a long non-idempotent call in the middle."""
+    return await _steps("long", "short")
+
+
+async def long_idem_job() -> dict[str, Any]:
+    """Like ``short_job``, with a long idempotent call in the middle."""
+    return await _steps("short", "long")
+
+
+async def approval_job() -> dict[str, Any]:
+    """A destructive call that waits for a human, then one more call."""
+    t = await tool("fx_ticket")
+    await tool("fx_remove", run=t, step=1, kind="short")
+    await tool("fx_idem", run=t, step=2, kind="short")
+    return {"ticket": t}
+
+
+async def poison_job() -> dict[str, Any]:
+    """Kills the process that drives it, on every resume: only a quarantine ends it."""
+    t = await tool("fx_ticket")
+    os.kill(os.getpid(), signal.SIGKILL)
+    return {"ticket": t}
+
+
+IDEMPOTENT = frozenset({"fx_idem"})
+POOLS = {"fa": ["fx_ticket", "fx_idem"], "fb": ["fx_once", "fx_remove"]}

@@ -1,0 +1,189 @@
+"""Crash and race faults: a worker or a coordinator SIGKILLed mid-tool, Redis restarted mid-tool (clean
+``SHUTDOWN`` or SIGKILL, on the same AOF), a run whose agent kills its coordinator, and two ``castor``
+processes deciding one run at once."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from bench._faults_agents import POOLS
+from bench._faults_fleet import CASTOR, ROOT, FaultFleet, spec
+from bench._faults_observe import Plan, Row, busy, journals, judge, running, settle, snapshot, wait_until
+
+TOOLS = [a for names in POOLS.values() for n in names for a in ("--tool", spec(n))]
+Inject = Callable[[FaultFleet, tuple[str, int, int], dict[str, str]], bool]  # False: not injected
+
+
+def submit(fleet: FaultFleet, agent: str, n: int) -> list[str]:
+    """Submit ``n`` runs of ``agent`` with ``castor submit``; their pids."""
+    with ThreadPoolExecutor(n) as pool:
+        done = list(pool.map(lambda _: fleet.cli("submit", spec(agent), *TOOLS, "--budget", "api=100"), range(n)))
+    for d in done:
+        if d.returncode != 0:
+            raise RuntimeError(f"castor submit failed: {d.stderr.strip()[-500:]}")
+    return [d.stdout.strip() for d in done]
+
+
+def owners(fleet: FaultFleet, pids: list[str]) -> dict[str, str]:
+    """The coordinator driving each run (its owner in ``castor ps``), once every run has one; else {}."""
+    rows = {r["pid"]: str(r.get("owner") or "") for r in fleet.cli_json("ps", "--limit", "100000") or []}
+    return rows if all(rows.get(pid) for pid in pids) else {}
+
+
+def trial(fleet: FaultFleet, row: Row, agent: str, tool: str, inject: Inject, settle_for: float) -> None:
+    """Two runs of ``agent``; once a call of ``tool`` is running, snapshot the journals and inject the
+    fault; then let the runs end and judge them. A coordinator is killed before the snapshot, which takes
+    longer than a short call: its death changes nothing in Redis, so the journals read after it are
+    those it left."""
+    since = time.time()
+    pids = submit(fleet, agent, 2)
+    driving = wait_until(lambda: owners(fleet, pids), 20) or {}
+    found = wait_until(lambda: running(fleet.records, tool, since), 60)
+    if found is None:
+        row.problems.append(f"no call of {tool} started within 60 s: fault not injected")
+    first = inject is not kill_coordinator
+    before = journals(fleet.cli_json, pids) if first else {}
+    if found is not None and not inject(fleet, found, {p: driving.get(p, "") for p in pids}):
+        row.problems.append(f"the fault could not be injected (call of {tool} at {found[0]}:{found[1]})")
+    before = before if first else journals(fleet.cli_json, pids)
+    outcome = settle(fleet.cli_json, fleet.cli, pids, settle_for)
+    # A call still running (one a human was asked about, say) finishes before the verdict, or is lost.
+    wait_until(lambda: not busy(fleet.records, since), fleet.timing.long + 10)
+    judge(row, fleet.records, snapshot(before), journals(fleet.cli_json, pids), outcome, fleet.exits_since(since))
+
+
+def kill_worker(fleet: FaultFleet, found: tuple[str, int, int], _: dict[str, str]) -> bool:
+    """SIGKILL the worker process that runs the call."""
+    name = fleet.name_of(found[2])
+    if name is not None:
+        fleet.kill(name)
+    return name is not None
+
+
+def kill_coordinator(fleet: FaultFleet, _: tuple[str, int, int], driving: dict[str, str]) -> bool:
+    """SIGKILL the coordinators driving the trial's runs (which run the call is of takes a journal read
+    longer than a short call to learn, so both die if the two runs have different owners)."""
+    names = [n for n in ("co-1", "co-2") if any(o.startswith(n) for o in driving.values())]
+    for name in names:
+        if fleet.pid_of(name) is not None:
+            fleet.kill(name)
+    return bool(names)
+
+
+def restart_redis(clean: bool) -> Inject:
+    """Stop Redis (``SHUTDOWN`` or SIGKILL), keep it down for the outage, start it on the same AOF."""
+
+    def inject(fleet: FaultFleet, _: tuple[str, int, int], __: dict[str, str]) -> bool:
+        fleet.stop_redis(clean)
+        time.sleep(fleet.timing.outage)
+        fleet.start_redis()
+        return True
+
+    return inject
+
+
+def crash_rows(fleet: FaultFleet, plan: Plan, chosen: Callable[[str], bool]) -> list[Row]:
+    """Every crash fault of a chosen family, ``plan.trials`` times each (a fault with two targets alternates)."""
+    settle_for = 4 * fleet.timing.long + 40
+    once, idem = ("long_job", "fx_once"), ("long_idem_job", "fx_idem")
+    plans: list[tuple[str, str, list[tuple[str, str]], Inject]] = [
+        ("worker", "worker SIGKILL mid-tool", [once, idem], kill_worker),
+        ("coordinator", "coordinator SIGKILL, short tool", [("short_job", "fx_once")], kill_coordinator),
+        ("coordinator", "coordinator SIGKILL, long tool", [once], kill_coordinator),
+        ("redis", "Redis SHUTDOWN+restart mid-tool", [once, idem], restart_redis(True)),
+        ("redis", "Redis SIGKILL+restart mid-tool", [once, idem], restart_redis(False)),
+    ]
+    rows = []
+    for family, fault, targets, inject in plans:
+        if not chosen(family):
+            continue
+        row, started = Row(fault), time.monotonic()
+        for i in plan.rounds(row):
+            agent, tool = targets[i % len(targets)]
+            trial(fleet, row, agent, tool, inject, settle_for)
+        row.seconds = time.monotonic() - started
+        rows.append(row)
+    return rows
+
+
+def poison_rows(fleet: FaultFleet, plan: Plan, chosen: Callable[[str], bool]) -> list[Row]:
+    """A run whose agent kills the coordinator driving it, on every resume: it must be quarantined
+    (FAILED with the reason) instead of sending coordinators into an endless crash loop."""
+    if not chosen("poison"):
+        return []
+    row, started = Row("poison run (its agent kills its coordinator)"), time.monotonic()
+    for _ in plan.rounds(row):
+        since = time.time()
+        pids = submit(fleet, "poison_job", 1)
+        outcome = settle(fleet.cli_json, fleet.cli, pids, 10 * fleet.timing.lease + 30)
+        after = journals(fleet.cli_json, pids)
+        for pid in pids:
+            if outcome.get(pid) != "FAILED":
+                row.problems.append(f"poison run {pid} was not quarantined: {outcome.get(pid)}")
+                fleet.cli("cancel", pid)  # or it goes on killing coordinators through the next faults
+        deaths = sum(e.name.startswith("co-") and not e.planned for e in fleet.exits_since(since))
+        row.problems += [f"{deaths} coordinator deaths for one run"] if deaths > 10 else []
+        judge(row, fleet.records, {}, after, outcome, fleet.exits_since(since))
+    row.seconds = time.monotonic() - started
+    return [row]
+
+
+def race_rows(fleet: FaultFleet, plan: Plan, chosen: Callable[[str], bool]) -> list[Row]:
+    """``castor approve`` and ``castor resume`` of one suspended run at the same time, on a SQLite file
+    and on Redis (runs of the CLI, not of the fleet: the deciding processes execute the call)."""
+    rows = []
+    if not chosen("approve"):
+        return []
+    for store in ("sqlite", "redis"):
+        fault = f"approve+resume at once ({store})"
+        row, started = Row(fault), time.monotonic()
+        for i in plan.rounds(row):
+            race(fleet, row, store, i)
+        row.seconds = time.monotonic() - started
+        rows.append(row)
+    return rows
+
+
+def race(fleet: FaultFleet, row: Row, store: str, i: int) -> None:
+    """One run suspended on its destructive call, then approved and resumed by two processes at once."""
+    since = time.time()
+    env = dict(fleet.env)
+    for var in ("CASTOR_CONFIG", "CASTOR_REDIS_URL", "CASTOR_REDIS_PREFIX"):
+        env.pop(var, None)
+    if store == "redis":  # the prefix in the URL: `castor run` does not read CASTOR_REDIS_PREFIX
+        env["CASTOR_REDIS_URL"] = f"{fleet.url}?prefix=faults-race"
+    where = [] if store == "redis" else ["--db", str(fleet.tmp / f"race-{i}.db")]
+    pid = f"race-{store}-{i}-{int(since * 1000) % 10**8}"
+    fleet.cli("run", spec("approval_job"), *TOOLS, "--pid", pid, *where, env=env)
+    procs = {cmd: subprocess.Popen([*CASTOR, cmd, pid, *where], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True) for cmd in ("approve", "resume")}
+    for cmd, proc in procs.items():
+        try:
+            out = proc.communicate(timeout=60)[0]
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            out = proc.communicate(timeout=10)[0]
+        if proc.returncode != 0:
+            row.notes.append(f"castor {cmd} {pid} exited {proc.returncode}: {' '.join(out.split())[-200:]}")
+
+    after = journals(lambda *args: _json(fleet, env, *args, *where), [pid])
+    status = str((after.get(pid) or {}).get("status") or "UNKNOWN")
+    outcome = {pid: status}
+    if status != "COMPLETED":
+        row.problems.append(f"run {pid} ended {status} ({(after.get(pid) or {}).get('error')}), not COMPLETED")
+    judge(row, fleet.records, {}, after, outcome, fleet.exits_since(since))
+
+
+def _json(fleet: FaultFleet, env: dict[str, str], *args: str) -> Any:
+    import json
+
+    done = fleet.cli(*args, "--json", env=env)
+    try:
+        return json.loads(done.stdout) if done.returncode == 0 else None
+    except json.JSONDecodeError:
+        return None

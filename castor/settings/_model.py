@@ -1,0 +1,209 @@
+"""The settings' schema: one frozen pydantic model per ``castor.toml`` section, each default and each
+range stated once, on its field. Upper bounds keep arithmetic sane (``retry_backoff * 2**max_retries``
+must stay a number) and catch typos (a port of 99999); they are far above what a fleet needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from castor._errors import ConfigError
+from castor.settings._ranges import settings_error
+
+DAY = 86400.0
+# The brokers a fleet runs on, by URL scheme: kombu's Redis transport, and RabbitMQ through py-amqp.
+BROKER_SCHEMES = {
+    "redis": "redis", "rediss": "redis", "redis+socket": "redis", "sentinel": "redis",
+    "amqp": "amqp", "amqps": "amqp", "pyamqp": "amqp",
+}
+# Celery's execution pools a worker runs its tasks on (``castor worker --pool-impl``).
+WorkerPool = Literal["threads", "prefork", "solo"]
+
+# strict: a number is a number (not "4", not true), an integer is an integer (not 4.0)
+Seconds = Annotated[float, Field(strict=True, gt=0, le=30 * DAY)]  # a deadline: positive, finite, at most 30 days
+Budget = Annotated[float, Field(strict=True, ge=0)]
+Names = frozenset[str]  # tool names; a TOML list
+
+
+class Section(BaseModel):
+    """A ``castor.toml`` section: unknown keys are errors, and settings never change once loaded.
+
+    Sections keep pydantic's own ``__init__``: pydantic calls a custom one for every nested section, so
+    ``Settings.__init__`` alone turns a ``ValidationError`` into Castor's one-line errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RedisSection(Section):
+    """``[redis]``: where runs, journals, budgets and approvals live."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "castor"  # every key starts with it
+
+
+class BrokerSection(Section):
+    """``[broker]``: Redis (the default: the ``[redis]`` URL) or RabbitMQ (``amqp://``)."""
+
+    url: str | None = None
+    queue_prefix: str = "castor"  # pool fs consumes queue castor.fs
+    visibility_timeout: Seconds | None = None  # None: just above the longest deadline (``broker_visibility``)
+
+
+class SecuritySection(Section):
+    """``[security]``: the HMAC secret tasks are signed with, the argument size limit, a development fleet."""
+
+    secret: Annotated[str | None, Field(repr=False)] = None
+    max_argument_bytes: Annotated[int, Field(strict=True, ge=1, le=64 * 1024 * 1024)] = 64 * 1024
+    insecure_dev: Annotated[bool, Field(strict=True)] = False  # starts without a proper secret, warning every time
+
+
+class ToolsSection(Section):
+    """``[tools]``: the tools to import and the fleet's rules for them on top of their declarations."""
+
+    imports: Annotated[tuple[str, ...], Field(alias="import")] = ()
+    destructive: Names = frozenset()
+    idempotent: Names = frozenset()
+    retryable: Names = frozenset()
+    timeouts: Mapping[str, Seconds] = Field(default_factory=dict)
+    default_timeout: Seconds = 300.0
+    max_retries: Annotated[int, Field(strict=True, ge=0, le=30)] = 3
+    retry_backoff: Annotated[float, Field(strict=True, ge=0, le=3600)] = 1.0  # seconds, doubled on every retry
+
+
+class WorkersSection(Section):
+    """``[workers]``: how a worker runs (``castor worker``'s defaults)."""
+
+    default_pool: str = "default"  # the pool of every tool ``[pools]`` does not name
+    concurrency: Annotated[int, Field(strict=True, ge=1, le=1024)] = 4
+    pool: WorkerPool = "threads"
+    # TTL (s) of a running step's heartbeat: a dead worker's step is in doubt after it
+    heartbeat: Annotated[float, Field(strict=True, gt=0, le=3600)] = 10.0
+    outage_deadline: Seconds = 300.0  # how long (s) a worker keeps asking a lost Redis to take a finished step
+    spool: str = "~/.castor/spool"  # where a finished step waits for Redis past the outage deadline
+
+
+class FlowerSection(Section):
+    """``[flower]``: the monitoring UI."""
+
+    port: Annotated[int, Field(strict=True, ge=1, le=65535)] = 5555
+    basic_auth: Annotated[str | None, Field(repr=False)] = None
+
+
+class CoordinatorSection(Section):
+    """``[coordinator]``: a run taken over more than ``max_takeovers`` times in a row is quarantined."""
+
+    max_takeovers: Annotated[int, Field(strict=True, ge=0, le=1000)] = 3
+
+
+class Settings(Section):
+    """Everything a coordinator, a worker or Flower needs to join the fleet: one field per section, and
+    ``source`` (the file, or ``<defaults>``) that every error names.
+
+    ``Settings(workers={"concurrency": 8})`` validates as a file does: a bad value is a ``ConfigError``
+    (``InvalidValueError`` for a number out of its range or of the wrong type) naming the key."""
+
+    redis: RedisSection = RedisSection()
+    broker: BrokerSection = BrokerSection()
+    security: SecuritySection = SecuritySection()
+    tools: ToolsSection = ToolsSection()
+    pools: Mapping[str, tuple[str, ...]] = Field(default_factory=dict)  # every other tool: [workers] default_pool
+    workers: WorkersSection = WorkersSection()
+    budgets: Mapping[str, Budget] = Field(default_factory=dict)
+    flower: FlowerSection = FlowerSection()
+    coordinator: CoordinatorSection = CoordinatorSection()
+    source: str = "<defaults>"
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise settings_error(exc, Settings, data, str(data.get("source", "<defaults>"))) from None
+
+    def updated(self, **changes: Any) -> Settings:
+        """These settings with some keys of some sections changed, validated again:
+        ``settings.updated(redis={"prefix": "team"})``. ``pools``, ``budgets`` and ``source`` are
+        replaced whole."""
+        data = self.model_dump(by_alias=True)
+        for name, change in changes.items():
+            current = data.get(name)
+            if isinstance(current, dict) and isinstance(change, Mapping) and name not in ("pools", "budgets"):
+                change = {**current, **change}
+            data[name] = change
+        return Settings(**data)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        """What no single key can check: one pool per tool, a broker URL a fleet runs on."""
+        owner: dict[str, str] = {}
+        for pool, tools in self.pools.items():
+            for tool in tools:
+                if tool in owner:
+                    raise ConfigError(
+                        f"{self.source}: tool {tool!r} is in two pools, {owner[tool]!r} and {pool!r}; "
+                        "a tool runs on exactly one pool"
+                    )
+                owner[tool] = pool
+        if self.broker.url is not None:  # the Redis URL as a broker is Redis, whatever its form
+            _check_broker_url(self.broker.url, self.source)
+        return self
+
+    # --- routing ----------------------------------------------------------------------------------
+
+    @property
+    def pool_names(self) -> list[str]:
+        """Every pool: the configured ones and the default pool."""
+        return sorted({*self.pools, self.workers.default_pool})
+
+    def pool_of(self, tool: str) -> str:
+        """The pool that runs ``tool``."""
+        for pool, tools in self.pools.items():
+            if tool in tools:
+                return pool
+        return self.workers.default_pool
+
+    def queue_of(self, pool: str) -> str:
+        """The broker queue a pool consumes: ``<queue_prefix>.<pool>``."""
+        return f"{self.broker.queue_prefix}.{pool}"
+
+    def check_pool(self, pool: str) -> str:
+        """``pool`` if it is configured; a ``ConfigError`` naming the known pools otherwise."""
+        if pool not in self.pool_names:
+            raise ConfigError(f"unknown pool {pool!r} in {self.source}; pools: {', '.join(self.pool_names)}")
+        return pool
+
+    def timeout_of(self, tool: str, declared: float | None = None) -> float:
+        """The tool's deadline: the config's, else what the tool declares, else the default."""
+        configured = self.tools.timeouts.get(tool)
+        if configured is not None:
+            return float(configured)
+        return float(declared) if declared is not None else self.tools.default_timeout
+
+    @property
+    def broker_url(self) -> str:
+        """The broker URL (the Redis URL unless ``[broker] url`` is set)."""
+        return self.broker.url or self.redis.url
+
+    @property
+    def broker_transport(self) -> str:
+        """``"redis"`` or ``"amqp"`` (RabbitMQ): what the broker URL's scheme names."""
+        return BROKER_SCHEMES.get(urlsplit(self.broker_url).scheme, "redis")
+
+
+def _check_broker_url(url: str, source: str) -> None:
+    """A broker URL a fleet can use, or a ``ConfigError`` that says why not, before anything connects (the
+    message never shows the URL: it may hold a password)."""
+    where = f"{source}: the broker URL ([broker] url or CASTOR_BROKER_URL)"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  # raises on a port that is not a number
+    except ValueError as exc:
+        raise ConfigError(f"{where} is malformed: {exc}") from exc
+    if parts.scheme not in BROKER_SCHEMES:
+        raise ConfigError(
+            f"{where} starts with {parts.scheme + '://' if parts.scheme else 'no scheme'}, which names no broker "
+            "Castor runs on: use redis:// (rediss://, redis+socket://, sentinel://) or amqp:// (amqps://) for RabbitMQ"
+        )
