@@ -126,3 +126,19 @@ def test_the_readme_gives_the_same_topology_on_localhost() -> None:
     assert {role(argv) for argv in long_running} == {role(SERVICES[n]["command"]) for n in CASTOR_SERVICES}
     for argv in commands:
         parse([a if a != "<pid>" else "some-pid" for a in argv[1:]])
+
+
+def test_every_worker_keeps_its_spool_on_a_named_volume() -> None:
+    """A result a worker finished while Redis was away waits in its spool ([workers] spool, under the
+    image user's home): on a container's own disk it would die with the container."""
+    from castor.settings import Settings
+
+    home = re.search(r"useradd --create-home --uid \d+ (\w+)", (ROOT / "docker/Dockerfile").read_text())
+    assert home is not None
+    spool = Settings().workers.spool.replace("~", f"/home/{home.group(1)}", 1)
+    for name in CASTOR_SERVICES:
+        if role(SERVICES[name]["command"])[0] != "worker":
+            continue
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in SERVICES[name].get("volumes", [])}
+        assert spool in mounts, f"{name} keeps no volume at {spool}"
+        assert mounts[spool] in COMPOSE["volumes"], f"{name}: {mounts[spool]} is not a named volume"

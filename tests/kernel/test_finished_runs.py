@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from castor import AgentCheckpoint, Castor, RunFinishedError
+from castor import AgentCheckpoint, Castor, RunFinishedError, _runner
 from castor.backends.sqlite import sqlite_backend
 from castor.cli._decide import waiting_in_store
 from castor.lib import tool
@@ -70,7 +70,12 @@ async def test_a_resume_that_suspends_late_never_moves_a_completed_run_back(stor
         cp = await other.aload("racy")
         await waiting_in_store(second, cp)  # as ``castor approve`` finds the call the resume cleared
         await other.approve(cp)
-        done = await other.run(cleanup, checkpoint=cp)
+        # Driven as a fleet coordinator drives (under its lease, without the drive claim ``Castor.run``
+        # takes, which would make this drive wait for the late one it is nested in).
+        ctx = await _runner.prepare(
+            other, cleanup, budgets=None, checkpoint=cp, pid=None, speculative=None, scopes=None
+        )
+        done = await _runner.drive(ctx, cleanup)
         assert done.status == "COMPLETED"
 
     first.runs = LateSuspend(first.runs, approve_and_complete)
