@@ -17,22 +17,13 @@ from typing import Any
 from castor import _code
 from castor._errors import BackendUnavailable, ConfigError, NothingPendingError, RunNotFoundError
 from castor._ids import pid_part
+from castor._redact import hide_password
 from castor._runner import new_checkpoint
 from castor.backends.redis import keys
 from castor.checkpoint import FINISHED, AgentCheckpoint
 from castor.seams import Backend, Decision, DecisionOutcome
 
 CANCELLED = "cancelled"
-
-
-def redacted(url: str) -> str:
-    """The URL with its password hidden, for error messages."""
-    scheme, sep, rest = url.partition("://")
-    creds, at, host = rest.rpartition("@")
-    if not at:
-        return url
-    user = creds.partition(":")[0]
-    return f"{scheme}{sep}{user}:***@{host}" if ":" in creds else f"{scheme}{sep}***@{host}"
 
 
 def load_script(client: Any, name: str) -> Any:
@@ -92,7 +83,8 @@ class FleetClient:
         try:
             return await awaitable
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise BackendUnavailable(f"cannot {what}: Redis at {redacted(self.url)} is unreachable ({exc})") from exc
+            where = hide_password(self.url)
+            raise BackendUnavailable(f"cannot {what}: Redis at {where} is unreachable ({exc})") from exc
 
     # --- runs -------------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ import threading
 from typing import Any
 
 from castor._errors import BackendUnavailable
-from castor.backends.redis._client import hide_password
+from castor.backends.redis import hide_password
 from castor.backends.redis._resp import RespError, _pack
 
 

@@ -12,8 +12,9 @@ import os
 from typing import Any
 
 from castor._errors import ConfigError
+from castor._redact import hide_password
 from castor._sealing import DataKey
-from castor.backends.redis._client import Fence, RedisConnection, hide_password
+from castor.backends.redis._client import Fence, RedisConnection
 from castor.backends.redis.approvals import RedisApprovalStore
 from castor.backends.redis.budgets import RedisBudgetStore
 from castor.backends.redis.journal import RedisJournal
@@ -27,6 +28,7 @@ __all__ = [
     "RedisConnection",
     "RedisJournal",
     "RedisRunStore",
+    "hide_password",
     "redis_backend",
 ]
 

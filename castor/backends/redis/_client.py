@@ -26,7 +26,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -44,6 +44,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from castor._errors import BackendUnavailable, ConfigError, StaleLeaseError
+from castor._redact import hide_password
 from castor.backends.redis import _resp
 from castor.backends.redis._batch import Batcher
 
@@ -68,19 +69,6 @@ def _read_scripts() -> dict[str, tuple[str, str]]:
 
 
 SCRIPTS = _read_scripts()  # read once per process; each server learns a script on first use
-
-
-def hide_password(url: str) -> str:
-    """``url`` with its password (in the authority or the query) replaced by ``***``."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        user, sep, _secret = userinfo.partition(":")
-        # ``user:password@`` keeps the user; a lone ``secret@`` may be a password: hide it whole
-        netloc = f"{user}:***@{host}" if sep else f"***@{host}"
-    query = urlencode([(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)], safe="*")
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 @dataclass(frozen=True, slots=True)

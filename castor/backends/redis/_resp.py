@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from castor._errors import BackendUnavailable
+from castor._redact import hide_password
 
 
 class RespError(Exception):
@@ -238,8 +239,6 @@ class RespConnection:
         return proto
 
     def _safe_url(self) -> str:
-        from castor.backends.redis._client import hide_password
-
         return hide_password(self.url)
 
     async def close(self) -> None:
