@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from importlib import resources
 from typing import Any
 
 from castor import _code
@@ -24,12 +23,6 @@ from castor.checkpoint import FINISHED, AgentCheckpoint
 from castor.seams import Backend, Decision, DecisionOutcome
 
 CANCELLED = "cancelled"
-
-
-def load_script(client: Any, name: str) -> Any:
-    """A fleet Lua script from the package, registered on ``client`` (sent by its sha after the first call)."""
-    text = resources.files("castor.backends").joinpath("redis", "lua", f"{name}.lua").read_text()
-    return client.register_script(text)
 
 
 def new_run(

@@ -1,6 +1,6 @@
 """The coordinator's Redis operations: take runs off the queue, lease, renew, release, park, wake, sweep.
 
-Every state change that must be atomic is one Lua script (``castor/backends/redis/lua/fleet_*.lua``); the
+Every state change that must be atomic is one Lua script (``scheduler/lua/fleet_*.lua``); the
 heartbeat renews every lease a coordinator holds in one pipelined round trip. Blocking reads (the take,
 the decision stream) use their own connection so they never hold up the rest.
 """
@@ -10,10 +10,14 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from castor._fleet import FleetClient, load_script
+from castor._fleet import FleetClient
 from castor.backends.redis import keys
+from castor.backends.redis.scripts import Script
 
-SCRIPTS = ("acquire", "renew", "release", "unpark", "requeue_expired", "due", "bury", "register")
+SCRIPTS = {  # this package's lua/ (named by __package__: it follows the package wherever it is installed)
+    n: Script.of(__package__ or "scheduler", f"fleet_{n}")
+    for n in ("acquire", "renew", "release", "unpark", "requeue_expired", "due", "bury", "register")
+}
 
 
 class FleetOps:
@@ -28,7 +32,7 @@ class FleetOps:
         self.redis = self.client.redis
         # A separate pool for blocking commands: a BLMOVE or XREAD BLOCK holds its connection.
         self.blocking = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=None)
-        self._scripts = {n: load_script(self.redis, f"fleet_{n}") for n in SCRIPTS}
+        self._scripts = {n: script.register(self.redis) for n, script in SCRIPTS.items()}
         self.taking = keys.taking(prefix, name)
 
     async def close(self) -> None:

@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -47,29 +45,9 @@ from castor._errors import BackendUnavailable, ConfigError, StaleLeaseError
 from castor._redact import hide_password
 from castor.backends.redis import _resp
 from castor.backends.redis._batch import Batcher
+from castor.backends.redis.scripts import STORE_SCRIPTS as SCRIPTS
 
 _CLUSTER_ERRORS = (ClusterCrossSlotError, MovedError, AskError, ClusterDownError)
-
-SCRIPT_NAMES = (
-    "journal_append", "journal_fork",
-    "budget_open", "budget_charge", "budget_refund", "budget_reindex", "budget_close", "scope_reset",
-    "approval_request", "approval_decide",
-    "run_save", "run_prune",
-    "task_abandon", "step_claim",
-)
-
-
-def _read_scripts() -> dict[str, tuple[str, str]]:
-    folder = resources.files("castor.backends.redis") / "lua"
-    out = {}
-    for name in SCRIPT_NAMES:
-        source = (folder / f"{name}.lua").read_text(encoding="utf-8")
-        out[name] = (source, hashlib.sha1(source.encode()).hexdigest())
-    return out
-
-
-SCRIPTS = _read_scripts()  # read once per process; each server learns a script on first use
-
 
 @dataclass(frozen=True, slots=True)
 class Fence:
@@ -193,8 +171,8 @@ class RedisConnection:
         """
         state = self.state()
         if state.resp is None:
-            return await self.command("evalsha", SCRIPTS[name][1], len(keys), *keys, *args, retry=retry)
-        command = ("EVALSHA", SCRIPTS[name][1], len(keys), *keys, *args)
+            return await self.command("evalsha", SCRIPTS[name].sha, len(keys), *keys, *args, retry=retry)
+        command = ("EVALSHA", SCRIPTS[name].sha, len(keys), *keys, *args)
         try:
             return await state.resp.call(*command)
         except _resp.RespError as exc:
@@ -263,8 +241,8 @@ class RedisConnection:
     async def _load_scripts(self, client: aioredis.Redis) -> None:
         try:
             async with client.pipeline(transaction=False) as pipe:
-                for source, _sha in SCRIPTS.values():
-                    pipe.script_load(source)
+                for script in SCRIPTS.values():
+                    pipe.script_load(script.source)
                 await pipe.execute()
         except RedisError as exc:
             raise self._unavailable(exc) from exc
