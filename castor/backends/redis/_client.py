@@ -34,7 +34,6 @@ from redis.exceptions import (
     ClusterCrossSlotError,
     ClusterDownError,
     MovedError,
-    NoScriptError,
     RedisError,
     ResponseError,
 )
@@ -46,8 +45,11 @@ from castor._redact import hide_password
 from castor.backends.redis import _resp
 from castor.backends.redis._batch import Batcher
 from castor.backends.redis.scripts import STORE_SCRIPTS as SCRIPTS
+from castor.backends.redis.scripts import forgotten
 
 _CLUSTER_ERRORS = (ClusterCrossSlotError, MovedError, AskError, ClusterDownError)
+_DRIVER_ERRORS = (RedisError, _resp.RespError, BackendUnavailable)  # what redis-py and the lean connection raise
+_LOST = (RedisConnectionError, RedisTimeoutError, BackendUnavailable)  # the command may or may not have run
 
 @dataclass(frozen=True, slots=True)
 class Fence:
@@ -172,37 +174,19 @@ class RedisConnection:
         state = self.state()
         if state.resp is None:
             return await self.command("evalsha", SCRIPTS[name].sha, len(keys), *keys, *args, retry=retry)
-        command = ("EVALSHA", SCRIPTS[name].sha, len(keys), *keys, *args)
+        resp, command = state.resp, ("EVALSHA", SCRIPTS[name].sha, len(keys), *keys, *args)
         try:
-            return await state.resp.call(*command)
-        except _resp.RespError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise self._refused(exc) from exc
-            await self._load_scripts(state.client)  # the server forgot it: it did not run
-        except BackendUnavailable:
-            if not retry:
-                raise
-        try:
-            return await state.resp.call(*command)
-        except _resp.RespError as exc:
-            raise self._refused(exc) from exc
+            return await resp.call(*command)
+        except Exception as exc:
+            return await self._again(exc, lambda: resp.call(*command), retry, state.client)
 
     async def command(self, method: str, *args: Any, retry: bool = True, **kwargs: Any) -> Any:
         """One command that answers at once, by its redis-py method name, in this iteration's pipeline."""
         state = self.state()
         try:
             return await state.batcher.submit(method, args, kwargs)
-        except NoScriptError:
-            await self._load_scripts(state.client)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            if not retry:
-                raise self._unavailable(exc) from exc
-        except RedisError as exc:
-            raise self._translate(exc) from exc
-        try:
-            return await state.batcher.submit(method, args, kwargs)
-        except RedisError as exc:
-            raise self._translate(exc) from exc
+        except Exception as exc:
+            return await self._again(exc, lambda: state.batcher.submit(method, args, kwargs), retry, state.client)
 
     async def execute(self, *commands: Sequence[Any]) -> list[Any]:
         """Raw commands (``("LPUSH", key, value)``) in the same pipeline, in order, never retried; each
@@ -226,17 +210,30 @@ class RedisConnection:
         client = self.client()
         try:
             return await op(client)
-        except NoScriptError:
+        except Exception as exc:
+            return await self._again(exc, lambda: op(client), retry, client)
+
+    async def _again(
+        self, exc: Exception, attempt: Callable[[], Awaitable[Any]], retry: bool, client: aioredis.Redis
+    ) -> Any:
+        """The one retry policy of every call, after its first ``attempt()`` failed with ``exc``.
+
+        Once more after a script the server forgot (restart, ``SCRIPT FLUSH``: every script is loaded again
+        first; it did not run), or after a lost connection or a timeout when ``retry`` says the operation is
+        safe to repeat (it may have run); any other failure, and a second one, translated into Castor's
+        errors. An exception that is no driver's goes up as it is.
+        """
+        if not isinstance(exc, _DRIVER_ERRORS):
+            raise exc
+        if forgotten(exc):
             await self._load_scripts(client)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            if not retry:
-                raise self._unavailable(exc) from exc
-        except RedisError as exc:
-            raise self._translate(exc) from exc
+        elif not (retry and isinstance(exc, _LOST)):
+            raise self._error(exc)
         try:
-            return await op(client)
-        except RedisError as exc:
-            raise self._translate(exc) from exc
+            return await attempt()
+        except _DRIVER_ERRORS as again:
+            failure = again
+        raise self._error(failure)  # chained to it by _error
 
     async def _load_scripts(self, client: aioredis.Redis) -> None:
         try:
@@ -246,6 +243,14 @@ class RedisConnection:
                 await pipe.execute()
         except RedisError as exc:
             raise self._unavailable(exc) from exc
+
+    def _error(self, exc: Exception) -> Exception:
+        """``exc`` as Castor's error, chained to it (the lean connection's ``BackendUnavailable`` is one)."""
+        if isinstance(exc, BackendUnavailable):
+            return exc  # a lost lean connection: the URL's password is hidden already
+        error = self._refused(exc) if isinstance(exc, _resp.RespError) else self._translate(exc)  # type: ignore[arg-type]
+        error.__cause__ = exc
+        return error
 
     def _translate(self, exc: RedisError) -> Exception:
         if isinstance(exc, ResponseError):
