@@ -58,9 +58,9 @@ class FleetClient:
 
     def __init__(self, url: str, prefix: str = "castor", *, client: Any = None) -> None:
         if client is None:
-            from redis import asyncio as aioredis
+            from castor.backends.redis import redis_client
 
-            client = aioredis.Redis.from_url(url, decode_responses=True)
+            client = redis_client(url, decode_responses=True)
         self.url = url
         self.prefix = prefix
         self.redis = client

@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 
 from castor._fleet import FleetClient
-from castor.backends.redis import keys
+from castor.backends.redis import keys, redis_client
 from castor.backends.redis.scripts import Script
 
 SCRIPTS = {  # this package's lua/ (named by __package__: it follows the package wherever it is installed)
@@ -24,14 +24,12 @@ class FleetOps:
     """One coordinator's view of the fleet keys."""
 
     def __init__(self, url: str, prefix: str, name: str) -> None:
-        from redis import asyncio as aioredis
-
         self.name = name
         self.prefix = prefix
         self.client = FleetClient(url, prefix)
         self.redis = self.client.redis
         # A separate pool for blocking commands: a BLMOVE or XREAD BLOCK holds its connection.
-        self.blocking = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=None)
+        self.blocking = redis_client(url, decode_responses=True, socket_timeout=None)
         self._scripts = {n: script.register(self.redis) for n, script in SCRIPTS.items()}
         self.taking = keys.taking(prefix, name)
 
@@ -192,7 +190,7 @@ class FleetOps:
     async def read_events(self, cursor: dict[str, str], block_ms: int) -> list[tuple[str, dict[str, str]]]:
         """Decisions and operator commands after ``cursor`` (advanced in place), waiting up to ``block_ms``."""
         reply = await self.client._call(
-            "read the decision stream", self.blocking.xread(dict(cursor), block=block_ms, count=500)  # type: ignore[arg-type]
+            "read the decision stream", self.blocking.xread(dict(cursor), block=block_ms, count=500)
         )
         events = []
         for stream, entries in reply or []:

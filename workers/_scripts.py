@@ -20,7 +20,7 @@ from typing import Any
 
 from castor._errors import BackendUnavailable
 from castor._ids import unique_ids
-from castor.backends.redis import keys
+from castor.backends.redis import keys, redis_client
 from castor.backends.redis._resp import RespError
 from castor.backends.redis.journal import encode
 from castor.backends.redis.scripts import STORE_SCRIPTS, Script
@@ -81,12 +81,10 @@ class StepScripts:
             self._lost = (BackendUnavailable,)
         else:
             import redis
-            from redis.backoff import NoBackoff
-            from redis.retry import Retry
 
             # No resend by the client: a command whose reply was lost may have run. ``claim`` asks again
-            # itself, under its receipt (redis-py's default retries vary by version).
-            client = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0))
+            # itself, under its receipt.
+            client = redis_client(url, sync=True)
             self._claim, self._finish = CLAIM.register(client), FINISH.register(client)
             self._close = client.close
             self._lost = (redis.ConnectionError, redis.TimeoutError)

@@ -80,12 +80,12 @@ class _Process:
     and the synchronous scripts of the common case."""
 
     def __init__(self, settings: Settings, factory: Callable[[Settings], Backend]) -> None:
-        from redis import asyncio as aioredis
+        from castor.backends.redis import redis_client
 
         self.pid = os.getpid()
         self.loop = LoopThread()
         self.backend = factory(settings)
-        self.redis = aioredis.Redis.from_url(settings.redis_url)
+        self.redis = redis_client(settings.redis_url)
         self.worker = f"{socket.gethostname()}/{self.pid}"
         self.scripts = StepScripts(
             settings.redis_url, settings.redis_prefix, settings.secret or None, worker=self.worker,

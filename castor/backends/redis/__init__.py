@@ -14,7 +14,7 @@ from typing import Any
 from castor._errors import ConfigError
 from castor._redact import hide_password
 from castor._sealing import DataKey
-from castor.backends.redis._client import Fence, RedisConnection
+from castor.backends.redis._client import Fence, RedisConnection, redis_client
 from castor.backends.redis.approvals import RedisApprovalStore
 from castor.backends.redis.budgets import RedisBudgetStore
 from castor.backends.redis.journal import RedisJournal
@@ -30,6 +30,7 @@ __all__ = [
     "RedisRunStore",
     "hide_password",
     "redis_backend",
+    "redis_client",
 ]
 
 OPTIONS: dict[str, Any] = {

@@ -51,6 +51,19 @@ _CLUSTER_ERRORS = (ClusterCrossSlotError, MovedError, AskError, ClusterDownError
 _DRIVER_ERRORS = (RedisError, _resp.RespError, BackendUnavailable)  # what redis-py and the lean connection raise
 _LOST = (RedisConnectionError, RedisTimeoutError, BackendUnavailable)  # the command may or may not have run
 
+def redis_client(url: str, *, sync: bool = False, **options: Any) -> Any:
+    """A redis-py client (asyncio, or blocking with ``sync``) as every Castor process makes one: ``options``
+    go to ``from_url``, and the driver never sends a command again by itself (its default varies by
+    version). A command whose reply was lost may have run: whether to repeat it is the caller's to say
+    (``RedisConnection``'s one retry policy; the worker's claim asks again under its receipt)."""
+    if sync:
+        import redis
+        from redis.retry import Retry as SyncRetry
+
+        return redis.Redis.from_url(url, retry=SyncRetry(NoBackoff(), 0), **options)
+    return aioredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
+
+
 @dataclass(frozen=True, slots=True)
 class Fence:
     """A coordinator's claim on a run: a write goes through only while ``key`` holds ``token``.
