@@ -7,7 +7,7 @@ properties, body, in kombu's Redis envelope) and the ``task-sent`` event, and se
 ``LPUSH`` on the queue's list and a ``PUBLISH`` on the event channel, in the loop's shared pipeline
 (one round trip for every task sent in the same loop iteration). Workers are stock Celery.
 
-Where the message goes is asked from kombu's own channel once (the queue's list key with the
+Where the message goes is asked from kombu's own channel once (``_kombu``: the queue's list key with the
 transport's ``global_keyprefix``, the event channel with its ``keyprefix_fanout``), and each queue is
 declared through kombu on first use, as ``send_task`` would. Other transports (amqp, sentinel) use
 ``SendTaskPublisher``. ``tests/celery/test_publish.py`` compares both publishers' bytes.
@@ -36,6 +36,7 @@ from typing import Any
 from castor._errors import BackendUnavailable
 from castor._ids import unique_ids
 from castor.executors._broker import broker_error
+from castor.executors._kombu import publish_topics, queue_key
 
 log = logging.getLogger("castor.publish")
 EVENT_EXCHANGE, SENT_ROUTING_KEY = "celeryev", "task.sent"
@@ -209,9 +210,7 @@ class RedisPublisher:
             connection.ensure_connection(**RETRY_POLICY)  # kombu's own default keeps trying for seconds
             channel = connection.default_channel
             self._app.amqp.queues[queue].bind(channel).declare()
-            prefix = getattr(channel, "global_keyprefix", "") or ""
-            topics = channel._get_publish_topics(EVENT_EXCHANGE, SENT_ROUTING_KEY)
-            return prefix + channel._q_for_pri(queue, 0), [prefix + topic for topic in topics]
+            return queue_key(channel, queue), publish_topics(channel, EVENT_EXCHANGE, SENT_ROUTING_KEY)
 
 
 class SendTaskPublisher:

@@ -1,5 +1,6 @@
-"""The one patch of kombu's internals (``workers._broker_loss``): it fails here, not in a fleet, when kombu
-changes under it; and on a channel whose connection is gone, restore/ack/reject do what it promises."""
+"""kombu's and Celery's internals Castor relies on (``workers._broker_loss``'s patch, the key names in
+``castor.executors._kombu``, the worker's event dispatcher): a change fails here, not in a fleet; and on a channel whose
+connection is gone, the patched restore/ack/reject do what they promise."""
 
 from __future__ import annotations
 
@@ -42,6 +43,22 @@ def test_the_wrapped_methods_keep_the_signatures_the_patch_calls() -> None:
         original = inspect.unwrap(getattr(transport.QoS, name))
         assert list(inspect.signature(original).parameters) == parameters, name
     assert getattr(transport.QoS, "_castor_restore_patched", False)
+
+
+def test_the_channel_internals_the_lean_publishers_read_keep_their_signatures() -> None:
+    from celery.events.dispatcher import EventDispatcher
+
+    from castor.executors._kombu import is_redis_channel
+
+    assert list(inspect.signature(transport.Channel._q_for_pri).parameters) == ["self", "queue", "pri"]
+    assert list(inspect.signature(transport.Channel._get_publish_topics).parameters) == [
+        "self", "exchange", "routing_key",
+    ]
+    assert "global_keyprefix" in transport.Channel.from_transport_options
+    assert is_redis_channel(transport.Channel) and not is_redis_channel(object())
+    # the worker's LeanEventDispatcher overrides it, passing the rest through
+    publish = list(inspect.signature(EventDispatcher._publish).parameters)
+    assert publish[:4] == ["self", "event", "producer", "routing_key"]
 
 
 def _orphan_qos() -> Any:
