@@ -11,12 +11,12 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from importlib import resources
 from typing import Any
 
 from castor import _code
 from castor._errors import BackendUnavailable, ConfigError, NothingPendingError, RunNotFoundError
 from castor._ids import pid_part
+from castor._redact import hide_password
 from castor._terminal import save_run
 from castor.backends.redis import keys
 from castor.checkpoint import FINISHED, AgentCheckpoint
@@ -24,22 +24,6 @@ from castor.kernel.runner import new_checkpoint
 from castor.seams import Backend, Decision, DecisionOutcome
 
 CANCELLED = "cancelled"
-
-
-def redacted(url: str) -> str:
-    """The URL with its password hidden, for error messages."""
-    scheme, sep, rest = url.partition("://")
-    creds, at, host = rest.rpartition("@")
-    if not at:
-        return url
-    user = creds.partition(":")[0]
-    return f"{scheme}{sep}{user}:***@{host}" if ":" in creds else f"{scheme}{sep}***@{host}"
-
-
-def load_script(client: Any, name: str) -> Any:
-    """A fleet Lua script from the package, registered on ``client`` (sent by its sha after the first call)."""
-    text = resources.files("castor.backends").joinpath("redis", "lua", f"{name}.lua").read_text()
-    return client.register_script(text)
 
 
 def new_run(
@@ -75,9 +59,9 @@ class FleetClient:
 
     def __init__(self, url: str, prefix: str = "castor", *, client: Any = None) -> None:
         if client is None:
-            from redis import asyncio as aioredis
+            from castor.backends.redis import redis_client
 
-            client = aioredis.Redis.from_url(url, decode_responses=True)
+            client = redis_client(url, decode_responses=True)
         self.url = url
         self.prefix = prefix
         self.redis = client
@@ -93,7 +77,8 @@ class FleetClient:
         try:
             return await awaitable
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise BackendUnavailable(f"cannot {what}: Redis at {redacted(self.url)} is unreachable ({exc})") from exc
+            where = hide_password(self.url)
+            raise BackendUnavailable(f"cannot {what}: Redis at {where} is unreachable ({exc})") from exc
 
     # --- runs -------------------------------------------------------------------------------------
 

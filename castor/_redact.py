@@ -1,5 +1,6 @@
 """Sensitive arguments hidden wherever a call is shown or recorded outside the tool itself: task listings,
-logs, failure records. Both the kernel and the executors use it, so it depends on neither.
+logs, failure records; and the password of a server URL wherever one is shown (``hide_password``).
+Both the kernel and the executors use it, so it depends on neither.
 
 A name a tool declares sensitive matches at any depth: the value of every key of that name, in the
 arguments or in any dict nested in them (through lists too), is hidden whole.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 REDACTED = "***"
 # What a sealed value (``castor._sealing``) starts with: a keyed digest or a ciphertext, never the value.
@@ -47,3 +49,17 @@ def masked(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [masked(v) for v in value]
     return value
+
+
+def hide_password(url: str) -> str:
+    """``url`` with its password (in the authority or the query) replaced by ``***``: the one way a server
+    URL (Redis, a broker) is shown in errors, logs and listings."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user, sep, _secret = userinfo.partition(":")
+        # ``user:password@`` keeps the user; a lone ``secret@`` may be a password: hide it whole
+        netloc = f"{user}:***@{host}" if sep else f"***@{host}"
+    query = urlencode([(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)], safe="*")
+    return urlunsplit(parts._replace(netloc=netloc, query=query))

@@ -228,7 +228,9 @@ def new_record(
     """A ``SyscallRecord`` built from values the kernel produced itself, without re-validating them.
 
     This is the one place records are made on the hot path: ``model_construct`` costs about 4 µs, a
-    tenth of a whole syscall's budget; the fields are already of the declared types here.
+    tenth of a whole syscall's budget; the fields are already of the declared types here. It sets
+    pydantic's per-instance slots itself: ``tests/test_dependency_internals.py`` fails when pydantic
+    changes them (``pyproject.toml`` pins pydantic below 3).
     """
     record = _RECORD_NEW(SyscallRecord)
     _SET(

@@ -1,6 +1,6 @@
 """The coordinator's Redis operations: take runs off the queue, lease, renew, release, park, wake, sweep.
 
-Every state change that must be atomic is one Lua script (``castor/backends/redis/lua/fleet_*.lua``); the
+Every state change that must be atomic is one Lua script (``scheduler/lua/fleet_*.lua``); the
 heartbeat renews every lease a coordinator holds in one pipelined round trip. Blocking reads (the take,
 the decision stream) use their own connection so they never hold up the rest.
 """
@@ -10,25 +10,27 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from castor._fleet import FleetClient, load_script
-from castor.backends.redis import keys
+from castor._fleet import FleetClient
+from castor.backends.redis import keys, redis_client
+from castor.backends.redis.scripts import Script
 
-SCRIPTS = ("acquire", "renew", "release", "unpark", "requeue_expired", "due", "bury", "register")
+SCRIPTS = {  # this package's lua/ (named by __package__: it follows the package wherever it is installed)
+    n: Script.of(__package__ or "scheduler", f"fleet_{n}")
+    for n in ("acquire", "renew", "release", "unpark", "requeue_expired", "due", "bury", "register")
+}
 
 
 class FleetOps:
     """One coordinator's view of the fleet keys."""
 
     def __init__(self, url: str, prefix: str, name: str) -> None:
-        from redis import asyncio as aioredis
-
         self.name = name
         self.prefix = prefix
         self.client = FleetClient(url, prefix)
         self.redis = self.client.redis
         # A separate pool for blocking commands: a BLMOVE or XREAD BLOCK holds its connection.
-        self.blocking = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=None)
-        self._scripts = {n: load_script(self.redis, f"fleet_{n}") for n in SCRIPTS}
+        self.blocking = redis_client(url, decode_responses=True, socket_timeout=None)
+        self._scripts = {n: script.register(self.redis) for n, script in SCRIPTS.items()}
         self.taking = keys.taking(prefix, name)
 
     async def close(self) -> None:
@@ -188,7 +190,7 @@ class FleetOps:
     async def read_events(self, cursor: dict[str, str], block_ms: int) -> list[tuple[str, dict[str, str]]]:
         """Decisions and operator commands after ``cursor`` (advanced in place), waiting up to ``block_ms``."""
         reply = await self.client._call(
-            "read the decision stream", self.blocking.xread(dict(cursor), block=block_ms, count=500)  # type: ignore[arg-type]
+            "read the decision stream", self.blocking.xread(dict(cursor), block=block_ms, count=500)
         )
         events = []
         for stream, entries in reply or []:

@@ -10,15 +10,23 @@ error and stops the worker (every worker of the fleet, on one Redis restart), wh
 the broker's unacked set, and come back after the visibility timeout if their worker never acks them.
 That is the safe side anyway: the tasks in question are still running here, and restoring them at once
 would hand a running step to another worker (which would wait for it: ``claim.lua``'s heartbeat).
+
+This module is the only place Castor reaches into kombu's internals: it wraps three methods of
+``kombu.transport.redis.QoS`` and reads its ``channel.connection.client`` and ``_delivered``. It was
+written against the kombu versions in ``KOMBU_TESTED`` (``pyproject.toml`` pins the same upper bound);
+``tests/celery/test_broker_loss.py`` fails when the installed kombu leaves that range or the wrapped
+methods change their signatures, so a kombu upgrade is a decision, not a surprise.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
 log = logging.getLogger("castor.worker")
 _PATCHED = "_castor_restore_patched"
+KOMBU_TESTED = ((5, 3), (6, 0))  # kombu versions from the first up to (not including) the second
 
 
 def patch_restore_unacked() -> None:
@@ -32,6 +40,7 @@ def patch_restore_unacked() -> None:
         return
     restore, ack, reject = qos.restore_unacked, qos.ack, qos.reject
 
+    @functools.wraps(restore)
     def restore_unacked(self: Any, client: Any = None) -> Any:
         if client is None and _gone(self):
             log.warning("broker connection lost with %d task(s) unacknowledged: they stay in the broker's "
@@ -41,6 +50,7 @@ def patch_restore_unacked() -> None:
         return restore(self, client)
 
     def ack_or_reject(original: Any, what: str) -> Any:
+        @functools.wraps(original)
         def run(self: Any, delivery_tag: Any, *args: Any, **kwargs: Any) -> Any:
             if not _gone(self):
                 return original(self, delivery_tag, *args, **kwargs)

@@ -75,9 +75,9 @@ class DeadLetters:
         log.error("refused message %s; dead-lettered", describe(entry))
         try:
             if self._client is None:
-                import redis
+                from castor.backends.redis import redis_client
 
-                self._client = redis.Redis.from_url(self._url, socket_timeout=5.0)
+                self._client = redis_client(self._url, sync=True, socket_timeout=5.0)
             pipe = self._client.pipeline(transaction=False)
             pipe.lpush(self.key, _encoded(entry)).ltrim(self.key, 0, MAX_LETTERS - 1).execute()
         except Exception as exc:  # Redis away: the log line is the record

@@ -24,6 +24,7 @@ from celery.app.events import Events
 from celery.events.dispatcher import EventDispatcher
 from kombu.utils.json import dumps as kombu_dumps
 
+from castor.executors._kombu import is_redis_channel, publish_topics
 from workers import _lean
 
 log = logging.getLogger("castor.worker")
@@ -65,11 +66,8 @@ class LeanEventDispatcher(EventDispatcher):
             self._lean_topics = {}
         topics = self._lean_topics.get(routing_key)
         if topics is None:
-            if not hasattr(channel, "_get_publish_topics"):
-                topics = []  # not kombu's Redis transport
-            else:
-                prefix = getattr(channel, "global_keyprefix", "") or ""
-                topics = [prefix + t for t in channel._get_publish_topics(self.exchange.name, routing_key)]
+            # [] off kombu's Redis transport: Celery's own publish then
+            topics = publish_topics(channel, self.exchange.name, routing_key) if is_redis_channel(channel) else []
             self._lean_topics[routing_key] = topics
         return topics
 

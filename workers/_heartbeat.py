@@ -35,11 +35,11 @@ class Heartbeats:
     """Renews the heartbeat keys registered with ``beating``, on a client of its own."""
 
     def __init__(self, url: str, ttl: float) -> None:
-        import redis
+        from castor.backends.redis import redis_client
 
         self._ttl_ms = max(1, int(ttl * 1000))
         self._every = ttl / 4
-        self._client = redis.Redis.from_url(url, socket_timeout=max(self._every, 0.5))
+        self._client = redis_client(url, sync=True, socket_timeout=max(self._every, 0.5))
         self._keys: dict[str, int] = {}  # key -> how many tools of this process hold it
         self._lock = threading.Lock()
         self._wake = threading.Event()

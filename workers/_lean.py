@@ -4,8 +4,9 @@ redis-py's synchronous client spends ~50 µs of CPU per command (a pooled connec
 a lock, command objects, response callbacks), and a pool thread pays it while it holds the GIL that
 Celery's consumer thread wants too: a claim measured ~275 µs from the pool thread, against ~100 µs
 for the same ``EVALSHA`` written to a socket and parsed by hiredis. ``LeanClient`` keeps one socket
-per thread (the pool's threads never share one, so no lock on the hot path), packs commands with the
-coordinator's lean connection's encoder, and parses replies with hiredis.
+per thread (the pool's threads never share one, so no lock on the hot path). It is the synchronous face
+of the one RESP core in ``castor.backends.redis._resp`` (whose ``RespConnection`` is the asyncio face):
+the same encoder, hiredis parser, handshake (``AUTH``/``SELECT`` from the URL) and errors.
 
 A command is sent again on a new socket only when it never reached the server: the connection could
 not be made, or the write failed. A connection lost while the reply was awaited raises
@@ -21,25 +22,17 @@ import threading
 from typing import Any
 
 from castor._errors import BackendUnavailable
-from castor.backends.redis._client import hide_password
-from castor.backends.redis._resp import RespError, _pack
+from castor.backends.redis._resp import RespError, available, endpoint, new_reader, pack, refused, unavailable
 
-
-def available(url: str) -> bool:
-    """Whether ``LeanClient`` can serve ``url`` here (hiredis installed, a plain ``redis://`` URL)."""
-    from castor.backends.redis._resp import available as lean_available
-
-    return lean_available(url)
+__all__ = ["LeanClient", "available"]
 
 
 class _Socket:
     """One connected socket and its reply parser."""
 
     def __init__(self, sock: socket.socket) -> None:
-        import hiredis
-
         self.sock = sock
-        self.reader = hiredis.Reader(replyError=RespError, encoding="utf-8", errors="replace")
+        self.reader = new_reader()
 
     def alive(self) -> bool:
         """False if the server closed the socket while it sat idle (it reads as end of file)."""
@@ -69,11 +62,9 @@ class LeanClient:
     def __init__(
         self, url: str, *, timeout: float = 5.0, connect_timeout: float = 2.0, replies: bool = True
     ) -> None:
-        from redis.connection import parse_url
-
         self.url = url
         self._replies = replies  # False: the server is told to send none (CLIENT REPLY OFF); use send()
-        self._options = parse_url(url)
+        self._endpoint = endpoint(url)
         self._timeout = timeout
         self._connect_timeout = connect_timeout
         self._local = threading.local()
@@ -84,7 +75,7 @@ class LeanClient:
         """Send one command and return its reply."""
         conn = None
         try:
-            conn = self._write(_pack(command))
+            conn = self._write(pack(command))
             return conn.reply()
         except RespError:
             raise
@@ -95,7 +86,7 @@ class LeanClient:
         """Write one command on a socket without replies (``replies=False``): nothing is waited for, and
         what the server makes of it is not known (for best-effort traffic such as task events)."""
         try:
-            self._write(_pack(command))
+            self._write(pack(command))
         except (OSError, ConnectionError) as exc:
             raise self._lost(None, exc) from exc
 
@@ -121,32 +112,27 @@ class LeanClient:
         conn = conn or getattr(self._local, "conn", None)
         if conn is not None:
             self._drop(conn)
-        return BackendUnavailable(f"Redis at {hide_password(self.url)} is unavailable: {exc}")
+        return unavailable(self.url, exc)
 
     def _connect(self) -> _Socket:
-        o = self._options
-        sock = socket.create_connection((o.get("host", "127.0.0.1"), o.get("port", 6379)), self._connect_timeout)
+        host, port, hello = self._endpoint
+        sock = socket.create_connection((host, port), self._connect_timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(self._timeout)
         conn = _Socket(sock)
-        hello: list[tuple[Any, ...]] = []
-        if o.get("password"):
-            hello.append(("AUTH", *([o["username"]] if o.get("username") else []), o["password"]))
-        if o.get("db"):
-            hello.append(("SELECT", o["db"]))
         if hello:
             try:
-                sock.sendall(b"".join(_pack(c) for c in hello))
+                sock.sendall(b"".join(pack(c) for c in hello))
                 for _ in hello:
                     conn.reply()
             except RespError as exc:
                 sock.close()
-                raise BackendUnavailable(f"Redis at {hide_password(self.url)} refused the connection: {exc}") from exc
+                raise refused(self.url, exc) from exc
             except BaseException:
                 sock.close()
                 raise
         if not self._replies:
-            sock.sendall(_pack(("CLIENT", "REPLY", "OFF")))  # answered by nothing, like what follows
+            sock.sendall(pack(("CLIENT", "REPLY", "OFF")))  # answered by nothing, like what follows
         self._local.conn = conn
         with self._lock:
             self._open.add(conn)

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from castor._errors import BackendUnavailable
-from castor.backends.redis import hide_password
+from castor.backends.redis import hide_password, redis_client
 from castor.executors._broker import broker_error
 from castor.registry import ToolSpec
 from castor.settings import Settings, broker_visibility, visibility_warning
@@ -48,8 +48,8 @@ def _broker(app: Any, settings: Settings) -> dict[str, Any]:
 def _redis(settings: Settings) -> None:
     import redis
 
-    client = redis.Redis.from_url(
-        settings.redis.url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT
+    client = redis_client(
+        settings.redis.url, sync=True, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT
     )
     try:
         client.ping()

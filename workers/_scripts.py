@@ -11,19 +11,19 @@ in-doubt steps, failures, a record already there) keeps the loop and the async s
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from importlib import resources
 from typing import Any
 
 from castor._errors import BackendUnavailable
 from castor._ids import unique_ids
-from castor.backends.redis import keys
+from castor.backends.redis import keys, redis_client
+from castor.backends.redis._resp import RespError
 from castor.backends.redis.journal import encode
+from castor.backends.redis.scripts import STORE_SCRIPTS, Script
 from castor.checkpoint import SyscallRecord
 from castor.executors._wire import Job, Reply
 from workers._spool import Spool
@@ -52,12 +52,10 @@ class Delivery:
         return self.message.rpartition("/")[0]
 
 
-def finish_source() -> str:
-    """``finish.lua`` with ``journal_append.lua`` inlined as the function ``append``: one source of truth
-    for the write-once rule."""
-    append = (resources.files("castor.backends.redis") / "lua" / "journal_append.lua").read_text()
-    finish = resources.files("workers").joinpath("lua/finish.lua").read_text()
-    return f"local function append()\n{append}\nend\n{finish}"
+# This package's lua/ (named by __package__: it follows the package wherever it is installed). The finish
+# inlines the journal's own append script as the function ``append``: one source of truth for write-once.
+CLAIM = Script.of(__package__ or "workers", "claim")
+FINISH = Script.of(__package__ or "workers", "finish", functions={"append": STORE_SCRIPTS["journal_append"]})
 
 
 class StepScripts:
@@ -72,7 +70,6 @@ class StepScripts:
         self._prefix = prefix
         self._secret = secret  # signs the replies
         self._worker, self._heartbeat_ms, self._outage = worker, max(1, int(heartbeat * 1000)), outage
-        claim, finish = resources.files("workers").joinpath("lua/claim.lua").read_text(), finish_source()
         self._claim: Any  # script(keys=..., args=...): redis-py's registered script, or the lean twin
         self._finish: Any
         self._close: Callable[[], None]
@@ -80,17 +77,15 @@ class StepScripts:
         self._lost: tuple[type[Exception], ...]
         if _lean.available(url):
             lean = _lean.LeanClient(url)
-            self._claim, self._finish, self._close = _lean_script(lean, claim), _lean_script(lean, finish), lean.close
+            self._claim, self._finish, self._close = _lean_script(lean, CLAIM), _lean_script(lean, FINISH), lean.close
             self._lost = (BackendUnavailable,)
         else:
             import redis
-            from redis.backoff import NoBackoff
-            from redis.retry import Retry
 
             # No resend by the client: a command whose reply was lost may have run. ``claim`` asks again
-            # itself, under its receipt (redis-py's default retries vary by version).
-            client = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0))
-            self._claim, self._finish = client.register_script(claim), client.register_script(finish)
+            # itself, under its receipt.
+            client = redis_client(url, sync=True)
+            self._claim, self._finish = CLAIM.register(client), FINISH.register(client)
             self._close = client.close
             self._lost = (redis.ConnectionError, redis.TimeoutError)
         self.spool = Spool(spool, url, self._finish) if spool else None
@@ -173,12 +168,8 @@ class StepScripts:
         self._close()
 
 
-def _lean_script(client: Any, source: str) -> Callable[[Sequence[str], Sequence[Any]], Any]:
-    """``script(keys=..., args=...)`` as redis-py's registered scripts take it, over ``client``:
-    ``EVALSHA``, and the source loaded first when the server does not know it (it did not run)."""
-    from castor.backends.redis._resp import RespError
-
-    sha = hashlib.sha1(source.encode()).hexdigest()
+def _lean_script(client: Any, script: Script) -> Callable[[Sequence[str], Sequence[Any]], Any]:
+    """``script(keys=..., args=...)`` as redis-py's registered scripts take it, over the lean ``client``."""
 
     def call(*command: Any) -> Any:
         try:
@@ -189,13 +180,7 @@ def _lean_script(client: Any, source: str) -> Callable[[Sequence[str], Sequence[
             raise
 
     def run(keys: Sequence[str], args: Sequence[Any]) -> Any:
-        try:
-            return call("EVALSHA", sha, len(keys), *keys, *args)
-        except RespError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
-        call("SCRIPT", "LOAD", source)
-        return call("EVALSHA", sha, len(keys), *keys, *args)
+        return script.run(call, keys, args)
 
     return run
 

@@ -82,12 +82,12 @@ class _Process:
     and the synchronous scripts of the common case."""
 
     def __init__(self, settings: Settings, factory: Callable[[Settings], Backend]) -> None:
-        from redis import asyncio as aioredis
+        from castor.backends.redis import redis_client
 
         self.pid = os.getpid()
         self.loop = LoopThread()
         self.backend = factory(settings)
-        self.redis = aioredis.Redis.from_url(settings.redis.url)
+        self.redis = redis_client(settings.redis.url)
         self.worker = f"{socket.gethostname()}/{self.pid}"
         self.scripts = StepScripts(
             settings.redis.url, settings.redis.prefix, settings.security.secret or None, worker=self.worker,

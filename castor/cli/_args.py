@@ -90,3 +90,14 @@ def pid_option(text: str) -> str:
         return check_pid(text)
     except InvalidPidError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_option(parser: argparse.ArgumentParser, *flags: str, **kwargs: Any) -> bool:
+    """``parser.add_argument(*flags, **kwargs)`` unless the parser has an option of one of those names
+    already (a command module may define its own): False then. argparse itself says so (its default
+    conflict handler refuses the duplicate, before adding anything), so no private table is read."""
+    try:
+        parser.add_argument(*flags, **kwargs)
+    except argparse.ArgumentError:
+        return False
+    return True

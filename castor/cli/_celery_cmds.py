@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from castor._errors import ConfigError
 from castor._limits import option_type
 from castor.backends import REDIS_SCHEMES
+from castor.cli._args import add_option
 from castor.seams import Backend
 from castor.settings import CONFIG_HELP, Settings, WorkerPool, find_config, load_settings
 
@@ -68,8 +69,7 @@ def add_executor_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--executor", dest="run_executor", choices=("local", "celery"), default="local",
                         help="where tools run: in this process (default), or as Celery tasks on their pools "
                              "(with --config; the run is kept in the config's Redis)")
-    if not any("--config" in action.option_strings for action in parser._actions):
-        config_option(parser)
+    config_option(parser)  # unless the command has its own --config
 
 
 def uses_celery(args: argparse.Namespace) -> bool:
@@ -135,8 +135,8 @@ def settings_of(args: argparse.Namespace) -> Settings:
 
 
 def config_option(parser: argparse.ArgumentParser) -> None:
-    """``--config FILE``, saying where a command looks for one without it."""
-    parser.add_argument("--config", default=None, metavar="FILE", help=CONFIG_HELP)
+    """``--config FILE``, saying where a command looks for one without it (unless the command has one)."""
+    add_option(parser, "--config", default=None, metavar="FILE", help=CONFIG_HELP)
 
 
 def fleet_process_settings(args: argparse.Namespace) -> Settings:

@@ -18,6 +18,7 @@ from typing import Any
 
 from castor._errors import ConfigError
 from castor.backends import open_backend
+from castor.cli._args import add_option
 from castor.cli._celery_cmds import celery_store_url, executor_flags, uses_celery
 from castor.kernel import Castor, CastorWarning
 from castor.seams import Backend
@@ -33,20 +34,17 @@ def add_global_options(parser: argparse.ArgumentParser, *, top_level: bool) -> N
     overwritten by the subcommand's default.
     """
     default: Any = None if top_level else argparse.SUPPRESS
-    known = parser._option_string_actions  # a command module may define its own option of that name
     options: list[tuple[str, dict[str, Any]]] = [
         ("--db", {"metavar": "PATH", "help": f"SQLite file holding run state (default ./{DEFAULT_DB})"}),
         ("--store", {"metavar": "URL", "help": "any store URL: memory://, sqlite:///path.db, redis://host:port/0"}),
         ("--redis", {"metavar": "URL", "help": "shorthand for --store redis://..."}),
     ]
-    for flag, kwargs in options:
-        if flag not in known:
-            parser.add_argument(flag, default=default, **kwargs)
-    if "--debug" not in known:
-        parser.add_argument(
-            "--debug", action="store_true", default=False if top_level else argparse.SUPPRESS,
-            help="show tracebacks instead of one-line errors",
-        )
+    for flag, kwargs in options:  # each unless a command module defined its own option of that name
+        add_option(parser, flag, default=default, **kwargs)
+    add_option(
+        parser, "--debug", action="store_true", default=False if top_level else argparse.SUPPRESS,
+        help="show tracebacks instead of one-line errors",
+    )
 
 
 def sqlite_url(path: str) -> str:

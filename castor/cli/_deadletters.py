@@ -26,12 +26,11 @@ from castor.cli._escape import shown
 
 
 def _client(args: argparse.Namespace) -> tuple[Any, str]:
-    import redis
-
+    from castor.backends.redis import redis_client
     from castor.cli._fleet_cmds import target
 
     url, prefix, _ = target(args)
-    return redis.Redis.from_url(url, decode_responses=True), prefix
+    return redis_client(url, sync=True, decode_responses=True), prefix
 
 
 def _pools(client: Any, prefix: str, pool: str | None) -> list[tuple[str, str]]:

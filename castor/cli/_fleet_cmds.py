@@ -21,7 +21,7 @@ from castor._errors import ConfigError
 from castor._limits import option_type
 from castor.backends import REDIS_SCHEMES
 from castor.cli import _fleet_views as views
-from castor.cli._args import add_run_options
+from castor.cli._args import add_option, add_run_options
 from castor.cli._celery_cmds import config_option
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
@@ -29,13 +29,11 @@ Handler = Callable[[argparse.Namespace], Awaitable[int]]
 
 
 def _prefix(parser: argparse.ArgumentParser) -> None:
-    if "--prefix" not in parser._option_string_actions:
-        parser.add_argument("--prefix", default=argparse.SUPPRESS, help="Redis key prefix (default: castor)")
+    add_option(parser, "--prefix", default=argparse.SUPPRESS, help="Redis key prefix (default: castor)")
 
 
 def _json(parser: argparse.ArgumentParser) -> None:
-    if "--json" not in parser._option_string_actions:
-        parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_option(parser, "--json", action="store_true", help="print JSON instead of a table")
 
 
 def _as(parser: argparse.ArgumentParser) -> None:

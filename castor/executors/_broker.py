@@ -9,7 +9,7 @@ the original (``raise broker_error(...) from exc``).
 from __future__ import annotations
 
 from castor._errors import BackendUnavailable
-from castor.backends.redis import hide_password
+from castor._redact import hide_password
 
 
 def broker_error(what: str, url: str, exc: BaseException) -> BackendUnavailable:

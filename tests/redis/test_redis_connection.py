@@ -42,6 +42,30 @@ def test_hide_password() -> None:
     assert "pw" not in hide_password("unix:///tmp/r.sock?db=1&password=pw")
 
 
+async def test_no_client_castor_makes_lets_the_driver_send_a_command_again(redis_url: str) -> None:
+    # a command whose reply was lost may have run: only Castor's own policy decides whether to repeat it
+    from castor._fleet import FleetClient
+    from castor.backends.redis import redis_client
+
+    fleet = FleetClient(redis_url)
+    clients = [redis_client(redis_url), redis_client(redis_url, sync=True), fleet.redis]
+    assert [c.get_retry().get_retries() for c in clients] == [0, 0, 0]
+    await clients[0].aclose()
+    clients[1].close()
+    await fleet.close()
+
+
+@pytest.mark.parametrize("url", ["redis://:s3cret@127.0.0.1:{port}/0", "redis://127.0.0.1:{port}/0?password=s3cret"])
+async def test_the_fleet_client_hides_a_password_however_the_url_gives_it(url: str) -> None:
+    from castor._fleet import FleetClient
+
+    client = FleetClient(url.format(port=free_port()))
+    with pytest.raises(BackendUnavailable) as caught:
+        await client.enqueue("r")
+    assert "s3cret" not in str(caught.value) and "***" in str(caught.value)
+    await client.close()
+
+
 def test_bad_options_and_urls_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="retention_secs"):
         redis_backend("redis://127.0.0.1:6379/0", retention_secs=5)

@@ -162,3 +162,14 @@ async def test_history_leaves_the_gc_as_it_found_it(backend: Backend) -> None:
         assert not gc.isenabled()  # a program that turned it off keeps it off
     finally:
         gc.enable()
+
+
+async def test_the_gc_stays_on_for_the_rest_of_the_program_while_a_replay_waits_for_redis(backend: Backend) -> None:
+    await fill(backend, "r", 30)
+    seen: list[bool] = []
+    replay = asyncio.ensure_future(backend.journal.history("r"))
+    while not replay.done():  # what every other coroutine of the loop sees while the replay is under way
+        seen.append(gc.isenabled())
+        await asyncio.sleep(0)
+    assert len(await replay) == 30
+    assert seen and all(seen)  # paused only inside the parse, which awaits nothing

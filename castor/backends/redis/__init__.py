@@ -1,9 +1,27 @@
-"""The Redis backend: run state shared by every process of the fleet.
+"""The Redis backend: run state shared by every process of the fleet, and the one Redis stack they use.
 
 ``redis_backend("redis://[:password@]host:6379/0")`` bundles ``RedisJournal``, ``RedisBudgetStore``,
 ``RedisApprovalStore`` and ``RedisRunStore`` over one ``RedisConnection``. Every key name is built in
-``keys``; every atomic operation is a Lua script in ``lua/``, loaded once. ``admin`` holds what the
-operator's CLI calls (scopes, pending approvals, sweeps).
+``keys``. ``admin`` holds what the operator's CLI calls (scopes, pending approvals, sweeps).
+
+The connection stack, one of each:
+
+- **RESP core** (``_resp``): the encoder, the hiredis reply parser, the handshake a URL asks for (``AUTH``,
+  ``SELECT``) and the errors, with two faces: ``RespConnection`` (asyncio, multiplexed: the stores'
+  scripts, the coordinator's task publishing and reply reading) and the worker's ``workers._lean.LeanClient``
+  (blocking, one socket per pool thread: its claim and finish). Where hiredis is missing or the URL is not
+  plain ``redis://``, the same calls go through redis-py.
+- **redis-py clients** come from ``redis_client()`` (asyncio or sync): the driver never sends a command again
+  by itself. ``RedisConnection`` adds a client per event loop whose single commands share one pipeline per
+  loop iteration (``_batch``).
+- **Scripts** (``scripts``): ``Script`` reads each Lua script from the package of the code that owns it (the
+  stores' ``lua/`` here, the coordinator's ``scheduler/lua/fleet_*.lua``, the worker's ``workers/lua/``) and
+  runs it by its SHA1, loading it where the server forgot it.
+- **One retry policy**: ``RedisConnection`` repeats a call once, after a script the server forgot (it did not
+  run) or, where the operation is safe to repeat, after a lost connection; everything else becomes
+  ``BackendUnavailable`` (or ``StaleLeaseError``, or ``ConfigError`` for a Redis Cluster). The worker's claim
+  and finish ask again on their own terms (``workers._scripts``: a claim under its receipt).
+- **One redaction of URLs**: ``hide_password`` (``castor._redact``) wherever a URL is shown.
 """
 
 from __future__ import annotations
@@ -12,8 +30,9 @@ import os
 from typing import Any
 
 from castor._errors import ConfigError
+from castor._redact import hide_password
 from castor._sealing import DataKey
-from castor.backends.redis._client import Fence, RedisConnection, hide_password
+from castor.backends.redis._client import Fence, RedisConnection, redis_client
 from castor.backends.redis.approvals import RedisApprovalStore
 from castor.backends.redis.budgets import RedisBudgetStore
 from castor.backends.redis.journal import RedisJournal
@@ -27,7 +46,9 @@ __all__ = [
     "RedisConnection",
     "RedisJournal",
     "RedisRunStore",
+    "hide_password",
     "redis_backend",
+    "redis_client",
 ]
 
 OPTIONS: dict[str, Any] = {

@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -36,7 +34,6 @@ from redis.exceptions import (
     ClusterCrossSlotError,
     ClusterDownError,
     MovedError,
-    NoScriptError,
     RedisError,
     ResponseError,
 )
@@ -44,43 +41,27 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from castor._errors import BackendUnavailable, ConfigError, StaleLeaseError
+from castor._redact import hide_password
 from castor.backends.redis import _resp
 from castor.backends.redis._batch import Batcher
+from castor.backends.redis.scripts import STORE_SCRIPTS as SCRIPTS
+from castor.backends.redis.scripts import forgotten
 
 _CLUSTER_ERRORS = (ClusterCrossSlotError, MovedError, AskError, ClusterDownError)
+_DRIVER_ERRORS = (RedisError, _resp.RespError, BackendUnavailable)  # what redis-py and the lean connection raise
+_LOST = (RedisConnectionError, RedisTimeoutError, BackendUnavailable)  # the command may or may not have run
 
-SCRIPT_NAMES = (
-    "journal_append", "journal_fork",
-    "budget_open", "budget_charge", "budget_refund", "budget_reindex", "budget_close", "scope_reset",
-    "approval_request", "approval_decide",
-    "run_save", "run_prune",
-    "task_abandon", "step_claim",
-)
+def redis_client(url: str, *, sync: bool = False, **options: Any) -> Any:
+    """A redis-py client (asyncio, or blocking with ``sync``) as every Castor process makes one: ``options``
+    go to ``from_url``, and the driver never sends a command again by itself (its default varies by
+    version). A command whose reply was lost may have run: whether to repeat it is the caller's to say
+    (``RedisConnection``'s one retry policy; the worker's claim asks again under its receipt)."""
+    if sync:
+        import redis
+        from redis.retry import Retry as SyncRetry
 
-
-def _read_scripts() -> dict[str, tuple[str, str]]:
-    folder = resources.files("castor.backends.redis") / "lua"
-    out = {}
-    for name in SCRIPT_NAMES:
-        source = (folder / f"{name}.lua").read_text(encoding="utf-8")
-        out[name] = (source, hashlib.sha1(source.encode()).hexdigest())
-    return out
-
-
-SCRIPTS = _read_scripts()  # read once per process; each server learns a script on first use
-
-
-def hide_password(url: str) -> str:
-    """``url`` with its password (in the authority or the query) replaced by ``***``."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        user, sep, _secret = userinfo.partition(":")
-        # ``user:password@`` keeps the user; a lone ``secret@`` may be a password: hide it whole
-        netloc = f"{user}:***@{host}" if sep else f"***@{host}"
-    query = urlencode([(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)], safe="*")
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+        return redis.Redis.from_url(url, retry=SyncRetry(NoBackoff(), 0), **options)
+    return aioredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,38 +186,20 @@ class RedisConnection:
         """
         state = self.state()
         if state.resp is None:
-            return await self.command("evalsha", SCRIPTS[name][1], len(keys), *keys, *args, retry=retry)
-        command = ("EVALSHA", SCRIPTS[name][1], len(keys), *keys, *args)
+            return await self.command("evalsha", SCRIPTS[name].sha, len(keys), *keys, *args, retry=retry)
+        resp, command = state.resp, ("EVALSHA", SCRIPTS[name].sha, len(keys), *keys, *args)
         try:
-            return await state.resp.call(*command)
-        except _resp.RespError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise self._refused(exc) from exc
-            await self._load_scripts(state.client)  # the server forgot it: it did not run
-        except BackendUnavailable:
-            if not retry:
-                raise
-        try:
-            return await state.resp.call(*command)
-        except _resp.RespError as exc:
-            raise self._refused(exc) from exc
+            return await resp.call(*command)
+        except Exception as exc:
+            return await self._again(exc, lambda: resp.call(*command), retry, state.client)
 
     async def command(self, method: str, *args: Any, retry: bool = True, **kwargs: Any) -> Any:
         """One command that answers at once, by its redis-py method name, in this iteration's pipeline."""
         state = self.state()
         try:
             return await state.batcher.submit(method, args, kwargs)
-        except NoScriptError:
-            await self._load_scripts(state.client)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            if not retry:
-                raise self._unavailable(exc) from exc
-        except RedisError as exc:
-            raise self._translate(exc) from exc
-        try:
-            return await state.batcher.submit(method, args, kwargs)
-        except RedisError as exc:
-            raise self._translate(exc) from exc
+        except Exception as exc:
+            return await self._again(exc, lambda: state.batcher.submit(method, args, kwargs), retry, state.client)
 
     async def execute(self, *commands: Sequence[Any]) -> list[Any]:
         """Raw commands (``("LPUSH", key, value)``) in the same pipeline, in order, never retried; each
@@ -260,26 +223,47 @@ class RedisConnection:
         client = self.client()
         try:
             return await op(client)
-        except NoScriptError:
+        except Exception as exc:
+            return await self._again(exc, lambda: op(client), retry, client)
+
+    async def _again(
+        self, exc: Exception, attempt: Callable[[], Awaitable[Any]], retry: bool, client: aioredis.Redis
+    ) -> Any:
+        """The one retry policy of every call, after its first ``attempt()`` failed with ``exc``.
+
+        Once more after a script the server forgot (restart, ``SCRIPT FLUSH``: every script is loaded again
+        first; it did not run), or after a lost connection or a timeout when ``retry`` says the operation is
+        safe to repeat (it may have run); any other failure, and a second one, translated into Castor's
+        errors. An exception that is no driver's goes up as it is.
+        """
+        if not isinstance(exc, _DRIVER_ERRORS):
+            raise exc
+        if forgotten(exc):
             await self._load_scripts(client)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            if not retry:
-                raise self._unavailable(exc) from exc
-        except RedisError as exc:
-            raise self._translate(exc) from exc
+        elif not (retry and isinstance(exc, _LOST)):
+            raise self._error(exc)
         try:
-            return await op(client)
-        except RedisError as exc:
-            raise self._translate(exc) from exc
+            return await attempt()
+        except _DRIVER_ERRORS as again:
+            failure = again
+        raise self._error(failure)  # chained to it by _error
 
     async def _load_scripts(self, client: aioredis.Redis) -> None:
         try:
             async with client.pipeline(transaction=False) as pipe:
-                for source, _sha in SCRIPTS.values():
-                    pipe.script_load(source)
+                for script in SCRIPTS.values():
+                    pipe.script_load(script.source)
                 await pipe.execute()
         except RedisError as exc:
             raise self._unavailable(exc) from exc
+
+    def _error(self, exc: Exception) -> Exception:
+        """``exc`` as Castor's error, chained to it (the lean connection's ``BackendUnavailable`` is one)."""
+        if isinstance(exc, BackendUnavailable):
+            return exc  # a lost lean connection: the URL's password is hidden already
+        error = self._refused(exc) if isinstance(exc, _resp.RespError) else self._translate(exc)  # type: ignore[arg-type]
+        error.__cause__ = exc
+        return error
 
     def _translate(self, exc: RedisError) -> Exception:
         if isinstance(exc, ResponseError):

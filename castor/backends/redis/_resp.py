@@ -22,14 +22,23 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from castor._errors import BackendUnavailable
+from castor._redact import hide_password
 
 
 class RespError(Exception):
     """An error reply of the server (``-ERR ...``)."""
+
+
+class Endpoint(NamedTuple):
+    """A server's address and the commands a new connection to it sends first."""
+
+    host: str
+    port: int
+    hello: tuple[tuple[Any, ...], ...]
 
 
 _LOOKS = 4  # looks at the oldest waiting command per reply timeout
@@ -44,12 +53,43 @@ def available(url: str) -> bool:
     return urlsplit(url).scheme == "redis"
 
 
-def _pack(args: Sequence[Any]) -> bytes:
+def pack(args: Sequence[Any]) -> bytes:
+    """One command RESP-encoded (each argument as a bulk string: bytes as they are, anything else ``str()``)."""
     out = [b"*%d\r\n" % len(args)]
     for arg in args:
         data = arg if isinstance(arg, bytes) else str(arg).encode()
         out.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(out)
+
+
+def endpoint(url: str) -> Endpoint:
+    """Where ``url`` points and the commands a new connection sends first (``AUTH``, ``SELECT``)."""
+    from redis.connection import parse_url
+
+    o = parse_url(url)
+    hello: list[tuple[Any, ...]] = []
+    if o.get("password"):
+        hello.append(("AUTH", *([o["username"]] if o.get("username") else []), o["password"]))
+    if o.get("db"):
+        hello.append(("SELECT", o["db"]))
+    return Endpoint(o.get("host", "127.0.0.1"), int(o.get("port", 6379)), tuple(hello))
+
+
+def new_reader() -> Any:
+    """A hiredis reply parser: error replies as ``RespError``, strings decoded (bad UTF-8 replaced)."""
+    import hiredis
+
+    return hiredis.Reader(replyError=RespError, encoding="utf-8", errors="replace")
+
+
+def refused(url: str, exc: BaseException) -> BackendUnavailable:
+    """The error of a connection whose ``AUTH`` or ``SELECT`` the server refused."""
+    return BackendUnavailable(f"Redis at {hide_password(url)} refused the connection: {exc}")
+
+
+def unavailable(url: str, exc: BaseException) -> BackendUnavailable:
+    """The error of a connection that could not be made or was lost."""
+    return BackendUnavailable(f"Redis at {hide_password(url)} is unavailable: {exc}")
 
 
 def _retrieved(futures: Sequence[asyncio.Future[Any]]) -> None:
@@ -63,11 +103,9 @@ class _Protocol(asyncio.Protocol):
     """One socket: replies come back in the order the commands went out."""
 
     def __init__(self, reply_timeout: float | None = None) -> None:
-        import hiredis
-
         self.transport: asyncio.Transport | None = None
         self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
-        self.reader = hiredis.Reader(replyError=RespError, encoding="utf-8", errors="replace")
+        self.reader = new_reader()
         self.closed = False
         self.outbox: list[bytes] = []
         self.reply_timeout = reply_timeout
@@ -141,10 +179,8 @@ class RespConnection:
     """One socket to the server at ``url``, made on first use and again after it was lost."""
 
     def __init__(self, url: str, *, connect_timeout: float = 2.0, reply_timeout: float | None = None) -> None:
-        from redis.connection import parse_url
-
         self.url = url
-        self._options = parse_url(url)
+        self._endpoint = endpoint(url)
         self._connect_timeout = connect_timeout
         self._reply_timeout = reply_timeout
         self._proto: _Protocol | None = None
@@ -162,7 +198,7 @@ class RespConnection:
             proto = await self._connected(loop)
         futures = [loop.create_future() for _ in commands]
         proto.waiting.extend(futures)
-        proto.send(b"".join(_pack(c) for c in commands), loop)
+        proto.send(b"".join(pack(c) for c in commands), loop)
         replies: list[Any] = []
         try:
             for future in futures:
@@ -172,7 +208,7 @@ class RespConnection:
                     replies.append(exc)
         except ConnectionError as exc:
             _retrieved(futures)
-            raise BackendUnavailable(f"Redis at {self._safe_url()} is unavailable: {exc}") from exc
+            raise unavailable(self.url, exc) from exc
         return replies
 
     async def call(self, *command: Any) -> Any:
@@ -186,11 +222,11 @@ class RespConnection:
             proto = await self._connected(loop)
         future = loop.create_future()
         proto.waiting.append(future)
-        proto.send(_pack(command), loop)
+        proto.send(pack(command), loop)
         try:
             return await future
         except ConnectionError as exc:
-            raise BackendUnavailable(f"Redis at {self._safe_url()} is unavailable: {exc}") from exc
+            raise unavailable(self.url, exc) from exc
 
     async def _connected(self, loop: asyncio.AbstractEventLoop) -> _Protocol:
         if self._connecting is not None and self._loop is loop:
@@ -210,23 +246,16 @@ class RespConnection:
         return proto
 
     async def _open(self, loop: asyncio.AbstractEventLoop) -> _Protocol:
-        o = self._options
+        host, port, hello = self._endpoint
         try:
             async with asyncio.timeout(self._connect_timeout):
-                _transport, proto = await loop.create_connection(
-                    lambda: _Protocol(self._reply_timeout), o.get("host", "127.0.0.1"), o.get("port", 6379)
-                )
+                _transport, proto = await loop.create_connection(lambda: _Protocol(self._reply_timeout), host, port)
         except (OSError, TimeoutError) as exc:
-            raise BackendUnavailable(f"Redis at {self._safe_url()} is unavailable: {exc}") from exc
-        hello: list[list[Any]] = []
-        if o.get("password"):
-            hello.append(["AUTH", *([o["username"]] if o.get("username") else []), o["password"]])
-        if o.get("db"):
-            hello.append(["SELECT", o["db"]])
+            raise unavailable(self.url, exc) from exc
         if hello:
             futures = [loop.create_future() for _ in hello]
             proto.waiting.extend(futures)
-            proto.send(b"".join(_pack(c) for c in hello), loop)
+            proto.send(b"".join(pack(c) for c in hello), loop)
             for future in futures:
                 try:
                     await future
@@ -234,13 +263,8 @@ class RespConnection:
                     await asyncio.wait(futures)  # a refused AUTH fails the SELECT after it too
                     _retrieved(futures)
                     proto.transport.close()  # type: ignore[union-attr]
-                    raise BackendUnavailable(f"Redis at {self._safe_url()} refused the connection: {exc}") from exc
+                    raise refused(self.url, exc) from exc
         return proto
-
-    def _safe_url(self) -> str:
-        from castor.backends.redis._client import hide_password
-
-        return hide_password(self.url)
 
     async def close(self) -> None:
         """Close the socket (a later command opens a new one)."""

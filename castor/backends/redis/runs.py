@@ -19,13 +19,14 @@ from typing import Any
 
 from castor._errors import RunFinishedError
 from castor.backends.redis import keys
-from castor.backends.redis._client import SCRIPTS, Fence, RedisConnection
+from castor.backends.redis._client import Fence, RedisConnection
 from castor.backends.redis.journal import RedisJournal
+from castor.backends.redis.scripts import STORE_SCRIPTS
 from castor.checkpoint import FINISHED, AgentCheckpoint
 from castor.seams import RunSummary
 
 WEEK = 7 * 24 * 3600.0
-_PRUNE_SHA = SCRIPTS["run_prune"][1]
+_PRUNE_SHA = STORE_SCRIPTS["run_prune"].sha
 _SUMMARY = ("status", "agent", "parent", "pending_tool", "steps", "created", "updated", "owner")
 
 
