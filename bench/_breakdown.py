@@ -2,7 +2,7 @@
 
 Three views, each measured here and now:
 
-1. The path built stage by stage: the agent's loop with only the first k stages and a stub tool
+1. The syscall handler chain built stage by stage: the agent's loop with only the first k stages and a stub tool
    behind them, so each line's increment is what that stage adds, in real time (no profiler).
 2. The pieces of the innermost step (execute + journal) and of the SQLite journal write, timed alone.
 3. cProfile of a whole charged run, by own time: the ranking, not the absolute figures (the profiler
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import cProfile
+import dataclasses
 import gc
 import io
 import os
@@ -30,8 +31,12 @@ from _workload import BUDGET, RAW_TABLE, Workload, noop, us_per_call
 from castor import Castor
 from castor.backends.memory import MemoryBudgetStore, MemoryJournal
 from castor.checkpoint import new_record
+from castor.kernel.chain import KERNEL_STAGES, execute, wrap
+from castor.kernel.context import Syscall
+from castor.kernel.steps import replay
 from castor.seams import Call
-from castor.syscall import DEFAULT_STAGES, Syscall, build_path, execute
+
+STAGES = [replay, *KERNEL_STAGES]
 
 
 async def _stub(call: Syscall) -> Any:
@@ -41,8 +46,8 @@ async def _stub(call: Syscall) -> Any:
 async def stages(calls: int, repeat: int) -> None:
     """View 1: the agent loop through the first k stages."""
     w = Workload(calls)
-    names = [stage.__name__ for stage in DEFAULT_STAGES]
-    levels: list[tuple[str, int, Any]] = [("tool() + Syscall, stub path", 0, _stub)]
+    names = [stage.__name__ for stage in STAGES]
+    levels: list[tuple[str, int, Any]] = [("tool() + Syscall, stub chain", 0, _stub)]
     levels += [(f"+ {name}", k + 1, _stub) for k, name in enumerate(names)]
     levels.append(("+ execute (tool, journal)", len(names), execute))
     samples: dict[str, list[float]] = {"direct await of the tool": []}
@@ -50,12 +55,13 @@ async def stages(calls: int, repeat: int) -> None:
         samples["direct await of the tool"].append(us_per_call((await w.direct())[0], calls))
         for label, k, terminal in levels:
             kernel = Castor(tools=[noop])
-            kernel.path = build_path(DEFAULT_STAGES[:k], terminal)
+            # a benchmark's own chain: the first k stages around a stub or the real terminal
+            kernel.services = dataclasses.replace(kernel.services, chain=wrap(STAGES[:k], terminal))
             await kernel.run(w.agent("noop"), budgets=BUDGET)
             samples.setdefault(label, []).append(us_per_call(w.elapsed, calls))
             await kernel.close()
             gc.collect()
-    print(f"1. the path stage by stage, charged, memory store ({calls:,} calls, median of {repeat})")
+    print(f"1. the syscall handler chain stage by stage, charged, memory store ({calls:,} calls, median of {repeat})")
     previous = None
     for label, values in samples.items():
         value = statistics.median(values)

@@ -1,7 +1,8 @@
 """Castor: a secure execution layer for LLM agents.
 
-Agents request tools through ``castor.lib``; the operator builds a ``Castor`` kernel that validates,
-budgets, gates, executes and journals every call. ``import castor`` loads neither redis nor celery.
+Agents request tools through ``castor.lib``; the operator builds a ``Castor`` kernel (``castor.kernel``)
+that validates, budgets, gates, executes and journals every call, keeping state in a backend and running
+tools through an executor (the seams of ``castor.seams``). ``import castor`` loads neither redis nor celery.
 Every name of castor-kernel 0.5.1's ``castor.__all__`` imports from here (see ``castor.compat``).
 """
 
@@ -26,7 +27,6 @@ from castor._errors import (
     UnknownToolError,
     UnsupportedError,
 )
-from castor._runner import CastorTask
 from castor.agents import AgentNotFoundError, AgentRegistry, castor_agent, default_agent_registry
 from castor.checkpoint import AgentCheckpoint, Capability, StepFailure, SyscallRecord
 from castor.compat import (
@@ -49,7 +49,7 @@ from castor.compat import (
     SyscallResponse,
     ToolMetadata,
 )
-from castor.kernel import Castor, CastorWarning
+from castor.kernel import Castor, CastorTask, CastorWarning
 from castor.lib.proxy import SyscallProxy
 from castor.policies import auto_approve, auto_reject, interactive
 from castor.registry import SyscallGate, castor_tool

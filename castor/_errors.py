@@ -24,6 +24,8 @@ are translated at the boundary with ``raise ... from exc`` so callers never catc
     └── UnsupportedError         a castor-kernel 0.5.1 name or option Castor has no equivalent for yet;
                                  the message names what to use instead          (also NotImplementedError)
 
+``CastorWarning`` (a ``UserWarning``) flags a configuration that works but is probably a mistake.
+
 All of them pickle, so they cross process boundaries (coordinator, workers) unchanged.
 """
 
@@ -35,6 +37,9 @@ from typing import Any
 
 class CastorError(Exception):
     """Base of every error Castor raises on purpose."""
+
+    # True when the failure is in the run's journal already: a worker that ran the tool journaled it.
+    failure_journaled: bool = False
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Keyword-only constructors do not survive the default pickling; rebuild from args + state.
@@ -182,3 +187,7 @@ class BackendUnavailable(CastorError):
 class UnsupportedError(CastorError, NotImplementedError):
     """Code used a castor-kernel 0.5.1 name or option that Castor has no equivalent for yet; the message
     names what to use instead."""
+
+
+class CastorWarning(UserWarning):
+    """A configuration that works but is probably not what the operator meant."""

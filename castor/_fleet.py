@@ -17,10 +17,10 @@ from castor import _code
 from castor._errors import BackendUnavailable, ConfigError, NothingPendingError, RunNotFoundError
 from castor._ids import pid_part
 from castor._redact import hide_password
-from castor._runner import new_checkpoint
 from castor._terminal import save_run
 from castor.backends.redis import keys
 from castor.checkpoint import FINISHED, AgentCheckpoint
+from castor.kernel.runner import new_checkpoint
 from castor.seams import Backend, Decision, DecisionOutcome
 
 CANCELLED = "cancelled"

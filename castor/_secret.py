@@ -12,12 +12,9 @@ shorter than ``MIN_SECRET_LENGTH`` characters, unless the fleet is an insecure d
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from castor._errors import InvalidValueError
-
-if TYPE_CHECKING:
-    from castor.settings import Settings
+from castor._errors import CastorWarning, InvalidValueError
 
 MIN_SECRET_LENGTH = 32  # 128 bits as hex; secrets.token_hex(32) gives 64 characters
 # Values that sample configs, tutorials and compose files ship; compared stripped and in lower case.
@@ -41,7 +38,31 @@ def secret_problem(secret: str | None) -> str | None:
     return None
 
 
-def require_secret(settings: Settings, process: str) -> None:
+class SecuritySection(Protocol):
+    """What ``require_secret`` reads of the settings' ``[security]`` section."""
+
+    @property
+    def secret(self) -> str | None:
+        """The fleet's secret, if one is set."""
+
+    @property
+    def insecure_dev(self) -> bool:
+        """Whether this is an insecure development fleet."""
+
+
+class SecretSettings(Protocol):
+    """What ``require_secret`` reads of ``castor.settings.Settings`` (which imports this module)."""
+
+    @property
+    def security(self) -> SecuritySection:
+        """The ``[security]`` section."""
+
+    @property
+    def source(self) -> str:
+        """Where the settings came from (a file, or ``<defaults>``), for messages."""
+
+
+def require_secret(settings: SecretSettings, process: str) -> None:
     """Stop ``process`` (``castor worker`` ...) unless ``settings`` hold a proper secret; in an insecure
     development fleet, warn instead (every start, so it is never forgotten)."""
     problem = secret_problem(settings.security.secret)
@@ -53,8 +74,6 @@ def require_secret(settings: Settings, process: str) -> None:
             f"could run tools; generate a secret with {GENERATE} and set CASTOR_SECRET (or [security] secret) "
             f"on every process of the fleet, or set {INSECURE_ENV}=1 for a development fleet"
         )
-    from castor.kernel import CastorWarning  # the kernel imports much more than a settings module should
-
     why = f"{problem}; " if problem else ""
     warnings.warn(
         f"INSECURE DEVELOPMENT FLEET ({INSECURE_ENV} or [security] insecure_dev in {settings.source}): {why}"

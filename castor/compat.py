@@ -16,9 +16,9 @@ from typing import Any, Literal, NoReturn, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
-from castor._context import Suspend
 from castor._errors import UnsupportedError
 from castor.checkpoint import Capability
+from castor.kernel.context import Suspend
 from castor.registry import SyscallGate
 
 SuspendInterrupt = Suspend

@@ -1,8 +1,12 @@
 """The five seams the kernel talks through, and the values that cross them.
 
 The kernel imports only this module to reach state and execution. A backend is a bundle of the four
-state seams (``Backend``); an executor runs a tool call somewhere. Implementations: ``memory`` (tests,
-the Python API's default), ``sqlite`` (embedded default of the CLI), ``redis`` (the fleet).
+state seams (``Backend``; derive one from another with ``dataclasses.replace``, which keeps what it
+says of its store, such as ``answers_inline``); an executor runs a tool call somewhere. Optional
+protocols say what a part may also do: ``JournalBinding`` (an executor), ``Closeable`` (a state seam).
+The kernel's own extension point, the interceptors of its syscall handler chain, is
+``castor.kernel.context.Interceptor``. Implementations: ``memory`` (tests, the Python API's default),
+``sqlite`` (embedded default of the CLI), ``redis`` (the fleet).
 
 Every method is a coroutine, so a backend may do I/O; the memory one simply never awaits.
 """
@@ -267,6 +271,23 @@ class Executor(Protocol):
         """Release threads, connections and reply readers."""
 
 
+@runtime_checkable
+class JournalBinding(Protocol):
+    """Optional for an executor: one that reads the journal itself (the Celery executor, when a worker's
+    reply is late) is handed the kernel's journal when the kernel is built."""
+
+    def bind_journal(self, journal: Journal) -> None:
+        """Use ``journal`` to look up steps the executor dispatched."""
+
+
+@runtime_checkable
+class Closeable(Protocol):
+    """Optional for a state seam: one that holds connections closes them with the backend."""
+
+    async def close(self) -> None:
+        """Release the connections."""
+
+
 @dataclass
 class Backend:
     """A bundle of the four state seams, all of one technology."""
@@ -283,13 +304,13 @@ class Backend:
     # Seals sensitive arguments in this store (castor._sealing); None: a random key of the process.
     data_key: DataKey | None = None
     # True when runs on this store are driven under leases another process may take over (a fleet
-    # coordinator's fenced store): a non-idempotent call is then claimed before it runs (castor._claims),
-    # so the drive that takes the run over finds it in doubt instead of running it again.
+    # coordinator's fenced store): a non-idempotent call is then claimed before it runs
+    # (castor.kernel.claims), so the drive that takes the run over finds it in doubt instead of running
+    # it again.
     leased: bool = False
 
     async def close(self) -> None:
         """Close connections the backend holds."""
         for part in (self.journal, self.budgets, self.approvals, self.runs):
-            closer = getattr(part, "close", None)
-            if closer is not None:
-                await closer()
+            if isinstance(part, Closeable):
+                await part.close()

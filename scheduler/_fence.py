@@ -13,6 +13,7 @@ that took the run over. A child run (``<pid>::<name>-<n>``) is fenced by its roo
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any
@@ -137,14 +138,12 @@ class FencedRuns(_Fenced):
 
 
 def fenced(backend: Backend, fences: Fences) -> Backend:
-    """The backend as a coordinator's kernels see it: the same store, every run write fenced."""
-    return Backend(
+    """The backend as a coordinator's kernels see it: the same store (what it says of itself, such as
+    ``answers_inline``, kept), every run write fenced."""
+    return dataclasses.replace(
+        backend,
         journal=FencedJournal(backend.journal, fences),
         budgets=FencedBudgets(backend.budgets, fences),
-        approvals=backend.approvals,
         runs=FencedRuns(backend.runs, fences),
-        url=backend.url,
-        durable=backend.durable,
-        data_key=backend.data_key,
         leased=True,
     )

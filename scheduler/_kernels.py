@@ -1,9 +1,9 @@
 """Kernels rebuilt from run specs: a coordinator drives runs of many agents with one kernel per tool set.
 
 A run's ``RunSpec`` names its agent and tools by import spec; the kernel for those tools is built once and
-shared by every run that uses them (building the argument schemas is the costly part). Each kernel's
-syscall path has one extra stage, right after replay: while the coordinator drains, a live call waits
-there instead of starting, so the run stops at a step boundary.
+shared by every run that uses them (building the argument schemas is the costly part). Each kernel is
+built with one interceptor (``Castor(interceptors=[gate.stage])``), which runs right after replay: while
+the coordinator drains, a live call waits there instead of starting, so the run stops at a step boundary.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from castor._errors import ConfigError
 from castor._imports import load_object, load_tools
 from castor.checkpoint import RunSpec
 from castor.kernel import Castor
+from castor.kernel.context import Handler, Syscall
 from castor.seams import Backend
-from castor.syscall import DEFAULT_STAGES, Handler, Syscall, build_path, execute, replay
 
 ExecutorFactory = Callable[[Any], Any]
 
@@ -39,7 +39,8 @@ class DrainGate:
         return self.runs[pid] > 0
 
     async def stage(self, call: Syscall, inner: Handler) -> Any:
-        """The syscall-path stage: let a call through, or hold it while draining."""
+        """The interceptor (``castor.kernel.context.Interceptor``): let a call through, or hold it while
+        draining."""
         if self.draining:
             await asyncio.Event().wait()  # until the coordinator cancels the run
         root = call.ctx.run_id.partition("::")[0]
@@ -75,9 +76,6 @@ class Kernels:
         self.gate = gate
         self._kernels: dict[tuple[tuple[str, ...], tuple[str, ...]], Castor] = {}
         self._agents: dict[str, Callable[..., Any]] = {}
-        stages = list(DEFAULT_STAGES)
-        stages.insert(stages.index(replay) + 1, gate.stage)
-        self._path = build_path(stages, execute)
 
     def kernel_for(self, spec: RunSpec) -> Castor:
         """The kernel with the spec's tools and destructive list."""
@@ -85,12 +83,9 @@ class Kernels:
         kernel = self._kernels.get(key)
         if kernel is None:
             kernel = Castor(
-                tools=load_tools(spec.tools), destructive=spec.destructive, store=self.backend, executor=self.executor
+                tools=load_tools(spec.tools), destructive=spec.destructive, store=self.backend,
+                executor=self.executor, interceptors=[self.gate.stage],
             )
-            kernel.path = self._path
-            binder = getattr(kernel.executor, "bind_journal", None)
-            if binder is not None:
-                binder(self.backend.journal)
             self._kernels[key] = kernel
         return kernel
 

@@ -1,7 +1,7 @@
 """Driving one leased run to its next stop, and what happens to it there.
 
 ``serve`` loads the run, refuses it if its code changed, rebuilds its kernel from its ``RunSpec``, replays
-its journal and drives the agent with ``castor._runner.prepare`` / ``drive``. Where the run stops decides
+its journal and drives the agent with ``castor.kernel.runner.prepare`` / ``drive``. Where the run stops decides
 where it goes: finished runs release their lease, suspended runs are parked (the lease released, the
 pending step recorded; a decision queues them again), drained runs go back on the queue.
 """
@@ -12,11 +12,12 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from castor import _code, _runner
+from castor import _code
 from castor._errors import BackendUnavailable, StaleLeaseError
 from castor._fleet import mark_cancelled
 from castor._terminal import save_run
 from castor.checkpoint import FINISHED, AgentCheckpoint
+from castor.kernel import runner
 from castor.seams import Decision
 
 if TYPE_CHECKING:
@@ -29,13 +30,12 @@ CODE_CHANGED = "code changed"
 
 def waiting_round(header: AgentCheckpoint, step: int) -> int:
     """Which approval round of ``step`` the run waits on (a step reopened after a lost worker is round 1+)."""
-    in_doubt = getattr(header, "in_doubt", None) or {}
-    return int(in_doubt.get(step, 0))
+    return header.in_doubt.get(step, 0)
 
 
 def decides(decision: Decision | None, round_: int) -> bool:
     """Whether ``decision`` answers round ``round_`` (a decision of an earlier round does not)."""
-    return decision is not None and int(getattr(decision, "attempt", 0)) >= round_
+    return decision is not None and decision.attempt >= round_
 
 
 class RunDriver:
@@ -70,12 +70,10 @@ class RunDriver:
                 await self._refuse(cp, token, changed)
                 return
             cp.spec = _code.restamp(spec)  # nothing to replay yet, or the operator allowed it
-        ctx = await _runner.prepare(
-            kernel, agent, budgets=None, checkpoint=cp, pid=None, speculative=None, scopes=None
-        )
+        ctx = await runner.prepare(kernel.services, agent, checkpoint=cp)
         stop = self.co.stops.setdefault(pid, [])
         try:
-            cp = await _runner.drive(ctx, agent, stop)
+            cp = await runner.drive(ctx, agent, stop)
         except (StaleLeaseError, BackendUnavailable):
             raise  # the run's state may not be stored: its lease runs out and another coordinator replays it
         except Exception as exc:  # the agent raised; drive stored the run FAILED

@@ -183,6 +183,9 @@ MODULE_PATHS = {
         "AgentRegistry", "castor_agent", "AgentNotFoundError", "default_agent_registry",
     ],
     "castor.lib._context": ["get_proxy", "set_proxy"],
+    "castor.kernel.journal": ["InMemoryJournal"],
+    "castor.kernel.decisions": ["ReplayDivergenceError"],
+    "castor.kernel": ["Castor", "CastorTask", "CastorWarning"],
     "castor.core": ["Castor", "CastorTask"],
     "castor.hitl_policies": ["auto_approve", "auto_reject", "interactive"],
 }
@@ -194,6 +197,14 @@ def test_051_module_paths_import_castors_own_names(path: str) -> None:
     for name in MODULE_PATHS[path]:
         value = getattr(module, name)
         assert value is getattr(castor, name, value), f"{path}.{name} is not castor.{name}"
+
+
+def test_051_kernel_decisions_say_what_decides_here() -> None:
+    from castor.kernel import decisions
+
+    for name in ("decide_syscall", "ReplayHit", "Suspend", "Deny", "Allow"):
+        with pytest.raises(UnsupportedError, match=r"syscall handler chain decides .*Castor\(interceptors="):
+            getattr(decisions, name)()
 
 
 async def test_get_proxy_is_the_current_runs_proxy() -> None:

@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from castor._decisions import default_user
 from castor._errors import ConfigError, InvalidPidError, RunNotFoundError
 from castor._redact import masked
 from castor.checkpoint import AgentCheckpoint
 from castor.cli._escape import shown
+from castor.kernel.approvals import default_user
 from castor.seams import Backend
 
 if TYPE_CHECKING:  # the fleet client needs redis: imported when a fleet command runs, not for `castor --help`

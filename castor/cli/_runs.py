@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from castor import _runner
 from castor._errors import CastorError, ConfigError, InvalidPidError, UnknownToolError
 from castor.checkpoint import AgentCheckpoint
 from castor.cli import _specs
@@ -23,7 +22,7 @@ from castor.cli._celery_cmds import add_executor_options, celery_executor, confi
 from castor.cli._common import bare_kernel, command, open_store
 from castor.cli._escape import shown
 from castor.cli._render import finished_lines, result_lines
-from castor.kernel import Castor
+from castor.kernel import Castor, runner
 from castor.policies import auto_approve, auto_reject, interactive
 from castor.seams import Backend
 
@@ -174,9 +173,9 @@ async def cmd_run(args: argparse.Namespace) -> int:
                 resume = command(args, "resume", args.pid)
                 raise ConfigError(f"run {args.pid!r} exists already; continue it with: {resume}")
             cp = AgentCheckpoint(
-                pid=args.pid or _runner.new_pid(loaded.agent),
+                pid=args.pid or runner.new_pid(loaded.agent),
                 status="RUNNING",
-                agent_function_name=_runner.agent_name(loaded.agent),
+                agent_function_name=runner.agent_name(loaded.agent),
                 capabilities={},
                 speculative=args.speculative,
                 spec=loaded.spec,

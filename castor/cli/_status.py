@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from castor._children import pending_child
 from castor._limits import option_type
 from castor.cli._render import inspect_json, inspect_lines, ps_json, ps_line
 from castor.cli._runs import load_run, opened, out, out_json
+from castor.kernel.children import pending_child
 
 STATUSES = {
     "running": "RUNNING", "run": "RUNNING",

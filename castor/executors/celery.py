@@ -48,17 +48,17 @@ from castor.executors._publish import (
 )
 from castor.executors._replies import READ_TIMEOUT, ReplyReader
 from castor.executors._wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, sign, task_name
+from castor.kernel.steps import IN_DOUBT_REASON
 from castor.registry import ToolRegistry
 from castor.seams import Call, Journal
 from castor.settings import REPLY_GRACE, Settings, call_deadline, tool_policy
-from castor.syscall import IN_DOUBT_REASON
 
 log = logging.getLogger("castor.executor")
 SENDER = "a process sending tasks to the fleet (coordinator, --executor celery, fleet_options)"
 # How long an abandoned task's id is kept: as long as a worker's started marker, far past the task's
 # expiry (its deadline), after which no worker runs it anyway.
 ABANDON_TTL = 7 * 24 * 3600
-_ERRORS: dict[str, type[Exception]] = {REFUSED: TaskRefusedError, IN_DOUBT: InDoubtError, TIMEOUT: ToolTimeoutError}
+_ERRORS: dict[str, type[CastorError]] = {REFUSED: TaskRefusedError, IN_DOUBT: InDoubtError, TIMEOUT: ToolTimeoutError}
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,13 +262,13 @@ def _outcome(reply: Reply, tool: str) -> Any:
         return reply.result
     kind = _ERRORS.get(reply.status)
     if kind is not None:
-        error: Exception = kind(reply.message)
+        error: CastorError = kind(reply.message)
     elif reply.status == ERROR:
         error = RemoteToolError(reply.error_type or "Exception", reply.message, tool_name=tool)
     else:
         error = RemoteToolError("UnknownReply", f"reply status {reply.status!r}", tool_name=tool)
     if reply.journaled:
-        error.failure_journaled = True  # type: ignore[attr-defined]
+        error.failure_journaled = True
     raise error
 
 

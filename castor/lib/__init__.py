@@ -3,8 +3,9 @@
     from castor.lib import tool
     results = await tool("search", query="old logs")
 
-Every call is a syscall through the kernel of the run it executes in; outside a run (or after the
-run ended) it raises ``RunEndedError``, a ``RuntimeError``.
+Every call is a syscall through the kernel of the run it executes in, reached through that run's
+context (``castor.kernel.context``) and nothing else of the kernel; outside a run (or after the run
+ended) it raises ``RunEndedError``, a ``RuntimeError``.
 """
 
 from castor.lib.patterns import conversation, map_reduce, plan_execute, react, run_task, supervisor

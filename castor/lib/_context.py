@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import Any, NoReturn
 
-from castor._context import active_run
 from castor._errors import UnsupportedError
+from castor.kernel.context import active_run
+from castor.lib.proxy import SyscallProxy
 
 
 def get_proxy() -> Any:
     """The legacy ``SyscallProxy`` of the current run; ``RunEndedError`` (a ``RuntimeError``) outside one."""
-    return active_run().proxy()
+    return SyscallProxy(active_run())
 
 
 def set_proxy(proxy: Any) -> NoReturn:

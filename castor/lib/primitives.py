@@ -5,17 +5,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from castor import _children
-from castor._context import Suspend, active_run
+from castor.kernel.context import Suspend, Syscall, active_run
 from castor.results import wrap
-from castor.syscall import Syscall
 
 
 async def tool(name: str, /, **kwargs: Any) -> Any:
     """Call tool ``name`` with ``kwargs`` through the kernel and return what the agent receives."""
     ctx = active_run()
-    response = await ctx.kernel.path(Syscall(ctx, ctx.claim_step(), name, kwargs))
-    return wrap(response) if ctx.kernel.structured_results else response
+    services = ctx.services
+    response = await services.chain(Syscall(ctx, ctx.claim_step(), name, kwargs))
+    return wrap(response) if services.structured_results else response
 
 
 async def try_tool(name: str, /, **kwargs: Any) -> Any:
@@ -35,12 +34,12 @@ def budget(resource: str) -> float:
 
 async def spawn(agent_name: str, *, capabilities: dict[str, float] | None = None) -> Any:
     """Start a child agent with part of this run's budget; returns a handle for ``join``."""
-    return await _children.spawn(active_run(), agent_name, capabilities)
+    return await active_run().spawn(agent_name, capabilities)
 
 
 async def join(handle: str) -> Any:
     """Wait for a child agent and return its result; its unused budget comes back."""
-    return await _children.join(active_run(), handle)
+    return await active_run().join(handle)
 
 
 async def parallel(*tool_calls: tuple[str, dict[str, Any]]) -> list[Any]:

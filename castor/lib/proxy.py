@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from castor._context import RunContext
 from castor._errors import UnsupportedError
 from castor.checkpoint import AgentCheckpoint
+from castor.kernel.context import RunContext
 from castor.lib import primitives
 
 
@@ -48,7 +48,7 @@ class SyscallProxy:
     def checkpoint(self) -> AgentCheckpoint:
         """The run's checkpoint as it stands: its journal so far, its budgets used up to the last journaled
         step (brought up to date on each read). Read it; do not change it."""
-        self._ctx.settle_usage()
+        self._ctx.update_capabilities()
         return self._ctx.checkpoint
 
     @property

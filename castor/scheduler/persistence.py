@@ -9,12 +9,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, NoReturn
 
-from castor._decisions import run_now
 from castor._errors import RunNotFoundError as CheckpointNotFoundError
 from castor._errors import UnsupportedError
 from castor.backends import open_backend
 from castor.checkpoint import AgentCheckpoint
 from castor.kernel import Castor
+from castor.kernel.approvals import run_now
 from castor.seams import Backend
 
 __all__ = ["CheckpointNotFoundError", "CheckpointStore", "MemoryCheckpointStore"]

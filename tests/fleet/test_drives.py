@@ -13,11 +13,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from castor._claims import IN_DOUBT_UNFINISHED
 from castor._errors import StaleLeaseError
 from castor._fleet import new_run
 from castor.backends.redis import keys, redis_backend
 from castor.checkpoint import new_record
+from castor.kernel.claims import IN_DOUBT_UNFINISHED
 from castor.seams import Backend
 from scheduler._fence import Fences, fenced
 from scheduler._ops import FleetOps
@@ -157,3 +157,16 @@ async def test_takeovers_in_a_row_are_counted_with_the_lease_and_cleared_by_a_re
     assert (status, n) == ("quarantine", 3)  # more than 2 in a row
     assert await ops.release("r2", token, "done") == 1
     assert (await lease("r2"))[:2] == ("ok", 0)  # a release starts the count again
+
+
+async def test_the_fenced_store_says_of_itself_what_the_store_says(ops: FleetOps, backend: Backend) -> None:
+    """A coordinator's kernels see the store through ``fenced``: it must not claim to answer inline (a
+    Redis store waits on the network), or ``kernel.reject()`` inside the loop would try to finish a Redis
+    round trip synchronously instead of deferring it. It once rebuilt the Backend and dropped the flag."""
+    store = fenced(backend, Fences(ops.redis, ops.prefix, "co-test"))
+    assert backend.answers_inline is False
+    assert store.answers_inline is False
+    assert (store.url, store.durable, store.data_key, store.approvals) == (
+        backend.url, backend.durable, backend.data_key, backend.approvals
+    )
+    assert store.journal is not backend.journal  # its writes are fenced

@@ -69,8 +69,8 @@ async def test_a_destructive_call_cut_off_at_its_deadline_is_in_doubt() -> None:
 async def test_a_waiter_waits_as_long_as_the_claimed_call_runs(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """README, "Several processes on one run": the holder renews its claim while the call runs, so a call
     longer than the claim's lease is waited for, not declared in doubt (lease shortened to 0.3 s here)."""
-    from castor import _claims
     from castor.backends.sqlite import sqlite_backend
+    from castor.kernel import claims as _claims
 
     monkeypatch.setattr(_claims, "LEASE", 0.3)
     runs: list[str] = []
@@ -105,8 +105,8 @@ async def test_a_claim_held_on_another_machine_is_in_doubt_once_its_lease_runs_o
     for while its lease lives; once it runs out the step is in doubt and the call is not run."""
     import time
 
-    from castor._claims import IN_DOUBT_UNFINISHED
     from castor.backends.sqlite import sqlite_backend
+    from castor.kernel.claims import IN_DOUBT_UNFINISHED
 
     runs: list[str] = []
 

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from castor import AgentCheckpoint, Castor, RunFinishedError, _runner
+from castor import AgentCheckpoint, Castor, RunFinishedError
 from castor.backends.sqlite import sqlite_backend
 from castor.cli._decide import waiting_in_store
+from castor.kernel import runner
 from castor.lib import tool
 from castor.seams import Backend, RunStore
 
@@ -72,10 +73,8 @@ async def test_a_resume_that_suspends_late_never_moves_a_completed_run_back(stor
         await other.approve(cp)
         # Driven as a fleet coordinator drives (under its lease, without the drive claim ``Castor.run``
         # takes, which would make this drive wait for the late one it is nested in).
-        ctx = await _runner.prepare(
-            other, cleanup, budgets=None, checkpoint=cp, pid=None, speculative=None, scopes=None
-        )
-        done = await _runner.drive(ctx, cleanup)
+        ctx = await runner.prepare(other.services, cleanup, checkpoint=cp)
+        done = await runner.drive(ctx, cleanup)
         assert done.status == "COMPLETED"
 
     first.runs = LateSuspend(first.runs, approve_and_complete)

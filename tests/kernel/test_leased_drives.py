@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from castor import Castor, StaleLeaseError, castor_tool
-from castor._claims import IN_DOUBT_UNFINISHED
 from castor.backends.sqlite import sqlite_backend
+from castor.kernel.claims import IN_DOUBT_UNFINISHED
 from castor.lib import tool
 from castor.seams import Backend
 

@@ -1,8 +1,8 @@
-"""``Castor``: the operator's handle on the kernel. It owns the tools, the backend and the executor,
-drives runs, and takes human decisions.
+"""``Castor``: the operator's handle on the kernel. It builds the kernel's ``Services`` (the tools, the
+backend, the executor, the agents and the syscall handler chain), drives runs, and takes human decisions.
 
-The syscall path itself is in ``castor.syscall``; driving one run (context, status, persistence) is in
-``castor._runner``; decisions in ``castor._decisions``.
+The syscall handler chain is in ``castor.kernel.chain``; driving one run (context, status, persistence)
+in ``castor.kernel.runner``; human decisions in ``castor.kernel.approvals``.
 """
 
 from __future__ import annotations
@@ -11,27 +11,27 @@ import asyncio
 import math
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
-from castor import _decisions, _runner
-from castor._errors import ConfigError, RunNotFoundError
+from castor._errors import CastorWarning, ConfigError
 from castor._sealing import DataKey
 from castor.agents import AgentRegistry, default_agent_registry
 from castor.backends import open_backend
-from castor.checkpoint import AgentCheckpoint, usage_of
+from castor.checkpoint import AgentCheckpoint
 from castor.compat import legacy_tools
 from castor.executors.local import LocalExecutor
+from castor.kernel import approvals, children, runner
+from castor.kernel.chain import build_chain
+from castor.kernel.context import Handler, Interceptor, Services
+from castor.kernel.runner import CastorTask
 from castor.registry import ToolRegistry
-from castor.seams import Backend, Executor
+from castor.seams import Backend, Executor, JournalBinding
 from castor.summary import ExecutionSummary, scan
-from castor.syscall import DEFAULT_STAGES, Handler, build_path, execute
 
 LLM_TOOL = "llm_inference"
 
-
-class CastorWarning(UserWarning):
-    """A configuration that works but is probably not what the operator meant."""
+__all__ = ["Castor", "CastorWarning"]
 
 
 class Castor:
@@ -54,43 +54,99 @@ class Castor:
         costs: Mapping[str, float | Mapping[str, float]] | None = None,
         executor: Executor | Callable[[ToolRegistry], Executor] | None = None,
         scopes: Iterable[str] = (),
+        interceptors: Sequence[Interceptor] = (),
         **compat: Any,
     ) -> None:
         gated = legacy_tools(compat)
-        self.tools = ToolRegistry([*(tools or ()), *gated], destructive=destructive or (), costs=costs)
-        if llm is not None and LLM_TOOL not in self.tools:
+        tools_ = ToolRegistry([*(tools or ()), *gated], destructive=destructive or (), costs=costs)
+        if llm is not None and LLM_TOOL not in tools_:
             # The LLM is a tool like any other; castor-kernel 0.5.1 dropped it unless tools= was given.
-            self.tools.add((LLM_TOOL, llm), cost={llm_resource: float(llm_cost)} if llm_cost else {})
-        self.tools.check_destructive()
-        self.agents = agent_registry or default_agent_registry
-        self.structured_results = structured_results
+            tools_.add((LLM_TOOL, llm), cost={llm_resource: float(llm_cost)} if llm_cost else {})
+        tools_.check_destructive()
         self.scopes = tuple(scopes)
         self.budgets = dict(default_budgets or {})
         self.budgets.update(budgets or {})
         if auto_budget is not None:
-            for resource in self.tools.consumed_resources() - set(self.tools.names()):
+            for resource in tools_.consumed_resources() - set(tools_.names()):
                 self.budgets.setdefault(resource, float(auto_budget))
-        self.check_budgets(self.budgets, stacklevel=3)
-        self.backend = store if isinstance(store, Backend) else open_backend(store)
-        # Seals sensitive arguments in the journal and in pending calls (castor._sealing).
-        self.data_key: DataKey = self.backend.data_key or DataKey.ephemeral()
+        self._check_budgets(tools_, self.budgets, stacklevel=3)
+        backend = store if isinstance(store, Backend) else open_backend(store)
         if executor is None:
-            self.executor: Executor = LocalExecutor(self.tools)
+            built: Executor = LocalExecutor(tools_)
         elif callable(executor) and not hasattr(executor, "execute"):
-            self.executor = executor(self.tools)
+            built = executor(tools_)
         else:
-            self.executor = executor  # type: ignore[assignment]
-        self.path: Handler = build_path(DEFAULT_STAGES, execute)
-        # Checkpoints this kernel drove, while someone still holds them: the store has the rest, so a
-        # long-lived kernel (a coordinator) does not keep every run it ever drove in memory.
-        self.live: MutableMapping[str, AgentCheckpoint] = weakref.WeakValueDictionary()
+            built = executor  # type: ignore[assignment]
+        if isinstance(built, JournalBinding):
+            built.bind_journal(backend.journal)  # it consults the kernel's journal when a reply is late
+        self.services = Services(
+            tools=tools_,
+            backend=backend,
+            executor=built,
+            agents=agent_registry or default_agent_registry,
+            chain=build_chain(interceptors),
+            # Seals sensitive arguments in the journal and in pending calls (castor._sealing).
+            data_key=backend.data_key or DataKey.ephemeral(),
+            spawn=children.spawn,
+            join=children.join,
+            structured_results=structured_results,
+            # Checkpoints this kernel drove, while someone still holds them: the store has the rest, so a
+            # long-lived kernel (a coordinator) does not keep every run it ever drove in memory.
+            live=weakref.WeakValueDictionary(),
+        )
         self.background: set[asyncio.Task[Any]] = set()
+
+    # --- what the kernel is made of (read-only: fixed when it is built) ---------------------------
+
+    @property
+    def tools(self) -> ToolRegistry:
+        """The tools agents may call."""
+        return self.services.tools
+
+    @property
+    def backend(self) -> Backend:
+        """The store: journal, budgets, approvals, run headers."""
+        return self.services.backend
+
+    @property
+    def executor(self) -> Executor:
+        """Where tool calls run."""
+        return self.services.executor
+
+    @property
+    def agents(self) -> AgentRegistry:
+        """The agents ``spawn`` can start."""
+        return self.services.agents
+
+    @property
+    def chain(self) -> Handler:
+        """The syscall handler chain every tool call passes (``castor.kernel.chain``)."""
+        return self.services.chain
+
+    @property
+    def data_key(self) -> DataKey:
+        """The key that seals sensitive arguments in this kernel's store (``castor._sealing``)."""
+        return self.services.data_key
+
+    @property
+    def structured_results(self) -> bool:
+        """Whether agents receive ``SyscallResult`` values instead of raw responses."""
+        return self.services.structured_results
+
+    @property
+    def live(self) -> MutableMapping[str, AgentCheckpoint]:
+        """Checkpoints this kernel drove that someone still holds, by pid."""
+        return self.services.live
 
     # --- configuration checks ---------------------------------------------------------------------
 
     def check_budgets(self, budgets: Mapping[str, float], *, stacklevel: int = 2) -> None:
         """Reject malformed budgets; warn about a key that limits nothing."""
-        known = self.tools.consumed_resources()
+        self._check_budgets(self.tools, budgets, stacklevel=stacklevel + 1)
+
+    @staticmethod
+    def _check_budgets(tools: ToolRegistry, budgets: Mapping[str, float], *, stacklevel: int) -> None:
+        known = tools.consumed_resources()
         for key, value in budgets.items():
             if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value) or value < 0:
                 raise ConfigError(f"budget {key!r} must be a non-negative number, got {value!r}")
@@ -123,9 +179,9 @@ class Castor:
         await self.flush()
         if budgets is not None:
             self.check_budgets(budgets, stacklevel=3)
-        return await _runner.run(
-            self, agent, budgets=budgets, checkpoint=checkpoint, pid=pid, speculative=speculative,
-            scopes=scopes,
+        return await runner.run(
+            self.services, agent, budgets=budgets, checkpoint=checkpoint, pid=pid, speculative=speculative,
+            scopes=scopes, default_budgets=self.budgets, default_scopes=self.scopes,
         )
 
     async def run_until_complete(
@@ -167,11 +223,14 @@ class Castor:
         checkpoint: AgentCheckpoint | None = None,
         pid: str | None = None,
         speculative: bool | None = None,
-    ) -> _runner.CastorTask:
+    ) -> CastorTask:
         """Start a run in the background; ``preempt`` can stop it."""
-        return await _runner.start(self, agent, budgets, checkpoint, pid, speculative)
+        return await runner.start(
+            self.services, agent, budgets=budgets, checkpoint=checkpoint, pid=pid, speculative=speculative,
+            default_budgets=self.budgets, default_scopes=self.scopes,
+        )
 
-    def preempt(self, task: _runner.CastorTask, reason: str, payload: dict[str, Any] | None = None) -> None:
+    def preempt(self, task: CastorTask, reason: str, payload: dict[str, Any] | None = None) -> None:
         """Stop a background run: it ends ``PREEMPTED``; the interrupted call is refunded, not journaled."""
         task.preempt(reason, payload)
 
@@ -179,22 +238,23 @@ class Castor:
 
     async def approve(self, checkpoint: AgentCheckpoint | str, *, by: str | None = None) -> None:
         """Approve the pending call and execute it now; the run is ``RUNNING`` again, ready to resume."""
-        await _decisions.decide(self, checkpoint, "approve", None, by)
+        await self.decide(checkpoint, "approve", None, by=by)
 
     def reject(self, checkpoint: AgentCheckpoint | str, reason: str, *, by: str | None = None) -> None:
         """Reject the pending call; the agent receives ``HITL_REJECTED`` with ``reason`` on resume."""
-        _decisions.decide_sync(self, checkpoint, "reject", reason, by)
+        approvals.decide_sync(self.services, self.background, checkpoint, "reject", reason, by)
 
     def modify(self, checkpoint: AgentCheckpoint | str, feedback: str, *, by: str | None = None) -> None:
         """Answer the pending call with ``feedback`` instead of running it (``HITL_MODIFIED``)."""
-        _decisions.decide_sync(self, checkpoint, "modify", feedback, by)
+        approvals.decide_sync(self.services, self.background, checkpoint, "modify", feedback, by)
 
     async def decide(
         self, checkpoint: AgentCheckpoint | str, decision: str, feedback: str | None = None, *,
         by: str | None = None,
     ) -> AgentCheckpoint:
         """Record ``approve`` / ``reject`` / ``modify`` on the pending call; returns the updated checkpoint."""
-        return await _decisions.decide(self, checkpoint, decision, feedback, by)
+        await self.flush()
+        return await approvals.decide(self.services, checkpoint, decision, feedback, by)
 
     # --- inspection and persistence ---------------------------------------------------------------
 
@@ -205,26 +265,18 @@ class Castor:
     async def save(self, checkpoint: AgentCheckpoint) -> None:
         """Persist the checkpoint (header and journal) in the kernel's store."""
         await self.flush()
-        await _runner.persist_all(self, checkpoint)
+        await runner.persist_all(self.services, checkpoint)
 
     def load(self, pid: str) -> AgentCheckpoint:
         """The checkpoint of ``pid`` from the store (``RunNotFoundError`` if there is none)."""
         cp = self.live.get(pid)
         if cp is not None:
             return cp
-        return _decisions.run_now(self.aload(pid), "kernel.load()")
+        return approvals.run_now(self.aload(pid), "kernel.load()")
 
     async def aload(self, pid: str) -> AgentCheckpoint:
         """The checkpoint of ``pid`` with its journal, read from the store."""
-        header = await self.backend.runs.load(pid)
-        if header is None:
-            raise RunNotFoundError(pid)
-        header.syscall_log = await self.backend.journal.history(pid)
-        header.failures = await self.backend.journal.failures(pid)
-        used = usage_of(header.syscall_log)  # the journal is the truth of what was charged
-        for resource, cap in header.capabilities.items():
-            cap.current_usage = used.get(resource, 0.0)
-        return header
+        return await runner.load(self.services, pid)
 
     async def flush(self) -> None:
         """Wait for decisions taken synchronously inside a running loop to reach the store."""

@@ -1,9 +1,10 @@
 """Human decisions on a pending call: record the decision (the first one wins), then journal its
 outcome at the pending step so the resumed agent receives it from the cache.
 
-``approve`` executes the approved call right away through the syscall path (budget, executor,
+``approve`` executes the approved call right away through the syscall handler chain (budget, executor,
 journal); ``reject`` / ``modify`` journal the human's answer. Either way the run is ``RUNNING`` again
-and ``Castor.run(agent, checkpoint=cp)`` resumes it.
+and ``Castor.run(agent, checkpoint=cp)`` resumes it. (castor-kernel 0.5.1's ``castor.kernel.decisions``
+is another thing: its pure security decisions, kept as a module path in ``castor.kernel.decisions``.)
 """
 
 from __future__ import annotations
@@ -12,18 +13,16 @@ import asyncio
 import getpass
 import time
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from castor._context import RunContext, Suspend
 from castor._errors import CastorError, NothingPendingError
 from castor._sealing import SealError, digested, opened
 from castor._terminal import save_run
 from castor.checkpoint import AgentCheckpoint, new_record
+from castor.kernel.children import pending_child
+from castor.kernel.context import RunContext, Services, Suspend, Syscall
+from castor.kernel.runner import load, sync_journal
 from castor.seams import Decision, DecisionOutcome, PendingApproval
-from castor.syscall import Syscall
-
-if TYPE_CHECKING:
-    from castor.kernel import Castor
 
 OUTCOMES: dict[str, DecisionOutcome] = {"approve": "approve", "reject": "reject", "modify": "modify"}
 T = TypeVar("T")
@@ -37,57 +36,54 @@ def default_user() -> str:
         return "unknown"
 
 
-async def resolve(kernel: Castor, checkpoint: AgentCheckpoint | str) -> AgentCheckpoint:
+async def resolve(services: Services, checkpoint: AgentCheckpoint | str) -> AgentCheckpoint:
     """The checkpoint object for a checkpoint or a pid."""
     if isinstance(checkpoint, AgentCheckpoint):
         return checkpoint
-    live = kernel.live.get(checkpoint)
-    return live if live is not None else await kernel.aload(checkpoint)
+    live = services.live.get(checkpoint)
+    return live if live is not None else await load(services, checkpoint)
 
 
 async def decide(
-    kernel: Castor, checkpoint: AgentCheckpoint | str, outcome: str, feedback: str | None, by: str | None
+    services: Services, checkpoint: AgentCheckpoint | str, outcome: str, feedback: str | None, by: str | None
 ) -> AgentCheckpoint:
-    """Record the decision on the pending call and journal its outcome."""
+    """Record the decision on the pending call and journal its outcome (the caller has flushed the
+    kernel's deferred decisions: ``Castor.decide``)."""
     if outcome not in OUTCOMES:
         raise ValueError(f"decision must be approve, reject or modify, not {outcome!r}")
-    await kernel.flush()
-    cp = await resolve(kernel, checkpoint)
-    from castor._children import pending_child
-
+    cp = await resolve(services, checkpoint)
     child = pending_child(cp)
     if child is not None:  # the call waits in a child agent: the decision is the child's
-        await decide(kernel, child, outcome, feedback, by)
+        await decide(services, child, outcome, feedback, by)
         _clear_pending(cp)
-        await save_run(kernel.backend, cp)
+        await save_run(services.backend, cp)
         return cp
     if not cp.pending_hitl:
         raise NothingPendingError(f"run {cp.pid!r} has no pending call to {outcome}")
-    from castor._runner import sync_journal
-
-    await sync_journal(kernel, cp, catch_up=True)  # a checkpoint from JSON, or one the store is ahead of
+    await sync_journal(services, cp, catch_up=True)  # a checkpoint from JSON, or one the store is ahead of
     step = cp.pending_step if cp.pending_step is not None else len(cp.syscall_log)
     tool, args = str(cp.pending_hitl.get("tool_name")), dict(cp.pending_hitl.get("arguments") or {})
-    approvals = kernel.backend.approvals
+    approvals = services.backend.approvals
     if await approvals.decision(cp.pid, step) is None:
         # A checkpoint restored from JSON into a fresh kernel: its store never saw the request.
         attempt = cp.in_doubt.get(step, 0)
         await approvals.request(PendingApproval(cp.pid, step, tool, args, time.time(), attempt=attempt))
     decision = Decision(cp.pid, step, OUTCOMES[outcome], by or default_user(), time.time(), feedback or "")
     await approvals.decide(decision)
-    await settle_decision(kernel, cp, step, tool, args)
+    await apply_decision(services, cp, step, tool, args)
     return cp
 
 
-async def settle_decision(kernel: Castor, cp: AgentCheckpoint, step: int, tool: str, args: dict[str, Any]) -> None:
+async def apply_decision(services: Services, cp: AgentCheckpoint, step: int, tool: str, args: dict[str, Any]) -> None:
     """Journal the decided step now (executing it if approved) and mark the run ready to resume."""
-    ctx = RunContext(kernel, cp, speculative=False, scopes=tuple(cp.scopes), next_step=step + 1)
+    ctx = RunContext(services, cp, speculative=False, scopes=tuple(cp.scopes), next_step=step + 1)
     caps = cp.capabilities
-    await kernel.backend.budgets.open_run(cp.pid, {r: c.max_budget for r, c in caps.items()}, ctx.usage)
+    backend = services.backend
+    await backend.budgets.open_run(cp.pid, {r: c.max_budget for r, c in caps.items()}, ctx.usage)
     suspended = False
     try:
         if step == len(cp.syscall_log):
-            await kernel.path(Syscall(ctx, step, tool, clear_arguments(kernel, tool, args)))
+            await services.chain(Syscall(ctx, step, tool, clear_arguments(services, tool, args)))
     except Suspend:
         suspended = True  # the approved call went in doubt (its worker was lost): a new round waits
     except CastorError:
@@ -96,26 +92,26 @@ async def settle_decision(kernel: Castor, cp: AgentCheckpoint, step: int, tool: 
         pass
     finally:
         ctx.closed = True
-        ctx.settle_usage()
-        await kernel.backend.budgets.close_run(cp.pid)
+        ctx.update_capabilities()
+        await backend.budgets.close_run(cp.pid)
         if suspended:
             cp.status = "SUSPENDED_FOR_HITL"
         else:
             _clear_pending(cp)
             cp.status = "RUNNING"
         cp.updated_at = time.time()
-        await save_run(kernel.backend, cp)  # a run another process ended meanwhile keeps its end
-        kernel.live[cp.pid] = cp
+        await save_run(backend, cp)  # a run another process ended meanwhile keeps its end
+        services.live[cp.pid] = cp
 
 
-def clear_arguments(kernel: Castor, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+def clear_arguments(services: Services, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
     """A pending call's arguments as the tool takes them: the store keeps its sensitive values encrypted
     (``castor._sealing``); ``SealError`` if this process does not hold the key they were sealed with."""
-    spec = kernel.tools.find(tool)
+    spec = services.tools.find(tool)
     if spec is None:
         return arguments
     try:
-        return opened(arguments, spec.sensitive, kernel.data_key)
+        return opened(arguments, spec.sensitive, services.data_key)
     except SealError as exc:
         raise SealError(f"the pending call to {tool!r}: {exc}; resuming the run asks for it anew") from exc
 
@@ -128,7 +124,8 @@ def _clear_pending(cp: AgentCheckpoint) -> None:
 
 
 def decide_sync(
-    kernel: Castor, checkpoint: AgentCheckpoint | str, outcome: str, feedback: str | None, by: str | None
+    services: Services, background: set[asyncio.Task[Any]], checkpoint: AgentCheckpoint | str, outcome: str,
+    feedback: str | None, by: str | None,
 ) -> None:
     """``reject`` / ``modify`` are synchronous in the published API.
 
@@ -136,30 +133,29 @@ def decide_sync(
     loop on a network store it cannot: the checkpoint is updated in place now, as the published API
     promises, and the store learns the decision in a background task that the kernel's next operation
     (``run``, ``approve``, ``save``, ``flush``) waits for; a decision someone else took first then
-    surfaces there as ``AlreadyDecidedError``.
+    surfaces there as ``AlreadyDecidedError``. ``background`` holds those tasks.
     """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        asyncio.run(decide(kernel, checkpoint, outcome, feedback, by))
+        asyncio.run(decide(services, checkpoint, outcome, feedback, by))
         return
-    if kernel.backend.answers_inline:
-        run_now(decide(kernel, checkpoint, outcome, feedback, by), f"kernel.{outcome}()")
+    if services.backend.answers_inline:
+        run_now(decide(services, checkpoint, outcome, feedback, by), f"kernel.{outcome}()")
         return
-    cp = checkpoint if isinstance(checkpoint, AgentCheckpoint) else kernel.live.get(checkpoint)
+    cp = checkpoint if isinstance(checkpoint, AgentCheckpoint) else services.live.get(checkpoint)
     if cp is None:
         raise RuntimeError(
             f"kernel.{outcome}({checkpoint!r}) inside a running event loop needs the checkpoint object or the "
             f"async form: await kernel.decide({checkpoint!r}, {outcome!r}, reason)"
         )
-    _decide_deferred(kernel, cp, outcome, feedback, by)
+    _decide_deferred(services, background, cp, outcome, feedback, by)
 
 
 def _decide_deferred(
-    kernel: Castor, cp: AgentCheckpoint, outcome: str, feedback: str | None, by: str | None
+    services: Services, background: set[asyncio.Task[Any]], cp: AgentCheckpoint, outcome: str,
+    feedback: str | None, by: str | None,
 ) -> None:
-    from castor._children import pending_child
-
     if pending_child(cp) is not None or not cp.pending_hitl:
         if not cp.pending_hitl:
             raise NothingPendingError(f"run {cp.pid!r} has no pending call to {outcome}")
@@ -170,8 +166,8 @@ def _decide_deferred(
     tool, args = str(cp.pending_hitl.get("tool_name")), dict(cp.pending_hitl.get("arguments") or {})
     decision = Decision(cp.pid, step, OUTCOMES[outcome], by or default_user(), time.time(), feedback or "")
     status = "HITL_REJECTED" if outcome == "reject" else "HITL_MODIFIED"
-    spec = kernel.tools.find(tool)
-    journaled = digested(clear_arguments(kernel, tool, args), spec.sensitive, kernel.data_key) if spec else args
+    spec = services.tools.find(tool)
+    journaled = digested(clear_arguments(services, tool, args), spec.sensitive, services.data_key) if spec else args
     record = new_record(
         {"tool_name": tool, "arguments": journaled}, {"status": status, "human_feedback": decision.reason},
         was_hitl=True, decided_by=decision.by, finished_at=decision.at,
@@ -181,16 +177,14 @@ def _decide_deferred(
     cp.updated_at = time.time()
 
     async def persist() -> None:
-        from castor._runner import sync_journal
-
-        approvals = kernel.backend.approvals
+        approvals = services.backend.approvals
         if await approvals.decision(cp.pid, step) is None:
             await approvals.request(PendingApproval(cp.pid, step, tool, args, decision.at))
         await approvals.decide(decision)
-        await sync_journal(kernel, cp)
-        await save_run(kernel.backend, cp)
+        await sync_journal(services, cp)
+        await save_run(services.backend, cp)
 
-    kernel.background.add(asyncio.get_running_loop().create_task(persist()))
+    background.add(asyncio.get_running_loop().create_task(persist()))
 
 
 def run_now(coro: Coroutine[Any, Any, T], what: str) -> T:

@@ -39,15 +39,14 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from castor._errors import StaleLeaseError, ToolTimeoutError
+from castor._errors import ReplayDivergenceError, StaleLeaseError, ToolTimeoutError
 from castor._redact import redact
 from castor.checkpoint import StepFailure
-
-if TYPE_CHECKING:
-    from castor.seams import Journal, StepClaim
-    from castor.syscall import Handler, Syscall
+from castor.kernel.context import Handler, Syscall, same_arguments
+from castor.kernel.steps import suspend_for_human
+from castor.seams import Journal, StepClaim
 
 LEASE = 15.0  # seconds a claim lives without renewal; renewed every third of it while the call runs
 POLL = 0.05  # seconds between two looks at a claim someone else holds
@@ -96,7 +95,7 @@ async def run_claimed(call: Syscall, inner: Handler) -> Any:
             await asyncio.sleep(POLL)
             continue
         spec = call.spec
-        if (spec is not None and spec.idempotent) or ctx.kernel.executor.writes_journal:
+        if (spec is not None and spec.idempotent) or ctx.services.executor.writes_journal:
             # Run it again under a claim of our own, taken over atomically. An executor that journals
             # itself (the fleet's workers) has its own claim per step, which knows better: it answers
             # with the record, runs the call, or reports it in doubt.
@@ -153,9 +152,6 @@ async def driving(journal: Journal, run_id: str) -> AsyncIterator[None]:
 
 async def adopt(call: Syscall) -> Any:
     """The step's record, journaled by another process: check it is this call, take it, return its result."""
-    from castor._errors import ReplayDivergenceError
-    from castor.syscall import same_arguments
-
     ctx = call.ctx
     record = await ctx.journal.get(ctx.run_id, call.step)
     if record is None:  # released between the two reads: cannot happen to a journaled step
@@ -176,8 +172,6 @@ async def _renew(journal: Journal, run_id: str, step: int, holder: str) -> None:
 
 async def _in_doubt(call: Syscall, found: StepClaim) -> None:
     """The holder died mid-call and the tool may not run twice: a human decides, in a new round."""
-    from castor.syscall import suspend_for_human
-
     ctx = call.ctx
     message = (
         f"{IN_DOUBT_UNFINISHED}: {call.tool_name!r} (run {ctx.run_id}, step {call.step}) was started by "
@@ -187,6 +181,6 @@ async def _in_doubt(call: Syscall, found: StepClaim) -> None:
     failure = StepFailure(step=call.step, tool_name=call.tool_name, arguments=redact(call.arguments, sensitive),
                           error_type="InDoubtError", message=message)
     ctx.checkpoint.failures.append(failure)
-    await ctx.kernel.backend.journal.record_failure(ctx.run_id, failure)
+    await ctx.services.backend.journal.record_failure(ctx.run_id, failure)
     ctx.checkpoint.in_doubt[call.step] = found.attempt + 1
     await suspend_for_human(call, found.attempt + 1, IN_DOUBT_UNFINISHED)

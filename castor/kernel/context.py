@@ -2,21 +2,28 @@
 
 A ``RunContext`` hands out step positions in call order, keeps the journal contiguous when parallel
 calls finish out of order, and is closed when the run ends, so a task the agent left behind cannot
-keep calling tools through a finished run.
+keep calling tools through a finished run. It reaches the kernel only through ``Services``: the tools,
+the store, the executor, the agents and the syscall handler chain, never the whole ``Castor``.
+
+This module is the bottom of the kernel: ``castor.lib`` and every other kernel module import it, and
+it imports none of them.
 """
 
 from __future__ import annotations
 
 import contextvars
 import math
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from castor._canonical import canonical
 from castor._errors import JournalConflictError, RunEndedError
+from castor._sealing import DataKey, digested
+from castor.agents import AgentRegistry
 from castor.checkpoint import USAGE_STRIDE, AgentCheckpoint, SyscallRecord, usage_of
-
-if TYPE_CHECKING:
-    from castor.kernel import Castor
+from castor.registry import ToolRegistry, ToolSpec
+from castor.seams import Backend, Executor
 
 
 class Suspend(BaseException):
@@ -30,11 +37,86 @@ class Suspend(BaseException):
         self.step = step
 
 
+@dataclass(slots=True)
+class Syscall:
+    """One tool call on its way through the kernel's handler chain."""
+
+    ctx: RunContext
+    step: int
+    tool_name: str
+    arguments: dict[str, Any]
+    spec: ToolSpec | None = None
+    checked: dict[str, Any] | None = None
+    charged: Mapping[str, float] | None = None
+    was_hitl: bool = False
+    decided_by: str | None = None
+    needs_review: bool = False
+    review_reason: str | None = None
+    attempt: int = 0  # the approval round that let the call run (>= 1 after its worker was lost)
+
+    @property
+    def request(self) -> dict[str, Any]:
+        """The request as journaled: the tool and its raw arguments, sensitive values as keyed digests."""
+        return {"tool_name": self.tool_name, "arguments": self.stored_arguments(digested)}
+
+    def stored_arguments(self, seal: Callable[[dict[str, Any], frozenset[str], DataKey], dict[str, Any]]) -> Any:
+        """The raw arguments with their sensitive values sealed by ``seal`` (``castor._sealing``)."""
+        services = self.ctx.services
+        spec = self.spec or services.tools.find(self.tool_name)
+        if spec is None or not spec.sensitive:
+            return self.arguments
+        return seal(self.arguments, spec.sensitive, services.data_key)
+
+
+Handler = Callable[[Syscall], Awaitable[Any]]
+"""The syscall handler chain as a whole, or what one interceptor passes a call on to."""
+
+
+class Interceptor(Protocol):
+    """A declared stage of the syscall handler chain: ``Castor(interceptors=[...])``.
+
+    ``interceptor(call, inner)`` either answers the call itself or returns ``inner(call)``. Interceptors
+    run in the order given, after replay (a step served from the journal never reaches them) and before
+    validation, budget and execution: every live call passes each one. An interceptor that only passes
+    a call on should return ``inner(call)`` without awaiting it (a plain function, not a coroutine),
+    so it costs a function call on the hot path.
+    """
+
+    def __call__(self, call: Syscall, inner: Handler) -> Awaitable[Any]:
+        """Answer ``call`` or pass it to ``inner``."""
+        ...
+
+
+class ChildOperation(Protocol):
+    """``spawn`` or ``join`` of a child agent, run against the parent's context (``castor.kernel.children``)."""
+
+    def __call__(self, ctx: RunContext, *args: Any) -> Awaitable[Any]:
+        """Do the operation at the parent's next step."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Services:
+    """What a run may use of its kernel: built once by ``Castor``, shared by all its runs."""
+
+    tools: ToolRegistry
+    backend: Backend
+    executor: Executor
+    agents: AgentRegistry
+    chain: Handler  # the syscall handler chain: replay → interceptors → validate → gate → budget → execute
+    data_key: DataKey  # seals sensitive arguments in the journal and in pending calls
+    spawn: ChildOperation
+    join: ChildOperation
+    structured_results: bool = False
+    # Checkpoints the kernel drove, while someone still holds them (a weak mapping: the store has the rest).
+    live: MutableMapping[str, AgentCheckpoint] = field(default_factory=dict)
+
+
 @dataclass(eq=False)
 class RunContext:
     """One run in progress."""
 
-    kernel: Castor
+    services: Services
     checkpoint: AgentCheckpoint
     speculative: bool = False
     scopes: tuple[str, ...] = ()
@@ -52,8 +134,8 @@ class RunContext:
         self.usage = usage_of(self.checkpoint.syscall_log)
         self.run_id: str = self.checkpoint.pid
         # Looked up once: the syscall path reaches these on every step.
-        self.journal = self.kernel.backend.journal
-        self.budgets = self.kernel.backend.budgets
+        self.journal = self.services.backend.journal
+        self.budgets = self.services.backend.budgets
 
     def claim_step(self) -> int:
         """The next step position; taken synchronously so concurrent calls get call order."""
@@ -111,8 +193,6 @@ class RunContext:
     async def _journaled_first(self, step: int, record: SyscallRecord) -> SyscallRecord:
         """The step's record in the store, written first by another process driving the run, if it is the
         same call (it then stands for ``record``); else the conflict stands."""
-        from castor.syscall import same_arguments
-
         stored = await self.journal.get(self.run_id, step)
         request = record.request
         if stored is None or stored.request.get("tool_name") != request.get("tool_name") or not same_arguments(
@@ -130,22 +210,31 @@ class RunContext:
             return math.inf
         return max(cap.max_budget - self.usage.get(resource, 0.0), 0.0)
 
-    def settle_usage(self) -> None:
+    def update_capabilities(self) -> None:
         """Bring the checkpoint's capabilities up to what the journal was charged (when the run stops)."""
         for resource, cap in self.checkpoint.capabilities.items():
             cap.current_usage = self.usage.get(resource, 0.0)
 
-    def proxy(self) -> Any:
-        """The legacy syscall proxy handed to agents that take one parameter."""
-        from castor.lib.proxy import SyscallProxy
+    def spawn(self, agent: str, capabilities: Mapping[str, float] | None) -> Awaitable[Any]:
+        """Start child agent ``agent`` at this run's next step (``castor.kernel.children.spawn``)."""
+        return self.services.spawn(self, agent, capabilities)
 
-        return SyscallProxy(self)
+    def join(self, handle: str) -> Awaitable[Any]:
+        """Wait for a child agent at this run's next step (``castor.kernel.children.join``)."""
+        return self.services.join(self, handle)
 
     def dropped_steps(self) -> list[int]:
         """Steps that finished after a hole that was never filled; the caller refunds them."""
         steps = sorted(self._ahead)
         self._ahead.clear()
         return steps
+
+
+def same_arguments(recorded: Any, actual: dict[str, Any]) -> bool:
+    """Equal as canonical JSON: a list recorded for a tuple, or another key order, still matches."""
+    if recorded == actual:
+        return True
+    return bool(canonical(recorded) == canonical(actual))
 
 
 current_run: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar("castor_run", default=None)

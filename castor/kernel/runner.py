@@ -1,6 +1,10 @@
 """Driving one run: build or resume its checkpoint, run the agent in a ``RunContext``, set its final
 status, persist it. Every way a run stops (return, exception, suspension, preemption) goes through
-``drive``, so each is persisted the same way.
+``drive``, so each is persisted the same way (``finish``).
+
+The runner works on the kernel's ``Services``, not on ``Castor``: a coordinator drives a leased run with
+``prepare(kernel.services, agent, checkpoint=cp)`` and ``drive``. It builds the legacy ``SyscallProxy``
+for an agent that takes one parameter.
 """
 
 from __future__ import annotations
@@ -11,17 +15,15 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from castor._claims import driving
-from castor._context import RunContext, Suspend, current_run
-from castor._errors import ConfigError, JournalConflictError
+from castor._errors import ConfigError, JournalConflictError, RunNotFoundError
 from castor._ids import check_pid, pid_part
 from castor._terminal import save_run, save_started
-from castor.checkpoint import FINISHED, AgentCheckpoint, Capability
-
-if TYPE_CHECKING:
-    from castor.kernel import Castor
+from castor.checkpoint import FINISHED, AgentCheckpoint, Capability, usage_of
+from castor.kernel.claims import driving
+from castor.kernel.context import RunContext, Services, Suspend, current_run
+from castor.lib.proxy import SyscallProxy
 
 log = logging.getLogger("castor.run")
 
@@ -44,26 +46,45 @@ def new_checkpoint(pid: str, name: str, budgets: Mapping[str, float]) -> AgentCh
     return AgentCheckpoint(pid=pid, status="RUNNING", agent_function_name=name, capabilities=caps)
 
 
+async def load(services: Services, pid: str) -> AgentCheckpoint:
+    """The checkpoint of ``pid`` with its journal, read from the store (``RunNotFoundError`` if none)."""
+    backend = services.backend
+    header = await backend.runs.load(pid)
+    if header is None:
+        raise RunNotFoundError(pid)
+    header.syscall_log = await backend.journal.history(pid)
+    header.failures = await backend.journal.failures(pid)
+    used = usage_of(header.syscall_log)  # the journal is the truth of what was charged
+    for resource, cap in header.capabilities.items():
+        cap.current_usage = used.get(resource, 0.0)
+    return header
+
+
 async def prepare(
-    kernel: Castor,
+    services: Services,
     agent: Callable[..., Any],
     *,
-    budgets: Mapping[str, float] | None,
-    checkpoint: AgentCheckpoint | None,
-    pid: str | None,
-    speculative: bool | None,
-    scopes: Iterable[str] | None,
+    checkpoint: AgentCheckpoint | None = None,
+    pid: str | None = None,
+    budgets: Mapping[str, float] | None = None,
+    speculative: bool | None = None,
+    scopes: Iterable[str] | None = None,
+    default_budgets: Mapping[str, float] | None = None,
+    default_scopes: Iterable[str] = (),
 ) -> RunContext:
-    """The run's context, its checkpoint ready to (re)start and its state in the backend."""
-    if checkpoint is None and pid is not None and await kernel.backend.runs.load(pid) is not None:
-        checkpoint = await kernel.aload(pid)  # a stored run of that pid resumes
+    """The run's context, its checkpoint ready to (re)start and its state in the backend. A new run gets
+    ``budgets`` (else ``default_budgets``) and ``scopes`` (else ``default_scopes``); a resumed one keeps
+    its own, ``budgets`` topping them up."""
+    backend = services.backend
+    if checkpoint is None and pid is not None and await backend.runs.load(pid) is not None:
+        checkpoint = await load(services, pid)  # a stored run of that pid resumes
     fresh = checkpoint is None and pid is None  # a pid made up here: nothing in the store can hold it yet
     stored = checkpoint is not None  # read earlier, maybe by another process: the store may be ahead of it
     if checkpoint is None:
-        limits = kernel.budgets if budgets is None else budgets
+        limits = (default_budgets or {}) if budgets is None else budgets
         checkpoint = new_checkpoint(new_pid(agent) if pid is None else pid, agent_name(agent), limits)
         checkpoint.speculative = bool(speculative)
-        checkpoint.scopes = list(kernel.scopes if scopes is None else scopes)
+        checkpoint.scopes = list(default_scopes if scopes is None else scopes)
     else:
         if pid is not None and pid != checkpoint.pid:
             raise ConfigError(
@@ -81,8 +102,8 @@ async def prepare(
             checkpoint.scopes = list(scopes)
     cp = checkpoint
     cp.scopes = list(dict.fromkeys(cp.scopes))  # a scope named twice is drawn from once
-    await sync_journal(kernel, cp, catch_up=stored)  # before the context reads what the journal charged
-    ctx = RunContext(kernel, cp, speculative=cp.speculative, scopes=tuple(cp.scopes))
+    await sync_journal(services, cp, catch_up=stored)  # before the context reads what the journal charged
+    ctx = RunContext(services, cp, speculative=cp.speculative, scopes=tuple(cp.scopes))
     if cp.status == "PREEMPTED":
         ctx.preemption_context = {
             "reason": cp.preemption_reason, "payload": cp.preemption_payload, "partial_work": cp.partial_work,
@@ -100,24 +121,24 @@ async def prepare(
     # tracks) and has no old ledger to replace: its ledger needs neither opening nor closing.
     ctx.ledger_open = bool(limits or ctx.scopes or not fresh)
     if ctx.ledger_open:
-        await kernel.backend.budgets.open_run(cp.pid, limits, ctx.usage)
-    if not await save_started(kernel.backend, cp, loaded):  # finished by another process: nothing to drive
+        await backend.budgets.open_run(cp.pid, limits, ctx.usage)
+    if not await save_started(backend, cp, loaded):  # finished by another process: nothing to drive
         ctx.closed = True
         if ctx.ledger_open:
-            await kernel.backend.budgets.close_run(cp.pid)
-    kernel.live[cp.pid] = cp
+            await backend.budgets.close_run(cp.pid)
+    services.live[cp.pid] = cp
     log.info("run %s %s (%d journaled steps)", cp.pid, "resumes" if cp.syscall_log else "starts", len(cp.syscall_log))
     return ctx
 
 
-async def sync_journal(kernel: Castor, cp: AgentCheckpoint, *, catch_up: bool = False) -> None:
+async def sync_journal(services: Services, cp: AgentCheckpoint, *, catch_up: bool = False) -> None:
     """Make the store's journal hold every record of ``cp`` (a checkpoint may come from JSON); with
     ``catch_up``, also make ``cp`` hold the records only the store has (another process drove the run on
     since ``cp`` was read: those steps are served from the journal, never run again)."""
     log = cp.syscall_log
     if not log and not catch_up:
         return  # nothing to hold (a fresh run): no round trip
-    journal = kernel.backend.journal
+    journal = services.backend.journal
     have = await journal.length(cp.pid)
     for step in range(len(log), have):
         record = await journal.get(cp.pid, step)
@@ -150,7 +171,7 @@ async def drive(ctx: RunContext, agent: Callable[..., Any], preempted: list[Any]
     token = current_run.set(ctx)
     error: BaseException | None = None
     try:
-        result = agent(ctx.proxy()) if takes_proxy(agent) else agent()
+        result = agent(SyscallProxy(ctx)) if takes_proxy(agent) else agent()
         if inspect.isawaitable(result):
             result = await result
     except Suspend:
@@ -175,22 +196,22 @@ async def drive(ctx: RunContext, agent: Callable[..., Any], preempted: list[Any]
     finally:
         ctx.closed = True
         current_run.reset(token)
-    await settle(ctx)
+    await finish(ctx)
     if error is not None:
         raise error
     return cp
 
 
-async def settle(ctx: RunContext) -> None:
-    """Refund steps that could not be journaled, persist the header, drop the run's ledger."""
+async def finish(ctx: RunContext) -> None:
+    """The run stopped: refund steps that could not be journaled, persist the header, drop its ledger."""
     cp = ctx.checkpoint
-    kernel = ctx.kernel
-    budgets = kernel.backend.budgets
+    backend = ctx.services.backend
+    budgets = backend.budgets
     for step in ctx.dropped_steps():
         await budgets.refund(cp.pid, step)
-    ctx.settle_usage()  # the journal is the truth of what was charged
+    ctx.update_capabilities()  # the journal is the truth of what was charged
     cp.updated_at = time.time()
-    await save_run(kernel.backend, cp)  # a run another process ended first keeps that end
+    await save_run(backend, cp)  # a run another process ended first keeps that end
     if ctx.ledger_open or ctx.spawned:  # a child's budget is charged to its parent's ledger
         await budgets.close_run(cp.pid)
     _log_stop(cp)
@@ -220,16 +241,17 @@ def takes_proxy(agent: Callable[..., Any]) -> bool:
     return len(params) == 1
 
 
-async def run(kernel: Castor, agent: Callable[..., Any], **options: Any) -> AgentCheckpoint:
-    """Prepare and drive a run in the caller's task. An existing run is driven by one process at a time:
-    its drive is claimed before its checkpoint is read, so a second process reads what the first left."""
+async def run(services: Services, agent: Callable[..., Any], **options: Any) -> AgentCheckpoint:
+    """Prepare and drive a run in the caller's task (``options``: those of ``prepare``). An existing run
+    is driven by one process at a time: its drive is claimed before its checkpoint is read, so a second
+    process reads what the first left."""
     checkpoint = options.get("checkpoint")
     pid = options.get("pid") or (checkpoint.pid if checkpoint is not None else None)
     if pid is None:  # a new run: no other process knows its pid yet
-        ctx = await prepare(kernel, agent, **options)
+        ctx = await prepare(services, agent, **options)
         return await drive(ctx, agent)
-    async with driving(kernel.backend.journal, pid):
-        ctx = await prepare(kernel, agent, **options)
+    async with driving(services.backend.journal, pid):
+        ctx = await prepare(services, agent, **options)
         return await drive(ctx, agent)
 
 
@@ -242,7 +264,7 @@ class CastorTask:
         self.task: asyncio.Task[AgentCheckpoint] = asyncio.create_task(self._drive(ctx, agent))
 
     async def _drive(self, ctx: RunContext, agent: Callable[..., Any]) -> AgentCheckpoint:
-        async with driving(ctx.kernel.backend.journal, ctx.checkpoint.pid):
+        async with driving(ctx.services.backend.journal, ctx.checkpoint.pid):
             return await drive(ctx, agent, self._preempted)
 
     @property
@@ -260,22 +282,16 @@ class CastorTask:
         return self.task.__await__()
 
 
-async def start(
-    kernel: Castor, agent: Callable[..., Any], budgets: Mapping[str, float] | None,
-    checkpoint: AgentCheckpoint | None, pid: str | None, speculative: bool | None,
-) -> CastorTask:
-    """Prepare a run and drive it in its own task."""
-    ctx = await prepare(
-        kernel, agent, budgets=budgets, checkpoint=checkpoint, pid=pid, speculative=speculative, scopes=None
-    )
-    return CastorTask(ctx, agent)
+async def start(services: Services, agent: Callable[..., Any], **options: Any) -> CastorTask:
+    """Prepare a run and drive it in its own task (``options``: those of ``prepare``)."""
+    return CastorTask(await prepare(services, agent, **options), agent)
 
 
-async def persist_all(kernel: Castor, cp: AgentCheckpoint) -> None:
+async def persist_all(services: Services, cp: AgentCheckpoint) -> None:
     """Write the checkpoint's header and every record the store lacks."""
-    await sync_journal(kernel, cp)
+    await sync_journal(services, cp)
     if cp.status in FINISHED:  # saved again as it ended: allowed; a run moved from its end is RunFinishedError
-        await kernel.backend.runs.save(cp, reopen=cp.status)
+        await services.backend.runs.save(cp, reopen=cp.status)
     else:
-        await kernel.backend.runs.save(cp)
-    kernel.live[cp.pid] = cp
+        await services.backend.runs.save(cp)
+    services.live[cp.pid] = cp

@@ -1,0 +1,133 @@
+"""How one step is answered: from the journal (replay), by a journaled result, or by waiting for a human.
+
+Every stage of the syscall handler chain (``castor.kernel.chain``), the step claims
+(``castor.kernel.claims``) and the child-agent operations (``castor.kernel.children``) answer a step with
+these functions, so a step is replayed, journaled and suspended one way, whatever asked for it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Mapping
+from typing import Any, NoReturn
+
+from castor._errors import ReplayDivergenceError
+from castor._redact import masked, redact
+from castor._sealing import encrypted, foreign_digests
+from castor.checkpoint import AgentCheckpoint, SyscallRecord, new_record
+from castor.kernel.context import Handler, Suspend, Syscall, same_arguments
+from castor.seams import PendingApproval
+
+SPECULATIVE_REASON = "destructive tool executed speculatively; review before trusting its effect"
+HITL_SPECULATIVE_REASON = "tool requires human review; executed speculatively"
+IN_DOUBT_REASON = "in doubt after worker loss"
+
+
+async def _value(value: Any) -> Any:
+    return value
+
+
+# --- from the journal -----------------------------------------------------------------------------
+
+
+def journaled(call: Syscall) -> SyscallRecord | None:
+    """The journal's record of the call's step, after checking it is the same call; None for a live step."""
+    log = call.ctx.checkpoint.syscall_log
+    if call.step >= len(log):
+        return None
+    record = log[call.step]
+    request = record.request
+    if request.get("tool_name") != call.tool_name or not _same_call(request.get("arguments"), call):
+        raise ReplayDivergenceError(call.step, request, call.request)
+    return record
+
+
+def replay(call: Syscall, inner: Handler) -> Awaitable[Any]:
+    """The first stage: serve a journaled step from the cache, after checking it is the same call."""
+    log = call.ctx.checkpoint.syscall_log
+    if call.step >= len(log):  # a live step: no lookup, no coroutine
+        return inner(call)
+    # journaled(call), inlined: a replayed step is served in well under a microsecond
+    record = log[call.step]
+    request = record.request
+    if request.get("tool_name") != call.tool_name or not _same_call(request.get("arguments"), call):
+        raise ReplayDivergenceError(call.step, request, call.request)
+    return _value(record.response)
+
+
+def _same_call(recorded: Any, call: Syscall) -> bool:
+    """The journal keeps sensitive values as keyed digests (a journal written before that, as they are).
+    A digest under another key (a checkpoint's JSON resumed on another store) cannot be compared: the rest
+    of the call must still match."""
+    if same_arguments(recorded, call.arguments):
+        return True
+    services = call.ctx.services
+    spec = services.tools.find(call.tool_name)
+    if spec is None or not spec.sensitive:
+        return False
+    if same_arguments(recorded, call.request["arguments"]):
+        return True
+    key = services.data_key
+    return foreign_digests(recorded, key) and same_arguments(masked(recorded), redact(call.arguments, spec.sensitive))
+
+
+# --- by a journaled result ------------------------------------------------------------------------
+
+
+def record_fields(call: Syscall, charged: Mapping[str, float] | None) -> dict[str, Any]:
+    """Everything a step's record holds except its response."""
+    return {
+        "request": call.request,
+        "was_hitl": call.was_hitl,
+        "needs_review": call.needs_review,
+        "review_reason": call.review_reason,
+        "child_checkpoint": None,
+        "charged": dict(charged) if charged else {},
+        "decided_by": call.decided_by,
+    }
+
+
+def step_record(
+    call: Syscall, response: Any, charged: Mapping[str, float] | None, child: AgentCheckpoint | None = None
+) -> SyscallRecord:
+    """The journal record of ``call`` answered with ``response`` (a join's record carries the child)."""
+    return new_record(
+        call.request,
+        response,
+        was_hitl=call.was_hitl,
+        needs_review=call.needs_review,
+        review_reason=call.review_reason,
+        child_checkpoint=child,
+        charged=charged,  # type: ignore[arg-type]  # a tool's cost mapping, never mutated: shared, not copied
+        decided_by=call.decided_by,
+        finished_at=time.time(),
+    )
+
+
+async def answer(
+    call: Syscall, response: Any, charged: Mapping[str, float] | None = None, *, stored: bool = False,
+    child: AgentCheckpoint | None = None,
+) -> Any:
+    """Journal ``response`` as the step's result and return it to the agent (or the step's record
+    another process driving the run journaled first, which stands)."""
+    record = await call.ctx.commit(call.step, step_record(call, response, charged, child), stored=stored)
+    return record.response
+
+
+# --- by waiting for a human -----------------------------------------------------------------------
+
+
+async def suspend_for_human(call: Syscall, attempt: int, reason: str) -> NoReturn:
+    """Open approval round ``attempt`` of the step and unwind the run until a human decides it."""
+    ctx = call.ctx
+    # The pending call keeps its sensitive values encrypted: an approval may execute it in another process.
+    arguments = call.stored_arguments(encrypted)
+    await ctx.services.backend.approvals.request(
+        PendingApproval(ctx.run_id, call.step, call.tool_name, arguments, time.time(), None, reason, attempt)
+    )
+    ctx.suspended_at = call.step
+    cp = ctx.checkpoint
+    cp.pending_hitl = {"tool_name": call.tool_name, "arguments": arguments}
+    cp.pending_step = call.step
+    cp.pending_reason = reason or None
+    raise Suspend(call.step)
