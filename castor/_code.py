@@ -20,16 +20,15 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import os
-import re
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from castor._errors import ConfigError
+from castor._imports import ImportSpec, parse_spec
 from castor.checkpoint import RunSpec
 
-_NAMES = re.compile(r"^[A-Za-z_]\w*(,[A-Za-z_]\w*)*$")
 _INSTALLED = ("site-packages", "dist-packages")
 
 # path -> (mtime_ns, size, value): a coordinator checks the same few files for every run it takes.
@@ -51,28 +50,9 @@ class _Origin:
     tree: Path  # what is local: a module found outside it is not the run's own code
 
 
-def split_spec(spec: str) -> tuple[str, str]:
-    """``('path/to/file.py' or 'package.module', 'name')``; ``ConfigError`` for a malformed spec."""
-    where, sep, name = spec.rpartition(":")
-    if not sep or not where or not name or not name.isidentifier():
-        raise ConfigError(f"import spec {spec!r} must be 'module:name' or 'path/file.py:name'")
-    return where, name
-
-
-def spec_target(spec: str) -> str:
-    """The file or module of any import spec the CLI or the fleet writes: ``file.py``, ``file.py:f``,
-    ``file.py:f,g``, ``package.module:f``."""
-    where, sep, names = spec.rpartition(":")
-    return where if sep and where and _NAMES.match(names) else spec
-
-
-def _is_file(target: str) -> bool:
-    return target.endswith(".py") or "/" in target or os.sep in target
-
-
-def _origin(spec: str) -> _Origin:
-    target = spec_target(spec)
-    if _is_file(target):
+def _origin(parsed: ImportSpec) -> _Origin:
+    spec, target = str(parsed), parsed.target
+    if parsed.is_file:
         path = Path(target).expanduser().resolve()
         if not path.is_file():
             raise ConfigError(f"import spec {spec!r}: file {path} does not exist")
@@ -93,11 +73,11 @@ def _origin(spec: str) -> _Origin:
 
 def local_sources(spec: str) -> list[str]:
     """The spec's source file and every local module it imports, directly or not; sorted paths."""
-    origin = _origin(spec)
+    parsed = parse_spec(spec)
+    origin = _origin(parsed)
     found = {origin.file}
-    target = spec_target(spec)
-    if not _is_file(target):  # importing package.module runs the package's __init__ first
-        found.update(_resolve(origin.base, target.split("."), (), origin))
+    if not parsed.is_file:  # importing package.module runs the package's __init__ first
+        found.update(_resolve(origin.base, parsed.target.split("."), (), origin))
     todo = list(found)
     while todo:
         for dep in _local_imports(todo.pop(), origin):

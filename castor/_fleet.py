@@ -16,6 +16,7 @@ from typing import Any
 from castor import _code
 from castor._errors import BackendUnavailable, ConfigError, NothingPendingError, RunNotFoundError
 from castor._ids import pid_part
+from castor._imports import parse_spec
 from castor._redact import hide_password
 from castor._terminal import save_run
 from castor.backends.redis import keys
@@ -38,10 +39,10 @@ def new_run(
 ) -> AgentCheckpoint:
     """A run ready to submit: its checkpoint, stamped with the import specs and source hashes of its code."""
     spec = _code.run_spec(agent, tools, destructive)
-    unknown = set(destructive) - {_code.split_spec(t)[1] for t in tools}
+    unknown = set(destructive) - {parse_spec(t).name for t in tools}
     if unknown:
         raise ConfigError(f"destructive names tools that are not among the run's tools: {', '.join(sorted(unknown))}")
-    name = _code.split_spec(agent)[1]
+    name = parse_spec(agent).name
     cp = new_checkpoint(pid or f"{pid_part(name)}-{uuid.uuid4().hex[:8]}", name, dict(budgets or {}))
     cp.speculative = speculative
     cp.scopes = list(scopes)

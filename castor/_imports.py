@@ -1,52 +1,134 @@
-"""Import specs: ``package.module:name`` or ``path/to/file.py:name``, as config files and the CLI write them."""
+"""Import specs, the one parser and loader: how config files, the CLI and the fleet name code.
+
+    path/to/file.py:func    a function in a Python file (its directory goes on sys.path, like ``python file.py``)
+    package.module:func     a function in an importable module
+    file.py:f1,f2           several functions from one file (or module)
+    file.py                 an agent only: its ``agent`` function, else its ``main``
+
+A target is a file when it ends in ``.py`` or holds a path separator, else a module. ``parse_spec`` turns
+the text into an ``ImportSpec``; a malformed spec is one ``ConfigError`` line. The loaders say which
+spec failed and why (``cannot import tool 'tools.py:nope': tools.py has no 'nope'``). ``castor._code``
+hashes the files behind the same parsed specs.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import importlib
 import importlib.util
+import os
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from castor._errors import ConfigError
 
+NAMES = re.compile(r"^[A-Za-z_]\w*(,[A-Za-z_]\w*)*$")  # the part after ':' (also a bare --destructive's value)
+AGENT_DEFAULTS = ("agent", "main")  # what a spec without names means for an agent
 
-def load_object(spec: str) -> Any:
-    """The object an import spec names; ``ConfigError`` saying what is wrong with it otherwise."""
-    where, sep, name = spec.rpartition(":")
-    if not sep or not where or not name:
-        raise ConfigError(f"import spec {spec!r} must be 'module:name' or 'file.py:name'")
-    module = _load_file(where) if where.endswith(".py") else _load_module(where)
+
+@dataclass(frozen=True, slots=True)
+class ImportSpec:
+    """A parsed import spec: the file or module it names and the functions it takes from it."""
+
+    target: str  # a file path or a dotted module name
+    names: tuple[str, ...] = ()  # () when the spec has no ':' (an agent file's ``agent`` or ``main``)
+
+    def __str__(self) -> str:
+        return f"{self.target}:{','.join(self.names)}" if self.names else self.target
+
+    @property
+    def is_file(self) -> bool:
+        """Whether the target is a file path (not a module name)."""
+        return self.target.endswith(".py") or "/" in self.target or os.sep in self.target
+
+    @property
+    def name(self) -> str:
+        """The one function the spec names; ``ConfigError`` when it names none or several."""
+        if len(self.names) != 1:
+            raise ConfigError(f"import spec {str(self)!r} must name one function")
+        return self.names[0]
+
+    def absolute(self) -> ImportSpec:
+        """The same spec with its file path made absolute, as a run records it."""
+        if not self.is_file:
+            return self
+        return ImportSpec(str(Path(self.target).expanduser().resolve()), self.names)
+
+    def each(self) -> list[ImportSpec]:
+        """One spec per named function (``file.py:a,b`` as ``file.py:a`` and ``file.py:b``)."""
+        return [ImportSpec(self.target, (name,)) for name in self.names]
+
+
+def parse_spec(spec: str, kind: str = "") -> ImportSpec:
+    """The parsed spec; ``ConfigError`` for a malformed one (no target, or names that are no identifiers),
+    for a ``"tool"`` spec that names no function and for an ``"agent"`` spec that names several."""
+    target, sep, names = spec.rpartition(":")
+    if not sep:
+        target, names = spec, ""
+    if not target or (sep and not NAMES.match(names)):
+        raise ConfigError(f"bad import spec {spec!r}: expected FILE.py:FUNC or MODULE:FUNC")
+    parsed = ImportSpec(target, tuple(names.split(",")) if names else ())
+    if kind == "tool" and not parsed.names:
+        raise ConfigError(f"tool spec {spec!r} names no function: use FILE.py:FUNC or MODULE:FUNC")
+    if kind == "agent" and len(parsed.names) > 1:
+        raise ConfigError(f"agent spec {spec!r} names several functions; give one")
+    return parsed
+
+
+def import_target(spec: ImportSpec, kind: str, *, from_cwd: bool = False) -> ModuleType:
+    """The module a spec names; ``ConfigError`` naming the file or module when it does not import.
+
+    ``from_cwd`` puts the working directory on sys.path first, as ``python -m`` does (the CLI's choice:
+    a long-lived worker or coordinator does not let its directory shadow installed packages).
+    """
+    if spec.is_file:
+        try:
+            return load_file(spec.target)
+        except ConfigError as exc:
+            raise ConfigError(f"cannot import {kind} {str(spec)!r}: {exc}") from exc.__cause__
+    if from_cwd and "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
-        return getattr(module, name)
-    except AttributeError:
-        raise ConfigError(f"import spec {spec!r}: {where} has no {name!r}") from None
+        return importlib.import_module(spec.target)
+    except Exception as exc:
+        detail = f"{type(exc).__name__}: {exc}"
+        raise ConfigError(f"cannot import {kind} {str(spec)!r}: module {spec.target!r} failed: {detail}") from exc
 
 
-def load_tools(specs: Iterable[str]) -> list[tuple[str, Any]]:
-    """``(name, function)`` for every spec, named after the spec's last part."""
-    tools = []
+def _function(module: ModuleType, spec: ImportSpec, name: str, kind: str) -> Callable[..., Any]:
+    func = getattr(module, name, None)
+    if func is None:
+        raise ConfigError(f"cannot import {kind} {str(spec)!r}: {spec.target} has no {name!r}")
+    if not callable(func):
+        raise ConfigError(f"cannot import {kind} {str(spec)!r}: {spec.target}:{name} is not a function")
+    return func
+
+
+def load_agent(spec: str, *, from_cwd: bool = False) -> Callable[..., Any]:
+    """The agent function a spec names: its one name, else the file's ``agent`` or ``main``."""
+    parsed = parse_spec(spec, "agent")
+    module = import_target(parsed, "agent", from_cwd=from_cwd)
+    if parsed.names:
+        return _function(module, parsed, parsed.names[0], "agent")
+    for name in AGENT_DEFAULTS:
+        if callable(getattr(module, name, None)):
+            return _function(module, parsed, name, "agent")
+    raise ConfigError(f"cannot import agent {spec!r}: {parsed.target} has neither an 'agent' nor a 'main' function")
+
+
+def load_tools(specs: Iterable[str], *, from_cwd: bool = False) -> list[tuple[str, Callable[..., Any]]]:
+    """``(name, function)`` for every function the specs name, in order, named as the spec names it."""
+    tools: list[tuple[str, Callable[..., Any]]] = []
     for spec in specs:
-        func = load_object(spec)
-        if not callable(func):
-            raise ConfigError(f"import spec {spec!r} names {type(func).__name__}, not a function")
-        tools.append((spec.rpartition(":")[2], func))
+        parsed = parse_spec(spec, "tool")
+        module = import_target(parsed, "tool", from_cwd=from_cwd)
+        tools.extend((name, _function(module, parsed, name, "tool")) for name in parsed.names)
     return tools
-
-
-def _load_module(name: str) -> Any:
-    try:
-        return importlib.import_module(name)
-    except ImportError as exc:
-        raise ConfigError(f"cannot import module {name!r}: {exc}") from exc
-
-
-def _load_file(path: str) -> Any:
-    return load_file(path)
 
 
 def load_file(path: str | Path) -> ModuleType:

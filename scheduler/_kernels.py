@@ -13,8 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from castor._errors import ConfigError
-from castor._imports import load_object, load_tools
+from castor._imports import load_agent, load_tools
 from castor.checkpoint import RunSpec
 from castor.kernel import Castor
 from castor.kernel.context import Handler, Syscall
@@ -93,9 +92,7 @@ class Kernels:
         """The agent function the spec names."""
         agent = self._agents.get(spec.agent)
         if agent is None:
-            agent = load_object(spec.agent)
-            if not callable(agent):
-                raise ConfigError(f"agent {spec.agent!r} is not callable")
+            agent = load_agent(spec.agent)
             self._agents[spec.agent] = agent
         return agent
 

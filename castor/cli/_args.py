@@ -13,7 +13,7 @@ from typing import Any
 
 from castor._errors import InvalidPidError
 from castor._ids import PID_RULE, check_pid
-from castor.cli._specs import NAMES, tool_names
+from castor._imports import NAMES, parse_spec
 
 BARE = ""  # the value a bare --destructive carries after normalize_argv
 
@@ -50,7 +50,7 @@ class DestructiveAction(argparse.Action):
             tools = getattr(namespace, "tools", None) or []
             if not tools:
                 parser.error("a bare --destructive must follow a --tool (or name the tool: --destructive NAME)")
-            names = tool_names(tools[-1]) if ":" in tools[-1] else []
+            names = parse_spec(tools[-1]).names
             if not names:
                 parser.error(f"a bare --destructive follows --tool {tools[-1]!r}, which names no function")
             marked.extend(names)

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from castor._errors import ConfigError, InvalidPidError, RunNotFoundError
+from castor._imports import ImportSpec, parse_spec
 from castor._redact import masked
 from castor.checkpoint import AgentCheckpoint
 from castor.cli._escape import shown
@@ -111,24 +112,17 @@ async def submit(args: argparse.Namespace) -> int:
 
 def single_specs(spec: str) -> list[str]:
     """``file.py:a,b`` as ``[/abs/file.py:a, /abs/file.py:b]``: a coordinator loads one function per spec."""
-    from castor.cli._specs import absolute, split_spec
-
-    target, names = split_spec(absolute(spec))
-    if not names:
-        raise ConfigError(f"tool spec {spec!r} names no function: use FILE.py:FUNC or MODULE:FUNC")
-    return [f"{target}:{name}" for name in names]
+    return [str(one) for one in parse_spec(spec, "tool").absolute().each()]
 
 
 def agent_spec(spec: str) -> str:
     """The agent's spec with an absolute path and its function named (``file.py`` means its agent or main)."""
-    from castor.cli._specs import absolute, load_agent, split_spec
+    from castor.cli._specs import load_agent
 
-    target, names = split_spec(absolute(spec))
-    if len(names) > 1:
-        raise ConfigError(f"agent spec {spec!r} names more than one function")
-    if not names:
-        names = [load_agent(spec).__name__]
-    return f"{target}:{names[0]}"
+    parsed = parse_spec(spec, "agent").absolute()
+    if not parsed.names:
+        parsed = ImportSpec(parsed.target, (load_agent(spec).__name__,))
+    return str(parsed)
 
 
 async def ps(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 Every step is the real CLI (``castor.cli.main``) against a temporary SQLite store, so the runs persist
 between commands exactly as they do between shell commands. The agent and tools are
-``castor.demo_agent``; the tools count their own executions, which is how the demo shows what really
+``castor.cli.demo_agent``; the tools count their own executions, which is how the demo shows what really
 ran and what came from the journal. Pids and the decider's name are fixed so the output is the same
 every time.
 """
@@ -18,12 +18,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from castor import demo_agent
+from castor.cli import demo_agent
 from castor.kernel import Castor
 from castor.summary import scan
 
-AGENT = "castor.demo_agent:cleanup"
-TOOLS = ["--tool", "castor.demo_agent:search", "--tool", "castor.demo_agent:delete_file", "--destructive"]
+AGENT = "castor.cli.demo_agent:cleanup"
+TOOLS = ["--tool", "castor.cli.demo_agent:search", "--tool", "castor.cli.demo_agent:delete_file", "--destructive"]
 RUN = ["run", AGENT, *TOOLS, "--budget", "api=10"]
 RULE = "=" * 78
 
@@ -135,7 +135,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Show the three protection levels on the README's clean-up task (a temporary store, not ./castor.db)."""
     print(
         "Castor demo: one clean-up task, three levels of protection.\n"
-        "The agent (castor.demo_agent:cleanup) searches for old logs and deletes each file found\n"
+        "The agent (castor.cli.demo_agent:cleanup) searches for old logs and deletes each file found\n"
         "(pretend deletions: nothing on disk is touched). It only calls castor.lib.tool(); the\n"
         "operator marks delete_file destructive and gives the run a budget of 10 api (1 per call).\n"
         "Each command below is the real CLI, run against a temporary SQLite store (not ./castor.db)."

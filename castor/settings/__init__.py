@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from castor._errors import ConfigError, InvalidValueError
+from castor._imports import parse_spec
 from castor._secret import INSECURE_ENV
 from castor.registry import ToolSpec
 from castor.settings._model import (
@@ -184,7 +185,10 @@ def _check_tool_names(settings: Settings) -> None:
     """With ``[tools] import`` given, every tool the file names elsewhere must be one of the imported tools
     (a file only: a ``Settings`` built in Python may route tools that it does not import itself)."""
     tools = settings.tools
-    imported = {spec.rsplit(":", 1)[-1] for spec in tools.imports}
+    try:
+        imported = {name for spec in tools.imports for name in parse_spec(spec, "tool").names}
+    except ConfigError as exc:
+        raise ConfigError(f"{settings.source}: [tools] import: {exc}") from None
     if not imported:
         return
     named = {

@@ -1,7 +1,7 @@
 """The clean-up task of the README, shipped for ``castor demo`` and importable by spec from anywhere::
 
-    castor run castor.demo_agent:cleanup --tool castor.demo_agent:search \\
-        --tool castor.demo_agent:delete_file --destructive
+    castor run castor.cli.demo_agent:cleanup --tool castor.cli.demo_agent:search \\
+        --tool castor.cli.demo_agent:delete_file --destructive
 
 The tools are plain functions and the agent only uses ``castor.lib``: neither knows about the kernel.
 Nothing touches the real file system: ``delete_file`` only says what it would delete. Each tool counts
