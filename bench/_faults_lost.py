@@ -48,6 +48,17 @@ def worker_rows(fleet: FaultFleet, plan: Plan, chosen: Callable[[str], bool],
     return [row]
 
 
+def recovered(fleet: FaultFleet, row: Row) -> bool:
+    """Whether a run submitted once Redis is back completes (the fleet came back too); else a problem."""
+    probe = submit(fleet, "short_job", 1)
+    status = settle(fleet, probe, 4 * fleet.timing.long + 30).get(probe[0])
+    if status == "COMPLETED":
+        return True
+    error = str((journals(fleet.cli_json, probe).get(probe[0]) or {}).get("error") or "")
+    row.problems.append(f"after the outage, a new run ended {status} ({error[:200]}): the fleet did not recover")
+    return False
+
+
 def outage_rows(fleet: FaultFleet, plan: Plan, chosen: Callable[[str], bool]) -> list[Row]:
     """Redis down (``SHUTDOWN`` and SIGKILL alternately) for longer than the deadline of the call that was
     running: the run must end in a clear state (COMPLETED, in doubt for a human, or FAILED with a
@@ -73,5 +84,7 @@ def outage_rows(fleet: FaultFleet, plan: Plan, chosen: Callable[[str], bool]) ->
             fleet.start_redis()
         outcome = settle(fleet, pids, 4 * fleet.timing.long + 60)
         verdict(fleet, row, since, pids, snapshot(before), outcome)
+        if not recovered(fleet, row):
+            break  # the next trials would only find the fleet as broken
     row.seconds = time.monotonic() - started
     return [row]
