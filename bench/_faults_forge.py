@@ -9,6 +9,7 @@ import copy
 import hashlib
 import hmac
 import json
+import re
 import subprocess
 import time
 import uuid
@@ -267,7 +268,7 @@ def deadletter_rows(fleet: FaultFleet, chosen: Callable[[str], bool], sent: list
         row.problems.append(f"{len(other)} messages the harness did not forge were dead-lettered")
     if listing.get("counts", {}).get("fb") != len([d for d in letters if d.get("pool") == "fb"]):
         row.problems.append(f"castor deadletters counts {listing.get('counts')}, lists {len(letters)}")
-    kinds = Counter(str(d.get("reason"))[:60] for d in letters)
+    kinds = Counter(kind(str(d.get("reason"))) for d in letters)
     row.notes += [f"{n} x {kind}" for kind, n in sorted(kinds.items())]
     purged = fleet.cli("deadletters", "purge", "--pool", "fb")
     if purged.returncode != 0 or f"purged {len([d for d in letters if d.get('pool') == 'fb'])} " not in purged.stdout:
@@ -278,6 +279,11 @@ def deadletter_rows(fleet: FaultFleet, chosen: Callable[[str], bool], sent: list
     row.trials = 1
     row.seconds = time.monotonic() - started
     return [row]
+
+
+def kind(reason: str) -> str:
+    """A dead letter's reason without what differs from one message to the next (names, numbers)."""
+    return re.sub(r"\d+", "N", re.sub(r"'[^']*'", "'...'", reason.split(" (run ")[0]))[:80]
 
 
 def clean_queues(fleet: FaultFleet) -> None:

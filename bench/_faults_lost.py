@@ -21,10 +21,10 @@ ONCE, IDEM = ("lost_job", "fx_lost_once"), ("lost_idem_job", "fx_lost_idem")
 def worker_rows(fleet: FaultFleet, plan: Plan, chosen: Callable[[str], bool],
                 alongside: Callable[[], None]) -> list[Row]:
     """The worker process running a call SIGKILLed, ``plan.trials`` times (non-idempotent and idempotent
-    calls alternately). A non-idempotent trial and an idempotent one run at once: different runs, tools and
-    pools, so each kill hits only its own trial's call. ``alongside()`` is called once the last kills are
-    in (at once if this family is not chosen): what it starts runs while their deadlines run out, and
-    meets no further worker kill."""
+    calls alternately). A non-idempotent trial and an idempotent one run at once, on different runs, tools
+    and pools; the second starts once the first's kill is in, so that no kill meets a call of the other
+    trial. ``alongside()`` is called once the last kills are in (at once if this family is not chosen):
+    what it starts runs while their deadlines run out, and meets no further worker kill."""
     if not chosen("worker"):
         alongside()
         return []
@@ -34,9 +34,9 @@ def worker_rows(fleet: FaultFleet, plan: Plan, chosen: Callable[[str], bool],
     for n, wave in enumerate(waves):
         done = [threading.Event() for _ in wave]
         with ThreadPoolExecutor(len(wave)) as pool:
-            futures = [pool.submit(trial, fleet, row, *(ONCE, IDEM)[i % 2], kill_worker, settle_for, event.set)
-                       for i, event in zip(wave, done, strict=True)]
-            for event in done:
+            futures = []
+            for i, event in zip(wave, done, strict=True):
+                futures.append(pool.submit(trial, fleet, row, *(ONCE, IDEM)[i % 2], kill_worker, settle_for, event.set))
                 event.wait()
             if n == len(waves) - 1:
                 alongside()

@@ -9,7 +9,8 @@ as systemd or compose would. It drives runs with ``castor submit`` / ``approve``
 them with ``castor ps`` / ``approvals`` / ``inspect --json``; their tools record each start and finish
 to a file. Faults: a worker or a coordinator SIGKILLed mid-tool, Redis restarted mid-tool (clean and
 SIGKILL), ``approve`` and ``resume`` at once, a run whose agent kills its coordinator, forged and
-malformed broker messages.
+malformed broker messages (each must be listed by ``castor deadletters``, then purged), and in full mode
+Redis down for longer than a call's deadline. Independent trials run at once (``docs/reliability.md``).
 
 A row holds when: a non-idempotent tool ran at most once per step; an idempotent step completed exactly
 once; every run ended (COMPLETED, FAILED with a reason, or waiting for a human on a call in doubt, and
