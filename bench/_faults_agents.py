@@ -4,7 +4,11 @@ Every tool appends one line to ``$CASTOR_FAULTS_RECORDS`` when it starts and one
 (``start|finish RUN STEP TOOL OS-PID TIME``), in a single ``write`` on a file opened for appending, so
 lines from many processes never interleave. ``RUN`` is the run's ticket (its first step's journaled
 result), ``STEP`` the journal position the agent gives the call. How long a tool sleeps is its
-``kind``: ``$CASTOR_FAULTS_SHORT`` or ``$CASTOR_FAULTS_LONG`` seconds.
+``kind``: ``$CASTOR_FAULTS_SHORT``, ``$CASTOR_FAULTS_LONG`` or ``$CASTOR_FAULTS_LOST`` seconds.
+
+The ``fx_lost_*`` tools are the calls the worker-loss and long-outage trials lose: the harness's config gives
+them a short timeout, because a coordinator notices a lost call only at its deadline (timeout plus a reply
+grace); their ``lost`` kind sleeps long enough to be killed mid-call, and well within that timeout.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ def _record(event: str, run: str, step: int, name: str) -> None:
 
 def _work(name: str, run: str, step: int, kind: str) -> str:
     _record("start", run, step, name)
-    time.sleep(float(os.environ.get("CASTOR_FAULTS_LONG" if kind == "long" else "CASTOR_FAULTS_SHORT", "0.2")))
+    time.sleep(float(os.environ.get(f"CASTOR_FAULTS_{kind.upper()}", "0.2")))
     _record("finish", run, step, name)
     return f"{name} {run}:{step}"
 
@@ -57,11 +61,22 @@ def fx_remove(run: str, step: int, kind: str = "short") -> str:
     return _work("fx_remove", run, step, kind)
 
 
-async def _steps(once: str, idem: str) -> dict[str, Any]:
+@castor_tool(idempotent=True)
+def fx_lost_idem(run: str, step: int, kind: str = "lost") -> str:
+    """An idempotent call with a short deadline (the config's): the one a worker-loss trial kills."""
+    return _work("fx_lost_idem", run, step, kind)
+
+
+def fx_lost_once(run: str, step: int, kind: str = "lost") -> str:
+    """A non-idempotent call with a short deadline (the config's): the one a worker-loss trial kills."""
+    return _work("fx_lost_once", run, step, kind)
+
+
+async def _steps(once: str, idem: str, once_tool: str = "fx_once", idem_tool: str = "fx_idem") -> dict[str, Any]:
     t = await tool("fx_ticket")
     await tool("fx_idem", run=t, step=1, kind="short")
-    await tool("fx_once", run=t, step=2, kind=once)
-    await tool("fx_idem", run=t, step=3, kind=idem)
+    await tool(once_tool, run=t, step=2, kind=once)
+    await tool(idem_tool, run=t, step=3, kind=idem)
     await tool("fx_once", run=t, step=4, kind="short")
     return {"ticket": t}
 
@@ -81,6 +96,16 @@ async def long_idem_job() -> dict[str, Any]:
     return await _steps("short", "long")
 
 
+async def lost_job() -> dict[str, Any]:
+    """Like ``short_job``, with a non-idempotent call of a short deadline in the middle (``fx_lost_once``)."""
+    return await _steps("lost", "short", once_tool="fx_lost_once")
+
+
+async def lost_idem_job() -> dict[str, Any]:
+    """Like ``short_job``, with an idempotent call of a short deadline in the middle (``fx_lost_idem``)."""
+    return await _steps("short", "lost", idem_tool="fx_lost_idem")
+
+
 async def approval_job() -> dict[str, Any]:
     """A destructive call that waits for a human, then one more call."""
     t = await tool("fx_ticket")
@@ -96,5 +121,5 @@ async def poison_job() -> dict[str, Any]:
     return {"ticket": t}
 
 
-IDEMPOTENT = frozenset({"fx_idem"})
-POOLS = {"fa": ["fx_ticket", "fx_idem"], "fb": ["fx_once", "fx_remove"]}
+IDEMPOTENT = frozenset({"fx_idem", "fx_lost_idem"})
+POOLS = {"fa": ["fx_ticket", "fx_idem", "fx_lost_idem"], "fb": ["fx_once", "fx_remove", "fx_lost_once"]}

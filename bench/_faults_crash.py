@@ -13,7 +13,7 @@ from typing import Any
 
 from bench._faults_agents import POOLS
 from bench._faults_fleet import CASTOR, ROOT, FaultFleet, spec
-from bench._faults_observe import Plan, Row, busy, journals, judge, running, settle, snapshot, wait_until
+from bench._faults_observe import Plan, Row, busy, journals, judge, running, settle, snapshot, tickets_of, wait_until
 
 TOOLS = [a for names in POOLS.values() for n in names for a in ("--tool", spec(n))]
 Inject = Callable[[FaultFleet, tuple[str, int, int], dict[str, str]], bool]  # False: not injected
@@ -35,26 +35,39 @@ def owners(fleet: FaultFleet, pids: list[str]) -> dict[str, str]:
     return rows if all(rows.get(pid) for pid in pids) else {}
 
 
-def trial(fleet: FaultFleet, row: Row, agent: str, tool: str, inject: Inject, settle_for: float) -> None:
+def trial(fleet: FaultFleet, row: Row, agent: str, tool: str, inject: Inject, settle_for: float,
+          injected: Callable[[], None] = lambda: None) -> None:
     """Two runs of ``agent``; once a call of ``tool`` is running, snapshot the journals and inject the
-    fault; then let the runs end and judge them. A coordinator is killed before the snapshot, which takes
-    longer than a short call: its death changes nothing in Redis, so the journals read after it are
-    those it left."""
+    fault (then call ``injected``); then let the runs end and judge them. A coordinator is killed before
+    the snapshot, which takes longer than a short call: its death changes nothing in Redis, so the
+    journals read after it are those it left. Trials at once must watch different tools."""
     since = time.time()
-    pids = submit(fleet, agent, 2)
-    driving = wait_until(lambda: owners(fleet, pids), 20) or {}
-    found = wait_until(lambda: running(fleet.records, tool, since), 60)
-    if found is None:
-        row.problems.append(f"no call of {tool} started within 60 s: fault not injected")
-    first = inject is not kill_coordinator
-    before = journals(fleet.cli_json, pids) if first else {}
-    if found is not None and not inject(fleet, found, {p: driving.get(p, "") for p in pids}):
-        row.problems.append(f"the fault could not be injected (call of {tool} at {found[0]}:{found[1]})")
+    try:
+        pids = submit(fleet, agent, 2)
+        first = inject is not kill_coordinator
+        driving = {} if first else wait_until(lambda: owners(fleet, pids), 20) or {}
+        found = wait_until(lambda: running(fleet.records, tool, since), 60)
+        if found is None:
+            row.problems.append(f"no call of {tool} started within 60 s: fault not injected")
+        before = journals(fleet.cli_json, pids) if first else {}
+        if found is not None and not inject(fleet, found, {p: driving.get(p, "") for p in pids}):
+            row.problems.append(f"the fault could not be injected (call of {tool} at {found[0]}:{found[1]})")
+    finally:
+        injected()
     before = before if first else journals(fleet.cli_json, pids)
-    outcome = settle(fleet.cli_json, fleet.cli, pids, settle_for)
-    # A call still running (one a human was asked about, say) finishes before the verdict, or is lost.
-    wait_until(lambda: not busy(fleet.records, since), fleet.timing.long + 10)
-    judge(row, fleet.records, snapshot(before), journals(fleet.cli_json, pids), outcome, fleet.exits_since(since))
+    outcome = settle(fleet, pids, settle_for)
+    verdict(fleet, row, since, pids, snapshot(before), outcome)
+
+
+def verdict(fleet: FaultFleet, row: Row, since: float, pids: list[str], before: dict[str, list[Any]],
+            outcome: dict[str, str], extra: frozenset[str] = frozenset()) -> dict[str, dict[str, Any]]:
+    """Judge a trial's runs once they ended; returns their journals. A call of theirs still running (one a
+    human was asked about, say) finishes first, or is lost."""
+    after = journals(fleet.cli_json, pids)
+    mine = tickets_of(after) | extra
+    wait_until(lambda: not busy(fleet.records, since, mine), fleet.timing.long + 10)
+    judge(row, fleet.records, before, after, outcome, fleet.exits_since(since), extra)
+    return after
 
 
 def kill_worker(fleet: FaultFleet, found: tuple[str, int, int], _: dict[str, str]) -> bool:
@@ -92,7 +105,6 @@ def crash_rows(fleet: FaultFleet, plan: Plan, chosen: Callable[[str], bool]) -> 
     settle_for = 4 * fleet.timing.long + 40
     once, idem = ("long_job", "fx_once"), ("long_idem_job", "fx_idem")
     plans: list[tuple[str, str, list[tuple[str, str]], Inject]] = [
-        ("worker", "worker SIGKILL mid-tool", [once, idem], kill_worker),
         ("coordinator", "coordinator SIGKILL, short tool", [("short_job", "fx_once")], kill_coordinator),
         ("coordinator", "coordinator SIGKILL, long tool", [once], kill_coordinator),
         ("redis", "Redis SHUTDOWN+restart mid-tool", [once, idem], restart_redis(True)),
@@ -113,40 +125,45 @@ def crash_rows(fleet: FaultFleet, plan: Plan, chosen: Callable[[str], bool]) -> 
 
 def poison_rows(fleet: FaultFleet, plan: Plan, chosen: Callable[[str], bool]) -> list[Row]:
     """A run whose agent kills the coordinator driving it, on every resume: it must be quarantined
-    (FAILED with the reason) instead of sending coordinators into an endless crash loop."""
+    (FAILED with the reason) instead of sending coordinators into an endless crash loop. Two trials at
+    once (two runs: each death counts for both, so the limit is per run)."""
     if not chosen("poison"):
         return []
     row, started = Row("poison run (its agent kills its coordinator)"), time.monotonic()
-    for _ in plan.rounds(row):
+    for wave in plan.waves(row, 2):
         since = time.time()
-        pids = submit(fleet, "poison_job", 1)
-        outcome = settle(fleet.cli_json, fleet.cli, pids, 10 * fleet.timing.lease + 30)
-        after = journals(fleet.cli_json, pids)
+        pids = submit(fleet, "poison_job", len(wave))
+        outcome = settle(fleet, pids, 10 * fleet.timing.lease + 30)
         for pid in pids:
             if outcome.get(pid) != "FAILED":
                 row.problems.append(f"poison run {pid} was not quarantined: {outcome.get(pid)}")
                 fleet.cli("cancel", pid)  # or it goes on killing coordinators through the next faults
         deaths = sum(e.name.startswith("co-") and not e.planned for e in fleet.exits_since(since))
-        row.problems += [f"{deaths} coordinator deaths for one run"] if deaths > 10 else []
-        judge(row, fleet.records, {}, after, outcome, fleet.exits_since(since))
+        row.problems += [f"{deaths} coordinator deaths for {len(pids)} runs"] if deaths > 10 * len(pids) else []
+        after = journals(fleet.cli_json, pids)
+        for pid in pids:  # one trial per run
+            judge(row, fleet.records, {}, {pid: after.get(pid) or {}}, {pid: outcome.get(pid, "UNKNOWN")},
+                  fleet.exits_since(since))
     row.seconds = time.monotonic() - started
     return [row]
 
 
 def race_rows(fleet: FaultFleet, plan: Plan, chosen: Callable[[str], bool]) -> list[Row]:
     """``castor approve`` and ``castor resume`` of one suspended run at the same time, on a SQLite file
-    and on Redis (runs of the CLI, not of the fleet: the deciding processes execute the call)."""
-    rows = []
+    and on Redis (runs of the CLI, not of the fleet: the deciding processes execute the call). The two
+    stores' rows run at once; they touch no process of the fleet."""
     if not chosen("approve"):
         return []
-    for store in ("sqlite", "redis"):
-        fault = f"approve+resume at once ({store})"
-        row, started = Row(fault), time.monotonic()
+
+    def race_row(store: str) -> Row:
+        row, started = Row(f"approve+resume at once ({store})"), time.monotonic()
         for i in plan.rounds(row):
             race(fleet, row, store, i)
         row.seconds = time.monotonic() - started
-        rows.append(row)
-    return rows
+        return row
+
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(race_row, ("sqlite", "redis")))
 
 
 def race(fleet: FaultFleet, row: Row, store: str, i: int) -> None:

@@ -27,6 +27,7 @@ CASTOR = [sys.executable, "-m", "castor"]
 PREFIX, QUEUES = "faults", "faultsq"
 WORKERS, COORDINATORS = ("fa", "fb"), ("co-1", "co-2")
 RESTART_DELAY = 1.0  # s before the supervisor restarts a process (systemd's RestartSec)
+REPLY_GRACE = 30.0  # s a coordinator waits for a reply past a call's timeout (README: its deadline)
 
 
 def spec(name: str) -> str:
@@ -53,12 +54,21 @@ class Exit:
 
 @dataclass
 class Timing:
-    """How long the tools sleep, how long the coordinators' leases last and Redis stays down."""
+    """How long the tools sleep, how long the coordinators' leases last and Redis stays down. The calls
+    that trials lose (``fx_lost_*``) sleep ``lost`` seconds under a timeout of ``lost_timeout``: a lost
+    call is noticed at its deadline, ``lost_timeout`` plus the reply grace."""
 
     short: float
     long: float
     lease: float
     outage: float
+    lost: float = 3.0
+    lost_timeout: float = 5.0
+
+    @property
+    def lost_deadline(self) -> float:
+        """How long a coordinator waits for the reply of a lost call."""
+        return self.lost_timeout + REPLY_GRACE
 
 
 @dataclass
@@ -83,11 +93,14 @@ class FaultFleet:
         self.env = {**os.environ, "CASTOR_SECRET": self.secret, "CASTOR_REDIS_URL": self.url,
                     "CASTOR_REDIS_PREFIX": PREFIX, "CASTOR_CONFIG": str(self.config), "PYTHONPATH": str(ROOT),
                     "CASTOR_FAULTS_RECORDS": str(self.records), "CASTOR_FAULTS_SHORT": str(self.timing.short),
-                    "CASTOR_FAULTS_LONG": str(self.timing.long), "PYTHONFAULTHANDLER": "1"}
+                    "CASTOR_FAULTS_LONG": str(self.timing.long), "CASTOR_FAULTS_LOST": str(self.timing.lost),
+                    "PYTHONFAULTHANDLER": "1"}
         for var in ("CASTOR_BROKER_URL", "CASTOR_STORE"):
             self.env.pop(var, None)
         self.redis = redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=5)
         self._lock = threading.Lock()
+        self._reads: dict[tuple[str, ...], tuple[float, Any]] = {}
+        self._reads_locks: dict[tuple[str, ...], threading.Lock] = {}
         self._stop = threading.Event()
         self._supervisor = threading.Thread(target=self._supervise, daemon=True)
 
@@ -95,12 +108,14 @@ class FaultFleet:
         from bench._faults_agents import POOLS
 
         deadline = self.timing.long + 4  # a lost worker is noticed at the call's deadline
+        lost = self.timing.lost_timeout  # the calls trials lose: a short deadline, so it is noticed sooner
         imports = ", ".join(f'"{spec(n)}"' for names in POOLS.values() for n in names)
         pools = "\n".join(f"{pool} = {json.dumps(names)}" for pool, names in POOLS.items())
         return (f'[redis]\nurl = "{self.url}"\nprefix = "{PREFIX}"\n\n'
                 f'[broker]\nurl = "{self.url}"\nqueue_prefix = "{QUEUES}"\n\n'
                 f"[tools]\nimport = [{imports}]\ndefault_timeout = {deadline}\nmax_retries = 0\n"
-                f'retry_backoff = 0.1\nidempotent = ["fx_idem"]\n\n[pools]\n{pools}\n\n'
+                f"timeouts = {{ fx_lost_once = {lost}, fx_lost_idem = {lost} }}\n"
+                f'retry_backoff = 0.1\nidempotent = ["fx_idem", "fx_lost_idem"]\n\n[pools]\n{pools}\n\n'
                 f'[workers]\ndefault_pool = "fa"\nconcurrency = 4\npool = "threads"\n')
 
     # --- Redis ------------------------------------------------------------------------------------------
@@ -220,6 +235,20 @@ class FaultFleet:
             return json.loads(done.stdout) if done.returncode == 0 else None
         except json.JSONDecodeError:
             return None
+
+    def shared_json(self, *args: str, after: float) -> Any:
+        """``cli_json(*args)`` as read by a ``castor`` process started at or after ``after`` (a
+        ``time.monotonic()``): trials polling the same view at once share one process, for each costs an
+        interpreter's start on a loaded machine."""
+        with self._lock:
+            lock = self._reads_locks.setdefault(args, threading.Lock())
+        with lock:
+            at, value = self._reads.get(args, (-1.0, None))
+            if at < after:
+                at = time.monotonic()
+                value = self.cli_json(*args)
+                self._reads[args] = (at, value)
+            return value
 
     def close(self) -> None:
         """Stop the supervisor, every process and Redis."""

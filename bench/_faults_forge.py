@@ -9,19 +9,24 @@ import copy
 import hashlib
 import hmac
 import json
+import re
 import subprocess
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench._faults_crash import submit
+from bench._faults_crash import submit, verdict
 from bench._faults_fleet import CASTOR, PREFIX, QUEUES, ROOT, FaultFleet
-from bench._faults_observe import Plan, Row, busy, journals, judge, read_records, settle, snapshot, wait_until
+from bench._faults_observe import Plan, Row, journals, read_records, settle, snapshot, wait_until
 
 SAMPLE_SECRET = "change-me"
+REFUSAL_WAIT = 30.0  # s for a worker to dead-letter a forged message (its pool may be busy)
 EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
@@ -33,6 +38,7 @@ class Forger:
         self.envelope: dict[str, Any] = {}
         self.kwargs: dict[str, Any] = {}
         self.queue = ""
+        self.sent: list[str] = []  # the task ids of the messages forged
 
     def live_run(self) -> str | None:
         """Submit a run and wait until its long non-idempotent call runs; capture that call's task."""
@@ -64,14 +70,33 @@ class Forger:
         msg["body"] = base64.b64encode(text.encode()).decode()
         return json.dumps(msg)
 
-    def push(self, body: Any, task: str | None = None, queue: str | None = None) -> None:
-        """``LPUSH`` a forged message on the pool's queue list (or ``queue``)."""
-        self.fleet.redis.lpush(queue or self.queue, self.message(body, task))
+    def push(self, body: Any, task: str | None = None, queue: str | None = None) -> str:
+        """``LPUSH`` a forged message on the pool's queue list (or ``queue``); its task id."""
+        text = self.message(body, task)
+        self.fleet.redis.lpush(queue or self.queue, text)
+        task_id = str(json.loads(text)["headers"]["id"])
+        self.sent.append(task_id)
+        return task_id
 
-    def drained(self, queue: str | None = None, extra: float = 1.5) -> None:
-        """Wait until the queue's list is empty, then a little more for the worker to handle it."""
-        wait_until(lambda: self.fleet.redis.llen(queue or self.queue) == 0, 20)
-        time.sleep(extra)
+    def refused(self, row: Row, ids: list[str], also: Callable[[], bool] = lambda: False) -> list[dict[str, Any]]:
+        """Wait until ``castor deadletters --pool fb`` lists the messages ``ids`` (or ``also()`` is true):
+        their letters. A message a worker did not dead-letter within the wait is a problem of ``row``."""
+        letters: dict[str, dict[str, Any]] = {}
+        looked = [time.monotonic()]  # each look reads the list anew (a read other trials share, if newer)
+
+        def listed() -> bool:
+            found = self.fleet.shared_json("deadletters", "--pool", "fb", "--limit", "100000", after=looked[0]) or {}
+            looked[0] = time.monotonic()
+            for letter in found.get("letters") or []:
+                task_id = (letter.get("headers") or {}).get("id") if isinstance(letter.get("headers"), dict) else None
+                if task_id in ids:
+                    letters[task_id] = letter
+            return len(letters) == len(ids) or also()
+
+        if not wait_until(listed, REFUSAL_WAIT, every=0.3) and not also():
+            row.problems.append(f"{len(ids) - len(letters)} of {len(ids)} forged messages not dead-lettered "
+                                f"within {REFUSAL_WAIT:g} s")
+        return [letters[i] for i in ids if i in letters]
 
 
 def forged_task(forger: Forger, **changes: Any) -> list[Any]:
@@ -88,8 +113,7 @@ def signed(kwargs: dict[str, Any], secret: str) -> str:
 
 def hijack(forger: Forger, row: Row, pid: str) -> frozenset[str]:
     """An unsigned copy of the live run's running task (same run, step, attempt, reply stream)."""
-    forger.push(forged_task(forger, token=None))
-    forger.drained()
+    forger.refused(row, [forger.push(forged_task(forger, token=None))])
     return frozenset()
 
 
@@ -98,9 +122,8 @@ def reply_key(forger: Forger, row: Row, pid: str) -> frozenset[str]:
     victim, fresh = f"faults-victim-{uuid.uuid4().hex[:8]}", f"{PREFIX}:replies:{{forged-{uuid.uuid4().hex[:8]}}}"
     forger.fleet.redis.set(victim, "canary")
     run = f"forged-{uuid.uuid4().hex[:8]}"
-    for key in (victim, fresh):
-        forger.push(forged_task(forger, run_id=run, effect_id=f"{run}:2", token=None, reply_to=key))
-    forger.drained()
+    forger.refused(row, [forger.push(forged_task(forger, run_id=run, effect_id=f"{run}:2", token=None, reply_to=key))
+                         for key in (victim, fresh)])
     r = forger.fleet.redis
     kind = str(r.type(victim))
     if kind != "string" or r.get(victim) != "canary":
@@ -115,8 +138,11 @@ def oversized(forger: Forger, row: Row, pid: str) -> frozenset[str]:
     """An unsigned task naming the live run with a 10 MB argument: refused, stored and logged by size only."""
     logs = {name: len(forger.fleet.log(name)) for name in ("fa", "fb")}
     big = {"run": "x" * 10_000_000, "step": 99, "kind": "short"}
-    forger.push(forged_task(forger, step=99, effect_id=f"{pid}:99", arguments=big, token=None))
-    forger.drained(extra=3.0)
+    sent = forger.push(forged_task(forger, step=99, effect_id=f"{pid}:99", arguments=big, token=None))
+    for entry in forger.refused(row, [sent]):
+        if len(json.dumps(entry)) > 10_000 or int(entry.get("size") or 0) < 10_000_000:
+            row.problems.append(f"the dead letter of a 10 MB task holds {len(json.dumps(entry))} bytes and says it "
+                                f"had {entry.get('size')}")
     grown = max(len(forger.fleet.log(name)) - n for name, n in logs.items())
     if grown > 1_000_000:
         row.problems.append(f"a worker logged {grown // 1_000_000} MB for one oversized task")
@@ -129,9 +155,8 @@ def oversized(forger: Forger, row: Row, pid: str) -> frozenset[str]:
 def poison(forger: Forger, row: Row, pid: str) -> frozenset[str]:
     """Bodies that are valid JSON but not Celery's ``[args, kwargs, embed]``."""
     bodies: list[Any] = ['"just a string"', [1, 2], {}]
-    for body in bodies:
-        forger.push(body)
-    forger.drained(extra=3.0)
+    letters = forger.refused(row, [forger.push(body) for body in bodies])
+    row.notes += [f"dead-lettered: {entry.get('reason')}" for entry in letters]
     return frozenset()
 
 
@@ -161,8 +186,8 @@ def sample_secret(forger: Forger, row: Row, pid: str) -> frozenset[str]:
                       "attempt": 0, "arguments": {"run": ticket, "step": 1, "kind": "short"}, "reply_to": ""}
             kwargs["token"] = signed(kwargs, secret) if secret else None
             queue = f"{queues}:{queues}.fb"
-            forger.push([[], kwargs, EMBED], task=f"castor.tool.{tool}", queue=queue)
-            forger.drained(queue)
+            sent = forger.push([[], kwargs, EMBED], task=f"castor.tool.{tool}", queue=queue)
+            forger.refused(row, [sent], also=partial(ran, fleet.records, (ticket, 1, tool)))
             if read_records(fleet.records)[0][(ticket, 1, tool)]:
                 row.problems.append(f"a worker with {what} ran {tool} from a forged task")
         finally:
@@ -173,6 +198,11 @@ def sample_secret(forger: Forger, row: Row, pid: str) -> frozenset[str]:
                 proc.kill()
                 proc.wait(5)
     return frozenset(tickets)
+
+
+def ran(records: Path, call: tuple[str, int, str]) -> bool:
+    """Whether the records show a start of ``call`` (ticket, step, tool)."""
+    return bool(read_records(records)[0][call])
 
 
 def _started(log: Path, proc: subprocess.Popen[bytes]) -> bool:
@@ -191,35 +221,69 @@ ATTACKS: list[tuple[str, Attack]] = [
 ]
 
 
-def forge_rows(fleet: FaultFleet, plan: Plan, chosen: Callable[[str], bool]) -> list[Row]:
-    """Every forged-message fault, ``plan.trials`` times each; each trial has a live run the forgery targets."""
-    forger, rows = Forger(fleet), []
-    for fault, attack in ATTACKS if chosen("forged") else []:
-        row, started = Row(fault), time.monotonic()
-        for _ in plan.rounds(row):
-            since = time.time()
-            pid = forger.live_run()
-            if pid is None:
-                row.problems.append("no genuine task to copy: the forgery was not sent")
-                continue
-            before = journals(fleet.cli_json, [pid])
-            extra = attack(forger, row, pid)
-            outcome = settle(fleet.cli_json, fleet.cli, [pid], 4 * fleet.timing.long + 30)
-            settled_calls(fleet, since)
-            after = journals(fleet.cli_json, [pid])
-            if outcome.get(pid) != "COMPLETED":
-                error = (after.get(pid) or {}).get("error")
-                row.problems.append(f"the targeted run {pid} ended {outcome.get(pid)} ({error}), not COMPLETED")
-            judge(row, fleet.records, snapshot(before), after, outcome, fleet.exits_since(since), extra)
-        row.seconds = time.monotonic() - started
-        rows.append(row)
-    clean_queues(fleet)
-    return rows
+def forge_rows(fleet: FaultFleet, plan: Plan, chosen: Callable[[str], bool], sent: list[str]) -> list[Row]:
+    """Every forged-message fault, ``plan.trials`` times each; each trial has a live run the forgery targets.
+    The kinds run at once (each its own runs and row), their trials one after the other. The task ids of
+    the messages forged are added to ``sent``."""
+    if not chosen("forged"):
+        return []
+    with ThreadPoolExecutor(len(ATTACKS)) as pool:
+        return list(pool.map(lambda a: forge_row(fleet, plan, a[0], a[1], sent), ATTACKS))
 
 
-def settled_calls(fleet: FaultFleet, since: float) -> None:
-    """Wait for the calls started since ``since`` that still run (the real one a forgery shadowed)."""
-    wait_until(lambda: not busy(fleet.records, since), fleet.timing.long + 10)
+def forge_row(fleet: FaultFleet, plan: Plan, fault: str, attack: Attack, sent: list[str]) -> Row:
+    """One forged-message fault's row."""
+    row, started = Row(fault), time.monotonic()
+    for _ in plan.rounds(row):
+        since, forger = time.time(), Forger(fleet)
+        pid = forger.live_run()
+        if pid is None:
+            row.problems.append("no genuine task to copy: the forgery was not sent")
+            continue
+        before = journals(fleet.cli_json, [pid])
+        extra = attack(forger, row, pid)
+        sent += forger.sent
+        outcome = settle(fleet, [pid], 4 * fleet.timing.long + 30)
+        after = verdict(fleet, row, since, [pid], snapshot(before), outcome, extra)
+        if outcome.get(pid) != "COMPLETED":
+            error = (after.get(pid) or {}).get("error")
+            row.problems.append(f"the targeted run {pid} ended {outcome.get(pid)} ({error}), not COMPLETED")
+    row.seconds = time.monotonic() - started
+    return row
+
+
+def deadletter_rows(fleet: FaultFleet, chosen: Callable[[str], bool], sent: list[str]) -> list[Row]:
+    """After the forgeries: ``castor deadletters --json`` lists every message forged (``sent``) and no
+    genuine one, counted by kind (its reason); ``castor deadletters purge --pool fb`` empties the list."""
+    if not chosen("forged"):
+        return []
+    row, started = Row("dead letters: listed, then purged"), time.monotonic()
+    listing = fleet.cli_json("deadletters", "--limit", "100000") or {}
+    letters = listing.get("letters") or []
+    ids = [(d.get("headers") or {}).get("id") if isinstance(d.get("headers"), dict) else None for d in letters]
+    missing = set(sent) - set(ids)
+    if not letters or missing:
+        row.problems.append(f"{len(missing)} of {len(sent)} forged messages missing from castor deadletters")
+    if other := [i for i in ids if i not in set(sent)]:
+        row.problems.append(f"{len(other)} messages the harness did not forge were dead-lettered")
+    if listing.get("counts", {}).get("fb") != len([d for d in letters if d.get("pool") == "fb"]):
+        row.problems.append(f"castor deadletters counts {listing.get('counts')}, lists {len(letters)}")
+    kinds = Counter(kind(str(d.get("reason"))) for d in letters)
+    row.notes += [f"{n} x {kind}" for kind, n in sorted(kinds.items())]
+    purged = fleet.cli("deadletters", "purge", "--pool", "fb")
+    if purged.returncode != 0 or f"purged {len([d for d in letters if d.get('pool') == 'fb'])} " not in purged.stdout:
+        row.problems.append(f"castor deadletters purge --pool fb: {(purged.stdout + purged.stderr).strip()[-200:]}")
+    left = fleet.cli_json("deadletters", "--pool", "fb")
+    if left is None or left.get("letters") or any(left.get("counts", {}).values()):
+        row.problems.append(f"after a purge, castor deadletters --pool fb still lists {left}")
+    row.trials = 1
+    row.seconds = time.monotonic() - started
+    return [row]
+
+
+def kind(reason: str) -> str:
+    """A dead letter's reason without what differs from one message to the next (names, numbers)."""
+    return re.sub(r"\d+", "N", re.sub(r"'[^']*'", "'...'", reason.split(" (run ")[0]))[:80]
 
 
 def clean_queues(fleet: FaultFleet) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -13,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench._faults_agents import IDEMPOTENT
-from bench._faults_fleet import WORKERS, Exit
+from bench._faults_agents import IDEMPOTENT, POOLS
+from bench._faults_fleet import WORKERS, Exit, FaultFleet
 
 ENDED = ("COMPLETED", "FAILED", "PREEMPTED")
+RECORDED = tuple(name for names in POOLS.values() for name in names if name != "fx_ticket")  # tools that record
 Cli = Callable[..., Any]  # FaultFleet.cli_json, or the same over another store
 
 
@@ -52,9 +54,12 @@ def running(path: Path, tool: str, since: float) -> tuple[str, int, int] | None:
     return calls[0] if calls else None
 
 
-def busy(path: Path, since: float) -> bool:
-    """Whether a call started after ``since`` is still running in a live process."""
-    for _, _, os_pid in open_calls(path, None, since):
+def busy(path: Path, since: float, tickets: set[str] | None = None) -> bool:
+    """Whether a call started after ``since`` (of the runs with these ``tickets``; None: any run) is
+    still running in a live process."""
+    for ticket, _, os_pid in open_calls(path, None, since):
+        if tickets is not None and ticket not in tickets:
+            continue
         try:
             os.kill(os_pid, 0)
         except OSError:
@@ -81,16 +86,21 @@ def journals(cli_json: Cli, pids: list[str]) -> dict[str, dict[str, Any]]:
     return {pid: data for pid, data in zip(pids, found, strict=True) if isinstance(data, dict)}
 
 
-def settle(cli_json: Cli, cli: Cli, pids: list[str], timeout: float) -> dict[str, str]:
+def settle(fleet: FaultFleet, pids: list[str], timeout: float) -> dict[str, str]:
     """Wait until every run ended or waits on a call in doubt; approve the ordinary approvals on the way
     (the human of a destructive call), never an in-doubt one. Returns each run's outcome: COMPLETED,
     FAILED, PREEMPTED, IN_DOUBT, or its status when time ran out."""
     outcome: dict[str, str] = {}
     approved: set[tuple[str, int]] = set()
     deadline = time.monotonic() + timeout
+    last = time.monotonic()
     while time.monotonic() < deadline:
-        runs = {r["pid"]: r for r in cli_json("ps", "--limit", "100000") or []}
-        waiting = {a["pid"]: a for a in cli_json("approvals") or []}
+        with ThreadPoolExecutor(2) as pool:  # both views at once, each read shared with trials polling too
+            found = (pool.submit(fleet.shared_json, "ps", "--limit", "100000", after=last),
+                     pool.submit(fleet.shared_json, "approvals", after=last))
+        last = time.monotonic()  # the next look must be newer than this one (and any approval it sent)
+        runs = {r["pid"]: r for r in found[0].result() or []}
+        waiting = {a["pid"]: a for a in found[1].result() or []}
         for pid in pids:
             status = runs.get(pid, {}).get("status", "UNKNOWN")
             ask = waiting.get(pid)
@@ -102,7 +112,7 @@ def settle(cli_json: Cli, cli: Cli, pids: list[str], timeout: float) -> dict[str
                 outcome[pid] = status
                 if ask is not None and (pid, ask["step"]) not in approved:
                     approved.add((pid, ask["step"]))
-                    cli("approve", pid, "--as", "faults")
+                    fleet.cli("approve", pid, "--as", "faults")
         if all(o in (*ENDED, "IN_DOUBT") for o in outcome.values()) and len(outcome) == len(pids):
             return outcome
         time.sleep(0.3)
@@ -129,6 +139,15 @@ class Plan:
                 return
             yield i
 
+    def waves(self, row: Row, size: int) -> Iterator[list[int]]:
+        """The trial numbers ``row`` gets, ``size`` at a time: trials run at once, on different runs."""
+        numbers = iter(self.rounds(row))
+        while True:
+            wave = [n for _, n in zip(range(size), numbers, strict=False)]
+            if not wave:
+                return
+            yield wave
+
 
 @dataclass
 class Row:
@@ -146,6 +165,7 @@ class Row:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # how runs failed: allowed, but worth reading
     seconds: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)  # trials at once
 
     @property
     def holds(self) -> bool:
@@ -176,6 +196,12 @@ def judge(row: Row, records: Path, before: dict[str, list[Any]], after: dict[str
           outcome: dict[str, str], exits: list[Exit], extra: frozenset[str] = frozenset()) -> None:
     """Add one trial's runs to ``row``: executions per step (of the trial's runs, and of the forged
     tickets ``extra``), outcomes, lost steps, dead workers."""
+    with row.lock:
+        _judge(row, records, before, after, outcome, exits, extra)
+
+
+def _judge(row: Row, records: Path, before: dict[str, list[Any]], after: dict[str, dict[str, Any]],
+           outcome: dict[str, str], exits: list[Exit], extra: frozenset[str]) -> None:
     mine = tickets_of(after) | extra
     starts, finishes = read_records(records)
     row.trials += 1
@@ -221,7 +247,7 @@ def _judge_run(row: Row, pid: str, status: str, data: dict[str, Any], before: li
         row.problems.append(f"run {pid}: journaled steps {lost} lost or changed")
     if status == "IN_DOUBT" and ticket:
         step = int(data.get("pending_step") or len(log))
-        if any(finishes[(ticket, step, t)] for t in ("fx_once", "fx_remove", "fx_idem")):
+        if any(finishes[(ticket, step, t)] for t in RECORDED):
             row.problems.append(f"run {pid}: a human is asked about step {step}, whose tool finished")
     for i, rec in enumerate(log):
         if ticket and tool_of(rec) in IDEMPOTENT and isinstance(rec.get("response"), str):

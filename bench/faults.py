@@ -9,7 +9,8 @@ as systemd or compose would. It drives runs with ``castor submit`` / ``approve``
 them with ``castor ps`` / ``approvals`` / ``inspect --json``; their tools record each start and finish
 to a file. Faults: a worker or a coordinator SIGKILLed mid-tool, Redis restarted mid-tool (clean and
 SIGKILL), ``approve`` and ``resume`` at once, a run whose agent kills its coordinator, forged and
-malformed broker messages.
+malformed broker messages (each must be listed by ``castor deadletters``, then purged), and in full mode
+Redis down for longer than a call's deadline. Independent trials run at once (``docs/reliability.md``).
 
 A row holds when: a non-idempotent tool ran at most once per step; an idempotent step completed exactly
 once; every run ended (COMPLETED, FAILED with a reason, or waiting for a human on a call in doubt, and
@@ -30,12 +31,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from concurrent.futures import Future, ThreadPoolExecutor
+
 from bench._faults_crash import crash_rows, poison_rows, race_rows
 from bench._faults_fleet import FaultFleet, Timing
-from bench._faults_forge import forge_rows
+from bench._faults_forge import clean_queues, deadletter_rows, forge_rows
+from bench._faults_lost import outage_rows, worker_rows
 from bench._faults_observe import Plan, Row, table
 
-FAULTS = ("approve", "worker", "coordinator", "redis", "poison", "forged")
+FAULTS = ("approve", "worker", "coordinator", "redis", "poison", "forged", "outage")
+SLOW = ("outage",)  # left out of quick mode unless --faults names them
 QUICK = Timing(short=0.3, long=4.0, lease=1.5, outage=2.5)
 FULL = Timing(short=0.5, long=10.0, lease=3.0, outage=4.0)
 
@@ -44,13 +49,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short tools, 2 trials per fault (CI: under 3 minutes)")
     parser.add_argument("--trials", type=int, default=None, help="trials per fault (default: 2 quick, 5 full)")
-    parser.add_argument("--faults", default=",".join(FAULTS),
-                        help=f"comma-separated fault families to inject: {', '.join(FAULTS)}")
+    parser.add_argument("--faults", default=None,
+                        help=f"comma-separated fault families to inject: {', '.join(FAULTS)} (default: all; "
+                             f"quick mode leaves out {', '.join(SLOW)})")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of the table")
     parser.add_argument("--budget", type=float, default=None, metavar="SECONDS",
                         help="stop injecting after this long; the faults left fail (default: 240 quick, 3600 full)")
     args = parser.parse_args(argv)
-    args.families = [f.strip() for f in args.faults.split(",") if f.strip()]
+    default = [f for f in FAULTS if not (args.quick and f in SLOW)]
+    args.families = [f.strip() for f in args.faults.split(",") if f.strip()] if args.faults else default
     unknown = sorted(set(args.families) - set(FAULTS))
     if unknown:
         parser.error(f"unknown faults {', '.join(unknown)}: choose among {', '.join(FAULTS)}")
@@ -71,10 +78,20 @@ def run(args: argparse.Namespace, rows: list[Row]) -> None:
         fleet = FaultFleet(Path(tmp), QUICK if args.quick else FULL)
         try:
             fleet.start()
-            rows += race_rows(fleet, plan, chosen)
+            # While the worker-loss trials wait out their lost calls' deadlines, the faults that kill no
+            # process of the fleet (races of CLI runs, forgeries) run next to them.
+            sent: list[str] = []
+            with ThreadPoolExecutor(2) as side:
+                started: list[Future[list[Row]]] = []
+                worker = worker_rows(fleet, plan, chosen, lambda: started.extend(
+                    [side.submit(race_rows, fleet, plan, chosen), side.submit(forge_rows, fleet, plan, chosen, sent)]))
+                races, forged = (f.result() for f in started)
+            rows += races + worker
+            clean_queues(fleet)  # what a poison pill left (if a worker failed to refuse it)
             rows += crash_rows(fleet, plan, chosen)
             rows += poison_rows(fleet, plan, chosen)
-            rows += forge_rows(fleet, plan, chosen)  # last: a poison pill may keep killing a pool
+            rows += outage_rows(fleet, plan, chosen)
+            rows += forged + deadletter_rows(fleet, chosen, sent)
         finally:
             fleet.close()
 
