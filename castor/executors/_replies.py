@@ -59,10 +59,13 @@ class ReplyReader:
         """A future set when the reply for ``effect_id`` (that attempt, answering task ``task_id``) arrives,
         or failed with ``TimeoutError`` about ``deadline`` seconds from now (never earlier); starts the
         reader."""
-        if self._failure is not None:
-            raise BackendUnavailable(f"the reply stream {self.stream} cannot be read: {self._failure}")
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done():
+            if self._failure is not None:
+                # The last reader gave up (Redis stayed away) and failed the calls that waited then. A new
+                # call tries again on a fresh connection: a coordinator outlives an outage of any length.
+                log.warning("reply stream %s: reading again after %s", self.stream, self._failure)
+                self._failure = None
             self._task = loop.create_task(self._read(), name=f"castor-replies:{self.stream}")
         future: asyncio.Future[Reply] = loop.create_future()
         bucket = math.ceil((loop.time() + deadline) / TICK)

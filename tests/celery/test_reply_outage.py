@@ -1,0 +1,49 @@
+"""A coordinator's reply reader outlives a Redis outage longer than its retries: the calls waiting when
+it gave up fail with ``BackendUnavailable`` (their runs end with that reason), and once Redis is back the
+next call is read again instead of failing for good."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from castor._errors import BackendUnavailable
+from castor.backends.redis._resp import RespConnection
+from castor.executors._replies import ReplyReader
+from castor.executors._wire import OK, Reply
+from tests.redis_support import free_port, start_redis_server
+
+pytestmark = pytest.mark.fleet  # starts and restarts a redis-server of its own
+
+
+async def test_the_reader_reads_again_after_an_outage_that_failed_its_waiters(tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but redis-server is not installed: this test must run in CI")
+        pytest.skip("needs redis-server to stop and restart a server of its own")
+    port = free_port()
+    server = start_redis_server(tmp_path, port, "--appendonly", "yes")
+    stream = "castor-test:replies:{coordinator}"
+    reader = ReplyReader(RespConnection(f"redis://127.0.0.1:{port}/0"), stream, secret="s3cret")
+    try:
+        lost = reader.expect("run:0", 0, deadline=60.0, task_id="t-0")
+        await asyncio.sleep(0.2)  # the reader is blocked in its XREAD
+        server.kill()
+        server.wait()
+        with pytest.raises(BackendUnavailable):
+            await asyncio.wait_for(lost, 30)  # its retries run out while Redis is away
+        server = start_redis_server(tmp_path, port, "--appendonly", "yes")
+        back = reader.expect("run:1", 0, deadline=60.0, task_id="t-1")
+        writer = RespConnection(f"redis://127.0.0.1:{port}/0")
+        fields = Reply("run:1", 0, OK, "after the outage", task_id="t-1").fields("s3cret")
+        await writer.execute(("XADD", stream, "*", *[x for pair in fields.items() for x in pair]))
+        await writer.close()
+        assert (await asyncio.wait_for(back, 10)).result == "after the outage"
+    finally:
+        await reader.close()
+        server.kill()
+        server.wait()
