@@ -19,14 +19,12 @@ from __future__ import annotations
 import argparse
 import shlex
 from typing import Any, get_args
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from castor._errors import ConfigError
 from castor._limits import option_type
-from castor.backends import REDIS_SCHEMES
 from castor.cli._args import add_option
+from castor.cli._stores import fleet_process_settings, settings_of, uses_celery
 from castor.seams import Backend
-from castor.settings import CONFIG_HELP, Settings, WorkerPool, find_config, load_settings
+from castor.settings import CONFIG_HELP, WorkerPool
 
 
 def add_commands(subparsers: Any) -> None:
@@ -72,23 +70,6 @@ def add_executor_options(parser: argparse.ArgumentParser) -> None:
     config_option(parser)  # unless the command has its own --config
 
 
-def uses_celery(args: argparse.Namespace) -> bool:
-    """Whether the command drives its run with ``--executor celery``."""
-    return getattr(args, "run_executor", "local") == "celery"
-
-
-def celery_store_url(args: argparse.Namespace, given: list[tuple[str, str]]) -> str:
-    """The store of a ``--executor celery`` command: the config's Redis under its prefix (the workers
-    journal there, so no other store will do)."""
-    if given:
-        flags = ", ".join(flag for flag, _ in given)
-        raise ConfigError(f"--executor celery keeps the run in the Redis of --config ([redis] url); leave out {flags}")
-    settings = settings_of(args)
-    parts = urlsplit(settings.redis.url)
-    query = urlencode([*parse_qsl(parts.query), ("prefix", settings.redis.prefix)])
-    return urlunsplit(parts._replace(query=query))
-
-
 def celery_executor(args: argparse.Namespace, backend: Backend) -> tuple[Any, list[str]]:
     """The executor factory of a ``--executor celery`` kernel on ``backend``, and the tools the config
     marks destructive (on top of the run's)."""
@@ -114,54 +95,9 @@ def executor_flags(args: argparse.Namespace) -> str:
     return "--executor celery" + (f" --config {shlex.quote(config)}" if config else "")
 
 
-def config_path(args: argparse.Namespace) -> str | None:
-    """The config of a command: its ``--config``, else (if the command has that option) the one
-    ``find_config`` finds, else None (the built-in defaults)."""
-    given = getattr(args, "config", None)
-    if given or not hasattr(args, "config"):  # a command with no --config option looks for none
-        return given
-    found = find_config()
-    return str(found) if found is not None else None
-
-
-def settings_of(args: argparse.Namespace) -> Settings:
-    """The settings a command names with ``--config`` or finds (environment overrides applied), read
-    once per command (its store, executor and tools all ask)."""
-    loaded: Settings | None = getattr(args, "_settings", None)
-    if loaded is None:
-        loaded = load_settings(config_path(args))
-        args._settings = loaded
-    return loaded
-
-
 def config_option(parser: argparse.ArgumentParser) -> None:
     """``--config FILE``, saying where a command looks for one without it (unless the command has one)."""
     add_option(parser, "--config", default=None, metavar="FILE", help=CONFIG_HELP)
-
-
-def fleet_process_settings(args: argparse.Namespace) -> Settings:
-    """The settings of ``castor worker`` / ``castor flower``: the config's, with the Redis of ``--redis`` /
-    ``--store`` (if given) in place of ``[redis] url`` as ``castor coordinator`` takes it; ``ConfigError``
-    for a store that is not Redis (``--db``, ``sqlite://``, ``memory://``)."""
-    from castor.backends import _redis_options
-    from castor.cli._common import _given, store_url
-
-    settings = settings_of(args)
-    given = _given(args)
-    if not given:
-        return settings
-    url = store_url(args)  # one of them only; --redis HOST:PORT as redis://HOST:PORT
-    if not url.startswith(REDIS_SCHEMES):
-        raise ConfigError(
-            f"castor {args.command} keeps the fleet's state in Redis: {given[0][0]} {given[0][1]!r} is not a "
-            "redis:// URL (give --redis URL, or [redis] url in --config, or CASTOR_REDIS_URL)"
-        )
-    address, prefix, options = _redis_options(url)
-    if options:
-        raise ConfigError(f"castor {args.command} takes only ?prefix= in its Redis URL, not {', '.join(options)}")
-    if "prefix" not in dict(parse_qsl(urlsplit(url).query)):
-        prefix = settings.redis.prefix
-    return settings.updated(redis={"url": address, "prefix": prefix})
 
 
 def _run_worker(args: argparse.Namespace) -> int:

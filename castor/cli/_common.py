@@ -9,7 +9,6 @@ The store is chosen once per command, in this order: ``--store URL``, ``--redis 
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import warnings
 from collections.abc import Iterator
@@ -19,12 +18,10 @@ from typing import Any
 from castor._errors import ConfigError
 from castor.backends import open_backend
 from castor.cli._args import add_option
-from castor.cli._celery_cmds import celery_store_url, executor_flags, uses_celery
+from castor.cli._celery_cmds import executor_flags
+from castor.cli._stores import DEFAULT_DB, given_stores, store_url
 from castor.kernel import Castor, CastorWarning
 from castor.seams import Backend
-
-DEFAULT_DB = "castor.db"
-STORE_ENV = ("CASTOR_STORE", "CASTOR_REDIS_URL")
 
 
 def add_global_options(parser: argparse.ArgumentParser, *, top_level: bool) -> None:
@@ -47,40 +44,9 @@ def add_global_options(parser: argparse.ArgumentParser, *, top_level: bool) -> N
     )
 
 
-def sqlite_url(path: str) -> str:
-    """A store URL for a SQLite file path (absolute or relative to the working directory)."""
-    return path if "://" in path else f"sqlite:///{path}"
-
-
-def _given(args: argparse.Namespace) -> list[tuple[str, str]]:
-    flags = (("--store", "store"), ("--redis", "redis"), ("--db", "db"))
-    return [(flag, getattr(args, dest)) for flag, dest in flags if getattr(args, dest, None)]
-
-
-def store_url(args: argparse.Namespace) -> str:
-    """The store URL this command uses."""
-    given = _given(args)
-    if uses_celery(args):
-        return celery_store_url(args, given)
-    if len(given) > 1:
-        raise ConfigError(f"give only one of --db, --store, --redis (got {', '.join(f for f, _ in given)})")
-    if given:
-        flag, value = given[0]
-        if flag == "--db":
-            return sqlite_url(value)
-        if flag == "--redis" and "://" not in value:
-            return f"redis://{value}"
-        return value
-    for name in STORE_ENV:
-        env = os.environ.get(name)
-        if env:
-            return env
-    return sqlite_url(DEFAULT_DB)
-
-
 def store_flags(args: argparse.Namespace) -> str:
     """The store option to repeat in a command we tell the user to type (empty for the default)."""
-    given = _given(args)
+    given = given_stores(args)
     return " ".join(f"{flag} {shlex.quote(value)}" for flag, value in given[:1])
 
 

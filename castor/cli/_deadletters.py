@@ -27,7 +27,7 @@ from castor.cli._escape import shown
 
 def _client(args: argparse.Namespace) -> tuple[Any, str]:
     from castor.backends.redis import redis_client
-    from castor.cli._fleet_cmds import target
+    from castor.cli._stores import target
 
     url, prefix, _ = target(args)
     return redis_client(url, sync=True, decode_responses=True), prefix

@@ -13,18 +13,15 @@ The store is the CLI's (``--store URL`` / ``--redis URL`` / ``CASTOR_REDIS_URL``
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from castor._errors import ConfigError
 from castor._limits import option_type
-from castor.backends import REDIS_SCHEMES
 from castor.cli import _fleet_views as views
 from castor.cli._args import add_option, add_run_options
 from castor.cli._celery_cmds import config_option
+from castor.cli._stores import store_of
 
-DEFAULT_URL = "redis://127.0.0.1:6379/0"
 Handler = Callable[[argparse.Namespace], Awaitable[int]]
 
 
@@ -110,44 +107,3 @@ def _fleet_aware(name: str, embedded: Handler) -> Handler:
     handler.__doc__ = embedded.__doc__
     return handler
 
-
-def store_of(args: argparse.Namespace) -> str | None:
-    """The command's store URL if it is a Redis one, else None (then the embedded commands apply)."""
-    from castor.cli._common import store_url
-
-    url = store_url(args)
-    return url if url.startswith(REDIS_SCHEMES) else None
-
-
-def target(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:
-    """The fleet's Redis address, key prefix and store options.
-
-    The URL comes from ``--store`` / ``--redis`` / the environment, else the config (``--config``, or the
-    one a command with that option finds), else the local Redis.
-    The prefix: ``--prefix``, else the URL's ``?prefix=``, else ``CASTOR_REDIS_PREFIX``, else the config's.
-    """
-    from castor.backends import _redis_options
-    from castor.cli._celery_cmds import config_path
-    from castor.cli._common import STORE_ENV, _given, store_url
-
-    url = None
-    if _given(args) or any(os.environ.get(name) for name in STORE_ENV):
-        url = store_of(args)
-        if url is None:
-            raise ConfigError(f"the fleet keeps its state in Redis; {store_url(args)!r} is not a redis:// URL")
-    config = config_path(args)
-    settings = None
-    if config:
-        from castor.settings import load_settings
-
-        settings = load_settings(config)
-    url = url or (settings.redis.url if settings else DEFAULT_URL)
-    address, url_prefix, options = _redis_options(url)
-    prefix = (
-        getattr(args, "prefix", None)
-        or (url_prefix if "prefix=" in url else None)
-        or os.environ.get("CASTOR_REDIS_PREFIX")
-        or (settings.redis.prefix if settings else None)
-        or "castor"
-    )
-    return address, prefix, options

@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # the fleet client needs redis: imported when a fleet command
 async def fleet(args: argparse.Namespace) -> AsyncIterator[tuple[Backend, FleetClient]]:
     """The fleet's backend and client for one command, closed after it."""
     from castor.backends.redis import redis_backend
-    from castor.cli._fleet_cmds import target
+    from castor.cli._stores import target
 
     url, prefix, options = target(args)
     backend = redis_backend(url, prefix=prefix, **options)
@@ -66,8 +66,7 @@ def emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 async def coordinator(args: argparse.Namespace) -> int:
     """``castor coordinator``: run until SIGTERM."""
-    from castor.cli._celery_cmds import config_path
-    from castor.cli._fleet_cmds import target
+    from castor.cli._stores import config_path, target
     from castor.settings import Settings, load_settings
     from scheduler.coordinator import CoordinatorConfig
     from scheduler.main import executor_factory, serve

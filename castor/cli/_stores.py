@@ -1,0 +1,151 @@
+"""Which store, config and fleet a CLI command talks to.
+
+The store: ``--store URL``, ``--redis URL`` or ``--db PATH`` (one of them), then the environment
+(``CASTOR_STORE``, then ``CASTOR_REDIS_URL``), then ``./castor.db``; a ``--executor celery`` command keeps
+its run in the config's Redis. The config: ``--config``, else the one ``find_config`` finds. The fleet's
+Redis (``target``): the store if it is a Redis one, else the config's, else the local Redis. Every command
+module asks here, so none of them imports another for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from castor._errors import ConfigError
+from castor.backends import REDIS_SCHEMES, _redis_options
+from castor.settings import Settings, find_config, load_settings
+
+DEFAULT_DB = "castor.db"
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+STORE_ENV = ("CASTOR_STORE", "CASTOR_REDIS_URL")
+
+
+def sqlite_url(path: str) -> str:
+    """A store URL for a SQLite file path (absolute or relative to the working directory)."""
+    return path if "://" in path else f"sqlite:///{path}"
+
+
+def given_stores(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The store options given on the command line, as ``(flag, value)`` pairs."""
+    flags = (("--store", "store"), ("--redis", "redis"), ("--db", "db"))
+    return [(flag, getattr(args, dest)) for flag, dest in flags if getattr(args, dest, None)]
+
+
+def store_url(args: argparse.Namespace) -> str:
+    """The store URL this command uses."""
+    given = given_stores(args)
+    if uses_celery(args):
+        return celery_store_url(args, given)
+    if len(given) > 1:
+        raise ConfigError(f"give only one of --db, --store, --redis (got {', '.join(f for f, _ in given)})")
+    if given:
+        flag, value = given[0]
+        if flag == "--db":
+            return sqlite_url(value)
+        if flag == "--redis" and "://" not in value:
+            return f"redis://{value}"
+        return value
+    for name in STORE_ENV:
+        env = os.environ.get(name)
+        if env:
+            return env
+    return sqlite_url(DEFAULT_DB)
+
+
+def uses_celery(args: argparse.Namespace) -> bool:
+    """Whether the command drives its run with ``--executor celery``."""
+    return getattr(args, "run_executor", "local") == "celery"
+
+
+def celery_store_url(args: argparse.Namespace, given: list[tuple[str, str]]) -> str:
+    """The store of a ``--executor celery`` command: the config's Redis under its prefix (the workers
+    journal there, so no other store will do)."""
+    if given:
+        flags = ", ".join(flag for flag, _ in given)
+        raise ConfigError(f"--executor celery keeps the run in the Redis of --config ([redis] url); leave out {flags}")
+    settings = settings_of(args)
+    parts = urlsplit(settings.redis.url)
+    query = urlencode([*parse_qsl(parts.query), ("prefix", settings.redis.prefix)])
+    return urlunsplit(parts._replace(query=query))
+
+
+def config_path(args: argparse.Namespace) -> str | None:
+    """The config of a command: its ``--config``, else (if the command has that option) the one
+    ``find_config`` finds, else None (the built-in defaults)."""
+    given = getattr(args, "config", None)
+    if given or not hasattr(args, "config"):  # a command with no --config option looks for none
+        return given
+    found = find_config()
+    return str(found) if found is not None else None
+
+
+def settings_of(args: argparse.Namespace) -> Settings:
+    """The settings a command names with ``--config`` or finds (environment overrides applied), read
+    once per command (its store, executor and tools all ask)."""
+    loaded: Settings | None = getattr(args, "_settings", None)
+    if loaded is None:
+        loaded = load_settings(config_path(args))
+        args._settings = loaded
+    return loaded
+
+
+def fleet_process_settings(args: argparse.Namespace) -> Settings:
+    """The settings of ``castor worker`` / ``castor flower``: the config's, with the Redis of ``--redis`` /
+    ``--store`` (if given) in place of ``[redis] url`` as ``castor coordinator`` takes it; ``ConfigError``
+    for a store that is not Redis (``--db``, ``sqlite://``, ``memory://``)."""
+
+    settings = settings_of(args)
+    given = given_stores(args)
+    if not given:
+        return settings
+    url = store_url(args)  # one of them only; --redis HOST:PORT as redis://HOST:PORT
+    if not url.startswith(REDIS_SCHEMES):
+        raise ConfigError(
+            f"castor {args.command} keeps the fleet's state in Redis: {given[0][0]} {given[0][1]!r} is not a "
+            "redis:// URL (give --redis URL, or [redis] url in --config, or CASTOR_REDIS_URL)"
+        )
+    address, prefix, options = _redis_options(url)
+    if options:
+        raise ConfigError(f"castor {args.command} takes only ?prefix= in its Redis URL, not {', '.join(options)}")
+    if "prefix" not in dict(parse_qsl(urlsplit(url).query)):
+        prefix = settings.redis.prefix
+    return settings.updated(redis={"url": address, "prefix": prefix})
+
+
+def store_of(args: argparse.Namespace) -> str | None:
+    """The command's store URL if it is a Redis one, else None (then the embedded commands apply)."""
+
+    url = store_url(args)
+    return url if url.startswith(REDIS_SCHEMES) else None
+
+
+def target(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:
+    """The fleet's Redis address, key prefix and store options.
+
+    The URL comes from ``--store`` / ``--redis`` / the environment, else the config (``--config``, or the
+    one a command with that option finds), else the local Redis.
+    The prefix: ``--prefix``, else the URL's ``?prefix=``, else ``CASTOR_REDIS_PREFIX``, else the config's.
+    """
+
+    url = None
+    if given_stores(args) or any(os.environ.get(name) for name in STORE_ENV):
+        url = store_of(args)
+        if url is None:
+            raise ConfigError(f"the fleet keeps its state in Redis; {store_url(args)!r} is not a redis:// URL")
+    config = config_path(args)
+    settings = None
+    if config:
+        settings = load_settings(config)
+    url = url or (settings.redis.url if settings else DEFAULT_URL)
+    address, url_prefix, options = _redis_options(url)
+    prefix = (
+        getattr(args, "prefix", None)
+        or (url_prefix if "prefix=" in url else None)
+        or os.environ.get("CASTOR_REDIS_PREFIX")
+        or (settings.redis.prefix if settings else None)
+        or "castor"
+    )
+    return address, prefix, options
