@@ -5,8 +5,6 @@ next call is read again instead of failing for good."""
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,16 +13,13 @@ from castor._errors import BackendUnavailable
 from castor.backends.redis._resp import RespConnection
 from castor.executors._replies import ReplyReader
 from castor.executors._wire import OK, Reply
-from tests.redis_support import free_port, start_redis_server
+from tests.redis_support import free_port, need_redis_server, start_redis_server
 
 pytestmark = pytest.mark.fleet  # starts and restarts a redis-server of its own
 
 
 async def test_the_reader_reads_again_after_an_outage_that_failed_its_waiters(tmp_path: Path) -> None:
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but redis-server is not installed: this test must run in CI")
-        pytest.skip("needs redis-server to stop and restart a server of its own")
+    need_redis_server("stops and restarts a server of its own")
     port = free_port()
     server = start_redis_server(tmp_path, port, "--appendonly", "yes")
     stream = "castor-test:replies:{coordinator}"

@@ -3,7 +3,6 @@ worker's spool, never dropped, and journaled once when Redis is back (replayed a
 
 from __future__ import annotations
 
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ import redis
 from castor.backends.redis import keys
 from castor.checkpoint import new_record
 from castor.executors._wire import OK, Job, Reply
-from tests.redis_support import free_port, start_redis_server
+from tests.redis_support import free_port, need_redis_server, start_redis_server
 from workers import _spool
 from workers._scripts import StepScripts, replay_spool
 
@@ -23,7 +22,6 @@ pytestmark = pytest.mark.fleet  # starts processes (CLI, workers or redis-server
 AOF = ("--appendonly", "yes", "--appendfsync", "always")
 
 
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server to stop and start")
 @pytest.mark.parametrize("lean", [True, False], ids=["lean", "redis-py"])
 def test_a_finish_past_the_outage_deadline_is_spooled_and_journaled_once_at_the_next_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lean: bool
@@ -33,6 +31,7 @@ def test_a_finish_past_the_outage_deadline_is_spooled_and_journaled_once_at_the_
     if not lean:
         monkeypatch.setattr(_lean, "available", lambda url: False)
     monkeypatch.setattr(_spool, "REPLAY_EVERY", 3600.0)  # this process's own replays wait: the start replays
+    need_redis_server("stops and starts a server of its own")
     port, data, spool = free_port(), tmp_path / "redis", tmp_path / "spool"
     data.mkdir()
     url = f"redis://127.0.0.1:{port}/0"
@@ -65,9 +64,9 @@ def test_a_finish_past_the_outage_deadline_is_spooled_and_journaled_once_at_the_
         server.wait(10)
 
 
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server to stop and start")
 def test_a_live_worker_replays_its_spool_once_redis_is_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_spool, "REPLAY_EVERY", 0.2)
+    need_redis_server("stops and starts a server of its own")
     port, data, spool = free_port(), tmp_path / "redis", tmp_path / "spool"
     data.mkdir()
     url = f"redis://127.0.0.1:{port}/0"

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 
 from castor._errors import StaleLeaseError
 from castor._fleet import new_run
-from castor.backends.redis import keys, redis_backend
+from castor.backends.redis import keys
 from castor.checkpoint import new_record
 from castor.kernel.claims import IN_DOUBT_UNFINISHED
 from castor.seams import Backend
@@ -23,24 +22,6 @@ from scheduler._fence import Fences, fenced
 from scheduler._ops import FleetOps
 from scheduler.coordinator import Coordinator, CoordinatorConfig
 from tests.fleet import drive_parts
-
-
-@pytest.fixture
-async def backend(redis_url: str, redis_prefix: str) -> AsyncIterator[Backend]:
-    b = redis_backend(redis_url, prefix=redis_prefix)
-    try:
-        yield b
-    finally:
-        await b.close()
-
-
-@pytest.fixture
-async def ops(redis_url: str, redis_prefix: str) -> AsyncIterator[FleetOps]:
-    fleet_ops = FleetOps(redis_url, redis_prefix, "co-test")
-    try:
-        yield fleet_ops
-    finally:
-        await fleet_ops.close()
 
 
 async def lease_again(co: Coordinator, pid: str) -> None:

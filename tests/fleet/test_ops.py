@@ -4,37 +4,18 @@ takeover, and the fence the Redis scripts check."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
 import castor.lib as lib
 from castor import Castor, castor_tool
 from castor._errors import StaleLeaseError
-from castor.backends.redis import keys, redis_backend
+from castor.backends.redis import keys
 from castor.checkpoint import new_record
 from castor.kernel.runner import new_checkpoint
 from castor.seams import Backend
 from scheduler._fence import Fences, fenced
 from scheduler._ops import FleetOps
-
-
-@pytest.fixture
-async def ops(redis_url: str, redis_prefix: str) -> AsyncIterator[FleetOps]:
-    fleet_ops = FleetOps(redis_url, redis_prefix, "co-test")
-    try:
-        yield fleet_ops
-    finally:
-        await fleet_ops.close()
-
-
-@pytest.fixture
-async def backend(redis_url: str, redis_prefix: str) -> AsyncIterator[Backend]:
-    b = redis_backend(redis_url, prefix=redis_prefix)
-    try:
-        yield b
-    finally:
-        await b.close()
 
 
 async def take_and_lease(ops: FleetOps, pid: str, lease_ms: int = 5000) -> str:

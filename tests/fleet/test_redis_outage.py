@@ -5,9 +5,7 @@ and the run must end in a clear state: completed, or waiting for a human with th
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +14,7 @@ import pytest
 
 from castor.backends.redis import keys
 from tests.fleet.procs import Fleet, agent_spec, tool_spec
-from tests.redis_support import free_port, start_redis_server
+from tests.redis_support import free_port, need_redis_server, start_redis_server
 
 pytestmark = pytest.mark.fleet  # starts processes (CLI, workers or redis-server)
 
@@ -45,10 +43,7 @@ class PrivateRedis:
 
 @pytest.fixture
 def private(tmp_path: Path) -> Iterator[tuple[Fleet, PrivateRedis]]:
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but redis-server is not installed: the outage test must run in CI")
-        pytest.skip("needs redis-server to stop and restart")
+    need_redis_server("stops and restarts a server of its own")
     port = free_port()
     data = tmp_path / "redis"
     data.mkdir()

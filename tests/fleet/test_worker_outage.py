@@ -4,8 +4,6 @@ journaled once, the tool ran once, nobody is asked, and the run completes."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import subprocess
 import time
@@ -18,7 +16,7 @@ import redis
 from castor.backends.redis import keys
 from tests.fleet.procs import Fleet, agent_spec, tool_spec
 from tests.fleet.test_scenario import wait_for
-from tests.redis_support import free_port, start_redis_server
+from tests.redis_support import free_port, need_redis_server, start_redis_server
 
 pytestmark = pytest.mark.fleet  # starts processes (CLI, workers or redis-server)
 
@@ -59,10 +57,7 @@ class Private:
 
 @pytest.fixture
 def private(tmp_path: Path, redis_url: str) -> Iterator[Private]:
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but redis-server is not installed: the outage test must run in CI")
-        pytest.skip("needs redis-server to restart")
+    need_redis_server("restarts a server of its own")
     outage = Private(tmp_path, redis_url)
     try:
         yield outage

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -12,17 +10,14 @@ import pytest
 from castor.backends.redis import redis_backend
 from castor.checkpoint import SyscallRecord
 from castor.seams import Decision, PendingApproval
-from tests.redis_support import free_port, start_redis_server
+from tests.redis_support import free_port, need_redis_server, start_redis_server
 
 pytestmark = pytest.mark.fleet  # a redis-server of its own
 AOF = ("--appendonly", "yes", "--appendfsync", "always")
 
 
 async def test_nothing_acknowledged_is_lost_across_a_kill_and_restart(tmp_path: Path) -> None:
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but redis-server is not installed: the restart test must run in CI")
-        pytest.skip("needs redis-server to start and kill")
+    need_redis_server("kills and restarts a server of its own")
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     server = start_redis_server(tmp_path, port, *AOF)
