@@ -10,6 +10,8 @@
     [budgets]   <resource> = limit
     [flower]    port, basic_auth
     [coordinator] max_takeovers                 a run taken over more times in a row is quarantined (FAILED)
+    [llm]       pool, tools, skew               model calls' pool (and the tools that call models); window skew
+    [llm.limits."<provider>/<model>"] rpm, tpm  a provider's rate limits per API key, shared by every worker
 
 ``Settings`` has one frozen pydantic model per section (``settings.workers.concurrency``), each default
 and each range declared once, on its field (``castor.settings._model``). Unknown sections or keys, an
@@ -38,6 +40,8 @@ from castor.settings._model import (
     BrokerSection,
     CoordinatorSection,
     FlowerSection,
+    LLMSection,
+    ModelLimits,
     RedisSection,
     SecuritySection,
     Settings,
@@ -48,7 +52,8 @@ from castor.settings._model import (
 
 __all__ = [
     "CONFIG_ENV", "CONFIG_FILES", "CONFIG_HELP", "REPLY_GRACE", "BrokerSection", "CoordinatorSection",
-    "FlowerSection", "RedisSection", "SecuritySection", "Settings", "ToolPolicy", "ToolsSection", "WorkerPool",
+    "FlowerSection", "LLMSection", "ModelLimits",
+    "RedisSection", "SecuritySection", "Settings", "ToolPolicy", "ToolsSection", "WorkerPool",
     "WorkersSection", "broker_visibility", "call_deadline", "find_config", "load_settings", "longest_deadline",
     "tool_policy", "visibility_warning",
 ]

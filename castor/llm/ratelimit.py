@@ -1,0 +1,312 @@
+"""Model rate limits: requests and tokens per minute per (provider, model, API key), waited for, not failed.
+
+A provider limits each API key per model: ``rpm`` requests and ``tpm`` tokens in any minute. A
+``RateLimiter`` keeps a sliding window of the calls taken under each ``LimitKey`` (the key is named by a
+short hash of the API key, never the key itself) and admits a call only while the window, with the
+call's estimated tokens, stays within both limits:
+
+- ``acquire(key, tokens, timeout=)`` reserves the estimate (prompt estimate + ``max_tokens``) or, when
+  the window is full, waits its turn (the limiter says how long) until ``timeout``; past it, a
+  ``RateLimitError`` names the limit. A call that could never fit (more tokens than the limit) fails at once.
+- ``settle(reservation, tokens)`` corrects the reservation to the usage the provider reported.
+- ``pause(key, seconds)`` stops every acquire of the key (a provider's 429 with ``retry-after``).
+
+``MemoryRateLimiter`` serves one process (the embedded kernel); ``RedisRateLimiter``
+(``castor.llm.redis_limits``) shares the windows with every worker of the fleet, each call one script on
+the server's clock. ``limited()`` wraps any async provider call: acquire, call, settle, and a pause of
+the key when the provider answers 429.
+
+Each window is ``window + skew`` seconds long: ``skew`` covers the time between an acquire and the
+provider seeing the request, so the provider's own minute never holds more than the limit either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hashlib
+import random
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from castor._errors import CastorError, ConfigError
+from castor._ids import unique_ids
+
+__all__ = [
+    "Limit", "LimitKey", "LimitTable", "MemoryRateLimiter", "ProviderRateLimited", "RateLimitError",
+    "RateLimiter", "Reservation", "Slot", "key_id", "limited",
+]
+
+WINDOW = 60.0  # seconds: a provider's limits are per minute
+POLL = 1.0  # a waiting caller asks again at least this often: settled calls may free the window sooner
+
+
+class RateLimitError(CastorError, TimeoutError):
+    """A model call found no turn under its rate limit before its deadline (or can never fit under it)."""
+
+
+class ProviderRateLimited(CastorError):
+    """The provider refused a call for its rate limit (HTTP 429); ``retry_after`` seconds it asked to wait."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def key_id(api_key: str | None) -> str:
+    """A short, stable name for an API key (a hash: the key itself never leaves the worker's memory)."""
+    if not api_key:
+        return "nokey"
+    return hashlib.sha256(api_key.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True, slots=True)
+class LimitKey:
+    """What one rate limit applies to: a provider, a model, an API key (by its ``key_id``)."""
+
+    provider: str
+    model: str
+    key: str = "nokey"
+
+    @classmethod
+    def of(cls, provider: str, model: str, api_key: str | None = None) -> LimitKey:
+        """The limit key of calls to ``model`` at ``provider`` made with ``api_key``."""
+        return cls(provider, model, key_id(api_key))
+
+    @property
+    def name(self) -> str:
+        """``provider/model/key id``: how errors and Redis keys name it."""
+        return f"{self.provider}/{self.model}/{self.key}"
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """Requests and tokens per minute; None: not limited."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("rpm", "tpm"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(f"rate limit {name} must be a positive integer or None, not {value!r}")
+
+
+class LimitTable:
+    """The limits per model: ``"provider/model"`` first, then ``"provider/*"``, then ``"*"``; none: unlimited."""
+
+    def __init__(self, limits: Mapping[str, Any] | None = None) -> None:
+        """``limits``: name -> a ``Limit``, a mapping with ``rpm`` / ``tpm``, or ``[llm.limits]``'s sections."""
+        self._limits: dict[str, Limit] = {}
+        for name, limit in (limits or {}).items():
+            if name != "*" and (name.count("/") != 1 or not all(name.split("/"))):
+                raise ConfigError(f"rate limit name {name!r} must be 'provider/model', 'provider/*' or '*'")
+            if isinstance(limit, Mapping):
+                limit = Limit(limit.get("rpm"), limit.get("tpm"))
+            elif not isinstance(limit, Limit):
+                limit = Limit(limit.rpm, limit.tpm)  # a settings section (``castor.settings.ModelLimits``)
+            self._limits[name] = limit
+
+    def of(self, key: LimitKey) -> Limit:
+        """The limit of ``key``'s provider and model."""
+        for name in (f"{key.provider}/{key.model}", f"{key.provider}/*", "*"):
+            if name in self._limits:
+                return self._limits[name]
+        return Limit()
+
+
+@dataclass(slots=True)
+class Reservation:
+    """One admitted call: its ``tokens`` are in the window of ``key`` until it leaves it."""
+
+    key: LimitKey
+    id: str
+    tokens: int
+    waited: float = 0.0  # seconds the call waited for its turn
+
+
+class RateLimiter(ABC):
+    """Sliding windows of admitted calls per ``LimitKey``; ``acquire`` waits for a turn (see the module)."""
+
+    def __init__(
+        self, limits: LimitTable | Mapping[str, Any] | None = None, *,
+        window: float = WINDOW, skew: float = 1.0, poll: float = POLL,
+    ) -> None:
+        if window <= 0 or skew < 0 or poll <= 0:
+            raise ConfigError(f"rate limiter needs window > 0, skew >= 0, poll > 0 (got {window}, {skew}, {poll})")
+        self.limits = limits if isinstance(limits, LimitTable) else LimitTable(limits)
+        self.window = window + skew
+        self.poll = poll
+        self._ids = unique_ids(compact=True)
+
+    async def acquire(self, key: LimitKey, tokens: int, *, timeout: float | None = None) -> Reservation:
+        """Reserve ``tokens`` (an estimate, settled later) under ``key``'s limits, waiting up to ``timeout``
+        seconds (None: as long as it takes) for a turn; ``RateLimitError`` naming the limit past it."""
+        tokens = _tokens(tokens)
+        limit = self.limits.of(key)
+        rid = self._ids()
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
+        while True:
+            taken, wait, reason = await self._take(key, limit, rid, tokens)
+            if taken:
+                return Reservation(key, rid, tokens, time.monotonic() - started)
+            if wait < 0:
+                raise RateLimitError(
+                    f"a call of {tokens} tokens can never fit the limit of {key.name}: {limit.tpm} tokens per minute"
+                )
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise RateLimitError(
+                    f"no turn under the rate limit of {key.name} within {timeout:g}s: {_explain(reason, limit)}"
+                )
+            # A little jitter: callers refused together do not all come back in the same millisecond.
+            pause = min(wait * (1 + 0.05 * random.random()), self.poll)
+            await asyncio.sleep(pause if left is None else min(pause, left))
+
+    @abstractmethod
+    async def _take(self, key: LimitKey, limit: Limit, rid: str, tokens: int) -> tuple[bool, float, str]:
+        """Admit the call now: ``(True, 0, "")``, else ``(False, seconds to wait, "rpm" | "tpm" | "paused")``
+        (``-1`` seconds: it never fits)."""
+
+    @abstractmethod
+    async def settle(self, reservation: Reservation, tokens: int) -> None:
+        """Count what the call really used (the provider's usage) instead of its estimate."""
+
+    @abstractmethod
+    async def pause(self, key: LimitKey, seconds: float) -> None:
+        """Admit no call under ``key`` for ``seconds`` (a shorter pause never cuts a longer one)."""
+
+
+def _tokens(tokens: int) -> int:
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+        raise ConfigError(f"tokens to reserve must be a non-negative integer, not {tokens!r}")
+    return tokens
+
+
+def _explain(reason: str, limit: Limit) -> str:
+    if reason == "paused":
+        return "the provider asked to wait (429 retry-after)"
+    if reason == "rpm":
+        return f"{limit.rpm} requests per minute"
+    return f"{limit.tpm} tokens per minute"
+
+
+# --- one process ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Window:
+    calls: collections.deque[tuple[float, str]] = field(default_factory=collections.deque)  # (taken, id)
+    tokens: dict[str, int] = field(default_factory=dict)  # id -> tokens, while in the window
+    total: int = 0
+    paused_until: float = 0.0
+
+
+class MemoryRateLimiter(RateLimiter):
+    """The windows in this process's memory, on its monotonic clock (the embedded kernel)."""
+
+    def __init__(self, *args: Any, clock: Any = time.monotonic, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._clock = clock
+        self._windows: dict[LimitKey, _Window] = {}
+
+    async def _take(self, key: LimitKey, limit: Limit, rid: str, tokens: int) -> tuple[bool, float, str]:
+        now = self._clock()
+        w = self._windows.setdefault(key, _Window())
+        if w.paused_until > now:
+            return False, w.paused_until - now, "paused"
+        if limit.tpm is not None and tokens > limit.tpm:
+            return False, -1.0, "tpm"
+        while w.calls and w.calls[0][0] <= now - self.window:
+            _, gone = w.calls.popleft()
+            w.total -= w.tokens.pop(gone, 0)
+        wait, reason = 0.0, ""
+        if limit.rpm is not None and len(w.calls) >= limit.rpm:
+            wait, reason = w.calls[len(w.calls) - limit.rpm][0] + self.window - now, "rpm"
+        if limit.tpm is not None and w.total + tokens > limit.tpm:
+            need, freed = w.total + tokens - limit.tpm, 0
+            for at, call in w.calls:  # oldest first, until enough leaves the window
+                freed += w.tokens.get(call, 0)
+                if freed >= need:
+                    if at + self.window - now > wait:
+                        wait, reason = at + self.window - now, "tpm"
+                    break
+        if wait > 0:
+            return False, wait, reason
+        w.calls.append((now, rid))
+        w.tokens[rid] = tokens
+        w.total += tokens
+        return True, 0.0, ""
+
+    async def settle(self, reservation: Reservation, tokens: int) -> None:
+        """Count the reported ``tokens`` in place of the estimate (nothing once the call left the window)."""
+        w = self._windows.get(reservation.key)
+        tokens = _tokens(tokens)
+        if w is not None and reservation.id in w.tokens:
+            w.total += tokens - w.tokens[reservation.id]
+            w.tokens[reservation.id] = tokens
+
+    async def pause(self, key: LimitKey, seconds: float) -> None:
+        """No call under ``key`` for ``seconds``."""
+        w = self._windows.setdefault(key, _Window())
+        w.paused_until = max(w.paused_until, self._clock() + seconds)
+
+
+# --- around a provider call -----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Slot:
+    """A call's turn inside ``limited()``: tell it the usage the provider reported with ``used(tokens)``."""
+
+    reservation: Reservation
+    usage: int | None = None
+
+    def used(self, tokens: int) -> None:
+        """The tokens the provider reported for the call (settled when the block ends)."""
+        self.usage = _tokens(tokens)
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """The seconds a provider's rate-limit refusal asks to wait: a ``ProviderRateLimited``, or any error with
+    ``status_code`` 429 (an SDK's) and a ``retry_after`` attribute or ``retry-after`` header; else None."""
+    if not isinstance(exc, ProviderRateLimited) and getattr(exc, "status_code", None) != 429:
+        return None
+    seconds = getattr(exc, "retry_after", None)
+    if seconds is None:
+        headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+        with contextlib.suppress(TypeError, ValueError):
+            seconds = float(headers.get("retry-after"))  # type: ignore[arg-type]  # None: suppressed
+    return float(seconds) if seconds is not None else 1.0  # a 429 without a hint: a second
+
+
+@contextlib.asynccontextmanager
+async def limited(
+    limiter: RateLimiter, key: LimitKey, tokens: int, *, timeout: float | None = None
+) -> AsyncIterator[Slot]:
+    """Run a provider call in the block once ``key``'s limits give it a turn (``acquire``); then settle the
+    reservation to the usage given to ``slot.used()``. A 429 raised from the block pauses ``key`` for every
+    process sharing ``limiter`` for its ``retry-after``, then goes up (the caller decides to try again)::
+
+        async with limited(limiter, key, tokens=estimate + max_tokens, timeout=30) as slot:
+            response = await provider.complete(request)
+            slot.used(response.usage.total_tokens)
+    """
+    slot = Slot(await limiter.acquire(key, tokens, timeout=timeout))
+    try:
+        yield slot
+    except BaseException as exc:
+        wait = retry_after(exc)
+        if wait is not None:
+            await limiter.pause(key, wait)
+            slot.usage = 0 if slot.usage is None else slot.usage  # refused: it used no tokens
+        raise
+    finally:
+        if slot.usage is not None:
+            await limiter.settle(slot.reservation, slot.usage)
