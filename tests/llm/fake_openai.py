@@ -6,7 +6,8 @@ its ``usage``: prompt tokens ``len(content) // 4 + 4`` per message (``prompt_tok
 ``tpm`` set, one that would put any ``window``-second window over a limit is a *violation*, refused with a
 429 and ``retry-after`` as a provider would. ``POST /admin/throttle {"count": n, "retry_after": s}`` has
 the next ``n`` requests refused with a 429 (not counted as sent). ``GET /admin/stats`` gives the counts,
-the largest window seen (requests and tokens) and the tokens of each minute since the start.
+the largest window seen (requests and tokens), and per minute since the first request its tokens and the
+fullest window that ended in it.
 
 ``FakeOpenAI().start()`` serves it from a thread of this process (``stop()``); ``python -m
 tests.llm.fake_openai --tpm N`` serves it from a process of its own, printing ``PORT <n>`` once it listens.
@@ -35,7 +36,7 @@ class Counter:
 
     def __init__(self, rpm: int | None, tpm: int | None, window: float) -> None:
         self.rpm, self.tpm, self.window = rpm, tpm, window
-        self.started = time.monotonic()
+        self.started: float | None = None  # the first request's arrival: minutes count from it
         self.recent: collections.deque[tuple[float, int]] = collections.deque()  # (arrival, tokens) in the window
         self.window_tokens = 0
         self.max_tokens = 0
@@ -45,7 +46,8 @@ class Counter:
         self.violations = 0
         self.throttled = 0
         self.throttle: tuple[int, float] = (0, 0.0)  # requests still to refuse, their retry-after
-        self.minutes: dict[int, int] = collections.defaultdict(int)
+        self.minutes: dict[int, int] = collections.defaultdict(int)  # tokens arrived in each minute since the start
+        self.minute_peaks: dict[int, int] = collections.defaultdict(int)  # the fullest window ending in each minute
 
     def admit(self, tokens: int) -> float | None:
         """Record a request of ``tokens`` arriving now; the retry-after of a refusal, or None."""
@@ -61,7 +63,11 @@ class Counter:
         self.window_tokens += tokens
         self.requests += 1
         self.tokens += tokens
-        self.minutes[int((now - self.started) // 60)] += tokens
+        if self.started is None:
+            self.started = now
+        minute = int((now - self.started) // 60)
+        self.minutes[minute] += tokens
+        self.minute_peaks[minute] = max(self.minute_peaks[minute], self.window_tokens)
         self.max_tokens = max(self.max_tokens, self.window_tokens)
         self.max_requests = max(self.max_requests, len(self.recent))
         over_tpm = self.tpm is not None and self.window_tokens > self.tpm
@@ -78,6 +84,7 @@ class Counter:
             "throttled": self.throttled, "max_window_tokens": self.max_tokens,
             "max_window_requests": self.max_requests, "rpm": self.rpm, "tpm": self.tpm, "window": self.window,
             "minutes": [self.minutes[m] for m in sorted(self.minutes)],
+            "minute_peaks": [self.minute_peaks[m] for m in sorted(self.minutes)],
         }
 
 
