@@ -28,8 +28,9 @@ POOL_IMPLEMENTATIONS: tuple[str, ...] = get_args(WorkerPool)
 
 def worker_registry(settings: Settings, pool: str, tool_specs: Sequence[str] = ()) -> ToolRegistry:
     """The tools a worker of ``pool`` serves; ``ConfigError`` for a pool the config does not define or a
-    tool it puts on another pool. Without ``[pools]``, ``tool_specs`` are served on any pool as given."""
-    if tool_specs and not settings.pools:
+    tool it puts on another pool. Without ``[pools]`` (or ``[llm] tools``), ``tool_specs`` are served on any
+    pool as given."""
+    if tool_specs and not settings.pools and not settings.llm.tools:
         return _registry(settings, load_tools(tool_specs))
     settings.check_pool(pool)
     explicit = bool(tool_specs)

@@ -29,17 +29,19 @@ import hashlib
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from castor._errors import CastorError, ConfigError
 from castor._ids import unique_ids
 
 __all__ = [
     "Limit", "LimitKey", "LimitTable", "MemoryRateLimiter", "ProviderRateLimited", "RateLimitError",
-    "RateLimiter", "Reservation", "Slot", "key_id", "limited",
+    "RateLimiter", "Reservation", "Slot", "call_limited", "key_id", "limited", "retry_after",
 ]
+
+T = TypeVar("T")
 
 WINDOW = 60.0  # seconds: a provider's limits are per minute
 POLL = 1.0  # a waiting caller asks again at least this often: settled calls may free the window sooner
@@ -163,7 +165,7 @@ class RateLimiter(ABC):
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise RateLimitError(
-                    f"no turn under the rate limit of {key.name} within {timeout:g}s: {_explain(reason, limit)}"
+                    f"no turn under the rate limit of {key.name} within {timeout:.3g}s: {_explain(reason, limit)}"
                 )
             # A little jitter: callers refused together do not all come back in the same millisecond.
             pause = min(wait * (1 + 0.05 * random.random()), self.poll)
@@ -215,6 +217,11 @@ class MemoryRateLimiter(RateLimiter):
         super().__init__(*args, **kwargs)
         self._clock = clock
         self._windows: dict[LimitKey, _Window] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> MemoryRateLimiter:
+        """The limiter of ``castor.toml``'s ``[llm]`` (``limits``, ``skew``) for one process."""
+        return cls(LimitTable(settings.llm.limits), skew=settings.llm.skew)
 
     async def _take(self, key: LimitKey, limit: Limit, rid: str, tokens: int) -> tuple[bool, float, str]:
         now = self._clock()
@@ -310,3 +317,24 @@ async def limited(
     finally:
         if slot.usage is not None:
             await limiter.settle(slot.reservation, slot.usage)
+
+
+async def call_limited(
+    limiter: RateLimiter, key: LimitKey, tokens: int, call: Callable[[], Awaitable[T]], *,
+    usage: Callable[[T], int], timeout: float | None = None,
+) -> T:
+    """``await call()`` inside ``limited()``, and again after each 429 (the key paused meanwhile for every
+    process) until ``timeout``; ``usage(result)``: the tokens the provider reported. A result without usage
+    (``usage`` raises) keeps the estimate counted."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            async with limited(limiter, key, tokens, timeout=left) as slot:
+                result = await call()
+                slot.used(usage(result))
+                return result
+        except Exception as exc:
+            if retry_after(exc) is None:
+                raise
+            # paused by limited(): the next acquire waits the pause out, within the deadline

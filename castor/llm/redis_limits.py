@@ -16,7 +16,7 @@ from typing import Any
 
 from castor.backends.redis import keys
 from castor.backends.redis._client import RedisConnection
-from castor.llm.ratelimit import Limit, LimitKey, RateLimiter, Reservation, _tokens
+from castor.llm.ratelimit import Limit, LimitKey, LimitTable, RateLimiter, Reservation, _tokens
 
 __all__ = ["RedisRateLimiter"]
 
@@ -30,6 +30,11 @@ class RedisRateLimiter(RateLimiter):
         self._prefix = prefix
         self._window_ms = int(self.window * 1000)
         self._keys: dict[LimitKey, list[str]] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> RedisRateLimiter:
+        """The fleet's limiter: ``castor.toml``'s ``[redis]`` and ``[llm]`` (``limits``, ``skew``)."""
+        return cls(settings.redis.url, settings.redis.prefix, LimitTable(settings.llm.limits), skew=settings.llm.skew)
 
     def _keys_of(self, key: LimitKey) -> list[str]:
         names = self._keys.get(key)

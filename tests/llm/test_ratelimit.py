@@ -12,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -26,6 +27,7 @@ from castor.llm.ratelimit import (
     ProviderRateLimited,
     RateLimiter,
     RateLimitError,
+    call_limited,
     key_id,
 )
 from castor.llm.redis_limits import RedisRateLimiter
@@ -116,6 +118,7 @@ def test_keys_tables_and_settings() -> None:
         Limit(rpm=0)
     settings = Settings(llm={"limits": {"openai/gpt-test": {"rpm": 3, "tpm": 100}}, "tools": ["summarize"]})
     assert LimitTable(settings.llm.limits).of(K) == Limit(3, 100)
+    assert MemoryRateLimiter.from_settings(settings).limits.of(K) == Limit(3, 100)
     assert settings.pool_of("llm.chat") == settings.pool_of("summarize") == "llm" != settings.pool_of("fetch")
     assert "llm" in settings.pool_names
     moved = Settings(llm={"pool": "models"}, pools={"gpu": ["llm.local"]})
@@ -169,6 +172,36 @@ async def test_limited_settles_the_usage_and_a_429_pauses_the_key(fake_openai: F
     assert (stats["throttled"], stats["requests"]) == (1, 1)
     window = limiter._windows[KEY]  # the refused call counts no tokens, the other what the server reported
     assert window.total == stats["tokens"]
+
+
+async def test_call_limited_asks_again_after_each_429_until_its_deadline(
+    fake_openai: FakeOpenAI, redis_url: str, redis_prefix: str
+) -> None:
+    settings = Settings(redis={"url": redis_url, "prefix": redis_prefix},
+                        llm={"limits": {"fake/*": {"tpm": 1000}}, "skew": 0.0})
+    limiter = RedisRateLimiter.from_settings(settings)
+    body = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    throttle = fake_openai.url.replace("/v1", "/admin/throttle")
+    async with aiohttp.ClientSession() as session:
+
+        async def call() -> dict[str, Any]:
+            async with session.post(f"{fake_openai.url}/chat/completions", json=body) as response:
+                if response.status == 429:
+                    raise ProviderRateLimited("429", retry_after=float(response.headers["retry-after"]))
+                return dict(await response.json())
+
+        def usage(reply: dict[str, Any]) -> int:
+            return int(reply["usage"]["total_tokens"])
+
+        await session.post(throttle, json={"count": 2, "retry_after": 0.2})
+        started = time.monotonic()
+        reply = await call_limited(limiter, KEY, 50, call, usage=usage, timeout=10)
+        assert reply["usage"]["total_tokens"] == 8 and time.monotonic() - started > 0.35  # two pauses waited out
+        await session.post(throttle, json={"count": 1, "retry_after": 30})
+        with pytest.raises(RateLimitError, match=r"within 0.[45]\d*s: the provider asked to wait"):
+            await call_limited(limiter, KEY, 50, call, usage=usage, timeout=0.5)
+    assert (fake_openai.counter.throttled, fake_openai.counter.requests) == (3, 1)
+    await limiter.close()
 
 
 async def test_the_fake_server_streams_with_usage(fake_openai: FakeOpenAI) -> None:
