@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import random
 import time
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -145,31 +146,52 @@ class RateLimiter(ABC):
         self.window = window + skew
         self.poll = poll
         self._ids = unique_ids(compact=True)
+        self._lines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[LimitKey, asyncio.Lock]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def acquire(self, key: LimitKey, tokens: int, *, timeout: float | None = None) -> Reservation:
         """Reserve ``tokens`` (an estimate, settled later) under ``key``'s limits, waiting up to ``timeout``
-        seconds (None: as long as it takes) for a turn; ``RateLimitError`` naming the limit past it."""
+        seconds (None: as long as it takes) for a turn; ``RateLimitError`` naming the limit past it.
+
+        A refused caller waits in this process's line for the key: its callers take their turns in the
+        order they came, one of them asking at a time (a newcomer does not jump the line)."""
         tokens = _tokens(tokens)
         limit = self.limits.of(key)
         rid = self._ids()
         started = time.monotonic()
-        deadline = None if timeout is None else started + timeout
-        while True:
+        line = self._line(key)
+        reason = "line"
+        if not line.locked():
             taken, wait, reason = await self._take(key, limit, rid, tokens)
             if taken:
-                return Reservation(key, rid, tokens, time.monotonic() - started)
-            if wait < 0:
-                raise RateLimitError(
-                    f"a call of {tokens} tokens can never fit the limit of {key.name}: {limit.tpm} tokens per minute"
-                )
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise RateLimitError(
-                    f"no turn under the rate limit of {key.name} within {timeout:.3g}s: {_explain(reason, limit)}"
-                )
-            # A little jitter: callers refused together do not all come back in the same millisecond.
-            pause = min(wait * (1 + 0.05 * random.random()), self.poll)
-            await asyncio.sleep(pause if left is None else min(pause, left))
+                return Reservation(key, rid, tokens, 0.0)
+            _check_fits(wait, tokens, key, limit)
+        loop = asyncio.get_running_loop()
+        deadline = asyncio.timeout_at(None if timeout is None else loop.time() + timeout)
+        try:
+            async with deadline, line:
+                while True:
+                    taken, wait, reason = await self._take(key, limit, rid, tokens)
+                    if taken:
+                        return Reservation(key, rid, tokens, time.monotonic() - started)
+                    _check_fits(wait, tokens, key, limit)
+                    # A little jitter: callers refused together do not all come back in the same millisecond.
+                    await asyncio.sleep(min(wait * (1 + 0.05 * random.random()), self.poll))
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise RateLimitError(
+                f"no turn under the rate limit of {key.name} within {timeout:.3g}s: {_explain(reason, limit)}"
+            ) from None
+
+    def _line(self, key: LimitKey) -> asyncio.Lock:
+        """This event loop's line of callers waiting for ``key`` (a lock belongs to one loop)."""
+        lines = self._lines.setdefault(asyncio.get_running_loop(), {})
+        line = lines.get(key)
+        if line is None:
+            line = lines[key] = asyncio.Lock()
+        return line
 
     @abstractmethod
     async def _take(self, key: LimitKey, limit: Limit, rid: str, tokens: int) -> tuple[bool, float, str]:
@@ -191,7 +213,16 @@ def _tokens(tokens: int) -> int:
     return tokens
 
 
+def _check_fits(wait: float, tokens: int, key: LimitKey, limit: Limit) -> None:
+    if wait < 0:
+        raise RateLimitError(
+            f"a call of {tokens} tokens can never fit the limit of {key.name}: {limit.tpm} tokens per minute"
+        )
+
+
 def _explain(reason: str, limit: Limit) -> str:
+    if reason == "line":
+        return "callers of this process that came first still wait for their turns"
     if reason == "paused":
         return "the provider asked to wait (429 retry-after)"
     if reason == "rpm":

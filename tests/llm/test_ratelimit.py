@@ -96,6 +96,21 @@ async def test_waiting_callers_all_get_their_turn(limiter: RateLimiter) -> None:
     assert time.monotonic() - started > WINDOW * 1.5  # 3 per window: the 7th goes in the third window
 
 
+async def test_callers_take_their_turns_in_the_order_they_came(limiter: RateLimiter) -> None:
+    await limiter.acquire(K, 90)
+    order: list[str] = []
+
+    async def call(name: str, tokens: int) -> None:
+        await limiter.acquire(K, tokens, timeout=10)
+        order.append(name)
+
+    big = asyncio.create_task(call("big", 80))  # waits for the 90 to leave the window
+    await asyncio.sleep(0.05)
+    small = [asyncio.create_task(call(f"small{n}", 5)) for n in range(2)]  # would fit now: they wait behind it
+    await asyncio.gather(big, *small)
+    assert order == ["big", "small0", "small1"]
+
+
 async def test_unlimited_models_and_bad_input(limiter: RateLimiter) -> None:
     free = LimitKey.of("anthropic", "claude-test", "k")
     for _ in range(50):
