@@ -157,32 +157,39 @@ class RateLimiter(ABC):
         A refused caller waits in this process's line for the key: its callers take their turns in the
         order they came, one of them asking at a time (a newcomer does not jump the line)."""
         tokens = _tokens(tokens)
-        limit = self.limits.of(key)
-        rid = self._ids()
+        attempt = _Attempt(key, self.limits.of(key), self._ids(), tokens)
+        try:
+            return await self._turn(attempt, timeout)
+        except BaseException:
+            if attempt.since:  # refused before: it may be first in the fleet's line, which it leaves now
+                with contextlib.suppress(Exception):
+                    await self._leave(key, attempt.rid)
+            raise
+
+    async def _turn(self, a: _Attempt, timeout: float | None) -> Reservation:
         started = time.monotonic()
-        line = self._line(key)
-        reason = "line"
+        line = self._line(a.key)
         if not line.locked():
-            taken, wait, reason = await self._take(key, limit, rid, tokens)
+            taken, wait, a.reason, a.since = await self._take(a.key, a.limit, a.rid, a.tokens, a.since)
             if taken:
-                return Reservation(key, rid, tokens, 0.0)
-            _check_fits(wait, tokens, key, limit)
+                return Reservation(a.key, a.rid, a.tokens, 0.0)
+            _check_fits(wait, a)
         loop = asyncio.get_running_loop()
         deadline = asyncio.timeout_at(None if timeout is None else loop.time() + timeout)
         try:
             async with deadline, line:
                 while True:
-                    taken, wait, reason = await self._take(key, limit, rid, tokens)
+                    taken, wait, a.reason, a.since = await self._take(a.key, a.limit, a.rid, a.tokens, a.since)
                     if taken:
-                        return Reservation(key, rid, tokens, time.monotonic() - started)
-                    _check_fits(wait, tokens, key, limit)
+                        return Reservation(a.key, a.rid, a.tokens, time.monotonic() - started)
+                    _check_fits(wait, a)
                     # A little jitter: callers refused together do not all come back in the same millisecond.
                     await asyncio.sleep(min(wait * (1 + 0.05 * random.random()), self.poll))
         except TimeoutError:
             if not deadline.expired():
                 raise
             raise RateLimitError(
-                f"no turn under the rate limit of {key.name} within {timeout:.3g}s: {_explain(reason, limit)}"
+                f"no turn under the rate limit of {a.key.name} within {timeout:.3g}s: {_explain(a.reason, a.limit)}"
             ) from None
 
     def _line(self, key: LimitKey) -> asyncio.Lock:
@@ -194,9 +201,16 @@ class RateLimiter(ABC):
         return line
 
     @abstractmethod
-    async def _take(self, key: LimitKey, limit: Limit, rid: str, tokens: int) -> tuple[bool, float, str]:
-        """Admit the call now: ``(True, 0, "")``, else ``(False, seconds to wait, "rpm" | "tpm" | "paused")``
-        (``-1`` seconds: it never fits)."""
+    async def _take(
+        self, key: LimitKey, limit: Limit, rid: str, tokens: int, since: int
+    ) -> tuple[bool, float, str, int]:
+        """Admit the call now: ``(True, 0, "", since)``, else ``(False, seconds to wait, "rpm" | "tpm" |
+        "paused" | "line", since)`` (``-1`` seconds: it never fits). ``since``: when the call was first
+        refused, as the limiter's clock says (0: not yet); its place in a line across processes."""
+
+    @abstractmethod
+    async def _leave(self, key: LimitKey, rid: str) -> None:
+        """A caller that was refused gives up: it leaves the line of ``key``."""
 
     @abstractmethod
     async def settle(self, reservation: Reservation, tokens: int) -> None:
@@ -213,16 +227,28 @@ def _tokens(tokens: int) -> int:
     return tokens
 
 
-def _check_fits(wait: float, tokens: int, key: LimitKey, limit: Limit) -> None:
+@dataclass(slots=True)
+class _Attempt:
+    """One acquire: what it asks for, why it was last refused, and since when (its place in the line)."""
+
+    key: LimitKey
+    limit: Limit
+    rid: str
+    tokens: int
+    reason: str = "line"
+    since: int = 0
+
+
+def _check_fits(wait: float, a: _Attempt) -> None:
     if wait < 0:
         raise RateLimitError(
-            f"a call of {tokens} tokens can never fit the limit of {key.name}: {limit.tpm} tokens per minute"
+            f"a call of {a.tokens} tokens can never fit the limit of {a.key.name}: {a.limit.tpm} tokens per minute"
         )
 
 
 def _explain(reason: str, limit: Limit) -> str:
     if reason == "line":
-        return "callers of this process that came first still wait for their turns"
+        return "callers that came first still wait for their turns"
     if reason == "paused":
         return "the provider asked to wait (429 retry-after)"
     if reason == "rpm":
@@ -254,7 +280,17 @@ class MemoryRateLimiter(RateLimiter):
         """The limiter of ``castor.toml``'s ``[llm]`` (``limits``, ``skew``) for one process."""
         return cls(LimitTable(settings.llm.limits), skew=settings.llm.skew)
 
-    async def _take(self, key: LimitKey, limit: Limit, rid: str, tokens: int) -> tuple[bool, float, str]:
+    async def _take(
+        self, key: LimitKey, limit: Limit, rid: str, tokens: int, since: int
+    ) -> tuple[bool, float, str, int]:
+        # one process: the line of ``acquire`` is the whole line, ``since`` is not needed
+        taken, wait, reason = self._admit(key, limit, rid, tokens)
+        return taken, wait, reason, since
+
+    async def _leave(self, key: LimitKey, rid: str) -> None:
+        pass  # one process: its line is ``acquire``'s lock, which a caller that gives up has left
+
+    def _admit(self, key: LimitKey, limit: Limit, rid: str, tokens: int) -> tuple[bool, float, str]:
         now = self._clock()
         w = self._windows.setdefault(key, _Window())
         if w.paused_until > now:

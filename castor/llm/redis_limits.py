@@ -29,6 +29,8 @@ class RedisRateLimiter(RateLimiter):
         self._conn = redis if isinstance(redis, RedisConnection) else RedisConnection(redis)
         self._prefix = prefix
         self._window_ms = int(self.window * 1000)
+        # how long the first caller in line keeps its place without asking again (it asks every ``poll`` at most)
+        self._hold_ms = int((2 * self.poll + 1) * 1000)
         self._keys: dict[LimitKey, list[str]] = {}
 
     @classmethod
@@ -42,15 +44,20 @@ class RedisRateLimiter(RateLimiter):
             names = self._keys[key] = keys.llm_limit(self._prefix, key.name)
         return names
 
-    async def _take(self, key: LimitKey, limit: Limit, rid: str, tokens: int) -> tuple[bool, float, str]:
+    async def _take(
+        self, key: LimitKey, limit: Limit, rid: str, tokens: int, since: int
+    ) -> tuple[bool, float, str, int]:
         reply = await self._conn.script(
             "llm_ratelimit", self._keys_of(key),
-            ("acquire", rid, tokens, limit.rpm or 0, limit.tpm or 0, self._window_ms),
+            ("acquire", rid, tokens, limit.rpm or 0, limit.tpm or 0, self._window_ms, since, self._hold_ms),
         )
         if int(reply[0]) == 1:
-            return True, 0.0, ""
+            return True, 0.0, "", since
         wait = int(reply[1])
-        return False, (-1.0 if wait < 0 else wait / 1000), str(reply[2])
+        return False, (-1.0 if wait < 0 else wait / 1000), str(reply[2]), int(reply[3])
+
+    async def _leave(self, key: LimitKey, rid: str) -> None:
+        await self._conn.script("llm_ratelimit", self._keys_of(key), ("leave", rid))
 
     async def settle(self, reservation: Reservation, tokens: int) -> None:
         """Count the reported ``tokens`` in place of the estimate (nothing once the call left the window)."""

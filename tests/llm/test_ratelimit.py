@@ -174,6 +174,27 @@ async def test_two_limiters_share_the_windows_and_the_pause(redis_url: str, redi
     await second.close()
 
 
+async def test_the_line_spans_processes_and_a_caller_that_gives_up_leaves_it(redis_url: str, redis_prefix: str) -> None:
+    here, there = (RedisRateLimiter(redis_url, redis_prefix, LIMITS, window=WINDOW, skew=0) for _ in range(2))
+    await here.acquire(K, 90)
+    with pytest.raises(RateLimitError):
+        await here.acquire(K, 80, timeout=0.05)  # refused, first in line, gives up: leaves the line
+    assert (await there.acquire(K, 5, timeout=0)).waited == 0  # so this one does not wait for it
+    order: list[str] = []
+
+    async def call(limiter: RateLimiter, name: str, tokens: int) -> None:
+        await limiter.acquire(K, tokens, timeout=10)
+        order.append(name)
+
+    big = asyncio.create_task(call(here, "big", 80))
+    await asyncio.sleep(0.05)
+    small = asyncio.create_task(call(there, "small", 4))  # fits now, but the big one came first
+    await asyncio.gather(big, small)
+    assert order == ["big", "small"]
+    await here.close()
+    await there.close()
+
+
 async def test_limited_settles_the_usage_and_a_429_pauses_the_key(fake_openai: FakeOpenAI) -> None:
     limiter = MemoryRateLimiter({"fake/gpt-test": Limit(tpm=10_000)}, window=30, skew=0)
     async with aiohttp.ClientSession() as session:
