@@ -11,10 +11,12 @@ call's estimated tokens, stays within both limits:
 - ``settle(reservation, tokens)`` corrects the reservation to the usage the provider reported.
 - ``pause(key, seconds)`` stops every acquire of the key (a provider's 429 with ``retry-after``).
 
-``MemoryRateLimiter`` serves one process (the embedded kernel); ``RedisRateLimiter``
-(``castor.llm.redis_limits``) shares the windows with every worker of the fleet, each call one script on
-the server's clock. ``limited()`` wraps any async provider call: acquire, call, settle, and a pause of
-the key when the provider answers 429.
+Refused callers take their turns in the order they came: in a process they wait in a line per key (one
+of them asks the limiter at a time), and across processes the longest-refused caller still asking goes
+first. ``MemoryRateLimiter`` (``castor.llm.memory_limits``) serves one process (the embedded kernel);
+``RedisRateLimiter`` (``castor.llm.redis_limits``) shares the windows with every worker of the fleet, each
+operation one script on the server's clock. ``limited()`` wraps any async provider call: acquire, call,
+settle, and a pause of the key when the provider answers 429; ``call_limited()`` asks again after a 429.
 
 Each window is ``window + skew`` seconds long: ``skew`` covers the time between an acquire and the
 provider seeing the request, so the provider's own minute never holds more than the limit either.
@@ -23,7 +25,6 @@ provider seeing the request, so the provider's own minute never holds more than 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import hashlib
 import random
@@ -31,14 +32,14 @@ import time
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from castor._errors import CastorError, ConfigError
 from castor._ids import unique_ids
 
 __all__ = [
-    "Limit", "LimitKey", "LimitTable", "MemoryRateLimiter", "ProviderRateLimited", "RateLimitError",
+    "Limit", "LimitKey", "LimitTable", "ProviderRateLimited", "RateLimitError",
     "RateLimiter", "Reservation", "Slot", "call_limited", "key_id", "limited", "retry_after",
 ]
 
@@ -254,82 +255,6 @@ def _explain(reason: str, limit: Limit) -> str:
     if reason == "rpm":
         return f"{limit.rpm} requests per minute"
     return f"{limit.tpm} tokens per minute"
-
-
-# --- one process ----------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Window:
-    calls: collections.deque[tuple[float, str]] = field(default_factory=collections.deque)  # (taken, id)
-    tokens: dict[str, int] = field(default_factory=dict)  # id -> tokens, while in the window
-    total: int = 0
-    paused_until: float = 0.0
-
-
-class MemoryRateLimiter(RateLimiter):
-    """The windows in this process's memory, on its monotonic clock (the embedded kernel)."""
-
-    def __init__(self, *args: Any, clock: Any = time.monotonic, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._clock = clock
-        self._windows: dict[LimitKey, _Window] = {}
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> MemoryRateLimiter:
-        """The limiter of ``castor.toml``'s ``[llm]`` (``limits``, ``skew``) for one process."""
-        return cls(LimitTable(settings.llm.limits), skew=settings.llm.skew)
-
-    async def _take(
-        self, key: LimitKey, limit: Limit, rid: str, tokens: int, since: int
-    ) -> tuple[bool, float, str, int]:
-        # one process: the line of ``acquire`` is the whole line, ``since`` is not needed
-        taken, wait, reason = self._admit(key, limit, rid, tokens)
-        return taken, wait, reason, since
-
-    async def _leave(self, key: LimitKey, rid: str) -> None:
-        pass  # one process: its line is ``acquire``'s lock, which a caller that gives up has left
-
-    def _admit(self, key: LimitKey, limit: Limit, rid: str, tokens: int) -> tuple[bool, float, str]:
-        now = self._clock()
-        w = self._windows.setdefault(key, _Window())
-        if w.paused_until > now:
-            return False, w.paused_until - now, "paused"
-        if limit.tpm is not None and tokens > limit.tpm:
-            return False, -1.0, "tpm"
-        while w.calls and w.calls[0][0] <= now - self.window:
-            _, gone = w.calls.popleft()
-            w.total -= w.tokens.pop(gone, 0)
-        wait, reason = 0.0, ""
-        if limit.rpm is not None and len(w.calls) >= limit.rpm:
-            wait, reason = w.calls[len(w.calls) - limit.rpm][0] + self.window - now, "rpm"
-        if limit.tpm is not None and w.total + tokens > limit.tpm:
-            need, freed = w.total + tokens - limit.tpm, 0
-            for at, call in w.calls:  # oldest first, until enough leaves the window
-                freed += w.tokens.get(call, 0)
-                if freed >= need:
-                    if at + self.window - now > wait:
-                        wait, reason = at + self.window - now, "tpm"
-                    break
-        if wait > 0:
-            return False, wait, reason
-        w.calls.append((now, rid))
-        w.tokens[rid] = tokens
-        w.total += tokens
-        return True, 0.0, ""
-
-    async def settle(self, reservation: Reservation, tokens: int) -> None:
-        """Count the reported ``tokens`` in place of the estimate (nothing once the call left the window)."""
-        w = self._windows.get(reservation.key)
-        tokens = _tokens(tokens)
-        if w is not None and reservation.id in w.tokens:
-            w.total += tokens - w.tokens[reservation.id]
-            w.tokens[reservation.id] = tokens
-
-    async def pause(self, key: LimitKey, seconds: float) -> None:
-        """No call under ``key`` for ``seconds``."""
-        w = self._windows.setdefault(key, _Window())
-        w.paused_until = max(w.paused_until, self._clock() + seconds)
 
 
 # --- around a provider call -----------------------------------------------------------------------

@@ -19,11 +19,11 @@ import pytest
 
 from castor._errors import ConfigError
 from castor.backends.redis import RedisConnection
+from castor.llm.memory_limits import MemoryRateLimiter
 from castor.llm.ratelimit import (
     Limit,
     LimitKey,
     LimitTable,
-    MemoryRateLimiter,
     ProviderRateLimited,
     RateLimiter,
     RateLimitError,
