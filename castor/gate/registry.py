@@ -5,7 +5,6 @@
 """
 
 from castor._errors import UnknownToolError as ToolNotFoundError
-from castor.compat import ToolMetadata
-from castor.registry import ToolRegistry
+from castor.registry import ToolMetadata, ToolRegistry
 
 __all__ = ["ToolMetadata", "ToolNotFoundError", "ToolRegistry"]
