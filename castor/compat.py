@@ -16,8 +16,8 @@ from typing import Any, Literal, NoReturn, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
-from castor._errors import UnsupportedError
 from castor.checkpoint import Capability
+from castor.errors import UnsupportedError
 from castor.kernel.context import Suspend
 from castor.registry import SyscallGate
 

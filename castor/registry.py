@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from castor._errors import ConfigError, UnknownToolError
 from castor._schema import ArgSchema
+from castor.errors import ConfigError, UnknownToolError
 
 DEFAULT_RESOURCE = "api"
 DEFAULT_COST = 1.0

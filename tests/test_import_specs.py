@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from castor._code import run_spec
-from castor._errors import ConfigError
-from castor._fleet import new_run
 from castor._imports import ImportSpec, load_agent, load_tools, parse_spec
 from castor.cli import _specs
+from castor.errors import ConfigError
+from castor.fleet.client import new_run
 from castor.settings import Settings, load_settings
 from workers.main import worker_registry
 

@@ -11,9 +11,9 @@ import pytest
 from pydantic import ValidationError
 
 from castor import castor_tool
-from castor._errors import ConfigError, InvalidValueError
 from castor.cli import main
-from castor.executors._celery_conf import celery_config
+from castor.errors import ConfigError, InvalidValueError
+from castor.fleet.celery_config import celery_config
 from castor.registry import ToolRegistry
 from castor.settings import (
     REPLY_GRACE,

@@ -24,7 +24,7 @@ from celery.app.events import Events
 from celery.events.dispatcher import EventDispatcher
 from kombu.utils.json import dumps as kombu_dumps
 
-from castor.executors._kombu import is_redis_channel, publish_topics
+from castor.fleet.kombu_keys import is_redis_channel, publish_topics
 from workers import _lean
 
 log = logging.getLogger("castor.worker")

@@ -18,14 +18,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from castor._errors import BackendUnavailable
-from castor._ids import unique_ids
 from castor.backends.redis import keys, redis_client
-from castor.backends.redis._resp import RespError
 from castor.backends.redis.journal import encode
+from castor.backends.redis.resp import RespError
 from castor.backends.redis.scripts import STORE_SCRIPTS, Script
 from castor.checkpoint import SyscallRecord
-from castor.executors._wire import Job, Reply
+from castor.errors import BackendUnavailable
+from castor.fleet.records import unique_ids
+from castor.fleet.wire import Job, Reply
 from workers._spool import Spool
 
 MARKER_TTL = 7 * 24 * 3600

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from castor.executors._celery_conf import celery_config
+from castor.fleet.celery_config import celery_config
 from castor.registry import ToolSpec
 from castor.settings import Settings
 

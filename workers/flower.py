@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from castor._secret import require_secret
+from castor.fleet.sealing import require_secret
 from castor.settings import Settings
 from workers.app import make_app
 

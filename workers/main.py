@@ -12,9 +12,9 @@ import os
 from collections.abc import Sequence
 from typing import get_args
 
-from castor._errors import ConfigError
-from castor._imports import load_tools
-from castor._secret import require_secret
+from castor.errors import ConfigError
+from castor.fleet.loading import load_tools
+from castor.fleet.sealing import require_secret
 from castor.registry import ToolRegistry, ToolSpec
 from castor.settings import Settings, WorkerPool
 from workers._preflight import preflight

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from castor.executors._wire import task_name
+from castor.fleet.wire import task_name
 from workers._deadletter import DeadLetters, letter
 from workers._logfilter import withhold_bodies
 from workers._scripts import Delivery

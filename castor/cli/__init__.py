@@ -32,10 +32,10 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from castor._errors import InvalidValueError
 from castor.cli._args import normalize_argv
 from castor.cli._common import add_global_options, warnings_to_stderr
 from castor.cli._escape import shown
+from castor.errors import InvalidValueError
 
 COMMAND_MODULES: tuple[str, ...] = (
     "castor.cli._runs",  # run, resume, fork

@@ -3,9 +3,9 @@
 for 0.5.1 imports unchanged. (The fleet's coordinator is the separate ``scheduler`` package.)
 """
 
-from castor._errors import ReplayDivergenceError
 from castor.agents import AgentNotFoundError, AgentRegistry, castor_agent, default_agent_registry
 from castor.compat import AgentRunner, HITLHandler
+from castor.errors import ReplayDivergenceError
 from castor.lib.proxy import SyscallProxy
 from castor.scheduler.persistence import CheckpointStore, MemoryCheckpointStore
 

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from castor._errors import ConfigError, InvalidValueError
 from castor._imports import parse_spec
 from castor._secret import INSECURE_ENV
+from castor.errors import ConfigError, InvalidValueError
 from castor.registry import ToolSpec
 from castor.settings._model import (
     BrokerSection,

@@ -24,9 +24,9 @@ import pytest
 
 import castor.lib as lib
 from castor import BackendUnavailable, Castor, ConfigError
-from castor.executors._celery_conf import celery_config
 from castor.executors._publish import SendTaskPublisher
 from castor.executors.celery import CeleryExecutor, fleet_options
+from castor.fleet.celery_config import celery_config
 from castor.settings import Settings
 from tests.redis_support import free_port
 from workers._preflight import consumer_timeout_warning

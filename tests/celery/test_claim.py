@@ -18,7 +18,7 @@ import redis
 
 from castor.backends.redis import keys, redis_backend
 from castor.checkpoint import new_record
-from castor.executors._wire import IN_DOUBT, OK, Job, sign, task_name
+from castor.fleet.wire import IN_DOUBT, OK, Job, sign, task_name
 from castor.registry import ToolRegistry
 from castor.settings import Settings
 from workers._scripts import Delivery

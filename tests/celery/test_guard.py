@@ -17,7 +17,7 @@ import redis
 from castor import castor_tool
 from castor.backends.redis import keys, redis_backend
 from castor.checkpoint import StepFailure
-from castor.executors._wire import OK, REFUSED, Job, sign, task_name
+from castor.fleet.wire import OK, REFUSED, Job, sign, task_name
 from castor.registry import ToolRegistry
 from castor.seams import Decision, PendingApproval
 from castor.settings import Settings

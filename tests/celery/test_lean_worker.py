@@ -15,7 +15,7 @@ import redis
 from castor import BackendUnavailable
 from castor.backends.redis import keys
 from castor.checkpoint import new_record
-from castor.executors._wire import OK, Job, Reply
+from castor.fleet.wire import OK, Job, Reply
 from tests.redis_support import free_port, redis_server, reply_dropping_proxy, silent_port
 from workers._lean import LeanClient
 from workers._scripts import DUPLICATE, Delivery, StepScripts

@@ -12,7 +12,7 @@ import redis
 
 from castor.backends.redis import keys
 from castor.checkpoint import new_record
-from castor.executors._wire import OK, Job, Reply
+from castor.fleet.wire import OK, Job, Reply
 from tests.redis_support import free_port, need_redis_server, start_redis_server
 from workers import _spool
 from workers._scripts import StepScripts, replay_spool

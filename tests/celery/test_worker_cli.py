@@ -20,8 +20,8 @@ import redis
 import castor.lib as lib
 from castor import Castor
 from castor.cli import main
-from castor.executors._celery_conf import celery_config
 from castor.executors.celery import fleet_options
+from castor.fleet.celery_config import celery_config
 from castor.settings import REPLY_GRACE, Settings
 
 from .conftest import REDIS_URL, stop_process, wait_ready
@@ -159,7 +159,7 @@ def test_the_worker_app_is_built_with_the_fleets_celery_config() -> None:
 def test_a_worker_keeps_other_pools_long_tools_from_being_taken_for_lost(tmp_path: Path) -> None:
     # On a Redis broker any consumer restores any queue's unacked tasks: the fs worker's visibility
     # timeout must exceed the deadline the web pool's tool declares in code.
-    from castor.executors._celery_conf import celery_config
+    from castor.fleet.celery_config import celery_config
     from castor.settings import load_settings
     from workers.main import deadline_tools, worker_registry
 

@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from castor._errors import StaleLeaseError
-from castor._fleet import new_run
 from castor.backends.redis import keys
 from castor.checkpoint import new_record
+from castor.errors import StaleLeaseError
+from castor.fleet.client import new_run
 from castor.kernel.claims import IN_DOUBT_UNFINISHED
 from castor.seams import Backend
 from scheduler._fence import Fences, fenced

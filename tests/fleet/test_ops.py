@@ -9,9 +9,9 @@ import pytest
 
 import castor.lib as lib
 from castor import Castor, castor_tool
-from castor._errors import StaleLeaseError
 from castor.backends.redis import keys
 from castor.checkpoint import new_record
+from castor.errors import StaleLeaseError
 from castor.kernel.runner import new_checkpoint
 from castor.seams import Backend
 from scheduler._fence import Fences, fenced

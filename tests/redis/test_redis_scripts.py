@@ -53,7 +53,7 @@ def test_a_script_the_server_does_not_know_is_loaded_then_run(redis_url: str, fa
 @pytest.mark.fleet  # starts a redis-server of its own
 @pytest.mark.parametrize("lean", [True, False])
 async def test_every_path_loads_its_scripts_again_after_a_flush(tmp_path: Path, lean: bool) -> None:
-    from castor.executors._wire import Job
+    from castor.fleet.wire import Job
     from workers._scripts import RUNNING, StepScripts
 
     port = free_port()

@@ -6,7 +6,7 @@
 
 The connection stack, one of each:
 
-- **RESP core** (``_resp``): the encoder, the hiredis reply parser, the handshake a URL asks for (``AUTH``,
+- **RESP core** (``resp``): the encoder, the hiredis reply parser, the handshake a URL asks for (``AUTH``,
   ``SELECT``) and the errors, with two faces: ``RespConnection`` (asyncio, multiplexed: the stores'
   scripts, the coordinator's task publishing and reply reading) and the worker's ``workers._lean.LeanClient``
   (blocking, one socket per pool thread: its claim and finish). Where hiredis is missing or the URL is not
@@ -29,7 +29,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from castor._errors import ConfigError
 from castor._redact import hide_password
 from castor._sealing import DataKey
 from castor.backends.redis._client import Fence, RedisConnection, redis_client
@@ -37,6 +36,7 @@ from castor.backends.redis.approvals import RedisApprovalStore
 from castor.backends.redis.budgets import RedisBudgetStore
 from castor.backends.redis.journal import RedisJournal
 from castor.backends.redis.runs import WEEK, RedisRunStore
+from castor.errors import ConfigError
 from castor.seams import Backend
 
 __all__ = [

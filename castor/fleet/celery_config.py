@@ -11,6 +11,8 @@ closes, or when the worker holds it past the broker's ``consumer_timeout`` (30 m
 set in rabbitmq.conf: a worker warns at start when a tool deadline is longer). A coordinator publishing
 to RabbitMQ waits for the broker's confirm, or a task written to a connection the broker had closed
 would be lost without an error (kombu then retries the publish on a new connection).
+
+Part of the fleet's supported API (``castor.fleet``).
 """
 
 from __future__ import annotations
