@@ -18,7 +18,7 @@ from castor.fleet import driver
 from castor.seams import Decision
 
 if TYPE_CHECKING:
-    from scheduler.coordinator import Coordinator
+    from .coordinator import Coordinator
 
 log = logging.getLogger("castor.coordinator")
 

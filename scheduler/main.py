@@ -8,7 +8,8 @@ import signal
 from typing import Any
 
 from castor.errors import ConfigError
-from scheduler.coordinator import Coordinator, CoordinatorConfig
+
+from .coordinator import Coordinator, CoordinatorConfig
 
 
 def executor_factory(kind: str, settings: Any) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from castor.fleet.workers.main import worker_registry
 
 from castor._code import run_spec
 from castor._imports import ImportSpec, load_agent, load_tools, parse_spec
@@ -13,7 +14,6 @@ from castor.cli import _specs
 from castor.errors import ConfigError
 from castor.fleet.client import new_run
 from castor.settings import Settings, load_settings
-from workers.main import worker_registry
 
 SOURCE = "def rm(path: str) -> str:\n    return path\n\ndef ls() -> list:\n    return []\n\nVALUE = 1\n"
 

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import get_args
 
 import pytest
+from castor.fleet.workers._preflight import consumer_timeout_warning
+from castor.fleet.workers.main import POOL_IMPLEMENTATIONS, worker_registry
 from pydantic import ValidationError
 
 from castor import castor_tool
@@ -26,8 +28,6 @@ from castor.settings import (
     load_settings,
     visibility_warning,
 )
-from workers._preflight import consumer_timeout_warning
-from workers.main import POOL_IMPLEMENTATIONS, worker_registry
 
 HOUR = 3600
 

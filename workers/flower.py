@@ -6,7 +6,8 @@ import os
 
 from castor.fleet.sealing import require_secret
 from castor.settings import Settings
-from workers.app import make_app
+
+from .app import make_app
 
 
 def flower_argv(settings: Settings, port: int | None = None, address: str = "127.0.0.1") -> list[str]:

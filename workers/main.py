@@ -17,11 +17,12 @@ from castor.fleet.loading import load_tools
 from castor.fleet.sealing import require_secret
 from castor.registry import ToolRegistry, ToolSpec
 from castor.settings import Settings, WorkerPool
-from workers._preflight import preflight
-from workers._scripts import replay_spool
-from workers.app import make_app
-from workers.runtime import WorkerRuntime
-from workers.tasks import register_tools
+
+from ._preflight import preflight
+from ._scripts import replay_spool
+from .app import make_app
+from .runtime import WorkerRuntime
+from .tasks import register_tools
 
 POOL_IMPLEMENTATIONS: tuple[str, ...] = get_args(WorkerPool)
 

@@ -43,11 +43,12 @@ from castor.fleet.wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply,
 from castor.registry import ToolRegistry, ToolSpec
 from castor.seams import Backend
 from castor.settings import Settings, ToolPolicy, call_deadline, tool_policy
-from workers._deadletter import letter, record_async
-from workers._guard import Refusal, authorize, check_tool, parse_job
-from workers._heartbeat import Heartbeats
-from workers._loop import LoopThread
-from workers._scripts import ABANDONED, DUPLICATE, REPLY_MAXLEN, RUNNING, Delivery, StepScripts
+
+from ._deadletter import letter, record_async
+from ._guard import Refusal, authorize, check_tool, parse_job
+from ._heartbeat import Heartbeats
+from ._loop import LoopThread
+from ._scripts import ABANDONED, DUPLICATE, REPLY_MAXLEN, RUNNING, Delivery, StepScripts
 
 log = logging.getLogger("castor.worker")
 IN_DOUBT_MESSAGE = "in doubt after worker loss"

@@ -16,7 +16,7 @@ the parsed ``argparse.Namespace`` and returns the exit code; it may be ``async d
 ``asyncio.run``) or a plain function. The global options are added to every subparser afterwards, so
 a module adds nothing for them. To add a module of commands, add one line to ``COMMAND_MODULES``::
 
-    "workers.cli",  # castor worker ...
+    "castor.fleet.workers.cli",  # castor worker ...
 
 Import heavy dependencies (celery, redis) inside handlers, not at module level: ``castor --help``
 must stay fast and work without the extras.

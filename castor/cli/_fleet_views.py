@@ -67,9 +67,9 @@ def emit(args: argparse.Namespace, data: Any, text: str) -> None:
 async def coordinator(args: argparse.Namespace) -> int:
     """``castor coordinator``: run until SIGTERM."""
     from castor.cli._stores import config_path, target
+    from castor.fleet.scheduler.coordinator import CoordinatorConfig
+    from castor.fleet.scheduler.main import executor_factory, serve
     from castor.settings import Settings, load_settings
-    from scheduler.coordinator import CoordinatorConfig
-    from scheduler.main import executor_factory, serve
 
     url, prefix, options = target(args)
     config_file, settings = config_path(args), None

@@ -1,6 +1,6 @@
 """The Celery configuration every fleet process shares (coordinators send, workers consume).
 
-Plain data, no Celery import: ``workers.app`` and ``CeleryExecutor`` both build their app from it, so a
+Plain data, no Celery import: ``castor.fleet.workers.app`` and ``CeleryExecutor`` both build their app from it, so a
 coordinator and a worker can never disagree on serializer, queues or broker options.
 
 The broker's own options differ by transport. On Redis, kombu emulates acks: an unacked task comes back

@@ -1,5 +1,5 @@
 """The fleet from the operator's side: submit runs to the coordinators' queue, decide and cancel them,
-see which coordinator drives what. The coordinators' own side is ``scheduler``.
+see which coordinator drives what. The coordinators' own side is ``castor.fleet.scheduler``.
 
 Against the fleet a decision is only recorded: the Redis approval store announces it on the decision
 stream and a coordinator resumes the run. A run is the fleet's while it is queued, leased or parked.

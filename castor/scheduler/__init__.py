@@ -1,6 +1,6 @@
 """castor-kernel 0.5.1's module path for driving agents (``castor.scheduler.proxy``, ``.runner``,
 ``.hitl``, ``.persistence``, ``.agent_registry``): thin modules over Castor's own, kept so code written
-for 0.5.1 imports unchanged. (The fleet's coordinator is the separate ``scheduler`` package.)
+for 0.5.1 imports unchanged. (The fleet's coordinator is ``castor.fleet.scheduler``.)
 """
 
 from castor.agents import AgentNotFoundError, AgentRegistry, castor_agent, default_agent_registry

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from castor.fleet.workers._preflight import consumer_timeout_warning
 
 import castor.lib as lib
 from castor import BackendUnavailable, Castor, ConfigError
@@ -29,7 +30,6 @@ from castor.executors.celery import CeleryExecutor, fleet_options
 from castor.fleet.celery_config import celery_config
 from castor.settings import Settings
 from tests.redis_support import free_port
-from workers._preflight import consumer_timeout_warning
 
 from .checks import Twice, fails_cleanly, handled_twice, survives_poison
 from .conftest import ROOT, Fleet, running_fleet

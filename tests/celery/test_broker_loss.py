@@ -1,4 +1,4 @@
-"""kombu's and Celery's internals Castor relies on (``workers._broker_loss``'s patch, the key names in
+"""kombu's and Celery's internals Castor relies on (``castor.fleet.workers._broker_loss``'s patch, the key names in
 ``castor.fleet.kombu_keys``, the worker's event dispatcher): a change fails here, not in a fleet; and on a channel whose
 connection is gone, the patched restore/ack/reject do what they promise."""
 
@@ -11,9 +11,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import kombu
+from castor.fleet.workers._broker_loss import KOMBU_TESTED, patch_restore_unacked
 from kombu.transport import redis as transport
-
-from workers._broker_loss import KOMBU_TESTED, patch_restore_unacked
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
