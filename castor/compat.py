@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn, Protocol, runtime_checkable
 
-from castor._errors import UnsupportedError
 from castor.checkpoint import Capability
+from castor.errors import UnsupportedError
 from castor.kernel.context import Suspend
 from castor.registry import SyscallGate
 from castor.registry import ToolMetadata as ToolMetadata  # re-exported: 0.5.1 names, one import place

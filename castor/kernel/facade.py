@@ -14,12 +14,12 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
-from castor._errors import CastorWarning, ConfigError
 from castor._sealing import DataKey
 from castor.agents import AgentRegistry, default_agent_registry
 from castor.backends import open_backend
 from castor.checkpoint import AgentCheckpoint
 from castor.compat import legacy_tools
+from castor.errors import CastorWarning, ConfigError
 from castor.executors.local import LocalExecutor
 from castor.kernel import approvals, children, runner
 from castor.kernel.chain import build_chain
