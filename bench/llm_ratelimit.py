@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from castor.backends.redis import _resp  # noqa: E402
+from castor.backends.redis import resp  # noqa: E402
 from castor.llm.ratelimit import LimitKey  # noqa: E402
 from castor.llm.redis_limits import RedisRateLimiter  # noqa: E402
 from tests.llm.fake_openai import FakeOpenAI  # noqa: E402
@@ -39,9 +39,9 @@ from tests.llm.fake_openai import FakeOpenAI  # noqa: E402
 async def time_acquires(url: str, prefix: str, n: int) -> tuple[float, float]:
     """Median microseconds per acquire and round trips per acquire, on a key with no limit."""
     writes = 0
-    flush = _resp._Protocol._flush
+    flush = resp._Protocol._flush
 
-    def counting(self: _resp._Protocol) -> None:
+    def counting(self: resp._Protocol) -> None:
         nonlocal writes
         writes += 1
         flush(self)
@@ -49,7 +49,7 @@ async def time_acquires(url: str, prefix: str, n: int) -> tuple[float, float]:
     limiter = RedisRateLimiter(url, prefix, {"bench/*": {"tpm": 10**12}}, window=1.0, skew=0)
     key = LimitKey.of("bench", "timing", "k")
     await limiter.acquire(key, 1)  # connected, the script loaded
-    _resp._Protocol._flush = counting  # type: ignore[method-assign]
+    resp._Protocol._flush = counting  # type: ignore[method-assign]
     times = []
     try:
         for _ in range(n):
@@ -57,7 +57,7 @@ async def time_acquires(url: str, prefix: str, n: int) -> tuple[float, float]:
             await limiter.acquire(key, 1)
             times.append(time.perf_counter() - started)
     finally:
-        _resp._Protocol._flush = flush  # type: ignore[method-assign]
+        resp._Protocol._flush = flush  # type: ignore[method-assign]
     await limiter.close()
     return statistics.median(times) * 1e6, writes / n
 

@@ -12,16 +12,17 @@ import os
 from collections.abc import Sequence
 from typing import get_args
 
-from castor._errors import ConfigError
-from castor._imports import load_tools
-from castor._secret import require_secret
+from castor.errors import ConfigError
+from castor.fleet.loading import load_tools
+from castor.fleet.sealing import require_secret
 from castor.registry import ToolRegistry, ToolSpec
 from castor.settings import Settings, WorkerPool
-from workers._preflight import preflight
-from workers._scripts import replay_spool
-from workers.app import make_app
-from workers.runtime import WorkerRuntime
-from workers.tasks import register_tools
+
+from ._preflight import preflight
+from ._scripts import replay_spool
+from .app import make_app
+from .runtime import WorkerRuntime
+from .tasks import register_tools
 
 POOL_IMPLEMENTATIONS: tuple[str, ...] = get_args(WorkerPool)
 

@@ -35,8 +35,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from castor._errors import CastorError, ConfigError
 from castor._ids import unique_ids
+from castor.errors import CastorError, ConfigError
 
 __all__ = [
     "Limit", "LimitKey", "LimitTable", "ProviderRateLimited", "RateLimitError",

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from castor._errors import ConfigError, InvalidValueError
 from castor._imports import parse_spec
 from castor._secret import INSECURE_ENV
+from castor.errors import ConfigError, InvalidValueError
 from castor.registry import ToolSpec
 from castor.settings._model import (
     BrokerSection,
@@ -107,7 +107,7 @@ def broker_visibility(settings: Settings, tools: Iterable[ToolSpec] = ()) -> flo
 
     kombu's Redis transport lets every consumer of the broker restore any task unacked for longer than
     its own visibility timeout, whatever its queue. Workers that take their tools from the config count
-    every tool it imports (``workers.main.deadline_tools``); Flower and a worker given ``--tools`` know
+    every tool it imports (``castor.fleet.workers.main.deadline_tools``); Flower and a worker given ``--tools`` know
     only the config's deadlines, so a tool declaring a long one in code belongs in ``[tools] timeouts``
     too (or the fleet sets ``[broker] visibility_timeout``).
     """

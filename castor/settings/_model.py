@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from castor._errors import ConfigError
+from castor.errors import ConfigError
 from castor.settings._ranges import settings_error
 
 DAY = 86400.0

@@ -17,7 +17,7 @@ from annotated_types import Ge, Gt, Le
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from castor._errors import ConfigError, InvalidValueError
+from castor.errors import ConfigError, InvalidValueError
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import redis.asyncio.connection as aioconnection
 
-from castor.backends.redis import _resp
+from castor.backends.redis import resp
 from tests.llm.fake_openai import FakeOpenAI
 from tests.redis_support import RoundTrips
 
@@ -26,7 +26,7 @@ def round_trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[RoundTrips]:
     """Count the writes of every asyncio Redis connection while the test runs (one write: one round trip)."""
     counter = RoundTrips()
     send = aioconnection.AbstractConnection.send_packed_command
-    flush = _resp._Protocol._flush
+    flush = resp._Protocol._flush
 
     async def counting(self: Any, command: Any, check_health: bool = True) -> None:
         counter.sends += 1
@@ -37,5 +37,5 @@ def round_trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[RoundTrips]:
         flush(self)
 
     monkeypatch.setattr(aioconnection.AbstractConnection, "send_packed_command", counting)
-    monkeypatch.setattr(_resp._Protocol, "_flush", counting_flush)
+    monkeypatch.setattr(resp._Protocol, "_flush", counting_flush)
     yield counter

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from castor.fleet.workers.main import worker_argv, worker_registry
 
-from castor._errors import ConfigError
+from castor.errors import ConfigError
 from castor.settings import load_settings
-from workers.main import worker_argv, worker_registry
 
 
 def test_a_worker_of_the_llm_pool_serves_the_tools_that_call_models(tmp_path: Path) -> None:

@@ -17,8 +17,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from castor._errors import ConfigError
 from castor.backends.redis import RedisConnection
+from castor.errors import ConfigError
 from castor.llm.memory_limits import MemoryRateLimiter
 from castor.llm.ratelimit import (
     Limit,
