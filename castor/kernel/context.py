@@ -37,13 +37,32 @@ class Suspend(BaseException):
         self.step = step
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Syscall(ToolCall):
     """One tool call on its way through the kernel's handler chain: the ``ToolCall`` the executor is
     handed and the journal records, plus the run it belongs to and the tool's spec (set by validation)."""
 
     ctx: RunContext
-    spec: ToolSpec | None = None
+    spec: ToolSpec | None
+
+    def __init__(self, run_id: str, step: int, tool_name: str, arguments: dict[str, Any], ctx: RunContext) -> None:
+        # Written out: one is made per step, replayed ones too, and a generated __init__ fills the
+        # keyword-only defaults from a dict, one lookup each (a third of a replayed step's budget).
+        self.run_id = run_id
+        self.step = step
+        self.tool_name = tool_name
+        self.arguments = arguments
+        self.ctx = ctx
+        self.spec = None
+        self.attempt = 0
+        self.checked = None
+        self.decided_by = None
+        self.was_hitl = False
+        self.needs_review = False
+        self.review_reason = None
+        self.charged = None
+        self.usage = None
+        self.finished_at = None
 
     def journaled_arguments(self) -> dict[str, Any]:
         """The raw arguments with their sensitive values as keyed digests, as the journal keeps them."""
