@@ -8,6 +8,11 @@ The kernel's own extension point, the interceptors of its syscall handler chain,
 ``castor.kernel.context.Interceptor``. Implementations: ``memory`` (tests, the Python API's default),
 ``sqlite`` (embedded default of the CLI), ``redis`` (the fleet).
 
+One value stands for a tool call wherever it goes: ``ToolCall``. The kernel's in-flight ``Syscall`` is
+one, the executor is handed it, the fleet's wire format is its encoding (``castor.executors._wire``:
+the worker decodes it back), a pending approval is one plus when and why it waits, and its ``record``
+method is the one builder of the step's journal record, on the coordinator and on the worker alike.
+
 Every method is a coroutine, so a backend may do I/O; the memory one simply never awaits.
 """
 
