@@ -6,7 +6,8 @@ place a call becomes a task, ``decode`` the one place a task becomes a call agai
 the worker received it). The ``token`` is an HMAC-SHA256, under the fleet's secret, over every other
 field, canonical JSON: a worker runs nothing a coordinator did not sign (only in an insecure development
 fleet without a secret, a gated tool's unsigned call that a human approved in Redis), and replies to no
-stream a coordinator did not name.
+stream a coordinator did not name. A worker refuses a task with a field it does not know or without one it needs,
+so the coordinators and workers of one fleet run the same Castor version.
 
 A reply is a flat stream entry naming the Celery task id it answers (a coordinator takes a reply only
 for the task it published) and, with a secret, signed over all its fields (``reply_signature``): a reply
