@@ -55,8 +55,10 @@ class ToolCall:
     needs_review: bool = False
     review_reason: str | None = None
     charged: Mapping[str, float] | None = None  # the step's cost, drawn from the budgets before it ran
-    # The run's total usage after this step, on every USAGE_STRIDE-th step when the one who builds the
-    # record cannot know it (a worker): the kernel sets it before it sends the call.
+    # The run's total usage after this step, on every USAGE_STRIDE-th step, for a record built where the
+    # total is unknown (a worker): the kernel sets it before it sends the call, when every earlier step is
+    # journaled (with earlier calls still in flight it cannot know it: the record has none, and usage_of
+    # sums further back).
     usage: dict[str, float] | None = None
     # When the call finished: set by whoever journaled its record (a worker: its reply says when), so the
     # kernel's copy of the record is the journaled one; otherwise the moment ``record`` builds it.

@@ -178,7 +178,7 @@ class RunContext:
             if charged:
                 for name, amount in charged.items():
                     usage[name] = usage.get(name, 0.0) + amount
-            if not stored:
+            if not stored:  # a stored record is kept as journaled: it has its snapshot if its builder knew it
                 if step % USAGE_STRIDE == USAGE_STRIDE - 1:
                     record.__dict__["usage"] = dict(usage)  # set once, before anyone else holds the record
                 try:
