@@ -122,8 +122,8 @@ class MemoryBudgetStore:
         """Replace what the step took by ``actual`` (a model call's reservation by its usage), in one move.
 
         Each ledger the reservation drew from gets back the difference (or gives more, if the call used
-        more than reserved); a ledger reset or reopened since keeps its new entry. A step never charged is
-        charged ``actual`` without a limit check: the tokens were spent.
+        more than reserved); a ledger reset or reopened since keeps its new entry (the reset spent the
+        reservation).
         """
         with self._lock:
             steps = self._charged.setdefault(run_id, {})
@@ -132,12 +132,7 @@ class MemoryBudgetStore:
                 ledger, cost = taken
                 taken = [(None, r, amount, ledger[r]) for r, amount in cost.items() if r in ledger]
             if taken is None:
-                taken = [
-                    (scope, r, 0.0, entry)
-                    for scope, ledger in self._ledgers(run_id, scopes)
-                    for r, entry in ledger.items()
-                    if r in actual
-                ]
+                return  # never charged (nothing tracked) or refunded since: nothing to settle
             settled: list[tuple[str | None, str, float, Entry]] = []
             for scope, resource, amount, entry in taken:
                 now = self._runs.get(run_id) if scope is None else self._scopes.get(scope)
