@@ -26,7 +26,7 @@ from castor.kernel.chain import wrap
 from castor.kernel.context import Handler, Interceptor, RunContext, Syscall
 from castor.kernel.steps import answer, replay, step_record
 from castor.llm.cost import DEFAULT_MAX_TOKENS, Price, cost_of_tokens, reservation, usage_from
-from castor.llm.types import ModelCallError, ModelTimeoutError, response_dict
+from castor.llm.types import MalformedResponseError, ModelCallError, ModelTimeoutError, response_dict
 
 MODEL_PREFIX = "model:"
 Invoke = Callable[[dict[str, Any]], Awaitable[Any]]
@@ -223,6 +223,8 @@ async def _failed(call: ModelSyscall, exc: BaseException) -> None:
     """Journal a failed model call for audit; a stream that failed part way is charged what it received."""
     ctx = call.ctx
     partial = call.partial() if call.partial is not None else None
+    if partial is None and isinstance(exc, MalformedResponseError):
+        partial = exc.response  # the provider answered, unreadably: charged what it used
     if partial is not None:
         input_tokens, output_tokens, _ = usage_from(partial, call.arguments["request"])
         await settle(call, cost_of_tokens(_models(ctx).prices.get(call.model), input_tokens, output_tokens))

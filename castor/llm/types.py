@@ -33,9 +33,29 @@ class ModelRefusedError(CastorError):
         self.resource = response.get("resource")
 
 
+class ProviderHTTPError(ModelCallError):
+    """The provider answered with an HTTP error; ``status`` and ``retry_after`` (seconds, for a 429) say which."""
+
+    def __init__(self, message: str, status: int, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class MalformedResponseError(ModelCallError):
+    """The provider's answer cannot be read (a tool call whose arguments are not JSON, no choices, ...).
+
+    ``response`` is what could be read of it, usage included: the call is charged what it used.
+    """
+
+    def __init__(self, message: str, response: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.response = response
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Tokens a call used, as the provider reported them (``estimated`` when it did not and Castor counted)."""
+    """Tokens a call used, as the provider reported them; ``estimated``: it reported none (Castor counts offline)."""
 
     input_tokens: int = 0
     output_tokens: int = 0
