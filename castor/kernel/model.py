@@ -45,7 +45,7 @@ class ModelServices:
     def call(
         self, ctx: RunContext, model: str, request: dict[str, Any], *, invoke: Invoke | None = None,
         max_tokens: int | None = None, timeout: float | None = None,
-        partial: Callable[[], dict[str, Any] | None] | None = None,
+        partial: Callable[[], dict[str, Any] | None] | None = None, via_provider: bool | None = None,
     ) -> Awaitable[Any]:
         """Run a model call at the run's next step through the model chain (``castor.lib.model_call``)."""
         assert self.chain is not None
@@ -57,6 +57,7 @@ class ModelServices:
         syscall = ModelSyscall(
             ctx, ctx.claim_step(), MODEL_PREFIX + model, {"request": request},
             model=model, invoke=invoke, max_tokens=max_tokens, timeout=timeout, partial=partial,
+            via_provider=invoke is None if via_provider is None else via_provider,
         )
         return self.chain(syscall)
 
@@ -70,6 +71,7 @@ class ModelSyscall(Syscall):
     max_tokens: int = DEFAULT_MAX_TOKENS
     timeout: float | None = None
     settled: bool = False
+    via_provider: bool = True  # the kernel's provider answers (directly, or streamed by castor.lib.stream)
     # Streaming: called with the partial response to journal when the call fails part way (castor.lib.stream).
     partial: Callable[[], dict[str, Any] | None] | None = None
 
@@ -99,7 +101,7 @@ def validate(call: Syscall, inner: Handler) -> Awaitable[Any]:
     """A call needs a model to answer it, and a price where the run has a ``usd`` budget."""
     assert isinstance(call, ModelSyscall)
     models = _models(call.ctx)
-    if call.invoke is None:
+    if call.via_provider:
         provider = models.provider
         if provider is None:
             raise ModelCallError(
@@ -225,6 +227,8 @@ async def _failed(call: ModelSyscall, exc: BaseException) -> None:
     partial = call.partial() if call.partial is not None else None
     if partial is None and isinstance(exc, MalformedResponseError):
         partial = exc.response  # the provider answered, unreadably: charged what it used
+    if partial is not None and partial.get("text"):
+        ctx.checkpoint.partial_work = str(partial["text"])  # shown by castor inspect
     if partial is not None:
         input_tokens, output_tokens, _ = usage_from(partial, call.arguments["request"])
         await settle(call, cost_of_tokens(_models(ctx).prices.get(call.model), input_tokens, output_tokens))

@@ -12,6 +12,7 @@ ended) it raises ``RunEndedError``, a ``RuntimeError``.
 from castor.lib.models import complete, model_call
 from castor.lib.patterns import conversation, map_reduce, plan_execute, react, run_task, supervisor
 from castor.lib.primitives import budget, chat, join, parallel, spawn, tool, try_tool
+from castor.lib.streaming import stream
 
 __all__ = [
     "budget",
@@ -26,6 +27,7 @@ __all__ = [
     "react",
     "run_task",
     "spawn",
+    "stream",
     "supervisor",
     "tool",
     "try_tool",
