@@ -25,7 +25,7 @@ from castor.checkpoint import StepFailure, bounded_arguments
 from castor.kernel.chain import wrap
 from castor.kernel.context import Handler, Interceptor, RunContext, Syscall
 from castor.kernel.steps import answer, replay, step_record
-from castor.llm.cost import DEFAULT_MAX_TOKENS, Price, cost_of_tokens, reservation, usage_from
+from castor.llm.cost import DEFAULT_MAX_TOKENS, TOKEN_RESOURCES, Price, cost_of_tokens, reservation, usage_from
 from castor.llm.types import MalformedResponseError, ModelCallError, ModelTimeoutError, response_dict
 
 MODEL_PREFIX = "model:"
@@ -56,16 +56,20 @@ class ModelServices:
             raise ModelCallError(f"max_tokens must be a positive integer, got {max_tokens!r}")
         syscall = ModelSyscall(
             ctx, ctx.claim_step(), MODEL_PREFIX + model, {"request": request},
-            model=model, invoke=invoke, max_tokens=max_tokens, timeout=timeout, partial=partial,
+            models=self, model=model, invoke=invoke, max_tokens=max_tokens, timeout=timeout, partial=partial,
             via_provider=invoke is None if via_provider is None else via_provider,
         )
         return self.chain(syscall)
+
+
+_NO_MODELS_PLACEHOLDER = ModelServices()  # a ModelSyscall is always made by ModelServices.call, which sets it
 
 
 @dataclass(slots=True)
 class ModelSyscall(Syscall):
     """A model call on its way through the model chain."""
 
+    models: ModelServices = _NO_MODELS_PLACEHOLDER
     model: str = ""
     invoke: Invoke | None = None
     max_tokens: int = DEFAULT_MAX_TOKENS
@@ -86,21 +90,13 @@ def is_model_step(tool_name: str) -> bool:
     return tool_name.startswith(MODEL_PREFIX)
 
 
-def _models(ctx: RunContext) -> ModelServices:
-    models: ModelServices | None = getattr(ctx.services, "models", None)
-    return models if models is not None else _NO_MODELS
-
-
-_NO_MODELS = ModelServices()
-
-
 # --- validate ----------------------------------------------------------------------------------
 
 
 def validate(call: Syscall, inner: Handler) -> Awaitable[Any]:
     """A call needs a model to answer it, and a price where the run has a ``usd`` budget."""
     assert isinstance(call, ModelSyscall)
-    models = _models(call.ctx)
+    models = call.models
     if call.via_provider:
         provider = models.provider
         if provider is None:
@@ -136,9 +132,12 @@ async def budget(call: Syscall, inner: Handler) -> Any:
     """
     assert isinstance(call, ModelSyscall)
     ctx = call.ctx
-    price = _models(ctx).prices.get(call.model)
-    reserve = reservation(price, call.arguments["request"], call.max_tokens)
-    tracked = _tracked(ctx, reserve)
+    caps = ctx.checkpoint.capabilities
+    if ctx.scopes or any(r in caps for r in TOKEN_RESOURCES):
+        reserve = reservation(call.models.prices.get(call.model), call.arguments["request"], call.max_tokens)
+        tracked = _tracked(ctx, reserve)
+    else:  # nothing limits a model call: no estimate (the charge still checks a fenced run's lease)
+        reserve = tracked = {}
     charge = await ctx.budgets.charge(ctx.run_id, call.step, tracked, ctx.scopes)
     if not charge.ok:
         resource = (charge.short or "").rsplit(":", 1)[-1]
@@ -169,7 +168,7 @@ async def execute(call: Syscall) -> Any:
     """Call the model, settle the reservation to the usage reported and journal request and response."""
     assert isinstance(call, ModelSyscall)
     ctx = call.ctx
-    models = _models(ctx)
+    models = call.models
     request: dict[str, Any] = call.arguments["request"]
     invoke = call.invoke or models.provider.complete
     timeout = call.timeout if call.timeout is not None else models.timeout
@@ -198,7 +197,7 @@ async def settle_and_journal(call: ModelSyscall, response: dict[str, Any]) -> An
     input_tokens, output_tokens, estimated = usage_from(response, request)
     if estimated:
         response["usage"] = {"input_tokens": input_tokens, "output_tokens": output_tokens, "estimated": True}
-    actual = cost_of_tokens(_models(ctx).prices.get(call.model), input_tokens, output_tokens)
+    actual = cost_of_tokens(call.models.prices.get(call.model), input_tokens, output_tokens)
     await settle(call, actual)
     record = await ctx.commit(call.step, step_record(call, response, actual))
     return record.response
@@ -231,7 +230,7 @@ async def _failed(call: ModelSyscall, exc: BaseException) -> None:
         ctx.checkpoint.partial_work = str(partial["text"])  # shown by castor inspect
     if partial is not None:
         input_tokens, output_tokens, _ = usage_from(partial, call.arguments["request"])
-        await settle(call, cost_of_tokens(_models(ctx).prices.get(call.model), input_tokens, output_tokens))
+        await settle(call, cost_of_tokens(call.models.prices.get(call.model), input_tokens, output_tokens))
     if not isinstance(exc, Exception):
         return  # cancelled or preempted: the runner records the stop
     failure = StepFailure(

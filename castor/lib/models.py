@@ -57,9 +57,9 @@ async def model_call(
 
 
 def _checked(response: Any) -> dict[str, Any]:
-    if isinstance(response, dict) and response.get("status") == "INSUFFICIENT_CAPABILITY":
+    if response.get("status") == "INSUFFICIENT_CAPABILITY":
         raise ModelRefusedError(response)
-    return dict(response)
+    return response  # the journaled response: a dict
 
 
 def build_request(

@@ -27,7 +27,7 @@ MESSAGE_OVERHEAD = 4  # tokens a chat format spends per message (role, separator
 def estimate_tokens(value: Any) -> int:
     """An offline upper estimate of the tokens ``value`` (text, or a request's JSON) takes."""
     text = value if isinstance(value, str) else canonical(value)
-    return math.ceil(len(text.encode("utf-8")) / BYTES_PER_TOKEN)
+    return math.ceil((len(text) if text.isascii() else len(text.encode("utf-8"))) / BYTES_PER_TOKEN)
 
 
 def estimate_prompt(request: Mapping[str, Any]) -> int:
