@@ -55,6 +55,8 @@ def price_table(prices: Mapping[str, Any] | None) -> dict[str, Price]:
     for model, value in (prices or {}).items():
         if isinstance(value, Price):
             price = value
+        elif hasattr(value, "input") and hasattr(value, "output"):  # castor.toml's [llm.prices.<model>]
+            price = Price(float(value.input), float(value.output))
         elif isinstance(value, Mapping):
             price = Price(float(value.get("input", 0.0)), float(value.get("output", 0.0)))
         elif isinstance(value, tuple | list) and len(value) == 2:

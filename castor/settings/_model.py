@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from castor._errors import ConfigError
 from castor.settings._ranges import settings_error
@@ -99,6 +99,29 @@ class CoordinatorSection(Section):
     max_takeovers: Annotated[int, Field(strict=True, ge=0, le=1000)] = 3
 
 
+class PriceSection(Section):
+    """A model's price: dollars per million input and output tokens."""
+
+    input: float = 0.0
+    output: float = 0.0
+
+    @field_validator("input", "output", mode="before")
+    @classmethod
+    def _dollars(cls, value: Any) -> float:
+        # a TOML integer or float (not a string, not a boolean), finite and not negative
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
+            raise ValueError(f"must be dollars per million tokens (a number >= 0), got {value!r}")
+        return float(value)
+
+
+class LLMSection(Section):
+    """``[llm]``: model calls. ``[llm.prices."gpt-4o"]`` ``input = 2.5`` ``output = 10.0`` (dollars per million
+    tokens) is what a model call is charged in ``usd``; ``timeout`` the seconds a model call may take."""
+
+    prices: Mapping[str, PriceSection] = Field(default_factory=dict)
+    timeout: Seconds | None = None
+
+
 class Settings(Section):
     """Everything a coordinator, a worker or Flower needs to join the fleet: one field per section, and
     ``source`` (the file, or ``<defaults>``) that every error names.
@@ -115,6 +138,7 @@ class Settings(Section):
     budgets: Mapping[str, Budget] = Field(default_factory=dict)
     flower: FlowerSection = FlowerSection()
     coordinator: CoordinatorSection = CoordinatorSection()
+    llm: LLMSection = LLMSection()
     source: str = "<defaults>"
 
     def __init__(self, **data: Any) -> None:

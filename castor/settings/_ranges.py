@@ -85,6 +85,13 @@ def settings_error(error: ValidationError, model: type[BaseModel], data: Mapping
     loc = tuple(str(part) for part in first["loc"])
     section, value = loc[0], first["input"]
     where = f"{source}: [{section}]"
+    if section == "llm" and len(loc) > 3 and loc[1] == "prices":  # [llm.prices."<model>"] input / output
+        table = f"[llm.prices.{loc[2]}]"
+        if first["type"] == "extra_forbidden":
+            return ConfigError(f"{source}: unknown key {loc[3]!r} in {table}; known keys: input, output")
+        return InvalidValueError(
+            f"{source}: {table} {loc[3]} must be dollars per million tokens (a number >= 0), got {value!r}"
+        )
     if first["type"] == "extra_forbidden":
         known = _keys(model) if len(loc) == 1 else _keys(_section(model, section))
         if len(loc) == 1:

@@ -205,3 +205,17 @@ async def test_chat_with_a_plain_function_still_calls_the_llm_inference_tool() -
     cp = await Castor(llm=llm, budgets={"api": 5}).run(agent_)
     assert cp.result == "echo hello" and cp.syscall_log[0].tool_name == "llm_inference"
     assert cp.capabilities["api"].current_usage == 1
+
+
+def test_castor_toml_prices_model_calls(tmp_path: Any) -> None:
+    from castor.settings import load_settings
+
+    config = tmp_path / "castor.toml"
+    config.write_text('[llm]\ntimeout = 30\n[llm.prices."gpt-x"]\ninput = 2.5\noutput = 10\n')
+    settings = load_settings(config)
+    kernel = Castor(llm_prices=settings.llm.prices, llm_timeout=settings.llm.timeout)
+    assert kernel.services.models.prices["gpt-x"].usd(1_000_000, 100_000) == 3.5
+    assert kernel.services.models.timeout == 30
+    config.write_text('[llm.prices."gpt-x"]\ninput = -1\n')
+    with pytest.raises(Exception, match=r"\[llm.prices.gpt-x\] input must be dollars per million tokens"):
+        load_settings(config)
