@@ -66,6 +66,14 @@ class ArgSchema:
             f"{name}_arguments", __config__=config, **fields
         )
 
+    def json_schema(self) -> dict[str, Any]:
+        """The parameters as a JSON schema object (what a model is told a tool takes)."""
+        schema = self._model.model_json_schema()
+        schema.pop("title", None)
+        for prop in schema.get("properties", {}).values():
+            prop.pop("title", None)
+        return schema
+
     def check(self, arguments: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
         """Return ``(arguments to call with, None)`` or ``(arguments, error message)``."""
         fast = self._fast
