@@ -64,6 +64,11 @@ class Castor:
         gated = legacy_tools(compat)
         tools_ = ToolRegistry([*(tools or ()), *gated], destructive=destructive or (), costs=costs)
         provider = llm if _is_provider(llm) else None
+        if provider is not None and (llm_cost != 1.0 or llm_resource != "api"):
+            raise ConfigError(
+                "llm_cost= and llm_resource= price 0.5.1's model function; a castor.llm provider's calls are charged "
+                "the tokens they use (budgets input_tokens, output_tokens, tokens; usd with llm_prices=)"
+            )
         if llm is not None and provider is None and LLM_TOOL not in tools_:
             # The LLM is a tool like any other; castor-kernel 0.5.1 dropped it unless tools= was given.
             tools_.add((LLM_TOOL, llm), cost={llm_resource: float(llm_cost)} if llm_cost else {})

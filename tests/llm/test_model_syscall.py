@@ -288,3 +288,12 @@ async def test_tool_schemas_tell_the_model_what_the_run_s_tools_take() -> None:
         },
     }
     assert len(cp.syscall_log) == 0  # reading them is no syscall
+
+
+def test_options_that_do_not_apply_to_a_provider_are_refused() -> None:
+    from castor import ConfigError
+
+    with pytest.raises(ConfigError, match=r"llm_cost= and llm_resource= price 0\.5\.1.s model function"):
+        Castor(llm=Scripted([]), llm_cost=3)
+    with pytest.raises(ConfigError, match=r"llm must be a castor\.llm provider or an async function"):
+        Castor(llm=42)
