@@ -20,8 +20,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from castor._errors import RunFinishedError
 from castor.checkpoint import FINISHED, AgentCheckpoint, usage_of
+from castor.errors import RunFinishedError
 
 if TYPE_CHECKING:
     from castor.seams import Backend

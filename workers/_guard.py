@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from castor._canonical import canonical
-from castor._redact import redact
-from castor._sealing import DataKey, SealError, opened
 from castor.backends.redis.keys import is_reply_stream
-from castor.executors._wire import Job, task_name, verify
+from castor.fleet.records import canonical, redact
+from castor.fleet.sealing import DataKey, SealError, opened
+from castor.fleet.wire import Job, task_name, verify
 from castor.registry import ToolRegistry, ToolSpec
 from castor.seams import ApprovalStore, PendingApproval
 from castor.settings import Settings, ToolPolicy

@@ -21,7 +21,7 @@ replied with ``journaled`` set, so it is recorded once even when no coordinator 
 of a task the worker cannot authenticate (no valid token with a secret; anything without one, outside an
 insecure development fleet) is neither journaled nor replied: it goes to the pool's dead letters and the
 log only, so a forged task can neither end a live run nor write to a key of its choosing. A reply names
-the task it answers and is signed (``_wire``).
+the task it answers and is signed (``castor.fleet.wire``).
 """
 
 from __future__ import annotations
@@ -35,20 +35,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from castor._canonical import canonical
-from castor._redact import redact
-from castor._sealing import DataKey
 from castor.backends.redis.keys import dead_letters, heartbeat, is_reply_stream, started_marker
 from castor.checkpoint import StepFailure, SyscallRecord, bounded_arguments
-from castor.executors._wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, task_name, verify
+from castor.fleet.records import canonical, redact
+from castor.fleet.sealing import DataKey
+from castor.fleet.wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, task_name, verify
 from castor.registry import ToolRegistry, ToolSpec
 from castor.seams import Backend
 from castor.settings import Settings, ToolPolicy, call_deadline, tool_policy
-from workers._deadletter import letter, record_async
-from workers._guard import Refusal, authorize, check_tool, parse_job
-from workers._heartbeat import Heartbeats
-from workers._loop import LoopThread
-from workers._scripts import ABANDONED, DUPLICATE, REPLY_MAXLEN, RUNNING, Delivery, StepScripts
+
+from ._deadletter import letter, record_async
+from ._guard import Refusal, authorize, check_tool, parse_job
+from ._heartbeat import Heartbeats
+from ._loop import LoopThread
+from ._scripts import ABANDONED, DUPLICATE, REPLY_MAXLEN, RUNNING, Delivery, StepScripts
 
 log = logging.getLogger("castor.worker")
 IN_DOUBT_MESSAGE = "in doubt after worker loss"
@@ -69,8 +69,8 @@ class Outcome:
 
 def redis_backend_factory(settings: Settings) -> Backend:
     """The fleet's shared state: the Redis backend under the settings' prefix."""
-    from castor._sealing import DataKey
     from castor.backends.redis import redis_backend
+    from castor.fleet.sealing import DataKey
 
     return redis_backend(
         settings.redis.url, prefix=settings.redis.prefix, data_key=DataKey.for_fleet(settings.security.secret)

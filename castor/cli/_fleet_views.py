@@ -10,16 +10,16 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from castor._errors import ConfigError, InvalidPidError, RunNotFoundError
 from castor._imports import ImportSpec, parse_spec
 from castor._redact import masked
 from castor.checkpoint import AgentCheckpoint
 from castor.cli._escape import shown
+from castor.errors import ConfigError, InvalidPidError, RunNotFoundError
 from castor.kernel.approvals import default_user
 from castor.seams import Backend
 
 if TYPE_CHECKING:  # the fleet client needs redis: imported when a fleet command runs, not for `castor --help`
-    from castor._fleet import FleetClient
+    from castor.fleet.client import FleetClient
 
 
 @asynccontextmanager
@@ -30,7 +30,7 @@ async def fleet(args: argparse.Namespace) -> AsyncIterator[tuple[Backend, FleetC
 
     url, prefix, options = target(args)
     backend = redis_backend(url, prefix=prefix, **options)
-    from castor._fleet import FleetClient
+    from castor.fleet.client import FleetClient
 
     client = FleetClient(url, prefix)
     try:
@@ -67,9 +67,9 @@ def emit(args: argparse.Namespace, data: Any, text: str) -> None:
 async def coordinator(args: argparse.Namespace) -> int:
     """``castor coordinator``: run until SIGTERM."""
     from castor.cli._stores import config_path, target
+    from castor.fleet.scheduler.coordinator import CoordinatorConfig
+    from castor.fleet.scheduler.main import executor_factory, serve
     from castor.settings import Settings, load_settings
-    from scheduler.coordinator import CoordinatorConfig
-    from scheduler.main import executor_factory, serve
 
     url, prefix, options = target(args)
     config_file, settings = config_path(args), None
@@ -95,7 +95,7 @@ async def submit(args: argparse.Namespace) -> int:
     from castor.cli._runs import parse_budgets
 
     tools = [one for spec in args.tools or [] for one in single_specs(spec)]
-    from castor._fleet import new_run
+    from castor.fleet.client import new_run
 
     cp = new_run(
         agent_spec(args.agent), tools, destructive=args.destructive or [], budgets=parse_budgets(args.budget),

@@ -23,7 +23,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from castor._errors import (
+from castor._ids import unique_ids
+from castor._sealing import DataKey, encrypted
+from castor._secret import require_secret
+from castor.backends.redis import RedisConnection, keys
+from castor.backends.redis.keys import reply_stream
+from castor.errors import (
     BackendUnavailable,
     CastorError,
     ConfigError,
@@ -32,12 +37,6 @@ from castor._errors import (
     TaskRefusedError,
     ToolTimeoutError,
 )
-from castor._ids import unique_ids
-from castor._sealing import DataKey, encrypted
-from castor._secret import require_secret
-from castor.backends.redis import RedisConnection, keys
-from castor.backends.redis.keys import reply_stream
-from castor.executors._celery_conf import celery_config
 from castor.executors._publish import (
     FAST_SCHEMES,
     PUBLISH_TIMEOUT,
@@ -47,7 +46,8 @@ from castor.executors._publish import (
     UnsurePublish,
 )
 from castor.executors._replies import READ_TIMEOUT, ReplyReader
-from castor.executors._wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, sign, task_name
+from castor.fleet.celery_config import celery_config
+from castor.fleet.wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, sign, task_name
 from castor.kernel.steps import IN_DOUBT_REASON
 from castor.registry import ToolRegistry
 from castor.seams import Call, Journal
@@ -249,7 +249,7 @@ class CeleryExecutor:
 def _connection(url: str, reply_timeout: float) -> Any:
     """A connection of the executor's own: the lean one where hiredis can parse, else redis-py's. A reply
     that takes over ``reply_timeout`` seconds fails its command as a lost connection."""
-    from castor.backends.redis._resp import RespConnection, available
+    from castor.backends.redis.resp import RespConnection, available
 
     if available(url):
         return RespConnection(url, reply_timeout=reply_timeout)

@@ -8,7 +8,7 @@ from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
-from castor._errors import ToolTimeoutError
+from castor.errors import ToolTimeoutError
 from castor.registry import ToolRegistry
 from castor.seams import Call
 

@@ -15,10 +15,10 @@ import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from castor._errors import CastorError, NothingPendingError
 from castor._sealing import SealError, digested, opened
 from castor._terminal import save_run
 from castor.checkpoint import AgentCheckpoint, new_record
+from castor.errors import CastorError, NothingPendingError
 from castor.kernel.children import pending_child
 from castor.kernel.context import RunContext, Services, Suspend, Syscall
 from castor.kernel.runner import load, sync_journal

@@ -20,9 +20,9 @@ import functools
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
-from castor._errors import CastorError, InDoubtError, RemoteToolError, UnknownToolError
 from castor._redact import redact
 from castor.checkpoint import StepFailure, bounded_arguments
+from castor.errors import CastorError, InDoubtError, RemoteToolError, UnknownToolError
 from castor.kernel.claims import run_claimed
 from castor.kernel.context import Handler, Interceptor, Syscall
 from castor.kernel.steps import (

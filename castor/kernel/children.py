@@ -14,9 +14,9 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from castor._errors import CastorError
 from castor._ids import check_pid, pid_part
 from castor.checkpoint import AgentCheckpoint, Capability
+from castor.errors import CastorError
 from castor.kernel import runner
 from castor.kernel.context import RunContext, Suspend, Syscall
 from castor.kernel.steps import answer, journaled

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from castor._canonical import canonical
-from castor._errors import JournalConflictError, RunEndedError
 from castor._sealing import DataKey, digested
 from castor.agents import AgentRegistry
 from castor.checkpoint import USAGE_STRIDE, AgentCheckpoint, SyscallRecord, usage_of
+from castor.errors import JournalConflictError, RunEndedError
 from castor.registry import ToolRegistry, ToolSpec
 from castor.seams import Backend, Executor
 

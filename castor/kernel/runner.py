@@ -17,10 +17,10 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from castor._errors import ConfigError, JournalConflictError, RunNotFoundError
 from castor._ids import check_pid, pid_part
 from castor._terminal import save_run, save_started
 from castor.checkpoint import FINISHED, AgentCheckpoint, Capability, usage_of
+from castor.errors import ConfigError, JournalConflictError, RunNotFoundError
 from castor.kernel.claims import driving
 from castor.kernel.context import RunContext, Services, Suspend, current_run
 from castor.lib.proxy import SyscallProxy

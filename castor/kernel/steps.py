@@ -11,10 +11,10 @@ import time
 from collections.abc import Awaitable, Mapping
 from typing import Any, NoReturn
 
-from castor._errors import ReplayDivergenceError
 from castor._redact import masked, redact
 from castor._sealing import encrypted, foreign_digests
 from castor.checkpoint import AgentCheckpoint, SyscallRecord, new_record
+from castor.errors import ReplayDivergenceError
 from castor.kernel.context import Handler, Suspend, Syscall, same_arguments
 from castor.seams import PendingApproval
 

@@ -134,10 +134,22 @@ def tool_schemas(*names: str) -> list[dict[str, Any]]:
         {
             "name": spec.name,
             "description": (getattr(spec.func, "__doc__", None) or "").strip().split("\n")[0],
-            "parameters": spec.schema.json_schema(),
+            "parameters": _untitled(spec.schema.json_schema()),
         }
         for spec in specs
     ]
+
+
+def _untitled(schema: dict[str, Any]) -> dict[str, Any]:
+    # pydantic titles every object and property after its Python name: words a model does not need
+    schema = {k: v for k, v in schema.items() if k != "title"}
+    properties = schema.get("properties")
+    if isinstance(properties, dict):
+        schema["properties"] = {
+            name: {k: v for k, v in prop.items() if k != "title"} if isinstance(prop, dict) else prop
+            for name, prop in properties.items()
+        }
+    return schema
 
 
 def has_provider() -> bool:

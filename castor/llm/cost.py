@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from castor._errors import ConfigError
+from castor.errors import ConfigError
 
 TOKEN_RESOURCES = ("input_tokens", "output_tokens", "tokens", "usd")
 DEFAULT_MAX_TOKENS = 1024

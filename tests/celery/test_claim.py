@@ -15,14 +15,14 @@ from typing import Any
 
 import pytest
 import redis
+from castor.fleet.workers._scripts import Delivery
+from castor.fleet.workers.runtime import DROPPED, WorkerRuntime
 
 from castor.backends.redis import keys, redis_backend
 from castor.checkpoint import new_record
-from castor.executors._wire import IN_DOUBT, OK, Job, sign, task_name
+from castor.fleet.wire import IN_DOUBT, OK, Job, sign, task_name
 from castor.registry import ToolRegistry
 from castor.settings import Settings
-from workers._scripts import Delivery
-from workers.runtime import DROPPED, WorkerRuntime
 
 SECRET = secrets.token_hex(32)
 

@@ -144,7 +144,7 @@ async def test_forged_tasks_are_refused_and_dead_lettered(fleet: Fleet, kernel: 
     # Unsigned (or wrongly signed) while the fleet has a secret: nothing is written into the run they name.
     from celery import Celery
 
-    from castor.executors._celery_conf import celery_config
+    from castor.fleet.celery_config import celery_config
 
     forger = Celery("forger", set_as_current=False)
     forger.conf.update(celery_config(fleet.settings))
@@ -187,7 +187,7 @@ async def test_forged_tasks_are_refused_and_dead_lettered(fleet: Fleet, kernel: 
 async def test_an_approval_does_not_authorize_other_arguments(fleet: Fleet, kernel: Castor) -> None:
     from celery import Celery
 
-    from castor.executors._celery_conf import celery_config
+    from castor.fleet.celery_config import celery_config
 
     path, other = (f"/tmp/castor-{uuid.uuid4().hex[:6]}" for _ in range(2))
 

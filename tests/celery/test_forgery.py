@@ -28,7 +28,7 @@ def forger(fleet: Fleet) -> Iterator[Any]:
     """A Celery app on the fleet's broker that knows no secret."""
     from celery import Celery
 
-    from castor.executors._celery_conf import celery_config
+    from castor.fleet.celery_config import celery_config
 
     app = Celery("forger", set_as_current=False)
     app.conf.update(celery_config(fleet.settings))
@@ -70,14 +70,14 @@ async def test_a_forged_task_and_forged_replies_cannot_end_a_live_run(
                      queue=queue)
     forger.send_task("castor.tool.slow_write", kwargs=forged(pid, 0, "slow_write", {"tag": tag}, stream), queue=queue)
     # A signed call (as one read off the broker) replayed under another tool's name and the live task's id.
-    from castor.executors._wire import Job, sign
+    from castor.fleet.wire import Job, sign
 
     real_id = re.findall(rf"castor\.tool\.slow_write\[({re.escape(pid)}:0#0-\w+)\] received", fleet.log("fs"))[0]
     signed = Job(pid, 0, "slow_write", arguments, f"{pid}:0", 0, stream, {})
     signed.token = sign(fleet.settings.security.secret or "", signed)
     forger.send_task("castor.tool.write_note", kwargs=signed.kwargs(), queue=queue, task_id=real_id)
     # Replies written straight to the stream: unsigned, and signed with the wrong secret.
-    from castor.executors._wire import REFUSED, Reply
+    from castor.fleet.wire import REFUSED, Reply
 
     for secret in (None, "not-the-fleet-secret"):
         fake = Reply(f"{pid}:0", 0, REFUSED, None, "TaskRefusedError", "forged", True, task_id="whatever")
@@ -158,7 +158,7 @@ async def test_an_oversized_argument_is_recorded_by_size_and_digest(
 
 async def test_the_reader_takes_only_the_signed_reply_to_the_task_it_published() -> None:
     from castor.executors._replies import ReplyReader
-    from castor.executors._wire import OK, Reply
+    from castor.fleet.wire import OK, Reply
 
     reader = ReplyReader(None, "castor-test:replies:{c}", secret="s3cret")
     future = reader.expect("run:0", 0, deadline=30.0, task_id="run:0#0-a")
@@ -179,7 +179,7 @@ async def test_the_reader_takes_only_the_signed_reply_to_the_task_it_published()
 
 async def test_without_a_secret_the_reader_still_takes_only_the_reply_to_its_task() -> None:
     from castor.executors._replies import ReplyReader
-    from castor.executors._wire import OK, REFUSED, Reply
+    from castor.fleet.wire import OK, REFUSED, Reply
 
     reader = ReplyReader(None, "castor-test:replies:{c}")  # an insecure development fleet
     future = reader.expect("run:0", 0, deadline=30.0, task_id="run:0#0-a")

@@ -13,15 +13,15 @@ from typing import Any
 
 import pytest
 import redis
+from castor.fleet.workers.runtime import WorkerRuntime
 
 from castor import castor_tool
 from castor.backends.redis import keys, redis_backend
 from castor.checkpoint import StepFailure
-from castor.executors._wire import OK, REFUSED, Job, sign, task_name
+from castor.fleet.wire import OK, REFUSED, Job, sign, task_name
 from castor.registry import ToolRegistry
 from castor.seams import Decision, PendingApproval
 from castor.settings import Settings
-from workers.runtime import WorkerRuntime
 
 RAN: list[dict[str, Any]] = []
 SECRET = "a-secret-of-the-fleet-" + "x" * 20

@@ -1,4 +1,4 @@
-"""The worker's lean Redis client (``workers._lean``): a socket per pool thread, reconnected when the
+"""The worker's lean Redis client (``castor.fleet.workers._lean``): a socket per pool thread, reconnected when the
 server closed it while idle, never a blind resend of a command that may have run; the claim and finish
 scripts over it, loaded again when the server forgot them."""
 
@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 import redis
+from castor.fleet.workers._lean import LeanClient
+from castor.fleet.workers._scripts import DUPLICATE, Delivery, StepScripts
 
 from castor import BackendUnavailable
 from castor.backends.redis import keys
 from castor.checkpoint import new_record
-from castor.executors._wire import OK, Job, Reply
+from castor.fleet.wire import OK, Job, Reply
 from tests.redis_support import free_port, redis_server, reply_dropping_proxy, silent_port
-from workers._lean import LeanClient
-from workers._scripts import DUPLICATE, Delivery, StepScripts
 
 from .conftest import REDIS_URL
 
@@ -92,7 +92,7 @@ def test_claim_and_finish_scripts_are_loaded_again_after_a_flush(tmp_path: Path)
 def _warm_scripts(port: int, lean: bool, monkeypatch: pytest.MonkeyPatch) -> StepScripts:
     """Scripts straight on the server at ``port``, both loaded there (so that a proxied ``EVALSHA`` is the
     script's one run); later ``StepScripts`` are on redis-py unless ``lean``; lost tries are asked again fast."""
-    from workers import _lean, _scripts
+    from castor.fleet.workers import _lean, _scripts
 
     monkeypatch.setattr(_scripts, "CLAIM_PAUSES", (0.05,))
     direct = StepScripts(f"redis://127.0.0.1:{port}/0", "lost")

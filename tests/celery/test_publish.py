@@ -16,10 +16,10 @@ from typing import Any
 import castor.lib as lib
 from castor import Castor
 from castor.backends.redis import RedisConnection
-from castor.backends.redis._resp import RespConnection
-from castor.executors._celery_conf import celery_config
+from castor.backends.redis.resp import RespConnection
 from castor.executors._publish import RedisPublisher, SendTaskPublisher, Task
 from castor.executors.celery import CeleryExecutor, fleet_options
+from castor.fleet.celery_config import celery_config
 
 from .conftest import Fleet
 

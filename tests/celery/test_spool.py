@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import redis
+from castor.fleet.workers import _spool
+from castor.fleet.workers._scripts import StepScripts, replay_spool
 
 from castor.backends.redis import keys
 from castor.checkpoint import new_record
-from castor.executors._wire import OK, Job, Reply
+from castor.fleet.wire import OK, Job, Reply
 from tests.redis_support import free_port, need_redis_server, start_redis_server
-from workers import _spool
-from workers._scripts import StepScripts, replay_spool
 
 pytestmark = pytest.mark.fleet  # starts processes (CLI, workers or redis-server)
 
@@ -26,7 +26,7 @@ AOF = ("--appendonly", "yes", "--appendfsync", "always")
 def test_a_finish_past_the_outage_deadline_is_spooled_and_journaled_once_at_the_next_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lean: bool
 ) -> None:
-    from workers import _lean
+    from castor.fleet.workers import _lean
 
     if not lean:
         monkeypatch.setattr(_lean, "available", lambda url: False)

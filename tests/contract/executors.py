@@ -1,6 +1,6 @@
 """The executors the contract suite runs against: the local one, and the Celery one with a real worker.
 
-The worker is a ``python -m workers worker`` process (prefork, four children) serving the tools of
+The worker is a ``python -m castor.fleet.workers worker`` process (prefork, four children) serving the tools of
 ``executor_tools.py`` on a pool of its own, with Redis as broker and store under a key and queue prefix
 of its own; everything it created in Redis is deleted after. Celery and redis are imported only when the
 Celery executor is asked for, so the local executor's tests run without them.
@@ -98,7 +98,7 @@ def celery_workers(tmp: Path, redis_url: str) -> Iterator[Workers]:
     log = tmp / "worker.log"
     env = {key: value for key, value in os.environ.items()
            if key not in ("CASTOR_REDIS_URL", "CASTOR_BROKER_URL", "CASTOR_SECRET", "CASTOR_CONFIG")}
-    cmd = [sys.executable, "-m", "workers", "worker", "--config", str(config), "--pool", POOL,
+    cmd = [sys.executable, "-m", "castor.fleet.workers", "worker", "--config", str(config), "--pool", POOL,
            "--pool-impl", "prefork", "--concurrency", str(CONCURRENCY), "--fast-start", "--loglevel", "INFO"]
     with log.open("ab") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, stdout=out, stderr=out)

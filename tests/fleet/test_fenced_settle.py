@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from castor._errors import StaleLeaseError
 from castor.backends.redis import keys
+from castor.errors import StaleLeaseError
 from castor.seams import Backend
 from scheduler._fence import Fences, fenced
 from scheduler._ops import FleetOps

@@ -10,10 +10,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from castor._errors import AlreadyDecidedError, NothingPendingError
 from castor.backends.memory import MemoryBudgetStore
 from castor.backends.memory.state import expiry
 from castor.backends.sqlite._db import SqliteDatabase
+from castor.errors import AlreadyDecidedError, NothingPendingError
 from castor.seams import Charge, Decision, PendingApproval
 
 

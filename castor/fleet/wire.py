@@ -12,6 +12,8 @@ that anyone else wrote to the stream, or that answers a forged task, resolves no
 
 Sensitive arguments travel encrypted (``castor._sealing``) and the token covers them as sent, encrypted;
 the record's request holds their keyed digests.
+
+Part of the fleet's supported API (``castor.fleet``).
 """
 
 from __future__ import annotations
