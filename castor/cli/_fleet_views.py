@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from castor._imports import ImportSpec, parse_spec
 from castor._redact import masked
+from castor._terminal import stored_run
 from castor.checkpoint import AgentCheckpoint
 from castor.cli._escape import shown
 from castor.errors import ConfigError, InvalidPidError, RunNotFoundError
@@ -150,11 +151,9 @@ async def ps(args: argparse.Namespace) -> int:
 async def inspect(args: argparse.Namespace) -> int:
     """``castor inspect PID``."""
     async with fleet(args) as (backend, client):
-        header = await backend.runs.load(args.pid)
+        header = await stored_run(backend, args.pid)  # its budgets' usage as its journal says, while it runs too
         if header is None:
             raise RunNotFoundError(args.pid)
-        header.syscall_log = await backend.journal.history(args.pid)
-        header.failures = await backend.journal.failures(args.pid)
         state = (await client.fleet_state([args.pid]))[args.pid]
     data = header.model_dump(mode="json")
     data["fleet"] = state
