@@ -3,7 +3,8 @@
 The kernel imports only this module to reach state and execution. A backend is a bundle of the four
 state seams (``Backend``; derive one from another with ``dataclasses.replace``, which keeps what it
 says of its store, such as ``answers_inline``); an executor runs a tool call somewhere. Optional
-protocols say what a part may also do: ``JournalBinding`` (an executor), ``Closeable`` (a state seam).
+protocols say what a part may also do: ``JournalBinding`` (an executor), ``Closeable`` (a state seam),
+``Settling`` (a budget store).
 The kernel's own extension point, the interceptors of its syscall handler chain, is
 ``castor.kernel.context.Interceptor``. Implementations: ``memory`` (tests, the Python API's default),
 ``sqlite`` (embedded default of the CLI), ``redis`` (the fleet).
@@ -246,6 +247,20 @@ class BudgetStore(Protocol):
 
     async def read_scope(self, scope: str) -> dict[str, tuple[float, float]]:
         """``{resource: (limit, used)}`` of a scope; ``{}`` if it does not exist."""
+
+
+@runtime_checkable
+class Settling(Protocol):
+    """Optional for a budget store (the memory, SQLite and Redis ones have it): settle a step's charge to
+    what it used. A model call reserves the most it may cost and settles to the usage the provider
+    reported (``castor.kernel.model``); a store without it is refunded and charged again instead (not
+    atomic)."""
+
+    async def settle(
+        self, run_id: str, step: int, actual: Mapping[str, float], scopes: Sequence[str] = ()
+    ) -> None:
+        """Replace what ``step`` was charged by ``actual`` in every ledger it drew from, atomically; a step
+        not charged (or refunded) is left alone; a ledger reset or reopened since keeps its new period."""
 
 
 @runtime_checkable

@@ -117,6 +117,8 @@ class Services:
     spawn: ChildOperation
     join: ChildOperation
     structured_results: bool = False
+    # Model calls (castor.kernel.model.ModelServices): the provider, the price table, the model chain.
+    models: Any = None
     # Checkpoints the kernel drove, while someone still holds them (a weak mapping: the store has the rest).
     live: MutableMapping[str, AgentCheckpoint] = field(default_factory=dict)
 
