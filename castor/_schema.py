@@ -89,6 +89,16 @@ class ArgSchema:
             return arguments, None
         return self._slow_check(arguments)
 
+    def json_schema(self) -> dict[str, Any]:
+        """The JSON schema of the arguments (what MCP clients are shown); an annotation pydantic cannot
+        describe makes it an open object."""
+        try:
+            schema = self._model.model_json_schema()
+        except Exception:  # an arbitrary type: the check still runs, the schema just cannot say it
+            return {"type": "object", "additionalProperties": True}
+        schema.pop("title", None)
+        return schema
+
     def _slow_check(self, arguments: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
         try:
             model = self._model.model_validate(arguments)
