@@ -10,6 +10,7 @@ else it is a run of its own.
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -91,7 +92,27 @@ class Gateway:
         if KEY_ARGUMENT in arguments:
             key = arguments.pop(KEY_ARGUMENT)
         pid = self.pid_for(meta, transport_session)
-        return await self.session(pid).call(name, arguments, None if key is None else str(key), progress)
+        ephemeral = RUN_META not in (meta or {}) and self.default_pid is None and not transport_session
+        session = self.session(pid)
+        try:
+            return await session.call(name, arguments, None if key is None else str(key), progress)
+        finally:
+            if ephemeral:  # a call with no session to come back to: its run is one call long
+                await self._drop(pid, "MCP call without a session")
+            await self._sweep()
+
+    async def _drop(self, pid: str, reason: str) -> None:
+        session = self.sessions.pop(pid, None)
+        if session is not None:
+            await session.close(reason)
+
+    async def _sweep(self) -> None:
+        """Stop the drives of sessions idle for ``idle_after`` seconds (a client that went away): their runs
+        are stored and a later call with their pid resumes them."""
+        cutoff = time.monotonic() - self.options.idle_after
+        for pid, session in list(self.sessions.items()):
+            if session.last_used < cutoff and not session.lock.locked():
+                await self._drop(pid, "MCP session idle")
 
     async def status(self, pid: str) -> dict[str, Any]:
         """What ``castor_status`` answers: the run's status, steps and what its budgets have left."""
@@ -110,8 +131,6 @@ class Gateway:
 
     async def decide(self, pid: str, outcome: str, reason: str) -> str:
         """Record a decision on the run's waiting call (only with ``--client-may-decide``)."""
-        import time
-
         from castor.seams import Decision
 
         if not self.client_may_decide:

@@ -64,6 +64,7 @@ class Options:
     speculative: bool = False
     approval_timeout: float = 3600.0
     progress_every: float = 5.0
+    idle_after: float = 900.0  # a session's drive is stopped after this long without a call
 
 
 class Session:
@@ -76,6 +77,7 @@ class Session:
         self.lock = asyncio.Lock()
         self.inbox: asyncio.Queue[_Call] = asyncio.Queue()
         self.drive: runner.CastorTask | None = None
+        self.last_used = time.monotonic()
 
     # --- the run's agent -------------------------------------------------------------------------
 
@@ -131,35 +133,42 @@ class Session:
                    progress: Progress | None = None) -> Outcome:
         """Issue one call through the run; wait for a human if it is gated."""
         async with self.lock:
-            answered = await self._answered(key)
-            if answered is not None:
-                return answered
-            while True:
-                if self.drive is None or self.drive.done:
-                    if self.drive is not None:
-                        await self._settle(self.drive)
-                    refused = await self._check_waiting(name, arguments)
-                    if refused is not None:
-                        return refused
-                    self.drive = await self._start()
-                pending = _Call(name, arguments, key)
-                self.inbox.put_nowait(pending)
-                drive = self.drive
-                waits: set[asyncio.Future[Any]] = {pending.done, drive.task}
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                if pending.done.done():
-                    return pending.done.result()
-                cp = await self._settle(drive)
-                if cp.status != "SUSPENDED_FOR_HITL":
-                    stopped = f"run {self.pid} stopped: {cp.status} {cp.error or ''}".strip()
-                    return Outcome(self.pid, None, error=stopped)
-                step = cp.pending_step if cp.pending_step is not None else len(cp.syscall_log)
-                if not await self._wait_decision(step, name, progress):
-                    return Outcome(self.pid, step, error=(
-                        f"no decision on {name} (run {self.pid}, step {step}) within "
-                        f"{self.options.approval_timeout:g} s; it still waits in `castor approvals`: retry the "
-                        "same call later (same run, same idempotency key) to receive its outcome"
-                    ))
+            self.last_used = time.monotonic()
+            try:
+                return await self._call(name, arguments, key, progress)
+            finally:
+                self.last_used = time.monotonic()
+
+    async def _call(self, name: str, arguments: dict[str, Any], key: str | None, progress: Progress | None) -> Outcome:
+        answered = await self._answered(key)
+        if answered is not None:
+            return answered
+        while True:
+            if self.drive is None or self.drive.done:
+                if self.drive is not None:
+                    await self._settle(self.drive)
+                refused = await self._check_waiting(name, arguments)
+                if refused is not None:
+                    return refused
+                self.drive = await self._start()
+            pending = _Call(name, arguments, key)
+            self.inbox.put_nowait(pending)
+            drive = self.drive
+            waits: set[asyncio.Future[Any]] = {pending.done, drive.task}
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if pending.done.done():
+                return pending.done.result()
+            cp = await self._settle(drive)
+            if cp.status != "SUSPENDED_FOR_HITL":
+                stopped = f"run {self.pid} stopped: {cp.status} {cp.error or ''}".strip()
+                return Outcome(self.pid, None, error=stopped)
+            step = cp.pending_step if cp.pending_step is not None else len(cp.syscall_log)
+            if not await self._wait_decision(step, name, progress):
+                return Outcome(self.pid, step, error=(
+                    f"no decision on {name} (run {self.pid}, step {step}) within "
+                    f"{self.options.approval_timeout:g} s; it still waits in `castor approvals`: retry the "
+                    "same call later (same run, same idempotency key) to receive its outcome"
+                ))
 
     async def _settle(self, drive: runner.CastorTask) -> AgentCheckpoint:
         """The checkpoint a finished drive left; its exception is the run's, already persisted."""
