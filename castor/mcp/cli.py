@@ -83,8 +83,11 @@ def build_gateway(args: argparse.Namespace) -> Any:
     specs = list(args.tools or settings.tools.imports)
     if not specs:
         raise ConfigError("castor mcp serves no tool: give --tool FILE.py:FUNC or [tools] import in --config")
-    tools = [func for _, func in _imports.load_tools(specs, from_cwd=True)]
-    destructive = {*(args.destructive or ()), *settings.tools.destructive}
+    loaded = _imports.load_tools(specs, from_cwd=True)
+    tools = [func for _, func in loaded]
+    names = {name for name, _ in loaded}
+    # The config's list covers the whole fleet's tools; the gateway may serve a few of them.
+    destructive = {*(args.destructive or ()), *(settings.tools.destructive & names)}
     budgets = budgets_of(args.budget, settings.budgets)
     backend = open_store(args)
     executor = None
