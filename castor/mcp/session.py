@@ -18,12 +18,12 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from castor.checkpoint import AgentCheckpoint
 from castor.kernel import Castor, runner
-from castor.kernel.context import active_run
+from castor.kernel.context import RunContext, Suspend, active_run, current_run
 from castor.lib import tool
 from castor.results import SyscallResult, wrap
 
@@ -48,14 +48,6 @@ class Outcome:
 
 
 @dataclass
-class _Call:
-    name: str
-    arguments: dict[str, Any]
-    key: str | None
-    done: asyncio.Future[Outcome] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-
-
-@dataclass
 class Options:
     """How the gateway drives its sessions' runs."""
 
@@ -75,32 +67,52 @@ class Session:
         self.pid = pid
         self.options = options
         self.lock = asyncio.Lock()
-        self.inbox: asyncio.Queue[_Call] = asyncio.Queue()
+        loop = asyncio.get_running_loop()  # a session is made by a call, in the gateway's loop
+        self.ready: asyncio.Future[RunContext] = loop.create_future()
+        self.hold: asyncio.Future[None] = loop.create_future()
         self.drive: runner.CastorTask | None = None
         self.last_used = time.monotonic()
 
     # --- the run's agent -------------------------------------------------------------------------
 
     def _agent(self, history: list[tuple[str, dict[str, Any]]]) -> Callable[[], Awaitable[Any]]:
+        """The run's agent: it replays the journal, hands its run context to the session, and holds the run
+        open until the session ends it (``hold``: a ``Suspend`` to unwind it, or a result)."""
+        ready: asyncio.Future[RunContext] = asyncio.get_running_loop().create_future()
+        hold: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.ready, self.hold = ready, hold
+
         async def mcp_session() -> None:
             for name, arguments in history:  # served from the journal: the replay stage answers them
                 await tool(name, **arguments)
-            ctx = active_run()
-            while True:
-                call = await self.inbox.get()
-                step = ctx.next_step
-                if call.key is not None:
-                    await self._remember(ctx.checkpoint, call.key, step)
-                try:
-                    result = await tool(call.name, **call.arguments)
-                except Exception as exc:  # the tool raised: the client gets it, the session goes on
-                    call.done.set_result(Outcome(self.pid, step, error=f"{type(exc).__name__}: {exc}"))
-                    continue
-                record = ctx.checkpoint.syscall_log[step] if step < len(ctx.checkpoint.syscall_log) else None
-                flagged = bool(record and record.needs_review)
-                call.done.set_result(Outcome(self.pid, step, result, needs_review=flagged))
+            ready.set_result(active_run())
+            await hold
 
         return mcp_session
+
+    async def _issue(self, ctx: RunContext, name: str, arguments: dict[str, Any], key: str | None) -> Outcome | None:
+        """Issue one call in the run's context, from the caller's task (no hop to the drive's task: the
+        syscall path is the same); None when it suspended the run."""
+        step = ctx.next_step
+        if key is not None:
+            await self._remember(ctx.checkpoint, key, step)
+        token = current_run.set(ctx)
+        try:
+            result = await tool(name, **arguments)
+        except Suspend as suspended:  # unwind the agent with it: the drive persists the run as suspended
+            self.hold.set_exception(suspended)
+            return None
+        except Exception as exc:  # the tool raised: the client gets it, the session goes on
+            return Outcome(self.pid, step, error=f"{type(exc).__name__}: {exc}")
+        except asyncio.CancelledError:
+            # The client gave up mid-call: end this drive (its unfinished step is refunded, never journaled)
+            # so that the next call drives the run again from the journal, without a hole at this step.
+            self.hold.cancel()
+            raise
+        finally:
+            current_run.reset(token)
+        log = ctx.checkpoint.syscall_log
+        return Outcome(self.pid, step, result, needs_review=step < len(log) and log[step].needs_review)
 
     async def _remember(self, cp: AgentCheckpoint, key: str, step: int) -> None:
         """Keep ``key -> step`` on the run's header before the call is issued, so a gateway started again
@@ -121,7 +133,6 @@ class Session:
             history = [
                 (str(r.request["tool_name"]), dict(r.request.get("arguments") or {})) for r in checkpoint.syscall_log
             ]
-        self.inbox = asyncio.Queue()
         return await runner.start(
             self.kernel.services, self._agent(history), checkpoint=checkpoint, pid=None if checkpoint else self.pid,
             speculative=self.options.speculative if checkpoint is None else None,
@@ -151,13 +162,14 @@ class Session:
                 if refused is not None:
                     return refused
                 self.drive = await self._start()
-            pending = _Call(name, arguments, key)
-            self.inbox.put_nowait(pending)
             drive = self.drive
-            waits: set[asyncio.Future[Any]] = {pending.done, drive.task}
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            if pending.done.done():
-                return pending.done.result()
+            ready: set[asyncio.Future[Any]] = {self.ready, drive.task}
+            if not self.ready.done():
+                await asyncio.wait(ready, return_when=asyncio.FIRST_COMPLETED)
+            if self.ready.done():
+                outcome = await self._issue(self.ready.result(), name, arguments, key)
+                if outcome is not None:
+                    return outcome
             cp = await self._settle(drive)
             if cp.status != "SUSPENDED_FOR_HITL":
                 stopped = f"run {self.pid} stopped: {cp.status} {cp.error or ''}".strip()
