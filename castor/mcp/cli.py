@@ -72,8 +72,8 @@ def _seconds(text: str) -> float:
 def build_gateway(args: argparse.Namespace) -> Any:
     """The kernel (tools, store, executor, budgets) and the gateway over it, from the options."""
     from castor import _imports
-    from castor.cli._celery_cmds import celery_executor
-    from castor.cli._common import open_store
+    from castor.cli._celery_cmds import celery_executor, executor_flags
+    from castor.cli._common import open_store, store_flags
     from castor.cli._stores import settings_of, uses_celery
     from castor.kernel import Castor
     from castor.mcp.gateway import Gateway, budgets_of
@@ -96,8 +96,9 @@ def build_gateway(args: argparse.Namespace) -> Any:
         destructive.update(marked)
     kernel = Castor(tools=tools, destructive=sorted(destructive), store=backend, executor=executor,
                     budgets=budgets, scopes=args.scopes or (), structured_results=True)
+    flags = " ".join(part for part in (store_flags(args), executor_flags(args)) if part)
     options = Options(budgets=budgets, scopes=tuple(args.scopes or ()), speculative=args.speculative,
-                      approval_timeout=args.approval_timeout, progress_every=args.progress_every)
+                      approval_timeout=args.approval_timeout, progress_every=args.progress_every, decide_flags=flags)
     return Gateway(kernel, options, default_pid=args.pid, client_may_decide=args.client_may_decide)
 
 

@@ -57,6 +57,7 @@ class Options:
     approval_timeout: float = 3600.0
     progress_every: float = 5.0
     idle_after: float = 900.0  # a session's drive is stopped after this long without a call
+    decide_flags: str = ""  # the store (and executor) options ``castor approve`` needs, for the progress text
 
 
 class Session:
@@ -233,7 +234,8 @@ class Session:
                 return False
             if progress is not None:
                 waited = time.monotonic() - started
-                await progress(waited, f"{name} waits for a human: castor approve {self.pid} (waited {waited:.0f} s)")
+                command = " ".join(part for part in ("castor approve", self.pid, self.options.decide_flags) if part)
+                await progress(waited, f"{name} waits for a human: {command} (waited {waited:.0f} s)")
             if await approvals.wait(self.pid, step, timeout=min(left, self.options.progress_every)) is not None:
                 return True
 

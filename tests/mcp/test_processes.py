@@ -231,3 +231,16 @@ async def test_http_restart_mid_wait_executes_the_decided_call_once(files: tuple
             second = await client.call_tool("append_line", {"text": "once"}, meta=meta)
     assert [text(first), text(second)] == ["appended once", "appended once"]
     assert lines(log) == 1
+
+
+def test_the_example_gateway_runs(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    notes = tmp_path / "notes.txt"
+    done = subprocess.run(
+        [sys.executable, "examples/mcp/client.py", "--db", str(tmp_path / "mcp.db"), "--approve-here"],
+        cwd=root, env={**os.environ, "CASTOR_MCP_NOTES": str(notes)}, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "append_line (destructive)" in done.stdout and "add(2, 3) -> 5" in done.stdout
+    assert f"castor approve example-session --db {tmp_path / 'mcp.db'}" in done.stdout
+    assert notes.read_text() == "hello from MCP\n"
