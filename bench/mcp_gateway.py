@@ -8,12 +8,15 @@ time: the plain server is ``mcp.server.lowlevel.Server`` serving ``add`` (this f
 the gateway is ``castor mcp --tool bench/mcp_gateway.py:add`` embedded (the run journaled in a SQLite file,
 the CLI's default store) and, for the kernel alone, on ``memory://``. Each round times every server once,
 in turn, after a warm-up, so a change in the machine's load hits all of them; the table shows the median
-per call over the rounds and the gateway's difference to the plain server. Nothing here fails a build.
+per call over the rounds (wall clock seen by the client, and CPU time of the server process, which a busy
+machine distorts less) and the gateway's difference to the plain server. Linux only (it reads /proc).
+Nothing here fails a build.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -30,12 +33,10 @@ async def add(a: int, b: int) -> int:
     return a + b
 
 
-def serve_plain() -> None:
-    """The baseline: the MCP SDK's low-level server with the same tool, over stdio."""
-    import anyio
+def plain_server() -> Any:
+    """The baseline: the MCP SDK's low-level server with the same tool."""
     import mcp_types as types
     from mcp.server.lowlevel import Server
-    from mcp.server.stdio import stdio_server
 
     tool = types.Tool(name="add", description="Add two integers.", input_schema={
         "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]})
@@ -48,7 +49,15 @@ def serve_plain() -> None:
         value = await add(int(arguments["a"]), int(arguments["b"]))
         return types.CallToolResult(content=[types.TextContent(type="text", text=str(value))])
 
-    server = Server("plain", on_list_tools=list_tools, on_call_tool=call_tool)
+    return Server("plain", on_list_tools=list_tools, on_call_tool=call_tool)
+
+
+def serve_plain() -> None:
+    """The baseline over stdio (``--serve-plain``)."""
+    import anyio
+    from mcp.server.stdio import stdio_server
+
+    server = plain_server()
 
     async def main() -> None:
         async with stdio_server() as (read, write):
@@ -57,25 +66,78 @@ def serve_plain() -> None:
     anyio.run(main)
 
 
-async def per_call(command: list[str], calls: int, warmup: int) -> float:
-    """Seconds per ``add`` call through a stdio server started with ``command``."""
+def children() -> set[int]:
+    """This process's child processes (Linux: /proc)."""
+    found: set[int] = set()
+    for task in Path("/proc/self/task").iterdir():
+        found.update(int(pid) for pid in (task / "children").read_text().split())
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def per_call(command: list[str], calls: int, warmup: int) -> tuple[float, float]:
+    """Wall-clock seconds per ``add`` call through a stdio server started with ``command``, and the CPU
+    seconds the server process spent per call (what a loaded machine does not distort)."""
     from mcp import Client
     from mcp.client.stdio import StdioServerParameters
 
     params = StdioServerParameters(command=command[0], args=command[1:], cwd=str(HERE.parent.parent))
+    before = children()
     async with Client(params) as client:
+        (server,) = children() - before
         for i in range(warmup):
             await client.call_tool("add", {"a": i, "b": 1})
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_seconds(server)
         for i in range(calls):
             result = await client.call_tool("add", {"a": i, "b": 1})
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, cpu_seconds(server) - cpu
     assert result.content[0].text == str(calls)  # type: ignore[union-attr]
-    return elapsed / calls
+    return elapsed / calls, cpu / calls
+
+
+async def in_process(server: Any, calls: int, warmup: int) -> tuple[float, float]:
+    """Wall-clock and CPU seconds per call with the client in this process (no pipes, no second process)."""
+    from mcp import Client
+
+    async with Client(server) as client:
+        for i in range(warmup):
+            await client.call_tool("add", {"a": i, "b": 1})
+        started, cpu = time.perf_counter(), time.process_time()
+        for i in range(calls):
+            await client.call_tool("add", {"a": i, "b": 1})
+        return (time.perf_counter() - started) / calls, (time.process_time() - cpu) / calls
+
+
+def gateway_server(store: str) -> Any:
+    """``castor mcp``'s server over ``add``, on ``store``, built in this process."""
+    from castor.kernel import Castor
+    from castor.mcp.gateway import Gateway
+    from castor.mcp.server import build_server
+    from castor.mcp.session import Options
+
+    kernel = Castor(tools=[add], store=store, structured_results=True)
+    return build_server(Gateway(kernel, Options(), default_pid=f"bench-{time.monotonic_ns()}"))
+
+
+def table(title: str, calls: int, repeat: int, wall: dict[str, list[float]], cpu: dict[str, list[float]]) -> None:
+    """Print medians and differences to the first row."""
+    print(f"{title}, {calls} calls x {repeat} rounds, medians per call")
+    print(f"{'server':32} {'wall':>9} {'vs plain':>9} {'CPU':>11} {'vs plain':>9}")
+    plain = next(iter(wall))
+    for name in wall:
+        w, c = statistics.median(wall[name]), statistics.median(cpu[name])
+        dw = "" if name == plain else f"{(w - statistics.median(wall[plain])) * 1e6:+.0f} us"
+        dc = "" if name == plain else f"{(c - statistics.median(cpu[plain])) * 1e6:+.0f} us"
+        print(f"{name:32} {w * 1e6:>6.0f} us {dw:>9} {c * 1e6:>8.0f} us {dc:>9}")
 
 
 def main() -> None:
-    """Measure and print the table."""
+    """Measure and print the tables."""
     import anyio
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -95,20 +157,31 @@ def main() -> None:
             "castor mcp, SQLite (embedded)": [*gateway, "--db", f"{tmp}/bench.db"],
             "castor mcp, memory://": [*gateway, "--store", "memory://"],
         }
-        figures: dict[str, list[float]] = {name: [] for name in servers}
+        wall: dict[str, list[float]] = {name: [] for name in servers}
+        cpu: dict[str, list[float]] = {name: [] for name in servers}
         for round_ in range(args.repeat):
             for name, command in servers.items():
                 if "SQLite" in name:  # a fresh run each round: the journal does not grow across rounds
                     command = [*command[:-1], f"{tmp}/bench-{round_}.db"]
-                figures[name].append(anyio.run(per_call, command, args.calls, args.warmup))
-    base = statistics.median(figures["plain MCP SDK server"])
-    print(f"safe tool call over stdio, {args.calls} calls x {args.repeat} rounds (median per call)")
-    print(f"{'server':34} {'median':>10} {'range':>21} {'vs plain':>10}")
-    for name, values in figures.items():
-        med = statistics.median(values)
-        spread = f"{min(values) * 1e6:.0f}-{max(values) * 1e6:.0f} us"
-        delta = "" if name.startswith("plain") else f"{(med - base) * 1e6:+.0f} us"
-        print(f"{name:34} {med * 1e6:>7.0f} us {spread:>21} {delta:>10}")
+                seconds, used = anyio.run(per_call, command, args.calls, args.warmup)
+                wall[name].append(seconds)
+                cpu[name].append(used)
+    table("safe tool call over stdio (CPU: the server process's)", args.calls, args.repeat, wall, cpu)
+    with tempfile.TemporaryDirectory() as tmp:
+        makers = {
+            "plain MCP SDK server": plain_server,
+            "castor gateway, SQLite": lambda: gateway_server(f"sqlite:///{tmp}/inproc-{time.monotonic_ns()}.db"),
+            "castor gateway, memory://": lambda: gateway_server("memory://"),
+        }
+        wall = {name: [] for name in makers}
+        cpu = {name: [] for name in makers}
+        for _ in range(args.repeat):
+            for name, make in makers.items():
+                seconds, used = anyio.run(in_process, make(), args.calls * 3, args.warmup)
+                wall[name].append(seconds)
+                cpu[name].append(used)
+    print()
+    table("the same, client and server in one process (CPU: both)", args.calls * 3, args.repeat, wall, cpu)
 
 
 if __name__ == "__main__":
