@@ -51,3 +51,35 @@ def test_console_script_is_castor_mcp(capsys: pytest.CaptureFixture[str]) -> Non
     assert castor_mcp(["--help"]) == 0
     out = capsys.readouterr().out
     assert "--transport {stdio,http}" in out and "--client-may-decide" in out and "--dry-run" in out
+
+
+async def test_castor_approvals_lists_a_waiting_mcp_call_in_a_sqlite_store(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mcp import Client
+
+    from castor.kernel import Castor
+    from castor.mcp.gateway import Gateway
+    from castor.mcp.server import build_server
+    from castor.mcp.session import Options
+    from tests.mcp.mcp_tools import append_line
+
+    monkeypatch.setenv("MCP_TEST_LOG", str(tmp_path / "log"))
+    db = tmp_path / "g.db"
+    kernel = Castor(tools=[append_line], destructive=["append_line"], store=f"sqlite:///{db}", structured_results=True)
+    gateway = Gateway(kernel, Options(approval_timeout=0.1), default_pid="listed")
+    async with Client(build_server(gateway)) as client:
+        await client.call_tool("append_line", {"text": "waits"})
+    await gateway.close()
+    capsys.readouterr()
+    assert await _approvals(["approvals", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "listed" in out and "append_line" in out and '"text": "waits"' in out
+
+
+async def _approvals(argv: list[str]) -> int:
+    """``castor approvals`` in this loop (``main`` runs its own)."""
+    from castor.cli import build_parser
+    from castor.cli._fleet_views import approvals
+
+    return await approvals(build_parser().parse_args(argv))
