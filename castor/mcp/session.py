@@ -104,10 +104,11 @@ class Session:
             self.hold.set_exception(suspended)
             return None
         except Exception as exc:  # the tool raised: the client gets it, the session goes on
+            # The failed step is not journaled (a resume runs it again): end this drive so that the next call
+            # drives the run again from the journal, at this step, rather than leave a hole in the journal.
+            self.hold.cancel()
             return Outcome(self.pid, step, error=f"{type(exc).__name__}: {exc}")
-        except asyncio.CancelledError:
-            # The client gave up mid-call: end this drive (its unfinished step is refunded, never journaled)
-            # so that the next call drives the run again from the journal, without a hole at this step.
+        except asyncio.CancelledError:  # the client gave up mid-call: the same, its step refunded
             self.hold.cancel()
             raise
         finally:
@@ -156,9 +157,9 @@ class Session:
         if answered is not None:
             return answered
         while True:
-            if self.drive is None or self.drive.done:
-                if self.drive is not None:
-                    await self._settle(self.drive)
+            if self.drive is not None and (self.drive.done or self.hold.done()):
+                await self._settle(self.drive)  # it ended, or was told to (a failed or cancelled call)
+            if self.drive is None:
                 refused = await self._check_waiting(name, arguments)
                 if refused is not None:
                     return refused

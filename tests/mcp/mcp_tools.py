@@ -28,3 +28,8 @@ def lines(path: str | os.PathLike[str]) -> int:
     """How many lines the log holds (0 when it does not exist)."""
     p = Path(path)
     return len(p.read_text().splitlines()) if p.exists() else 0
+
+
+def explode(reason: str) -> str:
+    """Raise, always."""
+    raise RuntimeError(f"exploded: {reason}")

@@ -18,9 +18,9 @@ from castor.mcp.gateway import Gateway
 from castor.mcp.server import build_server
 from castor.mcp.session import Options
 from castor.seams import Backend, Decision
-from tests.mcp.mcp_tools import add, append_line, lines, tag
+from tests.mcp.mcp_tools import add, append_line, explode, lines, tag
 
-TOOLS = [add, append_line, tag]
+TOOLS = [add, append_line, tag, explode]
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ async def test_list_tools_shows_castor_schemas_and_destructive_hint(db: str) -> 
     gw = gateway(db)
     async with Client(build_server(gw)) as client:
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
-    assert set(tools) == {"add", "append_line", "tag", "castor_status"}
+    assert set(tools) == {"add", "append_line", "tag", "explode", "castor_status"}
     for name in ("add", "append_line", "tag"):
         assert tools[name].input_schema == gw.kernel.tools.get(name).schema.json_schema()
     assert tools["add"].input_schema["required"] == ["a", "b"]
@@ -245,3 +245,21 @@ async def _until(check: Callable[[], bool]) -> None:
             return
         await asyncio.sleep(0.025)
     raise AssertionError("condition never held")
+
+
+async def test_a_tool_that_raises_is_an_error_and_the_session_goes_on(db: str, operator: Backend) -> None:
+    gw = gateway(db, budgets={"api": 10})
+    async with Client(build_server(gw)) as client:
+        failed = await client.call_tool("explode", {"reason": "disk full"})
+        after = await client.call_tool("add", {"a": 2, "b": 2})
+    await gw.close()
+    again = gateway(db)  # a gateway started again replays the journal: it must hold no gap
+    async with Client(build_server(again)) as client:
+        resumed = await client.call_tool("add", {"a": 3, "b": 3})
+        status = json.loads(text(await client.call_tool("castor_status", {})))
+    await again.close()
+    assert failed.is_error and "RuntimeError: exploded: disk full" in text(failed)
+    assert (text(after), text(resumed)) == ("4", "6")
+    history = await operator.journal.history("session-1")
+    assert [(r.request["tool_name"], r.response) for r in history] == [("add", 4), ("add", 6)]
+    assert status["budgets"]["api"]["used"] == 2  # the failed call was refunded
