@@ -153,7 +153,7 @@ class Session:
                 self.last_used = time.monotonic()
 
     async def _call(self, name: str, arguments: dict[str, Any], key: str | None, progress: Progress | None) -> Outcome:
-        answered = await self._answered(key)
+        answered = await self._answered(key, name, arguments)
         if answered is not None:
             return answered
         while True:
@@ -194,8 +194,9 @@ class Session:
             if self.drive is drive:
                 self.drive = None
 
-    async def _answered(self, key: str | None) -> Outcome | None:
-        """A retried call whose step is journaled: its recorded answer, without running anything."""
+    async def _answered(self, key: str | None, name: str, arguments: dict[str, Any]) -> Outcome | None:
+        """A retried call whose step is journaled: its recorded answer, without running anything (an error if
+        the key names another call: a key is one call's)."""
         if key is None:
             return None
         backend = self.kernel.backend
@@ -208,6 +209,15 @@ class Session:
         record = await backend.journal.get(self.pid, steps[-1])
         if record is None:
             return None  # it waits for a decision (or never ran): issue it at its step
+        spec = self.kernel.tools.find(name)
+        same = record.request.get("tool_name") == name and (
+            (spec is not None and bool(spec.sensitive)) or record.request.get("arguments") == arguments
+        )  # a sensitive argument is journaled as a digest: the tool's name has to do
+        if not same:
+            return Outcome(self.pid, steps[-1], error=(
+                f"idempotency key {key!r} was given to another call (step {steps[-1]}: "
+                f"{record.request.get('tool_name')}); a key names one call"
+            ))
         return Outcome(self.pid, steps[-1], wrap(record.response), needs_review=record.needs_review)
 
     async def _check_waiting(self, name: str, arguments: dict[str, Any]) -> Outcome | None:

@@ -189,6 +189,11 @@ async def test_restart_mid_wait_runs_the_decided_call_once(db: str, log: Path, o
     async with Client(build_server(third)) as client:
         after_restart = await client.call_tool("append_line", {"text": "once"}, meta=meta)
     await third.close()
+    fourth = gateway(db, pid=None)
+    async with Client(build_server(fourth)) as client:
+        misused = await client.call_tool("append_line", {"text": "other"}, meta=meta)
+    await fourth.close()
+    assert misused.is_error and "idempotency key 'k-1' was given to another call" in text(misused)
     assert [text(r) for r in (retried, again, after_restart)] == ["appended once"] * 3
     assert lines(log) == 1
     assert [r.request["tool_name"] for r in await operator.journal.history("client-run")] == ["add", "append_line"]
