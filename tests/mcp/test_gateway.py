@@ -268,3 +268,14 @@ async def test_a_tool_that_raises_is_an_error_and_the_session_goes_on(db: str, o
     history = await operator.journal.history("session-1")
     assert [(r.request["tool_name"], r.response) for r in history] == [("add", 4), ("add", 6)]
     assert status["budgets"]["api"]["used"] == 2  # the failed call was refunded
+
+
+async def test_sessions_draw_from_a_shared_scope(db: str, operator: Backend) -> None:
+    await operator.budgets.set_scope("team-mcp", {"api": 1})
+    first, second = gateway(db, pid="one", scopes=("team-mcp",)), gateway(db, pid="two", scopes=("team-mcp",))
+    async with Client(build_server(first)) as one, Client(build_server(second)) as two:
+        assert text(await one.call_tool("add", {"a": 1, "b": 1})) == "2"
+        denied = await two.call_tool("add", {"a": 1, "b": 1})
+    assert denied.is_error and "budget exhausted for 'team-mcp:api'" in text(denied)
+    await first.close()
+    await second.close()
