@@ -83,7 +83,9 @@ async def serve_http(gateway: Gateway, host: str, port: int, token: str | None, 
     app: Any = server.streamable_http_app(host=host)
     if token is not None:
         app = BearerGuard(app, token)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    # A call waiting for a human keeps its request open: on SIGTERM give open requests a few seconds, then
+    # stop (the waiting call is in the store; the client's retry finds it).
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=3)
     web = uvicorn.Server(config)
     print(f"castor mcp: serving http://{host}:{port}/mcp", file=sys.stderr, flush=True)
     try:

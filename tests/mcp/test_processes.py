@@ -127,12 +127,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def http_process(db: Path, log: Path, port: int) -> Iterator[str]:
+def http_process(db: Path, log: Path, port: int, started: list[subprocess.Popen[bytes]] | None = None) -> Iterator[str]:
     """``castor mcp --transport http`` on ``port`` with the test token, until the block ends."""
     proc = subprocess.Popen(
         [sys.executable, *gateway_args(db, "--transport", "http", "--port", str(port), "--token", TOKEN)],
         env={**os.environ, "MCP_TEST_LOG": str(log)}, stderr=subprocess.PIPE, cwd=str(db.parent),
     )
+    if started is not None:
+        started.append(proc)
     try:
         deadline = time.monotonic() + 15
         while True:
@@ -215,14 +217,25 @@ async def test_http_restart_mid_wait_executes_the_decided_call_once(files: tuple
     db, log = files
     port = free_port()
     meta = {"castor/run": "http-restarted", "castor/idempotency_key": "append-9"}
-    with http_process(db, log, port) as url:
-        async with http_client(url, TOKEN) as client:
-            waiting = Waiting()
-            call = asyncio.create_task(
-                client.call_tool("append_line", {"text": "once"}, progress_callback=waiting, meta=meta)
-            )
-            await waiting.wait()
-            call.cancel()
+    started: list[subprocess.Popen[bytes]] = []
+    with http_process(db, log, port, started) as url:
+        client_gone = False
+        try:
+            async with http_client(url, TOKEN) as client:
+                waiting = Waiting()
+                call = asyncio.create_task(
+                    client.call_tool("append_line", {"text": "once"}, progress_callback=waiting, meta=meta)
+                )
+                await waiting.wait()
+                stopping = time.monotonic()
+                started[0].terminate()  # the gateway stops while the client's call is open
+                await asyncio.to_thread(started[0].wait, 15)
+                assert time.monotonic() - stopping < 10, "an open call held the gateway's shutdown"
+                with pytest.raises(Exception):  # noqa: B017 - the connection is gone, whatever the SDK calls it
+                    await call
+        except Exception:  # the client notices the gone server on leaving, too
+            client_gone = True
+        assert client_gone or call.done()
     await castor("approve", "http-restarted", "--db", str(db))  # decided while the gateway is down
     assert lines(log) == 0
     with http_process(db, log, port) as url:
