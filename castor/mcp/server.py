@@ -16,6 +16,7 @@ import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 
+from castor._errors import CastorError
 from castor.mcp.gateway import KEY_ARGUMENT, KEY_META, RUN_META, Gateway
 from castor.mcp.session import Outcome
 
@@ -55,7 +56,8 @@ def to_result(name: str, outcome: Outcome) -> types.CallToolResult:
     if outcome.error is not None:
         return _error(outcome.error, meta)
     result = outcome.result
-    assert result is not None
+    if result is None:  # an Outcome holds an error or a result
+        return _error("no result", meta)
     if result.ok:
         return types.CallToolResult(
             content=[types.TextContent(type="text", text=_text(result.value))], is_error=False, _meta=meta
@@ -108,6 +110,14 @@ def build_server(gateway: Gateway) -> Server[Any]:
         return types.ListToolsResult(tools=listed)
 
     async def call_tool(
+        ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        try:
+            return await dispatch(ctx, params)
+        except (CastorError, ValueError) as exc:  # a bad pid, a decision refused: the client's error, one line
+            return _error(f"{type(exc).__name__}: {exc}")
+
+    async def dispatch(
         ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         meta = dict(ctx.meta or {})

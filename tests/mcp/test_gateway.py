@@ -279,3 +279,11 @@ async def test_sessions_draw_from_a_shared_scope(db: str, operator: Backend) -> 
     assert denied.is_error and "budget exhausted for 'team-mcp:api'" in text(denied)
     await first.close()
     await second.close()
+
+
+async def test_a_bad_run_name_is_an_error_result(db: str) -> None:
+    gw = gateway(db, pid=None)
+    async with Client(build_server(gw)) as client:
+        bad = await client.call_tool("add", {"a": 1, "b": 1}, meta={"castor/run": "no spaces allowed"})
+    assert bad.is_error and "InvalidPidError" in text(bad) and "no spaces allowed" in text(bad)
+    await gw.close()
