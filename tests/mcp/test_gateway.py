@@ -287,3 +287,16 @@ async def test_a_bad_run_name_is_an_error_result(db: str) -> None:
         bad = await client.call_tool("add", {"a": 1, "b": 1}, meta={"castor/run": "no spaces allowed"})
     assert bad.is_error and "InvalidPidError" in text(bad) and "no spaces allowed" in text(bad)
     await gw.close()
+
+
+async def test_an_idle_session_lets_go_of_its_run_and_picks_it_up_again(db: str, operator: Backend) -> None:
+    gw = gateway(db, pid=None, idle_after=0.0)
+    async with Client(build_server(gw)) as client:
+        assert text(await client.call_tool("add", {"a": 1, "b": 1}, meta={"castor/run": "idle"})) == "2"
+        await client.call_tool("add", {"a": 1, "b": 1}, meta={"castor/run": "busy"})  # sweeps "idle"
+        assert "idle" not in gw.sessions
+        header = await operator.runs.load("idle")
+        assert header is not None and header.status == "PREEMPTED"
+        assert text(await client.call_tool("add", {"a": 2, "b": 2}, meta={"castor/run": "idle"})) == "4"
+    await gw.close()
+    assert [r.response for r in await operator.journal.history("idle")] == [2, 4]
