@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import sys
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -99,7 +100,10 @@ def build_gateway(args: argparse.Namespace) -> Any:
     flags = " ".join(part for part in (store_flags(args), executor_flags(args)) if part)
     options = Options(budgets=budgets, scopes=tuple(args.scopes or ()), speculative=args.speculative,
                       approval_timeout=args.approval_timeout, progress_every=args.progress_every, decide_flags=flags)
-    return Gateway(kernel, options, default_pid=args.pid, client_may_decide=args.client_may_decide)
+    pid = args.pid
+    if pid is None and args.transport == "stdio":  # one connection, one session: one run for all its calls
+        pid = f"mcp-{uuid.uuid4().hex[:12]}"
+    return Gateway(kernel, options, default_pid=pid, client_may_decide=args.client_may_decide)
 
 
 async def cmd_mcp(args: argparse.Namespace) -> int:

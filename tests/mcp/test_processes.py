@@ -257,3 +257,13 @@ def test_the_example_gateway_runs(tmp_path: Path) -> None:
     assert "append_line (destructive)" in done.stdout and "add(2, 3) -> 5" in done.stdout
     assert f"castor approve example-session --db {tmp_path / 'mcp.db'}" in done.stdout
     assert notes.read_text() == "hello from MCP\n"
+
+
+async def test_a_stdio_connection_without_pid_is_one_run(files: tuple[Path, Path]) -> None:
+    db, log = files
+    async with stdio(db, log) as client:
+        first = await client.call_tool("add", {"a": 1, "b": 1})
+        second = await client.call_tool("add", {"a": 2, "b": 2})
+    assert first.meta is not None and second.meta is not None
+    assert first.meta["castor/run"] == second.meta["castor/run"] and first.meta["castor/run"].startswith("mcp-")
+    assert (first.meta["castor/step"], second.meta["castor/step"]) == (0, 1)
