@@ -48,7 +48,7 @@ def test_all_public_names_have_docstrings() -> None:
 def test_import_castor_loads_neither_redis_nor_celery() -> None:
     code = (
         "import sys, castor, castor.lib; from castor import Castor; Castor(tools=[]); "
-        "bad = [m for m in ('redis', 'celery', 'kombu') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+        "bad = [m for m in ('redis', 'celery', 'kombu', 'mcp') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr

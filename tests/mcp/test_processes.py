@@ -267,3 +267,12 @@ async def test_a_stdio_connection_without_pid_is_one_run(files: tuple[Path, Path
     assert first.meta is not None and second.meta is not None
     assert first.meta["castor/run"] == second.meta["castor/run"] and first.meta["castor/run"].startswith("mcp-")
     assert (first.meta["castor/step"], second.meta["castor/step"]) == (0, 1)
+
+
+def test_the_cli_loads_the_mcp_sdk_only_to_serve() -> None:
+    code = (
+        "import sys; from castor.cli import build_parser; build_parser(); import castor.mcp.cli, castor.mcp.gateway; "
+        "bad = [m for m in ('mcp', 'mcp_types', 'uvicorn') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
