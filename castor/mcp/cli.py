@@ -36,11 +36,13 @@ def add_commands(subparsers: Any) -> None:
     parser.add_argument("--budget", action="append", metavar="K=V", help="each session's budget, e.g. api=50")
     parser.add_argument("--scope", dest="scopes", action="append", metavar="SCOPE",
                         help="a shared budget scope every session also draws from (repeatable)")
-    parser.add_argument("--transport", choices=("stdio", "http"), default="stdio")
+    parser.add_argument("--transport", choices=("stdio", "http"), default="stdio",
+                        help="stdio (default: the client starts the gateway) or streamable HTTP at /mcp")
     parser.add_argument("--host", default="127.0.0.1", help="HTTP: the address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=_port, default=8765, help="HTTP: the port (default 8765)")
     parser.add_argument("--token", default=None,
-                        help=f"HTTP: the bearer token clients must send (or ${TOKEN_ENV}); required off loopback")
+                        help=f"HTTP: the bearer token clients must send; required off loopback (prefer ${TOKEN_ENV}: "
+                             "a command line is visible to other users)")
     parser.add_argument("--pid", type=pid_option, metavar="PID",
                         help="the run of the stdio session (default mcp-<random>); the same pid after a restart "
                              "continues that run")
@@ -49,7 +51,7 @@ def add_commands(subparsers: Any) -> None:
     parser.add_argument("--progress-every", type=_seconds, default=5.0, metavar="S",
                         help="seconds between progress notifications while a call waits (default 5)")
     parser.add_argument("--speculative", "--dry-run", dest="speculative", action="store_true",
-                        help="never wait for a human: destructive calls run flagged for review (castor scan)")
+                        help="never wait for a human: destructive calls run, flagged for review (kernel.scan)")
     parser.add_argument("--client-may-decide", action="store_true",
                         help="DEVELOPMENT ONLY: list a castor_decide tool, so the client can approve its own calls")
     add_executor_options(parser)
