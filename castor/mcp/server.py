@@ -142,8 +142,11 @@ def build_server(gateway: Gateway) -> Server[Any]:
         outcome = await gateway.call(params.name, arguments, meta, session_id, progress)
         return to_result(params.name, outcome)
 
+    instructions = INSTRUCTIONS
+    if gateway.default_pid:  # a stdio connection's run is known before the first call: say it up front
+        instructions += f" This connection's Castor run is {gateway.default_pid}."
     return Server(
-        "castor", version=_version(), instructions=INSTRUCTIONS, on_list_tools=list_tools, on_call_tool=call_tool,
+        "castor", version=_version(), instructions=instructions, on_list_tools=list_tools, on_call_tool=call_tool,
     )
 
 

@@ -89,9 +89,11 @@ async def test_safe_call_is_journaled_in_the_sessions_run(db: str, operator: Bac
     async with Client(build_server(gw)) as client:
         result = await client.call_tool("add", {"a": 2, "b": 3})
         status = json.loads(text(await client.call_tool("castor_status", {})))
+        instructions = client.instructions
     assert result.is_error is False and text(result) == "5"
     assert result.meta is not None and result.meta["castor/run"] == "session-1"
     assert status["pid"] == "session-1" and status["budgets"]["api"]["left"] == 4
+    assert "This connection's Castor run is session-1." in str(instructions)
     await gw.close()
     journal = await operator.journal.history("session-1")
     assert [r.request["tool_name"] for r in journal] == ["add"] and journal[0].response == 5
