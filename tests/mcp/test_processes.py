@@ -21,7 +21,8 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.mcp.mcp_tools import lines
+from castor.registry import ToolRegistry
+from tests.mcp.mcp_tools import add, append_line, lines
 
 pytestmark = pytest.mark.fleet
 TOOLS = str(Path(__file__).with_name("mcp_tools.py"))
@@ -80,6 +81,9 @@ async def test_stdio_tools_safe_call_budget_and_approval_from_the_cli(files: tup
     db, log = files
     async with stdio(db, log, "--pid", "stdio-run") as client:
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+        castors = ToolRegistry([add, append_line], destructive=["append_line"])
+        for name in ("add", "append_line"):  # the schema the kernel validates with, as the client receives it
+            assert tools[name].input_schema == castors.get(name).schema.json_schema()
         assert tools["add"].input_schema["properties"]["b"]["type"] == "integer"
         assert tools["append_line"].annotations.destructive_hint is True
         assert text(await client.call_tool("add", {"a": 20, "b": 22})) == "42"
@@ -92,6 +96,13 @@ async def test_stdio_tools_safe_call_budget_and_approval_from_the_cli(files: tup
         assert "Approved: stdio-run" in await castor("approve", "stdio-run", "--db", str(db), "--as", "bob")
         result = await call
         assert result.is_error is False and text(result) == "appended approved"
+        assert lines(log) == 1
+        waiting = Waiting()
+        call = asyncio.create_task(client.call_tool("append_line", {"text": "refused"}, progress_callback=waiting))
+        await waiting.wait()
+        await castor("reject", "stdio-run", "--reason", "not this one", "--db", str(db))
+        refused = await call
+        assert refused.is_error and "rejected by a human: not this one" in text(refused)
         assert lines(log) == 1
         for _ in range(2):  # api=4: add, append and these two are charged; a call refused as invalid is not
             assert text(await client.call_tool("add", {"a": 1, "b": 1})) == "2"
@@ -178,6 +189,8 @@ async def test_http_approve_and_reject_from_the_cli(http_gateway: str, files: tu
     async with http_client(http_gateway, TOKEN) as client:
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
         assert tools["append_line"].annotations.destructive_hint is True
+        bad = await client.call_tool("add", {"a": 1, "b": "two"}, meta=meta)
+        assert bad.is_error and "b: Input should be a valid integer" in text(bad)
         safe = await client.call_tool("add", {"a": 1, "b": 2}, meta=meta)
         assert text(safe) == "3" and safe.meta is not None and safe.meta["castor/run"] == "http-run"
         waiting = Waiting()
