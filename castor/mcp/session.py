@@ -106,15 +106,24 @@ class Session:
         except Exception as exc:  # the tool raised: the client gets it, the session goes on
             # The failed step is not journaled (a resume runs it again): end this drive so that the next call
             # drives the run again from the journal, at this step, rather than leave a hole in the journal.
-            self.hold.cancel()
+            self._abandon(ctx.checkpoint, key, step)
             return Outcome(self.pid, step, error=f"{type(exc).__name__}: {exc}")
         except asyncio.CancelledError:  # the client gave up mid-call: the same, its step refunded
-            self.hold.cancel()
+            self._abandon(ctx.checkpoint, key, step)
             raise
         finally:
             current_run.reset(token)
         log = ctx.checkpoint.syscall_log
         return Outcome(self.pid, step, result, needs_review=step < len(log) and log[step].needs_review)
+
+    def _abandon(self, cp: AgentCheckpoint, key: str | None, step: int) -> None:
+        """End the drive after a call that left no record; its key no longer names the step (another call
+        will take it), which the drive's end saves with the header."""
+        if key is not None:
+            cp.context_history[:] = [
+                e for e in cp.context_history if not (e.get("role") == KEY_ENTRY and e.get("key") == key)
+            ]
+        self.hold.cancel()
 
     async def _remember(self, cp: AgentCheckpoint, key: str, step: int) -> None:
         """Keep ``key -> step`` on the run's header before the call is issued, so a gateway started again

@@ -302,3 +302,15 @@ async def test_an_idle_session_lets_go_of_its_run_and_picks_it_up_again(db: str,
         assert text(await client.call_tool("add", {"a": 2, "b": 2}, meta={"castor/run": "idle"})) == "4"
     await gw.close()
     assert [r.response for r in await operator.journal.history("idle")] == [2, 4]
+
+
+async def test_a_key_whose_call_failed_names_no_step(db: str, operator: Backend) -> None:
+    meta = {"castor/idempotency_key": "k-fail"}
+    gw = gateway(db)
+    async with Client(build_server(gw)) as client:
+        failed = await client.call_tool("explode", {"reason": "once"}, meta=meta)
+        other = await client.call_tool("add", {"a": 1, "b": 1})  # takes the step the failed call left
+        retried = await client.call_tool("explode", {"reason": "once"}, meta=meta)
+    await gw.close()
+    assert failed.is_error and text(other) == "2"
+    assert retried.is_error and "exploded: once" in text(retried)  # run again, not "given to another call"
