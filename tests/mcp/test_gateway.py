@@ -314,3 +314,21 @@ async def test_a_key_whose_call_failed_names_no_step(db: str, operator: Backend)
     await gw.close()
     assert failed.is_error and text(other) == "2"
     assert retried.is_error and "exploded: once" in text(retried)  # run again, not "given to another call"
+
+
+async def test_on_a_redis_store_the_decision_comes_from_another_backend(
+    redis_url: str, redis_prefix: str, log: Path
+) -> None:
+    store = f"{redis_url}?prefix={redis_prefix}"
+    gw = gateway(store)
+    human = open_backend(store)
+    try:
+        async with Client(build_server(gw)) as client:
+            deciding = asyncio.create_task(decide_when_waiting(human, "session-1", "approve"))
+            result = await client.call_tool("append_line", {"text": "shared"})
+            await deciding
+        assert text(result) == "appended shared" and lines(log) == 1
+        assert [r.decided_by for r in await human.journal.history("session-1")] == ["alice"]
+    finally:
+        await gw.close()
+        await human.close()
