@@ -131,6 +131,7 @@ class Gateway:
 
     async def decide(self, pid: str, outcome: str, reason: str) -> str:
         """Record a decision on the run's waiting call (only with ``--client-may-decide``)."""
+        from castor.kernel.approvals import OUTCOMES
         from castor.seams import Decision
 
         if not self.client_may_decide:
@@ -138,7 +139,10 @@ class Gateway:
         header = await self.kernel.backend.runs.load(pid)
         if header is None or header.pending_step is None:
             raise ConfigError(f"run {pid!r} has no call waiting for a decision")
-        decision = Decision(pid, header.pending_step, outcome, "mcp-client", time.time(), reason)  # type: ignore[arg-type]
+        if outcome not in OUTCOMES:
+            raise ConfigError(f"decision must be approve, reject or modify, not {outcome!r}")
+        decision = Decision(run_id=pid, step=header.pending_step, outcome=OUTCOMES[outcome], by="mcp-client",
+                            at=time.time(), reason=reason)
         await self.kernel.backend.approvals.decide(decision)
         return f"{outcome} recorded on run {pid} step {header.pending_step}"
 

@@ -48,7 +48,9 @@ async def test_mcp_calls_run_on_their_pools_and_wait_for_a_decision_in_redis(fle
                 await asyncio.sleep(0.05)
             assert fleet.count(path, "done") == 0
             waiting = (await operator.approvals.pending(pid))[0]
-            await operator.approvals.decide(Decision(pid, waiting.step, "approve", "carol", time.time(), ""))
+            await operator.approvals.decide(
+                Decision(run_id=pid, step=waiting.step, outcome="approve", by="carol", at=time.time())
+            )
             result = await asyncio.wait_for(call, 20)
         assert text(result) == f"deleted {path}"
         assert fleet.count(path, "done") == 1

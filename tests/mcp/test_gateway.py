@@ -14,6 +14,7 @@ from mcp import Client
 
 from castor.backends import open_backend
 from castor.kernel import Castor
+from castor.kernel.approvals import OUTCOMES
 from castor.mcp.gateway import Gateway
 from castor.mcp.server import build_server
 from castor.mcp.session import Options
@@ -56,7 +57,8 @@ async def decide_when_waiting(backend: Backend, pid: str, outcome: str, reason: 
     for _ in range(400):
         waiting = await backend.approvals.pending(pid)
         if waiting:
-            decision = Decision(pid, waiting[0].step, outcome, "alice", 0.0, reason)  # type: ignore[arg-type]
+            decision = Decision(run_id=pid, step=waiting[0].step, outcome=OUTCOMES[outcome], by="alice", at=0.0,
+                                reason=reason)
             await backend.approvals.decide(decision)
             return
         await asyncio.sleep(0.025)
