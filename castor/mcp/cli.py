@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from castor._errors import ConfigError
+from castor.errors import ConfigError
 
 TOKEN_ENV = "CASTOR_MCP_TOKEN"
 

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from castor._errors import ConfigError
 from castor._ids import check_pid
+from castor.errors import ConfigError
 from castor.kernel import Castor
 from castor.mcp.session import Options, Outcome, Progress, Session
 from castor.registry import ToolSpec

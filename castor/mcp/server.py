@@ -16,7 +16,7 @@ import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 
-from castor._errors import CastorError
+from castor.errors import CastorError
 from castor.mcp.gateway import KEY_ARGUMENT, KEY_META, RUN_META, Gateway
 from castor.mcp.session import Outcome
 

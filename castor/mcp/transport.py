@@ -13,7 +13,7 @@ import logging
 import sys
 from typing import Any
 
-from castor._errors import ConfigError
+from castor.errors import ConfigError
 from castor.mcp.gateway import Gateway
 from castor.mcp.server import build_server
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from castor._errors import ConfigError
 from castor.cli import main
+from castor.errors import ConfigError
 from castor.mcp.cli import main as castor_mcp
 from castor.mcp.transport import check_http, is_loopback
 
