@@ -192,8 +192,19 @@ def describe(cp: AgentCheckpoint, state: dict[str, Any]) -> str:
 
 async def approvals(args: argparse.Namespace) -> int:
     """``castor approvals``: what waits for a human, oldest first."""
-    async with fleet(args) as (backend, _):
-        pending = await backend.approvals.pending()
+    from castor.cli._stores import given_stores, store_of
+
+    if given_stores(args) and store_of(args) is None:  # --db / sqlite:// / memory://: that store's waiting calls
+        from castor.cli._common import open_store
+
+        embedded = open_store(args)
+        try:
+            pending = await embedded.approvals.pending()
+        finally:
+            await embedded.close()
+    else:
+        async with fleet(args) as (backend, _):
+            pending = await backend.approvals.pending()
     rows: list[dict[str, Any]] = [
         {"pid": p.run_id, "step": p.step, "tool": p.tool_name, "arguments": p.arguments,
          "waiting": round(time.time() - p.created_at, 3), "reason": p.reason}
