@@ -46,6 +46,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "castor.cli._celery_cmds",  # worker, flower
     "castor.cli._fleet_cmds",  # coordinator, submit, approvals, cancel, coordinators; fleet-aware ps ... fork
     "castor.cli._deadletters",  # deadletters [purge]
+    "castor.console.command",  # console (its web framework imported only when it runs)
 )
 
 

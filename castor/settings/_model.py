@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from castor._errors import ConfigError
+from castor.settings._console import ConsoleSection
 from castor.settings._ranges import settings_error
 
 DAY = 86400.0
@@ -115,6 +116,7 @@ class Settings(Section):
     budgets: Mapping[str, Budget] = Field(default_factory=dict)
     flower: FlowerSection = FlowerSection()
     coordinator: CoordinatorSection = CoordinatorSection()
+    console: ConsoleSection = ConsoleSection()
     source: str = "<defaults>"
 
     def __init__(self, **data: Any) -> None:

@@ -1,0 +1,109 @@
+"""``castor console``: serve the approvals console and its JSON API.
+
+    castor console --config castor.toml [--host 127.0.0.1] [--port 8765]    the fleet's Redis
+    castor console --db castor.db                                            an embedded SQLite store
+
+The store: ``--db`` / ``--store`` / ``--redis`` (or the environment) if given, else the config's Redis
+under its prefix, else ``./castor.db``. Users, roles and the webhook come from the config's
+``[console]``. Bound to an address other machines reach, it refuses to start without users: anyone
+who reaches the port could approve calls. Starlette, Jinja2 and uvicorn are imported only here, when
+the command runs (``pip install 'castor-kernel[console]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from castor._errors import ConfigError
+from castor._limits import option_type
+from castor._redact import hide_password
+from castor.cli._celery_cmds import config_option
+
+DEFAULT_PORT = 8765
+
+
+def check_binding(host: str, users: int) -> None:
+    """``ConfigError`` for an address beyond loopback with no users to sign in."""
+    from castor.console.auth import is_loopback
+
+    if not is_loopback(host) and not users:
+        raise ConfigError(
+            f"castor console --host {host} reaches beyond this machine: add [[console.users]] with tokens to "
+            "the config (or bind 127.0.0.1)"
+        )
+
+
+def store_of(args: argparse.Namespace) -> str:
+    """The console's store URL: the one given, else the config's Redis under its prefix, else castor.db."""
+    import os
+
+    from castor.cli._stores import STORE_ENV, config_path, given_stores, settings_of, store_url
+    from castor.cli._stores import celery_store_url as redis_of_config
+
+    if given_stores(args) or any(os.environ.get(name) for name in STORE_ENV) or not config_path(args):
+        return store_url(args)
+    settings_of(args)
+    return redis_of_config(args, [])
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Open the store, build the app, serve until interrupted."""
+    try:
+        import uvicorn
+
+        from castor.console.app import create_app
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"castor console needs {exc.name!r}: pip install 'castor-kernel[console]'") from None
+    from castor.backends import REDIS_SCHEMES, _redis_options, open_backend
+    from castor.cli._stores import settings_of
+
+    settings = settings_of(args).console
+    check_binding(args.host, len(settings.users))
+    url = store_of(args)
+    fleet = None
+    if url.startswith(REDIS_SCHEMES):
+        from castor._fleet import FleetClient
+
+        address, prefix, _options = _redis_options(url)
+        fleet = FleetClient(address, prefix)
+    backend = open_backend(url)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    app = create_app(backend, settings, fleet=fleet, base_url=f"http://{host}:{args.port}")
+    who = f"{len(settings.users)} users" if settings.users else "no sign-in (loopback only; you are admin)"
+    print(f"castor console: serving http://{host}:{args.port} over {hide_password(url)}; {who}", flush=True)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False)
+    finally:
+        import asyncio
+
+        async def close() -> None:
+            if fleet is not None:
+                await fleet.close()
+            await backend.close()
+
+        asyncio.run(close())
+    return 0
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    """Serve the approvals console and its HTTP API (see ``castor console --help``)."""
+    try:
+        return serve(args)
+    except KeyboardInterrupt:
+        print("castor console: stopped", file=sys.stderr)
+        return 0
+
+
+def add_commands(subparsers: Any) -> None:
+    """Add ``castor console``."""
+    parser = subparsers.add_parser(
+        "console", help="serve the approvals console and its HTTP API", description=(__doc__ or "").split("\n\n")[0]
+    )
+    config_option(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=option_type("console --port"), default=DEFAULT_PORT,
+                        help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument("--log-level", default="warning", help="uvicorn's log level (default warning)")
+    parser.set_defaults(handler=cmd_console)
