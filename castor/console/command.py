@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from castor._errors import ConfigError
 from castor._limits import option_type
 from castor._redact import hide_password
 from castor.cli._celery_cmds import config_option
+
+if TYPE_CHECKING:
+    from castor._fleet import FleetClient
+    from castor.seams import Backend
 
 DEFAULT_PORT = 8765
 
@@ -35,17 +39,27 @@ def check_binding(host: str, users: int) -> None:
         )
 
 
-def store_of(args: argparse.Namespace) -> str:
-    """The console's store URL: the one given, else the config's Redis under its prefix, else castor.db."""
+def open_store(args: argparse.Namespace) -> tuple[Backend, FleetClient | None, str]:
+    """The console's store, the fleet's client if it is the fleet's Redis, and its URL (to show).
+
+    A store given (``--db``, ``--store``, ``--redis``, the environment) wins; else the config's Redis;
+    else ``./castor.db``. On Redis the key prefix is ``--prefix``, else the URL's, else
+    ``CASTOR_REDIS_PREFIX``, else the config's (as every fleet command takes it)."""
     import os
 
-    from castor.cli._stores import STORE_ENV, config_path, given_stores, settings_of, store_url
-    from castor.cli._stores import celery_store_url as redis_of_config
+    from castor.backends import REDIS_SCHEMES, open_backend
+    from castor.cli._stores import STORE_ENV, config_path, given_stores, store_url, target
 
-    if given_stores(args) or any(os.environ.get(name) for name in STORE_ENV) or not config_path(args):
-        return store_url(args)
-    settings_of(args)
-    return redis_of_config(args, [])
+    explicit = bool(given_stores(args)) or any(os.environ.get(name) for name in STORE_ENV)
+    url = store_url(args) if explicit or not config_path(args) else None
+    if url is not None and not url.startswith(REDIS_SCHEMES):
+        return open_backend(url), None, url
+    from castor._fleet import FleetClient
+    from castor.backends.redis import redis_backend
+
+    address, prefix, options = target(args)
+    shown = f"{address} (prefix {prefix})"
+    return redis_backend(address, prefix=prefix, **options), FleetClient(address, prefix), shown
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -56,19 +70,11 @@ def serve(args: argparse.Namespace) -> int:
         from castor.console.app import create_app
     except ModuleNotFoundError as exc:
         raise ConfigError(f"castor console needs {exc.name!r}: pip install 'castor-kernel[console]'") from None
-    from castor.backends import REDIS_SCHEMES, _redis_options, open_backend
     from castor.cli._stores import settings_of
 
     settings = settings_of(args).console
     check_binding(args.host, len(settings.users))
-    url = store_of(args)
-    fleet = None
-    if url.startswith(REDIS_SCHEMES):
-        from castor._fleet import FleetClient
-
-        address, prefix, _options = _redis_options(url)
-        fleet = FleetClient(address, prefix)
-    backend = open_backend(url)
+    backend, fleet, url = open_store(args)
     host = f"[{args.host}]" if ":" in args.host else args.host
     app = create_app(backend, settings, fleet=fleet, base_url=f"http://{host}:{args.port}")
     who = f"{len(settings.users)} users" if settings.users else "no sign-in (loopback only; you are admin)"
@@ -105,5 +111,6 @@ def add_commands(subparsers: Any) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=option_type("console --port"), default=DEFAULT_PORT,
                         help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument("--prefix", default=None, help="Redis key prefix (default: the config's, else castor)")
     parser.add_argument("--log-level", default="warning", help="uvicorn's log level (default warning)")
     parser.set_defaults(handler=cmd_console)

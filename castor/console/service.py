@@ -174,6 +174,7 @@ class Console:
             "updated_at": cp.updated_at, "speculative": cp.speculative, "scopes": list(cp.scopes),
             "budget": budgets_of(cp), "timeline": timeline, "pending": pending, "result": masked(cp.result),
             "error": cp.error, "preempted": cp.preemption_reason, "steps": len(cp.syscall_log),
+            "fleet": self.fleet is not None,
         }
 
     async def _shared_prefix(self, cp: AgentCheckpoint) -> int:
