@@ -33,6 +33,7 @@ class Feed:
         self.runs: dict[str, tuple[Any, ...]] = {}
         self._task: asyncio.Task[None] | None = None
         self._stream_id = "$"
+        self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         """Take the first snapshot (calls waiting already are not announced again) and start watching."""
@@ -40,8 +41,14 @@ class Feed:
         self._task = asyncio.create_task(self._watch(), name="castor-console-feed")
 
     async def stop(self) -> None:
-        """Stop watching."""
-        if self._task is not None:
+        """Stop watching: the watcher ends after its current look (a blocking read lasts ``interval`` at most).
+        It is not cancelled first: a Redis read cancelled mid-block may never return."""
+        if self._task is None:
+            return
+        self._stopping.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), self.interval + 5.0)
+        except TimeoutError:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -55,21 +62,27 @@ class Feed:
         return {r.pid: (r.status, r.steps, r.updated_at, r.pending_tool) for r in runs}
 
     async def _watch(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self._wait()
-                await self.look()
+                if not self._stopping.is_set():
+                    await self.look()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a store hiccup: say so, keep watching
                 log.warning("console feed: %s: %s", type(exc).__name__, exc)
-                await asyncio.sleep(self.interval)
+                await self._pause()
+
+    async def _pause(self) -> None:
+        """Sleep ``interval``, or less if the feed stops meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), self.interval)
 
     async def _wait(self) -> None:
         """Until something may have changed: a decision on the stream (Redis), or ``interval``."""
         fleet = self.console.fleet
         if fleet is None:
-            await asyncio.sleep(self.interval)
+            await self._pause()
             return
         from castor.backends.redis import keys
 

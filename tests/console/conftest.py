@@ -61,8 +61,12 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def kernel(store: str) -> Castor:
-    return Castor(tools=[search, delete_file], store=store)
+async def kernel(store: str) -> AsyncIterator[Castor]:
+    k = Castor(tools=[search, delete_file], store=store)
+    try:
+        yield k
+    finally:
+        await k.close()
 
 
 @pytest.fixture

@@ -13,7 +13,9 @@ from castor.seams import Backend
 from tests.console.conftest import SECRET, Client, auth, cleanup
 
 
-async def test_the_queue_lists_the_waiting_call_with_its_secret_hidden(client: Client, waiting: AgentCheckpoint) -> None:
+async def test_the_queue_lists_the_waiting_call_with_its_secret_hidden(
+    client: Client, waiting: AgentCheckpoint
+) -> None:
     reply = await client.http.get("/api/approvals", headers=auth("bob"))
     assert reply.status_code == 200
     [row] = reply.json()["approvals"]
