@@ -63,8 +63,14 @@ def clock(at: float | None) -> str:
     return "-" if not at else time.strftime("%H:%M:%S", time.gmtime(at))
 
 
+def spec_name(spec: str) -> str:
+    """An import spec without its directories: ``/abs/path/agent.py:main`` as ``agent.py:main``."""
+    return spec.rsplit("/", 1)[-1]
+
+
 ENV = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
-ENV.filters.update(age=age, amount=amount, compact=compact, clock=clock, q=lambda s: quote(str(s), safe=""))
+ENV.filters.update(age=age, amount=amount, compact=compact, clock=clock, spec=spec_name,
+                   q=lambda s: quote(str(s), safe=""))
 
 
 def csrf_of(request: Request) -> tuple[str, bool]:

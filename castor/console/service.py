@@ -190,10 +190,15 @@ class Console:
         return count
 
     async def _owners(self, pids: list[str]) -> dict[str, str | None]:
+        """Per pid, who holds the run: a coordinator's name, ``parked`` (waits for a decision, held by none),
+        ``queued``; nothing outside a fleet."""
         if self.fleet is None or not pids:
             return {}
         state = await self.fleet.fleet_state(pids)
-        return {pid: s["owner"] for pid, s in state.items()}
+        return {
+            pid: s["owner"] or ("parked" if s["parked"] is not None else "queued" if s["queued"] else None)
+            for pid, s in state.items()
+        }
 
     async def cancel(self, pid: str, by: str) -> str:
         """Stop the run: through the fleet if it holds it, else stored PREEMPTED (reason cancelled)."""
