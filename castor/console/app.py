@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
@@ -75,7 +77,13 @@ def create_app(
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]
     handled = (Denied, RunNotFoundError, NothingPendingError, ConfigError, InvalidPidError, ValueError)
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=dict.fromkeys(handled, _error))
+    middleware = []
+    if castor_state.gate.open:
+        # No sign-in: only loopback names may reach it, or a page of another site whose name was rebound to
+        # 127.0.0.1 (DNS rebinding) would be same-origin with the console and could decide calls.
+        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "[::1]", "::1"]))
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
+                    exception_handlers=dict.fromkeys(handled, _error))
     app.state.castor = castor_state
     return app
 

@@ -14,9 +14,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from castor._errors import ConfigError
 
 Role = Literal["viewer", "approver", "admin"]
 ROLES: tuple[Role, ...] = ("viewer", "approver", "admin")  # each may do what the ones before it may
@@ -71,3 +73,15 @@ class ConsoleSection(_Part):
         if len(set(tokens)) != len(tokens):
             raise ValueError("two [[console.users]] have the same token")
         return self
+
+
+def console_error(error: Any, source: str) -> ConfigError:
+    """A validation error of ``[console]`` (pydantic's ``ErrorDetails``) as one line that names the key and
+    never shows the value (a token or a secret)."""
+    loc = [str(part) for part in error["loc"][1:]]
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if loc[:1] == ["users"] and len(loc) > 1 and loc[1].isdigit():
+        where = f"[[console.users]] #{int(loc[1]) + 1}" + (f" {'.'.join(loc[2:])}" if len(loc) > 2 else "")
+    else:
+        where = f"[console{'.' + '.'.join(loc[:-1]) if len(loc) > 1 else ''}]" + (f" {loc[-1]}" if loc else "")
+    return ConfigError(f"{source}: {where}: {message}")

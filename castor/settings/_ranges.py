@@ -85,6 +85,10 @@ def settings_error(error: ValidationError, model: type[BaseModel], data: Mapping
     loc = tuple(str(part) for part in first["loc"])
     section, value = loc[0], first["input"]
     where = f"{source}: [{section}]"
+    if section == "console":  # users are tables in a list: said by position, never with their token
+        from castor.settings._console import console_error
+
+        return console_error(first, source)
     if first["type"] == "extra_forbidden":
         known = _keys(model) if len(loc) == 1 else _keys(_section(model, section))
         if len(loc) == 1:

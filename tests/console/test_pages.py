@@ -99,6 +99,8 @@ async def test_with_no_users_the_os_user_is_admin_and_forms_still_need_csrf(
     assert page.status_code == 200 and waiting.pid in page.text
     forged = await open_console.http.post(f"/approvals/{waiting.pid}/decide", data={"outcome": "approve"})
     assert forged.status_code == 403
+    rebound = await open_console.http.get("/api/approvals", headers={"Host": "evil.example:8765"})
+    assert rebound.status_code == 400  # a rebound name reaches no unsigned console
 
 
 def test_the_console_refuses_to_listen_beyond_loopback_without_users(
