@@ -53,12 +53,12 @@ def open_store(args: argparse.Namespace) -> tuple[Backend, FleetClient | None, s
     explicit = bool(given_stores(args)) or any(os.environ.get(name) for name in STORE_ENV)
     url = store_url(args) if explicit or not config_path(args) else None
     if url is not None and not url.startswith(REDIS_SCHEMES):
-        return open_backend(url), None, url
+        return open_backend(url), None, url  # a file or memory store: no password to hide
     from castor._fleet import FleetClient
     from castor.backends.redis import redis_backend
 
     address, prefix, options = target(args)
-    shown = f"{address} (prefix {prefix})"
+    shown = f"{hide_password(address)} (prefix {prefix})"
     return redis_backend(address, prefix=prefix, **options), FleetClient(address, prefix), shown
 
 
@@ -78,9 +78,21 @@ def serve(args: argparse.Namespace) -> int:
     host = f"[{args.host}]" if ":" in args.host else args.host
     app = create_app(backend, settings, fleet=fleet, base_url=f"http://{host}:{args.port}")
     who = f"{len(settings.users)} users" if settings.users else "no sign-in (loopback only; you are admin)"
-    print(f"castor console: serving http://{host}:{args.port} over {hide_password(url)}; {who}", flush=True)
+    print(f"castor console: serving http://{host}:{args.port} over {url}; {who}", flush=True)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False)
+        feed = app.state.castor.feed
+
+        class Server(uvicorn.Server):
+            """uvicorn's server, ending the open event streams as it starts to shut down (it waits for
+            open responses, and an event stream never ends by itself)."""
+
+            def handle_exit(self, sig: int, frame: Any) -> None:
+                feed.close_streams_threadsafe()
+                super().handle_exit(sig, frame)
+
+        config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level.lower(),
+                                access_log=False, timeout_graceful_shutdown=5)
+        Server(config).run()
     finally:
         import asyncio
 

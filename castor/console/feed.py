@@ -34,9 +34,12 @@ class Feed:
         self._task: asyncio.Task[None] | None = None
         self._stream_id = "$"
         self._stopping = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.closed = False
 
     async def start(self) -> None:
         """Take the first snapshot (calls waiting already are not announced again) and start watching."""
+        self._loop = asyncio.get_running_loop()
         self.pending, self.runs = await self._approvals(), await self._runs()
         self._task = asyncio.create_task(self._watch(), name="castor-console-feed")
 
@@ -107,6 +110,16 @@ class Feed:
             for row in added:
                 await self.on_new(row)
 
+    def close_streams(self) -> None:
+        """End every open event stream (the server is shutting down: it waits for open responses)."""
+        self.closed = True
+        self.publish({"event": "bye"})
+
+    def close_streams_threadsafe(self) -> None:
+        """``close_streams`` from a signal handler or another thread."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.close_streams)
+
     def publish(self, message: dict[str, Any]) -> None:
         """Put ``message`` on every subscriber's queue (a slow one drops its oldest)."""
         for queue in self.subscribers:
@@ -121,13 +134,15 @@ class Feed:
         self.subscribers.add(queue)
         try:
             yield sse({"event": "hello", "count": len(self.pending)})
-            while True:
+            while not self.closed:
                 try:
                     message = await asyncio.wait_for(queue.get(), heartbeat)
                 except TimeoutError:
                     yield ": keep-alive\n\n"
                     continue
                 yield sse(message)
+                if message["event"] == "bye":
+                    return
         finally:
             self.subscribers.discard(queue)
 
