@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from castor.console.service import Console
+from castor.seams import PendingApproval
 
 log = logging.getLogger("castor.console")
 NewPending = Callable[[dict[str, Any]], Awaitable[None]]
@@ -29,7 +30,7 @@ class Feed:
         self.interval = interval
         self.on_new = on_new
         self.subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
-        self.pending: dict[str, dict[str, Any]] = {}
+        self.pending: dict[str, PendingApproval] = {}
         self.runs: dict[str, tuple[Any, ...]] = {}
         self._task: asyncio.Task[None] | None = None
         self._stream_id = "$"
@@ -56,9 +57,9 @@ class Feed:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def _approvals(self) -> dict[str, dict[str, Any]]:
-        rows = await self.console.approvals()
-        return {f"{r['pid']}:{r['step']}:{r['attempt']}": r for r in rows}
+    async def _approvals(self) -> dict[str, PendingApproval]:
+        """The pending calls by ``<pid>:<step>:<round>`` (one cheap read: rows are built for new ones only)."""
+        return {f"{p.run_id}:{p.step}:{p.attempt}": p for p in await self.console.backend.approvals.pending()}
 
     async def _runs(self) -> dict[str, tuple[Any, ...]]:
         runs = await self.console.backend.runs.list(limit=100)
@@ -98,7 +99,7 @@ class Feed:
     async def look(self) -> None:
         """Take new snapshots and announce the differences."""
         pending, runs = await self._approvals(), await self._runs()
-        added = [row for key, row in pending.items() if key not in self.pending]
+        added = await self.console.approvals([call for key, call in pending.items() if key not in self.pending])
         removed = [key for key in self.pending if key not in pending]
         changed = sorted(pid for pid, state in runs.items() if self.runs.get(pid) != state)
         self.pending, self.runs = pending, runs

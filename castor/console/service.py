@@ -50,9 +50,11 @@ class Console:
 
     # --- approvals --------------------------------------------------------------------------------
 
-    async def approvals(self) -> list[dict[str, Any]]:
-        """Every call waiting for a human, oldest first, with its run's agent, owner and budget left."""
-        pending = await self.backend.approvals.pending()
+    async def approvals(self, pending: list[PendingApproval] | None = None) -> list[dict[str, Any]]:
+        """Every call waiting for a human (or those of ``pending``), oldest first, with its run's agent,
+        owner and budget left."""
+        if pending is None:
+            pending = await self.backend.approvals.pending()
         headers: dict[str, AgentCheckpoint | None] = {}
         for call in pending:
             root = call.run_id.split("::", 1)[0]  # a child's call: its parent's run holds the budget
