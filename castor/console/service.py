@@ -176,8 +176,16 @@ class Console:
             "updated_at": cp.updated_at, "speculative": cp.speculative, "scopes": list(cp.scopes),
             "budget": budgets_of(cp), "timeline": timeline, "pending": pending, "result": masked(cp.result),
             "error": cp.error, "preempted": cp.preemption_reason, "steps": len(cp.syscall_log),
-            "fleet": self.fleet is not None,
+            "fleet": self.fleet is not None, "resume": self.resume_command(cp.pid),
         }
+
+    def resume_command(self, pid: str) -> str:
+        """The command that applies a recorded decision to a run no coordinator drives."""
+        import shlex
+
+        url = self.backend.url
+        where = f"--db {shlex.quote(url[len('sqlite:///'):])}" if url.startswith("sqlite:///") else f"--store {url}"
+        return f"castor resume {shlex.quote(pid)} {where}"
 
     async def _shared_prefix(self, cp: AgentCheckpoint) -> int:
         """How many of a fork's first steps are its parent's records (replayed, not run again)."""

@@ -57,6 +57,8 @@ async def test_approve_from_the_page(client: Client, waiting: AgentCheckpoint, k
     assert (await client.state.console.backend.approvals.pending(waiting.pid))
     reply = await client.http.post(f"/approvals/{waiting.pid}/decide", data={"outcome": "approve", "csrf": csrf})
     assert reply.status_code == 303 and "approved+by+alice" in reply.headers["location"]
+    recorded = (await client.http.get(f"/runs/{waiting.pid}")).text
+    assert "Decided: approve by alice" in recorded and f"castor resume {waiting.pid} --" in recorded
     done = await kernel.run(cleanup, checkpoint=await kernel.aload(waiting.pid))
     assert done.syscall_log[1].decided_by == "alice"
     timeline = await client.http.get(f"/runs/{waiting.pid}")
