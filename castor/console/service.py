@@ -170,13 +170,14 @@ class Console:
                        "arguments": masked(target.pending_args), "reason": target.pending_reason or "",
                        "decision": self._decision(decided, "") if decided else None}
         owners = await self._owners([cp.pid])
+        held = self.fleet is not None and await self.fleet.is_fleet_run(cp.pid)  # a coordinator resumes it
         return {
             "pid": cp.pid, "status": cp.status, "agent": cp.spec.agent if cp.spec else cp.agent_function_name,
             "parent": cp.parent_pid, "owner": owners.get(cp.pid), "created_at": cp.created_at,
             "updated_at": cp.updated_at, "speculative": cp.speculative, "scopes": list(cp.scopes),
             "budget": budgets_of(cp), "timeline": timeline, "pending": pending, "result": masked(cp.result),
             "error": cp.error, "preempted": cp.preemption_reason, "steps": len(cp.syscall_log),
-            "fleet": self.fleet is not None, "resume": self.resume_command(cp.pid),
+            "fleet": self.fleet is not None, "resume": None if held else self.resume_command(cp.pid),
         }
 
     def resume_command(self, pid: str) -> str:
