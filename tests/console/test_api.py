@@ -137,3 +137,13 @@ async def test_the_openapi_description_covers_every_api_route(client: Client) ->
     assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     me = (await client.http.get("/api/me", headers=auth("dave"))).json()
     assert me == {"name": "dave", "role": "approver", "tools": ["search"]}
+
+
+async def test_modify_answers_the_call_with_feedback(client: Client, waiting: AgentCheckpoint, kernel: Castor) -> None:
+    reply = await client.http.post(f"/api/runs/{waiting.pid}/modify", json={"feedback": "archive them instead"},
+                                   headers=auth("carol"))
+    assert reply.status_code == 200 and reply.json()["outcome"] == "modify"
+    done = await kernel.run(cleanup, checkpoint=await kernel.aload(waiting.pid))
+    record = done.syscall_log[1]
+    assert record.response["status"] == "HITL_MODIFIED" and "archive them instead" in str(record.response)
+    assert record.decided_by == "carol"
