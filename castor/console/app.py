@@ -24,6 +24,7 @@ from castor.console import api, pages
 from castor.console.auth import Denied, Gate
 from castor.console.context import State, error_status, identity, state
 from castor.console.feed import Feed
+from castor.console.resumer import Resumer
 from castor.console.service import Console
 from castor.console.webhook import Webhook
 from castor.seams import Backend
@@ -56,7 +57,7 @@ def create_app(
     """The console over ``backend`` (``fleet``: the fleet's client when the store is the fleet's Redis)."""
     settings = settings or ConsoleSection()
     base_url = settings.base_url or base_url
-    console = Console(backend, fleet)
+    console = Console(backend, fleet, Resumer(backend.url) if settings.resume and fleet is None else None)
     webhook = Webhook(settings.webhook, base_url) if settings.webhook else None
     feed = Feed(console, settings.poll_interval, webhook.notify if webhook else None)
     castor_state = State(console, Gate(settings, session_key), feed, webhook, base_url)
@@ -70,6 +71,8 @@ def create_app(
             await feed.stop()
             if webhook is not None:
                 await webhook.drain()
+            if console.resumer is not None:
+                await console.resumer.drain()
 
     routes: list[BaseRoute] = [
         *api.routes(), *pages.routes(),

@@ -19,6 +19,7 @@ from castor.checkpoint import AgentCheckpoint
 from castor.cli._decide import owner, record_only, waiting_in_store
 from castor.cli._render import human_outcome
 from castor.cli._runs import load_run
+from castor.console.resumer import Resumer
 from castor.kernel.children import pending_child
 from castor.seams import Backend, Decision, DecisionOutcome, PendingApproval
 
@@ -44,9 +45,10 @@ def budgets_of(cp: AgentCheckpoint) -> dict[str, dict[str, float | None]]:
 class Console:
     """The console's operations on ``backend`` (and the fleet's client when the store is the fleet's)."""
 
-    def __init__(self, backend: Backend, fleet: FleetClient | None = None) -> None:
+    def __init__(self, backend: Backend, fleet: FleetClient | None = None, resumer: Resumer | None = None) -> None:
         self.backend = backend
         self.fleet = fleet
+        self.resumer = resumer  # resumes CLI runs of a SQLite store after a decision
 
     # --- approvals --------------------------------------------------------------------------------
 
@@ -106,6 +108,9 @@ class Console:
         decided = await self.backend.approvals.decision(target.pid, _step(target))
         if decided is None:  # cannot happen: record_only just stored it
             raise NothingPendingError(f"run {pid!r}: the decision was not recorded")
+        if self.resumer is not None and self.resumer.enabled and cp.spec is not None:
+            self.resumer.start(cp.pid)
+            return self._decision(decided, "the run resumes now (castor resume)")
         return self._decision(decided, "the run's process, or castor resume, applies it")
 
     @staticmethod

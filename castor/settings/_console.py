@@ -63,6 +63,7 @@ class ConsoleSection(_Part):
     base_url: str = ""  # default: the address the console listens on
     webhook: WebhookSection | None = None
     poll_interval: Annotated[float, Field(strict=True, gt=0, le=60)] = 1.0  # how often live views look again
+    resume: Annotated[bool, Field(strict=True)] = True  # after a decision, resume a CLI run of a SQLite store
 
     @model_validator(mode="after")
     def _distinct(self) -> ConsoleSection:
