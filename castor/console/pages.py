@@ -89,7 +89,9 @@ def render(request: Request, name: str, code: int = 200, **context: Any) -> HTML
     )
     response = HTMLResponse(html, status_code=code)
     if fresh:
-        response.set_cookie(CSRF_COOKIE, token, httponly=False, samesite="strict", path="/")
+        # Readable by the page's script (it is the value forms echo); worthless to another site.
+        response.set_cookie(CSRF_COOKIE, token, httponly=False, samesite="strict", path="/",
+                            secure=request.url.scheme == "https")
     return response
 
 
@@ -130,7 +132,7 @@ async def login(request: Request) -> Response:
         return back("/login", problem="unknown token", next=target)
     response = back(target)
     response.set_cookie(SESSION_COOKIE, state(request).gate.seal(found.name), max_age=SESSION_SECONDS,
-                        httponly=True, samesite="strict", path="/")
+                        httponly=True, samesite="strict", path="/", secure=request.url.scheme == "https")
     return response
 
 

@@ -10,6 +10,7 @@
     [budgets]   <resource> = limit
     [flower]    port, basic_auth
     [coordinator] max_takeovers                 a run taken over more times in a row is quarantined (FAILED)
+    [console]   users, base_url, webhook, poll_interval, resume   ``castor console`` (castor.settings._console)
 
 ``Settings`` has one frozen pydantic model per section (``settings.workers.concurrency``), each default
 and each range declared once, on its field (``castor.settings._model``). Unknown sections or keys, an
