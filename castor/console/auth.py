@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 
 from castor.kernel.approvals import default_user
-from castor.settings._console import ConsoleSection, ConsoleUser, Role
+from castor.settings._console import ConsoleSection, Role, at_least, decides
 
 SESSION_COOKIE = "castor_session"
 CSRF_COOKIE = "castor_csrf"
@@ -46,16 +46,13 @@ class Identity:
     tools: frozenset[str] = frozenset()
     bearer: bool = False  # signed in by a token header (a program), not by a browser session
 
-    def _user(self) -> ConsoleUser:
-        return ConsoleUser(name=self.name, token="-" * 16, role=self.role, tools=self.tools)
-
     def may(self, role: Role) -> bool:
         """Whether the identity has ``role`` or a higher one."""
-        return self._user().may(role)
+        return at_least(self.role, role)
 
     def may_decide(self, tool: str) -> bool:
         """Whether the identity may decide a call to ``tool``."""
-        return self._user().may_decide(tool)
+        return decides(self.role, self.tools, tool)
 
     def require(self, role: Role) -> None:
         """``Denied`` (403) unless the identity has ``role``."""

@@ -38,13 +38,22 @@ class ConsoleUser(_Part):
 
     def may(self, role: Role) -> bool:
         """Whether this user has ``role`` or a higher one."""
-        return ROLES.index(self.role) >= ROLES.index(role)
+        return at_least(self.role, role)
 
     def may_decide(self, tool: str) -> bool:
         """Whether this user may approve, reject or modify a call to ``tool``."""
-        if not self.may("approver"):
-            return False
-        return self.role == "admin" or not self.tools or tool in self.tools
+        return decides(self.role, self.tools, tool)
+
+
+def at_least(role: Role, needed: Role) -> bool:
+    """Whether ``role`` is ``needed`` or a higher one."""
+    return ROLES.index(role) >= ROLES.index(needed)
+
+
+def decides(role: Role, tools: frozenset[str], tool: str) -> bool:
+    """Whether a user of ``role``, limited to ``tools`` (empty: all), may decide a call to ``tool``; an
+    admin decides every tool."""
+    return at_least(role, "approver") and (role == "admin" or not tools or tool in tools)
 
 
 class WebhookSection(_Part):
