@@ -79,7 +79,7 @@ def create_app(
         Route("/events", events), Route("/healthz", health),
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    handled = (Denied, RunNotFoundError, NothingPendingError, ConfigError, InvalidPidError, ValueError)
+    handled = (Denied, RunNotFoundError, NothingPendingError, ConfigError, InvalidPidError)
     middleware = []
     if castor_state.gate.open:
         # No sign-in: only loopback names may reach it, or a page of another site whose name was rebound to
@@ -95,8 +95,10 @@ async def _error(request: Request, exc: Exception) -> Response:
     status = error_status(exc)
     if status is None:
         raise exc
+    # A KeyError (RunNotFoundError) shows its message quoted: say the message itself.
+    message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
     if request.url.path.startswith("/api/") or request.headers.get("accept", "").startswith("application/json"):
-        return JSONResponse({"error": str(exc).strip("'\"")}, status_code=status)
-    return pages.error_page(request, status, str(exc).strip("'\""))
+        return JSONResponse({"error": message}, status_code=status)
+    return pages.error_page(request, status, message)
 
 

@@ -44,7 +44,7 @@ def error_status(exc: Exception) -> int | None:
         return 404
     if isinstance(exc, NothingPendingError):
         return 409  # decided already, or nothing waits: the state moved on
-    if isinstance(exc, ConfigError | InvalidPidError | ValueError):
+    if isinstance(exc, ConfigError | InvalidPidError):
         return 400
     return None
 

@@ -82,7 +82,8 @@ async def test_runs_and_a_timeline(client: Client, waiting: AgentCheckpoint) -> 
     assert [(s["step"], s["tool"], s["kinds"]) for s in run["timeline"]] == [(0, "search", ["live"])]
     assert run["timeline"][0]["charged"] == {"api": 1.0}
     assert run["pending"]["tool"] == "delete_file" and run["pending"]["arguments"]["token"] == "***"
-    assert (await client.http.get("/api/runs/no-such-run", headers=auth("bob"))).status_code == 404
+    missing = await client.http.get("/api/runs/no-such-run", headers=auth("bob"))
+    assert missing.status_code == 404 and missing.json()["error"].endswith("'no-such-run'")
 
 
 async def test_a_decided_step_shows_who_decided(client: Client, waiting: AgentCheckpoint, kernel: Castor) -> None:
