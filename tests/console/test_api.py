@@ -9,6 +9,7 @@ import pytest
 
 from castor import Castor
 from castor.checkpoint import AgentCheckpoint
+from castor.lib import tool
 from castor.seams import Backend
 from tests.console.conftest import SECRET, Client, auth, cleanup
 
@@ -148,3 +149,28 @@ async def test_modify_answers_the_call_with_feedback(client: Client, waiting: Ag
     record = done.syscall_log[1]
     assert record.response["status"] == "HITL_MODIFIED" and "archive them instead" in str(record.response)
     assert record.decided_by == "carol"
+
+
+async def test_the_timeline_shows_flagged_and_failed_steps(client: Client, kernel: Castor) -> None:
+    flagged = await kernel.run(cleanup, speculative=True)  # the destructive call runs, flagged for review
+    run = (await client.http.get(f"/api/runs/{flagged.pid}", headers=auth("bob"))).json()
+    assert [s["kinds"] for s in run["timeline"]] == [["live"], ["live", "flagged"]]
+    assert run["timeline"][1]["review_reason"]
+
+    calls = {"n": 0}
+
+    async def flaky(query: str) -> str:
+        calls["n"] += 1
+        raise RuntimeError(f"upstream down ({query})")
+
+    async def agent() -> str:
+        await tool("flaky", query="x")
+        return "never"
+
+    broken = Castor(tools=[flaky], store=kernel.backend)
+    with pytest.raises(RuntimeError):
+        await broken.run(agent, pid="broken-1")
+    run = (await client.http.get("/api/runs/broken-1", headers=auth("bob"))).json()
+    assert [(s["step"], s["kinds"], s["result"]) for s in run["timeline"]] == [
+        (0, ["failed"], "RuntimeError: upstream down (x)")
+    ]
