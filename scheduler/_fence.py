@@ -18,9 +18,9 @@ from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any
 
-from castor._errors import StaleLeaseError
 from castor.backends.redis import Fence, keys
 from castor.checkpoint import AgentCheckpoint, StepFailure, SyscallRecord
+from castor.errors import StaleLeaseError
 from castor.seams import Backend, Charge
 
 # (leased pid, token) of the drive the current task belongs to; None outside a drive.

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from castor._errors import CastorError, ConfigError, InvalidPidError, UnknownToolError
 from castor.checkpoint import AgentCheckpoint
 from castor.cli import _specs
 from castor.cli._args import pid_option
@@ -22,6 +21,7 @@ from castor.cli._celery_cmds import add_executor_options, celery_executor, confi
 from castor.cli._common import bare_kernel, command, open_store
 from castor.cli._escape import shown
 from castor.cli._render import finished_lines, result_lines
+from castor.errors import CastorError, ConfigError, InvalidPidError, UnknownToolError
 from castor.kernel import Castor, runner
 from castor.policies import auto_approve, auto_reject, interactive
 from castor.seams import Backend

@@ -17,7 +17,7 @@ from castor import _code, _imports
 from castor._imports import parse_spec
 from castor.checkpoint import RunSpec
 from castor.kernel import Castor
-from castor.seams import Backend, Call
+from castor.seams import Backend, ToolCall
 
 
 def absolute(spec: str) -> str:
@@ -43,7 +43,7 @@ class CountingExecutor:
         self.writes_journal = inner.writes_journal
         self.executed = 0
 
-    def execute(self, call: Call) -> Any:
+    def execute(self, call: ToolCall) -> Any:
         """Count, then delegate."""
         self.executed += 1
         return self.inner.execute(call)

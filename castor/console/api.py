@@ -17,11 +17,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from castor._errors import ConfigError
 from castor.cli._status import STATUSES
 from castor.console.auth import Denied, Identity
 from castor.console.context import identity, state
 from castor.console.openapi import SPEC
+from castor.errors import ConfigError
 from castor.seams import DecisionOutcome
 
 OUTCOMES: tuple[DecisionOutcome, ...] = ("approve", "reject", "modify")

@@ -19,7 +19,6 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from castor._errors import ConfigError, InvalidPidError, NothingPendingError, RunNotFoundError
 from castor.console import api, pages
 from castor.console.auth import Denied, Gate
 from castor.console.context import State, error_status, identity, state
@@ -27,11 +26,12 @@ from castor.console.feed import Feed
 from castor.console.resumer import Resumer
 from castor.console.service import Console
 from castor.console.webhook import Webhook
+from castor.errors import ConfigError, InvalidPidError, NothingPendingError, RunNotFoundError
 from castor.seams import Backend
 from castor.settings._console import ConsoleSection
 
 if TYPE_CHECKING:
-    from castor._fleet import FleetClient
+    from castor.fleet.client import FleetClient
 
 HERE = Path(__file__).resolve().parent
 

@@ -16,13 +16,13 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from castor._errors import ConfigError
 from castor._limits import option_type
 from castor._redact import hide_password
 from castor.cli._celery_cmds import config_option
+from castor.errors import ConfigError
 
 if TYPE_CHECKING:
-    from castor._fleet import FleetClient
+    from castor.fleet.client import FleetClient
     from castor.seams import Backend
 
 DEFAULT_PORT = 8765
@@ -54,8 +54,8 @@ def open_store(args: argparse.Namespace) -> tuple[Backend, FleetClient | None, s
     url = store_url(args) if explicit or not config_path(args) else None
     if url is not None and not url.startswith(REDIS_SCHEMES):
         return open_backend(url), None, url  # a file or memory store: no password to hide
-    from castor._fleet import FleetClient
     from castor.backends.redis import redis_backend
+    from castor.fleet.client import FleetClient
 
     address, prefix, options = target(args)
     shown = f"{hide_password(address)} (prefix {prefix})"

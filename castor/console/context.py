@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from castor._errors import ConfigError, InvalidPidError, NothingPendingError, RunNotFoundError
 from castor.console.auth import SESSION_COOKIE, Denied, Gate, Identity
 from castor.console.feed import Feed
 from castor.console.service import Console
 from castor.console.webhook import Webhook
+from castor.errors import ConfigError, InvalidPidError, NothingPendingError, RunNotFoundError
 
 
 class State:

@@ -19,7 +19,6 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from castor._errors import ConfigError
 from castor.console.api import decide_as, limit_of, status_filter
 from castor.console.auth import (
     CSRF_COOKIE,
@@ -32,6 +31,7 @@ from castor.console.auth import (
     new_csrf,
 )
 from castor.console.context import identity, state
+from castor.errors import ConfigError
 from castor.seams import DecisionOutcome
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"

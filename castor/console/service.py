@@ -13,18 +13,18 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from castor._errors import ConfigError, NothingPendingError, RunNotFoundError
 from castor._redact import masked
 from castor.checkpoint import AgentCheckpoint
 from castor.cli._decide import owner, record_only, waiting_in_store
 from castor.cli._render import human_outcome
 from castor.cli._runs import load_run
 from castor.console.resumer import Resumer
+from castor.errors import ConfigError, NothingPendingError, RunNotFoundError
 from castor.kernel.children import pending_child
 from castor.seams import Backend, Decision, DecisionOutcome, PendingApproval
 
 if TYPE_CHECKING:  # redis only where the store is Redis
-    from castor._fleet import FleetClient
+    from castor.fleet.client import FleetClient
 
 FINISHED = ("COMPLETED", "FAILED")
 
@@ -220,7 +220,7 @@ class Console:
         """Stop the run: through the fleet if it holds it, else stored PREEMPTED (reason cancelled)."""
         if self.fleet is not None and await self.fleet.is_fleet_run(pid):
             return await self.fleet.cancel(self.backend, pid, by)
-        from castor._fleet import CANCELLED, mark_cancelled
+        from castor.fleet.client import CANCELLED, mark_cancelled
 
         header = await self.backend.runs.load(pid)
         if header is None:

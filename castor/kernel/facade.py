@@ -14,18 +14,18 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
-from castor._errors import CastorWarning, ConfigError
 from castor._sealing import DataKey
 from castor.agents import AgentRegistry, default_agent_registry
 from castor.backends import open_backend
 from castor.checkpoint import AgentCheckpoint
 from castor.compat import legacy_tools
+from castor.errors import CastorWarning, ConfigError
 from castor.executors.local import LocalExecutor
 from castor.kernel import approvals, children, runner
 from castor.kernel.chain import build_chain
 from castor.kernel.context import Handler, Interceptor, Services
 from castor.kernel.runner import CastorTask
-from castor.registry import ToolRegistry
+from castor.registry import SyscallGate, ToolRegistry
 from castor.seams import Backend, Executor, JournalBinding
 from castor.summary import ExecutionSummary, scan
 
@@ -102,6 +102,11 @@ class Castor:
     def tools(self) -> ToolRegistry:
         """The tools agents may call."""
         return self.services.tools
+
+    @property
+    def gate(self) -> SyscallGate:
+        """castor-kernel 0.5.1's view of the tools: ``has_tool``, ``list_tools``, ``get_tool_meta``, ``validate``."""
+        return SyscallGate(self.services.tools)
 
     @property
     def backend(self) -> Backend:

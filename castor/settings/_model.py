@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from castor._errors import ConfigError
+from castor.errors import ConfigError
 from castor.settings._console import ConsoleSection
 from castor.settings._ranges import settings_error
 
@@ -28,6 +28,7 @@ WorkerPool = Literal["threads", "prefork", "solo"]
 Seconds = Annotated[float, Field(strict=True, gt=0, le=30 * DAY)]  # a deadline: positive, finite, at most 30 days
 Budget = Annotated[float, Field(strict=True, ge=0)]
 Names = frozenset[str]  # tool names; a TOML list
+MODEL_TOOL_PREFIX = "llm."  # a tool named so is a model call: it runs on ``[llm] pool``
 
 
 class Section(BaseModel):
@@ -100,6 +101,35 @@ class CoordinatorSection(Section):
     max_takeovers: Annotated[int, Field(strict=True, ge=0, le=1000)] = 3
 
 
+class ModelLimits(Section):
+    """``[llm.limits."<provider>/<model>"]``: what the provider allows one API key per minute (None: no limit)."""
+
+    rpm: Annotated[int | None, Field(strict=True, ge=1, le=100_000_000)] = None  # requests per minute
+    tpm: Annotated[int | None, Field(strict=True, ge=1, le=100_000_000_000)] = None  # tokens per minute
+
+
+class LLMSection(Section):
+    """``[llm]``: where model calls run in the fleet, and the providers' rate limits every worker shares.
+
+    ``pool``: the worker pool of model calls (its workers hold the API keys; coordinators need none). A
+    tool in ``tools`` (one that calls a model itself), or named ``llm.<anything>``, runs there unless
+    ``[pools]`` names it. ``limits``: per ``"provider/model"``, ``"provider/*"`` or ``"*"`` (see
+    ``castor.llm.ratelimit``); ``skew``: seconds added to each minute window for the time between a
+    worker's acquire and the provider seeing the request."""
+
+    pool: str = "llm"
+    tools: Names = frozenset()
+    limits: Mapping[str, ModelLimits] = Field(default_factory=dict)
+    skew: Annotated[float, Field(strict=True, ge=0, le=60)] = 1.0
+
+    @model_validator(mode="after")
+    def _names(self) -> LLMSection:
+        for name in self.limits:
+            if name != "*" and (name.count("/") != 1 or not all(name.split("/"))):
+                raise ConfigError(f"[llm.limits] {name!r}: name a limit 'provider/model', 'provider/*' or '*'")
+        return self
+
+
 class Settings(Section):
     """Everything a coordinator, a worker or Flower needs to join the fleet: one field per section, and
     ``source`` (the file, or ``<defaults>``) that every error names.
@@ -116,6 +146,7 @@ class Settings(Section):
     budgets: Mapping[str, Budget] = Field(default_factory=dict)
     flower: FlowerSection = FlowerSection()
     coordinator: CoordinatorSection = CoordinatorSection()
+    llm: LLMSection = LLMSection()
     console: ConsoleSection = ConsoleSection()
     source: str = "<defaults>"
 
@@ -157,14 +188,17 @@ class Settings(Section):
 
     @property
     def pool_names(self) -> list[str]:
-        """Every pool: the configured ones and the default pool."""
-        return sorted({*self.pools, self.workers.default_pool})
+        """Every pool: the configured ones, the default pool and the model calls' pool."""
+        return sorted({*self.pools, self.workers.default_pool, self.llm.pool})
 
     def pool_of(self, tool: str) -> str:
-        """The pool that runs ``tool``."""
+        """The pool that runs ``tool``: the one ``[pools]`` puts it in, else ``[llm] pool`` for a model call
+        (a tool of ``[llm] tools`` or named ``llm.*``), else the default pool."""
         for pool, tools in self.pools.items():
             if tool in tools:
                 return pool
+        if tool in self.llm.tools or tool.startswith(MODEL_TOOL_PREFIX):
+            return self.llm.pool
         return self.workers.default_pool
 
     def queue_of(self, pool: str) -> str:

@@ -102,8 +102,8 @@ class Client:
 async def open_client(backend: Backend, store: str, users: list[dict[str, Any]] | None = None, **settings: Any
                       ) -> AsyncIterator[Client]:
     """A client over a console on ``backend`` (with the fleet's client on a Redis ``store``)."""
-    from castor._fleet import FleetClient
     from castor.backends import _redis_options
+    from castor.fleet.client import FleetClient
 
     fleet = None
     if store.startswith("redis"):

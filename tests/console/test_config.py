@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from castor._errors import ConfigError
 from castor.console.auth import Gate
+from castor.errors import ConfigError
 from castor.settings import load_settings
 
 GOOD = """
