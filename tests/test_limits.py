@@ -142,6 +142,7 @@ def test_every_process_stops_on_a_bad_value_with_one_line_and_exit_2(
 BAD_OPTIONS = {
     "worker --concurrency": (["worker", "--pool", "p"], "0", "an integer from 1 to 1024"),
     "flower --port": (["flower"], "99999", "an integer from 1 to 65535"),
+    "console --port": (["console"], "99999", "an integer from 1 to 65535"),
     "coordinator --concurrency": (["coordinator"], "0", "an integer from 1 to 100000"),
     "coordinator --lease": (["coordinator"], "-1", "a number from 0.5 to 3600"),
     "coordinator --grace": (["coordinator"], "-5", "a number from 0 to 3600"),
