@@ -145,11 +145,14 @@ class MMU:
         given = entry.token_count if isinstance(entry, CastorMessage) else entry.get("token_count", 0)
         return int(given) if given and given > 0 else int(self.counter.count(text_of(entry)))
 
-    def select_victims(self, history: Sequence[Any], reserve: int = 0) -> list[int]:
-        """Places of the messages to page out so the context fits ``budget - reserve``: the oldest first,
-        never a pinned message or a system prompt; an assistant's tool calls leave with their results."""
+    def select_victims(self, history: Sequence[Any], reserve: int = 0, headroom: int = 0) -> list[int]:
+        """Places of the messages to page out when the context exceeds ``budget - reserve``, so that it fits
+        ``budget - reserve - headroom`` (room for a summary): the oldest first, never a pinned message or a
+        system prompt; an assistant's tool calls leave with their results."""
         total = self.total_tokens(history)
-        limit = self.budget - reserve
+        if total <= self.budget - reserve:
+            return []
+        limit = self.budget - reserve - headroom
         places: list[int] = []
         i = 0
         while i < len(history) and total > limit:
@@ -192,7 +195,8 @@ class MMU:
             summarize: Any = bool(record.arguments.get("summarize"))
         else:
             summarize = self.summarize and ctx.services.models is not None
-            places = self.select_victims(history, self.summary_max_tokens + 16 if summarize else reserve)
+            # A summary takes the place of what leaves: room is made for the most it may weigh.
+            places = self.select_victims(history, reserve, self.summary_max_tokens + 16 if summarize else 0)
             if not places:
                 return 0
         arguments = {
@@ -271,10 +275,12 @@ class MMU:
         """Bring paged-out messages back at the end of the context (a journaled step). Returns how many."""
         wanted = [str(i) for i in ids]
         cp = ctx.checkpoint
+        live = ctx.next_step >= len(cp.syscall_log)
+        # Looked up before the step is claimed: an unknown id is the agent's error, not a step of the run.
+        pages = [_page_from_journal(cp.syscall_log, page_id, cp.pid) for page_id in wanted] if live else []
         call = Syscall(ctx, ctx.claim_step(), PAGE_IN_TOOL, {"pages": wanted})
         record = journaled(call)
         if record is None:
-            pages = [_page_from_journal(cp.syscall_log, page_id, cp.pid) for page_id in wanted]
             for page in pages:
                 page["tokens"] = self.tokens(page["message"])
             response = await answer(call, {"pages": pages, "tokens": sum(int(p["tokens"]) for p in pages)}, {})
