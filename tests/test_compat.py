@@ -55,7 +55,10 @@ def test_a_name_without_equivalent_refuses_every_use_naming_what_to_use(name: st
 
 @pytest.mark.parametrize(
     ("option", "hint"),
-    [("lodge", "castor.MMU"), ("capability_manager", "budgets="), ("roche", "tools="), ("gate", "SyscallGate(registry)")],
+    [
+        ("lodge", "castor.MMU"), ("capability_manager", "budgets="), ("roche", "tools="),
+        ("gate", "SyscallGate(registry)"),
+    ],
 )
 def test_castor_refuses_options_it_cannot_honour(option: str, hint: str) -> None:
     with pytest.raises(UnsupportedError, match=f"Castor\\((mmu=/)?{option}=.*{re.escape(hint)}"):

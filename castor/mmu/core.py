@@ -216,8 +216,8 @@ class MMU:
             await self.driver.store_pages(cp.pid, pages)
             if done is None:
                 kept = self.total_tokens(history) - sum(p.tokens for p in pages)
-                response = {"paged_out": [p.id for p in pages], "tokens": sum(p.tokens for p in pages),
-                            "resident_tokens": kept}
+                response = {"paged_out": [p.id for p in pages], "page_tokens": [p.tokens for p in pages],
+                            "tokens": sum(p.tokens for p in pages), "resident_tokens": kept}
                 await answer(call, response, {})
         except BaseException:
             if summary is not None:

@@ -146,7 +146,7 @@ async def test_page_in_of_an_unknown_page_is_named() -> None:
     async def agent() -> None:
         await memory().page_in(["0.0"])
 
-    with pytest.raises(CastorError, match="page '0.0' is not a page run"):
+    with pytest.raises(CastorError, match=r"page '0\.0' is not a page run"):
         await kernel.run(agent)
 
 
