@@ -204,34 +204,33 @@ class MMU:
             "summarize": bool(summarize),
         }
         call = Syscall(ctx, ctx.claim_step(), PAGE_OUT_TOOL, arguments)
+        done = journaled(call)  # on replay: the same messages at the same places, or a divergence
         summary = self._summary_call(ctx, [history[p] for p in places]) if summarize else None
         pages = [
-            Page(f"{call.step}.{i}", call.step, str(m.get("role", "")), text_of(m), self.tokens(history[p]), m)
+            Page(f"{call.step}.{i}", call.step, str(m["role"]), text_of(m), self.tokens(history[p]), m)
             for i, (p, m) in enumerate(zip(places, (fields_of(history[p]) for p in places), strict=True))
         ]
+        # Out of the context before the first await: a concurrent model call of the run sees it gone.
+        gone = set(places)
+        history[:] = [e for i, e in enumerate(history) if i not in gone]
         try:
-            done = journaled(call)
             # The driver is an index of the journal: a replayed page-out is stored again under this run's
             # pid (idempotent), so a fork, or a process whose in-memory driver never saw it, can search it.
             await self.driver.store_pages(cp.pid, pages)
             if done is None:
-                kept = self.total_tokens(history) - sum(p.tokens for p in pages)
                 response = {"paged_out": [p.id for p in pages], "page_tokens": [p.tokens for p in pages],
-                            "tokens": sum(p.tokens for p in pages), "resident_tokens": kept}
+                            "tokens": sum(p.tokens for p in pages), "resident_tokens": self.total_tokens(history)}
                 await answer(call, response, {})
         except BaseException:
             if summary is not None:
                 summary.close()
             raise
         text = await self._summary_text(summary) if summary is not None else None
-        gone = set(places)
-        kept_entries = [e for i, e in enumerate(history) if i not in gone]
-        if text:
+        if text:  # where the first message that left was (what followed it only grew at the end since)
             note = CastorMessage.model_validate(
                 {"role": "user", "content": SUMMARY_PREFIX + text, "summary_of": [p.id for p in pages]}
             )
-            kept_entries.insert(places[0], note)
-        history[:] = kept_entries
+            history.insert(places[0], note)
         return len(places)
 
     def _summary_call(self, ctx: RunContext, leaving: list[Any]) -> Any:

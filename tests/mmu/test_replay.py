@@ -4,6 +4,7 @@ replay evictions: after a fork its context differed from the live run's."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -130,3 +131,22 @@ async def test_a_run_resumed_in_a_new_kernel_rebuilds_its_context_and_its_memory
     assert whole.status == "COMPLETED", whole.error
     assert [r.request for r in done.syscall_log] == [r.request for r in whole.syscall_log]
     assert done.context_history == whole.context_history
+
+
+async def concurrent_agent() -> list[str]:
+    mem = memory()
+    for topic in TOPICS[:3]:
+        mem.add("user", f"tell me about {topic} " + " ".join(["detail"] * 15))
+    replies = await asyncio.gather(mem.complete(), mem.complete())
+    return [r.text for r in replies]
+
+
+async def test_concurrent_model_calls_page_out_once_and_replay_in_the_same_order() -> None:
+    live = await Castor(llm=Scripted(REPLIES), mmu=MMU(budget=120)).run(concurrent_agent)
+    assert live.status == "COMPLETED", live.error
+    assert [r.tool_name for r in live.syscall_log] == [PAGE_OUT_TOOL, "model:scripted", "model:scripted"]
+    for at in range(len(live.syscall_log) + 1):
+        model = Scripted(REPLIES[max(at - 1, 0):])
+        cp = await Castor(llm=model, mmu=MMU(budget=120)).run(concurrent_agent, checkpoint=live.fork(at_step=at))
+        assert [r.request for r in cp.syscall_log] == [r.request for r in live.syscall_log]
+        assert cp.result == live.result
