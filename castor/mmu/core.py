@@ -39,6 +39,7 @@ from castor.mmu.driver import MemoryDriver, as_driver
 from castor.mmu.drivers.memory import InMemoryDriver
 from castor.mmu.messages import (
     CastorMessage,
+    CharCountEstimator,
     OfflineEstimator,
     Page,
     TokenCounter,
@@ -69,7 +70,8 @@ class MMU:
     offline estimate); ``summarize`` writes a summary of what leaves with the kernel's model (``True``,
     ``summary_model`` or the kernel's default model) or with an async function ``summarize(request)``.
     0.5.1's signature, ``MMU(registry, driver, token_counter, watermark, consumes, cost_per_use)``,
-    registers ``search_memory`` in ``registry``; page-outs are charged nothing (0.5.1's default).
+    registers ``search_memory`` in ``registry`` and counts as 0.5.1 did (``len(text) // 4``); page-outs
+    are charged nothing (0.5.1's default).
     """
 
     def __init__(
@@ -96,7 +98,9 @@ class MMU:
             raise ConfigError(f"MMU summarize must be True, False or an async function, got {summarize!r}")
         self.budget = size
         self.driver: MemoryDriver = as_driver(driver if driver is not None else InMemoryDriver())
-        self.counter: TokenCounter = token_counter or OfflineEstimator()
+        # 0.5.1's form (a registry first) keeps 0.5.1's default count, len(text) // 4; Castor's errs high.
+        default_counter = CharCountEstimator() if registry is not None else OfflineEstimator()
+        self.counter: TokenCounter = token_counter or default_counter
         self.summarize = summarize
         self.summary_model = summary_model
         self.summary_max_tokens = summary_max_tokens

@@ -102,6 +102,9 @@ def test_051_helpers_and_a_custom_mmu_is_refused() -> None:
         CastorMessage(role="user", content="a" * 40),
     ])
     assert mmu.total_tokens(cp) == 50
+    forty = CastorMessage(role="user", content="a" * 40)
+    assert MMU(ToolRegistry(), InMemoryDriver()).tokens(forty) == 10  # 0.5.1's form counts as 0.5.1 did
+    assert MMU().tokens(forty) == 14  # Castor's offline estimate errs high
     assert [m.content for m in mmu._select_victims(cp)] == ["old", "new"]
     message = CastorMessage(role="user", content="t", token_count=3)
     assert CastorMessage.model_validate(message.model_dump()) == message
