@@ -154,6 +154,14 @@ def table(samples: dict[str, list[float]], calls: int, repeat: int) -> list[str]
         "|---|---:|---|",
     ]
     lines += [f"| {label} | {value:.2f} | {note} |" for label, value, note in rows]
+    ratio = med["charged"] / med["tool"] if med["tool"] else float("nan")
+    lines += [
+        "",
+        f"A charged model syscall costs {ratio:.1f}× a charged tool syscall of the same processes: it also copies and",
+        "checks the request, estimates the prompt, reserves, settles and builds the typed response. Model calls have",
+        "a chain of their own (`castor/kernel/model.py`), so the tool syscall path is unchanged: compare the tool row",
+        "with the Embedded kernel section. On a busy machine every figure is inflated: read them beside the tool row.",
+    ]
     return lines
 
 

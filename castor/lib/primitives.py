@@ -19,7 +19,7 @@ async def tool(name: str, /, **kwargs: Any) -> Any:
         handled = await mmu.on_tool(ctx, name, kwargs)
         if handled is not mmu.PASS:
             return handled
-    response = await services.chain(Syscall(ctx, ctx.claim_step(), name, kwargs))
+    response = await services.chain(Syscall(ctx.run_id, ctx.claim_step(), name, kwargs, ctx))
     return wrap(response) if services.structured_results else response
 
 

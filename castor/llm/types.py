@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any
 
 from castor._canonical import canonical
-from castor._errors import CastorError
+from castor.errors import CastorError
 
 
 class ModelCallError(CastorError):

@@ -17,7 +17,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from castor._errors import ConfigError
+from castor.errors import ConfigError
 from castor.kernel.context import RunContext, active_run
 from castor.lib.models import complete
 from castor.llm.types import ModelResponse

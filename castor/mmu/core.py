@@ -31,8 +31,8 @@ import copy
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from castor._errors import CastorError, ConfigError, ReplayDivergenceError
 from castor.checkpoint import AgentCheckpoint, SyscallRecord
+from castor.errors import CastorError, ConfigError, ReplayDivergenceError
 from castor.kernel.context import RunContext, Syscall
 from castor.kernel.steps import answer, journaled
 from castor.mmu.driver import MemoryDriver, as_driver
@@ -207,7 +207,7 @@ class MMU:
             "messages": [{**fields_of(history[p]), "at": p} for p in places],
             "summarize": bool(summarize),
         }
-        call = Syscall(ctx, ctx.claim_step(), PAGE_OUT_TOOL, arguments)
+        call = Syscall(ctx.run_id, ctx.claim_step(), PAGE_OUT_TOOL, arguments, ctx)
         done = journaled(call)  # on replay: the same messages at the same places, or a divergence
         summary = self._summary_call(ctx, [history[p] for p in places]) if summarize else None
         pages = [
@@ -267,7 +267,7 @@ class MMU:
         arguments: dict[str, Any] = {"query": query, "limit": int(limit or self.search_limit)}
         if pid:
             arguments["pid"] = pid  # 0.5.1 named the run to search
-        call = Syscall(ctx, ctx.claim_step(), SEARCH_MEMORY_TOOL, arguments)
+        call = Syscall(ctx.run_id, ctx.claim_step(), SEARCH_MEMORY_TOOL, arguments, ctx)
         record = journaled(call)
         if record is not None:
             return record.response
@@ -281,7 +281,7 @@ class MMU:
         live = ctx.next_step >= len(cp.syscall_log)
         # Looked up before the step is claimed: an unknown id is the agent's error, not a step of the run.
         pages = [_page_from_journal(cp.syscall_log, page_id, cp.pid) for page_id in wanted] if live else []
-        call = Syscall(ctx, ctx.claim_step(), PAGE_IN_TOOL, {"pages": wanted})
+        call = Syscall(ctx.run_id, ctx.claim_step(), PAGE_IN_TOOL, {"pages": wanted}, ctx)
         record = journaled(call)
         if record is None:
             for page in pages:

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from castor._errors import ConfigError
+from castor.errors import ConfigError
 from castor.mmu.messages import Hit, Page
 
 _WORD = re.compile(r"\w+", re.UNICODE)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from castor.fleet.scheduler.coordinator import Coordinator, CoordinatorConfig
+
 from castor import Castor
 from castor.backends.redis import redis_backend
 from castor.checkpoint import RunSpec
@@ -13,7 +15,6 @@ from castor.llm import Scripted
 from castor.mmu import MMU
 from castor.mmu.core import PAGE_OUT_TOOL
 from castor.mmu.drivers.redis import RedisDriver
-from scheduler.coordinator import Coordinator, CoordinatorConfig
 
 REPLIES = [f"reply {i} " + " ".join(["word"] * 10) for i in range(4)]
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
-from castor._errors import AlreadyDecidedError, NothingPendingError
+from castor.errors import AlreadyDecidedError, NothingPendingError
 from castor.seams import Charge, Decision, PendingApproval
 
 _OK = Charge(True)
