@@ -152,21 +152,23 @@ class MMU:
     def select_victims(self, history: Sequence[Any], reserve: int = 0, headroom: int = 0) -> list[int]:
         """Places of the messages to page out when the context exceeds ``budget - reserve``, so that it fits
         ``budget - reserve - headroom`` (room for a summary): the oldest first, never a pinned message or a
-        system prompt; an assistant's tool calls leave with their results."""
+        system prompt, never the last message (nor, if it is a tool's result, the call it answers); an
+        assistant's tool calls leave with their results."""
         total = self.total_tokens(history)
         if total <= self.budget - reserve:
             return []
         limit = self.budget - reserve - headroom
         places: list[int] = []
         i = 0
-        while i < len(history) and total > limit:
+        end = _last_turn(history)  # the message being answered (with its tool call) never leaves
+        while i < end and total > limit:
             entry = history[i]
             if not is_message(entry) or is_pinned(entry):
                 i += 1
                 continue
             group = [i]
             if fields_of(entry).get("tool_calls"):
-                while group[-1] + 1 < len(history) and _is_tool_result(history[group[-1] + 1]):
+                while group[-1] + 1 < end and _is_tool_result(history[group[-1] + 1]):
                     group.append(group[-1] + 1)
             for place in group:
                 total -= self.tokens(history[place])
@@ -321,6 +323,21 @@ def render_hits(hits: Any) -> str:
     if not hits:
         return NO_MATCH
     return "\n".join(f"[{h['id']}] {h['role']}: {h['content']}" for h in hits)
+
+
+def _last_turn(history: Sequence[Any]) -> int:
+    """Where the last message starts its turn: its place, or, for tool results, their assistant call's."""
+    end = len(history)
+    while end > 0 and not is_message(history[end - 1]):
+        end -= 1
+    if end == 0:
+        return 0
+    start = end - 1
+    while start > 0 and fields_of(history[start]).get("role") == "tool":
+        start -= 1
+    if start < end - 1 and not fields_of(history[start]).get("tool_calls"):
+        start += 1  # results without their call in the context: keep the results only
+    return start
 
 
 def _is_tool_result(entry: Any) -> bool:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from castor import Castor, CastorError, ConfigError
-from castor.lib import memory, search_memory
+from castor.lib import memory, search_memory, tool
 from castor.llm import Scripted
 from castor.mmu import MMU, CastorMessage, InMemoryDriver
 from castor.mmu.core import PAGE_IN_TOOL, PAGE_OUT_TOOL, SEARCH_MEMORY_TOOL
@@ -31,7 +31,9 @@ def test_victims_are_the_oldest_unpinned_messages_and_tool_results_go_with_their
     ]
     assert mmu.total_tokens(history) == 46
     assert mmu.select_victims(history) == [2, 3, 4]  # 46 - 5 - 5 - 8 = 28 <= 30
-    assert mmu.select_victims(history, reserve=10) == [2, 3, 4, 5]
+    assert mmu.select_victims(history, reserve=10) == [2, 3, 4]  # the last message stays, even over budget
+    answering = [*history[:4], CastorMessage(role="tool", content="more", token_count=30, tool_call_id="c1")]
+    assert mmu.select_victims(answering) == []  # the call being answered stays with its results
     everything_pinned = [CastorMessage(role="user", content="x", pinned=True, token_count=99)]
     assert mmu.select_victims(everything_pinned) == []
     assert mmu.select_victims(history[:2]) == []  # under the budget
@@ -162,3 +164,35 @@ def _ctx() -> Any:
     from castor.kernel.context import active_run
 
     return active_run()
+
+
+async def test_a_model_calls_search_memory_as_a_tool_and_reads_what_left_the_context() -> None:
+    def answer_from_memory(request: dict[str, Any]) -> str:
+        found = request["messages"][-1]["content"]
+        return "the code is " + found.split("code ")[1].split(" ")[0] if "code " in found else "unknown"
+
+    model = Scripted([
+        "noted", "noted",
+        {"tool_calls": [{"name": "search_memory", "arguments": {"query": "door code"}}]},
+        answer_from_memory,
+    ])
+    kernel = Castor(llm=model, mmu=MMU(budget=60))
+
+    async def agent() -> str:
+        mem = memory()
+        mem.add("user", "the door code 4711 " + words(15))
+        await mem.complete()
+        mem.add("user", "unrelated " + words(15))
+        await mem.complete()
+        mem.add("user", "what is the door code?")
+        reply = await mem.complete(tools=[mem.mmu.tool_schema()])
+        for call in reply.tool_calls:
+            mem.add_tool_result(call.id, await tool(call.name, **call.arguments), name=call.name)
+        return (await mem.complete()).text
+
+    cp = await kernel.run(agent)
+    assert cp.status == "COMPLETED", cp.error
+    assert cp.result == "the code is 4711"
+    search = next(r for r in cp.syscall_log if r.tool_name == SEARCH_MEMORY_TOOL)
+    assert search.arguments == {"query": "door code", "limit": 5}
+    assert search.response[0]["content"].startswith("the door code 4711")
