@@ -13,7 +13,7 @@ from castor import Castor, ReplayDivergenceError
 from castor.lib import memory, tool
 from castor.llm import Scripted
 from castor.mmu import MMU, InMemoryDriver, SQLiteDriver
-from castor.mmu.core import PAGE_OUT_TOOL
+from castor.mmu.core import PAGE_OUT_TOOL, SUMMARY_SYSTEM
 
 REPLIES = [f"reply {i} " + " ".join(["word"] * 12) for i in range(6)]
 TOPICS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"]
@@ -150,3 +150,28 @@ async def test_concurrent_model_calls_page_out_once_and_replay_in_the_same_order
         cp = await Castor(llm=model, mmu=MMU(budget=120)).run(concurrent_agent, checkpoint=live.fork(at_step=at))
         assert [r.request for r in cp.syscall_log] == [r.request for r in live.syscall_log]
         assert cp.result == live.result
+
+
+def answer(request: dict[str, Any]) -> str:
+    """A model whose answer is a function of the request: the same request, the same answer."""
+    messages = request["messages"]
+    if messages[0]["content"] == SUMMARY_SYSTEM:
+        return "summary of " + " ".join(line.split(" ")[3] for line in messages[1]["content"].splitlines()
+                                        if line.startswith("user: tell me about"))
+    return f"reply to {len(messages)} messages " + " ".join(["word"] * 12)
+
+
+async def test_a_fork_replays_the_summary_from_the_journal_without_asking_the_model() -> None:
+    def mmu() -> MMU:
+        return MMU(budget=150, summarize=True, summary_max_tokens=20)
+
+    live = await Castor(llm=Scripted([answer] * 30), mmu=mmu()).run(chat_agent)
+    assert live.status == "COMPLETED", live.error
+    outs = [i for i, r in enumerate(live.syscall_log) if r.tool_name == PAGE_OUT_TOOL]
+    assert len(outs) >= 2 and all(live.syscall_log[i].arguments["summarize"] for i in outs)
+    at = outs[1] + 2  # after the second page-out and its summary
+    model = Scripted([answer] * 30)
+    cp = await Castor(llm=model, mmu=mmu()).run(chat_agent, checkpoint=live.fork(at_step=at))
+    assert [r.request for r in cp.syscall_log] == [r.request for r in live.syscall_log]
+    assert model.calls[0] == requests(live)[at]  # the first call it answered: the live run's, summary included
+    assert any(m["content"].startswith("[Summary of earlier conversation] summary of") for m in model.calls[0]["messages"])
