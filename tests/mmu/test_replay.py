@@ -156,7 +156,7 @@ def answer(request: dict[str, Any]) -> str:
     """A model whose answer is a function of the request: the same request, the same answer."""
     messages = request["messages"]
     if messages[0]["content"] == SUMMARY_SYSTEM:
-        return "summary of " + " ".join(line.split(" ")[3] for line in messages[1]["content"].splitlines()
+        return "summary of " + " ".join(line.split(" ")[4] for line in messages[1]["content"].splitlines()
                                         if line.startswith("user: tell me about"))
     return f"reply to {len(messages)} messages " + " ".join(["word"] * 12)
 
@@ -174,4 +174,5 @@ async def test_a_fork_replays_the_summary_from_the_journal_without_asking_the_mo
     cp = await Castor(llm=model, mmu=mmu()).run(chat_agent, checkpoint=live.fork(at_step=at))
     assert [r.request for r in cp.syscall_log] == [r.request for r in live.syscall_log]
     assert model.calls[0] == requests(live)[at]  # the first call it answered: the live run's, summary included
-    assert any(m["content"].startswith("[Summary of earlier conversation] summary of") for m in model.calls[0]["messages"])
+    summaries = [m for m in model.calls[0]["messages"] if m["content"].startswith("[Summary of earlier conversation]")]
+    assert len(summaries) == 1 and summaries[0]["content"].split(" ")[-2:-1] == ["of"]
