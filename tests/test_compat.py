@@ -191,6 +191,11 @@ MODULE_PATHS = {
     "castor.kernel": ["Castor", "CastorTask", "CastorWarning"],
     "castor.core": ["Castor", "CastorTask"],
     "castor.hitl_policies": ["auto_approve", "auto_reject", "interactive"],
+    "castor.mmu": ["MMU", "MMUProtocol", "CastorMessage"],
+    "castor.mmu.core": ["MMU", "PAGE_OUT_TOOL", "SEARCH_MEMORY_TOOL"],
+    "castor.mmu.driver": ["SemanticMemoryDriver"],
+    "castor.mmu.token_counter": ["TokenCounter", "CharCountEstimator"],
+    "castor.mmu.drivers.mock_driver": ["InMemoryDriver"],
 }
 
 
