@@ -59,6 +59,7 @@ SUMMARY_SYSTEM = (
     "and open questions; drop pleasantries. Answer with the summary only."
 )
 NO_MATCH = "No matching memories found."
+_SIZES_KEPT = 50_000  # texts whose count is kept (then the cache starts over)
 PASS = object()  # on_tool: the call is not the MMU's, go on to the kernel
 
 
@@ -101,6 +102,7 @@ class MMU:
         # 0.5.1's form (a registry first) keeps 0.5.1's default count, len(text) // 4; Castor's errs high.
         default_counter = CharCountEstimator() if registry is not None else OfflineEstimator()
         self.counter: TokenCounter = token_counter or default_counter
+        self._sizes: dict[str, int] = {}  # text -> the counter's count of it
         self.summarize = summarize
         self.summary_model = summary_model
         self.summary_max_tokens = summary_max_tokens
@@ -146,8 +148,29 @@ class MMU:
 
     def tokens(self, entry: Any) -> int:
         """A message's weight: its ``token_count`` if set, else the counter's count of its text."""
-        given = entry.token_count if isinstance(entry, CastorMessage) else entry.get("token_count", 0)
+        if isinstance(entry, CastorMessage):
+            if entry.token_count > 0:
+                return entry.token_count
+            extra = entry.__pydantic_extra__
+            if not (extra and extra.get("tool_calls")):
+                # Counted once per text: every model call weighs the whole context again.
+                count = self._sizes.get(entry.content)
+                if count is None:
+                    if len(self._sizes) >= _SIZES_KEPT:
+                        self._sizes.clear()
+                    count = self._sizes[entry.content] = int(self.counter.count(entry.content))
+                return count
+            return int(self.counter.count(text_of(entry)))
+        given = entry.get("token_count", 0)
         return int(given) if given and given > 0 else int(self.counter.count(text_of(entry)))
+
+    def wants_room(self, ctx: RunContext, reserve: int = 0) -> bool:
+        """Whether ``fit`` has anything to do now (checked without a coroutine on every model call)."""
+        log = ctx.checkpoint.syscall_log
+        if ctx.next_step < len(log):
+            return log[ctx.next_step].tool_name == PAGE_OUT_TOOL
+        history = ctx.checkpoint.context_history
+        return bool(history) and self.total_tokens(history) > self.budget - reserve
 
     def select_victims(self, history: Sequence[Any], reserve: int = 0, headroom: int = 0) -> list[int]:
         """Places of the messages to page out when the context exceeds ``budget - reserve``, so that it fits
@@ -302,7 +325,8 @@ class MMU:
         if name == SEARCH_MEMORY_TOOL:
             return render_hits(await self.search(ctx, arguments.get("query", ""), arguments.get("limit"),
                                                  arguments.get("pid")))
-        await self.fit(ctx)
+        if self.wants_room(ctx):
+            await self.fit(ctx)
         return PASS
 
     def tool_schema(self) -> dict[str, Any]:
