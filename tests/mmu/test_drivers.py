@@ -97,3 +97,46 @@ async def test_the_in_memory_driver_speaks_051s_ingest_and_search() -> None:
     await mem.ingest([{"role": "user", "content": "battery tech breakthroughs"}], pid="agent-1")
     assert "battery" in (await mem.search("BATTERY", pid="agent-1")).lower()
     assert "no matching" in (await mem.search("battery", pid="agent-2")).lower()
+
+
+class Trigrams:
+    """A stand-in for an embedding search: cosine of character trigram counts (a ``Scorer``)."""
+
+    def score(self, query: str, pages: list[Page]) -> list[float]:
+        def grams(text: str) -> dict[str, int]:
+            text = text.lower()
+            out: dict[str, int] = {}
+            for i in range(len(text) - 2):
+                out[text[i:i + 3]] = out.get(text[i:i + 3], 0) + 1
+            return out
+
+        q = grams(query)
+        norm_q = sum(v * v for v in q.values()) ** 0.5
+        scores = []
+        for page in pages:
+            g = grams(page.content)
+            dot = sum(v * g.get(k, 0) for k, v in q.items())
+            scores.append(dot / (norm_q * sum(v * v for v in g.values()) ** 0.5 or 1.0))
+        return scores
+
+
+async def test_another_scorer_plugs_in_where_an_embedding_search_would() -> None:
+    pages = [page(1, 0, "batteries of drones"), page(2, 0, "pasta for lunch")]
+    by_trigrams, by_keywords = InMemoryDriver(scorer=Trigrams()), InMemoryDriver()
+    for driver in (by_trigrams, by_keywords):
+        await driver.store_pages("run", pages)
+    hits = await by_trigrams.find("run", "battery", 5)
+    assert hits and hits[0].page.id == "1.0"
+    assert await by_keywords.find("run", "battery", 5) == []  # no word in common
+
+
+async def test_redis_pages_expire_after_the_ttl(redis_url: str, redis_prefix: str) -> None:
+    from castor.mmu.drivers.redis import RedisDriver
+
+    with pytest.raises(ConfigError, match="ttl must be a positive number"):
+        RedisDriver(redis_url, prefix=redis_prefix, ttl=0)
+    driver = RedisDriver(redis_url, prefix=redis_prefix, ttl=60)
+    await driver.store_pages("run", [page(1, 0, "kept a minute")])
+    left = await driver.conn.command("pttl", driver.key("run"))
+    assert 0 < left <= 60_000
+    await driver.close()

@@ -2,7 +2,8 @@
 
 A run's pages are one hash, ``<prefix>:mmu:{<pid>}`` (page id -> the page's JSON): one ``HSET`` stores a
 page-out atomically and idempotently (a page written again is the same value), one ``HGETALL`` reads the
-run's pages. It goes through Castor's Redis connection (``castor.backends.redis._client``): the same
+run's pages; with ``ttl`` the hash expires that long after the run's last page-out (sent in the same
+round trip). It goes through Castor's Redis connection (``castor.backends.redis._client``): the same
 error translation and per-event-loop clients as the stores.
 """
 
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 from castor.backends.redis._client import RedisConnection
+from castor.errors import ConfigError
 from castor.mmu.driver import RankedDriver, Scorer
 from castor.mmu.messages import Page
 
@@ -20,10 +23,13 @@ class RedisDriver(RankedDriver):
     """Pages of each run in a Redis hash under ``prefix``."""
 
     def __init__(self, url: str | RedisConnection = "redis://127.0.0.1:6379/0", *, prefix: str = "castor",
-                 scorer: Scorer | None = None) -> None:
+                 scorer: Scorer | None = None, ttl: float | None = None) -> None:
         super().__init__(scorer)
+        if ttl is not None and not ttl > 0:
+            raise ConfigError(f"RedisDriver ttl must be a positive number of seconds, got {ttl!r}")
         self.conn = url if isinstance(url, RedisConnection) else RedisConnection(url)
         self.prefix = prefix
+        self.ttl = ttl  # seconds a run's pages live after its last page-out (None: until dropped)
 
     def key(self, pid: str) -> str:
         """The hash of run ``pid``'s pages (the pid in braces: one cluster slot per run)."""
@@ -31,9 +37,16 @@ class RedisDriver(RankedDriver):
 
     async def store_pages(self, pid: str, pages: Sequence[Page]) -> None:
         """One ``HSET`` of every page (safe to repeat: the same page is the same value)."""
-        if pages:
-            mapping = {p.id: json.dumps(p.to_dict(), ensure_ascii=False, sort_keys=True) for p in pages}
-            await self.conn.command("hset", self.key(pid), mapping=mapping)
+        if not pages:
+            return
+        key = self.key(pid)
+        flat = [part for p in pages for part in (p.id, json.dumps(p.to_dict(), ensure_ascii=False, sort_keys=True))]
+        commands: list[tuple[Any, ...]] = [("HSET", key, *flat)]
+        if self.ttl is not None:
+            commands.append(("PEXPIRE", key, int(self.ttl * 1000)))
+        for reply in await self.conn.execute(*commands):  # one round trip
+            if isinstance(reply, Exception):
+                raise reply
 
     async def load_pages(self, pid: str) -> list[Page]:
         """Oldest first."""
