@@ -46,6 +46,9 @@ from castor.mmu.messages import (
     fields_of,
     is_message,
     is_pinned,
+    is_tool_result,
+    last_turn,
+    render_hits,
     text_of,
 )
 
@@ -58,7 +61,6 @@ SUMMARY_SYSTEM = (
     "Summarise the conversation below for the assistant who had it: keep facts, decisions, names, numbers "
     "and open questions; drop pleasantries. Answer with the summary only."
 )
-NO_MATCH = "No matching memories found."
 _SIZES_KEPT = 50_000  # texts whose count is kept (then the cache starts over)
 PASS = object()  # on_tool: the call is not the MMU's, go on to the kernel
 
@@ -183,7 +185,7 @@ class MMU:
         limit = self.budget - reserve - headroom
         places: list[int] = []
         i = 0
-        end = _last_turn(history)  # the message being answered (with its tool call) never leaves
+        end = last_turn(history)  # the message being answered (with its tool call) never leaves
         while i < end and total > limit:
             entry = history[i]
             if not is_message(entry) or is_pinned(entry):
@@ -191,7 +193,7 @@ class MMU:
                 continue
             group = [i]
             if fields_of(entry).get("tool_calls"):
-                while group[-1] + 1 < end and _is_tool_result(history[group[-1] + 1]):
+                while group[-1] + 1 < end and is_tool_result(history[group[-1] + 1]):
                     group.append(group[-1] + 1)
             for place in group:
                 total -= self.tokens(history[place])
@@ -340,32 +342,6 @@ class MMU:
                 "required": ["query"],
             },
         }
-
-
-def render_hits(hits: Any) -> str:
-    """Search hits as the text a model or a 0.5.1 agent reads."""
-    if not hits:
-        return NO_MATCH
-    return "\n".join(f"[{h['id']}] {h['role']}: {h['content']}" for h in hits)
-
-
-def _last_turn(history: Sequence[Any]) -> int:
-    """Where the last message starts its turn: its place, or, for tool results, their assistant call's."""
-    end = len(history)
-    while end > 0 and not is_message(history[end - 1]):
-        end -= 1
-    if end == 0:
-        return 0
-    start = end - 1
-    while start > 0 and fields_of(history[start]).get("role") == "tool":
-        start -= 1
-    if start < end - 1 and not fields_of(history[start]).get("tool_calls"):
-        start += 1  # results without their call in the context: keep the results only
-    return start
-
-
-def _is_tool_result(entry: Any) -> bool:
-    return is_message(entry) and not is_pinned(entry) and fields_of(entry).get("role") == "tool"
 
 
 def _journaled_places(record: SyscallRecord, step: int, size: int) -> list[int]:

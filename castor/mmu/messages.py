@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 # The fields of a message that are the MMU's, never sent to a model.
 MMU_FIELDS = frozenset({"pinned", "token_count", "paged_in", "summary_of"})
+NO_MATCH = "No matching memories found."
 BYTES_PER_TOKEN = 3  # castor.llm.cost's estimate: below the ~4 of real tokenizers, so it errs high
 
 
@@ -141,3 +142,30 @@ class Hit:
         """What the journal keeps of a search hit."""
         return {"id": self.page.id, "role": self.page.role, "content": self.page.content,
                 "tokens": self.page.tokens, "step": self.page.step, "score": round(self.score, 6)}
+
+
+def render_hits(hits: Any) -> str:
+    """Search hits as the text a model or a 0.5.1 agent reads."""
+    if not hits:
+        return NO_MATCH
+    return "\n".join(f"[{h['id']}] {h['role']}: {h['content']}" for h in hits)
+
+
+def last_turn(history: Sequence[Any]) -> int:
+    """Where the last message starts its turn: its place, or, for tool results, their assistant call's."""
+    end = len(history)
+    while end > 0 and not is_message(history[end - 1]):
+        end -= 1
+    if end == 0:
+        return 0
+    start = end - 1
+    while start > 0 and fields_of(history[start]).get("role") == "tool":
+        start -= 1
+    if start < end - 1 and not fields_of(history[start]).get("tool_calls"):
+        start += 1  # results without their call in the context: keep the results only
+    return start
+
+
+def is_tool_result(entry: Any) -> bool:
+    """A tool's result that may leave the context."""
+    return is_message(entry) and not is_pinned(entry) and fields_of(entry).get("role") == "tool"
