@@ -25,6 +25,7 @@ class _Options(BaseModel):
     lease: float = Field(ge=0.5, le=3600)
     grace: float = Field(ge=0, le=3600)
     limit: int = Field(ge=1, le=1_000_000)  # rows a listing shows
+    context_budget: int = Field(ge=0, le=10_000_000)  # tokens of a run's conversation (0: no MMU)
 
 
 # "command --option" -> the field whose range it has.
@@ -36,6 +37,7 @@ OPTIONS: dict[str, FieldInfo] = {
     "coordinator --lease": _Options.model_fields["lease"],
     "coordinator --grace": _Options.model_fields["grace"],
     "coordinator --max-takeovers": CoordinatorSection.model_fields["max_takeovers"],
+    "coordinator --context-budget": _Options.model_fields["context_budget"],
     "ps --limit": _Options.model_fields["limit"],
     "deadletters --limit": _Options.model_fields["limit"],
 }

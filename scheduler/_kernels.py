@@ -69,8 +69,9 @@ class DrainGate:
 class Kernels:
     """Kernels by tool set and agents by import spec, built on first use."""
 
-    def __init__(self, backend: Backend, executor: ExecutorFactory | None, gate: DrainGate) -> None:
+    def __init__(self, backend: Backend, executor: ExecutorFactory | None, gate: DrainGate, *, mmu: Any = None) -> None:
         self.backend = backend
+        self.mmu = mmu  # one context-window MMU (castor.mmu) for every kernel, or None
         self.executor = executor
         self.gate = gate
         self._kernels: dict[tuple[tuple[str, ...], tuple[str, ...]], Castor] = {}
@@ -83,7 +84,7 @@ class Kernels:
         if kernel is None:
             kernel = Castor(
                 tools=load_tools(spec.tools), destructive=spec.destructive, store=self.backend,
-                executor=self.executor, interceptors=[self.gate.stage],
+                executor=self.executor, interceptors=[self.gate.stage], mmu=self.mmu,
             )
             self._kernels[key] = kernel
         return kernel

@@ -147,6 +147,7 @@ BAD_OPTIONS = {
     "coordinator --lease": (["coordinator"], "-1", "a number from 0.5 to 3600"),
     "coordinator --grace": (["coordinator"], "-5", "a number from 0 to 3600"),
     "coordinator --max-takeovers": (["coordinator"], "-1", "an integer from 0 to 1000"),
+    "coordinator --context-budget": (["coordinator"], "-1", "an integer from 0 to 10000000"),
     "ps --limit": (["ps"], "0", "an integer from 1 to 1000000"),
     "deadletters --limit": (["deadletters"], "0", "an integer from 1 to 1000000"),
 }

@@ -60,6 +60,9 @@ def add_commands(subparsers: Any) -> None:
     co.add_argument("--max-takeovers", type=option_type("coordinator --max-takeovers"), default=None, metavar="N",
                     help="quarantine (store FAILED) a run taken over more than N times in a row, its driver "
                          "dying each time (default: [coordinator] max_takeovers, else 3)")
+    co.add_argument("--context-budget", type=option_type("coordinator --context-budget"), default=0,
+                    metavar="TOKENS", help="keep each run's conversation under TOKENS (castor.mmu; paged-out "
+                                           "messages in the fleet's Redis); 0: no context memory")
     co.add_argument("--allow-code-change", action="store_true",
                     help="resume runs whose agent or tool source changed since they started")
     co.add_argument("--log-level", default="INFO")

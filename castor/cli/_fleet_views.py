@@ -84,7 +84,7 @@ async def coordinator(args: argparse.Namespace) -> int:
     config = CoordinatorConfig(
         url=url, prefix=prefix, name=args.name or "", concurrency=args.concurrency, lease=args.lease,
         grace=args.grace, allow_code_change=args.allow_code_change, max_takeovers=max_takeovers,
-        store_options=options,
+        store_options=options, context_budget=int(args.context_budget),
     )
     secret = settings.security.secret if settings else None
     await serve(config, executor=executor_factory(kind, settings), secret=secret)

@@ -119,6 +119,8 @@ class Services:
     structured_results: bool = False
     # Model calls (castor.kernel.model.ModelServices): the provider, the price table, the model chain.
     models: Any = None
+    # The context-window MMU (castor.mmu.MMU), or None: castor.lib.tool and model calls consult it.
+    mmu: Any = None
     # Checkpoints the kernel drove, while someone still holds them (a weak mapping: the store has the rest).
     live: MutableMapping[str, AgentCheckpoint] = field(default_factory=dict)
 
