@@ -121,7 +121,8 @@ class Session:
         will take it), which the drive's end saves with the header."""
         if key is not None:
             cp.context_history[:] = [
-                e for e in cp.context_history if not (isinstance(e, dict) and e.get("role") == KEY_ENTRY and e.get("key") == key)
+                e for e in cp.context_history
+                if not (isinstance(e, dict) and e.get("role") == KEY_ENTRY and e.get("key") == key)
             ]
         self.hold.cancel()
 
