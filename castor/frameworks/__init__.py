@@ -1,0 +1,21 @@
+"""Guard a framework's agent: its tool calls and its model calls become syscalls of the Castor run.
+
+    from castor.frameworks.langchain import guard, tools_of      # pip install 'castor-kernel[langchain]'
+    from castor.frameworks.pydantic_ai import guard, tools_of    # pip install 'castor-kernel[pydantic-ai]'
+
+``guard(x)`` takes the framework's agent, its tool(s) or its model and returns the same kind of object
+whose every tool call goes through ``castor.lib.tool`` (validated, charged, gated, executed by the run's
+executor, journaled) and whose every model call goes through ``castor.lib.model_call`` (one journaled
+step, charged in tokens). A resumed or forked run replays the framework's loop from the journal: the
+model is not called for the steps before the suspension or the fork point.
+
+The operator registers the framework's tool functions like any tool, ``Castor(tools=tools_of(agent),
+destructive=[...])``; the agent function builds (or receives) the guarded agent and runs it under
+``kernel.run``. A tool whose argument schema Castor cannot check (arguments the framework injects, names
+that are not Python identifiers, JSON schema constructs with no Python type) is refused by ``guard()``
+with one line naming it.
+
+Each framework module imports its framework; ``castor.frameworks`` itself and ``import castor`` import
+none. The shared machinery (tools as syscalls, model steps, suspensions through a framework's error
+handling) is ``castor.frameworks._common``.
+"""
