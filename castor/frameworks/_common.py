@@ -144,7 +144,9 @@ def model_id_of(obj: Any, *attributes: str, default: str = "model") -> str:
     return default
 
 
-async def model_step(request: Mapping[str, Any], model: str, invoke: Callable[[dict[str, Any]], Awaitable[Any]]) -> dict:
+async def model_step(
+    request: Mapping[str, Any], model: str, invoke: Callable[[dict[str, Any]], Awaitable[Any]]
+) -> dict[str, Any]:
     """One model call as a journaled step; ``invoke`` calls the framework's own model (not called on replay)."""
     return await model_call(request, model=model, invoke=invoke)
 

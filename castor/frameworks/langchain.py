@@ -99,7 +99,8 @@ def response_json(result: ChatResult, model: str) -> dict[str, Any]:
     }
     usage = getattr(message, "usage_metadata", None)
     if usage:
-        response["usage"] = {"input_tokens": usage.get("input_tokens", 0), "output_tokens": usage.get("output_tokens", 0)}
+        response["usage"] = {"input_tokens": usage.get("input_tokens", 0),
+                             "output_tokens": usage.get("output_tokens", 0)}
     if generation.generation_info:
         response["generation_info"] = jsonable(generation.generation_info)
     return response
@@ -159,6 +160,14 @@ def guard_model(model: BaseChatModel) -> BaseChatModel:
 # --- tools --------------------------------------------------------------------------------------------
 
 
+def _json_schema(schema: Any) -> dict[str, Any]:
+    """A tool's argument schema as JSON schema (a dict already, or a pydantic model of either major)."""
+    if isinstance(schema, dict):
+        return schema
+    dump = getattr(schema, "model_json_schema", None) or schema.schema
+    return dict(dump())
+
+
 def _own_function(t: BaseTool) -> Any:
     if isinstance(t, StructuredTool) and isinstance(t.args_schema, type):
         return t.coroutine or t.func
@@ -169,13 +178,15 @@ def tool_entry(t: BaseTool) -> ToolEntry:
     """The name and the function Castor registers for ``t``: its own function, else one running ``t``."""
     func = _own_function(t)
     if func is not None:
-        model_fields = set(t.tool_call_schema.model_json_schema().get("properties", {})) \
-            if isinstance(t.tool_call_schema, type) else set()
-        args = set(getattr(t.args_schema, "model_fields", {}))
-        check_function(FRAMEWORK, t.name, func, injected=(args - model_fields) | set(_RUNTIME_ARGUMENTS))
+        # InjectedToolArg, InjectedState, ...: in the tool's arguments, not in what the model is asked for.
+        from_model = set(_json_schema(t.tool_call_schema).get("properties", {}))
+        injected = set(_json_schema(t.args_schema).get("properties", {})) - from_model
+        check_function(FRAMEWORK, t.name, func, injected=injected | set(_RUNTIME_ARGUMENTS))
         return t.name, func
-    schema = t.tool_call_schema if isinstance(t.tool_call_schema, dict) else t.tool_call_schema.model_json_schema()
-    if set(t.args) - set(schema.get("properties", {})):
+    schema = _json_schema(t.tool_call_schema)
+    if t.args_schema is not None and set(_json_schema(t.args_schema).get("properties", {})) - set(
+        schema.get("properties", {})
+    ):
         raise refuse(FRAMEWORK, t.name, "it takes arguments LangChain injects at call time")
 
     async def run(arguments: dict[str, Any]) -> Any:
@@ -195,7 +206,8 @@ def guard_tool(t: BaseTool) -> BaseTool:
         return await call_tool(name, arguments)
 
     return StructuredTool(
-        name=name, description=t.description, args_schema=t.args_schema, coroutine=run,
+        name=name, description=t.description, coroutine=run,
+        args_schema=t.args_schema if t.args_schema is not None else t.tool_call_schema,
         return_direct=t.return_direct, handle_tool_error=t.handle_tool_error,
         handle_validation_error=t.handle_validation_error, metadata={**(t.metadata or {}), "castor_guarded": True},
     )

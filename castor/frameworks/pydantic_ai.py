@@ -89,7 +89,8 @@ def canonical_request(
     tools = [*parameters.function_tools, *parameters.output_tools]
     if tools:
         request["tools"] = [
-            {"name": t.name, "description": t.description or "", "parameters": to_jsonable_python(t.parameters_json_schema)}
+            {"name": t.name, "description": t.description or "",
+             "parameters": to_jsonable_python(t.parameters_json_schema)}
             for t in tools
         ]
     if settings:
@@ -217,7 +218,9 @@ def tools_of(x: Any) -> list[ToolEntry]:
         return tool_entries(x)
     if isinstance(x, list | tuple):
         return [e for item in x for e in tools_of(item)]
-    raise UnsupportedError(f"castor.frameworks.pydantic_ai.tools_of() takes an agent or toolsets, got {type(x).__name__}")
+    raise UnsupportedError(
+        f"castor.frameworks.pydantic_ai.tools_of() takes an agent or toolsets, got {type(x).__name__}"
+    )
 
 
 # --- agents -------------------------------------------------------------------------------------------
@@ -235,7 +238,7 @@ class GuardedAgent(WrapperAgent[Any, Any]):
         self._guarded_toolsets = [guard_toolset(t) for t in wrapped.toolsets]
 
     @asynccontextmanager
-    async def iter(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:  # type: ignore[override]
+    async def iter(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         """The wrapped agent's ``iter`` with the guarded model and toolsets; a suspension passes as itself."""
         if kwargs.get("model") is not None or kwargs.get("toolsets"):
             raise UnsupportedError("a guarded agent runs its own model and tools: pass model=/toolsets= to guard()")

@@ -19,19 +19,21 @@ import pytest
 
 pytest.importorskip("langgraph")
 
-from langchain_core.language_models.fake_chat_models import GenericFakeChatModel  # noqa: E402
-from langchain_core.messages import AIMessage, BaseMessage, ToolMessage  # noqa: E402
-from langchain_core.tools import InjectedToolArg, StructuredTool  # noqa: E402
-from langchain_core.tools import tool as lc_tool  # noqa: E402
-from langchain_core.utils.function_calling import convert_to_openai_tool  # noqa: E402
-from langgraph.prebuilt import create_react_agent  # noqa: E402
-from typing_extensions import Annotated  # noqa: E402
+from typing import Annotated
 
-from castor import Castor  # noqa: E402
-from castor._errors import ReplayDivergenceError  # noqa: E402
-from castor.frameworks._common import UnsupportedToolError  # noqa: E402
-from castor.frameworks.langchain import guard, tools_of  # noqa: E402
-from castor.llm import ModelRefusedError  # noqa: E402
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.tools import InjectedToolArg, StructuredTool
+from langchain_core.tools import tool as lc_tool
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from langgraph.prebuilt import create_react_agent
+from pydantic import Field
+
+from castor import Castor
+from castor._errors import ReplayDivergenceError
+from castor.frameworks._common import UnsupportedToolError
+from castor.frameworks.langchain import guard, tools_of
+from castor.llm import ModelRefusedError
 
 pytestmark = pytest.mark.filterwarnings("ignore:create_react_agent has been moved")
 
@@ -54,7 +56,7 @@ TOOLS = [lc_tool(search), lc_tool(delete_file)]
 class ScriptedChat(GenericFakeChatModel):
     """The fake chat model, with tools bound the OpenAI way, recording what it was asked."""
 
-    asked: list[list[BaseMessage]] = []
+    asked: list[list[BaseMessage]] = Field(default_factory=list)
 
     def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
         return self.bind(tools=[convert_to_openai_tool(t) for t in tools])
@@ -242,7 +244,7 @@ def test_a_tool_whose_schema_castor_cannot_express_is_refused_at_guard() -> None
         """Tag a file."""
         return path + user
 
-    with pytest.raises(UnsupportedToolError, match="^LangChain tool 'tagged' cannot be guarded: argument 'user'"):
+    with pytest.raises(UnsupportedToolError, match=r"^LangChain tool 'tagged' cannot be guarded: argument 'user'"):
         guard([lc_tool(tagged)])
     with pytest.raises(UnsupportedToolError, match="'tagged'"):
         tools_of([lc_tool(tagged)])
