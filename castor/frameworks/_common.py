@@ -151,6 +151,31 @@ async def model_step(
     return await model_call(request, model=model, invoke=invoke)
 
 
+class MessageCache:
+    """Each framework message's canonical JSON, computed once: a conversation grows by a message or two a
+    step, and its whole request is journaled at every step, so converting it anew would cost the length
+    of the conversation at each step. Kept by identity (the message object is held, so its id is not
+    reused), the oldest dropped past ``size``; a framework that edits a message in place after the model
+    saw it would not be seen (none of the supported ones does)."""
+
+    def __init__(self, convert: Callable[[Any], Any], size: int = 4096) -> None:
+        self._convert = convert
+        self._size = size
+        self._entries: dict[int, tuple[Any, Any]] = {}
+
+    def __call__(self, message: Any) -> Any:
+        """``convert(message)``, from the cache when this very object was converted before."""
+        entries = self._entries
+        hit = entries.get(id(message))
+        if hit is not None and hit[0] is message:
+            return hit[1]
+        value = self._convert(message)
+        if len(entries) >= self._size:
+            entries.pop(next(iter(entries)))
+        entries[id(message)] = (message, value)
+        return value
+
+
 def first_suspension(error: BaseException) -> Suspend | None:
     """The Castor suspension ``error`` is or carries (in an exception group or as its cause), if any."""
     if isinstance(error, Suspend):

@@ -34,6 +34,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from castor._errors import UnsupportedError
 from castor.frameworks._common import (
+    MessageCache,
     ToolEntry,
     call_tool,
     check_function,
@@ -64,6 +65,9 @@ def _message_json(message: BaseMessage) -> dict[str, Any]:
     return out
 
 
+_cached_message = MessageCache(_message_json)
+
+
 def _tool_json(spec: Any) -> dict[str, Any]:
     function = convert_to_openai_tool(spec).get("function", {})
     return {"name": function.get("name"), "description": function.get("description", ""),
@@ -72,7 +76,7 @@ def _tool_json(spec: Any) -> dict[str, Any]:
 
 def canonical_request(messages: Sequence[BaseMessage], stop: list[str] | None, options: dict[str, Any]) -> dict:
     """The model request as Castor journals and compares it (``_agenerate``'s arguments, ids dropped)."""
-    request: dict[str, Any] = {"messages": [_message_json(m) for m in messages]}
+    request: dict[str, Any] = {"messages": [_cached_message(m) for m in messages]}
     tools = options.get("tools")
     if tools:
         request["tools"] = [_tool_json(t) for t in tools]

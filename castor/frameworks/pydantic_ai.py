@@ -39,6 +39,7 @@ from pydantic_core import to_jsonable_python
 
 from castor._errors import UnsupportedError
 from castor.frameworks._common import (
+    MessageCache,
     ToolEntry,
     call_tool,
     check_function,
@@ -68,17 +69,25 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _messages_json(messages: Sequence[ModelMessage]) -> list[dict[str, Any]]:
-    """The conversation part by part, each with its ``role`` (pydantic-ai's part kind)."""
+def _message_json(message: ModelMessage) -> list[dict[str, Any]]:
+    """One message part by part, each with its ``role`` (pydantic-ai's part kind)."""
+    (dumped,) = ModelMessagesTypeAdapter.dump_python([message], mode="json")
     out: list[dict[str, Any]] = []
-    for message in ModelMessagesTypeAdapter.dump_python(list(messages), mode="json"):
-        if message.get("instructions"):
-            out.append({"role": "instructions", "content": message["instructions"]})
-        for part in message.get("parts") or ():
-            plain = _plain(part)
-            plain["role"] = plain.pop("part_kind", message.get("kind"))
-            out.append(plain)
+    if dumped.get("instructions"):
+        out.append({"role": "instructions", "content": dumped["instructions"]})
+    for part in dumped.get("parts") or ():
+        plain = _plain(part)
+        plain["role"] = plain.pop("part_kind", dumped.get("kind"))
+        out.append(plain)
     return out
+
+
+_cached_message = MessageCache(_message_json)
+
+
+def _messages_json(messages: Sequence[ModelMessage]) -> list[dict[str, Any]]:
+    """The conversation part by part (each message converted once, ``MessageCache``)."""
+    return [part for message in messages for part in _cached_message(message)]
 
 
 def canonical_request(
