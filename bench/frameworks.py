@@ -68,7 +68,8 @@ def langgraph_case(steps: int) -> tuple[Callable[[], Awaitable[Any]], Callable[[
         async def _agenerate(self, messages: Any, *args: Any, **kwargs: Any) -> ChatResult:
             n = sum(isinstance(m, AIMessage) for m in messages)
             if n < steps:
-                answer = AIMessage(content="", tool_calls=[{"name": "search", "args": {"query": f"q{n}"}, "id": f"c{n}"}])
+                call = {"name": "search", "args": {"query": f"q{n}"}, "id": f"c{n}"}
+                answer = AIMessage(content="", tool_calls=[call])
             else:
                 answer = AIMessage(content="done")
             return ChatResult(generations=[ChatGeneration(message=answer)])
@@ -143,7 +144,11 @@ async def measure(name: str, steps: int, repeat: int) -> dict[str, float]:
         figures["embedded"].append(await _timed(live))
         assert cp is not None and cp.status == "COMPLETED" and len(cp.syscall_log) == 2 * steps + 1
         fork = cp.fork(at_step=len(cp.syscall_log))
-        figures["replayed"].append(await _timed(lambda fork=fork: kernel.run(guarded, checkpoint=fork)))
+
+        async def replay(fork: Any = fork) -> None:
+            await kernel.run(guarded, checkpoint=fork)
+
+        figures["replayed"].append(await _timed(replay))
     return {k: statistics.median(v) / steps for k, v in figures.items()}
 
 
