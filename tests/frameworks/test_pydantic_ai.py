@@ -217,3 +217,19 @@ def test_a_tool_castor_cannot_call_is_refused_at_guard() -> None:
     )
     with pytest.raises(UnsupportedToolError, match="'tagged'"):
         tools_of(agent)
+
+
+async def test_a_suspension_among_parallel_tool_calls_suspends_the_run() -> None:
+    both = ModelResponse(parts=[
+        ToolCallPart("search", {"query": "old logs"}, tool_call_id="c1"),
+        ToolCallPart("delete_file", {"path": "/tmp/old"}, tool_call_id="c2"),
+    ], usage=USAGE)
+    script = Script(both, ModelResponse(parts=[TextPart("done")], usage=USAGE))
+    agent = agent_of(scripted(script))
+    k = kernel(agent)
+    cp = await k.run(main_of(agent))
+    assert cp.status == "SUSPENDED_FOR_HITL" and cp.pending_tool == "delete_file"
+    await k.approve(cp)
+    cp = await k.run(main_of(agent), checkpoint=cp)
+    assert cp.status == "COMPLETED" and cp.result == "done" and len(script.asked) == 2
+    assert [r.tool_name for r in cp.syscall_log] == ["model:scripted", "search", "delete_file", "model:scripted"]
