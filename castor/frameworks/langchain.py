@@ -1,12 +1,12 @@
 """LangChain / LangGraph under Castor (``pip install 'castor-kernel[langchain]'``).
 
     from castor.frameworks.langchain import guard, tools_of
-    from langgraph.prebuilt import create_react_agent
+    from langchain.agents import create_agent      # or langgraph.prebuilt.create_react_agent
 
     kernel = Castor(tools=tools_of([search, delete_file]), destructive=["delete_file"])
 
     async def agent():
-        graph = guard(create_react_agent(model, [search, delete_file]))
+        graph = guard(create_agent(model, [search, delete_file]))
         state = await graph.ainvoke({"messages": [("user", "clean up old logs")]})
         return state["messages"][-1].content
 

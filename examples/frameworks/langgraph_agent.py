@@ -1,4 +1,4 @@
-"""A LangGraph ReAct agent under Castor: a search tool, a destructive tool, a scripted model by default.
+"""A LangChain / LangGraph agent under Castor: a search tool, a destructive tool, a scripted model by default.
 
     castor run examples/frameworks/langgraph_agent.py:main \
         --tool examples/frameworks/langgraph_agent.py:search,delete_file --destructive delete_file
@@ -77,12 +77,16 @@ def chat_model() -> BaseChatModel:
 
 
 def agent_graph() -> Any:
-    """LangGraph's prebuilt ReAct agent (``langchain.agents.create_agent`` is its successor)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from langgraph.prebuilt import create_react_agent
+    """LangChain's agent (``langchain.agents.create_agent``), else LangGraph's prebuilt ReAct agent."""
+    try:
+        from langchain.agents import create_agent
+    except ImportError:  # langgraph without the langchain package: its prebuilt agent (deprecated)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from langgraph.prebuilt import create_react_agent
 
-        return create_react_agent(chat_model(), TOOLS)
+            return create_react_agent(chat_model(), TOOLS)
+    return create_agent(chat_model(), TOOLS)
 
 
 async def main() -> str:

@@ -21,6 +21,7 @@ pytest.importorskip("langgraph")
 
 from typing import Annotated
 
+from langchain.agents import create_agent
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.tools import InjectedToolArg, StructuredTool
@@ -83,9 +84,15 @@ def model_of(messages: Iterator[AIMessage]) -> ScriptedChat:
     return ScriptedChat(messages=messages, asked=[])
 
 
-def agent_of(model: ScriptedChat, prompt: str = "clean up old logs") -> Any:
+@pytest.fixture(params=["create_agent", "create_react_agent"])
+def factory(request: pytest.FixtureRequest) -> Any:
+    """LangChain's agent factory (``langchain.agents.create_agent``) and LangGraph's prebuilt one before it."""
+    return {"create_agent": create_agent, "create_react_agent": create_react_agent}[request.param]
+
+
+def agent_of(factory: Any, model: ScriptedChat, prompt: str = "clean up old logs") -> Any:
     async def agent() -> str:
-        graph = guard(create_react_agent(model, TOOLS))
+        graph = guard(factory(model, TOOLS))
         state = await graph.ainvoke({"messages": [("user", prompt)]})
         return str(state["messages"][-1].content)
 
@@ -96,9 +103,9 @@ def kernel(**options: Any) -> Castor:
     return Castor(tools=tools_of(TOOLS), destructive=["delete_file"], **options)
 
 
-async def test_a_destructive_tool_suspends_the_graph_and_no_model_message_carries_it() -> None:
+async def test_a_destructive_tool_suspends_the_graph_and_no_model_message_carries_it(factory: Any) -> None:
     model = model_of(script())
-    cp = await kernel().run(agent_of(model))
+    cp = await kernel().run(agent_of(factory, model))
     assert cp.status == "SUSPENDED_FOR_HITL"
     assert (cp.pending_step, cp.pending_tool) == (3, "delete_file")
     assert [r.tool_name for r in cp.syscall_log] == ["model:generic-fake-chat-model", "search",
@@ -106,10 +113,10 @@ async def test_a_destructive_tool_suspends_the_graph_and_no_model_message_carrie
     assert len(model.asked) == 2  # the suspension stopped the loop: no ToolMessage went back to the model
 
 
-async def test_approve_then_resume_calls_the_model_once_per_step() -> None:
+async def test_approve_then_resume_calls_the_model_once_per_step(factory: Any) -> None:
     model = model_of(script())
     k = kernel()
-    agent = agent_of(model)
+    agent = agent_of(factory, model)
     cp = await k.run(agent)
     await k.approve(cp)
     cp = await k.run(agent, checkpoint=cp)
@@ -119,10 +126,10 @@ async def test_approve_then_resume_calls_the_model_once_per_step() -> None:
 
 
 @pytest.mark.parametrize(("decision", "status"), [("reject", "HITL_REJECTED"), ("modify", "HITL_MODIFIED")])
-async def test_reject_and_modify_reach_the_model_as_the_tool_message(decision: str, status: str) -> None:
+async def test_reject_and_modify_reach_the_model_as_the_tool_message(decision: str, status: str, factory: Any) -> None:
     model = model_of(script())
     k = kernel()
-    agent = agent_of(model)
+    agent = agent_of(factory, model)
     cp = await k.run(agent)
     getattr(k, decision)(cp, "not that file")
     cp = await k.run(agent, checkpoint=cp)
@@ -132,24 +139,24 @@ async def test_reject_and_modify_reach_the_model_as_the_tool_message(decision: s
     assert json.loads(str(answer.content)) == {"status": status, "human_feedback": "not that file"}
 
 
-async def test_fork_replays_the_model_calls_before_the_fork_point() -> None:
+async def test_fork_replays_the_model_calls_before_the_fork_point(factory: Any) -> None:
     model = model_of(script())
     k = kernel()
-    agent = agent_of(model)
+    agent = agent_of(factory, model)
     cp = await k.run(agent, speculative=True)
     assert cp.status == "COMPLETED" and len(model.asked) == 3
     # Fork at step 2 (the second model call): steps 0-1 from the journal, the model answers from step 2 on.
     later = model_of(iter([call("delete_file", "c9", path="/tmp/other"), AIMessage(content="done again")]))
-    forked = await k.run(agent_of(later), checkpoint=cp.fork(at_step=2), speculative=True)
+    forked = await k.run(agent_of(factory, later), checkpoint=cp.fork(at_step=2), speculative=True)
     assert forked.status == "COMPLETED" and forked.result == "done again"
     assert len(later.asked) == 2 and len(model.asked) == 3
     assert forked.syscall_log[:2] == cp.syscall_log[:2]
     assert forked.syscall_log[3].arguments == {"path": "/tmp/other"}
 
 
-async def test_tools_charge_api_and_model_calls_the_tokens_the_model_reports() -> None:
+async def test_tools_charge_api_and_model_calls_the_tokens_the_model_reports(factory: Any) -> None:
     model = model_of(script())
-    cp = await kernel(budgets={"api": 10, "tokens": 10_000}).run(agent_of(model), speculative=True)
+    cp = await kernel(budgets={"api": 10, "tokens": 10_000}).run(agent_of(factory, model), speculative=True)
     assert cp.status == "COMPLETED"
     models = [r for r in cp.syscall_log if r.tool_name.startswith("model:")]
     assert [r.charged for r in models] == [{"input_tokens": 10, "output_tokens": 5, "tokens": 15}] * 3
@@ -157,26 +164,26 @@ async def test_tools_charge_api_and_model_calls_the_tokens_the_model_reports() -
     assert cp.capabilities["tokens"].current_usage == 45 and cp.capabilities["api"].current_usage == 2
 
 
-async def test_a_model_call_the_budget_cannot_cover_is_refused_before_the_model() -> None:
+async def test_a_model_call_the_budget_cannot_cover_is_refused_before_the_model(factory: Any) -> None:
     model = model_of(script())
     with pytest.raises(ModelRefusedError, match="tokens"):
-        await kernel(budgets={"tokens": 10}).run(agent_of(model))
+        await kernel(budgets={"tokens": 10}).run(agent_of(factory, model))
     assert model.asked == []
 
 
-async def test_speculative_mode_flags_the_graphs_destructive_calls() -> None:
+async def test_speculative_mode_flags_the_graphs_destructive_calls(factory: Any) -> None:
     k = kernel()
-    cp = await k.run(agent_of(model_of(script())), speculative=True)
+    cp = await k.run(agent_of(factory, model_of(script())), speculative=True)
     summary = k.scan(cp)
     assert [(f.index, f.tool_name) for f in summary.flagged] == [(3, "delete_file")]
 
 
-async def test_a_model_step_is_one_readable_record(tmp_path: Path) -> None:
+async def test_a_model_step_is_one_readable_record(tmp_path: Path, factory: Any) -> None:
     from castor.cli import main
 
     db = tmp_path / "castor.db"
     k = kernel(store=f"sqlite:///{db}")
-    cp = await k.run(agent_of(model_of(script())), pid="lc-inspect")
+    cp = await k.run(agent_of(factory, model_of(script())), pid="lc-inspect")
     record = cp.syscall_log[0]
     assert record.arguments == {"request": {
         "messages": [{"role": "human", "content": "clean up old logs"}],
@@ -195,32 +202,32 @@ def _schema(name: str, description: str, argument: str) -> dict[str, Any]:
         "type": "object", "properties": {argument: {"type": "string"}}, "required": [argument]}}
 
 
-async def test_a_different_request_at_a_journaled_step_raises_naming_the_step() -> None:
+async def test_a_different_request_at_a_journaled_step_raises_naming_the_step(factory: Any) -> None:
     k = kernel()
-    cp = await k.run(agent_of(model_of(script())))
+    cp = await k.run(agent_of(factory, model_of(script())))
     await k.approve(cp)
     with pytest.raises(ReplayDivergenceError) as caught:
-        await k.run(agent_of(model_of(script()), prompt="clean up everything"), checkpoint=cp)
+        await k.run(agent_of(factory, model_of(script()), prompt="clean up everything"), checkpoint=cp)
     assert caught.value.step == 0
 
 
-async def test_the_same_request_with_new_message_ids_replays() -> None:
+async def test_the_same_request_with_new_message_ids_replays(factory: Any) -> None:
     k = kernel()
     first = model_of(script())
-    cp = await k.run(agent_of(first))
+    cp = await k.run(agent_of(factory, first))
     ids = {m.id for m in first.asked[-1]}
     await k.approve(cp)
     again = model_of(iter([AIMessage(content="done")]))
-    cp = await k.run(agent_of(again), checkpoint=cp)
+    cp = await k.run(agent_of(factory, again), checkpoint=cp)
     assert cp.status == "COMPLETED" and len(again.asked) == 1
     assert ids.isdisjoint(m.id for m in again.asked[0] if m.id)  # LangGraph gave every message a new id
 
 
-async def test_a_guarded_model_and_guarded_tools_built_into_the_agent() -> None:
+async def test_a_guarded_model_and_guarded_tools_built_into_the_agent(factory: Any) -> None:
     model = model_of(script())
 
     async def agent() -> str:
-        graph = create_react_agent(guard(model), guard(TOOLS))
+        graph = factory(guard(model), guard(TOOLS))
         state = await graph.ainvoke({"messages": [("user", "clean up old logs")]})
         return str(state["messages"][-1].content)
 
