@@ -151,12 +151,13 @@ async def model_step(
     return await model_call(request, model=model, invoke=invoke)
 
 
-class MessageCache:
-    """Each framework message's canonical JSON, computed once: a conversation grows by a message or two a
-    step, and its whole request is journaled at every step, so converting it anew would cost the length
-    of the conversation at each step. Kept by identity (the message object is held, so its id is not
-    reused), the oldest dropped past ``size``; a framework that edits a message in place after the model
-    saw it would not be seen (none of the supported ones does)."""
+class IdentityCache:
+    """``convert(x)`` computed once per object ``x``: each framework message's canonical JSON (a
+    conversation grows by a message or two a step and its whole request is journaled at every step, so
+    converting it anew would cost the length of the conversation at each step), each tool's guarded form.
+    Kept by identity (the object is held, so its id is not reused), the oldest dropped past ``size``; a
+    framework that edits a message in place after the model saw it would not be seen (none of the
+    supported ones does)."""
 
     def __init__(self, convert: Callable[[Any], Any], size: int = 4096) -> None:
         self._convert = convert

@@ -34,7 +34,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from castor._errors import UnsupportedError
 from castor.frameworks._common import (
-    MessageCache,
+    IdentityCache,
     ToolEntry,
     call_tool,
     check_function,
@@ -65,7 +65,7 @@ def _message_json(message: BaseMessage) -> dict[str, Any]:
     return out
 
 
-_cached_message = MessageCache(_message_json)
+_cached_message = IdentityCache(_message_json)
 
 
 def _tool_json(spec: Any) -> dict[str, Any]:
@@ -158,7 +158,12 @@ class GuardedChatModel(BaseChatModel):
 
 def guard_model(model: BaseChatModel) -> BaseChatModel:
     """``model`` with every call a journaled model step (a ``GuardedChatModel``; guarded once)."""
-    return model if isinstance(model, GuardedChatModel) else GuardedChatModel(inner=model)
+    return model if isinstance(model, GuardedChatModel) else _guarded_models(model)
+
+
+# An agent function builds its graph on every run (and again on resume): the guarded forms of the same
+# model and tools are made once (checking a tool's schema costs pydantic a JSON schema or two).
+_guarded_models = IdentityCache(lambda model: GuardedChatModel(inner=model), size=256)
 
 
 # --- tools --------------------------------------------------------------------------------------------
@@ -203,6 +208,11 @@ def guard_tool(t: BaseTool) -> BaseTool:
     """A tool that asks Castor for every call of ``t`` (same name, description and schema)."""
     if getattr(t, "metadata", None) and t.metadata.get("castor_guarded"):  # type: ignore[union-attr]
         return t
+    guarded: BaseTool = _guarded_tools(t)
+    return guarded
+
+
+def _guard_tool(t: BaseTool) -> BaseTool:
     tool_entry(t)  # refused here, at guard(), if Castor cannot check its arguments
     name = t.name
 
@@ -215,6 +225,9 @@ def guard_tool(t: BaseTool) -> BaseTool:
         return_direct=t.return_direct, handle_tool_error=t.handle_tool_error,
         handle_validation_error=t.handle_validation_error, metadata={**(t.metadata or {}), "castor_guarded": True},
     )
+
+
+_guarded_tools = IdentityCache(_guard_tool, size=1024)
 
 
 def tools_of(x: Any) -> list[ToolEntry]:

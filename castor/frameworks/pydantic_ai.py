@@ -39,7 +39,7 @@ from pydantic_core import to_jsonable_python
 
 from castor._errors import UnsupportedError
 from castor.frameworks._common import (
-    MessageCache,
+    IdentityCache,
     ToolEntry,
     call_tool,
     check_function,
@@ -82,11 +82,11 @@ def _message_json(message: ModelMessage) -> list[dict[str, Any]]:
     return out
 
 
-_cached_message = MessageCache(_message_json)
+_cached_message = IdentityCache(_message_json)
 
 
 def _messages_json(messages: Sequence[ModelMessage]) -> list[dict[str, Any]]:
-    """The conversation part by part (each message converted once, ``MessageCache``)."""
+    """The conversation part by part (each message converted once, ``IdentityCache``)."""
     return [part for message in messages for part in _cached_message(message)]
 
 
