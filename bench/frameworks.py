@@ -10,6 +10,9 @@ divided by the steps:
 - alone: the framework's agent without Castor (``graph.ainvoke`` / ``agent.run``);
 - embedded: the guarded agent under ``Castor(tools=...)`` on the memory store (every model call and
   tool call a journaled syscall);
+- layers: the guarded agent under Castor with its model step and tool call short-circuited (the
+  framework's model and tool called directly, nothing journaled): what wrapping the framework's
+  objects and converting requests and responses cost, without Castor's syscalls;
 - replayed: a fork of that run at its last step, so every step comes from the journal and the model
   and tools are not called (the framework's loop still runs).
 
@@ -117,6 +120,28 @@ def pydantic_ai_case(steps: int) -> tuple[Callable[[], Awaitable[Any]], Callable
 
 
 CASES = {"langgraph": langgraph_case, "pydantic-ai": pydantic_ai_case}
+MODULES = {"langgraph": "castor.frameworks.langchain", "pydantic-ai": "castor.frameworks.pydantic_ai"}
+
+
+async def _direct_step(request: Any, model: str, invoke: Callable[[Any], Awaitable[Any]]) -> Any:
+    return await invoke(request)
+
+
+async def _direct_tool(name: str, arguments: dict[str, Any]) -> Any:
+    return await search(**arguments)
+
+
+async def _layers_only(name: str, run: Callable[[], Awaitable[Any]]) -> float:
+    """``run`` timed with the guard's model step and tool call short-circuited (no syscall)."""
+    import importlib
+
+    module: Any = importlib.import_module(MODULES[name])
+    saved = module.model_step, module.call_tool
+    module.model_step, module.call_tool = _direct_step, _direct_tool
+    try:
+        return await _timed(run)
+    finally:
+        module.model_step, module.call_tool = saved
 
 
 async def _timed(run: Callable[[], Awaitable[Any]]) -> float:
@@ -129,7 +154,7 @@ async def measure(name: str, steps: int, repeat: int) -> dict[str, float]:
     """Median seconds per step of the three figures for framework ``name``."""
     alone, guarded, tools = CASES[name](steps)
     kernel = Castor(tools=tools)
-    figures: dict[str, list[float]] = {"alone": [], "embedded": [], "replayed": []}
+    figures: dict[str, list[float]] = {"alone": [], "layers": [], "embedded": [], "replayed": []}
     for _ in range(2):  # warm up: imports, pydantic schemas, LangGraph's compilation caches
         await alone()
         await kernel.run(guarded)
@@ -142,6 +167,11 @@ async def measure(name: str, steps: int, repeat: int) -> dict[str, float]:
             cp = await kernel.run(guarded)
 
         figures["embedded"].append(await _timed(live))
+
+        async def layers() -> None:
+            await kernel.run(guarded)
+
+        figures["layers"].append(await _layers_only(name, layers))
         assert cp is not None and cp.status == "COMPLETED" and len(cp.syscall_log) == 2 * steps + 1
         fork = cp.fork(at_step=len(cp.syscall_log))
 
@@ -160,11 +190,13 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(CASES))
     args = parser.parse_args()
     print(f"{args.steps}-step scripted run, median of {args.repeat}; per step (a model call and a tool call)")
-    print(f"{'framework':<12} {'alone':>10} {'embedded':>10} {'added':>10} {'replayed':>10} {'replay/live':>12}")
+    print(f"{'framework':<12} {'alone':>10} {'layers':>10} {'embedded':>10} {'added':>10} {'replayed':>10} "
+          f"{'replay/live':>12}")
     for name in [args.only] if args.only else sorted(CASES):
         f = asyncio.run(measure(name, args.steps, args.repeat))
         added = f["embedded"] - f["alone"]
-        print(f"{name:<12} {f['alone'] * 1e6:>8.0f}µs {f['embedded'] * 1e6:>8.0f}µs {added * 1e6:>8.0f}µs "
+        print(f"{name:<12} {f['alone'] * 1e6:>8.0f}µs {f['layers'] * 1e6:>8.0f}µs {f['embedded'] * 1e6:>8.0f}µs "
+              f"{added * 1e6:>8.0f}µs "
               f"{f['replayed'] * 1e6:>8.0f}µs {f['replayed'] / f['embedded']:>11.0%}")
 
 
