@@ -297,6 +297,10 @@ def guard_graph(graph: Any) -> Any:
     nodes = getattr(graph, "nodes", None)
     if not isinstance(nodes, dict):
         raise UnsupportedError(f"cannot guard {type(graph).__name__}: not a compiled LangGraph graph")
+    if getattr(graph, "checkpointer", None):
+        # A resumed run would start from LangGraph's saved state, not from the first step Castor replays.
+        raise UnsupportedError("cannot guard a LangGraph agent compiled with a checkpointer: Castor's journal "
+                               "is its checkpoint; build it without checkpointer=")
     for node in _tool_nodes(graph):
         by_name = node.tools_by_name
         for name, t in list(by_name.items()):

@@ -31,7 +31,7 @@ from langgraph.prebuilt import create_react_agent
 from pydantic import Field
 
 from castor import Castor
-from castor._errors import ReplayDivergenceError
+from castor._errors import ReplayDivergenceError, UnsupportedError
 from castor.frameworks._common import UnsupportedToolError
 from castor.frameworks.langchain import guard, tools_of
 from castor.llm import ModelRefusedError
@@ -233,6 +233,14 @@ async def test_a_guarded_model_and_guarded_tools_built_into_the_agent(factory: A
 
     cp = await kernel().run(agent, speculative=True)
     assert cp.status == "COMPLETED" and [r.tool_name for r in cp.syscall_log][1::2] == ["search", "delete_file"]
+
+
+def test_a_graph_with_a_checkpointer_of_its_own_is_refused(factory: Any) -> None:
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    graph = factory(model_of(script()), TOOLS, checkpointer=InMemorySaver())
+    with pytest.raises(UnsupportedError, match="checkpointer"):
+        guard(graph)
 
 
 def test_a_tool_whose_schema_castor_cannot_express_is_refused_at_guard() -> None:
