@@ -89,6 +89,28 @@ class ArgSchema:
             return arguments, None
         return self._slow_check(arguments)
 
+    def json_schema(self) -> dict[str, Any]:
+        """The arguments as a JSON schema (``properties``, ``required``): what a model or an MCP client
+        is shown. A parameter whose annotation has no JSON form is described as any value."""
+        try:
+            schema = self._model.model_json_schema()
+        except Exception:  # an arbitrary class as annotation: describe names and requiredness only
+            schema = {"properties": {name: {} for name in self._names}, "required": list(self._required)}
+        schema.setdefault("type", "object")
+        schema.setdefault("properties", {})
+        if not self._open:
+            schema["additionalProperties"] = False
+        return schema
+
+    def validated(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """The arguments with the tool's defaults filled in; pydantic's ``ValidationError`` if they do not fit
+        (castor-kernel 0.5.1's ``SyscallGate.validate``; the kernel itself uses ``check``)."""
+        model = self._model.model_validate(arguments)
+        values = {key: getattr(model, key) for key in self._names}
+        if self._open and model.model_extra:
+            values.update(model.model_extra)
+        return values
+
     def _slow_check(self, arguments: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
         try:
             model = self._model.model_validate(arguments)

@@ -12,37 +12,19 @@ it has none yet, the name still imports, and any use of it (calling, subclassing
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, NoReturn, Protocol, runtime_checkable
+from typing import Any, NoReturn, Protocol, runtime_checkable
 
-from pydantic import BaseModel
-
-from castor._errors import UnsupportedError
 from castor.checkpoint import Capability
+from castor.errors import UnsupportedError
 from castor.kernel.context import Suspend
 from castor.registry import SyscallGate
+from castor.registry import ToolMetadata as ToolMetadata  # re-exported: 0.5.1 names, one import place
+from castor.results import SyscallRequest as SyscallRequest
+from castor.results import SyscallResponse as SyscallResponse
 
 SuspendInterrupt = Suspend
 """The signal that unwinds an agent suspended for approval (a ``BaseException`` here, so an agent's
 ``except Exception`` does not swallow it)."""
-
-
-class SyscallRequest(BaseModel):
-    """A tool call as castor-kernel 0.5.1 described it; Castor journals ``{"tool_name", "arguments"}``."""
-
-    caller_pid: str
-    tool_name: str
-    arguments: dict[str, Any]
-
-
-class SyscallResponse(BaseModel):
-    """A kernel answer as castor-kernel 0.5.1 described it; agents receive these fields as a dict."""
-
-    status: Literal[
-        "SUCCESS", "VALIDATION_ERROR", "HITL_MODIFIED", "HITL_REJECTED", "SUSPENDED", "INSUFFICIENT_CAPABILITY"
-    ]
-    result_payload: Any | None = None
-    feedback_message: str | None = None
-    human_feedback: str | None = None
 
 
 @runtime_checkable
@@ -92,8 +74,9 @@ _BUDGETS = (
 )
 _MMU = "the context-window MMU is not in Castor yet; keep the conversation in the agent (castor.lib.conversation)"
 _LLM = (
-    "pass the model as Castor(llm=fn, llm_cost=..., llm_resource=...): it runs as the tool llm_inference, "
-    "and agents call castor.lib.chat()"
+    "pass a provider as Castor(llm=castor.llm.OpenAICompatible(...) / Anthropic(...) / Scripted([...])) and "
+    "call castor.lib.complete(), chat() or stream() (model calls charged in tokens), or 0.5.1's function as "
+    "Castor(llm=fn, llm_cost=..., llm_resource=...): it runs as the tool llm_inference"
 )
 
 BudgetProtocol = unsupported("BudgetProtocol", _BUDGETS)
@@ -116,11 +99,6 @@ CheckpointStoreProtocol = unsupported(
 GateProtocol = unsupported(
     "GateProtocol", "a custom gate is not supported: Castor(gate=) takes castor.SyscallGate(registry); "
     "declare tools with tools= and @castor_tool"
-)
-ToolMetadata = unsupported(
-    "ToolMetadata", "declare a tool with @castor_tool(consumes=, cost_per_use=, destructive=, requires_hitl=, "
-    "timeout_seconds=) or Castor(costs=, destructive=); a registered tool is castor.registry.ToolSpec "
-    "(ToolRegistry.get(name))"
 )
 CastorMessage = unsupported("CastorMessage", _MMU)
 MMU = unsupported("MMU", _MMU)
@@ -154,7 +132,7 @@ REFUSED = {
 }
 
 
-def legacy_tools(options: Mapping[str, Any]) -> list[tuple[str, Callable[..., Any]]]:
+def legacy_tools(options: Mapping[str, Any]) -> list[Any]:
     """castor-kernel 0.5.1's other ``Castor()`` options, honoured or refused but never ignored.
 
     ``gate=SyscallGate(registry)`` gives the registry's tools; ``capability_manager=CapabilityManager()`` is
@@ -177,4 +155,4 @@ def legacy_tools(options: Mapping[str, Any]) -> list[tuple[str, Callable[..., An
             f"Castor(gate=...) takes castor.SyscallGate(registry), not {type(gate).__name__}: a custom gate is "
             "not supported; declare tools with tools= and @castor_tool"
         )
-    return [(spec.name, spec.func) for spec in gate.registry]
+    return list(gate.registry)  # its ToolSpecs: what register(ToolMetadata) stated stays

@@ -7,14 +7,18 @@ does not wrap it, so the function stays callable as before. The operator's setti
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from castor._errors import ConfigError, UnknownToolError
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from castor._schema import ArgSchema
+from castor.errors import ConfigError, UnknownToolError
+from castor.results import SyscallResponse
 
 DEFAULT_RESOURCE = "api"
 DEFAULT_COST = 1.0
@@ -75,6 +79,10 @@ def castor_tool(
             setattr(fn, _META, declaration)
         except AttributeError as exc:
             raise ConfigError(f"cannot declare {fn!r} as a tool: it takes no attributes") from exc
+        # castor-kernel 0.5.1's attribute, what its ToolRegistry.register takes; a nameless callable
+        # still declares (it registers as a (name, function) tuple) and goes without it.
+        with contextlib.suppress(AttributeError, ConfigError):
+            fn._castor_metadata = ToolMetadata.of(fn, declaration)  # type: ignore[attr-defined]
         if registry is not None:
             _register(registry, fn)
         return fn
@@ -93,6 +101,43 @@ def _register(registry: Any, fn: Callable[..., Any]) -> None:
 def declaration_of(func: Callable[..., Any]) -> ToolDeclaration:
     """The declaration attached by ``@castor_tool``, or the defaults."""
     return getattr(func, _META, None) or ToolDeclaration()
+
+
+class ToolMetadata(BaseModel):
+    """castor-kernel 0.5.1's description of a tool, for code that builds one and calls
+    ``ToolRegistry.register(meta)``. ``@castor_tool`` attaches one to the function as ``_castor_metadata``.
+
+    Unlike ``@castor_tool``, a ``ToolMetadata`` built by hand states its cost outright: 0.5.1's defaults
+    (``consumes="_default"``, ``cost_per_use=0``) register a free tool.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    tool_name: str
+    consumes: str = "_default"
+    cost_per_use: float = 0.0
+    requires_hitl: bool = False
+    destructive: bool = False
+    input_schema: dict[str, Any] = {}  # pydantic copies a field's default: not shared
+    func: Callable[..., Any] | None = None
+    is_async: bool = False
+    timeout_seconds: float | None = None
+
+    @classmethod
+    def of(cls, func: Callable[..., Any], declaration: ToolDeclaration) -> ToolMetadata:
+        """The metadata of ``func`` declared by ``declaration``, with the cost Castor will charge."""
+        name = tool_name_of(func)
+        return cls(
+            tool_name=name,
+            consumes=declaration.consumes or DEFAULT_RESOURCE,
+            cost_per_use=DEFAULT_COST if declaration.cost_per_use is None else declaration.cost_per_use,
+            requires_hitl=declaration.requires_hitl,
+            destructive=declaration.destructive,
+            input_schema=ArgSchema(name, func).json_schema(),
+            func=func,
+            is_async=_is_async(func),
+            timeout_seconds=declaration.timeout_seconds,
+        )
 
 
 @dataclass(frozen=True)
@@ -115,6 +160,33 @@ class ToolSpec:
     def gated(self) -> bool:
         """Whether a call needs a human's approval outside speculative mode."""
         return self.destructive or self.requires_hitl
+
+    # castor-kernel 0.5.1's names for the same facts (its ToolMetadata), read by code written for it.
+
+    @property
+    def tool_name(self) -> str:
+        """The tool's name (0.5.1's spelling)."""
+        return self.name
+
+    @property
+    def consumes(self) -> str:
+        """The resource a call draws from (0.5.1 had one; ``_default`` for a free tool)."""
+        return next(iter(self.cost), "_default")
+
+    @property
+    def cost_per_use(self) -> float:
+        """What one call draws from ``consumes``."""
+        return float(next(iter(self.cost.values()), 0.0))
+
+    @property
+    def timeout_seconds(self) -> float | None:
+        """The call's deadline in seconds (0.5.1's spelling of ``timeout``)."""
+        return self.timeout
+
+    @property
+    def input_schema(self) -> dict[str, Any]:
+        """The arguments as a JSON schema."""
+        return self.schema.json_schema()
 
 
 def _is_async(func: Callable[..., Any]) -> bool:
@@ -150,7 +222,10 @@ class ToolRegistry:
             self.add(entry)
 
     def add(self, entry: Any, *, cost: Mapping[str, float] | None = None) -> ToolSpec:
-        """Register a plain callable, a ``(name, callable)`` tuple or a ``@castor_tool`` function."""
+        """Register a plain callable, a ``(name, callable)`` tuple, a ``@castor_tool`` function or another
+        registry's ``ToolSpec`` (kept as registered there, under this registry's ``destructive`` and ``costs``)."""
+        if isinstance(entry, ToolSpec):
+            return self._adopt(entry)
         if isinstance(entry, tuple):
             if len(entry) != 2 or not isinstance(entry[0], str) or not callable(entry[1]):
                 raise ConfigError(f"a tool tuple must be (name, function), got {entry!r}")
@@ -178,6 +253,15 @@ class ToolRegistry:
         self._specs[name] = spec
         return spec
 
+    def _adopt(self, spec: ToolSpec) -> ToolSpec:
+        if spec.name in self._specs:
+            raise ConfigError(f"tool {spec.name!r} is registered twice")
+        override = self._costs.get(spec.name)
+        cost = spec.cost if override is None else self._cost_for(spec.name, ToolDeclaration())
+        adopted = replace(spec, cost=cost, destructive=spec.destructive or spec.name in self._destructive)
+        self._specs[spec.name] = adopted
+        return adopted
+
     def _cost_for(self, name: str, decl: ToolDeclaration) -> dict[str, float]:
         override = self._costs.get(name)
         if override is not None:
@@ -202,6 +286,32 @@ class ToolRegistry:
         """Registered tool names, in registration order."""
         return list(self._specs)
 
+    def register(self, meta: ToolMetadata) -> ToolSpec:
+        """castor-kernel 0.5.1's registration of a ``ToolMetadata``: its cost and policy as stated, a second
+        registration of the same name replacing the first (``add`` refuses that)."""
+        if not isinstance(meta, ToolMetadata):
+            raise ConfigError(f"register() takes a ToolMetadata, got {meta!r}; register a function with add()")
+        func = meta.func if meta.func is not None else _no_function(meta.tool_name)
+        self._specs.pop(meta.tool_name, None)
+        cost = {} if meta.cost_per_use == 0 else {_resource(meta.consumes): float(meta.cost_per_use)}
+        spec = self.add((meta.tool_name, func), cost=cost)
+        if meta.destructive or meta.requires_hitl or meta.timeout_seconds is not None:
+            spec = replace(
+                spec, destructive=spec.destructive or meta.destructive,
+                requires_hitl=spec.requires_hitl or meta.requires_hitl,
+                timeout=meta.timeout_seconds if meta.timeout_seconds is not None else spec.timeout,
+            )
+            self._specs[spec.name] = spec
+        return spec
+
+    def has_tool(self, name: str) -> bool:
+        """Whether ``name`` is registered (0.5.1's spelling of ``name in registry``)."""
+        return name in self._specs
+
+    def list_tools(self) -> list[str]:
+        """Registered tool names, sorted (0.5.1's listing; ``names`` keeps registration order)."""
+        return sorted(self._specs)
+
     def consumed_resources(self) -> set[str]:
         """Every budget key that limits something: resources tools draw from, and tool names."""
         return {res for spec in self._specs.values() for res in spec.cost} | set(self._specs)
@@ -217,6 +327,17 @@ class ToolRegistry:
 
     def __iter__(self) -> Any:
         return iter(self._specs.values())
+
+
+def _resource(consumes: str) -> str:
+    return DEFAULT_RESOURCE if consumes in ("", "_default") else consumes
+
+
+def _no_function(name: str) -> Callable[..., Any]:
+    def missing(**_: Any) -> Any:
+        raise RuntimeError(f"tool {name!r} was registered without a function")
+
+    return missing
 
 
 class SyscallGate:
@@ -240,12 +361,20 @@ class SyscallGate:
         """Registered tool names, sorted."""
         return sorted(self.registry.names())
 
+    def get_tool_meta(self, tool_name: str) -> ToolSpec:
+        """The registered tool (``UnknownToolError`` if there is none)."""
+        return self.registry.get(tool_name)
+
     def validate(self, tool_name: str, arguments: dict[str, Any]) -> dict[str, Any]:
-        """The arguments as the tool receives them; ``ValueError`` naming what is wrong if they do not fit."""
-        checked, error = self.registry.get(tool_name).schema.check(arguments)
-        if error is not None:
-            raise ValueError(error)
-        return checked
+        """The arguments as the tool receives them, defaults filled in; pydantic's ``ValidationError`` (a
+        ``ValueError``) naming what is wrong if they do not fit."""
+        return self.registry.get(tool_name).schema.validated(arguments)
+
+    def format_validation_error(self, tool_name: str, error: ValidationError) -> Any:
+        """The ``VALIDATION_ERROR`` answer an agent gets for ``error`` (a ``SyscallResponse``)."""
+        lines = [f"  - {'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in error.errors()]
+        message = f"invalid arguments for {tool_name!r}:\n" + "\n".join(lines) + "\nfix the arguments and call again."
+        return SyscallResponse(status="VALIDATION_ERROR", feedback_message=message)
 
     async def execute(self, tool_name: str, validated_args: dict[str, Any]) -> Any:
         """Call the tool with arguments ``validate`` returned."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel
 
 _DENIALS = {"VALIDATION_ERROR", "INSUFFICIENT_CAPABILITY", "HITL_REJECTED", "HITL_MODIFIED"}
 
@@ -52,3 +54,22 @@ def wrap(response: Any) -> SyscallResult:
             feedback = response.get("human_feedback", response.get("feedback_message"))
             return SyscallResult(None, str(status), feedback, response.get("resource"))
     return SyscallResult(response)
+
+
+class SyscallRequest(BaseModel):
+    """A tool call as castor-kernel 0.5.1 described it; Castor journals ``{"tool_name", "arguments"}``."""
+
+    caller_pid: str
+    tool_name: str
+    arguments: dict[str, Any]
+
+
+class SyscallResponse(BaseModel):
+    """A kernel answer as castor-kernel 0.5.1 described it; agents receive these fields as a dict."""
+
+    status: Literal[
+        "SUCCESS", "VALIDATION_ERROR", "HITL_MODIFIED", "HITL_REJECTED", "SUSPENDED", "INSUFFICIENT_CAPABILITY"
+    ]
+    result_payload: Any | None = None
+    feedback_message: str | None = None
+    human_feedback: str | None = None

@@ -17,6 +17,7 @@ from castor import (
     AgentRegistryProtocol,
     Castor,
     CheckpointStore,
+    ConfigError,
     MemoryCheckpointStore,
     RunNotFoundError,
     SuspendInterrupt,
@@ -33,7 +34,7 @@ from castor.registry import ToolRegistry
 REFUSED = {
     "BudgetProtocol": "budgets=", "HITLHandler": "kernel.approve",
     "AgentRunner": "run_async", "InMemoryJournal": "syscall_log", "JournalProtocol": "castor.seams.Journal",
-    "CheckpointStoreProtocol": "castor.seams.Backend", "GateProtocol": "SyscallGate", "ToolMetadata": "@castor_tool",
+    "CheckpointStoreProtocol": "castor.seams.Backend", "GateProtocol": "SyscallGate",
     "CastorMessage": "conversation", "MMU": "conversation", "MMUProtocol": "conversation",
     "LLMSyscall": "Castor(llm=", "StreamingLLMSyscall": "Castor(llm=",
 }
@@ -267,3 +268,53 @@ async def test_the_legacy_proxy_reads_its_checkpoint_and_spawns_synchronously() 
 
     cp = await Castor(tools=[search], agent_registry=agents).run(parent, budgets={"api": 5})
     assert cp.result == (1.0, "child")
+
+
+async def test_tool_metadata_registers_as_0_5_1_code_builds_it() -> None:
+    """0.5.1's ToolRegistry.register(ToolMetadata): the cost and policy as stated, a re-registration
+    replacing the first, and the kernel charging and gating what was registered."""
+    from castor import ToolMetadata
+
+    registry = ToolRegistry()
+
+    def fetch(url: str, retries: int = 2) -> str:
+        return f"{url}:{retries}"
+
+    def drop(table: str) -> str:
+        return f"dropped {table}"
+
+    registry.register(ToolMetadata(tool_name="fetch", consumes="net", cost_per_use=1.0, func=fetch))
+    registry.register(ToolMetadata(tool_name="fetch", consumes="net", cost_per_use=3.0, func=fetch))
+    registry.register(ToolMetadata(tool_name="drop", consumes="db", cost_per_use=1.0, destructive=True, func=drop))
+    assert registry.list_tools() == ["drop", "fetch"] and registry.has_tool("fetch")
+    spec = registry.get("fetch")
+    assert (spec.consumes, spec.cost_per_use, spec.tool_name) == ("net", 3.0, "fetch")
+    assert spec.input_schema["required"] == ["url"] and spec.input_schema["properties"]["retries"]["type"] == "integer"
+    gate = SyscallGate(registry)
+    assert gate.validate("fetch", {"url": "u"}) == {"url": "u", "retries": 2}
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as caught:
+        gate.validate("fetch", {"retries": "many"})
+    answer = gate.format_validation_error("fetch", caught.value)
+    assert answer.status == "VALIDATION_ERROR" and "url" in answer.feedback_message
+
+    async def agent() -> object:
+        return [await tool("fetch", url="a"), await tool("drop", table="t")]
+
+    kernel = Castor(gate=gate)
+    assert kernel.gate.get_tool_meta("drop").destructive and kernel.gate.list_tools() == ["drop", "fetch"]
+    cp = await kernel.run(agent, budgets={"net": 10})
+    assert cp.status == "SUSPENDED_FOR_HITL" and cp.capabilities["net"].current_usage == 3.0
+    with pytest.raises(ConfigError, match="ToolMetadata"):
+        registry.register(fetch)  # type: ignore[arg-type]
+
+
+def test_castor_tool_attaches_0_5_1_metadata() -> None:
+    @castor_tool(consumes="net", cost_per_use=2.0)
+    def probe(host: str) -> str:
+        return host
+
+    meta = probe._castor_metadata  # type: ignore[attr-defined]
+    assert (meta.tool_name, meta.consumes, meta.cost_per_use, meta.func) == ("probe", "net", 2.0, probe)
+    assert meta.input_schema["properties"]["host"]["type"] == "string"

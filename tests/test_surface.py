@@ -26,7 +26,7 @@ CASTOR_051_ALL = {
 }
 LIB_NAMES = {
     "tool", "try_tool", "chat", "budget", "spawn", "join", "parallel", "map_reduce", "react", "plan_execute",
-    "conversation", "supervisor", "run_task", "model_call", "complete", "stream",
+    "conversation", "supervisor", "run_task", "model_call", "complete", "stream", "tool_schemas",
 }
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from workers._deadletter import DeadLetters, letter
+from ._deadletter import DeadLetters, letter
 
 CONTENT_TYPE = "application/json"
 _OPTIONAL_TEXT = ("eta", "expires", "shadow", "root_id", "parent_id", "group", "argsrepr", "kwargsrepr")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 
-from castor._secret import require_secret
+from castor.fleet.sealing import require_secret
 from castor.settings import Settings
-from workers.app import make_app
+
+from .app import make_app
 
 
 def flower_argv(settings: Settings, port: int | None = None, address: str = "127.0.0.1") -> list[str]:

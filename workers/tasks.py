@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from castor.executors._wire import task_name
-from workers._deadletter import DeadLetters, letter
-from workers._logfilter import withhold_bodies
-from workers._scripts import Delivery
-from workers.runtime import WorkerRuntime
+from castor.fleet.wire import task_name
+
+from ._deadletter import DeadLetters, letter
+from ._logfilter import withhold_bodies
+from ._scripts import Delivery
+from .runtime import WorkerRuntime
 
 # Past the soft limit the tool gets this long to unwind before its process is killed.
 HARD_LIMIT_GRACE = 5.0
@@ -58,7 +59,8 @@ def _register(app: Any, runtime: WorkerRuntime, tool: str, timeout: float, lette
         ignore_result=True,
         soft_time_limit=timeout,
         time_limit=timeout + HARD_LIMIT_GRACE,
-        Strategy="workers._poison:strategy",  # a malformed message is dead-lettered, never the worker's end
+        # a malformed message is dead-lettered, never the worker's end
+        Strategy="castor.fleet.workers._poison:strategy",
         dead_letters=letters,
     )
     return name

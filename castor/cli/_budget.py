@@ -15,9 +15,9 @@ import argparse
 import json
 from typing import Any
 
-from castor._errors import ConfigError
 from castor.cli._common import add_global_options
 from castor.cli._runs import opened, out, out_json, parse_budgets
+from castor.errors import ConfigError
 
 
 def _amounts(args: argparse.Namespace) -> dict[str, float]:

@@ -4,7 +4,7 @@ commands that drive a run in this process (``run``, ``resume``, ``fork``, ``appr
 
 With ``--executor celery --config FILE`` such a command keeps the run in the config's Redis (``[redis]
 url`` and ``prefix``: workers journal there) and sends every live call to its pool; the agent and tool
-code are the same as in the embedded default. ``workers`` and celery load only when a command runs.
+code are the same as in the embedded default. ``castor.fleet.workers`` and celery load only when a command runs.
 
 Every command with a ``--config`` option that is not given one looks for a config: ``$CASTOR_CONFIG``,
 else ``./castor.toml``, else ``./config/castor.toml`` (``castor.settings.find_config``).
@@ -101,7 +101,7 @@ def config_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_worker(args: argparse.Namespace) -> int:
-    from workers.main import run_worker
+    from castor.fleet.workers.main import run_worker
 
     specs = [spec.strip() for spec in args.tools.split(",") if spec.strip()]
     return run_worker(
@@ -111,7 +111,7 @@ def _run_worker(args: argparse.Namespace) -> int:
 
 
 def _run_flower(args: argparse.Namespace) -> int:
-    from workers.flower import run_flower
+    from castor.fleet.workers.flower import run_flower
 
     run_flower(fleet_process_settings(args), args.port, args.address)
     return 0

@@ -10,16 +10,17 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from castor._errors import ConfigError, InvalidPidError, RunNotFoundError
 from castor._imports import ImportSpec, parse_spec
 from castor._redact import masked
+from castor._terminal import stored_run
 from castor.checkpoint import AgentCheckpoint
 from castor.cli._escape import shown
+from castor.errors import ConfigError, InvalidPidError, RunNotFoundError
 from castor.kernel.approvals import default_user
 from castor.seams import Backend
 
 if TYPE_CHECKING:  # the fleet client needs redis: imported when a fleet command runs, not for `castor --help`
-    from castor._fleet import FleetClient
+    from castor.fleet.client import FleetClient
 
 
 @asynccontextmanager
@@ -30,7 +31,7 @@ async def fleet(args: argparse.Namespace) -> AsyncIterator[tuple[Backend, FleetC
 
     url, prefix, options = target(args)
     backend = redis_backend(url, prefix=prefix, **options)
-    from castor._fleet import FleetClient
+    from castor.fleet.client import FleetClient
 
     client = FleetClient(url, prefix)
     try:
@@ -67,9 +68,9 @@ def emit(args: argparse.Namespace, data: Any, text: str) -> None:
 async def coordinator(args: argparse.Namespace) -> int:
     """``castor coordinator``: run until SIGTERM."""
     from castor.cli._stores import config_path, target
+    from castor.fleet.scheduler.coordinator import CoordinatorConfig
+    from castor.fleet.scheduler.main import executor_factory, serve
     from castor.settings import Settings, load_settings
-    from scheduler.coordinator import CoordinatorConfig
-    from scheduler.main import executor_factory, serve
 
     url, prefix, options = target(args)
     config_file, settings = config_path(args), None
@@ -95,7 +96,7 @@ async def submit(args: argparse.Namespace) -> int:
     from castor.cli._runs import parse_budgets
 
     tools = [one for spec in args.tools or [] for one in single_specs(spec)]
-    from castor._fleet import new_run
+    from castor.fleet.client import new_run
 
     cp = new_run(
         agent_spec(args.agent), tools, destructive=args.destructive or [], budgets=parse_budgets(args.budget),
@@ -150,11 +151,9 @@ async def ps(args: argparse.Namespace) -> int:
 async def inspect(args: argparse.Namespace) -> int:
     """``castor inspect PID``."""
     async with fleet(args) as (backend, client):
-        header = await backend.runs.load(args.pid)
+        header = await stored_run(backend, args.pid)  # its budgets' usage as its journal says, while it runs too
         if header is None:
             raise RunNotFoundError(args.pid)
-        header.syscall_log = await backend.journal.history(args.pid)
-        header.failures = await backend.journal.failures(args.pid)
         state = (await client.fleet_state([args.pid]))[args.pid]
     data = header.model_dump(mode="json")
     data["fleet"] = state

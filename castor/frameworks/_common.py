@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic_core import to_jsonable_python
 
-from castor._errors import ConfigError
+from castor.errors import ConfigError
 from castor.kernel.context import Suspend
 from castor.lib import tool
 from castor.lib.models import model_call

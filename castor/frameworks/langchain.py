@@ -32,7 +32,7 @@ from langchain_core.runnables import Runnable, RunnableBinding, RunnableSequence
 from langchain_core.tools import BaseTool, StructuredTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from castor._errors import UnsupportedError
+from castor.errors import UnsupportedError
 from castor.frameworks._common import (
     IdentityCache,
     ToolEntry,

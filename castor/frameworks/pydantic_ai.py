@@ -37,7 +37,7 @@ from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
 from pydantic_ai.toolsets.wrapper import WrapperToolset
 from pydantic_core import to_jsonable_python
 
-from castor._errors import UnsupportedError
+from castor.errors import UnsupportedError
 from castor.frameworks._common import (
     IdentityCache,
     ToolEntry,

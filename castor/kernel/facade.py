@@ -14,12 +14,12 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
-from castor._errors import CastorWarning, ConfigError
 from castor._sealing import DataKey
 from castor.agents import AgentRegistry, default_agent_registry
 from castor.backends import open_backend
 from castor.checkpoint import AgentCheckpoint
 from castor.compat import legacy_tools
+from castor.errors import CastorWarning, ConfigError
 from castor.executors.local import LocalExecutor
 from castor.kernel import approvals, children, runner
 from castor.kernel.chain import build_chain
@@ -27,7 +27,7 @@ from castor.kernel.context import Handler, Interceptor, Services
 from castor.kernel.model import ModelServices, build_model_chain
 from castor.kernel.runner import CastorTask
 from castor.llm.cost import TOKEN_RESOURCES, price_table
-from castor.registry import ToolRegistry
+from castor.registry import SyscallGate, ToolRegistry
 from castor.seams import Backend, Executor, JournalBinding
 from castor.summary import ExecutionSummary, scan
 
@@ -64,6 +64,11 @@ class Castor:
         gated = legacy_tools(compat)
         tools_ = ToolRegistry([*(tools or ()), *gated], destructive=destructive or (), costs=costs)
         provider = llm if _is_provider(llm) else None
+        if provider is not None and (llm_cost != 1.0 or llm_resource != "api"):
+            raise ConfigError(
+                "llm_cost= and llm_resource= price 0.5.1's model function; a castor.llm provider's calls are charged "
+                "the tokens they use (budgets input_tokens, output_tokens, tokens; usd with llm_prices=)"
+            )
         if llm is not None and provider is None and LLM_TOOL not in tools_:
             # The LLM is a tool like any other; castor-kernel 0.5.1 dropped it unless tools= was given.
             tools_.add((LLM_TOOL, llm), cost={llm_resource: float(llm_cost)} if llm_cost else {})
@@ -115,6 +120,11 @@ class Castor:
     def tools(self) -> ToolRegistry:
         """The tools agents may call."""
         return self.services.tools
+
+    @property
+    def gate(self) -> SyscallGate:
+        """castor-kernel 0.5.1's view of the tools: ``has_tool``, ``list_tools``, ``get_tool_meta``, ``validate``."""
+        return SyscallGate(self.services.tools)
 
     @property
     def backend(self) -> Backend:

@@ -24,8 +24,8 @@ from castor._redact import redact
 from castor.checkpoint import StepFailure, bounded_arguments
 from castor.kernel.chain import wrap
 from castor.kernel.context import Handler, Interceptor, RunContext, Syscall
-from castor.kernel.steps import answer, replay, step_record
-from castor.llm.cost import DEFAULT_MAX_TOKENS, Price, cost_of_tokens, reservation, usage_from
+from castor.kernel.steps import answer, replay
+from castor.llm.cost import DEFAULT_MAX_TOKENS, TOKEN_RESOURCES, Price, cost_of_tokens, reservation, usage_from
 from castor.llm.types import MalformedResponseError, ModelCallError, ModelTimeoutError, response_dict
 
 MODEL_PREFIX = "model:"
@@ -54,26 +54,34 @@ class ModelServices:
             max_tokens = asked if isinstance(asked, int) and not isinstance(asked, bool) else DEFAULT_MAX_TOKENS
         if max_tokens <= 0:
             raise ModelCallError(f"max_tokens must be a positive integer, got {max_tokens!r}")
-        syscall = ModelSyscall(
-            ctx, ctx.claim_step(), MODEL_PREFIX + model, {"request": request},
-            model=model, invoke=invoke, max_tokens=max_tokens, timeout=timeout, partial=partial,
-            via_provider=invoke is None if via_provider is None else via_provider,
-        )
+        syscall = ModelSyscall(ctx.run_id, ctx.claim_step(), MODEL_PREFIX + model, {"request": request}, ctx)
+        syscall.models = self
+        syscall.model = model
+        syscall.invoke = invoke
+        syscall.max_tokens = max_tokens
+        syscall.timeout = timeout
+        syscall.partial = partial
+        syscall.via_provider = invoke is None if via_provider is None else via_provider
         return self.chain(syscall)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class ModelSyscall(Syscall):
-    """A model call on its way through the model chain."""
+    """A model call on its way through the model chain (made by ``ModelServices.call``, which sets its fields)."""
 
-    model: str = ""
-    invoke: Invoke | None = None
-    max_tokens: int = DEFAULT_MAX_TOKENS
-    timeout: float | None = None
-    settled: bool = False
-    via_provider: bool = True  # the kernel's provider answers (directly, or streamed by castor.lib.stream)
+    models: ModelServices
+    model: str
+    invoke: Invoke | None
+    max_tokens: int
+    timeout: float | None
+    settled: bool
+    via_provider: bool  # the kernel's provider answers (directly, or streamed by castor.lib.stream)
     # Streaming: called with the partial response to journal when the call fails part way (castor.lib.stream).
-    partial: Callable[[], dict[str, Any] | None] | None = None
+    partial: Callable[[], dict[str, Any] | None] | None
+
+    def __init__(self, run_id: str, step: int, tool_name: str, arguments: dict[str, Any], ctx: RunContext) -> None:
+        Syscall.__init__(self, run_id, step, tool_name, arguments, ctx)
+        self.settled = False
 
 
 def build_model_chain(interceptors: Iterable[Interceptor] = ()) -> Handler:
@@ -86,21 +94,13 @@ def is_model_step(tool_name: str) -> bool:
     return tool_name.startswith(MODEL_PREFIX)
 
 
-def _models(ctx: RunContext) -> ModelServices:
-    models: ModelServices | None = getattr(ctx.services, "models", None)
-    return models if models is not None else _NO_MODELS
-
-
-_NO_MODELS = ModelServices()
-
-
 # --- validate ----------------------------------------------------------------------------------
 
 
 def validate(call: Syscall, inner: Handler) -> Awaitable[Any]:
     """A call needs a model to answer it, and a price where the run has a ``usd`` budget."""
     assert isinstance(call, ModelSyscall)
-    models = _models(call.ctx)
+    models = call.models
     if call.via_provider:
         provider = models.provider
         if provider is None:
@@ -136,9 +136,12 @@ async def budget(call: Syscall, inner: Handler) -> Any:
     """
     assert isinstance(call, ModelSyscall)
     ctx = call.ctx
-    price = _models(ctx).prices.get(call.model)
-    reserve = reservation(price, call.arguments["request"], call.max_tokens)
-    tracked = _tracked(ctx, reserve)
+    caps = ctx.checkpoint.capabilities
+    if ctx.scopes or any(r in caps for r in TOKEN_RESOURCES):
+        reserve = reservation(call.models.prices.get(call.model), call.arguments["request"], call.max_tokens)
+        tracked = _tracked(ctx, reserve)
+    else:  # nothing limits a model call: no estimate (the charge still checks a fenced run's lease)
+        reserve = tracked = {}
     charge = await ctx.budgets.charge(ctx.run_id, call.step, tracked, ctx.scopes)
     if not charge.ok:
         resource = (charge.short or "").rsplit(":", 1)[-1]
@@ -169,7 +172,7 @@ async def execute(call: Syscall) -> Any:
     """Call the model, settle the reservation to the usage reported and journal request and response."""
     assert isinstance(call, ModelSyscall)
     ctx = call.ctx
-    models = _models(ctx)
+    models = call.models
     request: dict[str, Any] = call.arguments["request"]
     invoke = call.invoke or models.provider.complete
     timeout = call.timeout if call.timeout is not None else models.timeout
@@ -188,19 +191,16 @@ async def execute(call: Syscall) -> Any:
     except BaseException as exc:
         await _failed(call, exc)
         raise
-    return await settle_and_journal(call, response)
-
-
-async def settle_and_journal(call: ModelSyscall, response: dict[str, Any]) -> Any:
-    """Settle the step's reservation to ``response``'s usage (estimated if it has none) and journal it."""
-    ctx = call.ctx
-    request = call.arguments["request"]
+    # Settled and journaled here rather than in helpers: one coroutine frame on every live model step.
     input_tokens, output_tokens, estimated = usage_from(response, request)
     if estimated:
         response["usage"] = {"input_tokens": input_tokens, "output_tokens": output_tokens, "estimated": True}
-    actual = cost_of_tokens(_models(ctx).prices.get(call.model), input_tokens, output_tokens)
-    await settle(call, actual)
-    record = await ctx.commit(call.step, step_record(call, response, actual))
+    actual = cost_of_tokens(models.prices.get(call.model), input_tokens, output_tokens)
+    if call.charged:
+        await settle(call, actual)
+    call.settled = True
+    call.charged = actual  # the record holds what the call used (the store's ledgers hold what they track of it)
+    record = await ctx.commit(call.step, call.record(response))
     return record.response
 
 
@@ -231,7 +231,7 @@ async def _failed(call: ModelSyscall, exc: BaseException) -> None:
         ctx.checkpoint.partial_work = str(partial["text"])  # shown by castor inspect
     if partial is not None:
         input_tokens, output_tokens, _ = usage_from(partial, call.arguments["request"])
-        await settle(call, cost_of_tokens(_models(ctx).prices.get(call.model), input_tokens, output_tokens))
+        await settle(call, cost_of_tokens(call.models.prices.get(call.model), input_tokens, output_tokens))
     if not isinstance(exc, Exception):
         return  # cancelled or preempted: the runner records the stop
     failure = StepFailure(

@@ -9,7 +9,7 @@ context (``castor.kernel.context``) and nothing else of the kernel; outside a ru
 ended) it raises ``RunEndedError``, a ``RuntimeError``.
 """
 
-from castor.lib.models import complete, model_call
+from castor.lib.models import complete, model_call, tool_schemas
 from castor.lib.patterns import conversation, map_reduce, plan_execute, react, run_task, supervisor
 from castor.lib.primitives import budget, chat, join, parallel, spawn, tool, try_tool
 from castor.lib.streaming import stream
@@ -30,5 +30,6 @@ __all__ = [
     "stream",
     "supervisor",
     "tool",
+    "tool_schemas",
     "try_tool",
 ]

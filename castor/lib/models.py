@@ -57,9 +57,9 @@ async def model_call(
 
 
 def _checked(response: Any) -> dict[str, Any]:
-    if isinstance(response, dict) and response.get("status") == "INSUFFICIENT_CAPABILITY":
+    if response.get("status") == "INSUFFICIENT_CAPABILITY":
         raise ModelRefusedError(response)
-    return dict(response)
+    return response  # the journaled response: a dict
 
 
 def build_request(
@@ -123,6 +123,33 @@ async def complete(
     ctx = active_run()
     response = await model_call(request, model=_model_id(ctx, model), max_tokens=max_tokens, timeout=timeout)
     return ModelResponse.from_dict(response)
+
+
+def tool_schemas(*names: str) -> list[dict[str, Any]]:
+    """The run's tools (``names``, or all of them) as a model sees them: ``{"name", "description",
+    "parameters"}`` with the parameters' JSON schema, for ``complete(tools=...)``. Reading them costs nothing."""
+    tools = active_run().services.tools
+    specs = [tools.get(name) for name in names] if names else list(tools)
+    return [
+        {
+            "name": spec.name,
+            "description": (getattr(spec.func, "__doc__", None) or "").strip().split("\n")[0],
+            "parameters": _untitled(spec.schema.json_schema()),
+        }
+        for spec in specs
+    ]
+
+
+def _untitled(schema: dict[str, Any]) -> dict[str, Any]:
+    # pydantic titles every object and property after its Python name: words a model does not need
+    schema = {k: v for k, v in schema.items() if k != "title"}
+    properties = schema.get("properties")
+    if isinstance(properties, dict):
+        schema["properties"] = {
+            name: {k: v for k, v in prop.items() if k != "title"} if isinstance(prop, dict) else prop
+            for name, prop in properties.items()
+        }
+    return schema
 
 
 def has_provider() -> bool:

@@ -14,7 +14,7 @@ async def tool(name: str, /, **kwargs: Any) -> Any:
     """Call tool ``name`` with ``kwargs`` through the kernel and return what the agent receives."""
     ctx = active_run()
     services = ctx.services
-    response = await services.chain(Syscall(ctx, ctx.claim_step(), name, kwargs))
+    response = await services.chain(Syscall(ctx.run_id, ctx.claim_step(), name, kwargs, ctx))
     return wrap(response) if services.structured_results else response
 
 

@@ -5,6 +5,8 @@ budget reserves before the provider is contacted, the whole response is journale
 and a replayed step yields the journaled text at once, without calling the model. A stream that fails or
 is preempted part way is charged for what it received (the prompt, and the text so far counted offline);
 its partial text is kept in the run's ``partial_work`` and in the failure's message (``castor inspect``).
+An agent that stops reading early should close the stream (``async with contextlib.aclosing(stream(...))``):
+closing waits for the call to end, so its step is journaled before the agent's next one.
 """
 
 from __future__ import annotations
@@ -54,7 +56,12 @@ async def stream(
         while (item := await receiver.queue.get()) is not _DONE:
             yield item
     except GeneratorExit:
-        raise  # the agent stopped reading: the call goes on and journals the whole response
+        # The agent stopped reading and closed the stream: the call still ends and journals the whole
+        # response before the agent goes on (an unclosed stream's call ends on its own, later).
+        if not task.done():
+            with contextlib.suppress(Exception):  # a failure is journaled by the call itself
+                await task
+        raise
     except BaseException:
         if not task.done():  # preempted or cancelled while reading: stop the call (it charges what it got)
             task.cancel()

@@ -8,7 +8,8 @@
 Agents call ``castor.lib.complete`` / ``chat`` / ``stream`` (or ``model_call`` for a model of their
 own); every call is one journaled step of the run, charged in ``input_tokens``, ``output_tokens``,
 ``tokens`` and ``usd``. The HTTP providers need ``httpx`` (``pip install 'castor-kernel[openai]'``) and
-are imported on first use, so ``import castor`` stays light.
+are imported on first use, so ``import castor`` stays light. Fleet-wide rate limits of model calls are
+``castor.llm.ratelimit`` (with ``castor.llm.redis_limits`` and ``castor.llm.memory_limits``).
 """
 
 from __future__ import annotations

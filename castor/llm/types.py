@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any
 
 from castor._canonical import canonical
-from castor._errors import CastorError
+from castor.errors import CastorError
 
 
 class ModelCallError(CastorError):
@@ -129,7 +129,40 @@ def canonical_request(value: Any, *, drop: Iterable[str] = ()) -> Any:
     return _clean(_plain(value, "request"), dropped) if dropped else _plain(value, "request")
 
 
+class _NotPlain(Exception):
+    """A value the fast walk leaves to the JSON round trip (a tuple, a model, a non-string key, ...)."""
+
+
+def _walk(value: Any) -> Any:
+    # Plain JSON data as it is: checked in one pass, copied so the caller's later changes cannot reach the
+    # journal. Twice as fast as the JSON round trip on a chat request, which is every model call's path.
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is float:
+        if value != value or value in (_INF, -_INF):
+            raise _NotPlain
+        return value
+    if kind is dict:
+        out = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _NotPlain
+            out[key] = _walk(item)
+        return out
+    if kind is list:
+        return [_walk(item) for item in value]
+    raise _NotPlain
+
+
+_INF = float("inf")
+
+
 def _plain(value: Any, where: str) -> Any:
+    try:
+        return _walk(value)
+    except _NotPlain:
+        pass  # something JSON spells another way: the round trip says how (or why not)
     if is_dataclass(value) and not isinstance(value, type):
         value = asdict(value)
     try:

@@ -63,7 +63,7 @@ async def _wait_until_flower_sees_events(base: str, kernel: Castor, timeout: flo
 
 async def test_flower_lists_tasks_by_tool_name(fleet: Fleet, kernel: Castor, tmp_path: object) -> None:
     port = _free_port()
-    cmd = [sys.executable, "-m", "workers", "flower", "--config", str(fleet.config), "--port", str(port)]
+    cmd = [sys.executable, "-m", "castor.fleet.workers", "flower", "--config", str(fleet.config), "--port", str(port)]
     flower = subprocess.Popen(cmd, cwd=ROOT, env=fleet.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -7,6 +7,7 @@ in others see it and finish it.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -92,7 +93,10 @@ def test_demo_in_process_is_deterministic_and_leaves_no_castor_db(cli: Cli, work
     level3, models = level3.split("Model calls: a syscall each")
     assert "The model was called 2x." in models and "[1] model demo-model: user:" in models
     assert "calls delete_file" in models and "1 new model call" in models
-    assert "(the replay charged nothing), plus 63 for its own summary." in models
+    usage = re.search(r"Its usage is (\d+) tokens: the shared model step's (\d+), .*\n.*plus (\d+) for its own", models)
+    assert usage is not None, models
+    total, shared, own = (int(n) for n in usage.groups())
+    assert total == shared + own and shared > 0 and own > 0
     assert not (workdir / "castor.db").exists()
     assert "CASTOR_STORE" not in os.environ
     assert cli("demo").out == out  # same every time

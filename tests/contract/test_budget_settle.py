@@ -100,3 +100,9 @@ async def test_concurrent_model_calls_never_overspend_a_shared_scope(backend: Ba
     assert (await backend.budgets.read_scope("team"))["tokens"] == (LIMIT, spent)
     assert max(high_water) <= LIMIT
     await kernel.close()
+
+
+async def test_every_store_settles(backend: Backend) -> None:
+    from castor.seams import Settling
+
+    assert isinstance(backend.budgets, Settling)

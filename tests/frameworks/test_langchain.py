@@ -31,7 +31,7 @@ from langgraph.prebuilt import create_react_agent
 from pydantic import Field
 
 from castor import Castor
-from castor._errors import ReplayDivergenceError, UnsupportedError
+from castor.errors import ReplayDivergenceError, UnsupportedError
 from castor.frameworks._common import UnsupportedToolError
 from castor.frameworks.langchain import guard, tools_of
 from castor.llm import ModelRefusedError

@@ -30,7 +30,7 @@ from pydantic_ai.models.test import TestModel
 from pydantic_ai.usage import RequestUsage
 
 from castor import Castor
-from castor._errors import ReplayDivergenceError
+from castor.errors import ReplayDivergenceError
 from castor.frameworks._common import UnsupportedToolError
 from castor.frameworks.pydantic_ai import guard, tools_of
 from castor.llm import ModelRefusedError

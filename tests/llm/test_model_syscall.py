@@ -205,3 +205,95 @@ async def test_chat_with_a_plain_function_still_calls_the_llm_inference_tool() -
     cp = await Castor(llm=llm, budgets={"api": 5}).run(agent_)
     assert cp.result == "echo hello" and cp.syscall_log[0].tool_name == "llm_inference"
     assert cp.capabilities["api"].current_usage == 1
+
+
+def test_castor_toml_prices_model_calls(tmp_path: Any) -> None:
+    from castor.settings import load_settings
+
+    config = tmp_path / "castor.toml"
+    config.write_text('[llm]\ntimeout = 30\n[llm.prices."gpt-x"]\ninput = 2.5\noutput = 10\n')
+    settings = load_settings(config)
+    kernel = Castor(llm_prices=settings.llm.prices, llm_timeout=settings.llm.timeout)
+    assert kernel.services.models.prices["gpt-x"].usd(1_000_000, 100_000) == 3.5
+    assert kernel.services.models.timeout == 30
+    config.write_text('[llm.prices."gpt-x"]\ninput = -1\n')
+    with pytest.raises(Exception, match=r"\[llm.prices.gpt-x\] input must be dollars per million tokens"):
+        load_settings(config)
+
+
+async def test_a_run_resumed_by_another_kernel_on_sqlite_replays_its_model_steps(tmp_path: Any) -> None:
+    async def delete_file(path: str) -> str:
+        return f"deleted {path}"
+
+    async def agent_() -> str:
+        reply = await complete(prompt="clean up", tools=[{"name": "delete_file", "parameters": {}}])
+        for call in reply.tool_calls:
+            await tool(call.name, **call.arguments)
+        return (await complete(prompt="report")).text
+
+    store = f"sqlite:///{tmp_path / 'castor.db'}"
+    first = Scripted([{"tool_calls": [{"name": "delete_file", "arguments": {"path": "/tmp/x"}}]}])
+    kernel = Castor(tools=[delete_file], destructive=["delete_file"], llm=first, store=store, budgets={"tokens": 9_000})
+    cp = await kernel.run(agent_, pid="resumable")
+    assert cp.status == "SUSPENDED_FOR_HITL" and len(first.calls) == 1
+    await kernel.approve(cp)
+    await kernel.close()
+    second = Scripted(["done"])  # a new process: a new kernel and model; the first answer is journaled
+    other = Castor(tools=[delete_file], destructive=["delete_file"], llm=second, store=store)
+    resumed = await other.run(agent_, checkpoint=await other.aload("resumable"))
+    assert resumed.result == "done" and len(second.calls) == 1
+    assert second.calls[0]["messages"] == [{"role": "user", "content": "report"}]
+    assert resumed.capabilities["tokens"].current_usage == sum(r.charged.get("tokens", 0) for r in resumed.syscall_log)
+    await other.close()
+
+
+async def test_concurrent_model_calls_of_one_run_are_numbered_in_call_order() -> None:
+    async def echo(request: dict[str, Any]) -> dict[str, Any]:
+        n = int(request["n"])
+        await asyncio.sleep(0.001 * (5 - n))  # the first call finishes last
+        return {"n": n, "usage": {"input_tokens": 1, "output_tokens": 1}}
+
+    async def agent_() -> list[int]:
+        replies = await asyncio.gather(*(model_call({"n": n}, model="m", invoke=echo) for n in range(5)))
+        return [r["n"] for r in replies]
+
+    kernel = Castor()
+    cp = await kernel.run(agent_)
+    assert cp.result == [0, 1, 2, 3, 4]
+    assert [r.request["arguments"]["request"]["n"] for r in cp.syscall_log] == [0, 1, 2, 3, 4]
+    again = await kernel.run(agent_, checkpoint=cp.fork(at_step=5))
+    assert again.result == [0, 1, 2, 3, 4]
+
+
+async def test_tool_schemas_tell_the_model_what_the_run_s_tools_take() -> None:
+    from castor.lib import tool_schemas
+
+    async def delete_file(path: str, force: bool = False) -> str:
+        """Delete a file.
+
+        More text."""
+        return path
+
+    async def agent_() -> Any:
+        return tool_schemas("delete_file"), [s["name"] for s in tool_schemas()]
+
+    cp = await Castor(tools=[search, delete_file]).run(agent_)
+    (schema,), names = cp.result
+    assert names == ["search", "delete_file"]
+    assert schema == {
+        "name": "delete_file", "description": "Delete a file.",
+        "parameters": {
+            "type": "object", "required": ["path"], "additionalProperties": False,
+            "properties": {"path": {"type": "string"}, "force": {"type": "boolean", "default": False}},
+        },
+    }
+    assert len(cp.syscall_log) == 0  # reading them is no syscall
+
+
+def test_options_that_do_not_apply_to_a_provider_are_refused() -> None:
+    from castor import ConfigError
+
+    with pytest.raises(ConfigError, match=r"llm_cost= and llm_resource= price 0\.5\.1.s model function"):
+        Castor(llm=Scripted([]), llm_cost=3)
+    with pytest.raises(ConfigError, match=r"llm must be a castor\.llm provider or an async function"):
+        Castor(llm=42)

@@ -87,3 +87,24 @@ async def test_streaming_an_unknown_model_is_refused_like_a_call() -> None:
 
     with pytest.raises(Exception, match="unknown model 'gpt-9'"):
         await Castor(llm=Scripted(["a"])).run(agent)
+
+
+async def test_a_stream_closed_early_still_journals_the_whole_response_before_the_agent_goes_on() -> None:
+    import contextlib
+
+    async def first_word_only() -> str:
+        async with contextlib.aclosing(stream(prompt="tell me a story")) as chunks:
+            async for chunk in chunks:
+                first = chunk
+                break
+        return first
+
+    class Slow(Scripted):
+        async def stream(self, request: dict[str, Any]) -> AsyncIterator[str | ModelResponse]:
+            async for item in super().stream(request):
+                yield item
+                await asyncio.sleep(0.005)  # the model writes slower than the agent reads
+
+    cp = await Castor(llm=Slow(["once upon a time"])).run(first_word_only)
+    assert cp.result == "once"
+    assert [r.response["text"] for r in cp.syscall_log] == ["once upon a time"]

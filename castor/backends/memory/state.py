@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
-from castor._errors import AlreadyDecidedError, NothingPendingError
+from castor.errors import AlreadyDecidedError, NothingPendingError
 from castor.seams import Charge, Decision, PendingApproval
 
 _OK = Charge(True)
@@ -128,11 +128,18 @@ class MemoryBudgetStore:
         with self._lock:
             steps = self._charged.setdefault(run_id, {})
             taken = steps.pop(step, None)
-            if isinstance(taken, tuple):
-                ledger, cost = taken
-                taken = [(None, r, amount, ledger[r]) for r, amount in cost.items() if r in ledger]
             if taken is None:
                 return  # never charged (nothing tracked) or refunded since: nothing to settle
+            if isinstance(taken, tuple):  # the run's ledger alone (no scope): the common case, in place
+                ledger, cost = taken
+                if self._runs.get(run_id) is not ledger:
+                    return  # reopened since: what it took is spent
+                for resource, amount in cost.items():
+                    entry = ledger.get(resource)
+                    if entry is not None:
+                        entry[1] = max(entry[1] - amount + float(actual.get(resource, 0.0)), 0.0)
+                steps[step] = (ledger, {r: float(actual.get(r, 0.0)) for r in cost})
+                return
             settled: list[tuple[str | None, str, float, Entry]] = []
             for scope, resource, amount, entry in taken:
                 now = self._runs.get(run_id) if scope is None else self._scopes.get(scope)

@@ -27,9 +27,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from castor._errors import ConfigError
 from castor.backends.redis import keys
 from castor.backends.redis._client import Fence, RedisConnection
+from castor.errors import ConfigError
 from castor.seams import Charge
 
 _OK = Charge(True)

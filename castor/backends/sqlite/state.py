@@ -10,10 +10,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from castor._errors import AlreadyDecidedError, NothingPendingError
 from castor.backends.memory import MemoryBudgetStore
 from castor.backends.memory.state import expiry
 from castor.backends.sqlite._db import SqliteDatabase
+from castor.errors import AlreadyDecidedError, NothingPendingError
 from castor.seams import Charge, Decision, PendingApproval
 
 
@@ -157,7 +157,7 @@ _REQUEST_COLUMNS = "run_id, step, tool, arguments, created_at, expires_at, reaso
 
 def _request(row: Any) -> PendingApproval:
     """A ``PendingApproval`` from a row of ``_REQUEST_COLUMNS``."""
-    return PendingApproval(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5], row[6], row[7])
+    return PendingApproval(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5], row[6], attempt=row[7])
 
 
 class SqliteApprovalStore:
