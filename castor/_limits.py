@@ -25,6 +25,7 @@ class _Options(BaseModel):
     lease: float = Field(ge=0.5, le=3600)
     grace: float = Field(ge=0, le=3600)
     limit: int = Field(ge=1, le=1_000_000)  # rows a listing shows
+    metrics_port: int = Field(ge=0, le=65535)  # 0: a free port, logged
 
 
 # "command --option" -> the field whose range it has.
@@ -37,6 +38,8 @@ OPTIONS: dict[str, FieldInfo] = {
     "coordinator --max-takeovers": CoordinatorSection.model_fields["max_takeovers"],
     "ps --limit": _Options.model_fields["limit"],
     "deadletters --limit": _Options.model_fields["limit"],
+    "coordinator --metrics-port": _Options.model_fields["metrics_port"],
+    "worker --metrics-port": _Options.model_fields["metrics_port"],
 }
 
 

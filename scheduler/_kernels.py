@@ -73,6 +73,7 @@ class Kernels:
         self.backend = backend
         self.executor = executor
         self.gate = gate
+        self.interceptors: list[Any] = []  # declared before the drain gate (castor.metrics adds its own)
         self._kernels: dict[tuple[tuple[str, ...], tuple[str, ...]], Castor] = {}
         self._agents: dict[str, Callable[..., Any]] = {}
 
@@ -83,7 +84,7 @@ class Kernels:
         if kernel is None:
             kernel = Castor(
                 tools=load_tools(spec.tools), destructive=spec.destructive, store=self.backend,
-                executor=self.executor, interceptors=[self.gate.stage],
+                executor=self.executor, interceptors=[*self.interceptors, self.gate.stage],
             )
             self._kernels[key] = kernel
         return kernel

@@ -147,6 +147,8 @@ BAD_OPTIONS = {
     "coordinator --max-takeovers": (["coordinator"], "-1", "an integer from 0 to 1000"),
     "ps --limit": (["ps"], "0", "an integer from 1 to 1000000"),
     "deadletters --limit": (["deadletters"], "0", "an integer from 1 to 1000000"),
+    "coordinator --metrics-port": (["coordinator"], "-1", "an integer from 0 to 65535"),
+    "worker --metrics-port": (["worker", "--pool", "p"], "70000", "an integer from 0 to 65535"),
 }
 
 
