@@ -23,6 +23,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from castor import tracing
 from castor._ids import unique_ids
 from castor._sealing import DataKey, encrypted
 from castor._secret import require_secret
@@ -157,12 +158,15 @@ class CeleryExecutor:
     async def _dispatch(self, call: Call, job: Job, route: _Route) -> Reply | None:
         """Publish the job as a new task and await its reply (None: none came by the deadline)."""
         task_id = f"{job.effect_id}#{job.attempt}-{self._ids()}"
+        headers: dict[str, Any] = {"castor_run": job.run_id, "castor_step": job.step}
+        if tracing.ACTIVE:  # the syscall's span context, signed for this task (castor.tracing)
+            headers.update(tracing.outgoing(job.token))
         future = self._replies.expect(call.effect_id, call.attempt, route.deadline, task_id)
         try:
             try:
                 await self._publisher.publish(Task(
-                    route.task, task_id, job.kwargs(), route.queue, route.deadline,
-                    {"castor_run": job.run_id, "castor_step": job.step}, kwargs_repr(job, route.sensitive),
+                    route.task, task_id, job.kwargs(), route.queue, route.deadline, headers,
+                    kwargs_repr(job, route.sensitive),
                 ))
             except UnsurePublish as exc:
                 await self._abandon_or_wait(call, task_id, exc)

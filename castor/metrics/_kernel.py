@@ -13,33 +13,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from castor.errors import InDoubtError
-from castor.kernel.context import Handler, Suspend, Syscall
+from castor.kernel.context import Handler, Syscall
 
 from ._instruments import DECISIONS, UNKNOWN, Instruments
-
-# The status of a response the kernel answered itself -> the outcome label.
-_ANSWERED = {
-    "VALIDATION_ERROR": "validation_error",
-    "INSUFFICIENT_CAPABILITY": "budget_denied",
-    "HITL_REJECTED": "rejected",
-    "HITL_MODIFIED": "modified",
-}
-
-
-def outcome_of(response: Any) -> str:
-    """The outcome label of a syscall that returned ``response``."""
-    if type(response) is dict:
-        return _ANSWERED.get(response.get("status"), "ok")  # type: ignore[arg-type]
-    return "ok"
-
-
-def failure_of(exc: BaseException) -> str:
-    """The outcome label of a syscall that raised ``exc``."""
-    if isinstance(exc, Suspend):
-        # An in-doubt step suspends for a human from inside the InDoubtError's handler.
-        return "in_doubt" if isinstance(exc.__context__, InDoubtError) else "suspended"
-    return "in_doubt" if isinstance(exc, InDoubtError) else "error"
+from .outcomes import failure_of, outcome_of
 
 
 class KernelMetrics:
