@@ -12,12 +12,13 @@ a label (``docs/metrics.md``).
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 UNKNOWN = "unknown"  # a tool name no registry of this process has: never a label value of its own
@@ -49,9 +50,10 @@ class Instruments:
         self.replayed: Counter[str] = Counter()  # tool
         self.in_doubt: Counter[tuple[str, str]] = Counter()  # (tool, pool)
         self.leases: Counter[str] = Counter()  # "acquired", "takeover", "quarantine"
-        self.syscall_seconds = Histogram(
+        # On a coordinator's event loop only: a lock-free histogram (prometheus-client's locks per sample).
+        self.syscall_seconds = Timings(
             "castor_syscall_seconds", "Time of a live syscall through the kernel's chain, by tool and pool.",
-            ["tool", "pool"], registry=self.registry, buckets=LATENCY_BUCKETS,
+            ("tool", "pool"), LATENCY_BUCKETS,
         )
         self.tool_seconds = Histogram(
             "castor_tool_seconds", "Time a worker spent on a tool task (claim, tool, journal, reply).",
@@ -80,6 +82,7 @@ class _Counters(Collector):
                       ("tool",), {(k,): v for k, v in ins.replayed.items()})
         yield _family("castor_in_doubt_steps", "Steps left in doubt by a lost worker, by tool and pool.",
                       ("tool", "pool"), ins.in_doubt)
+        yield ins.syscall_seconds.family()
         for event, name, text in LEASE_EVENTS:
             family = CounterMetricFamily(name, text)
             family.add_metric([], ins.leases[event])
@@ -94,3 +97,48 @@ def _family(name: str, text: str, labels: tuple[str, ...], counts: Any) -> Count
     for key, value in sorted(dict(counts).items()):
         family.add_metric(list(key), value)
     return family
+
+
+class Timings:
+    """A latency histogram by label values, observed from one thread (a coordinator's event loop): a
+    sample is a C bisect and two list updates, with no lock. ``labels(...)`` gives a series to ``observe``."""
+
+    def __init__(self, name: str, text: str, labels: tuple[str, ...], bounds: tuple[float, ...]) -> None:
+        self.name, self.text, self.label_names, self.bounds = name, text, labels, tuple(bounds)
+        self.series: dict[tuple[str, ...], _Series] = {}
+
+    def labels(self, *values: str) -> _Series:
+        """The series of ``values`` (made on first use)."""
+        series = self.series.get(values)
+        if series is None:
+            series = self.series[values] = _Series(self.bounds)
+        return series
+
+    def family(self) -> HistogramMetricFamily:
+        """The histogram as Prometheus shows it: cumulative buckets, ``+Inf``, sum."""
+        family = HistogramMetricFamily(self.name, self.text, labels=self.label_names)
+        edges = [*(repr(float(b)) for b in self.bounds), "+Inf"]
+        for values, series in sorted(self.series.items()):
+            counts, total = list(series.counts), 0
+            buckets = []
+            for edge, n in zip(edges, counts, strict=True):
+                total += n
+                buckets.append((edge, total))
+            family.add_metric(list(values), buckets, series.total)
+        return family
+
+
+class _Series:
+    """One labelled series of ``Timings``: a count per bucket (the last one ``+Inf``) and the sum."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """Count one sample: the first bucket whose bound is at least ``seconds`` (``le``)."""
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.total += seconds

@@ -34,7 +34,9 @@ class KernelMetrics:
     def __call__(self, call: Syscall, inner: Handler) -> Awaitable[Any]:
         """Count a replayed step and pass it on; time a live one."""
         if call.step < len(call.ctx.checkpoint.syscall_log):
-            self._replayed[self._label(call)[0]] += 1
+            # Bounded without a lookup: replay serves a step only if the agent calls the very tool the
+            # journal recorded, and only a tool some registry had is ever journaled (validate runs first).
+            self._replayed[call.tool_name] += 1
             return inner(call)
         return self._live(call, inner)
 
