@@ -78,17 +78,21 @@ def test_coordinator_and_worker_metrics_of_live_runs(fleet: Fleet) -> None:
     web, co = free_port(), free_port()
     fleet.start("worker-web", "worker", "--config", str(fleet.config), "--pool", "web", "--pool-impl", "threads",
                 "--concurrency", "4", "--fast-start", "--metrics-port", str(web), ready=" ready.")
-    fleet.worker("fs")
     fleet.coordinator("co-m", "--metrics-port", str(co))
     asyncio.run(set_scope(fleet))
     pids = asyncio.run(submit_all(fleet, ["job", "job_with_approval"]))
 
-    samples = wait_scrape(co, "a call waiting for a human",
+    # No worker of pool fs yet: the job's store call waits in that pool's broker queue.
+    samples = wait_scrape(co, "a call waiting for a human and one for a worker",
                           lambda s: value(s, "castor_approvals_pending") == 1
+                          and value(s, "castor_queue_depth", pool="fs") == 1
                           and value(s, "castor_syscalls_total", tool="remove", outcome="suspended") == 1)
     assert value(samples, "castor_fleet_up") == 1
     assert value(samples, "castor_runs_parked") == 1
+    assert value(samples, "castor_leases_held") == 1  # the job, driven while its call waits
+    assert value(samples, "castor_queue_depth", pool="web") == 0
     assert {s.labels["pool"] for s in samples["castor_queue_depth"]} == POOLS
+    fleet.worker("fs")
     time.sleep(1.1)  # the decision is timed in seconds: let a second pass
     fleet.cli("approve", pids[1], "--as", "tester")
 

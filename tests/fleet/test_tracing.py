@@ -60,3 +60,21 @@ def test_a_syscall_span_on_the_coordinator_is_the_parent_of_the_task_span_on_the
     assert all(s["attributes"]["castor.run_id"] == pid for s in syscalls.values())
     # No argument travels into a span (the tools' tags carry the run's ticket).
     assert "fetch0" not in worker_file.read_text() + coordinator_file.read_text()
+
+
+@pytest.mark.timeout(120)
+def test_a_task_without_a_trace_context_runs_under_a_root_span(fleet: Fleet, tmp_path: Path) -> None:
+    worker_file = tmp_path / "worker-spans.jsonl"
+    fleet.env[FILE_ENV] = str(worker_file)
+    for pool in ("web", "fs"):
+        fleet.start(f"worker-{pool}", "worker", "--config", str(fleet.config), "--pool", pool, "--pool-impl",
+                    "threads", "--fast-start", "--trace", ready=" ready.")
+    del fleet.env[FILE_ENV]
+    fleet.coordinator("co-plain")  # no --trace: its tasks carry no trace context
+    (pid,) = asyncio.run(submit_all(fleet, ["job"], scopes=()))
+    wait_for("the run to finish", lambda: fleet.redis.zscore(keys.runs_by_status(fleet.prefix, "COMPLETED"), pid)
+             is not None, 60)
+    wait_for("the worker's five spans", lambda: len(spans(worker_file)) >= 5, 10)
+    tasks = spans(worker_file)
+    assert {(s["parent_id"], s["attributes"]["castor.trace_context"], s["attributes"]["castor.outcome"])
+            for s in tasks} == {("", "absent", "ok")}

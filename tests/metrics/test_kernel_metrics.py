@@ -99,3 +99,71 @@ async def test_a_kernel_without_the_interceptor_has_no_metrics_stage() -> None:
     assert build_chain().func is replay  # type: ignore[attr-defined]
     metrics = KernelMetrics(Instruments())
     assert build_chain([metrics]).func is metrics  # type: ignore[attr-defined]  # before replay
+
+
+class LostWorker:
+    """An executor whose worker is lost mid-call: the step is in doubt."""
+
+    writes_journal = False
+
+    async def execute(self, call: Any) -> Any:
+        from castor.errors import InDoubtError
+
+        raise InDoubtError(f"{call.tool_name} started and never finished")
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_step_left_in_doubt_is_counted() -> None:
+    ins = Instruments()
+
+    async def agent() -> Any:
+        return await tool("echo", text="a")
+
+    kernel = Castor(tools=[echo], executor=LostWorker(), interceptors=[KernelMetrics(ins, lambda tool: "web")])
+    cp = await kernel.run(agent)
+    assert cp.pending_hitl is not None  # in doubt: a human decides
+    assert sample(ins, "castor_syscalls_total", {"tool": "echo", "pool": "web", "outcome": "in_doubt"}) == 1
+    assert sample(ins, "castor_in_doubt_steps_total", {"tool": "echo", "pool": "web"}) == 1
+
+
+async def test_leases_takeovers_and_quarantines_are_counted_from_the_lease_operation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from types import SimpleNamespace
+
+    import castor.metrics
+    from castor.metrics import fleet
+
+    ins = Instruments()
+    monkeypatch.setattr(castor.metrics, "_current", ins)
+    monkeypatch.setattr(fleet, "add_fleet", lambda *a, **k: None)
+    answers = iter([("ok", 0), ("ok", 2), ("quarantine", 4), ("held", "token"), ("cancelled", None)])
+
+    async def acquire(pid: str, token: str, lease_ms: int, max_takeovers: int = 3) -> tuple[str, Any]:
+        return next(answers)
+
+    coordinator = SimpleNamespace(kernels=SimpleNamespace(interceptors=[]), ops=SimpleNamespace(acquire=acquire),
+                                  config=SimpleNamespace(url="redis://unused", prefix="p"))
+    metrics = fleet.instrument_coordinator(coordinator)
+    assert coordinator.kernels.interceptors == [metrics]
+    for _ in range(5):
+        await coordinator.ops.acquire("pid", "token", 1000)
+    assert [sample(ins, f"castor_{name}_total", {}) for name in ("leases", "takeovers", "quarantines")] == [3, 1, 1]
+
+
+def test_the_lock_free_histogram_buckets_like_prometheus() -> None:
+    from castor.metrics._instruments import Timings
+
+    timings = Timings("castor_x_seconds", "x", ("tool",), (0.1, 1.0))
+    series = timings.labels("t")
+    for seconds in (0.05, 0.1, 0.5, 1.0, 7.0):
+        series.observe(seconds)
+    family = timings.family()
+    got = {(s.name, s.labels.get("le")): s.value for s in family.samples}
+    assert got[("castor_x_seconds_bucket", "0.1")] == 2  # le: a sample on the bound counts in it
+    assert got[("castor_x_seconds_bucket", "1.0")] == 4
+    assert got[("castor_x_seconds_bucket", "+Inf")] == 5
+    assert got[("castor_x_seconds_count", None)] == 5
+    assert got[("castor_x_seconds_sum", None)] == pytest.approx(8.65)
