@@ -41,7 +41,11 @@ async def serve(
     )
     coordinator = Coordinator(config, backend, executor)
     if setup is not None:
-        setup(coordinator)
+        try:
+            setup(coordinator)
+        except BaseException:  # e.g. a metrics port in use: the process stops with one line, its store closed
+            await backend.close()
+            raise
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, coordinator.drain)

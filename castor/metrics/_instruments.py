@@ -2,8 +2,10 @@
 
 Counters on a hot path are plain ``collections.Counter`` entries, exported by a collector at scrape time:
 an increment is a dict update, with no lock and no label lookup (a coordinator's syscalls run on one event
-loop; a worker's threads update them under the GIL, where a lost increment is the worst case). Latency
-histograms are prometheus-client's, their labelled children cached by whoever observes them.
+loop; a worker's threads update them under the GIL, where a lost increment is the worst case). The
+coordinator's syscall latency is a ``Timings`` (lock-free, one thread); the worker's and the decision
+times are prometheus-client histograms. A scrape runs on the HTTP server's thread: it copies each mapping
+in one C call before reading it, so an insert on the loop meanwhile cannot break its iteration.
 
 Every label value comes from a closed set: a tool's name only if the process's registry has it (else
 ``unknown``), a pool from the config, an outcome from ``OUTCOMES``. No pid, run, step or argument is ever
@@ -79,7 +81,7 @@ class _Counters(Collector):
         yield _family("castor_tasks", "Tool tasks a worker handled, by tool, pool and outcome.",
                       ("tool", "pool", "outcome"), ins.tasks)
         yield _family("castor_replayed_steps", "Steps served from the journal on resume, by tool.",
-                      ("tool",), {(k,): v for k, v in ins.replayed.items()})
+                      ("tool",), {(k,): v for k, v in dict(ins.replayed).items()})
         yield _family("castor_in_doubt_steps", "Steps left in doubt by a lost worker, by tool and pool.",
                       ("tool", "pool"), ins.in_doubt)
         yield ins.syscall_seconds.family()
@@ -118,7 +120,7 @@ class Timings:
         """The histogram as Prometheus shows it: cumulative buckets, ``+Inf``, sum."""
         family = HistogramMetricFamily(self.name, self.text, labels=self.label_names)
         edges = [*(repr(float(b)) for b in self.bounds), "+Inf"]
-        for values, series in sorted(self.series.items()):
+        for values, series in sorted(dict(self.series).items()):
             counts, total = list(series.counts), 0
             buckets = []
             for edge, n in zip(edges, counts, strict=True):
