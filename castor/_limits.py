@@ -32,6 +32,7 @@ class _Options(BaseModel):
 OPTIONS: dict[str, FieldInfo] = {
     "worker --concurrency": WorkersSection.model_fields["concurrency"],
     "flower --port": FlowerSection.model_fields["port"],
+    "console --port": FlowerSection.model_fields["port"],
     "coordinator --concurrency": _Options.model_fields["coordinator_concurrency"],
     "coordinator --lease": _Options.model_fields["lease"],
     "coordinator --grace": _Options.model_fields["grace"],

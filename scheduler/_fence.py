@@ -120,6 +120,13 @@ class FencedBudgets(_Fenced):
         await self._fences.check(run_id)
         await self._inner.refund(run_id, step)
 
+    async def settle(
+        self, run_id: str, step: int, actual: Mapping[str, float], scopes: Sequence[str] = ()
+    ) -> None:
+        """Settle a model call's reservation of a run this coordinator holds (``castor.seams.Settling``)."""
+        await self._fences.check(run_id)
+        await self._inner.settle(run_id, step, actual, scopes)
+
     async def close_run(self, run_id: str) -> None:
         """Drop the ledger of a run this coordinator holds (never the ledger its new owner opened)."""
         await self._fences.check(run_id)

@@ -31,6 +31,7 @@ BAD_VALUES = {
     "[workers] outage_deadline": ("-1", "a number above 0 and at most 2592000", "0.1"),
     "[flower] port": ("99999", "an integer from 1 to 65535", "65535"),
     "[coordinator] max_takeovers": ("-1", "an integer from 0 to 1000", "0"),
+    "[llm] timeout": ("0", "a number above 0 and at most 2592000", "0.5"),
     "[llm] skew": ("-1", "a number from 0 to 60", "60"),
 }
 MORE_BAD = {  # not finite, or too large to be meant
@@ -141,6 +142,7 @@ def test_every_process_stops_on_a_bad_value_with_one_line_and_exit_2(
 BAD_OPTIONS = {
     "worker --concurrency": (["worker", "--pool", "p"], "0", "an integer from 1 to 1024"),
     "flower --port": (["flower"], "99999", "an integer from 1 to 65535"),
+    "console --port": (["console"], "99999", "an integer from 1 to 65535"),
     "coordinator --concurrency": (["coordinator"], "0", "an integer from 1 to 100000"),
     "coordinator --lease": (["coordinator"], "-1", "a number from 0.5 to 3600"),
     "coordinator --grace": (["coordinator"], "-5", "a number from 0 to 3600"),

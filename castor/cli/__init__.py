@@ -46,6 +46,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "castor.cli._celery_cmds",  # worker, flower
     "castor.cli._fleet_cmds",  # coordinator, submit, approvals, cancel, coordinators; fleet-aware ps ... fork
     "castor.cli._deadletters",  # deadletters [purge]
+    "castor.mcp.cli",  # mcp (the MCP gateway)
+    "castor.console.command",  # console (its web framework imported only when it runs)
 )
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from castor._imports import ImportSpec, parse_spec
 from castor._redact import masked
+from castor._terminal import stored_run
 from castor.checkpoint import AgentCheckpoint
 from castor.cli._escape import shown
 from castor.errors import ConfigError, InvalidPidError, RunNotFoundError
@@ -152,11 +153,9 @@ async def ps(args: argparse.Namespace) -> int:
 async def inspect(args: argparse.Namespace) -> int:
     """``castor inspect PID``."""
     async with fleet(args) as (backend, client):
-        header = await backend.runs.load(args.pid)
+        header = await stored_run(backend, args.pid)  # its budgets' usage as its journal says, while it runs too
         if header is None:
             raise RunNotFoundError(args.pid)
-        header.syscall_log = await backend.journal.history(args.pid)
-        header.failures = await backend.journal.failures(args.pid)
         state = (await client.fleet_state([args.pid]))[args.pid]
     data = header.model_dump(mode="json")
     data["fleet"] = state
@@ -195,8 +194,19 @@ def describe(cp: AgentCheckpoint, state: dict[str, Any]) -> str:
 
 async def approvals(args: argparse.Namespace) -> int:
     """``castor approvals``: what waits for a human, oldest first."""
-    async with fleet(args) as (backend, _):
-        pending = await backend.approvals.pending()
+    from castor.cli._stores import given_stores, store_of
+
+    if given_stores(args) and store_of(args) is None:  # --db / sqlite:// / memory://: that store's waiting calls
+        from castor.cli._common import open_store
+
+        embedded = open_store(args)
+        try:
+            pending = await embedded.approvals.pending()
+        finally:
+            await embedded.close()
+    else:
+        async with fleet(args) as (backend, _):
+            pending = await backend.approvals.pending()
     rows: list[dict[str, Any]] = [
         {"pid": p.run_id, "step": p.step, "tool": p.tool_name, "arguments": p.arguments,
          "waiting": round(time.time() - p.created_at, 3), "reason": p.reason}

@@ -9,9 +9,10 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from castor.errors import ConfigError
+from castor.settings._console import ConsoleSection
 from castor.settings._ranges import settings_error
 
 DAY = 86400.0
@@ -100,6 +101,21 @@ class CoordinatorSection(Section):
     max_takeovers: Annotated[int, Field(strict=True, ge=0, le=1000)] = 3
 
 
+class PriceSection(Section):
+    """A model's price: dollars per million input and output tokens."""
+
+    input: float = 0.0
+    output: float = 0.0
+
+    @field_validator("input", "output", mode="before")
+    @classmethod
+    def _dollars(cls, value: Any) -> float:
+        # a TOML integer or float (not a string, not a boolean), finite and not negative
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
+            raise ValueError(f"must be dollars per million tokens (a number >= 0), got {value!r}")
+        return float(value)
+
+
 class ModelLimits(Section):
     """``[llm.limits."<provider>/<model>"]``: what the provider allows one API key per minute (None: no limit)."""
 
@@ -108,18 +124,23 @@ class ModelLimits(Section):
 
 
 class LLMSection(Section):
-    """``[llm]``: where model calls run in the fleet, and the providers' rate limits every worker shares.
+    """``[llm]``: where model calls run in the fleet, the providers' rate limits every worker shares, and
+    what model calls cost.
 
     ``pool``: the worker pool of model calls (its workers hold the API keys; coordinators need none). A
     tool in ``tools`` (one that calls a model itself), or named ``llm.<anything>``, runs there unless
     ``[pools]`` names it. ``limits``: per ``"provider/model"``, ``"provider/*"`` or ``"*"`` (see
     ``castor.llm.ratelimit``); ``skew``: seconds added to each minute window for the time between a
-    worker's acquire and the provider seeing the request."""
+    worker's acquire and the provider seeing the request. ``prices``: ``[llm.prices."gpt-4o"]`` ``input =
+    2.5`` ``output = 10.0`` (dollars per million tokens), what a model call is charged in ``usd``;
+    ``timeout``: the seconds a model call may take."""
 
     pool: str = "llm"
     tools: Names = frozenset()
     limits: Mapping[str, ModelLimits] = Field(default_factory=dict)
     skew: Annotated[float, Field(strict=True, ge=0, le=60)] = 1.0
+    prices: Mapping[str, PriceSection] = Field(default_factory=dict)
+    timeout: Seconds | None = None
 
     @model_validator(mode="after")
     def _names(self) -> LLMSection:
@@ -146,6 +167,7 @@ class Settings(Section):
     flower: FlowerSection = FlowerSection()
     coordinator: CoordinatorSection = CoordinatorSection()
     llm: LLMSection = LLMSection()
+    console: ConsoleSection = ConsoleSection()
     source: str = "<defaults>"
 
     def __init__(self, **data: Any) -> None:

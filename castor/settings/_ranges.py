@@ -79,8 +79,27 @@ def _range(annotation: Any, metadata: Sequence[Any]) -> Range | None:
     return Range(float(low), float(high), integer=annotation is int, above=above)
 
 
+def _price_error(first: Any, loc: tuple[str, ...], source: str) -> ConfigError | None:
+    """A bad price of ``[llm.prices."<model>"]`` (input or output), in words; None for any other problem."""
+    if loc[0] != "llm" or len(loc) < 4 or loc[1] != "prices" or first["type"] == "extra_forbidden":
+        return None
+    return InvalidValueError(
+        f"{source}: [llm.prices.{loc[2]}] {loc[3]} must be dollars per million tokens (a number >= 0), "
+        f"got {first['input']!r}"
+    )
+
+
 def settings_error(error: ValidationError, model: type[BaseModel], data: Mapping[str, Any], source: str) -> ConfigError:
     """The first problem of ``error`` (validating ``data`` into ``model``) as a one-line error."""
+    first = error.errors()[0]
+    if first["loc"] and str(first["loc"][0]) == "console":  # users: tables in a list, never shown with their token
+        from castor.settings._console import console_error
+
+        return console_error(first, source)
+    return _section_error(error, model, data, source)
+
+
+def _section_error(error: ValidationError, model: type[BaseModel], data: Mapping[str, Any], source: str) -> ConfigError:
     first = error.errors()[0]
     loc = tuple(str(part) for part in first["loc"])
     section, value = loc[0], first["input"]
@@ -117,7 +136,9 @@ def settings_error(error: ValidationError, model: type[BaseModel], data: Mapping
         limit = Range.of(inner.model_fields[loc[3]])  # a key of a table of tables
     if limit is not None and isinstance(value, int | float) and not isinstance(value, bool):
         return InvalidValueError(f"{source}: {key} = {value!r} is out of range: it must be {limit.describe()}")
-    return InvalidValueError(f"{source}: {key} has the wrong type ({type(value).__name__})")
+    return _price_error(first, loc, source) or InvalidValueError(
+        f"{source}: {key} has the wrong type ({type(value).__name__})"
+    )
 
 
 def _section(model: type[BaseModel], name: str) -> type[BaseModel]:

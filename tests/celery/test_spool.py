@@ -38,7 +38,7 @@ def test_a_finish_past_the_outage_deadline_is_spooled_and_journaled_once_at_the_
     server = start_redis_server(data, port, *AOF)
     try:
         scripts = StepScripts(url, "sp", outage=0.1, spool=str(spool))
-        job = Job("run-1", 0, "rm", {}, "run-1:0", 0, "sp:replies", {})
+        job = Job("run-1", 0, "rm", {}, reply_to="sp:replies")
         assert scripts.claim(job) == -1
         server.send_signal(signal.SIGTERM)  # Redis goes away once the tool has started ...
         server.wait(10)
@@ -73,7 +73,7 @@ def test_a_live_worker_replays_its_spool_once_redis_is_back(tmp_path: Path, monk
     server = start_redis_server(data, port, *AOF)
     try:
         scripts = StepScripts(url, "sp", outage=0.1, spool=str(spool))
-        job = Job("run-1", 3, "rm", {}, "run-1:3", 0, "", {})
+        job = Job("run-1", 3, "rm", {})
         assert scripts.claim(job) == -1
         server.send_signal(signal.SIGTERM)
         server.wait(10)

@@ -212,7 +212,7 @@ def test_a_worker_of_a_pool_the_found_config_lacks_exits_with_one_line(tmp_path:
         fs = ["echo"]
     """, "--pool", "nope")
     assert done.returncode == 1
-    assert done.stderr == f"castor: error: unknown pool 'nope' in {tmp_path}/castor.toml; pools: default, fs\n"
+    assert done.stderr == f"castor: error: unknown pool 'nope' in {tmp_path}/castor.toml; pools: default, fs, llm\n"
 
 
 @pytest.mark.fleet

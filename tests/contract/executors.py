@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from castor.registry import ToolRegistry
-from castor.seams import Call, Executor, Journal
+from castor.seams import Executor, Journal, ToolCall
 from tests.contract import executor_tools
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,12 +65,10 @@ class ExecutorCase:
     journal: Journal | None = None
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # after the executor's close
 
-    def call(self, tool: str, **arguments: Any) -> Call:
-        """A call as the kernel hands it over: step 0 of a run of its own, with the tool's deadline and
-        the record fields an executor that journals needs."""
+    def call(self, tool: str, **arguments: Any) -> ToolCall:
+        """A call as the kernel hands it over: step 0 of a run of its own, its arguments checked."""
         run_id = f"contract-{uuid.uuid4().hex[:12]}"
-        record = {"request": {"tool_name": tool, "arguments": arguments}}
-        return Call(run_id, 0, tool, arguments, f"{run_id}:0", self.tools.get(tool).timeout, record=record)
+        return ToolCall(run_id, 0, tool, arguments, checked=arguments)
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ async def test_every_path_loads_its_scripts_again_after_a_flush(tmp_path: Path, 
     with redis_server(tmp_path, port):
         b = redis_backend(url, prefix="flush", lean_connection=lean)
         steps = StepScripts(url, "flush", worker="w")
-        job = Job(run_id="r", step=0, tool="t", arguments={}, effect_id="r#0", attempt=1)
+        job = Job("r", 0, "t", {}, attempt=1)
         await b.budgets.open_run("r", {"api": 5}, {})
         assert steps.claim(job) == -1
         sync = redis.Redis(port=port)

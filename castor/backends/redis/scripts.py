@@ -76,7 +76,7 @@ class Script:
 
 STORE_NAMES = (
     "journal_append", "journal_fork",
-    "budget_open", "budget_charge", "budget_refund", "budget_reindex", "budget_close", "scope_reset",
+    "budget_open", "budget_charge", "budget_refund", "budget_settle", "budget_reindex", "budget_close", "scope_reset",
     "approval_request", "approval_decide",
     "run_save", "run_prune",
     "task_abandon", "step_claim",
