@@ -140,3 +140,24 @@ def test_the_bound_check_catches_a_pid_or_an_argument_in_a_label(fleet: Fleet) -
     for labels in ({"tool": pid}, {"tool": "fetch", "run": pid}, {"tool": "fetch", "pool": "web:tag-1"}):
         with pytest.raises(AssertionError):
             assert_bounded({"castor_syscalls": [Sample("castor_syscalls_total", labels, 1.0)]}, fleet, [pid])
+
+
+@pytest.mark.timeout(120)
+def test_a_takeover_is_counted_by_the_coordinator_that_takes_the_run_over(fleet: Fleet) -> None:
+    import signal
+
+    fleet.worker("web")
+    fleet.worker("fs")
+    fleet.coordinator("co-dies")
+    (pid,) = asyncio.run(submit_all(fleet, ["slow_job"], scopes=()))
+    wait_for("the slow call to start", lambda: int(fleet.redis.hget(keys.journal_meta(fleet.prefix, pid), "len")
+                                                   or 0) >= 1, 30)
+    fleet.stop("co-dies", signal.SIGKILL)
+    port = free_port()
+    fleet.coordinator("co-heir", "--metrics-port", str(port))
+    samples = wait_scrape(port, "the run to finish on the heir", lambda s: fleet.redis.zscore(
+        keys.runs_by_status(fleet.prefix, "COMPLETED"), pid) is not None, 60)
+    assert value(samples, "castor_takeovers_total") == 1
+    assert value(samples, "castor_quarantines_total") == 0
+    assert value(samples, "castor_leases_total") >= 1
+    assert value(samples, "castor_replayed_steps_total", tool="ticket") == 1  # the heir replayed the first step
