@@ -26,6 +26,7 @@ class _Options(BaseModel):
     grace: float = Field(ge=0, le=3600)
     limit: int = Field(ge=1, le=1_000_000)  # rows a listing shows
     context_budget: int = Field(ge=0, le=10_000_000)  # tokens of a run's conversation (0: no MMU)
+    metrics_port: int = Field(ge=0, le=65535)  # 0: a free port, logged
 
 
 # "command --option" -> the field whose range it has.
@@ -40,6 +41,8 @@ OPTIONS: dict[str, FieldInfo] = {
     "coordinator --context-budget": _Options.model_fields["context_budget"],
     "ps --limit": _Options.model_fields["limit"],
     "deadletters --limit": _Options.model_fields["limit"],
+    "coordinator --metrics-port": _Options.model_fields["metrics_port"],
+    "worker --metrics-port": _Options.model_fields["metrics_port"],
 }
 
 

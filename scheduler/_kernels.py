@@ -74,6 +74,7 @@ class Kernels:
         self.mmu = mmu  # one context-window MMU (castor.mmu) for every kernel, or None
         self.executor = executor
         self.gate = gate
+        self.interceptors: list[Any] = []  # declared before the drain gate (castor.metrics adds its own)
         self._kernels: dict[tuple[tuple[str, ...], tuple[str, ...]], Castor] = {}
         self._agents: dict[str, Callable[..., Any]] = {}
 
@@ -84,7 +85,7 @@ class Kernels:
         if kernel is None:
             kernel = Castor(
                 tools=load_tools(spec.tools), destructive=spec.destructive, store=self.backend,
-                executor=self.executor, interceptors=[self.gate.stage], mmu=self.mmu,
+                executor=self.executor, interceptors=[*self.interceptors, self.gate.stage], mmu=self.mmu,
             )
             self._kernels[key] = kernel
         return kernel

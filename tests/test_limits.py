@@ -150,6 +150,8 @@ BAD_OPTIONS = {
     "coordinator --context-budget": (["coordinator"], "-1", "an integer from 0 to 10000000"),
     "ps --limit": (["ps"], "0", "an integer from 1 to 1000000"),
     "deadletters --limit": (["deadletters"], "0", "an integer from 1 to 1000000"),
+    "coordinator --metrics-port": (["coordinator"], "-1", "an integer from 0 to 65535"),
+    "worker --metrics-port": (["worker", "--pool", "p"], "70000", "an integer from 0 to 65535"),
 }
 
 

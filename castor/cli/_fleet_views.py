@@ -67,6 +67,7 @@ def emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 async def coordinator(args: argparse.Namespace) -> int:
     """``castor coordinator``: run until SIGTERM."""
+    from castor.cli import _observe
     from castor.cli._stores import config_path, target
     from castor.fleet.scheduler.coordinator import CoordinatorConfig
     from castor.fleet.scheduler.main import executor_factory, serve
@@ -87,7 +88,8 @@ async def coordinator(args: argparse.Namespace) -> int:
         store_options=options, context_budget=int(args.context_budget),
     )
     secret = settings.security.secret if settings else None
-    await serve(config, executor=executor_factory(kind, settings), secret=secret)
+    await serve(config, executor=executor_factory(kind, settings), secret=secret,
+                setup=_observe.coordinator_setup(args, settings if kind == "celery" else None))
     return 0
 
 
