@@ -43,6 +43,8 @@ OPTIONS: dict[str, FieldInfo] = {
     "deadletters --limit": _Options.model_fields["limit"],
     "coordinator --metrics-port": _Options.model_fields["metrics_port"],
     "worker --metrics-port": _Options.model_fields["metrics_port"],
+    "console --metrics-port": _Options.model_fields["metrics_port"],
+    "mcp --metrics-port": _Options.model_fields["metrics_port"],
 }
 
 

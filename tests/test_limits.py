@@ -152,6 +152,8 @@ BAD_OPTIONS = {
     "deadletters --limit": (["deadletters"], "0", "an integer from 1 to 1000000"),
     "coordinator --metrics-port": (["coordinator"], "-1", "an integer from 0 to 65535"),
     "worker --metrics-port": (["worker", "--pool", "p"], "70000", "an integer from 0 to 65535"),
+    "console --metrics-port": (["console"], "65536", "an integer from 0 to 65535"),
+    "mcp --metrics-port": (["mcp"], "-1", "an integer from 0 to 65535"),
 }
 
 
