@@ -64,7 +64,7 @@ def check_binding(host: str, users: int) -> None:
     if not is_loopback(host) and not users:
         raise ConfigError(
             f"castor console --host {host} reaches beyond this machine: add [[console.users]] with tokens to "
-            "the config (or bind 127.0.0.1)"
+            f"the config or set {TOKEN_ENV} (or bind 127.0.0.1)"
         )
 
 
