@@ -72,7 +72,7 @@ def test_the_environments_token_adds_one_admin_and_never_shows_the_token(tmp_pat
     assert Gate(settings).identify(f"Bearer {token}", None).name == "ops"  # type: ignore[union-attr]
     assert console_settings(configured, env={"CASTOR_CONSOLE_TOKEN": token}).users[-1].name == "admin"
     check_binding("0.0.0.0", len(console_settings(ConsoleSection(), env={"CASTOR_CONSOLE_TOKEN": token}).users))
-    with pytest.raises(ConfigError, match="beyond this machine.*CASTOR_CONSOLE_TOKEN"):
+    with pytest.raises(ConfigError, match=r"beyond this machine.*CASTOR_CONSOLE_TOKEN"):
         check_binding("0.0.0.0", len(console_settings(ConsoleSection(), env={}).users))
     for env, problem in (
         ({"CASTOR_CONSOLE_TOKEN": "short-one"}, "at least 16 characters"),
