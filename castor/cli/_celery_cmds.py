@@ -38,6 +38,11 @@ def add_commands(subparsers: Any) -> None:
                         help="Celery execution pool (default: config or threads)")
     worker.add_argument("--loglevel", default="INFO")
     worker.add_argument("--fast-start", action="store_true", help="no mingle/gossip/heartbeat (tests, one host)")
+    worker.add_argument("--ping", action="store_true",
+                        help="start nothing: exit 0 if a worker of --pool on this host consumes its queue (under "
+                             "the config's broker and key prefix; the containers' health check), else 1")
+    worker.add_argument("--any-host", action="store_true", help="with --ping: a worker of the pool on any host")
+    worker.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="with --ping: wait this long")
     config_option(worker)
     _redis_options_of(worker)
     worker.set_defaults(handler=_run_worker)
@@ -101,6 +106,8 @@ def config_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_worker(args: argparse.Namespace) -> int:
+    if args.ping:
+        return _ping_pool(args)
     from workers.main import run_worker
 
     specs = [spec.strip() for spec in args.tools.split(",") if spec.strip()]
@@ -108,6 +115,18 @@ def _run_worker(args: argparse.Namespace) -> int:
         fleet_process_settings(args), args.pool, specs, concurrency=args.concurrency, pool_impl=args.pool_impl,
         loglevel=args.loglevel, fast_start=args.fast_start,
     )
+
+
+def _ping_pool(args: argparse.Namespace) -> int:
+    from workers.ping import ping_line, pool_workers
+
+    settings = fleet_process_settings(args)
+    if settings.pools:
+        settings.check_pool(args.pool)
+    here = not args.any_host
+    nodes = pool_workers(settings, args.pool, args.timeout, here=here)
+    print(ping_line(settings, args.pool, nodes, args.timeout, here))
+    return 0 if nodes else 1
 
 
 def _run_flower(args: argparse.Namespace) -> int:

@@ -142,3 +142,22 @@ def test_every_worker_keeps_its_spool_on_a_named_volume() -> None:
         mounts = {v.split(":")[1]: v.split(":")[0] for v in SERVICES[name].get("volumes", [])}
         assert spool in mounts, f"{name} keeps no volume at {spool}"
         assert mounts[spool] in COMPOSE["volumes"], f"{name}: {mounts[spool]} is not a named volume"
+
+
+def test_each_worker_health_check_pings_its_own_pool_under_castors_settings() -> None:
+    """``celery inspect ping`` never passed: it knows neither the fleet's broker key prefix nor the pool.
+    ``castor worker --ping`` (tests/celery/test_ping.py runs it against live workers) does."""
+    for name in CASTOR_SERVICES:
+        command = parse(SERVICES[name]["command"])
+        if command.command != "worker":
+            continue
+        health = SERVICES[name]["healthcheck"]["test"]
+        assert health[:2] == ["CMD", "castor"], f"{name}: {health}"
+        args = parse(health[2:])
+        assert args.command == "worker" and args.ping and args.pool == command.pool
+        assert args.config == command.config and not args.any_host
+        assert args.timeout < _seconds(SERVICES[name]["healthcheck"]["timeout"])
+
+
+def _seconds(text: str) -> float:
+    return float(str(text).rstrip("s"))
