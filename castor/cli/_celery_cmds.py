@@ -51,6 +51,8 @@ def add_commands(subparsers: Any) -> None:
     flower.add_argument("--port", type=option_type("flower --port"), default=None,
                         help="HTTP port (default: config or 5555)")
     flower.add_argument("--address", default="127.0.0.1", help="address to listen on")
+    flower.add_argument("--allow-unauthenticated", action="store_true",
+                        help="listen beyond loopback without [flower] basic_auth (a warning instead of a refusal)")
     config_option(flower)
     _redis_options_of(flower)
     flower.set_defaults(handler=_run_flower)
@@ -132,5 +134,5 @@ def _ping_pool(args: argparse.Namespace) -> int:
 def _run_flower(args: argparse.Namespace) -> int:
     from workers.flower import run_flower
 
-    run_flower(fleet_process_settings(args), args.port, args.address)
+    run_flower(fleet_process_settings(args), args.port, args.address, allow_open=args.allow_unauthenticated)
     return 0

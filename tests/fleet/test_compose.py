@@ -161,3 +161,14 @@ def test_each_worker_health_check_pings_its_own_pool_under_castors_settings() ->
 
 def _seconds(text: str) -> float:
     return float(str(text).rstrip("s"))
+
+
+def test_flower_beyond_loopback_has_auth_or_says_it_has_none() -> None:
+    args = parse(SERVICES["flower"]["command"])
+    from workers.flower import is_loopback
+
+    assert args.address == "0.0.0.0" and not is_loopback(args.address)
+    # the container listens on all its interfaces; the host publishes it on loopback only, and
+    # castor flower warns at start (without --allow-unauthenticated it would refuse)
+    assert args.allow_unauthenticated
+    assert all(str(p).startswith("127.0.0.1:") for p in SERVICES["flower"]["ports"])
