@@ -163,6 +163,11 @@ def _seconds(text: str) -> float:
     return float(str(text).rstrip("s"))
 
 
+def test_redis_is_not_published_on_a_host_port() -> None:
+    """A host port clashes with a Redis on the host and exposes the fleet's state (runs, approvals)."""
+    assert "ports" not in SERVICES["redis"]
+
+
 def test_flower_beyond_loopback_has_auth_or_says_it_has_none() -> None:
     args = parse(SERVICES["flower"]["command"])
     from workers.flower import is_loopback
