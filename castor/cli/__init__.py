@@ -32,10 +32,11 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from castor._errors import InvalidValueError
+from castor._errors import InvalidValueError, RunNotFoundError
 from castor.cli._args import normalize_argv
 from castor.cli._common import add_global_options, warnings_to_stderr
 from castor.cli._escape import shown
+from castor.cli._stores import not_found_hint
 
 COMMAND_MODULES: tuple[str, ...] = (
     "castor.cli._runs",  # run, resume, fork
@@ -84,5 +85,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"castor: error: {shown(str(exc))}", file=sys.stderr)
+        hint = not_found_hint(args) if isinstance(exc, RunNotFoundError) else ""
+        print(f"castor: error: {shown(str(exc))}{hint}", file=sys.stderr)
         return 2 if isinstance(exc, InvalidValueError) else 1

@@ -103,8 +103,11 @@ def executor_flags(args: argparse.Namespace) -> str:
 
 
 def config_option(parser: argparse.ArgumentParser) -> None:
-    """``--config FILE``, saying where a command looks for one without it (unless the command has one)."""
-    add_option(parser, "--config", default=None, metavar="FILE", help=CONFIG_HELP)
+    """``--config FILE``, saying where a command looks for one without it (unless the command has one). Its
+    default is unset, so a ``--config`` given before the command name counts; ``finds_config`` says that the
+    command looks for a config when none is given."""
+    add_option(parser, "--config", default=argparse.SUPPRESS, metavar="FILE", help=CONFIG_HELP)
+    parser.set_defaults(finds_config=True)
 
 
 def _run_worker(args: argparse.Namespace) -> int:
