@@ -90,9 +90,27 @@ def decided_lines(cp: AgentCheckpoint) -> list[str]:
     ]
 
 
+def budget_refusals(cp: AgentCheckpoint) -> int:
+    """How many of the run's calls the budget refused (each answered ``INSUFFICIENT_CAPABILITY``)."""
+    return sum(
+        1 for record in cp.syscall_log
+        if isinstance(record.response, dict) and record.response.get("status") == "INSUFFICIENT_CAPABILITY"
+    )
+
+
+def refusal_lines(cp: AgentCheckpoint) -> list[str]:
+    """``Refused: N calls by the budget ...`` when the budget refused any call (the agent may have carried on)."""
+    refused = budget_refusals(cp)
+    if not refused:
+        return []
+    calls = "call" if refused == 1 else "calls"
+    return [f"Refused: {refused} {calls} by the budget (INSUFFICIENT_CAPABILITY; castor inspect {cp.pid} lists them)"]
+
+
 def finished_lines(cp: AgentCheckpoint) -> list[str]:
-    """``result_lines`` and, for a completed run that ran speculatively or had humans decide, the summary."""
-    lines = result_lines(cp)
+    """``result_lines`` (with the budget's refusals) and, for a completed run that ran speculatively or had
+    humans decide, the summary."""
+    lines = result_lines(cp) + refusal_lines(cp)
     if cp.status == "COMPLETED":
         summary = scan(cp)
         if cp.speculative or summary.flagged or summary.human_decided:

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from castor._errors import CastorError, ConfigError, InvalidPidError, UnknownToolError
+from castor._errors import BackendUnavailable, CastorError, ConfigError, InvalidPidError, UnknownToolError
 from castor.checkpoint import AgentCheckpoint
 from castor.cli import _specs
 from castor.cli._args import pid_option
@@ -137,6 +137,8 @@ async def go(
         raise ConfigError(
             f"the agent called {exc}; register it with --tool FILE.py:FUNC (run {cp.pid} is {cp.status})"
         ) from exc
+    except BackendUnavailable:
+        raise  # the store is away: nothing was saved, and the run's status here would say nothing true
     except CastorError:
         out(*result_lines(cp))
         raise
