@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from castor._limits import option_type
+from castor.cli._live import live_budget, live_summaries
 from castor.cli._render import inspect_json, inspect_lines, ps_json, ps_line
 from castor.cli._runs import load_run, opened, out, out_json
 from castor.kernel.children import pending_child
@@ -33,7 +34,7 @@ def status_name(text: str) -> str:
 async def cmd_ps(args: argparse.Namespace) -> int:
     """List runs, newest first."""
     async with opened(args) as backend:
-        runs = await backend.runs.list(status=args.status, limit=args.limit)
+        runs = await live_summaries(backend, await backend.runs.list(status=args.status, limit=args.limit))
     if args.json:
         out_json(ps_json(runs))
     elif not runs:
@@ -46,7 +47,7 @@ async def cmd_ps(args: argparse.Namespace) -> int:
 async def cmd_inspect(args: argparse.Namespace) -> int:
     """Show a run: status, budgets, every step with its flags, failures, the pending call, result or error."""
     async with opened(args) as backend:
-        cp = await load_run(backend, args.pid)
+        cp = await live_budget(backend, await load_run(backend, args.pid))
         decision = None
         if cp.pending_hitl:
             target = pending_child(cp) or cp

@@ -47,4 +47,4 @@ def test_cancel_of_a_preempted_run_nobody_drives_stops_it(cli: Cli, redis_url: s
     done = cli("cancel", pid, "--redis", redis_url, "--prefix", redis_prefix, "--as", "bob")
     assert (done.code, done.out) == (0, f"{pid}: cancelled\n")
     shown = cli("inspect", pid, "--redis", redis_url, "--prefix", redis_prefix)
-    assert "status:   PREEMPTED  (cancelled)" in shown.out
+    assert "Status: PREEMPTED" in shown.out and "Preempted: cancelled" in shown.out
