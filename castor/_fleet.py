@@ -189,6 +189,14 @@ class FleetClient:
             })
         return sorted(rows, key=lambda r: r["name"])
 
+    async def live_workers(self, pool: str, ttl: float = 10.0) -> list[str]:
+        """The worker processes of ``pool`` that said they were alive within ``ttl`` seconds (their
+        ``Presence``)."""
+        since = time.time() - ttl
+        found = await self._call("list the pool's workers", self.redis.zrangebyscore(
+            keys.pool_workers(self.prefix, pool), since, "+inf"))
+        return sorted(found)
+
     async def counts(self) -> dict[str, int]:
         """How many runs are queued, leased and parked across the fleet."""
         p = self.prefix

@@ -9,14 +9,17 @@ those tools on ``<queue_prefix>.NAME``: the coordinators' config says which pool
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Sequence
 from typing import get_args
 
 from castor._errors import ConfigError
 from castor._imports import load_tools
 from castor._secret import require_secret
+from castor.backends.redis.keys import pool_workers
 from castor.registry import ToolRegistry, ToolSpec
 from castor.settings import Settings, WorkerPool
+from workers._heartbeat import Presence
 from workers._preflight import preflight
 from workers._scripts import replay_spool
 from workers.app import make_app
@@ -102,4 +105,9 @@ def run_worker(
     preflight(app, settings, specs)  # a broker or a Redis that does not answer stops the worker here, in one line
     replay_spool(settings.redis.url, settings.redis.prefix, settings.workers.spool)  # what a past outage left behind
     register_tools(app, WorkerRuntime(settings, registry, pool=pool))
-    return int(app.start(argv) or 0)
+    node = f"{pool}-{os.getpid()}@{socket.gethostname()}"  # the node name worker_argv gives Celery
+    presence = Presence(settings.redis.url, pool_workers(settings.redis.prefix, pool), node).start()
+    try:
+        return int(app.start(argv) or 0)
+    finally:
+        presence.close()

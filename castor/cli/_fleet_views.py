@@ -40,6 +40,18 @@ async def fleet(args: argparse.Namespace) -> AsyncIterator[tuple[Backend, FleetC
         await backend.close()
 
 
+def fleet_settings(args: argparse.Namespace) -> Any:
+    """The fleet's settings (its pools, queues and broker): the config's, given or found, with the Redis
+    this command reads."""
+    from castor.cli._stores import config_path, target
+    from castor.settings import Settings, find_config, load_settings
+
+    url, prefix, _ = target(args)
+    config = config_path(args) or find_config()  # its pools and queues, even where it names no store
+    settings = load_settings(config) if config else Settings()
+    return settings.updated(redis={"url": url, "prefix": prefix})
+
+
 def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     """Left-aligned columns; what a cell holds from the store is escaped (no fake rows)."""
     cells = [[str(c) for c in header], *[[("-" if c is None else shown(c)) for c in row] for row in rows]]
@@ -128,10 +140,14 @@ async def ps(args: argparse.Namespace) -> int:
     """``castor ps``: runs with their owner coordinator, status, age and pending step (the lines of the
     embedded ``ps``, with where each run is in the fleet)."""
     from castor.cli._live import live_summaries
+    from castor.cli._waiting import waiting_runs
 
     async with fleet(args) as (backend, client):
         runs = await live_summaries(backend, await backend.runs.list(status=args.status, limit=args.limit))
         state = await client.fleet_state([r.pid for r in runs])
+        waiting = await waiting_runs(client, fleet_settings(args), [r.pid for r in runs if r.status == "RUNNING"])
+    for pid, what in waiting.items():
+        state[pid]["waiting"] = what
     rows: list[dict[str, Any]] = []
     for r in runs:
         s = state[r.pid]
@@ -140,6 +156,7 @@ async def ps(args: argparse.Namespace) -> int:
         rows.append({
             "pid": r.pid, "status": status, "owner": s["owner"], "age": round(time.time() - r.created_at, 3),
             "steps": r.steps, "pending": pending, "parked": s["parked"] is not None, "agent": r.agent,
+            "waiting": s.get("waiting"),
         })
     # each line escaped on its own: what it holds from the store draws no fake row
     emit(args, rows, "\n".join(shown(ps_line(r, state[r.pid])) for r in runs) if runs else "No agents found.")
@@ -149,6 +166,7 @@ async def ps(args: argparse.Namespace) -> int:
 async def inspect(args: argparse.Namespace) -> int:
     """``castor inspect PID``: the embedded ``inspect``, with where the run is in the fleet."""
     from castor.cli._live import live_budget
+    from castor.cli._waiting import waiting_runs
 
     async with fleet(args) as (backend, client):
         header = await backend.runs.load(args.pid)
@@ -158,6 +176,8 @@ async def inspect(args: argparse.Namespace) -> int:
         header.failures = await backend.journal.failures(args.pid)
         await live_budget(backend, header)
         state = (await client.fleet_state([args.pid]))[args.pid]
+        if header.status == "RUNNING":
+            state["waiting"] = (await waiting_runs(client, fleet_settings(args), [args.pid])).get(args.pid)
     data = header.model_dump(mode="json")
     data["fleet"] = state
     emit(args, data, "\n".join(shown(line) for line in inspect_lines(header, state)))

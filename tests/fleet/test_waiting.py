@@ -1,0 +1,45 @@
+"""A call waiting on a pool that no live worker consumes says so in ``ps`` and ``inspect`` within seconds
+("waiting: no worker consumes <queue>"), not only when the coordinator gives up at the call's deadline;
+once a worker of the pool comes, the run goes on and the note is gone. A RUNNING run shows its live steps."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.fleet.procs import POOLS, Fleet, agent_spec, tool_spec
+
+pytestmark = pytest.mark.fleet
+
+
+def _until(what: str, check: Callable[[], object], timeout: float) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not within {timeout}s")
+
+
+def test_a_call_on_a_pool_without_workers_says_so(fleet: Fleet) -> None:
+    fleet.worker("fs")  # no worker of web, where the agent's first tool (ticket) runs
+    fleet.coordinator("co-1")
+    tools = [a for name in POOLS["web"] + POOLS["fs"] for a in ("--tool", tool_spec(name))]
+    pid = fleet.cli("submit", agent_spec("job"), *tools, "--budget", "api=10").stdout.strip()
+    queue = f"{fleet.queues}.web"
+    config = ("--config", str(fleet.config))
+    began = time.monotonic()
+    line = _until("ps to say the run waits", lambda: next(
+        (row for row in fleet.cli("ps", *config).stdout.splitlines() if pid in row and "waiting" in row), None), 15)
+    assert time.monotonic() - began < 15  # the call's deadline is 20 s; the note comes within seconds
+    assert line == f"[RUN ] {pid}  job  0 steps  (owner: co-1)  (waiting: no worker consumes {queue})"
+    assert f"Fleet:  owner: co-1; waiting: no worker consumes {queue}" in fleet.cli("inspect", pid, *config).stdout
+    [row] = [r for r in fleet.cli_json("ps", *config) if r["pid"] == pid]
+    assert row["waiting"] == f"no worker consumes {queue}"
+
+    fleet.worker("web")  # the pool gets a worker: the queued call runs and the run goes on
+    _until("the run to complete", lambda: fleet.cli_json("inspect", pid, *config)["status"] == "COMPLETED", 30)
+    assert "waiting" not in fleet.cli("inspect", pid, *config).stdout
