@@ -42,7 +42,8 @@ def add_commands(subparsers: Any) -> None:
                         help="start nothing: exit 0 if a worker of --pool on this host consumes its queue (under "
                              "the config's broker and key prefix; the containers' health check), else 1")
     worker.add_argument("--any-host", action="store_true", help="with --ping: a worker of the pool on any host")
-    worker.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="with --ping: wait this long")
+    worker.add_argument("--timeout", type=option_type("worker --timeout"), default=5.0, metavar="SECONDS",
+                        help="with --ping: wait this long for answers")
     config_option(worker)
     _redis_options_of(worker)
     worker.set_defaults(handler=_run_worker)

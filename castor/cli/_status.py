@@ -9,6 +9,7 @@ from castor._limits import option_type
 from castor.cli._live import live_budget, live_summaries
 from castor.cli._render import inspect_json, inspect_lines, ps_json, ps_line
 from castor.cli._runs import load_run, opened, out, out_json
+from castor.cli._watch import add_watch
 from castor.kernel.children import pending_child
 
 STATUSES = {
@@ -69,6 +70,7 @@ def add_commands(subparsers: Any) -> None:
     ps.add_argument("--limit", type=option_type("ps --limit"), default=100, metavar="N",
                     help="at most N runs (default 100)")
     ps.add_argument("--json", action="store_true", help="print JSON")
+    add_watch(ps, "ps")  # run again by the fleet-aware handler's wrapper (castor.cli._fleet_cmds)
     ps.set_defaults(handler=cmd_ps)
 
     inspect = subparsers.add_parser("inspect", help="show one run", description=cmd_inspect.__doc__)
