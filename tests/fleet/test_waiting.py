@@ -43,3 +43,22 @@ def test_a_call_on_a_pool_without_workers_says_so(fleet: Fleet) -> None:
     fleet.worker("web")  # the pool gets a worker: the queued call runs and the run goes on
     _until("the run to complete", lambda: fleet.cli_json("inspect", pid, *config)["status"] == "COMPLETED", 30)
     assert "waiting" not in fleet.cli("inspect", pid, *config).stdout
+
+
+def test_a_killed_worker_leaves_its_pool_within_seconds(fleet: Fleet) -> None:
+    import signal
+
+    from workers._heartbeat import PRESENCE_TTL
+
+    fleet.worker("fs")
+    fleet.worker("web")
+    fleet.coordinator("co-1")
+    config = ("--config", str(fleet.config))
+    fleet.stop("worker-web", signal.SIGKILL)  # no goodbye: its registry entry goes stale
+    killed = time.monotonic()
+    tools = [a for name in POOLS["web"] + POOLS["fs"] for a in ("--tool", tool_spec(name))]
+    pid = fleet.cli("submit", agent_spec("job"), *tools, "--budget", "api=10").stdout.strip()
+    _until("ps to say the run waits", lambda: any(
+        pid in row and f"(waiting: no worker consumes {fleet.queues}.web)" in row
+        for row in fleet.cli("ps", *config).stdout.splitlines()), PRESENCE_TTL + 10)
+    assert time.monotonic() - killed < PRESENCE_TTL + 10
