@@ -47,6 +47,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "castor.cli._celery_cmds",  # worker, flower
     "castor.cli._fleet_cmds",  # coordinator, submit, approvals, cancel, coordinators; fleet-aware ps ... fork
     "castor.cli._deadletters",  # deadletters [purge]
+    "castor.cli._pools",  # pools
 )
 
 

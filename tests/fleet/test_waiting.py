@@ -1,6 +1,7 @@
 """A call waiting on a pool that no live worker consumes says so in ``ps`` and ``inspect`` within seconds
 ("waiting: no worker consumes <queue>"), not only when the coordinator gives up at the call's deadline;
-once a worker of the pool comes, the run goes on and the note is gone. A RUNNING run shows its live steps."""
+once a worker of the pool comes, the run goes on and the note is gone. ``castor pools`` lists each pool's
+live workers and queued tasks."""
 
 from __future__ import annotations
 
@@ -39,6 +40,12 @@ def test_a_call_on_a_pool_without_workers_says_so(fleet: Fleet) -> None:
     assert f"Fleet:  owner: co-1; waiting: no worker consumes {queue}" in fleet.cli("inspect", pid, *config).stdout
     [row] = [r for r in fleet.cli_json("ps", *config) if r["pid"] == pid]
     assert row["waiting"] == f"no worker consumes {queue}"
+
+    listed = {row["pool"]: row for row in fleet.cli_json("pools", *config)}
+    assert len(listed["fs"]["workers"]) == 1 and listed["fs"]["workers"][0].startswith("fs-")
+    assert (listed["web"]["workers"], listed["web"]["queue"], listed["web"]["queued"]) == ([], queue, 1)
+    assert fleet.cli("pools", *config, "--alive", "fs").returncode == 0
+    assert fleet.cli("pools", *config, "--alive", "web", check=False).returncode == 1
 
     fleet.worker("web")  # the pool gets a worker: the queued call runs and the run goes on
     _until("the run to complete", lambda: fleet.cli_json("inspect", pid, *config)["status"] == "COMPLETED", 30)
