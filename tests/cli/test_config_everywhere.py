@@ -16,7 +16,7 @@ COMMANDS = [
     ["approve", "p"], ["reject", "p", "--reason", "r"], ["modify", "p", "--feedback", "f"], ["approvals"],
     ["submit", "agents.py:cleanup"],
     ["cancel", "p"], ["coordinators"], ["budget", "show", "s"], ["deadletters"], ["worker", "--pool", "fs"],
-    ["flower"], ["coordinator"],
+    ["flower"], ["coordinator"], ["pools"],
 ]
 
 
