@@ -34,7 +34,7 @@ from castor.checkpoint import new_record
 from castor.kernel.chain import KERNEL_STAGES, execute, wrap
 from castor.kernel.context import Syscall
 from castor.kernel.steps import replay
-from castor.seams import Call
+from castor.seams import ToolCall
 
 STAGES = [replay, *KERNEL_STAGES]
 
@@ -92,7 +92,7 @@ def pieces(sqlite: bool) -> None:
     print("2. pieces of one live step, timed alone")
     request = {"tool_name": "noop", "arguments": {"i": 1}}
     _timed("create and finish a coroutine (each async stage pays it)", lambda: _drive(_value()))
-    _timed("Call(...) for the executor, with its effect id", lambda: Call("run", 1, "noop", {"i": 1}, "run:1"))
+    _timed("ToolCall(...) (the value a step's call is)", lambda: ToolCall("run", 1, "noop", {"i": 1}))
     _timed("new_record(...) (the journal record)", lambda: new_record(request, 1, charged=BUDGET, finished_at=1.0))
     journal = MemoryJournal()
     steps = iter(range(10**9))

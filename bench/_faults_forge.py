@@ -51,7 +51,7 @@ class Forger:
             payload, _, routing_key = json.loads(raw)
             body = json.loads(base64.b64decode(payload["body"]))
             if isinstance(body, list) and len(body) == 3 and isinstance(body[1], dict) \
-                    and body[1].get("run_id") == pid and body[1].get("tool") == "fx_once":
+                    and body[1].get("run_id") == pid and body[1].get("tool_name") == "fx_once":
                 self.envelope, self.kwargs, self.queue = payload, body[1], f"{QUEUES}:{routing_key}"
                 return True
         return False
@@ -105,8 +105,8 @@ def forged_task(forger: Forger, **changes: Any) -> list[Any]:
 
 
 def signed(kwargs: dict[str, Any], secret: str) -> str:
-    """A token as a coordinator signs one (HMAC-SHA256 over the call's canonical JSON)."""
-    part = [kwargs["run_id"], kwargs["step"], kwargs["tool"], kwargs["arguments"], kwargs["attempt"], kwargs["record"]]
+    """A token as a coordinator signs one (HMAC-SHA256 over the canonical JSON of every other field)."""
+    part = {name: value for name, value in kwargs.items() if name != "token"}
     text = json.dumps(part, sort_keys=True, separators=(",", ":"))
     return hmac.new(secret.encode(), text.encode(), hashlib.sha256).hexdigest()
 
@@ -122,7 +122,7 @@ def reply_key(forger: Forger, row: Row, pid: str) -> frozenset[str]:
     victim, fresh = f"faults-victim-{uuid.uuid4().hex[:8]}", f"{PREFIX}:replies:{{forged-{uuid.uuid4().hex[:8]}}}"
     forger.fleet.redis.set(victim, "canary")
     run = f"forged-{uuid.uuid4().hex[:8]}"
-    forger.refused(row, [forger.push(forged_task(forger, run_id=run, effect_id=f"{run}:2", token=None, reply_to=key))
+    forger.refused(row, [forger.push(forged_task(forger, run_id=run, step=2, token=None, reply_to=key))
                          for key in (victim, fresh)])
     r = forger.fleet.redis
     kind = str(r.type(victim))
@@ -138,7 +138,7 @@ def oversized(forger: Forger, row: Row, pid: str) -> frozenset[str]:
     """An unsigned task naming the live run with a 10 MB argument: refused, stored and logged by size only."""
     logs = {name: len(forger.fleet.log(name)) for name in ("fa", "fb")}
     big = {"run": "x" * 10_000_000, "step": 99, "kind": "short"}
-    sent = forger.push(forged_task(forger, step=99, effect_id=f"{pid}:99", arguments=big, token=None))
+    sent = forger.push(forged_task(forger, step=99, arguments=big, checked=big, token=None))
     for entry in forger.refused(row, [sent]):
         if len(json.dumps(entry)) > 10_000 or int(entry.get("size") or 0) < 10_000_000:
             row.problems.append(f"the dead letter of a 10 MB task holds {len(json.dumps(entry))} bytes and says it "
@@ -182,8 +182,9 @@ def sample_secret(forger: Forger, row: Row, pid: str) -> frozenset[str]:
             row.problems.append(f"a worker started with {what}")
             ticket = f"forged-{uuid.uuid4().hex[:8]}"
             tickets.add(ticket)
-            kwargs = {**forger.kwargs, "run_id": ticket, "step": 1, "effect_id": f"{ticket}:1", "tool": tool,
-                      "attempt": 0, "arguments": {"run": ticket, "step": 1, "kind": "short"}, "reply_to": ""}
+            arguments = {"run": ticket, "step": 1, "kind": "short"}
+            kwargs = {**forger.kwargs, "run_id": ticket, "step": 1, "tool_name": tool, "attempt": 0,
+                      "arguments": arguments, "checked": arguments, "reply_to": ""}
             kwargs["token"] = signed(kwargs, secret) if secret else None
             queue = f"{queues}:{queues}.fb"
             sent = forger.push([[], kwargs, EMBED], task=f"castor.tool.{tool}", queue=queue)

@@ -4,7 +4,7 @@
                                 [--only latency,throughput,cpu]
 
 Starts two worker processes with a pool of 8 threads each, on the local Redis (127.0.0.1:6379) under a
-private prefix deleted afterwards: Castor's (``python -m workers worker``) and raw Celery's (``celery
+private prefix deleted afterwards: Castor's (``python -m castor.fleet.workers worker``) and raw Celery's (``celery
 worker``, Redis broker and result backend). Prints, for each figure, the median of ``--repeat`` runs:
 
 1. latency: p50 of one syscall through the kernel vs raw ``apply_async().get()`` of a no-op task;
@@ -195,7 +195,7 @@ async def main() -> None:
     tools = ROOT / "bench" / "_celery_fixtures.py"
     config.write_text(CONFIG.format(redis=REDIS, prefix=prefix, tools=tools, secret=secrets.token_hex(32)))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_REDIS": REDIS, "BENCH_RAW_PREFIX": raw_prefix}
-    ours_cmd = [sys.executable, "-m", "workers", "worker", "--config", str(config), "--pool", "bench",
+    ours_cmd = [sys.executable, "-m", "castor.fleet.workers", "worker", "--config", str(config), "--pool", "bench",
                 "--pool-impl", "threads", "--concurrency", "8", "--fast-start"]
     workers = [start(ours_cmd, env, tmp / "castor-worker.log")]
     os.environ["BENCH_RAW_PREFIX"] = raw_prefix

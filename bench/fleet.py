@@ -29,8 +29,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from castor._fleet import FleetClient, new_run
 from castor.backends.redis import keys, redis_backend
+from castor.fleet.client import FleetClient, new_run
 from tests.fleet.procs import Fleet, agent_spec, tool_spec
 
 REDIS = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0")

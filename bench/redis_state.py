@@ -35,7 +35,7 @@ import redis.utils
 
 from castor import Castor, castor_tool
 from castor.backends.memory import memory_backend
-from castor.backends.redis import _resp, redis_backend
+from castor.backends.redis import redis_backend, resp
 from castor.checkpoint import SyscallRecord
 from castor.lib import tool
 
@@ -168,7 +168,7 @@ async def syscall_round_trips(url: str, prefix: str) -> int:
     """Round trips of one syscall: redis-py's sends and the lean connection's writes, counted alike."""
     sends = [0]
     original = aioconnection.AbstractConnection.send_packed_command
-    flush = _resp._Protocol._flush
+    flush = resp._Protocol._flush
 
     async def counting(self: Any, command: Any, check_health: bool = True) -> None:
         sends[0] += 1
@@ -191,12 +191,12 @@ async def syscall_round_trips(url: str, prefix: str) -> int:
             per_call.append(sends[0])
 
     aioconnection.AbstractConnection.send_packed_command = counting  # type: ignore[method-assign]
-    _resp._Protocol._flush = counting_flush  # type: ignore[method-assign]
+    resp._Protocol._flush = counting_flush  # type: ignore[method-assign]
     try:
         await kernel.run(agent)
     finally:
         aioconnection.AbstractConnection.send_packed_command = original  # type: ignore[method-assign]
-        _resp._Protocol._flush = flush  # type: ignore[method-assign]
+        resp._Protocol._flush = flush  # type: ignore[method-assign]
     await kernel.close()
     return max(per_call)
 

@@ -6,27 +6,6 @@ tools through an executor (the seams of ``castor.seams``). ``import castor`` loa
 Every name of castor-kernel 0.5.1's ``castor.__all__`` imports from here (see ``castor.compat``).
 """
 
-from castor._errors import (
-    AlreadyDecidedError,
-    BackendUnavailable,
-    CastorError,
-    ConfigError,
-    InDoubtError,
-    InvalidPidError,
-    InvalidValueError,
-    JournalConflictError,
-    NothingPendingError,
-    RemoteToolError,
-    ReplayDivergenceError,
-    RunEndedError,
-    RunFinishedError,
-    RunNotFoundError,
-    StaleLeaseError,
-    TaskRefusedError,
-    ToolTimeoutError,
-    UnknownToolError,
-    UnsupportedError,
-)
 from castor.agents import AgentNotFoundError, AgentRegistry, castor_agent, default_agent_registry
 from castor.checkpoint import AgentCheckpoint, Capability, StepFailure, SyscallRecord
 from castor.compat import (
@@ -48,6 +27,27 @@ from castor.compat import (
     SyscallRequest,
     SyscallResponse,
     ToolMetadata,
+)
+from castor.errors import (
+    AlreadyDecidedError,
+    BackendUnavailable,
+    CastorError,
+    ConfigError,
+    InDoubtError,
+    InvalidPidError,
+    InvalidValueError,
+    JournalConflictError,
+    NothingPendingError,
+    RemoteToolError,
+    ReplayDivergenceError,
+    RunEndedError,
+    RunFinishedError,
+    RunNotFoundError,
+    StaleLeaseError,
+    TaskRefusedError,
+    ToolTimeoutError,
+    UnknownToolError,
+    UnsupportedError,
 )
 from castor.kernel import Castor, CastorTask, CastorWarning
 from castor.lib.proxy import SyscallProxy

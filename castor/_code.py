@@ -25,9 +25,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from castor._errors import ConfigError
 from castor._imports import ImportSpec, parse_spec
 from castor.checkpoint import RunSpec
+from castor.errors import ConfigError
 
 _INSTALLED = ("site-packages", "dist-packages")
 

@@ -14,7 +14,7 @@ import re
 import uuid
 from collections.abc import Callable
 
-from castor._errors import InvalidPidError
+from castor.errors import InvalidPidError
 
 PID_MAX_LENGTH = 200
 PID_RULE = f"1 to {PID_MAX_LENGTH} characters of letters, digits and _ . - : @ +, starting with a letter, digit or _"

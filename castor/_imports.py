@@ -25,7 +25,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from castor._errors import ConfigError
+from castor.errors import ConfigError
 
 NAMES = re.compile(r"^[A-Za-z_]\w*(,[A-Za-z_]\w*)*$")  # the part after ':' (also a bare --destructive's value)
 AGENT_DEFAULTS = ("agent", "main")  # what a spec without names means for an agent

@@ -38,8 +38,8 @@ from collections.abc import Callable
 from typing import Any
 
 from castor._canonical import canonical
-from castor._errors import CastorError
 from castor._redact import replace_sensitive
+from castor.errors import CastorError
 
 KEY_ENV = "CASTOR_DATA_KEY"
 DIGEST_MARK, CIPHER_MARK = "***hmac:", "***aead:"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import warnings
 from typing import Protocol
 
-from castor._errors import CastorWarning, InvalidValueError
+from castor.errors import CastorWarning, InvalidValueError
 
 MIN_SECRET_LENGTH = 32  # 128 bits as hex; secrets.token_hex(32) gives 64 characters
 # Values that sample configs, tutorials and compose files ship; compared stripped and in lower case.

@@ -20,8 +20,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from castor._errors import RunFinishedError
 from castor.checkpoint import FINISHED, AgentCheckpoint, usage_of
+from castor.errors import RunFinishedError
 
 if TYPE_CHECKING:
     from castor.seams import Backend
@@ -52,15 +52,24 @@ async def save_started(backend: Backend, cp: AgentCheckpoint, loaded: str) -> bo
     return await save_run(backend, cp, reopen=loaded if loaded in FINISHED else None)
 
 
-async def take_stored(backend: Backend, cp: AgentCheckpoint) -> None:
-    """Make ``cp`` the run as the store holds it: header, journal, failures, usage from the journal."""
-    header = await backend.runs.load(cp.pid)
-    if header is None:  # deleted since: nothing better to show than what this process has
-        return
-    header.syscall_log = await backend.journal.history(cp.pid)
-    header.failures = await backend.journal.failures(cp.pid)
-    used = usage_of(header.syscall_log)
+async def stored_run(backend: Backend, pid: str) -> AgentCheckpoint | None:
+    """The run as the store holds it (None if it holds none): header, journal, failures, and the budgets'
+    usage from the journal (the header's is as of its last save: a run driven since has spent more)."""
+    header = await backend.runs.load(pid)
+    if header is None:
+        return None
+    header.syscall_log = await backend.journal.history(pid)
+    header.failures = await backend.journal.failures(pid)
+    used = usage_of(header.syscall_log)  # the journal is the truth of what was charged
     for resource, cap in header.capabilities.items():
         cap.current_usage = used.get(resource, 0.0)
+    return header
+
+
+async def take_stored(backend: Backend, cp: AgentCheckpoint) -> None:
+    """Make ``cp`` the run as the store holds it (``stored_run``)."""
+    header = await stored_run(backend, cp.pid)
+    if header is None:  # deleted since: nothing better to show than what this process has
+        return
     for name in type(cp).model_fields:
         setattr(cp, name, getattr(header, name))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from castor._errors import CastorError
+from castor.errors import CastorError
 
 
 class AgentNotFoundError(CastorError, KeyError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -224,6 +225,7 @@ def new_record(
     charged: dict[str, float] | None = None,
     decided_by: str | None = None,
     finished_at: float | None = None,
+    usage: dict[str, float] | None = None,
 ) -> SyscallRecord:
     """A ``SyscallRecord`` built from values the kernel produced itself, without re-validating them.
 
@@ -246,7 +248,7 @@ def new_record(
             "charged": charged if charged is not None else {},
             "decided_by": decided_by,
             "finished_at": finished_at,
-            "usage": None,
+            "usage": usage,
         },
     )
     # Shared and empty: pydantic copies this set before it would ever change it (model_copy).
@@ -280,6 +282,15 @@ def usage_of(records: list[SyscallRecord]) -> dict[str, float]:
             for name, amount in charged.items():
                 used[name] = get(name, 0.0) + amount
     return used
+
+
+def usage_after(usage: dict[str, float], charged: Mapping[str, float] | None) -> dict[str, float]:
+    """``usage`` (a run's total so far) plus what one step was ``charged``: a new dict."""
+    total = dict(usage)
+    if charged:
+        for name, amount in charged.items():
+            total[name] = total.get(name, 0.0) + amount
+    return total
 
 
 SyscallRecord.model_rebuild()

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn, Protocol, runtime_checkable
 
-from castor._errors import UnsupportedError
 from castor.checkpoint import Capability
+from castor.errors import UnsupportedError
 from castor.kernel.context import Suspend
 from castor.registry import SyscallGate
 from castor.registry import ToolMetadata as ToolMetadata  # re-exported: 0.5.1 names, one import place
@@ -74,8 +74,9 @@ _BUDGETS = (
 )
 _MMU = "the context-window MMU is not in Castor yet; keep the conversation in the agent (castor.lib.conversation)"
 _LLM = (
-    "pass the model as Castor(llm=fn, llm_cost=..., llm_resource=...): it runs as the tool llm_inference, "
-    "and agents call castor.lib.chat()"
+    "pass a provider as Castor(llm=castor.llm.OpenAICompatible(...) / Anthropic(...) / Scripted([...])) and "
+    "call castor.lib.complete(), chat() or stream() (model calls charged in tokens), or 0.5.1's function as "
+    "Castor(llm=fn, llm_cost=..., llm_resource=...): it runs as the tool llm_inference"
 )
 
 BudgetProtocol = unsupported("BudgetProtocol", _BUDGETS)

@@ -16,8 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from castor._errors import ConfigError, UnknownToolError
 from castor._schema import ArgSchema
+from castor.errors import ConfigError, UnknownToolError
 from castor.results import SyscallResponse
 
 DEFAULT_RESOURCE = "api"

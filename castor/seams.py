@@ -3,43 +3,114 @@
 The kernel imports only this module to reach state and execution. A backend is a bundle of the four
 state seams (``Backend``; derive one from another with ``dataclasses.replace``, which keeps what it
 says of its store, such as ``answers_inline``); an executor runs a tool call somewhere. Optional
-protocols say what a part may also do: ``JournalBinding`` (an executor), ``Closeable`` (a state seam).
+protocols say what a part may also do: ``JournalBinding`` (an executor), ``Closeable`` (a state seam),
+``Settling`` (a budget store).
 The kernel's own extension point, the interceptors of its syscall handler chain, is
 ``castor.kernel.context.Interceptor``. Implementations: ``memory`` (tests, the Python API's default),
 ``sqlite`` (embedded default of the CLI), ``redis`` (the fleet).
+
+One value stands for a tool call wherever it goes: ``ToolCall``. The kernel's in-flight ``Syscall`` is
+one, the executor is handed it, the fleet's wire format is its encoding (``castor.fleet.wire``:
+the worker decodes it back), a pending approval is one plus when and why it waits, and its ``record``
+method is the one builder of the step's journal record, on the coordinator and on the worker alike.
 
 Every method is a coroutine, so a backend may do I/O; the memory one simply never awaits.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from castor._sealing import DataKey
-from castor.checkpoint import AgentCheckpoint, StepFailure, SyscallRecord
+from castor.checkpoint import AgentCheckpoint, StepFailure, SyscallRecord, new_record
 
 DecisionOutcome = Literal["approve", "reject", "modify"]
 
 
-@dataclass(frozen=True, slots=True)
-class PendingApproval:
-    """A call waiting for a human: which run and step, what tool with which arguments.
+@dataclass(slots=True)
+class ToolCall:
+    """One tool call: the one value every seam hands on (kernel, executor, wire, worker, journal, approvals).
 
-    ``attempt`` numbers the approval rounds of one step. A step normally has one round (0); a step whose
-    worker was lost mid-call (in doubt) opens round ``attempt + 1``, so an earlier approval never
-    authorizes running it again.
+    ``arguments`` are the agent's, as it called the tool; the journal's request holds them (its sensitive
+    values as keyed digests: ``journaled_arguments``). ``checked`` are the same arguments as the tool's
+    schema checked them: what the tool runs with (None until checked: then ``arguments`` are run). The
+    other fields are what the journal's record of the step says besides its response, so whoever runs
+    the call (the kernel, or a worker that journals itself) builds the same record with ``record``.
+
+    ``attempt`` numbers the approval rounds of the step: 0 normally; a step whose worker was lost mid-call
+    (in doubt) opens round ``attempt + 1``, so an earlier approval never authorizes running it again.
     """
 
     run_id: str
     step: int
     tool_name: str
     arguments: dict[str, Any]
+    _: KW_ONLY
+    attempt: int = 0
+    checked: dict[str, Any] | None = None
+    decided_by: str | None = None  # the human who decided the step (approved it, or rejected it)
+    was_hitl: bool = False
+    needs_review: bool = False
+    review_reason: str | None = None
+    charged: Mapping[str, float] | None = None  # the step's cost, drawn from the budgets before it ran
+    # The run's total usage after this step, on every USAGE_STRIDE-th step, for a record built where the
+    # total is unknown (a worker): the kernel sets it before it sends the call, when every earlier step is
+    # journaled (with earlier calls still in flight it cannot know it: the record has none, and usage_of
+    # sums further back).
+    usage: dict[str, float] | None = None
+    # When the call finished: set by whoever journaled its record (a worker: its reply says when), so the
+    # kernel's copy of the record is the journaled one; otherwise the moment ``record`` builds it.
+    finished_at: float | None = None
+
+    @property
+    def effect_id(self) -> str:
+        """The call's effect: one per step of a run, whatever the round."""
+        return f"{self.run_id}:{self.step}"
+
+    def journaled_arguments(self) -> dict[str, Any]:
+        """The arguments as the journal's request keeps them (the kernel's calls digest sensitive values;
+        a call read off the wire carries them digested already)."""
+        return self.arguments
+
+    @property
+    def request(self) -> dict[str, Any]:
+        """The request as journaled: the tool and its arguments."""
+        return {"tool_name": self.tool_name, "arguments": self.journaled_arguments()}
+
+    def record(self, response: Any, child: AgentCheckpoint | None = None) -> SyscallRecord:
+        """The journal record of this call answered with ``response``: the one builder of a step's
+        record, used by the kernel and by the worker that journals a fleet call (a join's record carries
+        the child)."""
+        finished_at = self.finished_at
+        return new_record(
+            self.request,
+            response,
+            was_hitl=self.was_hitl,
+            needs_review=self.needs_review,
+            review_reason=self.review_reason,
+            child_checkpoint=child,
+            charged=self.charged,  # type: ignore[arg-type]  # a tool's cost mapping, never mutated: shared
+            decided_by=self.decided_by,
+            finished_at=time.time() if finished_at is None else finished_at,
+            usage=self.usage,
+        )
+
+
+Call = ToolCall
+"""The name ``ToolCall`` had when an executor was handed a shape of its own."""
+
+
+@dataclass(slots=True)
+class PendingApproval(ToolCall):
+    """A call waiting for a human: the ``ToolCall`` (its arguments' sensitive values encrypted, since an
+    approval may execute it in another process) and when it was asked, until when, and why."""
+
     created_at: float
     expires_at: float | None = None
     reason: str = ""
-    attempt: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,24 +148,6 @@ class Charge:
     ok: bool
     short: str | None = None
     remaining: float = 0.0
-
-
-@dataclass(slots=True)
-class Call:
-    """A tool call handed to an executor: the tool, its checked arguments and where it belongs."""
-
-    run_id: str
-    step: int
-    tool_name: str
-    arguments: dict[str, Any]
-    effect_id: str
-    timeout: float | None = None
-    approved_by: str | None = None
-    attempt: int = 0  # the approval round that let it run: a re-run after an in-doubt step is attempt >= 1
-    # What the journal record of this step carries besides the response (request, charged, flags), so an
-    # executor that journals results itself (a Celery worker) writes the same record the kernel would.
-    record: dict[str, Any] | None = None
-    extra: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +250,20 @@ class BudgetStore(Protocol):
 
 
 @runtime_checkable
+class Settling(Protocol):
+    """Optional for a budget store (the memory, SQLite and Redis ones have it): settle a step's charge to
+    what it used. A model call reserves the most it may cost and settles to the usage the provider
+    reported (``castor.kernel.model``); a store without it is refunded and charged again instead (not
+    atomic)."""
+
+    async def settle(
+        self, run_id: str, step: int, actual: Mapping[str, float], scopes: Sequence[str] = ()
+    ) -> None:
+        """Replace what ``step`` was charged by ``actual`` in every ledger it drew from, atomically; a step
+        not charged (or refunded) is left alone; a ledger reset or reopened since keeps its new period."""
+
+
+@runtime_checkable
 class ApprovalStore(Protocol):
     """Pending calls and the human decisions on them."""
 
@@ -258,13 +325,15 @@ class RunStore(Protocol):
 class Executor(Protocol):
     """Runs a tool call: in this process, or as a task on the tool's worker pool.
 
-    An executor whose ``writes_journal`` is true journals the step's record itself (write-once, before
-    it reports the result); the kernel then only appends the record to the in-memory checkpoint.
+    The executor runs ``call.checked`` (``call.arguments`` if the call was not checked). One whose
+    ``writes_journal`` is true journals the step's record itself (``call.record``, write-once, before it
+    reports the result) and sets ``call.finished_at`` to the journaled record's; the kernel then builds
+    the same record with ``call.record`` and only appends it to the in-memory checkpoint.
     """
 
     writes_journal: bool
 
-    def execute(self, call: Call) -> Awaitable[Any]:
+    def execute(self, call: ToolCall) -> Awaitable[Any]:
         """An awaitable of the call's result; it raises what the tool raised."""
 
     async def close(self) -> None:

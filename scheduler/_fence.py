@@ -18,9 +18,9 @@ from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any
 
-from castor._errors import StaleLeaseError
 from castor.backends.redis import Fence, keys
 from castor.checkpoint import AgentCheckpoint, StepFailure, SyscallRecord
+from castor.errors import StaleLeaseError
 from castor.seams import Backend, Charge
 
 # (leased pid, token) of the drive the current task belongs to; None outside a drive.
@@ -119,6 +119,13 @@ class FencedBudgets(_Fenced):
         """Refund a step of a run this coordinator holds."""
         await self._fences.check(run_id)
         await self._inner.refund(run_id, step)
+
+    async def settle(
+        self, run_id: str, step: int, actual: Mapping[str, float], scopes: Sequence[str] = ()
+    ) -> None:
+        """Settle a model call's reservation of a run this coordinator holds (``castor.seams.Settling``)."""
+        await self._fences.check(run_id)
+        await self._inner.settle(run_id, step, actual, scopes)
 
     async def close_run(self, run_id: str) -> None:
         """Drop the ledger of a run this coordinator holds (never the ledger its new owner opened)."""

@@ -13,8 +13,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from castor._imports import load_agent, load_tools
 from castor.checkpoint import RunSpec
+from castor.fleet.loading import load_agent, load_tools
 from castor.kernel import Castor
 from castor.kernel.context import Handler, Syscall
 from castor.seams import Backend

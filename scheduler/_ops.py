@@ -10,12 +10,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from castor._fleet import FleetClient
 from castor.backends.redis import keys, redis_client
 from castor.backends.redis.scripts import Script
+from castor.fleet.client import FleetClient
 
 SCRIPTS = {  # this package's lua/ (named by __package__: it follows the package wherever it is installed)
-    n: Script.of(__package__ or "scheduler", f"fleet_{n}")
+    n: Script.of(__package__ or "castor.fleet.scheduler", f"fleet_{n}")
     for n in ("acquire", "renew", "release", "unpark", "requeue_expired", "due", "bury", "register")
 }
 

@@ -1,7 +1,7 @@
 """Driving one leased run to its next stop, and what happens to it there.
 
 ``serve`` loads the run, refuses it if its code changed, rebuilds its kernel from its ``RunSpec``, replays
-its journal and drives the agent with ``castor.kernel.runner.prepare`` / ``drive``. Where the run stops decides
+its journal and drives the agent with ``castor.fleet.driver.prepare`` / ``drive``. Where the run stops decides
 where it goes: finished runs release their lease, suspended runs are parked (the lease released, the
 pending step recorded; a decision queues them again), drained runs go back on the queue.
 """
@@ -12,16 +12,13 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from castor import _code
-from castor._errors import BackendUnavailable, StaleLeaseError
-from castor._fleet import mark_cancelled
-from castor._terminal import save_run
 from castor.checkpoint import FINISHED, AgentCheckpoint
-from castor.kernel import runner
+from castor.errors import BackendUnavailable, StaleLeaseError
+from castor.fleet import driver
 from castor.seams import Decision
 
 if TYPE_CHECKING:
-    from scheduler.coordinator import Coordinator
+    from .coordinator import Coordinator
 
 log = logging.getLogger("castor.coordinator")
 
@@ -61,7 +58,7 @@ class RunDriver:
         if spec is None:
             await self._fail(header, token, "the run has no RunSpec: a coordinator cannot rebuild its kernel")
             return
-        changed = _code.changed_files(spec)
+        changed = driver.changed_files(spec)
         kernel = self.co.kernels.kernel_for(spec)
         agent = self.co.kernels.agent_for(spec)
         cp = await kernel.aload(pid)
@@ -69,11 +66,11 @@ class RunDriver:
             if cp.syscall_log and not self.co.config.allow_code_change:
                 await self._refuse(cp, token, changed)
                 return
-            cp.spec = _code.restamp(spec)  # nothing to replay yet, or the operator allowed it
-        ctx = await runner.prepare(kernel.services, agent, checkpoint=cp)
+            cp.spec = driver.restamp(spec)  # nothing to replay yet, or the operator allowed it
+        ctx = await driver.prepare(kernel.services, agent, checkpoint=cp)
         stop = self.co.stops.setdefault(pid, [])
         try:
-            cp = await runner.drive(ctx, agent, stop)
+            cp = await driver.drive(ctx, agent, stop)
         except (StaleLeaseError, BackendUnavailable):
             raise  # the run's state may not be stored: its lease runs out and another coordinator replays it
         except Exception as exc:  # the agent raised; drive stored the run FAILED
@@ -119,7 +116,7 @@ class RunDriver:
         round_ = waiting_round(cp, step)
         released = await self.co.ops.release(cp.pid, token, "park", step)
         if released == 2:  # cancelled while it was driven
-            await mark_cancelled(self.backend, cp, "operator")
+            await driver.mark_cancelled(self.backend, cp, "operator")
             await self.co.ops.forget_cancel(cp.pid)
         elif released == 1 and decides(await self.backend.approvals.decision(cp.pid, step), round_):
             await self.co.ops.unpark(cp.pid)  # decided before it was parked: nobody else will wake it
@@ -130,7 +127,7 @@ class RunDriver:
         header.status = "FAILED"
         header.error = error
         header.updated_at = time.time()
-        await save_run(self.store, header)  # a run that ended meanwhile keeps its end
+        await driver.save_run(self.store, header)  # a run that ended meanwhile keeps its end
         await self.co.ops.release(header.pid, token, "done")
 
     async def _refuse(self, cp: AgentCheckpoint, token: str, changed: list[str]) -> None:
@@ -145,14 +142,14 @@ class RunDriver:
         cp.preemption_payload = {"files": changed}
         cp.error = message
         cp.updated_at = time.time()
-        await save_run(self.store, cp)
+        await driver.save_run(self.store, cp)
         await self.co.ops.refuse(cp.pid, token, message)
 
     async def cancel_queued(self, pid: str) -> None:
         """A cancelled run came off the queue: store it as cancelled."""
         header = await self.backend.runs.load(pid)
         if header is not None and header.status not in FINISHED:
-            await mark_cancelled(self.backend, header, "operator")
+            await driver.mark_cancelled(self.backend, header, "operator")
         await self.co.ops.forget_cancel(pid)
 
     async def catch_up(self) -> None:

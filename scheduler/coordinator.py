@@ -19,14 +19,15 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
-from castor._errors import BackendUnavailable, CastorError, StaleLeaseError
-from castor._tasks import stop_tasks
 from castor.backends.redis import keys
+from castor.errors import BackendUnavailable, CastorError, StaleLeaseError
+from castor.fleet.background import stop_tasks
 from castor.seams import Backend
-from scheduler._fence import Fences, fenced
-from scheduler._kernels import DrainGate, ExecutorFactory, Kernels
-from scheduler._ops import FleetOps
-from scheduler._runs import RunDriver
+
+from ._fence import Fences, fenced
+from ._kernels import DrainGate, ExecutorFactory, Kernels
+from ._ops import FleetOps
+from ._runs import RunDriver
 
 log = logging.getLogger("castor.coordinator")
 

@@ -7,8 +7,9 @@ import logging
 import signal
 from typing import Any
 
-from castor._errors import ConfigError
-from scheduler.coordinator import Coordinator, CoordinatorConfig
+from castor.errors import ConfigError
+
+from .coordinator import Coordinator, CoordinatorConfig
 
 
 def executor_factory(kind: str, settings: Any) -> Any:
@@ -26,9 +27,9 @@ def executor_factory(kind: str, settings: Any) -> Any:
 
 async def serve(config: CoordinatorConfig, *, executor: Any = None, secret: str | None = None) -> None:
     """Run one coordinator until SIGTERM or SIGINT, then drain it; sensitive arguments are sealed under
-    the key of the fleet's ``secret`` (``castor._sealing``)."""
-    from castor._sealing import DataKey
+    the key of the fleet's ``secret`` (``castor.fleet.sealing``)."""
     from castor.backends.redis import redis_backend
+    from castor.fleet.sealing import DataKey
 
     backend = redis_backend(
         config.url, prefix=config.prefix, data_key=DataKey.for_fleet(secret), **config.store_options

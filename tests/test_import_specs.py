@@ -6,14 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from castor.fleet.workers.main import worker_registry
 
 from castor._code import run_spec
-from castor._errors import ConfigError
-from castor._fleet import new_run
-from castor._imports import ImportSpec, load_agent, load_tools, parse_spec
+from castor._imports import ImportSpec, parse_spec
 from castor.cli import _specs
+from castor.errors import ConfigError
+from castor.fleet.client import new_run
+from castor.fleet.loading import load_agent, load_tools
 from castor.settings import Settings, load_settings
-from workers.main import worker_registry
 
 SOURCE = "def rm(path: str) -> str:\n    return path\n\ndef ls() -> list:\n    return []\n\nVALUE = 1\n"
 

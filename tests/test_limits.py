@@ -31,6 +31,8 @@ BAD_VALUES = {
     "[workers] outage_deadline": ("-1", "a number above 0 and at most 2592000", "0.1"),
     "[flower] port": ("99999", "an integer from 1 to 65535", "65535"),
     "[coordinator] max_takeovers": ("-1", "an integer from 0 to 1000", "0"),
+    "[llm] timeout": ("0", "a number above 0 and at most 2592000", "0.5"),
+    "[llm] skew": ("-1", "a number from 0 to 60", "60"),
 }
 MORE_BAD = {  # not finite, or too large to be meant
     "[tools] default_timeout": "inf",

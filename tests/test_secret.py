@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from castor import CastorWarning, InvalidValueError
-from castor._secret import MIN_SECRET_LENGTH, require_secret, secret_problem
+from castor._secret import MIN_SECRET_LENGTH, secret_problem
 from castor.cli import main
 from castor.executors.celery import fleet_options
+from castor.fleet.sealing import require_secret
 from castor.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import get_args
 
 import pytest
+from castor.fleet.workers._preflight import consumer_timeout_warning
+from castor.fleet.workers.main import POOL_IMPLEMENTATIONS, worker_registry
 from pydantic import ValidationError
 
 from castor import castor_tool
-from castor._errors import ConfigError, InvalidValueError
 from castor.cli import main
-from castor.executors._celery_conf import celery_config
+from castor.errors import ConfigError, InvalidValueError
+from castor.fleet.celery_config import celery_config
 from castor.registry import ToolRegistry
 from castor.settings import (
     REPLY_GRACE,
@@ -26,8 +28,6 @@ from castor.settings import (
     load_settings,
     visibility_warning,
 )
-from workers._preflight import consumer_timeout_warning
-from workers.main import POOL_IMPLEMENTATIONS, worker_registry
 
 HOUR = 3600
 

@@ -26,7 +26,7 @@ CASTOR_051_ALL = {
 }
 LIB_NAMES = {
     "tool", "try_tool", "chat", "budget", "spawn", "join", "parallel", "map_reduce", "react", "plan_execute",
-    "conversation", "supervisor", "run_task",
+    "conversation", "supervisor", "run_task", "model_call", "complete", "stream", "tool_schemas",
 }
 
 
@@ -45,10 +45,11 @@ def test_all_public_names_have_docstrings() -> None:
 
 
 @pytest.mark.fleet
-def test_import_castor_loads_neither_redis_nor_celery() -> None:
+def test_import_castor_loads_neither_redis_nor_celery_nor_an_http_client() -> None:
     code = (
         "import sys, castor, castor.lib; from castor import Castor; Castor(tools=[]); "
-        "bad = [m for m in ('redis', 'celery', 'kombu') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+        "heavy = ('redis', 'celery', 'kombu', 'httpx', 'openai', 'anthropic', 'mcp'); "
+        "bad = [m for m in heavy if m in sys.modules]; print(bad); sys.exit(bool(bad))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from castor._tasks import stop_tasks
+from castor.fleet.background import stop_tasks
 
 
 async def test_a_task_that_lost_its_cancellation_is_cancelled_again() -> None:

@@ -1,18 +1,19 @@
-"""``python -m workers worker|flower ...``: the same entrypoints as ``castor worker`` / ``castor flower``."""
+"""``python -m castor.fleet.workers worker|flower ...``: the same entrypoints as ``castor worker`` /
+``castor flower``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from castor._errors import CastorError, ConfigError
+from castor.errors import CastorError, ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run a worker or Flower."""
-    from castor.cli._celery_cmds import add_commands
+    from castor.fleet.commands import add_commands
 
-    parser = argparse.ArgumentParser(prog="python -m workers")
+    parser = argparse.ArgumentParser(prog="python -m castor.fleet.workers")
     add_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     try:

@@ -6,7 +6,7 @@ fanout exchange and a redis-py ``PUBLISH`` with its retry wrapper, for every eve
 transport an event is only a JSON envelope (kombu's message: base64 body, headers, properties)
 published on the channels kombu names for the event exchange and the routing key. ``LeanEvents``
 makes the worker's dispatcher write exactly that envelope with one ``PUBLISH`` per channel on a socket
-of the publishing thread's own (``workers._lean``), told to send no replies (``CLIENT REPLY OFF``): the
+of the publishing thread's own (``castor.fleet.workers._lean``), told to send no replies (``CLIENT REPLY OFF``): the
 consumer thread writes and goes on, where it waited a round trip per event. Events are best-effort in
 Celery too (a lost one only hides a state change from Flower). Anything else (another transport, no
 hiredis, a socket that fails) goes through Celery's own publish, with its buffering when offline.
@@ -24,8 +24,9 @@ from celery.app.events import Events
 from celery.events.dispatcher import EventDispatcher
 from kombu.utils.json import dumps as kombu_dumps
 
-from castor.executors._kombu import is_redis_channel, publish_topics
-from workers import _lean
+from castor.fleet.kombu_keys import is_redis_channel, publish_topics
+
+from . import _lean
 
 log = logging.getLogger("castor.worker")
 
@@ -90,4 +91,4 @@ class LeanEventDispatcher(EventDispatcher):
 class LeanEvents(Events):
     """``app.events`` whose dispatcher is ``LeanEventDispatcher`` (``Celery(events=...)``)."""
 
-    dispatcher_cls = "workers._events:LeanEventDispatcher"
+    dispatcher_cls = "castor.fleet.workers._events:LeanEventDispatcher"

@@ -8,19 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from castor._canonical import canonical
-from castor._redact import redact
-from castor._sealing import DataKey, SealError, opened
 from castor.backends.redis.keys import is_reply_stream
-from castor.executors._wire import Job, task_name, verify
+from castor.fleet.records import canonical, redact
+from castor.fleet.sealing import DataKey, SealError, opened
+from castor.fleet.wire import Job, Malformed, decode, task_name, verify
 from castor.registry import ToolRegistry, ToolSpec
 from castor.seams import ApprovalStore, PendingApproval
 from castor.settings import Settings, ToolPolicy
-
-_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "run_id": str, "step": int, "tool": str, "arguments": dict, "effect_id": str, "attempt": int,
-    "reply_to": str, "record": dict, "token": (str, type(None)),
-}
 
 
 class Refusal(Exception):
@@ -33,24 +27,16 @@ class Refusal(Exception):
 
 
 def parse_job(kwargs: Any, settings: Settings) -> Job:
-    """The task's keyword arguments as a ``Job``; ``Refusal`` if they are malformed or oversized."""
-    if not isinstance(kwargs, dict):
-        raise Refusal(f"task arguments must be an object, got {type(kwargs).__name__}")
-    unknown = sorted(set(kwargs) - set(_FIELDS))
-    if unknown:
-        raise Refusal(f"unexpected task fields: {', '.join(unknown)}", _partial(kwargs))
-    for name, kind in _FIELDS.items():
-        value = kwargs.get(name)
-        if name == "token" and name not in kwargs:
-            continue
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise Refusal(f"task field {name!r} is missing or not a {_type_name(kind)}", _partial(kwargs))
-    job = Job(**kwargs)
-    size = len(canonical(job.arguments).encode())
-    if size > settings.security.max_argument_bytes:
-        raise Refusal(f"arguments are {size} bytes, above the limit of {settings.security.max_argument_bytes}", job)
-    if job.effect_id != f"{job.run_id}:{job.step}" or job.step < 0 or job.attempt < 0:
-        raise Refusal("effect id, step and attempt do not agree", job)
+    """The task's keyword arguments as a ``Job`` (``castor.fleet.wire.decode``); ``Refusal`` if they
+    are malformed or oversized, or name a reply stream that is not a Castor one."""
+    try:
+        job = decode(kwargs)
+    except Malformed as exc:
+        raise Refusal(exc.reason, exc.job) from None
+    limit = settings.security.max_argument_bytes
+    size = max(len(canonical(job.arguments).encode()), len(canonical(job.checked).encode()))
+    if size > limit:
+        raise Refusal(f"arguments are {size} bytes, above the limit of {limit}", job)
     if job.reply_to and not is_reply_stream(settings.redis.prefix, job.reply_to):
         raise Refusal(f"reply stream {job.reply_to[:200]!r} is not a Castor reply stream", job)
     return job
@@ -61,15 +47,16 @@ def check_tool(
 ) -> tuple[ToolSpec, dict[str, Any]]:
     """The worker's own spec of the job's tool and the checked arguments to call it with, its sensitive
     values decrypted with ``key`` (the fleet's); ``Refusal`` for a tool it does not serve, a value it
-    cannot decrypt or arguments its schema rejects. ``job.arguments`` stay as sent (the token signs them)."""
-    if name != task_name(job.tool):
-        raise Refusal(f"task {name!r} carries a call of {job.tool!r}", job)
-    spec = registry.find(job.tool)
+    cannot decrypt or arguments its schema rejects. ``job.checked`` stay as sent (the token signs them)."""
+    if name != task_name(job.tool_name):
+        raise Refusal(f"task {name!r} carries a call of {job.tool_name!r}", job)
+    spec = registry.find(job.tool_name)
     if spec is None:
-        raise Refusal(f"unknown tool {job.tool!r}: this pool serves {', '.join(registry.names()) or 'nothing'}", job)
-    checked, error = spec.schema.check(_clear(job.arguments, spec, key, job))
+        served = ", ".join(registry.names()) or "nothing"
+        raise Refusal(f"unknown tool {job.tool_name!r}: this pool serves {served}", job)
+    checked, error = spec.schema.check(_clear(job.checked or {}, spec, key, job))
     if error is not None:
-        raise Refusal(f"malformed arguments for {job.tool!r}: {error}", job)
+        raise Refusal(f"malformed arguments for {job.tool_name!r}: {error}", job)
     return spec, checked
 
 
@@ -83,7 +70,7 @@ async def authorize(
     this tool with these arguments, in the shared approval store."""
     if verify(settings.security.secret, job):
         return
-    where = f"for {job.tool!r} (run {job.run_id}, step {job.step})"
+    where = f"for {job.tool_name!r} (run {job.run_id}, step {job.step})"
     if settings.security.secret:
         raise Refusal(f"{'invalid' if job.token else 'no'} authorization token {where}", job)
     if not settings.security.insecure_dev:
@@ -93,7 +80,7 @@ async def authorize(
     decision = await approvals.decision(job.run_id, job.step) if approvals is not None else None
     if approvals is None or decision is None or decision.outcome != "approve" or decision.attempt != job.attempt:
         raise Refusal(
-            f"destructive tool {job.tool!r} has no approval for run {job.run_id} step {job.step} "
+            f"destructive tool {job.tool_name!r} has no approval for run {job.run_id} step {job.step} "
             f"(round {job.attempt}) and no valid token",
             job,
         )
@@ -112,9 +99,9 @@ def check_approved_call(
         raise Refusal(f"{where} (round {job.attempt}) does not say which call was approved", job)
     # The request shows the arguments as the human saw them, which may hold sensitive values.
     shown = f"{approved.tool_name}({redact(approved.arguments, policy.sensitive)})"
-    if approved.tool_name != job.tool:
-        raise Refusal(f"{where} was given for {shown}, not {job.tool!r}", job)
-    if not _same_arguments(_clear(approved.arguments, spec, key, job), _clear(job.arguments, spec, key, job), spec):
+    if approved.tool_name != job.tool_name:
+        raise Refusal(f"{where} was given for {shown}, not {job.tool_name!r}", job)
+    if not _same_arguments(_clear(approved.arguments, spec, key, job), _clear(job.checked or {}, spec, key, job), spec):
         raise Refusal(f"{where} was given for {shown}, not these arguments", job)
 
 
@@ -139,18 +126,5 @@ def _clear(arguments: dict[str, Any], spec: ToolSpec, key: DataKey | None, job: 
     try:
         return opened(arguments, spec.sensitive, key)
     except SealError as exc:
-        raise Refusal(f"sensitive arguments of {job.tool!r} (run {job.run_id}, step {job.step}): {exc}", job) from exc
-
-
-def _partial(kwargs: dict[str, Any]) -> Job | None:
-    """Enough of a malformed task to record the refusal against its run, if it names one."""
-    run_id, step, tool = kwargs.get("run_id"), kwargs.get("step"), kwargs.get("tool")
-    if not isinstance(run_id, str) or not isinstance(step, int) or isinstance(step, bool):
-        return None
-    reply_to = kwargs.get("reply_to") if isinstance(kwargs.get("reply_to"), str) else ""
-    attempt = kwargs.get("attempt") if isinstance(kwargs.get("attempt"), int) else 0
-    return Job(run_id, step, str(tool or "?"), {}, f"{run_id}:{step}", attempt, reply_to)  # type: ignore[arg-type]
-
-
-def _type_name(kind: Any) -> str:
-    return " or ".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
+        where = f"{job.tool_name!r} (run {job.run_id}, step {job.step})"
+        raise Refusal(f"sensitive arguments of {where}: {exc}", job) from exc

@@ -5,7 +5,7 @@ a lock, command objects, response callbacks), and a pool thread pays it while it
 Celery's consumer thread wants too: a claim measured ~275 µs from the pool thread, against ~100 µs
 for the same ``EVALSHA`` written to a socket and parsed by hiredis. ``LeanClient`` keeps one socket
 per thread (the pool's threads never share one, so no lock on the hot path). It is the synchronous face
-of the one RESP core in ``castor.backends.redis._resp`` (whose ``RespConnection`` is the asyncio face):
+of the one RESP core in ``castor.backends.redis.resp`` (whose ``RespConnection`` is the asyncio face):
 the same encoder, hiredis parser, handshake (``AUTH``/``SELECT`` from the URL) and errors.
 
 A command is sent again on a new socket only when it never reached the server: the connection could
@@ -21,8 +21,8 @@ import socket
 import threading
 from typing import Any
 
-from castor._errors import BackendUnavailable
-from castor.backends.redis._resp import RespError, available, endpoint, new_reader, pack, refused, unavailable
+from castor.backends.redis.resp import RespError, available, endpoint, new_reader, pack, refused, unavailable
+from castor.errors import BackendUnavailable
 
 __all__ = ["LeanClient", "available"]
 

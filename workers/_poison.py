@@ -10,7 +10,7 @@ that fails, as it does one the default strategy raises on; the worker goes on wi
 
 A refused message that carries a task id is also announced in the task events (``task-rejected`` with the
 reason), so Flower lists it as ``REJECTED`` with why, as it does a task the
-worker refuses once it runs (``workers._shown``).
+worker refuses once it runs (``castor.fleet.workers._shown``).
 
 The body is decoded here no more than before: ``Request`` decodes it in this process anyway (kombu keeps
 the decoded payload).
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from workers._deadletter import DeadLetters, letter
+from ._deadletter import DeadLetters, letter
 
 CONTENT_TYPE = "application/json"
 _OPTIONAL_TEXT = ("eta", "expires", "shadow", "root_id", "parent_id", "group", "argsrepr", "kwargsrepr")

@@ -13,9 +13,9 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from castor._errors import BackendUnavailable
 from castor.backends.redis import hide_password, redis_client
-from castor.executors._broker import broker_error
+from castor.errors import BackendUnavailable
+from castor.fleet.broker import broker_error
 from castor.registry import ToolSpec
 from castor.settings import Settings, broker_visibility, visibility_warning
 

@@ -18,15 +18,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from castor._errors import BackendUnavailable
-from castor._ids import unique_ids
 from castor.backends.redis import keys, redis_client
-from castor.backends.redis._resp import RespError
 from castor.backends.redis.journal import encode
+from castor.backends.redis.resp import RespError
 from castor.backends.redis.scripts import STORE_SCRIPTS, Script
 from castor.checkpoint import SyscallRecord
-from castor.executors._wire import Job, Reply
-from workers._spool import Spool
+from castor.errors import BackendUnavailable
+from castor.fleet.records import unique_ids
+from castor.fleet.wire import Job, Reply
+
+from ._spool import Spool
 
 MARKER_TTL = 7 * 24 * 3600
 CLAIM_PAUSES = (0.2, 1.0)  # before asking a lost claim again (a Redis restart takes a moment)
@@ -54,8 +55,9 @@ class Delivery:
 
 # This package's lua/ (named by __package__: it follows the package wherever it is installed). The finish
 # inlines the journal's own append script as the function ``append``: one source of truth for write-once.
-CLAIM = Script.of(__package__ or "workers", "claim")
-FINISH = Script.of(__package__ or "workers", "finish", functions={"append": STORE_SCRIPTS["journal_append"]})
+_PACKAGE = __package__ or "castor.fleet.workers"
+CLAIM = Script.of(_PACKAGE, "claim")
+FINISH = Script.of(_PACKAGE, "finish", functions={"append": STORE_SCRIPTS["journal_append"]})
 
 
 class StepScripts:
@@ -65,7 +67,7 @@ class StepScripts:
         self, url: str, prefix: str, secret: str | None = None, *, worker: str = "", heartbeat: float = 10.0,
         outage: float = 300.0, spool: str | None = None,
     ) -> None:
-        from workers import _lean
+        from . import _lean
 
         self._prefix = prefix
         self._secret = secret  # signs the replies

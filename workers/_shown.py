@@ -11,7 +11,7 @@ reply are written (so what a coordinator receives does not change):
 - a refusal (a forged or unauthenticated task, a bad signature, a step of another round):
   ``TaskRefused("<reason>")``, a ``FAILURE`` too (Celery's own ``Reject`` would show as ``REJECTED``, but
   its event names a wrapper, not the reason). A message Celery cannot take as a task at all is announced
-  as ``REJECTED`` with its reason by ``workers._poison``.
+  as ``REJECTED`` with its reason by ``castor.fleet.workers._poison``.
 
 Everything shown is redacted: sensitive values (under a sensitive key, at any depth) become ``***``, and a
 sensitive value the tool put in its error message or its result text is replaced there too.
@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from castor._redact import REDACTED, masked, replace_sensitive
+from castor.fleet.records import REDACTED, masked, replace_sensitive
 
 SUMMARY_WIDTH = 120
 ERROR_WIDTH = 300

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from castor.executors._celery_conf import celery_config
+from castor.fleet.celery_config import celery_config
 from castor.registry import ToolSpec
 from castor.settings import Settings
 
@@ -15,11 +15,12 @@ def make_app(settings: Settings, *, name: str = "castor", tools: Iterable[ToolSp
     those the worker serves (the broker's visibility timeout stays above their deadlines)."""
     from celery import Celery
 
-    from workers._broker_loss import patch_restore_unacked
+    from ._broker_loss import patch_restore_unacked
 
     patch_restore_unacked()  # a broker restart must not stop the worker (kombu's restore on a lost connection)
-    # task events on a Redis broker leave by a lean PUBLISH (workers._events): a third of the consumer thread
-    app = Celery(name, set_as_current=True, events="workers._events:LeanEvents")
+    # task events on a Redis broker leave by a lean PUBLISH (castor.fleet.workers._events): a third of the
+    # consumer thread
+    app = Celery(name, set_as_current=True, events="castor.fleet.workers._events:LeanEvents")
     conf = celery_config(settings, tools=tools)
     conf.update(
         {

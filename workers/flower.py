@@ -13,10 +13,11 @@ import ipaddress
 import logging
 import os
 
-from castor._errors import ConfigError
-from castor._secret import require_secret
+from castor.errors import ConfigError
+from castor.fleet.sealing import require_secret
 from castor.settings import Settings
-from workers.app import make_app
+
+from .app import make_app
 
 log = logging.getLogger("castor.flower")
 AUTH_ENV = ("FLOWER_BASIC_AUTH", "FLOWER_AUTH")
@@ -57,7 +58,7 @@ def open_warning(settings: Settings, address: str, allow_open: bool) -> str | No
 
 def check_broker(app: object, settings: Settings) -> None:
     """Connect to the broker once; ``BackendUnavailable`` in one line if it does not answer."""
-    from castor.executors._broker import broker_error
+    from castor.fleet.broker import broker_error
 
     try:
         with app.connection_for_read(connect_timeout=CONNECT_TIMEOUT) as connection:  # type: ignore[attr-defined]

@@ -13,26 +13,28 @@ import socket
 from collections.abc import Sequence
 from typing import get_args
 
-from castor._errors import ConfigError
-from castor._imports import load_tools
-from castor._secret import require_secret
 from castor.backends.redis.keys import pool_workers
+from castor.errors import ConfigError
+from castor.fleet.loading import load_tools
+from castor.fleet.sealing import require_secret
 from castor.registry import ToolRegistry, ToolSpec
 from castor.settings import Settings, WorkerPool
-from workers._heartbeat import Presence
-from workers._preflight import preflight
-from workers._scripts import replay_spool
-from workers.app import make_app
-from workers.runtime import WorkerRuntime
-from workers.tasks import register_tools
+
+from ._heartbeat import Presence
+from ._preflight import preflight
+from ._scripts import replay_spool
+from .app import make_app
+from .runtime import WorkerRuntime
+from .tasks import register_tools
 
 POOL_IMPLEMENTATIONS: tuple[str, ...] = get_args(WorkerPool)
 
 
 def worker_registry(settings: Settings, pool: str, tool_specs: Sequence[str] = ()) -> ToolRegistry:
     """The tools a worker of ``pool`` serves; ``ConfigError`` for a pool the config does not define or a
-    tool it puts on another pool. Without ``[pools]``, ``tool_specs`` are served on any pool as given."""
-    if tool_specs and not settings.pools:
+    tool it puts on another pool. Without ``[pools]`` (or ``[llm] tools``), ``tool_specs`` are served on any
+    pool as given."""
+    if tool_specs and not settings.pools and not settings.llm.tools:
         return _registry(settings, load_tools(tool_specs))
     settings.check_pool(pool)
     explicit = bool(tool_specs)

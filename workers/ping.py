@@ -12,14 +12,14 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from castor.executors._broker import broker_error
+from castor.fleet.broker import broker_error
 from castor.settings import Settings
 
 
 def pool_workers(settings: Settings, pool: str, timeout: float = 5.0, *, here: bool = True) -> list[str]:
     """The node names of the workers that consume ``pool``'s queue and answered within ``timeout``
     seconds; ``here``: only those on this host (a container's health check is about its own worker)."""
-    from workers.app import make_app
+    from .app import make_app
 
     queue = settings.queue_of(pool)
     app = make_app(settings)

@@ -21,7 +21,7 @@ replied with ``journaled`` set, so it is recorded once even when no coordinator 
 of a task the worker cannot authenticate (no valid token with a secret; anything without one, outside an
 insecure development fleet) is neither journaled nor replied: it goes to the pool's dead letters and the
 log only, so a forged task can neither end a live run nor write to a key of its choosing. A reply names
-the task it answers and is signed (``_wire``).
+the task it answers and is signed (``castor.fleet.wire``).
 """
 
 from __future__ import annotations
@@ -35,21 +35,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from castor._canonical import canonical
-from castor._redact import redact
-from castor._sealing import DataKey
 from castor.backends.redis.keys import dead_letters, heartbeat, is_reply_stream, started_marker
 from castor.checkpoint import StepFailure, SyscallRecord, bounded_arguments
-from castor.executors._wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, task_name, verify
+from castor.fleet.records import canonical, redact
+from castor.fleet.sealing import DataKey
+from castor.fleet.wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, task_name, verify
 from castor.registry import ToolRegistry, ToolSpec
 from castor.seams import Backend
 from castor.settings import Settings, ToolPolicy, call_deadline, tool_policy
-from workers._deadletter import letter, record_async
-from workers._guard import Refusal, authorize, check_tool, parse_job
-from workers._heartbeat import Heartbeats
-from workers._loop import LoopThread
-from workers._scripts import ABANDONED, DUPLICATE, REPLY_MAXLEN, RUNNING, Delivery, StepScripts
-from workers._shown import ERROR_WIDTH, clip, failure_text, result_summary
+
+from ._deadletter import letter, record_async
+from ._guard import Refusal, authorize, check_tool, parse_job
+from ._heartbeat import Heartbeats
+from ._loop import LoopThread
+from ._scripts import ABANDONED, DUPLICATE, REPLY_MAXLEN, RUNNING, Delivery, StepScripts
+from ._shown import ERROR_WIDTH, clip, failure_text, result_summary
 
 log = logging.getLogger("castor.worker")
 IN_DOUBT_MESSAGE = "in doubt after worker loss"
@@ -73,8 +73,8 @@ class Outcome:
 
 def redis_backend_factory(settings: Settings) -> Backend:
     """The fleet's shared state: the Redis backend under the settings' prefix."""
-    from castor._sealing import DataKey
     from castor.backends.redis import redis_backend
+    from castor.fleet.sealing import DataKey
 
     return redis_backend(
         settings.redis.url, prefix=settings.redis.prefix, data_key=DataKey.for_fleet(settings.security.secret)
@@ -170,17 +170,19 @@ class WorkerRuntime:
                             delivery.message if delivery else "?", kwargs_repr(job, policy.sensitive))
                 return Outcome(DROPPED, detail="dropped: its coordinator gave up on it (the publish failed)")
             # -1: this delivery starts the step; -2: journaled already; else started before (in doubt)
-            start, result = (_RUN, None) if previous == -1 else proc.loop.run(self._resume(proc, job, policy, previous))
+            start, done = (_RUN, None) if previous == -1 else proc.loop.run(self._resume(proc, job, policy, previous))
         except Refusal as refusal:
             if refusal.job is not None:
                 refusal.job.task_id = task_id
             proc.loop.run(self._refuse(proc, refusal.job, refusal.reason, name, kwargs, task_id))
             return Outcome(REFUSED, detail=clip(refusal.reason, ERROR_WIDTH))
-        if start == _DONE:
-            proc.loop.run(self._reply(proc, job, Reply(job.effect_id, job.attempt, OK, result)))
-            return Outcome(OK, detail=result_summary(result, checked, policy.sensitive, "journaled already"))
+        if done is not None:  # the step's record answers: its response, and when it finished
+            answer = Reply(job.effect_id, job.attempt, OK, done.response, finished_at=done.finished_at)
+            proc.loop.run(self._reply(proc, job, answer))
+            return Outcome(OK, detail=result_summary(done.response, checked, policy.sensitive, "journaled already"))
         if start == _IN_DOUBT:
-            message = f"{IN_DOUBT_MESSAGE}: {job.tool!r} (run {job.run_id}, step {job.step}) started and never finished"
+            message = (f"{IN_DOUBT_MESSAGE}: {job.tool_name!r} (run {job.run_id}, step {job.step}) "
+                       "started and never finished")
             proc.loop.run(self._fail(proc, job, IN_DOUBT, "InDoubtError", message, policy))
             return Outcome(IN_DOUBT, detail=failure_text("InDoubtError", message, checked, policy.sensitive))
         with proc.heartbeats.beating(heartbeat(self.settings.redis.prefix, job.run_id, job.step),
@@ -229,7 +231,7 @@ class WorkerRuntime:
             result = self._call(proc, spec, checked, policy.timeout)
             canonical(result)  # a result that cannot be journaled is a failure, not a silent loss
         except (SoftTimeLimitExceeded, TimeoutError):
-            message = f"tool {job.tool!r} timed out after {policy.timeout:g}s (run {job.run_id}, step {job.step})"
+            message = f"tool {job.tool_name!r} timed out after {policy.timeout:g}s (run {job.run_id}, step {job.step})"
             proc.loop.run(self._fail(proc, job, TIMEOUT, "ToolTimeoutError", message, policy))
             return Outcome(TIMEOUT, detail=failure_text("ToolTimeoutError", message, checked, policy.sensitive))
         except Exception as exc:
@@ -242,8 +244,10 @@ class WorkerRuntime:
                 return Outcome(ERROR, retry_in=delay, shown=shown)
             proc.loop.run(self._fail(proc, job, ERROR, type(exc).__name__, str(exc), policy))
             return Outcome(ERROR, detail=failure_text(type(exc).__name__, str(exc), checked, policy.sensitive))
-        record = SyscallRecord.model_validate({**job.record, "response": result, "finished_at": time.time()})
-        if not proc.scripts.finish(job, record, Reply(job.effect_id, job.attempt, OK, result)):
+        job.finished_at = time.time()
+        record = job.record(result)  # the record the kernel builds from the same call (castor.seams.ToolCall)
+        reply = Reply(job.effect_id, job.attempt, OK, result, finished_at=job.finished_at)
+        if not proc.scripts.finish(job, record, reply):
             proc.loop.run(self._finish_late(proc, job, result))  # another record holds the step: it wins
         return Outcome(OK, detail=result_summary(result, checked, policy.sensitive))
 
@@ -259,16 +263,18 @@ class WorkerRuntime:
 
     # --- on the loop ------------------------------------------------------------------------------
 
-    async def _resume(self, proc: _Process, job: Job, policy: ToolPolicy, previous: int) -> tuple[str, Any]:
-        """The step was claimed before (by attempt ``previous``): serve its journaled result, run it
+    async def _resume(
+        self, proc: _Process, job: Job, policy: ToolPolicy, previous: int
+    ) -> tuple[str, SyscallRecord | None]:
+        """The step was claimed before (by attempt ``previous``): serve its journaled record, run it
         again (idempotent), or report it in doubt."""
         if previous > job.attempt:
             raise Refusal(f"step {job.step} of run {job.run_id} belongs to a later approval round ({previous})", job)
         record = await proc.backend.journal.get(job.run_id, job.step)
         if record is not None:
-            if record.tool_name != job.tool:
+            if record.tool_name != job.tool_name:
                 raise Refusal(f"step {job.step} of run {job.run_id} holds a call of {record.tool_name!r}", job)
-            return _DONE, record.response
+            return _DONE, record
         if policy.idempotent:
             log.warning("%s: started before and never finished; idempotent, running it again",
                         kwargs_repr(job, policy.sensitive))
@@ -281,15 +287,18 @@ class WorkerRuntime:
     async def _finish_late(self, proc: _Process, job: Job, result: Any) -> None:
         """Another record holds the step (a redelivered task raced the first): reply with that one."""
         existing = await proc.backend.journal.get(job.run_id, job.step)
-        result = existing.response if existing is not None else result
-        await self._reply(proc, job, Reply(job.effect_id, job.attempt, OK, result))
+        if existing is None:
+            reply = Reply(job.effect_id, job.attempt, OK, result, finished_at=job.finished_at)
+        else:
+            reply = Reply(job.effect_id, job.attempt, OK, existing.response, finished_at=existing.finished_at)
+        await self._reply(proc, job, reply)
 
     async def _fail(
         self, proc: _Process, job: Job, status: str, error_type: str, message: str, policy: ToolPolicy
     ) -> None:
         log.warning("%s: %s: %s", kwargs_repr(job, policy.sensitive), error_type, message)
         failure = StepFailure(
-            step=job.step, tool_name=job.tool, arguments=redact(job.arguments, policy.sensitive),
+            step=job.step, tool_name=job.tool_name, arguments=redact(job.arguments, policy.sensitive),
             error_type=error_type, message=message,
         )
         await proc.backend.journal.record_failure(job.run_id, failure)
@@ -304,9 +313,8 @@ class WorkerRuntime:
         under another name is no coordinator's. Arguments too big to take are kept by size and digest."""
         secret = self.settings.security.secret
         # A worker with no secret can authenticate nothing, but in an insecure development fleet.
-        if job is None or not (
-            (verify(secret, job) and name == task_name(job.tool)) if secret else self.settings.security.insecure_dev
-        ):
+        signed = job is not None and verify(secret, job) and name == task_name(job.tool_name)
+        if job is None or not (signed if secret else self.settings.security.insecure_dev):
             body = _json_of(kwargs)
             headers: dict[str, Any] = {"task": name, "id": task_id}
             if job is not None:
@@ -315,7 +323,7 @@ class WorkerRuntime:
             await record_async(proc.redis, dead_letters(self.settings.redis.prefix, self.pool), entry)
             return
         job = replace(job, arguments=bounded_arguments(job.arguments, self.settings.security.max_argument_bytes))
-        spec = self.registry.find(job.tool)
+        spec = self.registry.find(job.tool_name)
         sensitive = spec.sensitive if spec is not None else frozenset(job.arguments)  # unknown: hide all
         log.error("refused task %s %s: %s", name, kwargs_repr(job, sensitive), reason)
         policy = ToolPolicy(0.0, False, False, False, sensitive)

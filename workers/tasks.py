@@ -1,7 +1,7 @@
 """The tool task: one Celery task per tool, named ``castor.tool.<tool>``, and nothing but a thin edge.
 
 It hands its JSON keyword arguments to ``WorkerRuntime.handle``; results travel through the journal and
-the reply stream. What Celery sees is only a redacted account of the call's end (``workers._shown``): a
+the reply stream. What Celery sees is only a redacted account of the call's end (``castor.fleet.workers._shown``): a
 short summary of the result, ``ToolCallFailed`` for a failure, ``TaskRefused`` for a refusal, so Flower
 lists a failed call or a refused task as ``FAILURE`` with the (redacted) reason. A task whose name
 no tool of this worker has is refused by Celery; the ``task_unknown`` signal records the refusal, and
@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from castor.executors._wire import ERROR, IN_DOUBT, REFUSED, TIMEOUT, task_name
-from workers._deadletter import DeadLetters, letter
-from workers._logfilter import withhold_bodies
-from workers._scripts import Delivery
-from workers._shown import TaskRefused, ToolCallFailed
-from workers.runtime import Outcome, WorkerRuntime
+from castor.fleet.wire import ERROR, IN_DOUBT, REFUSED, TIMEOUT, task_name
+
+from ._deadletter import DeadLetters, letter
+from ._logfilter import withhold_bodies
+from ._scripts import Delivery
+from ._shown import TaskRefused, ToolCallFailed
+from .runtime import Outcome, WorkerRuntime
 
 # Past the soft limit the tool gets this long to unwind before its process is killed.
 HARD_LIMIT_GRACE = 5.0
@@ -63,7 +64,8 @@ def _register(app: Any, runtime: WorkerRuntime, tool: str, timeout: float, lette
         throws=(ToolCallFailed,),  # a tool's failure is the tool's, not the worker's: logged without a traceback
         soft_time_limit=timeout,
         time_limit=timeout + HARD_LIMIT_GRACE,
-        Strategy="workers._poison:strategy",  # a malformed message is dead-lettered, never the worker's end
+        # a malformed message is dead-lettered, never the worker's end
+        Strategy="castor.fleet.workers._poison:strategy",
         dead_letters=letters,
     )
     return name

@@ -15,7 +15,7 @@ import os
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from castor._errors import ConfigError
+from castor.errors import ConfigError
 from castor.seams import Backend
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")  # the store URLs the Redis backend opens

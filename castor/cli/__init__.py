@@ -16,7 +16,7 @@ the parsed ``argparse.Namespace`` and returns the exit code; it may be ``async d
 ``asyncio.run``) or a plain function. The global options are added to every subparser afterwards, so
 a module adds nothing for them. To add a module of commands, add one line to ``COMMAND_MODULES``::
 
-    "workers.cli",  # castor worker ...
+    "castor.fleet.workers.cli",  # castor worker ...
 
 Import heavy dependencies (celery, redis) inside handlers, not at module level: ``castor --help``
 must stay fast and work without the extras.
@@ -32,11 +32,11 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from castor._errors import InvalidValueError, RunNotFoundError
 from castor.cli._args import normalize_argv
 from castor.cli._common import add_global_options, warnings_to_stderr
 from castor.cli._escape import shown
 from castor.cli._stores import not_found_hint
+from castor.errors import InvalidValueError, RunNotFoundError
 
 COMMAND_MODULES: tuple[str, ...] = (
     "castor.cli._runs",  # run, resume, fork
@@ -48,6 +48,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "castor.cli._fleet_cmds",  # coordinator, submit, approvals, cancel, coordinators; fleet-aware ps ... fork
     "castor.cli._deadletters",  # deadletters [purge]
     "castor.cli._pools",  # pools
+    "castor.mcp.cli",  # mcp (the MCP gateway)
 )
 
 

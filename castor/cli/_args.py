@@ -11,9 +11,9 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from castor._errors import InvalidPidError
 from castor._ids import PID_RULE, check_pid
 from castor._imports import NAMES, parse_spec
+from castor.errors import InvalidPidError
 
 BARE = ""  # the value a bare --destructive carries after normalize_argv
 

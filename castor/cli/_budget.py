@@ -15,10 +15,10 @@ import argparse
 import json
 from typing import Any
 
-from castor._errors import ConfigError
 from castor.cli._common import add_global_options
 from castor.cli._runs import opened, out, out_json, parse_budgets
 from castor.cli._watch import add_watch, watched
+from castor.errors import ConfigError
 
 
 def _amounts(args: argparse.Namespace) -> dict[str, float]:

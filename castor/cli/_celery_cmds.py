@@ -4,7 +4,7 @@ commands that drive a run in this process (``run``, ``resume``, ``fork``, ``appr
 
 With ``--executor celery --config FILE`` such a command keeps the run in the config's Redis (``[redis]
 url`` and ``prefix``: workers journal there) and sends every live call to its pool; the agent and tool
-code are the same as in the embedded default. ``workers`` and celery load only when a command runs.
+code are the same as in the embedded default. ``castor.fleet.workers`` and celery load only when a command runs.
 
 Every command with a ``--config`` option that is not given one looks for a config: ``$CASTOR_CONFIG``,
 else ``./castor.toml``, else ``./config/castor.toml`` (``castor.settings.find_config``).
@@ -114,7 +114,7 @@ def config_option(parser: argparse.ArgumentParser) -> None:
 def _run_worker(args: argparse.Namespace) -> int:
     if args.ping:
         return _ping_pool(args)
-    from workers.main import run_worker
+    from castor.fleet.workers.main import run_worker
 
     specs = [spec.strip() for spec in args.tools.split(",") if spec.strip()]
     return run_worker(
@@ -124,7 +124,7 @@ def _run_worker(args: argparse.Namespace) -> int:
 
 
 def _ping_pool(args: argparse.Namespace) -> int:
-    from workers.ping import ping_line, pool_workers
+    from castor.fleet.workers.ping import ping_line, pool_workers
 
     settings = fleet_process_settings(args)
     if settings.pools:
@@ -136,7 +136,7 @@ def _ping_pool(args: argparse.Namespace) -> int:
 
 
 def _run_flower(args: argparse.Namespace) -> int:
-    from workers.flower import run_flower
+    from castor.fleet.workers.flower import run_flower
 
     run_flower(fleet_process_settings(args), args.port, args.address, allow_open=args.allow_unauthenticated)
     return 0

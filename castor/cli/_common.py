@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from castor._errors import ConfigError
 from castor.backends import open_backend
 from castor.cli._args import add_option
 from castor.cli._celery_cmds import executor_flags
 from castor.cli._stores import DEFAULT_DB, given_stores, store_url
+from castor.errors import ConfigError
 from castor.kernel import Castor, CastorWarning
 from castor.seams import Backend
 

@@ -18,11 +18,11 @@ import json
 import time
 from typing import Any
 
-from castor._errors import ConfigError
 from castor._limits import option_type
 from castor.cli._celery_cmds import config_option
 from castor.cli._common import add_global_options
 from castor.cli._escape import shown
+from castor.errors import ConfigError
 
 
 def _client(args: argparse.Namespace) -> tuple[Any, str]:

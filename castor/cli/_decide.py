@@ -13,17 +13,18 @@ import argparse
 import time
 from typing import Any
 
-from castor._errors import NothingPendingError
 from castor.checkpoint import AgentCheckpoint
 from castor.cli._celery_cmds import add_executor_options
 from castor.cli._common import command
 from castor.cli._render import call_text, short
 from castor.cli._runs import RunFailed, add_hitl, go, kernel_of, load_run, opened, out, rebuild
+from castor.errors import NothingPendingError
 from castor.kernel.approvals import default_user
 from castor.kernel.children import pending_child
 from castor.seams import Backend, Decision, PendingApproval
 
 PAST = {"approve": "Approved", "reject": "Rejected", "modify": "Modified"}
+MCP_AGENT = "mcp_session"  # the agent of an MCP gateway session's run (castor.mcp.session)
 
 
 def pending_step(cp: AgentCheckpoint) -> int:
@@ -80,9 +81,14 @@ async def decide(args: argparse.Namespace, outcome: str, feedback: str) -> int:
             raise NothingPendingError(f"run {cp.pid!r} has no pending call to {outcome} (status {cp.status})")
         if cp.spec is None:
             who = await record_only(backend, cp, outcome, feedback, args.by)
+            recorded = f"Decision recorded ({outcome} by {who}) on {call_text(str(cp.pending_tool), cp.pending_args)}."
+            if cp.agent_function_name == MCP_AGENT:  # castor.mcp: the gateway waiting on the call takes it
+                out(f"{PAST[outcome]}: {cp.pid}", recorded,
+                    "An MCP session's run: its gateway answers the waiting call (or the client's retry of it).")
+                return 0
             out(
                 f"{PAST[outcome]}: {cp.pid}",
-                f"Decision recorded ({outcome} by {who}) on {call_text(str(cp.pending_tool), cp.pending_args)}.",
+                recorded,
                 "This run was saved by a host program without import specs, so the host program resumes it:",
                 "  cp = kernel.load(pid); cp = await kernel.run(agent, checkpoint=cp)",
             )

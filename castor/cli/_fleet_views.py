@@ -10,16 +10,17 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from castor._errors import ConfigError, InvalidPidError, RunNotFoundError
 from castor._imports import ImportSpec, parse_spec
 from castor._redact import masked
+from castor._terminal import stored_run
 from castor.cli._escape import shown
 from castor.cli._render import inspect_lines, ps_line
+from castor.errors import ConfigError, InvalidPidError, RunNotFoundError
 from castor.kernel.approvals import default_user
 from castor.seams import Backend
 
 if TYPE_CHECKING:  # the fleet client needs redis: imported when a fleet command runs, not for `castor --help`
-    from castor._fleet import FleetClient
+    from castor.fleet.client import FleetClient
 
 
 @asynccontextmanager
@@ -30,7 +31,7 @@ async def fleet(args: argparse.Namespace) -> AsyncIterator[tuple[Backend, FleetC
 
     url, prefix, options = target(args)
     backend = redis_backend(url, prefix=prefix, **options)
-    from castor._fleet import FleetClient
+    from castor.fleet.client import FleetClient
 
     client = FleetClient(url, prefix)
     try:
@@ -79,9 +80,9 @@ def emit(args: argparse.Namespace, data: Any, text: str) -> None:
 async def coordinator(args: argparse.Namespace) -> int:
     """``castor coordinator``: run until SIGTERM."""
     from castor.cli._stores import config_path, target
+    from castor.fleet.scheduler.coordinator import CoordinatorConfig
+    from castor.fleet.scheduler.main import executor_factory, serve
     from castor.settings import Settings, load_settings
-    from scheduler.coordinator import CoordinatorConfig
-    from scheduler.main import executor_factory, serve
 
     url, prefix, options = target(args)
     config_file, settings = config_path(args), None
@@ -107,7 +108,7 @@ async def submit(args: argparse.Namespace) -> int:
     from castor.cli._runs import parse_budgets
 
     tools = [one for spec in args.tools or [] for one in single_specs(spec)]
-    from castor._fleet import new_run
+    from castor.fleet.client import new_run
 
     cp = new_run(
         agent_spec(args.agent), tools, destructive=args.destructive or [], budgets=parse_budgets(args.budget),
@@ -169,12 +170,10 @@ async def inspect(args: argparse.Namespace) -> int:
     from castor.cli._waiting import waiting_runs
 
     async with fleet(args) as (backend, client):
-        header = await backend.runs.load(args.pid)
+        header = await stored_run(backend, args.pid)  # its budgets' usage as its journal says, while it runs too
         if header is None:
             raise RunNotFoundError(args.pid)
-        header.syscall_log = await backend.journal.history(args.pid)
-        header.failures = await backend.journal.failures(args.pid)
-        await live_budget(backend, header)
+        await live_budget(backend, header)  # and a charge taken for a step not journaled yet
         state = (await client.fleet_state([args.pid]))[args.pid]
         if header.status == "RUNNING":
             state["waiting"] = (await waiting_runs(client, fleet_settings(args), [args.pid])).get(args.pid)
@@ -186,8 +185,19 @@ async def inspect(args: argparse.Namespace) -> int:
 
 async def approvals(args: argparse.Namespace) -> int:
     """``castor approvals``: what waits for a human, oldest first."""
-    async with fleet(args) as (backend, _):
-        pending = await backend.approvals.pending()
+    from castor.cli._stores import given_stores, store_of
+
+    if given_stores(args) and store_of(args) is None:  # --db / sqlite:// / memory://: that store's waiting calls
+        from castor.cli._common import open_store
+
+        embedded = open_store(args)
+        try:
+            pending = await embedded.approvals.pending()
+        finally:
+            await embedded.close()
+    else:
+        async with fleet(args) as (backend, _):
+            pending = await backend.approvals.pending()
     rows: list[dict[str, Any]] = [
         {"pid": p.run_id, "step": p.step, "tool": p.tool_name, "arguments": p.arguments,
          "waiting": round(time.time() - p.created_at, 3), "reason": p.reason}

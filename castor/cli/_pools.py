@@ -1,5 +1,5 @@
 """``castor pools``: every worker pool of the fleet, its queue, its live workers and the tasks waiting on
-it. A worker process says it is alive every two seconds (``workers._heartbeat.Presence``); a pool with
+it. A worker process says it is alive every two seconds (``castor.fleet.workers._heartbeat.Presence``); a pool with
 tasks queued and no live worker is one whose calls wait until their deadline. The pools are the config's
 (``--config``, or the one found), the queue lengths are read on a Redis broker only.
 """

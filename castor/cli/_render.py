@@ -12,6 +12,8 @@ from typing import Any
 
 from castor._redact import masked
 from castor.checkpoint import AgentCheckpoint, SyscallRecord
+from castor.cli._model_steps import model_step_text
+from castor.kernel.model import is_model_step
 from castor.seams import RunSummary
 from castor.summary import ExecutionSummary, scan
 
@@ -158,7 +160,10 @@ def step_line(index: int, record: SyscallRecord) -> str:
         flags.append("charged " + ", ".join(f"{k}={number(v)}" for k, v in record.charged.items()))
     if record.child_checkpoint is not None:
         flags.append(f"child: {record.child_checkpoint.pid} {record.child_checkpoint.status}")
-    text = f"  [{index}] {call_text(record.tool_name, record.arguments)} -> {short(record.response, 60)}"
+    if is_model_step(record.tool_name):
+        text = model_step_text(index, record, short)
+    else:
+        text = f"  [{index}] {call_text(record.tool_name, record.arguments)} -> {short(record.response, 60)}"
     return text + (f"  ({'; '.join(flags)})" if flags else "")
 
 
@@ -196,6 +201,8 @@ def inspect_lines(cp: AgentCheckpoint, fleet: dict[str, Any] | None = None) -> l
         lines.append(f"Error:  {cp.error}")
     if cp.preemption_reason:
         lines.append(f"Preempted: {cp.preemption_reason}")
+    if cp.partial_work:
+        lines.append(f"Partial: {short(cp.partial_work)}")  # what a stopped model stream had written
     return lines
 
 

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from castor._errors import BackendUnavailable, CastorError, ConfigError, InvalidPidError, UnknownToolError
 from castor.checkpoint import AgentCheckpoint
 from castor.cli import _specs
 from castor.cli._args import pid_option
@@ -23,6 +22,8 @@ from castor.cli._common import bare_kernel, command, open_store
 from castor.cli._escape import shown
 from castor.cli._progress import add_progress, step_counter
 from castor.cli._render import finished_lines, result_lines
+from castor.cli._stores import settings_of
+from castor.errors import BackendUnavailable, CastorError, ConfigError, InvalidPidError, UnknownToolError
 from castor.kernel import Castor, runner
 from castor.policies import auto_approve, auto_reject, interactive
 from castor.seams import Backend
@@ -86,10 +87,11 @@ async def load_run(backend: Backend, pid: str) -> AgentCheckpoint:
 def kernel_of(loaded: _specs.Loaded, backend: Backend, args: argparse.Namespace) -> Castor:
     """The kernel that drives the run: its tools in this process, or, with ``--executor celery``, on
     their worker pools (the run's state on the config's Redis, where the workers journal)."""
+    llm = settings_of(args).llm
     if not uses_celery(args):
-        return loaded.kernel(backend)
+        return loaded.kernel(backend, llm=llm)
     executor, destructive = celery_executor(args, backend)
-    return loaded.kernel(backend, executor, destructive)
+    return loaded.kernel(backend, executor, destructive, llm=llm)
 
 
 def rebuild(cp: AgentCheckpoint, what: str) -> _specs.Loaded:

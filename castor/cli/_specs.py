@@ -17,7 +17,7 @@ from castor import _code, _imports
 from castor._imports import parse_spec
 from castor.checkpoint import RunSpec
 from castor.kernel import Castor
-from castor.seams import Backend, Call
+from castor.seams import Backend, ToolCall
 
 
 def absolute(spec: str) -> str:
@@ -43,7 +43,7 @@ class CountingExecutor:
         self.writes_journal = inner.writes_journal
         self.executed = 0
 
-    def execute(self, call: Call) -> Any:
+    def execute(self, call: ToolCall) -> Any:
         """Count, then delegate."""
         self.executed += 1
         return self.inner.execute(call)
@@ -63,10 +63,12 @@ class Loaded:
     counter: list[CountingExecutor] = field(default_factory=list)
 
     def kernel(
-        self, backend: Backend, executor: Callable[[Any], Any] | None = None, destructive: Iterable[str] = ()
+        self, backend: Backend, executor: Callable[[Any], Any] | None = None, destructive: Iterable[str] = (),
+        llm: Any = None,
     ) -> Castor:
         """A kernel with these tools on ``backend``, its executor made by ``executor`` (from the tool
-        registry; default: in this process), counting executed calls; ``destructive`` adds to the spec's."""
+        registry; default: in this process), counting executed calls; ``destructive`` adds to the spec's;
+        ``llm`` is the config's ``[llm]`` section (model prices and deadline)."""
         from castor.executors.local import LocalExecutor
 
         make = executor or LocalExecutor
@@ -77,7 +79,8 @@ class Loaded:
             return counted
 
         marked = sorted({*self.spec.destructive, *destructive})
-        return Castor(tools=self.tools, destructive=marked, store=backend, executor=counting)
+        llm_options = {"llm_prices": llm.prices, "llm_timeout": llm.timeout} if llm is not None else {}
+        return Castor(tools=self.tools, destructive=marked, store=backend, executor=counting, **llm_options)
 
     @property
     def executed(self) -> int:

@@ -16,8 +16,8 @@ import os
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from castor._errors import ConfigError
 from castor.backends import REDIS_SCHEMES, _redis_options
+from castor.errors import ConfigError
 from castor.settings import Settings, find_config, load_settings
 
 DEFAULT_DB = "castor.db"

@@ -1,7 +1,7 @@
 """Which runs wait on a pool that no live worker consumes: ``ps`` and ``inspect`` say so within seconds
 ("waiting: no worker consumes castor.web"), where the coordinator would only fail the call at its deadline.
 
-A worker process keeps its entry in its pool's registry fresh every two seconds (``workers._heartbeat.
+A worker process keeps its entry in its pool's registry fresh every two seconds (``castor.fleet.workers._heartbeat.
 Presence``); a pool with no fresh entry has no live worker. Only the queues of such pools are read (on a
 Redis broker: the first ``SCAN_LIMIT`` tasks of the queue's list; a task id starts with its run's pid), so
 a fleet whose pools all have workers costs one read per pool. On RabbitMQ the queue cannot be read
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from castor.settings import Settings
 
 if TYPE_CHECKING:
-    from castor._fleet import FleetClient
+    from castor.fleet.client import FleetClient
 
 SCAN_LIMIT = 1000
 _TASK_ID = re.compile(r'"id": "([^"]{1,200}?):\d+#')
@@ -40,7 +40,7 @@ async def waiting_runs(client: FleetClient, settings: Settings, pids: Iterable[s
         for pool in idle:
             queue = settings.queue_of(pool)
             # kombu's Redis transport keeps a queue (priority 0) in the list named after it, under the
-            # fleet's global key prefix (castor.executors._celery_conf)
+            # fleet's global key prefix (castor.fleet.celery_config)
             messages = await broker.lrange(f"{settings.broker.queue_prefix}:{queue}", -SCAN_LIMIT, -1)
             for message in messages:
                 match = _TASK_ID.search(message)

@@ -131,6 +131,39 @@ def level_3(url: str) -> None:
     )
 
 
+def level_4(url: str) -> None:
+    title("Model calls: a syscall each, charged in tokens, replayed for free")
+    import asyncio
+
+    demo_agent.reset()
+    model = demo_agent.triage_model()
+    kernel = Castor(
+        tools=[demo_agent.search, demo_agent.delete_file], destructive=["delete_file"], llm=model,
+        budgets={"tokens": 2000}, store=url,
+    )
+    print("\n$ python: Castor(llm=castor.llm.Scripted(...), budgets={'tokens': 2000}).run(triage, speculative=True)")
+    cp = asyncio.run(kernel.run(demo_agent.triage, pid="level4", speculative=True))
+    used = cp.budget_used("tokens")
+    say(
+        "The agent (castor.cli.demo_agent:triage) asked the model which logs may go; the model answered",
+        "with tool calls, which the agent sent through tool() like any call: validated, gated, journaled.",
+        f"Each model call is one journaled step, charged the tokens the model reported: {used:g} tokens,",
+        f"after reserving prompt + max_tokens before each call. The model was called {len(model.calls)}x.",
+    )
+    castor("inspect", "level4")
+    calls_before = len(model.calls)
+    fork = asyncio.run(kernel.run(demo_agent.triage, checkpoint=cp.fork(at_step=2), speculative=True))
+    prefix = sum(r.charged.get("tokens", 0) for r in cp.syscall_log[:2])
+    fork_used = fork.budget_used("tokens")
+    say(
+        "Forked at step 2: search and the model's decision (steps 0-1) came from the journal, so the model",
+        f"was not asked again; the deletions and the summary re-ran: {len(model.calls) - calls_before} new model call.",
+        f"Its usage is {fork_used:g} tokens: the shared model step's {prefix:g}, kept from the journal",
+        f"(the replay charged nothing), plus {fork_used - prefix:g} for its own summary.",
+    )
+    asyncio.run(kernel.close())
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Show the three protection levels on the README's clean-up task (a temporary store, not ./castor.db)."""
     print(
@@ -144,6 +177,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         level_1()
         level_2(url)
         level_3(url)
+        level_4(url)
     print(f"\n{RULE}\nDone. Try it on your own files: castor run --help")
     return 0
 

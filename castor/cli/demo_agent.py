@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from castor.lib import tool
+from castor.lib import complete, tool
+from castor.llm import Scripted
 
 OLD_LOGS = ["/tmp/old1.log", "/tmp/old2.log", "/tmp/old3.log"]
 CALLS: Counter[str] = Counter()
@@ -49,6 +50,31 @@ async def cleanup() -> str:
         else:
             deleted.append(path)
     return f"Cleaned up: deleted {', '.join(deleted) or 'nothing'}; kept {', '.join(kept) or 'nothing'}"
+
+
+DELETE_TOOL = {
+    "name": "delete_file",
+    "description": "Delete a file",
+    "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
+}
+
+
+async def triage() -> str:
+    """Ask a model which old logs may go; delete what it asks for through tool(); ask it for a summary."""
+    paths = await tool("search", query="old logs")
+    reply = await complete(prompt=f"Which of these logs may be deleted? {paths}", system="You clean up disks.",
+                           tools=[DELETE_TOOL], max_tokens=200)
+    for call in reply.tool_calls:
+        await tool(call.name, **call.arguments)
+    done = [c.arguments.get("path") for c in reply.tool_calls]
+    return (await complete(prompt=f"Summarise: deleted {done}", max_tokens=100)).text
+
+
+def triage_model() -> Scripted:
+    """A deterministic model for ``triage``: two deletions, then a summary (twice: the fork asks again)."""
+    deletions = [{"name": "delete_file", "arguments": {"path": p}} for p in (OLD_LOGS[0], OLD_LOGS[2])]
+    summary = "Deleted old1.log and old3.log; kept old2.log, still written to."
+    return Scripted([{"tool_calls": deletions}, summary, summary], model="demo-model")
 
 
 def reset() -> None:

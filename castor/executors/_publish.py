@@ -7,9 +7,9 @@ properties, body, in kombu's Redis envelope) and the ``task-sent`` event, and se
 ``LPUSH`` on the queue's list and a ``PUBLISH`` on the event channel, in the loop's shared pipeline
 (one round trip for every task sent in the same loop iteration). Workers are stock Celery.
 
-Where the message goes is asked from kombu's own channel once (``_kombu``: the queue's list key with the
-transport's ``global_keyprefix``, the event channel with its ``keyprefix_fanout``), and each queue is
-declared through kombu on first use, as ``send_task`` would. Other transports (amqp, sentinel) use
+Where the message goes is asked from kombu's own channel once (``castor.fleet.kombu_keys``: the queue's
+list key with the transport's ``global_keyprefix``, the event channel with its ``keyprefix_fanout``), and
+each queue is declared through kombu on first use, as ``send_task`` would. Other transports (amqp, sentinel) use
 ``SendTaskPublisher``. ``tests/celery/test_publish.py`` compares both publishers' bytes.
 
 A publish that fails — its connection lost, most often — is made once more on a new connection, by
@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from castor._errors import BackendUnavailable
 from castor._ids import unique_ids
-from castor.executors._broker import broker_error
-from castor.executors._kombu import publish_topics, queue_key
+from castor.errors import BackendUnavailable
+from castor.fleet.broker import broker_error
+from castor.fleet.kombu_keys import publish_topics, queue_key
 
 log = logging.getLogger("castor.publish")
 EVENT_EXCHANGE, SENT_ROUTING_KEY = "celeryev", "task.sent"

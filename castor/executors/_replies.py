@@ -16,9 +16,9 @@ import math
 import time
 from typing import Any
 
-from castor._errors import BackendUnavailable
-from castor._tasks import stop_tasks
-from castor.executors._wire import Reply, parse_reply
+from castor.errors import BackendUnavailable
+from castor.fleet.background import stop_tasks
+from castor.fleet.wire import Reply, parse_reply
 
 log = logging.getLogger("castor.replies")
 BATCH = 1000

@@ -23,7 +23,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from castor._errors import (
+from castor._ids import unique_ids
+from castor._sealing import DataKey, encrypted
+from castor._secret import require_secret
+from castor.backends.redis import RedisConnection, keys
+from castor.backends.redis.keys import reply_stream
+from castor.errors import (
     BackendUnavailable,
     CastorError,
     ConfigError,
@@ -32,12 +37,6 @@ from castor._errors import (
     TaskRefusedError,
     ToolTimeoutError,
 )
-from castor._ids import unique_ids
-from castor._sealing import DataKey, encrypted
-from castor._secret import require_secret
-from castor.backends.redis import RedisConnection, keys
-from castor.backends.redis.keys import reply_stream
-from castor.executors._celery_conf import celery_config
 from castor.executors._publish import (
     FAST_SCHEMES,
     PUBLISH_TIMEOUT,
@@ -47,10 +46,11 @@ from castor.executors._publish import (
     UnsurePublish,
 )
 from castor.executors._replies import READ_TIMEOUT, ReplyReader
-from castor.executors._wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, sign, task_name
+from castor.fleet.celery_config import celery_config
+from castor.fleet.wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Reply, encode, kwargs_repr, task_name
 from castor.kernel.steps import IN_DOUBT_REASON
 from castor.registry import ToolRegistry
-from castor.seams import Call, Journal
+from castor.seams import Journal, ToolCall
 from castor.settings import REPLY_GRACE, Settings, call_deadline, tool_policy
 
 log = logging.getLogger("castor.executor")
@@ -133,36 +133,37 @@ class CeleryExecutor:
         """The journal to consult when a reply is late (the kernel's backend's)."""
         self._journal = journal
 
-    async def execute(self, call: Call) -> Any:
-        """Send the call to its pool and return the tool's result, or raise what became of it."""
+    async def execute(self, call: ToolCall) -> Any:
+        """Send the call to its pool and return the tool's result, or raise what became of it. The worker
+        journals the step's record; ``call.finished_at`` is set to that record's."""
         route = self._routes.get(call.tool_name) or self._route(call.tool_name)
-        arguments = encrypted(call.arguments, route.sensitive, self._key) if route.sensitive else call.arguments
-        job = Job(
-            call.run_id, call.step, call.tool_name, arguments, call.effect_id, call.attempt,
-            self._replies.stream, call.record or {},
-        )
-        if self._settings.security.secret:
-            job.token = sign(self._settings.security.secret, job)
-        reply = await self._dispatch(call, job, route)
+        checked = call.arguments if call.checked is None else call.checked
+        sealed = encrypted(checked, route.sensitive, self._key) if route.sensitive else checked
+        kwargs = encode(call, self._replies.stream, self._settings.security.secret or None, sealed)
+        reply = await self._dispatch(call, kwargs, route)
         if reply is None and route.idempotent and await self._started(call):
             # Its worker died mid-call (a killed threads-pool worker's task comes back only after the
             # broker's visibility timeout): the same effect runs again, once, on a live worker.
             log.warning("%s (run %s, step %d) started and never finished: sending it again (idempotent)",
                         call.tool_name, call.run_id, call.step)
-            reply = await self._dispatch(call, job, route)
+            reply = await self._dispatch(call, kwargs, route)
         if reply is None:
             return await self._late(call, route)
+        if reply.finished_at is not None:
+            call.finished_at = reply.finished_at
         return _outcome(reply, call.tool_name)
 
-    async def _dispatch(self, call: Call, job: Job, route: _Route) -> Reply | None:
-        """Publish the job as a new task and await its reply (None: none came by the deadline)."""
-        task_id = f"{job.effect_id}#{job.attempt}-{self._ids()}"
-        future = self._replies.expect(call.effect_id, call.attempt, route.deadline, task_id)
+    async def _dispatch(self, call: ToolCall, kwargs: dict[str, Any], route: _Route) -> Reply | None:
+        """Publish the call's task (``kwargs``) as a new task and await its reply (None: none came by the
+        deadline)."""
+        effect_id = call.effect_id
+        task_id = f"{effect_id}#{call.attempt}-{self._ids()}"
+        future = self._replies.expect(effect_id, call.attempt, route.deadline, task_id)
         try:
             try:
                 await self._publisher.publish(Task(
-                    route.task, task_id, job.kwargs(), route.queue, route.deadline,
-                    {"castor_run": job.run_id, "castor_step": job.step}, kwargs_repr(job, route.sensitive),
+                    route.task, task_id, kwargs, route.queue, route.deadline,
+                    {"castor_run": call.run_id, "castor_step": call.step}, kwargs_repr(call, route.sensitive),
                 ))
             except UnsurePublish as exc:
                 await self._abandon_or_wait(call, task_id, exc)
@@ -170,7 +171,7 @@ class CeleryExecutor:
         except TimeoutError:  # the reader's deadline (a worker's timeout is a reply, not this)
             return None
         finally:
-            self._replies.forget(call.effect_id)
+            self._replies.forget(effect_id)
 
     def _route(self, tool: str) -> _Route:
         policy = tool_policy(self._settings, self._tools.get(tool))
@@ -184,7 +185,7 @@ class CeleryExecutor:
         # the workers' broker visibility timeout is computed from the same function: keep them one
         return call_deadline(self._settings, timeout, retryable, self._grace)
 
-    async def _abandon_or_wait(self, call: Call, task_id: str, failure: UnsurePublish) -> None:
+    async def _abandon_or_wait(self, call: ToolCall, task_id: str, failure: UnsurePublish) -> None:
         """The publish failed, but its task may be queued: abandon it (no worker will run it; the call
         fails, and its charge is refunded) unless a worker took it already, whose reply is then awaited.
         Failing the call while the task may still run would have the tool act for a call its agent was
@@ -203,13 +204,14 @@ class CeleryExecutor:
             raise BackendUnavailable(f"{failure}; no worker will run it") from failure.__cause__ or failure
         log.warning("%s, but a worker took task %s: waiting for its reply", failure, task_id)
 
-    async def _late(self, call: Call, route: _Route) -> Any:
+    async def _late(self, call: ToolCall, route: _Route) -> Any:
         """No reply by the deadline: the journal's record if the step finished after all; in doubt if a
         worker started it and never finished (a lost worker, or a tool that would not stop); else a
         timeout (no worker took it)."""
         if self._journal is not None:
             record = await self._journal.get(call.run_id, call.step)
             if record is not None and record.tool_name == call.tool_name:
+                call.finished_at = record.finished_at
                 return record.response
         if await self._started(call):
             raise InDoubtError(
@@ -221,7 +223,7 @@ class CeleryExecutor:
             f"step {call.step}); is a worker of pool {route.pool!r} running?"
         )
 
-    async def _started(self, call: Call) -> bool:
+    async def _started(self, call: ToolCall) -> bool:
         """Whether a worker started this round of the step and left it unfinished (its marker is there)."""
         marker = await self._control_conn().command(
             "get", keys.started_marker(self._settings.redis.prefix, call.run_id, call.step)
@@ -249,7 +251,7 @@ class CeleryExecutor:
 def _connection(url: str, reply_timeout: float) -> Any:
     """A connection of the executor's own: the lean one where hiredis can parse, else redis-py's. A reply
     that takes over ``reply_timeout`` seconds fails its command as a lost connection."""
-    from castor.backends.redis._resp import RespConnection, available
+    from castor.backends.redis.resp import RespConnection, available
 
     if available(url):
         return RespConnection(url, reply_timeout=reply_timeout)

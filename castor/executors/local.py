@@ -8,9 +8,9 @@ from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
-from castor._errors import ToolTimeoutError
+from castor.errors import ToolTimeoutError
 from castor.registry import ToolRegistry
-from castor.seams import Call
+from castor.seams import ToolCall
 
 
 class LocalExecutor:
@@ -28,23 +28,24 @@ class LocalExecutor:
             self._pool = ThreadPoolExecutor(self._max_threads, thread_name_prefix="castor-tool")
         return self._pool
 
-    def execute(self, call: Call) -> Awaitable[Any]:
-        """Run the call with the tool's deadline; ``ToolTimeoutError`` past it.
+    def execute(self, call: ToolCall) -> Awaitable[Any]:
+        """Run the call's checked arguments with the tool's deadline; ``ToolTimeoutError`` past it.
 
         An async tool without a deadline is awaited directly by the kernel: no frame of our own.
         """
         spec = self._tools.get(call.tool_name)
+        checked = call.checked
+        arguments = call.arguments if checked is None else checked
         if spec.is_async:
-            work = spec.func(**call.arguments)
+            work = spec.func(**arguments)
         else:
             loop = asyncio.get_running_loop()
-            work = loop.run_in_executor(self._threads(), functools.partial(spec.func, **call.arguments))
-        if call.timeout is None:
+            work = loop.run_in_executor(self._threads(), functools.partial(spec.func, **arguments))
+        if spec.timeout is None:
             return cast(Awaitable[Any], work)
-        return self._with_deadline(call, work)
+        return self._with_deadline(call, work, spec.timeout)
 
-    async def _with_deadline(self, call: Call, work: Awaitable[Any]) -> Any:
-        timeout = cast(float, call.timeout)
+    async def _with_deadline(self, call: ToolCall, work: Awaitable[Any], timeout: float) -> Any:
         try:
             async with asyncio.timeout(timeout) as deadline:
                 return await work

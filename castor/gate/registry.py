@@ -4,7 +4,7 @@
 ``Castor()``) is not provided: pass tools with ``Castor(tools=...)`` or a ``ToolRegistry`` you create.
 """
 
-from castor._errors import UnknownToolError as ToolNotFoundError
+from castor.errors import UnknownToolError as ToolNotFoundError
 from castor.registry import ToolMetadata, ToolRegistry
 
 __all__ = ["ToolMetadata", "ToolNotFoundError", "ToolRegistry"]

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Castor", "CastorTask", "CastorWarning"]
 
-_HOME = {"Castor": "castor.kernel.facade", "CastorWarning": "castor._errors", "CastorTask": "castor.kernel.runner"}
+_HOME = {"Castor": "castor.kernel.facade", "CastorWarning": "castor.errors", "CastorTask": "castor.kernel.runner"}
 
 
 def __getattr__(name: str) -> Any:

@@ -15,14 +15,14 @@ import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from castor._errors import CastorError, NothingPendingError
 from castor._sealing import SealError, digested, opened
 from castor._terminal import save_run
-from castor.checkpoint import AgentCheckpoint, new_record
+from castor.checkpoint import AgentCheckpoint
+from castor.errors import CastorError, NothingPendingError
 from castor.kernel.children import pending_child
 from castor.kernel.context import RunContext, Services, Suspend, Syscall
 from castor.kernel.runner import load, sync_journal
-from castor.seams import Decision, DecisionOutcome, PendingApproval
+from castor.seams import Decision, DecisionOutcome, PendingApproval, ToolCall
 
 OUTCOMES: dict[str, DecisionOutcome] = {"approve": "approve", "reject": "reject", "modify": "modify"}
 T = TypeVar("T")
@@ -83,7 +83,7 @@ async def apply_decision(services: Services, cp: AgentCheckpoint, step: int, too
     suspended = False
     try:
         if step == len(cp.syscall_log):
-            await services.chain(Syscall(ctx, step, tool, clear_arguments(services, tool, args)))
+            await services.chain(Syscall(cp.pid, step, tool, clear_arguments(services, tool, args), ctx))
     except Suspend:
         suspended = True  # the approved call went in doubt (its worker was lost): a new round waits
     except CastorError:
@@ -168,10 +168,8 @@ def _decide_deferred(
     status = "HITL_REJECTED" if outcome == "reject" else "HITL_MODIFIED"
     spec = services.tools.find(tool)
     journaled = digested(clear_arguments(services, tool, args), spec.sensitive, services.data_key) if spec else args
-    record = new_record(
-        {"tool_name": tool, "arguments": journaled}, {"status": status, "human_feedback": decision.reason},
-        was_hitl=True, decided_by=decision.by, finished_at=decision.at,
-    )
+    call = ToolCall(cp.pid, step, tool, journaled, was_hitl=True, decided_by=decision.by, finished_at=decision.at)
+    record = call.record({"status": status, "human_feedback": decision.reason})
     cp.syscall_log.append(record)
     _clear_pending(cp)
     cp.updated_at = time.time()

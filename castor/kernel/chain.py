@@ -20,9 +20,9 @@ import functools
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
-from castor._errors import CastorError, InDoubtError, RemoteToolError, UnknownToolError
 from castor._redact import redact
-from castor.checkpoint import StepFailure, bounded_arguments
+from castor.checkpoint import USAGE_STRIDE, StepFailure, bounded_arguments, usage_after
+from castor.errors import CastorError, InDoubtError, RemoteToolError, UnknownToolError
 from castor.kernel.claims import run_claimed
 from castor.kernel.context import Handler, Interceptor, Syscall
 from castor.kernel.steps import (
@@ -30,13 +30,10 @@ from castor.kernel.steps import (
     IN_DOUBT_REASON,
     SPECULATIVE_REASON,
     answer,
-    record_fields,
     replay,
-    step_record,
     suspend_for_human,
 )
 from castor.registry import ToolSpec
-from castor.seams import Call
 
 Stage = Callable[..., Awaitable[Any]]  # def stage(call: Syscall, inner: Handler) -> Awaitable[Any]
 
@@ -180,19 +177,18 @@ def _amount(cost: Mapping[str, float], short: str | None) -> str:
 
 async def execute(call: Syscall) -> Any:
     """Run the tool through the executor and journal its result; journal a failure for audit."""
-    spec: ToolSpec = call.spec  # type: ignore[assignment]
-    checked: dict[str, Any] = call.checked  # type: ignore[assignment]  # both set by validate
+    spec: ToolSpec = call.spec  # type: ignore[assignment]  # set by validate, as call.checked
     ctx = call.ctx
     run_id = ctx.run_id
     executor = ctx.services.executor
-    work = Call(
-        run_id, call.step, call.tool_name, checked, f"{run_id}:{call.step}", spec.timeout,
-        call.decided_by, call.attempt,
-    )
-    if executor.writes_journal:
-        work.record = record_fields(call, call.charged)
+    journals = executor.writes_journal
+    if journals:
+        step = call.step
+        if step % USAGE_STRIDE == USAGE_STRIDE - 1 and len(ctx.checkpoint.syscall_log) == step:
+            # The executor builds the record: it carries the run's usage snapshot, as commit would add it.
+            call.usage = usage_after(ctx.usage, call.charged)
     try:
-        result = await executor.execute(work)
+        result = await executor.execute(call)  # the call itself: nothing is copied for the executor
     except Exception as exc:
         failure = StepFailure(
             step=call.step,
@@ -212,7 +208,8 @@ async def execute(call: Syscall) -> Any:
             await suspend_for_human(call, call.attempt + 1, IN_DOUBT_REASON)
         raise
     # The record is committed here rather than through answer(): one coroutine fewer on every live step.
-    record = await ctx.commit(call.step, step_record(call, result, call.charged), stored=executor.writes_journal)
+    # The executor that journaled the record set when it finished: this is the very record it journaled.
+    record = await ctx.commit(call.step, call.record(result), stored=journals)
     return record.response
 
 

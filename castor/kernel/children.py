@@ -14,9 +14,9 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from castor._errors import CastorError
 from castor._ids import check_pid, pid_part
 from castor.checkpoint import AgentCheckpoint, Capability
+from castor.errors import CastorError
 from castor.kernel import runner
 from castor.kernel.context import RunContext, Suspend, Syscall
 from castor.kernel.steps import answer, journaled
@@ -31,7 +31,7 @@ def pending_child(cp: AgentCheckpoint) -> AgentCheckpoint | None:
 async def spawn(ctx: RunContext, name: str, capabilities: Mapping[str, float] | None) -> Any:
     """Start child agent ``name`` with ``capabilities`` taken from the parent's budget; returns its handle."""
     caps = {k: float(v) for k, v in (capabilities or {}).items()}
-    call = Syscall(ctx, ctx.claim_step(), "spawn", {"agent": name, "capabilities": caps})
+    call = Syscall(ctx.run_id, ctx.claim_step(), "spawn", {"agent": name, "capabilities": caps}, ctx)
     index = ctx.spawned  # handles number from 0, as in castor-kernel 0.5.1
     ctx.spawned += 1
     record = journaled(call)
@@ -67,7 +67,7 @@ async def _drive_child(ctx: RunContext, agent: Any, child: AgentCheckpoint) -> A
 
 async def join(ctx: RunContext, handle: str) -> Any:
     """Wait for the child; journal its checkpoint; give the unused part of its budget back."""
-    call = Syscall(ctx, ctx.claim_step(), "join", {"handle": handle})
+    call = Syscall(ctx.run_id, ctx.claim_step(), "join", {"handle": handle}, ctx)
     record = journaled(call)
     if record is not None:
         return record.response

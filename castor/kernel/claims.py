@@ -41,9 +41,9 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from castor._errors import ReplayDivergenceError, StaleLeaseError, ToolTimeoutError
 from castor._redact import redact
 from castor.checkpoint import StepFailure
+from castor.errors import ReplayDivergenceError, StaleLeaseError, ToolTimeoutError
 from castor.kernel.context import Handler, Syscall, same_arguments
 from castor.kernel.steps import suspend_for_human
 from castor.seams import Journal, StepClaim

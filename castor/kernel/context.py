@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from castor._canonical import canonical
-from castor._errors import JournalConflictError, RunEndedError
 from castor._sealing import DataKey, digested
 from castor.agents import AgentRegistry
 from castor.checkpoint import USAGE_STRIDE, AgentCheckpoint, SyscallRecord, usage_of
+from castor.errors import JournalConflictError, RunEndedError
 from castor.registry import ToolRegistry, ToolSpec
-from castor.seams import Backend, Executor
+from castor.seams import Backend, Executor, ToolCall
 
 
 class Suspend(BaseException):
@@ -37,27 +37,36 @@ class Suspend(BaseException):
         self.step = step
 
 
-@dataclass(slots=True)
-class Syscall:
-    """One tool call on its way through the kernel's handler chain."""
+@dataclass(slots=True, init=False)
+class Syscall(ToolCall):
+    """One tool call on its way through the kernel's handler chain: the ``ToolCall`` the executor is
+    handed and the journal records, plus the run it belongs to and the tool's spec (set by validation)."""
 
     ctx: RunContext
-    step: int
-    tool_name: str
-    arguments: dict[str, Any]
-    spec: ToolSpec | None = None
-    checked: dict[str, Any] | None = None
-    charged: Mapping[str, float] | None = None
-    was_hitl: bool = False
-    decided_by: str | None = None
-    needs_review: bool = False
-    review_reason: str | None = None
-    attempt: int = 0  # the approval round that let the call run (>= 1 after its worker was lost)
+    spec: ToolSpec | None
 
-    @property
-    def request(self) -> dict[str, Any]:
-        """The request as journaled: the tool and its raw arguments, sensitive values as keyed digests."""
-        return {"tool_name": self.tool_name, "arguments": self.stored_arguments(digested)}
+    def __init__(self, run_id: str, step: int, tool_name: str, arguments: dict[str, Any], ctx: RunContext) -> None:
+        # Written out: one is made per step, replayed ones too, and a generated __init__ fills the
+        # keyword-only defaults from a dict, one lookup each (a third of a replayed step's budget).
+        self.run_id = run_id
+        self.step = step
+        self.tool_name = tool_name
+        self.arguments = arguments
+        self.ctx = ctx
+        self.spec = None
+        self.attempt = 0
+        self.checked = None
+        self.decided_by = None
+        self.was_hitl = False
+        self.needs_review = False
+        self.review_reason = None
+        self.charged = None
+        self.usage = None
+        self.finished_at = None
+
+    def journaled_arguments(self) -> dict[str, Any]:
+        """The raw arguments with their sensitive values as keyed digests, as the journal keeps them."""
+        return self.stored_arguments(digested)
 
     def stored_arguments(self, seal: Callable[[dict[str, Any], frozenset[str], DataKey], dict[str, Any]]) -> Any:
         """The raw arguments with their sensitive values sealed by ``seal`` (``castor._sealing``)."""
@@ -108,6 +117,8 @@ class Services:
     spawn: ChildOperation
     join: ChildOperation
     structured_results: bool = False
+    # Model calls (castor.kernel.model.ModelServices): the provider, the price table, the model chain.
+    models: Any = None
     # Checkpoints the kernel drove, while someone still holds them (a weak mapping: the store has the rest).
     live: MutableMapping[str, AgentCheckpoint] = field(default_factory=dict)
 
@@ -169,9 +180,9 @@ class RunContext:
             if charged:
                 for name, amount in charged.items():
                     usage[name] = usage.get(name, 0.0) + amount
-            if step % USAGE_STRIDE == USAGE_STRIDE - 1:
-                record.__dict__["usage"] = dict(usage)  # set once, before anyone else holds the record
-            if not stored:
+            if not stored:  # a stored record is kept as journaled: it has its snapshot if its builder knew it
+                if step % USAGE_STRIDE == USAGE_STRIDE - 1:
+                    record.__dict__["usage"] = dict(usage)  # set once, before anyone else holds the record
                 try:
                     await journal.append(self.run_id, step, record)
                 except JournalConflictError:

@@ -7,8 +7,8 @@ what to use instead. ``ReplayDivergenceError`` is Castor's own, raised when a re
 another call than its journal holds. (Castor's human decisions are ``castor.kernel.approvals``.)
 """
 
-from castor._errors import ReplayDivergenceError
 from castor.compat import unsupported
+from castor.errors import ReplayDivergenceError
 
 _CHAIN = (
     "the kernel's syscall handler chain decides and acts on every call (castor.kernel.chain); run the agent "

@@ -14,17 +14,19 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
-from castor._errors import CastorWarning, ConfigError
 from castor._sealing import DataKey
 from castor.agents import AgentRegistry, default_agent_registry
 from castor.backends import open_backend
 from castor.checkpoint import AgentCheckpoint
 from castor.compat import legacy_tools
+from castor.errors import CastorWarning, ConfigError
 from castor.executors.local import LocalExecutor
 from castor.kernel import approvals, children, runner
 from castor.kernel.chain import build_chain
 from castor.kernel.context import Handler, Interceptor, Services
+from castor.kernel.model import ModelServices, build_model_chain
 from castor.kernel.runner import CastorTask
+from castor.llm.cost import TOKEN_RESOURCES, price_table
 from castor.registry import SyscallGate, ToolRegistry
 from castor.seams import Backend, Executor, JournalBinding
 from castor.summary import ExecutionSummary, scan
@@ -42,7 +44,7 @@ class Castor:
         *,
         tools: Iterable[Any] | None = None,
         destructive: Iterable[str] | None = None,
-        llm: Callable[..., Any] | None = None,
+        llm: Any = None,  # a castor.llm provider, or 0.5.1's model function (the tool llm_inference)
         llm_cost: float = 1.0,
         llm_resource: str = "api",
         agent_registry: AgentRegistry | None = None,
@@ -55,11 +57,19 @@ class Castor:
         executor: Executor | Callable[[ToolRegistry], Executor] | None = None,
         scopes: Iterable[str] = (),
         interceptors: Sequence[Interceptor] = (),
+        llm_prices: Mapping[str, Any] | None = None,
+        llm_timeout: float | None = None,
         **compat: Any,
     ) -> None:
         gated = legacy_tools(compat)
         tools_ = ToolRegistry([*(tools or ()), *gated], destructive=destructive or (), costs=costs)
-        if llm is not None and LLM_TOOL not in tools_:
+        provider = llm if _is_provider(llm) else None
+        if provider is not None and (llm_cost != 1.0 or llm_resource != "api"):
+            raise ConfigError(
+                "llm_cost= and llm_resource= price 0.5.1's model function; a castor.llm provider's calls are charged "
+                "the tokens they use (budgets input_tokens, output_tokens, tokens; usd with llm_prices=)"
+            )
+        if llm is not None and provider is None and LLM_TOOL not in tools_:
             # The LLM is a tool like any other; castor-kernel 0.5.1 dropped it unless tools= was given.
             tools_.add((LLM_TOOL, llm), cost={llm_resource: float(llm_cost)} if llm_cost else {})
         tools_.check_destructive()
@@ -90,6 +100,14 @@ class Castor:
             spawn=children.spawn,
             join=children.join,
             structured_results=structured_results,
+            # Model calls (castor.lib.model_call, complete, chat with a provider): their own stages after replay.
+            models=ModelServices(
+                provider=provider,
+                prices=price_table(llm_prices),
+                timeout=llm_timeout,
+                chain=build_model_chain(interceptors),
+                default_model=str(getattr(provider, "model", "") or ""),
+            ),
             # Checkpoints this kernel drove, while someone still holds them: the store has the rest, so a
             # long-lived kernel (a coordinator) does not keep every run it ever drove in memory.
             live=weakref.WeakValueDictionary(),
@@ -151,7 +169,7 @@ class Castor:
 
     @staticmethod
     def _check_budgets(tools: ToolRegistry, budgets: Mapping[str, float], *, stacklevel: int) -> None:
-        known = tools.consumed_resources()
+        known = tools.consumed_resources() | set(TOKEN_RESOURCES)  # model calls draw tokens and dollars
         for key, value in budgets.items():
             if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value) or value < 0:
                 raise ConfigError(f"budget {key!r} must be a non-negative number, got {value!r}")
@@ -295,3 +313,14 @@ class Castor:
         await self.flush()
         await self.executor.close()
         await self.backend.close()
+
+
+def _is_provider(llm: Any) -> bool:
+    """A ``castor.llm`` provider (an object with ``complete``) rather than 0.5.1's plain model function."""
+    if llm is None:
+        return False
+    if callable(getattr(llm, "complete", None)):
+        return True
+    if callable(llm):
+        return False
+    raise ConfigError(f"llm must be a castor.llm provider or an async function, got {llm!r}")

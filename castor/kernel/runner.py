@@ -17,10 +17,10 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from castor._errors import ConfigError, JournalConflictError, RunNotFoundError
 from castor._ids import check_pid, pid_part
-from castor._terminal import save_run, save_started
-from castor.checkpoint import FINISHED, AgentCheckpoint, Capability, usage_of
+from castor._terminal import save_run, save_started, stored_run
+from castor.checkpoint import FINISHED, AgentCheckpoint, Capability
+from castor.errors import ConfigError, JournalConflictError, RunNotFoundError
 from castor.kernel.claims import driving
 from castor.kernel.context import RunContext, Services, Suspend, current_run
 from castor.lib.proxy import SyscallProxy
@@ -48,15 +48,9 @@ def new_checkpoint(pid: str, name: str, budgets: Mapping[str, float]) -> AgentCh
 
 async def load(services: Services, pid: str) -> AgentCheckpoint:
     """The checkpoint of ``pid`` with its journal, read from the store (``RunNotFoundError`` if none)."""
-    backend = services.backend
-    header = await backend.runs.load(pid)
+    header = await stored_run(services.backend, pid)
     if header is None:
         raise RunNotFoundError(pid)
-    header.syscall_log = await backend.journal.history(pid)
-    header.failures = await backend.journal.failures(pid)
-    used = usage_of(header.syscall_log)  # the journal is the truth of what was charged
-    for resource, cap in header.capabilities.items():
-        cap.current_usage = used.get(resource, 0.0)
     return header
 
 

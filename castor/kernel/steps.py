@@ -11,10 +11,10 @@ import time
 from collections.abc import Awaitable, Mapping
 from typing import Any, NoReturn
 
-from castor._errors import ReplayDivergenceError
 from castor._redact import masked, redact
 from castor._sealing import encrypted, foreign_digests
-from castor.checkpoint import AgentCheckpoint, SyscallRecord, new_record
+from castor.checkpoint import AgentCheckpoint, SyscallRecord
+from castor.errors import ReplayDivergenceError
 from castor.kernel.context import Handler, Suspend, Syscall, same_arguments
 from castor.seams import PendingApproval
 
@@ -74,43 +74,16 @@ def _same_call(recorded: Any, call: Syscall) -> bool:
 # --- by a journaled result ------------------------------------------------------------------------
 
 
-def record_fields(call: Syscall, charged: Mapping[str, float] | None) -> dict[str, Any]:
-    """Everything a step's record holds except its response."""
-    return {
-        "request": call.request,
-        "was_hitl": call.was_hitl,
-        "needs_review": call.needs_review,
-        "review_reason": call.review_reason,
-        "child_checkpoint": None,
-        "charged": dict(charged) if charged else {},
-        "decided_by": call.decided_by,
-    }
-
-
-def step_record(
-    call: Syscall, response: Any, charged: Mapping[str, float] | None, child: AgentCheckpoint | None = None
-) -> SyscallRecord:
-    """The journal record of ``call`` answered with ``response`` (a join's record carries the child)."""
-    return new_record(
-        call.request,
-        response,
-        was_hitl=call.was_hitl,
-        needs_review=call.needs_review,
-        review_reason=call.review_reason,
-        child_checkpoint=child,
-        charged=charged,  # type: ignore[arg-type]  # a tool's cost mapping, never mutated: shared, not copied
-        decided_by=call.decided_by,
-        finished_at=time.time(),
-    )
-
-
 async def answer(
     call: Syscall, response: Any, charged: Mapping[str, float] | None = None, *, stored: bool = False,
     child: AgentCheckpoint | None = None,
 ) -> Any:
-    """Journal ``response`` as the step's result and return it to the agent (or the step's record
-    another process driving the run journaled first, which stands)."""
-    record = await call.ctx.commit(call.step, step_record(call, response, charged, child), stored=stored)
+    """Journal ``response`` as the step's result, charged ``charged`` (what the call was charged, if not
+    given), and return it to the agent (or the step's record another process driving the run journaled
+    first, which stands)."""
+    if charged is not None:
+        call.charged = charged
+    record = await call.ctx.commit(call.step, call.record(response, child), stored=stored)
     return record.response
 
 
@@ -123,7 +96,7 @@ async def suspend_for_human(call: Syscall, attempt: int, reason: str) -> NoRetur
     # The pending call keeps its sensitive values encrypted: an approval may execute it in another process.
     arguments = call.stored_arguments(encrypted)
     await ctx.services.backend.approvals.request(
-        PendingApproval(ctx.run_id, call.step, call.tool_name, arguments, time.time(), None, reason, attempt)
+        PendingApproval(ctx.run_id, call.step, call.tool_name, arguments, time.time(), None, reason, attempt=attempt)
     )
     ctx.suspended_at = call.step
     cp = ctx.checkpoint

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, NoReturn
 
-from castor._errors import UnsupportedError
+from castor.errors import UnsupportedError
 from castor.kernel.context import active_run
 from castor.lib.proxy import SyscallProxy
 

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from castor.kernel.context import Suspend, Syscall, active_run
+from castor.lib.models import complete, has_provider
 from castor.results import wrap
 
 
@@ -13,7 +14,7 @@ async def tool(name: str, /, **kwargs: Any) -> Any:
     """Call tool ``name`` with ``kwargs`` through the kernel and return what the agent receives."""
     ctx = active_run()
     services = ctx.services
-    response = await services.chain(Syscall(ctx, ctx.claim_step(), name, kwargs))
+    response = await services.chain(Syscall(ctx.run_id, ctx.claim_step(), name, kwargs, ctx))
     return wrap(response) if services.structured_results else response
 
 
@@ -22,8 +23,14 @@ async def try_tool(name: str, /, **kwargs: Any) -> Any:
     return await tool(name, **kwargs)
 
 
-async def chat(prompt: str, *, system: str = "", tool_name: str = "llm_inference") -> Any:
-    """Ask the operator's LLM tool."""
+async def chat(prompt: str, *, system: str = "", tool_name: str = "llm_inference", model: str | None = None) -> Any:
+    """Ask the kernel's model and return its text; with 0.5.1's ``Castor(llm=<function>)``, call that tool.
+
+    With a provider (``Castor(llm=castor.llm.OpenAICompatible(...))``) this is a model syscall
+    (``castor.lib.complete``); otherwise it calls tool ``tool_name`` with ``prompt`` and ``system``.
+    """
+    if tool_name == "llm_inference" and tool_name not in active_run().services.tools and has_provider():
+        return (await complete(prompt=prompt, system=system, model=model)).text
     return await tool(tool_name, prompt=prompt, system=system)
 
 

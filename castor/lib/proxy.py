@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from castor._errors import UnsupportedError
 from castor.checkpoint import AgentCheckpoint
+from castor.errors import UnsupportedError
 from castor.kernel.context import RunContext
 from castor.lib import primitives
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, NoReturn
 
-from castor._errors import RunNotFoundError as CheckpointNotFoundError
-from castor._errors import UnsupportedError
 from castor.backends import open_backend
 from castor.checkpoint import AgentCheckpoint
+from castor.errors import RunNotFoundError as CheckpointNotFoundError
+from castor.errors import UnsupportedError
 from castor.kernel import Castor
 from castor.kernel.approvals import run_now
 from castor.seams import Backend

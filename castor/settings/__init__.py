@@ -10,6 +10,8 @@
     [budgets]   <resource> = limit
     [flower]    port, basic_auth
     [coordinator] max_takeovers                 a run taken over more times in a row is quarantined (FAILED)
+    [llm]       pool, tools, skew               model calls' pool (and the tools that call models); window skew
+    [llm.limits."<provider>/<model>"] rpm, tpm  a provider's rate limits per API key, shared by every worker
 
 ``Settings`` has one frozen pydantic model per section (``settings.workers.concurrency``), each default
 and each range declared once, on its field (``castor.settings._model``). Unknown sections or keys, an
@@ -30,14 +32,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from castor._errors import ConfigError, InvalidValueError
 from castor._imports import parse_spec
 from castor._secret import INSECURE_ENV
+from castor.errors import ConfigError, InvalidValueError
 from castor.registry import ToolSpec
 from castor.settings._model import (
     BrokerSection,
     CoordinatorSection,
     FlowerSection,
+    LLMSection,
+    ModelLimits,
     RedisSection,
     SecuritySection,
     Settings,
@@ -48,7 +52,8 @@ from castor.settings._model import (
 
 __all__ = [
     "CONFIG_ENV", "CONFIG_FILES", "CONFIG_HELP", "REPLY_GRACE", "BrokerSection", "CoordinatorSection",
-    "FlowerSection", "RedisSection", "SecuritySection", "Settings", "ToolPolicy", "ToolsSection", "WorkerPool",
+    "FlowerSection", "LLMSection", "ModelLimits",
+    "RedisSection", "SecuritySection", "Settings", "ToolPolicy", "ToolsSection", "WorkerPool",
     "WorkersSection", "broker_visibility", "call_deadline", "find_config", "load_settings", "longest_deadline",
     "tool_policy", "visibility_warning",
 ]
@@ -102,7 +107,7 @@ def broker_visibility(settings: Settings, tools: Iterable[ToolSpec] = ()) -> flo
 
     kombu's Redis transport lets every consumer of the broker restore any task unacked for longer than
     its own visibility timeout, whatever its queue. Workers that take their tools from the config count
-    every tool it imports (``workers.main.deadline_tools``); Flower and a worker given ``--tools`` know
+    every tool it imports (``castor.fleet.workers.main.deadline_tools``); Flower and a worker given ``--tools`` know
     only the config's deadlines, so a tool declaring a long one in code belongs in ``[tools] timeouts``
     too (or the fleet sets ``[broker] visibility_timeout``).
     """

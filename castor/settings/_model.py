@@ -9,9 +9,9 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from castor._errors import ConfigError
+from castor.errors import ConfigError
 from castor.settings._ranges import settings_error
 
 DAY = 86400.0
@@ -27,6 +27,7 @@ WorkerPool = Literal["threads", "prefork", "solo"]
 Seconds = Annotated[float, Field(strict=True, gt=0, le=30 * DAY)]  # a deadline: positive, finite, at most 30 days
 Budget = Annotated[float, Field(strict=True, ge=0)]
 Names = frozenset[str]  # tool names; a TOML list
+MODEL_TOOL_PREFIX = "llm."  # a tool named so is a model call: it runs on ``[llm] pool``
 
 
 class Section(BaseModel):
@@ -99,6 +100,55 @@ class CoordinatorSection(Section):
     max_takeovers: Annotated[int, Field(strict=True, ge=0, le=1000)] = 3
 
 
+class PriceSection(Section):
+    """A model's price: dollars per million input and output tokens."""
+
+    input: float = 0.0
+    output: float = 0.0
+
+    @field_validator("input", "output", mode="before")
+    @classmethod
+    def _dollars(cls, value: Any) -> float:
+        # a TOML integer or float (not a string, not a boolean), finite and not negative
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
+            raise ValueError(f"must be dollars per million tokens (a number >= 0), got {value!r}")
+        return float(value)
+
+
+class ModelLimits(Section):
+    """``[llm.limits."<provider>/<model>"]``: what the provider allows one API key per minute (None: no limit)."""
+
+    rpm: Annotated[int | None, Field(strict=True, ge=1, le=100_000_000)] = None  # requests per minute
+    tpm: Annotated[int | None, Field(strict=True, ge=1, le=100_000_000_000)] = None  # tokens per minute
+
+
+class LLMSection(Section):
+    """``[llm]``: where model calls run in the fleet, the providers' rate limits every worker shares, and
+    what model calls cost.
+
+    ``pool``: the worker pool of model calls (its workers hold the API keys; coordinators need none). A
+    tool in ``tools`` (one that calls a model itself), or named ``llm.<anything>``, runs there unless
+    ``[pools]`` names it. ``limits``: per ``"provider/model"``, ``"provider/*"`` or ``"*"`` (see
+    ``castor.llm.ratelimit``); ``skew``: seconds added to each minute window for the time between a
+    worker's acquire and the provider seeing the request. ``prices``: ``[llm.prices."gpt-4o"]`` ``input =
+    2.5`` ``output = 10.0`` (dollars per million tokens), what a model call is charged in ``usd``;
+    ``timeout``: the seconds a model call may take."""
+
+    pool: str = "llm"
+    tools: Names = frozenset()
+    limits: Mapping[str, ModelLimits] = Field(default_factory=dict)
+    skew: Annotated[float, Field(strict=True, ge=0, le=60)] = 1.0
+    prices: Mapping[str, PriceSection] = Field(default_factory=dict)
+    timeout: Seconds | None = None
+
+    @model_validator(mode="after")
+    def _names(self) -> LLMSection:
+        for name in self.limits:
+            if name != "*" and (name.count("/") != 1 or not all(name.split("/"))):
+                raise ConfigError(f"[llm.limits] {name!r}: name a limit 'provider/model', 'provider/*' or '*'")
+        return self
+
+
 class Settings(Section):
     """Everything a coordinator, a worker or Flower needs to join the fleet: one field per section, and
     ``source`` (the file, or ``<defaults>``) that every error names.
@@ -115,6 +165,7 @@ class Settings(Section):
     budgets: Mapping[str, Budget] = Field(default_factory=dict)
     flower: FlowerSection = FlowerSection()
     coordinator: CoordinatorSection = CoordinatorSection()
+    llm: LLMSection = LLMSection()
     source: str = "<defaults>"
 
     def __init__(self, **data: Any) -> None:
@@ -155,14 +206,17 @@ class Settings(Section):
 
     @property
     def pool_names(self) -> list[str]:
-        """Every pool: the configured ones and the default pool."""
-        return sorted({*self.pools, self.workers.default_pool})
+        """Every pool: the configured ones, the default pool and the model calls' pool."""
+        return sorted({*self.pools, self.workers.default_pool, self.llm.pool})
 
     def pool_of(self, tool: str) -> str:
-        """The pool that runs ``tool``."""
+        """The pool that runs ``tool``: the one ``[pools]`` puts it in, else ``[llm] pool`` for a model call
+        (a tool of ``[llm] tools`` or named ``llm.*``), else the default pool."""
         for pool, tools in self.pools.items():
             if tool in tools:
                 return pool
+        if tool in self.llm.tools or tool.startswith(MODEL_TOOL_PREFIX):
+            return self.llm.pool
         return self.workers.default_pool
 
     def queue_of(self, pool: str) -> str:

@@ -17,7 +17,7 @@ from annotated_types import Ge, Gt, Le
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from castor._errors import ConfigError, InvalidValueError
+from castor.errors import ConfigError, InvalidValueError
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,16 @@ def _range(annotation: Any, metadata: Sequence[Any]) -> Range | None:
     return Range(float(low), float(high), integer=annotation is int, above=above)
 
 
+def _price_error(first: Any, loc: tuple[str, ...], source: str) -> ConfigError | None:
+    """A bad price of ``[llm.prices."<model>"]`` (input or output), in words; None for any other problem."""
+    if loc[0] != "llm" or len(loc) < 4 or loc[1] != "prices" or first["type"] == "extra_forbidden":
+        return None
+    return InvalidValueError(
+        f"{source}: [llm.prices.{loc[2]}] {loc[3]} must be dollars per million tokens (a number >= 0), "
+        f"got {first['input']!r}"
+    )
+
+
 def settings_error(error: ValidationError, model: type[BaseModel], data: Mapping[str, Any], source: str) -> ConfigError:
     """The first problem of ``error`` (validating ``data`` into ``model``) as a one-line error."""
     first = error.errors()[0]
@@ -89,6 +99,11 @@ def settings_error(error: ValidationError, model: type[BaseModel], data: Mapping
         known = _keys(model) if len(loc) == 1 else _keys(_section(model, section))
         if len(loc) == 1:
             return ConfigError(f"{source}: unknown section [{section}]; known sections: {', '.join(sorted(known))}")
+        if len(loc) == 4:  # a table of tables ([llm.limits."openai/gpt-4o"])
+            table = _section(model, section)
+            inner = _value_type(table.model_fields[_name(table, loc[1])].annotation)
+            return ConfigError(f"{source}: unknown key {loc[3]!r} in [{section}.{loc[1]}.{loc[2]!r}]; "
+                               f"known keys: {', '.join(_keys(inner))}")
         return ConfigError(f"{source}: unknown key {loc[1]!r} in [{section}]; known keys: {', '.join(known)}")
     if len(loc) == 1:
         return ConfigError(f"{where} must be a table")
@@ -107,9 +122,14 @@ def settings_error(error: ValidationError, model: type[BaseModel], data: Mapping
     if get_origin(field.annotation) in (tuple, frozenset) and len(loc) > 2:  # an item of the list
         return ConfigError(f"{source}: {section}.{loc[1]} must be a list of strings, got {_input(data, loc[:2])!r}")
     limit = _range(_value_type(field.annotation), field.metadata) if len(loc) > 2 else Range.of(field)
+    inner = _value_type(field.annotation)
+    if len(loc) == 4 and isinstance(inner, type) and issubclass(inner, BaseModel) and loc[3] in inner.model_fields:
+        limit = Range.of(inner.model_fields[loc[3]])  # a key of a table of tables
     if limit is not None and isinstance(value, int | float) and not isinstance(value, bool):
         return InvalidValueError(f"{source}: {key} = {value!r} is out of range: it must be {limit.describe()}")
-    return InvalidValueError(f"{source}: {key} has the wrong type ({type(value).__name__})")
+    return _price_error(first, loc, source) or InvalidValueError(
+        f"{source}: {key} has the wrong type ({type(value).__name__})"
+    )
 
 
 def _section(model: type[BaseModel], name: str) -> type[BaseModel]:

@@ -102,7 +102,7 @@ def send_poison(fleet: Fleet, pool: str, task: str) -> int:
     ``task``); returns how many."""
     from celery import Celery
 
-    from castor.executors._celery_conf import celery_config
+    from castor.fleet.celery_config import celery_config
 
     app = Celery("poisoner", set_as_current=False)
     app.conf.update(celery_config(fleet.settings))

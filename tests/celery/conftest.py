@@ -101,7 +101,7 @@ def spawn_worker(config: Path, pool: str, impl: str, concurrency: int, env: dict
                  ) -> subprocess.Popen[bytes]:
     """A worker subprocess of ``pool``, started (not yet ready: ``wait_ready``)."""
     cmd = [
-        sys.executable, "-m", "workers", "worker", "--config", str(config), "--pool", pool,
+        sys.executable, "-m", "castor.fleet.workers", "worker", "--config", str(config), "--pool", pool,
         "--pool-impl", impl, "--concurrency", str(concurrency), "--fast-start", "--loglevel", "INFO",
     ]
     with log.open("ab") as out:

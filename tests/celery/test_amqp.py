@@ -21,15 +21,15 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from castor.fleet.workers._preflight import consumer_timeout_warning
 
 import castor.lib as lib
 from castor import BackendUnavailable, Castor, ConfigError
-from castor.executors._celery_conf import celery_config
 from castor.executors._publish import SendTaskPublisher
 from castor.executors.celery import CeleryExecutor, fleet_options
+from castor.fleet.celery_config import celery_config
 from castor.settings import Settings
 from tests.redis_support import free_port
-from workers._preflight import consumer_timeout_warning
 
 from .checks import Twice, fails_cleanly, handled_twice, survives_poison
 from .conftest import ROOT, Fleet, running_fleet

@@ -1,5 +1,5 @@
-"""kombu's and Celery's internals Castor relies on (``workers._broker_loss``'s patch, the key names in
-``castor.executors._kombu``, the worker's event dispatcher): a change fails here, not in a fleet; and on a channel whose
+"""kombu's and Celery's internals Castor relies on (``castor.fleet.workers._broker_loss``'s patch, the key names in
+``castor.fleet.kombu_keys``, the worker's event dispatcher): a change fails here, not in a fleet; and on a channel whose
 connection is gone, the patched restore/ack/reject do what they promise."""
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import kombu
+from castor.fleet.workers._broker_loss import KOMBU_TESTED, patch_restore_unacked
 from kombu.transport import redis as transport
-
-from workers._broker_loss import KOMBU_TESTED, patch_restore_unacked
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
@@ -48,7 +47,7 @@ def test_the_wrapped_methods_keep_the_signatures_the_patch_calls() -> None:
 def test_the_channel_internals_the_lean_publishers_read_keep_their_signatures() -> None:
     from celery.events.dispatcher import EventDispatcher
 
-    from castor.executors._kombu import is_redis_channel
+    from castor.fleet.kombu_keys import is_redis_channel
 
     assert list(inspect.signature(transport.Channel._q_for_pri).parameters) == ["self", "queue", "pri"]
     assert list(inspect.signature(transport.Channel._get_publish_topics).parameters) == [

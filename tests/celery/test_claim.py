@@ -15,14 +15,15 @@ from typing import Any
 
 import pytest
 import redis
+from castor.fleet.workers._scripts import Delivery
+from castor.fleet.workers.runtime import DROPPED, WorkerRuntime
 
 from castor.backends.redis import keys, redis_backend
 from castor.checkpoint import new_record
-from castor.executors._wire import IN_DOUBT, OK, Job, sign, task_name
+from castor.fleet.wire import IN_DOUBT, OK, encode, task_name
 from castor.registry import ToolRegistry
+from castor.seams import ToolCall
 from castor.settings import Settings
-from workers._scripts import Delivery
-from workers.runtime import DROPPED, WorkerRuntime
 
 SECRET = secrets.token_hex(32)
 
@@ -57,10 +58,8 @@ def runtime(redis_url: str, redis_prefix: str, tool: Touch) -> Iterator[WorkerRu
 
 
 def job(attempt: int) -> dict[str, Any]:
-    request = {"tool_name": "touch", "arguments": {"path": "/tmp/x"}}
-    made = Job("r", 0, "touch", {"path": "/tmp/x"}, "r:0", attempt, "", {"request": request})
-    made.token = sign(SECRET, made)  # as its coordinator signs it
-    return made.kwargs()
+    arguments = {"path": "/tmp/x"}
+    return encode(ToolCall("r", 0, "touch", arguments, checked=arguments, attempt=attempt), "", SECRET)
 
 
 def journal_the_step(redis_url: str, redis_prefix: str, response: str) -> None:

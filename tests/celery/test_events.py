@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 import redis
+from castor.fleet.workers._events import LeanEventDispatcher
+from castor.fleet.workers.app import make_app
 from celery.events.dispatcher import EventDispatcher
 
 import castor.lib as lib
 from castor import Castor
-from workers._events import LeanEventDispatcher
-from workers.app import make_app
 
 from .conftest import Fleet
 

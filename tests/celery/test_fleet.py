@@ -16,7 +16,8 @@ import castor.lib as lib
 from castor import Castor, RemoteToolError, ToolTimeoutError
 from castor.backends.redis import keys
 from castor.executors.celery import CeleryExecutor, fleet_options
-from castor.seams import Decision
+from castor.fleet.wire import encode
+from castor.seams import Decision, ToolCall
 
 from .checks import dead_letters
 from .conftest import ROOT, Fleet
@@ -144,7 +145,7 @@ async def test_forged_tasks_are_refused_and_dead_lettered(fleet: Fleet, kernel: 
     # Unsigned (or wrongly signed) while the fleet has a secret: nothing is written into the run they name.
     from celery import Celery
 
-    from castor.executors._celery_conf import celery_config
+    from castor.fleet.celery_config import celery_config
 
     forger = Celery("forger", set_as_current=False)
     forger.conf.update(celery_config(fleet.settings))
@@ -153,9 +154,7 @@ async def test_forged_tasks_are_refused_and_dead_lettered(fleet: Fleet, kernel: 
     path = f"/tmp/forged-{uuid.uuid4().hex[:6]}"
 
     def task(step: int, tool: str, arguments: dict[str, object], token: str | None = None) -> dict[str, object]:
-        return {"run_id": run_id, "step": step, "tool": tool, "arguments": arguments, "effect_id": f"{run_id}:{step}",
-                "attempt": 0, "reply_to": "", "record": {"request": {"tool_name": tool, "arguments": arguments}},
-                "token": token}
+        return {**encode(ToolCall(run_id, step, tool, arguments), "", None), "token": token}
 
     before = fleet.redis.llen(keys.dead_letters(fleet.prefix, "fs"))
     forger.send_task("castor.tool.delete_file", kwargs=task(0, "delete_file", {"path": path}), queue=queue)
@@ -187,7 +186,7 @@ async def test_forged_tasks_are_refused_and_dead_lettered(fleet: Fleet, kernel: 
 async def test_an_approval_does_not_authorize_other_arguments(fleet: Fleet, kernel: Castor) -> None:
     from celery import Celery
 
-    from castor.executors._celery_conf import celery_config
+    from castor.fleet.celery_config import celery_config
 
     path, other = (f"/tmp/castor-{uuid.uuid4().hex[:6]}" for _ in range(2))
 
@@ -203,9 +202,7 @@ async def test_an_approval_does_not_authorize_other_arguments(fleet: Fleet, kern
     queue = fleet.settings.queue_of("fs")
 
     def unsigned(tool: str, arguments: dict[str, object]) -> None:
-        kwargs = {"run_id": cp.pid, "step": 0, "tool": tool, "arguments": arguments, "effect_id": f"{cp.pid}:0",
-                  "attempt": 0, "reply_to": "", "record": {"request": {"tool_name": tool, "arguments": arguments}},
-                  "token": None}
+        kwargs = encode(ToolCall(cp.pid, 0, tool, arguments), "", None)
         forger.send_task(f"castor.tool.{tool}", kwargs=kwargs, queue=queue)
 
     before = fleet.redis.llen(keys.dead_letters(fleet.prefix, "fs"))

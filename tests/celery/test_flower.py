@@ -69,7 +69,7 @@ async def _wait_until_flower_sees_events(base: str, kernel: Castor, timeout: flo
 def flower(fleet: Fleet) -> Iterator[str]:
     """Flower on the fleet's broker: its base URL once its API answers."""
     port = _free_port()
-    cmd = [sys.executable, "-m", "workers", "flower", "--config", str(fleet.config), "--port", str(port)]
+    cmd = [sys.executable, "-m", "castor.fleet.workers", "flower", "--config", str(fleet.config), "--port", str(port)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=fleet.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -146,7 +146,7 @@ async def test_flower_tells_failures_refusals_and_results(flower: str, fleet: Fl
     # A task without the coordinator's token: refused, and Flower says so with the reason.
     from celery import Celery
 
-    from castor.executors._celery_conf import celery_config
+    from castor.fleet.celery_config import celery_config
 
     forger = Celery("forger", set_as_current=False)
     forger.conf.update(celery_config(fleet.settings))

@@ -28,11 +28,11 @@ def _config(tmp_path: Path, broker: str = "redis://127.0.0.1:6379/0", auth: str 
 @pytest.fixture
 def started(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """What Flower would have been started with (nothing is started)."""
-    import workers.flower
+    import castor.fleet.workers.flower as flower_module
 
     calls: list[list[str]] = []
-    monkeypatch.setattr(workers.flower, "check_broker", lambda *_: None)
-    monkeypatch.setattr(workers.flower, "make_app", lambda *_: type("App", (), {"start": calls.append})())
+    monkeypatch.setattr(flower_module, "check_broker", lambda *_: None)
+    monkeypatch.setattr(flower_module, "make_app", lambda *_: type("App", (), {"start": calls.append})())
     for name in ("FLOWER_BASIC_AUTH", "FLOWER_AUTH", "CASTOR_SECRET"):
         monkeypatch.delenv(name, raising=False)
     return calls

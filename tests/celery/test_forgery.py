@@ -18,6 +18,8 @@ import castor.lib as lib
 from castor import Castor, TaskRefusedError
 from castor.backends.redis import keys
 from castor.executors.celery import CeleryExecutor
+from castor.fleet.wire import encode
+from castor.seams import ToolCall
 
 from .checks import dead_letters
 from .conftest import Fleet
@@ -28,7 +30,7 @@ def forger(fleet: Fleet) -> Iterator[Any]:
     """A Celery app on the fleet's broker that knows no secret."""
     from celery import Celery
 
-    from castor.executors._celery_conf import celery_config
+    from castor.fleet.celery_config import celery_config
 
     app = Celery("forger", set_as_current=False)
     app.conf.update(celery_config(fleet.settings))
@@ -39,9 +41,7 @@ def forger(fleet: Fleet) -> Iterator[Any]:
 
 
 def forged(run_id: str, step: int, tool: str, arguments: dict[str, Any], reply_to: str, **more: Any) -> dict[str, Any]:
-    kwargs = {"run_id": run_id, "step": step, "tool": tool, "arguments": arguments, "effect_id": f"{run_id}:{step}",
-              "attempt": 0, "reply_to": reply_to, "record": {"request": {"tool_name": tool, "arguments": arguments}},
-              "token": None}
+    kwargs = encode(ToolCall(run_id, step, tool, arguments), reply_to, None)
     return {**kwargs, **more}
 
 
@@ -70,14 +70,11 @@ async def test_a_forged_task_and_forged_replies_cannot_end_a_live_run(
                      queue=queue)
     forger.send_task("castor.tool.slow_write", kwargs=forged(pid, 0, "slow_write", {"tag": tag}, stream), queue=queue)
     # A signed call (as one read off the broker) replayed under another tool's name and the live task's id.
-    from castor.executors._wire import Job, sign
-
     real_id = re.findall(rf"castor\.tool\.slow_write\[({re.escape(pid)}:0#0-\w+)\] received", fleet.log("fs"))[0]
-    signed = Job(pid, 0, "slow_write", arguments, f"{pid}:0", 0, stream, {})
-    signed.token = sign(fleet.settings.security.secret or "", signed)
-    forger.send_task("castor.tool.write_note", kwargs=signed.kwargs(), queue=queue, task_id=real_id)
+    signed = encode(ToolCall(pid, 0, "slow_write", arguments), stream, fleet.settings.security.secret)
+    forger.send_task("castor.tool.write_note", kwargs=signed, queue=queue, task_id=real_id)
     # Replies written straight to the stream: unsigned, and signed with the wrong secret.
-    from castor.executors._wire import REFUSED, Reply
+    from castor.fleet.wire import REFUSED, Reply
 
     for secret in (None, "not-the-fleet-secret"):
         fake = Reply(f"{pid}:0", 0, REFUSED, None, "TaskRefusedError", "forged", True, task_id="whatever")
@@ -158,7 +155,7 @@ async def test_an_oversized_argument_is_recorded_by_size_and_digest(
 
 async def test_the_reader_takes_only_the_signed_reply_to_the_task_it_published() -> None:
     from castor.executors._replies import ReplyReader
-    from castor.executors._wire import OK, Reply
+    from castor.fleet.wire import OK, Reply
 
     reader = ReplyReader(None, "castor-test:replies:{c}", secret="s3cret")
     future = reader.expect("run:0", 0, deadline=30.0, task_id="run:0#0-a")
@@ -179,7 +176,7 @@ async def test_the_reader_takes_only_the_signed_reply_to_the_task_it_published()
 
 async def test_without_a_secret_the_reader_still_takes_only_the_reply_to_its_task() -> None:
     from castor.executors._replies import ReplyReader
-    from castor.executors._wire import OK, REFUSED, Reply
+    from castor.fleet.wire import OK, REFUSED, Reply
 
     reader = ReplyReader(None, "castor-test:replies:{c}")  # an insecure development fleet
     future = reader.expect("run:0", 0, deadline=30.0, task_id="run:0#0-a")

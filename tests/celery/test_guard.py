@@ -13,15 +13,15 @@ from typing import Any
 
 import pytest
 import redis
+from castor.fleet.workers.runtime import WorkerRuntime
 
 from castor import castor_tool
 from castor.backends.redis import keys, redis_backend
 from castor.checkpoint import StepFailure
-from castor.executors._wire import OK, REFUSED, Job, sign, task_name
+from castor.fleet.wire import OK, REFUSED, encode, task_name
 from castor.registry import ToolRegistry
-from castor.seams import Decision, PendingApproval
+from castor.seams import Decision, PendingApproval, ToolCall
 from castor.settings import Settings
-from workers.runtime import WorkerRuntime
 
 RAN: list[dict[str, Any]] = []
 SECRET = "a-secret-of-the-fleet-" + "x" * 20
@@ -71,8 +71,7 @@ def failures(redis_url: str, redis_prefix: str, run_id: str) -> list[StepFailure
 
 
 def unsigned(run_id: str, arguments: dict[str, Any]) -> dict[str, Any]:
-    request = {"tool_name": "wipe", "arguments": arguments}
-    return Job(run_id, 0, "wipe", arguments, f"{run_id}:0", 0, "", {"request": request}).kwargs()
+    return encode(ToolCall(run_id, 0, "wipe", arguments), "", None)
 
 
 def test_the_approved_call_runs_with_the_arguments_the_schema_checked(
@@ -151,12 +150,7 @@ def letters(redis_url: str, redis_prefix: str) -> list[dict[str, Any]]:
 
 
 def jot_task(run_id: str, token_secret: str | None = None) -> dict[str, Any]:
-    arguments = {"text": "hello"}
-    request = {"tool_name": "jot", "arguments": arguments}
-    job = Job(run_id, 0, "jot", arguments, f"{run_id}:0", 0, "", {"request": request})
-    if token_secret is not None:
-        job.token = sign(token_secret, job)
-    return job.kwargs()
+    return encode(ToolCall(run_id, 0, "jot", {"text": "hello"}), "", token_secret)
 
 
 def test_a_worker_with_a_secret_refuses_an_unsigned_or_missigned_plain_tool_task(

@@ -1,4 +1,4 @@
-"""The worker's lean Redis client (``workers._lean``): a socket per pool thread, reconnected when the
+"""The worker's lean Redis client (``castor.fleet.workers._lean``): a socket per pool thread, reconnected when the
 server closed it while idle, never a blind resend of a command that may have run; the claim and finish
 scripts over it, loaded again when the server forgot them."""
 
@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 import redis
+from castor.fleet.workers._lean import LeanClient
+from castor.fleet.workers._scripts import DUPLICATE, Delivery, StepScripts
 
 from castor import BackendUnavailable
 from castor.backends.redis import keys
 from castor.checkpoint import new_record
-from castor.executors._wire import OK, Job, Reply
+from castor.fleet.wire import OK, Job, Reply
 from tests.redis_support import free_port, redis_server, reply_dropping_proxy, silent_port
-from workers._lean import LeanClient
-from workers._scripts import DUPLICATE, Delivery, StepScripts
 
 from .conftest import REDIS_URL
 
@@ -81,7 +81,7 @@ def test_claim_and_finish_scripts_are_loaded_again_after_a_flush(tmp_path: Path)
     port = free_port()
     with redis_server(tmp_path, port):
         scripts = StepScripts(f"redis://127.0.0.1:{port}/0", "lean")
-        job = Job("run-1", 0, "noop", {}, "run-1:0", 0, "", {})
+        job = Job("run-1", 0, "noop", {})
         assert scripts.claim(job) == -1  # this attempt starts the step
         redis.Redis(port=port).script_flush()
         redis.Redis(port=port).delete(keys.heartbeat("lean", "run-1", 0))  # its worker is gone
@@ -92,11 +92,11 @@ def test_claim_and_finish_scripts_are_loaded_again_after_a_flush(tmp_path: Path)
 def _warm_scripts(port: int, lean: bool, monkeypatch: pytest.MonkeyPatch) -> StepScripts:
     """Scripts straight on the server at ``port``, both loaded there (so that a proxied ``EVALSHA`` is the
     script's one run); later ``StepScripts`` are on redis-py unless ``lean``; lost tries are asked again fast."""
-    from workers import _lean, _scripts
+    from castor.fleet.workers import _lean, _scripts
 
     monkeypatch.setattr(_scripts, "CLAIM_PAUSES", (0.05,))
     direct = StepScripts(f"redis://127.0.0.1:{port}/0", "lost")
-    warm = Job("warm", 0, "noop", {}, "warm:0", 0, "", {})
+    warm = Job("warm", 0, "noop", {})
     assert direct.claim(warm) == -1
     assert direct.finish(warm, new_record({"tool_name": "noop", "arguments": {}}, None), Reply("warm:0", 0, OK, None))
     if not lean:
@@ -114,7 +114,7 @@ def test_a_claim_whose_reply_was_lost_is_asked_again_under_its_receipt(
     port = free_port()
     with redis_server(tmp_path, port):
         direct = _warm_scripts(port, lean, monkeypatch)
-        job = Job("run-1", 0, "noop", {}, "run-1:0", 0, "", {})
+        job = Job("run-1", 0, "noop", {})
         with reply_dropping_proxy(port, b"EVALSHA", times=1) as (proxy, dropped):
             scripts = StepScripts(f"redis://127.0.0.1:{proxy}/0", "lost")
             assert scripts.claim(job, Delivery("run-1:0#0-a/0")) == -1  # the first answer, again
@@ -129,7 +129,7 @@ def test_a_claim_whose_reply_was_lost_is_asked_again_under_its_receipt(
         with reply_dropping_proxy(port, b"EVALSHA", times=3) as (proxy, dropped):
             scripts = StepScripts(f"redis://127.0.0.1:{proxy}/0", "lost")
             with pytest.raises((BackendUnavailable, redis.ConnectionError)):
-                scripts.claim(Job("run-2", 0, "noop", {}, "run-2:0", 0, "", {}), Delivery("run-2:0#0-b/0"))
+                scripts.claim(Job("run-2", 0, "noop", {}), Delivery("run-2:0#0-b/0"))
             scripts.close()
         assert len(dropped) == 2  # the try and the one more
         direct.close()
@@ -143,7 +143,7 @@ def test_a_finish_whose_reply_was_lost_is_asked_again_and_journals_once(
     port = free_port()
     with redis_server(tmp_path, port):
         direct = _warm_scripts(port, lean, monkeypatch)
-        job = Job("run-1", 0, "noop", {}, "run-1:0", 0, "lost:replies", {})
+        job = Job("run-1", 0, "noop", {}, reply_to="lost:replies")
         assert direct.claim(job, Delivery("run-1:0#0-a/0")) == -1
         record = new_record({"tool_name": "noop", "arguments": {}}, 7)
         with reply_dropping_proxy(port, b"EVALSHA", times=1) as (proxy, dropped):

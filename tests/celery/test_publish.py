@@ -16,10 +16,12 @@ from typing import Any
 import castor.lib as lib
 from castor import Castor
 from castor.backends.redis import RedisConnection
-from castor.backends.redis._resp import RespConnection
-from castor.executors._celery_conf import celery_config
+from castor.backends.redis.resp import RespConnection
 from castor.executors._publish import RedisPublisher, SendTaskPublisher, Task
 from castor.executors.celery import CeleryExecutor, fleet_options
+from castor.fleet.celery_config import celery_config
+from castor.fleet.wire import encode
+from castor.seams import ToolCall
 
 from .conftest import Fleet
 
@@ -38,8 +40,7 @@ def _app(fleet: Fleet) -> Any:
 
 def _task(queue: str) -> Task:
     run_id = f"bytes-{uuid.uuid4().hex[:6]}"
-    kwargs = {"run_id": run_id, "step": 3, "tool": "search", "arguments": {"query": "été ✓", "n": [1, 2.5, None]},
-              "effect_id": f"{run_id}:3", "attempt": 0, "reply_to": "", "record": {}, "token": None}
+    kwargs = encode(ToolCall(run_id, 3, "search", {"query": "été ✓", "n": [1, 2.5, None]}), "", None)
     return Task("castor.tool.search", f"{run_id}:3#0-abcd1234", kwargs, queue, 50.0,
                 {"castor_run": run_id, "castor_step": 3}, "{'run_id': '...', 'step': 3}")
 

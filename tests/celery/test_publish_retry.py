@@ -21,7 +21,7 @@ import redis
 import castor.lib as lib
 from castor import Castor
 from castor.backends.redis import keys
-from castor.backends.redis._resp import RespConnection
+from castor.backends.redis.resp import RespConnection
 from castor.executors._publish import RedisPublisher
 from castor.executors.celery import CeleryExecutor, fleet_options
 from tests.redis_support import free_port

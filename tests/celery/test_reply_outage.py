@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from castor._errors import BackendUnavailable
-from castor.backends.redis._resp import RespConnection
+from castor.backends.redis.resp import RespConnection
+from castor.errors import BackendUnavailable
 from castor.executors._replies import ReplyReader
-from castor.executors._wire import OK, Reply
+from castor.fleet.wire import OK, Reply
 from tests.redis_support import free_port, need_redis_server, start_redis_server
 
 pytestmark = pytest.mark.fleet  # starts and restarts a redis-server of its own

@@ -45,7 +45,7 @@ async def test_a_later_round_needs_a_new_decision(backend: Backend) -> None:
     assert first.attempt == 0
     assert (await approvals.decision("r", 3)) == first
     # The worker was lost mid-call: round 1 opens, and the old approval stops counting.
-    await approvals.request(PendingApproval("r", 3, "rm", {"p": 1}, 3.0, None, "in doubt after worker loss", 1))
+    await approvals.request(PendingApproval("r", 3, "rm", {"p": 1}, 3.0, None, "in doubt after worker loss", attempt=1))
     assert await approvals.decision("r", 3) is None
     waiting = await approvals.pending("r")
     assert [(p.step, p.attempt, p.reason) for p in waiting] == [(3, 1, "in doubt after worker loss")]

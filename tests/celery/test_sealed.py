@@ -94,8 +94,8 @@ async def test_the_broker_body_and_another_pools_log_hold_no_sensitive_value(fle
         body = base64.b64decode(json.loads(message)["body"])
         kwargs: dict[str, Any] = json.loads(body)[1]
         assert MARK.encode() not in message + body
-        assert kwargs["arguments"]["creds"]["password"].startswith("***aead:")
-        assert kwargs["record"]["request"]["arguments"]["creds"]["password"].startswith("***hmac:")
+        assert kwargs["checked"]["creds"]["password"].startswith("***aead:")  # what the tool runs with
+        assert kwargs["arguments"]["creds"]["password"].startswith("***hmac:")  # what the journal keeps
         token = kwargs["token"]
 
         # Handed to the web pool, which does not serve the tool: Celery logs the unknown task.

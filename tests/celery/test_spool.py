@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import redis
+from castor.fleet.workers import _spool
+from castor.fleet.workers._scripts import StepScripts, replay_spool
 
 from castor.backends.redis import keys
 from castor.checkpoint import new_record
-from castor.executors._wire import OK, Job, Reply
+from castor.fleet.wire import OK, Job, Reply
 from tests.redis_support import free_port, need_redis_server, start_redis_server
-from workers import _spool
-from workers._scripts import StepScripts, replay_spool
 
 pytestmark = pytest.mark.fleet  # starts processes (CLI, workers or redis-server)
 
@@ -26,7 +26,7 @@ AOF = ("--appendonly", "yes", "--appendfsync", "always")
 def test_a_finish_past_the_outage_deadline_is_spooled_and_journaled_once_at_the_next_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lean: bool
 ) -> None:
-    from workers import _lean
+    from castor.fleet.workers import _lean
 
     if not lean:
         monkeypatch.setattr(_lean, "available", lambda url: False)
@@ -38,7 +38,7 @@ def test_a_finish_past_the_outage_deadline_is_spooled_and_journaled_once_at_the_
     server = start_redis_server(data, port, *AOF)
     try:
         scripts = StepScripts(url, "sp", outage=0.1, spool=str(spool))
-        job = Job("run-1", 0, "rm", {}, "run-1:0", 0, "sp:replies", {})
+        job = Job("run-1", 0, "rm", {}, reply_to="sp:replies")
         assert scripts.claim(job) == -1
         server.send_signal(signal.SIGTERM)  # Redis goes away once the tool has started ...
         server.wait(10)
@@ -73,7 +73,7 @@ def test_a_live_worker_replays_its_spool_once_redis_is_back(tmp_path: Path, monk
     server = start_redis_server(data, port, *AOF)
     try:
         scripts = StepScripts(url, "sp", outage=0.1, spool=str(spool))
-        job = Job("run-1", 3, "rm", {}, "run-1:3", 0, "", {})
+        job = Job("run-1", 3, "rm", {})
         assert scripts.claim(job) == -1
         server.send_signal(signal.SIGTERM)
         server.wait(10)

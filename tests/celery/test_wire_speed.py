@@ -10,10 +10,10 @@ import uuid
 
 import pytest
 
-from castor._ids import unique_ids
-from castor.backends.redis._resp import RespConnection
+from castor.backends.redis.resp import RespConnection
 from castor.executors._replies import ReplyReader
-from castor.executors._wire import OK, Reply, parse_reply
+from castor.fleet.records import unique_ids
+from castor.fleet.wire import OK, Reply, parse_reply
 from tests.redis_support import silent_port
 
 

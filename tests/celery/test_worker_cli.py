@@ -20,8 +20,8 @@ import redis
 import castor.lib as lib
 from castor import Castor
 from castor.cli import main
-from castor.executors._celery_conf import celery_config
 from castor.executors.celery import fleet_options
+from castor.fleet.celery_config import celery_config
 from castor.settings import REPLY_GRACE, Settings
 
 from .conftest import REDIS_URL, stop_process, wait_ready
@@ -147,7 +147,7 @@ def test_the_worker_runs_with_the_fleets_celery_config_and_a_visibility_timeout_
 
 
 def test_the_worker_app_is_built_with_the_fleets_celery_config() -> None:
-    from workers.app import make_app
+    from castor.fleet.workers.app import make_app
 
     conf = make_app(Settings()).conf
     assert conf.worker_prefetch_multiplier == 1
@@ -159,9 +159,10 @@ def test_the_worker_app_is_built_with_the_fleets_celery_config() -> None:
 def test_a_worker_keeps_other_pools_long_tools_from_being_taken_for_lost(tmp_path: Path) -> None:
     # On a Redis broker any consumer restores any queue's unacked tasks: the fs worker's visibility
     # timeout must exceed the deadline the web pool's tool declares in code.
-    from castor.executors._celery_conf import celery_config
+    from castor.fleet.workers.main import deadline_tools, worker_registry
+
+    from castor.fleet.celery_config import celery_config
     from castor.settings import load_settings
-    from workers.main import deadline_tools, worker_registry
 
     (tmp_path / "fleet_tools.py").write_text(textwrap.dedent("""
         from castor import castor_tool
@@ -211,7 +212,7 @@ def test_a_worker_of_a_pool_the_found_config_lacks_exits_with_one_line(tmp_path:
         fs = ["echo"]
     """, "--pool", "nope")
     assert done.returncode == 1
-    assert done.stderr == f"castor: error: unknown pool 'nope' in {tmp_path}/castor.toml; pools: default, fs\n"
+    assert done.stderr == f"castor: error: unknown pool 'nope' in {tmp_path}/castor.toml; pools: default, fs, llm\n"
 
 
 @pytest.mark.fleet
@@ -238,14 +239,14 @@ def test_a_fleet_process_refuses_a_store_that_is_not_redis(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
     command: list[str], flags: list[str], named: str,
 ) -> None:
-    import workers.flower
-    import workers.main
+    import castor.fleet.workers.flower
+    import castor.fleet.workers.main
 
     def started(*_: object, **__: object) -> None:
         raise AssertionError("the process started, its store option ignored")
 
-    monkeypatch.setattr(workers.main, "run_worker", started)
-    monkeypatch.setattr(workers.flower, "run_flower", started)
+    monkeypatch.setattr(castor.fleet.workers.main, "run_worker", started)
+    monkeypatch.setattr(castor.fleet.workers.flower, "run_flower", started)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CASTOR_CONFIG", raising=False)
     assert main([*command, *flags]) == 1
@@ -272,9 +273,8 @@ def test_a_fleet_process_takes_redis_from_redis_or_store(tmp_path: Path, monkeyp
 def test_a_worker_that_celery_stops_on_an_error_exits_non_zero(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Celery's worker_main dropped the exit code: a worker stopped by an unrecoverable error (a lost broker
     # connection it could not recover from) exited 0, and a supervisor took it for a clean stop.
+    import castor.fleet.workers.main
     from celery import Celery
-
-    import workers.main
 
     started: list[list[str]] = []
 
@@ -283,7 +283,7 @@ def test_a_worker_that_celery_stops_on_an_error_exits_non_zero(tmp_path: Path, m
         return 1  # EX_FAILURE: what Celery's worker exits with after "Unrecoverable error"
 
     monkeypatch.setattr(Celery, "start", celery_stops)
-    monkeypatch.setattr(workers.main, "preflight", lambda *_: None)
+    monkeypatch.setattr(castor.fleet.workers.main, "preflight", lambda *_: None)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CASTOR_CONFIG", raising=False)
     monkeypatch.setenv("CASTOR_SECRET", SECRET)

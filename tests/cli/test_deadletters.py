@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import redis
+from castor.fleet.workers._deadletter import MAX_LETTERS, DeadLetters, letter
 
 from castor.backends.redis import keys
-from workers._deadletter import MAX_LETTERS, DeadLetters, letter
 
 from .conftest import Cli
 

@@ -7,6 +7,7 @@ in others see it and finish it.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -89,6 +90,13 @@ def test_demo_in_process_is_deterministic_and_leaves_no_castor_db(cli: Cli, work
     assert "  Flagged:        3" in level2 and "Human-decided: 3 (step 1, step 2, step 3), Flagged: 0." in level2
     assert "Replayed from cache: 2 steps" in level3 and "Executed:            2 tool calls" in level3
     assert "the tools counted it: search ran 0x, delete_file ran 2x." in level3
+    level3, models = level3.split("Model calls: a syscall each")
+    assert "The model was called 2x." in models and "[1] model demo-model: user:" in models
+    assert "calls delete_file" in models and "1 new model call" in models
+    usage = re.search(r"Its usage is (\d+) tokens: the shared model step's (\d+), .*\n.*plus (\d+) for its own", models)
+    assert usage is not None, models
+    total, shared, own = (int(n) for n in usage.groups())
+    assert total == shared + own and shared > 0 and own > 0
     assert not (workdir / "castor.db").exists()
     assert "CASTOR_STORE" not in os.environ
     assert cli("demo").out == out  # same every time

@@ -1,6 +1,6 @@
 """The executors the contract suite runs against: the local one, and the Celery one with a real worker.
 
-The worker is a ``python -m workers worker`` process (prefork, four children) serving the tools of
+The worker is a ``python -m castor.fleet.workers worker`` process (prefork, four children) serving the tools of
 ``executor_tools.py`` on a pool of its own, with Redis as broker and store under a key and queue prefix
 of its own; everything it created in Redis is deleted after. Celery and redis are imported only when the
 Celery executor is asked for, so the local executor's tests run without them.
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from castor.registry import ToolRegistry
-from castor.seams import Call, Executor, Journal
+from castor.seams import Executor, Journal, ToolCall
 from tests.contract import executor_tools
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,12 +65,10 @@ class ExecutorCase:
     journal: Journal | None = None
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # after the executor's close
 
-    def call(self, tool: str, **arguments: Any) -> Call:
-        """A call as the kernel hands it over: step 0 of a run of its own, with the tool's deadline and
-        the record fields an executor that journals needs."""
+    def call(self, tool: str, **arguments: Any) -> ToolCall:
+        """A call as the kernel hands it over: step 0 of a run of its own, its arguments checked."""
         run_id = f"contract-{uuid.uuid4().hex[:12]}"
-        record = {"request": {"tool_name": tool, "arguments": arguments}}
-        return Call(run_id, 0, tool, arguments, f"{run_id}:0", self.tools.get(tool).timeout, record=record)
+        return ToolCall(run_id, 0, tool, arguments, checked=arguments)
 
 
 @dataclass(frozen=True)
@@ -98,7 +96,7 @@ def celery_workers(tmp: Path, redis_url: str) -> Iterator[Workers]:
     log = tmp / "worker.log"
     env = {key: value for key, value in os.environ.items()
            if key not in ("CASTOR_REDIS_URL", "CASTOR_BROKER_URL", "CASTOR_SECRET", "CASTOR_CONFIG")}
-    cmd = [sys.executable, "-m", "workers", "worker", "--config", str(config), "--pool", POOL,
+    cmd = [sys.executable, "-m", "castor.fleet.workers", "worker", "--config", str(config), "--pool", POOL,
            "--pool-impl", "prefork", "--concurrency", str(CONCURRENCY), "--fast-start", "--loglevel", "INFO"]
     with log.open("ab") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, stdout=out, stderr=out)

@@ -113,7 +113,8 @@ async def test_a_later_round_reopens_a_decided_step(backend: Backend) -> None:
     a = backend.approvals
     await a.request(pending("r", 3, time.time()))
     await a.decide(Decision("r", 3, "approve", "alice", time.time()))
-    await a.request(PendingApproval("r", 3, "delete_file", {"path": "/tmp/r"}, time.time(), None, "in doubt", 1))
+    reopened = PendingApproval("r", 3, "delete_file", {"path": "/tmp/r"}, time.time(), None, "in doubt", attempt=1)
+    await a.request(reopened)
     assert await a.decision("r", 3) is None
     assert [(p.step, p.attempt, p.reason) for p in await a.pending("r")] == [(3, 1, "in doubt")]
     await a.request(pending("r", 3, time.time()))  # an earlier round asked again: nothing changes

@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from castor.fleet.scheduler._ops import FleetOps
 
 from castor.backends.redis import redis_backend
 from castor.seams import Backend
-from scheduler._ops import FleetOps
 from tests.fleet.procs import Fleet
 
 

@@ -24,6 +24,7 @@ def note(text: str) -> str:
     return f"noted {text}"
 
 
+@castor_tool(consumes="api", cost_per_use=1.0)
 def nap(seconds: float) -> str:
     time.sleep(seconds)
     return "rested"
@@ -92,6 +93,9 @@ def test_submit_ps_coordinators_approve_cancel_fork(fleet: Fleet, tmp_path: Path
 
     slow = submit(fleet, path, "sleepy")
     wait_for("the slow run to be driven", lambda: len(run_json(fleet, slow)["syscall_log"]) >= 2, 20)
+    driven = run_json(fleet, slow)  # while its coordinator drives it: the stored header is as of its start
+    spent = sum(record["charged"].get("api", 0.0) for record in driven["syscall_log"])
+    assert spent >= 1 and driven["capabilities"]["api"]["current_usage"] == spent  # usage from its journal
     assert "cancel requested" in fleet.cli("cancel", slow).stdout  # driven: its coordinator stops it
     wait_for("the slow run to stop", lambda: status(fleet, slow) == "PREEMPTED", 20)
     assert run_json(fleet, slow)["preemption_reason"] == "cancelled"

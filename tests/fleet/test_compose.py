@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +117,12 @@ def test_the_dockerfile_copies_what_exists() -> None:
         for source in sources.split():
             assert (ROOT / source).exists(), f"COPY source {source} does not exist"
     copied = {s for sources in copies for s in sources.split()}
-    assert {"castor", "workers", "scheduler", "config", "examples"} <= copied
+    assert {"castor", "config", "examples"} <= copied
+    # The fleet's roles install from their own folders (castor.fleet.workers from workers/, ...): the
+    # image's ``pip install .`` needs every folder the build maps.
+    package_dir = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    assert {folder for name, folder in package_dir.items() if name} == {"workers", "scheduler"}
+    assert set(package_dir.values()) - {"."} <= copied
     assert re.search(r'^ENTRYPOINT \["castor"\]', text, re.M)
 
 
@@ -170,7 +176,7 @@ def test_redis_is_not_published_on_a_host_port() -> None:
 
 def test_flower_beyond_loopback_has_auth_or_says_it_has_none() -> None:
     args = parse(SERVICES["flower"]["command"])
-    from workers.flower import is_loopback
+    from castor.fleet.workers.flower import is_loopback
 
     assert args.address == "0.0.0.0" and not is_loopback(args.address)
     # the container listens on all its interfaces; the host publishes it on loopback only, and

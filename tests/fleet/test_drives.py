@@ -11,16 +11,16 @@ import asyncio
 import time
 
 import pytest
+from castor.fleet.scheduler._fence import Fences, fenced
+from castor.fleet.scheduler._ops import FleetOps
+from castor.fleet.scheduler.coordinator import Coordinator, CoordinatorConfig
 
-from castor._errors import StaleLeaseError
-from castor._fleet import new_run
 from castor.backends.redis import keys
 from castor.checkpoint import new_record
+from castor.errors import StaleLeaseError
+from castor.fleet.client import new_run
 from castor.kernel.claims import IN_DOUBT_UNFINISHED
 from castor.seams import Backend
-from scheduler._fence import Fences, fenced
-from scheduler._ops import FleetOps
-from scheduler.coordinator import Coordinator, CoordinatorConfig
 from tests.fleet import drive_parts
 
 

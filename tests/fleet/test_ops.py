@@ -6,16 +6,16 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from castor.fleet.scheduler._fence import Fences, fenced
+from castor.fleet.scheduler._ops import FleetOps
 
 import castor.lib as lib
 from castor import Castor, castor_tool
-from castor._errors import StaleLeaseError
 from castor.backends.redis import keys
 from castor.checkpoint import new_record
+from castor.errors import StaleLeaseError
 from castor.kernel.runner import new_checkpoint
 from castor.seams import Backend
-from scheduler._fence import Fences, fenced
-from scheduler._ops import FleetOps
 
 
 async def take_and_lease(ops: FleetOps, pid: str, lease_ms: int = 5000) -> str:

@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+from castor.fleet.scheduler.coordinator import CoordinatorConfig
 
-from castor._errors import CastorError, ConfigError
+from castor.errors import CastorError, ConfigError
 from castor.settings import load_settings
-from scheduler.coordinator import CoordinatorConfig
 from tests.fleet.procs import Fleet, agent_spec, tool_spec
 from tests.fleet.test_fencing import status
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from castor._fleet import FleetClient, new_run
 from castor.backends.redis import keys, redis_backend
 from castor.checkpoint import SyscallRecord
+from castor.fleet.client import FleetClient, new_run
 from tests.fleet.procs import Fleet, agent_spec, tool_spec
 
 TOOLS = [tool_spec(n) for n in ("ticket", "fetch", "store", "remove")]

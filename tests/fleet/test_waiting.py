@@ -55,7 +55,7 @@ def test_a_call_on_a_pool_without_workers_says_so(fleet: Fleet) -> None:
 def test_a_killed_worker_leaves_its_pool_within_seconds(fleet: Fleet) -> None:
     import signal
 
-    from workers._heartbeat import PRESENCE_TTL
+    from castor.fleet.workers._heartbeat import PRESENCE_TTL
 
     fleet.worker("fs")
     fleet.worker("web")

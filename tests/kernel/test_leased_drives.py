@@ -42,7 +42,7 @@ class LostLease:
 
 def leased(path: Path, lost: asyncio.Event | None = None) -> Backend:
     backend = sqlite_backend(str(path))
-    backend.leased = True  # as scheduler._fence.fenced makes a coordinator's store
+    backend.leased = True  # as castor.fleet.scheduler._fence.fenced makes a coordinator's store
     if lost is not None:
         backend.journal = LostLease(backend.journal, lost, ("append", "record_failure"))
         backend.runs = LostLease(backend.runs, lost, ("save",))

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from castor import Castor, ReplayDivergenceError, castor_tool
-from castor._redact import redact
+from castor.fleet.records import redact
 from castor.lib import tool
 
 MARK = "s3cr3t-marker-7f1c"

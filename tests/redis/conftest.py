@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import redis.asyncio.connection as aioconnection
 
-from castor.backends.redis import _resp, redis_backend
+from castor.backends.redis import redis_backend, resp
 from castor.seams import Backend
 from tests.redis_support import RoundTrips
 
@@ -27,7 +27,7 @@ def round_trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[RoundTrips]:
     the lean connection's writes (one write carries what a loop iteration queued)."""
     counter = RoundTrips()
     send = aioconnection.AbstractConnection.send_packed_command
-    flush = _resp._Protocol._flush
+    flush = resp._Protocol._flush
 
     async def counting(self: Any, command: Any, check_health: bool = True) -> None:
         counter.sends += 1
@@ -38,5 +38,5 @@ def round_trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[RoundTrips]:
         flush(self)
 
     monkeypatch.setattr(aioconnection.AbstractConnection, "send_packed_command", counting)
-    monkeypatch.setattr(_resp._Protocol, "_flush", counting_flush)
+    monkeypatch.setattr(resp._Protocol, "_flush", counting_flush)
     yield counter

@@ -10,7 +10,7 @@ import pytest
 import castor.lib as lib
 from castor import BackendUnavailable, Castor
 from castor.backends.redis import RedisConnection, redis_backend
-from castor.backends.redis._resp import RespConnection, RespError
+from castor.backends.redis.resp import RespConnection, RespError
 from castor.seams import Backend
 
 from .conftest import RoundTrips

@@ -44,8 +44,8 @@ def test_hide_password() -> None:
 
 async def test_no_client_castor_makes_lets_the_driver_send_a_command_again(redis_url: str) -> None:
     # a command whose reply was lost may have run: only Castor's own policy decides whether to repeat it
-    from castor._fleet import FleetClient
     from castor.backends.redis import redis_client
+    from castor.fleet.client import FleetClient
 
     fleet = FleetClient(redis_url)
     clients = [redis_client(redis_url), redis_client(redis_url, sync=True), fleet.redis]
@@ -57,7 +57,7 @@ async def test_no_client_castor_makes_lets_the_driver_send_a_command_again(redis
 
 @pytest.mark.parametrize("url", ["redis://:s3cret@127.0.0.1:{port}/0", "redis://127.0.0.1:{port}/0?password=s3cret"])
 async def test_the_fleet_client_hides_a_password_however_the_url_gives_it(url: str) -> None:
-    from castor._fleet import FleetClient
+    from castor.fleet.client import FleetClient
 
     client = FleetClient(url.format(port=free_port()))
     with pytest.raises(BackendUnavailable) as caught:

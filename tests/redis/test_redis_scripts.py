@@ -22,8 +22,8 @@ def _lua(package: str) -> set[str]:
 
 
 def test_every_script_lives_next_to_its_owner_and_is_in_the_registry() -> None:
-    from scheduler._ops import SCRIPTS as FLEET
-    from workers._scripts import CLAIM, FINISH
+    from castor.fleet.scheduler._ops import SCRIPTS as FLEET
+    from castor.fleet.workers._scripts import CLAIM, FINISH
 
     assert _lua("castor.backends.redis") == set(STORE_SCRIPTS)  # the stores' own, no coordinator's among them
     assert _lua("scheduler") == {s.name for s in FLEET.values()}  # the coordinator's fleet_*.lua
@@ -35,7 +35,7 @@ def test_every_script_lives_next_to_its_owner_and_is_in_the_registry() -> None:
 
 @pytest.mark.parametrize("face", ["redis-py", "lean"])
 def test_a_script_the_server_does_not_know_is_loaded_then_run(redis_url: str, face: str) -> None:
-    from workers._lean import LeanClient
+    from castor.fleet.workers._lean import LeanClient
 
     script = Script.from_source("echo", f"-- {uuid.uuid4().hex}\nreturn {{KEYS[1], ARGV[1]}}")
     client = redis.Redis.from_url(redis_url, decode_responses=True)
@@ -53,15 +53,16 @@ def test_a_script_the_server_does_not_know_is_loaded_then_run(redis_url: str, fa
 @pytest.mark.fleet  # starts a redis-server of its own
 @pytest.mark.parametrize("lean", [True, False])
 async def test_every_path_loads_its_scripts_again_after_a_flush(tmp_path: Path, lean: bool) -> None:
-    from castor.executors._wire import Job
-    from workers._scripts import RUNNING, StepScripts
+    from castor.fleet.workers._scripts import RUNNING, StepScripts
+
+    from castor.fleet.wire import Job
 
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     with redis_server(tmp_path, port):
         b = redis_backend(url, prefix="flush", lean_connection=lean)
         steps = StepScripts(url, "flush", worker="w")
-        job = Job(run_id="r", step=0, tool="t", arguments={}, effect_id="r#0", attempt=1)
+        job = Job("r", 0, "t", {}, attempt=1)
         await b.budgets.open_run("r", {"api": 5}, {})
         assert steps.claim(job) == -1
         sync = redis.Redis(port=port)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from castor._errors import JournalConflictError, RunFinishedError
 from castor.backends.memory.claims import MemoryClaims
 from castor.checkpoint import FINISHED, AgentCheckpoint, StepFailure, SyscallRecord
+from castor.errors import JournalConflictError, RunFinishedError
 from castor.seams import RunSummary
 
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
-from castor._errors import AlreadyDecidedError, NothingPendingError
+from castor.errors import AlreadyDecidedError, NothingPendingError
 from castor.seams import Charge, Decision, PendingApproval
 
 _OK = Charge(True)
@@ -115,6 +115,40 @@ class MemoryBudgetStore:
                 now = self._runs.get(run_id) if scope is None else self._scopes.get(scope)
                 if now and now.get(resource) is entry:  # else reset or reopened since: spent
                     entry[1] = max(entry[1] - amount, 0.0)
+
+    async def settle(
+        self, run_id: str, step: int, actual: Mapping[str, float], scopes: Sequence[str] = ()
+    ) -> None:
+        """Replace what the step took by ``actual`` (a model call's reservation by its usage), in one move.
+
+        Each ledger the reservation drew from gets back the difference (or gives more, if the call used
+        more than reserved); a ledger reset or reopened since keeps its new entry (the reset spent the
+        reservation).
+        """
+        with self._lock:
+            steps = self._charged.setdefault(run_id, {})
+            taken = steps.pop(step, None)
+            if taken is None:
+                return  # never charged (nothing tracked) or refunded since: nothing to settle
+            if isinstance(taken, tuple):  # the run's ledger alone (no scope): the common case, in place
+                ledger, cost = taken
+                if self._runs.get(run_id) is not ledger:
+                    return  # reopened since: what it took is spent
+                for resource, amount in cost.items():
+                    entry = ledger.get(resource)
+                    if entry is not None:
+                        entry[1] = max(entry[1] - amount + float(actual.get(resource, 0.0)), 0.0)
+                steps[step] = (ledger, {r: float(actual.get(r, 0.0)) for r in cost})
+                return
+            settled: list[tuple[str | None, str, float, Entry]] = []
+            for scope, resource, amount, entry in taken:
+                now = self._runs.get(run_id) if scope is None else self._scopes.get(scope)
+                if not now or now.get(resource) is not entry:
+                    continue  # reset or reopened since: what it took is spent
+                used = float(actual.get(resource, 0.0))
+                entry[1] = max(entry[1] - amount + used, 0.0)
+                settled.append((scope, resource, used, entry))
+            steps[step] = settled
 
     async def remaining(self, run_id: str, resource: str, scopes: Sequence[str] = ()) -> float:
         """The least that any ledger of the run leaves for ``resource``."""

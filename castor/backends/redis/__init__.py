@@ -6,11 +6,11 @@
 
 The connection stack, one of each:
 
-- **RESP core** (``_resp``): the encoder, the hiredis reply parser, the handshake a URL asks for (``AUTH``,
+- **RESP core** (``resp``): the encoder, the hiredis reply parser, the handshake a URL asks for (``AUTH``,
   ``SELECT``) and the errors, with two faces: ``RespConnection`` (asyncio, multiplexed: the stores'
-  scripts, the coordinator's task publishing and reply reading) and the worker's ``workers._lean.LeanClient``
-  (blocking, one socket per pool thread: its claim and finish). Where hiredis is missing or the URL is not
-  plain ``redis://``, the same calls go through redis-py.
+  scripts, the coordinator's task publishing and reply reading) and the worker's
+  ``castor.fleet.workers._lean.LeanClient`` (blocking, one socket per pool thread: its claim and finish).
+  Where hiredis is missing or the URL is not plain ``redis://``, the same calls go through redis-py.
 - **redis-py clients** come from ``redis_client()`` (asyncio or sync): the driver never sends a command again
   by itself. ``RedisConnection`` adds a client per event loop whose single commands share one pipeline per
   loop iteration (``_batch``).
@@ -20,7 +20,7 @@ The connection stack, one of each:
 - **One retry policy**: ``RedisConnection`` repeats a call once, after a script the server forgot (it did not
   run) or, where the operation is safe to repeat, after a lost connection; everything else becomes
   ``BackendUnavailable`` (or ``StaleLeaseError``, or ``ConfigError`` for a Redis Cluster). The worker's claim
-  and finish ask again on their own terms (``workers._scripts``: a claim under its receipt).
+  and finish ask again on their own terms (``castor.fleet.workers._scripts``: a claim under its receipt).
 - **One redaction of URLs**: ``hide_password`` (``castor._redact``) wherever a URL is shown.
 """
 
@@ -29,7 +29,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from castor._errors import ConfigError
 from castor._redact import hide_password
 from castor._sealing import DataKey
 from castor.backends.redis._client import Fence, RedisConnection, redis_client
@@ -37,6 +36,7 @@ from castor.backends.redis.approvals import RedisApprovalStore
 from castor.backends.redis.budgets import RedisBudgetStore
 from castor.backends.redis.journal import RedisJournal
 from castor.backends.redis.runs import WEEK, RedisRunStore
+from castor.errors import ConfigError
 from castor.seams import Backend
 
 __all__ = [

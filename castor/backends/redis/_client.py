@@ -10,7 +10,7 @@ timeout becomes ``BackendUnavailable`` naming the URL with its password hidden, 
 the operation is safe to repeat; a script the server forgot (restart, ``SCRIPT FLUSH``) is loaded again.
 
 Scripts (every charge, journal write, run save) go over the loop's lean multiplexed connection
-(``_resp``) where hiredis is installed and the URL is plain ``redis://``: a third of redis-py's CPU
+(``resp``) where hiredis is installed and the URL is plain ``redis://``: a third of redis-py's CPU
 per call. Single commands, and scripts elsewhere, share one redis-py pipeline per loop iteration
 (``_batch``). Either way, what a loop iteration issues goes out in one write, so thousands of runs in
 flight need a handful of connections, not one each.
@@ -40,12 +40,12 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from castor._errors import BackendUnavailable, ConfigError, StaleLeaseError
 from castor._redact import hide_password
-from castor.backends.redis import _resp
+from castor.backends.redis import resp as _resp
 from castor.backends.redis._batch import Batcher
 from castor.backends.redis.scripts import STORE_SCRIPTS as SCRIPTS
 from castor.backends.redis.scripts import forgotten
+from castor.errors import BackendUnavailable, ConfigError, StaleLeaseError
 
 _CLUSTER_ERRORS = (ClusterCrossSlotError, MovedError, AskError, ClusterDownError)
 _DRIVER_ERRORS = (RedisError, _resp.RespError, BackendUnavailable)  # what redis-py and the lean connection raise

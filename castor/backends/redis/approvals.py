@@ -29,10 +29,10 @@ from typing import Any
 
 from pydantic_core import to_json
 
-from castor._errors import AlreadyDecidedError, NothingPendingError
 from castor.backends.redis import keys
 from castor.backends.redis._client import RedisConnection
 from castor.backends.redis._listener import DecisionListener
+from castor.errors import AlreadyDecidedError, NothingPendingError
 from castor.seams import Decision, DecisionOutcome, PendingApproval
 
 EXPIRY_BY = "castor-expiry"

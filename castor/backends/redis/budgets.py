@@ -27,9 +27,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from castor._errors import ConfigError
 from castor.backends.redis import keys
 from castor.backends.redis._client import Fence, RedisConnection
+from castor.errors import ConfigError
 from castor.seams import Charge
 
 _OK = Charge(True)
@@ -141,6 +141,23 @@ class RedisBudgetStore:
         record = await self._conn.call("hget", keys.charges(self._prefix, run_id), str(step))
         if record is not None:
             await self._give_back(run_id, str(step), record, sweeping=False)
+
+    async def settle(
+        self, run_id: str, step: int, actual: Mapping[str, float], scopes: Sequence[str] = ()
+    ) -> None:
+        """Replace what ``step`` was charged by ``actual`` (a model call's usage), atomically in every ledger.
+
+        ``scopes`` is not needed: the charge record names the ledgers it drew from.
+        """
+        charges = keys.charges(self._prefix, run_id)
+        args = [arg for resource, amount in actual.items() for arg in (resource, repr(float(amount)))]
+        for _ in range(3):  # the record changes only by a concurrent settle or refund of the same step
+            record = await self._conn.call("hget", charges, str(step))
+            if record is None:
+                return
+            ledgers = list(dict.fromkeys(record.split("\0")[2::4]))
+            if await self._conn.script("budget_settle", [charges, *ledgers], [str(step), record, *args]):
+                return
 
     async def _give_back(self, run_id: str, step: str, record: str, *, sweeping: bool) -> bool:
         p = self._prefix

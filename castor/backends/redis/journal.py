@@ -21,11 +21,11 @@ from typing import Any
 from pydantic import TypeAdapter
 from pydantic_core import PydanticSerializationError
 
-from castor._errors import ConfigError, JournalConflictError
 from castor.backends.redis import keys
 from castor.backends.redis._client import Fence, RedisConnection
 from castor.backends.redis.claims import RedisClaims
 from castor.checkpoint import StepFailure, SyscallRecord
+from castor.errors import ConfigError, JournalConflictError
 
 BATCH = 1000  # records per range read: one round trip reads them all, a reply stays a few hundred KB
 WINDOW = 8  # batches in flight at once

@@ -274,3 +274,14 @@ def pool_workers(prefix: str, pool: str) -> str:
 def submitted(prefix: str) -> str:
     """Set: pids submitted to the fleet (a fork of one is submitted to the fleet too)."""
     return f"{prefix}:fleet:submitted"
+
+
+# --- model rate limits ----------------------------------------------------------------------------
+
+
+def llm_limit(prefix: str, name: str) -> list[str]:
+    """One model key's rate limit (``name``: ``provider/model/key id``), under the tag ``{<name>}``: the
+    window (sorted set: reservation -> ms taken), the amounts (hash: reservation -> tokens, ``=sum``), the pause,
+    the first caller in line (``<since ms>:<reservation>``)."""
+    base = f"{prefix}:llm:limit:{{{name}}}"
+    return [f"{base}:window", f"{base}:tokens", f"{base}:pause", f"{base}:line"]

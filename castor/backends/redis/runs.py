@@ -17,12 +17,12 @@ import time
 from builtins import list as _list
 from typing import Any
 
-from castor._errors import RunFinishedError
 from castor.backends.redis import keys
 from castor.backends.redis._client import Fence, RedisConnection
 from castor.backends.redis.journal import RedisJournal
 from castor.backends.redis.scripts import STORE_SCRIPTS
 from castor.checkpoint import FINISHED, AgentCheckpoint
+from castor.errors import RunFinishedError
 from castor.seams import RunSummary
 
 WEEK = 7 * 24 * 3600.0

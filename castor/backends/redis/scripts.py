@@ -76,10 +76,11 @@ class Script:
 
 STORE_NAMES = (
     "journal_append", "journal_fork",
-    "budget_open", "budget_charge", "budget_refund", "budget_reindex", "budget_close", "scope_reset",
+    "budget_open", "budget_charge", "budget_refund", "budget_settle", "budget_reindex", "budget_close", "scope_reset",
     "approval_request", "approval_decide",
     "run_save", "run_prune",
     "task_abandon", "step_claim",
+    "llm_ratelimit",
 )
 # The stores' scripts (this package's ``lua/``), read once per process; a server learns them on first use.
 STORE_SCRIPTS = {name: Script.of(__package__ or "castor.backends.redis", name) for name in STORE_NAMES}

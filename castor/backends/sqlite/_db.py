@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from castor._errors import BackendUnavailable, ConfigError
+from castor.errors import BackendUnavailable, ConfigError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal (run_id TEXT, step INTEGER, record TEXT NOT NULL,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from castor._errors import JournalConflictError, RunFinishedError
 from castor.backends.memory import summarize
 from castor.backends.sqlite._db import SqliteDatabase
 from castor.backends.sqlite.claims import SqliteClaims
 from castor.checkpoint import AgentCheckpoint, StepFailure, SyscallRecord
+from castor.errors import JournalConflictError, RunFinishedError
 from castor.seams import RunSummary
 
 

@@ -10,10 +10,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from castor._errors import AlreadyDecidedError, NothingPendingError
 from castor.backends.memory import MemoryBudgetStore
 from castor.backends.memory.state import expiry
 from castor.backends.sqlite._db import SqliteDatabase
+from castor.errors import AlreadyDecidedError, NothingPendingError
 from castor.seams import Charge, Decision, PendingApproval
 
 
@@ -89,6 +89,28 @@ class SqliteBudgetStore(MemoryBudgetStore):
                 )
             conn.execute("DELETE FROM scope_charges WHERE run_id = ? AND step = ?", (run_id, step))
 
+    async def settle(
+        self, run_id: str, step: int, actual: Mapping[str, float], scopes: Sequence[str] = ()
+    ) -> None:
+        """Replace what the step took by ``actual`` (a model call's usage), in the run and in the scopes."""
+        await super().settle(run_id, step, actual)
+        with self.db.transaction() as conn:
+            rows = conn.execute(
+                "SELECT scope, resource, amount FROM scope_charges WHERE run_id = ? AND step = ?", (run_id, step)
+            ).fetchall()
+            for scope, resource, amount in rows:
+                if not amount:
+                    continue  # a reset since spent the reservation (reset_scope zeroes it)
+                used = float(actual.get(resource, 0.0))
+                conn.execute(
+                    "UPDATE scopes SET used = MAX(used - ? + ?, 0) WHERE scope = ? AND resource = ?",
+                    (amount, used, scope, resource),
+                )
+                conn.execute(
+                    "UPDATE scope_charges SET amount = ? WHERE run_id = ? AND step = ? AND scope = ? AND resource = ?",
+                    (used, run_id, step, scope, resource),
+                )
+
     async def remaining(self, run_id: str, resource: str, scopes: Sequence[str] = ()) -> float:
         """The least any ledger leaves."""
         left = await super().remaining(run_id, resource)
@@ -135,7 +157,7 @@ _REQUEST_COLUMNS = "run_id, step, tool, arguments, created_at, expires_at, reaso
 
 def _request(row: Any) -> PendingApproval:
     """A ``PendingApproval`` from a row of ``_REQUEST_COLUMNS``."""
-    return PendingApproval(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5], row[6], row[7])
+    return PendingApproval(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5], row[6], attempt=row[7])
 
 
 class SqliteApprovalStore:

@@ -1,4 +1,4 @@
-"""Castor's exception tree.
+"""Castor's exception tree (public: ``from castor.errors import ...``; the common ones are also in ``castor``).
 
 Every error a Castor API raises on purpose is one of these; backend errors (sqlite3, redis, celery)
 are translated at the boundary with ``raise ... from exc`` so callers never catch a driver's type.

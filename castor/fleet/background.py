@@ -5,6 +5,8 @@ their reads) returns the inner result when the operation completes at the moment
 the task carries on as if nothing happened. A reader or heartbeat loop that only stops on cancellation
 then runs forever, and whoever awaits it hangs. So loops also check a flag, and ``stop_tasks`` cancels
 again what is still running, for a bounded time.
+
+Part of the fleet's supported API (``castor.fleet``).
 """
 
 from __future__ import annotations

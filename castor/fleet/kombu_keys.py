@@ -1,8 +1,9 @@
 """The names kombu's Redis transport stores a message under, asked from kombu itself: the one place Castor
 reads its Redis channel's internals.
 
-Castor publishes tasks and task events on a Redis broker itself (``_publish.RedisPublisher``, the worker's
-``LeanEventDispatcher``): one pipelined ``LPUSH``/``PUBLISH`` instead of kombu's two blocking round trips.
+Castor publishes tasks and task events on a Redis broker itself (``castor.executors._publish``'s
+``RedisPublisher``, the worker's ``LeanEventDispatcher``): one pipelined ``LPUSH``/``PUBLISH`` instead of
+kombu's two blocking round trips. The supported API for those publishers (the fleet's).
 The keys must be the very ones kombu uses, so they come from kombu's channel rather than being rebuilt:
 its ``global_keyprefix``, ``_q_for_pri`` (a queue's list key at a priority) and ``_get_publish_topics``
 (the channels of a fanout publish). kombu has no public API for them. ``tests/celery/test_broker_loss.py``

@@ -15,6 +15,10 @@ that blocks on purpose (the reply reader's ``XREAD BLOCK``).
 Plain TCP only (``redis://``; a password and a database in the URL are honoured). ``available()``
 says whether hiredis is installed; callers fall back to redis-py otherwise (and for ``rediss://`` or
 ``unix://``).
+
+The RESP core is public (the workers' sync connections are built on its encoder, reply parser and
+handshake): ``available``, ``pack``, ``new_reader``, ``endpoint``, ``refused``/``unavailable`` (the errors
+a failed command raises), ``RespError`` and ``RespConnection``.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-from castor._errors import BackendUnavailable
 from castor._redact import hide_password
+from castor.errors import BackendUnavailable
 
 
 class RespError(Exception):

@@ -1,9 +1,11 @@
 """The fleet from the operator's side: submit runs to the coordinators' queue, decide and cancel them,
-see which coordinator drives what. The coordinators' own side is ``scheduler``.
+see which coordinator drives what. The coordinators' own side is ``castor.fleet.scheduler``.
 
 Against the fleet a decision is only recorded: the Redis approval store announces it on the decision
 stream and a coordinator resumes the run. A run is the fleet's while it is queued, leased or parked.
 redis is imported lazily, so ``import castor`` never loads it.
+
+Part of the fleet's supported API (``castor.fleet``).
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from castor import _code
-from castor._errors import BackendUnavailable, ConfigError, NothingPendingError, RunNotFoundError
 from castor._ids import pid_part
 from castor._imports import parse_spec
 from castor._redact import hide_password
 from castor._terminal import save_run
 from castor.backends.redis import keys
 from castor.checkpoint import FINISHED, AgentCheckpoint
+from castor.errors import BackendUnavailable, ConfigError, NothingPendingError, RunNotFoundError
 from castor.kernel.runner import new_checkpoint
 from castor.seams import Backend, Decision, DecisionOutcome
 

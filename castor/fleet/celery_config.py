@@ -1,6 +1,6 @@
 """The Celery configuration every fleet process shares (coordinators send, workers consume).
 
-Plain data, no Celery import: ``workers.app`` and ``CeleryExecutor`` both build their app from it, so a
+Plain data, no Celery import: ``castor.fleet.workers.app`` and ``CeleryExecutor`` both build their app from it, so a
 coordinator and a worker can never disagree on serializer, queues or broker options.
 
 The broker's own options differ by transport. On Redis, kombu emulates acks: an unacked task comes back
@@ -11,6 +11,8 @@ closes, or when the worker holds it past the broker's ``consumer_timeout`` (30 m
 set in rabbitmq.conf: a worker warns at start when a tool deadline is longer). A coordinator publishing
 to RabbitMQ waits for the broker's confirm, or a task written to a connection the broker had closed
 would be lost without an error (kombu then retries the publish on a new connection).
+
+Part of the fleet's supported API (``castor.fleet``).
 """
 
 from __future__ import annotations

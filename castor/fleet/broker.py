@@ -4,12 +4,14 @@ kombu and py-amqp raise their own types: ``kombu.exceptions.OperationalError`` f
 connection, ``amqp.exceptions.AccessRefused`` for a bad login, ``NotAllowed`` for a vhost that does
 not exist or that the user may not open. A Castor API raises ``BackendUnavailable`` instead, chained to
 the original (``raise broker_error(...) from exc``).
+
+Part of the fleet's supported API (``castor.fleet``).
 """
 
 from __future__ import annotations
 
-from castor._errors import BackendUnavailable
 from castor._redact import hide_password
+from castor.errors import BackendUnavailable
 
 
 def broker_error(what: str, url: str, exc: BaseException) -> BackendUnavailable:

@@ -1,0 +1,245 @@
+"""The model syscall: a model call as one step of the syscall handler chain.
+
+    replay → interceptors → validate → (no gate) → budget: reserve → execute: call, settle, journal
+
+A model call is a ``ModelSyscall`` (a ``Syscall`` whose tool name is ``model:<model id>`` and whose
+arguments are ``{"request": <canonical request>}``), so replay and the declared interceptors are the very
+stages tool calls pass: a journaled step is served from the journal without calling the model, and a
+different request at that step raises ``ReplayDivergenceError`` naming it. The model stages differ from a
+tool's where a model differs: it is never gated (a model call changes nothing outside), and its cost is
+known only after it answers, so the budget stage reserves the most the call may cost (the prompt's
+estimate plus ``max_tokens``) and ``execute`` settles the charge to the usage the provider reported,
+atomically in the store, before the step is journaled with that charge. Tool calls do not pass here:
+their chain (``castor.kernel.chain``) is unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from castor._redact import redact
+from castor.checkpoint import StepFailure, bounded_arguments
+from castor.kernel.chain import wrap
+from castor.kernel.context import Handler, Interceptor, RunContext, Syscall
+from castor.kernel.steps import answer, replay
+from castor.llm.cost import DEFAULT_MAX_TOKENS, TOKEN_RESOURCES, Price, cost_of_tokens, reservation, usage_from
+from castor.llm.types import MalformedResponseError, ModelCallError, ModelTimeoutError, response_dict
+
+MODEL_PREFIX = "model:"
+Invoke = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+@dataclass(eq=False)
+class ModelServices:
+    """What the kernel knows of models: the default provider, the price table, the model chain."""
+
+    provider: Any = None  # a castor.llm.Provider, or None: calls must bring their own ``invoke``
+    prices: Mapping[str, Price] = field(default_factory=dict)
+    timeout: float | None = None  # seconds a call may take; None: the provider's own deadline
+    chain: Handler | None = None
+    default_model: str = ""
+
+    def call(
+        self, ctx: RunContext, model: str, request: dict[str, Any], *, invoke: Invoke | None = None,
+        max_tokens: int | None = None, timeout: float | None = None,
+        partial: Callable[[], dict[str, Any] | None] | None = None, via_provider: bool | None = None,
+    ) -> Awaitable[Any]:
+        """Run a model call at the run's next step through the model chain (``castor.lib.model_call``)."""
+        assert self.chain is not None
+        if max_tokens is None:
+            asked = request.get("max_tokens")
+            max_tokens = asked if isinstance(asked, int) and not isinstance(asked, bool) else DEFAULT_MAX_TOKENS
+        if max_tokens <= 0:
+            raise ModelCallError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+        syscall = ModelSyscall(ctx.run_id, ctx.claim_step(), MODEL_PREFIX + model, {"request": request}, ctx)
+        syscall.models = self
+        syscall.model = model
+        syscall.invoke = invoke
+        syscall.max_tokens = max_tokens
+        syscall.timeout = timeout
+        syscall.partial = partial
+        syscall.via_provider = invoke is None if via_provider is None else via_provider
+        return self.chain(syscall)
+
+
+@dataclass(slots=True, init=False)
+class ModelSyscall(Syscall):
+    """A model call on its way through the model chain (made by ``ModelServices.call``, which sets its fields)."""
+
+    models: ModelServices
+    model: str
+    invoke: Invoke | None
+    max_tokens: int
+    timeout: float | None
+    settled: bool
+    via_provider: bool  # the kernel's provider answers (directly, or streamed by castor.lib.stream)
+    # Streaming: called with the partial response to journal when the call fails part way (castor.lib.stream).
+    partial: Callable[[], dict[str, Any] | None] | None
+
+    def __init__(self, run_id: str, step: int, tool_name: str, arguments: dict[str, Any], ctx: RunContext) -> None:
+        Syscall.__init__(self, run_id, step, tool_name, arguments, ctx)
+        self.settled = False
+
+
+def build_model_chain(interceptors: Iterable[Interceptor] = ()) -> Handler:
+    """The model chain: the tool chain's replay and interceptors, then the model's own stages."""
+    return wrap([replay, *interceptors, validate, budget], execute)
+
+
+def is_model_step(tool_name: str) -> bool:
+    """Whether a journaled step's tool name is a model call's."""
+    return tool_name.startswith(MODEL_PREFIX)
+
+
+# --- validate ----------------------------------------------------------------------------------
+
+
+def validate(call: Syscall, inner: Handler) -> Awaitable[Any]:
+    """A call needs a model to answer it, and a price where the run has a ``usd`` budget."""
+    assert isinstance(call, ModelSyscall)
+    models = call.models
+    if call.via_provider:
+        provider = models.provider
+        if provider is None:
+            raise ModelCallError(
+                f"model call to {call.model!r} has no model: pass Castor(llm=<provider>) or invoke= to the call"
+            )
+        known = getattr(provider, "models", None)
+        if known and call.model not in known:
+            raise ModelCallError(f"unknown model {call.model!r}; the provider serves: {', '.join(sorted(known))}")
+    if call.model not in models.prices and "usd" in call.ctx.checkpoint.capabilities:
+        raise ModelCallError(
+            f"no price for model {call.model!r} and the run has a 'usd' budget: add it to [llm.prices] "
+            f"in castor.toml or Castor(llm_prices={{...}})"
+        )
+    call.checked = call.arguments
+    return inner(call)
+
+
+# --- budget: reserve ----------------------------------------------------------------------------
+
+
+def _tracked(ctx: RunContext, cost: Mapping[str, float]) -> Mapping[str, float]:
+    caps = ctx.checkpoint.capabilities
+    if ctx.scopes or caps.keys() >= cost.keys():
+        return cost
+    return {r: a for r, a in cost.items() if r in caps}
+
+
+async def budget(call: Syscall, inner: Handler) -> Any:
+    """Reserve the most the call may cost; refused before the model is contacted if it cannot be covered.
+
+    The reservation is settled by ``execute`` to the usage reported; a call that never answers is refunded.
+    """
+    assert isinstance(call, ModelSyscall)
+    ctx = call.ctx
+    caps = ctx.checkpoint.capabilities
+    if ctx.scopes or any(r in caps for r in TOKEN_RESOURCES):
+        reserve = reservation(call.models.prices.get(call.model), call.arguments["request"], call.max_tokens)
+        tracked = _tracked(ctx, reserve)
+    else:  # nothing limits a model call: no estimate (the charge still checks a fenced run's lease)
+        reserve = tracked = {}
+    charge = await ctx.budgets.charge(ctx.run_id, call.step, tracked, ctx.scopes)
+    if not charge.ok:
+        resource = (charge.short or "").rsplit(":", 1)[-1]
+        return await answer(
+            call,
+            {
+                "status": "INSUFFICIENT_CAPABILITY",
+                "feedback_message": (
+                    f"budget exhausted for '{charge.short}': {call.tool_name} may need "
+                    f"{reserve.get(resource, 0):g}, {charge.remaining:g} left"
+                ),
+                "resource": charge.short,
+            },
+        )
+    call.charged = tracked
+    try:
+        return await inner(call)
+    except BaseException:
+        if tracked and not call.settled:
+            await ctx.budgets.refund(ctx.run_id, call.step)
+        raise
+
+
+# --- execute: call, settle, journal -------------------------------------------------------------
+
+
+async def execute(call: Syscall) -> Any:
+    """Call the model, settle the reservation to the usage reported and journal request and response."""
+    assert isinstance(call, ModelSyscall)
+    ctx = call.ctx
+    models = call.models
+    request: dict[str, Any] = call.arguments["request"]
+    invoke = call.invoke or models.provider.complete
+    timeout = call.timeout if call.timeout is not None else models.timeout
+    try:
+        if timeout is None:
+            result = await invoke(request)
+        else:
+            try:
+                async with asyncio.timeout(timeout):
+                    result = await invoke(request)
+            except TimeoutError as exc:
+                raise ModelTimeoutError(
+                    f"model {call.model!r} did not answer within {timeout:g}s (run {ctx.run_id}, step {call.step})"
+                ) from exc
+        response = response_dict(result)
+    except BaseException as exc:
+        await _failed(call, exc)
+        raise
+    # Settled and journaled here rather than in helpers: one coroutine frame on every live model step.
+    input_tokens, output_tokens, estimated = usage_from(response, request)
+    if estimated:
+        response["usage"] = {"input_tokens": input_tokens, "output_tokens": output_tokens, "estimated": True}
+    actual = cost_of_tokens(models.prices.get(call.model), input_tokens, output_tokens)
+    if call.charged:
+        await settle(call, actual)
+    call.settled = True
+    call.charged = actual  # the record holds what the call used (the store's ledgers hold what they track of it)
+    record = await ctx.commit(call.step, call.record(response))
+    return record.response
+
+
+async def settle(call: ModelSyscall, actual: Mapping[str, float]) -> None:
+    """Replace the step's reservation by ``actual`` in the store, atomically (``BudgetStore.settle``)."""
+    ctx = call.ctx
+    reserved = call.charged
+    call.settled = True
+    if not reserved:
+        return  # nothing was reserved: nothing is tracked
+    tracked = {r: actual.get(r, 0.0) for r in reserved}
+    store = ctx.budgets
+    settle_in_store = getattr(store, "settle", None)
+    if settle_in_store is not None:
+        await settle_in_store(ctx.run_id, call.step, tracked, ctx.scopes)
+    else:  # a store without settle: refund, then charge what was used (not atomic; a custom store's best)
+        await store.refund(ctx.run_id, call.step)
+        await store.charge(ctx.run_id, call.step, {r: a for r, a in tracked.items() if a}, ctx.scopes)
+
+
+async def _failed(call: ModelSyscall, exc: BaseException) -> None:
+    """Journal a failed model call for audit; a stream that failed part way is charged what it received."""
+    ctx = call.ctx
+    partial = call.partial() if call.partial is not None else None
+    if partial is None and isinstance(exc, MalformedResponseError):
+        partial = exc.response  # the provider answered, unreadably: charged what it used
+    if partial is not None and partial.get("text"):
+        ctx.checkpoint.partial_work = str(partial["text"])  # shown by castor inspect
+    if partial is not None:
+        input_tokens, output_tokens, _ = usage_from(partial, call.arguments["request"])
+        await settle(call, cost_of_tokens(call.models.prices.get(call.model), input_tokens, output_tokens))
+    if not isinstance(exc, Exception):
+        return  # cancelled or preempted: the runner records the stop
+    failure = StepFailure(
+        step=call.step,
+        tool_name=call.tool_name,
+        arguments=bounded_arguments(redact(call.arguments, frozenset())),
+        error_type=type(exc).__name__,
+        message=str(exc) + (f" (partial text: {partial.get('text', '')!r})" if partial else ""),
+    )
+    ctx.checkpoint.failures.append(failure)
+    await ctx.services.backend.journal.record_failure(ctx.run_id, failure)

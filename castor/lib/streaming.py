@@ -1,0 +1,108 @@
+"""A model call whose text arrives as it is written: ``async for chunk in castor.lib.stream(...)``.
+
+The call is one model syscall like ``complete``'s (same request, same step, same journal record): the
+budget reserves before the provider is contacted, the whole response is journaled once the stream ends,
+and a replayed step yields the journaled text at once, without calling the model. A stream that fails or
+is preempted part way is charged for what it received (the prompt, and the text so far counted offline);
+its partial text is kept in the run's ``partial_work`` and in the failure's message (``castor inspect``).
+An agent that stops reading early should close the stream (``async with contextlib.aclosing(stream(...))``):
+closing waits for the call to end, so its step is journaled before the agent's next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any
+
+from castor.kernel.context import active_run
+from castor.lib.models import _checked, _model_id, _models, build_request
+from castor.llm.cost import estimate_prompt, estimate_tokens
+from castor.llm.types import ModelCallError, canonical_request
+
+_DONE = object()
+
+
+async def stream(
+    messages: Iterable[Mapping[str, Any]] | None = None,
+    *,
+    prompt: str | None = None,
+    system: str = "",
+    model: str | None = None,
+    tools: Iterable[Mapping[str, Any]] | None = None,
+    max_tokens: int | None = None,
+    timeout: float | None = None,
+    **options: Any,
+) -> AsyncIterator[str]:
+    """Ask the kernel's model and yield its text as it comes (the arguments are ``complete``'s)."""
+    request = canonical_request(
+        build_request(messages, prompt=prompt, system=system, tools=tools, max_tokens=max_tokens, **options)
+    )
+    ctx = active_run()
+    models = _models(ctx)
+    if models.provider is None:
+        raise ModelCallError("stream() needs the kernel's model provider: Castor(llm=<provider>)")
+    model_id = _model_id(ctx, model)
+    receiver = _Receiver(models.provider, model_id, request)
+    # The step is claimed here, in call order; the chain runs beside the agent while it reads the chunks.
+    call = models.call(
+        ctx, model_id, request, invoke=receiver.invoke, max_tokens=max_tokens, timeout=timeout,
+        partial=receiver.partial, via_provider=True,
+    )
+    task = asyncio.ensure_future(call)
+    task.add_done_callback(lambda _: receiver.queue.put_nowait(_DONE))
+    try:
+        while (item := await receiver.queue.get()) is not _DONE:
+            yield item
+    except GeneratorExit:
+        # The agent stopped reading and closed the stream: the call still ends and journals the whole
+        # response before the agent goes on (an unclosed stream's call ends on its own, later).
+        if not task.done():
+            with contextlib.suppress(Exception):  # a failure is journaled by the call itself
+                await task
+        raise
+    except BaseException:
+        if not task.done():  # preempted or cancelled while reading: stop the call (it charges what it got)
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        raise
+    response = _checked(task.result())
+    if not receiver.received and response.get("text"):
+        yield response["text"]  # a replayed step, or a provider that does not stream: the whole text
+
+
+class _Receiver:
+    """Runs the provider's stream inside the model syscall and hands each chunk to the agent's loop."""
+
+    def __init__(self, provider: Any, model: str, request: dict[str, Any]) -> None:
+        self.provider = provider
+        self.model = model
+        self.request = request
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.received: list[str] = []
+
+    async def invoke(self, request: dict[str, Any]) -> Any:
+        """The model call: the chunks go to the queue as they come; the whole response is returned."""
+        produce = getattr(self.provider, "stream", None)
+        if produce is None:  # a provider that cannot stream answers in one piece
+            return await self.provider.complete(request)
+        final = None
+        async for item in produce(request):
+            if isinstance(item, str):
+                self.received.append(item)
+                self.queue.put_nowait(item)
+            else:
+                final = item
+        if final is None:
+            raise ModelCallError(f"the stream of model {self.model!r} ended without its response")
+        return final
+
+    def partial(self) -> dict[str, Any] | None:
+        """What a stream that stopped part way received: its text, and the usage counted offline."""
+        if not self.received:
+            return None
+        text = "".join(self.received)
+        usage = {"input_tokens": estimate_prompt(self.request), "output_tokens": estimate_tokens(text)}
+        return {"text": text, "usage": usage, "partial": True}

@@ -1,0 +1,125 @@
+"""What a model call may cost before it runs, and what it cost after: tokens and dollars, offline.
+
+Resources a model call draws from: ``input_tokens``, ``output_tokens``, ``tokens`` (both) and ``usd``
+(from the model's price per million tokens). Before the call the kernel reserves the most it may cost
+(``reservation``: an estimate of the prompt plus ``max_tokens``); after it, it settles to what the
+provider reported (``charge_for``). The estimator needs no tokenizer download: it counts UTF-8 bytes,
+which over-estimates real tokenizers (about 4 bytes a token for English) on purpose, so a reservation
+covers the call.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from castor.errors import ConfigError
+
+TOKEN_RESOURCES = ("input_tokens", "output_tokens", "tokens", "usd")
+DEFAULT_MAX_TOKENS = 1024
+BYTES_PER_TOKEN = 3  # below the ~4 of real tokenizers: the estimate errs high
+MESSAGE_OVERHEAD = 4  # tokens a chat format spends per message (role, separators)
+
+
+_SIZER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=repr)
+
+
+def estimate_tokens(value: Any) -> int:
+    """An offline upper estimate of the tokens ``value`` (text, or a request's JSON) takes."""
+    return -(-json_size(value) // BYTES_PER_TOKEN)
+
+
+def json_size(value: Any) -> int:
+    """About the UTF-8 length of ``value`` as compact JSON, counted without writing it (a walk over a chat
+    request's dicts, lists and strings is twice as fast as encoding it; other values are encoded)."""
+    kind = type(value)
+    if kind is str:
+        return (len(value) if value.isascii() else len(value.encode("utf-8"))) + 2  # with its quotes
+    if kind is dict:
+        size = 1
+        for key, item in value.items():
+            size += json_size(key) + 2 + json_size(item)  # colon, comma
+        return size
+    if kind is list:
+        size = 1
+        for item in value:
+            size += json_size(item) + 1
+        return size
+    if value is None or kind is bool or kind is int:
+        return 5 if kind is not int else len(str(value))
+    text = _SIZER.encode(value)
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+def estimate_prompt(request: Mapping[str, Any]) -> int:
+    """An offline upper estimate of a request's prompt tokens: its messages, tools and other fields."""
+    messages = request.get("messages")
+    overhead = MESSAGE_OVERHEAD * len(messages) if isinstance(messages, list) else 0
+    return estimate_tokens(request) + overhead
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """Dollars per million input and output tokens."""
+
+    input: float
+    output: float
+
+    def usd(self, input_tokens: float, output_tokens: float) -> float:
+        """What that many tokens cost."""
+        return (input_tokens * self.input + output_tokens * self.output) / 1_000_000
+
+
+def price_table(prices: Mapping[str, Any] | None) -> dict[str, Price]:
+    """``{model: Price}`` from ``{model: Price | {"input": ..., "output": ...} | (input, output)}``."""
+    table: dict[str, Price] = {}
+    for model, value in (prices or {}).items():
+        if isinstance(value, Price):
+            price = value
+        elif hasattr(value, "input") and hasattr(value, "output"):  # castor.toml's [llm.prices.<model>]
+            price = Price(float(value.input), float(value.output))
+        elif isinstance(value, Mapping):
+            price = Price(float(value.get("input", 0.0)), float(value.get("output", 0.0)))
+        elif isinstance(value, tuple | list) and len(value) == 2:
+            price = Price(float(value[0]), float(value[1]))
+        else:
+            raise ConfigError(
+                f"price of model {model!r} must be {{input=..., output=...}} per million tokens, got {value!r}"
+            )
+        if price.input < 0 or price.output < 0 or math.isnan(price.input + price.output):
+            raise ConfigError(f"price of model {model!r} must not be negative, got {value!r}")
+        table[str(model)] = price
+    return table
+
+
+def cost_of_tokens(price: Price | None, input_tokens: float, output_tokens: float) -> dict[str, float]:
+    """The resources ``input_tokens`` + ``output_tokens`` draw; ``usd`` only for a priced model."""
+    cost: dict[str, float] = {}
+    if input_tokens:
+        cost["input_tokens"] = float(input_tokens)
+    if output_tokens:
+        cost["output_tokens"] = float(output_tokens)
+    if input_tokens or output_tokens:
+        cost["tokens"] = float(input_tokens + output_tokens)
+        if price is not None and (price.input or price.output):
+            cost["usd"] = price.usd(input_tokens, output_tokens)
+    return cost
+
+
+def reservation(price: Price | None, request: Mapping[str, Any], max_tokens: int) -> dict[str, float]:
+    """The most a call of ``request`` may cost: the prompt's estimate plus ``max_tokens`` of output."""
+    return cost_of_tokens(price, estimate_prompt(request), max_tokens)
+
+
+def usage_from(response: Mapping[str, Any], request: Mapping[str, Any]) -> tuple[int, int, bool]:
+    """``(input, output, estimated)`` tokens of a response: as reported, else estimated offline."""
+    usage = response.get("usage")
+    if type(usage) is dict and not usage.get("estimated"):
+        given_in, given_out = usage.get("input_tokens"), usage.get("output_tokens")
+        if type(given_in) is int and type(given_out) is int and given_in >= 0 and given_out >= 0:
+            return given_in, given_out, False
+    output = {k: v for k, v in response.items() if k != "usage"}
+    return estimate_prompt(request), estimate_tokens(output), True

@@ -1,0 +1,268 @@
+"""One MCP session as one Castor run.
+
+The run's agent is the MCP client: the gateway drives a run whose agent takes the session's tool calls
+from a queue and issues each through ``castor.lib.tool``, so every call is a syscall (validated,
+charged, gated, executed, journaled). A destructive call suspends the run as any agent's would: the
+kernel unwinds the agent and persists the run. The session then waits in the approval store for the
+human's decision and drives the run again: the new agent re-issues the calls the journal holds (served
+by replay, nothing runs twice) and then the waiting call, which the gate now finds decided.
+
+Nothing of the session lives only in this process: a gateway started again on the same store picks the
+run up by its pid, and a retried call carrying an idempotency key is answered from the journal when its
+step ran, or issued at its step when it still waits (the key to step map is kept on the run's header).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from castor.checkpoint import AgentCheckpoint
+from castor.kernel import Castor, runner
+from castor.kernel.context import RunContext, Suspend, active_run, current_run
+from castor.lib import tool
+from castor.results import SyscallResult, wrap
+
+KEY_ENTRY = "castor-mcp-key"  # the kind of context_history entry that maps an idempotency key to its step
+Progress = Callable[[float, str], Awaitable[None]]
+
+
+@dataclass
+class Outcome:
+    """What the client receives for one call: the kernel's answer, or why there is none."""
+
+    pid: str
+    step: int | None
+    result: SyscallResult | None = None
+    error: str | None = None  # the tool raised, the run stopped, or no decision came in time
+    needs_review: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """The tool ran and returned a value."""
+        return self.error is None and self.result is not None and self.result.ok
+
+
+@dataclass
+class Options:
+    """How the gateway drives its sessions' runs."""
+
+    budgets: Mapping[str, float] | None = None
+    scopes: tuple[str, ...] = ()
+    speculative: bool = False
+    approval_timeout: float = 3600.0
+    progress_every: float = 5.0
+    idle_after: float = 900.0  # a session's drive is stopped after this long without a call
+    decide_flags: str = ""  # the store (and executor) options ``castor approve`` needs, for the progress text
+
+
+class Session:
+    """The run of one MCP session; its calls are issued one at a time, in order."""
+
+    def __init__(self, kernel: Castor, pid: str, options: Options) -> None:
+        self.kernel = kernel
+        self.pid = pid
+        self.options = options
+        self.lock = asyncio.Lock()
+        loop = asyncio.get_running_loop()  # a session is made by a call, in the gateway's loop
+        self.ready: asyncio.Future[RunContext] = loop.create_future()
+        self.hold: asyncio.Future[None] = loop.create_future()
+        self.drive: runner.CastorTask | None = None
+        self.last_used = time.monotonic()
+
+    # --- the run's agent -------------------------------------------------------------------------
+
+    def _agent(self, history: list[tuple[str, dict[str, Any]]]) -> Callable[[], Awaitable[Any]]:
+        """The run's agent: it replays the journal, hands its run context to the session, and holds the run
+        open until the session ends it (``hold``: a ``Suspend`` to unwind it, or a result)."""
+        ready: asyncio.Future[RunContext] = asyncio.get_running_loop().create_future()
+        hold: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.ready, self.hold = ready, hold
+
+        async def mcp_session() -> None:
+            for name, arguments in history:  # served from the journal: the replay stage answers them
+                await tool(name, **arguments)
+            ready.set_result(active_run())
+            await hold
+
+        return mcp_session
+
+    async def _issue(self, ctx: RunContext, name: str, arguments: dict[str, Any], key: str | None) -> Outcome | None:
+        """Issue one call in the run's context, from the caller's task (no hop to the drive's task: the
+        syscall path is the same); None when it suspended the run."""
+        step = ctx.next_step
+        if key is not None:
+            await self._remember(ctx.checkpoint, key, step)
+        token = current_run.set(ctx)
+        try:
+            result = await tool(name, **arguments)
+        except Suspend as suspended:  # unwind the agent with it: the drive persists the run as suspended
+            self.hold.set_exception(suspended)
+            return None
+        except Exception as exc:  # the tool raised: the client gets it, the session goes on
+            # The failed step is not journaled (a resume runs it again): end this drive so that the next call
+            # drives the run again from the journal, at this step, rather than leave a hole in the journal.
+            self._abandon(ctx.checkpoint, key, step)
+            return Outcome(self.pid, step, error=f"{type(exc).__name__}: {exc}")
+        except asyncio.CancelledError:  # the client gave up mid-call: the same, its step refunded
+            self._abandon(ctx.checkpoint, key, step)
+            raise
+        finally:
+            current_run.reset(token)
+        log = ctx.checkpoint.syscall_log
+        return Outcome(self.pid, step, result, needs_review=step < len(log) and log[step].needs_review)
+
+    def _abandon(self, cp: AgentCheckpoint, key: str | None, step: int) -> None:
+        """End the drive after a call that left no record; its key no longer names the step (another call
+        will take it), which the drive's end saves with the header."""
+        if key is not None:
+            cp.context_history[:] = [
+                e for e in cp.context_history if not (e.get("role") == KEY_ENTRY and e.get("key") == key)
+            ]
+        self.hold.cancel()
+
+    async def _remember(self, cp: AgentCheckpoint, key: str, step: int) -> None:
+        """Keep ``key -> step`` on the run's header before the call is issued, so a gateway started again
+        answers a retry from the journal instead of running the call a second time."""
+        cp.context_history.append({"role": KEY_ENTRY, "key": key, "step": step})
+        await self.kernel.backend.runs.save(cp)
+
+    # --- driving ---------------------------------------------------------------------------------
+
+    async def _start(self) -> runner.CastorTask:
+        """Drive the run again (or for the first time) from what the store holds."""
+        backend = self.kernel.backend
+        stored = await backend.runs.load(self.pid)
+        history: list[tuple[str, dict[str, Any]]] = []
+        checkpoint = None
+        if stored is not None:
+            checkpoint = await self.kernel.aload(self.pid)
+            history = [
+                (str(r.request["tool_name"]), dict(r.request.get("arguments") or {})) for r in checkpoint.syscall_log
+            ]
+        return await runner.start(
+            self.kernel.services, self._agent(history), checkpoint=checkpoint, pid=None if checkpoint else self.pid,
+            speculative=self.options.speculative if checkpoint is None else None,
+            scopes=self.options.scopes if checkpoint is None else None,
+            default_budgets=dict(self.options.budgets or self.kernel.budgets), default_scopes=self.kernel.scopes,
+        )
+
+    async def call(self, name: str, arguments: dict[str, Any], key: str | None = None,
+                   progress: Progress | None = None) -> Outcome:
+        """Issue one call through the run; wait for a human if it is gated."""
+        async with self.lock:
+            self.last_used = time.monotonic()
+            try:
+                return await self._call(name, arguments, key, progress)
+            finally:
+                self.last_used = time.monotonic()
+
+    async def _call(self, name: str, arguments: dict[str, Any], key: str | None, progress: Progress | None) -> Outcome:
+        answered = await self._answered(key, name, arguments)
+        if answered is not None:
+            return answered
+        while True:
+            if self.drive is not None and (self.drive.done or self.hold.done()):
+                await self._settle(self.drive)  # it ended, or was told to (a failed or cancelled call)
+            if self.drive is None:
+                refused = await self._check_waiting(name, arguments)
+                if refused is not None:
+                    return refused
+                self.drive = await self._start()
+            drive = self.drive
+            ready: set[asyncio.Future[Any]] = {self.ready, drive.task}
+            if not self.ready.done():
+                await asyncio.wait(ready, return_when=asyncio.FIRST_COMPLETED)
+            if self.ready.done():
+                outcome = await self._issue(self.ready.result(), name, arguments, key)
+                if outcome is not None:
+                    return outcome
+            cp = await self._settle(drive)
+            if cp.status != "SUSPENDED_FOR_HITL":
+                stopped = f"run {self.pid} stopped: {cp.status} {cp.error or ''}".strip()
+                return Outcome(self.pid, None, error=stopped)
+            step = cp.pending_step if cp.pending_step is not None else len(cp.syscall_log)
+            if not await self._wait_decision(step, name, progress):
+                return Outcome(self.pid, step, error=(
+                    f"no decision on {name} (run {self.pid}, step {step}) within "
+                    f"{self.options.approval_timeout:g} s; it still waits in `castor approvals`: retry the "
+                    "same call later (same run, same idempotency key) to receive its outcome"
+                ))
+
+    async def _settle(self, drive: runner.CastorTask) -> AgentCheckpoint:
+        """The checkpoint a finished drive left; its exception is the run's, already persisted."""
+        try:
+            return await drive
+        except BaseException:
+            return drive.checkpoint
+        finally:
+            if self.drive is drive:
+                self.drive = None
+
+    async def _answered(self, key: str | None, name: str, arguments: dict[str, Any]) -> Outcome | None:
+        """A retried call whose step is journaled: its recorded answer, without running anything (an error if
+        the key names another call: a key is one call's)."""
+        if key is None:
+            return None
+        backend = self.kernel.backend
+        header = await backend.runs.load(self.pid)
+        if header is None:
+            return None
+        steps = [int(e["step"]) for e in header.context_history if e.get("role") == KEY_ENTRY and e.get("key") == key]
+        if not steps:
+            return None
+        record = await backend.journal.get(self.pid, steps[-1])
+        if record is None:
+            return None  # it waits for a decision (or never ran): issue it at its step
+        spec = self.kernel.tools.find(name)
+        same = record.request.get("tool_name") == name and (
+            (spec is not None and bool(spec.sensitive)) or record.request.get("arguments") == arguments
+        )  # a sensitive argument is journaled as a digest: the tool's name has to do
+        if not same:
+            return Outcome(self.pid, steps[-1], error=(
+                f"idempotency key {key!r} was given to another call (step {steps[-1]}: "
+                f"{record.request.get('tool_name')}); a key names one call"
+            ))
+        return Outcome(self.pid, steps[-1], wrap(record.response), needs_review=record.needs_review)
+
+    async def _check_waiting(self, name: str, arguments: dict[str, Any]) -> Outcome | None:
+        """A run that waits for a decision takes only the call that waits: a decision answers one call,
+        and another call issued at its step must not inherit it."""
+        header = await self.kernel.backend.runs.load(self.pid)
+        if header is None or header.status != "SUSPENDED_FOR_HITL" or not header.pending_hitl:
+            return None
+        waiting = header.pending_hitl
+        if waiting.get("tool_name") == name and dict(waiting.get("arguments") or {}) == arguments:
+            return None
+        return Outcome(self.pid, header.pending_step, error=(
+            f"run {self.pid} waits for a decision on {waiting.get('tool_name')} (step {header.pending_step}); "
+            "retry that call with the same arguments to receive its outcome"
+        ))
+
+    async def _wait_decision(self, step: int, name: str, progress: Progress | None) -> bool:
+        """Wait in the approval store, telling the client every ``progress_every`` seconds."""
+        approvals = self.kernel.backend.approvals
+        started = time.monotonic()
+        deadline = started + self.options.approval_timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if progress is not None:
+                waited = time.monotonic() - started
+                command = " ".join(part for part in ("castor approve", self.pid, self.options.decide_flags) if part)
+                await progress(waited, f"{name} waits for a human: {command} (waited {waited:.0f} s)")
+            if await approvals.wait(self.pid, step, timeout=min(left, self.options.progress_every)) is not None:
+                return True
+
+    async def close(self, reason: str = "MCP session closed") -> None:
+        """Stop the run's drive: it is stored ``PREEMPTED`` and a later session resumes it."""
+        drive, self.drive = self.drive, None
+        if drive is not None and not drive.done:
+            drive.preempt(reason)
+            with contextlib.suppress(BaseException):  # the preemption itself: the run is persisted
+                await drive
