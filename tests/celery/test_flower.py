@@ -22,6 +22,7 @@ import castor.lib as lib
 from castor import Castor, RemoteToolError
 
 from .conftest import ROOT, Fleet, stop_process
+from .test_forgery import forged
 
 
 def _free_port() -> int:
@@ -151,9 +152,7 @@ async def test_flower_tells_failures_refusals_and_results(flower: str, fleet: Fl
     forger = Celery("forger", set_as_current=False)
     forger.conf.update(celery_config(fleet.settings))
     forged_pid = f"forged-{uuid.uuid4().hex[:6]}"
-    kwargs = {"run_id": forged_pid, "step": 0, "tool": "search", "arguments": {"query": "x"},
-              "effect_id": f"{forged_pid}:0", "attempt": 0, "reply_to": "", "token": None,
-              "record": {"request": {"tool_name": "search", "arguments": {"query": "x"}}}}
+    kwargs = forged(forged_pid, 0, "search", {"query": "x"}, "")  # a well-formed call, without the token
     try:
         forger.send_task("castor.tool.search", kwargs=kwargs, queue=fleet.settings.queue_of("web"))
     finally:
