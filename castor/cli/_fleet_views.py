@@ -166,14 +166,12 @@ async def ps(args: argparse.Namespace) -> int:
 
 async def inspect(args: argparse.Namespace) -> int:
     """``castor inspect PID``: the embedded ``inspect``, with where the run is in the fleet."""
-    from castor.cli._live import live_budget
     from castor.cli._waiting import waiting_runs
 
     async with fleet(args) as (backend, client):
         header = await stored_run(backend, args.pid)  # its budgets' usage as its journal says, while it runs too
         if header is None:
             raise RunNotFoundError(args.pid)
-        await live_budget(backend, header)  # and a charge taken for a step not journaled yet
         state = (await client.fleet_state([args.pid]))[args.pid]
         if header.status == "RUNNING":
             state["waiting"] = (await waiting_runs(client, fleet_settings(args), [args.pid])).get(args.pid)

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from castor._limits import option_type
-from castor.cli._live import live_budget, live_summaries
+from castor.cli._live import live_summaries
 from castor.cli._render import inspect_json, inspect_lines, ps_json, ps_line
 from castor.cli._runs import load_run, opened, out, out_json
 from castor.cli._watch import add_watch
@@ -48,7 +48,7 @@ async def cmd_ps(args: argparse.Namespace) -> int:
 async def cmd_inspect(args: argparse.Namespace) -> int:
     """Show a run: status, budgets, every step with its flags, failures, the pending call, result or error."""
     async with opened(args) as backend:
-        cp = await live_budget(backend, await load_run(backend, args.pid))
+        cp = await load_run(backend, args.pid)  # its budgets' usage from its journal, while it runs too
         decision = None
         if cp.pending_hitl:
             target = pending_child(cp) or cp
