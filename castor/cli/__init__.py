@@ -49,6 +49,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "castor.cli._deadletters",  # deadletters [purge]
     "castor.cli._pools",  # pools
     "castor.mcp.cli",  # mcp (the MCP gateway)
+    "castor.console.command",  # console (its web framework imported only when it runs)
 )
 
 

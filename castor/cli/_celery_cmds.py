@@ -21,6 +21,7 @@ import shlex
 from typing import Any, get_args
 
 from castor._limits import option_type
+from castor.cli import _observe
 from castor.cli._args import add_option
 from castor.cli._stores import fleet_process_settings, settings_of, uses_celery
 from castor.seams import Backend
@@ -44,6 +45,7 @@ def add_commands(subparsers: Any) -> None:
     worker.add_argument("--any-host", action="store_true", help="with --ping: a worker of the pool on any host")
     worker.add_argument("--timeout", type=option_type("worker --timeout"), default=5.0, metavar="SECONDS",
                         help="with --ping: wait this long for answers")
+    _observe.add_options(worker, "worker")
     config_option(worker)
     _redis_options_of(worker)
     worker.set_defaults(handler=_run_worker)
@@ -120,6 +122,7 @@ def _run_worker(args: argparse.Namespace) -> int:
     return run_worker(
         fleet_process_settings(args), args.pool, specs, concurrency=args.concurrency, pool_impl=args.pool_impl,
         loglevel=args.loglevel, fast_start=args.fast_start,
+        observe=_observe.worker_setup(args),
     )
 
 

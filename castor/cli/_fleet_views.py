@@ -79,6 +79,7 @@ def emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 async def coordinator(args: argparse.Namespace) -> int:
     """``castor coordinator``: run until SIGTERM."""
+    from castor.cli import _observe
     from castor.cli._stores import config_path, target
     from castor.fleet.scheduler.coordinator import CoordinatorConfig
     from castor.fleet.scheduler.main import executor_factory, serve
@@ -96,10 +97,11 @@ async def coordinator(args: argparse.Namespace) -> int:
     config = CoordinatorConfig(
         url=url, prefix=prefix, name=args.name or "", concurrency=args.concurrency, lease=args.lease,
         grace=args.grace, allow_code_change=args.allow_code_change, max_takeovers=max_takeovers,
-        store_options=options,
+        store_options=options, context_budget=int(args.context_budget),
     )
     secret = settings.security.secret if settings else None
-    await serve(config, executor=executor_factory(kind, settings), secret=secret)
+    await serve(config, executor=executor_factory(kind, settings), secret=secret,
+                setup=_observe.coordinator_setup(args, settings if kind == "celery" else None))
     return 0
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from castor._redact import masked
 from castor.checkpoint import AgentCheckpoint, SyscallRecord
+from castor.cli._memory_map import MMU_STEPS, memory_lines, mmu_step_text
 from castor.cli._model_steps import model_step_text
 from castor.kernel.model import is_model_step
 from castor.seams import RunSummary
@@ -162,6 +163,8 @@ def step_line(index: int, record: SyscallRecord) -> str:
         flags.append(f"child: {record.child_checkpoint.pid} {record.child_checkpoint.status}")
     if is_model_step(record.tool_name):
         text = model_step_text(index, record, short)
+    elif record.tool_name in MMU_STEPS:
+        text = mmu_step_text(index, record, short)
     else:
         text = f"  [{index}] {call_text(record.tool_name, record.arguments)} -> {short(record.response, 60)}"
     return text + (f"  ({'; '.join(flags)})" if flags else "")
@@ -191,6 +194,7 @@ def inspect_lines(cp: AgentCheckpoint, fleet: dict[str, Any] | None = None) -> l
         lines.append("  (no budgets: unlimited)")
     lines.append(f"Syscall log: {len(cp.syscall_log)} entries")
     lines += [step_line(i, record) for i, record in enumerate(cp.syscall_log)]
+    lines += memory_lines(cp, short)
     if cp.failures:
         lines.append(f"Failures: {len(cp.failures)}")
         lines += [f"  step {f.step}: {f.tool_name}: {f.error_type}: {f.message}" for f in cp.failures]

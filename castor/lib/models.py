@@ -52,6 +52,9 @@ async def model_call(
     if not isinstance(plain, dict):
         raise ModelCallError(f"a model request must be a JSON object, got {type(request).__name__}")
     ctx = active_run()
+    mmu = ctx.services.mmu
+    if mmu is not None and mmu.wants_room(ctx):
+        await mmu.fit(ctx)  # the run's context fits its budget before any model call
     response = await _models(ctx).call(ctx, model, plain, invoke=invoke, max_tokens=max_tokens, timeout=timeout)
     return _checked(response)
 

@@ -7,6 +7,7 @@ private key prefix and private queue names, the Redis URL of the test session, a
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import time
@@ -36,6 +37,8 @@ def start_services(fleet: Fleet, services: list[list[str]], flower_port: int) ->
         if args[0] == "flower":
             args[args.index("--port") + 1] = str(flower_port)
             fleet.start("flower", *args)
+        elif args[0] == "console":
+            fleet.start("console", *args, ready="castor console: serving")
         elif args[0] == "worker":
             fleet.start(f"worker-{args[args.index('--pool') + 1]}", *args, "--fast-start", ready=" ready.")
         else:
@@ -71,8 +74,9 @@ def test_the_readme_fleet_section_works_as_written(fleet: Fleet) -> None:
     for argv in readme_fleet_commands():
         args = [str(config) if a == "config/castor.toml" else a for a in argv[1:]]
         args = [fleet.url if a == README_URL else a for a in args]
-        (services if args[0] in ("worker", "coordinator", "flower") else operator).append(args)
-    start_services(fleet, services, port)
+        (services if args[0] in ("worker", "coordinator", "flower", "console") else operator).append(args)
+    console = free_port()
+    start_services(fleet, [[*a, "--port", str(console)] if a[0] == "console" else a for a in services], port)
 
     pid = ""
     for args in operator:
@@ -91,3 +95,5 @@ def test_the_readme_fleet_section_works_as_written(fleet: Fleet) -> None:
         else:
             fleet.cli(*args)
     assert wait_http(f"http://127.0.0.1:{port}/healthcheck") == 200  # Flower serves the fleet's broker
+    with urllib.request.urlopen(f"http://127.0.0.1:{console}/api/runs/{pid}", timeout=5) as reply:
+        assert json.load(reply)["status"] == "COMPLETED"  # the console serves the same fleet
