@@ -9,15 +9,18 @@ those tools on ``<queue_prefix>.NAME``: the coordinators' config says which pool
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Sequence
 from typing import get_args
 
+from castor.backends.redis.keys import pool_workers
 from castor.errors import ConfigError
 from castor.fleet.loading import load_tools
 from castor.fleet.sealing import require_secret
 from castor.registry import ToolRegistry, ToolSpec
 from castor.settings import Settings, WorkerPool
 
+from ._heartbeat import Presence
 from ._preflight import preflight
 from ._scripts import replay_spool
 from .app import make_app
@@ -109,4 +112,9 @@ def run_worker(
     if observe is not None:
         observe(settings, runtime, pool_impl or settings.workers.pool)
     register_tools(app, runtime)
-    return int(app.start(argv) or 0)
+    node = f"{pool}-{os.getpid()}@{socket.gethostname()}"  # the node name worker_argv gives Celery
+    presence = Presence(settings.redis.url, pool_workers(settings.redis.prefix, pool), node).start()
+    try:
+        return int(app.start(argv) or 0)
+    finally:
+        presence.close()
