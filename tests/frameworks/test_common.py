@@ -21,14 +21,14 @@ from castor.frameworks._common import (
 from castor.kernel.context import Suspend
 
 ROOT = Path(__file__).resolve().parents[2]
-FRAMEWORKS = ("langchain", "langgraph", "pydantic-ai", "pydantic_ai")
+FRAMEWORKS = ("langchain", "langgraph", "pydantic-ai", "pydantic_ai", "openai-agents", "smolagents", "crewai")
 
 
 def test_pip_install_dot_installs_no_framework_and_dev_installs_them_all() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert not [d for d in project["dependencies"] if d.lower().startswith(FRAMEWORKS)]
     extras = project["optional-dependencies"]
-    for extra in ("langchain", "pydantic-ai"):
+    for extra in ("langchain", "pydantic-ai", "openai-agents"):
         assert set(extras[extra]) <= set(extras["dev"]), extra
 
 

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = {
     "langgraph_agent": "langgraph",
     "pydantic_ai_agent": "pydantic_ai",
+    "openai_agents_agent": "agents",
 }
 
 
