@@ -12,19 +12,25 @@ keyword arguments with Python names and plain JSON types; anything else is ``Uns
 Castor's suspension (``castor.kernel.context.Suspend``) is a ``BaseException``: a framework's
 ``except Exception`` around a tool cannot turn it into a model message. Frameworks that run tool calls in
 task groups wrap it in a ``BaseExceptionGroup``; ``suspensions_pass`` unwraps it again.
+
+Synchronous frameworks (smolagents, CrewAI's tools) run their loop in a worker thread (``in_thread``);
+their guarded model and tool calls are awaited on the run's event loop from that thread (``blocking``),
+so the syscalls run where the Castor run lives and a suspension comes back to the thread as itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import keyword
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from pydantic_core import to_jsonable_python
 
-from castor.errors import ConfigError
+from castor.errors import ConfigError, UnsupportedError
 from castor.kernel.context import Suspend
 from castor.lib import tool
 from castor.lib.models import model_call
@@ -202,3 +208,38 @@ async def suspensions_pass() -> AsyncIterator[None]:
         if found is not None and found is not error:
             raise found from None
         raise
+
+
+# The event loop of the Castor run whose framework loop ``in_thread`` runs in a worker thread.
+_RUN_LOOP: ContextVar[asyncio.AbstractEventLoop | None] = ContextVar("castor_framework_loop", default=None)
+
+
+async def in_thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run a synchronous framework loop in a worker thread; its guarded calls are answered on this loop."""
+    token = _RUN_LOOP.set(asyncio.get_running_loop())
+    try:
+        return await asyncio.to_thread(func, *args, **kwargs)  # the thread gets this context: the run's
+    finally:
+        _RUN_LOOP.reset(token)
+
+
+def blocking(framework: str, start: Callable[[], Awaitable[Any]], runner: str) -> Any:
+    """Await ``start()`` on the run's loop from a framework's synchronous code running under ``in_thread``
+    (``runner``: what the error tells to call instead when there is no such thread)."""
+    loop = _RUN_LOOP.get()
+    try:
+        asyncio.get_running_loop()
+        on_a_loop = True
+    except RuntimeError:
+        on_a_loop = False
+    if loop is None or on_a_loop:
+        # Called on the run's own loop, a synchronous wait would block the loop that must answer it.
+        raise UnsupportedError(
+            f"a guarded {framework} call made on the run's event loop, which it would block: call "
+            f"`await {runner}` inside a Castor run"
+        )
+
+    async def run() -> Any:
+        return await start()
+
+    return asyncio.run_coroutine_threadsafe(run(), loop).result()

@@ -28,7 +28,7 @@ def test_pip_install_dot_installs_no_framework_and_dev_installs_them_all() -> No
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert not [d for d in project["dependencies"] if d.lower().startswith(FRAMEWORKS)]
     extras = project["optional-dependencies"]
-    for extra in ("langchain", "pydantic-ai", "openai-agents"):
+    for extra in ("langchain", "pydantic-ai", "openai-agents", "smolagents"):
         assert set(extras[extra]) <= set(extras["dev"]), extra
 
 

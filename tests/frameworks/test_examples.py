@@ -18,6 +18,7 @@ EXAMPLES = {
     "langgraph_agent": "langgraph",
     "pydantic_ai_agent": "pydantic_ai",
     "openai_agents_agent": "agents",
+    "smolagents_agent": "smolagents",
 }
 
 
