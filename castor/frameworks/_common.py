@@ -13,9 +13,12 @@ Castor's suspension (``castor.kernel.context.Suspend``) is a ``BaseException``: 
 ``except Exception`` around a tool cannot turn it into a model message. Frameworks that run tool calls in
 task groups wrap it in a ``BaseExceptionGroup``; ``suspensions_pass`` unwraps it again.
 
-Synchronous frameworks (smolagents, CrewAI's tools) run their loop in a worker thread (``in_thread``);
-their guarded model and tool calls are awaited on the run's event loop from that thread (``blocking``),
-so the syscalls run where the Castor run lives and a suspension comes back to the thread as itself.
+Synchronous frameworks (smolagents, CrewAI) run their loop in a worker thread (``in_thread``); their
+guarded model and tool calls are awaited on the run's event loop from that thread (``blocking``), so the
+syscalls run where the Castor run lives and a suspension comes back to the thread as itself. An error
+that ends the run (a replay divergence, a refused or failed model call) crosses the framework's
+``except Exception`` (which would retry or tell the model) as a ``BaseException`` and is raised as itself
+by ``in_thread``.
 """
 
 from __future__ import annotations
@@ -30,10 +33,11 @@ from typing import Any
 
 from pydantic_core import to_jsonable_python
 
-from castor.errors import ConfigError, UnsupportedError
+from castor.errors import ConfigError, ReplayDivergenceError, RunEndedError, UnsupportedError
 from castor.kernel.context import Suspend
 from castor.lib import tool
 from castor.lib.models import model_call
+from castor.llm import ModelCallError, ModelRefusedError
 from castor.results import SyscallResult
 
 ToolEntry = tuple[str, Callable[..., Any]]
@@ -214,11 +218,25 @@ async def suspensions_pass() -> AsyncIterator[None]:
 _RUN_LOOP: ContextVar[asyncio.AbstractEventLoop | None] = ContextVar("castor_framework_loop", default=None)
 
 
+# Errors after which the run cannot go on: a framework must not retry the call or hand it to the model.
+_RUN_ENDING = (ReplayDivergenceError, ModelRefusedError, ModelCallError, RunEndedError)
+
+
+class _Passing(BaseException):
+    """A run-ending Castor error carried through a synchronous framework's ``except Exception``."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 async def in_thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run a synchronous framework loop in a worker thread; its guarded calls are answered on this loop."""
     token = _RUN_LOOP.set(asyncio.get_running_loop())
     try:
         return await asyncio.to_thread(func, *args, **kwargs)  # the thread gets this context: the run's
+    except _Passing as passing:
+        raise passing.error from None
     finally:
         _RUN_LOOP.reset(token)
 
@@ -242,4 +260,7 @@ def blocking(framework: str, start: Callable[[], Awaitable[Any]], runner: str) -
     async def run() -> Any:
         return await start()
 
-    return asyncio.run_coroutine_threadsafe(run(), loop).result()
+    try:
+        return asyncio.run_coroutine_threadsafe(run(), loop).result()
+    except _RUN_ENDING as error:
+        raise _Passing(error) from error

@@ -29,9 +29,8 @@ from typing import Any
 from smolagents import CodeAgent, MultiStepAgent, Tool
 from smolagents.models import ChatMessage, Model
 from smolagents.monitoring import TokenUsage
-from smolagents.utils import AgentError
 
-from castor.errors import CastorError, UnsupportedError
+from castor.errors import UnsupportedError
 from castor.frameworks._common import (
     ToolEntry,
     blocking,
@@ -256,16 +255,8 @@ def guard(x: Any) -> Any:
 
 
 async def run(agent: MultiStepAgent, task: str, **kwargs: Any) -> Any:
-    """``agent.run(task, **kwargs)`` inside a Castor run (in a worker thread; the agent guarded first).
-
-    smolagents wraps a failed model call in its ``AgentGenerationError``; a Castor error under it (a
-    refused model call, a replay divergence) is raised as itself, as with the other frameworks."""
-    try:
-        return await in_thread(guard_agent(agent).run, task, **kwargs)
-    except AgentError as error:
-        if isinstance(error.__cause__, CastorError):
-            raise error.__cause__ from None
-        raise
+    """``agent.run(task, **kwargs)`` inside a Castor run (in a worker thread; the agent guarded first)."""
+    return await in_thread(guard_agent(agent).run, task, **kwargs)
 
 
 __all__ = ["GuardedModel", "guard", "run", "tools_of"]

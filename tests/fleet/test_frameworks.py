@@ -14,7 +14,7 @@ from tests.fleet.test_scenario import wait_for
 
 EXAMPLES = {
     "langgraph_agent": "langgraph", "pydantic_ai_agent": "pydantic_ai", "openai_agents_agent": "agents",
-    "smolagents_agent": "smolagents",
+    "smolagents_agent": "smolagents", "crewai_agent": "crewai",  # crewai: not in dev, skipped in CI
 }
 
 
