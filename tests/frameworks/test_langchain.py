@@ -263,3 +263,19 @@ def test_a_tool_whose_schema_castor_cannot_express_is_refused_at_guard() -> None
         guard([lc_tool(tagged)])
     with pytest.raises(UnsupportedToolError, match="'tagged'"):
         tools_of([lc_tool(tagged)])
+
+
+async def test_a_suspension_among_parallel_tool_calls_suspends_the_run(factory: Any) -> None:
+    both = AIMessage(content="", usage_metadata=USAGE, tool_calls=[
+        {"name": "search", "args": {"query": "old logs"}, "id": "c1"},
+        {"name": "delete_file", "args": {"path": "/tmp/old"}, "id": "c2"},
+    ])
+    model = model_of(iter([both, AIMessage(content="done", usage_metadata=USAGE)]))
+    k = kernel()
+    agent = agent_of(factory, model)
+    cp = await k.run(agent)
+    assert cp.status == "SUSPENDED_FOR_HITL" and cp.pending_tool == "delete_file"
+    await k.approve(cp)
+    cp = await k.run(agent, checkpoint=cp)
+    assert cp.status == "COMPLETED" and cp.result == "done" and len(model.asked) == 2
+    assert [r.tool_name for r in cp.syscall_log][1:3] == ["search", "delete_file"]

@@ -233,3 +233,17 @@ async def test_a_suspension_among_parallel_tool_calls_suspends_the_run() -> None
     cp = await k.run(main_of(agent), checkpoint=cp)
     assert cp.status == "COMPLETED" and cp.result == "done" and len(script.asked) == 2
     assert [r.tool_name for r in cp.syscall_log] == ["model:scripted", "search", "delete_file", "model:scripted"]
+
+
+async def test_tools_in_a_toolset_of_their_own_are_guarded_too() -> None:
+    from pydantic_ai.toolsets import FunctionToolset
+
+    script = Script()
+    agent = Agent(scripted(script), tools=[search], toolsets=[FunctionToolset([delete_file])])
+    assert [name for name, _ in tools_of(agent)] == ["search", "delete_file"]
+    k = kernel(agent)
+    cp = await k.run(main_of(agent))
+    assert (cp.status, cp.pending_tool) == ("SUSPENDED_FOR_HITL", "delete_file")
+    await k.approve(cp)
+    cp = await k.run(main_of(agent), checkpoint=cp)
+    assert cp.status == "COMPLETED" and len(script.asked) == 3
