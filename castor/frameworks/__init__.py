@@ -39,4 +39,7 @@ Adding a framework
    LangGraph or pydantic-ai does) or runs them in task groups; run its agent inside ``suspensions_pass()``
    if a suspension can come back wrapped. A test must show a suspended run whose model was not asked
    again with the tool's error.
+4. A synchronous framework (smolagents, CrewAI): give an async entry point that runs its loop under
+   ``in_thread`` (the guarded model and tools then reach Castor through ``blocking``, which also carries
+   a run-ending error past the framework's ``except Exception``), and call the wrapped model in a thread.
 """

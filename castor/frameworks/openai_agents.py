@@ -31,6 +31,7 @@ from typing import Any
 from agents import Agent, FunctionTool, Handoff, Model, ModelResponse, ModelSettings, RunContextWrapper, Usage
 from agents.items import TResponseOutputItem
 from agents.models.multi_provider import MultiProvider
+from agents.tool import with_function_tool_failure_error_handler
 from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage
 from pydantic import TypeAdapter
 
@@ -216,6 +217,10 @@ def tool_entry(t: Any) -> ToolEntry:
     return t.name, schema_function(FRAMEWORK, t.name, t.params_json_schema, run)
 
 
+def _unreported(tool: FunctionTool, error: Exception, payload: str) -> None:
+    """A handled tool error needs no report of its own: Castor's journal holds the failed step."""
+
+
 def _guard_tool(t: FunctionTool) -> FunctionTool:
     tool_entry(t)  # refused here, at guard(), if Castor cannot check its arguments
     name = t.name
@@ -223,7 +228,10 @@ def _guard_tool(t: FunctionTool) -> FunctionTool:
     async def invoke(_context: Any, payload: str) -> Any:
         return await call_tool(name, json.loads(payload or "{}"))
 
-    guarded = dataclasses.replace(t, on_invoke_tool=invoke)
+    # The SDK's own failure handling around the call (a tool's Exception becomes a message to the model,
+    # its failure_error_function kept); Castor's suspension is a BaseException and passes it.
+    handled = with_function_tool_failure_error_handler(invoke, _unreported)
+    guarded = dataclasses.replace(t, on_invoke_tool=handled)
     guarded.__castor_guarded__ = True  # type: ignore[attr-defined]
     return guarded
 

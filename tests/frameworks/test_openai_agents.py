@@ -274,3 +274,17 @@ async def test_a_handoff_agent_is_guarded_too() -> None:
     cp = await k.run(main_of(agent), checkpoint=cp)
     assert cp.status == "COMPLETED" and cp.result == "deleted"
     assert (len(front.asked), len(helper_model.asked)) == (1, 2)
+
+
+async def test_a_failing_tool_reaches_the_model_through_the_sdks_error_handling() -> None:
+    async def broken(path: str) -> str:
+        """Break."""
+        raise ValueError("disk on fire")
+
+    script = Scripted([call("broken", '{"path": "/x"}', "c1")], [say("gave up")])
+    agent = Agent(name="breaker", model=script, tools=[function_tool(broken)])
+    cp = await Castor(tools=tools_of(agent)).run(main_of(agent))
+    # The handler the suspension passes through is in place: the failure is a message to the model.
+    assert cp.status == "COMPLETED" and cp.result == "gave up"
+    last = script.asked[-1][-1]
+    assert last["type"] == "function_call_output" and last["output"].startswith("An error occurred")
