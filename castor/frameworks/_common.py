@@ -24,11 +24,12 @@ by ``in_thread``.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import keyword
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from contextvars import ContextVar
 from typing import Any
 
 from pydantic_core import to_jsonable_python
@@ -215,7 +216,9 @@ async def suspensions_pass() -> AsyncIterator[None]:
 
 
 # The event loop of the Castor run whose framework loop ``in_thread`` runs in a worker thread.
-_RUN_LOOP: ContextVar[asyncio.AbstractEventLoop | None] = ContextVar("castor_framework_loop", default=None)
+_RUN_LOOP: contextvars.ContextVar[asyncio.AbstractEventLoop | None] = contextvars.ContextVar(
+    "castor_framework_loop", default=None
+)
 
 
 # Errors after which the run cannot go on: a framework must not retry the call or hand it to the model.
@@ -231,14 +234,36 @@ class _Passing(BaseException):
 
 
 async def in_thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run a synchronous framework loop in a worker thread; its guarded calls are answered on this loop."""
-    token = _RUN_LOOP.set(asyncio.get_running_loop())
-    try:
-        return await asyncio.to_thread(func, *args, **kwargs)  # the thread gets this context: the run's
-    except _Passing as passing:
-        raise passing.error from None
-    finally:
-        _RUN_LOOP.reset(token)
+    """Run a synchronous framework loop in a thread of its own; its guarded calls are answered on this loop.
+
+    Not the loop's default executor: a loop waiting for a model call answered there would hold one of its
+    few workers, and as many concurrent runs as workers would wait for each other for ever."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Any] = loop.create_future()
+    token = _RUN_LOOP.set(loop)
+    context = contextvars.copy_context()  # the run's context: the thread's syscalls are this run's
+    _RUN_LOOP.reset(token)
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if done.done():  # the run was cancelled meanwhile
+            return
+        if error is None:
+            done.set_result(result)
+        else:
+            done.set_exception(error)
+
+    def target() -> None:
+        try:
+            result = context.run(func, *args, **kwargs)
+        except _Passing as passing:
+            loop.call_soon_threadsafe(settle, None, passing.error)
+        except BaseException as error:  # a suspension too: it is the run's to handle
+            loop.call_soon_threadsafe(settle, None, error)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=target, name=f"castor-{getattr(func, '__name__', 'framework')}", daemon=True).start()
+    return await done
 
 
 def blocking(framework: str, start: Callable[[], Awaitable[Any]], runner: str) -> Any:

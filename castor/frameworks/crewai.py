@@ -29,6 +29,7 @@ OpenAI Agents SDK needs ``openai>=3`` (one environment cannot hold both), and it
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from crewai import Agent, Crew, Task
@@ -83,7 +84,7 @@ class GuardedLLM(BaseLLM):
 
         async def invoke(_request: dict[str, Any]) -> dict[str, Any]:
             self.wrapped.stop = stop  # CrewAI sets the stop words on the LLM it holds: the guarded one
-            answer = await in_thread(self.wrapped.call, messages, tools=tools, callbacks=callbacks,
+            answer = await asyncio.to_thread(self.wrapped.call, messages, tools=tools, callbacks=callbacks,
                                      from_task=from_task, from_agent=from_agent)
             if not isinstance(answer, str):
                 raise UnsupportedError(f"the CrewAI LLM {model!r} answered {type(answer).__name__}, not text")
@@ -141,7 +142,7 @@ def tool_entry(t: BaseTool) -> ToolEntry:
         return t.name, func
 
     async def run(arguments: dict[str, Any]) -> Any:
-        return await in_thread(t.run, **arguments)
+        return await asyncio.to_thread(t.run, **arguments)
 
     return t.name, schema_function(FRAMEWORK, t.name, schema, run)
 

@@ -22,6 +22,7 @@ end) is not a Castor tool. A ``CodeAgent`` runs model-written Python, not tool c
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import inspect
 from typing import Any
@@ -118,7 +119,7 @@ class GuardedModel(Model):
         request = canonical_request(messages, stop_sequences, response_format, tools_to_call_from, kwargs)
 
         async def invoke(_request: dict[str, Any]) -> dict[str, Any]:
-            answer = await in_thread(self.wrapped.generate, messages, stop_sequences=stop_sequences,
+            answer = await asyncio.to_thread(self.wrapped.generate, messages, stop_sequences=stop_sequences,
                                      response_format=response_format, tools_to_call_from=tools_to_call_from,
                                      **kwargs)
             return response_json(answer, model)
@@ -177,7 +178,7 @@ def tool_entry(t: Tool) -> ToolEntry:
         return t.name, func
 
     async def run(arguments: dict[str, Any]) -> Any:
-        return await in_thread(t, **arguments)
+        return await asyncio.to_thread(t, **arguments)
 
     return t.name, schema_function(FRAMEWORK, t.name, schema, run)
 

@@ -240,3 +240,12 @@ async def test_a_tool_subclass_runs_its_forward_and_agent_run_outside_the_runner
         await k.run(blocking_main)
     assert isinstance(caught.value.__cause__, UnsupportedError)
     assert "call `await castor.frameworks.smolagents.run(agent, task)` inside a Castor run" in str(caught.value)
+
+
+async def test_more_concurrent_runs_than_the_loops_default_executor_has_workers_all_finish() -> None:
+    # Each run's smolagents loop holds a thread while it waits for its model call on the run's loop: in
+    # the loop's default executor (min(32, cores + 4) workers), that many runs would wait for ever.
+    k = kernel()
+    runs = [k.run(main_of(Scripted()), speculative=True) for _ in range(12)]
+    done = await asyncio.wait_for(asyncio.gather(*runs), timeout=60)
+    assert [cp.status for cp in done] == ["COMPLETED"] * 12
