@@ -38,7 +38,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from castor._redact import redact
@@ -80,8 +80,12 @@ def holder_gone(found: StepClaim) -> bool:
     return False
 
 
-async def run_claimed(call: Syscall, inner: Handler) -> Any:
-    """Run ``call`` through ``inner`` only if this process claims its step; else take the step's record."""
+async def run_claimed(
+    call: Syscall, inner: Handler, *, in_doubt: Callable[[Syscall, StepClaim], Awaitable[None]] | None = None
+) -> Any:
+    """Run ``call`` through ``inner`` only if this process claims its step; else take the step's record.
+    ``in_doubt(call, found)`` (it raises) answers a step whose holder is gone, in place of the tools' rules
+    (run again if idempotent or sent to a worker, else ask a human): a model call's."""
     ctx = call.ctx
     journal: Journal = ctx.journal
     holder, replace = new_holder(), ""
@@ -94,6 +98,8 @@ async def run_claimed(call: Syscall, inner: Handler) -> Any:
         if not holder_gone(found):
             await asyncio.sleep(POLL)
             continue
+        if in_doubt is not None:
+            await in_doubt(call, found)
         spec = call.spec
         if (spec is not None and spec.idempotent) or ctx.services.executor.writes_journal:
             # Run it again under a claim of our own, taken over atomically. An executor that journals

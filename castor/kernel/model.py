@@ -21,12 +21,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from castor._redact import redact
-from castor.checkpoint import StepFailure, bounded_arguments
+from castor.checkpoint import USAGE_STRIDE, StepFailure, bounded_arguments
+from castor.errors import CastorError, InDoubtError, RemoteToolError, ToolTimeoutError
 from castor.kernel.chain import wrap
+from castor.kernel.claims import IN_DOUBT_UNFINISHED, run_claimed
 from castor.kernel.context import Handler, Interceptor, RunContext, Syscall
 from castor.kernel.steps import answer, replay
 from castor.llm.cost import DEFAULT_MAX_TOKENS, TOKEN_RESOURCES, Price, cost_of_tokens, reservation, usage_from
 from castor.llm.types import MalformedResponseError, ModelCallError, ModelTimeoutError, response_dict
+from castor.seams import StepClaim
 
 MODEL_PREFIX = "model:"
 Invoke = Callable[[dict[str, Any]], Awaitable[Any]]
@@ -168,9 +171,21 @@ async def budget(call: Syscall, inner: Handler) -> Any:
 # --- execute: call, settle, journal -------------------------------------------------------------
 
 
-async def execute(call: Syscall) -> Any:
-    """Call the model, settle the reservation to the usage reported and journal request and response."""
+def execute(call: Syscall) -> Awaitable[Any]:
+    """Call the model where it lives: on the fleet's ``llm`` pool (the kernel's provider, under a Celery
+    executor), else in this process, claimed first on a leased store (a fleet coordinator's drive) so the
+    drive that takes the run over never calls it, nor pays for it, a second time."""
     assert isinstance(call, ModelSyscall)
+    services = call.ctx.services
+    if services.executor.writes_journal and call.via_provider:
+        return _on_pool(call)
+    if services.backend.leased:
+        return run_claimed(call, _call_here, in_doubt=_in_doubt)  # type: ignore[arg-type]
+    return _call_here(call)
+
+
+async def _call_here(call: ModelSyscall) -> Any:
+    """Call the model, settle the reservation to the usage reported and journal request and response."""
     ctx = call.ctx
     models = call.models
     request: dict[str, Any] = call.arguments["request"]
@@ -202,6 +217,66 @@ async def execute(call: Syscall) -> Any:
     call.charged = actual  # the record holds what the call used (the store's ledgers hold what they track of it)
     record = await ctx.commit(call.step, call.record(response))
     return record.response
+
+
+async def _on_pool(call: ModelSyscall) -> Any:
+    """Send the call to a worker of the ``llm`` pool, which calls the provider under the fleet's rate limits,
+    settles the reservation to the usage reported and journals the step (``castor.fleet.workers._models``):
+    this process takes the journaled record. A step the worker answered from the journal (a takeover's
+    second send) is not called again, nor charged again."""
+    ctx = call.ctx
+    step = call.step
+    if step % USAGE_STRIDE == USAGE_STRIDE - 1 and len(ctx.checkpoint.syscall_log) == step:
+        call.usage = dict(ctx.usage)  # the run's usage before the step: the worker adds what the call used
+    try:
+        await ctx.services.executor.execute(call)
+    except Exception as exc:
+        failure = StepFailure(
+            step=step, tool_name=call.tool_name, arguments=bounded_arguments(redact(call.arguments, frozenset())),
+            error_type=getattr(exc, "error_type", "") or type(exc).__name__,
+            message=getattr(exc, "tool_message", "") or str(exc),
+        )
+        ctx.checkpoint.failures.append(failure)
+        if not (isinstance(exc, CastorError) and exc.failure_journaled):
+            await ctx.services.backend.journal.record_failure(ctx.run_id, failure)
+        raise _model_error(call, exc) from exc
+    call.settled = True  # by the worker, before it journaled the step
+    record = await ctx.journal.get(ctx.run_id, step)
+    if record is None:
+        raise ModelCallError(f"model {call.model!r} answered (run {ctx.run_id}, step {step}) but left no record")
+    committed = await ctx.commit(step, record, stored=True)
+    return committed.response
+
+
+def _model_error(call: ModelSyscall, exc: Exception) -> Exception:
+    """What the agent gets for a model call that failed on the pool: a ``ModelCallError`` (a timeout a
+    ``ModelTimeoutError``); a step in doubt or a refused task as the executor raised it."""
+    if isinstance(exc, ToolTimeoutError):
+        error: CastorError = ModelTimeoutError(f"model {call.model!r} on the llm pool: {exc}")
+    elif isinstance(exc, RemoteToolError):
+        error = ModelCallError(f"model {call.model!r} on the llm pool: {exc.error_type}: {exc.tool_message}")
+    else:
+        return exc
+    error.failure_journaled = True
+    return error
+
+
+async def _in_doubt(call: Syscall, found: StepClaim) -> None:
+    """A model call another drive started and never finished (its process is gone): it may have been
+    answered and billed, so it is not made again. The step fails in doubt (journaled), never retried."""
+    ctx = call.ctx
+    message = (
+        f"{IN_DOUBT_UNFINISHED}: model call {call.tool_name!r} (run {ctx.run_id}, step {call.step}) was started "
+        f"by {found.holder}, whose process was lost; it is not made a second time"
+    )
+    failure = StepFailure(step=call.step, tool_name=call.tool_name,
+                          arguments=bounded_arguments(redact(call.arguments, frozenset())),
+                          error_type="InDoubtError", message=message)
+    ctx.checkpoint.failures.append(failure)
+    await ctx.services.backend.journal.record_failure(ctx.run_id, failure)
+    error = InDoubtError(message)
+    error.failure_journaled = True
+    raise error
 
 
 async def settle(call: ModelSyscall, actual: Mapping[str, float]) -> None:
