@@ -80,8 +80,9 @@ class ModelCalls:
                     raise
                 raise ProviderRateLimited(str(exc), retry_after=exc.retry_after) from exc
 
+        estimate = estimate_prompt(request) + max_tokens
         return await call_limited(
-            limiter, key, estimate_prompt(request) + max_tokens, once, usage=_tokens,
+            limiter, key, estimate, once, usage=lambda response: _tokens(response, estimate),
             timeout=max(0.0, deadline - time.monotonic()),
         )
 
@@ -103,10 +104,11 @@ class ModelCalls:
         job.charged = actual
 
 
-def _tokens(response: dict[str, Any]) -> int:
+def _tokens(response: dict[str, Any], estimate: int) -> int:
+    """The tokens the provider reported for the rate limit's window; the reservation's ``estimate`` if none."""
     usage = response.get("usage")
     if not isinstance(usage, dict) or usage.get("estimated"):
-        raise ValueError("no usage reported")  # call_limited keeps the estimate counted
+        return estimate
     return int(usage.get("input_tokens") or 0) + int(usage.get("output_tokens") or 0)
 
 
