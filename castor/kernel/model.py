@@ -28,7 +28,7 @@ from castor.kernel.claims import IN_DOUBT_UNFINISHED, run_claimed
 from castor.kernel.context import Handler, Interceptor, RunContext, Syscall
 from castor.kernel.steps import answer, replay
 from castor.llm.cost import DEFAULT_MAX_TOKENS, TOKEN_RESOURCES, Price, cost_of_tokens, reservation, usage_from
-from castor.llm.types import MalformedResponseError, ModelCallError, ModelTimeoutError, response_dict
+from castor.llm.types import MalformedResponseError, ModelCallError, ModelResponse, ModelTimeoutError, response_dict
 from castor.seams import StepClaim
 
 MODEL_PREFIX = "model:"
@@ -52,6 +52,17 @@ class ModelServices:
     ) -> Awaitable[Any]:
         """Run a model call at the run's next step through the model chain (``castor.lib.model_call``)."""
         assert self.chain is not None
+        syscall = self.syscall(ctx, model, request, invoke=invoke, max_tokens=max_tokens, timeout=timeout,
+                               partial=partial, via_provider=via_provider)
+        return self.chain(syscall)
+
+    def syscall(
+        self, ctx: RunContext, model: str, request: dict[str, Any], *, invoke: Invoke | None = None,
+        max_tokens: int | None = None, timeout: float | None = None,
+        partial: Callable[[], dict[str, Any] | None] | None = None, via_provider: bool | None = None,
+        size: int | None = None,
+    ) -> ModelSyscall:
+        """The model call at the run's next step, for ``chain`` (``size``: the request's JSON size, if known)."""
         if max_tokens is None:
             asked = request.get("max_tokens")
             max_tokens = asked if isinstance(asked, int) and not isinstance(asked, bool) else DEFAULT_MAX_TOKENS
@@ -65,7 +76,8 @@ class ModelServices:
         syscall.timeout = timeout
         syscall.partial = partial
         syscall.via_provider = invoke is None if via_provider is None else via_provider
-        return self.chain(syscall)
+        syscall.size = size
+        return syscall
 
 
 @dataclass(slots=True, init=False)
@@ -81,10 +93,15 @@ class ModelSyscall(Syscall):
     via_provider: bool  # the kernel's provider answers (directly, or streamed by castor.lib.stream)
     # Streaming: called with the partial response to journal when the call fails part way (castor.lib.stream).
     partial: Callable[[], dict[str, Any] | None] | None
+    size: int | None  # the request's JSON size, measured as it was copied (castor.llm.cost.plain_sized)
+    # The provider's own ModelResponse when the journaled response is exactly its to_dict() (no tool calls
+    # to copy, usage as reported): castor.lib.complete returns it rather than building it again.
+    typed: Any
 
     def __init__(self, run_id: str, step: int, tool_name: str, arguments: dict[str, Any], ctx: RunContext) -> None:
         Syscall.__init__(self, run_id, step, tool_name, arguments, ctx)
         self.settled = False
+        self.typed = None
 
 
 def build_model_chain(interceptors: Iterable[Interceptor] = ()) -> Handler:
@@ -140,8 +157,8 @@ async def budget(call: Syscall, inner: Handler) -> Any:
     assert isinstance(call, ModelSyscall)
     ctx = call.ctx
     caps = ctx.checkpoint.capabilities
-    if ctx.scopes or any(r in caps for r in TOKEN_RESOURCES):
-        reserve = reservation(call.models.prices.get(call.model), call.arguments["request"], call.max_tokens)
+    if ctx.scopes or not caps.keys().isdisjoint(TOKEN_RESOURCES):
+        reserve = reservation(call.models.prices.get(call.model), call.arguments["request"], call.max_tokens, call.size)
         tracked = _tracked(ctx, reserve)
     else:  # nothing limits a model call: no estimate (the charge still checks a fenced run's lease)
         reserve = tracked = {}
@@ -216,6 +233,8 @@ async def _call_here(call: ModelSyscall) -> Any:
     call.settled = True
     call.charged = actual  # the record holds what the call used (the store's ledgers hold what they track of it)
     record = await ctx.commit(call.step, call.record(response))
+    if type(result) is ModelResponse and not estimated and not result.tool_calls and record.response is response:
+        call.typed = result
     return record.response
 
 
@@ -286,14 +305,14 @@ async def settle(call: ModelSyscall, actual: Mapping[str, float]) -> None:
     call.settled = True
     if not reserved:
         return  # nothing was reserved: nothing is tracked
-    tracked = {r: actual.get(r, 0.0) for r in reserved}
     store = ctx.budgets
     settle_in_store = getattr(store, "settle", None)
-    if settle_in_store is not None:
-        await settle_in_store(ctx.run_id, call.step, tracked, ctx.scopes)
+    if settle_in_store is not None:  # each ledger settles the resources it reserved (a missing one used 0)
+        await settle_in_store(ctx.run_id, call.step, actual, ctx.scopes)
     else:  # a store without settle: refund, then charge what was used (not atomic; a custom store's best)
         await store.refund(ctx.run_id, call.step)
-        await store.charge(ctx.run_id, call.step, {r: a for r, a in tracked.items() if a}, ctx.scopes)
+        used = {r: actual[r] for r in reserved if actual.get(r)}
+        await store.charge(ctx.run_id, call.step, used, ctx.scopes)
 
 
 async def _failed(call: ModelSyscall, exc: BaseException) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from castor.kernel.context import RunContext, active_run
+from castor.llm.cost import NotPlain, plain_sized
 from castor.llm.types import ModelCallError, ModelRefusedError, ModelResponse, canonical_request, messages_of
 
 Invoke = Callable[[dict[str, Any]], Awaitable[Any]]
@@ -46,14 +47,25 @@ async def model_call(
     tokens reserved before the call; the charge is settled to the reported usage after it. A call its
     budget cannot cover raises ``ModelRefusedError`` without contacting the model.
     """
+    ctx = active_run()
+    models = _models(ctx)
+    call = _syscall(ctx, models, request, model, invoke=invoke, max_tokens=max_tokens, timeout=timeout)
+    return _checked(await models.chain(call))
+
+
+def _syscall(ctx: RunContext, models: Any, request: Mapping[str, Any], model: str, **options: Any) -> Any:
+    """The model call of ``request`` at the run's next step: the request copied as canonical JSON and
+    sized for its reservation in the same walk."""
     if not isinstance(model, str) or not model:
         raise ModelCallError(f"model must be a non-empty model id, got {model!r}")
-    plain = canonical_request(request)
+    size: int | None
+    try:
+        plain, size = plain_sized(request)
+    except NotPlain:  # tuples, dataclasses, pydantic models: through the JSON round trip
+        plain, size = canonical_request(request), None
     if not isinstance(plain, dict):
         raise ModelCallError(f"a model request must be a JSON object, got {type(request).__name__}")
-    ctx = active_run()
-    response = await _models(ctx).call(ctx, model, plain, invoke=invoke, max_tokens=max_tokens, timeout=timeout)
-    return _checked(response)
+    return models.syscall(ctx, model, plain, size=size, **options)
 
 
 def _checked(response: Any) -> dict[str, Any]:
@@ -121,8 +133,11 @@ async def complete(
     """
     request = build_request(messages, prompt=prompt, system=system, tools=tools, max_tokens=max_tokens, **options)
     ctx = active_run()
-    response = await model_call(request, model=_model_id(ctx, model), max_tokens=max_tokens, timeout=timeout)
-    return ModelResponse.from_dict(response)
+    models = _models(ctx)
+    call = _syscall(ctx, models, request, _model_id(ctx, model), max_tokens=max_tokens, timeout=timeout)
+    response = _checked(await models.chain(call))
+    typed = call.typed  # the provider's own answer, when the journal holds exactly its dict form
+    return typed if typed is not None else ModelResponse.from_dict(response)
 
 
 def tool_schemas(*names: str) -> list[dict[str, Any]]:
