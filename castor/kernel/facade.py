@@ -112,6 +112,7 @@ class Castor:
                 timeout=llm_timeout,
                 chain=build_model_chain(interceptors),
                 default_model=str(getattr(provider, "model", "") or ""),
+                on_pool=built.writes_journal and getattr(built, "model_provider", None) is not None,
             ),
             # Checkpoints this kernel drove, while someone still holds them: the store has the rest, so a
             # long-lived kernel (a coordinator) does not keep every run it ever drove in memory.

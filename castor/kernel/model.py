@@ -44,6 +44,9 @@ class ModelServices:
     timeout: float | None = None  # seconds a call may take; None: the provider's own deadline
     chain: Handler | None = None
     default_model: str = ""
+    # The executor sends model calls to the fleet's [llm] pool (a Celery executor whose config names a
+    # provider: castor.llm.fleet); else the kernel's provider is called in this process.
+    on_pool: bool = False
 
     def call(
         self, ctx: RunContext, model: str, request: dict[str, Any], *, invoke: Invoke | None = None,
@@ -194,7 +197,7 @@ def execute(call: Syscall) -> Awaitable[Any]:
     drive that takes the run over never calls it, nor pays for it, a second time."""
     assert isinstance(call, ModelSyscall)
     services = call.ctx.services
-    if services.executor.writes_journal and call.via_provider:
+    if call.via_provider and call.models.on_pool:
         return _on_pool(call)
     if services.backend.leased:
         return run_claimed(call, _call_here, in_doubt=_in_doubt)  # type: ignore[arg-type]

@@ -140,7 +140,8 @@ def test_only_the_llm_worker_holds_the_model_providers_key() -> None:
     assert settings.llm.provider and key
     holders = [n for n in CASTOR_SERVICES if key in (SERVICES[n].get("environment") or {})]
     assert holders == ["worker-llm"] and role(SERVICES["worker-llm"]["command"]) == ("worker", settings.llm.pool)
-    assert SERVICES["worker-llm"]["environment"]["CASTOR_SECRET"] == SERVICES["worker-fs"]["environment"]["CASTOR_SECRET"]
+    llm_env, fs_env = SERVICES["worker-llm"]["environment"], SERVICES["worker-fs"]["environment"]
+    assert {k: v for k, v in llm_env.items() if k != key} == fs_env  # the fleet's own environment besides
 
 
 def test_every_worker_keeps_its_spool_on_a_named_volume() -> None:

@@ -12,8 +12,8 @@ from castor.fleet.workers.main import worker_registry
 
 from castor import Castor
 from castor.errors import ConfigError
-from castor.lib import complete, model_call
-from castor.llm import ModelCallError
+from castor.lib import complete, model_call, stream
+from castor.llm import ModelCallError, Scripted
 from castor.llm.fleet import FleetModel, build_provider, model_provider
 from castor.llm.types import ProviderHTTPError
 from castor.seams import ToolCall
@@ -158,3 +158,24 @@ async def test_the_pool_turns_a_429_into_a_pause_of_the_key(monkeypatch: pytest.
     monkeypatch.setattr(calls, "_parts", lambda model: (Provider(), Limiter()))
     assert (await calls.complete("m1", {"messages": []}))["text"] == "ok"
     assert paused == [0.01]
+
+
+async def test_a_stream_in_a_fleet_yields_the_pools_whole_answer_once() -> None:
+    pool = PoolExecutor(Settings(llm=LLM), {"text": "all of it", "usage": {"input_tokens": 2, "output_tokens": 3}})
+    kernel = Castor(executor=lambda tools: pool)
+    pool.backend = kernel.backend
+
+    async def agent() -> list[str]:
+        return [chunk async for chunk in stream(prompt="hello")]
+
+    cp = await kernel.run(agent)
+    assert cp.result == ["all of it"] and len(pool.sent) == 1
+    assert cp.syscall_log[0].charged == {"input_tokens": 2, "output_tokens": 3, "tokens": 5, "usd": 8e-06}
+
+
+async def test_without_a_provider_in_the_config_the_kernels_own_provider_answers_in_its_process() -> None:
+    pool = PoolExecutor(Settings(), {"text": "from the pool"})
+    kernel = Castor(executor=lambda tools: pool, llm=Scripted(["from here"]))
+    pool.backend = kernel.backend
+    cp = await kernel.run(lambda: complete(prompt="hello"))
+    assert cp.result.text == "from here" and pool.sent == []
