@@ -76,7 +76,9 @@ def test_model_calls_run_on_the_llm_pool_with_its_key_and_are_charged_what_they_
     _llm_worker(fleet)
     fleet.worker("web")
     fleet.coordinator("co-a")
-    pid = fleet.cli("submit", f"{AGENTS}:model_job", *TOOLS, "--budget", "tokens=200").stdout.strip()
+    store = f"{fleet.url}?prefix={fleet.prefix}"
+    fleet.cli("budget", "set", "team", "tokens=5000", "--redis", store)
+    pid = fleet.cli("submit", f"{AGENTS}:model_job", *TOOLS, "--budget", "tokens=200", "--scope", "team").stdout.strip()
     assert _settled(fleet, pid) == "COMPLETED", fleet.log("co-a")[-3000:] + fleet.log("worker-llm")[-3000:]
     stats = _stats(server)
     assert stats["requests"] == 2
@@ -90,6 +92,9 @@ def test_model_calls_run_on_the_llm_pool_with_its_key_and_are_charged_what_they_
     assert log[2]["charged"] == {"input_tokens": 5, "output_tokens": 5, "tokens": 10}
     assert log[1]["response"]["usage"] == {"input_tokens": first_in, "output_tokens": 8}
     assert fleet.cli_json("inspect", pid)["result"]["texts"] == [" ".join(["ok"] * 8), " ".join(["ok"] * 5)]
+    # the shared scope was charged what the server reported (the reservations settled by the worker)
+    shown = fleet.cli_json("budget", "show", "team", "--redis", store)["resources"]["tokens"]
+    assert shown["used"] == first_in + 8 + 10
 
     # a fork replayed on another process (the CLI's kernel, Celery executor): no model call, the same usage
     fleet.cli("fork", pid, "--at-step", "3", "--executor", "celery", "--config", str(fleet.config))
