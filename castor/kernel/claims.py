@@ -19,6 +19,10 @@ run; the claim is taken in one atomic step with a look at the journal (``Journal
   step is in doubt for whoever reaches it next. So is a call whose record a fleet drive that lost its
   lease could not write (``StaleLeaseError`` once the call was charged): the tool ran, its result is lost.
 
+A model call a fleet coordinator makes in its own process (a framework's model, ``castor.kernel.model``) is
+claimed too, with its own answer for a holder that is gone: in doubt, the step fails (it may have been
+answered and billed) and is never made again.
+
 Besides gated calls, a coordinator that runs tools itself (``--executor local``) claims every
 non-idempotent call (``Backend.leased``): the drive that takes a run over (another coordinator, or this
 one after its lease ran out) waits while the old drive's call runs, then finds the step in doubt and

@@ -11,6 +11,14 @@ known only after it answers, so the budget stage reserves the most the call may 
 estimate plus ``max_tokens``) and ``execute`` settles the charge to the usage the provider reported,
 atomically in the store, before the step is journaled with that charge. Tool calls do not pass here:
 their chain (``castor.kernel.chain``) is unchanged.
+
+Where the call is made: in a fleet whose config names a model provider (``[llm] provider``), a call of the
+kernel's provider goes to the executor, which sends it to a worker of ``[llm] pool``; that worker calls the
+provider under the fleet's rate limits, settles the reservation and journals the step with the same record
+builder (``castor.fleet.workers._models``), and this process takes the journaled record. Anything else (an
+embedded kernel, a model of the agent's own passed as ``invoke``) is called in this process; on a leased
+store (a fleet coordinator's drive) claimed first, so the drive that takes the run over finds a call still
+in flight in doubt rather than calling and paying for it a second time.
 """
 
 from __future__ import annotations
