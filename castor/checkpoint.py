@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from castor._ids import check_pid
+from castor.mmu.messages import CastorMessage
 
 RunStatus = Literal["RUNNING", "SUSPENDED_FOR_HITL", "PREEMPTED", "COMPLETED", "FAILED"]
 FINISHED: frozenset[str] = frozenset({"COMPLETED", "FAILED"})
@@ -118,7 +119,7 @@ class AgentCheckpoint(BaseModel):
     capabilities: dict[str, Capability]
     syscall_log: list[SyscallRecord] = Field(default_factory=list)
     pending_hitl: dict[str, Any] | None = None
-    context_history: list[dict[str, Any]] = Field(default_factory=list)
+    context_history: list[CastorMessage | dict[str, Any]] = Field(default_factory=list)
     result: Any | None = None
     preemption_reason: str | None = None
     preemption_payload: dict[str, Any] | None = None
@@ -136,6 +137,9 @@ class AgentCheckpoint(BaseModel):
     children: dict[str, AgentCheckpoint] = Field(default_factory=dict)
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
+    # The conversation before the run's first step: each drive restarts from it, replay rebuilds the rest
+    # (castor.mmu.core). None until a kernel with an MMU first drives the run.
+    context_start: list[CastorMessage | dict[str, Any]] | None = None
 
     @property
     def pending_tool(self) -> str | None:
@@ -192,6 +196,7 @@ class AgentCheckpoint(BaseModel):
             syscall_log=prefix,
             pending_hitl=None,
             context_history=list(self.context_history),
+            context_start=None if self.context_start is None else list(self.context_start),
             result=None,
             preemption_reason=None,
             preemption_payload=None,

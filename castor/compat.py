@@ -3,10 +3,10 @@
 Code written for 0.5.1 imports every one of them from ``castor``. Where Castor has an equivalent, the
 name is it or a thin adapter over it: ``SyscallGate`` (in ``castor.registry``), ``CheckpointStore`` and
 ``MemoryCheckpointStore`` (in ``castor.scheduler.persistence``), ``CapabilityManager`` (the kernel's own
-budgets), ``SuspendInterrupt``, ``SyscallRequest``, ``SyscallResponse``, ``AgentRegistryProtocol``. Where
-it has none yet, the name still imports, and any use of it (calling, subclassing, ``isinstance``) raises
-``UnsupportedError`` naming what to use instead. ``legacy_tools`` honours or refuses 0.5.1's other
-``Castor()`` options.
+budgets), ``MMU``, ``MMUProtocol`` and ``CastorMessage`` (``castor.mmu``), ``SuspendInterrupt``,
+``SyscallRequest``, ``SyscallResponse``, ``AgentRegistryProtocol``. Where it has none yet, the name still
+imports, and any use of it (calling, subclassing, ``isinstance``) raises ``UnsupportedError`` naming what
+to use instead. ``legacy_tools`` honours or refuses 0.5.1's other ``Castor()`` options.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ from typing import Any, NoReturn, Protocol, runtime_checkable
 from castor.checkpoint import Capability
 from castor.errors import UnsupportedError
 from castor.kernel.context import Suspend
+from castor.mmu.core import MMU as MMU  # re-exported: 0.5.1's names, now Castor's own (castor.mmu)
+from castor.mmu.messages import CastorMessage as CastorMessage
+from castor.mmu.protocol import MMUProtocol as MMUProtocol
 from castor.registry import SyscallGate
 from castor.registry import ToolMetadata as ToolMetadata  # re-exported: 0.5.1 names, one import place
 from castor.results import SyscallRequest as SyscallRequest
@@ -72,7 +75,6 @@ _BUDGETS = (
     "budgets are kept by the kernel's store; pass budgets=, default_budgets= or costs= to Castor (budgets= to "
     "run()) and read them with checkpoint.budget_remaining(resource) or castor.lib.budget(resource)"
 )
-_MMU = "the context-window MMU is not in Castor yet; keep the conversation in the agent (castor.lib.conversation)"
 _LLM = (
     "pass a provider as Castor(llm=castor.llm.OpenAICompatible(...) / Anthropic(...) / Scripted([...])) and "
     "call castor.lib.complete(), chat() or stream() (model calls charged in tokens), or 0.5.1's function as "
@@ -100,9 +102,6 @@ GateProtocol = unsupported(
     "GateProtocol", "a custom gate is not supported: Castor(gate=) takes castor.SyscallGate(registry); "
     "declare tools with tools= and @castor_tool"
 )
-CastorMessage = unsupported("CastorMessage", _MMU)
-MMU = unsupported("MMU", _MMU)
-MMUProtocol = unsupported("MMUProtocol", _MMU)
 LLMSyscall = unsupported("LLMSyscall", _LLM)
 StreamingLLMSyscall = unsupported("StreamingLLMSyscall", "streaming LLM calls are not supported yet; " + _LLM)
 
@@ -124,8 +123,6 @@ class CapabilityManager:
 
 
 REFUSED = {
-    "lodge": "Castor(lodge=...) (castor-kernel 0.5.1's context-window MMU) is not supported yet; "
-    "keep the conversation in the agent and pass the LLM as Castor(llm=...)",
     "capability_manager": "Castor(capability_manager=...) takes only castor.CapabilityManager() (the kernel's own "
     "budgets): a custom budget manager is not supported; pass budgets=, default_budgets= or costs= to Castor",
     "roche": "Castor(roche=...) (sandboxed tools) is not supported: pass the sandbox's tools as tools=",
@@ -136,8 +133,8 @@ def legacy_tools(options: Mapping[str, Any]) -> list[Any]:
     """castor-kernel 0.5.1's other ``Castor()`` options, honoured or refused but never ignored.
 
     ``gate=SyscallGate(registry)`` gives the registry's tools; ``capability_manager=CapabilityManager()`` is
-    the kernel's own budgets; ``lodge=``, ``roche=`` and any other gate or budget manager raise
-    ``UnsupportedError`` naming what to use instead.
+    the kernel's own budgets (``lodge=`` is the kernel's ``mmu=``); ``roche=`` and any other gate or budget
+    manager raise ``UnsupportedError`` naming what to use instead.
     """
     unknown = set(options) - {"gate", *REFUSED}
     if unknown:

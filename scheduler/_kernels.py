@@ -69,10 +69,12 @@ class DrainGate:
 class Kernels:
     """Kernels by tool set and agents by import spec, built on first use."""
 
-    def __init__(self, backend: Backend, executor: ExecutorFactory | None, gate: DrainGate) -> None:
+    def __init__(self, backend: Backend, executor: ExecutorFactory | None, gate: DrainGate, *, mmu: Any = None) -> None:
         self.backend = backend
+        self.mmu = mmu  # one context-window MMU (castor.mmu) for every kernel, or None
         self.executor = executor
         self.gate = gate
+        self.interceptors: list[Any] = []  # declared before the drain gate (castor.metrics adds its own)
         self._kernels: dict[tuple[tuple[str, ...], tuple[str, ...]], Castor] = {}
         self._agents: dict[str, Callable[..., Any]] = {}
 
@@ -83,7 +85,7 @@ class Kernels:
         if kernel is None:
             kernel = Castor(
                 tools=load_tools(spec.tools), destructive=spec.destructive, store=self.backend,
-                executor=self.executor, interceptors=[self.gate.stage],
+                executor=self.executor, interceptors=[*self.interceptors, self.gate.stage], mmu=self.mmu,
             )
             self._kernels[key] = kernel
         return kernel

@@ -45,6 +45,7 @@ class CoordinatorConfig:
     allow_code_change: bool = False
     max_takeovers: int = 3  # a run taken over more times in a row is quarantined (stored FAILED)
     store_options: dict[str, Any] = field(default_factory=dict)  # the Redis backend's (approval_ttl, ...)
+    context_budget: int = 0  # tokens of a run's conversation (castor.mmu, pages in Redis); 0: no MMU
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -60,6 +61,17 @@ class CoordinatorConfig:
         return int(self.lease * 1000)
 
 
+def fleet_mmu(config: CoordinatorConfig) -> Any:
+    """The context-window MMU of a coordinator's kernels: pages in the fleet's Redis, so whichever
+    coordinator drives a run next finds them (None without a ``context_budget``)."""
+    if not config.context_budget:
+        return None
+    from castor.mmu import MMU
+    from castor.mmu.drivers.redis import RedisDriver
+
+    return MMU(budget=config.context_budget, driver=RedisDriver(config.url, prefix=config.prefix))
+
+
 class Coordinator:
     """One coordinator process's scheduling state."""
 
@@ -69,7 +81,7 @@ class Coordinator:
         self.fences = Fences(self.ops.redis, config.prefix, config.name)
         self.gate = DrainGate()
         self.backend = backend
-        self.kernels = Kernels(fenced(backend, self.fences), executor, self.gate)
+        self.kernels = Kernels(fenced(backend, self.fences), executor, self.gate, mmu=fleet_mmu(config))
         self.driver = RunDriver(self)
         self.slots = asyncio.Semaphore(config.concurrency)
         self.tasks: dict[str, asyncio.Task[None]] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from castor.errors import ConfigError
@@ -25,9 +26,13 @@ def executor_factory(kind: str, settings: Any) -> Any:
     return CeleryExecutor.factory(settings)
 
 
-async def serve(config: CoordinatorConfig, *, executor: Any = None, secret: str | None = None) -> None:
+async def serve(
+    config: CoordinatorConfig, *, executor: Any = None, secret: str | None = None,
+    setup: Callable[[Coordinator], None] | None = None,
+) -> None:
     """Run one coordinator until SIGTERM or SIGINT, then drain it; sensitive arguments are sealed under
-    the key of the fleet's ``secret`` (``castor.fleet.sealing``)."""
+    the key of the fleet's ``secret`` (``castor.fleet.sealing``). ``setup`` is given the coordinator before
+    it starts (``castor coordinator --metrics-port`` instruments it there)."""
     from castor.backends.redis import redis_backend
     from castor.fleet.sealing import DataKey
 
@@ -35,6 +40,12 @@ async def serve(config: CoordinatorConfig, *, executor: Any = None, secret: str 
         config.url, prefix=config.prefix, data_key=DataKey.for_fleet(secret), **config.store_options
     )
     coordinator = Coordinator(config, backend, executor)
+    if setup is not None:
+        try:
+            setup(coordinator)
+        except BaseException:  # e.g. a metrics port in use: the process stops with one line, its store closed
+            await backend.close()
+            raise
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, coordinator.drain)

@@ -35,7 +35,6 @@ REFUSED = {
     "BudgetProtocol": "budgets=", "HITLHandler": "kernel.approve",
     "AgentRunner": "run_async", "InMemoryJournal": "syscall_log", "JournalProtocol": "castor.seams.Journal",
     "CheckpointStoreProtocol": "castor.seams.Backend", "GateProtocol": "SyscallGate",
-    "CastorMessage": "conversation", "MMU": "conversation", "MMUProtocol": "conversation",
     "LLMSyscall": "Castor(llm=", "StreamingLLMSyscall": "Castor(llm=",
 }
 
@@ -57,10 +56,13 @@ def test_a_name_without_equivalent_refuses_every_use_naming_what_to_use(name: st
 
 @pytest.mark.parametrize(
     ("option", "hint"),
-    [("lodge", "llm="), ("capability_manager", "budgets="), ("roche", "tools="), ("gate", "SyscallGate(registry)")],
+    [
+        ("lodge", "castor.MMU"), ("capability_manager", "budgets="), ("roche", "tools="),
+        ("gate", "SyscallGate(registry)"),
+    ],
 )
 def test_castor_refuses_options_it_cannot_honour(option: str, hint: str) -> None:
-    with pytest.raises(UnsupportedError, match=f"Castor\\({option}=.*{re.escape(hint)}"):
+    with pytest.raises(UnsupportedError, match=f"Castor\\((mmu=/)?{option}=.*{re.escape(hint)}"):
         Castor(tools=[], **{option: object()})
     Castor(tools=[], **{option: None})  # 0.5.1's default: nothing asked for
 
@@ -189,6 +191,11 @@ MODULE_PATHS = {
     "castor.kernel": ["Castor", "CastorTask", "CastorWarning"],
     "castor.core": ["Castor", "CastorTask"],
     "castor.hitl_policies": ["auto_approve", "auto_reject", "interactive"],
+    "castor.mmu": ["MMU", "MMUProtocol", "CastorMessage"],
+    "castor.mmu.core": ["MMU", "PAGE_OUT_TOOL", "SEARCH_MEMORY_TOOL"],
+    "castor.mmu.driver": ["SemanticMemoryDriver"],
+    "castor.mmu.token_counter": ["TokenCounter", "CharCountEstimator"],
+    "castor.mmu.drivers.mock_driver": ["InMemoryDriver"],
 }
 
 

@@ -142,12 +142,19 @@ def test_every_process_stops_on_a_bad_value_with_one_line_and_exit_2(
 BAD_OPTIONS = {
     "worker --concurrency": (["worker", "--pool", "p"], "0", "an integer from 1 to 1024"),
     "flower --port": (["flower"], "99999", "an integer from 1 to 65535"),
+    "console --port": (["console"], "99999", "an integer from 1 to 65535"),
     "coordinator --concurrency": (["coordinator"], "0", "an integer from 1 to 100000"),
     "coordinator --lease": (["coordinator"], "-1", "a number from 0.5 to 3600"),
     "coordinator --grace": (["coordinator"], "-5", "a number from 0 to 3600"),
     "coordinator --max-takeovers": (["coordinator"], "-1", "an integer from 0 to 1000"),
+    "coordinator --context-budget": (["coordinator"], "-1", "an integer from 0 to 10000000"),
     "ps --limit": (["ps"], "0", "an integer from 1 to 1000000"),
     "deadletters --limit": (["deadletters"], "0", "an integer from 1 to 1000000"),
+    "ps --watch": (["ps"], "0", "a number from 0.1 to 3600"),
+    "budget show --watch": (["budget", "show", "s"], "0", "a number from 0.1 to 3600"),
+    "worker --timeout": (["worker", "--pool", "p", "--ping"], "0", "a number from 0.1 to 300"),
+    "coordinator --metrics-port": (["coordinator"], "-1", "an integer from 0 to 65535"),
+    "worker --metrics-port": (["worker", "--pool", "p"], "70000", "an integer from 0 to 65535"),
 }
 
 
@@ -171,7 +178,7 @@ def numeric_field(section: str, key: str) -> FieldInfo:
 @pytest.mark.parametrize("option", sorted(BAD_OPTIONS))
 def test_a_numeric_option_out_of_range_is_a_usage_error(option: str, capsys: pytest.CaptureFixture[str]) -> None:
     before, value, allowed = BAD_OPTIONS[option]
-    flag = option.split()[1]
+    flag = option.split()[-1]
     for bad in (value, "many"):
         assert main([*before, flag, bad]) == 2
         err = capsys.readouterr().err

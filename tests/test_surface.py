@@ -26,7 +26,8 @@ CASTOR_051_ALL = {
 }
 LIB_NAMES = {
     "tool", "try_tool", "chat", "budget", "spawn", "join", "parallel", "map_reduce", "react", "plan_execute",
-    "conversation", "supervisor", "run_task", "model_call", "complete", "stream", "tool_schemas",
+    "conversation", "supervisor", "run_task", "model_call", "complete", "stream", "tool_schemas", "Memory",
+    "memory", "search_memory",
 }
 
 
@@ -47,8 +48,9 @@ def test_all_public_names_have_docstrings() -> None:
 @pytest.mark.fleet
 def test_import_castor_loads_neither_redis_nor_celery_nor_an_http_client() -> None:
     code = (
-        "import sys, castor, castor.lib; from castor import Castor; Castor(tools=[]); "
-        "heavy = ('redis', 'celery', 'kombu', 'httpx', 'openai', 'anthropic', 'mcp'); "
+        "import sys, castor, castor.lib, castor.frameworks; from castor import Castor; Castor(tools=[]); "
+        "heavy = ('redis', 'celery', 'kombu', 'httpx', 'openai', 'anthropic', 'mcp', 'langchain_core', 'langgraph', "
+        "'pydantic_ai'); "
         "bad = [m for m in heavy if m in sys.modules]; print(bad); sys.exit(bool(bad))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

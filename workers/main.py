@@ -9,15 +9,18 @@ those tools on ``<queue_prefix>.NAME``: the coordinators' config says which pool
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import socket
+from collections.abc import Callable, Sequence
 from typing import get_args
 
+from castor.backends.redis.keys import pool_workers
 from castor.errors import ConfigError
 from castor.fleet.loading import load_tools
 from castor.fleet.sealing import require_secret
 from castor.registry import ToolRegistry, ToolSpec
 from castor.settings import Settings, WorkerPool
 
+from ._heartbeat import Presence
 from ._models import ModelCalls
 from ._preflight import preflight
 from ._scripts import replay_spool
@@ -96,11 +99,13 @@ def worker_argv(
 def run_worker(
     settings: Settings, pool: str, tool_specs: Sequence[str] = (), *, concurrency: int | None = None,
     pool_impl: str | None = None, loglevel: str = "INFO", fast_start: bool = False,
+    observe: Callable[[Settings, WorkerRuntime, str], None] | None = None,
 ) -> int:
     """Start a worker of ``pool`` in this process and serve until it is stopped (never without a proper
     secret, unless the fleet is an insecure development one: ``require_secret``); its exit code (Celery's
     ``worker_main`` drops it: a worker stopped by an unrecoverable error exited 0, and no supervisor
-    restarted it)."""
+    restarted it). ``observe`` is given the settings, the runtime and the execution pool before the worker
+    starts (``castor worker --metrics-port`` / ``--trace`` instrument the runtime there)."""
     registry = worker_registry(settings, pool, tool_specs)
     argv = worker_argv(
         settings, pool, concurrency=concurrency, pool_impl=pool_impl, loglevel=loglevel, fast_start=fast_start
@@ -110,5 +115,13 @@ def run_worker(
     app = make_app(settings, tools=deadline_tools(settings, registry, tool_specs))
     preflight(app, settings, specs)  # a broker or a Redis that does not answer stops the worker here, in one line
     replay_spool(settings.redis.url, settings.redis.prefix, settings.workers.spool)  # what a past outage left behind
-    register_tools(app, WorkerRuntime(settings, registry, pool=pool))
-    return int(app.start(argv) or 0)
+    runtime = WorkerRuntime(settings, registry, pool=pool)
+    if observe is not None:
+        observe(settings, runtime, pool_impl or settings.workers.pool)
+    register_tools(app, runtime)
+    node = f"{pool}-{os.getpid()}@{socket.gethostname()}"  # the node name worker_argv gives Celery
+    presence = Presence(settings.redis.url, pool_workers(settings.redis.prefix, pool), node).start()
+    try:
+        return int(app.start(argv) or 0)
+    finally:
+        presence.close()

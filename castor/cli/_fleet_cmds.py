@@ -18,9 +18,11 @@ from typing import Any
 
 from castor._limits import option_type
 from castor.cli import _fleet_views as views
+from castor.cli import _observe
 from castor.cli._args import add_option, add_run_options
 from castor.cli._celery_cmds import config_option
 from castor.cli._stores import store_of
+from castor.cli._watch import watched
 
 Handler = Callable[[argparse.Namespace], Awaitable[int]]
 
@@ -60,9 +62,13 @@ def add_commands(subparsers: Any) -> None:
     co.add_argument("--max-takeovers", type=option_type("coordinator --max-takeovers"), default=None, metavar="N",
                     help="quarantine (store FAILED) a run taken over more than N times in a row, its driver "
                          "dying each time (default: [coordinator] max_takeovers, else 3)")
+    co.add_argument("--context-budget", type=option_type("coordinator --context-budget"), default=0,
+                    metavar="TOKENS", help="keep each run's conversation under TOKENS (castor.mmu; paged-out "
+                                           "messages in the fleet's Redis); 0: no context memory")
     co.add_argument("--allow-code-change", action="store_true",
                     help="resume runs whose agent or tool source changed since they started")
     co.add_argument("--log-level", default="INFO")
+    _observe.add_options(co, "coordinator")
 
     sub = add("submit", views.submit, "submit a run to the fleet (same options as run); prints its pid")
     add_run_options(sub)
@@ -88,7 +94,8 @@ def add_commands(subparsers: Any) -> None:
             _json(parser)  # against the fleet, fork prints the new pid (as JSON with --json)
         if name in ("approve", "reject", "modify"):
             parser.set_defaults(outcome=name)
-        parser.set_defaults(handler=_fleet_aware(name, parser.get_default("handler")))
+        handler = _fleet_aware(name, parser.get_default("handler"))
+        parser.set_defaults(handler=watched(handler) if name == "ps" else handler)
 
 
 def _fleet_aware(name: str, embedded: Handler) -> Handler:

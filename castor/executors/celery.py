@@ -23,6 +23,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from castor import tracing
 from castor._ids import unique_ids
 from castor._sealing import DataKey, encrypted
 from castor._secret import require_secret
@@ -161,12 +162,15 @@ class CeleryExecutor:
         deadline)."""
         effect_id = call.effect_id
         task_id = f"{effect_id}#{call.attempt}-{self._ids()}"
+        headers: dict[str, Any] = {"castor_run": call.run_id, "castor_step": call.step}
+        if tracing.ACTIVE:  # the syscall's span context, signed for this task (castor.tracing)
+            headers.update(tracing.outgoing(kwargs.get("token")))
         future = self._replies.expect(effect_id, call.attempt, route.deadline, task_id)
         try:
             try:
                 await self._publisher.publish(Task(
-                    route.task, task_id, kwargs, route.queue, route.deadline,
-                    {"castor_run": call.run_id, "castor_step": call.step}, kwargs_repr(call, route.sensitive),
+                    route.task, task_id, kwargs, route.queue, route.deadline, headers,
+                    kwargs_repr(call, route.sensitive),
                 ))
             except UnsurePublish as exc:
                 await self._abandon_or_wait(call, task_id, exc)

@@ -232,3 +232,15 @@ def parse_reply(fields: Any, secret: str | None = None) -> Reply:
 
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+# --- trace context ----------------------------------------------------------------------------------
+
+TRACEPARENT_HEADER, TRACE_SIGNATURE_HEADER = "castor_traceparent", "castor_trace_sig"
+
+
+def trace_signature(secret: str, token: str | None, traceparent: str) -> str:
+    """HMAC-SHA256 under ``secret`` over a task's W3C ``traceparent`` header, bound to the task's ``token``:
+    a trace context copied onto another task, or written by anyone without the secret, links nothing."""
+    signed = f"trace|{len(token or '')}:{token or ''}|{traceparent}"
+    return hmac.digest(secret.encode(), signed.encode(), "sha256").hex()

@@ -17,7 +17,7 @@ coroutine frame. Only stages that must wait for something (a charge, the tool) a
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from castor._redact import redact
@@ -38,10 +38,13 @@ from castor.registry import ToolSpec
 Stage = Callable[..., Awaitable[Any]]  # def stage(call: Syscall, inner: Handler) -> Awaitable[Any]
 
 
-def build_chain(interceptors: Iterable[Interceptor] = ()) -> Handler:
+def build_chain(interceptors: Sequence[Interceptor] = ()) -> Handler:
     """The handler chain: replay, then ``interceptors`` in order, then the kernel's own stages around
-    ``execute``."""
-    return wrap([replay, *interceptors, *KERNEL_STAGES], execute)
+    ``execute``. An interceptor whose ``sees_replay`` attribute is true goes before replay instead (it sees
+    replayed steps too: ``castor.metrics`` counts them)."""
+    outer = [i for i in interceptors if getattr(i, "sees_replay", False)]
+    inner = [i for i in interceptors if not getattr(i, "sees_replay", False)]
+    return wrap([*outer, replay, *inner, *KERNEL_STAGES], execute)
 
 
 def wrap(stages: Iterable[Stage], terminal: Handler) -> Handler:

@@ -88,7 +88,8 @@ class Interceptor(Protocol):
     run in the order given, after replay (a step served from the journal never reaches them) and before
     validation, budget and execution: every live call passes each one. An interceptor that only passes
     a call on should return ``inner(call)`` without awaiting it (a plain function, not a coroutine),
-    so it costs a function call on the hot path.
+    so it costs a function call on the hot path. One with a true ``sees_replay`` attribute runs before
+    replay instead and sees replayed steps too (``castor.metrics`` counts them).
     """
 
     def __call__(self, call: Syscall, inner: Handler) -> Awaitable[Any]:
@@ -119,6 +120,8 @@ class Services:
     structured_results: bool = False
     # Model calls (castor.kernel.model.ModelServices): the provider, the price table, the model chain.
     models: Any = None
+    # The context-window MMU (castor.mmu.MMU), or None: castor.lib.tool and model calls consult it.
+    mmu: Any = None
     # Checkpoints the kernel drove, while someone still holds them (a weak mapping: the store has the rest).
     live: MutableMapping[str, AgentCheckpoint] = field(default_factory=dict)
 

@@ -19,7 +19,7 @@ from castor.agents import AgentRegistry, default_agent_registry
 from castor.backends import open_backend
 from castor.checkpoint import AgentCheckpoint
 from castor.compat import legacy_tools
-from castor.errors import CastorWarning, ConfigError
+from castor.errors import CastorWarning, ConfigError, UnsupportedError
 from castor.executors.local import LocalExecutor
 from castor.kernel import approvals, children, runner
 from castor.kernel.chain import build_chain
@@ -59,8 +59,10 @@ class Castor:
         interceptors: Sequence[Interceptor] = (),
         llm_prices: Mapping[str, Any] | None = None,
         llm_timeout: float | None = None,
+        mmu: Any = None,
         **compat: Any,
     ) -> None:
+        mmu = _check_mmu(mmu if mmu is not None else compat.pop("lodge", None))
         gated = legacy_tools(compat)
         tools_ = ToolRegistry([*(tools or ()), *gated], destructive=destructive or (), costs=costs)
         provider = llm if _is_provider(llm) else None
@@ -117,6 +119,7 @@ class Castor:
             # Checkpoints this kernel drove, while someone still holds them: the store has the rest, so a
             # long-lived kernel (a coordinator) does not keep every run it ever drove in memory.
             live=weakref.WeakValueDictionary(),
+            mmu=mmu,
         )
         self.background: set[asyncio.Task[Any]] = set()
 
@@ -156,6 +159,11 @@ class Castor:
     def data_key(self) -> DataKey:
         """The key that seals sensitive arguments in this kernel's store (``castor._sealing``)."""
         return self.services.data_key
+
+    @property
+    def mmu(self) -> Any:
+        """The context-window MMU (``castor.mmu.MMU``), or None."""
+        return self.services.mmu
 
     @property
     def structured_results(self) -> bool:
@@ -319,6 +327,20 @@ class Castor:
         await self.flush()
         await self.executor.close()
         await self.backend.close()
+
+
+def _check_mmu(mmu: Any) -> Any:
+    """``Castor(mmu=...)`` / 0.5.1's ``lodge=``: a ``castor.mmu.MMU`` (None, False: none)."""
+    if not mmu:
+        return None
+    from castor.mmu.core import MMU
+
+    if not isinstance(mmu, MMU):
+        raise UnsupportedError(
+            f"Castor(mmu=/lodge=) takes castor.MMU(...) (castor.mmu.MMU), not {type(mmu).__name__}: "
+            "a custom MMU is not supported; give MMU a driver of your own (castor.mmu.MemoryDriver)"
+        )
+    return mmu
 
 
 def _is_provider(llm: Any) -> bool:

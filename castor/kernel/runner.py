@@ -95,6 +95,7 @@ async def prepare(
         if scopes is not None:
             checkpoint.scopes = list(scopes)
     cp = checkpoint
+    _restart_conversation(services, cp)
     cp.scopes = list(dict.fromkeys(cp.scopes))  # a scope named twice is drawn from once
     await sync_journal(services, cp, catch_up=stored)  # before the context reads what the journal charged
     ctx = RunContext(services, cp, speculative=cp.speculative, scopes=tuple(cp.scopes))
@@ -123,6 +124,12 @@ async def prepare(
     services.live[cp.pid] = cp
     log.info("run %s %s (%d journaled steps)", cp.pid, "resumes" if cp.syscall_log else "starts", len(cp.syscall_log))
     return ctx
+
+
+def _restart_conversation(services: Services, cp: AgentCheckpoint) -> None:
+    """With an MMU, the run's conversation restarts from where the run started: replay rebuilds it."""
+    if services.mmu is not None:
+        services.mmu.start(cp)
 
 
 async def sync_journal(services: Services, cp: AgentCheckpoint, *, catch_up: bool = False) -> None:

@@ -13,19 +13,23 @@ from castor.lib.models import complete, model_call, tool_schemas
 from castor.lib.patterns import conversation, map_reduce, plan_execute, react, run_task, supervisor
 from castor.lib.primitives import budget, chat, join, parallel, spawn, tool, try_tool
 from castor.lib.streaming import stream
+from castor.mmu.agent import Memory, memory, search_memory
 
 __all__ = [
+    "Memory",
     "budget",
     "chat",
     "complete",
     "conversation",
     "join",
     "map_reduce",
+    "memory",
     "model_call",
     "parallel",
     "plan_execute",
     "react",
     "run_task",
+    "search_memory",
     "spawn",
     "stream",
     "supervisor",

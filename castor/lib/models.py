@@ -49,13 +49,14 @@ async def model_call(
     """
     ctx = active_run()
     models = _models(ctx)
-    call = _syscall(ctx, models, request, model, invoke=invoke, max_tokens=max_tokens, timeout=timeout)
+    call = await _syscall(ctx, models, request, model, invoke=invoke, max_tokens=max_tokens, timeout=timeout)
     return _checked(await models.chain(call))
 
 
-def _syscall(ctx: RunContext, models: Any, request: Mapping[str, Any], model: str, **options: Any) -> Any:
+async def _syscall(ctx: RunContext, models: Any, request: Mapping[str, Any], model: str, **options: Any) -> Any:
     """The model call of ``request`` at the run's next step: the request copied as canonical JSON and
-    sized for its reservation in the same walk."""
+    sized for its reservation in the same walk, and the run's context made to fit (the MMU's own steps
+    come before this call's)."""
     if not isinstance(model, str) or not model:
         raise ModelCallError(f"model must be a non-empty model id, got {model!r}")
     size: int | None
@@ -65,6 +66,9 @@ def _syscall(ctx: RunContext, models: Any, request: Mapping[str, Any], model: st
         plain, size = canonical_request(request), None
     if not isinstance(plain, dict):
         raise ModelCallError(f"a model request must be a JSON object, got {type(request).__name__}")
+    mmu = ctx.services.mmu
+    if mmu is not None and mmu.wants_room(ctx):
+        await mmu.fit(ctx)  # the run's context fits its budget before any model call
     return models.syscall(ctx, model, plain, size=size, **options)
 
 
@@ -134,7 +138,7 @@ async def complete(
     request = build_request(messages, prompt=prompt, system=system, tools=tools, max_tokens=max_tokens, **options)
     ctx = active_run()
     models = _models(ctx)
-    call = _syscall(ctx, models, request, _model_id(ctx, model), max_tokens=max_tokens, timeout=timeout)
+    call = await _syscall(ctx, models, request, _model_id(ctx, model), max_tokens=max_tokens, timeout=timeout)
     response = _checked(await models.chain(call))
     typed = call.typed  # the provider's own answer, when the journal holds exactly its dict form
     return typed if typed is not None else ModelResponse.from_dict(response)

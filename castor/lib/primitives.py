@@ -14,6 +14,11 @@ async def tool(name: str, /, **kwargs: Any) -> Any:
     """Call tool ``name`` with ``kwargs`` through the kernel and return what the agent receives."""
     ctx = active_run()
     services = ctx.services
+    mmu = services.mmu
+    if mmu is not None and name in mmu.hooked:  # search_memory, or 0.5.1's llm_inference (room made first)
+        handled = await mmu.on_tool(ctx, name, kwargs)
+        if handled is not mmu.PASS:
+            return handled
     response = await services.chain(Syscall(ctx.run_id, ctx.claim_step(), name, kwargs, ctx))
     return wrap(response) if services.structured_results else response
 

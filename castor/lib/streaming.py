@@ -44,6 +44,9 @@ async def stream(
     if models.provider is None:
         raise ModelCallError("stream() needs the kernel's model provider: Castor(llm=<provider>)")
     model_id = _model_id(ctx, model)
+    mmu = ctx.services.mmu
+    if mmu is not None and mmu.wants_room(ctx):
+        await mmu.fit(ctx)  # as for complete: the run's context fits first
     receiver = _Receiver(models.provider, model_id, request)
     # The step is claimed here, in call order; the chain runs beside the agent while it reads the chunks.
     call = models.call(

@@ -121,7 +121,8 @@ class Session:
         will take it), which the drive's end saves with the header."""
         if key is not None:
             cp.context_history[:] = [
-                e for e in cp.context_history if not (e.get("role") == KEY_ENTRY and e.get("key") == key)
+                e for e in cp.context_history
+                if not (isinstance(e, dict) and e.get("role") == KEY_ENTRY and e.get("key") == key)
             ]
         self.hold.cancel()
 
@@ -212,7 +213,10 @@ class Session:
         header = await backend.runs.load(self.pid)
         if header is None:
             return None
-        steps = [int(e["step"]) for e in header.context_history if e.get("role") == KEY_ENTRY and e.get("key") == key]
+        steps = [
+            int(e["step"]) for e in header.context_history
+            if isinstance(e, dict) and e.get("role") == KEY_ENTRY and e.get("key") == key  # not the MMU's messages
+        ]
         if not steps:
             return None
         record = await backend.journal.get(self.pid, steps[-1])

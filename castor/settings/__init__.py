@@ -12,6 +12,7 @@
     [coordinator] max_takeovers                 a run taken over more times in a row is quarantined (FAILED)
     [llm]       pool, tools, skew               model calls' pool (and the tools that call models); window skew
     [llm.limits."<provider>/<model>"] rpm, tpm  a provider's rate limits per API key, shared by every worker
+    [console]   users, base_url, webhook, poll_interval, resume   ``castor console`` (castor.settings._console)
 
 ``Settings`` has one frozen pydantic model per section (``settings.workers.concurrency``), each default
 and each range declared once, on its field (``castor.settings._model``). Unknown sections or keys, an

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from castor.errors import ConfigError
+from castor.settings._console import ConsoleSection
 from castor.settings._ranges import settings_error
 
 DAY = 86400.0
@@ -184,6 +185,7 @@ class Settings(Section):
     flower: FlowerSection = FlowerSection()
     coordinator: CoordinatorSection = CoordinatorSection()
     llm: LLMSection = LLMSection()
+    console: ConsoleSection = ConsoleSection()
     source: str = "<defaults>"
 
     def __init__(self, **data: Any) -> None:

@@ -92,6 +92,15 @@ def _price_error(first: Any, loc: tuple[str, ...], source: str) -> ConfigError |
 def settings_error(error: ValidationError, model: type[BaseModel], data: Mapping[str, Any], source: str) -> ConfigError:
     """The first problem of ``error`` (validating ``data`` into ``model``) as a one-line error."""
     first = error.errors()[0]
+    if first["loc"] and str(first["loc"][0]) == "console":  # users: tables in a list, never shown with their token
+        from castor.settings._console import console_error
+
+        return console_error(first, source)
+    return _section_error(error, model, data, source)
+
+
+def _section_error(error: ValidationError, model: type[BaseModel], data: Mapping[str, Any], source: str) -> ConfigError:
+    first = error.errors()[0]
     loc = tuple(str(part) for part in first["loc"])
     section, value = loc[0], first["input"]
     where = f"{source}: [{section}]"

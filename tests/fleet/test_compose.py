@@ -158,3 +158,38 @@ def test_every_worker_keeps_its_spool_on_a_named_volume() -> None:
         mounts = {v.split(":")[1]: v.split(":")[0] for v in SERVICES[name].get("volumes", [])}
         assert spool in mounts, f"{name} keeps no volume at {spool}"
         assert mounts[spool] in COMPOSE["volumes"], f"{name}: {mounts[spool]} is not a named volume"
+
+
+def test_each_worker_health_check_pings_its_own_pool_under_castors_settings() -> None:
+    """``celery inspect ping`` never passed: it knows neither the fleet's broker key prefix nor the pool.
+    ``castor worker --ping`` (tests/celery/test_ping.py runs it against live workers) does."""
+    for name in CASTOR_SERVICES:
+        command = parse(SERVICES[name]["command"])
+        if command.command != "worker":
+            continue
+        health = SERVICES[name]["healthcheck"]["test"]
+        assert health[:2] == ["CMD", "castor"], f"{name}: {health}"
+        args = parse(health[2:])
+        assert args.command == "worker" and args.ping and args.pool == command.pool
+        assert args.config == command.config and not args.any_host
+        assert args.timeout < _seconds(SERVICES[name]["healthcheck"]["timeout"])
+
+
+def _seconds(text: str) -> float:
+    return float(str(text).rstrip("s"))
+
+
+def test_redis_is_not_published_on_a_host_port() -> None:
+    """A host port clashes with a Redis on the host and exposes the fleet's state (runs, approvals)."""
+    assert "ports" not in SERVICES["redis"]
+
+
+def test_flower_beyond_loopback_has_auth_or_says_it_has_none() -> None:
+    args = parse(SERVICES["flower"]["command"])
+    from castor.fleet.workers.flower import is_loopback
+
+    assert args.address == "0.0.0.0" and not is_loopback(args.address)
+    # the container listens on all its interfaces; the host publishes it on loopback only, and
+    # castor flower warns at start (without --allow-unauthenticated it would refuse)
+    assert args.allow_unauthenticated
+    assert all(str(p).startswith("127.0.0.1:") for p in SERVICES["flower"]["ports"])

@@ -7,6 +7,7 @@ private key prefix and private queue names, the Redis URL of the test session, a
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import time
@@ -36,6 +37,8 @@ def start_services(fleet: Fleet, services: list[list[str]], flower_port: int) ->
         if args[0] == "flower":
             args[args.index("--port") + 1] = str(flower_port)
             fleet.start("flower", *args)
+        elif args[0] == "console":
+            fleet.start("console", *args, ready="castor console: serving")
         elif args[0] == "worker":
             fleet.start(f"worker-{args[args.index('--pool') + 1]}", *args, "--fast-start", ready=" ready.")
         else:
@@ -71,8 +74,9 @@ def test_the_readme_fleet_section_works_as_written(fleet: Fleet) -> None:
     for argv in readme_fleet_commands():
         args = [str(config) if a == "config/castor.toml" else a for a in argv[1:]]
         args = [fleet.url if a == README_URL else a for a in args]
-        (services if args[0] in ("worker", "coordinator", "flower") else operator).append(args)
-    start_services(fleet, services, port)
+        (services if args[0] in ("worker", "coordinator", "flower", "console") else operator).append(args)
+    console = free_port()
+    start_services(fleet, [[*a, "--port", str(console)] if a[0] == "console" else a for a in services], port)
 
     pid = ""
     for args in operator:
@@ -84,10 +88,12 @@ def test_the_readme_fleet_section_works_as_written(fleet: Fleet) -> None:
         if args[0] == "approvals":  # until the run reached its destructive call
             assert pid in until(fleet, args, pid)
         elif args[0] == "ps":
-            assert re.search(rf"{pid}\s+COMPLETED", until(fleet, args, "COMPLETED"))
+            assert re.search(rf"^\[DONE\] {re.escape(pid)}  ", until(fleet, args, "[DONE]"), re.M)
         elif args[0] == "coordinators":
             out = fleet.cli(*args).stdout
             assert "coordinator-1" in out and "coordinator-2" in out
         else:
             fleet.cli(*args)
     assert wait_http(f"http://127.0.0.1:{port}/healthcheck") == 200  # Flower serves the fleet's broker
+    with urllib.request.urlopen(f"http://127.0.0.1:{console}/api/runs/{pid}", timeout=5) as reply:
+        assert json.load(reply)["status"] == "COMPLETED"  # the console serves the same fleet

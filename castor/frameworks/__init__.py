@@ -1,0 +1,39 @@
+"""Guard a framework's agent: its tool calls and its model calls become syscalls of the Castor run.
+
+    from castor.frameworks.langchain import guard, tools_of      # pip install 'castor-kernel[langchain]'
+    from castor.frameworks.pydantic_ai import guard, tools_of    # pip install 'castor-kernel[pydantic-ai]'
+
+``guard(x)`` takes the framework's agent, its tool(s) or its model and returns the same kind of object
+whose every tool call goes through ``castor.lib.tool`` (validated, charged, gated, executed by the run's
+executor, journaled) and whose every model call goes through ``castor.lib.model_call`` (one journaled
+step, charged in tokens). A resumed or forked run replays the framework's loop from the journal: the
+model is not called for the steps before the suspension or the fork point.
+
+The operator registers the framework's tool functions like any tool, ``Castor(tools=tools_of(agent),
+destructive=[...])``; the agent function builds (or receives) the guarded agent and runs it under
+``kernel.run``. A tool whose argument schema Castor cannot check (arguments the framework injects, names
+that are not Python identifiers, JSON schema constructs with no Python type) is refused by ``guard()``
+with one line naming it.
+
+Each framework module imports its framework; ``castor.frameworks`` itself and ``import castor`` import
+none. The shared machinery (tools as syscalls, model steps, suspensions through a framework's error
+handling) is ``castor.frameworks._common``.
+
+Adding a framework
+------------------
+1. Tools: for each framework tool, ``tool_entry`` returns ``(name, function)`` for ``Castor(tools=...)``:
+   the tool's own Python function after ``check_function`` (refusing arguments the framework injects),
+   else ``schema_function`` over its JSON schema, running the unguarded tool. The guarded tool's body is
+   ``await call_tool(name, arguments)``.
+2. Model: wrap the framework's model class (or its request hook) so that a request becomes
+   ``await model_step(canonical_request, model_id, invoke)``: the canonical request is the messages by
+   role and content, the tool definitions and settings, without what the framework makes anew each run
+   (ids, timestamps; convert each message once through an ``IdentityCache``); ``invoke`` calls the
+   framework's model and returns Castor's response keys (``text``, ``tool_calls``, ``usage``, ``model``,
+   ``finish_reason``) plus the framework's own serialised response, from which the object is rebuilt
+   (live and replayed alike).
+3. Suspensions: check whether the framework catches ``BaseException`` around tools (none of LangChain,
+   LangGraph or pydantic-ai does) or runs them in task groups; run its agent inside ``suspensions_pass()``
+   if a suspension can come back wrapped. A test must show a suspended run whose model was not asked
+   again with the tool's error.
+"""

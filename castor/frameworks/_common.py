@@ -1,0 +1,204 @@
+"""What every framework guard needs: tools as syscalls, tool functions for ``Castor(tools=...)``, model
+steps, argument schemas Castor can check, and suspensions that pass through the framework.
+
+A framework calls a guarded tool with the arguments it parsed from the model's tool call; ``call_tool``
+turns them back into JSON and asks ``castor.lib.tool``, so the journal holds what the model asked and the
+run's executor (in this process or on a worker pool) runs the tool function the operator registered.
+That function is the framework tool's own Python function where there is one (Castor then checks the
+arguments against its signature), else a function built from the tool's JSON schema (``schema_function``)
+that runs the unguarded framework tool. Either way the arguments must fit Castor's argument schema:
+keyword arguments with Python names and plain JSON types; anything else is ``UnsupportedToolError``.
+
+Castor's suspension (``castor.kernel.context.Suspend``) is a ``BaseException``: a framework's
+``except Exception`` around a tool cannot turn it into a model message. Frameworks that run tool calls in
+task groups wrap it in a ``BaseExceptionGroup``; ``suspensions_pass`` unwraps it again.
+"""
+
+from __future__ import annotations
+
+import inspect
+import keyword
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from pydantic_core import to_jsonable_python
+
+from castor.errors import ConfigError
+from castor.kernel.context import Suspend
+from castor.lib import tool
+from castor.lib.models import model_call
+from castor.results import SyscallResult
+
+ToolEntry = tuple[str, Callable[..., Any]]
+"""A framework tool as ``Castor(tools=[...])`` registers it: its name and the function the executor runs."""
+
+_JSON_TYPES: dict[str, Any] = {
+    "string": str, "integer": int, "number": float, "boolean": bool, "array": list, "object": dict,
+}
+# JSON schema keywords that only describe a value further (Castor's schema may ignore them).
+_DESCRIPTIVE = {"title", "description", "default", "examples", "format", "minimum", "maximum", "minLength",
+                "maxLength", "pattern", "items", "additionalProperties", "minItems", "maxItems", "type",
+                "exclusiveMinimum", "exclusiveMaximum", "uniqueItems", "properties", "required"}
+
+
+class UnsupportedToolError(ConfigError):
+    """A framework tool whose arguments Castor cannot check or pass (raised by ``guard()``, naming the tool)."""
+
+
+def refuse(framework: str, name: str, why: str) -> UnsupportedToolError:
+    """The one-line refusal of tool ``name``: what is wrong and that Castor cannot guard it."""
+    return UnsupportedToolError(f"{framework} tool {name!r} cannot be guarded: {why}")
+
+
+def check_name(framework: str, tool_name: str, argument: str) -> None:
+    """An argument must be a Python keyword argument name: tools are called as ``tool(name, **arguments)``."""
+    if not argument.isidentifier() or keyword.iskeyword(argument):
+        raise refuse(framework, tool_name, f"argument {argument!r} is not a Python identifier")
+
+
+def _annotation(framework: str, tool_name: str, argument: str, schema: Mapping[str, Any]) -> Any:
+    unknown = sorted(set(schema) - _DESCRIPTIVE)
+    if unknown:
+        raise refuse(
+            framework, tool_name,
+            f"argument {argument!r} uses {unknown[0]!r}, which Castor's argument schema cannot express",
+        )
+    kind = schema.get("type")
+    if kind is None:
+        return Any
+    if not isinstance(kind, str) or kind not in _JSON_TYPES:
+        raise refuse(framework, tool_name, f"argument {argument!r} has type {kind!r}, not a JSON type Castor checks")
+    return _JSON_TYPES[kind]
+
+
+def schema_signature(framework: str, tool_name: str, schema: Mapping[str, Any]) -> inspect.Signature:
+    """The keyword-only signature a JSON object schema describes; ``UnsupportedToolError`` if it has none."""
+    if schema.get("type", "object") != "object" or not isinstance(schema.get("properties", {}), Mapping):
+        raise refuse(framework, tool_name, "its arguments are not a JSON object with named properties")
+    if "$defs" in schema or "definitions" in schema:
+        raise refuse(framework, tool_name, "its schema has nested definitions ($defs), which Castor cannot express")
+    required = set(schema.get("required") or ())
+    params = []
+    for argument, spec in (schema.get("properties") or {}).items():
+        check_name(framework, tool_name, argument)
+        annotation = _annotation(framework, tool_name, argument, spec if isinstance(spec, Mapping) else {})
+        default = inspect.Parameter.empty if argument in required else spec.get("default")
+        params.append(inspect.Parameter(argument, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                        annotation=annotation))
+    return inspect.Signature(params)
+
+
+def schema_function(
+    framework: str, tool_name: str, schema: Mapping[str, Any], run: Callable[[dict[str, Any]], Awaitable[Any]]
+) -> Callable[..., Any]:
+    """A tool function for ``Castor(tools=...)`` whose signature is ``schema``'s; it awaits ``run(arguments)``."""
+    signature = schema_signature(framework, tool_name, schema)
+
+    async def call(**arguments: Any) -> Any:
+        return await run(arguments)
+
+    call.__name__ = call.__qualname__ = tool_name
+    call.__signature__ = signature  # type: ignore[attr-defined]  # read by inspect.signature (Castor's ArgSchema)
+    call.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+    return call
+
+
+def check_function(framework: str, tool_name: str, func: Callable[..., Any], injected: Iterable[str] = ()) -> None:
+    """A tool's own function must take keyword arguments only from the model (none the framework injects)."""
+    taken = set(injected)
+    for param in inspect.signature(func).parameters.values():
+        if param.name in taken:
+            raise refuse(
+                framework, tool_name,
+                f"argument {param.name!r} is injected by {framework} at call time; Castor runs tools with the "
+                f"model's JSON arguments only",
+            )
+        if param.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.VAR_POSITIONAL):
+            raise refuse(framework, tool_name, f"argument {param.name!r} cannot be passed by keyword")
+        check_name(framework, tool_name, param.name)
+
+
+def jsonable(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The framework's parsed arguments as JSON data (pydantic models become dicts), as the journal holds them."""
+    return {str(k): to_jsonable_python(v) for k, v in arguments.items()}
+
+
+async def call_tool(name: str, arguments: Mapping[str, Any]) -> Any:
+    """Ask Castor for tool ``name``; returns what the framework hands the model (a denial as its JSON)."""
+    result = await tool(name, **jsonable(arguments))
+    if isinstance(result, SyscallResult):  # Castor(structured_results=True): the model reads plain JSON
+        if result.ok:
+            return result.value
+        denial = {"status": result.status, "feedback_message": result.feedback}
+        return {k: v for k, v in denial.items() if v is not None}
+    return result
+
+
+def model_id_of(obj: Any, *attributes: str, default: str = "model") -> str:
+    """The model's id for ``model:<id>`` steps: the first of ``attributes`` that is a non-empty string."""
+    for attribute in attributes:
+        value = getattr(obj, attribute, None)
+        if isinstance(value, str) and value:
+            return value
+    return default
+
+
+async def model_step(
+    request: Mapping[str, Any], model: str, invoke: Callable[[dict[str, Any]], Awaitable[Any]]
+) -> dict[str, Any]:
+    """One model call as a journaled step; ``invoke`` calls the framework's own model (not called on replay)."""
+    return await model_call(request, model=model, invoke=invoke)
+
+
+class IdentityCache:
+    """``convert(x)`` computed once per object ``x``: each framework message's canonical JSON (a
+    conversation grows by a message or two a step and its whole request is journaled at every step, so
+    converting it anew would cost the length of the conversation at each step), each tool's guarded form.
+    Kept by identity (the object is held, so its id is not reused), the oldest dropped past ``size``; a
+    framework that edits a message in place after the model saw it would not be seen (none of the
+    supported ones does)."""
+
+    def __init__(self, convert: Callable[[Any], Any], size: int = 4096) -> None:
+        self._convert = convert
+        self._size = size
+        self._entries: dict[int, tuple[Any, Any]] = {}
+
+    def __call__(self, message: Any) -> Any:
+        """``convert(message)``, from the cache when this very object was converted before."""
+        entries = self._entries
+        hit = entries.get(id(message))
+        if hit is not None and hit[0] is message:
+            return hit[1]
+        value = self._convert(message)
+        if len(entries) >= self._size:
+            entries.pop(next(iter(entries)))
+        entries[id(message)] = (message, value)
+        return value
+
+
+def first_suspension(error: BaseException) -> Suspend | None:
+    """The Castor suspension ``error`` is or carries (in an exception group or as its cause), if any."""
+    if isinstance(error, Suspend):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = first_suspension(inner)
+            if found is not None:
+                return found
+    cause = error.__cause__ or error.__context__
+    if isinstance(cause, Suspend):
+        return cause
+    return None
+
+
+@asynccontextmanager
+async def suspensions_pass() -> AsyncIterator[None]:
+    """Re-raise a Castor suspension the framework wrapped (a task group's ``BaseExceptionGroup``) as itself."""
+    try:
+        yield
+    except BaseException as error:
+        found = first_suspension(error)
+        if found is not None and found is not error:
+            raise found from None
+        raise

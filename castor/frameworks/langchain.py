@@ -1,0 +1,332 @@
+"""LangChain / LangGraph under Castor (``pip install 'castor-kernel[langchain]'``).
+
+    from castor.frameworks.langchain import guard, tools_of
+    from langchain.agents import create_agent      # or langgraph.prebuilt.create_react_agent
+
+    kernel = Castor(tools=tools_of([search, delete_file]), destructive=["delete_file"])
+
+    async def agent():
+        graph = guard(create_agent(model, [search, delete_file]))
+        state = await graph.ainvoke({"messages": [("user", "clean up old logs")]})
+        return state["messages"][-1].content
+
+``guard`` takes a chat model (``BaseChatModel``), a tool (``BaseTool``), a list of tools, or a compiled
+LangGraph agent (``create_react_agent``, ``langchain.agents.create_agent``: a graph whose nodes hold a
+chat model and a ``ToolNode``). A guarded chat model asks its model through ``castor.lib.model_call``
+with the request in a canonical form (messages by role, content and tool calls; message, run and tool
+call ids dropped) and rebuilds the ``AIMessage`` from the journaled response. A guarded tool asks
+Castor for the call; LangChain's tool error handling catches ``Exception`` only, so a suspension passes.
+A graph is guarded in place (its nodes' model and tools are replaced) and returned. Guarded objects work
+inside a Castor run and through the async API (``ainvoke``, ``astream``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage, ToolMessage, message_to_dict, messages_from_dict
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableSequence
+from langchain_core.tools import BaseTool, StructuredTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
+
+from castor.errors import UnsupportedError
+from castor.frameworks._common import (
+    IdentityCache,
+    ToolEntry,
+    call_tool,
+    check_function,
+    jsonable,
+    model_id_of,
+    model_step,
+    refuse,
+    schema_function,
+)
+
+FRAMEWORK = "LangChain"
+_RUNTIME_ARGUMENTS = ("callbacks", "run_manager", "config")  # LangChain passes these itself when asked for
+
+
+# --- models -------------------------------------------------------------------------------------------
+
+
+def _message_json(message: BaseMessage) -> dict[str, Any]:
+    """A message as the canonical request holds it: what the model reads, without ids or metadata."""
+    out: dict[str, Any] = {"role": message.type, "content": jsonable({"c": message.content})["c"]}
+    if message.name:
+        out["name"] = message.name
+    calls = getattr(message, "tool_calls", None)
+    if calls:
+        out["tool_calls"] = [{"name": c["name"], "arguments": jsonable(c.get("args") or {})} for c in calls]
+    if isinstance(message, ToolMessage) and message.status != "success":
+        out["status"] = message.status
+    return out
+
+
+_cached_message = IdentityCache(_message_json)
+
+
+def _tool_json(spec: Any) -> dict[str, Any]:
+    function = convert_to_openai_tool(spec).get("function", {})
+    return {"name": function.get("name"), "description": function.get("description", ""),
+            "parameters": function.get("parameters", {})}
+
+
+def canonical_request(messages: Sequence[BaseMessage], stop: list[str] | None, options: dict[str, Any]) -> dict:
+    """The model request as Castor journals and compares it (``_agenerate``'s arguments, ids dropped)."""
+    request: dict[str, Any] = {"messages": [_cached_message(m) for m in messages]}
+    tools = options.get("tools")
+    if tools:
+        request["tools"] = [_tool_json(t) for t in tools]
+    if stop:
+        request["stop"] = list(stop)
+    rest = {k: v for k, v in options.items() if k != "tools"}
+    if rest:
+        request["options"] = jsonable(rest)
+    return request
+
+
+def response_json(result: ChatResult, model: str) -> dict[str, Any]:
+    """A ``ChatResult`` as the journal keeps it: Castor's response keys, and the whole LangChain message."""
+    generation = result.generations[0]
+    message = generation.message
+    calls = getattr(message, "tool_calls", None) or []
+    response: dict[str, Any] = {
+        "text": message.text if isinstance(message.content, list) else str(message.content),
+        "tool_calls": [{"id": c.get("id") or "", "name": c["name"], "arguments": jsonable(c.get("args") or {})}
+                       for c in calls],
+        "model": model,
+        "finish_reason": "tool_calls" if calls else "stop",
+        "message": jsonable({"m": message_to_dict(message)})["m"],
+    }
+    usage = getattr(message, "usage_metadata", None)
+    if usage:
+        response["usage"] = {"input_tokens": usage.get("input_tokens", 0),
+                             "output_tokens": usage.get("output_tokens", 0)}
+    if generation.generation_info:
+        response["generation_info"] = jsonable(generation.generation_info)
+    return response
+
+
+def chat_result(response: dict[str, Any]) -> ChatResult:
+    """The ``ChatResult`` a journaled response stands for (live and replayed alike)."""
+    message = messages_from_dict([response["message"]])[0]
+    return ChatResult(generations=[ChatGeneration(message=message, generation_info=response.get("generation_info"))])
+
+
+class GuardedChatModel(BaseChatModel):
+    """A chat model whose every call is a model syscall of the Castor run (``guard(model)``)."""
+
+    inner: BaseChatModel
+    model_id: str = ""
+
+    @property
+    def _llm_type(self) -> str:
+        return f"castor-guarded-{self.inner._llm_type}"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"guarded": self.inner._identifying_params}
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
+                  **kwargs: Any) -> ChatResult:
+        raise UnsupportedError(
+            "a guarded chat model runs in a Castor run's async agent: call it with ainvoke/astream, not invoke"
+        )
+
+    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
+                         **kwargs: Any) -> ChatResult:
+        model = self.model_id or model_id_of(self.inner, "model_name", "model", default=self.inner._llm_type)
+
+        async def invoke(_request: dict[str, Any]) -> dict[str, Any]:
+            return response_json(await self.inner._agenerate(messages, stop=stop, **kwargs), model)
+
+        return chat_result(await model_step(canonical_request(messages, stop, kwargs), model, invoke))
+
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Runnable:
+        """Bind tools the way the guarded model does (its own ``bind_tools``), calls still guarded."""
+        try:
+            bound = self.inner.bind_tools(tools, **kwargs)
+        except NotImplementedError:  # test models: the OpenAI tool format, which langchain-core reads back
+            return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
+        if not isinstance(bound, RunnableBinding):
+            raise UnsupportedError(f"{type(self.inner).__name__}.bind_tools() returned no binding; cannot guard it")
+        return RunnableBinding(bound=self, kwargs=bound.kwargs, config=bound.config)
+
+
+def guard_model(model: BaseChatModel) -> BaseChatModel:
+    """``model`` with every call a journaled model step (a ``GuardedChatModel``; guarded once)."""
+    return model if isinstance(model, GuardedChatModel) else _guarded_models(model)
+
+
+# An agent function builds its graph on every run (and again on resume): the guarded forms of the same
+# model and tools are made once (checking a tool's schema costs pydantic a JSON schema or two).
+_guarded_models = IdentityCache(lambda model: GuardedChatModel(inner=model), size=256)
+
+
+# --- tools --------------------------------------------------------------------------------------------
+
+
+def _json_schema(schema: Any) -> dict[str, Any]:
+    """A tool's argument schema as JSON schema (a dict already, or a pydantic model of either major)."""
+    if isinstance(schema, dict):
+        return schema
+    dump = getattr(schema, "model_json_schema", None) or schema.schema
+    return dict(dump())
+
+
+def _own_function(t: BaseTool) -> Any:
+    if isinstance(t, StructuredTool) and isinstance(t.args_schema, type):
+        return t.coroutine or t.func
+    return None
+
+
+def tool_entry(t: BaseTool) -> ToolEntry:
+    """The name and the function Castor registers for ``t``: its own function, else one running ``t``."""
+    func = _own_function(t)
+    if func is not None:
+        # InjectedToolArg, InjectedState, ...: in the tool's arguments, not in what the model is asked for.
+        from_model = set(_json_schema(t.tool_call_schema).get("properties", {}))
+        injected = set(_json_schema(t.args_schema).get("properties", {})) - from_model
+        check_function(FRAMEWORK, t.name, func, injected=injected | set(_RUNTIME_ARGUMENTS))
+        return t.name, func
+    schema = _json_schema(t.tool_call_schema)
+    if t.args_schema is not None and set(_json_schema(t.args_schema).get("properties", {})) - set(
+        schema.get("properties", {})
+    ):
+        raise refuse(FRAMEWORK, t.name, "it takes arguments LangChain injects at call time")
+
+    async def run(arguments: dict[str, Any]) -> Any:
+        return await t.ainvoke(arguments)
+
+    return t.name, schema_function(FRAMEWORK, t.name, schema, run)
+
+
+def guard_tool(t: BaseTool) -> BaseTool:
+    """A tool that asks Castor for every call of ``t`` (same name, description and schema)."""
+    if getattr(t, "metadata", None) and t.metadata.get("castor_guarded"):  # type: ignore[union-attr]
+        return t
+    guarded: BaseTool = _guarded_tools(t)
+    return guarded
+
+
+def _guard_tool(t: BaseTool) -> BaseTool:
+    tool_entry(t)  # refused here, at guard(), if Castor cannot check its arguments
+    name = t.name
+
+    async def run(**arguments: Any) -> Any:
+        return await call_tool(name, arguments)
+
+    return StructuredTool(
+        name=name, description=t.description, coroutine=run,
+        args_schema=t.args_schema if t.args_schema is not None else t.tool_call_schema,
+        return_direct=t.return_direct, handle_tool_error=t.handle_tool_error,
+        handle_validation_error=t.handle_validation_error, metadata={**(t.metadata or {}), "castor_guarded": True},
+    )
+
+
+_guarded_tools = IdentityCache(_guard_tool, size=1024)
+
+
+def tools_of(x: Any) -> list[ToolEntry]:
+    """``(name, function)`` of every tool of ``x`` (tools or a graph), for ``Castor(tools=...)``."""
+    return [tool_entry(t) for t in _tools_in(x)]
+
+
+def _tools_in(x: Any) -> list[BaseTool]:
+    if isinstance(x, BaseTool):
+        return [x]
+    if isinstance(x, Iterable) and not isinstance(x, str | bytes | dict):
+        return [t for item in x for t in _tools_in(item)]
+    found = [t for node in _tool_nodes(x) for t in node.tools_by_name.values()]
+    if not found:
+        raise UnsupportedError(f"no LangChain tools in {type(x).__name__}: pass tools, a list or a LangGraph agent")
+    return found
+
+
+# --- graphs -------------------------------------------------------------------------------------------
+
+
+def _tool_nodes(graph: Any) -> list[Any]:
+    nodes = getattr(graph, "nodes", None)
+    if not isinstance(nodes, dict):
+        return []
+    return [n.bound for n in nodes.values() if hasattr(getattr(n, "bound", None), "tools_by_name")]
+
+
+def _guarded_runnable(r: Any) -> Any:
+    """``r`` with the chat model inside it guarded (``None``: it holds none)."""
+    if isinstance(r, GuardedChatModel):
+        return r
+    if isinstance(r, BaseChatModel):
+        return guard_model(r)
+    if isinstance(r, RunnableBinding):
+        bound = _guarded_runnable(r.bound)
+        return None if bound is None else r.model_copy(update={"bound": bound})
+    if isinstance(r, RunnableSequence):
+        steps = [_guarded_runnable(s) for s in r.steps]
+        if all(s is None for s in steps):
+            return None
+        return RunnableSequence(*[new if new is not None else old for new, old in zip(steps, r.steps, strict=True)])
+    return None
+
+
+def _guard_node_models(runnable: Any) -> int:
+    """Replace the chat model a node's function closes over (LangGraph's agent node); how many it replaced."""
+    replaced = 0
+    cells = {}
+    for fn in (getattr(runnable, "func", None), getattr(runnable, "afunc", None)):
+        for cell in getattr(fn, "__closure__", None) or ():
+            cells[id(cell)] = cell
+    for cell in cells.values():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        guarded = _guarded_runnable(value) if isinstance(value, Runnable) else None
+        if guarded is not None:
+            cell.cell_contents = guarded
+            replaced += 1
+    return replaced
+
+
+def guard_graph(graph: Any) -> Any:
+    """Guard a compiled LangGraph agent in place: its nodes' chat model and its ``ToolNode``'s tools."""
+    nodes = getattr(graph, "nodes", None)
+    if not isinstance(nodes, dict):
+        raise UnsupportedError(f"cannot guard {type(graph).__name__}: not a compiled LangGraph graph")
+    if getattr(graph, "checkpointer", None):
+        # A resumed run would start from LangGraph's saved state, not from the first step Castor replays.
+        raise UnsupportedError("cannot guard a LangGraph agent compiled with a checkpointer: Castor's journal "
+                               "is its checkpoint; build it without checkpointer=")
+    for node in _tool_nodes(graph):
+        by_name = node.tools_by_name
+        for name, t in list(by_name.items()):
+            by_name[name] = guard_tool(t)
+    models = sum(_guard_node_models(n.bound) for n in nodes.values() if getattr(n, "bound", None) is not None)
+    if not models:
+        raise UnsupportedError(
+            "found no chat model in the graph's nodes (a model chosen at run time?): build the agent with "
+            "guard(model) and guard(tools) instead"
+        )
+    return graph
+
+
+def guard(x: Any) -> Any:
+    """The guarded form of a chat model, a tool, a list of tools or a compiled LangGraph agent."""
+    if isinstance(x, BaseChatModel):
+        return guard_model(x)
+    if isinstance(x, BaseTool):
+        return guard_tool(x)
+    if isinstance(x, list | tuple):
+        return [guard(item) for item in x]
+    if hasattr(x, "nodes") and hasattr(x, "ainvoke"):
+        return guard_graph(x)
+    raise UnsupportedError(f"castor.frameworks.langchain.guard() takes a chat model, tools or a LangGraph "
+                           f"agent, got {type(x).__name__}")
+
+
+__all__ = ["GuardedChatModel", "guard", "tools_of"]
+

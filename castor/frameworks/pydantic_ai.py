@@ -1,0 +1,298 @@
+"""pydantic-ai under Castor (``pip install 'castor-kernel[pydantic-ai]'``).
+
+    from castor.frameworks.pydantic_ai import guard, tools_of
+
+    agent = Agent(model, tools=[search, delete_file])
+    kernel = Castor(tools=tools_of(agent), destructive=["delete_file"])
+
+    async def main():
+        result = await guard(agent).run("clean up old logs")
+        return result.output
+
+``guard`` takes an ``Agent`` (it returns a ``GuardedAgent``, a pydantic-ai ``WrapperAgent``: ``run``,
+``iter``, ``run_sync`` as before), a ``Model`` (a ``GuardedModel``, a ``WrapperModel``) or a toolset (a
+``GuardedToolset``, a ``WrapperToolset``). Every model request is a ``castor.lib.model_call`` step whose
+request is the messages, tool definitions and settings with pydantic-ai's run ids, conversation ids,
+tool call ids and timestamps dropped; the ``ModelResponse`` is rebuilt from the journaled one. Every tool
+call asks ``castor.lib.tool``. pydantic-ai runs tool calls in task groups, which wrap Castor's suspension
+in an exception group: the guarded agent unwraps it, so the run suspends instead of failing.
+
+Tools registered with the agent are plain functions or ``Tool`` objects; a tool that takes pydantic-ai's
+``RunContext`` is refused (Castor runs tools with the model's JSON arguments, possibly on a worker that
+has no run context). Streaming (``run_stream``) is not guarded: it raises ``UnsupportedError``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from pydantic_ai import Tool
+from pydantic_ai.agent import AbstractAgent, WrapperAgent
+from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter, ModelResponse, TextPart, ToolCallPart
+from pydantic_ai.models import Model, ModelRequestParameters
+from pydantic_ai.models.wrapper import WrapperModel
+from pydantic_ai.settings import ModelSettings
+from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
+from pydantic_ai.toolsets.wrapper import WrapperToolset
+from pydantic_core import to_jsonable_python
+
+from castor.errors import UnsupportedError
+from castor.frameworks._common import (
+    IdentityCache,
+    ToolEntry,
+    call_tool,
+    check_function,
+    model_step,
+    refuse,
+    schema_function,
+    suspensions_pass,
+)
+
+FRAMEWORK = "pydantic-ai"
+# What pydantic-ai generates anew on every run (or what a replay rebuilds from the journal anyway).
+VOLATILE = frozenset({
+    "timestamp", "request_timestamp", "run_id", "conversation_id", "tool_call_id", "duration", "id",
+    "provider_response_id", "usage", "state", "history_digest",
+})
+
+
+# --- models -------------------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    """JSON data without the volatile keys and without the empty ones (a short, stable request)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if k not in VOLATILE and v not in (None, {}, [])}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _message_json(message: ModelMessage) -> list[dict[str, Any]]:
+    """One message part by part, each with its ``role`` (pydantic-ai's part kind)."""
+    (dumped,) = ModelMessagesTypeAdapter.dump_python([message], mode="json")
+    out: list[dict[str, Any]] = []
+    if dumped.get("instructions"):
+        out.append({"role": "instructions", "content": dumped["instructions"]})
+    for part in dumped.get("parts") or ():
+        plain = _plain(part)
+        plain["role"] = plain.pop("part_kind", dumped.get("kind"))
+        out.append(plain)
+    return out
+
+
+_cached_message = IdentityCache(_message_json)
+
+
+def _messages_json(messages: Sequence[ModelMessage]) -> list[dict[str, Any]]:
+    """The conversation part by part (each message converted once, ``IdentityCache``)."""
+    return [part for message in messages for part in _cached_message(message)]
+
+
+def canonical_request(
+    messages: Sequence[ModelMessage], settings: ModelSettings | None, parameters: ModelRequestParameters
+) -> dict[str, Any]:
+    """The model request as Castor journals and compares it."""
+    request: dict[str, Any] = {"messages": _messages_json(messages)}
+    tools = [*parameters.function_tools, *parameters.output_tools]
+    if tools:
+        request["tools"] = [
+            {"name": t.name, "description": t.description or "",
+             "parameters": to_jsonable_python(t.parameters_json_schema)}
+            for t in tools
+        ]
+    if settings:
+        request["settings"] = _plain(to_jsonable_python(dict(settings), fallback=str))
+    if not parameters.allow_text_output:
+        request["text_output"] = False
+    return request
+
+
+def response_json(response: ModelResponse) -> dict[str, Any]:
+    """A ``ModelResponse`` as the journal keeps it: Castor's response keys and pydantic-ai's own dump."""
+    calls = [p for p in response.parts if isinstance(p, ToolCallPart)]
+    journaled: dict[str, Any] = {
+        "text": "".join(p.content for p in response.parts if isinstance(p, TextPart)),
+        "tool_calls": [{"id": c.tool_call_id, "name": c.tool_name, "arguments": c.args_as_dict()} for c in calls],
+        "model": response.model_name or "",
+        "finish_reason": "tool_calls" if calls else "stop",
+        "message": ModelMessagesTypeAdapter.dump_python([response], mode="json")[0],
+    }
+    usage = response.usage
+    if usage.input_tokens or usage.output_tokens:
+        journaled["usage"] = {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
+    return journaled
+
+
+def model_response(journaled: dict[str, Any]) -> ModelResponse:
+    """The ``ModelResponse`` a journaled response stands for (live and replayed alike)."""
+    rebuilt = ModelMessagesTypeAdapter.validate_python([journaled["message"]])[0]
+    assert isinstance(rebuilt, ModelResponse)  # journaled by response_json from a ModelResponse
+    return rebuilt
+
+
+class GuardedModel(WrapperModel):
+    """A pydantic-ai model whose every request is a model syscall of the Castor run (``guard(model)``)."""
+
+    async def request(
+        self, messages: list[ModelMessage], model_settings: ModelSettings | None,
+        model_request_parameters: ModelRequestParameters,
+    ) -> ModelResponse:
+        """Ask the wrapped model through Castor (from the journal on replay)."""
+        async def invoke(_request: dict[str, Any]) -> dict[str, Any]:
+            answer = await self.wrapped.request(messages, model_settings, model_request_parameters)
+            return response_json(answer)
+
+        request = canonical_request(messages, model_settings, model_request_parameters)
+        return model_response(await model_step(request, self.wrapped.model_name or "model", invoke))
+
+    @asynccontextmanager
+    async def request_stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        """Not guarded: a streamed response is not journaled as one step yet."""
+        raise UnsupportedError("a guarded pydantic-ai model does not stream: use agent.run / iter, not run_stream")
+        yield  # an async generator, as the base class's
+
+
+def guard_model(model: Model | str) -> GuardedModel:
+    """``model`` with every request a journaled model step (guarded once)."""
+    return model if isinstance(model, GuardedModel) else GuardedModel(model)
+
+
+# --- tools --------------------------------------------------------------------------------------------
+
+
+class GuardedToolset(WrapperToolset[Any]):
+    """A toolset whose every tool call asks Castor (the same tools, names and schemas)."""
+
+    async def call_tool(self, name: str, tool_args: dict[str, Any], ctx: Any, tool: Any) -> Any:
+        """Ask Castor for ``name``; its executor runs the function ``tools_of`` listed."""
+        return await call_tool(name, tool_args)
+
+
+def _function_toolsets(toolset: AbstractToolset[Any]) -> list[FunctionToolset[Any]]:
+    found: list[FunctionToolset[Any]] = []
+
+    def visit(t: AbstractToolset[Any]) -> None:
+        if isinstance(t, FunctionToolset):
+            found.append(t)
+        elif not isinstance(t, WrapperToolset) and type(t).__name__ != "CombinedToolset":
+            raise UnsupportedError(
+                f"cannot list the tools of a {type(t).__name__} for Castor: only function tools are guarded"
+            )
+
+    toolset.apply(visit)
+    return found
+
+
+def tool_entries(toolset: AbstractToolset[Any]) -> list[ToolEntry]:
+    """``(name, function)`` for every function tool of ``toolset``; refuses what Castor cannot check."""
+    entries: list[ToolEntry] = []
+    for functions in _function_toolsets(toolset):
+        for name, t in functions.tools.items():
+            if t.takes_ctx:
+                raise refuse(FRAMEWORK, name, "it takes pydantic-ai's RunContext, which Castor's executor cannot pass")
+            schema = t.function_schema
+            if schema.single_arg_name or schema.positional_fields or schema.var_positional_field:
+                raise refuse(FRAMEWORK, name, "its arguments are not keyword arguments")
+            if getattr(t.function, "__name__", "") == "<lambda>" or not callable(t.function):
+                entries.append((name, schema_function(FRAMEWORK, name, schema.json_schema, _calling(t.function))))
+                continue
+            check_function(FRAMEWORK, name, t.function)
+            entries.append((name, t.function))
+    return entries
+
+
+def _calling(function: Any) -> Any:
+    async def run(arguments: dict[str, Any]) -> Any:
+        result = function(**arguments)
+        return await result if hasattr(result, "__await__") else result
+
+    return run
+
+
+def _guarded_tool(t: Tool[Any]) -> Tool[Any]:
+    """A copy of function tool ``t`` (its schema, retries, ``prepare``, ...) whose call asks Castor."""
+    name = t.name
+
+    async def ask_castor(**arguments: Any) -> Any:
+        return await call_tool(name, arguments)
+
+    guarded = copy.copy(t)
+    guarded.function = ask_castor
+    guarded.function_schema = dataclasses.replace(t.function_schema, function=ask_castor, is_async=True)
+    return guarded
+
+
+def guard_toolset(toolset: AbstractToolset[Any]) -> GuardedToolset:
+    """``toolset`` with every call asking Castor; refused here if Castor cannot check a tool's arguments."""
+    if isinstance(toolset, GuardedToolset):
+        return toolset
+    tool_entries(toolset)
+    return GuardedToolset(toolset)
+
+
+def tools_of(x: Any) -> list[ToolEntry]:
+    """``(name, function)`` of every tool of an agent, a toolset or a list of them, for ``Castor(tools=...)``."""
+    if isinstance(x, AbstractAgent):
+        return [e for t in x.toolsets for e in tool_entries(t)]
+    if isinstance(x, AbstractToolset):
+        return tool_entries(x)
+    if isinstance(x, list | tuple):
+        return [e for item in x for e in tools_of(item)]
+    raise UnsupportedError(
+        f"castor.frameworks.pydantic_ai.tools_of() takes an agent or toolsets, got {type(x).__name__}"
+    )
+
+
+# --- agents -------------------------------------------------------------------------------------------
+
+
+class GuardedAgent(WrapperAgent[Any, Any]):
+    """An agent whose model requests and tool calls are Castor syscalls (``guard(agent)``)."""
+
+    def __init__(self, wrapped: AbstractAgent[Any, Any]) -> None:
+        super().__init__(wrapped)
+        model = wrapped.model
+        if model is None:
+            raise UnsupportedError("the agent has no model: give Agent(model=...) before guard()")
+        self._guarded_model = guard_model(model)
+        own = getattr(wrapped, "_function_toolset", None)  # the tools given to Agent(tools=...) or @agent.tool
+        others = [t for t in wrapped.toolsets if t is not own]
+        # The agent's own tools are replaced tool by tool (override(tools=...)): replacing the agent's
+        # toolsets costs pydantic-ai about 0.6 ms more per step; other toolsets are wrapped whole.
+        self._overrides: dict[str, Any] = {"model": self._guarded_model}
+        if isinstance(own, FunctionToolset):
+            tool_entries(own)  # refused here if Castor cannot check a tool's arguments
+            self._overrides["tools"] = [_guarded_tool(t) for t in own.tools.values()]
+            if others:
+                self._overrides["toolsets"] = [guard_toolset(t) for t in others]
+        else:
+            self._overrides.update(toolsets=[guard_toolset(t) for t in wrapped.toolsets], tools=[])
+
+    @asynccontextmanager
+    async def iter(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        """The wrapped agent's ``iter`` with the guarded model and toolsets; a suspension passes as itself."""
+        if kwargs.get("model") is not None or kwargs.get("toolsets"):
+            raise UnsupportedError("a guarded agent runs its own model and tools: pass model=/toolsets= to guard()")
+        with self.wrapped.override(**self._overrides):
+            async with suspensions_pass(), self.wrapped.iter(*args, **kwargs) as run:
+                yield run
+
+
+def guard(x: Any) -> Any:
+    """The guarded form of a pydantic-ai agent, model or toolset."""
+    if isinstance(x, AbstractAgent):
+        return x if isinstance(x, GuardedAgent) else GuardedAgent(x)
+    if isinstance(x, Model):
+        return guard_model(x)
+    if isinstance(x, AbstractToolset):
+        return guard_toolset(x)
+    raise UnsupportedError(f"castor.frameworks.pydantic_ai.guard() takes an Agent, a Model or a toolset, "
+                           f"got {type(x).__name__}")
+
+
+__all__ = ["GuardedAgent", "GuardedModel", "GuardedToolset", "guard", "tools_of"]

@@ -1,0 +1,176 @@
+"""The console's JSON API over the ASGI app, on SQLite and on Redis: approvals, decisions recorded under
+the signed-in name, roles, runs and their timelines, scopes, and the OpenAPI description."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from castor import Castor
+from castor.checkpoint import AgentCheckpoint
+from castor.lib import tool
+from castor.seams import Backend
+from tests.console.conftest import SECRET, Client, auth, cleanup
+
+
+async def test_the_queue_lists_the_waiting_call_with_its_secret_hidden(
+    client: Client, waiting: AgentCheckpoint
+) -> None:
+    reply = await client.http.get("/api/approvals", headers=auth("bob"))
+    assert reply.status_code == 200
+    [row] = reply.json()["approvals"]
+    assert (row["pid"], row["step"], row["tool"]) == (waiting.pid, 1, "delete_file")
+    assert row["arguments"] == {"path": "/tmp/old1", "token": "***"}
+    assert row["budget"]["api"] == {"limit": 10.0, "used": 1.0, "left": 9.0}
+    assert SECRET not in reply.text
+
+
+async def test_an_approval_is_journaled_under_the_signed_in_name(
+    client: Client, waiting: AgentCheckpoint, kernel: Castor
+) -> None:
+    reply = await client.http.post(f"/api/runs/{waiting.pid}/approve", json={}, headers=auth("alice"))
+    assert reply.status_code == 200, reply.text
+    assert (reply.json()["by"], reply.json()["outcome"], reply.json()["step"]) == ("alice", "approve", 1)
+    assert (await client.http.get("/api/approvals", headers=auth("alice"))).json()["approvals"] == []
+    again = await client.http.post(f"/api/runs/{waiting.pid}/approve", json={}, headers=auth("carol"))
+    assert again.status_code == 409  # the first decision wins
+    done = await kernel.run(cleanup, checkpoint=await kernel.aload(waiting.pid))
+    assert done.status == "COMPLETED"
+    assert done.syscall_log[1].was_hitl and done.syscall_log[1].decided_by == "alice"
+
+
+async def test_a_rejection_needs_a_reason_and_the_agent_receives_it(
+    client: Client, waiting: AgentCheckpoint, kernel: Castor
+) -> None:
+    empty = await client.http.post(f"/api/runs/{waiting.pid}/reject", json={}, headers=auth("alice"))
+    assert empty.status_code == 400 and "reason" in empty.json()["error"]
+    reply = await client.http.post(f"/api/runs/{waiting.pid}/reject", json={"reason": "not today"},
+                                   headers=auth("alice"))
+    assert reply.status_code == 200
+    done = await kernel.run(cleanup, checkpoint=await kernel.aload(waiting.pid))
+    response = done.syscall_log[1].response
+    assert response["status"] == "HITL_REJECTED" and "not today" in str(response)
+
+
+@pytest.mark.parametrize(("who", "body", "status"), [
+    ("bob", {}, 403),  # a viewer sees, never decides
+    ("dave", {}, 403),  # an approver of other tools only
+    ("alice", {"by": "carol"}, 403),  # nobody decides in another's name
+])
+async def test_who_may_not_decide(client: Client, waiting: AgentCheckpoint, who: str, body: dict[str, Any],
+                                  status: int) -> None:
+    reply = await client.http.post(f"/api/runs/{waiting.pid}/approve", json=body, headers=auth(who))
+    assert reply.status_code == status, reply.text
+    assert len((await client.http.get("/api/approvals", headers=auth("bob"))).json()["approvals"]) == 1
+
+
+async def test_requests_without_a_good_token_or_json_are_refused(client: Client, waiting: AgentCheckpoint) -> None:
+    assert (await client.http.get("/api/approvals")).status_code == 401
+    assert (await client.http.get("/api/approvals", headers={"Authorization": "Bearer nope"})).status_code == 401
+    assert (await client.http.get("/api/approvals", headers={"Authorization": "Basic x"})).status_code == 401
+    form = await client.http.post(f"/api/runs/{waiting.pid}/approve", data={"x": "1"}, headers=auth("alice"))
+    assert form.status_code == 415  # a cross-site form cannot send JSON: no decision without it
+
+
+async def test_runs_and_a_timeline(client: Client, waiting: AgentCheckpoint) -> None:
+    listed = (await client.http.get("/api/runs?status=hitl", headers=auth("bob"))).json()["runs"]
+    assert [r["pid"] for r in listed] == [waiting.pid]
+    assert listed[0]["steps"] == 1 and listed[0]["pending_tool"] == "delete_file"
+    assert (await client.http.get("/api/runs?status=done", headers=auth("bob"))).json()["runs"] == []
+    assert (await client.http.get("/api/runs?status=nope", headers=auth("bob"))).status_code == 400
+    run = (await client.http.get(f"/api/runs/{waiting.pid}", headers=auth("bob"))).json()
+    assert [(s["step"], s["tool"], s["kinds"]) for s in run["timeline"]] == [(0, "search", ["live"])]
+    assert run["timeline"][0]["charged"] == {"api": 1.0}
+    assert run["pending"]["tool"] == "delete_file" and run["pending"]["arguments"]["token"] == "***"
+    missing = await client.http.get("/api/runs/no-such-run", headers=auth("bob"))
+    assert missing.status_code == 404 and missing.json()["error"].endswith("'no-such-run'")
+
+
+async def test_a_decided_step_shows_who_decided(client: Client, waiting: AgentCheckpoint, kernel: Castor) -> None:
+    await client.http.post(f"/api/runs/{waiting.pid}/approve", json={}, headers=auth("alice"))
+    await kernel.run(cleanup, checkpoint=await kernel.aload(waiting.pid))
+    run = (await client.http.get(f"/api/runs/{waiting.pid}", headers=auth("bob"))).json()
+    step = run["timeline"][1]
+    assert step["kinds"] == ["live", "human"] and (step["outcome"], step["decided_by"]) == ("approved", "alice")
+    assert step["arguments"]["token"] == "***" and SECRET not in str(run)
+    assert run["status"] == "COMPLETED" and run["pending"] is None
+
+
+async def test_cancel_and_fork(client: Client, waiting: AgentCheckpoint) -> None:
+    assert (await client.http.post(f"/api/runs/{waiting.pid}/fork", json={"at_step": 1},
+                                   headers=auth("bob"))).status_code == 403
+    forked = await client.http.post(f"/api/runs/{waiting.pid}/fork", json={"at_step": 1}, headers=auth("alice"))
+    assert forked.status_code == 200, forked.text
+    child = (await client.http.get(f"/api/runs/{forked.json()['pid']}", headers=auth("bob"))).json()
+    assert child["parent"] == waiting.pid
+    assert [(s["tool"], s["kinds"]) for s in child["timeline"]] == [("search", ["replayed"])]
+    bad = await client.http.post(f"/api/runs/{waiting.pid}/fork", json={"at_step": 9}, headers=auth("alice"))
+    assert bad.status_code == 400
+    cancelled = await client.http.post(f"/api/runs/{waiting.pid}/cancel", json={}, headers=auth("alice"))
+    assert cancelled.status_code == 200 and cancelled.json()["outcome"] == "cancelled"
+    run = (await client.http.get(f"/api/runs/{waiting.pid}", headers=auth("bob"))).json()
+    assert (run["status"], run["preempted"], run["pending"]) == ("PREEMPTED", "cancelled", None)
+    assert (await client.http.post(f"/api/runs/{waiting.pid}/approve", json={},
+                                   headers=auth("alice"))).status_code == 409
+
+
+async def test_scopes_top_up_and_reset_are_for_admins(client: Client, backend: Backend) -> None:
+    await backend.budgets.set_scope("team-a", {"api": 100})
+    await backend.budgets.charge("r1", 0, {"api": 30}, ["team-a"])
+    shown = (await client.http.get("/api/scopes/team-a", headers=auth("bob"))).json()
+    assert shown["resources"]["api"] == {"limit": 100.0, "used": 30.0, "left": 70.0}
+    body = {"amounts": {"api": 50}}
+    assert (await client.http.post("/api/scopes/team-a/top-up", json=body, headers=auth("alice"))).status_code == 403
+    topped = await client.http.post("/api/scopes/team-a/top-up", json=body, headers=auth("carol"))
+    assert topped.json()["resources"]["api"]["limit"] == 150.0
+    bad = await client.http.post("/api/scopes/team-a/top-up", json={"amounts": {"api": -1}}, headers=auth("carol"))
+    assert bad.status_code == 400
+    reset = await client.http.post("/api/scopes/team-a/reset", json={}, headers=auth("carol"))
+    assert reset.json()["resources"]["api"]["used"] == 0.0
+    assert (await client.http.get("/api/scopes/nope", headers=auth("bob"))).status_code == 400
+
+
+async def test_the_openapi_description_covers_every_api_route(client: Client) -> None:
+    spec = (await client.http.get("/api/openapi.json")).json()
+    routes = {r.path for r in client.app.routes if getattr(r, "path", "").startswith("/api/")}
+    routes.discard("/api/openapi.json")
+    assert routes == set(spec["paths"])
+    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    me = (await client.http.get("/api/me", headers=auth("dave"))).json()
+    assert me == {"name": "dave", "role": "approver", "tools": ["search"]}
+
+
+async def test_modify_answers_the_call_with_feedback(client: Client, waiting: AgentCheckpoint, kernel: Castor) -> None:
+    reply = await client.http.post(f"/api/runs/{waiting.pid}/modify", json={"feedback": "archive them instead"},
+                                   headers=auth("carol"))
+    assert reply.status_code == 200 and reply.json()["outcome"] == "modify"
+    done = await kernel.run(cleanup, checkpoint=await kernel.aload(waiting.pid))
+    record = done.syscall_log[1]
+    assert record.response["status"] == "HITL_MODIFIED" and "archive them instead" in str(record.response)
+    assert record.decided_by == "carol"
+
+
+async def test_the_timeline_shows_flagged_and_failed_steps(client: Client, kernel: Castor) -> None:
+    flagged = await kernel.run(cleanup, speculative=True)  # the destructive call runs, flagged for review
+    run = (await client.http.get(f"/api/runs/{flagged.pid}", headers=auth("bob"))).json()
+    assert [s["kinds"] for s in run["timeline"]] == [["live"], ["live", "flagged"]]
+    assert run["timeline"][1]["review_reason"]
+
+    calls = {"n": 0}
+
+    async def flaky(query: str) -> str:
+        calls["n"] += 1
+        raise RuntimeError(f"upstream down ({query})")
+
+    async def agent() -> str:
+        await tool("flaky", query="x")
+        return "never"
+
+    broken = Castor(tools=[flaky], store=kernel.backend)
+    with pytest.raises(RuntimeError):
+        await broken.run(agent, pid="broken-1")
+    run = (await client.http.get("/api/runs/broken-1", headers=auth("bob"))).json()
+    assert [(s["step"], s["kinds"], s["result"]) for s in run["timeline"]] == [
+        (0, ["failed"], "RuntimeError: upstream down (x)")
+    ]

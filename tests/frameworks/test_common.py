@@ -1,0 +1,95 @@
+"""The shared guard machinery: argument schemas Castor can check, suspensions through task groups, extras."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from castor import Castor
+from castor.frameworks._common import (
+    UnsupportedToolError,
+    call_tool,
+    first_suspension,
+    schema_function,
+    suspensions_pass,
+)
+from castor.kernel.context import Suspend
+
+ROOT = Path(__file__).resolve().parents[2]
+FRAMEWORKS = ("langchain", "langgraph", "pydantic-ai", "pydantic_ai")
+
+
+def test_pip_install_dot_installs_no_framework_and_dev_installs_them_all() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if d.lower().startswith(FRAMEWORKS)]
+    extras = project["optional-dependencies"]
+    for extra in ("langchain", "pydantic-ai"):
+        assert set(extras[extra]) <= set(extras["dev"]), extra
+
+
+def test_a_json_schema_becomes_the_signature_castor_checks() -> None:
+    async def run(arguments: dict[str, Any]) -> Any:
+        return arguments
+
+    schema = {"type": "object", "required": ["path"], "properties": {
+        "path": {"type": "string", "description": "where"}, "depth": {"type": "integer", "default": 2}}}
+    func = schema_function("Test", "walk", schema, run)
+    assert str(inspect.signature(func)) == "(*, path: str, depth: int = 2)"
+    check = Castor(tools=[("walk", func)]).tools.get("walk").schema.check
+    assert check({"path": 3})[1] == "invalid arguments for 'walk': path: Input should be a valid string"
+    assert check({"path": "/", "depth": 1}) == ({"path": "/", "depth": 1}, None)
+    assert asyncio.run(func(path="/tmp")) == {"path": "/tmp"}
+
+
+@pytest.mark.parametrize(("schema", "why"), [
+    ({"type": "object", "properties": {"file-name": {"type": "string"}}}, "argument 'file-name' is not a Python"),
+    ({"type": "object", "properties": {"x": {"anyOf": [{"type": "string"}]}}}, "argument 'x' uses 'anyOf'"),
+    ({"type": "object", "properties": {"x": {"type": ["string", "null"]}}}, "argument 'x' has type"),
+    ({"type": "string"}, "its arguments are not a JSON object"),
+    ({"type": "object", "properties": {}, "$defs": {"A": {}}}, "its schema has nested definitions"),
+])
+def test_a_schema_castor_cannot_express_is_one_line_naming_the_tool(schema: dict[str, Any], why: str) -> None:
+    async def run(arguments: dict[str, Any]) -> Any:
+        return arguments
+
+    with pytest.raises(UnsupportedToolError) as caught:
+        schema_function("Test", "odd", schema, run)
+    message = str(caught.value)
+    assert message.startswith(f"Test tool 'odd' cannot be guarded: {why}") and "\n" not in message
+
+
+async def test_a_suspension_wrapped_in_a_task_group_passes_as_itself() -> None:
+    async def suspends() -> None:
+        raise Suspend(4)
+
+    async def finishes() -> None:
+        return None
+
+    with pytest.raises(Suspend) as caught:
+        async with suspensions_pass(), asyncio.TaskGroup() as group:
+            group.create_task(suspends())
+            group.create_task(finishes())
+    assert caught.value.step == 4
+    assert first_suspension(ValueError("not one")) is None
+    with pytest.raises(ValueError, match="other"):
+        async with suspensions_pass():
+            raise ValueError("other")
+
+
+async def test_a_denial_under_structured_results_reaches_the_model_as_json() -> None:
+    async def delete_file(path: str) -> str:
+        return f"deleted {path}"
+
+    async def agent() -> Any:
+        return await call_tool("delete_file", {"path": "/tmp/x"})
+
+    kernel = Castor(tools=[delete_file], destructive=["delete_file"], structured_results=True)
+    cp = await kernel.run(agent)
+    kernel.reject(cp, "no")
+    cp = await kernel.run(agent, checkpoint=cp)
+    assert cp.result == {"status": "HITL_REJECTED", "feedback_message": "no"}
