@@ -240,7 +240,11 @@ async def _call_here(call: ModelSyscall) -> Any:
         response["usage"] = {"input_tokens": input_tokens, "output_tokens": output_tokens, "estimated": True}
     actual = cost_of_tokens(models.prices.get(call.model), input_tokens, output_tokens)
     if call.charged:
-        await settle(call, actual)
+        settle_in_store = getattr(ctx.budgets, "settle", None)
+        if settle_in_store is not None:  # the store's own, awaited here: no coroutine frame of settle()'s
+            await settle_in_store(ctx.run_id, call.step, actual, ctx.scopes)
+        else:
+            await settle(call, actual)
     call.settled = True
     call.charged = actual  # the record holds what the call used (the store's ledgers hold what they track of it)
     record = await ctx.commit(call.step, call.record(response))

@@ -49,14 +49,16 @@ async def model_call(
     """
     ctx = active_run()
     models = _models(ctx)
-    call = await _syscall(ctx, models, request, model, invoke=invoke, max_tokens=max_tokens, timeout=timeout)
+    plain, size = _prepared(request, model)
+    mmu = ctx.services.mmu
+    if mmu is not None and mmu.wants_room(ctx):
+        await mmu.fit(ctx)  # the run's context fits its budget before any model call (the MMU's steps come first)
+    call = models.syscall(ctx, model, plain, invoke=invoke, max_tokens=max_tokens, timeout=timeout, size=size)
     return _checked(await models.chain(call))
 
 
-async def _syscall(ctx: RunContext, models: Any, request: Mapping[str, Any], model: str, **options: Any) -> Any:
-    """The model call of ``request`` at the run's next step: the request copied as canonical JSON and
-    sized for its reservation in the same walk, and the run's context made to fit (the MMU's own steps
-    come before this call's)."""
+def _prepared(request: Mapping[str, Any], model: str) -> tuple[dict[str, Any], int | None]:
+    """``request`` copied as canonical JSON and sized for its reservation in the same walk (None: sized later)."""
     if not isinstance(model, str) or not model:
         raise ModelCallError(f"model must be a non-empty model id, got {model!r}")
     size: int | None
@@ -66,10 +68,7 @@ async def _syscall(ctx: RunContext, models: Any, request: Mapping[str, Any], mod
         plain, size = canonical_request(request), None
     if not isinstance(plain, dict):
         raise ModelCallError(f"a model request must be a JSON object, got {type(request).__name__}")
-    mmu = ctx.services.mmu
-    if mmu is not None and mmu.wants_room(ctx):
-        await mmu.fit(ctx)  # the run's context fits its budget before any model call
-    return models.syscall(ctx, model, plain, size=size, **options)
+    return plain, size
 
 
 def _checked(response: Any) -> dict[str, Any]:
@@ -138,7 +137,12 @@ async def complete(
     request = build_request(messages, prompt=prompt, system=system, tools=tools, max_tokens=max_tokens, **options)
     ctx = active_run()
     models = _models(ctx)
-    call = await _syscall(ctx, models, request, _model_id(ctx, model), max_tokens=max_tokens, timeout=timeout)
+    model_id = _model_id(ctx, model)
+    plain, size = _prepared(request, model_id)
+    mmu = ctx.services.mmu
+    if mmu is not None and mmu.wants_room(ctx):
+        await mmu.fit(ctx)  # as for model_call
+    call = models.syscall(ctx, model_id, plain, max_tokens=max_tokens, timeout=timeout, size=size)
     response = _checked(await models.chain(call))
     typed = call.typed  # the provider's own answer, when the journal holds exactly its dict form
     return typed if typed is not None else ModelResponse.from_dict(response)
