@@ -147,6 +147,8 @@ class LLMSection(Section):
     models: Names = frozenset()
     base_url: str | None = None
     api_key_env: str = ""
+    # a model step's request crosses the broker whole (a conversation): its bound, above [security]'s for tools
+    max_request_bytes: Annotated[int, Field(strict=True, ge=1024, le=64 * 1024 * 1024)] = 4 * 1024 * 1024
     tools: Names = frozenset()
     limits: Mapping[str, ModelLimits] = Field(default_factory=dict)
     skew: Annotated[float, Field(strict=True, ge=0, le=60)] = 1.0

@@ -179,3 +179,19 @@ async def test_without_a_provider_in_the_config_the_kernels_own_provider_answers
     pool.backend = kernel.backend
     cp = await kernel.run(lambda: complete(prompt="hello"))
     assert cp.result.text == "from here" and pool.sent == []
+
+
+def test_a_worker_takes_a_model_request_up_to_its_own_bound_and_a_tools_arguments_up_to_theirs() -> None:
+    from castor.fleet.workers._guard import Refusal, parse_job
+
+    from castor.fleet.wire import encode
+
+    settings = Settings(llm={**LLM, "max_request_bytes": 200_000}, security={"max_argument_bytes": 65_536})
+    conversation = {"request": {"messages": [{"role": "user", "content": "x" * 100_000}]}}
+    job = parse_job(encode(ToolCall("run", 0, "model:m1", conversation), "", None), settings)
+    assert job.tool_name == "model:m1"
+    with pytest.raises(Refusal, match="above the limit of 65536"):
+        parse_job(encode(ToolCall("run", 1, "search", {"q": "x" * 100_000}), "", None), settings)
+    with pytest.raises(Refusal, match="above the limit of 200000"):
+        too_long = {"request": {"messages": [{"role": "user", "content": "x" * 300_000}]}}
+        parse_job(encode(ToolCall("run", 2, "model:m1", too_long), "", None), settings)
