@@ -48,6 +48,8 @@ OPTIONS: dict[str, FieldInfo] = {
     "worker --timeout": _Options.model_fields["ping_timeout"],
     "coordinator --metrics-port": _Options.model_fields["metrics_port"],
     "worker --metrics-port": _Options.model_fields["metrics_port"],
+    "console --metrics-port": _Options.model_fields["metrics_port"],
+    "mcp --metrics-port": _Options.model_fields["metrics_port"],
 }
 
 

@@ -156,6 +156,8 @@ BAD_OPTIONS = {
     "worker --timeout": (["worker", "--pool", "p", "--ping"], "0", "a number from 0.1 to 300"),
     "coordinator --metrics-port": (["coordinator"], "-1", "an integer from 0 to 65535"),
     "worker --metrics-port": (["worker", "--pool", "p"], "70000", "an integer from 0 to 65535"),
+    "console --metrics-port": (["console"], "65536", "an integer from 0 to 65535"),
+    "mcp --metrics-port": (["mcp"], "-1", "an integer from 0 to 65535"),
 }
 
 

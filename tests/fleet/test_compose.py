@@ -128,7 +128,7 @@ def test_the_dockerfile_copies_what_exists() -> None:
 
 def test_the_readme_gives_the_same_topology_on_localhost() -> None:
     commands = readme_fleet_commands()
-    long_running = [argv[1:] for argv in commands if argv[1] in ("worker", "coordinator", "flower")]
+    long_running = [argv[1:] for argv in commands if argv[1] in ("worker", "coordinator", "flower", "console")]
     assert {role(argv) for argv in long_running} == {role(SERVICES[n]["command"]) for n in CASTOR_SERVICES}
     for argv in commands:
         parse([a if a != "<pid>" else "some-pid" for a in argv[1:]])
