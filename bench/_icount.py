@@ -150,10 +150,13 @@ def check(cp: Any, calls: int) -> None:
 # --- the parent: runs the child under callgrind, one checkout at a time -------------------------------
 
 
-def count(tree: Path, low: int, high: int) -> dict[str, Any]:
-    """Instructions per step of each path in checkout ``tree``."""
+def count(tree: Path, low: int, high: int, keep: str = "") -> dict[str, Any]:
+    """Instructions per step of each path in checkout ``tree``; the dumps are kept in ``keep`` if given
+    (``callgrind_annotate <keep>/callgrind.out.<n>``: the n-th mark's segment, C functions by cost)."""
     with tempfile.TemporaryDirectory(prefix="castor-icount-") as directory:
-        out = os.path.join(directory, "callgrind.out")
+        if keep:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+        out = os.path.join(os.path.abspath(keep or directory), "callgrind.out")
         env = dict(os.environ, PYTHONPATH=str(tree), PYTHONHASHSEED="0")
         cmd = [
             "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-before=os_getppid",
@@ -165,10 +168,13 @@ def count(tree: Path, low: int, high: int) -> dict[str, Any]:
             raise SystemExit(f"callgrind run failed in {tree}:\n{done.stderr.decode(errors='replace')[-3000:]}")
         result = json.loads(done.stdout.decode().strip().splitlines()[-1])
         dumps = sorted(glob.glob(out + ".*"), key=lambda name: int(name.rsplit(".", 1)[1]))
+        if keep:  # which dump holds which segment ("gap": between two segments)
+            lines = [f"{n} {label}\n" for n, label in enumerate(result["labels"], 1)]
+            Path(keep, "labels.txt").write_text("".join(lines))
         if len(dumps) != len(result["labels"]):
             raise SystemExit(f"expected {len(result['labels'])} callgrind dumps, found {len(dumps)}")
         segments: dict[str, int] = {}
-        for label, name in zip(result["labels"], dumps, strict=False):
+        for label, name in zip(result["labels"], dumps, strict=True):
             found = SUMMARY.search(Path(name).read_bytes())
             if found is None:
                 raise SystemExit(f"no instruction total in {name}")
@@ -208,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--low", type=int, default=2_000, help="steps of the smaller segment (default 2,000)")
     parser.add_argument("--high", type=int, default=10_000, help="steps of the larger segment (default 10,000)")
     parser.add_argument("--no-self", action="store_true", help="count only the --tree checkouts")
+    parser.add_argument("--keep", default="", help="keep callgrind's dumps in this directory (one checkout)")
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON too")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
@@ -221,10 +228,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.high <= args.low:
         parser.error("--high must be larger than --low")
     trees = [Path(t).resolve() for t in args.tree] + ([] if args.no_self else [ROOT])
+    if args.keep and len(trees) > 1:
+        parser.error("--keep takes one checkout: add --no-self and one --tree, or no --tree")
     results = []
     for tree in trees:
         print(f"counting {tree} under callgrind ...", file=sys.stderr, flush=True)
-        result = count(tree, args.low, args.high)
+        result = count(tree, args.low, args.high, args.keep)
         if not result["castor_file"].startswith(str(tree)):
             raise SystemExit(f"{tree}: the child imported castor from {result['castor_file']}")
         results.append(result)
