@@ -5,16 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from castor.kernel.context import Suspend, Syscall, active_run, current_run
+from castor.kernel.context import Suspend, Syscall, active_run
 from castor.lib.models import complete, has_provider
 from castor.results import wrap
 
 
 async def tool(name: str, /, **kwargs: Any) -> Any:
     """Call tool ``name`` with ``kwargs`` through the kernel and return what the agent receives."""
-    # active_run() only when there is no run (it raises the error): a closed run is refused by claim_step
-    # with the same error, so the hot path makes one call fewer than active_run() + claim_step().
-    ctx = current_run.get() or active_run()
+    ctx = active_run()
     services = ctx.services
     response = await services.chain(Syscall(ctx.run_id, ctx.claim_step(), name, kwargs, ctx))
     return wrap(response) if services.structured_results else response
