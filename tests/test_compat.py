@@ -35,7 +35,6 @@ REFUSED = {
     "BudgetProtocol": "budgets=", "HITLHandler": "kernel.approve",
     "AgentRunner": "run_async", "InMemoryJournal": "syscall_log", "JournalProtocol": "castor.seams.Journal",
     "CheckpointStoreProtocol": "castor.seams.Backend", "GateProtocol": "SyscallGate",
-    "LLMSyscall": "Castor(llm=", "StreamingLLMSyscall": "Castor(llm=",
 }
 
 

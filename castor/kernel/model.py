@@ -46,6 +46,7 @@ class ModelServices:
         self, ctx: RunContext, model: str, request: dict[str, Any], *, invoke: Invoke | None = None,
         max_tokens: int | None = None, timeout: float | None = None,
         partial: Callable[[], dict[str, Any] | None] | None = None, via_provider: bool | None = None,
+        flat: FlatPrice | None = None,
     ) -> Awaitable[Any]:
         """Run a model call at the run's next step through the model chain (``castor.lib.model_call``)."""
         assert self.chain is not None
@@ -62,7 +63,32 @@ class ModelServices:
         syscall.timeout = timeout
         syscall.partial = partial
         syscall.via_provider = invoke is None if via_provider is None else via_provider
+        syscall.flat = flat
         return self.chain(syscall)
+
+
+@dataclass(frozen=True, slots=True)
+class FlatPrice:
+    """castor-kernel 0.5.1's price of a model call (``LLMSyscall``'s ``consumes`` / ``cost_per_use``): ``cost``
+    of ``resource`` per call, beside its tokens. A stream that stops part way pays ``per_chunk`` for each
+    chunk it received, at most ``cost``; without ``per_chunk`` it pays nothing of ``resource`` (its tokens still)."""
+
+    resource: str
+    cost: float
+    per_chunk: float | None = None
+
+    def part(self, chunks: int) -> float:
+        """What a stream stopped after ``chunks`` chunks pays of ``resource``."""
+        if self.per_chunk is None:
+            return 0.0
+        return min(chunks * self.per_chunk, self.cost)
+
+    def add_to(self, cost: Mapping[str, float], amount: float) -> dict[str, float]:
+        """``cost`` with ``amount`` of ``resource`` added (nothing added for 0)."""
+        total = dict(cost)
+        if amount:
+            total[self.resource] = total.get(self.resource, 0.0) + amount
+        return total
 
 
 @dataclass(slots=True, init=False)
@@ -78,6 +104,7 @@ class ModelSyscall(Syscall):
     via_provider: bool  # the kernel's provider answers (directly, or streamed by castor.lib.stream)
     # Streaming: called with the partial response to journal when the call fails part way (castor.lib.stream).
     partial: Callable[[], dict[str, Any] | None] | None
+    flat: FlatPrice | None  # castor-kernel 0.5.1's price per call (castor.llm.wrapper), beside the tokens
 
     def __init__(self, run_id: str, step: int, tool_name: str, arguments: dict[str, Any], ctx: RunContext) -> None:
         Syscall.__init__(self, run_id, step, tool_name, arguments, ctx)
@@ -110,7 +137,7 @@ def validate(call: Syscall, inner: Handler) -> Awaitable[Any]:
         known = getattr(provider, "models", None)
         if known and call.model not in known:
             raise ModelCallError(f"unknown model {call.model!r}; the provider serves: {', '.join(sorted(known))}")
-    if call.model not in models.prices and "usd" in call.ctx.checkpoint.capabilities:
+    if call.flat is None and call.model not in models.prices and "usd" in call.ctx.checkpoint.capabilities:
         raise ModelCallError(
             f"no price for model {call.model!r} and the run has a 'usd' budget: add it to [llm.prices] "
             f"in castor.toml or Castor(llm_prices={{...}})"
@@ -142,6 +169,9 @@ async def budget(call: Syscall, inner: Handler) -> Any:
         tracked = _tracked(ctx, reserve)
     else:  # nothing limits a model call: no estimate (the charge still checks a fenced run's lease)
         reserve = tracked = {}
+    if call.flat is not None:
+        reserve = call.flat.add_to(reserve, call.flat.cost)
+        tracked = _tracked(ctx, reserve)
     charge = await ctx.budgets.charge(ctx.run_id, call.step, tracked, ctx.scopes)
     if not charge.ok:
         resource = (charge.short or "").rsplit(":", 1)[-1]
@@ -196,6 +226,8 @@ async def execute(call: Syscall) -> Any:
     if estimated:
         response["usage"] = {"input_tokens": input_tokens, "output_tokens": output_tokens, "estimated": True}
     actual = cost_of_tokens(models.prices.get(call.model), input_tokens, output_tokens)
+    if call.flat is not None:
+        actual = call.flat.add_to(actual, call.flat.cost)
     if call.charged:
         await settle(call, actual)
     call.settled = True
@@ -231,7 +263,10 @@ async def _failed(call: ModelSyscall, exc: BaseException) -> None:
         ctx.checkpoint.partial_work = str(partial["text"])  # shown by castor inspect
     if partial is not None:
         input_tokens, output_tokens, _ = usage_from(partial, call.arguments["request"])
-        await settle(call, cost_of_tokens(call.models.prices.get(call.model), input_tokens, output_tokens))
+        used = cost_of_tokens(call.models.prices.get(call.model), input_tokens, output_tokens)
+        if call.flat is not None:
+            used = call.flat.add_to(used, call.flat.part(int(partial.get("chunks") or 0)))
+        await settle(call, used)
     if not isinstance(exc, Exception):
         return  # cancelled or preempted: the runner records the stop
     failure = StepFailure(
