@@ -25,7 +25,15 @@ from castor.checkpoint import StepFailure, bounded_arguments
 from castor.kernel.chain import wrap
 from castor.kernel.context import Handler, Interceptor, RunContext, Syscall
 from castor.kernel.steps import answer, replay
-from castor.llm.cost import DEFAULT_MAX_TOKENS, TOKEN_RESOURCES, Price, cost_of_tokens, reservation, usage_from
+from castor.llm.cost import (
+    DEFAULT_MAX_TOKENS,
+    TOKEN_RESOURCES,
+    FlatPrice,
+    Price,
+    cost_of_tokens,
+    reservation,
+    usage_from,
+)
 from castor.llm.types import MalformedResponseError, ModelCallError, ModelTimeoutError, response_dict
 
 MODEL_PREFIX = "model:"
@@ -65,30 +73,6 @@ class ModelServices:
         syscall.via_provider = invoke is None if via_provider is None else via_provider
         syscall.flat = flat
         return self.chain(syscall)
-
-
-@dataclass(frozen=True, slots=True)
-class FlatPrice:
-    """castor-kernel 0.5.1's price of a model call (``LLMSyscall``'s ``consumes`` / ``cost_per_use``): ``cost``
-    of ``resource`` per call, beside its tokens. A stream that stops part way pays ``per_chunk`` for each
-    chunk it received, at most ``cost``; without ``per_chunk`` it pays nothing of ``resource`` (its tokens still)."""
-
-    resource: str
-    cost: float
-    per_chunk: float | None = None
-
-    def part(self, chunks: int) -> float:
-        """What a stream stopped after ``chunks`` chunks pays of ``resource``."""
-        if self.per_chunk is None:
-            return 0.0
-        return min(chunks * self.per_chunk, self.cost)
-
-    def add_to(self, cost: Mapping[str, float], amount: float) -> dict[str, float]:
-        """``cost`` with ``amount`` of ``resource`` added (nothing added for 0)."""
-        total = dict(cost)
-        if amount:
-            total[self.resource] = total.get(self.resource, 0.0) + amount
-        return total
 
 
 @dataclass(slots=True, init=False)
@@ -261,20 +245,26 @@ async def _failed(call: ModelSyscall, exc: BaseException) -> None:
         partial = exc.response  # the provider answered, unreadably: charged what it used
     if partial is not None and partial.get("text"):
         ctx.checkpoint.partial_work = str(partial["text"])  # shown by castor inspect
+    used: dict[str, float] = {}
     if partial is not None:
         input_tokens, output_tokens, _ = usage_from(partial, call.arguments["request"])
         used = cost_of_tokens(call.models.prices.get(call.model), input_tokens, output_tokens)
         if call.flat is not None:
             used = call.flat.add_to(used, call.flat.part(int(partial.get("chunks") or 0)))
         await settle(call, used)
-    if not isinstance(exc, Exception):
-        return  # cancelled or preempted: the runner records the stop
+    if not isinstance(exc, Exception) and not used:
+        return  # cancelled or preempted with nothing to pay: the runner records the stop
+    # Journaled with its charge (the run's usage counts it: StepFailure.charged), so a resumed run's budget
+    # still holds what a stream stopped part way used.
     failure = StepFailure(
         step=call.step,
         tool_name=call.tool_name,
         arguments=bounded_arguments(redact(call.arguments, frozenset())),
         error_type=type(exc).__name__,
-        message=str(exc) + (f" (partial text: {partial.get('text', '')!r})" if partial else ""),
+        message=(str(exc) or "stopped part way") + (f" (partial text: {partial.get('text', '')!r})" if partial else ""),
+        charged=used,
     )
+    for name, amount in used.items():
+        ctx.spent[name] = ctx.spent.get(name, 0.0) + amount
     ctx.checkpoint.failures.append(failure)
     await ctx.services.backend.journal.record_failure(ctx.run_id, failure)

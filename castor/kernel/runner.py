@@ -117,7 +117,7 @@ async def prepare(
     # tracks) and has no old ledger to replace: its ledger needs neither opening nor closing.
     ctx.ledger_open = bool(limits or ctx.scopes or not fresh)
     if ctx.ledger_open:
-        await backend.budgets.open_run(cp.pid, limits, ctx.usage)
+        await backend.budgets.open_run(cp.pid, limits, ctx.total_usage())
     if not await save_started(backend, cp, loaded):  # finished by another process: nothing to drive
         ctx.closed = True
         if ctx.ledger_open:

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from typing import Any
 
 from castor.kernel.context import active_run
-from castor.kernel.model import FlatPrice
 from castor.lib.models import _checked, _model_id, _models, build_request
-from castor.llm.cost import estimate_prompt, estimate_tokens
+from castor.llm.cost import FlatPrice, estimate_prompt, estimate_tokens
 from castor.llm.types import ModelCallError, canonical_request
 
 _DONE = object()
@@ -57,7 +56,7 @@ async def streamed(
     max_tokens: int | None = None,
     timeout: float | None = None,
     flat: FlatPrice | None = None,
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str, None]:
     """``stream``'s model syscall for a canonical ``request``: answered by ``provider`` (one with
     ``stream(request)``; default: the kernel's) and priced, beside its tokens, by ``flat`` (castor-kernel
     0.5.1's ``StreamingLLMSyscall``, in ``castor.llm.wrapper``)."""

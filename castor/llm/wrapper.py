@@ -19,7 +19,7 @@ import functools
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from castor.kernel.model import FlatPrice
+from castor.llm.cost import FlatPrice
 from castor.llm.types import ModelCallError, ModelRefusedError, canonical_request
 from castor.registry import ToolMetadata, ToolRegistry
 
@@ -115,7 +115,8 @@ class StreamingLLMSyscall:
 
         request = canonical_request({"arguments": kwargs})
         try:
-            return "".join([chunk async for chunk in streamed(request, model=self.model, provider=self, flat=self.price)])
+            chunks = streamed(request, model=self.model, provider=self, flat=self.price)
+            return "".join([chunk async for chunk in chunks])
         except ModelRefusedError as refused:
             return refused.response
 
