@@ -195,6 +195,8 @@ MODULE_PATHS = {
     "castor.mmu.driver": ["SemanticMemoryDriver"],
     "castor.mmu.token_counter": ["TokenCounter", "CharCountEstimator"],
     "castor.mmu.drivers.mock_driver": ["InMemoryDriver"],
+    "castor.llm.wrapper": ["LLMSyscall", "StreamingLLMSyscall"],
+    "castor.llm": ["LLMSyscall", "StreamingLLMSyscall"],
 }
 
 

@@ -15,6 +15,7 @@ text is kept in ``checkpoint.partial_work``, read on resume as ``proxy.preemptio
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -132,4 +133,7 @@ class StreamingLLMSyscall:
                 self.on_chunk(chunk, text)
             if self.on_chunk_async is not None:
                 await self.on_chunk_async(chunk, text)
+            if self.on_chunk is not None or self.on_chunk_async is not None:
+                # A callback that preempted the run stops the stream here, before the next chunk is read.
+                await asyncio.sleep(0)
         yield {"text": text, "model": self.model, "finish_reason": "stop"}
