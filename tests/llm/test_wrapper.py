@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from castor import Castor, LLMSyscall, StreamingLLMSyscall, SyscallGate
+from castor import Castor, LLMSyscall, StreamingLLMSyscall, SyscallGate, UnsupportedError
 from castor.llm import Scripted
 from castor.registry import ToolRegistry
 
@@ -174,6 +174,7 @@ async def test_without_cost_per_token_a_stopped_stream_pays_nothing_of_its_resou
 
     task = await kernel.run_async(agent, budgets={"api_usd": 5.0})
     await source.sent.wait()
+    assert not task.done
     kernel.preempt(task, "stop")
     cp = await task
     assert cp.partial_work == "partial" and cp.budget_used("api_usd") == 0.0
@@ -196,3 +197,11 @@ def test_the_wrappers_need_their_model_function() -> None:
         LLMSyscall()
     with pytest.raises(TypeError, match="stream_fn"):
         StreamingLLMSyscall()
+
+
+async def test_a_charge_outside_any_call_is_refused_naming_what_charges_a_stopped_stream() -> None:
+    async def agent(proxy: Any) -> None:
+        proxy.charge_partial("api_usd", 0.3)
+
+    with pytest.raises(UnsupportedError, match=r"charge_partial.*StreamingLLMSyscall\(cost_per_token"):
+        await Castor().run(agent)
