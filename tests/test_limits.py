@@ -33,6 +33,7 @@ BAD_VALUES = {
     "[coordinator] max_takeovers": ("-1", "an integer from 0 to 1000", "0"),
     "[llm] timeout": ("0", "a number above 0 and at most 2592000", "0.5"),
     "[llm] skew": ("-1", "a number from 0 to 60", "60"),
+    "[llm] max_request_bytes": ("100", "an integer from 1024 to 67108864", "1024"),
 }
 MORE_BAD = {  # not finite, or too large to be meant
     "[tools] default_timeout": "inf",

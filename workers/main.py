@@ -21,6 +21,7 @@ from castor.registry import ToolRegistry, ToolSpec
 from castor.settings import Settings, WorkerPool
 
 from ._heartbeat import Presence
+from ._models import ModelCalls
 from ._preflight import preflight
 from ._scripts import replay_spool
 from .app import make_app
@@ -34,12 +35,15 @@ def worker_registry(settings: Settings, pool: str, tool_specs: Sequence[str] = (
     """The tools a worker of ``pool`` serves; ``ConfigError`` for a pool the config does not define or a
     tool it puts on another pool. Without ``[pools]`` (or ``[llm] tools``), ``tool_specs`` are served on any
     pool as given."""
+    # The [llm] pool also answers the kernels' model calls (model:<id>) when [llm] names a provider.
+    models = ModelCalls(settings).tools() if pool == settings.llm.pool else []
     if tool_specs and not settings.pools and not settings.llm.tools:
-        return _registry(settings, load_tools(tool_specs))
+        return _registry(settings, [*load_tools(tool_specs), *models])
     settings.check_pool(pool)
     explicit = bool(tool_specs)
-    tools = load_tools(tool_specs or settings.tools.imports)
-    chosen = []
+    specs = tool_specs or settings.tools.imports
+    tools = load_tools(specs) if specs or not models else []  # a models-only pool imports no tools
+    chosen: list[tuple[str, object]] = list(models)
     for name, func in tools:
         home = settings.pool_of(name)
         if home == pool:
@@ -47,7 +51,10 @@ def worker_registry(settings: Settings, pool: str, tool_specs: Sequence[str] = (
         elif explicit:
             raise ConfigError(f"tool {name!r} runs on pool {home!r} in {settings.source}, not on {pool!r}")
     if not chosen:
-        raise ConfigError(f"pool {pool!r} has no tools: pass --tools or list them in [tools] import")
+        raise ConfigError(
+            f"pool {pool!r} has no tools: pass --tools or list them in [tools] import"
+            + (" (or name a model provider in [llm])" if pool == settings.llm.pool else "")
+        )
     return _registry(settings, chosen)
 
 

@@ -48,6 +48,7 @@ from ._deadletter import letter, record_async
 from ._guard import Refusal, authorize, check_tool, parse_job
 from ._heartbeat import Heartbeats
 from ._loop import LoopThread
+from ._models import ModelCalls, is_model_task
 from ._scripts import ABANDONED, DUPLICATE, REPLY_MAXLEN, RUNNING, Delivery, StepScripts
 from ._shown import ERROR_WIDTH, clip, failure_text, result_summary
 
@@ -113,6 +114,7 @@ class WorkerRuntime:
         self._factory = backend_factory or redis_backend_factory
         self._proc: _Process | None = None
         self.key = DataKey.for_fleet(settings.security.secret)  # opens a task's encrypted sensitive arguments
+        self.models = ModelCalls(settings)  # settles a model step's charge (the [llm] pool's tasks)
 
     def process(self) -> _Process:
         """This process's state, rebuilt after a fork."""
@@ -230,6 +232,8 @@ class WorkerRuntime:
         try:
             result = self._call(proc, spec, checked, policy.timeout)
             canonical(result)  # a result that cannot be journaled is a failure, not a silent loss
+            if is_model_task(job.tool_name):  # settled to the usage reported before it is journaled (_models)
+                proc.loop.run(self.models.settle(proc.backend, job, result))
         except (SoftTimeLimitExceeded, TimeoutError):
             message = f"tool {job.tool_name!r} timed out after {policy.timeout:g}s (run {job.run_id}, step {job.step})"
             proc.loop.run(self._fail(proc, job, TIMEOUT, "ToolTimeoutError", message, policy))

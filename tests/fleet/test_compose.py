@@ -71,7 +71,7 @@ def test_the_topology() -> None:
     roles = {role(SERVICES[name]["command"]) for name in CASTOR_SERVICES}
     assert {r for r in roles if r[0] == "coordinator"} == {("coordinator", "coordinator-1"),
                                                           ("coordinator", "coordinator-2")}
-    assert {r for r in roles if r[0] == "worker"} == {("worker", "fs"), ("worker", "web")}
+    assert {r for r in roles if r[0] == "worker"} == {("worker", "fs"), ("worker", "web"), ("worker", "llm")}
     flower = parse(SERVICES["flower"]["command"])
     assert flower.command == "flower" and flower.port == 5555
     assert any(str(p).endswith(":5555:5555") or str(p) == "5555:5555" for p in SERVICES["flower"]["ports"])
@@ -132,6 +132,16 @@ def test_the_readme_gives_the_same_topology_on_localhost() -> None:
     assert {role(argv) for argv in long_running} == {role(SERVICES[n]["command"]) for n in CASTOR_SERVICES}
     for argv in commands:
         parse([a if a != "<pid>" else "some-pid" for a in argv[1:]])
+
+
+def test_only_the_llm_worker_holds_the_model_providers_key() -> None:
+    settings = load_settings(ROOT / "config/castor.toml", env={})
+    key = settings.llm.api_key_env
+    assert settings.llm.provider and key
+    holders = [n for n in CASTOR_SERVICES if key in (SERVICES[n].get("environment") or {})]
+    assert holders == ["worker-llm"] and role(SERVICES["worker-llm"]["command"]) == ("worker", settings.llm.pool)
+    llm_env, fs_env = SERVICES["worker-llm"]["environment"], SERVICES["worker-fs"]["environment"]
+    assert {k: v for k, v in llm_env.items() if k != key} == fs_env  # the fleet's own environment besides
 
 
 def test_every_worker_keeps_its_spool_on_a_named_volume() -> None:
