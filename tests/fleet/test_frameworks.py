@@ -14,12 +14,13 @@ from tests.fleet.test_scenario import wait_for
 
 EXAMPLES = {
     "langgraph_agent": "langgraph", "pydantic_ai_agent": "pydantic_ai", "openai_agents_agent": "agents",
-    "smolagents_agent": "smolagents", "crewai_agent": "crewai",  # crewai: not in dev, skipped in CI
+    "smolagents_agent": "smolagents", "crewai_agent": "crewai",  # not in dev: marked crewai, run in a venv of its own
 }
 
 
 @pytest.mark.fleet
-@pytest.mark.parametrize("name", sorted(EXAMPLES))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.crewai) if n == "crewai_agent" else n
+                                  for n in sorted(EXAMPLES)])
 def test_another_coordinator_finishes_a_parked_framework_agent(fleet: Fleet, tmp_path: Path, name: str) -> None:
     pytest.importorskip(EXAMPLES[name])
     path = ROOT / "examples" / "frameworks" / f"{name}.py"

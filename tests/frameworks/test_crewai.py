@@ -46,7 +46,7 @@ from castor.frameworks.crewai import guard, kickoff, tools_of
 from castor.llm import ModelRefusedError
 
 # CrewAI's own code reads its deprecated fields (function_calling_llm, ...) when an Agent or a Crew is built.
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.crewai, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 
 @pytest.fixture(autouse=True)
