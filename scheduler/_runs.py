@@ -10,17 +10,35 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from castor.checkpoint import FINISHED, AgentCheckpoint
 from castor.errors import BackendUnavailable, StaleLeaseError
 from castor.fleet import driver
-from castor.seams import Decision
+from castor.seams import Backend, Decision
 
-if TYPE_CHECKING:
-    from .coordinator import Coordinator
+from ._kernels import Kernels
+from ._ops import FleetOps
 
 log = logging.getLogger("castor.coordinator")
+
+
+class Host(Protocol):
+    """What a ``RunDriver`` uses of the coordinator that owns it (a protocol, so this module does not import
+    the coordinator, which imports it)."""
+
+    @property
+    def name(self) -> str:
+        """The coordinator's name (a property: the coordinator's is read-only)."""
+
+    ops: FleetOps
+    config: Any  # CoordinatorConfig: allow_code_change
+    backend: Backend
+    kernels: Kernels
+    stops: dict[str, list[Any]]  # pid -> [reason, payload] handed to a drive on cancel
+
+    async def adopt_refused(self) -> None:
+        """Drive the runs a coordinator refused for changed code, where the config allows it."""
 
 CODE_CHANGED = "code changed"
 
@@ -38,7 +56,7 @@ def decides(decision: Decision | None, round_: int) -> bool:
 class RunDriver:
     """What a coordinator does with each run it leases."""
 
-    def __init__(self, coordinator: Coordinator) -> None:
+    def __init__(self, coordinator: Host) -> None:
         self.co = coordinator
         self.backend = coordinator.backend  # reads go to the store directly; writes go through the fence
         self.store = coordinator.kernels.backend
