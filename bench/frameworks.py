@@ -123,7 +123,7 @@ CASES = {"langgraph": langgraph_case, "pydantic-ai": pydantic_ai_case}
 MODULES = {"langgraph": "castor.frameworks.langchain", "pydantic-ai": "castor.frameworks.pydantic_ai"}
 
 
-async def _direct_step(request: Any, model: str, invoke: Callable[[Any], Awaitable[Any]]) -> Any:
+async def _direct_step(request: Any, model: str, invoke: Callable[[Any], Awaitable[Any]], **_: Any) -> Any:
     return await invoke(request)
 
 

@@ -28,6 +28,7 @@ from castor.errors import ConfigError
 from castor.kernel.context import Suspend
 from castor.lib import tool
 from castor.lib.models import model_call
+from castor.llm.types import canonical_request as _canonical
 from castor.results import SyscallResult
 
 ToolEntry = tuple[str, Callable[..., Any]]
@@ -145,10 +146,22 @@ def model_id_of(obj: Any, *attributes: str, default: str = "model") -> str:
 
 
 async def model_step(
-    request: Mapping[str, Any], model: str, invoke: Callable[[dict[str, Any]], Awaitable[Any]]
+    request: Mapping[str, Any], model: str, invoke: Callable[[dict[str, Any]], Awaitable[Any]], *,
+    canonical: bool = False,
 ) -> dict[str, Any]:
-    """One model call as a journaled step; ``invoke`` calls the framework's own model (not called on replay)."""
-    return await model_call(request, model=model, invoke=invoke)
+    """One model call as a journaled step; ``invoke`` calls the framework's own model (not called on replay).
+
+    ``canonical=True``: ``request`` is made of parts already canonical (``canonical_part``, cached per
+    framework object) and ``invoke`` returns a fresh JSON dict; Castor then copies neither
+    (``castor.lib.model_call(canonical=True)``).
+    """
+    return await model_call(request, model=model, invoke=invoke, canonical=canonical)
+
+
+def canonical_part(value: Any) -> Any:
+    """``value`` as checked, copied JSON data (what ``model_call`` makes of a request), for a part of a
+    request converted once and then shared by every step's request (``IdentityCache``)."""
+    return _canonical(value)
 
 
 class IdentityCache:

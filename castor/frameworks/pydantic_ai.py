@@ -45,6 +45,7 @@ from castor.frameworks._common import (
     IdentityCache,
     ToolEntry,
     call_tool,
+    canonical_part,
     check_function,
     model_step,
     refuse,
@@ -85,7 +86,10 @@ def _message_json(message: ModelMessage) -> list[dict[str, Any]]:
     return out
 
 
-_cached_message = IdentityCache(_message_json)
+# Converted and checked once per message object (canonical_part), then shared by every later step's request.
+_cached_message = IdentityCache(lambda message: canonical_part(_message_json(message)))
+# A tool's JSON schema: the same object at every step of a run (the tool's function schema holds it).
+_cached_schema = IdentityCache(lambda schema: canonical_part(to_jsonable_python(schema)), size=1024)
 
 
 def _messages_json(messages: Sequence[ModelMessage]) -> list[dict[str, Any]]:
@@ -96,17 +100,18 @@ def _messages_json(messages: Sequence[ModelMessage]) -> list[dict[str, Any]]:
 def canonical_request(
     messages: Sequence[ModelMessage], settings: ModelSettings | None, parameters: ModelRequestParameters
 ) -> dict[str, Any]:
-    """The model request as Castor journals and compares it."""
+    """The model request as Castor journals and compares it: canonical JSON already, each part checked
+    once (``castor.lib.model_call(canonical=True)``)."""
     request: dict[str, Any] = {"messages": _messages_json(messages)}
     tools = [*parameters.function_tools, *parameters.output_tools]
     if tools:
         request["tools"] = [
-            {"name": t.name, "description": t.description or "",
-             "parameters": to_jsonable_python(t.parameters_json_schema)}
+            {"name": str(t.name), "description": str(t.description or ""),
+             "parameters": _cached_schema(t.parameters_json_schema)}
             for t in tools
         ]
     if settings:
-        request["settings"] = _plain(to_jsonable_python(dict(settings), fallback=str))
+        request["settings"] = canonical_part(_plain(to_jsonable_python(dict(settings), fallback=str)))
     if not parameters.allow_text_output:
         request["text_output"] = False
     return request
@@ -117,7 +122,8 @@ def response_json(response: ModelResponse) -> dict[str, Any]:
     calls = [p for p in response.parts if isinstance(p, ToolCallPart)]
     journaled: dict[str, Any] = {
         "text": "".join(p.content for p in response.parts if isinstance(p, TextPart)),
-        "tool_calls": [{"id": c.tool_call_id, "name": c.tool_name, "arguments": c.args_as_dict()} for c in calls],
+        "tool_calls": [{"id": c.tool_call_id, "name": c.tool_name, "arguments": to_jsonable_python(c.args_as_dict())}
+                       for c in calls],
         "model": response.model_name or "",
         "finish_reason": "tool_calls" if calls else "stop",
         "message": ModelMessagesTypeAdapter.dump_python([response], mode="json")[0],
@@ -143,12 +149,18 @@ class GuardedModel(WrapperModel):
         model_request_parameters: ModelRequestParameters,
     ) -> ModelResponse:
         """Ask the wrapped model through Castor (from the journal on replay)."""
+        live: list[tuple[dict[str, Any], ModelResponse]] = []
+
         async def invoke(_request: dict[str, Any]) -> dict[str, Any]:
             answer = await self.wrapped.request(messages, model_settings, model_request_parameters)
-            return response_json(answer)
+            live.append((response_json(answer), answer))
+            return live[-1][0]
 
         request = canonical_request(messages, model_settings, model_request_parameters)
-        return model_response(await model_step(request, self.wrapped.model_name or "model", invoke))
+        journaled = await model_step(request, self.wrapped.model_name or "model", invoke, canonical=True)
+        if live and live[-1][0] is journaled:  # this very call's answer (not rebuilt from its own JSON)
+            return live[-1][1]
+        return model_response(journaled)  # replayed, or journaled first by another process driving the run
 
     @asynccontextmanager
     async def request_stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:

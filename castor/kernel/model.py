@@ -46,8 +46,13 @@ class ModelServices:
         self, ctx: RunContext, model: str, request: dict[str, Any], *, invoke: Invoke | None = None,
         max_tokens: int | None = None, timeout: float | None = None,
         partial: Callable[[], dict[str, Any] | None] | None = None, via_provider: bool | None = None,
+        canonical: bool = False,
     ) -> Awaitable[Any]:
-        """Run a model call at the run's next step through the model chain (``castor.lib.model_call``)."""
+        """Run a model call at the run's next step through the model chain (``castor.lib.model_call``).
+
+        ``canonical``: ``invoke`` returns the response as plain JSON data already (a dict the caller built
+        for this call): it is journaled as it is, not walked and copied again.
+        """
         assert self.chain is not None
         if max_tokens is None:
             asked = request.get("max_tokens")
@@ -61,6 +66,7 @@ class ModelServices:
         syscall.max_tokens = max_tokens
         syscall.timeout = timeout
         syscall.partial = partial
+        syscall.canonical = canonical
         syscall.via_provider = invoke is None if via_provider is None else via_provider
         return self.chain(syscall)
 
@@ -75,6 +81,7 @@ class ModelSyscall(Syscall):
     max_tokens: int
     timeout: float | None
     settled: bool
+    canonical: bool  # invoke's dict response is plain JSON already (castor.lib.model_call(canonical=True))
     via_provider: bool  # the kernel's provider answers (directly, or streamed by castor.lib.stream)
     # Streaming: called with the partial response to journal when the call fails part way (castor.lib.stream).
     partial: Callable[[], dict[str, Any] | None] | None
@@ -82,6 +89,7 @@ class ModelSyscall(Syscall):
     def __init__(self, run_id: str, step: int, tool_name: str, arguments: dict[str, Any], ctx: RunContext) -> None:
         Syscall.__init__(self, run_id, step, tool_name, arguments, ctx)
         self.settled = False
+        self.canonical = False
 
 
 def build_model_chain(interceptors: Iterable[Interceptor] = ()) -> Handler:
@@ -187,7 +195,7 @@ async def execute(call: Syscall) -> Any:
                 raise ModelTimeoutError(
                     f"model {call.model!r} did not answer within {timeout:g}s (run {ctx.run_id}, step {call.step})"
                 ) from exc
-        response = response_dict(result)
+        response = result if call.canonical and type(result) is dict else response_dict(result)
     except BaseException as exc:
         await _failed(call, exc)
         raise

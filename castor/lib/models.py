@@ -35,6 +35,7 @@ async def model_call(
     invoke: Invoke | None = None,
     max_tokens: int | None = None,
     timeout: float | None = None,
+    canonical: bool = False,
 ) -> dict[str, Any]:
     """Call a model as one journaled, budgeted step of the run; returns the response as journaled (JSON).
 
@@ -45,17 +46,27 @@ async def model_call(
     the kernel's provider does. ``max_tokens`` (default: the request's, else 1024) bounds the output
     tokens reserved before the call; the charge is settled to the reported usage after it. A call its
     budget cannot cover raises ``ModelRefusedError`` without contacting the model.
+
+    ``canonical=True`` is for a caller that builds the request from plain JSON parts it checked once and
+    never changes afterwards (a framework guard: each message converted once, ``canonical_request``, and
+    shared by every later step), and whose ``invoke`` returns a fresh JSON dict: neither is walked and
+    copied again, so a step no longer costs the length of the whole conversation.
     """
     if not isinstance(model, str) or not model:
         raise ModelCallError(f"model must be a non-empty model id, got {model!r}")
-    plain = canonical_request(request)
-    if not isinstance(plain, dict):
-        raise ModelCallError(f"a model request must be a JSON object, got {type(request).__name__}")
+    if canonical and type(request) is dict:
+        plain = request
+    else:
+        plain = canonical_request(request)
+        if not isinstance(plain, dict):
+            raise ModelCallError(f"a model request must be a JSON object, got {type(request).__name__}")
     ctx = active_run()
     mmu = ctx.services.mmu
     if mmu is not None and mmu.wants_room(ctx):
         await mmu.fit(ctx)  # the run's context fits its budget before any model call
-    response = await _models(ctx).call(ctx, model, plain, invoke=invoke, max_tokens=max_tokens, timeout=timeout)
+    response = await _models(ctx).call(
+        ctx, model, plain, invoke=invoke, max_tokens=max_tokens, timeout=timeout, canonical=canonical
+    )
     return _checked(response)
 
 

@@ -110,8 +110,41 @@ def cost_of_tokens(price: Price | None, input_tokens: float, output_tokens: floa
 
 
 def reservation(price: Price | None, request: Mapping[str, Any], max_tokens: int) -> dict[str, float]:
-    """The most a call of ``request`` may cost: the prompt's estimate plus ``max_tokens`` of output."""
-    return cost_of_tokens(price, estimate_prompt(request), max_tokens)
+    """The most a call of ``request`` (a journaled request) may cost: the prompt's estimate plus
+    ``max_tokens`` of output."""
+    return cost_of_tokens(price, _journaled_prompt(request), max_tokens)
+
+
+# id -> (message, its JSON size) of journaled messages: a conversation's request repeats every earlier
+# message (the same objects when a framework guard builds it, castor.lib.model_call(canonical=True)), so
+# each is sized once rather than at every step. Journaled data is never changed, so a size stays true.
+_SIZES: dict[int, tuple[Any, int]] = {}
+_SIZES_KEPT = 4096
+
+
+def _message_size(message: Any) -> int:
+    hit = _SIZES.get(id(message))
+    if hit is not None and hit[0] is message:
+        return hit[1]
+    size = json_size(message)
+    if type(message) is dict:
+        if len(_SIZES) >= _SIZES_KEPT:
+            _SIZES.pop(next(iter(_SIZES)))
+        _SIZES[id(message)] = (message, size)
+    return size
+
+
+def _journaled_prompt(request: Mapping[str, Any]) -> int:
+    """``estimate_prompt(request)`` for a journaled request (never changed afterwards): the same count,
+    each message sized once."""
+    messages = request.get("messages")
+    if type(request) is not dict or type(messages) is not list:
+        return estimate_prompt(request)
+    # json_size(request), summed by parts: the other fields, the key "messages", the list, its messages.
+    size = json_size({k: v for k, v in request.items() if k != "messages"}) + len('"messages"') + 2 + 1
+    for message in messages:
+        size += _message_size(message) + 1
+    return -(-size // BYTES_PER_TOKEN) + MESSAGE_OVERHEAD * len(messages)
 
 
 def usage_from(response: Mapping[str, Any], request: Mapping[str, Any]) -> tuple[int, int, bool]:
@@ -122,4 +155,4 @@ def usage_from(response: Mapping[str, Any], request: Mapping[str, Any]) -> tuple
         if type(given_in) is int and type(given_out) is int and given_in >= 0 and given_out >= 0:
             return given_in, given_out, False
     output = {k: v for k, v in response.items() if k != "usage"}
-    return estimate_prompt(request), estimate_tokens(output), True
+    return _journaled_prompt(request), estimate_tokens(output), True
