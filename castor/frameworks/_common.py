@@ -183,7 +183,11 @@ class IdentityCache:
         hit = entries.get(id(message))
         if hit is not None and hit[0] is message:
             return hit[1]
-        value = self._convert(message)
+        return self.put(message, self._convert(message))
+
+    def put(self, message: Any, value: Any) -> Any:
+        """Remember ``value`` as ``convert(message)`` (known already, e.g. from the response just journaled)."""
+        entries = self._entries
         if len(entries) >= self._size:
             entries.pop(next(iter(entries)))
         entries[id(message)] = (message, value)

@@ -75,7 +75,11 @@ def _plain(value: Any) -> Any:
 
 def _message_json(message: ModelMessage) -> list[dict[str, Any]]:
     """One message part by part, each with its ``role`` (pydantic-ai's part kind)."""
-    (dumped,) = ModelMessagesTypeAdapter.dump_python([message], mode="json")
+    return _parts_json(ModelMessagesTypeAdapter.dump_python([message], mode="json")[0])
+
+
+def _parts_json(dumped: dict[str, Any]) -> list[dict[str, Any]]:
+    """A message as pydantic-ai dumps it (JSON mode), part by part, each with its ``role``."""
     out: list[dict[str, Any]] = []
     if dumped.get("instructions"):
         out.append({"role": "instructions", "content": dumped["instructions"]})
@@ -159,8 +163,12 @@ class GuardedModel(WrapperModel):
         request = canonical_request(messages, model_settings, model_request_parameters)
         journaled = await model_step(request, self.wrapped.model_name or "model", invoke, canonical=True)
         if live and live[-1][0] is journaled:  # this very call's answer (not rebuilt from its own JSON)
-            return live[-1][1]
-        return model_response(journaled)  # replayed, or journaled first by another process driving the run
+            response = live[-1][1]
+        else:  # replayed, or journaled first by another process driving the run
+            response = model_response(journaled)
+        # The next request repeats this response: its JSON is the journaled dump, not dumped again.
+        _cached_message.put(response, canonical_part(_parts_json(journaled["message"])))
+        return response
 
     @asynccontextmanager
     async def request_stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:

@@ -136,15 +136,22 @@ def _message_size(message: Any) -> int:
 
 def _journaled_prompt(request: Mapping[str, Any]) -> int:
     """``estimate_prompt(request)`` for a journaled request (never changed afterwards): the same count,
-    each message sized once."""
-    messages = request.get("messages")
-    if type(request) is not dict or type(messages) is not list:
+    each message and each tool sized once."""
+    if type(request) is not dict:
         return estimate_prompt(request)
-    # json_size(request), summed by parts: the other fields, the key "messages", the list, its messages.
-    size = json_size({k: v for k, v in request.items() if k != "messages"}) + len('"messages"') + 2 + 1
-    for message in messages:
-        size += _message_size(message) + 1
-    return -(-size // BYTES_PER_TOKEN) + MESSAGE_OVERHEAD * len(messages)
+    # json_size(request), summed by parts: each key and value; a list (messages, tools) item by item.
+    size = 1
+    for key, value in request.items():
+        size += json_size(key) + 2
+        if type(value) is list:
+            size += 1
+            for item in value:
+                size += _message_size(item) + 1
+        else:
+            size += _message_size(value)
+    messages = request.get("messages")
+    overhead = MESSAGE_OVERHEAD * len(messages) if isinstance(messages, list) else 0
+    return -(-size // BYTES_PER_TOKEN) + overhead
 
 
 def usage_from(response: Mapping[str, Any], request: Mapping[str, Any]) -> tuple[int, int, bool]:
