@@ -162,10 +162,9 @@ class GuardedModel(WrapperModel):
 
         request = canonical_request(messages, model_settings, model_request_parameters)
         journaled = await model_step(request, self.wrapped.model_name or "model", invoke, canonical=True)
-        if live and live[-1][0] is journaled:  # this very call's answer (not rebuilt from its own JSON)
-            response = live[-1][1]
-        else:  # replayed, or journaled first by another process driving the run
-            response = model_response(journaled)
+        # This very call's answer as the model gave it; else (replayed, or journaled first by another
+        # process driving the run) the response rebuilt from the journal.
+        response = live[-1][1] if live and live[-1][0] is journaled else model_response(journaled)
         # The next request repeats this response: its JSON is the journaled dump, not dumped again.
         _cached_message.put(response, canonical_part(_parts_json(journaled["message"])))
         return response
