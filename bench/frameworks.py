@@ -110,15 +110,19 @@ def pydantic_ai_case(steps: int, latency: float = 0.0) -> Case:
 
     from castor.frameworks.pydantic_ai import guard, tools_of
 
-    async def scripted(messages: Any, info: Any) -> ModelResponse:
-        if latency:
-            await asyncio.sleep(latency)
+    def scripted(messages: Any, info: Any) -> ModelResponse:
         n = sum(isinstance(m, ModelResponse) for m in messages)
         if n < steps:
             return ModelResponse(parts=[ToolCallPart("search", {"query": f"q{n}"}, tool_call_id=f"c{n}")])
         return ModelResponse(parts=[TextPart("done")])
 
-    agent = Agent(FunctionModel(scripted, model_name="scripted"), tools=[search])
+    async def waiting(messages: Any, info: Any) -> ModelResponse:
+        await asyncio.sleep(latency)
+        return scripted(messages, info)
+
+    # Without latency, the plain function as before (pydantic-ai runs it in a worker thread), so the
+    # figures stay comparable with earlier ones.
+    agent = Agent(FunctionModel(waiting if latency else scripted, model_name="scripted"), tools=[search])
     guarded_agent = guard(agent)
 
     async def alone() -> Any:
