@@ -123,6 +123,10 @@ def chat_result(response: dict[str, Any]) -> ChatResult:
     return ChatResult(generations=[ChatGeneration(message=message, generation_info=response.get("generation_info"))])
 
 
+# The model id of each wrapped model, found once (a missing attribute costs a pydantic model a raised error).
+_model_ids = IdentityCache(lambda inner: model_id_of(inner, "model_name", "model", default=inner._llm_type), size=256)
+
+
 class GuardedChatModel(BaseChatModel):
     """A chat model whose every call is a model syscall of the Castor run (``guard(model)``)."""
 
@@ -145,7 +149,7 @@ class GuardedChatModel(BaseChatModel):
 
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
                          **kwargs: Any) -> ChatResult:
-        model = self.model_id or model_id_of(self.inner, "model_name", "model", default=self.inner._llm_type)
+        model = self.model_id or _model_ids(self.inner)
 
         live: list[tuple[dict[str, Any], ChatResult]] = []
 
