@@ -14,6 +14,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADING = "## Embedded kernel"
+ICOUNT_HEADING = "### Instruction counts"  # its last subsection, which write_section keeps
 
 
 @dataclass
@@ -230,8 +231,12 @@ def write_section(path: Path, section: str) -> None:
     text = path.read_text() if path.exists() else "# Benchmarks\n\nFigures measured by the scripts in `bench/`.\n\n"
     pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.M | re.S)
     first = re.search(r"^## ", text, re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip("\n") + "\n\n", text, count=1)
+    found = pattern.search(text)
+    if found:
+        # The instruction counts (bench/_icount.py, written by hand) close the section: kept as they are.
+        kept = found.group(0).partition(ICOUNT_HEADING)
+        tail = (kept[1] + kept[2]).rstrip("\n") + "\n\n" if kept[1] else ""
+        text = pattern.sub(lambda _: section.rstrip("\n") + "\n\n" + tail, text, count=1)
     elif first:  # the embedded kernel comes first: every other shape builds on it
         text = text[: first.start()] + section.rstrip("\n") + "\n\n" + text[first.start() :]
     else:

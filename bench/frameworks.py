@@ -1,6 +1,6 @@
 """What guarding a framework's agent costs: its own loop, under Castor, and replayed from the journal.
 
-    python bench/frameworks.py              # both frameworks, 7 repetitions; about 30 seconds
+    python bench/frameworks.py              # every installed framework, 7 repetitions; a minute or two
     python bench/frameworks.py --repeat 3 --steps 20 --only langgraph
     python bench/frameworks.py --latency 0.05 --repeat 3   # a model that takes 50 ms to answer, as an API does
 
@@ -134,8 +134,152 @@ def pydantic_ai_case(steps: int, latency: float = 0.0) -> Case:
     return alone, guarded, tools_of(agent)
 
 
-CASES = {"langgraph": langgraph_case, "pydantic-ai": pydantic_ai_case}
-MODULES = {"langgraph": "castor.frameworks.langchain", "pydantic-ai": "castor.frameworks.pydantic_ai"}
+# --- OpenAI Agents SDK --------------------------------------------------------------------------------
+
+
+def openai_agents_case(steps: int) -> tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[Any]], list[Any]]:
+    """The unguarded and the guarded agent functions, and the tools for Castor."""
+    import os
+
+    os.environ.setdefault("OPENAI_API_KEY", "sk-bench-offline")
+    from agents import Agent, Model, ModelResponse, Runner, Usage, function_tool, set_tracing_disabled
+    from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseOutputText
+
+    from castor.frameworks.openai_agents import guard, tools_of
+
+    set_tracing_disabled(True)
+
+    class Scripted(Model):
+        model = "scripted"
+
+        async def get_response(self, system_instructions: Any, input: Any, *args: Any, **kwargs: Any) -> ModelResponse:
+            n = sum(1 for item in input if item.get("type") == "function_call")
+            if n < steps:
+                output: list[Any] = [ResponseFunctionToolCall(type="function_call", call_id=f"c{n}", name="search",
+                                                              arguments=f'{{"query": "q{n}"}}')]
+            else:
+                output = [ResponseOutputMessage(id="m", type="message", role="assistant", status="completed",
+                                                content=[ResponseOutputText(type="output_text", text="done",
+                                                                            annotations=[])])]
+            return ModelResponse(output=output, usage=Usage(), response_id=None)
+
+        def stream_response(self, *args: Any, **kwargs: Any) -> Any:
+            raise NotImplementedError
+
+    agent = Agent(name="bench", model=Scripted(), tools=[function_tool(search)])
+
+    async def alone() -> Any:
+        return await Runner.run(agent, "search", max_turns=steps + 5)
+
+    async def guarded() -> Any:
+        return await Runner.run(guard(agent), "search", max_turns=steps + 5)
+
+    return alone, guarded, tools_of(agent)
+
+
+# --- smolagents ---------------------------------------------------------------------------------------
+
+
+def _sync_search(query: str) -> str:
+    """The one tool, synchronous (smolagents and CrewAI call tools synchronously).
+
+    Args:
+        query: what to look for
+    """
+    return f"found {query}"
+
+
+def smolagents_case(steps: int) -> tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[Any]], list[Any]]:
+    """The unguarded and the guarded agent functions, and the tools for Castor."""
+    from smolagents import ToolCallingAgent, tool
+    from smolagents.models import (
+        ChatMessage,
+        ChatMessageToolCall,
+        ChatMessageToolCallFunction,
+        MessageRole,
+        Model,
+    )
+
+    from castor.frameworks.smolagents import run, tools_of
+
+    class Scripted(Model):
+        def generate(self, messages: Any, *args: Any, **kwargs: Any) -> ChatMessage:
+            n = sum(1 for m in messages if m.role == MessageRole.ASSISTANT)
+            name, arguments = ("search", {"query": f"q{n}"}) if n < steps else ("final_answer", {"answer": "done"})
+            call = ChatMessageToolCall(id=f"c{n}", type="function",
+                                       function=ChatMessageToolCallFunction(name=name, arguments=arguments))
+            return ChatMessage(role=MessageRole.ASSISTANT, content="", tool_calls=[call])
+
+    def search(query: str) -> str:  # smolagents names a tool after its function
+        """Search.
+
+        Args:
+            query: what to look for
+        """
+        return _sync_search(query)
+
+    search_tool = tool(search)
+
+    def agent() -> Any:
+        return ToolCallingAgent(tools=[search_tool], model=Scripted(model_id="scripted"), verbosity_level=-1,
+                                max_steps=steps + 5)
+
+    async def alone() -> Any:
+        return await asyncio.to_thread(agent().run, "search")
+
+    async def guarded() -> Any:
+        return await run(agent(), "search")
+
+    return alone, guarded, tools_of(search_tool)
+
+
+# --- CrewAI -------------------------------------------------------------------------------------------
+
+
+def crewai_case(steps: int) -> tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[Any]], list[Any]]:
+    """The unguarded and the guarded crew functions, and the tools for Castor (needs castor[crewai])."""
+    import os
+
+    os.environ.update(CREWAI_DISABLE_TELEMETRY="true", OTEL_SDK_DISABLED="true", CREWAI_TRACING_ENABLED="false")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    from crewai import Agent, Crew, Task
+    from crewai.llms.base_llm import BaseLLM
+    from crewai.tools import tool
+
+    from castor.frameworks.crewai import kickoff, tools_of
+
+    class Scripted(BaseLLM):
+        def call(self, messages: Any, *args: Any, **kwargs: Any) -> str:
+            n = sum(1 for m in messages if m.get("role") == "assistant")
+            if n < steps:
+                return f'Thought: more\nAction: search\nAction Input: {{"query": "q{n}"}}'
+            return "Thought: I now know the final answer\nFinal Answer: done"
+
+        def supports_function_calling(self) -> bool:
+            return False
+
+    search_tool = tool("search")(_sync_search)
+
+    def crew() -> Any:
+        agent = Agent(role="searcher", goal="search", backstory="b", llm=Scripted(model="scripted"),
+                      tools=[search_tool], max_iter=steps + 5)
+        return Crew(agents=[agent], tasks=[Task(description="search", expected_output="done", agent=agent)])
+
+    async def alone() -> Any:
+        return await asyncio.to_thread(crew().kickoff)
+
+    async def guarded() -> Any:
+        return await kickoff(crew())
+
+    return alone, guarded, tools_of(search_tool)
+
+
+CASES = {"langgraph": langgraph_case, "pydantic-ai": pydantic_ai_case, "openai-agents": openai_agents_case,
+         "smolagents": smolagents_case, "crewai": crewai_case}
+MODULES = {"langgraph": "castor.frameworks.langchain", "pydantic-ai": "castor.frameworks.pydantic_ai",
+           "openai-agents": "castor.frameworks.openai_agents", "smolagents": "castor.frameworks.smolagents",
+           "crewai": "castor.frameworks.crewai"}
+WAITING = {"langgraph", "pydantic-ai"}  # the cases whose scripted model can wait (--latency)
 
 
 async def _direct_step(request: Any, model: str, invoke: Callable[[Any], Awaitable[Any]], **_: Any) -> Any:
@@ -143,7 +287,7 @@ async def _direct_step(request: Any, model: str, invoke: Callable[[Any], Awaitab
 
 
 async def _direct_tool(name: str, arguments: dict[str, Any]) -> Any:
-    return await search(**arguments)
+    return await search(**arguments)  # the frameworks' tools are search / _sync_search: the same answer
 
 
 async def _layers_only(name: str, run: Callable[[], Awaitable[Any]]) -> float:
@@ -169,7 +313,7 @@ async def _timed(run: Callable[[], Awaitable[Any]], wall: list[float] | None = N
 
 async def measure(name: str, steps: int, repeat: int, latency: float = 0.0) -> dict[str, float]:
     """Median seconds per step of the figures for framework ``name`` (CPU; ``*_wall``: wall clock)."""
-    alone, guarded, tools = CASES[name](steps, latency)
+    alone, guarded, tools = CASES[name](steps, latency) if latency else CASES[name](steps)
     kernel = Castor(tools=tools)
     figures: dict[str, list[float]] = {"alone": [], "layers": [], "embedded": [], "replayed": [],
                                        "embedded_wall": [], "replayed_wall": []}
@@ -213,7 +357,14 @@ def main() -> None:
     print(f"{'framework':<12} {'alone':>10} {'layers':>10} {'embedded':>10} {'added':>10} {'replayed':>10} "
           f"{'replay/live':>12}")
     for name in [args.only] if args.only else sorted(CASES):
-        f = asyncio.run(measure(name, args.steps, args.repeat, args.latency))
+        if args.latency and name not in WAITING:
+            print(f"{name:<12} no --latency for this framework's scripted model yet")
+            continue
+        try:
+            f = asyncio.run(measure(name, args.steps, args.repeat, args.latency))
+        except ImportError as missing:  # crewai is not in the dev extra (see castor/frameworks/crewai.py)
+            print(f"{name:<12} not installed ({missing.name})")
+            continue
         added = f["embedded"] - f["alone"]
         print(f"{name:<12} {f['alone'] * 1e6:>8.0f}µs {f['layers'] * 1e6:>8.0f}µs {f['embedded'] * 1e6:>8.0f}µs "
               f"{added * 1e6:>8.0f}µs "

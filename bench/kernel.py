@@ -3,6 +3,7 @@
     python bench/kernel.py                 # measure, print the table, update docs/benchmarks.md
     python bench/kernel.py --no-write      # measure and print only
     python bench/kernel.py --profile       # where a syscall's time goes (ours only; nothing written)
+    python bench/kernel.py --icount [--tree DIR]  # instructions per step under callgrind (beside DIR's)
 
 Run it with the project's venv (``pip install -e '.[dev]'``). The reference is installed on first use
 in ``bench/.refvenv`` (git-ignored). Each repetition runs our workload and the reference's in fresh
@@ -94,7 +95,14 @@ def main() -> None:
     parser.add_argument("--no-sqlite", action="store_true", help="skip the SQLite store")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     parser.add_argument("--profile", action="store_true", help="break a syscall's cost down by stage (ours)")
+    parser.add_argument("--icount", action="store_true", help="count instructions per step (bench/_icount.py)")
+    parser.add_argument("--tree", action="append", default=[], help="with --icount: a baseline checkout first")
     args = parser.parse_args()
+    if args.icount:
+        import _icount
+
+        _icount.main([arg for tree in args.tree for arg in ("--tree", tree)])
+        return
     if args.profile:
         import _breakdown
 

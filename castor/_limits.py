@@ -25,6 +25,8 @@ class _Options(BaseModel):
     lease: float = Field(ge=0.5, le=3600)
     grace: float = Field(ge=0, le=3600)
     limit: int = Field(ge=1, le=1_000_000)  # rows a listing shows
+    watch: float = Field(ge=0.1, le=3600)  # seconds between two frames of a --watch listing
+    ping_timeout: float = Field(ge=0.1, le=300)  # how long a ping waits for workers' answers
     context_budget: int = Field(ge=0, le=10_000_000)  # tokens of a run's conversation (0: no MMU)
     metrics_port: int = Field(ge=0, le=65535)  # 0: a free port, logged
 
@@ -41,8 +43,13 @@ OPTIONS: dict[str, FieldInfo] = {
     "coordinator --context-budget": _Options.model_fields["context_budget"],
     "ps --limit": _Options.model_fields["limit"],
     "deadletters --limit": _Options.model_fields["limit"],
+    "ps --watch": _Options.model_fields["watch"],
+    "budget show --watch": _Options.model_fields["watch"],
+    "worker --timeout": _Options.model_fields["ping_timeout"],
     "coordinator --metrics-port": _Options.model_fields["metrics_port"],
     "worker --metrics-port": _Options.model_fields["metrics_port"],
+    "console --metrics-port": _Options.model_fields["metrics_port"],
+    "mcp --metrics-port": _Options.model_fields["metrics_port"],
 }
 
 

@@ -86,7 +86,7 @@ class ToolCall:
         the child)."""
         finished_at = self.finished_at
         return new_record(
-            self.request,
+            {"tool_name": self.tool_name, "arguments": self.journaled_arguments()},  # self.request, one call less
             response,
             was_hitl=self.was_hitl,
             needs_review=self.needs_review,

@@ -33,6 +33,7 @@ BAD_VALUES = {
     "[coordinator] max_takeovers": ("-1", "an integer from 0 to 1000", "0"),
     "[llm] timeout": ("0", "a number above 0 and at most 2592000", "0.5"),
     "[llm] skew": ("-1", "a number from 0 to 60", "60"),
+    "[llm] max_request_bytes": ("100", "an integer from 1024 to 67108864", "1024"),
 }
 MORE_BAD = {  # not finite, or too large to be meant
     "[tools] default_timeout": "inf",
@@ -150,8 +151,13 @@ BAD_OPTIONS = {
     "coordinator --context-budget": (["coordinator"], "-1", "an integer from 0 to 10000000"),
     "ps --limit": (["ps"], "0", "an integer from 1 to 1000000"),
     "deadletters --limit": (["deadletters"], "0", "an integer from 1 to 1000000"),
+    "ps --watch": (["ps"], "0", "a number from 0.1 to 3600"),
+    "budget show --watch": (["budget", "show", "s"], "0", "a number from 0.1 to 3600"),
+    "worker --timeout": (["worker", "--pool", "p", "--ping"], "0", "a number from 0.1 to 300"),
     "coordinator --metrics-port": (["coordinator"], "-1", "an integer from 0 to 65535"),
     "worker --metrics-port": (["worker", "--pool", "p"], "70000", "an integer from 0 to 65535"),
+    "console --metrics-port": (["console"], "65536", "an integer from 0 to 65535"),
+    "mcp --metrics-port": (["mcp"], "-1", "an integer from 0 to 65535"),
 }
 
 
@@ -175,7 +181,7 @@ def numeric_field(section: str, key: str) -> FieldInfo:
 @pytest.mark.parametrize("option", sorted(BAD_OPTIONS))
 def test_a_numeric_option_out_of_range_is_a_usage_error(option: str, capsys: pytest.CaptureFixture[str]) -> None:
     before, value, allowed = BAD_OPTIONS[option]
-    flag = option.split()[1]
+    flag = option.split()[-1]
     for bad in (value, "many"):
         assert main([*before, flag, bad]) == 2
         err = capsys.readouterr().err

@@ -50,7 +50,7 @@ def test_import_castor_loads_neither_redis_nor_celery_nor_an_http_client() -> No
     code = (
         "import sys, castor, castor.lib, castor.frameworks; from castor import Castor; Castor(tools=[]); "
         "heavy = ('redis', 'celery', 'kombu', 'httpx', 'openai', 'anthropic', 'mcp', 'langchain_core', 'langgraph', "
-        "'pydantic_ai'); "
+        "'pydantic_ai', 'agents', 'smolagents', 'crewai'); "
         "bad = [m for m in heavy if m in sys.modules]; print(bad); sys.exit(bool(bad))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

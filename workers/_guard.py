@@ -12,6 +12,7 @@ from castor.backends.redis.keys import is_reply_stream
 from castor.fleet.records import canonical, redact
 from castor.fleet.sealing import DataKey, SealError, opened
 from castor.fleet.wire import Job, Malformed, decode, task_name, verify
+from castor.llm.fleet import MODEL_PREFIX
 from castor.registry import ToolRegistry, ToolSpec
 from castor.seams import ApprovalStore, PendingApproval
 from castor.settings import Settings, ToolPolicy
@@ -34,6 +35,8 @@ def parse_job(kwargs: Any, settings: Settings) -> Job:
     except Malformed as exc:
         raise Refusal(exc.reason, exc.job) from None
     limit = settings.security.max_argument_bytes
+    if job.tool_name.startswith(MODEL_PREFIX):  # a model call's request: a whole conversation
+        limit = max(limit, settings.llm.max_request_bytes)
     size = max(len(canonical(job.arguments).encode()), len(canonical(job.checked).encode()))
     if size > limit:
         raise Refusal(f"arguments are {size} bytes, above the limit of {limit}", job)

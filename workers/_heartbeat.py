@@ -1,4 +1,6 @@
-"""The heartbeats of the steps a worker process runs: one daemon thread renews them all.
+"""The heartbeats of the steps a worker process runs: one daemon thread renews them all; and the
+worker's own presence in its pool (``Presence``), which tells ``ps`` / ``inspect`` that a pool has a
+live worker.
 
 ``claim.lua`` sets a step's heartbeat key (the worker's id, a TTL of ``[workers] heartbeat`` seconds)
 with its started marker. While the tool runs, this thread renews the key every quarter of the TTL; when
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -95,4 +98,53 @@ class Heartbeats:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(2.0)
+        self._client.close()
+
+
+PRESENCE_EVERY = 2.0  # how often a worker says it is alive (s)
+PRESENCE_TTL = 10.0  # a worker silent this long is taken for gone (s)
+
+
+class Presence:
+    """A worker process's entry in its pool's registry (``keys.pool_workers``), renewed by a daemon thread
+    every ``PRESENCE_EVERY`` seconds, and removed when it stops (or taken for gone ``PRESENCE_TTL`` after
+    it last said it was alive)."""
+
+    def __init__(self, url: str, key: str, node: str) -> None:
+        from castor.backends.redis import redis_client
+
+        self._client = redis_client(url, sync=True, socket_timeout=PRESENCE_EVERY)
+        self._key, self._node = key, node
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="castor-presence", daemon=True)
+
+    def start(self) -> Presence:
+        """Say this worker is alive, and keep saying it."""
+        self._beat()
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        now = time.time()
+        try:
+            pipe: Any = self._client.pipeline(transaction=False)
+            pipe.zadd(self._key, {self._node: now})
+            pipe.zremrangebyscore(self._key, "-inf", now - 6 * PRESENCE_TTL)  # long gone: forgotten
+            pipe.execute()
+        except Exception as exc:  # Redis away: said again at the next beat
+            log.debug("could not renew this worker's presence: %s", exc)
+
+    def _run(self) -> None:
+        while not self._stop.wait(PRESENCE_EVERY):
+            self._beat()
+
+    def close(self) -> None:
+        """Leave the pool's registry (best effort: a silent entry is taken for gone anyway)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(PRESENCE_EVERY + 1)
+        try:
+            self._client.zrem(self._key, self._node)
+        except Exception as exc:
+            log.debug("could not leave the pool's registry: %s", exc)
         self._client.close()

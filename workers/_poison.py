@@ -8,6 +8,10 @@ restores the message for the next worker of the pool to die of. Every tool task 
 trust — the headers, the content type, the body's shape — and dead-letters and acknowledges a message
 that fails, as it does one the default strategy raises on; the worker goes on with the next message.
 
+A refused message that carries a task id is also announced in the task events (``task-rejected`` with the
+reason), so Flower lists it as ``REJECTED`` with why, as it does a task the
+worker refuses once it runs (``castor.fleet.workers._shown``).
+
 The body is decoded here no more than before: ``Request`` decodes it in this process anyway (kombu keeps
 the decoded payload).
 """
@@ -40,6 +44,7 @@ def strategy(task: Any, app: Any, consumer: Any, **options: Any) -> Any:
             except Exception as exc:  # anything else would stop the worker and poison its successors
                 reason = f"Celery cannot take it: {type(exc).__name__}: {exc}"
         refuse(message, reason, letters)
+        announce(consumer, message, reason)
         return None
 
     return guarded
@@ -51,6 +56,24 @@ def refuse(message: Any, reason: str, letters: DeadLetters) -> None:
     letters.record(letter(reason, getattr(message, "body", b""), headers, getattr(message, "content_type", None)))
     if not message.acknowledged:
         message.ack()
+
+
+def announce(consumer: Any, message: Any, reason: str) -> None:
+    """Tell the task events (Flower) that the message with this task id was rejected, and why."""
+    dispatcher = getattr(consumer, "event_dispatcher", None)
+    headers = getattr(message, "headers", None)
+    if dispatcher is None or not dispatcher.enabled or not isinstance(headers, dict):
+        return
+    task_id, name = headers.get("id"), headers.get("task")
+    if not isinstance(task_id, str) or not 0 < len(task_id) <= 200:
+        return
+    name = name if isinstance(name, str) else None
+    try:
+        # one event: after a task-failed, a task-rejected would not change the state (FAILURE is final)
+        dispatcher.send("task-rejected", uuid=task_id, name=(name or "?")[:200], requeue=False,
+                        exception=f"Rejected({reason!r})")
+    except Exception:  # events are best effort: the dead letter is the record
+        return
 
 
 def problem(message: Any, body: Any) -> str | None:

@@ -1,13 +1,27 @@
-"""``castor flower``: Flower on the fleet's app, so every task shows as ``castor.tool.<tool>``."""
+"""``castor flower``: Flower on the fleet's app, so every task shows as ``castor.tool.<tool>``.
+
+Two checks come before Flower starts, each a one-line error: the broker must answer (Flower itself would
+retry forever, printing nothing useful), and Flower must not listen beyond the loopback address without
+authentication (``[flower] basic_auth``, or Flower's own ``FLOWER_BASIC_AUTH`` / ``FLOWER_AUTH``): its
+API shows every task's arguments and can stop workers. ``allow_open`` lets it start so anyway, with a
+warning (a container whose port is published on the host's loopback only, as in ``docker-compose.yml``).
+"""
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
 
+from castor.errors import ConfigError
 from castor.fleet.sealing import require_secret
 from castor.settings import Settings
 
 from .app import make_app
+
+log = logging.getLogger("castor.flower")
+AUTH_ENV = ("FLOWER_BASIC_AUTH", "FLOWER_AUTH")
+CONNECT_TIMEOUT = 5.0
 
 
 def flower_argv(settings: Settings, port: int | None = None, address: str = "127.0.0.1") -> list[str]:
@@ -18,14 +32,55 @@ def flower_argv(settings: Settings, port: int | None = None, address: str = "127
     return argv
 
 
-def run_flower(settings: Settings, port: int | None = None, address: str = "127.0.0.1") -> None:
+def is_loopback(address: str) -> bool:
+    """Whether Flower bound to ``address`` is reachable from this machine only."""
+    if address in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def open_warning(settings: Settings, address: str, allow_open: bool) -> str | None:
+    """The warning for Flower without authentication on ``address`` (None if it has some or listens on
+    loopback only); ``ConfigError`` unless ``allow_open``."""
+    if settings.flower.basic_auth or any(os.environ.get(name) for name in AUTH_ENV) or is_loopback(address):
+        return None
+    text = (
+        f"Flower on {address} without authentication: anyone who reaches it sees every task and can stop "
+        "workers; set [flower] basic_auth (or FLOWER_BASIC_AUTH=user:password)"
+    )
+    if not allow_open:
+        raise ConfigError(f"refusing to start {text}, or pass --allow-unauthenticated")
+    return text
+
+
+def check_broker(app: object, settings: Settings) -> None:
+    """Connect to the broker once; ``BackendUnavailable`` in one line if it does not answer."""
+    from castor.fleet.broker import broker_error
+
+    try:
+        with app.connection_for_read(connect_timeout=CONNECT_TIMEOUT) as connection:  # type: ignore[attr-defined]
+            connection.ensure_connection(max_retries=0)
+    except Exception as exc:
+        raise broker_error("cannot start Flower", settings.broker_url, exc) from exc
+
+
+def run_flower(
+    settings: Settings, port: int | None = None, address: str = "127.0.0.1", *, allow_open: bool = False
+) -> None:
     """Start Flower in this process and serve until it is stopped.
 
     Flower 2 serves its HTTP API only with authentication configured, unless told otherwise: without
     ``[flower] basic_auth`` it listens on ``address`` (loopback by default) with the API open.
     """
     require_secret(settings, "castor flower")
-    if not settings.flower.basic_auth:
+    warning = open_warning(settings, address, allow_open)
+    if warning:
+        print(f"castor: warning: {warning}", flush=True)
+    if not settings.flower.basic_auth and not any(os.environ.get(name) for name in AUTH_ENV):
         os.environ.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
     app = make_app(settings)
+    check_broker(app, settings)
     app.start(flower_argv(settings, port, address))

@@ -9,15 +9,19 @@ those tools on ``<queue_prefix>.NAME``: the coordinators' config says which pool
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Sequence
 from typing import get_args
 
+from castor.backends.redis.keys import pool_workers
 from castor.errors import ConfigError
 from castor.fleet.loading import load_tools
 from castor.fleet.sealing import require_secret
 from castor.registry import ToolRegistry, ToolSpec
 from castor.settings import Settings, WorkerPool
 
+from ._heartbeat import Presence
+from ._models import ModelCalls
 from ._preflight import preflight
 from ._scripts import replay_spool
 from .app import make_app
@@ -31,12 +35,15 @@ def worker_registry(settings: Settings, pool: str, tool_specs: Sequence[str] = (
     """The tools a worker of ``pool`` serves; ``ConfigError`` for a pool the config does not define or a
     tool it puts on another pool. Without ``[pools]`` (or ``[llm] tools``), ``tool_specs`` are served on any
     pool as given."""
+    # The [llm] pool also answers the kernels' model calls (model:<id>) when [llm] names a provider.
+    models = ModelCalls(settings).tools() if pool == settings.llm.pool else []
     if tool_specs and not settings.pools and not settings.llm.tools:
-        return _registry(settings, load_tools(tool_specs))
+        return _registry(settings, [*load_tools(tool_specs), *models])
     settings.check_pool(pool)
     explicit = bool(tool_specs)
-    tools = load_tools(tool_specs or settings.tools.imports)
-    chosen = []
+    specs = tool_specs or settings.tools.imports
+    tools = load_tools(specs) if specs or not models else []  # a models-only pool imports no tools
+    chosen: list[tuple[str, object]] = list(models)
     for name, func in tools:
         home = settings.pool_of(name)
         if home == pool:
@@ -44,7 +51,10 @@ def worker_registry(settings: Settings, pool: str, tool_specs: Sequence[str] = (
         elif explicit:
             raise ConfigError(f"tool {name!r} runs on pool {home!r} in {settings.source}, not on {pool!r}")
     if not chosen:
-        raise ConfigError(f"pool {pool!r} has no tools: pass --tools or list them in [tools] import")
+        raise ConfigError(
+            f"pool {pool!r} has no tools: pass --tools or list them in [tools] import"
+            + (" (or name a model provider in [llm])" if pool == settings.llm.pool else "")
+        )
     return _registry(settings, chosen)
 
 
@@ -109,4 +119,9 @@ def run_worker(
     if observe is not None:
         observe(settings, runtime, pool_impl or settings.workers.pool)
     register_tools(app, runtime)
-    return int(app.start(argv) or 0)
+    node = f"{pool}-{os.getpid()}@{socket.gethostname()}"  # the node name worker_argv gives Celery
+    presence = Presence(settings.redis.url, pool_workers(settings.redis.prefix, pool), node).start()
+    try:
+        return int(app.start(argv) or 0)
+    finally:
+        presence.close()

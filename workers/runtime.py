@@ -48,7 +48,9 @@ from ._deadletter import letter, record_async
 from ._guard import Refusal, authorize, check_tool, parse_job
 from ._heartbeat import Heartbeats
 from ._loop import LoopThread
+from ._models import ModelCalls, is_model_task
 from ._scripts import ABANDONED, DUPLICATE, REPLY_MAXLEN, RUNNING, Delivery, StepScripts
+from ._shown import ERROR_WIDTH, clip, failure_text, result_summary
 
 log = logging.getLogger("castor.worker")
 IN_DOUBT_MESSAGE = "in doubt after worker loss"
@@ -60,11 +62,14 @@ WAIT_POLL = 0.25  # how often a delivery waiting for a step another worker runs 
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What the Celery task does next: nothing (acked), or retry after ``retry_in`` seconds, the retried
-    message showing ``shown`` (the task's kwargs, sensitive arguments redacted) as its kwargs."""
+    message showing ``shown`` (the task's kwargs, sensitive arguments redacted) as its kwargs; ``detail``:
+    the redacted summary of the result, or the ``"<type>: <message>"`` of a failure or refusal, that the
+    task shows Celery (``workers._shown``)."""
 
     status: str
     retry_in: float | None = None
     shown: str = ""
+    detail: str = ""
 
 
 def redis_backend_factory(settings: Settings) -> Backend:
@@ -109,6 +114,7 @@ class WorkerRuntime:
         self._factory = backend_factory or redis_backend_factory
         self._proc: _Process | None = None
         self.key = DataKey.for_fleet(settings.security.secret)  # opens a task's encrypted sensitive arguments
+        self.models = ModelCalls(settings)  # settles a model step's charge (the [llm] pool's tasks)
 
     def process(self) -> _Process:
         """This process's state, rebuilt after a fork."""
@@ -152,35 +158,35 @@ class WorkerRuntime:
             if previous == RUNNING:
                 previous = self._await_running(proc, job, delivery, policy)
                 if previous == RUNNING:
-                    return Outcome(DROPPED)
+                    return Outcome(DROPPED, detail="dropped: still running on another worker at the deadline")
             if previous == DUPLICATE:
                 # The copy a worker took first runs the call (or ran it) and answers; were its worker lost,
                 # the broker would redeliver that copy, which is no duplicate.
                 log.warning("duplicate delivery of %s (task %s) dropped: another copy of it was taken first",
                             kwargs_repr(job, policy.sensitive), delivery.message if delivery else "?")
-                return Outcome(DROPPED)
+                return Outcome(DROPPED, detail="dropped: a duplicate copy of a task taken already")
             if previous == ABANDONED:
                 # Its coordinator could not tell whether the publish landed, failed the call and refunded it:
                 # run now, the tool would act for a call its agent was told had failed.
                 log.warning("task %s of %s dropped: its coordinator gave up on it (the publish failed)",
                             delivery.message if delivery else "?", kwargs_repr(job, policy.sensitive))
-                return Outcome(DROPPED)
+                return Outcome(DROPPED, detail="dropped: its coordinator gave up on it (the publish failed)")
             # -1: this delivery starts the step; -2: journaled already; else started before (in doubt)
             start, done = (_RUN, None) if previous == -1 else proc.loop.run(self._resume(proc, job, policy, previous))
         except Refusal as refusal:
             if refusal.job is not None:
                 refusal.job.task_id = task_id
             proc.loop.run(self._refuse(proc, refusal.job, refusal.reason, name, kwargs, task_id))
-            return Outcome(REFUSED)
+            return Outcome(REFUSED, detail=clip(refusal.reason, ERROR_WIDTH))
         if done is not None:  # the step's record answers: its response, and when it finished
             answer = Reply(job.effect_id, job.attempt, OK, done.response, finished_at=done.finished_at)
             proc.loop.run(self._reply(proc, job, answer))
-            return Outcome(OK)
+            return Outcome(OK, detail=result_summary(done.response, checked, policy.sensitive, "journaled already"))
         if start == _IN_DOUBT:
             message = (f"{IN_DOUBT_MESSAGE}: {job.tool_name!r} (run {job.run_id}, step {job.step}) "
                        "started and never finished")
             proc.loop.run(self._fail(proc, job, IN_DOUBT, "InDoubtError", message, policy))
-            return Outcome(IN_DOUBT)
+            return Outcome(IN_DOUBT, detail=failure_text("InDoubtError", message, checked, policy.sensitive))
         with proc.heartbeats.beating(heartbeat(self.settings.redis.prefix, job.run_id, job.step),
                                      None if previous == -1 else proc.worker) as beat:
             outcome = self._execute(proc, job, spec, checked, policy, retries)
@@ -226,10 +232,12 @@ class WorkerRuntime:
         try:
             result = self._call(proc, spec, checked, policy.timeout)
             canonical(result)  # a result that cannot be journaled is a failure, not a silent loss
+            if is_model_task(job.tool_name):  # settled to the usage reported before it is journaled (_models)
+                proc.loop.run(self.models.settle(proc.backend, job, result))
         except (SoftTimeLimitExceeded, TimeoutError):
             message = f"tool {job.tool_name!r} timed out after {policy.timeout:g}s (run {job.run_id}, step {job.step})"
             proc.loop.run(self._fail(proc, job, TIMEOUT, "ToolTimeoutError", message, policy))
-            return Outcome(TIMEOUT)
+            return Outcome(TIMEOUT, detail=failure_text("ToolTimeoutError", message, checked, policy.sensitive))
         except Exception as exc:
             # The tool finished, by raising: its outcome is known, so a retry is a fresh start, not in doubt.
             proc.loop.run(self._forget_start(proc, job))
@@ -239,13 +247,13 @@ class WorkerRuntime:
                 log.warning("%s failed (%s: %s); retry %d in %.2fs", shown, type(exc).__name__, exc, retries + 1, delay)
                 return Outcome(ERROR, retry_in=delay, shown=shown)
             proc.loop.run(self._fail(proc, job, ERROR, type(exc).__name__, str(exc), policy))
-            return Outcome(ERROR)
+            return Outcome(ERROR, detail=failure_text(type(exc).__name__, str(exc), checked, policy.sensitive))
         job.finished_at = time.time()
         record = job.record(result)  # the record the kernel builds from the same call (castor.seams.ToolCall)
         reply = Reply(job.effect_id, job.attempt, OK, result, finished_at=job.finished_at)
         if not proc.scripts.finish(job, record, reply):
             proc.loop.run(self._finish_late(proc, job, result))  # another record holds the step: it wins
-        return Outcome(OK)
+        return Outcome(OK, detail=result_summary(result, checked, policy.sensitive))
 
     def _call(self, proc: _Process, spec: ToolSpec, checked: dict[str, Any], timeout: float) -> Any:
         if not spec.is_async:

@@ -1,7 +1,9 @@
 """The tool task: one Celery task per tool, named ``castor.tool.<tool>``, and nothing but a thin edge.
 
-It hands its JSON keyword arguments to ``WorkerRuntime.handle`` and returns nothing (a result would
-show in logs and events; results travel through the journal and the reply stream). A task whose name
+It hands its JSON keyword arguments to ``WorkerRuntime.handle``; results travel through the journal and
+the reply stream. What Celery sees is only a redacted account of the call's end (``castor.fleet.workers._shown``): a
+short summary of the result, ``ToolCallFailed`` for a failure, ``TaskRefused`` for a refusal, so Flower
+lists a failed call or a refused task as ``FAILURE`` with the (redacted) reason. A task whose name
 no tool of this worker has is refused by Celery; the ``task_unknown`` signal records the refusal, and
 Celery's log of it shows the message body's size and digest, not the body (``_logfilter``). A message
 Celery cannot take as a task (``_poison``) or rejects is dead-lettered (``_deadletter``).
@@ -11,12 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from castor.fleet.wire import task_name
+from castor.fleet.wire import ERROR, IN_DOUBT, REFUSED, TIMEOUT, task_name
 
 from ._deadletter import DeadLetters, letter
 from ._logfilter import withhold_bodies
 from ._scripts import Delivery
-from .runtime import WorkerRuntime
+from ._shown import TaskRefused, ToolCallFailed
+from .runtime import Outcome, WorkerRuntime
 
 # Past the soft limit the tool gets this long to unwind before its process is killed.
 HARD_LIMIT_GRACE = 5.0
@@ -36,7 +39,7 @@ def register_tools(app: Any, runtime: WorkerRuntime) -> list[str]:
 def _register(app: Any, runtime: WorkerRuntime, tool: str, timeout: float, letters: DeadLetters) -> str:
     name = task_name(tool)
 
-    def run(self: Any, *args: Any, **kwargs: Any) -> None:
+    def run(self: Any, *args: Any, **kwargs: Any) -> str:
         if args:  # positional arguments are not part of the protocol: refuse them with the rest
             kwargs = {"positional": list(args), **kwargs}
         outcome = runtime.handle(kwargs, self.name, self.request.retries, _delivery(self.request))
@@ -46,6 +49,7 @@ def _register(app: Any, runtime: WorkerRuntime, tool: str, timeout: float, lette
             raise self.retry(
                 countdown=outcome.retry_in, max_retries=None, argsrepr="()", kwargsrepr=outcome.shown
             )
+        return shown_end(outcome)
 
     app.task(
         run,
@@ -57,6 +61,7 @@ def _register(app: Any, runtime: WorkerRuntime, tool: str, timeout: float, lette
         acks_late=True,
         reject_on_worker_lost=True,
         ignore_result=True,
+        throws=(ToolCallFailed,),  # a tool's failure is the tool's, not the worker's: logged without a traceback
         soft_time_limit=timeout,
         time_limit=timeout + HARD_LIMIT_GRACE,
         # a malformed message is dead-lettered, never the worker's end
@@ -64,6 +69,16 @@ def _register(app: Any, runtime: WorkerRuntime, tool: str, timeout: float, lette
         dead_letters=letters,
     )
     return name
+
+
+def shown_end(outcome: Outcome) -> str:
+    """The task's return value for Celery, or the exception that ends it (the journal and the reply are
+    written already): a refusal or a failure fails the task (its message is acknowledged all the same)."""
+    if outcome.status == REFUSED:
+        raise TaskRefused(outcome.detail)
+    if outcome.status in (ERROR, TIMEOUT, IN_DOUBT):
+        raise ToolCallFailed(outcome.detail)
+    return outcome.detail
 
 
 def _delivery(request: Any) -> Delivery:

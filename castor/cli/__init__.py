@@ -35,7 +35,8 @@ from collections.abc import Sequence
 from castor.cli._args import normalize_argv
 from castor.cli._common import add_global_options, warnings_to_stderr
 from castor.cli._escape import shown
-from castor.errors import InvalidValueError
+from castor.cli._stores import not_found_hint
+from castor.errors import InvalidValueError, RunNotFoundError
 
 COMMAND_MODULES: tuple[str, ...] = (
     "castor.cli._runs",  # run, resume, fork
@@ -46,6 +47,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "castor.cli._celery_cmds",  # worker, flower
     "castor.cli._fleet_cmds",  # coordinator, submit, approvals, cancel, coordinators; fleet-aware ps ... fork
     "castor.cli._deadletters",  # deadletters [purge]
+    "castor.cli._pools",  # pools
     "castor.mcp.cli",  # mcp (the MCP gateway)
     "castor.console.command",  # console (its web framework imported only when it runs)
 )
@@ -86,5 +88,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"castor: error: {shown(str(exc))}", file=sys.stderr)
+        hint = not_found_hint(args) if isinstance(exc, RunNotFoundError) else ""
+        print(f"castor: error: {shown(str(exc))}{hint}", file=sys.stderr)
         return 2 if isinstance(exc, InvalidValueError) else 1

@@ -17,6 +17,7 @@ from typing import Any
 
 from castor.cli._common import add_global_options
 from castor.cli._runs import opened, out, out_json, parse_budgets
+from castor.cli._watch import add_watch, watched
 from castor.errors import ConfigError
 
 
@@ -91,7 +92,8 @@ def add_commands(subparsers: Any) -> None:
     show = actions.add_parser("show", help="limit, used and left per resource")
     show.add_argument("scope", metavar="SCOPE")
     show.add_argument("--json", action="store_true", help="print JSON")
-    show.set_defaults(handler=cmd_show)
+    add_watch(show, "budget show")
+    show.set_defaults(handler=watched(cmd_show))
     reset = actions.add_parser("reset", help="set the scope's usage back to zero")
     reset.add_argument("scope", metavar="SCOPE")
     reset.set_defaults(handler=cmd_reset)

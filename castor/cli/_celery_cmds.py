@@ -39,6 +39,12 @@ def add_commands(subparsers: Any) -> None:
                         help="Celery execution pool (default: config or threads)")
     worker.add_argument("--loglevel", default="INFO")
     worker.add_argument("--fast-start", action="store_true", help="no mingle/gossip/heartbeat (tests, one host)")
+    worker.add_argument("--ping", action="store_true",
+                        help="start nothing: exit 0 if a worker of --pool on this host consumes its queue (under "
+                             "the config's broker and key prefix; the containers' health check), else 1")
+    worker.add_argument("--any-host", action="store_true", help="with --ping: a worker of the pool on any host")
+    worker.add_argument("--timeout", type=option_type("worker --timeout"), default=5.0, metavar="SECONDS",
+                        help="with --ping: wait this long for answers")
     _observe.add_options(worker, "worker")
     config_option(worker)
     _redis_options_of(worker)
@@ -48,6 +54,8 @@ def add_commands(subparsers: Any) -> None:
     flower.add_argument("--port", type=option_type("flower --port"), default=None,
                         help="HTTP port (default: config or 5555)")
     flower.add_argument("--address", default="127.0.0.1", help="address to listen on")
+    flower.add_argument("--allow-unauthenticated", action="store_true",
+                        help="listen beyond loopback without [flower] basic_auth (a warning instead of a refusal)")
     config_option(flower)
     _redis_options_of(flower)
     flower.set_defaults(handler=_run_flower)
@@ -98,11 +106,16 @@ def executor_flags(args: argparse.Namespace) -> str:
 
 
 def config_option(parser: argparse.ArgumentParser) -> None:
-    """``--config FILE``, saying where a command looks for one without it (unless the command has one)."""
-    add_option(parser, "--config", default=None, metavar="FILE", help=CONFIG_HELP)
+    """``--config FILE``, saying where a command looks for one without it (unless the command has one). Its
+    default is unset, so a ``--config`` given before the command name counts; ``finds_config`` says that the
+    command looks for a config when none is given."""
+    add_option(parser, "--config", default=argparse.SUPPRESS, metavar="FILE", help=CONFIG_HELP)
+    parser.set_defaults(finds_config=True)
 
 
 def _run_worker(args: argparse.Namespace) -> int:
+    if args.ping:
+        return _ping_pool(args)
     from castor.fleet.workers.main import run_worker
 
     specs = [spec.strip() for spec in args.tools.split(",") if spec.strip()]
@@ -113,8 +126,20 @@ def _run_worker(args: argparse.Namespace) -> int:
     )
 
 
+def _ping_pool(args: argparse.Namespace) -> int:
+    from castor.fleet.workers.ping import ping_line, pool_workers
+
+    settings = fleet_process_settings(args)
+    if settings.pools:
+        settings.check_pool(args.pool)
+    here = not args.any_host
+    nodes = pool_workers(settings, args.pool, args.timeout, here=here)
+    print(ping_line(settings, args.pool, nodes, args.timeout, here))
+    return 0 if nodes else 1
+
+
 def _run_flower(args: argparse.Namespace) -> int:
     from castor.fleet.workers.flower import run_flower
 
-    run_flower(fleet_process_settings(args), args.port, args.address)
+    run_flower(fleet_process_settings(args), args.port, args.address, allow_open=args.allow_unauthenticated)
     return 0

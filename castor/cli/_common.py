@@ -38,6 +38,10 @@ def add_global_options(parser: argparse.ArgumentParser, *, top_level: bool) -> N
     ]
     for flag, kwargs in options:  # each unless a command module defined its own option of that name
         add_option(parser, flag, default=default, **kwargs)
+    # Every command takes --config (the fleet's Redis, for a command that reads runs); unset unless given,
+    # so a command that never looked for a config does not start looking for one.
+    add_option(parser, "--config", default=argparse.SUPPRESS, metavar="FILE",
+               help="the fleet's config (castor.toml): its [redis] url and prefix are the store")
     add_option(
         parser, "--debug", action="store_true", default=False if top_level else argparse.SUPPRESS,
         help="show tracebacks instead of one-line errors",

@@ -22,6 +22,7 @@ from castor.cli import _observe
 from castor.cli._args import add_option, add_run_options
 from castor.cli._celery_cmds import config_option
 from castor.cli._stores import store_of
+from castor.cli._watch import watched
 
 Handler = Callable[[argparse.Namespace], Awaitable[int]]
 
@@ -93,7 +94,8 @@ def add_commands(subparsers: Any) -> None:
             _json(parser)  # against the fleet, fork prints the new pid (as JSON with --json)
         if name in ("approve", "reject", "modify"):
             parser.set_defaults(outcome=name)
-        parser.set_defaults(handler=_fleet_aware(name, parser.get_default("handler")))
+        handler = _fleet_aware(name, parser.get_default("handler"))
+        parser.set_defaults(handler=watched(handler) if name == "ps" else handler)
 
 
 def _fleet_aware(name: str, embedded: Handler) -> Handler:

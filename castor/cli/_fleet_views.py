@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 from castor._imports import ImportSpec, parse_spec
 from castor._redact import masked
 from castor._terminal import stored_run
-from castor.checkpoint import AgentCheckpoint
 from castor.cli._escape import shown
+from castor.cli._render import inspect_lines, ps_line
 from castor.errors import ConfigError, InvalidPidError, RunNotFoundError
 from castor.kernel.approvals import default_user
 from castor.seams import Backend
@@ -39,6 +39,18 @@ async def fleet(args: argparse.Namespace) -> AsyncIterator[tuple[Backend, FleetC
     finally:
         await client.close()
         await backend.close()
+
+
+def fleet_settings(args: argparse.Namespace) -> Any:
+    """The fleet's settings (its pools, queues and broker): the config's, given or found, with the Redis
+    this command reads."""
+    from castor.cli._stores import config_path, target
+    from castor.settings import Settings, find_config, load_settings
+
+    url, prefix, _ = target(args)
+    config = config_path(args) or find_config()  # its pools and queues, even where it names no store
+    settings = load_settings(config) if config else Settings()
+    return settings.updated(redis={"url": url, "prefix": prefix})
 
 
 def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
@@ -128,68 +140,47 @@ def agent_spec(spec: str) -> str:
 
 
 async def ps(args: argparse.Namespace) -> int:
-    """``castor ps``: runs with their owner coordinator, status, age and pending step."""
+    """``castor ps``: runs with their owner coordinator, status, age and pending step (the lines of the
+    embedded ``ps``, with where each run is in the fleet)."""
+    from castor.cli._live import live_summaries
+    from castor.cli._waiting import waiting_runs
+
     async with fleet(args) as (backend, client):
-        runs = await backend.runs.list(status=args.status, limit=args.limit)
+        runs = await live_summaries(backend, await backend.runs.list(status=args.status, limit=args.limit))
         state = await client.fleet_state([r.pid for r in runs])
+        waiting = await waiting_runs(client, fleet_settings(args), [r.pid for r in runs if r.status == "RUNNING"])
+    for pid, what in waiting.items():
+        state[pid]["waiting"] = what
     rows: list[dict[str, Any]] = []
     for r in runs:
         s = state[r.pid]
-        shown = "QUEUED" if s["queued"] and not s["owner"] and r.status == "RUNNING" else r.status
+        status = "QUEUED" if s["queued"] and not s["owner"] and r.status == "RUNNING" else r.status
         pending = f"{r.pending_tool}@{s['parked'] if s['parked'] is not None else r.steps}" if r.pending_tool else None
         rows.append({
-            "pid": r.pid, "status": shown, "owner": s["owner"], "age": round(time.time() - r.created_at, 3),
+            "pid": r.pid, "status": status, "owner": s["owner"], "age": round(time.time() - r.created_at, 3),
             "steps": r.steps, "pending": pending, "parked": s["parked"] is not None, "agent": r.agent,
+            "waiting": s.get("waiting"),
         })
-    text = table(
-        [(r["pid"], r["status"], r["owner"], age(time.time() - float(r["age"])), r["steps"], r["pending"])
-         for r in rows],
-        ("PID", "STATUS", "OWNER", "AGE", "STEPS", "PENDING"),
-    )
-    emit(args, rows, text)
+    # each line escaped on its own: what it holds from the store draws no fake row
+    emit(args, rows, "\n".join(shown(ps_line(r, state[r.pid])) for r in runs) if runs else "No agents found.")
     return 0
 
 
 async def inspect(args: argparse.Namespace) -> int:
-    """``castor inspect PID``."""
+    """``castor inspect PID``: the embedded ``inspect``, with where the run is in the fleet."""
+    from castor.cli._waiting import waiting_runs
+
     async with fleet(args) as (backend, client):
         header = await stored_run(backend, args.pid)  # its budgets' usage as its journal says, while it runs too
         if header is None:
             raise RunNotFoundError(args.pid)
         state = (await client.fleet_state([args.pid]))[args.pid]
+        if header.status == "RUNNING":
+            state["waiting"] = (await waiting_runs(client, fleet_settings(args), [args.pid])).get(args.pid)
     data = header.model_dump(mode="json")
     data["fleet"] = state
-    emit(args, data, describe(header, state))
+    emit(args, data, "\n".join(shown(line) for line in inspect_lines(header, state)))
     return 0
-
-
-def describe(cp: AgentCheckpoint, state: dict[str, Any]) -> str:
-    """The text ``castor inspect`` prints."""
-    lines = [
-        f"pid:      {cp.pid}" + (f"  (fork of {cp.parent_pid})" if cp.parent_pid else ""),
-        f"status:   {cp.status}" + (f"  ({cp.preemption_reason})" if cp.preemption_reason else ""),
-        f"owner:    {state['owner'] or '-'}" + ("  (queued)" if state["queued"] else "")
-        + ("  (parked)" if state["parked"] is not None else ""),
-        f"agent:    {cp.spec.agent if cp.spec else cp.agent_function_name}",
-        f"age:      {age(cp.created_at)}",
-    ]
-    for name, cap in cp.capabilities.items():
-        lines.append(f"budget:   {name} {cp.budget_used(name):g}/{cap.max_budget:g}")
-    if cp.scopes:
-        lines.append(f"scopes:   {', '.join(cp.scopes)}")
-    for i, rec in enumerate(cp.syscall_log):
-        flags = " [review]" if rec.needs_review else (f" [decided by {rec.decided_by}]" if rec.was_hitl else "")
-        lines.append(f"  {i:>3} {rec.tool_name}({json.dumps(masked(rec.arguments), default=str)}) -> "
-                     f"{json.dumps(rec.response, default=str)[:80]}{flags}")
-    if cp.pending_hitl:
-        arguments = json.dumps(masked(cp.pending_args), default=str)
-        lines.append(f"pending:  step {cp.pending_step} {cp.pending_tool}({arguments})"
-                     + (f"  ({cp.pending_reason})" if cp.pending_reason else ""))
-    if cp.error:
-        lines.append(f"error:    {cp.error}")
-    if cp.result is not None:
-        lines.append(f"result:   {json.dumps(cp.result, default=str)}")
-    return "\n".join(shown(line) for line in lines)
 
 
 async def approvals(args: argparse.Namespace) -> int:

@@ -1,7 +1,8 @@
 """``--metrics-port``, ``--metrics-host`` and ``--trace``: what a long-running process exports.
 
-Shared by ``castor coordinator`` and ``castor worker`` (the console and the MCP gateway call
-``castor.metrics.serve`` themselves). Nothing here imports prometheus-client or OpenTelemetry unless asked.
+Shared by ``castor coordinator`` and ``castor worker``; ``castor console`` and ``castor mcp`` take the
+metrics options only (``metrics_options``) and call ``castor.metrics.serve`` themselves. Nothing here
+imports prometheus-client or OpenTelemetry unless asked.
 """
 
 from __future__ import annotations
@@ -15,13 +16,19 @@ from castor.errors import ConfigError
 
 def add_options(parser: argparse.ArgumentParser, command: str) -> None:
     """Add the observability options to ``parser`` of ``command``."""
+    metrics_options(parser, command)
+    parser.add_argument("--trace", action="store_true",
+                        help="OpenTelemetry spans per syscall / tool task (needs castor[otel]; exporter from "
+                             "CASTOR_OTEL_FILE or the OTLP environment)")
+
+
+def metrics_options(parser: argparse.ArgumentParser, command: str) -> None:
+    """Add ``--metrics-port`` (its range: ``castor._limits.OPTIONS["<command> --metrics-port"]``) and
+    ``--metrics-host`` to ``parser`` of ``command``."""
     parser.add_argument("--metrics-port", type=option_type(f"{command} --metrics-port"), default=None, metavar="PORT",
                         help="serve Prometheus metrics on this port (needs castor[metrics]; 0: a free port)")
     parser.add_argument("--metrics-host", default="127.0.0.1", metavar="ADDRESS",
                         help="address the metrics endpoint listens on (default 127.0.0.1)")
-    parser.add_argument("--trace", action="store_true",
-                        help="OpenTelemetry spans per syscall / tool task (needs castor[otel]; exporter from "
-                             "CASTOR_OTEL_FILE or the OTLP environment)")
 
 
 def coordinator_setup(args: argparse.Namespace, settings: Any) -> Any:

@@ -93,9 +93,27 @@ def decided_lines(cp: AgentCheckpoint) -> list[str]:
     ]
 
 
+def budget_refusals(cp: AgentCheckpoint) -> int:
+    """How many of the run's calls the budget refused (each answered ``INSUFFICIENT_CAPABILITY``)."""
+    return sum(
+        1 for record in cp.syscall_log
+        if isinstance(record.response, dict) and record.response.get("status") == "INSUFFICIENT_CAPABILITY"
+    )
+
+
+def refusal_lines(cp: AgentCheckpoint) -> list[str]:
+    """``Refused: N calls by the budget ...`` when the budget refused any call (the agent may have carried on)."""
+    refused = budget_refusals(cp)
+    if not refused:
+        return []
+    calls = "call" if refused == 1 else "calls"
+    return [f"Refused: {refused} {calls} by the budget (INSUFFICIENT_CAPABILITY; castor inspect {cp.pid} lists them)"]
+
+
 def finished_lines(cp: AgentCheckpoint) -> list[str]:
-    """``result_lines`` and, for a completed run that ran speculatively or had humans decide, the summary."""
-    lines = result_lines(cp)
+    """``result_lines`` (with the budget's refusals) and, for a completed run that ran speculatively or had
+    humans decide, the summary."""
+    lines = result_lines(cp) + refusal_lines(cp)
     if cp.status == "COMPLETED":
         summary = scan(cp)
         if cp.speculative or summary.flagged or summary.human_decided:
@@ -103,8 +121,20 @@ def finished_lines(cp: AgentCheckpoint) -> list[str]:
     return lines
 
 
-def ps_line(run: RunSummary) -> str:
-    """``[HITL] <pid>  <agent>  N steps  (pending: <tool>)``."""
+def fleet_notes(fleet: dict[str, Any] | None) -> list[str]:
+    """Where a fleet run is: ``owner: <coordinator>``, ``queued``, ``parked``, ``waiting: ...``."""
+    if not fleet:
+        return []
+    notes = [f"owner: {fleet['owner']}"] if fleet.get("owner") else []
+    notes += [word for word in ("queued", "parked") if fleet.get(word) not in (None, False)]
+    if fleet.get("waiting"):
+        notes.append(f"waiting: {fleet['waiting']}")
+    return notes
+
+
+def ps_line(run: RunSummary, fleet: dict[str, Any] | None = None) -> str:
+    """``[HITL] <pid>  <agent>  N steps  (pending: <tool>)``, then where a fleet run is (``fleet_notes``):
+    the same line whatever the store."""
     marker = MARKERS.get(run.status, f"[{run.status[:4]}]")
     steps = f"{run.steps} step" + ("" if run.steps == 1 else "s")
     line = f"{marker} {run.pid}  {run.agent}  {steps}"
@@ -112,7 +142,7 @@ def ps_line(run: RunSummary) -> str:
         line += f"  (parent: {run.parent_pid})"
     if run.status == "SUSPENDED_FOR_HITL":
         line += f"  (pending: {run.pending_tool or '?'})"
-    return line
+    return line + "".join(f"  ({note})" for note in fleet_notes(fleet))
 
 
 def ps_json(runs: list[RunSummary]) -> str:
@@ -140,11 +170,16 @@ def step_line(index: int, record: SyscallRecord) -> str:
     return text + (f"  ({'; '.join(flags)})" if flags else "")
 
 
-def inspect_lines(cp: AgentCheckpoint) -> list[str]:
-    """Everything about a run, for ``castor inspect``."""
+def inspect_lines(cp: AgentCheckpoint, fleet: dict[str, Any] | None = None) -> list[str]:
+    """Everything about a run, for ``castor inspect``, whatever the store; ``fleet``: where a fleet run is
+    (``Fleet:  owner: co-1; parked``)."""
     lines = [f"PID:    {cp.pid}", f"Status: {cp.status}", f"Agent:  {cp.agent_function_name}"]
     if cp.parent_pid:
         lines.append(f"Parent: {cp.parent_pid}")
+    if fleet is not None:
+        lines.append(f"Fleet:  {'; '.join(fleet_notes(fleet)) or 'not held by a coordinator'}")
+    if cp.scopes:
+        lines.append(f"Scopes: {', '.join(cp.scopes)}")
     lines.append(f"Mode:   {'speculative' if cp.speculative else 'human approval for destructive calls'}")
     if cp.spec is not None:
         lines.append(f"Spec:   {cp.spec.agent}")
@@ -163,13 +198,7 @@ def inspect_lines(cp: AgentCheckpoint) -> list[str]:
     if cp.failures:
         lines.append(f"Failures: {len(cp.failures)}")
         lines += [f"  step {f.step}: {f.tool_name}: {f.error_type}: {f.message}" for f in cp.failures]
-    if cp.pending_hitl:
-        lines += ["--- Pending HITL ---"]
-        if cp.pending_step is not None:
-            lines.append(f"Step: {cp.pending_step}")
-        lines.append(f"Tool: {cp.pending_tool}")
-        # One element per line: the CLI escapes what a line holds (json.dumps escaped the values already).
-        lines += f"Arguments: {json.dumps(masked(cp.pending_args), indent=2, default=repr)}".splitlines()
+    lines += pending_lines(cp)
     if cp.status == "COMPLETED" and cp.result is not None:
         lines.append(f"Result: {cp.result}")
     if cp.error:
@@ -179,6 +208,20 @@ def inspect_lines(cp: AgentCheckpoint) -> list[str]:
     if cp.partial_work:
         lines.append(f"Partial: {short(cp.partial_work)}")  # what a stopped model stream had written
     return lines
+
+
+def pending_lines(cp: AgentCheckpoint) -> list[str]:
+    """The ``--- Pending HITL ---`` block of a run waiting for a human."""
+    if not cp.pending_hitl:
+        return []
+    lines = ["--- Pending HITL ---"]
+    if cp.pending_step is not None:
+        lines.append(f"Step: {cp.pending_step}")
+    lines.append(f"Tool: {cp.pending_tool}")
+    if cp.pending_reason:
+        lines.append(f"Reason: {cp.pending_reason}")
+    # One element per line: the CLI escapes what a line holds (json.dumps escaped the values already).
+    return lines + f"Arguments: {json.dumps(masked(cp.pending_args), indent=2, default=repr)}".splitlines()
 
 
 def inspect_json(cp: AgentCheckpoint) -> str:

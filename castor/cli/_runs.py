@@ -20,9 +20,10 @@ from castor.cli._args import pid_option
 from castor.cli._celery_cmds import add_executor_options, celery_executor, config_tools, uses_celery
 from castor.cli._common import bare_kernel, command, open_store
 from castor.cli._escape import shown
+from castor.cli._progress import add_progress, step_counter
 from castor.cli._render import finished_lines, result_lines
 from castor.cli._stores import settings_of
-from castor.errors import CastorError, ConfigError, InvalidPidError, UnknownToolError
+from castor.errors import BackendUnavailable, CastorError, ConfigError, InvalidPidError, UnknownToolError
 from castor.kernel import Castor, runner
 from castor.policies import auto_approve, auto_reject, interactive
 from castor.seams import Backend
@@ -133,12 +134,15 @@ async def go(
 ) -> int:
     """Advance the run, print where it stopped; errors of the agent become one-line CLI errors."""
     try:
-        cp = await advance(kernel, agent, cp, getattr(args, "hitl", "suspend"), **options)
+        async with step_counter(kernel.backend, cp.pid, args):
+            cp = await advance(kernel, agent, cp, getattr(args, "hitl", "suspend"), **options)
     except UnknownToolError as exc:
         out(*result_lines(cp))
         raise ConfigError(
             f"the agent called {exc}; register it with --tool FILE.py:FUNC (run {cp.pid} is {cp.status})"
         ) from exc
+    except BackendUnavailable:
+        raise  # the store is away: nothing was saved, and the run's status here would say nothing true
     except CastorError:
         out(*result_lines(cp))
         raise
@@ -260,6 +264,7 @@ def add_commands(subparsers: Any) -> None:
     add_run_options(run)
     add_hitl(run)
     add_executor_options(run)
+    add_progress(run)
     run.set_defaults(handler=cmd_run)
 
     resume = subparsers.add_parser("resume", help="resume a stored run", description=cmd_resume.__doc__)
@@ -267,6 +272,7 @@ def add_commands(subparsers: Any) -> None:
     resume.add_argument("--budget", action="append", metavar="K=V", help="set a new limit (a top-up)")
     add_hitl(resume)
     add_executor_options(resume)
+    add_progress(resume)
     resume.set_defaults(handler=cmd_resume)
 
     fork = subparsers.add_parser("fork", help="fork a run at a step", description=cmd_fork.__doc__)
@@ -277,4 +283,5 @@ def add_commands(subparsers: Any) -> None:
     fork.add_argument("--speculative", action="store_true", help="run the fork speculatively")
     add_hitl(fork)
     add_executor_options(fork)
+    add_progress(fork)
     fork.set_defaults(handler=cmd_fork)

@@ -41,6 +41,7 @@ class CountingExecutor:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.writes_journal = inner.writes_journal
+        self.model_provider = getattr(inner, "model_provider", None)  # a fleet's llm pool (castor.llm.fleet)
         self.executed = 0
 
     def execute(self, call: ToolCall) -> Any:

@@ -6,8 +6,10 @@ import argparse
 from typing import Any
 
 from castor._limits import option_type
+from castor.cli._live import live_summaries
 from castor.cli._render import inspect_json, inspect_lines, ps_json, ps_line
 from castor.cli._runs import load_run, opened, out, out_json
+from castor.cli._watch import add_watch
 from castor.kernel.children import pending_child
 
 STATUSES = {
@@ -33,7 +35,7 @@ def status_name(text: str) -> str:
 async def cmd_ps(args: argparse.Namespace) -> int:
     """List runs, newest first."""
     async with opened(args) as backend:
-        runs = await backend.runs.list(status=args.status, limit=args.limit)
+        runs = await live_summaries(backend, await backend.runs.list(status=args.status, limit=args.limit))
     if args.json:
         out_json(ps_json(runs))
     elif not runs:
@@ -46,7 +48,7 @@ async def cmd_ps(args: argparse.Namespace) -> int:
 async def cmd_inspect(args: argparse.Namespace) -> int:
     """Show a run: status, budgets, every step with its flags, failures, the pending call, result or error."""
     async with opened(args) as backend:
-        cp = await load_run(backend, args.pid)
+        cp = await load_run(backend, args.pid)  # its budgets' usage from its journal, while it runs too
         decision = None
         if cp.pending_hitl:
             target = pending_child(cp) or cp
@@ -68,6 +70,7 @@ def add_commands(subparsers: Any) -> None:
     ps.add_argument("--limit", type=option_type("ps --limit"), default=100, metavar="N",
                     help="at most N runs (default 100)")
     ps.add_argument("--json", action="store_true", help="print JSON")
+    add_watch(ps, "ps")  # run again by the fleet-aware handler's wrapper (castor.cli._fleet_cmds)
     ps.set_defaults(handler=cmd_ps)
 
     inspect = subparsers.add_parser("inspect", help="show one run", description=cmd_inspect.__doc__)

@@ -1,8 +1,10 @@
 """Which store, config and fleet a CLI command talks to.
 
 The store: ``--store URL``, ``--redis URL`` or ``--db PATH`` (one of them), then the environment
-(``CASTOR_STORE``, then ``CASTOR_REDIS_URL``), then ``./castor.db``; a ``--executor celery`` command keeps
-its run in the config's Redis. The config: ``--config``, else the one ``find_config`` finds. The fleet's
+(``CASTOR_STORE``, then ``CASTOR_REDIS_URL``), then the Redis of a ``--config`` given on the command line
+(under its prefix), then ``./castor.db``; a ``--executor celery`` command keeps its run in the config's
+Redis. A Redis URL without ``?prefix=`` takes ``CASTOR_REDIS_PREFIX`` when it is set. The config:
+``--config``, else the one ``find_config`` finds. The fleet's
 Redis (``target``): the store if it is a Redis one, else the config's, else the local Redis. Every command
 module asks here, so none of them imports another for it.
 """
@@ -46,13 +48,68 @@ def store_url(args: argparse.Namespace) -> str:
         if flag == "--db":
             return sqlite_url(value)
         if flag == "--redis" and "://" not in value:
-            return f"redis://{value}"
-        return value
+            return with_env_prefix(f"redis://{value}")
+        return with_env_prefix(value)
     for name in STORE_ENV:
         env = os.environ.get(name)
         if env:
-            return env
+            return with_env_prefix(env)
+    if getattr(args, "config", None):  # named on the command line: the fleet's Redis, under its prefix
+        return config_store_url(settings_of(args))
     return sqlite_url(DEFAULT_DB)
+
+
+def with_env_prefix(url: str) -> str:
+    """A Redis store URL with ``?prefix=$CASTOR_REDIS_PREFIX`` unless it names a prefix (or the variable is
+    unset); any other URL as it is."""
+    prefix = os.environ.get("CASTOR_REDIS_PREFIX")
+    if not prefix or not url.startswith(REDIS_SCHEMES):
+        return url
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    if any(key == "prefix" for key, _ in query):
+        return url
+    return urlunsplit(parts._replace(query=urlencode([*query, ("prefix", prefix)])))
+
+
+def config_store_url(settings: Settings) -> str:
+    """The store URL of a config's Redis: ``[redis] url`` with its ``prefix``."""
+    parts = urlsplit(settings.redis.url)
+    return urlunsplit(parts._replace(query=urlencode([*parse_qsl(parts.query), ("prefix", settings.redis.prefix)])))
+
+
+def is_default_store(args: argparse.Namespace) -> bool:
+    """Whether the command uses ``./castor.db`` because nothing named another store."""
+    return (
+        not given_stores(args) and not uses_celery(args) and not getattr(args, "config", None)
+        and not any(os.environ.get(name) for name in STORE_ENV)
+    )
+
+
+def not_found_hint(args: argparse.Namespace) -> str:
+    """For a pid not found in ``./castor.db``: where else it may be (a config found, a local Redis), or ""."""
+    if not is_default_store(args):
+        return ""
+    found = find_config()
+    if found is not None:
+        relative = os.path.relpath(found)
+        name = str(found) if relative.startswith("..") else relative
+        return (f"; this looked in ./{DEFAULT_DB}: for the fleet of {name}, add --config {name} "
+                "(or --store redis://HOST:6379/0, or set CASTOR_REDIS_URL)")
+    if _redis_answers("127.0.0.1", 6379):
+        return (f"; this looked in ./{DEFAULT_DB}: a Redis answers on 127.0.0.1:6379, try "
+                "--store redis://127.0.0.1:6379/0 (or set CASTOR_REDIS_URL)")
+    return ""
+
+
+def _redis_answers(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
 
 
 def uses_celery(args: argparse.Namespace) -> bool:
@@ -66,17 +123,14 @@ def celery_store_url(args: argparse.Namespace, given: list[tuple[str, str]]) -> 
     if given:
         flags = ", ".join(flag for flag, _ in given)
         raise ConfigError(f"--executor celery keeps the run in the Redis of --config ([redis] url); leave out {flags}")
-    settings = settings_of(args)
-    parts = urlsplit(settings.redis.url)
-    query = urlencode([*parse_qsl(parts.query), ("prefix", settings.redis.prefix)])
-    return urlunsplit(parts._replace(query=query))
+    return config_store_url(settings_of(args))
 
 
 def config_path(args: argparse.Namespace) -> str | None:
-    """The config of a command: its ``--config``, else (if the command has that option) the one
-    ``find_config`` finds, else None (the built-in defaults)."""
+    """The config of a command: its ``--config``, else (for a command that runs on one: ``config_option``)
+    the one ``find_config`` finds, else None (the built-in defaults)."""
     given = getattr(args, "config", None)
-    if given or not hasattr(args, "config"):  # a command with no --config option looks for none
+    if given or not getattr(args, "finds_config", False):  # only a command that runs on one looks for one
         return given
     found = find_config()
     return str(found) if found is not None else None

@@ -5,9 +5,12 @@
 
 The store: ``--db`` / ``--store`` / ``--redis`` (or the environment) if given, else the config's Redis
 under its prefix, else ``./castor.db``. Users, roles and the webhook come from the config's
-``[console]``. Bound to an address other machines reach, it refuses to start without users: anyone
-who reaches the port could approve calls. Starlette, Jinja2 and uvicorn are imported only here, when
-the command runs (``pip install 'castor-kernel[console]'``).
+``[console]``, plus one admin from the environment: ``CASTOR_CONSOLE_TOKEN`` (named
+``CASTOR_CONSOLE_USER``, else ``admin``), how a container is given its token. Bound to an address other
+machines reach, it refuses to start without users: anyone who reaches the port could approve calls.
+``--metrics-port`` serves Prometheus metrics (``castor.metrics``): the decisions made through it, and
+the fleet's gauges when its store is the fleet's Redis. Starlette, Jinja2 and uvicorn are imported only
+here, when the command runs (``pip install 'castor-kernel[console]'``).
 """
 
 from __future__ import annotations
@@ -19,13 +22,39 @@ from typing import TYPE_CHECKING, Any
 from castor._limits import option_type
 from castor._redact import hide_password
 from castor.cli._celery_cmds import config_option
+from castor.cli._observe import metrics_options
 from castor.errors import ConfigError
 
 if TYPE_CHECKING:
     from castor.fleet.client import FleetClient
     from castor.seams import Backend
+    from castor.settings._console import ConsoleSection
 
 DEFAULT_PORT = 8765
+TOKEN_ENV = "CASTOR_CONSOLE_TOKEN"  # an admin's token, for a console whose config holds no secret
+USER_ENV = "CASTOR_CONSOLE_USER"  # that admin's name (default admin): what the journal records as decided_by
+
+
+def console_settings(settings: ConsoleSection, env: Any = None) -> ConsoleSection:
+    """``settings`` with the admin of ``CASTOR_CONSOLE_TOKEN`` added, if set; ``ConfigError`` naming the
+    variable for a short token or a name or token a configured user has already."""
+    import os
+
+    from pydantic import ValidationError
+
+    from castor.settings._console import ConsoleSection, ConsoleUser
+
+    env = os.environ if env is None else env
+    token = env.get(TOKEN_ENV)
+    if not token:
+        return settings
+    name = env.get(USER_ENV) or "admin"
+    try:
+        user = ConsoleUser(name=name, token=token, role="admin")
+        return ConsoleSection.model_validate({**settings.model_dump(), "users": (*settings.users, user)})
+    except ValidationError as exc:
+        problem = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")  # never the value: it is a secret
+        raise ConfigError(f"{TOKEN_ENV} / {USER_ENV}: {problem}") from None
 
 
 def check_binding(host: str, users: int) -> None:
@@ -35,7 +64,7 @@ def check_binding(host: str, users: int) -> None:
     if not is_loopback(host) and not users:
         raise ConfigError(
             f"castor console --host {host} reaches beyond this machine: add [[console.users]] with tokens to "
-            "the config (or bind 127.0.0.1)"
+            f"the config or set {TOKEN_ENV} (or bind 127.0.0.1)"
         )
 
 
@@ -72,14 +101,17 @@ def serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"castor console needs {exc.name!r}: pip install 'castor-kernel[console]'") from None
     from castor.cli._stores import settings_of
 
-    settings = settings_of(args).console
+    settings = console_settings(settings_of(args).console)
     check_binding(args.host, len(settings.users))
     backend, fleet, url = open_store(args)
     host = f"[{args.host}]" if ":" in args.host else args.host
     app = create_app(backend, settings, fleet=fleet, base_url=f"http://{host}:{args.port}")
     who = f"{len(settings.users)} users" if settings.users else "no sign-in (loopback only; you are admin)"
-    print(f"castor console: serving http://{host}:{args.port} over {url}; {who}", flush=True)
     try:
+        if args.metrics_port is not None:
+            bound = serve_metrics(args, app.state.castor.console, fleet)
+            who += f"; metrics on port {bound}"
+        print(f"castor console: serving http://{host}:{args.port} over {url}; {who}", flush=True)
         feed = app.state.castor.feed
 
         class Server(uvicorn.Server):
@@ -105,6 +137,19 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_metrics(args: argparse.Namespace, console: Any, fleet: FleetClient | None) -> int:
+    """Count ``console``'s decisions and serve ``/metrics``, with the fleet's gauges when the store is the
+    fleet's Redis (``fleet``: its client, whose address and prefix the gauges read). Returns the port."""
+    import castor.metrics
+    from castor.cli._stores import settings_of
+    from castor.metrics.services import instrument_console
+
+    instrument_console(console)
+    if fleet is not None:
+        castor.metrics.add_fleet(settings_of(args), url=fleet.url, prefix=fleet.prefix)
+    return castor.metrics.serve(args.metrics_port, args.metrics_host)
+
+
 def cmd_console(args: argparse.Namespace) -> int:
     """Serve the approvals console and its HTTP API (see ``castor console --help``)."""
     try:
@@ -125,4 +170,5 @@ def add_commands(subparsers: Any) -> None:
                         help=f"port (default {DEFAULT_PORT})")
     parser.add_argument("--prefix", default=None, help="Redis key prefix (default: the config's, else castor)")
     parser.add_argument("--log-level", default="warning", help="uvicorn's log level (default warning)")
+    metrics_options(parser, "console")
     parser.set_defaults(handler=cmd_console)

@@ -50,6 +50,7 @@ from castor.executors._replies import READ_TIMEOUT, ReplyReader
 from castor.fleet.celery_config import celery_config
 from castor.fleet.wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Reply, encode, kwargs_repr, task_name
 from castor.kernel.steps import IN_DOUBT_REASON
+from castor.llm.fleet import MODEL_PREFIX, model_provider, model_timeout
 from castor.registry import ToolRegistry
 from castor.seams import Journal, ToolCall
 from castor.settings import REPLY_GRACE, Settings, call_deadline, tool_policy
@@ -115,6 +116,8 @@ class CeleryExecutor:
         stream = reply_stream(settings.redis.prefix, self.consumer)
         connection = _connection(settings.redis.url, reply_timeout=READ_TIMEOUT)
         self._replies = ReplyReader(connection, stream, settings.security.secret or None)
+        # The kernel's model calls go to the [llm] pool: its stand-in provider (no key) for Castor(llm=None).
+        self.model_provider = model_provider(settings)
 
     @classmethod
     def factory(cls, settings: Settings, **options: Any) -> Any:
@@ -178,6 +181,12 @@ class CeleryExecutor:
             self._replies.forget(effect_id)
 
     def _route(self, tool: str) -> _Route:
+        if tool.startswith(MODEL_PREFIX):  # a model step: never retried, nothing sensitive, its own deadline
+            pool = self._settings.pool_of(tool)
+            deadline = self._deadline(model_timeout(self._settings, tool), False)
+            route = _Route(task_name(tool), pool, self._settings.queue_of(pool), deadline, frozenset(), False)
+            self._routes[tool] = route
+            return route
         policy = tool_policy(self._settings, self._tools.get(tool))
         pool = self._settings.pool_of(tool)
         route = _Route(task_name(tool), pool, self._settings.queue_of(pool),

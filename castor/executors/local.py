@@ -6,7 +6,7 @@ import asyncio
 import functools
 from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, cast
+from typing import Any
 
 from castor.errors import ToolTimeoutError
 from castor.registry import ToolRegistry
@@ -36,13 +36,14 @@ class LocalExecutor:
         spec = self._tools.get(call.tool_name)
         checked = call.checked
         arguments = call.arguments if checked is None else checked
+        work: Awaitable[Any]  # annotated, not typing.cast(): a cast is a call (and a subscript) per step
         if spec.is_async:
             work = spec.func(**arguments)
         else:
             loop = asyncio.get_running_loop()
             work = loop.run_in_executor(self._threads(), functools.partial(spec.func, **arguments))
         if spec.timeout is None:
-            return cast(Awaitable[Any], work)
+            return work
         return self._with_deadline(call, work, spec.timeout)
 
     async def _with_deadline(self, call: ToolCall, work: Awaitable[Any], timeout: float) -> Any:

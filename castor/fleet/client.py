@@ -141,17 +141,24 @@ class FleetClient:
         if header is None:
             raise RunNotFoundError(pid)
         if header.status in FINISHED:
-            raise ConfigError(f"run {pid!r} has finished ({header.status}); there is nothing to cancel")
+            raise ConfigError(f"run {pid!r} ended already ({ended(header)}); there is nothing to cancel")
+        if header.status == "PREEMPTED" and header.preemption_reason == CANCELLED:
+            who = (header.preemption_payload or {}).get("by") or "someone"
+            raise ConfigError(f"run {pid!r} was cancelled already, by {who}; there is nothing to cancel")
+        # A preempted run nobody holds is driven by no one: stopped here, not left waiting for a driver.
+        idle = header.status == "PREEMPTED" and not await self.is_fleet_run(pid)
         p = self.prefix
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.sadd(keys.cancelled(p), pid)
             pipe.hdel(keys.parked(p), pid)
             pipe.xadd(keys.control_stream(p), {"cmd": "cancel", "run": pid, "by": by}, maxlen=10_000)
             _, was_parked, _ = await self._call("cancel the run", pipe.execute())
-        if not was_parked:
+        if not was_parked and not idle:
             return "cancel requested"  # its coordinator (or the next to take it) stops it
-        await mark_cancelled(backend, header, by)
+        stopped = await mark_cancelled(backend, header, by)
         await self._call("cancel the run", self.redis.srem(keys.cancelled(p), pid))
+        if not stopped:
+            return f"ended meanwhile ({ended(header)}); nothing was cancelled"
         return CANCELLED
 
     # --- coordinators -----------------------------------------------------------------------------
@@ -184,6 +191,14 @@ class FleetClient:
             })
         return sorted(rows, key=lambda r: r["name"])
 
+    async def live_workers(self, pool: str, ttl: float = 10.0) -> list[str]:
+        """The worker processes of ``pool`` that said they were alive within ``ttl`` seconds (their
+        ``Presence``)."""
+        since = time.time() - ttl
+        found = await self._call("list the pool's workers", self.redis.zrangebyscore(
+            keys.pool_workers(self.prefix, pool), since, "+inf"))
+        return sorted(found)
+
     async def counts(self) -> dict[str, int]:
         """How many runs are queued, leased and parked across the fleet."""
         p = self.prefix
@@ -195,8 +210,15 @@ class FleetClient:
         return {"queued": queued, "leased": leased, "parked": parked}
 
 
-async def mark_cancelled(backend: Backend, header: AgentCheckpoint, by: str) -> None:
-    """Store the run as stopped by an operator: ``PREEMPTED`` with reason ``cancelled`` (resumable)."""
+def ended(header: AgentCheckpoint) -> str:
+    """How a finished run ended: ``COMPLETED`` or ``FAILED: <error>``."""
+    error = f": {header.error}" if header.status == "FAILED" and header.error else ""
+    return f"{header.status}{error}"[:200]
+
+
+async def mark_cancelled(backend: Backend, header: AgentCheckpoint, by: str) -> bool:
+    """Store the run as stopped by an operator: ``PREEMPTED`` with reason ``cancelled`` (resumable); False
+    if it ended meanwhile (``header`` is then the stored run)."""
     if not header.syscall_log:
         header.syscall_log = await backend.journal.history(header.pid)  # the store counts steps on save
     header.status = "PREEMPTED"
@@ -207,6 +229,8 @@ async def mark_cancelled(backend: Backend, header: AgentCheckpoint, by: str) -> 
     header.updated_at = time.time()
     if await save_run(backend, header):  # a run that ended meanwhile keeps its end
         await backend.approvals.clear(header.pid)
+        return True
+    return False
 
 
 def _int(value: Any) -> int | None:

@@ -10,6 +10,6 @@ from __future__ import annotations
 
 from castor._canonical import canonical
 from castor._ids import unique_ids
-from castor._redact import redact
+from castor._redact import REDACTED, masked, redact, replace_sensitive
 
-__all__ = ["canonical", "redact", "unique_ids"]
+__all__ = ["REDACTED", "canonical", "masked", "redact", "replace_sensitive", "unique_ids"]

@@ -2,6 +2,9 @@
 
     from castor.frameworks.langchain import guard, tools_of      # pip install 'castor-kernel[langchain]'
     from castor.frameworks.pydantic_ai import guard, tools_of    # pip install 'castor-kernel[pydantic-ai]'
+    from castor.frameworks.openai_agents import guard, tools_of  # pip install 'castor-kernel[openai-agents]'
+    from castor.frameworks.smolagents import run, tools_of       # pip install 'castor-kernel[smolagents]'
+    from castor.frameworks.crewai import kickoff, tools_of       # pip install 'castor-kernel[crewai]'
 
 ``guard(x)`` takes the framework's agent, its tool(s) or its model and returns the same kind of object
 whose every tool call goes through ``castor.lib.tool`` (validated, charged, gated, executed by the run's
@@ -36,4 +39,7 @@ Adding a framework
    LangGraph or pydantic-ai does) or runs them in task groups; run its agent inside ``suspensions_pass()``
    if a suspension can come back wrapped. A test must show a suspended run whose model was not asked
    again with the tool's error.
+4. A synchronous framework (smolagents, CrewAI): give an async entry point that runs its loop under
+   ``in_thread`` (the guarded model and tools then reach Castor through ``blocking``, which also carries
+   a run-ending error past the framework's ``except Exception``), and call the wrapped model in a thread.
 """

@@ -12,22 +12,33 @@ keyword arguments with Python names and plain JSON types; anything else is ``Uns
 Castor's suspension (``castor.kernel.context.Suspend``) is a ``BaseException``: a framework's
 ``except Exception`` around a tool cannot turn it into a model message. Frameworks that run tool calls in
 task groups wrap it in a ``BaseExceptionGroup``; ``suspensions_pass`` unwraps it again.
+
+Synchronous frameworks (smolagents, CrewAI) run their loop in a worker thread (``in_thread``); their
+guarded model and tool calls are awaited on the run's event loop from that thread (``blocking``), so the
+syscalls run where the Castor run lives and a suspension comes back to the thread as itself. An error
+that ends the run (a replay divergence, a refused or failed model call) crosses the framework's
+``except Exception`` (which would retry or tell the model) as a ``BaseException`` and is raised as itself
+by ``in_thread``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import inspect
 import keyword
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 from pydantic_core import to_jsonable_python
 
-from castor.errors import ConfigError
+from castor.errors import ConfigError, ReplayDivergenceError, RunEndedError, UnsupportedError
 from castor.kernel.context import Suspend
 from castor.lib import tool
 from castor.lib.models import model_call
+from castor.llm import ModelCallError, ModelRefusedError
 from castor.llm.types import canonical_request as _canonical
 from castor.results import SyscallResult
 
@@ -219,3 +230,79 @@ async def suspensions_pass() -> AsyncIterator[None]:
         if found is not None and found is not error:
             raise found from None
         raise
+
+
+# The event loop of the Castor run whose framework loop ``in_thread`` runs in a worker thread.
+_RUN_LOOP: contextvars.ContextVar[asyncio.AbstractEventLoop | None] = contextvars.ContextVar(
+    "castor_framework_loop", default=None
+)
+
+
+# Errors after which the run cannot go on: a framework must not retry the call or hand it to the model.
+_RUN_ENDING = (ReplayDivergenceError, ModelRefusedError, ModelCallError, RunEndedError)
+
+
+class _Passing(BaseException):
+    """A run-ending Castor error carried through a synchronous framework's ``except Exception``."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+async def in_thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run a synchronous framework loop in a thread of its own; its guarded calls are answered on this loop.
+
+    Not the loop's default executor: a loop waiting for a model call answered there would hold one of its
+    few workers, and as many concurrent runs as workers would wait for each other for ever."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Any] = loop.create_future()
+    token = _RUN_LOOP.set(loop)
+    context = contextvars.copy_context()  # the run's context: the thread's syscalls are this run's
+    _RUN_LOOP.reset(token)
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if done.done():  # the run was cancelled meanwhile
+            return
+        if error is None:
+            done.set_result(result)
+        else:
+            done.set_exception(error)
+
+    def target() -> None:
+        try:
+            result = context.run(func, *args, **kwargs)
+        except _Passing as passing:
+            loop.call_soon_threadsafe(settle, None, passing.error)
+        except BaseException as error:  # a suspension too: it is the run's to handle
+            loop.call_soon_threadsafe(settle, None, error)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=target, name=f"castor-{getattr(func, '__name__', 'framework')}", daemon=True).start()
+    return await done
+
+
+def blocking(framework: str, start: Callable[[], Awaitable[Any]], runner: str) -> Any:
+    """Await ``start()`` on the run's loop from a framework's synchronous code running under ``in_thread``
+    (``runner``: what the error tells to call instead when there is no such thread)."""
+    loop = _RUN_LOOP.get()
+    try:
+        asyncio.get_running_loop()
+        on_a_loop = True
+    except RuntimeError:
+        on_a_loop = False
+    if loop is None or on_a_loop:
+        # Called on the run's own loop, a synchronous wait would block the loop that must answer it.
+        raise UnsupportedError(
+            f"a guarded {framework} call made on the run's event loop, which it would block: call "
+            f"`await {runner}` inside a Castor run"
+        )
+
+    async def run() -> Any:
+        return await start()
+
+    try:
+        return asyncio.run_coroutine_threadsafe(run(), loop).result()
+    except _RUN_ENDING as error:
+        raise _Passing(error) from error

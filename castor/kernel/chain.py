@@ -89,8 +89,7 @@ def gate(call: Syscall, inner: Handler) -> Awaitable[Any]:
     if in_doubt and call.step in in_doubt:
         return _ask_human(call, inner)
     if not spec.gated:
-        services = call.ctx.services
-        if spec.idempotent or not services.backend.leased or services.executor.writes_journal:
+        if spec.idempotent or not call.ctx.claims_calls:
             return inner(call)
         return run_claimed(call, inner)  # a fleet's drive runs it in-process: claimed, never run twice
     if call.ctx.speculative:

@@ -19,6 +19,10 @@ run; the claim is taken in one atomic step with a look at the journal (``Journal
   step is in doubt for whoever reaches it next. So is a call whose record a fleet drive that lost its
   lease could not write (``StaleLeaseError`` once the call was charged): the tool ran, its result is lost.
 
+A model call a fleet coordinator makes in its own process (a framework's model, ``castor.kernel.model``) is
+claimed too, with its own answer for a holder that is gone: in doubt, the step fails (it may have been
+answered and billed) and is never made again.
+
 Besides gated calls, a coordinator that runs tools itself (``--executor local``) claims every
 non-idempotent call (``Backend.leased``): the drive that takes a run over (another coordinator, or this
 one after its lease ran out) waits while the old drive's call runs, then finds the step in doubt and
@@ -38,7 +42,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from castor._redact import redact
@@ -80,8 +84,12 @@ def holder_gone(found: StepClaim) -> bool:
     return False
 
 
-async def run_claimed(call: Syscall, inner: Handler) -> Any:
-    """Run ``call`` through ``inner`` only if this process claims its step; else take the step's record."""
+async def run_claimed(
+    call: Syscall, inner: Handler, *, in_doubt: Callable[[Syscall, StepClaim], Awaitable[None]] | None = None
+) -> Any:
+    """Run ``call`` through ``inner`` only if this process claims its step; else take the step's record.
+    ``in_doubt(call, found)`` (it raises) answers a step whose holder is gone, in place of the tools' rules
+    (run again if idempotent or sent to a worker, else ask a human): a model call's."""
     ctx = call.ctx
     journal: Journal = ctx.journal
     holder, replace = new_holder(), ""
@@ -94,6 +102,8 @@ async def run_claimed(call: Syscall, inner: Handler) -> Any:
         if not holder_gone(found):
             await asyncio.sleep(POLL)
             continue
+        if in_doubt is not None:
+            await in_doubt(call, found)
         spec = call.spec
         if (spec is not None and spec.idempotent) or ctx.services.executor.writes_journal:
             # Run it again under a claim of our own, taken over atomically. An executor that journals

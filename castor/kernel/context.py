@@ -66,6 +66,9 @@ class Syscall(ToolCall):
 
     def journaled_arguments(self) -> dict[str, Any]:
         """The raw arguments with their sensitive values as keyed digests, as the journal keeps them."""
+        spec = self.spec
+        if spec is not None and not spec.sensitive:
+            return self.arguments  # every live step asks: the common answer without stored_arguments' call
         return self.stored_arguments(digested)
 
     def stored_arguments(self, seal: Callable[[dict[str, Any], frozenset[str], DataKey], dict[str, Any]]) -> Any:
@@ -148,8 +151,12 @@ class RunContext:
         self.usage = usage_of(self.checkpoint.syscall_log)
         self.run_id: str = self.checkpoint.pid
         # Looked up once: the syscall path reaches these on every step.
-        self.journal = self.services.backend.journal
-        self.budgets = self.services.backend.budgets
+        backend = self.services.backend
+        self.journal = backend.journal
+        self.budgets = backend.budgets
+        # Whether every non-idempotent call is claimed before it runs (castor.kernel.chain.gate): a leased
+        # store whose executor does not journal itself. Fixed for the kernel; read by the gate on every step.
+        self.claims_calls: bool = backend.leased and not self.services.executor.writes_journal
 
     def claim_step(self) -> int:
         """The next step position; taken synchronously so concurrent calls get call order."""

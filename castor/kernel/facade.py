@@ -91,6 +91,11 @@ class Castor:
             built = executor  # type: ignore[assignment]
         if isinstance(built, JournalBinding):
             built.bind_journal(backend.journal)  # it consults the kernel's journal when a reply is late
+        if llm is None:  # a fleet executor's [llm] pool answers the kernel's model calls (castor.llm.fleet)
+            provider = getattr(built, "model_provider", None)
+            if provider is not None:
+                llm_prices = getattr(provider, "prices", None) if llm_prices is None else llm_prices
+                llm_timeout = getattr(provider, "timeout", None) if llm_timeout is None else llm_timeout
         self.services = Services(
             tools=tools_,
             backend=backend,
@@ -109,6 +114,7 @@ class Castor:
                 timeout=llm_timeout,
                 chain=build_model_chain(interceptors),
                 default_model=str(getattr(provider, "model", "") or ""),
+                on_pool=built.writes_journal and getattr(built, "model_provider", None) is not None,
             ),
             # Checkpoints this kernel drove, while someone still holds them: the store has the rest, so a
             # long-lived kernel (a coordinator) does not keep every run it ever drove in memory.

@@ -11,6 +11,14 @@ known only after it answers, so the budget stage reserves the most the call may 
 estimate plus ``max_tokens``) and ``execute`` settles the charge to the usage the provider reported,
 atomically in the store, before the step is journaled with that charge. Tool calls do not pass here:
 their chain (``castor.kernel.chain``) is unchanged.
+
+Where the call is made: in a fleet whose config names a model provider (``[llm] provider``), a call of the
+kernel's provider goes to the executor, which sends it to a worker of ``[llm] pool``; that worker calls the
+provider under the fleet's rate limits, settles the reservation and journals the step with the same record
+builder (``castor.fleet.workers._models``), and this process takes the journaled record. Anything else (an
+embedded kernel, a model of the agent's own passed as ``invoke``) is called in this process; on a leased
+store (a fleet coordinator's drive) claimed first, so the drive that takes the run over finds a call still
+in flight in doubt rather than calling and paying for it a second time.
 """
 
 from __future__ import annotations
@@ -21,12 +29,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from castor._redact import redact
-from castor.checkpoint import StepFailure, bounded_arguments
+from castor.checkpoint import USAGE_STRIDE, StepFailure, bounded_arguments
+from castor.errors import CastorError, InDoubtError, RemoteToolError, ToolTimeoutError
 from castor.kernel.chain import wrap
+from castor.kernel.claims import IN_DOUBT_UNFINISHED, run_claimed
 from castor.kernel.context import Handler, Interceptor, RunContext, Syscall
 from castor.kernel.steps import answer, replay
 from castor.llm.cost import DEFAULT_MAX_TOKENS, TOKEN_RESOURCES, Price, cost_of_tokens, reservation, usage_from
-from castor.llm.types import MalformedResponseError, ModelCallError, ModelTimeoutError, response_dict
+from castor.llm.types import MalformedResponseError, ModelCallError, ModelResponse, ModelTimeoutError, response_dict
+from castor.seams import StepClaim
 
 MODEL_PREFIX = "model:"
 Invoke = Callable[[dict[str, Any]], Awaitable[Any]]
@@ -41,6 +52,9 @@ class ModelServices:
     timeout: float | None = None  # seconds a call may take; None: the provider's own deadline
     chain: Handler | None = None
     default_model: str = ""
+    # The executor sends model calls to the fleet's [llm] pool (a Celery executor whose config names a
+    # provider: castor.llm.fleet); else the kernel's provider is called in this process.
+    on_pool: bool = False
 
     def call(
         self, ctx: RunContext, model: str, request: dict[str, Any], *, invoke: Invoke | None = None,
@@ -54,6 +68,17 @@ class ModelServices:
         for this call): it is journaled as it is, not walked and copied again.
         """
         assert self.chain is not None
+        syscall = self.syscall(ctx, model, request, invoke=invoke, max_tokens=max_tokens, timeout=timeout,
+                               partial=partial, via_provider=via_provider, canonical=canonical)
+        return self.chain(syscall)
+
+    def syscall(
+        self, ctx: RunContext, model: str, request: dict[str, Any], *, invoke: Invoke | None = None,
+        max_tokens: int | None = None, timeout: float | None = None,
+        partial: Callable[[], dict[str, Any] | None] | None = None, via_provider: bool | None = None,
+        size: int | None = None, canonical: bool = False,
+    ) -> ModelSyscall:
+        """The model call at the run's next step, for ``chain`` (``size``: the request's JSON size, if known)."""
         if max_tokens is None:
             asked = request.get("max_tokens")
             max_tokens = asked if isinstance(asked, int) and not isinstance(asked, bool) else DEFAULT_MAX_TOKENS
@@ -68,7 +93,8 @@ class ModelServices:
         syscall.partial = partial
         syscall.canonical = canonical
         syscall.via_provider = invoke is None if via_provider is None else via_provider
-        return self.chain(syscall)
+        syscall.size = size
+        return syscall
 
 
 @dataclass(slots=True, init=False)
@@ -85,11 +111,16 @@ class ModelSyscall(Syscall):
     via_provider: bool  # the kernel's provider answers (directly, or streamed by castor.lib.stream)
     # Streaming: called with the partial response to journal when the call fails part way (castor.lib.stream).
     partial: Callable[[], dict[str, Any] | None] | None
+    size: int | None  # the request's JSON size, measured as it was copied (castor.llm.cost.plain_sized)
+    # The provider's own ModelResponse when the journaled response is exactly its to_dict() (no tool calls
+    # to copy, usage as reported): castor.lib.complete returns it rather than building it again.
+    typed: Any
 
     def __init__(self, run_id: str, step: int, tool_name: str, arguments: dict[str, Any], ctx: RunContext) -> None:
         Syscall.__init__(self, run_id, step, tool_name, arguments, ctx)
         self.settled = False
         self.canonical = False
+        self.typed = None
 
 
 def build_model_chain(interceptors: Iterable[Interceptor] = ()) -> Handler:
@@ -145,8 +176,8 @@ async def budget(call: Syscall, inner: Handler) -> Any:
     assert isinstance(call, ModelSyscall)
     ctx = call.ctx
     caps = ctx.checkpoint.capabilities
-    if ctx.scopes or any(r in caps for r in TOKEN_RESOURCES):
-        reserve = reservation(call.models.prices.get(call.model), call.arguments["request"], call.max_tokens)
+    if ctx.scopes or not caps.keys().isdisjoint(TOKEN_RESOURCES):
+        reserve = reservation(call.models.prices.get(call.model), call.arguments["request"], call.max_tokens, call.size)
         tracked = _tracked(ctx, reserve)
     else:  # nothing limits a model call: no estimate (the charge still checks a fenced run's lease)
         reserve = tracked = {}
@@ -176,9 +207,21 @@ async def budget(call: Syscall, inner: Handler) -> Any:
 # --- execute: call, settle, journal -------------------------------------------------------------
 
 
-async def execute(call: Syscall) -> Any:
-    """Call the model, settle the reservation to the usage reported and journal request and response."""
+def execute(call: Syscall) -> Awaitable[Any]:
+    """Call the model where it lives: on the fleet's ``llm`` pool (the kernel's provider, under a Celery
+    executor), else in this process, claimed first on a leased store (a fleet coordinator's drive) so the
+    drive that takes the run over never calls it, nor pays for it, a second time."""
     assert isinstance(call, ModelSyscall)
+    services = call.ctx.services
+    if call.via_provider and call.models.on_pool:
+        return _on_pool(call)
+    if services.backend.leased:
+        return run_claimed(call, _call_here, in_doubt=_in_doubt)  # type: ignore[arg-type]
+    return _call_here(call)
+
+
+async def _call_here(call: ModelSyscall) -> Any:
+    """Call the model, settle the reservation to the usage reported and journal request and response."""
     ctx = call.ctx
     models = call.models
     request: dict[str, Any] = call.arguments["request"]
@@ -205,11 +248,77 @@ async def execute(call: Syscall) -> Any:
         response["usage"] = {"input_tokens": input_tokens, "output_tokens": output_tokens, "estimated": True}
     actual = cost_of_tokens(models.prices.get(call.model), input_tokens, output_tokens)
     if call.charged:
-        await settle(call, actual)
+        settle_in_store = getattr(ctx.budgets, "settle", None)
+        if settle_in_store is not None:  # the store's own, awaited here: no coroutine frame of settle()'s
+            await settle_in_store(ctx.run_id, call.step, actual, ctx.scopes)
+        else:
+            await settle(call, actual)
     call.settled = True
     call.charged = actual  # the record holds what the call used (the store's ledgers hold what they track of it)
     record = await ctx.commit(call.step, call.record(response))
+    if type(result) is ModelResponse and not estimated and not result.tool_calls and record.response is response:
+        call.typed = result
     return record.response
+
+
+async def _on_pool(call: ModelSyscall) -> Any:
+    """Send the call to a worker of the ``llm`` pool, which calls the provider under the fleet's rate limits,
+    settles the reservation to the usage reported and journals the step (``castor.fleet.workers._models``):
+    this process takes the journaled record. A step the worker answered from the journal (a takeover's
+    second send) is not called again, nor charged again."""
+    ctx = call.ctx
+    step = call.step
+    if step % USAGE_STRIDE == USAGE_STRIDE - 1 and len(ctx.checkpoint.syscall_log) == step:
+        call.usage = dict(ctx.usage)  # the run's usage before the step: the worker adds what the call used
+    try:
+        await ctx.services.executor.execute(call)
+    except Exception as exc:
+        failure = StepFailure(
+            step=step, tool_name=call.tool_name, arguments=bounded_arguments(redact(call.arguments, frozenset())),
+            error_type=getattr(exc, "error_type", "") or type(exc).__name__,
+            message=getattr(exc, "tool_message", "") or str(exc),
+        )
+        ctx.checkpoint.failures.append(failure)
+        if not (isinstance(exc, CastorError) and exc.failure_journaled):
+            await ctx.services.backend.journal.record_failure(ctx.run_id, failure)
+        raise _model_error(call, exc) from exc
+    call.settled = True  # by the worker, before it journaled the step
+    record = await ctx.journal.get(ctx.run_id, step)
+    if record is None:
+        raise ModelCallError(f"model {call.model!r} answered (run {ctx.run_id}, step {step}) but left no record")
+    committed = await ctx.commit(step, record, stored=True)
+    return committed.response
+
+
+def _model_error(call: ModelSyscall, exc: Exception) -> Exception:
+    """What the agent gets for a model call that failed on the pool: a ``ModelCallError`` (a timeout a
+    ``ModelTimeoutError``); a step in doubt or a refused task as the executor raised it."""
+    if isinstance(exc, ToolTimeoutError):
+        error: CastorError = ModelTimeoutError(f"model {call.model!r} on the llm pool: {exc}")
+    elif isinstance(exc, RemoteToolError):
+        error = ModelCallError(f"model {call.model!r} on the llm pool: {exc.error_type}: {exc.tool_message}")
+    else:
+        return exc
+    error.failure_journaled = True
+    return error
+
+
+async def _in_doubt(call: Syscall, found: StepClaim) -> None:
+    """A model call another drive started and never finished (its process is gone): it may have been
+    answered and billed, so it is not made again. The step fails in doubt (journaled), never retried."""
+    ctx = call.ctx
+    message = (
+        f"{IN_DOUBT_UNFINISHED}: model call {call.tool_name!r} (run {ctx.run_id}, step {call.step}) was started "
+        f"by {found.holder}, whose process was lost; it is not made a second time"
+    )
+    failure = StepFailure(step=call.step, tool_name=call.tool_name,
+                          arguments=bounded_arguments(redact(call.arguments, frozenset())),
+                          error_type="InDoubtError", message=message)
+    ctx.checkpoint.failures.append(failure)
+    await ctx.services.backend.journal.record_failure(ctx.run_id, failure)
+    error = InDoubtError(message)
+    error.failure_journaled = True
+    raise error
 
 
 async def settle(call: ModelSyscall, actual: Mapping[str, float]) -> None:
@@ -219,14 +328,14 @@ async def settle(call: ModelSyscall, actual: Mapping[str, float]) -> None:
     call.settled = True
     if not reserved:
         return  # nothing was reserved: nothing is tracked
-    tracked = {r: actual.get(r, 0.0) for r in reserved}
     store = ctx.budgets
     settle_in_store = getattr(store, "settle", None)
-    if settle_in_store is not None:
-        await settle_in_store(ctx.run_id, call.step, tracked, ctx.scopes)
+    if settle_in_store is not None:  # each ledger settles the resources it reserved (a missing one used 0)
+        await settle_in_store(ctx.run_id, call.step, actual, ctx.scopes)
     else:  # a store without settle: refund, then charge what was used (not atomic; a custom store's best)
         await store.refund(ctx.run_id, call.step)
-        await store.charge(ctx.run_id, call.step, {r: a for r, a in tracked.items() if a}, ctx.scopes)
+        used = {r: actual[r] for r in reserved if actual.get(r)}
+        await store.charge(ctx.run_id, call.step, used, ctx.scopes)
 
 
 async def _failed(call: ModelSyscall, exc: BaseException) -> None:

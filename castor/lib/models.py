@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from castor.kernel.context import RunContext, active_run
+from castor.llm.cost import NotPlain, plain_sized
 from castor.llm.types import ModelCallError, ModelRefusedError, ModelResponse, canonical_request, messages_of
 
 Invoke = Callable[[dict[str, Any]], Awaitable[Any]]
@@ -52,22 +53,33 @@ async def model_call(
     shared by every later step), and whose ``invoke`` returns a fresh JSON dict: neither is walked and
     copied again, so a step no longer costs the length of the whole conversation.
     """
+    ctx = active_run()
+    models = _models(ctx)
+    plain, size = _prepared(request, model, canonical)
+    mmu = ctx.services.mmu
+    if mmu is not None and mmu.wants_room(ctx):
+        await mmu.fit(ctx)  # the run's context fits its budget before any model call (the MMU's steps come first)
+    call = models.syscall(
+        ctx, model, plain, invoke=invoke, max_tokens=max_tokens, timeout=timeout, size=size, canonical=canonical
+    )
+    return _checked(await models.chain(call))
+
+
+def _prepared(request: Mapping[str, Any], model: str, canonical: bool = False) -> tuple[dict[str, Any], int | None]:
+    """``request`` copied as canonical JSON and sized for its reservation in the same walk (None: sized later);
+    a canonical request as it is (sized, if it must be, part by part: ``castor.llm.cost``)."""
     if not isinstance(model, str) or not model:
         raise ModelCallError(f"model must be a non-empty model id, got {model!r}")
     if canonical and type(request) is dict:
-        plain = request
-    else:
-        plain = canonical_request(request)
-        if not isinstance(plain, dict):
-            raise ModelCallError(f"a model request must be a JSON object, got {type(request).__name__}")
-    ctx = active_run()
-    mmu = ctx.services.mmu
-    if mmu is not None and mmu.wants_room(ctx):
-        await mmu.fit(ctx)  # the run's context fits its budget before any model call
-    response = await _models(ctx).call(
-        ctx, model, plain, invoke=invoke, max_tokens=max_tokens, timeout=timeout, canonical=canonical
-    )
-    return _checked(response)
+        return request, None
+    size: int | None
+    try:
+        plain, size = plain_sized(request)
+    except NotPlain:  # tuples, dataclasses, pydantic models: through the JSON round trip
+        plain, size = canonical_request(request), None
+    if not isinstance(plain, dict):
+        raise ModelCallError(f"a model request must be a JSON object, got {type(request).__name__}")
+    return plain, size
 
 
 def _checked(response: Any) -> dict[str, Any]:
@@ -135,8 +147,16 @@ async def complete(
     """
     request = build_request(messages, prompt=prompt, system=system, tools=tools, max_tokens=max_tokens, **options)
     ctx = active_run()
-    response = await model_call(request, model=_model_id(ctx, model), max_tokens=max_tokens, timeout=timeout)
-    return ModelResponse.from_dict(response)
+    models = _models(ctx)
+    model_id = _model_id(ctx, model)
+    plain, size = _prepared(request, model_id)
+    mmu = ctx.services.mmu
+    if mmu is not None and mmu.wants_room(ctx):
+        await mmu.fit(ctx)  # as for model_call
+    call = models.syscall(ctx, model_id, plain, max_tokens=max_tokens, timeout=timeout, size=size)
+    response = _checked(await models.chain(call))
+    typed = call.typed  # the provider's own answer, when the journal holds exactly its dict form
+    return typed if typed is not None else ModelResponse.from_dict(response)
 
 
 def tool_schemas(*names: str) -> list[dict[str, Any]]:

@@ -54,11 +54,54 @@ def json_size(value: Any) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
-def estimate_prompt(request: Mapping[str, Any]) -> int:
-    """An offline upper estimate of a request's prompt tokens: its messages, tools and other fields."""
+class NotPlain(Exception):
+    """A value ``plain_sized`` leaves to the JSON round trip (a tuple, a model, a non-string key, NaN, ...)."""
+
+
+_INF = float("inf")
+
+
+def plain_sized(value: Any) -> tuple[Any, int]:
+    """A copy of plain JSON data and its ``json_size``, in one walk (a model call's request is copied, so
+    later changes by the caller cannot reach the journal, and sized for its reservation: one pass for both
+    halves the cost of two). ``NotPlain`` for anything JSON spells another way."""
+    kind = type(value)
+    if kind is str:
+        return value, (len(value) if value.isascii() else len(value.encode("utf-8"))) + 2
+    if kind is dict:
+        out = {}
+        size = 1
+        for key, item in value.items():
+            if type(key) is not str:
+                raise NotPlain
+            out[key], item_size = plain_sized(item)
+            size += (len(key) if key.isascii() else len(key.encode("utf-8"))) + 4 + item_size  # quotes, colon, comma
+        return out, size
+    if kind is list:
+        items = []
+        size = 1
+        for item in value:
+            copy, item_size = plain_sized(item)
+            items.append(copy)
+            size += item_size + 1
+        return items, size
+    if value is None or kind is bool:
+        return value, 5
+    if kind is int:
+        return value, len(str(value))
+    if kind is float and value == value and value != _INF and value != -_INF:
+        return value, len(_SIZER.encode(value))
+    raise NotPlain
+
+
+def estimate_prompt(request: Mapping[str, Any], size: int | None = None) -> int:
+    """An offline upper estimate of a request's prompt tokens: its messages, tools and other fields
+    (``size``: the request's ``json_size`` if known already)."""
     messages = request.get("messages")
     overhead = MESSAGE_OVERHEAD * len(messages) if isinstance(messages, list) else 0
-    return estimate_tokens(request) + overhead
+    if size is None:
+        return estimate_tokens(request) + overhead
+    return -(-size // BYTES_PER_TOKEN) + overhead
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,10 +152,13 @@ def cost_of_tokens(price: Price | None, input_tokens: float, output_tokens: floa
     return cost
 
 
-def reservation(price: Price | None, request: Mapping[str, Any], max_tokens: int) -> dict[str, float]:
+def reservation(
+    price: Price | None, request: Mapping[str, Any], max_tokens: int, size: int | None = None
+) -> dict[str, float]:
     """The most a call of ``request`` (a journaled request) may cost: the prompt's estimate plus
-    ``max_tokens`` of output."""
-    return cost_of_tokens(price, _journaled_prompt(request), max_tokens)
+    ``max_tokens`` of output (``size``: the request's JSON size, if measured as it was copied)."""
+    prompt = estimate_prompt(request, size) if size is not None else _journaled_prompt(request)
+    return cost_of_tokens(price, prompt, max_tokens)
 
 
 # id -> (message, its JSON size) of journaled messages: a conversation's request repeats every earlier

@@ -3,7 +3,8 @@
 The tools come from ``--tool FILE:FUNC`` (repeatable), else the config's ``[tools] import``; the store is
 the CLI's (``--db``, ``--store``, ``--redis``, ``./castor.db``), so ``castor ps``, ``inspect``,
 ``approvals`` and ``approve`` see every MCP session as a run. With ``--executor celery`` the tools run on
-the fleet's worker pools and the runs live in the config's Redis.
+the fleet's worker pools and the runs live in the config's Redis. ``--metrics-port`` serves Prometheus
+metrics of the gateway's syscalls (its kernel gets a coordinator's metrics interceptor: ``castor.metrics``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def add_commands(subparsers: Any) -> None:
     """Register ``castor mcp``."""
     from castor.cli._args import DestructiveAction, pid_option
     from castor.cli._celery_cmds import add_executor_options
+    from castor.cli._observe import metrics_options
 
     parser = subparsers.add_parser("mcp", help="serve the tools to MCP clients, every call through Castor",
                                    description=cmd_mcp.__doc__)
@@ -55,6 +57,7 @@ def add_commands(subparsers: Any) -> None:
     parser.add_argument("--client-may-decide", action="store_true",
                         help="DEVELOPMENT ONLY: list a castor_decide tool, so the client can approve its own calls")
     add_executor_options(parser)
+    metrics_options(parser, "mcp")
     parser.set_defaults(handler=cmd_mcp)
 
 
@@ -97,8 +100,13 @@ def build_gateway(args: argparse.Namespace) -> Any:
     if uses_celery(args):
         executor, marked = celery_executor(args, backend)
         destructive.update(marked)
+    interceptors = []
+    if getattr(args, "metrics_port", None) is not None:  # no metrics stage unless asked: it costs nothing then
+        from castor.metrics.services import gateway_metrics
+
+        interceptors.append(gateway_metrics(settings if uses_celery(args) else None))
     kernel = Castor(tools=tools, destructive=sorted(destructive), store=backend, executor=executor,
-                    budgets=budgets, scopes=args.scopes or (), structured_results=True)
+                    budgets=budgets, scopes=args.scopes or (), structured_results=True, interceptors=interceptors)
     flags = " ".join(part for part in (store_flags(args), executor_flags(args)) if part)
     options = Options(budgets=budgets, scopes=tuple(args.scopes or ()), speculative=args.speculative,
                       approval_timeout=args.approval_timeout, progress_every=args.progress_every, decide_flags=flags)
@@ -119,11 +127,24 @@ async def cmd_mcp(args: argparse.Namespace) -> int:
     if args.transport == "http":
         check_http(args.host, token)  # before anything is opened
     gateway = build_gateway(args)
+    if args.metrics_port is not None:
+        serve_metrics(args)
     if args.transport == "http":
         await serve_http(gateway, args.host, args.port, token)
     else:
         await serve_stdio(gateway)
     return 0
+
+
+def serve_metrics(args: argparse.Namespace) -> None:
+    """Serve ``/metrics`` (the kernel's interceptor counts into it), with the fleet's gauges when the tools
+    run on the fleet's workers; says where on stderr (stdout is the stdio transport's)."""
+    import castor.metrics
+    from castor.cli._stores import settings_of, uses_celery
+
+    fleet = settings_of(args) if uses_celery(args) else None
+    port = castor.metrics.serve(args.metrics_port, args.metrics_host, fleet=fleet)
+    print(f"castor mcp: metrics on http://{args.metrics_host}:{port}/metrics", file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import Counter as PromCounter
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -64,6 +65,16 @@ class Instruments:
         self.decision_seconds = Histogram(
             "castor_approval_decision_seconds", "From a call's approval request to the human's decision.",
             ["tool", "decision"], registry=self.registry, buckets=DECISION_BUCKETS,
+        )
+        # The console's own decisions (a few a minute at most: prometheus-client's locked instruments do).
+        self.console_decisions = PromCounter(
+            "castor_console_decisions", "Decisions recorded through this console, by decision.",
+            ["decision"], registry=self.registry,
+        )
+        self.console_decision_seconds = Histogram(
+            "castor_console_decision_seconds",
+            "From a call's approval request to its decision through this console, by decision.",
+            ["decision"], registry=self.registry, buckets=DECISION_BUCKETS,
         )
         self.registry.register(_Counters(self))
 

@@ -5,6 +5,7 @@ must stay a number) and catch typos (a port of 99999); they are far above what a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -29,6 +30,8 @@ Seconds = Annotated[float, Field(strict=True, gt=0, le=30 * DAY)]  # a deadline:
 Budget = Annotated[float, Field(strict=True, ge=0)]
 Names = frozenset[str]  # tool names; a TOML list
 MODEL_TOOL_PREFIX = "llm."  # a tool named so is a model call: it runs on ``[llm] pool``
+MODEL_STEP_PREFIX = "model:"  # a kernel's model step (castor.kernel.model): it runs on ``[llm] pool`` too
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")  # an environment variable's name
 
 
 class Section(BaseModel):
@@ -133,9 +136,19 @@ class LLMSection(Section):
     ``castor.llm.ratelimit``); ``skew``: seconds added to each minute window for the time between a
     worker's acquire and the provider seeing the request. ``prices``: ``[llm.prices."gpt-4o"]`` ``input =
     2.5`` ``output = 10.0`` (dollars per million tokens), what a model call is charged in ``usd``;
-    ``timeout``: the seconds a model call may take."""
+    ``timeout``: the seconds a model call may take. ``provider`` (``openai``: any OpenAI-compatible server,
+    or ``anthropic``), ``model``, ``models`` (more model ids it serves), ``base_url`` and ``api_key_env``
+    (the NAME of the environment variable holding the key on the workers, never the key): the provider
+    the ``llm`` pool's workers build to answer the kernel's model calls (``castor.llm.fleet``)."""
 
     pool: str = "llm"
+    provider: Literal["openai", "anthropic"] | None = None
+    model: str = ""
+    models: Names = frozenset()
+    base_url: str | None = None
+    api_key_env: str = ""
+    # a model step's request crosses the broker whole (a conversation): its bound, above [security]'s for tools
+    max_request_bytes: Annotated[int, Field(strict=True, ge=1024, le=64 * 1024 * 1024)] = 4 * 1024 * 1024
     tools: Names = frozenset()
     limits: Mapping[str, ModelLimits] = Field(default_factory=dict)
     skew: Annotated[float, Field(strict=True, ge=0, le=60)] = 1.0
@@ -144,6 +157,13 @@ class LLMSection(Section):
 
     @model_validator(mode="after")
     def _names(self) -> LLMSection:
+        if self.api_key_env and not ENV_NAME.fullmatch(self.api_key_env):
+            raise ConfigError(
+                f"[llm] api_key_env must name an environment variable (like OPENAI_API_KEY), not hold a key: "
+                f"got {self.api_key_env[:4]!r}..."
+            )
+        if self.provider is not None and not self.model:
+            raise ConfigError(f"[llm] provider = {self.provider!r} needs a model: add model = \"<model id>\"")
         for name in self.limits:
             if name != "*" and (name.count("/") != 1 or not all(name.split("/"))):
                 raise ConfigError(f"[llm.limits] {name!r}: name a limit 'provider/model', 'provider/*' or '*'")
@@ -217,7 +237,7 @@ class Settings(Section):
         for pool, tools in self.pools.items():
             if tool in tools:
                 return pool
-        if tool in self.llm.tools or tool.startswith(MODEL_TOOL_PREFIX):
+        if tool in self.llm.tools or tool.startswith((MODEL_TOOL_PREFIX, MODEL_STEP_PREFIX)):
             return self.llm.pool
         return self.workers.default_pool
 

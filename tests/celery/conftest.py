@@ -28,7 +28,7 @@ TOOLS = Path(__file__).with_name("fleet_tools.py")
 ROOT = Path(__file__).resolve().parents[2]
 FS_TOOLS = ["write_note", "delete_file", "slow_copy", "slow_note", "slow_remove", "slow_write", "stuck",
             "sealed_login", "sealed_rotate"]
-WEB_TOOLS = ["search", "summarize", "explode", "flaky", "flaky_login"]
+WEB_TOOLS = ["search", "summarize", "explode", "flaky", "flaky_login", "leaky_login"]
 
 CONFIG = """
 [redis]

@@ -109,6 +109,12 @@ def explode(message: str) -> str:
     raise ValueError(message)
 
 
+@castor_tool(sensitive=["password"])
+def leaky_login(user: str, password: str) -> str:
+    """Raises with its sensitive argument in the message: what the task events show must hide it."""
+    raise PermissionError(f"login of {user} with password {password} refused")
+
+
 @castor_tool(retryable=True)
 def flaky(tag: str) -> str:
     """Fails on its first start, succeeds on the retry."""

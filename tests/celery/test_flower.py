@@ -1,5 +1,6 @@
 """Flower on the fleet: its HTTP API lists our tasks by readable name, with run id and step, and
-redacts the arguments a tool marks sensitive."""
+redacts the arguments a tool marks sensitive; a failed call is a FAILURE there (type and redacted message),
+a refused task REJECTED with its reason, and a result shows as a short redacted summary."""
 
 from __future__ import annotations
 
@@ -13,11 +14,15 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
+
+import pytest
 
 import castor.lib as lib
-from castor import Castor
+from castor import Castor, RemoteToolError
 
 from .conftest import ROOT, Fleet, stop_process
+from .test_forgery import forged
 
 
 def _free_port() -> int:
@@ -61,10 +66,12 @@ async def _wait_until_flower_sees_events(base: str, kernel: Castor, timeout: flo
     raise AssertionError("Flower listed no task of the probes")
 
 
-async def test_flower_lists_tasks_by_tool_name(fleet: Fleet, kernel: Castor, tmp_path: object) -> None:
+@pytest.fixture
+def flower(fleet: Fleet) -> Iterator[str]:
+    """Flower on the fleet's broker: its base URL once its API answers."""
     port = _free_port()
     cmd = [sys.executable, "-m", "castor.fleet.workers", "flower", "--config", str(fleet.config), "--port", str(port)]
-    flower = subprocess.Popen(cmd, cwd=ROOT, env=fleet.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=fleet.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20
@@ -73,23 +80,98 @@ async def test_flower_lists_tasks_by_tool_name(fleet: Fleet, kernel: Castor, tmp
                 _get(f"{base}/api/tasks")
                 break
             except (urllib.error.URLError, ConnectionError):
-                if time.monotonic() > deadline or flower.poll() is not None:
+                if time.monotonic() > deadline or proc.poll() is not None:
                     raise AssertionError("Flower did not start") from None
                 time.sleep(0.1)
-        await _wait_until_flower_sees_events(base, kernel)
-        secret = f"s3cret-{uuid.uuid4().hex[:6]}"
-
-        async def agent() -> object:
-            await lib.tool("search", query="flower")
-            return await lib.tool("write_note", name="flower", content=secret)
-
-        cp = await kernel.run(agent)
-        assert cp.status == "COMPLETED"
-        mine, tasks = await _listed(base, cp.pid, 2, timeout=15)
-        assert set(mine) == {"castor.tool.search", "castor.tool.write_note"}
-        note = mine["castor.tool.write_note"]
-        assert "'step': 1" in str(note["kwargs"])
-        assert secret not in json.dumps(tasks)
-        assert "'content': '***'" in str(note["kwargs"])
+        yield base
     finally:
-        stop_process(flower)
+        stop_process(proc)
+
+
+async def test_flower_lists_tasks_by_tool_name(flower: str, kernel: Castor) -> None:
+    await _wait_until_flower_sees_events(flower, kernel)
+    secret = f"s3cret-{uuid.uuid4().hex[:6]}"
+
+    async def agent() -> object:
+        await lib.tool("search", query="flower")
+        return await lib.tool("write_note", name="flower", content=secret)
+
+    cp = await kernel.run(agent)
+    assert cp.status == "COMPLETED"
+    mine, tasks = await _listed(flower, cp.pid, 2, timeout=15)
+    assert set(mine) == {"castor.tool.search", "castor.tool.write_note"}
+    note = mine["castor.tool.write_note"]
+    assert "'step': 1" in str(note["kwargs"])
+    assert secret not in json.dumps(tasks)
+    assert "'content': '***'" in str(note["kwargs"])
+
+
+async def _settled(base: str, pid: str, name: str, states: set[str], timeout: float = 15) -> dict[str, object]:
+    """Flower's task ``name`` of run ``pid`` once its state is one of ``states``."""
+    deadline = time.monotonic() + timeout
+    task: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        task = (await _listed(base, pid, 1, timeout=1))[0].get(name, {})
+        if task.get("state") in states:
+            return task
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"Flower shows {name} of {pid} as {task.get('state')!r}, not one of {states}: {task}")
+
+
+async def test_flower_tells_failures_refusals_and_results(flower: str, fleet: Fleet, kernel: Castor) -> None:
+    await _wait_until_flower_sees_events(flower, kernel)
+    password = f"pw-{uuid.uuid4().hex[:8]}"
+
+    async def fails() -> object:
+        return await lib.tool("leaky_login", user="ana", password=password)
+
+    with pytest.raises(RemoteToolError) as info:
+        await kernel.run(fails)
+    assert info.value.error_type == "PermissionError"  # the coordinator receives what it always did
+    pid = next(p for p, cp in kernel.live.items() if cp.status == "FAILED")
+    failures = await kernel.backend.journal.failures(pid)
+    assert [(f.error_type, f.message) for f in failures] == [
+        ("PermissionError", f"login of ana with password {password} refused")  # journaled as before
+    ]
+    failed = await _settled(flower, pid, "castor.tool.leaky_login", {"FAILURE"})
+    assert "PermissionError: login of ana with password *** refused" in str(failed["exception"])
+    assert password not in json.dumps(_get(f"{flower}/api/tasks"))
+
+    async def works() -> object:
+        return await lib.tool("search", query="summary")
+
+    cp = await kernel.run(works)
+    done = await _settled(flower, cp.pid, "castor.tool.search", {"SUCCESS"})
+    assert str(done["result"]).strip("'\"").startswith('ok: {"query": "summary"')
+
+    # A task without the coordinator's token: refused, and Flower says so with the reason.
+    from celery import Celery
+
+    from castor.fleet.celery_config import celery_config
+
+    forger = Celery("forger", set_as_current=False)
+    forger.conf.update(celery_config(fleet.settings))
+    forged_pid = f"forged-{uuid.uuid4().hex[:6]}"
+    kwargs = forged(forged_pid, 0, "search", {"query": "x"}, "")  # a well-formed call, without the token
+    try:
+        forger.send_task("castor.tool.search", kwargs=kwargs, queue=fleet.settings.queue_of("web"))
+    finally:
+        forger.close()
+    refused = await _settled(flower, forged_pid, "castor.tool.search", {"REJECTED", "FAILURE"})
+    assert "TaskRefused(" in str(refused["exception"]) and "token" in str(refused["exception"]), refused
+
+
+async def test_flower_lists_a_poison_message_as_rejected(flower: str, fleet: Fleet, kernel: Castor) -> None:
+    await _wait_until_flower_sees_events(flower, kernel)
+    from .checks import send_poison
+
+    send_poison(fleet, "web", "castor.tool.search")
+    deadline = time.monotonic() + 15
+    rejected: list[dict[str, object]] = []
+    while time.monotonic() < deadline and not rejected:
+        tasks = _get(f"{flower}/api/tasks")
+        assert isinstance(tasks, dict)
+        rejected = [t for t in tasks.values() if str(t.get("uuid")).startswith("poison-")
+                    and t.get("state") == "REJECTED" and "not [args, kwargs, embed]" in str(t.get("exception"))]
+        await asyncio.sleep(0.1)
+    assert rejected, "Flower lists no poison message as REJECTED with its reason"

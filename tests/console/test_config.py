@@ -9,6 +9,7 @@ import pytest
 from castor.console.auth import Gate
 from castor.errors import ConfigError
 from castor.settings import load_settings
+from castor.settings._console import ConsoleSection
 
 GOOD = """
 [[console.users]]
@@ -55,3 +56,29 @@ def test_a_bad_console_section_is_one_line_naming_the_key(tmp_path: Path, text: 
     message = str(caught.value)
     assert expected in message and "\n" not in message and "0123456789abcde" not in message
     assert message.startswith(str(path))
+
+
+def test_the_environments_token_adds_one_admin_and_never_shows_the_token(tmp_path: Path) -> None:
+    from castor.console.command import check_binding, console_settings
+
+    path = tmp_path / "castor.toml"
+    path.write_text(GOOD)
+    configured = load_settings(path, env={}).console
+    assert console_settings(configured, env={}) == configured
+    token = "env-admin-token-0123456789"
+    settings = console_settings(configured, env={"CASTOR_CONSOLE_TOKEN": token, "CASTOR_CONSOLE_USER": "ops"})
+    assert [(u.name, u.role) for u in settings.users] == [("alice", "approver"), ("ops", "admin")]
+    assert settings.webhook == configured.webhook  # the rest of [console] is kept
+    assert Gate(settings).identify(f"Bearer {token}", None).name == "ops"  # type: ignore[union-attr]
+    assert console_settings(configured, env={"CASTOR_CONSOLE_TOKEN": token}).users[-1].name == "admin"
+    check_binding("0.0.0.0", len(console_settings(ConsoleSection(), env={"CASTOR_CONSOLE_TOKEN": token}).users))
+    with pytest.raises(ConfigError, match=r"beyond this machine.*CASTOR_CONSOLE_TOKEN"):
+        check_binding("0.0.0.0", len(console_settings(ConsoleSection(), env={}).users))
+    for env, problem in (
+        ({"CASTOR_CONSOLE_TOKEN": "short-one"}, "at least 16 characters"),
+        ({"CASTOR_CONSOLE_TOKEN": "alice-token-0123456789"}, "same token"),
+        ({"CASTOR_CONSOLE_TOKEN": token, "CASTOR_CONSOLE_USER": "alice"}, "same name"),
+    ):
+        with pytest.raises(ConfigError, match=f"^CASTOR_CONSOLE_TOKEN / CASTOR_CONSOLE_USER: .*{problem}") as err:
+            console_settings(configured, env=env)
+        assert env["CASTOR_CONSOLE_TOKEN"] not in str(err.value) and "\n" not in str(err.value)

@@ -71,7 +71,7 @@ def test_the_topology() -> None:
     roles = {role(SERVICES[name]["command"]) for name in CASTOR_SERVICES}
     assert {r for r in roles if r[0] == "coordinator"} == {("coordinator", "coordinator-1"),
                                                           ("coordinator", "coordinator-2")}
-    assert {r for r in roles if r[0] == "worker"} == {("worker", "fs"), ("worker", "web")}
+    assert {r for r in roles if r[0] == "worker"} == {("worker", "fs"), ("worker", "web"), ("worker", "llm")}
     flower = parse(SERVICES["flower"]["command"])
     assert flower.command == "flower" and flower.port == 5555
     assert any(str(p).endswith(":5555:5555") or str(p) == "5555:5555" for p in SERVICES["flower"]["ports"])
@@ -128,10 +128,20 @@ def test_the_dockerfile_copies_what_exists() -> None:
 
 def test_the_readme_gives_the_same_topology_on_localhost() -> None:
     commands = readme_fleet_commands()
-    long_running = [argv[1:] for argv in commands if argv[1] in ("worker", "coordinator", "flower")]
+    long_running = [argv[1:] for argv in commands if argv[1] in ("worker", "coordinator", "flower", "console")]
     assert {role(argv) for argv in long_running} == {role(SERVICES[n]["command"]) for n in CASTOR_SERVICES}
     for argv in commands:
         parse([a if a != "<pid>" else "some-pid" for a in argv[1:]])
+
+
+def test_only_the_llm_worker_holds_the_model_providers_key() -> None:
+    settings = load_settings(ROOT / "config/castor.toml", env={})
+    key = settings.llm.api_key_env
+    assert settings.llm.provider and key
+    holders = [n for n in CASTOR_SERVICES if key in (SERVICES[n].get("environment") or {})]
+    assert holders == ["worker-llm"] and role(SERVICES["worker-llm"]["command"]) == ("worker", settings.llm.pool)
+    llm_env, fs_env = SERVICES["worker-llm"]["environment"], SERVICES["worker-fs"]["environment"]
+    assert {k: v for k, v in llm_env.items() if k != key} == fs_env  # the fleet's own environment besides
 
 
 def test_every_worker_keeps_its_spool_on_a_named_volume() -> None:
@@ -148,3 +158,38 @@ def test_every_worker_keeps_its_spool_on_a_named_volume() -> None:
         mounts = {v.split(":")[1]: v.split(":")[0] for v in SERVICES[name].get("volumes", [])}
         assert spool in mounts, f"{name} keeps no volume at {spool}"
         assert mounts[spool] in COMPOSE["volumes"], f"{name}: {mounts[spool]} is not a named volume"
+
+
+def test_each_worker_health_check_pings_its_own_pool_under_castors_settings() -> None:
+    """``celery inspect ping`` never passed: it knows neither the fleet's broker key prefix nor the pool.
+    ``castor worker --ping`` (tests/celery/test_ping.py runs it against live workers) does."""
+    for name in CASTOR_SERVICES:
+        command = parse(SERVICES[name]["command"])
+        if command.command != "worker":
+            continue
+        health = SERVICES[name]["healthcheck"]["test"]
+        assert health[:2] == ["CMD", "castor"], f"{name}: {health}"
+        args = parse(health[2:])
+        assert args.command == "worker" and args.ping and args.pool == command.pool
+        assert args.config == command.config and not args.any_host
+        assert args.timeout < _seconds(SERVICES[name]["healthcheck"]["timeout"])
+
+
+def _seconds(text: str) -> float:
+    return float(str(text).rstrip("s"))
+
+
+def test_redis_is_not_published_on_a_host_port() -> None:
+    """A host port clashes with a Redis on the host and exposes the fleet's state (runs, approvals)."""
+    assert "ports" not in SERVICES["redis"]
+
+
+def test_flower_beyond_loopback_has_auth_or_says_it_has_none() -> None:
+    args = parse(SERVICES["flower"]["command"])
+    from castor.fleet.workers.flower import is_loopback
+
+    assert args.address == "0.0.0.0" and not is_loopback(args.address)
+    # the container listens on all its interfaces; the host publishes it on loopback only, and
+    # castor flower warns at start (without --allow-unauthenticated it would refuse)
+    assert args.allow_unauthenticated
+    assert all(str(p).startswith("127.0.0.1:") for p in SERVICES["flower"]["ports"])

@@ -12,7 +12,10 @@ from tests.fleet.procs import ROOT, Fleet
 from tests.fleet.test_fencing import status
 from tests.fleet.test_scenario import wait_for
 
-EXAMPLES = {"langgraph_agent": "langgraph", "pydantic_ai_agent": "pydantic_ai"}
+EXAMPLES = {
+    "langgraph_agent": "langgraph", "pydantic_ai_agent": "pydantic_ai", "openai_agents_agent": "agents",
+    "smolagents_agent": "smolagents", "crewai_agent": "crewai",  # crewai: not in dev, skipped in CI
+}
 
 
 @pytest.mark.fleet

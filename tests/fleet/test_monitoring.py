@@ -1,5 +1,5 @@
-"""The monitoring profile, checked without a Docker engine: Prometheus scrapes every coordinator and worker
-where it serves its metrics, Grafana's dashboard reads only metrics Castor exports and shows all of them,
+"""The monitoring profile, checked without a Docker engine: Prometheus scrapes every coordinator, worker and
+the console where it serves its metrics, Grafana's dashboard reads only metrics Castor exports and shows all of them,
 and docs/metrics.md documents exactly what is exported."""
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def metrics_endpoint(service: str) -> tuple[str, int] | None:
     return None if args.metrics_port is None else (args.metrics_host, args.metrics_port)
 
 
-def test_prometheus_scrapes_every_coordinator_and_worker_where_it_listens() -> None:
+def test_prometheus_scrapes_every_coordinator_worker_and_console_where_it_listens() -> None:
     targets: dict[str, set[str]] = {}
     for job in PROMETHEUS["scrape_configs"]:
         for config in job["static_configs"]:
@@ -65,7 +65,7 @@ def test_prometheus_scrapes_every_coordinator_and_worker_where_it_listens() -> N
     expected: dict[str, set[str]] = {}
     for service in CASTOR_SERVICES:
         command = parse(SERVICES[service]["command"]).command
-        if command not in ("coordinator", "worker"):
+        if command not in ("coordinator", "worker", "console"):
             continue
         endpoint = metrics_endpoint(service)
         assert endpoint is not None, f"{service} serves no metrics"

@@ -88,7 +88,7 @@ def test_the_readme_fleet_section_works_as_written(fleet: Fleet) -> None:
         if args[0] == "approvals":  # until the run reached its destructive call
             assert pid in until(fleet, args, pid)
         elif args[0] == "ps":
-            assert re.search(rf"{pid}\s+COMPLETED", until(fleet, args, "COMPLETED"))
+            assert re.search(rf"^\[DONE\] {re.escape(pid)}  ", until(fleet, args, "[DONE]"), re.M)
         elif args[0] == "coordinators":
             out = fleet.cli(*args).stdout
             assert "coordinator-1" in out and "coordinator-2" in out

@@ -21,14 +21,14 @@ from castor.frameworks._common import (
 from castor.kernel.context import Suspend
 
 ROOT = Path(__file__).resolve().parents[2]
-FRAMEWORKS = ("langchain", "langgraph", "pydantic-ai", "pydantic_ai")
+FRAMEWORKS = ("langchain", "langgraph", "pydantic-ai", "pydantic_ai", "openai-agents", "smolagents", "crewai")
 
 
 def test_pip_install_dot_installs_no_framework_and_dev_installs_them_all() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert not [d for d in project["dependencies"] if d.lower().startswith(FRAMEWORKS)]
     extras = project["optional-dependencies"]
-    for extra in ("langchain", "pydantic-ai"):
+    for extra in ("langchain", "pydantic-ai", "openai-agents", "smolagents"):
         assert set(extras[extra]) <= set(extras["dev"]), extra
 
 
@@ -93,3 +93,28 @@ async def test_a_denial_under_structured_results_reaches_the_model_as_json() -> 
     kernel.reject(cp, "no")
     cp = await kernel.run(agent, checkpoint=cp)
     assert cp.result == {"status": "HITL_REJECTED", "feedback_message": "no"}
+
+
+async def test_a_synchronous_loop_in_a_thread_reaches_the_run_and_a_run_ending_error_crosses_except_exception(
+) -> None:
+    from castor.errors import ReplayDivergenceError, UnsupportedError
+    from castor.frameworks._common import blocking, in_thread
+
+    async def answer() -> str:
+        return "from the loop"
+
+    async def diverge() -> str:
+        raise ReplayDivergenceError(3, {"tool_name": "t", "arguments": {}}, {"tool_name": "u", "arguments": {}})
+
+    def framework_loop(start: Any) -> Any:
+        try:  # what smolagents and CrewAI do around a model or tool call: retry, or tell the model
+            return blocking("Test", start, "run(agent)")
+        except Exception as error:
+            return f"swallowed {error}"
+
+    assert await in_thread(framework_loop, answer) == "from the loop"
+    with pytest.raises(ReplayDivergenceError) as caught:
+        await in_thread(framework_loop, diverge)
+    assert caught.value.step == 3
+    with pytest.raises(UnsupportedError, match=r"call `await run\(agent\)` inside a Castor run"):
+        blocking("Test", answer, "run(agent)")  # on the loop itself: it would wait for itself

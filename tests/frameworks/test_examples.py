@@ -17,6 +17,9 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = {
     "langgraph_agent": "langgraph",
     "pydantic_ai_agent": "pydantic_ai",
+    "openai_agents_agent": "agents",
+    "smolagents_agent": "smolagents",
+    "crewai_agent": "crewai",  # not in the dev extra: skipped in CI (see castor/frameworks/crewai.py)
 }
 
 
@@ -25,7 +28,12 @@ def example(name: str) -> Path:
     return ROOT / "examples" / "frameworks" / f"{name}.py"
 
 
-@pytest.mark.parametrize("name", sorted(EXAMPLES))
+# CrewAI's own code reads its deprecated fields when an Agent is built (the warnings are errors here).
+IN_PROCESS = [pytest.param(n, marks=pytest.mark.filterwarnings("ignore::DeprecationWarning")) if n == "crewai_agent"
+              else n for n in sorted(EXAMPLES)]
+
+
+@pytest.mark.parametrize("name", IN_PROCESS)
 async def test_the_example_runs_offline_in_process(name: str) -> None:
     module = load_file(example(name))
     kernel = Castor(tools=[module.search, module.delete_file], destructive=["delete_file"])

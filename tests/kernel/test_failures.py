@@ -177,3 +177,27 @@ def test_bad_tool_registrations() -> None:
         Castor(tools=[lambda: 1])
     with pytest.raises(TypeError, match="bogus"):
         Castor(tools=[], bogus=1)
+
+
+async def test_replay_accepts_arguments_equal_as_json_and_still_refuses_others() -> None:
+    # The replay stage compares equal arguments inline and leaves the rest to canonical JSON: a tuple the
+    # journal keeps as a list after a JSON round trip still replays; another value still diverges.
+    seen: list[object] = []
+
+    async def total(items: list[int]) -> int:
+        seen.append(items)
+        return sum(items)
+
+    values = iter([(1, 2), (1, 2), (1, 3)])
+
+    async def agent() -> object:
+        return await tool("total", items=next(values))
+
+    kernel = Castor(tools=[total])
+    cp = await kernel.run(agent)
+    restored = type(cp).model_validate_json(cp.model_dump_json())
+    assert restored.syscall_log[0].request["arguments"] == {"items": [1, 2]}
+    again = await kernel.run(agent, checkpoint=restored)
+    assert again.status == "COMPLETED" and again.result == 3 and len(seen) == 1
+    with pytest.raises(ReplayDivergenceError, match="replay divergence at step 0"):
+        await kernel.run(agent, checkpoint=type(cp).model_validate_json(cp.model_dump_json()))

@@ -47,6 +47,8 @@ class Counter:
         self.throttled = 0
         self.throttle: tuple[int, float] = (0, 0.0)  # requests still to refuse, their retry-after
         self.minutes: dict[int, int] = collections.defaultdict(int)  # tokens arrived in each minute since the start
+        self.authorization: collections.Counter[str] = collections.Counter()  # requests by Authorization header
+        self.arrivals: list[tuple[float, bool]] = []  # (wall-clock time, refused with a 429) of every request
         self.minute_peaks: dict[int, int] = collections.defaultdict(int)  # the fullest window ending in each minute
 
     def admit(self, tokens: int) -> float | None:
@@ -85,6 +87,8 @@ class Counter:
             "max_window_requests": self.max_requests, "rpm": self.rpm, "tpm": self.tpm, "window": self.window,
             "minutes": [self.minutes[m] for m in sorted(self.minutes)],
             "minute_peaks": [self.minute_peaks[m] for m in sorted(self.minutes)],
+            "authorization": dict(self.authorization),
+            "arrivals": self.arrivals,
         }
 
 
@@ -101,10 +105,12 @@ def make_app(counter: Counter, *, reply_tokens: int = 16, latency: float = 0.0) 
         messages = body.get("messages")
         if not isinstance(messages, list) or not body.get("model"):
             return web.json_response({"error": {"message": "model and messages are required"}}, status=400)
+        counter.authorization[request.headers.get("Authorization", "")] += 1  # which key called (429s too)
         completion = min(int(body.get("max_tokens") or reply_tokens), reply_tokens)
         usage = {"prompt_tokens": prompt_tokens(messages), "completion_tokens": completion}
         usage["total_tokens"] = usage["prompt_tokens"] + completion
         after = counter.admit(usage["total_tokens"])
+        counter.arrivals.append((time.time(), after is not None))
         if after is not None:
             return _refusal(after)
         if latency:

@@ -83,3 +83,20 @@ async def _approvals(argv: list[str]) -> int:
     from castor.cli._fleet_views import approvals
 
     return await approvals(build_parser().parse_args(argv))
+
+
+async def test_the_gateways_kernel_has_a_metrics_stage_only_with_metrics_port(tmp_path: Path) -> None:
+    pytest.importorskip("prometheus_client")
+    from castor.cli import build_parser
+    from castor.kernel.chain import replay
+    from castor.mcp.cli import build_gateway
+    from castor.metrics._kernel import KernelMetrics
+
+    base = ["mcp", "--tool", f"{TOOLS}:add", "--db", str(tmp_path / "g.db")]
+    for extra, first in (([], replay), (["--metrics-port", "0"], KernelMetrics)):
+        gateway = build_gateway(build_parser().parse_args([*base, *extra]))
+        try:
+            stage = gateway.kernel.services.chain.func  # the chain's outermost stage
+            assert stage is first if first is replay else isinstance(stage, first), extra
+        finally:
+            await gateway.close()

@@ -264,6 +264,13 @@ def coordinator(prefix: str, name: str) -> str:
     return f"{prefix}:fleet:coordinator:{name}"
 
 
+def pool_workers(prefix: str, pool: str) -> str:
+    """Sorted set: the worker processes of a pool (node name) scored by when each last said it is alive
+    (unix time, renewed every few seconds): ``ps`` / ``inspect`` tell a call waiting on a pool nobody
+    consumes."""
+    return f"{prefix}:fleet:workers:{pool}"
+
+
 def submitted(prefix: str) -> str:
     """Set: pids submitted to the fleet (a fork of one is submitted to the fleet too)."""
     return f"{prefix}:fleet:submitted"

@@ -1,0 +1,216 @@
+"""CrewAI under Castor (``pip install 'castor-kernel[crewai]'``; not in the ``dev`` extra, see below).
+
+    from crewai import Agent, Crew, Task
+    from crewai.tools import tool
+    from castor.frameworks.crewai import guard, kickoff, tools_of
+
+    kernel = Castor(tools=tools_of([search, delete_file]), destructive=["delete_file"])
+
+    async def main():
+        crew = Crew(agents=[Agent(..., llm=llm, tools=[search, delete_file])], tasks=[...])
+        return str(await kickoff(crew))          # guard(crew), then crew.kickoff in a worker thread
+
+``guard`` takes a CrewAI tool (a ``GuardedTool`` copy: same name, description and argument schema, every
+call asking ``castor.lib.tool``), a list of tools, an LLM (a ``GuardedLLM``), an ``Agent`` or a ``Crew``
+(their LLMs and tools guarded in place). CrewAI is synchronous: ``kickoff`` runs ``crew.kickoff`` in a
+worker thread and answers the guarded calls on the Castor run's loop. CrewAI's tool handling catches
+``Exception`` and tells the model; Castor's suspension is a ``BaseException`` and passes.
+
+A guarded LLM runs the agent in CrewAI's text (ReAct) mode: a CrewAI LLM with native function calling
+runs the tools itself inside its ``call`` (``available_functions``), so one call would not be one model
+step; in text mode the model answers with text and CrewAI calls the (guarded) tools. Every ``call`` is a
+``castor.lib.model_call`` step (the messages, the tools' names and the stop words; its answer the text).
+Structured output (``response_model``) and a crew's manager or planning LLM are not guarded.
+
+CrewAI is not in Castor's ``dev`` extra, so CI does not run these tests: it pins ``openai<3`` while the
+OpenAI Agents SDK needs ``openai>=3`` (one environment cannot hold both), and it brings ~70 packages
+(chromadb, lancedb, onnxruntime, kubernetes, ...; about 2 minutes to install on a 2-core machine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from crewai import Agent, Crew, Task
+from crewai.llms.base_llm import BaseLLM
+from crewai.tools import BaseTool
+
+from castor.errors import UnsupportedError
+from castor.frameworks._common import (
+    ToolEntry,
+    blocking,
+    call_tool,
+    check_function,
+    in_thread,
+    model_step,
+    schema_function,
+    schema_signature,
+)
+from castor.llm import canonical_request as canonical_json
+
+FRAMEWORK = "CrewAI"
+_RUNNER = "castor.frameworks.crewai.kickoff(crew)"
+
+
+# --- models -------------------------------------------------------------------------------------------
+
+
+def canonical_request(messages: Any, tools: Any, stop: list[str]) -> dict[str, Any]:
+    """The model request as Castor journals and compares it (the messages, tool names, stop words)."""
+    listed = [{"role": "user", "content": messages}] if isinstance(messages, str) else list(messages)
+    request: dict[str, Any] = {"messages": canonical_json(listed, drop={"cache_breakpoint"})}
+    if tools:
+        request["tools"] = canonical_json(tools)
+    if stop:
+        request["stop"] = list(stop)
+    return request
+
+
+class GuardedLLM(BaseLLM):
+    """A CrewAI LLM whose every call is a model syscall of the Castor run (``guard(llm)``), in text mode."""
+
+    wrapped: BaseLLM
+
+    def call(self, messages: Any, tools: Any = None, callbacks: Any = None, available_functions: Any = None,
+             from_task: Any = None, from_agent: Any = None, response_model: Any = None) -> str:
+        """Ask the wrapped LLM through Castor (from the journal on replay), from the crew's thread."""
+        if response_model is not None or available_functions:
+            raise UnsupportedError("a guarded CrewAI LLM answers in text: structured output and native tool "
+                                   "calls are not guarded")
+        stop = list(self.stop or ())
+        request = canonical_request(messages, tools, stop)
+        model = self.wrapped.model
+
+        async def invoke(_request: dict[str, Any]) -> dict[str, Any]:
+            self.wrapped.stop = stop  # CrewAI sets the stop words on the LLM it holds: the guarded one
+            answer = await asyncio.to_thread(self.wrapped.call, messages, tools=tools, callbacks=callbacks,
+                                     from_task=from_task, from_agent=from_agent)
+            if not isinstance(answer, str):
+                raise UnsupportedError(f"the CrewAI LLM {model!r} answered {type(answer).__name__}, not text")
+            return {"text": answer, "tool_calls": [], "model": model, "finish_reason": "stop"}
+
+        journaled = blocking(FRAMEWORK, lambda: model_step(request, model, invoke), _RUNNER)
+        return str(journaled["text"])
+
+    def supports_function_calling(self) -> bool:
+        """No: CrewAI then runs the agent in text mode and calls the guarded tools itself."""
+        return False
+
+    def supports_stop_words(self) -> bool:
+        """As the wrapped LLM."""
+        return self.wrapped.supports_stop_words()
+
+    def get_context_window_size(self) -> int:
+        """As the wrapped LLM."""
+        return self.wrapped.get_context_window_size()
+
+
+def guard_llm(llm: BaseLLM) -> GuardedLLM:
+    """``llm`` with every call a journaled model step (guarded once)."""
+    if isinstance(llm, GuardedLLM):
+        return llm
+    return GuardedLLM(model=llm.model, wrapped=llm, stop=list(llm.stop or ()))
+
+
+# --- tools --------------------------------------------------------------------------------------------
+
+
+class GuardedTool(BaseTool):
+    """A CrewAI tool whose every call asks Castor (``guard(tool)``)."""
+
+    def _run(self, **arguments: Any) -> Any:
+        return blocking(FRAMEWORK, lambda: call_tool(self.name, arguments), _RUNNER)
+
+    async def _arun(self, **arguments: Any) -> Any:
+        return await call_tool(self.name, arguments)
+
+
+def _json_schema(t: BaseTool) -> dict[str, Any]:
+    return dict(t.args_schema.model_json_schema())
+
+
+def tool_entry(t: BaseTool) -> ToolEntry:
+    """The name and the function Castor registers for ``t``: its own function, else one running ``t``."""
+    if isinstance(t, GuardedTool):
+        raise UnsupportedError(f"CrewAI tool {t.name!r} is guarded already: list the tools before guard()")
+    schema = _json_schema(t)
+    schema_signature(FRAMEWORK, t.name, schema)  # refused here if Castor cannot check its arguments
+    func = getattr(t, "func", None)
+    if callable(func):
+        check_function(FRAMEWORK, t.name, func)
+        return t.name, func
+
+    async def run(arguments: dict[str, Any]) -> Any:
+        return await asyncio.to_thread(t.run, **arguments)
+
+    return t.name, schema_function(FRAMEWORK, t.name, schema, run)
+
+
+def guard_tool(t: BaseTool) -> GuardedTool:
+    """A copy of ``t`` that asks Castor for every call."""
+    if isinstance(t, GuardedTool):
+        return t
+    tool_entry(t)
+    return GuardedTool(name=t.name, description=t.description, args_schema=t.args_schema,
+                       result_as_answer=t.result_as_answer, max_usage_count=t.max_usage_count)
+
+
+def tools_of(x: Any) -> list[ToolEntry]:
+    """``(name, function)`` of every tool of a tool list, an agent or a crew, for ``Castor(tools=...)``."""
+    entries: dict[str, ToolEntry] = {}
+    for t in _tools_in(x):
+        entries.setdefault(t.name, tool_entry(t))
+    return list(entries.values())
+
+
+def _tools_in(x: Any) -> list[BaseTool]:
+    if isinstance(x, BaseTool):
+        return [x]
+    if isinstance(x, Crew):
+        return [t for holder in [*x.agents, *x.tasks] for t in _tools_in(holder)]
+    if isinstance(x, Agent | Task):
+        return list(x.tools or ())
+    if isinstance(x, list | tuple):
+        return [t for item in x for t in _tools_in(item)]
+    raise UnsupportedError(f"castor.frameworks.crewai: expected tools, an Agent or a Crew, got {type(x).__name__}")
+
+
+def guard(x: Any) -> Any:
+    """The guarded form of a CrewAI tool, a list of tools or an LLM; an ``Agent`` or a ``Crew`` is guarded in
+    place (its LLM and its tools, its tasks' tools)."""
+    if isinstance(x, BaseTool):
+        return guard_tool(x)
+    if isinstance(x, BaseLLM):
+        return guard_llm(x)
+    if isinstance(x, list | tuple):
+        return [guard(item) for item in x]
+    if isinstance(x, Task):
+        x.tools = [guard_tool(t) for t in x.tools or ()]
+        return x
+    if isinstance(x, Agent):
+        if not isinstance(x.llm, BaseLLM):
+            raise UnsupportedError(f"CrewAI agent {x.role!r} has no LLM object to guard: give Agent(llm=...)")
+        if x.__dict__.get("function_calling_llm") is not None:  # read without its deprecation warning
+            raise UnsupportedError(f"CrewAI agent {x.role!r} has a function_calling_llm, which is not guarded")
+        x.llm = guard_llm(x.llm)
+        x.tools = [guard_tool(t) for t in x.tools or ()]
+        return x
+    if isinstance(x, Crew):
+        if x.manager_llm is not None or x.manager_agent is not None or x.planning:
+            raise UnsupportedError("a CrewAI crew with a manager or planning is not guarded: its manager's and "
+                                   "planner's model calls would not be journaled")
+        for holder in [*x.agents, *x.tasks]:
+            guard(holder)
+        return x
+    raise UnsupportedError(
+        f"castor.frameworks.crewai.guard() takes tools, an LLM, an Agent or a Crew, got {type(x).__name__}"
+    )
+
+
+async def kickoff(crew: Crew, **kwargs: Any) -> Any:
+    """``crew.kickoff(**kwargs)`` inside a Castor run (in a worker thread; the crew's tools guarded first)."""
+    return await in_thread(guard(crew).kickoff, **kwargs)
+
+
+__all__ = ["GuardedLLM", "GuardedTool", "guard", "kickoff", "tools_of"]

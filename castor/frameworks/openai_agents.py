@@ -1,0 +1,308 @@
+"""The OpenAI Agents SDK under Castor (``pip install 'castor-kernel[openai-agents]'``).
+
+    from agents import Agent, Runner, function_tool
+    from castor.frameworks.openai_agents import guard, tools_of
+
+    agent = Agent(name="janitor", model=model, tools=[function_tool(search), function_tool(delete_file)])
+    kernel = Castor(tools=tools_of(agent), destructive=["delete_file"])
+
+    async def main():
+        result = await Runner.run(guard(agent), "clean up old logs")
+        return result.final_output
+
+``guard`` takes an ``Agent`` (a clone whose model and function tools are guarded, its handoff agents too),
+a ``Model`` (a ``GuardedModel``) or a ``FunctionTool`` (a copy asking Castor). Every ``get_response`` of
+the model is a ``castor.lib.model_call`` step whose request is the system instructions, the input items,
+the tools, the output schema, the handoffs and the settings, with the SDK's item ids, call ids and
+response ids dropped; the ``ModelResponse`` is rebuilt from the journaled one. Every function tool call
+asks ``castor.lib.tool``. The SDK turns a tool's ``Exception`` into a message for the model; Castor's
+suspension is a ``BaseException`` and passes. A model given as a name is resolved by the SDK's default
+provider at ``guard()``. Streaming (``Runner.run_streamed``) is not guarded: it raises ``UnsupportedError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from agents import Agent, FunctionTool, Handoff, Model, ModelResponse, ModelSettings, RunContextWrapper, Usage
+from agents.items import TResponseOutputItem
+from agents.models.multi_provider import MultiProvider
+from agents.tool import with_function_tool_failure_error_handler
+from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage
+from pydantic import TypeAdapter
+
+from castor.errors import UnsupportedError
+from castor.frameworks._common import (
+    IdentityCache,
+    ToolEntry,
+    call_tool,
+    check_function,
+    model_step,
+    refuse,
+    schema_function,
+)
+from castor.llm import canonical_request as canonical_json
+
+FRAMEWORK = "OpenAI Agents"
+# What the SDK (or the model) generates anew on every run; a replay rebuilds responses from the journal.
+VOLATILE = frozenset({"id", "call_id", "response_id", "previous_response_id", "conversation_id", "status"})
+_OUTPUT = TypeAdapter(list[TResponseOutputItem])
+
+
+# --- models -------------------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    """JSON data without the empty values (a short, stable request)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if v not in (None, {}, [])}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _tool_json(t: Any) -> dict[str, Any]:
+    if isinstance(t, FunctionTool):
+        return {"name": t.name, "description": t.description, "parameters": t.params_json_schema}
+    return {"name": getattr(t, "name", type(t).__name__), "kind": type(t).__name__}
+
+
+def canonical_request(
+    system: str | None, input: Any, settings: ModelSettings, tools: list[Any], output_schema: Any,
+    handoffs: list[Handoff],
+) -> dict[str, Any]:
+    """The model request as Castor journals and compares it (``get_response``'s arguments, ids dropped)."""
+    items = [{"role": "user", "content": input}] if isinstance(input, str) else list(input)
+    request: dict[str, Any] = {"input": _plain(canonical_json(items, drop=VOLATILE))}
+    if system:
+        request["system"] = system
+    if tools:
+        request["tools"] = [_tool_json(t) for t in tools]
+    if handoffs:
+        request["handoffs"] = [{"name": h.tool_name, "description": h.tool_description,
+                                "parameters": h.input_json_schema} for h in handoffs]
+    if output_schema is not None and not output_schema.is_plain_text():
+        request["output_schema"] = output_schema.json_schema()
+    settings_json = _plain(canonical_json(settings.to_json_dict()))
+    if settings_json:
+        request["settings"] = settings_json
+    return request
+
+
+def response_json(response: ModelResponse, model: str) -> dict[str, Any]:
+    """A ``ModelResponse`` as the journal keeps it: Castor's response keys and the SDK's output items."""
+    calls = [item for item in response.output if isinstance(item, ResponseFunctionToolCall)]
+    text = "".join(
+        getattr(part, "text", "") for item in response.output if isinstance(item, ResponseOutputMessage)
+        for part in item.content
+    )
+    journaled: dict[str, Any] = {
+        "text": text,
+        "tool_calls": [{"id": c.call_id, "name": c.name, "arguments": _arguments(c.arguments)} for c in calls],
+        "model": model,
+        "finish_reason": "tool_calls" if calls else "stop",
+        "output": [item.model_dump(mode="json", exclude_none=True) for item in response.output],
+    }
+    if response.response_id:
+        journaled["response_id"] = response.response_id
+    usage = response.usage
+    if usage.input_tokens or usage.output_tokens:
+        journaled["usage"] = {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
+    return journaled
+
+
+def _arguments(text: str) -> Any:
+    try:
+        return json.loads(text or "{}")
+    except ValueError:  # the model's malformed JSON, journaled as it came (the SDK reports it to the model)
+        return text
+
+
+def model_response(journaled: dict[str, Any]) -> ModelResponse:
+    """The ``ModelResponse`` a journaled response stands for (live and replayed alike)."""
+    usage = journaled.get("usage") or {}
+    tokens_in, tokens_out = int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))
+    return ModelResponse(
+        output=_OUTPUT.validate_python(journaled["output"]),
+        usage=Usage(requests=1, input_tokens=tokens_in, output_tokens=tokens_out, total_tokens=tokens_in + tokens_out),
+        response_id=journaled.get("response_id"),
+    )
+
+
+class GuardedModel(Model):
+    """An Agents SDK model whose every response is a model syscall of the Castor run (``guard(model)``)."""
+
+    def __init__(self, wrapped: Model, model_id: str = "") -> None:
+        self.wrapped = wrapped
+        self.model_id = model_id or getattr(wrapped, "model", None) or type(wrapped).__name__
+
+    async def get_response(self, system_instructions: str | None, input: Any, model_settings: ModelSettings,
+                           tools: list[Any], output_schema: Any, handoffs: list[Handoff], tracing: Any,
+                           **kwargs: Any) -> ModelResponse:
+        """Ask the wrapped model through Castor (from the journal on replay)."""
+        async def invoke(_request: dict[str, Any]) -> dict[str, Any]:
+            answer = await self.wrapped.get_response(system_instructions, input, model_settings, tools,
+                                                     output_schema, handoffs, tracing, **kwargs)
+            return response_json(answer, self.model_id)
+
+        request = canonical_request(system_instructions, input, model_settings, tools, output_schema, handoffs)
+        return model_response(await model_step(request, self.model_id, invoke))
+
+    def stream_response(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        """Not guarded: a streamed response is not journaled as one step yet."""
+        raise UnsupportedError("a guarded Agents SDK model does not stream: use Runner.run, not run_streamed")
+
+    async def close(self) -> None:
+        """Close the wrapped model."""
+        await self.wrapped.close()
+
+
+def guard_model(model: Model | str | None) -> GuardedModel:
+    """``model`` (a name: the SDK's default provider resolves it) with every response a journaled step."""
+    if isinstance(model, GuardedModel):
+        return model
+    if not isinstance(model, Model):
+        name = model
+        model = MultiProvider().get_model(model)
+        return GuardedModel(model, name or "")
+    return GuardedModel(model)
+
+
+# --- tools --------------------------------------------------------------------------------------------
+
+
+def _own_function(t: FunctionTool) -> Any:
+    """The Python function ``@function_tool`` wrapped, if the SDK kept it (None: a hand-made tool)."""
+    wrapped = getattr(t.on_invoke_tool, "_get_wrapped_callable", None)
+    func = wrapped() if wrapped is not None else None
+    return func if inspect.isfunction(func) or inspect.ismethod(func) else None
+
+
+def _takes_context(func: Any) -> bool:
+    """Whether ``func``'s first parameter is the SDK's run context (``RunContextWrapper`` / ``ToolContext``)."""
+    params = list(inspect.signature(func).parameters.values())
+    if not params:
+        return False
+    annotation = params[0].annotation
+    if isinstance(annotation, str):
+        return "RunContextWrapper" in annotation or "ToolContext" in annotation
+    origin = getattr(annotation, "__origin__", annotation)
+    return isinstance(origin, type) and issubclass(origin, RunContextWrapper)
+
+
+def tool_entry(t: Any) -> ToolEntry:
+    """The name and the function Castor registers for ``t``: its own function, else one running ``t``."""
+    if not isinstance(t, FunctionTool):
+        raise refuse(FRAMEWORK, getattr(t, "name", type(t).__name__),
+                     f"a {type(t).__name__} is not a function tool; Castor guards function tools only")
+    func = _own_function(t)
+    if func is not None:
+        if _takes_context(func):
+            raise refuse(FRAMEWORK, t.name, "it takes the SDK's run context, which Castor's executor cannot pass")
+        check_function(FRAMEWORK, t.name, func)
+        return t.name, func
+    original = t.on_invoke_tool
+
+    async def run(arguments: dict[str, Any]) -> Any:
+        from agents.tool_context import ToolContext
+
+        payload = json.dumps(arguments)
+        context = ToolContext(context=None, tool_name=t.name, tool_call_id="castor", tool_arguments=payload)
+        return await original(context, payload)
+
+    return t.name, schema_function(FRAMEWORK, t.name, t.params_json_schema, run)
+
+
+def _unreported(tool: FunctionTool, error: Exception, payload: str) -> None:
+    """A handled tool error needs no report of its own: Castor's journal holds the failed step."""
+
+
+def _guard_tool(t: FunctionTool) -> FunctionTool:
+    tool_entry(t)  # refused here, at guard(), if Castor cannot check its arguments
+    name = t.name
+
+    async def invoke(_context: Any, payload: str) -> Any:
+        return await call_tool(name, json.loads(payload or "{}"))
+
+    # The SDK's own failure handling around the call (a tool's Exception becomes a message to the model,
+    # its failure_error_function kept); Castor's suspension is a BaseException and passes it.
+    handled = with_function_tool_failure_error_handler(invoke, _unreported)
+    guarded = dataclasses.replace(t, on_invoke_tool=handled)
+    guarded.__castor_guarded__ = True  # type: ignore[attr-defined]
+    return guarded
+
+
+_guarded_tools = IdentityCache(_guard_tool, size=1024)
+
+
+def guard_tool(t: FunctionTool) -> FunctionTool:
+    """A copy of ``t`` that asks Castor for every call (same name, description and schema)."""
+    if getattr(t, "__castor_guarded__", False):
+        return t
+    guarded: FunctionTool = _guarded_tools(t)
+    return guarded
+
+
+def tools_of(x: Any) -> list[ToolEntry]:
+    """``(name, function)`` of every function tool of an agent (and its handoff agents), for ``Castor(tools=...)``."""
+    if isinstance(x, Agent):
+        entries = [tool_entry(t) for t in x.tools]
+        for h in x.handoffs:
+            if isinstance(h, Agent):
+                entries += [e for e in tools_of(h) if e[0] not in {n for n, _ in entries}]
+        return entries
+    if isinstance(x, FunctionTool):
+        return [tool_entry(x)]
+    if isinstance(x, list | tuple):
+        return [e for item in x for e in tools_of(item)]
+    raise UnsupportedError(f"castor.frameworks.openai_agents.tools_of() takes an Agent or function tools, "
+                           f"got {type(x).__name__}")
+
+
+# --- agents -------------------------------------------------------------------------------------------
+
+
+def guard_agent(agent: Agent[Any]) -> Agent[Any]:
+    """A clone of ``agent`` with its model, its function tools and its handoff agents guarded."""
+    if getattr(agent, "__castor_guarded__", False):
+        return agent
+    if agent.mcp_servers:
+        raise UnsupportedError(f"agent {agent.name!r} has MCP servers: Castor guards function tools only")
+    handoffs: list[Any] = []
+    for h in agent.handoffs:
+        if not isinstance(h, Agent):
+            raise UnsupportedError(f"agent {agent.name!r}: a custom Handoff is not guarded; hand off to an Agent")
+        handoffs.append(guard_agent(h))
+    guarded = agent.clone(model=guard_model(agent.model), tools=[guard_tool(t) for t in _function_tools(agent)],
+                          handoffs=handoffs)
+    guarded.__castor_guarded__ = True
+    return guarded
+
+
+def _function_tools(agent: Agent[Any]) -> list[FunctionTool]:
+    for t in agent.tools:
+        if not isinstance(t, FunctionTool):
+            raise refuse(FRAMEWORK, getattr(t, "name", type(t).__name__),
+                         f"a {type(t).__name__} is not a function tool; Castor guards function tools only")
+    return [t for t in agent.tools if isinstance(t, FunctionTool)]
+
+
+def guard(x: Any) -> Any:
+    """The guarded form of an Agents SDK agent, model or function tool (or a list of tools)."""
+    if isinstance(x, Agent):
+        return guard_agent(x)
+    if isinstance(x, Model):
+        return guard_model(x)
+    if isinstance(x, FunctionTool):
+        return guard_tool(x)
+    if isinstance(x, list | tuple):
+        return [guard(item) for item in x]
+    raise UnsupportedError(f"castor.frameworks.openai_agents.guard() takes an Agent, a Model or function "
+                           f"tools, got {type(x).__name__}")
+
+
+__all__ = ["GuardedModel", "guard", "tools_of"]

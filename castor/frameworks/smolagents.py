@@ -1,0 +1,263 @@
+"""smolagents under Castor (``pip install 'castor-kernel[smolagents]'``).
+
+    from smolagents import ToolCallingAgent, tool
+    from castor.frameworks.smolagents import guard, run, tools_of
+
+    agent = ToolCallingAgent(tools=[search, delete_file], model=model)
+    kernel = Castor(tools=tools_of(agent), destructive=["delete_file"])
+
+    async def main():
+        return await run(guard(agent), "clean up old logs")
+
+``guard`` takes a ``ToolCallingAgent`` (guarded in place: its model, its tools and its managed agents'),
+a ``Model`` (a ``GuardedModel``) or a ``Tool`` (a copy asking Castor). smolagents is synchronous: ``run``
+runs ``agent.run`` in a worker thread and answers its guarded calls on the Castor run's loop; calling
+``agent.run`` directly inside a run raises ``UnsupportedError`` at the first guarded call. Every
+``generate`` of the model is a ``castor.lib.model_call`` step whose request is the messages (role,
+content, tool calls), the tools and the stop sequences; the ``ChatMessage`` is rebuilt from the journal.
+Every tool call asks ``castor.lib.tool``; smolagents turns a tool's ``Exception`` into an error for the
+model, Castor's suspension is a ``BaseException`` and passes. ``final_answer`` (the agent's own way to
+end) is not a Castor tool. A ``CodeAgent`` runs model-written Python, not tool calls: it is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import inspect
+from typing import Any
+
+from smolagents import CodeAgent, MultiStepAgent, Tool
+from smolagents.models import ChatMessage, Model
+from smolagents.monitoring import TokenUsage
+
+from castor.errors import UnsupportedError
+from castor.frameworks._common import (
+    ToolEntry,
+    blocking,
+    call_tool,
+    check_function,
+    in_thread,
+    model_step,
+    refuse,
+    schema_function,
+    schema_signature,
+)
+from castor.llm import canonical_request as canonical_json
+
+FRAMEWORK = "smolagents"
+FINAL_ANSWER = "final_answer"
+_VOLATILE = frozenset({"raw", "token_usage", "id"})
+_RUNNER = "castor.frameworks.smolagents.run(agent, task)"
+_INPUT_TYPES = {"string", "boolean", "integer", "number", "array", "object", "any"}
+
+
+# --- models -------------------------------------------------------------------------------------------
+
+
+def _message_json(message: Any) -> dict[str, Any]:
+    data = message.dict() if isinstance(message, ChatMessage) else dict(message)
+    data["role"] = getattr(data.get("role"), "value", data.get("role"))
+    return {k: v for k, v in canonical_json(data, drop=_VOLATILE).items() if v is not None}
+
+
+def _tool_json(t: Tool) -> dict[str, Any]:
+    return {"name": t.name, "description": t.description, "inputs": canonical_json(t.inputs)}
+
+
+def canonical_request(messages: list[Any], stop: list[str] | None, response_format: Any, tools: list[Tool] | None,
+                      options: dict[str, Any]) -> dict[str, Any]:
+    """The model request as Castor journals and compares it (``generate``'s arguments, ids dropped)."""
+    request: dict[str, Any] = {"messages": [_message_json(m) for m in messages]}
+    if tools:
+        request["tools"] = [_tool_json(t) for t in tools]
+    if stop:
+        request["stop"] = list(stop)
+    if response_format:
+        request["response_format"] = canonical_json(response_format)
+    if options:
+        request["options"] = canonical_json(options)
+    return request
+
+
+def response_json(message: ChatMessage, model: str) -> dict[str, Any]:
+    """A ``ChatMessage`` as the journal keeps it: Castor's response keys and the message itself."""
+    calls = message.tool_calls or []
+    content = message.content
+    journaled: dict[str, Any] = {
+        "text": content if isinstance(content, str) else "",
+        "tool_calls": [{"id": c.id, "name": c.function.name, "arguments": c.function.arguments} for c in calls],
+        "model": model,
+        "finish_reason": "tool_calls" if calls else "stop",
+        "message": canonical_json({k: v for k, v in message.dict().items() if k not in ("raw", "token_usage")}),
+    }
+    usage = message.token_usage
+    if usage is not None and (usage.input_tokens or usage.output_tokens):
+        journaled["usage"] = {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
+    return journaled
+
+
+def chat_message(journaled: dict[str, Any]) -> ChatMessage:
+    """The ``ChatMessage`` a journaled response stands for (live and replayed alike)."""
+    usage = journaled.get("usage")
+    token_usage = TokenUsage(int(usage["input_tokens"]), int(usage["output_tokens"])) if usage else None
+    return ChatMessage.from_dict(copy.deepcopy(journaled["message"]), token_usage=token_usage)
+
+
+class GuardedModel(Model):
+    """A smolagents model whose every ``generate`` is a model syscall of the Castor run (``guard(model)``)."""
+
+    def __init__(self, wrapped: Model) -> None:
+        super().__init__(model_id=wrapped.model_id or type(wrapped).__name__)
+        self.wrapped = wrapped
+
+    def generate(self, messages: list[Any], stop_sequences: list[str] | None = None,
+                 response_format: Any = None, tools_to_call_from: list[Tool] | None = None,
+                 **kwargs: Any) -> ChatMessage:
+        """Ask the wrapped model through Castor (from the journal on replay), from the agent's thread."""
+        model = str(self.model_id)
+        request = canonical_request(messages, stop_sequences, response_format, tools_to_call_from, kwargs)
+
+        async def invoke(_request: dict[str, Any]) -> dict[str, Any]:
+            answer = await asyncio.to_thread(self.wrapped.generate, messages, stop_sequences=stop_sequences,
+                                     response_format=response_format, tools_to_call_from=tools_to_call_from,
+                                     **kwargs)
+            return response_json(answer, model)
+
+        return chat_message(blocking(FRAMEWORK, lambda: model_step(request, model, invoke), _RUNNER))
+
+    def parse_tool_calls(self, message: ChatMessage) -> ChatMessage:
+        """The wrapped model's parsing of tool calls written as text."""
+        return self.wrapped.parse_tool_calls(message)
+
+    def generate_stream(self, *args: Any, **kwargs: Any) -> Any:
+        """Not guarded: a streamed response is not journaled as one step yet."""
+        raise UnsupportedError("a guarded smolagents model does not stream: build the agent with stream_outputs=False")
+
+
+def guard_model(model: Model) -> GuardedModel:
+    """``model`` with every ``generate`` a journaled model step (guarded once)."""
+    return model if isinstance(model, GuardedModel) else GuardedModel(model)
+
+
+# --- tools --------------------------------------------------------------------------------------------
+
+
+def json_schema(t: Tool) -> dict[str, Any]:
+    """A tool's ``inputs`` as a JSON object schema (``nullable`` inputs optional, ``any`` untyped)."""
+    properties: dict[str, Any] = {}
+    required = []
+    for name, spec in t.inputs.items():
+        spec = dict(spec)
+        kind = spec.get("type")
+        if kind not in _INPUT_TYPES:
+            raise refuse(FRAMEWORK, t.name, f"argument {name!r} has type {kind!r}, which a JSON tool call cannot carry")
+        if kind == "any":
+            spec.pop("type")
+        if not spec.pop("nullable", False):
+            required.append(name)
+        properties[name] = spec
+    return {"type": "object", "properties": properties, "required": required}
+
+
+def _own_function(t: Tool) -> Any:
+    """The Python function ``@tool`` wrapped, or a ``Tool`` subclass's ``forward`` (bound to the tool)."""
+    forward = t.forward
+    return inspect.unwrap(forward) if inspect.isfunction(forward) else forward
+
+
+def tool_entry(t: Tool) -> ToolEntry:
+    """The name and the function Castor registers for ``t``: its own function, else one running ``t``."""
+    schema = json_schema(t)
+    schema_signature(FRAMEWORK, t.name, schema)  # refused here if Castor cannot check its arguments
+    func = _own_function(t)
+    params = inspect.signature(func).parameters
+    if set(params) == set(t.inputs) and all(p.kind == p.KEYWORD_ONLY or p.kind == p.POSITIONAL_OR_KEYWORD
+                                            for p in params.values()):
+        check_function(FRAMEWORK, t.name, func)
+        return t.name, func
+
+    async def run(arguments: dict[str, Any]) -> Any:
+        return await asyncio.to_thread(t, **arguments)
+
+    return t.name, schema_function(FRAMEWORK, t.name, schema, run)
+
+
+class _GuardedForward:
+    """A tool's ``forward`` that asks Castor (from the agent's thread) for every call."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, *args: Any, **arguments: Any) -> Any:
+        if args:
+            raise UnsupportedError(f"smolagents tool {self.name!r} called with positional arguments under Castor")
+        return blocking(FRAMEWORK, lambda: call_tool(self.name, arguments), _RUNNER)
+
+
+def guard_tool(t: Tool) -> Tool:
+    """A copy of ``t`` that asks Castor for every call (same name, description and inputs)."""
+    if isinstance(getattr(t, "forward", None), _GuardedForward):
+        return t
+    tool_entry(t)
+    guarded = copy.copy(t)
+    guarded.forward = _GuardedForward(t.name)  # an instance's own forward
+    return guarded
+
+
+def _user_tools(agent: MultiStepAgent) -> list[Tool]:
+    return [t for name, t in agent.tools.items() if name != FINAL_ANSWER]
+
+
+def tools_of(x: Any) -> list[ToolEntry]:
+    """``(name, function)`` of every tool of an agent (its managed agents' too), for ``Castor(tools=...)``."""
+    if isinstance(x, MultiStepAgent):
+        entries = [tool_entry(t) for t in _user_tools(x)]
+        for managed in x.managed_agents.values():
+            entries += [e for e in tools_of(managed) if e[0] not in {n for n, _ in entries}]
+        return entries
+    if isinstance(x, Tool):
+        return [tool_entry(x)]
+    if isinstance(x, list | tuple):
+        return [e for item in x for e in tools_of(item)]
+    raise UnsupportedError(f"castor.frameworks.smolagents.tools_of() takes an agent or tools, got {type(x).__name__}")
+
+
+# --- agents -------------------------------------------------------------------------------------------
+
+
+def guard_agent(agent: MultiStepAgent) -> MultiStepAgent:
+    """Guard ``agent`` in place (its model, its tools, its managed agents) and return it."""
+    if isinstance(agent, CodeAgent):
+        raise UnsupportedError("a smolagents CodeAgent runs model-written Python, not tool calls Castor can "
+                               "journal: use a ToolCallingAgent")
+    if getattr(agent, "stream_outputs", False):
+        raise UnsupportedError("a guarded smolagents agent does not stream: build it with stream_outputs=False")
+    for t in _user_tools(agent):
+        agent.tools[t.name] = guard_tool(t)
+    for managed in agent.managed_agents.values():
+        guard_agent(managed)
+    agent.model = guard_model(agent.model)
+    return agent
+
+
+def guard(x: Any) -> Any:
+    """The guarded form of a smolagents agent, model or tool (or a list of tools)."""
+    if isinstance(x, MultiStepAgent):
+        return guard_agent(x)
+    if isinstance(x, Model):
+        return guard_model(x)
+    if isinstance(x, Tool):
+        return guard_tool(x)
+    if isinstance(x, list | tuple):
+        return [guard(item) for item in x]
+    raise UnsupportedError(f"castor.frameworks.smolagents.guard() takes an agent, a Model or tools, "
+                           f"got {type(x).__name__}")
+
+
+async def run(agent: MultiStepAgent, task: str, **kwargs: Any) -> Any:
+    """``agent.run(task, **kwargs)`` inside a Castor run (in a worker thread; the agent guarded first)."""
+    return await in_thread(guard_agent(agent).run, task, **kwargs)
+
+
+__all__ = ["GuardedModel", "guard", "run", "tools_of"]

@@ -1,0 +1,76 @@
+"""A CrewAI crew under Castor: a search tool, a destructive tool, a scripted LLM by default.
+
+    pip install 'castor-kernel[crewai]'      # not with [openai-agents] in one environment (openai<3 vs >=3)
+    castor run examples/frameworks/crewai_agent.py:main \
+        --tool examples/frameworks/crewai_agent.py:search,delete_file --destructive delete_file
+    castor approve <pid>        # a new process: the model steps replay from the journal, the run finishes
+
+The same crew goes to a fleet with ``castor submit examples/frameworks/crewai_agent.py:main ...``. The
+scripted LLM answers in CrewAI's text format by the conversation it is given, so it runs offline and the
+same in every process; ``CASTOR_EXAMPLE_MODEL=gpt-4o-mini`` (a model name ``crewai.LLM`` knows; needs
+its provider's key) uses a real model instead. ``CASTOR_EXAMPLE_MODEL_LOG=FILE`` appends a line to FILE
+for every call the scripted LLM answers (the tests count them). CrewAI's telemetry is switched off.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+os.environ.setdefault("CREWAI_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("OTEL_SDK_DISABLED", "true")
+os.environ.setdefault("CREWAI_TRACING_ENABLED", "false")
+
+from crewai import LLM, Agent, Crew, Task  # after the telemetry switches
+from crewai.llms.base_llm import BaseLLM
+from crewai.tools import tool
+
+from castor.frameworks.crewai import kickoff
+
+
+def search(query: str) -> str:
+    """Search the file index for ``query``."""
+    return f"/tmp/castor-example/{query.replace(' ', '-')}.log is 90 days old"
+
+
+def delete_file(path: str) -> str:
+    """Delete ``path`` (pretend: the example changes nothing)."""
+    return f"deleted {path}"
+
+
+SCRIPT = [
+    'Thought: find them first\nAction: search\nAction Input: {"query": "old logs"}',
+    'Thought: delete it\nAction: delete_file\nAction Input: {"path": "/tmp/castor-example/old-logs.log"}',
+    "Thought: I now know the final answer\nFinal Answer: Deleted the old log file.",
+]
+
+
+class ScriptedLLM(BaseLLM):
+    """``SCRIPT[n]`` when the conversation holds ``n`` assistant messages already."""
+
+    def call(self, messages: Any, *args: Any, **kwargs: Any) -> str:
+        """The scripted answer for this conversation."""
+        log = os.environ.get("CASTOR_EXAMPLE_MODEL_LOG")
+        if log:
+            with open(log, "a") as calls:
+                calls.write(f"{len(messages)} messages\n")
+        return SCRIPT[sum(1 for m in messages if m.get("role") == "assistant")]
+
+    def supports_function_calling(self) -> bool:
+        """No: the scripted answers are text."""
+        return False
+
+
+def llm() -> BaseLLM:
+    """The scripted LLM, or ``CASTOR_EXAMPLE_MODEL``'s."""
+    real = os.environ.get("CASTOR_EXAMPLE_MODEL")
+    return LLM(model=real) if real else ScriptedLLM(model="scripted")
+
+
+async def main() -> str:
+    """Clean up old logs; every model and tool call is a Castor syscall."""
+    janitor = Agent(role="janitor", goal="Keep the disk clean", backstory="A careful operator.", llm=llm(),
+                    tools=[tool("search")(search), tool("delete_file")(delete_file)], max_iter=5)
+    task = Task(description="Find old log files and delete them.", expected_output="What was deleted.",
+                agent=janitor)
+    return str(await kickoff(Crew(agents=[janitor], tasks=[task])))

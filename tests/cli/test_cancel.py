@@ -1,0 +1,50 @@
+"""``castor cancel`` of a run that is not running any more says how it ended (or that it was cancelled
+already), and a preempted run nobody drives is cancelled at once instead of waiting for a driver."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from castor.backends.redis import redis_backend
+from castor.checkpoint import AgentCheckpoint
+
+from .conftest import Cli
+
+
+def _store(redis_url: str, redis_prefix: str, **fields: object) -> str:
+    cp = AgentCheckpoint(pid=f"run-{fields['status']}".lower(), agent_function_name="agent", capabilities={},
+                         **fields)  # type: ignore[arg-type]
+
+    async def save() -> None:
+        backend = redis_backend(redis_url, prefix=redis_prefix)
+        try:
+            await backend.runs.save(cp)
+        finally:
+            await backend.close()
+
+    asyncio.run(save())
+    return cp.pid
+
+
+@pytest.mark.parametrize(("fields", "said"), [
+    ({"status": "COMPLETED", "result": "done"}, "ended already (COMPLETED)"),
+    ({"status": "FAILED", "error": "ValueError: boom"}, "ended already (FAILED: ValueError: boom)"),
+    ({"status": "PREEMPTED", "preemption_reason": "cancelled", "preemption_payload": {"by": "ann"}},
+     "was cancelled already, by ann"),
+])
+def test_cancel_of_an_ended_run_says_it_ended(cli: Cli, redis_url: str, redis_prefix: str,
+                                              fields: dict[str, object], said: str) -> None:
+    pid = _store(redis_url, redis_prefix, **fields)
+    done = cli("cancel", pid, "--redis", redis_url, "--prefix", redis_prefix)
+    assert done.code == 1
+    assert done.err == f"castor: error: run {pid!r} {said}; there is nothing to cancel\n"
+
+
+def test_cancel_of_a_preempted_run_nobody_drives_stops_it(cli: Cli, redis_url: str, redis_prefix: str) -> None:
+    pid = _store(redis_url, redis_prefix, status="PREEMPTED", preemption_reason="drained")
+    done = cli("cancel", pid, "--redis", redis_url, "--prefix", redis_prefix, "--as", "bob")
+    assert (done.code, done.out) == (0, f"{pid}: cancelled\n")
+    shown = cli("inspect", pid, "--redis", redis_url, "--prefix", redis_prefix)
+    assert "Status: PREEMPTED" in shown.out and "Preempted: cancelled" in shown.out

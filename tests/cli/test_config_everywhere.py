@@ -1,0 +1,68 @@
+"""Every command takes ``--config`` (the fleet's Redis and prefix are the store), ``castor run`` honours
+``CASTOR_REDIS_PREFIX``, and a pid not found in ``./castor.db`` hints where else it may be."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from castor.cli import build_parser
+
+from .conftest import RUN, Cli
+
+COMMANDS = [
+    ["run", "agents.py:cleanup"], ["resume", "p"], ["fork", "p", "--at-step", "1"], ["ps"], ["inspect", "p"],
+    ["approve", "p"], ["reject", "p", "--reason", "r"], ["modify", "p", "--feedback", "f"], ["approvals"],
+    ["submit", "agents.py:cleanup"],
+    ["cancel", "p"], ["coordinators"], ["budget", "show", "s"], ["deadletters"], ["worker", "--pool", "fs"],
+    ["flower"], ["coordinator"], ["pools"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[0])
+def test_every_command_takes_config(command: list[str]) -> None:
+    for argv in ([*command, "--config", "c.toml"], ["--config", "c.toml", *command]):
+        args = build_parser().parse_args(argv)
+        assert args.config == "c.toml"
+
+
+def _config(workdir: Path, redis_url: str, prefix: str) -> Path:
+    config = workdir / "fleet.toml"
+    config.write_text(f'[redis]\nurl = "{redis_url}"\nprefix = "{prefix}"\n')
+    return config
+
+
+def test_ps_inspect_and_approvals_read_the_fleet_of_config(cli: Cli, workdir: Path, redis_url: str,
+                                                           redis_prefix: str) -> None:
+    config = str(_config(workdir, redis_url, redis_prefix))
+    pid = cli(*RUN, "--store", f"{redis_url}?prefix={redis_prefix}").pid  # suspends at delete_file
+    listed = cli("ps", "--config", config)
+    assert listed.code == 0 and pid in listed.out, listed.err
+    assert pid in cli("--config", config, "inspect", pid).out
+    pending = cli("approvals", "--config", config)
+    assert pending.code == 0 and pid in pending.out and "delete_file" in pending.out
+    assert pid not in cli("ps").out  # ./castor.db is another store
+
+
+def test_run_honours_castor_redis_prefix(cli: Cli, redis_url: str, redis_prefix: str,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CASTOR_REDIS_URL", redis_url)
+    monkeypatch.setenv("CASTOR_REDIS_PREFIX", redis_prefix)
+    pid = cli(*RUN).pid
+    monkeypatch.delenv("CASTOR_REDIS_PREFIX")
+    assert pid in cli("ps", "--store", f"{redis_url}?prefix={redis_prefix}").out  # under the prefix
+    assert pid not in cli("ps", "--store", f"{redis_url}?prefix=castor").out  # not under the default one
+
+
+def test_a_pid_not_in_castor_db_hints_at_the_config(cli: Cli, workdir: Path, redis_url: str,
+                                                    redis_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CASTOR_CONFIG", raising=False)
+    _config(workdir, redis_url, redis_prefix).rename(workdir / "castor.toml")
+    missing = cli("inspect", "nope")
+    assert missing.code == 1
+    assert missing.err.startswith("castor: error: no run with pid 'nope'; this looked in ./castor.db: for the "
+                                  "fleet of castor.toml, add --config castor.toml")
+    assert "CASTOR_REDIS_URL" in missing.err and missing.err.count("\n") == 1
+    given = cli("inspect", "nope", "--db", "other.db")  # a store named: nothing to hint
+    assert given.err == "castor: error: no run with pid 'nope'\n"

@@ -1,0 +1,296 @@
+"""An OpenAI Agents SDK ``Agent`` under Castor: ``Runner.run``'s real loop with a scripted ``Model``.
+
+The scripted model answers by the conversation it is given (the n-th answer when the input holds n
+function calls already) and records every request, so a model call Castor should have served from the
+journal shows up in the counts. No network: a dummy API key, tracing disabled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+from contextlib import redirect_stdout
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("agents")
+
+from agents import (
+    Agent,
+    FunctionTool,
+    Model,
+    ModelResponse,
+    RunContextWrapper,
+    Runner,
+    Usage,
+    function_tool,
+    set_tracing_disabled,
+)
+from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseOutputText
+
+from castor import Castor
+from castor.errors import ReplayDivergenceError
+from castor.frameworks._common import UnsupportedToolError
+from castor.frameworks.openai_agents import guard, tools_of
+from castor.llm import ModelRefusedError
+
+set_tracing_disabled(True)
+
+
+@pytest.fixture(autouse=True)
+def _offline_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SDK wants a key even with a scripted model; set for these tests only (a key left in the session's
+    environment would reach the coordinators other tests start)."""
+    monkeypatch.setenv("OPENAI_API_KEY", os.environ.get("OPENAI_API_KEY", "sk-castor-tests-offline"))
+
+
+async def search(query: str) -> str:
+    """Search the logs."""
+    return f"found {query}"
+
+
+async def delete_file(path: str) -> str:
+    """Delete a file."""
+    return f"deleted {path}"
+
+
+def call(name: str, arguments: str, call_id: str) -> ResponseFunctionToolCall:
+    return ResponseFunctionToolCall(type="function_call", call_id=call_id, name=name, arguments=arguments,
+                                    id=f"fc_{call_id}", status="completed")
+
+
+def say(text: str) -> ResponseOutputMessage:
+    return ResponseOutputMessage(id="msg_1", type="message", role="assistant", status="completed",
+                                 content=[ResponseOutputText(type="output_text", text=text, annotations=[])])
+
+
+DEFAULT = (
+    [call("search", '{"query": "old logs"}', "c1")],
+    [call("delete_file", '{"path": "/tmp/old"}', "c2")],
+    [say("done")],
+)
+
+
+class Scripted(Model):
+    """The n-th answer for an input with n function calls so far; records every request."""
+
+    model = "scripted"
+
+    def __init__(self, *answers: list[Any]) -> None:
+        self.answers = answers or DEFAULT
+        self.asked: list[list[Any]] = []
+
+    async def get_response(self, system_instructions: Any, input: Any, *args: Any, **kwargs: Any) -> ModelResponse:
+        items = [{"role": "user", "content": input}] if isinstance(input, str) else list(input)
+        self.asked.append(items)
+        n = sum(1 for item in items if item.get("type") == "function_call")
+        usage = Usage(requests=1, input_tokens=10, output_tokens=5, total_tokens=15)
+        return ModelResponse(output=list(self.answers[n]), usage=usage, response_id=f"resp_{len(self.asked)}")
+
+    def stream_response(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+
+def agent_of(model: Model) -> Agent[Any]:
+    return Agent(name="janitor", instructions="Clean up.", model=model,
+                 tools=[function_tool(search), function_tool(delete_file)])
+
+
+def main_of(agent: Agent[Any], prompt: str = "clean up old logs") -> Any:
+    async def main() -> str:
+        result = await Runner.run(guard(agent), prompt)
+        return str(result.final_output)
+
+    return main
+
+
+def kernel(agent: Agent[Any], **options: Any) -> Castor:
+    return Castor(tools=tools_of(agent), destructive=["delete_file"], **options)
+
+
+async def test_a_destructive_tool_suspends_the_agent_through_the_sdks_error_handling() -> None:
+    script = Scripted()
+    agent = agent_of(script)
+    cp = await kernel(agent).run(main_of(agent))
+    assert cp.status == "SUSPENDED_FOR_HITL"
+    assert (cp.pending_step, cp.pending_tool) == (3, "delete_file")
+    assert [r.tool_name for r in cp.syscall_log] == ["model:scripted", "search", "model:scripted"]
+    assert len(script.asked) == 2  # the suspension did not go back to the model as a tool error
+
+
+async def test_approve_then_resume_calls_the_model_once_per_step() -> None:
+    script = Scripted()
+    agent = agent_of(script)
+    k = kernel(agent)
+    cp = await k.run(main_of(agent))
+    await k.approve(cp)
+    cp = await k.run(main_of(agent), checkpoint=cp)
+    assert cp.status == "COMPLETED" and cp.result == "done"
+    assert len(script.asked) == 3
+    assert cp.syscall_log[3].response == "deleted /tmp/old"
+
+
+@pytest.mark.parametrize(("decision", "status"), [("reject", "HITL_REJECTED"), ("modify", "HITL_MODIFIED")])
+async def test_reject_and_modify_reach_the_model_as_the_function_call_output(decision: str, status: str) -> None:
+    script = Scripted()
+    agent = agent_of(script)
+    k = kernel(agent)
+    cp = await k.run(main_of(agent))
+    getattr(k, decision)(cp, "not that file")
+    cp = await k.run(main_of(agent), checkpoint=cp)
+    assert cp.status == "COMPLETED" and cp.result == "done"
+    last = script.asked[-1][-1]
+    assert last["type"] == "function_call_output" and last["call_id"] == "c2"
+    assert f"'status': '{status}'" in last["output"] and "not that file" in last["output"]
+
+
+async def test_fork_replays_the_model_calls_before_the_fork_point() -> None:
+    script = Scripted()
+    agent = agent_of(script)
+    k = kernel(agent)
+    cp = await k.run(main_of(agent), speculative=True)
+    assert cp.status == "COMPLETED" and len(script.asked) == 3
+    later = Scripted(DEFAULT[0], [say("nothing to delete")])
+    forked = await k.run(main_of(agent_of(later)), checkpoint=cp.fork(at_step=2), speculative=True)
+    assert forked.status == "COMPLETED" and forked.result == "nothing to delete"
+    assert len(later.asked) == 1  # steps 0-1 from the journal; the model answered step 2 only
+    assert forked.syscall_log[:2] == cp.syscall_log[:2] and len(forked.syscall_log) == 3
+
+
+async def test_tools_charge_api_and_model_calls_the_tokens_the_model_reports() -> None:
+    agent = agent_of(Scripted())
+    cp = await kernel(agent, budgets={"api": 10, "tokens": 10_000}).run(main_of(agent), speculative=True)
+    assert cp.status == "COMPLETED"
+    charged = [r.charged for r in cp.syscall_log]
+    assert charged == [{"input_tokens": 10, "output_tokens": 5, "tokens": 15}, {"api": 1.0}] * 2 + [charged[0]]
+    assert cp.capabilities["tokens"].current_usage == 45
+
+
+async def test_a_model_call_the_budget_cannot_cover_is_refused_before_the_model() -> None:
+    script = Scripted()
+    agent = agent_of(script)
+    with pytest.raises(ModelRefusedError, match="tokens"):
+        await kernel(agent, budgets={"tokens": 10}).run(main_of(agent))
+    assert script.asked == []
+
+
+async def test_speculative_mode_flags_the_agents_destructive_calls() -> None:
+    agent = agent_of(Scripted())
+    k = kernel(agent)
+    cp = await k.run(main_of(agent), speculative=True)
+    assert cp.status == "COMPLETED"
+    assert [(f.index, f.tool_name) for f in k.scan(cp).flagged] == [(3, "delete_file")]
+
+
+async def test_a_model_step_is_one_readable_record(tmp_path: Path) -> None:
+    from castor.cli import main
+
+    db = tmp_path / "castor.db"
+    agent = agent_of(Scripted())
+    cp = await kernel(agent, store=f"sqlite:///{db}").run(main_of(agent), pid="oa-inspect")
+    request = cp.syscall_log[2].arguments["request"]
+    assert request["system"] == "Clean up."
+    assert request["input"] == [
+        {"role": "user", "content": "clean up old logs"},
+        {"type": "function_call", "name": "search", "arguments": '{"query": "old logs"}'},
+        {"type": "function_call_output", "output": "found old logs"},
+    ]
+    assert [t["name"] for t in request["tools"]] == ["search", "delete_file"]
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert await asyncio.to_thread(main, ["--db", str(db), "inspect", "oa-inspect"]) == 0
+    assert '[2] model scripted: ' in out.getvalue()
+    assert 'calls delete_file({"path": "/tmp/old"}) [tool_calls] (tokens in 10 / out 5)' in out.getvalue()
+
+
+async def test_a_different_request_at_a_journaled_step_raises_naming_the_step() -> None:
+    agent = agent_of(Scripted())
+    k = kernel(agent)
+    cp = await k.run(main_of(agent))
+    await k.approve(cp)
+    with pytest.raises(ReplayDivergenceError) as caught:
+        await k.run(main_of(agent, prompt="clean up everything"), checkpoint=cp)
+    assert caught.value.step == 0
+
+
+async def test_a_resume_feeds_the_model_the_journaled_answers_not_new_ones() -> None:
+    first = Scripted()
+    agent = agent_of(first)
+    k = kernel(agent)
+    cp = await k.run(main_of(agent))
+    await k.approve(cp)
+    renamed = Scripted(
+        [call("search", '{"query": "old logs"}', "other-1")],
+        [call("delete_file", '{"path": "/tmp/old"}', "other-2")],
+        [say("done")],
+    )
+    cp = await k.run(main_of(agent_of(renamed)), checkpoint=cp)
+    assert cp.status == "COMPLETED" and len(renamed.asked) == 1  # only the step after the suspension
+    assert renamed.asked[0][1]["call_id"] == "c1"  # the journaled answers, rebuilt as the SDK's items
+
+
+def test_a_tool_castor_cannot_call_is_refused_at_guard() -> None:
+    async def tagged(ctx: RunContextWrapper[Any], path: str) -> str:
+        """Tag a file."""
+        return path
+
+    agent = Agent(name="tagger", model=Scripted(), tools=[function_tool(tagged)])
+    with pytest.raises(UnsupportedToolError) as caught:
+        guard(agent)
+    assert str(caught.value) == (
+        "OpenAI Agents tool 'tagged' cannot be guarded: it takes the SDK's run context, which Castor's "
+        "executor cannot pass"
+    )
+
+    async def invoke(ctx: Any, payload: str) -> str:
+        return payload
+
+    odd = FunctionTool(name="odd", description="", on_invoke_tool=invoke, strict_json_schema=False,
+                       params_json_schema={"type": "object", "properties": {"x": {"anyOf": [{"type": "string"}]}}})
+    with pytest.raises(UnsupportedToolError, match=r"^OpenAI Agents tool 'odd' cannot be guarded: argument 'x'"):
+        tools_of(Agent(name="odd", model=Scripted(), tools=[odd]))
+
+
+async def test_a_hand_made_function_tool_runs_through_its_own_invoke() -> None:
+    async def invoke(ctx: Any, payload: str) -> str:
+        return f"listed {payload}"
+
+    listing = FunctionTool(name="list_dir", description="List a directory.", on_invoke_tool=invoke,
+                           params_json_schema={"type": "object", "required": ["path"], "additionalProperties": False,
+                                               "properties": {"path": {"type": "string"}}})
+    script = Scripted([call("list_dir", '{"path": "/tmp"}', "c1")], [say("listed")])
+    agent = Agent(name="lister", model=script, tools=[listing])
+    cp = await Castor(tools=tools_of(agent)).run(main_of(agent))
+    assert cp.status == "COMPLETED" and cp.syscall_log[1].response == 'listed {"path": "/tmp"}'
+
+
+async def test_a_handoff_agent_is_guarded_too() -> None:
+    # The helper reads the conversation so far, the front agent's handoff call included.
+    helper_model = Scripted([], [call("delete_file", '{"path": "/tmp/old"}', "c9")], [say("deleted")])
+    helper = Agent(name="deleter", model=helper_model, tools=[function_tool(delete_file)])
+    front = Scripted([call("transfer_to_deleter", "{}", "h1")])
+    agent = Agent(name="front", model=front, handoffs=[helper])
+    k = Castor(tools=tools_of(agent), destructive=["delete_file"])
+    cp = await k.run(main_of(agent))
+    assert cp.status == "SUSPENDED_FOR_HITL" and cp.pending_tool == "delete_file"
+    await k.approve(cp)
+    cp = await k.run(main_of(agent), checkpoint=cp)
+    assert cp.status == "COMPLETED" and cp.result == "deleted"
+    assert (len(front.asked), len(helper_model.asked)) == (1, 2)
+
+
+async def test_a_failing_tool_reaches_the_model_through_the_sdks_error_handling() -> None:
+    async def broken(path: str) -> str:
+        """Break."""
+        raise ValueError("disk on fire")
+
+    script = Scripted([call("broken", '{"path": "/x"}', "c1")], [say("gave up")])
+    agent = Agent(name="breaker", model=script, tools=[function_tool(broken)])
+    cp = await Castor(tools=tools_of(agent)).run(main_of(agent))
+    # The handler the suspension passes through is in place: the failure is a message to the model.
+    assert cp.status == "COMPLETED" and cp.result == "gave up"
+    last = script.asked[-1][-1]
+    assert last["type"] == "function_call_output" and last["output"].startswith("An error occurred")

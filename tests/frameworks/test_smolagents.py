@@ -1,0 +1,251 @@
+"""A smolagents ``ToolCallingAgent`` under Castor: its real (synchronous) loop with a scripted ``Model``.
+
+The scripted model answers by the conversation it is given (the n-th answer when the messages hold n
+assistant messages already) and records every request, so a model call Castor should have served from
+the journal shows up in the counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from contextlib import redirect_stdout
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+pytest.importorskip("smolagents")
+
+from smolagents import Tool, ToolCallingAgent, tool
+from smolagents.models import ChatMessage, ChatMessageToolCall, ChatMessageToolCallFunction, MessageRole, Model
+from smolagents.monitoring import TokenUsage
+from smolagents.utils import AgentGenerationError
+
+from castor import Castor
+from castor.errors import ReplayDivergenceError, UnsupportedError
+from castor.frameworks._common import UnsupportedToolError
+from castor.frameworks.smolagents import guard, run, tools_of
+from castor.llm import ModelRefusedError
+
+
+@tool
+def search(query: str) -> str:
+    """Search the logs.
+
+    Args:
+        query: what to look for
+    """
+    return f"found {query}"
+
+
+@tool
+def delete_file(path: str) -> str:
+    """Delete a file.
+
+    Args:
+        path: the file to delete
+    """
+    return f"deleted {path}"
+
+
+def call(name: str, arguments: dict[str, Any], call_id: str) -> ChatMessage:
+    function = ChatMessageToolCallFunction(name=name, arguments=arguments)
+    return ChatMessage(role=MessageRole.ASSISTANT, content="", token_usage=TokenUsage(10, 5),
+                       tool_calls=[ChatMessageToolCall(id=call_id, type="function", function=function)])
+
+
+DEFAULT = (
+    call("search", {"query": "old logs"}, "c1"),
+    call("delete_file", {"path": "/tmp/old"}, "c2"),
+    call("final_answer", {"answer": "done"}, "c3"),
+)
+
+
+def role(message: Any) -> Any:
+    return message.role if isinstance(message, ChatMessage) else message["role"]
+
+
+def text(message: Any) -> str:
+    content = message.content if isinstance(message, ChatMessage) else message["content"]
+    return content if isinstance(content, str) else "".join(part.get("text", "") for part in content)
+
+
+class Scripted(Model):
+    """The n-th answer for messages holding n assistant messages; records every request."""
+
+    def __init__(self, *answers: ChatMessage) -> None:
+        super().__init__(model_id="scripted")
+        self.answers = answers or DEFAULT
+        self.asked: list[list[Any]] = []
+
+    def generate(self, messages: list[Any], *args: Any, **kwargs: Any) -> ChatMessage:
+        self.asked.append(list(messages))
+        n = sum(1 for m in messages if role(m) == MessageRole.ASSISTANT)
+        return self.answers[n]
+
+
+def agent_of(model: Model, tools: list[Tool] | None = None) -> ToolCallingAgent:
+    return ToolCallingAgent(tools=tools or [search, delete_file], model=model, verbosity_level=-1)
+
+
+def main_of(model: Model, prompt: str = "clean up old logs") -> Any:
+    async def main() -> str:
+        return str(await run(agent_of(model), prompt))
+
+    return main
+
+
+def kernel(**options: Any) -> Castor:
+    return Castor(tools=tools_of(agent_of(Scripted())), destructive=["delete_file"], **options)
+
+
+async def test_a_destructive_tool_suspends_the_agent_through_smolagents_error_handling() -> None:
+    script = Scripted()
+    cp = await kernel().run(main_of(script))
+    assert cp.status == "SUSPENDED_FOR_HITL"
+    assert (cp.pending_step, cp.pending_tool) == (3, "delete_file")
+    assert [r.tool_name for r in cp.syscall_log] == ["model:scripted", "search", "model:scripted"]
+    assert len(script.asked) == 2  # the suspension did not go back to the model as a tool error
+
+
+async def test_approve_then_resume_calls_the_model_once_per_step() -> None:
+    script = Scripted()
+    k = kernel()
+    cp = await k.run(main_of(script))
+    await k.approve(cp)
+    cp = await k.run(main_of(script), checkpoint=cp)
+    assert cp.status == "COMPLETED" and cp.result == "done"
+    assert len(script.asked) == 3
+    assert cp.syscall_log[3].response == "deleted /tmp/old"
+
+
+@pytest.mark.parametrize(("decision", "status"), [("reject", "HITL_REJECTED"), ("modify", "HITL_MODIFIED")])
+async def test_reject_and_modify_reach_the_model_as_the_observation(decision: str, status: str) -> None:
+    script = Scripted()
+    k = kernel()
+    cp = await k.run(main_of(script))
+    getattr(k, decision)(cp, "not that file")
+    cp = await k.run(main_of(script), checkpoint=cp)
+    assert cp.status == "COMPLETED" and cp.result == "done"
+    last = script.asked[-1][-1]
+    assert role(last) == MessageRole.TOOL_RESPONSE
+    assert text(last).startswith("Observation:\n{") and f"'status': '{status}'" in text(last)
+    assert "not that file" in text(last)
+
+
+async def test_fork_replays_the_model_calls_before_the_fork_point() -> None:
+    script = Scripted()
+    k = kernel()
+    cp = await k.run(main_of(script), speculative=True)
+    assert cp.status == "COMPLETED" and len(script.asked) == 3
+    later = Scripted(DEFAULT[0], call("final_answer", {"answer": "nothing to delete"}, "c9"))
+    forked = await k.run(main_of(later), checkpoint=cp.fork(at_step=2), speculative=True)
+    assert forked.status == "COMPLETED" and forked.result == "nothing to delete"
+    assert len(later.asked) == 1  # steps 0-1 from the journal; the model answered step 2 only
+    assert forked.syscall_log[:2] == cp.syscall_log[:2] and len(forked.syscall_log) == 3
+
+
+async def test_tools_charge_api_and_model_calls_the_tokens_the_model_reports() -> None:
+    cp = await kernel(budgets={"api": 10, "tokens": 10_000}).run(main_of(Scripted()), speculative=True)
+    assert cp.status == "COMPLETED"
+    charged = [r.charged for r in cp.syscall_log]
+    assert charged == [{"input_tokens": 10, "output_tokens": 5, "tokens": 15}, {"api": 1.0}] * 2 + [charged[0]]
+    assert cp.capabilities["tokens"].current_usage == 45
+
+
+async def test_a_model_call_the_budget_cannot_cover_is_refused_before_the_model() -> None:
+    script = Scripted()
+    with pytest.raises(ModelRefusedError, match="tokens"):
+        await kernel(budgets={"tokens": 10}).run(main_of(script))
+    assert script.asked == []
+
+
+async def test_speculative_mode_flags_the_agents_destructive_calls() -> None:
+    k = kernel()
+    cp = await k.run(main_of(Scripted()), speculative=True)
+    assert cp.status == "COMPLETED"
+    assert [(f.index, f.tool_name) for f in k.scan(cp).flagged] == [(3, "delete_file")]
+
+
+async def test_a_model_step_is_one_readable_record(tmp_path: Path) -> None:
+    from castor.cli import main
+
+    db = tmp_path / "castor.db"
+    cp = await kernel(store=f"sqlite:///{db}").run(main_of(Scripted()), pid="smol-inspect")
+    request = cp.syscall_log[2].arguments["request"]
+    assert [m["role"] for m in request["messages"]] == ["system", "user", "assistant", "tool-call", "tool-response"]
+    assert request["messages"][-1]["content"] == [{"type": "text", "text": "Observation:\nfound old logs"}]
+    assert [t["name"] for t in request["tools"]] == ["search", "delete_file", "final_answer"]
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert await asyncio.to_thread(main, ["--db", str(db), "inspect", "smol-inspect"]) == 0
+    assert "[2] model scripted: " in out.getvalue()
+    assert 'calls delete_file({"path": "/tmp/old"}) [tool_calls] (tokens in 10 / out 5)' in out.getvalue()
+
+
+async def test_a_different_request_at_a_journaled_step_raises_naming_the_step() -> None:
+    script = Scripted()
+    k = kernel()
+    cp = await k.run(main_of(script))
+    await k.approve(cp)
+    with pytest.raises(ReplayDivergenceError) as caught:
+        await k.run(main_of(script, prompt="clean up everything"), checkpoint=cp)
+    assert caught.value.step == 0
+
+
+def test_a_tool_castor_cannot_call_is_refused_at_guard() -> None:
+    class Resize(Tool):
+        name = "resize"
+        description = "Resize an image."
+        inputs: ClassVar[dict[str, Any]] = {"image": {"type": "image", "description": "the image"}}
+        output_type = "string"
+
+        def forward(self, image: Any) -> str:
+            return "resized"
+
+    with pytest.raises(UnsupportedToolError) as caught:
+        guard(agent_of(Scripted(), [Resize()]))
+    assert str(caught.value) == ("smolagents tool 'resize' cannot be guarded: argument 'image' has type 'image', "
+                                 "which a JSON tool call cannot carry")
+
+
+async def test_a_tool_subclass_runs_its_forward_and_agent_run_outside_the_runner_is_refused() -> None:
+    class Count(Tool):
+        name = "count"
+        description = "Count the files under a path."
+        inputs: ClassVar[dict[str, Any]] = {
+            "path": {"type": "string", "description": "where"},
+            "depth": {"type": "integer", "description": "how deep", "nullable": True},
+        }
+        output_type = "string"
+
+        def forward(self, path: str, depth: int | None = None) -> str:
+            return f"{path}: 3 files (depth {depth})"
+
+    script = Scripted(call("count", {"path": "/tmp"}, "c1"), call("final_answer", {"answer": "3"}, "c2"))
+    agent = agent_of(script, [Count()])
+    k = Castor(tools=tools_of(agent))
+
+    async def main() -> Any:
+        return await run(agent_of(script, [Count()]), "count")
+
+    cp = await k.run(main)
+    assert cp.status == "COMPLETED" and cp.syscall_log[1].response == "/tmp: 3 files (depth None)"
+
+    async def blocking_main() -> Any:
+        return guard(agent_of(Scripted(), [Count()])).run("count")  # on the run's loop: would deadlock
+
+    with pytest.raises(AgentGenerationError) as caught:  # smolagents wraps the model's error
+        await k.run(blocking_main)
+    assert isinstance(caught.value.__cause__, UnsupportedError)
+    assert "call `await castor.frameworks.smolagents.run(agent, task)` inside a Castor run" in str(caught.value)
+
+
+async def test_more_concurrent_runs_than_the_loops_default_executor_has_workers_all_finish() -> None:
+    # Each run's smolagents loop holds a thread while it waits for its model call on the run's loop: in
+    # the loop's default executor (min(32, cores + 4) workers), that many runs would wait for ever.
+    k = kernel()
+    runs = [k.run(main_of(Scripted()), speculative=True) for _ in range(12)]
+    done = await asyncio.wait_for(asyncio.gather(*runs), timeout=60)
+    assert [cp.status for cp in done] == ["COMPLETED"] * 12

@@ -1,0 +1,117 @@
+"""The ``llm`` pool's model tasks: a kernel's model call, made on a worker that holds the API key.
+
+A coordinator sends a model step as the task ``castor.tool.model:<id>`` (``castor.llm.fleet``) with the
+call's canonical request as its one argument and its reservation as ``charged``. The worker runs it like
+any tool task (check, claim, execute, journal, reply: ``runtime``), with two things only a model call has:
+
+- the call itself waits its turn under the fleet's rate limits (``RedisRateLimiter``: requests and tokens
+  per minute per provider, model and key, shared by every worker) up to the call's deadline, and a 429 with
+  ``retry-after`` pauses the key for every worker before the call asks again (``call_limited``);
+- before the step is journaled, ``settle`` replaces the reservation by what the provider reported, in the
+  store, and sets ``charged`` (and the run's usage snapshot, which the coordinator sent as it stood before
+  the step) to it: the record ``job.record`` builds is the one the embedded kernel journals.
+
+A model step is never run twice: it is not idempotent, so a step whose worker was lost mid-call is in doubt
+(the provider may have answered and billed it), and a redelivery of a journaled one is answered from its record.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from castor.checkpoint import usage_after
+from castor.llm.cost import DEFAULT_MAX_TOKENS, cost_of_tokens, estimate_prompt, price_table, usage_from
+from castor.llm.fleet import MODEL_PREFIX, api_key_of, build_provider, model_ids, model_timeout
+from castor.llm.ratelimit import LimitKey, ProviderRateLimited, call_limited
+from castor.llm.types import ProviderHTTPError, response_dict
+from castor.registry import castor_tool
+from castor.seams import Backend
+from castor.settings import Settings
+
+
+class ModelCalls:
+    """The provider, the rate limiter and the prices of one worker process (rebuilt after a fork)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.prices = price_table(settings.llm.prices)
+        self._pid = -1
+        self._providers: dict[str, Any] = {}
+        self._limiter: Any = None
+
+    def tools(self) -> list[tuple[str, Callable[..., Awaitable[dict[str, Any]]]]]:
+        """``(model:<id>, task function)`` for every model the config says the pool serves."""
+        return [(MODEL_PREFIX + model, self._tool(model)) for model in model_ids(self.settings)]
+
+    def _tool(self, model: str) -> Callable[..., Awaitable[dict[str, Any]]]:
+        async def call(request: dict) -> dict:  # the request's JSON, checked as a dict
+            return await self.complete(model, request)
+
+        call.__name__ = call.__qualname__ = f"model_{model}"
+        return castor_tool(call, timeout_seconds=model_timeout(self.settings, MODEL_PREFIX + model))
+
+    def _parts(self, model: str) -> tuple[Any, Any]:
+        if self._pid != os.getpid():  # a forked child keeps none of its parent's connections
+            from castor.llm.redis_limits import RedisRateLimiter
+
+            self._pid, self._providers = os.getpid(), {}
+            self._limiter = RedisRateLimiter.from_settings(self.settings)
+        provider = self._providers.get(model)
+        if provider is None:
+            provider = self._providers[model] = build_provider(self.settings, model)
+        return provider, self._limiter
+
+    async def complete(self, model: str, request: dict[str, Any]) -> dict[str, Any]:
+        """The provider's answer to ``request`` as canonical JSON, once the rate limits give it a turn."""
+        provider, limiter = self._parts(model)
+        asked = request.get("max_tokens")
+        max_tokens = asked if type(asked) is int and asked > 0 else DEFAULT_MAX_TOKENS
+        key = LimitKey.of(self.settings.llm.provider or "", model, api_key_of(self.settings))
+        deadline = time.monotonic() + model_timeout(self.settings, MODEL_PREFIX + model)
+
+        async def once() -> dict[str, Any]:
+            try:
+                return response_dict(await provider.complete(request))
+            except ProviderHTTPError as exc:
+                if exc.status != 429:
+                    raise
+                raise ProviderRateLimited(str(exc), retry_after=exc.retry_after) from exc
+
+        estimate = estimate_prompt(request) + max_tokens
+        return await call_limited(
+            limiter, key, estimate, once, usage=lambda response: _tokens(response, estimate),
+            timeout=max(0.0, deadline - time.monotonic()),
+        )
+
+    async def settle(self, backend: Backend, job: Any, response: dict[str, Any]) -> None:
+        """Settle the step's reservation to the usage ``response`` reports (an offline estimate, marked, if
+        it reports none) and make it the step's charge, as the embedded kernel does before it journals."""
+        model = job.tool_name[len(MODEL_PREFIX):]
+        input_tokens, output_tokens, estimated = usage_from(response, job.arguments["request"])
+        if estimated:
+            response["usage"] = {"input_tokens": input_tokens, "output_tokens": output_tokens, "estimated": True}
+        actual = cost_of_tokens(self.prices.get(model), input_tokens, output_tokens)
+        reserved = job.charged or {}
+        if reserved:  # only what the run's ledgers track was reserved (castor.kernel.model.budget)
+            settle = getattr(backend.budgets, "settle", None)
+            if settle is not None:
+                await settle(job.run_id, job.step, {r: actual.get(r, 0.0) for r in reserved})
+        if job.usage is not None:
+            job.usage = usage_after(job.usage, actual)
+        job.charged = actual
+
+
+def _tokens(response: dict[str, Any], estimate: int) -> int:
+    """The tokens the provider reported for the rate limit's window; the reservation's ``estimate`` if none."""
+    usage = response.get("usage")
+    if not isinstance(usage, dict) or usage.get("estimated"):
+        return estimate
+    return int(usage.get("input_tokens") or 0) + int(usage.get("output_tokens") or 0)
+
+
+def is_model_task(tool: str) -> bool:
+    """Whether a task's tool is a model step."""
+    return tool.startswith(MODEL_PREFIX)
