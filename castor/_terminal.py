@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from castor.checkpoint import FINISHED, AgentCheckpoint, usage_of
+from castor.checkpoint import FINISHED, AgentCheckpoint, run_usage
 from castor.errors import RunFinishedError
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ async def stored_run(backend: Backend, pid: str) -> AgentCheckpoint | None:
         return None
     header.syscall_log = await backend.journal.history(pid)
     header.failures = await backend.journal.failures(pid)
-    used = usage_of(header.syscall_log)  # the journal is the truth of what was charged
+    used = run_usage(header.syscall_log, header.failures)  # the journal is the truth of what was charged
     for resource, cap in header.capabilities.items():
         cap.current_usage = used.get(resource, 0.0)
     return header

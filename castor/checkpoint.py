@@ -77,6 +77,8 @@ class StepFailure(BaseModel):
     error_type: str
     message: str
     at: float = Field(default_factory=time.time)
+    # What the failed call was charged all the same: a model stream stopped part way pays what it received.
+    charged: dict[str, float] = Field(default_factory=dict)
 
 
 # Above this many bytes of JSON a failure keeps its call's arguments by size and digest only (the worker
@@ -264,6 +266,23 @@ def new_record(
 
 
 USAGE_STRIDE = 64
+
+
+def failure_usage(failures: list[StepFailure]) -> dict[str, float]:
+    """What calls that failed or stopped part way were charged, per resource (``StepFailure.charged``)."""
+    used: dict[str, float] = {}
+    for failure in failures:
+        for name, amount in failure.charged.items():
+            used[name] = used.get(name, 0.0) + amount
+    return used
+
+
+def run_usage(records: list[SyscallRecord], failures: list[StepFailure]) -> dict[str, float]:
+    """What a run was charged: its journaled steps (``usage_of``) and its failures' charges."""
+    used = usage_of(records)
+    for name, amount in failure_usage(failures).items():
+        used[name] = used.get(name, 0.0) + amount
+    return used
 
 
 def usage_of(records: list[SyscallRecord]) -> dict[str, float]:

@@ -4,7 +4,8 @@ Code written for 0.5.1 imports every one of them from ``castor``. Where Castor h
 name is it or a thin adapter over it: ``SyscallGate`` (in ``castor.registry``), ``CheckpointStore`` and
 ``MemoryCheckpointStore`` (in ``castor.scheduler.persistence``), ``CapabilityManager`` (the kernel's own
 budgets), ``MMU``, ``MMUProtocol`` and ``CastorMessage`` (``castor.mmu``), ``SuspendInterrupt``,
-``SyscallRequest``, ``SyscallResponse``, ``AgentRegistryProtocol``. Where it has none yet, the name still
+``SyscallRequest``, ``SyscallResponse``, ``AgentRegistryProtocol``, ``LLMSyscall`` and
+``StreamingLLMSyscall`` (``castor.llm.wrapper``: a tool, a streamed model call). Where it has none yet, the name still
 imports, and any use of it (calling, subclassing, ``isinstance``) raises ``UnsupportedError`` naming what
 to use instead. ``legacy_tools`` honours or refuses 0.5.1's other ``Castor()`` options.
 """
@@ -17,6 +18,8 @@ from typing import Any, NoReturn, Protocol, runtime_checkable
 from castor.checkpoint import Capability
 from castor.errors import UnsupportedError
 from castor.kernel.context import Suspend
+from castor.llm.wrapper import LLMSyscall as LLMSyscall  # re-exported: thin adapters over model calls
+from castor.llm.wrapper import StreamingLLMSyscall as StreamingLLMSyscall
 from castor.mmu.core import MMU as MMU  # re-exported: 0.5.1's names, now Castor's own (castor.mmu)
 from castor.mmu.messages import CastorMessage as CastorMessage
 from castor.mmu.protocol import MMUProtocol as MMUProtocol
@@ -75,12 +78,6 @@ _BUDGETS = (
     "budgets are kept by the kernel's store; pass budgets=, default_budgets= or costs= to Castor (budgets= to "
     "run()) and read them with checkpoint.budget_remaining(resource) or castor.lib.budget(resource)"
 )
-_LLM = (
-    "pass a provider as Castor(llm=castor.llm.OpenAICompatible(...) / Anthropic(...) / Scripted([...])) and "
-    "call castor.lib.complete(), chat() or stream() (model calls charged in tokens), or 0.5.1's function as "
-    "Castor(llm=fn, llm_cost=..., llm_resource=...): it runs as the tool llm_inference"
-)
-
 BudgetProtocol = unsupported("BudgetProtocol", _BUDGETS)
 HITLHandler = unsupported(
     "HITLHandler", "decide through the kernel: kernel.approve(cp), kernel.reject(cp, reason), "
@@ -102,8 +99,6 @@ GateProtocol = unsupported(
     "GateProtocol", "a custom gate is not supported: Castor(gate=) takes castor.SyscallGate(registry); "
     "declare tools with tools= and @castor_tool"
 )
-LLMSyscall = unsupported("LLMSyscall", _LLM)
-StreamingLLMSyscall = unsupported("StreamingLLMSyscall", "streaming LLM calls are not supported yet; " + _LLM)
 
 
 class CapabilityManager:

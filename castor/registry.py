@@ -222,10 +222,16 @@ class ToolRegistry:
             self.add(entry)
 
     def add(self, entry: Any, *, cost: Mapping[str, float] | None = None) -> ToolSpec:
-        """Register a plain callable, a ``(name, callable)`` tuple, a ``@castor_tool`` function or another
-        registry's ``ToolSpec`` (kept as registered there, under this registry's ``destructive`` and ``costs``)."""
+        """Register a plain callable, a ``(name, callable)`` tuple, a ``@castor_tool`` function, another
+        registry's ``ToolSpec`` (kept as registered there, under this registry's ``destructive`` and ``costs``)
+        or a ``castor.llm.wrapper.LLMSyscall`` / ``StreamingLLMSyscall`` (its tool, as it states it)."""
         if isinstance(entry, ToolSpec):
             return self._adopt(entry)
+        meta = getattr(entry, "_metadata", None)
+        if isinstance(meta, ToolMetadata) and not callable(entry):  # castor.llm.wrapper's LLMSyscall & co
+            if meta.tool_name in self._specs:
+                raise ConfigError(f"tool {meta.tool_name!r} is registered twice")
+            return self.register(meta)
         if isinstance(entry, tuple):
             if len(entry) != 2 or not isinstance(entry[0], str) or not callable(entry[1]):
                 raise ConfigError(f"a tool tuple must be (name, function), got {entry!r}")

@@ -35,7 +35,6 @@ REFUSED = {
     "BudgetProtocol": "budgets=", "HITLHandler": "kernel.approve",
     "AgentRunner": "run_async", "InMemoryJournal": "syscall_log", "JournalProtocol": "castor.seams.Journal",
     "CheckpointStoreProtocol": "castor.seams.Backend", "GateProtocol": "SyscallGate",
-    "LLMSyscall": "Castor(llm=", "StreamingLLMSyscall": "Castor(llm=",
 }
 
 
@@ -196,6 +195,8 @@ MODULE_PATHS = {
     "castor.mmu.driver": ["SemanticMemoryDriver"],
     "castor.mmu.token_counter": ["TokenCounter", "CharCountEstimator"],
     "castor.mmu.drivers.mock_driver": ["InMemoryDriver"],
+    "castor.llm.wrapper": ["LLMSyscall", "StreamingLLMSyscall"],
+    "castor.llm": ["LLMSyscall", "StreamingLLMSyscall"],
 }
 
 

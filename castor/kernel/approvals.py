@@ -79,7 +79,7 @@ async def apply_decision(services: Services, cp: AgentCheckpoint, step: int, too
     ctx = RunContext(services, cp, speculative=False, scopes=tuple(cp.scopes), next_step=step + 1)
     caps = cp.capabilities
     backend = services.backend
-    await backend.budgets.open_run(cp.pid, {r: c.max_budget for r, c in caps.items()}, ctx.usage)
+    await backend.budgets.open_run(cp.pid, {r: c.max_budget for r, c in caps.items()}, ctx.total_usage())
     suspended = False
     try:
         if step == len(cp.syscall_log):

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from castor._canonical import canonical
 from castor._sealing import DataKey, digested
 from castor.agents import AgentRegistry
-from castor.checkpoint import USAGE_STRIDE, AgentCheckpoint, SyscallRecord, usage_of
+from castor.checkpoint import USAGE_STRIDE, AgentCheckpoint, SyscallRecord, failure_usage, usage_of
 from castor.errors import JournalConflictError, RunEndedError
 from castor.registry import ToolRegistry, ToolSpec
 from castor.seams import Backend, Executor, ToolCall
@@ -145,10 +145,12 @@ class RunContext:
     spawned: int = 0
     _ahead: dict[int, tuple[SyscallRecord, bool]] = field(default_factory=dict)
     usage: dict[str, float] = field(default_factory=dict)  # what the journal was charged so far
+    spent: dict[str, float] = field(default_factory=dict)  # what calls that failed part way were charged
     ledger_open: bool = True  # the store holds a ledger for the run (closed when it stops)
 
     def __post_init__(self) -> None:
         self.usage = usage_of(self.checkpoint.syscall_log)
+        self.spent = failure_usage(self.checkpoint.failures)
         self.run_id: str = self.checkpoint.pid
         # Looked up once: the syscall path reaches these on every step.
         backend = self.services.backend
@@ -229,12 +231,22 @@ class RunContext:
         cap = self.checkpoint.capabilities.get(resource)
         if cap is None:
             return math.inf
-        return max(cap.max_budget - self.usage.get(resource, 0.0), 0.0)
+        return max(cap.max_budget - self.usage.get(resource, 0.0) - self.spent.get(resource, 0.0), 0.0)
+
+    def total_usage(self) -> dict[str, float]:
+        """What the run was charged: its journal, and the calls that failed part way (``spent``)."""
+        if not self.spent:
+            return self.usage
+        total = dict(self.usage)
+        for name, amount in self.spent.items():
+            total[name] = total.get(name, 0.0) + amount
+        return total
 
     def update_capabilities(self) -> None:
-        """Bring the checkpoint's capabilities up to what the journal was charged (when the run stops)."""
+        """Bring the checkpoint's capabilities up to what the run was charged (when the run stops)."""
+        used = self.total_usage()
         for resource, cap in self.checkpoint.capabilities.items():
-            cap.current_usage = self.usage.get(resource, 0.0)
+            cap.current_usage = used.get(resource, 0.0)
 
     def spawn(self, agent: str, capabilities: Mapping[str, float] | None) -> Awaitable[Any]:
         """Start child agent ``agent`` at this run's next step (``castor.kernel.children.spawn``)."""

@@ -27,6 +27,7 @@ from castor.kernel.context import Handler, Interceptor, Services
 from castor.kernel.model import ModelServices, build_model_chain
 from castor.kernel.runner import CastorTask
 from castor.llm.cost import TOKEN_RESOURCES, price_table
+from castor.llm.wrapper import LLMSyscall
 from castor.registry import SyscallGate, ToolRegistry
 from castor.seams import Backend, Executor, JournalBinding
 from castor.summary import ExecutionSummary, scan
@@ -71,9 +72,12 @@ class Castor:
                 "llm_cost= and llm_resource= price 0.5.1's model function; a castor.llm provider's calls are charged "
                 "the tokens they use (budgets input_tokens, output_tokens, tokens; usd with llm_prices=)"
             )
-        if llm is not None and provider is None and LLM_TOOL not in tools_:
-            # The LLM is a tool like any other; castor-kernel 0.5.1 dropped it unless tools= was given.
-            tools_.add((LLM_TOOL, llm), cost={llm_resource: float(llm_cost)} if llm_cost else {})
+        # 0.5.1's model function is the tool llm_inference (kernel.llm.infer calls it); a provider is kernel.llm.
+        self.llm: Any = provider
+        if llm is not None and provider is None:
+            self.llm = LLMSyscall(call_fn=llm, consumes=llm_resource, cost_per_use=llm_cost, tool_name=LLM_TOOL)
+            if LLM_TOOL not in tools_:  # castor-kernel 0.5.1 dropped it unless tools= was given
+                tools_.add(self.llm)
         tools_.check_destructive()
         self.scopes = tuple(scopes)
         self.budgets = dict(default_budgets or {})

@@ -35,7 +35,15 @@ from castor.kernel.chain import wrap
 from castor.kernel.claims import IN_DOUBT_UNFINISHED, run_claimed
 from castor.kernel.context import Handler, Interceptor, RunContext, Syscall
 from castor.kernel.steps import answer, replay
-from castor.llm.cost import DEFAULT_MAX_TOKENS, TOKEN_RESOURCES, Price, cost_of_tokens, reservation, usage_from
+from castor.llm.cost import (
+    DEFAULT_MAX_TOKENS,
+    TOKEN_RESOURCES,
+    FlatPrice,
+    Price,
+    cost_of_tokens,
+    reservation,
+    usage_from,
+)
 from castor.llm.types import MalformedResponseError, ModelCallError, ModelResponse, ModelTimeoutError, response_dict
 from castor.seams import StepClaim
 
@@ -60,7 +68,7 @@ class ModelServices:
         self, ctx: RunContext, model: str, request: dict[str, Any], *, invoke: Invoke | None = None,
         max_tokens: int | None = None, timeout: float | None = None,
         partial: Callable[[], dict[str, Any] | None] | None = None, via_provider: bool | None = None,
-        canonical: bool = False,
+        flat: FlatPrice | None = None, canonical: bool = False,
     ) -> Awaitable[Any]:
         """Run a model call at the run's next step through the model chain (``castor.lib.model_call``).
 
@@ -69,14 +77,14 @@ class ModelServices:
         """
         assert self.chain is not None
         syscall = self.syscall(ctx, model, request, invoke=invoke, max_tokens=max_tokens, timeout=timeout,
-                               partial=partial, via_provider=via_provider, canonical=canonical)
+                               partial=partial, via_provider=via_provider, flat=flat, canonical=canonical)
         return self.chain(syscall)
 
     def syscall(
         self, ctx: RunContext, model: str, request: dict[str, Any], *, invoke: Invoke | None = None,
         max_tokens: int | None = None, timeout: float | None = None,
         partial: Callable[[], dict[str, Any] | None] | None = None, via_provider: bool | None = None,
-        size: int | None = None, canonical: bool = False,
+        size: int | None = None, flat: FlatPrice | None = None, canonical: bool = False,
     ) -> ModelSyscall:
         """The model call at the run's next step, for ``chain`` (``size``: the request's JSON size, if known)."""
         if max_tokens is None:
@@ -94,6 +102,7 @@ class ModelServices:
         syscall.canonical = canonical
         syscall.via_provider = invoke is None if via_provider is None else via_provider
         syscall.size = size
+        syscall.flat = flat
         return syscall
 
 
@@ -115,12 +124,14 @@ class ModelSyscall(Syscall):
     # The provider's own ModelResponse when the journaled response is exactly its to_dict() (no tool calls
     # to copy, usage as reported): castor.lib.complete returns it rather than building it again.
     typed: Any
+    flat: FlatPrice | None  # castor-kernel 0.5.1's price per call (castor.llm.wrapper), beside the tokens
 
     def __init__(self, run_id: str, step: int, tool_name: str, arguments: dict[str, Any], ctx: RunContext) -> None:
         Syscall.__init__(self, run_id, step, tool_name, arguments, ctx)
         self.settled = False
         self.canonical = False
         self.typed = None
+        self.flat = None
 
 
 def build_model_chain(interceptors: Iterable[Interceptor] = ()) -> Handler:
@@ -149,7 +160,7 @@ def validate(call: Syscall, inner: Handler) -> Awaitable[Any]:
         known = getattr(provider, "models", None)
         if known and call.model not in known:
             raise ModelCallError(f"unknown model {call.model!r}; the provider serves: {', '.join(sorted(known))}")
-    if call.model not in models.prices and "usd" in call.ctx.checkpoint.capabilities:
+    if call.flat is None and call.model not in models.prices and "usd" in call.ctx.checkpoint.capabilities:
         raise ModelCallError(
             f"no price for model {call.model!r} and the run has a 'usd' budget: add it to [llm.prices] "
             f"in castor.toml or Castor(llm_prices={{...}})"
@@ -181,6 +192,9 @@ async def budget(call: Syscall, inner: Handler) -> Any:
         tracked = _tracked(ctx, reserve)
     else:  # nothing limits a model call: no estimate (the charge still checks a fenced run's lease)
         reserve = tracked = {}
+    if call.flat is not None:
+        reserve = call.flat.add_to(reserve, call.flat.cost)
+        tracked = _tracked(ctx, reserve)
     charge = await ctx.budgets.charge(ctx.run_id, call.step, tracked, ctx.scopes)
     if not charge.ok:
         resource = (charge.short or "").rsplit(":", 1)[-1]
@@ -247,6 +261,8 @@ async def _call_here(call: ModelSyscall) -> Any:
     if estimated:
         response["usage"] = {"input_tokens": input_tokens, "output_tokens": output_tokens, "estimated": True}
     actual = cost_of_tokens(models.prices.get(call.model), input_tokens, output_tokens)
+    if call.flat is not None:
+        actual = call.flat.add_to(actual, call.flat.cost)
     if call.charged:
         settle_in_store = getattr(ctx.budgets, "settle", None)
         if settle_in_store is not None:  # the store's own, awaited here: no coroutine frame of settle()'s
@@ -346,17 +362,26 @@ async def _failed(call: ModelSyscall, exc: BaseException) -> None:
         partial = exc.response  # the provider answered, unreadably: charged what it used
     if partial is not None and partial.get("text"):
         ctx.checkpoint.partial_work = str(partial["text"])  # shown by castor inspect
+    used: dict[str, float] = {}
     if partial is not None:
         input_tokens, output_tokens, _ = usage_from(partial, call.arguments["request"])
-        await settle(call, cost_of_tokens(call.models.prices.get(call.model), input_tokens, output_tokens))
-    if not isinstance(exc, Exception):
-        return  # cancelled or preempted: the runner records the stop
+        used = cost_of_tokens(call.models.prices.get(call.model), input_tokens, output_tokens)
+        if call.flat is not None:
+            used = call.flat.add_to(used, call.flat.part(int(partial.get("chunks") or 0)))
+        await settle(call, used)
+    if not isinstance(exc, Exception) and not used:
+        return  # cancelled or preempted with nothing to pay: the runner records the stop
+    # Journaled with its charge (the run's usage counts it: StepFailure.charged), so a resumed run's budget
+    # still holds what a stream stopped part way used.
     failure = StepFailure(
         step=call.step,
         tool_name=call.tool_name,
         arguments=bounded_arguments(redact(call.arguments, frozenset())),
         error_type=type(exc).__name__,
-        message=str(exc) + (f" (partial text: {partial.get('text', '')!r})" if partial else ""),
+        message=(str(exc) or "stopped part way") + (f" (partial text: {partial.get('text', '')!r})" if partial else ""),
+        charged=used,
     )
+    for name, amount in used.items():
+        ctx.spent[name] = ctx.spent.get(name, 0.0) + amount
     ctx.checkpoint.failures.append(failure)
     await ctx.services.backend.journal.record_failure(ctx.run_id, failure)

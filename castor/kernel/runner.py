@@ -99,7 +99,8 @@ async def prepare(
     cp.scopes = list(dict.fromkeys(cp.scopes))  # a scope named twice is drawn from once
     await sync_journal(services, cp, catch_up=stored)  # before the context reads what the journal charged
     ctx = RunContext(services, cp, speculative=cp.speculative, scopes=tuple(cp.scopes))
-    if cp.status == "PREEMPTED":
+    # 0.5.1 code sets a preempted checkpoint's status back to RUNNING before resuming it: its reason stays.
+    if cp.status == "PREEMPTED" or cp.preemption_reason is not None:
         ctx.preemption_context = {
             "reason": cp.preemption_reason, "payload": cp.preemption_payload, "partial_work": cp.partial_work,
         }
@@ -116,7 +117,7 @@ async def prepare(
     # tracks) and has no old ledger to replace: its ledger needs neither opening nor closing.
     ctx.ledger_open = bool(limits or ctx.scopes or not fresh)
     if ctx.ledger_open:
-        await backend.budgets.open_run(cp.pid, limits, ctx.usage)
+        await backend.budgets.open_run(cp.pid, limits, ctx.total_usage())
     if not await save_started(backend, cp, loaded):  # finished by another process: nothing to drive
         ctx.closed = True
         if ctx.ledger_open:

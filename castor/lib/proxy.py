@@ -44,6 +44,13 @@ class SyscallProxy:
         """Forget the preemption context once the agent has handled it."""
         self._ctx.preemption_context = None
 
+    def charge_partial(self, resource: str, amount: float) -> None:
+        """castor-kernel 0.5.1's charge outside any step: refused (every charge here belongs to a journaled call)."""
+        raise UnsupportedError(
+            "proxy.charge_partial() (castor-kernel 0.5.1) is not provided: a stream stopped part way is charged by "
+            "the kernel for what it received (StreamingLLMSyscall(cost_per_token=...), castor.lib.stream)"
+        )
+
     @property
     def checkpoint(self) -> AgentCheckpoint:
         """The run's checkpoint as it stands: its journal so far, its budgets used up to the last journaled

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from typing import Any
 
 from castor.kernel.context import active_run
 from castor.lib.models import _checked, _model_id, _models, build_request
-from castor.llm.cost import estimate_prompt, estimate_tokens
+from castor.llm.cost import FlatPrice, estimate_prompt, estimate_tokens
 from castor.llm.types import ModelCallError, canonical_request
 
 _DONE = object()
@@ -40,18 +40,37 @@ async def stream(
         build_request(messages, prompt=prompt, system=system, tools=tools, max_tokens=max_tokens, **options)
     )
     ctx = active_run()
-    models = _models(ctx)
-    if models.provider is None:
+    if _models(ctx).provider is None:
         raise ModelCallError("stream() needs the kernel's model provider: Castor(llm=<provider>)")
-    model_id = _model_id(ctx, model)
+    chunks = streamed(request, model=_model_id(ctx, model), max_tokens=max_tokens, timeout=timeout)
+    async with contextlib.aclosing(chunks):  # an agent that closes this stream closes the call's too
+        async for chunk in chunks:
+            yield chunk
+
+
+async def streamed(
+    request: Any,
+    *,
+    model: str,
+    provider: Any = None,
+    max_tokens: int | None = None,
+    timeout: float | None = None,
+    flat: FlatPrice | None = None,
+) -> AsyncGenerator[str, None]:
+    """``stream``'s model syscall for a canonical ``request``: answered by ``provider`` (one with
+    ``stream(request)``; default: the kernel's) and priced, beside its tokens, by ``flat`` (castor-kernel
+    0.5.1's ``StreamingLLMSyscall``, in ``castor.llm.wrapper``)."""
+    ctx = active_run()
+    models = _models(ctx)
+    own = provider is not None
     mmu = ctx.services.mmu
     if mmu is not None and mmu.wants_room(ctx):
         await mmu.fit(ctx)  # as for complete: the run's context fits first
-    receiver = _Receiver(models.provider, model_id, request)
+    receiver = _Receiver(provider if own else models.provider, model, request)
     # The step is claimed here, in call order; the chain runs beside the agent while it reads the chunks.
     call = models.call(
-        ctx, model_id, request, invoke=receiver.invoke, max_tokens=max_tokens, timeout=timeout,
-        partial=receiver.partial, via_provider=True,
+        ctx, model, request, invoke=receiver.invoke, max_tokens=max_tokens, timeout=timeout,
+        partial=receiver.partial, via_provider=not own, flat=flat,
     )
     task = asyncio.ensure_future(call)
     task.add_done_callback(lambda _: receiver.queue.put_nowait(_DONE))
@@ -108,4 +127,4 @@ class _Receiver:
             return None
         text = "".join(self.received)
         usage = {"input_tokens": estimate_prompt(self.request), "output_tokens": estimate_tokens(text)}
-        return {"text": text, "usage": usage, "partial": True}
+        return {"text": text, "usage": usage, "partial": True, "chunks": len(self.received)}

@@ -10,6 +10,7 @@ own); every call is one journaled step of the run, charged in ``input_tokens``, 
 ``tokens`` and ``usd``. The HTTP providers need ``httpx`` (``pip install 'castor-kernel[openai]'``) and
 are imported on first use, so ``import castor`` stays light. Fleet-wide rate limits of model calls are
 ``castor.llm.ratelimit`` (with ``castor.llm.redis_limits`` and ``castor.llm.memory_limits``).
+castor-kernel 0.5.1's ``LLMSyscall`` and ``StreamingLLMSyscall`` are ``castor.llm.wrapper``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from castor.llm.types import (
 __all__ = [
     "TOKEN_RESOURCES",
     "Anthropic",
+    "LLMSyscall",
     "ModelCallError",
     "ModelRefusedError",
     "ModelResponse",
@@ -39,6 +41,7 @@ __all__ = [
     "Price",
     "Provider",
     "Scripted",
+    "StreamingLLMSyscall",
     "ToolCall",
     "Usage",
     "canonical_request",
@@ -46,11 +49,17 @@ __all__ = [
     "estimate_tokens",
 ]
 
-_LAZY = {"OpenAICompatible": "castor.llm.openai", "Anthropic": "castor.llm.anthropic"}
+_LAZY = {
+    "OpenAICompatible": "castor.llm.openai",
+    "Anthropic": "castor.llm.anthropic",
+    # castor-kernel 0.5.1's wrappers (``from castor.llm import LLMSyscall``): adapters over model calls
+    "LLMSyscall": "castor.llm.wrapper",
+    "StreamingLLMSyscall": "castor.llm.wrapper",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # The HTTP providers import httpx: loaded when first named, not with castor.llm.
+    # The HTTP providers import httpx, the wrappers castor.registry: loaded when first named, not with castor.llm.
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'castor.llm' has no attribute {name!r}")

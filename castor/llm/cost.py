@@ -116,6 +116,30 @@ class Price:
         return (input_tokens * self.input + output_tokens * self.output) / 1_000_000
 
 
+@dataclass(frozen=True, slots=True)
+class FlatPrice:
+    """castor-kernel 0.5.1's price of a model call (``LLMSyscall``'s ``consumes`` / ``cost_per_use``): ``cost``
+    of ``resource`` per call, beside its tokens. A stream that stops part way pays ``per_chunk`` for each
+    chunk it received, at most ``cost``; without ``per_chunk`` it pays nothing of ``resource`` (its tokens still)."""
+
+    resource: str
+    cost: float
+    per_chunk: float | None = None
+
+    def part(self, chunks: int) -> float:
+        """What a stream stopped after ``chunks`` chunks pays of ``resource``."""
+        if self.per_chunk is None:
+            return 0.0
+        return min(chunks * self.per_chunk, self.cost)
+
+    def add_to(self, cost: Mapping[str, float], amount: float) -> dict[str, float]:
+        """``cost`` with ``amount`` of ``resource`` added (nothing added for 0)."""
+        total = dict(cost)
+        if amount:
+            total[self.resource] = total.get(self.resource, 0.0) + amount
+        return total
+
+
 def price_table(prices: Mapping[str, Any] | None) -> dict[str, Price]:
     """``{model: Price}`` from ``{model: Price | {"input": ..., "output": ...} | (input, output)}``."""
     table: dict[str, Price] = {}
