@@ -199,7 +199,7 @@ def _message_size(message: Any) -> int:
     size = json_size(message)
     if type(message) is dict:
         if len(_SIZES) >= _SIZES_KEPT:
-            _SIZES.pop(next(iter(_SIZES)))
+            _SIZES.pop(next(iter(_SIZES)), None)  # another thread may have dropped it
         _SIZES[id(message)] = (message, size)
     return size
 
