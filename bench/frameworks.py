@@ -2,6 +2,7 @@
 
     python bench/frameworks.py              # every installed framework, 7 repetitions; a minute or two
     python bench/frameworks.py --repeat 3 --steps 20 --only langgraph
+    python bench/frameworks.py --latency 0.05 --repeat 3   # a model that takes 50 ms to answer, as an API does
 
 Per framework, a scripted model asks for ``search`` ``--steps`` times, then answers; one step is a model
 call and the tool call it asks for. Three figures, each the median over the repetitions of a whole run
@@ -17,7 +18,10 @@ divided by the steps:
   and tools are not called (the framework's loop still runs).
 
 Times are the process's CPU time (``time.process_time``, all its threads): on a shared machine the wall
-clock mostly measures the other processes.
+clock mostly measures the other processes. With ``--latency S`` the scripted model also waits ``S``
+seconds before it answers (what a real model's API call takes, without the network): a live step then
+costs what a step of the framework's loop costs in use, and the table adds the wall-clock time per
+step of the live and the replayed run, whose ratio is the replay goal's figure against a real model.
 
 Goals (issue 12): embedded − alone ≤ 50 µs per step; replayed ≤ 10% of a live step. Figures go to
 ``docs/benchmarks.md`` ("Framework guards") by hand.
@@ -35,6 +39,9 @@ from typing import Any
 
 from castor import Castor
 
+Case = tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[Any]], list[Any]]
+"""The unguarded agent function, the guarded one, and the tools for ``Castor(tools=...)``."""
+
 
 async def search(query: str) -> str:
     """The one tool: answers at once, so the figures are the loop's and Castor's."""
@@ -44,7 +51,7 @@ async def search(query: str) -> str:
 # --- LangGraph ----------------------------------------------------------------------------------------
 
 
-def langgraph_case(steps: int) -> tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[Any]], list[Any]]:
+def langgraph_case(steps: int, latency: float = 0.0) -> Case:
     """The unguarded and the guarded agent functions, and the tools for Castor."""
     from langchain_core.language_models import BaseChatModel
     from langchain_core.messages import AIMessage
@@ -69,6 +76,8 @@ def langgraph_case(steps: int) -> tuple[Callable[[], Awaitable[Any]], Callable[[
             raise NotImplementedError
 
         async def _agenerate(self, messages: Any, *args: Any, **kwargs: Any) -> ChatResult:
+            if latency:
+                await asyncio.sleep(latency)
             n = sum(isinstance(m, AIMessage) for m in messages)
             if n < steps:
                 call = {"name": "search", "args": {"query": f"q{n}"}, "id": f"c{n}"}
@@ -93,7 +102,7 @@ def langgraph_case(steps: int) -> tuple[Callable[[], Awaitable[Any]], Callable[[
 # --- pydantic-ai --------------------------------------------------------------------------------------
 
 
-def pydantic_ai_case(steps: int) -> tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[Any]], list[Any]]:
+def pydantic_ai_case(steps: int, latency: float = 0.0) -> Case:
     """The unguarded and the guarded agent functions, and the tools for Castor."""
     from pydantic_ai import Agent
     from pydantic_ai.messages import ModelResponse, TextPart, ToolCallPart
@@ -107,7 +116,13 @@ def pydantic_ai_case(steps: int) -> tuple[Callable[[], Awaitable[Any]], Callable
             return ModelResponse(parts=[ToolCallPart("search", {"query": f"q{n}"}, tool_call_id=f"c{n}")])
         return ModelResponse(parts=[TextPart("done")])
 
-    agent = Agent(FunctionModel(scripted, model_name="scripted"), tools=[search])
+    async def waiting(messages: Any, info: Any) -> ModelResponse:
+        await asyncio.sleep(latency)
+        return scripted(messages, info)
+
+    # Without latency, the plain function as before (pydantic-ai runs it in a worker thread), so the
+    # figures stay comparable with earlier ones.
+    agent = Agent(FunctionModel(waiting if latency else scripted, model_name="scripted"), tools=[search])
     guarded_agent = guard(agent)
 
     async def alone() -> Any:
@@ -264,9 +279,10 @@ CASES = {"langgraph": langgraph_case, "pydantic-ai": pydantic_ai_case, "openai-a
 MODULES = {"langgraph": "castor.frameworks.langchain", "pydantic-ai": "castor.frameworks.pydantic_ai",
            "openai-agents": "castor.frameworks.openai_agents", "smolagents": "castor.frameworks.smolagents",
            "crewai": "castor.frameworks.crewai"}
+WAITING = {"langgraph", "pydantic-ai"}  # the cases whose scripted model can wait (--latency)
 
 
-async def _direct_step(request: Any, model: str, invoke: Callable[[Any], Awaitable[Any]]) -> Any:
+async def _direct_step(request: Any, model: str, invoke: Callable[[Any], Awaitable[Any]], **_: Any) -> Any:
     return await invoke(request)
 
 
@@ -287,17 +303,20 @@ async def _layers_only(name: str, run: Callable[[], Awaitable[Any]]) -> float:
         module.model_step, module.call_tool = saved
 
 
-async def _timed(run: Callable[[], Awaitable[Any]]) -> float:
-    started = time.process_time()
+async def _timed(run: Callable[[], Awaitable[Any]], wall: list[float] | None = None) -> float:
+    started, clock = time.process_time(), time.perf_counter()
     await run()
+    if wall is not None:
+        wall.append(time.perf_counter() - clock)
     return time.process_time() - started
 
 
-async def measure(name: str, steps: int, repeat: int) -> dict[str, float]:
-    """Median seconds per step of the three figures for framework ``name``."""
-    alone, guarded, tools = CASES[name](steps)
+async def measure(name: str, steps: int, repeat: int, latency: float = 0.0) -> dict[str, float]:
+    """Median seconds per step of the figures for framework ``name`` (CPU; ``*_wall``: wall clock)."""
+    alone, guarded, tools = CASES[name](steps, latency) if latency else CASES[name](steps)
     kernel = Castor(tools=tools)
-    figures: dict[str, list[float]] = {"alone": [], "layers": [], "embedded": [], "replayed": []}
+    figures: dict[str, list[float]] = {"alone": [], "layers": [], "embedded": [], "replayed": [],
+                                       "embedded_wall": [], "replayed_wall": []}
     for _ in range(2):  # warm up: imports, pydantic schemas, LangGraph's compilation caches
         await alone()
         await kernel.run(guarded)
@@ -309,7 +328,7 @@ async def measure(name: str, steps: int, repeat: int) -> dict[str, float]:
             nonlocal cp
             cp = await kernel.run(guarded)
 
-        figures["embedded"].append(await _timed(live))
+        figures["embedded"].append(await _timed(live, figures["embedded_wall"]))
 
         async def layers() -> None:
             await kernel.run(guarded)
@@ -321,7 +340,7 @@ async def measure(name: str, steps: int, repeat: int) -> dict[str, float]:
         async def replay(fork: Any = fork) -> None:
             await kernel.run(guarded, checkpoint=fork)
 
-        figures["replayed"].append(await _timed(replay))
+        figures["replayed"].append(await _timed(replay, figures["replayed_wall"]))
     return {k: statistics.median(v) / steps for k, v in figures.items()}
 
 
@@ -331,13 +350,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--only", choices=sorted(CASES))
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds the scripted model takes to answer")
     args = parser.parse_args()
-    print(f"{args.steps}-step scripted run, median of {args.repeat}; per step (a model call and a tool call)")
+    print(f"{args.steps}-step scripted run, median of {args.repeat}; per step (a model call and a tool call)"
+          + (f"; the model answers in {args.latency * 1e3:g} ms" if args.latency else ""))
     print(f"{'framework':<12} {'alone':>10} {'layers':>10} {'embedded':>10} {'added':>10} {'replayed':>10} "
           f"{'replay/live':>12}")
     for name in [args.only] if args.only else sorted(CASES):
+        if args.latency and name not in WAITING:
+            print(f"{name:<12} no --latency for this framework's scripted model yet")
+            continue
         try:
-            f = asyncio.run(measure(name, args.steps, args.repeat))
+            f = asyncio.run(measure(name, args.steps, args.repeat, args.latency))
         except ImportError as missing:  # crewai is not in the dev extra (see castor/frameworks/crewai.py)
             print(f"{name:<12} not installed ({missing.name})")
             continue
@@ -345,6 +369,11 @@ def main() -> None:
         print(f"{name:<12} {f['alone'] * 1e6:>8.0f}µs {f['layers'] * 1e6:>8.0f}µs {f['embedded'] * 1e6:>8.0f}µs "
               f"{added * 1e6:>8.0f}µs "
               f"{f['replayed'] * 1e6:>8.0f}µs {f['replayed'] / f['embedded']:>11.0%}")
+        if args.latency:  # the model's wait is no CPU time: the step as the run sees it is wall-clock time
+            live, replayed = f["embedded_wall"], f["replayed_wall"]
+            print(f"{'':<12} wall clock: live {live * 1e3:.2f} ms/step, replayed {replayed * 1e3:.2f} ms/step, "
+                  f"replayed/live {replayed / live:.1%}; from CPU time, replayed / (live + the model's wait) "
+                  f"{f['replayed'] / (f['embedded'] + args.latency):.1%}")
 
 
 if __name__ == "__main__":

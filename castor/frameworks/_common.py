@@ -39,6 +39,7 @@ from castor.kernel.context import Suspend
 from castor.lib import tool
 from castor.lib.models import model_call
 from castor.llm import ModelCallError, ModelRefusedError
+from castor.llm.types import canonical_request as _canonical
 from castor.results import SyscallResult
 
 ToolEntry = tuple[str, Callable[..., Any]]
@@ -156,10 +157,22 @@ def model_id_of(obj: Any, *attributes: str, default: str = "model") -> str:
 
 
 async def model_step(
-    request: Mapping[str, Any], model: str, invoke: Callable[[dict[str, Any]], Awaitable[Any]]
+    request: Mapping[str, Any], model: str, invoke: Callable[[dict[str, Any]], Awaitable[Any]], *,
+    canonical: bool = False,
 ) -> dict[str, Any]:
-    """One model call as a journaled step; ``invoke`` calls the framework's own model (not called on replay)."""
-    return await model_call(request, model=model, invoke=invoke)
+    """One model call as a journaled step; ``invoke`` calls the framework's own model (not called on replay).
+
+    ``canonical=True``: ``request`` is made of parts already canonical (``canonical_part``, cached per
+    framework object) and ``invoke`` returns a fresh JSON dict; Castor then copies neither
+    (``castor.lib.model_call(canonical=True)``).
+    """
+    return await model_call(request, model=model, invoke=invoke, canonical=canonical)
+
+
+def canonical_part(value: Any) -> Any:
+    """``value`` as checked, copied JSON data (what ``model_call`` makes of a request), for a part of a
+    request converted once and then shared by every step's request (``IdentityCache``)."""
+    return _canonical(value)
 
 
 class IdentityCache:
@@ -181,7 +194,11 @@ class IdentityCache:
         hit = entries.get(id(message))
         if hit is not None and hit[0] is message:
             return hit[1]
-        value = self._convert(message)
+        return self.put(message, self._convert(message))
+
+    def put(self, message: Any, value: Any) -> Any:
+        """Remember ``value`` as ``convert(message)`` (known already, e.g. from the response just journaled)."""
+        entries = self._entries
         if len(entries) >= self._size:
             entries.pop(next(iter(entries)))
         entries[id(message)] = (message, value)

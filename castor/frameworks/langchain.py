@@ -37,6 +37,7 @@ from castor.frameworks._common import (
     IdentityCache,
     ToolEntry,
     call_tool,
+    canonical_part,
     check_function,
     jsonable,
     model_id_of,
@@ -65,7 +66,8 @@ def _message_json(message: BaseMessage) -> dict[str, Any]:
     return out
 
 
-_cached_message = IdentityCache(_message_json)
+# Converted and checked once per message object (canonical_part), then shared by every later step's request.
+_cached_message = IdentityCache(lambda message: canonical_part(_message_json(message)))
 
 
 def _tool_json(spec: Any) -> dict[str, Any]:
@@ -74,17 +76,22 @@ def _tool_json(spec: Any) -> dict[str, Any]:
             "parameters": function.get("parameters", {})}
 
 
+# A bound model passes the same tool specs at every step: each converted once.
+_cached_tool = IdentityCache(lambda spec: canonical_part(_tool_json(spec)), size=1024)
+
+
 def canonical_request(messages: Sequence[BaseMessage], stop: list[str] | None, options: dict[str, Any]) -> dict:
-    """The model request as Castor journals and compares it (``_agenerate``'s arguments, ids dropped)."""
+    """The model request as Castor journals and compares it (``_agenerate``'s arguments, ids dropped):
+    canonical JSON already, each part checked once (``castor.lib.model_call(canonical=True)``)."""
     request: dict[str, Any] = {"messages": [_cached_message(m) for m in messages]}
     tools = options.get("tools")
     if tools:
-        request["tools"] = [_tool_json(t) for t in tools]
+        request["tools"] = [_cached_tool(t) for t in tools]
     if stop:
-        request["stop"] = list(stop)
+        request["stop"] = canonical_part(list(stop))
     rest = {k: v for k, v in options.items() if k != "tools"}
     if rest:
-        request["options"] = jsonable(rest)
+        request["options"] = canonical_part(jsonable(rest))
     return request
 
 
@@ -116,6 +123,10 @@ def chat_result(response: dict[str, Any]) -> ChatResult:
     return ChatResult(generations=[ChatGeneration(message=message, generation_info=response.get("generation_info"))])
 
 
+# The model id of each wrapped model, found once (a missing attribute costs a pydantic model a raised error).
+_model_ids = IdentityCache(lambda inner: model_id_of(inner, "model_name", "model", default=inner._llm_type), size=256)
+
+
 class GuardedChatModel(BaseChatModel):
     """A chat model whose every call is a model syscall of the Castor run (``guard(model)``)."""
 
@@ -138,12 +149,19 @@ class GuardedChatModel(BaseChatModel):
 
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
                          **kwargs: Any) -> ChatResult:
-        model = self.model_id or model_id_of(self.inner, "model_name", "model", default=self.inner._llm_type)
+        model = self.model_id or _model_ids(self.inner)
+
+        live: list[tuple[dict[str, Any], ChatResult]] = []
 
         async def invoke(_request: dict[str, Any]) -> dict[str, Any]:
-            return response_json(await self.inner._agenerate(messages, stop=stop, **kwargs), model)
+            result = await self.inner._agenerate(messages, stop=stop, **kwargs)
+            live.append((response_json(result, model), result))
+            return live[-1][0]
 
-        return chat_result(await model_step(canonical_request(messages, stop, kwargs), model, invoke))
+        journaled = await model_step(canonical_request(messages, stop, kwargs), model, invoke, canonical=True)
+        if live and live[-1][0] is journaled:  # this very call's answer (not rebuilt from its own JSON)
+            return live[-1][1]
+        return chat_result(journaled)  # replayed, or journaled first by another process driving the run
 
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Runnable:
         """Bind tools the way the guarded model does (its own ``bind_tools``), calls still guarded."""

@@ -45,6 +45,7 @@ from castor.frameworks._common import (
     IdentityCache,
     ToolEntry,
     call_tool,
+    canonical_part,
     check_function,
     model_step,
     refuse,
@@ -74,7 +75,11 @@ def _plain(value: Any) -> Any:
 
 def _message_json(message: ModelMessage) -> list[dict[str, Any]]:
     """One message part by part, each with its ``role`` (pydantic-ai's part kind)."""
-    (dumped,) = ModelMessagesTypeAdapter.dump_python([message], mode="json")
+    return _parts_json(ModelMessagesTypeAdapter.dump_python([message], mode="json")[0])
+
+
+def _parts_json(dumped: dict[str, Any]) -> list[dict[str, Any]]:
+    """A message as pydantic-ai dumps it (JSON mode), part by part, each with its ``role``."""
     out: list[dict[str, Any]] = []
     if dumped.get("instructions"):
         out.append({"role": "instructions", "content": dumped["instructions"]})
@@ -85,7 +90,10 @@ def _message_json(message: ModelMessage) -> list[dict[str, Any]]:
     return out
 
 
-_cached_message = IdentityCache(_message_json)
+# Converted and checked once per message object (canonical_part), then shared by every later step's request.
+_cached_message = IdentityCache(lambda message: canonical_part(_message_json(message)))
+# A tool's JSON schema: the same object at every step of a run (the tool's function schema holds it).
+_cached_schema = IdentityCache(lambda schema: canonical_part(to_jsonable_python(schema)), size=1024)
 
 
 def _messages_json(messages: Sequence[ModelMessage]) -> list[dict[str, Any]]:
@@ -96,17 +104,18 @@ def _messages_json(messages: Sequence[ModelMessage]) -> list[dict[str, Any]]:
 def canonical_request(
     messages: Sequence[ModelMessage], settings: ModelSettings | None, parameters: ModelRequestParameters
 ) -> dict[str, Any]:
-    """The model request as Castor journals and compares it."""
+    """The model request as Castor journals and compares it: canonical JSON already, each part checked
+    once (``castor.lib.model_call(canonical=True)``)."""
     request: dict[str, Any] = {"messages": _messages_json(messages)}
     tools = [*parameters.function_tools, *parameters.output_tools]
     if tools:
         request["tools"] = [
-            {"name": t.name, "description": t.description or "",
-             "parameters": to_jsonable_python(t.parameters_json_schema)}
+            {"name": str(t.name), "description": str(t.description or ""),
+             "parameters": _cached_schema(t.parameters_json_schema)}
             for t in tools
         ]
     if settings:
-        request["settings"] = _plain(to_jsonable_python(dict(settings), fallback=str))
+        request["settings"] = canonical_part(_plain(to_jsonable_python(dict(settings), fallback=str)))
     if not parameters.allow_text_output:
         request["text_output"] = False
     return request
@@ -117,7 +126,8 @@ def response_json(response: ModelResponse) -> dict[str, Any]:
     calls = [p for p in response.parts if isinstance(p, ToolCallPart)]
     journaled: dict[str, Any] = {
         "text": "".join(p.content for p in response.parts if isinstance(p, TextPart)),
-        "tool_calls": [{"id": c.tool_call_id, "name": c.tool_name, "arguments": c.args_as_dict()} for c in calls],
+        "tool_calls": [{"id": c.tool_call_id, "name": c.tool_name, "arguments": to_jsonable_python(c.args_as_dict())}
+                       for c in calls],
         "model": response.model_name or "",
         "finish_reason": "tool_calls" if calls else "stop",
         "message": ModelMessagesTypeAdapter.dump_python([response], mode="json")[0],
@@ -143,12 +153,21 @@ class GuardedModel(WrapperModel):
         model_request_parameters: ModelRequestParameters,
     ) -> ModelResponse:
         """Ask the wrapped model through Castor (from the journal on replay)."""
+        live: list[tuple[dict[str, Any], ModelResponse]] = []
+
         async def invoke(_request: dict[str, Any]) -> dict[str, Any]:
             answer = await self.wrapped.request(messages, model_settings, model_request_parameters)
-            return response_json(answer)
+            live.append((response_json(answer), answer))
+            return live[-1][0]
 
         request = canonical_request(messages, model_settings, model_request_parameters)
-        return model_response(await model_step(request, self.wrapped.model_name or "model", invoke))
+        journaled = await model_step(request, self.wrapped.model_name or "model", invoke, canonical=True)
+        # This very call's answer as the model gave it; else (replayed, or journaled first by another
+        # process driving the run) the response rebuilt from the journal.
+        response = live[-1][1] if live and live[-1][0] is journaled else model_response(journaled)
+        # The next request repeats this response: its JSON is the journaled dump, not dumped again.
+        _cached_message.put(response, canonical_part(_parts_json(journaled["message"])))
+        return response
 
     @asynccontextmanager
     async def request_stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:

@@ -68,19 +68,23 @@ class ModelServices:
         self, ctx: RunContext, model: str, request: dict[str, Any], *, invoke: Invoke | None = None,
         max_tokens: int | None = None, timeout: float | None = None,
         partial: Callable[[], dict[str, Any] | None] | None = None, via_provider: bool | None = None,
-        flat: FlatPrice | None = None,
+        flat: FlatPrice | None = None, canonical: bool = False,
     ) -> Awaitable[Any]:
-        """Run a model call at the run's next step through the model chain (``castor.lib.model_call``)."""
+        """Run a model call at the run's next step through the model chain (``castor.lib.model_call``).
+
+        ``canonical``: ``invoke`` returns the response as plain JSON data already (a dict the caller built
+        for this call): it is journaled as it is, not walked and copied again.
+        """
         assert self.chain is not None
         syscall = self.syscall(ctx, model, request, invoke=invoke, max_tokens=max_tokens, timeout=timeout,
-                               partial=partial, via_provider=via_provider, flat=flat)
+                               partial=partial, via_provider=via_provider, flat=flat, canonical=canonical)
         return self.chain(syscall)
 
     def syscall(
         self, ctx: RunContext, model: str, request: dict[str, Any], *, invoke: Invoke | None = None,
         max_tokens: int | None = None, timeout: float | None = None,
         partial: Callable[[], dict[str, Any] | None] | None = None, via_provider: bool | None = None,
-        size: int | None = None, flat: FlatPrice | None = None,
+        size: int | None = None, flat: FlatPrice | None = None, canonical: bool = False,
     ) -> ModelSyscall:
         """The model call at the run's next step, for ``chain`` (``size``: the request's JSON size, if known)."""
         if max_tokens is None:
@@ -95,6 +99,7 @@ class ModelServices:
         syscall.max_tokens = max_tokens
         syscall.timeout = timeout
         syscall.partial = partial
+        syscall.canonical = canonical
         syscall.via_provider = invoke is None if via_provider is None else via_provider
         syscall.size = size
         syscall.flat = flat
@@ -111,6 +116,7 @@ class ModelSyscall(Syscall):
     max_tokens: int
     timeout: float | None
     settled: bool
+    canonical: bool  # invoke's dict response is plain JSON already (castor.lib.model_call(canonical=True))
     via_provider: bool  # the kernel's provider answers (directly, or streamed by castor.lib.stream)
     # Streaming: called with the partial response to journal when the call fails part way (castor.lib.stream).
     partial: Callable[[], dict[str, Any] | None] | None
@@ -123,6 +129,7 @@ class ModelSyscall(Syscall):
     def __init__(self, run_id: str, step: int, tool_name: str, arguments: dict[str, Any], ctx: RunContext) -> None:
         Syscall.__init__(self, run_id, step, tool_name, arguments, ctx)
         self.settled = False
+        self.canonical = False
         self.typed = None
         self.flat = None
 
@@ -245,7 +252,7 @@ async def _call_here(call: ModelSyscall) -> Any:
                 raise ModelTimeoutError(
                     f"model {call.model!r} did not answer within {timeout:g}s (run {ctx.run_id}, step {call.step})"
                 ) from exc
-        response = response_dict(result)
+        response = result if call.canonical and type(result) is dict else response_dict(result)
     except BaseException as exc:
         await _failed(call, exc)
         raise

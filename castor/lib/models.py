@@ -36,6 +36,7 @@ async def model_call(
     invoke: Invoke | None = None,
     max_tokens: int | None = None,
     timeout: float | None = None,
+    canonical: bool = False,
 ) -> dict[str, Any]:
     """Call a model as one journaled, budgeted step of the run; returns the response as journaled (JSON).
 
@@ -46,21 +47,31 @@ async def model_call(
     the kernel's provider does. ``max_tokens`` (default: the request's, else 1024) bounds the output
     tokens reserved before the call; the charge is settled to the reported usage after it. A call its
     budget cannot cover raises ``ModelRefusedError`` without contacting the model.
+
+    ``canonical=True`` is for a caller that builds the request from plain JSON parts it checked once and
+    never changes afterwards (a framework guard: each message converted once, ``canonical_request``, and
+    shared by every later step), and whose ``invoke`` returns a fresh JSON dict: neither is walked and
+    copied again, so a step no longer costs the length of the whole conversation.
     """
     ctx = active_run()
     models = _models(ctx)
-    plain, size = _prepared(request, model)
+    plain, size = _prepared(request, model, canonical)
     mmu = ctx.services.mmu
     if mmu is not None and mmu.wants_room(ctx):
         await mmu.fit(ctx)  # the run's context fits its budget before any model call (the MMU's steps come first)
-    call = models.syscall(ctx, model, plain, invoke=invoke, max_tokens=max_tokens, timeout=timeout, size=size)
+    call = models.syscall(
+        ctx, model, plain, invoke=invoke, max_tokens=max_tokens, timeout=timeout, size=size, canonical=canonical
+    )
     return _checked(await models.chain(call))
 
 
-def _prepared(request: Mapping[str, Any], model: str) -> tuple[dict[str, Any], int | None]:
-    """``request`` copied as canonical JSON and sized for its reservation in the same walk (None: sized later)."""
+def _prepared(request: Mapping[str, Any], model: str, canonical: bool = False) -> tuple[dict[str, Any], int | None]:
+    """``request`` copied as canonical JSON and sized for its reservation in the same walk (None: sized later);
+    a canonical request as it is (sized, if it must be, part by part: ``castor.llm.cost``)."""
     if not isinstance(model, str) or not model:
         raise ModelCallError(f"model must be a non-empty model id, got {model!r}")
+    if canonical and type(request) is dict:
+        return request, None
     size: int | None
     try:
         plain, size = plain_sized(request)

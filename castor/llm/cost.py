@@ -179,8 +179,49 @@ def cost_of_tokens(price: Price | None, input_tokens: float, output_tokens: floa
 def reservation(
     price: Price | None, request: Mapping[str, Any], max_tokens: int, size: int | None = None
 ) -> dict[str, float]:
-    """The most a call of ``request`` may cost: the prompt's estimate plus ``max_tokens`` of output."""
-    return cost_of_tokens(price, estimate_prompt(request, size), max_tokens)
+    """The most a call of ``request`` (a journaled request) may cost: the prompt's estimate plus
+    ``max_tokens`` of output (``size``: the request's JSON size, if measured as it was copied)."""
+    prompt = estimate_prompt(request, size) if size is not None else _journaled_prompt(request)
+    return cost_of_tokens(price, prompt, max_tokens)
+
+
+# id -> (message, its JSON size) of journaled messages: a conversation's request repeats every earlier
+# message (the same objects when a framework guard builds it, castor.lib.model_call(canonical=True)), so
+# each is sized once rather than at every step. Journaled data is never changed, so a size stays true.
+_SIZES: dict[int, tuple[Any, int]] = {}
+_SIZES_KEPT = 4096
+
+
+def _message_size(message: Any) -> int:
+    hit = _SIZES.get(id(message))
+    if hit is not None and hit[0] is message:
+        return hit[1]
+    size = json_size(message)
+    if type(message) is dict:
+        if len(_SIZES) >= _SIZES_KEPT:
+            _SIZES.pop(next(iter(_SIZES)), None)  # another thread may have dropped it
+        _SIZES[id(message)] = (message, size)
+    return size
+
+
+def _journaled_prompt(request: Mapping[str, Any]) -> int:
+    """``estimate_prompt(request)`` for a journaled request (never changed afterwards): the same count,
+    each message and each tool sized once."""
+    if type(request) is not dict:
+        return estimate_prompt(request)
+    # json_size(request), summed by parts: each key and value; a list (messages, tools) item by item.
+    size = 1
+    for key, value in request.items():
+        size += json_size(key) + 2
+        if type(value) is list:
+            size += 1
+            for item in value:
+                size += _message_size(item) + 1
+        else:
+            size += _message_size(value)
+    messages = request.get("messages")
+    overhead = MESSAGE_OVERHEAD * len(messages) if isinstance(messages, list) else 0
+    return -(-size // BYTES_PER_TOKEN) + overhead
 
 
 def usage_from(response: Mapping[str, Any], request: Mapping[str, Any]) -> tuple[int, int, bool]:
@@ -191,4 +232,4 @@ def usage_from(response: Mapping[str, Any], request: Mapping[str, Any]) -> tuple
         if type(given_in) is int and type(given_out) is int and given_in >= 0 and given_out >= 0:
             return given_in, given_out, False
     output = {k: v for k, v in response.items() if k != "usage"}
-    return estimate_prompt(request), estimate_tokens(output), True
+    return _journaled_prompt(request), estimate_tokens(output), True

@@ -297,3 +297,44 @@ def test_options_that_do_not_apply_to_a_provider_are_refused() -> None:
         Castor(llm=Scripted([]), llm_cost=3)
     with pytest.raises(ConfigError, match=r"llm must be a castor\.llm provider or an async function"):
         Castor(llm=42)
+
+
+async def test_a_canonical_request_is_journaled_as_given_and_still_replayed_and_compared() -> None:
+    # A framework guard builds each message once and shares it with every later step's request.
+    shared = [{"role": "user", "content": "hey"}]
+    responses: list[dict[str, Any]] = []
+
+    async def framework_model(request: dict[str, Any]) -> dict[str, Any]:
+        responses.append({"text": f"answer {len(responses)}"})
+        return responses[-1]
+
+    async def framework_agent() -> Any:
+        first = await model_call({"messages": shared}, model="m", invoke=framework_model, canonical=True)
+        second = await model_call({"messages": [*shared, {"role": "ai", "content": first["text"]}]},
+                                  model="m", invoke=framework_model, canonical=True)
+        return first, second
+
+    kernel = Castor(budgets={"tokens": 10_000})
+    cp = await kernel.run(framework_agent)
+    first_record = cp.syscall_log[0]
+    assert first_record.request["arguments"]["request"]["messages"] is shared  # not copied
+    assert cp.result[0] is responses[0]  # the invoked model's dict, journaled as it is
+    assert first_record.response["usage"]["estimated"] is True  # still charged the offline estimate
+    replayed = await kernel.run(framework_agent, checkpoint=cp.fork(at_step=2))
+    assert replayed.result == cp.result and len(responses) == 2
+    shared = [{"role": "user", "content": "something else"}]  # new parts (journaled ones are never changed)
+    with pytest.raises(ReplayDivergenceError, match="step 0"):
+        await kernel.run(framework_agent, checkpoint=cp.fork(at_step=1))
+
+
+def test_a_journaled_prompt_is_estimated_as_estimate_prompt_does_each_message_sized_once() -> None:
+    from castor.llm import cost, estimate_prompt
+
+    messages = [{"role": "user", "content": "héllo"}, {"role": "ai", "content": "", "tool_calls": [{"n": 1.5}]}]
+    requests = [
+        {}, {"messages": []}, {"messages": messages, "tools": [{"name": "search"}], "max_tokens": 5, "stop": ["x"]},
+        {"messages": [*messages, {"role": "tool", "content": None, "status": True}], "options": {"t": 0.2}},
+    ]
+    for request in requests * 2:  # the second time, the messages' sizes come from the cache
+        assert cost._journaled_prompt(request) == estimate_prompt(request), request
+    assert cost._SIZES[id(messages[0])][0] is messages[0]
