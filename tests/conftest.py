@@ -13,6 +13,7 @@ fleet fixtures below is marked here; a test that starts processes itself says so
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Iterator
 
@@ -52,8 +53,14 @@ except ModuleNotFoundError as missing:
 __all__ = ["redis_prefix", "redis_url"]
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark ``fleet`` every test that uses a fixture starting processes."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``fleet`` every test that uses a fixture starting processes; deselect the ``crewai`` tests where
+    CrewAI is not installed (it cannot share the dev venv: .ci/run runs them in a venv of their own)."""
     for item in items:
         if FLEET_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.fleet)
+    if importlib.util.find_spec("crewai") is None:
+        kept = [item for item in items if item.get_closest_marker("crewai") is None]
+        if len(kept) != len(items):
+            config.hook.pytest_deselected(items=[item for item in items if item.get_closest_marker("crewai")])
+            items[:] = kept
