@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -224,3 +225,27 @@ class RoundTrips:
         """Start counting from zero."""
         self.sends = 0
         self.commands.clear()
+
+
+def counting_round_trips(monkeypatch: pytest.MonkeyPatch) -> RoundTrips:
+    """A ``RoundTrips`` counting, while the test runs, every asyncio Redis connection's round trips:
+    redis-py's sends and the lean connection's writes (one write carries what a loop iteration queued)."""
+    import redis.asyncio.connection as aioconnection
+
+    from castor.backends.redis import resp
+
+    counter = RoundTrips()
+    send = aioconnection.AbstractConnection.send_packed_command
+    flush = resp._Protocol._flush
+
+    async def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        counter.sends += 1
+        await send(self, command, check_health)
+
+    def counting_flush(self: Any) -> None:
+        counter.sends += 1
+        flush(self)
+
+    monkeypatch.setattr(aioconnection.AbstractConnection, "send_packed_command", counting)
+    monkeypatch.setattr(resp._Protocol, "_flush", counting_flush)
+    return counter

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-import redis.asyncio.connection as aioconnection
 
-from castor.backends.redis import resp
 from tests.llm.fake_openai import FakeOpenAI
-from tests.redis_support import RoundTrips
+from tests.redis_support import RoundTrips, counting_round_trips
 
 
 @pytest.fixture
@@ -22,20 +19,6 @@ def fake_openai() -> Iterator[FakeOpenAI]:
 
 
 @pytest.fixture
-def round_trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[RoundTrips]:
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> RoundTrips:
     """Count the writes of every asyncio Redis connection while the test runs (one write: one round trip)."""
-    counter = RoundTrips()
-    send = aioconnection.AbstractConnection.send_packed_command
-    flush = resp._Protocol._flush
-
-    async def counting(self: Any, command: Any, check_health: bool = True) -> None:
-        counter.sends += 1
-        await send(self, command, check_health)
-
-    def counting_flush(self: Any) -> None:
-        counter.sends += 1
-        flush(self)
-
-    monkeypatch.setattr(aioconnection.AbstractConnection, "send_packed_command", counting)
-    monkeypatch.setattr(resp._Protocol, "_flush", counting_flush)
-    yield counter
+    return counting_round_trips(monkeypatch)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
-import redis.asyncio.connection as aioconnection
 
-from castor.backends.redis import redis_backend, resp
+from castor.backends.redis import redis_backend
 from castor.seams import Backend
-from tests.redis_support import RoundTrips
+from tests.redis_support import RoundTrips, counting_round_trips
 
 
 @pytest.fixture
@@ -22,21 +20,7 @@ async def backend(redis_url: str, redis_prefix: str) -> AsyncIterator[Backend]:
 
 
 @pytest.fixture
-def round_trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[RoundTrips]:
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> RoundTrips:
     """Count round trips of every asyncio Redis connection while the test runs: redis-py's sends and
     the lean connection's writes (one write carries what a loop iteration queued)."""
-    counter = RoundTrips()
-    send = aioconnection.AbstractConnection.send_packed_command
-    flush = resp._Protocol._flush
-
-    async def counting(self: Any, command: Any, check_health: bool = True) -> None:
-        counter.sends += 1
-        await send(self, command, check_health)
-
-    def counting_flush(self: Any) -> None:
-        counter.sends += 1
-        flush(self)
-
-    monkeypatch.setattr(aioconnection.AbstractConnection, "send_packed_command", counting)
-    monkeypatch.setattr(resp._Protocol, "_flush", counting_flush)
-    yield counter
+    return counting_round_trips(monkeypatch)
