@@ -86,3 +86,17 @@ async def test_openai_agents_do_not_hand_a_divergence_to_the_model() -> None:
     with pytest.raises(ReplayDivergenceError) as caught:
         await k.run(main_of(agent_of(later)), checkpoint=forked_at_a_diverging_tool(cp), speculative=True)
     assert caught.value.step == 1 and later.asked == []
+
+
+async def test_openai_agents_streamed_runs_end_on_a_divergence_too() -> None:
+    pytest.importorskip("agents")
+    from tests.frameworks.test_openai_agents import agent_of, kernel
+    from tests.frameworks.test_openai_agents_streaming import StreamingScripted, streamed_main
+
+    agent = agent_of(StreamingScripted())
+    k = kernel(agent)
+    cp = await k.run(streamed_main(agent, []), speculative=True)
+    later = StreamingScripted()
+    with pytest.raises(ReplayDivergenceError) as caught:
+        await k.run(streamed_main(agent_of(later), []), checkpoint=forked_at_a_diverging_tool(cp), speculative=True)
+    assert caught.value.step == 1 and later.asked == []
