@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+import queue
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+from castor.errors import UnsupportedError
+from castor.frameworks._common import _RUN_ENDING, _RUN_LOOP, RunEnding
 from castor.kernel.context import active_run
 from castor.lib.models import _checked, _models, _prepared
 from castor.llm.cost import estimate_prompt, estimate_tokens
@@ -108,6 +111,40 @@ class StreamStep:
         self.response = _checked(task.result())
 
 
-def text_chunks(text: str, size: int = 64) -> list[str]:
-    """``text`` cut in pieces of about ``size`` characters (a replayed response re-chunked)."""
-    return [text[i:i + size] for i in range(0, len(text), size)] or [""]
+def stream_in_thread(
+    framework: str, step: Callable[[], StreamStep], rechunk: Callable[[dict[str, Any]], Iterable[Any]], runner: str,
+) -> Iterator[Any]:
+    """A ``StreamStep`` read from a synchronous framework's thread (``castor.frameworks._common.in_thread``):
+    the step runs on the run's loop, each chunk crosses to the thread as it arrives; a step served from
+    the journal is ``rechunk(response)``. An error that ends the run crosses the framework carried."""
+    loop = _RUN_LOOP.get()
+    try:
+        asyncio.get_running_loop()
+        on_a_loop = True
+    except RuntimeError:
+        on_a_loop = False
+    if loop is None or on_a_loop:
+        raise UnsupportedError(
+            f"a guarded {framework} stream read on the run's event loop, which it would block: call "
+            f"`await {runner}` inside a Castor run"
+        )
+    chunks: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    async def pump() -> None:
+        streaming = step()
+        try:
+            async for chunk in streaming:
+                chunks.put(chunk)
+            if not streaming.streamed and streaming.response is not None:
+                for chunk in rechunk(streaming.response):
+                    chunks.put(chunk)
+        finally:
+            chunks.put(_DONE)
+
+    done = asyncio.run_coroutine_threadsafe(pump(), loop)
+    while (item := chunks.get()) is not _DONE:
+        yield item
+    try:
+        done.result()
+    except _RUN_ENDING as error:
+        raise RunEnding(error) from error
