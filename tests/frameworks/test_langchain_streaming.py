@@ -152,3 +152,38 @@ async def test_a_guarded_model_streams_through_astream_outside_a_graph() -> None
     cp = await Castor(tools=[]).run(agent)
     assert cp.result == ["hello", " ", "there", ""] and len(cp.syscall_log) == 1
     assert cp.syscall_log[0].response["text"] == "hello there"
+
+
+async def test_astream_events_streams_the_live_step_and_replays_the_journaled_ones() -> None:
+    model = StreamingChat(messages=script(), asked=[])
+    k = kernel()
+
+    def agent_of(streams: list[list[str]]) -> Any:
+        async def agent() -> str:
+            graph = guard(create_agent(model, TOOLS))
+            pieces: list[str] = []
+            streams.append(pieces)
+            async for event in graph.astream_events({"messages": [("user", "clean up old logs")]}, version="v2"):
+                if event["event"] == "on_chat_model_stream":
+                    pieces.append(str(event["data"]["chunk"].content))
+            return "".join(pieces)
+
+        return agent
+
+    streams: list[list[str]] = []
+    cp = await k.run(agent_of(streams))
+    assert cp.status == "SUSPENDED_FOR_HITL" and streams[0][:3] == ["let", " ", "me"]
+    await k.approve(cp)
+    cp = await k.run(agent_of(streams), checkpoint=cp)
+    assert cp.status == "COMPLETED" and len(model.asked) == 3
+    # Steps 0 and 2 from the journal, one chunk each; the live step word by word.
+    assert [p for p in streams[1] if p] == ["let me search", "now delete it", "all", " ", "done", " ", "now"]
+
+
+async def test_a_streamed_call_the_budget_cannot_cover_is_refused_before_the_model() -> None:
+    from castor.llm import ModelRefusedError
+
+    model = StreamingChat(messages=script(), asked=[])
+    with pytest.raises(ModelRefusedError, match="tokens"):
+        await kernel(budgets={"tokens": 10}).run(streaming_agent(model, []))
+    assert model.asked == []

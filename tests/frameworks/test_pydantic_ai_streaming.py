@@ -117,3 +117,47 @@ async def test_a_stream_cut_short_is_charged_what_it_received() -> None:
     (failure,) = cp.failures
     assert failure.tool_name == "model:scripted" and "partial text: 'let '" in failure.message
     assert failure.charged["output_tokens"] > 0 and cp.capabilities["tokens"].current_usage > 0
+
+
+async def test_iter_with_node_stream_and_run_stream_events_replay_the_journaled_steps() -> None:
+    from pydantic_ai import Agent
+    from pydantic_ai.messages import PartStartEvent
+
+    script = StreamScript()
+    agent = agent_of(streaming(script))
+    k = kernel(agent)
+    cp = await k.run(streamed_main(agent, []))
+    await k.approve(cp)
+    starts: list[Any] = []
+
+    async def by_nodes() -> str:
+        async with guard(agent).iter("clean up old logs") as run:
+            async for node in run:
+                if Agent.is_model_request_node(node):
+                    async with node.stream(run.ctx) as events:
+                        starts.extend([e.part for e in [event async for event in events]
+                                       if isinstance(e, PartStartEvent)])
+        assert run.result is not None
+        return str(run.result.output)
+
+    cp = await k.run(by_nodes, checkpoint=cp)
+    assert cp.status == "COMPLETED" and cp.result == "all done now" and len(script.asked) == 3
+    # The journaled steps' parts, whole: the two tool calls; then the live step's text.
+    assert [(type(p).__name__, getattr(p, "tool_name", None)) for p in starts] == [
+        ("ToolCallPart", "search"), ("ToolCallPart", "delete_file"), ("TextPart", None)]
+
+    forked = cp.fork(at_step=4)  # every model step before the fork from the journal, the last one live
+    later = StreamScript()
+
+    async def by_events() -> str:
+        from pydantic_ai import AgentRunResultEvent
+
+        output = ""
+        async with guard(agent_of(streaming(later))).run_stream_events("clean up old logs") as events:
+            async for event in events:
+                if isinstance(event, AgentRunResultEvent):
+                    output = str(event.result.output)
+        return output
+
+    forked = await k.run(by_events, checkpoint=forked)
+    assert forked.status == "COMPLETED" and forked.result == "all done now" and len(later.asked) == 1
