@@ -40,7 +40,6 @@ class GuardedStreamedResponse(StreamedResponse):
     from_json: Callable[[dict[str, Any]], ModelResponse] | None = None
     _live: StreamedResponse | None = field(default=None, init=False)
     _response: ModelResponse | None = field(default=None, init=False)
-    _journaled: dict[str, Any] | None = field(default=None, init=False)
 
     def attach(self, live: StreamedResponse) -> None:
         """The wrapped model's stream, once opened: its parts are this stream's parts."""
@@ -68,7 +67,6 @@ class GuardedStreamedResponse(StreamedResponse):
             response = self.from_json(journaled)
             for index, part in enumerate(response.parts):
                 yield self._parts_manager.handle_part(vendor_part_id=index, part=part)
-        self._journaled = journaled
         self._response = response
         self._usage = response.usage
 
@@ -79,11 +77,6 @@ class GuardedStreamedResponse(StreamedResponse):
         if self._live is not None:
             return self._live.get()
         return ModelResponse(parts=[], model_name=self.model)
-
-    @property
-    def journaled(self) -> dict[str, Any] | None:
-        """The step's journaled response, once the stream ended."""
-        return self._journaled
 
     @property
     def model_name(self) -> str:

@@ -140,3 +140,13 @@ async def test_a_stream_cut_short_is_charged_what_it_received() -> None:
     (failure,) = cp.failures
     assert failure.tool_name == "model:scripted" and "partial text: 'let '" in failure.message
     assert failure.charged["output_tokens"] > 0 and cp.capabilities["tokens"].current_usage > 0
+
+
+async def test_a_streamed_response_the_budget_cannot_cover_is_refused_before_the_model() -> None:
+    from castor.llm import ModelRefusedError
+
+    model = StreamingScripted()
+    agent = agent_of(model)
+    with pytest.raises(ModelRefusedError, match="tokens"):
+        await kernel(agent, budgets={"tokens": 10}).run(streamed_main(agent, []))
+    assert model.asked == []

@@ -85,3 +85,14 @@ async def test_a_stream_cut_short_is_charged_what_it_received() -> None:
     (failure,) = cp.failures
     assert failure.tool_name == "model:scripted" and "partial text: 'let '" in failure.message
     assert failure.charged["output_tokens"] > 0 and cp.capabilities["tokens"].current_usage > 0
+
+
+async def test_a_guarded_stream_read_on_the_runs_loop_is_refused_naming_run() -> None:
+    from castor.errors import UnsupportedError
+    from castor.frameworks.smolagents import guard
+
+    async def main() -> None:
+        next(guard(StreamingScripted()).generate_stream([{"role": "user", "content": "hi"}]))
+
+    with pytest.raises(UnsupportedError, match=r"castor\.frameworks\.smolagents\.run\(agent, task\)"):
+        await kernel().run(main)
