@@ -38,7 +38,7 @@ from typing import Any
 from pydantic_core import to_jsonable_python
 
 from castor.errors import ConfigError, ReplayDivergenceError, RunEndedError, UnsupportedError
-from castor.kernel.context import RunEnding, Suspend
+from castor.kernel.context import RunEnding, Suspend, current_run
 from castor.lib import tool
 from castor.lib.models import model_call
 from castor.llm import ModelCallError, ModelRefusedError
@@ -150,6 +150,9 @@ async def call_tool(name: str, arguments: Mapping[str, Any]) -> Any:
     try:
         result = await tool(name, **jsonable(arguments))
     except _RUN_ENDING as error:
+        ctx = current_run.get()
+        if ctx is None or ctx.closed:  # no run whose runner would unwrap it: the error as itself
+            raise
         raise RunEnding(error) from error
     if isinstance(result, SyscallResult):  # Castor(structured_results=True): the model reads plain JSON
         if result.ok:

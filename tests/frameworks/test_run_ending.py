@@ -100,3 +100,13 @@ async def test_openai_agents_streamed_runs_end_on_a_divergence_too() -> None:
     with pytest.raises(ReplayDivergenceError) as caught:
         await k.run(streamed_main(agent_of(later), []), checkpoint=forked_at_a_diverging_tool(cp), speculative=True)
     assert caught.value.step == 1 and later.asked == []
+
+
+async def test_a_guarded_tool_called_outside_a_run_raises_the_error_itself() -> None:
+    pytest.importorskip("langgraph")
+    from castor.errors import RunEndedError
+    from castor.frameworks.langchain import guard
+    from tests.frameworks.test_langchain import TOOLS
+
+    with pytest.raises(RunEndedError, match=r"inside Castor\.run"):
+        await guard(TOOLS[0]).ainvoke({"query": "old logs"})
