@@ -187,3 +187,24 @@ async def test_a_streamed_call_the_budget_cannot_cover_is_refused_before_the_mod
     with pytest.raises(ModelRefusedError, match="tokens"):
         await kernel(budgets={"tokens": 10}).run(streaming_agent(model, []))
     assert model.asked == []
+
+
+async def test_a_run_cancelled_mid_stream_is_charged_what_the_stream_received() -> None:
+    model = StreamingChat(messages=script(), asked=[], gate=asyncio.Event())  # never set: the stream stalls
+    first = asyncio.Event()
+
+    async def agent() -> None:
+        graph = guard(create_agent(model, TOOLS))
+        async for _chunk in graph.astream({"messages": [("user", "clean up old logs")]}, stream_mode="messages"):
+            first.set()
+
+    k = kernel(budgets={"tokens": 10_000})
+    running = asyncio.ensure_future(k.run(agent, pid="lc-stop"))
+    await first.wait()
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    cp = k.load("lc-stop")
+    assert cp.status == "PREEMPTED" and cp.partial_work == "let"
+    (failure,) = cp.failures
+    assert failure.charged["output_tokens"] > 0 and cp.capabilities["tokens"].current_usage == failure.charged["tokens"]
