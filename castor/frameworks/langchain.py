@@ -17,17 +17,23 @@ with the request in a canonical form (messages by role, content and tool calls; 
 call ids dropped) and rebuilds the ``AIMessage`` from the journaled response. A guarded tool asks
 Castor for the call; LangChain's tool error handling catches ``Exception`` only, so a suspension passes.
 A graph is guarded in place (its nodes' model and tools are replaced) and returned. Guarded objects work
-inside a Castor run and through the async API (``ainvoke``, ``astream``).
+inside a Castor run and through the async API (``ainvoke``, ``astream``, ``astream_events``).
+
+Streaming: a guarded chat model streams (``_astream``) whenever LangChain asks it to (``model.astream``, a
+graph streamed with ``stream_mode="messages"``, ``astream_events``): the wrapped model's chunks reach the
+caller as they arrive, and the whole message is journaled as one model step once the stream ends (the
+record a non-streamed call makes; a stream cut short is charged what it received). A replayed step
+yields the journaled message as one chunk without calling the model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, ToolMessage, message_to_dict, messages_from_dict
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableBinding, RunnableSequence
 from langchain_core.tools import BaseTool, StructuredTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
@@ -45,6 +51,7 @@ from castor.frameworks._common import (
     refuse,
     schema_function,
 )
+from castor.frameworks._langchain_stream import stream_message
 
 FRAMEWORK = "LangChain"
 _RUNTIME_ARGUMENTS = ("callbacks", "run_manager", "config")  # LangChain passes these itself when asked for
@@ -89,7 +96,7 @@ def canonical_request(messages: Sequence[BaseMessage], stop: list[str] | None, o
         request["tools"] = [_cached_tool(t) for t in tools]
     if stop:
         request["stop"] = canonical_part(list(stop))
-    rest = {k: v for k, v in options.items() if k != "tools"}
+    rest = {k: v for k, v in options.items() if k not in ("tools", "stream")}  # streamed or not: one request
     if rest:
         request["options"] = canonical_part(jsonable(rest))
     return request
@@ -162,6 +169,15 @@ class GuardedChatModel(BaseChatModel):
         if live and live[-1][0] is journaled:  # this very call's answer (not rebuilt from its own JSON)
             return live[-1][1]
         return chat_result(journaled)  # replayed, or journaled first by another process driving the run
+
+    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
+                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        """Stream the wrapped model's chunks as they arrive; the whole message is one journaled step."""
+        model = self.model_id or _model_ids(self.inner)
+        request = canonical_request(messages, stop, kwargs)
+        async for chunk in stream_message(self.inner, messages, stop, kwargs, request, model, response_json,
+                                          chat_result):
+            yield chunk
 
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Runnable:
         """Bind tools the way the guarded model does (its own ``bind_tools``), calls still guarded."""
