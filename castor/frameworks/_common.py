@@ -37,7 +37,15 @@ from typing import Any
 
 from pydantic_core import to_jsonable_python
 
-from castor.errors import ConfigError, ReplayDivergenceError, RunEndedError, UnsupportedError
+from castor.errors import (
+    ConfigError,
+    JournalConflictError,
+    ReplayDivergenceError,
+    RunEndedError,
+    RunFinishedError,
+    StaleLeaseError,
+    UnsupportedError,
+)
 from castor.kernel.context import RunEnding, Suspend, current_run
 from castor.lib import tool
 from castor.lib.models import model_call
@@ -46,7 +54,12 @@ from castor.llm.types import canonical_request as _canonical
 from castor.results import SyscallResult
 
 # Errors after which the run cannot go on: a framework must not retry the call or hand it to the model.
-_RUN_ENDING = (ReplayDivergenceError, ModelRefusedError, ModelCallError, RunEndedError)
+# The last three say this process no longer owns the run (its lease lapsed, another process journaled
+# the step or finished the run): the model must not be asked anything more on its behalf.
+_RUN_ENDING = (
+    ReplayDivergenceError, ModelRefusedError, ModelCallError, RunEndedError,
+    StaleLeaseError, JournalConflictError, RunFinishedError,
+)
 
 ToolEntry = tuple[str, Callable[..., Any]]
 """A framework tool as ``Castor(tools=[...])`` registers it: its name and the function the executor runs."""

@@ -110,3 +110,36 @@ async def test_a_guarded_tool_called_outside_a_run_raises_the_error_itself() -> 
 
     with pytest.raises(RunEndedError, match=r"inside Castor\.run"):
         await guard(TOOLS[0]).ainvoke({"query": "old logs"})
+
+
+@pytest.mark.filterwarnings("ignore:create_react_agent has been moved")
+async def test_a_lost_lease_at_a_tool_step_ends_the_run_instead_of_reaching_the_model() -> None:
+    """A fleet drive whose lease lapsed cannot journal its tool's record (``StaleLeaseError``): the drive
+    must stop there, not hand the error to the model and go on calling it for a run it no longer owns."""
+    pytest.importorskip("langgraph")
+    from langgraph.prebuilt import ToolNode, create_react_agent
+
+    from castor.errors import StaleLeaseError
+    from castor.frameworks.langchain import guard
+    from tests.frameworks.test_langchain import TOOLS, kernel, model_of, script
+
+    k = kernel()
+    journal = k.backend.journal
+    append = journal.append
+
+    async def fenced(run_id: str, step: int, record: Any) -> Any:
+        if step == 1:  # the first tool call's record: the lease ran out while the tool ran
+            raise StaleLeaseError(f"run {run_id}: lease held by another coordinator")
+        return await append(run_id, step, record)
+
+    journal.append = fenced  # type: ignore[method-assign]
+    model = model_of(script())
+
+    async def agent() -> str:
+        graph = guard(create_react_agent(model, ToolNode(TOOLS, handle_tool_errors=True)))
+        state = await graph.ainvoke({"messages": [("user", "clean up old logs")]})
+        return str(state["messages"][-1].content)
+
+    with pytest.raises(StaleLeaseError):
+        await k.run(agent, speculative=True)
+    assert len(model.asked) == 1  # the model was asked for step 0 only, never told of the lost lease
