@@ -118,6 +118,7 @@ class CeleryExecutor:
         self._replies = ReplyReader(connection, stream, settings.security.secret or None)
         # The kernel's model calls go to the [llm] pool: its stand-in provider (no key) for Castor(llm=None).
         self.model_provider = model_provider(settings)
+        self.model_in_doubt = settings.llm.in_doubt  # a model call whose process was lost (castor.kernel.model_doubt)
 
     @classmethod
     def factory(cls, settings: Settings, **options: Any) -> Any:
