@@ -121,21 +121,29 @@ def test_a_coordinator_killed_mid_model_call_hands_it_over_and_the_model_is_call
     assert record["charged"] == {"input_tokens": 4, "output_tokens": 4, "tokens": 8}
 
 
-def test_a_framework_model_call_in_flight_at_a_takeover_is_in_doubt_not_made_twice(
+def test_a_framework_model_call_in_flight_at_a_takeover_is_made_once_more_and_both_calls_charged(
     fleet: Fleet, slow_server: FakeOpenAI
 ) -> None:
     _configure(fleet, slow_server)
     fleet.worker("web")
     fleet.coordinator("co-a", lease=1.0)
-    pid = fleet.cli("submit", f"{AGENTS}:framework_model_job", *TOOLS).stdout.strip()
+    store = f"{fleet.url}?prefix={fleet.prefix}"
+    fleet.cli("budget", "set", "team", "tokens=5000", "--redis", store)
+    pid = fleet.cli("submit", f"{AGENTS}:framework_model_job", *TOOLS, "--budget", "tokens=500",
+                    "--scope", "team").stdout.strip()
     wait_for("the model call to reach the server", lambda: _stats(slow_server)["requests"] == 1, 30)
     fleet.stop("co-a", signal.SIGKILL)
     fleet.coordinator("co-b", lease=1.0)
-    # the run ends only through the in-doubt step: a second call would have been counted at its arrival
-    assert _settled(fleet, pid) == "FAILED", fleet.log("co-b")[-3000:]
-    assert _stats(slow_server)["requests"] == 1
-    failures = fleet.cli_json("inspect", pid)["failures"]
-    assert any(f["error_type"] == "InDoubtError" and f["tool_name"] == "model:framework" for f in failures)
+    # [llm] in_doubt = "retry" (the default): the call whose process was lost is made once more, only once
+    assert _settled(fleet, pid) == "COMPLETED", fleet.log("co-b")[-3000:]
+    assert _stats(slow_server)["requests"] == 2
+    run = fleet.cli_json("inspect", pid)
+    (first,) = [f for f in run["failures"] if f["error_type"] == "InDoubtError" and f["tool_name"] == "model:framework"]
+    second = run["syscall_log"][1]["charged"]
+    assert first["charged"]["tokens"] > 0 and second["tokens"] > 0
+    both = first["charged"]["tokens"] + second["tokens"]  # the first call's reservation and the second's usage
+    assert run["capabilities"]["tokens"]["current_usage"] == both
+    assert fleet.cli_json("budget", "show", "team", "--redis", store)["resources"]["tokens"]["used"] == both
 
 
 def test_a_429_pauses_the_key_for_every_worker_of_the_pool(fleet: Fleet, server: FakeOpenAI) -> None:
