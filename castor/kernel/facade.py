@@ -26,6 +26,7 @@ from castor.kernel.chain import build_chain
 from castor.kernel.context import Handler, Interceptor, Services
 from castor.kernel.model import ModelServices, build_model_chain
 from castor.kernel.model_doubt import check_policy
+from castor.kernel.model_pool import on_pool
 from castor.kernel.runner import CastorTask
 from castor.llm.cost import TOKEN_RESOURCES, price_table
 from castor.llm.wrapper import LLMSyscall
@@ -121,6 +122,7 @@ class Castor:
                 chain=build_model_chain(interceptors),
                 default_model=str(getattr(provider, "model", "") or ""),
                 on_pool=built.writes_journal and getattr(built, "model_provider", None) is not None,
+                pool_call=on_pool,
                 # A fleet executor brings its config's [llm] in_doubt.
                 in_doubt=check_policy(llm_in_doubt or getattr(built, "model_in_doubt", None) or "retry"),
             ),

@@ -65,6 +65,8 @@ class ModelServices:
     # A call whose process was lost mid-call: "retry" (made once more), "ask" (a human decides), "fail"
     # (castor.kernel.model_doubt).
     in_doubt: str = "retry"
+    # How a call goes to the pool (castor.kernel.model_pool.on_pool, which builds on this module).
+    pool_call: Callable[[Any], Awaitable[Any]] | None = None
 
     def call(
         self, ctx: RunContext, model: str, request: dict[str, Any], *, invoke: Invoke | None = None,
@@ -245,9 +247,7 @@ def execute(call: Syscall) -> Awaitable[Any]:
     assert isinstance(call, ModelSyscall)
     services = call.ctx.services
     if call.via_provider and call.models.on_pool:
-        from castor.kernel.model_pool import on_pool  # imported here: it builds on this module
-
-        return on_pool(call)
+        return call.models.pool_call(call)  # type: ignore[misc]  # castor.kernel.model_pool.on_pool
     if services.backend.leased:
         return run_claimed(call, _call_here, in_doubt=claim_lost)  # type: ignore[arg-type]
     return _call_here(call)

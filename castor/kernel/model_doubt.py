@@ -19,7 +19,7 @@ made again (the agent cannot take its chunks back): it fails, charged what it re
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from castor._redact import redact
 from castor.checkpoint import StepFailure, bounded_arguments
@@ -28,8 +28,8 @@ from castor.kernel.claims import IN_DOUBT_UNFINISHED
 from castor.kernel.steps import IN_DOUBT_REASON, answer, suspend_for_human
 from castor.seams import StepClaim
 
-if TYPE_CHECKING:
-    from castor.kernel.model import ModelSyscall
+# The calls here are castor.kernel.model's ModelSyscall (typed Any: that module builds on this one).
+ModelSyscall = Any
 
 POLICIES = ("retry", "ask", "fail")
 REMADE = "in doubt, made again"  # the message of the failure that carries the first call's charge
