@@ -165,3 +165,53 @@ def test_a_429_pauses_the_key_for_every_worker_of_the_pool(fleet: Fleet, server:
     assert all(at >= refused_at + 2.9 for at, _ in served), (refused_at, served)
     took = [name for name in ("worker-llm-a", "worker-llm-b") if "castor.tool.model:fake-model" in fleet.log(name)]
     assert took == ["worker-llm-a", "worker-llm-b"], "the two calls ran on two worker processes"
+
+
+@pytest.fixture
+def quick_server() -> Iterator[FakeOpenAI]:
+    fake = FakeOpenAI(latency=1.5).start()
+    yield fake
+    fake.stop()
+
+
+async def test_an_llm_worker_killed_mid_call_leaves_it_in_doubt_and_it_is_made_once_more_on_another(
+    fleet: Fleet, quick_server: FakeOpenAI
+) -> None:
+    import asyncio
+
+    from castor import Castor
+    from castor.executors.celery import CeleryExecutor, fleet_options
+    from castor.lib import complete
+    from castor.settings import load_settings
+
+    _configure(fleet, quick_server)
+    # a short deadline (the model's 3 s and a reply grace of 1 s) and heartbeat: the lost call is seen soon
+    fleet.config.write_text(fleet.config.read_text().replace("timeout = 20\n", "timeout = 3\n")
+                            .replace("[workers]\n", "[workers]\nheartbeat = 1.0\n"))
+    _llm_worker(fleet, "worker-llm-a")
+    settings = load_settings(fleet.config)
+    kernel = Castor(**fleet_options(settings, executor=CeleryExecutor._builder(settings, reply_grace=1.0)),
+                    scopes=["team"])
+    try:
+        await kernel.backend.budgets.set_scope("team", {"tokens": 5_000})
+
+        async def agent() -> str:
+            return (await complete(prompt="hi", max_tokens=4)).text
+
+        running = asyncio.ensure_future(kernel.run(agent, pid=f"lost-llm-{fleet.prefix}"))
+        reached = lambda: _stats(quick_server)["requests"] == 1  # noqa: E731
+        await asyncio.to_thread(wait_for, "the call to reach the server", reached, 30)
+        fleet.stop("worker-llm-a", signal.SIGKILL)
+        _llm_worker(fleet, "worker-llm-b")
+        cp = await asyncio.wait_for(running, 40)
+        assert cp.status == "COMPLETED", cp.error
+        assert _stats(quick_server)["requests"] == 2  # exactly one more provider call
+        (first,) = [f for f in cp.failures if f.error_type == "InDoubtError" and f.charged]
+        second = cp.syscall_log[0].charged
+        assert second == {"input_tokens": 4, "output_tokens": 4, "tokens": 8}
+        both = first.charged["tokens"] + second["tokens"]
+        assert await kernel.backend.budgets.read_scope("team") == {"tokens": (5_000, both)}
+        assert "model:fake-model" in fleet.log("worker-llm-b")
+    finally:
+        await kernel.executor.close()
+        await kernel.backend.close()
