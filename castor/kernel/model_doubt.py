@@ -82,7 +82,8 @@ async def in_doubt(call: ModelSyscall, why: str, attempt: int) -> bool:
     if policy == "ask" and not _streamed(call):
         await _journal(call, message)
         ctx.checkpoint.in_doubt[call.step] = attempt + 1
-        call.settled = True  # its reservation stays held: the human decides whether it is made again
+        # Its reservation is given back while the run waits (the budget stage refunds it as the run unwinds):
+        # the decision charges the first call again, beside the second (approve) or alone (reject).
         await suspend_for_human(call, attempt + 1, IN_DOUBT_REASON)
     if policy == "fail":
         message += '; not made again ([llm] in_doubt = "fail")'
@@ -114,7 +115,6 @@ async def decided(call: ModelSyscall) -> Any:
     reopened = ctx.checkpoint.in_doubt[call.step]
     decision = await ctx.services.backend.approvals.decision(ctx.run_id, call.step)
     if decision is None or decision.attempt < reopened:
-        call.settled = True  # the first call's reservation stays held while the human decides
         await suspend_for_human(call, reopened, IN_DOUBT_REASON)
     assert decision is not None
     call.was_hitl = True
