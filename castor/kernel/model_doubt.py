@@ -123,7 +123,9 @@ async def decided(call: ModelSyscall) -> Any:
     if decision.outcome == "reject":
         # Journaled charged the first call's reservation: the provider may have billed it.
         return await answer(call, {"status": REJECTED, "human_feedback": decision.reason}, call.reserved)
-    call.redo = True
+    # Once per approved round: a drive that took the run over after the call was made again in this round
+    # finds its charge journaled already (the worker running it, or its record, answers the step).
+    call.redo = remade(call) < reopened
     return None
 
 

@@ -114,6 +114,11 @@ async def test_with_in_doubt_ask_a_human_decides_whether_the_call_is_made_again(
     assert await kernel.backend.budgets.read_scope("team") == {"tokens": (1_000, used)}
 
 
-def test_an_unknown_policy_is_refused() -> None:
+def test_an_unknown_policy_is_refused_in_code_and_in_the_config() -> None:
+    from castor.settings import Settings
+
     with pytest.raises(ConfigError, match="retry, ask, fail"):
         Castor(llm_in_doubt="sometimes")
+    with pytest.raises(ConfigError, match="in_doubt"):
+        Settings(llm={"in_doubt": "sometimes"})
+    assert Settings().llm.in_doubt == "retry" and Settings(llm={"in_doubt": "ask"}).llm.in_doubt == "ask"
