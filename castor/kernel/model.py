@@ -17,8 +17,10 @@ kernel's provider goes to the executor, which sends it to a worker of ``[llm] po
 provider under the fleet's rate limits, settles the reservation and journals the step with the same record
 builder (``castor.fleet.workers._models``), and this process takes the journaled record. Anything else (an
 embedded kernel, a model of the agent's own passed as ``invoke``) is called in this process; on a leased
-store (a fleet coordinator's drive) claimed first, so the drive that takes the run over finds a call still
-in flight in doubt rather than calling and paying for it a second time.
+store (a fleet coordinator's drive) claimed first, so the drive that takes the run over knows a call was in
+flight when its process was lost. Such a call is *in doubt* (it may have been answered and billed): by
+default made once more with the first call still charged, or a human decides, or it fails
+(``[llm] in_doubt``: ``castor.kernel.model_doubt``). The pool's path is ``castor.kernel.model_pool``.
 """
 
 from __future__ import annotations
