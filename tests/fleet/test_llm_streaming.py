@@ -48,7 +48,9 @@ def test_a_stream_on_the_llm_pool_reaches_the_agent_chunk_by_chunk_and_one_cut_s
 
     # On the same fleet (one start-up for both): a stream cut short.
     _gate(server, after=1, timeout=8.0, cut=True)  # the provider's connection breaks after the first chunk
-    pid = fleet.cli("submit", f"{AGENTS}:streamed_job", "--budget", "tokens=200").stdout.strip()
+    store = f"{fleet.url}?prefix={fleet.prefix}"
+    fleet.cli("budget", "set", "team", "tokens=5000", "--redis", store)
+    pid = fleet.cli("submit", f"{AGENTS}:streamed_job", "--budget", "tokens=200", "--scope", "team").stdout.strip()
     assert _settled(fleet, pid) == "FAILED", fleet.log("co-a")[-3000:]
     assert _stats(server)["gate"]["released"] is True
     run = fleet.cli_json("inspect", pid)
@@ -59,3 +61,4 @@ def test_a_stream_on_the_llm_pool_reaches_the_agent_chunk_by_chunk_and_one_cut_s
     got = estimate_tokens("ok")
     assert charged == [{"input_tokens": prompt, "output_tokens": got, "tokens": prompt + got}]
     assert run["capabilities"]["tokens"]["current_usage"] == prompt + got
+    assert fleet.cli_json("budget", "show", "team", "--redis", store)["resources"]["tokens"]["used"] == prompt + got
