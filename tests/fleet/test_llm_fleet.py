@@ -122,21 +122,21 @@ def test_a_coordinator_killed_mid_model_call_hands_it_over_and_the_model_is_call
 
 
 def test_a_framework_model_call_in_flight_at_a_takeover_is_made_once_more_and_both_calls_charged(
-    fleet: Fleet, slow_server: FakeOpenAI
+    fleet: Fleet, quick_server: FakeOpenAI
 ) -> None:
-    _configure(fleet, slow_server)
+    _configure(fleet, quick_server)
     fleet.worker("web")
     fleet.coordinator("co-a", lease=1.0)
     store = f"{fleet.url}?prefix={fleet.prefix}"
     fleet.cli("budget", "set", "team", "tokens=5000", "--redis", store)
     pid = fleet.cli("submit", f"{AGENTS}:framework_model_job", *TOOLS, "--budget", "tokens=500",
                     "--scope", "team").stdout.strip()
-    wait_for("the model call to reach the server", lambda: _stats(slow_server)["requests"] == 1, 30)
+    wait_for("the model call to reach the server", lambda: _stats(quick_server)["requests"] == 1, 30)
     fleet.stop("co-a", signal.SIGKILL)
     fleet.coordinator("co-b", lease=1.0)
     # [llm] in_doubt = "retry" (the default): the call whose process was lost is made once more, only once
     assert _settled(fleet, pid) == "COMPLETED", fleet.log("co-b")[-3000:]
-    assert _stats(slow_server)["requests"] == 2
+    assert _stats(quick_server)["requests"] == 2
     run = fleet.cli_json("inspect", pid)
     (first,) = [f for f in run["failures"] if f["error_type"] == "InDoubtError" and f["tool_name"] == "model:framework"]
     second = run["syscall_log"][1]["charged"]
