@@ -5,7 +5,9 @@ its ``usage``: prompt tokens ``len(content) // 4 + 4`` per message (``prompt_tok
 ``min(max_tokens, reply_tokens)``. Every request is recorded at its arrival with its tokens; with ``rpm`` /
 ``tpm`` set, one that would put any ``window``-second window over a limit is a *violation*, refused with a
 429 and ``retry-after`` as a provider would. ``POST /admin/throttle {"count": n, "retry_after": s}`` has
-the next ``n`` requests refused with a 429 (not counted as sent). ``GET /admin/stats`` gives the counts,
+the next ``n`` requests refused with a 429 (not counted as sent). ``POST /admin/gate {"after": n, "timeout": s,
+"cut": bool}`` holds the next stream after ``n`` chunks until ``POST /admin/release`` (or ``s`` seconds), then
+sends the rest or breaks the connection (``cut``). ``GET /admin/stats`` gives the counts,
 the largest window seen (requests and tokens), and per minute since the first request its tokens and the
 fullest window that ended in it.
 
@@ -50,6 +52,10 @@ class Counter:
         self.authorization: collections.Counter[str] = collections.Counter()  # requests by Authorization header
         self.arrivals: list[tuple[float, bool]] = []  # (wall-clock time, refused with a 429) of every request
         self.minute_peaks: dict[int, int] = collections.defaultdict(int)  # the fullest window ending in each minute
+        # A gated stream: after ``after`` chunks it waits for POST /admin/release (up to ``timeout`` s), then
+        # sends the rest, or breaks the connection (``cut``); ``released``: whether the release came in time.
+        self.gate: dict[str, Any] = {}
+        self.release: asyncio.Event | None = None
 
     def admit(self, tokens: int) -> float | None:
         """Record a request of ``tokens`` arriving now; the retry-after of a refusal, or None."""
@@ -89,12 +95,48 @@ class Counter:
             "minute_peaks": [self.minute_peaks[m] for m in sorted(self.minutes)],
             "authorization": dict(self.authorization),
             "arrivals": self.arrivals,
+            "gate": {k: v for k, v in self.gate.items() if k in ("released", "sent")},
         }
 
 
 def _refusal(after: float) -> web.Response:
     body = {"error": {"type": "rate_limit_exceeded", "message": "Rate limit reached", "code": "rate_limit_exceeded"}}
     return web.json_response(body, status=429, headers={"retry-after": f"{max(after, 0.001):.3f}"})
+
+
+async def _sse(request: web.Request, counter: Counter, base: dict[str, Any], words: list[str],
+               usage: dict[str, int]) -> web.StreamResponse:
+    """The reply as Server-Sent Events, a word a chunk, held at the counter's gate if one is armed."""
+    response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+    await response.prepare(request)
+    gate = counter.gate
+    for i, word in enumerate(words):
+        if gate and i == gate["after"] and "released" not in gate:
+            await _hold(counter)
+            if gate.get("cut"):
+                assert request.transport is not None
+                request.transport.close()  # the provider's connection breaks mid-stream
+                return response
+        delta = {"content": word if i == 0 else " " + word}
+        chunk = {**base, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta}]}
+        await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        if gate:
+            gate["sent"] = i + 1
+    last = {**base, "object": "chat.completion.chunk", "usage": usage,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    await response.write(f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n".encode())
+    await response.write_eof()
+    return response
+
+
+async def _hold(counter: Counter) -> None:
+    """Wait at the gate for a release (the client read the first chunks), at most the gate's timeout."""
+    assert counter.release is not None
+    try:
+        await asyncio.wait_for(counter.release.wait(), counter.gate.get("timeout", 10.0))
+        counter.gate["released"] = True
+    except TimeoutError:
+        counter.gate["released"] = False
 
 
 def make_app(counter: Counter, *, reply_tokens: int = 16, latency: float = 0.0) -> web.Application:
@@ -123,21 +165,21 @@ def make_app(counter: Counter, *, reply_tokens: int = 16, latency: float = 0.0) 
                 **base, "object": "chat.completion", "usage": usage,
                 "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
             })
-        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
-        await response.prepare(request)
-        for i, word in enumerate(words):
-            delta = {"content": word if i == 0 else " " + word}
-            chunk = {**base, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta}]}
-            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
-        last = {**base, "object": "chat.completion.chunk", "usage": usage,
-                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-        await response.write(f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n".encode())
-        await response.write_eof()
-        return response
+        return await _sse(request, counter, base, words, usage)
 
     async def throttle(request: web.Request) -> web.Response:
         body = await request.json()
         counter.throttle = (int(body["count"]), float(body["retry_after"]))
+        return web.json_response({"ok": True})
+
+    async def arm(request: web.Request) -> web.Response:
+        counter.gate = dict(await request.json())
+        counter.release = asyncio.Event()
+        return web.json_response({"ok": True})
+
+    async def release(_request: web.Request) -> web.Response:
+        if counter.release is not None:
+            counter.release.set()
         return web.json_response({"ok": True})
 
     async def stats(_request: web.Request) -> web.Response:
@@ -147,6 +189,8 @@ def make_app(counter: Counter, *, reply_tokens: int = 16, latency: float = 0.0) 
     app.router.add_post("/v1/chat/completions", completions)
     app.router.add_post("/admin/throttle", throttle)
     app.router.add_get("/admin/stats", stats)
+    app.router.add_post("/admin/gate", arm)
+    app.router.add_post("/admin/release", release)
     return app
 
 
