@@ -11,9 +11,12 @@ by default), so API keys live on those workers and never on a coordinator. Both 
   ``base_url`` and the key in the environment variable ``api_key_env`` names, and calls it under the
   fleet's rate limiter (``castor.fleet.workers._models``).
 
-A model that lives in the agent's process (``model_call(invoke=...)``: a framework's model object) is
-called there, as in an embedded run. Imported only where a fleet is configured: nothing here loads httpx
-until a worker builds its provider.
+A model that lives in the agent's process (``model_call(invoke=...)``: a framework's own model object) is
+called there, as in an embedded run: in the fleet, in the coordinator's process. A framework agent whose
+model is Castor's (``castor.frameworks.langchain.CastorChatModel``, the other frameworks' ``CastorModel``)
+calls the kernel's provider instead, so its calls run on the pool too. Without a fleet executor (``castor
+run`` on its own), the kernel calls the provider ``local_provider`` builds, with this process's key.
+Imported only where a fleet is configured: nothing here loads httpx until a provider is built.
 """
 
 from __future__ import annotations
@@ -62,6 +65,18 @@ def model_provider(settings: Any) -> FleetModel | None:
     if llm.provider is None:
         return None
     return FleetModel(llm.model, frozenset(llm.models), price_table(llm.prices), llm.timeout)
+
+
+def local_provider(settings: Any) -> Any:
+    """The provider a kernel that runs its tools in its own process (``castor run``, ``approve``, ``fork``
+    without a fleet executor) calls for its model calls: ``[llm] provider`` with the key in this process's
+    environment, serving ``[llm] model`` and ``models``; None when ``[llm]`` names no provider."""
+    llm = settings.llm
+    if llm.provider is None:
+        return None
+    provider = build_provider(settings, llm.model)
+    provider.models = frozenset({llm.model, *llm.models})
+    return provider
 
 
 def model_timeout(settings: Any, tool: str) -> float:

@@ -7,9 +7,11 @@
 
 The same crew goes to a fleet with ``castor submit examples/frameworks/crewai_agent.py:main ...``. The
 scripted LLM answers in CrewAI's text format by the conversation it is given, so it runs offline and the
-same in every process; ``CASTOR_EXAMPLE_MODEL=gpt-4o-mini`` (a model name ``crewai.LLM`` knows; needs
-its provider's key) uses a real model instead. ``CASTOR_EXAMPLE_MODEL_LOG=FILE`` appends a line to FILE
-for every call the scripted LLM answers (the tests count them). CrewAI's telemetry is switched off.
+same in every process; ``CASTOR_EXAMPLE_MODEL=gpt-4o-mini`` (a model name ``crewai.LLM`` knows; needs its
+provider's key where the crew runs: in the fleet, the coordinator's environment; Castor has no CrewAI model
+of its own yet, so CrewAI's calls are not made on the ``llm`` pool) uses a real model instead.
+``CASTOR_EXAMPLE_MODEL_LOG=FILE`` appends a line to FILE for every call the scripted LLM answers (the tests
+count them). CrewAI's telemetry is switched off.
 """
 
 from __future__ import annotations
