@@ -16,7 +16,7 @@ from castor.frameworks._castor_models._ask import ask, call_id, text_of, tool_sp
 from castor.llm.types import ModelResponse
 
 _ROLES = {"system": "system", "human": "user", "ai": "assistant", "tool": "tool"}
-_OPTIONS = ("temperature", "top_p", "seed")  # the model's fields passed in the request when set
+_OPTIONS = ("temperature", "top_p")  # the model's fields passed in the request when set
 
 
 def _message(message: BaseMessage) -> dict[str, Any]:
@@ -72,7 +72,6 @@ class CastorChatModel(BaseChatModel):
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
-    seed: int | None = None
 
     @property
     def _llm_type(self) -> str:

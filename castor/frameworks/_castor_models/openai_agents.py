@@ -13,7 +13,7 @@ from castor.errors import UnsupportedError
 from castor.frameworks._castor_models._ask import ask, call_id, text_of, tool_spec
 from castor.llm.types import ModelResponse as CastorResponse
 
-_SETTINGS = ("temperature", "top_p", "parallel_tool_calls")
+_SETTINGS = ("temperature", "top_p")  # passed by the names Castor's providers take (the OpenAI API's)
 
 
 def _item(item: Any) -> dict[str, Any]:
@@ -96,7 +96,8 @@ class CastorModel(Model):
 
     ``Agent(name=..., model=CastorModel("gpt-4o-mini"), tools=[...])`` (None: the kernel's default model).
     Embedded, the provider is ``Castor(llm=...)``'s; in the fleet a worker of the ``llm`` pool calls it, with
-    the API key only it holds. ``guard(agent)`` leaves it as it is. Function tools and handoffs; not streamed.
+    the API key only it holds. ``guard(agent)`` leaves it as it is. Function tools and handoffs; a structured
+    output type is asked as ``response_format`` (OpenAI-compatible servers). Not streamed.
     """
 
     def __init__(self, model: str | None = None, *, max_tokens: int | None = None) -> None:

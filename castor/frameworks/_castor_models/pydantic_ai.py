@@ -25,9 +25,8 @@ from pydantic_ai.usage import RequestUsage
 
 from castor.frameworks._castor_models._ask import ask, call_id, text_of, tool_spec
 
-# pydantic-ai's settings passed in the request as the OpenAI API names them.
-_SETTINGS = {"temperature": "temperature", "top_p": "top_p", "seed": "seed", "stop_sequences": "stop",
-             "parallel_tool_calls": "parallel_tool_calls"}
+# pydantic-ai's settings passed in the request by the names Castor's providers take (the OpenAI API's).
+_SETTINGS = {"temperature": "temperature", "top_p": "top_p", "stop_sequences": "stop"}
 
 
 def _request_messages(message: ModelRequest) -> list[dict[str, Any]]:
