@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from castor import Castor
-from castor.errors import UnsupportedError
+from castor.errors import ReplayDivergenceError, UnsupportedError
 from castor.llm import ModelRefusedError, Scripted
 
 MODEL = "scripted-model"
@@ -36,7 +36,7 @@ class Framework:
     """How a test builds and runs one framework's agent on its Castor-backed model."""
 
     tools: Callable[[], list[Any]]  # tools_of(<the framework's agent>)
-    agent: Callable[[], Callable[[], Any]]  # the agent function, building and running the guarded agent
+    agent: Callable[..., Callable[[], Any]]  # agent(prompt=PROMPT): the agent function, running the guarded agent
     final: dict[str, Any]  # the provider's last reply: what ends the framework's loop with the text "done"
     tool_messages: bool = True  # tool results reach the model as ``tool`` messages (smolagents: as text)
 
@@ -50,10 +50,10 @@ def _langchain() -> Framework:
 
     tools = [lc_tool(search), lc_tool(delete_file)]
 
-    def agent() -> Callable[[], Any]:
+    def agent(prompt: str = PROMPT) -> Callable[[], Any]:
         async def run() -> str:
             graph = guard(create_agent(CastorChatModel(model=MODEL), tools))
-            state = await graph.ainvoke({"messages": [("user", PROMPT)]})
+            state = await graph.ainvoke({"messages": [("user", prompt)]})
             return str(state["messages"][-1].content)
         return run
 
@@ -69,9 +69,9 @@ def _pydantic_ai() -> Framework:
     def build() -> Any:
         return Agent(CastorModel(MODEL), tools=[search, delete_file], instructions="Be brief.")
 
-    def agent() -> Callable[[], Any]:
+    def agent(prompt: str = PROMPT) -> Callable[[], Any]:
         async def run() -> str:
-            return str((await guard(build()).run(PROMPT)).output)
+            return str((await guard(build()).run(prompt)).output)
         return run
 
     return Framework(lambda: tools_of(build()), agent, {"text": "done"})
@@ -89,9 +89,9 @@ def _openai_agents() -> Framework:
         return Agent(name="janitor", instructions="Be brief.", model=CastorModel(MODEL),
                      tools=[function_tool(search), function_tool(delete_file)])
 
-    def agent() -> Callable[[], Any]:
+    def agent(prompt: str = PROMPT) -> Callable[[], Any]:
         async def run() -> str:
-            return str((await Runner.run(guard(build()), PROMPT)).final_output)
+            return str((await Runner.run(guard(build()), prompt)).final_output)
         return run
 
     return Framework(lambda: tools_of(build()), agent, {"text": "done"})
@@ -124,9 +124,9 @@ def _smolagents() -> Framework:
 
         return ToolCallingAgent(tools=[search, delete_file], model=CastorModel(MODEL), verbosity_level=-1)
 
-    def agent() -> Callable[[], Any]:
+    def agent(prompt: str = PROMPT) -> Callable[[], Any]:
         async def main() -> str:
-            return str(await run(build(), PROMPT))
+            return str(await run(build(), prompt))
         return main
 
     final = {"tool_calls": [{"name": "final_answer", "arguments": {"answer": "done"}}]}
@@ -235,9 +235,84 @@ async def test_a_fork_serves_the_model_steps_before_the_fork_point_from_the_jour
     assert forked.syscall_log[3].arguments == {"path": "/tmp/other"}
 
 
+async def test_a_different_request_at_a_journaled_step_raises_naming_the_step(fw: Framework) -> None:
+    llm = Scripted(script(fw), model=MODEL)
+    k = kernel(fw, llm)
+    cp = await k.run(fw.agent())
+    await k.approve(cp)
+    with pytest.raises(ReplayDivergenceError) as caught:
+        await k.run(fw.agent(prompt="clean up everything"), checkpoint=cp)
+    assert caught.value.step == 0 and len(llm.calls) == 2
+
+
+async def test_speculative_mode_flags_the_agents_destructive_call(fw: Framework) -> None:
+    k = kernel(fw, Scripted(script(fw), model=MODEL))
+    cp = await k.run(fw.agent(), speculative=True)
+    assert cp.status == "COMPLETED"
+    assert [(f.index, f.tool_name) for f in k.scan(cp).flagged] == [(3, "delete_file")]
+
+
 def test_the_langchain_model_refuses_a_synchronous_call() -> None:
     pytest.importorskip("langchain_core")
     from castor.frameworks.langchain import CastorChatModel
 
     with pytest.raises(UnsupportedError, match="ainvoke"):
         CastorChatModel(model=MODEL).invoke("hello")
+
+
+async def test_a_model_step_is_one_readable_record_in_castors_form(tmp_path: Any) -> None:
+    import asyncio
+    import io
+    from contextlib import redirect_stdout
+
+    from castor.cli import main
+
+    fw = _langchain()
+    db = tmp_path / "castor.db"
+    llm = Scripted(script(fw), model=MODEL)
+    cp = await kernel(fw, llm, store=f"sqlite:///{db}").run(fw.agent(), pid="castor-model")
+    assert cp.syscall_log[0].arguments["request"]["messages"] == [{"role": "user", "content": PROMPT}]
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert await asyncio.to_thread(main, ["--db", str(db), "inspect", "castor-model"]) == 0
+    assert (f'model {MODEL}: user: "{PROMPT}" (tools: search, delete_file) -> "" calls '
+            'search({"query": "old logs"}) [tool_calls]') in out.getvalue()
+
+
+async def test_a_pydantic_ai_retry_reaches_the_model_as_the_calls_tool_message() -> None:
+    fw = _pydantic_ai()
+    llm = Scripted([{"tool_calls": [{"id": "bad", "name": "search", "arguments": {"query": 5}}]},
+                    {"text": "done"}], model=MODEL)
+    cp = await kernel(fw, llm).run(fw.agent())
+    assert cp.status == "COMPLETED" and cp.result == "done"
+    retry = llm.calls[1]["messages"][-1]
+    assert retry["role"] == "tool" and retry["tool_call_id"] == "bad" and "query" in retry["content"]
+    assert _names(cp) == [f"model:{MODEL}", f"model:{MODEL}"]  # the invalid call never reached Castor
+
+
+def test_the_agents_sdk_items_become_chat_messages_one_turn_per_assistant_message() -> None:
+    pytest.importorskip("agents")
+    from castor.frameworks._castor_models.openai_agents import castor_messages
+
+    items = [
+        {"role": "user", "content": "hi"},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "looking"}]},
+        {"type": "function_call", "call_id": "a", "name": "search", "arguments": '{"query": "x"}'},
+        {"type": "function_call", "call_id": "b", "name": "search", "arguments": '{"query": "y"}'},
+        {"type": "function_call_output", "call_id": "a", "output": "found x"},
+        {"type": "function_call_output", "call_id": "b", "output": [{"type": "input_text", "text": "found y"}]},
+        {"type": "function_call", "call_id": "c", "name": "delete_file", "arguments": '{"path": "/x"}'},
+        {"type": "message", "role": "developer", "content": "be careful"},
+    ]
+    assert castor_messages("sys", items) == [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "looking", "tool_calls": [
+            {"id": "a", "name": "search", "arguments": {"query": "x"}},
+            {"id": "b", "name": "search", "arguments": {"query": "y"}}]},
+        {"role": "tool", "tool_call_id": "a", "content": "found x"},
+        {"role": "tool", "tool_call_id": "b", "content": "found y"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "c", "name": "delete_file", "arguments": {"path": "/x"}}]},
+        {"role": "system", "content": "be careful"},
+    ]
