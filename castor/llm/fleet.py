@@ -67,16 +67,44 @@ def model_provider(settings: Any) -> FleetModel | None:
     return FleetModel(llm.model, frozenset(llm.models), price_table(llm.prices), llm.timeout)
 
 
-def local_provider(settings: Any) -> Any:
+class LocalModel:
+    """The ``[llm]`` provider of a kernel that calls it in its own process, built at its first call: a
+    command that calls no model (an approval of a run without model steps to make) needs no key."""
+
+    name = "llm provider"
+
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+        self.model = settings.llm.model
+        self.models = frozenset({self.model, *settings.llm.models})
+        self._provider: Any = None
+
+    def provider(self) -> Any:
+        """The provider ``build_provider`` makes (once); ``ModelCallError`` if the config cannot make one."""
+        if self._provider is None:
+            self._provider = build_provider(self.settings, self.model)
+        return self._provider
+
+    async def complete(self, request: dict[str, Any]) -> Any:
+        """The provider's answer (the request's ``model``, if it names one, is the model asked)."""
+        return await self.provider().complete(request)
+
+    def stream(self, request: dict[str, Any]) -> Any:
+        """The provider's streamed answer."""
+        return self.provider().stream(request)
+
+    async def aclose(self) -> None:
+        """Close the provider's connections, if it was built."""
+        aclose = getattr(self._provider, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def local_provider(settings: Any) -> LocalModel | None:
     """The provider a kernel that runs its tools in its own process (``castor run``, ``approve``, ``fork``
     without a fleet executor) calls for its model calls: ``[llm] provider`` with the key in this process's
     environment, serving ``[llm] model`` and ``models``; None when ``[llm]`` names no provider."""
-    llm = settings.llm
-    if llm.provider is None:
-        return None
-    provider = build_provider(settings, llm.model)
-    provider.models = frozenset({llm.model, *llm.models})
-    return provider
+    return LocalModel(settings) if settings.llm.provider is not None else None
 
 
 def model_timeout(settings: Any, tool: str) -> float:

@@ -6,7 +6,8 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from castor.lib.models import complete
+from castor.kernel.context import active_run
+from castor.lib.models import _model_id, build_request, model_call
 from castor.llm.types import ModelResponse
 
 
@@ -16,12 +17,16 @@ async def ask(
 ) -> ModelResponse:
     """One model syscall of the run, answered by the kernel's provider (on the fleet's ``llm`` pool if it has one).
 
-    ``model`` None: the kernel's default model. ``options`` (``temperature``, ``stop``, ...) are part of the
+    ``model`` None: the kernel's default model; a model named is also in the request (``model``), which the
+    providers send as the model to use. ``options`` (``temperature``, ``stop``, ...) are part of the
     request, passed to the provider as they are; the ones set to None are left out.
     """
     extra = {k: v for k, v in (options or {}).items() if v is not None}
-    return await complete(messages, model=model or None, tools=list(tools or ()) or None, max_tokens=max_tokens,
-                          **extra)
+    if model:
+        extra["model"] = model
+    request = build_request(messages, tools=list(tools or ()) or None, max_tokens=max_tokens, **extra)
+    journaled = await model_call(request, model=_model_id(active_run(), model), max_tokens=max_tokens)
+    return ModelResponse.from_dict(journaled)
 
 
 def text_of(content: Any) -> str:
