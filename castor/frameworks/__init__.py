@@ -15,7 +15,8 @@ model is not called for the steps before the suspension or the fork point.
 Where the model is called: a framework's own model object is called in the process that runs the agent (in
 the fleet, the coordinator's, which then needs its key). Each module also has a model of the framework's
 kind answered by Castor's provider (``langchain.CastorChatModel``, ``pydantic_ai.CastorModel``,
-``openai_agents.CastorModel``, ``smolagents.CastorModel``; ``castor.frameworks._castor_models``): in the
+``openai_agents.CastorModel``, ``smolagents.CastorModel``, ``crewai.CastorLLM``;
+``castor.frameworks._castor_models``): in the
 fleet its calls run on the ``llm`` pool, whose workers hold the key. ``guard()`` leaves those models as
 they are (each call is one model step already).
 

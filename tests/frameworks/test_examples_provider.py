@@ -20,8 +20,23 @@ ROOT = Path(__file__).resolve().parents[2]
 KEY_ENV = "CASTOR_TEST_EXAMPLE_KEY"
 KEY = "sk-example-run-only"
 EXAMPLES = {"langgraph_agent": "langgraph", "pydantic_ai_agent": "pydantic_ai",
-            "openai_agents_agent": "agents", "smolagents_agent": "smolagents"}
-FINAL = {"smolagents_agent": {"tool_calls": [{"name": "final_answer", "arguments": {"answer": "All clean."}}]}}
+            "openai_agents_agent": "agents", "smolagents_agent": "smolagents",
+            "crewai_agent": "crewai"}  # not in the dev extra: marked crewai, run by .ci/run in a venv of its own
+TOOL_CALLS = [{"tool_calls": [{"name": "search", "arguments": {"query": "old logs"}}]},
+              {"tool_calls": [{"name": "delete_file", "arguments": {"path": "/tmp/old.log"}}]},
+              {"content": "All clean."}]
+REPLIES = {
+    **{name: TOOL_CALLS for name in EXAMPLES},
+    "smolagents_agent": [
+        *TOOL_CALLS[:2], {"tool_calls": [{"name": "final_answer", "arguments": {"answer": "All clean."}}]}],
+    "crewai_agent": [  # CrewAI's text (ReAct) mode
+        {"content": 'Thought: look\nAction: search\nAction Input: {"query": "old logs"}'},
+        {"content": 'Thought: delete\nAction: delete_file\nAction Input: {"path": "/tmp/old.log"}'},
+        {"content": "Thought: I now know the final answer\nFinal Answer: All clean."},
+    ],
+}
+NAMES = [pytest.param(n, marks=[pytest.mark.crewai, pytest.mark.filterwarnings("ignore::DeprecationWarning")])
+         if n == "crewai_agent" else n for n in sorted(EXAMPLES)]
 
 
 @pytest.fixture
@@ -31,7 +46,7 @@ def server() -> Iterator[FakeOpenAI]:
     fake.stop()
 
 
-@pytest.mark.parametrize("name", sorted(EXAMPLES))
+@pytest.mark.parametrize("name", NAMES)
 def test_the_examples_real_model_is_answered_by_the_configs_provider(
     name: str, server: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -46,11 +61,7 @@ def test_the_examples_real_model_is_answered_by_the_configs_provider(
     monkeypatch.setenv("CASTOR_EXAMPLE_MODEL", "fake-model")
     monkeypatch.setenv(KEY_ENV, KEY)
     admin = server.url.removesuffix("/v1")
-    httpx.post(f"{admin}/admin/script", json={"replies": [
-        {"tool_calls": [{"name": "search", "arguments": {"query": "old logs"}}]},
-        {"tool_calls": [{"name": "delete_file", "arguments": {"path": "/tmp/old.log"}}]},
-        FINAL.get(name, {"content": "All clean."}),
-    ]})
+    httpx.post(f"{admin}/admin/script", json={"replies": REPLIES[name]})
 
     # the run in a SQLite file of the test's (a config names a fleet's Redis store unless a store is given)
     store = ["--config", str(config), "--db", str(tmp_path / "castor.db")]

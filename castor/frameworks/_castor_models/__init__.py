@@ -12,6 +12,7 @@ usage) back to the framework's message, so the framework's loop and its tool cal
 - ``castor.frameworks.pydantic_ai.CastorModel`` (a pydantic-ai ``Model``)
 - ``castor.frameworks.openai_agents.CastorModel`` (an Agents SDK ``Model``)
 - ``castor.frameworks.smolagents.CastorModel`` (a smolagents ``Model``)
+- ``castor.frameworks.crewai.CastorLLM`` (a CrewAI ``BaseLLM``, in CrewAI's text mode)
 
 Each call is one model syscall (journaled, replayed, forked, charged in tokens) by itself: ``guard()``
 recognises these objects and does not wrap them into a second step.
