@@ -7,6 +7,8 @@ Castor's canonical request and asks the kernel's provider.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from pydantic_ai.messages import (
@@ -23,6 +25,7 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.settings import ModelSettings
 from pydantic_ai.usage import RequestUsage
 
+from castor.errors import UnsupportedError
 from castor.frameworks._castor_models._ask import ask, call_id, text_of, tool_spec
 
 # pydantic-ai's settings passed in the request by the names Castor's providers take (the OpenAI API's).
@@ -91,6 +94,12 @@ class CastorModel(FunctionModel):
     def system(self) -> str:
         """The provider's name as pydantic-ai reports it."""
         return "castor"
+
+    @asynccontextmanager
+    async def request_stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        """Not streamed: a streamed response is not journaled as one step yet."""
+        raise UnsupportedError("CastorModel does not stream: use agent.run / iter, not run_stream")
+        yield  # an async generator, as the base class's
 
     async def _answer(self, messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
         tools = [tool_spec(t.name, t.description, t.parameters_json_schema)
