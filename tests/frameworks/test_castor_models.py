@@ -330,3 +330,13 @@ def test_the_agents_sdk_items_become_chat_messages_one_turn_per_assistant_messag
             {"id": "c", "name": "delete_file", "arguments": {"path": "/x"}}]},
         {"role": "system", "content": "be careful"},
     ]
+
+
+async def test_model_calls_charge_usd_at_the_price_of_the_model_named(fw: Framework) -> None:
+    llm = Scripted(script(fw), model=MODEL)
+    prices = {MODEL: {"input": 1.0, "output": 2.0}}  # dollars per million tokens
+    cp = await kernel(fw, llm, budgets={"usd": 1.0}, llm_prices=prices).run(fw.agent(), speculative=True)
+    assert cp.status == "COMPLETED"
+    used = [r.response["usage"] for r in cp.syscall_log if r.tool_name.startswith("model:")]
+    expected = sum(u["input_tokens"] * 1.0 + u["output_tokens"] * 2.0 for u in used) / 1e6
+    assert cp.capabilities["usd"].current_usage == pytest.approx(expected)
