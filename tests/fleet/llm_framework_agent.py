@@ -1,6 +1,6 @@
 """A LangGraph agent of the fleet's model-call tests: its chat model is Castor's (``CastorChatModel``), so its
-model calls run on the fleet's ``llm`` pool; its tools are the fleet's test tools (``fetch`` on the web pool,
-``remove``, destructive, on the fs pool)."""
+model calls run on the fleet's ``llm`` pool; its tools are the fleet's test tools ``fetch`` and ``remove``
+(destructive)."""
 
 from __future__ import annotations
 

@@ -40,9 +40,13 @@ def test_a_langgraph_agents_model_calls_run_on_the_llm_pool_once_per_step(fleet:
         {"tool_calls": [{"name": "remove", "arguments": {"tag": "old-logs"}}]},
         {"content": "Removed the old logs."},
     ]})
+    # both tools on the web pool: one tool worker fewer to start
+    config = fleet.config.read_text()
+    fleet.config.write_text(config.replace('web = ["ticket", "fetch", "pid_of"]', 'web = ["fetch", "remove"]')
+                            .replace('fs = ["store", "remove", "slow_write"]', 'fs = ["store", "slow_write"]'))
+    assert fleet.config.read_text() != config
     _llm_worker(fleet)
     fleet.worker("web")
-    fleet.worker("fs")
     fleet.coordinator("co-a")
     pid = fleet.cli("submit", AGENT, "--tool", tool_spec("fetch"), "--tool", tool_spec("remove"),
                     "--destructive", "remove", "--budget", "tokens=5000").stdout.strip()
@@ -60,7 +64,7 @@ def test_a_langgraph_agents_model_calls_run_on_the_llm_pool_once_per_step(fleet:
     log = run["syscall_log"]
     assert [r["request"]["tool_name"] for r in log] == [
         "model:fake-model", "fetch", "model:fake-model", "remove", "model:fake-model"]
-    assert fleet.count("old-logs") == 1  # the fs pool removed it once, after the approval
+    assert fleet.count("old-logs") == 1  # the web pool's worker removed it once, after the approval
     # the framework's conversation went to the server in the chat API's form: the tool result as a tool message
     third = _requests(server)[2]["messages"]
     assert third[-2]["tool_calls"][0]["function"] == {"name": "remove", "arguments": '{"tag": "old-logs"}'}
