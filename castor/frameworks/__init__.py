@@ -12,6 +12,14 @@ executor, journaled) and whose every model call goes through ``castor.lib.model_
 step, charged in tokens). A resumed or forked run replays the framework's loop from the journal: the
 model is not called for the steps before the suspension or the fork point.
 
+Where the model is called: a framework's own model object is called in the process that runs the agent (in
+the fleet, the coordinator's, which then needs its key). Each module also has a model of the framework's
+kind answered by Castor's provider (``langchain.CastorChatModel``, ``pydantic_ai.CastorModel``,
+``openai_agents.CastorModel``, ``smolagents.CastorModel``, ``crewai.CastorLLM``;
+``castor.frameworks._castor_models``): in the
+fleet its calls run on the ``llm`` pool, whose workers hold the key. ``guard()`` leaves those models as
+they are (each call is one model step already).
+
 The operator registers the framework's tool functions like any tool, ``Castor(tools=tools_of(agent),
 destructive=[...])``; the agent function builds (or receives) the guarded agent and runs it under
 ``kernel.run``. A tool whose argument schema Castor cannot check (arguments the framework injects, names

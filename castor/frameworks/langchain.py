@@ -39,6 +39,7 @@ from langchain_core.tools import BaseTool, StructuredTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from castor.errors import UnsupportedError
+from castor.frameworks._castor_models.langchain import CastorChatModel
 from castor.frameworks._common import (
     IdentityCache,
     ToolEntry,
@@ -191,8 +192,9 @@ class GuardedChatModel(BaseChatModel):
 
 
 def guard_model(model: BaseChatModel) -> BaseChatModel:
-    """``model`` with every call a journaled model step (a ``GuardedChatModel``; guarded once)."""
-    return model if isinstance(model, GuardedChatModel) else _guarded_models(model)
+    """``model`` with every call a journaled model step (a ``GuardedChatModel``; guarded once). A
+    ``CastorChatModel``'s calls are model steps already: it is returned as it is."""
+    return model if isinstance(model, GuardedChatModel | CastorChatModel) else _guarded_models(model)
 
 
 # An agent function builds its graph on every run (and again on resume): the guarded forms of the same
@@ -362,5 +364,5 @@ def guard(x: Any) -> Any:
                            f"agent, got {type(x).__name__}")
 
 
-__all__ = ["GuardedChatModel", "guard", "tools_of"]
+__all__ = ["CastorChatModel", "GuardedChatModel", "guard", "tools_of"]
 

@@ -41,6 +41,7 @@ from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessa
 from pydantic import TypeAdapter
 
 from castor.errors import UnsupportedError
+from castor.frameworks._castor_models.openai_agents import CastorModel
 from castor.frameworks._common import (
     IdentityCache,
     ToolEntry,
@@ -171,9 +172,10 @@ class GuardedModel(Model):
         await self.wrapped.close()
 
 
-def guard_model(model: Model | str | None) -> GuardedModel:
-    """``model`` (a name: the SDK's default provider resolves it) with every response a journaled step."""
-    if isinstance(model, GuardedModel):
+def guard_model(model: Model | str | None) -> Model:
+    """``model`` (a name: the SDK's default provider resolves it) with every response a journaled step
+    (a ``CastorModel`` as it is: its responses are model steps already)."""
+    if isinstance(model, GuardedModel | CastorModel):
         return model
     if not isinstance(model, Model):
         name = model
@@ -315,4 +317,4 @@ def guard(x: Any) -> Any:
                            f"tools, got {type(x).__name__}")
 
 
-__all__ = ["GuardedModel", "guard", "tools_of"]
+__all__ = ["CastorModel", "GuardedModel", "guard", "tools_of"]

@@ -54,6 +54,7 @@ from pydantic_ai.toolsets.wrapper import WrapperToolset
 from pydantic_core import to_jsonable_python
 
 from castor.errors import UnsupportedError
+from castor.frameworks._castor_models.pydantic_ai import CastorModel
 from castor.frameworks._common import (
     IdentityCache,
     ToolEntry,
@@ -206,9 +207,9 @@ class GuardedModel(WrapperModel):
         )
 
 
-def guard_model(model: Model | str) -> GuardedModel:
-    """``model`` with every request a journaled model step (guarded once)."""
-    return model if isinstance(model, GuardedModel) else GuardedModel(model)
+def guard_model(model: Model | str) -> Model:
+    """``model`` with every request a journaled model step (guarded once; a ``CastorModel`` as it is)."""
+    return model if isinstance(model, GuardedModel | CastorModel) else GuardedModel(model)
 
 
 # --- tools --------------------------------------------------------------------------------------------
@@ -344,4 +345,4 @@ def guard(x: Any) -> Any:
                            f"got {type(x).__name__}")
 
 
-__all__ = ["GuardedAgent", "GuardedModel", "GuardedToolset", "guard", "tools_of"]
+__all__ = ["CastorModel", "GuardedAgent", "GuardedModel", "GuardedToolset", "guard", "tools_of"]

@@ -45,6 +45,7 @@ from smolagents.models import (
 from smolagents.monitoring import TokenUsage
 
 from castor.errors import UnsupportedError
+from castor.frameworks._castor_models.smolagents import CastorModel
 from castor.frameworks._common import (
     ToolEntry,
     blocking,
@@ -183,9 +184,9 @@ def _whole_delta(journaled: dict[str, Any]) -> list[ChatMessageStreamDelta]:
     return [ChatMessageStreamDelta(content=content, tool_calls=calls or None, token_usage=message.token_usage)]
 
 
-def guard_model(model: Model) -> GuardedModel:
-    """``model`` with every ``generate`` a journaled model step (guarded once)."""
-    return model if isinstance(model, GuardedModel) else GuardedModel(model)
+def guard_model(model: Model) -> Model:
+    """``model`` with every ``generate`` a journaled model step (guarded once; a ``CastorModel`` as it is)."""
+    return model if isinstance(model, GuardedModel | CastorModel) else GuardedModel(model)
 
 
 # --- tools --------------------------------------------------------------------------------------------
@@ -306,4 +307,4 @@ async def run(agent: MultiStepAgent, task: str, **kwargs: Any) -> Any:
     return await in_thread(guard_agent(agent).run, task, **kwargs)
 
 
-__all__ = ["GuardedModel", "guard", "run", "tools_of"]
+__all__ = ["CastorModel", "GuardedModel", "guard", "run", "tools_of"]

@@ -11,6 +11,10 @@ sends the rest or breaks the connection (``cut``). ``GET /admin/stats`` gives th
 the largest window seen (requests and tokens), and per minute since the first request its tokens and the
 fullest window that ended in it.
 
+``POST /admin/script {"replies": [...]}`` has the next requests answered in order by those replies instead
+(``{"content": text}`` or ``{"tool_calls": [{"name", "arguments"}]}``: a framework agent's tool calls);
+``GET /admin/requests`` gives the bodies of the requests served.
+
 ``FakeOpenAI().start()`` serves it from a thread of this process (``stop()``); ``python -m
 tests.llm.fake_openai --tpm N`` serves it from a process of its own, printing ``PORT <n>`` once it listens.
 """
@@ -56,6 +60,8 @@ class Counter:
         # sends the rest, or breaks the connection (``cut``); ``released``: whether the release came in time.
         self.gate: dict[str, Any] = {}
         self.release: asyncio.Event | None = None
+        self.script: collections.deque[dict[str, Any]] = collections.deque()  # replies to give before the default
+        self.bodies: list[dict[str, Any]] = []  # the requests served (their JSON bodies)
 
     def admit(self, tokens: int) -> float | None:
         """Record a request of ``tokens`` arriving now; the retry-after of a refusal, or None."""
@@ -159,11 +165,12 @@ def make_app(counter: Counter, *, reply_tokens: int = 16, latency: float = 0.0) 
             await asyncio.sleep(latency)
         words = ["ok"] * completion
         base = {"id": f"chatcmpl-{counter.requests}", "created": int(time.time()), "model": body["model"]}
+        counter.bodies.append(body)
         if not body.get("stream"):
-            message = {"role": "assistant", "content": " ".join(words)}
+            message, finish = _reply(counter, words)
             return web.json_response({
                 **base, "object": "chat.completion", "usage": usage,
-                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             })
         return await _sse(request, counter, base, words, usage)
 
@@ -185,13 +192,45 @@ def make_app(counter: Counter, *, reply_tokens: int = 16, latency: float = 0.0) 
     async def stats(_request: web.Request) -> web.Response:
         return web.json_response(counter.stats())
 
+
     app = web.Application()
     app.router.add_post("/v1/chat/completions", completions)
     app.router.add_post("/admin/throttle", throttle)
     app.router.add_get("/admin/stats", stats)
     app.router.add_post("/admin/gate", arm)
     app.router.add_post("/admin/release", release)
+    _script_routes(app, counter)
     return app
+
+
+def _script_routes(app: web.Application, counter: Counter) -> None:
+    """``POST /admin/script`` (replies to give in order) and ``GET /admin/requests`` (the bodies served)."""
+
+    async def script(request: web.Request) -> web.Response:
+        counter.script.extend((await request.json())["replies"])
+        return web.json_response({"ok": True})
+
+    async def requests(_request: web.Request) -> web.Response:
+        return web.json_response(counter.bodies)
+
+    app.router.add_post("/admin/script", script)
+    app.router.add_get("/admin/requests", requests)
+
+
+def _reply(counter: Counter, words: list[str]) -> tuple[dict[str, Any], str]:
+    """The next scripted reply, else the words: a chat completion's message and finish reason."""
+    if counter.script:
+        return _scripted(counter.script.popleft(), counter.requests)
+    return {"role": "assistant", "content": " ".join(words)}, "stop"
+
+
+def _scripted(reply: dict[str, Any], n: int) -> tuple[dict[str, Any], str]:
+    """A scripted reply as a chat completion's message and finish reason (tool call ids from the request count)."""
+    calls = [{"id": f"call_{n}_{i}", "type": "function",
+              "function": {"name": c["name"], "arguments": json.dumps(c.get("arguments") or {})}}
+             for i, c in enumerate(reply.get("tool_calls") or ())]
+    message = {"role": "assistant", "content": reply.get("content") or None, **({"tool_calls": calls} if calls else {})}
+    return message, "tool_calls" if calls else "stop"
 
 
 class FakeOpenAI:
