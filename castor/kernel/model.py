@@ -46,7 +46,14 @@ from castor.llm.cost import (
     reservation,
     usage_from,
 )
-from castor.llm.types import MalformedResponseError, ModelCallError, ModelResponse, ModelTimeoutError, response_dict
+from castor.llm.types import (
+    MalformedResponseError,
+    ModelCallError,
+    ModelResponse,
+    ModelTimeoutError,
+    naming,
+    response_dict,
+)
 
 MODEL_PREFIX = "model:"
 Invoke = Callable[[dict[str, Any]], Awaitable[Any]]
@@ -264,7 +271,9 @@ async def _call_here(call: ModelSyscall) -> Any:
             return refused
     models = call.models
     request: dict[str, Any] = call.arguments["request"]
-    invoke = call.invoke or models.provider.complete
+    invoke = call.invoke
+    if invoke is None:
+        invoke, request = models.provider.complete, naming(request, call.model, models.provider)
     timeout = call.timeout if call.timeout is not None else models.timeout
     try:
         if timeout is None:

@@ -21,7 +21,7 @@ from typing import Any
 from castor.kernel.context import active_run
 from castor.lib.models import _checked, _model_id, _models, build_request
 from castor.llm.cost import FlatPrice, estimate_prompt, estimate_tokens
-from castor.llm.types import ModelCallError, canonical_request
+from castor.llm.types import ModelCallError, canonical_request, naming
 
 _DONE = object()
 
@@ -117,6 +117,7 @@ class _Receiver:
 
     async def invoke(self, request: dict[str, Any]) -> Any:
         """The model call: the chunks go to the queue as they come; the whole response is returned."""
+        request = naming(request, self.model, self.provider)
         produce = getattr(self.provider, "stream", None)
         if produce is None:  # a provider that cannot stream answers in one piece
             return await self.provider.complete(request)

@@ -18,7 +18,8 @@ _TRANSLATED = ("messages", "tools", "max_tokens", "model", "tool_choice", "stop"
 
 class Anthropic(HTTPProvider):
     """Claude models. ``api_key`` defaults to ``$ANTHROPIC_API_KEY`` (required for api.anthropic.com);
-    ``client`` takes an ``httpx.AsyncClient`` of your own; ``models``, if given, the only ids allowed."""
+    ``client`` takes an ``httpx.AsyncClient`` of your own; ``models``, if given, the only ids allowed
+    besides ``model``."""
 
     name = "Anthropic API"
 
@@ -38,7 +39,8 @@ class Anthropic(HTTPProvider):
         headers = {"anthropic-version": API_VERSION, **({"x-api-key": key} if key else {})}
         super().__init__(base_url, headers, timeout, client)
         self.model = model
-        self.models = frozenset(models)
+        models = frozenset(models)
+        self.models = models | {model} if models else models  # its own default is always served
 
     def body(self, request: dict[str, Any]) -> dict[str, Any]:
         """The Messages API body of a request in Castor's neutral form: system messages become ``system``,

@@ -61,3 +61,38 @@ async def test_a_castor_backed_model_asks_the_provider_for_the_model_it_names() 
     assert [r.tool_name for r in cp.syscall_log] == ["model:other-model", "model:default-model"]
     assert seen[0]["model"] == "other-model" and seen[0]["temperature"] == 0.2
     assert seen[1]["model"] == "default-model" and "temperature" not in seen[1]
+
+
+async def test_complete_and_stream_ask_the_provider_for_the_model_they_name() -> None:
+    """``complete(model=...)`` is journaled and priced as that model: the provider must be asked for it,
+    not for its own default (as the fleet's pool does, with a provider per model id)."""
+    from castor.lib import stream
+    from castor.llm import OpenAICompatible
+
+    seen: list[str] = []
+
+    def reply(request: Any) -> Any:
+        body = json.loads(request.content)
+        seen.append(body["model"])
+        usage = {"prompt_tokens": 3, "completion_tokens": 1}
+        if body.get("stream"):
+            events = [{"model": body["model"], "choices": [{"delta": {"content": "ok"}}]},
+                      {"model": body["model"], "choices": [{"delta": {}, "finish_reason": "stop"}], "usage": usage}]
+            text = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+            return httpx.Response(200, text=text, headers={"content-type": "text/event-stream"})
+        return httpx.Response(200, json={"model": body["model"], "usage": usage,
+                                         "choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}]})
+
+    provider = OpenAICompatible("default-model", base_url="http://127.0.0.1:9", models=["other-model"],
+                                client=httpx.AsyncClient(transport=httpx.MockTransport(reply)))
+
+    async def agent() -> list[str]:
+        named = await complete(prompt="hi", model="other-model")
+        default = await complete(prompt="hi")
+        chunks = [chunk async for chunk in stream(prompt="hi", model="other-model")]
+        return [named.model, default.model, "".join(chunks)]
+
+    cp = await Castor(llm=provider).run(agent)
+    assert cp.status == "COMPLETED", cp.error
+    assert seen == ["other-model", "default-model", "other-model"]
+    assert cp.result == ["other-model", "default-model", "ok"]
