@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 from castor.kernel.context import active_run
@@ -58,10 +58,13 @@ async def streamed(
     max_tokens: int | None = None,
     timeout: float | None = None,
     flat: FlatPrice | None = None,
+    on_response: Callable[[dict[str, Any]], None] | None = None,
 ) -> AsyncGenerator[str, None]:
     """``stream``'s model syscall for a canonical ``request``: answered by ``provider`` (one with
     ``stream(request)``; default: the kernel's) and priced, beside its tokens, by ``flat`` (castor-kernel
-    0.5.1's ``StreamingLLMSyscall``, in ``castor.llm.wrapper``)."""
+    0.5.1's ``StreamingLLMSyscall``, in ``castor.llm.wrapper``). ``on_response`` is handed the whole
+    response as journaled (its tool calls, usage, finish reason) once the call ended, before the rest of a
+    replayed text is yielded: what a framework's model needs beside the text."""
     ctx = active_run()
     models = _models(ctx)
     own = provider is not None
@@ -93,6 +96,8 @@ async def streamed(
                 await task
         raise
     response = _checked(task.result())
+    if on_response is not None:
+        on_response(response)
     text, got = str(response.get("text") or ""), "".join(receiver.received)
     if len(text) > len(got) and text.startswith(got):
         # A replayed step, or a provider that does not stream: the whole text. A stream that lost chunks on

@@ -1,14 +1,16 @@
-"""What every Castor-backed framework model shares: the call to the kernel's provider and content as text."""
+"""What every Castor-backed framework model shares: the call to the kernel's provider (whole or streamed)
+and content as text."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from typing import Any
 
 from castor.kernel.context import active_run
-from castor.lib.models import _model_id, build_request, model_call
-from castor.llm.types import ModelResponse
+from castor.lib.models import _model_id, _models, build_request, model_call
+from castor.lib.streaming import streamed
+from castor.llm.types import ModelCallError, ModelResponse, canonical_request
 
 
 async def ask(
@@ -21,12 +23,40 @@ async def ask(
     providers send as the model to use. ``options`` (``temperature``, ``stop``, ...) are part of the
     request, passed to the provider as they are; the ones set to None are left out.
     """
+    request = _request(messages, model, tools, max_tokens, options)
+    journaled = await model_call(request, model=_model_id(active_run(), model), max_tokens=max_tokens)
+    return ModelResponse.from_dict(journaled)
+
+
+async def ask_stream(
+    messages: list[dict[str, Any]], *, model: str | None, tools: Iterable[Mapping[str, Any]] | None = None,
+    max_tokens: int | None = None, options: Mapping[str, Any] | None = None,
+) -> AsyncGenerator[str | ModelResponse, None]:
+    """``ask``'s model syscall streamed (``castor.lib.stream``'s): the text as it comes, then the whole typed
+    response as journaled (tool calls, usage), as a provider's ``stream`` ends. The step is the very one
+    ``ask`` makes (same request, same record); a replayed step yields its journaled text at once. Closing
+    the generator early waits for the call to end, so its step is journaled before the next one."""
+    ctx = active_run()
+    if _models(ctx).provider is None:
+        raise ModelCallError("a Castor-backed model needs the kernel's model provider: Castor(llm=<provider>)")
+    request = canonical_request(_request(messages, model, tools, max_tokens, options))
+    final: list[dict[str, Any]] = []
+    chunks = streamed(request, model=_model_id(ctx, model), max_tokens=max_tokens, on_response=final.append)
+    try:
+        async for text in chunks:
+            if text:
+                yield text
+    finally:
+        await chunks.aclose()  # a consumer that stops early closes the call's stream: it ends and journals
+    yield ModelResponse.from_dict(final[0])
+
+
+def _request(messages: list[dict[str, Any]], model: str | None, tools: Iterable[Mapping[str, Any]] | None,
+             max_tokens: int | None, options: Mapping[str, Any] | None) -> dict[str, Any]:
     extra = {k: v for k, v in (options or {}).items() if v is not None}
     if model:
         extra["model"] = model
-    request = build_request(messages, tools=list(tools or ()) or None, max_tokens=max_tokens, **extra)
-    journaled = await model_call(request, model=_model_id(active_run(), model), max_tokens=max_tokens)
-    return ModelResponse.from_dict(journaled)
+    return build_request(messages, tools=list(tools or ()) or None, max_tokens=max_tokens, **extra)
 
 
 def text_of(content: Any) -> str:

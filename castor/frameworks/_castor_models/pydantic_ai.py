@@ -2,13 +2,17 @@
 
 Built on pydantic-ai's ``FunctionModel``, which prepares each request the way pydantic-ai's own models do
 (settings, tool definitions, instructions) and hands it to a function: this one converts the messages to
-Castor's canonical request and asks the kernel's provider.
+Castor's canonical request and asks the kernel's provider. A streamed request (``run_stream``) goes the same
+way through ``FunctionModel``'s stream function: the text as the provider writes it, then the tool calls
+of the journaled response, and the usage the provider reported.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from pydantic_ai.messages import (
@@ -21,12 +25,18 @@ from pydantic_ai.messages import (
     ToolCallPart,
     UserPromptPart,
 )
-from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.models import ModelRequestParameters, StreamedResponse
+from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 from pydantic_ai.settings import ModelSettings
 from pydantic_ai.usage import RequestUsage
 
-from castor.errors import UnsupportedError
-from castor.frameworks._castor_models._ask import ask, call_id, text_of, tool_spec
+from castor.frameworks._castor_models._ask import ask, ask_stream, call_id, text_of, tool_spec
+from castor.llm.types import ModelResponse as CastorResponse
+
+# The streamed response a request's stream function reports its usage to (FunctionModel's stream estimates
+# it from the text; the provider's own count replaces that once the call ended). Set while the stream
+# function starts, inside ``request_stream``: each request has its own.
+_STREAMING: ContextVar[list[StreamedResponse]] = ContextVar("castor_pydantic_ai_stream")
 
 # pydantic-ai's settings passed in the request by the names Castor's providers take (the OpenAI API's).
 _SETTINGS = {"temperature": "temperature", "top_p": "top_p", "stop_sequences": "stop"}
@@ -86,7 +96,8 @@ class CastorModel(FunctionModel):
 
     def __init__(self, model: str | None = None, *, max_tokens: int | None = None,
                  settings: ModelSettings | None = None) -> None:
-        super().__init__(self._answer, model_name=model or "castor", settings=settings)
+        super().__init__(self._answer, stream_function=self._stream, model_name=model or "castor",
+                         settings=settings)
         self.castor_model = model
         self.max_tokens = max_tokens
 
@@ -96,24 +107,62 @@ class CastorModel(FunctionModel):
         return "castor"
 
     @asynccontextmanager
-    async def request_stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        """Not streamed: a streamed response is not journaled as one step yet."""
-        raise UnsupportedError("CastorModel does not stream: use agent.run / iter, not run_stream")
-        yield  # an async generator, as the base class's
+    async def request_stream(self, messages: list[ModelMessage], model_settings: ModelSettings | None,
+                             model_request_parameters: ModelRequestParameters, *args: Any,
+                             **kwargs: Any) -> AsyncIterator[StreamedResponse]:
+        """The request streamed as one model step of the run (``FunctionModel``'s stream function)."""
+        streaming: list[StreamedResponse] = []
+        token = _STREAMING.set(streaming)  # read as the stream function starts, on entering the base's stream
+        try:
+            opened = super().request_stream(messages, model_settings, model_request_parameters, *args, **kwargs)
+            async with opened as response:
+                _STREAMING.reset(token)
+                streaming.append(response)
+                yield response
+        finally:
+            if _STREAMING.get(None) is streaming:
+                _STREAMING.reset(token)
 
-    async def _answer(self, messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    async def _stream(self, messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str | DeltaToolCalls]:
+        streaming = _STREAMING.get()
+        call = self._call(messages, info)
+        final: CastorResponse | None = None
+        async for item in ask_stream(**call):
+            if isinstance(item, str):
+                yield item
+            else:
+                final = item
+        assert final is not None  # ask_stream ends with the whole response
+        at = len(call["messages"])
+        if final.tool_calls:
+            yield {i: DeltaToolCall(c.name, json.dumps(c.arguments), tool_call_id=call_id(final, i, at))
+                   for i, c in enumerate(final.tool_calls)}
+        elif not final.text:
+            yield ""  # an empty answer: the stream holds one item at least
+        if streaming:
+            streaming[0]._usage = _usage(final)  # the provider's count, not the stream's estimate
+
+    def _call(self, messages: list[ModelMessage], info: AgentInfo) -> dict[str, Any]:
+        """The arguments of ``ask``/``ask_stream`` for a request."""
         tools = [tool_spec(t.name, t.description, t.parameters_json_schema)
                  for t in [*info.function_tools, *info.output_tools]]
         settings: dict[str, Any] = dict(info.model_settings or {})
         options = {ours: settings.get(theirs) for theirs, ours in _SETTINGS.items()}
         if tools and not info.allow_text_output:
             options["tool_choice"] = "required"
-        request = castor_messages(messages, info.instructions)
-        response = await ask(request, model=self.castor_model, tools=tools,
-                             max_tokens=settings.get("max_tokens") or self.max_tokens, options=options)
+        return {"messages": castor_messages(messages, info.instructions), "model": self.castor_model,
+                "tools": tools, "max_tokens": settings.get("max_tokens") or self.max_tokens, "options": options}
+
+    async def _answer(self, messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        call = self._call(messages, info)
+        request = call["messages"]
+        response = await ask(**call)
         parts: list[ModelResponsePart] = [TextPart(response.text)] if response.text else []
         parts += [ToolCallPart(c.name, dict(c.arguments), call_id(response, i, len(request)))
                   for i, c in enumerate(response.tool_calls)]
-        usage = RequestUsage(input_tokens=response.usage.input_tokens, output_tokens=response.usage.output_tokens)
-        return ModelResponse(parts=parts, usage=usage, model_name=response.model or self.model_name,
+        return ModelResponse(parts=parts, usage=_usage(response), model_name=response.model or self.model_name,
                              provider_name="castor")
+
+
+def _usage(response: CastorResponse) -> RequestUsage:
+    return RequestUsage(input_tokens=response.usage.input_tokens, output_tokens=response.usage.output_tokens)
