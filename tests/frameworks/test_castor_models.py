@@ -252,20 +252,6 @@ async def test_speculative_mode_flags_the_agents_destructive_call(fw: Framework)
     assert [(f.index, f.tool_name) for f in k.scan(cp).flagged] == [(3, "delete_file")]
 
 
-async def test_a_castor_model_refuses_to_stream_with_a_clear_error() -> None:
-    pytest.importorskip("pydantic_ai")
-    from pydantic_ai import Agent
-
-    from castor.frameworks.pydantic_ai import CastorModel
-
-    async def streamed() -> str:
-        async with Agent(CastorModel(MODEL)).run_stream("hi") as result:
-            return str(await result.get_output())
-
-    with pytest.raises(UnsupportedError, match="does not stream"):
-        await Castor(llm=Scripted(["never"], model=MODEL)).run(streamed)
-
-
 def test_the_langchain_model_refuses_a_synchronous_call() -> None:
     pytest.importorskip("langchain_core")
     from castor.frameworks.langchain import CastorChatModel

@@ -1,4 +1,5 @@
-"""``CastorModel``: an OpenAI Agents SDK model whose responses Castor's model provider answers."""
+"""``CastorModel``: an OpenAI Agents SDK model whose responses Castor's model provider answers (whole, or
+streamed as Responses API events: a text delta per chunk, then ``response.completed`` with the whole output)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from agents import FunctionTool, Handoff, Model, ModelResponse, ModelSettings, Usage
-from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseOutputText
+from openai.types.responses import (
+    ResponseFunctionToolCall,
+    ResponseOutputMessage,
+    ResponseOutputText,
+    ResponseTextDeltaEvent,
+)
 
 from castor.errors import UnsupportedError
-from castor.frameworks._castor_models._ask import ask, call_id, text_of, tool_spec
+from castor.frameworks._castor_models._ask import ask, ask_stream, call_id, text_of, tool_spec
+from castor.frameworks._openai_agents_stream import completed_event
 from castor.llm.types import ModelResponse as CastorResponse
 
 _SETTINGS = ("temperature", "top_p")  # passed by the names Castor's providers take (the OpenAI API's)
@@ -77,7 +84,7 @@ def sdk_response(response: CastorResponse, at: int) -> ModelResponse:
     output: list[Any] = []
     if response.text:
         output.append(ResponseOutputMessage(
-            id=f"msg_castor_{at}", role="assistant", status="completed", type="message",
+            id=_message_id(at), role="assistant", status="completed", type="message",
             content=[ResponseOutputText(text=response.text, type="output_text", annotations=[])],
         ))
     for i, c in enumerate(response.tool_calls):
@@ -97,7 +104,8 @@ class CastorModel(Model):
     ``Agent(name=..., model=CastorModel("gpt-4o-mini"), tools=[...])`` (None: the kernel's default model).
     Embedded, the provider is ``Castor(llm=...)``'s; in the fleet a worker of the ``llm`` pool calls it, with
     the API key only it holds. ``guard(agent)`` leaves it as it is. Function tools and handoffs; a structured
-    output type is asked as ``response_format`` (OpenAI-compatible servers). Not streamed.
+    output type is asked as ``response_format`` (OpenAI-compatible servers). Streamed too
+    (``Runner.run_streamed``): the text as the provider writes it, in the same one journaled step.
     """
 
     def __init__(self, model: str | None = None, *, max_tokens: int | None = None) -> None:
@@ -108,12 +116,33 @@ class CastorModel(Model):
                            tools: list[Any], output_schema: Any, handoffs: list[Handoff], tracing: Any,
                            **kwargs: Any) -> ModelResponse:
         """Ask the kernel's provider (from the journal on replay)."""
-        messages = castor_messages(system_instructions, input)
-        response = await ask(messages, model=self.model, tools=_tools(tools, handoffs),
-                             max_tokens=model_settings.max_tokens or self.max_tokens,
-                             options=_options(model_settings, output_schema))
-        return sdk_response(response, len(messages))
+        call = _call(self, system_instructions, input, model_settings, tools, output_schema, handoffs)
+        return sdk_response(await ask(**call), len(call["messages"]))
 
-    def stream_response(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        """Not streamed: a streamed response is not journaled as one step yet."""
-        raise UnsupportedError("CastorModel does not stream: use Runner.run, not run_streamed")
+    async def stream_response(self, system_instructions: str | None, input: Any, model_settings: ModelSettings,
+                              tools: list[Any], output_schema: Any, handoffs: list[Handoff], tracing: Any,
+                              **kwargs: Any) -> AsyncIterator[Any]:
+        """Stream the kernel's provider's answer: a ``response.output_text.delta`` event per chunk of text, then
+        ``response.completed`` with the whole output (tool calls, usage) as journaled."""
+        call = _call(self, system_instructions, input, model_settings, tools, output_schema, handoffs)
+        at = len(call["messages"])
+        sent = 0
+        async for item in ask_stream(**call):
+            if isinstance(item, str):
+                yield ResponseTextDeltaEvent(type="response.output_text.delta", item_id=_message_id(at),
+                                             output_index=0, content_index=0, delta=item, logprobs=[],
+                                             sequence_number=sent)
+                sent += 1
+            else:
+                yield completed_event(sdk_response(item, at), item.model or self.model or "castor")
+
+
+def _call(model: CastorModel, system: str | None, input: Any, settings: ModelSettings, tools: list[Any],
+          output_schema: Any, handoffs: list[Handoff]) -> dict[str, Any]:
+    """The arguments of ``ask``/``ask_stream`` for a response of ``model``."""
+    return {"messages": castor_messages(system, input), "model": model.model, "tools": _tools(tools, handoffs),
+            "max_tokens": settings.max_tokens or model.max_tokens, "options": _options(settings, output_schema)}
+
+
+def _message_id(at: int) -> str:
+    return f"msg_castor_{at}"

@@ -1,0 +1,220 @@
+"""The Castor-backed models streamed by their framework (LangGraph ``astream(stream_mode="messages")``,
+pydantic-ai ``run_stream``, the Agents SDK's ``Runner.run_streamed``): each streamed call is the model
+syscall ``castor.lib.stream`` makes, answered by the kernel's provider's ``stream``: its text reaches the
+framework as it is written, its tool calls (in the journaled response) run the tools, a resumed run
+replays it from the journal and a budget refuses it before the provider is asked."""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from castor import Castor
+from castor.llm import ModelRefusedError, ModelResponse, Scripted
+from castor.llm.cost import DEFAULT_MAX_TOKENS, reservation
+
+MODEL = "scripted-model"
+PROMPT = "clean up old logs"
+FINAL = "all done now"
+
+
+async def search(query: str) -> str:
+    """Search the logs."""
+    return f"found {query}"
+
+
+async def delete_file(path: str) -> str:
+    """Delete a file."""
+    return f"deleted {path}"
+
+
+class Streaming(Scripted):
+    """A scripted provider that counts the calls it streamed; with ``gated``, a reply's text stops after its
+    first chunk until the framework's loop has read that chunk (``gate``): read live, or stuck."""
+
+    def __init__(self, script: list[Any], *, gated: bool = False) -> None:
+        super().__init__(script, model=MODEL)
+        self.gated = gated
+        self.gate = asyncio.Event()
+        self.streamed = 0
+
+    async def stream(self, request: dict[str, Any]) -> AsyncIterator[str | ModelResponse]:
+        """The scripted reply word by word, waiting at the first word's end when gated."""
+        self.streamed += 1
+        async for item in super().stream(request):
+            yield item
+            if self.gated and isinstance(item, str) and item:
+                await self.gate.wait()
+                self.gate.clear()
+
+
+@dataclass
+class Framework:
+    """How a test streams one framework's agent on its Castor-backed model."""
+
+    tools: Callable[[], list[Any]]
+    # agent(seen): the agent function; each piece of model text the framework streams goes to ``seen``
+    agent: Callable[[Callable[[str], None]], Callable[[], Any]]
+
+
+def _langchain() -> Framework:
+    pytest.importorskip("langgraph")
+    from langchain.agents import create_agent
+    from langchain_core.messages import AIMessageChunk
+    from langchain_core.tools import tool as lc_tool
+
+    from castor.frameworks.langchain import CastorChatModel, guard, tools_of
+
+    tools = [lc_tool(search), lc_tool(delete_file)]
+
+    def agent(seen: Callable[[str], None]) -> Callable[[], Any]:
+        async def run() -> str:
+            graph = guard(create_agent(CastorChatModel(model=MODEL), tools))
+            final = ""
+            async for mode, data in graph.astream({"messages": [("user", PROMPT)]},
+                                                  stream_mode=["messages", "values"]):
+                if mode == "messages" and isinstance(data[0], AIMessageChunk) and data[0].content:
+                    seen(str(data[0].content))
+                elif mode == "values":
+                    final = str(data["messages"][-1].content)
+            return final
+        return run
+
+    return Framework(lambda: tools_of(tools), agent)
+
+
+def _pydantic_ai() -> Framework:
+    pytest.importorskip("pydantic_ai")
+    from pydantic_ai import Agent
+
+    from castor.frameworks.pydantic_ai import CastorModel, guard, tools_of
+
+    def build() -> Any:
+        return Agent(CastorModel(MODEL), tools=[search, delete_file], instructions="Be brief.")
+
+    def agent(seen: Callable[[str], None]) -> Callable[[], Any]:
+        async def run() -> str:
+            async with guard(build()).run_stream(PROMPT) as result:
+                async for piece in result.stream_text(delta=True, debounce_by=None):
+                    seen(piece)
+                return str(await result.get_output())
+        return run
+
+    return Framework(lambda: tools_of(build()), agent)
+
+
+def _openai_agents() -> Framework:
+    pytest.importorskip("agents")
+    from agents import Agent, Runner, function_tool, set_tracing_disabled
+    from openai.types.responses import ResponseTextDeltaEvent
+
+    from castor.frameworks.openai_agents import CastorModel, guard, tools_of
+
+    set_tracing_disabled(True)
+
+    def build() -> Any:
+        return Agent(name="janitor", instructions="Be brief.", model=CastorModel(MODEL),
+                     tools=[function_tool(search), function_tool(delete_file)])
+
+    def agent(seen: Callable[[str], None]) -> Callable[[], Any]:
+        async def run() -> str:
+            result = Runner.run_streamed(guard(build()), PROMPT)
+            async for event in result.stream_events():
+                if event.type == "raw_response_event" and isinstance(event.data, ResponseTextDeltaEvent):
+                    seen(event.data.delta)
+            return str(result.final_output)
+        return run
+
+    return Framework(lambda: tools_of(build()), agent)
+
+
+FRAMEWORKS = {"langchain": _langchain, "pydantic_ai": _pydantic_ai, "openai_agents": _openai_agents}
+
+
+@pytest.fixture(params=sorted(FRAMEWORKS))
+def fw(request: pytest.FixtureRequest) -> Framework:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return FRAMEWORKS[request.param]()
+
+
+def script(*, destructive: bool = False) -> list[Any]:
+    calls = [{"tool_calls": [{"id": "c1", "name": "search", "arguments": {"query": "old logs"}}]}]
+    if destructive:
+        calls.append({"tool_calls": [{"id": "c2", "name": "delete_file", "arguments": {"path": "/tmp/old"}}]})
+    return [*calls, {"text": FINAL}]
+
+
+def kernel(fw: Framework, llm: Scripted, **options: Any) -> Castor:
+    return Castor(tools=fw.tools(), destructive=["delete_file"], llm=llm, **options)
+
+
+def _names(cp: Any) -> list[str]:
+    return [r.tool_name for r in cp.syscall_log]
+
+
+async def test_the_text_reaches_the_framework_while_the_provider_is_still_writing(fw: Framework) -> None:
+    llm = Streaming(script(), gated=True)
+    seen: list[str] = []
+
+    def read(piece: str) -> None:
+        seen.append(piece)
+        llm.gate.set()  # the provider writes on only once this piece was read
+
+    async with asyncio.timeout(10):
+        cp = await kernel(fw, llm).run(fw.agent(read))
+    assert cp.status == "COMPLETED" and cp.result == FINAL
+    assert seen == ["all", " done", " now"]
+    # one model syscall per streamed call, answered by the provider's stream
+    assert _names(cp) == [f"model:{MODEL}", "search", f"model:{MODEL}"]
+    assert llm.streamed == 2 and cp.syscall_log[2].response["text"] == FINAL
+
+
+async def test_a_tool_call_in_a_streamed_answer_runs_the_tool(fw: Framework) -> None:
+    llm = Streaming(script())
+    cp = await kernel(fw, llm).run(fw.agent(lambda _: None))
+    assert cp.status == "COMPLETED" and llm.streamed == 2
+    assert cp.syscall_log[1].tool_name == "search" and cp.syscall_log[1].response == "found old logs"
+    tool_messages = [m for m in llm.calls[1]["messages"] if m["role"] == "tool"]
+    assert tool_messages == [{"role": "tool", "tool_call_id": "c1", "content": "found old logs"}]
+
+
+async def test_a_resumed_run_replays_the_streamed_steps_without_the_provider(fw: Framework) -> None:
+    llm = Streaming(script(destructive=True))
+    k = kernel(fw, llm)
+    seen: list[str] = []
+    cp = await k.run(fw.agent(seen.append))
+    assert cp.status == "SUSPENDED_FOR_HITL" and cp.pending_tool == "delete_file" and llm.streamed == 2
+    await k.approve(cp)
+    cp = await k.run(fw.agent(seen.append), checkpoint=cp)
+    assert cp.status == "COMPLETED" and cp.result == FINAL
+    assert llm.streamed == 3 and len(llm.calls) == 3  # steps 0 and 2 came from the journal
+    assert _names(cp) == [f"model:{MODEL}", "search", f"model:{MODEL}", "delete_file", f"model:{MODEL}"]
+    assert seen == ["all", " done", " now"]
+
+
+async def test_a_completed_streamed_run_replays_its_text_from_the_journal(fw: Framework) -> None:
+    llm = Streaming(script())
+    k = kernel(fw, llm)
+    cp = await k.run(fw.agent(lambda _: None), speculative=True)
+    assert cp.status == "COMPLETED" and llm.streamed == 2
+    seen: list[str] = []
+    again = await kernel(fw, Streaming([])).run(fw.agent(seen.append), checkpoint=cp.fork(at_step=3),
+                                               speculative=True)
+    assert again.status == "COMPLETED" and again.result == FINAL
+    assert "".join(seen) == FINAL  # the journaled text, in one piece
+
+
+async def test_a_streamed_call_the_budget_cannot_cover_is_refused_before_the_provider(fw: Framework) -> None:
+    first = (await kernel(fw, Streaming(script())).run(fw.agent(lambda _: None))).syscall_log[0]
+    # Tokens enough for the first call's reservation: what it leaves cannot cover the second's (a longer prompt).
+    tokens = reservation(None, first.arguments["request"], DEFAULT_MAX_TOKENS)["tokens"]
+    llm = Streaming(script())
+    with pytest.raises(ModelRefusedError, match="tokens"):
+        await kernel(fw, llm, budgets={"tokens": tokens}).run(fw.agent(lambda _: None))
+    assert llm.streamed == 1 and len(llm.calls) == 1  # the first call streamed; the second never reached it
