@@ -17,6 +17,7 @@ import pytest
 from castor import Castor
 from castor.llm import ModelRefusedError, ModelResponse, Scripted
 from castor.llm.cost import DEFAULT_MAX_TOKENS, reservation
+from tests.frameworks.test_castor_models import FRAMEWORKS as WHOLE
 
 MODEL = "scripted-model"
 PROMPT = "clean up old logs"
@@ -57,6 +58,7 @@ class Streaming(Scripted):
 class Framework:
     """How a test streams one framework's agent on its Castor-backed model."""
 
+    name: str  # its key in FRAMEWORKS (and in test_castor_models' FRAMEWORKS: the agent run whole)
     tools: Callable[[], list[Any]]
     # agent(seen): the agent function; each piece of model text the framework streams goes to ``seen``
     agent: Callable[[Callable[[str], None]], Callable[[], Any]]
@@ -85,7 +87,7 @@ def _langchain() -> Framework:
             return final
         return run
 
-    return Framework(lambda: tools_of(tools), agent)
+    return Framework("langchain", lambda: tools_of(tools), agent)
 
 
 def _pydantic_ai() -> Framework:
@@ -105,7 +107,7 @@ def _pydantic_ai() -> Framework:
                 return str(await result.get_output())
         return run
 
-    return Framework(lambda: tools_of(build()), agent)
+    return Framework("pydantic_ai", lambda: tools_of(build()), agent)
 
 
 def _openai_agents() -> Framework:
@@ -130,7 +132,7 @@ def _openai_agents() -> Framework:
             return str(result.final_output)
         return run
 
-    return Framework(lambda: tools_of(build()), agent)
+    return Framework("openai_agents", lambda: tools_of(build()), agent)
 
 
 FRAMEWORKS = {"langchain": _langchain, "pydantic_ai": _pydantic_ai, "openai_agents": _openai_agents}
@@ -196,6 +198,19 @@ async def test_a_resumed_run_replays_the_streamed_steps_without_the_provider(fw:
     assert llm.streamed == 3 and len(llm.calls) == 3  # steps 0 and 2 came from the journal
     assert _names(cp) == [f"model:{MODEL}", "search", f"model:{MODEL}", "delete_file", f"model:{MODEL}"]
     assert seen == ["all", " done", " now"]
+
+
+async def test_a_run_journaled_streamed_resumes_under_the_non_streamed_entry_point(fw: Framework) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        plain = WHOLE[fw.name]()
+    llm = Streaming(script(destructive=True))
+    k = kernel(fw, llm)
+    cp = await k.run(fw.agent(lambda _: None))
+    await k.approve(cp)
+    cp = await k.run(plain.agent(), checkpoint=cp)  # ainvoke / run / Runner.run: the same requests
+    assert cp.status == "COMPLETED" and cp.result == FINAL
+    assert llm.streamed == 2 and len(llm.calls) == 3
 
 
 async def test_a_completed_streamed_run_replays_its_text_from_the_journal(fw: Framework) -> None:
