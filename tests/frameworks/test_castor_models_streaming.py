@@ -36,19 +36,25 @@ async def delete_file(path: str) -> str:
 
 class Streaming(Scripted):
     """A scripted provider that counts the calls it streamed; with ``gated``, a reply's text stops after its
-    first chunk until the framework's loop has read that chunk (``gate``): read live, or stuck."""
+    first chunk until the framework's loop has read that chunk (``gate``): read live, or stuck. ``cut_after``:
+    its stream fails after that many chunks of text."""
 
-    def __init__(self, script: list[Any], *, gated: bool = False) -> None:
+    def __init__(self, script: list[Any], *, gated: bool = False, cut_after: int | None = None) -> None:
         super().__init__(script, model=MODEL)
         self.gated = gated
+        self.cut_after = cut_after  # the connection drops after this many chunks of text
         self.gate = asyncio.Event()
         self.streamed = 0
 
     async def stream(self, request: dict[str, Any]) -> AsyncIterator[str | ModelResponse]:
         """The scripted reply word by word, waiting at the first word's end when gated."""
         self.streamed += 1
+        sent = 0
         async for item in super().stream(request):
+            if self.cut_after is not None and sent == self.cut_after:
+                raise ConnectionError("stream cut")
             yield item
+            sent += isinstance(item, str) and bool(item)
             if self.gated and isinstance(item, str) and item:
                 await self.gate.wait()
                 self.gate.clear()
@@ -211,6 +217,28 @@ async def test_a_run_journaled_streamed_resumes_under_the_non_streamed_entry_poi
     cp = await k.run(plain.agent(), checkpoint=cp)  # ainvoke / run / Runner.run: the same requests
     assert cp.status == "COMPLETED" and cp.result == FINAL
     assert llm.streamed == 2 and len(llm.calls) == 3
+    # and the other way round: journaled whole, resumed streamed
+    llm = Streaming(script(destructive=True))
+    k = kernel(fw, llm)
+    cp = await k.run(plain.agent())
+    await k.approve(cp)
+    seen: list[str] = []
+    cp = await k.run(fw.agent(seen.append), checkpoint=cp)
+    assert cp.status == "COMPLETED" and cp.result == FINAL and seen == ["all", " done", " now"]
+    assert llm.streamed == 1 and len(llm.calls) == 3
+
+
+async def test_a_stream_cut_part_way_is_charged_what_it_received(fw: Framework) -> None:
+    llm = Streaming([{"text": FINAL}], cut_after=2)
+    k = kernel(fw, llm, budgets={"tokens": 10_000})
+    with pytest.raises(ConnectionError, match="stream cut"):
+        await k.run(fw.agent(lambda _: None), pid="cut")
+    cp = k.load("cut")
+    assert cp.status == "FAILED" and cp.syscall_log == []
+    (failure,) = cp.failures
+    assert failure.tool_name == f"model:{MODEL}" and "partial text: 'all done'" in failure.message
+    assert failure.charged["input_tokens"] > 0 and failure.charged["output_tokens"] > 0
+    assert cp.capabilities["tokens"].current_usage == failure.charged["tokens"]
 
 
 async def test_a_completed_streamed_run_replays_its_text_from_the_journal(fw: Framework) -> None:
