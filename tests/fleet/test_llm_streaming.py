@@ -1,6 +1,7 @@
 """Streams of the fleet's ``llm`` pool, on real processes: the worker forwards each chunk as the provider
 sends it, so the agent reads the first chunk while the provider still holds the rest; a stream cut short is
-charged the tokens received and its partial text is visible in ``castor inspect``."""
+charged the tokens received and its partial text is visible in ``castor inspect``; a LangGraph agent on
+``CastorChatModel`` streamed (``stream_mode="messages"``) reads the pool's chunks the same way."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from castor.llm import estimate_prompt, estimate_tokens
 from tests.fleet.procs import Fleet
 from tests.fleet.test_llm_fleet import AGENTS, _configure, _llm_worker, _settled, _stats
+from tests.fleet.test_llm_fleet_frameworks import AGENT as FRAMEWORK_AGENT
 from tests.llm.fake_openai import FakeOpenAI
 
 pytestmark = pytest.mark.fleet
@@ -45,6 +47,16 @@ def test_a_stream_on_the_llm_pool_reaches_the_agent_chunk_by_chunk_and_one_cut_s
     assert record["response"]["text"] == "ok ok ok ok ok ok"
     assert record["charged"] == {"input_tokens": 5, "output_tokens": 6, "tokens": 11}
     assert fleet.redis.keys(f"{fleet.prefix}:*chunks*") == []  # the chunk stream is gone once read
+
+    # A LangGraph agent on Castor's chat model, streamed: its chunks come from the pool as the provider sends them.
+    _gate(server, after=1, timeout=8.0)
+    pid = fleet.cli("submit", FRAMEWORK_AGENT.replace(":main", ":streamed"), "--budget", "tokens=200").stdout.strip()
+    assert _settled(fleet, pid) == "COMPLETED", fleet.log("co-a")[-3000:] + fleet.log("worker-llm")[-3000:]
+    assert _stats(server)["gate"] == {"released": True, "sent": 6}
+    run = fleet.cli_json("inspect", pid)
+    assert run["result"] == ["ok", " ok", " ok", " ok", " ok", " ok"]
+    (record,) = run["syscall_log"]
+    assert record["response"]["text"] == "ok ok ok ok ok ok" and record["charged"]["output_tokens"] == 6
 
     # On the same fleet (one start-up for both): a stream cut short.
     _gate(server, after=1, timeout=8.0, cut=True)  # the provider's connection breaks after the first chunk
