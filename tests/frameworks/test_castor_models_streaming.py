@@ -261,3 +261,20 @@ async def test_a_streamed_call_the_budget_cannot_cover_is_refused_before_the_pro
     with pytest.raises(ModelRefusedError, match="tokens"):
         await kernel(fw, llm, budgets={"tokens": tokens}).run(fw.agent(lambda _: None))
     assert llm.streamed == 1 and len(llm.calls) == 1  # the first call streamed; the second never reached it
+
+
+async def test_a_pydantic_ai_streamed_request_reports_the_usage_the_provider_reported() -> None:
+    pytest.importorskip("pydantic_ai")
+    from pydantic_ai import Agent
+
+    from castor.frameworks.pydantic_ai import CastorModel
+
+    async def agent() -> list[int]:
+        async with Agent(CastorModel(MODEL)).run_stream(PROMPT) as result:
+            await result.get_output()
+            used = result.usage
+            return [used.input_tokens, used.output_tokens]
+
+    cp = await Castor(llm=Streaming([{"text": FINAL}])).run(agent)
+    reported = cp.syscall_log[0].response["usage"]
+    assert cp.result == [reported["input_tokens"], reported["output_tokens"]]  # not pydantic-ai's estimate

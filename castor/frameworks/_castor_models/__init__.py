@@ -15,5 +15,7 @@ usage) back to the framework's message, so the framework's loop and its tool cal
 - ``castor.frameworks.crewai.CastorLLM`` (a CrewAI ``BaseLLM``, in CrewAI's text mode)
 
 Each call is one model syscall (journaled, replayed, forked, charged in tokens) by itself: ``guard()``
-recognises these objects and does not wrap them into a second step.
+recognises these objects and does not wrap them into a second step. The LangChain, pydantic-ai and Agents SDK
+models also stream (``astream``, ``run_stream``, ``run_streamed``) through ``castor.lib.stream``'s model
+syscall: the provider's text as it comes, then the journaled response's tool calls and usage.
 """

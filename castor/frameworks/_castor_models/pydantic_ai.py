@@ -91,7 +91,8 @@ class CastorModel(FunctionModel):
 
     ``Agent(CastorModel("gpt-4o-mini"), tools=[...])`` (None: the kernel's default model). Embedded, the
     provider is ``Castor(llm=...)``'s; in the fleet a worker of the ``llm`` pool calls it, with the API
-    key only it holds. ``guard(agent)`` leaves it as it is. Not streamed (``run``, ``iter``).
+    key only it holds. ``guard(agent)`` leaves it as it is. Streamed too (``run_stream``, ``iter`` +
+    ``node.stream``): the text as the provider writes it, in the same one journaled step.
     """
 
     def __init__(self, model: str | None = None, *, max_tokens: int | None = None,
