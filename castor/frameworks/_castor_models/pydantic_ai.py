@@ -125,7 +125,7 @@ class CastorModel(FunctionModel):
                 _STREAMING.reset(token)
 
     async def _stream(self, messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str | DeltaToolCalls]:
-        streaming = _STREAMING.get()
+        streaming = _STREAMING.get(None)  # None: called other than by request_stream (the estimate stays)
         call = self._call(messages, info)
         final: CastorResponse | None = None
         async for item in ask_stream(**call):
