@@ -90,6 +90,7 @@ class Coordinator:
         self.stopping = asyncio.Event()
         self._closing = False  # the loops end at their next turn (a cancellation alone may be lost)
         self._loops: list[asyncio.Task[None]] = []
+        self._errands: set[asyncio.Task[None]] = set()  # short tasks (_spawn), each dropped once done
 
     @property
     def name(self) -> str:
@@ -143,7 +144,7 @@ class Coordinator:
                 task.print_stack(file=out)
                 log.error("%s: %s did not stop when drained:\n%s", self.name, task.get_name(), out.getvalue())
         self._closing = True
-        for task in await stop_tasks(self._loops[1:], max(self.config.lease, 5.0)):
+        for task in await stop_tasks([*self._loops[1:], *self._errands], max(self.config.lease, 5.0)):
             log.error("%s: %s did not stop; leaving it behind", self.name, task.get_name())
         with contextlib.suppress(BackendUnavailable):
             await self.ops.unregister()
@@ -339,6 +340,12 @@ class Coordinator:
                 log.info("%s: coordinator %s is gone; queued %d runs it had taken", self.name, name, n)
 
     def _spawn(self, coro: Any) -> None:
+        # Held until done, then dropped: a list of every errand ever run would grow with every lost lease.
         task = asyncio.create_task(coro)
-        self._loops.append(task)
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._errands.add(task)
+        task.add_done_callback(self._errand_done)
+
+    def _errand_done(self, task: asyncio.Task[None]) -> None:
+        self._errands.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved, so that asyncio does not report it when the task is collected

@@ -33,7 +33,7 @@ from castor.errors import ConfigError
 from castor.seams import Charge
 
 _OK = Charge(True)
-_KEY_LISTS = 4096  # (run, scopes) key lists kept made; past that the table starts again
+_SCOPE_LISTS = 256  # scope lists whose keys are kept made; past that the table starts again
 
 
 def default_holder() -> str:
@@ -71,7 +71,7 @@ class RedisBudgetStore:
         self.fences: dict[str, Fence] = {} if fences is None else fences
         if "{" in prefix or "}" in prefix or "\0" in self.holder:
             raise ConfigError(f"key prefix {prefix!r} holds a brace or holder {self.holder!r} a NUL character")
-        self._key_lists: dict[tuple[str, ...], list[str]] = {}
+        self._scope_keys: dict[tuple[str, ...], list[str]] = {}  # scopes -> [reservations, *scope ledgers]
         self._names: set[str] = set()  # resource names checked for NUL already
 
     # --- runs -------------------------------------------------------------------------------------
@@ -84,19 +84,27 @@ class RedisBudgetStore:
         await self._conn.script("budget_open", [keys.ledger(self._prefix, run_id)], args)
 
     def _keys(self, run_id: str, scopes: Sequence[str]) -> list[str]:
-        """The charge script's keys for a run and its scopes, made once per (run, scopes)."""
-        made = self._key_lists.get((run_id, *scopes))
-        if made is None:
-            if "\0" in run_id or any("\0" in name for name in scopes):
-                raise ConfigError(f"run {run_id!r} or its scopes {list(scopes)!r} hold a NUL character")
-            if len(set(scopes)) != len(scopes):  # the kernel draws from a scope named twice once
-                raise ConfigError(f"scopes {list(scopes)!r} name a scope twice")
-            if len(self._key_lists) >= _KEY_LISTS:
-                self._key_lists.clear()
+        """The charge script's keys: the run's ledger, the reservation index, then each scope's ledger.
+
+        The part after the run's ledger is made once per list of scopes (a process sees a handful); the
+        run's key is made on each call. Nothing is kept per run: a coordinator charges every run it drives,
+        and a table keyed by run would keep memory for each run it ever drove, parked or finished since.
+        """
+        if "\0" in run_id:
+            raise ConfigError(f"run {run_id!r} holds a NUL character")
+        named = tuple(scopes)
+        tail = self._scope_keys.get(named)
+        if tail is None:
+            if any("\0" in name for name in named):
+                raise ConfigError(f"scopes {list(named)!r} hold a NUL character")
+            if len(set(named)) != len(named):  # the kernel draws from a scope named twice once
+                raise ConfigError(f"scopes {list(named)!r} name a scope twice")
+            if len(self._scope_keys) >= _SCOPE_LISTS:
+                self._scope_keys.clear()
             p = self._prefix
-            made = [keys.ledger(p, run_id), keys.reservations(p), *(keys.scope(p, name) for name in scopes)]
-            self._key_lists[(run_id, *scopes)] = made
-        return made
+            tail = [keys.reservations(p), *(keys.scope(p, name) for name in named)]
+            self._scope_keys[named] = tail
+        return [keys.ledger(self._prefix, run_id), *tail]
 
     def _call(self, token: str, step: int | str, cost: Mapping[str, float]) -> list[str]:
         """The charge script's arguments: fence token, step, holder, claim end, then resource, amount pairs."""
