@@ -17,6 +17,7 @@ from castor.errors import BackendUnavailable, StaleLeaseError
 from castor.fleet import driver
 from castor.seams import Backend, Decision
 
+from ._fence import Fences
 from ._kernels import Kernels
 from ._ops import FleetOps
 
@@ -36,6 +37,7 @@ class Host(Protocol):
     backend: Backend
     kernels: Kernels
     stops: dict[str, list[Any]]  # pid -> [reason, payload] handed to a drive on cancel
+    fences: Fences  # tokens: pid -> the token of the lease this coordinator holds and renews
 
     async def adopt_refused(self) -> None:
         """Drive the runs a coordinator refused for changed code, where the config allows it."""
@@ -61,11 +63,20 @@ class RunDriver:
         self.backend = coordinator.backend  # reads go to the store directly; writes go through the fence
         self.store = coordinator.kernels.backend
 
+    async def release(self, pid: str, token: str, mode: str, step: int = -1) -> int:
+        """Give the run's lease back (``FleetOps.release``), its renewal stopped first: a heartbeat renewing
+        it a moment after would find it gone and stop this drive as one whose lease was taken, perhaps
+        between parking the run and looking for a decision made meanwhile, which would then wake nobody."""
+        tokens = self.co.fences.tokens
+        if tokens.get(pid) == token:
+            del tokens[pid]
+        return await self.co.ops.release(pid, token, mode, step)
+
     async def serve(self, pid: str, token: str) -> None:
         """Drive the leased run to its next stop and release, park or requeue it."""
         header = await self.backend.runs.load(pid)
         if header is None or header.status in FINISHED:
-            await self.co.ops.release(pid, token, "done")
+            await self.release(pid, token, "done")
             return
         if header.status == "SUSPENDED_FOR_HITL" and header.pending_step is not None:
             step = header.pending_step
@@ -93,7 +104,7 @@ class RunDriver:
             raise  # the run's state may not be stored: its lease runs out and another coordinator replays it
         except Exception as exc:  # the agent raised; drive stored the run FAILED
             log.info("%s: run %s failed: %s: %s", self.co.name, pid, type(exc).__name__, exc)
-            await self.co.ops.release(pid, token, "done")
+            await self.release(pid, token, "done")
             return
         await self._after(cp, token, stop)
 
@@ -103,7 +114,7 @@ class RunDriver:
         down in turn): store it ``FAILED`` with the reason, its journal kept, and drive it no more."""
         header = await self.backend.runs.load(pid)
         if header is None or header.status in FINISHED:
-            await self.co.ops.release(pid, token, "done")
+            await self.release(pid, token, "done")
             return
         await self.store.budgets.close_run(pid)  # as a failed run's ledger is closed (its usage is journaled)
         await self._fail(header, token, f"quarantined: taken over {takeovers} times; its driver died each time")
@@ -111,10 +122,10 @@ class RunDriver:
     async def stopped_early(self, pid: str, token: str, reason: str) -> None:
         """The run was stopped before its agent started: hand it on as its stop reason says."""
         if reason == "drained":
-            await self.co.ops.release(pid, token, "requeue")
+            await self.release(pid, token, "requeue")
             log.info("%s: run %s handed back to the queue before it started", self.co.name, pid)
         elif reason == "cancelled":
-            await self.co.ops.release(pid, token, "done")
+            await self.release(pid, token, "done")
             await self.cancel_queued(pid)
 
     async def _after(self, cp: AgentCheckpoint, token: str, stop: list[Any]) -> None:
@@ -122,17 +133,17 @@ class RunDriver:
         if cp.status == "SUSPENDED_FOR_HITL":
             await self._park(cp, token)
         elif cp.status == "PREEMPTED" and reason == "drained":
-            await self.co.ops.release(cp.pid, token, "requeue")
+            await self.release(cp.pid, token, "requeue")
             log.info("%s: run %s handed back to the queue at step %d", self.co.name, cp.pid, len(cp.syscall_log))
         else:
             if reason == "cancelled":
                 await self.backend.approvals.clear(cp.pid)
-            await self.co.ops.release(cp.pid, token, "done")
+            await self.release(cp.pid, token, "done")
 
     async def _park(self, cp: AgentCheckpoint, token: str) -> None:
         step = cp.pending_step if cp.pending_step is not None else len(cp.syscall_log)
         round_ = waiting_round(cp, step)
-        released = await self.co.ops.release(cp.pid, token, "park", step)
+        released = await self.release(cp.pid, token, "park", step)
         if released == 2:  # cancelled while it was driven
             await driver.mark_cancelled(self.backend, cp, "operator")
             await self.co.ops.forget_cancel(cp.pid)
@@ -146,7 +157,7 @@ class RunDriver:
         header.error = error
         header.updated_at = time.time()
         await driver.save_run(self.store, header)  # a run that ended meanwhile keeps its end
-        await self.co.ops.release(header.pid, token, "done")
+        await self.release(header.pid, token, "done")
 
     async def _refuse(self, cp: AgentCheckpoint, token: str, changed: list[str]) -> None:
         message = (

@@ -282,19 +282,25 @@ class Coordinator:
         every = self.config.lease / 3
         while not self._closing:
             try:
-                held = dict(self.fences.tokens)
-                lost = await self.ops.renew(held, self.config.lease_ms)
-                for pid in lost:
-                    task = self.tasks.get(pid)
-                    if self.fences.tokens.get(pid) == held[pid]:
-                        log.warning("%s: lease on %s lost; stopping it here", self.name, pid)
-                        self.fences.tokens.pop(pid, None)
-                        if task is not None:
-                            self._let_go(pid, task)
-                await self._register("draining" if self.stopping.is_set() else "running")
+                await self._beat()
             except BackendUnavailable as exc:
                 log.warning("%s: heartbeat failed: %s", self.name, exc)
             await asyncio.sleep(every)
+
+    async def _beat(self) -> None:
+        """Renew the leases this coordinator holds and stop the drives whose lease another took; say it lives."""
+        held = dict(self.fences.tokens)
+        lost = await self.ops.renew(held, self.config.lease_ms)
+        for pid in lost:
+            task = self.tasks.get(pid)
+            # A drive drops its token before it releases its lease (RunDriver.release): a lease still held
+            # here under the same token was taken, not given back.
+            if self.fences.tokens.get(pid) == held[pid]:
+                log.warning("%s: lease on %s lost; stopping it here", self.name, pid)
+                self.fences.tokens.pop(pid, None)
+                if task is not None:
+                    self._let_go(pid, task)
+        await self._register("draining" if self.stopping.is_set() else "running")
 
     async def _register(self, state: str) -> None:
         await self.ops.register(

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import time
 import tracemalloc
+from typing import Any
 
 from castor.fleet.scheduler.coordinator import Coordinator, CoordinatorConfig
 
@@ -109,3 +111,32 @@ async def test_an_errand_is_let_go_once_done(redis_url: str, redis_prefix: str, 
     finally:
         await co.kernels.close()
         await co.ops.close()
+
+
+async def test_a_heartbeat_right_after_a_park_does_not_take_the_released_lease_for_a_lost_one(
+    redis_url: str, redis_prefix: str, backend: Backend, caplog: Any
+) -> None:
+    """A drive parks its run (its lease released) and only then looks for a decision made meanwhile. A
+    heartbeat that renews between the two must not report the lease lost and stop the drive there: the
+    look would be skipped, and a decision made just before the park would wake nobody."""
+    co = Coordinator(CoordinatorConfig(redis_url, redis_prefix, name="co-beat", lease=30, concurrency=4), backend)
+    release = co.ops.release
+    beats: list[str] = []
+
+    async def release_then_beat(pid: str, token: str, mode: str, step: int = -1) -> int:
+        released = await release(pid, token, mode, step)
+        if mode == "park":
+            await co._beat()  # the heartbeat's renewal lands right after the release
+            beats.append(pid)
+        return released
+
+    co.ops.release = release_then_beat  # type: ignore[method-assign]
+    running = asyncio.create_task(co.run())
+    try:
+        with caplog.at_level(logging.WARNING, logger="castor.coordinator"):
+            await park(co, backend, 3)
+        assert len(beats) == 3
+        assert not [r.message for r in caplog.records if "lost" in r.message]
+    finally:
+        co.drain()
+        await asyncio.wait_for(running, 30)
