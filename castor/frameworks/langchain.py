@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import BaseMessage, ToolMessage, message_to_dict, messages_from_dict
+from langchain_core.messages import BaseMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable, RunnableBinding, RunnableSequence
 from langchain_core.tools import BaseTool, StructuredTool
@@ -45,6 +45,8 @@ from castor.frameworks._common import (
     refuse,
     schema_function,
 )
+from castor.frameworks._conversations import Conversations
+from castor.frameworks._langchain_json import message_rest, rebuilt_message
 
 FRAMEWORK = "LangChain"
 _RUNTIME_ARGUMENTS = ("callbacks", "run_manager", "config")  # LangChain passes these itself when asked for
@@ -68,6 +70,7 @@ def _message_json(message: BaseMessage) -> dict[str, Any]:
 
 # Converted and checked once per message object (canonical_part), then shared by every later step's request.
 _cached_message = IdentityCache(lambda message: canonical_part(_message_json(message)))
+_conversation = Conversations(_cached_message)
 
 
 def _tool_json(spec: Any) -> dict[str, Any]:
@@ -83,7 +86,7 @@ _cached_tool = IdentityCache(lambda spec: canonical_part(_tool_json(spec)), size
 def canonical_request(messages: Sequence[BaseMessage], stop: list[str] | None, options: dict[str, Any]) -> dict:
     """The model request as Castor journals and compares it (``_agenerate``'s arguments, ids dropped):
     canonical JSON already, each part checked once (``castor.lib.model_call(canonical=True)``)."""
-    request: dict[str, Any] = {"messages": [_cached_message(m) for m in messages]}
+    request: dict[str, Any] = {"messages": _conversation(messages)}
     tools = options.get("tools")
     if tools:
         request["tools"] = [_cached_tool(t) for t in tools]
@@ -96,17 +99,21 @@ def canonical_request(messages: Sequence[BaseMessage], stop: list[str] | None, o
 
 
 def response_json(result: ChatResult, model: str) -> dict[str, Any]:
-    """A ``ChatResult`` as the journal keeps it: Castor's response keys, and the whole LangChain message."""
+    """A ``ChatResult`` as the journal keeps it: Castor's response keys, and under ``lc_message`` the rest
+    of the LangChain message (its type and the fields that differ from their defaults: what rebuilding it
+    needs besides the text and the tool calls already there)."""
     generation = result.generations[0]
     message = generation.message
+    content = message.content
     calls = getattr(message, "tool_calls", None) or []
+    tool_calls = [{"id": c.get("id") or "", "name": c["name"], "arguments": jsonable(c.get("args") or {})}
+                  for c in calls]
     response: dict[str, Any] = {
-        "text": message.text if isinstance(message.content, list) else str(message.content),
-        "tool_calls": [{"id": c.get("id") or "", "name": c["name"], "arguments": jsonable(c.get("args") or {})}
-                       for c in calls],
+        "text": content if type(content) is str else message.text if isinstance(content, list) else str(content),
+        "tool_calls": tool_calls,
         "model": model,
         "finish_reason": "tool_calls" if calls else "stop",
-        "message": jsonable({"m": message_to_dict(message)})["m"],
+        "lc_message": message_rest(message, tool_calls),
     }
     usage = getattr(message, "usage_metadata", None)
     if usage:
@@ -118,8 +125,8 @@ def response_json(result: ChatResult, model: str) -> dict[str, Any]:
 
 
 def chat_result(response: dict[str, Any]) -> ChatResult:
-    """The ``ChatResult`` a journaled response stands for (live and replayed alike)."""
-    message = messages_from_dict([response["message"]])[0]
+    """The ``ChatResult`` a journaled response stands for (replayed, or journaled by another process)."""
+    message = rebuilt_message(response)
     return ChatResult(generations=[ChatGeneration(message=message, generation_info=response.get("generation_info"))])
 
 
