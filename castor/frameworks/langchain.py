@@ -57,7 +57,9 @@ _RUNTIME_ARGUMENTS = ("callbacks", "run_manager", "config")  # LangChain passes 
 
 def _message_json(message: BaseMessage) -> dict[str, Any]:
     """A message as the canonical request holds it: what the model reads, without ids or metadata."""
-    out: dict[str, Any] = {"role": message.type, "content": jsonable({"c": message.content})["c"]}
+    content = message.content
+    out: dict[str, Any] = {"role": message.type,
+                           "content": content if type(content) is str else jsonable({"c": content})["c"]}
     if message.name:
         out["name"] = message.name
     calls = getattr(message, "tool_calls", None)
@@ -69,7 +71,14 @@ def _message_json(message: BaseMessage) -> dict[str, Any]:
 
 
 # Converted and checked once per message object (canonical_part), then shared by every later step's request.
-_cached_message = IdentityCache(lambda message: canonical_part(_message_json(message)))
+def _canonical_message(message: BaseMessage) -> dict[str, Any]:
+    converted = _message_json(message)
+    if "tool_calls" not in converted and type(converted["content"]) is str:
+        return converted  # strings only, in a dict of its own: canonical as it is
+    return canonical_part(converted)
+
+
+_cached_message = IdentityCache(_canonical_message)
 _conversation = Conversations(_cached_message)
 
 
@@ -130,6 +139,18 @@ def chat_result(response: dict[str, Any]) -> ChatResult:
     return ChatResult(generations=[ChatGeneration(message=message, generation_info=response.get("generation_info"))])
 
 
+def _remember(message: BaseMessage, response: dict[str, Any]) -> None:
+    """The next request repeats this message: its canonical JSON made from the journaled response (what
+    ``_message_json`` would make of it: the type, the text and the tool calls are all its fields say)."""
+    rest = response.get("lc_message")
+    if rest is None or len(rest) != 1 or type(message.content) is not str:
+        return  # a name, a list content, ...: converted when the next request asks
+    converted: dict[str, Any] = {"role": rest["type"], "content": response["text"]}
+    if response["tool_calls"]:
+        converted["tool_calls"] = [{"name": c["name"], "arguments": c["arguments"]} for c in response["tool_calls"]]
+    _cached_message.put(message, converted)
+
+
 # The model id of each wrapped model, found once (a missing attribute costs a pydantic model a raised error).
 _model_ids = IdentityCache(lambda inner: model_id_of(inner, "model_name", "model", default=inner._llm_type), size=256)
 
@@ -166,9 +187,11 @@ class GuardedChatModel(BaseChatModel):
             return live[-1][0]
 
         journaled = await model_step(canonical_request(messages, stop, kwargs), model, invoke, canonical=True)
-        if live and live[-1][0] is journaled:  # this very call's answer (not rebuilt from its own JSON)
-            return live[-1][1]
-        return chat_result(journaled)  # replayed, or journaled first by another process driving the run
+        # This very call's answer as the model gave it; else (replayed, or journaled first by another
+        # process driving the run) the result rebuilt from the journal.
+        result = live[-1][1] if live and live[-1][0] is journaled else chat_result(journaled)
+        _remember(result.generations[0].message, journaled)
+        return result
 
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Runnable:
         """Bind tools the way the guarded model does (its own ``bind_tools``), calls still guarded."""

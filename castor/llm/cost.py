@@ -42,12 +42,17 @@ def json_size(value: Any) -> int:
     if kind is dict:
         size = 1
         for key, item in value.items():
-            size += json_size(key) + 2 + json_size(item)  # colon, comma
+            # json_size(key) + 2 (colon, comma) + json_size(item), a string key or item counted in place
+            size += ((len(key) if key.isascii() else len(key.encode("utf-8"))) + 4 if type(key) is str
+                     else json_size(key) + 2)
+            size += ((len(item) if item.isascii() else len(item.encode("utf-8"))) + 2 if type(item) is str
+                     else json_size(item))
         return size
     if kind is list:
         size = 1
         for item in value:
-            size += json_size(item) + 1
+            size += ((len(item) if item.isascii() else len(item.encode("utf-8"))) + 3 if type(item) is str
+                     else json_size(item) + 1)
         return size
     if value is None or kind is bool or kind is int:
         return 5 if kind is not int else len(str(value))
