@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", action="append", default=[], help="a framework (repeatable; default: all)")
     parser.add_argument("--tree", action="append", default=[], help="another checkout to count first")
+    parser.add_argument("--no-self", action="store_true", help="count only the --tree checkouts")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(HERE))
     import frameworks
 
-    trees = [Path(t).resolve() for t in args.tree] + [HERE.parent]
+    trees = [Path(t).resolve() for t in args.tree] + ([] if args.no_self else [HERE.parent])
     print(f"instructions per step (M), {args.steps}-step run, {args.runs} runs per mode")
     print(f"{'framework':<14} {'checkout':<28} " + " ".join(f"{m:>9}" for m in MODES) + f" {'added':>9}")
     for name in args.only or sorted(frameworks.CASES):
