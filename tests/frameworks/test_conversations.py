@@ -48,7 +48,9 @@ def test_a_history_that_is_not_the_previous_steps_is_converted_anew() -> None:
     first, second = Message("a"), Message("b")
     assert conversation([first, second]) == ["a", "A", "b", "B"]
     edited = Message("x")
+    converted.clear()
     assert conversation([first, edited, Message("c")]) == ["a", "A", "x", "X", "c", "C"]
+    assert converted[0] is edited and len(converted) == 2  # the first message's parts from its IdentityCache
     assert conversation([second]) == ["b", "B"]  # another first message: nothing of the other list
     assert conversation([]) == []
 
