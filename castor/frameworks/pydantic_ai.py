@@ -47,6 +47,7 @@ from castor.frameworks._common import (
     call_tool,
     canonical_part,
     check_function,
+    jsonable,
     model_step,
     refuse,
     schema_function,
@@ -133,7 +134,7 @@ def response_json(response: ModelResponse) -> dict[str, Any]:
     calls = [p for p in response.parts if isinstance(p, ToolCallPart)]
     journaled: dict[str, Any] = {
         "text": "".join(p.content for p in response.parts if isinstance(p, TextPart)),
-        "tool_calls": [{"id": c.tool_call_id, "name": c.tool_name, "arguments": to_jsonable_python(c.args_as_dict())}
+        "tool_calls": [{"id": c.tool_call_id, "name": c.tool_name, "arguments": jsonable(c.args_as_dict())}
                        for c in calls],
         "model": response.model_name or "",
         "finish_reason": "tool_calls" if calls else "stop",
