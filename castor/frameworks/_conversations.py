@@ -71,19 +71,20 @@ class EqualConversations:
     def __call__(self, items: list[Any]) -> list[Any]:
         """The parts of ``items``, in order (a list nobody may change); ``NotPlain`` as ``convert`` raises it."""
         recent = self._recent
-        for index, (snapshots, parts) in enumerate(recent):
+        found = None
+        for entry in recent:
+            snapshots, parts = entry
             seen = len(snapshots)
             if seen <= len(items) and snapshots == items[:seen]:
+                found = entry
                 if seen < len(items):
                     new = [self._convert(item) for item in items[seen:]]
                     snapshots = snapshots + [snapshot for snapshot, _ in new]
                     parts = parts + [part for _, part in new]
-                del recent[index]
                 break
         else:
             converted = [self._convert(item) for item in items]
             snapshots, parts = [snapshot for snapshot, _ in converted], [part for _, part in converted]
-            if len(recent) >= self._size:
-                recent.pop()
-        recent.insert(0, (snapshots, parts))
+        # A new list swapped in whole: a synchronous framework's runs share the model from several threads.
+        self._recent = [(snapshots, parts), *(entry for entry in recent if entry is not found)][: self._size]
         return parts
