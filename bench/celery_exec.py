@@ -194,7 +194,10 @@ async def main() -> None:
     config = tmp / "castor.toml"
     tools = ROOT / "bench" / "_celery_fixtures.py"
     config.write_text(CONFIG.format(redis=REDIS, prefix=prefix, tools=tools, secret=secrets.token_hex(32)))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_REDIS": REDIS, "BENCH_RAW_PREFIX": raw_prefix}
+    # The coordinator reads only the config (env={} below): so must the worker, or a CASTOR_SECRET in the
+    # environment would take precedence there and every task would fail its token check.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CASTOR_")}
+    env.update(PYTHONPATH=str(ROOT), BENCH_REDIS=REDIS, BENCH_RAW_PREFIX=raw_prefix)
     ours_cmd = [sys.executable, "-m", "castor.fleet.workers", "worker", "--config", str(config), "--pool", "bench",
                 "--pool-impl", "threads", "--concurrency", "8", "--fast-start"]
     workers = [start(ours_cmd, env, tmp / "castor-worker.log")]

@@ -11,8 +11,13 @@ any tool task (check, claim, execute, journal, reply: ``runtime``), with two thi
   store, and sets ``charged`` (and the run's usage snapshot, which the coordinator sent as it stood before
   the step) to it: the record ``job.record`` builds is the one the embedded kernel journals.
 
-A model step is never run twice: it is not idempotent, so a step whose worker was lost mid-call is in doubt
-(the provider may have answered and billed it), and a redelivery of a journaled one is answered from its record.
+A stream (the task's checked arguments say ``stream``) is forwarded chunk by chunk to the step's chunk stream
+as the provider sends it (``castor.llm.chunks``), before the step is journaled whole and replied.
+
+A model step is never run twice by the pool itself: a step whose worker was lost mid-call is in doubt (the
+provider may have answered and billed it), and a redelivery of a journaled one is answered from its record.
+The coordinator decides whether to make it again, in a new round (``castor.kernel.model_doubt``), sending
+the first call's charge as ``spent``: the step settles to both.
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from castor.backends.redis.keys import chunks as chunks_key
 from castor.checkpoint import usage_after
+from castor.llm.chunks import ChunkWriter
 from castor.llm.cost import DEFAULT_MAX_TOKENS, cost_of_tokens, estimate_prompt, price_table, usage_from
 from castor.llm.fleet import MODEL_PREFIX, api_key_of, build_provider, model_ids, model_timeout
 from castor.llm.ratelimit import LimitKey, ProviderRateLimited, call_limited
-from castor.llm.types import ProviderHTTPError, response_dict
+from castor.llm.types import ModelCallError, ProviderHTTPError, response_dict
 from castor.registry import castor_tool
 from castor.seams import Backend
 from castor.settings import Settings
@@ -47,8 +54,11 @@ class ModelCalls:
         return [(MODEL_PREFIX + model, self._tool(model)) for model in model_ids(self.settings)]
 
     def _tool(self, model: str) -> Callable[..., Awaitable[dict[str, Any]]]:
-        async def call(request: dict) -> dict:  # the request's JSON, checked as a dict
-            return await self.complete(model, request)
+        # The request's JSON, checked as a dict; ``stream``: the ChunkWriter ``bind`` put in place of the flag
+        # the coordinator sent; ``spent``: the first call's charge of a call in doubt made again (see settle).
+        async def call(request: dict, stream: bool = False, spent: dict | None = None) -> dict:
+            writer = stream if isinstance(stream, ChunkWriter) else None
+            return await self.complete(model, request, writer)
 
         call.__name__ = call.__qualname__ = f"model_{model}"
         return castor_tool(call, timeout_seconds=model_timeout(self.settings, MODEL_PREFIX + model))
@@ -64,8 +74,20 @@ class ModelCalls:
             provider = self._providers[model] = build_provider(self.settings, model)
         return provider, self._limiter
 
-    async def complete(self, model: str, request: dict[str, Any]) -> dict[str, Any]:
-        """The provider's answer to ``request`` as canonical JSON, once the rate limits give it a turn."""
+    def bind(self, job: Any, checked: dict[str, Any], redis: Any, secret: str | None) -> dict[str, Any]:
+        """The arguments to call a model task with: a stream's flag becomes the writer of its chunks to the
+        step's chunk stream (named from the job's run, step and round, under the fleet's prefix), for a task
+        this worker authenticated (one whose reply stream it kept)."""
+        if not checked.get("stream"):
+            return checked
+        if not job.reply_to:
+            return {**checked, "stream": False}
+        key = chunks_key(self.settings.redis.prefix, job.run_id, job.step, job.attempt)
+        return {**checked, "stream": ChunkWriter(redis, key, secret, job.task_id)}
+
+    async def complete(self, model: str, request: dict[str, Any], writer: ChunkWriter | None = None) -> dict[str, Any]:
+        """The provider's answer to ``request`` as canonical JSON, once the rate limits give it a turn; with
+        ``writer``, streamed: each chunk is written as the provider sends it, then the end."""
         provider, limiter = self._parts(model)
         asked = request.get("max_tokens")
         max_tokens = asked if type(asked) is int and asked > 0 else DEFAULT_MAX_TOKENS
@@ -74,6 +96,8 @@ class ModelCalls:
 
         async def once() -> dict[str, Any]:
             try:
+                if writer is not None and hasattr(provider, "stream"):
+                    return await _streamed(provider, request, writer)
                 return response_dict(await provider.complete(request))
             except ProviderHTTPError as exc:
                 if exc.status != 429:
@@ -97,11 +121,28 @@ class ModelCalls:
         reserved = job.charged or {}
         if reserved:  # only what the run's ledgers track was reserved (castor.kernel.model.budget)
             settle = getattr(backend.budgets, "settle", None)
+            # A call in doubt made again holds the first call's charge too: it stays (castor.kernel.model_doubt).
+            spent = (job.checked or {}).get("spent") or {}
             if settle is not None:
-                await settle(job.run_id, job.step, {r: actual.get(r, 0.0) for r in reserved})
+                await settle(job.run_id, job.step, {r: actual.get(r, 0.0) + spent.get(r, 0.0) for r in reserved})
         if job.usage is not None:
             job.usage = usage_after(job.usage, actual)
         job.charged = actual
+
+
+async def _streamed(provider: Any, request: dict[str, Any], writer: ChunkWriter) -> dict[str, Any]:
+    """The provider's stream: each chunk of text forwarded as it comes, then the end; its whole response."""
+    final = None
+    async for item in provider.stream(request):
+        if isinstance(item, str):
+            if item:
+                await writer.write(item)
+        else:
+            final = item
+    if final is None:
+        raise ModelCallError("the provider's stream ended without its response")
+    await writer.end()
+    return response_dict(final)
 
 
 def _tokens(response: dict[str, Any], estimate: int) -> int:

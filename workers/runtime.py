@@ -230,6 +230,8 @@ class WorkerRuntime:
         from celery.exceptions import SoftTimeLimitExceeded
 
         try:
+            if is_model_task(job.tool_name):  # a stream's chunks go to the step's chunk stream (_models)
+                checked = self.models.bind(job, checked, proc.redis, self.settings.security.secret or None)
             result = self._call(proc, spec, checked, policy.timeout)
             canonical(result)  # a result that cannot be journaled is a failure, not a silent loss
             if is_model_task(job.tool_name):  # settled to the usage reported before it is journaled (_models)

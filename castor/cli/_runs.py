@@ -87,9 +87,12 @@ async def load_run(backend: Backend, pid: str) -> AgentCheckpoint:
 def kernel_of(loaded: _specs.Loaded, backend: Backend, args: argparse.Namespace) -> Castor:
     """The kernel that drives the run: its tools in this process, or, with ``--executor celery``, on
     their worker pools (the run's state on the config's Redis, where the workers journal)."""
-    llm = settings_of(args).llm
-    if not uses_celery(args):
-        return loaded.kernel(backend, llm=llm)
+    settings = settings_of(args)
+    llm = settings.llm
+    if not uses_celery(args):  # model calls made here: the config's [llm] provider, with this process's key
+        from castor.llm.fleet import local_provider
+
+        return loaded.kernel(backend, llm=llm, provider=local_provider(settings))
     executor, destructive = celery_executor(args, backend)
     return loaded.kernel(backend, executor, destructive, llm=llm)
 

@@ -38,8 +38,9 @@ def load_tools(specs: Iterable[str]) -> list[Callable[..., Any]]:
 class CountingExecutor:
     """Wraps the kernel's executor and counts the tool calls it really executes (not the replayed ones)."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, provider: Any = None) -> None:
         self.inner = inner
+        self.provider = provider  # a model provider this process calls (its HTTP client closed with the executor)
         self.writes_journal = inner.writes_journal
         self.model_provider = getattr(inner, "model_provider", None)  # a fleet's llm pool (castor.llm.fleet)
         self.executed = 0
@@ -50,8 +51,11 @@ class CountingExecutor:
         return self.inner.execute(call)
 
     async def close(self) -> None:
-        """Close the wrapped executor."""
+        """Close the wrapped executor (and the model provider's connections)."""
         await self.inner.close()
+        aclose = getattr(self.provider, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 @dataclass
@@ -65,23 +69,25 @@ class Loaded:
 
     def kernel(
         self, backend: Backend, executor: Callable[[Any], Any] | None = None, destructive: Iterable[str] = (),
-        llm: Any = None,
+        llm: Any = None, provider: Any = None,
     ) -> Castor:
         """A kernel with these tools on ``backend``, its executor made by ``executor`` (from the tool
         registry; default: in this process), counting executed calls; ``destructive`` adds to the spec's;
-        ``llm`` is the config's ``[llm]`` section (model prices and deadline)."""
+        ``llm`` is the config's ``[llm]`` section (model prices and deadline), ``provider`` the model provider
+        this process calls itself (``castor.llm.fleet.local_provider``; a fleet executor brings its pool's)."""
         from castor.executors.local import LocalExecutor
 
         make = executor or LocalExecutor
 
         def counting(registry: Any) -> CountingExecutor:
-            counted = CountingExecutor(make(registry))
+            counted = CountingExecutor(make(registry), provider)
             self.counter.append(counted)
             return counted
 
         marked = sorted({*self.spec.destructive, *destructive})
         llm_options = {"llm_prices": llm.prices, "llm_timeout": llm.timeout} if llm is not None else {}
-        return Castor(tools=self.tools, destructive=marked, store=backend, executor=counting, **llm_options)
+        return Castor(tools=self.tools, destructive=marked, store=backend, executor=counting, llm=provider,
+                      **llm_options)
 
     @property
     def executed(self) -> int:

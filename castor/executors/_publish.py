@@ -35,6 +35,7 @@ from typing import Any
 
 from castor._ids import unique_ids
 from castor.errors import BackendUnavailable
+from castor.executors._template import Template, quote, slot, value
 from castor.fleet.broker import broker_error
 from castor.fleet.kombu_keys import publish_topics, queue_key
 
@@ -89,9 +90,18 @@ class RedisPublisher:
         self._declaring: dict[str, asyncio.Future[str]] = {}
         self._topics: list[str] = []
         self._reply_to = ""
+        self._made: dict[tuple[Any, ...], tuple[Template, Template | None]] = {}
         self._tag = unique_ids()
-        self._offset: int = 0
-        self._offset_at = -math.inf
+        self._offset, self._offset_at = "", -math.inf
+        self._envelope = Template(
+            {"body": slot("body"), "content-encoding": "utf-8", "content-type": "application/json",
+             "headers": {"hostname": self._origin},
+             "properties": {
+                 "delivery_mode": 1, "delivery_info": {"exchange": EVENT_EXCHANGE, "routing_key": SENT_ROUTING_KEY},
+                 "priority": 0, "body_encoding": "base64", "delivery_tag": slot("tag"),
+             }},
+            ["body", "tag"],
+        )
 
     async def publish(self, task: Task) -> None:
         """Send ``task`` (and its ``task-sent`` event) in this loop iteration's pipeline; a try that fails
@@ -138,53 +148,61 @@ class RedisPublisher:
     def encode(self, task: Task, now: float | None = None) -> tuple[str, str | None]:
         """The task's message and its ``task-sent`` event, as kombu's Redis transport stores them."""
         now = time.time() if now is None else now
-        expires = (datetime.fromtimestamp(now, UTC) + timedelta(seconds=task.expires)).isoformat()
+        expires = quote((datetime.fromtimestamp(now, UTC) + timedelta(seconds=task.expires)).isoformat())
         try:  # kombu's dumps is json.dumps with a fallback for other types: the same bytes
             body = json.dumps([[], task.kwargs, _EMBED])
         except TypeError:  # a datetime, a UUID...: kombu's encoder tags it, as send_task would
             body = self._kombu_dumps([[], task.kwargs, _EMBED])
-        text = json.dumps(self._message(task, expires, _b64(body)))
-        if not self._events:
+        task_id, kwargsrepr = quote(task.task_id), quote(task.kwargsrepr)
+        message, sent = self._templates(task)
+        headers = [value(v) for v in task.headers.values()]
+        text = message.render([task_id, expires, kwargsrepr, quote(_b64(body)), quote(self._tag()), *headers])
+        if sent is None:
             return text, None
         if now - self._offset_at >= 60:  # the UTC offset changes twice a year: once a minute is often enough
-            self._offset, self._offset_at = self._utcoffset(), now
-        event = json.dumps(self._event(task, expires, self._app.clock.forward(), now))
-        envelope = {
-            "body": _b64(event), "content-encoding": "utf-8", "content-type": "application/json",
-            "headers": {"hostname": self._origin},
-            "properties": {
-                "delivery_mode": 1, "delivery_info": {"exchange": EVENT_EXCHANGE, "routing_key": SENT_ROUTING_KEY},
-                "priority": 0, "body_encoding": "base64", "delivery_tag": self._tag(),
-            },
-        }
-        return text, json.dumps(envelope)
+            self._offset, self._offset_at = value(self._utcoffset()), now
+        event = sent.render([task_id, expires, kwargsrepr, self._offset, str(self._app.clock.forward()), repr(now)])
+        return text, self._envelope.render([quote(_b64(event)), quote(self._tag())])
 
-    def _message(self, task: Task, expires: str, body: str) -> dict[str, Any]:
-        # The document send_task builds, field for field and in its order.
-        task_id, kwargsrepr = task.task_id, task.kwargsrepr
+    def _templates(self, task: Task) -> tuple[Template, Template | None]:
+        """The message and event templates of the task's tool and queue (made on its first task)."""
+        key = (task.name, task.queue, task.expires, tuple(task.headers), self._reply_to)
+        made = self._made.get(key)
+        if made is None:
+            made = self._made[key] = self._make(task)
+        return made
+
+    def _make(self, task: Task) -> tuple[Template, Template | None]:
+        # The documents send_task builds, field for field and in its order, with a slot where a value
+        # differs from one task of this tool to the next.
+        task_id, kwargsrepr, expires = slot("id"), slot("kwargsrepr"), slot("expires")
+        extra = {name: slot(f"h{i}") for i, name in enumerate(task.headers)}
         headers = {
             "lang": "py", "task": task.name, "id": task_id, "shadow": None, "eta": None, "expires": expires,
             "group": None, "group_index": None, "retries": 0, "timelimit": [None, None], "root_id": task_id,
             "parent_id": None, "argsrepr": "()", "kwargsrepr": kwargsrepr, "origin": self._origin,
-            "ignore_result": True, "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {}, **task.headers,
+            "ignore_result": True, "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {}, **extra,
         }
         properties = {
             "correlation_id": task_id, "reply_to": self._reply_to, "kwargsrepr": kwargsrepr,
             "argsrepr": "()", "delivery_mode": 2, "expiration": str(int(task.expires * 1000)),
             "delivery_info": {"exchange": "", "routing_key": task.queue}, "priority": 0,
-            "body_encoding": "base64", "delivery_tag": self._tag(),
+            "body_encoding": "base64", "delivery_tag": slot("tag"),
         }
-        return {"body": body, "content-encoding": "utf-8", "content-type": "application/json",
-                "headers": headers, "properties": properties}
-
-    def _event(self, task: Task, expires: str, clock: int, now: float) -> dict[str, Any]:
-        # The task-sent event send_task publishes, field for field and in its order.
-        return {
-            "hostname": self._origin, "utcoffset": self._offset, "pid": self._pid, "clock": clock,
-            "uuid": task.task_id, "root_id": task.task_id, "parent_id": None, "name": task.name, "args": "()",
-            "kwargs": task.kwargsrepr, "retries": 0, "eta": None, "expires": expires, "queue": task.queue,
-            "exchange": "", "routing_key": task.queue, "timestamp": now, "type": "task-sent",
+        message = Template(
+            {"body": slot("body"), "content-encoding": "utf-8", "content-type": "application/json",
+             "headers": headers, "properties": properties},
+            ["id", "expires", "kwargsrepr", "body", "tag", *(f"h{i}" for i in range(len(extra)))],
+        )
+        if not self._events:
+            return message, None
+        sent = {
+            "hostname": self._origin, "utcoffset": slot("offset"), "pid": self._pid, "clock": slot("clock"),
+            "uuid": task_id, "root_id": task_id, "parent_id": None, "name": task.name, "args": "()",
+            "kwargs": kwargsrepr, "retries": 0, "eta": None, "expires": expires, "queue": task.queue,
+            "exchange": "", "routing_key": task.queue, "timestamp": slot("now"), "type": "task-sent",
         }
+        return message, Template(sent, ["id", "expires", "kwargsrepr", "offset", "clock", "now"])
 
     async def _declared(self, queue: str) -> str:
         # The first task for a queue declares it through kombu (as send_task's first publish does) and

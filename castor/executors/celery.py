@@ -16,10 +16,13 @@ Celery and redis are imported here only, so ``import castor`` loads neither.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +63,7 @@ SENDER = "a process sending tasks to the fleet (coordinator, --executor celery, 
 # How long an abandoned task's id is kept: as long as a worker's started marker, far past the task's
 # expiry (its deadline), after which no worker runs it anyway.
 ABANDON_TTL = 7 * 24 * 3600
+FOLLOW_GRACE = 5.0  # seconds a streamed step's last chunks may take to be read once its reply came
 _ERRORS: dict[str, type[CastorError]] = {REFUSED: TaskRefusedError, IN_DOUBT: InDoubtError, TIMEOUT: ToolTimeoutError}
 
 
@@ -118,6 +122,7 @@ class CeleryExecutor:
         self._replies = ReplyReader(connection, stream, settings.security.secret or None)
         # The kernel's model calls go to the [llm] pool: its stand-in provider (no key) for Castor(llm=None).
         self.model_provider = model_provider(settings)
+        self.model_in_doubt = settings.llm.in_doubt  # a model call whose process was lost (castor.kernel.model_doubt)
 
     @classmethod
     def factory(cls, settings: Settings, **options: Any) -> Any:
@@ -157,11 +162,43 @@ class CeleryExecutor:
             call.finished_at = reply.finished_at
         return _outcome(reply, call.tool_name)
 
-    async def _dispatch(self, call: ToolCall, kwargs: dict[str, Any], route: _Route) -> Reply | None:
-        """Publish the call's task (``kwargs``) as a new task and await its reply (None: none came by the
-        deadline)."""
+    async def execute_stream(self, call: ToolCall, chunk: Callable[[str], None]) -> Any:
+        """``execute`` for a model step the worker streams (its checked arguments say ``stream``): each signed
+        chunk of text the worker forwards goes to ``chunk`` as it comes (``castor.llm.chunks``), and the
+        reply's response, journaled whole, is returned as ``execute`` returns it. Model steps only: a tool
+        call never pays for this."""
+        from castor.llm.chunks import ChunkFollower
+
+        route = self._routes.get(call.tool_name) or self._route(call.tool_name)
+        kwargs = encode(call, self._replies.stream, self._settings.security.secret or None, call.checked)
+        task_id = f"{call.effect_id}#{call.attempt}-{self._ids()}"
+        key = keys.chunks(self._settings.redis.prefix, call.run_id, call.step, call.attempt)
+        conn = self._control_conn()
+        follower = ChunkFollower(conn.run, key, self._settings.security.secret or None, task_id, chunk)
+        following = asyncio.get_running_loop().create_task(follower.follow())
+        try:
+            reply = await self._dispatch(call, kwargs, route, task_id)
+        finally:
+            follower.finish()  # every chunk was written before the reply: one more read takes the rest
+            try:
+                await asyncio.wait_for(asyncio.shield(following), FOLLOW_GRACE)
+            except TimeoutError:
+                following.cancel()
+            with contextlib.suppress(Exception):
+                await conn.command("delete", key)
+        if reply is None:
+            return await self._late(call, route)
+        if reply.finished_at is not None:
+            call.finished_at = reply.finished_at
+        return _outcome(reply, call.tool_name)
+
+    async def _dispatch(
+        self, call: ToolCall, kwargs: dict[str, Any], route: _Route, task_id: str = ""
+    ) -> Reply | None:
+        """Publish the call's task (``kwargs``) as a new task (id ``task_id``, else a new one) and await its
+        reply (None: none came by the deadline)."""
         effect_id = call.effect_id
-        task_id = f"{effect_id}#{call.attempt}-{self._ids()}"
+        task_id = task_id or f"{effect_id}#{call.attempt}-{self._ids()}"
         headers: dict[str, Any] = {"castor_run": call.run_id, "castor_step": call.step}
         if tracing.ACTIVE:  # the syscall's span context, signed for this task (castor.tracing)
             headers.update(tracing.outgoing(kwargs.get("token")))

@@ -12,6 +12,14 @@ executor, journaled) and whose every model call goes through ``castor.lib.model_
 step, charged in tokens). A resumed or forked run replays the framework's loop from the journal: the
 model is not called for the steps before the suspension or the fork point.
 
+Where the model is called: a framework's own model object is called in the process that runs the agent (in
+the fleet, the coordinator's, which then needs its key). Each module also has a model of the framework's
+kind answered by Castor's provider (``langchain.CastorChatModel``, ``pydantic_ai.CastorModel``,
+``openai_agents.CastorModel``, ``smolagents.CastorModel``, ``crewai.CastorLLM``;
+``castor.frameworks._castor_models``): in the
+fleet its calls run on the ``llm`` pool, whose workers hold the key. ``guard()`` leaves those models as
+they are (each call is one model step already).
+
 The operator registers the framework's tool functions like any tool, ``Castor(tools=tools_of(agent),
 destructive=[...])``; the agent function builds (or receives) the guarded agent and runs it under
 ``kernel.run``. A tool whose argument schema Castor cannot check (arguments the framework injects, names
@@ -37,9 +45,15 @@ Adding a framework
    (live and replayed alike).
 3. Suspensions: check whether the framework catches ``BaseException`` around tools (none of LangChain,
    LangGraph or pydantic-ai does) or runs them in task groups; run its agent inside ``suspensions_pass()``
-   if a suspension can come back wrapped. A test must show a suspended run whose model was not asked
-   again with the tool's error.
-4. A synchronous framework (smolagents, CrewAI): give an async entry point that runs its loop under
+   if a suspension can come back wrapped. ``call_tool`` raises an error that ends the run carried in a
+   ``RunEnding`` (a ``BaseException`` too), which the runner unwraps. A test must show a suspended run
+   whose model was not asked again with the tool's error.
+4. Streaming: a framework model's streaming entry point becomes one ``StreamStep``
+   (``castor.frameworks._streaming``): it streams the framework's model inside the model syscall, hands
+   each chunk to the framework as it arrives, journals the response the chunks add up to (the record the
+   non-streamed call makes) and, for a step served from the journal, lets the guard re-chunk the
+   journaled response in the framework's chunk types.
+5. A synchronous framework (smolagents, CrewAI): give an async entry point that runs its loop under
    ``in_thread`` (the guarded model and tools then reach Castor through ``blocking``, which also carries
    a run-ending error past the framework's ``except Exception``), and call the wrapped model in a thread.
 """

@@ -11,7 +11,10 @@ keyword arguments with Python names and plain JSON types; anything else is ``Uns
 
 Castor's suspension (``castor.kernel.context.Suspend``) is a ``BaseException``: a framework's
 ``except Exception`` around a tool cannot turn it into a model message. Frameworks that run tool calls in
-task groups wrap it in a ``BaseExceptionGroup``; ``suspensions_pass`` unwraps it again.
+task groups wrap it in a ``BaseExceptionGroup``; ``suspensions_pass`` unwraps it again. An error that
+ends the run (a replay divergence at a tool step, a run that ended) crosses the framework's handling the
+same way, carried in a ``RunEnding`` (a ``BaseException``): ``call_tool`` raises it, and the runner (or
+``suspensions_pass``, ``in_thread``) ends the run with the error itself, never the model reading it.
 
 Synchronous frameworks (smolagents, CrewAI) run their loop in a worker thread (``in_thread``); their
 guarded model and tool calls are awaited on the run's event loop from that thread (``blocking``), so the
@@ -34,13 +37,29 @@ from typing import Any
 
 from pydantic_core import to_jsonable_python
 
-from castor.errors import ConfigError, ReplayDivergenceError, RunEndedError, UnsupportedError
-from castor.kernel.context import Suspend
+from castor.errors import (
+    ConfigError,
+    JournalConflictError,
+    ReplayDivergenceError,
+    RunEndedError,
+    RunFinishedError,
+    StaleLeaseError,
+    UnsupportedError,
+)
+from castor.kernel.context import RunEnding, Suspend, current_run
 from castor.lib import tool
 from castor.lib.models import model_call
 from castor.llm import ModelCallError, ModelRefusedError
 from castor.llm.types import canonical_request as _canonical
 from castor.results import SyscallResult
+
+# Errors after which the run cannot go on: a framework must not retry the call or hand it to the model.
+# The last three say this process no longer owns the run (its lease lapsed, another process journaled
+# the step or finished the run): the model must not be asked anything more on its behalf.
+_RUN_ENDING = (
+    ReplayDivergenceError, ModelRefusedError, ModelCallError, RunEndedError,
+    StaleLeaseError, JournalConflictError, RunFinishedError,
+)
 
 ToolEntry = tuple[str, Callable[..., Any]]
 """A framework tool as ``Castor(tools=[...])`` registers it: its name and the function the executor runs."""
@@ -143,8 +162,17 @@ def jsonable(arguments: Mapping[str, Any]) -> dict[str, Any]:
 
 
 async def call_tool(name: str, arguments: Mapping[str, Any]) -> Any:
-    """Ask Castor for tool ``name``; returns what the framework hands the model (a denial as its JSON)."""
-    result = await tool(name, **jsonable(arguments))
+    """Ask Castor for tool ``name``; returns what the framework hands the model (a denial as its JSON).
+
+    An error that ends the run is raised carried (``RunEnding``): the framework's tool error handling
+    would otherwise give it to the model as the tool's result."""
+    try:
+        result = await tool(name, **jsonable(arguments))
+    except _RUN_ENDING as error:
+        ctx = current_run.get()
+        if ctx is None or ctx.closed:  # no run whose runner would unwrap it: the error as itself
+            raise
+        raise RunEnding(error) from error
     if isinstance(result, SyscallResult):  # Castor(structured_results=True): the model reads plain JSON
         if result.ok:
             return result.value
@@ -211,9 +239,10 @@ class IdentityCache:
         return value
 
 
-def first_suspension(error: BaseException) -> Suspend | None:
-    """The Castor suspension ``error`` is or carries (in an exception group or as its cause), if any."""
-    if isinstance(error, Suspend):
+def first_suspension(error: BaseException) -> Suspend | RunEnding | None:
+    """The Castor suspension (or carried run-ending error) ``error`` is or carries (in an exception group
+    or as its cause), if any."""
+    if isinstance(error, Suspend | RunEnding):
         return error
     if isinstance(error, BaseExceptionGroup):
         for inner in error.exceptions:
@@ -221,18 +250,21 @@ def first_suspension(error: BaseException) -> Suspend | None:
             if found is not None:
                 return found
     cause = error.__cause__ or error.__context__
-    if isinstance(cause, Suspend):
+    if isinstance(cause, Suspend | RunEnding):
         return cause
     return None
 
 
 @asynccontextmanager
 async def suspensions_pass() -> AsyncIterator[None]:
-    """Re-raise a Castor suspension the framework wrapped (a task group's ``BaseExceptionGroup``) as itself."""
+    """Re-raise a Castor suspension the framework wrapped (a task group's ``BaseExceptionGroup``) as itself,
+    and a carried run-ending error as the error."""
     try:
         yield
     except BaseException as error:
         found = first_suspension(error)
+        if isinstance(found, RunEnding):
+            raise found.error from None
         if found is not None and found is not error:
             raise found from None
         raise
@@ -244,16 +276,7 @@ _RUN_LOOP: contextvars.ContextVar[asyncio.AbstractEventLoop | None] = contextvar
 )
 
 
-# Errors after which the run cannot go on: a framework must not retry the call or hand it to the model.
-_RUN_ENDING = (ReplayDivergenceError, ModelRefusedError, ModelCallError, RunEndedError)
-
-
-class _Passing(BaseException):
-    """A run-ending Castor error carried through a synchronous framework's ``except Exception``."""
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(str(error))
-        self.error = error
+_Passing = RunEnding  # a run-ending Castor error carried through a synchronous framework's except Exception
 
 
 async def in_thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -21,6 +21,8 @@ runs the tools itself inside its ``call`` (``available_functions``), so one call
 step; in text mode the model answers with text and CrewAI calls the (guarded) tools. Every ``call`` is a
 ``castor.lib.model_call`` step (the messages, the tools' names and the stop words; its answer the text).
 Structured output (``response_model``) and a crew's manager or planning LLM are not guarded.
+``CastorLLM`` (``castor.frameworks._castor_models.crewai``) is a CrewAI LLM answered by Castor's model
+provider (in the fleet, on the ``llm`` pool): ``guard`` leaves it as it is.
 
 CrewAI is not in Castor's ``dev`` extra, so CI does not run these tests: it pins ``openai<3`` while the
 OpenAI Agents SDK needs ``openai>=3`` (one environment cannot hold both), and it brings ~70 packages
@@ -37,6 +39,7 @@ from crewai.llms.base_llm import BaseLLM
 from crewai.tools import BaseTool
 
 from castor.errors import UnsupportedError
+from castor.frameworks._castor_models.crewai import CastorLLM
 from castor.frameworks._common import (
     ToolEntry,
     blocking,
@@ -106,9 +109,9 @@ class GuardedLLM(BaseLLM):
         return self.wrapped.get_context_window_size()
 
 
-def guard_llm(llm: BaseLLM) -> GuardedLLM:
-    """``llm`` with every call a journaled model step (guarded once)."""
-    if isinstance(llm, GuardedLLM):
+def guard_llm(llm: BaseLLM) -> BaseLLM:
+    """``llm`` with every call a journaled model step (guarded once; a ``CastorLLM`` as it is)."""
+    if isinstance(llm, GuardedLLM | CastorLLM):
         return llm
     return GuardedLLM(model=llm.model, wrapped=llm, stop=list(llm.stop or ()))
 
@@ -213,4 +216,4 @@ async def kickoff(crew: Crew, **kwargs: Any) -> Any:
     return await in_thread(guard(crew).kickoff, **kwargs)
 
 
-__all__ = ["GuardedLLM", "GuardedTool", "guard", "kickoff", "tools_of"]
+__all__ = ["CastorLLM", "GuardedLLM", "GuardedTool", "guard", "kickoff", "tools_of"]

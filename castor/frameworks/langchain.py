@@ -17,22 +17,29 @@ with the request in a canonical form (messages by role, content and tool calls; 
 call ids dropped) and rebuilds the ``AIMessage`` from the journaled response. A guarded tool asks
 Castor for the call; LangChain's tool error handling catches ``Exception`` only, so a suspension passes.
 A graph is guarded in place (its nodes' model and tools are replaced) and returned. Guarded objects work
-inside a Castor run and through the async API (``ainvoke``, ``astream``).
+inside a Castor run and through the async API (``ainvoke``, ``astream``, ``astream_events``).
+
+Streaming: a guarded chat model streams (``_astream``) whenever LangChain asks it to (``model.astream``, a
+graph streamed with ``stream_mode="messages"``, ``astream_events``): the wrapped model's chunks reach the
+caller as they arrive, and the whole message is journaled as one model step once the stream ends (the
+record a non-streamed call makes; a stream cut short is charged what it received). A replayed step
+yields the journaled message as one chunk without calling the model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, ToolMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableBinding, RunnableSequence
 from langchain_core.tools import BaseTool, StructuredTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from castor.errors import UnsupportedError
+from castor.frameworks._castor_models.langchain import CastorChatModel
 from castor.frameworks._common import (
     IdentityCache,
     ToolEntry,
@@ -47,6 +54,7 @@ from castor.frameworks._common import (
 )
 from castor.frameworks._conversations import Conversations
 from castor.frameworks._langchain_json import message_rest, rebuilt_message
+from castor.frameworks._langchain_stream import stream_message
 
 FRAMEWORK = "LangChain"
 _RUNTIME_ARGUMENTS = ("callbacks", "run_manager", "config")  # LangChain passes these itself when asked for
@@ -101,7 +109,7 @@ def canonical_request(messages: Sequence[BaseMessage], stop: list[str] | None, o
         request["tools"] = [_cached_tool(t) for t in tools]
     if stop:
         request["stop"] = canonical_part(list(stop))
-    rest = {k: v for k, v in options.items() if k != "tools"}
+    rest = {k: v for k, v in options.items() if k not in ("tools", "stream")}  # streamed or not: one request
     if rest:
         request["options"] = canonical_part(jsonable(rest))
     return request
@@ -193,6 +201,15 @@ class GuardedChatModel(BaseChatModel):
         _remember(result.generations[0].message, journaled)
         return result
 
+    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
+                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        """Stream the wrapped model's chunks as they arrive; the whole message is one journaled step."""
+        model = self.model_id or _model_ids(self.inner)
+        request = canonical_request(messages, stop, kwargs)
+        async for chunk in stream_message(self.inner, messages, stop, kwargs, request, model, response_json,
+                                          chat_result):
+            yield chunk
+
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Runnable:
         """Bind tools the way the guarded model does (its own ``bind_tools``), calls still guarded."""
         try:
@@ -205,8 +222,9 @@ class GuardedChatModel(BaseChatModel):
 
 
 def guard_model(model: BaseChatModel) -> BaseChatModel:
-    """``model`` with every call a journaled model step (a ``GuardedChatModel``; guarded once)."""
-    return model if isinstance(model, GuardedChatModel) else _guarded_models(model)
+    """``model`` with every call a journaled model step (a ``GuardedChatModel``; guarded once). A
+    ``CastorChatModel``'s calls are model steps already: it is returned as it is."""
+    return model if isinstance(model, GuardedChatModel | CastorChatModel) else _guarded_models(model)
 
 
 # An agent function builds its graph on every run (and again on resume): the guarded forms of the same
@@ -376,5 +394,5 @@ def guard(x: Any) -> Any:
                            f"agent, got {type(x).__name__}")
 
 
-__all__ = ["GuardedChatModel", "guard", "tools_of"]
+__all__ = ["CastorChatModel", "GuardedChatModel", "guard", "tools_of"]
 

@@ -17,7 +17,12 @@ the tools, the output schema, the handoffs and the settings, with the SDK's item
 response ids dropped; the ``ModelResponse`` is rebuilt from the journaled one. Every function tool call
 asks ``castor.lib.tool``. The SDK turns a tool's ``Exception`` into a message for the model; Castor's
 suspension is a ``BaseException`` and passes. A model given as a name is resolved by the SDK's default
-provider at ``guard()``. Streaming (``Runner.run_streamed``) is not guarded: it raises ``UnsupportedError``.
+provider at ``guard()``.
+
+Streaming (``Runner.run_streamed``): the guarded model's ``stream_response`` hands the wrapped model's
+events to the SDK as they arrive and journals the completed response as one model step (the record
+``get_response`` makes; a stream cut short is charged what it received); a replayed step is streamed
+as one ``response.completed`` event without calling the model.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessa
 from pydantic import TypeAdapter
 
 from castor.errors import UnsupportedError
+from castor.frameworks._castor_models.openai_agents import CastorModel
 from castor.frameworks._common import (
     IdentityCache,
     ToolEntry,
@@ -47,6 +53,7 @@ from castor.frameworks._common import (
     schema_function,
 )
 from castor.frameworks._conversations import EqualConversations
+from castor.frameworks._openai_agents_stream import stream_events
 from castor.llm import canonical_request as canonical_json
 from castor.llm.cost import NotPlain, plain_sized
 
@@ -196,18 +203,23 @@ class GuardedModel(Model):
             return live[-1][1]
         return model_response(journaled)  # replayed, or journaled first by another process driving the run
 
-    def stream_response(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        """Not guarded: a streamed response is not journaled as one step yet."""
-        raise UnsupportedError("a guarded Agents SDK model does not stream: use Runner.run, not run_streamed")
+    def stream_response(self, system_instructions: str | None, input: Any, model_settings: ModelSettings,
+                        tools: list[Any], output_schema: Any, handoffs: list[Handoff], tracing: Any,
+                        **kwargs: Any) -> AsyncIterator[Any]:
+        """Stream the wrapped model's events through Castor: one journaled step (from the journal on replay)."""
+        request = canonical_request(system_instructions, input, model_settings, tools, output_schema, handoffs)
+        arguments = (system_instructions, input, model_settings, tools, output_schema, handoffs, tracing)
+        return stream_events(self.wrapped, arguments, kwargs, request, self.model_id, response_json, model_response)
 
     async def close(self) -> None:
         """Close the wrapped model."""
         await self.wrapped.close()
 
 
-def guard_model(model: Model | str | None) -> GuardedModel:
-    """``model`` (a name: the SDK's default provider resolves it) with every response a journaled step."""
-    if isinstance(model, GuardedModel):
+def guard_model(model: Model | str | None) -> Model:
+    """``model`` (a name: the SDK's default provider resolves it) with every response a journaled step
+    (a ``CastorModel`` as it is: its responses are model steps already)."""
+    if isinstance(model, GuardedModel | CastorModel):
         return model
     if not isinstance(model, Model):
         name = model
@@ -349,4 +361,4 @@ def guard(x: Any) -> Any:
                            f"tools, got {type(x).__name__}")
 
 
-__all__ = ["GuardedModel", "guard", "tools_of"]
+__all__ = ["CastorModel", "GuardedModel", "guard", "tools_of"]

@@ -19,7 +19,12 @@ in an exception group: the guarded agent unwraps it, so the run suspends instead
 
 Tools registered with the agent are plain functions or ``Tool`` objects; a tool that takes pydantic-ai's
 ``RunContext`` is refused (Castor runs tools with the model's JSON arguments, possibly on a worker that
-has no run context). Streaming (``run_stream``) is not guarded: it raises ``UnsupportedError``.
+has no run context).
+
+Streaming (``run_stream``, ``run_stream_events``, ``iter`` with ``node.stream``): the guarded model's
+``request_stream`` reads the wrapped model's stream inside one model step, hands its part events to the
+agent as they arrive and journals the final ``ModelResponse`` (the record ``request`` makes; a stream
+cut short is charged what it received); a replayed step streams the journaled parts, the model not called.
 """
 
 from __future__ import annotations
@@ -32,7 +37,15 @@ from typing import Any
 
 from pydantic_ai import Tool
 from pydantic_ai.agent import AbstractAgent, WrapperAgent
-from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter, ModelResponse, TextPart, ToolCallPart
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelMessagesTypeAdapter,
+    ModelResponse,
+    PartDeltaEvent,
+    PartStartEvent,
+    TextPart,
+    ToolCallPart,
+)
 from pydantic_ai.models import Model, ModelRequestParameters
 from pydantic_ai.models.wrapper import WrapperModel
 from pydantic_ai.settings import ModelSettings
@@ -41,6 +54,7 @@ from pydantic_ai.toolsets.wrapper import WrapperToolset
 from pydantic_core import to_jsonable_python
 
 from castor.errors import UnsupportedError
+from castor.frameworks._castor_models.pydantic_ai import CastorModel
 from castor.frameworks._common import (
     IdentityCache,
     ToolEntry,
@@ -55,6 +69,7 @@ from castor.frameworks._common import (
 )
 from castor.frameworks._conversations import Conversations
 from castor.frameworks._pydantic_ai_json import compact, request_parts
+from castor.frameworks._pydantic_ai_stream import GuardedStreamedResponse, event_text
 
 FRAMEWORK = "pydantic-ai"
 # What pydantic-ai generates anew on every run (or what a replay rebuilds from the journal anyway).
@@ -175,15 +190,31 @@ class GuardedModel(WrapperModel):
         return live[-1][1] if live and live[-1][0] is journaled else model_response(journaled)
 
     @asynccontextmanager
-    async def request_stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        """Not guarded: a streamed response is not journaled as one step yet."""
-        raise UnsupportedError("a guarded pydantic-ai model does not stream: use agent.run / iter, not run_stream")
-        yield  # an async generator, as the base class's
+    async def request_stream(
+        self, messages: list[ModelMessage], model_settings: ModelSettings | None,
+        model_request_parameters: ModelRequestParameters, run_context: Any = None,
+    ) -> AsyncIterator[Any]:
+        """Stream the wrapped model through Castor: one journaled step (its journaled parts on replay)."""
+
+        async def opened(stream: GuardedStreamedResponse, emit: Any) -> ModelResponse:
+            async with self.wrapped.request_stream(messages, model_settings, model_request_parameters,
+                                                   run_context) as live:
+                stream.attach(live)
+                async for event in live:
+                    if isinstance(event, PartStartEvent | PartDeltaEvent):  # the others are the agent's to make
+                        emit(event, event_text(event))
+                return live.get()
+
+        yield GuardedStreamedResponse(
+            model_request_parameters=model_request_parameters, model=self.wrapped.model_name or "model",
+            request=canonical_request(messages, model_settings, model_request_parameters), opened=opened,
+            to_json=response_json, from_json=model_response,
+        )
 
 
-def guard_model(model: Model | str) -> GuardedModel:
-    """``model`` with every request a journaled model step (guarded once)."""
-    return model if isinstance(model, GuardedModel) else GuardedModel(model)
+def guard_model(model: Model | str) -> Model:
+    """``model`` with every request a journaled model step (guarded once; a ``CastorModel`` as it is)."""
+    return model if isinstance(model, GuardedModel | CastorModel) else GuardedModel(model)
 
 
 # --- tools --------------------------------------------------------------------------------------------
@@ -319,4 +350,4 @@ def guard(x: Any) -> Any:
                            f"got {type(x).__name__}")
 
 
-__all__ = ["GuardedAgent", "GuardedModel", "GuardedToolset", "guard", "tools_of"]
+__all__ = ["CastorModel", "GuardedAgent", "GuardedModel", "GuardedToolset", "guard", "tools_of"]

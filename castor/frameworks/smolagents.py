@@ -18,6 +18,10 @@ content, tool calls), the tools and the stop sequences; the ``ChatMessage`` is r
 Every tool call asks ``castor.lib.tool``; smolagents turns a tool's ``Exception`` into an error for the
 model, Castor's suspension is a ``BaseException`` and passes. ``final_answer`` (the agent's own way to
 end) is not a Castor tool. A ``CodeAgent`` runs model-written Python, not tool calls: it is refused.
+
+Streaming (``stream_outputs=True``): the guarded model's ``generate_stream`` is one model step; the
+wrapped model's deltas cross to the agent's thread as they arrive, the message they add up to is
+journaled, and a replayed step is one delta holding the journaled message, the model not called.
 """
 
 from __future__ import annotations
@@ -25,13 +29,23 @@ from __future__ import annotations
 import asyncio
 import copy
 import inspect
+import json
+from collections.abc import Iterator
 from typing import Any
 
 from smolagents import CodeAgent, MultiStepAgent, Tool
-from smolagents.models import ChatMessage, Model
+from smolagents.models import (
+    ChatMessage,
+    ChatMessageStreamDelta,
+    ChatMessageToolCallFunction,
+    ChatMessageToolCallStreamDelta,
+    Model,
+    agglomerate_stream_deltas,
+)
 from smolagents.monitoring import TokenUsage
 
 from castor.errors import UnsupportedError
+from castor.frameworks._castor_models.smolagents import CastorModel
 from castor.frameworks._common import (
     IdentityCache,
     ToolEntry,
@@ -46,6 +60,7 @@ from castor.frameworks._common import (
     schema_signature,
 )
 from castor.frameworks._conversations import EqualConversations
+from castor.frameworks._streaming import Emit, StreamStep, stream_in_thread
 from castor.llm import canonical_request as canonical_json
 from castor.llm.cost import NotPlain, plain_sized
 
@@ -162,14 +177,48 @@ class GuardedModel(Model):
         """The wrapped model's parsing of tool calls written as text."""
         return self.wrapped.parse_tool_calls(message)
 
-    def generate_stream(self, *args: Any, **kwargs: Any) -> Any:
-        """Not guarded: a streamed response is not journaled as one step yet."""
-        raise UnsupportedError("a guarded smolagents model does not stream: build the agent with stream_outputs=False")
+    def generate_stream(self, messages: list[Any], stop_sequences: list[str] | None = None,
+                        response_format: Any = None, tools_to_call_from: list[Tool] | None = None,
+                        **kwargs: Any) -> Iterator[ChatMessageStreamDelta]:
+        """Stream the wrapped model through Castor, from the agent's thread: one journaled step (the
+        journaled message as one delta on replay)."""
+        model = str(self.model_id)
+        request = canonical_request(messages, stop_sequences, response_format, tools_to_call_from, kwargs)
+
+        async def run(emit: Emit) -> dict[str, Any]:
+            loop = asyncio.get_running_loop()
+            deltas: list[ChatMessageStreamDelta] = []
+
+            def read() -> None:  # the wrapped model's stream is synchronous: read in a thread
+                for delta in self.wrapped.generate_stream(messages, stop_sequences=stop_sequences,
+                                                          response_format=response_format,
+                                                          tools_to_call_from=tools_to_call_from, **kwargs):
+                    deltas.append(delta)
+                    loop.call_soon_threadsafe(emit, delta, delta.content or "")
+
+            await asyncio.to_thread(read)
+            return response_json(agglomerate_stream_deltas(deltas), model)
+
+        return stream_in_thread(FRAMEWORK, lambda: StreamStep(request, model, run, canonical=False), _whole_delta,
+                                _RUNNER)
 
 
-def guard_model(model: Model) -> GuardedModel:
-    """``model`` with every ``generate`` a journaled model step (guarded once)."""
-    return model if isinstance(model, GuardedModel) else GuardedModel(model)
+def _whole_delta(journaled: dict[str, Any]) -> list[ChatMessageStreamDelta]:
+    """A journaled message as one stream delta (its tool calls' arguments as JSON text, as deltas carry them)."""
+    message = chat_message(journaled)
+    calls = [
+        ChatMessageToolCallStreamDelta(index=i, id=c.id, type=c.type, function=ChatMessageToolCallFunction(
+            name=c.function.name, arguments=c.function.arguments if isinstance(c.function.arguments, str)
+            else json.dumps(c.function.arguments)))
+        for i, c in enumerate(message.tool_calls or ())
+    ]
+    content = message.content if isinstance(message.content, str) else None
+    return [ChatMessageStreamDelta(content=content, tool_calls=calls or None, token_usage=message.token_usage)]
+
+
+def guard_model(model: Model) -> Model:
+    """``model`` with every ``generate`` a journaled model step (guarded once; a ``CastorModel`` as it is)."""
+    return model if isinstance(model, GuardedModel | CastorModel) else GuardedModel(model)
 
 
 # --- tools --------------------------------------------------------------------------------------------
@@ -263,8 +312,6 @@ def guard_agent(agent: MultiStepAgent) -> MultiStepAgent:
     if isinstance(agent, CodeAgent):
         raise UnsupportedError("a smolagents CodeAgent runs model-written Python, not tool calls Castor can "
                                "journal: use a ToolCallingAgent")
-    if getattr(agent, "stream_outputs", False):
-        raise UnsupportedError("a guarded smolagents agent does not stream: build it with stream_outputs=False")
     for t in _user_tools(agent):
         agent.tools[t.name] = guard_tool(t)
     for managed in agent.managed_agents.values():
@@ -292,4 +339,4 @@ async def run(agent: MultiStepAgent, task: str, **kwargs: Any) -> Any:
     return await in_thread(guard_agent(agent).run, task, **kwargs)
 
 
-__all__ = ["GuardedModel", "guard", "run", "tools_of"]
+__all__ = ["CastorModel", "GuardedModel", "guard", "run", "tools_of"]

@@ -20,8 +20,8 @@ run; the claim is taken in one atomic step with a look at the journal (``Journal
   lease could not write (``StaleLeaseError`` once the call was charged): the tool ran, its result is lost.
 
 A model call a fleet coordinator makes in its own process (a framework's model, ``castor.kernel.model``) is
-claimed too, with its own answer for a holder that is gone: in doubt, the step fails (it may have been
-answered and billed) and is never made again.
+claimed too, with its own answer for a holder that is gone (``castor.kernel.model_doubt``): by default it is
+made again, once, in a round of its own (the first call stays charged); or a human decides; or it fails.
 
 Besides gated calls, a coordinator that runs tools itself (``--executor local``) claims every
 non-idempotent call (``Backend.leased``): the drive that takes a run over (another coordinator, or this
@@ -85,11 +85,12 @@ def holder_gone(found: StepClaim) -> bool:
 
 
 async def run_claimed(
-    call: Syscall, inner: Handler, *, in_doubt: Callable[[Syscall, StepClaim], Awaitable[None]] | None = None
+    call: Syscall, inner: Handler, *, in_doubt: Callable[[Syscall, StepClaim], Awaitable[bool]] | None = None
 ) -> Any:
     """Run ``call`` through ``inner`` only if this process claims its step; else take the step's record.
-    ``in_doubt(call, found)`` (it raises) answers a step whose holder is gone, in place of the tools' rules
-    (run again if idempotent or sent to a worker, else ask a human): a model call's."""
+    ``in_doubt(call, found)`` answers a step whose holder is gone, in place of the tools' rules (run again if
+    idempotent or sent to a worker, else ask a human): a model call's. It raises, or returns True to run the
+    call again in the round it set (``call.attempt``, above the lost holder's: the claim is taken over)."""
     ctx = call.ctx
     journal: Journal = ctx.journal
     holder, replace = new_holder(), ""
@@ -102,8 +103,9 @@ async def run_claimed(
         if not holder_gone(found):
             await asyncio.sleep(POLL)
             continue
-        if in_doubt is not None:
-            await in_doubt(call, found)
+        if in_doubt is not None and await in_doubt(call, found):
+            replace = found.holder
+            continue
         spec = call.spec
         if (spec is not None and spec.idempotent) or ctx.services.executor.writes_journal:
             # Run it again under a claim of our own, taken over atomically. An executor that journals

@@ -37,6 +37,16 @@ class Suspend(BaseException):
         self.step = step
 
 
+class RunEnding(BaseException):
+    """A run-ending Castor error (``error``: a replay divergence, a refused model call, ...) carried past a
+    framework's ``except Exception``, which would hand it to the model as a tool's result; the runner ends
+    the run with ``error`` itself (``castor.frameworks``)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 @dataclass(slots=True, init=False)
 class Syscall(ToolCall):
     """One tool call on its way through the kernel's handler chain: the ``ToolCall`` the executor is

@@ -25,6 +25,8 @@ from castor.kernel import approvals, children, runner
 from castor.kernel.chain import build_chain
 from castor.kernel.context import Handler, Interceptor, Services
 from castor.kernel.model import ModelServices, build_model_chain
+from castor.kernel.model_doubt import check_policy
+from castor.kernel.model_pool import on_pool
 from castor.kernel.runner import CastorTask
 from castor.llm.cost import TOKEN_RESOURCES, price_table
 from castor.llm.wrapper import LLMSyscall
@@ -60,6 +62,7 @@ class Castor:
         interceptors: Sequence[Interceptor] = (),
         llm_prices: Mapping[str, Any] | None = None,
         llm_timeout: float | None = None,
+        llm_in_doubt: str | None = None,  # a model call whose process was lost: "retry", "ask" or "fail"
         mmu: Any = None,
         **compat: Any,
     ) -> None:
@@ -119,6 +122,9 @@ class Castor:
                 chain=build_model_chain(interceptors),
                 default_model=str(getattr(provider, "model", "") or ""),
                 on_pool=built.writes_journal and getattr(built, "model_provider", None) is not None,
+                pool_call=on_pool,
+                # A fleet executor brings its config's [llm] in_doubt.
+                in_doubt=check_policy(llm_in_doubt or getattr(built, "model_in_doubt", None) or "retry"),
             ),
             # Checkpoints this kernel drove, while someone still holds them: the store has the rest, so a
             # long-lived kernel (a coordinator) does not keep every run it ever drove in memory.

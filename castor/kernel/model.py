@@ -17,8 +17,10 @@ kernel's provider goes to the executor, which sends it to a worker of ``[llm] po
 provider under the fleet's rate limits, settles the reservation and journals the step with the same record
 builder (``castor.fleet.workers._models``), and this process takes the journaled record. Anything else (an
 embedded kernel, a model of the agent's own passed as ``invoke``) is called in this process; on a leased
-store (a fleet coordinator's drive) claimed first, so the drive that takes the run over finds a call still
-in flight in doubt rather than calling and paying for it a second time.
+store (a fleet coordinator's drive) claimed first, so the drive that takes the run over knows a call was in
+flight when its process was lost. Such a call is *in doubt* (it may have been answered and billed): by
+default made once more with the first call still charged, or a human decides, or it fails
+(``[llm] in_doubt``: ``castor.kernel.model_doubt``). The pool's path is ``castor.kernel.model_pool``.
 """
 
 from __future__ import annotations
@@ -29,11 +31,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from castor._redact import redact
-from castor.checkpoint import USAGE_STRIDE, StepFailure, bounded_arguments
-from castor.errors import CastorError, InDoubtError, RemoteToolError, ToolTimeoutError
+from castor.checkpoint import StepFailure, bounded_arguments
 from castor.kernel.chain import wrap
-from castor.kernel.claims import IN_DOUBT_UNFINISHED, run_claimed
+from castor.kernel.claims import run_claimed
 from castor.kernel.context import Handler, Interceptor, RunContext, Syscall
+from castor.kernel.model_doubt import claim_lost, decided, plus, recharge
 from castor.kernel.steps import answer, replay
 from castor.llm.cost import (
     DEFAULT_MAX_TOKENS,
@@ -44,8 +46,14 @@ from castor.llm.cost import (
     reservation,
     usage_from,
 )
-from castor.llm.types import MalformedResponseError, ModelCallError, ModelResponse, ModelTimeoutError, response_dict
-from castor.seams import StepClaim
+from castor.llm.types import (
+    MalformedResponseError,
+    ModelCallError,
+    ModelResponse,
+    ModelTimeoutError,
+    naming,
+    response_dict,
+)
 
 MODEL_PREFIX = "model:"
 Invoke = Callable[[dict[str, Any]], Awaitable[Any]]
@@ -63,12 +71,17 @@ class ModelServices:
     # The executor sends model calls to the fleet's [llm] pool (a Celery executor whose config names a
     # provider: castor.llm.fleet); else the kernel's provider is called in this process.
     on_pool: bool = False
+    # A call whose process was lost mid-call: "retry" (made once more), "ask" (a human decides), "fail"
+    # (castor.kernel.model_doubt).
+    in_doubt: str = "retry"
+    # How a call goes to the pool (castor.kernel.model_pool.on_pool, which builds on this module).
+    pool_call: Callable[[Any], Awaitable[Any]] | None = None
 
     def call(
         self, ctx: RunContext, model: str, request: dict[str, Any], *, invoke: Invoke | None = None,
         max_tokens: int | None = None, timeout: float | None = None,
         partial: Callable[[], dict[str, Any] | None] | None = None, via_provider: bool | None = None,
-        flat: FlatPrice | None = None, canonical: bool = False,
+        flat: FlatPrice | None = None, canonical: bool = False, chunk: Callable[[str], None] | None = None,
     ) -> Awaitable[Any]:
         """Run a model call at the run's next step through the model chain (``castor.lib.model_call``).
 
@@ -78,6 +91,7 @@ class ModelServices:
         assert self.chain is not None
         syscall = self.syscall(ctx, model, request, invoke=invoke, max_tokens=max_tokens, timeout=timeout,
                                partial=partial, via_provider=via_provider, flat=flat, canonical=canonical)
+        syscall.chunk = chunk
         return self.chain(syscall)
 
     def syscall(
@@ -125,6 +139,10 @@ class ModelSyscall(Syscall):
     # to copy, usage as reported): castor.lib.complete returns it rather than building it again.
     typed: Any
     flat: FlatPrice | None  # castor-kernel 0.5.1's price per call (castor.llm.wrapper), beside the tokens
+    reserved: dict[str, float]  # the most the call may cost (every resource), reserved by the budget stage
+    redo: bool  # the call went in doubt and is made again (castor.kernel.model_doubt)
+    spent: dict[str, float] | None  # a call made again: the first call's charge, held beside the new one
+    chunk: Callable[[str], None] | None  # a stream's receiver of each chunk of text (castor.lib.stream)
 
     def __init__(self, run_id: str, step: int, tool_name: str, arguments: dict[str, Any], ctx: RunContext) -> None:
         Syscall.__init__(self, run_id, step, tool_name, arguments, ctx)
@@ -132,6 +150,10 @@ class ModelSyscall(Syscall):
         self.canonical = False
         self.typed = None
         self.flat = None
+        self.reserved = {}
+        self.redo = False
+        self.spent = None
+        self.chunk = None
 
 
 def build_model_chain(interceptors: Iterable[Interceptor] = ()) -> Handler:
@@ -210,7 +232,13 @@ async def budget(call: Syscall, inner: Handler) -> Any:
             },
         )
     call.charged = tracked
+    call.reserved = reserve
     try:
+        in_doubt = ctx.checkpoint.in_doubt
+        if in_doubt and call.step in in_doubt:  # a human was asked whether to make it again ([llm] in_doubt)
+            rejected = await decided(call)
+            if rejected is not None:
+                return rejected
         return await inner(call)
     except BaseException:
         if tracked and not call.settled:
@@ -228,18 +256,24 @@ def execute(call: Syscall) -> Awaitable[Any]:
     assert isinstance(call, ModelSyscall)
     services = call.ctx.services
     if call.via_provider and call.models.on_pool:
-        return _on_pool(call)
+        return call.models.pool_call(call)  # type: ignore[misc]  # castor.kernel.model_pool.on_pool
     if services.backend.leased:
-        return run_claimed(call, _call_here, in_doubt=_in_doubt)  # type: ignore[arg-type]
+        return run_claimed(call, _call_here, in_doubt=claim_lost)  # type: ignore[arg-type]
     return _call_here(call)
 
 
 async def _call_here(call: ModelSyscall) -> Any:
     """Call the model, settle the reservation to the usage reported and journal request and response."""
     ctx = call.ctx
+    if call.redo:  # made again after going in doubt: the first call stays charged beside this one
+        refused = await recharge(call)
+        if refused is not None:
+            return refused
     models = call.models
     request: dict[str, Any] = call.arguments["request"]
-    invoke = call.invoke or models.provider.complete
+    invoke = call.invoke
+    if invoke is None:
+        invoke, request = models.provider.complete, naming(request, call.model, models.provider)
     timeout = call.timeout if call.timeout is not None else models.timeout
     try:
         if timeout is None:
@@ -254,7 +288,7 @@ async def _call_here(call: ModelSyscall) -> Any:
                 ) from exc
         response = result if call.canonical and type(result) is dict else response_dict(result)
     except BaseException as exc:
-        await _failed(call, exc)
+        await record_failed(call, exc)
         raise
     # Settled and journaled here rather than in helpers: one coroutine frame on every live model step.
     input_tokens, output_tokens, estimated = usage_from(response, request)
@@ -265,76 +299,17 @@ async def _call_here(call: ModelSyscall) -> Any:
         actual = call.flat.add_to(actual, call.flat.cost)
     if call.charged:
         settle_in_store = getattr(ctx.budgets, "settle", None)
+        held = actual if call.spent is None else plus(call.spent, actual)
         if settle_in_store is not None:  # the store's own, awaited here: no coroutine frame of settle()'s
-            await settle_in_store(ctx.run_id, call.step, actual, ctx.scopes)
+            await settle_in_store(ctx.run_id, call.step, held, ctx.scopes)
         else:
-            await settle(call, actual)
+            await settle(call, held)
     call.settled = True
     call.charged = actual  # the record holds what the call used (the store's ledgers hold what they track of it)
     record = await ctx.commit(call.step, call.record(response))
     if type(result) is ModelResponse and not estimated and not result.tool_calls and record.response is response:
         call.typed = result
     return record.response
-
-
-async def _on_pool(call: ModelSyscall) -> Any:
-    """Send the call to a worker of the ``llm`` pool, which calls the provider under the fleet's rate limits,
-    settles the reservation to the usage reported and journals the step (``castor.fleet.workers._models``):
-    this process takes the journaled record. A step the worker answered from the journal (a takeover's
-    second send) is not called again, nor charged again."""
-    ctx = call.ctx
-    step = call.step
-    if step % USAGE_STRIDE == USAGE_STRIDE - 1 and len(ctx.checkpoint.syscall_log) == step:
-        call.usage = dict(ctx.usage)  # the run's usage before the step: the worker adds what the call used
-    try:
-        await ctx.services.executor.execute(call)
-    except Exception as exc:
-        failure = StepFailure(
-            step=step, tool_name=call.tool_name, arguments=bounded_arguments(redact(call.arguments, frozenset())),
-            error_type=getattr(exc, "error_type", "") or type(exc).__name__,
-            message=getattr(exc, "tool_message", "") or str(exc),
-        )
-        ctx.checkpoint.failures.append(failure)
-        if not (isinstance(exc, CastorError) and exc.failure_journaled):
-            await ctx.services.backend.journal.record_failure(ctx.run_id, failure)
-        raise _model_error(call, exc) from exc
-    call.settled = True  # by the worker, before it journaled the step
-    record = await ctx.journal.get(ctx.run_id, step)
-    if record is None:
-        raise ModelCallError(f"model {call.model!r} answered (run {ctx.run_id}, step {step}) but left no record")
-    committed = await ctx.commit(step, record, stored=True)
-    return committed.response
-
-
-def _model_error(call: ModelSyscall, exc: Exception) -> Exception:
-    """What the agent gets for a model call that failed on the pool: a ``ModelCallError`` (a timeout a
-    ``ModelTimeoutError``); a step in doubt or a refused task as the executor raised it."""
-    if isinstance(exc, ToolTimeoutError):
-        error: CastorError = ModelTimeoutError(f"model {call.model!r} on the llm pool: {exc}")
-    elif isinstance(exc, RemoteToolError):
-        error = ModelCallError(f"model {call.model!r} on the llm pool: {exc.error_type}: {exc.tool_message}")
-    else:
-        return exc
-    error.failure_journaled = True
-    return error
-
-
-async def _in_doubt(call: Syscall, found: StepClaim) -> None:
-    """A model call another drive started and never finished (its process is gone): it may have been
-    answered and billed, so it is not made again. The step fails in doubt (journaled), never retried."""
-    ctx = call.ctx
-    message = (
-        f"{IN_DOUBT_UNFINISHED}: model call {call.tool_name!r} (run {ctx.run_id}, step {call.step}) was started "
-        f"by {found.holder}, whose process was lost; it is not made a second time"
-    )
-    failure = StepFailure(step=call.step, tool_name=call.tool_name,
-                          arguments=bounded_arguments(redact(call.arguments, frozenset())),
-                          error_type="InDoubtError", message=message)
-    ctx.checkpoint.failures.append(failure)
-    await ctx.services.backend.journal.record_failure(ctx.run_id, failure)
-    error = InDoubtError(message)
-    error.failure_journaled = True
-    raise error
 
 
 async def settle(call: ModelSyscall, actual: Mapping[str, float]) -> None:
@@ -354,7 +329,7 @@ async def settle(call: ModelSyscall, actual: Mapping[str, float]) -> None:
         await store.charge(ctx.run_id, call.step, used, ctx.scopes)
 
 
-async def _failed(call: ModelSyscall, exc: BaseException) -> None:
+async def record_failed(call: ModelSyscall, exc: BaseException) -> None:
     """Journal a failed model call for audit; a stream that failed part way is charged what it received."""
     ctx = call.ctx
     partial = call.partial() if call.partial is not None else None
@@ -368,7 +343,8 @@ async def _failed(call: ModelSyscall, exc: BaseException) -> None:
         used = cost_of_tokens(call.models.prices.get(call.model), input_tokens, output_tokens)
         if call.flat is not None:
             used = call.flat.add_to(used, call.flat.part(int(partial.get("chunks") or 0)))
-        await settle(call, used)
+    if partial is not None or call.spent is not None:  # a call made again: its first call stays charged
+        await settle(call, plus(call.spent, used))
     if not isinstance(exc, Exception) and not used:
         return  # cancelled or preempted with nothing to pay: the runner records the stop
     # Journaled with its charge (the run's usage counts it: StepFailure.charged), so a resumed run's budget

@@ -22,7 +22,7 @@ from castor._terminal import save_run, save_started, stored_run
 from castor.checkpoint import FINISHED, AgentCheckpoint, Capability
 from castor.errors import ConfigError, JournalConflictError, RunNotFoundError
 from castor.kernel.claims import driving
-from castor.kernel.context import RunContext, Services, Suspend, current_run
+from castor.kernel.context import RunContext, RunEnding, Services, Suspend, current_run
 from castor.lib.proxy import SyscallProxy
 
 log = logging.getLogger("castor.run")
@@ -178,6 +178,10 @@ async def drive(ctx: RunContext, agent: Callable[..., Any], preempted: list[Any]
             result = await result
     except Suspend:
         cp.status = "SUSPENDED_FOR_HITL"
+    except RunEnding as carried:  # carried past a framework's except Exception: the run fails with it
+        error = carried.error
+        cp.status = "FAILED"
+        cp.error = f"{type(error).__name__}: {error}"
     except asyncio.CancelledError as exc:
         cp.status = "PREEMPTED"
         reason, payload = preempted if preempted else ("cancelled", None)

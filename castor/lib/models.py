@@ -83,8 +83,11 @@ def _prepared(request: Mapping[str, Any], model: str, canonical: bool = False) -
 
 
 def _checked(response: Any) -> dict[str, Any]:
-    if response.get("status") == "INSUFFICIENT_CAPABILITY":
+    status = response.get("status")
+    if status == "INSUFFICIENT_CAPABILITY":
         raise ModelRefusedError(response)
+    if status == "HITL_REJECTED":  # a call in doubt a human said not to make again (castor.kernel.model_doubt)
+        raise ModelCallError(f"model call in doubt, rejected: {response.get('human_feedback') or 'no reason given'}")
     return response  # the journaled response: a dict
 
 

@@ -5,6 +5,8 @@ budget reserves before the provider is contacted, the whole response is journale
 and a replayed step yields the journaled text at once, without calling the model. A stream that fails or
 is preempted part way is charged for what it received (the prompt, and the text so far counted offline);
 its partial text is kept in the run's ``partial_work`` and in the failure's message (``castor inspect``).
+In a fleet whose ``llm`` pool answers the kernel's model calls, the pool's worker forwards each chunk as the
+provider sends it (``castor.llm.chunks``): the agent reads them as they come, as in one process.
 An agent that stops reading early should close the stream (``async with contextlib.aclosing(stream(...))``):
 closing waits for the call to end, so its step is journaled before the agent's next one.
 """
@@ -19,7 +21,7 @@ from typing import Any
 from castor.kernel.context import active_run
 from castor.lib.models import _checked, _model_id, _models, build_request
 from castor.llm.cost import FlatPrice, estimate_prompt, estimate_tokens
-from castor.llm.types import ModelCallError, canonical_request
+from castor.llm.types import ModelCallError, canonical_request, naming
 
 _DONE = object()
 
@@ -70,7 +72,7 @@ async def streamed(
     # The step is claimed here, in call order; the chain runs beside the agent while it reads the chunks.
     call = models.call(
         ctx, model, request, invoke=receiver.invoke, max_tokens=max_tokens, timeout=timeout,
-        partial=receiver.partial, via_provider=not own, flat=flat,
+        partial=receiver.partial, via_provider=not own, flat=flat, chunk=receiver.put,
     )
     task = asyncio.ensure_future(call)
     task.add_done_callback(lambda _: receiver.queue.put_nowait(_DONE))
@@ -91,8 +93,11 @@ async def streamed(
                 await task
         raise
     response = _checked(task.result())
-    if not receiver.received and response.get("text"):
-        yield response["text"]  # a replayed step, or a provider that does not stream: the whole text
+    text, got = str(response.get("text") or ""), "".join(receiver.received)
+    if len(text) > len(got) and text.startswith(got):
+        # A replayed step, or a provider that does not stream: the whole text. A stream that lost chunks on
+        # the way (the fleet's chunk stream is bounded): the rest of the journaled text.
+        yield text[len(got):]
 
 
 class _Receiver:
@@ -105,16 +110,21 @@ class _Receiver:
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
         self.received: list[str] = []
 
+    def put(self, text: str) -> None:
+        """One chunk of text, to the agent (the fleet's ``llm`` pool forwards them here as they come)."""
+        self.received.append(text)
+        self.queue.put_nowait(text)
+
     async def invoke(self, request: dict[str, Any]) -> Any:
         """The model call: the chunks go to the queue as they come; the whole response is returned."""
+        request = naming(request, self.model, self.provider)
         produce = getattr(self.provider, "stream", None)
         if produce is None:  # a provider that cannot stream answers in one piece
             return await self.provider.complete(request)
         final = None
         async for item in produce(request):
             if isinstance(item, str):
-                self.received.append(item)
-                self.queue.put_nowait(item)
+                self.put(item)
             else:
                 final = item
         if final is None:

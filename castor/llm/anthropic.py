@@ -13,12 +13,13 @@ from castor.llm.types import MalformedResponseError, ModelCallError, ModelRespon
 ANTHROPIC_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
 _FINISH = {"end_turn": "stop", "tool_use": "tool_calls", "max_tokens": "length", "stop_sequence": "stop"}
-_TRANSLATED = ("messages", "tools", "max_tokens", "model")
+_TRANSLATED = ("messages", "tools", "max_tokens", "model", "tool_choice", "stop")
 
 
 class Anthropic(HTTPProvider):
     """Claude models. ``api_key`` defaults to ``$ANTHROPIC_API_KEY`` (required for api.anthropic.com);
-    ``client`` takes an ``httpx.AsyncClient`` of your own; ``models``, if given, the only ids allowed."""
+    ``client`` takes an ``httpx.AsyncClient`` of your own; ``models``, if given, the only ids allowed
+    besides ``model``."""
 
     name = "Anthropic API"
 
@@ -38,7 +39,8 @@ class Anthropic(HTTPProvider):
         headers = {"anthropic-version": API_VERSION, **({"x-api-key": key} if key else {})}
         super().__init__(base_url, headers, timeout, client)
         self.model = model
-        self.models = frozenset(models)
+        models = frozenset(models)
+        self.models = models | {model} if models else models  # its own default is always served
 
     def body(self, request: dict[str, Any]) -> dict[str, Any]:
         """The Messages API body of a request in Castor's neutral form: system messages become ``system``,
@@ -76,6 +78,11 @@ class Anthropic(HTTPProvider):
                 {"name": t["name"], "description": t.get("description", ""), "input_schema": t.get("parameters")}
                 for t in request["tools"]
             ]
+        if request.get("tool_choice") is not None:
+            body["tool_choice"] = _tool_choice(request["tool_choice"])
+        if request.get("stop"):
+            stop = request["stop"]
+            body["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
         body.update({k: v for k, v in request.items() if k not in _TRANSLATED})
         return body
 
@@ -145,3 +152,15 @@ def parse(data: dict[str, Any], model: str) -> ModelResponse:
                                                                                   "the model")))
     stop = str(data.get("stop_reason") or "end_turn")
     return ModelResponse("".join(text), tuple(calls), usage, readable["model"], _FINISH.get(stop, stop))
+
+
+def _tool_choice(choice: Any) -> Any:
+    """A request's ``tool_choice`` (the OpenAI API's form, as the framework models send it) the Messages
+    API's way: ``required`` is ``any``, a function named is a ``tool``; its own form passes as it is."""
+    if choice in ("auto", "none"):
+        return {"type": choice}
+    if choice == "required":
+        return {"type": "any"}
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        return {"type": "tool", "name": (choice.get("function") or {}).get("name", "")}
+    return choice

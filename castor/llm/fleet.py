@@ -11,9 +11,12 @@ by default), so API keys live on those workers and never on a coordinator. Both 
   ``base_url`` and the key in the environment variable ``api_key_env`` names, and calls it under the
   fleet's rate limiter (``castor.fleet.workers._models``).
 
-A model that lives in the agent's process (``model_call(invoke=...)``: a framework's model object) is
-called there, as in an embedded run. Imported only where a fleet is configured: nothing here loads httpx
-until a worker builds its provider.
+A model that lives in the agent's process (``model_call(invoke=...)``: a framework's own model object) is
+called there, as in an embedded run: in the fleet, in the coordinator's process. A framework agent whose
+model is Castor's (``castor.frameworks.langchain.CastorChatModel``, the other frameworks' ``CastorModel``)
+calls the kernel's provider instead, so its calls run on the pool too. Without a fleet executor (``castor
+run`` on its own), the kernel calls the provider ``local_provider`` builds, with this process's key.
+Imported only where a fleet is configured: nothing here loads httpx until a provider is built.
 """
 
 from __future__ import annotations
@@ -62,6 +65,46 @@ def model_provider(settings: Any) -> FleetModel | None:
     if llm.provider is None:
         return None
     return FleetModel(llm.model, frozenset(llm.models), price_table(llm.prices), llm.timeout)
+
+
+class LocalModel:
+    """The ``[llm]`` provider of a kernel that calls it in its own process, built at its first call: a
+    command that calls no model (an approval of a run without model steps to make) needs no key."""
+
+    name = "llm provider"
+
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+        self.model = settings.llm.model
+        self.models = frozenset({self.model, *settings.llm.models})
+        self._provider: Any = None
+
+    def provider(self) -> Any:
+        """The provider ``build_provider`` makes (once); ``ModelCallError`` if the config cannot make one."""
+        if self._provider is None:
+            self._provider = build_provider(self.settings, self.model)
+        return self._provider
+
+    async def complete(self, request: dict[str, Any]) -> Any:
+        """The provider's answer (the request's ``model``, if it names one, is the model asked)."""
+        return await self.provider().complete(request)
+
+    def stream(self, request: dict[str, Any]) -> Any:
+        """The provider's streamed answer."""
+        return self.provider().stream(request)
+
+    async def aclose(self) -> None:
+        """Close the provider's connections, if it was built."""
+        aclose = getattr(self._provider, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def local_provider(settings: Any) -> LocalModel | None:
+    """The provider a kernel that runs its tools in its own process (``castor run``, ``approve``, ``fork``
+    without a fleet executor) calls for its model calls: ``[llm] provider`` with the key in this process's
+    environment, serving ``[llm] model`` and ``models``; None when ``[llm]`` names no provider."""
+    return LocalModel(settings) if settings.llm.provider is not None else None
 
 
 def model_timeout(settings: Any, tool: str) -> float:

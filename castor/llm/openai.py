@@ -18,7 +18,7 @@ class OpenAICompatible(HTTPProvider):
 
     ``api_key`` defaults to ``$OPENAI_API_KEY``; it is required for api.openai.com only (a local server may
     need none). ``client`` takes an ``httpx.AsyncClient`` of your own (a proxy, a mock transport).
-    ``models``, if given, are the only ids the kernel lets calls use.
+    ``models``, if given, are the only ids besides ``model`` the kernel lets calls use.
     """
 
     name = "OpenAI-compatible server"
@@ -40,7 +40,8 @@ class OpenAICompatible(HTTPProvider):
         auth = {"Authorization": f"Bearer {key}"} if key else {}
         super().__init__(base_url, {**auth, **(headers or {})}, timeout, client)
         self.model = model
-        self.models = frozenset(models)
+        models = frozenset(models)
+        self.models = models | {model} if models else models  # its own default is always served
 
     def body(self, request: dict[str, Any], model: str | None = None) -> dict[str, Any]:
         """The chat completions body of a request in Castor's neutral form."""

@@ -15,7 +15,10 @@ class Provider(Protocol):
 
     A request is ``{"messages": [{"role", "content", ...}], "tools": [{"name", "description",
     "parameters"}], "max_tokens": n, ...}``; an assistant message may carry ``tool_calls``
-    (``[{"id", "name", "arguments"}]``) and a ``tool`` message a ``tool_call_id``. ``model`` is the model id
+    (``[{"id", "name", "arguments"}]``) and a ``tool`` message a ``tool_call_id``; other options go by the
+    OpenAI API's names (``temperature``, ``top_p``, ``stop``, ``tool_choice``: ``auto``, ``none``,
+    ``required`` or ``{"type": "function", "function": {"name"}}``), which a provider translates to its
+    API's. ``model`` is the model id
     calls use by default; ``models``, if not empty, the only ids it serves. A provider that streams also
     has ``stream(request)``, an async iterator of text chunks whose last item is the whole ``ModelResponse``.
     """

@@ -201,3 +201,12 @@ def messages_of(prompt: str | None, messages: Iterable[Mapping[str, Any]] | None
     if not out:
         raise ModelCallError("a model call needs a prompt or messages")
     return out
+
+
+def naming(request: dict[str, Any], model: str, provider: Any) -> dict[str, Any]:
+    """``request`` as sent to the kernel's ``provider``: naming ``model`` where it is not the provider's own
+    default (the step is journaled and priced as ``model``, so that is the model to ask). The journaled
+    request is left as it is."""
+    if "model" in request or model == getattr(provider, "model", model):
+        return request
+    return {**request, "model": model}

@@ -12,6 +12,7 @@
     [coordinator] max_takeovers                 a run taken over more times in a row is quarantined (FAILED)
     [llm]       pool, tools, skew               model calls' pool (and the tools that call models); window skew
                 provider, model, models, base_url, api_key_env   what the pool's workers call (the key's variable name)
+                in_doubt                         a model call whose process was lost: "retry" (default), "ask", "fail"
     [llm.limits."<provider>/<model>"] rpm, tpm  a provider's rate limits per API key, shared by every worker
     [console]   users, base_url, webhook, poll_interval, resume   ``castor console`` (castor.settings._console)
 

@@ -139,7 +139,9 @@ class LLMSection(Section):
     ``timeout``: the seconds a model call may take. ``provider`` (``openai``: any OpenAI-compatible server,
     or ``anthropic``), ``model``, ``models`` (more model ids it serves), ``base_url`` and ``api_key_env``
     (the NAME of the environment variable holding the key on the workers, never the key): the provider
-    the ``llm`` pool's workers build to answer the kernel's model calls (``castor.llm.fleet``)."""
+    the ``llm`` pool's workers build to answer the kernel's model calls (``castor.llm.fleet``). ``in_doubt``:
+    what becomes of a model call whose process was lost mid-call (``castor.kernel.model_doubt``): ``retry``
+    (made once more, the first call still charged), ``ask`` (a human decides) or ``fail``."""
 
     pool: str = "llm"
     provider: Literal["openai", "anthropic"] | None = None
@@ -154,6 +156,8 @@ class LLMSection(Section):
     skew: Annotated[float, Field(strict=True, ge=0, le=60)] = 1.0
     prices: Mapping[str, PriceSection] = Field(default_factory=dict)
     timeout: Seconds | None = None
+    # A model call whose process was lost mid-call: made once more, a human asked, or the step failed.
+    in_doubt: Literal["retry", "ask", "fail"] = "retry"
 
     @model_validator(mode="after")
     def _names(self) -> LLMSection:

@@ -7,9 +7,12 @@
 
 The same crew goes to a fleet with ``castor submit examples/frameworks/crewai_agent.py:main ...``. The
 scripted LLM answers in CrewAI's text format by the conversation it is given, so it runs offline and the
-same in every process; ``CASTOR_EXAMPLE_MODEL=gpt-4o-mini`` (a model name ``crewai.LLM`` knows; needs
-its provider's key) uses a real model instead. ``CASTOR_EXAMPLE_MODEL_LOG=FILE`` appends a line to FILE
-for every call the scripted LLM answers (the tests count them). CrewAI's telemetry is switched off.
+same in every process; ``CASTOR_EXAMPLE_MODEL=gpt-4o-mini`` uses a real model instead:
+``CastorLLM(model=...)``, answered by the kernel's provider, the ``[llm]`` section of ``castor.toml``
+(``castor run ... --config castor.toml``: called by that process with the key in its environment; in the
+fleet by a worker of the ``llm`` pool, the only process with the key). ``CASTOR_EXAMPLE_MODEL_LOG=FILE``
+appends a line to FILE for every call the scripted LLM answers (the tests count them). CrewAI's telemetry
+is switched off.
 """
 
 from __future__ import annotations
@@ -21,11 +24,11 @@ os.environ.setdefault("CREWAI_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("OTEL_SDK_DISABLED", "true")
 os.environ.setdefault("CREWAI_TRACING_ENABLED", "false")
 
-from crewai import LLM, Agent, Crew, Task  # after the telemetry switches
+from crewai import Agent, Crew, Task  # after the telemetry switches
 from crewai.llms.base_llm import BaseLLM
 from crewai.tools import tool
 
-from castor.frameworks.crewai import kickoff
+from castor.frameworks.crewai import CastorLLM, kickoff
 
 
 def search(query: str) -> str:
@@ -62,9 +65,9 @@ class ScriptedLLM(BaseLLM):
 
 
 def llm() -> BaseLLM:
-    """The scripted LLM, or ``CASTOR_EXAMPLE_MODEL``'s."""
-    real = os.environ.get("CASTOR_EXAMPLE_MODEL")
-    return LLM(model=real) if real else ScriptedLLM(model="scripted")
+    """The scripted LLM, or ``CASTOR_EXAMPLE_MODEL`` answered by Castor's provider (the fleet's llm pool)."""
+    chosen = os.environ.get("CASTOR_EXAMPLE_MODEL")
+    return CastorLLM(model=chosen) if chosen else ScriptedLLM(model="scripted")
 
 
 async def main() -> str:

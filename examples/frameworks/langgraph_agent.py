@@ -4,11 +4,13 @@
         --tool examples/frameworks/langgraph_agent.py:search,delete_file --destructive delete_file
     castor approve <pid>        # a new process: the model steps replay from the journal, the run finishes
 
-The same agent goes to a fleet with ``castor submit examples/frameworks/langgraph_agent.py:main ...``.
-The scripted model answers by the conversation it is given, so it runs offline and the same in every
-process; ``CASTOR_EXAMPLE_MODEL=openai:gpt-4o-mini`` (any ``init_chat_model`` id; needs the ``langchain``
-package and the provider's) uses a real model instead. ``CASTOR_EXAMPLE_MODEL_LOG=FILE`` appends a line
-to FILE for every call the scripted model answers (the tests count them).
+The same agent goes to a fleet with ``castor submit examples/frameworks/langgraph_agent.py:main ...``. The
+scripted model answers by the conversation it is given, so it runs offline and the same in every process;
+``CASTOR_EXAMPLE_MODEL=gpt-4o-mini`` uses a real model instead: ``CastorChatModel(model=...)``, answered by
+the kernel's provider, the ``[llm]`` section of ``castor.toml`` (``castor run ... --config castor.toml``:
+called by that process with the key in its environment; in the fleet by a worker of the ``llm`` pool, the
+only process with the key). ``CASTOR_EXAMPLE_MODEL_LOG=FILE`` appends a line to FILE for every call the
+scripted model answers (the tests count them).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import tool as langchain_tool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from castor.frameworks.langchain import guard
+from castor.frameworks.langchain import CastorChatModel, guard
 
 
 async def search(query: str) -> str:
@@ -67,13 +69,9 @@ class ScriptedChat(BaseChatModel):
 
 
 def chat_model() -> BaseChatModel:
-    """The scripted model, or ``CASTOR_EXAMPLE_MODEL``'s."""
+    """The scripted model, or ``CASTOR_EXAMPLE_MODEL`` answered by Castor's provider (the fleet's llm pool)."""
     chosen = os.environ.get("CASTOR_EXAMPLE_MODEL")
-    if not chosen:
-        return ScriptedChat()
-    from langchain.chat_models import init_chat_model  # the langchain package: only for a real model
-
-    return init_chat_model(chosen)
+    return CastorChatModel(model=chosen) if chosen else ScriptedChat()
 
 
 def agent_graph() -> Any:

@@ -6,10 +6,11 @@
 
 The same agent goes to a fleet with ``castor submit examples/frameworks/openai_agents_agent.py:main ...``.
 The scripted model (a ``Model`` answering by the conversation it is given) runs offline and the same in
-every process; ``CASTOR_EXAMPLE_MODEL=gpt-4o-mini`` (a model name the SDK's default provider knows; needs
-``OPENAI_API_KEY``) uses a real model instead. ``CASTOR_EXAMPLE_MODEL_LOG=FILE`` appends a line to FILE
-for every call the scripted model answers (the tests count them). Tracing export is off unless
-``CASTOR_EXAMPLE_MODEL`` is set.
+every process; ``CASTOR_EXAMPLE_MODEL=gpt-4o-mini`` uses a real model instead: ``CastorModel(...)``,
+answered by the kernel's provider, the ``[llm]`` section of ``castor.toml`` (``castor run ... --config
+castor.toml``: called by that process with the key in its environment; in the fleet by a worker of the
+``llm`` pool, the only process with the key). ``CASTOR_EXAMPLE_MODEL_LOG=FILE`` appends a line to FILE for
+every call the scripted model answers (the tests count them). The SDK's tracing export is off.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 from agents import Agent, Model, ModelResponse, Runner, Usage, function_tool, set_tracing_disabled
 from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseOutputText
 
-from castor.frameworks.openai_agents import guard
+from castor.frameworks.openai_agents import CastorModel, guard
 
 
 async def search(query: str) -> str:
@@ -67,12 +68,10 @@ class ScriptedModel(Model):
 
 
 def model() -> Any:
-    """The scripted model, or ``CASTOR_EXAMPLE_MODEL``'s."""
-    real = os.environ.get("CASTOR_EXAMPLE_MODEL")
-    if real:
-        return real
-    set_tracing_disabled(True)  # offline: no trace export
-    return ScriptedModel()
+    """The scripted model, or ``CASTOR_EXAMPLE_MODEL`` answered by Castor's provider (the fleet's llm pool)."""
+    set_tracing_disabled(True)  # no trace export (it would need an OpenAI key where the agent runs)
+    chosen = os.environ.get("CASTOR_EXAMPLE_MODEL")
+    return CastorModel(chosen) if chosen else ScriptedModel()
 
 
 AGENT = Agent(name="janitor", instructions="Clean up what the user asks for.", model=model(),

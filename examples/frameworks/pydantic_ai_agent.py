@@ -4,11 +4,13 @@
         --tool examples/frameworks/pydantic_ai_agent.py:search,delete_file --destructive delete_file
     castor approve <pid>        # a new process: the model steps replay from the journal, the run finishes
 
-The same agent goes to a fleet with ``castor submit examples/frameworks/pydantic_ai_agent.py:main ...``.
-The scripted model (pydantic-ai's ``FunctionModel``) answers by the conversation it is given, so it runs
-offline and the same in every process; ``CASTOR_EXAMPLE_MODEL=openai:gpt-4o-mini`` (any pydantic-ai
-model id; needs its provider's package) uses a real model instead. ``CASTOR_EXAMPLE_MODEL_LOG=FILE``
-appends a line to FILE for every call the scripted model answers (the tests count them).
+The same agent goes to a fleet with ``castor submit examples/frameworks/pydantic_ai_agent.py:main ...``. The
+scripted model (pydantic-ai's ``FunctionModel``) answers by the conversation it is given, so it runs offline
+and the same in every process; ``CASTOR_EXAMPLE_MODEL=gpt-4o-mini`` uses a real model instead:
+``CastorModel(...)``, answered by the kernel's provider, the ``[llm]`` section of ``castor.toml`` (``castor
+run ... --config castor.toml``: called by that process with the key in its environment; in the fleet by a
+worker of the ``llm`` pool, the only process with the key). ``CASTOR_EXAMPLE_MODEL_LOG=FILE`` appends a line
+to FILE for every call the scripted model answers (the tests count them).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pydantic_ai import Agent
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-from castor.frameworks.pydantic_ai import guard
+from castor.frameworks.pydantic_ai import CastorModel, guard
 
 
 async def search(query: str) -> str:
@@ -51,8 +53,9 @@ def scripted(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
 
 
 def model() -> Any:
-    """The scripted model, or ``CASTOR_EXAMPLE_MODEL``'s."""
-    return os.environ.get("CASTOR_EXAMPLE_MODEL") or FunctionModel(scripted, model_name="scripted")
+    """The scripted model, or ``CASTOR_EXAMPLE_MODEL`` answered by Castor's provider (the fleet's llm pool)."""
+    chosen = os.environ.get("CASTOR_EXAMPLE_MODEL")
+    return CastorModel(chosen) if chosen else FunctionModel(scripted, model_name="scripted")
 
 
 AGENT = Agent(model(), tools=[search, delete_file], instructions="Clean up what the user asks for.")

@@ -4,11 +4,13 @@
         --tool examples/frameworks/smolagents_agent.py:search,delete_file --destructive delete_file
     castor approve <pid>        # a new process: the model steps replay from the journal, the run finishes
 
-The same agent goes to a fleet with ``castor submit examples/frameworks/smolagents_agent.py:main ...``.
-The scripted model answers by the conversation it is given, so it runs offline and the same in every
-process; ``CASTOR_EXAMPLE_MODEL=gpt-4o-mini`` uses a real model instead (smolagents' ``OpenAIServerModel``;
-needs ``pip install 'smolagents[openai]'`` and ``OPENAI_API_KEY``). ``CASTOR_EXAMPLE_MODEL_LOG=FILE``
-appends a line to FILE for every call the scripted model answers (the tests count them).
+The same agent goes to a fleet with ``castor submit examples/frameworks/smolagents_agent.py:main ...``. The
+scripted model answers by the conversation it is given, so it runs offline and the same in every process;
+``CASTOR_EXAMPLE_MODEL=gpt-4o-mini`` uses a real model instead: ``CastorModel(...)``, answered by the
+kernel's provider, the ``[llm]`` section of ``castor.toml`` (``castor run ... --config castor.toml``: called
+by that process with the key in its environment; in the fleet by a worker of the ``llm`` pool, the only
+process with the key). ``CASTOR_EXAMPLE_MODEL_LOG=FILE`` appends a line to FILE for every call the scripted
+model answers (the tests count them).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 from smolagents import ToolCallingAgent, tool
 from smolagents.models import ChatMessage, ChatMessageToolCall, ChatMessageToolCallFunction, MessageRole, Model
 
-from castor.frameworks.smolagents import run
+from castor.frameworks.smolagents import CastorModel, run
 
 
 def search(query: str) -> str:
@@ -70,13 +72,9 @@ class ScriptedModel(Model):
 
 
 def model() -> Model:
-    """The scripted model, or ``CASTOR_EXAMPLE_MODEL``'s."""
-    real = os.environ.get("CASTOR_EXAMPLE_MODEL")
-    if real:
-        from smolagents import OpenAIServerModel
-
-        return OpenAIServerModel(model_id=real)
-    return ScriptedModel()
+    """The scripted model, or ``CASTOR_EXAMPLE_MODEL`` answered by Castor's provider (the fleet's llm pool)."""
+    chosen = os.environ.get("CASTOR_EXAMPLE_MODEL")
+    return CastorModel(chosen) if chosen else ScriptedModel()
 
 
 async def main() -> str:

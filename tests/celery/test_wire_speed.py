@@ -1,10 +1,11 @@
-"""The coordinator's cheap paths give the same answers as the plain ones: cheap ids stay unique, replies
-parse from every client's shape, and the reply reader notices a server that stopped answering without a
-timeout scope of its own."""
+"""The coordinator's cheap paths give the same bytes and answers as the plain ones: templated task
+messages equal ``json.dumps``, cheap ids stay unique, replies parse from every client's shape, and the
+reply reader notices a server that stopped answering without a timeout scope of its own."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 
@@ -12,9 +13,32 @@ import pytest
 
 from castor.backends.redis.resp import RespConnection
 from castor.executors._replies import ReplyReader
+from castor.executors._template import Template, quote, slot, value
 from castor.fleet.records import unique_ids
 from castor.fleet.wire import OK, Reply, parse_reply
 from tests.redis_support import silent_port
+
+_AWKWARD = [
+    "", "plain", 'quo"te', "back\\slash", "\\u0000x\\u0000", "été ✓", "\x00nul\x00", "a\x00x\x00b", "\x00x",
+    "line\nbreak", "\U0001f600",
+]
+
+
+@pytest.mark.parametrize("text", _AWKWARD)
+def test_a_rendered_template_is_what_json_dumps_writes(text: str) -> None:
+    document = {"a": slot("x"), "b": [slot("y"), None, 1.5], "c": {"again": slot("x"), "const": text}, "d": True}
+    template = Template(document, ["x", "y"])
+    for x, y in [(text, 7), ("other", None), (text, {"k": [text]}), (3.25, "s")]:
+        expected = json.dumps({"a": x, "b": [y, None, 1.5], "c": {"again": x, "const": text}, "d": True})
+        assert template.render([value(x), value(y)]) == expected
+    assert quote(text) == json.dumps(text)
+
+
+def test_a_template_refuses_a_slot_it_does_not_hold_and_a_name_that_is_no_identifier() -> None:
+    with pytest.raises(ValueError, match=r"\['y'\]"):
+        Template({"a": slot("x")}, ["x", "y"])
+    with pytest.raises(ValueError, match="identifier"):
+        slot("a|b")
 
 
 def test_cheap_ids_are_unique_across_sources_and_uuid_shaped_unless_compact() -> None:

@@ -39,3 +39,20 @@ async def framework_model_job() -> dict[str, Any]:
     answer = await model_call({"messages": [{"role": "user", "content": f"slow {t}"}], "max_tokens": 4},
                               model="framework", invoke=invoke)
     return {"ticket": t, "text": answer["text"]}
+
+
+async def streamed_job() -> list[str]:
+    """A stream of the kernel's model (the llm pool): once the first chunk is here, the agent tells the fake
+    server to send the rest (held at its gate until then)."""
+    import httpx
+
+    from castor.lib import stream
+
+    admin = os.environ["CASTOR_TEST_LLM_URL"].removesuffix("/v1")
+    chunks: list[str] = []
+    async for chunk in stream(prompt="tell me", max_tokens=6):
+        if not chunks:
+            async with httpx.AsyncClient(timeout=10) as client:
+                await client.post(f"{admin}/admin/release")
+        chunks.append(chunk)
+    return chunks

@@ -121,21 +121,29 @@ def test_a_coordinator_killed_mid_model_call_hands_it_over_and_the_model_is_call
     assert record["charged"] == {"input_tokens": 4, "output_tokens": 4, "tokens": 8}
 
 
-def test_a_framework_model_call_in_flight_at_a_takeover_is_in_doubt_not_made_twice(
-    fleet: Fleet, slow_server: FakeOpenAI
+def test_a_framework_model_call_in_flight_at_a_takeover_is_made_once_more_and_both_calls_charged(
+    fleet: Fleet, quick_server: FakeOpenAI
 ) -> None:
-    _configure(fleet, slow_server)
+    _configure(fleet, quick_server)
     fleet.worker("web")
     fleet.coordinator("co-a", lease=1.0)
-    pid = fleet.cli("submit", f"{AGENTS}:framework_model_job", *TOOLS).stdout.strip()
-    wait_for("the model call to reach the server", lambda: _stats(slow_server)["requests"] == 1, 30)
+    store = f"{fleet.url}?prefix={fleet.prefix}"
+    fleet.cli("budget", "set", "team", "tokens=5000", "--redis", store)
+    pid = fleet.cli("submit", f"{AGENTS}:framework_model_job", *TOOLS, "--budget", "tokens=500",
+                    "--scope", "team").stdout.strip()
+    wait_for("the model call to reach the server", lambda: _stats(quick_server)["requests"] == 1, 30)
     fleet.stop("co-a", signal.SIGKILL)
     fleet.coordinator("co-b", lease=1.0)
-    # the run ends only through the in-doubt step: a second call would have been counted at its arrival
-    assert _settled(fleet, pid) == "FAILED", fleet.log("co-b")[-3000:]
-    assert _stats(slow_server)["requests"] == 1
-    failures = fleet.cli_json("inspect", pid)["failures"]
-    assert any(f["error_type"] == "InDoubtError" and f["tool_name"] == "model:framework" for f in failures)
+    # [llm] in_doubt = "retry" (the default): the call whose process was lost is made once more, only once
+    assert _settled(fleet, pid) == "COMPLETED", fleet.log("co-b")[-3000:]
+    assert _stats(quick_server)["requests"] == 2
+    run = fleet.cli_json("inspect", pid)
+    (first,) = [f for f in run["failures"] if f["error_type"] == "InDoubtError" and f["tool_name"] == "model:framework"]
+    second = run["syscall_log"][1]["charged"]
+    assert first["charged"]["tokens"] > 0 and second["tokens"] > 0
+    both = first["charged"]["tokens"] + second["tokens"]  # the first call's reservation and the second's usage
+    assert run["capabilities"]["tokens"]["current_usage"] == both
+    assert fleet.cli_json("budget", "show", "team", "--redis", store)["resources"]["tokens"]["used"] == both
 
 
 def test_a_429_pauses_the_key_for_every_worker_of_the_pool(fleet: Fleet, server: FakeOpenAI) -> None:
@@ -157,3 +165,53 @@ def test_a_429_pauses_the_key_for_every_worker_of_the_pool(fleet: Fleet, server:
     assert all(at >= refused_at + 2.9 for at, _ in served), (refused_at, served)
     took = [name for name in ("worker-llm-a", "worker-llm-b") if "castor.tool.model:fake-model" in fleet.log(name)]
     assert took == ["worker-llm-a", "worker-llm-b"], "the two calls ran on two worker processes"
+
+
+@pytest.fixture
+def quick_server() -> Iterator[FakeOpenAI]:
+    fake = FakeOpenAI(latency=1.5).start()
+    yield fake
+    fake.stop()
+
+
+async def test_an_llm_worker_killed_mid_call_leaves_it_in_doubt_and_it_is_made_once_more_on_another(
+    fleet: Fleet, quick_server: FakeOpenAI
+) -> None:
+    import asyncio
+
+    from castor import Castor
+    from castor.executors.celery import CeleryExecutor, fleet_options
+    from castor.lib import complete
+    from castor.settings import load_settings
+
+    _configure(fleet, quick_server)
+    # a short deadline (the model's 3 s and a reply grace of 1 s) and heartbeat: the lost call is seen soon
+    fleet.config.write_text(fleet.config.read_text().replace("timeout = 20\n", "timeout = 3\n")
+                            .replace("[workers]\n", "[workers]\nheartbeat = 1.0\n"))
+    _llm_worker(fleet, "worker-llm-a")
+    settings = load_settings(fleet.config)
+    kernel = Castor(**fleet_options(settings, executor=CeleryExecutor._builder(settings, reply_grace=1.0)),
+                    scopes=["team"])
+    try:
+        await kernel.backend.budgets.set_scope("team", {"tokens": 5_000})
+
+        async def agent() -> str:
+            return (await complete(prompt="hi", max_tokens=4)).text
+
+        running = asyncio.ensure_future(kernel.run(agent, pid=f"lost-llm-{fleet.prefix}"))
+        reached = lambda: _stats(quick_server)["requests"] == 1  # noqa: E731
+        await asyncio.to_thread(wait_for, "the call to reach the server", reached, 30)
+        fleet.stop("worker-llm-a", signal.SIGKILL)
+        _llm_worker(fleet, "worker-llm-b")
+        cp = await asyncio.wait_for(running, 40)
+        assert cp.status == "COMPLETED", cp.error
+        assert _stats(quick_server)["requests"] == 2  # exactly one more provider call
+        (first,) = [f for f in cp.failures if f.error_type == "InDoubtError" and f.charged]
+        second = cp.syscall_log[0].charged
+        assert second == {"input_tokens": 4, "output_tokens": 4, "tokens": 8}
+        both = first.charged["tokens"] + second["tokens"]
+        assert await kernel.backend.budgets.read_scope("team") == {"tokens": (5_000, both)}
+        assert "model:fake-model" in fleet.log("worker-llm-b")
+    finally:
+        await kernel.executor.close()
+        await kernel.backend.close()

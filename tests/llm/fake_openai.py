@@ -5,9 +5,15 @@ its ``usage``: prompt tokens ``len(content) // 4 + 4`` per message (``prompt_tok
 ``min(max_tokens, reply_tokens)``. Every request is recorded at its arrival with its tokens; with ``rpm`` /
 ``tpm`` set, one that would put any ``window``-second window over a limit is a *violation*, refused with a
 429 and ``retry-after`` as a provider would. ``POST /admin/throttle {"count": n, "retry_after": s}`` has
-the next ``n`` requests refused with a 429 (not counted as sent). ``GET /admin/stats`` gives the counts,
+the next ``n`` requests refused with a 429 (not counted as sent). ``POST /admin/gate {"after": n, "timeout": s,
+"cut": bool}`` holds the next stream after ``n`` chunks until ``POST /admin/release`` (or ``s`` seconds), then
+sends the rest or breaks the connection (``cut``). ``GET /admin/stats`` gives the counts,
 the largest window seen (requests and tokens), and per minute since the first request its tokens and the
 fullest window that ended in it.
+
+``POST /admin/script {"replies": [...]}`` has the next requests answered in order by those replies instead
+(``{"content": text}`` or ``{"tool_calls": [{"name", "arguments"}]}``: a framework agent's tool calls);
+``GET /admin/requests`` gives the bodies of the requests served.
 
 ``FakeOpenAI().start()`` serves it from a thread of this process (``stop()``); ``python -m
 tests.llm.fake_openai --tpm N`` serves it from a process of its own, printing ``PORT <n>`` once it listens.
@@ -50,6 +56,12 @@ class Counter:
         self.authorization: collections.Counter[str] = collections.Counter()  # requests by Authorization header
         self.arrivals: list[tuple[float, bool]] = []  # (wall-clock time, refused with a 429) of every request
         self.minute_peaks: dict[int, int] = collections.defaultdict(int)  # the fullest window ending in each minute
+        # A gated stream: after ``after`` chunks it waits for POST /admin/release (up to ``timeout`` s), then
+        # sends the rest, or breaks the connection (``cut``); ``released``: whether the release came in time.
+        self.gate: dict[str, Any] = {}
+        self.release: asyncio.Event | None = None
+        self.script: collections.deque[dict[str, Any]] = collections.deque()  # replies to give before the default
+        self.bodies: list[dict[str, Any]] = []  # the requests served (their JSON bodies)
 
     def admit(self, tokens: int) -> float | None:
         """Record a request of ``tokens`` arriving now; the retry-after of a refusal, or None."""
@@ -89,12 +101,48 @@ class Counter:
             "minute_peaks": [self.minute_peaks[m] for m in sorted(self.minutes)],
             "authorization": dict(self.authorization),
             "arrivals": self.arrivals,
+            "gate": {k: v for k, v in self.gate.items() if k in ("released", "sent")},
         }
 
 
 def _refusal(after: float) -> web.Response:
     body = {"error": {"type": "rate_limit_exceeded", "message": "Rate limit reached", "code": "rate_limit_exceeded"}}
     return web.json_response(body, status=429, headers={"retry-after": f"{max(after, 0.001):.3f}"})
+
+
+async def _sse(request: web.Request, counter: Counter, base: dict[str, Any], words: list[str],
+               usage: dict[str, int]) -> web.StreamResponse:
+    """The reply as Server-Sent Events, a word a chunk, held at the counter's gate if one is armed."""
+    response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+    await response.prepare(request)
+    gate = counter.gate
+    for i, word in enumerate(words):
+        if gate and i == gate["after"] and "released" not in gate:
+            await _hold(counter)
+            if gate.get("cut"):
+                assert request.transport is not None
+                request.transport.close()  # the provider's connection breaks mid-stream
+                return response
+        delta = {"content": word if i == 0 else " " + word}
+        chunk = {**base, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta}]}
+        await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        if gate:
+            gate["sent"] = i + 1
+    last = {**base, "object": "chat.completion.chunk", "usage": usage,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    await response.write(f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n".encode())
+    await response.write_eof()
+    return response
+
+
+async def _hold(counter: Counter) -> None:
+    """Wait at the gate for a release (the client read the first chunks), at most the gate's timeout."""
+    assert counter.release is not None
+    try:
+        await asyncio.wait_for(counter.release.wait(), counter.gate.get("timeout", 10.0))
+        counter.gate["released"] = True
+    except TimeoutError:
+        counter.gate["released"] = False
 
 
 def make_app(counter: Counter, *, reply_tokens: int = 16, latency: float = 0.0) -> web.Application:
@@ -117,37 +165,72 @@ def make_app(counter: Counter, *, reply_tokens: int = 16, latency: float = 0.0) 
             await asyncio.sleep(latency)
         words = ["ok"] * completion
         base = {"id": f"chatcmpl-{counter.requests}", "created": int(time.time()), "model": body["model"]}
+        counter.bodies.append(body)
         if not body.get("stream"):
-            message = {"role": "assistant", "content": " ".join(words)}
+            message, finish = _reply(counter, words)
             return web.json_response({
                 **base, "object": "chat.completion", "usage": usage,
-                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             })
-        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
-        await response.prepare(request)
-        for i, word in enumerate(words):
-            delta = {"content": word if i == 0 else " " + word}
-            chunk = {**base, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta}]}
-            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
-        last = {**base, "object": "chat.completion.chunk", "usage": usage,
-                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-        await response.write(f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n".encode())
-        await response.write_eof()
-        return response
+        return await _sse(request, counter, base, words, usage)
 
     async def throttle(request: web.Request) -> web.Response:
         body = await request.json()
         counter.throttle = (int(body["count"]), float(body["retry_after"]))
         return web.json_response({"ok": True})
 
+    async def arm(request: web.Request) -> web.Response:
+        counter.gate = dict(await request.json())
+        counter.release = asyncio.Event()
+        return web.json_response({"ok": True})
+
+    async def release(_request: web.Request) -> web.Response:
+        if counter.release is not None:
+            counter.release.set()
+        return web.json_response({"ok": True})
+
     async def stats(_request: web.Request) -> web.Response:
         return web.json_response(counter.stats())
+
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", completions)
     app.router.add_post("/admin/throttle", throttle)
     app.router.add_get("/admin/stats", stats)
+    app.router.add_post("/admin/gate", arm)
+    app.router.add_post("/admin/release", release)
+    _script_routes(app, counter)
     return app
+
+
+def _script_routes(app: web.Application, counter: Counter) -> None:
+    """``POST /admin/script`` (replies to give in order) and ``GET /admin/requests`` (the bodies served)."""
+
+    async def script(request: web.Request) -> web.Response:
+        counter.script.extend((await request.json())["replies"])
+        return web.json_response({"ok": True})
+
+    async def requests(_request: web.Request) -> web.Response:
+        return web.json_response(counter.bodies)
+
+    app.router.add_post("/admin/script", script)
+    app.router.add_get("/admin/requests", requests)
+
+
+def _reply(counter: Counter, words: list[str]) -> tuple[dict[str, Any], str]:
+    """The next scripted reply, else the words: a chat completion's message and finish reason."""
+    if counter.script:
+        return _scripted(counter.script.popleft(), counter.requests)
+    return {"role": "assistant", "content": " ".join(words)}, "stop"
+
+
+def _scripted(reply: dict[str, Any], n: int) -> tuple[dict[str, Any], str]:
+    """A scripted reply as a chat completion's message and finish reason (tool call ids from the request count)."""
+    calls = [{"id": f"call_{n}_{i}", "type": "function",
+              "function": {"name": c["name"], "arguments": json.dumps(c.get("arguments") or {})}}
+             for i, c in enumerate(reply.get("tool_calls") or ())]
+    message = {"role": "assistant", "content": reply.get("content") or None, **({"tool_calls": calls} if calls else {})}
+    return message, "tool_calls" if calls else "stop"
 
 
 class FakeOpenAI:

@@ -172,6 +172,19 @@ async def test_anthropic_translates_messages_and_parses_tool_use() -> None:
         {"type": "tool_result", "tool_use_id": "t1", "content": "[\"result for q\"]"}]}
 
 
+@pytest.mark.parametrize(("choice", "expected"), [
+    ("required", {"type": "any"}), ("auto", {"type": "auto"}), ("none", {"type": "none"}),
+    ({"type": "function", "function": {"name": "search"}}, {"type": "tool", "name": "search"}),
+    ({"type": "tool", "name": "search"}, {"type": "tool", "name": "search"}),
+])
+def test_anthropic_translates_the_openai_named_options(choice: Any, expected: Any) -> None:
+    model = Anthropic("claude-test", base_url="http://127.0.0.1:9", api_key="k")
+    body = model.body({"messages": [{"role": "user", "content": "hi"}], "tool_choice": choice, "stop": ["END"],
+                       "temperature": 0.5})
+    assert body["tool_choice"] == expected
+    assert body["stop_sequences"] == ["END"] and "stop" not in body and body["temperature"] == 0.5
+
+
 async def test_anthropic_streams_text_and_usage() -> None:
     events = [
         {"type": "message_start", "message": {"model": "claude-test", "usage": {"input_tokens": 9}}},

@@ -200,6 +200,12 @@ def abandoned(prefix: str, run_id: str, step: int) -> str:
     return f"{prefix}:{{{run_id}}}:abandoned:{step}"
 
 
+def chunks(prefix: str, run_id: str, step: int, attempt: int) -> str:
+    """Stream: the chunks of text a worker of the ``llm`` pool forwards while it streams a model step's answer
+    (round ``attempt``), each signed; bounded in length and time (``castor.llm.chunks``)."""
+    return f"{prefix}:{{{run_id}}}:chunks:{step}:{attempt}"
+
+
 def deliveries(prefix: str, run_id: str, step: int) -> str:
     """Set: the task messages (``<task id>/<retries>``) workers took for the step while it is unjournaled. A
     second copy of one (a publish retried after its first try landed) is dropped; a redelivery is no copy."""

@@ -1,0 +1,150 @@
+"""A framework model's streamed response as one model step: chunks to the framework as they come, the
+whole response journaled once the stream ends.
+
+``StreamStep`` is ``castor.lib.stream``'s model syscall (``castor.lib.streaming``) for a framework's own
+chunks: the step is claimed when the stream starts, in call order; the framework's model streams inside
+the syscall (on a task beside the framework's loop) and each chunk is handed to the framework as it
+arrives; the response the framework assembles from its chunks is journaled as the very record a
+non-streamed step would hold, charged the usage it reports. A replayed or forked step is served from the
+journal without calling the model: ``StreamStep.streamed`` is then False and the framework re-chunks the
+journaled response (``castor.frameworks.<name>`` does, in its own chunk types). A stream that fails or is
+stopped part way is charged for what it received (the prompt, and its text counted offline); its partial
+text is kept in the run's ``partial_work`` and in the step's failure (``castor inspect``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from castor.errors import UnsupportedError
+from castor.frameworks._common import _RUN_ENDING, _RUN_LOOP, RunEnding
+from castor.kernel.context import active_run
+from castor.lib.models import _checked, _models, _prepared
+from castor.llm.cost import estimate_prompt, estimate_tokens
+
+Emit = Callable[[Any, str], None]
+"""Hands one chunk to the framework: the chunk, and the text it carries (counted if the stream stops)."""
+
+_DONE = object()
+
+
+class StreamStep:
+    """One streamed model call of a framework: iterate it for the chunks; then ``response`` is the step's
+    journaled response and ``streamed`` tells whether its chunks came from the model (else the step was
+    served from the journal and yielded nothing: the caller re-chunks ``response``).
+
+    ``run(emit)`` streams the framework's model, calls ``emit(chunk, text)`` for each chunk as it arrives
+    and returns the whole response as the journal keeps it (the framework's ``response_json``, a fresh
+    JSON dict: ``canonical``). It is not called on replay.
+    """
+
+    def __init__(
+        self, request: Mapping[str, Any], model: str, run: Callable[[Emit], Awaitable[dict[str, Any]]], *,
+        canonical: bool = True,
+    ) -> None:
+        self.request = request
+        self.model = model
+        self.canonical = canonical
+        self.response: dict[str, Any] | None = None
+        self._run = run
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._texts: list[str] = []
+        self._chunks = 0
+        self._plain: dict[str, Any] = {}
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the model streamed this step's chunks (False: served from the journal)."""
+        return self._chunks > 0
+
+    def _emit(self, chunk: Any, text: str) -> None:
+        self._chunks += 1
+        if text:
+            self._texts.append(text)
+        self._queue.put_nowait(chunk)
+
+    async def _invoke(self, _request: dict[str, Any]) -> dict[str, Any]:
+        return await self._run(self._emit)
+
+    def _partial(self) -> dict[str, Any] | None:
+        """What a stream stopped part way received: its text, and the usage counted offline."""
+        if not self._chunks:
+            return None
+        text = "".join(self._texts)
+        usage = {"input_tokens": estimate_prompt(self._plain), "output_tokens": estimate_tokens(text)}
+        return {"text": text, "usage": usage, "partial": True, "chunks": self._chunks}
+
+    def __aiter__(self) -> AsyncGenerator[Any, None]:
+        return self._stream()
+
+    async def _stream(self) -> AsyncGenerator[Any, None]:
+        ctx = active_run()
+        models = _models(ctx)
+        self._plain, size = _prepared(self.request, self.model, self.canonical)
+        mmu = ctx.services.mmu
+        if mmu is not None and mmu.wants_room(ctx):
+            await mmu.fit(ctx)  # as for any model call: the run's context fits first
+        # The step is claimed here, in call order; the chain runs beside the framework while it reads.
+        syscall = models.syscall(ctx, self.model, self._plain, invoke=self._invoke, size=size,
+                                 partial=self._partial, via_provider=False, canonical=self.canonical)
+        task = asyncio.ensure_future(models.chain(syscall))
+        task.add_done_callback(lambda _: self._queue.put_nowait(_DONE))
+        try:
+            while (item := await self._queue.get()) is not _DONE:
+                yield item
+        except GeneratorExit:
+            # The framework stopped reading: the call still ends and journals before its next step.
+            if not task.done():
+                with contextlib.suppress(Exception):  # a failure is journaled by the call itself
+                    await task
+            raise
+        except BaseException:
+            if not task.done():  # cancelled while reading: stop the call (it charges what it received)
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+            raise
+        self.response = _checked(task.result())
+
+
+def stream_in_thread(
+    framework: str, step: Callable[[], StreamStep], rechunk: Callable[[dict[str, Any]], Iterable[Any]], runner: str,
+) -> Iterator[Any]:
+    """A ``StreamStep`` read from a synchronous framework's thread (``castor.frameworks._common.in_thread``):
+    the step runs on the run's loop, each chunk crosses to the thread as it arrives; a step served from
+    the journal is ``rechunk(response)``. An error that ends the run crosses the framework carried."""
+    loop = _RUN_LOOP.get()
+    try:
+        asyncio.get_running_loop()
+        on_a_loop = True
+    except RuntimeError:
+        on_a_loop = False
+    if loop is None or on_a_loop:
+        raise UnsupportedError(
+            f"a guarded {framework} stream read on the run's event loop, which it would block: call "
+            f"`await {runner}` inside a Castor run"
+        )
+    chunks: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    async def pump() -> None:
+        streaming = step()
+        try:
+            async for chunk in streaming:
+                chunks.put(chunk)
+            if not streaming.streamed and streaming.response is not None:
+                for chunk in rechunk(streaming.response):
+                    chunks.put(chunk)
+        finally:
+            chunks.put(_DONE)
+
+    done = asyncio.run_coroutine_threadsafe(pump(), loop)
+    while (item := chunks.get()) is not _DONE:
+        yield item
+    try:
+        done.result()
+    except _RUN_ENDING as error:
+        raise RunEnding(error) from error

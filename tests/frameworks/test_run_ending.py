@@ -1,0 +1,145 @@
+"""A run-ending error inside an async framework's tool call ends the run; the model never reads it.
+
+LangGraph's ``ToolNode(handle_tool_errors=True)``, pydantic-ai and the OpenAI Agents SDK catch a tool's
+``Exception`` and hand it to the model as the tool's result. A replay divergence at a tool step (the
+framework asks another call than the journal holds there) must instead end the run with
+``ReplayDivergenceError`` naming the step, before the model is asked anything.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from castor.checkpoint import AgentCheckpoint
+from castor.errors import ReplayDivergenceError
+
+
+def diverge(cp: AgentCheckpoint, step: int, **arguments: Any) -> None:
+    """The journal at ``step`` holds the same tool with other arguments (a changed agent resumes it)."""
+    cp.syscall_log = list(cp.syscall_log)
+    record = cp.syscall_log[step]
+    cp.syscall_log[step] = record.model_copy(update={"request": {**record.request, "arguments": arguments}})
+
+
+def forked_at_a_diverging_tool(cp: AgentCheckpoint) -> AgentCheckpoint:
+    """A fork of finished run ``cp`` after its first tool call (step 1), which the journal holds with
+    other arguments than the framework will ask; step 2, the model's next call, is live."""
+    assert cp.status == "COMPLETED" and cp.syscall_log[1].tool_name == "search"
+    forked = cp.fork(at_step=2)
+    diverge(forked, 1, query="new logs")
+    return forked
+
+
+@pytest.mark.filterwarnings("ignore:create_react_agent has been moved")
+async def test_langgraph_tool_errors_handled_by_the_tool_node_do_not_swallow_a_divergence() -> None:
+    pytest.importorskip("langgraph")
+    from langgraph.prebuilt import ToolNode, create_react_agent
+
+    from castor.frameworks.langchain import guard
+    from tests.frameworks.test_langchain import TOOLS, kernel, model_of, script
+
+    def agent_of(model: Any) -> Any:
+        async def agent() -> str:
+            graph = guard(create_react_agent(model, ToolNode(TOOLS, handle_tool_errors=True)))
+            state = await graph.ainvoke({"messages": [("user", "clean up old logs")]})
+            return str(state["messages"][-1].content)
+
+        return agent
+
+    k = kernel()
+    cp = await k.run(agent_of(model_of(script())), speculative=True)
+    later = model_of(script())
+    forked = forked_at_a_diverging_tool(cp)
+    with pytest.raises(ReplayDivergenceError) as caught:
+        await k.run(agent_of(later), checkpoint=forked, speculative=True)
+    assert caught.value.step == 1
+    assert later.asked == []  # the divergence never reached the model as the tool's error
+    assert forked.status == "FAILED"
+    assert (forked.error or "").startswith("ReplayDivergenceError: replay divergence at step 1")
+
+
+async def test_pydantic_ai_does_not_hand_a_divergence_to_the_model() -> None:
+    pytest.importorskip("pydantic_ai")
+    from tests.frameworks.test_pydantic_ai import Script, agent_of, kernel, main_of, scripted
+
+    agent = agent_of(scripted(Script()))
+    k = kernel(agent)
+    cp = await k.run(main_of(agent), speculative=True)
+    later = Script()
+    forked = forked_at_a_diverging_tool(cp)
+    with pytest.raises(ReplayDivergenceError) as caught:
+        await k.run(main_of(agent_of(scripted(later))), checkpoint=forked, speculative=True)
+    assert caught.value.step == 1 and later.asked == []
+    assert forked.status == "FAILED" and "ReplayDivergenceError" in (forked.error or "")
+
+
+async def test_openai_agents_do_not_hand_a_divergence_to_the_model() -> None:
+    pytest.importorskip("agents")
+    from tests.frameworks.test_openai_agents import Scripted, agent_of, kernel, main_of
+
+    agent = agent_of(Scripted())
+    k = kernel(agent)
+    cp = await k.run(main_of(agent), speculative=True)
+    later = Scripted()
+    with pytest.raises(ReplayDivergenceError) as caught:
+        await k.run(main_of(agent_of(later)), checkpoint=forked_at_a_diverging_tool(cp), speculative=True)
+    assert caught.value.step == 1 and later.asked == []
+
+
+async def test_openai_agents_streamed_runs_end_on_a_divergence_too() -> None:
+    pytest.importorskip("agents")
+    from tests.frameworks.test_openai_agents import agent_of, kernel
+    from tests.frameworks.test_openai_agents_streaming import StreamingScripted, streamed_main
+
+    agent = agent_of(StreamingScripted())
+    k = kernel(agent)
+    cp = await k.run(streamed_main(agent, []), speculative=True)
+    later = StreamingScripted()
+    with pytest.raises(ReplayDivergenceError) as caught:
+        await k.run(streamed_main(agent_of(later), []), checkpoint=forked_at_a_diverging_tool(cp), speculative=True)
+    assert caught.value.step == 1 and later.asked == []
+
+
+async def test_a_guarded_tool_called_outside_a_run_raises_the_error_itself() -> None:
+    pytest.importorskip("langgraph")
+    from castor.errors import RunEndedError
+    from castor.frameworks.langchain import guard
+    from tests.frameworks.test_langchain import TOOLS
+
+    with pytest.raises(RunEndedError, match=r"inside Castor\.run"):
+        await guard(TOOLS[0]).ainvoke({"query": "old logs"})
+
+
+@pytest.mark.filterwarnings("ignore:create_react_agent has been moved")
+async def test_a_lost_lease_at_a_tool_step_ends_the_run_instead_of_reaching_the_model() -> None:
+    """A fleet drive whose lease lapsed cannot journal its tool's record (``StaleLeaseError``): the drive
+    must stop there, not hand the error to the model and go on calling it for a run it no longer owns."""
+    pytest.importorskip("langgraph")
+    from langgraph.prebuilt import ToolNode, create_react_agent
+
+    from castor.errors import StaleLeaseError
+    from castor.frameworks.langchain import guard
+    from tests.frameworks.test_langchain import TOOLS, kernel, model_of, script
+
+    k = kernel()
+    journal = k.backend.journal
+    append = journal.append
+
+    async def fenced(run_id: str, step: int, record: Any) -> Any:
+        if step == 1:  # the first tool call's record: the lease ran out while the tool ran
+            raise StaleLeaseError(f"run {run_id}: lease held by another coordinator")
+        return await append(run_id, step, record)
+
+    journal.append = fenced  # type: ignore[method-assign]
+    model = model_of(script())
+
+    async def agent() -> str:
+        graph = guard(create_react_agent(model, ToolNode(TOOLS, handle_tool_errors=True)))
+        state = await graph.ainvoke({"messages": [("user", "clean up old logs")]})
+        return str(state["messages"][-1].content)
+
+    with pytest.raises(StaleLeaseError):
+        await k.run(agent, speculative=True)
+    assert len(model.asked) == 1  # the model was asked for step 0 only, never told of the lost lease
