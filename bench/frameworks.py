@@ -3,6 +3,7 @@
     python bench/frameworks.py              # every installed framework, 7 repetitions; a minute or two
     python bench/frameworks.py --repeat 3 --steps 20 --only langgraph
     python bench/frameworks.py --latency 0.05 --repeat 3   # a model that takes 50 ms to answer, as an API does
+    python bench/frameworks.py --icount [--tree DIR]       # instructions per step under callgrind (bench/_fw_icount.py)
 
 Per framework, a scripted model asks for ``search`` ``--steps`` times, then answers; one step is a model
 call and the tool call it asks for. Three figures, each the median over the repetitions of a whole run
@@ -351,7 +352,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--only", choices=sorted(CASES))
     parser.add_argument("--latency", type=float, default=0.0, help="seconds the scripted model takes to answer")
+    parser.add_argument("--icount", action="store_true", help="instructions per step under callgrind (_fw_icount)")
+    parser.add_argument("--tree", action="append", default=[], help="with --icount: a baseline checkout first")
     args = parser.parse_args()
+    if args.icount:
+        import _fw_icount
+
+        _fw_icount.main([*(["--only", args.only] if args.only else []), "--steps", str(args.steps),
+                         *[arg for tree in args.tree for arg in ("--tree", tree)]])
+        return
     print(f"{args.steps}-step scripted run, median of {args.repeat}; per step (a model call and a tool call)"
           + (f"; the model answers in {args.latency * 1e3:g} ms" if args.latency else ""))
     print(f"{'framework':<12} {'alone':>10} {'layers':>10} {'embedded':>10} {'added':>10} {'replayed':>10} "

@@ -152,7 +152,13 @@ def check_function(framework: str, tool_name: str, func: Callable[..., Any], inj
 
 def jsonable(arguments: Mapping[str, Any]) -> dict[str, Any]:
     """The framework's parsed arguments as JSON data (pydantic models become dicts), as the journal holds them."""
-    return {str(k): to_jsonable_python(v) for k, v in arguments.items()}
+    out = {}
+    for k, v in arguments.items():
+        kind = type(v)  # a string or an integer is its own JSON: no serializer call for the usual arguments
+        out[k if type(k) is str else str(k)] = (
+            v if kind is str or kind is int or kind is bool or v is None else to_jsonable_python(v)
+        )
+    return out
 
 
 async def call_tool(name: str, arguments: Mapping[str, Any]) -> Any:

@@ -53,7 +53,7 @@ async def stream_events(
         )
         return to_json(response, model)
 
-    step = StreamStep(request, model, run, canonical=False)  # the request is copied as get_response's is
+    step = StreamStep(request, model, run)  # canonical parts (canonical_request), a fresh JSON response (to_json)
     async for event in step:
         yield event
     if not step.streamed and step.response is not None:  # served from the journal: one completed event

@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import BaseMessage, ToolMessage, message_to_dict, messages_from_dict
+from langchain_core.messages import BaseMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableBinding, RunnableSequence
 from langchain_core.tools import BaseTool, StructuredTool
@@ -52,6 +52,8 @@ from castor.frameworks._common import (
     refuse,
     schema_function,
 )
+from castor.frameworks._conversations import Conversations
+from castor.frameworks._langchain_json import message_rest, rebuilt_message
 from castor.frameworks._langchain_stream import stream_message
 
 FRAMEWORK = "LangChain"
@@ -63,7 +65,9 @@ _RUNTIME_ARGUMENTS = ("callbacks", "run_manager", "config")  # LangChain passes 
 
 def _message_json(message: BaseMessage) -> dict[str, Any]:
     """A message as the canonical request holds it: what the model reads, without ids or metadata."""
-    out: dict[str, Any] = {"role": message.type, "content": jsonable({"c": message.content})["c"]}
+    content = message.content
+    out: dict[str, Any] = {"role": message.type,
+                           "content": content if type(content) is str else jsonable({"c": content})["c"]}
     if message.name:
         out["name"] = message.name
     calls = getattr(message, "tool_calls", None)
@@ -75,7 +79,15 @@ def _message_json(message: BaseMessage) -> dict[str, Any]:
 
 
 # Converted and checked once per message object (canonical_part), then shared by every later step's request.
-_cached_message = IdentityCache(lambda message: canonical_part(_message_json(message)))
+def _canonical_message(message: BaseMessage) -> dict[str, Any]:
+    converted = _message_json(message)
+    if "tool_calls" not in converted and type(converted["content"]) is str:
+        return converted  # strings only, in a dict of its own: canonical as it is
+    return canonical_part(converted)
+
+
+_cached_message = IdentityCache(_canonical_message)
+_conversation = Conversations(_cached_message)
 
 
 def _tool_json(spec: Any) -> dict[str, Any]:
@@ -91,7 +103,7 @@ _cached_tool = IdentityCache(lambda spec: canonical_part(_tool_json(spec)), size
 def canonical_request(messages: Sequence[BaseMessage], stop: list[str] | None, options: dict[str, Any]) -> dict:
     """The model request as Castor journals and compares it (``_agenerate``'s arguments, ids dropped):
     canonical JSON already, each part checked once (``castor.lib.model_call(canonical=True)``)."""
-    request: dict[str, Any] = {"messages": [_cached_message(m) for m in messages]}
+    request: dict[str, Any] = {"messages": _conversation(messages)}
     tools = options.get("tools")
     if tools:
         request["tools"] = [_cached_tool(t) for t in tools]
@@ -104,17 +116,21 @@ def canonical_request(messages: Sequence[BaseMessage], stop: list[str] | None, o
 
 
 def response_json(result: ChatResult, model: str) -> dict[str, Any]:
-    """A ``ChatResult`` as the journal keeps it: Castor's response keys, and the whole LangChain message."""
+    """A ``ChatResult`` as the journal keeps it: Castor's response keys, and under ``lc_message`` the rest
+    of the LangChain message (its type and the fields that differ from their defaults: what rebuilding it
+    needs besides the text and the tool calls already there)."""
     generation = result.generations[0]
     message = generation.message
+    content = message.content
     calls = getattr(message, "tool_calls", None) or []
+    tool_calls = [{"id": c.get("id") or "", "name": c["name"], "arguments": jsonable(c.get("args") or {})}
+                  for c in calls]
     response: dict[str, Any] = {
-        "text": message.text if isinstance(message.content, list) else str(message.content),
-        "tool_calls": [{"id": c.get("id") or "", "name": c["name"], "arguments": jsonable(c.get("args") or {})}
-                       for c in calls],
+        "text": content if type(content) is str else message.text if isinstance(content, list) else str(content),
+        "tool_calls": tool_calls,
         "model": model,
         "finish_reason": "tool_calls" if calls else "stop",
-        "message": jsonable({"m": message_to_dict(message)})["m"],
+        "lc_message": message_rest(message, tool_calls),
     }
     usage = getattr(message, "usage_metadata", None)
     if usage:
@@ -126,9 +142,21 @@ def response_json(result: ChatResult, model: str) -> dict[str, Any]:
 
 
 def chat_result(response: dict[str, Any]) -> ChatResult:
-    """The ``ChatResult`` a journaled response stands for (live and replayed alike)."""
-    message = messages_from_dict([response["message"]])[0]
+    """The ``ChatResult`` a journaled response stands for (replayed, or journaled by another process)."""
+    message = rebuilt_message(response)
     return ChatResult(generations=[ChatGeneration(message=message, generation_info=response.get("generation_info"))])
+
+
+def _remember(message: BaseMessage, response: dict[str, Any]) -> None:
+    """The next request repeats this message: its canonical JSON made from the journaled response (what
+    ``_message_json`` would make of it: the type, the text and the tool calls are all its fields say)."""
+    rest = response.get("lc_message")
+    if rest is None or len(rest) != 1 or type(message.content) is not str:
+        return  # a name, a list content, ...: converted when the next request asks
+    converted: dict[str, Any] = {"role": rest["type"], "content": response["text"]}
+    if response["tool_calls"]:
+        converted["tool_calls"] = [{"name": c["name"], "arguments": c["arguments"]} for c in response["tool_calls"]]
+    _cached_message.put(message, converted)
 
 
 # The model id of each wrapped model, found once (a missing attribute costs a pydantic model a raised error).
@@ -167,9 +195,11 @@ class GuardedChatModel(BaseChatModel):
             return live[-1][0]
 
         journaled = await model_step(canonical_request(messages, stop, kwargs), model, invoke, canonical=True)
-        if live and live[-1][0] is journaled:  # this very call's answer (not rebuilt from its own JSON)
-            return live[-1][1]
-        return chat_result(journaled)  # replayed, or journaled first by another process driving the run
+        # This very call's answer as the model gave it; else (replayed, or journaled first by another
+        # process driving the run) the result rebuilt from the journal.
+        result = live[-1][1] if live and live[-1][0] is journaled else chat_result(journaled)
+        _remember(result.generations[0].message, journaled)
+        return result
 
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:

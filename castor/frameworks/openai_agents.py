@@ -46,13 +46,16 @@ from castor.frameworks._common import (
     IdentityCache,
     ToolEntry,
     call_tool,
+    canonical_part,
     check_function,
     model_step,
     refuse,
     schema_function,
 )
+from castor.frameworks._conversations import EqualConversations
 from castor.frameworks._openai_agents_stream import stream_events
 from castor.llm import canonical_request as canonical_json
+from castor.llm.cost import NotPlain, plain_sized
 
 FRAMEWORK = "OpenAI Agents"
 # What the SDK (or the model) generates anew on every run; a replay rebuilds responses from the journal.
@@ -72,29 +75,62 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _part(value: Any) -> Any:
+    """``_plain(canonical_json(value, drop=VOLATILE))`` of plain JSON data in one walk: volatile keys
+    dropped at any depth, then the values that are empty once those are gone."""
+    if type(value) is dict:
+        out = {}
+        for k, v in value.items():
+            if k in VOLATILE or v is None or v == [] or (type(v) is dict and all(key in VOLATILE for key in v)):
+                continue
+            out[k] = _part(v)
+        return out
+    if type(value) is list:
+        return [_part(v) for v in value]
+    return value
+
+
+def _item(item: Any) -> tuple[Any, Any]:
+    """An input item's plain copy and its canonical part (``EqualConversations``); ``NotPlain`` if it is
+    not plain JSON data."""
+    snapshot = plain_sized(item)[0]
+    return snapshot, _part(snapshot)
+
+
 def _tool_json(t: Any) -> dict[str, Any]:
     if isinstance(t, FunctionTool):
         return {"name": t.name, "description": t.description, "parameters": t.params_json_schema}
     return {"name": getattr(t, "name", type(t).__name__), "kind": type(t).__name__}
 
 
+# Checked and copied once per tool and per settings object, then shared by every later step's request.
+_cached_tool = IdentityCache(lambda t: canonical_part(_tool_json(t)), size=1024)
+_cached_settings = IdentityCache(lambda s: canonical_part(_plain(canonical_json(s.to_json_dict()))), size=256)
+
+
 def canonical_request(
     system: str | None, input: Any, settings: ModelSettings, tools: list[Any], output_schema: Any,
-    handoffs: list[Handoff],
+    handoffs: list[Handoff], conversation: EqualConversations | None = None,
 ) -> dict[str, Any]:
-    """The model request as Castor journals and compares it (``get_response``'s arguments, ids dropped)."""
+    """The model request as Castor journals and compares it (``get_response``'s arguments, ids dropped):
+    canonical JSON already, made of parts checked once (``castor.lib.model_call(canonical=True)``);
+    ``conversation``: the input items of the previous steps, converted then."""
     items = [{"role": "user", "content": input}] if isinstance(input, str) else list(input)
-    request: dict[str, Any] = {"input": _plain(canonical_json(items, drop=VOLATILE))}
+    try:
+        parts = conversation(items) if conversation is not None else [_item(item)[1] for item in items]
+    except NotPlain:  # models or tuples among the items: through the JSON round trip
+        parts = canonical_part(_plain(canonical_json(items, drop=VOLATILE)))
+    request: dict[str, Any] = {"input": parts}
     if system:
         request["system"] = system
     if tools:
-        request["tools"] = [_tool_json(t) for t in tools]
+        request["tools"] = [_cached_tool(t) for t in tools]
     if handoffs:
-        request["handoffs"] = [{"name": h.tool_name, "description": h.tool_description,
-                                "parameters": h.input_json_schema} for h in handoffs]
+        request["handoffs"] = canonical_part([{"name": h.tool_name, "description": h.tool_description,
+                                               "parameters": h.input_json_schema} for h in handoffs])
     if output_schema is not None and not output_schema.is_plain_text():
-        request["output_schema"] = output_schema.json_schema()
-    settings_json = _plain(canonical_json(settings.to_json_dict()))
+        request["output_schema"] = canonical_part(output_schema.json_schema())
+    settings_json = _cached_settings(settings)
     if settings_json:
         request["settings"] = settings_json
     return request
@@ -146,18 +182,26 @@ class GuardedModel(Model):
     def __init__(self, wrapped: Model, model_id: str = "") -> None:
         self.wrapped = wrapped
         self.model_id = model_id or getattr(wrapped, "model", None) or type(wrapped).__name__
+        self._conversation = EqualConversations(_item)
 
     async def get_response(self, system_instructions: str | None, input: Any, model_settings: ModelSettings,
                            tools: list[Any], output_schema: Any, handoffs: list[Handoff], tracing: Any,
                            **kwargs: Any) -> ModelResponse:
         """Ask the wrapped model through Castor (from the journal on replay)."""
+        live: list[tuple[dict[str, Any], ModelResponse]] = []
+
         async def invoke(_request: dict[str, Any]) -> dict[str, Any]:
             answer = await self.wrapped.get_response(system_instructions, input, model_settings, tools,
                                                      output_schema, handoffs, tracing, **kwargs)
-            return response_json(answer, self.model_id)
+            live.append((response_json(answer, self.model_id), answer))
+            return live[-1][0]
 
-        request = canonical_request(system_instructions, input, model_settings, tools, output_schema, handoffs)
-        return model_response(await model_step(request, self.model_id, invoke))
+        request = canonical_request(system_instructions, input, model_settings, tools, output_schema, handoffs,
+                                    self._conversation)
+        journaled = await model_step(request, self.model_id, invoke, canonical=True)
+        if live and live[-1][0] is journaled:  # this very call's answer (not rebuilt from its own JSON)
+            return live[-1][1]
+        return model_response(journaled)  # replayed, or journaled first by another process driving the run
 
     def stream_response(self, system_instructions: str | None, input: Any, model_settings: ModelSettings,
                         tools: list[Any], output_schema: Any, handoffs: list[Handoff], tracing: Any,

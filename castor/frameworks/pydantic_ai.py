@@ -61,11 +61,14 @@ from castor.frameworks._common import (
     call_tool,
     canonical_part,
     check_function,
+    jsonable,
     model_step,
     refuse,
     schema_function,
     suspensions_pass,
 )
+from castor.frameworks._conversations import Conversations
+from castor.frameworks._pydantic_ai_json import compact, request_parts
 from castor.frameworks._pydantic_ai_stream import GuardedStreamedResponse, event_text
 
 FRAMEWORK = "pydantic-ai"
@@ -89,8 +92,12 @@ def _plain(value: Any) -> Any:
 
 
 def _message_json(message: ModelMessage) -> list[dict[str, Any]]:
-    """One message part by part, each with its ``role`` (pydantic-ai's part kind)."""
-    return _parts_json(ModelMessagesTypeAdapter.dump_python([message], mode="json")[0])
+    """One message part by part, each with its ``role`` (pydantic-ai's part kind): read from its fields
+    when they are plain JSON data (``request_parts``, fresh copies already), else from pydantic-ai's dump."""
+    parts = request_parts(message, VOLATILE, _plain)
+    if parts is not None:
+        return parts
+    return canonical_part(_parts_json(ModelMessagesTypeAdapter.dump_python([message], mode="json")[0]))
 
 
 def _parts_json(dumped: dict[str, Any]) -> list[dict[str, Any]]:
@@ -105,15 +112,16 @@ def _parts_json(dumped: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-# Converted and checked once per message object (canonical_part), then shared by every later step's request.
-_cached_message = IdentityCache(lambda message: canonical_part(_message_json(message)))
+# Converted and checked once per message object, then shared by every later step's request.
+_cached_message = IdentityCache(_message_json)
+_conversation = Conversations(_cached_message, flat=True)
 # A tool's JSON schema: the same object at every step of a run (the tool's function schema holds it).
 _cached_schema = IdentityCache(lambda schema: canonical_part(to_jsonable_python(schema)), size=1024)
 
 
 def _messages_json(messages: Sequence[ModelMessage]) -> list[dict[str, Any]]:
-    """The conversation part by part (each message converted once, ``IdentityCache``)."""
-    return [part for message in messages for part in _cached_message(message)]
+    """The conversation part by part (each message converted once, the previous step's list extended)."""
+    return _conversation(messages)
 
 
 def canonical_request(
@@ -141,11 +149,11 @@ def response_json(response: ModelResponse) -> dict[str, Any]:
     calls = [p for p in response.parts if isinstance(p, ToolCallPart)]
     journaled: dict[str, Any] = {
         "text": "".join(p.content for p in response.parts if isinstance(p, TextPart)),
-        "tool_calls": [{"id": c.tool_call_id, "name": c.tool_name, "arguments": to_jsonable_python(c.args_as_dict())}
+        "tool_calls": [{"id": c.tool_call_id, "name": c.tool_name, "arguments": jsonable(c.args_as_dict())}
                        for c in calls],
         "model": response.model_name or "",
         "finish_reason": "tool_calls" if calls else "stop",
-        "message": ModelMessagesTypeAdapter.dump_python([response], mode="json")[0],
+        "message": compact(response),  # what rebuilding it needs besides its defaults (model_response)
     }
     usage = response.usage
     if usage.input_tokens or usage.output_tokens:
@@ -179,10 +187,7 @@ class GuardedModel(WrapperModel):
         journaled = await model_step(request, self.wrapped.model_name or "model", invoke, canonical=True)
         # This very call's answer as the model gave it; else (replayed, or journaled first by another
         # process driving the run) the response rebuilt from the journal.
-        response = live[-1][1] if live and live[-1][0] is journaled else model_response(journaled)
-        # The next request repeats this response: its JSON is the journaled dump, not dumped again.
-        _cached_message.put(response, canonical_part(_parts_json(journaled["message"])))
-        return response
+        return live[-1][1] if live and live[-1][0] is journaled else model_response(journaled)
 
     @asynccontextmanager
     async def request_stream(

@@ -47,9 +47,11 @@ from smolagents.monitoring import TokenUsage
 from castor.errors import UnsupportedError
 from castor.frameworks._castor_models.smolagents import CastorModel
 from castor.frameworks._common import (
+    IdentityCache,
     ToolEntry,
     blocking,
     call_tool,
+    canonical_part,
     check_function,
     in_thread,
     model_step,
@@ -57,8 +59,10 @@ from castor.frameworks._common import (
     schema_function,
     schema_signature,
 )
+from castor.frameworks._conversations import EqualConversations
 from castor.frameworks._streaming import Emit, StreamStep, stream_in_thread
 from castor.llm import canonical_request as canonical_json
+from castor.llm.cost import NotPlain, plain_sized
 
 FRAMEWORK = "smolagents"
 FINAL_ANSWER = "final_answer"
@@ -76,18 +80,39 @@ def _message_json(message: Any) -> dict[str, Any]:
     return {k: v for k, v in canonical_json(data, drop=_VOLATILE).items() if v is not None}
 
 
+def _message(message: Any) -> tuple[Any, Any]:
+    """A message to compare the next step's with (``EqualConversations``) and its canonical part. smolagents
+    builds its messages anew for every call and never changes them afterwards: a ``ChatMessage`` is kept
+    as it is (compared as a dataclass), a dict message as a copy."""
+    if isinstance(message, ChatMessage):
+        return message, _message_json(message)
+    if not isinstance(message, dict):
+        raise NotPlain
+    return plain_sized(message)[0], _message_json(message)
+
+
 def _tool_json(t: Tool) -> dict[str, Any]:
     return {"name": t.name, "description": t.description, "inputs": canonical_json(t.inputs)}
 
 
+# Checked and copied once per tool object, then shared by every later step's request.
+_cached_tool = IdentityCache(lambda t: canonical_part(_tool_json(t)), size=1024)
+
+
 def canonical_request(messages: list[Any], stop: list[str] | None, response_format: Any, tools: list[Tool] | None,
-                      options: dict[str, Any]) -> dict[str, Any]:
-    """The model request as Castor journals and compares it (``generate``'s arguments, ids dropped)."""
-    request: dict[str, Any] = {"messages": [_message_json(m) for m in messages]}
+                      options: dict[str, Any], conversation: EqualConversations | None = None) -> dict[str, Any]:
+    """The model request as Castor journals and compares it (``generate``'s arguments, ids dropped):
+    canonical JSON already, made of parts checked once (``castor.lib.model_call(canonical=True)``);
+    ``conversation``: the messages of the previous steps, converted then."""
+    try:
+        parts = conversation(list(messages)) if conversation is not None else None
+    except NotPlain:
+        parts = None
+    request: dict[str, Any] = {"messages": parts if parts is not None else [_message_json(m) for m in messages]}
     if tools:
-        request["tools"] = [_tool_json(t) for t in tools]
+        request["tools"] = [_cached_tool(t) for t in tools]
     if stop:
-        request["stop"] = list(stop)
+        request["stop"] = canonical_part(list(stop))
     if response_format:
         request["response_format"] = canonical_json(response_format)
     if options:
@@ -125,21 +150,28 @@ class GuardedModel(Model):
     def __init__(self, wrapped: Model) -> None:
         super().__init__(model_id=wrapped.model_id or type(wrapped).__name__)
         self.wrapped = wrapped
+        self._conversation = EqualConversations(_message)
 
     def generate(self, messages: list[Any], stop_sequences: list[str] | None = None,
                  response_format: Any = None, tools_to_call_from: list[Tool] | None = None,
                  **kwargs: Any) -> ChatMessage:
         """Ask the wrapped model through Castor (from the journal on replay), from the agent's thread."""
         model = str(self.model_id)
-        request = canonical_request(messages, stop_sequences, response_format, tools_to_call_from, kwargs)
+        request = canonical_request(messages, stop_sequences, response_format, tools_to_call_from, kwargs,
+                                    self._conversation)
+        live: list[tuple[dict[str, Any], ChatMessage]] = []
 
         async def invoke(_request: dict[str, Any]) -> dict[str, Any]:
             answer = await asyncio.to_thread(self.wrapped.generate, messages, stop_sequences=stop_sequences,
                                      response_format=response_format, tools_to_call_from=tools_to_call_from,
                                      **kwargs)
-            return response_json(answer, model)
+            live.append((response_json(answer, model), answer))
+            return live[-1][0]
 
-        return chat_message(blocking(FRAMEWORK, lambda: model_step(request, model, invoke), _RUNNER))
+        journaled = blocking(FRAMEWORK, lambda: model_step(request, model, invoke, canonical=True), _RUNNER)
+        if live and live[-1][0] is journaled:  # this very call's answer (not rebuilt from its own JSON)
+            return live[-1][1]
+        return chat_message(journaled)  # replayed, or journaled first by another process driving the run
 
     def parse_tool_calls(self, message: ChatMessage) -> ChatMessage:
         """The wrapped model's parsing of tool calls written as text."""

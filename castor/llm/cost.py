@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -41,12 +42,17 @@ def json_size(value: Any) -> int:
     if kind is dict:
         size = 1
         for key, item in value.items():
-            size += json_size(key) + 2 + json_size(item)  # colon, comma
+            # json_size(key) + 2 (colon, comma) + json_size(item), a string key or item counted in place
+            size += ((len(key) if key.isascii() else len(key.encode("utf-8"))) + 4 if type(key) is str
+                     else json_size(key) + 2)
+            size += ((len(item) if item.isascii() else len(item.encode("utf-8"))) + 2 if type(item) is str
+                     else json_size(item))
         return size
     if kind is list:
         size = 1
         for item in value:
-            size += json_size(item) + 1
+            size += ((len(item) if item.isascii() else len(item.encode("utf-8"))) + 3 if type(item) is str
+                     else json_size(item) + 1)
         return size
     if value is None or kind is bool or kind is int:
         return 5 if kind is not int else len(str(value))
@@ -190,6 +196,10 @@ def reservation(
 # each is sized once rather than at every step. Journaled data is never changed, so a size stays true.
 _SIZES: dict[int, tuple[Any, int]] = {}
 _SIZES_KEPT = 4096
+# id(first item) -> (a journaled list, its JSON size): the next step's list repeats it and adds an item or
+# two (the same objects), so it costs its new items and one identity pass over the rest.
+_LISTS: dict[int, tuple[list[Any], int]] = {}
+_LISTS_KEPT = 256
 
 
 def _message_size(message: Any) -> int:
@@ -204,21 +214,37 @@ def _message_size(message: Any) -> int:
     return size
 
 
+def _list_size(items: list[Any]) -> int:
+    """``json_size(items)`` of a journaled list, from the size of the list it extends when there is one."""
+    if not items:
+        return 1  # as json_size counts it
+    first = items[0]
+    hit = _LISTS.get(id(first))
+    if hit is not None and hit[0][0] is first and len(hit[0]) <= len(items) and all(map(operator.is_, hit[0], items)):
+        seen, size = hit
+        if len(seen) == len(items):
+            return size
+        rest = items[len(seen):]
+    else:
+        size, rest = 1, items
+        if len(_LISTS) >= _LISTS_KEPT:
+            _LISTS.pop(next(iter(_LISTS)), None)
+    for item in rest:
+        size += _message_size(item) + 1
+    _LISTS[id(first)] = (items, size)
+    return size
+
+
 def _journaled_prompt(request: Mapping[str, Any]) -> int:
     """``estimate_prompt(request)`` for a journaled request (never changed afterwards): the same count,
-    each message and each tool sized once."""
+    each message and each tool sized once, a conversation's list from the previous step's."""
     if type(request) is not dict:
         return estimate_prompt(request)
     # json_size(request), summed by parts: each key and value; a list (messages, tools) item by item.
     size = 1
     for key, value in request.items():
         size += json_size(key) + 2
-        if type(value) is list:
-            size += 1
-            for item in value:
-                size += _message_size(item) + 1
-        else:
-            size += _message_size(value)
+        size += _list_size(value) if type(value) is list else _message_size(value)
     messages = request.get("messages")
     overhead = MESSAGE_OVERHEAD * len(messages) if isinstance(messages, list) else 0
     return -(-size // BYTES_PER_TOKEN) + overhead
@@ -231,5 +257,8 @@ def usage_from(response: Mapping[str, Any], request: Mapping[str, Any]) -> tuple
         given_in, given_out = usage.get("input_tokens"), usage.get("output_tokens")
         if type(given_in) is int and type(given_out) is int and given_in >= 0 and given_out >= 0:
             return given_in, given_out, False
-    output = {k: v for k, v in response.items() if k != "usage"}
-    return _journaled_prompt(request), estimate_tokens(output), True
+    output = 1  # json_size of the response without its usage, counted without copying it
+    for key, value in response.items():
+        if key != "usage":
+            output += json_size(key) + 2 + json_size(value)
+    return _journaled_prompt(request), -(-output // BYTES_PER_TOKEN), True

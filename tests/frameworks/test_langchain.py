@@ -190,6 +190,9 @@ async def test_a_model_step_is_one_readable_record(tmp_path: Path, factory: Any)
         "tools": [_schema("search", "Search the logs.", "query"), _schema("delete_file", "Delete a file.", "path")],
     }}
     assert record.response["tool_calls"] == [{"id": "c1", "name": "search", "arguments": {"query": "old logs"}}]
+    # LangChain's message: only what the text and the tool calls above do not say (its fields at their
+    # defaults left out), rebuilt into the very message on replay.
+    assert record.response["lc_message"] == {"type": "ai", "usage_metadata": USAGE}
     out = io.StringIO()
     with redirect_stdout(out):
         assert await asyncio.to_thread(main, ["--db", str(db), "inspect", "lc-inspect"]) == 0

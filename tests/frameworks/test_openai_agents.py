@@ -294,3 +294,14 @@ async def test_a_failing_tool_reaches_the_model_through_the_sdks_error_handling(
     assert cp.status == "COMPLETED" and cp.result == "gave up"
     last = script.asked[-1][-1]
     assert last["type"] == "function_call_output" and last["output"].startswith("An error occurred")
+
+
+def test_an_input_item_converted_in_one_walk_is_the_request_the_json_round_trip_gives() -> None:
+    from castor.frameworks import openai_agents as guard_module
+    from castor.llm import canonical_request as canonical_json
+
+    items = [{"role": "user", "content": "x", "id": "1"},
+             {"a": {"id": 1}, "b": {"c": None}, "d": [], "e": [{"id": 2, "f": {}}], "g": 0, "h": False, "i": ""},
+             {"type": "function_call", "call_id": "c", "name": "search", "arguments": "{}", "status": "completed"}]
+    assert [guard_module._item(item)[1] for item in items] == guard_module._plain(
+        canonical_json(items, drop=guard_module.VOLATILE))

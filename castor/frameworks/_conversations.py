@@ -1,0 +1,90 @@
+"""A conversation's canonical request parts, extended at each step by its new messages only."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+from typing import Any
+
+
+class Conversations:
+    """The canonical parts of a conversation's messages (``convert``: an ``IdentityCache`` of one message's
+    part, or with ``flat``, of its list of parts), extended at each step by the new messages only.
+
+    A framework asks its model with the whole conversation so far: the same message objects as at the
+    previous step, then one or two new ones. Finding that prefix by identity (one C-level pass) and
+    extending the previous list of parts costs a step its new messages rather than a cache lookup per
+    message. The previous conversations are kept by their first message (held, so its id is not reused);
+    anything else (an edited history, another run's list) is converted message by message."""
+
+    def __init__(self, convert: Callable[[Any], Any], *, flat: bool = False, size: int = 256) -> None:
+        self._convert = convert
+        self._flat = flat
+        self._size = size
+        self._entries: dict[int, tuple[list[Any], list[Any]]] = {}
+
+    def __call__(self, messages: Sequence[Any]) -> list[Any]:
+        """The parts of ``messages``, in order (a list nobody may change: the next step's request shares it)."""
+        if not messages:
+            return []
+        first = messages[0]
+        entries = self._entries
+        hit = entries.get(id(first))
+        if hit is not None and hit[0][0] is first and len(hit[0]) <= len(messages) and all(
+            map(operator.is_, hit[0], messages)
+        ):
+            seen, parts = hit
+            if len(seen) == len(messages):
+                return parts
+            parts = parts + self._parts(messages[len(seen):])
+        else:
+            parts = self._parts(messages)
+            if len(entries) >= self._size:
+                entries.pop(next(iter(entries)), None)  # another thread may have dropped it
+        entries[id(first)] = (list(messages), parts)
+        return parts
+
+    def _parts(self, messages: Sequence[Any]) -> list[Any]:
+        convert = self._convert
+        if self._flat:
+            return [part for message in messages for part in convert(message)]
+        return [convert(message) for message in messages]
+
+
+class EqualConversations:
+    """A conversation whose items a framework makes anew at each step (equal to the previous step's, not the
+    same objects: the OpenAI Agents SDK dumps its items again for every model call).
+
+    ``convert(item)`` returns ``(snapshot, part)``: a copy of the item as plain JSON data (compared with the
+    next step's items, one C-level ``==`` over the list) and its canonical part; it raises ``NotPlain`` for
+    an item it cannot copy, and the caller then converts the whole conversation its own way. The previous
+    step's snapshots are Castor's copies, so a framework changing its items afterwards cannot fool the
+    comparison (Python's ``==``, for which ``1``, ``1.0`` and ``True`` are one value: an item rewritten from
+    one to another at the same place keeps its first part). Kept per guarded model, the most recent few
+    conversations (concurrent runs)."""
+
+    def __init__(self, convert: Callable[[Any], tuple[Any, Any]], size: int = 8) -> None:
+        self._convert = convert
+        self._size = size
+        self._recent: list[tuple[list[Any], list[Any]]] = []
+
+    def __call__(self, items: list[Any]) -> list[Any]:
+        """The parts of ``items``, in order (a list nobody may change); ``NotPlain`` as ``convert`` raises it."""
+        recent = self._recent
+        found = None
+        for entry in recent:
+            snapshots, parts = entry
+            seen = len(snapshots)
+            if seen <= len(items) and snapshots == items[:seen]:
+                found = entry
+                if seen < len(items):
+                    new = [self._convert(item) for item in items[seen:]]
+                    snapshots = snapshots + [snapshot for snapshot, _ in new]
+                    parts = parts + [part for _, part in new]
+                break
+        else:
+            converted = [self._convert(item) for item in items]
+            snapshots, parts = [snapshot for snapshot, _ in converted], [part for _, part in converted]
+        # A new list swapped in whole: a synchronous framework's runs share the model from several threads.
+        self._recent = [(snapshots, parts), *(entry for entry in recent if entry is not found)][: self._size]
+        return parts

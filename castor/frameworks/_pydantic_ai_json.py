@@ -1,0 +1,94 @@
+"""pydantic-ai messages as JSON without pydantic-ai's serializer, for the guard's hot path.
+
+Dumping a ``ModelResponse`` with ``ModelMessagesTypeAdapter`` costs tens of microseconds (its parts'
+serializers run Python), and the guard needs two JSON forms of each message at every step: the parts of
+the canonical request, and the journaled response a replay rebuilds the message from. Both are read here
+from the messages' dataclass fields:
+
+- ``request_parts``: what ``_parts_json`` makes of the adapter's JSON dump, for the parts whose values
+  are plain JSON data (strings, numbers, dicts and lists of them); ``None`` for anything else, which the
+  guard then dumps with the adapter (an image, a pydantic model as a tool's return, a part kind not read
+  here). ``tests/frameworks/test_pydantic_ai_json.py`` holds both forms equal.
+- ``compact``: a message's fields that differ from their defaults, its kind and its parts' kinds always,
+  as JSON: the adapter validates it back into an equal message (the defaults fill the rest).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from pydantic_ai.messages import SystemPromptPart, TextPart, ToolCallPart, ToolReturnPart, UserPromptPart
+from pydantic_core import to_jsonable_python
+
+from castor.frameworks._common import IdentityCache
+from castor.llm.cost import NotPlain, plain_sized
+
+_READ = frozenset({UserPromptPart, SystemPromptPart, ToolReturnPart, TextPart, ToolCallPart})
+_REQUIRED = object()
+_KINDS = ("kind", "part_kind")  # the adapter's discriminators: always journaled
+
+
+def _field_defaults(cls: type) -> dict[str, Any]:
+    defaults: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            defaults[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            defaults[f.name] = f.default_factory()  # a timestamp or an id differs from it: journaled
+        else:
+            defaults[f.name] = _REQUIRED
+    return defaults
+
+
+_defaults = IdentityCache(_field_defaults, size=128)
+
+
+def _json(value: Any) -> Any:
+    kind = type(value)
+    return value if kind is str or kind is int or kind is bool or value is None else to_jsonable_python(value)
+
+
+def compact(message: Any) -> dict[str, Any]:
+    """``message`` (a dataclass) as JSON holding only what its defaults do not say (parts part by part)."""
+    out: dict[str, Any] = {}
+    for name, default in _defaults(type(message)).items():
+        value = getattr(message, name)
+        if name == "parts":
+            out[name] = [compact(part) if dataclasses.is_dataclass(part) else _json(part) for part in value]
+        elif name in _KINDS or default is _REQUIRED or (value is not default and value != default):
+            out[name] = _json(value)
+    return out
+
+
+def request_parts(message: Any, volatile: frozenset[str], plain: Callable[[Any], Any]) -> list[dict[str, Any]] | None:
+    """The message's parts as the canonical request holds them (``plain``: the guard's filter of volatile
+    and empty values), read from its fields; None if a part is not plain JSON data."""
+    out: list[dict[str, Any]] = []
+    instructions = getattr(message, "instructions", None)
+    if instructions:
+        if type(instructions) is not str:
+            return None
+        out.append({"role": "instructions", "content": instructions})
+    for part in message.parts:
+        cls = type(part)
+        if cls not in _READ:
+            return None
+        fields: dict[str, Any] = {}
+        for name in _defaults(cls):
+            if name in volatile:
+                continue
+            value = getattr(part, name)
+            kind = type(value)
+            if value is None or ((kind is dict or kind is list) and not value):
+                continue
+            if kind is not str and kind is not int and kind is not bool:
+                try:
+                    value = plain(plain_sized(value)[0])
+                except NotPlain:
+                    return None
+            fields[name] = value
+        fields["role"] = fields.pop("part_kind", message.kind)
+        out.append(fields)
+    return out

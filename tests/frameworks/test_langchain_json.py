@@ -1,0 +1,57 @@
+"""A LangChain response journaled as its fields that differ from their defaults (``castor.frameworks.
+_langchain_json``) rebuilds the very message, whatever it holds; a response journaled whole still does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+pytest.importorskip("langchain_core")
+
+from langchain_core.messages import AIMessage, AIMessageChunk, message_to_dict
+from langchain_core.outputs import ChatGeneration, ChatResult
+
+from castor.frameworks import langchain as guard_module
+
+MESSAGES = [
+    AIMessage(content="", tool_calls=[{"name": "search", "args": {"query": "q1"}, "id": "c1"}]),
+    AIMessage(content="done"),
+    AIMessage(content=[{"type": "text", "text": "hi"}], name="bot", id="run-1", response_metadata={"model": "m"},
+              usage_metadata={"input_tokens": 3, "output_tokens": 2, "total_tokens": 5}),
+    AIMessage(content="x", tool_calls=[{"name": "s", "args": {"q": [1, {"k": None}]}, "id": None}], extra="kept"),
+    AIMessage(content="", tool_calls=[{"name": "s", "args": {}, "id": ""}], additional_kwargs={"refusal": None}),
+    AIMessageChunk(content="streamed", tool_call_chunks=[]),
+]
+
+
+def journaled(message: Any) -> dict[str, Any]:
+    return guard_module.response_json(ChatResult(generations=[ChatGeneration(message=message)]), "m")
+
+
+@pytest.mark.parametrize("message", MESSAGES, ids=range(len(MESSAGES)))
+def test_a_journaled_response_rebuilds_the_very_message(message: Any) -> None:
+    response = journaled(message)
+    rebuilt = guard_module.chat_result(response).generations[0].message
+    assert type(rebuilt) is type(message) and message_to_dict(rebuilt) == message_to_dict(message)
+
+
+def test_the_journal_keeps_only_what_the_response_keys_do_not_say() -> None:
+    assert journaled(MESSAGES[0])["lc_message"] == {"type": "ai"}
+    assert journaled(MESSAGES[3])["lc_message"]["tool_calls"] == [  # an id Castor's key cannot say (None)
+        {"name": "s", "args": {"q": [1, {"k": None}]}, "id": None, "type": "tool_call"}]
+    assert journaled(MESSAGES[3])["lc_message"]["extra"] == "kept"
+
+
+def test_a_response_journaled_whole_by_castor_kernel_0_6_0_still_rebuilds() -> None:
+    message = MESSAGES[2]
+    response = {**journaled(message), "message": message_to_dict(message)}
+    del response["lc_message"]
+    assert message_to_dict(guard_module.chat_result(response).generations[0].message) == message_to_dict(message)
+
+
+def test_the_next_request_reads_the_answer_from_its_journaled_response() -> None:
+    for message in MESSAGES:
+        response = journaled(message)
+        guard_module._remember(message, response)
+        assert guard_module._cached_message(message) == guard_module._message_json(message)

@@ -1,0 +1,88 @@
+"""The pydantic-ai guard reads messages' fields instead of dumping them (``castor.frameworks._pydantic_ai_json``):
+the canonical request must stay what pydantic-ai's own dump gives, and the journaled response must
+rebuild an equal message."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+pytest.importorskip("pydantic_ai")
+
+from pydantic import BaseModel
+from pydantic_ai.messages import (
+    ImageUrl,
+    ModelMessagesTypeAdapter,
+    ModelRequest,
+    ModelResponse,
+    SystemPromptPart,
+    TextPart,
+    ThinkingPart,
+    ToolCallPart,
+    ToolReturnPart,
+    UserPromptPart,
+)
+from pydantic_ai.usage import RequestUsage
+
+from castor.frameworks import pydantic_ai as guard_module
+from castor.frameworks._pydantic_ai_json import request_parts
+
+
+class Found(BaseModel):
+    path: str
+    size: int
+
+
+REQUESTS = [
+    ModelRequest(parts=[UserPromptPart("clean up old logs")]),
+    ModelRequest(parts=[SystemPromptPart("be careful"), UserPromptPart("go")], instructions="use tools"),
+    ModelRequest(parts=[ToolReturnPart("search", "found /var/log/a", tool_call_id="c1")]),
+    ModelRequest(parts=[ToolReturnPart("search", {"hits": [1, 2.5, None, {"id": "x", "k": []}]}, tool_call_id="c1",
+                                       metadata={"source": "index"})]),
+    ModelRequest(parts=[ToolReturnPart("search", Found(path="/a", size=3), tool_call_id="c1")]),  # the dump
+    ModelRequest(parts=[ToolReturnPart("search", float("nan"), tool_call_id="c1")]),  # the dump
+    ModelRequest(parts=[UserPromptPart(["look", ImageUrl("https://example.com/a.png")])]),  # the dump
+    ModelRequest(parts=[ToolReturnPart("search", "bad arguments", tool_call_id="c1", outcome="retried")]),
+]
+RESPONSES = [
+    ModelResponse(parts=[ToolCallPart("search", {"query": "q1"}, tool_call_id="c1")], model_name="m"),
+    ModelResponse(parts=[ToolCallPart("search", '{"query": "q1"}', tool_call_id="c1", id="p1")]),
+    ModelResponse(parts=[TextPart("done")], usage=RequestUsage(input_tokens=10, output_tokens=5),
+                  model_name="m", provider_name="p", provider_response_id="r1", finish_reason="stop",
+                  provider_details={"x": [1]}, timestamp=datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)),
+    ModelResponse(parts=[ThinkingPart("hmm", signature="s"), TextPart("a"), TextPart("b")]),
+]
+
+
+def _dumped(message: Any) -> list[dict[str, Any]]:
+    return guard_module._parts_json(ModelMessagesTypeAdapter.dump_python([message], mode="json")[0])
+
+
+@pytest.mark.parametrize("message", REQUESTS + RESPONSES, ids=lambda m: type(m).__name__)
+def test_a_message_read_from_its_fields_is_the_request_pydantic_ais_dump_gives(message: Any) -> None:
+    assert guard_module._message_json(message) == _dumped(message)
+
+
+def test_parts_that_are_not_plain_json_are_left_to_pydantic_ais_dump() -> None:
+    read = [request_parts(m, guard_module.VOLATILE, guard_module._plain) is not None for m in REQUESTS]
+    assert read == [True, True, True, True, False, False, False, True]
+    assert request_parts(RESPONSES[-1], guard_module.VOLATILE, guard_module._plain) is None  # a ThinkingPart
+
+
+@pytest.mark.parametrize("response", RESPONSES, ids=lambda m: type(m).__name__)
+def test_the_journaled_response_is_its_non_default_fields_and_rebuilds_an_equal_response(response: Any) -> None:
+    journaled = guard_module.response_json(response)
+    assert guard_module.model_response(journaled) == response
+    message = journaled["message"]
+    assert message["kind"] == "response" and all("part_kind" in p for p in message["parts"])
+    assert "state" not in message  # at its default
+    assert ("usage" in message) == bool(response.usage.input_tokens)
+
+
+def test_a_response_journaled_whole_by_an_earlier_version_still_rebuilds() -> None:
+    response = RESPONSES[2]
+    journaled = {**guard_module.response_json(response),
+                 "message": ModelMessagesTypeAdapter.dump_python([response], mode="json")[0]}
+    assert guard_module.model_response(journaled) == response
