@@ -27,6 +27,7 @@ by ``in_thread``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import keyword
@@ -234,7 +235,10 @@ class IdentityCache:
         """Remember ``value`` as ``convert(message)`` (known already, e.g. from the response just journaled)."""
         entries = self._entries
         if len(entries) >= self._size:
-            entries.pop(next(iter(entries)))
+            # Synchronous frameworks' threads may share one cache: another thread may drop the same oldest
+            # entry, or add one, between the look and the drop. Losing a cached conversion costs one redo.
+            with contextlib.suppress(KeyError, RuntimeError, StopIteration):
+                entries.pop(next(iter(entries)))
         entries[id(message)] = (message, value)
         return value
 

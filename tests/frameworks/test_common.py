@@ -118,3 +118,20 @@ async def test_a_synchronous_loop_in_a_thread_reaches_the_run_and_a_run_ending_e
     assert caught.value.step == 3
     with pytest.raises(UnsupportedError, match=r"call `await run\(agent\)` inside a Castor run"):
         blocking("Test", answer, "run(agent)")  # on the loop itself: it would wait for itself
+
+
+def test_an_identity_cache_survives_another_thread_dropping_its_oldest_entry_first() -> None:
+    """Threads of a synchronous framework share a guard's caches: the entry a full cache drops may be gone
+    (dropped by another thread) between the look and the drop; the conversion must still be returned."""
+    from castor.frameworks._common import IdentityCache
+
+    class RacedDict(dict[int, Any]):
+        def __iter__(self) -> Any:
+            keys = list(super().__iter__())
+            self.clear()  # another thread dropped them all meanwhile
+            return iter(keys)
+
+    cache = IdentityCache(lambda message: {"converted": message}, size=2)
+    cache._entries = RacedDict()
+    kept = [object() for _ in range(4)]
+    assert [cache(m)["converted"] for m in kept] == kept
