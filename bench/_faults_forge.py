@@ -235,7 +235,7 @@ def forge_rows(fleet: FaultFleet, plan: Plan, chosen: Callable[[str], bool], sen
 def forge_row(fleet: FaultFleet, plan: Plan, fault: str, attack: Attack, sent: list[str]) -> Row:
     """One forged-message fault's row."""
     row, started = Row(fault), time.monotonic()
-    for _ in plan.rounds(row):
+    for _ in plan.rounds(row, kinds=1):
         since, forger = time.time(), Forger(fleet)
         pid = forger.live_run()
         if pid is None:

@@ -122,16 +122,19 @@ def settle(fleet: FaultFleet, pids: list[str], timeout: float) -> dict[str, str]
 @dataclass
 class Plan:
     """How many trials each fault gets: ``trials``, fewer when ``fail_fast`` (quick mode: a row that failed
-    once fails, and waiting out its broken runs again would only cost time) or when the time budget that
-    ends at ``deadline`` (a ``time.monotonic()``) is spent."""
+    once fails, and waiting out its broken runs again would only cost time), when ``distinct`` (quick mode's
+    default: a row gets only the trials that differ from each other, not repeats) or when the time budget
+    that ends at ``deadline`` (a ``time.monotonic()``) is spent."""
 
     trials: int
     fail_fast: bool
     deadline: float
+    distinct: bool = False
 
-    def rounds(self, row: Row) -> Iterator[int]:
-        """The trial numbers ``row`` gets."""
-        for i in range(self.trials):
+    def rounds(self, row: Row, kinds: int | None = None) -> Iterator[int]:
+        """The trial numbers ``row`` gets; ``kinds``: how many different trials it has (None: every trial
+        differs), the only ones it gets when ``distinct``."""
+        for i in range(min(self.trials, kinds) if self.distinct and kinds else self.trials):
             if self.fail_fast and row.problems:
                 return
             if time.monotonic() > self.deadline:

@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.faults
 @pytest.mark.fleet
-# Quick mode takes about 2 minutes on a 2-core machine once its rows hold; a row that fails can take longer
-# (a run that never ends is waited for), so the limit leaves room to print the table that says why.
+# Quick mode takes under 2 minutes on a 2-core machine once its rows hold (about 3 at a load of 7); a row that
+# fails can take longer (a run that never ends is waited for), so the limit leaves room to print the table.
 @pytest.mark.timeout(560)
 def test_every_row_of_the_quick_fault_table_holds() -> None:
     harness = subprocess.Popen([sys.executable, str(ROOT / "bench" / "faults.py"), "--quick", "--json"], cwd=ROOT,

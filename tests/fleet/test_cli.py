@@ -45,7 +45,7 @@ async def work():
 async def sleepy():
     await tool("note", text="start")
     for _ in range(20):
-        await tool("nap", seconds=0.2)
+        await tool("nap", seconds=0.6)  # 12 s: still running when the CLI, slow on a loaded machine, cancels it
     return "slept"
 '''
 
