@@ -23,6 +23,16 @@ from .runtime import Outcome, WorkerRuntime
 
 # Past the soft limit the tool gets this long to unwind before its process is killed.
 HARD_LIMIT_GRACE = 5.0
+# An async tool is timed by the worker itself (``WorkerRuntime._call``), which then reports the timeout.
+# Celery's soft limit, started with the task a moment before that timer, would fire at the same instant
+# and could cut the report short (no reply: the coordinator would find the step in doubt). For an async
+# tool it is a backstop this much later; a synchronous tool has no other timer, so its soft limit is its timeout.
+ASYNC_SOFT_LIMIT_LEAD = 1.0
+
+
+def soft_limit(timeout: float, is_async: bool) -> float:
+    """Celery's soft time limit for a tool of ``timeout`` seconds."""
+    return timeout + ASYNC_SOFT_LIMIT_LEAD if is_async else timeout
 
 
 def register_tools(app: Any, runtime: WorkerRuntime) -> list[str]:
@@ -31,12 +41,14 @@ def register_tools(app: Any, runtime: WorkerRuntime) -> list[str]:
     letters = DeadLetters(runtime.settings.redis.url, runtime.settings.redis.prefix, runtime.pool)
     for spec in runtime.registry:
         policy = runtime.policy(spec)
-        names.append(_register(app, runtime, spec.name, policy.timeout, letters))
+        names.append(_register(app, runtime, spec.name, policy.timeout, letters, spec.is_async))
     _watch_unknown(app, runtime, letters)
     return names
 
 
-def _register(app: Any, runtime: WorkerRuntime, tool: str, timeout: float, letters: DeadLetters) -> str:
+def _register(
+    app: Any, runtime: WorkerRuntime, tool: str, timeout: float, letters: DeadLetters, is_async: bool = False
+) -> str:
     name = task_name(tool)
 
     def run(self: Any, *args: Any, **kwargs: Any) -> str:
@@ -62,8 +74,8 @@ def _register(app: Any, runtime: WorkerRuntime, tool: str, timeout: float, lette
         reject_on_worker_lost=True,
         ignore_result=True,
         throws=(ToolCallFailed,),  # a tool's failure is the tool's, not the worker's: logged without a traceback
-        soft_time_limit=timeout,
-        time_limit=timeout + HARD_LIMIT_GRACE,
+        soft_time_limit=soft_limit(timeout, is_async),
+        time_limit=soft_limit(timeout, is_async) + HARD_LIMIT_GRACE,
         # a malformed message is dead-lettered, never the worker's end
         Strategy="castor.fleet.workers._poison:strategy",
         dead_letters=letters,

@@ -291,3 +291,30 @@ def test_a_worker_that_celery_stops_on_an_error_exits_non_zero(tmp_path: Path, m
     argv = ["worker", "--pool", "p", "--tools", f"{tmp_path}/tools.py:echo", "--redis", REDIS_URL]
     assert main(argv) == 1
     assert started and started[0][0] == "worker"
+
+
+def test_an_async_tools_own_timer_fires_before_celerys_soft_limit() -> None:
+    """The worker times an async tool itself and reports the timeout; Celery's soft limit must not fire at
+    the same instant and cut that report short (the step would be left in doubt). A synchronous tool has
+    no other timer: its soft limit is its timeout."""
+    from castor.fleet.workers.app import make_app
+    from castor.fleet.workers.runtime import WorkerRuntime
+    from castor.fleet.workers.tasks import HARD_LIMIT_GRACE, register_tools
+
+    from castor.registry import ToolRegistry
+
+    async def slow_fetch(url: str) -> str:
+        return url
+
+    def slow_sum(a: int) -> int:
+        return a
+
+    settings = Settings(tools={"timeouts": {"slow_fetch": 2.0, "slow_sum": 2.0}})
+    registry = ToolRegistry()
+    registry.add(slow_fetch)
+    registry.add(slow_sum)
+    app = make_app(settings, name="soft-limit-test")
+    register_tools(app, WorkerRuntime(settings, registry))
+    fetch, total = app.tasks["castor.tool.slow_fetch"], app.tasks["castor.tool.slow_sum"]
+    assert fetch.soft_time_limit > 2.0 and fetch.time_limit == fetch.soft_time_limit + HARD_LIMIT_GRACE
+    assert total.soft_time_limit == 2.0 and total.time_limit == 2.0 + HARD_LIMIT_GRACE
