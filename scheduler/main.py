@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 from collections.abc import Callable
 from typing import Any
 
 from castor.errors import ConfigError
+from castor.executors.local import LocalExecutor
+from castor.registry import ToolRegistry
 
 from .coordinator import Coordinator, CoordinatorConfig
 
 
 def executor_factory(kind: str, settings: Any) -> Any:
-    """The executor a coordinator's kernels use: ``local`` (in this process) or ``celery`` (worker pools)."""
+    """The executor a coordinator's kernels use: ``local`` (in this process; with a config, its ``[llm]``
+    too: ``ModelLocalExecutor``) or ``celery`` (worker pools)."""
     if kind == "local":
-        return None
+        return None if settings is None else functools.partial(ModelLocalExecutor, settings=settings)
     if kind != "celery":
         raise ConfigError(f"unknown executor {kind!r}: use local or celery")
     if settings is None:
@@ -24,6 +28,25 @@ def executor_factory(kind: str, settings: Any) -> Any:
     from castor.executors.celery import CeleryExecutor
 
     return CeleryExecutor.factory(settings)
+
+
+class ModelLocalExecutor(LocalExecutor):
+    """Tools in this process, and the config's ``[llm]``: the kernel takes its model provider and its
+    ``in_doubt`` policy from its executor, as it takes a Celery executor's. The provider is called here,
+    with this process's key (``castor.llm.fleet.local_provider``); None when ``[llm]`` names none."""
+
+    def __init__(self, tools: ToolRegistry, *, settings: Any) -> None:
+        super().__init__(tools)
+        from castor.llm.fleet import local_provider
+
+        self.model_provider = local_provider(settings)
+        self.model_in_doubt: str = settings.llm.in_doubt
+
+    async def close(self) -> None:
+        """Stop the thread pool and close the provider's connections (if it was built)."""
+        await super().close()
+        if self.model_provider is not None:
+            await self.model_provider.aclose()
 
 
 async def serve(

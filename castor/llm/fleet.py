@@ -77,6 +77,9 @@ class LocalModel:
         self.settings = settings
         self.model = settings.llm.model
         self.models = frozenset({self.model, *settings.llm.models})
+        # read by a kernel that takes this provider from its executor (a coordinator's, castor.fleet.scheduler)
+        self.prices = price_table(settings.llm.prices)
+        self.timeout = settings.llm.timeout
         self._provider: Any = None
 
     def provider(self) -> Any:
