@@ -12,7 +12,8 @@
 
 ``guard`` takes a chat model (``BaseChatModel``), a tool (``BaseTool``), a list of tools, or a compiled
 LangGraph agent (``create_react_agent``, ``langchain.agents.create_agent``: a graph whose nodes hold a
-chat model and a ``ToolNode``). A guarded chat model asks its model through ``castor.lib.model_call``
+chat model and a ``ToolNode``); ``guard(graph, model=CastorChatModel())`` has the graph call that chat
+model instead of its own (its tools bound to it). A guarded chat model asks its model through ``castor.lib.model_call``
 with the request in a canonical form (messages by role, content and tool calls; message, run and tool
 call ids dropped) and rebuilds the ``AIMessage`` from the journaled response. A guarded tool asks
 Castor for the call; LangChain's tool error handling catches ``Exception`` only, so a suspension passes.
@@ -53,6 +54,7 @@ from castor.frameworks._common import (
     schema_function,
 )
 from castor.frameworks._conversations import Conversations
+from castor.frameworks._langchain_graph import replace_node_models, swapped
 from castor.frameworks._langchain_json import message_rest, rebuilt_message
 from castor.frameworks._langchain_stream import stream_message
 
@@ -339,27 +341,9 @@ def _guarded_runnable(r: Any) -> Any:
     return None
 
 
-def _guard_node_models(runnable: Any) -> int:
-    """Replace the chat model a node's function closes over (LangGraph's agent node); how many it replaced."""
-    replaced = 0
-    cells = {}
-    for fn in (getattr(runnable, "func", None), getattr(runnable, "afunc", None)):
-        for cell in getattr(fn, "__closure__", None) or ():
-            cells[id(cell)] = cell
-    for cell in cells.values():
-        try:
-            value = cell.cell_contents
-        except ValueError:  # an empty cell
-            continue
-        guarded = _guarded_runnable(value) if isinstance(value, Runnable) else None
-        if guarded is not None:
-            cell.cell_contents = guarded
-            replaced += 1
-    return replaced
-
-
-def guard_graph(graph: Any) -> Any:
-    """Guard a compiled LangGraph agent in place: its nodes' chat model and its ``ToolNode``'s tools."""
+def guard_graph(graph: Any, model: BaseChatModel | None = None) -> Any:
+    """Guard a compiled LangGraph agent in place: its nodes' chat model (``model`` in its place, if given)
+    and its ``ToolNode``'s tools."""
     nodes = getattr(graph, "nodes", None)
     if not isinstance(nodes, dict):
         raise UnsupportedError(f"cannot guard {type(graph).__name__}: not a compiled LangGraph graph")
@@ -371,7 +355,10 @@ def guard_graph(graph: Any) -> Any:
         by_name = node.tools_by_name
         for name, t in list(by_name.items()):
             by_name[name] = guard_tool(t)
-    models = sum(_guard_node_models(n.bound) for n in nodes.values() if getattr(n, "bound", None) is not None)
+    if model is not None and not isinstance(model, BaseChatModel):
+        raise UnsupportedError(f"LangChain: guard(graph, model=...) takes a chat model, got {type(model).__name__}")
+    new = _guarded_runnable if model is None else (lambda r: _guarded_runnable(swapped(r, model)))
+    models = replace_node_models(graph, new)
     if not models:
         raise UnsupportedError(
             "found no chat model in the graph's nodes (a model chosen at run time?): build the agent with "
@@ -380,8 +367,14 @@ def guard_graph(graph: Any) -> Any:
     return graph
 
 
-def guard(x: Any) -> Any:
-    """The guarded form of a chat model, a tool, a list of tools or a compiled LangGraph agent."""
+def guard(x: Any, *, model: BaseChatModel | None = None) -> Any:
+    """The guarded form of a chat model, a tool, a list of tools or a compiled LangGraph agent; ``model``
+    (a graph only): the chat model its nodes call instead of their own (e.g. a ``CastorChatModel``)."""
+    if model is not None:
+        if not (hasattr(x, "nodes") and hasattr(x, "ainvoke")):
+            raise UnsupportedError(f"LangChain: guard(model=...) swaps a LangGraph agent's model, not a "
+                                   f"{type(x).__name__}'s")
+        return guard_graph(x, model)
     if isinstance(x, BaseChatModel):
         return guard_model(x)
     if isinstance(x, BaseTool):

@@ -322,9 +322,10 @@ def tools_of(x: Any) -> list[ToolEntry]:
 # --- agents -------------------------------------------------------------------------------------------
 
 
-def guard_agent(agent: Agent[Any]) -> Agent[Any]:
-    """A clone of ``agent`` with its model, its function tools and its handoff agents guarded."""
-    if getattr(agent, "__castor_guarded__", False):
+def guard_agent(agent: Agent[Any], model: Model | str | None = None) -> Agent[Any]:
+    """A clone of ``agent`` with its model (``model`` in its place, if given; its handoff agents keep
+    theirs), its function tools and its handoff agents guarded."""
+    if getattr(agent, "__castor_guarded__", False) and model is None:
         return agent
     if agent.mcp_servers:
         raise UnsupportedError(f"agent {agent.name!r} has MCP servers: Castor guards function tools only")
@@ -333,7 +334,8 @@ def guard_agent(agent: Agent[Any]) -> Agent[Any]:
         if not isinstance(h, Agent):
             raise UnsupportedError(f"agent {agent.name!r}: a custom Handoff is not guarded; hand off to an Agent")
         handoffs.append(guard_agent(h))
-    guarded = agent.clone(model=guard_model(agent.model), tools=[guard_tool(t) for t in _function_tools(agent)],
+    chosen = agent.model if model is None else model
+    guarded = agent.clone(model=guard_model(chosen), tools=[guard_tool(t) for t in _function_tools(agent)],
                           handoffs=handoffs)
     guarded.__castor_guarded__ = True
     return guarded
@@ -347,8 +349,14 @@ def _function_tools(agent: Agent[Any]) -> list[FunctionTool]:
     return [t for t in agent.tools if isinstance(t, FunctionTool)]
 
 
-def guard(x: Any) -> Any:
-    """The guarded form of an Agents SDK agent, model or function tool (or a list of tools)."""
+def guard(x: Any, *, model: Model | str | None = None) -> Any:
+    """The guarded form of an Agents SDK agent, model or function tool (or a list of tools); ``model`` (an
+    agent only): the model the agent's clone calls instead of its own (e.g. a ``CastorModel``)."""
+    if model is not None:
+        if not isinstance(x, Agent) or not isinstance(model, Model | str):
+            raise UnsupportedError(f"OpenAI Agents SDK: guard(model=...) swaps an Agent's model for a Model, not a "
+                                   f"{type(x).__name__}'s for a {type(model).__name__}")
+        return guard_agent(x, model)
     if isinstance(x, Agent):
         return guard_agent(x)
     if isinstance(x, Model):

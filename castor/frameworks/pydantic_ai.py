@@ -309,9 +309,9 @@ def tools_of(x: Any) -> list[ToolEntry]:
 class GuardedAgent(WrapperAgent[Any, Any]):
     """An agent whose model requests and tool calls are Castor syscalls (``guard(agent)``)."""
 
-    def __init__(self, wrapped: AbstractAgent[Any, Any]) -> None:
+    def __init__(self, wrapped: AbstractAgent[Any, Any], model: Model | str | None = None) -> None:
         super().__init__(wrapped)
-        model = wrapped.model
+        model = wrapped.model if model is None else model  # guard(agent, model=...): called instead of its own
         if model is None:
             raise UnsupportedError("the agent has no model: give Agent(model=...) before guard()")
         self._guarded_model = guard_model(model)
@@ -338,8 +338,14 @@ class GuardedAgent(WrapperAgent[Any, Any]):
                 yield run
 
 
-def guard(x: Any) -> Any:
-    """The guarded form of a pydantic-ai agent, model or toolset."""
+def guard(x: Any, *, model: Model | str | None = None) -> Any:
+    """The guarded form of a pydantic-ai agent, model or toolset; ``model`` (an agent only): the model it
+    runs instead of its own (``override(model=...)``, e.g. a ``CastorModel``)."""
+    if model is not None:
+        if not isinstance(x, AbstractAgent) or not isinstance(model, Model | str):
+            raise UnsupportedError(f"pydantic-ai: guard(model=...) swaps an Agent's model for a Model, not a "
+                                   f"{type(x).__name__}'s for a {type(model).__name__}")
+        return GuardedAgent(x.wrapped if isinstance(x, GuardedAgent) else x, model)
     if isinstance(x, AbstractAgent):
         return x if isinstance(x, GuardedAgent) else GuardedAgent(x)
     if isinstance(x, Model):

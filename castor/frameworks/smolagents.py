@@ -307,8 +307,9 @@ def tools_of(x: Any) -> list[ToolEntry]:
 # --- agents -------------------------------------------------------------------------------------------
 
 
-def guard_agent(agent: MultiStepAgent) -> MultiStepAgent:
-    """Guard ``agent`` in place (its model, its tools, its managed agents) and return it."""
+def guard_agent(agent: MultiStepAgent, model: Model | None = None) -> MultiStepAgent:
+    """Guard ``agent`` in place (its model, ``model`` in its place if given; its tools; its managed agents,
+    which keep their models) and return it."""
     if isinstance(agent, CodeAgent):
         raise UnsupportedError("a smolagents CodeAgent runs model-written Python, not tool calls Castor can "
                                "journal: use a ToolCallingAgent")
@@ -316,12 +317,18 @@ def guard_agent(agent: MultiStepAgent) -> MultiStepAgent:
         agent.tools[t.name] = guard_tool(t)
     for managed in agent.managed_agents.values():
         guard_agent(managed)
-    agent.model = guard_model(agent.model)
+    agent.model = guard_model(agent.model if model is None else model)
     return agent
 
 
-def guard(x: Any) -> Any:
-    """The guarded form of a smolagents agent, model or tool (or a list of tools)."""
+def guard(x: Any, *, model: Model | None = None) -> Any:
+    """The guarded form of a smolagents agent, model or tool (or a list of tools); ``model`` (an agent
+    only): the model the agent calls instead of its own (e.g. a ``CastorModel``)."""
+    if model is not None:
+        if not isinstance(x, MultiStepAgent) or not isinstance(model, Model):
+            raise UnsupportedError(f"smolagents: guard(model=...) swaps an agent's model for a Model, not a "
+                                   f"{type(x).__name__}'s for a {type(model).__name__}")
+        return guard_agent(x, model)
     if isinstance(x, MultiStepAgent):
         return guard_agent(x)
     if isinstance(x, Model):
