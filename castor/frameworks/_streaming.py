@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import queue
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from castor.errors import UnsupportedError
@@ -117,6 +117,22 @@ def stream_in_thread(
     """A ``StreamStep`` read from a synchronous framework's thread (``castor.frameworks._common.in_thread``):
     the step runs on the run's loop, each chunk crosses to the thread as it arrives; a step served from
     the journal is ``rechunk(response)``. An error that ends the run crosses the framework carried."""
+
+    async def chunks() -> AsyncIterator[Any]:
+        streaming = step()
+        async for chunk in streaming:
+            yield chunk
+        if not streaming.streamed and streaming.response is not None:
+            for chunk in rechunk(streaming.response):
+                yield chunk
+
+    return iterate_in_thread(framework, chunks, runner)
+
+
+def iterate_in_thread(framework: str, items: Callable[[], AsyncIterator[Any]], runner: str) -> Iterator[Any]:
+    """``items()`` iterated on the run's loop and read from a synchronous framework's thread (``in_thread``):
+    each item crosses to the thread as it comes. An error that ends the run crosses the framework carried
+    (``runner``: what the error tells to call instead when read outside such a thread)."""
     loop = _RUN_LOOP.get()
     try:
         asyncio.get_running_loop()
@@ -131,13 +147,9 @@ def stream_in_thread(
     chunks: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
     async def pump() -> None:
-        streaming = step()
         try:
-            async for chunk in streaming:
+            async for chunk in items():
                 chunks.put(chunk)
-            if not streaming.streamed and streaming.response is not None:
-                for chunk in rechunk(streaming.response):
-                    chunks.put(chunk)
         finally:
             chunks.put(_DONE)
 

@@ -1,8 +1,8 @@
 """The Castor-backed models streamed by their framework (LangGraph ``astream(stream_mode="messages")``,
-pydantic-ai ``run_stream``, the Agents SDK's ``Runner.run_streamed``): each streamed call is the model
-syscall ``castor.lib.stream`` makes, answered by the kernel's provider's ``stream``: its text reaches the
-framework as it is written, its tool calls (in the journaled response) run the tools, a resumed run
-replays it from the journal and a budget refuses it before the provider is asked."""
+pydantic-ai ``run_stream``, the Agents SDK's ``Runner.run_streamed``, smolagents ``stream_outputs=True``):
+each streamed call is the model syscall ``castor.lib.stream`` makes, answered by the kernel's provider's
+``stream``: its text reaches the framework as it is written, its tool calls (in the journaled response) run
+the tools, a resumed run replays it from the journal and a budget refuses it before the provider is asked."""
 
 from __future__ import annotations
 
@@ -278,3 +278,78 @@ async def test_a_pydantic_ai_streamed_request_reports_the_usage_the_provider_rep
     cp = await Castor(llm=Streaming([{"text": FINAL}])).run(agent)
     reported = cp.syscall_log[0].response["usage"]
     assert cp.result == [reported["input_tokens"], reported["output_tokens"]]  # not pydantic-ai's estimate
+
+
+def _smolagents_streamed(seen: Callable[[str], None]) -> tuple[Callable[[], list[Any]], Callable[[], Any]]:
+    """A smolagents ``ToolCallingAgent(stream_outputs=True)`` on ``CastorModel``, read from its thread: the
+    text deltas it streams go to ``seen`` (from that thread)."""
+    pytest.importorskip("smolagents")
+    from smolagents import ToolCallingAgent, tool
+    from smolagents.models import ChatMessageStreamDelta
+
+    from castor.frameworks._common import in_thread
+    from castor.frameworks.smolagents import CastorModel, guard, tools_of
+
+    def build() -> Any:
+        @tool
+        def search(query: str) -> str:
+            """Search the logs.
+
+            Args:
+                query: what to look for
+            """
+            return f"found {query}"
+
+        @tool
+        def delete_file(path: str) -> str:
+            """Delete a file.
+
+            Args:
+                path: the file to delete
+            """
+            return f"deleted {path}"
+
+        return ToolCallingAgent(tools=[search, delete_file], model=CastorModel(MODEL), verbosity_level=-1,
+                                stream_outputs=True)
+
+    def consume() -> str:
+        final = ""
+        for event in guard(build()).run(PROMPT, stream=True):
+            if isinstance(event, ChatMessageStreamDelta) and event.content:
+                seen(event.content)
+            final = str(getattr(event, "output", final) or final)
+        return final
+
+    async def main() -> str:
+        return str(await in_thread(consume))
+
+    return lambda: tools_of(build()), main
+
+
+SMOL_SCRIPT = [
+    {"tool_calls": [{"id": "c1", "name": "search", "arguments": {"query": "old logs"}}]},
+    {"text": "all done now", "tool_calls": [{"id": "c2", "name": "final_answer", "arguments": {"answer": FINAL}}]},
+]
+
+
+async def test_a_smolagents_castor_model_streams_its_text_and_runs_the_tools_it_asks() -> None:
+    seen: list[str] = []
+    tools, main = _smolagents_streamed(seen.append)
+    llm = Streaming(SMOL_SCRIPT)
+    cp = await Castor(tools=tools(), llm=llm).run(main)
+    assert cp.status == "COMPLETED", cp.error
+    assert llm.streamed == 2 and seen == ["all", " done", " now"] and cp.result == FINAL
+    assert _names(cp) == [f"model:{MODEL}", "search", f"model:{MODEL}"]
+    assert cp.syscall_log[1].response == "found old logs"
+
+
+async def test_a_smolagents_castor_model_stream_replays_from_the_journal() -> None:
+    seen: list[str] = []
+    tools, main = _smolagents_streamed(seen.append)
+    llm = Streaming(SMOL_SCRIPT)
+    cp = await Castor(tools=tools(), llm=llm).run(main, speculative=True)
+    assert cp.status == "COMPLETED", cp.error
+    seen.clear()
+    again = await Castor(tools=tools(), llm=Streaming([])).run(main, checkpoint=cp.fork(at_step=3), speculative=True)
+    assert again.status == "COMPLETED", again.error
+    assert "".join(seen) == "all done now"  # the journaled text, in one piece; the provider never asked
