@@ -158,9 +158,7 @@ class CeleryExecutor:
             reply = await self._dispatch(call, kwargs, route)
         if reply is None:
             return await self._late(call, route)
-        if reply.finished_at is not None:
-            call.finished_at = reply.finished_at
-        return _outcome(reply, call.tool_name)
+        return _answered(call, reply)
 
     async def execute_stream(self, call: ToolCall, chunk: Callable[[str], None]) -> Any:
         """``execute`` for a model step the worker streams (its checked arguments say ``stream``): each signed
@@ -188,9 +186,7 @@ class CeleryExecutor:
                 await conn.command("delete", key)
         if reply is None:
             return await self._late(call, route)
-        if reply.finished_at is not None:
-            call.finished_at = reply.finished_at
-        return _outcome(reply, call.tool_name)
+        return _answered(call, reply)
 
     async def _dispatch(
         self, call: ToolCall, kwargs: dict[str, Any], route: _Route, task_id: str = ""
@@ -306,6 +302,13 @@ def _connection(url: str, reply_timeout: float) -> Any:
     if available(url):
         return RespConnection(url, reply_timeout=reply_timeout)
     return RedisConnection(url, socket_timeout=reply_timeout)
+
+
+def _answered(call: ToolCall, reply: Reply) -> Any:
+    """The tool's result the reply carries (or what it raises); the call's finish time is the journaled record's."""
+    if reply.finished_at is not None:
+        call.finished_at = reply.finished_at
+    return _outcome(reply, call.tool_name)
 
 
 def _outcome(reply: Reply, tool: str) -> Any:

@@ -316,9 +316,11 @@ async def in_thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return await done
 
 
-def blocking(framework: str, start: Callable[[], Awaitable[Any]], runner: str) -> Any:
-    """Await ``start()`` on the run's loop from a framework's synchronous code running under ``in_thread``
-    (``runner``: what the error tells to call instead when there is no such thread)."""
+def run_loop(what: str, runner: str) -> asyncio.AbstractEventLoop:
+    """The loop of the run whose synchronous framework code (under ``in_thread``) is calling: ``what`` (the
+    call, for the error) is to be answered there. ``UnsupportedError`` outside such a thread, and on the run's
+    own loop, where a synchronous wait would block the loop that must answer it (``runner``: what to await
+    instead)."""
     loop = _RUN_LOOP.get()
     try:
         asyncio.get_running_loop()
@@ -326,11 +328,16 @@ def blocking(framework: str, start: Callable[[], Awaitable[Any]], runner: str) -
     except RuntimeError:
         on_a_loop = False
     if loop is None or on_a_loop:
-        # Called on the run's own loop, a synchronous wait would block the loop that must answer it.
         raise UnsupportedError(
-            f"a guarded {framework} call made on the run's event loop, which it would block: call "
-            f"`await {runner}` inside a Castor run"
+            f"{what} on the run's event loop, which it would block: call `await {runner}` inside a Castor run"
         )
+    return loop
+
+
+def blocking(framework: str, start: Callable[[], Awaitable[Any]], runner: str) -> Any:
+    """Await ``start()`` on the run's loop from a framework's synchronous code running under ``in_thread``
+    (``runner``: what the error tells to call instead when there is no such thread)."""
+    loop = run_loop(f"a guarded {framework} call made", runner)
 
     async def run() -> Any:
         return await start()

@@ -20,10 +20,10 @@ import queue
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from castor.errors import UnsupportedError
-from castor.frameworks._common import _RUN_ENDING, _RUN_LOOP, RunEnding
+from castor.frameworks._common import _RUN_ENDING, RunEnding, run_loop
 from castor.kernel.context import active_run
 from castor.lib.models import _checked, _models, _prepared
+from castor.lib.streaming import read_beside
 from castor.llm.cost import estimate_prompt, estimate_tokens
 
 Emit = Callable[[Any, str], None]
@@ -92,22 +92,9 @@ class StreamStep:
         syscall = models.syscall(ctx, self.model, self._plain, invoke=self._invoke, size=size,
                                  partial=self._partial, via_provider=False, canonical=self.canonical)
         task = asyncio.ensure_future(models.chain(syscall))
-        task.add_done_callback(lambda _: self._queue.put_nowait(_DONE))
-        try:
-            while (item := await self._queue.get()) is not _DONE:
+        async with contextlib.aclosing(read_beside(task, self._queue)) as chunks:
+            async for item in chunks:
                 yield item
-        except GeneratorExit:
-            # The framework stopped reading: the call still ends and journals before its next step.
-            if not task.done():
-                with contextlib.suppress(Exception):  # a failure is journaled by the call itself
-                    await task
-            raise
-        except BaseException:
-            if not task.done():  # cancelled while reading: stop the call (it charges what it received)
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
-            raise
         self.response = _checked(task.result())
 
 
@@ -133,17 +120,7 @@ def iterate_in_thread(framework: str, items: Callable[[], AsyncIterator[Any]], r
     """``items()`` iterated on the run's loop and read from a synchronous framework's thread (``in_thread``):
     each item crosses to the thread as it comes. An error that ends the run crosses the framework carried
     (``runner``: what the error tells to call instead when read outside such a thread)."""
-    loop = _RUN_LOOP.get()
-    try:
-        asyncio.get_running_loop()
-        on_a_loop = True
-    except RuntimeError:
-        on_a_loop = False
-    if loop is None or on_a_loop:
-        raise UnsupportedError(
-            f"a guarded {framework} stream read on the run's event loop, which it would block: call "
-            f"`await {runner}` inside a Castor run"
-        )
+    loop = run_loop(f"a guarded {framework} stream read", runner)
     chunks: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
     async def pump() -> None:

@@ -78,23 +78,9 @@ async def streamed(
         partial=receiver.partial, via_provider=not own, flat=flat, chunk=receiver.put,
     )
     task = asyncio.ensure_future(call)
-    task.add_done_callback(lambda _: receiver.queue.put_nowait(_DONE))
-    try:
-        while (item := await receiver.queue.get()) is not _DONE:
+    async with contextlib.aclosing(read_beside(task, receiver.queue)) as chunks:
+        async for item in chunks:
             yield item
-    except GeneratorExit:
-        # The agent stopped reading and closed the stream: the call still ends and journals the whole
-        # response before the agent goes on (an unclosed stream's call ends on its own, later).
-        if not task.done():
-            with contextlib.suppress(Exception):  # a failure is journaled by the call itself
-                await task
-        raise
-    except BaseException:
-        if not task.done():  # preempted or cancelled while reading: stop the call (it charges what it got)
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-        raise
     response = _checked(task.result())
     if on_response is not None:
         on_response(response)
@@ -103,6 +89,28 @@ async def streamed(
         # A replayed step, or a provider that does not stream: the whole text. A stream that lost chunks on
         # the way (the fleet's chunk stream is bounded): the rest of the journaled text.
         yield text[len(got):]
+
+
+async def read_beside(task: asyncio.Future[Any], queue: asyncio.Queue[Any]) -> AsyncGenerator[Any, None]:
+    """What ``task`` (a model call the syscall chain runs beside its reader) puts on ``queue``, as it comes,
+    until the call ends. A reader that stops early and closes this generator waits for the call to end, so
+    its step is journaled before the reader's next one; a reader cancelled meanwhile (preempted) stops the
+    call, which charges what it received. Its outcome is ``task``'s."""
+    task.add_done_callback(lambda _: queue.put_nowait(_DONE))
+    try:
+        while (item := await queue.get()) is not _DONE:
+            yield item
+    except GeneratorExit:
+        if not task.done():
+            with contextlib.suppress(Exception):  # a failure is journaled by the call itself
+                await task
+        raise
+    except BaseException:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        raise
 
 
 class _Receiver:

@@ -5,4 +5,15 @@ without running it."""
 
 import importlib.util
 
+import pytest
+
 collect_ignore = [] if importlib.util.find_spec("crewai") else ["test_crewai.py", "test_crewai_castor_model.py"]
+
+
+@pytest.fixture
+def crewai_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CrewAI's offline variables for one test (``tests.frameworks.crewai_offline``)."""
+    from tests.frameworks.crewai_offline import OFFLINE
+
+    for name, value in OFFLINE.items():
+        monkeypatch.setenv(name, value)

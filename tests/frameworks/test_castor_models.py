@@ -99,29 +99,12 @@ def _openai_agents() -> Framework:
 
 def _smolagents() -> Framework:
     pytest.importorskip("smolagents")
-    from smolagents import ToolCallingAgent, tool
+    from smolagents import ToolCallingAgent
 
     from castor.frameworks.smolagents import CastorModel, run, tools_of
+    from tests.frameworks.test_smolagents import delete_file, search
 
     def build() -> Any:
-        @tool
-        def search(query: str) -> str:
-            """Search the logs.
-
-            Args:
-                query: what to look for
-            """
-            return f"found {query}"
-
-        @tool
-        def delete_file(path: str) -> str:
-            """Delete a file.
-
-            Args:
-                path: the file to delete
-            """
-            return f"deleted {path}"
-
         return ToolCallingAgent(tools=[search, delete_file], model=CastorModel(MODEL), verbosity_level=-1)
 
     def agent(prompt: str = PROMPT) -> Callable[[], Any]:

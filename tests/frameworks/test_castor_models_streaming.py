@@ -284,31 +284,14 @@ def _smolagents_streamed(seen: Callable[[str], None]) -> tuple[Callable[[], list
     """A smolagents ``ToolCallingAgent(stream_outputs=True)`` on ``CastorModel``, read from its thread: the
     text deltas it streams go to ``seen`` (from that thread)."""
     pytest.importorskip("smolagents")
-    from smolagents import ToolCallingAgent, tool
+    from smolagents import ToolCallingAgent
     from smolagents.models import ChatMessageStreamDelta
 
     from castor.frameworks._common import in_thread
     from castor.frameworks.smolagents import CastorModel, guard, tools_of
+    from tests.frameworks.test_smolagents import delete_file, search
 
     def build() -> Any:
-        @tool
-        def search(query: str) -> str:
-            """Search the logs.
-
-            Args:
-                query: what to look for
-            """
-            return f"found {query}"
-
-        @tool
-        def delete_file(path: str) -> str:
-            """Delete a file.
-
-            Args:
-                path: the file to delete
-            """
-            return f"deleted {path}"
-
         return ToolCallingAgent(tools=[search, delete_file], model=CastorModel(MODEL), verbosity_level=-1,
                                 stream_outputs=True)
 

@@ -1,8 +1,8 @@
 """A CrewAI crew under Castor: ``Crew.kickoff``'s real loop (text mode) with a scripted LLM.
 
 CrewAI is not in the ``dev`` extra (it pins ``openai<3``, the OpenAI Agents SDK needs ``openai>=3``; see
-``castor/frameworks/crewai.py``): these tests run where ``castor[crewai]`` is installed, and are skipped
-in CI. The scripted LLM answers by the conversation (the n-th answer after n assistant messages) and
+``castor/frameworks/crewai.py``): these tests run where ``castor[crewai]`` is installed (``.ci/run``: a
+venv of its own). The scripted LLM answers by the conversation (the n-th answer after n assistant messages) and
 records every call, so a model call Castor should have served from the journal shows up in the counts.
 """
 
@@ -10,32 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-# CrewAI reads these at import and at run time. They are set for its import and for each test of this module
-# only: OTEL_SDK_DISABLED left behind would turn off the tracing tests' SDK in the same session.
-OFFLINE = {
-    "CREWAI_DISABLE_TELEMETRY": "true", "OTEL_SDK_DISABLED": "true", "CREWAI_TRACING_ENABLED": "false",
-    "OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY", "sk-castor-tests-offline"),
-}
-_before = {name: os.environ.get(name) for name in OFFLINE}
-os.environ.update(OFFLINE)
-try:
+from tests.frameworks.crewai_offline import offline
+
+with offline():
     pytest.importorskip("crewai")
     from crewai import Agent, Crew, Task
     from crewai.llms.base_llm import BaseLLM
     from crewai.tools import tool
-finally:
-    for _name, _value in _before.items():
-        if _value is None:
-            os.environ.pop(_name, None)
-        else:
-            os.environ[_name] = _value
 
 from pydantic import Field
 
@@ -46,13 +33,11 @@ from castor.frameworks.crewai import guard, kickoff, tools_of
 from castor.llm import ModelRefusedError
 
 # CrewAI's own code reads its deprecated fields (function_calling_llm, ...) when an Agent or a Crew is built.
-pytestmark = [pytest.mark.crewai, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+pytestmark = [
+    pytest.mark.crewai, pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.usefixtures("crewai_offline"),
+]
 
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in OFFLINE.items():
-        monkeypatch.setenv(name, value)
 
 
 @tool("search")

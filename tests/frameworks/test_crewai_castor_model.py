@@ -5,40 +5,26 @@ provider reports are charged. Runs where ``castor[crewai]`` is installed (``.ci/
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
 
-OFFLINE = {  # as in test_crewai.py: set for CrewAI's import and for each test only
-    "CREWAI_DISABLE_TELEMETRY": "true", "OTEL_SDK_DISABLED": "true", "CREWAI_TRACING_ENABLED": "false",
-    "OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY", "sk-castor-tests-offline"),
-}
-_before = {name: os.environ.get(name) for name in OFFLINE}
-os.environ.update(OFFLINE)
-try:
+from tests.frameworks.crewai_offline import offline
+
+with offline():
     pytest.importorskip("crewai")
     from crewai import Agent, Crew, Task
     from crewai.tools import tool
-finally:
-    for _name, _value in _before.items():
-        if _value is None:
-            os.environ.pop(_name, None)
-        else:
-            os.environ[_name] = _value
 
 from castor import Castor
 from castor.frameworks.crewai import CastorLLM, kickoff, tools_of
 from castor.llm import Scripted
 
-pytestmark = [pytest.mark.crewai, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+pytestmark = [
+    pytest.mark.crewai, pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.usefixtures("crewai_offline"),
+]
 MODEL = "scripted-model"
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in OFFLINE.items():
-        monkeypatch.setenv(name, value)
 
 
 @tool("search")
