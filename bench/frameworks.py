@@ -24,6 +24,9 @@ seconds before it answers (what a real model's API call takes, without the netwo
 costs what a step of the framework's loop costs in use, and the table adds the wall-clock time per
 step of the live and the replayed run, whose ratio is the replay goal's figure against a real model.
 
+Every scripted model reports its usage (10 tokens in, 5 out), as a provider's model does; one that
+reports none makes Castor estimate it at each step.
+
 Goals (issue 12): embedded − alone ≤ 50 µs per step; replayed ≤ 10% of a live step. Figures go to
 ``docs/benchmarks.md`` ("Framework guards") by hand.
 """
@@ -42,6 +45,10 @@ from castor import Castor
 
 Case = tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[Any]], list[Any]]
 """The unguarded agent function, the guarded one, and the tools for ``Castor(tools=...)``."""
+
+# Every scripted model reports its usage, as providers' models do: a model that reports none costs
+# Castor an estimate of its tokens at each step (``castor.llm.cost``), which is not the usual case.
+USAGE_LC = {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}
 
 
 async def search(query: str) -> str:
@@ -82,9 +89,9 @@ def langgraph_case(steps: int, latency: float = 0.0) -> Case:
             n = sum(isinstance(m, AIMessage) for m in messages)
             if n < steps:
                 call = {"name": "search", "args": {"query": f"q{n}"}, "id": f"c{n}"}
-                answer = AIMessage(content="", tool_calls=[call])
+                answer = AIMessage(content="", tool_calls=[call], usage_metadata=USAGE_LC)
             else:
-                answer = AIMessage(content="done")
+                answer = AIMessage(content="done", usage_metadata=USAGE_LC)
             return ChatResult(generations=[ChatGeneration(message=answer)])
 
     tools = [lc_tool(search)]
@@ -162,7 +169,8 @@ def openai_agents_case(steps: int) -> tuple[Callable[[], Awaitable[Any]], Callab
                 output = [ResponseOutputMessage(id="m", type="message", role="assistant", status="completed",
                                                 content=[ResponseOutputText(type="output_text", text="done",
                                                                             annotations=[])])]
-            return ModelResponse(output=output, usage=Usage(), response_id=None)
+            usage = Usage(requests=1, input_tokens=10, output_tokens=5, total_tokens=15)
+            return ModelResponse(output=output, usage=usage, response_id=None)
 
         def stream_response(self, *args: Any, **kwargs: Any) -> Any:
             raise NotImplementedError
@@ -200,6 +208,7 @@ def smolagents_case(steps: int) -> tuple[Callable[[], Awaitable[Any]], Callable[
         MessageRole,
         Model,
     )
+    from smolagents.monitoring import TokenUsage
 
     from castor.frameworks.smolagents import run, tools_of
 
@@ -209,7 +218,8 @@ def smolagents_case(steps: int) -> tuple[Callable[[], Awaitable[Any]], Callable[
             name, arguments = ("search", {"query": f"q{n}"}) if n < steps else ("final_answer", {"answer": "done"})
             call = ChatMessageToolCall(id=f"c{n}", type="function",
                                        function=ChatMessageToolCallFunction(name=name, arguments=arguments))
-            return ChatMessage(role=MessageRole.ASSISTANT, content="", tool_calls=[call])
+            return ChatMessage(role=MessageRole.ASSISTANT, content="", tool_calls=[call],
+                               token_usage=TokenUsage(input_tokens=10, output_tokens=5))
 
     def search(query: str) -> str:  # smolagents names a tool after its function
         """Search.
