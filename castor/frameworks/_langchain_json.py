@@ -15,11 +15,12 @@ from langchain_core.messages import BaseMessage, messages_from_dict
 
 from castor.frameworks._common import IdentityCache, jsonable
 
-# Each message class's field defaults, found once.
-_defaults = IdentityCache(
-    lambda cls: {name: f.get_default(call_default_factory=True) for name, f in cls.model_fields.items()}, size=64
-)
 _REBUILT = ("type", "content", "tool_calls")  # from the journaled type, text and tool calls when they say all
+# Each message class's other fields and their defaults, found once.
+_defaults = IdentityCache(
+    lambda cls: tuple((name, f.get_default(call_default_factory=True)) for name, f in cls.model_fields.items()
+                      if name not in _REBUILT), size=64
+)
 
 
 def message_rest(message: BaseMessage, tool_calls: list[dict[str, Any]]) -> dict[str, Any]:
@@ -31,8 +32,12 @@ def message_rest(message: BaseMessage, tool_calls: list[dict[str, Any]]) -> dict
     calls = getattr(message, "tool_calls", None)
     if calls and not _rebuildable(calls, tool_calls):
         rest["tool_calls"] = jsonable({"c": calls})["c"]
-    defaults = _defaults(type(message))
-    changed = {k: v for k, v in message.__dict__.items() if k not in _REBUILT and k in defaults and v != defaults[k]}
+    fields = message.__dict__
+    changed = {}
+    for name, default in _defaults(type(message)):
+        value = fields.get(name, default)
+        if value != default:
+            changed[name] = value
     extra = message.__pydantic_extra__
     if extra:
         changed.update(extra)

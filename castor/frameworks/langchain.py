@@ -32,8 +32,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
+from langchain_core.globals import get_verbose
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import BaseMessage, ToolMessage
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableBinding, RunnableSequence
 from langchain_core.tools import BaseTool, StructuredTool
@@ -72,7 +73,8 @@ def _message_json(message: BaseMessage) -> dict[str, Any]:
                            "content": content if type(content) is str else jsonable({"c": content})["c"]}
     if message.name:
         out["name"] = message.name
-    calls = getattr(message, "tool_calls", None)
+    # Only AI messages have tool calls: asking another message costs pydantic a raised AttributeError.
+    calls = message.tool_calls if isinstance(message, AIMessage) else None
     if calls:
         out["tool_calls"] = [{"name": c["name"], "arguments": jsonable(c.get("args") or {})} for c in calls]
     if isinstance(message, ToolMessage) and message.status != "success":
@@ -151,13 +153,16 @@ def chat_result(response: dict[str, Any]) -> ChatResult:
 
 def _remember(message: BaseMessage, response: dict[str, Any]) -> None:
     """The next request repeats this message: its canonical JSON made from the journaled response (what
-    ``_message_json`` would make of it: the type, the text and the tool calls are all its fields say)."""
-    rest = response.get("lc_message")
-    if rest is None or len(rest) != 1 or type(message.content) is not str:
+    ``_message_json`` would make of it: the type, the text and the tool calls are all its fields say, the
+    rest of the message, usage or metadata, being no part of a request)."""
+    if type(message.content) is not str or message.name or message.type != "ai":
         return  # a name, a list content, ...: converted when the next request asks
-    converted: dict[str, Any] = {"role": rest["type"], "content": response["text"]}
-    if response["tool_calls"]:
-        converted["tool_calls"] = [{"name": c["name"], "arguments": c["arguments"]} for c in response["tool_calls"]]
+    converted: dict[str, Any] = {"role": "ai", "content": message.content}
+    calls = response["tool_calls"]
+    if calls:
+        if len(calls) != len(message.tool_calls):  # type: ignore[attr-defined]
+            return
+        converted["tool_calls"] = [{"name": c["name"], "arguments": c["arguments"]} for c in calls]
     _cached_message.put(message, converted)
 
 
@@ -229,9 +234,36 @@ def guard_model(model: BaseChatModel) -> BaseChatModel:
     return model if isinstance(model, GuardedChatModel | CastorChatModel) else _guarded_models(model)
 
 
+class _PlainGuardedChatModel(GuardedChatModel):
+    """A guarded model whose wrapped model cannot stream: LangChain then never asks it to (it reads
+    whether the class overrides ``_astream``), so each call skips LangChain's checks of whether to stream."""
+
+    _astream = BaseChatModel._astream
+
+
+def _streams(model: BaseChatModel) -> bool:
+    kind = type(model)
+    return kind._astream is not BaseChatModel._astream or kind._stream is not BaseChatModel._stream
+
+
+def _new_guarded(model: BaseChatModel) -> GuardedChatModel:
+    """``GuardedChatModel(inner=model)``, copied from the first one made: an agent function that makes its
+    chat model anew on every run would otherwise pay pydantic's validation of every ``BaseChatModel`` field
+    (default factories inspected by signature) once a run. The copy's fields are the validated ones."""
+    kind = GuardedChatModel if _streams(model) else _PlainGuardedChatModel
+    model_id = model_id_of(model, "model_name", "model", default=model._llm_type)
+    template = _templates.get(kind)
+    if template is None:
+        _templates[kind] = template = kind(inner=model, model_id=model_id)
+        return template
+    return template.model_copy(update={"inner": model, "model_id": model_id,
+                                       "metadata": dict(template.metadata or {}), "verbose": get_verbose()})
+
+
+_templates: dict[type, GuardedChatModel] = {}
 # An agent function builds its graph on every run (and again on resume): the guarded forms of the same
 # model and tools are made once (checking a tool's schema costs pydantic a JSON schema or two).
-_guarded_models = IdentityCache(lambda model: GuardedChatModel(inner=model), size=256)
+_guarded_models = IdentityCache(_new_guarded, size=256)
 
 
 # --- tools --------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ MESSAGES = [
     AIMessage(content="x", tool_calls=[{"name": "s", "args": {"q": [1, {"k": None}]}, "id": None}], extra="kept"),
     AIMessage(content="", tool_calls=[{"name": "s", "args": {}, "id": ""}], additional_kwargs={"refusal": None}),
     AIMessageChunk(content="streamed", tool_call_chunks=[]),
+    AIMessage(content="", tool_calls=[{"name": "search", "args": {"query": "q2"}, "id": "c2"}],
+              usage_metadata={"input_tokens": 3, "output_tokens": 2, "total_tokens": 5}, id="lc_run-1"),
 ]
 
 
@@ -55,3 +57,22 @@ def test_the_next_request_reads_the_answer_from_its_journaled_response() -> None
         response = journaled(message)
         guard_module._remember(message, response)
         assert guard_module._cached_message(message) == guard_module._message_json(message)
+
+
+def test_an_answer_with_usage_and_ids_is_remembered_for_the_next_request() -> None:
+    # What a provider's model answers: usage and an id beside the tool call.
+    message = AIMessage(content="", tool_calls=[{"name": "search", "args": {"query": "q3"}, "id": "c3"}],
+                        usage_metadata={"input_tokens": 3, "output_tokens": 2, "total_tokens": 5}, id="lc_run-2")
+    guard_module._remember(message, journaled(message))
+    assert guard_module._cached_message._entries[id(message)][0] is message  # not converted again
+
+
+def test_a_guarded_model_copied_from_the_first_is_the_one_validation_makes() -> None:
+    from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
+
+    first, second = FakeMessagesListChatModel(responses=[]), FakeMessagesListChatModel(responses=[])
+    guard_module.guard(first)
+    copied = guard_module.guard(second)
+    assert copied.inner is second
+    assert copied.__dict__ == type(copied)(inner=second, model_id=copied.model_id).__dict__
+    assert copied.metadata is not guard_module.guard(first).metadata

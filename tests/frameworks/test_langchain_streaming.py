@@ -18,6 +18,7 @@ import pytest
 pytest.importorskip("langgraph")
 
 from langchain.agents import create_agent
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGenerationChunk
@@ -208,3 +209,20 @@ async def test_a_run_cancelled_mid_stream_is_charged_what_the_stream_received() 
     assert cp.status == "PREEMPTED" and cp.partial_work == "let"
     (failure,) = cp.failures
     assert failure.charged["output_tokens"] > 0 and cp.capabilities["tokens"].current_usage == failure.charged["tokens"]
+
+
+class WholeChat(ScriptedChat):
+    """The scripted chat model without a stream of its own (``_stream`` left to ``BaseChatModel``)."""
+
+    _stream = BaseChatModel._stream
+
+
+async def test_a_model_that_cannot_stream_is_called_whole_when_the_graph_streams() -> None:
+    model = WholeChat(messages=script(), asked=[])
+    assert type(guard(model))._astream is BaseChatModel._astream  # LangChain never asks it to stream
+    seen: list[list[AIMessageChunk]] = []
+    cp = await kernel().run(streaming_agent(model, seen))
+    assert cp.status == "SUSPENDED_FOR_HITL" and [r.tool_name for r in cp.syscall_log][1:] == ["search",
+                                                                                   cp.syscall_log[0].tool_name]
+    assert len(model.asked) == 2 and cp.syscall_log[0].response["text"] == "let me search"
+    assert seen == [[]]  # as unguarded: LangGraph hands on the whole message, no chunks
