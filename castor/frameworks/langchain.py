@@ -256,8 +256,12 @@ def _new_guarded(model: BaseChatModel) -> GuardedChatModel:
     if template is None:
         _templates[kind] = template = kind(inner=model, model_id=model_id)
         return template
-    return template.model_copy(update={"inner": model, "model_id": model_id,
-                                       "metadata": dict(template.metadata or {}), "verbose": get_verbose()})
+    guarded = template.model_copy(update={"inner": model, "model_id": model_id,
+                                          "metadata": dict(template.metadata or {}), "verbose": get_verbose()})
+    fields = guarded.__dict__
+    for cached in fields.keys() - type(guarded).model_fields.keys():  # the template's cached properties
+        del fields[cached]  # (LangChain's _serialized, made at its first traced call, names the template's model)
+    return guarded
 
 
 _templates: dict[type, GuardedChatModel] = {}

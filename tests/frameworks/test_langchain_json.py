@@ -71,8 +71,9 @@ def test_a_guarded_model_copied_from_the_first_is_the_one_validation_makes() -> 
     from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
 
     first, second = FakeMessagesListChatModel(responses=[]), FakeMessagesListChatModel(responses=[])
-    guard_module.guard(first)
+    assert guard_module.guard(first)._serialized  # cached by LangChain's first traced call
     copied = guard_module.guard(second)
-    assert copied.inner is second
+    assert copied.inner is second and copied.model_id == "fake-messages-list-chat-model"
     assert copied.__dict__ == type(copied)(inner=second, model_id=copied.model_id).__dict__
+    assert "_serialized" not in copied.__dict__  # not the template's, which names another model
     assert copied.metadata is not guard_module.guard(first).metadata
