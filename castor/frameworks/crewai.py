@@ -24,6 +24,14 @@ Structured output (``response_model``) and a crew's manager or planning LLM are 
 ``CastorLLM`` (``castor.frameworks._castor_models.crewai``) is a CrewAI LLM answered by Castor's model
 provider (in the fleet, on the ``llm`` pool): ``guard`` leaves it as it is.
 
+Streaming: CrewAI streams inside an LLM's ``call`` (``LLM(stream=True)``; ``Crew(stream=True)`` sets it on
+the agents' LLMs), each piece an ``LLMStreamChunkEvent`` on its event bus. A guarded LLM's call is still one
+model step: the wrapped LLM streams inside it, in the crew thread's context (so CrewAI's call-scoped stop
+words and the crew's stream see its calls), and its events go out as it emits them; a step replayed from
+the journal emits its journaled text as one chunk. ``CastorLLM`` streams through ``castor.lib.stream``.
+``kickoff`` runs a ``Crew(stream=True)`` in its own worker thread (CrewAI's would swallow a suspension),
+hands each chunk event to ``on_chunk`` and returns the ``CrewOutput``.
+
 CrewAI is not in Castor's ``dev`` extra, so CI does not run these tests: it pins ``openai<3`` while the
 OpenAI Agents SDK needs ``openai>=3`` (one environment cannot hold both), and it brings ~70 packages
 (chromadb, lancedb, onnxruntime, kubernetes, ...; about 2 minutes to install on a 2-core machine).
@@ -32,14 +40,20 @@ OpenAI Agents SDK needs ``openai>=3`` (one environment cannot hold both), and it
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from crewai import Agent, Crew, Task
+from crewai.events.event_bus import crewai_event_bus
+from crewai.events.types.llm_events import LLMStreamChunkEvent
+from crewai.llms import base_llm
 from crewai.llms.base_llm import BaseLLM
 from crewai.tools import BaseTool
 
 from castor.errors import UnsupportedError
-from castor.frameworks._castor_models.crewai import CastorLLM
+from castor.frameworks._castor_models.crewai import CastorLLM, call_scope, emit_chunk, streams
 from castor.frameworks._common import (
     ToolEntry,
     blocking,
@@ -81,20 +95,34 @@ class GuardedLLM(BaseLLM):
         if response_model is not None or available_functions:
             raise UnsupportedError("a guarded CrewAI LLM answers in text: structured output and native tool "
                                    "calls are not guarded")
-        stop = list(self.stop or ())
+        # The executor's stop words are a call-scoped override of this LLM (CrewAI 1.15+), else its field.
+        stop = list(getattr(self, "stop_sequences", None) or self.stop or ())
         request = canonical_request(messages, tools, stop)
-        model = self.wrapped.model
+        streaming = streams(self)
+        # The wrapped LLM runs in a worker thread, in the crew thread's context: CrewAI's call-scoped settings
+        # and the id that lets a Crew(stream=True) read the chunk events it emits live there.
+        context = contextvars.copy_context()
+        wrapped = self.wrapped
+        answered: list[str] = []
+
+        def ask() -> Any:
+            with _scoped(wrapped, stop, streaming):
+                return wrapped.call(messages, tools=tools, callbacks=callbacks, from_task=from_task,
+                                    from_agent=from_agent)
 
         async def invoke(_request: dict[str, Any]) -> dict[str, Any]:
-            self.wrapped.stop = stop  # CrewAI sets the stop words on the LLM it holds: the guarded one
-            answer = await asyncio.to_thread(self.wrapped.call, messages, tools=tools, callbacks=callbacks,
-                                     from_task=from_task, from_agent=from_agent)
+            answer = await asyncio.get_running_loop().run_in_executor(None, context.run, ask)
             if not isinstance(answer, str):
-                raise UnsupportedError(f"the CrewAI LLM {model!r} answered {type(answer).__name__}, not text")
-            return {"text": answer, "tool_calls": [], "model": model, "finish_reason": "stop"}
+                raise UnsupportedError(f"the CrewAI LLM {wrapped.model!r} answered {type(answer).__name__}, not text")
+            answered.append(answer)
+            return {"text": answer, "tool_calls": [], "model": wrapped.model, "finish_reason": "stop"}
 
-        journaled = blocking(FRAMEWORK, lambda: model_step(request, model, invoke), _RUNNER)
-        return str(journaled["text"])
+        journaled = blocking(FRAMEWORK, lambda: model_step(request, wrapped.model, invoke), _RUNNER)
+        text = str(journaled["text"])
+        if streaming and not answered:  # from the journal: its text in one chunk, as a streamed call's
+            with call_scope():
+                emit_chunk(self, text, from_task, from_agent)
+        return text
 
     def supports_function_calling(self) -> bool:
         """No: CrewAI then runs the agent in text mode and calls the guarded tools itself."""
@@ -109,11 +137,28 @@ class GuardedLLM(BaseLLM):
         return self.wrapped.get_context_window_size()
 
 
+@contextlib.contextmanager
+def _scoped(llm: BaseLLM, stop: list[str], stream: bool) -> Iterator[None]:
+    """``llm``'s stop words and streaming for one call: CrewAI's call-scoped overrides where it has them (1.15+,
+    safe for concurrent calls), else its fields."""
+    with contextlib.ExitStack() as scope:
+        for override, value, field in ((_STOP_OVERRIDE, stop, "stop"), (_STREAM_OVERRIDE, stream, "stream")):
+            if override is not None:
+                scope.enter_context(override(llm, value))
+            else:
+                setattr(llm, field, value)
+        yield
+
+
+_STOP_OVERRIDE = getattr(base_llm, "call_stop_override", None)
+_STREAM_OVERRIDE = getattr(base_llm, "call_stream_override", None)
+
+
 def guard_llm(llm: BaseLLM) -> BaseLLM:
     """``llm`` with every call a journaled model step (guarded once; a ``CastorLLM`` as it is)."""
     if isinstance(llm, GuardedLLM | CastorLLM):
         return llm
-    return GuardedLLM(model=llm.model, wrapped=llm, stop=list(llm.stop or ()))
+    return GuardedLLM(model=llm.model, wrapped=llm, stop=list(llm.stop or ()), stream=llm.stream)
 
 
 # --- tools --------------------------------------------------------------------------------------------
@@ -211,9 +256,42 @@ def guard(x: Any) -> Any:
     )
 
 
-async def kickoff(crew: Crew, **kwargs: Any) -> Any:
-    """``crew.kickoff(**kwargs)`` inside a Castor run (in a worker thread; the crew's tools guarded first)."""
-    return await in_thread(guard(crew).kickoff, **kwargs)
+async def kickoff(crew: Crew, *, on_chunk: Callable[[Any], None] | None = None, **kwargs: Any) -> Any:
+    """``crew.kickoff(**kwargs)`` inside a Castor run (in a worker thread; the crew's tools guarded first).
+
+    A ``Crew(stream=True)`` returns its ``CrewOutput`` too: its agents' LLMs stream, and each of their
+    ``LLMStreamChunkEvent``s goes to ``on_chunk`` (from the crew's thread) as it comes. The crew runs in
+    Castor's worker thread, not in the one CrewAI's own streaming would start, which a suspension would end
+    without telling the reader."""
+    guard(crew)
+    if not crew.stream:
+        return await in_thread(crew.kickoff, **kwargs)
+    return await in_thread(_streamed_kickoff, crew, on_chunk, kwargs)
+
+
+# Which streamed crew a chunk event is emitted for: set in its thread, copied to the calls it makes.
+_READING: contextvars.ContextVar[object | None] = contextvars.ContextVar("castor_crewai_reading", default=None)
+
+
+def _streamed_kickoff(crew: Crew, on_chunk: Callable[[Any], None] | None, kwargs: dict[str, Any]) -> Any:
+    for agent in crew.agents:
+        if isinstance(agent.llm, BaseLLM):
+            agent.llm.stream = True  # what Crew(stream=True) does before it runs
+    reading = object()
+
+    def to_reader(_source: Any, event: LLMStreamChunkEvent) -> None:
+        if on_chunk is not None and _READING.get() is reading:  # not another crew's, streamed meanwhile
+            on_chunk(event)
+
+    token = _READING.set(reading)
+    crewai_event_bus.register_handler(LLMStreamChunkEvent, to_reader)
+    crew.stream = False  # as CrewAI's own streaming runs the crew, whose LLMs stream
+    try:
+        return crew.kickoff(**kwargs)
+    finally:
+        crew.stream = True
+        crewai_event_bus.off(LLMStreamChunkEvent, to_reader)
+        _READING.reset(token)
 
 
 __all__ = ["CastorLLM", "GuardedLLM", "GuardedTool", "guard", "kickoff", "tools_of"]

@@ -54,11 +54,14 @@ SCRIPT = [act("search", '{"query": "old logs"}'), act("delete_file", '{"path": "
           "Thought: I now know the final answer\nFinal Answer: done"]
 
 
-async def main(*, stream: bool = False) -> str:
+async def main(*, stream: bool = False, read: Callable[[str], None] | None = None) -> str:
+    """The crew on ``CastorLLM``: ``stream``: the LLM streams; ``read``: the crew streams (``Crew(stream=True)``),
+    its chunks' text going to ``read``."""
     agent = Agent(role="janitor", goal="clean", backstory="tidy", llm=CastorLLM(model=MODEL, stream=stream),
                   tools=[search, delete_file], max_iter=5)
-    crew = Crew(agents=[agent], tasks=[Task(description="clean up old logs", expected_output="a word", agent=agent)])
-    return str(await kickoff(crew))
+    crew = Crew(agents=[agent], tasks=[Task(description="clean up old logs", expected_output="a word", agent=agent)],
+                stream=read is not None)
+    return str(await kickoff(crew, on_chunk=None if read is None else lambda event: read(event.chunk)))
 
 
 async def streamed_main() -> str:
@@ -172,3 +175,18 @@ async def test_a_crew_journaled_streamed_resumes_whole_and_the_other_way_round()
     await k.approve(cp)
     cp = await k.run(streamed_main, checkpoint=cp)
     assert cp.status == "COMPLETED" and llm.streamed == 1 and len(llm.calls) == 3
+
+
+async def test_streaming_crews_run_side_by_side_each_reading_its_own_chunks() -> None:
+    scripts = [[SCRIPT[0], SCRIPT[2]], [SCRIPT[2]]]
+    seen: list[list[str]] = [[], []]
+
+    async def crew(n: int) -> Any:
+        async def agent() -> str:
+            return await main(read=seen[n].append)  # Crew(stream=True): the CastorLLM streams
+
+        return await kernel(Streaming(scripts[n])).run(agent)
+
+    done = await asyncio.gather(crew(0), crew(1))
+    assert [cp.status for cp in done] == ["COMPLETED", "COMPLETED"]
+    assert seen == [words(SCRIPT[0]) + words(SCRIPT[2]), words(SCRIPT[2])]

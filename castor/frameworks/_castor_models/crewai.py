@@ -15,7 +15,7 @@ from castor.frameworks._common import blocking
 from castor.frameworks._streaming import iterate_in_thread
 
 # CrewAI 1.15+: a call's events carry the id of the call's scope (older versions: no such scope to open).
-_call_scope = getattr(base_llm, "llm_call_context", contextlib.nullcontext)
+call_scope = getattr(base_llm, "llm_call_context", contextlib.nullcontext)
 
 _RUNNER = "castor.frameworks.crewai.kickoff(crew)"
 CONTEXT_WINDOW = 128_000  # what CrewAI assumes of the model when it trims a conversation
@@ -79,7 +79,7 @@ class CastorLLM(BaseLLM):
             return ask_stream(listed, model=self.model or None, max_tokens=self.max_tokens, options=options)
 
         text = ""
-        with _call_scope():  # the chunks' events name this call, as CrewAI's own LLMs' do
+        with call_scope():  # the chunks' events name this call, as CrewAI's own LLMs' do
             for item in iterate_in_thread("CrewAI", items, _RUNNER):
                 if isinstance(item, str):
                     emit_chunk(self, item, from_task, from_agent)
