@@ -51,10 +51,12 @@ from crewai.events.types.llm_events import LLMStreamChunkEvent
 from crewai.llms import base_llm
 from crewai.llms.base_llm import BaseLLM
 from crewai.tools import BaseTool
+from pydantic import PrivateAttr
 
 from castor.errors import UnsupportedError
 from castor.frameworks._castor_models.crewai import CastorLLM, call_scope, emit_chunk, streams
 from castor.frameworks._common import (
+    IdentityCache,
     ToolEntry,
     blocking,
     call_tool,
@@ -73,10 +75,14 @@ _RUNNER = "castor.frameworks.crewai.kickoff(crew)"
 # --- models -------------------------------------------------------------------------------------------
 
 
-def canonical_request(messages: Any, tools: Any, stop: list[str]) -> dict[str, Any]:
-    """The model request as Castor journals and compares it (the messages, tool names, stop words)."""
-    listed = [{"role": "user", "content": messages}] if isinstance(messages, str) else list(messages)
-    request: dict[str, Any] = {"messages": canonical_json(listed, drop={"cache_breakpoint"})}
+def canonical_request(messages: Any, tools: Any, stop: list[str],
+                      parts: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+    """The model request as Castor journals and compares it (the messages, tool names, stop words), made of
+    canonical parts (``model_step(canonical=True)``): each message converted by ``parts`` (a ``MessageParts``,
+    which converts a message once), else anew."""
+    listed = [{"role": "user", "content": messages}] if isinstance(messages, str) else messages
+    convert = parts or _message_part
+    request: dict[str, Any] = {"messages": [convert(m) for m in listed]}
     if tools:
         request["tools"] = canonical_json(tools)
     if stop:
@@ -84,10 +90,37 @@ def canonical_request(messages: Any, tools: Any, stop: list[str]) -> dict[str, A
     return request
 
 
+def _message_part(message: Any) -> Any:
+    return canonical_json(message, drop={"cache_breakpoint"})
+
+
+class MessageParts:
+    """Each CrewAI message's canonical JSON, converted once (a crew's conversation grows by a message or two a
+    step, and its whole request is journaled at every step). CrewAI's messages are dicts: one changed in place
+    since it was converted (a value replaced, a key added or removed; its values compared by identity) is
+    converted again."""
+
+    def __init__(self) -> None:
+        self._cache = IdentityCache(self._convert)
+
+    @staticmethod
+    def _convert(message: Any) -> tuple[tuple[Any, ...], Any]:
+        return (tuple(message.values()) if type(message) is dict else ()), _message_part(message)
+
+    def __call__(self, message: Any) -> Any:
+        """``message``'s canonical JSON, shared by every request holding it."""
+        values, part = self._cache(message)
+        if type(message) is dict and (len(values) != len(message) or any(
+                seen is not value for seen, value in zip(values, message.values(), strict=False))):
+            values, part = self._cache.put(message, self._convert(message))
+        return part
+
+
 class GuardedLLM(BaseLLM):
     """A CrewAI LLM whose every call is a model syscall of the Castor run (``guard(llm)``), in text mode."""
 
     wrapped: BaseLLM
+    _parts: MessageParts = PrivateAttr(default_factory=MessageParts)
 
     def call(self, messages: Any, tools: Any = None, callbacks: Any = None, available_functions: Any = None,
              from_task: Any = None, from_agent: Any = None, response_model: Any = None) -> str:
@@ -97,7 +130,7 @@ class GuardedLLM(BaseLLM):
                                    "calls are not guarded")
         # The executor's stop words are a call-scoped override of this LLM (CrewAI 1.15+), else its field.
         stop = list(getattr(self, "stop_sequences", None) or self.stop or ())
-        request = canonical_request(messages, tools, stop)
+        request = canonical_request(messages, tools, stop, self._parts)
         streaming = streams(self)
         # The wrapped LLM runs in a worker thread, in the crew thread's context: CrewAI's call-scoped settings
         # and the id that lets a Crew(stream=True) read the chunk events it emits live there.
@@ -117,7 +150,7 @@ class GuardedLLM(BaseLLM):
             answered.append(answer)
             return {"text": answer, "tool_calls": [], "model": wrapped.model, "finish_reason": "stop"}
 
-        journaled = blocking(FRAMEWORK, lambda: model_step(request, wrapped.model, invoke), _RUNNER)
+        journaled = blocking(FRAMEWORK, lambda: model_step(request, wrapped.model, invoke, canonical=True), _RUNNER)
         text = str(journaled["text"])
         if streaming and not answered:  # from the journal: its text in one chunk, as a streamed call's
             with call_scope():
@@ -139,10 +172,12 @@ class GuardedLLM(BaseLLM):
 
 @contextlib.contextmanager
 def _scoped(llm: BaseLLM, stop: list[str], stream: bool) -> Iterator[None]:
-    """``llm``'s stop words and streaming for one call: CrewAI's call-scoped overrides where it has them (1.15+,
-    safe for concurrent calls), else its fields."""
+    """``llm``'s stop words and streaming for one call, where they are not its own already: CrewAI's
+    call-scoped overrides where it has them (1.15+, safe for concurrent calls), else its fields."""
     with contextlib.ExitStack() as scope:
         for override, value, field in ((_STOP_OVERRIDE, stop, "stop"), (_STREAM_OVERRIDE, stream, "stream")):
+            if value == (getattr(llm, field) or type(value)()):
+                continue  # most calls: nothing to override
             if override is not None:
                 scope.enter_context(override(llm, value))
             else:

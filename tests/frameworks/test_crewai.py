@@ -32,7 +32,7 @@ from pydantic import Field
 from castor import Castor
 from castor.errors import ReplayDivergenceError
 from castor.frameworks._common import UnsupportedToolError
-from castor.frameworks.crewai import guard, kickoff, tools_of
+from castor.frameworks.crewai import MessageParts, guard, kickoff, tools_of
 from castor.llm import ModelRefusedError
 
 # CrewAI's own code reads its deprecated fields (function_calling_llm, ...) when an Agent or a Crew is built.
@@ -242,3 +242,14 @@ async def test_the_guarded_llm_hands_the_wrapped_one_the_executors_stop_words() 
     assert cp.status == "SUSPENDED_FOR_HITL"
     assert llm.stops and all("\nObservation:" in stop for stop in llm.stops)
     assert "\nObservation:" in cp.syscall_log[0].arguments["request"]["stop"]
+
+
+def test_a_message_is_converted_once_and_again_when_it_was_edited_in_place() -> None:
+    parts = MessageParts()
+    message = {"role": "assistant", "content": "Action: search", "cache_breakpoint": True}
+    first = parts(message)
+    assert first == {"role": "assistant", "content": "Action: search"} and parts(message) is first
+    message["content"] += "\nObservation: found"  # CrewAI's messages are dicts: an edit must reach the journal
+    assert parts(message) == {"role": "assistant", "content": "Action: search\nObservation: found"}
+    message["name"] = "janitor"
+    assert parts(message)["name"] == "janitor"
