@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import queue
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -56,6 +57,7 @@ from pydantic import PrivateAttr
 from castor.errors import UnsupportedError
 from castor.frameworks._castor_models.crewai import CastorLLM, call_scope, emit_chunk, streams
 from castor.frameworks._common import (
+    _RUN_ENDING,
     IdentityCache,
     ToolEntry,
     blocking,
@@ -63,9 +65,11 @@ from castor.frameworks._common import (
     check_function,
     in_thread,
     model_step,
+    run_loop,
     schema_function,
     schema_signature,
 )
+from castor.kernel.context import RunEnding
 from castor.llm import canonical_request as canonical_json
 
 FRAMEWORK = "CrewAI"
@@ -132,25 +136,19 @@ class GuardedLLM(BaseLLM):
         stop = list(getattr(self, "stop_sequences", None) or self.stop or ())
         request = canonical_request(messages, tools, stop, self._parts)
         streaming = streams(self)
-        # The wrapped LLM runs in a worker thread, in the crew thread's context: CrewAI's call-scoped settings
-        # and the id that lets a Crew(stream=True) read the chunk events it emits live there.
-        context = contextvars.copy_context()
         wrapped = self.wrapped
         answered: list[str] = []
 
-        def ask() -> Any:
+        def ask() -> dict[str, Any]:  # in the crew's thread, in its context (CrewAI's call-scoped settings)
             with _scoped(wrapped, stop, streaming):
-                return wrapped.call(messages, tools=tools, callbacks=callbacks, from_task=from_task,
-                                    from_agent=from_agent)
-
-        async def invoke(_request: dict[str, Any]) -> dict[str, Any]:
-            answer = await asyncio.get_running_loop().run_in_executor(None, context.run, ask)
+                answer = wrapped.call(messages, tools=tools, callbacks=callbacks, from_task=from_task,
+                                      from_agent=from_agent)
             if not isinstance(answer, str):
                 raise UnsupportedError(f"the CrewAI LLM {wrapped.model!r} answered {type(answer).__name__}, not text")
             answered.append(answer)
             return {"text": answer, "tool_calls": [], "model": wrapped.model, "finish_reason": "stop"}
 
-        journaled = blocking(FRAMEWORK, lambda: model_step(request, wrapped.model, invoke, canonical=True), _RUNNER)
+        journaled = model_step_here(request, wrapped.model, ask)
         text = str(journaled["text"])
         if streaming and not answered:  # from the journal: its text in one chunk, as a streamed call's
             with call_scope():
@@ -168,6 +166,57 @@ class GuardedLLM(BaseLLM):
     def get_context_window_size(self) -> int:
         """As the wrapped LLM."""
         return self.wrapped.get_context_window_size()
+
+
+def model_step_here(request: dict[str, Any], model: str, ask: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``model_step`` awaited on the run's loop from the crew's thread, the model asked (``ask``) in this very
+    thread: when the step calls the model (not on replay), the loop hands the call back here and awaits its
+    answer. The wrapped LLM thus runs in the crew thread's context (CrewAI's call-scoped stop words, the id
+    by which a streaming crew reads its chunk events), and a step costs no third thread."""
+    loop = run_loop(f"a guarded {FRAMEWORK} call made", _RUNNER)
+    inbox: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
+
+    async def invoke(_request: dict[str, Any]) -> dict[str, Any]:
+        answer: asyncio.Future[dict[str, Any]] = loop.create_future()
+        inbox.put((_ASK, answer))
+        return await answer
+
+    async def step() -> None:
+        try:
+            inbox.put((_ANSWERED, await model_step(request, model, invoke, canonical=True)))
+        except BaseException as error:  # a suspension, a cancelled run too: raised in the crew's thread
+            inbox.put((_FAILED, error))
+
+    running: list[asyncio.Task[None]] = []  # held while the crew's thread waits: the loop keeps tasks weakly
+    loop.call_soon_threadsafe(lambda: running.append(loop.create_task(step())))
+    while True:
+        kind, value = inbox.get()
+        if kind == _ASK:
+            try:
+                loop.call_soon_threadsafe(_settle, value, ask(), None)
+            except Exception as error:
+                loop.call_soon_threadsafe(_settle, value, None, error)
+            except BaseException:  # the crew's thread is ending (an interrupt): the step must not wait for it
+                loop.call_soon_threadsafe(value.cancel)
+                raise
+        elif kind == _ANSWERED:
+            return value
+        elif isinstance(value, _RUN_ENDING):
+            raise RunEnding(value) from value  # past CrewAI's except Exception, to the runner
+        else:
+            raise value
+
+
+_ASK, _ANSWERED, _FAILED = range(3)
+
+
+def _settle(answer: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if answer.done():  # the step was cancelled meanwhile
+        return
+    if error is None:
+        answer.set_result(result)
+    else:
+        answer.set_exception(error)
 
 
 @contextlib.contextmanager
