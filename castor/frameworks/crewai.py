@@ -101,23 +101,23 @@ def _message_part(message: Any) -> Any:
 class MessageParts:
     """Each CrewAI message's canonical JSON, converted once (a crew's conversation grows by a message or two a
     step, and its whole request is journaled at every step). CrewAI's messages are dicts: one changed in place
-    since it was converted (a value replaced, a key added or removed; its values compared by identity) is
-    converted again."""
+    since it was converted (a key or a value replaced, added or removed) is converted again; a list inside a
+    message edited in place is not seen (CrewAI builds a message whole)."""
 
     def __init__(self) -> None:
         self._cache = IdentityCache(self._convert)
 
     @staticmethod
-    def _convert(message: Any) -> tuple[tuple[Any, ...], Any]:
-        return (tuple(message.values()) if type(message) is dict else ()), _message_part(message)
+    def _convert(message: Any) -> tuple[Any, Any]:
+        return (tuple(message.items()) if type(message) is dict else None), _message_part(message)
 
     def __call__(self, message: Any) -> Any:
         """``message``'s canonical JSON, shared by every request holding it."""
-        values, part = self._cache(message)
-        if type(message) is dict and (len(values) != len(message) or any(
-                seen is not value for seen, value in zip(values, message.values(), strict=False))):
-            values, part = self._cache.put(message, self._convert(message))
-        return part
+        seen, part = self._cache(message)
+        # the same keys and values (the same objects, mostly: a tuple compares them by identity first)
+        if seen is None or seen == tuple(message.items()):
+            return part
+        return self._cache.put(message, self._convert(message))[1]
 
 
 class GuardedLLM(BaseLLM):
@@ -283,9 +283,14 @@ def guard_tool(t: BaseTool) -> GuardedTool:
     """A copy of ``t`` that asks Castor for every call."""
     if isinstance(t, GuardedTool):
         return t
-    tool_entry(t)
+    if _CHECKED(t) is not t.args_schema:  # checked once per tool and schema: a crew is guarded at every run
+        tool_entry(t)
+        _CHECKED.put(t, t.args_schema)
     return GuardedTool(name=t.name, description=t.description, args_schema=t.args_schema,
                        result_as_answer=t.result_as_answer, max_usage_count=t.max_usage_count)
+
+
+_CHECKED = IdentityCache(lambda _tool: None)  # the argument schema each tool was last checked with
 
 
 def tools_of(x: Any) -> list[ToolEntry]:
