@@ -32,9 +32,9 @@ the journal emits its journaled text as one chunk. ``CastorLLM`` streams through
 ``kickoff`` runs a ``Crew(stream=True)`` in its own worker thread (CrewAI's would swallow a suspension),
 hands each chunk event to ``on_chunk`` and returns the ``CrewOutput``.
 
-CrewAI is not in Castor's ``dev`` extra, so CI does not run these tests: it pins ``openai<3`` while the
-OpenAI Agents SDK needs ``openai>=3`` (one environment cannot hold both), and it brings ~70 packages
-(chromadb, lancedb, onnxruntime, kubernetes, ...; about 2 minutes to install on a 2-core machine).
+CrewAI is not in Castor's ``dev`` extra (``.ci/run`` runs its tests in a venv of their own): it pins
+``openai<3`` while the OpenAI Agents SDK needs ``openai>=3`` (one environment cannot hold both), and it brings
+~70 packages (chromadb, lancedb, onnxruntime, kubernetes, ...; about 2 minutes to install on a 2-core machine).
 """
 
 from __future__ import annotations
