@@ -3,7 +3,9 @@
 CrewAI is not in the ``dev`` extra (it pins ``openai<3``, the OpenAI Agents SDK needs ``openai>=3``; see
 ``castor/frameworks/crewai.py``): these tests run where ``castor[crewai]`` is installed (``.ci/run``: a
 venv of its own). The scripted LLM answers by the conversation (the n-th answer after n assistant messages) and
-records every call, so a model call Castor should have served from the journal shows up in the counts.
+records every call, so a model call Castor should have served from the journal shows up in the counts. Asked
+to stream (``Crew(stream=True)`` sets it on the agent's LLM, the guarded one), it emits its answer word by word as
+``LLMStreamChunkEvent``s, as CrewAI's own LLMs do.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from tests.frameworks.crewai_offline import offline
 with offline():
     pytest.importorskip("crewai")
     from crewai import Agent, Crew, Task
-    from crewai.llms.base_llm import BaseLLM
+    from crewai.events.types.llm_events import LLMCallType
+    from crewai.llms.base_llm import BaseLLM, llm_call_context
     from crewai.tools import tool
 
 from pydantic import Field
@@ -29,7 +32,7 @@ from pydantic import Field
 from castor import Castor
 from castor.errors import ReplayDivergenceError
 from castor.frameworks._common import UnsupportedToolError
-from castor.frameworks.crewai import guard, kickoff, tools_of
+from castor.frameworks.crewai import MessageParts, guard, kickoff, tools_of
 from castor.llm import ModelRefusedError
 
 # CrewAI's own code reads its deprecated fields (function_calling_llm, ...) when an Agent or a Crew is built.
@@ -68,25 +71,42 @@ class Scripted(BaseLLM):
 
     answers: tuple[str, ...] = DEFAULT
     asked: list[Any] = Field(default_factory=list)
+    stops: list[list[str]] = Field(default_factory=list)  # the stop words of each call
+    streamed: int = 0
 
-    def call(self, messages: Any, *args: Any, **kwargs: Any) -> str:
+    def call(self, messages: Any, *args: Any, from_task: Any = None, from_agent: Any = None, **kwargs: Any) -> str:
         self.asked.append(list(messages))
-        return self.answers[sum(1 for m in messages if m.get("role") == "assistant")]
+        self.stops.append(list(self.stop_sequences))
+        answer = self.answers[sum(1 for m in messages if m.get("role") == "assistant")]
+        if self._effective_stream():
+            self.streamed += 1
+            with llm_call_context():  # a call's chunk events name it, as CrewAI's own LLMs' do
+                for word in words(answer):
+                    self._emit_stream_chunk_event(chunk=word, from_task=from_task, from_agent=from_agent,
+                                                  call_type=LLMCallType.LLM_CALL)
+        return answer
 
     def supports_function_calling(self) -> bool:
         return False
+
+
+def words(text: str) -> list[str]:
+    first, *rest = text.split(" ")
+    return [first, *(" " + word for word in rest)]
 
 
 def scripted(*answers: str) -> Scripted:
     return Scripted(model="scripted", answers=answers or DEFAULT)
 
 
-def main_of(llm: BaseLLM, prompt: str = "clean up old logs") -> Any:
+def main_of(llm: BaseLLM, prompt: str = "clean up old logs", read: Any = None) -> Any:
+    """The agent function; ``read``: the crew streams (``Crew(stream=True)``), its chunks' text go to ``read``."""
     async def main() -> str:
         agent = Agent(role="janitor", goal="clean", backstory="tidy", llm=llm, tools=[search, delete_file],
                       max_iter=5)
-        crew = Crew(agents=[agent], tasks=[Task(description=prompt, expected_output="a word", agent=agent)])
-        return str(await kickoff(crew))
+        crew = Crew(agents=[agent], tasks=[Task(description=prompt, expected_output="a word", agent=agent)],
+                    stream=read is not None)
+        return str(await kickoff(crew, on_chunk=None if read is None else lambda event: read(event.chunk)))
 
     return main
 
@@ -193,6 +213,44 @@ def test_a_tool_castor_cannot_call_is_refused_at_guard() -> None:
         """Tag a file."""
         return path
 
-    with pytest.raises(UnsupportedToolError) as caught:
-        guard(tag)
-    assert str(caught.value).startswith("CrewAI tool 'tag' cannot be guarded: argument 'label' uses 'anyOf'")
+    for _ in range(2):  # refused at every guard(), not only the first (a tool's check is remembered once it passed)
+        with pytest.raises(UnsupportedToolError) as caught:
+            guard(tag)
+        assert str(caught.value).startswith("CrewAI tool 'tag' cannot be guarded: argument 'label' uses 'anyOf'")
+
+
+async def test_a_streaming_crew_reads_the_guarded_llms_chunks_and_suspends() -> None:
+    llm = scripted()
+    k = kernel()
+    seen: list[str] = []
+    cp = await k.run(main_of(llm, read=seen.append))
+    # the wrapped LLM streamed each call (Crew(stream=True) asked the guarded one), and its chunks reached the
+    # crew's stream; each call is one journaled step, and the suspension came through CrewAI's stream thread
+    assert cp.status == "SUSPENDED_FOR_HITL" and cp.pending_tool == "delete_file"
+    assert [r.tool_name for r in cp.syscall_log] == ["model:scripted", "search", "model:scripted"]
+    assert llm.streamed == 2 and seen == words(DEFAULT[0]) + words(DEFAULT[1])
+    await k.approve(cp)
+    seen.clear()
+    cp = await k.run(main_of(llm, read=seen.append), checkpoint=cp)
+    assert cp.status == "COMPLETED" and cp.result == "done"
+    assert len(llm.asked) == 3 and llm.streamed == 3  # steps 0 and 2 came from the journal
+    assert seen == [DEFAULT[0], DEFAULT[1], *words(DEFAULT[2])]  # a replayed step: its journaled text, whole
+
+
+async def test_the_guarded_llm_hands_the_wrapped_one_the_executors_stop_words() -> None:
+    llm = scripted()
+    cp = await kernel().run(main_of(llm))
+    assert cp.status == "SUSPENDED_FOR_HITL"
+    assert llm.stops and all("\nObservation:" in stop for stop in llm.stops)
+    assert "\nObservation:" in cp.syscall_log[0].arguments["request"]["stop"]
+
+
+def test_a_message_is_converted_once_and_again_when_it_was_edited_in_place() -> None:
+    parts = MessageParts()
+    message = {"role": "assistant", "content": "Action: search", "cache_breakpoint": True}
+    first = parts(message)
+    assert first == {"role": "assistant", "content": "Action: search"} and parts(message) is first
+    message["content"] += "\nObservation: found"  # CrewAI's messages are dicts: an edit must reach the journal
+    assert parts(message) == {"role": "assistant", "content": "Action: search\nObservation: found"}
+    message["name"] = "janitor"
+    assert parts(message)["name"] == "janitor"

@@ -2,16 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
+from crewai.events.types.llm_events import LLMCallType
+from crewai.llms import base_llm
 from crewai.llms.base_llm import BaseLLM
 
 from castor.errors import UnsupportedError
-from castor.frameworks._castor_models._ask import ask, text_of
+from castor.frameworks._castor_models._ask import ask, ask_stream, text_of
 from castor.frameworks._common import blocking
+from castor.frameworks._streaming import iterate_in_thread
+
+# CrewAI 1.15+: a call's events carry the id of the call's scope (older versions: no such scope to open).
+call_scope = getattr(base_llm, "llm_call_context", contextlib.nullcontext)
 
 _RUNNER = "castor.frameworks.crewai.kickoff(crew)"
 CONTEXT_WINDOW = 128_000  # what CrewAI assumes of the model when it trims a conversation
+
+
+def streams(llm: BaseLLM) -> bool:
+    """Whether CrewAI asks ``llm`` to stream this call: ``LLM(stream=True)``, ``Crew(stream=True)`` (which sets
+    it on the agents' LLMs) or a call-scoped override (``stream_events``, CrewAI 1.15+)."""
+    effective = getattr(llm, "_effective_stream", None)
+    return bool(effective() if effective is not None else llm.stream)
+
+
+def emit_chunk(llm: BaseLLM, text: str, from_task: Any, from_agent: Any) -> None:
+    """``text`` as one of ``llm``'s ``LLMStreamChunkEvent``s on CrewAI's event bus (what ``Crew(stream=True)``
+    and event listeners read), from the crew's thread, as CrewAI's own LLMs emit theirs."""
+    llm._emit_stream_chunk_event(chunk=text, from_task=from_task, from_agent=from_agent,
+                                 call_type=LLMCallType.LLM_CALL)
 
 
 class CastorLLM(BaseLLM):
@@ -22,6 +43,11 @@ class CastorLLM(BaseLLM):
     the fleet a worker of the ``llm`` pool calls it, with the API key only it holds. The agent runs in
     CrewAI's text (ReAct) mode, as under a guarded LLM: the model answers with text and CrewAI calls the
     (guarded) tools. ``guard()`` leaves it as it is. Structured output (``response_model``) is not served.
+
+    Streamed (``CastorLLM(stream=True)``, or a ``Crew(stream=True)``), the call is ``castor.lib.stream``'s
+    model syscall, the very step a whole call makes: the provider's text reaches CrewAI as it is written,
+    each piece an ``LLMStreamChunkEvent`` on CrewAI's event bus; a step replayed from the journal is one
+    chunk, its whole journaled text, and the provider is not asked.
     """
 
     model: str = ""
@@ -38,10 +64,28 @@ class CastorLLM(BaseLLM):
         # CrewAI sets the stop words of a call on the LLM (stop_sequences: per call in recent versions)
         stop = getattr(self, "stop_sequences", None) or self.stop
         options = {"stop": list(stop) if stop else None}
-        response = blocking("CrewAI", lambda: ask(listed, model=self.model or None, max_tokens=self.max_tokens,
-                                                  options=options), _RUNNER)
+        if streams(self):
+            text = self._streamed(listed, options, from_task, from_agent)
+        else:
+            text = blocking("CrewAI", lambda: ask(listed, model=self.model or None, max_tokens=self.max_tokens,
+                                                  options=options), _RUNNER).text
         cut = getattr(self, "_apply_stop_words", None)  # a provider that ignores stop words: cut as CrewAI does
-        return str(cut(response.text)) if cut is not None else response.text
+        return str(cut(text)) if cut is not None else text
+
+    def _streamed(self, listed: list[dict[str, Any]], options: dict[str, Any], from_task: Any,
+                  from_agent: Any) -> str:
+        """The call streamed: each piece of text an event as it comes; the whole text as journaled."""
+        def items() -> Any:
+            return ask_stream(listed, model=self.model or None, max_tokens=self.max_tokens, options=options)
+
+        text = ""
+        with call_scope():  # the chunks' events name this call, as CrewAI's own LLMs' do
+            for item in iterate_in_thread("CrewAI", items, _RUNNER):
+                if isinstance(item, str):
+                    emit_chunk(self, item, from_task, from_agent)
+                else:
+                    text = item.text
+        return text
 
     def supports_function_calling(self) -> bool:
         """No: CrewAI then runs the agent in text mode and calls the tools itself."""
