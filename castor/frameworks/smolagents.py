@@ -49,7 +49,6 @@ from castor.frameworks._castor_models.smolagents import CastorModel
 from castor.frameworks._common import (
     IdentityCache,
     ToolEntry,
-    blocking,
     call_tool,
     canonical_part,
     check_function,
@@ -60,35 +59,20 @@ from castor.frameworks._common import (
     schema_signature,
 )
 from castor.frameworks._conversations import EqualConversations
+from castor.frameworks._loop_calls import Here, call_on_loop
+from castor.frameworks._smolagents_json import answer_json, key, keyed_part, message_json
 from castor.frameworks._streaming import Emit, StreamStep, stream_in_thread
+from castor.kernel.context import active_run
 from castor.llm import canonical_request as canonical_json
-from castor.llm.cost import NotPlain, plain_sized
+from castor.llm.cost import NotPlain
 
 FRAMEWORK = "smolagents"
 FINAL_ANSWER = "final_answer"
-_VOLATILE = frozenset({"raw", "token_usage", "id"})
 _RUNNER = "castor.frameworks.smolagents.run(agent, task)"
 _INPUT_TYPES = {"string", "boolean", "integer", "number", "array", "object", "any"}
 
 
 # --- models -------------------------------------------------------------------------------------------
-
-
-def _message_json(message: Any) -> dict[str, Any]:
-    data = message.dict() if isinstance(message, ChatMessage) else dict(message)
-    data["role"] = getattr(data.get("role"), "value", data.get("role"))
-    return {k: v for k, v in canonical_json(data, drop=_VOLATILE).items() if v is not None}
-
-
-def _message(message: Any) -> tuple[Any, Any]:
-    """A message to compare the next step's with (``EqualConversations``) and its canonical part. smolagents
-    builds its messages anew for every call and never changes them afterwards: a ``ChatMessage`` is kept
-    as it is (compared as a dataclass), a dict message as a copy."""
-    if isinstance(message, ChatMessage):
-        return message, _message_json(message)
-    if not isinstance(message, dict):
-        raise NotPlain
-    return plain_sized(message)[0], _message_json(message)
 
 
 def _tool_json(t: Tool) -> dict[str, Any]:
@@ -103,12 +87,12 @@ def canonical_request(messages: list[Any], stop: list[str] | None, response_form
                       options: dict[str, Any], conversation: EqualConversations | None = None) -> dict[str, Any]:
     """The model request as Castor journals and compares it (``generate``'s arguments, ids dropped):
     canonical JSON already, made of parts checked once (``castor.lib.model_call(canonical=True)``);
-    ``conversation``: the messages of the previous steps, converted then."""
+    ``conversation``: the messages of the previous steps (``EqualConversations(keyed_part)``), converted then."""
     try:
-        parts = conversation(list(messages)) if conversation is not None else None
+        parts = conversation([key(m) for m in messages]) if conversation is not None else None
     except NotPlain:
         parts = None
-    request: dict[str, Any] = {"messages": parts if parts is not None else [_message_json(m) for m in messages]}
+    request: dict[str, Any] = {"messages": parts if parts is not None else [message_json(m) for m in messages]}
     if tools:
         request["tools"] = [_cached_tool(t) for t in tools]
     if stop:
@@ -129,7 +113,7 @@ def response_json(message: ChatMessage, model: str) -> dict[str, Any]:
         "tool_calls": [{"id": c.id, "name": c.function.name, "arguments": c.function.arguments} for c in calls],
         "model": model,
         "finish_reason": "tool_calls" if calls else "stop",
-        "message": canonical_json({k: v for k, v in message.dict().items() if k not in ("raw", "token_usage")}),
+        "message": answer_json(message),
     }
     usage = message.token_usage
     if usage is not None and (usage.input_tokens or usage.output_tokens):
@@ -150,7 +134,7 @@ class GuardedModel(Model):
     def __init__(self, wrapped: Model) -> None:
         super().__init__(model_id=wrapped.model_id or type(wrapped).__name__)
         self.wrapped = wrapped
-        self._conversation = EqualConversations(_message)
+        self._conversation = EqualConversations(keyed_part)
 
     def generate(self, messages: list[Any], stop_sequences: list[str] | None = None,
                  response_format: Any = None, tools_to_call_from: list[Tool] | None = None,
@@ -159,16 +143,25 @@ class GuardedModel(Model):
         model = str(self.model_id)
         request = canonical_request(messages, stop_sequences, response_format, tools_to_call_from, kwargs,
                                     self._conversation)
+        wrapped = self.wrapped
         live: list[tuple[dict[str, Any], ChatMessage]] = []
 
-        async def invoke(_request: dict[str, Any]) -> dict[str, Any]:
-            answer = await asyncio.to_thread(self.wrapped.generate, messages, stop_sequences=stop_sequences,
-                                     response_format=response_format, tools_to_call_from=tools_to_call_from,
-                                     **kwargs)
-            live.append((response_json(answer, model), answer))
-            return live[-1][0]
+        def ask() -> tuple[dict[str, Any], ChatMessage]:  # in the agent's thread, which waits for the step anyway
+            answer = wrapped.generate(messages, stop_sequences=stop_sequences, response_format=response_format,
+                                      tools_to_call_from=tools_to_call_from, **kwargs)
+            return response_json(answer, model), answer
 
-        journaled = blocking(FRAMEWORK, lambda: model_step(request, model, invoke, canonical=True), _RUNNER)
+        async def step(here: Here) -> dict[str, Any]:
+            async def invoke(_request: dict[str, Any]) -> dict[str, Any]:
+                # Under a model deadline (Castor(llm_timeout=...)) the run must be able to give up on a model
+                # that does not answer: the model then runs in a thread of its own, the agent's thread free.
+                deadline = active_run().services.models.timeout is not None
+                live.append(await (asyncio.to_thread(ask) if deadline else here.run(ask)))
+                return live[-1][0]
+
+            return await model_step(request, model, invoke, canonical=True)
+
+        journaled = call_on_loop(FRAMEWORK, step, _RUNNER)
         if live and live[-1][0] is journaled:  # this very call's answer (not rebuilt from its own JSON)
             return live[-1][1]
         return chat_message(journaled)  # replayed, or journaled first by another process driving the run
@@ -273,7 +266,7 @@ class _GuardedForward:
     def __call__(self, *args: Any, **arguments: Any) -> Any:
         if args:
             raise UnsupportedError(f"smolagents tool {self.name!r} called with positional arguments under Castor")
-        return blocking(FRAMEWORK, lambda: call_tool(self.name, arguments), _RUNNER)
+        return call_on_loop(FRAMEWORK, lambda _here: call_tool(self.name, arguments), _RUNNER)
 
 
 def guard_tool(t: Tool) -> Tool:
