@@ -53,10 +53,29 @@ def _role(role: Any) -> str:
     raise NotPlain
 
 
+def _content(content: Any) -> Any:
+    """A request message's content as ``copied(content, VOLATILE)`` makes it, text parts without a walk."""
+    if type(content) is str:
+        return content
+    if type(content) is not list:
+        return copied(content, VOLATILE)
+    out = []
+    for item in content:
+        if type(item) is dict and VOLATILE.isdisjoint(item):
+            for name, value in item.items():
+                if type(value) is not str or type(name) is not str:
+                    break
+            else:  # a text part ({"type": "text", "text": ...}): strings only, copied as they are
+                out.append(item.copy())
+                continue
+        out.append(copied(item, VOLATILE))
+    return out
+
+
 def _text_part(role: Any, content: Any) -> dict[str, Any]:
     part = {"role": _role(role)}
     if content is not None:
-        part["content"] = copied(content, VOLATILE)
+        part["content"] = _content(content)
     return part
 
 
@@ -76,11 +95,10 @@ def message_json(message: Any) -> dict[str, Any]:
     return _slow_json(message)
 
 
-def key(message: Any) -> Any:
-    """What a message's part is made of, compared with the previous step's (a dict message as it is)."""
-    if type(message) is ChatMessage:
-        return (message.role, message.content, message.tool_calls)
-    return message
+def keys(messages: list[Any]) -> list[Any]:
+    """What each message's part is made of, compared with the previous step's: ``(role, content,
+    tool_calls)`` of a ``ChatMessage``, any other message as it is."""
+    return [(m.role, m.content, m.tool_calls) if type(m) is ChatMessage else m for m in messages]
 
 
 def keyed_part(item: Any) -> tuple[Any, Any]:

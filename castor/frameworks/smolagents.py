@@ -60,7 +60,7 @@ from castor.frameworks._common import (
 )
 from castor.frameworks._conversations import EqualConversations
 from castor.frameworks._loop_calls import Here, call_on_loop
-from castor.frameworks._smolagents_json import answer_json, key, keyed_part, message_json
+from castor.frameworks._smolagents_json import answer_json, keyed_part, keys, message_json
 from castor.frameworks._streaming import Emit, StreamStep, stream_in_thread
 from castor.kernel.context import active_run
 from castor.llm import canonical_request as canonical_json
@@ -89,7 +89,7 @@ def canonical_request(messages: list[Any], stop: list[str] | None, response_form
     canonical JSON already, made of parts checked once (``castor.lib.model_call(canonical=True)``);
     ``conversation``: the messages of the previous steps (``EqualConversations(keyed_part)``), converted then."""
     try:
-        parts = conversation([key(m) for m in messages]) if conversation is not None else None
+        parts = conversation(keys(messages)) if conversation is not None else None
     except NotPlain:
         parts = None
     request: dict[str, Any] = {"messages": parts if parts is not None else [message_json(m) for m in messages]}

@@ -14,7 +14,7 @@ from smolagents.models import ChatMessage, ChatMessageToolCall, ChatMessageToolC
 from smolagents.monitoring import TokenUsage
 
 from castor.frameworks._conversations import EqualConversations
-from castor.frameworks._smolagents_json import _slow_json, answer_json, key, keyed_part, message_json
+from castor.frameworks._smolagents_json import _slow_json, answer_json, keyed_part, keys, message_json
 from castor.llm import canonical_request as canonical_json
 
 
@@ -47,7 +47,7 @@ def ordered(value: Any) -> str:
 @pytest.mark.parametrize("message", REQUEST_MESSAGES, ids=range(len(REQUEST_MESSAGES)))
 def test_a_request_message_is_the_part_the_dict_path_makes(message: Any) -> None:
     assert ordered(message_json(message)) == ordered(_slow_json(message))
-    assert ordered(keyed_part(key(message))[1]) == ordered(_slow_json(message))
+    assert ordered(keyed_part(keys([message])[0])[1]) == ordered(_slow_json(message))
 
 
 ANSWERS = [
@@ -87,8 +87,8 @@ def test_a_conversation_converts_its_new_messages_only_and_sees_an_earlier_messa
     parts = EqualConversations(counting)
     for step in range(4):
         messages = conversation(step)
-        assert parts([key(m) for m in messages]) == [message_json(m) for m in messages]
+        assert parts(keys(messages)) == [message_json(m) for m in messages]
     assert len(converted) == 1 + 2 * 3  # each message once, though every step made them all anew
     changed = conversation(4, observation="lost")  # same length and roles, another text from the start
-    assert parts([key(m) for m in changed]) == [message_json(m) for m in changed]
+    assert parts(keys(changed)) == [message_json(m) for m in changed]
     assert len(converted) == 7 + 9
