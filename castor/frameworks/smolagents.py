@@ -9,10 +9,13 @@
     async def main():
         return await run(guard(agent), "clean up old logs")
 
-``guard`` takes a ``ToolCallingAgent`` (guarded in place: its model, its tools and its managed agents'),
-a ``Model`` (a ``GuardedModel``) or a ``Tool`` (a copy asking Castor). smolagents is synchronous: ``run``
-runs ``agent.run`` in a worker thread and answers its guarded calls on the Castor run's loop; calling
-``agent.run`` directly inside a run raises ``UnsupportedError`` at the first guarded call. Every
+``guard`` takes a ``ToolCallingAgent`` (guarded in place: its model, its tools and its managed agents';
+``guard(agent, model=...)``: that model for the agent and its managed agents), a ``Model`` (a
+``GuardedModel``) or a ``Tool`` (a copy asking Castor). smolagents is synchronous: ``run`` runs
+``agent.run`` in a worker thread and answers its guarded calls on the Castor run's loop, one hop each way
+(``castor.frameworks._loop_calls``); a live step calls the wrapped model in that thread, which waits for
+the step anyway (in a thread of its own under ``Castor(llm_timeout=...)``, so the run can give up on it).
+Calling ``agent.run`` directly inside a run raises ``UnsupportedError`` at the first guarded call. Every
 ``generate`` of the model is a ``castor.lib.model_call`` step whose request is the messages (role,
 content, tool calls), the tools and the stop sequences; the ``ChatMessage`` is rebuilt from the journal.
 Every tool call asks ``castor.lib.tool``; smolagents turns a tool's ``Exception`` into an error for the
@@ -301,22 +304,23 @@ def tools_of(x: Any) -> list[ToolEntry]:
 
 
 def guard_agent(agent: MultiStepAgent, model: Model | None = None) -> MultiStepAgent:
-    """Guard ``agent`` in place (its model, ``model`` in its place if given; its tools; its managed agents,
-    which keep their models) and return it."""
+    """Guard ``agent`` in place (its model, its tools, its managed agents) and return it; ``model``: the
+    model it and its managed agents (at any depth) call instead of their own."""
     if isinstance(agent, CodeAgent):
         raise UnsupportedError("a smolagents CodeAgent runs model-written Python, not tool calls Castor can "
                                "journal: use a ToolCallingAgent")
+    swapped = None if model is None else guard_model(model)  # guarded once: one model object for all of them
     for t in _user_tools(agent):
         agent.tools[t.name] = guard_tool(t)
     for managed in agent.managed_agents.values():
-        guard_agent(managed)
-    agent.model = guard_model(agent.model if model is None else model)
+        guard_agent(managed, swapped)
+    agent.model = guard_model(agent.model) if swapped is None else swapped
     return agent
 
 
 def guard(x: Any, *, model: Model | None = None) -> Any:
     """The guarded form of a smolagents agent, model or tool (or a list of tools); ``model`` (an agent
-    only): the model the agent calls instead of its own (e.g. a ``CastorModel``)."""
+    only): the model the agent and its managed agents call instead of their own (e.g. a ``CastorModel``)."""
     if model is not None:
         if not isinstance(x, MultiStepAgent) or not isinstance(model, Model):
             raise UnsupportedError(f"smolagents: guard(model=...) swaps an agent's model for a Model, not a "
