@@ -63,7 +63,7 @@ from castor.frameworks._common import (
 )
 from castor.frameworks._conversations import EqualConversations
 from castor.frameworks._loop_calls import Here, call_on_loop
-from castor.frameworks._smolagents_json import answer_json, keyed_part, keys, message_json
+from castor.frameworks._smolagents_json import answer_json, copied, keyed_part, keys, message_json
 from castor.frameworks._streaming import Emit, StreamStep, stream_in_thread
 from castor.kernel.context import active_run
 from castor.llm import canonical_request as canonical_json
@@ -128,7 +128,11 @@ def chat_message(journaled: dict[str, Any]) -> ChatMessage:
     """The ``ChatMessage`` a journaled response stands for (live and replayed alike)."""
     usage = journaled.get("usage")
     token_usage = TokenUsage(int(usage["input_tokens"]), int(usage["output_tokens"])) if usage else None
-    return ChatMessage.from_dict(copy.deepcopy(journaled["message"]), token_usage=token_usage)
+    try:  # from_dict takes its tool calls over: a copy, plain JSON as the journal holds it (no deepcopy walk)
+        message = copied(journaled["message"])
+    except NotPlain:
+        message = copy.deepcopy(journaled["message"])
+    return ChatMessage.from_dict(message, token_usage=token_usage)
 
 
 class GuardedModel(Model):
@@ -179,7 +183,8 @@ class GuardedModel(Model):
         """Stream the wrapped model through Castor, from the agent's thread: one journaled step (the
         journaled message as one delta on replay)."""
         model = str(self.model_id)
-        request = canonical_request(messages, stop_sequences, response_format, tools_to_call_from, kwargs)
+        request = canonical_request(messages, stop_sequences, response_format, tools_to_call_from, kwargs,
+                                    self._conversation)
 
         async def run(emit: Emit) -> dict[str, Any]:
             loop = asyncio.get_running_loop()
