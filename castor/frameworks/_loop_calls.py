@@ -21,7 +21,7 @@ import queue
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from castor.frameworks._common import _RUN_ENDING, RunEnding, run_loop
+from castor.frameworks._common import _RUN_ENDING, _RUN_LOOP, RunEnding, run_loop
 
 _DONE = object()  # the inbox's last item: the syscall's outcome follows it
 
@@ -86,7 +86,9 @@ def call_on_loop(framework: str, start: Callable[[Here], Awaitable[Any]], runner
     """Await ``start(here)`` on the run's loop from a framework's synchronous code running under
     ``in_thread``; the thread runs what ``here.run`` hands it meanwhile. An error that ends the run is
     raised carried (``RunEnding``) through the framework's error handling, as ``_common.blocking`` does."""
-    loop = run_loop(f"a guarded {framework} call made", runner)
+    loop = _RUN_LOOP.get()
+    if loop is None or asyncio._get_running_loop() is not None:  # no exception raised and caught per call
+        loop = run_loop(f"a guarded {framework} call made", runner)  # raises the error naming ``runner``
     here = Here(loop)
     loop.call_soon_threadsafe(here._begin, start)  # the handle runs in a copy of this thread's context
     try:
