@@ -38,9 +38,12 @@ async def test_errors_cross_as_themselves_and_a_run_ending_error_carried() -> No
     def stop() -> Any:
         raise StopIteration  # a future refuses it: it arrives as a RuntimeError
 
+    def missing() -> Any:
+        raise KeyError("missing")
+
     async def start(here: Here) -> None:
         with pytest.raises(KeyError):
-            await here.run(lambda: {}["missing"])
+            await here.run(missing)
         with pytest.raises(RuntimeError, match="StopIteration"):
             await here.run(stop)
         raise ModelCallError("the model failed")
