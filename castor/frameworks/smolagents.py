@@ -9,10 +9,13 @@
     async def main():
         return await run(guard(agent), "clean up old logs")
 
-``guard`` takes a ``ToolCallingAgent`` (guarded in place: its model, its tools and its managed agents'),
-a ``Model`` (a ``GuardedModel``) or a ``Tool`` (a copy asking Castor). smolagents is synchronous: ``run``
-runs ``agent.run`` in a worker thread and answers its guarded calls on the Castor run's loop; calling
-``agent.run`` directly inside a run raises ``UnsupportedError`` at the first guarded call. Every
+``guard`` takes a ``ToolCallingAgent`` (guarded in place: its model, its tools and its managed agents';
+``guard(agent, model=...)``: that model for the agent and its managed agents), a ``Model`` (a
+``GuardedModel``) or a ``Tool`` (a copy asking Castor). smolagents is synchronous: ``run`` runs
+``agent.run`` in a worker thread and answers its guarded calls on the Castor run's loop, one hop each way
+(``castor.frameworks._loop_calls``); a live step calls the wrapped model in that thread, which waits for
+the step anyway (in a thread of its own under ``Castor(llm_timeout=...)``, so the run can give up on it).
+Calling ``agent.run`` directly inside a run raises ``UnsupportedError`` at the first guarded call. Every
 ``generate`` of the model is a ``castor.lib.model_call`` step whose request is the messages (role,
 content, tool calls), the tools and the stop sequences; the ``ChatMessage`` is rebuilt from the journal.
 Every tool call asks ``castor.lib.tool``; smolagents turns a tool's ``Exception`` into an error for the
@@ -49,7 +52,6 @@ from castor.frameworks._castor_models.smolagents import CastorModel
 from castor.frameworks._common import (
     IdentityCache,
     ToolEntry,
-    blocking,
     call_tool,
     canonical_part,
     check_function,
@@ -60,35 +62,20 @@ from castor.frameworks._common import (
     schema_signature,
 )
 from castor.frameworks._conversations import EqualConversations
+from castor.frameworks._loop_calls import Here, call_on_loop
+from castor.frameworks._smolagents_json import answer_json, copied, keyed_part, keys, message_json
 from castor.frameworks._streaming import Emit, StreamStep, stream_in_thread
+from castor.kernel.context import active_run
 from castor.llm import canonical_request as canonical_json
-from castor.llm.cost import NotPlain, plain_sized
+from castor.llm.cost import NotPlain
 
 FRAMEWORK = "smolagents"
 FINAL_ANSWER = "final_answer"
-_VOLATILE = frozenset({"raw", "token_usage", "id"})
 _RUNNER = "castor.frameworks.smolagents.run(agent, task)"
 _INPUT_TYPES = {"string", "boolean", "integer", "number", "array", "object", "any"}
 
 
 # --- models -------------------------------------------------------------------------------------------
-
-
-def _message_json(message: Any) -> dict[str, Any]:
-    data = message.dict() if isinstance(message, ChatMessage) else dict(message)
-    data["role"] = getattr(data.get("role"), "value", data.get("role"))
-    return {k: v for k, v in canonical_json(data, drop=_VOLATILE).items() if v is not None}
-
-
-def _message(message: Any) -> tuple[Any, Any]:
-    """A message to compare the next step's with (``EqualConversations``) and its canonical part. smolagents
-    builds its messages anew for every call and never changes them afterwards: a ``ChatMessage`` is kept
-    as it is (compared as a dataclass), a dict message as a copy."""
-    if isinstance(message, ChatMessage):
-        return message, _message_json(message)
-    if not isinstance(message, dict):
-        raise NotPlain
-    return plain_sized(message)[0], _message_json(message)
 
 
 def _tool_json(t: Tool) -> dict[str, Any]:
@@ -103,12 +90,12 @@ def canonical_request(messages: list[Any], stop: list[str] | None, response_form
                       options: dict[str, Any], conversation: EqualConversations | None = None) -> dict[str, Any]:
     """The model request as Castor journals and compares it (``generate``'s arguments, ids dropped):
     canonical JSON already, made of parts checked once (``castor.lib.model_call(canonical=True)``);
-    ``conversation``: the messages of the previous steps, converted then."""
+    ``conversation``: the messages of the previous steps (``EqualConversations(keyed_part)``), converted then."""
     try:
-        parts = conversation(list(messages)) if conversation is not None else None
+        parts = conversation(keys(messages)) if conversation is not None else None
     except NotPlain:
         parts = None
-    request: dict[str, Any] = {"messages": parts if parts is not None else [_message_json(m) for m in messages]}
+    request: dict[str, Any] = {"messages": parts if parts is not None else [message_json(m) for m in messages]}
     if tools:
         request["tools"] = [_cached_tool(t) for t in tools]
     if stop:
@@ -129,7 +116,7 @@ def response_json(message: ChatMessage, model: str) -> dict[str, Any]:
         "tool_calls": [{"id": c.id, "name": c.function.name, "arguments": c.function.arguments} for c in calls],
         "model": model,
         "finish_reason": "tool_calls" if calls else "stop",
-        "message": canonical_json({k: v for k, v in message.dict().items() if k not in ("raw", "token_usage")}),
+        "message": answer_json(message),
     }
     usage = message.token_usage
     if usage is not None and (usage.input_tokens or usage.output_tokens):
@@ -141,7 +128,11 @@ def chat_message(journaled: dict[str, Any]) -> ChatMessage:
     """The ``ChatMessage`` a journaled response stands for (live and replayed alike)."""
     usage = journaled.get("usage")
     token_usage = TokenUsage(int(usage["input_tokens"]), int(usage["output_tokens"])) if usage else None
-    return ChatMessage.from_dict(copy.deepcopy(journaled["message"]), token_usage=token_usage)
+    try:  # from_dict takes its tool calls over: a copy, plain JSON as the journal holds it (no deepcopy walk)
+        message = copied(journaled["message"])
+    except NotPlain:
+        message = copy.deepcopy(journaled["message"])
+    return ChatMessage.from_dict(message, token_usage=token_usage)
 
 
 class GuardedModel(Model):
@@ -150,7 +141,7 @@ class GuardedModel(Model):
     def __init__(self, wrapped: Model) -> None:
         super().__init__(model_id=wrapped.model_id or type(wrapped).__name__)
         self.wrapped = wrapped
-        self._conversation = EqualConversations(_message)
+        self._conversation = EqualConversations(keyed_part)
 
     def generate(self, messages: list[Any], stop_sequences: list[str] | None = None,
                  response_format: Any = None, tools_to_call_from: list[Tool] | None = None,
@@ -159,16 +150,25 @@ class GuardedModel(Model):
         model = str(self.model_id)
         request = canonical_request(messages, stop_sequences, response_format, tools_to_call_from, kwargs,
                                     self._conversation)
+        wrapped = self.wrapped
         live: list[tuple[dict[str, Any], ChatMessage]] = []
 
-        async def invoke(_request: dict[str, Any]) -> dict[str, Any]:
-            answer = await asyncio.to_thread(self.wrapped.generate, messages, stop_sequences=stop_sequences,
-                                     response_format=response_format, tools_to_call_from=tools_to_call_from,
-                                     **kwargs)
-            live.append((response_json(answer, model), answer))
-            return live[-1][0]
+        def ask() -> tuple[dict[str, Any], ChatMessage]:  # in the agent's thread, which waits for the step anyway
+            answer = wrapped.generate(messages, stop_sequences=stop_sequences, response_format=response_format,
+                                      tools_to_call_from=tools_to_call_from, **kwargs)
+            return response_json(answer, model), answer
 
-        journaled = blocking(FRAMEWORK, lambda: model_step(request, model, invoke, canonical=True), _RUNNER)
+        async def step(here: Here) -> dict[str, Any]:
+            async def invoke(_request: dict[str, Any]) -> dict[str, Any]:
+                # Under a model deadline (Castor(llm_timeout=...)) the run must be able to give up on a model
+                # that does not answer: the model then runs in a thread of its own, the agent's thread free.
+                deadline = active_run().services.models.timeout is not None
+                live.append(await (asyncio.to_thread(ask) if deadline else here.run(ask)))
+                return live[-1][0]
+
+            return await model_step(request, model, invoke, canonical=True)
+
+        journaled = call_on_loop(FRAMEWORK, step, _RUNNER)
         if live and live[-1][0] is journaled:  # this very call's answer (not rebuilt from its own JSON)
             return live[-1][1]
         return chat_message(journaled)  # replayed, or journaled first by another process driving the run
@@ -183,7 +183,8 @@ class GuardedModel(Model):
         """Stream the wrapped model through Castor, from the agent's thread: one journaled step (the
         journaled message as one delta on replay)."""
         model = str(self.model_id)
-        request = canonical_request(messages, stop_sequences, response_format, tools_to_call_from, kwargs)
+        request = canonical_request(messages, stop_sequences, response_format, tools_to_call_from, kwargs,
+                                    self._conversation)
 
         async def run(emit: Emit) -> dict[str, Any]:
             loop = asyncio.get_running_loop()
@@ -273,7 +274,7 @@ class _GuardedForward:
     def __call__(self, *args: Any, **arguments: Any) -> Any:
         if args:
             raise UnsupportedError(f"smolagents tool {self.name!r} called with positional arguments under Castor")
-        return blocking(FRAMEWORK, lambda: call_tool(self.name, arguments), _RUNNER)
+        return call_on_loop(FRAMEWORK, lambda _here: call_tool(self.name, arguments), _RUNNER)
 
 
 def guard_tool(t: Tool) -> Tool:
@@ -308,22 +309,23 @@ def tools_of(x: Any) -> list[ToolEntry]:
 
 
 def guard_agent(agent: MultiStepAgent, model: Model | None = None) -> MultiStepAgent:
-    """Guard ``agent`` in place (its model, ``model`` in its place if given; its tools; its managed agents,
-    which keep their models) and return it."""
+    """Guard ``agent`` in place (its model, its tools, its managed agents) and return it; ``model``: the
+    model it and its managed agents (at any depth) call instead of their own."""
     if isinstance(agent, CodeAgent):
         raise UnsupportedError("a smolagents CodeAgent runs model-written Python, not tool calls Castor can "
                                "journal: use a ToolCallingAgent")
+    swapped = None if model is None else guard_model(model)  # guarded once: one model object for all of them
     for t in _user_tools(agent):
         agent.tools[t.name] = guard_tool(t)
     for managed in agent.managed_agents.values():
-        guard_agent(managed)
-    agent.model = guard_model(agent.model if model is None else model)
+        guard_agent(managed, swapped)
+    agent.model = guard_model(agent.model) if swapped is None else swapped
     return agent
 
 
 def guard(x: Any, *, model: Model | None = None) -> Any:
     """The guarded form of a smolagents agent, model or tool (or a list of tools); ``model`` (an agent
-    only): the model the agent calls instead of its own (e.g. a ``CastorModel``)."""
+    only): the model the agent and its managed agents call instead of their own (e.g. a ``CastorModel``)."""
     if model is not None:
         if not isinstance(x, MultiStepAgent) or not isinstance(model, Model):
             raise UnsupportedError(f"smolagents: guard(model=...) swaps an agent's model for a Model, not a "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,7 +27,7 @@ from castor import Castor
 from castor.errors import ReplayDivergenceError, UnsupportedError
 from castor.frameworks._common import UnsupportedToolError
 from castor.frameworks.smolagents import guard, run, tools_of
-from castor.llm import ModelRefusedError
+from castor.llm import ModelRefusedError, ModelTimeoutError
 
 
 @tool
@@ -249,3 +250,32 @@ async def test_more_concurrent_runs_than_the_loops_default_executor_has_workers_
     runs = [k.run(main_of(Scripted()), speculative=True) for _ in range(12)]
     done = await asyncio.wait_for(asyncio.gather(*runs), timeout=60)
     assert [cp.status for cp in done] == ["COMPLETED"] * 12
+
+
+async def test_the_wrapped_model_answers_in_the_agents_own_thread() -> None:
+    # The agent's thread waits for its model step anyway: the model runs there, not in a third thread.
+    threads: list[str] = []
+
+    class Where(Scripted):
+        def generate(self, messages: list[Any], *args: Any, **kwargs: Any) -> ChatMessage:
+            threads.append(threading.current_thread().name)
+            return super().generate(messages, *args, **kwargs)
+
+    cp = await kernel().run(main_of(Where()), speculative=True)
+    assert cp.status == "COMPLETED" and threads == ["castor-run"] * 3
+
+
+async def test_a_model_past_the_llm_timeout_ends_the_run_while_it_still_runs() -> None:
+    # Under a deadline the model runs in a thread of its own: the agent's thread must not wait for it.
+    release = threading.Event()
+
+    class Hung(Scripted):
+        def generate(self, messages: list[Any], *args: Any, **kwargs: Any) -> ChatMessage:
+            release.wait(30)
+            return super().generate(messages, *args, **kwargs)
+
+    try:
+        with pytest.raises(ModelTimeoutError):
+            await asyncio.wait_for(kernel(llm_timeout=0.2).run(main_of(Hung())), timeout=20)
+    finally:
+        release.set()

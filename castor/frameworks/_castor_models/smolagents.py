@@ -19,7 +19,7 @@ from smolagents.models import (
 from smolagents.monitoring import TokenUsage
 
 from castor.frameworks._castor_models._ask import ask, ask_stream, call_id, text_of, tool_spec
-from castor.frameworks._common import blocking
+from castor.frameworks._loop_calls import call_on_loop
 from castor.frameworks._streaming import iterate_in_thread
 
 _RUNNER = "castor.frameworks.smolagents.run(agent, task)"
@@ -53,9 +53,9 @@ class CastorModel(Model):
         """Ask the kernel's provider (from the journal on replay), from the agent's thread."""
         request, tools, options, max_tokens = self._request(
             messages, stop_sequences, response_format, tools_to_call_from, kwargs)
-        response = blocking(
-            "smolagents", lambda: ask(request, model=self.castor_model, tools=tools, max_tokens=max_tokens,
-                                      options=options), _RUNNER,
+        response = call_on_loop(
+            "smolagents", lambda _here: ask(request, model=self.castor_model, tools=tools, max_tokens=max_tokens,
+                                            options=options), _RUNNER,
         )
         calls = [ChatMessageToolCall(function=ChatMessageToolCallFunction(name=c.name, arguments=dict(c.arguments)),
                                      id=call_id(response, i, len(request)), type="function")

@@ -1,0 +1,141 @@
+"""smolagents messages as Castor's JSON without ``ChatMessage.dict()``, for the guard's hot path.
+
+``ChatMessage.dict()`` is ``dataclasses.asdict`` (a deep copy, in Python) and a role that is an enum sends
+the canonical walk through a JSON round trip: about 0.16 M instructions a message. The guard needs two JSON
+forms at every step: each new message's canonical part of the request, and the journaled answer. Both are
+read here from the dataclass fields when they hold plain JSON data (the usual text messages and tool
+calls), and equal what the ``dict()`` path makes, key order included (``tests/frameworks/test_smolagents_json.py``
+holds both forms equal); anything else (an image, a tuple, a subclass) goes the ``dict()`` way.
+
+A step's conversation is compared with the previous step's by a key per message, ``(role, content,
+tool_calls)``: what its part is made of. A list of tuples compares at C level; the dataclasses' generated
+``__eq__`` runs Python for every message of the conversation at every step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from smolagents.models import ChatMessage, ChatMessageToolCall, ChatMessageToolCallFunction, MessageRole
+
+from castor.llm import canonical_request as canonical_json
+from castor.llm.cost import NotPlain, plain_sized
+
+VOLATILE = frozenset({"raw", "token_usage", "id"})  # dropped from the request at any depth: made anew each call
+_NOTHING: frozenset[str] = frozenset()
+
+
+def copied(value: Any, drop: frozenset[str] = _NOTHING, ordered: bool = False) -> Any:
+    """A copy of plain JSON data without the keys in ``drop``; ``ordered``: keys sorted, as a JSON round trip
+    gives them back. ``NotPlain`` for anything else (what the walk and the round trip would spell otherwise)."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is dict:
+        for key in value:
+            if type(key) is not str:
+                raise NotPlain
+        items = sorted(value.items()) if ordered else value.items()
+        return {key: copied(item, drop, ordered) for key, item in items if key not in drop}
+    if kind is list:
+        return [copied(item, drop, ordered) for item in value]
+    if kind is float and math.isfinite(value):
+        return value
+    raise NotPlain
+
+
+def _role(role: Any) -> str:
+    if type(role) is MessageRole:
+        return role.value
+    if type(role) is str:
+        return role
+    raise NotPlain
+
+
+def _content(content: Any) -> Any:
+    """A request message's content as ``copied(content, VOLATILE)`` makes it, text parts without a walk."""
+    if type(content) is str:
+        return content
+    if type(content) is not list:
+        return copied(content, VOLATILE)
+    out = []
+    for item in content:
+        if type(item) is dict and VOLATILE.isdisjoint(item):
+            for name, value in item.items():
+                if type(value) is not str or type(name) is not str:
+                    break
+            else:  # a text part ({"type": "text", "text": ...}): strings only, copied as they are
+                out.append(item.copy())
+                continue
+        out.append(copied(item, VOLATILE))
+    return out
+
+
+def _text_part(role: Any, content: Any) -> dict[str, Any]:
+    part = {"role": _role(role)}
+    if content is not None:
+        part["content"] = _content(content)
+    return part
+
+
+def _slow_json(message: Any) -> dict[str, Any]:
+    data = message.dict() if isinstance(message, ChatMessage) else dict(message)
+    data["role"] = getattr(data.get("role"), "value", data.get("role"))
+    return {k: v for k, v in canonical_json(data, drop=VOLATILE).items() if v is not None}
+
+
+def message_json(message: Any) -> dict[str, Any]:
+    """A request message's canonical part: its role, content and tool calls, ids and usage dropped."""
+    if type(message) is ChatMessage and message.tool_calls is None:
+        try:
+            return _text_part(message.role, message.content)
+        except NotPlain:
+            pass
+    return _slow_json(message)
+
+
+def keys(messages: list[Any]) -> list[Any]:
+    """What each message's part is made of, compared with the previous step's: ``(role, content,
+    tool_calls)`` of a ``ChatMessage``, any other message as it is."""
+    return [(m.role, m.content, m.tool_calls) if type(m) is ChatMessage else m for m in messages]
+
+
+def keyed_part(item: Any) -> tuple[Any, Any]:
+    """``(snapshot, part)`` of a message's ``key`` for ``EqualConversations``. smolagents builds its
+    messages anew for every call and never changes them afterwards: a key is kept as it is (a subclass's
+    message too, compared as a dataclass), a dict message as a copy."""
+    if type(item) is tuple:
+        role, content, tool_calls = item
+        if tool_calls is None:
+            try:
+                return item, _text_part(role, content)
+            except NotPlain:
+                pass
+        return item, _slow_json(ChatMessage(role=role, content=content, tool_calls=tool_calls))
+    if isinstance(item, ChatMessage):
+        return item, message_json(item)
+    if not isinstance(item, dict):
+        raise NotPlain
+    return plain_sized(item)[0], message_json(item)
+
+
+def _call_json(call: Any) -> dict[str, Any]:
+    if type(call) is not ChatMessageToolCall or type(call.function) is not ChatMessageToolCallFunction:
+        raise NotPlain
+    function = call.function
+    return {"function": {"arguments": copied(function.arguments, ordered=True),
+                         "description": copied(function.description), "name": copied(function.name)},
+            "id": copied(call.id), "type": copied(call.type)}
+
+
+def answer_json(message: ChatMessage) -> dict[str, Any]:
+    """The journaled ``message`` of an answer: its fields but ``raw`` and the usage, keys sorted."""
+    if type(message) is ChatMessage and type(message.role) is MessageRole:  # else no JSON round trip sorts keys
+        try:
+            calls = message.tool_calls
+            return {"content": copied(message.content, ordered=True), "role": message.role.value,
+                    "tool_calls": None if calls is None else [_call_json(c) for c in calls]}
+        except NotPlain:
+            pass
+    return canonical_json({k: v for k, v in message.dict().items() if k not in ("raw", "token_usage")})

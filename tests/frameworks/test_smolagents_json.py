@@ -1,0 +1,94 @@
+"""The smolagents guard's JSON without ``ChatMessage.dict()`` is the very JSON the ``dict()`` path makes
+(equal, key order included), and its conversations convert only the new messages yet see any change."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+pytest.importorskip("smolagents")
+
+from smolagents.models import ChatMessage, ChatMessageToolCall, ChatMessageToolCallFunction, MessageRole
+from smolagents.monitoring import TokenUsage
+
+from castor.frameworks._conversations import EqualConversations
+from castor.frameworks._smolagents_json import _slow_json, answer_json, keyed_part, keys, message_json
+from castor.llm import canonical_request as canonical_json
+
+
+def tool_call(arguments: Any, description: str | None = None) -> ChatMessageToolCall:
+    function = ChatMessageToolCallFunction(name="search", arguments=arguments, description=description)
+    return ChatMessageToolCall(id="c1", type="function", function=function)
+
+
+class Custom(ChatMessage):
+    """A subclass: the dict() path's."""
+
+
+REQUEST_MESSAGES = [
+    ChatMessage(role=MessageRole.SYSTEM, content=[{"type": "text", "text": "You are an agent."}]),
+    ChatMessage(role=MessageRole.USER, content="plain text", raw={"id": 1}, token_usage=TokenUsage(1, 2)),
+    ChatMessage(role=MessageRole.ASSISTANT, content=None),
+    ChatMessage(role="tool-response", content=[{"type": "text", "text": "Observation:\nfound", "id": "x"}]),
+    ChatMessage(role=MessageRole.USER, content=[{"type": "text", "nested": {"id": 3, "keep": [1, 2.5, None]}}]),
+    ChatMessage(role=MessageRole.USER, content=[{"type": "image", "image": ("not", "json")}]),  # a round trip
+    ChatMessage(role=MessageRole.ASSISTANT, content="", tool_calls=[tool_call({"query": "q"})]),
+    Custom(role=MessageRole.USER, content="a subclass"),
+    {"role": "user", "content": "a dict message", "id": "m1"},
+]
+
+
+def ordered(value: Any) -> str:
+    return json.dumps(value)  # keys in their order: equal dicts in another order would differ here
+
+
+@pytest.mark.parametrize("message", REQUEST_MESSAGES, ids=range(len(REQUEST_MESSAGES)))
+def test_a_request_message_is_the_part_the_dict_path_makes(message: Any) -> None:
+    assert ordered(message_json(message)) == ordered(_slow_json(message))
+    assert ordered(keyed_part(keys([message])[0])[1]) == ordered(_slow_json(message))
+
+
+ANSWERS = [
+    ChatMessage(role=MessageRole.ASSISTANT, content="", token_usage=TokenUsage(10, 5),
+                tool_calls=[tool_call({"query": "q", "limit": 3, "filters": {"z": 1, "a": [True, None, 0.5]}})]),
+    ChatMessage(role=MessageRole.ASSISTANT, content="done", raw={"anything": object()}),
+    ChatMessage(role=MessageRole.ASSISTANT, content=None, tool_calls=[tool_call('{"query": "q"}', "looks up")]),
+    ChatMessage(role=MessageRole.ASSISTANT, content=[{"type": "text", "text": "hi", "id": "kept"}]),
+    ChatMessage(role=MessageRole.ASSISTANT, content="", tool_calls=[tool_call({"n": float("nan")})]),
+    ChatMessage(role="assistant", content="a str role", tool_calls=[tool_call({"b": 1, "a": 2})]),
+]
+
+
+@pytest.mark.parametrize("message", ANSWERS, ids=range(len(ANSWERS)))
+def test_an_answer_is_journaled_as_the_dict_path_journals_it(message: ChatMessage) -> None:
+    slow = canonical_json({k: v for k, v in message.dict().items() if k not in ("raw", "token_usage")})
+    assert ordered(answer_json(message)) == ordered(slow)
+
+
+def conversation(step: int, observation: str = "found") -> list[ChatMessage]:
+    """A conversation as smolagents makes it at each step: every message a new object."""
+    messages = [ChatMessage(role=MessageRole.SYSTEM, content=[{"type": "text", "text": "system"}])]
+    for n in range(step):
+        messages += [ChatMessage(role=MessageRole.TOOL_CALL, content=[{"type": "text", "text": f"call {n}"}]),
+                     ChatMessage(role=MessageRole.TOOL_RESPONSE,
+                                 content=[{"type": "text", "text": f"{observation} {n}"}])]
+    return messages
+
+
+def test_a_conversation_converts_its_new_messages_only_and_sees_an_earlier_message_change() -> None:
+    converted: list[Any] = []
+
+    def counting(item: Any) -> tuple[Any, Any]:
+        converted.append(item)
+        return keyed_part(item)
+
+    parts = EqualConversations(counting)
+    for step in range(4):
+        messages = conversation(step)
+        assert parts(keys(messages)) == [message_json(m) for m in messages]
+    assert len(converted) == 1 + 2 * 3  # each message once, though every step made them all anew
+    changed = conversation(4, observation="lost")  # same length and roles, another text from the start
+    assert parts(keys(changed)) == [message_json(m) for m in changed]
+    assert len(converted) == 7 + 9
