@@ -54,6 +54,7 @@ Adding a framework
    non-streamed call makes) and, for a step served from the journal, lets the guard re-chunk the
    journaled response in the framework's chunk types.
 5. A synchronous framework (smolagents, CrewAI): give an async entry point that runs its loop under
-   ``in_thread`` (the guarded model and tools then reach Castor through ``blocking``, which also carries
-   a run-ending error past the framework's ``except Exception``), and call the wrapped model in a thread.
+   ``in_thread``; the guarded model and tools then reach Castor through ``_loop_calls.call_on_loop`` (one
+   hop to the run's loop and one back, a run-ending error carried past the framework's ``except
+   Exception``), and a live model step hands the wrapped model back to the framework's waiting thread.
 """

@@ -332,17 +332,3 @@ def run_loop(what: str, runner: str) -> asyncio.AbstractEventLoop:
             f"{what} on the run's event loop, which it would block: call `await {runner}` inside a Castor run"
         )
     return loop
-
-
-def blocking(framework: str, start: Callable[[], Awaitable[Any]], runner: str) -> Any:
-    """Await ``start()`` on the run's loop from a framework's synchronous code running under ``in_thread``
-    (``runner``: what the error tells to call instead when there is no such thread)."""
-    loop = run_loop(f"a guarded {framework} call made", runner)
-
-    async def run() -> Any:
-        return await start()
-
-    try:
-        return asyncio.run_coroutine_threadsafe(run(), loop).result()
-    except _RUN_ENDING as error:
-        raise _Passing(error) from error

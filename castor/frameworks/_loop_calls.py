@@ -95,3 +95,10 @@ def call_on_loop(framework: str, start: Callable[[Here], Awaitable[Any]], runner
         return here._serve()
     except _RUN_ENDING as error:
         raise RunEnding(error) from error
+
+
+def blocking(framework: str, start: Callable[[], Awaitable[Any]], runner: str) -> Any:
+    """Await ``start()`` on the run's loop from a framework's synchronous code running under ``in_thread``
+    (``runner``: what the error tells to call instead when there is no such thread): ``call_on_loop`` for a
+    call that hands the thread nothing to run."""
+    return call_on_loop(framework, lambda _here: start(), runner)

@@ -42,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import queue
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -57,19 +56,16 @@ from pydantic import PrivateAttr
 from castor.errors import UnsupportedError
 from castor.frameworks._castor_models.crewai import CastorLLM, call_scope, emit_chunk, streams
 from castor.frameworks._common import (
-    _RUN_ENDING,
     IdentityCache,
     ToolEntry,
-    blocking,
     call_tool,
     check_function,
     in_thread,
     model_step,
-    run_loop,
     schema_function,
     schema_signature,
 )
-from castor.kernel.context import RunEnding
+from castor.frameworks._loop_calls import Here, blocking, call_on_loop
 from castor.llm import canonical_request as canonical_json
 
 FRAMEWORK = "CrewAI"
@@ -173,50 +169,14 @@ def model_step_here(request: dict[str, Any], model: str, ask: Callable[[], dict[
     thread: when the step calls the model (not on replay), the loop hands the call back here and awaits its
     answer. The wrapped LLM thus runs in the crew thread's context (CrewAI's call-scoped stop words, the id
     by which a streaming crew reads its chunk events), and a step costs no third thread."""
-    loop = run_loop(f"a guarded {FRAMEWORK} call made", _RUNNER)
-    inbox: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
 
-    async def invoke(_request: dict[str, Any]) -> dict[str, Any]:
-        answer: asyncio.Future[dict[str, Any]] = loop.create_future()
-        inbox.put((_ASK, answer))
-        return await answer
+    async def step(here: Here) -> dict[str, Any]:
+        async def invoke(_request: dict[str, Any]) -> dict[str, Any]:
+            return await here.run(ask)
 
-    async def step() -> None:
-        try:
-            inbox.put((_ANSWERED, await model_step(request, model, invoke, canonical=True)))
-        except BaseException as error:  # a suspension, a cancelled run too: raised in the crew's thread
-            inbox.put((_FAILED, error))
+        return await model_step(request, model, invoke, canonical=True)
 
-    running: list[asyncio.Task[None]] = []  # held while the crew's thread waits: the loop keeps tasks weakly
-    loop.call_soon_threadsafe(lambda: running.append(loop.create_task(step())))
-    while True:
-        kind, value = inbox.get()
-        if kind == _ASK:
-            try:
-                loop.call_soon_threadsafe(_settle, value, ask(), None)
-            except Exception as error:
-                loop.call_soon_threadsafe(_settle, value, None, error)
-            except BaseException:  # the crew's thread is ending (an interrupt): the step must not wait for it
-                loop.call_soon_threadsafe(value.cancel)
-                raise
-        elif kind == _ANSWERED:
-            return value
-        elif isinstance(value, _RUN_ENDING):
-            raise RunEnding(value) from value  # past CrewAI's except Exception, to the runner
-        else:
-            raise value
-
-
-_ASK, _ANSWERED, _FAILED = range(3)
-
-
-def _settle(answer: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if answer.done():  # the step was cancelled meanwhile
-        return
-    if error is None:
-        answer.set_result(result)
-    else:
-        answer.set_exception(error)
+    return call_on_loop(FRAMEWORK, step, _RUNNER)
 
 
 @contextlib.contextmanager

@@ -98,7 +98,8 @@ async def test_a_denial_under_structured_results_reaches_the_model_as_json() -> 
 async def test_a_synchronous_loop_in_a_thread_reaches_the_run_and_a_run_ending_error_crosses_except_exception(
 ) -> None:
     from castor.errors import ReplayDivergenceError, UnsupportedError
-    from castor.frameworks._common import blocking, in_thread
+    from castor.frameworks._common import in_thread
+    from castor.frameworks._loop_calls import blocking
 
     async def answer() -> str:
         return "from the loop"

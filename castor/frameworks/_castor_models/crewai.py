@@ -11,7 +11,7 @@ from crewai.llms.base_llm import BaseLLM
 
 from castor.errors import UnsupportedError
 from castor.frameworks._castor_models._ask import ask, ask_stream, text_of
-from castor.frameworks._common import blocking
+from castor.frameworks._loop_calls import blocking
 from castor.frameworks._streaming import iterate_in_thread
 
 # CrewAI 1.15+: a call's events carry the id of the call's scope (older versions: no such scope to open).
