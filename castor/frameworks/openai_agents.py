@@ -33,12 +33,9 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from agents import Agent, FunctionTool, Handoff, Model, ModelResponse, ModelSettings, RunContextWrapper, Usage
-from agents.items import TResponseOutputItem
+from agents import Agent, FunctionTool, Handoff, Model, ModelResponse, ModelSettings, RunContextWrapper
 from agents.models.multi_provider import MultiProvider
 from agents.tool import with_function_tool_failure_error_handler
-from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage
-from pydantic import TypeAdapter
 
 from castor.errors import UnsupportedError
 from castor.frameworks._castor_models.openai_agents import CastorModel
@@ -46,134 +43,24 @@ from castor.frameworks._common import (
     IdentityCache,
     ToolEntry,
     call_tool,
-    canonical_part,
     check_function,
     model_step,
     refuse,
     schema_function,
 )
 from castor.frameworks._conversations import EqualConversations
+from castor.frameworks._openai_agents_json import (
+    _item,
+    canonical_request,
+    model_response,
+    response_json,
+)
 from castor.frameworks._openai_agents_stream import stream_events
-from castor.llm import canonical_request as canonical_json
-from castor.llm.cost import NotPlain, plain_sized
 
 FRAMEWORK = "OpenAI Agents"
-# What the SDK (or the model) generates anew on every run; a replay rebuilds responses from the journal.
-VOLATILE = frozenset({"id", "call_id", "response_id", "previous_response_id", "conversation_id", "status"})
-_OUTPUT = TypeAdapter(list[TResponseOutputItem])
 
 
 # --- models -------------------------------------------------------------------------------------------
-
-
-def _plain(value: Any) -> Any:
-    """JSON data without the empty values (a short, stable request)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items() if v not in (None, {}, [])}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _part(value: Any) -> Any:
-    """``_plain(canonical_json(value, drop=VOLATILE))`` of plain JSON data in one walk: volatile keys
-    dropped at any depth, then the values that are empty once those are gone."""
-    if type(value) is dict:
-        out = {}
-        for k, v in value.items():
-            if k in VOLATILE or v is None or v == [] or (type(v) is dict and all(key in VOLATILE for key in v)):
-                continue
-            out[k] = _part(v)
-        return out
-    if type(value) is list:
-        return [_part(v) for v in value]
-    return value
-
-
-def _item(item: Any) -> tuple[Any, Any]:
-    """An input item's plain copy and its canonical part (``EqualConversations``); ``NotPlain`` if it is
-    not plain JSON data."""
-    snapshot = plain_sized(item)[0]
-    return snapshot, _part(snapshot)
-
-
-def _tool_json(t: Any) -> dict[str, Any]:
-    if isinstance(t, FunctionTool):
-        return {"name": t.name, "description": t.description, "parameters": t.params_json_schema}
-    return {"name": getattr(t, "name", type(t).__name__), "kind": type(t).__name__}
-
-
-# Checked and copied once per tool and per settings object, then shared by every later step's request.
-_cached_tool = IdentityCache(lambda t: canonical_part(_tool_json(t)), size=1024)
-_cached_settings = IdentityCache(lambda s: canonical_part(_plain(canonical_json(s.to_json_dict()))), size=256)
-
-
-def canonical_request(
-    system: str | None, input: Any, settings: ModelSettings, tools: list[Any], output_schema: Any,
-    handoffs: list[Handoff], conversation: EqualConversations | None = None,
-) -> dict[str, Any]:
-    """The model request as Castor journals and compares it (``get_response``'s arguments, ids dropped):
-    canonical JSON already, made of parts checked once (``castor.lib.model_call(canonical=True)``);
-    ``conversation``: the input items of the previous steps, converted then."""
-    items = [{"role": "user", "content": input}] if isinstance(input, str) else list(input)
-    try:
-        parts = conversation(items) if conversation is not None else [_item(item)[1] for item in items]
-    except NotPlain:  # models or tuples among the items: through the JSON round trip
-        parts = canonical_part(_plain(canonical_json(items, drop=VOLATILE)))
-    request: dict[str, Any] = {"input": parts}
-    if system:
-        request["system"] = system
-    if tools:
-        request["tools"] = [_cached_tool(t) for t in tools]
-    if handoffs:
-        request["handoffs"] = canonical_part([{"name": h.tool_name, "description": h.tool_description,
-                                               "parameters": h.input_json_schema} for h in handoffs])
-    if output_schema is not None and not output_schema.is_plain_text():
-        request["output_schema"] = canonical_part(output_schema.json_schema())
-    settings_json = _cached_settings(settings)
-    if settings_json:
-        request["settings"] = settings_json
-    return request
-
-
-def response_json(response: ModelResponse, model: str) -> dict[str, Any]:
-    """A ``ModelResponse`` as the journal keeps it: Castor's response keys and the SDK's output items."""
-    calls = [item for item in response.output if isinstance(item, ResponseFunctionToolCall)]
-    text = "".join(
-        getattr(part, "text", "") for item in response.output if isinstance(item, ResponseOutputMessage)
-        for part in item.content
-    )
-    journaled: dict[str, Any] = {
-        "text": text,
-        "tool_calls": [{"id": c.call_id, "name": c.name, "arguments": _arguments(c.arguments)} for c in calls],
-        "model": model,
-        "finish_reason": "tool_calls" if calls else "stop",
-        "output": [item.model_dump(mode="json", exclude_none=True) for item in response.output],
-    }
-    if response.response_id:
-        journaled["response_id"] = response.response_id
-    usage = response.usage
-    if usage.input_tokens or usage.output_tokens:
-        journaled["usage"] = {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
-    return journaled
-
-
-def _arguments(text: str) -> Any:
-    try:
-        return json.loads(text or "{}")
-    except ValueError:  # the model's malformed JSON, journaled as it came (the SDK reports it to the model)
-        return text
-
-
-def model_response(journaled: dict[str, Any]) -> ModelResponse:
-    """The ``ModelResponse`` a journaled response stands for (live and replayed alike)."""
-    usage = journaled.get("usage") or {}
-    tokens_in, tokens_out = int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))
-    return ModelResponse(
-        output=_OUTPUT.validate_python(journaled["output"]),
-        usage=Usage(requests=1, input_tokens=tokens_in, output_tokens=tokens_out, total_tokens=tokens_in + tokens_out),
-        response_id=journaled.get("response_id"),
-    )
 
 
 class GuardedModel(Model):

@@ -297,7 +297,7 @@ async def test_a_failing_tool_reaches_the_model_through_the_sdks_error_handling(
 
 
 def test_an_input_item_converted_in_one_walk_is_the_request_the_json_round_trip_gives() -> None:
-    from castor.frameworks import openai_agents as guard_module
+    from castor.frameworks import _openai_agents_json as guard_module
     from castor.llm import canonical_request as canonical_json
 
     items = [{"role": "user", "content": "x", "id": "1"},
@@ -305,3 +305,46 @@ def test_an_input_item_converted_in_one_walk_is_the_request_the_json_round_trip_
              {"type": "function_call", "call_id": "c", "name": "search", "arguments": "{}", "status": "completed"}]
     assert [guard_module._item(item)[1] for item in items] == guard_module._plain(
         canonical_json(items, drop=guard_module.VOLATILE))
+
+
+async def test_model_settings_are_dumped_once_per_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The SDK resolves the settings into a new ModelSettings for every model call (a run's settings over
+    # the agent's, or the agent's defaults): dumping each (a TypeAdapter built anew) was most of what the
+    # guard added to a step.
+    from agents import ModelSettings, RunConfig
+
+    dumped = []
+    original = ModelSettings.to_json_dict
+
+    def counted(self: ModelSettings) -> dict[str, Any]:
+        dumped.append(self)
+        return original(self)
+
+    monkeypatch.setattr(ModelSettings, "to_json_dict", counted)
+    agent = Agent(name="once", model=Scripted(), tools=[function_tool(search), function_tool(delete_file)])
+
+    async def main() -> str:
+        config = RunConfig(model_settings=ModelSettings(top_p=0.4321))
+        return str((await Runner.run(guard(agent), "clean up", run_config=config)).final_output)
+
+    cp = await Castor(tools=tools_of(agent)).run(main)
+    assert cp.status == "COMPLETED" and len(cp.syscall_log) == 5
+    assert len(dumped) == 1
+    assert [r.arguments["request"]["settings"] for r in cp.syscall_log[::2]] == [{"top_p": 0.4321}] * 3
+
+
+async def test_settings_that_change_reach_the_request_even_changed_in_place() -> None:
+    from agents import ModelSettings
+
+    settings = ModelSettings(temperature=0.25, tool_choice="required")
+    agent = Agent(name="changing", model=Scripted(*DEFAULT[:1], DEFAULT[2]), model_settings=settings,
+                  tools=[function_tool(search)])
+    k = Castor(tools=tools_of(agent))
+    cp = await k.run(main_of(agent))
+    # The SDK resets a required tool choice once the agent has used a tool.
+    assert [r.arguments["request"]["settings"] for r in cp.syscall_log[::2]] == [
+        {"temperature": 0.25, "tool_choice": "required"}, {"temperature": 0.25}]
+    settings.temperature = 0.75  # the very object the SDK hands the model again
+    cp = await k.run(main_of(agent))
+    assert [r.arguments["request"]["settings"] for r in cp.syscall_log[::2]] == [
+        {"temperature": 0.75, "tool_choice": "required"}, {"temperature": 0.75}]
