@@ -124,17 +124,22 @@ def canonical_request(
 
 def response_json(response: ModelResponse, model: str) -> dict[str, Any]:
     """A ``ModelResponse`` as the journal keeps it: Castor's response keys and the SDK's output items."""
-    calls = [item for item in response.output if isinstance(item, ResponseFunctionToolCall)]
-    text = "".join(
-        getattr(part, "text", "") for item in response.output if isinstance(item, ResponseOutputMessage)
-        for part in item.content
-    )
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    output: list[Any] = []
+    for item in response.output:
+        # The serializer ``model_dump`` calls, without its keyword handling around it (the same dict).
+        output.append(item.__pydantic_serializer__.to_python(item, mode="json", exclude_none=True))
+        if isinstance(item, ResponseFunctionToolCall):
+            calls.append({"id": item.call_id, "name": item.name, "arguments": _arguments(item.arguments)})
+        elif isinstance(item, ResponseOutputMessage):
+            texts += [getattr(part, "text", "") for part in item.content]
     journaled: dict[str, Any] = {
-        "text": text,
-        "tool_calls": [{"id": c.call_id, "name": c.name, "arguments": _arguments(c.arguments)} for c in calls],
+        "text": "".join(texts),
+        "tool_calls": calls,
         "model": model,
         "finish_reason": "tool_calls" if calls else "stop",
-        "output": [item.model_dump(mode="json", exclude_none=True) for item in response.output],
+        "output": output,
     }
     if response.response_id:
         journaled["response_id"] = response.response_id

@@ -348,3 +348,24 @@ async def test_settings_that_change_reach_the_request_even_changed_in_place() ->
     cp = await k.run(main_of(agent))
     assert [r.arguments["request"]["settings"] for r in cp.syscall_log[::2]] == [
         {"temperature": 0.75, "tool_choice": "required"}, {"temperature": 0.75}]
+
+
+def test_the_journaled_output_items_are_the_sdks_own_dump() -> None:
+    from openai.types.responses import ResponseReasoningItem
+    from openai.types.responses.response_output_text import AnnotationURLCitation
+    from openai.types.responses.response_reasoning_item import Summary
+
+    from castor.frameworks._openai_agents_json import model_response, response_json
+
+    message = say("see [1]")
+    message.content[0].annotations = [AnnotationURLCitation(type="url_citation", url="https://x", title="x",  # type: ignore[union-attr]
+                                                            start_index=4, end_index=7)]
+    reasoning = ResponseReasoningItem(id="rs_1", type="reasoning", summary=[Summary(type="summary_text", text="hm")])
+    output: list[Any] = [reasoning, call("search", '{"query": "q"}', "c1"), message, call("broken", "{not json", "c2")]
+    usage = Usage(requests=1, input_tokens=3, output_tokens=4, total_tokens=7)
+    journaled = response_json(ModelResponse(output=output, usage=usage, response_id="resp_1"), "m")
+    assert journaled["output"] == [item.model_dump(mode="json", exclude_none=True) for item in output]
+    assert journaled["text"] == "see [1]"
+    assert journaled["tool_calls"] == [{"id": "c1", "name": "search", "arguments": {"query": "q"}},
+                                       {"id": "c2", "name": "broken", "arguments": "{not json"}]
+    assert model_response(journaled).output == output
