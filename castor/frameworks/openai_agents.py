@@ -210,20 +210,20 @@ def tools_of(x: Any) -> list[ToolEntry]:
 
 
 def guard_agent(agent: Agent[Any], model: Model | str | None = None) -> Agent[Any]:
-    """A clone of ``agent`` with its model (``model`` in its place, if given; its handoff agents keep
-    theirs), its function tools and its handoff agents guarded."""
+    """A clone of ``agent`` with its model, its function tools and its handoff agents guarded; ``model``,
+    if given, in place of the model of the agent and of every agent it hands off to (guarded once, shared)."""
     if getattr(agent, "__castor_guarded__", False) and model is None:
         return agent
     if agent.mcp_servers:
         raise UnsupportedError(f"agent {agent.name!r} has MCP servers: Castor guards function tools only")
+    swap = None if model is None else guard_model(model)
     handoffs: list[Any] = []
     for h in agent.handoffs:
         if not isinstance(h, Agent):
             raise UnsupportedError(f"agent {agent.name!r}: a custom Handoff is not guarded; hand off to an Agent")
-        handoffs.append(guard_agent(h))
-    chosen = agent.model if model is None else model
-    guarded = agent.clone(model=guard_model(chosen), tools=[guard_tool(t) for t in _function_tools(agent)],
-                          handoffs=handoffs)
+        handoffs.append(guard_agent(h, swap))
+    guarded = agent.clone(model=swap or guard_model(agent.model),
+                          tools=[guard_tool(t) for t in _function_tools(agent)], handoffs=handoffs)
     guarded.__castor_guarded__ = True
     return guarded
 
@@ -238,7 +238,8 @@ def _function_tools(agent: Agent[Any]) -> list[FunctionTool]:
 
 def guard(x: Any, *, model: Model | str | None = None) -> Any:
     """The guarded form of an Agents SDK agent, model or function tool (or a list of tools); ``model`` (an
-    agent only): the model the agent's clone calls instead of its own (e.g. a ``CastorModel``)."""
+    agent only): the model the agent's clone and its handoff agents' clones call instead of their own (e.g.
+    a ``CastorModel``)."""
     if model is not None:
         if not isinstance(x, Agent) or not isinstance(model, Model | str):
             raise UnsupportedError(f"OpenAI Agents SDK: guard(model=...) swaps an Agent's model for a Model, not a "

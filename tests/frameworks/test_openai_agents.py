@@ -369,3 +369,27 @@ def test_the_journaled_output_items_are_the_sdks_own_dump() -> None:
     assert journaled["tool_calls"] == [{"id": "c1", "name": "search", "arguments": {"query": "q"}},
                                        {"id": "c2", "name": "broken", "arguments": "{not json"}]
     assert model_response(journaled).output == output
+
+
+async def test_guard_with_a_model_swaps_the_handoff_agents_models_too() -> None:
+    class Own(Model):
+        async def get_response(self, *args: Any, **kwargs: Any) -> ModelResponse:
+            raise AssertionError("an agent's own model was called")
+
+        def stream_response(self, *args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("an agent's own model was called")
+
+    helper = Agent(name="deleter", model=Own(), tools=[function_tool(delete_file)])
+    agent = Agent(name="front", model=Own(), handoffs=[helper])
+    swap = Scripted([call("transfer_to_deleter", "{}", "h1")], [call("delete_file", '{"path": "/tmp/old"}', "c9")],
+                    [say("deleted")])
+
+    async def main() -> str:
+        return str((await Runner.run(guard(agent, model=swap), "clean up")).final_output)
+
+    cp = await Castor(tools=tools_of(agent)).run(main)
+    assert cp.status == "COMPLETED" and cp.result == "deleted" and len(swap.asked) == 3
+    # The handed-off agent's two model calls are journaled model steps like the front agent's.
+    assert [r.tool_name for r in cp.syscall_log] == ["model:scripted", "model:scripted", "delete_file",
+                                                     "model:scripted"]
+    assert [t["name"] for t in cp.syscall_log[1].arguments["request"]["tools"]] == ["delete_file"]
