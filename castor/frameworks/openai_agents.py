@@ -52,6 +52,7 @@ from castor.frameworks._conversations import EqualConversations
 from castor.frameworks._openai_agents_json import (
     _item,
     canonical_request,
+    loads,
     model_response,
     response_json,
 )
@@ -169,7 +170,7 @@ def _guard_tool(t: FunctionTool) -> FunctionTool:
     name = t.name
 
     async def invoke(_context: Any, payload: str) -> Any:
-        return await call_tool(name, json.loads(payload or "{}"))
+        return await call_tool(name, loads(payload or "{}"))
 
     # The SDK's own failure handling around the call (a tool's Exception becomes a message to the model,
     # its failure_error_function kept); Castor's suspension is a BaseException and passes it.

@@ -305,6 +305,30 @@ def test_an_input_item_converted_in_one_walk_is_the_request_the_json_round_trip_
              {"type": "function_call", "call_id": "c", "name": "search", "arguments": "{}", "status": "completed"}]
     assert [guard_module._item(item)[1] for item in items] == guard_module._plain(
         canonical_json(items, drop=guard_module.VOLATILE))
+    more = [*items, {"x": 1.5, "y": [1, {"id": 3}], "z": {"status": "s"}, "w": {}, "v": None, "u": True}, ["a", 2]]
+    for item in more:  # the copy is plain_sized's, the part the one of _part over that copy
+        snapshot, part = guard_module._item(item)
+        assert snapshot == guard_module.plain_sized(item)[0] and snapshot is not item
+        assert part == guard_module._part(snapshot)
+    for odd in [{"a": float("nan")}, {1: "a"}, {"a": ("t",)}]:
+        with pytest.raises(guard_module.NotPlain):
+            guard_module._item(odd)
+
+
+@pytest.mark.parametrize("text", ['{"query": "q"}', ' {"a": [1, 2.5, null]} ', '"x"', "1e400", "", "{", "{} x",
+                                  "\ufeff{}", '{"a": }'])
+def test_arguments_parse_as_json_loads_parses_them(text: str) -> None:
+    import json
+
+    from castor.frameworks._openai_agents_json import loads
+
+    try:
+        expected = json.loads(text)
+    except ValueError as error:
+        with pytest.raises(ValueError, match=str(error).replace("(", r"\(").replace(")", r"\)")):
+            loads(text)
+    else:
+        assert loads(text) == expected
 
 
 async def test_model_settings_are_dumped_once_per_value(monkeypatch: pytest.MonkeyPatch) -> None:
