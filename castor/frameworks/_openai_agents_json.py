@@ -104,7 +104,7 @@ class _Settings:
     The SDK resolves an agent's settings into a new ``ModelSettings`` for every model call (equal to the
     previous step's, never the same object), and dumping one costs a ``TypeAdapter`` built anew: most of
     what the guard added to a step. Kept by value (a dataclass ``==``, which the SDK itself applies to its
-    settings) against Castor's own shallow copies of the recent few, so a settings object changed after
+    settings) against Castor's own deep copies of the recent few, so a settings object changed after
     the call cannot fool the comparison; a value ``==`` cannot compare counts as a new one."""
 
     def __init__(self, size: int = 8) -> None:
@@ -121,8 +121,12 @@ class _Settings:
             except Exception:  # e.g. an array in extra_body: no cached value, converted below
                 break
         part = canonical_part(_plain(canonical_json(settings.to_json_dict())))
+        try:
+            kept = copy.deepcopy(settings)  # nested values too (extra_args, metadata): changed in place later
+        except Exception:  # something in extra_body that cannot be copied: converted at every call
+            return part
         # A new list swapped in whole: runs on several threads may share a guarded model.
-        self._recent = [(copy.copy(settings), part), *recent][: self._size]
+        self._recent = [(kept, part), *recent][: self._size]
         return part
 
 

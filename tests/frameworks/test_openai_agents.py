@@ -360,18 +360,24 @@ async def test_model_settings_are_dumped_once_per_value(monkeypatch: pytest.Monk
 async def test_settings_that_change_reach_the_request_even_changed_in_place() -> None:
     from agents import ModelSettings
 
-    settings = ModelSettings(temperature=0.25, tool_choice="required")
+    settings = ModelSettings(temperature=0.25, tool_choice="required", extra_args={"seed": 1})
     agent = Agent(name="changing", model=Scripted(*DEFAULT[:1], DEFAULT[2]), model_settings=settings,
                   tools=[function_tool(search)])
     k = Castor(tools=tools_of(agent))
     cp = await k.run(main_of(agent))
     # The SDK resets a required tool choice once the agent has used a tool.
     assert [r.arguments["request"]["settings"] for r in cp.syscall_log[::2]] == [
-        {"temperature": 0.25, "tool_choice": "required"}, {"temperature": 0.25}]
+        {"temperature": 0.25, "tool_choice": "required", "extra_args": {"seed": 1}},
+        {"temperature": 0.25, "extra_args": {"seed": 1}}]
     settings.temperature = 0.75  # the very object the SDK hands the model again
     cp = await k.run(main_of(agent))
     assert [r.arguments["request"]["settings"] for r in cp.syscall_log[::2]] == [
-        {"temperature": 0.75, "tool_choice": "required"}, {"temperature": 0.75}]
+        {"temperature": 0.75, "tool_choice": "required", "extra_args": {"seed": 1}},
+        {"temperature": 0.75, "extra_args": {"seed": 1}}]
+    assert settings.extra_args is not None
+    settings.extra_args["seed"] = 2  # a nested value changed in place
+    cp = await k.run(main_of(agent))
+    assert cp.syscall_log[0].arguments["request"]["settings"]["extra_args"] == {"seed": 2}
 
 
 def test_the_journaled_output_items_are_the_sdks_own_dump() -> None:
