@@ -95,7 +95,8 @@ class GuardedModel(Model):
                         tools: list[Any], output_schema: Any, handoffs: list[Handoff], tracing: Any,
                         **kwargs: Any) -> AsyncIterator[Any]:
         """Stream the wrapped model's events through Castor: one journaled step (from the journal on replay)."""
-        request = canonical_request(system_instructions, input, model_settings, tools, output_schema, handoffs)
+        request = canonical_request(system_instructions, input, model_settings, tools, output_schema, handoffs,
+                                    self._conversation)  # the previous steps' items converted then, as above
         arguments = (system_instructions, input, model_settings, tools, output_schema, handoffs, tracing)
         return stream_events(self.wrapped, arguments, kwargs, request, self.model_id, response_json, model_response)
 
