@@ -27,10 +27,13 @@ as one ``response.completed`` event without calling the model.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import inspect
 import json
-from collections.abc import AsyncIterator
+import operator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from agents import Agent, FunctionTool, Handoff, Model, ModelResponse, ModelSettings, RunContextWrapper
@@ -224,10 +227,65 @@ def guard_agent(agent: Agent[Any], model: Model | str | None = None) -> Agent[An
         if not isinstance(h, Agent):
             raise UnsupportedError(f"agent {agent.name!r}: a custom Handoff is not guarded; hand off to an Agent")
         handoffs.append(guard_agent(h, swap))
+    kept = _clones.get((id(agent), id(model)))
+    if kept is not None and kept.serves(agent, model, handoffs):
+        return kept.clone
     guarded = agent.clone(model=swap or guard_model(agent.model),
                           tools=[guard_tool(t) for t in _function_tools(agent)], handoffs=handoffs)
     guarded.__castor_guarded__ = True
+    with contextlib.suppress(Exception):  # settings deepcopy cannot copy (extra_body): not kept
+        _keep((id(agent), id(model)), _Clone(agent, model, guarded))
     return guarded
+
+
+def _fields(agent: Agent[Any]) -> tuple[Any, ...]:
+    """``agent``'s dataclass fields, and the entries of its lists of tools and handoffs."""
+    return (*_FIELDS(agent), *agent.tools, *agent.handoffs)
+
+
+_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(Agent)))
+
+
+class _Clone:
+    """A guarded clone of an agent, reused by ``guard(agent)`` while neither changed.
+
+    An agent function guards its agent at every run (``Runner.run(guard(agent), ...)``), and the SDK's
+    ``Agent.clone`` costs more than the guard adds to all the steps of a 20-step run (settings deep-copied,
+    type hints evaluated). Both agents' fields are compared by identity with what they were (their tools
+    and handoffs entry by entry, their handoff agents' clones the ones made then) and their settings by
+    value against deep copies (a setting changed in place); any change makes a new clone."""
+
+    def __init__(self, agent: Agent[Any], model: Any, clone: Agent[Any]) -> None:
+        self.agent, self.model, self.clone = agent, model, clone
+        self.fields, self.clone_fields = _fields(agent), _fields(clone)
+        self.settings = copy.deepcopy((agent.model_settings, clone.model_settings))
+
+    def serves(self, agent: Agent[Any], model: Any, handoffs: list[Any]) -> bool:
+        """Whether this clone is still ``guard_agent(agent, model)`` (``handoffs``: its handoffs' clones now)."""
+        clone = self.clone
+        if self.agent is not agent or self.model is not model or not _same(handoffs, clone.handoffs):
+            return False
+        if not (_same(_fields(agent), self.fields) and _same(_fields(clone), self.clone_fields)):
+            return False
+        try:
+            return (agent.model_settings, clone.model_settings) == self.settings
+        except Exception:  # settings == cannot compare (an array in extra_body): a new clone
+            return False
+
+
+def _same(now: Sequence[Any], then: Sequence[Any]) -> bool:
+    return len(now) == len(then) and all(map(operator.is_, now, then))
+
+
+# The recent clones, by the agent's id and the swapped model's (an entry holds both: neither id is reused).
+_clones: dict[tuple[int, int], _Clone] = {}
+
+
+def _keep(key: tuple[int, int], entry: _Clone) -> None:
+    if len(_clones) >= 256:
+        with contextlib.suppress(KeyError, RuntimeError, StopIteration):  # another thread dropped it first
+            _clones.pop(next(iter(_clones)))
+    _clones[key] = entry
 
 
 def _function_tools(agent: Agent[Any]) -> list[FunctionTool]:

@@ -423,3 +423,33 @@ async def test_guard_with_a_model_swaps_the_handoff_agents_models_too() -> None:
     assert [r.tool_name for r in cp.syscall_log] == ["model:scripted", "model:scripted", "delete_file",
                                                      "model:scripted"]
     assert [t["name"] for t in cp.syscall_log[1].arguments["request"]["tools"]] == ["delete_file"]
+
+
+def test_guard_reuses_its_clone_of_an_unchanged_agent_and_makes_a_new_one_for_any_change() -> None:
+    # An agent function guards its agent at every run; the SDK's Agent.clone costs more than the guard
+    # adds to all the steps of a 20-step run.
+    from agents import ModelSettings
+
+    helper = Agent(name="deleter", model=Scripted(), tools=[function_tool(delete_file)])
+    agent = Agent(name="front", instructions="Clean up.", model=Scripted(), tools=[function_tool(search)],
+                  handoffs=[helper], model_settings=ModelSettings(temperature=0.5, extra_args={"seed": 1}))
+    first = guard(agent)
+    assert guard(agent) is first and first is not agent
+
+    def changed(change: Any) -> Any:
+        before = guard(agent)
+        change()
+        after = guard(agent)
+        assert after is not before and guard(agent) is after
+        return after
+
+    assert changed(lambda: setattr(agent, "instructions", "Tidy up.")).instructions == "Tidy up."
+    assert [t.name for t in changed(lambda: agent.tools.append(function_tool(delete_file))).tools] == [
+        "search", "delete_file"]
+    assert changed(lambda: setattr(agent.model_settings, "temperature", 0.9)).model_settings.temperature == 0.9
+    assert agent.model_settings.extra_args is not None
+    assert changed(lambda: agent.model_settings.extra_args.update(seed=2)).model_settings.extra_args == {"seed": 2}
+    assert changed(lambda: setattr(helper, "instructions", "Delete.")).handoffs[0].instructions == "Delete."
+    assert changed(lambda: setattr(guard(agent), "instructions", "Mine.")).instructions == "Tidy up."
+    swap = Scripted()
+    assert guard(agent, model=swap) is not guard(agent) and guard(agent, model=swap).model.wrapped is swap
