@@ -109,24 +109,26 @@ class _Settings:
 
     def __init__(self, size: int = 8) -> None:
         self._size = size
-        self._recent: list[tuple[ModelSettings, Any]] = []
+        self._recent: list[tuple[type, dict[str, Any], Any]] = []
 
     def __call__(self, settings: ModelSettings) -> Any:
         """The canonical part of ``settings`` (a dict nobody may change)."""
+        kind, fields = type(settings), vars(settings)
         recent = self._recent
-        for seen, part in recent:
+        for seen_kind, seen, part in recent:
             try:
-                if seen == settings:
+                # The dataclass ``==`` (its fields are its __dict__), as one C-level dict comparison.
+                if seen_kind is kind and seen == fields:
                     return part
             except Exception:  # e.g. an array in extra_body: no cached value, converted below
                 break
         part = canonical_part(_plain(canonical_json(settings.to_json_dict())))
         try:
-            kept = copy.deepcopy(settings)  # nested values too (extra_args, metadata): changed in place later
+            kept = vars(copy.deepcopy(settings))  # nested values too (extra_args, metadata): changed in place later
         except Exception:  # something in extra_body that cannot be copied: converted at every call
             return part
         # A new list swapped in whole: runs on several threads may share a guarded model.
-        self._recent = [(kept, part), *recent][: self._size]
+        self._recent = [(kind, kept, part), *recent][: self._size]
         return part
 
 
