@@ -10,8 +10,9 @@
         result = await Runner.run(guard(agent), "clean up old logs")
         return result.final_output
 
-``guard`` takes an ``Agent`` (a clone whose model and function tools are guarded, its handoff agents too),
-a ``Model`` (a ``GuardedModel``) or a ``FunctionTool`` (a copy asking Castor). Every ``get_response`` of
+``guard`` takes an ``Agent`` (a clone whose model and function tools are guarded, its handoff agents
+too; the same clone again while neither changed), a ``Model`` (a ``GuardedModel``) or a ``FunctionTool``
+(a copy asking Castor). Every ``get_response`` of
 the model is a ``castor.lib.model_call`` step whose request is the system instructions, the input items,
 the tools, the output schema, the handoffs and the settings, with the SDK's item ids, call ids and
 response ids dropped; the ``ModelResponse`` is rebuilt from the journaled one. Every function tool call
