@@ -10,8 +10,9 @@
         result = await Runner.run(guard(agent), "clean up old logs")
         return result.final_output
 
-``guard`` takes an ``Agent`` (a clone whose model and function tools are guarded, its handoff agents too),
-a ``Model`` (a ``GuardedModel``) or a ``FunctionTool`` (a copy asking Castor). Every ``get_response`` of
+``guard`` takes an ``Agent`` (a clone whose model and function tools are guarded, its handoff agents
+too; the same clone again while neither changed), a ``Model`` (a ``GuardedModel``) or a ``FunctionTool``
+(a copy asking Castor). Every ``get_response`` of
 the model is a ``castor.lib.model_call`` step whose request is the system instructions, the input items,
 the tools, the output schema, the handoffs and the settings, with the SDK's item ids, call ids and
 response ids dropped; the ``ModelResponse`` is rebuilt from the journaled one. Every function tool call
@@ -27,18 +28,18 @@ as one ``response.completed`` event without calling the model.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import inspect
 import json
-from collections.abc import AsyncIterator
+import operator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from agents import Agent, FunctionTool, Handoff, Model, ModelResponse, ModelSettings, RunContextWrapper, Usage
-from agents.items import TResponseOutputItem
+from agents import Agent, FunctionTool, Handoff, Model, ModelResponse, ModelSettings, RunContextWrapper
 from agents.models.multi_provider import MultiProvider
 from agents.tool import with_function_tool_failure_error_handler
-from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage
-from pydantic import TypeAdapter
 
 from castor.errors import UnsupportedError
 from castor.frameworks._castor_models.openai_agents import CastorModel
@@ -46,134 +47,25 @@ from castor.frameworks._common import (
     IdentityCache,
     ToolEntry,
     call_tool,
-    canonical_part,
     check_function,
     model_step,
     refuse,
     schema_function,
 )
 from castor.frameworks._conversations import EqualConversations
+from castor.frameworks._openai_agents_json import (
+    _item,
+    canonical_request,
+    loads,
+    model_response,
+    response_json,
+)
 from castor.frameworks._openai_agents_stream import stream_events
-from castor.llm import canonical_request as canonical_json
-from castor.llm.cost import NotPlain, plain_sized
 
 FRAMEWORK = "OpenAI Agents"
-# What the SDK (or the model) generates anew on every run; a replay rebuilds responses from the journal.
-VOLATILE = frozenset({"id", "call_id", "response_id", "previous_response_id", "conversation_id", "status"})
-_OUTPUT = TypeAdapter(list[TResponseOutputItem])
 
 
 # --- models -------------------------------------------------------------------------------------------
-
-
-def _plain(value: Any) -> Any:
-    """JSON data without the empty values (a short, stable request)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items() if v not in (None, {}, [])}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _part(value: Any) -> Any:
-    """``_plain(canonical_json(value, drop=VOLATILE))`` of plain JSON data in one walk: volatile keys
-    dropped at any depth, then the values that are empty once those are gone."""
-    if type(value) is dict:
-        out = {}
-        for k, v in value.items():
-            if k in VOLATILE or v is None or v == [] or (type(v) is dict and all(key in VOLATILE for key in v)):
-                continue
-            out[k] = _part(v)
-        return out
-    if type(value) is list:
-        return [_part(v) for v in value]
-    return value
-
-
-def _item(item: Any) -> tuple[Any, Any]:
-    """An input item's plain copy and its canonical part (``EqualConversations``); ``NotPlain`` if it is
-    not plain JSON data."""
-    snapshot = plain_sized(item)[0]
-    return snapshot, _part(snapshot)
-
-
-def _tool_json(t: Any) -> dict[str, Any]:
-    if isinstance(t, FunctionTool):
-        return {"name": t.name, "description": t.description, "parameters": t.params_json_schema}
-    return {"name": getattr(t, "name", type(t).__name__), "kind": type(t).__name__}
-
-
-# Checked and copied once per tool and per settings object, then shared by every later step's request.
-_cached_tool = IdentityCache(lambda t: canonical_part(_tool_json(t)), size=1024)
-_cached_settings = IdentityCache(lambda s: canonical_part(_plain(canonical_json(s.to_json_dict()))), size=256)
-
-
-def canonical_request(
-    system: str | None, input: Any, settings: ModelSettings, tools: list[Any], output_schema: Any,
-    handoffs: list[Handoff], conversation: EqualConversations | None = None,
-) -> dict[str, Any]:
-    """The model request as Castor journals and compares it (``get_response``'s arguments, ids dropped):
-    canonical JSON already, made of parts checked once (``castor.lib.model_call(canonical=True)``);
-    ``conversation``: the input items of the previous steps, converted then."""
-    items = [{"role": "user", "content": input}] if isinstance(input, str) else list(input)
-    try:
-        parts = conversation(items) if conversation is not None else [_item(item)[1] for item in items]
-    except NotPlain:  # models or tuples among the items: through the JSON round trip
-        parts = canonical_part(_plain(canonical_json(items, drop=VOLATILE)))
-    request: dict[str, Any] = {"input": parts}
-    if system:
-        request["system"] = system
-    if tools:
-        request["tools"] = [_cached_tool(t) for t in tools]
-    if handoffs:
-        request["handoffs"] = canonical_part([{"name": h.tool_name, "description": h.tool_description,
-                                               "parameters": h.input_json_schema} for h in handoffs])
-    if output_schema is not None and not output_schema.is_plain_text():
-        request["output_schema"] = canonical_part(output_schema.json_schema())
-    settings_json = _cached_settings(settings)
-    if settings_json:
-        request["settings"] = settings_json
-    return request
-
-
-def response_json(response: ModelResponse, model: str) -> dict[str, Any]:
-    """A ``ModelResponse`` as the journal keeps it: Castor's response keys and the SDK's output items."""
-    calls = [item for item in response.output if isinstance(item, ResponseFunctionToolCall)]
-    text = "".join(
-        getattr(part, "text", "") for item in response.output if isinstance(item, ResponseOutputMessage)
-        for part in item.content
-    )
-    journaled: dict[str, Any] = {
-        "text": text,
-        "tool_calls": [{"id": c.call_id, "name": c.name, "arguments": _arguments(c.arguments)} for c in calls],
-        "model": model,
-        "finish_reason": "tool_calls" if calls else "stop",
-        "output": [item.model_dump(mode="json", exclude_none=True) for item in response.output],
-    }
-    if response.response_id:
-        journaled["response_id"] = response.response_id
-    usage = response.usage
-    if usage.input_tokens or usage.output_tokens:
-        journaled["usage"] = {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
-    return journaled
-
-
-def _arguments(text: str) -> Any:
-    try:
-        return json.loads(text or "{}")
-    except ValueError:  # the model's malformed JSON, journaled as it came (the SDK reports it to the model)
-        return text
-
-
-def model_response(journaled: dict[str, Any]) -> ModelResponse:
-    """The ``ModelResponse`` a journaled response stands for (live and replayed alike)."""
-    usage = journaled.get("usage") or {}
-    tokens_in, tokens_out = int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))
-    return ModelResponse(
-        output=_OUTPUT.validate_python(journaled["output"]),
-        usage=Usage(requests=1, input_tokens=tokens_in, output_tokens=tokens_out, total_tokens=tokens_in + tokens_out),
-        response_id=journaled.get("response_id"),
-    )
 
 
 class GuardedModel(Model):
@@ -207,7 +99,8 @@ class GuardedModel(Model):
                         tools: list[Any], output_schema: Any, handoffs: list[Handoff], tracing: Any,
                         **kwargs: Any) -> AsyncIterator[Any]:
         """Stream the wrapped model's events through Castor: one journaled step (from the journal on replay)."""
-        request = canonical_request(system_instructions, input, model_settings, tools, output_schema, handoffs)
+        request = canonical_request(system_instructions, input, model_settings, tools, output_schema, handoffs,
+                                    self._conversation)  # the previous steps' items converted then, as above
         arguments = (system_instructions, input, model_settings, tools, output_schema, handoffs, tracing)
         return stream_events(self.wrapped, arguments, kwargs, request, self.model_id, response_json, model_response)
 
@@ -282,7 +175,7 @@ def _guard_tool(t: FunctionTool) -> FunctionTool:
     name = t.name
 
     async def invoke(_context: Any, payload: str) -> Any:
-        return await call_tool(name, json.loads(payload or "{}"))
+        return await call_tool(name, loads(payload or "{}"))
 
     # The SDK's own failure handling around the call (a tool's Exception becomes a message to the model,
     # its failure_error_function kept); Castor's suspension is a BaseException and passes it.
@@ -323,22 +216,77 @@ def tools_of(x: Any) -> list[ToolEntry]:
 
 
 def guard_agent(agent: Agent[Any], model: Model | str | None = None) -> Agent[Any]:
-    """A clone of ``agent`` with its model (``model`` in its place, if given; its handoff agents keep
-    theirs), its function tools and its handoff agents guarded."""
+    """A clone of ``agent`` with its model, its function tools and its handoff agents guarded; ``model``,
+    if given, in place of the model of the agent and of every agent it hands off to (guarded once, shared)."""
     if getattr(agent, "__castor_guarded__", False) and model is None:
         return agent
     if agent.mcp_servers:
         raise UnsupportedError(f"agent {agent.name!r} has MCP servers: Castor guards function tools only")
+    swap = None if model is None else guard_model(model)
     handoffs: list[Any] = []
     for h in agent.handoffs:
         if not isinstance(h, Agent):
             raise UnsupportedError(f"agent {agent.name!r}: a custom Handoff is not guarded; hand off to an Agent")
-        handoffs.append(guard_agent(h))
-    chosen = agent.model if model is None else model
-    guarded = agent.clone(model=guard_model(chosen), tools=[guard_tool(t) for t in _function_tools(agent)],
-                          handoffs=handoffs)
+        handoffs.append(guard_agent(h, swap))
+    kept = _clones.get((id(agent), id(model)))
+    if kept is not None and kept.serves(agent, model, handoffs):
+        return kept.clone
+    guarded = agent.clone(model=swap or guard_model(agent.model),
+                          tools=[guard_tool(t) for t in _function_tools(agent)], handoffs=handoffs)
     guarded.__castor_guarded__ = True
+    with contextlib.suppress(Exception):  # settings deepcopy cannot copy (extra_body): not kept
+        _keep((id(agent), id(model)), _Clone(agent, model, guarded))
     return guarded
+
+
+def _fields(agent: Agent[Any]) -> tuple[Any, ...]:
+    """``agent``'s dataclass fields, and the entries of its lists of tools and handoffs."""
+    return (*_FIELDS(agent), *agent.tools, *agent.handoffs)
+
+
+_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(Agent)))
+
+
+class _Clone:
+    """A guarded clone of an agent, reused by ``guard(agent)`` while neither changed.
+
+    An agent function guards its agent at every run (``Runner.run(guard(agent), ...)``), and the SDK's
+    ``Agent.clone`` costs more than the guard adds to all the steps of a 20-step run (settings deep-copied,
+    type hints evaluated). Both agents' fields are compared by identity with what they were (their tools
+    and handoffs entry by entry, their handoff agents' clones the ones made then) and their settings by
+    value against deep copies (a setting changed in place); any change makes a new clone."""
+
+    def __init__(self, agent: Agent[Any], model: Any, clone: Agent[Any]) -> None:
+        self.agent, self.model, self.clone = agent, model, clone
+        self.fields, self.clone_fields = _fields(agent), _fields(clone)
+        self.settings = copy.deepcopy((agent.model_settings, clone.model_settings))
+
+    def serves(self, agent: Agent[Any], model: Any, handoffs: list[Any]) -> bool:
+        """Whether this clone is still ``guard_agent(agent, model)`` (``handoffs``: its handoffs' clones now)."""
+        clone = self.clone
+        if self.agent is not agent or self.model is not model or not _same(handoffs, clone.handoffs):
+            return False
+        if not (_same(_fields(agent), self.fields) and _same(_fields(clone), self.clone_fields)):
+            return False
+        try:
+            return (agent.model_settings, clone.model_settings) == self.settings
+        except Exception:  # settings == cannot compare (an array in extra_body): a new clone
+            return False
+
+
+def _same(now: Sequence[Any], then: Sequence[Any]) -> bool:
+    return len(now) == len(then) and all(map(operator.is_, now, then))
+
+
+# The recent clones, by the agent's id and the swapped model's (an entry holds both: neither id is reused).
+_clones: dict[tuple[int, int], _Clone] = {}
+
+
+def _keep(key: tuple[int, int], entry: _Clone) -> None:
+    if len(_clones) >= 256:
+        with contextlib.suppress(KeyError, RuntimeError, StopIteration):  # another thread dropped it first
+            _clones.pop(next(iter(_clones)))
+    _clones[key] = entry
 
 
 def _function_tools(agent: Agent[Any]) -> list[FunctionTool]:
@@ -351,7 +299,8 @@ def _function_tools(agent: Agent[Any]) -> list[FunctionTool]:
 
 def guard(x: Any, *, model: Model | str | None = None) -> Any:
     """The guarded form of an Agents SDK agent, model or function tool (or a list of tools); ``model`` (an
-    agent only): the model the agent's clone calls instead of its own (e.g. a ``CastorModel``)."""
+    agent only): the model the agent's clone and its handoff agents' clones call instead of their own (e.g.
+    a ``CastorModel``)."""
     if model is not None:
         if not isinstance(x, Agent) or not isinstance(model, Model | str):
             raise UnsupportedError(f"OpenAI Agents SDK: guard(model=...) swaps an Agent's model for a Model, not a "

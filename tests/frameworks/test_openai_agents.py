@@ -297,7 +297,7 @@ async def test_a_failing_tool_reaches_the_model_through_the_sdks_error_handling(
 
 
 def test_an_input_item_converted_in_one_walk_is_the_request_the_json_round_trip_gives() -> None:
-    from castor.frameworks import openai_agents as guard_module
+    from castor.frameworks import _openai_agents_json as guard_module
     from castor.llm import canonical_request as canonical_json
 
     items = [{"role": "user", "content": "x", "id": "1"},
@@ -305,3 +305,151 @@ def test_an_input_item_converted_in_one_walk_is_the_request_the_json_round_trip_
              {"type": "function_call", "call_id": "c", "name": "search", "arguments": "{}", "status": "completed"}]
     assert [guard_module._item(item)[1] for item in items] == guard_module._plain(
         canonical_json(items, drop=guard_module.VOLATILE))
+    more = [*items, {"x": 1.5, "y": [1, {"id": 3}], "z": {"status": "s"}, "w": {}, "v": None, "u": True}, ["a", 2]]
+    for item in more:  # the copy is plain_sized's, the part the one of _part over that copy
+        snapshot, part = guard_module._item(item)
+        assert snapshot == guard_module.plain_sized(item)[0] and snapshot is not item
+        assert part == guard_module._part(snapshot)
+    for odd in [{"a": float("nan")}, {1: "a"}, {"a": ("t",)}]:
+        with pytest.raises(guard_module.NotPlain):
+            guard_module._item(odd)
+
+
+@pytest.mark.parametrize("text", ['{"query": "q"}', ' {"a": [1, 2.5, null]} ', '"x"', "1e400", "", "{", "{} x",
+                                  "\ufeff{}", '{"a": }'])
+def test_arguments_parse_as_json_loads_parses_them(text: str) -> None:
+    import json
+
+    from castor.frameworks._openai_agents_json import loads
+
+    try:
+        expected = json.loads(text)
+    except ValueError as error:
+        with pytest.raises(ValueError, match=str(error).replace("(", r"\(").replace(")", r"\)")):
+            loads(text)
+    else:
+        assert loads(text) == expected
+
+
+async def test_model_settings_are_dumped_once_per_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The SDK resolves the settings into a new ModelSettings for every model call (a run's settings over
+    # the agent's, or the agent's defaults): dumping each (a TypeAdapter built anew) was most of what the
+    # guard added to a step.
+    from agents import ModelSettings, RunConfig
+
+    dumped = []
+    original = ModelSettings.to_json_dict
+
+    def counted(self: ModelSettings) -> dict[str, Any]:
+        dumped.append(self)
+        return original(self)
+
+    monkeypatch.setattr(ModelSettings, "to_json_dict", counted)
+    agent = Agent(name="once", model=Scripted(), tools=[function_tool(search), function_tool(delete_file)])
+
+    async def main() -> str:
+        config = RunConfig(model_settings=ModelSettings(top_p=0.4321))
+        return str((await Runner.run(guard(agent), "clean up", run_config=config)).final_output)
+
+    cp = await Castor(tools=tools_of(agent)).run(main)
+    assert cp.status == "COMPLETED" and len(cp.syscall_log) == 5
+    assert len(dumped) == 1
+    assert [r.arguments["request"]["settings"] for r in cp.syscall_log[::2]] == [{"top_p": 0.4321}] * 3
+
+
+async def test_settings_that_change_reach_the_request_even_changed_in_place() -> None:
+    from agents import ModelSettings
+
+    settings = ModelSettings(temperature=0.25, tool_choice="required", extra_args={"seed": 1})
+    agent = Agent(name="changing", model=Scripted(*DEFAULT[:1], DEFAULT[2]), model_settings=settings,
+                  tools=[function_tool(search)])
+    k = Castor(tools=tools_of(agent))
+    cp = await k.run(main_of(agent))
+    # The SDK resets a required tool choice once the agent has used a tool.
+    assert [r.arguments["request"]["settings"] for r in cp.syscall_log[::2]] == [
+        {"temperature": 0.25, "tool_choice": "required", "extra_args": {"seed": 1}},
+        {"temperature": 0.25, "extra_args": {"seed": 1}}]
+    settings.temperature = 0.75  # the very object the SDK hands the model again
+    cp = await k.run(main_of(agent))
+    assert [r.arguments["request"]["settings"] for r in cp.syscall_log[::2]] == [
+        {"temperature": 0.75, "tool_choice": "required", "extra_args": {"seed": 1}},
+        {"temperature": 0.75, "extra_args": {"seed": 1}}]
+    assert settings.extra_args is not None
+    settings.extra_args["seed"] = 2  # a nested value changed in place
+    cp = await k.run(main_of(agent))
+    assert cp.syscall_log[0].arguments["request"]["settings"]["extra_args"] == {"seed": 2}
+
+
+def test_the_journaled_output_items_are_the_sdks_own_dump() -> None:
+    from openai.types.responses import ResponseReasoningItem
+    from openai.types.responses.response_output_text import AnnotationURLCitation
+    from openai.types.responses.response_reasoning_item import Summary
+
+    from castor.frameworks._openai_agents_json import model_response, response_json
+
+    message = say("see [1]")
+    message.content[0].annotations = [AnnotationURLCitation(type="url_citation", url="https://x", title="x",  # type: ignore[union-attr]
+                                                            start_index=4, end_index=7)]
+    reasoning = ResponseReasoningItem(id="rs_1", type="reasoning", summary=[Summary(type="summary_text", text="hm")])
+    output: list[Any] = [reasoning, call("search", '{"query": "q"}', "c1"), message, call("broken", "{not json", "c2")]
+    usage = Usage(requests=1, input_tokens=3, output_tokens=4, total_tokens=7)
+    journaled = response_json(ModelResponse(output=output, usage=usage, response_id="resp_1"), "m")
+    assert journaled["output"] == [item.model_dump(mode="json", exclude_none=True) for item in output]
+    assert journaled["text"] == "see [1]"
+    assert journaled["tool_calls"] == [{"id": "c1", "name": "search", "arguments": {"query": "q"}},
+                                       {"id": "c2", "name": "broken", "arguments": "{not json"}]
+    assert model_response(journaled).output == output
+
+
+async def test_guard_with_a_model_swaps_the_handoff_agents_models_too() -> None:
+    class Own(Model):
+        async def get_response(self, *args: Any, **kwargs: Any) -> ModelResponse:
+            raise AssertionError("an agent's own model was called")
+
+        def stream_response(self, *args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("an agent's own model was called")
+
+    helper = Agent(name="deleter", model=Own(), tools=[function_tool(delete_file)])
+    agent = Agent(name="front", model=Own(), handoffs=[helper])
+    swap = Scripted([call("transfer_to_deleter", "{}", "h1")], [call("delete_file", '{"path": "/tmp/old"}', "c9")],
+                    [say("deleted")])
+
+    async def main() -> str:
+        return str((await Runner.run(guard(agent, model=swap), "clean up")).final_output)
+
+    cp = await Castor(tools=tools_of(agent)).run(main)
+    assert cp.status == "COMPLETED" and cp.result == "deleted" and len(swap.asked) == 3
+    # The handed-off agent's two model calls are journaled model steps like the front agent's.
+    assert [r.tool_name for r in cp.syscall_log] == ["model:scripted", "model:scripted", "delete_file",
+                                                     "model:scripted"]
+    assert [t["name"] for t in cp.syscall_log[1].arguments["request"]["tools"]] == ["delete_file"]
+
+
+def test_guard_reuses_its_clone_of_an_unchanged_agent_and_makes_a_new_one_for_any_change() -> None:
+    # An agent function guards its agent at every run; the SDK's Agent.clone costs more than the guard
+    # adds to all the steps of a 20-step run.
+    from agents import ModelSettings
+
+    helper = Agent(name="deleter", model=Scripted(), tools=[function_tool(delete_file)])
+    agent = Agent(name="front", instructions="Clean up.", model=Scripted(), tools=[function_tool(search)],
+                  handoffs=[helper], model_settings=ModelSettings(temperature=0.5, extra_args={"seed": 1}))
+    first = guard(agent)
+    assert guard(agent) is first and first is not agent
+
+    def changed(change: Any) -> Any:
+        before = guard(agent)
+        change()
+        after = guard(agent)
+        assert after is not before and guard(agent) is after
+        return after
+
+    assert changed(lambda: setattr(agent, "instructions", "Tidy up.")).instructions == "Tidy up."
+    assert [t.name for t in changed(lambda: agent.tools.append(function_tool(delete_file))).tools] == [
+        "search", "delete_file"]
+    assert changed(lambda: setattr(agent.model_settings, "temperature", 0.9)).model_settings.temperature == 0.9
+    assert agent.model_settings.extra_args is not None
+    assert changed(lambda: agent.model_settings.extra_args.update(seed=2)).model_settings.extra_args == {"seed": 2}
+    assert changed(lambda: setattr(helper, "instructions", "Delete.")).handoffs[0].instructions == "Delete."
+    assert changed(lambda: setattr(guard(agent), "instructions", "Mine.")).instructions == "Tidy up."
+    swap = Scripted()
+    assert guard(agent, model=swap) is not guard(agent) and guard(agent, model=swap).model.wrapped is swap

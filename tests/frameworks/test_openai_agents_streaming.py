@@ -150,3 +150,25 @@ async def test_a_streamed_response_the_budget_cannot_cover_is_refused_before_the
     with pytest.raises(ModelRefusedError, match="tokens"):
         await kernel(agent, budgets={"tokens": 10}).run(streamed_main(agent, []))
     assert model.asked == []
+
+
+async def test_a_streamed_step_converts_only_the_items_the_previous_step_had_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from castor.frameworks import _openai_agents_json, openai_agents
+
+    converted: list[Any] = []
+    original = _openai_agents_json._item
+
+    def counted(item: Any) -> Any:
+        converted.append(item)
+        return original(item)
+
+    monkeypatch.setattr(_openai_agents_json, "_item", counted)
+    monkeypatch.setattr(openai_agents, "_item", counted)
+    model = StreamingScripted(*SCRIPT[:1], [say("done")])
+    agent = agent_of(model)
+    cp = await kernel(agent).run(streamed_main(agent, []))
+    assert cp.status == "COMPLETED" and len(model.asked) == 2
+    # The user's message, then the second step's new items: the text, the function call and its output.
+    assert len(converted) == len(model.asked[-1]) == 4
