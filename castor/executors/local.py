@@ -1,16 +1,25 @@
-"""Run tools in this process: async tools on the event loop, sync tools in a thread pool."""
+"""Run tools in this process: async tools on the event loop, sync tools in a thread pool (or in the
+synchronous framework's thread that waits for the call: ``caller_thread``)."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from typing import Any
 
 from castor.errors import ToolTimeoutError
 from castor.registry import ToolRegistry
 from castor.seams import ToolCall
+
+caller_thread: ContextVar[Callable[[Callable[[], Any]], Awaitable[Any]] | None] = ContextVar(
+    "castor_caller_thread", default=None
+)
+"""Set in a syscall's task by a synchronous framework's guarded call (``castor.frameworks._loop_calls``):
+runs a function in the framework's thread, which waits for the syscall anyway. A sync tool without a
+deadline runs there, as it would unguarded, rather than hopping to the pool and back."""
 
 
 class LocalExecutor:
@@ -39,6 +48,8 @@ class LocalExecutor:
         work: Awaitable[Any]  # annotated, not typing.cast(): a cast is a call (and a subscript) per step
         if spec.is_async:
             work = spec.func(**arguments)
+        elif spec.timeout is None and (caller := caller_thread.get()) is not None:
+            return caller(functools.partial(spec.func, **arguments))
         else:
             loop = asyncio.get_running_loop()
             work = loop.run_in_executor(self._threads(), functools.partial(spec.func, **arguments))

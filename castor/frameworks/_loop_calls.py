@@ -21,6 +21,7 @@ import queue
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from castor.executors.local import caller_thread
 from castor.frameworks._common import _RUN_ENDING, _RUN_LOOP, RunEnding, run_loop
 
 _DONE = object()  # the inbox's last item: the syscall's outcome follows it
@@ -71,6 +72,7 @@ class Here:
                 loop.call_soon_threadsafe(_settle, future, answer, None)
 
     async def _main(self, start: Callable[[Here], Awaitable[Any]]) -> None:
+        caller_thread.set(self.run)  # this task's own context: its sync tools run in the waiting thread
         try:
             value = await start(self)
         except BaseException as error:  # a suspension, a cancellation too: the thread raises it as itself

@@ -279,3 +279,25 @@ async def test_a_model_past_the_llm_timeout_ends_the_run_while_it_still_runs() -
             await asyncio.wait_for(kernel(llm_timeout=0.2).run(main_of(Hung())), timeout=20)
     finally:
         release.set()
+
+
+async def test_a_sync_tool_runs_in_the_agents_own_thread_unless_it_has_a_deadline() -> None:
+    # As unguarded: the agent's thread waits for the tool call anyway, so the tool runs there (no pool hop);
+    # a tool with a deadline runs in the pool, where the run can stop waiting for it.
+    from castor import castor_tool
+
+    threads: list[str] = []
+
+    def search_here(query: str) -> str:
+        threads.append(threading.current_thread().name)
+        return f"found {query}"
+
+    @castor_tool(timeout_seconds=5)
+    def delete_in_pool(path: str) -> str:
+        threads.append(threading.current_thread().name)
+        return f"deleted {path}"
+
+    k = Castor(tools=[("search", search_here), ("delete_file", delete_in_pool)])
+    cp = await k.run(main_of(Scripted()))
+    assert cp.status == "COMPLETED" and threads[0] == "castor-run"
+    assert threads[1].startswith("castor-tool")
