@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pydantic_ai.messages import SystemPromptPart, TextPart, ToolCallPart, ToolReturnPart, UserPromptPart
+from pydantic_ai.usage import RequestUsage
 from pydantic_core import to_jsonable_python
 
 from castor.frameworks._common import IdentityCache
@@ -43,6 +44,18 @@ def _field_defaults(cls: type) -> dict[str, Any]:
 
 
 _defaults = IdentityCache(_field_defaults, size=128)
+# Per dataclass: its fields whose default is None (most of a response's: skipped while None, with no
+# comparison), and the others' defaults. A plain dict: a handful of classes, kept for the process.
+_SHAPES: dict[type, tuple[frozenset[str], dict[str, Any]]] = {}
+
+
+def _shape(cls: type) -> tuple[frozenset[str], dict[str, Any]]:
+    shape = _SHAPES.get(cls)
+    if shape is None:
+        defaults = _field_defaults(cls)
+        shape = _SHAPES[cls] = (frozenset(n for n, d in defaults.items() if d is None),
+                                {n: d for n, d in defaults.items() if d is not None})
+    return shape
 
 
 def _json(value: Any) -> Any:
@@ -50,13 +63,28 @@ def _json(value: Any) -> Any:
     return value if kind is str or kind is int or kind is bool or value is None else to_jsonable_python(value)
 
 
+def _usage(usage: RequestUsage) -> dict[str, Any]:
+    """A ``RequestUsage`` as its instance's own values: it keeps only the counts it was given (and any
+    extra key), which the adapter validates back (its serializer and ``==`` run Python for every field)."""
+    return {k: _json(v) for k, v in vars(usage).items() if v or k != "details"}
+
+
 def compact(message: Any) -> dict[str, Any]:
     """``message`` (a dataclass) as JSON holding only what its defaults do not say (parts part by part)."""
-    out: dict[str, Any] = {}
-    for name, default in _defaults(type(message)).items():
+    nones, others = _shape(type(message))
+    values = getattr(message, "__dict__", None)
+    if values is None:  # a dataclass with slots
+        values = {name: getattr(message, name) for name in nones}
+    # The fields whose default is None, read in one pass over the instance's values (most are None).
+    out = {name: _json(value) for name, value in values.items() if value is not None and name in nones}
+    for name, default in others.items():
         value = getattr(message, name)
         if name == "parts":
             out[name] = [compact(part) if dataclasses.is_dataclass(part) else _json(part) for part in value]
+        elif type(value) is RequestUsage:
+            usage = _usage(value)
+            if usage:
+                out[name] = usage
         elif name in _KINDS or default is _REQUIRED or (value is not default and value != default):
             out[name] = _json(value)
     return out

@@ -53,6 +53,7 @@ RESPONSES = [
                   model_name="m", provider_name="p", provider_response_id="r1", finish_reason="stop",
                   provider_details={"x": [1]}, timestamp=datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)),
     ModelResponse(parts=[ThinkingPart("hmm", signature="s"), TextPart("a"), TextPart("b")]),
+    ModelResponse(parts=[TextPart("a")], usage=RequestUsage(input_tokens=7, cache_read_tokens=3, details={"r": 2})),
 ]
 
 
@@ -68,7 +69,7 @@ def test_a_message_read_from_its_fields_is_the_request_pydantic_ais_dump_gives(m
 def test_parts_that_are_not_plain_json_are_left_to_pydantic_ais_dump() -> None:
     read = [request_parts(m, guard_module.VOLATILE, guard_module._plain) is not None for m in REQUESTS]
     assert read == [True, True, True, True, False, False, False, True]
-    assert request_parts(RESPONSES[-1], guard_module.VOLATILE, guard_module._plain) is None  # a ThinkingPart
+    assert request_parts(RESPONSES[3], guard_module.VOLATILE, guard_module._plain) is None  # a ThinkingPart
 
 
 @pytest.mark.parametrize("response", RESPONSES, ids=lambda m: type(m).__name__)
