@@ -16,19 +16,21 @@ from the messages' dataclass fields:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from itertools import compress, repeat
+from operator import attrgetter, is_not
 from typing import Any
 
 from pydantic_ai.messages import SystemPromptPart, TextPart, ToolCallPart, ToolReturnPart, UserPromptPart
 from pydantic_ai.usage import RequestUsage
 from pydantic_core import to_jsonable_python
 
-from castor.frameworks._common import IdentityCache
 from castor.llm.cost import NotPlain, plain_sized
 
 _READ = frozenset({UserPromptPart, SystemPromptPart, ToolReturnPart, TextPart, ToolCallPart})
 _REQUIRED = object()
 _KINDS = ("kind", "part_kind")  # the adapter's discriminators: always journaled
+_NONES = repeat(None)  # never exhausted: shared by every map(is_not, values, _NONES)
 
 
 def _field_defaults(cls: type) -> dict[str, Any]:
@@ -43,19 +45,44 @@ def _field_defaults(cls: type) -> dict[str, Any]:
     return defaults
 
 
-_defaults = IdentityCache(_field_defaults, size=128)
-# Per dataclass: its fields whose default is None (most of a response's: skipped while None, with no
-# comparison), and the others' defaults. A plain dict: a handful of classes, kept for the process.
-_SHAPES: dict[type, tuple[frozenset[str], dict[str, Any]]] = {}
+class _Fields:
+    """Some fields of a dataclass, read together: ``present(x)`` is ``(name, value)`` for those whose value
+    is not None, found by C-level iterators (a response has twenty fields, nearly all None; a Python loop
+    over them costs a step more than the rest of converting the message)."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names = tuple(names)
+        getter = attrgetter(*self.names) if self.names else (lambda _: ())
+        self._values = getter if len(self.names) != 1 else (lambda x: (getter(x),))
+
+    def present(self, message: Any) -> Iterator[tuple[str, Any]]:
+        """``(name, value)`` of the fields whose value is not None, in field order."""
+        values = self._values(message)
+        keep = list(map(is_not, values, _NONES))
+        return zip(compress(self.names, keep), compress(values, keep), strict=True)
 
 
-def _shape(cls: type) -> tuple[frozenset[str], dict[str, Any]]:
-    shape = _SHAPES.get(cls)
+# Per dataclass (a handful of classes, kept for the process): for ``compact``, its fields whose default is
+# None (journaled when not None, with no comparison) and the others' defaults; for ``request_parts``, the
+# fields a canonical request holds (its volatile ones left out).
+_COMPACT: dict[type, tuple[_Fields, dict[str, Any]]] = {}
+_REQUEST: dict[tuple[type, frozenset[str]], _Fields] = {}
+
+
+def _compact_shape(cls: type) -> tuple[_Fields, dict[str, Any]]:
+    shape = _COMPACT.get(cls)
     if shape is None:
         defaults = _field_defaults(cls)
-        shape = _SHAPES[cls] = (frozenset(n for n, d in defaults.items() if d is None),
-                                {n: d for n, d in defaults.items() if d is not None})
+        shape = _COMPACT[cls] = (_Fields(n for n, d in defaults.items() if d is None),
+                                 {n: d for n, d in defaults.items() if d is not None})
     return shape
+
+
+def _request_fields(cls: type, volatile: frozenset[str]) -> _Fields:
+    fields = _REQUEST.get((cls, volatile))
+    if fields is None:
+        fields = _REQUEST[(cls, volatile)] = _Fields(f.name for f in dataclasses.fields(cls) if f.name not in volatile)
+    return fields
 
 
 def _json(value: Any) -> Any:
@@ -71,12 +98,8 @@ def _usage(usage: RequestUsage) -> dict[str, Any]:
 
 def compact(message: Any) -> dict[str, Any]:
     """``message`` (a dataclass) as JSON holding only what its defaults do not say (parts part by part)."""
-    nones, others = _shape(type(message))
-    values = getattr(message, "__dict__", None)
-    if values is None:  # a dataclass with slots
-        values = {name: getattr(message, name) for name in nones}
-    # The fields whose default is None, read in one pass over the instance's values (most are None).
-    out = {name: _json(value) for name, value in values.items() if value is not None and name in nones}
+    nones, others = _compact_shape(type(message))
+    out = {name: _json(value) for name, value in nones.present(message)}
     for name, default in others.items():
         value = getattr(message, name)
         if name == "parts":
@@ -104,14 +127,11 @@ def request_parts(message: Any, volatile: frozenset[str], plain: Callable[[Any],
         if cls not in _READ:
             return None
         fields: dict[str, Any] = {}
-        for name in _defaults(cls):
-            if name in volatile:
-                continue
-            value = getattr(part, name)
+        for name, value in _request_fields(cls, volatile).present(part):
             kind = type(value)
-            if value is None or ((kind is dict or kind is list) and not value):
-                continue
             if kind is not str and kind is not int and kind is not bool:
+                if (kind is dict or kind is list) and not value:
+                    continue
                 try:
                     value = plain(plain_sized(value)[0])
                 except NotPlain:
