@@ -16,7 +16,7 @@ from the messages' dataclass fields:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from itertools import compress, repeat
 from operator import attrgetter, is_not
 from typing import Any
@@ -45,36 +45,60 @@ def _field_defaults(cls: type) -> dict[str, Any]:
     return defaults
 
 
+def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """The values of fields ``names`` of an object, as a tuple (``attrgetter``, whatever their number)."""
+    if len(names) == 1:
+        one = attrgetter(names[0])
+        return lambda x: (one(x),)
+    return attrgetter(*names) if names else (lambda _: ())
+
+
 class _Fields:
-    """Some fields of a dataclass, read together: ``present(x)`` is ``(name, value)`` for those whose value
-    is not None, found by C-level iterators (a response has twenty fields, nearly all None; a Python loop
-    over them costs a step more than the rest of converting the message)."""
+    """Some fields of a dataclass, read together: ``present(x)`` is a dict of those whose value is not None,
+    found by C-level iterators (a response has twenty fields, nearly all None; a Python loop over them costs
+    a step more than the rest of converting the message)."""
 
     def __init__(self, names: Iterable[str]) -> None:
         self.names = tuple(names)
-        getter = attrgetter(*self.names) if self.names else (lambda _: ())
-        self._values = getter if len(self.names) != 1 else (lambda x: (getter(x),))
+        self._values = _getter(self.names)
 
-    def present(self, message: Any) -> Iterator[tuple[str, Any]]:
-        """``(name, value)`` of the fields whose value is not None, in field order."""
+    def present(self, message: Any) -> dict[str, Any]:
+        """``{name: value}`` of the fields whose value is not None, in field order."""
         values = self._values(message)
         keep = list(map(is_not, values, _NONES))
-        return zip(compress(self.names, keep), compress(values, keep), strict=True)
+        return dict(zip(compress(self.names, keep), compress(values, keep), strict=True))
 
 
-# Per dataclass (a handful of classes, kept for the process): for ``compact``, its fields whose default is
-# None (journaled when not None, with no comparison) and the others' defaults; for ``request_parts``, the
-# fields a canonical request holds (its volatile ones left out).
-_COMPACT: dict[type, tuple[_Fields, dict[str, Any]]] = {}
+@dataclasses.dataclass(frozen=True)
+class _Compact:
+    """How ``compact`` reads a dataclass: its fields whose default is None (journaled when not None, with
+    no comparison), those always journaled (its kind, the required ones), those journaled when they differ
+    from their default, and whether it has parts."""
+
+    nones: _Fields
+    always: tuple[str, ...]
+    always_values: Callable[[Any], tuple[Any, ...]]
+    compared: tuple[tuple[str, Any], ...]
+    parts: bool
+
+
+# Per dataclass (a handful of classes, kept for the process): how ``compact`` reads it, and for
+# ``request_parts`` the fields a canonical request holds (its volatile ones left out).
+_COMPACT: dict[type, _Compact] = {}
 _REQUEST: dict[tuple[type, frozenset[str]], _Fields] = {}
 
 
-def _compact_shape(cls: type) -> tuple[_Fields, dict[str, Any]]:
+def _compact_shape(cls: type) -> _Compact:
     shape = _COMPACT.get(cls)
     if shape is None:
         defaults = _field_defaults(cls)
-        shape = _COMPACT[cls] = (_Fields(n for n, d in defaults.items() if d is None),
-                                 {n: d for n, d in defaults.items() if d is not None})
+        always = tuple(n for n, d in defaults.items() if n != "parts" and (n in _KINDS or d is _REQUIRED))
+        shape = _COMPACT[cls] = _Compact(
+            nones=_Fields(n for n, d in defaults.items() if d is None), always=always, always_values=_getter(always),
+            compared=tuple((n, d) for n, d in defaults.items()
+                           if d is not None and d is not _REQUIRED and n not in _KINDS and n != "parts"),
+            parts="parts" in defaults,
+        )
     return shape
 
 
@@ -85,31 +109,37 @@ def _request_fields(cls: type, volatile: frozenset[str]) -> _Fields:
     return fields
 
 
+_SCALARS = frozenset({str, int, bool, type(None)})  # their own JSON (``_json`` inlined where it runs most)
+
+
 def _json(value: Any) -> Any:
-    kind = type(value)
-    return value if kind is str or kind is int or kind is bool or value is None else to_jsonable_python(value)
+    return value if type(value) in _SCALARS else to_jsonable_python(value)
 
 
 def _usage(usage: RequestUsage) -> dict[str, Any]:
     """A ``RequestUsage`` as its instance's own values: it keeps only the counts it was given (and any
     extra key), which the adapter validates back (its serializer and ``==`` run Python for every field)."""
-    return {k: _json(v) for k, v in vars(usage).items() if v or k != "details"}
+    return {k: v if type(v) in _SCALARS else to_jsonable_python(v) for k, v in vars(usage).items()
+            if v or k != "details"}
 
 
 def compact(message: Any) -> dict[str, Any]:
     """``message`` (a dataclass) as JSON holding only what its defaults do not say (parts part by part)."""
-    nones, others = _compact_shape(type(message))
-    out = {name: _json(value) for name, value in nones.present(message)}
-    for name, default in others.items():
+    shape = _compact_shape(type(message))
+    out = shape.nones.present(message)
+    out.update(zip(shape.always, shape.always_values(message), strict=True))
+    if not _SCALARS.issuperset(map(type, out.values())):  # C-level: usually strings only
+        out = {name: _json(value) for name, value in out.items()}
+    for name, default in shape.compared:
         value = getattr(message, name)
-        if name == "parts":
-            out[name] = [compact(part) if dataclasses.is_dataclass(part) else _json(part) for part in value]
-        elif type(value) is RequestUsage:
+        if type(value) is RequestUsage:
             usage = _usage(value)
             if usage:
                 out[name] = usage
-        elif name in _KINDS or default is _REQUIRED or (value is not default and value != default):
+        elif value is not default and value != default:
             out[name] = _json(value)
+    if shape.parts:
+        out["parts"] = [compact(part) if dataclasses.is_dataclass(part) else _json(part) for part in message.parts]
     return out
 
 
@@ -126,17 +156,19 @@ def request_parts(message: Any, volatile: frozenset[str], plain: Callable[[Any],
         cls = type(part)
         if cls not in _READ:
             return None
-        fields: dict[str, Any] = {}
-        for name, value in _request_fields(cls, volatile).present(part):
-            kind = type(value)
-            if kind is not str and kind is not int and kind is not bool:
-                if (kind is dict or kind is list) and not value:
-                    continue
-                try:
-                    value = plain(plain_sized(value)[0])
-                except NotPlain:
-                    return None
-            fields[name] = value
+        fields = _request_fields(cls, volatile).present(part)
+        if not _SCALARS.issuperset(map(type, fields.values())):  # C-level: a part of strings is as it is
+            copied: dict[str, Any] = {}
+            for name, value in fields.items():
+                kind = type(value)
+                if kind is str or kind is int or kind is bool:
+                    copied[name] = value
+                elif (kind is not dict and kind is not list) or value:
+                    try:
+                        copied[name] = plain(plain_sized(value)[0])
+                    except NotPlain:
+                        return None
+            fields = copied
         fields["role"] = fields.pop("part_kind", message.kind)
         out.append(fields)
     return out
