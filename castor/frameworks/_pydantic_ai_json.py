@@ -129,7 +129,9 @@ def compact(message: Any) -> dict[str, Any]:
     out = shape.nones.present(message)
     out.update(zip(shape.always, shape.always_values(message), strict=True))
     if not _SCALARS.issuperset(map(type, out.values())):  # C-level: usually strings only
-        out = {name: _json(value) for name, value in out.items()}
+        for name, value in out.items():
+            if type(value) not in _SCALARS:
+                out[name] = to_jsonable_python(value)
     for name, default in shape.compared:
         value = getattr(message, name)
         if type(value) is RequestUsage:
@@ -139,7 +141,8 @@ def compact(message: Any) -> dict[str, Any]:
         elif value is not default and value != default:
             out[name] = _json(value)
     if shape.parts:
-        out["parts"] = [compact(part) if dataclasses.is_dataclass(part) else _json(part) for part in message.parts]
+        out["parts"] = [compact(part) if type(part) in _COMPACT or dataclasses.is_dataclass(part) else _json(part)
+                        for part in message.parts]
     return out
 
 
