@@ -10,7 +10,13 @@ from the messages' dataclass fields:
   guard then dumps with the adapter (an image, a pydantic model as a tool's return, a part kind not read
   here). ``tests/frameworks/test_pydantic_ai_json.py`` holds both forms equal.
 - ``compact``: a message's fields that differ from their defaults, its kind and its parts' kinds always,
-  as JSON: the adapter validates it back into an equal message (the defaults fill the rest).
+  as JSON: the adapter validates it back into an equal message (the defaults fill the rest). A
+  ``RequestUsage`` is journaled as the counts its instance holds (those it was given), not as its
+  serializer's dump of every count.
+
+A step converts two or three new messages, each a dataclass of ten to twenty fields, nearly all None: the
+fields are read with ``attrgetter`` and the None ones dropped by C-level iterators, and a part whose values
+are all strings is taken as it is, so Python runs only for the fields that hold something else.
 """
 
 from __future__ import annotations
