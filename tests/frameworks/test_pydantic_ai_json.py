@@ -87,3 +87,25 @@ def test_a_response_journaled_whole_by_an_earlier_version_still_rebuilds() -> No
     journaled = {**guard_module.response_json(response),
                  "message": ModelMessagesTypeAdapter.dump_python([response], mode="json")[0]}
     assert guard_module.model_response(journaled) == response
+
+
+def test_fields_are_read_without_an_instance_dict_or_with_one_left_at_its_class_default() -> None:
+    import dataclasses
+
+    from castor.frameworks._pydantic_ai_json import _Fields
+
+    @dataclasses.dataclass(slots=True)
+    class Slotted:
+        a: str | None = None
+        b: int | None = None
+
+    class Sparse:  # sets only what it is given, as pydantic-ai's usage does
+        a: str | None = None
+        b: int | None = None
+
+    sparse = Sparse()
+    sparse.b = 0
+    fields = _Fields(["a", "b"])
+    assert fields.present(Slotted(b=0)) == {"b": 0}
+    assert fields.present(sparse) == {"b": 0}
+    assert fields.present(Slotted(a="x", b=1)) == {"a": "x", "b": 1}
