@@ -14,9 +14,9 @@ from the messages' dataclass fields:
   ``RequestUsage`` is journaled as the counts its instance holds (those it was given), not as its
   serializer's dump of every count.
 
-A step converts two or three new messages, each a dataclass of ten to twenty fields, nearly all None: the
-fields are read from the instance's ``__dict__`` in one comprehension that drops the None ones, and a part
-whose values are all strings is taken as it is, so Python runs only for the fields that hold something else.
+``compact`` reads a response (twenty fields, nearly all None) from the instance's ``__dict__`` in one
+comprehension that drops the None ones, and takes a part whose values are all strings as it is, so Python
+runs only for the fields that hold something else.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pydantic_ai.messages import SystemPromptPart, TextPart, ToolCallPart, ToolR
 from pydantic_ai.usage import RequestUsage
 from pydantic_core import to_jsonable_python
 
+from castor.frameworks._common import IdentityCache
 from castor.llm.cost import NotPlain, plain_sized
 
 _READ = frozenset({UserPromptPart, SystemPromptPart, ToolReturnPart, TextPart, ToolCallPart})
@@ -47,6 +48,9 @@ def _field_defaults(cls: type) -> dict[str, Any]:
         else:
             defaults[f.name] = _REQUIRED
     return defaults
+
+
+_defaults = IdentityCache(_field_defaults, size=128)
 
 
 def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
@@ -89,10 +93,8 @@ class _Compact:
     parts: bool
 
 
-# Per dataclass (a handful of classes, kept for the process): how ``compact`` reads it, and for
-# ``request_parts`` the fields a canonical request holds (its volatile ones left out).
+# Per dataclass (a handful of classes, kept for the process): how ``compact`` reads it.
 _COMPACT: dict[type, _Compact] = {}
-_REQUEST: dict[tuple[type, frozenset[str]], _Fields] = {}
 
 
 def _compact_shape(cls: type) -> _Compact:
@@ -107,13 +109,6 @@ def _compact_shape(cls: type) -> _Compact:
             parts="parts" in defaults,
         )
     return shape
-
-
-def _request_fields(cls: type, volatile: frozenset[str]) -> _Fields:
-    fields = _REQUEST.get((cls, volatile))
-    if fields is None:
-        fields = _REQUEST[(cls, volatile)] = _Fields(f.name for f in dataclasses.fields(cls) if f.name not in volatile)
-    return fields
 
 
 _SCALARS = frozenset({str, int, bool, type(None)})  # their own JSON (``_json`` inlined where it runs most)
@@ -166,19 +161,20 @@ def request_parts(message: Any, volatile: frozenset[str], plain: Callable[[Any],
         cls = type(part)
         if cls not in _READ:
             return None
-        fields = _request_fields(cls, volatile).present(part)
-        if not _SCALARS.issuperset(map(type, fields.values())):  # C-level: a part of strings is as it is
-            copied: dict[str, Any] = {}
-            for name, value in fields.items():
-                kind = type(value)
-                if kind is str or kind is int or kind is bool:
-                    copied[name] = value
-                elif (kind is not dict and kind is not list) or value:
-                    try:
-                        copied[name] = plain(plain_sized(value)[0])
-                    except NotPlain:
-                        return None
-            fields = copied
+        fields: dict[str, Any] = {}
+        for name in _defaults(cls):
+            if name in volatile:
+                continue
+            value = getattr(part, name)
+            kind = type(value)
+            if value is None or ((kind is dict or kind is list) and not value):
+                continue
+            if kind is not str and kind is not int and kind is not bool:
+                try:
+                    value = plain(plain_sized(value)[0])
+                except NotPlain:
+                    return None
+            fields[name] = value
         fields["role"] = fields.pop("part_kind", message.kind)
         out.append(fields)
     return out
