@@ -14,16 +14,17 @@ from the messages' dataclass fields:
   ``RequestUsage`` is journaled as the counts its instance holds (those it was given), not as its
   serializer's dump of every count.
 
-``compact`` reads a response (twenty fields, nearly all None) from the instance's ``__dict__`` in one
-comprehension that drops the None ones, and takes a part whose values are all strings as it is, so Python
-runs only for the fields that hold something else.
+``compact`` reads a response (twenty fields, nearly all None) with ``attrgetter`` and drops the None ones
+with C-level iterators, and takes a part whose values are all strings as it is, so Python runs only for the
+fields that hold something else.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable
-from operator import attrgetter
+from itertools import compress, repeat
+from operator import attrgetter, is_not
 from typing import Any
 
 from pydantic_ai.messages import SystemPromptPart, TextPart, ToolCallPart, ToolReturnPart, UserPromptPart
@@ -36,6 +37,7 @@ from castor.llm.cost import NotPlain, plain_sized
 _READ = frozenset({UserPromptPart, SystemPromptPart, ToolReturnPart, TextPart, ToolCallPart})
 _REQUIRED = object()
 _KINDS = ("kind", "part_kind")  # the adapter's discriminators: always journaled
+_NONES = repeat(None)  # never exhausted: shared by every map(is_not, values, _NONES)
 
 
 def _field_defaults(cls: type) -> dict[str, Any]:
@@ -63,21 +65,20 @@ def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
 
 class _Fields:
     """Some fields of a dataclass, read together: ``present(x)`` is a dict of those whose value is not None,
-    read from the instance's ``__dict__`` in one comprehension (a response has twenty fields, nearly all
-    None: a ``getattr`` each costs more than the rest of converting the message)."""
+    found by C-level iterators (a response has twenty fields, nearly all None: a Python loop over them costs
+    more than the rest of converting the message). Not from the instance's ``__dict__``: reading it makes
+    CPython give the object a real dict, and every later attribute read of that message (pydantic-ai reads
+    the whole history at every step) takes the slower path."""
 
     def __init__(self, names: Iterable[str]) -> None:
         self.names = tuple(names)
-        self._named = frozenset(self.names)
         self._values = _getter(self.names)
 
     def present(self, message: Any) -> dict[str, Any]:
-        """``{name: value}`` of the fields whose value is not None."""
-        values = getattr(message, "__dict__", None)
-        if values is None or not self._named.issubset(values):  # slots, or a field left at a class default
-            values = dict(zip(self.names, self._values(message), strict=True))
-        named = self._named
-        return {name: value for name, value in values.items() if value is not None and name in named}
+        """``{name: value}`` of the fields whose value is not None, in field order."""
+        values = self._values(message)
+        keep = list(map(is_not, values, _NONES))
+        return dict(zip(compress(self.names, keep), compress(values, keep), strict=True))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -89,7 +89,9 @@ def test_a_response_journaled_whole_by_an_earlier_version_still_rebuilds() -> No
     assert guard_module.model_response(journaled) == response
 
 
-def test_fields_are_read_without_an_instance_dict_or_with_one_left_at_its_class_default() -> None:
+
+
+def test_fields_are_read_with_or_without_an_instance_dict_and_at_their_class_defaults() -> None:
     import dataclasses
 
     from castor.frameworks._pydantic_ai_json import _Fields
@@ -109,3 +111,4 @@ def test_fields_are_read_without_an_instance_dict_or_with_one_left_at_its_class_
     assert fields.present(Slotted(b=0)) == {"b": 0}
     assert fields.present(sparse) == {"b": 0}
     assert fields.present(Slotted(a="x", b=1)) == {"a": "x", "b": 1}
+    assert _Fields(["a"]).present(Slotted(a="x")) == {"a": "x"}
