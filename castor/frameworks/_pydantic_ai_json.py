@@ -10,16 +10,25 @@ from the messages' dataclass fields:
   guard then dumps with the adapter (an image, a pydantic model as a tool's return, a part kind not read
   here). ``tests/frameworks/test_pydantic_ai_json.py`` holds both forms equal.
 - ``compact``: a message's fields that differ from their defaults, its kind and its parts' kinds always,
-  as JSON: the adapter validates it back into an equal message (the defaults fill the rest).
+  as JSON: the adapter validates it back into an equal message (the defaults fill the rest). A
+  ``RequestUsage`` is journaled as the counts its instance holds (those it was given), not as its
+  serializer's dump of every count.
+
+``compact`` reads a response (twenty fields, nearly all None) with ``attrgetter`` and drops the None ones
+with C-level iterators, and takes a part whose values are all strings as it is, so Python runs only for the
+fields that hold something else.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from itertools import compress, repeat
+from operator import attrgetter, is_not
 from typing import Any
 
 from pydantic_ai.messages import SystemPromptPart, TextPart, ToolCallPart, ToolReturnPart, UserPromptPart
+from pydantic_ai.usage import RequestUsage
 from pydantic_core import to_jsonable_python
 
 from castor.frameworks._common import IdentityCache
@@ -28,6 +37,7 @@ from castor.llm.cost import NotPlain, plain_sized
 _READ = frozenset({UserPromptPart, SystemPromptPart, ToolReturnPart, TextPart, ToolCallPart})
 _REQUIRED = object()
 _KINDS = ("kind", "part_kind")  # the adapter's discriminators: always journaled
+_NONES = repeat(None)  # never exhausted: shared by every map(is_not, values, _NONES)
 
 
 def _field_defaults(cls: type) -> dict[str, Any]:
@@ -45,20 +55,97 @@ def _field_defaults(cls: type) -> dict[str, Any]:
 _defaults = IdentityCache(_field_defaults, size=128)
 
 
+def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """The values of fields ``names`` of an object, as a tuple (``attrgetter``, whatever their number)."""
+    if len(names) == 1:
+        one = attrgetter(names[0])
+        return lambda x: (one(x),)
+    return attrgetter(*names) if names else (lambda _: ())
+
+
+class _Fields:
+    """Some fields of a dataclass, read together: ``present(x)`` is a dict of those whose value is not None,
+    found by C-level iterators (a response has twenty fields, nearly all None: a Python loop over them costs
+    more than the rest of converting the message). Not from the instance's ``__dict__``: reading it makes
+    CPython give the object a real dict, and every later attribute read of that message (pydantic-ai reads
+    the whole history at every step) takes the slower path."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names = tuple(names)
+        self._values = _getter(self.names)
+
+    def present(self, message: Any) -> dict[str, Any]:
+        """``{name: value}`` of the fields whose value is not None, in field order."""
+        values = self._values(message)
+        keep = list(map(is_not, values, _NONES))
+        return dict(zip(compress(self.names, keep), compress(values, keep), strict=True))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Compact:
+    """How ``compact`` reads a dataclass: its fields whose default is None (journaled when not None, with
+    no comparison), those always journaled (its kind, the required ones), those journaled when they differ
+    from their default, and whether it has parts."""
+
+    nones: _Fields
+    always: tuple[str, ...]
+    always_values: Callable[[Any], tuple[Any, ...]]
+    compared: tuple[tuple[str, Any], ...]
+    parts: bool
+
+
+# Per dataclass (a handful of classes, kept for the process): how ``compact`` reads it.
+_COMPACT: dict[type, _Compact] = {}
+
+
+def _compact_shape(cls: type) -> _Compact:
+    shape = _COMPACT.get(cls)
+    if shape is None:
+        defaults = _field_defaults(cls)
+        always = tuple(n for n, d in defaults.items() if n != "parts" and (n in _KINDS or d is _REQUIRED))
+        shape = _COMPACT[cls] = _Compact(
+            nones=_Fields(n for n, d in defaults.items() if d is None), always=always, always_values=_getter(always),
+            compared=tuple((n, d) for n, d in defaults.items()
+                           if d is not None and d is not _REQUIRED and n not in _KINDS and n != "parts"),
+            parts="parts" in defaults,
+        )
+    return shape
+
+
+_SCALARS = frozenset({str, int, bool, type(None)})  # their own JSON (``_json`` inlined where it runs most)
+
+
 def _json(value: Any) -> Any:
-    kind = type(value)
-    return value if kind is str or kind is int or kind is bool or value is None else to_jsonable_python(value)
+    return value if type(value) in _SCALARS else to_jsonable_python(value)
+
+
+def _usage(usage: RequestUsage) -> dict[str, Any]:
+    """A ``RequestUsage`` as its instance's own values: it keeps only the counts it was given (and any
+    extra key), which the adapter validates back (its serializer and ``==`` run Python for every field)."""
+    return {k: v if type(v) in _SCALARS else to_jsonable_python(v) for k, v in vars(usage).items()
+            if v or k != "details"}
 
 
 def compact(message: Any) -> dict[str, Any]:
     """``message`` (a dataclass) as JSON holding only what its defaults do not say (parts part by part)."""
-    out: dict[str, Any] = {}
-    for name, default in _defaults(type(message)).items():
+    shape = _compact_shape(type(message))
+    out = shape.nones.present(message)
+    out.update(zip(shape.always, shape.always_values(message), strict=True))
+    if not _SCALARS.issuperset(map(type, out.values())):  # C-level: usually strings only
+        for name, value in out.items():
+            if type(value) not in _SCALARS:
+                out[name] = to_jsonable_python(value)
+    for name, default in shape.compared:
         value = getattr(message, name)
-        if name == "parts":
-            out[name] = [compact(part) if dataclasses.is_dataclass(part) else _json(part) for part in value]
-        elif name in _KINDS or default is _REQUIRED or (value is not default and value != default):
+        if type(value) is RequestUsage:
+            usage = _usage(value)
+            if usage:
+                out[name] = usage
+        elif value is not default and value != default:
             out[name] = _json(value)
+    if shape.parts:
+        out["parts"] = [compact(part) if type(part) in _COMPACT or dataclasses.is_dataclass(part) else _json(part)
+                        for part in message.parts]
     return out
 
 

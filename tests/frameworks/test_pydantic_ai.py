@@ -247,3 +247,29 @@ async def test_tools_in_a_toolset_of_their_own_are_guarded_too() -> None:
     await k.approve(cp)
     cp = await k.run(main_of(agent), checkpoint=cp)
     assert cp.status == "COMPLETED" and len(script.asked) == 3
+
+
+async def test_the_journaled_response_keeps_only_the_usage_the_model_reported() -> None:
+    agent = agent_of(scripted(Script()))
+    cp = await kernel(agent).run(main_of(agent), pid="pa-usage")
+    assert cp.status == "SUSPENDED_FOR_HITL"
+    message = cp.syscall_log[0].response["message"]
+    assert message["usage"] == {"input_tokens": 10, "output_tokens": 5}  # not pydantic-ai's dump of every count
+
+
+async def test_a_guarded_request_runs_pydantic_ais_per_request_machinery_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pydantic_ai.models as models
+
+    opened = models._open_request_download_budget
+    budgets: list[int] = []
+
+    def counted() -> Any:
+        budgets.append(1)
+        return opened()
+
+    monkeypatch.setattr(models, "_open_request_download_budget", counted)
+    script = Script()
+    agent = agent_of(scripted(script))
+    cp = await kernel(agent).run(main_of(agent))
+    assert cp.status == "SUSPENDED_FOR_HITL" and len(script.asked) == 2
+    assert len(budgets) == 2  # the wrapped model's own, one per request: none for the guard around it

@@ -53,6 +53,7 @@ RESPONSES = [
                   model_name="m", provider_name="p", provider_response_id="r1", finish_reason="stop",
                   provider_details={"x": [1]}, timestamp=datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)),
     ModelResponse(parts=[ThinkingPart("hmm", signature="s"), TextPart("a"), TextPart("b")]),
+    ModelResponse(parts=[TextPart("a")], usage=RequestUsage(input_tokens=7, cache_read_tokens=3, details={"r": 2})),
 ]
 
 
@@ -68,7 +69,7 @@ def test_a_message_read_from_its_fields_is_the_request_pydantic_ais_dump_gives(m
 def test_parts_that_are_not_plain_json_are_left_to_pydantic_ais_dump() -> None:
     read = [request_parts(m, guard_module.VOLATILE, guard_module._plain) is not None for m in REQUESTS]
     assert read == [True, True, True, True, False, False, False, True]
-    assert request_parts(RESPONSES[-1], guard_module.VOLATILE, guard_module._plain) is None  # a ThinkingPart
+    assert request_parts(RESPONSES[3], guard_module.VOLATILE, guard_module._plain) is None  # a ThinkingPart
 
 
 @pytest.mark.parametrize("response", RESPONSES, ids=lambda m: type(m).__name__)
@@ -86,3 +87,28 @@ def test_a_response_journaled_whole_by_an_earlier_version_still_rebuilds() -> No
     journaled = {**guard_module.response_json(response),
                  "message": ModelMessagesTypeAdapter.dump_python([response], mode="json")[0]}
     assert guard_module.model_response(journaled) == response
+
+
+
+
+def test_fields_are_read_with_or_without_an_instance_dict_and_at_their_class_defaults() -> None:
+    import dataclasses
+
+    from castor.frameworks._pydantic_ai_json import _Fields
+
+    @dataclasses.dataclass(slots=True)
+    class Slotted:
+        a: str | None = None
+        b: int | None = None
+
+    class Sparse:  # sets only what it is given, as pydantic-ai's usage does
+        a: str | None = None
+        b: int | None = None
+
+    sparse = Sparse()
+    sparse.b = 0
+    fields = _Fields(["a", "b"])
+    assert fields.present(Slotted(b=0)) == {"b": 0}
+    assert fields.present(sparse) == {"b": 0}
+    assert fields.present(Slotted(a="x", b=1)) == {"a": "x", "b": 1}
+    assert _Fields(["a"]).present(Slotted(a="x")) == {"a": "x"}
