@@ -30,6 +30,7 @@ yields the journaled message as one chunk without calling the model.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
+from functools import cached_property
 from typing import Any
 
 from langchain_core.globals import get_verbose
@@ -183,6 +184,12 @@ class GuardedChatModel(BaseChatModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         return {"guarded": self.inner._identifying_params}
+
+    @cached_property
+    def _serialized(self) -> dict[str, Any]:
+        """What LangChain hands its callbacks and tracers for this model at each call: the wrapped model's
+        own (a trace shows the model the agent uses, as unguarded), rather than the repr of both."""
+        return self.inner._serialized
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
                   **kwargs: Any) -> ChatResult:

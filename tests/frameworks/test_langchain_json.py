@@ -76,4 +76,5 @@ def test_a_guarded_model_copied_from_the_first_is_the_one_validation_makes() -> 
     assert copied.inner is second and copied.model_id == "fake-messages-list-chat-model"
     assert copied.__dict__ == type(copied)(inner=second, model_id=copied.model_id).__dict__
     assert "_serialized" not in copied.__dict__  # not the template's, which names another model
+    assert copied._serialized == second._serialized  # a tracer sees the model the agent uses, as unguarded
     assert copied.metadata is not guard_module.guard(first).metadata
