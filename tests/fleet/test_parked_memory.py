@@ -94,12 +94,12 @@ async def test_an_errand_is_let_go_once_done(redis_url: str, redis_prefix: str, 
         pids = [await co.ops.client.submit(backend, new_run(agent_spec("park_only"), TOOLS)) for _ in range(5)]
         for pid in pids:
             assert await co.ops.client.cancel(backend, pid, "test") == "cancel requested"
-        for _ in pids:
-            taken = await co.ops.take(timeout=1)
+        for _ in pids:  # generous waits: a loaded machine may take seconds to answer, which is not the point
+            taken = await co.ops.take(timeout=10)
             assert taken in pids
             await co.slots.acquire()
             await co._lease(taken)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while errands_kept() and any(task.done() is False for task in errands_kept()):
             assert time.monotonic() < deadline, "the errands did not finish"
             await asyncio.sleep(0.02)
