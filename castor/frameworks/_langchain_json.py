@@ -1,5 +1,5 @@
 """LangChain response messages as the journal keeps them: the fields a replay needs besides the text
-and tool calls of Castor's response keys (``castor.frameworks.langchain.response_json``).
+and tool calls of Castor's response keys (``castor.frameworks._langchain_request.response_json``).
 
 Dumping the whole message (``message_to_dict``) and walking it again costs a live step more than the rest
 of the guard; the fields left at their defaults and the tool calls Castor journals already need not be

@@ -12,6 +12,7 @@ pytest.importorskip("langchain_core")
 from langchain_core.messages import AIMessage, AIMessageChunk, message_to_dict
 from langchain_core.outputs import ChatGeneration, ChatResult
 
+from castor.frameworks import _langchain_request as lc_request
 from castor.frameworks import langchain as guard_module
 
 MESSAGES = [
@@ -55,16 +56,16 @@ def test_a_response_journaled_whole_by_castor_kernel_0_6_0_still_rebuilds() -> N
 def test_the_next_request_reads_the_answer_from_its_journaled_response() -> None:
     for message in MESSAGES:
         response = journaled(message)
-        guard_module._remember(message, response)
-        assert guard_module._cached_message(message) == guard_module._message_json(message)
+        lc_request.remember(message, response)
+        assert lc_request._cached_message(message) == lc_request._message_json(message)
 
 
 def test_an_answer_with_usage_and_ids_is_remembered_for_the_next_request() -> None:
     # What a provider's model answers: usage and an id beside the tool call.
     message = AIMessage(content="", tool_calls=[{"name": "search", "args": {"query": "q3"}, "id": "c3"}],
                         usage_metadata={"input_tokens": 3, "output_tokens": 2, "total_tokens": 5}, id="lc_run-2")
-    guard_module._remember(message, journaled(message))
-    assert guard_module._cached_message._entries[id(message)][0] is message  # not converted again
+    lc_request.remember(message, journaled(message))
+    assert lc_request._cached_message._entries[id(message)][0] is message  # not converted again
 
 
 def test_a_guarded_model_copied_from_the_first_is_the_one_validation_makes() -> None:
