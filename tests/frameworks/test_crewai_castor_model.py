@@ -21,34 +21,17 @@ with offline():
     from crewai import Agent, Crew, Task
     from crewai.events.event_bus import crewai_event_bus
     from crewai.events.types.llm_events import LLMStreamChunkEvent
-    from crewai.tools import tool
 
 from castor import Castor
 from castor.frameworks.crewai import CastorLLM, kickoff, tools_of
 from castor.llm import ModelResponse, Scripted
+from tests.frameworks.test_crewai import act, delete_file, search  # the same tools and text-mode actions
 
 pytestmark = [
     pytest.mark.crewai, pytest.mark.filterwarnings("ignore::DeprecationWarning"),
     pytest.mark.usefixtures("crewai_offline"),
 ]
 MODEL = "scripted-model"
-
-
-@tool("search")
-def search(query: str) -> str:
-    """Search the logs."""
-    return f"found {query}"
-
-
-@tool("delete_file")
-def delete_file(path: str) -> str:
-    """Delete a file."""
-    return f"deleted {path}"
-
-
-def act(name: str, arguments: str) -> str:
-    return f"Thought: next\nAction: {name}\nAction Input: {arguments}"
-
 
 SCRIPT = [act("search", '{"query": "old logs"}'), act("delete_file", '{"path": "/tmp/old"}'),
           "Thought: I now know the final answer\nFinal Answer: done"]
