@@ -52,6 +52,7 @@ from castor.frameworks._common import (
     model_step,
     refuse,
     schema_function,
+    signature_once,
 )
 from castor.frameworks._langchain_graph import replace_node_models, swapped
 from castor.frameworks._langchain_request import canonical_request, chat_result, remember, response_json
@@ -94,6 +95,7 @@ class GuardedChatModel(BaseChatModel):
             "a guarded chat model runs in a Castor run's async agent: call it with ainvoke/astream, not invoke"
         )
 
+    @signature_once
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
                          **kwargs: Any) -> ChatResult:
         model = self.model_id or _model_ids(self.inner)

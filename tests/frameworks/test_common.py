@@ -16,6 +16,7 @@ from castor.frameworks._common import (
     call_tool,
     first_suspension,
     schema_function,
+    signature_once,
     suspensions_pass,
 )
 from castor.kernel.context import Suspend
@@ -136,3 +137,14 @@ def test_an_identity_cache_survives_another_thread_dropping_its_oldest_entry_fir
     cache._entries = RacedDict()
     kept = [object() for _ in range(4)]
     assert [cache(m)["converted"] for m in kept] == kept
+
+
+def test_a_signature_built_once_is_what_inspect_gives_a_method_and_its_bound_form() -> None:
+    class Model:
+        @signature_once
+        async def _agenerate(self, messages: list[Any], stop: Any = None, run_manager: Any = None,
+                             **kwargs: Any) -> None: ...
+
+    bound = inspect.signature(Model()._agenerate)
+    assert list(bound.parameters) == ["messages", "stop", "run_manager", "kwargs"]  # LangChain asks for run_manager
+    assert inspect.signature(Model._agenerate) is inspect.signature(Model._agenerate)  # built once, not per call

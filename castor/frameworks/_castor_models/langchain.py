@@ -15,6 +15,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from castor.errors import UnsupportedError
 from castor.frameworks._castor_models._ask import ask, ask_stream, call_id, text_of, tool_spec
+from castor.frameworks._common import signature_once
 from castor.llm.types import ModelResponse
 
 _ROLES = {"system": "system", "human": "user", "ai": "assistant", "tool": "tool"}
@@ -108,6 +109,7 @@ class CastorChatModel(BaseChatModel):
             "CastorChatModel runs in a Castor run's async agent: call it with ainvoke/astream, not invoke"
         )
 
+    @signature_once
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
                          **kwargs: Any) -> ChatResult:
         response = await ask(**self._call(messages, stop, kwargs))
