@@ -3,8 +3,8 @@
 The contract tells every framework the same story, in neutral words: a janitor agent asked to "clean up old
 logs" searches the logs, deletes ``/tmp/old`` (the destructive tool) and says "done". ``SCRIPT`` is that
 story as the model's turns; an adapter turns a script into its framework's scripted model and its agent,
-and reads back what the model was asked. Each framework's adapter sits at the top of its test file, next to
-the scripted model it uses (``tests/frameworks/test_<framework>.py``).
+and reads back what the model was asked. Each framework's adapter sits in its test file
+(``tests/frameworks/test_<framework>.py``, ``CASES``), right after the scripted model it drives.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Any, Protocol
 from castor import AgentCheckpoint, Castor
 
 PROMPT = "clean up old logs"
-TOOLS = ("search", "delete_file")  # delete_file is the destructive one
 # What every scripted model reports for each call (10 tokens in, 5 out), as Castor charges it, and how
 # ``castor inspect`` prints the model's call to delete_file then.
 USAGE = {"input_tokens": 10, "output_tokens": 5, "tokens": 15}

@@ -23,8 +23,8 @@ model call Castor should have served from the journal shows up in the counts. In
 10. A tool Castor cannot call (a schema it cannot express, an argument it cannot pass) is refused at
     ``guard()`` (and ``tools_of()``), every time, with one line naming the framework and the tool.
 
-A framework joins by an adapter (``contract.FrameworkCase``; each sits at the top of the framework's test
-file) and a line in ``FRAMEWORKS``. A framework that is not installed is skipped, saying so; CrewAI's cases
+A framework joins by an adapter (``contract.FrameworkCase``, in the framework's test file) and a line in
+``FRAMEWORKS``. A framework that is not installed is skipped, saying so; CrewAI's cases
 carry the ``crewai`` marker, deselected where CrewAI is missing like the rest of its tests (it cannot share
 the dev venv; ``.ci/run`` runs them with ``-m crewai`` in a venv of its own).
 """
