@@ -1,7 +1,8 @@
 """CrewAI's tests need ``castor[crewai]``, which cannot share a venv with the dev extra (CrewAI pins openai<3,
 the OpenAI Agents SDK needs openai>=3). Where CrewAI is not installed its module is not collected at all;
 ``.ci/run`` runs it (``pytest -m crewai``) in a venv of its own, so CI never counts it as skipped or passed
-without running it."""
+without running it. The contract's CrewAI cases (``test_contract.py``) carry the ``crewai`` marker, which
+tests/conftest.py deselects where CrewAI is missing."""
 
 import importlib.util
 

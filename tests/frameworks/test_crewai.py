@@ -10,10 +10,9 @@ to stream (``Crew(stream=True)`` sets it on the agent's LLM, the guarded one), i
 
 from __future__ import annotations
 
-import asyncio
-import io
-from contextlib import redirect_stdout
-from pathlib import Path
+import ast
+import json
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -30,10 +29,9 @@ with offline():
 from pydantic import Field
 
 from castor import Castor
-from castor.errors import ReplayDivergenceError
-from castor.frameworks._common import UnsupportedToolError
 from castor.frameworks.crewai import MessageParts, guard, kickoff, tools_of
-from castor.llm import ModelRefusedError
+from tests.frameworks.contract import PROMPT, SCRIPT, Call, Refusal, ToolResult, Turn, numbered
+from tests.frameworks.crewai_offline import OFFLINE
 
 # CrewAI's own code reads its deprecated fields (function_calling_llm, ...) when an Agent or a Crew is built.
 pytestmark = [
@@ -115,108 +113,58 @@ def kernel(**options: Any) -> Castor:
     return Castor(tools=tools_of([search, delete_file]), destructive=["delete_file"], **options)
 
 
-async def test_a_destructive_tool_suspends_the_crew_through_its_tool_error_handling() -> None:
-    llm = scripted()
-    cp = await kernel().run(main_of(llm))
-    assert cp.status == "SUSPENDED_FOR_HITL"
-    assert (cp.pending_step, cp.pending_tool) == (3, "delete_file")
-    assert [r.tool_name for r in cp.syscall_log] == ["model:scripted", "search", "model:scripted"]
-    assert len(llm.asked) == 2  # the suspension did not go back to the model as a tool error
+class CrewAICase:
+    """The contract (``test_contract.py``) as a one-agent crew in text (ReAct) mode, run by ``kickoff``."""
+
+    framework = "CrewAI"
+    model_name = "scripted"
+    tool_result_word = "the 'Observation:' CrewAI appends to the assistant's action (the result's repr)"
+    call_ids = False  # text mode: no call ids
+    inspected_call = "Action: delete_file"
+    reports_usage = False  # a CrewAI LLM answers text only: Castor counts the tokens itself
+
+    def environment(self) -> dict[str, str]:
+        return dict(OFFLINE)
+
+    def scripted(self, turns: Sequence[Turn] = SCRIPT, *, from_turn: int = 0) -> Scripted:
+        return scripted(*[_text(turn) for turn in numbered(turns, from_turn)])
+
+    def agent(self, model: Any, prompt: str = PROMPT) -> Any:
+        return main_of(model, prompt)
+
+    def kernel(self, **options: Any) -> Castor:
+        return kernel(**options)
+
+    def tool_result(self, model: Any) -> ToolResult:
+        answered = model.asked[-1][-2]  # the assistant's action and its observation, then CrewAI's prompt
+        assert answered["role"] == "assistant"
+        action, observation = answered["content"].split("\nObservation: ")
+        assert action == DEFAULT[1]
+        return ToolResult(None, ast.literal_eval(observation))
+
+    def check_record(self, cp: Any, inspected: str) -> None:
+        request = cp.syscall_log[2].arguments["request"]
+        assert [m["role"] for m in request["messages"]] == ["system", "user", "assistant", "user"]
+        assert request["messages"][2]["content"].endswith("Observation: found old logs")
+        assert cp.syscall_log[2].response["text"] == DEFAULT[1]
+
+    def refusals(self) -> list[Refusal]:
+        @tool("tag")
+        def tag(path: str, label: str | None = None) -> str:
+            """Tag a file."""
+            return path
+
+        return [Refusal(lambda: guard(tag), "CrewAI tool 'tag' cannot be guarded: argument 'label' uses 'anyOf'",
+                        whole=False)]
 
 
-async def test_approve_then_resume_calls_the_model_once_per_step() -> None:
-    llm = scripted()
-    k = kernel()
-    cp = await k.run(main_of(llm))
-    await k.approve(cp)
-    cp = await k.run(main_of(llm), checkpoint=cp)
-    assert cp.status == "COMPLETED" and cp.result == "done"
-    assert len(llm.asked) == 3
-    assert cp.syscall_log[3].response == "deleted /tmp/old"
+def _text(turn: Turn) -> str:
+    if isinstance(turn, Call):
+        return act(turn.name, json.dumps(turn.arguments))
+    return final(turn.text)
 
 
-@pytest.mark.parametrize(("decision", "status"), [("reject", "HITL_REJECTED"), ("modify", "HITL_MODIFIED")])
-async def test_reject_and_modify_reach_the_model_as_the_observation(decision: str, status: str) -> None:
-    llm = scripted()
-    k = kernel()
-    cp = await k.run(main_of(llm))
-    getattr(k, decision)(cp, "not that file")
-    cp = await k.run(main_of(llm), checkpoint=cp)
-    assert cp.status == "COMPLETED" and cp.result == "done"
-    observed = llm.asked[-1][-2]["content"]  # the assistant's action and its observation
-    assert f"Observation: {{'status': '{status}'" in observed and "not that file" in observed
-
-
-async def test_fork_replays_the_model_calls_before_the_fork_point() -> None:
-    llm = scripted()
-    k = kernel()
-    cp = await k.run(main_of(llm), speculative=True)
-    assert cp.status == "COMPLETED" and len(llm.asked) == 3
-    later = scripted(DEFAULT[0], final("nothing to delete"))
-    forked = await k.run(main_of(later), checkpoint=cp.fork(at_step=2), speculative=True)
-    assert forked.status == "COMPLETED" and forked.result == "nothing to delete"
-    assert len(later.asked) == 1  # steps 0-1 from the journal; the model answered step 2 only
-    assert forked.syscall_log[:2] == cp.syscall_log[:2] and len(forked.syscall_log) == 3
-
-
-async def test_tools_charge_api_and_model_calls_tokens() -> None:
-    cp = await kernel(budgets={"api": 10, "tokens": 100_000}).run(main_of(scripted()), speculative=True)
-    assert cp.status == "COMPLETED"
-    charged = [r.charged for r in cp.syscall_log]
-    assert [sorted(c) for c in charged] == [["input_tokens", "output_tokens", "tokens"], ["api"]] * 2 + [
-        ["input_tokens", "output_tokens", "tokens"]]
-    assert cp.capabilities["tokens"].current_usage == sum(c.get("tokens", 0) for c in charged) > 0
-
-
-async def test_a_model_call_the_budget_cannot_cover_is_refused_before_the_model() -> None:
-    llm = scripted()
-    with pytest.raises(ModelRefusedError, match="tokens"):
-        await kernel(budgets={"tokens": 10}).run(main_of(llm))
-    assert llm.asked == []
-
-
-async def test_speculative_mode_flags_the_crews_destructive_calls() -> None:
-    k = kernel()
-    cp = await k.run(main_of(scripted()), speculative=True)
-    assert cp.status == "COMPLETED"
-    assert [(f.index, f.tool_name) for f in k.scan(cp).flagged] == [(3, "delete_file")]
-
-
-async def test_a_model_step_is_one_readable_record(tmp_path: Path) -> None:
-    from castor.cli import main
-
-    db = tmp_path / "castor.db"
-    cp = await kernel(store=f"sqlite:///{db}").run(main_of(scripted()), pid="crew-inspect")
-    request = cp.syscall_log[2].arguments["request"]
-    assert [m["role"] for m in request["messages"]] == ["system", "user", "assistant", "user"]
-    assert request["messages"][2]["content"].endswith("Observation: found old logs")
-    assert cp.syscall_log[2].response["text"] == DEFAULT[1]
-    out = io.StringIO()
-    with redirect_stdout(out):
-        assert await asyncio.to_thread(main, ["--db", str(db), "inspect", "crew-inspect"]) == 0
-    assert "[2] model scripted: " in out.getvalue() and "Action: delete_file" in out.getvalue()
-
-
-async def test_a_different_request_at_a_journaled_step_raises_naming_the_step() -> None:
-    llm = scripted()
-    k = kernel()
-    cp = await k.run(main_of(llm))
-    await k.approve(cp)
-    with pytest.raises(ReplayDivergenceError) as caught:
-        await k.run(main_of(llm, prompt="clean up everything"), checkpoint=cp)
-    assert caught.value.step == 0
-
-
-def test_a_tool_castor_cannot_call_is_refused_at_guard() -> None:
-    @tool("tag")
-    def tag(path: str, label: str | None = None) -> str:
-        """Tag a file."""
-        return path
-
-    for _ in range(2):  # refused at every guard(), not only the first (a tool's check is remembered once it passed)
-        with pytest.raises(UnsupportedToolError) as caught:
-            guard(tag)
-        assert str(caught.value).startswith("CrewAI tool 'tag' cannot be guarded: argument 'label' uses 'anyOf'")
+CASES = {"crewai": CrewAICase()}
 
 
 async def test_a_streaming_crew_reads_the_guarded_llms_chunks_and_suspends() -> None:

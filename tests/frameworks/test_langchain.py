@@ -2,17 +2,14 @@
 
 The model is langchain-core's ``GenericFakeChatModel``: it answers from an iterator, so a model call that
 Castor should have served from the journal would take the next scripted answer and break the run (and
-the call counts below).
+the call counts). ``LangChainCase`` runs the framework contract (``test_contract.py``) with it, once per agent
+factory; the tests below are LangGraph's own.
 """
 
 from __future__ import annotations
 
-import asyncio
-import io
 import json
-from collections.abc import Iterator
-from contextlib import redirect_stdout
-from pathlib import Path
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -31,10 +28,9 @@ from langgraph.prebuilt import create_react_agent
 from pydantic import Field
 
 from castor import Castor
-from castor.errors import ReplayDivergenceError, UnsupportedError
-from castor.frameworks._common import UnsupportedToolError
+from castor.errors import UnsupportedError
 from castor.frameworks.langchain import guard, tools_of
-from castor.llm import ModelRefusedError
+from tests.frameworks.contract import INSPECTED_CALL, PROMPT, SCRIPT, Call, Refusal, ToolResult, Turn
 
 pytestmark = pytest.mark.filterwarnings("ignore:create_react_agent has been moved")
 
@@ -103,115 +99,83 @@ def kernel(**options: Any) -> Castor:
     return Castor(tools=tools_of(TOOLS), destructive=["delete_file"], **options)
 
 
-async def test_a_destructive_tool_suspends_the_graph_and_no_model_message_carries_it(factory: Any) -> None:
-    model = model_of(script())
-    cp = await kernel().run(agent_of(factory, model))
-    assert cp.status == "SUSPENDED_FOR_HITL"
-    assert (cp.pending_step, cp.pending_tool) == (3, "delete_file")
-    assert [r.tool_name for r in cp.syscall_log] == ["model:generic-fake-chat-model", "search",
-                                                     "model:generic-fake-chat-model"]
-    assert len(model.asked) == 2  # the suspension stopped the loop: no ToolMessage went back to the model
+class LangChainCase:
+    """The contract (``test_contract.py``) as a LangGraph ReAct agent built by ``factory``."""
+
+    framework = "LangChain"
+    model_name = "generic-fake-chat-model"
+    tool_result_word = "a ToolMessage (its content JSON)"
+    call_ids = True
+    inspected_call = INSPECTED_CALL
+    reports_usage = True  # USAGE: 10 in, 5 out
+
+    def __init__(self, factory: Any) -> None:
+        self.factory = factory
+
+    def environment(self) -> dict[str, str]:
+        return {}
+
+    def scripted(self, turns: Sequence[Turn] = SCRIPT, *, from_turn: int = 0) -> ScriptedChat:
+        # The fake chat model answers from an iterator: its first answer is the turn it is first asked.
+        return model_of(iter([_message(turn) for turn in turns]))
+
+    def agent(self, model: Any, prompt: str = PROMPT) -> Any:
+        return agent_of(self.factory, model, prompt)
+
+    def kernel(self, **options: Any) -> Castor:
+        return kernel(**options)
+
+    def tool_result(self, model: Any) -> ToolResult:
+        seen = model.asked[-1][-1]
+        assert isinstance(seen, ToolMessage)
+        return ToolResult(seen.tool_call_id, json.loads(str(seen.content)))
+
+    def check_record(self, cp: Any, inspected: str) -> None:
+        record = cp.syscall_log[0]
+        assert record.arguments == {"request": {
+            "messages": [{"role": "human", "content": "clean up old logs"}],
+            "tools": [_schema("search", "Search the logs.", "query"),
+                      _schema("delete_file", "Delete a file.", "path")],
+        }}
+        assert record.response["tool_calls"] == [{"id": "c1", "name": "search", "arguments": {"query": "old logs"}}]
+        # LangChain's message: only what the text and the tool calls above do not say (its fields at their
+        # defaults left out), rebuilt into the very message on replay.
+        assert record.response["lc_message"] == {"type": "ai", "usage_metadata": USAGE}
+        assert ('model generic-fake-chat-model: human: "clean up old logs" (tools: search, delete_file) -> "" '
+                'calls search({"query": "old logs"}) [tool_calls] (tokens in 10 / out 5)') in inspected
+
+    def refusals(self) -> list[Refusal]:
+        either = StructuredTool(
+            name="pick", description="Pick one.", func=lambda **kw: kw,
+            args_schema={"type": "object", "properties": {"x": {"oneOf": [{"type": "string"}, {"type": "integer"}]}}},
+        )
+
+        def tagged(path: str, user: Annotated[str, InjectedToolArg]) -> str:
+            """Tag a file."""
+            return path + user
+
+        injected = "LangChain tool 'tagged' cannot be guarded: argument 'user'"
+        return [
+            Refusal(lambda: guard(either), "LangChain tool 'pick' cannot be guarded: argument 'x' uses 'oneOf', "
+                                           "which Castor's argument schema cannot express"),
+            Refusal(lambda: guard([lc_tool(tagged)]), injected, whole=False),
+            Refusal(lambda: tools_of([lc_tool(tagged)]), injected, whole=False),
+        ]
 
 
-async def test_approve_then_resume_calls_the_model_once_per_step(factory: Any) -> None:
-    model = model_of(script())
-    k = kernel()
-    agent = agent_of(factory, model)
-    cp = await k.run(agent)
-    await k.approve(cp)
-    cp = await k.run(agent, checkpoint=cp)
-    assert cp.status == "COMPLETED" and cp.result == "done"
-    assert len(model.asked) == 3  # steps 0 and 2 came from the journal on resume
-    assert cp.syscall_log[3].response == "deleted /tmp/old"
+def _message(turn: Turn) -> AIMessage:
+    if isinstance(turn, Call):
+        return call(turn.name, turn.id, **turn.arguments)
+    return AIMessage(content=turn.text, usage_metadata=USAGE)
 
 
-@pytest.mark.parametrize(("decision", "status"), [("reject", "HITL_REJECTED"), ("modify", "HITL_MODIFIED")])
-async def test_reject_and_modify_reach_the_model_as_the_tool_message(decision: str, status: str, factory: Any) -> None:
-    model = model_of(script())
-    k = kernel()
-    agent = agent_of(factory, model)
-    cp = await k.run(agent)
-    getattr(k, decision)(cp, "not that file")
-    cp = await k.run(agent, checkpoint=cp)
-    assert cp.status == "COMPLETED" and cp.result == "done"
-    answer = model.asked[-1][-1]
-    assert isinstance(answer, ToolMessage) and answer.tool_call_id == "c2"
-    assert json.loads(str(answer.content)) == {"status": status, "human_feedback": "not that file"}
-
-
-async def test_fork_replays_the_model_calls_before_the_fork_point(factory: Any) -> None:
-    model = model_of(script())
-    k = kernel()
-    agent = agent_of(factory, model)
-    cp = await k.run(agent, speculative=True)
-    assert cp.status == "COMPLETED" and len(model.asked) == 3
-    # Fork at step 2 (the second model call): steps 0-1 from the journal, the model answers from step 2 on.
-    later = model_of(iter([call("delete_file", "c9", path="/tmp/other"), AIMessage(content="done again")]))
-    forked = await k.run(agent_of(factory, later), checkpoint=cp.fork(at_step=2), speculative=True)
-    assert forked.status == "COMPLETED" and forked.result == "done again"
-    assert len(later.asked) == 2 and len(model.asked) == 3
-    assert forked.syscall_log[:2] == cp.syscall_log[:2]
-    assert forked.syscall_log[3].arguments == {"path": "/tmp/other"}
-
-
-async def test_tools_charge_api_and_model_calls_the_tokens_the_model_reports(factory: Any) -> None:
-    model = model_of(script())
-    cp = await kernel(budgets={"api": 10, "tokens": 10_000}).run(agent_of(factory, model), speculative=True)
-    assert cp.status == "COMPLETED"
-    models = [r for r in cp.syscall_log if r.tool_name.startswith("model:")]
-    assert [r.charged for r in models] == [{"input_tokens": 10, "output_tokens": 5, "tokens": 15}] * 3
-    assert [r.charged for r in cp.syscall_log if not r.tool_name.startswith("model:")] == [{"api": 1.0}] * 2
-    assert cp.capabilities["tokens"].current_usage == 45 and cp.capabilities["api"].current_usage == 2
-
-
-async def test_a_model_call_the_budget_cannot_cover_is_refused_before_the_model(factory: Any) -> None:
-    model = model_of(script())
-    with pytest.raises(ModelRefusedError, match="tokens"):
-        await kernel(budgets={"tokens": 10}).run(agent_of(factory, model))
-    assert model.asked == []
-
-
-async def test_speculative_mode_flags_the_graphs_destructive_calls(factory: Any) -> None:
-    k = kernel()
-    cp = await k.run(agent_of(factory, model_of(script())), speculative=True)
-    summary = k.scan(cp)
-    assert [(f.index, f.tool_name) for f in summary.flagged] == [(3, "delete_file")]
-
-
-async def test_a_model_step_is_one_readable_record(tmp_path: Path, factory: Any) -> None:
-    from castor.cli import main
-
-    db = tmp_path / "castor.db"
-    k = kernel(store=f"sqlite:///{db}")
-    cp = await k.run(agent_of(factory, model_of(script())), pid="lc-inspect")
-    record = cp.syscall_log[0]
-    assert record.arguments == {"request": {
-        "messages": [{"role": "human", "content": "clean up old logs"}],
-        "tools": [_schema("search", "Search the logs.", "query"), _schema("delete_file", "Delete a file.", "path")],
-    }}
-    assert record.response["tool_calls"] == [{"id": "c1", "name": "search", "arguments": {"query": "old logs"}}]
-    # LangChain's message: only what the text and the tool calls above do not say (its fields at their
-    # defaults left out), rebuilt into the very message on replay.
-    assert record.response["lc_message"] == {"type": "ai", "usage_metadata": USAGE}
-    out = io.StringIO()
-    with redirect_stdout(out):
-        assert await asyncio.to_thread(main, ["--db", str(db), "inspect", "lc-inspect"]) == 0
-    assert ('model generic-fake-chat-model: human: "clean up old logs" (tools: search, delete_file) -> "" calls '
-            'search({"query": "old logs"}) [tool_calls] (tokens in 10 / out 5)') in out.getvalue()
+CASES = {"langchain-create_agent": LangChainCase(create_agent),
+         "langchain-create_react_agent": LangChainCase(create_react_agent)}
 
 
 def _schema(name: str, description: str, argument: str) -> dict[str, Any]:
     return {"name": name, "description": description, "parameters": {
         "type": "object", "properties": {argument: {"type": "string"}}, "required": [argument]}}
-
-
-async def test_a_different_request_at_a_journaled_step_raises_naming_the_step(factory: Any) -> None:
-    k = kernel()
-    cp = await k.run(agent_of(factory, model_of(script())))
-    await k.approve(cp)
-    with pytest.raises(ReplayDivergenceError) as caught:
-        await k.run(agent_of(factory, model_of(script()), prompt="clean up everything"), checkpoint=cp)
-    assert caught.value.step == 0
 
 
 async def test_the_same_request_with_new_message_ids_replays(factory: Any) -> None:
@@ -244,28 +208,6 @@ def test_a_graph_with_a_checkpointer_of_its_own_is_refused(factory: Any) -> None
     graph = factory(model_of(script()), TOOLS, checkpointer=InMemorySaver())
     with pytest.raises(UnsupportedError, match="checkpointer"):
         guard(graph)
-
-
-def test_a_tool_whose_schema_castor_cannot_express_is_refused_at_guard() -> None:
-    either = StructuredTool(
-        name="pick", description="Pick one.", func=lambda **kw: kw,
-        args_schema={"type": "object", "properties": {"x": {"oneOf": [{"type": "string"}, {"type": "integer"}]}}},
-    )
-    with pytest.raises(UnsupportedToolError) as caught:
-        guard(either)
-    assert str(caught.value) == (
-        "LangChain tool 'pick' cannot be guarded: argument 'x' uses 'oneOf', which Castor's argument schema "
-        "cannot express"
-    )
-
-    def tagged(path: str, user: Annotated[str, InjectedToolArg]) -> str:
-        """Tag a file."""
-        return path + user
-
-    with pytest.raises(UnsupportedToolError, match=r"^LangChain tool 'tagged' cannot be guarded: argument 'user'"):
-        guard([lc_tool(tagged)])
-    with pytest.raises(UnsupportedToolError, match="'tagged'"):
-        tools_of([lc_tool(tagged)])
 
 
 async def test_a_suspension_among_parallel_tool_calls_suspends_the_run(factory: Any) -> None:

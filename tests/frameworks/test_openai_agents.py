@@ -2,16 +2,16 @@
 
 The scripted model answers by the conversation it is given (the n-th answer when the input holds n
 function calls already) and records every request, so a model call Castor should have served from the
-journal shows up in the counts. No network: a dummy API key, tracing disabled.
+journal shows up in the counts. No network: a dummy API key, tracing disabled. ``OpenAIAgentsCase`` runs
+the framework contract (``test_contract.py``) with it; the tests below are the SDK's own.
 """
 
 from __future__ import annotations
 
-import asyncio
-import io
+import ast
+import json
 import os
-from contextlib import redirect_stdout
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -32,10 +32,8 @@ from agents import (
 from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseOutputText
 
 from castor import Castor
-from castor.errors import ReplayDivergenceError
-from castor.frameworks._common import UnsupportedToolError
 from castor.frameworks.openai_agents import guard, tools_of
-from castor.llm import ModelRefusedError
+from tests.frameworks.contract import INSPECTED_CALL, PROMPT, SCRIPT, Call, Refusal, ToolResult, Turn, numbered
 
 set_tracing_disabled(True)
 
@@ -111,109 +109,70 @@ def kernel(agent: Agent[Any], **options: Any) -> Castor:
     return Castor(tools=tools_of(agent), destructive=["delete_file"], **options)
 
 
-async def test_a_destructive_tool_suspends_the_agent_through_the_sdks_error_handling() -> None:
-    script = Scripted()
-    agent = agent_of(script)
-    cp = await kernel(agent).run(main_of(agent))
-    assert cp.status == "SUSPENDED_FOR_HITL"
-    assert (cp.pending_step, cp.pending_tool) == (3, "delete_file")
-    assert [r.tool_name for r in cp.syscall_log] == ["model:scripted", "search", "model:scripted"]
-    assert len(script.asked) == 2  # the suspension did not go back to the model as a tool error
+class OpenAIAgentsCase:
+    """The contract (``test_contract.py``) as an Agents SDK ``Agent`` run by ``Runner.run``."""
+
+    framework = "OpenAI Agents"
+    model_name = "scripted"
+    tool_result_word = "a function_call_output item (its output the result's repr)"
+    call_ids = True
+    inspected_call = INSPECTED_CALL
+    reports_usage = True  # Scripted's Usage: 10 in, 5 out
+
+    def environment(self) -> dict[str, str]:
+        return {"OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY", "sk-castor-tests-offline")}  # as _offline_key
+
+    def scripted(self, turns: Sequence[Turn] = SCRIPT, *, from_turn: int = 0) -> Scripted:
+        return Scripted(*[_output(turn) for turn in numbered(turns, from_turn)])
+
+    def agent(self, model: Any, prompt: str = PROMPT) -> Any:
+        return main_of(agent_of(model), prompt)
+
+    def kernel(self, **options: Any) -> Castor:
+        return kernel(agent_of(Scripted()), **options)
+
+    def tool_result(self, model: Any) -> ToolResult:
+        last = model.asked[-1][-1]
+        assert last["type"] == "function_call_output"
+        return ToolResult(last["call_id"], ast.literal_eval(last["output"]))
+
+    def check_record(self, cp: Any, inspected: str) -> None:
+        request = cp.syscall_log[2].arguments["request"]
+        assert request["system"] == "Clean up."
+        assert request["input"] == [
+            {"role": "user", "content": "clean up old logs"},
+            {"type": "function_call", "name": "search", "arguments": '{"query": "old logs"}'},
+            {"type": "function_call_output", "output": "found old logs"},
+        ]
+        assert [t["name"] for t in request["tools"]] == ["search", "delete_file"]
+
+    def refusals(self) -> list[Refusal]:
+        async def tagged(ctx: RunContextWrapper[Any], path: str) -> str:
+            """Tag a file."""
+            return path
+
+        async def invoke(ctx: Any, payload: str) -> str:
+            return payload
+
+        odd = FunctionTool(name="odd", description="", on_invoke_tool=invoke, strict_json_schema=False,
+                           params_json_schema={"type": "object",
+                                               "properties": {"x": {"anyOf": [{"type": "string"}]}}})
+        tagger = Agent(name="tagger", model=Scripted(), tools=[function_tool(tagged)])
+        return [
+            Refusal(lambda: guard(tagger), "OpenAI Agents tool 'tagged' cannot be guarded: it takes the SDK's run "
+                                           "context, which Castor's executor cannot pass"),
+            Refusal(lambda: tools_of(Agent(name="odd", model=Scripted(), tools=[odd])),
+                    "OpenAI Agents tool 'odd' cannot be guarded: argument 'x'", whole=False),
+        ]
 
 
-async def test_approve_then_resume_calls_the_model_once_per_step() -> None:
-    script = Scripted()
-    agent = agent_of(script)
-    k = kernel(agent)
-    cp = await k.run(main_of(agent))
-    await k.approve(cp)
-    cp = await k.run(main_of(agent), checkpoint=cp)
-    assert cp.status == "COMPLETED" and cp.result == "done"
-    assert len(script.asked) == 3
-    assert cp.syscall_log[3].response == "deleted /tmp/old"
+def _output(turn: Turn) -> list[Any]:
+    if isinstance(turn, Call):
+        return [call(turn.name, json.dumps(turn.arguments), turn.id)]
+    return [say(turn.text)]
 
 
-@pytest.mark.parametrize(("decision", "status"), [("reject", "HITL_REJECTED"), ("modify", "HITL_MODIFIED")])
-async def test_reject_and_modify_reach_the_model_as_the_function_call_output(decision: str, status: str) -> None:
-    script = Scripted()
-    agent = agent_of(script)
-    k = kernel(agent)
-    cp = await k.run(main_of(agent))
-    getattr(k, decision)(cp, "not that file")
-    cp = await k.run(main_of(agent), checkpoint=cp)
-    assert cp.status == "COMPLETED" and cp.result == "done"
-    last = script.asked[-1][-1]
-    assert last["type"] == "function_call_output" and last["call_id"] == "c2"
-    assert f"'status': '{status}'" in last["output"] and "not that file" in last["output"]
-
-
-async def test_fork_replays_the_model_calls_before_the_fork_point() -> None:
-    script = Scripted()
-    agent = agent_of(script)
-    k = kernel(agent)
-    cp = await k.run(main_of(agent), speculative=True)
-    assert cp.status == "COMPLETED" and len(script.asked) == 3
-    later = Scripted(DEFAULT[0], [say("nothing to delete")])
-    forked = await k.run(main_of(agent_of(later)), checkpoint=cp.fork(at_step=2), speculative=True)
-    assert forked.status == "COMPLETED" and forked.result == "nothing to delete"
-    assert len(later.asked) == 1  # steps 0-1 from the journal; the model answered step 2 only
-    assert forked.syscall_log[:2] == cp.syscall_log[:2] and len(forked.syscall_log) == 3
-
-
-async def test_tools_charge_api_and_model_calls_the_tokens_the_model_reports() -> None:
-    agent = agent_of(Scripted())
-    cp = await kernel(agent, budgets={"api": 10, "tokens": 10_000}).run(main_of(agent), speculative=True)
-    assert cp.status == "COMPLETED"
-    charged = [r.charged for r in cp.syscall_log]
-    assert charged == [{"input_tokens": 10, "output_tokens": 5, "tokens": 15}, {"api": 1.0}] * 2 + [charged[0]]
-    assert cp.capabilities["tokens"].current_usage == 45
-
-
-async def test_a_model_call_the_budget_cannot_cover_is_refused_before_the_model() -> None:
-    script = Scripted()
-    agent = agent_of(script)
-    with pytest.raises(ModelRefusedError, match="tokens"):
-        await kernel(agent, budgets={"tokens": 10}).run(main_of(agent))
-    assert script.asked == []
-
-
-async def test_speculative_mode_flags_the_agents_destructive_calls() -> None:
-    agent = agent_of(Scripted())
-    k = kernel(agent)
-    cp = await k.run(main_of(agent), speculative=True)
-    assert cp.status == "COMPLETED"
-    assert [(f.index, f.tool_name) for f in k.scan(cp).flagged] == [(3, "delete_file")]
-
-
-async def test_a_model_step_is_one_readable_record(tmp_path: Path) -> None:
-    from castor.cli import main
-
-    db = tmp_path / "castor.db"
-    agent = agent_of(Scripted())
-    cp = await kernel(agent, store=f"sqlite:///{db}").run(main_of(agent), pid="oa-inspect")
-    request = cp.syscall_log[2].arguments["request"]
-    assert request["system"] == "Clean up."
-    assert request["input"] == [
-        {"role": "user", "content": "clean up old logs"},
-        {"type": "function_call", "name": "search", "arguments": '{"query": "old logs"}'},
-        {"type": "function_call_output", "output": "found old logs"},
-    ]
-    assert [t["name"] for t in request["tools"]] == ["search", "delete_file"]
-    out = io.StringIO()
-    with redirect_stdout(out):
-        assert await asyncio.to_thread(main, ["--db", str(db), "inspect", "oa-inspect"]) == 0
-    assert '[2] model scripted: ' in out.getvalue()
-    assert 'calls delete_file({"path": "/tmp/old"}) [tool_calls] (tokens in 10 / out 5)' in out.getvalue()
-
-
-async def test_a_different_request_at_a_journaled_step_raises_naming_the_step() -> None:
-    agent = agent_of(Scripted())
-    k = kernel(agent)
-    cp = await k.run(main_of(agent))
-    await k.approve(cp)
-    with pytest.raises(ReplayDivergenceError) as caught:
-        await k.run(main_of(agent, prompt="clean up everything"), checkpoint=cp)
-    assert caught.value.step == 0
+CASES = {"openai_agents": OpenAIAgentsCase()}
 
 
 async def test_a_resume_feeds_the_model_the_journaled_answers_not_new_ones() -> None:
@@ -230,28 +189,6 @@ async def test_a_resume_feeds_the_model_the_journaled_answers_not_new_ones() -> 
     cp = await k.run(main_of(agent_of(renamed)), checkpoint=cp)
     assert cp.status == "COMPLETED" and len(renamed.asked) == 1  # only the step after the suspension
     assert renamed.asked[0][1]["call_id"] == "c1"  # the journaled answers, rebuilt as the SDK's items
-
-
-def test_a_tool_castor_cannot_call_is_refused_at_guard() -> None:
-    async def tagged(ctx: RunContextWrapper[Any], path: str) -> str:
-        """Tag a file."""
-        return path
-
-    agent = Agent(name="tagger", model=Scripted(), tools=[function_tool(tagged)])
-    with pytest.raises(UnsupportedToolError) as caught:
-        guard(agent)
-    assert str(caught.value) == (
-        "OpenAI Agents tool 'tagged' cannot be guarded: it takes the SDK's run context, which Castor's "
-        "executor cannot pass"
-    )
-
-    async def invoke(ctx: Any, payload: str) -> str:
-        return payload
-
-    odd = FunctionTool(name="odd", description="", on_invoke_tool=invoke, strict_json_schema=False,
-                       params_json_schema={"type": "object", "properties": {"x": {"anyOf": [{"type": "string"}]}}})
-    with pytest.raises(UnsupportedToolError, match=r"^OpenAI Agents tool 'odd' cannot be guarded: argument 'x'"):
-        tools_of(Agent(name="odd", model=Scripted(), tools=[odd]))
 
 
 async def test_a_hand_made_function_tool_runs_through_its_own_invoke() -> None:
@@ -318,8 +255,6 @@ def test_an_input_item_converted_in_one_walk_is_the_request_the_json_round_trip_
 @pytest.mark.parametrize("text", ['{"query": "q"}', ' {"a": [1, 2.5, null]} ', '"x"', "1e400", "", "{", "{} x",
                                   "\ufeff{}", '{"a": }'])
 def test_arguments_parse_as_json_loads_parses_them(text: str) -> None:
-    import json
-
     from castor.frameworks._openai_agents_json import loads
 
     try:

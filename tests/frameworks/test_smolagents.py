@@ -2,16 +2,16 @@
 
 The scripted model answers by the conversation it is given (the n-th answer when the messages hold n
 assistant messages already) and records every request, so a model call Castor should have served from
-the journal shows up in the counts.
+the journal shows up in the counts. ``SmolagentsCase`` runs the framework contract (``test_contract.py``)
+with it; the tests below are smolagents' own.
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
-import io
 import threading
-from contextlib import redirect_stdout
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import pytest
@@ -24,10 +24,10 @@ from smolagents.monitoring import TokenUsage
 from smolagents.utils import AgentGenerationError
 
 from castor import Castor
-from castor.errors import ReplayDivergenceError, UnsupportedError
-from castor.frameworks._common import UnsupportedToolError
+from castor.errors import UnsupportedError
 from castor.frameworks.smolagents import guard, run, tools_of
-from castor.llm import ModelRefusedError, ModelTimeoutError
+from castor.llm import ModelTimeoutError
+from tests.frameworks.contract import INSPECTED_CALL, PROMPT, SCRIPT, Call, Refusal, ToolResult, Turn, numbered
 
 
 @tool
@@ -101,114 +101,65 @@ def kernel(**options: Any) -> Castor:
     return Castor(tools=tools_of(agent_of(Scripted())), destructive=["delete_file"], **options)
 
 
-async def test_a_destructive_tool_suspends_the_agent_through_smolagents_error_handling() -> None:
-    script = Scripted()
-    cp = await kernel().run(main_of(script))
-    assert cp.status == "SUSPENDED_FOR_HITL"
-    assert (cp.pending_step, cp.pending_tool) == (3, "delete_file")
-    assert [r.tool_name for r in cp.syscall_log] == ["model:scripted", "search", "model:scripted"]
-    assert len(script.asked) == 2  # the suspension did not go back to the model as a tool error
+class SmolagentsCase:
+    """The contract (``test_contract.py``) as a smolagents ``ToolCallingAgent`` (``run``: in a worker thread)."""
+
+    framework = "smolagents"
+    model_name = "scripted"
+    tool_result_word = "a tool-response message, 'Observation:' and the result's repr"
+    call_ids = False  # smolagents' observation message names no call
+    inspected_call = INSPECTED_CALL
+    reports_usage = True  # TokenUsage(10, 5): 10 in, 5 out
+
+    def environment(self) -> dict[str, str]:
+        return {}
+
+    def scripted(self, turns: Sequence[Turn] = SCRIPT, *, from_turn: int = 0) -> Scripted:
+        return Scripted(*[_message(turn) for turn in numbered(turns, from_turn)])
+
+    def agent(self, model: Any, prompt: str = PROMPT) -> Any:
+        return main_of(model, prompt)
+
+    def kernel(self, **options: Any) -> Castor:
+        return kernel(**options)
+
+    def tool_result(self, model: Any) -> ToolResult:
+        last = model.asked[-1][-1]
+        assert role(last) == MessageRole.TOOL_RESPONSE
+        observed = text(last)
+        assert observed.startswith("Observation:\n")
+        return ToolResult(None, ast.literal_eval(observed.removeprefix("Observation:\n")))
+
+    def check_record(self, cp: Any, inspected: str) -> None:
+        request = cp.syscall_log[2].arguments["request"]
+        assert [m["role"] for m in request["messages"]] == ["system", "user", "assistant", "tool-call",
+                                                            "tool-response"]
+        assert request["messages"][-1]["content"] == [{"type": "text", "text": "Observation:\nfound old logs"}]
+        assert [t["name"] for t in request["tools"]] == ["search", "delete_file", "final_answer"]
+
+    def refusals(self) -> list[Refusal]:
+        class Resize(Tool):
+            name = "resize"
+            description = "Resize an image."
+            inputs: ClassVar[dict[str, Any]] = {"image": {"type": "image", "description": "the image"}}
+            output_type = "string"
+
+            def forward(self, image: Any) -> str:
+                return "resized"
+
+        return [Refusal(lambda: guard(agent_of(Scripted(), [Resize()])),
+                        "smolagents tool 'resize' cannot be guarded: argument 'image' has type 'image', which a "
+                        "JSON tool call cannot carry")]
 
 
-async def test_approve_then_resume_calls_the_model_once_per_step() -> None:
-    script = Scripted()
-    k = kernel()
-    cp = await k.run(main_of(script))
-    await k.approve(cp)
-    cp = await k.run(main_of(script), checkpoint=cp)
-    assert cp.status == "COMPLETED" and cp.result == "done"
-    assert len(script.asked) == 3
-    assert cp.syscall_log[3].response == "deleted /tmp/old"
+def _message(turn: Turn) -> ChatMessage:
+    """A turn as the model's message; the final answer is smolagents' final_answer tool."""
+    if isinstance(turn, Call):
+        return call(turn.name, turn.arguments, turn.id)
+    return call("final_answer", {"answer": turn.text}, "c3")
 
 
-@pytest.mark.parametrize(("decision", "status"), [("reject", "HITL_REJECTED"), ("modify", "HITL_MODIFIED")])
-async def test_reject_and_modify_reach_the_model_as_the_observation(decision: str, status: str) -> None:
-    script = Scripted()
-    k = kernel()
-    cp = await k.run(main_of(script))
-    getattr(k, decision)(cp, "not that file")
-    cp = await k.run(main_of(script), checkpoint=cp)
-    assert cp.status == "COMPLETED" and cp.result == "done"
-    last = script.asked[-1][-1]
-    assert role(last) == MessageRole.TOOL_RESPONSE
-    assert text(last).startswith("Observation:\n{") and f"'status': '{status}'" in text(last)
-    assert "not that file" in text(last)
-
-
-async def test_fork_replays_the_model_calls_before_the_fork_point() -> None:
-    script = Scripted()
-    k = kernel()
-    cp = await k.run(main_of(script), speculative=True)
-    assert cp.status == "COMPLETED" and len(script.asked) == 3
-    later = Scripted(DEFAULT[0], call("final_answer", {"answer": "nothing to delete"}, "c9"))
-    forked = await k.run(main_of(later), checkpoint=cp.fork(at_step=2), speculative=True)
-    assert forked.status == "COMPLETED" and forked.result == "nothing to delete"
-    assert len(later.asked) == 1  # steps 0-1 from the journal; the model answered step 2 only
-    assert forked.syscall_log[:2] == cp.syscall_log[:2] and len(forked.syscall_log) == 3
-
-
-async def test_tools_charge_api_and_model_calls_the_tokens_the_model_reports() -> None:
-    cp = await kernel(budgets={"api": 10, "tokens": 10_000}).run(main_of(Scripted()), speculative=True)
-    assert cp.status == "COMPLETED"
-    charged = [r.charged for r in cp.syscall_log]
-    assert charged == [{"input_tokens": 10, "output_tokens": 5, "tokens": 15}, {"api": 1.0}] * 2 + [charged[0]]
-    assert cp.capabilities["tokens"].current_usage == 45
-
-
-async def test_a_model_call_the_budget_cannot_cover_is_refused_before_the_model() -> None:
-    script = Scripted()
-    with pytest.raises(ModelRefusedError, match="tokens"):
-        await kernel(budgets={"tokens": 10}).run(main_of(script))
-    assert script.asked == []
-
-
-async def test_speculative_mode_flags_the_agents_destructive_calls() -> None:
-    k = kernel()
-    cp = await k.run(main_of(Scripted()), speculative=True)
-    assert cp.status == "COMPLETED"
-    assert [(f.index, f.tool_name) for f in k.scan(cp).flagged] == [(3, "delete_file")]
-
-
-async def test_a_model_step_is_one_readable_record(tmp_path: Path) -> None:
-    from castor.cli import main
-
-    db = tmp_path / "castor.db"
-    cp = await kernel(store=f"sqlite:///{db}").run(main_of(Scripted()), pid="smol-inspect")
-    request = cp.syscall_log[2].arguments["request"]
-    assert [m["role"] for m in request["messages"]] == ["system", "user", "assistant", "tool-call", "tool-response"]
-    assert request["messages"][-1]["content"] == [{"type": "text", "text": "Observation:\nfound old logs"}]
-    assert [t["name"] for t in request["tools"]] == ["search", "delete_file", "final_answer"]
-    out = io.StringIO()
-    with redirect_stdout(out):
-        assert await asyncio.to_thread(main, ["--db", str(db), "inspect", "smol-inspect"]) == 0
-    assert "[2] model scripted: " in out.getvalue()
-    assert 'calls delete_file({"path": "/tmp/old"}) [tool_calls] (tokens in 10 / out 5)' in out.getvalue()
-
-
-async def test_a_different_request_at_a_journaled_step_raises_naming_the_step() -> None:
-    script = Scripted()
-    k = kernel()
-    cp = await k.run(main_of(script))
-    await k.approve(cp)
-    with pytest.raises(ReplayDivergenceError) as caught:
-        await k.run(main_of(script, prompt="clean up everything"), checkpoint=cp)
-    assert caught.value.step == 0
-
-
-def test_a_tool_castor_cannot_call_is_refused_at_guard() -> None:
-    class Resize(Tool):
-        name = "resize"
-        description = "Resize an image."
-        inputs: ClassVar[dict[str, Any]] = {"image": {"type": "image", "description": "the image"}}
-        output_type = "string"
-
-        def forward(self, image: Any) -> str:
-            return "resized"
-
-    with pytest.raises(UnsupportedToolError) as caught:
-        guard(agent_of(Scripted(), [Resize()]))
-    assert str(caught.value) == ("smolagents tool 'resize' cannot be guarded: argument 'image' has type 'image', "
-                                 "which a JSON tool call cannot carry")
+CASES = {"smolagents": SmolagentsCase()}
 
 
 async def test_a_tool_subclass_runs_its_forward_and_agent_run_outside_the_runner_is_refused() -> None:
