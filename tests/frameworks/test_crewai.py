@@ -32,7 +32,8 @@ from pydantic import Field
 from castor import Castor
 from castor.errors import ReplayDivergenceError
 from castor.frameworks._common import UnsupportedToolError
-from castor.frameworks.crewai import MessageParts, guard, kickoff, tools_of
+from castor.frameworks._crewai_llm import MessageParts
+from castor.frameworks.crewai import guard, kickoff, tools_of
 from castor.llm import ModelRefusedError
 
 # CrewAI's own code reads its deprecated fields (function_calling_llm, ...) when an Agent or a Crew is built.
