@@ -2,35 +2,58 @@
 
     from crewai import Agent, Crew, Task
     from crewai.tools import tool
-    from castor.frameworks.crewai import guard, kickoff, tools_of
+    from castor.frameworks.crewai import akickoff, guard, kickoff, tools_of
 
     kernel = Castor(tools=tools_of([search, delete_file]), destructive=["delete_file"])
 
     async def main():
         crew = Crew(agents=[Agent(..., llm=llm, tools=[search, delete_file])], tasks=[...])
         return str(await kickoff(crew))          # guard(crew), then crew.kickoff in a worker thread
+        # or: await akickoff(crew)               # guard(crew), then CrewAI's native await crew.akickoff()
 
 ``guard`` takes a CrewAI tool (a ``GuardedTool`` copy: same name, description and argument schema, every
 call asking ``castor.lib.tool``), a list of tools, an LLM (a ``GuardedLLM``), an ``Agent`` or a ``Crew``
-(their LLMs and tools guarded in place). CrewAI is synchronous: ``kickoff`` runs ``crew.kickoff`` in a
-worker thread and answers the guarded calls on the Castor run's loop. CrewAI's tool handling catches
-``Exception`` and tells the model; Castor's suspension is a ``BaseException`` and passes.
+(their LLMs and tools guarded in place). CrewAI's tool handling catches ``Exception`` and tells the model;
+Castor's suspension is a ``BaseException`` and passes, and an error that ends the run passes carried
+(``RunEnding``), not retried by CrewAI's task retries.
+
+What is guarded, by entry point (inside a Castor run):
+
+- ``kickoff(crew)``: ``crew.kickoff`` in a worker thread of Castor's (``in_thread``); the guarded calls
+  are answered on the run's loop.
+- ``akickoff(crew)``, and ``await crew.akickoff()`` on a crew guarded inside the run: CrewAI's native async
+  path. CrewAI 1.15 runs each step of its agents (the LLM's ``call``, a tool's ``run``) in a thread of the
+  loop's default executor; ``guard`` notes the run's loop in the run's context (``note_run_loop``), which
+  CrewAI copies into those threads, and their guarded calls are answered there as under ``kickoff``. A
+  crew guarded outside the run is refused there with an error naming ``akickoff(crew)``.
+- ``await crew.kickoff_async()`` on a crew guarded inside the run: CrewAI's ``kickoff`` in
+  ``asyncio.to_thread``, answered the same way. (A loop's default executor has few threads, CrewAI's
+  choice: a crew holds one while its guarded call waits; Castor runs the wrapped LLM and a sync tool in
+  that very thread, or in a pool of its own, not in another of them.)
+- ``GuardedLLM.acall`` (CrewAI awaits it for its context-window summaries, on a loop it starts in the
+  crew's thread) and ``GuardedTool._arun``: the step is awaited on the run's loop, handed there from
+  another loop (``on_run_loop``); ``acall`` asks the wrapped LLM's own ``acall``, or its ``call`` in a
+  thread if it has none (``BaseLLM.acall`` raises ``NotImplementedError``), so the loop never waits on a
+  synchronous model. ``CastorLLM.acall`` is its ``call`` awaited the same way.
 
 A guarded LLM runs the agent in CrewAI's text (ReAct) mode: a CrewAI LLM with native function calling
 runs the tools itself inside its ``call`` (``available_functions``), so one call would not be one model
-step; in text mode the model answers with text and CrewAI calls the (guarded) tools. Every ``call`` is a
-``castor.lib.model_call`` step (the messages, the tools' names and the stop words; its answer the text).
-Structured output (``response_model``) and a crew's manager or planning LLM are not guarded.
-``CastorLLM`` (``castor.frameworks._castor_models.crewai``) is a CrewAI LLM answered by Castor's model
-provider (in the fleet, on the ``llm`` pool): ``guard`` leaves it as it is.
+step; in text mode the model answers with text and CrewAI calls the (guarded) tools. Every call is a
+``castor.lib.model_call`` step (the messages, the tools' names and the stop words; its answer the text),
+its LLM in ``castor.frameworks._crewai_llm``. Structured output (``response_model``) and a crew's manager
+or planning LLM are not guarded. ``CastorLLM`` (``castor.frameworks._castor_models.crewai``) is a CrewAI LLM
+answered by Castor's model provider (in the fleet, on the ``llm`` pool): ``guard`` leaves it as it is.
 
-Streaming: CrewAI streams inside an LLM's ``call`` (``LLM(stream=True)``; ``Crew(stream=True)`` sets it on
-the agents' LLMs), each piece an ``LLMStreamChunkEvent`` on its event bus. A guarded LLM's call is still one
-model step: the wrapped LLM streams inside it, in the crew thread's context (so CrewAI's call-scoped stop
-words and the crew's stream see its calls), and its events go out as it emits them; a step replayed from
-the journal emits its journaled text as one chunk. ``CastorLLM`` streams through ``castor.lib.stream``.
-``kickoff`` runs a ``Crew(stream=True)`` in its own worker thread (CrewAI's would swallow a suspension),
-hands each chunk event to ``on_chunk`` and returns the ``CrewOutput``.
+Streaming: CrewAI streams inside an LLM's call (``LLM(stream=True)``; ``Crew(stream=True)`` sets it on the
+agents' LLMs), each piece an ``LLMStreamChunkEvent`` on its event bus. A guarded LLM's call is still one
+model step: the wrapped LLM streams inside it, in the calling thread's context (so CrewAI's call-scoped stop
+words and the crew's stream see its calls), and its events go out as it emits them; a stream that fails
+part way is journaled and charged for the text its events carried, as ``castor.lib.stream``'s; a step
+replayed from the journal emits its journaled text as one chunk. ``CastorLLM`` streams through
+``castor.lib.stream``. ``kickoff`` and ``akickoff`` run a ``Crew(stream=True)`` as a plain crew whose LLMs
+stream (under ``crew.kickoff()`` CrewAI's own streaming thread would swallow a suspension), hand each chunk
+event to ``on_chunk`` and return the ``CrewOutput``. ``await crew.akickoff()`` and ``kickoff_async()`` on a
+guarded streaming crew return CrewAI's ``CrewStreamingOutput``, whose reader a suspension reaches.
 
 CrewAI is not in Castor's ``dev`` extra (``.ci/run`` runs its tests in a venv of their own): it pins
 ``openai<3`` while the OpenAI Agents SDK needs ``openai>=3`` (one environment cannot hold both), and it brings
