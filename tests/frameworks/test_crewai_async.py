@@ -29,7 +29,7 @@ from pydantic import Field
 
 from castor import Castor
 from castor.errors import UnsupportedError
-from castor.frameworks.crewai import CastorLLM, akickoff, guard, tools_of
+from castor.frameworks.crewai import CastorLLM, akickoff, guard, kickoff, tools_of
 from castor.llm import ModelRefusedError
 from castor.llm import Scripted as ScriptedProvider
 from tests.frameworks.test_crewai import DEFAULT, Scripted, act, delete_file, final, kernel, scripted, search, words
@@ -212,8 +212,6 @@ class AsyncCut(Cut):
 
 @pytest.mark.parametrize("how", ["kickoff", "akickoff", "acall", "own acall"])
 async def test_a_guarded_stream_cut_part_way_is_charged_what_it_received(how: str) -> None:
-    from castor.frameworks.crewai import kickoff
-
     llm = (AsyncCut if how == "own acall" else Cut)(model="scripted", stream=True)
 
     async def main() -> str:
@@ -353,3 +351,15 @@ async def test_a_guarded_tools_arun_is_a_syscall_on_the_runs_loop_and_suspends()
     await k.approve(cp)
     cp = await k.run(main, checkpoint=cp)
     assert cp.status == "COMPLETED" and cp.result == "deleted found old logs"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_crew_on_castor_llm_suspends_and_resumes_under_akickoff(stream: bool) -> None:
+    provider = ScriptedProvider([{"text": answer} for answer in DEFAULT], model="scripted-model")
+    k = Castor(tools=tools_of([search, delete_file]), destructive=["delete_file"], llm=provider)
+    main = native(CastorLLM(model="scripted-model", stream=stream))
+    cp = await k.run(main)
+    assert cp.status == "SUSPENDED_FOR_HITL" and cp.pending_tool == "delete_file" and len(provider.calls) == 2
+    await k.approve(cp)
+    cp = await k.run(main, checkpoint=cp)
+    assert cp.status == "COMPLETED" and cp.result == "done" and len(provider.calls) == 3
