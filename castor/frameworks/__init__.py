@@ -4,7 +4,7 @@
     from castor.frameworks.pydantic_ai import guard, tools_of    # pip install 'castor-kernel[pydantic-ai]'
     from castor.frameworks.openai_agents import guard, tools_of  # pip install 'castor-kernel[openai-agents]'
     from castor.frameworks.smolagents import run, tools_of       # pip install 'castor-kernel[smolagents]'
-    from castor.frameworks.crewai import kickoff, tools_of       # pip install 'castor-kernel[crewai]'
+    from castor.frameworks.crewai import kickoff, tools_of       # pip install 'castor-kernel[crewai]' (akickoff too)
 
 ``guard(x)`` takes the framework's agent, its tool(s) or its model and returns the same kind of object
 whose every tool call goes through ``castor.lib.tool`` (validated, charged, gated, executed by the run's

@@ -203,15 +203,16 @@ def model_id_of(obj: Any, *attributes: str, default: str = "model") -> str:
 
 async def model_step(
     request: Mapping[str, Any], model: str, invoke: Callable[[dict[str, Any]], Awaitable[Any]], *,
-    canonical: bool = False,
+    canonical: bool = False, partial: Callable[[], dict[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
     """One model call as a journaled step; ``invoke`` calls the framework's own model (not called on replay).
 
     ``canonical=True``: ``request`` is made of parts already canonical (``canonical_part``, cached per
     framework object) and ``invoke`` returns a fresh JSON dict; Castor then copies neither
-    (``castor.lib.model_call(canonical=True)``).
+    (``castor.lib.model_call(canonical=True)``). ``partial``: what a streaming ``invoke`` received, journaled
+    and charged if it fails part way (``model_call(partial=...)``).
     """
-    return await model_call(request, model=model, invoke=invoke, canonical=canonical)
+    return await model_call(request, model=model, invoke=invoke, canonical=canonical, partial=partial)
 
 
 def canonical_part(value: Any) -> Any:
@@ -326,19 +327,39 @@ async def in_thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return await done
 
 
+def note_run_loop() -> None:
+    """Inside a Castor run, on its loop: take the running loop as the run's in the caller's context, so that
+    synchronous framework code the framework itself hands to threads (``asyncio.to_thread`` copies the
+    context: CrewAI's ``akickoff`` runs each step of its agents so) has its guarded calls answered there, as
+    under ``in_thread``. Elsewhere (no run, no running loop) it does nothing. It stays set for the rest of
+    the caller's task: a run's task, which it names rightly."""
+    if current_run.get() is None:
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    if _RUN_LOOP.get() is not loop:
+        _RUN_LOOP.set(loop)
+
+
 def run_loop(what: str, runner: str) -> asyncio.AbstractEventLoop:
     """The loop of the run whose synchronous framework code (under ``in_thread``) is calling: ``what`` (the
-    call, for the error) is to be answered there. ``UnsupportedError`` outside such a thread, and on the run's
-    own loop, where a synchronous wait would block the loop that must answer it (``runner``: what to await
-    instead)."""
+    call, for the error) is to be answered there. ``UnsupportedError`` outside such a thread (no run's loop
+    noted: ``in_thread``, ``note_run_loop``), and on an event loop (the run's own, say), which a synchronous
+    wait would block (``runner``: what to await instead)."""
     loop = _RUN_LOOP.get()
     try:
         asyncio.get_running_loop()
         on_a_loop = True
     except RuntimeError:
         on_a_loop = False
-    if loop is None or on_a_loop:
+    if on_a_loop:
         raise UnsupportedError(
-            f"{what} on the run's event loop, which it would block: call `await {runner}` inside a Castor run"
+            f"{what} on an event loop, which it would block: call `await {runner}` inside a Castor run"
+        )
+    if loop is None:
+        raise UnsupportedError(
+            f"{what} with no Castor run's loop to answer it: call `await {runner}` inside a Castor run"
         )
     return loop

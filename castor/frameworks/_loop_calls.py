@@ -19,12 +19,13 @@ from __future__ import annotations
 import asyncio
 import queue
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from castor.executors.local import caller_thread
 from castor.frameworks._common import _RUN_ENDING, _RUN_LOOP, RunEnding, run_loop
 
 _DONE = object()  # the inbox's last item: the syscall's outcome follows it
+T = TypeVar("T")
 
 
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
@@ -104,3 +105,23 @@ def blocking(framework: str, start: Callable[[], Awaitable[Any]], runner: str) -
     (``runner``: what the error tells to call instead when there is no such thread): ``call_on_loop`` for a
     call that hands the thread nothing to run."""
     return call_on_loop(framework, lambda _here: start(), runner)
+
+
+async def on_run_loop(start: Callable[[], Awaitable[T]]) -> T:
+    """``start()`` awaited on the run's loop from a framework's async code: here when this is the run's loop
+    (or none is noted: this one is taken to be it), else handed to the run's loop and awaited here, without
+    blocking this one (CrewAI awaits an LLM's ``acall`` on a loop of its own, ``asyncio.run`` in the crew's
+    thread). Handed over, it runs in a copy of this context (the run, the framework's call-scoped settings).
+    An error that ends the run is raised carried (``RunEnding``) past the framework's error handling, as
+    ``call_on_loop`` does."""
+    loop = _RUN_LOOP.get()
+    try:
+        if loop is None or loop is asyncio.get_running_loop():
+            return await start()
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_awaited(start), loop))
+    except _RUN_ENDING as error:
+        raise RunEnding(error) from error
+
+
+async def _awaited(start: Callable[[], Awaitable[T]]) -> T:
+    return await start()

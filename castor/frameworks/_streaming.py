@@ -71,12 +71,7 @@ class StreamStep:
         return await self._run(self._emit)
 
     def _partial(self) -> dict[str, Any] | None:
-        """What a stream stopped part way received: its text, and the usage counted offline."""
-        if not self._chunks:
-            return None
-        text = "".join(self._texts)
-        usage = {"input_tokens": estimate_prompt(self._plain), "output_tokens": estimate_tokens(text)}
-        return {"text": text, "usage": usage, "partial": True, "chunks": self._chunks}
+        return received(self._plain, self._texts, self._chunks)
 
     def __aiter__(self) -> AsyncGenerator[Any, None]:
         return self._stream()
@@ -96,6 +91,17 @@ class StreamStep:
             async for item in chunks:
                 yield item
         self.response = _checked(task.result())
+
+
+def received(request: Mapping[str, Any], texts: list[str], chunks: int | None = None) -> dict[str, Any] | None:
+    """What a stream stopped part way received (``model_call(partial=...)``): its text (``texts``, from
+    ``chunks`` chunks: by default one each), and the usage counted offline; None if nothing came."""
+    count = len(texts) if chunks is None else chunks
+    if not count:
+        return None
+    text = "".join(texts)
+    usage = {"input_tokens": estimate_prompt(request), "output_tokens": estimate_tokens(text)}
+    return {"text": text, "usage": usage, "partial": True, "chunks": count}
 
 
 def stream_in_thread(

@@ -37,6 +37,7 @@ async def model_call(
     max_tokens: int | None = None,
     timeout: float | None = None,
     canonical: bool = False,
+    partial: Callable[[], dict[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
     """Call a model as one journaled, budgeted step of the run; returns the response as journaled (JSON).
 
@@ -52,6 +53,10 @@ async def model_call(
     never changes afterwards (a framework guard: each message converted once, ``canonical_request``, and
     shared by every later step), and whose ``invoke`` returns a fresh JSON dict: neither is walked and
     copied again, so a step no longer costs the length of the whole conversation.
+
+    ``partial()`` (for an ``invoke`` that streams): what the call received if it fails part way (``text``,
+    ``usage`` counted offline, ``chunks``), or None; the failed step is journaled and charged with it, as
+    ``castor.lib.stream``'s.
     """
     ctx = active_run()
     models = _models(ctx)
@@ -60,7 +65,8 @@ async def model_call(
     if mmu is not None and mmu.wants_room(ctx):
         await mmu.fit(ctx)  # the run's context fits its budget before any model call (the MMU's steps come first)
     call = models.syscall(
-        ctx, model, plain, invoke=invoke, max_tokens=max_tokens, timeout=timeout, size=size, canonical=canonical
+        ctx, model, plain, invoke=invoke, max_tokens=max_tokens, timeout=timeout, size=size, canonical=canonical,
+        partial=partial,
     )
     return _checked(await models.chain(call))
 

@@ -8,7 +8,9 @@ import importlib.util
 
 import pytest
 
-collect_ignore = [] if importlib.util.find_spec("crewai") else ["test_crewai.py", "test_crewai_castor_model.py"]
+collect_ignore = [] if importlib.util.find_spec("crewai") else [
+    "test_crewai.py", "test_crewai_async.py", "test_crewai_castor_model.py",
+]
 
 
 @pytest.fixture

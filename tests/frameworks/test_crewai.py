@@ -29,7 +29,8 @@ with offline():
 from pydantic import Field
 
 from castor import Castor
-from castor.frameworks.crewai import MessageParts, guard, kickoff, tools_of
+from castor.frameworks._crewai_llm import MessageParts
+from castor.frameworks.crewai import guard, kickoff, tools_of
 from tests.frameworks.contract import PROMPT, SCRIPT, Call, Refusal, ToolResult, Turn, numbered
 from tests.frameworks.crewai_offline import OFFLINE
 

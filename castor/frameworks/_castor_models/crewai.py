@@ -11,13 +11,14 @@ from crewai.llms.base_llm import BaseLLM
 
 from castor.errors import UnsupportedError
 from castor.frameworks._castor_models._ask import ask, ask_stream, text_of
-from castor.frameworks._loop_calls import blocking
+from castor.frameworks._loop_calls import blocking, on_run_loop
 from castor.frameworks._streaming import iterate_in_thread
 
 # CrewAI 1.15+: a call's events carry the id of the call's scope (older versions: no such scope to open).
 call_scope = getattr(base_llm, "llm_call_context", contextlib.nullcontext)
 
-_RUNNER = "castor.frameworks.crewai.kickoff(crew)"
+# What a guarded call outside a Castor run's reach tells to call instead (it guards, notes the run's loop).
+RUNNER = "castor.frameworks.crewai.akickoff(crew)"
 CONTEXT_WINDOW = 128_000  # what CrewAI assumes of the model when it trims a conversation
 
 
@@ -39,8 +40,9 @@ class CastorLLM(BaseLLM):
     """A CrewAI LLM answered by Castor's model provider: every call is one model syscall of the run.
 
     ``Agent(..., llm=CastorLLM(model="gpt-4o-mini"))`` (``model=""``: the kernel's default model); run the
-    crew with ``castor.frameworks.crewai.kickoff(crew)``. Embedded, the provider is ``Castor(llm=...)``'s; in
-    the fleet a worker of the ``llm`` pool calls it, with the API key only it holds. The agent runs in
+    crew with ``castor.frameworks.crewai.kickoff(crew)`` or ``akickoff(crew)`` (its ``acall`` is served as its
+    ``call``, on the run's loop). Embedded, the provider is ``Castor(llm=...)``'s; in the fleet a worker of
+    the ``llm`` pool calls it, with the API key only it holds. The agent runs in
     CrewAI's text (ReAct) mode, as under a guarded LLM: the model answers with text and CrewAI calls the
     (guarded) tools. ``guard()`` leaves it as it is. Structured output (``response_model``) is not served.
 
@@ -57,35 +59,59 @@ class CastorLLM(BaseLLM):
     def call(self, messages: Any, tools: Any = None, callbacks: Any = None, available_functions: Any = None,
              from_task: Any = None, from_agent: Any = None, response_model: Any = None) -> str:
         """Ask the kernel's provider (from the journal on replay), from the crew's thread."""
+        listed, options = self._request(messages, available_functions, response_model)
+        if streams(self):
+            text = ""
+            with call_scope():  # the chunks' events name this call, as CrewAI's own LLMs' do
+                for item in iterate_in_thread("CrewAI", lambda: self._items(listed, options), RUNNER):
+                    text = self._read(item, text, from_task, from_agent)
+        else:
+            text = blocking("CrewAI", lambda: self._ask(listed, options), RUNNER).text
+        return self._cut(text)
+
+    async def acall(self, messages: Any, tools: Any = None, callbacks: Any = None, available_functions: Any = None,
+                    from_task: Any = None, from_agent: Any = None, response_model: Any = None) -> str:
+        """``call`` awaited: on the run's loop, or handed to it from a loop CrewAI started for the call."""
+        listed, options = self._request(messages, available_functions, response_model)
+        if not streams(self):
+            return self._cut((await on_run_loop(lambda: self._ask(listed, options))).text)
+
+        async def streamed() -> str:
+            text = ""
+            with call_scope():
+                async for item in self._items(listed, options):
+                    text = self._read(item, text, from_task, from_agent)
+            return text
+
+        return self._cut(await on_run_loop(streamed))
+
+    def _request(self, messages: Any, available_functions: Any,
+                 response_model: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         if response_model is not None or available_functions:
             raise UnsupportedError("CastorLLM answers in text: structured output and native tool calls are not served")
         listed = [{"role": "user", "content": messages}] if isinstance(messages, str) else [
             {"role": str(m.get("role") or "user"), "content": text_of(m.get("content"))} for m in messages]
         # CrewAI sets the stop words of a call on the LLM (stop_sequences: per call in recent versions)
         stop = getattr(self, "stop_sequences", None) or self.stop
-        options = {"stop": list(stop) if stop else None}
-        if streams(self):
-            text = self._streamed(listed, options, from_task, from_agent)
-        else:
-            text = blocking("CrewAI", lambda: ask(listed, model=self.model or None, max_tokens=self.max_tokens,
-                                                  options=options), _RUNNER).text
+        return listed, {"stop": list(stop) if stop else None}
+
+    def _ask(self, listed: list[dict[str, Any]], options: dict[str, Any]) -> Any:
+        return ask(listed, model=self.model or None, max_tokens=self.max_tokens, options=options)
+
+    def _items(self, listed: list[dict[str, Any]], options: dict[str, Any]) -> Any:
+        return ask_stream(listed, model=self.model or None, max_tokens=self.max_tokens, options=options)
+
+    def _read(self, item: Any, text: str, from_task: Any, from_agent: Any) -> str:
+        """One item of the streamed call: a piece of text goes out as an event as it comes; the whole
+        response (last) gives the text as journaled."""
+        if isinstance(item, str):
+            emit_chunk(self, item, from_task, from_agent)
+            return text
+        return str(item.text)
+
+    def _cut(self, text: str) -> str:
         cut = getattr(self, "_apply_stop_words", None)  # a provider that ignores stop words: cut as CrewAI does
         return str(cut(text)) if cut is not None else text
-
-    def _streamed(self, listed: list[dict[str, Any]], options: dict[str, Any], from_task: Any,
-                  from_agent: Any) -> str:
-        """The call streamed: each piece of text an event as it comes; the whole text as journaled."""
-        def items() -> Any:
-            return ask_stream(listed, model=self.model or None, max_tokens=self.max_tokens, options=options)
-
-        text = ""
-        with call_scope():  # the chunks' events name this call, as CrewAI's own LLMs' do
-            for item in iterate_in_thread("CrewAI", items, _RUNNER):
-                if isinstance(item, str):
-                    emit_chunk(self, item, from_task, from_agent)
-                else:
-                    text = item.text
-        return text
 
     def supports_function_calling(self) -> bool:
         """No: CrewAI then runs the agent in text mode and calls the tools itself."""
