@@ -124,16 +124,25 @@ def schema_signature(framework: str, tool_name: str, schema: Mapping[str, Any]) 
 
 
 def schema_function(
-    framework: str, tool_name: str, schema: Mapping[str, Any], run: Callable[[dict[str, Any]], Awaitable[Any]]
+    framework: str, tool_name: str, schema: Mapping[str, Any], run: Callable[[dict[str, Any]], Any]
 ) -> Callable[..., Any]:
-    """A tool function for ``Castor(tools=...)`` whose signature is ``schema``'s; it awaits ``run(arguments)``."""
-    signature = schema_signature(framework, tool_name, schema)
+    """A tool function for ``Castor(tools=...)`` whose signature is ``schema``'s; it returns (awaits, if ``run``
+    is a coroutine function) ``run(arguments)``.
 
-    async def call(**arguments: Any) -> Any:
-        return await run(arguments)
+    A synchronous framework's tool object gets a synchronous ``run``: the executor then runs it in a thread
+    of its own (or the framework's waiting thread), never in the loop's default executor, whose threads a
+    framework's own loop may all be holding (CrewAI's ``akickoff`` runs its agents' steps there)."""
+    signature = schema_signature(framework, tool_name, schema)
+    call: Callable[..., Any]
+    if inspect.iscoroutinefunction(run):
+        async def call(**arguments: Any) -> Any:
+            return await run(arguments)
+    else:
+        def call(**arguments: Any) -> Any:
+            return run(arguments)
 
     call.__name__ = call.__qualname__ = tool_name
-    call.__signature__ = signature  # type: ignore[attr-defined]  # read by inspect.signature (Castor's ArgSchema)
+    call.__signature__ = signature  # type: ignore[union-attr]  # read by inspect.signature (Castor's ArgSchema)
     call.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
     return call
 

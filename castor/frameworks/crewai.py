@@ -62,7 +62,6 @@ CrewAI is not in Castor's ``dev`` extra (``.ci/run`` runs its tests in a venv of
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import contextvars
 from collections.abc import Callable, Iterator
@@ -117,8 +116,8 @@ def tool_entry(t: BaseTool) -> ToolEntry:
         check_function(FRAMEWORK, t.name, func)
         return t.name, func
 
-    async def run(arguments: dict[str, Any]) -> Any:
-        return await asyncio.to_thread(t.run, **arguments)
+    def run(arguments: dict[str, Any]) -> Any:  # synchronous: the executor gives it a thread (schema_function)
+        return t.run(**arguments)
 
     return t.name, schema_function(FRAMEWORK, t.name, schema, run)
 

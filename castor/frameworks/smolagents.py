@@ -259,8 +259,8 @@ def tool_entry(t: Tool) -> ToolEntry:
         check_function(FRAMEWORK, t.name, func)
         return t.name, func
 
-    async def run(arguments: dict[str, Any]) -> Any:
-        return await asyncio.to_thread(t, **arguments)
+    def run(arguments: dict[str, Any]) -> Any:  # synchronous: the executor gives it a thread (schema_function)
+        return t(**arguments)
 
     return t.name, schema_function(FRAMEWORK, t.name, schema, run)
 

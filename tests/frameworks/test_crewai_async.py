@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,9 @@ with offline():
     from crewai import Agent, Crew, Task
     from crewai.events.types.llm_events import LLMCallType
     from crewai.llms.base_llm import llm_call_context
+    from crewai.tools import BaseTool
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from castor import Castor
 from castor.errors import UnsupportedError
@@ -363,3 +365,35 @@ async def test_a_crew_on_castor_llm_suspends_and_resumes_under_akickoff(stream: 
     await k.approve(cp)
     cp = await k.run(main, checkpoint=cp)
     assert cp.status == "COMPLETED" and cp.result == "done" and len(provider.calls) == 3
+
+
+class _LookupArguments(BaseModel):
+    query: str
+
+
+class Lookup(BaseTool):
+    """A tool of its own class (no function of its own to register): Castor runs its ``run``."""
+
+    name: str = "lookup"
+    description: str = "Look something up."
+    args_schema: type[BaseModel] = _LookupArguments
+
+    def _run(self, query: str) -> str:
+        return f"looked up {query}"
+
+
+async def test_more_crews_than_the_loops_default_executor_has_threads_all_finish() -> None:
+    """Under ``akickoff`` each crew's steps hold a thread of the loop's default executor; a tool of its own
+    class must not need another one from that executor to run, or the crews wait for each other for ever."""
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(2))
+    k = Castor(tools=tools_of([Lookup()]))
+
+    async def main() -> str:
+        llm = scripted(act("lookup", '{"query": "old logs"}'), final("done"))
+        agent = Agent(role="janitor", goal="clean", backstory="tidy", llm=llm, tools=[Lookup()], max_iter=5)
+        crew = Crew(agents=[agent], tasks=[Task(description="look", expected_output="a word", agent=agent)])
+        return str(await akickoff(crew))
+
+    done = await asyncio.wait_for(asyncio.gather(*(k.run(main) for _ in range(3))), 30)
+    assert [cp.status for cp in done] == ["COMPLETED"] * 3
+    assert all(cp.syscall_log[1].response == "looked up old logs" for cp in done)
