@@ -47,6 +47,10 @@ _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 # drops the second copy should both tries have landed. kombu's policy for send_task says the same.
 RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 PUBLISH_TIMEOUT = 10.0  # s for the broker to take (and confirm) a task, on the send_task path
+# Queue declarations (once per queue) run here, not in the loop's default executor: a framework's own
+# loop may hold every thread of that one while it waits for the very call being published (CrewAI's
+# ``akickoff`` runs its agents' steps there), and the declaration would wait for ever.
+_DECLARING = ThreadPoolExecutor(2, thread_name_prefix="castor-declare")
 
 
 class UnsurePublish(BackendUnavailable):
@@ -211,7 +215,7 @@ class RedisPublisher:
         if pending is None:
             pending = self._declaring[queue] = asyncio.get_running_loop().create_future()
             try:
-                key, topics = await asyncio.to_thread(self._declare, queue)
+                key, topics = await asyncio.get_running_loop().run_in_executor(_DECLARING, self._declare, queue)
             except Exception as exc:
                 del self._declaring[queue]
                 error = broker_error(f"cannot declare queue {queue!r}", self._app.conf.broker_url, exc)

@@ -10,7 +10,9 @@ import asyncio
 import base64
 import json
 import re
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import castor.lib as lib
@@ -143,3 +145,22 @@ async def test_send_task_fallback_still_works(fleet: Fleet) -> None:
         assert cp.result == {"query": "slow path", "pool": "web"}
     finally:
         await kernel.close()
+
+
+async def test_a_queues_first_publish_needs_no_thread_of_the_loops_default_executor(fleet: Fleet) -> None:
+    """A framework's loop may hold every thread of the default executor while it waits for the very call
+    being published (CrewAI's akickoff runs its agents' steps there): the declaration must not queue behind."""
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(1))
+    release = threading.Event()
+    holder = loop.run_in_executor(None, release.wait)  # the default executor's one thread, held
+    queue = f"{fleet.settings.broker.queue_prefix}.held-{uuid.uuid4().hex[:6]}"
+    conn = RespConnection(fleet.settings.broker_url)
+    try:
+        await asyncio.wait_for(RedisPublisher(_app(fleet), conn).publish(_task(queue)), 10)
+        assert fleet.redis.llen(f"{fleet.settings.broker.queue_prefix}:{queue}") == 1
+    finally:
+        release.set()
+        await holder
+        await conn.close()
+        fleet.redis.delete(f"{fleet.settings.broker.queue_prefix}:{queue}")
