@@ -28,7 +28,7 @@ from crewai import Agent, Crew, Task  # after the telemetry switches
 from crewai.llms.base_llm import BaseLLM
 from crewai.tools import tool
 
-from castor.frameworks.crewai import CastorLLM, kickoff
+from castor.frameworks.crewai import CastorLLM, akickoff, kickoff
 
 
 def search(query: str) -> str:
@@ -70,10 +70,20 @@ def llm() -> BaseLLM:
     return CastorLLM(model=chosen) if chosen else ScriptedLLM(model="scripted")
 
 
-async def main() -> str:
-    """Clean up old logs; every model and tool call is a Castor syscall."""
+def crew() -> Crew:
+    """The janitor crew: one agent, one task."""
     janitor = Agent(role="janitor", goal="Keep the disk clean", backstory="A careful operator.", llm=llm(),
                     tools=[tool("search")(search), tool("delete_file")(delete_file)], max_iter=5)
     task = Task(description="Find old log files and delete them.", expected_output="What was deleted.",
                 agent=janitor)
-    return str(await kickoff(Crew(agents=[janitor], tasks=[task])))
+    return Crew(agents=[janitor], tasks=[task])
+
+
+async def main() -> str:
+    """Clean up old logs; every model and tool call is a Castor syscall."""
+    return str(await kickoff(crew()))
+
+
+async def amain() -> str:
+    """The same through CrewAI's native async path (``crew.akickoff``): ``castor run ...crewai_agent.py:amain``."""
+    return str(await akickoff(crew()))

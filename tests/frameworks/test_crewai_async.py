@@ -8,17 +8,13 @@ guarded LLM's stream that fails part way. Runs where ``castor[crewai]`` is insta
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.frameworks.crewai_offline import OFFLINE, offline
+from tests.frameworks.crewai_offline import offline
 
 with offline():
     pytest.importorskip("crewai")
@@ -40,7 +36,6 @@ pytestmark = [
     pytest.mark.crewai, pytest.mark.filterwarnings("ignore::DeprecationWarning"),
     pytest.mark.usefixtures("crewai_offline"),
 ]
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def crew_of(llm: Any, prompt: str = "clean up old logs", stream: bool = False) -> Crew:
@@ -129,27 +124,6 @@ async def test_a_model_call_the_budget_cannot_cover_fails_the_run_under_akickoff
     with pytest.raises(ModelRefusedError, match="tokens"):  # not retried by CrewAI's task retries
         await kernel(budgets={"tokens": 10}).run(native(llm))
     assert llm.asked == []
-
-
-def castor_cli(*args: str, env: dict[str, str]) -> str:
-    done = subprocess.run([sys.executable, "-m", "castor", *args], capture_output=True, text=True, timeout=180,
-                          cwd=ROOT, env=env)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
-
-
-def test_a_new_process_approves_and_finishes_an_akickoff_run_asking_the_model_once_per_step(tmp_path: Path) -> None:
-    agent = "tests/frameworks/crewai_async_agent.py"
-    calls = tmp_path / "model-calls"
-    env = {**os.environ, **OFFLINE, "CASTOR_TEST_MODEL_LOG": str(calls)}
-    db = str(tmp_path / "castor.db")
-    started = castor_cli("--db", db, "run", f"{agent}:main", "--tool", f"{agent}:search,delete_file",
-                         "--destructive", "delete_file", "--pid", "crew-async", env=env)
-    assert "Status: SUSPENDED_FOR_HITL" in started and "step 3: delete_file" in started
-    assert len(calls.read_text().splitlines()) == 2
-    finished = castor_cli("--db", db, "approve", "crew-async", env=env)
-    assert "Status: COMPLETED" in finished and "Result: done" in finished
-    assert len(calls.read_text().splitlines()) == 3  # one call per model step over both processes
 
 
 # --- streaming ----------------------------------------------------------------------------------------

@@ -49,18 +49,23 @@ def castor_cli(*args: str, env: dict[str, str]) -> str:
     return done.stdout
 
 
+# (example, entry point): CrewAI's also through its native async path (``amain``: ``akickoff``).
+ENTRIES = [pytest.param(n, e, marks=pytest.mark.crewai, id=f"{n}:{e}") if n == "crewai_agent"
+           else pytest.param(n, e, id=n) for n in sorted(EXAMPLES) for e in ("main", "amain")
+           if e == "main" or n == "crewai_agent"]
+
+
 @pytest.mark.fleet
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.crewai) if n == "crewai_agent" else n
-                                  for n in sorted(EXAMPLES)])
+@pytest.mark.parametrize(("name", "entry"), ENTRIES)
 def test_a_new_process_approves_and_finishes_the_run_without_asking_the_model_again(
-    name: str, tmp_path: Path
+    name: str, entry: str, tmp_path: Path
 ) -> None:
     path = example(name).relative_to(ROOT)
     calls = tmp_path / "model-calls"
     env = {**os.environ, "CASTOR_EXAMPLE_MODEL_LOG": str(calls)}
     env.pop("CASTOR_EXAMPLE_MODEL", None)
     db = str(tmp_path / "castor.db")
-    started = castor_cli("--db", db, "run", f"{path}:main", "--tool", f"{path}:search,delete_file",
+    started = castor_cli("--db", db, "run", f"{path}:{entry}", "--tool", f"{path}:search,delete_file",
                          "--destructive", "delete_file", "--pid", "ex-1", env=env)
     assert "Status: SUSPENDED_FOR_HITL" in started and "step 3: delete_file" in started
     assert len(calls.read_text().splitlines()) == 2
