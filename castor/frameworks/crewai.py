@@ -72,6 +72,8 @@ from crewai.events.event_bus import crewai_event_bus
 from crewai.events.types.llm_events import LLMStreamChunkEvent
 from crewai.llms.base_llm import BaseLLM
 from crewai.tools import BaseTool
+from crewai.tools.agent_tools.base_agent_tools import BaseAgentTool
+from crewai.utilities.llm_utils import create_llm
 
 from castor.errors import UnsupportedError
 from castor.frameworks._castor_models.crewai import RUNNER, CastorLLM
@@ -137,7 +139,8 @@ _CHECKED = IdentityCache(lambda _tool: None)  # the argument schema each tool wa
 
 
 def tools_of(x: Any) -> list[ToolEntry]:
-    """``(name, function)`` of every tool of a tool list, an agent or a crew, for ``Castor(tools=...)``."""
+    """``(name, function)`` of every tool of a tool list, an agent or a crew, for ``Castor(tools=...)``; not
+    CrewAI's delegation tools (a manager's, a delegating agent's), which run agents, not side effects."""
     entries: dict[str, ToolEntry] = {}
     for t in _tools_in(x):
         entries.setdefault(t.name, tool_entry(t))
@@ -145,12 +148,14 @@ def tools_of(x: Any) -> list[ToolEntry]:
 
 
 def _tools_in(x: Any) -> list[BaseTool]:
+    if isinstance(x, BaseAgentTool):
+        return []
     if isinstance(x, BaseTool):
         return [x]
-    if isinstance(x, Crew):
+    if isinstance(x, Crew):  # a manager has no tools but its delegation ones (CrewAI refuses any other)
         return [t for holder in [*x.agents, *x.tasks] for t in _tools_in(holder)]
     if isinstance(x, Agent | Task):
-        return list(x.tools or ())
+        return _tools_in(list(x.tools or ()))
     if isinstance(x, list | tuple):
         return [t for item in x for t in _tools_in(item)]
     raise UnsupportedError(f"castor.frameworks.crewai: expected tools, an Agent or a Crew, got {type(x).__name__}")
@@ -168,7 +173,7 @@ def guard(x: Any) -> Any:
     if isinstance(x, list | tuple):
         return [guard(item) for item in x]
     if isinstance(x, Task):
-        x.tools = [guard_tool(t) for t in x.tools or ()]
+        x.tools = _guarded_tools(x.tools)
         return x
     if isinstance(x, Agent):
         if not isinstance(x.llm, BaseLLM):
@@ -176,18 +181,44 @@ def guard(x: Any) -> Any:
         if x.__dict__.get("function_calling_llm") is not None:  # read without its deprecation warning
             raise UnsupportedError(f"CrewAI agent {x.role!r} has a function_calling_llm, which is not guarded")
         x.llm = guard_llm(x.llm)
-        x.tools = [guard_tool(t) for t in x.tools or ()]
+        x.tools = _guarded_tools(x.tools)
         return x
     if isinstance(x, Crew):
-        if x.manager_llm is not None or x.manager_agent is not None or x.planning:
-            raise UnsupportedError("a CrewAI crew with a manager or planning is not guarded: its manager's and "
-                                   "planner's model calls would not be journaled")
-        for holder in [*x.agents, *x.tasks]:
-            guard(holder)
+        _guard_crew(x)
         return x
     raise UnsupportedError(
         f"castor.frameworks.crewai.guard() takes tools, an LLM, an Agent or a Crew, got {type(x).__name__}"
     )
+
+
+def _guarded_tools(tools: Any) -> list[BaseTool]:
+    """``tools`` guarded, but CrewAI's delegation tools: orchestration (they run an agent, whose LLM and tools
+    are guarded), not side effects, and CrewAI refuses a manager holding any other tool."""
+    return [t if isinstance(t, BaseAgentTool) else guard_tool(t) for t in tools or ()]
+
+
+def _guard_crew(crew: Crew) -> None:
+    """The crew's agents and tasks guarded, and the LLMs CrewAI hands the agents it makes at kickoff: the
+    hierarchical manager's (``manager_llm``, which CrewAI gives the manager it builds; a ``manager_agent``'s
+    own) and the planner's (``planning_llm``). A model name there is made the LLM CrewAI would make of it."""
+    for holder in [*crew.agents, *crew.tasks]:
+        guard(holder)
+    if crew.manager_agent is not None:  # the user's, or the one CrewAI built at an earlier kickoff
+        guard(crew.manager_agent)
+    if crew.manager_llm is not None:
+        crew.manager_llm = guard_llm(_llm_object(crew.manager_llm))
+    if crew.planning:
+        if crew.planning_llm is None:
+            raise UnsupportedError("a CrewAI crew with planning=True plans with a default LLM of CrewAI's "
+                                   "choosing: give Crew(planning_llm=...), which guard() journals")
+        crew.planning_llm = guard_llm(_llm_object(crew.planning_llm))
+
+
+def _llm_object(llm: Any) -> BaseLLM:
+    made = create_llm(llm)  # what CrewAI makes of a model name or a config: an LLM object as it is
+    if not isinstance(made, BaseLLM):
+        raise UnsupportedError(f"CrewAI made no LLM object of {llm!r} to guard")
+    return made
 
 
 async def kickoff(crew: Crew, *, on_chunk: Callable[[Any], None] | None = None, **kwargs: Any) -> Any:
@@ -211,7 +242,13 @@ async def akickoff(crew: Crew, *, on_chunk: Callable[[Any], None] | None = None,
     A ``Crew(stream=True)`` returns its ``CrewOutput``, as under ``kickoff``: each ``LLMStreamChunkEvent`` of
     its agents' LLMs goes to ``on_chunk`` (from the thread the call streams in) as it comes. (``await
     crew.akickoff()`` on a guarded streaming crew returns CrewAI's ``CrewStreamingOutput``, whose reader a
-    suspension reaches too.)"""
+    suspension reaches too.)
+
+    Not a crew with ``planning=True``: CrewAI's ``akickoff`` plans synchronously on the event loop, which a
+    guarded call cannot block; run it with ``kickoff(crew)``."""
+    if crew.planning:
+        raise UnsupportedError("CrewAI's akickoff plans a crew with planning=True synchronously on the event "
+                               "loop, which a guarded call cannot block: run it with kickoff(crew)")
     guard(crew)
     if not crew.stream:
         return await crew.akickoff(**kwargs)
