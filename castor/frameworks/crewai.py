@@ -17,6 +17,16 @@ call asking ``castor.lib.tool``), a list of tools, an LLM (a ``GuardedLLM``), an
 Castor's suspension is a ``BaseException`` and passes, and an error that ends the run passes carried
 (``RunEnding``), not retried by CrewAI's task retries.
 
+A crew's own agents are guarded through the LLMs CrewAI hands them at kickoff: a hierarchical crew's
+``manager_llm`` (CrewAI builds its manager on it) or ``manager_agent``'s LLM, and a planning crew's
+``planning_llm``, each call a model step like the agents'. A crew with ``planning=True`` and no
+``planning_llm`` is refused (CrewAI would plan with an LLM of its own choosing, a real provider). The
+manager's delegation tools (and a delegating agent's) stay CrewAI's: they run a worker agent, whose LLM and
+tools are guarded, so they are not Castor tools (``tools_of`` leaves them out). The steps of a manager and its
+workers come in one order, the order CrewAI runs them in (one thread), so a resume or a fork replays them.
+CrewAI's ``akickoff`` plans synchronously on the event loop (and refuses to run its planner there): a
+planning crew runs under ``kickoff(crew)``.
+
 What is guarded, by entry point (inside a Castor run):
 
 - ``kickoff(crew)``: ``crew.kickoff`` in a worker thread of Castor's (``in_thread``); the guarded calls
@@ -40,9 +50,12 @@ A guarded LLM runs the agent in CrewAI's text (ReAct) mode: a CrewAI LLM with na
 runs the tools itself inside its ``call`` (``available_functions``), so one call would not be one model
 step; in text mode the model answers with text and CrewAI calls the (guarded) tools. Every call is a
 ``castor.lib.model_call`` step (the messages, the tools' names and the stop words; its answer the text),
-its LLM in ``castor.frameworks._crewai_llm``. Structured output (``response_model``) and a crew's manager
-or planning LLM are not guarded. ``CastorLLM`` (``castor.frameworks._castor_models.crewai``) is a CrewAI LLM
-answered by Castor's model provider (in the fleet, on the ``llm`` pool): ``guard`` leaves it as it is.
+its LLM in ``castor.frameworks._crewai_llm``. Structured output (``response_model``: a task's
+``output_pydantic`` / ``output_json``, CrewAI's converters) is guarded too: the request holds the model's JSON
+schema, the step journals the answer as JSON text, and the call returns what the wrapped LLM returned (on
+replay, the instance rebuilt from the journal). ``CastorLLM`` (``castor.frameworks._castor_models.crewai``) is
+a CrewAI LLM answered by Castor's model provider (in the fleet, on the ``llm`` pool): ``guard`` leaves it as
+it is (it serves no ``response_model``).
 
 Streaming: CrewAI streams inside an LLM's call (``LLM(stream=True)``; ``Crew(stream=True)`` sets it on the
 agents' LLMs), each piece an ``LLMStreamChunkEvent`` on its event bus. A guarded LLM's call is still one
@@ -244,11 +257,12 @@ async def akickoff(crew: Crew, *, on_chunk: Callable[[Any], None] | None = None,
     crew.akickoff()`` on a guarded streaming crew returns CrewAI's ``CrewStreamingOutput``, whose reader a
     suspension reaches too.)
 
-    Not a crew with ``planning=True``: CrewAI's ``akickoff`` plans synchronously on the event loop, which a
-    guarded call cannot block; run it with ``kickoff(crew)``."""
+    Not a crew with ``planning=True``: CrewAI's ``akickoff`` plans synchronously on the event loop (CrewAI
+    1.15 then refuses to run the planner's agent there; a guarded call could not block the loop either): run
+    it with ``kickoff(crew)``."""
     if crew.planning:
         raise UnsupportedError("CrewAI's akickoff plans a crew with planning=True synchronously on the event "
-                               "loop, which a guarded call cannot block: run it with kickoff(crew)")
+                               "loop, where its planner cannot run: run it with kickoff(crew)")
     guard(crew)
     if not crew.stream:
         return await crew.akickoff(**kwargs)

@@ -190,7 +190,8 @@ async def test_a_planning_crew_without_a_planning_llm_is_refused() -> None:
 
 async def test_a_planning_crew_under_akickoff_is_refused_naming_kickoff() -> None:
     planner = Structured(model="planner", fields=PLAN)
-    with pytest.raises(UnsupportedError, match=r"synchronously on the event loop.*run it with kickoff\(crew\)"):
+    refusal = r"synchronously on the event loop, where its planner cannot run: run it with kickoff\(crew\)"
+    with pytest.raises(UnsupportedError, match=refusal):
         await kernel().run(run(lambda: planning_crew(planner, worker()), "akickoff"))
     assert planner.asked == []
 
