@@ -214,6 +214,9 @@ def _guard_crew(crew: Crew) -> None:
     """The crew's agents and tasks guarded, and the LLMs CrewAI hands the agents it makes at kickoff: the
     hierarchical manager's (``manager_llm``, which CrewAI gives the manager it builds; a ``manager_agent``'s
     own) and the planner's (``planning_llm``). A model name there is made the LLM CrewAI would make of it."""
+    if crew.__dict__.get("function_calling_llm") is not None:  # read without its deprecation warning
+        raise UnsupportedError("a CrewAI crew with a function_calling_llm is not guarded: CrewAI gives it to its "
+                               "agents at kickoff (their tool calls and output conversions)")
     for holder in [*crew.agents, *crew.tasks]:
         guard(holder)
     if crew.manager_agent is not None:  # the user's, or the one CrewAI built at an earlier kickoff

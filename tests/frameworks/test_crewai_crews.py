@@ -129,6 +129,15 @@ def test_a_manager_llm_given_by_model_name_is_guarded_as_the_llm_crewai_would_ma
     assert isinstance(crew.manager_llm, GuardedLLM) and crew.manager_llm.wrapped.model == "gpt-4o-mini"
 
 
+def test_a_crew_with_a_function_calling_llm_is_refused() -> None:
+    # CrewAI hands it to every agent without one at kickoff, and converts a task's output with it
+    crew = Crew(agents=[janitor(worker())], tasks=[Task(description="clean", expected_output="a word",
+                                                        agent=None)], process=Process.hierarchical,
+                manager_llm=manager(), function_calling_llm="gpt-4o-mini")
+    with pytest.raises(UnsupportedError, match=r"^a CrewAI crew with a function_calling_llm is not guarded"):
+        guard(crew)
+
+
 # --- planning -----------------------------------------------------------------------------------------
 
 
