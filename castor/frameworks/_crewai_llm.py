@@ -14,6 +14,12 @@ piece an ``LLMStreamChunkEvent`` on CrewAI's event bus; the guard reads the even
 bus hands stream chunks to handlers in the emitting thread, in its context) so that a stream failing part
 way is journaled and charged for the text it received, as ``castor.lib.stream``'s. A step replayed from
 the journal emits its journaled text as one chunk.
+
+Structured output (``response_model``: CrewAI asks for it on a task with ``output_pydantic`` or ``output_json``,
+and its converters do): the request holds the model's JSON schema (another schema at that step diverges) and
+the wrapped LLM is asked with it. It answers text (which CrewAI parses) or an instance of the model; the step
+journals the text, or the instance as JSON, and returns what the wrapped LLM returned: on replay, the text or
+the instance rebuilt (``model_validate_json``).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from crewai.events.event_bus import crewai_event_bus
 from crewai.events.types.llm_events import LLMStreamChunkEvent
 from crewai.llms import base_llm
 from crewai.llms.base_llm import BaseLLM
-from pydantic import PrivateAttr
+from pydantic import BaseModel, PrivateAttr
 
 from castor.errors import UnsupportedError
 from castor.frameworks._castor_models.crewai import RUNNER, CastorLLM, call_scope, emit_chunk, streams
@@ -40,11 +46,11 @@ from castor.llm import canonical_request as canonical_json
 FRAMEWORK = "CrewAI"
 
 
-def canonical_request(messages: Any, tools: Any, stop: list[str],
-                      parts: Callable[[Any], Any] | None = None) -> dict[str, Any]:
-    """The model request as Castor journals and compares it (the messages, tool names, stop words), made of
-    canonical parts (``model_step(canonical=True)``): each message converted by ``parts`` (a ``MessageParts``,
-    which converts a message once), else anew."""
+def canonical_request(messages: Any, tools: Any, stop: list[str], parts: Callable[[Any], Any] | None = None,
+                      response_model: type[BaseModel] | None = None) -> dict[str, Any]:
+    """The model request as Castor journals and compares it (the messages, tool names, stop words, the
+    structured output's JSON schema), made of canonical parts (``model_step(canonical=True)``): each message
+    converted by ``parts`` (a ``MessageParts``, which converts a message once), else anew."""
     listed = [{"role": "user", "content": messages}] if isinstance(messages, str) else messages
     convert = parts or _message_part
     request: dict[str, Any] = {"messages": [convert(m) for m in listed]}
@@ -52,7 +58,13 @@ def canonical_request(messages: Any, tools: Any, stop: list[str],
         request["tools"] = canonical_json(tools)
     if stop:
         request["stop"] = list(stop)
+    if response_model is not None:
+        request["response_schema"] = _SCHEMAS(response_model)
     return request
+
+
+# Each structured output model's JSON schema, as canonical JSON: made once per model class.
+_SCHEMAS = IdentityCache(lambda model: canonical_json(model.model_json_schema()))
 
 
 def _message_part(message: Any) -> Any:
@@ -88,13 +100,14 @@ class GuardedLLM(BaseLLM):
     _parts: MessageParts = PrivateAttr(default_factory=MessageParts)
 
     def call(self, messages: Any, tools: Any = None, callbacks: Any = None, available_functions: Any = None,
-             from_task: Any = None, from_agent: Any = None, response_model: Any = None) -> str:
-        """Ask the wrapped LLM through Castor (from the journal on replay), from the crew's thread."""
+             from_task: Any = None, from_agent: Any = None, response_model: Any = None) -> Any:
+        """Ask the wrapped LLM through Castor (from the journal on replay), from the crew's thread: its text, or
+        (asked for a ``response_model``) the instance of it the wrapped LLM answered."""
         asked = _Call(self, messages, tools, callbacks, available_functions, from_task, from_agent, response_model)
-        return asked.text(model_step_here(asked.request, self.wrapped.model, asked.ask, asked.partial))
+        return asked.result(model_step_here(asked.request, self.wrapped.model, asked.ask, asked.partial))
 
     async def acall(self, messages: Any, tools: Any = None, callbacks: Any = None, available_functions: Any = None,
-                    from_task: Any = None, from_agent: Any = None, response_model: Any = None) -> str:
+                    from_task: Any = None, from_agent: Any = None, response_model: Any = None) -> Any:
         """``call`` awaited: the step on the run's loop, the wrapped LLM's ``acall`` (its ``call`` in a thread
         if it has no async path). An error that ends the run is raised carried past CrewAI's handling."""
         asked = _Call(self, messages, tools, callbacks, available_functions, from_task, from_agent, response_model)
@@ -103,7 +116,7 @@ class GuardedLLM(BaseLLM):
         def step() -> Any:
             return model_step(asked.request, self.wrapped.model, invoke, canonical=True, partial=asked.partial)
 
-        return asked.text(await on_run_loop(step))
+        return asked.result(await on_run_loop(step))
 
     def supports_function_calling(self) -> bool:
         """No: CrewAI then runs the agent in text mode and calls the guarded tools itself."""
@@ -127,30 +140,37 @@ class _Call:
     """One call of a guarded LLM: its journaled request, the wrapped LLM asked (in its call-scoped stop words
     and streaming), and the text it streamed, for the charge of a stream that fails part way."""
 
-    __slots__ = ("answered", "callbacks", "from_agent", "from_task", "llm", "messages", "request", "stop",
-                 "streaming", "texts", "tools")
+    __slots__ = ("answered", "callbacks", "from_agent", "from_task", "instance", "llm", "messages", "options",
+                 "request", "response_model", "stop", "streaming", "texts", "tools")
 
     def __init__(self, llm: GuardedLLM, messages: Any, tools: Any, callbacks: Any, available_functions: Any,
                  from_task: Any, from_agent: Any, response_model: Any) -> None:
-        if response_model is not None or available_functions:
-            raise UnsupportedError("a guarded CrewAI LLM answers in text: structured output and native tool "
-                                   "calls are not guarded")
+        if available_functions:
+            raise UnsupportedError("a guarded CrewAI LLM answers in text: native tool calls are not guarded")
+        if response_model is not None and not (isinstance(response_model, type) and issubclass(response_model,
+                                                                                             BaseModel)):
+            raise UnsupportedError(f"a guarded CrewAI LLM's response_model must be a pydantic model class, got "
+                                   f"{response_model!r}")
         self.llm = llm
         self.messages, self.tools, self.callbacks = messages, tools, callbacks
         self.from_task, self.from_agent = from_task, from_agent
+        self.response_model: type[BaseModel] | None = response_model
+        # response_model only when asked: an LLM of the user's own may predate the argument
+        self.options = {} if response_model is None else {"response_model": response_model}
         # The executor's stop words are a call-scoped override of this LLM (CrewAI 1.15+), else its field.
         self.stop = list(getattr(llm, "stop_sequences", None) or llm.stop or ())
-        self.request = canonical_request(messages, tools, self.stop, llm._parts)
+        self.request = canonical_request(messages, tools, self.stop, llm._parts, response_model)
         self.streaming = streams(llm)
         self.texts: list[str] = []  # the chunks the wrapped LLM streamed in this call
         self.answered = False
+        self.instance: BaseModel | None = None  # the response model's instance the wrapped LLM answered
 
     def ask(self) -> dict[str, Any]:
         """The wrapped LLM's ``call``, in the calling thread and its context (CrewAI's call-scoped settings)."""
         wrapped = self.llm.wrapped
         with _scoped(wrapped, self.stop, self.streaming), self._reading():
             answer = wrapped.call(self.messages, tools=self.tools, callbacks=self.callbacks,
-                                  from_task=self.from_task, from_agent=self.from_agent)
+                                  from_task=self.from_task, from_agent=self.from_agent, **self.options)
         return self._response(answer)
 
     async def ask_in_thread(self, _request: dict[str, Any]) -> dict[str, Any]:
@@ -162,15 +182,19 @@ class _Call:
         wrapped = self.llm.wrapped
         with _scoped(wrapped, self.stop, self.streaming), self._reading():
             answer = await wrapped.acall(self.messages, tools=self.tools, callbacks=self.callbacks,
-                                         from_task=self.from_task, from_agent=self.from_agent)
+                                         from_task=self.from_task, from_agent=self.from_agent, **self.options)
         return self._response(answer)
 
     def _response(self, answer: Any) -> dict[str, Any]:
         wrapped = self.llm.wrapped
-        if not isinstance(answer, str):
+        response: dict[str, Any] = {"text": answer, "tool_calls": [], "model": wrapped.model, "finish_reason": "stop"}
+        if self.response_model is not None and isinstance(answer, self.response_model):
+            self.instance = answer
+            response.update(text=answer.model_dump_json(), structured=True)
+        elif not isinstance(answer, str):
             raise UnsupportedError(f"the CrewAI LLM {wrapped.model!r} answered {type(answer).__name__}, not text")
         self.answered = True
-        return {"text": answer, "tool_calls": [], "model": wrapped.model, "finish_reason": "stop"}
+        return response
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[None]:
@@ -197,13 +221,16 @@ class _Call:
         """What a stream that failed part way received (``model_call(partial=...)``), None if nothing."""
         return received(self.request, self.texts)
 
-    def text(self, journaled: dict[str, Any]) -> str:
-        """The step's text; a step served from the journal to a streaming call emits it as one chunk."""
+    def result(self, journaled: dict[str, Any]) -> Any:
+        """The step's text, or the response model's instance (the wrapped LLM's; rebuilt from the journal on
+        replay); a step served from the journal to a streaming call emits its text as one chunk."""
         text = str(journaled["text"])
         if self.streaming and not self.answered:
             with call_scope():
                 emit_chunk(self.llm, text, self.from_task, self.from_agent)
-        return text
+        if self.response_model is None or not journaled.get("structured"):
+            return text
+        return self.instance if self.instance is not None else self.response_model.model_validate_json(text)
 
 
 # The text list of the guarded call whose wrapped LLM is streaming in this context.

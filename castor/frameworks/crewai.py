@@ -17,6 +17,16 @@ call asking ``castor.lib.tool``), a list of tools, an LLM (a ``GuardedLLM``), an
 Castor's suspension is a ``BaseException`` and passes, and an error that ends the run passes carried
 (``RunEnding``), not retried by CrewAI's task retries.
 
+A crew's own agents are guarded through the LLMs CrewAI hands them at kickoff: a hierarchical crew's
+``manager_llm`` (CrewAI builds its manager on it) or ``manager_agent``'s LLM, and a planning crew's
+``planning_llm``, each call a model step like the agents'. A crew with ``planning=True`` and no
+``planning_llm`` is refused (CrewAI would plan with an LLM of its own choosing, a real provider). The
+manager's delegation tools (and a delegating agent's) stay CrewAI's: they run a worker agent, whose LLM and
+tools are guarded, so they are not Castor tools (``tools_of`` leaves them out). The steps of a manager and its
+workers come in one order, the order CrewAI runs them in (one thread), so a resume or a fork replays them.
+CrewAI's ``akickoff`` plans synchronously on the event loop (and refuses to run its planner there): a
+planning crew runs under ``kickoff(crew)``.
+
 What is guarded, by entry point (inside a Castor run):
 
 - ``kickoff(crew)``: ``crew.kickoff`` in a worker thread of Castor's (``in_thread``); the guarded calls
@@ -40,9 +50,12 @@ A guarded LLM runs the agent in CrewAI's text (ReAct) mode: a CrewAI LLM with na
 runs the tools itself inside its ``call`` (``available_functions``), so one call would not be one model
 step; in text mode the model answers with text and CrewAI calls the (guarded) tools. Every call is a
 ``castor.lib.model_call`` step (the messages, the tools' names and the stop words; its answer the text),
-its LLM in ``castor.frameworks._crewai_llm``. Structured output (``response_model``) and a crew's manager
-or planning LLM are not guarded. ``CastorLLM`` (``castor.frameworks._castor_models.crewai``) is a CrewAI LLM
-answered by Castor's model provider (in the fleet, on the ``llm`` pool): ``guard`` leaves it as it is.
+its LLM in ``castor.frameworks._crewai_llm``. Structured output (``response_model``: a task's
+``output_pydantic`` / ``output_json``, CrewAI's converters) is guarded too: the request holds the model's JSON
+schema, the step journals the answer as JSON text, and the call returns what the wrapped LLM returned (on
+replay, the instance rebuilt from the journal). ``CastorLLM`` (``castor.frameworks._castor_models.crewai``) is
+a CrewAI LLM answered by Castor's model provider (in the fleet, on the ``llm`` pool): ``guard`` leaves it as
+it is (it serves no ``response_model``).
 
 Streaming: CrewAI streams inside an LLM's call (``LLM(stream=True)``; ``Crew(stream=True)`` sets it on the
 agents' LLMs), each piece an ``LLMStreamChunkEvent`` on its event bus. A guarded LLM's call is still one
@@ -72,6 +85,8 @@ from crewai.events.event_bus import crewai_event_bus
 from crewai.events.types.llm_events import LLMStreamChunkEvent
 from crewai.llms.base_llm import BaseLLM
 from crewai.tools import BaseTool
+from crewai.tools.agent_tools.base_agent_tools import BaseAgentTool
+from crewai.utilities.llm_utils import create_llm
 
 from castor.errors import UnsupportedError
 from castor.frameworks._castor_models.crewai import RUNNER, CastorLLM
@@ -137,7 +152,8 @@ _CHECKED = IdentityCache(lambda _tool: None)  # the argument schema each tool wa
 
 
 def tools_of(x: Any) -> list[ToolEntry]:
-    """``(name, function)`` of every tool of a tool list, an agent or a crew, for ``Castor(tools=...)``."""
+    """``(name, function)`` of every tool of a tool list, an agent or a crew, for ``Castor(tools=...)``; not
+    CrewAI's delegation tools (a manager's, a delegating agent's), which run agents, not side effects."""
     entries: dict[str, ToolEntry] = {}
     for t in _tools_in(x):
         entries.setdefault(t.name, tool_entry(t))
@@ -145,12 +161,14 @@ def tools_of(x: Any) -> list[ToolEntry]:
 
 
 def _tools_in(x: Any) -> list[BaseTool]:
+    if isinstance(x, BaseAgentTool):
+        return []
     if isinstance(x, BaseTool):
         return [x]
-    if isinstance(x, Crew):
+    if isinstance(x, Crew):  # a manager has no tools but its delegation ones (CrewAI refuses any other)
         return [t for holder in [*x.agents, *x.tasks] for t in _tools_in(holder)]
     if isinstance(x, Agent | Task):
-        return list(x.tools or ())
+        return _tools_in(list(x.tools or ()))
     if isinstance(x, list | tuple):
         return [t for item in x for t in _tools_in(item)]
     raise UnsupportedError(f"castor.frameworks.crewai: expected tools, an Agent or a Crew, got {type(x).__name__}")
@@ -168,7 +186,7 @@ def guard(x: Any) -> Any:
     if isinstance(x, list | tuple):
         return [guard(item) for item in x]
     if isinstance(x, Task):
-        x.tools = [guard_tool(t) for t in x.tools or ()]
+        x.tools = _guarded_tools(x.tools)
         return x
     if isinstance(x, Agent):
         if not isinstance(x.llm, BaseLLM):
@@ -176,18 +194,47 @@ def guard(x: Any) -> Any:
         if x.__dict__.get("function_calling_llm") is not None:  # read without its deprecation warning
             raise UnsupportedError(f"CrewAI agent {x.role!r} has a function_calling_llm, which is not guarded")
         x.llm = guard_llm(x.llm)
-        x.tools = [guard_tool(t) for t in x.tools or ()]
+        x.tools = _guarded_tools(x.tools)
         return x
     if isinstance(x, Crew):
-        if x.manager_llm is not None or x.manager_agent is not None or x.planning:
-            raise UnsupportedError("a CrewAI crew with a manager or planning is not guarded: its manager's and "
-                                   "planner's model calls would not be journaled")
-        for holder in [*x.agents, *x.tasks]:
-            guard(holder)
+        _guard_crew(x)
         return x
     raise UnsupportedError(
         f"castor.frameworks.crewai.guard() takes tools, an LLM, an Agent or a Crew, got {type(x).__name__}"
     )
+
+
+def _guarded_tools(tools: Any) -> list[BaseTool]:
+    """``tools`` guarded, but CrewAI's delegation tools: orchestration (they run an agent, whose LLM and tools
+    are guarded), not side effects, and CrewAI refuses a manager holding any other tool."""
+    return [t if isinstance(t, BaseAgentTool) else guard_tool(t) for t in tools or ()]
+
+
+def _guard_crew(crew: Crew) -> None:
+    """The crew's agents and tasks guarded, and the LLMs CrewAI hands the agents it makes at kickoff: the
+    hierarchical manager's (``manager_llm``, which CrewAI gives the manager it builds; a ``manager_agent``'s
+    own) and the planner's (``planning_llm``). A model name there is made the LLM CrewAI would make of it."""
+    if crew.__dict__.get("function_calling_llm") is not None:  # read without its deprecation warning
+        raise UnsupportedError("a CrewAI crew with a function_calling_llm is not guarded: CrewAI gives it to its "
+                               "agents at kickoff (their tool calls and output conversions)")
+    for holder in [*crew.agents, *crew.tasks]:
+        guard(holder)
+    if crew.manager_agent is not None:  # the user's, or the one CrewAI built at an earlier kickoff
+        guard(crew.manager_agent)
+    if crew.manager_llm is not None:
+        crew.manager_llm = guard_llm(_llm_object(crew.manager_llm))
+    if crew.planning:
+        if crew.planning_llm is None:
+            raise UnsupportedError("a CrewAI crew with planning=True plans with a default LLM of CrewAI's "
+                                   "choosing: give Crew(planning_llm=...), which guard() journals")
+        crew.planning_llm = guard_llm(_llm_object(crew.planning_llm))
+
+
+def _llm_object(llm: Any) -> BaseLLM:
+    made = create_llm(llm)  # what CrewAI makes of a model name or a config: an LLM object as it is
+    if not isinstance(made, BaseLLM):
+        raise UnsupportedError(f"CrewAI made no LLM object of {llm!r} to guard")
+    return made
 
 
 async def kickoff(crew: Crew, *, on_chunk: Callable[[Any], None] | None = None, **kwargs: Any) -> Any:
@@ -211,7 +258,14 @@ async def akickoff(crew: Crew, *, on_chunk: Callable[[Any], None] | None = None,
     A ``Crew(stream=True)`` returns its ``CrewOutput``, as under ``kickoff``: each ``LLMStreamChunkEvent`` of
     its agents' LLMs goes to ``on_chunk`` (from the thread the call streams in) as it comes. (``await
     crew.akickoff()`` on a guarded streaming crew returns CrewAI's ``CrewStreamingOutput``, whose reader a
-    suspension reaches too.)"""
+    suspension reaches too.)
+
+    Not a crew with ``planning=True``: CrewAI's ``akickoff`` plans synchronously on the event loop (CrewAI
+    1.15 then refuses to run the planner's agent there; a guarded call could not block the loop either): run
+    it with ``kickoff(crew)``."""
+    if crew.planning:
+        raise UnsupportedError("CrewAI's akickoff plans a crew with planning=True synchronously on the event "
+                               "loop, where its planner cannot run: run it with kickoff(crew)")
     guard(crew)
     if not crew.stream:
         return await crew.akickoff(**kwargs)
