@@ -53,6 +53,9 @@ class SyscallRecord(BaseModel):
     finished_at: float | None = None
     # The run's total usage after this step, on every USAGE_STRIDE-th record (see usage_of).
     usage: dict[str, float] | None = None
+    # A step whose call raised and which the run went past (the agent caught the error and went on): what
+    # it raised, raised again when the step is replayed (``castor.kernel.failed_steps``); its response is None.
+    failure: dict[str, Any] | None = None
 
     @property
     def tool_name(self) -> str:
@@ -67,7 +70,8 @@ class SyscallRecord(BaseModel):
 
 
 class StepFailure(BaseModel):
-    """A tool call that raised: journaled for audit, not cached (a resumed run executes it again)."""
+    """A tool call that raised, kept for audit. A step the run stopped at is not cached (a resumed run
+    executes it again); one the run went past is also journaled as its record (``SyscallRecord.failure``)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -233,6 +237,7 @@ def new_record(
     decided_by: str | None = None,
     finished_at: float | None = None,
     usage: dict[str, float] | None = None,
+    failure: dict[str, Any] | None = None,
 ) -> SyscallRecord:
     """A ``SyscallRecord`` built from values the kernel produced itself, without re-validating them.
 
@@ -256,6 +261,7 @@ def new_record(
             "decided_by": decided_by,
             "finished_at": finished_at,
             "usage": usage,
+            "failure": failure,
         },
     )
     # Shared and empty: pydantic copies this set before it would ever change it (model_copy).

@@ -161,7 +161,11 @@ def step_line(index: int, record: SyscallRecord) -> str:
         flags.append("charged " + ", ".join(f"{k}={number(v)}" for k, v in record.charged.items()))
     if record.child_checkpoint is not None:
         flags.append(f"child: {record.child_checkpoint.pid} {record.child_checkpoint.status}")
-    if is_model_step(record.tool_name):
+    if record.failure is not None:  # the call raised; the run went past it (a replay raises it again)
+        failure = record.failure
+        raised = f"{failure.get('error_type', 'Error')}: {failure.get('message', '')}"
+        text = f"  [{index}] {call_text(record.tool_name, record.arguments)} -> raised {short(raised, 60)}"
+    elif is_model_step(record.tool_name):
         text = model_step_text(index, record, short)
     elif record.tool_name in MMU_STEPS:
         text = mmu_step_text(index, record, short)

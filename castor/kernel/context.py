@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextvars
 import math
+import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -22,6 +23,7 @@ from castor._sealing import DataKey, digested
 from castor.agents import AgentRegistry
 from castor.checkpoint import USAGE_STRIDE, AgentCheckpoint, SyscallRecord, failure_usage, usage_of
 from castor.errors import JournalConflictError, RunEndedError
+from castor.kernel.failed_steps import NOT_OUTCOMES, failure_record
 from castor.registry import ToolRegistry, ToolSpec
 from castor.seams import Backend, Executor, ToolCall
 
@@ -154,6 +156,8 @@ class RunContext:
     children: dict[str, Any] = field(default_factory=dict)
     spawned: int = 0
     _ahead: dict[int, tuple[SyscallRecord, bool]] = field(default_factory=dict)
+    # Steps whose call raised, as failure records: journaled once the run goes past them (went_past).
+    _failed: dict[int, SyscallRecord] = field(default_factory=dict)
     usage: dict[str, float] = field(default_factory=dict)  # what the journal was charged so far
     spent: dict[str, float] = field(default_factory=dict)  # what calls that failed part way were charged
     ledger_open: bool = True  # the store holds a ledger for the run (closed when it stops)
@@ -192,8 +196,7 @@ class RunContext:
         """
         log = self.checkpoint.syscall_log
         if step != len(log):
-            self._ahead[step] = (record, stored)
-            return record
+            return await self._hold(step, record, stored)
         journal = self.journal
         usage = self.usage
         first, mine = step, record
@@ -222,6 +225,36 @@ class RunContext:
             if held is None:
                 return mine
             record, stored = held
+
+    async def _hold(self, step: int, record: SyscallRecord, stored: bool) -> SyscallRecord:
+        """A record that arrives before an earlier step's: held until that step is journaled, unless that
+        step failed (the run goes past it: both journaled now). The step's record, as ``commit``."""
+        self._ahead[step] = (record, stored)
+        if self._failed:
+            await self.went_past(step)
+        log = self.checkpoint.syscall_log
+        return log[step] if step < len(log) else record  # journaled now (maybe another's), or held
+
+    def step_failed(self, call: Syscall, error: BaseException) -> None:
+        """``call`` raised ``error`` and its step has no record: kept as a failure record, journaled if the
+        run goes past the step (``castor.kernel.failed_steps``). A run-ending error is no step's outcome."""
+        step = call.step
+        if step < len(self.checkpoint.syscall_log) or step in self._ahead or isinstance(error, NOT_OUTCOMES):
+            return
+        self._failed[step] = failure_record(call.request, error, time.time())
+
+    async def went_past(self, step: int) -> None:
+        """The run goes on at ``step``: the failure records of the steps before it are journaled, and with
+        them the records held behind them (``commit``)."""
+        failed = [s for s in self._failed if s < step]
+        if not failed:
+            return
+        for s in failed:
+            self._ahead[s] = (self._failed.pop(s), False)
+        log = self.checkpoint.syscall_log
+        held = self._ahead.pop(len(log), None)
+        if held is not None:
+            await self.commit(len(log), held[0], stored=held[1])
 
     async def _journaled_first(self, step: int, record: SyscallRecord) -> SyscallRecord:
         """The step's record in the store, written first by another process driving the run, if it is the

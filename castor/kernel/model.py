@@ -157,8 +157,20 @@ class ModelSyscall(Syscall):
 
 
 def build_model_chain(interceptors: Iterable[Interceptor] = ()) -> Handler:
-    """The model chain: the tool chain's replay and interceptors, then the model's own stages."""
-    return wrap([replay, *interceptors, validate, budget], execute)
+    """The model chain: the tool chain's replay and interceptors, then the model's own stages. A call that
+    raises leaves its step to the run's failure records (``castor.kernel.failed_steps``): an agent or a
+    framework that catches a model's error and goes on (a fallback model, a retry) gets the step journaled
+    as failed, and a replay raises the error again there."""
+    chain = wrap([replay, *interceptors, validate, budget], execute)
+
+    async def model_chain(call: Syscall) -> Any:
+        try:
+            return await chain(call)
+        except Exception as error:
+            call.ctx.step_failed(call, error)
+            raise
+
+    return model_chain
 
 
 def is_model_step(tool_name: str) -> bool:

@@ -16,6 +16,7 @@ from castor._sealing import encrypted, foreign_digests
 from castor.checkpoint import AgentCheckpoint, SyscallRecord
 from castor.errors import ReplayDivergenceError
 from castor.kernel.context import Handler, Suspend, Syscall, same_arguments
+from castor.kernel.failed_steps import raised
 from castor.seams import PendingApproval
 
 SPECULATIVE_REASON = "destructive tool executed speculatively; review before trusting its effect"
@@ -55,7 +56,10 @@ def replay(call: Syscall, inner: Handler) -> Awaitable[Any]:
     recorded = request.get("arguments")
     if request.get("tool_name") != call.tool_name or (recorded != call.arguments and not _same_call(recorded, call)):
         raise ReplayDivergenceError(call.step, request, call.request)
-    return _value(record.response)
+    response = record.response
+    if response is None and record.failure is not None:  # the call raised and the run went on: raised again
+        raise raised(record.failure)
+    return _value(response)
 
 
 def _same_call(recorded: Any, call: Syscall) -> bool:
@@ -102,6 +106,8 @@ async def suspend_for_human(call: Syscall, attempt: int, reason: str) -> NoRetur
         PendingApproval(ctx.run_id, call.step, call.tool_name, arguments, time.time(), None, reason, attempt=attempt)
     )
     ctx.suspended_at = call.step
+    if ctx._failed:  # the run went past steps that failed before this one: journaled before it stops here
+        await ctx.went_past(call.step)
     cp = ctx.checkpoint
     cp.pending_hitl = {"tool_name": call.tool_name, "arguments": arguments}
     cp.pending_step = call.step

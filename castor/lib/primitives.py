@@ -19,7 +19,12 @@ async def tool(name: str, /, **kwargs: Any) -> Any:
         handled = await mmu.on_tool(ctx, name, kwargs)
         if handled is not mmu.PASS:
             return handled
-    response = await services.chain(Syscall(ctx.run_id, ctx.claim_step(), name, kwargs, ctx))
+    call = Syscall(ctx.run_id, ctx.claim_step(), name, kwargs, ctx)
+    try:
+        response = await services.chain(call)
+    except Exception as error:  # the agent may catch it and go on: the step is then journaled as failed
+        ctx.step_failed(call, error)
+        raise
     return wrap(response) if services.structured_results else response
 
 

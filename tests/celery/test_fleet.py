@@ -305,6 +305,36 @@ async def test_tool_exception_keeps_its_type_name(fleet: Fleet, kernel: Castor) 
     assert len(_received(fleet, "web", pid)) == 1  # not retryable: never sent again (a retry is a new message)
 
 
+async def test_a_worker_failure_the_agent_goes_past_is_journaled_and_nothing_after_it_runs_twice(
+    fleet: Fleet, kernel: Castor
+) -> None:
+    """The worker journals the later steps itself: the coordinator journals the failed step in its place
+    before them, so the run's journal has no hole and a resume (another coordinator) replays all of it."""
+    tag = f"past-{uuid.uuid4().hex[:6]}"
+
+    async def agent() -> list[object]:
+        try:
+            first: object = await lib.tool("explode", message="boom")
+        except RemoteToolError as error:  # the agent takes the failure and goes on, as frameworks do
+            first = f"caught {error.error_type}: {error.tool_message}"
+        wrote = await lib.tool("slow_write", tag=tag, seconds=0)
+        return [first, wrote, await lib.tool("delete_file", path=f"{tag}.log")]
+
+    cp = await kernel.run(agent)
+    assert cp.status == "SUSPENDED_FOR_HITL" and cp.pending_step == 2
+    assert [r.tool_name for r in cp.syscall_log] == ["explode", "slow_write"]
+    await kernel.approve(cp)
+    other = Castor(**fleet_options(fleet.settings, budgets={}))  # another coordinator, the store shared
+    try:
+        done = await other.run(agent, pid=cp.pid)
+    finally:
+        await other.close()
+    assert done.status == "COMPLETED", done.error
+    assert done.result == ["caught ValueError: boom", f"wrote {tag}", f"deleted {tag}.log"]
+    assert (fleet.count(tag, "start"), fleet.count(tag, "done")) == (1, 1)  # slow_write ran once
+    assert len(_received(fleet, "web", cp.pid)) == 1  # explode was sent once: its failure was replayed
+
+
 async def test_retryable_tool_is_retried_with_backoff(fleet: Fleet, kernel: Castor) -> None:
     tag = f"flaky-{uuid.uuid4().hex[:6]}"
 

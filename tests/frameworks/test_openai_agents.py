@@ -233,6 +233,36 @@ async def test_a_failing_tool_reaches_the_model_through_the_sdks_error_handling(
     assert last["type"] == "function_call_output" and last["output"].startswith("An error occurred")
 
 
+async def test_a_run_that_went_past_a_failing_tool_resumes_without_calling_anything_again() -> None:
+    """The SDK hands the tool's error to the model, which goes on: the failed step is journaled, so the
+    steps after it are too, and a resume replays them all (the model and the tools called once each)."""
+    calls: list[str] = []
+
+    async def broken(path: str) -> str:
+        """Break."""
+        calls.append("broken")
+        raise ValueError("disk on fire")
+
+    async def tally(query: str) -> str:
+        """Count."""
+        calls.append("tally")
+        return f"counted {query}"
+
+    script = Scripted([call("broken", '{"path": "/x"}', "c1")], [call("tally", '{"query": "logs"}', "c2")],
+                      [call("delete_file", '{"path": "/tmp/old"}', "c3")], [say("done")])
+    agent = Agent(name="breaker", model=script,
+                  tools=[function_tool(broken), function_tool(tally), function_tool(delete_file)])
+    k = kernel(agent)
+    cp = await k.run(main_of(agent))
+    assert cp.status == "SUSPENDED_FOR_HITL" and cp.pending_tool == "delete_file"
+    assert [r.tool_name for r in cp.syscall_log] == ["model:scripted", "broken", "model:scripted", "tally",
+                                                     "model:scripted"]
+    await k.approve(cp)
+    cp = await k.run(main_of(agent), checkpoint=cp)
+    assert cp.status == "COMPLETED" and cp.result == "done"
+    assert calls == ["broken", "tally"] and len(script.asked) == 4  # once each over the run's life
+
+
 def test_an_input_item_converted_in_one_walk_is_the_request_the_json_round_trip_gives() -> None:
     from castor.frameworks import _openai_agents_json as guard_module
     from castor.llm import canonical_request as canonical_json

@@ -252,3 +252,38 @@ async def test_a_sync_tool_runs_in_the_agents_own_thread_unless_it_has_a_deadlin
     cp = await k.run(main_of(Scripted()))
     assert cp.status == "COMPLETED" and threads[0] == "castor-run"
     assert threads[1].startswith("castor-tool")
+
+
+BROKEN: list[str] = []
+
+
+@tool
+def broken(path: str) -> str:
+    """Break.
+
+    Args:
+        path: the file that breaks it
+    """
+    BROKEN.append(path)
+    raise ValueError("disk on fire")
+
+
+async def test_a_run_that_went_past_a_failing_tool_resumes_without_calling_anything_again() -> None:
+    """smolagents hands the tool's error to the model as an observation and goes on: the failed step is
+    journaled, so a resume replays it and every step after it (the model and the tools called once each)."""
+    BROKEN.clear()
+    script = Scripted(call("broken", {"path": "/x"}, "c1"), call("delete_file", {"path": "/tmp/old"}, "c2"),
+                      call("final_answer", {"answer": "done"}, "c3"))
+
+    async def main() -> str:
+        return str(await run(agent_of(script, [broken, search, delete_file]), "clean up old logs"))
+
+    k = Castor(tools=tools_of([broken, search, delete_file]), destructive=["delete_file"])
+    cp = await k.run(main)
+    assert cp.status == "SUSPENDED_FOR_HITL" and cp.pending_tool == "delete_file"
+    assert [r.tool_name for r in cp.syscall_log] == ["model:scripted", "broken", "model:scripted"]
+    assert "disk on fire" in text(script.asked[-1][-1])  # the model was told, as smolagents does
+    await k.approve(cp)
+    cp = await k.run(main, checkpoint=cp)
+    assert cp.status == "COMPLETED" and cp.result == "done"
+    assert BROKEN == ["/x"] and len(script.asked) == 3  # once each over the run's life

@@ -91,5 +91,5 @@ def test_a_worker_and_the_kernel_build_the_same_record_from_the_same_call() -> N
     assert call.record(1).model_dump() == {
         "request": {"tool_name": "rm", "arguments": {"path": "/tmp/x", "n": "3"}}, "response": 1, "was_hitl": True,
         "needs_review": False, "review_reason": None, "child_checkpoint": None, "charged": {"api": 2.0},
-        "decided_by": "ann", "finished_at": 1_700_000_000.5, "usage": {"api": 64.0},
+        "decided_by": "ann", "finished_at": 1_700_000_000.5, "usage": {"api": 64.0}, "failure": None,
     }

@@ -1,0 +1,200 @@
+"""A step whose call raised and which the run went past is journaled, and a replay raises the same error.
+
+Before, such a step left a hole in the journal: every later record was held behind it and dropped when the
+run stopped, so a resume ran those later calls again (a non-idempotent tool twice) and a completed run kept
+an empty journal. Every framework that hands a tool's error to its model and goes on hit it. A failure the
+run stopped at is still not journaled: a resume retries it (``test_finished_runs``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from castor import Castor, UnknownToolError
+from castor.backends.sqlite import sqlite_backend
+from castor.cli._render import step_line
+from castor.kernel.failed_steps import ReplayedFailure, describe, raised
+from castor.lib import model_call, tool
+from castor.seams import Backend
+
+CHARGED: list[int] = []
+FLAKY: list[int] = []
+
+
+async def charge(amount: int) -> str:
+    """Not idempotent: each run of it is a payment."""
+    CHARGED.append(amount)
+    return f"charged {amount}"
+
+
+async def flaky() -> str:
+    """Fails the first time it runs in a test, then works: a replay must not run it again."""
+    FLAKY.append(1)
+    if len(FLAKY) == 1:
+        raise ValueError("the service said no")
+    return "fine"
+
+
+async def delete_file(path: str) -> str:
+    return f"deleted {path}"
+
+
+@pytest.fixture(autouse=True)
+def _fresh() -> None:
+    CHARGED.clear()
+    FLAKY.clear()
+
+
+def kernel(**options: object) -> Castor:
+    return Castor(tools=[charge, flaky, delete_file], destructive=["delete_file"], **options)  # type: ignore[arg-type]
+
+
+async def goes_on() -> list[str]:
+    """Catches the failure, charges, then asks for a destructive call: a human decides it."""
+    seen = []
+    try:
+        seen.append(await tool("flaky"))
+    except ValueError as error:  # the very class, live and replayed
+        seen.append(f"caught {error!r}")
+    seen.append(await tool("charge", amount=5))
+    seen.append(await tool("delete_file", path="/tmp/old"))
+    return seen
+
+
+async def test_a_caught_failure_is_journaled_and_the_steps_after_it_are_not_run_again() -> None:
+    k = kernel()
+    cp = await k.run(goes_on)
+    assert cp.status == "SUSPENDED_FOR_HITL" and cp.pending_step == 2
+    assert [r.tool_name for r in cp.syscall_log] == ["flaky", "charge"]  # no hole at step 0
+    failed = cp.syscall_log[0]
+    assert failed.response is None and failed.failure is not None
+    assert failed.failure["error_type"] == "ValueError" and failed.failure["message"] == "the service said no"
+    assert step_line(0, failed) == "  [0] flaky() -> raised ValueError: the service said no"  # castor inspect
+    await k.approve(cp)
+    cp = await k.run(goes_on, checkpoint=cp)
+    assert cp.status == "COMPLETED"
+    assert cp.result == ["caught ValueError('the service said no')", "charged 5", "deleted /tmp/old"]
+    assert CHARGED == [5] and len(FLAKY) == 1  # neither ran again: both came from the journal
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Backend]:
+    """A new backend on one store at each call, as each process has."""
+    if request.param == "sqlite":
+        return lambda: sqlite_backend(str(tmp_path / "castor.db"))
+    url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+    from castor.backends.redis import redis_backend
+
+    return lambda: redis_backend(url, prefix=prefix)
+
+
+async def test_a_new_process_replays_the_failure_from_the_store(store: Callable[[], Backend]) -> None:
+    first = kernel(store=store())
+    cp = await first.run(goes_on, pid="goes-on")
+    await first.approve(cp)
+    await first.close()
+    second = kernel(store=store())  # another process: only the store is shared
+    try:
+        done = await second.run(goes_on, pid="goes-on")
+        assert done.status == "COMPLETED" and done.result[0] == "caught ValueError('the service said no')"
+        assert CHARGED == [5] and len(FLAKY) == 1
+    finally:
+        await second.close()
+
+
+async def test_a_completed_run_that_went_past_a_failure_keeps_its_whole_journal() -> None:
+    async def agent() -> str:
+        with contextlib.suppress(UnknownToolError):
+            await tool("nope", x=1)
+        return await tool("charge", amount=1)
+
+    k = kernel()
+    cp = await k.run(agent)
+    assert cp.status == "COMPLETED" and [r.tool_name for r in cp.syscall_log] == ["nope", "charge"]
+    forked = await k.run(agent, checkpoint=cp.fork(at_step=2))
+    assert forked.status == "COMPLETED" and CHARGED == [1]  # the fork replayed both steps
+
+
+async def test_a_failure_beside_a_call_that_finished_first_journals_both() -> None:
+    """Two calls at once: the second finishes first and waits for the first, which then fails. The agent
+    takes the failure (``return_exceptions``): both steps are journaled, nothing is run again on a fork."""
+    async def slow_failure() -> str:
+        await asyncio.sleep(0.05)
+        raise RuntimeError("late")
+
+    async def agent() -> list[str]:
+        results = await asyncio.gather(tool("slow_failure"), tool("charge", amount=7), return_exceptions=True)
+        return [repr(r) if isinstance(r, BaseException) else r for r in results]
+
+    k = Castor(tools=[slow_failure, charge])
+    cp = await k.run(agent)
+    assert cp.result == ["RuntimeError('late')", "charged 7"]
+    assert [r.tool_name for r in cp.syscall_log] == ["slow_failure", "charge"]
+    again = await k.run(agent, checkpoint=cp.fork(at_step=2))
+    assert again.result == cp.result and CHARGED == [7]
+
+
+async def test_a_failure_the_run_stops_at_is_not_journaled_and_a_resume_retries_it() -> None:
+    async def agent() -> str:
+        return await tool("flaky")
+
+    k = kernel()
+    with pytest.raises(ValueError):
+        await k.run(agent, pid="stops-here")
+    failed = await k.aload("stops-here")
+    assert failed.status == "FAILED" and failed.syscall_log == []
+    done = await k.run(agent, checkpoint=failed)
+    assert done.result == "fine" and len(FLAKY) == 2
+
+
+class TeapotError(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(f"teapot {code}")
+        self.code = code
+
+
+def test_an_error_is_made_again_with_its_class_arguments_and_attributes() -> None:
+    again = raised(describe(TeapotError(418)))
+    assert type(again) is TeapotError and again.code == 418  # type: ignore[attr-defined]
+    assert (str(again), repr(again)) == ("teapot 418", "TeapotError('teapot 418')")
+    builtin = raised(describe(KeyError("k")))
+    assert type(builtin) is KeyError and str(builtin) == "'k'"
+
+
+def test_a_class_that_cannot_be_found_again_gets_a_stand_in_with_its_name_str_and_repr() -> None:
+    failure = describe(TeapotError(418)) | {"module": "not_imported_anywhere"}
+    again = raised(failure)
+    assert isinstance(again, ReplayedFailure) and type(again).__name__ == "TeapotError"
+    assert (str(again), repr(again)) == ("teapot 418", "TeapotError('teapot 418')")
+
+
+async def test_a_model_call_that_raised_and_a_fallback_after_it_replay_without_calling_either() -> None:
+    """A framework's fallback model (LangChain ``with_fallbacks``): the first call raised, the agent asked
+    another model. Both steps are journaled; the replay raises the first error again and serves the second."""
+    asked: list[str] = []
+
+    async def down(_request: dict[str, object]) -> dict[str, object]:
+        asked.append("down")
+        raise ConnectionError("provider unreachable")
+
+    async def backup(_request: dict[str, object]) -> dict[str, object]:
+        asked.append("backup")
+        return {"text": "hello", "usage": {"input_tokens": 3, "output_tokens": 1}}
+
+    async def agent() -> str:
+        request = {"messages": [{"role": "user", "content": "hi"}]}
+        try:
+            return str((await model_call(request, model="main", invoke=down))["text"])
+        except ConnectionError:
+            return str((await model_call(request, model="backup", invoke=backup))["text"])
+
+    k = Castor(tools=[])
+    cp = await k.run(agent)
+    assert cp.result == "hello" and [r.tool_name for r in cp.syscall_log] == ["model:main", "model:backup"]
+    replayed = await k.run(agent, checkpoint=cp.fork(at_step=2))
+    assert replayed.result == "hello" and asked == ["down", "backup"]
