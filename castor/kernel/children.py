@@ -34,6 +34,14 @@ async def spawn(ctx: RunContext, name: str, capabilities: Mapping[str, float] | 
     call = Syscall(ctx.run_id, ctx.claim_step(), "spawn", {"agent": name, "capabilities": caps}, ctx)
     index = ctx.spawned  # handles number from 0, as in castor-kernel 0.5.1
     ctx.spawned += 1
+    try:
+        return await _spawn(ctx, call, name, caps, index)
+    except Exception as error:  # the parent may catch it and go on: the step is then journaled as failed
+        ctx.step_failed(call, error)
+        raise
+
+
+async def _spawn(ctx: RunContext, call: Syscall, name: str, caps: dict[str, float], index: int) -> Any:
     record = journaled(call)
     if record is not None:
         return record.response
@@ -68,6 +76,14 @@ async def _drive_child(ctx: RunContext, agent: Any, child: AgentCheckpoint) -> A
 async def join(ctx: RunContext, handle: str) -> Any:
     """Wait for the child; journal its checkpoint; give the unused part of its budget back."""
     call = Syscall(ctx.run_id, ctx.claim_step(), "join", {"handle": handle}, ctx)
+    try:
+        return await _join(ctx, call, handle)
+    except Exception as error:  # a child that failed: the parent may catch it and go on
+        ctx.step_failed(call, error)
+        raise
+
+
+async def _join(ctx: RunContext, call: Syscall, handle: str) -> Any:
     record = journaled(call)
     if record is not None:
         return record.response

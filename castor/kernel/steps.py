@@ -32,7 +32,8 @@ async def _value(value: Any) -> Any:
 
 
 def journaled(call: Syscall) -> SyscallRecord | None:
-    """The journal's record of the call's step, after checking it is the same call; None for a live step."""
+    """The journal's record of the call's step, after checking it is the same call; None for a live step.
+    A step journaled as failed raises its error again (``castor.kernel.failed_steps``)."""
     log = call.ctx.checkpoint.syscall_log
     if call.step >= len(log):
         return None
@@ -40,6 +41,8 @@ def journaled(call: Syscall) -> SyscallRecord | None:
     request = record.request
     if request.get("tool_name") != call.tool_name or not _same_call(request.get("arguments"), call):
         raise ReplayDivergenceError(call.step, request, call.request)
+    if record.failure is not None:  # the call raised and the run went on: raised again
+        raise raised(record.failure)
     return record
 
 

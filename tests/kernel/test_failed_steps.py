@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from castor import Castor, UnknownToolError
+from castor import AgentRegistry, Castor, UnknownToolError, castor_agent
 from castor.backends.sqlite import sqlite_backend
 from castor.cli._render import step_line
 from castor.kernel.failed_steps import ReplayedFailure, describe, raised
-from castor.lib import model_call, tool
+from castor.lib import join, model_call, spawn, tool
 from castor.seams import Backend
 
 CHARGED: list[int] = []
@@ -198,3 +198,28 @@ async def test_a_model_call_that_raised_and_a_fallback_after_it_replay_without_c
     assert cp.result == "hello" and [r.tool_name for r in cp.syscall_log] == ["model:main", "model:backup"]
     replayed = await k.run(agent, checkpoint=cp.fork(at_step=2))
     assert replayed.result == "hello" and asked == ["down", "backup"]
+
+
+async def test_a_child_that_failed_and_a_parent_that_went_on_replay_without_running_either_again() -> None:
+    registry = AgentRegistry()
+    ran: list[str] = []
+
+    @castor_agent("unlucky", registry=registry)
+    async def unlucky() -> str:
+        ran.append("unlucky")
+        raise RuntimeError("child gave up")
+
+    async def parent() -> str:
+        handle = await spawn("unlucky")
+        try:
+            await join(handle)
+        except RuntimeError as error:  # the child's own error
+            return f"{error!r} / {await tool('charge', amount=2)}"
+        return "unreachable"
+
+    k = Castor(tools=[charge], agent_registry=registry)
+    cp = await k.run(parent)
+    assert cp.result == "RuntimeError('child gave up') / charged 2"
+    assert [r.tool_name for r in cp.syscall_log] == ["spawn", "join", "charge"]
+    again = await k.run(parent, checkpoint=cp.fork(at_step=3))
+    assert again.result == cp.result and ran == ["unlucky"] and CHARGED == [2]
