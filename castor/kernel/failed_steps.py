@@ -22,7 +22,7 @@ import builtins
 import sys
 from typing import Any
 
-from castor.checkpoint import SyscallRecord, new_record
+from castor.checkpoint import FAILURE_ARGUMENT_BYTES, SyscallRecord, new_record
 from castor.errors import (
     CastorError,
     JournalConflictError,
@@ -49,15 +49,20 @@ def _plain(value: Any) -> bool:
 
 def describe(error: BaseException) -> dict[str, Any]:
     """What a failure record keeps of ``error``: its class, ``str``, ``repr``, and its arguments and
-    attributes where they are plain JSON data."""
+    attributes where they are plain JSON data. An error whose text passes ``FAILURE_ARGUMENT_BYTES`` keeps
+    its text cut there and nothing else (a replay then raises the stand-in with the cut text)."""
     kind = type(error)
+    message, text = str(error), repr(error)
     described: dict[str, Any] = {
-        "error_type": kind.__qualname__, "module": kind.__module__, "message": str(error), "repr": repr(error),
+        "error_type": kind.__qualname__, "module": kind.__module__,
+        "message": message[:FAILURE_ARGUMENT_BYTES], "repr": text[:FAILURE_ARGUMENT_BYTES],
     }
+    if len(message) + len(text) > FAILURE_ARGUMENT_BYTES:
+        return described
     if _plain(error.args):
         described["args"] = list(error.args)
     attributes = {k: v for k, v in vars(error).items() if not k.startswith("__") and _plain(v)}
-    if attributes:
+    if attributes and len(repr(attributes)) <= FAILURE_ARGUMENT_BYTES:
         described["attributes"] = attributes
     return described
 

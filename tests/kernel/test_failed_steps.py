@@ -223,3 +223,10 @@ async def test_a_child_that_failed_and_a_parent_that_went_on_replay_without_runn
     assert [r.tool_name for r in cp.syscall_log] == ["spawn", "join", "charge"]
     again = await k.run(parent, checkpoint=cp.fork(at_step=3))
     assert again.result == cp.result and ran == ["unlucky"] and CHARGED == [2]
+
+
+def test_an_error_of_a_megabyte_is_kept_cut_and_comes_back_as_a_stand_in() -> None:
+    failure = describe(ValueError("x" * 1_000_000))
+    assert len(failure["message"]) <= 64 * 1024 and "args" not in failure
+    again = raised(failure)
+    assert isinstance(again, ReplayedFailure) and type(again).__name__ == "ValueError"
