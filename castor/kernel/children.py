@@ -100,6 +100,8 @@ async def _join(ctx: RunContext, call: Syscall, handle: str) -> Any:
     parent.children[handle] = child
     if child.status == "SUSPENDED_FOR_HITL":
         ctx.suspended_at = step
+        if ctx.unjournaled_failures:  # as suspend_for_human: the failed steps before this one journaled first
+            await ctx.went_past(step)
         parent.pending_hitl = {**(child.pending_hitl or {}), "child": handle}
         parent.pending_step = None
         raise Suspend(step)

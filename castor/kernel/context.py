@@ -157,7 +157,7 @@ class RunContext:
     spawned: int = 0
     _ahead: dict[int, tuple[SyscallRecord, bool]] = field(default_factory=dict)
     # Steps whose call raised, as failure records: journaled once the run goes past them (went_past).
-    _failed: dict[int, SyscallRecord] = field(default_factory=dict)
+    unjournaled_failures: dict[int, SyscallRecord] = field(default_factory=dict)
     usage: dict[str, float] = field(default_factory=dict)  # what the journal was charged so far
     spent: dict[str, float] = field(default_factory=dict)  # what calls that failed part way were charged
     ledger_open: bool = True  # the store holds a ledger for the run (closed when it stops)
@@ -230,7 +230,7 @@ class RunContext:
         """A record that arrives before an earlier step's: held until that step is journaled, unless that
         step failed (the run goes past it: both journaled now). The step's record, as ``commit``."""
         self._ahead[step] = (record, stored)
-        if self._failed:
+        if self.unjournaled_failures:
             await self.went_past(step)
         log = self.checkpoint.syscall_log
         return log[step] if step < len(log) else record  # journaled now (maybe another's), or held
@@ -241,20 +241,26 @@ class RunContext:
         step = call.step
         if step < len(self.checkpoint.syscall_log) or step in self._ahead or isinstance(error, NOT_OUTCOMES):
             return
-        self._failed[step] = failure_record(call.request, error, time.time())
+        self.unjournaled_failures[step] = failure_record(call.request, error, time.time())
 
     async def went_past(self, step: int) -> None:
         """The run goes on at ``step``: the failure records of the steps before it are journaled, and with
         them the records held behind them (``commit``)."""
-        failed = [s for s in self._failed if s < step]
+        failed = [s for s in self.unjournaled_failures if s < step]
         if not failed:
             return
         for s in failed:
-            self._ahead[s] = (self._failed.pop(s), False)
+            self._ahead[s] = (self.unjournaled_failures.pop(s), False)
         log = self.checkpoint.syscall_log
         held = self._ahead.pop(len(log), None)
         if held is not None:
             await self.commit(len(log), held[0], stored=held[1])
+
+    async def journal_failures_passed(self) -> None:
+        """The run stops: a failed step that a later one finished after (calls at once) is journaled, and
+        the later ones with it; a failure at the end of the journal is not (a resume runs it again)."""
+        if self.unjournaled_failures and self._ahead:
+            await self.went_past(max(self._ahead) + 1)
 
     async def _journaled_first(self, step: int, record: SyscallRecord) -> SyscallRecord:
         """The step's record in the store, written first by another process driving the run, if it is the

@@ -213,8 +213,7 @@ async def finish(ctx: RunContext) -> None:
     cp = ctx.checkpoint
     backend = ctx.services.backend
     budgets = backend.budgets
-    if ctx._failed and ctx._ahead:  # steps finished after one that failed: the run went past it
-        await ctx.went_past(max(ctx._ahead) + 1)
+    await ctx.journal_failures_passed()
     for step in ctx.dropped_steps():
         await budgets.refund(cp.pid, step)
     ctx.update_capabilities()  # the journal is the truth of what was charged

@@ -109,7 +109,7 @@ async def suspend_for_human(call: Syscall, attempt: int, reason: str) -> NoRetur
         PendingApproval(ctx.run_id, call.step, call.tool_name, arguments, time.time(), None, reason, attempt=attempt)
     )
     ctx.suspended_at = call.step
-    if ctx._failed:  # the run went past steps that failed before this one: journaled before it stops here
+    if ctx.unjournaled_failures:  # steps before this one failed and the run went past them: journaled first
         await ctx.went_past(call.step)
     cp = ctx.checkpoint
     cp.pending_hitl = {"tool_name": call.tool_name, "arguments": arguments}
