@@ -203,3 +203,37 @@ def test_a_message_is_converted_once_and_again_when_it_was_edited_in_place() -> 
     assert parts(message) == {"role": "assistant", "content": "Action: search\nObservation: found"}
     message["name"] = "janitor"
     assert parts(message)["name"] == "janitor"
+
+
+BROKEN: list[str] = []
+
+
+@tool("broken")
+def broken(path: str) -> str:
+    """Break."""
+    BROKEN.append(path)
+    raise ValueError("disk on fire")
+
+
+async def test_a_crew_that_went_past_a_failing_tool_resumes_without_calling_anything_again() -> None:
+    """CrewAI hands a tool's error to the model as the observation and goes on: the failed step is
+    journaled, so a resume replays it and every step after it (the model and the tools called once each)."""
+    BROKEN.clear()
+    llm = scripted(act("broken", '{"path": "/x"}'), act("delete_file", '{"path": "/tmp/old"}'), final("done"))
+
+    async def main() -> str:
+        agent = Agent(role="janitor", goal="clean", backstory="tidy", llm=llm, tools=[broken, delete_file],
+                      max_iter=5)
+        crew = Crew(agents=[agent], tasks=[Task(description="clean up", expected_output="a word", agent=agent)])
+        return str(await kickoff(crew))
+
+    k = Castor(tools=tools_of([broken, delete_file]), destructive=["delete_file"])
+    cp = await k.run(main)
+    assert cp.status == "SUSPENDED_FOR_HITL" and cp.pending_tool == "delete_file"
+    tries = len(BROKEN)  # CrewAI tries a failing tool again a few times: each try is a step of its own
+    assert tries > 1 and [(r.tool_name, r.failure is not None) for r in cp.syscall_log] == [
+        ("model:scripted", False), *[("broken", True)] * tries, ("model:scripted", False)]
+    await k.approve(cp)
+    cp = await k.run(main, checkpoint=cp)
+    assert cp.status == "COMPLETED" and cp.result == "done"
+    assert len(BROKEN) == tries and len(llm.asked) == 3  # none tried again, the model asked once a step
