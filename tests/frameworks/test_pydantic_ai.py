@@ -216,3 +216,37 @@ async def test_a_guarded_request_runs_pydantic_ais_per_request_machinery_once(mo
     cp = await kernel(agent).run(main_of(agent))
     assert cp.status == "SUSPENDED_FOR_HITL" and len(script.asked) == 2
     assert len(budgets) == 2  # the wrapped model's own, one per request: none for the guard around it
+
+
+async def test_a_run_that_went_past_a_tools_model_retry_resumes_without_calling_anything_again() -> None:
+    """A tool's ``ModelRetry`` goes back to the model as a retry prompt and the run goes on: the failed
+    step is journaled, and a replay raises the very ``ModelRetry`` again, so pydantic-ai sends the model
+    the same retry prompt and the journaled requests match (the model and the tools called once each)."""
+    from pydantic_ai import ModelRetry
+
+    tried: list[str] = []
+
+    async def lookup(name: str) -> str:
+        """Look a name up."""
+        tried.append(name)
+        if name != "logs":
+            raise ModelRetry(f"no such name {name!r}: try 'logs'")
+        return "found logs"
+
+    script = Script(
+        ModelResponse(parts=[ToolCallPart("lookup", {"name": "log"}, tool_call_id="c1")], usage=USAGE),
+        ModelResponse(parts=[ToolCallPart("lookup", {"name": "logs"}, tool_call_id="c2")], usage=USAGE),
+        ModelResponse(parts=[ToolCallPart("delete_file", {"path": "/tmp/old"}, tool_call_id="c3")], usage=USAGE),
+        ModelResponse(parts=[TextPart("done")], usage=USAGE),
+    )
+    agent = Agent(scripted(script), tools=[lookup, delete_file])
+    k = kernel(agent)
+    cp = await k.run(main_of(agent))
+    assert cp.status == "SUSPENDED_FOR_HITL" and cp.pending_tool == "delete_file"
+    assert [(r.tool_name, r.failure is not None) for r in cp.syscall_log] == [
+        ("model:scripted", False), ("lookup", True), ("model:scripted", False), ("lookup", False),
+        ("model:scripted", False)]
+    await k.approve(cp)
+    cp = await k.run(main_of(agent), checkpoint=cp)
+    assert cp.status == "COMPLETED" and cp.result == "done"
+    assert tried == ["log", "logs"] and len(script.asked) == 4  # once each over the run's life
