@@ -153,13 +153,20 @@ class Console:
                 kinds.append("flagged")
             if i in cp.in_doubt:
                 kinds.append("in-doubt")
+            result = masked(rec.response)
+            if rec.failure is not None:  # raised, and the run went past it: journaled (replays raise it again)
+                kinds.append("failed")
+                result = f"raised {rec.failure.get('error_type')}: {rec.failure.get('message')}"
             timeline.append({
                 "step": i, "tool": rec.tool_name, "kinds": kinds, "arguments": masked(rec.arguments),
-                "result": masked(rec.response), "charged": rec.charged, "finished_at": rec.finished_at,
+                "result": result, "charged": rec.charged, "finished_at": rec.finished_at,
                 "decided_by": rec.decided_by, "outcome": human_outcome(rec) if rec.was_hitl else None,
                 "review_reason": rec.review_reason,
             })
+        journaled_failures = {i for i, rec in enumerate(cp.syscall_log) if rec.failure is not None}
         for failure in cp.failures:
+            if failure.step in journaled_failures:  # its record above says it
+                continue
             timeline.append({
                 "step": failure.step, "tool": failure.tool_name, "kinds": ["failed"],
                 "arguments": masked(failure.arguments), "result": f"{failure.error_type}: {failure.message}",

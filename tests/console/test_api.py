@@ -3,6 +3,7 @@ the signed-in name, roles, runs and their timelines, scopes, and the OpenAPI des
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
@@ -173,4 +174,18 @@ async def test_the_timeline_shows_flagged_and_failed_steps(client: Client, kerne
     run = (await client.http.get("/api/runs/broken-1", headers=auth("bob"))).json()
     assert [(s["step"], s["kinds"], s["result"]) for s in run["timeline"]] == [
         (0, ["failed"], "RuntimeError: upstream down (x)")
+    ]
+
+    async def fine() -> str:
+        return "ok"
+
+    async def goes_on() -> str:  # catches the failure and goes on: the failed step is journaled, shown once
+        with contextlib.suppress(RuntimeError):
+            await tool("flaky", query="y")
+        return str(await tool("fine"))
+
+    await Castor(tools=[flaky, fine], store=kernel.backend).run(goes_on, pid="broken-2")
+    run = (await client.http.get("/api/runs/broken-2", headers=auth("bob"))).json()
+    assert [(s["step"], s["kinds"], s["result"]) for s in run["timeline"]] == [
+        (0, ["live", "failed"], "raised RuntimeError: upstream down (y)"), (1, ["live"], "ok"),
     ]
