@@ -298,7 +298,11 @@ class MMU:
         record = journaled(call)
         if record is not None:
             return record.response
-        hits = await self.driver.find(pid or ctx.checkpoint.pid, query, arguments["limit"])
+        try:
+            hits = await self.driver.find(pid or ctx.checkpoint.pid, query, arguments["limit"])
+        except Exception as error:  # the agent may catch it and go on: the step is then journaled as failed
+            ctx.step_failed(call, error)
+            raise
         return await answer(call, [h.to_dict() for h in hits], {})
 
     async def page_in(self, ctx: RunContext, ids: Iterable[str]) -> int:
