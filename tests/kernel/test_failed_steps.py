@@ -230,3 +230,22 @@ def test_an_error_of_a_megabyte_is_kept_cut_and_comes_back_as_a_stand_in() -> No
     assert len(failure["message"]) <= 64 * 1024 and "args" not in failure
     again = raised(failure)
     assert isinstance(again, ReplayedFailure) and type(again).__name__ == "ValueError"
+
+
+async def test_a_failed_step_is_journaled_before_the_next_call_goes_out() -> None:
+    """So a process lost while the next call runs (on a worker that journals it) leaves no hole behind."""
+    seen: list[bool] = []
+
+    async def peek() -> str:
+        stored = await k.backend.journal.get("peeking", 0)
+        seen.append(stored is not None and stored.failure is not None)
+        return "peeked"
+
+    async def agent() -> str:
+        with contextlib.suppress(ValueError):
+            await tool("flaky")
+        return str(await tool("peek"))
+
+    k = Castor(tools=[flaky, peek])
+    cp = await k.run(agent, pid="peeking")
+    assert cp.result == "peeked" and seen == [True]
