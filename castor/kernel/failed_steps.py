@@ -6,8 +6,9 @@ the error and go on (every framework that hands a tool's error to its model does
 journaled after a step with no record. The journal must not have a hole (records are journaled in step
 order, and a replay serves step N from position N), so the failed step is journaled too, as a *failure
 record*: the call's request, no response, and what it raised (``SyscallRecord.failure``). It is journaled
-when the run goes past it: a later step is journaled or the run suspends at a later step
-(``RunContext.went_past``); a failure the run stopped at is not.
+when the run goes past it (``RunContext.went_past``): before the agent's next call goes out, when a later
+step that ran at the same time is journaled, when the run suspends at a later step; a failure the run
+stopped at is not.
 
 A replay of a failure record raises the error again rather than calling the tool, so the agent takes the
 same path as the first time: the same exception class where it can be found again (a built-in one, or one
