@@ -45,6 +45,7 @@ from castor.errors import (
     RunEndedError,
     RunFinishedError,
     StaleLeaseError,
+    UnknownToolError,
     UnsupportedError,
 )
 from castor.kernel.context import RunEnding, Suspend, current_run
@@ -55,10 +56,12 @@ from castor.llm.types import canonical_request as _canonical
 from castor.results import SyscallResult
 
 # Errors after which the run cannot go on: a framework must not retry the call or hand it to the model.
-# The last three say this process no longer owns the run (its lease lapsed, another process journaled
-# the step or finished the run): the model must not be asked anything more on its behalf.
+# A tool Castor does not know is the operator's omission (the framework knows the tool; Castor(tools=...)
+# does not list it), not the model's mistake. The last three say this process no longer owns the run
+# (its lease lapsed, another process journaled the step or finished the run): the model must not be asked
+# anything more on its behalf.
 _RUN_ENDING = (
-    ReplayDivergenceError, ModelRefusedError, ModelCallError, RunEndedError,
+    ReplayDivergenceError, ModelRefusedError, ModelCallError, UnknownToolError, RunEndedError,
     StaleLeaseError, JournalConflictError, RunFinishedError,
 )
 

@@ -143,3 +143,21 @@ async def test_a_lost_lease_at_a_tool_step_ends_the_run_instead_of_reaching_the_
     with pytest.raises(StaleLeaseError):
         await k.run(agent, speculative=True)
     assert len(model.asked) == 1  # the model was asked for step 0 only, never told of the lost lease
+
+
+async def test_a_framework_tool_castor_was_not_given_ends_the_run_naming_it() -> None:
+    """The framework knows the tool, ``Castor(tools=...)`` does not: the operator's omission, said in one
+    line, not an error handed to the model (which would try again until its turns ran out)."""
+    pytest.importorskip("agents")
+    from agents import function_tool
+
+    from castor import Castor
+    from castor.errors import UnknownToolError
+    from castor.frameworks.openai_agents import tools_of
+    from tests.frameworks.test_openai_agents import Scripted, agent_of, main_of, search
+
+    agent = agent_of(model := Scripted())
+    kernel = Castor(tools=tools_of([function_tool(search)]))  # delete_file left out
+    with pytest.raises(UnknownToolError, match="unknown tool 'delete_file'; registered tools: search"):
+        await kernel.run(main_of(agent), speculative=True)
+    assert len(model.asked) == 2  # not asked again with the error as the tool's result
