@@ -55,7 +55,7 @@ its LLM in ``castor.frameworks._crewai_llm``. Structured output (``response_mode
 schema, the step journals the answer as JSON text, and the call returns what the wrapped LLM returned (on
 replay, the instance rebuilt from the journal). ``CastorLLM`` (``castor.frameworks._castor_models.crewai``) is
 a CrewAI LLM answered by Castor's model provider (in the fleet, on the ``llm`` pool): ``guard`` leaves it as
-it is (it serves no ``response_model``).
+it is (it asks a ``response_model`` of the provider as ``response_format`` and parses the answer into it).
 
 Streaming: CrewAI streams inside an LLM's call (``LLM(stream=True)``; ``Crew(stream=True)`` sets it on the
 agents' LLMs), each piece an ``LLMStreamChunkEvent`` on its event bus. A guarded LLM's call is still one
