@@ -13,6 +13,7 @@ grace); their ``lost`` kind sleeps long enough to be killed mid-call, and well w
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -72,6 +73,12 @@ def fx_lost_once(run: str, step: int, kind: str = "lost") -> str:
     return _work("fx_lost_once", run, step, kind)
 
 
+def fx_fail(run: str, step: int) -> str:
+    """Always raises: the agent catches the error and goes on, as frameworks that hand a tool's error to
+    their model do."""
+    raise RuntimeError(f"fx_fail {run}:{step} fails on purpose")
+
+
 async def _steps(once: str, idem: str, once_tool: str = "fx_once", idem_tool: str = "fx_idem") -> dict[str, Any]:
     t = await tool("fx_ticket")
     await tool("fx_idem", run=t, step=1, kind="short")
@@ -114,6 +121,17 @@ async def approval_job() -> dict[str, Any]:
     return {"ticket": t}
 
 
+async def caught_job() -> dict[str, Any]:
+    """A call whose error the agent catches, then a non-idempotent call, then a destructive one that waits
+    for a human: the failed step is journaled, so nothing before the approval runs again after it."""
+    t = await tool("fx_ticket")
+    with contextlib.suppress(Exception):  # any error, caught: the agent goes on
+        await tool("fx_fail", run=t, step=1)
+    await tool("fx_once", run=t, step=2, kind="short")
+    await tool("fx_remove", run=t, step=3, kind="short")
+    return {"ticket": t}
+
+
 async def poison_job() -> dict[str, Any]:
     """Kills the process that drives it, on every resume: only a quarantine ends it."""
     t = await tool("fx_ticket")
@@ -122,4 +140,4 @@ async def poison_job() -> dict[str, Any]:
 
 
 IDEMPOTENT = frozenset({"fx_idem", "fx_lost_idem"})
-POOLS = {"fa": ["fx_ticket", "fx_idem", "fx_lost_idem"], "fb": ["fx_once", "fx_remove", "fx_lost_once"]}
+POOLS = {"fa": ["fx_ticket", "fx_idem", "fx_lost_idem", "fx_fail"], "fb": ["fx_once", "fx_remove", "fx_lost_once"]}

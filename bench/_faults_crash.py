@@ -163,28 +163,34 @@ def race_rows(fleet: FaultFleet, plan: Plan, chosen: Callable[[str], bool]) -> l
     if not chosen("approve"):
         return []
 
-    def race_row(store: str) -> Row:
-        row, started = Row(f"approve+resume at once ({store})"), time.monotonic()
+    def race_row(store: str, agent: str, name: str) -> Row:
+        row, started = Row(name), time.monotonic()
         for i in plan.rounds(row, kinds=1):
-            race(fleet, row, store, i)
+            race(fleet, row, store, i, agent)
         row.seconds = time.monotonic() - started
         return row
 
+    kinds = [("sqlite", "approval_job", "approve+resume at once (sqlite)"),
+             ("redis", "approval_job", "approve+resume at once (redis)"),
+             # The run went past a call whose error the agent caught: what ran before the approval must
+             # not run again after it (the failed step is journaled; it once left a hole there).
+             ("sqlite", "caught_job", "approve+resume after a caught error (sqlite)")]
     with ThreadPoolExecutor(2) as pool:
-        return list(pool.map(race_row, ("sqlite", "redis")))
+        return list(pool.map(lambda kind: race_row(*kind), kinds))
 
 
-def race(fleet: FaultFleet, row: Row, store: str, i: int) -> None:
-    """One run suspended on its destructive call, then approved and resumed by two processes at once."""
+def race(fleet: FaultFleet, row: Row, store: str, i: int, agent: str = "approval_job") -> None:
+    """One run of ``agent`` suspended on its destructive call, then approved and resumed by two processes at
+    once."""
     since = time.time()
     env = dict(fleet.env)
     for var in ("CASTOR_CONFIG", "CASTOR_REDIS_URL", "CASTOR_REDIS_PREFIX"):
         env.pop(var, None)
     if store == "redis":  # the prefix in the URL: `castor run` does not read CASTOR_REDIS_PREFIX
         env["CASTOR_REDIS_URL"] = f"{fleet.url}?prefix=faults-race"
-    where = [] if store == "redis" else ["--db", str(fleet.tmp / f"race-{i}.db")]
+    where = [] if store == "redis" else ["--db", str(fleet.tmp / f"race-{agent}-{i}.db")]
     pid = f"race-{store}-{i}-{int(since * 1000) % 10**8}"
-    fleet.cli("run", spec("approval_job"), *TOOLS, "--pid", pid, *where, env=env)
+    fleet.cli("run", spec(agent), *TOOLS, "--pid", pid, *where, env=env)
     procs = {cmd: subprocess.Popen([*CASTOR, cmd, pid, *where], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True) for cmd in ("approve", "resume")}
     for cmd, proc in procs.items():
