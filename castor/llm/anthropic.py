@@ -13,7 +13,7 @@ from castor.llm.types import MalformedResponseError, ModelCallError, ModelRespon
 ANTHROPIC_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
 _FINISH = {"end_turn": "stop", "tool_use": "tool_calls", "max_tokens": "length", "stop_sequence": "stop"}
-_TRANSLATED = ("messages", "tools", "max_tokens", "model", "tool_choice", "stop")
+_TRANSLATED = ("messages", "tools", "max_tokens", "model", "tool_choice", "stop", "response_format")
 
 
 class Anthropic(HTTPProvider):
@@ -83,6 +83,8 @@ class Anthropic(HTTPProvider):
         if request.get("stop"):
             stop = request["stop"]
             body["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+        if request.get("response_format") is not None:
+            body["output_config"] = {"format": _output_format(request["response_format"])}
         body.update({k: v for k, v in request.items() if k not in _TRANSLATED})
         return body
 
@@ -152,6 +154,18 @@ def parse(data: dict[str, Any], model: str) -> ModelResponse:
                                                                                   "the model")))
     stop = str(data.get("stop_reason") or "end_turn")
     return ModelResponse("".join(text), tuple(calls), usage, readable["model"], _FINISH.get(stop, stop))
+
+
+def _output_format(response_format: Any) -> dict[str, Any]:
+    """A request's ``response_format`` (the OpenAI API's form, as the Castor-backed framework models send a
+    structured output's schema) as the Messages API's structured output format; anything else refused."""
+    spec = response_format.get("json_schema") if isinstance(response_format, dict) else None
+    if not (isinstance(spec, dict) and response_format.get("type") == "json_schema" and "schema" in spec):
+        raise ModelCallError(
+            f"the Anthropic API takes a response_format of type json_schema only (a JSON schema the answer "
+            f"must follow), got {response_format!r}"
+        )
+    return {"type": "json_schema", "schema": spec["schema"]}
 
 
 def _tool_choice(choice: Any) -> Any:

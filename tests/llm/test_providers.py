@@ -185,6 +185,17 @@ def test_anthropic_translates_the_openai_named_options(choice: Any, expected: An
     assert body["stop_sequences"] == ["END"] and "stop" not in body and body["temperature"] == 0.5
 
 
+def test_anthropic_asks_for_a_structured_answer_as_its_output_format() -> None:
+    model = Anthropic("claude-test", base_url="http://127.0.0.1:9", api_key="k")
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    body = model.body({"messages": [{"role": "user", "content": "hi"}], "response_format": {
+        "type": "json_schema", "json_schema": {"name": "Person", "schema": schema, "strict": False}}})
+    assert body["output_config"] == {"format": {"type": "json_schema", "schema": schema}}
+    assert "response_format" not in body
+    with pytest.raises(ModelCallError, match="json_schema only"):
+        model.body({"messages": [], "response_format": {"type": "json_object"}})
+
+
 async def test_anthropic_streams_text_and_usage() -> None:
     events = [
         {"type": "message_start", "message": {"model": "claude-test", "usage": {"input_tokens": 9}}},
