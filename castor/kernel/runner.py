@@ -10,6 +10,7 @@ for an agent that takes one parameter.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import time
@@ -20,9 +21,10 @@ from typing import Any
 from castor._ids import check_pid, pid_part
 from castor._terminal import save_run, save_started, stored_run
 from castor.checkpoint import FINISHED, AgentCheckpoint, Capability
-from castor.errors import ConfigError, JournalConflictError, RunNotFoundError
+from castor.errors import ConfigError, JournalConflictError, RemoteToolError, RunNotFoundError
 from castor.kernel.claims import driving
 from castor.kernel.context import RunContext, RunEnding, Services, Suspend, current_run
+from castor.kernel.failed_steps import failure_record
 from castor.lib.proxy import SyscallProxy
 
 log = logging.getLogger("castor.run")
@@ -147,6 +149,8 @@ async def sync_journal(services: Services, cp: AgentCheckpoint, *, catch_up: boo
         if record is None:
             break
         log.append(record)
+    if catch_up and await fill_failed_steps(journal, cp):
+        return
     if have >= len(log):
         return
     is_fork = have == 0 and cp.parent_pid and cp.pid == f"{cp.parent_pid}::fork-{len(log)}"
@@ -163,6 +167,36 @@ async def sync_journal(services: Services, cp: AgentCheckpoint, *, catch_up: boo
                     f"run {cp.pid!r} step {step}: the store holds another call than the checkpoint; "
                     "the checkpoint is stale (load the run from the store instead)"
                 ) from None
+
+
+async def fill_failed_steps(journal: Any, cp: AgentCheckpoint) -> bool:
+    """Journal the failed steps a lost process never journaled, where the store holds a later step (a
+    worker journals its calls itself): the failure the store recorded for the step fills it, as the error
+    the agent saw then (a worker's ``RemoteToolError``), and ``cp`` takes the records after it. Whether any
+    was filled (``castor.kernel.failed_steps``)."""
+    log = cp.syscall_log
+    filled = False
+    while await journal.get(cp.pid, len(log) + 1) is not None:  # a later step stands beyond a hole
+        step = len(log)
+        failure = next((f for f in reversed(await journal.failures(cp.pid)) if f.step == step), None)
+        if failure is None:
+            break
+        request = {"tool_name": failure.tool_name, "arguments": failure.arguments}
+        error = RemoteToolError(failure.error_type, failure.message, tool_name=failure.tool_name)
+        with contextlib.suppress(JournalConflictError):  # another process filled it first: its record stands
+            await journal.append(cp.pid, step, failure_record(request, error, failure.at))
+        record = await journal.get(cp.pid, step)
+        if record is None:
+            break
+        log.append(record)
+        filled = True
+        have = await journal.length(cp.pid)
+        for later in range(len(log), have):
+            held = await journal.get(cp.pid, later)
+            if held is None:
+                break
+            log.append(held)
+    return filled
 
 
 async def drive(ctx: RunContext, agent: Callable[..., Any], preempted: list[Any] | None = None) -> AgentCheckpoint:

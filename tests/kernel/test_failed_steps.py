@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -249,3 +250,46 @@ async def test_a_failed_step_is_journaled_before_the_next_call_goes_out() -> Non
     k = Castor(tools=[flaky, peek])
     cp = await k.run(agent, pid="peeking")
     assert cp.result == "peeked" and seen == [True]
+
+
+async def punch_hole(backend: Backend, pid: str, step: int) -> None:
+    """Take step ``step``'s record out of the store, as a process lost before it journaled a failed step
+    leaves it, while a worker had journaled the steps after it."""
+    journal: Any = backend.journal
+    if hasattr(journal, "db"):  # SQLite
+        journal.db.execute("DELETE FROM journal WHERE run_id = ? AND step = ?", (pid, step))
+        return
+    from castor.backends.redis import keys
+
+    await journal._conn.command("zremrangebyscore", keys.journal(journal._prefix, pid), step, step)
+    await journal._conn.command("hset", keys.journal_meta(journal._prefix, pid), "len", step)
+
+
+async def test_a_hole_a_lost_process_left_at_a_failed_step_is_filled_from_its_recorded_failure(
+    store: Callable[[], Backend]
+) -> None:
+    async def agent() -> list[str]:  # as a framework does: any error goes to the model as text
+        seen = []
+        try:
+            seen.append(await tool("flaky"))
+        except Exception as error:
+            seen.append(f"caught {error}")
+        seen.append(await tool("charge", amount=5))
+        seen.append(await tool("delete_file", path="/tmp/old"))
+        return seen
+
+    first = kernel(store=store())
+    cp = await first.run(agent, pid="holed")
+    assert cp.status == "SUSPENDED_FOR_HITL" and [r.tool_name for r in cp.syscall_log] == ["flaky", "charge"]
+    await first.approve(cp)
+    await punch_hole(first.backend, "holed", 0)
+    await first.close()
+    second = kernel(store=store())  # the process that takes the run over
+    try:
+        done = await second.run(agent, pid="holed")
+        assert done.status == "COMPLETED", done.error
+        assert done.result[0] == "caught ValueError: the service said no"  # as a worker's RemoteToolError says
+        assert CHARGED == [5] and len(FLAKY) == 1  # neither the failed call nor the one after it ran again
+        assert [r.tool_name for r in done.syscall_log] == ["flaky", "charge", "delete_file"]
+    finally:
+        await second.close()
