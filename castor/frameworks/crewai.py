@@ -19,7 +19,8 @@ Castor's suspension is a ``BaseException`` and passes, and an error that ends th
 
 A crew's own agents are guarded through the LLMs CrewAI hands them at kickoff: a hierarchical crew's
 ``manager_llm`` (CrewAI builds its manager on it) or ``manager_agent``'s LLM, and a planning crew's
-``planning_llm``, each call a model step like the agents'. A crew with ``planning=True`` and no
+``planning_llm``, and an agent's own planning LLM (``Agent(planning_config=PlanningConfig(llm=...))``), each
+call a model step like the agents'. A crew with ``planning=True`` and no
 ``planning_llm`` is refused (CrewAI would plan with an LLM of its own choosing, a real provider). The
 manager's delegation tools (and a delegating agent's) stay CrewAI's: they run a worker agent, whose LLM and
 tools are guarded, so they are not Castor tools (``tools_of`` leaves them out). The steps of a manager and its
@@ -195,6 +196,9 @@ def guard(x: Any) -> Any:
             raise UnsupportedError(f"CrewAI agent {x.role!r} has a function_calling_llm, which is not guarded")
         x.llm = guard_llm(x.llm)
         x.tools = _guarded_tools(x.tools)
+        planning = x.planning_config
+        if planning is not None and planning.llm is not None:  # the agent plans with an LLM of its own
+            planning.llm = guard_llm(_llm_object(planning.llm))
         return x
     if isinstance(x, Crew):
         _guard_crew(x)

@@ -310,3 +310,31 @@ async def test_an_awaited_structured_call_returns_the_instance_and_is_rebuilt_fr
     cp = await k.run(main, checkpoint=cp)
     assert cp.status == "COMPLETED" and cp.result == {"kind": "Report", "value": FIELDS}
     assert len(reporter.asked) == 1
+
+
+# --- an agent's own planning ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("entry", ["kickoff", "akickoff"])
+async def test_an_agents_own_planning_llm_is_journaled_and_replayed_not_asked_again(entry: str) -> None:
+    """``Agent(planning_config=PlanningConfig(llm=...))``: the agent plans before its task with an LLM of its
+    own, which ``guard`` journals like its main one."""
+    from crewai.agent.planning_config import PlanningConfig
+
+    planner = Scripted(model="planner", answers=("Search, then delete.\nREADY: I am ready to execute the task.",))
+    llm = worker()
+
+    def crew_of() -> Crew:
+        agent = Agent(role="janitor", goal="clean", backstory="tidy", llm=llm, tools=[search, delete_file],
+                      max_iter=5, planning_config=PlanningConfig(llm=planner, max_attempts=1))
+        return Crew(agents=[agent], tasks=[Task(description="clean up old logs", expected_output="a word",
+                                                agent=agent)])
+
+    k = kernel()
+    cp = await k.run(run(crew_of, entry))
+    assert cp.status == "SUSPENDED_FOR_HITL" and cp.pending_tool == "delete_file"
+    assert cp.syscall_log[0].tool_name == "model:planner"
+    await k.approve(cp)
+    cp = await k.run(run(crew_of, entry), checkpoint=cp)
+    assert cp.status == "COMPLETED" and cp.result == "done"
+    assert len(planner.asked) == 1 and len(llm.asked) == 3  # the plan came from the journal on resume
