@@ -252,9 +252,20 @@ class RunContext:
         for s in failed:
             self._ahead[s] = (self.unjournaled_failures.pop(s), False)
         log = self.checkpoint.syscall_log
-        held = self._ahead.pop(len(log), None)
-        if held is not None:
-            await self.commit(len(log), held[0], stored=held[1])
+        first = len(log)
+        held = self._ahead.pop(first, None)
+        if held is None:
+            return
+        try:
+            await self.commit(first, held[0], stored=held[1])
+        except BaseException:
+            # The store refused a write: the failure records not journaled wait for the run's next call,
+            # which journals them first (the one the store refused included, if it was one).
+            if len(log) == first and held[0].failure is not None:
+                self.unjournaled_failures[first] = held[0]
+            for s in [s for s, (record, stored) in self._ahead.items() if record.failure is not None and not stored]:
+                self.unjournaled_failures[s] = self._ahead.pop(s)[0]
+            raise
 
     async def journal_failures_passed(self) -> None:
         """The run stops: a failed step that a later one finished after (calls at once) is journaled, and

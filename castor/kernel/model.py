@@ -164,9 +164,9 @@ def build_model_chain(interceptors: Iterable[Interceptor] = ()) -> Handler:
     chain = wrap([replay, *interceptors, validate, budget], execute)
 
     async def model_chain(call: Syscall) -> Any:
-        if call.ctx.unjournaled_failures:  # the agent went past a failed step: journaled before this call
-            await call.ctx.went_past(call.step)
         try:
+            if call.ctx.unjournaled_failures:  # the agent went past a failed step: journaled before this call
+                await call.ctx.went_past(call.step)
             return await chain(call)
         except Exception as error:
             call.ctx.step_failed(call, error)

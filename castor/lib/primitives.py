@@ -20,9 +20,9 @@ async def tool(name: str, /, **kwargs: Any) -> Any:
         if handled is not mmu.PASS:
             return handled
     call = Syscall(ctx.run_id, ctx.claim_step(), name, kwargs, ctx)
-    if ctx.unjournaled_failures:  # the agent went past a failed step: journaled before this call goes out
-        await ctx.went_past(call.step)
     try:
+        if ctx.unjournaled_failures:  # the agent went past a failed step: journaled before this call goes out
+            await ctx.went_past(call.step)
         response = await services.chain(call)
     except Exception as error:  # the agent may catch it and go on: the step is then journaled as failed
         ctx.step_failed(call, error)

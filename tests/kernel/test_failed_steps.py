@@ -293,3 +293,38 @@ async def test_a_hole_a_lost_process_left_at_a_failed_step_is_filled_from_its_re
         assert [r.tool_name for r in done.syscall_log] == ["flaky", "charge", "delete_file"]
     finally:
         await second.close()
+
+
+async def test_a_store_that_fails_to_journal_a_failure_leaves_no_hole_behind_the_call_that_saw_it() -> None:
+    """The failure record goes to the store before the next call goes out. If that write fails, the next
+    call fails with it (the agent may catch that too), and a later call journals both failed steps first."""
+    from castor.backends.memory import memory_backend
+    from castor.errors import BackendUnavailable
+
+    backend = memory_backend()
+    append, refused = backend.journal.append, []
+
+    async def flaky_append(run_id: str, step: int, record: Any) -> None:
+        if record.failure is not None and not refused:
+            refused.append(step)
+            raise BackendUnavailable("the store is away for a moment")
+        await append(run_id, step, record)
+
+    backend.journal.append = flaky_append  # type: ignore[method-assign]
+
+    async def agent() -> list[str]:
+        seen = []
+        for name in ("flaky", "charge"):  # flaky fails; charge's call then finds the store away
+            try:
+                seen.append(str(await tool(name, **({"amount": 1} if name == "charge" else {}))))
+            except Exception as error:
+                seen.append(type(error).__name__)
+        seen.append(str(await tool("charge", amount=2)))
+        return seen
+
+    k = kernel(store=backend)
+    cp = await k.run(agent)
+    assert cp.result == ["ValueError", "BackendUnavailable", "charged 2"] and refused == [0]
+    assert [(r.tool_name, r.failure is not None) for r in cp.syscall_log] == [
+        ("flaky", True), ("charge", True), ("charge", False)]
+    assert CHARGED == [2]  # the call that found the store away never ran
