@@ -174,7 +174,8 @@ def race_rows(fleet: FaultFleet, plan: Plan, chosen: Callable[[str], bool]) -> l
              ("redis", "approval_job", "approve+resume at once (redis)"),
              # The run went past a call whose error the agent caught: what ran before the approval must
              # not run again after it (the failed step is journaled; it once left a hole there).
-             ("sqlite", "caught_job", "approve+resume after a caught error (sqlite)")]
+             ("sqlite", "caught_job", "approve+resume after a caught error (sqlite)"),
+             ("redis", "caught_job", "approve+resume after a caught error (redis)")]
     with ThreadPoolExecutor(2) as pool:
         return list(pool.map(lambda kind: race_row(*kind), kinds))
 
@@ -189,7 +190,7 @@ def race(fleet: FaultFleet, row: Row, store: str, i: int, agent: str = "approval
     if store == "redis":  # the prefix in the URL: `castor run` does not read CASTOR_REDIS_PREFIX
         env["CASTOR_REDIS_URL"] = f"{fleet.url}?prefix=faults-race"
     where = [] if store == "redis" else ["--db", str(fleet.tmp / f"race-{agent}-{i}.db")]
-    pid = f"race-{store}-{i}-{int(since * 1000) % 10**8}"
+    pid = f"race-{store}-{agent.split('_')[0]}-{i}-{int(since * 1000) % 10**8}"
     fleet.cli("run", spec(agent), *TOOLS, "--pid", pid, *where, env=env)
     procs = {cmd: subprocess.Popen([*CASTOR, cmd, pid, *where], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True) for cmd in ("approve", "resume")}

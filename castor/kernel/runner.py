@@ -143,12 +143,7 @@ async def sync_journal(services: Services, cp: AgentCheckpoint, *, catch_up: boo
     if not log and not catch_up:
         return  # nothing to hold (a fresh run): no round trip
     journal = services.backend.journal
-    have = await journal.length(cp.pid)
-    for step in range(len(log), have):
-        record = await journal.get(cp.pid, step)
-        if record is None:
-            break
-        log.append(record)
+    have = await take_stored(journal, cp)
     if catch_up and await fill_failed_steps(journal, cp):
         return
     if have >= len(log):
@@ -169,6 +164,19 @@ async def sync_journal(services: Services, cp: AgentCheckpoint, *, catch_up: boo
                 ) from None
 
 
+async def take_stored(journal: Any, cp: AgentCheckpoint) -> int:
+    """``cp`` takes the records the store holds after its own, up to the store's contiguous length (which is
+    returned)."""
+    log = cp.syscall_log
+    have = int(await journal.length(cp.pid))
+    for step in range(len(log), have):
+        record = await journal.get(cp.pid, step)
+        if record is None:
+            break
+        log.append(record)
+    return have
+
+
 async def fill_failed_steps(journal: Any, cp: AgentCheckpoint) -> bool:
     """Journal the failed steps a lost process never journaled, where the store holds a later step (a
     worker journals its calls itself): the failure the store recorded for the step fills it, as the error
@@ -185,17 +193,10 @@ async def fill_failed_steps(journal: Any, cp: AgentCheckpoint) -> bool:
         error = RemoteToolError(failure.error_type, failure.message, tool_name=failure.tool_name)
         with contextlib.suppress(JournalConflictError):  # another process filled it first: its record stands
             await journal.append(cp.pid, step, failure_record(request, error, failure.at))
-        record = await journal.get(cp.pid, step)
-        if record is None:
+        await take_stored(journal, cp)  # the filled step (this one's or another's), then those after it
+        if len(log) == step:
             break
-        log.append(record)
         filled = True
-        have = await journal.length(cp.pid)
-        for later in range(len(log), have):
-            held = await journal.get(cp.pid, later)
-            if held is None:
-                break
-            log.append(held)
     return filled
 
 
