@@ -214,7 +214,12 @@ class Journal(Protocol):
 
 @runtime_checkable
 class BudgetStore(Protocol):
-    """Depletable budgets: per run, and shared scopes that many runs draw from. Charges are atomic."""
+    """Depletable budgets: per run, and shared scopes that many runs draw from. Charges are atomic.
+
+    A store whose ``charge`` of nothing always succeeds may say so with a false class attribute
+    ``empty_charges_checked``: the kernel then skips such charges (a call no budget limits). Without the
+    attribute, every call is charged, its cost empty or not (a fenced store checks its lease there).
+    """
 
     async def open_run(self, run_id: str, limits: Mapping[str, float], used: Mapping[str, float]) -> None:
         """Set the run's limits and what it has used so far (a resume or fork brings its usage)."""

@@ -170,6 +170,9 @@ class RunContext:
         backend = self.services.backend
         self.journal = backend.journal
         self.budgets = backend.budgets
+        # Whether a call that no budget limits is charged anyway (a store that checks a fenced run's lease
+        # on every charge); else such a call costs no charge at all (castor.kernel.chain.budget).
+        self.charges_free_calls: bool = getattr(self.budgets, "empty_charges_checked", True)
         # Whether every non-idempotent call is claimed before it runs (castor.kernel.chain.gate): a leased
         # store whose executor does not journal itself. Fixed for the kernel; read by the gate on every step.
         self.claims_calls: bool = backend.leased and not self.services.executor.writes_journal
@@ -197,6 +200,28 @@ class RunContext:
         log = self.checkpoint.syscall_log
         if step != len(log):
             return await self._hold(step, record, stored)
+        if not self._ahead and step % USAGE_STRIDE != USAGE_STRIDE - 1:
+            # The usual step: next in order, nothing held behind it, no usage snapshot to add.
+            charged = record.charged
+            if not stored:
+                try:
+                    await self.journal.append(self.run_id, step, record)
+                except JournalConflictError:
+                    return await self._drain(step, record, stored)
+            if charged:
+                usage = self.usage
+                for name, amount in charged.items():
+                    usage[name] = usage.get(name, 0.0) + amount
+            log.append(record)
+            ahead = self._ahead
+            if ahead and step + 1 in ahead:  # the next step's record arrived while the store wrote this one
+                await self._drain(step + 1, *ahead.pop(step + 1))
+            return record
+        return await self._drain(step, record, stored)
+
+    async def _drain(self, step: int, record: SyscallRecord, stored: bool) -> SyscallRecord:
+        """``commit`` of ``record`` at ``step`` (the next in order), then of the records held behind it."""
+        log = self.checkpoint.syscall_log
         journal = self.journal
         usage = self.usage
         first, mine = step, record

@@ -106,18 +106,10 @@ class ModelServices:
             max_tokens = asked if isinstance(asked, int) and not isinstance(asked, bool) else DEFAULT_MAX_TOKENS
         if max_tokens <= 0:
             raise ModelCallError(f"max_tokens must be a positive integer, got {max_tokens!r}")
-        syscall = ModelSyscall(ctx.run_id, ctx.claim_step(), MODEL_PREFIX + model, {"request": request}, ctx)
-        syscall.models = self
-        syscall.model = model
-        syscall.invoke = invoke
-        syscall.max_tokens = max_tokens
-        syscall.timeout = timeout
-        syscall.partial = partial
-        syscall.canonical = canonical
-        syscall.via_provider = invoke is None if via_provider is None else via_provider
-        syscall.size = size
-        syscall.flat = flat
-        return syscall
+        return ModelSyscall(
+            ctx, ctx.claim_step(), self, model, request, invoke, max_tokens, timeout, partial,
+            invoke is None if via_provider is None else via_provider, size, flat, canonical,
+        )
 
 
 @dataclass(slots=True, init=False)
@@ -139,21 +131,41 @@ class ModelSyscall(Syscall):
     # to copy, usage as reported): castor.lib.complete returns it rather than building it again.
     typed: Any
     flat: FlatPrice | None  # castor-kernel 0.5.1's price per call (castor.llm.wrapper), beside the tokens
-    reserved: dict[str, float]  # the most the call may cost (every resource), reserved by the budget stage
+    reserved: Mapping[str, float]  # the most the call may cost (every resource), reserved by the budget stage
     redo: bool  # the call went in doubt and is made again (castor.kernel.model_doubt)
     spent: dict[str, float] | None  # a call made again: the first call's charge, held beside the new one
     chunk: Callable[[str], None] | None  # a stream's receiver of each chunk of text (castor.lib.stream)
 
-    def __init__(self, run_id: str, step: int, tool_name: str, arguments: dict[str, Any], ctx: RunContext) -> None:
-        Syscall.__init__(self, run_id, step, tool_name, arguments, ctx)
+    def __init__(
+        self, ctx: RunContext, step: int, models: ModelServices, model: str, request: dict[str, Any],
+        invoke: Invoke | None, max_tokens: int, timeout: float | None,
+        partial: Callable[[], dict[str, Any] | None] | None, via_provider: bool, size: int | None,
+        flat: FlatPrice | None, canonical: bool,
+    ) -> None:
+        Syscall.__init__(self, ctx.run_id, step, MODEL_PREFIX + model, {"request": request}, ctx)
+        self.models = models
+        self.model = model
+        self.invoke = invoke
+        self.max_tokens = max_tokens
+        self.timeout = timeout
+        self.partial = partial
+        self.via_provider = via_provider
+        self.size = size
+        self.flat = flat
+        self.canonical = canonical
         self.settled = False
-        self.canonical = False
         self.typed = None
-        self.flat = None
-        self.reserved = {}
+        self.reserved = _NOTHING  # replaced, never changed in place
         self.redo = False
         self.spent = None
         self.chunk = None
+
+    def journaled_arguments(self) -> dict[str, Any]:
+        """The request as it is: a model call has no tool spec, so no sensitive values to digest."""
+        return self.arguments
+
+
+_NOTHING: Mapping[str, float] = {}
 
 
 def build_model_chain(interceptors: Iterable[Interceptor] = ()) -> Handler:
@@ -215,7 +227,7 @@ def _tracked(ctx: RunContext, cost: Mapping[str, float]) -> Mapping[str, float]:
     return {r: a for r, a in cost.items() if r in caps}
 
 
-async def budget(call: Syscall, inner: Handler) -> Any:
+def budget(call: Syscall, inner: Handler) -> Awaitable[Any]:
     """Reserve the most the call may cost; refused before the model is contacted if it cannot be covered.
 
     The reservation is settled by ``execute`` to the usage reported; a call that never answers is refunded.
@@ -231,6 +243,17 @@ async def budget(call: Syscall, inner: Handler) -> Any:
     if call.flat is not None:
         reserve = call.flat.add_to(reserve, call.flat.cost)
         tracked = _tracked(ctx, reserve)
+    if not tracked and not ctx.charges_free_calls and not ctx.checkpoint.in_doubt:
+        call.charged = tracked  # nothing drawn, nothing to refund: no coroutine of this stage's on the step
+        call.reserved = reserve
+        return inner(call)
+    return _reserved(call, inner, reserve, tracked)
+
+
+async def _reserved(
+    call: ModelSyscall, inner: Handler, reserve: Mapping[str, float], tracked: Mapping[str, float]
+) -> Any:
+    ctx = call.ctx
     charge = await ctx.budgets.charge(ctx.run_id, call.step, tracked, ctx.scopes)
     if not charge.ok:
         resource = (charge.short or "").rsplit(":", 1)[-1]

@@ -96,7 +96,7 @@ async def test_the_gateways_kernel_has_a_metrics_stage_only_with_metrics_port(tm
     for extra, first in (([], replay), (["--metrics-port", "0"], KernelMetrics)):
         gateway = build_gateway(build_parser().parse_args([*base, *extra]))
         try:
-            stage = gateway.kernel.services.chain.func  # the chain's outermost stage
+            stage = gateway.kernel.services.chain.stage  # the chain's outermost stage
             assert stage is first if first is replay else isinstance(stage, first), extra
         finally:
             await gateway.close()

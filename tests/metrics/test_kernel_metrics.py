@@ -96,9 +96,9 @@ async def test_a_budget_refusal_and_a_human_decision_are_outcomes_and_the_wait_i
 async def test_a_kernel_without_the_interceptor_has_no_metrics_stage() -> None:
     from castor.kernel.chain import build_chain, replay
 
-    assert build_chain().func is replay  # type: ignore[attr-defined]
+    assert build_chain().stage is replay  # type: ignore[attr-defined]
     metrics = KernelMetrics(Instruments())
-    assert build_chain([metrics]).func is metrics  # type: ignore[attr-defined]  # before replay
+    assert build_chain([metrics]).stage is metrics  # type: ignore[attr-defined]  # before replay
 
 
 class LostWorker:

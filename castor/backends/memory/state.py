@@ -31,6 +31,9 @@ Taken = tuple[dict[str, Entry], Mapping[str, float]] | list[tuple[str | None, st
 class MemoryBudgetStore:
     """Ledgers ``{resource: [limit, used]}`` per run and per scope, charged under one lock."""
 
+    # A charge of nothing is never refused here (no lease to check): the kernel skips making it.
+    empty_charges_checked = False
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._runs: dict[str, dict[str, list[float]]] = {}

@@ -55,6 +55,9 @@ def _short(reply: list[Any], scopes: Sequence[str]) -> Charge:
 class RedisBudgetStore:
     """Budgets every process shares; see the module docstring for the layout."""
 
+    # A charge of nothing still checks a fenced run's lease (``charge``): the kernel always makes it.
+    empty_charges_checked = True
+
     def __init__(
         self,
         conn: RedisConnection,
