@@ -24,7 +24,7 @@ class Counted(MemoryBudgetStore):
 
     def __init__(self, checks: bool, refuse: bool = False) -> None:
         super().__init__()
-        self.empty_charges_checked = checks  # type: ignore[misc]  # per instance, for the test
+        self.empty_charges_checked = checks  # per instance, for the test
         self.refuse = refuse
         self.charges: list[tuple[int, dict[str, float]]] = []
 
@@ -58,7 +58,7 @@ async def agent() -> str:
 
 
 async def test_a_store_that_never_refuses_an_empty_charge_is_not_charged_for_free_calls() -> None:
-    store, ran = Counted(checks=False), []
+    store, ran = Counted(checks=False), list[int]()
     cp = await kernel(store, ran).run(agent)
     assert cp.status == "COMPLETED" and ran == [1, 2]
     assert store.charges == []
@@ -67,7 +67,7 @@ async def test_a_store_that_never_refuses_an_empty_charge_is_not_charged_for_fre
 
 @pytest.mark.parametrize("budgets", [None, {"tokens": 10_000}])
 async def test_a_store_that_checks_every_charge_is_charged_for_every_call(budgets: dict[str, float] | None) -> None:
-    store, ran = Counted(checks=True), []
+    store, ran = Counted(checks=True), list[int]()
     cp = await kernel(store, ran).run(agent, budgets=budgets)
     assert cp.status == "COMPLETED" and ran == [1, 2]
     assert [step for step, _ in store.charges] == [0, 1, 2]  # the model call too
@@ -86,7 +86,7 @@ class Unsaid:
 
 
 async def test_a_store_that_says_nothing_is_charged_for_free_calls_and_its_refusal_stops_the_tool() -> None:
-    store, ran = Unsaid(), []
+    store, ran = Unsaid(), list[int]()
     with pytest.raises(StaleLeaseError, match="lease is gone"):
         await kernel(store, ran).run(agent)  # type: ignore[arg-type]
     assert ran == [] and store.inner.charges == [(0, {})]
