@@ -287,9 +287,10 @@ def crewai_case(steps: int) -> tuple[Callable[[], Awaitable[Any]], Callable[[], 
 
 CASES = {"langgraph": langgraph_case, "pydantic-ai": pydantic_ai_case, "openai-agents": openai_agents_case,
          "smolagents": smolagents_case, "crewai": crewai_case}
-MODULES = {"langgraph": "castor.frameworks.langchain", "pydantic-ai": "castor.frameworks.pydantic_ai",
-           "openai-agents": "castor.frameworks.openai_agents", "smolagents": "castor.frameworks.smolagents",
-           "crewai": "castor.frameworks.crewai"}
+# Where each guard reads ``model_step`` and ``call_tool`` (the names ``--icount``'s layers mode replaces).
+MODULES = {"langgraph": ("castor.frameworks.langchain",), "pydantic-ai": ("castor.frameworks.pydantic_ai",),
+           "openai-agents": ("castor.frameworks.openai_agents",), "smolagents": ("castor.frameworks.smolagents",),
+           "crewai": ("castor.frameworks._crewai_llm", "castor.frameworks.crewai")}
 WAITING = {"langgraph", "pydantic-ai"}  # the cases whose scripted model can wait (--latency)
 
 
@@ -305,13 +306,22 @@ async def _layers_only(name: str, run: Callable[[], Awaitable[Any]]) -> float:
     """``run`` timed with the guard's model step and tool call short-circuited (no syscall)."""
     import importlib
 
-    module: Any = importlib.import_module(MODULES[name])
-    saved = module.model_step, module.call_tool
-    module.model_step, module.call_tool = _direct_step, _direct_tool
+    replaced = {"model_step": _direct_step, "call_tool": _direct_tool}
+    saved: list[tuple[Any, str, Any]] = []
+    for module_name in MODULES[name]:
+        module: Any = importlib.import_module(module_name)
+        for attribute, stand_in in replaced.items():
+            if hasattr(module, attribute):
+                saved.append((module, attribute, getattr(module, attribute)))
+                setattr(module, attribute, stand_in)
+    missing = set(replaced) - {attribute for _, attribute, _ in saved}
+    if missing:  # a guard moved its calls elsewhere: the figure would not be the layers' alone
+        raise SystemExit(f"{name}: no {', '.join(sorted(missing))} in {', '.join(MODULES[name])} (bench MODULES)")
     try:
         return await _timed(run)
     finally:
-        module.model_step, module.call_tool = saved
+        for module, attribute, original in saved:
+            setattr(module, attribute, original)
 
 
 async def _timed(run: Callable[[], Awaitable[Any]], wall: list[float] | None = None) -> float:
