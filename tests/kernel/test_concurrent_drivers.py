@@ -129,3 +129,43 @@ async def test_a_claim_held_on_another_machine_is_in_doubt_once_its_lease_runs_o
         assert (cp.status, cp.pending_reason, runs) == ("SUSPENDED_FOR_HITL", IN_DOUBT_UNFINISHED, [])
     finally:
         await kernel.close()
+
+
+async def test_a_driver_whose_write_finds_the_step_journaled_by_another_takes_that_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A drive judged gone while it still runs (its lease lapsed: a pause, a partition) and the drive that
+    took the run over both run an idempotent step; the second journals it first. The first's write is then
+    refused (write-once), and it goes on with the standing record instead of failing the run."""
+    import castor.kernel.claims as claims
+
+    monkeypatch.setattr(claims, "holder_gone", lambda found: True)  # the first drive's lease lapsed
+    backend = memory_backend()
+    release, inside = asyncio.Event(), asyncio.Event()
+    calls = itertools.count()
+
+    @castor_tool(idempotent=True)
+    async def stamp() -> int:
+        mine = next(calls)
+        if mine == 0:  # the first driver's call: still running when the second driver journals the step
+            inside.set()
+            await release.wait()
+        return mine
+
+    async def agent() -> int:
+        return int(await tool("stamp")) + int(await tool("stamp"))
+
+    slow = asyncio.create_task(Castor(tools=[stamp], store=backend).run(agent, pid="p"))
+    await asyncio.wait_for(inside.wait(), 5)
+    stale = AgentCheckpoint(pid="p", status="RUNNING", agent_function_name="agent", capabilities={})
+    fast = await Castor(tools=[stamp], store=backend).run(agent, checkpoint=stale)
+    assert (fast.status, fast.result) == ("COMPLETED", 1 + 2)
+    release.set()
+    first = await asyncio.wait_for(slow, 5)
+    # Step 0 is the fast driver's record (1), not the slow call's own answer (0); step 1 was journaled too.
+    assert (first.status, first.error) == ("COMPLETED", None)
+    assert first.result == 1 + 2 and [r.response for r in first.syscall_log] == [1, 2]
+    assert [r.response for r in await backend.journal.history("p")] == [1, 2]
+    # Four calls: each drive made both (an idempotent call may run again: that is what idempotent declares),
+    # and each step has exactly one journaled effect, the one journaled first.
+    assert next(calls) == 4
