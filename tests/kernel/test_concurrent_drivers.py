@@ -169,3 +169,52 @@ async def test_a_driver_whose_write_finds_the_step_journaled_by_another_takes_th
     # Four calls: each drive made both (an idempotent call may run again: that is what idempotent declares),
     # and each step has exactly one journaled effect, the one journaled first.
     assert next(calls) == 4
+
+
+class StaleDecisions:
+    """An approvals store that keeps answering a step with the first decision it gave for it (as a store
+    that failed to clear it when the step's new round opened would): the kernel must not take it."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.first: dict[tuple[str, int], Decision] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def decision(self, run_id: str, step: int) -> Decision | None:
+        found = await self.inner.decision(run_id, step)
+        if found is not None:
+            self.first.setdefault((run_id, step), found)
+        return self.first.get((run_id, step), found)
+
+
+async def test_an_approval_of_an_earlier_round_never_runs_a_step_in_doubt_again() -> None:
+    """Two layers hold this: the gate takes no decision of an earlier round (``castor.kernel.chain``), and
+    the step's lapsed claim sends whoever reaches it to a human (``castor.kernel.claims``); the test fails
+    when both give way."""
+    release = threading.Event()
+    runs: list[str] = []
+
+    @castor_tool(timeout_seconds=0.05)
+    def wipe(path: str) -> str:
+        runs.append(path)
+        release.wait(5)
+        return f"wiped {path}"
+
+    async def agent() -> object:
+        return await tool("wipe", path="/data")
+
+    backend = memory_backend()
+    backend.approvals = StaleDecisions(backend.approvals)
+    kernel = Castor(tools=[wipe], destructive=["wipe"], store=backend)
+    try:
+        cp = await kernel.run(agent)
+        with pytest.raises(ToolTimeoutError):
+            await kernel.approve(cp)  # round 0 approved: the call starts and is cut off, in doubt
+        cp = await kernel.run(agent, checkpoint=cp)
+        assert (cp.status, cp.pending_reason) == ("SUSPENDED_FOR_HITL", "in doubt: started and never finished")
+        cp = await kernel.run(agent, checkpoint=cp)  # the store still says "approved" (round 0)
+        assert cp.status == "SUSPENDED_FOR_HITL" and runs == ["/data"]  # round 1 waits for its own decision
+    finally:
+        release.set()
