@@ -37,7 +37,7 @@ async def spawn(ctx: RunContext, name: str, capabilities: Mapping[str, float] | 
     try:
         return await _spawn(ctx, call, name, caps, index)
     except Exception as error:  # the parent may catch it and go on: the step is then journaled as failed
-        ctx.step_failed(call, error)
+        await ctx.step_failed(call, error)
         raise
 
 
@@ -79,7 +79,7 @@ async def join(ctx: RunContext, handle: str) -> Any:
     try:
         return await _join(ctx, call, handle)
     except Exception as error:  # a child that failed: the parent may catch it and go on
-        ctx.step_failed(call, error)
+        await ctx.step_failed(call, error)
         raise
 
 

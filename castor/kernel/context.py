@@ -12,6 +12,7 @@ it imports none of them.
 from __future__ import annotations
 
 import contextvars
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
@@ -26,6 +27,8 @@ from castor.errors import JournalConflictError, RunEndedError
 from castor.kernel.failed_steps import NOT_OUTCOMES, failure_record
 from castor.registry import ToolRegistry, ToolSpec
 from castor.seams import Backend, Executor, ToolCall
+
+log = logging.getLogger("castor.run")
 
 
 class Suspend(BaseException):
@@ -260,13 +263,23 @@ class RunContext:
         log = self.checkpoint.syscall_log
         return log[step] if step < len(log) else record  # journaled now (maybe another's), or held
 
-    def step_failed(self, call: Syscall, error: BaseException) -> None:
+    async def step_failed(self, call: Syscall, error: BaseException) -> None:
         """``call`` raised ``error`` and its step has no record: kept as a failure record, journaled if the
-        run goes past the step (``castor.kernel.failed_steps``). A run-ending error is no step's outcome."""
+        run goes past the step (``castor.kernel.failed_steps``). A run-ending error is no step's outcome.
+
+        A call the agent left running when its run stopped (``asyncio.gather`` gives up at the first
+        suspension) is journaled at once if the run suspended past it, as ``journal_failures_passed`` would
+        have at the stop: else a resume would make the call again."""
         step = call.step
         if step < len(self.checkpoint.syscall_log) or step in self._ahead or isinstance(error, NOT_OUTCOMES):
             return
         self.unjournaled_failures[step] = failure_record(call.request, error, time.time())
+        if self.closed:
+            try:
+                await self.journal_failures_passed()
+            except Exception:  # the store refused: the call's own error is what its (abandoned) task raises
+                log.warning("run %s: the failure of step %d, left running when the run stopped, was not "
+                            "journaled; a resume makes the call again", self.run_id, step, exc_info=True)
 
     async def went_past(self, step: int) -> None:
         """The run goes on at ``step``: the failure records of the steps before it are journaled, and with
@@ -293,10 +306,17 @@ class RunContext:
             raise
 
     async def journal_failures_passed(self) -> None:
-        """The run stops: a failed step that a later one finished after (calls at once) is journaled, and
-        the later ones with it; a failure at the end of the journal is not (a resume runs it again)."""
-        if self.unjournaled_failures and self._ahead:
-            await self.went_past(max(self._ahead) + 1)
+        """The run stops: a failed step that the run went past is journaled, with the records held behind it.
+        The run went past a step when a later one finished (calls at once) or when it suspends at a later
+        one (a call beside it waits for a human); a failure at the end of the journal is not (a resume runs
+        it again)."""
+        if not self.unjournaled_failures:
+            return
+        past = max(self._ahead) + 1 if self._ahead else 0
+        if self.suspended_at is not None:
+            past = max(past, self.suspended_at)
+        if past:
+            await self.went_past(past)
 
     async def _journaled_first(self, step: int, record: SyscallRecord) -> SyscallRecord:
         """The step's record in the store, written first by another process driving the run, if it is the

@@ -181,7 +181,7 @@ def build_model_chain(interceptors: Iterable[Interceptor] = ()) -> Handler:
                 await call.ctx.went_past(call.step)
             return await chain(call)
         except Exception as error:
-            call.ctx.step_failed(call, error)
+            await call.ctx.step_failed(call, error)
             raise
 
     return model_chain

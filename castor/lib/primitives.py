@@ -25,7 +25,7 @@ async def tool(name: str, /, **kwargs: Any) -> Any:
             await ctx.went_past(call.step)
         response = await services.chain(call)
     except Exception as error:  # the agent may catch it and go on: the step is then journaled as failed
-        ctx.step_failed(call, error)
+        await ctx.step_failed(call, error)
         raise
     return wrap(response) if services.structured_results else response
 

@@ -301,7 +301,7 @@ class MMU:
         try:
             hits = await self.driver.find(pid or ctx.checkpoint.pid, query, arguments["limit"])
         except Exception as error:  # the agent may catch it and go on: the step is then journaled as failed
-            ctx.step_failed(call, error)
+            await ctx.step_failed(call, error)
             raise
         return await answer(call, [h.to_dict() for h in hits], {})
 

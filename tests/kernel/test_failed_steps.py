@@ -20,7 +20,7 @@ from castor import AgentRegistry, Castor, UnknownToolError, castor_agent
 from castor.backends.sqlite import sqlite_backend
 from castor.cli._render import step_line
 from castor.kernel.failed_steps import ReplayedFailure, describe, raised
-from castor.lib import join, model_call, spawn, tool
+from castor.lib import join, model_call, parallel, spawn, tool
 from castor.seams import Backend
 
 CHARGED: list[int] = []
@@ -138,6 +138,54 @@ async def test_a_failure_beside_a_call_that_finished_first_journals_both() -> No
     assert [r.tool_name for r in cp.syscall_log] == ["slow_failure", "charge"]
     again = await k.run(agent, checkpoint=cp.fork(at_step=2))
     assert again.result == cp.result and CHARGED == [7]
+
+
+@pytest.mark.parametrize(
+    ("late", "left_behind"),
+    [(False, False), (True, False), (True, True)],
+    ids=["fails-first", "fails-after-the-suspension", "left-running-by-gather"],
+)
+async def test_a_failure_beside_a_call_that_waits_for_a_human_is_journaled_before_the_run_suspends(
+    late: bool, left_behind: bool
+) -> None:
+    """Two calls at once: the first fails, the second (destructive) waits for a human. The run went past
+    the failure, so it is journaled as the run suspends (or, for a call the agent's ``asyncio.gather`` left
+    running when the run stopped, as it fails); the resume after approval raises it again from the journal
+    (the failing call is not made again) and runs the destructive call once."""
+    failing: list[str] = []
+    failed = asyncio.Event()
+
+    async def refuse() -> str:
+        failing.append("refuse")  # a call with an effect, even though it raised
+        if late:
+            await asyncio.sleep(0.05)  # the destructive call reaches its gate and suspends first
+        failed.set()
+        raise ValueError("refused")
+
+    async def agent() -> str:
+        calls = (("refuse", {}), ("delete_file", {"path": "/tmp/x"}))
+        try:
+            if left_behind:  # gives up at the first exception (the suspension), its other task still running
+                await asyncio.gather(*(tool(name, **arguments) for name, arguments in calls))
+            else:
+                await parallel(*calls)  # Castor's: every call finishes before the run suspends
+        except ValueError:
+            pass
+        return str(await tool("charge", amount=3))
+
+    k = Castor(tools=[refuse, charge, delete_file], destructive=["delete_file"])
+    cp = await k.run(agent)
+    assert (cp.status, cp.pending_step) == ("SUSPENDED_FOR_HITL", 1)
+    await asyncio.wait_for(failed.wait(), 5)
+    for _ in range(5):  # the failing task's own journaling, after its error
+        await asyncio.sleep(0)
+    journaled = await k.backend.journal.history(cp.pid)
+    assert [r.tool_name for r in journaled] == ["refuse"] and journaled[0].failure is not None
+    await k.approve(cp)
+    done = await k.run(agent, checkpoint=await k.aload(cp.pid))
+    assert (done.status, done.result) == ("COMPLETED", "charged 3"), done.error
+    assert failing == ["refuse"] and CHARGED == [3]  # the failed call ran once, over the run's whole life
+    assert [r.tool_name for r in done.syscall_log] == ["refuse", "delete_file", "charge"]
 
 
 async def test_a_failure_the_run_stops_at_is_not_journaled_and_a_resume_retries_it() -> None:
