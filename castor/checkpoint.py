@@ -137,6 +137,10 @@ class AgentCheckpoint(BaseModel):
     # Steps reopened for a human after their worker was lost mid-call: step -> approval round to decide.
     in_doubt: dict[int, int] = Field(default_factory=dict)
     failures: list[StepFailure] = Field(default_factory=list)
+    # Records of steps that finished while an earlier step had none yet (calls at once: the earlier one
+    # waits for a human, or still runs), kept when the run stopped: a resume serves them without making
+    # the calls again, and journals them once the steps before them are (castor.kernel.context).
+    held: dict[int, SyscallRecord] = Field(default_factory=dict)
     speculative: bool = False
     scopes: list[str] = Field(default_factory=list)
     spec: RunSpec | None = None
@@ -211,6 +215,7 @@ class AgentCheckpoint(BaseModel):
             pending_step=None,
             pending_reason=None,
             failures=[],
+            held={},  # a fork makes the steps after at_step again
             speculative=self.speculative,
             scopes=list(self.scopes),
             spec=self.spec,

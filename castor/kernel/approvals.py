@@ -93,6 +93,7 @@ async def apply_decision(services: Services, cp: AgentCheckpoint, step: int, too
         pass
     finally:
         ctx.closed = True
+        cp.held = ctx.keep_held()  # those the decided step's record let through are journaled now
         ctx.update_capabilities()
         await backend.budgets.close_run(cp.pid)
         if suspended:

@@ -164,10 +164,15 @@ class RunContext:
     usage: dict[str, float] = field(default_factory=dict)  # what the journal was charged so far
     spent: dict[str, float] = field(default_factory=dict)  # what calls that failed part way were charged
     ledger_open: bool = True  # the store holds a ledger for the run (closed when it stops)
+    # Steps whose record a drive before this one kept (``AgentCheckpoint.held``), not journaled yet: served
+    # by replay (castor.kernel.steps), journaled once the steps before them are; their charges are in ``spent``.
+    held_steps: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.usage = usage_of(self.checkpoint.syscall_log)
         self.spent = failure_usage(self.checkpoint.failures)
+        if self.checkpoint.held:
+            self._take_held()
         self.run_id: str = self.checkpoint.pid
         # Looked up once: the syscall path reaches these on every step.
         backend = self.services.backend
@@ -230,9 +235,7 @@ class RunContext:
         first, mine = step, record
         while True:
             charged = record.charged
-            if charged:
-                for name, amount in charged.items():
-                    usage[name] = usage.get(name, 0.0) + amount
+            self._count(step, charged)
             if not stored:  # a stored record is kept as journaled: it has its snapshot if its builder knew it
                 if step % USAGE_STRIDE == USAGE_STRIDE - 1:
                     record.__dict__["usage"] = dict(usage)  # set once, before anyone else holds the record
@@ -253,6 +256,18 @@ class RunContext:
             if held is None:
                 return mine
             record, stored = held
+
+    def _count(self, step: int, charged: Mapping[str, float] | None) -> None:
+        """Add the charge of the record journaled at ``step`` to the run's usage; a record a drive before
+        kept was counted as spent (``keep_held``): its charge moves from there."""
+        if charged:
+            usage = self.usage
+            for name, amount in charged.items():
+                usage[name] = usage.get(name, 0.0) + amount
+            if step in self.held_steps:
+                for name, amount in charged.items():
+                    self.spent[name] -= amount
+        self.held_steps.discard(step)
 
     async def _hold(self, step: int, record: SyscallRecord, stored: bool) -> SyscallRecord:
         """A record that arrives before an earlier step's: held until that step is journaled, unless that
@@ -366,6 +381,31 @@ class RunContext:
         steps = sorted(self._ahead)
         self._ahead.clear()
         return steps
+
+    def keep_held(self) -> dict[int, SyscallRecord]:
+        """The records still held behind a step with none (the run stops at it, or left it running): kept in
+        the checkpoint (``AgentCheckpoint.held``) for the next drive, their charges counted as spent. A late
+        record of the step before them still journals them (``commit``)."""
+        for step, (record, _) in self._ahead.items():
+            if step not in self.held_steps:
+                self.held_steps.add(step)
+                for name, amount in (record.charged or {}).items():
+                    self.spent[name] = self.spent.get(name, 0.0) + amount
+        return {step: record for step, (record, _) in sorted(self._ahead.items())}
+
+    def held_record(self, step: int) -> SyscallRecord:
+        """The kept record of ``step`` (one of ``held_steps``)."""
+        return self._ahead[step][0]
+
+    def _take_held(self) -> None:
+        """Hold the records a drive before this one kept, for the steps the journal has not reached."""
+        journaled = len(self.checkpoint.syscall_log)
+        for step, record in self.checkpoint.held.items():
+            if step >= journaled and step not in self._ahead:
+                self._ahead[step] = (record, False)
+                self.held_steps.add(step)
+                for name, amount in (record.charged or {}).items():
+                    self.spent[name] = self.spent.get(name, 0.0) + amount
 
 
 def same_arguments(recorded: Any, actual: dict[str, Any]) -> bool:

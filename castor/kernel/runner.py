@@ -249,9 +249,13 @@ async def finish(ctx: RunContext) -> None:
     backend = ctx.services.backend
     budgets = backend.budgets
     await ctx.journal_failures_passed()
-    for step in ctx.dropped_steps():
-        await budgets.refund(cp.pid, step)
-    ctx.update_capabilities()  # the journal is the truth of what was charged
+    if cp.status == "COMPLETED":  # nothing will resume it: what could not be journaled is given back
+        for step in ctx.dropped_steps():
+            await budgets.refund(cp.pid, step)
+        cp.held = {}
+    else:  # a resume serves them rather than making those calls again
+        cp.held = ctx.keep_held()
+    ctx.update_capabilities()  # the journal is the truth of what was charged (and the kept records)
     cp.updated_at = time.time()
     await save_run(backend, cp)  # a run another process ended first keeps that end
     if ctx.ledger_open or ctx.spawned:  # a child's budget is charged to its parent's ledger

@@ -34,10 +34,14 @@ async def _value(value: Any) -> Any:
 def journaled(call: Syscall) -> SyscallRecord | None:
     """The journal's record of the call's step, after checking it is the same call; None for a live step.
     A step journaled as failed raises its error again (``castor.kernel.failed_steps``)."""
-    log = call.ctx.checkpoint.syscall_log
-    if call.step >= len(log):
+    ctx = call.ctx
+    log = ctx.checkpoint.syscall_log
+    if call.step < len(log):
+        record = log[call.step]
+    elif call.step in ctx.held_steps:  # finished in a drive before, behind a step with no record then
+        record = ctx.held_record(call.step)
+    else:
         return None
-    record = log[call.step]
     request = record.request
     if request.get("tool_name") != call.tool_name or not _same_call(request.get("arguments"), call):
         raise ReplayDivergenceError(call.step, request, call.request)
@@ -48,9 +52,12 @@ def journaled(call: Syscall) -> SyscallRecord | None:
 
 def replay(call: Syscall, inner: Handler) -> Awaitable[Any]:
     """The first stage: serve a journaled step from the cache, after checking it is the same call."""
-    log = call.ctx.checkpoint.syscall_log
+    ctx = call.ctx
+    log = ctx.checkpoint.syscall_log
     if call.step >= len(log):  # a live step: no lookup, no coroutine
-        return inner(call)
+        if not ctx.held_steps or call.step not in ctx.held_steps:
+            return inner(call)
+        return _value(journaled(call).response)  # type: ignore[union-attr]  # held: found, checked, raised
     # journaled(call), inlined: a replayed step is served in well under a microsecond. Arguments equal as
     # they are (the usual case) are compared here; only others go to _same_call's canonical JSON and
     # digests, so a replayed step makes no Python call besides _value.
