@@ -335,6 +335,31 @@ async def test_a_worker_failure_the_agent_goes_past_is_journaled_and_nothing_aft
     assert len(_received(fleet, "web", cp.pid)) == 1  # explode was sent once: its failure was replayed
 
 
+async def test_a_call_that_finished_beside_one_that_waits_for_a_human_runs_once(fleet: Fleet, kernel: Castor) -> None:
+    """Calls at once: the destructive one (step 0) waits for a human while the one beside it (step 1) runs
+    on its worker and finishes. Its record waits behind step 0; the run keeps it when it suspends, and the
+    resume on another coordinator serves it: the worker ran it once over the run's whole life."""
+    tag = f"beside-{uuid.uuid4().hex[:6]}"
+
+    async def agent() -> list[object]:
+        return await lib.parallel(("delete_file", {"path": f"{tag}.log"}), ("slow_write", {"tag": tag, "seconds": 0}))
+
+    cp = await kernel.run(agent)
+    assert cp.status == "SUSPENDED_FOR_HITL" and cp.pending_step == 0
+    assert (fleet.count(tag, "start"), fleet.count(tag, "done")) == (1, 1)
+    assert list(cp.held) == [1]
+    await kernel.approve(cp)
+    other = Castor(**fleet_options(fleet.settings, budgets={}))  # another coordinator, the store shared
+    try:
+        done = await other.run(agent, pid=cp.pid)
+    finally:
+        await other.close()
+    assert done.status == "COMPLETED", done.error
+    assert done.result == [f"deleted {tag}.log", f"wrote {tag}"]
+    assert (fleet.count(tag, "start"), fleet.count(tag, "done")) == (1, 1)  # slow_write ran once
+    assert [r.tool_name for r in done.syscall_log] == ["delete_file", "slow_write"]
+
+
 async def test_retryable_tool_is_retried_with_backoff(fleet: Fleet, kernel: Castor) -> None:
     tag = f"flaky-{uuid.uuid4().hex[:6]}"
 
