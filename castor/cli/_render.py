@@ -198,6 +198,7 @@ def inspect_lines(cp: AgentCheckpoint, fleet: dict[str, Any] | None = None) -> l
         lines.append("  (no budgets: unlimited)")
     lines.append(f"Syscall log: {len(cp.syscall_log)} entries")
     lines += [step_line(i, record) for i, record in enumerate(cp.syscall_log)]
+    lines += kept_lines(cp)
     lines += memory_lines(cp, short)
     if cp.failures:
         lines.append(f"Failures: {len(cp.failures)}")
@@ -212,6 +213,15 @@ def inspect_lines(cp: AgentCheckpoint, fleet: dict[str, Any] | None = None) -> l
     if cp.partial_work:
         lines.append(f"Partial: {short(cp.partial_work)}")  # what a stopped model stream had written
     return lines
+
+
+def kept_lines(cp: AgentCheckpoint) -> list[str]:
+    """Steps that finished behind a step with no record yet (``AgentCheckpoint.held``): journaled once the
+    steps before them are."""
+    kept = sorted((step, record) for step, record in cp.held.items() if step >= len(cp.syscall_log))
+    if not kept:
+        return []
+    return [f"Kept, journaled after the steps before them: {len(kept)}", *(step_line(s, r) for s, r in kept)]
 
 
 def pending_lines(cp: AgentCheckpoint) -> list[str]:

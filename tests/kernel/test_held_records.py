@@ -22,6 +22,7 @@ import pytest
 from castor import Castor, ReplayDivergenceError
 from castor.backends.memory import memory_backend
 from castor.backends.sqlite import sqlite_backend
+from castor.cli._render import inspect_lines
 from castor.lib import parallel, tool
 from castor.seams import Backend, PendingApproval
 
@@ -105,6 +106,8 @@ async def test_a_call_that_finished_beside_one_that_waits_for_a_human_is_not_mad
     second = kernel(store())  # another process: the kept record comes back with the run
     loaded = await second.aload("beside")
     assert list(loaded.held) == [1]
+    shown = "\n".join(inspect_lines(loaded))
+    assert "Kept, journaled after the steps before them: 1" in shown and "send" in shown.split("Kept")[1]
     await second.approve("beside")
     done = await second.run(agent, checkpoint=await second.aload("beside"))
     assert done.status == "COMPLETED", done.error
