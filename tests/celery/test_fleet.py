@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 import uuid
+from typing import Any
 
 import pytest
 
@@ -305,6 +306,15 @@ async def test_tool_exception_keeps_its_type_name(fleet: Fleet, kernel: Castor) 
     assert len(_received(fleet, "web", pid)) == 1  # not retryable: never sent again (a retry is a new message)
 
 
+async def resumed_elsewhere(fleet: Fleet, agent: Any, pid: str) -> Any:
+    """Run ``pid`` on another coordinator (its own kernel, the store shared) to its next stop."""
+    other = Castor(**fleet_options(fleet.settings, budgets={}))
+    try:
+        return await other.run(agent, pid=pid)
+    finally:
+        await other.close()
+
+
 async def test_a_worker_failure_the_agent_goes_past_is_journaled_and_nothing_after_it_runs_twice(
     fleet: Fleet, kernel: Castor
 ) -> None:
@@ -324,11 +334,7 @@ async def test_a_worker_failure_the_agent_goes_past_is_journaled_and_nothing_aft
     assert cp.status == "SUSPENDED_FOR_HITL" and cp.pending_step == 2
     assert [r.tool_name for r in cp.syscall_log] == ["explode", "slow_write"]
     await kernel.approve(cp)
-    other = Castor(**fleet_options(fleet.settings, budgets={}))  # another coordinator, the store shared
-    try:
-        done = await other.run(agent, pid=cp.pid)
-    finally:
-        await other.close()
+    done = await resumed_elsewhere(fleet, agent, cp.pid)
     assert done.status == "COMPLETED", done.error
     assert done.result == ["caught ValueError: boom", f"wrote {tag}", f"deleted {tag}.log"]
     assert (fleet.count(tag, "start"), fleet.count(tag, "done")) == (1, 1)  # slow_write ran once
@@ -349,11 +355,7 @@ async def test_a_call_that_finished_beside_one_that_waits_for_a_human_runs_once(
     assert (fleet.count(tag, "start"), fleet.count(tag, "done")) == (1, 1)
     assert list(cp.held) == [1]
     await kernel.approve(cp)
-    other = Castor(**fleet_options(fleet.settings, budgets={}))  # another coordinator, the store shared
-    try:
-        done = await other.run(agent, pid=cp.pid)
-    finally:
-        await other.close()
+    done = await resumed_elsewhere(fleet, agent, cp.pid)
     assert done.status == "COMPLETED", done.error
     assert done.result == [f"deleted {tag}.log", f"wrote {tag}"]
     assert (fleet.count(tag, "start"), fleet.count(tag, "done")) == (1, 1)  # slow_write ran once

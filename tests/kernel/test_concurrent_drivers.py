@@ -35,11 +35,8 @@ async def test_a_step_journaled_first_by_another_driver_stands_for_both() -> Non
     assert [r.response for r in await backend.journal.history("p")] == [0]
 
 
-async def test_a_destructive_call_cut_off_at_its_deadline_is_in_doubt() -> None:
-    """A sync tool past its deadline still runs in its thread: the step is in doubt, never run again
-    unasked (it used to be a plain failure, run again by the next resume while the first still ran)."""
-    release = threading.Event()
-    runs: list[str] = []
+def hanging_wipe(release: threading.Event, runs: list[str]) -> Any:
+    """A destructive sync tool that runs past its 50 ms deadline until ``release`` is set."""
 
     @castor_tool(timeout_seconds=0.05)
     def wipe(path: str) -> str:
@@ -47,8 +44,20 @@ async def test_a_destructive_call_cut_off_at_its_deadline_is_in_doubt() -> None:
         release.wait(5)
         return f"wiped {path}"
 
-    async def agent() -> object:
-        return await tool("wipe", path="/data")
+    return wipe
+
+
+async def wipes_data() -> object:
+    return await tool("wipe", path="/data")
+
+
+async def test_a_destructive_call_cut_off_at_its_deadline_is_in_doubt() -> None:
+    """A sync tool past its deadline still runs in its thread: the step is in doubt, never run again
+    unasked (it used to be a plain failure, run again by the next resume while the first still ran)."""
+    release = threading.Event()
+    runs: list[str] = []
+    wipe = hanging_wipe(release, runs)
+    agent = wipes_data
 
     kernel = Castor(tools=[wipe], destructive=["wipe"])
     try:
@@ -195,15 +204,8 @@ async def test_an_approval_of_an_earlier_round_never_runs_a_step_in_doubt_again(
     when both give way."""
     release = threading.Event()
     runs: list[str] = []
-
-    @castor_tool(timeout_seconds=0.05)
-    def wipe(path: str) -> str:
-        runs.append(path)
-        release.wait(5)
-        return f"wiped {path}"
-
-    async def agent() -> object:
-        return await tool("wipe", path="/data")
+    wipe = hanging_wipe(release, runs)
+    agent = wipes_data
 
     backend = memory_backend()
     backend.approvals = StaleDecisions(backend.approvals)
