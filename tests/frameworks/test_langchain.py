@@ -224,3 +224,41 @@ async def test_a_suspension_among_parallel_tool_calls_suspends_the_run(factory: 
     cp = await k.run(agent, checkpoint=cp)
     assert cp.status == "COMPLETED" and cp.result == "done" and len(model.asked) == 2
     assert [r.tool_name for r in cp.syscall_log][1:3] == ["search", "delete_file"]
+
+
+async def test_a_tool_call_beside_a_destructive_one_runs_once_across_approve_and_resume(factory: Any) -> None:
+    """The model asks for the destructive call and another at once; LangGraph runs them together. Over a
+    store whose approval request waits (Redis does), the other call finishes before the run suspends: its
+    record is kept with the run, and the resume serves it (``tests/kernel/test_held_records.py``)."""
+    from castor.backends.memory import memory_backend
+    from tests.kernel.test_held_records import SlowRequests
+
+    sent: list[str] = []
+
+    async def notify(to: str) -> str:
+        """Tell someone (not idempotent)."""
+        sent.append(to)
+        return f"told {to}"
+
+    tools = [lc_tool(delete_file), lc_tool(notify)]
+    both = AIMessage(content="", usage_metadata=USAGE, tool_calls=[
+        {"name": "delete_file", "args": {"path": "/tmp/old"}, "id": "c1"},
+        {"name": "notify", "args": {"to": "ops"}, "id": "c2"},
+    ])
+    model = model_of(iter([both, AIMessage(content="done", usage_metadata=USAGE)]))
+
+    async def agent() -> str:
+        state = await guard(factory(model, tools)).ainvoke({"messages": [("user", "clean up")]})
+        return str(state["messages"][-1].content)
+
+    backend = memory_backend()
+    backend.approvals = SlowRequests(backend.approvals)
+    k = Castor(tools=tools_of(tools), destructive=["delete_file"], store=backend)
+    cp = await k.run(agent)
+    assert cp.status == "SUSPENDED_FOR_HITL" and cp.pending_tool == "delete_file"
+    assert sent == ["ops"] and list(cp.held) == [2]  # step 0 the model, 1 delete_file, 2 notify
+    await k.approve(cp)
+    done = await k.run(agent, checkpoint=await k.aload(cp.pid))
+    assert done.status == "COMPLETED" and done.result == "done", done.error
+    assert sent == ["ops"] and len(model.asked) == 2  # notify once; the model once per step
+    assert [r.tool_name for r in done.syscall_log][1:3] == ["delete_file", "notify"]
