@@ -21,7 +21,7 @@ import uuid
 from typing import Any
 
 from castor import castor_tool
-from castor.lib import tool
+from castor.lib import parallel, tool
 
 
 def _record(event: str, run: str, step: int, name: str) -> None:
@@ -129,6 +129,16 @@ async def caught_job() -> dict[str, Any]:
         await tool("fx_fail", run=t, step=1)
     await tool("fx_once", run=t, step=2, kind="short")
     await tool("fx_remove", run=t, step=3, kind="short")
+    return {"ticket": t}
+
+
+async def beside_job() -> dict[str, Any]:
+    """A destructive call that waits for a human and a non-idempotent call beside it, at once: the second
+    finishes before the run suspends (a store whose approval request waits: Redis), so its record is kept
+    with the run, and the resume after the approval serves it rather than running the call again."""
+    t = await tool("fx_ticket")
+    await parallel(("fx_remove", {"run": t, "step": 1, "kind": "short"}),
+                   ("fx_once", {"run": t, "step": 2, "kind": "short"}))
     return {"ticket": t}
 
 

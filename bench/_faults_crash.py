@@ -175,7 +175,10 @@ def race_rows(fleet: FaultFleet, plan: Plan, chosen: Callable[[str], bool]) -> l
              # The run went past a call whose error the agent caught: what ran before the approval must
              # not run again after it (the failed step is journaled; it once left a hole there).
              ("sqlite", "caught_job", "approve+resume after a caught error (sqlite)"),
-             ("redis", "caught_job", "approve+resume after a caught error (redis)")]
+             ("redis", "caught_job", "approve+resume after a caught error (redis)"),
+             # A call that finished beside the one waiting for a human: kept with the run, not run again.
+             ("sqlite", "beside_job", "approve+resume with a call beside it (sqlite)"),
+             ("redis", "beside_job", "approve+resume with a call beside it (redis)")]
     with ThreadPoolExecutor(2) as pool:
         return list(pool.map(lambda kind: race_row(*kind), kinds))
 
