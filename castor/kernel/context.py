@@ -216,7 +216,7 @@ class RunContext:
                     await self.journal.append(self.run_id, step, record)
                 except JournalConflictError:
                     return await self._drain(step, record, stored)
-            if charged:
+            if charged:  # _count, inlined: with nothing held, no step here is a kept one
                 usage = self.usage
                 for name, amount in charged.items():
                     usage[name] = usage.get(name, 0.0) + amount
@@ -388,9 +388,7 @@ class RunContext:
         record of the step before them still journals them (``commit``)."""
         for step, (record, _) in self._ahead.items():
             if step not in self.held_steps:
-                self.held_steps.add(step)
-                for name, amount in (record.charged or {}).items():
-                    self.spent[name] = self.spent.get(name, 0.0) + amount
+                self._kept(step, record)
         return {step: record for step, (record, _) in sorted(self._ahead.items())}
 
     def held_record(self, step: int) -> SyscallRecord:
@@ -403,9 +401,14 @@ class RunContext:
         for step, record in self.checkpoint.held.items():
             if step >= journaled and step not in self._ahead:
                 self._ahead[step] = (record, False)
-                self.held_steps.add(step)
-                for name, amount in (record.charged or {}).items():
-                    self.spent[name] = self.spent.get(name, 0.0) + amount
+                self._kept(step, record)
+
+    def _kept(self, step: int, record: SyscallRecord) -> None:
+        """``step``'s record is kept for a later drive: its charge counts as spent until it is journaled
+        (``_count`` moves it into usage then)."""
+        self.held_steps.add(step)
+        for name, amount in (record.charged or {}).items():
+            self.spent[name] = self.spent.get(name, 0.0) + amount
 
 
 def same_arguments(recorded: Any, actual: dict[str, Any]) -> bool:
