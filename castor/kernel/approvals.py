@@ -82,6 +82,7 @@ async def apply_decision(services: Services, cp: AgentCheckpoint, step: int, too
     await backend.budgets.open_run(cp.pid, {r: c.max_budget for r, c in caps.items()}, ctx.total_usage())
     suspended = False
     try:
+        await ctx.journal_kept()
         # A model step in doubt is made again by the resumed run's model chain (castor.kernel.model_doubt).
         if step == len(cp.syscall_log) and not tool.startswith("model:"):
             await services.chain(Syscall(cp.pid, step, tool, clear_arguments(services, tool, args), ctx))

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from castor._canonical import canonical
 from castor._sealing import DataKey, digested
 from castor.agents import AgentRegistry
-from castor.checkpoint import USAGE_STRIDE, AgentCheckpoint, SyscallRecord, failure_usage, usage_of
+from castor.checkpoint import USAGE_STRIDE, AgentCheckpoint, SyscallRecord, failure_usage, usage_after, usage_of
 from castor.errors import JournalConflictError, RunEndedError
 from castor.kernel.failed_steps import NOT_OUTCOMES, failure_record
 from castor.registry import ToolRegistry, ToolSpec
@@ -231,25 +231,24 @@ class RunContext:
         """``commit`` of ``record`` at ``step`` (the next in order), then of the records held behind it."""
         log = self.checkpoint.syscall_log
         journal = self.journal
-        usage = self.usage
         first, mine = step, record
         while True:
             charged = record.charged
-            self._count(step, charged)
             if not stored:  # a stored record is kept as journaled: it has its snapshot if its builder knew it
                 if step % USAGE_STRIDE == USAGE_STRIDE - 1:
-                    record.__dict__["usage"] = dict(usage)  # set once, before anyone else holds the record
+                    # Set once, before anyone else holds the record.
+                    record.__dict__["usage"] = usage_after(self.usage, charged)
                 try:
                     await journal.append(self.run_id, step, record)
                 except JournalConflictError:
-                    adopted = await self._journaled_first(step, record)
-                    for name, amount in (charged or {}).items():  # the usage is the standing record's
-                        usage[name] -= amount
-                    for name, amount in (adopted.charged or {}).items():
-                        usage[name] = usage.get(name, 0.0) + amount
-                    record = adopted
+                    record = await self._journaled_first(step, record)  # the usage is the standing record's
+                except BaseException:
+                    if step != first:  # a record drained from behind: still held (kept if the run stops)
+                        self._ahead[step] = (record, stored)
+                    raise
                 if step == first:
                     mine = record
+            self._count(step, record.charged, charged)
             log.append(record)
             step += 1
             held = self._ahead.pop(step, None)
@@ -257,17 +256,17 @@ class RunContext:
                 return mine
             record, stored = held
 
-    def _count(self, step: int, charged: Mapping[str, float] | None) -> None:
-        """Add the charge of the record journaled at ``step`` to the run's usage; a record a drive before
-        kept was counted as spent (``keep_held``): its charge moves from there."""
+    def _count(self, step: int, charged: Mapping[str, float] | None, kept: Mapping[str, float] | None) -> None:
+        """Add ``charged``, the charge of the record journaled at ``step``, to the run's usage. A record a
+        drive before kept was counted as spent (``_kept``): its own charge, ``kept``, leaves ``spent``."""
         if charged:
             usage = self.usage
             for name, amount in charged.items():
                 usage[name] = usage.get(name, 0.0) + amount
-            if step in self.held_steps:
-                for name, amount in charged.items():
-                    self.spent[name] -= amount
-        self.held_steps.discard(step)
+        if step in self.held_steps:
+            self.held_steps.discard(step)
+            for name, amount in (kept or {}).items():
+                self.spent[name] -= amount
 
     async def _hold(self, step: int, record: SyscallRecord, stored: bool) -> SyscallRecord:
         """A record that arrives before an earlier step's: held until that step is journaled, unless that
@@ -394,6 +393,20 @@ class RunContext:
     def held_record(self, step: int) -> SyscallRecord:
         """The kept record of ``step`` (one of ``held_steps``)."""
         return self._ahead[step][0]
+
+    async def journal_kept(self) -> None:
+        """Journal the kept records the journal has reached (the steps before them were journaled since they
+        were kept: by a decision, or a drive that failed to write them). A write that fails keeps them."""
+        first = len(self.checkpoint.syscall_log)
+        held = self._ahead.pop(first, None) if first in self.held_steps else None
+        if held is None:
+            return
+        try:
+            await self._drain(first, *held)
+        except BaseException:
+            if len(self.checkpoint.syscall_log) == first:
+                self._ahead[first] = held
+            raise
 
     def _take_held(self) -> None:
         """Hold the records a drive before this one kept, for the steps the journal has not reached."""

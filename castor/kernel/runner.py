@@ -101,6 +101,7 @@ async def prepare(
     cp.scopes = list(dict.fromkeys(cp.scopes))  # a scope named twice is drawn from once
     await sync_journal(services, cp, catch_up=stored)  # before the context reads what the journal charged
     ctx = RunContext(services, cp, speculative=cp.speculative, scopes=tuple(cp.scopes))
+    await ctx.journal_kept()
     # 0.5.1 code sets a preempted checkpoint's status back to RUNNING before resuming it: its reason stays.
     if cp.status == "PREEMPTED" or cp.preemption_reason is not None:
         ctx.preemption_context = {

@@ -200,3 +200,37 @@ async def test_a_new_process_serves_a_kept_step_while_the_call_before_it_is_made
     assert RAN == ["hangs a", "send b", "hangs a", "delete /data"]  # "send b" once
     assert [r.tool_name for r in done.syscall_log] == ["hangs", "send", "delete_file"]
     await again.close()
+
+
+class FailsOnce:
+    """A journal whose write of ``step`` fails once, as a store that drops its connection mid-write."""
+
+    def __init__(self, inner: Any, step: int) -> None:
+        self.inner, self.step, self.failed = inner, step, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def append(self, run_id: str, step: int, record: Any) -> None:
+        if step == self.step and not self.failed:
+            self.failed = True
+            raise ConnectionError("the store went away mid-write")
+        await self.inner.append(run_id, step, record)
+
+
+async def test_a_kept_record_whose_write_fails_stays_kept_and_is_not_made_again() -> None:
+    """The approval journals the decided step, then the kept one behind it, whose write fails: the record
+    stays kept with the run, and the resume journals it then, without making the call again."""
+    backend = slowed(memory_backend())
+    castor = kernel(backend)
+    cp = await castor.run(agent, pid="flaky-store")
+    assert list(cp.held) == [1]
+    journal = backend.journal = FailsOnce(backend.journal, 1)
+    await castor.approve("flaky-store")
+    assert journal.failed
+    loaded = await castor.aload("flaky-store")
+    assert [r.tool_name for r in loaded.syscall_log] == ["delete_file"] and list(loaded.held) == [1]
+    done = await castor.run(agent, checkpoint=loaded)
+    assert done.status == "COMPLETED", done.error
+    assert RAN == ["send ops", "delete /data", "send done"]  # "send ops" once
+    assert [r.tool_name for r in done.syscall_log] == ["delete_file", "send", "send"]
