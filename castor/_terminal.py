@@ -60,7 +60,7 @@ async def stored_run(backend: Backend, pid: str) -> AgentCheckpoint | None:
         return None
     header.syscall_log = await backend.journal.history(pid)
     header.failures = await backend.journal.failures(pid)
-    used = run_usage(header.syscall_log, header.failures)  # the journal is the truth of what was charged
+    used = run_usage(header.syscall_log, header.failures, header.held)  # the journal: the truth of the charges
     for resource, cap in header.capabilities.items():
         cap.current_usage = used.get(resource, 0.0)
     return header

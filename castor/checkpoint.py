@@ -288,11 +288,18 @@ def failure_usage(failures: list[StepFailure]) -> dict[str, float]:
     return used
 
 
-def run_usage(records: list[SyscallRecord], failures: list[StepFailure]) -> dict[str, float]:
-    """What a run was charged: its journaled steps (``usage_of``) and its failures' charges."""
+def run_usage(
+    records: list[SyscallRecord], failures: list[StepFailure], held: Mapping[int, SyscallRecord] | None = None
+) -> dict[str, float]:
+    """What a run was charged: its journaled steps (``usage_of``), its failures' charges, and the kept
+    records (``AgentCheckpoint.held``) of the steps the journal has not reached: their calls were made."""
     used = usage_of(records)
     for name, amount in failure_usage(failures).items():
         used[name] = used.get(name, 0.0) + amount
+    for step, record in (held or {}).items():
+        if step >= len(records):  # else journaled since it was kept: counted with the journal
+            for name, amount in (record.charged or {}).items():
+                used[name] = used.get(name, 0.0) + amount
     return used
 
 

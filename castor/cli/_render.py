@@ -11,7 +11,7 @@ from dataclasses import asdict
 from typing import Any
 
 from castor._redact import masked
-from castor.checkpoint import AgentCheckpoint, SyscallRecord
+from castor.checkpoint import FINISHED, AgentCheckpoint, SyscallRecord
 from castor.cli._memory_map import MMU_STEPS, memory_lines, mmu_step_text
 from castor.cli._model_steps import model_step_text
 from castor.kernel.model import is_model_step
@@ -221,7 +221,11 @@ def kept_lines(cp: AgentCheckpoint) -> list[str]:
     kept = sorted((step, record) for step, record in cp.held.items() if step >= len(cp.syscall_log))
     if not kept:
         return []
-    return [f"Kept, journaled after the steps before them: {len(kept)}", *(step_line(s, r) for s, r in kept)]
+    if cp.status in FINISHED:  # nothing will fill the steps before them: made, charged, never journaled
+        head = f"Kept, made but never journaled (the run ended before the steps before them): {len(kept)}"
+    else:
+        head = f"Kept, journaled after the steps before them: {len(kept)}"
+    return [head, *(step_line(s, r) for s, r in kept)]
 
 
 def pending_lines(cp: AgentCheckpoint) -> list[str]:

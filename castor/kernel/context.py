@@ -202,7 +202,7 @@ class RunContext:
         first (write-once: the first record is the step's result for everyone).
 
         A record that arrives before an earlier step's is held until that step is journaled, so the
-        journal never has holes; held records of a run that stops first are dropped (and refunded).
+        journal never has holes; held records of a run that stops first are kept with it (``keep_held``).
         ``stored`` says the executor journaled the record already (write-once, in the store).
         """
         log = self.checkpoint.syscall_log
@@ -374,12 +374,6 @@ class RunContext:
     def join(self, handle: str) -> Awaitable[Any]:
         """Wait for a child agent at this run's next step (``castor.kernel.children.join``)."""
         return self.services.join(self, handle)
-
-    def dropped_steps(self) -> list[int]:
-        """Steps that finished after a hole that was never filled; the caller refunds them."""
-        steps = sorted(self._ahead)
-        self._ahead.clear()
-        return steps
 
     def keep_held(self) -> dict[int, SyscallRecord]:
         """The records still held behind a step with none (the run stops at it, or left it running): kept in

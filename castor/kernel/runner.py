@@ -245,22 +245,22 @@ async def drive(ctx: RunContext, agent: Callable[..., Any], preempted: list[Any]
 
 
 async def finish(ctx: RunContext) -> None:
-    """The run stopped: refund steps that could not be journaled, persist the header, drop its ledger."""
+    """The run stopped: keep the records held behind a step with none, persist the header, drop its ledger."""
     cp = ctx.checkpoint
     backend = ctx.services.backend
-    budgets = backend.budgets
     await ctx.journal_failures_passed()
-    if cp.status == "COMPLETED":  # nothing will resume it: what could not be journaled is given back
-        for step in ctx.dropped_steps():
-            await budgets.refund(cp.pid, step)
-        cp.held = {}
-    else:  # a resume serves them rather than making those calls again
-        cp.held = ctx.keep_held()
+    # A resume serves the held records rather than making those calls again. A run that completed before
+    # the journal reached them still made those calls: they stay with it, charged (a refund would leave
+    # an effect that happened unaccounted for), and ``castor inspect`` lists them.
+    cp.held = ctx.keep_held()
+    if cp.held and cp.status == "COMPLETED":
+        log.warning("run %s completed before its journal reached steps %s, whose calls were made; their "
+                    "records are kept with the run, charged", cp.pid, ", ".join(map(str, cp.held)))
     ctx.update_capabilities()  # the journal is the truth of what was charged (and the kept records)
     cp.updated_at = time.time()
     await save_run(backend, cp)  # a run another process ended first keeps that end
     if ctx.ledger_open or ctx.spawned:  # a child's budget is charged to its parent's ledger
-        await budgets.close_run(cp.pid)
+        await backend.budgets.close_run(cp.pid)
     _log_stop(cp)
 
 

@@ -105,7 +105,7 @@ async def test_a_call_that_finished_beside_one_that_waits_for_a_human_is_not_mad
 
     second = kernel(store())  # another process: the kept record comes back with the run
     loaded = await second.aload("beside")
-    assert list(loaded.held) == [1]
+    assert list(loaded.held) == [1] and loaded.capabilities["api"].current_usage == 1  # its charge with it
     shown = "\n".join(inspect_lines(loaded))
     assert "Kept, journaled after the steps before them: 1" in shown and "send" in shown.split("Kept")[1]
     await second.approve("beside")
@@ -234,3 +234,46 @@ async def test_a_kept_record_whose_write_fails_stays_kept_and_is_not_made_again(
     assert done.status == "COMPLETED", done.error
     assert RAN == ["send ops", "delete /data", "send done"]  # "send ops" once
     assert [r.tool_name for r in done.syscall_log] == ["delete_file", "send", "send"]
+
+
+async def test_a_run_that_completes_before_reaching_a_kept_step_keeps_it_charged(tmp_path: Path) -> None:
+    """The first process left step 0 running (it never finishes) with step 1's call made and kept behind
+    it. The resume's agent (another path this time) completes without a call: step 1's call was made all
+    the same, so its record stays with the run, charged, and ``castor inspect`` lists it. Before, the
+    completed run dropped it and refunded its charge: an effect that happened, missing from its accounts."""
+    stuck = asyncio.Event()
+    first_drive = [True]
+
+    async def hangs(to: str) -> str:
+        RAN.append(f"hangs {to}")
+        if first_drive[0]:
+            await stuck.wait()
+        return f"sent to {to}"
+
+    async def fickle() -> str:
+        if not first_drive[0]:
+            return "nothing to do"
+
+        async def later() -> str:
+            await asyncio.sleep(0.05)
+            return str(await tool("delete_file", path="/data"))
+
+        return str(await asyncio.gather(tool("hangs", to="a"), tool("send", to="b"), later()))
+
+    def castor() -> Castor:
+        return Castor(tools=[hangs, send, delete_file], destructive=["delete_file"],
+                      store=sqlite_backend(str(tmp_path / "castor.db")))
+
+    cp = await castor().run(fickle, budgets={"api": 10}, pid="fickle")
+    assert (cp.status, list(cp.held)) == ("SUSPENDED_FOR_HITL", [1])
+    first_drive[0] = False
+    again = castor()
+    done = await again.run(fickle, checkpoint=await again.aload("fickle"))
+    assert done.status == "COMPLETED", done.error
+    assert RAN == ["hangs a", "send b"] and done.syscall_log == []
+    assert list(done.held) == [1] and done.held[1].tool_name == "send"
+    assert done.capabilities["api"].current_usage == 1  # the kept step's call, made once
+    reloaded = await castor().aload("fickle")
+    assert list(reloaded.held) == [1] and reloaded.capabilities["api"].current_usage == 1
+    assert "Kept, made but never journaled" in "\n".join(inspect_lines(reloaded))
+    await again.close()
