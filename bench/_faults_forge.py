@@ -201,6 +201,43 @@ def sample_secret(forger: Forger, row: Row, pid: str) -> frozenset[str]:
     return frozenset(tickets)
 
 
+CONTROL_ORDERS: list[tuple[str, dict[str, Any]]] = [
+    ("shutdown", {}), ("pool_restart", {"reload": True}), ("pool_shrink", {"n": 1}),
+    ("autoscale", {"max": 1, "min": 0}),
+    ("rate_limit", {"task_name": "castor.tool.fx_once", "rate_limit": "1/h"}), ("disable_events", {}),
+    ("hello", {"from_node": "forger@nowhere", "revoked": {"whatever": 1}}),
+]
+
+
+def control_orders(forger: Forger, row: Row, pid: str) -> frozenset[str]:
+    """Celery remote control orders on the broker's pidbox, unsigned: ``revoke(terminate=True)`` of the live
+    run's running task, ``cancel_consumer`` of every pool's queue, ``shutdown`` and the rest. Every worker
+    must refuse each; the run must complete with its call made once, and no worker may exit."""
+    from celery import Celery
+
+    from castor.fleet.celery_config import celery_config
+    from castor.settings import load_settings
+
+    settings = load_settings(forger.fleet.config, env={})
+    app = Celery("forger", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    control, asked = app.control, {"reply": True, "timeout": 1.0}
+    try:
+        replies = [control.revoke(forger.envelope["headers"]["id"], terminate=True, signal="SIGKILL", **asked)]
+        replies += [control.cancel_consumer(settings.queue_of(pool), **asked) for pool in settings.pools]
+        replies += [control.broadcast(name, arguments=args, **asked) for name, args in CONTROL_ORDERS]
+    finally:
+        app.close()
+    obeyed = [answer for reply in replies for answer in reply if "refused" not in str(answer)]
+    if not any(replies):
+        row.problems.append("no worker answered a remote control order")
+    elif obeyed:
+        row.problems.append(f"{len(obeyed)} remote control orders obeyed, e.g. {str(obeyed[0])[:120]}")
+    else:
+        row.notes.append(f"{sum(len(reply) for reply in replies)} answers from the workers, each a refusal")
+    return frozenset()
+
+
 def ran(records: Path, call: tuple[str, int, str]) -> bool:
     """Whether the records show a start of ``call`` (ticket, step, tool)."""
     return bool(read_records(records)[0][call])
@@ -218,6 +255,7 @@ ATTACKS: list[tuple[str, Attack]] = [
     ("forged: reply_to naming any Redis key", reply_key),
     ("forged: signed with the sample secret, or no secret", sample_secret),
     ("forged: 10 MB argument", oversized),
+    ("forged: remote control orders (shutdown, revoke, cancel_consumer)", control_orders),
     ("forged: bodies not [args, kwargs, embed]", poison),  # last: on a broken worker it kills the pool
 ]
 

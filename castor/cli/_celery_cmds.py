@@ -38,7 +38,7 @@ def add_commands(subparsers: Any) -> None:
     worker.add_argument("--pool-impl", choices=get_args(WorkerPool), default=None,
                         help="Celery execution pool (default: config or threads)")
     worker.add_argument("--loglevel", default="INFO")
-    worker.add_argument("--fast-start", action="store_true", help="no mingle/gossip/heartbeat (tests, one host)")
+    worker.add_argument("--fast-start", action="store_true", help="no heartbeat events: starts sooner (tests)")
     worker.add_argument("--ping", action="store_true",
                         help="start nothing: exit 0 if a worker of --pool on this host consumes its queue (under "
                              "the config's broker and key prefix; the containers' health check), else 1")

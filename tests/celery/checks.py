@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from typing import Any
@@ -134,3 +135,68 @@ async def survives_poison(fleet: Fleet, kernel: Castor, pool: str, task: str, to
     assert fleet.workers[pool].poll() is None
     await asyncio.sleep(0.5)  # nothing comes back: each was acknowledged, not restored for another try
     assert fleet.redis.llen(key) == before + sent
+
+
+CONTROL_ORDERS: list[tuple[str, dict[str, Any]]] = [
+    ("shutdown", {}),
+    ("pool_restart", {"reload": True}),
+    ("pool_shrink", {"n": 1}),
+    ("autoscale", {"max": 1, "min": 0}),
+    ("rate_limit", {"task_name": "castor.tool.slow_write", "rate_limit": "1/h"}),
+    ("time_limit", {"task_name": "castor.tool.slow_write", "soft": 0.1, "hard": 0.2}),
+    ("disable_events", {}),
+    ("hello", {"from_node": "forger@nowhere", "revoked": {"whatever": 1}}),  # merges revoked task ids
+    ("no such command", {}),
+]
+
+
+async def refuses_control_orders(fleet: Fleet, kernel: Castor) -> None:
+    """Celery remote control orders, sent by an app that knows the broker and no secret while a call runs:
+    every worker refuses each one; the call that ``revoke(terminate=True)`` names finishes once; both pools
+    live and consume after; questions (``ping``) are still answered."""
+    from celery import Celery
+
+    from castor.fleet.celery_config import celery_config
+
+    tag = f"ctl-{uuid.uuid4().hex[:6]}"
+
+    async def agent() -> list[Any]:
+        return [await lib.tool("slow_write", tag=tag, seconds=1.5), await lib.tool("search", query=tag)]
+
+    running = asyncio.create_task(kernel.run(agent, pid=f"run-{tag}"))
+    await asyncio.to_thread(fleet.running_pid, tag)  # the call runs in a child of the fs worker now
+    received = rf"castor\.tool\.slow_write\[(run-{re.escape(tag)}:0#0-\w+)\] received"
+    task_id = re.findall(received, fleet.log("fs"))[0]
+    forger = Celery("forger", set_as_current=False)
+    forger.conf.update(celery_config(fleet.settings))
+    control = forger.control
+
+    def attack() -> list[Any]:
+        asked = {"reply": True, "timeout": 2, "limit": len(fleet.workers)}
+        replies = [control.revoke(task_id, terminate=True, signal="SIGKILL", **asked)]
+        for pool in fleet.workers:
+            replies.append(control.cancel_consumer(fleet.settings.queue_of(pool), **asked))
+        replies += [control.broadcast(name, arguments=args, **asked) for name, args in CONTROL_ORDERS]
+        return replies
+
+    try:
+        replies = await asyncio.to_thread(attack)
+        pongs = await asyncio.to_thread(control.ping, timeout=2)
+    finally:
+        forger.close()
+    for reply in replies:  # each worker answered each order, with a refusal
+        assert len(reply) == len(fleet.workers) and all("refused" in str(answer) for answer in reply), replies
+    assert len(pongs) == len(fleet.workers)  # questions are still answered
+
+    done = await asyncio.wait_for(running, 30)
+    assert done.status == "COMPLETED", done.error
+    assert done.result[0] == f"wrote {tag}"  # the call that was to be killed finished, once
+    assert fleet.count(tag, "start") == 1 and fleet.count(tag, "done") == 1
+    for pool, proc in fleet.workers.items():
+        assert proc.poll() is None, f"worker {pool} exited: {fleet.log(pool)[-2000:]}"
+    again = await asyncio.wait_for(kernel.run(agent, pid=f"again-{tag}"), 30)  # both pools still consume
+    assert again.status == "COMPLETED", again.error
+    for pool in fleet.workers:
+        log = fleet.log(pool)
+        assert "remote control command 'shutdown' refused" in log
+        assert "Got shutdown from remote" not in log and "no longer consuming" not in log

@@ -1,0 +1,53 @@
+"""Celery's remote control, forged by anyone who can write to the broker, against real workers.
+
+A control message is unsigned. Before, a broadcast ``shutdown`` made every worker of the fleet exit 0 (a
+supervisor that restarts on failure left them down), ``cancel_consumer`` left a pool up and looking healthy
+while it took no task, and ``revoke(..., terminate=True)`` killed the child running a tool mid-call. Now a
+worker answers the questions (``ping``, ``active_queues``: ``castor worker --ping``, Flower's pages) and
+refuses every order, on one logged line (``castor.fleet.workers._control``). The fleet is the test's own: a
+worker the attack stopped would fail the rest of the session. ``test_amqp.py`` runs the same on RabbitMQ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from castor import Castor
+from castor.executors.celery import fleet_options
+
+from .checks import refuses_control_orders
+from .conftest import Fleet, running_fleet
+
+
+@pytest.fixture
+def own_fleet(tmp_path: Path) -> Iterator[Fleet]:
+    with running_fleet(tmp_path) as fleet:
+        yield fleet
+
+
+@pytest.fixture
+async def own_kernel(own_fleet: Fleet) -> AsyncIterator[Castor]:
+    kernel = Castor(**fleet_options(own_fleet.settings, budgets={}))
+    try:
+        yield kernel
+    finally:
+        await kernel.close()
+
+
+async def test_forged_control_orders_neither_stop_a_pool_nor_a_call(own_fleet: Fleet, own_kernel: Castor) -> None:
+    await refuses_control_orders(own_fleet, own_kernel)
+
+
+def test_a_worker_answers_questions_and_refuses_orders_and_unknown_names() -> None:
+    from castor.fleet.workers._control import ANSWERED, answering_only
+    from celery.worker import control
+
+    table = answering_only(control.Panel.data)
+    assert set(table) == ANSWERED & set(control.Panel.data)
+    assert table["ping"] is control.Panel.data["ping"]
+    for name in ("shutdown", "revoke", "cancel_consumer", "hello", "pool_restart", "no such\x1b[31m"):
+        refusal = table[name](None, anything=1)
+        assert refusal["error"].startswith("refused"), name

@@ -1,0 +1,63 @@
+"""Remote control of a worker over the broker: questions answered, orders refused.
+
+Celery's workers obey control messages broadcast on the broker's ``pidbox`` exchange: ``shutdown``
+(the worker exits 0, which a supervisor that restarts on failure leaves down), ``cancel_consumer`` (it
+stops taking its queue's tasks and stays up, looking healthy), ``revoke`` with ``terminate`` (the child
+running a tool is killed mid-call), ``pool_restart``, ``rate_limit``, ``time_limit``, ``autoscale``... A
+control message carries no signature, so anyone who can write to the broker could stop every pool of a
+fleet. Castor's workers keep the questions (``ping``, ``active_queues``, ``stats``, ``conf``, the task
+lists: what ``castor worker --ping`` and Flower's worker pages ask) and answer every other command with a refusal,
+logged on one line. ``hello`` is refused too: Celery files it under the questions, but it merges the
+asker's revoked task ids into the worker's, and a revoked task is dropped unrun.
+
+For the same reason a worker starts without ``mingle`` (at start, it asks the others for their revoked ids
+and merges the replies: a forged reply would drop genuine tasks) and without ``gossip`` (it acts on other
+workers' events, which anyone can publish). To stop or resize a pool, stop or start its processes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+log = logging.getLogger("castor.worker")
+
+ANSWERED = frozenset({
+    "ping", "clock", "active_queues", "stats", "query_task", "conf", "dump_conf",  # conf: Celery censors secrets
+    "registered", "dump_tasks", "active", "dump_active", "reserved", "dump_reserved",
+    "scheduled", "dump_schedule", "revoked", "dump_revoked",
+})
+"""The control commands a worker answers: questions whose answer changes nothing on the worker."""
+
+
+class Questions(dict[str, Callable[..., Any]]):
+    """Celery's table of control handlers, with every command outside ``ANSWERED`` (and any name it does
+    not know) answered by a refusal."""
+
+    def __missing__(self, name: str) -> Callable[..., Any]:
+        return _refusal(name)
+
+
+def _refusal(name: str) -> Callable[..., Any]:
+    shown = name.encode("unicode_escape", "replace").decode()[:80]  # a forged name, printed escaped
+
+    def refuse(state: Any, **arguments: Any) -> dict[str, str]:
+        log.warning("remote control command %r refused: a Castor worker takes no orders over the broker", shown)
+        return {"error": f"refused: castor workers answer only {', '.join(sorted(ANSWERED))}"}
+
+    return refuse
+
+
+def answering_only(handlers: Mapping[str, Callable[..., Any]]) -> Questions:
+    """``handlers`` (Celery's ``Panel.data``) cut down to the questions of ``ANSWERED``."""
+    return Questions({name: handler for name, handler in handlers.items() if name in ANSWERED})
+
+
+def restrict_remote_control() -> None:
+    """Make this process's workers answer only ``ANSWERED`` (before the worker starts: its pidbox reads
+    the table when it is made)."""
+    from celery.worker import control
+
+    if not isinstance(control.Panel.data, Questions):
+        control.Panel.data = answering_only(control.Panel.data)
