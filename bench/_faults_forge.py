@@ -210,9 +210,10 @@ CONTROL_ORDERS: list[tuple[str, dict[str, Any]]] = [
 
 
 def control_orders(forger: Forger, row: Row, pid: str) -> frozenset[str]:
-    """Celery remote control orders on the broker's pidbox, unsigned: ``revoke(terminate=True)`` of the live
-    run's running task, ``cancel_consumer`` of every pool's queue, ``shutdown`` and the rest. Every worker
-    must refuse each; the run must complete with its call made once, and no worker may exit."""
+    """Celery remote control orders on the broker's pidbox, unsigned: one addressed by a catastrophic
+    regular expression, ``revoke(terminate=True)`` of the live run's running task, ``cancel_consumer`` of
+    every pool's queue, ``shutdown`` and the rest. Every worker must refuse each; the run must complete
+    with its call made once, and no worker may exit."""
     from celery import Celery
 
     from castor.fleet.celery_config import celery_config
@@ -223,6 +224,8 @@ def control_orders(forger: Forger, row: Row, pid: str) -> frozenset[str]:
     app.conf.update(celery_config(settings))
     control, asked = app.control, {"reply": True, "timeout": 1.0}
     try:
+        # Recipients named by a pattern kombu matched as a regular expression in the consumer: it hung there.
+        control.broadcast("ping", pattern=r"((.*)*)*((.*)*)*X", matcher="pcre")
         replies = [control.revoke(forger.envelope["headers"]["id"], terminate=True, signal="SIGKILL", **asked)]
         replies += [control.cancel_consumer(settings.queue_of(pool), **asked) for pool in settings.pools]
         replies += [control.broadcast(name, arguments=args, **asked) for name, args in CONTROL_ORDERS]

@@ -10,6 +10,10 @@ lists: what ``castor worker --ping`` and Flower's worker pages ask) and answer e
 logged on one line. ``hello`` is refused too: Celery files it under the questions, but it merges the
 asker's revoked task ids into the worker's, and a revoked task is dropped unrun.
 
+A control message may also name its recipients by a pattern, which kombu matches against the worker's
+name as a regular expression (``matcher="pcre"``), in the thread that takes the pool's tasks: one forged
+``((.*)*)*X`` held it for good. A message with a pattern, or that is not a mapping, is dropped unread.
+
 For the same reason a worker starts without ``mingle`` (at start, it asks the others for their revoked ids
 and merges the replies: a forged reply would drop genuine tasks) and without ``gossip`` (it acts on other
 workers' events, which anyone can publish). To stop or resize a pool, stop or start its processes.
@@ -20,6 +24,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from kombu import pidbox
 
 log = logging.getLogger("castor.worker")
 
@@ -54,10 +60,25 @@ def answering_only(handlers: Mapping[str, Callable[..., Any]]) -> Questions:
     return Questions({name: handler for name, handler in handlers.items() if name in ANSWERED})
 
 
-def restrict_remote_control() -> None:
-    """Make this process's workers answer only ``ANSWERED`` (before the worker starts: its pidbox reads
-    the table when it is made)."""
+class Recipient(pidbox.Node):
+    """A worker's end of the control mailbox that drops a message naming its recipients by a pattern (a
+    regular expression run in the worker's consumer) or that is not a mapping."""
+
+    def handle_message(self, body: Any, message: Any = None) -> Any:
+        """Dispatch ``body`` as kombu does, unless it holds a pattern or is no mapping."""
+        if not isinstance(body, dict) or body.get("pattern") is not None or body.get("matcher") is not None:
+            log.warning("remote control message dropped: it names its recipients by a pattern, or is no mapping")
+            return None
+        return super().handle_message(body, message)
+
+    dispatch_from_message = handle_message
+
+
+def restrict_remote_control(app: Any) -> None:
+    """Make the workers of ``app`` (this process's) answer only ``ANSWERED`` and drop pattern-addressed
+    messages (before the worker starts: its pidbox reads the table and makes its node then)."""
     from celery.worker import control
 
     if not isinstance(control.Panel.data, Questions):
         control.Panel.data = answering_only(control.Panel.data)
+    app.control.mailbox.node_cls = Recipient

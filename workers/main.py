@@ -124,7 +124,7 @@ def run_worker(
     if observe is not None:
         observe(settings, runtime, pool_impl or settings.workers.pool)
     register_tools(app, runtime)
-    restrict_remote_control()  # a control message is unsigned: answer questions, take no orders
+    restrict_remote_control(app)  # a control message is unsigned: answer questions, take no orders
     node = f"{pool}-{os.getpid()}@{socket.gethostname()}"  # the node name worker_argv gives Celery
     presence = Presence(settings.redis.url, pool_workers(settings.redis.prefix, pool), node).start()
     try:

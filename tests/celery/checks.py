@@ -172,6 +172,12 @@ async def refuses_control_orders(fleet: Fleet, kernel: Castor) -> None:
     control = forger.control
 
     def attack() -> list[Any]:
+        # Addressed by a pattern kombu would match as a regular expression in the consumer: held it for good.
+        control.broadcast("ping", pattern=r"((.*)*)*((.*)*)*X", matcher="pcre")
+        with forger.connection_for_write() as connection:  # a control message that is no mapping
+            mailbox = control.mailbox(connection)
+            connection.Producer().publish("just a string", exchange=mailbox.exchange.name,
+                                          declare=[mailbox.exchange], serializer="json")
         asked = {"reply": True, "timeout": 2, "limit": len(fleet.workers)}
         replies = [control.revoke(task_id, terminate=True, signal="SIGKILL", **asked)]
         for pool in fleet.workers:
@@ -200,3 +206,4 @@ async def refuses_control_orders(fleet: Fleet, kernel: Castor) -> None:
         log = fleet.log(pool)
         assert "remote control command 'shutdown' refused" in log
         assert "Got shutdown from remote" not in log and "no longer consuming" not in log
+        assert log.count("remote control message dropped") == 2, log[-3000:]
