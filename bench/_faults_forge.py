@@ -56,12 +56,13 @@ class Forger:
                 return True
         return False
 
-    def message(self, body: Any, task: str | None = None) -> str:
-        """The captured envelope with a new task id and delivery tag, a fresh expiry and ``body``."""
+    def message(self, body: Any, task: str | None = None, **more: Any) -> str:
+        """The captured envelope with a new task id and delivery tag, a fresh expiry and ``body`` (``more``:
+        headers to set)."""
         msg = copy.deepcopy(self.envelope)
         task_id = str(uuid.uuid4())
         headers, props = msg["headers"], msg["properties"]
-        headers.update(id=task_id, root_id=task_id)
+        headers.update(id=task_id, root_id=task_id, **more)
         headers["expires"] = (datetime.now(UTC) + timedelta(minutes=10)).isoformat()
         if task:
             headers["task"] = task
@@ -70,9 +71,9 @@ class Forger:
         msg["body"] = base64.b64encode(text.encode()).decode()
         return json.dumps(msg)
 
-    def push(self, body: Any, task: str | None = None, queue: str | None = None) -> str:
+    def push(self, body: Any, task: str | None = None, queue: str | None = None, **headers: Any) -> str:
         """``LPUSH`` a forged message on the pool's queue list (or ``queue``); its task id."""
-        text = self.message(body, task)
+        text = self.message(body, task, **headers)
         self.fleet.redis.lpush(queue or self.queue, text)
         task_id = str(json.loads(text)["headers"]["id"])
         self.sent.append(task_id)
@@ -153,9 +154,11 @@ def oversized(forger: Forger, row: Row, pid: str) -> frozenset[str]:
 
 
 def poison(forger: Forger, row: Row, pid: str) -> frozenset[str]:
-    """Bodies that are valid JSON but not Celery's ``[args, kwargs, embed]``."""
+    """Bodies that are valid JSON but not Celery's ``[args, kwargs, embed]``, for the tool's task and for one
+    of Celery's own tasks (which a Castor worker does not serve: they ran under Celery's default strategy)."""
     bodies: list[Any] = ['"just a string"', [1, 2], {}]
-    letters = forger.refused(row, [forger.push(body) for body in bodies])
+    ids = [forger.push(body) for body in bodies] + [forger.push(bodies[0], task="celery.chord_unlock")]
+    letters = forger.refused(row, ids)
     row.notes += [f"dead-lettered: {entry.get('reason')}" for entry in letters]
     return frozenset()
 
@@ -199,6 +202,19 @@ def sample_secret(forger: Forger, row: Row, pid: str) -> frozenset[str]:
                 proc.kill()
                 proc.wait(5)
     return frozenset(tickets)
+
+
+def run_later(forger: Forger, row: Row, pid: str) -> frozenset[str]:
+    """Copies of the live run's task asking to run later (an ``eta``, which Celery holds in the worker's
+    memory unchecked until then): 20 unsigned ones due in half a minute, and the genuine signed one due in
+    an hour. Each must be dead-lettered at once, not held."""
+    soon = (datetime.now(UTC) + timedelta(seconds=30)).isoformat()
+    ids = [forger.push(forged_task(forger, token=None), eta=soon, retries=1) for _ in range(20)]
+    far = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    ids.append(forger.push(forged_task(forger), eta=far, retries=1))
+    letters = forger.refused(row, ids)
+    row.notes += sorted({f"dead-lettered: {kind(str(entry.get('reason')))}" for entry in letters})
+    return frozenset()
 
 
 CONTROL_ORDERS: list[tuple[str, dict[str, Any]]] = [
@@ -259,6 +275,7 @@ ATTACKS: list[tuple[str, Attack]] = [
     ("forged: signed with the sample secret, or no secret", sample_secret),
     ("forged: 10 MB argument", oversized),
     ("forged: remote control orders (shutdown, revoke, cancel_consumer)", control_orders),
+    ("forged: tasks asking to run later (eta)", run_later),
     ("forged: bodies not [args, kwargs, embed]", poison),  # last: on a broken worker it kills the pool
 ]
 

@@ -8,6 +8,8 @@ restores the message for the next worker of the pool to die of. Every tool task 
 trust — the headers, the content type, the body's shape — and dead-letters and acknowledges a message
 that fails, as it does one the default strategy raises on; the worker goes on with the next message.
 
+A message asking to run later (an ``eta``) is held only if it is one of Castor's retries (``_eta``).
+
 A refused message that carries a task id is also announced in the task events (``task-rejected`` with the
 reason), so Flower lists it as ``REJECTED`` with why, as it does a task the
 worker refuses once it runs (``castor.fleet.workers._shown``).
@@ -21,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._deadletter import DeadLetters, letter
+from ._eta import HeldRetries, scheduled_requests
 
 CONTENT_TYPE = "application/json"
 _OPTIONAL_TEXT = ("eta", "expires", "shadow", "root_id", "parent_id", "group", "argsrepr", "kwargsrepr")
@@ -32,10 +35,13 @@ def strategy(task: Any, app: Any, consumer: Any, **options: Any) -> Any:
 
     handler = default(task, app, consumer, **options)
     letters: DeadLetters = task.dead_letters
+    retries: HeldRetries | None = getattr(task, "held_retries", None)
     passing = tuple(consumer.connection_errors) + tuple(consumer.channel_errors)  # the consumer reconnects
 
     def guarded(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **more: Any) -> Any:
         reason = problem(message, body)
+        if reason is None and retries is not None and message.headers.get("eta") is not None:
+            reason = retries.problem(message.headers, message.payload[1], scheduled_requests())  # _eta
         if reason is None:
             try:
                 return handler(message, body, ack, reject, callbacks, **more)

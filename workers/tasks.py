@@ -16,6 +16,7 @@ from typing import Any
 from castor.fleet.wire import ERROR, IN_DOUBT, REFUSED, TIMEOUT, task_name
 
 from ._deadletter import DeadLetters, letter
+from ._eta import HeldRetries
 from ._logfilter import withhold_bodies
 from ._scripts import Delivery
 from ._shown import TaskRefused, ToolCallFailed
@@ -42,8 +43,19 @@ def register_tools(app: Any, runtime: WorkerRuntime) -> list[str]:
     for spec in runtime.registry:
         policy = runtime.policy(spec)
         names.append(_register(app, runtime, spec.name, policy.timeout, letters, spec.is_async))
+    _drop_builtins(app)
     _watch_unknown(app, runtime, letters)
     return names
+
+
+def _drop_builtins(app: Any) -> None:
+    """Unregister Celery's own tasks (``celery.chord_unlock``, ``celery.map``, ``celery.group``...): a worker
+    of Castor's runs tool tasks only, and these ran under Celery's default strategy, which a forged body
+    of the wrong shape stops (the worker exited 0; the broker gave the message to the next worker of the
+    pool, which died of it too). Named in a message now, they are unknown tasks: dead-lettered."""
+    app.finalize(auto=True)  # Celery adds its own tasks when the app is finalized
+    for name in [name for name in app.tasks if name.startswith("celery.")]:
+        app.tasks.unregister(name)
 
 
 def _register(
@@ -79,6 +91,9 @@ def _register(
         # a malformed message is dead-lettered, never the worker's end
         Strategy="castor.fleet.workers._poison:strategy",
         dead_letters=letters,
+        held_retries=HeldRetries(  # a message with an eta is held only if it is a retry of ours (_eta)
+            runtime.settings.security.secret, runtime.settings.tools.retry_backoff, runtime.settings.tools.max_retries
+        ),
     )
     return name
 
