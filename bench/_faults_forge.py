@@ -13,6 +13,7 @@ import re
 import subprocess
 import time
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -217,6 +218,37 @@ def run_later(forger: Forger, row: Row, pid: str) -> frozenset[str]:
     return frozenset()
 
 
+NOT_ENVELOPES = ["not json at all", "[1, 2]", '{"properties": {"delivery_tag": "t"}, "headers": "not an object"}']
+
+
+def broken_envelopes(forger: Forger, row: Row, pid: str) -> frozenset[str]:
+    """Items on the pool's queue list that are no kombu envelope (kombu decoded them in the consumer, and
+    the worker stopped at the first), and a task whose zlib body inflates to 64 MB (kombu inflated it
+    before any check). Each must be dead-lettered, the bomb without being inflated."""
+    started = time.time()
+    for item in NOT_ENVELOPES:
+        forger.fleet.redis.lpush(forger.queue, item)
+    text = forger.message(forged_task(forger, token=None, padding=" " * 64_000_000), compression="application/x-gzip")
+    msg = json.loads(text)
+    msg["body"] = base64.b64encode(zlib.compress(base64.b64decode(msg["body"]))).decode()
+    forger.fleet.redis.lpush(forger.queue, json.dumps(msg))
+    bomb = str(msg["headers"]["id"])
+    forger.sent.append(bomb)
+    letters = forger.refused(row, [bomb])
+    if letters and letters[0].get("size", 0) > 1_000_000:
+        row.problems.append(f"the zlib bomb was inflated to {letters[0]['size']} bytes before it was refused")
+
+    def envelopes() -> bool:
+        found = forger.fleet.shared_json("deadletters", "--pool", "fb", "--limit", "100000", after=time.monotonic())
+        return sum(1 for d in (found or {}).get("letters") or []
+                   if str(d.get("reason", "")).startswith("the broker envelope") and d.get("at", 0) >= started) \
+            >= len(NOT_ENVELOPES)
+
+    if not wait_until(envelopes, REFUSAL_WAIT, every=0.3):
+        row.problems.append(f"the {len(NOT_ENVELOPES)} items that are no envelope were not all dead-lettered")
+    return frozenset()
+
+
 CONTROL_ORDERS: list[tuple[str, dict[str, Any]]] = [
     ("shutdown", {}), ("pool_restart", {"reload": True}), ("pool_shrink", {"n": 1}),
     ("autoscale", {"max": 1, "min": 0}),
@@ -276,6 +308,7 @@ ATTACKS: list[tuple[str, Attack]] = [
     ("forged: 10 MB argument", oversized),
     ("forged: remote control orders (shutdown, revoke, cancel_consumer)", control_orders),
     ("forged: tasks asking to run later (eta)", run_later),
+    ("forged: queue items that are no envelope, a zlib bomb", broken_envelopes),
     ("forged: bodies not [args, kwargs, embed]", poison),  # last: on a broken worker it kills the pool
 ]
 
@@ -323,7 +356,8 @@ def deadletter_rows(fleet: FaultFleet, chosen: Callable[[str], bool], sent: list
     missing = set(sent) - set(ids)
     if not letters or missing:
         row.problems.append(f"{len(missing)} of {len(sent)} forged messages missing from castor deadletters")
-    if other := [i for i in ids if i not in set(sent)]:
+    # A letter without a task id: a queue item that was no message at all (broken_envelopes forged those).
+    if other := [i for i in ids if i is not None and i not in set(sent)]:
         row.problems.append(f"{len(other)} messages the harness did not forge were dead-lettered")
     if listing.get("counts", {}).get("fb") != len([d for d in letters if d.get("pool") == "fb"]):
         row.problems.append(f"castor deadletters counts {listing.get('counts')}, lists {len(letters)}")

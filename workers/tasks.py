@@ -16,6 +16,7 @@ from typing import Any
 from castor.fleet.wire import ERROR, IN_DOUBT, REFUSED, TIMEOUT, task_name
 
 from ._deadletter import DeadLetters, letter
+from ._envelopes import dead_letter_undecodable, harden_redis_transport, refuse_compression
 from ._eta import HeldRetries
 from ._logfilter import withhold_bodies
 from ._scripts import Delivery
@@ -45,6 +46,13 @@ def register_tools(app: Any, runtime: WorkerRuntime) -> list[str]:
         names.append(_register(app, runtime, spec.name, policy.timeout, letters, spec.is_async))
     _drop_builtins(app)
     _watch_unknown(app, runtime, letters)
+    # What kombu does before any task strategy sees a message: a forged one must not stop the worker there.
+    def refused(why: str, body: bytes | str, headers: Any, content_type: Any) -> None:
+        letters.record(letter(why, body, headers, content_type))
+
+    harden_redis_transport(refused)
+    refuse_compression()
+    dead_letter_undecodable(refused)
     return names
 
 

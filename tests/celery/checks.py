@@ -207,3 +207,66 @@ async def refuses_control_orders(fleet: Fleet, kernel: Castor) -> None:
         assert "remote control command 'shutdown' refused" in log
         assert "Got shutdown from remote" not in log and "no longer consuming" not in log
         assert log.count("remote control message dropped") == 2, log[-3000:]
+
+
+# List items of kombu's Redis transport that are no message envelope (each stopped the worker that popped it).
+NOT_ENVELOPES: list[str] = [
+    "not json at all",
+    '"a string envelope"',
+    "[1, 2]",
+    '{"body": 1}',
+    '{"properties": {"delivery_tag": "t1"}, "headers": "not an object"}',
+    '{"properties": {"delivery_tag": "t2", "body_encoding": "base64"}, "body": "not base64!", "headers": {}}',
+]
+
+
+async def survives_broken_envelopes(fleet: Fleet, kernel: Castor, pool: str = "web") -> None:
+    """Every ``NOT_ENVELOPES`` item pushed on ``pool``'s queue list is dead-lettered; the worker lives and
+    serves the next call."""
+    key = keys.dead_letters(fleet.prefix, pool)
+    before = fleet.redis.llen(key)
+    queue = fleet.settings.queue_of(pool)
+    for item in NOT_ENVELOPES:
+        fleet.redis.lpush(f"{fleet.settings.broker.queue_prefix}:{queue}", item)
+    letters = (await dead_letters(fleet, pool, before + len(NOT_ENVELOPES)))[before:]
+    assert all("the broker envelope" in d["reason"] and len(d["sha256"]) == 64 for d in letters), letters
+    assert fleet.workers[pool].poll() is None
+
+    async def agent() -> object:
+        return await lib.tool("search", query="after the broken envelopes")
+
+    done = await kernel.run(agent)
+    assert done.status == "COMPLETED", done.error
+
+
+async def refuses_compressed(fleet: Fleet, kernel: Castor, pool: str = "web") -> None:
+    """A task message with a ``compression`` header (a zlib body that would inflate to 64 MB) is
+    dead-lettered without being decompressed; the worker lives and serves the next call."""
+    from celery import Celery
+
+    from castor.fleet.celery_config import celery_config
+
+    key = keys.dead_letters(fleet.prefix, pool)
+    before = fleet.redis.llen(key)
+    body = json.dumps([[], {"run_id": "bomb", "padding": " " * 64_000_000}, None])
+    app = Celery("compressor", set_as_current=False)
+    app.conf.update(celery_config(fleet.settings))
+    queue = fleet.settings.queue_of(pool)
+    try:
+        with app.connection_for_write() as connection:
+            connection.Producer().publish(
+                body, exchange=queue, routing_key=queue, content_type="application/json", content_encoding="utf-8",
+                compression="zlib", headers={"id": f"bomb-{uuid.uuid4().hex[:8]}", "task": "castor.tool.search"},
+            )
+    finally:
+        app.close()
+    letters = (await dead_letters(fleet, pool, before + 1, timeout=20))[before:]
+    assert len(letters) == 1 and "compressed messages are refused" in letters[0]["reason"], letters
+    assert letters[0]["size"] < 1_000_000  # the body as it came, never inflated
+    assert fleet.workers[pool].poll() is None
+
+    async def agent() -> object:
+        return await lib.tool("search", query="after the bomb")
+
+    done = await kernel.run(agent)
+    assert done.status == "COMPLETED", done.error

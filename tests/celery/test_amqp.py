@@ -31,7 +31,14 @@ from castor.fleet.celery_config import celery_config
 from castor.settings import Settings
 from tests.redis_support import free_port
 
-from .checks import Twice, fails_cleanly, handled_twice, refuses_control_orders, survives_poison
+from .checks import (
+    Twice,
+    fails_cleanly,
+    handled_twice,
+    refuses_compressed,
+    refuses_control_orders,
+    survives_poison,
+)
 from .conftest import ROOT, Fleet, running_fleet
 
 AMQP = os.environ.get("CASTOR_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672")
@@ -212,6 +219,10 @@ async def test_a_worker_survives_poison(
 
 async def test_forged_control_orders_neither_stop_a_pool_nor_a_call(amqp_fleet: Fleet, amqp_kernel: Castor) -> None:
     await refuses_control_orders(amqp_fleet, amqp_kernel)
+
+
+async def test_a_compressed_task_is_refused_without_being_inflated(amqp_fleet: Fleet, amqp_kernel: Castor) -> None:
+    await refuses_compressed(amqp_fleet, amqp_kernel)
 
 
 async def test_a_connection_the_broker_closed_is_published_on_again(

@@ -14,7 +14,7 @@ import castor.lib as lib
 from castor import Castor
 from castor.executors.celery import fleet_options
 
-from .checks import survives_poison
+from .checks import refuses_compressed, survives_broken_envelopes, survives_poison
 from .conftest import Fleet, running_fleet
 
 
@@ -53,3 +53,18 @@ async def test_poison_naming_one_of_celerys_own_tasks_is_dead_lettered(own_fleet
             await survives_poison(own_fleet, kernel, "web", task, agent)
     finally:
         await kernel.close()
+
+
+async def test_a_list_item_that_is_no_message_envelope_is_dead_lettered(own_fleet: Fleet) -> None:
+    """On a Redis broker kombu decodes each queue item as a JSON envelope before Celery sees a message; one
+    that is not (not JSON, another shape, a body that is not base64) stopped the worker that popped it."""
+    kernel = Castor(**fleet_options(own_fleet.settings, budgets={}))
+    try:
+        await survives_broken_envelopes(own_fleet, kernel)
+        await refuses_compressed(own_fleet, kernel)
+    finally:
+        await kernel.close()
+
+
+async def test_a_compressed_task_is_refused_without_being_inflated(fleet: Fleet, kernel: Castor) -> None:
+    await refuses_compressed(fleet, kernel, "fs")

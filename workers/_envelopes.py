@@ -1,0 +1,141 @@
+"""What kombu does with a message before any Castor check sees it: nothing a forger can use to stop a worker.
+
+Two things happen to a message in the worker's consumer before Celery hands it to the task's strategy
+(``castor.fleet.workers._poison``), where a malformed task is dead-lettered:
+
+- **On a Redis broker, kombu decodes the envelope** (its JSON: headers, properties, base64 body) as it
+  pops the message off the queue's list, and builds its message from it. A list item that is not such
+  an envelope (``not json at all``, ``[1, 2]``, an envelope without properties or with a body that is not
+  base64) raised there, in the consumer: the worker stopped ("Unrecoverable error") at the first one
+  anyone pushed. Now such an item is dead-lettered (its size and digest) and the worker goes on; the item
+  was popped already, so it is gone from the broker.
+- **On any broker, kombu decompresses a body whose ``compression`` header names a codec**, as the message
+  is built: a few megabytes of zlib stand for gigabytes, which the worker would allocate. Castor never
+  compresses a task; a compressed message is refused without being decompressed.
+
+A message kombu cannot decode (compressed, or of a content type the worker does not accept) reaches
+Celery's ``on_decode_error``, which logs and acknowledges it; it is also dead-lettered now, so ``castor
+deadletters`` lists every message a worker refused.
+
+Like ``_broker_loss``, this reaches into kombu (its Redis transport's ``loads`` and ``Transport._deliver``,
+``kombu.message.decompress``); ``tests/celery/test_broker_loss.py`` pins the kombu versions it was written for.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("castor.worker")
+_PATCHED = "_castor_envelopes_patched"
+
+# (why, the body as it came, its headers, its content type): recorded as a dead letter of the pool
+Refused = Callable[[str, "bytes | str", Any, Any], None]
+
+
+class Undecodable:
+    """A broker list item that is not JSON (what kombu's ``loads`` raised on), kept to be dead-lettered."""
+
+    def __init__(self, text: Any, error: Exception) -> None:
+        self.text, self.error = text, error
+
+
+def envelope_problem(message: Any) -> str | None:
+    """Why ``message`` (a decoded list item of kombu's Redis transport) is no message envelope kombu can
+    build a message from, or None."""
+    if isinstance(message, Undecodable):
+        return f"the broker envelope is not JSON ({type(message.error).__name__})"
+    if not isinstance(message, dict):
+        return f"the broker envelope is a {type(message).__name__}, not an object"
+    properties = message.get("properties")
+    if not isinstance(properties, dict):
+        return "the broker envelope has no properties"
+    if not isinstance(properties.get("delivery_tag"), str | int) or isinstance(properties.get("delivery_tag"), bool):
+        return "the broker envelope has no delivery tag"
+    if not isinstance(properties.get("delivery_info"), dict | None):
+        return "the broker envelope's delivery info is not an object"
+    if not isinstance(message.get("headers"), dict | None):
+        return "the broker envelope's headers are not an object"
+    for name in ("content-type", "content-encoding"):
+        if not isinstance(message.get(name), str | None):
+            return f"the broker envelope's {name} is not text"
+    body = message.get("body")
+    if not isinstance(body, str | None):
+        return "the broker envelope's body is not text"
+    if body and properties.get("body_encoding") == "base64":
+        try:
+            base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            return "the broker envelope's body is not base64"
+    return None
+
+
+def harden_redis_transport(refused: Refused) -> None:
+    """Make kombu's Redis transport dead-letter (``refused``) a list item it cannot build a message from,
+    rather than raise in the consumer (once per process)."""
+    from kombu.transport import redis
+
+    transport: Any = redis  # its names are replaced below
+    if getattr(transport, _PATCHED, False):
+        return
+    loads, deliver = transport.loads, transport.Transport._deliver
+
+    @functools.wraps(loads)
+    def tolerant_loads(text: Any) -> Any:
+        try:
+            return loads(text)
+        except (TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+            return Undecodable(text, exc)
+
+    @functools.wraps(deliver)
+    def checked_deliver(self: Any, message: Any, queue: Any) -> Any:
+        problem = envelope_problem(message)
+        if problem is None:
+            return deliver(self, message, queue)
+        raw = message.text if isinstance(message, Undecodable) else repr(message)
+        refused(f"{problem} (queue {str(queue)[:200]!r})", raw if isinstance(raw, bytes | str) else repr(raw),
+                None, None)
+        return None
+
+    transport.loads = tolerant_loads
+    transport.Transport._deliver = checked_deliver
+    setattr(transport, _PATCHED, True)
+
+
+def refuse_compression() -> None:
+    """Make kombu refuse, rather than decompress, a message body with a ``compression`` header."""
+    import kombu.message
+
+    message: Any = kombu.message
+
+    def refused(body: Any, content_type: Any) -> Any:
+        raise ValueError(f"compressed messages are refused ({str(content_type)[:80]!r}): a Castor task never is")
+
+    message.decompress = refused  # the name kombu.message calls
+
+
+def dead_letter_undecodable(refused: Refused) -> None:
+    """Make Celery's consumer record (``refused``) a message it cannot decode, besides logging and
+    acknowledging it as it does (once per process)."""
+    from celery.worker.consumer import consumer
+
+    cls: Any = consumer.Consumer
+    if getattr(cls, _PATCHED, False):
+        return
+    original = cls.on_decode_error
+
+    @functools.wraps(original)
+    def on_decode_error(self: Any, message: Any, exc: Exception) -> Any:
+        try:
+            refused(f"cannot decode the message: {type(exc).__name__}: {exc}", getattr(message, "body", b""),
+                    getattr(message, "headers", None), getattr(message, "content_type", None))
+        except Exception:  # the record is extra: Celery's log line and acknowledgement must happen
+            log.exception("a message that cannot be decoded was not dead-lettered")
+        return original(self, message, exc)
+
+    cls.on_decode_error = on_decode_error
+    setattr(cls, _PATCHED, True)
