@@ -8,7 +8,9 @@ Two things happen to a message in the worker's consumer before Celery hands it t
   an envelope (``not json at all``, ``[1, 2]``, an envelope without properties or with a body that is not
   base64) raised there, in the consumer: the worker stopped ("Unrecoverable error") at the first one
   anyone pushed. Now such an item is dead-lettered (its size and digest) and the worker goes on; the item
-  was popped already, so it is gone from the broker.
+  was popped already, so it is gone from the broker. So is an item too big for any task of the fleet
+  (``envelope_limit``), before it is decoded: a 500 MB item took gigabytes to decode only to be refused
+  for its size by the strategy.
 - **On any broker, kombu decompresses a body whose ``compression`` header names a codec**, as the message
   is built: a few megabytes of zlib stand for gigabytes, which the worker would allocate. Castor never
   compresses a task; a compressed message is refused without being decompressed.
@@ -37,10 +39,22 @@ _PATCHED = "_castor_envelopes_patched"
 Refused = Callable[[str, "bytes | str", Any, Any], None]
 
 
-class Undecodable:
-    """A broker list item that is not JSON (what kombu's ``loads`` raised on), kept to be dead-lettered."""
+# A task's body holds its arguments twice (as sent, and checked), JSON escaping may make each byte six,
+# and the envelope holds the body in base64 (4/3): what no genuine task of the fleet comes near.
+ENVELOPE_FACTOR = 16
+ENVELOPE_OVERHEAD = 1024 * 1024
 
-    def __init__(self, text: Any, error: Exception) -> None:
+
+def envelope_limit(max_argument_bytes: int, max_request_bytes: int) -> int:
+    """The largest broker list item a worker decodes, from the largest arguments a task may carry."""
+    return ENVELOPE_FACTOR * max(max_argument_bytes, max_request_bytes) + ENVELOPE_OVERHEAD
+
+
+class Undecodable:
+    """A broker list item that is not JSON (what kombu's ``loads`` raised on), or too big to decode
+    (``error`` None), kept to be dead-lettered."""
+
+    def __init__(self, text: Any, error: Exception | None) -> None:
         self.text, self.error = text, error
 
 
@@ -48,13 +62,16 @@ def envelope_problem(message: Any) -> str | None:
     """Why ``message`` (a decoded list item of kombu's Redis transport) is no message envelope kombu can
     build a message from, or None."""
     if isinstance(message, Undecodable):
+        if message.error is None:
+            return f"the broker envelope is {len(message.text)} characters, too big for any task: not decoded"
         return f"the broker envelope is not JSON ({type(message.error).__name__})"
     if not isinstance(message, dict):
         return f"the broker envelope is a {type(message).__name__}, not an object"
     properties = message.get("properties")
     if not isinstance(properties, dict):
         return "the broker envelope has no properties"
-    if not isinstance(properties.get("delivery_tag"), str | int) or isinstance(properties.get("delivery_tag"), bool):
+    tag = properties.get("delivery_tag")
+    if not isinstance(tag, str | int) or isinstance(tag, bool):
         return "the broker envelope has no delivery tag"
     if not isinstance(properties.get("delivery_info"), dict | None):
         return "the broker envelope's delivery info is not an object"
@@ -63,10 +80,13 @@ def envelope_problem(message: Any) -> str | None:
     for name in ("content-type", "content-encoding"):
         if not isinstance(message.get(name), str | None):
             return f"the broker envelope's {name} is not text"
-    body = message.get("body")
+    return _body_problem(message.get("body"), properties.get("body_encoding"))
+
+
+def _body_problem(body: Any, encoding: Any) -> str | None:
     if not isinstance(body, str | None):
         return "the broker envelope's body is not text"
-    if body and properties.get("body_encoding") == "base64":
+    if body and encoding == "base64":
         try:
             base64.b64decode(body, validate=True)
         except (binascii.Error, ValueError):
@@ -74,9 +94,9 @@ def envelope_problem(message: Any) -> str | None:
     return None
 
 
-def harden_redis_transport(refused: Refused) -> None:
+def harden_redis_transport(refused: Refused, max_chars: int) -> None:
     """Make kombu's Redis transport dead-letter (``refused``) a list item it cannot build a message from,
-    rather than raise in the consumer (once per process)."""
+    rather than raise in the consumer, and one of over ``max_chars`` without decoding it (once per process)."""
     from kombu.transport import redis
 
     transport: Any = redis  # its names are replaced below
@@ -86,6 +106,8 @@ def harden_redis_transport(refused: Refused) -> None:
 
     @functools.wraps(loads)
     def tolerant_loads(text: Any) -> Any:
+        if isinstance(text, str | bytes) and len(text) > max_chars:
+            return Undecodable(text, None)
         try:
             return loads(text)
         except (TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError

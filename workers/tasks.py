@@ -16,7 +16,7 @@ from typing import Any
 from castor.fleet.wire import ERROR, IN_DOUBT, REFUSED, TIMEOUT, task_name
 
 from ._deadletter import DeadLetters, letter
-from ._envelopes import dead_letter_undecodable, harden_redis_transport, refuse_compression
+from ._envelopes import dead_letter_undecodable, envelope_limit, harden_redis_transport, refuse_compression
 from ._eta import HeldRetries
 from ._logfilter import withhold_bodies
 from ._scripts import Delivery
@@ -50,7 +50,8 @@ def register_tools(app: Any, runtime: WorkerRuntime) -> list[str]:
     def refused(why: str, body: bytes | str, headers: Any, content_type: Any) -> None:
         letters.record(letter(why, body, headers, content_type))
 
-    harden_redis_transport(refused)
+    security, llm = runtime.settings.security, runtime.settings.llm
+    harden_redis_transport(refused, envelope_limit(security.max_argument_bytes, llm.max_request_bytes))
     refuse_compression()
     dead_letter_undecodable(refused)
     return names

@@ -223,13 +223,18 @@ NOT_ENVELOPES: list[str] = [
 async def survives_broken_envelopes(fleet: Fleet, kernel: Castor, pool: str = "web") -> None:
     """Every ``NOT_ENVELOPES`` item pushed on ``pool``'s queue list is dead-lettered; the worker lives and
     serves the next call."""
+    from castor.fleet.workers._envelopes import envelope_limit
+
     key = keys.dead_letters(fleet.prefix, pool)
     before = fleet.redis.llen(key)
     queue = fleet.settings.queue_of(pool)
-    for item in NOT_ENVELOPES:
+    limit = envelope_limit(fleet.settings.security.max_argument_bytes, fleet.settings.llm.max_request_bytes)
+    huge = '"' + "x" * limit + '"'  # JSON, but bigger than any task of the fleet: refused undecoded
+    for item in [*NOT_ENVELOPES, huge]:
         fleet.redis.lpush(f"{fleet.settings.broker.queue_prefix}:{queue}", item)
-    letters = (await dead_letters(fleet, pool, before + len(NOT_ENVELOPES)))[before:]
+    letters = (await dead_letters(fleet, pool, before + len(NOT_ENVELOPES) + 1, timeout=20))[before:]
     assert all("the broker envelope" in d["reason"] and len(d["sha256"]) == 64 for d in letters), letters
+    assert "too big for any task: not decoded" in letters[-1]["reason"] and letters[-1]["size"] == len(huge)
     assert fleet.workers[pool].poll() is None
 
     async def agent() -> object:
