@@ -3,8 +3,13 @@
 Two checks come before Flower starts, each a one-line error: the broker must answer (Flower itself would
 retry forever, printing nothing useful), and Flower must not listen beyond the loopback address without
 authentication (``[flower] basic_auth``, or Flower's own ``FLOWER_BASIC_AUTH`` / ``FLOWER_AUTH``): its
-API shows every task's arguments and can stop workers. ``allow_open`` lets it start so anyway, with a
-warning (a container whose port is published on the host's loopback only, as in ``docker-compose.yml``).
+API shows every task's arguments. ``allow_open`` lets it start so anyway, with a warning (a container
+whose port is published on the host's loopback only, as in ``docker-compose.yml``).
+
+Flower reads the task events anyone who can write to the broker can publish. An event it cannot take (not
+an object, no type, fields of the wrong kind) raised out of Celery's event receiver, and Flower dropped
+its connection and saw nothing for a second or more: a forged event a second kept it blind. Such an
+event is now dropped alone (``tolerate_forged_events``).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+from typing import Any
 
 from castor.errors import ConfigError
 from castor.fleet.sealing import require_secret
@@ -48,8 +54,8 @@ def open_warning(settings: Settings, address: str, allow_open: bool) -> str | No
     if settings.flower.basic_auth or any(os.environ.get(name) for name in AUTH_ENV) or is_loopback(address):
         return None
     text = (
-        f"Flower on {address} without authentication: anyone who reaches it sees every task and can stop "
-        "workers; set [flower] basic_auth (or FLOWER_BASIC_AUTH=user:password)"
+        f"Flower on {address} without authentication: anyone who reaches it sees every task and its "
+        "arguments; set [flower] basic_auth (or FLOWER_BASIC_AUTH=user:password)"
     )
     if not allow_open:
         raise ConfigError(f"refusing to start {text}, or pass --allow-unauthenticated")
@@ -65,6 +71,26 @@ def check_broker(app: object, settings: Settings) -> None:
             connection.ensure_connection(max_retries=0)
     except Exception as exc:
         raise broker_error("cannot start Flower", settings.broker_url, exc) from exc
+
+
+def tolerate_forged_events() -> None:
+    """Make Celery's event receiver (in this process: Flower's) drop, with a log line, an event it cannot
+    take, rather than raise out of its capture loop."""
+    from celery.events.receiver import EventReceiver
+
+    receiver: Any = EventReceiver
+    if getattr(receiver, "_castor_tolerant", False):
+        return
+
+    def receive(self: Any, body: Any, message: Any) -> None:
+        for event in body if isinstance(body, list) else [body]:
+            try:
+                self.process(*self.event_from_message(event))
+            except Exception as exc:  # a forged or broken event: the next one must still be seen
+                log.warning("task event dropped (%s: %s): %.200r", type(exc).__name__, exc, event)
+
+    receiver._receive = receive
+    receiver._castor_tolerant = True
 
 
 def run_flower(
@@ -83,4 +109,5 @@ def run_flower(
         os.environ.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
     app = make_app(settings)
     check_broker(app, settings)
+    tolerate_forged_events()
     app.start(flower_argv(settings, port, address))

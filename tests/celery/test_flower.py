@@ -10,6 +10,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -175,3 +176,50 @@ async def test_flower_lists_a_poison_message_as_rejected(flower: str, fleet: Fle
                     and t.get("state") == "REJECTED" and "not [args, kwargs, embed]" in str(t.get("exception"))]
         await asyncio.sleep(0.1)
     assert rejected, "Flower lists no poison message as REJECTED with its reason"
+
+
+async def test_forged_events_do_not_blind_flower(flower: str, fleet: Fleet, kernel: Castor) -> None:
+    """Anyone who can write to the broker can publish task events. One Flower could not take (no object, no
+    type, a timestamp that is no number) raised out of Celery's receiver and Flower saw nothing for a
+    second or more; one a tenth of a second kept it blind. Now such an event is dropped alone."""
+    from celery import Celery
+    from celery.events.event import get_exchange
+
+    from castor.fleet.celery_config import celery_config
+
+    await _wait_until_flower_sees_events(flower, kernel)
+    stop = threading.Event()
+    forged_events: list[object] = [
+        "not an event", {"no": "type"}, [{"type": "task-succeeded", "uuid": "x", "timestamp": "soon", "utcoffset": 0}],
+    ]
+
+    def forge() -> None:
+        app = Celery("forger", set_as_current=False)
+        app.conf.update(celery_config(fleet.settings))
+        try:
+            with app.connection_for_write() as connection:
+                exchange = get_exchange(connection, name=app.conf.event_exchange)
+                producer = connection.Producer()
+                while not stop.is_set():
+                    for body in forged_events:
+                        producer.publish(body, exchange=exchange, routing_key="task.succeeded", declare=[exchange],
+                                         serializer="json")
+                    stop.wait(0.1)
+        finally:
+            app.close()
+
+    forger = threading.Thread(target=forge)
+    forger.start()
+    try:
+        await asyncio.sleep(0.5)  # the forged events flow before and while the call runs
+
+        async def agent() -> object:
+            return await lib.tool("search", query=f"under forged events {uuid.uuid4().hex[:6]}")
+
+        cp = await kernel.run(agent)
+        assert cp.status == "COMPLETED", cp.error
+        mine, _ = await _listed(flower, cp.pid, 1, timeout=10)
+        assert "castor.tool.search" in mine, "Flower saw nothing of a genuine call among forged events"
+    finally:
+        stop.set()
+        forger.join(10)
