@@ -74,23 +74,23 @@ def envelope_problem(message: Any) -> str | None:
     if not isinstance(tag, str | int) or isinstance(tag, bool):
         return "the broker envelope has no delivery tag"
     if not isinstance(properties.get("delivery_info"), dict | None):
-        return "the broker envelope's delivery info is not an object"
+        return "the broker envelope has delivery info that is not an object"
     if not isinstance(message.get("headers"), dict | None):
-        return "the broker envelope's headers are not an object"
+        return "the broker envelope has headers that are not an object"
     for name in ("content-type", "content-encoding"):
         if not isinstance(message.get(name), str | None):
-            return f"the broker envelope's {name} is not text"
+            return f"the broker envelope has a {name} that is not text"
     return _body_problem(message.get("body"), properties.get("body_encoding"))
 
 
 def _body_problem(body: Any, encoding: Any) -> str | None:
     if not isinstance(body, str | None):
-        return "the broker envelope's body is not text"
+        return "the broker envelope has a body that is not text"
     if body and encoding == "base64":
         try:
             base64.b64decode(body, validate=True)
         except (binascii.Error, ValueError):
-            return "the broker envelope's body is not base64"
+            return "the broker envelope has a body that is not base64"
     return None
 
 

@@ -181,11 +181,32 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         yield made
 
 
-@pytest.fixture
-async def kernel(fleet: Fleet) -> AsyncIterator[Castor]:
-    """A coordinator kernel on the fleet: Redis store, Celery executor."""
+@contextlib.asynccontextmanager
+async def kernel_on(fleet: Fleet) -> AsyncIterator[Castor]:
+    """A coordinator kernel on ``fleet``: Redis store, Celery executor; closed after."""
     k = Castor(**fleet_options(fleet.settings, budgets={}))
     try:
         yield k
     finally:
         await k.close()
+
+
+@pytest.fixture
+async def kernel(fleet: Fleet) -> AsyncIterator[Castor]:
+    """A coordinator kernel on the session's fleet."""
+    async with kernel_on(fleet) as k:
+        yield k
+
+
+@pytest.fixture
+def own_fleet(tmp_path: Path) -> Iterator[Fleet]:
+    """A fleet of the test's own, for an attack that would stop the session's workers were it to work."""
+    with running_fleet(tmp_path) as made:
+        yield made
+
+
+@pytest.fixture
+async def own_kernel(own_fleet: Fleet) -> AsyncIterator[Castor]:
+    """A coordinator kernel on the test's own fleet."""
+    async with kernel_on(own_fleet) as k:
+        yield k

@@ -39,7 +39,7 @@ from .checks import (
     refuses_control_orders,
     survives_poison,
 )
-from .conftest import ROOT, Fleet, running_fleet
+from .conftest import ROOT, Fleet, kernel_on, running_fleet
 
 AMQP = os.environ.get("CASTOR_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672")
 
@@ -92,11 +92,8 @@ def amqp_fleet(vhost: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 @pytest.fixture
 async def amqp_kernel(amqp_fleet: Fleet) -> AsyncIterator[Castor]:
     """A coordinator kernel publishing to RabbitMQ."""
-    k = Castor(**fleet_options(amqp_fleet.settings, budgets={}))
-    try:
+    async with kernel_on(amqp_fleet) as k:
         yield k
-    finally:
-        await k.close()
 
 
 # --- configuration, no broker needed ---------------------------------------------------------------

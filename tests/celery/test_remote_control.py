@@ -10,31 +10,10 @@ worker the attack stopped would fail the rest of the session. ``test_amqp.py`` r
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-
-import pytest
-
 from castor import Castor
-from castor.executors.celery import fleet_options
 
 from .checks import refuses_control_orders
-from .conftest import Fleet, running_fleet
-
-
-@pytest.fixture
-def own_fleet(tmp_path: Path) -> Iterator[Fleet]:
-    with running_fleet(tmp_path) as fleet:
-        yield fleet
-
-
-@pytest.fixture
-async def own_kernel(own_fleet: Fleet) -> AsyncIterator[Castor]:
-    kernel = Castor(**fleet_options(own_fleet.settings, budgets={}))
-    try:
-        yield kernel
-    finally:
-        await kernel.close()
+from .conftest import Fleet
 
 
 async def test_forged_control_orders_neither_stop_a_pool_nor_a_call(own_fleet: Fleet, own_kernel: Castor) -> None:
