@@ -194,3 +194,23 @@ def test_an_idempotent_call_whose_process_died_runs_again(tmp_path: Path) -> Non
     resumed = castor(tmp_path, *store, "resume", "racy")
     assert resumed.returncode == 0, resumed.stderr
     assert "COMPLETED" in resumed.stdout and executions(tmp_path) == 2, resumed.stdout
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"], indirect=True)
+def test_two_humans_deciding_at_once_get_one_decision(tmp_path: Path, store: list[str]) -> None:
+    """``castor approve`` and ``castor reject`` of the same call at the same moment: one decision stands;
+    the tool runs if and only if it is the approval, and the other human is told the call was decided."""
+    suspended_run(tmp_path, store)
+    approve, reject = race(tmp_path, [("go", [*store, "approve", "racy"]),
+                                      ("go", [*store, "reject", "racy", "--reason", "no"])])
+    outputs = "\n".join(f"$ {' '.join(r.args[5:])} -> {r.returncode}\n{r.stdout}{r.stderr}" for r in (approve, reject))
+    ran = executions(tmp_path)
+    assert ran <= 1, outputs
+    winner, loser = (approve, reject) if ran == 1 else (reject, approve)
+    assert winner.returncode == 0, outputs
+    # Told so: decided already, or (the winner's drive finished first) nothing pending any more.
+    assert loser.returncode != 0 and re.search(r"decided already|no pending call", loser.stderr), outputs
+    shown = castor(tmp_path, *store, "inspect", "racy")
+    assert re.search(r"(?i)^status:\s+COMPLETED$", shown.stdout, re.M), shown.stdout + outputs
+    assert ("done: wiped /data" in shown.stdout) == (ran == 1), shown.stdout + outputs
+    assert executions(tmp_path) == ran and executions(tmp_path, "notes.log") <= 1, outputs  # one drive after it
