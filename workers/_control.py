@@ -41,12 +41,12 @@ class Questions(dict[str, Callable[..., Any]]):
     """Celery's table of control handlers, with every command outside ``ANSWERED`` (and any name it does
     not know) answered by a refusal."""
 
-    def __missing__(self, name: str) -> Callable[..., Any]:
+    def __missing__(self, name: Any) -> Callable[..., Any]:
         return _refusal(name)
 
 
-def _refusal(name: str) -> Callable[..., Any]:
-    shown = name.encode("unicode_escape", "replace").decode()[:80]  # a forged name, printed escaped
+def _refusal(name: Any) -> Callable[..., Any]:
+    shown = str(name).encode("unicode_escape", "replace").decode()[:80]  # a forged name, printed escaped
 
     def refuse(state: Any, **arguments: Any) -> dict[str, str]:
         log.warning("remote control command %r refused: a Castor worker takes no orders over the broker", shown)
