@@ -25,8 +25,6 @@ Like ``_broker_loss``, this reaches into kombu (its Redis transport's ``loads`` 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import logging
 from collections.abc import Callable
@@ -80,18 +78,13 @@ def envelope_problem(message: Any) -> str | None:
     for name in ("content-type", "content-encoding"):
         if not isinstance(message.get(name), str | None):
             return f"the broker envelope has a {name} that is not text"
-    return _body_problem(message.get("body"), properties.get("body_encoding"))
-
-
-def _body_problem(body: Any, encoding: Any) -> str | None:
-    if not isinstance(body, str | None):
+    if not isinstance(message.get("body"), str | None):
         return "the broker envelope has a body that is not text"
-    if body and encoding == "base64":
-        try:
-            base64.b64decode(body, validate=True)
-        except (binascii.Error, ValueError):
-            return "the broker envelope has a body that is not base64"
-    return None
+    return None  # a body that is not base64 fails as kombu builds the message (BrokenEnvelope), decoded once
+
+
+class BrokenEnvelope(Exception):
+    """kombu could not build a message from an envelope (a body that is not base64, ...)."""
 
 
 def harden_redis_transport(refused: Refused, max_chars: int) -> None:
@@ -113,17 +106,30 @@ def harden_redis_transport(refused: Refused, max_chars: int) -> None:
         except (TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
             return Undecodable(text, exc)
 
+    class Guarded(transport.Channel.Message):
+        """kombu's message, whose construction from a broken envelope raises ``BrokenEnvelope``."""
+
+        def __init__(self, payload: Any, channel: Any = None, **more: Any) -> None:
+            try:
+                super().__init__(payload, channel=channel, **more)
+            except (KeyError, TypeError, ValueError) as exc:  # binascii.Error is a ValueError
+                raise BrokenEnvelope(f"{type(exc).__name__}: {exc}") from exc
+
     @functools.wraps(deliver)
     def checked_deliver(self: Any, message: Any, queue: Any) -> Any:
         problem = envelope_problem(message)
         if problem is None:
-            return deliver(self, message, queue)
+            try:
+                return deliver(self, message, queue)
+            except BrokenEnvelope as exc:  # raised only where kombu builds the message, before it is taken
+                problem = f"kombu cannot build a message from the broker envelope ({str(exc)[:200]})"
         raw = message.text if isinstance(message, Undecodable) else repr(message)
         refused(f"{problem} (queue {str(queue)[:200]!r})", raw if isinstance(raw, bytes | str) else repr(raw),
                 None, None)
         return None
 
     transport.loads = tolerant_loads
+    transport.Channel.Message = Guarded
     transport.Transport._deliver = checked_deliver
     setattr(transport, _PATCHED, True)
 
