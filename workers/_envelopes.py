@@ -9,8 +9,8 @@ Two things happen to a message in the worker's consumer before Celery hands it t
   base64) raised there, in the consumer: the worker stopped ("Unrecoverable error") at the first one
   anyone pushed. Now such an item is dead-lettered (its size and digest) and the worker goes on; the item
   was popped already, so it is gone from the broker. So is an item too big for any task of the fleet
-  (``envelope_limit``), before it is decoded: a 500 MB item took gigabytes to decode only to be refused
-  for its size by the strategy.
+  (``envelope_limit``), before it is decoded: one of hundreds of megabytes would take gigabytes to
+  decode, only to be refused for its size by the strategy.
 - **On any broker, kombu decompresses a body whose ``compression`` header names a codec**, as the message
   is built: a few megabytes of zlib stand for gigabytes, which the worker would allocate. Castor never
   compresses a task; a compressed message is refused without being decompressed.
@@ -19,8 +19,9 @@ A message kombu cannot decode (compressed, or of a content type the worker does 
 Celery's ``on_decode_error``, which logs and acknowledges it; it is also dead-lettered now, so ``castor
 deadletters`` lists every message a worker refused.
 
-Like ``_broker_loss``, this reaches into kombu (its Redis transport's ``loads`` and ``Transport._deliver``,
-``kombu.message.decompress``); ``tests/celery/test_broker_loss.py`` pins the kombu versions it was written for.
+Like ``_broker_loss``, this reaches into kombu (its Redis transport's ``loads``, ``Channel.Message`` and
+``Transport._deliver``; ``kombu.message.decompress``) and Celery (``Consumer.on_decode_error``);
+``tests/celery/test_broker_loss.py`` pins the kombu versions it was written for.
 """
 
 from __future__ import annotations
