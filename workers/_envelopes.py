@@ -31,6 +31,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from castor.settings import Settings
+
+from ._deadletter import DeadLetters, letter
+
 log = logging.getLogger("castor.worker")
 _PATCHED = "_castor_envelopes_patched"
 
@@ -168,3 +172,17 @@ def dead_letter_undecodable(refused: Refused) -> None:
 
     cls.on_decode_error = on_decode_error
     setattr(cls, _PATCHED, True)
+
+
+def harden_consumer(settings: Settings, pool: str) -> None:
+    """All of the above, for this worker process of ``pool`` (its dead letters record the refusals). Every
+    one changes kombu or Celery for the whole process: a worker calls it before it starts, nothing else."""
+    letters = DeadLetters(settings.redis.url, settings.redis.prefix, pool)
+
+    def refused(why: str, body: bytes | str, headers: Any, content_type: Any) -> None:
+        letters.record(letter(why, body, headers, content_type))
+
+    limit = envelope_limit(settings.security.max_argument_bytes, settings.llm.max_request_bytes)
+    harden_redis_transport(refused, limit)
+    refuse_compression()
+    dead_letter_undecodable(refused)

@@ -21,6 +21,7 @@ from castor.registry import ToolRegistry, ToolSpec
 from castor.settings import Settings, WorkerPool
 
 from ._control import restrict_remote_control
+from ._envelopes import harden_consumer
 from ._heartbeat import Presence
 from ._models import ModelCalls
 from ._preflight import preflight
@@ -124,6 +125,9 @@ def run_worker(
     if observe is not None:
         observe(settings, runtime, pool_impl or settings.workers.pool)
     register_tools(app, runtime)
+    # What Celery and kombu do with a message before a task's strategy checks it: nothing forged may stop,
+    # hang or fill this process there (process-wide changes: this worker's own, made before it starts).
+    harden_consumer(settings, pool)
     restrict_remote_control(app)  # a control message is unsigned: answer questions, take no orders
     node = f"{pool}-{os.getpid()}@{socket.gethostname()}"  # the node name worker_argv gives Celery
     presence = Presence(settings.redis.url, pool_workers(settings.redis.prefix, pool), node).start()

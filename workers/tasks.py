@@ -16,7 +16,6 @@ from typing import Any
 from castor.fleet.wire import ERROR, IN_DOUBT, REFUSED, TIMEOUT, task_name
 
 from ._deadletter import DeadLetters, letter
-from ._envelopes import dead_letter_undecodable, envelope_limit, harden_redis_transport, refuse_compression
 from ._eta import HeldRetries
 from ._logfilter import withhold_bodies
 from ._scripts import Delivery
@@ -40,20 +39,15 @@ def soft_limit(timeout: float, is_async: bool) -> float:
 def register_tools(app: Any, runtime: WorkerRuntime) -> list[str]:
     """Register a task for every tool of ``runtime``'s registry; returns the task names."""
     names = []
-    letters = DeadLetters(runtime.settings.redis.url, runtime.settings.redis.prefix, runtime.pool)
+    settings = runtime.settings
+    letters = DeadLetters(settings.redis.url, settings.redis.prefix, runtime.pool)
+    # A message with an eta is held only if it is a retry of ours (_eta): one check for every tool's task.
+    retries = HeldRetries(settings.security.secret, settings.tools.retry_backoff, settings.tools.max_retries)
     for spec in runtime.registry:
         policy = runtime.policy(spec)
-        names.append(_register(app, runtime, spec.name, policy.timeout, letters, spec.is_async))
+        names.append(_register(app, runtime, spec.name, policy.timeout, letters, retries, spec.is_async))
     _drop_builtins(app)
     _watch_unknown(app, runtime, letters)
-    # What kombu does before any task strategy sees a message: a forged one must not stop the worker there.
-    def refused(why: str, body: bytes | str, headers: Any, content_type: Any) -> None:
-        letters.record(letter(why, body, headers, content_type))
-
-    security, llm = runtime.settings.security, runtime.settings.llm
-    harden_redis_transport(refused, envelope_limit(security.max_argument_bytes, llm.max_request_bytes))
-    refuse_compression()
-    dead_letter_undecodable(refused)
     return names
 
 
@@ -68,7 +62,8 @@ def _drop_builtins(app: Any) -> None:
 
 
 def _register(
-    app: Any, runtime: WorkerRuntime, tool: str, timeout: float, letters: DeadLetters, is_async: bool = False
+    app: Any, runtime: WorkerRuntime, tool: str, timeout: float, letters: DeadLetters, retries: HeldRetries,
+    is_async: bool = False,
 ) -> str:
     name = task_name(tool)
 
@@ -100,9 +95,7 @@ def _register(
         # a malformed message is dead-lettered, never the worker's end
         Strategy="castor.fleet.workers._poison:strategy",
         dead_letters=letters,
-        held_retries=HeldRetries(  # a message with an eta is held only if it is a retry of ours (_eta)
-            runtime.settings.security.secret, runtime.settings.tools.retry_backoff, runtime.settings.tools.max_retries
-        ),
+        held_retries=retries,
     )
     return name
 

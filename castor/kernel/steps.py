@@ -55,7 +55,7 @@ def replay(call: Syscall, inner: Handler) -> Awaitable[Any]:
     ctx = call.ctx
     log = ctx.checkpoint.syscall_log
     if call.step >= len(log):  # a live step: no lookup, no coroutine
-        if not ctx.held_steps or call.step not in ctx.held_steps:
+        if call.step not in ctx.held_steps:
             return inner(call)
         return _value(journaled(call).response)  # type: ignore[union-attr]  # held: found, checked, raised
     # journaled(call), inlined: a replayed step is served in well under a microsecond. Arguments equal as
