@@ -2,11 +2,12 @@
 signed, so a process of the fleet starts only with a secret nobody else can guess.
 
 ``require_secret`` is called by every process that signs or verifies tasks before it connects to
-anything: ``castor worker``, ``castor flower``, ``castor coordinator`` with the Celery executor, the
+anything: ``castor worker``, ``castor coordinator`` with the Celery executor, the
 CLI's ``--executor celery`` commands and ``fleet_options`` (all through ``CeleryExecutor.factory``). It
 refuses (``InvalidValueError``: the CLI exits 2) no secret, a sample one (``PLACEHOLDERS``) and one
 shorter than ``MIN_SECRET_LENGTH`` characters, unless the fleet is an insecure development one
 (``[security] insecure_dev = true`` or ``CASTOR_INSECURE_DEV=1``): then it warns on every start.
+``castor flower`` signs and verifies nothing and asks for no secret (``castor.fleet.workers.flower``).
 """
 
 from __future__ import annotations

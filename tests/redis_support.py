@@ -118,9 +118,10 @@ def answers(url: str, timeout: float = 0.5) -> bool:
 
 
 @contextlib.contextmanager
-def redis_server(directory: Path, port: int, *extra: str) -> Iterator[subprocess.Popen[bytes]]:
-    """A ``redis-server`` of our own on ``port`` with its files in ``directory``; killed after."""
-    proc = start_redis_server(directory, port, *extra)
+def redis_server(directory: Path, port: int, *extra: str, url: str | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """A ``redis-server`` of our own on ``port`` with its files in ``directory``; killed after. ``url``: the
+    one to ask whether it answers (with a user and password, for a server whose default user is off)."""
+    proc = start_redis_server(directory, port, *extra, url=url)
     try:
         yield proc
     finally:
@@ -138,8 +139,8 @@ def need_redis_server(why: str) -> None:
     pytest.skip(f"redis-server is not installed: this test {why}")
 
 
-def start_redis_server(directory: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
-    """Start ``redis-server`` and wait until it answers."""
+def start_redis_server(directory: Path, port: int, *extra: str, url: str | None = None) -> subprocess.Popen[bytes]:
+    """Start ``redis-server`` and wait until it answers (at ``url``, if given)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed")
@@ -147,7 +148,7 @@ def start_redis_server(directory: Path, port: int, *extra: str) -> subprocess.Po
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory), "--save", "", *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    url = f"redis://127.0.0.1:{port}/0"
+    url = url or f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 10
     while not answers(url, 0.2):
         if proc.poll() is not None or time.monotonic() > deadline:

@@ -29,7 +29,6 @@ WEAK = {  # secret line in castor.toml -> the problem the error names
 PROCESSES = {
     "worker": ("worker", "--pool", "default", "--fast-start", "--config"),
     "coordinator": ("coordinator", "--executor", "celery", "--config"),
-    "flower": ("flower", "--config"),
     "run": ("run", "agents.py:main", "--executor", "celery", "--config"),
 }
 
@@ -60,6 +59,18 @@ def test_a_fleet_process_refuses_a_missing_sample_or_short_secret(
         err = capsys.readouterr().err
         assert err.startswith(f"castor: error: {path}: ") and problem in err, err
         assert "secrets.token_hex(32)" in err and "CASTOR_INSECURE_DEV=1" in err and err.count("\n") == 1
+
+
+def test_flower_needs_no_secret_and_takes_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Flower signs and opens nothing: a secret in the process that serves its web pages would let whoever
+    # takes that process sign tasks (with its broker-only Redis user, nothing more). So it starts without.
+    import castor.fleet.workers.flower as flower_module
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(flower_module, "check_broker", lambda *_: None)
+    monkeypatch.setattr(flower_module, "make_app", lambda *_: type("App", (), {"start": started.append})())
+    assert main(["flower", "--config", str(config(tmp_path, ""))]) == 0
+    assert started and started[0][0] == "flower"
 
 
 def test_fleet_options_refuses_the_sample_secret_and_warns_in_a_development_fleet() -> None:

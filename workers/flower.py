@@ -6,6 +6,11 @@ authentication (``[flower] basic_auth``, or Flower's own ``FLOWER_BASIC_AUTH`` /
 API shows every task's arguments. ``allow_open`` lets it start so anyway, with a warning (a container
 whose port is published on the host's loopback only, as in ``docker-compose.yml``).
 
+Flower needs no secret and is given none: it signs and opens nothing, and a secret in the process that
+serves a web page would let whoever takes that process sign tasks. With its broker on the fleet's Redis,
+give it the broker-only user of ``castor redis-acl`` (``castor.fleet.acl``), as ``docker-compose.yml``
+does: then its credentials reach no run, journal or approval either.
+
 Flower reads the task events anyone who can write to the broker can publish. An event it cannot take (not
 an object, no type, fields of the wrong kind) raised out of Celery's event receiver, and Flower dropped
 its connection and saw nothing for a second or more: a forged event a second kept it blind. Such an
@@ -20,7 +25,6 @@ import os
 from typing import Any
 
 from castor.errors import ConfigError
-from castor.fleet.sealing import require_secret
 from castor.settings import Settings
 
 from .app import make_app
@@ -101,7 +105,6 @@ def run_flower(
     Flower 2 serves its HTTP API only with authentication configured, unless told otherwise: without
     ``[flower] basic_auth`` it listens on ``address`` (loopback by default) with the API open.
     """
-    require_secret(settings, "castor flower")
     warning = open_warning(settings, address, allow_open)
     if warning:
         print(f"castor: warning: {warning}", flush=True)

@@ -60,6 +60,20 @@ def add_commands(subparsers: Any) -> None:
     _redis_options_of(flower)
     flower.set_defaults(handler=_run_flower)
 
+    acl = subparsers.add_parser(
+        "redis-acl", help="print the Redis users of a fleet whose broker is its Redis (an ACL file)",
+        description="Print an ACL file for the fleet's Redis: the default user off, a user for Castor's processes "
+                    "(every key) and one for Flower that reaches the broker's keys only, so a leaked Flower "
+                    "credential cannot decide for a human or touch a run. Passwords come from "
+                    "CASTOR_REDIS_PASSWORD and CASTOR_FLOWER_REDIS_PASSWORD; the file holds their SHA-256. "
+                    "Load it with `aclfile` in redis.conf, then give the users in the URLs: "
+                    "redis://castor:PASSWORD@host:6379/0 for the fleet, redis://flower:PASSWORD@host:6379/0 "
+                    "as Flower's CASTOR_BROKER_URL.")
+    acl.add_argument("--fleet-user", default="castor", help="the user of Castor's processes (default: castor)")
+    acl.add_argument("--flower-user", default="flower", help="the broker-only user (default: flower)")
+    config_option(acl)
+    acl.set_defaults(handler=_print_redis_acl)
+
 
 def _redis_options_of(parser: argparse.ArgumentParser) -> None:
     """The CLI's store options, as a fleet process takes them (their defaults stay unset, so one given
@@ -136,6 +150,22 @@ def _ping_pool(args: argparse.Namespace) -> int:
     nodes = pool_workers(settings, args.pool, args.timeout, here=here)
     print(ping_line(settings, args.pool, nodes, args.timeout, here))
     return 0 if nodes else 1
+
+
+def _print_redis_acl(args: argparse.Namespace) -> int:
+    import os
+
+    from castor.errors import ConfigError
+    from castor.fleet import acl
+
+    passwords = {}
+    for env in (acl.FLEET_PASSWORD_ENV, acl.BROKER_PASSWORD_ENV):
+        if not os.environ.get(env):
+            raise ConfigError(f"{env} is not set: export it (generate one with {acl.GENERATE}) and run again")
+        passwords[env] = os.environ[env]
+    print(acl.acl_file(settings_of(args), passwords[acl.FLEET_PASSWORD_ENV], passwords[acl.BROKER_PASSWORD_ENV],
+                       fleet_name=args.fleet_user, broker_name=args.flower_user), end="")
+    return 0
 
 
 def _run_flower(args: argparse.Namespace) -> int:

@@ -132,22 +132,24 @@ def wait_ready(proc: subprocess.Popen[bytes], pool: str, log: Path, timeout: flo
 
 
 @contextlib.contextmanager
-def running_fleet(tmp: Path, broker: str = REDIS_URL) -> Iterator[Fleet]:
-    """Two worker pools on ``broker`` (Redis by default) with state in Redis under a private prefix,
-    started side by side; their processes and keys are gone after."""
+def running_fleet(tmp: Path, broker: str = REDIS_URL, *, state: str = REDIS_URL, prefixes: tuple[str, str] | None = None
+                  ) -> Iterator[Fleet]:
+    """Two worker pools on ``broker`` (Redis by default) with state in the Redis at ``state`` under a private
+    prefix (or ``prefixes``: the state's and the queues'), started side by side; their processes and keys
+    are gone after."""
     tag = uuid.uuid4().hex[:12]
-    prefix, queues = f"castortest-{tag}", f"castortestq-{tag}"
+    prefix, queues = prefixes or (f"castortest-{tag}", f"castortestq-{tag}")
     config = tmp / "castor.toml"
     names = FS_TOOLS + WEB_TOOLS
     config.write_text(CONFIG.format(
-        redis=REDIS_URL, broker=broker, prefix=prefix, queues=queues, fs=_quoted(FS_TOOLS), web=_quoted(WEB_TOOLS),
+        redis=state, broker=broker, prefix=prefix, queues=queues, fs=_quoted(FS_TOOLS), web=_quoted(WEB_TOOLS),
         secret=secrets.token_hex(32),
         imports=_quoted([f"{TOOLS}:{n}" for n in [*names, "noop"]]),
     ))
-    env = {**os.environ, "CASTOR_TEST_PREFIX": prefix, "CASTOR_TEST_REDIS": REDIS_URL, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "CASTOR_TEST_PREFIX": prefix, "CASTOR_TEST_REDIS": state, "PYTHONPATH": str(ROOT)}
     for var in ("CASTOR_REDIS_URL", "CASTOR_BROKER_URL", "CASTOR_SECRET"):
         env.pop(var, None)
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(state)
     logs = {pool: tmp / f"worker-{pool}.log" for pool in ("fs", "web")}
     workers: dict[str, subprocess.Popen[bytes]] = {}
     try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,26 @@ COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
 COMPOSE = yaml.safe_load(COMPOSE_TEXT)
 SERVICES: dict[str, Any] = COMPOSE["services"]
 CASTOR_SERVICES = [name for name, svc in SERVICES.items() if "build" in svc]
+
+
+INTERPOLATED = re.compile(r"\$\{(\w+)(?::([-?])([^}$]*))?\}")  # innermost first: defaults may hold one
+
+
+def compose_value(text: str, env: dict[str, str]) -> str:
+    """``text`` with compose's ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?error}`` filled from ``env``."""
+    def fill(match: re.Match[str]) -> str:
+        name, kind, rest = match.groups()
+        if env.get(name):
+            return env[name]
+        if kind == "?":
+            raise KeyError(f"compose refuses to start: {rest}")
+        return rest if kind == "-" else ""
+
+    while True:
+        filled = INTERPOLATED.sub(fill, text)
+        if filled == text:
+            return filled
+        text = filled
 
 
 def parse(argv: list[str]) -> Any:
@@ -193,3 +214,71 @@ def test_flower_beyond_loopback_has_auth_or_says_it_has_none() -> None:
     # castor flower warns at start (without --allow-unauthenticated it would refuse)
     assert args.allow_unauthenticated
     assert all(str(p).startswith("127.0.0.1:") for p in SERVICES["flower"]["ports"])
+
+
+def redis_users(command: list[str]) -> dict[str, list[str]]:
+    """The ``--user NAME RULES...`` directives of a ``redis-server`` command line, by user."""
+    users: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for arg in command:
+        if arg.startswith("--"):
+            current = [] if arg == "--user" else None
+        elif current is not None and not current:
+            current.append(arg)
+            users[arg] = current
+        elif current is not None:
+            current.append(arg)
+    return {name: rules[1:] for name, rules in users.items()}
+
+
+def test_redis_has_the_users_castor_redis_acl_prints_and_flower_the_confined_one() -> None:
+    """With the broker on the fleet's Redis, whoever held Flower's URL held the approvals and the journal.
+    Redis now has no default user, ``castor`` for Castor's processes and ``flower`` confined to the broker's
+    keys, rule for rule what ``castor redis-acl`` prints for the shipped config."""
+    from castor.fleet import acl
+
+    settings = load_settings(ROOT / "config/castor.toml", env={})
+    env = {"CASTOR_REDIS_PASSWORD": "p" * 20, "CASTOR_FLOWER_REDIS_PASSWORD": "q" * 20}
+    users = {name: [compose_value(rule, env) for rule in rules]
+             for name, rules in redis_users(SERVICES["redis"]["command"]).items()}
+    printed = {line.split()[1]: line.split()[2:] for line in acl.acl_file(settings, *env.values()).splitlines()}
+    assert set(users) == set(printed) == {"default", "castor", "flower"}
+    assert users["default"] == printed["default"] == ["off", "resetchannels", "-@all"]
+    for name, password in (("castor", env["CASTOR_REDIS_PASSWORD"]), ("flower", env["CASTOR_FLOWER_REDIS_PASSWORD"])):
+        # the same rules; compose gives the password itself, the file its hash
+        assert users[name] == [f">{password}" if rule.startswith("#") else rule for rule in printed[name]], name
+    for name in ("CASTOR_REDIS_PASSWORD", "CASTOR_FLOWER_REDIS_PASSWORD"):
+        with pytest.raises(KeyError, match=name):  # no default: compose refuses to start without it
+            [compose_value(rule, {k: v for k, v in env.items() if k != name}) for rule in SERVICES["redis"]["command"]]
+    health = SERVICES["redis"]["healthcheck"]["test"]
+    assert health[0] == "CMD-SHELL" and "--user castor" in health[1]
+    assert SERVICES["redis"]["environment"]["REDISCLI_AUTH"] == "${CASTOR_REDIS_PASSWORD}"
+
+
+def test_every_process_but_flower_is_user_castor_and_flower_holds_no_secret() -> None:
+    env = {"CASTOR_REDIS_PASSWORD": "p" * 20, "CASTOR_FLOWER_REDIS_PASSWORD": "q" * 20, "CASTOR_SECRET": "s" * 64,
+           "CASTOR_CONSOLE_TOKEN": "t" * 32}
+    for name in CASTOR_SERVICES:
+        given = {k: compose_value(str(v), env) for k, v in SERVICES[name]["environment"].items()}
+        user, password = ("flower", "q" * 20) if name == "flower" else ("castor", "p" * 20)
+        for var in ("CASTOR_REDIS_URL", "CASTOR_BROKER_URL"):
+            if var in given:
+                assert given[var] == f"redis://{user}:{password}@redis:6379/0", (name, var)
+        assert ("CASTOR_SECRET" in given) == (name not in ("flower", "console")), name
+    # on RabbitMQ (the header's CASTOR_BROKER_URL=amqp://...) Flower takes that broker, and its Redis user stays flower
+    amqp = {**env, "CASTOR_BROKER_URL": "amqp://castor:x@rabbitmq:5672/castor"}
+    flower = {k: compose_value(str(v), amqp) for k, v in SERVICES["flower"]["environment"].items()}
+    assert flower["CASTOR_BROKER_URL"].startswith("amqp://") and flower["CASTOR_REDIS_URL"].startswith("redis://flower:")
+
+
+def test_the_readme_writes_every_secret_compose_demands() -> None:
+    demanded = set(re.findall(r"\$\{(\w+):\?", COMPOSE_TEXT))
+    secrets = {"CASTOR_SECRET", "CASTOR_CONSOLE_TOKEN", "CASTOR_REDIS_PASSWORD", "CASTOR_FLOWER_REDIS_PASSWORD"}
+    assert secrets <= demanded
+    section = (ROOT / "README.md").read_text().split("## Running a fleet", 1)[1]
+    line = re.search(r"^(python3? -c .*) > \.env$", section, re.M)
+    assert line is not None, "the README's fleet section writes no .env"
+    written = subprocess.run(shlex.split(line.group(1)), capture_output=True, text=True, check=True).stdout
+    values = dict(entry.split("=", 1) for entry in written.split())
+    assert set(values) == demanded and all(len(v) >= 32 for v in values.values())
+    assert line.group(1) in COMPOSE_TEXT  # the compose file's header gives the same command

@@ -18,24 +18,10 @@ from typing import Any
 import pytest
 
 from tests.fleet.procs import Fleet
-from tests.fleet.test_compose import COMPOSE, ROOT, SERVICES, parse
+from tests.fleet.test_compose import COMPOSE, ROOT, SERVICES, compose_value, parse
 from tests.redis_support import free_port
 
 CONSOLE = SERVICES["console"]
-INTERPOLATED = re.compile(r"\$\{(\w+)(?::([-?])([^}]*))?\}")
-
-
-def compose_value(text: str, env: dict[str, str]) -> str:
-    """``text`` with compose's ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?error}`` filled from ``env``."""
-    def fill(match: re.Match[str]) -> str:
-        name, kind, rest = match.groups()
-        if env.get(name):
-            return env[name]
-        if kind == "?":
-            raise KeyError(f"compose refuses to start: {rest}")
-        return rest if kind == "-" else ""
-
-    return INTERPOLATED.sub(fill, text)
 
 
 def test_the_console_service_needs_its_token_and_publishes_on_loopback_only() -> None:
