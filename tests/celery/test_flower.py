@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -67,12 +70,13 @@ async def _wait_until_flower_sees_events(base: str, kernel: Castor, timeout: flo
     raise AssertionError("Flower listed no task of the probes")
 
 
-@pytest.fixture
-def flower(fleet: Fleet) -> Iterator[str]:
-    """Flower on the fleet's broker: its base URL once its API answers."""
+@contextlib.contextmanager
+def flower_process(config: Path, env: dict[str, str], log: Path | None = None) -> Iterator[str]:
+    """``castor flower`` on ``config``: its base URL once its API answers; stopped after."""
     port = _free_port()
-    cmd = [sys.executable, "-m", "castor.fleet.workers", "flower", "--config", str(fleet.config), "--port", str(port)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=fleet.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [sys.executable, "-m", "castor.fleet.workers", "flower", "--config", str(config), "--port", str(port)]
+    with (log or Path(os.devnull)).open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=out)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20
@@ -82,11 +86,18 @@ def flower(fleet: Fleet) -> Iterator[str]:
                 break
             except (urllib.error.URLError, ConnectionError):
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise AssertionError("Flower did not start") from None
+                    raise AssertionError(f"Flower did not start: {log.read_text() if log else ''}") from None
                 time.sleep(0.1)
         yield base
     finally:
         stop_process(proc)
+
+
+@pytest.fixture
+def flower(fleet: Fleet) -> Iterator[str]:
+    """Flower on the fleet's broker: its base URL once its API answers."""
+    with flower_process(fleet.config, fleet.env) as base:
+        yield base
 
 
 async def test_flower_lists_tasks_by_tool_name(flower: str, kernel: Castor) -> None:

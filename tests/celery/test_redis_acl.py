@@ -10,9 +10,6 @@ import os
 import re
 import secrets
 import subprocess
-import sys
-import time
-import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,8 +21,8 @@ from castor.backends.redis import keys
 from tests.fleet.test_compose import SERVICES, compose_value, redis_users
 from tests.redis_support import free_port, need_redis_server, redis_server
 
-from .conftest import ROOT, Fleet, kernel_on, running_fleet, stop_process
-from .test_flower import _get, _listed, _wait_until_flower_sees_events
+from .conftest import ROOT, Fleet, kernel_on, running_fleet
+from .test_flower import _get, _listed, _wait_until_flower_sees_events, flower_process
 
 pytestmark = [pytest.mark.fleet, pytest.mark.timeout(180)]
 
@@ -67,28 +64,12 @@ def acl_fleet(tmp_path: Path, users_redis: dict[str, str]) -> Iterator[Fleet]:
 @pytest.fixture
 def flower_as_flower(acl_fleet: Fleet, users_redis: dict[str, str]) -> Iterator[str]:
     """``castor flower`` as user ``flower`` and without the secret, as the compose file starts it."""
-    port = free_port()
     env = {k: v for k, v in acl_fleet.env.items() if k != "CASTOR_SECRET"}
     env.update(CASTOR_REDIS_URL=users_redis["flower"], CASTOR_BROKER_URL=users_redis["flower"])
     config = acl_fleet.config.with_name("flower.toml")
     config.write_text(re.sub(r'(?m)^secret = ".*"$', "", acl_fleet.config.read_text()))
-    cmd = [sys.executable, "-m", "castor.fleet.workers", "flower", "--config", str(config), "--port", str(port)]
-    log = acl_fleet.config.with_name("flower.log")
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=out)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                _get(f"{base}/api/tasks")
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
-                time.sleep(0.1)
+    with flower_process(config, env, acl_fleet.config.with_name("flower.log")) as base:
         yield base
-    finally:
-        stop_process(proc)
 
 
 def refused(call: object) -> bool:
