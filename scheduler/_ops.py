@@ -106,11 +106,13 @@ class FleetOps:
         if await self.release(pid, token, "done"):
             await self.client._call("set a run aside", self.redis.hset(keys.refused(self.prefix), pid, why))
 
-    async def claim_refused(self) -> list[str]:
-        """Take every run set aside for a code change (a coordinator with --allow-code-change drives them)."""
-        p = self.prefix
-        pids = await self.client._call("read refused runs", self.redis.hkeys(keys.refused(p)))
-        return [pid for pid in pids if await self.client._call("claim a run", self.redis.hdel(keys.refused(p), pid))]
+    async def refused_runs(self) -> list[str]:
+        """The runs set aside (for a code change, or code a coordinator could not import)."""
+        return list(await self.client._call("read refused runs", self.redis.hkeys(keys.refused(self.prefix))))
+
+    async def claim_refused(self, pid: str) -> bool:
+        """Take a run set aside, unless another coordinator took it first."""
+        return bool(await self.client._call("claim a run", self.redis.hdel(keys.refused(self.prefix), pid)))
 
     async def parked(self) -> dict[str, int]:
         """Every parked run and the step it waits on."""

@@ -4,6 +4,11 @@
 its journal and drives the agent with ``castor.fleet.driver.prepare`` / ``drive``. Where the run stops decides
 where it goes: finished runs release their lease, suspended runs are parked (the lease released, the
 pending step recorded; a decision queues them again), drained runs go back on the queue.
+
+A run whose agent or tools this coordinator cannot import (a file or module missing here, as in a rolling
+deploy where another coordinator has the new code) is set aside with the import error, not failed: it
+waits, PREEMPTED, for a coordinator that can import it. Each coordinator tries each such run once
+(``may_adopt``), when it starts or when the run is set aside; the code comes with a new process.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import time
 from typing import Any, Protocol
 
 from castor.checkpoint import FINISHED, AgentCheckpoint
-from castor.errors import BackendUnavailable, StaleLeaseError
+from castor.errors import BackendUnavailable, ConfigError, StaleLeaseError
 from castor.fleet import driver
 from castor.seams import Backend, Decision
 
@@ -40,9 +45,10 @@ class Host(Protocol):
     fences: Fences  # tokens: pid -> the token of the lease this coordinator holds and renews
 
     async def adopt_refused(self) -> None:
-        """Drive the runs a coordinator refused for changed code, where the config allows it."""
+        """Drive the runs set aside that this coordinator may take (``RunDriver.may_adopt``)."""
 
 CODE_CHANGED = "code changed"
+CODE_UNAVAILABLE = "code unavailable"
 
 
 def waiting_round(header: AgentCheckpoint, step: int) -> int:
@@ -62,6 +68,7 @@ class RunDriver:
         self.co = coordinator
         self.backend = coordinator.backend  # reads go to the store directly; writes go through the fence
         self.store = coordinator.kernels.backend
+        self.tried: set[str] = set()  # runs set aside for code this process could not import: tried once
 
     async def release(self, pid: str, token: str, mode: str, step: int = -1) -> int:
         """Give the run's lease back (``FleetOps.release``), its renewal stopped first: a heartbeat renewing
@@ -88,8 +95,12 @@ class RunDriver:
             await self._fail(header, token, "the run has no RunSpec: a coordinator cannot rebuild its kernel")
             return
         changed = driver.changed_files(spec)
-        kernel = self.co.kernels.kernel_for(spec)
-        agent = self.co.kernels.agent_for(spec)
+        try:
+            kernel = self.co.kernels.kernel_for(spec)
+            agent = self.co.kernels.agent_for(spec)
+        except ConfigError as exc:
+            await self._set_aside(header, token, exc)
+            return
         cp = await kernel.aload(pid)
         if changed:
             if cp.syscall_log and not self.co.config.allow_code_change:
@@ -173,6 +184,42 @@ class RunDriver:
         cp.updated_at = time.time()
         await driver.save_run(self.store, cp)
         await self.co.ops.refuse(cp.pid, token, message)
+
+    async def _set_aside(self, header: AgentCheckpoint, token: str, error: ConfigError) -> None:
+        self.tried.add(header.pid)
+        message = (
+            f"coordinator {self.co.name} cannot import the code of run {header.pid!r}: {error}; the run waits "
+            "for a coordinator that can (start one with the code: it takes the run over)"
+        )
+        log.error("%s: %s", self.co.name, message)
+        header.syscall_log = await self.backend.journal.history(header.pid)
+        header.status = "PREEMPTED"
+        header.preemption_reason = CODE_UNAVAILABLE
+        header.preemption_payload = {"coordinator": self.co.name, "error": str(error)}
+        header.error = message
+        header.updated_at = time.time()
+        await driver.save_run(self.store, header)
+        await self.co.ops.refuse(header.pid, token, message)
+
+    async def may_adopt(self, pid: str) -> bool:
+        """Whether this coordinator takes a run another one set aside: one refused for a code change, with
+        ``--allow-code-change``; one whose code another could not import, once this one imports it (tried
+        once per process: a failed import does not fix itself)."""
+        if pid in self.tried:  # judged before: the sweep asks again every half second
+            return False
+        header = await self.backend.runs.load(pid)
+        if header is None or header.spec is None or header.preemption_reason != CODE_UNAVAILABLE:
+            if not self.co.config.allow_code_change:
+                self.tried.add(pid)
+            return bool(self.co.config.allow_code_change)
+        try:
+            self.co.kernels.kernel_for(header.spec)
+            self.co.kernels.agent_for(header.spec)
+        except ConfigError as exc:
+            self.tried.add(pid)
+            log.info("%s: run %s waits for a coordinator with its code; not this one: %s", self.co.name, pid, exc)
+            return False
+        return True
 
     async def cancel_queued(self, pid: str) -> None:
         """A cancelled run came off the queue: store it as cancelled."""

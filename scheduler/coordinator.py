@@ -181,11 +181,14 @@ class Coordinator:
             await self._lease(pid)
 
     async def adopt_refused(self) -> None:
-        """With --allow-code-change: drive the runs other coordinators refused for a code change."""
-        if not self.config.allow_code_change or self.stopping.is_set():
+        """Drive the runs set aside that this coordinator may take: refused for a code change (with
+        --allow-code-change), or whose code another coordinator could not import and this one can."""
+        if self.stopping.is_set():
             return
-        for pid in await self.ops.claim_refused():
-            log.info("%s: resuming %s despite its code change", self.name, pid)
+        for pid in await self.ops.refused_runs():
+            if not await self.driver.may_adopt(pid) or not await self.ops.claim_refused(pid):
+                continue
+            log.info("%s: taking over %s, set aside by another coordinator", self.name, pid)
             await self.slots.acquire()
             await self._lease(pid)
 

@@ -123,3 +123,33 @@ def test_a_coordinator_refuses_to_resume_a_run_whose_code_changed(fleet: Fleet, 
     fleet.coordinator("co-2", "--allow-code-change", executor="local", lease=2.0)
     wait_for("the run to finish on co-2", lambda: status(fleet, pid) == "COMPLETED", 20)
     assert run_json(fleet, pid)["result"] == "done"
+
+
+def test_a_run_whose_code_a_coordinator_cannot_import_waits_for_one_that_can(fleet: Fleet, tmp_path: Path) -> None:
+    """A rolling deploy: the coordinator that takes the run has not got its code. It used to fail the
+    import, lose the lease, take the run again and again (a traceback each time) and at last fail it as
+    "quarantined: its driver died". Now it sets the run aside once, saying why, and a coordinator started
+    with the code takes it over and finishes it."""
+    path = write_agent(tmp_path)
+    pid = submit(fleet, path, "work")
+    away = path.rename(path.with_name("agent_mod.py.away"))  # this coordinator's machine lacks the file
+    fleet.coordinator("co-old", executor="local", lease=1.0)
+    wait_for("the run to be set aside", lambda: status(fleet, pid) == "PREEMPTED", 20)
+    run = run_json(fleet, pid)
+    assert run["preemption_reason"] == "code unavailable"
+    assert run["preemption_payload"]["coordinator"] == "co-old" and "not found" in run["preemption_payload"]["error"]
+    assert f"cannot import tool '{path}:" in run["error"] and "waits for a coordinator" in run["error"]
+    time.sleep(4)  # four lease times: nobody takes it again, nobody quarantines it
+    assert status(fleet, pid) == "PREEMPTED" and run_json(fleet, pid)["error"] == run["error"]
+    log = fleet.log("co-old")
+    assert log.count("cannot import the code of run") == 1 and "Traceback" not in log and "quarantine" not in log
+
+    away.rename(path)  # the new release has the file
+    fleet.coordinator("co-new", executor="local", lease=1.0)
+    wait_for("the run to park on co-new", lambda: status(fleet, pid) == "SUSPENDED_FOR_HITL", 20)
+    fleet.cli("approve", pid)
+    wait_for("the run to finish", lambda: status(fleet, pid) == "COMPLETED", 20)
+    done = run_json(fleet, pid)
+    assert done["result"] == "done"
+    assert [r["response"] for r in done["syscall_log"]] == ["noted one", "dropped old", "noted two"]
+    assert "taking over" in fleet.log("co-new")
