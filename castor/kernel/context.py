@@ -319,16 +319,19 @@ class RunContext:
                 self.unjournaled_failures[s] = self._ahead.pop(s)[0]
             raise
 
-    async def journal_failures_passed(self) -> None:
+    async def journal_failures_passed(self, *, completed: bool = False) -> None:
         """The run stops: a failed step that the run went past is journaled, with the records held behind it.
-        The run went past a step when a later one finished (calls at once) or when it suspends at a later
-        one (a call beside it waits for a human); a failure at the end of the journal is not (a resume runs
-        it again)."""
+        The run went past a step when a later one finished (calls at once), when it suspends at a later
+        one (a call beside it waits for a human), or when the agent returned (``completed``: it caught
+        every error its calls raised). A failure the run stopped at is not journaled: a resume runs it
+        again, which is how a failed run is retried."""
         if not self.unjournaled_failures:
             return
         past = max(self._ahead) + 1 if self._ahead else 0
         if self.suspended_at is not None:
             past = max(past, self.suspended_at)
+        if completed:  # else a fork or replay of the finished run would make its last, failed, call again
+            past = max(past, max(self.unjournaled_failures) + 1)
         if past:
             await self.went_past(past)
 

@@ -121,6 +121,34 @@ async def test_a_completed_run_that_went_past_a_failure_keeps_its_whole_journal(
     assert forked.status == "COMPLETED" and CHARGED == [1]  # the fork replayed both steps
 
 
+async def test_a_run_that_completes_after_catching_its_last_calls_error_journals_it(
+    store: Callable[[], Backend],
+) -> None:
+    """The agent catches the error of its last call and returns. No later call journaled the failure, and
+    a fork of the finished run (or its replay in another process) made the call again: a payment twice."""
+    async def pays_last() -> str:
+        await tool("charge", amount=1)
+        try:
+            await tool("flaky")
+        except ValueError:
+            return "paid, then the service said no"
+        return "paid twice"
+
+    first = kernel(store=store())
+    cp = await first.run(pays_last, pid="pays-last")
+    assert cp.status == "COMPLETED" and [r.tool_name for r in cp.syscall_log] == ["charge", "flaky"]
+    assert cp.syscall_log[1].failure is not None and cp.syscall_log[1].failure["error_type"] == "ValueError"
+    await first.close()
+    second = kernel(store=store())  # another process
+    try:
+        forked = await second.run(pays_last, checkpoint=(await second.aload("pays-last")).fork(at_step=2))
+        assert forked.result == "paid, then the service said no"
+        assert (await second.run(pays_last, pid="pays-last")).result == "paid, then the service said no"
+        assert CHARGED == [1] and len(FLAKY) == 1  # neither call made again
+    finally:
+        await second.close()
+
+
 async def test_a_failure_beside_a_call_that_finished_first_journals_both() -> None:
     """Two calls at once: the second finishes first and waits for the first, which then fails. The agent
     takes the failure (``return_exceptions``): both steps are journaled, nothing is run again on a fork."""
