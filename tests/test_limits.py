@@ -26,6 +26,7 @@ BAD_VALUES = {
     "[tools] default_timeout": ("-5", "a number above 0 and at most 2592000", "2592000"),
     "[tools] max_retries": ("-1", "an integer from 0 to 30", "0"),
     "[tools] retry_backoff": ("-1", "a number from 0 to 3600", "0"),
+    "[tools] max_result_bytes": ("100", "an integer from 1024 to 268435456", "1024"),
     "[workers] concurrency": ("0", "an integer from 1 to 1024", "1024"),
     "[workers] heartbeat": ("0", "a number above 0 and at most 3600", "3600"),
     "[workers] outage_deadline": ("-1", "a number above 0 and at most 2592000", "0.1"),

@@ -233,7 +233,8 @@ class WorkerRuntime:
             if is_model_task(job.tool_name):  # a stream's chunks go to the step's chunk stream (_models)
                 checked = self.models.bind(job, checked, proc.redis, self.settings.security.secret or None)
             result = self._call(proc, spec, checked, policy.timeout)
-            canonical(result)  # a result that cannot be journaled is a failure, not a silent loss
+            # a result that cannot be journaled is a failure, not a silent loss
+            size = len(canonical(result))  # ASCII: characters are bytes
             if is_model_task(job.tool_name):  # settled to the usage reported before it is journaled (_models)
                 proc.loop.run(self.models.settle(proc.backend, job, result))
         except (SoftTimeLimitExceeded, TimeoutError):
@@ -250,6 +251,15 @@ class WorkerRuntime:
                 return Outcome(ERROR, retry_in=delay, shown=shown)
             proc.loop.run(self._fail(proc, job, ERROR, type(exc).__name__, str(exc), policy))
             return Outcome(ERROR, detail=failure_text(type(exc).__name__, str(exc), checked, policy.sensitive))
+        if size > self.settings.tools.max_result_bytes:
+            # The tool ran: its step is over, as a failure that a replay raises again (never a second run),
+            # rather than megabytes in Redis twice over (the journal and the reply stream).
+            message = (f"tool {job.tool_name!r} returned {size:,} bytes of JSON, above [tools] max_result_bytes "
+                       f"({self.settings.tools.max_result_bytes:,}); its result is not kept "
+                       f"(run {job.run_id}, step {job.step})")
+            proc.loop.run(self._forget_start(proc, job))  # its outcome is known: not in doubt
+            proc.loop.run(self._fail(proc, job, ERROR, "ToolResultTooLarge", message, policy))
+            return Outcome(ERROR, detail=failure_text("ToolResultTooLarge", message, checked, policy.sensitive))
         job.finished_at = time.time()
         record = job.record(result)  # the record the kernel builds from the same call (castor.seams.ToolCall)
         reply = Reply(job.effect_id, job.attempt, OK, result, finished_at=job.finished_at)

@@ -4,7 +4,8 @@
     [broker]    url, queue_prefix, visibility_timeout   Redis (the default) or RabbitMQ (amqp://)
     [security]  secret, max_argument_bytes, insecure_dev   HMAC secret tasks are signed with; argument size
                                                 limit; a development fleet without a proper secret
-    [tools]     import, destructive, idempotent, retryable, timeouts, default_timeout, max_retries, retry_backoff
+    [tools]     import, destructive, idempotent, retryable, timeouts, default_timeout, max_retries, retry_backoff,
+                max_result_bytes                 a larger result is journaled as the step's failure
     [pools]     <pool> = [tool, ...]            every other tool runs on ``[workers] default_pool``
     [workers]   default_pool, concurrency, pool, heartbeat, outage_deadline, spool
     [budgets]   <resource> = limit

@@ -77,6 +77,8 @@ class ToolsSection(Section):
     default_timeout: Seconds = 300.0
     max_retries: Annotated[int, Field(strict=True, ge=0, le=30)] = 3
     retry_backoff: Annotated[float, Field(strict=True, ge=0, le=3600)] = 1.0  # seconds, doubled on every retry
+    # a tool result larger than this (canonical JSON) is journaled as the step's failure, not stored in Redis
+    max_result_bytes: Annotated[int, Field(strict=True, ge=1024, le=256 * 1024 * 1024)] = 8 * 1024 * 1024
 
 
 class WorkersSection(Section):

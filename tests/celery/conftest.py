@@ -28,7 +28,7 @@ TOOLS = Path(__file__).with_name("fleet_tools.py")
 ROOT = Path(__file__).resolve().parents[2]
 FS_TOOLS = ["write_note", "delete_file", "slow_copy", "slow_note", "slow_remove", "slow_write", "stuck",
             "sealed_login", "sealed_rotate"]
-WEB_TOOLS = ["search", "summarize", "explode", "flaky", "flaky_login", "leaky_login"]
+WEB_TOOLS = ["search", "summarize", "explode", "flaky", "flaky_login", "leaky_login", "bulky"]
 
 CONFIG = """
 [redis]
@@ -48,6 +48,7 @@ import = [{imports}]
 default_timeout = 20
 max_retries = 1
 retry_backoff = 0.1
+max_result_bytes = 65536
 timeouts = {{ noop = 0.5 }}
 
 [pools]

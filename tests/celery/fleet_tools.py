@@ -104,6 +104,13 @@ def noop() -> None:
     return None
 
 
+@castor_tool(retryable=True)
+def bulky(tag: str, size: int) -> str:
+    """Returns ``size`` characters (a result above the fleet's ``max_result_bytes`` when large)."""
+    _count(tag, "done")
+    return "x" * size
+
+
 def explode(message: str) -> str:
     """Raises: the coordinator sees a RemoteToolError that keeps the type name."""
     raise ValueError(message)

@@ -306,6 +306,36 @@ async def test_tool_exception_keeps_its_type_name(fleet: Fleet, kernel: Castor) 
     assert len(_received(fleet, "web", pid)) == 1  # not retryable: never sent again (a retry is a new message)
 
 
+async def test_a_result_above_max_result_bytes_is_the_steps_failure_and_runs_no_more(
+    fleet: Fleet, kernel: Castor
+) -> None:
+    """A tool that returns megabytes would put them in Redis twice (journal and reply stream). Above
+    ``[tools] max_result_bytes`` the step fails, once: the tool is retryable, yet not run again, and a
+    resume on another coordinator replays the failure."""
+    tag = f"bulky-{uuid.uuid4().hex[:6]}"
+    limit = fleet.settings.tools.max_result_bytes
+
+    async def agent() -> object:
+        small = await lib.tool("bulky", tag=f"{tag}-small", size=limit - 2)  # a JSON string: its quotes count
+        try:
+            await lib.tool("bulky", tag=tag, size=limit)
+        except RemoteToolError as error:
+            return [len(small), error.error_type, error.tool_message]
+        return "kept"
+
+    cp = await kernel.run(agent)
+    assert cp.status == "COMPLETED", cp.error
+    size, error_type, message = cp.result
+    assert size == limit - 2 and error_type == "ToolResultTooLarge"
+    assert f"returned {limit + 2:,} bytes of JSON, above [tools] max_result_bytes ({limit:,})" in message
+    received = [line for line in fleet.log("web").splitlines() if f"[{cp.pid}:1#" in line and " received" in line]
+    assert fleet.count(tag, "done") == 1 and len(received) == 1  # retryable, and not retried
+    assert [f.error_type for f in await kernel.backend.journal.failures(cp.pid)] == ["ToolResultTooLarge"]
+    assert all(len(str(r.response)) < limit for r in cp.syscall_log[1:])  # the result is nowhere journaled
+    replayed = await resumed_elsewhere(fleet, agent, cp.pid)  # finished: the stored run, as it ended
+    assert replayed.result == cp.result and fleet.count(tag, "done") == 1
+
+
 async def resumed_elsewhere(fleet: Fleet, agent: Any, pid: str) -> Any:
     """Run ``pid`` on another coordinator (its own kernel, the store shared) to its next stop."""
     other = Castor(**fleet_options(fleet.settings, budgets={}))
