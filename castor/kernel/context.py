@@ -161,6 +161,8 @@ class RunContext:
     _ahead: dict[int, tuple[SyscallRecord, bool]] = field(default_factory=dict)
     # Steps whose call raised, as failure records: journaled once the run goes past them (went_past).
     unjournaled_failures: dict[int, SyscallRecord] = field(default_factory=dict)
+    failure_errors: dict[int, BaseException] = field(default_factory=dict)  # what each of those raised
+    ended_by: BaseException | None = None  # the error the agent failed with (drive): did it stop at a step?
     usage: dict[str, float] = field(default_factory=dict)  # what the journal was charged so far
     spent: dict[str, float] = field(default_factory=dict)  # what calls that failed part way were charged
     ledger_open: bool = True  # the store holds a ledger for the run (closed when it stops)
@@ -288,6 +290,7 @@ class RunContext:
         if step < len(self.checkpoint.syscall_log) or step in self._ahead or isinstance(error, NOT_OUTCOMES):
             return
         self.unjournaled_failures[step] = failure_record(call.request, error, time.time())
+        self.failure_errors[step] = error
         if self.closed:
             try:
                 await self.journal_failures_passed()
@@ -303,6 +306,7 @@ class RunContext:
             return
         for s in failed:
             self._ahead[s] = (self.unjournaled_failures.pop(s), False)
+            self.failure_errors.pop(s, None)  # an error holds its traceback's frames
         log = self.checkpoint.syscall_log
         first = len(log)
         held = self._ahead.pop(first, None)
@@ -319,12 +323,13 @@ class RunContext:
                 self.unjournaled_failures[s] = self._ahead.pop(s)[0]
             raise
 
-    async def journal_failures_passed(self, *, completed: bool = False) -> None:
+    async def journal_failures_passed(self, *, completed: bool = False, ended_by: BaseException | None = None) -> None:
         """The run stops: a failed step that the run went past is journaled, with the records held behind it.
         The run went past a step when a later one finished (calls at once), when it suspends at a later
-        one (a call beside it waits for a human), or when the agent returned (``completed``: it caught
-        every error its calls raised). A failure the run stopped at is not journaled: a resume runs it
-        again, which is how a failed run is retried."""
+        one (a call beside it waits for a human), when the agent returned (``completed``: it caught every
+        error its calls raised), or when the agent failed (``ended_by``) with an error that is not the
+        step's and was not raised while handling it: it had caught the step's. A failure the run stopped at
+        is not journaled: a resume runs it again, which is how a failed run is retried."""
         if not self.unjournaled_failures:
             return
         past = max(self._ahead) + 1 if self._ahead else 0
@@ -332,6 +337,12 @@ class RunContext:
             past = max(past, self.suspended_at)
         if completed:  # else a fork or replay of the finished run would make its last, failed, call again
             past = max(past, max(self.unjournaled_failures) + 1)
+        elif ended_by is not None:
+            causes = _chain(ended_by)
+            stopped_at = [s for s in self.unjournaled_failures if any(self.failure_errors.get(s) is c for c in causes)]
+            gone_past = [s for s in self.unjournaled_failures if s not in stopped_at]
+            if gone_past:  # never as far as a step the run stopped at: that one a resume retries
+                past = max(past, min([max(gone_past) + 1, *stopped_at]))
         if past:
             await self.went_past(past)
 
@@ -439,3 +450,16 @@ def active_run() -> RunContext:
     if ctx.closed:
         raise RunEndedError(f"run {ctx.checkpoint.pid!r} has ended; tool() cannot be called after it")
     return ctx
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """``error`` and what it was raised from or while handling (``__cause__``, ``__context__``)."""
+    seen: list[BaseException] = []
+    todo = [error]
+    while todo:
+        current = todo.pop()
+        if any(current is known for known in seen):
+            continue
+        seen.append(current)
+        todo += [e for e in (current.__cause__, current.__context__) if e is not None]
+    return seen

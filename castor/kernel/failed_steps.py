@@ -7,8 +7,9 @@ journaled after a step with no record. The journal must not have a hole (records
 order, and a replay serves step N from position N), so the failed step is journaled too, as a *failure
 record*: the call's request, no response, and what it raised (``SyscallRecord.failure``). It is journaled
 when the run goes past it (``RunContext.went_past``): before the agent's next call goes out, when a later
-step that ran at the same time is journaled, when the run suspends at a later step; a failure the run
-stopped at is not.
+step that ran at the same time is journaled, when the run suspends at a later step, when the agent returns,
+and when it fails with an error that is not the step's and was not raised while handling it; a failure the
+run stopped at is not.
 
 A replay of a failure record raises the error again rather than calling the tool, so the agent takes the
 same path as the first time: the same exception class where it can be found again (a built-in one, or one

@@ -227,7 +227,7 @@ async def drive(ctx: RunContext, agent: Callable[..., Any], preempted: list[Any]
     except Exception as exc:
         cp.status = "FAILED"
         cp.error = f"{type(exc).__name__}: {exc}"
-        error = exc
+        error = ctx.ended_by = exc
     except BaseException as exc:  # KeyboardInterrupt, SystemExit: stop, resumable later
         cp.status = "PREEMPTED"
         cp.preemption_reason = type(exc).__name__
@@ -248,7 +248,7 @@ async def finish(ctx: RunContext) -> None:
     """The run stopped: keep the records held behind a step with none, persist the header, drop its ledger."""
     cp = ctx.checkpoint
     backend = ctx.services.backend
-    await ctx.journal_failures_passed(completed=cp.status == "COMPLETED")
+    await ctx.journal_failures_passed(completed=cp.status == "COMPLETED", ended_by=ctx.ended_by)
     # A resume serves the held records rather than making those calls again. A run that completed before
     # the journal reached them still made those calls: they stay with it, charged (a refund would leave
     # an effect that happened unaccounted for), and ``castor inspect`` lists them.

@@ -149,6 +149,40 @@ async def test_a_run_that_completes_after_catching_its_last_calls_error_journals
         await second.close()
 
 
+async def test_a_run_that_fails_for_its_own_reason_after_catching_a_calls_error_journals_that_failure() -> None:
+    """The agent caught the call's error, then failed for a reason of its own: the run went past the step,
+    and a resume (once the agent is fixed) must not pay again. An error raised from the step's, or while
+    handling it, is the run stopping at the step: a resume retries that one."""
+    async def pays_then_breaks() -> str:
+        await tool("charge", amount=1)
+        with contextlib.suppress(ValueError):
+            await tool("flaky")
+        raise RuntimeError("the agent's own bug")
+
+    async def fails_over_it() -> str:
+        try:
+            await tool("flaky")
+        except ValueError as error:
+            raise RuntimeError("gave up") from error
+        return "never"
+
+    k = kernel()
+    with pytest.raises(RuntimeError, match="own bug"):
+        await k.run(pays_then_breaks, pid="breaks")
+    cp = await k.aload("breaks")
+    assert cp.status == "FAILED" and [r.tool_name for r in cp.syscall_log] == ["charge", "flaky"]
+    with pytest.raises(RuntimeError, match="own bug"):
+        await k.run(pays_then_breaks, checkpoint=cp)
+    assert CHARGED == [1] and len(FLAKY) == 1  # the resume served both steps
+
+    FLAKY.clear()
+    with pytest.raises(RuntimeError, match="gave up"):
+        await k.run(fails_over_it, pid="gives-up")
+    assert (await k.aload("gives-up")).syscall_log == []  # stopped at the failure: not journaled
+    assert (await k.run(fails_over_it, checkpoint=await k.aload("gives-up"))).result == "never"
+    assert len(FLAKY) == 2  # retried, and it worked the second time
+
+
 async def test_a_failure_beside_a_call_that_finished_first_journals_both() -> None:
     """Two calls at once: the second finishes first and waits for the first, which then fails. The agent
     takes the failure (``return_exceptions``): both steps are journaled, nothing is run again on a fork."""
