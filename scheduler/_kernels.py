@@ -19,6 +19,8 @@ from castor.kernel import Castor
 from castor.kernel.context import Handler, Syscall
 from castor.seams import Backend
 
+from ._allowed import AllowedCode
+
 ExecutorFactory = Callable[[Any], Any]
 
 
@@ -69,9 +71,13 @@ class DrainGate:
 class Kernels:
     """Kernels by tool set and agents by import spec, built on first use."""
 
-    def __init__(self, backend: Backend, executor: ExecutorFactory | None, gate: DrainGate, *, mmu: Any = None) -> None:
+    def __init__(
+        self, backend: Backend, executor: ExecutorFactory | None, gate: DrainGate, *, mmu: Any = None,
+        allowed: AllowedCode | None = None,
+    ) -> None:
         self.backend = backend
         self.mmu = mmu  # one context-window MMU (castor.mmu) for every kernel, or None
+        self.allowed = allowed  # checked before any import of a run's code (None: anything it names)
         self.executor = executor
         self.gate = gate
         self.interceptors: list[Any] = []  # declared before the drain gate (castor.metrics adds its own)
@@ -83,6 +89,8 @@ class Kernels:
         key = (tuple(spec.tools), tuple(sorted(spec.destructive)))
         kernel = self._kernels.get(key)
         if kernel is None:
+            if self.allowed is not None:
+                self.allowed.check(spec)
             kernel = Castor(
                 tools=load_tools(spec.tools), destructive=spec.destructive, store=self.backend,
                 executor=self.executor, interceptors=[*self.interceptors, self.gate.stage], mmu=self.mmu,
@@ -94,6 +102,8 @@ class Kernels:
         """The agent function the spec names."""
         agent = self._agents.get(spec.agent)
         if agent is None:
+            if self.allowed is not None:
+                self.allowed.check_agent(spec.agent)
             agent = load_agent(spec.agent)
             self._agents[spec.agent] = agent
         return agent

@@ -43,6 +43,7 @@ class CoordinatorConfig:
     lease: float = 15.0
     grace: float = 30.0
     allow_code_change: bool = False
+    allowed: Any = None  # AllowedCode: the agents and tools it may import (None: whatever a run names)
     max_takeovers: int = 3  # a run taken over more times in a row is quarantined (stored FAILED)
     store_options: dict[str, Any] = field(default_factory=dict)  # the Redis backend's (approval_ttl, ...)
     context_budget: int = 0  # tokens of a run's conversation (castor.mmu, pages in Redis); 0: no MMU
@@ -81,7 +82,9 @@ class Coordinator:
         self.fences = Fences(self.ops.redis, config.prefix, config.name)
         self.gate = DrainGate()
         self.backend = backend
-        self.kernels = Kernels(fenced(backend, self.fences), executor, self.gate, mmu=fleet_mmu(config))
+        self.kernels = Kernels(
+            fenced(backend, self.fences), executor, self.gate, mmu=fleet_mmu(config), allowed=config.allowed
+        )
         self.driver = RunDriver(self)
         self.slots = asyncio.Semaphore(config.concurrency)
         self.tasks: dict[str, asyncio.Task[None]] = {}

@@ -97,12 +97,29 @@ async def coordinator(args: argparse.Namespace) -> int:
     config = CoordinatorConfig(
         url=url, prefix=prefix, name=args.name or "", concurrency=args.concurrency, lease=args.lease,
         grace=args.grace, allow_code_change=args.allow_code_change, max_takeovers=max_takeovers,
-        store_options=options, context_budget=int(args.context_budget),
+        store_options=options, context_budget=int(args.context_budget), allowed=allowed_code(settings),
     )
     secret = settings.security.secret if settings else None
     await serve(config, executor=executor_factory(kind, settings), secret=secret,
                 setup=_observe.coordinator_setup(args, settings if kind == "celery" else None))
     return 0
+
+
+def allowed_code(settings: Any) -> Any:
+    """The agents and tools a coordinator of ``settings`` imports (None: any a run names, with a warning
+    when a config is given: it could list them)."""
+    from castor.fleet.scheduler._allowed import AllowedCode
+
+    if settings is None:
+        return None
+    allowed = AllowedCode.of(settings)
+    if allowed is None:
+        logging.getLogger("castor.coordinator").warning(
+            "%s lists no [coordinator] agents: this coordinator imports whatever agent and tools a run names "
+            "(any process that can write the fleet's Redis can name one); list the agents it runs there",
+            settings.source,
+        )
+    return allowed
 
 
 async def submit(args: argparse.Namespace) -> int:
@@ -116,6 +133,13 @@ async def submit(args: argparse.Namespace) -> int:
         agent_spec(args.agent), tools, destructive=args.destructive or [], budgets=parse_budgets(args.budget),
         speculative=args.speculative, scopes=args.scopes or [], pid=args.pid,
     )
+    from castor.fleet.scheduler._allowed import AllowedCode
+    from castor.settings import load_settings
+
+    config = getattr(args, "config", None)  # given: the coordinators' config (one found may be another's)
+    allowed = AllowedCode.of(load_settings(config)) if config else None
+    if allowed is not None and cp.spec is not None:
+        allowed.check(cp.spec)  # the coordinators of this config would set the run aside
     async with fleet(args) as (backend, client):
         if args.pid and await backend.runs.load(args.pid) is not None:
             raise ConfigError(f"a run with pid {args.pid!r} exists already")

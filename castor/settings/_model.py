@@ -101,9 +101,12 @@ class FlowerSection(Section):
 
 
 class CoordinatorSection(Section):
-    """``[coordinator]``: a run taken over more than ``max_takeovers`` times in a row is quarantined."""
+    """``[coordinator]``: a run taken over more than ``max_takeovers`` times in a row is quarantined; with
+    ``agents`` (import specs; a file or module alone allows each of its functions), coordinators import
+    only those agents and the tools of ``[tools] import`` (``castor.fleet.scheduler._allowed``)."""
 
     max_takeovers: Annotated[int, Field(strict=True, ge=0, le=1000)] = 3
+    agents: tuple[str, ...] = ()
 
 
 class PriceSection(Section):

@@ -3,6 +3,7 @@ submit, ps, coordinators, approve, cancel, fork, and the refusal to resume a run
 
 from __future__ import annotations
 
+import re
 import textwrap
 import time
 from pathlib import Path
@@ -153,3 +154,34 @@ def test_a_run_whose_code_a_coordinator_cannot_import_waits_for_one_that_can(fle
     assert done["result"] == "done"
     assert [r["response"] for r in done["syscall_log"]] == ["noted one", "dropped old", "noted two"]
     assert "taking over" in fleet.log("co-new")
+
+
+def test_a_coordinator_with_an_agent_list_imports_nothing_else(fleet: Fleet, tmp_path: Path) -> None:
+    """Whoever can write a run to the fleet's Redis names the code coordinators import. With
+    ``[coordinator] agents`` a coordinator imports only those agents and ``[tools] import``'s tools: a run
+    naming other code is set aside before any import, and the listed agent runs as ever."""
+    path = write_agent(tmp_path)
+    evil = tmp_path / "evil.py"
+    marker = tmp_path / "imported"
+    evil.write_text(f"open({str(marker)!r}, 'w').write('ran at import')\n\nasync def main():\n    return 'owned'\n")
+    config = tmp_path / "locked.toml"
+    tools = ", ".join(f'"{path}:{name}"' for name in ("note", "nap", "drop"))
+    text = re.sub(r"(?m)^import = \[", f"import = [{tools}, ", fleet.config.read_text())
+    config.write_text(f'{text}\n[coordinator]\nagents = ["{path}:work"]\n')
+
+    refused = fleet.cli("submit", f"{evil}:main", "--config", str(config), check=False)
+    assert refused.returncode != 0 and "is not among [coordinator] agents of" in refused.stderr
+    forged = fleet.cli("submit", f"{evil}:main").stdout.strip()  # no config: as a Redis writer could
+    allowed = submit(fleet, path, "work")
+    marker.unlink(missing_ok=True)  # whatever the submitting CLI did: the coordinator must not import it
+    fleet.start("co-locked", "coordinator", "--name", "co-locked", "--lease", "1.0", "--executor", "local",
+                "--config", str(config), "--grace", "5", ready="coordinating")
+    wait_for("the forged run to be set aside", lambda: status(fleet, forged) == "PREEMPTED", 20)
+    run = run_json(fleet, forged)
+    assert run["preemption_reason"] == "code unavailable" and "not among [coordinator] agents" in run["error"]
+    assert not marker.exists()  # never imported
+
+    wait_for("the listed agent to park", lambda: status(fleet, allowed) == "SUSPENDED_FOR_HITL", 20)
+    fleet.cli("approve", allowed)
+    wait_for("the listed agent to finish", lambda: status(fleet, allowed) == "COMPLETED", 20)
+    assert "lists no [coordinator] agents" not in fleet.log("co-locked")
