@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from castor._imports import ImportSpec, parse_spec
 from castor.checkpoint import RunSpec
 from castor.errors import ConfigError
+from castor.fleet.loading import ImportSpec, parse_spec
 from castor.settings import Settings
 
 

@@ -283,20 +283,3 @@ def test_the_readme_writes_every_secret_compose_demands() -> None:
     assert set(values) == demanded and all(len(v) >= 32 for v in values.values())
     assert line.group(1) in COMPOSE_TEXT  # the compose file's header gives the same command
 
-
-def test_the_compose_coordinators_import_only_listed_code_and_the_headers_run_is_listed(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from castor.fleet.scheduler._allowed import AllowedCode
-
-    from castor.checkpoint import RunSpec
-
-    monkeypatch.chdir(ROOT)  # the image's working directory holds config/ and examples/ as the repository does
-    allowed = AllowedCode.of(load_settings(ROOT / "config/castor.toml", env={}))
-    assert allowed is not None  # no "imports whatever a run names" warning in the shipped fleet
-    submit = re.search(r"coordinator-1 submit (\S+) \\\n#\s+(.*) \\\n#\s+(.*) --budget", COMPOSE_TEXT)
-    assert submit is not None, "the header's submit example moved"
-    tools = re.findall(r"--tool (\S+)", submit.group(2) + " " + submit.group(3))
-    absolute = [str(ROOT / spec.split(":")[0]) + ":" + spec.split(":")[1] for spec in tools]
-    agent = str(ROOT / submit.group(1).split(":")[0]) + ":" + submit.group(1).split(":")[1]
-    allowed.check(RunSpec(agent=agent, tools=absolute))
