@@ -53,3 +53,11 @@ def test_listed_agents_and_tools_pass_and_nothing_else(tmp_path: Path, monkeypat
 def test_a_malformed_entry_is_one_clear_error() -> None:
     with pytest.raises(ConfigError, match=re.escape("bad import spec 'agents.py:1x'")):
         AllowedCode.of(settings(["agents.py:1x"], []))
+
+
+def test_castor_agents_in_the_environment_lists_them_separated_by_spaces() -> None:
+    from castor.settings import load_settings
+
+    listed = load_settings(None, env={"CASTOR_AGENTS": " examples/fleet_agent.py  myapp.flows:run,stop "})
+    assert listed.coordinator.agents == ("examples/fleet_agent.py", "myapp.flows:run,stop")
+    assert load_settings(None, env={"CASTOR_AGENTS": "  "}).coordinator.agents == ()

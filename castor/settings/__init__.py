@@ -22,9 +22,10 @@ and each range declared once, on its field (``castor.settings._model``). Unknown
 unknown pool, a tool in two pools and a broker URL of a scheme no fleet runs on are ``ConfigError``s at
 start-up; a number out of its range or of the wrong type is an ``InvalidValueError`` naming the key, the
 file and the range. A process that signs or verifies tasks calls ``require_secret`` (``castor._secret``)
-before it starts. ``CASTOR_REDIS_URL``, ``CASTOR_BROKER_URL``, ``CASTOR_SECRET`` and ``CASTOR_INSECURE_DEV``
-override the file. A command given no ``--config`` finds one with ``find_config``: ``CASTOR_CONFIG``, else
-``./castor.toml``, else ``./config/castor.toml``.
+before it starts. ``CASTOR_REDIS_URL``, ``CASTOR_BROKER_URL``, ``CASTOR_SECRET``, ``CASTOR_INSECURE_DEV`` and
+``CASTOR_AGENTS`` (``[coordinator] agents``, import specs separated by spaces) override the file. A
+command given no ``--config`` finds one with ``find_config``: ``CASTOR_CONFIG``, else ``./castor.toml``,
+else ``./config/castor.toml``.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ CONFIG_HELP = (
     f"castor.toml: pools, tools, broker, secret (default: ${CONFIG_ENV}, else ./{CONFIG_FILES[0]}, "
     f"else ./{CONFIG_FILES[1]}, the first that is set or exists; none: the built-in defaults)"
 )
+AGENTS_ENV = "CASTOR_AGENTS"  # [coordinator] agents: the agents a coordinator imports
 # Environment variable -> (section, key) it overrides.
 OVERRIDES = {
     "CASTOR_REDIS_URL": ("redis", "url"),
@@ -159,6 +161,8 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, 
             values[section] = {**values.get(section, {}), key: env[var]}
     if env.get(INSECURE_ENV):
         values["security"] = {**values.get("security", {}), "insecure_dev": _flag(env[INSECURE_ENV], INSECURE_ENV)}
+    if env.get(AGENTS_ENV, "").strip():  # spaces between specs: a spec's own comma separates its functions
+        values["coordinator"] = {**values.get("coordinator", {}), "agents": tuple(env[AGENTS_ENV].split())}
     settings = Settings(**values)
     if path is not None:
         _check_tool_names(settings)

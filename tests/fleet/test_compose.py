@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from castor.cli import build_parser
+from castor.errors import ConfigError
 from castor.settings import broker_visibility, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -283,3 +284,24 @@ def test_the_readme_writes_every_secret_compose_demands() -> None:
     assert set(values) == demanded and all(len(v) >= 32 for v in values.values())
     assert line.group(1) in COMPOSE_TEXT  # the compose file's header gives the same command
 
+
+
+def test_the_compose_coordinators_import_only_listed_code_and_the_headers_run_is_listed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from castor.fleet.scheduler._allowed import AllowedCode
+
+    from castor.checkpoint import RunSpec
+
+    monkeypatch.chdir(ROOT)  # the image's working directory holds config/ and examples/ as the repository does
+    for name in ("coordinator-1", "coordinator-2"):
+        env = {k: compose_value(str(v), {}) for k, v in SERVICES[name]["environment"].items() if k == "CASTOR_AGENTS"}
+        assert env, f"{name} names no CASTOR_AGENTS: it would import whatever a run names"
+        allowed = AllowedCode.of(load_settings(ROOT / parse(SERVICES[name]["command"]).config, env=env))
+        assert allowed is not None
+        submit = re.search(r"coordinator-1 submit (\S+) \\\n#\s+(.*) \\\n#\s+(.*) --budget", COMPOSE_TEXT)
+        assert submit is not None, "the header's submit example moved"
+        tools = re.findall(r"--tool (\S+)", submit.group(2) + " " + submit.group(3))
+        allowed.check(RunSpec(agent=str(ROOT / submit.group(1)), tools=[str(ROOT / spec) for spec in tools]))
+        with pytest.raises(ConfigError, match="is not among"):
+            allowed.check(RunSpec(agent="os:system"))
