@@ -257,7 +257,8 @@ class WorkerRuntime:
             message = (f"tool {job.tool_name!r} returned {size:,} bytes of JSON, above [tools] max_result_bytes "
                        f"({self.settings.tools.max_result_bytes:,}); its result is not kept "
                        f"(run {job.run_id}, step {job.step})")
-            proc.loop.run(self._forget_start(proc, job))  # its outcome is known: not in doubt
+            # The start stays marked: a worker lost before the failure is journaled leaves the step in doubt
+            # for a redelivery, never a fresh start of a call that finished.
             proc.loop.run(self._fail(proc, job, ERROR, "ToolResultTooLarge", message, policy))
             return Outcome(ERROR, detail=failure_text("ToolResultTooLarge", message, checked, policy.sensitive))
         job.finished_at = time.time()

@@ -331,6 +331,8 @@ async def test_a_result_above_max_result_bytes_is_the_steps_failure_and_runs_no_
     received = [line for line in fleet.log("web").splitlines() if f"[{cp.pid}:1#" in line and " received" in line]
     assert fleet.count(tag, "done") == 1 and len(received) == 1  # retryable, and not retried
     assert [f.error_type for f in await kernel.backend.journal.failures(cp.pid)] == ["ToolResultTooLarge"]
+    # the call finished: a copy of the task redelivered after a lost worker finds it started (in doubt), not new
+    assert fleet.redis.exists(keys.started_marker(fleet.prefix, cp.pid, 1))
     assert all(len(str(r.response)) < limit for r in cp.syscall_log[1:])  # the result is nowhere journaled
     replayed = await resumed_elsewhere(fleet, agent, cp.pid)  # finished: the stored run, as it ended
     assert replayed.result == cp.result and fleet.count(tag, "done") == 1
