@@ -176,14 +176,7 @@ class RunDriver:
             "replaying its journal with other code could diverge. Start a coordinator with "
             "--allow-code-change to resume it anyway"
         )
-        log.error("%s: %s", self.co.name, message)
-        cp.status = "PREEMPTED"
-        cp.preemption_reason = CODE_CHANGED
-        cp.preemption_payload = {"files": changed}
-        cp.error = message
-        cp.updated_at = time.time()
-        await driver.save_run(self.store, cp)
-        await self.co.ops.refuse(cp.pid, token, message)
+        await self._put_aside(cp, token, CODE_CHANGED, {"files": changed}, message)
 
     async def _set_aside(self, header: AgentCheckpoint, token: str, error: ConfigError) -> None:
         self.tried.add(header.pid)
@@ -191,15 +184,23 @@ class RunDriver:
             f"coordinator {self.co.name} cannot import the code of run {header.pid!r}: {error}; the run waits "
             "for a coordinator that can (start one with the code: it takes the run over)"
         )
+        header.syscall_log = await self.backend.journal.history(header.pid)  # a header comes without it
+        await self._put_aside(header, token, CODE_UNAVAILABLE, {"coordinator": self.co.name, "error": str(error)},
+                              message)
+
+    async def _put_aside(
+        self, cp: AgentCheckpoint, token: str, reason: str, payload: dict[str, Any], message: str
+    ) -> None:
+        """Store the run PREEMPTED for ``reason`` and set it aside (``FleetOps.refuse``) until a coordinator
+        that may drive it takes it (``may_adopt``)."""
         log.error("%s: %s", self.co.name, message)
-        header.syscall_log = await self.backend.journal.history(header.pid)
-        header.status = "PREEMPTED"
-        header.preemption_reason = CODE_UNAVAILABLE
-        header.preemption_payload = {"coordinator": self.co.name, "error": str(error)}
-        header.error = message
-        header.updated_at = time.time()
-        await driver.save_run(self.store, header)
-        await self.co.ops.refuse(header.pid, token, message)
+        cp.status = "PREEMPTED"
+        cp.preemption_reason = reason
+        cp.preemption_payload = payload
+        cp.error = message
+        cp.updated_at = time.time()
+        await driver.save_run(self.store, cp)
+        await self.co.ops.refuse(cp.pid, token, message)
 
     async def may_adopt(self, pid: str) -> bool:
         """Whether this coordinator takes a run another one set aside: one refused for a code change, with

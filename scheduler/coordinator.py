@@ -24,6 +24,7 @@ from castor.errors import BackendUnavailable, CastorError, StaleLeaseError
 from castor.fleet.background import stop_tasks
 from castor.seams import Backend
 
+from ._allowed import AllowedCode
 from ._fence import Fences, fenced
 from ._kernels import DrainGate, ExecutorFactory, Kernels
 from ._ops import FleetOps
@@ -43,7 +44,7 @@ class CoordinatorConfig:
     lease: float = 15.0
     grace: float = 30.0
     allow_code_change: bool = False
-    allowed: Any = None  # AllowedCode: the agents and tools it may import (None: whatever a run names)
+    allowed: AllowedCode | None = None  # the agents and tools it may import (None: whatever a run names)
     max_takeovers: int = 3  # a run taken over more times in a row is quarantined (stored FAILED)
     store_options: dict[str, Any] = field(default_factory=dict)  # the Redis backend's (approval_ttl, ...)
     context_budget: int = 0  # tokens of a run's conversation (castor.mmu, pages in Redis); 0: no MMU

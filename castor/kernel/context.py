@@ -162,7 +162,6 @@ class RunContext:
     # Steps whose call raised, as failure records: journaled once the run goes past them (went_past).
     unjournaled_failures: dict[int, SyscallRecord] = field(default_factory=dict)
     failure_errors: dict[int, BaseException] = field(default_factory=dict)  # what each of those raised
-    ended_by: BaseException | None = None  # the error the agent failed with (drive): did it stop at a step?
     usage: dict[str, float] = field(default_factory=dict)  # what the journal was charged so far
     spent: dict[str, float] = field(default_factory=dict)  # what calls that failed part way were charged
     ledger_open: bool = True  # the store holds a ledger for the run (closed when it stops)

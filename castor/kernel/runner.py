@@ -208,6 +208,7 @@ async def drive(ctx: RunContext, agent: Callable[..., Any], preempted: list[Any]
         return cp
     token = current_run.set(ctx)
     error: BaseException | None = None
+    failed_by: Exception | None = None  # the agent's own error (not a run-ending one carried through it)
     try:
         result = agent(SyscallProxy(ctx)) if takes_proxy(agent) else agent()
         if inspect.isawaitable(result):
@@ -227,7 +228,7 @@ async def drive(ctx: RunContext, agent: Callable[..., Any], preempted: list[Any]
     except Exception as exc:
         cp.status = "FAILED"
         cp.error = f"{type(exc).__name__}: {exc}"
-        error = ctx.ended_by = exc
+        error = failed_by = exc
     except BaseException as exc:  # KeyboardInterrupt, SystemExit: stop, resumable later
         cp.status = "PREEMPTED"
         cp.preemption_reason = type(exc).__name__
@@ -238,17 +239,18 @@ async def drive(ctx: RunContext, agent: Callable[..., Any], preempted: list[Any]
     finally:
         ctx.closed = True
         current_run.reset(token)
-    await finish(ctx)
+    await finish(ctx, failed_by)
     if error is not None:
         raise error
     return cp
 
 
-async def finish(ctx: RunContext) -> None:
-    """The run stopped: keep the records held behind a step with none, persist the header, drop its ledger."""
+async def finish(ctx: RunContext, failed_by: Exception | None = None) -> None:
+    """The run stopped (``failed_by``: the error the agent failed with): journal the failed steps it went
+    past, keep the records held behind a step with none, persist the header, drop its ledger."""
     cp = ctx.checkpoint
     backend = ctx.services.backend
-    await ctx.journal_failures_passed(completed=cp.status == "COMPLETED", ended_by=ctx.ended_by)
+    await ctx.journal_failures_passed(completed=cp.status == "COMPLETED", ended_by=failed_by)
     # A resume serves the held records rather than making those calls again. A run that completed before
     # the journal reached them still made those calls: they stay with it, charged (a refund would leave
     # an effect that happened unaccounted for), and ``castor inspect`` lists them.

@@ -145,15 +145,16 @@ def test_a_run_whose_code_a_coordinator_cannot_import_waits_for_one_that_can(fle
     log = fleet.log("co-old")
     assert log.count("cannot import the code of run") == 1 and "Traceback" not in log and "quarantine" not in log
 
-    away.rename(path)  # the new release has the file
-    fleet.coordinator("co-new", executor="local", lease=1.0)
-    wait_for("the run to park on co-new", lambda: status(fleet, pid) == "SUSPENDED_FOR_HITL", 20)
+    away.rename(path)  # the new release has the file, on two coordinators started at once: one takes the run
+    for name in ("co-new", "co-new-2"):
+        fleet.start(name, "coordinator", "--name", name, "--lease", "1.0", "--executor", "local", "--grace", "5")
+    wait_for("the run to park on a new coordinator", lambda: status(fleet, pid) == "SUSPENDED_FOR_HITL", 20)
     fleet.cli("approve", pid)
     wait_for("the run to finish", lambda: status(fleet, pid) == "COMPLETED", 20)
     done = run_json(fleet, pid)
     assert done["result"] == "done"
     assert [r["response"] for r in done["syscall_log"]] == ["noted one", "dropped old", "noted two"]
-    assert "taking over" in fleet.log("co-new")
+    assert (fleet.log("co-new") + fleet.log("co-new-2")).count("taking over") == 1
 
 
 def test_a_coordinator_with_an_agent_list_imports_nothing_else(fleet: Fleet, tmp_path: Path) -> None:
