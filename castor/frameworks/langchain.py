@@ -56,6 +56,7 @@ from castor.frameworks._common import (
 )
 from castor.frameworks._langchain_graph import replace_node_models, swapped
 from castor.frameworks._langchain_request import canonical_request, chat_result, remember, response_json
+from castor.frameworks._langchain_resume import resumable, starting_late
 from castor.frameworks._langchain_stream import stream_message
 
 FRAMEWORK = "LangChain"
@@ -306,7 +307,7 @@ def guard_graph(graph: Any, model: BaseChatModel | None = None) -> Any:
             "found no chat model in the graph's nodes (a model chosen at run time?): build the agent with "
             "guard(model) and guard(tools) instead"
         )
-    return graph
+    return starting_late(graph) if resumable(graph) else graph
 
 
 def guard(x: Any, *, model: BaseChatModel | None = None) -> Any:

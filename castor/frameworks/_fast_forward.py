@@ -1,0 +1,107 @@
+"""Where a replayed framework loop may start: the last journaled model step of one tool-calling loop.
+
+A resumed or forked run replays its agent from the journal. For a framework agent that means running the
+framework's own loop over every journaled step, each model answer and tool result served from the journal:
+correct, and as costly in CPU as the live loop was (the framework's loop is most of a step). A tool-calling
+loop whose state is its conversation (LangGraph's ReAct agents) can instead start at its last journaled
+model step with the conversation that step was asked with: the steps before it are the journal's already.
+
+``landing`` walks the journal from the run's next step and finds that model step. It follows one loop: a
+model step, exactly the tool steps its answer asked for (by name, in any order), then the next model step
+of the same model, asked with the same tools and settings and with the previous request's messages as the
+start of its own. It stops at an answer that asks for no tool (the loop ends there), where the journal
+ends, or at anything else (another agent's call, a failed model call, a conversation that does not go on).
+The framework guard rebuilds the conversation from the steps it returns and checks it against the
+landing step's request before it starts there; the landing step's request is compared again when the
+framework asks it, as every replayed step's is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from castor.checkpoint import SyscallRecord
+from castor.kernel.context import RunContext
+from castor.kernel.model import is_model_step
+
+
+@dataclass(frozen=True, slots=True)
+class Landing:
+    """A loop's journaled model steps, from the run's next step to the one a replay may start at."""
+
+    start: int  # the run's next step: where the loop's first model step is journaled
+    steps: list[int]  # the loop's model steps, in order; the last is the landing step
+    records: list[SyscallRecord]  # their records
+
+    @property
+    def step(self) -> int:
+        """The step the replayed loop starts at: its last journaled model step."""
+        return self.steps[-1]
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Each model step's request, in order."""
+        return [request_of(record) for record in self.records]
+
+
+def request_of(record: SyscallRecord) -> dict[str, Any]:
+    """A model step's request (its canonical JSON, as journaled)."""
+    request = record.arguments.get("request")
+    return request if isinstance(request, dict) else {}
+
+
+def _model_step(record: SyscallRecord, model: str | None) -> bool:
+    """A model step answered (not failed) by ``model`` (any model, if None), its request a conversation."""
+    name = record.tool_name
+    if not is_model_step(name) or (model is not None and name != model):
+        return False
+    return record.failure is None and isinstance(record.response, dict) and isinstance(
+        request_of(record).get("messages"), list
+    )
+
+
+def _goes_on(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """Whether ``after`` asks the same way as ``before`` (tools, settings) with its conversation continued."""
+    old, new = before["messages"], after["messages"]
+    if len(new) <= len(old) or new[: len(old)] != old:
+        return False
+    return {k: v for k, v in before.items() if k != "messages"} == {k: v for k, v in after.items() if k != "messages"}
+
+
+def _asked_tools(response: dict[str, Any]) -> list[str] | None:
+    """The names of the tools an answer asked for, sorted (None: the answer's calls are not readable)."""
+    calls = response.get("tool_calls")
+    if not isinstance(calls, list):
+        return None
+    names = [c["name"] for c in calls if isinstance(c, dict) and isinstance(c.get("name"), str)]
+    return sorted(names) if len(names) == len(calls) else None
+
+
+def landing(ctx: RunContext) -> Landing | None:
+    """The journaled loop from the run's next step, when it has model steps past the first; else None (a
+    live step, a held step, a call that is not a model step's: the loop runs from where it is)."""
+    if ctx.unjournaled_failures or ctx.held_steps or ctx.suspended_at is not None:
+        return None
+    log = ctx.checkpoint.syscall_log
+    start = ctx.next_step
+    if start >= len(log) or not _model_step(log[start], None):
+        return None
+    steps, records = [start], [log[start]]
+    model = log[start].tool_name
+    at = start
+    while True:
+        record = log[at]
+        asked = _asked_tools(record.response)
+        if not asked:  # the model answered: the loop ends at this step
+            break
+        tools_end = at + 1 + len(asked)
+        if tools_end >= len(log):
+            break
+        ran = sorted(log[s].tool_name for s in range(at + 1, tools_end))
+        after = log[tools_end]
+        if ran != asked or not _model_step(after, model) or not _goes_on(request_of(record), request_of(after)):
+            break
+        steps.append(tools_end)
+        records.append(after)
+        at = tools_end
+    return Landing(start, steps, records) if len(steps) > 1 else None
