@@ -10,7 +10,9 @@
 whose every tool call goes through ``castor.lib.tool`` (validated, charged, gated, executed by the run's
 executor, journaled) and whose every model call goes through ``castor.lib.model_call`` (one journaled
 step, charged in tokens). A resumed or forked run replays the framework's loop from the journal: the
-model is not called for the steps before the suspension or the fork point.
+model is not called for the steps before the suspension or the fork point. A LangGraph ReAct agent does
+not even run its loop over those steps: ``ainvoke`` starts the graph at its last journaled model step
+(``castor.frameworks._langchain_resume``).
 
 Where the model is called: a framework's own model object is called in the process that runs the agent (in
 the fleet, the coordinator's, which then needs its key). Each module also has a model of the framework's
