@@ -69,6 +69,7 @@ from castor.frameworks._common import (
 )
 from castor.frameworks._conversations import Conversations
 from castor.frameworks._pydantic_ai_json import compact, request_parts
+from castor.frameworks._pydantic_ai_replay import next_step_journaled, record_durable_unit, replay_scope
 from castor.frameworks._pydantic_ai_stream import GuardedStreamedResponse, event_text
 
 FRAMEWORK = "pydantic-ai"
@@ -186,8 +187,12 @@ class GuardedModel(WrapperModel):
         request = canonical_request(messages, model_settings, model_request_parameters)
         journaled = await model_step(request, self.wrapped.model_name or "model", invoke, canonical=True)
         # This very call's answer as the model gave it; else (replayed, or journaled first by another
-        # process driving the run) the response rebuilt from the journal.
-        return live[-1][1] if live and live[-1][0] is journaled else model_response(journaled)
+        # process driving the run, which reported it) the response rebuilt from the journal.
+        if live and live[-1][0] is journaled:
+            record_durable_unit(executed=True)
+            return live[-1][1]
+        record_durable_unit(executed=False)
+        return model_response(journaled)
 
     @asynccontextmanager
     async def request_stream(
@@ -235,7 +240,7 @@ class GuardedToolset(WrapperToolset[Any]):
 
     async def call_tool(self, name: str, tool_args: dict[str, Any], ctx: Any, tool: Any) -> Any:
         """Ask Castor for ``name``; its executor runs the function ``tools_of`` listed."""
-        return await call_tool(name, tool_args)
+        return await _reported_call(name, tool_args)
 
 
 def _function_toolsets(toolset: AbstractToolset[Any]) -> list[FunctionToolset[Any]]:
@@ -271,6 +276,15 @@ def tool_entries(toolset: AbstractToolset[Any]) -> list[ToolEntry]:
     return entries
 
 
+async def _reported_call(name: str, arguments: dict[str, Any]) -> Any:
+    """``call_tool``, told to pydantic-ai's telemetry as run or replayed (``_pydantic_ai_replay``)."""
+    replayed = next_step_journaled()
+    try:
+        return await call_tool(name, arguments)
+    finally:
+        record_durable_unit(executed=not replayed)
+
+
 def _calling(function: Any) -> Any:
     async def run(arguments: dict[str, Any]) -> Any:
         result = function(**arguments)
@@ -284,7 +298,7 @@ def _guarded_tool(t: Tool[Any]) -> Tool[Any]:
     name = t.name
 
     async def ask_castor(**arguments: Any) -> Any:
-        return await call_tool(name, arguments)
+        return await _reported_call(name, arguments)
 
     guarded = copy.copy(t)
     guarded.function = ask_castor
@@ -343,7 +357,7 @@ class GuardedAgent(WrapperAgent[Any, Any]):
         """The wrapped agent's ``iter`` with the guarded model and toolsets; a suspension passes as itself."""
         if kwargs.get("model") is not None or kwargs.get("toolsets"):
             raise UnsupportedError("a guarded agent runs its own model and tools: pass model=/toolsets= to guard()")
-        with self.wrapped.override(**self._overrides):
+        with self.wrapped.override(**self._overrides), replay_scope():
             async with suspensions_pass(), self.wrapped.iter(*args, **kwargs) as run:
                 yield run
 
