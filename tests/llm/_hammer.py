@@ -4,7 +4,9 @@
 --seconds S`` runs ``--concurrency`` callers for ``S`` seconds, each: acquire its estimate (prompt
 estimate + ``max_tokens``) under the shared ``RedisRateLimiter``, send the request, settle to the reported
 usage. A 429 pauses the key (``limited``) and the caller goes on. It prints one JSON line: calls made,
-429s, seconds waited in total, the longest wait.
+429s, seconds waited in total, the longest wait. With ``--ready``, it prints ``ready`` once its imports
+and its limiter are done and starts its clock at the next line on its standard input: processes started
+together then hammer together, however long each took to start on a loaded machine.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import asyncio
 import json
 import random
+import sys
 import time
 from typing import Any
 
@@ -51,6 +54,9 @@ async def hammer(args: argparse.Namespace) -> dict[str, Any]:
     limits = {f"{KEY.provider}/{KEY.model}": {"rpm": args.rpm, "tpm": args.tpm}}
     limiter = RedisRateLimiter(args.redis, args.prefix, limits, window=args.window, skew=args.skew)
     out = {"calls": 0, "refused": 0, "waited": 0.0, "longest_wait": 0.0}
+    if args.ready:
+        print("ready", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)
     end = time.monotonic() + args.seconds
 
     async def caller(n: int) -> None:
@@ -85,6 +91,7 @@ def main() -> None:
     parser.add_argument("--skew", type=float, default=1.0)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--ready", action="store_true", help="print ready, then start at a line on stdin")
     print(json.dumps(asyncio.run(hammer(parser.parse_args()))), flush=True)
 
 

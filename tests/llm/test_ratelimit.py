@@ -254,8 +254,20 @@ async def test_the_fake_server_streams_with_usage(fake_openai: FakeOpenAI) -> No
 
 
 def _hammers(n: int, url: str, redis_url: str, prefix: str, *options: str) -> list[subprocess.Popen[str]]:
-    argv = [sys.executable, "-m", "tests.llm._hammer", "--url", url, "--redis", redis_url, "--prefix", prefix]
-    return [subprocess.Popen([*argv, *options], cwd=ROOT, stdout=subprocess.PIPE, text=True) for _ in range(n)]
+    """``n`` hammer processes, started together: each says it is ready, then all are told to go (on a loaded
+    machine one process can take seconds longer to import; started on its own clock, it would find the
+    window's turns queued past its end by the others and get none)."""
+    argv = [sys.executable, "-m", "tests.llm._hammer", "--url", url, "--redis", redis_url, "--prefix", prefix,
+            "--ready"]
+    procs = [subprocess.Popen([*argv, *options], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for _ in range(n)]
+    for proc in procs:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    return procs
 
 
 def _results(procs: list[subprocess.Popen[str]]) -> list[dict[str, float]]:
