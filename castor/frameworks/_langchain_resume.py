@@ -67,16 +67,14 @@ _classes: dict[type, type] = {}
 def _late_class(kind: type) -> type:
     """``kind`` with ``ainvoke`` starting a replay late: a subclass of the same layout (the class of a graph
     is swapped for it in place, and LangGraph's copies of the graph, ``with_config``, are made of it)."""
-
     own = kind.ainvoke  # type: ignore[attr-defined]
 
     async def ainvoke(self: Any, input: Any, config: Any = None, **kwargs: Any) -> Any:
         return await _ainvoke(self, MethodType(own, self), input, config, kwargs)
 
     ainvoke.__doc__ = own.__doc__
-    late = type(kind.__name__, (kind,), {"__module__": kind.__module__, "__slots__": (), "ainvoke": ainvoke,
-                                 "_castor_starts_late": True})
-    return late
+    namespace = {"__module__": kind.__module__, "__slots__": (), "ainvoke": ainvoke, "_castor_starts_late": True}
+    return type(kind.__name__, (kind,), namespace)
 
 
 def starting_late(graph: Any) -> Any:

@@ -235,3 +235,21 @@ async def test_a_graph_with_a_node_of_its_own_replays_every_step() -> None:
     model.messages = iter([])
     again = await k.run(agent, checkpoint=cp.fork(at_step=len(cp.syscall_log)))
     assert again.status == "COMPLETED" and again.result == "done" and starts.count == STEPS + 1
+
+
+async def test_a_copy_langgraph_makes_of_the_graph_starts_late_too(factory: Any) -> None:
+    """``with_config`` copies the graph (``Pregel.copy``): the copy is of the guarded graph's class."""
+    model = model_of(searches())
+    starts = ModelStarts()
+
+    async def agent() -> str:
+        starts.count = 0
+        graph = guard(build(factory, model)).with_config(recursion_limit=50, callbacks=[starts])
+        state = await graph.ainvoke({"messages": [("user", "search")]})
+        return str(state["messages"][-1].content)
+
+    k = kernel()
+    cp = await k.run(agent)
+    model.messages = iter([])
+    again = await k.run(agent, checkpoint=cp.fork(at_step=len(cp.syscall_log)))
+    assert again.status == "COMPLETED" and again.result == "done" and starts.count == 1
