@@ -59,7 +59,12 @@ Adding a framework
    ``in_thread``; the guarded model and tools then reach Castor through ``_loop_calls.call_on_loop`` (one
    hop to the run's loop and one back, a run-ending error carried past the framework's ``except
    Exception``), and a live model step hands the wrapped model back to the framework's waiting thread.
-6. Tests: the promises above are one contract suite (``tests/frameworks/test_contract.py``); a framework
+6. Replay (optional): where the framework's state is its conversation and its entry point returns only
+   the final state, a replay can start at the loop's last journaled model step instead of running the
+   loop over the journal: ``_fast_forward.landing`` finds that step; the guard rebuilds the conversation,
+   checks it against the step's request and falls back to the whole loop if the step is asked otherwise
+   (LangGraph: ``_langchain_resume``).
+7. Tests: the promises above are one contract suite (``tests/frameworks/test_contract.py``); a framework
    joins it with an adapter (``tests/frameworks/contract.py``'s ``FrameworkCase``) and a line in its
    ``FRAMEWORKS``. Its own file holds what is particular to it (streaming, its error handling, its JSON).
 """
