@@ -1,10 +1,19 @@
-"""A conversation's canonical request parts, extended at each step by its new messages only."""
+"""A conversation's canonical request parts, extended at each step by its new messages only.
+
+Each guard's conversations are kept per Castor run (``RunContext.frameworks``), so a coordinator driving
+thousands of runs that share one guarded agent finds each run's previous step at once, and a run's
+conversations go with it. Outside a run they are kept process-wide, the most recent few.
+"""
 
 from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from castor.kernel.context import current_run
+
+_PER_RUN = 16  # conversations a run keeps per guard (a run has one or two: sub-agents, a second invocation)
 
 
 class Conversations:
@@ -28,7 +37,12 @@ class Conversations:
         if not messages:
             return []
         first = messages[0]
-        entries = self._entries
+        ctx = current_run.get()
+        entries: dict[int, tuple[list[Any], list[Any]]]
+        if ctx is None:
+            entries, size = self._entries, self._size
+        else:
+            entries, size = ctx.frameworks.get(self) or ctx.frameworks.setdefault(self, {}), _PER_RUN
         hit = entries.get(id(first))
         if hit is not None and hit[0][0] is first and len(hit[0]) <= len(messages) and all(
             map(operator.is_, hit[0], messages)
@@ -39,7 +53,7 @@ class Conversations:
             parts = parts + self._parts(messages[len(seen):])
         else:
             parts = self._parts(messages)
-            if len(entries) >= self._size:
+            if len(entries) >= size:
                 entries.pop(next(iter(entries)), None)  # another thread may have dropped it
         entries[id(first)] = (list(messages), parts)
         return parts
@@ -61,7 +75,7 @@ class EqualConversations:
     step's snapshots are Castor's copies, so a framework changing its items afterwards cannot fool the
     comparison (Python's ``==``, for which ``1``, ``1.0`` and ``True`` are one value: an item rewritten from
     one to another at the same place keeps its first part). Kept per guarded model, the most recent few
-    conversations (concurrent runs)."""
+    conversations: a run's own in a Castor run, else the process's."""
 
     def __init__(self, convert: Callable[[Any], tuple[Any, Any]], size: int = 8) -> None:
         self._convert = convert
@@ -70,7 +84,8 @@ class EqualConversations:
 
     def __call__(self, items: list[Any]) -> list[Any]:
         """The parts of ``items``, in order (a list nobody may change); ``NotPlain`` as ``convert`` raises it."""
-        recent = self._recent
+        ctx = current_run.get()
+        recent: list[tuple[list[Any], list[Any]]] = self._recent if ctx is None else ctx.frameworks.get(self, [])
         found = None
         for entry in recent:
             snapshots, parts = entry
@@ -86,5 +101,9 @@ class EqualConversations:
             converted = [self._convert(item) for item in items]
             snapshots, parts = [snapshot for snapshot, _ in converted], [part for _, part in converted]
         # A new list swapped in whole: a synchronous framework's runs share the model from several threads.
-        self._recent = [(snapshots, parts), *(entry for entry in recent if entry is not found)][: self._size]
+        kept = [(snapshots, parts), *(entry for entry in recent if entry is not found)][: self._size]
+        if ctx is None:
+            self._recent = kept
+        else:
+            ctx.frameworks[self] = kept
         return parts

@@ -168,6 +168,9 @@ class RunContext:
     # Steps whose record a drive before this one kept (``AgentCheckpoint.held``), not journaled yet: served
     # by replay (castor.kernel.steps), journaled once the steps before them are; their charges are in ``spent``.
     held_steps: set[int] = field(default_factory=set)
+    # What framework guards keep for this run only (castor.frameworks._conversations: each conversation's
+    # converted parts), by owner: gone with the run, however many runs a process drives at once.
+    frameworks: dict[Any, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.usage = usage_of(self.checkpoint.syscall_log)

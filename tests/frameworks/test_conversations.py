@@ -104,3 +104,46 @@ def test_an_estimated_output_does_not_count_the_usage() -> None:
     response = {"text": "done", "usage": {"input_tokens": "?"}, "model": "m"}
     _, output, estimated = cost.usage_from(response, {"messages": []})
     assert estimated and output == cost.estimate_tokens({"text": "done", "model": "m"})
+
+
+async def _interleaved_runs(step: Any, runs: int, steps: int) -> None:
+    """``runs`` Castor runs at once, each a conversation of its own growing by one message a step; the runs
+    take turns between steps. ``step(messages)`` is what a guard does with the conversation at each step."""
+    import asyncio
+
+    from castor import Castor
+
+    def agent_of(n: int) -> Any:
+        async def agent() -> None:
+            messages: list[Any] = []
+            for i in range(steps):
+                messages = [*messages, Message(f"run {n} message {i}")]
+                step(messages)
+                await asyncio.sleep(0)  # the other runs' steps come in between
+
+        return agent
+
+    kernel = Castor(tools=[])
+    done = await asyncio.gather(*(kernel.run(agent_of(n)) for n in range(runs)))
+    assert {cp.status for cp in done} == {"COMPLETED"}
+
+
+async def test_each_run_keeps_its_own_conversations_however_many_run_at_once() -> None:
+    """More runs at once than the process-wide cache holds: each still converts only its new messages."""
+    convert, converted = counting(lambda m: {"content": m.text})
+    conversation = Conversations(convert, size=4)
+    await _interleaved_runs(conversation, runs=12, steps=6)
+    assert len(converted) == 12 * 6  # every message once
+    assert conversation._entries == {}  # nothing kept past the runs
+
+
+async def test_each_run_keeps_its_own_equal_conversations_however_many_run_at_once() -> None:
+    convert, converted = counting(_item)
+    conversation = EqualConversations(convert)  # the process-wide cache holds 8
+
+    def step(messages: list[Any]) -> None:
+        conversation([{"role": "user", "content": m.text} for m in messages])  # made anew each step
+
+    await _interleaved_runs(step, runs=12, steps=6)
+    assert len(converted) == 12 * 6
+    assert conversation._recent == []
