@@ -13,9 +13,11 @@ model steps before it are not run at all.
 Only ``ainvoke`` starts late: its result is the final state, the same as the whole loop's (LangGraph gives
 the tool messages fresh ids either way). Streaming replays every step, since a stream shows each one.
 Graphs with nodes other than the model node and the ``ToolNode`` (hooks, structured output, middleware
-that keeps state) replay every step, as does a graph given options beyond a config. Should the landing
-step's request differ from the one LangGraph builds from the rebuilt conversation (a prompt function
-that changes messages), the graph is run again from the loop's first step, as without this.
+that keeps state) replay every step, as does a graph given options that change what ``ainvoke`` returns
+(``stream_mode``, ``output_keys``, ``version``) or interrupts; ``context`` and ``durability`` are kept.
+Should the landing step's request differ from the one LangGraph builds from the rebuilt conversation (a
+prompt function that changes messages), the graph is run again from the loop's first step, as without
+this.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ log = logging.getLogger("castor.run")
 # LangChain's create_agent, without hooks, structured output or middleware.
 _REACT_NODES = ({"__start__", "agent", "tools"}, {"__start__", "model", "tools"})
 _TOOL_KEYS = {"role", "content", "name", "status"}
+# The options of ainvoke that leave its result the final state (the run's context, how durably a checkpointer
+# writes); the others change what it returns (stream_mode, output_keys, version) or stop it (interrupts).
+_SAME_RESULT = {"context", "durability"}
 _SUPERSTEPS_PER_STEP = 2  # the model node, then the tool node (every call of an answer in one superstep)
 
 
@@ -50,7 +55,7 @@ def resumable(graph: Any) -> bool:
 async def _ainvoke(graph: Any, ainvoke: Any, input: Any, config: Any, kwargs: dict[str, Any]) -> Any:
     """``ainvoke`` of the graph (LangGraph's own: ``ainvoke``); in a replay, from the loop's last journaled
     model step (module doc)."""
-    plan = None if kwargs else _plan(graph, input, config)
+    plan = None if kwargs.keys() - _SAME_RESULT else _plan(graph, input, config)
     if plan is None:
         return await ainvoke(input, config, **kwargs)
     ctx, found, state, limited = plan
@@ -58,14 +63,14 @@ async def _ainvoke(graph: Any, ainvoke: Any, input: Any, config: Any, kwargs: di
               ctx.run_id, found.step, found.start, found.step - 1)
     ctx.next_step = found.step
     try:
-        return await ainvoke(state, limited)
+        return await ainvoke(state, limited, **kwargs)
     except ReplayDivergenceError as error:
         if error.step != found.step or ctx.next_step != found.step + 1:
             raise
     log.debug("run %s: step %d asked otherwise from the rebuilt conversation: the graph runs from step %d",
               ctx.run_id, found.step, found.start)
     ctx.next_step = found.start  # the landing step was asked otherwise: the whole loop, as without this
-    return await ainvoke(input, config)
+    return await ainvoke(input, config, **kwargs)
 
 
 _classes: dict[type, type] = {}

@@ -253,3 +253,30 @@ async def test_a_copy_langgraph_makes_of_the_graph_starts_late_too(factory: Any)
     model.messages = iter([])
     again = await k.run(agent, checkpoint=cp.fork(at_step=len(cp.syscall_log)))
     assert again.status == "COMPLETED" and again.result == "done" and starts.count == 1
+
+
+@pytest.mark.parametrize(("options", "late"), [({"context": {"user": "ann"}}, True),
+                                               ({"output_keys": ["messages"]}, False)])
+async def test_options_that_keep_the_final_state_start_late_and_others_replay_every_step(
+    factory: Any, options: dict[str, Any], late: bool
+) -> None:
+    """``context`` (the run's runtime context) leaves ``ainvoke``'s result the final state; ``output_keys``
+    and the other options that change what it returns replay the whole loop."""
+    model = model_of(searches())
+    starts = ModelStarts()
+    states: list[Any] = []
+
+    async def agent() -> str:
+        starts.count = 0
+        graph = guard(factory(model, TOOLS, context_schema=dict))
+        state = await graph.ainvoke({"messages": [("user", "search")]}, {"callbacks": [starts]}, **options)
+        states.append(state)
+        return str(state["messages"][-1].content)
+
+    k = kernel()
+    cp = await k.run(agent)
+    model.messages = iter([])
+    again = await k.run(agent, checkpoint=cp.fork(at_step=len(cp.syscall_log)))
+    assert again.status == "COMPLETED" and again.result == "done"
+    assert starts.count == (1 if late else STEPS + 1)
+    assert fields(states[-1]["messages"]) == fields(states[0]["messages"])
