@@ -214,3 +214,98 @@ def test_two_humans_deciding_at_once_get_one_decision(tmp_path: Path, store: lis
     assert re.search(r"(?i)^status:\s+COMPLETED$", shown.stdout, re.M), shown.stdout + outputs
     assert ("done: wiped /data" in shown.stdout) == (ran == 1), shown.stdout + outputs
     assert executions(tmp_path) == ran and executions(tmp_path, "notes.log") <= 1, outputs  # one drive after it
+
+
+GRAPH_AGENT = '''
+import os
+from pathlib import Path
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.tools import tool as lc_tool
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from langgraph.prebuilt import create_react_agent
+
+from castor.frameworks.langchain import guard
+from tools import look, wipe
+
+CALLS = Path(__file__).with_name("model.log")
+
+
+class Scripted(BaseChatModel):
+    """Two looks, then the wipe, then the answer: the n-th answer for a conversation holding n."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted"
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+        return self.bind(tools=[convert_to_openai_tool(t) for t in tools])
+
+    def _generate(self, messages: Any, *args: Any, **kwargs: Any) -> ChatResult:
+        with CALLS.open("a") as log:
+            log.write(f"{os.getpid()}\\n")
+        n = sum(isinstance(m, AIMessage) for m in messages)
+        if n < 2:
+            answer = AIMessage(content="", tool_calls=[{"name": "look", "args": {"where": f"dir{n}"}, "id": f"l{n}"}])
+        elif n == 2:
+            answer = AIMessage(content="", tool_calls=[{"name": "wipe", "args": {"path": "/data"}, "id": "w"}])
+        else:
+            answer = AIMessage(content="all clean")
+        return ChatResult(generations=[ChatGeneration(message=answer)])
+
+
+async def cleanup():
+    graph = guard(create_react_agent(Scripted(), [lc_tool(look), lc_tool(wipe)]))
+    state = await graph.ainvoke({"messages": [("user", "clean up")]})
+    return state["messages"][-1].content
+'''
+
+
+def suspended_graph_run(cwd: Path, store: list[str]) -> None:
+    """A LangGraph agent's run, suspended at its destructive call after three model steps."""
+    pytest.importorskip("langgraph")
+    tools = TOOLS + '\n\ndef look(where: str) -> str:\n    """Look somewhere."""\n    return f"old files in {where}"\n'
+    tools = tools.replace("def wipe(path: str) -> str:\n", 'def wipe(path: str) -> str:\n    """Wipe a path."""\n')
+    (cwd / "tools.py").write_text(textwrap.dedent(tools))
+    (cwd / "agent.py").write_text(textwrap.dedent(GRAPH_AGENT))
+    started = castor(cwd, *store, "run", "agent.py:cleanup", "--tool", "tools.py:look", "--tool",
+                     "tools.py:wipe", "--destructive", "wipe", "--pid", "racy")
+    assert started.returncode == 0 and "SUSPENDED_FOR_HITL" in started.stdout, started.stdout + started.stderr
+    assert executions(cwd, "model.log") == 3  # two looks, then the wipe asked for
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"], indirect=True)
+def test_a_langgraph_run_raced_by_three_processes_runs_its_call_once_and_asks_each_step_once(
+    tmp_path: Path, store: list[str]
+) -> None:
+    """Each racer replays the graph from its last journaled model step (castor.frameworks._langchain_resume):
+    the approved call still runs once, and the model is asked once per model step over the run's life."""
+    suspended_graph_run(tmp_path, store)
+    results = race(tmp_path, [("go", [*store, "approve", "racy"]), ("go", [*store, "resume", "racy"]),
+                              ("go", [*store, "resume", "racy"])])
+    outputs = "\n".join(f"$ {' '.join(r.args[5:])} -> {r.returncode}\n{r.stdout}{r.stderr}" for r in results)
+    assert executions(tmp_path) == 1, outputs
+    assert executions(tmp_path, "model.log") == 4, outputs  # the answer after the wipe, asked by one drive
+    for result in results:
+        assert result.returncode == 0 or "decided already" in result.stderr, outputs
+    shown = castor(tmp_path, *store, "inspect", "racy")
+    assert re.search(r"(?i)^status:\s+COMPLETED$", shown.stdout, re.M) and "all clean" in shown.stdout, shown.stdout
+
+
+def test_a_langgraph_run_whose_process_died_mid_call_goes_back_to_a_human(tmp_path: Path) -> None:
+    """The approving process dies inside the destructive call of a graph that started late: the resume
+    starts late too, finds the step in doubt and asks a human; the model is not asked again meanwhile."""
+    store = ["--store", f"sqlite:///{tmp_path / 'castor.db'}"]
+    suspended_graph_run(tmp_path, store)
+    (tmp_path / "crash").touch()
+    assert castor(tmp_path, *store, "approve", "racy").returncode == 9 and executions(tmp_path) == 1
+    (tmp_path / "crash").unlink()
+    resumed = castor(tmp_path, *store, "resume", "racy")
+    assert resumed.returncode == 0 and "SUSPENDED_FOR_HITL" in resumed.stdout, resumed.stdout + resumed.stderr
+    assert executions(tmp_path) == 1 and executions(tmp_path, "model.log") == 3
+    approved = castor(tmp_path, *store, "approve", "racy")
+    assert approved.returncode == 0 and "COMPLETED" in approved.stdout, approved.stdout + approved.stderr
+    assert executions(tmp_path) == 2 and executions(tmp_path, "model.log") == 4
