@@ -174,10 +174,9 @@ def dead_letter_undecodable(refused: Refused) -> None:
     setattr(cls, _PATCHED, True)
 
 
-def harden_consumer(settings: Settings, pool: str) -> None:
-    """All of the above, for this worker process of ``pool`` (its dead letters record the refusals). Every
-    one changes kombu or Celery for the whole process: a worker calls it before it starts, nothing else."""
-    letters = DeadLetters(settings.redis.url, settings.redis.prefix, pool)
+def harden_consumer(settings: Settings, letters: DeadLetters) -> None:
+    """All of the above, for this worker process (``letters``, its pool's dead letters, record the refusals).
+    Every one changes kombu or Celery for the whole process: a worker calls it before it starts, nothing else."""
 
     def refused(why: str, body: bytes | str, headers: Any, content_type: Any) -> None:
         letters.record(letter(why, body, headers, content_type))

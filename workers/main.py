@@ -21,6 +21,7 @@ from castor.registry import ToolRegistry, ToolSpec
 from castor.settings import Settings, WorkerPool
 
 from ._control import restrict_remote_control
+from ._deadletter import DeadLetters
 from ._envelopes import harden_consumer
 from ._heartbeat import Presence
 from ._models import ModelCalls
@@ -124,10 +125,11 @@ def run_worker(
     runtime = WorkerRuntime(settings, registry, pool=pool)
     if observe is not None:
         observe(settings, runtime, pool_impl or settings.workers.pool)
-    register_tools(app, runtime)
+    letters = DeadLetters(settings.redis.url, settings.redis.prefix, pool)  # the pool's one dead-letter list
+    register_tools(app, runtime, letters)
     # What Celery and kombu do with a message before a task's strategy checks it: nothing forged may stop,
     # hang or fill this process there (process-wide changes: this worker's own, made before it starts).
-    harden_consumer(settings, pool)
+    harden_consumer(settings, letters)
     restrict_remote_control(app)  # a control message is unsigned: answer questions, take no orders
     node = f"{pool}-{os.getpid()}@{socket.gethostname()}"  # the node name worker_argv gives Celery
     presence = Presence(settings.redis.url, pool_workers(settings.redis.prefix, pool), node).start()

@@ -36,11 +36,13 @@ def soft_limit(timeout: float, is_async: bool) -> float:
     return timeout + ASYNC_SOFT_LIMIT_LEAD if is_async else timeout
 
 
-def register_tools(app: Any, runtime: WorkerRuntime) -> list[str]:
-    """Register a task for every tool of ``runtime``'s registry; returns the task names."""
+def register_tools(app: Any, runtime: WorkerRuntime, letters: DeadLetters | None = None) -> list[str]:
+    """Register a task for every tool of ``runtime``'s registry; returns the task names. ``letters``: the
+    pool's dead letters (the worker's one list, shared with ``harden_consumer``), else a list of its own."""
     names = []
     settings = runtime.settings
-    letters = DeadLetters(settings.redis.url, settings.redis.prefix, runtime.pool)
+    if letters is None:
+        letters = DeadLetters(settings.redis.url, settings.redis.prefix, runtime.pool)
     # A message with an eta is held only if it is a retry of ours (_eta): one check for every tool's task.
     retries = HeldRetries(settings.security.secret, settings.tools.retry_backoff, settings.tools.max_retries)
     for spec in runtime.registry:

@@ -122,8 +122,10 @@ def acl_file(settings: Settings, fleet_password: str, broker_password: str, *,
             "give the two prefixes that do not start one with the other"
         )
     lines = [  # no comment line: Redis refuses an ACL file that has one
-"user default off resetchannels -@all", fleet_user(fleet_password, fleet_name).line(),
-             broker_user(settings, broker_password, broker_name).line()]
+        "user default off resetchannels -@all",
+        fleet_user(fleet_password, fleet_name).line(),
+        broker_user(settings, broker_password, broker_name).line(),
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -30,9 +30,13 @@ from castor.kernel.model import is_model_step
 class Landing:
     """A loop's journaled model steps, from the run's next step to the one a replay may start at."""
 
-    start: int  # the run's next step: where the loop's first model step is journaled
-    steps: list[int]  # the loop's model steps, in order; the last is the landing step
+    steps: list[int]  # the loop's model steps, in order: the first is the run's next step, the last the landing
     records: list[SyscallRecord]  # their records
+
+    @property
+    def start(self) -> int:
+        """The run's next step: the loop's first model step."""
+        return self.steps[0]
 
     @property
     def step(self) -> int:
@@ -104,4 +108,4 @@ def landing(ctx: RunContext) -> Landing | None:
         steps.append(tools_end)
         records.append(after)
         at = tools_end
-    return Landing(start, steps, records) if len(steps) > 1 else None
+    return Landing(steps, records) if len(steps) > 1 else None

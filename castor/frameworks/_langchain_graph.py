@@ -3,29 +3,38 @@
 LangGraph's agent node (``create_react_agent``, ``langchain.agents.create_agent``) is a function closing over
 its chat model: bare, bound to the tools (a ``RunnableBinding``), or after a prompt (a ``RunnableSequence``).
 ``replace_node_models`` puts what a function makes of each such runnable in its place; ``swapped`` is the
-runnable with another chat model in place of its own (``guard(graph, model=...)``).
+runnable with another chat model in place of its own (``guard(graph, model=...)``); ``answer_name`` is the
+name the model node gives its answers (``castor.frameworks._langchain_resume`` names rebuilt ones so).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import Runnable, RunnableBinding, RunnableSequence
 
 
-def _node_models(runnable: Any, replace: Callable[[Any], Any]) -> int:
-    replaced = 0
-    cells = {}
-    for fn in (getattr(runnable, "func", None), getattr(runnable, "afunc", None)):
-        for cell in getattr(fn, "__closure__", None) or ():
-            cells[id(cell)] = cell
-    for cell in cells.values():
+def _cells(fn: Any) -> Iterator[tuple[str, Any, Any]]:
+    """Each filled cell ``fn`` closes over: its variable's name, the cell and what it holds."""
+    code, closure = getattr(fn, "__code__", None), getattr(fn, "__closure__", None) or ()
+    for name, cell in zip(getattr(code, "co_freevars", ()), closure, strict=False):
         try:
-            value = cell.cell_contents
+            yield name, cell, cell.cell_contents
         except ValueError:  # an empty cell
             continue
+
+
+def _node_functions(node: Any) -> list[Any]:
+    bound = getattr(node, "bound", None)
+    return [fn for fn in (getattr(bound, "func", None), getattr(bound, "afunc", None)) if fn is not None]
+
+
+def _node_models(node: Any, replace: Callable[[Any], Any]) -> int:
+    replaced = 0
+    cells = {id(cell): (cell, value) for fn in _node_functions(node) for _, cell, value in _cells(fn)}
+    for cell, value in cells.values():
         new = replace(value) if isinstance(value, Runnable) else None
         if new is not None:
             cell.cell_contents = new
@@ -36,7 +45,24 @@ def _node_models(runnable: Any, replace: Callable[[Any], Any]) -> int:
 def replace_node_models(graph: Any, replace: Callable[[Any], Any]) -> int:
     """Replace each runnable the graph's node functions close over by ``replace(runnable)`` (None: keep it);
     how many were replaced."""
-    return sum(_node_models(n.bound, replace) for n in graph.nodes.values() if getattr(n, "bound", None) is not None)
+    return sum(_node_models(n, replace) for n in graph.nodes.values())
+
+
+def answer_name(graph: Any) -> tuple[bool, str | None]:
+    """The name the model node (``agent`` or ``model``) gives each answer after the call
+    (``create_react_agent(name=...)``), read from the node function's closure or a function it closes over;
+    ``(False, None)`` if the node has no such name."""
+    functions = _node_functions(graph.nodes.get("agent") or graph.nodes.get("model"))
+    for _ in range(2):  # create_agent names the answer in a function its node function closes over
+        inner = []
+        for fn in functions:
+            for var, _, value in _cells(fn):
+                if var == "name" and (value is None or isinstance(value, str)):
+                    return True, value
+                if callable(value) and hasattr(value, "__code__"):
+                    inner.append(value)
+        functions = inner
+    return False, None
 
 
 def swapped(r: Any, model: BaseChatModel) -> Any:

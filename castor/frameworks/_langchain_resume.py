@@ -30,6 +30,7 @@ from langchain_core.messages import BaseMessage, ToolMessage, convert_to_message
 
 from castor.errors import ReplayDivergenceError
 from castor.frameworks._fast_forward import Landing, landing
+from castor.frameworks._langchain_graph import answer_name
 from castor.frameworks._langchain_json import rebuilt_message
 from castor.frameworks._langchain_request import _cached_message, remember
 from castor.kernel.context import RunContext, current_run
@@ -105,12 +106,12 @@ def _plan(graph: Any, input: Any, config: Any) -> tuple[RunContext, Landing, dic
     ctx = current_run.get()
     if ctx is None or ctx.closed or ctx.services.mmu is not None:  # the MMU may change what the model is asked
         return None
-    if not isinstance(input, dict) or not isinstance(input.get("messages"), list | tuple) or not resumable(graph):
+    found = landing(ctx)  # None at once for a live run: the journal holds nothing past its next step
+    if found is None or not isinstance(input, dict) or not isinstance(input.get("messages"), list | tuple):
         return None
-    found = landing(ctx)
-    if found is None:
+    if not resumable(graph):
         return None
-    known, name = _agent_name(graph)
+    known, name = answer_name(graph)
     if not known:
         return None
     messages = _conversation(found, convert_to_messages(input["messages"]), name)
@@ -120,29 +121,6 @@ def _plan(graph: Any, input: Any, config: Any) -> tuple[RunContext, Landing, dic
     if limit < 1:
         return None
     return ctx, found, {**input, "messages": messages}, {**(config or {}), "recursion_limit": limit}
-
-
-def _agent_name(graph: Any) -> tuple[bool, str | None]:
-    """The name the model node gives each answer (``create_react_agent(name=...)``), read from the node
-    function's closure (or a function it closes over); ``(False, None)`` if the node has no such name."""
-    node = graph.nodes.get("agent") or graph.nodes.get("model")
-    bound = getattr(node, "bound", None)
-    functions = [getattr(bound, "afunc", None), getattr(bound, "func", None)]
-    for _ in range(2):  # create_agent names the answer in a function its node function closes over
-        inner = []
-        for fn in functions:
-            code, cells = getattr(fn, "__code__", None), getattr(fn, "__closure__", None) or ()
-            for var, cell in zip(getattr(code, "co_freevars", ()), cells, strict=False):
-                try:
-                    value = cell.cell_contents
-                except ValueError:  # an empty cell
-                    continue
-                if var == "name" and (value is None or isinstance(value, str)):
-                    return True, value
-                if callable(value) and hasattr(value, "__code__"):
-                    inner.append(value)
-        functions = inner
-    return False, None
 
 
 def _conversation(found: Landing, given: list[BaseMessage], name: str | None) -> list[BaseMessage] | None:
@@ -167,10 +145,10 @@ def _conversation(found: Landing, given: list[BaseMessage], name: str | None) ->
         at += 1
         for call in getattr(answer, "tool_calls", None) or ():
             part = last[at] if at < len(last) else None
-            if not isinstance(part, dict) or part.get("role") != "tool":
+            if not isinstance(part, dict) or part.get("role") != "tool" or "content" not in part:
                 return None
             content = part["content"]
-            result = ToolMessage(content=content, tool_call_id=call["id"], name=part.get("name"),
+            result = ToolMessage(content=content, tool_call_id=call.get("id") or "", name=part.get("name"),
                                  status=part.get("status", "success"))
             if type(content) is str and part.keys() <= _TOOL_KEYS:
                 _cached_message.put(result, part)  # what _message_json makes of it, field for field
