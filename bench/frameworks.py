@@ -2,6 +2,7 @@
 
     python bench/frameworks.py              # every installed framework, 7 repetitions; a minute or two
     python bench/frameworks.py --repeat 3 --steps 20 --only langgraph
+    python bench/frameworks.py --only langgraph-once        # one LangGraph graph compiled beforehand
     python bench/frameworks.py --latency 0.05 --repeat 3   # a model that takes 50 ms to answer, as an API does
     python bench/frameworks.py --icount [--tree DIR]       # instructions per step under callgrind (bench/_fw_icount.py)
 
@@ -16,7 +17,12 @@ divided by the steps:
   framework's model and tool called directly, nothing journaled): what wrapping the framework's
   objects and converting requests and responses cost, without Castor's syscalls;
 - replayed: a fork of that run at its last step, so every step comes from the journal and the model
-  and tools are not called (the framework's loop still runs).
+  and tools are not called (the framework's loop still runs, or, for LangGraph, its last step).
+
+"added" is the median of each repetition's embedded run less the alone run just before it (the same
+moment's load on a shared machine), not the difference of the two medians. ``langgraph`` builds its graph
+in the agent function at every run, as the LangGraph example does; ``langgraph-once`` invokes one graph
+compiled beforehand, as pydantic-ai's and the Agents SDK's cases build their agent once.
 
 Times are the process's CPU time (``time.process_time``, all its threads): on a shared machine the wall
 clock mostly measures the other processes. With ``--latency S`` the scripted model also waits ``S``
@@ -59,8 +65,10 @@ async def search(query: str) -> str:
 # --- LangGraph ----------------------------------------------------------------------------------------
 
 
-def langgraph_case(steps: int, latency: float = 0.0) -> Case:
-    """The unguarded and the guarded agent functions, and the tools for Castor."""
+def langgraph_case(steps: int, latency: float = 0.0, compiled_once: bool = False) -> Case:
+    """The unguarded and the guarded agent functions, and the tools for Castor. The agent functions build
+    their graph at every run, as the LangGraph example does; ``compiled_once``: they invoke one graph
+    built beforehand (a module-level graph, as pydantic-ai's and the Agents SDK's cases build their agent)."""
     from langchain_core.language_models import BaseChatModel
     from langchain_core.messages import AIMessage
     from langchain_core.outputs import ChatGeneration, ChatResult
@@ -97,14 +105,30 @@ def langgraph_case(steps: int, latency: float = 0.0) -> Case:
     tools = [lc_tool(search)]
     inputs = {"messages": [("user", "search")]}
 
+    config: Any = {"recursion_limit": 4 * steps + 10}
+    if compiled_once:
+        plain, guarded_graph = create_react_agent(Scripted(), tools), guard(create_react_agent(Scripted(), tools))
+
+        async def alone_once() -> Any:
+            return await plain.ainvoke(inputs, config)
+
+        async def guarded_once() -> Any:
+            return await guarded_graph.ainvoke(inputs, config)
+
+        return alone_once, guarded_once, tools_of(tools)
+
     async def alone() -> Any:
-        return await create_react_agent(Scripted(), tools).ainvoke(inputs, {"recursion_limit": 4 * steps + 10})
+        return await create_react_agent(Scripted(), tools).ainvoke(inputs, config)
 
     async def guarded() -> Any:
-        graph = guard(create_react_agent(Scripted(), tools))
-        return await graph.ainvoke(inputs, {"recursion_limit": 4 * steps + 10})
+        return await guard(create_react_agent(Scripted(), tools)).ainvoke(inputs, config)
 
     return alone, guarded, tools_of(tools)
+
+
+def langgraph_compiled_once_case(steps: int, latency: float = 0.0) -> Case:
+    """LangGraph's case with one graph compiled beforehand, invoked at every run."""
+    return langgraph_case(steps, latency, compiled_once=True)
 
 
 # --- pydantic-ai --------------------------------------------------------------------------------------
@@ -285,13 +309,16 @@ def crewai_case(steps: int) -> tuple[Callable[[], Awaitable[Any]], Callable[[], 
     return alone, guarded, tools_of(search_tool)
 
 
-CASES = {"langgraph": langgraph_case, "pydantic-ai": pydantic_ai_case, "openai-agents": openai_agents_case,
-         "smolagents": smolagents_case, "crewai": crewai_case}
+CASES: dict[str, Callable[..., Case]] = {
+    "langgraph": langgraph_case, "langgraph-once": langgraph_compiled_once_case, "pydantic-ai": pydantic_ai_case,
+    "openai-agents": openai_agents_case, "smolagents": smolagents_case, "crewai": crewai_case,
+}
 # Where each guard reads ``model_step`` and ``call_tool`` (the names ``--icount``'s layers mode replaces).
-MODULES = {"langgraph": ("castor.frameworks.langchain",), "pydantic-ai": ("castor.frameworks.pydantic_ai",),
+MODULES = {"langgraph": ("castor.frameworks.langchain",), "langgraph-once": ("castor.frameworks.langchain",),
+           "pydantic-ai": ("castor.frameworks.pydantic_ai",),
            "openai-agents": ("castor.frameworks.openai_agents",), "smolagents": ("castor.frameworks.smolagents",),
            "crewai": ("castor.frameworks._crewai_llm", "castor.frameworks.crewai")}
-WAITING = {"langgraph", "pydantic-ai"}  # the cases whose scripted model can wait (--latency)
+WAITING = {"langgraph", "langgraph-once", "pydantic-ai"}  # the cases whose scripted model can wait (--latency)
 
 
 async def _direct_step(request: Any, model: str, invoke: Callable[[Any], Awaitable[Any]], **_: Any) -> Any:
@@ -336,7 +363,7 @@ async def measure(name: str, steps: int, repeat: int, latency: float = 0.0) -> d
     """Median seconds per step of the figures for framework ``name`` (CPU; ``*_wall``: wall clock)."""
     alone, guarded, tools = CASES[name](steps, latency) if latency else CASES[name](steps)
     kernel = Castor(tools=tools)
-    figures: dict[str, list[float]] = {"alone": [], "layers": [], "embedded": [], "replayed": [],
+    figures: dict[str, list[float]] = {"alone": [], "layers": [], "embedded": [], "added": [], "replayed": [],
                                        "embedded_wall": [], "replayed_wall": []}
     for _ in range(2):  # warm up: imports, pydantic schemas, LangGraph's compilation caches
         await alone()
@@ -350,6 +377,7 @@ async def measure(name: str, steps: int, repeat: int, latency: float = 0.0) -> d
             cp = await kernel.run(guarded)
 
         figures["embedded"].append(await _timed(live, figures["embedded_wall"]))
+        figures["added"].append(figures["embedded"][-1] - figures["alone"][-1])  # paired: the same moment's load
 
         async def layers() -> None:
             await kernel.run(guarded)
@@ -383,24 +411,24 @@ def main() -> None:
         return
     print(f"{args.steps}-step scripted run, median of {args.repeat}; per step (a model call and a tool call)"
           + (f"; the model answers in {args.latency * 1e3:g} ms" if args.latency else ""))
-    print(f"{'framework':<12} {'alone':>10} {'layers':>10} {'embedded':>10} {'added':>10} {'replayed':>10} "
+    print(f"{'framework':<14} {'alone':>10} {'layers':>10} {'embedded':>10} {'added':>10} {'replayed':>10} "
           f"{'replay/live':>12}")
     for name in [args.only] if args.only else sorted(CASES):
         if args.latency and name not in WAITING:
-            print(f"{name:<12} no --latency for this framework's scripted model yet")
+            print(f"{name:<14} no --latency for this framework's scripted model yet")
             continue
         try:
             f = asyncio.run(measure(name, args.steps, args.repeat, args.latency))
         except ImportError as missing:  # crewai is not in the dev extra (see castor/frameworks/crewai.py)
-            print(f"{name:<12} not installed ({missing.name})")
+            print(f"{name:<14} not installed ({missing.name})")
             continue
-        added = f["embedded"] - f["alone"]
-        print(f"{name:<12} {f['alone'] * 1e6:>8.0f}µs {f['layers'] * 1e6:>8.0f}µs {f['embedded'] * 1e6:>8.0f}µs "
+        added = f["added"]
+        print(f"{name:<14} {f['alone'] * 1e6:>8.0f}µs {f['layers'] * 1e6:>8.0f}µs {f['embedded'] * 1e6:>8.0f}µs "
               f"{added * 1e6:>8.0f}µs "
               f"{f['replayed'] * 1e6:>8.0f}µs {f['replayed'] / f['embedded']:>11.0%}")
         if args.latency:  # the model's wait is no CPU time: the step as the run sees it is wall-clock time
             live, replayed = f["embedded_wall"], f["replayed_wall"]
-            print(f"{'':<12} wall clock: live {live * 1e3:.2f} ms/step, replayed {replayed * 1e3:.2f} ms/step, "
+            print(f"{'':<14} wall clock: live {live * 1e3:.2f} ms/step, replayed {replayed * 1e3:.2f} ms/step, "
                   f"replayed/live {replayed / live:.1%}; from CPU time, replayed / (live + the model's wait) "
                   f"{f['replayed'] / (f['embedded'] + args.latency):.1%}")
 

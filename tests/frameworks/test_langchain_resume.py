@@ -24,7 +24,16 @@ import castor.frameworks._langchain_resume as resume
 from castor.errors import ReplayDivergenceError
 from castor.frameworks.langchain import guard
 from castor.lib import tool
-from tests.frameworks.test_langchain import TOOLS, USAGE, call, create_agent, create_react_agent, kernel, model_of
+from tests.frameworks.test_langchain import (
+    TOOLS,
+    USAGE,
+    ScriptedChat,
+    call,
+    create_agent,
+    create_react_agent,
+    kernel,
+    model_of,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:create_react_agent has been moved")
 
@@ -280,3 +289,54 @@ async def test_options_that_keep_the_final_state_start_late_and_others_replay_ev
     assert again.status == "COMPLETED" and again.result == "done"
     assert starts.count == (1 if late else STEPS + 1)
     assert fields(states[-1]["messages"]) == fields(states[0]["messages"])
+
+
+class Conversational(ScriptedChat):
+    """Answers from the conversation it is asked (not from a shared script): ``STEPS`` searches for the
+    user's words, then ``done <words>``; it counts the calls it answers."""
+
+    answered: int = 0
+
+    def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> Any:
+        self.answered += 1
+        words = str(messages[1].content)  # after the system prompt
+        n = sum(m.type == "ai" for m in messages)
+        answer = call("search", f"c{n}", query=f"{words} {n}") if n < STEPS else AIMessage(
+            content=f"done {words}", usage_metadata=USAGE)
+        self.messages = iter([answer])
+        return super()._generate(messages, *args, **kwargs)
+
+
+async def test_one_graph_compiled_once_serves_concurrent_runs_live_and_replayed(factory: Any) -> None:
+    """A graph compiled and guarded once (a module-level agent) driven by several runs at once: each run
+    keeps its own conversation, and each replay starts late at its own last step, at the same time."""
+    import asyncio
+
+    model = Conversational(messages=iter([]))
+    graph = guard(build(factory, model))
+    states: dict[tuple[str, bool], Any] = {}
+    starts: dict[str, ModelStarts] = {}
+
+    def agent(words: str, replay: bool) -> Any:
+        async def run() -> str:
+            starts[words] = ModelStarts()
+            state = await graph.ainvoke({"messages": [("user", words)]}, {"callbacks": [starts[words]]})
+            states[words, replay] = state
+            return str(state["messages"][-1].content)
+
+        return run
+
+    k = kernel()
+    words = ["alpha", "beta", "gamma"]
+    live = await asyncio.gather(*(k.run(agent(w, False)) for w in words))
+    assert [cp.result for cp in live] == [f"done {w}" for w in words]
+    assert model.answered == len(words) * (STEPS + 1)
+    replayed = await asyncio.gather(*(k.run(agent(w, True), checkpoint=cp.fork(at_step=len(cp.syscall_log)))
+                                      for w, cp in zip(words, live, strict=True)))
+    assert [cp.result for cp in replayed] == [f"done {w}" for w in words]
+    assert model.answered == len(words) * (STEPS + 1)  # every step from the journal
+    assert all(starts[w].count == 1 for w in words)  # each replay at its landing step only
+    for w in words:
+        assert fields(states[w, True]["messages"]) == fields(states[w, False]["messages"])
+        tools = [m.content for m in states[w, True]["messages"] if m.type == "tool"]
+        assert tools == [f"found {w} {n}" for n in range(STEPS)], tools  # no run's results in another's

@@ -1,0 +1,26 @@
+"""``bench/frameworks.py`` still measures what its table says: every installed framework's case runs alone,
+guarded and replayed from a fork at its last step (a short run, one repetition; the figures are not
+checked, only that each row is measured)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "frameworks.py"
+CASES = ["langgraph", "langgraph-once", "pydantic-ai", "openai-agents", "smolagents"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_case_is_measured(case: str) -> None:
+    env = dict(os.environ, OPENAI_API_KEY="sk-offline")
+    done = subprocess.run([sys.executable, str(BENCH), "--steps", "3", "--repeat", "1", "--only", case],
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith(case + " ")]
+    assert len(rows) == 1, done.stdout
+    row = rows[0]
+    assert row[0] == case and row[-1].endswith("%"), row  # alone, layers, embedded, added, replayed, replay/live
+    assert len([cell for cell in row if cell.endswith("µs")]) == 5, row
