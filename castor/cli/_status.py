@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from castor._limits import option_type
 from castor.cli._live import live_summaries
 from castor.cli._render import inspect_json, inspect_lines, ps_json, ps_line
 from castor.cli._runs import load_run, opened, out, out_json
+from castor.cli._stores import DEFAULT_DB, other_store
 from castor.cli._watch import add_watch
 from castor.kernel.children import pending_child
 
@@ -39,7 +41,10 @@ async def cmd_ps(args: argparse.Namespace) -> int:
     if args.json:
         out_json(ps_json(runs))
     elif not runs:
-        out("No agents found.")
+        out("No agents found.")  # 0.5.1's line; where else the runs may be goes to stderr
+        elsewhere = other_store(args) if args.status is None else ""
+        if elsewhere:
+            print(f"castor: ./{DEFAULT_DB} holds no runs: {elsewhere}", file=sys.stderr)
     else:
         out(*(ps_line(run) for run in runs))
     return 0

@@ -88,17 +88,23 @@ def is_default_store(args: argparse.Namespace) -> bool:
 
 def not_found_hint(args: argparse.Namespace) -> str:
     """For a pid not found in ``./castor.db``: where else it may be (a config found, a local Redis), or ""."""
+    elsewhere = other_store(args)
+    return f"; this looked in ./{DEFAULT_DB}: {elsewhere}" if elsewhere else ""
+
+
+def other_store(args: argparse.Namespace) -> str:
+    """Where a command that read ``./castor.db`` by default may have meant to look instead (the fleet of a
+    config it found, a Redis answering on this machine), as advice; "" if nowhere, or if a store was named."""
     if not is_default_store(args):
         return ""
     found = find_config()
     if found is not None:
         relative = os.path.relpath(found)
         name = str(found) if relative.startswith("..") else relative
-        return (f"; this looked in ./{DEFAULT_DB}: for the fleet of {name}, add --config {name} "
+        return (f"for the fleet of {name}, add --config {name} "
                 "(or --store redis://HOST:6379/0, or set CASTOR_REDIS_URL)")
     if _redis_answers("127.0.0.1", 6379):
-        return (f"; this looked in ./{DEFAULT_DB}: a Redis answers on 127.0.0.1:6379, try "
-                "--store redis://127.0.0.1:6379/0 (or set CASTOR_REDIS_URL)")
+        return "a Redis answers on 127.0.0.1:6379, try --store redis://127.0.0.1:6379/0 (or set CASTOR_REDIS_URL)"
     return ""
 
 

@@ -66,3 +66,19 @@ def test_a_pid_not_in_castor_db_hints_at_the_config(cli: Cli, workdir: Path, red
     assert "CASTOR_REDIS_URL" in missing.err and missing.err.count("\n") == 1
     given = cli("inspect", "nope", "--db", "other.db")  # a store named: nothing to hint
     assert given.err == "castor: error: no run with pid 'nope'\n"
+
+
+def test_an_empty_ps_of_castor_db_says_where_the_fleet_is(cli: Cli, workdir: Path, redis_url: str,
+                                                         redis_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``castor ps`` keeps 0.5.1's stdout; on stderr it says that ./castor.db was read and where the runs of
+    a config it found are, so a newcomer beside a fleet's castor.toml is not left with "No agents found."."""
+    monkeypatch.delenv("CASTOR_CONFIG", raising=False)
+    _config(workdir, redis_url, redis_prefix).rename(workdir / "castor.toml")
+    pid = cli(*RUN, "--config", "castor.toml").pid  # the fleet's Redis: nothing in ./castor.db
+    empty = cli("ps")
+    assert empty.code == 0 and empty.out == "No agents found.\n"
+    assert empty.err == ("castor: ./castor.db holds no runs: for the fleet of castor.toml, add --config castor.toml "
+                         "(or --store redis://HOST:6379/0, or set CASTOR_REDIS_URL)\n")
+    assert pid in cli("ps", "--config", "castor.toml").out
+    for named in (["--db", "castor.db"], ["--json"], ["--status", "done"]):  # a store named, JSON, a filter
+        assert cli("ps", *named).err == "", named
