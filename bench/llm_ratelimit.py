@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -33,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from castor.backends.redis import resp  # noqa: E402
 from castor.llm.ratelimit import LimitKey  # noqa: E402
 from castor.llm.redis_limits import RedisRateLimiter  # noqa: E402
+from tests.llm._hammer import started_together  # noqa: E402
 from tests.llm.fake_openai import FakeOpenAI  # noqa: E402
 
 
@@ -64,13 +64,13 @@ async def time_acquires(url: str, prefix: str, n: int) -> tuple[float, float]:
 
 def hammer(args: argparse.Namespace, server_url: str, prefix: str) -> list[dict[str, float]]:
     """Run the worker processes to the end; what each did."""
-    argv = [
-        sys.executable, "-m", "tests.llm._hammer", "--url", server_url, "--redis", args.redis, "--prefix", prefix,
+    options = [
+        "--url", server_url, "--redis", args.redis, "--prefix", prefix,
         "--tpm", str(args.tpm), "--window", str(args.window), "--skew", str(args.skew),
         "--seconds", str(args.seconds), "--concurrency", str(args.concurrency),
         *(["--rpm", str(args.rpm)] if args.rpm else []),
     ]
-    procs = [subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True) for _ in range(args.processes)]
+    procs = started_together(options, args.processes, ROOT)  # each on the same clock, however slow to start
     outs = [proc.communicate()[0] for proc in procs]
     if any(proc.returncode for proc in procs):
         raise SystemExit(f"a worker process failed: {outs}")

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import random
+import subprocess
 import sys
 import time
 from typing import Any
@@ -77,6 +78,27 @@ async def hammer(args: argparse.Namespace) -> dict[str, Any]:
     await asyncio.gather(*(caller(n) for n in range(args.concurrency)))
     await limiter.close()
     return out
+
+
+def started_together(options: list[str], n: int, cwd: Any) -> list[subprocess.Popen[str]]:
+    """``n`` hammer processes with ``options`` (``--url``, ``--redis``, ``--prefix``, limits), started
+    together: each says it is ready, then all are told to go. On a loaded machine one process can take
+    seconds longer to import; started on its own clock, it would find the window's turns queued past its
+    end by the others and get none."""
+    argv = [sys.executable, "-m", "tests.llm._hammer", *options, "--ready"]
+    procs = [subprocess.Popen(argv, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for _ in range(n)]
+    for proc in procs:
+        line = proc.stdout.readline().strip() if proc.stdout is not None else ""
+        if line != "ready":
+            for other in procs:
+                other.kill()
+            raise RuntimeError(f"a hammer process did not start (it said {line!r})")
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    return procs
 
 
 def main() -> None:

@@ -7,7 +7,6 @@ import asyncio
 import json
 import random
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator
@@ -32,7 +31,7 @@ from castor.llm.ratelimit import (
 )
 from castor.llm.redis_limits import RedisRateLimiter
 from castor.settings import Settings
-from tests.llm._hammer import KEY, call_once
+from tests.llm._hammer import KEY, call_once, started_together
 from tests.llm.fake_openai import FakeOpenAI
 from tests.redis_support import RoundTrips
 
@@ -254,20 +253,8 @@ async def test_the_fake_server_streams_with_usage(fake_openai: FakeOpenAI) -> No
 
 
 def _hammers(n: int, url: str, redis_url: str, prefix: str, *options: str) -> list[subprocess.Popen[str]]:
-    """``n`` hammer processes, started together: each says it is ready, then all are told to go (on a loaded
-    machine one process can take seconds longer to import; started on its own clock, it would find the
-    window's turns queued past its end by the others and get none)."""
-    argv = [sys.executable, "-m", "tests.llm._hammer", "--url", url, "--redis", redis_url, "--prefix", prefix,
-            "--ready"]
-    procs = [subprocess.Popen([*argv, *options], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-             for _ in range(n)]
-    for proc in procs:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    for proc in procs:
-        assert proc.stdin is not None
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-    return procs
+    """``n`` hammer processes, started together (``_hammer.started_together``)."""
+    return started_together(["--url", url, "--redis", redis_url, "--prefix", prefix, *options], n, ROOT)
 
 
 def _results(procs: list[subprocess.Popen[str]]) -> list[dict[str, float]]:
