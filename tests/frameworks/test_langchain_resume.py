@@ -340,3 +340,24 @@ async def test_one_graph_compiled_once_serves_concurrent_runs_live_and_replayed(
         assert fields(states[w, True]["messages"]) == fields(states[w, False]["messages"])
         tools = [m.content for m in states[w, True]["messages"] if m.type == "tool"]
         assert tools == [f"found {w} {n}" for n in range(STEPS)], tools  # no run's results in another's
+
+
+async def test_a_late_start_charges_what_the_whole_loop_charges() -> None:
+    """Budgets: a run resumed after approval, or forked at its end, is charged once for every step, the
+    skipped ones from the journal, however late it starts (five answers of 15 tokens, four tool calls)."""
+    budgets = {"tokens": 10_000, "api": 10}
+    k = kernel(budgets=budgets)
+    agent = Agent(create_agent, model_of(iter([*(call("search", f"c{i}", query=f"q{i}") for i in range(3)),
+                                               call("delete_file", "d", path="/tmp/old")])))
+    cp = await k.run(agent)
+    assert cp.status == "SUSPENDED_FOR_HITL" and cp.budget_used("tokens") == 60 and cp.budget_used("api") == 3
+    await k.approve(cp)
+    agent.model.messages = iter([AIMessage(content="done", usage_metadata=USAGE)])
+    cp = await k.run(agent, checkpoint=cp)
+    assert cp.status == "COMPLETED" and agent.starts.count == 2  # started late: steps 0-6 not run
+    assert cp.budget_used("tokens") == 75 and cp.budget_used("api") == 4
+    assert cp.budget_remaining("tokens") == 10_000 - 75
+    replayed = Agent(create_agent, model_of(iter([])))
+    forked = await kernel(budgets=budgets).run(replayed, checkpoint=cp.fork(at_step=len(cp.syscall_log)))
+    assert forked.status == "COMPLETED" and replayed.starts.count == 1
+    assert forked.budget_used("tokens") == 75 and forked.budget_used("api") == 4  # the journal's, not twice
