@@ -5,7 +5,8 @@ result backend (and, on a Redis broker, without ``send_task``: ``_publish`` writ
 one round trip), then awaits the worker's reply on this process's one reply stream. The worker
 journals the step (write-once) before it replies, so the kernel only appends the record in memory
 (``writes_journal``). A coordinator that gives up at its deadline looks in the journal once more before
-it reports a ``ToolTimeoutError``: a result that made it to the journal is the step's result.
+it reports a ``ToolTimeoutError``: a result that made it to the journal is the step's result. It gives up
+sooner on a call whose worker is gone, once the step's heartbeat expired (``castor.executors._loss``).
 
 Arguments a tool declares sensitive cross the broker encrypted under the fleet's key (derived from its
 secret, ``castor._sealing``): the message body, Flower and any worker's log hold only ciphertext, and the
@@ -41,6 +42,7 @@ from castor.errors import (
     TaskRefusedError,
     ToolTimeoutError,
 )
+from castor.executors._loss import LossWatch, WorkerLost
 from castor.executors._publish import (
     FAST_SCHEMES,
     PUBLISH_TIMEOUT,
@@ -65,6 +67,7 @@ SENDER = "a process sending tasks to the fleet (coordinator, --executor celery, 
 ABANDON_TTL = 7 * 24 * 3600
 FOLLOW_GRACE = 5.0  # seconds a streamed step's last chunks may take to be read once its reply came
 _ERRORS: dict[str, type[CastorError]] = {REFUSED: TaskRefusedError, IN_DOUBT: InDoubtError, TIMEOUT: ToolTimeoutError}
+DEADLINE, LOST = "deadline", "lost"  # why a call got no reply (_dispatch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +123,8 @@ class CeleryExecutor:
         stream = reply_stream(settings.redis.prefix, self.consumer)
         connection = _connection(settings.redis.url, reply_timeout=READ_TIMEOUT)
         self._replies = ReplyReader(connection, stream, settings.security.secret or None)
+        # A call whose worker died is settled once its step's heartbeat expired, not at its deadline.
+        self._loss = LossWatch(self._control_conn, settings.redis.prefix, settings.workers.heartbeat)
         # The kernel's model calls go to the [llm] pool: its stand-in provider (no key) for Castor(llm=None).
         self.model_provider = model_provider(settings)
         self.model_in_doubt = settings.llm.in_doubt  # a model call whose process was lost (castor.kernel.model_doubt)
@@ -150,14 +155,14 @@ class CeleryExecutor:
         sealed = encrypted(checked, route.sensitive, self._key) if route.sensitive else checked
         kwargs = encode(call, self._replies.stream, self._settings.security.secret or None, sealed)
         reply = await self._dispatch(call, kwargs, route)
-        if reply is None and route.idempotent and await self._started(call):
+        if not isinstance(reply, Reply) and route.idempotent and await self._started(call):
             # Its worker died mid-call (a killed threads-pool worker's task comes back only after the
             # broker's visibility timeout): the same effect runs again, once, on a live worker.
             log.warning("%s (run %s, step %d) started and never finished: sending it again (idempotent)",
                         call.tool_name, call.run_id, call.step)
             reply = await self._dispatch(call, kwargs, route)
-        if reply is None:
-            return await self._late(call, route)
+        if not isinstance(reply, Reply):
+            return await self._late(call, route, reply)
         return _answered(call, reply)
 
     async def execute_stream(self, call: ToolCall, chunk: Callable[[str], None]) -> Any:
@@ -184,21 +189,23 @@ class CeleryExecutor:
                 following.cancel()
             with contextlib.suppress(Exception):
                 await conn.command("delete", key)
-        if reply is None:
-            return await self._late(call, route)
+        if not isinstance(reply, Reply):
+            return await self._late(call, route, reply)
         return _answered(call, reply)
 
     async def _dispatch(
         self, call: ToolCall, kwargs: dict[str, Any], route: _Route, task_id: str = ""
-    ) -> Reply | None:
+    ) -> Reply | str:
         """Publish the call's task (``kwargs``) as a new task (id ``task_id``, else a new one) and await its
-        reply (None: none came by the deadline)."""
+        reply; else why none came: ``DEADLINE`` (none by the deadline) or ``LOST`` (its worker is gone,
+        ``castor.executors._loss``)."""
         effect_id = call.effect_id
         task_id = task_id or f"{effect_id}#{call.attempt}-{self._ids()}"
         headers: dict[str, Any] = {"castor_run": call.run_id, "castor_step": call.step}
         if tracing.ACTIVE:  # the syscall's span context, signed for this task (castor.tracing)
             headers.update(tracing.outgoing(kwargs.get("token")))
         future = self._replies.expect(effect_id, call.attempt, route.deadline, task_id)
+        self._loss.add(effect_id, call, future)
         try:
             try:
                 await self._publisher.publish(Task(
@@ -209,8 +216,11 @@ class CeleryExecutor:
                 await self._abandon_or_wait(call, task_id, exc)
             return await future
         except TimeoutError:  # the reader's deadline (a worker's timeout is a reply, not this)
-            return None
+            return DEADLINE
+        except WorkerLost:
+            return LOST
         finally:
+            self._loss.discard(effect_id)
             self._replies.forget(effect_id)
 
     def _route(self, tool: str) -> _Route:
@@ -250,19 +260,21 @@ class CeleryExecutor:
             raise BackendUnavailable(f"{failure}; no worker will run it") from failure.__cause__ or failure
         log.warning("%s, but a worker took task %s: waiting for its reply", failure, task_id)
 
-    async def _late(self, call: ToolCall, route: _Route) -> Any:
-        """No reply by the deadline: the journal's record if the step finished after all; in doubt if a
-        worker started it and never finished (a lost worker, or a tool that would not stop); else a
-        timeout (no worker took it)."""
+    async def _late(self, call: ToolCall, route: _Route, why: str) -> Any:
+        """No reply by the deadline, or none from a worker seen gone (``why``): the journal's record if the
+        step finished after all; in doubt if a worker started it and never finished (a lost worker, or a
+        tool that would not stop); else a timeout (no worker took it)."""
         if self._journal is not None:
             record = await self._journal.get(call.run_id, call.step)
             if record is not None and record.tool_name == call.tool_name:
                 call.finished_at = record.finished_at
                 return record.response
         if await self._started(call):
+            how = (f", which stopped renewing the step's heartbeat ({self._loss.every:g}s) before it gave a result"
+                   if why == LOST else f" and gave no result within {route.deadline:g}s")
             raise InDoubtError(
                 f"{IN_DOUBT_REASON}: {call.tool_name!r} (run {call.run_id}, step {call.step}) started on a worker "
-                f"of pool {route.pool!r} and gave no result within {route.deadline:g}s"
+                f"of pool {route.pool!r}{how}"
             )
         raise ToolTimeoutError(
             f"tool {call.tool_name!r} gave no result within {route.deadline:g}s (run {call.run_id}, "
@@ -283,7 +295,8 @@ class CeleryExecutor:
         return self._control
 
     async def close(self) -> None:
-        """Stop the reply reader and release the broker connection."""
+        """Stop the reply reader and the loss watch, and release the broker connection."""
+        await self._loss.close()
         await self._replies.close()
         if self._control is not None:
             await self._control.close()

@@ -1,8 +1,9 @@
 """A whole worker process killed mid-call on the threads pool (the default), Redis broker: its task
 comes back only after the broker's visibility timeout, long after the call's deadline. The coordinator
-settles it at the deadline from the step's started marker: an idempotent call is sent again once and
-completes once; any other call is in doubt and goes back to a human — never a plain timeout, never run
-twice."""
+settles it from the step's started marker, once the step's heartbeat expired (within seconds, however
+long the call's deadline) or at the deadline: an idempotent call is sent again once and completes once;
+any other call is in doubt and goes back to a human — never a plain timeout, never run twice. A live
+worker whose tool runs longer than its heartbeat's TTL is never taken for lost."""
 
 from __future__ import annotations
 
@@ -35,14 +36,13 @@ class Pool:
     workers: list[int]
 
 
-@pytest.fixture
-def pool(fleet: Fleet, tmp_path: Path) -> Iterator[tuple[Pool, object]]:
+def _pool(fleet: Fleet, tmp_path: Path, timeouts: str) -> Iterator[tuple[Pool, object]]:
     text = fleet.config.read_text()
     assert TIMEOUTS in text
     own = f"{fleet.settings.broker.queue_prefix}-lost-{uuid.uuid4().hex[:6]}"
     text = text.replace(f'queue_prefix = "{fleet.settings.broker.queue_prefix}"', f'queue_prefix = "{own}"')
-    text = text.replace(TIMEOUTS, "timeouts = { noop = 0.5, slow_copy = 4, slow_write = 2 }")
-    # a killed worker's heartbeat must expire before the deadline the idempotent call is sent again under
+    text = text.replace(TIMEOUTS, timeouts)
+    # a killed worker's heartbeat expires 1.5 s after its last renewal
     text += "\n[workers]\nheartbeat = 1.5\n"
     config = tmp_path / "castor.toml"
     config.write_text(text)
@@ -62,6 +62,19 @@ def pool(fleet: Fleet, tmp_path: Path) -> Iterator[tuple[Pool, object]]:
 
 
 @pytest.fixture
+def pool(fleet: Fleet, tmp_path: Path) -> Iterator[tuple[Pool, object]]:
+    """Short deadlines: a lost call is settled within seconds whichever way the coordinator sees it."""
+    yield from _pool(fleet, tmp_path, "timeouts = { noop = 0.5, slow_copy = 4, slow_write = 2 }")
+
+
+@pytest.fixture
+def long_pool(fleet: Fleet, tmp_path: Path) -> Iterator[tuple[Pool, object]]:
+    """Deadlines of a minute (plus the default grace of 30 s): only the step's heartbeat can settle a lost
+    call within seconds."""
+    yield from _pool(fleet, tmp_path, "timeouts = { noop = 0.5, slow_copy = 60, slow_write = 60 }")
+
+
+@pytest.fixture
 async def lost_kernel(pool: tuple[Pool, object]) -> AsyncIterator[Castor]:
     settings = load_settings(pool[0].config, env={})
     options = fleet_options(settings, budgets={})
@@ -74,11 +87,20 @@ async def lost_kernel(pool: tuple[Pool, object]) -> AsyncIterator[Castor]:
         await kernel.close()
 
 
+@pytest.fixture
+async def long_kernel(long_pool: tuple[Pool, object]) -> AsyncIterator[Castor]:
+    kernel = Castor(**fleet_options(load_settings(long_pool[0].config, env={}), budgets={}))
+    try:
+        yield kernel
+    finally:
+        await kernel.close()
+
+
 async def _run_killing_its_worker(
-    fleet: Fleet, pool: Pool, kernel: Castor, tool: str, tag: str, seconds: float
+    fleet: Fleet, pool: Pool, kernel: Castor, tool: str, tag: str, seconds: float, within: float = 30
 ) -> tuple[AgentCheckpoint, int]:
-    """Run one call of ``tool`` and SIGKILL the whole worker process that runs it; the run's end, and
-    the pid killed."""
+    """Run one call of ``tool`` and SIGKILL the whole worker process that runs it; the run's end (within
+    ``within`` seconds of the kill), and the pid killed."""
 
     async def agent() -> object:
         return await lib.tool(tool, tag=tag, seconds=seconds)
@@ -91,7 +113,7 @@ async def _run_killing_its_worker(
 
     running = asyncio.create_task(kernel.run(agent))
     killed = await asyncio.to_thread(kill)
-    return await asyncio.wait_for(running, 30), killed
+    return await asyncio.wait_for(running, within), killed
 
 
 async def test_a_killed_worker_mid_call_leaves_the_call_in_doubt_for_a_human(
@@ -118,3 +140,46 @@ async def test_a_killed_worker_mid_idempotent_call_is_sent_again_and_completes_o
     assert (fleet.count(tag, "start"), fleet.count(tag, "done")) == (2, 1)  # killed once, completed once
     assert fleet.running_pid(tag) != killed
     assert await lost_kernel.backend.journal.failures(cp.pid) == []
+
+
+# --- a lost worker seen by its heartbeat, long before the call's deadline (castor.executors._loss) -----------
+
+
+async def test_a_killed_worker_is_seen_gone_by_its_heartbeat_long_before_the_deadline(
+    fleet: Fleet, long_pool: tuple[Pool, object], long_kernel: Castor
+) -> None:
+    """The call's deadline is 90 s; its worker's heartbeat (1.5 s) says within seconds that it is gone."""
+    tag = f"lostlong-{uuid.uuid4().hex[:6]}"
+    cp, _ = await _run_killing_its_worker(fleet, long_pool[0], long_kernel, "slow_write", tag, 60, within=15)
+    assert cp.status == "SUSPENDED_FOR_HITL", cp.error
+    assert cp.pending_reason == "in doubt after worker loss"
+    assert (fleet.count(tag, "start"), fleet.count(tag, "done")) == (1, 0)
+    failures = await long_kernel.backend.journal.failures(cp.pid)
+    assert [f.error_type for f in failures] == ["InDoubtError"]
+    assert "started on a worker of pool 'fs', which stopped renewing the step's heartbeat" in failures[0].message
+
+
+async def test_an_idempotent_call_of_a_killed_worker_is_sent_again_within_seconds(
+    fleet: Fleet, long_pool: tuple[Pool, object], long_kernel: Castor
+) -> None:
+    tag = f"lostlongcopy-{uuid.uuid4().hex[:6]}"
+    cp, killed = await _run_killing_its_worker(fleet, long_pool[0], long_kernel, "slow_copy", tag, 1.5, within=15)
+    assert cp.status == "COMPLETED", cp.error
+    assert (fleet.count(tag, "start"), fleet.count(tag, "done")) == (2, 1)  # killed once, completed once
+    assert fleet.running_pid(tag) != killed
+
+
+async def test_a_live_worker_running_a_call_longer_than_its_heartbeat_is_not_taken_for_lost(
+    fleet: Fleet, long_pool: tuple[Pool, object], long_kernel: Castor
+) -> None:
+    """Six seconds of a tool is four of its heartbeat's TTL: the worker renews it, and the call completes."""
+    tag = f"slowlive-{uuid.uuid4().hex[:6]}"
+
+    async def agent() -> object:
+        return await lib.tool("slow_write", tag=tag, seconds=6)
+
+    cp = await asyncio.wait_for(long_kernel.run(agent), 30)
+    assert cp.status == "COMPLETED", cp.error
+    assert cp.result == f"wrote {tag}"
+    assert (fleet.count(tag, "start"), fleet.count(tag, "done")) == (1, 1)
+    assert await long_kernel.backend.journal.failures(cp.pid) == []
