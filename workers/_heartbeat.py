@@ -8,9 +8,12 @@ the tool has ended (journaled, failed or given up) the key is dropped. So a seco
 (a coordinator that took the run over sends it again) finds the key and waits for the result, and only
 a step whose worker is gone — the key expired — is in doubt.
 
-Renewing is ``PEXPIRE``, never a ``SET``: a key the step's finish dropped is not brought back. A renewal
-that fails (Redis restarting) is tried again at the next beat; a TTL of several beats rides out a short
-outage.
+Renewing is ``PEXPIRE``, never a plain ``SET``: a key the step's finish dropped is not brought back. A
+renewal that fails (Redis restarting) is tried again at the next beat. A Redis away for longer than the
+TTL (its keys' expiry times run on, restored from the AOF) finds the key gone at the next beat while the
+tool still runs: the key is set again then, only while the step's started marker still holds this round
+(``RESTORE``: the finish drops the marker with the key, a failure drops the marker first), so a
+coordinator looking at the heartbeat (``castor.executors._loss``) does not take a live worker for lost.
 """
 
 from __future__ import annotations
@@ -23,6 +26,16 @@ from collections.abc import Iterator
 from typing import Any
 
 log = logging.getLogger("castor.worker")
+
+
+# Set a step's heartbeat again (KEYS[1]) only while its started marker (KEYS[2]) holds the round this worker
+# runs (ARGV[3]); never over another's (NX). ARGV[1] the worker's id, ARGV[2] the TTL (ms).
+RESTORE = """
+if redis.call('GET', KEYS[2]) == ARGV[3] then
+  return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX')
+end
+return false
+"""
 
 
 class Beat:
@@ -44,21 +57,27 @@ class Heartbeats:
         self._every = ttl / 4
         self._client = redis_client(url, sync=True, socket_timeout=max(self._every, 0.5))
         self._keys: dict[str, int] = {}  # key -> how many tools of this process hold it
+        self._restore: dict[str, tuple[str, str, int]] = {}  # key -> (its step's marker, worker id, round)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closed = False
         self._thread: threading.Thread | None = None
 
     @contextlib.contextmanager
-    def beating(self, key: str, worker: str | None = None) -> Iterator[Beat]:
+    def beating(self, key: str, worker: str | None = None, *,
+                restore: tuple[str, str, int] | None = None) -> Iterator[Beat]:
         """Renew ``key`` until the block ends, then drop it (best effort: it expires anyway) unless the
         block set ``dropped`` on the ``Beat`` it got (the step's finish dropped it); ``worker``: set the
-        key to it first (a step its claim did not mark, such as an idempotent step run again)."""
+        key to it first (a step its claim did not mark, such as an idempotent step run again);
+        ``restore``: the step's started marker, this worker's id and the round it runs, to set the key
+        again should it expire while the block runs (module doc)."""
         if worker is not None:
             self._client.set(key, worker, px=self._ttl_ms)
         beat = Beat()
         with self._lock:
             self._keys[key] = self._keys.get(key, 0) + 1
+            if restore is not None:
+                self._restore[key] = restore
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="castor-heartbeats", daemon=True)
                 self._thread.start()
@@ -69,6 +88,8 @@ class Heartbeats:
                 held = self._keys.pop(key, 1) - 1
                 if held > 0:
                     self._keys[key] = held
+                else:
+                    self._restore.pop(key, None)
             if held <= 0 and not beat.dropped:
                 self._drop(key)
 
@@ -88,9 +109,20 @@ class Heartbeats:
                 pipe: Any = self._client.pipeline(transaction=False)
                 for key in held:
                     pipe.pexpire(key, self._ttl_ms)
-                pipe.execute()
+                renewed = pipe.execute()
+                gone = [key for key, ok in zip(held, renewed, strict=True) if not ok]
+                if gone:
+                    self._set_again(gone)
             except Exception as exc:  # renewed at the next beat; the TTL spans several
                 log.warning("could not renew %d heartbeat(s): %s", len(held), exc)
+
+    def _set_again(self, gone: list[str]) -> None:
+        """Set again the keys of ``gone`` that expired while their steps still run here (``RESTORE``)."""
+        with self._lock:
+            known = [(key, self._restore[key]) for key in gone if key in self._restore]
+        for key, (marker, worker, attempt) in known:
+            if self._client.eval(RESTORE, 2, key, marker, worker, self._ttl_ms, str(attempt)):
+                log.warning("the heartbeat %s had expired while its step ran (Redis away?): set again", key)
 
     def close(self) -> None:
         """Stop renewing and release the client (the keys expire by themselves)."""

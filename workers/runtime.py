@@ -187,8 +187,10 @@ class WorkerRuntime:
                        "started and never finished")
             proc.loop.run(self._fail(proc, job, IN_DOUBT, "InDoubtError", message, policy))
             return Outcome(IN_DOUBT, detail=failure_text("InDoubtError", message, checked, policy.sensitive))
-        with proc.heartbeats.beating(heartbeat(self.settings.redis.prefix, job.run_id, job.step),
-                                     None if previous == -1 else proc.worker) as beat:
+        prefix = self.settings.redis.prefix
+        with proc.heartbeats.beating(heartbeat(prefix, job.run_id, job.step), None if previous == -1 else proc.worker,
+                                     restore=(started_marker(prefix, job.run_id, job.step), proc.worker,
+                                              job.attempt)) as beat:
             outcome = self._execute(proc, job, spec, checked, policy, retries)
             beat.dropped = outcome.status == OK  # the finish dropped it with the marker: no round trip more
             return outcome

@@ -9,11 +9,13 @@ worker that started the step stopped renewing it for a whole TTL: the process di
 Without this, a coordinator noticed a lost worker only at the call's deadline: the tool's timeout (with
 its retries) plus a grace of 30 s, minutes for a long tool, while the Redis broker gives the task back
 later still (after its visibility timeout). ``LossWatch`` looks at every call that has waited a
-heartbeat's length, every heartbeat's length, in one round trip for all of them. A call seen lost gets
-``SETTLE`` seconds more for a reply already on its way (a timed-out tool replies just after its heartbeat
-goes), then ``WorkerLost``: the executor settles it as at the deadline (the journal's record if the step
-finished after all; an idempotent call sent again; any other in doubt, for a human). A coordinator that
-cannot reach Redis to look goes on waiting: the deadline still settles the call.
+heartbeat's length, every heartbeat's length, in one round trip for all of them. A call seen lost is
+looked at once more after half a heartbeat (at least ``SETTLE`` seconds): a reply may be on its way (a
+timed-out tool replies just after its heartbeat goes), and a worker that Redis was away from for longer
+than the TTL sets its running steps' heartbeats again at its next beat (``workers/_heartbeat.py``). Still
+lost then, the call fails with ``WorkerLost``: the executor settles it as at the deadline (the journal's
+record if the step finished after all; an idempotent call sent again; any other in doubt, for a human).
+A coordinator that cannot reach Redis to look goes on waiting: the deadline still settles the call.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from castor.backends.redis import RedisConnection, keys
 from castor.fleet.wire import Reply
 from castor.seams import ToolCall
 
-SETTLE = 1.0  # seconds a call seen lost may still get its reply (a timeout's reply follows its heartbeat)
+SETTLE = 1.0  # the least time between the two looks that find a call lost
 log = logging.getLogger("castor.executor")
 
 
@@ -86,12 +88,12 @@ class LossWatch:
                 continue
             try:
                 lost = await self._lost(old)
+                if lost:
+                    await asyncio.sleep(max(SETTLE, self.every / 2))
+                    lost = await self._lost([(e, w) for e, w in lost if not w.future.done()])
             except Exception as exc:  # Redis away: the calls' deadlines still settle them
                 log.debug("could not look at the heartbeats of %d calls: %s", len(old), exc)
                 continue
-            if not lost:
-                continue
-            await asyncio.sleep(SETTLE)
             for effect_id, waiting in lost:
                 if not waiting.future.done() and self._waiting.get(effect_id) is waiting:
                     call = waiting.call
@@ -101,6 +103,8 @@ class LossWatch:
 
     async def _lost(self, old: list[tuple[str, _Waiting]]) -> list[tuple[str, _Waiting]]:
         """Those of ``old`` whose step has a started marker of their round and no heartbeat."""
+        if not old:
+            return []
         names: list[str] = []
         for _, waiting in old:
             call = waiting.call

@@ -98,3 +98,40 @@ def test_a_redis_outage_past_the_lease_never_drives_a_run_twice(private: tuple[F
     # a clear end: the new drive replayed the call's journaled result and went on
     assert final.get("status") == "COMPLETED", (final, log[-3000:])
     assert fleet.procs["co-a"].poll() is None
+
+
+def test_a_redis_outage_longer_than_the_heartbeat_does_not_make_a_live_worker_look_lost(
+    private: tuple[Fleet, PrivateRedis],
+) -> None:
+    """The step's heartbeat (1.5 s) expires while Redis is away for 4 s (its TTL runs on, restored from the
+    AOF); the worker still runs the call and renews the key again when Redis is back. A coordinator that
+    looks at the step's heartbeat (``castor.executors._loss``) must not take that worker for lost: the run
+    completes, the call started once, nobody asked."""
+    fleet, server = private
+    with fleet.config.open("a") as config:
+        config.write("heartbeat = 1.5\n")  # under [workers], the config's last section
+    starts = fleet.tmp / "starts"
+    fleet.env["CASTOR_TEST_STARTS"] = str(starts)
+    workers = {"web": fleet.worker("web"), "fs": fleet.worker("fs")}
+    fleet.coordinator("co-a", lease=LEASE)
+    pid = fleet.cli("submit", agent_spec("outage_job"), *TOOLS).stdout.strip()
+    deadline = time.monotonic() + 30
+    while not starts.exists():
+        assert time.monotonic() < deadline, fleet.log("co-a")[-2000:]
+        time.sleep(0.05)
+    time.sleep(0.3)
+    server.kill()
+    time.sleep(OUTAGE)
+    server.start()
+    deadline = time.monotonic() + 60
+    while header(fleet, pid).get("status") not in ("COMPLETED", "FAILED", "SUSPENDED_FOR_HITL"):
+        assert time.monotonic() < deadline, fleet.log("co-a")[-3000:]
+        for pool, proc in workers.items():
+            if proc.poll() is not None:
+                workers[pool] = fleet.worker(pool)
+        time.sleep(0.1)
+
+    final = header(fleet, pid)
+    assert final.get("status") == "COMPLETED", (final, fleet.log("co-a")[-3000:])
+    assert starts.read_text().count("start") == 1
+    assert "stopped renewing the step's heartbeat" not in fleet.log("co-a")
