@@ -28,20 +28,30 @@ from .conftest import Fleet, spawn_worker, wait_ready
 TIMEOUTS = "timeouts = { noop = 0.5 }"  # the fleet config's line; the lost-worker tools get short deadlines
 
 
+# The lost-worker tools' deadlines: a few seconds (a lost call is settled at its deadline or by its step's
+# heartbeat, whichever comes first), or a minute plus the default grace of 30 s (only the heartbeat can
+# settle it within seconds).
+DEADLINES = {
+    "short": "timeouts = { noop = 0.5, slow_copy = 4, slow_write = 2 }",
+    "long": "timeouts = { noop = 0.5, slow_copy = 60, slow_write = 60 }",
+}
+
+
 @dataclass
 class Pool:
     """Threads-pool workers of ``fs`` on queues of their own (the session's workers never take these tasks)."""
 
     config: Path
     workers: list[int]
+    deadlines: str
 
 
-def _pool(fleet: Fleet, tmp_path: Path, timeouts: str) -> Iterator[tuple[Pool, object]]:
+def _pool(fleet: Fleet, tmp_path: Path, deadlines: str) -> Iterator[tuple[Pool, object]]:
     text = fleet.config.read_text()
     assert TIMEOUTS in text
     own = f"{fleet.settings.broker.queue_prefix}-lost-{uuid.uuid4().hex[:6]}"
     text = text.replace(f'queue_prefix = "{fleet.settings.broker.queue_prefix}"', f'queue_prefix = "{own}"')
-    text = text.replace(TIMEOUTS, timeouts)
+    text = text.replace(TIMEOUTS, DEADLINES[deadlines])
     # a killed worker's heartbeat expires 1.5 s after its last renewal
     text += "\n[workers]\nheartbeat = 1.5\n"
     config = tmp_path / "castor.toml"
@@ -53,7 +63,7 @@ def _pool(fleet: Fleet, tmp_path: Path, timeouts: str) -> Iterator[tuple[Pool, o
             proc = spawn_worker(config, "fs", "threads", 2, fleet.env, log)
             procs.append(proc)
             wait_ready(proc, "fs", log)
-        yield Pool(config, [p.pid for p in procs]), procs
+        yield Pool(config, [p.pid for p in procs], deadlines), procs
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -61,25 +71,21 @@ def _pool(fleet: Fleet, tmp_path: Path, timeouts: str) -> Iterator[tuple[Pool, o
             proc.wait(10)
 
 
-@pytest.fixture
-def pool(fleet: Fleet, tmp_path: Path) -> Iterator[tuple[Pool, object]]:
-    """Short deadlines: a lost call is settled within seconds whichever way the coordinator sees it."""
-    yield from _pool(fleet, tmp_path, "timeouts = { noop = 0.5, slow_copy = 4, slow_write = 2 }")
+@pytest.fixture(params=list(DEADLINES))
+def pool(request: pytest.FixtureRequest, fleet: Fleet, tmp_path: Path) -> Iterator[tuple[Pool, object]]:
+    yield from _pool(fleet, tmp_path, request.param)
 
 
 @pytest.fixture
 def long_pool(fleet: Fleet, tmp_path: Path) -> Iterator[tuple[Pool, object]]:
-    """Deadlines of a minute (plus the default grace of 30 s): only the step's heartbeat can settle a lost
-    call within seconds."""
-    yield from _pool(fleet, tmp_path, "timeouts = { noop = 0.5, slow_copy = 60, slow_write = 60 }")
+    yield from _pool(fleet, tmp_path, "long")
 
 
-@pytest.fixture
-async def lost_kernel(pool: tuple[Pool, object]) -> AsyncIterator[Castor]:
-    settings = load_settings(pool[0].config, env={})
+async def _kernel(pool: Pool) -> AsyncIterator[Castor]:
+    settings = load_settings(pool.config, env={})
     options = fleet_options(settings, budgets={})
-    # deadlines of the tools' few seconds plus 1 s, not the default grace of 30 s
-    options["executor"] = CeleryExecutor.factory(settings, journal=options["store"].journal, reply_grace=1.0)
+    if pool.deadlines == "short":  # deadlines of the tools' few seconds plus 1 s, not the default grace of 30 s
+        options["executor"] = CeleryExecutor.factory(settings, journal=options["store"].journal, reply_grace=1.0)
     kernel = Castor(**options)
     try:
         yield kernel
@@ -88,12 +94,15 @@ async def lost_kernel(pool: tuple[Pool, object]) -> AsyncIterator[Castor]:
 
 
 @pytest.fixture
-async def long_kernel(long_pool: tuple[Pool, object]) -> AsyncIterator[Castor]:
-    kernel = Castor(**fleet_options(load_settings(long_pool[0].config, env={}), budgets={}))
-    try:
+async def lost_kernel(pool: tuple[Pool, object]) -> AsyncIterator[Castor]:
+    async for kernel in _kernel(pool[0]):
         yield kernel
-    finally:
-        await kernel.close()
+
+
+@pytest.fixture
+async def long_kernel(long_pool: tuple[Pool, object]) -> AsyncIterator[Castor]:
+    async for kernel in _kernel(long_pool[0]):
+        yield kernel
 
 
 async def _run_killing_its_worker(
@@ -119,54 +128,31 @@ async def _run_killing_its_worker(
 async def test_a_killed_worker_mid_call_leaves_the_call_in_doubt_for_a_human(
     fleet: Fleet, pool: tuple[Pool, object], lost_kernel: Castor
 ) -> None:
+    """Short deadlines: settled at the deadline or by the heartbeat. Long ones (90 s): by the step's
+    heartbeat (1.5 s), within seconds (``castor.executors._loss``)."""
     tag = f"lost-{uuid.uuid4().hex[:6]}"
-    cp, _ = await _run_killing_its_worker(fleet, pool[0], lost_kernel, "slow_write", tag, 30)
+    cp, _ = await _run_killing_its_worker(fleet, pool[0], lost_kernel, "slow_write", tag, 60, within=15)
     assert cp.status == "SUSPENDED_FOR_HITL", cp.error
     assert cp.pending_reason == "in doubt after worker loss"
     assert (fleet.count(tag, "start"), fleet.count(tag, "done")) == (1, 0)
     failures = await lost_kernel.backend.journal.failures(cp.pid)
     assert [f.error_type for f in failures] == ["InDoubtError"]
     assert "started on a worker of pool 'fs'" in failures[0].message
+    if pool[0].deadlines == "long":
+        assert "which stopped renewing the step's heartbeat" in failures[0].message
 
 
 async def test_a_killed_worker_mid_idempotent_call_is_sent_again_and_completes_once(
     fleet: Fleet, pool: tuple[Pool, object], lost_kernel: Castor
 ) -> None:
     tag = f"lostcopy-{uuid.uuid4().hex[:6]}"
-    # The first run is killed within its 1.5 s; the second, sent at the deadline (4 + 1 s), completes.
-    cp, killed = await _run_killing_its_worker(fleet, pool[0], lost_kernel, "slow_copy", tag, 1.5)
+    # The first run is killed within its 1.5 s; the second, sent once the first is seen lost, completes.
+    cp, killed = await _run_killing_its_worker(fleet, pool[0], lost_kernel, "slow_copy", tag, 1.5, within=15)
     assert cp.status == "COMPLETED", cp.error
     assert cp.result == f"copied {tag}"
     assert (fleet.count(tag, "start"), fleet.count(tag, "done")) == (2, 1)  # killed once, completed once
     assert fleet.running_pid(tag) != killed
     assert await lost_kernel.backend.journal.failures(cp.pid) == []
-
-
-# --- a lost worker seen by its heartbeat, long before the call's deadline (castor.executors._loss) -----------
-
-
-async def test_a_killed_worker_is_seen_gone_by_its_heartbeat_long_before_the_deadline(
-    fleet: Fleet, long_pool: tuple[Pool, object], long_kernel: Castor
-) -> None:
-    """The call's deadline is 90 s; its worker's heartbeat (1.5 s) says within seconds that it is gone."""
-    tag = f"lostlong-{uuid.uuid4().hex[:6]}"
-    cp, _ = await _run_killing_its_worker(fleet, long_pool[0], long_kernel, "slow_write", tag, 60, within=15)
-    assert cp.status == "SUSPENDED_FOR_HITL", cp.error
-    assert cp.pending_reason == "in doubt after worker loss"
-    assert (fleet.count(tag, "start"), fleet.count(tag, "done")) == (1, 0)
-    failures = await long_kernel.backend.journal.failures(cp.pid)
-    assert [f.error_type for f in failures] == ["InDoubtError"]
-    assert "started on a worker of pool 'fs', which stopped renewing the step's heartbeat" in failures[0].message
-
-
-async def test_an_idempotent_call_of_a_killed_worker_is_sent_again_within_seconds(
-    fleet: Fleet, long_pool: tuple[Pool, object], long_kernel: Castor
-) -> None:
-    tag = f"lostlongcopy-{uuid.uuid4().hex[:6]}"
-    cp, killed = await _run_killing_its_worker(fleet, long_pool[0], long_kernel, "slow_copy", tag, 1.5, within=15)
-    assert cp.status == "COMPLETED", cp.error
-    assert (fleet.count(tag, "start"), fleet.count(tag, "done")) == (2, 1)  # killed once, completed once
-    assert fleet.running_pid(tag) != killed
 
 
 async def test_a_live_worker_running_a_call_longer_than_its_heartbeat_is_not_taken_for_lost(

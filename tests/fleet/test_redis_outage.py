@@ -67,8 +67,9 @@ def dispatches(fleet: Fleet, tool: str) -> set[str]:
     return set(re.findall(rf"Task castor\.tool\.{tool}\[([^\]]+)\] received", fleet.log("worker-fs")))
 
 
-def test_a_redis_outage_past_the_lease_never_drives_a_run_twice(private: tuple[Fleet, PrivateRedis]) -> None:
-    fleet, server = private
+def _outage_job(fleet: Fleet, server: PrivateRedis) -> tuple[str, Path]:
+    """Submit ``outage_job`` to a coordinator with a 2 s lease, kill Redis for 4 s once its slow call has
+    started, and wait for the run to end: its pid, and the file its call's starts were noted in."""
     starts = fleet.tmp / "starts"
     fleet.env["CASTOR_TEST_STARTS"] = str(starts)
     workers = {"web": fleet.worker("web"), "fs": fleet.worker("fs")}
@@ -89,7 +90,12 @@ def test_a_redis_outage_past_the_lease_never_drives_a_run_twice(private: tuple[F
             if proc.poll() is not None:  # the test is the workers' supervisor (a worker may exit over an outage)
                 workers[pool] = fleet.worker(pool)
         time.sleep(0.1)
+    return pid, starts
 
+
+def test_a_redis_outage_past_the_lease_never_drives_a_run_twice(private: tuple[Fleet, PrivateRedis]) -> None:
+    fleet, server = private
+    pid, starts = _outage_job(fleet, server)
     assert starts.read_text().count("start") == 1  # the non-idempotent call started once
     assert len(dispatches(fleet, "slow_write")) == 1  # and the coordinator sent it once, with one drive
     log = fleet.log("co-a")
@@ -104,33 +110,13 @@ def test_a_redis_outage_longer_than_the_heartbeat_does_not_make_a_live_worker_lo
     private: tuple[Fleet, PrivateRedis],
 ) -> None:
     """The step's heartbeat (1.5 s) expires while Redis is away for 4 s (its TTL runs on, restored from the
-    AOF); the worker still runs the call and renews the key again when Redis is back. A coordinator that
+    AOF); the worker still runs the call and sets the key again when Redis is back. A coordinator that
     looks at the step's heartbeat (``castor.executors._loss``) must not take that worker for lost: the run
     completes, the call started once, nobody asked."""
     fleet, server = private
     with fleet.config.open("a") as config:
         config.write("heartbeat = 1.5\n")  # under [workers], the config's last section
-    starts = fleet.tmp / "starts"
-    fleet.env["CASTOR_TEST_STARTS"] = str(starts)
-    workers = {"web": fleet.worker("web"), "fs": fleet.worker("fs")}
-    fleet.coordinator("co-a", lease=LEASE)
-    pid = fleet.cli("submit", agent_spec("outage_job"), *TOOLS).stdout.strip()
-    deadline = time.monotonic() + 30
-    while not starts.exists():
-        assert time.monotonic() < deadline, fleet.log("co-a")[-2000:]
-        time.sleep(0.05)
-    time.sleep(0.3)
-    server.kill()
-    time.sleep(OUTAGE)
-    server.start()
-    deadline = time.monotonic() + 60
-    while header(fleet, pid).get("status") not in ("COMPLETED", "FAILED", "SUSPENDED_FOR_HITL"):
-        assert time.monotonic() < deadline, fleet.log("co-a")[-3000:]
-        for pool, proc in workers.items():
-            if proc.poll() is not None:
-                workers[pool] = fleet.worker(pool)
-        time.sleep(0.1)
-
+    pid, starts = _outage_job(fleet, server)
     final = header(fleet, pid)
     assert final.get("status") == "COMPLETED", (final, fleet.log("co-a")[-3000:])
     assert starts.read_text().count("start") == 1
