@@ -28,13 +28,13 @@ from .conftest import Fleet, spawn_worker, wait_ready
 TIMEOUTS = "timeouts = { noop = 0.5 }"  # the fleet config's line; the lost-worker tools get short deadlines
 
 
-# The lost-worker tools' deadlines: a few seconds (a lost call is settled at its deadline or by its step's
-# heartbeat, whichever comes first), or a minute plus the default grace of 30 s (only the heartbeat can
-# settle it within seconds).
-DEADLINES = {
-    "short": "timeouts = { noop = 0.5, slow_copy = 4, slow_write = 2 }",
-    "long": "timeouts = { noop = 0.5, slow_copy = 60, slow_write = 60 }",
-}
+# The lost-worker tools' deadlines and the heartbeat's TTL: deadlines of a few seconds (a lost call is
+# settled at its deadline or by its step's heartbeat, whichever comes first); of a minute plus the default
+# grace of 30 s (only the heartbeat can settle it within seconds); of a few seconds under a heartbeat of
+# 30 s (only the deadline can).
+SHORT = "timeouts = { noop = 0.5, slow_copy = 4, slow_write = 2 }"
+LONG = "timeouts = { noop = 0.5, slow_copy = 60, slow_write = 60 }"
+DEADLINES = {"short": (SHORT, 1.5), "long": (LONG, 1.5), "late": (SHORT, 30.0)}
 
 
 @dataclass
@@ -51,9 +51,10 @@ def _pool(fleet: Fleet, tmp_path: Path, deadlines: str) -> Iterator[tuple[Pool, 
     assert TIMEOUTS in text
     own = f"{fleet.settings.broker.queue_prefix}-lost-{uuid.uuid4().hex[:6]}"
     text = text.replace(f'queue_prefix = "{fleet.settings.broker.queue_prefix}"', f'queue_prefix = "{own}"')
-    text = text.replace(TIMEOUTS, DEADLINES[deadlines])
-    # a killed worker's heartbeat expires 1.5 s after its last renewal
-    text += "\n[workers]\nheartbeat = 1.5\n"
+    timeouts, heartbeat = DEADLINES[deadlines]
+    text = text.replace(TIMEOUTS, timeouts)
+    # a killed worker's heartbeat expires this long after its last renewal
+    text += f"\n[workers]\nheartbeat = {heartbeat}\n"
     config = tmp_path / "castor.toml"
     config.write_text(text)
     procs = []
@@ -71,8 +72,9 @@ def _pool(fleet: Fleet, tmp_path: Path, deadlines: str) -> Iterator[tuple[Pool, 
             proc.wait(10)
 
 
-@pytest.fixture(params=list(DEADLINES))
+@pytest.fixture
 def pool(request: pytest.FixtureRequest, fleet: Fleet, tmp_path: Path) -> Iterator[tuple[Pool, object]]:
+    """The tests' workers, for the deadlines their ``pool`` parameter names (``DEADLINES``)."""
     yield from _pool(fleet, tmp_path, request.param)
 
 
@@ -84,7 +86,7 @@ def long_pool(fleet: Fleet, tmp_path: Path) -> Iterator[tuple[Pool, object]]:
 async def _kernel(pool: Pool) -> AsyncIterator[Castor]:
     settings = load_settings(pool.config, env={})
     options = fleet_options(settings, budgets={})
-    if pool.deadlines == "short":  # deadlines of the tools' few seconds plus 1 s, not the default grace of 30 s
+    if DEADLINES[pool.deadlines][0] == SHORT:  # the tools' few seconds plus 1 s, not the default grace of 30 s
         options["executor"] = CeleryExecutor.factory(settings, journal=options["store"].journal, reply_grace=1.0)
     kernel = Castor(**options)
     try:
@@ -125,11 +127,19 @@ async def _run_killing_its_worker(
     return await asyncio.wait_for(running, within), killed
 
 
+SEEN = {  # what the in-doubt failure says of a call lost under each of DEADLINES
+    "short": "started on a worker of pool 'fs'",
+    "long": "started on a worker of pool 'fs', which stopped renewing the step's heartbeat (1.5s)",
+    "late": "started on a worker of pool 'fs' and gave no result within 3s",
+}
+
+
+@pytest.mark.parametrize("pool", list(DEADLINES), indirect=True)
 async def test_a_killed_worker_mid_call_leaves_the_call_in_doubt_for_a_human(
     fleet: Fleet, pool: tuple[Pool, object], lost_kernel: Castor
 ) -> None:
-    """Short deadlines: settled at the deadline or by the heartbeat. Long ones (90 s): by the step's
-    heartbeat (1.5 s), within seconds (``castor.executors._loss``)."""
+    """Settled by the step's heartbeat within seconds however long the deadline (``castor.executors._loss``),
+    or at the deadline when the heartbeat outlasts it; in doubt either way."""
     tag = f"lost-{uuid.uuid4().hex[:6]}"
     cp, _ = await _run_killing_its_worker(fleet, pool[0], lost_kernel, "slow_write", tag, 60, within=15)
     assert cp.status == "SUSPENDED_FOR_HITL", cp.error
@@ -137,11 +147,10 @@ async def test_a_killed_worker_mid_call_leaves_the_call_in_doubt_for_a_human(
     assert (fleet.count(tag, "start"), fleet.count(tag, "done")) == (1, 0)
     failures = await lost_kernel.backend.journal.failures(cp.pid)
     assert [f.error_type for f in failures] == ["InDoubtError"]
-    assert "started on a worker of pool 'fs'" in failures[0].message
-    if pool[0].deadlines == "long":
-        assert "which stopped renewing the step's heartbeat" in failures[0].message
+    assert SEEN[pool[0].deadlines] in failures[0].message
 
 
+@pytest.mark.parametrize("pool", ["short", "long"], indirect=True)  # a heartbeat past the deadline: README
 async def test_a_killed_worker_mid_idempotent_call_is_sent_again_and_completes_once(
     fleet: Fleet, pool: tuple[Pool, object], lost_kernel: Castor
 ) -> None:
@@ -169,3 +178,4 @@ async def test_a_live_worker_running_a_call_longer_than_its_heartbeat_is_not_tak
     assert cp.result == f"wrote {tag}"
     assert (fleet.count(tag, "start"), fleet.count(tag, "done")) == (1, 1)
     assert await long_kernel.backend.journal.failures(cp.pid) == []
+
