@@ -117,12 +117,19 @@ class Heartbeats:
                 log.warning("could not renew %d heartbeat(s): %s", len(held), exc)
 
     def _set_again(self, gone: list[str]) -> None:
-        """Set again the keys of ``gone`` that expired while their steps still run here (``RESTORE``)."""
+        """Set again the keys of ``gone`` that expired while their steps still run here (``RESTORE``).
+
+        Under the lock a block's end takes before it drops its key: a key set again here is dropped after
+        (a timed-out tool's: its marker stays), and one whose block ended first is not set at all. Rare
+        (a Redis away past the TTL), so the lock's round trips stall no tool's start for long."""
         with self._lock:
-            known = [(key, self._restore[key]) for key in gone if key in self._restore]
-        for key, (marker, worker, attempt) in known:
-            if self._client.eval(RESTORE, 2, key, marker, worker, self._ttl_ms, str(attempt)):
-                log.warning("the heartbeat %s had expired while its step ran (Redis away?): set again", key)
+            for key in gone:
+                restore = self._restore.get(key)
+                if restore is None:
+                    continue
+                marker, worker, attempt = restore
+                if self._client.eval(RESTORE, 2, key, marker, worker, self._ttl_ms, str(attempt)):
+                    log.warning("the heartbeat %s had expired while its step ran (Redis away?): set again", key)
 
     def close(self) -> None:
         """Stop renewing and release the client (the keys expire by themselves)."""
