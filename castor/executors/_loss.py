@@ -63,7 +63,8 @@ class LossWatch:
         if its worker is seen gone."""
         loop = asyncio.get_running_loop()
         self._waiting[effect_id] = _Waiting(call, future, loop.time())
-        if self._task is None:
+        task = self._task
+        if task is None or task.done():  # a watch that ended by an error it did not expect starts again
             self._task = loop.create_task(self._run(), name="castor-loss-watch")
 
     def discard(self, effect_id: str) -> None:
@@ -114,6 +115,15 @@ class LossWatch:
         lost = []
         for n, (effect_id, waiting) in enumerate(old):
             marker, beat = values[2 * n], values[2 * n + 1]
-            if marker is not None and beat is None and int(marker) >= waiting.call.attempt:
+            if marker is not None and beat is None and _round(marker) >= waiting.call.attempt:
                 lost.append((effect_id, waiting))
         return lost
+
+
+def _round(marker: Any) -> int:
+    """The approval round a started marker holds; -1 for a value that is no round (never a lost call, and
+    never a stop to the look at the others)."""
+    try:
+        return int(marker)
+    except (TypeError, ValueError):
+        return -1
