@@ -42,9 +42,11 @@ async def cmd_ps(args: argparse.Namespace) -> int:
         out_json(ps_json(runs))
     elif not runs:
         out("No agents found.")  # 0.5.1's line; where else the runs may be goes to stderr
-        elsewhere = other_store(args) if args.status is None else ""
+        # Said once: under --watch the same args come back every frame, and the hint would scroll the log.
+        elsewhere = other_store(args) if args.status is None and not getattr(args, "hinted", False) else ""
         if elsewhere:
             print(f"castor: ./{DEFAULT_DB} holds no runs: {elsewhere}", file=sys.stderr)
+            args.hinted = True
     else:
         out(*(ps_line(run) for run in runs))
     return 0

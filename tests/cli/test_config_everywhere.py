@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -82,3 +86,28 @@ def test_an_empty_ps_of_castor_db_says_where_the_fleet_is(cli: Cli, workdir: Pat
     assert pid in cli("ps", "--config", "castor.toml").out
     for named in (["--db", "castor.db"], ["--json"], ["--status", "done"]):  # a store named, JSON, a filter
         assert cli("ps", *named).err == "", named
+
+
+def test_a_watched_empty_ps_says_where_the_fleet_is_once(workdir: Path, redis_url: str, redis_prefix: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ``--watch`` the hint is said at the first frame, not at every one (it would fill a log)."""
+    monkeypatch.delenv("CASTOR_CONFIG", raising=False)
+    _config(workdir, redis_url, redis_prefix).rename(workdir / "castor.toml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CASTOR_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    with subprocess.Popen([sys.executable, "-m", "castor", "ps", "--watch", "0.1"], cwd=workdir, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            frames = 0
+            while frames < 4:  # three whole frames printed, the fourth begun
+                line = proc.stdout.readline()
+                assert line, "the watch ended early"
+                frames += line.startswith("--- ")
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0
+    assert err.count("holds no runs") == 1, err
