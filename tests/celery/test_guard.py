@@ -187,3 +187,21 @@ def test_a_worker_without_a_secret_runs_nothing_outside_a_development_fleet(
     assert "this worker has no secret" in letters(redis_url, redis_prefix)[0]["reason"]
     assert failures(redis_url, redis_prefix, "p5") == []
     assert guarded(insecure_dev=True).handle(jot_task("p6"), task_name("jot")).status == OK
+
+
+def test_an_approval_of_another_round_lends_no_authority() -> None:
+    """The request a human approved must be of the task's round: after a loss in doubt opens round 1, the
+    call approved in round 0 is not this one, even with the same tool and arguments."""
+    from castor.fleet.workers._guard import Refusal, check_approved_call
+
+    from castor.fleet.wire import decode
+    from castor.settings import tool_policy
+
+    arguments = {"path": "/tmp/a", "depth": 1, "key": "k"}
+    job = decode(encode(ToolCall("g9", 0, "wipe", arguments, attempt=1), "", None, checked=arguments))
+    spec = ToolRegistry([wipe]).get("wipe")
+    policy = tool_policy(Settings(), spec)
+    round_0 = PendingApproval("g9", 0, "wipe", arguments, time.time(), attempt=0)
+    with pytest.raises(Refusal, match=r"approval for run g9 step 0 \(round 1\) does not say which call"):
+        check_approved_call(job, spec, policy, round_0)
+    check_approved_call(job, spec, policy, PendingApproval("g9", 0, "wipe", arguments, time.time(), attempt=1))
