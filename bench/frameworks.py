@@ -169,8 +169,9 @@ def pydantic_ai_case(steps: int, latency: float = 0.0) -> Case:
 # --- OpenAI Agents SDK --------------------------------------------------------------------------------
 
 
-def openai_agents_case(steps: int) -> tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[Any]], list[Any]]:
-    """The unguarded and the guarded agent functions, and the tools for Castor."""
+def openai_agents_case(steps: int, latency: float = 0.0) -> Case:
+    """The unguarded and the guarded agent functions, and the tools for Castor (``latency``: seconds the
+    scripted model waits before it answers)."""
     import os
 
     os.environ.setdefault("OPENAI_API_KEY", "sk-bench-offline")
@@ -185,6 +186,8 @@ def openai_agents_case(steps: int) -> tuple[Callable[[], Awaitable[Any]], Callab
         model = "scripted"
 
         async def get_response(self, system_instructions: Any, input: Any, *args: Any, **kwargs: Any) -> ModelResponse:
+            if latency:
+                await asyncio.sleep(latency)
             n = sum(1 for item in input if item.get("type") == "function_call")
             if n < steps:
                 output: list[Any] = [ResponseFunctionToolCall(type="function_call", call_id=f"c{n}", name="search",
@@ -222,8 +225,9 @@ def _sync_search(query: str) -> str:
     return f"found {query}"
 
 
-def smolagents_case(steps: int) -> tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[Any]], list[Any]]:
-    """The unguarded and the guarded agent functions, and the tools for Castor."""
+def smolagents_case(steps: int, latency: float = 0.0) -> Case:
+    """The unguarded and the guarded agent functions, and the tools for Castor (``latency``: seconds the
+    scripted model waits before it answers, in the agent's thread, as a provider's HTTP call does)."""
     from smolagents import ToolCallingAgent, tool
     from smolagents.models import (
         ChatMessage,
@@ -238,6 +242,8 @@ def smolagents_case(steps: int) -> tuple[Callable[[], Awaitable[Any]], Callable[
 
     class Scripted(Model):
         def generate(self, messages: Any, *args: Any, **kwargs: Any) -> ChatMessage:
+            if latency:
+                time.sleep(latency)
             n = sum(1 for m in messages if m.role == MessageRole.ASSISTANT)
             name, arguments = ("search", {"query": f"q{n}"}) if n < steps else ("final_answer", {"answer": "done"})
             call = ChatMessageToolCall(id=f"c{n}", type="function",
@@ -318,7 +324,8 @@ MODULES = {"langgraph": ("castor.frameworks.langchain",), "langgraph-once": ("ca
            "pydantic-ai": ("castor.frameworks.pydantic_ai",),
            "openai-agents": ("castor.frameworks.openai_agents",), "smolagents": ("castor.frameworks.smolagents",),
            "crewai": ("castor.frameworks._crewai_llm", "castor.frameworks.crewai")}
-WAITING = {"langgraph", "langgraph-once", "pydantic-ai"}  # the cases whose scripted model can wait (--latency)
+# The cases whose scripted model can wait (--latency): CrewAI's is the one left.
+WAITING = {"langgraph", "langgraph-once", "pydantic-ai", "openai-agents", "smolagents"}
 
 
 async def _direct_step(request: Any, model: str, invoke: Callable[[Any], Awaitable[Any]], **_: Any) -> Any:
