@@ -23,7 +23,14 @@ from castor.cli._escape import shown
 from castor.cli._progress import add_progress, step_counter
 from castor.cli._render import finished_lines, result_lines
 from castor.cli._stores import settings_of
-from castor.errors import BackendUnavailable, CastorError, ConfigError, InvalidPidError, UnknownToolError
+from castor.errors import (
+    BackendUnavailable,
+    CastorError,
+    ConfigError,
+    InDoubtError,
+    InvalidPidError,
+    UnknownToolError,
+)
 from castor.kernel import Castor, runner
 from castor.policies import auto_approve, auto_reject, interactive
 from castor.seams import Backend
@@ -126,6 +133,9 @@ async def advance(
             decision, feedback = await policy(cp)
         except EOFError:
             raise ConfigError(f"no answer on standard input; run {cp.pid} stays suspended at step {step}") from None
+        except InDoubtError as exc:  # approve-all: a step that may have acted waits for a human
+            print(f"castor: ({hitl}) {exc}", file=sys.stderr)
+            return cp
         await kernel.decide(cp, decision, feedback, by=POLICY_USERS.get(hitl))
         out(f"({hitl}) {decision} step {step}: {tool}")
         cp = await kernel.run(agent, checkpoint=cp)
@@ -255,7 +265,8 @@ def add_hitl(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--hitl", choices=HITL_MODES, default="suspend",
         help="suspend (default: persist the run and print how to decide), interactive (ask here), "
-             "approve-all / auto, reject-all",
+             "approve-all / auto (a step in doubt, which may have acted already, still waits for a human), "
+             "reject-all",
     )
 
 

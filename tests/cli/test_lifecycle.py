@@ -99,6 +99,45 @@ def test_hitl_approve_all(cli: Cli, workdir: Path, mode: str) -> None:
     assert "Decided step 2: delete_file — approved by approve-all" in done.out
 
 
+CUT_OFF = """
+import time
+from pathlib import Path
+
+from castor import castor_tool
+from castor.lib import tool
+
+LOG = Path(__file__).with_name("calls.log")
+
+
+@castor_tool(destructive=True, timeout_seconds=0.05)
+def wipe(path: str) -> str:
+    with LOG.open("a") as log:
+        log.write("wipe\\n")
+    time.sleep(0.3)  # past its deadline: cut off, the step is in doubt
+    return f"wiped {path}"
+
+
+async def wipes():
+    return await tool("wipe", path="/data")
+"""
+
+
+def test_hitl_approve_all_leaves_a_step_in_doubt_to_a_human(cli: Cli, workdir: Path) -> None:
+    """approve-all approves destructive calls; a call that started and was lost may have acted, and
+    approving it would run it again: the run stays suspended for a human, who is told why."""
+    (workdir / "cut.py").write_text(CUT_OFF)
+    first = cli("run", "cut.py:wipes", "--tool", "cut.py:wipe", "--hitl", "approve-all")
+    assert first.code == 1 and "timed out after 0.05s" in first.err, first.err  # approved, then cut off
+    pid = first.pid
+    again = cli("resume", pid, "--hitl", "approve-all")
+    assert again.code == 0, again.err
+    assert "Status: SUSPENDED_FOR_HITL" in again.out and f"castor approve {pid}" in again.out
+    assert f"castor: (approve-all) run {pid} waits at step 0 on 'wipe', in doubt" in again.err
+    assert calls(workdir) == ["wipe"]  # not run a second time
+    rejected = cli("resume", pid, "--hitl", "reject-all")
+    assert "Status: COMPLETED" in rejected.out and calls(workdir) == ["wipe"]
+
+
 def test_hitl_reject_all(cli: Cli, workdir: Path) -> None:
     done = cli(*RUN, "--hitl", "reject-all")
     assert "Result: Cleaned up: HITL_REJECTED, HITL_REJECTED" in done.out

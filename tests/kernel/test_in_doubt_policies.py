@@ -1,0 +1,83 @@
+"""An automatic approval never runs a step in doubt again: ``auto_approve`` (``--hitl approve-all``)
+approves destructive calls, but a step whose worker or process was lost mid-call may have acted already,
+and only a human knows whether running it again is right (README, "Guarantees": in doubt goes to a human).
+The step in doubt here is a destructive sync tool cut off at its deadline (it still runs in its thread)."""
+
+from __future__ import annotations
+
+import io
+import threading
+from typing import Any
+
+import pytest
+
+from castor import AgentCheckpoint, Castor, InDoubtError, ToolTimeoutError, auto_approve, auto_reject, castor_tool
+from castor.lib import tool
+from castor.policies import interactive
+
+
+def cut_off_wipe(runs: list[str], release: threading.Event) -> Any:
+    @castor_tool(destructive=True, timeout_seconds=0.05)
+    def wipe(path: str) -> str:
+        runs.append(path)
+        release.wait(5)
+        return f"wiped {path}"
+
+    return wipe
+
+
+async def wipes() -> object:
+    return await tool("wipe", path="/data")
+
+
+async def in_doubt(kernel: Castor) -> AgentCheckpoint:
+    """A run whose ``wipe`` was approved, started and cut off at its deadline: in doubt."""
+    cp = await kernel.run(wipes)
+    assert not cp.pending_in_doubt  # a destructive call waiting for its first approval
+    with pytest.raises(ToolTimeoutError):
+        await kernel.approve(cp)
+    cp = await kernel.run(wipes, checkpoint=cp)
+    assert cp.status == "SUSPENDED_FOR_HITL" and cp.pending_in_doubt
+    return cp
+
+
+async def test_auto_approve_leaves_a_step_in_doubt_to_a_human_and_auto_reject_decides_it() -> None:
+    runs: list[str] = []
+    release = threading.Event()
+    kernel = Castor(tools=[cut_off_wipe(runs, release)])
+    try:
+        cp = await in_doubt(kernel)
+        with pytest.raises(InDoubtError, match=r"waits at step 0 on 'wipe', in doubt: .* a human decides"):
+            await kernel.run_until_complete(wipes, on_hitl=auto_approve, checkpoint=cp)
+        assert runs == ["/data"]  # not run a second time
+        assert cp.status == "SUSPENDED_FOR_HITL" and cp.pending_in_doubt  # nothing decided
+        done = await kernel.run_until_complete(wipes, on_hitl=auto_reject, checkpoint=cp)
+        assert done.status == "COMPLETED" and done.result["status"] == "HITL_REJECTED"
+        assert runs == ["/data"]
+    finally:
+        release.set()
+
+
+async def test_interactive_says_the_step_is_in_doubt_before_it_asks() -> None:
+    runs: list[str] = []
+    release = threading.Event()
+    kernel = Castor(tools=[cut_off_wipe(runs, release)])
+    try:
+        cp = await in_doubt(kernel)
+        shown = io.StringIO()
+        decision = await interactive(cp, stdin=io.StringIO("r\nit ran already\n"), stdout=shown)
+        assert decision == ("reject", "it ran already")
+        assert "In doubt: this call started and was lost before it gave a result" in shown.getvalue()
+    finally:
+        release.set()
+
+
+def test_a_childs_call_in_doubt_is_the_parents() -> None:
+    child = AgentCheckpoint(pid="p.c0", status="SUSPENDED_FOR_HITL", agent_function_name="c", capabilities={},
+                            pending_hitl={"tool_name": "wipe", "arguments": {}}, pending_step=2, in_doubt={2: 1})
+    parent = AgentCheckpoint(pid="p", status="SUSPENDED_FOR_HITL", agent_function_name="a", capabilities={},
+                             pending_hitl={"tool_name": "wipe", "arguments": {}, "child": "c0"}, pending_step=1,
+                             children={"c0": child})
+    assert parent.pending_in_doubt
+    child.in_doubt = {}  # the child waits for a first approval
+    assert not parent.pending_in_doubt
