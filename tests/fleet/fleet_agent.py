@@ -64,11 +64,12 @@ async def park_only() -> None:
 
 async def outage_job() -> str:
     """A 6 s non-idempotent call between two quick ones; the file it notes its starts in is named by the
-    coordinator's environment (``CASTOR_TEST_STARTS``)."""
+    coordinator's environment (``CASTOR_TEST_STARTS``), as the call's length may be (``CASTOR_TEST_SECONDS``)."""
     import os
 
     t = await tool("ticket")
-    await tool("slow_write", path=os.environ["CASTOR_TEST_STARTS"], seconds=6.0)
+    seconds = float(os.environ.get("CASTOR_TEST_SECONDS", "6"))
+    await tool("slow_write", path=os.environ["CASTOR_TEST_STARTS"], seconds=seconds)
     await tool("store", tag=f"{t}:after")
     return str(t)
 

@@ -121,3 +121,18 @@ def test_a_redis_outage_longer_than_the_heartbeat_does_not_make_a_live_worker_lo
     assert final.get("status") == "COMPLETED", (final, fleet.log("co-a")[-3000:])
     assert starts.read_text().count("start") == 1
     assert "stopped renewing the step's heartbeat" not in fleet.log("co-a")
+
+
+def test_a_call_that_finishes_while_redis_is_away_is_not_in_doubt(private: tuple[Fleet, PrivateRedis]) -> None:
+    """The call (1 s) finishes 0.7 s into a 4 s outage: its worker asks Redis again and again to journal it
+    (pauses doubling), and sets the step's heartbeat (1.5 s, expired meanwhile) again once Redis is back.
+    The coordinator's lease has run out too and it leases the run again. The finished effect must be
+    journaled, not lost and not taken for in doubt: the run completes, the call started once."""
+    fleet, server = private
+    with fleet.config.open("a") as config:
+        config.write("heartbeat = 1.5\n")  # under [workers], the config's last section
+    fleet.env["CASTOR_TEST_SECONDS"] = "1"
+    pid, starts = _outage_job(fleet, server)
+    final = header(fleet, pid)
+    assert final.get("status") == "COMPLETED", (final, fleet.log("co-a")[-3000:], fleet.log("worker-fs")[-3000:])
+    assert starts.read_text().count("start") == 1
