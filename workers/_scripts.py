@@ -76,6 +76,7 @@ class StepScripts:
         self._finish: Any
         self._close: Callable[[], None]
         self._receipt = unique_ids(compact=True)  # one per handling of a task message
+        self.away_at: float | None = None  # when a script last found Redis away (time.monotonic())
         self._lost: tuple[type[Exception], ...]
         if _lean.available(url):
             lean = _lean.LeanClient(url)
@@ -155,6 +156,7 @@ class StepScripts:
             try:
                 return script(keys=key_list, args=args)
             except self._lost as exc:
+                self.away_at = time.monotonic()  # Redis away: read by workers._restart
                 if tries < len(CLAIM_PAUSES):
                     pause = CLAIM_PAUSES[tries]
                 else:

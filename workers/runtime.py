@@ -8,6 +8,7 @@
                 marker and heartbeat. A step a live worker runs (its heartbeat renewed) is waited for,
                 and answered from its record; one started before whose worker is gone (heartbeat
                 expired) is in doubt — run again only if the tool is idempotent, else report it for a human
+                (just after Redis came back, only once live workers had their grace: ``_restart``)
     3. execute  the tool, in the task's own thread (so Celery's time limits interrupt it there)
     4. journal  the record, write-once; a record already there wins (its response is the result)
     5. reply    on the coordinator's reply stream (with 4, one Lua call, which drops the step's marker
@@ -49,13 +50,14 @@ from ._guard import Refusal, authorize, check_tool, parse_job
 from ._heartbeat import Heartbeats
 from ._loop import LoopThread
 from ._models import ModelCalls, is_model_task
+from ._restart import grace_left, watched
 from ._scripts import ABANDONED, DUPLICATE, REPLY_MAXLEN, RUNNING, Delivery, StepScripts
 from ._shown import ERROR_WIDTH, clip, failure_text, result_summary
 
 log = logging.getLogger("castor.worker")
 IN_DOUBT_MESSAGE = "in doubt after worker loss"
 DROPPED = "dropped"  # an outcome only: a duplicate copy sends no reply
-_RUN, _DONE, _IN_DOUBT = "run", "done", "in_doubt"
+_RUN, _DONE, _IN_DOUBT, _HELD = "run", "done", "in_doubt", "held"  # _HELD: a live worker still has it
 WAIT_POLL = 0.25  # how often a delivery waiting for a step another worker runs asks again (s)
 
 
@@ -154,6 +156,7 @@ class WorkerRuntime:
                 proc.loop.run(authorize(job, spec, policy, self.settings, proc.backend.approvals))
                 if self.settings.security.secret:  # approved in the store, but no coordinator named that stream
                     job.reply_to = ""
+            self._wait_out_restart(proc, job, policy)  # a round re-approved after an outage: live workers first
             previous = proc.scripts.claim(job, delivery)
             if previous == RUNNING:
                 previous = self._await_running(proc, job, delivery, policy)
@@ -182,6 +185,8 @@ class WorkerRuntime:
             answer = Reply(job.effect_id, job.attempt, OK, done.response, finished_at=done.finished_at)
             proc.loop.run(self._reply(proc, job, answer))
             return Outcome(OK, detail=result_summary(done.response, checked, policy.sensitive, "journaled already"))
+        if start == _HELD:
+            return Outcome(DROPPED, detail="dropped: its worker came back with Redis and still runs it at the deadline")
         if start == _IN_DOUBT:
             message = (f"{IN_DOUBT_MESSAGE}: {job.tool_name!r} (run {job.run_id}, step {job.step}) "
                        "started and never finished")
@@ -298,7 +303,31 @@ class WorkerRuntime:
             log.warning("%s: started before and never finished; idempotent, running it again",
                         kwargs_repr(job, policy.sensitive))
             return _RUN, None
+        left = await grace_left(proc.redis, proc.scripts.away_at, self.settings.workers.heartbeat)
+        if left > 0:  # Redis just came back: the worker that started it may yet journal it or beat again
+            log.warning("%s: looks in doubt just after Redis came back; watching it %.1fs more before saying so",
+                        kwargs_repr(job, policy.sensitive), left)
+            limit = max(left, call_deadline(self.settings, policy.timeout, policy.retryable))
+            beat = heartbeat(self.settings.redis.prefix, job.run_id, job.step)
+            record, held = await watched(proc.backend.journal, proc.redis, job.run_id, job.step, beat, left, limit)
+            if record is not None and record.tool_name == job.tool_name:
+                return _DONE, record
+            if held:
+                return _HELD, None
         return _IN_DOUBT, None
+
+    def _wait_out_restart(self, proc: _Process, job: Job, policy: ToolPolicy) -> None:
+        """Before a later round of a step claims it: wait out the grace a Redis back from a restart or an
+        outage gives the live workers (``_restart``), so a first round's result on its way is journaled
+        (then served) or its heartbeat set again (then waited for) before this round could start. A first
+        round (attempt 0, the usual task) does not wait."""
+        if job.attempt == 0:
+            return
+        left = proc.loop.run(grace_left(proc.redis, proc.scripts.away_at, self.settings.workers.heartbeat))
+        if left > 0:
+            log.warning("%s: round %d of a step that was in doubt, just after Redis came back: claimed in %.1fs",
+                        kwargs_repr(job, policy.sensitive), job.attempt, left)
+            time.sleep(left)
 
     async def _forget_start(self, proc: _Process, job: Job) -> None:
         await proc.redis.delete(started_marker(self.settings.redis.prefix, job.run_id, job.step))
