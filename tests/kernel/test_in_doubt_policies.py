@@ -7,69 +7,55 @@ from __future__ import annotations
 
 import io
 import threading
-from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
 
-from castor import AgentCheckpoint, Castor, InDoubtError, ToolTimeoutError, auto_approve, auto_reject, castor_tool
-from castor.lib import tool
+from castor import AgentCheckpoint, Castor, InDoubtError, ToolTimeoutError, auto_approve, auto_reject
 from castor.policies import interactive
+from tests.kernel.test_concurrent_drivers import hanging_wipe, wipes_data
 
 
-def cut_off_wipe(runs: list[str], release: threading.Event) -> Any:
-    @castor_tool(destructive=True, timeout_seconds=0.05)
-    def wipe(path: str) -> str:
-        runs.append(path)
-        release.wait(5)
-        return f"wiped {path}"
-
-    return wipe
-
-
-async def wipes() -> object:
-    return await tool("wipe", path="/data")
-
-
-async def in_doubt(kernel: Castor) -> AgentCheckpoint:
-    """A run whose ``wipe`` was approved, started and cut off at its deadline: in doubt."""
-    cp = await kernel.run(wipes)
-    assert not cp.pending_in_doubt  # a destructive call waiting for its first approval
-    with pytest.raises(ToolTimeoutError):
-        await kernel.approve(cp)
-    cp = await kernel.run(wipes, checkpoint=cp)
-    assert cp.status == "SUSPENDED_FOR_HITL" and cp.pending_in_doubt
-    return cp
-
-
-async def test_auto_approve_leaves_a_step_in_doubt_to_a_human_and_auto_reject_decides_it() -> None:
+@pytest.fixture
+async def in_doubt() -> AsyncIterator[tuple[Castor, AgentCheckpoint, list[str]]]:
+    """A run whose destructive ``wipe`` was approved, started and cut off at its deadline: in doubt. The
+    kernel, the run and the paths ``wipe`` ran with."""
     runs: list[str] = []
     release = threading.Event()
-    kernel = Castor(tools=[cut_off_wipe(runs, release)])
+    kernel = Castor(tools=[hanging_wipe(release, runs)], destructive=["wipe"])
     try:
-        cp = await in_doubt(kernel)
-        with pytest.raises(InDoubtError, match=r"waits at step 0 on 'wipe', in doubt: .* a human decides"):
-            await kernel.run_until_complete(wipes, on_hitl=auto_approve, checkpoint=cp)
-        assert runs == ["/data"]  # not run a second time
-        assert cp.status == "SUSPENDED_FOR_HITL" and cp.pending_in_doubt  # nothing decided
-        done = await kernel.run_until_complete(wipes, on_hitl=auto_reject, checkpoint=cp)
-        assert done.status == "COMPLETED" and done.result["status"] == "HITL_REJECTED"
-        assert runs == ["/data"]
+        cp = await kernel.run(wipes_data)
+        assert not cp.pending_in_doubt  # a destructive call waiting for its first approval
+        with pytest.raises(ToolTimeoutError):
+            await kernel.approve(cp)
+        cp = await kernel.run(wipes_data, checkpoint=cp)
+        assert cp.status == "SUSPENDED_FOR_HITL" and cp.pending_in_doubt
+        yield kernel, cp, runs
     finally:
         release.set()
 
 
-async def test_interactive_says_the_step_is_in_doubt_before_it_asks() -> None:
-    runs: list[str] = []
-    release = threading.Event()
-    kernel = Castor(tools=[cut_off_wipe(runs, release)])
-    try:
-        cp = await in_doubt(kernel)
-        shown = io.StringIO()
-        decision = await interactive(cp, stdin=io.StringIO("r\nit ran already\n"), stdout=shown)
-        assert decision == ("reject", "it ran already")
-        assert "In doubt: this call started and was lost before it gave a result" in shown.getvalue()
-    finally:
-        release.set()
+async def test_auto_approve_leaves_a_step_in_doubt_to_a_human_and_auto_reject_decides_it(
+    in_doubt: tuple[Castor, AgentCheckpoint, list[str]],
+) -> None:
+    kernel, cp, runs = in_doubt
+    with pytest.raises(InDoubtError, match=r"waits at step 0 on 'wipe', in doubt: .* a human decides"):
+        await kernel.run_until_complete(wipes_data, on_hitl=auto_approve, checkpoint=cp)
+    assert runs == ["/data"]  # not run a second time
+    assert cp.status == "SUSPENDED_FOR_HITL" and cp.pending_in_doubt  # nothing decided
+    done = await kernel.run_until_complete(wipes_data, on_hitl=auto_reject, checkpoint=cp)
+    assert done.status == "COMPLETED" and done.result["status"] == "HITL_REJECTED"
+    assert runs == ["/data"]
+
+
+async def test_interactive_says_the_step_is_in_doubt_before_it_asks(
+    in_doubt: tuple[Castor, AgentCheckpoint, list[str]],
+) -> None:
+    _, cp, _ = in_doubt
+    shown = io.StringIO()
+    decision = await interactive(cp, stdin=io.StringIO("r\nit ran already\n"), stdout=shown)
+    assert decision == ("reject", "it ran already")
+    assert "In doubt: this call started and was lost before it gave a result" in shown.getvalue()
 
 
 def test_a_childs_call_in_doubt_is_the_parents() -> None:
