@@ -25,13 +25,13 @@ from castor.backends.redis.scripts import STORE_SCRIPTS, Script
 from castor.checkpoint import SyscallRecord
 from castor.errors import BackendUnavailable
 from castor.fleet.records import unique_ids
+from castor.fleet.restart import FINISH_PAUSE_MAX  # a promise to whoever judges a step in doubt
 from castor.fleet.wire import Job, Reply
 
 from ._spool import Spool
 
 MARKER_TTL = 7 * 24 * 3600
 CLAIM_PAUSES = (0.2, 1.0)  # before asking a lost claim again (a Redis restart takes a moment)
-FINISH_PAUSE_MAX = 5.0  # the longest pause between two tries of a lost finish (they double from 0.2 s)
 log = logging.getLogger("castor.worker")
 REPLY_MAXLEN = 100_000
 DUPLICATE = -3  # claim: another copy of a task message a worker took already
@@ -156,7 +156,7 @@ class StepScripts:
             try:
                 return script(keys=key_list, args=args)
             except self._lost as exc:
-                self.away_at = time.monotonic()  # Redis away: read by workers._restart
+                self.away_at = time.monotonic()  # Redis away: read by castor.fleet.restart's judges
                 if tries < len(CLAIM_PAUSES):
                     pause = CLAIM_PAUSES[tries]
                 else:

@@ -8,7 +8,7 @@
                 marker and heartbeat. A step a live worker runs (its heartbeat renewed) is waited for,
                 and answered from its record; one started before whose worker is gone (heartbeat
                 expired) is in doubt — run again only if the tool is idempotent, else report it for a human
-                (just after Redis came back, only once live workers had their grace: ``_restart``)
+                (just after Redis came back, only once live workers had their grace: ``castor.fleet.restart``)
     3. execute  the tool, in the task's own thread (so Celery's time limits interrupt it there)
     4. journal  the record, write-once; a record already there wins (its response is the result)
     5. reply    on the coordinator's reply stream (with 4, one Lua call, which drops the step's marker
@@ -39,6 +39,7 @@ from typing import Any
 from castor.backends.redis.keys import dead_letters, heartbeat, is_reply_stream, started_marker
 from castor.checkpoint import StepFailure, SyscallRecord, bounded_arguments
 from castor.fleet.records import canonical, redact
+from castor.fleet.restart import grace_left, uptime_of, watched
 from castor.fleet.sealing import DataKey
 from castor.fleet.wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, task_name, verify
 from castor.registry import ToolRegistry, ToolSpec
@@ -50,7 +51,6 @@ from ._guard import Refusal, authorize, check_tool, parse_job
 from ._heartbeat import Heartbeats
 from ._loop import LoopThread
 from ._models import ModelCalls, is_model_task
-from ._restart import grace_left, watched
 from ._scripts import ABANDONED, DUPLICATE, REPLY_MAXLEN, RUNNING, Delivery, StepScripts
 from ._shown import ERROR_WIDTH, clip, failure_text, result_summary
 
@@ -303,27 +303,40 @@ class WorkerRuntime:
             log.warning("%s: started before and never finished; idempotent, running it again",
                         kwargs_repr(job, policy.sensitive))
             return _RUN, None
-        left = await grace_left(proc.redis, proc.scripts.away_at, self.settings.workers.heartbeat)
+        left = await self._grace_left(proc)
         if left > 0:  # Redis just came back: the worker that started it may yet journal it or beat again
             log.warning("%s: looks in doubt just after Redis came back; watching it %.1fs more before saying so",
                         kwargs_repr(job, policy.sensitive), left)
             limit = max(left, call_deadline(self.settings, policy.timeout, policy.retryable))
             beat = heartbeat(self.settings.redis.prefix, job.run_id, job.step)
-            record, held = await watched(proc.backend.journal, proc.redis, job.run_id, job.step, beat, left, limit)
+
+            async def alive() -> bool:
+                return bool(await proc.redis.exists(beat))
+
+            record, held = await watched(lambda: proc.backend.journal.get(job.run_id, job.step), alive, left, limit)
             if record is not None and record.tool_name == job.tool_name:
                 return _DONE, record
             if held:
                 return _HELD, None
         return _IN_DOUBT, None
 
+    async def _grace_left(self, proc: _Process) -> float:
+        """What is left of the grace a Redis back from a restart, or an outage this process met, gives the
+        live workers (``castor.fleet.restart``)."""
+
+        async def uptime() -> float:
+            return uptime_of(await proc.redis.info("server"))
+
+        return await grace_left(uptime, proc.scripts.away_at, self.settings.workers.heartbeat)
+
     def _wait_out_restart(self, proc: _Process, job: Job, policy: ToolPolicy) -> None:
         """Before a later round of a step claims it: wait out the grace a Redis back from a restart or an
-        outage gives the live workers (``_restart``), so a first round's result on its way is journaled
+        outage gives the live workers (``castor.fleet.restart``), so a first round's result on its way is journaled
         (then served) or its heartbeat set again (then waited for) before this round could start. A first
         round (attempt 0, the usual task) does not wait."""
         if job.attempt == 0:
             return
-        left = proc.loop.run(grace_left(proc.redis, proc.scripts.away_at, self.settings.workers.heartbeat))
+        left = proc.loop.run(self._grace_left(proc))
         if left > 0:
             log.warning("%s: round %d of a step that was in doubt, just after Redis came back: claimed in %.1fs",
                         kwargs_repr(job, policy.sensitive), job.attempt, left)

@@ -53,6 +53,7 @@ from castor.executors._publish import (
 )
 from castor.executors._replies import READ_TIMEOUT, ReplyReader
 from castor.fleet.celery_config import celery_config
+from castor.fleet.restart import grace_left, uptime_of, watched
 from castor.fleet.wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Reply, encode, kwargs_repr, task_name
 from castor.kernel.steps import IN_DOUBT_REASON
 from castor.llm.fleet import MODEL_PREFIX, model_provider, model_timeout
@@ -270,6 +271,10 @@ class CeleryExecutor:
                 call.finished_at = record.finished_at
                 return record.response
         if await self._started(call):
+            record = await self._after_restart(call)
+            if record is not None and record.tool_name == call.tool_name:  # it landed after all
+                call.finished_at = record.finished_at
+                return record.response
             how = (f", which stopped renewing the step's heartbeat ({self._loss.every:g}s) before it gave a result"
                    if why == LOST else f" and gave no result within {route.deadline:g}s")
             raise InDoubtError(
@@ -280,6 +285,31 @@ class CeleryExecutor:
             f"tool {call.tool_name!r} gave no result within {route.deadline:g}s (run {call.run_id}, "
             f"step {call.step}); is a worker of pool {route.pool!r} running?"
         )
+
+    async def _after_restart(self, call: ToolCall) -> Any:
+        """Just after Redis came back (``castor.fleet.restart``): watch a step that looks in doubt through
+        the grace, and for as long as a live worker holds it again (up to the workers' outage deadline);
+        its record if it lands, else None (in doubt). Outside the grace: None at once."""
+        if self._journal is None:
+            return None
+        conn = self._control_conn()
+
+        async def uptime() -> float:
+            return uptime_of(await conn.command("info", "server"))
+
+        left = await grace_left(uptime, None, self._settings.workers.heartbeat)
+        if left <= 0:
+            return None
+        log.warning("%r (run %s, step %d) looks in doubt just after Redis came back: watching it %.1fs more",
+                    call.tool_name, call.run_id, call.step, left)
+        journal, beat = self._journal, keys.heartbeat(self._settings.redis.prefix, call.run_id, call.step)
+
+        async def alive() -> bool:
+            return bool(await conn.command("exists", beat))
+
+        record, _ = await watched(lambda: journal.get(call.run_id, call.step), alive, left,
+                                  left + self._settings.workers.outage_deadline)
+        return record
 
     async def _started(self, call: ToolCall) -> bool:
         """Whether a worker started this round of the step and left it unfinished (its marker is there)."""

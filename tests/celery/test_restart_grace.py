@@ -2,7 +2,7 @@
 whose live worker is still landing its result (a finish asked again, a spool replayed): the worker that
 gets the step again watches it through the grace before it says in doubt, and a later approval round
 waits the grace out before it claims the step, so that result is served, never made a second time
-(``workers/_restart.py``). A Redis up for longer adds no wait.
+(``castor.fleet.restart``). A Redis up for longer adds no wait.
 
 In this process, against a ``redis-server`` of the test's own started just now (its uptime under the
 grace); the first round's late result is journaled by a thread, as a worker's spool replay would."""
@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 import redis
-from castor.fleet.workers import _restart
 from castor.fleet.workers.runtime import WorkerRuntime
 
 from castor import castor_tool
 from castor.backends.redis import keys, redis_backend
 from castor.checkpoint import new_record
+from castor.fleet import restart
 from castor.fleet.wire import IN_DOUBT, OK, encode, task_name
 from castor.registry import ToolRegistry
 from castor.seams import Decision, PendingApproval, ToolCall
@@ -137,7 +137,7 @@ def test_a_redis_up_for_longer_than_the_grace_judges_in_doubt_at_once(
     young_redis: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The grace shortened to 0.5 s, and this Redis up for longer: the verdict comes at once."""
-    monkeypatch.setattr(_restart, "grace", lambda heartbeat: 0.5)
+    monkeypatch.setattr(restart, "grace", lambda heartbeat: 0.5)
     client = redis.Redis.from_url(young_redis)
     while int(client.info("server")["uptime_in_seconds"]) < 1:
         time.sleep(0.1)
@@ -151,3 +151,25 @@ def test_a_redis_up_for_longer_than_the_grace_judges_in_doubt_at_once(
         assert RAN == []
     finally:
         runtime.close()
+
+
+async def test_a_coordinator_at_the_deadline_takes_a_result_that_lands_within_the_grace(
+    young_redis: str, redis_prefix: str
+) -> None:
+    """The coordinator's side (``CeleryExecutor``, no worker): at the call's deadline the step looks in doubt,
+    and its result lands 1 s later: the call returns it instead of going to a human."""
+    from castor.executors.celery import DEADLINE, CeleryExecutor
+
+    settings = Settings(redis={"url": young_redis, "prefix": redis_prefix}, workers={"heartbeat": 1.5})
+    store = redis_backend(young_redis, prefix=redis_prefix)
+    executor = CeleryExecutor(ToolRegistry([wipe]), settings, journal=store.journal)
+    try:
+        redis.Redis.from_url(young_redis).set(keys.started_marker(redis_prefix, "r4", 0), "0", ex=3600)
+        landing = journal_later(young_redis, redis_prefix, "r4", after=1.0)
+        call = ToolCall("r4", 0, "wipe", ARGS)
+        answer = await executor._late(call, executor._route("wipe"), DEADLINE)
+        await asyncio.to_thread(landing.join)
+        assert answer == "wiped /data (round 0)"
+    finally:
+        await executor.close()
+        await store.close()
