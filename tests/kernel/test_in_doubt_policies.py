@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from castor import AgentCheckpoint, Castor, InDoubtError, ToolTimeoutError, auto_approve, auto_reject
+from castor.checkpoint import new_record
 from castor.policies import interactive
 from tests.kernel.test_concurrent_drivers import hanging_wipe, wipes_data
 
@@ -56,6 +57,21 @@ async def test_interactive_says_the_step_is_in_doubt_before_it_asks(
     decision = await interactive(cp, stdin=io.StringIO("r\nit ran already\n"), stdout=shown)
     assert decision == ("reject", "it ran already")
     assert "In doubt: this call started and was lost before it gave a result" in shown.getvalue()
+
+
+@pytest.mark.parametrize("outcome", ["approve", "reject", "modify"])
+async def test_a_step_whose_result_lands_while_it_waits_keeps_that_result_whatever_is_decided(
+    in_doubt: tuple[Castor, AgentCheckpoint, list[str]], outcome: str
+) -> None:
+    """The step's record lands while the human decides (a worker's late finish or spool): approving does not
+    run it again, rejecting or modifying does not replace it; the agent gets what the call did."""
+    kernel, cp, runs = in_doubt
+    await kernel.backend.journal.append(cp.pid, 0, new_record({"tool_name": "wipe", "arguments": {"path": "/data"}},
+                                                               "wiped /data, late"))
+    await kernel.decide(cp, outcome, "no" if outcome != "approve" else None)
+    done = await kernel.run(wipes_data, checkpoint=cp)
+    assert (done.status, done.result, runs) == ("COMPLETED", "wiped /data, late", ["/data"])
+    assert [r.response for r in await kernel.backend.journal.history(cp.pid)] == ["wiped /data, late"]
 
 
 def test_a_childs_call_in_doubt_is_the_parents() -> None:
