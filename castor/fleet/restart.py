@@ -24,6 +24,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from castor.backends.redis.claims import uptime_of
+
+__all__ = ["FINISH_PAUSE_MAX", "MARGIN", "POLL", "REPLAY_EVERY", "grace", "grace_left", "uptime_of", "watched"]
+
 FINISH_PAUSE_MAX = 5.0  # the longest pause between two tries of a worker's lost finish (they double from 0.2 s)
 REPLAY_EVERY = 5.0  # seconds between two replays of a worker's spool while it holds anything
 MARGIN = 2.0  # beyond the slowest of those: a connection made again, a script loaded (s)
@@ -34,17 +38,6 @@ def grace(heartbeat: float) -> float:
     """How long after Redis answers again a live worker may take to show its step: a heartbeat's beat, a
     finish asked again, a spool replayed, whichever is slowest, and a margin."""
     return max(heartbeat / 4, FINISH_PAUSE_MAX, REPLAY_EVERY) + MARGIN
-
-
-def uptime_of(info: Any) -> float:
-    """``uptime_in_seconds`` of ``INFO server``, as redis-py parses it (a dict) or as the text Redis sends."""
-    if isinstance(info, dict):
-        return float(info["uptime_in_seconds"])
-    text = info.decode() if isinstance(info, bytes) else str(info)
-    for line in text.splitlines():
-        if line.startswith("uptime_in_seconds:"):
-            return float(line.split(":", 1)[1])
-    raise ValueError("INFO server has no uptime_in_seconds")
 
 
 async def grace_left(uptime: Callable[[], Awaitable[float]], away_at: float | None, heartbeat: float) -> float:

@@ -10,9 +10,11 @@ run; the claim is taken in one atomic step with a look at the journal (``Journal
   takes it. The holder renews its lease every third of ``LEASE`` while the call runs, so a waiter
   waits no longer than one lease past the holder's last sign of life;
 - the holder is gone (its lease ran out, or it was a process of this machine that no longer exists):
-  the step is *in doubt*, as in the fleet. An idempotent tool is claimed over and run again; any other
-  goes back to a human ("in doubt: started and never finished"), in a new approval round. Where the executor
-  journals itself (Celery workers), the call is sent again and the worker's own claim decides;
+  the step is *in doubt*, as in the fleet. Just after the store restarted (Redis, whose clock ran on while
+  it was down), a lease that ran out is given ``RENEWAL_GRACE`` for its live holder to renew it first.
+  An idempotent tool is claimed over and run again; any other goes back to a human ("in doubt: started
+  and never finished"), in a new approval round. Where the executor journals itself (Celery workers), the
+  call is sent again and the worker's own claim decides;
 - the claim ends when the call does: its record is journaled, or it failed (a failure is not cached:
   the next process to reach the step runs it again, as a resume would). A call cut off at its deadline
   or interrupted may still be acting (a thread cannot be stopped): its claim is left lapsed, so the
@@ -53,6 +55,9 @@ from castor.kernel.steps import suspend_for_human
 from castor.seams import Journal, StepClaim
 
 LEASE = 15.0  # seconds a claim lives without renewal; renewed every third of it while the call runs
+# After a store restart, a live holder's lease may have run out on the store's clock: it is not taken for
+# gone until the store has been up long enough for one renewal and a margin.
+RENEWAL_GRACE = LEASE / 3 + 2.0
 POLL = 0.05  # seconds between two looks at a claim someone else holds
 IN_DOUBT_UNFINISHED = "in doubt: started and never finished"
 DRIVE_STEP = -1  # the position whose claim is the run's drive (no step has it)
@@ -100,7 +105,7 @@ async def run_claimed(
             break
         if found.state == "journaled":
             return await adopt(call)
-        if not holder_gone(found):
+        if not holder_gone(found) or (found.expired and await _restarted_within(journal, RENEWAL_GRACE)):
             await asyncio.sleep(POLL)
             continue
         if in_doubt is not None and await in_doubt(call, found):
@@ -173,6 +178,17 @@ async def adopt(call: Syscall) -> Any:
         raise ReplayDivergenceError(call.step, request, call.request)
     committed = await ctx.commit(call.step, record, stored=True)
     return committed.response
+
+
+async def _restarted_within(journal: Journal, seconds: float) -> bool:
+    """Whether the store started less than ``seconds`` ago (a store that can tell: ``started_ago``, Redis's)."""
+    started_ago = getattr(journal, "started_ago", None)
+    if started_ago is None:
+        return False
+    try:
+        return bool(await started_ago() < seconds)
+    except Exception:  # INFO refused by a managed Redis, or Redis away: judged as before
+        return False
 
 
 async def _renew(journal: Journal, run_id: str, step: int, holder: str) -> None:

@@ -10,6 +10,20 @@ from castor.backends.redis import keys
 from castor.backends.redis._client import RedisConnection
 from castor.seams import StepClaim
 
+# A claim's lease is judged by Redis's clock, which a restart does not stop: a live holder finds its lease
+# run out when Redis comes back, until its next renewal.
+
+
+def uptime_of(info: object) -> float:
+    """``uptime_in_seconds`` of ``INFO server``, as redis-py parses it (a dict) or as the text Redis sends."""
+    if isinstance(info, dict):
+        return float(info["uptime_in_seconds"])
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    for line in text.splitlines():
+        if line.startswith("uptime_in_seconds:"):
+            return float(line.split(":", 1)[1])
+    raise ValueError("INFO server has no uptime_in_seconds")
+
 CLAIMED = StepClaim("claimed")
 JOURNALED = StepClaim("journaled")
 
@@ -19,6 +33,11 @@ class RedisClaims:
 
     _conn: RedisConnection
     _prefix: str
+
+    async def started_ago(self) -> float:
+        """Seconds since the Redis server started (``INFO server`` uptime): a live holder's lease may have
+        run out over a restart it has not renewed since (``castor.kernel.claims``)."""
+        return uptime_of(await self._conn.command("info", "server"))
 
     async def _claim_script(self, op: str, run_id: str, step: int, *args: object) -> object:
         p = self._prefix
