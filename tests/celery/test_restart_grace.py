@@ -24,7 +24,7 @@ from castor import castor_tool
 from castor.backends.redis import keys, redis_backend
 from castor.checkpoint import new_record
 from castor.fleet import restart
-from castor.fleet.wire import IN_DOUBT, OK, encode, task_name
+from castor.fleet.wire import IN_DOUBT, OK, REFUSED, encode, task_name
 from castor.registry import ToolRegistry
 from castor.seams import Decision, PendingApproval, ToolCall
 from castor.settings import Settings
@@ -173,3 +173,31 @@ async def test_a_coordinator_at_the_deadline_takes_a_result_that_lands_within_th
     finally:
         await executor.close()
         await store.close()
+
+
+def test_a_forged_later_round_is_refused_at_once_not_held_through_the_grace(
+    young_redis: str, redis_prefix: str
+) -> None:
+    """Anyone who can write to the broker could send tasks of a later round to hold a pool's threads through
+    the grace: a task its coordinator did not sign is refused before any wait."""
+    RAN.clear()
+    settings = Settings(redis={"url": young_redis, "prefix": redis_prefix}, security={"secret": "s" * 40},
+                        workers={"heartbeat": 1.5})
+    runtime = WorkerRuntime(settings, ToolRegistry([wipe]))
+    try:
+        began = time.monotonic()
+        outcome = runtime.handle(task("r5", attempt=3), task_name("wipe"))
+        assert outcome.status == REFUSED and time.monotonic() - began < 1.0, outcome
+        assert RAN == []
+    finally:
+        runtime.close()
+
+
+async def test_a_redis_that_will_not_tell_its_uptime_gives_no_grace() -> None:
+    """INFO refused (a managed Redis may): the grace counts from this process's own outage only."""
+
+    async def refused(*_: object) -> object:
+        raise redis.ResponseError("NOPERM this user has no permissions to run the 'info' command")
+
+    assert await restart.grace_left(refused, None, 10.0) == 0.0
+    assert 0 < await restart.grace_left(refused, time.monotonic(), 10.0) <= restart.grace(10.0)
