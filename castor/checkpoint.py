@@ -167,13 +167,18 @@ class AgentCheckpoint(BaseModel):
         return self.status == "SUSPENDED_FOR_HITL"
 
     @property
+    def pending_child(self) -> AgentCheckpoint | None:
+        """The child agent whose call the pending approval is, if any."""
+        handle = (self.pending_hitl or {}).get("child")
+        return self.children.get(handle) if handle else None
+
+    @property
     def pending_in_doubt(self) -> bool:
         """True while the call waiting is a step left in doubt (the worker or process running it was lost
         mid-call, so it may have acted): approving it runs it again. A child's call counts as the parent's."""
         if not self.is_suspended:
             return False
-        handle = (self.pending_hitl or {}).get("child")
-        child = self.children.get(handle) if handle else None
+        child = self.pending_child
         if child is not None:
             return child.pending_in_doubt
         return self.pending_step is not None and self.pending_step in self.in_doubt

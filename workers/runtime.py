@@ -39,7 +39,7 @@ from typing import Any
 from castor.backends.redis.keys import dead_letters, heartbeat, is_reply_stream, started_marker
 from castor.checkpoint import StepFailure, SyscallRecord, bounded_arguments
 from castor.fleet.records import canonical, redact
-from castor.fleet.restart import grace_left, uptime_of, watched
+from castor.fleet.restart import grace_left, watched
 from castor.fleet.sealing import DataKey
 from castor.fleet.wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, task_name, verify
 from castor.registry import ToolRegistry, ToolSpec
@@ -308,12 +308,8 @@ class WorkerRuntime:
             log.warning("%s: looks in doubt just after Redis came back; watching it %.1fs more before saying so",
                         kwargs_repr(job, policy.sensitive), left)
             limit = max(left, call_deadline(self.settings, policy.timeout, policy.retryable))
-            beat = heartbeat(self.settings.redis.prefix, job.run_id, job.step)
-
-            async def alive() -> bool:
-                return bool(await proc.redis.exists(beat))
-
-            record, held = await watched(lambda: proc.backend.journal.get(job.run_id, job.step), alive, left, limit)
+            record, held = await watched(proc.redis.execute_command, proc.backend.journal, self.settings.redis.prefix,
+                                         job.run_id, job.step, left, limit)
             if record is not None and record.tool_name == job.tool_name:
                 return _DONE, record
             if held:
@@ -323,11 +319,7 @@ class WorkerRuntime:
     async def _grace_left(self, proc: _Process) -> float:
         """What is left of the grace a Redis back from a restart, or an outage this process met, gives the
         live workers (``castor.fleet.restart``)."""
-
-        async def uptime() -> float:
-            return uptime_of(await proc.redis.info("server"))
-
-        return await grace_left(uptime, proc.scripts.away_at, self.settings.workers.heartbeat)
+        return await grace_left(proc.redis.execute_command, proc.scripts.away_at, self.settings.workers.heartbeat)
 
     def _wait_out_restart(self, proc: _Process, job: Job, policy: ToolPolicy) -> None:
         """Before a later round of a step claims it: wait out the grace a Redis back from a restart or an

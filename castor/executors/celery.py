@@ -25,7 +25,7 @@ import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from castor import tracing
 from castor._ids import unique_ids
@@ -33,6 +33,7 @@ from castor._sealing import DataKey, encrypted
 from castor._secret import require_secret
 from castor.backends.redis import RedisConnection, keys
 from castor.backends.redis.keys import reply_stream
+from castor.checkpoint import SyscallRecord
 from castor.errors import (
     BackendUnavailable,
     CastorError,
@@ -53,7 +54,7 @@ from castor.executors._publish import (
 )
 from castor.executors._replies import READ_TIMEOUT, ReplyReader
 from castor.fleet.celery_config import celery_config
-from castor.fleet.restart import grace_left, uptime_of, watched
+from castor.fleet.restart import grace_left, watched
 from castor.fleet.wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Reply, encode, kwargs_repr, task_name
 from castor.kernel.steps import IN_DOUBT_REASON
 from castor.llm.fleet import MODEL_PREFIX, model_provider, model_timeout
@@ -265,15 +266,12 @@ class CeleryExecutor:
         """No reply by the deadline, or none from a worker seen gone (``why``): the journal's record if the
         step finished after all; in doubt if a worker started it and never finished (a lost worker, or a
         tool that would not stop); else a timeout (no worker took it)."""
-        if self._journal is not None:
-            record = await self._journal.get(call.run_id, call.step)
-            if record is not None and record.tool_name == call.tool_name:
-                call.finished_at = record.finished_at
-                return record.response
+        record = await self._journal.get(call.run_id, call.step) if self._journal is not None else None
+        if _landed(record, call):
+            return record.response
         if await self._started(call):
             record = await self._after_restart(call)
-            if record is not None and record.tool_name == call.tool_name:  # it landed after all
-                call.finished_at = record.finished_at
+            if _landed(record, call):  # it landed after all, just after Redis came back
                 return record.response
             how = (f", which stopped renewing the step's heartbeat ({self._loss.every:g}s) before it gave a result"
                    if why == LOST else f" and gave no result within {route.deadline:g}s")
@@ -286,29 +284,20 @@ class CeleryExecutor:
             f"step {call.step}); is a worker of pool {route.pool!r} running?"
         )
 
-    async def _after_restart(self, call: ToolCall) -> Any:
+    async def _after_restart(self, call: ToolCall) -> SyscallRecord | None:
         """Just after Redis came back (``castor.fleet.restart``): watch a step that looks in doubt through
         the grace, and for as long as a live worker holds it again (up to the workers' outage deadline);
         its record if it lands, else None (in doubt). Outside the grace: None at once."""
         if self._journal is None:
             return None
-        conn = self._control_conn()
-
-        async def uptime() -> float:
-            return uptime_of(await conn.command("info", "server"))
-
-        left = await grace_left(uptime, None, self._settings.workers.heartbeat)
+        command = self._control_conn().command
+        left = await grace_left(command, None, self._settings.workers.heartbeat)
         if left <= 0:
             return None
         log.warning("%r (run %s, step %d) looks in doubt just after Redis came back: watching it %.1fs more",
                     call.tool_name, call.run_id, call.step, left)
-        journal, beat = self._journal, keys.heartbeat(self._settings.redis.prefix, call.run_id, call.step)
-
-        async def alive() -> bool:
-            return bool(await conn.command("exists", beat))
-
-        record, _ = await watched(lambda: journal.get(call.run_id, call.step), alive, left,
-                                  left + self._settings.workers.outage_deadline)
+        record, _ = await watched(command, self._journal, self._settings.redis.prefix, call.run_id, call.step,
+                                  left, left + self._settings.workers.outage_deadline)
         return record
 
     async def _started(self, call: ToolCall) -> bool:
@@ -345,6 +334,14 @@ def _connection(url: str, reply_timeout: float) -> Any:
     if available(url):
         return RespConnection(url, reply_timeout=reply_timeout)
     return RedisConnection(url, socket_timeout=reply_timeout)
+
+
+def _landed(record: SyscallRecord | None, call: ToolCall) -> TypeGuard[SyscallRecord]:
+    """Whether ``record`` is the result of ``call``'s step (then its finish time is the call's)."""
+    if record is None or record.tool_name != call.tool_name:
+        return False
+    call.finished_at = record.finished_at
+    return True
 
 
 def _answered(call: ToolCall, reply: Reply) -> Any:

@@ -24,9 +24,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from castor.backends.redis import keys
 from castor.backends.redis.claims import uptime_of
+from castor.seams import Journal
 
-__all__ = ["FINISH_PAUSE_MAX", "MARGIN", "POLL", "REPLAY_EVERY", "grace", "grace_left", "uptime_of", "watched"]
+Command = Callable[..., Awaitable[Any]]
+"""``command(name, *args)``: one Redis command (``RedisConnection.command``, redis-py's ``execute_command``)."""
 
 FINISH_PAUSE_MAX = 5.0  # the longest pause between two tries of a worker's lost finish (they double from 0.2 s)
 REPLAY_EVERY = 5.0  # seconds between two replays of a worker's spool while it holds anything
@@ -40,32 +43,34 @@ def grace(heartbeat: float) -> float:
     return max(heartbeat / 4, FINISH_PAUSE_MAX, REPLAY_EVERY) + MARGIN
 
 
-async def grace_left(uptime: Callable[[], Awaitable[float]], away_at: float | None, heartbeat: float) -> float:
-    """The seconds of the grace still to run: from Redis's start (``uptime()``; nothing if it cannot be
-    read, e.g. INFO refused by a managed Redis) or from ``away_at`` (a ``time.monotonic()`` when this
-    process last found Redis away), whichever is later; 0 when neither is that recent."""
+async def grace_left(command: Command, away_at: float | None, heartbeat: float) -> float:
+    """The seconds of the grace still to run: from Redis's start (its ``INFO server`` uptime, asked with
+    ``command``; nothing if it cannot be read, e.g. INFO refused by a managed Redis) or from ``away_at`` (a
+    ``time.monotonic()`` when this process last found Redis away), whichever is later; 0 when neither is
+    that recent."""
     window = grace(heartbeat)
     left = 0.0
     with contextlib.suppress(Exception):
-        left = window - await uptime()
+        left = window - uptime_of(await command("info", "server"))
     if away_at is not None:
         left = max(left, window - (time.monotonic() - away_at))
     return max(left, 0.0)
 
 
-async def watched(journaled: Callable[[], Awaitable[Any]], alive: Callable[[], Awaitable[bool]], left: float,
+async def watched(command: Command, journal: Journal, prefix: str, run_id: str, step: int, left: float,
                   limit: float) -> tuple[Any, bool]:
     """Watch a step that looks in doubt for ``left`` seconds, then for as long as a live worker holds it
-    (``alive()``: its heartbeat is there), up to ``limit`` seconds in all: ``(record, False)`` once
-    ``journaled()`` returns its record, ``(None, True)`` while a live worker still holds it at the limit,
-    ``(None, False)`` if it stayed silent (in doubt)."""
+    (its heartbeat is there), up to ``limit`` seconds in all: ``(record, False)`` once the journal holds
+    its record, ``(None, True)`` while a live worker still holds it at the limit, ``(None, False)`` if it
+    stayed silent (in doubt)."""
+    beat = keys.heartbeat(prefix, run_id, step)
     started = time.monotonic()
     while True:
-        record = await journaled()
+        record = await journal.get(run_id, step)
         if record is not None:
             return record, False
         waited = time.monotonic() - started
-        held = await alive()
+        held = bool(await command("exists", beat))
         if waited >= limit:
             return None, held
         if waited >= left and not held:

@@ -23,9 +23,8 @@ from castor.kernel.steps import answer, journaled
 
 
 def pending_child(cp: AgentCheckpoint) -> AgentCheckpoint | None:
-    """The child whose call the parent's pending approval is, if any."""
-    handle = (cp.pending_hitl or {}).get("child")
-    return cp.children.get(handle) if handle else None
+    """The child whose call the parent's pending approval is, if any (``AgentCheckpoint.pending_child``)."""
+    return cp.pending_child
 
 
 async def spawn(ctx: RunContext, name: str, capabilities: Mapping[str, float] | None) -> Any:
