@@ -10,6 +10,7 @@ grace); the first round's late result is journaled by a thread, as a worker's sp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -54,11 +55,17 @@ def young_redis(tmp_path: Path) -> Iterator[str]:
         proc.wait(timeout=10)
 
 
-def runtime_for(url: str, prefix: str) -> WorkerRuntime:
+@contextlib.contextmanager
+def worker(url: str, prefix: str, security: dict[str, Any] | None = None) -> Iterator[WorkerRuntime]:
+    """An in-process worker of ``wipe`` (an insecure development one, unless ``security`` says otherwise)."""
     RAN.clear()
-    settings = Settings(redis={"url": url, "prefix": prefix}, security={"insecure_dev": True},
+    settings = Settings(redis={"url": url, "prefix": prefix}, security=security or {"insecure_dev": True},
                         workers={"heartbeat": 1.5})
-    return WorkerRuntime(settings, ToolRegistry([wipe]))
+    runtime = WorkerRuntime(settings, ToolRegistry([wipe]))
+    try:
+        yield runtime
+    finally:
+        runtime.close()
 
 
 def started_before(url: str, prefix: str, run_id: str, approved_round: int) -> None:
@@ -106,31 +113,25 @@ def task(run_id: str, attempt: int) -> dict[str, Any]:
 
 
 def test_a_later_round_waits_for_the_first_rounds_result_after_a_restart(young_redis: str, redis_prefix: str) -> None:
-    runtime = runtime_for(young_redis, redis_prefix)
-    try:
+    with worker(young_redis, redis_prefix) as runtime:
         started_before(young_redis, redis_prefix, "r1", approved_round=1)  # in doubt, and approved again
         landing = journal_later(young_redis, redis_prefix, "r1", after=1.0)
         outcome = runtime.handle(task("r1", attempt=1), task_name("wipe"))
         landing.join()
         assert outcome.status == OK and "journaled already" in outcome.detail, outcome
         assert RAN == []  # the first round's result answers: the tool did not run a second time
-    finally:
-        runtime.close()
 
 
 def test_a_step_that_looks_in_doubt_after_a_restart_is_watched_until_its_result_lands(
     young_redis: str, redis_prefix: str
 ) -> None:
-    runtime = runtime_for(young_redis, redis_prefix)
-    try:
+    with worker(young_redis, redis_prefix) as runtime:
         started_before(young_redis, redis_prefix, "r2", approved_round=0)  # the same round, sent again
         landing = journal_later(young_redis, redis_prefix, "r2", after=1.0)
         outcome = runtime.handle(task("r2", attempt=0), task_name("wipe"))
         landing.join()
         assert outcome.status == OK and "journaled already" in outcome.detail, outcome  # not in doubt
         assert RAN == []
-    finally:
-        runtime.close()
 
 
 def test_a_redis_up_for_longer_than_the_grace_judges_in_doubt_at_once(
@@ -142,15 +143,12 @@ def test_a_redis_up_for_longer_than_the_grace_judges_in_doubt_at_once(
     while int(client.info("server")["uptime_in_seconds"]) < 1:
         time.sleep(0.1)
     client.close()
-    runtime = runtime_for(young_redis, redis_prefix)
-    try:
+    with worker(young_redis, redis_prefix) as runtime:
         started_before(young_redis, redis_prefix, "r3", approved_round=0)
         began = time.monotonic()
         outcome = runtime.handle(task("r3", attempt=0), task_name("wipe"))
         assert outcome.status == IN_DOUBT and time.monotonic() - began < 0.5, outcome
         assert RAN == []
-    finally:
-        runtime.close()
 
 
 async def test_a_coordinator_at_the_deadline_takes_a_result_that_lands_within_the_grace(
@@ -180,17 +178,11 @@ def test_a_forged_later_round_is_refused_at_once_not_held_through_the_grace(
 ) -> None:
     """Anyone who can write to the broker could send tasks of a later round to hold a pool's threads through
     the grace: a task its coordinator did not sign is refused before any wait."""
-    RAN.clear()
-    settings = Settings(redis={"url": young_redis, "prefix": redis_prefix}, security={"secret": "s" * 40},
-                        workers={"heartbeat": 1.5})
-    runtime = WorkerRuntime(settings, ToolRegistry([wipe]))
-    try:
+    with worker(young_redis, redis_prefix, {"secret": "s" * 40}) as runtime:
         began = time.monotonic()
         outcome = runtime.handle(task("r5", attempt=3), task_name("wipe"))
         assert outcome.status == REFUSED and time.monotonic() - began < 1.0, outcome
         assert RAN == []
-    finally:
-        runtime.close()
 
 
 async def test_a_redis_that_will_not_tell_its_uptime_gives_no_grace() -> None:
