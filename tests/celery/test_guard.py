@@ -117,6 +117,26 @@ def test_a_refusal_writes_to_no_key_but_a_reply_stream(
     assert RAN == []
 
 
+def test_an_approved_call_naming_a_key_that_is_no_reply_stream_is_refused_and_writes_nothing_there(
+    runtime: WorkerRuntime, redis_url: str, redis_prefix: str
+) -> None:
+    """An insecure development fleet keeps the reply-stream shape: the very call a human approved, sent
+    with a ``reply_to`` naming another key (a scope, a stream of another shape), is refused before it
+    runs, and its finish writes to no key the message names."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for n, victim in enumerate([keys.scope(redis_prefix, "victim"), f"{keys.reply_stream(redis_prefix, 'c')}:x"]):
+            run_id, arguments = f"g4-{n}", {"path": "/tmp/a", "depth": 1, "key": "k"}
+            approve(redis_url, redis_prefix, run_id, arguments)
+            kwargs = {**unsigned(run_id, arguments), "reply_to": victim}
+            outcome = runtime.handle(kwargs, task_name("wipe"))
+            assert client.exists(victim) == 0, victim
+            assert outcome.status == REFUSED
+        assert RAN == []
+    finally:
+        client.close()
+
+
 @castor_tool
 def jot(text: str) -> str:
     """A plain tool: not destructive, not gated."""

@@ -74,3 +74,29 @@ def test_another_workers_heartbeat_is_never_overwritten(sync: redis.Redis, redis
     sync.set(key, "w/2", px=5000)
     assert sync.eval(RESTORE, 2, key, marker, "w/1", 400, "2") is None
     assert sync.get(key) == "w/2" and sync.pttl(key) > 400
+
+
+def test_a_running_steps_heartbeat_is_renewed_long_before_it_could_lapse(
+    redis_url: str, sync: redis.Redis, redis_prefix: str
+) -> None:
+    """A tool that outlasts its heartbeat's TTL: its key is renewed every quarter of the TTL, so it never
+    comes near expiring. Setting it again once it expired (``RESTORE``, for a Redis that was away) is no
+    substitute: until then a coordinator or a second delivery sees the started marker without a heartbeat,
+    a live worker taken for lost."""
+    ttl = 2.0  # renewed every 0.5 s: the TTL left stays near 1.5 s, below 0.5 s only if a beat is 1 s late
+    heartbeats = Heartbeats(redis_url, ttl)
+    marker, key = keys.started_marker(redis_prefix, "r", 3), keys.heartbeat(redis_prefix, "r", 3)
+    sync.set(marker, 2)
+    sync.set(key, "w/1", px=int(ttl * 1000))  # as claim.lua sets them
+    try:
+        with heartbeats.beating(key, restore=(marker, "w/1", 2)):
+            left: list[int] = []
+            end = time.monotonic() + 1.25 * ttl  # past the moment an unrenewed key would lapse
+            while time.monotonic() < end:
+                left.append(sync.pttl(key))  # -2: no key
+                time.sleep(0.02)
+            assert min(left) > ttl * 1000 / 4, sorted(left)[:5]
+            assert sync.get(key) == "w/1"
+        assert sync.get(key) is None  # dropped when the block ended
+    finally:
+        heartbeats.close()

@@ -4,6 +4,8 @@ worker's spool, never dropped, and journaled once when Redis is back (replayed a
 from __future__ import annotations
 
 import signal
+import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -93,3 +95,49 @@ def test_a_live_worker_replays_its_spool_once_redis_is_back(tmp_path: Path, monk
     finally:
         server.kill()
         server.wait(10)
+
+
+def test_a_finish_whose_redis_comes_back_within_the_outage_deadline_is_journaled_by_asking_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spool is the last resort: a finish that lost Redis is asked again, and when Redis is back
+    within ``outage_deadline`` the step is journaled before ``finish`` returns, with nothing spooled (a
+    spooled result waits for a replay, and for a worker that is still there to make it)."""
+    monkeypatch.setattr(_spool, "REPLAY_EVERY", 3600.0)  # a spooled finish would stay spooled: seen below
+    need_redis_server("stops and starts a server of its own")
+    port, data, spool = free_port(), tmp_path / "redis", tmp_path / "spool"
+    data.mkdir()
+    url = f"redis://127.0.0.1:{port}/0"
+    server = start_redis_server(data, port, *AOF)
+    restarted: list[subprocess.Popen[bytes]] = []
+    thread: threading.Thread | None = None
+    try:
+        scripts = StepScripts(url, "sp", outage=30.0, spool=str(spool))
+        job = Job("run-1", 2, "rm", {}, reply_to="sp:replies")
+        assert scripts.claim(job) == -1
+        server.send_signal(signal.SIGTERM)  # Redis goes away while the tool runs ...
+        server.wait(10)
+
+        def restart() -> None:
+            time.sleep(1.5)  # ... and comes back well within the deadline, after the finish was first refused
+            restarted.append(start_redis_server(data, port, *AOF))
+
+        thread = threading.Thread(target=restart)
+        thread.start()
+        record = new_record({"tool_name": "rm", "arguments": {}}, "removed")
+        assert scripts.finish(job, record, Reply("run-1:2", 0, OK, "removed")) is True
+        thread.join(15)
+        assert restarted, "redis-server did not start again"
+        back = redis.Redis.from_url(url)
+        journal = back.zrangebyscore(keys.journal("sp", "run-1"), 2, 2)
+        assert len(journal) == 1 and b"removed" in journal[0]  # journaled by the finish itself
+        assert back.xlen("sp:replies") == 1
+        assert not spool.exists() or list(spool.iterdir()) == []  # nothing left for a replay
+        back.close()
+        scripts.close()
+    finally:
+        if thread is not None:
+            thread.join(15)  # the server it starts is stopped below, whatever happened
+        for proc in [server, *restarted]:
+            proc.kill()
+            proc.wait(10)
