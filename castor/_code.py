@@ -19,11 +19,13 @@ import functools
 import hashlib
 import importlib.metadata
 import importlib.util
+import inspect
 import os
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from castor._imports import ImportSpec, parse_spec
 from castor.checkpoint import RunSpec
@@ -194,6 +196,34 @@ def stamp(specs: Iterable[str]) -> dict[str, str]:
                 raise ConfigError(f"import spec {spec!r}: file {path} cannot be read")
             sources[path] = value
     return sources
+
+
+_CASTOR = str(Path(__file__).resolve().parent)
+
+
+def function_name(func: Any) -> str:
+    """Which function a tool is, the same on every machine: its source file's name without ``.py`` and its
+    qualified name (``fleet_tools:delete_file``), however its module was imported (a file spec, a dotted
+    module, ``__main__``) and wherever the file lies. A coordinator sends it with each call and a worker
+    compares it with its own tool's, so that a run's ``delete_file`` never runs as another function that
+    a pool registered under the same name. "" for what has no Python source (a builtin) or is a wrapper
+    Castor made (the framework guards'), which names no tool."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    func = inspect.unwrap(func)
+    code = getattr(func, "__code__", None)
+    if code is None:
+        call = type(func).__call__ if callable(func) else None  # a callable object: its class's __call__
+        code = getattr(call, "__code__", None)
+        if code is None:
+            return ""
+        qualname = type(func).__qualname__
+    else:
+        qualname = getattr(func, "__qualname__", code.co_name)
+    filename = code.co_filename
+    if not filename or filename.startswith("<") or os.path.abspath(filename).startswith(_CASTOR + os.sep):
+        return ""
+    return f"{Path(filename).stem}:{qualname}"
 
 
 def run_spec(agent: str, tools: Iterable[str], destructive: Iterable[str] = ()) -> RunSpec:

@@ -8,7 +8,9 @@ control message carries no signature, so anyone who can write to the broker coul
 fleet. Castor's workers keep the questions (``ping``, ``active_queues``, ``stats``, ``conf``, the task
 lists: what ``castor worker --ping`` and Flower's worker pages ask) and answer every other command with a refusal,
 logged on one line. ``hello`` is refused too: Celery files it under the questions, but it merges the
-asker's revoked task ids into the worker's, and a revoked task is dropped unrun.
+asker's revoked task ids into the worker's, and a revoked task is dropped unrun. ``enable_events``, which
+Flower sends every few seconds, is answered as done (events are on from the start) and unlogged; a
+refusal is logged once per command every few minutes, not once per message.
 
 A control message may also name its recipients by a pattern, which kombu matches against the worker's
 name as a regular expression (``matcher="pcre"``), in the thread that takes the pool's tasks: one forged
@@ -22,6 +24,7 @@ workers' events, which anyone can publish). To stop or resize a pool, stop or st
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -45,11 +48,29 @@ class Questions(dict[str, Callable[..., Any]]):
         return _refusal(name)
 
 
+ALREADY_ON = "enable_events"
+"""Flower sends it every few seconds to every worker: events are on from a worker's start, so it is
+answered as done without running Celery's handler (which would change nothing, or what a forged
+``disable_events`` had changed: that one is refused)."""
+
+REPEAT_EVERY = 300.0  # seconds: a refused command's refusal is logged again at most this often
+_said: dict[str, float] = {}
+
+
 def _refusal(name: Any) -> Callable[..., Any]:
     shown = str(name).encode("unicode_escape", "replace").decode()[:80]  # a forged name, printed escaped
+    if name == ALREADY_ON:
+        return lambda state, **arguments: {"ok": "task events are on"}
 
     def refuse(state: Any, **arguments: Any) -> dict[str, str]:
-        log.warning("remote control command %r refused: a Castor worker takes no orders over the broker", shown)
+        now = time.monotonic()
+        last = _said.get(shown)
+        if last is None or now - last >= REPEAT_EVERY:  # one line, not one per message of a sender that repeats
+            if len(_said) >= 1024:  # a flood of made-up names: forget the oldest
+                _said.pop(next(iter(_said)))
+            _said[shown] = now
+            log.warning("remote control command %r refused: a Castor worker takes no orders over the broker "
+                        "(said once per %gs per command)", shown, REPEAT_EVERY)
         return {"error": f"refused: castor workers answer only {', '.join(sorted(ANSWERED))}"}
 
     return refuse

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from castor._code import function_name
 from castor.backends.redis.keys import is_reply_stream
 from castor.fleet.records import canonical, redact
 from castor.fleet.sealing import DataKey, SealError, opened
@@ -45,18 +46,36 @@ def parse_job(kwargs: Any, settings: Settings) -> Job:
     return job
 
 
+_NAMES: dict[str, tuple[ToolSpec, str]] = {}
+
+
+def _function_name(spec: ToolSpec) -> str:
+    """``function_name`` of the worker's own tool, worked out once per spec."""
+    known = _NAMES.get(spec.name)
+    if known is None or known[0] is not spec:
+        known = _NAMES[spec.name] = (spec, function_name(spec.func))
+    return known[1]
+
+
 def check_tool(
     job: Job, registry: ToolRegistry, name: str, key: DataKey | None = None
 ) -> tuple[ToolSpec, dict[str, Any]]:
     """The worker's own spec of the job's tool and the checked arguments to call it with, its sensitive
     values decrypted with ``key`` (the fleet's); ``Refusal`` for a tool it does not serve, a value it
-    cannot decrypt or arguments its schema rejects. ``job.checked`` stay as sent (the token signs them)."""
+    cannot decrypt or arguments its schema rejects, or a call its coordinator checked against another
+    function of the same name (``job.code``). ``job.checked`` stay as sent (the token signs them)."""
     if name != task_name(job.tool_name):
         raise Refusal(f"task {name!r} carries a call of {job.tool_name!r}", job)
     spec = registry.find(job.tool_name)
     if spec is None:
         served = ", ".join(registry.names()) or "nothing"
         raise Refusal(f"unknown tool {job.tool_name!r}: this pool serves {served}", job)
+    own = _function_name(spec)
+    if job.code and own and job.code != own:
+        raise Refusal(
+            f"{job.tool_name!r} is not the run's tool here: the run's is {job.code[:200]!r}, this pool's is "
+            f"{own!r} (another function of the same name); start the pool with the run's tool, or run it "
+            "with the pool's", job)
     checked, error = spec.schema.check(_clear(job.checked or {}, spec, key, job))
     if error is not None:
         raise Refusal(f"malformed arguments for {job.tool_name!r}: {error}", job)

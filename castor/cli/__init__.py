@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import importlib
 import inspect
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -85,6 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("castor: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # ``castor ps | head``: the reader has what it wanted
+        # Python flushes stdout again at exit, into the same closed pipe: point it at nothing first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:
         if args.debug:
             traceback.print_exc()

@@ -236,12 +236,15 @@ async def approvals(args: argparse.Namespace) -> int:
     return 0
 
 
+_PAST = {"approve": "approved", "reject": "rejected", "modify": "modified"}
+
+
 async def decide(args: argparse.Namespace) -> int:
     """``castor approve`` / ``reject`` / ``modify``: record the decision; a coordinator resumes the run."""
     reason = getattr(args, "reason", "") or getattr(args, "feedback", "") or ""
     async with fleet(args) as (backend, client):
         decision = await client.decide(backend, args.pid, args.outcome, args.by or default_user(), reason)
-    done = f"step {decision.step} {decision.outcome}d by {decision.by}"
+    done = f"step {decision.step} {_PAST[decision.outcome]} by {decision.by}"
     print(shown(f"{args.pid}: {done}; a coordinator resumes the run"))
     return 0
 

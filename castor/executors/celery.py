@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from castor import tracing
+from castor._code import function_name
 from castor._ids import unique_ids
 from castor._sealing import DataKey, encrypted
 from castor._secret import require_secret
@@ -82,6 +83,7 @@ class _Route:
     deadline: float
     sensitive: frozenset[str]
     idempotent: bool
+    code: str = ""  # which function the call was checked against (castor._code.function_name)
 
 
 class CeleryExecutor:
@@ -155,7 +157,7 @@ class CeleryExecutor:
         route = self._routes.get(call.tool_name) or self._route(call.tool_name)
         checked = call.arguments if call.checked is None else call.checked
         sealed = encrypted(checked, route.sensitive, self._key) if route.sensitive else checked
-        kwargs = encode(call, self._replies.stream, self._settings.security.secret or None, sealed)
+        kwargs = encode(call, self._replies.stream, self._settings.security.secret or None, sealed, route.code)
         reply = await self._dispatch(call, kwargs, route)
         if not isinstance(reply, Reply) and route.idempotent and await self._started(call):
             # Its worker died mid-call (a killed threads-pool worker's task comes back only after the
@@ -175,7 +177,7 @@ class CeleryExecutor:
         from castor.llm.chunks import ChunkFollower
 
         route = self._routes.get(call.tool_name) or self._route(call.tool_name)
-        kwargs = encode(call, self._replies.stream, self._settings.security.secret or None, call.checked)
+        kwargs = encode(call, self._replies.stream, self._settings.security.secret or None, call.checked, route.code)
         task_id = f"{call.effect_id}#{call.attempt}-{self._ids()}"
         key = keys.chunks(self._settings.redis.prefix, call.run_id, call.step, call.attempt)
         conn = self._control_conn()
@@ -232,10 +234,12 @@ class CeleryExecutor:
             route = _Route(task_name(tool), pool, self._settings.queue_of(pool), deadline, frozenset(), False)
             self._routes[tool] = route
             return route
-        policy = tool_policy(self._settings, self._tools.get(tool))
+        spec = self._tools.get(tool)
+        policy = tool_policy(self._settings, spec)
         pool = self._settings.pool_of(tool)
         route = _Route(task_name(tool), pool, self._settings.queue_of(pool),
-                       self._deadline(policy.timeout, policy.retryable), policy.sensitive, policy.idempotent)
+                       self._deadline(policy.timeout, policy.retryable), policy.sensitive, policy.idempotent,
+                       function_name(spec.func) if spec is not None else "")
         self._routes[tool] = route
         return route
 

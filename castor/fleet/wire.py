@@ -51,12 +51,13 @@ class Job(ToolCall):
 
     _: KW_ONLY
     reply_to: str = ""
+    code: str = ""
     token: str | None = None
     task_id: str = field(default="", compare=False)
 
     def kwargs(self) -> dict[str, Any]:
         """The task's keyword arguments, as a coordinator sent them (the token as the job carries it)."""
-        kwargs = _fields(self, self.reply_to, self.checked)
+        kwargs = _fields(self, self.reply_to, self.checked, self.code)
         kwargs["token"] = self.token
         return kwargs
 
@@ -65,12 +66,12 @@ class Job(ToolCall):
 _FIELDS: dict[str, type | tuple[type, ...]] = {
     "run_id": str, "step": int, "tool_name": str, "arguments": dict, "checked": dict, "attempt": int,
     "decided_by": (str, type(None)), "was_hitl": bool, "needs_review": bool, "review_reason": (str, type(None)),
-    "charged": dict, "usage": (dict, type(None)), "reply_to": str, "token": (str, type(None)),
+    "charged": dict, "usage": (dict, type(None)), "reply_to": str, "code": str, "token": (str, type(None)),
 }
 _AMOUNTS = ("charged", "usage")  # {resource: number} mappings, journaled as they come
 
 
-def _fields(call: ToolCall, reply_to: str, checked: dict[str, Any] | None) -> dict[str, Any]:
+def _fields(call: ToolCall, reply_to: str, checked: dict[str, Any] | None, code: str) -> dict[str, Any]:
     """Every field of a task but its token (shallow: serialized right away, never mutated)."""
     charged = call.charged
     return {
@@ -80,14 +81,19 @@ def _fields(call: ToolCall, reply_to: str, checked: dict[str, Any] | None) -> di
         "attempt": call.attempt, "decided_by": call.decided_by, "was_hitl": call.was_hitl,
         "needs_review": call.needs_review, "review_reason": call.review_reason,
         "charged": charged if charged is not None else {}, "usage": call.usage, "reply_to": reply_to,
+        "code": code,
     }
 
 
-def encode(call: ToolCall, reply_to: str, secret: str | None, checked: dict[str, Any] | None = None) -> dict[str, Any]:
+def encode(
+    call: ToolCall, reply_to: str, secret: str | None, checked: dict[str, Any] | None = None, code: str = ""
+) -> dict[str, Any]:
     """The one encoding of a tool call as a task: its keyword arguments, ``token`` an HMAC under ``secret``
     over all the others (None without a secret). ``arguments`` travel as the journal keeps them (sensitive
-    values as keyed digests), ``checked`` as given (the caller encrypts their sensitive values)."""
-    kwargs = _fields(call, reply_to, checked)
+    values as keyed digests), ``checked`` as given (the caller encrypts their sensitive values); ``code``
+    names the function the coordinator checked the call against (``castor._code.function_name``: a worker
+    whose tool of that name is another function refuses the call; "" for none)."""
+    kwargs = _fields(call, reply_to, checked, code)
     kwargs["token"] = _signature(secret, kwargs) if secret else None
     return kwargs
 
@@ -150,7 +156,7 @@ def _signature(secret: str, fields: dict[str, Any]) -> str:
 
 def sign(secret: str, job: Job) -> str:
     """The coordinator's token for ``job`` (as ``encode`` signs it)."""
-    return _signature(secret, _fields(job, job.reply_to, job.checked))
+    return _signature(secret, _fields(job, job.reply_to, job.checked, job.code))
 
 
 def verify(secret: str | None, job: Job) -> bool:

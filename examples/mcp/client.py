@@ -50,8 +50,14 @@ async def main(db: str, approve_here: bool) -> None:
             client.call_tool("append_line", {"text": "hello from MCP"}, progress_callback=progress,
                              meta={"castor/idempotency_key": "example-append-1"})
         )
-        await asked.wait()
-        if approve_here:
+        # The call waits for a human (progress comes) unless an earlier run of this script in the same
+        # session decided it: the same idempotency key is then answered from the journal at once.
+        progressed = asyncio.create_task(asked.wait())
+        await asyncio.wait({call, progressed}, return_when=asyncio.FIRST_COMPLETED)
+        progressed.cancel()
+        if call.done():
+            print(f"  (decided in an earlier run of session {PID}: answered from its journal, not run again)")
+        elif approve_here:
             subprocess.run([sys.executable, "-m", "castor", "approve", PID, "--db", db, "--as", "example"], check=True)
         else:
             print(f"approve it in another terminal: castor approve {PID} --db {db}")

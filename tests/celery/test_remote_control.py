@@ -10,6 +10,10 @@ worker the attack stopped would fail the rest of the session. ``test_amqp.py`` r
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from castor import Castor
 
 from .checks import refuses_control_orders
@@ -30,3 +34,22 @@ def test_a_worker_answers_questions_and_refuses_orders_and_unknown_names() -> No
     for name in ("shutdown", "revoke", "cancel_consumer", "hello", "pool_restart", "no such\x1b[31m"):
         refusal = table[name](None, anything=1)
         assert refusal["error"].startswith("refused"), name
+
+
+def test_flowers_enable_events_is_answered_quietly_and_a_repeated_refusal_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Flower asks every worker to ``enable_events`` every few seconds: a refusal logged each time was most
+    of a worker's log. Events are on from the start, so it is answered as done (Celery's handler is not run),
+    while ``disable_events``, which would blind Flower, is refused; a refusal that repeats is logged once."""
+    from castor.fleet.workers import _control
+    from celery.worker import control
+
+    table = _control.answering_only(control.Panel.data)
+    _control._said.clear()  # what this process refused before
+    with caplog.at_level(logging.WARNING, logger="castor.worker"):
+        for _ in range(5):
+            assert table["enable_events"](None) == {"ok": "task events are on"}
+            assert table["disable_events"](None)["error"].startswith("refused")
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 1 and "'disable_events'" in refusals[0]

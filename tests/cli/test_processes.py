@@ -131,3 +131,32 @@ def test_security_levels_example_runs(workdir: Path) -> None:
 def test_main_reads_sys_argv(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "argv", ["castor", "ps"])
     assert main() == 0
+
+
+async def test_a_reader_that_stops_early_is_no_error(tmp_path: Path) -> None:
+    """``castor ps | head -1``: the reader closes the pipe with output still to come; ``castor`` exits 0 and
+    says nothing (it said ``castor: error: [Errno 32] Broken pipe`` and exited 1)."""
+    from castor import Castor
+    from castor.lib import tool
+
+    async def noop() -> None:
+        return None
+
+    async def agent() -> None:
+        await tool("noop")
+
+    kernel = Castor(tools=[noop], store=f"sqlite:///{tmp_path / 'many.db'}")
+    try:
+        for n in range(400):  # 400 lines of some 200 characters: more than a pipe's buffer
+            await kernel.run(agent, pid=f"{'p' * 180}-{n}")
+    finally:
+        await kernel.close()
+    env = {k: v for k, v in os.environ.items() if k not in ("CASTOR_STORE", "CASTOR_REDIS_URL")}
+    reader = subprocess.Popen([SCRIPT, "ps", "--db", str(tmp_path / "many.db")], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert reader.stdout is not None and reader.stderr is not None
+    assert reader.stdout.readline().startswith(b"[DONE] ppp")
+    reader.stdout.close()
+    with reader.stderr:
+        assert reader.wait(60) == 0
+        assert reader.stderr.read() == b""

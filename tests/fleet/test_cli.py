@@ -92,6 +92,10 @@ def test_submit_ps_coordinators_approve_cancel_fork(fleet: Fleet, tmp_path: Path
     assert (forked["status"], forked["preemption_reason"]) == ("PREEMPTED", "cancelled")
     assert fleet.cli_json("approvals") == []
 
+    other = fleet.cli_json("fork", pid, "--at-step", "1", "--pid", f"{pid}-no")["pid"]
+    wait_for("the second fork to park", lambda: status(fleet, other) == "SUSPENDED_FOR_HITL", 20)
+    assert "step 1 rejected by ann" in fleet.cli("reject", other, "--reason", "no", "--as", "ann").stdout
+
     slow = submit(fleet, path, "sleepy")
     wait_for("the slow run to be driven", lambda: len(run_json(fleet, slow)["syscall_log"]) >= 2, 20)
     driven = run_json(fleet, slow)  # while its coordinator drives it: the stored header is as of its start

@@ -262,13 +262,24 @@ async def test_http_restart_mid_wait_executes_the_decided_call_once(files: tuple
 def test_the_example_gateway_runs(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[2]
     notes = tmp_path / "notes.txt"
-    done = subprocess.run(
-        [sys.executable, "examples/mcp/client.py", "--db", str(tmp_path / "mcp.db"), "--approve-here"],
-        cwd=root, env={**os.environ, "CASTOR_MCP_NOTES": str(notes)}, capture_output=True, text=True, timeout=60,
-    )
+
+    def example() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "examples/mcp/client.py", "--db", str(tmp_path / "mcp.db"), "--approve-here"],
+            cwd=root, env={**os.environ, "CASTOR_MCP_NOTES": str(notes)}, capture_output=True, text=True,
+            timeout=60,
+        )
+
+    done = example()
     assert done.returncode == 0, done.stderr
     assert "append_line (destructive)" in done.stdout and "add(2, 3) -> 5" in done.stdout
     assert f"castor approve example-session --db {tmp_path / 'mcp.db'}" in done.stdout
+    assert notes.read_text() == "hello from MCP\n"
+    # Run again in the same session: the decided call is answered from the journal (it hung, waiting for
+    # progress that never comes), and the line is not appended again.
+    again = example()
+    assert again.returncode == 0, again.stderr
+    assert "answered from its journal" in again.stdout and "append_line -> appended" in again.stdout
     assert notes.read_text() == "hello from MCP\n"
 
 
