@@ -164,6 +164,33 @@ def test_a_config_is_found_in_the_environment_then_the_working_directory(tmp_pat
     assert find_config(env={"CASTOR_CONFIG": str(named)}, cwd=tmp_path) == named
 
 
+@pytest.mark.parametrize("broker", ["", 'url = "redis://127.0.0.1:6379/0"'], ids=["unset", "the same URL"])
+def test_redis_given_to_a_worker_moves_a_broker_that_was_the_configs_redis(tmp_path: Path, broker: str) -> None:
+    """``castor flower --redis URL`` in a directory with a config whose broker was its Redis (unset, or the
+    same URL written out, as the shipped config once did) ran on the config's Redis: the flag moved the
+    store and left the broker, so a newcomer's commands wrote to another database than the one named."""
+    import argparse
+
+    from castor.cli._stores import fleet_process_settings
+
+    config = write(tmp_path, f'[redis]\nurl = "redis://127.0.0.1:6379/0"\n[broker]\n{broker}\n')
+    args = argparse.Namespace(command="flower", config=str(config), redis="redis://127.0.0.1:6399/11")
+    settings = fleet_process_settings(args)
+    assert settings.redis.url == "redis://127.0.0.1:6399/11"
+    assert settings.broker_url == "redis://127.0.0.1:6399/11"
+
+
+def test_redis_given_to_a_worker_leaves_a_broker_of_its_own(tmp_path: Path) -> None:
+    import argparse
+
+    from castor.cli._stores import fleet_process_settings
+
+    for broker in ("amqp://guest:guest@127.0.0.1:5672//", "redis://127.0.0.1:6380/0"):
+        config = write(tmp_path, f'[redis]\nurl = "redis://127.0.0.1:6379/0"\n[broker]\nurl = "{broker}"\n')
+        args = argparse.Namespace(command="worker", config=str(config), redis="redis://127.0.0.1:6399/11")
+        assert fleet_process_settings(args).broker_url == broker
+
+
 # --- deadlines and the broker's visibility timeout ---------------------------------------------------
 
 

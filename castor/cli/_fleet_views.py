@@ -50,7 +50,7 @@ def fleet_settings(args: argparse.Namespace) -> Any:
     url, prefix, _ = target(args)
     config = config_path(args) or find_config()  # its pools and queues, even where it names no store
     settings = load_settings(config) if config else Settings()
-    return settings.updated(redis={"url": url, "prefix": prefix})
+    return settings.on_redis(url, prefix)
 
 
 def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
@@ -89,6 +89,8 @@ async def coordinator(args: argparse.Namespace) -> int:
     config_file, settings = config_path(args), None
     if config_file:
         settings = load_settings(config_file)
+        if (url, prefix) != (settings.redis.url, settings.redis.prefix):  # --redis: its executor's too
+            settings = settings.on_redis(url, prefix)
     kind = args.executor if args.executor != "auto" else ("celery" if settings is not None else "local")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     max_takeovers = args.max_takeovers if args.max_takeovers is not None else (

@@ -172,7 +172,7 @@ def fleet_process_settings(args: argparse.Namespace) -> Settings:
         raise ConfigError(f"castor {args.command} takes only ?prefix= in its Redis URL, not {', '.join(options)}")
     if "prefix" not in dict(parse_qsl(urlsplit(url).query)):
         prefix = settings.redis.prefix
-    return settings.updated(redis={"url": address, "prefix": prefix})
+    return settings.on_redis(address, prefix)
 
 
 def store_of(args: argparse.Namespace) -> str | None:

@@ -217,6 +217,13 @@ class Settings(Section):
             data[name] = change
         return Settings(**data)
 
+    def on_redis(self, url: str, prefix: str) -> Settings:
+        """These settings on another Redis (``--redis``): a broker that was the old Redis (the default, or
+        the same URL written out in ``[broker] url``) moves with it; another broker (RabbitMQ, a Redis of
+        its own) stays where it is."""
+        broker = {"url": None} if self.broker.url in (None, self.redis.url) else {}
+        return self.updated(redis={"url": url, "prefix": prefix}, broker=broker)
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         """What no single key can check: one pool per tool, a broker URL a fleet runs on."""
