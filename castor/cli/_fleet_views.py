@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -224,6 +225,8 @@ async def approvals(args: argparse.Namespace) -> int:
     else:
         async with fleet(args) as (backend, _):
             pending = await backend.approvals.pending()
+        if not pending:
+            await _local_waiting_hint(args)
     rows: list[dict[str, Any]] = [
         {"pid": p.run_id, "step": p.step, "tool": p.tool_name, "arguments": p.arguments,
          "waiting": round(time.time() - p.created_at, 3), "reason": p.reason}
@@ -236,6 +239,29 @@ async def approvals(args: argparse.Namespace) -> int:
     )
     emit(args, rows, text)
     return 0
+
+
+async def _local_waiting_hint(args: argparse.Namespace) -> None:
+    """Nothing waits in the fleet this command read by default: say so on stderr if ``./castor.db`` (what
+    ``castor run`` and ``ps`` use by default) holds calls that wait, so an embedded run's are not missed."""
+    import os
+
+    from castor.backends.sqlite import sqlite_backend
+    from castor.cli._stores import DEFAULT_DB, STORE_ENV, config_path, given_stores, target
+
+    if given_stores(args) or config_path(args) or any(os.environ.get(n) for n in STORE_ENV):
+        return
+    if not os.path.isfile(DEFAULT_DB):
+        return
+    local = sqlite_backend(DEFAULT_DB)
+    try:
+        waiting = len(await local.approvals.pending())
+    finally:
+        await local.close()
+    if waiting:
+        url, prefix, _ = target(args)
+        print(f"castor: nothing waits in the fleet's Redis ({url}, prefix {prefix}); ./{DEFAULT_DB} has {waiting} "
+              f"call(s) waiting: castor approvals --db {DEFAULT_DB}", file=sys.stderr)
 
 
 _PAST = {"approve": "approved", "reject": "rejected", "modify": "modified"}

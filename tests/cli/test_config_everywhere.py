@@ -111,3 +111,21 @@ def test_a_watched_empty_ps_says_where_the_fleet_is_once(workdir: Path, redis_ur
                 proc.kill()
     assert proc.returncode == 0
     assert err.count("holds no runs") == 1, err
+
+
+def test_approvals_of_an_empty_fleet_point_at_the_calls_waiting_in_castor_db(
+    cli: Cli, workdir: Path, redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``castor approvals`` reads the local Redis by default, while ``castor run`` suspends in ./castor.db:
+    a newcomer saw an empty table beside three waiting calls. It says where they are, on stderr."""
+    import castor.cli._stores as stores
+
+    monkeypatch.delenv("CASTOR_CONFIG", raising=False)
+    pid = cli(*RUN).pid  # waits in ./castor.db
+    monkeypatch.setattr(stores, "DEFAULT_URL", redis_url)  # "the local Redis": the test's, under its prefix
+    monkeypatch.setenv("CASTOR_REDIS_PREFIX", redis_prefix)
+    empty = cli("approvals")
+    assert empty.code == 0 and pid not in empty.out
+    assert empty.err.endswith("./castor.db has 1 call(s) waiting: castor approvals --db castor.db\n"), empty.err
+    listed = cli("approvals", "--db", "castor.db")
+    assert pid in listed.out and listed.err == ""
