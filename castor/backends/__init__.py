@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
 import os
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -41,8 +43,29 @@ def _redis_options(url: str) -> tuple[str, str, dict[str, Any]]:
                 raise ConfigError(f"Redis store option {key}={value!r} in the URL must be a number") from None
         else:
             theirs.append((key, value))  # redis-py's own connection options
+    unknown = sorted({key for key, _ in theirs} - _redis_py_options())
+    if unknown:  # redis-py would take it as a keyword and fail at the first connection, in its own words
+        close = difflib.get_close_matches(unknown[0], ["prefix", *OPTIONS, *_redis_py_options()], n=1)
+        raise ConfigError(
+            f"unknown option(s) {', '.join(unknown)} in the Redis URL"
+            + (f" (did you mean {close[0]}?)" if close else "")
+            + f"; Castor's: prefix, {', '.join(sorted(OPTIONS))}; the others go to redis-py (health_check_interval, ssl_ca_certs, ...)"
+        )
     prefix = str(ours.pop("prefix", "castor"))
     return urlunsplit(parts._replace(query=urlencode(theirs))), prefix, ours
+
+
+@functools.cache
+def _redis_py_options() -> frozenset[str]:
+    """The query options redis-py takes in a URL: those it parses, and its connections' keywords."""
+    import inspect
+
+    import redis.connection as connection
+
+    names = set(getattr(connection, "URL_QUERY_ARGUMENT_PARSERS", {}))
+    for kind in (connection.AbstractConnection, connection.Connection, connection.SSLConnection):
+        names.update(inspect.signature(kind.__init__).parameters)
+    return frozenset(names - {"self", "args", "kwargs"})
 
 
 def _flag(key: str, value: str) -> bool:

@@ -69,7 +69,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--destructive", nargs="?", const=BARE, action=DestructiveAction, metavar="NAME",
-        help="mark a tool destructive: by NAME, or bare right after its --tool (repeatable)",
+        help="mark a tool destructive: by NAME, or bare right after its --tool (every tool of a comma "
+             "list: name one instead) (repeatable)",
     )
     parser.add_argument(
         "--budget", action="append", metavar="K=V",

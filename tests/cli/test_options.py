@@ -163,3 +163,13 @@ def test_a_command_module_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: p
     monkeypatch.setattr("castor.cli.COMMAND_MODULES", (*COMMAND_MODULES, module.__name__))
     assert main(["hello", "world", "--db", "x.db"]) == 0
     assert capsys.readouterr().out == "hello world db=x.db\n"
+
+
+def test_a_misspelt_option_in_a_redis_url_is_one_line_naming_the_known_ones(cli: Cli) -> None:
+    """redis-py takes a URL's unknown query option as a keyword and failed at the first connection with
+    ``AbstractConnection.__init__() got an unexpected keyword argument 'prefx'``."""
+    wrong = cli("ps", "--store", "redis://127.0.0.1:6379/11?prefx=nc")
+    assert wrong.code == 1
+    assert wrong.err.startswith("castor: error: unknown option(s) prefx in the Redis URL (did you mean prefix?); "
+                                "Castor's: prefix, approval_ttl,"), wrong.err
+    assert wrong.err.count("\n") == 1
