@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from castor._code import function_name
 from castor.backends.redis.keys import is_reply_stream
-from castor.fleet.records import canonical, redact
+from castor.fleet.records import canonical, function_name, redact
 from castor.fleet.sealing import DataKey, SealError, opened
 from castor.fleet.wire import Job, Malformed, decode, task_name, verify
 from castor.llm.fleet import MODEL_PREFIX

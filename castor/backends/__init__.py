@@ -49,7 +49,8 @@ def _redis_options(url: str) -> tuple[str, str, dict[str, Any]]:
         raise ConfigError(
             f"unknown option(s) {', '.join(unknown)} in the Redis URL"
             + (f" (did you mean {close[0]}?)" if close else "")
-            + f"; Castor's: prefix, {', '.join(sorted(OPTIONS))}; the others go to redis-py (health_check_interval, ssl_ca_certs, ...)"
+            + f"; Castor's: prefix, {', '.join(sorted(OPTIONS))}; the others go to redis-py "
+            "(health_check_interval, ssl_ca_certs, ...)"
         )
     prefix = str(ours.pop("prefix", "castor"))
     return urlunsplit(parts._replace(query=urlencode(theirs))), prefix, ours
@@ -77,6 +78,31 @@ def _flag(key: str, value: str) -> bool:
     raise ConfigError(f"Redis store option {key}={value!r} in the URL must be true or false")
 
 
+def _sqlite_parts(url: str) -> tuple[str, dict[str, str]]:
+    """The file path and options of a ``sqlite://`` URL."""
+    path, _, query = url[len("sqlite://") :].partition("?")
+    options = dict(part.partition("=")[::2] for part in query.split("&") if part)
+    unknown = set(options) - {"synchronous"}
+    if unknown:
+        raise ConfigError(f"unknown sqlite store option(s) {', '.join(sorted(unknown))} in {url!r}")
+    if path.startswith("/") and not path.startswith("//"):
+        path = path[1:] or ":memory:"  # sqlite:///x.db is the relative path x.db
+    elif path.startswith("//"):
+        path = path[1:]  # sqlite:////abs/x.db
+    return path, options
+
+
+def sqlite_file(url: str) -> str | None:
+    """The file a SQLite store URL (or bare ``*.db`` path) names; None for any other store or ``:memory:``."""
+    if url.startswith("sqlite://"):
+        path = _sqlite_parts(url)[0]
+    elif "://" not in url and (url.endswith((".db", ".sqlite", ".sqlite3")) or os.sep in url):
+        path = url
+    else:
+        return None
+    return None if path == ":memory:" else path
+
+
 def open_backend(url: str | None) -> Backend:
     """The backend a store URL names; ``ConfigError`` for one it does not understand."""
     if url is None or url in ("memory", "memory://"):
@@ -84,15 +110,7 @@ def open_backend(url: str | None) -> Backend:
 
         return memory_backend()
     if url.startswith("sqlite://"):
-        path, _, query = url[len("sqlite://") :].partition("?")
-        options = dict(part.partition("=")[::2] for part in query.split("&") if part)
-        unknown = set(options) - {"synchronous"}
-        if unknown:
-            raise ConfigError(f"unknown sqlite store option(s) {', '.join(sorted(unknown))} in {url!r}")
-        if path.startswith("/") and not path.startswith("//"):
-            path = path[1:] or ":memory:"  # sqlite:///x.db is the relative path x.db
-        elif path.startswith("//"):
-            path = path[1:]  # sqlite:////abs/x.db
+        path, options = _sqlite_parts(url)
         from castor.backends.sqlite import sqlite_backend
 
         return sqlite_backend(path, synchronous=options.get("synchronous", "NORMAL"))

@@ -30,7 +30,7 @@ def _amounts(args: argparse.Namespace) -> dict[str, float]:
 async def cmd_set(args: argparse.Namespace) -> int:
     """Create a scope or change its limits."""
     amounts = _amounts(args)
-    async with opened(args) as backend:
+    async with opened(args, existing=False) as backend:
         await backend.budgets.set_scope(args.scope, amounts)
         return _show(args.scope, await backend.budgets.read_scope(args.scope), as_json=False)
 

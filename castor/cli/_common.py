@@ -9,13 +9,14 @@ The store is chosen once per command, in this order: ``--store URL``, ``--redis 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from castor.backends import open_backend
+from castor.backends import open_backend, sqlite_file
 from castor.cli._args import add_option
 from castor.cli._celery_cmds import executor_flags
 from castor.cli._stores import DEFAULT_DB, given_stores, store_url
@@ -61,9 +62,17 @@ def command(args: argparse.Namespace, *words: str) -> str:
     return f"{line} {options}" if options else line
 
 
-def open_store(args: argparse.Namespace) -> Backend:
-    """The backend of this command's store."""
+def open_store(args: argparse.Namespace, *, existing: bool = False) -> Backend:
+    """The backend of this command's store. ``existing``: a command that only reads or decides what is
+    stored (``ps``, ``inspect``, ``approve``...) makes no SQLite file (nor its directory) that is not there:
+    it reads an empty store (``args.missing_store`` names the file)."""
     url = store_url(args)
+    path = sqlite_file(url) if existing else None
+    if path is not None and not os.path.exists(path):
+        from castor.backends.memory import memory_backend
+
+        args.missing_store = path  # ``ps`` says so when it lists nothing
+        return memory_backend()
     try:
         return open_backend(url)
     except ModuleNotFoundError as exc:

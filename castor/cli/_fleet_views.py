@@ -217,7 +217,7 @@ async def approvals(args: argparse.Namespace) -> int:
     if given_stores(args) and store_of(args) is None:  # --db / sqlite:// / memory://: that store's waiting calls
         from castor.cli._common import open_store
 
-        embedded = open_store(args)
+        embedded = open_store(args, existing=True)
         try:
             pending = await embedded.approvals.pending()
         finally:

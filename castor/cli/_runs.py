@@ -77,9 +77,10 @@ def parse_budgets(items: list[str] | None) -> dict[str, float]:
 
 
 @asynccontextmanager
-async def opened(args: argparse.Namespace) -> AsyncIterator[Backend]:
-    """The command's store, closed when the command ends."""
-    backend = open_store(args)
+async def opened(args: argparse.Namespace, *, existing: bool = True) -> AsyncIterator[Backend]:
+    """The command's store, closed when the command ends; ``existing`` (all but a command that starts a
+    run or a scope): an SQLite file that is not there is read as empty, not made (``open_store``)."""
+    backend = open_store(args, existing=existing)
     try:
         yield backend
     finally:
@@ -185,7 +186,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     budgets = parse_budgets(args.budget)
     tools = args.tools or (config_tools(args) if uses_celery(args) else [])
     loaded = _specs.load(args.agent, tools, args.destructive or [])
-    async with opened(args) as backend:
+    async with opened(args, existing=False) as backend:
         kernel = kernel_of(loaded, backend, args)
         try:
             if args.pid and await backend.runs.load(args.pid) is not None:

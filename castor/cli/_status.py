@@ -10,7 +10,7 @@ from castor._limits import option_type
 from castor.cli._live import live_summaries
 from castor.cli._render import inspect_json, inspect_lines, ps_json, ps_line
 from castor.cli._runs import load_run, opened, out, out_json
-from castor.cli._stores import DEFAULT_DB, other_store
+from castor.cli._stores import DEFAULT_DB, given_stores, other_store
 from castor.cli._watch import add_watch
 from castor.kernel.children import pending_child
 
@@ -44,7 +44,11 @@ async def cmd_ps(args: argparse.Namespace) -> int:
         out("No agents found.")  # 0.5.1's line; where else the runs may be goes to stderr
         # Said once: under --watch the same args come back every frame, and the hint would scroll the log.
         elsewhere = other_store(args) if args.status is None and not getattr(args, "hinted", False) else ""
-        if elsewhere:
+        missing = getattr(args, "missing_store", None)
+        if missing and given_stores(args) and not getattr(args, "hinted", False):  # a mistyped --db
+            print(f"castor: no store at {missing} (none was made)", file=sys.stderr)
+            args.hinted = True
+        elif elsewhere:
             print(f"castor: ./{DEFAULT_DB} holds no runs: {elsewhere}", file=sys.stderr)
             args.hinted = True
     else:

@@ -84,8 +84,11 @@ def test_an_empty_ps_of_castor_db_says_where_the_fleet_is(cli: Cli, workdir: Pat
     assert empty.err == ("castor: ./castor.db holds no runs: for the fleet of castor.toml, add --config castor.toml "
                          "(or --store redis://HOST:6379/0, or set CASTOR_REDIS_URL)\n")
     assert pid in cli("ps", "--config", "castor.toml").out
-    for named in (["--db", "castor.db"], ["--json"], ["--status", "done"]):  # a store named, JSON, a filter
+    for named in (["--json"], ["--status", "done"]):  # JSON, a filter
         assert cli("ps", *named).err == "", named
+    # A store named that is not there (a mistyped --db): said, and not made.
+    assert cli("ps", "--db", "castor.db").err == "castor: no store at castor.db (none was made)\n"
+    assert not (workdir / "castor.db").exists()
 
 
 def test_a_watched_empty_ps_says_where_the_fleet_is_once(workdir: Path, redis_url: str, redis_prefix: str,
@@ -129,3 +132,19 @@ def test_approvals_of_an_empty_fleet_point_at_the_calls_waiting_in_castor_db(
     assert empty.err.endswith("./castor.db has 1 call(s) waiting: castor approvals --db castor.db\n"), empty.err
     listed = cli("approvals", "--db", "castor.db")
     assert pid in listed.out and listed.err == ""
+
+
+def test_commands_that_read_make_no_store(cli: Cli, workdir: Path) -> None:
+    """``castor --db /no/such/dir/x.db ps`` made the directory and an empty store, and said "No agents
+    found."; a plain ``castor ps`` left a castor.db in any directory. Only ``run`` (and ``budget set``) make one."""
+    missing = workdir / "no" / "such" / "x.db"
+    listed = cli("--db", str(missing), "ps")
+    assert listed.code == 0 and listed.out == "No agents found.\n"
+    assert listed.err == f"castor: no store at {missing} (none was made)\n"
+    for command in (["inspect", "p"], ["approve", "p"], ["resume", "p"], ["approvals"], ["budget", "show", "s"]):
+        done = cli(*command, "--db", str(missing))
+        assert not (workdir / "no").exists(), command
+        assert done.code in (0, 1) and "Traceback" not in done.err, (command, done.err)
+    assert cli("ps").code == 0 and not (workdir / "castor.db").exists()
+    cli(*RUN)
+    assert (workdir / "castor.db").exists()  # run makes it
