@@ -96,8 +96,28 @@ def import_target(spec: ImportSpec, kind: str, *, from_cwd: bool = False) -> Mod
     try:
         return importlib.import_module(spec.target)
     except Exception as exc:
-        detail = f"{type(exc).__name__}: {exc}"
+        detail = f"{type(exc).__name__}: {exc}{extra_hint(exc)}"
         raise ConfigError(f"cannot import {kind} {str(spec)!r}: module {spec.target!r} failed: {detail}") from exc
+
+
+# The top-level packages of Castor's extras (pyproject.toml), and the extra that installs each.
+_EXTRAS = {
+    "langchain_core": "langchain", "langgraph": "langchain", "langchain": "langchain", "pydantic_ai": "pydantic-ai",
+    "agents": "openai-agents", "smolagents": "smolagents", "crewai": "crewai", "httpx": "openai", "mcp": "mcp",
+    "starlette": "console", "uvicorn": "console", "jinja2": "console", "redis": "redis", "celery": "celery",
+    "kombu": "celery", "flower": "celery", "prometheus_client": "metrics", "opentelemetry": "otel",
+}
+
+
+def extra_hint(exc: BaseException) -> str:
+    """``; pip install ...`` for a module that one of Castor's extras installs, else ""."""
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        return ""
+    extra = _EXTRAS.get(exc.name.partition(".")[0])
+    if extra is None:
+        return ""
+    return f" (Castor's {extra} extra installs it: pip install 'castor-kernel[{extra}]', or in a clone " \
+           f"pip install -e '.[{extra}]')"
 
 
 def _function(module: ModuleType, spec: ImportSpec, name: str, kind: str) -> Callable[..., Any]:
@@ -159,5 +179,5 @@ def load_file(path: str | Path) -> ModuleType:
         module_spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[mod_name]
-        raise ConfigError(f"{path} failed: {type(exc).__name__}: {exc}") from exc
+        raise ConfigError(f"{path} failed: {type(exc).__name__}: {exc}{extra_hint(exc)}") from exc
     return module

@@ -28,7 +28,9 @@ import argparse
 import asyncio
 import importlib
 import inspect
+import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -54,6 +56,35 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+# Commands that run until stopped and set up their own logging (timestamps, levels, every logger).
+SERVICES = frozenset({"coordinator", "worker", "flower", "console", "mcp"})
+
+
+class _CommandLog(logging.Handler):
+    """Castor's warnings during a one-shot command, as ``castor: warning: ...`` lines on stderr, without the
+    line a run's end is logged with (the command prints the outcome itself; it came a second time)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write the record, unless it is a run's end."""
+        if getattr(record, "castor_run_end", False):
+            return
+        try:
+            sys.stderr.write(f"castor: {record.levelname.lower()}: {shown(record.getMessage())}\n")
+        except Exception:  # a closed stderr: nothing else to tell
+            self.handleError(record)
+
+
+def _command_log(command: str | None) -> None:
+    """Give a one-shot command ``_CommandLog`` unless logging is set up already (a host program's)."""
+    castor_log = logging.getLogger("castor")
+    if command in SERVICES or logging.getLogger().handlers or castor_log.handlers:
+        return
+    castor_log.addHandler(_CommandLog())  # a handler found: Python's last-resort one no longer prints it
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``castor`` parser with every command of ``COMMAND_MODULES``."""
     parser = argparse.ArgumentParser(
@@ -64,9 +95,24 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_commands(subparsers)
-    for sub in subparsers.choices.values():
+    helps = {action.dest: action.help for action in subparsers._choices_actions}  # each command's one line
+    for name, sub in subparsers.choices.items():
         add_global_options(sub, top_level=False)
+        sub.description = _plain(sub.description or helps.get(name))
+        for action in sub._actions:
+            if isinstance(action.help, str):
+                action.help = _plain(action.help)
     return parser
+
+
+def _plain(text: str | None) -> str | None:
+    """Help text as a terminal shows it: a docstring's ``literal`` marks dropped, and its leading
+    ``castor name``: (the usage line says it)."""
+    if not text:
+        return text
+    text = re.sub(r"^``castor [\w -]+``:\s*", "", text)
+    text = re.sub(r"``(.+?)``", r"\1", text, flags=re.DOTALL)
+    return text[:1].upper() + text[1:]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # usage errors (2), --help (0)
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
     handler = args.handler
+    _command_log(getattr(args, "command", None))
     try:
         with warnings_to_stderr(sys.stderr):
             if inspect.iscoroutinefunction(handler):

@@ -37,7 +37,8 @@ def add_commands(subparsers: Any) -> None:
                         help="parallel tasks (default: config or 4)")
     worker.add_argument("--pool-impl", choices=get_args(WorkerPool), default=None,
                         help="Celery execution pool (default: config or threads)")
-    worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument("--log-level", "--loglevel", dest="loglevel", default="INFO",
+                        help="DEBUG, INFO (default), WARNING or ERROR")
     worker.add_argument("--fast-start", action="store_true", help="no heartbeat events: starts sooner (tests)")
     worker.add_argument("--ping", action="store_true",
                         help="start nothing: exit 0 if a worker of --pool on this host consumes its queue (under "

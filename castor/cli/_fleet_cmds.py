@@ -50,13 +50,13 @@ def add_commands(subparsers: Any) -> None:
 
     co = add("coordinator", views.coordinator, "run a coordinator: take submitted runs and drive them")
     co.add_argument("--concurrency", type=option_type("coordinator --concurrency"), default=200,
-                    help="runs driven at once (parked runs hold none)")
+                    help="runs driven at once (parked runs hold none; default 200)")
     co.add_argument("--name", default=None, help="this coordinator's name (default: <host>-<pid>)")
     config_option(co)
     co.add_argument("--lease", type=option_type("coordinator --lease"), default=15.0, metavar="SECONDS",
-                    help="lease time on each run")
+                    help="lease time on each run (default 15)")
     co.add_argument("--grace", type=option_type("coordinator --grace"), default=30.0, metavar="SECONDS",
-                    help="drain: wait for steps this long")
+                    help="on SIGTERM, wait this long for running steps before letting runs go (default 30)")
     co.add_argument("--executor", choices=("auto", "local", "celery"), default="auto",
                     help="where tools run (auto: celery with a config, given or found, else in this process)")
     co.add_argument("--max-takeovers", type=option_type("coordinator --max-takeovers"), default=None, metavar="N",
@@ -67,7 +67,7 @@ def add_commands(subparsers: Any) -> None:
                                            "messages in the fleet's Redis); 0: no context memory")
     co.add_argument("--allow-code-change", action="store_true",
                     help="resume runs whose agent or tool source changed since they started")
-    co.add_argument("--log-level", default="INFO")
+    co.add_argument("--log-level", default="INFO", help="DEBUG, INFO (default), WARNING or ERROR")
     _observe.add_options(co, "coordinator")
 
     sub = add("submit", views.submit, "submit a run to the fleet (same options as run); prints its pid")

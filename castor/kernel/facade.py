@@ -283,9 +283,11 @@ class Castor:
 
     # --- decisions --------------------------------------------------------------------------------
 
-    async def approve(self, checkpoint: AgentCheckpoint | str, *, by: str | None = None) -> None:
-        """Approve the pending call and execute it now; the run is ``RUNNING`` again, ready to resume."""
-        await self.decide(checkpoint, "approve", None, by=by)
+    async def approve(self, checkpoint: AgentCheckpoint | str, *, by: str | None = None) -> AgentCheckpoint:
+        """Approve the pending call and execute it now; the run is ``RUNNING`` again, ready to resume. The
+        checkpoint given is updated in place (0.5.1's contract) and returned, so ``cp = await
+        kernel.approve(cp)`` reads as it does."""
+        return await self.decide(checkpoint, "approve", None, by=by)
 
     def reject(self, checkpoint: AgentCheckpoint | str, reason: str, *, by: str | None = None) -> None:
         """Reject the pending call; the agent receives ``HITL_REJECTED`` with ``reason`` on resume."""

@@ -266,16 +266,23 @@ async def finish(ctx: RunContext, failed_by: Exception | None = None) -> None:
     _log_stop(cp)
 
 
+RUN_END = {"castor_run_end": True}
+"""The ``extra`` of the line a run's end is logged with: a program that reports the end itself (the CLI)
+leaves it out."""
+
+
 def _log_stop(cp: AgentCheckpoint) -> None:
-    steps = len(cp.syscall_log)
+    n = len(cp.syscall_log)
+    steps = f"{n} step{'' if n == 1 else 's'}"
     if cp.status == "SUSPENDED_FOR_HITL":
-        log.info("run %s suspended at step %s: %s waits for approval", cp.pid, cp.pending_step, cp.pending_tool)
+        log.info("run %s suspended at step %s: %s waits for approval", cp.pid, cp.pending_step, cp.pending_tool,
+                 extra=RUN_END)
     elif cp.status == "FAILED":
-        log.warning("run %s failed after %d steps: %s", cp.pid, steps, cp.error)
+        log.warning("run %s failed after %s: %s", cp.pid, steps, cp.error, extra=RUN_END)
     elif cp.status == "PREEMPTED":
-        log.info("run %s preempted after %d steps: %s", cp.pid, steps, cp.preemption_reason)
+        log.info("run %s preempted after %s: %s", cp.pid, steps, cp.preemption_reason, extra=RUN_END)
     else:
-        log.info("run %s %s after %d steps", cp.pid, cp.status.lower(), steps)
+        log.info("run %s %s after %s", cp.pid, cp.status.lower(), steps, extra=RUN_END)
 
 
 def takes_proxy(agent: Callable[..., Any]) -> bool:

@@ -173,3 +173,30 @@ def test_a_misspelt_option_in_a_redis_url_is_one_line_naming_the_known_ones(cli:
     assert wrong.err.startswith("castor: error: unknown option(s) prefx in the Redis URL (did you mean prefix?); "
                                 "Castor's: prefix, approval_ttl,"), wrong.err
     assert wrong.err.count("\n") == 1
+
+
+def test_an_agent_file_missing_a_frameworks_package_names_the_extra(cli: Cli, workdir: Path) -> None:
+    """A framework example run without its extra said only ``No module named 'smolagents'``."""
+    (workdir / "needs.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'smolagents'\", name='smolagents')  # as an import says it\n"
+        "async def main():\n    return 1\n"
+    )
+    failed = cli("run", "needs.py:main")
+    assert failed.code == 1
+    assert "No module named 'smolagents'" in failed.err
+    assert "pip install -e '.[smolagents]'" in failed.err and failed.err.count("\n") == 1, failed.err
+
+
+def test_every_commands_help_has_a_description_and_no_docstring_markup() -> None:
+    """A newcomer's pass over ``--help``: raw ``literal`` marks in run, budget, pools and console, and no
+    description at all for worker and flower."""
+    import argparse
+
+    from castor.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in commands.choices.items():
+        text = sub.format_help()
+        assert sub.description, name
+        assert "``" not in text, name

@@ -160,3 +160,14 @@ async def test_a_reader_that_stops_early_is_no_error(tmp_path: Path) -> None:
     with reader.stderr:
         assert reader.wait(60) == 0
         assert reader.stderr.read() == b""
+
+
+def test_a_failed_run_is_reported_once_on_stderr(tmp_path: Path) -> None:
+    """The run's end was logged by the kernel (Python's last-resort handler printed it) before the CLI said
+    the same as its error: "run ... failed after 1 steps: UnknownToolError ...", then "castor: error: ..."."""
+    done = castor("run", str(ROOT / "examples/agent.py:cleanup"), "--tool", str(ROOT / "examples/tools.py:search"),
+                  cwd=tmp_path)
+    assert done.returncode == 1
+    assert "Status: FAILED" in done.stdout
+    assert done.stderr.startswith("castor: error: the agent called unknown tool 'delete_file'"), done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr

@@ -25,7 +25,7 @@ async def test_destructive_call_suspends_and_approve_executes_it(kernel: Castor)
     assert cp.pending_hitl == {"tool_name": "delete_file", "arguments": {"path": "/tmp/old1"}}
     assert cp.pending_tool == "delete_file" and cp.pending_args == {"path": "/tmp/old1"}
     assert CALLS == {"search": 1}
-    await kernel.approve(cp, by="alice")
+    assert await kernel.approve(cp, by="alice") is cp  # updated in place, and returned
     assert cp.status == "RUNNING" and cp.pending_hitl is None
     assert CALLS["delete_file"] == 1
     last = cp.syscall_log[-1]
