@@ -34,6 +34,18 @@ def test_with_the_shipped_prefixes_the_broker_user_reaches_no_state_key() -> Non
         assert any(fnmatchcase(broker_key, pattern) for pattern in keys), broker_key
 
 
+def test_no_key_pattern_of_the_printed_broker_user_reaches_a_state_key() -> None:
+    """Every ``~pattern`` of the broker user's line as ``acl_file`` prints it (not only ``broker_keys``, the
+    patterns ``reached_state_keys`` checks) is held to one key of every kind of state: none matches."""
+    settings = load_settings(ROOT / "config/castor.toml", env={})
+    [line] = [line for line in acl.acl_file(settings, FLEET_PW, FLOWER_PW).splitlines()
+              if line.split()[1] == acl.BROKER_USER]
+    patterns = [rule[1:] for rule in line.split() if rule.startswith("~")]
+    assert patterns
+    samples = list(acl._state_key_samples(settings.redis.prefix))
+    assert [key for key in samples if any(fnmatchcase(key, p) for p in patterns)] == []
+
+
 def test_prefixes_that_nest_one_in_the_other_are_refused() -> None:
     nested = Settings(redis={"prefix": "castor:castor.state"})
     reached = acl.reached_state_keys(nested)

@@ -84,6 +84,17 @@ def test_fleet_options_refuses_the_sample_secret_and_warns_in_a_development_flee
     assert secret_problem("x" * MIN_SECRET_LENGTH) is None
 
 
+def test_the_minimum_is_the_32_characters_the_readme_promises() -> None:
+    """The README promises a secret of at least 32 characters (128 bits as hex): 31 are refused, naming 32,
+    and ``secrets.token_hex(16)`` (32 characters) passes; the constant alone does not set the promise."""
+    assert "at least 32 characters" in (ROOT / "README.md").read_text()
+    problem = secret_problem("k" * 31)
+    assert problem is not None and "below the minimum of 32" in problem
+    with pytest.raises(InvalidValueError, match="below the minimum of 32"):
+        require_secret(Settings(security={"secret": secrets.token_hex(15) + "k"}), "a test")
+    assert secret_problem(secrets.token_hex(16)) is None
+
+
 def test_the_shipped_config_and_compose_file_carry_no_usable_secret() -> None:
     settings = load_settings(ROOT / "config/castor.toml", env={})
     with pytest.raises(InvalidValueError, match="no secret is set"):

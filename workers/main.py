@@ -8,6 +8,7 @@ those tools on ``<queue_prefix>.NAME``: the coordinators' config says which pool
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ from castor.backends.redis.keys import pool_workers
 from castor.errors import ConfigError
 from castor.fleet.loading import load_tools
 from castor.fleet.sealing import require_secret
+from castor.llm.fleet import missing_key
 from castor.registry import ToolRegistry, ToolSpec
 from castor.settings import Settings, WorkerPool
 
@@ -31,6 +33,7 @@ from .app import make_app
 from .runtime import WorkerRuntime
 from .tasks import register_tools
 
+log = logging.getLogger("castor.worker")
 POOL_IMPLEMENTATIONS: tuple[str, ...] = get_args(WorkerPool)
 
 
@@ -123,6 +126,9 @@ def run_worker(
     preflight(app, settings, specs)  # a broker or a Redis that does not answer stops the worker here, in one line
     replay_spool(settings.redis.url, settings.redis.prefix, settings.workers.spool)  # what a past outage left behind
     runtime = WorkerRuntime(settings, registry, pool=pool)
+    lacking = missing_key(settings, pool)
+    if lacking:
+        log.warning(lacking)
     if observe is not None:
         observe(settings, runtime, pool_impl or settings.workers.pool)
     letters = DeadLetters(settings.redis.url, settings.redis.prefix, pool)  # the pool's one dead-letter list

@@ -6,8 +6,9 @@ journal records as ``decided_by``. With no users configured (only allowed on a l
 request is the OS user, as admin: a console on a laptop for its owner.
 
 CSRF: every form carries the value of the ``castor_csrf`` cookie (double submit) and a POST whose field
-does not match it is refused; a script's POST carries it in ``X-CSRF-Token``. Both cookies are
-``SameSite=Strict``. A request with a bearer token is not a browser's and needs neither.
+does not match it is refused. A script posts to the JSON API instead, which needs no token: its POSTs
+must be ``application/json``, which no page of another site can send (``castor.console.api``). Both
+cookies are ``SameSite=Strict``. A request with a bearer token is not a browser's and needs neither.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from castor.settings._console import ConsoleSection, Role, at_least, decides
 SESSION_COOKIE = "castor_session"
 CSRF_COOKIE = "castor_csrf"
 CSRF_FIELD = "csrf"
-CSRF_HEADER = "x-csrf-token"
 SESSION_SECONDS = 12 * 3600
 
 

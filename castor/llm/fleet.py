@@ -123,6 +123,18 @@ def api_key_of(settings: Any, env: Mapping[str, str] | None = None) -> str:
     return (os.environ if env is None else env).get(name, "") if name else ""
 
 
+def missing_key(settings: Any, pool: str, env: Mapping[str, str] | None = None) -> str | None:
+    """What a worker of ``pool`` should say at start when it serves the model calls of a provider whose API
+    key is not in its environment (every call would fail), else None. A provider at a ``base_url`` of its
+    own (a local server) may need no key: not said."""
+    llm = settings.llm
+    if pool != llm.pool or llm.provider is None or llm.base_url or api_key_of(settings, env):
+        return None
+    name = llm.api_key_env or DEFAULT_KEY_ENV.get(llm.provider, "")
+    return (f"pool {pool} serves [llm] provider {llm.provider}, whose API key ${name} is not set in this "
+            "worker's environment: every model call it takes will fail until it is")
+
+
 def build_provider(settings: Any, model: str, env: Mapping[str, str] | None = None) -> Any:
     """The provider a worker of the pool calls for ``model``: ``[llm] provider`` at ``base_url`` with the key
     from its environment. ``ModelCallError`` if the config names none or the provider needs a key it lacks."""

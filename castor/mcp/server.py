@@ -63,7 +63,8 @@ def to_result(name: str, outcome: Outcome) -> types.CallToolResult:
             content=[types.TextContent(type="text", text=_text(result.value))], is_error=False, _meta=meta
         )
     if result.invalid:
-        text = f"invalid arguments for {name}: {result.feedback}"
+        feedback = str(result.feedback)  # the schema's message names the tool already
+        text = feedback if feedback.startswith("invalid arguments") else f"invalid arguments for {name}: {feedback}"
     elif result.exhausted:
         text = f"budget exhausted: {result.feedback}"
     elif result.rejected:

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -117,3 +118,24 @@ async def test_the_webhook_gives_up_after_its_retries(receiver: Receiver) -> Non
     row = {"pid": "r1", "step": 0, "tool": "t", "arguments": {}, "reason": "", "agent": "a"}
     assert await hook.deliver(message(row, "http://c")) is False
     assert len(receiver.posts) == 2 and hook.sent == 0
+
+
+async def test_the_webhook_signs_the_time_it_sends_so_a_receiver_can_refuse_a_replay() -> None:
+    """``X-Castor-Timestamp`` is the time of the POST, and the signature covers it: a receiver that refuses
+    an old timestamp refuses a replayed message, and a replay under a fresh timestamp no longer verifies."""
+    receiver = Receiver(failures=0)
+    try:
+        hook = Webhook(WebhookSection(url=receiver.url, secret="s3cret", retries=0), "http://c")
+        row = {"pid": "r1", "step": 0, "tool": "t", "arguments": {}, "reason": "", "agent": "a"}
+        before = time.time()
+        assert await hook.deliver(message(row, "http://c")) is True
+        after = time.time()
+    finally:
+        receiver.close()
+    [(headers, body)] = receiver.posts
+    stamp = headers["x-castor-timestamp"]
+    assert int(before) - 1 <= int(stamp) <= after + 1
+    signed = hmac.new(b"s3cret", stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    assert headers["x-castor-signature"] == f"sha256={signed}"
+    replayed = hmac.new(b"s3cret", str(int(stamp) + 600).encode() + b"." + body, hashlib.sha256).hexdigest()
+    assert headers["x-castor-signature"] != f"sha256={replayed}"

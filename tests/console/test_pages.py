@@ -3,7 +3,9 @@ redaction in the HTML, scope reset only when confirmed, and the refusal to serve
 
 from __future__ import annotations
 
+import base64
 import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,8 +13,10 @@ import pytest
 
 from castor import Castor
 from castor.checkpoint import AgentCheckpoint
+from castor.console.auth import SESSION_SECONDS, Gate
 from castor.seams import Backend
-from tests.console.conftest import SECRET, TOKENS, Client, cleanup, open_client
+from castor.settings._console import ConsoleSection
+from tests.console.conftest import SECRET, TOKENS, USERS, Client, cleanup, open_client
 
 
 def csrf_in(html: str) -> str:
@@ -65,6 +69,21 @@ async def test_approve_from_the_page(client: Client, waiting: AgentCheckpoint, k
     assert "approved by alice" in timeline.text and SECRET not in timeline.text
 
 
+async def test_a_session_cookie_the_console_did_not_seal_or_that_expired_signs_nobody_in(client: Client) -> None:
+    """The session cookie is ``<name>|<expiry>|<mac>``: one with a made-up MAC, one sealed under another key
+    (a restarted console's) and one past its expiry name nobody, while the console's own fresh one does."""
+    gate = client.state.gate
+    far = int(time.time()) + 3600
+    forged = base64.urlsafe_b64encode(f"carol|{far}|{'0' * 64}".encode()).decode()
+    other = Gate(ConsoleSection.model_validate({"users": USERS}), key=b"k" * 32).seal("carol")
+    expired = gate.seal("carol", now=time.time() - SESSION_SECONDS - 60)
+    for cookie in (forged, other, expired):
+        client.http.cookies.set("castor_session", cookie)
+        assert (await client.http.get("/api/me")).status_code == 401
+    client.http.cookies.set("castor_session", gate.seal("carol"))
+    assert (await client.http.get("/api/me")).json()["name"] == "carol"
+
+
 async def test_a_viewer_sees_no_decision_buttons_and_cannot_post_one(client: Client, waiting: AgentCheckpoint) -> None:
     csrf = await sign_in(client, "bob")
     page = await client.http.get("/approvals")
@@ -103,6 +122,19 @@ async def test_with_no_users_the_os_user_is_admin_and_forms_still_need_csrf(
     assert forged.status_code == 403
     rebound = await open_console.http.get("/api/approvals", headers={"Host": "evil.example:8765"})
     assert rebound.status_code == 400  # a rebound name reaches no unsigned console
+
+
+async def test_a_cross_site_form_carrying_no_csrf_cookie_nor_field_is_refused(
+    open_console: Client, waiting: AgentCheckpoint
+) -> None:
+    """A page of another site posting to an unsigned console on loopback sends no CSRF cookie (it is
+    ``SameSite=Strict``) and no field: the two missing values are no match, and the call still waits."""
+    open_console.http.cookies.clear()
+    forged = await open_console.http.post(f"/approvals/{waiting.pid}/decide", data={"outcome": "approve"})
+    assert forged.status_code == 403
+    empty = await open_console.http.post(f"/approvals/{waiting.pid}/decide", data={"outcome": "approve", "csrf": ""})
+    assert empty.status_code == 403
+    assert await open_console.state.console.backend.approvals.pending(waiting.pid)
 
 
 def test_the_console_refuses_to_listen_beyond_loopback_without_users(

@@ -35,3 +35,19 @@ def test_the_pool_can_be_renamed_and_pools_still_win(tmp_path: Path) -> None:
     assert settings.check_pool("models") == "models"
     with pytest.raises(ConfigError, match="unknown pool 'llm'"):
         settings.check_pool("llm")
+
+
+def test_a_worker_of_the_llm_pool_without_its_providers_key_says_so_at_start(tmp_path: Path) -> None:
+    """A newcomer's ``llm`` worker started without ``OPENAI_API_KEY`` said nothing; every model call failed."""
+    from castor.llm.fleet import missing_key
+
+    config = tmp_path / "castor.toml"
+    config.write_text('[llm]\nprovider = "openai"\nmodel = "gpt-4o-mini"\n')
+    settings = load_settings(config)
+    said = missing_key(settings, "llm", env={})
+    assert said is not None and "$OPENAI_API_KEY is not set" in said
+    assert missing_key(settings, "llm", env={"OPENAI_API_KEY": "sk-x"}) is None
+    assert missing_key(settings, "fs", env={}) is None  # not the pool that calls models
+    local = tmp_path / "local.toml"
+    local.write_text('[llm]\nprovider = "openai"\nmodel = "m"\nbase_url = "http://127.0.0.1:8000/v1"\n')
+    assert missing_key(load_settings(local), "llm", env={}) is None  # a local server may need no key

@@ -13,6 +13,7 @@ import pytest
 from mcp import Client
 
 from castor.backends import open_backend
+from castor.errors import ConfigError
 from castor.kernel import Castor
 from castor.kernel.approvals import OUTCOMES
 from castor.mcp.gateway import Gateway
@@ -108,6 +109,7 @@ async def test_malformed_argument_is_an_error_naming_it(db: str, log: Path) -> N
         unknown = await client.call_tool("add", {"a": 1, "b": 2, "c": 3})
     assert result.is_error is True
     assert "a: Input should be a valid integer" in text(result)
+    assert text(result).count("invalid arguments") == 1, text(result)  # said once, not by two layers
     assert unknown.is_error is True and "c: Extra inputs are not permitted" in text(unknown)
     await gw.close()
 
@@ -246,6 +248,22 @@ async def test_the_client_cannot_decide_unless_the_operator_allows_it(db: str, l
         assert "approve recorded" in text(said)
         assert text(await call) == "appended self-approved"
     await dev.close()
+
+
+async def test_the_gateways_decide_refuses_on_its_own_without_the_operators_leave(
+    db: str, log: Path, operator: Backend
+) -> None:
+    """``Gateway.decide`` is the second lock behind the unlisted tool: called by any other path of a gateway
+    started without ``--client-may-decide``, it records nothing and the call still waits for a human."""
+    guarded = gateway(db, approval_timeout=0.2)
+    async with Client(build_server(guarded)) as client:
+        waited = await client.call_tool("append_line", {"text": "not by the model"})
+    assert waited.is_error is True
+    with pytest.raises(ConfigError, match="may not decide its own calls"):
+        await guarded.decide("session-1", "approve", "")
+    await guarded.close()
+    assert [p.tool_name for p in await operator.approvals.pending("session-1")] == ["append_line"]
+    assert lines(log) == 0
 
 
 async def _until(check: Callable[[], bool]) -> None:
