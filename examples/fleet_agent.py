@@ -17,5 +17,8 @@ async def cleanup() -> str:
     hits = await tool("search", query="old logs")
     path = f"/tmp/castor-example-{ticket}.log"
     await tool("write_file", path=path, content="\n".join(hits) + "\n")
-    await tool("delete_file", path=path)  # destructive: waits for `castor approve`
+    removed = await tool("delete_file", path=path)  # destructive: waits for `castor approve`
+    if isinstance(removed, dict) and removed.get("status") in ("HITL_REJECTED", "HITL_MODIFIED"):
+        # A human said no (or answered instead): the report stays, and the result says why.
+        return f"ticket {ticket}: wrote {path}, kept it: {removed.get('human_feedback') or 'not removed'}"
     return f"ticket {ticket}: wrote and removed {path}"

@@ -1,0 +1,34 @@
+"""The example fleet agent, run embedded: approved it removes its report, rejected it says it kept it (it
+said "wrote and removed" either way)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from castor import Castor
+from castor._imports import load_agent, load_tools
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+TOOLS = [f"{EXAMPLES}/fleet_tools.py:{name}" for name in ("open_ticket", "search", "write_file", "delete_file")]
+
+
+async def test_the_fleet_agent_reports_what_the_human_decided() -> None:
+    kernel = Castor(tools=load_tools(TOOLS), destructive=["delete_file"])
+    agent = load_agent(f"{EXAMPLES}/fleet_agent.py:cleanup")
+    kept = await kernel.run(agent)
+    path = kept.pending_args["path"]
+    try:
+        kernel.reject(kept, "still in use")
+        kept = await kernel.run(agent, checkpoint=kept)
+        assert kept.status == "COMPLETED"
+        assert kept.result == f"ticket {path[len('/tmp/castor-example-'):-4]}: wrote {path}, kept it: still in use"
+        assert os.path.exists(path)
+    finally:
+        if os.path.exists(path):
+            os.remove(path)
+    removed = await kernel.run(agent)
+    await kernel.approve(removed)
+    removed = await kernel.run(agent, checkpoint=removed)
+    assert removed.status == "COMPLETED" and "wrote and removed" in removed.result
+    assert not os.path.exists(removed.syscall_log[-1].arguments["path"])
