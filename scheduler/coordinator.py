@@ -135,9 +135,11 @@ class Coordinator:
             await self._register("draining")
         self.gate.draining = True
         idle = await self.gate.wait_idle(self.config.grace)
+        n = len(self.tasks)
         log.info(
-            "%s: draining %d runs (%s): %s", self.name, len(self.tasks),
-            "in-flight steps finished" if idle else f"grace of {self.config.grace:g}s ran out", " ".join(self.tasks),
+            "%s: draining %d run%s (%s)%s", self.name, n, "" if n == 1 else "s",
+            "in-flight steps finished" if idle else f"grace of {self.config.grace:g}s ran out",
+            f": {' '.join(self.tasks)}" if self.tasks else "",
         )
         for pid, task in list(self.tasks.items()):
             self.stop_run(pid, "drained", {"coordinator": self.name}, task)

@@ -255,8 +255,9 @@ async def cmd_fork(args: argparse.Namespace) -> int:
             await kernel.executor.close()
         replayed = min(args.at_step, len(forked.syscall_log))
         out(
-            f"Replayed from cache: {replayed} steps (not validated, charged or executed again)",
-            f"Executed:            {loaded.executed} tool calls",
+            f"Replayed from cache: {replayed} step{'' if replayed == 1 else 's'} (not validated, charged or executed "
+            "again)",
+            f"Executed:            {loaded.executed} tool call{'' if loaded.executed == 1 else 's'}",
         )
         return code
 

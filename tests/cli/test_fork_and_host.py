@@ -24,7 +24,7 @@ def test_fork_replays_the_first_steps_and_re_executes_the_rest(cli: Cli, workdir
     assert lines[0] == f"Forked: {parent} at step 2 -> {parent}::fork-2"
     assert f"PID:    {parent}::fork-2" in lines and "Status: COMPLETED" in lines
     assert "Replayed from cache: 2 steps (not validated, charged or executed again)" in lines
-    assert "Executed:            1 tool calls" in lines
+    assert "Executed:            1 tool call" in lines
     assert calls(workdir) == ["delete_file"]  # the tools agree: only step 2 ran again
 
     shown = json.loads(cli("inspect", f"{parent}::fork-2", "--json").out)
@@ -37,7 +37,7 @@ def test_fork_at_zero_executes_everything_and_a_fork_can_suspend(cli: Cli, workd
     parent = cli(*RUN, "--hitl", "approve-all").pid
     (workdir / "calls.log").unlink()
     forked = cli("fork", parent, "--at-step", "0", "--pid", "retry")
-    assert "Replayed from cache: 0 steps" in forked.out and "Executed:            1 tool calls" in forked.out
+    assert "Replayed from cache: 0 steps" in forked.out and "Executed:            1 tool call" in forked.out
     assert "Status: SUSPENDED_FOR_HITL" in forked.out and "castor approve retry" in forked.out
     again = cli("fork", parent, "--at-step", "2", "--pid", "retry-2")
     assert "Replayed from cache: 2 steps" in again.out and "Executed:            0 tool calls" in again.out

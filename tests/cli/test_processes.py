@@ -72,7 +72,7 @@ def test_the_readme_walk_through(workdir: Path) -> None:
     modified = castor("modify", pid, "--feedback", "archive instead", cwd=workdir)
     assert modified.stdout.startswith(f"Modified: {pid}\n") and "Result: Cleaned up" in modified.stdout
     forked = castor("fork", pid, "--at-step", "1", cwd=workdir)
-    assert "Replayed from cache: 1 steps" in forked.stdout and "Status: SUSPENDED_FOR_HITL" in forked.stdout
+    assert "Replayed from cache: 1 step " in forked.stdout and "Status: SUSPENDED_FOR_HITL" in forked.stdout
 
 
 def test_demo_in_process_is_deterministic_and_leaves_no_castor_db(cli: Cli, workdir: Path) -> None:
