@@ -278,7 +278,17 @@ async def decide(args: argparse.Namespace) -> int:
 
 
 async def cancel(args: argparse.Namespace) -> int:
-    """``castor cancel PID``."""
+    """``castor cancel PID``: in the fleet, or in the local store ``--db`` / ``--store sqlite://`` names."""
+    from castor.cli._stores import given_stores, store_of
+
+    if given_stores(args) and store_of(args) is None:
+        from castor.cli._cancel import cancel_stored
+        from castor.cli._runs import opened
+
+        async with opened(args) as backend:
+            outcome = await cancel_stored(backend, args.pid, args.by or default_user())
+        print(shown(f"{args.pid}: {outcome}"))
+        return 0
     async with fleet(args) as (backend, client):
         outcome = await client.cancel(backend, args.pid, args.by or default_user())
     print(shown(f"{args.pid}: {outcome}"))

@@ -137,14 +137,7 @@ class FleetClient:
 
     async def cancel(self, backend: Backend, pid: str, by: str) -> str:
         """Stop a run wherever it is; returns what happened (``cancelled`` or ``cancel requested``)."""
-        header = await backend.runs.load(pid)
-        if header is None:
-            raise RunNotFoundError(pid)
-        if header.status in FINISHED:
-            raise ConfigError(f"run {pid!r} ended already ({ended(header)}); there is nothing to cancel")
-        if header.status == "PREEMPTED" and header.preemption_reason == CANCELLED:
-            who = (header.preemption_payload or {}).get("by") or "someone"
-            raise ConfigError(f"run {pid!r} was cancelled already, by {who}; there is nothing to cancel")
+        header = await cancellable(backend, pid)
         # A preempted run nobody holds is driven by no one: stopped here, not left waiting for a driver.
         idle = header.status == "PREEMPTED" and not await self.is_fleet_run(pid)
         p = self.prefix
@@ -214,6 +207,20 @@ def ended(header: AgentCheckpoint) -> str:
     """How a finished run ended: ``COMPLETED`` or ``FAILED: <error>``."""
     error = f": {header.error}" if header.status == "FAILED" and header.error else ""
     return f"{header.status}{error}"[:200]
+
+
+async def cancellable(backend: Backend, pid: str) -> AgentCheckpoint:
+    """The stored header of run ``pid``, which has not ended nor been cancelled already; else the error
+    that says why there is nothing to cancel (``RunNotFoundError`` if the store holds no such run)."""
+    header = await backend.runs.load(pid)
+    if header is None:
+        raise RunNotFoundError(pid)
+    if header.status in FINISHED:
+        raise ConfigError(f"run {pid!r} ended already ({ended(header)}); there is nothing to cancel")
+    if header.status == "PREEMPTED" and header.preemption_reason == CANCELLED:
+        who = (header.preemption_payload or {}).get("by") or "someone"
+        raise ConfigError(f"run {pid!r} was cancelled already, by {who}; there is nothing to cancel")
+    return header
 
 
 async def mark_cancelled(backend: Backend, header: AgentCheckpoint, by: str) -> bool:

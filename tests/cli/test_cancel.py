@@ -4,13 +4,14 @@ already), and a preempted run nobody drives is cancelled at once instead of wait
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
 from castor.backends.redis import redis_backend
 from castor.checkpoint import AgentCheckpoint
 
-from .conftest import Cli
+from .conftest import RUN, Cli
 
 
 def _store(redis_url: str, redis_prefix: str, **fields: object) -> str:
@@ -48,3 +49,34 @@ def test_cancel_of_a_preempted_run_nobody_drives_stops_it(cli: Cli, redis_url: s
     assert (done.code, done.out) == (0, f"{pid}: cancelled\n")
     shown = cli("inspect", pid, "--redis", redis_url, "--prefix", redis_prefix)
     assert "Status: PREEMPTED" in shown.out and "Preempted: cancelled" in shown.out
+
+
+def test_a_run_of_a_local_store_is_cancelled_unless_a_live_process_drives_it(cli: Cli, workdir: Path) -> None:
+    """``castor cancel PID --db castor.db`` said the fleet keeps its state in Redis: an embedded run could not
+    be cancelled. A waiting one is now (its call no longer waits), once; a driven one is refused."""
+    from castor.backends.sqlite import sqlite_backend
+    from castor.kernel.claims import DRIVE_STEP, new_holder
+
+    pid = cli(*RUN).pid  # waits for a human at delete_file
+    done = cli("cancel", pid, "--db", "castor.db", "--as", "ann")
+    assert done.code == 0 and done.out == f"{pid}: cancelled\n", done.err
+    assert "PREEMPTED" in cli("inspect", pid, "--db", "castor.db").out
+    assert pid not in cli("approvals", "--db", "castor.db").out
+    again = cli("cancel", pid, "--db", "castor.db")
+    assert again.code == 1 and "was cancelled already, by ann" in again.err
+
+    driven = cli(*RUN).pid
+
+    async def hold() -> str:  # as a live `castor resume` of this machine holds it
+        backend = sqlite_backend(str(workdir / "castor.db"))
+        try:
+            holder = new_holder()
+            assert (await backend.journal.claim(driven, DRIVE_STEP, 0, holder, 15.0)).state == "claimed"
+            return holder
+        finally:
+            await backend.close()
+
+    holder = asyncio.run(hold())
+    refused = cli("cancel", driven, "--db", "castor.db")
+    assert refused.code == 1 and f"is being driven by {holder}" in refused.err, refused.err
+    assert driven in cli("approvals", "--db", "castor.db").out  # still waiting, untouched
