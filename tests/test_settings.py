@@ -225,3 +225,19 @@ def test_rabbitmqs_consumer_timeout_warning_counts_the_deadlines_declared_in_cod
     assert consumer_timeout_warning(settings) is None  # the config's deadlines: 1237 s, under 30 minutes
     warning = consumer_timeout_warning(settings, tools=ToolRegistry([long_export]))
     assert warning is not None and "consumer_timeout = 3630000 in rabbitmq.conf" in warning
+
+
+def test_a_tool_file_beside_the_config_is_found_from_any_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A desktop MCP client starts ``castor mcp --config /abs/castor.toml`` in a directory of its own: a
+    ``[tools] import`` of ``tools.py:add`` said "file tools.py not found". A relative file that is not found
+    from the current directory but is beside the config is taken from there; one found here stays."""
+    home = tmp_path / "home"
+    write(home, "def add(a: int, b: int) -> int:\n    return a + b\n", "tools.py")
+    config = write(home, '[tools]\nimport = ["tools.py:add", "here.py:f", "mod.sub:g"]\n')
+    elsewhere = tmp_path / "elsewhere"
+    write(elsewhere, "def f() -> None:\n    pass\n", "here.py")
+    monkeypatch.chdir(elsewhere)
+    imports = load_settings(config, env={}).tools.imports
+    assert list(imports) == [f"{(home / 'tools.py').resolve()}:add", "here.py:f", "mod.sub:g"]

@@ -191,7 +191,27 @@ def _parse(path: Path) -> dict[str, Any]:
     if "source" in raw:  # no section: where the settings came from, which only the loader says
         known = ", ".join(sorted(name for name in Settings.model_fields if name != "source"))
         raise ConfigError(f"{path}: unknown section [source]; known sections: {known}")
+    for section, key in (("tools", "import"), ("coordinator", "agents")):
+        table = raw.get(section)
+        if isinstance(table, dict) and isinstance(table.get(key), list):
+            raw[section] = {**table, key: [_beside(spec, path.parent) for spec in table[key]]}
     return {**raw, "source": str(path)}
+
+
+def _beside(spec: Any, directory: Path) -> Any:
+    """A file spec whose relative path names no file from the current directory but one beside the
+    config, made absolute: a config a program starts from anywhere (a desktop MCP client starts its
+    servers in a directory of its own) finds the tools next to it. Anything else as it is."""
+    if not isinstance(spec, str):
+        return spec
+    try:
+        parsed = parse_spec(spec, "tool")
+    except ConfigError:
+        return spec  # said when it is loaded, with the rest
+    target = Path(parsed.target)
+    if not parsed.is_file or target.is_absolute() or target.exists() or not (directory / target).exists():
+        return spec
+    return spec.replace(parsed.target, str((directory / target).resolve()), 1)
 
 
 def _check_tool_names(settings: Settings) -> None:
