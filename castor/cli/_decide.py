@@ -17,14 +17,13 @@ from castor.checkpoint import AgentCheckpoint
 from castor.cli._celery_cmds import add_executor_options
 from castor.cli._common import command
 from castor.cli._render import call_text, short
-from castor.cli._runs import RunFailed, add_hitl, go, kernel_of, load_run, opened, out, rebuild
+from castor.cli._runs import MCP_AGENT, RunFailed, add_hitl, go, kernel_of, load_run, opened, out, rebuild
 from castor.errors import NothingPendingError
 from castor.kernel.approvals import default_user
 from castor.kernel.children import pending_child
 from castor.seams import Backend, Decision, PendingApproval
 
 PAST = {"approve": "Approved", "reject": "Rejected", "modify": "Modified"}
-MCP_AGENT = "mcp_session"  # the agent of an MCP gateway session's run (castor.mcp.session)
 
 
 def pending_step(cp: AgentCheckpoint) -> int:

@@ -105,8 +105,16 @@ def kernel_of(loaded: _specs.Loaded, backend: Backend, args: argparse.Namespace)
     return loaded.kernel(backend, executor, destructive, llm=llm)
 
 
+MCP_AGENT = "mcp_session"  # the agent of an MCP gateway session's run (castor.mcp.session)
+
+
 def rebuild(cp: AgentCheckpoint, what: str) -> _specs.Loaded:
     """The agent and tools a run recorded, imported again."""
+    if cp.spec is None and cp.agent_function_name == MCP_AGENT:
+        raise ConfigError(
+            f"run {cp.pid!r} is an MCP gateway session: it goes on when a client opens it again (castor mcp "
+            f"... --pid {cp.pid}, or an HTTP client's Mcp-Session-Id); castor approve decides its waiting call"
+        )
     if cp.spec is None:
         raise ConfigError(
             f"run {cp.pid!r} records no agent or tool specs (a host program saved it with save()); "

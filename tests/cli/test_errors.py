@@ -133,3 +133,25 @@ def test_usage_errors_exit_2(cli: Cli, argv: list[str]) -> None:
 def test_debug_shows_the_traceback(cli: Cli) -> None:
     result = cli("--debug", "inspect", "nope")
     assert result.code == 1 and "Traceback" in result.err and "RunNotFoundError" in result.err
+
+
+def test_resuming_an_mcp_sessions_run_says_how_it_goes_on(cli: Cli, workdir: Path) -> None:
+    """An MCP gateway stopped leaves its session's run RUNNING; ``castor resume`` of it said "a host program
+    saved it with save()"."""
+    import asyncio
+
+    from castor.backends.sqlite import sqlite_backend
+    from castor.checkpoint import AgentCheckpoint
+
+    async def save() -> None:
+        backend = sqlite_backend(str(workdir / "castor.db"))
+        try:
+            await backend.runs.save(AgentCheckpoint(pid="desk", agent_function_name="mcp_session", capabilities={},
+                                                    status="RUNNING"))
+        finally:
+            await backend.close()
+
+    asyncio.run(save())
+    resumed = cli("resume", "desk")
+    assert resumed.code == 1
+    assert "is an MCP gateway session: it goes on when a client opens it again" in resumed.err, resumed.err
