@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from castor._imports import ImportSpec, parse_spec
@@ -143,12 +144,35 @@ async def submit(args: argparse.Namespace) -> int:
     allowed = AllowedCode.of(load_settings(config)) if config else None
     if allowed is not None and cp.spec is not None:
         allowed.check(cp.spec)  # the coordinators of this config would set the run aside
+    if config:
+        _warn_other_functions(tools, load_settings(config).tools.imports)
     async with fleet(args) as (backend, client):
         if args.pid and await backend.runs.load(args.pid) is not None:
             raise ConfigError(f"a run with pid {args.pid!r} exists already")
         pid = await client.submit(backend, cp)
     emit(args, {"pid": pid}, pid)
     return 0
+
+
+def _warn_other_functions(tools: Sequence[str], served: Sequence[str]) -> None:
+    """Say when a tool the run names is, by its spec, another function than the one of the same name the
+    config's pools serve (``[tools] import``): the workers would refuse its calls (``castor._code.
+    function_name``, which they compare, is the file's stem and the function's name, as here)."""
+
+    def by_name(specs: Sequence[str]) -> dict[str, str]:
+        named: dict[str, str] = {}
+        for spec in specs:
+            parsed = parse_spec(spec, "tool")
+            stem = Path(parsed.target).stem if parsed.is_file else parsed.target.rpartition(".")[2]
+            named.update({name: f"{stem}:{name}" for name in parsed.names})
+        return named
+
+    pools = by_name(served)
+    for name, function in by_name(tools).items():
+        if name in pools and pools[name] != function:
+            print(f"castor: warning: this run's {name} is {function}, the pools of the config serve {pools[name]}: "
+                  "their workers will refuse its calls (give the pools this run's tools, or submit it with theirs)",
+                  file=sys.stderr)
 
 
 def single_specs(spec: str) -> list[str]:

@@ -148,3 +148,20 @@ def test_commands_that_read_make_no_store(cli: Cli, workdir: Path) -> None:
     assert cli("ps").code == 0 and not (workdir / "castor.db").exists()
     cli(*RUN)
     assert (workdir / "castor.db").exists()  # run makes it
+
+
+def test_submitting_a_tool_the_pools_serve_as_another_function_is_warned_of(
+    cli: Cli, workdir: Path, redis_url: str, redis_prefix: str
+) -> None:
+    """The README's framework example submitted to the example fleet: its delete_file is another function
+    than the pools' (which refuse its calls); submit says so before anything runs."""
+    config = workdir / "fleet.toml"
+    config.write_text(f'[redis]\nurl = "{redis_url}"\nprefix = "{redis_prefix}"\n'
+                      '[tools]\nimport = ["fleet_tools.py:delete_file", "tools.py:search"]\n')
+    submitted = cli("submit", "agents.py:cleanup", "--tool", "tools.py:search,delete_file", "--config", str(config))
+    assert submitted.code == 0, submitted.err
+    assert submitted.err == ("castor: warning: this run's delete_file is tools:delete_file, the pools of the config "
+                             "serve fleet_tools:delete_file: their workers will refuse its calls (give the pools "
+                             "this run's tools, or submit it with theirs)\n")
+    same = cli("submit", "agents.py:cleanup", "--tool", "tools.py:search", "--config", str(config))
+    assert same.code == 0 and same.err == ""
