@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import importlib
 import inspect
 import logging
@@ -105,6 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unrecognized(parser: argparse.ArgumentParser, args: argparse.Namespace, extras: list[str]) -> None:
+    """Exit 2 for arguments the command does not take, with its own usage and the option nearest to the
+    first unknown one (``castor run ... --tools``: did you mean --tool?)."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    command = commands.choices.get(getattr(args, "command", None) or "", parser)
+    known = [flag for action in command._actions for flag in action.option_strings]
+    unknown = next((e.split("=", 1)[0] for e in extras if e.startswith("-")), "")
+    close = difflib.get_close_matches(unknown, known, n=1) if unknown else []
+    command.error(f"unrecognized arguments: {' '.join(extras)}" + (f" (did you mean {close[0]}?)" if close else ""))
+
+
 def _plain(text: str | None) -> str | None:
     """Help text as a terminal shows it: a docstring's ``literal`` marks dropped, and its leading
     ``castor name``: (the usage line says it)."""
@@ -120,7 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = normalize_argv(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
-        args = parser.parse_args(args_list)
+        args, extras = parser.parse_known_args(args_list)
+        if extras:  # the command's usage and a close option, not the top level's usage alone
+            _unrecognized(parser, args, extras)
     except SystemExit as exc:  # usage errors (2), --help (0)
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
     handler = args.handler

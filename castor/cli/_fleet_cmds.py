@@ -72,13 +72,13 @@ def add_commands(subparsers: Any) -> None:
 
     sub = add("submit", views.submit, "submit a run to the fleet (same options as run); prints its pid")
     add_run_options(sub)
-    _json(sub)
+    add_option(sub, "--json", action="store_true", help='print {"pid": ...} instead of the bare pid')
 
     if "approvals" not in subparsers.choices:
         _json(add("approvals", views.approvals, "calls waiting for a decision across the fleet, oldest first"))
 
     can = add("cancel", views.cancel, "stop a run wherever it is (it ends PREEMPTED, reason cancelled)")
-    can.add_argument("pid")
+    can.add_argument("pid", metavar="PID", help="the run to stop")
     _as(can)
 
     cos = add("coordinators", views.coordinators, "live coordinators with their load")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -166,6 +167,12 @@ def level_4(url: str) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Show the three protection levels on the README's clean-up task (a temporary store, not ./castor.db)."""
+    from castor.cli._stores import given_stores
+
+    named = [flag for flag, _ in given_stores(args)] + (["--config"] if getattr(args, "config", None) else [])
+    if named:
+        print(f"castor: warning: the demo runs on a temporary store of its own; {', '.join(named)} not used",
+              file=sys.stderr)
     print(
         "Castor demo: one clean-up task, three levels of protection.\n"
         "The agent (castor.cli.demo_agent:cleanup) searches for old logs and deletes each file found\n"

@@ -41,7 +41,8 @@ def add_commands(subparsers: Any) -> None:
     parser.add_argument("--transport", choices=("stdio", "http"), default="stdio",
                         help="stdio (default: the client starts the gateway) or streamable HTTP at /mcp")
     parser.add_argument("--host", default="127.0.0.1", help="HTTP: the address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=_port, default=8765, help="HTTP: the port (default 8765)")
+    # Not 8765, the console's: the two often run on one machine.
+    parser.add_argument("--port", type=_port, default=8766, help="HTTP: the port (default 8766)")
     parser.add_argument("--token", default=None,
                         help=f"HTTP: the bearer token clients must send; required off loopback (prefer ${TOKEN_ENV}: "
                              "a command line is visible to other users)")

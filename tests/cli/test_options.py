@@ -200,3 +200,12 @@ def test_every_commands_help_has_a_description_and_no_docstring_markup() -> None
         text = sub.format_help()
         assert sub.description, name
         assert "``" not in text, name
+
+
+def test_an_unknown_option_gets_the_commands_usage_and_the_nearest_one(cli: Cli) -> None:
+    """``castor run ... --tools x`` printed the top level's usage, and no hint of ``--tool``."""
+    wrong = cli("run", "agents.py:cleanup", "--tools", "tools.py:search")
+    assert wrong.code == 2
+    assert wrong.err.startswith("usage: castor run ")
+    assert wrong.err.endswith("castor run: error: unrecognized arguments: --tools tools.py:search "
+                              "(did you mean --tool?)\n"), wrong.err

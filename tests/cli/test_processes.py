@@ -106,6 +106,9 @@ def test_castor_demo_console_script(workdir: Path) -> None:
     shown = castor("demo", cwd=workdir)
     assert shown.returncode == 0, shown.stderr
     assert "Replayed from cache: 2 steps" in shown.stdout and not (workdir / "castor.db").exists()
+    named = castor("demo", "--db", "mine.db", cwd=workdir)  # it took and ignored it
+    assert named.returncode == 0 and not (workdir / "mine.db").exists()
+    assert named.stderr == "castor: warning: the demo runs on a temporary store of its own; --db not used\n"
 
 
 def test_quickstart_prints_the_two_lines(workdir: Path) -> None:
