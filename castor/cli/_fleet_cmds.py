@@ -70,19 +70,27 @@ def add_commands(subparsers: Any) -> None:
     co.add_argument("--log-level", default="INFO", help="DEBUG, INFO (default), WARNING or ERROR")
     _observe.add_options(co, "coordinator")
 
+    # submit, approvals, cancel and coordinators find the fleet's config as the fleet's processes do
+    # ($CASTOR_CONFIG, ./castor.toml, ./config/castor.toml): one given in the environment was ignored, and
+    # a run submitted beside a fleet's config landed in another Redis.
     sub = add("submit", views.submit, "submit a run to the fleet (same options as run); prints its pid")
+    sub.set_defaults(finds_config=True)
     add_run_options(sub)
     add_option(sub, "--json", action="store_true", help='print {"pid": ...} instead of the bare pid')
 
     if "approvals" not in subparsers.choices:
-        _json(add("approvals", views.approvals, "calls waiting for a decision across the fleet, oldest first"))
+        pending = add("approvals", views.approvals, "calls waiting for a decision across the fleet, oldest first")
+        _json(pending)
+        pending.set_defaults(finds_config=True)
 
     can = add("cancel", views.cancel, "stop a run wherever it is (it ends PREEMPTED, reason cancelled)")
     can.add_argument("pid", metavar="PID", help="the run to stop")
+    can.set_defaults(finds_config=True)
     _as(can)
 
     cos = add("coordinators", views.coordinators, "live coordinators with their load")
     cos.add_argument("--alive", default=None, metavar="NAME", help="exit 1 unless NAME is live (health check)")
+    cos.set_defaults(finds_config=True)
     _json(cos)
 
     for name in ("ps", "inspect", "approve", "reject", "modify", "fork"):

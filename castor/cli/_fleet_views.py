@@ -271,10 +271,10 @@ async def _local_waiting_hint(args: argparse.Namespace) -> None:
     import os
 
     from castor.backends.sqlite import sqlite_backend
-    from castor.cli._stores import DEFAULT_DB, STORE_ENV, config_path, given_stores, target
+    from castor.cli._stores import DEFAULT_DB, STORE_ENV, given_stores, target
 
-    if given_stores(args) or config_path(args) or any(os.environ.get(n) for n in STORE_ENV):
-        return
+    if given_stores(args) or getattr(args, "config", None) or any(os.environ.get(n) for n in STORE_ENV):
+        return  # a store named: what it holds is the answer (a config found is only the default's)
     if not os.path.isfile(DEFAULT_DB):
         return
     local = sqlite_backend(DEFAULT_DB)

@@ -165,3 +165,18 @@ def test_submitting_a_tool_the_pools_serve_as_another_function_is_warned_of(
                              "this run's tools, or submit it with theirs)\n")
     same = cli("submit", "agents.py:cleanup", "--tool", "tools.py:search", "--config", str(config))
     assert same.code == 0 and same.err == ""
+
+
+def test_the_fleet_commands_find_the_config_the_fleets_processes_find(
+    cli: Cli, workdir: Path, redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator's ``export CASTOR_CONFIG=op/castor.toml``: workers, coordinators and the console took it,
+    while ``castor submit`` put the run in the local Redis's db 0 and ``approvals`` read it there."""
+    config = _config(workdir, redis_url, redis_prefix)
+    monkeypatch.setenv("CASTOR_CONFIG", str(config))
+    pid = cli("submit", "agents.py:cleanup", "--tool", "tools.py:search").out.strip()
+    assert pid and pid in cli("ps", "--config", str(config)).out  # in the config's Redis, under its prefix
+    listed = cli("approvals", "--json")
+    assert listed.code == 0 and listed.err == "", listed.err
+    assert cli("coordinators").code == 0
+    assert "cancel" in cli("cancel", pid).out  # found there too (cancel requested: nobody drives it yet)
