@@ -95,6 +95,11 @@ async def coordinator(args: argparse.Namespace) -> int:
             settings = settings.on_redis(url, prefix)
     kind = args.executor if args.executor != "auto" else ("celery" if settings is not None else "local")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.executor == "auto" and kind == "local":
+        await _no_pools_to_bypass(url, prefix)
+    logging.getLogger("castor.coordinator").info(
+        "executor: %s", f"celery (the pools of {config_file})" if kind == "celery" else "local (tools run in this "
+        "process)")
     max_takeovers = args.max_takeovers if args.max_takeovers is not None else (
         (settings or Settings()).coordinator.max_takeovers
     )
@@ -107,6 +112,25 @@ async def coordinator(args: argparse.Namespace) -> int:
     await serve(config, executor=executor_factory(kind, settings), secret=secret,
                 setup=_observe.coordinator_setup(args, settings if kind == "celery" else None))
     return 0
+
+
+async def _no_pools_to_bypass(url: str, prefix: str) -> None:
+    """A coordinator that found no config runs tools in its own process: refused on a Redis where worker
+    pools live (it would run their tools here, past their workers, secret and pool isolation), unless
+    ``--executor local`` says that is meant."""
+    from castor.fleet.client import FleetClient
+
+    client = FleetClient(url, prefix)
+    try:
+        pools = await client.live_pools()
+    finally:
+        await client.close()
+    if pools:
+        raise ConfigError(
+            f"worker pools live on this Redis ({', '.join(pools)}), and this coordinator found no config: it "
+            "would run their tools in its own process; give the fleet's --config (or set CASTOR_CONFIG), or "
+            "--executor local if that is meant"
+        )
 
 
 def allowed_code(settings: Any) -> Any:

@@ -192,6 +192,16 @@ class FleetClient:
             keys.pool_workers(self.prefix, pool), since, "+inf"))
         return sorted(found)
 
+    async def live_pools(self, ttl: float = 10.0) -> list[str]:
+        """The pools with a worker process that said it was alive within ``ttl`` seconds."""
+        marker = keys.pool_workers(self.prefix, "")
+        pools = []
+        async for key in self.redis.scan_iter(match=f"{marker}*", count=500):
+            name = (key.decode() if isinstance(key, bytes) else key)[len(marker):]
+            if await self.live_workers(name, ttl):
+                pools.append(name)
+        return sorted(pools)
+
     async def counts(self) -> dict[str, int]:
         """How many runs are queued, leased and parked across the fleet."""
         p = self.prefix

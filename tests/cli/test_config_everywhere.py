@@ -180,3 +180,25 @@ def test_the_fleet_commands_find_the_config_the_fleets_processes_find(
     assert listed.code == 0 and listed.err == "", listed.err
     assert cli("coordinators").code == 0
     assert "cancel" in cli("cancel", pid).out  # found there too (cancel requested: nobody drives it yet)
+
+
+def test_a_coordinator_without_a_config_will_not_run_the_tools_of_live_pools_itself(
+    cli: Cli, workdir: Path, redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Started in a directory with no config, a coordinator took the fleet's runs and ran their tools in
+    its own process, past the workers, their secret and their pools; its start line did not say so."""
+    import time
+
+    import redis
+
+    monkeypatch.delenv("CASTOR_CONFIG", raising=False)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.zadd(f"{redis_prefix}:fleet:workers:ops", {"ops-1@host": time.time()})  # a live worker of pool ops
+        refused = cli("coordinator", "--redis", f"{redis_url}?prefix={redis_prefix}")
+    finally:
+        client.delete(f"{redis_prefix}:fleet:workers:ops")
+        client.close()
+    assert refused.code == 1
+    assert refused.err.startswith("castor: error: worker pools live on this Redis (ops), and this coordinator "
+                                  "found no config"), refused.err
