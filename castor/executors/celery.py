@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -71,6 +72,9 @@ ABANDON_TTL = 7 * 24 * 3600
 FOLLOW_GRACE = 5.0  # seconds a streamed step's last chunks may take to be read once its reply came
 _ERRORS: dict[str, type[CastorError]] = {REFUSED: TaskRefusedError, IN_DOUBT: InDoubtError, TIMEOUT: ToolTimeoutError}
 DEADLINE, LOST = "deadline", "lost"  # why a call got no reply (_dispatch)
+
+
+_LETTERS_LOOKED_AT = 200  # the newest dead letters of a pool a late call is looked for in
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,10 +287,33 @@ class CeleryExecutor:
                 f"{IN_DOUBT_REASON}: {call.tool_name!r} (run {call.run_id}, step {call.step}) started on a worker "
                 f"of pool {route.pool!r}{how}"
             )
+        refused = await self._dead_lettered(call, route)
+        if refused is not None:  # a worker took it and refused it unread: no reply could come
+            raise TaskRefusedError(
+                f"{call.tool_name!r} (run {call.run_id}, step {call.step}) was refused unread by a worker of pool "
+                f"{route.pool!r}: {refused}" + (" (are its [security] secret and this coordinator's the same?)"
+                                                if "token" in refused or "decrypt" in refused else "")
+            )
         raise ToolTimeoutError(
             f"tool {call.tool_name!r} gave no result within {route.deadline:g}s (run {call.run_id}, "
             f"step {call.step}); is a worker of pool {route.pool!r} running?"
         )
+
+    async def _dead_lettered(self, call: ToolCall, route: _Route) -> str | None:
+        """Why the pool's workers dead-lettered this call's task, if one did (among the newest letters): a
+        task a worker cannot authenticate (another secret) gets no reply, only a letter naming its run."""
+        key = keys.dead_letters(self._settings.redis.prefix, route.pool)
+        try:
+            entries = await self._control_conn().command("lrange", key, 0, _LETTERS_LOOKED_AT - 1)
+        except CastorError:
+            return None
+        for raw in entries or []:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                entry = json.loads(raw)
+                shown = entry.get("headers") or {}
+                if shown.get("castor_run") == call.run_id and shown.get("castor_step") == call.step:
+                    return str(entry.get("reason", "refused"))
+        return None
 
     async def _after_restart(self, call: ToolCall) -> SyscallRecord | None:
         """Just after Redis came back (``castor.fleet.restart``): watch a step that looks in doubt through

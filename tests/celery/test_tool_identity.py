@@ -1,4 +1,5 @@
-"""A pool runs a call only as the function its coordinator checked it against: a run whose ``write_note``
+"""What a pool refuses is told to the run as such. A pool runs a call only as the function its coordinator
+checked it against: a run whose ``write_note``
 is another function than the pool's (the same name, another file) is refused with one line naming both,
 and the pool's function does not run. A newcomer submitting an example's tools to a fleet whose pools
 serve other tools of the same names (a pretend ``delete_file`` against a real one) met this."""
@@ -80,3 +81,30 @@ async def test_an_agent_that_catches_the_refusal_is_told_why(fleet: Fleet) -> No
 
 
 pytestmark = pytest.mark.fleet  # the session's worker pools
+
+
+async def test_a_task_the_pool_cannot_authenticate_fails_naming_the_refusal_not_a_missing_worker(
+    fleet: Fleet,
+) -> None:
+    """A coordinator whose secret is not the workers': every task is dead-lettered unread (no reply may
+    come), and the call failed at its deadline with "is a worker of pool ... running?", while one was."""
+    import secrets
+
+    from castor.executors.celery import CeleryExecutor
+
+    other = fleet.settings.updated(security={"secret": secrets.token_hex(32)}, tools={"timeouts": {"search": 0.5}})
+
+    async def agent() -> object:
+        return await lib.tool("search", query="anything")
+
+    options = fleet_options(other, budgets={})
+    options["executor"] = CeleryExecutor._builder(other, journal=options["store"].journal, reply_grace=1.0)
+    kernel = Castor(**options)
+    try:
+        with pytest.raises(TaskRefusedError) as refused:
+            await kernel.run(agent)
+    finally:
+        await kernel.close()
+    message = str(refused.value)
+    assert "was refused unread by a worker of pool" in message
+    assert "are its [security] secret and this coordinator's the same?" in message, message
