@@ -153,17 +153,22 @@ def allowed_code(settings: Any) -> Any:
 async def submit(args: argparse.Namespace) -> int:
     """``castor submit``: store the run and queue it; print its pid."""
     from castor.cli._runs import parse_budgets
-
-    tools = [one for spec in args.tools or [] for one in single_specs(spec)]
+    from castor.cli._stores import config_path
     from castor.fleet.client import new_run
-
-    cp = new_run(
-        agent_spec(args.agent), tools, destructive=args.destructive or [], budgets=parse_budgets(args.budget),
-        speculative=args.speculative, scopes=args.scopes or [], pid=args.pid,
-    )
     from castor.fleet.scheduler._allowed import AllowedCode
     from castor.settings import load_settings
 
+    found = config_path(args)  # the fleet's config, given or found: its tools and budgets are the run's defaults
+    fleet_config = load_settings(found) if found else None
+    specs = args.tools or (list(fleet_config.tools.imports) if fleet_config is not None else [])
+    tools = [one for spec in specs for one in single_specs(spec)]
+    budgets = parse_budgets(args.budget) or (
+        {name: float(limit) for name, limit in fleet_config.budgets.items()} if fleet_config is not None else {}
+    )
+    cp = new_run(
+        agent_spec(args.agent), tools, destructive=args.destructive or [], budgets=budgets,
+        speculative=args.speculative, scopes=args.scopes or [], pid=args.pid,
+    )
     config = getattr(args, "config", None)  # given: the coordinators' config (one found may be another's)
     allowed = AllowedCode.of(load_settings(config)) if config else None
     if allowed is not None and cp.spec is not None:

@@ -190,8 +190,10 @@ async def go(
 
 async def cmd_run(args: argparse.Namespace) -> int:
     """Start a run of AGENT with the given tools and budgets (with ``--executor celery``, the tools of
-    ``--config`` unless --tool names others)."""
+    ``--config`` unless --tool names others, and its ``[budgets]`` unless --budget gives some)."""
     budgets = parse_budgets(args.budget)
+    if uses_celery(args) and not budgets:  # a fleet run: the fleet's default budgets, as its coordinators'
+        budgets = {name: float(limit) for name, limit in settings_of(args).budgets.items()}
     tools = args.tools or (config_tools(args) if uses_celery(args) else [])
     loaded = _specs.load(args.agent, tools, args.destructive or [])
     async with opened(args, existing=False) as backend:

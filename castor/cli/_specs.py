@@ -84,7 +84,10 @@ class Loaded:
             self.counter.append(counted)
             return counted
 
-        marked = sorted({*self.spec.destructive, *destructive})
+        # The config's destructive list names tools of its whole fleet: those this run does not take are not
+        # its concern (the run's own --destructive names are checked, as they must name its tools).
+        names = {name for spec in self.spec.tools for name in parse_spec(spec, "tool").names}
+        marked = sorted({*self.spec.destructive, *(name for name in destructive if name in names)})
         llm_options = {"llm_prices": llm.prices, "llm_timeout": llm.timeout} if llm is not None else {}
         return Castor(tools=self.tools, destructive=marked, store=backend, executor=counting, llm=provider,
                       **llm_options)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -202,3 +203,36 @@ def test_a_coordinator_without_a_config_will_not_run_the_tools_of_live_pools_its
     assert refused.code == 1
     assert refused.err.startswith("castor: error: worker pools live on this Redis (ops), and this coordinator "
                                   "found no config"), refused.err
+
+
+def test_submit_takes_the_fleets_tools_and_budgets_unless_told_otherwise(
+    cli: Cli, workdir: Path, redis_url: str, redis_prefix: str
+) -> None:
+    """``castor submit AGENT --config C`` without --tool made a run with no tools (UnknownToolError at its first
+    call) and no budget, while ``castor run --executor celery --config C`` took the config's tools; the
+    config's ``[budgets]`` capped MCP sessions only."""
+    config = workdir / "fleet.toml"
+    config.write_text(f'[redis]\nurl = "{redis_url}"\nprefix = "{redis_prefix}"\n'
+                      '[tools]\nimport = ["tools.py:search,delete_file"]\ndestructive = ["delete_file"]\n'
+                      "[budgets]\napi = 7\n")
+    pid = cli("submit", "agents.py:cleanup", "--config", str(config)).out.strip()
+    shown = cli("inspect", pid, "--config", str(config), "--json")
+    run = json.loads(shown.out)
+    assert [tool.rsplit(":", 1)[1] for tool in run["spec"]["tools"]] == ["search", "delete_file"]
+    assert run["capabilities"]["api"]["max_budget"] == 7
+    told = cli("submit", "agents.py:cleanup", "--config", str(config), "--tool", "tools.py:search",
+               "--budget", "api=3")
+    run = json.loads(cli("inspect", told.out.strip(), "--config", str(config), "--json").out)
+    assert [tool.rsplit(":", 1)[1] for tool in run["spec"]["tools"]] == ["search"]
+    assert run["capabilities"]["api"]["max_budget"] == 3
+
+
+def test_the_configs_destructive_list_names_tools_a_run_may_not_take(workdir: Path) -> None:
+    """``castor run --executor celery --config C --tool tools.py:search`` failed: "destructive names unknown
+    tools: delete_file", the config's list applied to a run that does not take delete_file."""
+    from castor.backends.memory import memory_backend
+    from castor.cli import _specs
+
+    loaded = _specs.load("agents.py:cleanup", ["tools.py:search"], [])
+    kernel = loaded.kernel(memory_backend(), destructive=["delete_file", "search"])
+    assert kernel.tools.find("search").destructive
