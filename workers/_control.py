@@ -8,8 +8,8 @@ control message carries no signature, so anyone who can write to the broker coul
 fleet. Castor's workers keep the questions (``ping``, ``active_queues``, ``stats``, ``conf``, the task
 lists: what ``castor worker --ping`` and Flower's worker pages ask) and answer every other command with a refusal,
 logged on one line. ``hello`` is refused too: Celery files it under the questions, but it merges the
-asker's revoked task ids into the worker's, and a revoked task is dropped unrun. ``enable_events``, which
-Flower sends every few seconds, is answered as done (events are on from the start) and unlogged; a
+asker's revoked task ids into the worker's, and a revoked task is dropped unrun. ``enable_events`` and
+``heartbeat``, which Flower sends, are answered as done (events are on from the start) and unlogged; a
 refusal is logged once per command every few minutes, not once per message.
 
 A control message may also name its recipients by a pattern, which kombu matches against the worker's
@@ -48,10 +48,11 @@ class Questions(dict[str, Callable[..., Any]]):
         return _refusal(name)
 
 
-ALREADY_ON = "enable_events"
-"""Flower sends it every few seconds to every worker: events are on from a worker's start, so it is
-answered as done without running Celery's handler (which would change nothing, or what a forged
-``disable_events`` had changed: that one is refused)."""
+ALREADY_ON = frozenset({"enable_events", "heartbeat"})
+"""What Flower sends every worker (``enable_events`` every few seconds, ``heartbeat`` when it starts): a
+worker's events and heartbeats are on from its start, so these are answered as done without running
+Celery's handlers (which would change nothing, or undo what a forged ``disable_events`` had changed: that
+one is refused)."""
 
 REPEAT_EVERY = 300.0  # seconds: a refused command's refusal is logged again at most this often
 _said: dict[str, float] = {}
@@ -59,7 +60,7 @@ _said: dict[str, float] = {}
 
 def _refusal(name: Any) -> Callable[..., Any]:
     shown = str(name).encode("unicode_escape", "replace").decode()[:80]  # a forged name, printed escaped
-    if name == ALREADY_ON:
+    if name in ALREADY_ON:
         return lambda state, **arguments: {"ok": "task events are on"}
 
     def refuse(state: Any, **arguments: Any) -> dict[str, str]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from castor.errors import ConfigError
@@ -66,6 +67,25 @@ def open_warning(settings: Settings, address: str, allow_open: bool) -> str | No
     return text
 
 
+def check_credentials(settings: Settings, env: Mapping[str, str] | None = None) -> None:
+    """``ConfigError`` for basic-auth credentials Flower would take and no one could sign in with (no
+    ``user:password`` pair: Flower answered 401 to everyone, saying nothing); a warning for a secret
+    Flower holds but needs none of (a leaked Flower should decide nothing)."""
+    env = os.environ if env is None else env
+    given = [("[flower] basic_auth", settings.flower.basic_auth)] if settings.flower.basic_auth else []
+    if env.get("FLOWER_BASIC_AUTH"):
+        given.append(("FLOWER_BASIC_AUTH", env["FLOWER_BASIC_AUTH"]))
+    for where, value in given:
+        for pair in value.split(","):
+            user, sep, password = pair.partition(":")
+            if not (user.strip() and sep and password):
+                raise ConfigError(f"{where} must be user:password (several separated by commas), not {user!r}"
+                                  f"{'...' if sep else ''}: nobody could sign in to Flower")
+    if env.get("CASTOR_SECRET"):
+        print("castor: warning: CASTOR_SECRET is set for Flower, which needs no secret: give it none (a Flower "
+              "in the wrong hands should hold nothing that signs tasks)", flush=True)
+
+
 def check_broker(app: object, settings: Settings) -> None:
     """Connect to the broker once; ``BackendUnavailable`` in one line if it does not answer."""
     from castor.fleet.broker import broker_error
@@ -105,6 +125,7 @@ def run_flower(
     Flower 2 serves its HTTP API only with authentication configured, unless told otherwise: without
     ``[flower] basic_auth`` it listens on ``address`` (loopback by default) with the API open.
     """
+    check_credentials(settings)
     warning = open_warning(settings, address, allow_open)
     if warning:
         print(f"castor: warning: {warning}", flush=True)

@@ -54,7 +54,8 @@ def add_commands(subparsers: Any) -> None:
     flower = subparsers.add_parser("flower", help="start Flower on the fleet's broker")
     flower.add_argument("--port", type=option_type("flower --port"), default=None,
                         help="HTTP port (default: config or 5555)")
-    flower.add_argument("--address", default="127.0.0.1", help="address to listen on")
+    flower.add_argument("--address", "--host", dest="address", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1)")
     flower.add_argument("--allow-unauthenticated", action="store_true",
                         help="listen beyond loopback without [flower] basic_auth (a warning instead of a refusal)")
     config_option(flower)

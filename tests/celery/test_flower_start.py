@@ -78,3 +78,24 @@ def test_flower_on_an_unreachable_broker_fails_fast_in_one_line(tmp_path: Path) 
     assert time.monotonic() - began < 20
     assert done.stderr.startswith(f"castor: error: cannot start Flower: the broker at redis://127.0.0.1:{port}/0")
     assert done.stderr.count("\n") == 1, done.stderr
+
+
+def test_credentials_nobody_can_sign_in_with_are_refused_and_a_secret_is_warned_of(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``FLOWER_BASIC_AUTH=admin`` (no password) started Flower answering 401 to everyone, unexplained; a
+    Flower given CASTOR_SECRET holds a key it needs none of."""
+    from castor.fleet.workers.flower import check_credentials
+
+    from castor.errors import ConfigError
+    from castor.settings import Settings
+
+    for value in ("admin", "admin:", ":pw", "ann:pw,bob"):
+        with pytest.raises(ConfigError, match="must be user:password"):
+            check_credentials(Settings(), env={"FLOWER_BASIC_AUTH": value})
+    with pytest.raises(ConfigError, match=r"\[flower\] basic_auth must be user:password"):
+        check_credentials(Settings(flower={"basic_auth": "admin"}), env={})
+    check_credentials(Settings(), env={"FLOWER_BASIC_AUTH": "ann:pw,bob:pw2"})
+    assert capsys.readouterr().out == ""
+    check_credentials(Settings(), env={"CASTOR_SECRET": "x" * 40})
+    assert "CASTOR_SECRET is set for Flower, which needs no secret" in capsys.readouterr().out

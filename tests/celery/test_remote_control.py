@@ -50,6 +50,7 @@ def test_flowers_enable_events_is_answered_quietly_and_a_repeated_refusal_is_log
     with caplog.at_level(logging.WARNING, logger="castor.worker"):
         for _ in range(5):
             assert table["enable_events"](None) == {"ok": "task events are on"}
+            assert table["heartbeat"](None) == {"ok": "task events are on"}
             assert table["disable_events"](None)["error"].startswith("refused")
     refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert len(refusals) == 1 and "'disable_events'" in refusals[0]
