@@ -123,6 +123,10 @@ class Coordinator:
 
     def drain(self) -> None:
         """Stop taking runs and leave (what SIGTERM does)."""
+        if not self.stopping.is_set():  # said at once: the drain may take up to the grace
+            n = len(self.tasks)
+            log.info("%s: stopping: no new runs; %d run%s draining, for up to %gs", self.name, n,
+                     "" if n == 1 else "s", self.config.grace)
         self.stopping.set()
 
     async def _drain(self) -> None:

@@ -134,6 +134,8 @@ def test_fleet_of_two_pools_and_three_coordinators(fleet: Fleet) -> None:
         pids += longs
         wait_for("the long runs to start", lambda: all(steps(fleet, pid) >= 2 for pid in longs), 60)
         assert fleet.stop("co-b", signal.SIGTERM) == 0, fleet.log("co-b")[-5000:]
+        said = fleet.log("co-b")  # at the signal, not only once the drain is over
+        assert said.index("co-b: stopping: no new runs;") < said.index("co-b: draining "), said[-3000:]
         fleet.coordinator("co-c", concurrency=5)
         wait_for("every run to finish", lambda: finished(fleet) == RUNS, 90)
     finally:
