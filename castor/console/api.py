@@ -47,8 +47,12 @@ def limit_of(request: Request, default: int = 50) -> int:
 
 
 async def body_of(request: Request) -> dict[str, Any]:
-    """The JSON object a POST sent (``{}`` for an empty body); 415 for another content type."""
+    """The JSON object a POST sent (``{}`` for an empty body); 415 for another content type. A program
+    signed in by its bearer token may send no body at all (``curl -X POST``): the JSON rule keeps other
+    sites' pages from posting with a browser's session, and a bearer token is no browser's."""
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        if identity(request).bearer and not (await request.body()).strip():
+            return {}
         raise Denied(415, "send Content-Type: application/json")
     raw = await request.body()
     if not raw.strip():

@@ -57,7 +57,8 @@ class Identity:
     def require(self, role: Role) -> None:
         """``Denied`` (403) unless the identity has ``role``."""
         if not self.may(role):
-            raise Denied(403, f"{self.name} is a {self.role}; this needs the {role} role")
+            article = "an" if self.role[:1] in "aeiou" else "a"
+            raise Denied(403, f"{self.name} is {article} {self.role}; this needs the {role} role")
 
 
 class Gate:

@@ -189,7 +189,8 @@ class Console:
             "updated_at": cp.updated_at, "speculative": cp.speculative, "scopes": list(cp.scopes),
             "budget": budgets_of(cp), "timeline": timeline, "pending": pending, "result": masked(cp.result),
             "error": cp.error, "preempted": cp.preemption_reason, "steps": len(cp.syscall_log),
-            "fleet": self.fleet is not None, "resume": None if held else self.resume_command(cp.pid),
+            "fleet": self.fleet is not None,
+            "resume": None if held or cp.status == "COMPLETED" else self.resume_command(cp.pid),
         }
 
     def resume_command(self, pid: str) -> str:
@@ -197,8 +198,11 @@ class Console:
         import shlex
 
         url = self.backend.url
-        where = f"--db {shlex.quote(url[len('sqlite:///'):])}" if url.startswith("sqlite:///") else f"--store {url}"
-        return f"castor resume {shlex.quote(pid)} {where}"
+        if url.startswith("sqlite:///"):
+            return f"castor resume {shlex.quote(pid)} --db {shlex.quote(url[len('sqlite:///'):])}"
+        if self.fleet is not None:  # the store's URL names no key prefix: the fleet's client knows it
+            url += ("&" if "?" in url else "?") + f"prefix={self.fleet.prefix}"
+        return f"castor resume {shlex.quote(pid)} --store {shlex.quote(url)}"
 
     async def _shared_prefix(self, cp: AgentCheckpoint) -> int:
         """How many of a fork's first steps are its parent's records (replayed, not run again)."""

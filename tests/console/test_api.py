@@ -72,6 +72,8 @@ async def test_requests_without_a_good_token_or_json_are_refused(client: Client,
     assert (await client.http.get("/api/approvals", headers={"Authorization": "Basic x"})).status_code == 401
     form = await client.http.post(f"/api/runs/{waiting.pid}/approve", data={"x": "1"}, headers=auth("alice"))
     assert form.status_code == 415  # a cross-site form cannot send JSON: no decision without it
+    missing = await client.http.post("/api/runs/no-such-run/approve", headers=auth("alice"))
+    assert missing.status_code == 404  # a program's bare POST (no body) is judged, not refused for its type
 
 
 async def test_runs_and_a_timeline(client: Client, waiting: AgentCheckpoint) -> None:
@@ -86,6 +88,11 @@ async def test_runs_and_a_timeline(client: Client, waiting: AgentCheckpoint) -> 
     assert run["pending"]["tool"] == "delete_file" and run["pending"]["arguments"]["token"] == "***"
     missing = await client.http.get("/api/runs/no-such-run", headers=auth("bob"))
     assert missing.status_code == 404 and missing.json()["error"].endswith("'no-such-run'")
+    # The command that applies a decision names the store whole: on Redis its key prefix too (it said
+    # --store redis://host/db, and that found no run).
+    fleet = client.state.console.fleet
+    expected = f"?prefix={fleet.prefix}" if fleet is not None else " --db "
+    assert run["resume"].startswith(f"castor resume {waiting.pid} ") and expected in run["resume"], run["resume"]
 
 
 async def test_a_decided_step_shows_who_decided(client: Client, waiting: AgentCheckpoint, kernel: Castor) -> None:
@@ -95,7 +102,7 @@ async def test_a_decided_step_shows_who_decided(client: Client, waiting: AgentCh
     step = run["timeline"][1]
     assert step["kinds"] == ["live", "human"] and (step["outcome"], step["decided_by"]) == ("approved", "alice")
     assert step["arguments"]["token"] == "***" and SECRET not in str(run)
-    assert run["status"] == "COMPLETED" and run["pending"] is None
+    assert run["status"] == "COMPLETED" and run["pending"] is None and run["resume"] is None  # nothing to resume
 
 
 async def test_cancel_and_fork(client: Client, waiting: AgentCheckpoint) -> None:

@@ -84,6 +84,15 @@ async def test_a_session_cookie_the_console_did_not_seal_or_that_expired_signs_n
     assert (await client.http.get("/api/me")).json()["name"] == "carol"
 
 
+async def test_a_browser_session_cannot_post_to_the_api_without_json(client: Client, waiting: AgentCheckpoint) -> None:
+    """A bearer token's program may POST no body at all; a browser's session may not (an empty cross-site
+    form POST carries the session cookie only if the site is the console's, but JSON is the rule that holds)."""
+    await sign_in(client, "alice")
+    bare = await client.http.post(f"/api/runs/{waiting.pid}/approve")
+    assert bare.status_code == 415
+    assert await client.state.console.backend.approvals.pending(waiting.pid)
+
+
 async def test_a_viewer_sees_no_decision_buttons_and_cannot_post_one(client: Client, waiting: AgentCheckpoint) -> None:
     csrf = await sign_in(client, "bob")
     page = await client.http.get("/approvals")
