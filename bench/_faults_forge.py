@@ -376,7 +376,8 @@ def deadletter_rows(fleet: FaultFleet, chosen: Callable[[str], bool], sent: list
 
 def kind(reason: str) -> str:
     """A dead letter's reason without what differs from one message to the next (names, numbers)."""
-    return re.sub(r"\d+", "N", re.sub(r"'[^']*'", "'...'", reason.split(" (run ")[0]))[:80]
+    text = re.sub(r"\d+", "N", re.sub(r"'[^']*'", "'...'", reason.split(" (run ")[0]))
+    return text if len(text) <= 100 else f"{text[:99]}…"  # cut visibly, not mid-parenthesis unannounced
 
 
 def clean_queues(fleet: FaultFleet) -> None:

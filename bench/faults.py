@@ -116,9 +116,18 @@ def main(argv: list[str] | None = None) -> int:
                           "holds": all(r.holds for r in rows)}, indent=2))
     else:
         print(table(rows))
+        print(LEGEND)
         print(f"\n{len(rows)} faults, {sum(r.trials for r in rows)} trials in {took:.0f} s: "
               f"{sum(not r.holds for r in rows)} rows fail")
     return 0 if rows and all(r.holds for r in rows) else 1
+
+
+LEGEND = """
+Columns: non-idem max, the most times a non-idempotent tool ran for one step (1 holds); idem effects, the
+journaled effects of an idempotent tool per step (1 holds); done/doubt/quar/failed, how the runs ended:
+completed, in doubt (sent to a human: what a worker killed mid-call must give), quarantined, failed;
+lost, finished effects missing from the journal; workers dead, pools a forged message stopped. A row
+holds when each is what its fault promises; docs/reliability.md says what each row checks."""
 
 
 if __name__ == "__main__":
