@@ -103,6 +103,7 @@ def serve(args: argparse.Namespace) -> int:
 
     settings = console_settings(settings_of(args).console)
     check_binding(args.host, len(settings.users))
+    check_port_free(args.host, args.port)  # else uvicorn said it after the "serving" line, then the loop broke
     backend, fleet, url = open_store(args)
     host = f"[{args.host}]" if ":" in args.host else args.host
     app = create_app(backend, settings, fleet=fleet, base_url=f"http://{host}:{args.port}")
@@ -135,6 +136,20 @@ def serve(args: argparse.Namespace) -> int:
 
         asyncio.run(close())
     return 0
+
+
+def check_port_free(host: str, port: int) -> None:
+    """``ConfigError`` in one line if ``host:port`` cannot be listened on (in use, or not this machine's)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no use
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as exc:
+            raise ConfigError(f"castor console cannot listen on {host}:{port}: {exc.strerror} (another console, "
+                              "or castor mcp? --port picks another)") from None
 
 
 def serve_metrics(args: argparse.Namespace, console: Any, fleet: FleetClient | None) -> int:

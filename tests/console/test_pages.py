@@ -154,3 +154,20 @@ def test_the_console_refuses_to_listen_beyond_loopback_without_users(
     code = main(["console", "--host", "0.0.0.0", "--db", str(tmp_path / "c.db")])
     err = capsys.readouterr().err
     assert code == 1 and len(err.strip().splitlines()) == 1 and "[[console.users]]" in err
+
+
+def test_a_console_on_a_port_in_use_says_so_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It printed "serving http://...", then uvicorn's address-in-use error, then "Event loop is closed"."""
+    import socket
+
+    from castor.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["console", "--db", str(tmp_path / "c.db"), "--port", str(port)])
+    captured = capsys.readouterr()
+    assert code == 1 and captured.out == ""
+    assert captured.err == (f"castor: error: castor console cannot listen on 127.0.0.1:{port}: Address already in "
+                            "use (another console, or castor mcp? --port picks another)\n")
