@@ -229,6 +229,9 @@ async def ps(args: argparse.Namespace) -> int:
         runs = await live_summaries(backend, await backend.runs.list(status=args.status, limit=args.limit))
         state = await client.fleet_state([r.pid for r in runs])
         waiting = await waiting_runs(client, fleet_settings(args), [r.pid for r in runs if r.status == "RUNNING"])
+        queued = [r.pid for r in runs if state[r.pid]["queued"] and not state[r.pid]["owner"]]
+        if queued and not await client.coordinators():  # nobody will take them: said, as a pool nobody serves
+            waiting.update({pid: "no live coordinator" for pid in queued if pid not in waiting})
     for pid, what in waiting.items():
         state[pid]["waiting"] = what
     rows: list[dict[str, Any]] = []

@@ -236,3 +236,13 @@ def test_the_configs_destructive_list_names_tools_a_run_may_not_take(workdir: Pa
     loaded = _specs.load("agents.py:cleanup", ["tools.py:search"], [])
     kernel = loaded.kernel(memory_backend(), destructive=["delete_file", "search"])
     assert kernel.tools.find("search").destructive
+
+
+def test_a_run_queued_with_no_live_coordinator_says_so(cli: Cli, workdir: Path, redis_url: str,
+                                                       redis_prefix: str) -> None:
+    """``ps`` showed such a run as ``(queued)`` alone, as if it were about to be taken."""
+    config = str(_config(workdir, redis_url, redis_prefix))
+    pid = cli("submit", "agents.py:cleanup", "--tool", "tools.py:search", "--config", config).out.strip()
+    listed = cli("ps", "--config", config)
+    line = next(line for line in listed.out.splitlines() if pid in line)
+    assert "queued" in line and "waiting: no live coordinator" in line, line
