@@ -28,7 +28,8 @@ Handler = Callable[[argparse.Namespace], Awaitable[int]]
 
 
 def _prefix(parser: argparse.ArgumentParser) -> None:
-    add_option(parser, "--prefix", default=argparse.SUPPRESS, help="Redis key prefix (default: castor)")
+    add_option(parser, "--prefix", default=argparse.SUPPRESS,
+               help="Redis key prefix (default: the config's [redis] prefix, else castor)")
 
 
 def _json(parser: argparse.ArgumentParser) -> None:
