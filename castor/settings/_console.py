@@ -91,7 +91,11 @@ def console_error(error: Any, source: str) -> ConfigError:
     loc = [str(part) for part in error["loc"][1:]]
     message = str(error["msg"]).removeprefix("Value error, ")
     if loc[:1] == ["users"] and len(loc) > 1 and loc[1].isdigit():
-        where = f"[[console.users]] #{int(loc[1]) + 1}" + (f" {'.'.join(loc[2:])}" if len(loc) > 2 else "")
+        where = f"[[console.users]] #{int(loc[1]) + 1}"
+        if error["type"] == "extra_forbidden" and len(loc) == 3:  # worded as the other sections' unknown keys
+            known = ", ".join(ConsoleUser.model_fields)
+            return ConfigError(f"{source}: unknown key {loc[2]!r} in {where}; known keys: {known}")
+        where += f" {'.'.join(loc[2:])}" if len(loc) > 2 else ""
     else:
         where = f"[console{'.' + '.'.join(loc[:-1]) if len(loc) > 1 else ''}]" + (f" {loc[-1]}" if loc else "")
     return ConfigError(f"{source}: {where}: {message}")

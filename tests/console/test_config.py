@@ -47,6 +47,8 @@ def test_users_roles_and_webhook_come_from_the_config(tmp_path: Path) -> None:
      'token = "0123456789abcdeg"\n', "two [[console.users]] have the same name"),
     ('[console.webhook]\nurl = "ftp://x"\n', "[console.webhook] url"),
     ("[console]\nusers = 3\n", "[console] users"),
+    ('[[console.users]]\nname = "a"\ntoken = "0123456789abcdef"\ntool = ["x"]\n',  # as [workers]' unknown keys
+     "unknown key 'tool' in [[console.users]] #1; known keys: name, token, role, tools"),
 ])
 def test_a_bad_console_section_is_one_line_naming_the_key(tmp_path: Path, text: str, expected: str) -> None:
     path = tmp_path / "castor.toml"
