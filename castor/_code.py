@@ -149,7 +149,7 @@ def _imports_of(path: Path) -> tuple[_Import, ...]:
         cached = _IMPORTS.get(path)
         if cached is not None and cached[:2] == (stat.st_mtime_ns, stat.st_size):
             return cached[2]
-        tree = ast.parse(path.read_bytes(), str(path))
+        tree = _syntax(path)
     except (OSError, SyntaxError, ValueError):
         return ()  # unreadable or not Python: its digest still covers it
     found: list[_Import] = []
@@ -161,6 +161,16 @@ def _imports_of(path: Path) -> tuple[_Import, ...]:
             found.append(_Import(node.level, node.module or "", names))
     _IMPORTS[path] = (stat.st_mtime_ns, stat.st_size, tuple(found))
     return _IMPORTS[path][2]
+
+
+def _syntax(path: Path) -> ast.Module:
+    """``path``'s syntax tree, parsed once more on CPython 3.11's spurious ``SystemError: AST constructor
+    recursion depth mismatch`` (the collector running a finalizer mid-parse; fixed in 3.12)."""
+    source = path.read_bytes()
+    try:
+        return ast.parse(source, str(path))
+    except SystemError:
+        return ast.parse(source, str(path))
 
 
 def digest(path: str) -> str | None:

@@ -19,9 +19,9 @@ a module adds nothing for them. To add a module of commands, add one line to ``C
     "castor.fleet.workers.cli",  # castor worker ...
 
 Import heavy dependencies (celery, redis) inside handlers, not at module level: ``castor --help``
-must stay fast and work without the extras. A command's help is shown as plain text (``_help``: write
-docstrings as anywhere else), and a one-shot command prints Castor's warnings as ``castor: warning:``
-lines (``_logs``); the services (coordinator, worker, ...) set up their own logging.
+must stay fast and work without the extras. Write a command's description as any docstring:
+``_help.CommandParser`` shows it without the markup. A one-shot command prints Castor's warnings as
+``castor: warning:`` lines (``_logs``); the services (coordinator, worker, ...) set up their own logging.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from castor.cli._args import normalize_argv
 from castor.cli._common import add_global_options, warnings_to_stderr
 from castor.cli._escape import shown
-from castor.cli._help import plain_help, unrecognized
+from castor.cli._help import CommandParser, unrecognized
 from castor.cli._logs import command_log
 from castor.cli._stores import not_found_hint
 from castor.errors import InvalidValueError, RunNotFoundError
@@ -59,18 +59,19 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``castor`` parser with every command of ``COMMAND_MODULES``."""
-    parser = argparse.ArgumentParser(
+    """The ``castor`` parser with every command of ``COMMAND_MODULES`` (``parser.commands``: its
+    ``add_subparsers`` action)."""
+    parser = CommandParser(
         prog="castor",
         description="Castor: a secure execution layer for LLM agents. Run state is kept in ./castor.db.",
     )
     add_global_options(parser, top_level=True)
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=CommandParser)
     for name in COMMAND_MODULES:
-        importlib.import_module(name).add_commands(subparsers)
-    for sub in subparsers.choices.values():
+        importlib.import_module(name).add_commands(commands)
+    for sub in commands.choices.values():
         add_global_options(sub, top_level=False)
-    plain_help(subparsers)
+    parser.commands = commands  # type: ignore[attr-defined]
     return parser
 
 
@@ -81,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args, extras = parser.parse_known_args(args_list)
         if extras:  # the command's usage and a close option, not the top level's usage alone
-            unrecognized(parser, args, extras)
+            unrecognized(parser.commands, args, extras)  # type: ignore[attr-defined]
     except SystemExit as exc:  # usage errors (2), --help (0)
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
     handler = args.handler

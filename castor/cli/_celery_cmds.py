@@ -30,7 +30,10 @@ from castor.settings import CONFIG_HELP, WorkerPool
 
 def add_commands(subparsers: Any) -> None:
     """Add ``worker`` and ``flower`` to an argparse subparsers object."""
-    worker = subparsers.add_parser("worker", help="start a Celery worker of one tool pool")
+    worker = subparsers.add_parser(
+        "worker", help="start a Celery worker of one tool pool",
+        description="Start a Celery worker of one tool pool: it serves the pool's tools from the config's "
+                    "[tools] import (or --tools), runs only what a coordinator signed, and journals each call.")
     worker.add_argument("--pool", required=True, help="the pool to serve (consumes queue <prefix>.<pool>)")
     worker.add_argument("--tools", default="", help="comma-separated import specs: tools.py:delete_file,mod:fn")
     worker.add_argument("--concurrency", type=option_type("worker --concurrency"), default=None,
@@ -51,7 +54,10 @@ def add_commands(subparsers: Any) -> None:
     _redis_options_of(worker)
     worker.set_defaults(handler=_run_worker)
 
-    flower = subparsers.add_parser("flower", help="start Flower on the fleet's broker")
+    flower = subparsers.add_parser(
+        "flower", help="start Flower on the fleet's broker",
+        description="Start Flower on the fleet's broker: every worker and task, arguments redacted; on "
+                    "loopback unless [flower] basic_auth is set.")
     flower.add_argument("--port", type=option_type("flower --port"), default=None,
                         help="HTTP port (default: config or 5555)")
     flower.add_argument("--address", "--host", dest="address", default="127.0.0.1",

@@ -190,13 +190,10 @@ def test_an_agent_file_missing_a_frameworks_package_names_the_extra(cli: Cli, wo
 def test_every_commands_help_has_a_description_and_no_docstring_markup() -> None:
     """A newcomer's pass over ``--help``: raw ``literal`` marks in run, budget, pools and console, and no
     description at all for worker and flower."""
-    import argparse
-
     from castor.cli import build_parser
 
     parser = build_parser()
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    for name, sub in commands.choices.items():
+    for name, sub in parser.commands.choices.items():  # type: ignore[attr-defined]
         text = sub.format_help()
         assert sub.description, name
         assert "``" not in text, name
