@@ -30,7 +30,8 @@ SESSION_SECONDS = 12 * 3600
 
 
 class Denied(Exception):
-    """The request may not do this: ``status`` 401 (who are you?) or 403 (not you)."""
+    """The request may not do this: ``status`` 401 (who are you?), 403 (not you), 404 (no such thing), 415
+    (not JSON)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)

@@ -18,6 +18,7 @@ from castor.checkpoint import AgentCheckpoint
 from castor.cli._decide import owner, record_only, waiting_in_store
 from castor.cli._render import human_outcome
 from castor.cli._runs import load_run
+from castor.console.auth import Denied
 from castor.console.resumer import Resumer
 from castor.errors import ConfigError, NothingPendingError, RunNotFoundError
 from castor.kernel.children import pending_child
@@ -261,10 +262,10 @@ class Console:
     # --- budget scopes ----------------------------------------------------------------------------
 
     async def scope(self, name: str) -> dict[str, Any]:
-        """A scope's ``{resource: {limit, used, left}}``; ``ConfigError`` if it does not exist."""
+        """A scope's ``{resource: {limit, used, left}}``; ``Denied`` 404 if it does not exist."""
         ledger = await self.backend.budgets.read_scope(name)
         if not ledger:
-            raise ConfigError(f"budget scope {name!r} does not exist")
+            raise Denied(404, f"budget scope {name!r} does not exist")
         rows = {r: {"limit": lim, "used": used, "left": max(lim - used, 0.0)} for r, (lim, used) in ledger.items()}
         return {"scope": name, "resources": dict(sorted(rows.items()))}
 
