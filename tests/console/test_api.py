@@ -136,7 +136,7 @@ async def test_scopes_top_up_and_reset_are_for_admins(client: Client, backend: B
     assert bad.status_code == 400
     reset = await client.http.post("/api/scopes/team-a/reset", json={}, headers=auth("carol"))
     assert reset.json()["resources"]["api"]["used"] == 0.0
-    assert (await client.http.get("/api/scopes/nope", headers=auth("bob"))).status_code == 404  # no such scope, as no such run
+    assert (await client.http.get("/api/scopes/nope", headers=auth("bob"))).status_code == 404  # as a missing run
 
 
 async def test_the_openapi_description_covers_every_api_route(client: Client) -> None:
