@@ -12,6 +12,8 @@ shorter than ``MIN_SECRET_LENGTH`` characters, unless the fleet is an insecure d
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import warnings
 from typing import Protocol
 
@@ -82,3 +84,9 @@ def require_secret(settings: SecretSettings, process: str) -> None:
         CastorWarning,
         stacklevel=2,
     )
+
+
+def secret_proof(secret: str) -> str:
+    """A value that tells whether two processes hold the same secret and says nothing of it (an HMAC of a
+    constant under it): coordinators leave theirs in Redis, a worker compares its own at start."""
+    return hmac.new(secret.encode(), b"castor: the fleet's signing secret", hashlib.sha256).hexdigest()[:32]

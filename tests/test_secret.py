@@ -104,3 +104,44 @@ def test_the_shipped_config_and_compose_file_carry_no_usable_secret() -> None:
     assert "change-me" not in (ROOT / "config/castor.toml").read_text()
     readme = (ROOT / "README.md").read_text()
     assert 'python -c "import secrets; print(secrets.token_hex(32))"' in readme
+
+
+def test_a_worker_whose_secret_is_not_the_coordinators_says_so_at_start(
+    redis_url: str, redis_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker started with another secret than its coordinators' ran, dead-lettered every task unread, and
+    the runs failed a deadline later. A coordinator now leaves a proof of its secret in Redis (nothing of
+    the secret itself), and a worker whose own differs says so at start; the next coordinator to start
+    with yet another secret says so too."""
+    import asyncio
+    import logging
+
+    import redis
+    from castor.fleet.workers._preflight import _same_secret
+
+    from castor.cli._fleet_views import _leave_secret_proof
+    from castor.fleet.sealing import secret_proof
+
+    ours, theirs = secrets.token_hex(32), secrets.token_hex(32)
+    assert secret_proof(ours) != secret_proof(theirs) and ours not in secret_proof(ours)
+    asyncio.run(_leave_secret_proof(redis_url, redis_prefix, theirs, "co-1"))
+
+    def worker(secret: str) -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="castor.worker"):
+            _same_secret(Settings(redis={"url": redis_url, "prefix": redis_prefix}, security={"secret": secret}))
+        return [r.getMessage() for r in caplog.records]
+
+    try:
+        [said] = worker(ours)
+        assert "is not the one coordinator co-1 signs tasks with" in said and ours not in said
+        assert worker(theirs) == []
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="castor.coordinator"):
+            asyncio.run(_leave_secret_proof(redis_url, redis_prefix, ours, "co-2"))
+        assert any("signed with another [security] secret" in r.getMessage() for r in caplog.records)
+        assert worker(ours) == []  # the newest coordinator's proof is the one compared
+    finally:
+        client = redis.Redis.from_url(redis_url)
+        client.delete(f"{redis_prefix}:fleet:secret-proof")
+        client.close()

@@ -13,9 +13,10 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from castor.backends.redis import hide_password, redis_client
+from castor.backends.redis import hide_password, keys, redis_client
 from castor.errors import BackendUnavailable
 from castor.fleet.broker import broker_error
+from castor.fleet.sealing import secret_proof
 from castor.registry import ToolSpec
 from castor.settings import Settings, broker_visibility, visibility_warning
 
@@ -29,10 +30,33 @@ def preflight(app: Any, settings: Settings, tools: Iterable[ToolSpec] = ()) -> N
     Logs what the operator should fix that does not stop the worker (``tools``: those it serves)."""
     server = _broker(app, settings)
     _redis(settings)
+    _same_secret(settings)
     tools = list(tools)
     for warning in (visibility_warning(settings, tools), consumer_timeout_warning(settings, server, tools)):
         if warning:
             log.warning(warning)
+
+
+def _same_secret(settings: Settings) -> None:
+    """Say at start, loudly, when the coordinators sign with another secret than this worker's (their
+    ``secret_proof`` in Redis differs): every task they send would be dead-lettered unread. Not a refusal:
+    a secret being rotated differs for a while."""
+    secret = settings.security.secret
+    if not secret:
+        return
+    client = redis_client(settings.redis.url, sync=True, socket_timeout=CONNECT_TIMEOUT)
+    try:
+        left = client.hgetall(keys.secret_proof(settings.redis.prefix))
+    except Exception:  # a proof that cannot be read tells nothing: the worker starts
+        return
+    finally:
+        client.close()
+    found = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+             for k, v in (left or {}).items()}
+    if found.get("proof") and found["proof"] != secret_proof(secret):
+        log.error("this worker's [security] secret is not the one coordinator %s signs tasks with (its proof in "
+                  "Redis differs): every task it sends will be dead-lettered unread; give both the same secret",
+                  found.get("by", "?"))
 
 
 def _broker(app: Any, settings: Settings) -> dict[str, Any]:

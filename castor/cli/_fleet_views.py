@@ -109,9 +109,32 @@ async def coordinator(args: argparse.Namespace) -> int:
         store_options=options, context_budget=int(args.context_budget), allowed=allowed_code(settings),
     )
     secret = settings.security.secret if settings else None
+    if kind == "celery" and secret:
+        await _leave_secret_proof(url, prefix, secret, config.name or "a coordinator")
     await serve(config, executor=executor_factory(kind, settings), secret=secret,
                 setup=_observe.coordinator_setup(args, settings if kind == "celery" else None))
     return 0
+
+
+async def _leave_secret_proof(url: str, prefix: str, secret: str, name: str) -> None:
+    """Leave in Redis a proof of the secret this coordinator signs with (``secret_proof``: nothing of the
+    secret itself), so that a worker started with another one says so at once rather than dead-letter
+    every task unread; say so here if the previous coordinator's proof differs."""
+    from castor.backends.redis import keys, redis_client
+    from castor.fleet.sealing import secret_proof
+
+    proof, key = secret_proof(secret), keys.secret_proof(prefix)
+    client = redis_client(url)
+    try:
+        before = await client.hget(key, "proof")
+        if before is not None and (before.decode() if isinstance(before, bytes) else before) != proof:
+            logging.getLogger("castor.coordinator").warning(
+                "the coordinator that started before this one signed with another [security] secret: workers "
+                "that hold it refuse this one's tasks, and those that hold this one refuse its (rotating? "
+                "restart every worker and coordinator with the new one)")
+        await client.hset(key, mapping={"proof": proof, "by": name, "at": time.time()})
+    finally:
+        await client.aclose()
 
 
 async def _no_pools_to_bypass(url: str, prefix: str) -> None:

@@ -170,6 +170,12 @@ def is_reply_stream(prefix: str, name: str) -> bool:
     return name.startswith(start) and name.endswith("}") and bool(CONSUMER_NAME.fullmatch(name[len(start):-1]))
 
 
+def secret_proof(prefix: str) -> str:
+    """Hash: ``proof`` (``castor.fleet.sealing.secret_proof`` of the secret a coordinator signs tasks with),
+    ``by`` and ``at``; the last coordinator to start writes it, a worker compares its own at start."""
+    return f"{prefix}:fleet:secret-proof"
+
+
 def dead_letters(prefix: str, pool: str) -> str:
     """List: the messages a pool's workers refused before they could tell which run sent them, or could
     not authenticate (newest first, capped): why, how big, a digest, what the headers said; never a body."""
