@@ -13,6 +13,11 @@ replays it). ``prepare`` saves such a run with ``reopen`` naming the status it w
 store lets it through only while that is still the stored status, so a run another process finished
 differently in the meantime (a ``FAILED`` run completed by another resume) is taken, not reopened.
 A fork is a new run (a new pid): nothing to refuse.
+
+A run an operator cancelled (``castor cancel``: ``PREEMPTED`` with reason ``cancelled``) keeps that stop the
+same way against a drive that read it before the cancel (``castor approve`` resuming after its decision):
+``cancelled_meanwhile`` tells, and the drive takes the stored run instead of going on. A resume the user
+asks for after the cancel reads it cancelled, and goes on.
 """
 
 from __future__ import annotations
@@ -27,6 +32,20 @@ if TYPE_CHECKING:
     from castor.seams import Backend
 
 log = logging.getLogger("castor.run")
+CANCELLED = "cancelled"  # the preemption reason of a run an operator cancelled
+
+
+def cancelled(cp: AgentCheckpoint) -> bool:
+    """Whether ``cp`` is a run an operator cancelled."""
+    return cp.status == "PREEMPTED" and cp.preemption_reason == CANCELLED
+
+
+async def cancelled_meanwhile(backend: Backend, cp: AgentCheckpoint) -> bool:
+    """Whether the store holds run ``cp`` cancelled while ``cp``, read before, does not say so."""
+    if cancelled(cp):
+        return False
+    header = await backend.runs.load(cp.pid)
+    return header is not None and cancelled(header)
 
 
 async def save_run(backend: Backend, cp: AgentCheckpoint, *, reopen: str | None = None) -> bool:

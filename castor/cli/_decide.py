@@ -13,6 +13,7 @@ import argparse
 import time
 from typing import Any
 
+from castor._terminal import cancelled
 from castor.checkpoint import AgentCheckpoint
 from castor.cli._celery_cmds import add_executor_options
 from castor.cli._common import command
@@ -98,6 +99,11 @@ async def decide(args: argparse.Namespace, outcome: str, feedback: str) -> int:
             step, child, tool = pending_step(cp), pending_child(cp), cp.pending_tool
             await kernel.decide(cp, outcome, feedback or None, by=args.by)
             out(f"{PAST[outcome]}: {cp.pid}")
+            if cancelled(cp):  # an operator cancelled it while the decided call ran: not resumed
+                who = (cp.preemption_payload or {}).get("by") or "someone"
+                out(f"Run {cp.pid} was cancelled by {who} meanwhile: the decided step is journaled, the run not "
+                    f"resumed ({command(args, 'resume', cp.pid)} goes on)")
+                return 0
             if child is None and step < len(cp.syscall_log):
                 record = cp.syscall_log[step]
                 out(f"Step {step}: {call_text(record.tool_name, record.arguments)} -> {short(record.response)}")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from castor import tracing
+from castor._canonical import canonical
 from castor._code import function_name
 from castor._ids import unique_ids
 from castor._sealing import DataKey, encrypted
@@ -170,7 +172,7 @@ class CeleryExecutor:
                         call.tool_name, call.run_id, call.step)
             reply = await self._dispatch(call, kwargs, route)
         if not isinstance(reply, Reply):
-            return await self._late(call, route, reply)
+            return await self._late(call, route, reply, kwargs)
         return _answered(call, reply)
 
     async def execute_stream(self, call: ToolCall, chunk: Callable[[str], None]) -> Any:
@@ -198,7 +200,7 @@ class CeleryExecutor:
             with contextlib.suppress(Exception):
                 await conn.command("delete", key)
         if not isinstance(reply, Reply):
-            return await self._late(call, route, reply)
+            return await self._late(call, route, reply, kwargs)
         return _answered(call, reply)
 
     async def _dispatch(
@@ -270,7 +272,7 @@ class CeleryExecutor:
             raise BackendUnavailable(f"{failure}; no worker will run it") from failure.__cause__ or failure
         log.warning("%s, but a worker took task %s: waiting for its reply", failure, task_id)
 
-    async def _late(self, call: ToolCall, route: _Route, why: str) -> Any:
+    async def _late(self, call: ToolCall, route: _Route, why: str, kwargs: dict[str, Any]) -> Any:
         """No reply by the deadline, or none from a worker seen gone (``why``): the journal's record if the
         step finished after all; in doubt if a worker started it and never finished (a lost worker, or a
         tool that would not stop); else a timeout (no worker took it)."""
@@ -287,7 +289,7 @@ class CeleryExecutor:
                 f"{IN_DOUBT_REASON}: {call.tool_name!r} (run {call.run_id}, step {call.step}) started on a worker "
                 f"of pool {route.pool!r}{how}"
             )
-        refused = await self._dead_lettered(call, route)
+        refused = await self._dead_lettered(route, kwargs)
         if refused is not None:  # a worker took it and refused it unread: no reply could come
             raise TaskRefusedError(
                 f"{call.tool_name!r} (run {call.run_id}, step {call.step}) was refused unread by a worker of pool "
@@ -299,9 +301,12 @@ class CeleryExecutor:
             f"step {call.step}); is a worker of pool {route.pool!r} running?"
         )
 
-    async def _dead_lettered(self, call: ToolCall, route: _Route) -> str | None:
-        """Why the pool's workers dead-lettered this call's task, if one did (among the newest letters): a
-        task a worker cannot authenticate (another secret) gets no reply, only a letter naming its run."""
+    async def _dead_lettered(self, route: _Route, kwargs: dict[str, Any]) -> str | None:
+        """Why a worker of the pool dead-lettered this very task, if one did (among the newest letters): a
+        task a worker cannot authenticate (another secret) gets no reply, only a letter. A letter is this
+        task's only if it digests these very keyword arguments: a forged task naming the same run and step
+        (a letter anyone who writes to the broker can cause) is not taken for it."""
+        digest = hashlib.sha256(canonical(kwargs).encode()).hexdigest()
         key = keys.dead_letters(self._settings.redis.prefix, route.pool)
         try:
             entries = await self._control_conn().command("lrange", key, 0, _LETTERS_LOOKED_AT - 1)
@@ -310,8 +315,7 @@ class CeleryExecutor:
         for raw in entries or []:
             with contextlib.suppress(ValueError, TypeError, AttributeError):
                 entry = json.loads(raw)
-                shown = entry.get("headers") or {}
-                if shown.get("castor_run") == call.run_id and shown.get("castor_step") == call.step:
+                if entry.get("sha256") == digest:
                     return str(entry.get("reason", "refused"))
         return None
 

@@ -19,14 +19,12 @@ from castor import _code
 from castor._ids import pid_part
 from castor._imports import parse_spec
 from castor._redact import hide_password
-from castor._terminal import save_run
+from castor._terminal import CANCELLED, cancelled, save_run
 from castor.backends.redis import keys
 from castor.checkpoint import FINISHED, AgentCheckpoint
 from castor.errors import BackendUnavailable, ConfigError, NothingPendingError, RunNotFoundError
 from castor.kernel.runner import new_checkpoint
 from castor.seams import Backend, Decision, DecisionOutcome
-
-CANCELLED = "cancelled"
 
 
 def new_run(
@@ -227,7 +225,7 @@ async def cancellable(backend: Backend, pid: str) -> AgentCheckpoint:
         raise RunNotFoundError(pid)
     if header.status in FINISHED:
         raise ConfigError(f"run {pid!r} ended already ({ended(header)}); there is nothing to cancel")
-    if header.status == "PREEMPTED" and header.preemption_reason == CANCELLED:
+    if cancelled(header):
         who = (header.preemption_payload or {}).get("by") or "someone"
         raise ConfigError(f"run {pid!r} was cancelled already, by {who}; there is nothing to cancel")
     return header

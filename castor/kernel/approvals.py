@@ -16,7 +16,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from castor._sealing import SealError, digested, opened
-from castor._terminal import save_run
+from castor._terminal import cancelled_meanwhile, save_run, take_stored
 from castor.checkpoint import AgentCheckpoint
 from castor.errors import CastorError, NothingPendingError
 from castor.kernel.children import pending_child
@@ -61,6 +61,8 @@ async def decide(
     if not cp.pending_hitl:
         raise NothingPendingError(f"run {cp.pid!r} has no pending call to {outcome}")
     await sync_journal(services, cp, catch_up=True)  # a checkpoint from JSON, or one the store is ahead of
+    if await cancelled_meanwhile(services.backend, cp):  # read before an operator's cancel: nothing waits now
+        raise NothingPendingError(f"run {cp.pid!r} was cancelled since it was read: no call waits to {outcome}")
     step = cp.pending_step if cp.pending_step is not None else len(cp.syscall_log)
     tool, args = str(cp.pending_hitl.get("tool_name")), dict(cp.pending_hitl.get("arguments") or {})
     approvals = services.backend.approvals
@@ -97,13 +99,16 @@ async def apply_decision(services: Services, cp: AgentCheckpoint, step: int, too
         cp.held = ctx.keep_held()  # those the decided step's record let through are journaled now
         ctx.update_capabilities()
         await backend.budgets.close_run(cp.pid)
-        if suspended:
-            cp.status = "SUSPENDED_FOR_HITL"
+        if await cancelled_meanwhile(backend, cp):  # cancelled while the call ran: the cancel stands
+            await take_stored(backend, cp)
         else:
-            _clear_pending(cp)
-            cp.status = "RUNNING"
-        cp.updated_at = time.time()
-        await save_run(backend, cp)  # a run another process ended meanwhile keeps its end
+            if suspended:
+                cp.status = "SUSPENDED_FOR_HITL"
+            else:
+                _clear_pending(cp)
+                cp.status = "RUNNING"
+            cp.updated_at = time.time()
+            await save_run(backend, cp)  # a run another process ended meanwhile keeps its end
         services.live[cp.pid] = cp
 
 

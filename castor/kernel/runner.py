@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from castor import _terminal
 from castor._ids import check_pid, pid_part
 from castor._terminal import save_run, save_started, stored_run
 from castor.checkpoint import FINISHED, AgentCheckpoint, Capability
@@ -102,12 +103,9 @@ async def prepare(
     await sync_journal(services, cp, catch_up=stored)  # before the context reads what the journal charged
     ctx = RunContext(services, cp, speculative=cp.speculative, scopes=tuple(cp.scopes))
     await ctx.journal_kept()
-    # 0.5.1 code sets a preempted checkpoint's status back to RUNNING before resuming it: its reason stays.
-    if cp.status == "PREEMPTED" or cp.preemption_reason is not None:
-        ctx.preemption_context = {
-            "reason": cp.preemption_reason, "payload": cp.preemption_payload, "partial_work": cp.partial_work,
-        }
-        cp.preemption_reason = cp.preemption_payload = cp.partial_work = None
+    if await _cancelled_since_read(ctx, stored):
+        return ctx
+    _keep_preemption(ctx)
     loaded = cp.status
     cp.status = "RUNNING"
     cp.pending_hitl = None
@@ -128,6 +126,31 @@ async def prepare(
     services.live[cp.pid] = cp
     log.info("run %s %s (%d journaled steps)", cp.pid, "resumes" if cp.syscall_log else "starts", len(cp.syscall_log))
     return ctx
+
+
+def _keep_preemption(ctx: RunContext) -> None:
+    """A resumed preempted run's reason, payload and partial work move to ``ctx.preemption_context``. 0.5.1
+    code sets a preempted checkpoint's status back to RUNNING before resuming it: its reason stays."""
+    cp = ctx.checkpoint
+    if cp.status == "PREEMPTED" or cp.preemption_reason is not None:
+        ctx.preemption_context = {
+            "reason": cp.preemption_reason, "payload": cp.preemption_payload, "partial_work": cp.partial_work,
+        }
+        cp.preemption_reason = cp.preemption_payload = cp.partial_work = None
+
+
+async def _cancelled_since_read(ctx: RunContext, stored: bool) -> bool:
+    """Whether an operator cancelled the run since its checkpoint was read (``stored``: it was read from
+    the store, maybe before): then the checkpoint becomes the stored run and the context is closed, not
+    driven (``castor._terminal``)."""
+    cp, services = ctx.checkpoint, ctx.services
+    if not stored or not await _terminal.cancelled_meanwhile(services.backend, cp):
+        return False
+    log.info("run %s was cancelled since it was read: not driven", cp.pid)
+    await _terminal.take_stored(services.backend, cp)
+    ctx.closed = True
+    services.live[cp.pid] = cp
+    return True
 
 
 def _restart_conversation(services: Services, cp: AgentCheckpoint) -> None:
@@ -204,7 +227,7 @@ async def fill_failed_steps(journal: Any, cp: AgentCheckpoint) -> bool:
 async def drive(ctx: RunContext, agent: Callable[..., Any], preempted: list[Any] | None = None) -> AgentCheckpoint:
     """Run the agent to its next stop and persist where it stopped."""
     cp = ctx.checkpoint
-    if cp.status in FINISHED:  # prepare found the run finished by another process (castor._terminal)
+    if ctx.closed:  # prepare found the run finished, or cancelled, by another process (castor._terminal)
         return cp
     token = current_run.set(ctx)
     error: BaseException | None = None

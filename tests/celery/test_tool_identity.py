@@ -108,3 +108,34 @@ async def test_a_task_the_pool_cannot_authenticate_fails_naming_the_refusal_not_
     message = str(refused.value)
     assert "was refused unread by a worker of pool" in message
     assert "are its [security] secret and this coordinator's the same?" in message, message
+
+
+async def test_a_letter_a_forged_task_left_for_the_same_step_is_not_taken_for_the_calls_refusal(
+    fleet: Fleet,
+) -> None:
+    """Anyone who writes to the broker can have a worker dead-letter a task naming any run and step. Taken
+    for the call's own refusal, it would turn a call no worker took (a timeout: its claim left for a human)
+    into one refused unread (known never to run). Only a letter that digests the call's own task counts."""
+    import json
+    import time
+
+    from castor import ToolTimeoutError
+    from castor.backends.redis import keys
+    from castor.executors.celery import CeleryExecutor
+
+    pid = f"forged-{uuid.uuid4().hex[:6]}"
+    letter = {"at": time.time(), "reason": "no authorization token for 'castor.tool.noop'", "size": 10,
+              "sha256": "0" * 64, "headers": {"task": "castor.tool.noop", "castor_run": pid, "castor_step": 0}}
+    fleet.redis.lpush(keys.dead_letters(fleet.prefix, "default"), json.dumps(letter))  # no worker serves it
+
+    async def agent() -> object:
+        return await lib.tool("noop")
+
+    options = fleet_options(fleet.settings, budgets={})
+    options["executor"] = CeleryExecutor._builder(fleet.settings, journal=options["store"].journal, reply_grace=0.5)
+    kernel = Castor(**options)
+    try:
+        with pytest.raises(ToolTimeoutError):
+            await kernel.run(agent, pid=pid)
+    finally:
+        await kernel.close()

@@ -309,3 +309,28 @@ def test_a_langgraph_run_whose_process_died_mid_call_goes_back_to_a_human(tmp_pa
     approved = castor(tmp_path, *store, "approve", "racy")
     assert approved.returncode == 0 and "COMPLETED" in approved.stdout, approved.stdout + approved.stderr
     assert executions(tmp_path) == 2 and executions(tmp_path, "model.log") == 4
+
+
+@pytest.mark.parametrize("barrier", ["go", "executions.log"], ids=["together", "mid-call"])
+def test_a_cancel_racing_an_approval_never_runs_the_call_twice_nor_after_it_was_cancelled(
+    tmp_path: Path, barrier: str
+) -> None:
+    """``castor cancel --db`` of a local run holds the run's drive while it writes: against an approval at
+    the same moment, or while the approved call runs, either the cancel is refused (a live process drives
+    the run) or it lands first and the approval finds nothing waiting. The call runs at most once, and
+    never after the run was cancelled."""
+    store = ["--store", f"sqlite:///{tmp_path / 'castor.db'}"]
+    suspended_run(tmp_path, store)
+    approve, cancel = race(tmp_path, [("go", [*store, "approve", "racy"]), (barrier, [*store, "cancel", "racy"])])
+    outputs = "\n".join(f"$ {' '.join(r.args[5:])} -> {r.returncode}\n{r.stdout}{r.stderr}" for r in (approve, cancel))
+    for result in (approve, cancel):
+        assert "Traceback" not in result.stderr, outputs
+    shown = castor(tmp_path, *store, "inspect", "racy").stdout
+    if cancel.returncode == 0 and "racy: cancelled" in cancel.stdout:
+        assert re.search(r"(?i)^status:\s+PREEMPTED$", shown, re.M), shown + outputs
+        assert executions(tmp_path) <= 1 and executions(tmp_path, "notes.log") == 0, outputs
+        if executions(tmp_path) == 0:  # cancelled before the approval ran it: nothing may run it now
+            assert approve.returncode != 0, outputs
+    else:
+        assert "is being driven by" in cancel.stderr or "ended" in cancel.stderr, outputs
+        assert executions(tmp_path) == 1 and re.search(r"(?i)^status:\s+COMPLETED$", shown, re.M), shown + outputs
