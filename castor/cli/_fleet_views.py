@@ -117,24 +117,20 @@ async def coordinator(args: argparse.Namespace) -> int:
 
 
 async def _leave_secret_proof(url: str, prefix: str, secret: str, name: str) -> None:
-    """Leave in Redis a proof of the secret this coordinator signs with (``secret_proof``: nothing of the
-    secret itself), so that a worker started with another one says so at once rather than dead-letter
-    every task unread; say so here if the previous coordinator's proof differs."""
-    from castor.backends.redis import keys, redis_client
+    """Leave in Redis a proof of the secret this coordinator signs with (``FleetClient.leave_secret_proof``),
+    so that a worker started with another one says so at once; say so here if the previous one differs."""
+    from castor.fleet.client import FleetClient
     from castor.fleet.sealing import secret_proof
 
-    proof, key = secret_proof(secret), keys.secret_proof(prefix)
-    client = redis_client(url)
+    client = FleetClient(url, prefix)
     try:
-        before = await client.hget(key, "proof")
-        if before is not None and (before.decode() if isinstance(before, bytes) else before) != proof:
+        if await client.leave_secret_proof(secret_proof(secret), name):
             logging.getLogger("castor.coordinator").warning(
                 "the coordinator that started before this one signed with another [security] secret: workers "
                 "that hold it refuse this one's tasks, and those that hold this one refuse its (rotating? "
                 "restart every worker and coordinator with the new one)")
-        await client.hset(key, mapping={"proof": proof, "by": name, "at": time.time()})
     finally:
-        await client.aclose()
+        await client.close()
 
 
 async def _no_pools_to_bypass(url: str, prefix: str) -> None:
@@ -176,28 +172,22 @@ def allowed_code(settings: Any) -> Any:
 async def submit(args: argparse.Namespace) -> int:
     """``castor submit``: store the run and queue it; print its pid."""
     from castor.cli._runs import parse_budgets
-    from castor.cli._stores import config_path
+    from castor.cli._stores import settings_of
     from castor.fleet.client import new_run
     from castor.fleet.scheduler._allowed import AllowedCode
-    from castor.settings import load_settings
 
-    found = config_path(args)  # the fleet's config, given or found: its tools and budgets are the run's defaults
-    fleet_config = load_settings(found) if found else None
-    specs = args.tools or (list(fleet_config.tools.imports) if fleet_config is not None else [])
-    tools = [one for spec in specs for one in single_specs(spec)]
-    budgets = parse_budgets(args.budget) or (
-        {name: float(limit) for name, limit in fleet_config.budgets.items()} if fleet_config is not None else {}
-    )
+    settings = settings_of(args)  # the fleet's config, given or found: its tools and budgets are the defaults
+    tools = [one for spec in args.tools or settings.tools.imports for one in single_specs(spec)]
+    budgets = parse_budgets(args.budget) or {name: float(limit) for name, limit in settings.budgets.items()}
     cp = new_run(
         agent_spec(args.agent), tools, destructive=args.destructive or [], budgets=budgets,
         speculative=args.speculative, scopes=args.scopes or [], pid=args.pid,
     )
-    config = getattr(args, "config", None)  # given: the coordinators' config (one found may be another's)
-    allowed = AllowedCode.of(load_settings(config)) if config else None
-    if allowed is not None and cp.spec is not None:
-        allowed.check(cp.spec)  # the coordinators of this config would set the run aside
-    if config:
-        _warn_other_functions(tools, load_settings(config).tools.imports)
+    if getattr(args, "config", None):  # given: the coordinators' config (one found may be another's)
+        allowed = AllowedCode.of(settings)
+        if allowed is not None and cp.spec is not None:
+            allowed.check(cp.spec)  # the coordinators of this config would set the run aside
+        _warn_other_functions(tools, settings.tools.imports)
     async with fleet(args) as (backend, client):
         if args.pid and await backend.runs.load(args.pid) is not None:
             raise ConfigError(f"a run with pid {args.pid!r} exists already")

@@ -190,6 +190,15 @@ class FleetClient:
             keys.pool_workers(self.prefix, pool), since, "+inf"))
         return sorted(found)
 
+    async def leave_secret_proof(self, proof: str, by: str) -> bool:
+        """Record ``proof`` (``castor.fleet.sealing.secret_proof``) as the secret coordinators sign with,
+        for workers to compare theirs at start; whether the one it replaces was another."""
+        key = keys.secret_proof(self.prefix)
+        before = await self._call("read the secret's proof", self.redis.hget(key, "proof"))
+        await self._call("leave the secret's proof",
+                         self.redis.hset(key, mapping={"proof": proof, "by": by, "at": time.time()}))
+        return before is not None and (before.decode() if isinstance(before, bytes) else before) != proof
+
     async def live_pools(self, ttl: float = 10.0) -> list[str]:
         """The pools with a worker process that said it was alive within ``ttl`` seconds."""
         marker = keys.pool_workers(self.prefix, "")
