@@ -165,7 +165,7 @@ async def test_a_coordinator_at_the_deadline_takes_a_result_that_lands_within_th
         redis.Redis.from_url(young_redis).set(keys.started_marker(redis_prefix, "r4", 0), "0", ex=3600)
         landing = journal_later(young_redis, redis_prefix, "r4", after=1.0)
         call = ToolCall("r4", 0, "wipe", ARGS)
-        answer = await executor._late(call, executor._route("wipe"), DEADLINE)
+        answer = await executor._late(call, executor._route("wipe"), DEADLINE, {})
         await asyncio.to_thread(landing.join)
         assert answer == "wiped /data (round 0)"
     finally:
