@@ -26,7 +26,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from castor.checkpoint import FINISHED, AgentCheckpoint, run_usage
-from castor.errors import RunFinishedError
+from castor.errors import NothingPendingError, RunFinishedError
 
 if TYPE_CHECKING:
     from castor.seams import Backend
@@ -38,6 +38,15 @@ CANCELLED = "cancelled"  # the preemption reason of a run an operator cancelled
 def cancelled(cp: AgentCheckpoint) -> bool:
     """Whether ``cp`` is a run an operator cancelled."""
     return cp.status == "PREEMPTED" and cp.preemption_reason == CANCELLED
+
+
+def nothing_waits(cp: AgentCheckpoint, outcome: str) -> NothingPendingError:
+    """The error for a decision on run ``cp``, which has no pending call: why, if an operator cancelled it."""
+    if cancelled(cp):
+        who = (cp.preemption_payload or {}).get("by") or "an operator"
+        return NothingPendingError(f"run {cp.pid!r} has no pending call to {outcome}: it was cancelled by {who} "
+                                   "(resuming it asks for its call again)")
+    return NothingPendingError(f"run {cp.pid!r} has no pending call to {outcome} (status {cp.status})")
 
 
 async def cancelled_meanwhile(backend: Backend, cp: AgentCheckpoint) -> bool:

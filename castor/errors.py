@@ -66,6 +66,11 @@ class InvalidPidError(InvalidValueError):
     """A pid outside ``castor._ids.PID_RULE``: 1 to 200 characters of letters, digits and ``_ . - : @ +``."""
 
 
+class RunBusyError(ConfigError):
+    """Another live process drives the run (``castor run`` or ``resume`` still going): what would write over
+    it is refused, naming that process."""
+
+
 class UnknownToolError(CastorError, KeyError):
     """The agent asked for a tool that is not registered with the kernel."""
 

@@ -13,14 +13,13 @@ import argparse
 import time
 from typing import Any
 
-from castor._terminal import cancelled
+from castor._terminal import cancelled, nothing_waits
 from castor.checkpoint import AgentCheckpoint
 from castor.cli._celery_cmds import add_executor_options
 from castor.cli._common import command
 from castor.cli._render import call_text, short
 from castor.cli._runs import MCP_AGENT, RunFailed, add_hitl, go, kernel_of, load_run, opened, out, rebuild
-from castor.errors import NothingPendingError
-from castor.kernel.approvals import default_user
+from castor.kernel.approvals import default_user, refuse_if_cancelled
 from castor.kernel.children import pending_child
 from castor.seams import Backend, Decision, PendingApproval
 
@@ -46,6 +45,7 @@ async def record_only(backend: Backend, cp: AgentCheckpoint, outcome: str, feedb
         )
     who = by or default_user()
     await approvals.decide(Decision(target.pid, step, outcome, who, time.time(), feedback))  # type: ignore[arg-type]
+    await refuse_if_cancelled(backend, target, *([cp] if target is not cp else []))
     return who
 
 
@@ -78,7 +78,7 @@ async def decide(args: argparse.Namespace, outcome: str, feedback: str) -> int:
         cp = await owner(backend, await load_run(backend, args.pid))
         await waiting_in_store(backend, cp)
         if not cp.pending_hitl:
-            raise NothingPendingError(f"run {cp.pid!r} has no pending call to {outcome} (status {cp.status})")
+            raise nothing_waits(cp, outcome)
         if cp.spec is None:
             who = await record_only(backend, cp, outcome, feedback, args.by)
             recorded = f"Decision recorded ({outcome} by {who}) on {call_text(str(cp.pending_tool), cp.pending_args)}."

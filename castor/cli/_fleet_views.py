@@ -351,8 +351,8 @@ async def cancel(args: argparse.Namespace) -> int:
     from castor.cli._stores import given_stores, store_of
 
     if given_stores(args) and store_of(args) is None:
-        from castor.cli._cancel import cancel_stored
         from castor.cli._runs import opened
+        from castor.kernel.cancel import cancel_stored
 
         async with opened(args) as backend:
             outcome = await cancel_stored(backend, args.pid, args.by or default_user())

@@ -14,13 +14,14 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from castor._redact import masked
+from castor._terminal import nothing_waits
 from castor.checkpoint import AgentCheckpoint
 from castor.cli._decide import owner, record_only, waiting_in_store
 from castor.cli._render import human_outcome
 from castor.cli._runs import load_run
 from castor.console.auth import Denied
 from castor.console.resumer import Resumer
-from castor.errors import ConfigError, NothingPendingError, RunNotFoundError
+from castor.errors import ConfigError, NothingPendingError
 from castor.kernel.children import pending_child
 from castor.seams import Backend, Decision, DecisionOutcome, PendingApproval
 
@@ -92,7 +93,7 @@ class Console:
         await waiting_in_store(self.backend, cp)
         target = pending_child(cp) or cp
         if not target.pending_hitl:
-            raise NothingPendingError(f"run {pid!r} has no pending call (status {cp.status})")
+            raise nothing_waits(cp, "decide")
         return str(target.pending_tool)
 
     async def decide(self, pid: str, outcome: DecisionOutcome, by: str, text: str = "") -> dict[str, Any]:
@@ -103,7 +104,7 @@ class Console:
         cp = await owner(self.backend, await load_run(self.backend, pid))
         await waiting_in_store(self.backend, cp)
         if not cp.pending_hitl:
-            raise NothingPendingError(f"run {pid!r} has no pending call to {outcome} (status {cp.status})")
+            raise nothing_waits(cp, outcome)
         await record_only(self.backend, cp, outcome, text, by)
         target = pending_child(cp) or cp
         decided = await self.backend.approvals.decision(target.pid, _step(target))
@@ -229,18 +230,13 @@ class Console:
         }
 
     async def cancel(self, pid: str, by: str) -> str:
-        """Stop the run: through the fleet if it holds it, else stored PREEMPTED (reason cancelled)."""
+        """Stop the run: through the fleet if it holds it, else stored PREEMPTED (reason cancelled) under its
+        drive claim (``castor.kernel.cancel``)."""
         if self.fleet is not None and await self.fleet.is_fleet_run(pid):
             return await self.fleet.cancel(self.backend, pid, by)
-        from castor.fleet.client import CANCELLED, mark_cancelled
+        from castor.kernel.cancel import cancel_stored
 
-        header = await self.backend.runs.load(pid)
-        if header is None:
-            raise RunNotFoundError(pid)
-        if header.status in FINISHED:
-            raise ConfigError(f"run {pid!r} has finished ({header.status}); there is nothing to cancel")
-        await mark_cancelled(self.backend, header, by)
-        return CANCELLED
+        return await cancel_stored(self.backend, pid, by)
 
     async def fork(self, pid: str, at_step: int) -> str:
         """A new run sharing the first ``at_step`` steps: submitted to the fleet if the run was, else stored

@@ -19,10 +19,11 @@ from castor import _code
 from castor._ids import pid_part
 from castor._imports import parse_spec
 from castor._redact import hide_password
-from castor._terminal import CANCELLED, cancelled, save_run
+from castor._terminal import cancelled, nothing_waits
 from castor.backends.redis import keys
-from castor.checkpoint import FINISHED, AgentCheckpoint
+from castor.checkpoint import AgentCheckpoint
 from castor.errors import BackendUnavailable, ConfigError, NothingPendingError, RunNotFoundError
+from castor.kernel.cancel import cancellable, ended, mark_cancelled
 from castor.kernel.runner import new_checkpoint
 from castor.seams import Backend, Decision, DecisionOutcome
 
@@ -125,13 +126,20 @@ class FleetClient:
         self, backend: Backend, pid: str, outcome: DecisionOutcome, by: str, reason: str = ""
     ) -> Decision:
         """Record a decision on the run's pending call; the coordinator that wakes on it resumes the run."""
-        if await backend.runs.load(pid) is None:
+        header = await backend.runs.load(pid)
+        if header is None:
             raise RunNotFoundError(pid)
         pending = await backend.approvals.pending(pid)
         if not pending:
-            raise NothingPendingError(f"run {pid!r} has no pending call to {outcome}")
+            raise nothing_waits(header, outcome)
         call = pending[0]
-        return await backend.approvals.decide(Decision(pid, call.step, outcome, by, time.time(), reason))
+        try:
+            return await backend.approvals.decide(Decision(pid, call.step, outcome, by, time.time(), reason))
+        except NothingPendingError:
+            now = await backend.runs.load(pid)
+            if now is not None and cancelled(now):  # cancelled since the read: say so, not "no pending call"
+                raise nothing_waits(now, outcome) from None
+            raise
 
     async def cancel(self, backend: Backend, pid: str, by: str) -> str:
         """Stop a run wherever it is; returns what happened (``cancelled`` or ``cancel requested``)."""
@@ -150,7 +158,7 @@ class FleetClient:
         await self._call("cancel the run", self.redis.srem(keys.cancelled(p), pid))
         if not stopped:
             return f"ended meanwhile ({ended(header)}); nothing was cancelled"
-        return CANCELLED
+        return str(stopped)
 
     # --- coordinators -----------------------------------------------------------------------------
 
@@ -218,43 +226,6 @@ class FleetClient:
             pipe.hlen(keys.parked(p))
             queued, leased, parked = await self._call("count runs", pipe.execute())
         return {"queued": queued, "leased": leased, "parked": parked}
-
-
-def ended(header: AgentCheckpoint) -> str:
-    """How a finished run ended: ``COMPLETED`` or ``FAILED: <error>``."""
-    error = f": {header.error}" if header.status == "FAILED" and header.error else ""
-    return f"{header.status}{error}"[:200]
-
-
-async def cancellable(backend: Backend, pid: str) -> AgentCheckpoint:
-    """The stored header of run ``pid``, which has not ended nor been cancelled already; else the error
-    that says why there is nothing to cancel (``RunNotFoundError`` if the store holds no such run)."""
-    header = await backend.runs.load(pid)
-    if header is None:
-        raise RunNotFoundError(pid)
-    if header.status in FINISHED:
-        raise ConfigError(f"run {pid!r} ended already ({ended(header)}); there is nothing to cancel")
-    if cancelled(header):
-        who = (header.preemption_payload or {}).get("by") or "someone"
-        raise ConfigError(f"run {pid!r} was cancelled already, by {who}; there is nothing to cancel")
-    return header
-
-
-async def mark_cancelled(backend: Backend, header: AgentCheckpoint, by: str) -> bool:
-    """Store the run as stopped by an operator: ``PREEMPTED`` with reason ``cancelled`` (resumable); False
-    if it ended meanwhile (``header`` is then the stored run)."""
-    if not header.syscall_log:
-        header.syscall_log = await backend.journal.history(header.pid)  # the store counts steps on save
-    header.status = "PREEMPTED"
-    header.preemption_reason = CANCELLED
-    header.preemption_payload = {"by": by}
-    header.pending_hitl = None
-    header.pending_step = None
-    header.updated_at = time.time()
-    if await save_run(backend, header):  # a run that ended meanwhile keeps its end
-        await backend.approvals.clear(header.pid)
-        return True
-    return False
 
 
 def _int(value: Any) -> int | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from castor._code import changed_files, restamp
 from castor._terminal import save_run
-from castor.fleet.client import mark_cancelled
+from castor.kernel.cancel import mark_cancelled
 from castor.kernel.runner import drive, prepare
 
 __all__ = ["changed_files", "drive", "mark_cancelled", "prepare", "restamp", "save_run"]

@@ -16,13 +16,13 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from castor._sealing import SealError, digested, opened
-from castor._terminal import cancelled_meanwhile, save_run, take_stored
+from castor._terminal import cancelled_meanwhile, nothing_waits, save_run, take_stored
 from castor.checkpoint import AgentCheckpoint
 from castor.errors import CastorError, NothingPendingError
 from castor.kernel.children import pending_child
 from castor.kernel.context import RunContext, Services, Suspend, Syscall
 from castor.kernel.runner import load, sync_journal
-from castor.seams import Decision, DecisionOutcome, PendingApproval, ToolCall
+from castor.seams import Backend, Decision, DecisionOutcome, PendingApproval, ToolCall
 
 OUTCOMES: dict[str, DecisionOutcome] = {"approve": "approve", "reject": "reject", "modify": "modify"}
 T = TypeVar("T")
@@ -45,24 +45,27 @@ async def resolve(services: Services, checkpoint: AgentCheckpoint | str) -> Agen
 
 
 async def decide(
-    services: Services, checkpoint: AgentCheckpoint | str, outcome: str, feedback: str | None, by: str | None
+    services: Services, checkpoint: AgentCheckpoint | str, outcome: str, feedback: str | None, by: str | None,
+    owners: tuple[AgentCheckpoint, ...] = (),
 ) -> AgentCheckpoint:
     """Record the decision on the pending call and journal its outcome (the caller has flushed the
-    kernel's deferred decisions: ``Castor.decide``)."""
+    kernel's deferred decisions: ``Castor.decide``). ``owners``: the runs a child agent's call waits in,
+    whose cancel stops it too."""
     if outcome not in OUTCOMES:
         raise ValueError(f"decision must be approve, reject or modify, not {outcome!r}")
     cp = await resolve(services, checkpoint)
     child = pending_child(cp)
     if child is not None:  # the call waits in a child agent: the decision is the child's
-        await decide(services, child, outcome, feedback, by)
+        await decide(services, child, outcome, feedback, by, (*owners, cp))
         _clear_pending(cp)
         await save_run(services.backend, cp)
         return cp
     if not cp.pending_hitl:
-        raise NothingPendingError(f"run {cp.pid!r} has no pending call to {outcome}")
+        raise nothing_waits(cp, outcome)
     await sync_journal(services, cp, catch_up=True)  # a checkpoint from JSON, or one the store is ahead of
-    if await cancelled_meanwhile(services.backend, cp):  # read before an operator's cancel: nothing waits now
-        raise NothingPendingError(f"run {cp.pid!r} was cancelled since it was read: no call waits to {outcome}")
+    for run in (cp, *owners):  # read before an operator's cancel: nothing waits now
+        if await cancelled_meanwhile(services.backend, run):
+            raise NothingPendingError(f"run {run.pid!r} was cancelled since it was read: no call waits to {outcome}")
     step = cp.pending_step if cp.pending_step is not None else len(cp.syscall_log)
     tool, args = str(cp.pending_hitl.get("tool_name")), dict(cp.pending_hitl.get("arguments") or {})
     approvals = services.backend.approvals
@@ -71,9 +74,27 @@ async def decide(
         attempt = cp.in_doubt.get(step, 0)
         await approvals.request(PendingApproval(cp.pid, step, tool, args, time.time(), attempt=attempt))
     decision = Decision(cp.pid, step, OUTCOMES[outcome], by or default_user(), time.time(), feedback or "")
-    await approvals.decide(decision)
+    try:
+        await approvals.decide(decision)
+    except NothingPendingError:  # the call was dropped since: a cancel names itself
+        await refuse_if_cancelled(services.backend, cp, *owners)
+        raise
+    await refuse_if_cancelled(services.backend, cp, *owners)
     await apply_decision(services, cp, step, tool, args)
     return cp
+
+
+async def refuse_if_cancelled(backend: Backend, cp: AgentCheckpoint, *owners: AgentCheckpoint) -> None:
+    """After a decision on ``cp``'s call is recorded: if ``cp`` or a run it is a child of (each read before)
+    was cancelled since, drop the decision and raise ``NothingPendingError``. A cancel saves the run before
+    it drops the waiting call, so one that landed between a decision's first check and its record is seen
+    here, and the call never runs (``castor.kernel.cancel``)."""
+    for run in (cp, *owners):
+        if await cancelled_meanwhile(backend, run):
+            await backend.approvals.clear(cp.pid)  # a request the decision made again after the cancel dropped
+            await take_stored(backend, run)
+            raise NothingPendingError(
+                f"run {run.pid!r} was cancelled as the call was being decided: the call does not run")
 
 
 async def apply_decision(services: Services, cp: AgentCheckpoint, step: int, tool: str, args: dict[str, Any]) -> None:

@@ -83,15 +83,17 @@ def castor(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def race(cwd: Path, commands: list[tuple[str, list[str]]]) -> list[subprocess.CompletedProcess[str]]:
+def race(
+    cwd: Path, commands: list[tuple[str, list[str]]], env: dict[str, str] | None = None
+) -> list[subprocess.CompletedProcess[str]]:
     """Start every command in a process of its own once its barrier file exists (``go``: when all are
-    ready; ``executions.log``: once the tool started), wait for them all."""
+    ready; ``executions.log``: once the tool started), wait for them all; ``env`` theirs (else ``_env()``)."""
     (cwd / "racer.py").write_text(RACER)
     go = cwd / "go"
     procs = [
         subprocess.Popen(
             [sys.executable, "racer.py", str(cwd / f"ready-{i}"), str(cwd / barrier), *command],
-            cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=cwd, env=env or _env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for i, (barrier, command) in enumerate(commands)
     ]

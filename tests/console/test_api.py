@@ -196,3 +196,21 @@ async def test_the_timeline_shows_flagged_and_failed_steps(client: Client, kerne
     assert [(s["step"], s["kinds"], s["result"]) for s in run["timeline"]] == [
         (0, ["live", "failed"], "raised RuntimeError: upstream down (y)"), (1, ["live"], "ok"),
     ]
+
+
+async def test_cancelling_a_run_a_live_process_drives_is_refused_and_leaves_it_as_it_was(
+    client: Client, waiting: AgentCheckpoint, backend: Backend
+) -> None:
+    """The console cancelled a local run without its drive claim: a ``castor resume`` going on at that moment
+    saved over the cancel. It now cancels as ``castor cancel --db`` does, under the claim (409 while held)."""
+    from castor.kernel.claims import DRIVE_STEP, new_holder
+
+    holder = new_holder()  # as a live `castor resume` of this machine holds it
+    assert (await backend.journal.claim(waiting.pid, DRIVE_STEP, 0, holder, 15.0)).state == "claimed"
+    refused = await client.http.post(f"/api/runs/{waiting.pid}/cancel", json={}, headers=auth("alice"))
+    assert refused.status_code == 409 and "is being driven by" in refused.json()["error"], refused.text
+    run = (await client.http.get(f"/api/runs/{waiting.pid}", headers=auth("bob"))).json()
+    assert run["status"] == "SUSPENDED_FOR_HITL" and run["pending"] is not None
+    await backend.journal.release_claim(waiting.pid, DRIVE_STEP, holder)
+    done = await client.http.post(f"/api/runs/{waiting.pid}/cancel", json={}, headers=auth("alice"))
+    assert done.status_code == 200 and done.json()["outcome"] == "cancelled"

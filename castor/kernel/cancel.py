@@ -1,0 +1,106 @@
+"""Cancelling a run an operator stops: ``castor cancel``, the console's cancel, a coordinator told to stop one.
+
+A cancelled run is stored ``PREEMPTED`` with reason ``cancelled`` (resumable on purpose) and its waiting
+call is dropped. How that stands against an approval given at the same moment (two humans at once):
+
+- the cancel saves the run cancelled, *then* drops the waiting call;
+- an approval records its decision, *then* looks whether the run was cancelled since it read it
+  (``castor.kernel.approvals.decide``), and runs nothing if so.
+
+So a decision recorded after the cancel's save never runs its call, and one recorded before it may (the
+approval came first): the call then finishes and is journaled, and the run still ends cancelled. The
+cancel reads the waiting step's decision between its save and its drop, when every decision that may
+still run is visible, and says so (``Cancelled.approved``).
+
+A local store's run (``cancel_stored``) is cancelled under its drive claim (``castor.kernel.claims``), so a
+``castor resume`` started at the same moment waits, then finds it cancelled; a run a live process drives
+is refused, naming the holder. The fleet's cancel is ``castor.fleet.client.FleetClient.cancel``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from castor._terminal import CANCELLED, cancelled, save_run
+from castor.checkpoint import FINISHED, AgentCheckpoint
+from castor.errors import ConfigError, RunBusyError, RunNotFoundError
+from castor.kernel.claims import DRIVE_STEP, LEASE, holder_gone, new_holder
+from castor.seams import Backend, Decision
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """A cancel that landed; ``approved`` the waiting call's approval recorded before it, if any."""
+
+    approved: Decision | None = None
+
+    def __str__(self) -> str:
+        if self.approved is None:
+            return CANCELLED
+        d = self.approved
+        return (f"{CANCELLED} (step {d.step} had just been approved by {d.by}: if its call had started, it "
+                "finishes and is journaled; nothing runs after it)")
+
+
+def ended(header: AgentCheckpoint) -> str:
+    """How a finished run ended: ``COMPLETED`` or ``FAILED: <error>``."""
+    error = f": {header.error}" if header.status == "FAILED" and header.error else ""
+    return f"{header.status}{error}"[:200]
+
+
+async def cancellable(backend: Backend, pid: str) -> AgentCheckpoint:
+    """The stored header of run ``pid``, which has not ended nor been cancelled already; else the error
+    that says why there is nothing to cancel (``RunNotFoundError`` if the store holds no such run)."""
+    header = await backend.runs.load(pid)
+    if header is None:
+        raise RunNotFoundError(pid)
+    if header.status in FINISHED:
+        raise ConfigError(f"run {pid!r} ended already ({ended(header)}); there is nothing to cancel")
+    if cancelled(header):
+        who = (header.preemption_payload or {}).get("by") or "someone"
+        raise ConfigError(f"run {pid!r} was cancelled already, by {who}; there is nothing to cancel")
+    return header
+
+
+async def mark_cancelled(backend: Backend, header: AgentCheckpoint, by: str) -> Cancelled | None:
+    """Store the run as stopped by an operator: ``PREEMPTED`` with reason ``cancelled`` (resumable), then
+    drop its waiting call. None if it ended meanwhile (``header`` is then the stored run)."""
+    if not header.syscall_log:
+        header.syscall_log = await backend.journal.history(header.pid)  # the store counts steps on save
+    step = header.pending_step
+    header.status = "PREEMPTED"
+    header.preemption_reason = CANCELLED
+    header.preemption_payload = {"by": by}
+    header.pending_hitl = None
+    header.pending_step = None
+    header.updated_at = time.time()
+    if not await save_run(backend, header):  # a run that ended meanwhile keeps its end
+        return None
+    # Saved, not yet dropped: an approval recorded from here on finds the cancel and runs nothing.
+    decided = None if step is None else await backend.approvals.decision(header.pid, step)
+    await backend.approvals.clear(header.pid)
+    return Cancelled(decided if decided is not None and decided.outcome == "approve" else None)
+
+
+async def cancel_stored(backend: Backend, pid: str, by: str) -> str:
+    """Cancel run ``pid`` of a store no coordinator drives; what happened (``cancelled``, maybe with the
+    approval that came just before, or that it ended meanwhile)."""
+    header = await cancellable(backend, pid)
+    journal, holder = backend.journal, new_holder()
+    found = await journal.claim(pid, DRIVE_STEP, 0, holder, LEASE)
+    if found.state != "claimed":
+        if not holder_gone(found):
+            raise RunBusyError(
+                f"run {pid!r} is being driven by {found.holder} (a castor run or resume still going): stop that "
+                "process first (Ctrl-C); the run stays resumable"
+            )
+        found = await journal.claim(pid, DRIVE_STEP, 0, holder, LEASE, replace=found.holder)
+        if found.state != "claimed":
+            raise RunBusyError(f"run {pid!r} was taken up by another process meanwhile; cancel it again")
+    try:
+        header = await cancellable(backend, pid)  # as stored now that no one else drives it
+        stopped = await mark_cancelled(backend, header, by)
+    finally:
+        await journal.release_claim(pid, DRIVE_STEP, holder)
+    return str(stopped) if stopped else f"ended meanwhile ({ended(header)}); nothing was cancelled"
