@@ -217,7 +217,11 @@ def function_name(func: Any) -> str:
     module, ``__main__``) and wherever the file lies. A coordinator sends it with each call and a worker
     compares it with its own tool's, so that a run's ``delete_file`` never runs as another function that
     a pool registered under the same name. "" for what has no Python source (a builtin) or is a wrapper
-    Castor made (the framework guards'), which names no tool."""
+    Castor made (the framework guards'), which names no tool; a tool Castor made for another MCP server's
+    tool is ``mcp:<server>:<tool>`` (its ``__castor_code__``)."""
+    named = getattr(func, "__castor_code__", None)  # a tool Castor made that says what it is (an MCP server's)
+    if isinstance(named, str):
+        return named
     while isinstance(func, functools.partial):
         func = func.func
     func = inspect.unwrap(func)

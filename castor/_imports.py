@@ -13,6 +13,7 @@ hashes the files behind the same parsed specs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -142,13 +143,29 @@ def load_agent(spec: str, *, from_cwd: bool = False) -> Callable[..., Any]:
 
 
 def load_tools(specs: Iterable[str], *, from_cwd: bool = False) -> list[tuple[str, Callable[..., Any]]]:
-    """``(name, function)`` for every function the specs name, in order, named as the spec names it."""
+    """``(name, function)`` for every function the specs name, in order, named as the spec names it; a name
+    that is a source of tools (a ``castor.mcp.upstream.McpServer``) gives each of its tools."""
     tools: list[tuple[str, Callable[..., Any]]] = []
     for spec in specs:
         parsed = parse_spec(spec, "tool")
         module = import_target(parsed, "tool", from_cwd=from_cwd)
-        tools.extend((name, _function(module, parsed, name, "tool")) for name in parsed.names)
+        for name in parsed.names:
+            provides = getattr(getattr(module, name, None), "castor_tools", None)  # an MCP server: its tools
+            if provides is not None:
+                for entry in provides():
+                    with contextlib.suppress(AttributeError):  # routed by the name it was imported as
+                        entry[1].__castor_source__ = name
+                    tools.append(entry)
+            else:
+                tools.append((name, _function(module, parsed, name, "tool")))
     return tools
+
+
+def source_of(func: Any) -> str | None:
+    """The name a tool was imported under when it came from a source of tools (``tools.py:files``, an MCP
+    server: ``files``), which ``[pools]`` may name for all of them; None for a tool imported as itself."""
+    source = getattr(func, "__castor_source__", None)
+    return source if isinstance(source, str) else None
 
 
 def load_file(path: str | Path) -> ModuleType:

@@ -219,7 +219,12 @@ class ToolRegistry:
         self._destructive = set(destructive)
         self._costs = dict(costs or {})
         for entry in tools:
-            self.add(entry)
+            provides = getattr(entry, "castor_tools", None)  # a source of several tools (an MCP server)
+            if provides is not None and not callable(entry):
+                for provided in provides():
+                    self.add(provided)
+            else:
+                self.add(entry)
 
     def add(self, entry: Any, *, cost: Mapping[str, float] | None = None) -> ToolSpec:
         """Register a plain callable, a ``(name, callable)`` tuple, a ``@castor_tool`` function, another

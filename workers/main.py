@@ -16,7 +16,7 @@ from typing import get_args
 
 from castor.backends.redis.keys import pool_workers
 from castor.errors import ConfigError
-from castor.fleet.loading import load_tools
+from castor.fleet.loading import load_tools, source_of
 from castor.fleet.sealing import require_secret
 from castor.llm.fleet import missing_key
 from castor.registry import ToolRegistry, ToolSpec
@@ -51,7 +51,7 @@ def worker_registry(settings: Settings, pool: str, tool_specs: Sequence[str] = (
     tools = load_tools(specs) if specs or not models else []  # a models-only pool imports no tools
     chosen: list[tuple[str, object]] = list(models)
     for name, func in tools:
-        home = settings.pool_of(name)
+        home = settings.pool_of(name, source_of(func))
         if home == pool:
             chosen.append((name, func))
         elif explicit:

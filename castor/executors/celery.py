@@ -33,6 +33,7 @@ from castor import tracing
 from castor._canonical import canonical
 from castor._code import function_name
 from castor._ids import unique_ids
+from castor._imports import source_of
 from castor._sealing import DataKey, encrypted
 from castor._secret import require_secret
 from castor.backends.redis import RedisConnection, keys
@@ -242,7 +243,7 @@ class CeleryExecutor:
             return route
         spec = self._tools.get(tool)
         policy = tool_policy(self._settings, spec)
-        pool = self._settings.pool_of(tool)
+        pool = self._settings.pool_of(tool, source_of(spec.func) if spec is not None else None)
         route = _Route(task_name(tool), pool, self._settings.queue_of(pool),
                        self._deadline(policy.timeout, policy.retryable), policy.sensitive, policy.idempotent,
                        function_name(spec.func) if spec is not None else "")

@@ -6,6 +6,6 @@ and their one parser are the kernel's own, so a worker, a coordinator and the CL
 
 from __future__ import annotations
 
-from castor._imports import ImportSpec, load_agent, load_tools, parse_spec
+from castor._imports import ImportSpec, load_agent, load_tools, parse_spec, source_of
 
-__all__ = ["ImportSpec", "load_agent", "load_tools", "parse_spec"]
+__all__ = ["ImportSpec", "load_agent", "load_tools", "parse_spec", "source_of"]

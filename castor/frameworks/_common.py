@@ -34,7 +34,7 @@ import keyword
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic_core import to_jsonable_python
 
@@ -95,6 +95,15 @@ def check_name(framework: str, tool_name: str, argument: str) -> None:
 
 
 def _annotation(framework: str, tool_name: str, argument: str, schema: Mapping[str, Any]) -> Any:
+    nullable = _nullable(schema)
+    if nullable is not None:  # ``X | None``: what pydantic, LangChain and MCP servers give an optional argument
+        rest = {k: v for k, v in schema.items() if k not in ("anyOf", "type")}
+        return _annotation(framework, tool_name, argument, {**rest, **nullable}) | None
+    if "enum" in schema:
+        values = schema["enum"]
+        if not isinstance(values, list) or not values or not all(isinstance(v, str | int) for v in values):
+            raise refuse(framework, tool_name, f"argument {argument!r} has an enum of other than strings or integers")
+        return Literal[tuple(values)]
     unknown = sorted(set(schema) - _DESCRIPTIVE)
     if unknown:
         raise refuse(
@@ -107,6 +116,19 @@ def _annotation(framework: str, tool_name: str, argument: str, schema: Mapping[s
     if not isinstance(kind, str) or kind not in _JSON_TYPES:
         raise refuse(framework, tool_name, f"argument {argument!r} has type {kind!r}, not a JSON type Castor checks")
     return _JSON_TYPES[kind]
+
+
+def _nullable(schema: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The one other schema of an ``anyOf`` of it and ``{"type": "null"}`` (or of ``"type": [X, "null"]``);
+    None for any other schema."""
+    kind = schema.get("type")
+    if isinstance(kind, list) and len(kind) == 2 and "null" in kind and "anyOf" not in schema:
+        return {"type": next(k for k in kind if k != "null")}
+    either = schema.get("anyOf")
+    if not isinstance(either, list) or len(either) != 2 or {"type": "null"} not in either:
+        return None
+    other = next(s for s in either if s != {"type": "null"})
+    return other if isinstance(other, Mapping) and "anyOf" not in other else None
 
 
 def schema_signature(framework: str, tool_name: str, schema: Mapping[str, Any]) -> inspect.Signature:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from castor._imports import source_of
 from castor.kernel.context import Handler, Syscall
 
 from ._instruments import DECISIONS, UNKNOWN, Instruments
@@ -24,9 +25,9 @@ class KernelMetrics:
 
     sees_replay = True  # placed before replay by castor.kernel.chain.build_chain
 
-    def __init__(self, instruments: Instruments, pool_of: Callable[[str], str] | None = None) -> None:
+    def __init__(self, instruments: Instruments, pool_of: Callable[[str, str | None], str] | None = None) -> None:
         self.instruments = instruments
-        self.pool_of = pool_of or (lambda tool: "local")
+        self.pool_of = pool_of or (lambda tool, source: "local")
         self._replayed = instruments.replayed
         self._syscalls = instruments.syscalls
         self._labels: dict[str, tuple[str, str, Any]] = {}  # known tool -> (tool, pool, histogram child)
@@ -64,9 +65,10 @@ class KernelMetrics:
         and is not cached (an agent may call any number of unknown names)."""
         labels = self._labels.get(call.tool_name)
         if labels is None:
-            known = call.ctx.services.tools.find(call.tool_name) is not None
+            spec = call.ctx.services.tools.find(call.tool_name)
+            known = spec is not None
             tool = call.tool_name if known else UNKNOWN
-            pool = self.pool_of(tool) if known else UNKNOWN
+            pool = self.pool_of(tool, source_of(spec.func)) if spec is not None else UNKNOWN
             labels = (tool, pool, self.instruments.syscall_seconds.labels(tool, pool))
             if known:
                 self._labels[tool] = labels

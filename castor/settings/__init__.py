@@ -216,7 +216,9 @@ def _beside(spec: Any, directory: Path) -> Any:
 
 def _check_tool_names(settings: Settings) -> None:
     """With ``[tools] import`` given, every tool the file names elsewhere must be one of the imported tools
-    (a file only: a ``Settings`` built in Python may route tools that it does not import itself)."""
+    (a file only: a ``Settings`` built in Python may route tools that it does not import itself). A name
+    that stands for several tools (``tools.py:files``, an MCP server) is known by that name only: its tools
+    are routed by it (``[pools] mcp = ["files"]``) and declared on it (``McpServer(destructive=...)``)."""
     tools = settings.tools
     try:
         imported = {name for spec in tools.imports for name in parse_spec(spec, "tool").names}

@@ -247,11 +247,12 @@ class Settings(Section):
         """Every pool: the configured ones, the default pool and the model calls' pool."""
         return sorted({*self.pools, self.workers.default_pool, self.llm.pool})
 
-    def pool_of(self, tool: str) -> str:
-        """The pool that runs ``tool``: the one ``[pools]`` puts it in, else ``[llm] pool`` for a model call
-        (a tool of ``[llm] tools`` or named ``llm.*``), else the default pool."""
+    def pool_of(self, tool: str, source: str | None = None) -> str:
+        """The pool that runs ``tool``: the one ``[pools]`` puts it in (by its name, or by the name of the
+        ``source`` it was imported from: an MCP server's tools), else ``[llm] pool`` for a model call (a tool
+        of ``[llm] tools`` or named ``llm.*``), else the default pool."""
         for pool, tools in self.pools.items():
-            if tool in tools:
+            if tool in tools or (source is not None and source in tools):
                 return pool
         if tool in self.llm.tools or tool.startswith((MODEL_TOOL_PREFIX, MODEL_STEP_PREFIX)):
             return self.llm.pool

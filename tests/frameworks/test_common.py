@@ -47,10 +47,32 @@ def test_a_json_schema_becomes_the_signature_castor_checks() -> None:
     assert asyncio.run(func(path="/tmp")) == {"path": "/tmp"}
 
 
+def test_an_optional_argument_and_a_choice_of_values_are_checked_as_such() -> None:
+    """What pydantic, LangChain and MCP servers give ``x: str | None`` and ``Literal[...]`` (refused before)."""
+    async def run(arguments: dict[str, Any]) -> Any:
+        return arguments
+
+    schema = {"type": "object", "required": ["mode"], "properties": {
+        "tag": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None, "title": "Tag"},
+        "depth": {"type": ["integer", "null"], "default": 1},
+        "mode": {"enum": ["keep", "drop"], "type": "string"}}}
+    func = schema_function("Test", "pick", schema, run)
+    assert str(inspect.signature(func)) == (
+        "(*, tag: str | None = None, depth: int | None = 1, mode: Literal['keep', 'drop'])")
+    check = Castor(tools=[("pick", func)]).tools.get("pick").schema.check
+    assert check({"mode": "keep", "tag": None, "depth": None})[1] is None
+    assert check({"mode": "keep", "tag": "t"})[1] is None
+    assert "tag: Input should be a valid string" in str(check({"mode": "keep", "tag": 3})[1])
+    assert "mode: Input should be 'keep' or 'drop'" in str(check({"mode": "burn"})[1])
+
+
 @pytest.mark.parametrize(("schema", "why"), [
     ({"type": "object", "properties": {"file-name": {"type": "string"}}}, "argument 'file-name' is not a Python"),
     ({"type": "object", "properties": {"x": {"anyOf": [{"type": "string"}]}}}, "argument 'x' uses 'anyOf'"),
-    ({"type": "object", "properties": {"x": {"type": ["string", "null"]}}}, "argument 'x' has type"),
+    ({"type": "object", "properties": {"x": {"type": ["string", "integer"]}}}, "argument 'x' has type"),
+    ({"type": "object", "properties": {"x": {"anyOf": [{"type": "string"}, {"type": "integer"}]}}},
+     "argument 'x' uses 'anyOf'"),
+    ({"type": "object", "properties": {"x": {"enum": [1.5, 2.5]}}}, "argument 'x' has an enum of other than"),
     ({"type": "string"}, "its arguments are not a JSON object"),
     ({"type": "object", "properties": {}, "$defs": {"A": {}}}, "its schema has nested definitions"),
 ])

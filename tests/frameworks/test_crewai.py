@@ -151,7 +151,7 @@ class CrewAICase:
 
     def refusals(self) -> list[Refusal]:
         @tool("tag")
-        def tag(path: str, label: str | None = None) -> str:
+        def tag(path: str, label: str | int = 0) -> str:
             """Tag a file."""
             return path
 
