@@ -20,6 +20,11 @@ asks ``castor.lib.tool``. The SDK turns a tool's ``Exception`` into a message fo
 suspension is a ``BaseException`` and passes. A model given as a name is resolved by the SDK's default
 provider at ``guard()``.
 
+An agent's ``mcp_servers`` (stdio and Streamable HTTP, with a static ``tool_filter``) are Castor's to
+call: ``tools_of`` lists their tools (``castor.mcp.upstream.McpServer``: destructive as the server's
+annotations say, or as ``Castor(destructive=...)`` says), and the guarded clone holds a function tool per
+MCP tool, whose call is a syscall; the SDK never opens its own session to them.
+
 Streaming (``Runner.run_streamed``): the guarded model's ``stream_response`` hands the wrapped model's
 events to the SDK as they arrive and journals the completed response as one model step (the record
 ``get_response`` makes; a stream cut short is charged what it received); a replayed step is streamed
@@ -61,6 +66,7 @@ from castor.frameworks._openai_agents_json import (
     response_json,
 )
 from castor.frameworks._openai_agents_stream import stream_events
+from castor.mcp.upstream import McpServer
 
 FRAMEWORK = "OpenAI Agents"
 
@@ -196,10 +202,68 @@ def guard_tool(t: FunctionTool) -> FunctionTool:
     return guarded
 
 
+# --- MCP servers ---------------------------------------------------------------------------------------
+
+
+LEAVE_OUT = "leave it out: tool_filter={'blocked_tool_names': [...]}"
+
+
+def mcp_server(server: Any) -> McpServer:
+    """The ``castor.mcp.upstream.McpServer`` for one of an agent's ``mcp_servers`` (stdio or Streamable HTTP,
+    with its static ``tool_filter``): Castor lists and calls its tools, never the SDK's own session."""
+    from agents.mcp import MCPServerStdio, MCPServerStreamableHttp
+
+    chosen = _tool_filter(server)
+    params = server.params
+    if isinstance(server, MCPServerStdio):
+        return McpServer.stdio(params.command, *params.args, env=params.env, cwd=params.cwd, name=server.name,
+                               **chosen).with_hint(LEAVE_OUT)
+    if isinstance(server, MCPServerStreamableHttp):
+        return McpServer.http(str(params["url"]), headers=params.get("headers"), name=server.name,
+                              **chosen).with_hint(LEAVE_OUT)
+    raise UnsupportedError(f"MCP server {getattr(server, 'name', '?')!r} is a {type(server).__name__}: Castor takes an "
+                           "agent's stdio and Streamable HTTP servers")
+
+
+def _tool_filter(server: Any) -> dict[str, Any]:
+    chosen = server.tool_filter
+    if chosen is None:
+        return {}
+    if callable(chosen):
+        raise UnsupportedError(f"MCP server {server.name!r} has a tool_filter function: Castor lists the server's "
+                               "tools once, at registration; give allowed_tool_names / blocked_tool_names")
+    options: dict[str, Any] = {}
+    if chosen.get("allowed_tool_names") is not None:
+        options["only"] = list(chosen["allowed_tool_names"])
+    if chosen.get("blocked_tool_names"):
+        options["exclude"] = list(chosen["blocked_tool_names"])
+    return options
+
+
+def _mcp_entries(agent: Agent[Any]) -> list[ToolEntry]:
+    return [entry for server in agent.mcp_servers for entry in mcp_server(server).castor_tools()]
+
+
+def _mcp_function_tool(name: str, func: Any) -> FunctionTool:
+    """A function tool in place of an MCP server's tool: its listing shown to the model, its call a syscall."""
+    listed = func.__mcp_tool__
+
+    async def invoke(_context: Any, payload: str) -> Any:
+        return await call_tool(name, loads(payload or "{}"))
+
+    guarded = FunctionTool(
+        name=name, description=listed.description or "", params_json_schema=dict(listed.input_schema),
+        on_invoke_tool=with_function_tool_failure_error_handler(invoke, _unreported), strict_json_schema=False,
+    )
+    guarded.__castor_guarded__ = True  # type: ignore[attr-defined]
+    return guarded
+
+
 def tools_of(x: Any) -> list[ToolEntry]:
-    """``(name, function)`` of every function tool of an agent (and its handoff agents), for ``Castor(tools=...)``."""
+    """``(name, function)`` of every function tool of an agent (and its handoff agents) and of its MCP
+    servers' tools, for ``Castor(tools=...)``."""
     if isinstance(x, Agent):
-        entries = [tool_entry(t) for t in x.tools]
+        entries = [tool_entry(t) for t in x.tools] + _mcp_entries(x)
         for h in x.handoffs:
             if isinstance(h, Agent):
                 entries += [e for e in tools_of(h) if e[0] not in {n for n, _ in entries}]
@@ -220,8 +284,6 @@ def guard_agent(agent: Agent[Any], model: Model | str | None = None) -> Agent[An
     if given, in place of the model of the agent and of every agent it hands off to (guarded once, shared)."""
     if getattr(agent, "__castor_guarded__", False) and model is None:
         return agent
-    if agent.mcp_servers:
-        raise UnsupportedError(f"agent {agent.name!r} has MCP servers: Castor guards function tools only")
     swap = None if model is None else guard_model(model)
     handoffs: list[Any] = []
     for h in agent.handoffs:
@@ -231,8 +293,9 @@ def guard_agent(agent: Agent[Any], model: Model | str | None = None) -> Agent[An
     kept = _clones.get((id(agent), id(model)))
     if kept is not None and kept.serves(agent, model, handoffs):
         return kept.clone
-    guarded = agent.clone(model=swap or guard_model(agent.model),
-                          tools=[guard_tool(t) for t in _function_tools(agent)], handoffs=handoffs)
+    mcp_tools = [_mcp_function_tool(name, func) for name, func in _mcp_entries(agent)]  # their calls: syscalls
+    guarded = agent.clone(model=swap or guard_model(agent.model), mcp_servers=[],
+                          tools=[*(guard_tool(t) for t in _function_tools(agent)), *mcp_tools], handoffs=handoffs)
     guarded.__castor_guarded__ = True
     with contextlib.suppress(Exception):  # settings deepcopy cannot copy (extra_body): not kept
         _keep((id(agent), id(model)), _Clone(agent, model, guarded))

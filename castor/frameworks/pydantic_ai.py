@@ -21,6 +21,11 @@ Tools registered with the agent are plain functions or ``Tool`` objects; a tool 
 ``RunContext`` is refused (Castor runs tools with the model's JSON arguments, possibly on a worker that
 has no run context).
 
+An ``MCPToolset`` (stdio or Streamable HTTP, ``.prefixed(...)`` or not) is Castor's to call: ``tools_of``
+lists its server's tools (``castor.mcp.upstream.McpServer``: destructive as the server's annotations say,
+or as ``Castor(destructive=...)`` says) and ``guard`` puts a toolset of those tools in its place, whose
+every call is a syscall; pydantic-ai never opens its own session to the server.
+
 Streaming (``run_stream``, ``run_stream_events``, ``iter`` with ``node.stream``): the guarded model's
 ``request_stream`` reads the wrapped model's stream inside one model step, hands its part events to the
 agent as they arrive and journals the final ``ModelResponse`` (the record ``request`` makes; a stream
@@ -49,7 +54,7 @@ from pydantic_ai.messages import (
 from pydantic_ai.models import Model, ModelRequestParameters
 from pydantic_ai.models.wrapper import WrapperModel
 from pydantic_ai.settings import ModelSettings
-from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
+from pydantic_ai.toolsets import AbstractToolset, FunctionToolset, PrefixedToolset
 from pydantic_ai.toolsets.wrapper import WrapperToolset
 from pydantic_core import to_jsonable_python
 
@@ -71,6 +76,7 @@ from castor.frameworks._conversations import Conversations
 from castor.frameworks._pydantic_ai_json import compact, request_parts
 from castor.frameworks._pydantic_ai_replay import next_step_journaled, record_durable_unit, replay_scope
 from castor.frameworks._pydantic_ai_stream import GuardedStreamedResponse, event_text
+from castor.mcp.upstream import McpServer
 
 FRAMEWORK = "pydantic-ai"
 # What pydantic-ai generates anew on every run (or what a replay rebuilds from the journal anyway).
@@ -258,8 +264,43 @@ def _function_toolsets(toolset: AbstractToolset[Any]) -> list[FunctionToolset[An
     return found
 
 
+LEAVE_OUT = ("leave it out: give the agent castor.frameworks.pydantic_ai.mcp_toolset(McpServer.stdio(..., "
+             "exclude=[...])) in its place")
+
+
+def mcp_toolset(server: McpServer) -> GuardedToolset:
+    """A toolset of ``server``'s tools (a ``castor.mcp.upstream.McpServer``) whose every call is a syscall: in
+    place of an ``MCPToolset`` when Castor's choice of tools is needed (``exclude``, ``destructive``)."""
+    return GuardedToolset(FunctionToolset([Tool(func, name=name) for name, func in server.castor_tools()]))
+
+
+def mcp_server(toolset: AbstractToolset[Any]) -> McpServer | None:
+    """The ``castor.mcp.upstream.McpServer`` an ``MCPToolset`` (maybe ``.prefixed(...)``) connects to: a stdio
+    command or a Streamable HTTP URL. None for any other toolset."""
+    prefix = ""
+    while isinstance(toolset, PrefixedToolset):
+        prefix = f"{toolset.prefix}_{prefix}"
+        toolset = toolset.wrapped
+    if type(toolset).__name__ != "MCPToolset":  # pydantic_ai.mcp needs fastmcp: not imported unless in use
+        return None
+    transport = toolset.client.transport  # type: ignore[attr-defined]  # an MCPToolset, by its class name
+    kind = type(transport).__name__
+    name = toolset.id or None
+    if hasattr(transport, "command") and hasattr(transport, "args"):  # fastmcp's StdioTransport and its kinds
+        return McpServer.stdio(transport.command, *transport.args, env=transport.env, cwd=transport.cwd, name=name,
+                               prefix=prefix).with_hint(LEAVE_OUT)
+    if kind == "StreamableHttpTransport":
+        headers = transport.headers if isinstance(transport.headers, dict) else None
+        return McpServer.http(str(transport.url), headers=headers, name=name, prefix=prefix).with_hint(LEAVE_OUT)
+    raise UnsupportedError(f"an MCPToolset over a {kind}: Castor takes MCP servers over stdio or Streamable HTTP")
+
+
 def tool_entries(toolset: AbstractToolset[Any]) -> list[ToolEntry]:
-    """``(name, function)`` for every function tool of ``toolset``; refuses what Castor cannot check."""
+    """``(name, function)`` for every function tool of ``toolset`` (every tool of an MCP server's, listed
+    once); refuses what Castor cannot check."""
+    server = mcp_server(toolset)
+    if server is not None:
+        return server.castor_tools()
     entries: list[ToolEntry] = []
     for functions in _function_toolsets(toolset):
         for name, t in functions.tools.items():
@@ -310,6 +351,9 @@ def guard_toolset(toolset: AbstractToolset[Any]) -> GuardedToolset:
     """``toolset`` with every call asking Castor; refused here if Castor cannot check a tool's arguments."""
     if isinstance(toolset, GuardedToolset):
         return toolset
+    server = mcp_server(toolset)
+    if server is not None:  # the server's tools as functions: pydantic-ai never opens a session
+        return mcp_toolset(server)
     tool_entries(toolset)
     return GuardedToolset(toolset)
 

@@ -31,6 +31,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
@@ -76,6 +77,7 @@ class McpServer:
     destructive: tuple[str, ...] | None = None
     prefix: str = ""
     timeout: float | None = None
+    leave_out: str = "leave it out: exclude=[...]"  # how the refusal of a tool Castor cannot check says to leave it out
     _listed: list[ToolEntry] = field(default_factory=list, init=False, compare=False, hash=False, repr=False)
 
     @classmethod
@@ -105,6 +107,10 @@ class McpServer:
     def __str__(self) -> str:
         return f"MCP server {self.name!r}"
 
+    def with_hint(self, leave_out: str) -> McpServer:
+        """This server, its refusal of a tool Castor cannot check saying ``leave_out`` (a framework's way)."""
+        return dataclasses.replace(self, leave_out=leave_out)
+
     def castor_tools(self) -> list[ToolEntry]:
         """``(name, function)`` of every tool taken, for ``Castor(tools=...)``; lists the server's tools
         the first time (``ConfigError`` naming the server if it cannot be reached)."""
@@ -125,7 +131,7 @@ class McpServer:
         try:
             return [(self.prefix + t.name, self._function(t)) for t in taken]
         except UnsupportedToolError as exc:
-            raise UnsupportedToolError(f"{exc} (leave it out: exclude=[...])") from None
+            raise UnsupportedToolError(f"{exc} ({self.leave_out})") from None
 
     def _function(self, listed: Any) -> Callable[..., Any]:
         name = listed.name
@@ -138,6 +144,7 @@ class McpServer:
         func.__name__ = func.__qualname__ = self.prefix + name
         func.__doc__ = listed.description or None
         func.__castor_code__ = f"mcp:{self.name}:{name}"  # type: ignore[attr-defined]  # its identity in a fleet
+        func.__mcp_tool__ = listed  # type: ignore[attr-defined]  # the listing (a framework shows it to its model)
         hints = listed.annotations
         read_only = bool(hints is not None and hints.read_only_hint)
         if self.destructive is not None:

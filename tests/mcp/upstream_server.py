@@ -1,5 +1,5 @@
-"""An MCP server for the tests of ``castor.mcp.upstream`` (run as ``python upstream_server.py LOG``): every call
-it answers appends ``<pid> <tool> <arguments as JSON>`` to LOG, so a test counts what really ran there."""
+"""An MCP server for the tests of ``castor.mcp.upstream`` (``python upstream_server.py LOG [--plain]``): every
+call it answers appends ``<pid> <tool> <arguments as JSON>`` to LOG, so a test counts what really ran there."""
 
 from __future__ import annotations
 
@@ -76,10 +76,13 @@ def vanish() -> str:
     os._exit(1)
 
 
-@app.tool(annotations=READ_ONLY)
 def mixed(value: int | str) -> str:
     """An argument Castor's schema cannot express (either of two types)."""
     return str(value)
+
+
+if "--plain" not in sys.argv:  # a server whose every tool Castor can check
+    app.tool(annotations=READ_ONLY)(mixed)
 
 
 if __name__ == "__main__":
