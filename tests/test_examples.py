@@ -32,3 +32,25 @@ async def test_the_fleet_agent_reports_what_the_human_decided() -> None:
     removed = await kernel.run(agent, checkpoint=removed)
     assert removed.status == "COMPLETED" and "wrote and removed" in removed.result
     assert not os.path.exists(removed.syscall_log[-1].arguments["path"])
+
+
+async def test_the_mcp_example_agent_deletes_through_the_server_only_once_approved(
+    tmp_path: Path,
+) -> None:
+    """``examples/mcp/files_agent.py`` with ``examples/mcp/upstream.py:files`` (another MCP server's tools)."""
+    from castor._imports import load_file
+    from castor.mcp.upstream import McpServer
+
+    example = load_file(EXAMPLES / "mcp" / "upstream.py").files  # its server, rooted in this test's directory
+    files = McpServer.stdio(example.command, *example.args, name="files", env={"FILES_ROOT": str(tmp_path / "files")})
+    kernel = Castor(tools=[files], store=f"sqlite:///{tmp_path / 'castor.db'}")
+    agent = load_agent(f"{EXAMPLES}/mcp/files_agent.py:main")
+    run = await kernel.run(agent)
+    assert run.status == "SUSPENDED_FOR_HITL" and run.pending_args == {"name": "app-1.log"}
+    assert sorted(p.name for p in (tmp_path / "files").iterdir()) == ["app-1.log", "app-2.log"]
+    for _ in range(2):
+        await kernel.approve(run)
+        run = await kernel.run(agent, checkpoint=run)
+    assert run.status == "COMPLETED", run.error
+    assert run.result == "read 23 characters of app-1.log; deleted app-1.log, deleted app-2.log"
+    assert list((tmp_path / "files").iterdir()) == []

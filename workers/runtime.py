@@ -38,6 +38,7 @@ from typing import Any
 
 from castor.backends.redis.keys import dead_letters, heartbeat, is_reply_stream, started_marker
 from castor.checkpoint import StepFailure, SyscallRecord, bounded_arguments
+from castor.errors import InDoubtError
 from castor.fleet.records import canonical, redact
 from castor.fleet.restart import grace_left, watched
 from castor.fleet.sealing import DataKey
@@ -248,6 +249,9 @@ class WorkerRuntime:
             message = f"tool {job.tool_name!r} timed out after {policy.timeout:g}s (run {job.run_id}, step {job.step})"
             proc.loop.run(self._fail(proc, job, TIMEOUT, "ToolTimeoutError", message, policy))
             return Outcome(TIMEOUT, detail=failure_text("ToolTimeoutError", message, checked, policy.sensitive))
+        except InDoubtError as exc:  # the tool cannot tell whether its effect happened (an MCP server died mid-call)
+            proc.loop.run(self._fail(proc, job, IN_DOUBT, "InDoubtError", str(exc), policy))
+            return Outcome(IN_DOUBT, detail=failure_text("InDoubtError", str(exc), checked, policy.sensitive))
         except Exception as exc:
             # The tool finished, by raising: its outcome is known, so a retry is a fresh start, not in doubt.
             proc.loop.run(self._forget_start(proc, job))

@@ -19,7 +19,9 @@ thread, so any caller (the run's loop, a worker's thread, a synchronous framewor
 that broke (the server died) is opened again at the next call. A call the server answers with
 ``isError`` raises ``McpToolError`` with the server's text; a result is the call's structured content
 (``{"result": v}`` of a tool whose output schema holds only ``result`` is ``v``), else its text, else its
-content blocks as JSON.
+content blocks as JSON. A server that dies during a call leaves its outcome unknown: ``McpCallInDoubt``
+(an ``InDoubtError``: the step goes to a human, as one whose worker was lost) for a tool that may not run
+twice, ``McpToolError`` for a read-only or idempotent one.
 
 The MCP SDK (the ``mcp`` extra) is imported at the first connection, so a tool file naming a server
 imports without it. The other way round, Castor serving its tools to MCP clients, is ``castor.mcp.server``.
@@ -43,7 +45,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from castor.errors import ConfigError
+from castor.errors import ConfigError, InDoubtError
 from castor.frameworks._common import ToolEntry, UnsupportedToolError, schema_function
 from castor.registry import castor_tool
 
@@ -54,6 +56,15 @@ IDLE_PING = 0.5  # seconds a session may sit unused before a call first checks i
 
 class McpToolError(RuntimeError):
     """The MCP server answered a call with an error (``isError``); the message is the server's text."""
+
+
+class McpCallInDoubt(InDoubtError):
+    """The server's connection closed during a call to a tool that may not run twice: whether it ran there
+    is unknown, so the step goes to a human, in doubt (as a call whose worker was lost)."""
+
+
+class _ConnectionLost(Exception):
+    """The session closed during a call (the server died): the tool function says what that means."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +96,9 @@ class McpServer:
         cls, command: str, *args: str, env: Mapping[str, str] | None = None, cwd: str | Path | None = None,
         name: str | None = None, **options: Any,
     ) -> McpServer:
-        """A server Castor starts as ``command args...`` and speaks to over its stdin and stdout; ``name``
+        """A server Castor starts as ``command args...`` and speaks to over its stdin and stdout. It gets the
+        MCP SDK's safe few of this process's environment variables (``PATH``, ``HOME``, ...: never a secret
+        such as ``CASTOR_SECRET``) and ``env``. ``name``
         (default: the first argument that is no option, else the command) names it in messages and in the
         identity of its tools across a fleet."""
         # Named after what it runs: ``python files.py`` is "files", ``npx -y @org/server-x /data`` "server-x".
@@ -136,22 +149,27 @@ class McpServer:
     def _function(self, listed: Any) -> Callable[..., Any]:
         name = listed.name
         unwrap = _wraps_result(listed.output_schema)
+        hints = listed.annotations
+        idempotent = bool(hints is not None and (hints.read_only_hint or hints.idempotent_hint))
 
         async def run(arguments: dict[str, Any]) -> Any:
-            return await _link(self).acall(_call_tool, name, arguments, unwrap, self.timeout)
+            try:
+                return await _link(self).acall(_call_tool, name, arguments, unwrap, self.timeout)
+            except _ConnectionLost as lost:
+                if idempotent:  # running it again does no harm: the agent may simply call it again
+                    raise McpToolError(f"{lost}; it may be called again") from None
+                raise McpCallInDoubt(f"{lost}: a human decides whether it runs again") from None
 
         func = schema_function(str(self), name, listed.input_schema or {"type": "object"}, run)
         func.__name__ = func.__qualname__ = self.prefix + name
         func.__doc__ = listed.description or None
         func.__castor_code__ = f"mcp:{self.name}:{name}"  # type: ignore[attr-defined]  # its identity in a fleet
         func.__mcp_tool__ = listed  # type: ignore[attr-defined]  # the listing (a framework shows it to its model)
-        hints = listed.annotations
         read_only = bool(hints is not None and hints.read_only_hint)
         if self.destructive is not None:
             destructive = name in self.destructive
         else:
             destructive = not read_only and not (hints is not None and hints.destructive_hint is False)
-        idempotent = read_only or bool(hints is not None and hints.idempotent_hint)
         return castor_tool(func, destructive=destructive, idempotent=idempotent, timeout_seconds=self.timeout)
 
 
@@ -255,8 +273,8 @@ class _Link:
             if exc.code != CONNECTION_CLOSED:  # the server refused the request (bad arguments): the session is fine
                 raise McpToolError(f"{self.server} refused the call: {exc}") from None
             self.broke()
-            raise McpToolError(f"{self.server} closed its connection during the call (did it die?): whether the "
-                               "call ran there is unknown; the next call starts a new session") from None
+            raise _ConnectionLost(f"{self.server} closed its connection during the call (did it die?): whether "
+                                  "the call ran there is unknown") from None
         except Exception:  # the session broke under the call: the next call opens another
             self.broke()
             raise

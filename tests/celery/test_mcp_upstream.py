@@ -1,7 +1,7 @@
 """Another MCP server's tools on a worker pool: a config imports the server (``upstream_tools.py:files``) and
 routes all its tools to one pool by that name; a real worker process starts the server and runs the calls,
 the approved destructive one once, and the coordinator's kernel (which only lists the server's tools)
-never calls it."""
+never calls it. A server that dies during a call puts the step in doubt, on the pool as embedded."""
 
 from __future__ import annotations
 
@@ -48,6 +48,10 @@ async def cleanup() -> list[object]:
     return [found, gone]
 
 
+async def vanishing() -> object:
+    return await lib.tool("vanish")
+
+
 async def test_an_mcp_servers_tools_run_on_the_pool_that_names_it(tmp_path: Path) -> None:
     tag = uuid.uuid4().hex[:12]
     prefix, queues = f"castortest-{tag}", f"castortestq-{tag}"
@@ -75,6 +79,17 @@ async def test_an_mcp_servers_tools_run_on_the_pool_that_names_it(tmp_path: Path
             await kernel.close()
         assert done.status == "COMPLETED" and done.result[1] == "deleted /data/old-0.log", done.result
         assert ran(log, "delete_file") == [{"path": "/data/old-0.log"}] and len(ran(log, "search")) == 1
+
+        # The worker's server dies during a call that may not run twice: in doubt, a human decides.
+        kernel = Castor(**fleet_options(settings, budgets={}))
+        try:
+            doubt = await kernel.run(vanishing, pid=f"doubt-{tag}")
+            assert doubt.status == "SUSPENDED_FOR_HITL" and "in doubt" in (doubt.pending_reason or ""), doubt.error
+            await kernel.approve(doubt)
+            back = await kernel.run(vanishing, checkpoint=doubt)
+        finally:
+            await kernel.close()
+        assert back.status == "COMPLETED" and back.result == "back" and len(ran(log, "vanish")) == 2
     finally:
         stop_process(worker)
         for pattern in (f"{prefix}*", f"{queues}*"):

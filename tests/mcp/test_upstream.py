@@ -46,7 +46,7 @@ async def cleanup() -> list[object]:
 def test_each_tool_is_registered_with_its_schema_and_the_servers_annotations(tmp_path: Path) -> None:
     kernel = Castor(tools=[server(tmp_path / "log")])
     specs = {spec.name: spec for spec in kernel.tools}
-    assert list(specs) == ["search", "delete_file", "rotate", "note", "pick", "fail", "whoami", "vanish"]
+    assert list(specs) == ["search", "delete_file", "rotate", "note", "pick", "fail", "whoami", "vanish", "glance"]
     assert (specs["search"].destructive, specs["search"].idempotent) == (False, True)  # readOnlyHint
     assert specs["delete_file"].destructive and not specs["delete_file"].idempotent  # destructiveHint
     assert specs["rotate"].destructive  # no annotations: the specification's default
@@ -130,21 +130,30 @@ async def test_a_server_that_died_between_calls_is_started_again(tmp_path: Path)
     assert second != first and ran(log, "whoami") == [{}, {}]
 
 
-async def test_a_server_that_dies_during_a_call_fails_the_call_saying_its_outcome_is_unknown(tmp_path: Path) -> None:
-    log = tmp_path / "log"
-    kernel = Castor(tools=[server(log)])
+async def test_a_server_that_dies_during_a_call_puts_the_step_in_doubt_for_a_human(tmp_path: Path) -> None:
+    """Whether the call ran there is unknown: a tool that may not run twice goes to a human (in doubt, as a
+    call whose worker was lost), whose approval runs it again on a new server; a read-only one fails as a
+    plain error the agent may retry."""
+    log, db = tmp_path / "log", f"sqlite:///{tmp_path / 'castor.db'}"
+    kernel = Castor(tools=[server(log)], store=db)
 
     async def agent() -> list[object]:
         try:
-            await lib.tool("vanish")
+            await lib.tool("glance")
         except McpToolError as exc:
-            return [str(exc), await lib.tool("whoami")]
-        return ["no error"]
+            seen = [str(exc), await lib.tool("glance")]
+        return [*seen, await lib.tool("vanish")]
 
-    done = await kernel.run(agent)
-    said, pid = done.result
-    assert "closed its connection during the call (did it die?): whether the call ran there is unknown" in said
-    assert isinstance(pid, int) and ran(log, "vanish") == [{}]  # the next call reached a new server
+    waiting = await kernel.run(agent, pid="doubt")
+    assert waiting.status == "SUSPENDED_FOR_HITL" and waiting.pending_tool == "vanish", waiting.error
+    assert "in doubt" in (waiting.pending_reason or ""), waiting.pending_reason
+    [failure] = [f for f in waiting.failures if f.tool_name == "vanish"]
+    assert failure.error_type == "McpCallInDoubt" and "whether the call ran there is unknown" in failure.message
+    await kernel.approve(waiting)
+    done = await kernel.run(agent, checkpoint=waiting)
+    said, seen, back = done.result
+    assert "closed its connection during the call" in said and said.endswith("it may be called again")
+    assert (seen, back) == ("seen", "back") and len(ran(log, "vanish")) == 2 and len(ran(log, "glance")) == 2
 
 
 def test_a_server_that_cannot_be_started_is_one_clear_line(tmp_path: Path) -> None:

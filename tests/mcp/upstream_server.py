@@ -23,6 +23,13 @@ def ran(tool: str, **arguments: object) -> None:
         log.write(f"{os.getpid()} {tool} {json.dumps(arguments, sort_keys=True)}\n")
 
 
+def ran_before(tool: str) -> bool:
+    if not os.path.exists(LOG):
+        return False
+    with open(LOG) as log:
+        return any(line.split(" ")[1] == tool for line in log)
+
+
 @app.tool(annotations=READ_ONLY)
 def search(query: str, limit: int = 2) -> list[str]:
     """Find files whose name holds the query."""
@@ -71,9 +78,22 @@ def whoami() -> int:
 
 @app.tool(annotations=HARMLESS)
 def vanish() -> str:
-    """The server dies in the middle of the call."""
+    """The server dies in the middle of the call, the first time (a later server answers)."""
+    first = not ran_before("vanish")
     ran("vanish")
-    os._exit(1)
+    if first:
+        os._exit(1)
+    return "back"
+
+
+@app.tool(annotations=READ_ONLY)
+def glance() -> str:
+    """Read-only, and the server dies in the middle of the call, the first time."""
+    first = not ran_before("glance")
+    ran("glance")
+    if first:
+        os._exit(1)
+    return "seen"
 
 
 def mixed(value: int | str) -> str:
