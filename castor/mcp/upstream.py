@@ -79,17 +79,20 @@ class McpServer:
     name: str
     command: str | None = None
     args: tuple[str, ...] = ()
-    env: tuple[tuple[str, str], ...] | None = None
+    env: tuple[tuple[str, str], ...] | None = field(default=None, repr=False)  # may hold a key: never shown
     cwd: str | None = None
     url: str | None = None
-    headers: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # may hold a token: never shown
     only: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
     destructive: tuple[str, ...] | None = None
     prefix: str = ""
     timeout: float | None = None
-    leave_out: str = "leave it out: exclude=[...]"  # how the refusal of a tool Castor cannot check says to leave it out
+    # How the refusal of a tool Castor cannot check says to leave it out (a framework's way); not the server.
+    leave_out: str = field(default="leave it out: exclude=[...]", compare=False, repr=False)
     _listed: list[ToolEntry] = field(default_factory=list, init=False, compare=False, hash=False, repr=False)
+    _listing: threading.Lock = field(default_factory=threading.Lock, init=False, compare=False, hash=False,
+                                     repr=False)
 
     @classmethod
     def stdio(
@@ -127,10 +130,11 @@ class McpServer:
     def castor_tools(self) -> list[ToolEntry]:
         """``(name, function)`` of every tool taken, for ``Castor(tools=...)``; lists the server's tools
         the first time (``ConfigError`` naming the server if it cannot be reached)."""
-        if not self._listed:
-            listed = _link(self).call(_list_tools, timeout=CONNECT_TIMEOUT + 30)
-            self._listed.extend(self._entries(listed))
-        return list(self._listed)
+        with self._listing:  # two threads registering one server list it once
+            if not self._listed:
+                listed = _link(self).call(_list_tools, timeout=CONNECT_TIMEOUT + 30)
+                self._listed.extend(self._entries(listed))
+            return list(self._listed)
 
     def _entries(self, listed: Sequence[Any]) -> list[ToolEntry]:
         known = {t.name for t in listed}

@@ -25,9 +25,10 @@ class KernelMetrics:
 
     sees_replay = True  # placed before replay by castor.kernel.chain.build_chain
 
-    def __init__(self, instruments: Instruments, pool_of: Callable[[str, str | None], str] | None = None) -> None:
+    def __init__(self, instruments: Instruments, pool_of: Callable[..., str] | None = None) -> None:
         self.instruments = instruments
-        self.pool_of = pool_of or (lambda tool, source: "local")
+        # pool_of(tool), or pool_of(tool, source) for a tool of a source of tools (``Settings.pool_of``)
+        self.pool_of = pool_of or (lambda tool, source=None: "local")
         self._replayed = instruments.replayed
         self._syscalls = instruments.syscalls
         self._labels: dict[str, tuple[str, str, Any]] = {}  # known tool -> (tool, pool, histogram child)
@@ -68,7 +69,8 @@ class KernelMetrics:
             spec = call.ctx.services.tools.find(call.tool_name)
             known = spec is not None
             tool = call.tool_name if known else UNKNOWN
-            pool = self.pool_of(tool, source_of(spec.func)) if spec is not None else UNKNOWN
+            source = source_of(spec.func) if spec is not None else None
+            pool = UNKNOWN if spec is None else self.pool_of(tool) if source is None else self.pool_of(tool, source)
             labels = (tool, pool, self.instruments.syscall_seconds.labels(tool, pool))
             if known:
                 self._labels[tool] = labels

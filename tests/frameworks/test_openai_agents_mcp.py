@@ -21,7 +21,7 @@ from castor import Castor
 from castor.errors import UnsupportedError
 from castor.frameworks.openai_agents import guard, tools_of
 from tests.frameworks.test_openai_agents import Scripted, call, say
-from tests.mcp.test_upstream import SERVER, ran
+from tests.mcp.test_upstream import SERVER, finished_elsewhere, ran
 
 
 @pytest.fixture(autouse=True)
@@ -59,11 +59,8 @@ async def test_an_mcp_servers_destructive_tool_suspends_the_agent_and_runs_once_
     assert shown["search"]["parameters"]["required"] == ["query"]  # the server's listing, shown to the model
     assert shown["search"]["description"] == "Find files whose name holds the query."
 
-    other = Castor(tools=tools_of(agent), store=db)  # another process: `castor approve`
-    await other.approve(await other.aload("agents-mcp"))
-    done = await other.run(main, checkpoint=await other.aload("agents-mcp"))
+    done = await finished_elsewhere(tools_of(agent), db, "agents-mcp", main, log)
     assert done.status == "COMPLETED" and done.result == "done"
-    assert ran(log, "delete_file") == [{"path": "/data/old-0.log"}] and len(ran(log, "search")) == 1
     assert len(model.asked) == 3  # once per model step over the run's whole life
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from castor import Castor
+from castor.backends.sqlite import sqlite_backend
 from castor.lib import tool
+from castor.seams import Backend
 
 CALLS: Counter[str] = Counter()
 
@@ -51,3 +54,14 @@ def store(request: pytest.FixtureRequest, tmp_path: object) -> str | None:
 @pytest.fixture
 def kernel(store: str | None) -> Castor:
     return Castor(tools=[search, delete_file], destructive=["delete_file"], store=store)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> list[Backend]:
+    """Two backends on one store, as two processes have."""
+    if request.param == "sqlite":
+        return [sqlite_backend(str(tmp_path / "castor.db")) for _ in range(2)]
+    url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+    from castor.backends.redis import redis_backend
+
+    return [redis_backend(url, prefix=prefix) for _ in range(2)]

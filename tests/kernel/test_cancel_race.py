@@ -7,31 +7,18 @@ around the approver's approval store."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from castor import Castor
 from castor._terminal import cancelled
-from castor.backends.sqlite import sqlite_backend
 from castor.errors import NothingPendingError
 from castor.kernel.cancel import cancel_stored
-from castor.lib import tool
 from castor.seams import Backend
+from tests.kernel.test_finished_runs import WIPED, cleanup, wipe
 
-WIPED: list[str] = []
 SAID: list[str] = []
-
-
-async def wipe(path: str) -> str:
-    WIPED.append(path)
-    return f"wiped {path}"
-
-
-async def cleanup() -> str:
-    answer = await tool("wipe", path="/data")
-    return f"done: {answer}"
 
 
 class CancelAt:
@@ -58,17 +45,10 @@ class CancelAt:
         return call
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def stores(request: pytest.FixtureRequest, tmp_path: Path) -> list[Backend]:
-    """Two backends on one store: the approver's and the canceller's."""
+@pytest.fixture(autouse=True)
+def _forget() -> None:
     WIPED.clear()
     SAID.clear()
-    if request.param == "sqlite":
-        return [sqlite_backend(str(tmp_path / "castor.db")) for _ in range(2)]
-    url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
-    from castor.backends.redis import redis_backend
-
-    return [redis_backend(url, prefix=prefix) for _ in range(2)]
 
 
 async def approve_while_cancelled(stores: list[Backend], method: str, *, after: bool) -> Castor:

@@ -46,17 +46,6 @@ class LateSuspend:
         return getattr(self.inner, name)
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def stores(request: pytest.FixtureRequest, tmp_path: Path) -> list[Backend]:
-    """Two backends on one store, as two processes have."""
-    if request.param == "sqlite":
-        return [sqlite_backend(str(tmp_path / "castor.db")) for _ in range(2)]
-    url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
-    from castor.backends.redis import redis_backend
-
-    return [redis_backend(url, prefix=prefix) for _ in range(2)]
-
-
 async def test_a_resume_that_suspends_late_never_moves_a_completed_run_back(stores: list[Backend]) -> None:
     """``castor resume`` reaches the destructive step before the approval exists and suspends; meanwhile
     ``castor approve`` runs the call and another resume completes the run. The late SUSPENDED save is

@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,6 +35,16 @@ def ran(log: Path, tool: str | None = None) -> list[dict[str, object]]:
         return []
     rows = [line.split(" ", 2) for line in log.read_text().splitlines()]
     return [json.loads(args) for _, name, args in rows if tool is None or name == tool]
+
+
+async def finished_elsewhere(tools: list[Any], db: str, pid: str, agent: Any, log: Path) -> Any:
+    """Approve run ``pid``'s waiting call from another kernel on ``db`` (``castor approve`` in another process)
+    and resume the run there; its end, once checked that the server deleted once and searched once."""
+    other = Castor(tools=tools, store=db)
+    await other.approve(await other.aload(pid))
+    done = await other.run(agent, checkpoint=await other.aload(pid))
+    assert ran(log, "delete_file") == [{"path": "/data/old-0.log"}] and len(ran(log, "search")) == 1
+    return done
 
 
 async def cleanup() -> list[object]:
@@ -233,3 +244,31 @@ def test_the_cli_takes_a_server_where_it_takes_a_tool(tmp_path: Path) -> None:
     assert approved.returncode == 0 and "COMPLETED" in approved.stdout, approved.stdout + approved.stderr
     assert ran(tmp_path / "log", "delete_file") == [{"path": "/data/old-0.log"}]
     assert len(ran(tmp_path / "log", "search")) == 1
+
+
+async def test_a_server_over_streamable_http_is_taken_the_same_way(tmp_path: Path) -> None:
+    import subprocess
+    import time
+
+    from tests.mcp.test_processes import free_port
+
+    log, port = tmp_path / "log", free_port()
+    proc = subprocess.Popen([sys.executable, str(SERVER), str(log), "--http", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/mcp"
+        files = McpServer.http(url, headers={"Authorization": "Bearer not-shown"}, exclude=["mixed"])
+        assert "not-shown" not in repr(files) and str(files) == "MCP server '127.0.0.1'"
+        deadline = time.monotonic() + 20
+        while True:  # the server imports for a second or two before it listens
+            try:
+                kernel = Castor(tools=[files])
+                break
+            except ConfigError:
+                assert time.monotonic() < deadline and proc.poll() is None, "the HTTP server never answered"
+                await asyncio.sleep(0.3)  # a failed connection is not kept: the next listing connects anew
+        waiting = await kernel.run(cleanup)
+        assert waiting.status == "SUSPENDED_FOR_HITL" and ran(log, "search") == [{"query": "old", "limit": 2}]
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -1,4 +1,4 @@
-"""An MCP server for the tests of ``castor.mcp.upstream`` (``python upstream_server.py LOG [--plain]``): every
+"""An MCP server for the tests of ``castor.mcp.upstream`` (``python upstream_server.py LOG [--plain] [--http PORT]``): every
 call it answers appends ``<pid> <tool> <arguments as JSON>`` to LOG, so a test counts what really ran there."""
 
 from __future__ import annotations
@@ -76,24 +76,25 @@ def whoami() -> int:
     return os.getpid()
 
 
-@app.tool(annotations=HARMLESS)
-def vanish() -> str:
-    """The server dies in the middle of the call, the first time (a later server answers)."""
-    first = not ran_before("vanish")
-    ran("vanish")
+def dies_the_first_time(tool: str, answer: str) -> str:
+    """The server dies in the middle of ``tool``'s first call; a later server's call answers."""
+    first = not ran_before(tool)
+    ran(tool)
     if first:
         os._exit(1)
-    return "back"
+    return answer
+
+
+@app.tool(annotations=HARMLESS)
+def vanish() -> str:
+    """Not read-only; the server dies in the middle of the first call."""
+    return dies_the_first_time("vanish", "back")
 
 
 @app.tool(annotations=READ_ONLY)
 def glance() -> str:
-    """Read-only, and the server dies in the middle of the call, the first time."""
-    first = not ran_before("glance")
-    ran("glance")
-    if first:
-        os._exit(1)
-    return "seen"
+    """Read-only; the server dies in the middle of the first call."""
+    return dies_the_first_time("glance", "seen")
 
 
 def mixed(value: int | str) -> str:
@@ -106,4 +107,7 @@ if "--plain" not in sys.argv:  # a server whose every tool Castor can check
 
 
 if __name__ == "__main__":
-    app.run()
+    if "--http" in sys.argv:  # Streamable HTTP on 127.0.0.1 at the port after --http
+        app.run("streamable-http", host="127.0.0.1", port=int(sys.argv[sys.argv.index("--http") + 1]))
+    else:
+        app.run()
