@@ -1,8 +1,10 @@
 """A small MCP server of its own (the MCP SDK, nothing of Castor) that Castor puts in front of agents:
-it lists, reads, writes and deletes the files of one directory (``$FILES_ROOT``, default ``/tmp/castor-files``).
+it lists, reads, writes and deletes the files of one directory (``$FILES_ROOT``, default
+``/tmp/castor-files``).
 
 Its annotations say what each tool does: ``list_files`` and ``read_file`` only read, ``write_file`` is not
-destructive (and may run again), ``delete_file`` is. Castor reads them (``castor.mcp.upstream``): a call to ``delete_file`` waits for a human.
+destructive (and may run again), ``delete_file`` is. Castor reads them (``castor.mcp.upstream``): a call to
+``delete_file`` waits for a human.
 """
 
 from __future__ import annotations

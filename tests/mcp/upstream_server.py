@@ -1,5 +1,6 @@
-"""An MCP server for the tests of ``castor.mcp.upstream`` (``python upstream_server.py LOG [--plain] [--http PORT]``): every
-call it answers appends ``<pid> <tool> <arguments as JSON>`` to LOG, so a test counts what really ran there."""
+"""An MCP server for the tests of ``castor.mcp.upstream`` (``python upstream_server.py LOG [--plain] [--http
+PORT]``): every call it answers appends ``<pid> <tool> <arguments as JSON>`` to LOG, so a test counts what
+really ran there."""
 
 from __future__ import annotations
 
