@@ -63,9 +63,13 @@ async def waiting_in_store(backend: Backend, cp: AgentCheckpoint) -> None:
 
 
 async def owner(backend: Backend, cp: AgentCheckpoint) -> AgentCheckpoint:
-    """The run that drives ``cp``: a child agent's pending call is decided, and resumed, through its parent."""
+    """The run that drives ``cp``: a child agent's pending call is decided, and resumed, through its parent.
+    A child of a run an operator cancelled has nothing to decide (``NothingPendingError``): the cancel
+    dropped its call, and a decision recorded on it would run it when the parent is resumed."""
     while cp.spec is None and cp.parent_pid and cp.pid.startswith(f"{cp.parent_pid}::"):
         parent = await load_run(backend, cp.parent_pid)
+        if cancelled(parent):
+            raise nothing_waits(parent, "decide")
         if (parent.pending_hitl or {}).get("child") != cp.pid:
             break
         cp = parent

@@ -68,7 +68,11 @@ async def mark_cancelled(backend: Backend, header: AgentCheckpoint, by: str) -> 
     drop its waiting call. None if it ended meanwhile (``header`` is then the stored run)."""
     if not header.syscall_log:
         header.syscall_log = await backend.journal.history(header.pid)  # the store counts steps on save
-    step = header.pending_step
+    waiting = [header]  # the run, and the child agents down to the one whose call waits
+    while (child := waiting[-1].pending_child) is not None:
+        waiting.append(child)
+    last = waiting[-1]
+    step = last.pending_step if last.pending_step is not None else len(last.syscall_log) if last.pending_hitl else None
     header.status = "PREEMPTED"
     header.preemption_reason = CANCELLED
     header.preemption_payload = {"by": by}
@@ -78,8 +82,9 @@ async def mark_cancelled(backend: Backend, header: AgentCheckpoint, by: str) -> 
     if not await save_run(backend, header):  # a run that ended meanwhile keeps its end
         return None
     # Saved, not yet dropped: an approval recorded from here on finds the cancel and runs nothing.
-    decided = None if step is None else await backend.approvals.decision(header.pid, step)
-    await backend.approvals.clear(header.pid)
+    decided = None if step is None else await backend.approvals.decision(last.pid, step)
+    for run in waiting:
+        await backend.approvals.clear(run.pid)
     return Cancelled(decided if decided is not None and decided.outcome == "approve" else None)
 
 

@@ -215,6 +215,21 @@ def test_a_child_agents_call_is_decided_through_the_parent_or_its_own_pid(cli: C
     assert calls(workdir) == ["search", "delete_file", "search"]
 
 
+def test_cancelling_a_parent_drops_its_child_agents_waiting_call(cli: Cli, workdir: Path) -> None:
+    """The call waits in a child agent: the parent's cancel drops it (``castor approvals`` listed it on), and
+    neither pid can approve it any more."""
+    (workdir / "kids.py").write_text(KIDS)
+    tools = ("--tool", "tools.py:search", "--tool", "tools.py:delete_file", "--destructive", "--budget", "api=10")
+    cli("run", "kids.py:parent", *tools, "--pid", "p3")
+    assert "p3::cli_test_deleter-0" in cli("approvals", "--db", "castor.db").out
+    assert cli("cancel", "p3", "--db", "castor.db", "--as", "ann").out == "p3: cancelled\n"
+    assert "p3" not in cli("approvals", "--db", "castor.db").out
+    for pid in ("p3", "p3::cli_test_deleter-0"):
+        refused = cli("approve", pid)
+        assert refused.code == 1 and "cancelled by ann" in refused.err, refused.err
+    assert calls(workdir) == ["search"]
+
+
 def test_interactive_without_an_answer_leaves_the_run_suspended(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     result = cli(*RUN, "--hitl", "interactive")
