@@ -150,15 +150,22 @@ def load_tools(specs: Iterable[str], *, from_cwd: bool = False) -> list[tuple[st
         parsed = parse_spec(spec, "tool")
         module = import_target(parsed, "tool", from_cwd=from_cwd)
         for name in parsed.names:
-            provides = getattr(getattr(module, name, None), "castor_tools", None)  # an MCP server: its tools
-            if provides is not None:
-                for entry in provides():
-                    with contextlib.suppress(AttributeError):  # routed by the name it was imported as
-                        entry[1].__castor_source__ = name
-                    tools.append(entry)
-            else:
+            entries = provided(getattr(module, name, None))
+            if entries is None:
                 tools.append((name, _function(module, parsed, name, "tool")))
+                continue
+            for entry in entries:
+                with contextlib.suppress(AttributeError):  # routed by the name it was imported as
+                    entry[1].__castor_source__ = name  # type: ignore[attr-defined]
+                tools.append(entry)
     return tools
+
+
+def provided(obj: Any) -> list[tuple[str, Callable[..., Any]]] | None:
+    """The tools of a source of several tools (what has ``castor_tools()``: an MCP server), None for
+    anything else (a function is a tool of its own)."""
+    provides = getattr(obj, "castor_tools", None)
+    return None if provides is None or callable(obj) else list(provides())
 
 
 def source_of(func: Any) -> str | None:

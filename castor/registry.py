@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from castor._imports import provided
 from castor._schema import ArgSchema
 from castor.errors import ConfigError, UnknownToolError
 from castor.results import SyscallResponse
@@ -219,12 +220,9 @@ class ToolRegistry:
         self._destructive = set(destructive)
         self._costs = dict(costs or {})
         for entry in tools:
-            provides = getattr(entry, "castor_tools", None)  # a source of several tools (an MCP server)
-            if provides is not None and not callable(entry):
-                for provided in provides():
-                    self.add(provided)
-            else:
-                self.add(entry)
+            several = provided(entry)  # a source of several tools (an MCP server): each of them
+            for tool in (entry,) if several is None else several:
+                self.add(tool)
 
     def add(self, entry: Any, *, cost: Mapping[str, float] | None = None) -> ToolSpec:
         """Register a plain callable, a ``(name, callable)`` tuple, a ``@castor_tool`` function, another

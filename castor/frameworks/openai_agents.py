@@ -176,17 +176,20 @@ def _unreported(tool: FunctionTool, error: Exception, payload: str) -> None:
     """A handled tool error needs no report of its own: Castor's journal holds the failed step."""
 
 
-def _guard_tool(t: FunctionTool) -> FunctionTool:
-    tool_entry(t)  # refused here, at guard(), if Castor cannot check its arguments
-    name = t.name
+def _asking_castor(name: str) -> Any:
+    """A function tool's ``on_invoke_tool`` that asks Castor for tool ``name``, inside the SDK's own failure
+    handling (a tool's Exception becomes a message to the model, its failure_error_function kept);
+    Castor's suspension is a BaseException and passes it."""
 
     async def invoke(_context: Any, payload: str) -> Any:
         return await call_tool(name, loads(payload or "{}"))
 
-    # The SDK's own failure handling around the call (a tool's Exception becomes a message to the model,
-    # its failure_error_function kept); Castor's suspension is a BaseException and passes it.
-    handled = with_function_tool_failure_error_handler(invoke, _unreported)
-    guarded = dataclasses.replace(t, on_invoke_tool=handled)
+    return with_function_tool_failure_error_handler(invoke, _unreported)
+
+
+def _guard_tool(t: FunctionTool) -> FunctionTool:
+    tool_entry(t)  # refused here, at guard(), if Castor cannot check its arguments
+    guarded = dataclasses.replace(t, on_invoke_tool=_asking_castor(t.name))
     guarded.__castor_guarded__ = True  # type: ignore[attr-defined]
     return guarded
 
@@ -247,13 +250,9 @@ def _mcp_entries(agent: Agent[Any]) -> list[ToolEntry]:
 def _mcp_function_tool(name: str, func: Any) -> FunctionTool:
     """A function tool in place of an MCP server's tool: its listing shown to the model, its call a syscall."""
     listed = func.__mcp_tool__
-
-    async def invoke(_context: Any, payload: str) -> Any:
-        return await call_tool(name, loads(payload or "{}"))
-
     guarded = FunctionTool(
         name=name, description=listed.description or "", params_json_schema=dict(listed.input_schema),
-        on_invoke_tool=with_function_tool_failure_error_handler(invoke, _unreported), strict_json_schema=False,
+        on_invoke_tool=_asking_castor(name), strict_json_schema=False,
     )
     guarded.__castor_guarded__ = True  # type: ignore[attr-defined]
     return guarded

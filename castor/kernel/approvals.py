@@ -63,9 +63,9 @@ async def decide(
     if not cp.pending_hitl:
         raise nothing_waits(cp, outcome)
     await sync_journal(services, cp, catch_up=True)  # a checkpoint from JSON, or one the store is ahead of
-    for run in (cp, *owners):  # read before an operator's cancel: nothing waits now
-        if await cancelled_meanwhile(services.backend, run):
-            raise NothingPendingError(f"run {run.pid!r} was cancelled since it was read: no call waits to {outcome}")
+    gone = await _cancelled_of(services.backend, (cp, *owners))  # read before an operator's cancel
+    if gone is not None:
+        raise NothingPendingError(f"run {gone.pid!r} was cancelled since it was read: no call waits to {outcome}")
     step = cp.pending_step if cp.pending_step is not None else len(cp.syscall_log)
     tool, args = str(cp.pending_hitl.get("tool_name")), dict(cp.pending_hitl.get("arguments") or {})
     approvals = services.backend.approvals
@@ -89,12 +89,20 @@ async def refuse_if_cancelled(backend: Backend, cp: AgentCheckpoint, *owners: Ag
     was cancelled since, drop the decision and raise ``NothingPendingError``. A cancel saves the run before
     it drops the waiting call, so one that landed between a decision's first check and its record is seen
     here, and the call never runs (``castor.kernel.cancel``)."""
-    for run in (cp, *owners):
+    gone = await _cancelled_of(backend, (cp, *owners))
+    if gone is not None:
+        await backend.approvals.clear(cp.pid)  # a request the decision made again after the cancel dropped
+        await take_stored(backend, gone)
+        raise NothingPendingError(
+            f"run {gone.pid!r} was cancelled as the call was being decided: the call does not run")
+
+
+async def _cancelled_of(backend: Backend, runs: tuple[AgentCheckpoint, ...]) -> AgentCheckpoint | None:
+    """The first of ``runs`` (each read before) that the store now holds cancelled, if any."""
+    for run in runs:
         if await cancelled_meanwhile(backend, run):
-            await backend.approvals.clear(cp.pid)  # a request the decision made again after the cancel dropped
-            await take_stored(backend, run)
-            raise NothingPendingError(
-                f"run {run.pid!r} was cancelled as the call was being decided: the call does not run")
+            return run
+    return None
 
 
 async def apply_decision(services: Services, cp: AgentCheckpoint, step: int, tool: str, args: dict[str, Any]) -> None:

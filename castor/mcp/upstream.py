@@ -90,9 +90,6 @@ class McpServer:
     timeout: float | None = None
     # How the refusal of a tool Castor cannot check says to leave it out (a framework's way); not the server.
     leave_out: str = field(default="leave it out: exclude=[...]", compare=False, repr=False)
-    _listed: list[ToolEntry] = field(default_factory=list, init=False, compare=False, hash=False, repr=False)
-    _listing: threading.Lock = field(default_factory=threading.Lock, init=False, compare=False, hash=False,
-                                     repr=False)
 
     @classmethod
     def stdio(
@@ -128,13 +125,15 @@ class McpServer:
         return dataclasses.replace(self, leave_out=leave_out)
 
     def castor_tools(self) -> list[ToolEntry]:
-        """``(name, function)`` of every tool taken, for ``Castor(tools=...)``; lists the server's tools
-        the first time (``ConfigError`` naming the server if it cannot be reached)."""
-        with self._listing:  # two threads registering one server list it once
-            if not self._listed:
+        """``(name, function)`` of every tool taken, for ``Castor(tools=...)``; lists the server's tools the
+        first time this process asks for an equal server (``ConfigError`` naming it if it cannot be reached):
+        a framework's guard, which builds its servers anew on each call, does not list them again."""
+        with _LISTING:  # two threads registering one server list it once
+            entries = _LISTED.get(self)
+            if entries is None:
                 listed = _link(self).call(_list_tools, timeout=CONNECT_TIMEOUT + 30)
-                self._listed.extend(self._entries(listed))
-            return list(self._listed)
+                entries = _LISTED[self] = self._entries(listed)
+            return list(entries)
 
     def _entries(self, listed: Sequence[Any]) -> list[ToolEntry]:
         known = {t.name for t in listed}
@@ -154,7 +153,8 @@ class McpServer:
         name = listed.name
         unwrap = _wraps_result(listed.output_schema)
         hints = listed.annotations
-        idempotent = bool(hints is not None and (hints.read_only_hint or hints.idempotent_hint))
+        read_only = bool(hints is not None and hints.read_only_hint)
+        idempotent = read_only or bool(hints is not None and hints.idempotent_hint)
 
         async def run(arguments: dict[str, Any]) -> Any:
             try:
@@ -169,7 +169,6 @@ class McpServer:
         func.__doc__ = listed.description or None
         func.__castor_code__ = f"mcp:{self.name}:{name}"  # type: ignore[attr-defined]  # its identity in a fleet
         func.__mcp_tool__ = listed  # type: ignore[attr-defined]  # the listing (a framework shows it to its model)
-        read_only = bool(hints is not None and hints.read_only_hint)
         if self.destructive is not None:
             destructive = name in self.destructive
         else:
@@ -395,6 +394,8 @@ def _reason(exc: BaseException) -> str:
 
 _LINKS: dict[McpServer, _Link] = {}
 _LINKS_LOCK = threading.Lock()
+_LISTED: dict[McpServer, list[ToolEntry]] = {}  # each server's tools, listed once per process
+_LISTING = threading.Lock()
 
 
 def _link(server: McpServer) -> _Link:

@@ -67,12 +67,13 @@ class KernelMetrics:
         labels = self._labels.get(call.tool_name)
         if labels is None:
             spec = call.ctx.services.tools.find(call.tool_name)
-            known = spec is not None
-            tool = call.tool_name if known else UNKNOWN
-            source = source_of(spec.func) if spec is not None else None
-            pool = UNKNOWN if spec is None else self.pool_of(tool) if source is None else self.pool_of(tool, source)
+            if spec is None:
+                tool = pool = UNKNOWN
+            else:
+                tool, source = call.tool_name, source_of(spec.func)
+                pool = self.pool_of(tool) if source is None else self.pool_of(tool, source)
             labels = (tool, pool, self.instruments.syscall_seconds.labels(tool, pool))
-            if known:
+            if spec is not None:
                 self._labels[tool] = labels
         return labels
 

@@ -82,6 +82,7 @@ async def test_a_run_suspends_at_the_destructive_call_and_its_approval_runs_it_o
     assert ran(log, "search") == [{"query": "old", "limit": 2}] and ran(log, "delete_file") == []
 
     other = Castor(tools=[server(log)], store=db)  # another kernel on the same store, as `castor approve` is
+    assert other.tools.get("search").func is kernel.tools.get("search").func  # the server listed once per process
     await other.approve(await other.aload("mcp-run"))
     done = await other.run(cleanup, checkpoint=await other.aload("mcp-run"))
     assert done.status == "COMPLETED"
