@@ -102,6 +102,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             traceback.print_exc()
-        hint = not_found_hint(args) if isinstance(exc, RunNotFoundError) else ""
-        print(f"castor: error: {shown(str(exc))}{hint}", file=sys.stderr)
+        hint = not_found_hint(args, exc.pid) if isinstance(exc, RunNotFoundError) else ""
+        print(f"castor: error: {shown(str(exc) + hint)}", file=sys.stderr)  # a hint names stored keys too
         return 2 if isinstance(exc, InvalidValueError) else 1

@@ -59,7 +59,8 @@ def out_json(text: str) -> None:
 
 
 def parse_budgets(items: list[str] | None) -> dict[str, float]:
-    """``['api=50', 'gpu=2.5']`` → ``{'api': 50.0, 'gpu': 2.5}``; a clear error for anything else."""
+    """``['api=50', 'gpu=2.5']`` → ``{'api': 50.0, 'gpu': 2.5}``; a clear error for anything else (exit 1,
+    as castor-kernel 0.5.1 exits on a bad ``--budget``, where a bad ``--pid`` is a usage error, exit 2)."""
     budgets: dict[str, float] = {}
     for item in items or []:
         key, sep, value = item.partition("=")

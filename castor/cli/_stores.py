@@ -86,10 +86,54 @@ def is_default_store(args: argparse.Namespace) -> bool:
     )
 
 
-def not_found_hint(args: argparse.Namespace) -> str:
-    """For a pid not found in ``./castor.db``: where else it may be (a config found, a local Redis), or ""."""
+def not_found_hint(args: argparse.Namespace, pid: str) -> str:
+    """For a pid not found: where else it may be, or "". In ``./castor.db`` by default: a config found, a
+    local Redis. In a Redis store: the same Redis under another key prefix (``prefix_hint``)."""
     elsewhere = other_store(args)
-    return f"; this looked in ./{DEFAULT_DB}: {elsewhere}" if elsewhere else ""
+    if elsewhere:
+        return f"; this looked in ./{DEFAULT_DB}: {elsewhere}"
+    try:
+        if store_of(args) is None:
+            return ""
+        address, prefix, _ = target(args)
+    except ConfigError:
+        return ""
+    how = "--prefix {}" if getattr(args, "prefix", None) else "?prefix={} in the store URL, or CASTOR_REDIS_PREFIX={}"
+    return prefix_hint(address, prefix, pid, how)
+
+
+PREFIX_SCAN_KEYS = 200_000  # keys a hint may scan at most: an error's advice must not load a big Redis
+
+
+def prefix_hint(address: str, prefix: str, pid: str, how: str) -> str:
+    """For a run missing under ``prefix`` at the Redis ``address``: the other key prefixes there that hold
+    a run ``pid`` (another team's, or a deployment's ``[redis] prefix``), with ``how`` (a format of the
+    prefix) to name one, as advice; "" if none, if Redis does not answer, or past ``PREFIX_SCAN_KEYS``."""
+    try:
+        import redis
+    except ImportError:
+        return ""
+    suffix = f":{{{pid}}}:run"
+    # MATCH treats * ? [ ] and backslash as patterns: a pid may hold none of them, but a mistyped one may.
+    pattern = "*" + "".join(f"\\{c}" if c in "*?[]\\" else c for c in suffix)
+    found: set[str] = set()
+    try:
+        with redis.Redis.from_url(address, socket_timeout=1.0, socket_connect_timeout=0.5) as client:
+            cursor, scanned = 0, 0
+            while True:
+                cursor, keys = client.scan(cursor=cursor, match=pattern, count=1000)
+                scanned += 1000
+                found.update(key.decode(errors="replace")[: -len(suffix)] for key in keys)
+                if cursor == 0 or scanned >= PREFIX_SCAN_KEYS:
+                    break
+    except redis.RedisError:
+        return ""
+    others = sorted(found - {prefix})
+    if not others:
+        return ""
+    named = ", ".join(repr(other) for other in others[:3])
+    return (f"; this Redis holds a run {pid!r} under the key prefix {named}, not {prefix!r}: "
+            f"name it with {how.format(others[0], others[0])}")
 
 
 def other_store(args: argparse.Namespace) -> str:

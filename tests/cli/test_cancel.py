@@ -80,3 +80,23 @@ def test_a_run_of_a_local_store_is_cancelled_unless_a_live_process_drives_it(cli
     refused = cli("cancel", driven, "--db", "castor.db")
     assert refused.code == 1 and f"is being driven by {holder}" in refused.err, refused.err
     assert driven in cli("approvals", "--db", "castor.db").out  # still waiting, untouched
+
+
+def test_a_pid_missing_under_one_prefix_names_the_prefix_that_holds_it(cli: Cli, redis_url: str,
+                                                                        redis_prefix: str) -> None:
+    """A store URL (or ``CASTOR_REDIS_PREFIX``) naming another prefix of the same Redis found nothing and said
+    only that: the error now says which prefix holds the run, and how to name it."""
+    pid = _store(redis_url, redis_prefix, status="COMPLETED", result="done")
+    missed = cli("inspect", pid, "--redis", redis_url, "--prefix", f"{redis_prefix}-other")
+    assert missed.code == 1
+    assert missed.err == (
+        f"castor: error: no run with pid {pid!r}; this Redis holds a run {pid!r} under the key prefix "
+        f"{redis_prefix!r}, not '{redis_prefix}-other': name it with --prefix {redis_prefix}\n"
+    )
+    url = f"{redis_url}?prefix={redis_prefix}-other"
+    assert missed.err.replace(f"--prefix {redis_prefix}", f"?prefix={redis_prefix} in the store URL, or "
+                              f"CASTOR_REDIS_PREFIX={redis_prefix}") == cli("inspect", pid, "--store", url).err
+    nowhere = cli("inspect", "no-such-run", "--redis", redis_url, "--prefix", redis_prefix)
+    assert nowhere.err == "castor: error: no run with pid 'no-such-run'\n"
+    pattern = cli("inspect", "run-*", "--redis", redis_url, "--prefix", f"{redis_prefix}-other")
+    assert pattern.err == "castor: error: no run with pid 'run-*'\n"  # a pid's * is no pattern
