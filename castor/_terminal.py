@@ -54,7 +54,11 @@ async def cancelled_meanwhile(backend: Backend, cp: AgentCheckpoint) -> bool:
     if cancelled(cp):
         return False
     header = await backend.runs.load(cp.pid)
-    return header is not None and cancelled(header)
+    if header is None or not cancelled(header):
+        return False
+    # A child agent stopped with its parent's cancel follows its parent: a drive of the parent that went on
+    # (the resume an operator asked for after the cancel) drives it again.
+    return not (cp.parent_pid is not None and "parent" in (header.preemption_payload or {}))
 
 
 async def save_run(backend: Backend, cp: AgentCheckpoint, *, reopen: str | None = None) -> bool:

@@ -15,6 +15,9 @@ still run is visible, and says so (``Cancelled.approved``).
 A local store's run (``cancel_stored``) is cancelled under its drive claim (``castor.kernel.claims``), so a
 ``castor resume`` started at the same moment waits, then finds it cancelled; a run a live process drives
 is refused, naming the holder. The fleet's cancel is ``castor.fleet.client.FleetClient.cancel``.
+
+A child agent whose call was waiting is stored cancelled too (its payload names the ``parent`` cancelled),
+so ``castor ps`` no longer lists it waiting for a human; the parent's resume drives it again.
 """
 
 from __future__ import annotations
@@ -73,19 +76,28 @@ async def mark_cancelled(backend: Backend, header: AgentCheckpoint, by: str) -> 
         waiting.append(child)
     last = waiting[-1]
     step = last.pending_step if last.pending_step is not None else len(last.syscall_log) if last.pending_hitl else None
-    header.status = "PREEMPTED"
-    header.preemption_reason = CANCELLED
-    header.preemption_payload = {"by": by}
-    header.pending_hitl = None
-    header.pending_step = None
-    header.updated_at = time.time()
+    _stop(header, {"by": by})
     if not await save_run(backend, header):  # a run that ended meanwhile keeps its end
         return None
     # Saved, not yet dropped: an approval recorded from here on finds the cancel and runs nothing.
     decided = None if step is None else await backend.approvals.decision(last.pid, step)
     for run in waiting:
         await backend.approvals.clear(run.pid)
+    for child in waiting[1:]:  # their own rows said they waited for a human; the parent's resume drives them
+        stored = await backend.runs.load(child.pid)
+        if stored is not None and stored.status == "SUSPENDED_FOR_HITL":
+            await save_run(backend, _stop(stored, {"by": by, "parent": header.pid}))
     return Cancelled(decided if decided is not None and decided.outcome == "approve" else None)
+
+
+def _stop(run: AgentCheckpoint, payload: dict[str, str]) -> AgentCheckpoint:
+    run.status = "PREEMPTED"
+    run.preemption_reason = CANCELLED
+    run.preemption_payload = payload
+    run.pending_hitl = None
+    run.pending_step = None
+    run.updated_at = time.time()
+    return run
 
 
 async def cancel_stored(backend: Backend, pid: str, by: str) -> str:

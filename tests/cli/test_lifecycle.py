@@ -228,6 +228,19 @@ def test_cancelling_a_parent_drops_its_child_agents_waiting_call(cli: Cli, workd
         refused = cli("approve", pid)
         assert refused.code == 1 and "cancelled by ann" in refused.err, refused.err
     assert calls(workdir) == ["search"]
+    # The child's own row no longer says it waits for a human: it is stopped with its parent.
+    listed = cli("ps").out
+    assert "[HITL]" not in listed, listed
+    assert "p3::cli_test_deleter-0  cli_test_deleter  0 steps  (parent: p3)" in listed, listed
+    shown = cli("inspect", "p3::cli_test_deleter-0").out
+    assert "Status: PREEMPTED" in shown and "Preempted: cancelled" in shown, shown
+    # A cancel is resumable: the parent's resume asks for the child's call again, and it runs once approved.
+    resumed = cli("resume", "p3")
+    assert 'Pending: delete_file(path="/tmp/child")' in resumed.out, resumed.out
+    assert "[HITL] p3::cli_test_deleter-0" in cli("ps").out
+    approved = cli("approve", "p3")
+    assert approved.code == 0 and "Result: parent got Deleted /tmp/child" in approved.out, approved.out
+    assert calls(workdir) == ["search", "delete_file"]
 
 
 def test_interactive_without_an_answer_leaves_the_run_suspended(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
