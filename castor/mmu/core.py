@@ -20,6 +20,9 @@ every step, whatever budget or counter it is given now; the budget decides only 
 conversation restarts from ``checkpoint.context_start`` (what it held before its first step) each time
 it is driven, and its agent's appends replay as its code runs again.
 
+A page-out whose pages the driver fails to store is a failed step (``castor.kernel.failed_steps``), its
+summary's step too: the messages stay in the context, and an agent that catches the error goes on.
+
 A page is found again by ``search_memory`` (a journaled step: the hits are served from the journal on
 replay) and brought back by a page-in (``sys_kernel_page_in``, journaled; the messages come from the
 run's own journal, so a fork can page in what its prefix paged out).
@@ -235,13 +238,16 @@ class MMU:
             "summarize": bool(summarize),
         }
         call = Syscall(ctx.run_id, ctx.claim_step(), PAGE_OUT_TOOL, arguments, ctx)
-        done = journaled(call)  # on replay: the same messages at the same places, or a divergence
+        # The summary's step is claimed right after the page-out's, live and on replay alike (before the
+        # journal may raise a failed page-out's error again), so the steps after it keep their numbers.
         summary = self._summary_call(ctx, [history[p] for p in places]) if summarize else None
+        done = journaled(call)  # on replay: the same messages at the same places, or a divergence
         pages = [
             Page(f"{call.step}.{i}", call.step, str(m["role"]), text_of(m), self.tokens(history[p]), m)
             for i, (p, m) in enumerate(zip(places, (fields_of(history[p]) for p in places), strict=True))
         ]
         # Out of the context before the first await: a concurrent model call of the run sees it gone.
+        before = list(history)
         gone = set(places)
         history[:] = [e for i, e in enumerate(history) if i not in gone]
         try:
@@ -252,11 +258,15 @@ class MMU:
                 response = {"paged_out": [p.id for p in pages], "page_tokens": [p.tokens for p in pages],
                             "tokens": sum(p.tokens for p in pages), "resident_tokens": self.total_tokens(history)}
                 await answer(call, response, {})
-        except BaseException:
+        except BaseException as error:
+            # Stored nowhere: the messages stay in the context (with what was added since, at the end), and
+            # the agent that catches the error goes on past a failed step (its summary's too), as a replay will.
+            history[:] = before + history[len(before) - len(places):]
+            await ctx.step_failed(call, error)
             if summary is not None:
-                summary.close()
+                await ctx.step_failed(summary, error)
             raise
-        text = await self._summary_text(summary) if summary is not None else None
+        text = await self._summary_text(ctx.services.models.chain(summary)) if summary is not None else None
         if text:  # where the first message that left was (what followed it only grew at the end since)
             note = CastorMessage.model_validate(
                 {"role": "user", "content": SUMMARY_PREFIX + text, "summary_of": [p.id for p in pages]}
@@ -265,7 +275,8 @@ class MMU:
         return len(places)
 
     def _summary_call(self, ctx: RunContext, leaving: list[Any]) -> Any:
-        """The summary's model syscall, its step claimed now (right after the page-out's), awaited later."""
+        """The summary's model syscall, its step claimed now (right after the page-out's), run later through
+        the model chain."""
         models = ctx.services.models
         invoke = self.summarize if callable(self.summarize) else None
         model = self.summary_model or models.default_model or ("summarizer" if invoke else "")
@@ -276,7 +287,7 @@ class MMU:
             "messages": [{"role": "system", "content": SUMMARY_SYSTEM}, {"role": "user", "content": transcript}],
             "max_tokens": self.summary_max_tokens,
         }
-        return models.call(ctx, model, request, invoke=invoke, max_tokens=self.summary_max_tokens)
+        return models.syscall(ctx, model, request, invoke=invoke, max_tokens=self.summary_max_tokens)
 
     @staticmethod
     async def _summary_text(summary: Any) -> str:

@@ -196,3 +196,61 @@ async def test_a_model_calls_search_memory_as_a_tool_and_reads_what_left_the_con
     search = next(r for r in cp.syscall_log if r.tool_name == SEARCH_MEMORY_TOOL)
     assert search.arguments == {"query": "door code", "limit": 5}
     assert search.response[0]["content"].startswith("the door code 4711")
+
+
+class FailingOnce(InMemoryDriver):
+    """A driver whose first store fails (a full disk, a Redis gone): the page-out's messages were nowhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 1
+
+    async def store_pages(self, pid: str, pages: Any) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise OSError("no space left on device")
+        await super().store_pages(pid, pages)
+
+
+@pytest.mark.parametrize("summarize", [False, True])
+async def test_a_page_out_the_driver_fails_to_store_keeps_the_messages_and_is_a_failed_step(summarize: bool) -> None:
+    """The messages had left the context before the driver was asked, and the step had no record: the agent
+    that caught the error went on with a conversation missing them (stored nowhere), and the run's later
+    steps, held behind the unanswered step, were never journaled. Now the messages stay, the step (and its
+    summary's, never asked for) is journaled as failed, and a replay raises the same error there."""
+    driver = FailingOnce()
+    model = Scripted(["noted"] * 8)
+    kernel = Castor(llm=model, mmu=MMU(budget=100, driver=driver, summarize=summarize, summary_max_tokens=5))
+
+    async def agent() -> list[str]:
+        mem = memory()
+        mem.add("system", "You are terse. " + words(5))
+        errors = []
+        for topic in ("alpha", "bravo", "charlie"):
+            mem.add("user", f"{topic} " + words(20))
+            try:
+                await mem.complete()
+            except OSError as error:  # the agent catches it and goes on
+                errors.append(str(error))
+        return [*errors, *(m["content"].split(" ")[0] for m in mem.messages)]
+
+    cp = await kernel.run(agent)
+    assert cp.status == "COMPLETED", cp.error
+    names = [r.tool_name for r in cp.syscall_log]
+    failed = [r.tool_name for r in cp.syscall_log if r.failure is not None]
+    if summarize:
+        assert names == ["model:scripted", PAGE_OUT_TOOL, "model:scripted", PAGE_OUT_TOOL, "model:scripted",
+                         "model:scripted"], names
+        assert failed == [PAGE_OUT_TOOL, "model:scripted"]
+    else:
+        assert names == ["model:scripted", PAGE_OUT_TOOL, PAGE_OUT_TOOL, "model:scripted"], names
+        assert failed == [PAGE_OUT_TOOL]
+    assert "no space left on device" in str(cp.syscall_log[1].failure)
+    assert len(model.calls) == (3 if summarize else 2)  # the failed page-out's summary was never asked for
+    # The failed page-out kept alpha in the context; the next one took it out, with what followed.
+    assert cp.result[0] == "no space left on device"
+    second = next(r for r in cp.syscall_log[2:] if r.tool_name == PAGE_OUT_TOOL)
+    assert second.arguments["messages"][0]["content"].startswith("alpha")
+    replayed = await kernel.run(agent, checkpoint=cp.fork(at_step=len(cp.syscall_log)))
+    assert replayed.status == "COMPLETED" and replayed.result == cp.result, replayed.error
+    assert len(model.calls) == (3 if summarize else 2)  # nothing asked again
