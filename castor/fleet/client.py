@@ -130,8 +130,8 @@ class FleetClient:
         if header is None:
             raise RunNotFoundError(pid)
         pending = await backend.approvals.pending(pid)
-        if not pending:
-            raise nothing_waits(header, outcome)
+        if not pending:  # as stored now: a cancel that dropped the call may have landed since the read
+            raise nothing_waits(await backend.runs.load(pid) or header, outcome)
         call = pending[0]
         try:
             return await backend.approvals.decide(Decision(pid, call.step, outcome, by, time.time(), reason))

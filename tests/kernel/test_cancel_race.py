@@ -135,3 +135,33 @@ async def test_a_cancel_landing_while_the_approved_call_runs_keeps_the_call_once
     finally:
         for backend in stores:
             await backend.close()
+
+
+async def test_a_fleet_decision_whose_call_a_cancel_dropped_just_before_says_it_was_cancelled(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """``castor approve`` against the fleet read the run, then its waiting call: a cancel landing between the
+    two left no call, and the error showed the run as first read (``has no pending call (status
+    SUSPENDED_FOR_HITL)``) instead of who cancelled it."""
+    from castor.backends.redis import redis_backend
+    from castor.fleet.client import FleetClient
+
+    stores = [redis_backend(redis_url, prefix=redis_prefix) for _ in range(2)]
+    approver, canceller = stores
+    client = FleetClient(redis_url, redis_prefix)
+    try:
+        waiting = await Castor(tools=[wipe], destructive=["wipe"], store=approver).run(cleanup, pid="racy")
+        assert waiting.status == "SUSPENDED_FOR_HITL"
+
+        async def cancel() -> None:
+            SAID.append(await cancel_stored(canceller, "racy", "ann"))
+
+        approver.approvals = CancelAt(approver.approvals, "pending", cancel, after=False)
+        with pytest.raises(NothingPendingError, match="it was cancelled by ann"):
+            await client.decide(approver, "racy", "approve", "bob")
+        assert SAID == ["cancelled"] and WIPED == []
+        await assert_cancelled_and_nothing_waits(stores)
+    finally:
+        await client.close()
+        for backend in stores:
+            await backend.close()
