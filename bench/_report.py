@@ -102,13 +102,15 @@ def rows(ours: dict[str, Any], ref: dict[str, Any] | None, calls: int) -> list[R
     ]
     if "sqlite_us" in ours:
         wall, cpu = _pair(ours, "sqlite_us")
-        out += [
-            Row("SQLite store: persisted syscall, charged", "µs", 60.0, wall, None,
-                "sqlite:///file.db, WAL, synchronous=NORMAL", cpu),
-            Row("  baseline: one committed sqlite3 insert", "µs", None, ours["sqlite_insert_us"], None,
-                "plain sqlite3, a journal-sized row, our store's pragmas: "
-                + ", ".join(f"{k}={v}" for k, v in ours.get("sqlite_pragmas", {}).items())),
-        ]
+        out.append(Row("SQLite store: persisted syscall, charged", "µs", 60.0, wall, None,
+                       "sqlite:///file.db, WAL, synchronous=NORMAL", cpu))
+        once, once_cpu = _pair(ours, "sqlite_once_us")
+        if once:
+            out.append(Row("  the same on ?at_most_once=1", "µs", None, once, None,
+                           "every plain call claimed before it runs, released after", once_cpu))
+        out.append(Row("  baseline: one committed sqlite3 insert", "µs", None, ours["sqlite_insert_us"], None,
+                       "plain sqlite3, a journal-sized row, our store's pragmas: "
+                       + ", ".join(f"{k}={v}" for k, v in ours.get("sqlite_pragmas", {}).items())))
     return out
 
 

@@ -221,6 +221,12 @@ async def main_async(calls: int, repeat: int, with_sqlite: bool) -> dict[str, An
                 return {"store": f"sqlite:///{os.path.join(directory, f'bench-{rep}.db')}"}
 
             figures["sqlite_us"] = await measure_syscall(w, repeat, charged_tool, BUDGET, sqlite_store)
+            if ours:  # every plain call claimed before it runs (castor.seams.Backend.at_most_once)
+
+                def claimed_store(rep: int) -> dict[str, str]:
+                    return {"store": f"sqlite:///{os.path.join(directory, f'once-{rep}.db')}?at_most_once=1"}
+
+                figures["sqlite_once_us"] = await measure_syscall(w, repeat, charged_tool, BUDGET, claimed_store)
             baseline = await sqlite_baseline(calls, repeat, directory)
             figures["sqlite_insert_us"] = baseline["us"]
             figures["sqlite_pragmas"] = baseline["pragmas"]

@@ -382,6 +382,10 @@ class Backend:
     # (castor.kernel.claims), so the drive that takes the run over finds it in doubt instead of running
     # it again.
     leased: bool = False
+    # True when the user asked this store for at most once on every non-idempotent call of an embedded
+    # run (``?at_most_once=1`` in its URL): each is claimed before it runs, as on a leased store, so a
+    # process that dies mid-call leaves the step in doubt for a human instead of running it again on resume.
+    at_most_once: bool = False
 
     async def close(self) -> None:
         """Close connections the backend holds."""

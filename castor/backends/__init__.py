@@ -69,20 +69,20 @@ def _redis_py_options() -> frozenset[str]:
     return frozenset(names - {"self", "args", "kwargs"})
 
 
-def _flag(key: str, value: str) -> bool:
+def _flag(key: str, value: str, store: str = "Redis") -> bool:
     word = value.strip().lower()
     if word in ("1", "true", "yes", "on"):
         return True
     if word in ("0", "false", "no", "off"):
         return False
-    raise ConfigError(f"Redis store option {key}={value!r} in the URL must be true or false")
+    raise ConfigError(f"{store} store option {key}={value!r} in the URL must be true or false")
 
 
 def _sqlite_parts(url: str) -> tuple[str, dict[str, str]]:
     """The file path and options of a ``sqlite://`` URL."""
     path, _, query = url[len("sqlite://") :].partition("?")
     options = dict(part.partition("=")[::2] for part in query.split("&") if part)
-    unknown = set(options) - {"synchronous"}
+    unknown = set(options) - {"synchronous", "at_most_once"}
     if unknown:
         raise ConfigError(f"unknown sqlite store option(s) {', '.join(sorted(unknown))} in {url!r}")
     if path.startswith("/") and not path.startswith("//"):
@@ -113,7 +113,8 @@ def open_backend(url: str | None) -> Backend:
         path, options = _sqlite_parts(url)
         from castor.backends.sqlite import sqlite_backend
 
-        return sqlite_backend(path, synchronous=options.get("synchronous", "NORMAL"))
+        at_most_once = _flag("at_most_once", options.get("at_most_once", "0"), "SQLite")
+        return sqlite_backend(path, synchronous=options.get("synchronous", "NORMAL"), at_most_once=at_most_once)
     if url.startswith(REDIS_SCHEMES):
         from castor.backends.redis import redis_backend
 

@@ -68,6 +68,8 @@ def result_lines(cp: AgentCheckpoint) -> list[str]:
     if cp.pending_hitl:
         step = "" if cp.pending_step is None else f"step {cp.pending_step}: "
         lines.append(f"Pending: {step}{call_text(str(cp.pending_tool), cp.pending_args)}")
+        if cp.pending_reason:  # e.g. in doubt: it started and may have acted, and approving runs it again
+            lines.append(f"Why:    {cp.pending_reason}")
     return lines
 
 

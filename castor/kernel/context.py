@@ -186,8 +186,9 @@ class RunContext:
         # on every charge); else such a call costs no charge at all (castor.kernel.chain.budget).
         self.charges_free_calls: bool = getattr(self.budgets, "empty_charges_checked", True)
         # Whether every non-idempotent call is claimed before it runs (castor.kernel.chain.gate): a leased
-        # store whose executor does not journal itself. Fixed for the kernel; read by the gate on every step.
-        self.claims_calls: bool = backend.leased and not self.services.executor.writes_journal
+        # store, or one asked for at most once, whose executor does not journal itself. Fixed for the
+        # kernel; read by the gate on every step.
+        self.claims_calls: bool = (backend.leased or backend.at_most_once) and not self.services.executor.writes_journal
 
     def claim_step(self) -> int:
         """The next step position; taken synchronously so concurrent calls get call order."""

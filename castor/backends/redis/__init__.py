@@ -67,6 +67,8 @@ OPTIONS: dict[str, Any] = {
     "expiry_outcome": "reject",
     "expiry_reason": "approval expired",
     "stream_maxlen": 10_000,
+    # embedded runs: every non-idempotent call claimed before it runs (castor.seams.Backend.at_most_once)
+    "at_most_once": False,
 }
 
 
@@ -78,7 +80,8 @@ def redis_backend(url: str, *, prefix: str = "castor", data_key: DataKey | None 
     of their own where it can; False: everything through redis-py), ``retention_seconds`` (finished runs),
     ``reservation_seconds`` (how long a charge's holder may take before a sweep refunds it), ``holder``,
     ``approval_ttl`` (seconds a call may wait; None: forever), ``expiry_outcome`` / ``expiry_reason``
-    (the decision an expired call gets), ``stream_maxlen`` (decisions kept on the stream).
+    (the decision an expired call gets), ``stream_maxlen`` (decisions kept on the stream), ``at_most_once``
+    (every non-idempotent call of a run driven on this store claimed before it runs).
     ``data_key`` seals sensitive arguments (default: the fleet's, from ``$CASTOR_SECRET``; see
     ``castor._sealing``).
     """
@@ -111,5 +114,6 @@ def redis_backend(url: str, *, prefix: str = "castor", data_key: DataKey | None 
     runs = RedisRunStore(conn, prefix, journal, retention_seconds=float(o["retention_seconds"]), fences=fences)
     key = data_key or DataKey.for_fleet(os.environ.get("CASTOR_SECRET"))
     return Backend(
-        journal, budgets, approvals, runs, url=hide_password(url), durable=True, answers_inline=False, data_key=key
+        journal, budgets, approvals, runs, url=hide_password(url), durable=True, answers_inline=False, data_key=key,
+        at_most_once=bool(o["at_most_once"]),
     )

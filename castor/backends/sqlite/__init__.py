@@ -28,11 +28,12 @@ __all__ = [
 ]
 
 
-def sqlite_backend(path: str, *, synchronous: str = "NORMAL") -> Backend:
-    """A bundle of SQLite stores sharing one connection to ``path``."""
+def sqlite_backend(path: str, *, synchronous: str = "NORMAL", at_most_once: bool = False) -> Backend:
+    """A bundle of SQLite stores sharing one connection to ``path``; ``at_most_once``: every non-idempotent
+    call is claimed before it runs (``castor.seams.Backend.at_most_once``)."""
     db = SqliteDatabase(path, synchronous=synchronous)
     backend = Backend(
         SqliteJournal(db), SqliteBudgetStore(db), SqliteApprovalStore(db), SqliteRunStore(db),
-        url=f"sqlite:///{path}", durable=path != ":memory:", data_key=DataKey.for_file(path),
+        url=f"sqlite:///{path}", durable=path != ":memory:", data_key=DataKey.for_file(path), at_most_once=at_most_once,
     )
     return backend

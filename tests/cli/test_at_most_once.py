@@ -1,0 +1,101 @@
+"""A plain tool (neither destructive nor idempotent) run embedded by a process that dies mid-call: by
+default the next resume runs it again (at least once, as a workflow engine's step); on a store asked for
+at most once (``?at_most_once=1`` in its URL) it was claimed before it ran, so the resume finds it in doubt
+and a human decides, as in the fleet. An idempotent tool runs again either way: that is what it declares."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.cli.test_races import castor
+
+pytestmark = pytest.mark.fleet  # starts processes
+
+TOOLS = '''
+import os
+import signal
+from pathlib import Path
+
+from castor import castor_tool
+
+LOG = Path(__file__).with_name("executions.log")
+DIE = Path(__file__).with_name("die")
+
+
+def _once(name):
+    with LOG.open("a") as log:
+        log.write(name + "\\n")
+    if DIE.exists():
+        DIE.unlink()
+        os.kill(os.getpid(), signal.SIGKILL)  # the process dies in the middle of the call
+    return f"{name} done"
+
+
+def notify(to: str) -> str:
+    return _once("notify")
+
+
+@castor_tool(idempotent=True)
+def lookup(key: str) -> str:
+    return _once("lookup")
+'''
+
+AGENT = '''
+from castor.lib import tool
+
+
+async def main():
+    await tool("{first}", **{arguments})
+    return "finished"
+'''
+
+
+def _crash_then_resume(tmp_path: Path, store: str, first: str, arguments: str) -> tuple[str, list[str]]:
+    (tmp_path / "tools.py").write_text(textwrap.dedent(TOOLS))
+    (tmp_path / "agent.py").write_text(textwrap.dedent(AGENT).format(first=first, arguments=arguments))
+    (tmp_path / "die").touch()
+    tools = ("--tool", "tools.py:notify", "--tool", "tools.py:lookup")
+    crashed = castor(tmp_path, "--store", store, "run", "agent.py:main", *tools, "--pid", "crashy")
+    assert crashed.returncode == -9, (crashed.returncode, crashed.stderr)
+    resumed = castor(tmp_path, "--store", store, "resume", "crashy")
+    return resumed.stdout + resumed.stderr, (tmp_path / "executions.log").read_text().split()
+
+
+def test_by_default_a_plain_call_cut_off_by_a_crash_runs_again_on_resume(tmp_path: Path) -> None:
+    said, ran = _crash_then_resume(tmp_path, "sqlite:///castor.db", "notify", '{"to": "ops"}')
+    assert ran == ["notify", "notify"] and "Status: COMPLETED" in said, said
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_at_most_once_leaves_a_plain_call_cut_off_by_a_crash_to_a_human(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    if backend == "sqlite":
+        store = "sqlite:///castor.db?at_most_once=1"
+    else:
+        url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+        store = f"{url}?prefix={prefix}&at_most_once=1"
+    said, ran = _crash_then_resume(tmp_path, store, "notify", '{"to": "ops"}')
+    assert ran == ["notify"], said
+    assert "Status: SUSPENDED_FOR_HITL" in said and "Why:    in doubt: started and never finished" in said, said
+    approved = castor(tmp_path, "--store", store, "approve", "crashy", "--as", "ann")  # a human runs it again
+    assert "Status: COMPLETED" in approved.stdout, approved.stdout + approved.stderr
+    assert (tmp_path / "executions.log").read_text().split() == ["notify", "notify"]
+
+
+def test_at_most_once_runs_an_idempotent_call_again(tmp_path: Path) -> None:
+    said, ran = _crash_then_resume(tmp_path, "sqlite:///castor.db?at_most_once=1", "lookup", '{"key": "k"}')
+    assert ran == ["lookup", "lookup"] and "Status: COMPLETED" in said, said
+
+
+def test_a_bad_at_most_once_value_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "agent.py").write_text(textwrap.dedent(AGENT).format(first="notify", arguments='{"to": "ops"}'))
+    (tmp_path / "tools.py").write_text(textwrap.dedent(TOOLS))
+    refused = castor(tmp_path, "--store", "sqlite:///castor.db?at_most_once=maybe", "run", "agent.py:main",
+                     "--tool", "tools.py:notify")
+    assert refused.returncode == 1 and not (tmp_path / "executions.log").exists()
+    assert refused.stderr == ("castor: error: SQLite store option at_most_once='maybe' in the URL must be true "
+                              "or false\n"), refused.stderr
