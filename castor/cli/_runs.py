@@ -116,6 +116,10 @@ def rebuild(cp: AgentCheckpoint, what: str) -> _specs.Loaded:
             f"run {cp.pid!r} is an MCP gateway session: it goes on when a client opens it again (castor mcp "
             f"... --pid {cp.pid}, or an HTTP client's Mcp-Session-Id); castor approve decides its waiting call"
         )
+    if cp.spec is None and cp.parent_pid and cp.pid.startswith(f"{cp.parent_pid}::"):
+        verb = "fork it with castor fork" if what == "fork" else "resume it with castor resume"
+        raise ConfigError(f"run {cp.pid!r} is a child agent of run {cp.parent_pid!r}, which drives it: {verb} "
+                          f"{cp.parent_pid}")
     if cp.spec is None:
         raise ConfigError(
             f"run {cp.pid!r} records no agent or tool specs (a host program saved it with save()); "

@@ -234,6 +234,9 @@ def test_cancelling_a_parent_drops_its_child_agents_waiting_call(cli: Cli, workd
     assert "p3::cli_test_deleter-0  cli_test_deleter  0 steps  (parent: p3)" in listed, listed
     shown = cli("inspect", "p3::cli_test_deleter-0").out
     assert "Status: PREEMPTED" in shown and "Preempted: cancelled" in shown, shown
+    child = cli("resume", "p3::cli_test_deleter-0")  # its parent drives it
+    assert child.code == 1 and child.err == ("castor: error: run 'p3::cli_test_deleter-0' is a child agent of run "
+                                             "'p3', which drives it: resume it with castor resume p3\n"), child.err
     # A cancel is resumable: the parent's resume asks for the child's call again, and it runs once approved.
     resumed = cli("resume", "p3")
     assert 'Pending: delete_file(path="/tmp/child")' in resumed.out, resumed.out
