@@ -407,6 +407,18 @@ def _link(server: McpServer) -> _Link:
         return link
 
 
+def _forget_parents_links() -> None:
+    """In a forked child (a prefork pool's worker process): the parent's links are of no use (their threads
+    did not survive the fork; the child opens its own), and a lock another thread of the parent held at the
+    fork would stay held here forever."""
+    global _LINKS_LOCK, _LISTING
+    _LINKS_LOCK, _LISTING = threading.Lock(), threading.Lock()
+    _LINKS.clear()
+
+
+os.register_at_fork(after_in_child=_forget_parents_links)
+
+
 @atexit.register
 def _close_links() -> None:
     for link in list(_LINKS.values()):

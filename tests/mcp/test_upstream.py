@@ -273,3 +273,56 @@ async def test_a_server_over_streamable_http_is_taken_the_same_way(tmp_path: Pat
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+FORKED = '''
+import asyncio, os, sys, threading, time
+import castor.lib as lib
+from castor import Castor
+from castor.mcp import upstream
+from castor.mcp.upstream import McpServer
+
+server = McpServer.stdio(sys.executable, sys.argv[1], sys.argv[2], exclude=["mixed"])
+Castor(tools=[server])  # the parent lists the server: its link's thread runs from here on
+held = threading.Event()
+
+def hold():  # another thread of the parent is listing at the moment of the fork
+    with upstream._LISTING:
+        held.set()
+        time.sleep(30)
+
+threading.Thread(target=hold, daemon=True).start()
+held.wait()
+child = os.fork()
+if child == 0:
+    async def agent():
+        return await lib.tool("search", query="old")
+    cp = asyncio.run(Castor(tools=[server]).run(agent))
+    print("child:", cp.status, cp.result, flush=True)
+    os._exit(0)
+_, status = os.waitpid(child, 0)
+print("child exit", os.waitstatus_to_exitcode(status), flush=True)
+os._exit(0)
+'''
+
+
+def test_a_forked_child_opens_its_own_link_whatever_the_parents_threads_held(tmp_path: Path) -> None:
+    """A prefork pool forks its workers after listing the server's tools: the parent's link (its thread gone
+    in the child) is not used there, and a lock a thread of the parent held at the fork does not hang the
+    child (it did: the child waited forever for ``_LISTING``)."""
+    import subprocess
+
+    script = tmp_path / "forked.py"
+    script.write_text(FORKED)
+    log = tmp_path / "calls.log"
+    proc = subprocess.Popen([sys.executable, str(script), str(SERVER), str(log)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the parent, its hung child and their servers
+        out, err = proc.communicate()
+        pytest.fail(f"the forked child hung: {out}{err}")
+    assert "child: COMPLETED ['/data/old-0.log'" in out, (out, err)
+    assert "child exit 0" in out
+    assert [call["query"] for call in ran(log, "search")] == ["old"]  # the child's call, once
