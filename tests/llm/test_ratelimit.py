@@ -71,6 +71,16 @@ async def test_tokens_per_minute_and_settling_to_the_reported_usage(limiter: Rat
     assert (await limiter.acquire(K, 45, timeout=0)).waited < 0.1
 
 
+async def test_calls_that_used_no_tokens_leave_the_window_too(limiter: RateLimiter) -> None:
+    """A call the provider reported 0 tokens for (a refusal, a cached answer) left the window with nothing to
+    take off the total: Redis was asked to add -0, which it refuses as no integer, and every acquire of the key
+    failed until the window emptied."""
+    free = await limiter.acquire(K, 10)
+    await limiter.settle(free, 0)
+    await asyncio.sleep(WINDOW * 1.2)  # it leaves the window at the next acquire
+    assert (await limiter.acquire(K, 100, timeout=0)).waited < 0.1  # the whole limit: nothing left counted
+
+
 async def test_a_call_bigger_than_the_limit_fails_at_once(limiter: RateLimiter) -> None:
     started = time.monotonic()
     with pytest.raises(RateLimitError, match=r"of 101 tokens can never fit .* 100 tokens per minute"):

@@ -68,7 +68,9 @@ while true do
   end
   redis.call('ZREM', KEYS[1], unpack(gone))
   redis.call('HDEL', KEYS[2], unpack(gone))
-  redis.call('HINCRBY', KEYS[2], '=sum', -freed)
+  if freed ~= 0 then -- -freed of 0 is -0, which HINCRBY refuses as no integer
+    redis.call('HINCRBY', KEYS[2], '=sum', 0 - freed)
+  end
 end
 
 local count = redis.call('ZCARD', KEYS[1])
