@@ -107,6 +107,7 @@ _EXTRAS = {
     "agents": "openai-agents", "smolagents": "smolagents", "crewai": "crewai", "httpx": "openai", "mcp": "mcp",
     "starlette": "console", "uvicorn": "console", "jinja2": "console", "redis": "redis", "celery": "celery",
     "kombu": "celery", "flower": "celery", "prometheus_client": "metrics", "opentelemetry": "otel",
+    "mcp_types": "mcp", "hiredis": "redis", "multipart": "console", "python_multipart": "console",
 }
 
 

@@ -35,6 +35,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from castor._imports import extra_hint
 from castor.cli._args import normalize_argv
 from castor.cli._common import add_global_options, warnings_to_stderr
 from castor.cli._escape import shown
@@ -102,6 +103,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             traceback.print_exc()
-        hint = not_found_hint(args, exc.pid) if isinstance(exc, RunNotFoundError) else ""
+        hint = not_found_hint(args, exc.pid) if isinstance(exc, RunNotFoundError) else extra_hint(exc)
         print(f"castor: error: {shown(str(exc) + hint)}", file=sys.stderr)  # a hint names stored keys too
         return 2 if isinstance(exc, InvalidValueError) else 1

@@ -358,6 +358,7 @@ async def cancel(args: argparse.Namespace) -> int:
             outcome = await cancel_stored(backend, args.pid, args.by or default_user())
         print(shown(f"{args.pid}: {outcome}"))
         return 0
+    args.looked_in_fleet = True  # a pid not found was not looked for in ./castor.db (castor._stores.not_found_hint)
     async with fleet(args) as (backend, client):
         outcome = await client.cancel(backend, args.pid, args.by or default_user())
     print(shown(f"{args.pid}: {outcome}"))

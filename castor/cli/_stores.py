@@ -16,6 +16,7 @@ import os
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from castor._redact import hide_password
 from castor.backends import REDIS_SCHEMES, _redis_options
 from castor.errors import ConfigError
 from castor.settings import Settings, find_config, load_settings
@@ -88,7 +89,16 @@ def is_default_store(args: argparse.Namespace) -> bool:
 
 def not_found_hint(args: argparse.Namespace, pid: str) -> str:
     """For a pid not found: where else it may be, or "". In ``./castor.db`` by default: a config found, a
-    local Redis. In a Redis store: the same Redis under another key prefix (``prefix_hint``)."""
+    local Redis. In a Redis store: the same Redis under another key prefix (``prefix_hint``). A command
+    that looked in the fleet's Redis by default (``castor cancel``) says so, and points at ``./castor.db``."""
+    if getattr(args, "looked_in_fleet", False) and not given_stores(args):
+        try:
+            address, prefix, _ = target(args)
+        except ConfigError:
+            return ""
+        local = (f": for a run of ./{DEFAULT_DB} (castor run), add --db {DEFAULT_DB}"
+                 if os.path.exists(DEFAULT_DB) else prefix_hint(address, prefix, pid, "--prefix {}"))
+        return f"; this looked in the fleet's Redis ({hide_password(address)}, prefix {prefix}){local}"
     elsewhere = other_store(args)
     if elsewhere:
         return f"; this looked in ./{DEFAULT_DB}: {elsewhere}"

@@ -100,3 +100,19 @@ def test_a_pid_missing_under_one_prefix_names_the_prefix_that_holds_it(cli: Cli,
     assert nowhere.err == "castor: error: no run with pid 'no-such-run'\n"
     pattern = cli("inspect", "run-*", "--redis", redis_url, "--prefix", f"{redis_prefix}-other")
     assert pattern.err == "castor: error: no run with pid 'run-*'\n"  # a pid's * is no pattern
+
+
+def test_a_cancel_that_looked_in_the_fleet_says_so_and_points_at_the_local_store(
+    cli: Cli, redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``castor cancel PID`` without a store looks in the fleet's Redis; for a run of ``./castor.db`` its error
+    said "this looked in ./castor.db" and told the user to add --config: the opposite of both."""
+    pid = cli(*RUN).pid  # waits for a human in ./castor.db
+    monkeypatch.setenv("CASTOR_REDIS_URL", redis_url)  # the fleet's Redis, under this test's prefix
+    monkeypatch.setenv("CASTOR_REDIS_PREFIX", redis_prefix)
+    missed = cli("cancel", pid)
+    assert missed.code == 1
+    assert missed.err == (f"castor: error: no run with pid {pid!r}; this looked in the fleet's Redis "
+                          f"({redis_url}, prefix {redis_prefix}): for a run of ./castor.db (castor run), "
+                          "add --db castor.db\n"), missed.err
+    assert cli("cancel", pid, "--db", "castor.db").out == f"{pid}: cancelled\n"
