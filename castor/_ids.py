@@ -34,6 +34,15 @@ def pid_part(name: str, limit: int = 100) -> str:
     return _NOT_IN_PID.sub("_", name)[:limit] or "_"
 
 
+def is_child_agent(pid: str, parent_pid: str | None, agent: str) -> bool:
+    """Whether run ``pid`` is a child agent its parent drives (``<parent>::<agent>-<n>``), not a fork of
+    ``parent_pid`` (``<parent>::fork-<step>``, or a name given to it), which is a run of its own."""
+    if not parent_pid or not pid.startswith(f"{parent_pid}::"):
+        return False
+    name, dash, index = pid[len(parent_pid) + 2:].rpartition("-")
+    return bool(dash) and index.isdigit() and name == pid_part(agent)
+
+
 def unique_ids(*, compact: bool = False) -> Callable[[], str]:
     """A source of ids unique across processes without a ``uuid4`` (and its ``urandom`` call) each: a
     random prefix per source, then a counter. Shaped like ``str(uuid4())``, or ``compact`` (hex, short)."""

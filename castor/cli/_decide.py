@@ -13,6 +13,7 @@ import argparse
 import time
 from typing import Any
 
+from castor._ids import is_child_agent
 from castor._terminal import cancelled, nothing_waits
 from castor.checkpoint import AgentCheckpoint
 from castor.cli._celery_cmds import add_executor_options
@@ -66,8 +67,8 @@ async def owner(backend: Backend, cp: AgentCheckpoint) -> AgentCheckpoint:
     """The run that drives ``cp``: a child agent's pending call is decided, and resumed, through its parent.
     A child of a run an operator cancelled has nothing to decide (``NothingPendingError``): the cancel
     dropped its call, and a decision recorded on it would run it when the parent is resumed."""
-    while cp.spec is None and cp.parent_pid and cp.pid.startswith(f"{cp.parent_pid}::"):
-        parent = await load_run(backend, cp.parent_pid)
+    while cp.spec is None and is_child_agent(cp.pid, cp.parent_pid, cp.agent_function_name):
+        parent = await load_run(backend, str(cp.parent_pid))  # set: is_child_agent checked it
         if cancelled(parent):
             raise nothing_waits(parent, "decide")
         if (parent.pending_hitl or {}).get("child") != cp.pid:

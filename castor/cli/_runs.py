@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from castor._ids import is_child_agent
 from castor.checkpoint import AgentCheckpoint
 from castor.cli import _specs
 from castor.cli._args import pid_option
@@ -116,7 +117,7 @@ def rebuild(cp: AgentCheckpoint, what: str) -> _specs.Loaded:
             f"run {cp.pid!r} is an MCP gateway session: it goes on when a client opens it again (castor mcp "
             f"... --pid {cp.pid}, or an HTTP client's Mcp-Session-Id); castor approve decides its waiting call"
         )
-    if cp.spec is None and cp.parent_pid and cp.pid.startswith(f"{cp.parent_pid}::"):
+    if cp.spec is None and is_child_agent(cp.pid, cp.parent_pid, cp.agent_function_name):
         verb = "fork it with castor fork" if what == "fork" else "resume it with castor resume"
         raise ConfigError(f"run {cp.pid!r} is a child agent of run {cp.parent_pid!r}, which drives it: {verb} "
                           f"{cp.parent_pid}")

@@ -137,8 +137,8 @@ async def fork(request: Request) -> Response:
     at_step = (await body_of(request)).get("at_step")
     if not isinstance(at_step, int) or isinstance(at_step, bool):
         raise ConfigError("fork needs 'at_step', a whole number of steps to keep")
-    pid = await state(request).console.fork(request.path_params["pid"], at_step)
-    return JSONResponse({"pid": pid, "parent": request.path_params["pid"], "at_step": at_step})
+    pid, then = await state(request).console.fork(request.path_params["pid"], at_step)
+    return JSONResponse({"pid": pid, "parent": request.path_params["pid"], "at_step": at_step, "next": then})
 
 
 async def scopes(request: Request) -> Response:

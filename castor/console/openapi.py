@@ -84,7 +84,7 @@ SPEC: dict[str, Any] = {
             "summary": "a new run from the first at_step steps (approver)", "parameters": [PID], "tags": ["runs"],
             "requestBody": _body({"type": "object", "properties": {"at_step": {"type": "integer", "minimum": 0}},
                                   "required": ["at_step"]}),
-            "responses": _ok(OBJECT, "the new pid"),
+            "responses": _ok(OBJECT, "the new pid, and next: what drives it (the fleet, castor resume, or who)"),
         }},
         "/api/scopes": {"get": {"summary": "scopes the newest runs draw from", "tags": ["budgets"],
                                 "responses": _ok(OBJECT, "scope names")}},

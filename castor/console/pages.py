@@ -211,8 +211,8 @@ async def fork(request: Request) -> Response:
     text = form.get("at_step", "")
     if not text.isdigit():
         raise ConfigError(f"at_step must be a whole number, got {text!r}")
-    new = await state(request).console.fork(pid, int(text))
-    return back(f"/runs/{quote(new, safe='')}", notice=f"forked {pid} at step {text} as {new}")
+    new, then = await state(request).console.fork(pid, int(text))
+    return back(f"/runs/{quote(new, safe='')}", notice=f"forked {pid} at step {text} as {new}; {then}")
 
 
 def _approver(request: Request) -> Identity:

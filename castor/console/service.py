@@ -13,6 +13,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
+from castor._ids import is_child_agent
 from castor._redact import masked
 from castor._terminal import nothing_waits
 from castor.checkpoint import AgentCheckpoint
@@ -59,23 +60,34 @@ class Console:
         owner and budget left."""
         if pending is None:
             pending = await self.backend.approvals.pending()
-        headers: dict[str, AgentCheckpoint | None] = {}
+        headers: dict[str, AgentCheckpoint | None] = {}  # per pid waiting: the run that holds its budget
         for call in pending:
-            root = call.run_id.split("::", 1)[0]  # a child's call: its parent's run holds the budget
-            if root not in headers:
-                headers[root] = await self.backend.runs.load(root)
-        owners = await self._owners(list(headers))
+            if call.run_id not in headers:
+                headers[call.run_id] = await self._budget_holder(call.run_id)
+        roots = {call.run_id: header.pid if header else call.run_id for call, header in
+                 ((c, headers[c.run_id]) for c in pending)}
+        owners = await self._owners(sorted(set(roots.values())))
         now = time.time()
         rows = []
         for call in pending:
-            root = call.run_id.split("::", 1)[0]
-            header = headers[root]
+            header, root = headers[call.run_id], roots[call.run_id]
             rows.append({
                 **self._call(call), "age": round(now - call.created_at, 3),
                 "agent": header.agent_function_name if header else None, "owner": owners.get(root),
                 "budget": budgets_of(header) if header else {},
             })
         return rows
+
+    async def _budget_holder(self, pid: str) -> AgentCheckpoint | None:
+        """The run whose budget pays for ``pid``'s calls: a child agent's parent (up to the top run that drives
+        it), any other run (a fork included) its own."""
+        header = await self.backend.runs.load(pid)
+        while header is not None and is_child_agent(header.pid, header.parent_pid, header.agent_function_name):
+            parent = await self.backend.runs.load(str(header.parent_pid))
+            if parent is None:
+                break
+            header = parent
+        return header
 
     @staticmethod
     def _call(call: PendingApproval) -> dict[str, Any]:
@@ -238,9 +250,10 @@ class Console:
 
         return await cancel_stored(self.backend, pid, by)
 
-    async def fork(self, pid: str, at_step: int) -> str:
+    async def fork(self, pid: str, at_step: int) -> tuple[str, str]:
         """A new run sharing the first ``at_step`` steps: submitted to the fleet if the run was, else stored
-        for ``castor resume``. Returns the new pid."""
+        and driven at once by ``castor resume`` (a CLI run of a SQLite store), else left to whoever drives
+        it. Returns the new pid and what happens next."""
         cp = await load_run(self.backend, pid)
         try:
             child = cp.fork(at_step=at_step)
@@ -250,10 +263,15 @@ class Console:
             raise ConfigError(f"run {child.pid!r} exists already")
         await self.backend.journal.fork(cp.pid, child.pid, at_step)
         if self.fleet is not None and await self.fleet.was_submitted(pid):
-            return await self.fleet.submit(self.backend, child)
+            return await self.fleet.submit(self.backend, child), "submitted: a coordinator drives it"
         child.syscall_log = child.syscall_log[:at_step]
         await self.backend.runs.save(child)
-        return child.pid
+        if child.spec is None:  # a host program's run: its code is not known here
+            return child.pid, "stored: the program that ran its parent drives it (Castor.run with its checkpoint)"
+        if self.resumer is not None and self.resumer.enabled:
+            self.resumer.start(child.pid)
+            return child.pid, "the fork runs now (castor resume)"
+        return child.pid, f"stored: drive it with {self.resume_command(child.pid)}"
 
     # --- budget scopes ----------------------------------------------------------------------------
 
