@@ -185,7 +185,8 @@ def load_file(path: str | Path) -> ModuleType:
     """
     file = Path(path).expanduser().resolve()
     if not file.is_file():
-        raise ConfigError(f"file {path} not found")
+        where = "" if Path(path).expanduser().is_absolute() else f" (from {os.getcwd()})"
+        raise ConfigError(f"file {path} not found{where}")
     stem = re.sub(r"\W", "_", file.stem)
     mod_name = f"castor_file_{stem}_{hashlib.sha1(str(file).encode()).hexdigest()[:8]}"
     loaded = sys.modules.get(mod_name)

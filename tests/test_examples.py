@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from castor import Castor
 from castor._imports import load_agent, load_tools
 
@@ -54,3 +56,17 @@ async def test_the_mcp_example_agent_deletes_through_the_server_only_once_approv
     assert run.status == "COMPLETED", run.error
     assert run.result == "read 23 characters of app-1.log; deleted app-1.log, deleted app-2.log"
     assert list((tmp_path / "files").iterdir()) == []
+
+
+def test_the_mcp_gateway_example_config_finds_its_tools_from_any_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A desktop client starts ``castor mcp --config /abs/examples/mcp/castor.toml`` in a directory of its own:
+    the example's imports named ``examples/mcp/tools.py`` (found from the repository's root only), so the
+    README's desktop recipe failed with it. They name files beside the config now."""
+    from castor.settings import load_settings
+
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(str(EXAMPLES / "mcp" / "castor.toml"))
+    kernel = Castor(tools=load_tools(settings.tools.imports))
+    assert sorted(kernel.services.tools.names()) == ["add", "append_line", "read_notes"]
