@@ -203,7 +203,8 @@ def validate(call: Syscall, inner: Handler) -> Awaitable[Any]:
         provider = models.provider
         if provider is None:
             raise ModelCallError(
-                f"model call to {call.model!r} has no model: pass Castor(llm=<provider>) or invoke= to the call"
+                f"model call to {call.model!r} has no model: pass Castor(llm=<provider>) or invoke= to the call "
+                "(on the command line: --config FILE whose [llm] section names a provider)"
             )
         known = getattr(provider, "models", None)
         if known and call.model not in known:

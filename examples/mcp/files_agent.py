@@ -1,7 +1,8 @@
 """An agent that tidies a directory through the example MCP server's tools (``upstream.py``).
 
     castor run examples/mcp/files_agent.py:main --tool examples/mcp/upstream.py:files --db castor.db
-    castor approve <pid> --db castor.db        # the delete runs now, once; the run finishes
+    castor approve <pid> --db castor.db        # the first delete runs, once; the second waits in turn
+    castor approve <pid> --db castor.db        # the second delete runs; the run finishes
 
 It writes two old log files to work on first (in ``$FILES_ROOT``, default ``/tmp/castor-files``), through
 the server too: an agent's own side effects would be made again each time the run is resumed, its

@@ -159,9 +159,15 @@ async def test_bad_input_is_a_clear_error() -> None:
     async def unpriced() -> Any:
         return await complete(prompt="x")
 
+    async def named_without_provider() -> Any:
+        return await complete(prompt="x", model="gpt-4o-mini")
+
     cases = [
         (Castor(llm=Scripted(["a"])), unknown_model, ModelCallError, "unknown model 'gpt-9'"),
         (Castor(), no_provider, ModelCallError, "no model given"),
+        (Castor(), named_without_provider, ModelCallError,
+         r"'gpt-4o-mini' has no model: .* \(on the command line: --config FILE whose \[llm\] section names a "
+         r"provider\)"),
         (Castor(), timeout, ModelTimeoutError, "did not answer within 0.05s"),
         (Castor(llm=Scripted(["a"]), budgets={"usd": 1}), unpriced, ModelCallError, "no price for model 'scripted'"),
     ]
