@@ -212,9 +212,9 @@ def _warn_other_functions(tools: Sequence[str], served: Sequence[str]) -> None:
     pools = by_name(served)
     for name, function in by_name(tools).items():
         if name in pools and pools[name] != function:
-            print(f"castor: warning: this run's {name} is {function}, the pools of the config serve {pools[name]}: "
-                  "their workers will refuse its calls (give the pools this run's tools, or submit it with theirs)",
-                  file=sys.stderr)
+            print(f"castor: warning: this run's {name} is {function}, the config's [tools] import names {pools[name]}: "
+                  "workers that serve that one refuse its calls (workers started with --tools naming this run's "
+                  "tools serve them; or submit the run with theirs)", file=sys.stderr)
 
 
 def single_specs(spec: str) -> list[str]:

@@ -161,9 +161,10 @@ def test_submitting_a_tool_the_pools_serve_as_another_function_is_warned_of(
                       '[tools]\nimport = ["fleet_tools.py:delete_file", "tools.py:search"]\n')
     submitted = cli("submit", "agents.py:cleanup", "--tool", "tools.py:search,delete_file", "--config", str(config))
     assert submitted.code == 0, submitted.err
-    assert submitted.err == ("castor: warning: this run's delete_file is tools:delete_file, the pools of the config "
-                             "serve fleet_tools:delete_file: their workers will refuse its calls (give the pools "
-                             "this run's tools, or submit it with theirs)\n")
+    assert submitted.err == ("castor: warning: this run's delete_file is tools:delete_file, the config's [tools] "
+                             "import names fleet_tools:delete_file: workers that serve that one refuse its calls "
+                             "(workers started with --tools naming this run's tools serve them; or submit the run "
+                             "with theirs)\n")
     same = cli("submit", "agents.py:cleanup", "--tool", "tools.py:search", "--config", str(config))
     assert same.code == 0 and same.err == ""
 
