@@ -10,6 +10,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
+from castor._ids import is_child_agent
 from castor._redact import masked
 from castor.checkpoint import FINISHED, AgentCheckpoint, SyscallRecord
 from castor.cli._memory_map import MMU_STEPS, memory_lines, mmu_step_text
@@ -17,6 +18,8 @@ from castor.cli._model_steps import model_step_text
 from castor.kernel.model import is_model_step
 from castor.seams import RunSummary
 from castor.summary import ExecutionSummary, scan
+
+MCP_AGENT = "mcp_session"  # the agent of an MCP gateway session's run (castor.mcp.session)
 
 MARKERS = {
     "SUSPENDED_FOR_HITL": "[HITL]",
@@ -193,7 +196,7 @@ def inspect_lines(cp: AgentCheckpoint, fleet: dict[str, Any] | None = None) -> l
         if cp.spec.destructive:
             lines.append(f"  destructive: {', '.join(cp.spec.destructive)}")
     else:
-        lines.append("Spec:   none (saved by a host program; the host program resumes it)")
+        lines.append(f"Spec:   none ({_driven_by(cp)})")
     lines.append("Capabilities:")
     lines += [f"  {r}: {number(c.remaining)} / {number(c.max_budget)} remaining" for r, c in cp.capabilities.items()]
     if not cp.capabilities:
@@ -228,6 +231,15 @@ def kept_lines(cp: AgentCheckpoint) -> list[str]:
     else:
         head = f"Kept, journaled after the steps before them: {len(kept)}"
     return [head, *(step_line(s, r) for s, r in kept)]
+
+
+def _driven_by(cp: AgentCheckpoint) -> str:
+    """Who drives a run that records no specs to import again."""
+    if cp.agent_function_name == MCP_AGENT:
+        return "an MCP gateway session: a client's next call with its pid goes on with it"
+    if is_child_agent(cp.pid, cp.parent_pid, cp.agent_function_name):
+        return f"a child agent: its parent {cp.parent_pid} drives it"
+    return "saved by a host program; the host program resumes it"
 
 
 def pending_lines(cp: AgentCheckpoint) -> list[str]:

@@ -22,7 +22,7 @@ from castor.cli._celery_cmds import add_executor_options, celery_executor, confi
 from castor.cli._common import bare_kernel, command, open_store
 from castor.cli._escape import shown
 from castor.cli._progress import add_progress, step_counter
-from castor.cli._render import finished_lines, result_lines
+from castor.cli._render import MCP_AGENT, finished_lines, result_lines
 from castor.cli._stores import settings_of
 from castor.errors import (
     BackendUnavailable,
@@ -107,7 +107,6 @@ def kernel_of(loaded: _specs.Loaded, backend: Backend, args: argparse.Namespace)
     return loaded.kernel(backend, executor, destructive, llm=llm)
 
 
-MCP_AGENT = "mcp_session"  # the agent of an MCP gateway session's run (castor.mcp.session)
 
 
 def rebuild(cp: AgentCheckpoint, what: str) -> _specs.Loaded:

@@ -7,6 +7,7 @@ tools otherwise). The token is compared in constant time, before the MCP SDK see
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import logging
@@ -62,6 +63,25 @@ class BearerGuard:
         await self.app(scope, receive, send)
 
 
+class CutAtShutdown:
+    """ASGI middleware: a request still open when the server stops (a call waiting for a human keeps its
+    request open) is cut with one log line, not a traceback: its call stays waiting in the store, and the
+    client's retry after the restart finds it. Any other cancellation goes on as it came."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.server: Any = None  # the uvicorn server, once made: whether it is stopping
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except asyncio.CancelledError:
+            if self.server is None or not self.server.should_exit:
+                raise
+            log.warning("a request still open at shutdown was cut; a call it waited on stays waiting (the "
+                        "client's retry finds it)")
+
+
 async def serve_stdio(gateway: Gateway) -> None:
     """Serve one client on this process's stdin/stdout until it closes them."""
     from mcp.server.stdio import stdio_server
@@ -85,8 +105,9 @@ async def serve_http(gateway: Gateway, host: str, port: int, token: str | None, 
         app = BearerGuard(app, token)
     # A call waiting for a human keeps its request open: on SIGTERM give open requests a few seconds, then
     # stop (the waiting call is in the store; the client's retry finds it).
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=3)
-    web = uvicorn.Server(config)
+    cut = CutAtShutdown(app)
+    config = uvicorn.Config(cut, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=3)
+    web = cut.server = uvicorn.Server(config)
     print(f"castor mcp: serving http://{host}:{port}/mcp", file=sys.stderr, flush=True)
     try:
         await web.serve()

@@ -234,6 +234,7 @@ def test_cancelling_a_parent_drops_its_child_agents_waiting_call(cli: Cli, workd
     assert "p3::cli_test_deleter-0  cli_test_deleter  0 steps  (parent: p3)" in listed, listed
     shown = cli("inspect", "p3::cli_test_deleter-0").out
     assert "Status: PREEMPTED" in shown and "Preempted: cancelled" in shown, shown
+    assert "Spec:   none (a child agent: its parent p3 drives it)" in shown, shown
     child = cli("resume", "p3::cli_test_deleter-0")  # its parent drives it
     assert child.code == 1 and child.err == ("castor: error: run 'p3::cli_test_deleter-0' is a child agent of run "
                                              "'p3', which drives it: resume it with castor resume p3\n"), child.err
