@@ -77,7 +77,7 @@ async def test_castor_approvals_lists_a_waiting_mcp_call_in_a_sqlite_store(
     assert "listed" in out and "append_line" in out and '"text": "waits"' in out
     from castor.cli._render import inspect_lines
 
-    shown = "\n".join(inspect_lines(await kernel.aload("listed")))
+    shown = "\n".join(inspect_lines(await Castor(store=f"sqlite:///{db}").aload("listed")))
     assert "Spec:   none (an MCP gateway session: a client's next call with its pid goes on with it)" in shown
 
 
