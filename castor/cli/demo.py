@@ -157,7 +157,8 @@ def level_4(url: str) -> None:
     prefix = sum(r.charged.get("tokens", 0) for r in cp.syscall_log[:2])
     fork_used = fork.budget_used("tokens")
     say(
-        "Forked at step 2: search and the model's decision (steps 0-1) came from the journal, so the model",
+        f"Then forked at step 2, as run {fork.pid} (Python: cp.fork(at_step=2); the CLI: castor fork level4",
+        "--at-step 2). Search and the model's decision (steps 0-1) came from the journal, so the model",
         f"was not asked again; the deletions and the summary re-ran: {len(model.calls) - calls_before} new model call.",
         f"Its usage is {fork_used:g} tokens: the shared model step's {prefix:g}, kept from the journal",
         f"(the replay charged nothing), plus {fork_used - prefix:g} for its own summary.",
