@@ -94,8 +94,7 @@ def _stop(run: AgentCheckpoint, payload: dict[str, str]) -> AgentCheckpoint:
     run.status = "PREEMPTED"
     run.preemption_reason = CANCELLED
     run.preemption_payload = payload
-    run.pending_hitl = None
-    run.pending_step = None
+    run.pending_hitl = run.pending_step = run.pending_reason = None
     run.updated_at = time.time()
     return run
 
