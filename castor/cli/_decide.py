@@ -112,7 +112,7 @@ async def decide(args: argparse.Namespace, outcome: str, feedback: str) -> int:
             if child is None and step < len(cp.syscall_log):
                 record = cp.syscall_log[step]
                 out(f"Step {step}: {call_text(record.tool_name, record.arguments)} -> {short(record.response)}")
-            elif child is None:
+            elif child is None and step == len(cp.syscall_log):
                 failure = cp.failures[-1] if cp.failures else None
                 reason = f"{failure.error_type}: {failure.message}" if failure else "no result"
                 out(
@@ -120,6 +120,7 @@ async def decide(args: argparse.Namespace, outcome: str, feedback: str) -> int:
                     f"The run is resumable (the call runs again): {command(args, 'resume', cp.pid)}",
                 )
                 raise RunFailed(f"the approved call to {tool} failed: {reason}")
+            # Else steps before it have no record yet (calls left running beside it): the run reaches it again.
             return await go(kernel, loaded.agent, cp, args)
         finally:
             await kernel.executor.close()

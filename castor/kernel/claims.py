@@ -15,7 +15,9 @@ run; the claim is taken in one atomic step with a look at the journal (``Journal
   An idempotent tool is claimed over and run again; any other goes back to a human ("in doubt: started
   and never finished"), in a new approval round. Where the executor journals itself (Celery workers), the
   call is sent again and the worker's own claim decides;
-- the claim ends when the call does: its record is journaled, or it failed (a failure is not cached:
+- the claim ends when the call does: its record is journaled (a record that waits in memory behind an
+  earlier step still running keeps the claim, lapsed, so a crash before it is journaled leaves the step in
+  doubt), or it failed (a failure is not cached:
   the next process to reach the step runs it again, as a resume would). A call cut off at its deadline
   or interrupted may still be acting (a thread cannot be stopped): its claim is left lapsed, so the
   step is in doubt for whoever reaches it next. So is a call whose record a fleet drive that lost its
@@ -122,7 +124,12 @@ async def run_claimed(
     renewal = asyncio.get_running_loop().create_task(_renew(journal, ctx.run_id, call.step, holder))
     unknown = False
     try:
-        return await inner(call)
+        result = await inner(call)
+        # Its record may wait in this process's memory behind an earlier step still running (the agent's
+        # asyncio.gather): until it is journaled the claim stays, lapsed, so a process that dies first
+        # leaves the step in doubt rather than free to run again. Journaled, the record answers the step.
+        unknown = call.step >= len(ctx.checkpoint.syscall_log)
+        return result
     except (ToolTimeoutError, asyncio.CancelledError, KeyboardInterrupt, SystemExit):
         unknown = True  # cut off mid-call (a thread cannot be stopped): whether it acted is unknown
         raise
@@ -135,7 +142,7 @@ async def run_claimed(
         renewal.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await renewal
-        if unknown:  # the claim stays, lapsed: whoever reaches the step next finds it in doubt
+        if unknown:  # the claim stays, lapsed: whoever reaches the step next (unjournaled) finds it in doubt
             await journal.renew_claim(ctx.run_id, call.step, holder, 0.0)
         else:
             await journal.release_claim(ctx.run_id, call.step, holder)

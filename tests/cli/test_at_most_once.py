@@ -99,3 +99,87 @@ def test_a_bad_at_most_once_value_is_one_line(tmp_path: Path) -> None:
     assert refused.returncode == 1 and not (tmp_path / "executions.log").exists()
     assert refused.stderr == ("castor: error: SQLite store option at_most_once='maybe' in the URL must be true "
                               "or false\n"), refused.stderr
+
+
+GATHERED = '''
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+from castor import castor_tool
+from castor.lib import tool
+
+LOG = Path(__file__).with_name("executions.log")
+DIE = Path(__file__).with_name("die")
+
+
+def slow(secs: float) -> str:
+    with LOG.open("a") as log:
+        log.write("slow\\n")
+    time.sleep(secs)
+    if DIE.exists():
+        DIE.unlink()
+        os.kill(os.getpid(), signal.SIGKILL)  # dies while the call beside it has finished
+    return "slow done"
+
+
+def notify(to: str) -> str:
+    with LOG.open("a") as log:
+        log.write("notify\\n")
+    return f"told {{to}}"
+
+
+@castor_tool(destructive=True)
+def wipe(path: str) -> str:
+    with LOG.open("a") as log:
+        log.write("wipe\\n")
+    return f"wiped {{path}}"
+
+
+async def main():
+    return await asyncio.gather(tool("slow", secs=0.5), tool("{second}", **{arguments}))
+'''
+
+
+@pytest.mark.parametrize(
+    ("store", "second", "arguments", "decisions"),
+    [
+        ("sqlite:///castor.db?at_most_once=1", "notify", '{"to": "y"}', 0),
+        ("redis", "notify", '{"to": "y"}', 0),
+        ("sqlite:///castor.db", "wipe", '{"path": "/data"}', 1),
+    ],
+    ids=["plain-at-most-once", "plain-at-most-once-redis", "destructive-default"],
+)
+def test_a_call_that_finished_beside_a_slower_one_is_not_run_again_after_a_crash(
+    tmp_path: Path, store: str, second: str, arguments: str, decisions: int, request: pytest.FixtureRequest
+) -> None:
+    """Step 1 finished while step 0 still ran (``asyncio.gather``): its record waited in memory for step 0's,
+    and its claim was released as it returned. The process died in step 0: the record was lost, and the next
+    drive claimed step 1 afresh and ran it again, with no human (a destructive tool's one approval was used
+    twice). Its claim now stays, lapsed, until the record is journaled: the step is in doubt."""
+    if store == "redis":
+        url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+        store = f"{url}?prefix={prefix}&at_most_once=1"
+    (tmp_path / "tools.py").write_text(textwrap.dedent(GATHERED).format(second=second, arguments=arguments))
+    tools = ("--tool", "tools.py:slow", "--tool", f"tools.py:{second}")
+    log, die = tmp_path / "executions.log", tmp_path / "die"
+    if decisions:  # the wipe waits for a human; then the approving drive runs it beside slow, and dies
+        assert castor(tmp_path, "--store", store, "run", "tools.py:main", *tools, "--pid", "g1").returncode == 0
+        die.touch()
+        crashed = castor(tmp_path, "--store", store, "approve", "g1", "--as", "ann")
+    else:  # notify finishes beside slow, which kills the process
+        die.touch()
+        crashed = castor(tmp_path, "--store", store, "run", "tools.py:main", *tools, "--pid", "g1")
+    assert crashed.returncode == -9, crashed.stdout + crashed.stderr
+    assert log.read_text().split().count(second) == 1, log.read_text()
+    resumed = castor(tmp_path, "--store", store, "resume", "g1")
+    said = resumed.stdout + resumed.stderr
+    assert log.read_text().split().count(second) == 1, said  # not run again without a human
+    assert "Status: SUSPENDED_FOR_HITL" in said and "in doubt" in said, said
+    if not decisions:  # slow, cut off itself, waits first; once a human lets it run again, notify's turn
+        approved = castor(tmp_path, "--store", store, "approve", "g1", "--as", "ann")
+        said = approved.stdout + approved.stderr
+        assert sorted(log.read_text().split()) == ["notify", "slow", "slow"], said
+        assert "Status: SUSPENDED_FOR_HITL" in said and "Pending: step 1: notify" in said, said
