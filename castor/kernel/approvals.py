@@ -57,6 +57,9 @@ async def decide(
     child = pending_child(cp)
     if child is not None:  # the call waits in a child agent: the decision is the child's
         await decide(services, child, outcome, feedback, by, (*owners, cp))
+        if await _cancelled_of(services.backend, (cp, *owners)) is not None:
+            await take_stored(services.backend, cp)  # cancelled while the child's call ran: the cancel stands
+            return cp
         _clear_pending(cp)
         await save_run(services.backend, cp)
         return cp
@@ -80,7 +83,7 @@ async def decide(
         await refuse_if_cancelled(services.backend, cp, *owners)
         raise
     await refuse_if_cancelled(services.backend, cp, *owners)
-    await apply_decision(services, cp, step, tool, args)
+    await apply_decision(services, cp, step, tool, args, owners)
     return cp
 
 
@@ -105,8 +108,12 @@ async def _cancelled_of(backend: Backend, runs: tuple[AgentCheckpoint, ...]) -> 
     return None
 
 
-async def apply_decision(services: Services, cp: AgentCheckpoint, step: int, tool: str, args: dict[str, Any]) -> None:
-    """Journal the decided step now (executing it if approved) and mark the run ready to resume."""
+async def apply_decision(
+    services: Services, cp: AgentCheckpoint, step: int, tool: str, args: dict[str, Any],
+    owners: tuple[AgentCheckpoint, ...] = (),
+) -> None:
+    """Journal the decided step now (executing it if approved) and mark the run ready to resume, unless it,
+    or a run it is a child agent of (``owners``), was cancelled while the call ran."""
     ctx = RunContext(services, cp, speculative=False, scopes=tuple(cp.scopes), next_step=step + 1)
     caps = cp.capabilities
     backend = services.backend
@@ -128,7 +135,7 @@ async def apply_decision(services: Services, cp: AgentCheckpoint, step: int, too
         cp.held = ctx.keep_held()  # those the decided step's record let through are journaled now
         ctx.update_capabilities()
         await backend.budgets.close_run(cp.pid)
-        if await cancelled_meanwhile(backend, cp):  # cancelled while the call ran: the cancel stands
+        if await _cancelled_of(backend, (cp, *owners)) is not None:  # cancelled while the call ran: it stands
             await take_stored(backend, cp)
         else:
             if suspended:

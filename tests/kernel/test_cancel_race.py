@@ -15,6 +15,7 @@ from castor import Castor
 from castor._terminal import cancelled
 from castor.errors import NothingPendingError
 from castor.kernel.cancel import cancel_stored
+from castor.lib import tool as lib_tool
 from castor.seams import Backend
 from tests.kernel.test_finished_runs import WIPED, cleanup, wipe
 
@@ -163,5 +164,59 @@ async def test_a_fleet_decision_whose_call_a_cancel_dropped_just_before_says_it_
         await assert_cancelled_and_nothing_waits(stores)
     finally:
         await client.close()
+        for backend in stores:
+            await backend.close()
+
+
+AFTER: list[str] = []
+
+
+async def note_after(text: str) -> str:
+    AFTER.append(text)
+    return text
+
+
+async def parent_of_a_wiper() -> str:
+    from castor.lib import join, spawn
+
+    got = await join(await spawn("cancel_race_wiper", capabilities={"api": 3}))
+    await lib_tool("note_after", text="after the join")  # must not run once the parent is cancelled
+    return str(got)
+
+
+async def test_a_cancel_of_the_parent_while_its_childs_approved_call_runs_stands(stores: list[Backend]) -> None:
+    """The call waits in a child agent; its approval runs it, and the parent's cancel lands mid-call. The
+    child's and then the parent's header were saved RUNNING over the cancel, so ``castor approve`` went on
+    driving the parent past the join, to COMPLETED, after ``cancelled`` was printed."""
+    from castor import castor_agent
+
+    approver, canceller = stores
+    AFTER.clear()
+
+    async def slow_wipe(path: str) -> str:
+        SAID.append(await cancel_stored(canceller, "pr", "ann"))  # lands mid-call
+        return await wipe(path)
+
+    slow_wipe.__name__ = "wipe"
+
+    @castor_agent(name="cancel_race_wiper")
+    async def wiper() -> str:
+        return await lib_tool("wipe", path="/data")
+
+    tools = [slow_wipe, note_after]
+    waiting = await Castor(tools=tools, destructive=["wipe"], store=approver, budgets={"api": 10}).run(
+        parent_of_a_wiper, pid="pr")
+    assert waiting.status == "SUSPENDED_FOR_HITL" and not WIPED
+    kernel = Castor(tools=tools, destructive=["wipe"], store=approver)
+    try:
+        cp = await kernel.decide("pr", "approve", None)
+        assert WIPED == ["/data"] and cancelled(cp), cp.status
+        assert len(SAID) == 1 and "had just been approved by" in SAID[0], SAID
+        for backend in stores:
+            for pid in ("pr", "pr::cancel_race_wiper-0"):
+                stored = await backend.runs.load(pid)
+                assert stored is not None and cancelled(stored), (pid, stored.status if stored else None)
+        assert AFTER == []
+    finally:
         for backend in stores:
             await backend.close()
