@@ -142,6 +142,9 @@ class AgentCheckpoint(BaseModel):
     # the calls again, and journals them once the steps before them are (castor.kernel.context).
     held: dict[int, SyscallRecord] = Field(default_factory=dict)
     speculative: bool = False
+    # Driven once on a store asked for at most once (castor.seams.Backend.at_most_once): every plain call of
+    # the run is claimed before it runs, wherever it is resumed or forked (a store URL without the option too).
+    at_most_once: bool = False
     scopes: list[str] = Field(default_factory=list)
     spec: RunSpec | None = None
     children: dict[str, AgentCheckpoint] = Field(default_factory=dict)
@@ -234,6 +237,7 @@ class AgentCheckpoint(BaseModel):
             failures=[],
             held={},  # a fork makes the steps after at_step again
             speculative=self.speculative,
+            at_most_once=self.at_most_once,
             scopes=list(self.scopes),
             spec=self.spec,
             children={},

@@ -13,7 +13,6 @@ import argparse
 import time
 from typing import Any
 
-from castor._ids import is_child_agent
 from castor._terminal import cancelled, nothing_waits
 from castor.checkpoint import AgentCheckpoint
 from castor.cli._celery_cmds import add_executor_options
@@ -21,7 +20,7 @@ from castor.cli._common import command
 from castor.cli._render import call_text, short
 from castor.cli._runs import MCP_AGENT, RunFailed, add_hitl, go, kernel_of, load_run, opened, out, rebuild
 from castor.kernel.approvals import default_user, refuse_if_cancelled
-from castor.kernel.children import pending_child
+from castor.kernel.children import driving_parent, pending_child
 from castor.seams import Backend, Decision, PendingApproval
 
 PAST = {"approve": "Approved", "reject": "Rejected", "modify": "Modified"}
@@ -67,8 +66,8 @@ async def owner(backend: Backend, cp: AgentCheckpoint) -> AgentCheckpoint:
     """The run that drives ``cp``: a child agent's pending call is decided, and resumed, through its parent.
     A child of a run an operator cancelled has nothing to decide (``NothingPendingError``): the cancel
     dropped its call, and a decision recorded on it would run it when the parent is resumed."""
-    while cp.spec is None and is_child_agent(cp.pid, cp.parent_pid, cp.agent_function_name):
-        parent = await load_run(backend, str(cp.parent_pid))  # set: is_child_agent checked it
+    while cp.spec is None and (parent := await driving_parent(backend, cp)) is not None:
+        parent = await load_run(backend, parent.pid)  # with its journal
         if cancelled(parent):
             raise nothing_waits(parent, "decide")
         if (parent.pending_hitl or {}).get("child") != cp.pid:

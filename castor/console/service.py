@@ -13,7 +13,6 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from castor._ids import is_child_agent
 from castor._redact import masked
 from castor._terminal import nothing_waits
 from castor.checkpoint import AgentCheckpoint
@@ -23,7 +22,7 @@ from castor.cli._runs import load_run
 from castor.console.auth import Denied
 from castor.console.resumer import Resumer
 from castor.errors import ConfigError, NothingPendingError
-from castor.kernel.children import pending_child
+from castor.kernel.children import driving_parent, pending_child
 from castor.seams import Backend, Decision, DecisionOutcome, PendingApproval
 
 if TYPE_CHECKING:  # redis only where the store is Redis
@@ -82,10 +81,7 @@ class Console:
         """The run whose budget pays for ``pid``'s calls: a child agent's parent (up to the top run that drives
         it), any other run (a fork included) its own."""
         header = await self.backend.runs.load(pid)
-        while header is not None and is_child_agent(header.pid, header.parent_pid, header.agent_function_name):
-            parent = await self.backend.runs.load(str(header.parent_pid))
-            if parent is None:
-                break
+        while header is not None and (parent := await driving_parent(self.backend, header)) is not None:
             header = parent
         return header
 
@@ -255,6 +251,9 @@ class Console:
         and driven at once by ``castor resume`` (a CLI run of a SQLite store), else left to whoever drives
         it. Returns the new pid and what happens next."""
         cp = await load_run(self.backend, pid)
+        parent = await driving_parent(self.backend, cp)
+        if parent is not None:  # nothing would drive the fork: a child agent is its parent's to drive
+            raise ConfigError(f"run {pid!r} is a child agent of run {parent.pid!r}, which drives it: fork {parent.pid}")
         try:
             child = cp.fork(at_step=at_step)
         except ValueError as exc:

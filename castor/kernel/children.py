@@ -14,12 +14,23 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from castor._ids import check_pid, pid_part
+from castor._ids import check_pid, is_child_agent, pid_part
 from castor.checkpoint import AgentCheckpoint, Capability
 from castor.errors import CastorError
 from castor.kernel import runner
 from castor.kernel.context import RunContext, Suspend, Syscall
 from castor.kernel.steps import answer, journaled
+from castor.seams import Backend
+
+
+async def driving_parent(backend: Backend, cp: AgentCheckpoint) -> AgentCheckpoint | None:
+    """The stored parent that drives ``cp`` if ``cp`` is one of its child agents (its pid says so, and the
+    parent holds it among its children); None for any other run, a fork included, even one whose pid looks
+    like a child's (an agent named ``fork``, or a pid chosen so)."""
+    if not is_child_agent(cp.pid, cp.parent_pid, cp.agent_function_name):
+        return None
+    parent = await backend.runs.load(str(cp.parent_pid))
+    return parent if parent is not None and cp.pid in parent.children else None
 
 
 def pending_child(cp: AgentCheckpoint) -> AgentCheckpoint | None:

@@ -188,7 +188,10 @@ class RunContext:
         # Whether every non-idempotent call is claimed before it runs (castor.kernel.chain.gate): a leased
         # store, or one asked for at most once, whose executor does not journal itself. Fixed for the
         # kernel; read by the gate on every step.
-        self.claims_calls: bool = (backend.leased or backend.at_most_once) and not self.services.executor.writes_journal
+        if backend.at_most_once:
+            self.checkpoint.at_most_once = True  # the run keeps it, wherever it is driven next
+        claims = backend.leased or self.checkpoint.at_most_once
+        self.claims_calls: bool = claims and not self.services.executor.writes_journal
 
     def claim_step(self) -> int:
         """The next step position; taken synchronously so concurrent calls get call order."""

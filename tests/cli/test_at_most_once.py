@@ -183,3 +183,19 @@ def test_a_call_that_finished_beside_a_slower_one_is_not_run_again_after_a_crash
         said = approved.stdout + approved.stderr
         assert sorted(log.read_text().split()) == ["notify", "slow", "slow"], said
         assert "Status: SUSPENDED_FOR_HITL" in said and "Pending: step 1: notify" in said, said
+
+
+def test_a_run_started_at_most_once_keeps_it_on_a_store_url_without_the_option(tmp_path: Path) -> None:
+    """The option lived in the URL only: a resume (or a console, a CASTOR_STORE) naming the same file without
+    it ran the cut-off call again. The run now keeps it."""
+    (tmp_path / "tools.py").write_text(textwrap.dedent(TOOLS))
+    (tmp_path / "agent.py").write_text(textwrap.dedent(AGENT).format(first="notify", arguments='{"to": "ops"}'))
+    (tmp_path / "die").touch()
+    tools = ("--tool", "tools.py:notify", "--tool", "tools.py:lookup")
+    crashed = castor(tmp_path, "--store", "sqlite:///castor.db?at_most_once=1", "run", "agent.py:main", *tools,
+                     "--pid", "kept")
+    assert crashed.returncode == -9, crashed.stderr
+    resumed = castor(tmp_path, "--store", "sqlite:///castor.db", "resume", "kept")  # the option left out
+    said = resumed.stdout + resumed.stderr
+    assert (tmp_path / "executions.log").read_text().split() == ["notify"], said
+    assert "Why:    in doubt: started and never finished" in said, said

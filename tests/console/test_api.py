@@ -214,3 +214,40 @@ async def test_cancelling_a_run_a_live_process_drives_is_refused_and_leaves_it_a
     await backend.journal.release_claim(waiting.pid, DRIVE_STEP, holder)
     done = await client.http.post(f"/api/runs/{waiting.pid}/cancel", json={}, headers=auth("alice"))
     assert done.status_code == 200 and done.json()["outcome"] == "cancelled"
+
+
+async def test_a_child_agent_is_forked_through_its_parent_and_a_fork_named_like_a_child_is_its_own_run(
+    client: Client, kernel: Castor
+) -> None:
+    """A child agent forked in the console was stored RUNNING with nothing to drive it (its parent drives it);
+    it is refused, naming the parent. A run whose pid only looks like a child's (the fork of a run whose agent
+    is named ``fork`` is ``<parent>::fork-<n>``, as a child agent named ``fork`` would be) keeps its own
+    budget and decisions: they went to its parent."""
+    from castor import castor_agent
+    from castor.lib import join, spawn
+
+    @castor_agent(name="console_kid")
+    async def kid() -> str:
+        return str(await tool("delete_file", path="/tmp/kid", token=SECRET))
+
+    async def parent() -> str:
+        return str(await join(await spawn("console_kid", capabilities={"api": 3})))
+
+    waiting = await kernel.run(parent, pid="kp", budgets={"api": 10})
+    assert waiting.status == "SUSPENDED_FOR_HITL"
+    refused = await client.http.post("/api/runs/kp::console_kid-0/fork", json={"at_step": 0}, headers=auth("alice"))
+    assert refused.status_code == 400 and "child agent of run 'kp', which drives it: fork kp" in refused.text
+
+    async def fork() -> str:  # an agent named fork: its fork's pid reads like a child agent's
+        await tool("search", query="logs")
+        return str(await tool("delete_file", path="/tmp/f", token=SECRET))
+
+    first = await kernel.run(fork, pid="fp", budgets={"api": 5})
+    assert first.status == "SUSPENDED_FOR_HITL"
+    forked = await kernel.run(fork, checkpoint=first.fork(at_step=1), budgets={"api": 99})
+    assert forked.pid == "fp::fork-1" and forked.status == "SUSPENDED_FOR_HITL"
+    queue = (await client.http.get("/api/approvals", headers=auth("bob"))).json()["approvals"]
+    rows = {row["pid"]: row for row in queue}
+    assert rows["fp::fork-1"]["budget"]["api"]["limit"] == 99.0, rows["fp::fork-1"]
+    decided = await client.http.post("/api/runs/fp::fork-1/approve", json={}, headers=auth("alice"))
+    assert decided.status_code == 200 and decided.json()["pid"] == "fp::fork-1", decided.text
