@@ -53,7 +53,7 @@ from castor._redact import redact
 from castor.checkpoint import StepFailure
 from castor.errors import ReplayDivergenceError, StaleLeaseError, ToolTimeoutError
 from castor.kernel.context import Handler, Syscall, same_arguments
-from castor.kernel.steps import suspend_for_human
+from castor.kernel.steps import IN_DOUBT_REASON, suspend_for_human
 from castor.seams import Journal, StepClaim
 
 LEASE = 15.0  # seconds a claim lives without renewal; renewed every third of it while the call runs
@@ -61,7 +61,7 @@ LEASE = 15.0  # seconds a claim lives without renewal; renewed every third of it
 # gone until the store has been up long enough for one renewal and a margin.
 RENEWAL_GRACE = LEASE / 3 + 2.0
 POLL = 0.05  # seconds between two looks at a claim someone else holds
-IN_DOUBT_UNFINISHED = "in doubt: started and never finished"
+IN_DOUBT_UNFINISHED = IN_DOUBT_REASON  # the same words whether a worker or this machine's process was lost
 DRIVE_STEP = -1  # the position whose claim is the run's drive (no step has it)
 DRIVE_POLL = 0.1  # seconds between two looks at a drive someone else holds
 _HOST = socket.gethostname()

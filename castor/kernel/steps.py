@@ -21,7 +21,7 @@ from castor.seams import PendingApproval
 
 SPECULATIVE_REASON = "destructive tool executed speculatively; review before trusting its effect"
 HITL_SPECULATIVE_REASON = "tool requires human review; executed speculatively"
-IN_DOUBT_REASON = "in doubt after worker loss"
+IN_DOUBT_REASON = "in doubt: started and never finished"  # a worker or a driving process lost mid-call
 
 
 async def _value(value: Any) -> Any:

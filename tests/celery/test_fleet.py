@@ -126,11 +126,11 @@ async def test_killed_worker_during_destructive_call_goes_back_to_a_human(fleet:
     cp = await asyncio.wait_for(deciding, 30)
     # Redelivered, the task found the step started and unfinished: never run blindly a second time.
     assert cp.status == "SUSPENDED_FOR_HITL"
-    assert cp.pending_reason == "in doubt after worker loss"
+    assert cp.pending_reason == "in doubt: started and never finished"
     assert fleet.count(tag, "start") == 1
     assert fleet.count(tag, "done") == 0
     pending = await kernel.backend.approvals.pending(cp.pid)
-    assert [(p.step, p.attempt, p.reason) for p in pending] == [(0, 1, "in doubt after worker loss")]
+    assert [(p.step, p.attempt, p.reason) for p in pending] == [(0, 1, "in doubt: started and never finished")]
     failures = await kernel.backend.journal.failures(cp.pid)
     assert [f.error_type for f in failures] == ["InDoubtError"]
     # A new approval round: the human looked, and decides again.

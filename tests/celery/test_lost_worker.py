@@ -143,7 +143,7 @@ async def test_a_killed_worker_mid_call_leaves_the_call_in_doubt_for_a_human(
     tag = f"lost-{uuid.uuid4().hex[:6]}"
     cp, _ = await _run_killing_its_worker(fleet, pool[0], lost_kernel, "slow_write", tag, 60, within=15)
     assert cp.status == "SUSPENDED_FOR_HITL", cp.error
-    assert cp.pending_reason == "in doubt after worker loss"
+    assert cp.pending_reason == "in doubt: started and never finished"
     assert (fleet.count(tag, "start"), fleet.count(tag, "done")) == (1, 0)
     failures = await lost_kernel.backend.journal.failures(cp.pid)
     assert [f.error_type for f in failures] == ["InDoubtError"]

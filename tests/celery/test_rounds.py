@@ -45,10 +45,11 @@ async def test_a_later_round_needs_a_new_decision(backend: Backend) -> None:
     assert first.attempt == 0
     assert (await approvals.decision("r", 3)) == first
     # The worker was lost mid-call: round 1 opens, and the old approval stops counting.
-    await approvals.request(PendingApproval("r", 3, "rm", {"p": 1}, 3.0, None, "in doubt after worker loss", attempt=1))
+    await approvals.request(
+        PendingApproval("r", 3, "rm", {"p": 1}, 3.0, None, "in doubt: started and never finished", attempt=1))
     assert await approvals.decision("r", 3) is None
     waiting = await approvals.pending("r")
-    assert [(p.step, p.attempt, p.reason) for p in waiting] == [(3, 1, "in doubt after worker loss")]
+    assert [(p.step, p.attempt, p.reason) for p in waiting] == [(3, 1, "in doubt: started and never finished")]
     # A repeated request of round 0 (a replaying kernel) changes nothing.
     await approvals.request(PendingApproval("r", 3, "rm", {"p": 1}, 4.0))
     assert [p.attempt for p in await approvals.pending("r")] == [1]
@@ -56,7 +57,7 @@ async def test_a_later_round_needs_a_new_decision(backend: Backend) -> None:
     second = await approvals.decide(Decision("r", 3, "approve", "bob", 5.0))
     assert (second.attempt, second.by) == (1, "bob")
     decided = await approvals.decided_request("r", 3)
-    assert decided is not None and (decided.attempt, decided.reason) == (1, "in doubt after worker loss")
+    assert decided is not None and (decided.attempt, decided.reason) == (1, "in doubt: started and never finished")
     assert (await approvals.decision("r", 3)) == second
     with pytest.raises(AlreadyDecidedError):
         await approvals.decide(Decision("r", 3, "reject", "carol", 6.0))

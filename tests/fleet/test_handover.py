@@ -62,7 +62,7 @@ def test_a_step_whose_worker_died_too_is_still_in_doubt(fleet: Fleet) -> None:
     assert _settled(fleet, pid) == "SUSPENDED_FOR_HITL", fleet.log("co-b")[-3000:]
     pending = fleet.cli_json("approvals")
     assert [p["pid"] for p in pending] == [pid]
-    assert "in doubt after worker loss" in str(pending[0])
+    assert "in doubt: started and never finished" in str(pending[0])
     assert fleet.count(f"{ticket}:slow") == 0  # killed mid-call: it never finished, and it did not run again
 
 

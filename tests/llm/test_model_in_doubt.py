@@ -98,7 +98,7 @@ async def test_with_in_doubt_fail_the_step_fails_and_the_model_is_not_called(tmp
 async def test_with_in_doubt_ask_a_human_decides_whether_the_call_is_made_again(tmp_path: Path, decision: str) -> None:
     kernel, model, reserve = await kernel_with_lost_call(tmp_path, "ask")
     cp = await kernel.run(agent, pid="lost")
-    assert cp.status == "SUSPENDED_FOR_HITL" and cp.pending_reason == "in doubt after worker loss"
+    assert cp.status == "SUSPENDED_FOR_HITL" and cp.pending_reason == "in doubt: started and never finished"
     assert model.calls == 0
     if decision == "approve":
         await kernel.approve("lost")

@@ -34,7 +34,7 @@ class LosingPool(PoolExecutor):
         self.checked.append(dict(call.checked or {}))
         if call.attempt == 0:
             self.sent.append(call)
-            raise InDoubtError(f"in doubt after worker loss: {call.tool_name!r} started on a worker of pool 'llm'")
+            raise InDoubtError(f"in doubt: started and never finished: {call.tool_name!r} on a worker of pool 'llm'")
         # as decoded off the wire: the checked arguments carry the first call's charge (spent) to settle beside
         job = ToolCall(call.run_id, call.step, call.tool_name, call.journaled_arguments(), checked=call.checked,
                        attempt=call.attempt, charged=dict(call.charged or {}), usage=call.usage)
