@@ -23,7 +23,7 @@ from castor._terminal import cancelled, nothing_waits
 from castor.backends.redis import keys
 from castor.checkpoint import AgentCheckpoint
 from castor.errors import BackendUnavailable, ConfigError, NothingPendingError, RunNotFoundError
-from castor.kernel.cancel import cancellable, ended, mark_cancelled
+from castor.kernel.cancel import cancellable, ended, mark_cancelled, through, top_driver
 from castor.kernel.runner import new_checkpoint
 from castor.seams import Backend, Decision, DecisionOutcome
 
@@ -142,7 +142,11 @@ class FleetClient:
             raise
 
     async def cancel(self, backend: Backend, pid: str, by: str) -> str:
-        """Stop a run wherever it is; returns what happened (``cancelled`` or ``cancel requested``)."""
+        """Stop a run wherever it is (a child agent's: the run that drives it); returns what happened
+        (``cancelled`` or ``cancel requested``)."""
+        top = await top_driver(backend, pid)
+        if top != pid:
+            return through(pid, top, await self.cancel(backend, top, by))
         header = await cancellable(backend, pid)
         # A preempted run nobody holds is driven by no one: stopped here, not left waiting for a driver.
         idle = header.status == "PREEMPTED" and not await self.is_fleet_run(pid)

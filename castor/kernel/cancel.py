@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from castor._terminal import CANCELLED, cancelled, save_run
 from castor.checkpoint import FINISHED, AgentCheckpoint
 from castor.errors import ConfigError, RunBusyError, RunNotFoundError
+from castor.kernel.children import driving_parent
 from castor.kernel.claims import DRIVE_STEP, LEASE, holder_gone, new_holder
 from castor.seams import Backend, Decision
 
@@ -86,6 +87,7 @@ async def mark_cancelled(backend: Backend, header: AgentCheckpoint, by: str) -> 
     for child in waiting[1:]:  # their own rows said they waited for a human; the parent's resume drives them
         stored = await backend.runs.load(child.pid)
         if stored is not None and stored.status == "SUSPENDED_FOR_HITL":
+            stored.syscall_log = await backend.journal.history(child.pid)  # the store counts steps on save
             await save_run(backend, _stop(stored, {"by": by, "parent": header.pid}))
     return Cancelled(decided if decided is not None and decided.outcome == "approve" else None)
 
@@ -99,9 +101,26 @@ def _stop(run: AgentCheckpoint, payload: dict[str, str]) -> AgentCheckpoint:
     return run
 
 
+async def top_driver(backend: Backend, pid: str) -> str:
+    """The run that drives ``pid``: itself, or for a child agent the top of its parents (a cancel of a child
+    agent stops the run that drives it: stopped alone, it failed its parent's next resume)."""
+    header = await backend.runs.load(pid)
+    while header is not None and (parent := await driving_parent(backend, header)) is not None:
+        header = parent
+    return header.pid if header is not None else pid
+
+
+def through(pid: str, top: str, outcome: str) -> str:
+    """What a cancel of ``pid`` did when it cancelled ``top``, which drives it."""
+    return outcome if top == pid else f"{outcome} (with run {top}, which drives this child agent)"
+
+
 async def cancel_stored(backend: Backend, pid: str, by: str) -> str:
-    """Cancel run ``pid`` of a store no coordinator drives; what happened (``cancelled``, maybe with the
-    approval that came just before, or that it ended meanwhile)."""
+    """Cancel run ``pid`` of a store no coordinator drives (a child agent's: the run that drives it); what
+    happened (``cancelled``, maybe with the approval that came just before, or that it ended meanwhile)."""
+    top = await top_driver(backend, pid)
+    if top != pid:
+        return through(pid, top, await cancel_stored(backend, top, by))
     header = await cancellable(backend, pid)
     journal, holder = backend.journal, new_holder()
     found = await journal.claim(pid, DRIVE_STEP, 0, holder, LEASE)

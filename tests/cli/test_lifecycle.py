@@ -252,3 +252,19 @@ def test_interactive_without_an_answer_leaves_the_run_suspended(cli: Cli, monkey
     result = cli(*RUN, "--hitl", "interactive")
     assert result.code == 1 and "no answer on standard input" in result.err and "stays suspended" in result.err
     assert cli("ps").out.startswith("[HITL] ")
+
+
+def test_cancelling_a_child_agents_pid_cancels_the_run_that_drives_it(cli: Cli, workdir: Path) -> None:
+    """The child was cancelled alone: its parent still showed the call waiting, and the parent's next resume
+    failed ("child ended PREEMPTED: cancelled"). The cancel now goes to the run that drives the child."""
+    (workdir / "kids.py").write_text(KIDS)
+    tools = ("--tool", "tools.py:search", "--tool", "tools.py:delete_file", "--destructive", "--budget", "api=10")
+    cli("run", "kids.py:parent", *tools, "--pid", "p4")
+    done = cli("cancel", "p4::cli_test_deleter-0", "--db", "castor.db", "--as", "ann")
+    assert done.out == "p4::cli_test_deleter-0: cancelled (with run p4, which drives this child agent)\n", done.err
+    assert "[HITL]" not in cli("ps").out and "p4" not in cli("approvals", "--db", "castor.db").out
+    resumed = cli("resume", "p4")
+    assert resumed.code == 0 and 'Pending: delete_file(path="/tmp/child")' in resumed.out, resumed.out + resumed.err
+    approved = cli("approve", "p4")
+    assert approved.code == 0 and "Result: parent got Deleted /tmp/child" in approved.out, approved.out
+    assert calls(workdir) == ["search", "delete_file"]
