@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -40,6 +41,14 @@ class ToolDeclaration:
     sensitive: tuple[str, ...] = ()
 
 
+def check_cost(what: str, amount: object) -> float:
+    """``amount`` as a cost: a finite number, not negative (a NaN or negative cost would break a shared
+    budget's arithmetic: a NaN usage admits every charge after it, a negative one frees room past the limit)."""
+    if isinstance(amount, bool) or not isinstance(amount, int | float) or not math.isfinite(amount) or amount < 0:
+        raise ConfigError(f"{what} must be a finite number, not negative, got {amount!r}")
+    return float(amount)
+
+
 def castor_tool(
     func: Callable[..., Any] | None = None,
     *,
@@ -68,8 +77,8 @@ def castor_tool(
         consumes = None
     if timeout_seconds is not None and timeout_seconds <= 0:
         raise ConfigError(f"timeout_seconds must be positive, got {timeout_seconds!r}")
-    if cost_per_use is not None and cost_per_use < 0:
-        raise ConfigError(f"cost_per_use must not be negative, got {cost_per_use!r}")
+    if cost_per_use is not None:
+        check_cost("cost_per_use", cost_per_use)
     declaration = ToolDeclaration(
         consumes, cost_per_use, requires_hitl, destructive, timeout_seconds, idempotent, retryable,
         tuple(sensitive),
@@ -275,6 +284,8 @@ class ToolRegistry:
         override = self._costs.get(name)
         if override is not None:
             cost = dict(override) if isinstance(override, Mapping) else {DEFAULT_RESOURCE: float(override)}
+            for resource, amount in cost.items():
+                check_cost(f"costs[{name!r}][{resource!r}]", amount)
         else:
             amount = DEFAULT_COST if decl.cost_per_use is None else float(decl.cost_per_use)
             cost = {decl.consumes or DEFAULT_RESOURCE: amount}

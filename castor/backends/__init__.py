@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import math
 import os
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -41,6 +42,8 @@ def _redis_options(url: str) -> tuple[str, str, dict[str, Any]]:
                 ours[key] = (type(default) if default is not None else float)(value) if numeric and value else value
             except ValueError:
                 raise ConfigError(f"Redis store option {key}={value!r} in the URL must be a number") from None
+            if numeric and value:
+                _check_number(key, value, ours[key])
         else:
             theirs.append((key, value))  # redis-py's own connection options
     unknown = sorted({key for key, _ in theirs} - _redis_py_options())
@@ -67,6 +70,20 @@ def _redis_py_options() -> frozenset[str]:
     for kind in (connection.AbstractConnection, connection.Connection, connection.SSLConnection):
         names.update(inspect.signature(kind.__init__).parameters)
     return frozenset(names - {"self", "args", "kwargs"})
+
+
+# Seconds Redis keeps a finished run at most (EXPIRE takes no more than this, and no fraction of a second).
+MAX_RETENTION = 10**9
+
+
+def _check_number(key: str, text: str, number: float) -> None:
+    """A store option's number: finite and not negative (NaN or inf reached Redis's scripts, which refused
+    them after writing half their work); a run's retention a whole number of seconds Redis can keep."""
+    if not math.isfinite(number) or number < 0:
+        raise ConfigError(f"Redis store option {key}={text!r} in the URL must be a finite number, not negative")
+    if key == "retention_seconds" and not 1 <= number <= MAX_RETENTION:
+        raise ConfigError(f"Redis store option retention_seconds={text!r} must be between 1 and {MAX_RETENTION:,} "
+                          "seconds (how long a finished run is kept)")
 
 
 def _flag(key: str, value: str, store: str = "Redis") -> bool:

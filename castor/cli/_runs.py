@@ -72,8 +72,8 @@ def parse_budgets(items: list[str] | None) -> dict[str, float]:
             amount = float(value)
         except ValueError:
             raise ConfigError(f"budget {key!r} must be a number, got {value!r}") from None
-        if math.isnan(amount) or amount < 0:
-            raise ConfigError(f"budget {key!r} must be a non-negative number, got {value!r}")
+        if not math.isfinite(amount) or amount < 0:  # inf: no budget is an absent one, and Redis adds no inf
+            raise ConfigError(f"budget {key!r} must be a finite non-negative number, got {value!r}")
         budgets[key] = amount
     return budgets
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import math
 import random
 import time
 import weakref
@@ -222,10 +223,15 @@ class RateLimiter(ABC):
         """Admit no call under ``key`` for ``seconds`` (a shorter pause never cuts a longer one)."""
 
 
+MAX_PAUSE = 24 * 3600.0  # the longest pause a provider's Retry-After gets (a day)
+MAX_TOKENS = 10**12  # more than any model call reserves: sums of them stay exact integers in Redis's Lua
+
+
 def _tokens(tokens: int) -> int:
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
         raise ConfigError(f"tokens to reserve must be a non-negative integer, not {tokens!r}")
-    return tokens
+    # Redis's Lua formats numbers from 1e17 up as "1e+17", which its integer commands refuse (half-written).
+    return min(tokens, MAX_TOKENS)
 
 
 @dataclass(slots=True)
@@ -282,7 +288,12 @@ def retry_after(exc: BaseException) -> float | None:
         headers = getattr(getattr(exc, "response", None), "headers", None) or {}
         with contextlib.suppress(TypeError, ValueError):
             seconds = float(headers.get("retry-after"))  # type: ignore[arg-type]  # None: suppressed
-    return float(seconds) if seconds is not None else 1.0  # a 429 without a hint: a second
+    with contextlib.suppress(TypeError, ValueError):
+        seconds = float(seconds) if seconds is not None else None
+        # A remote server chose it: a pause of no finite length, or of years, is no pause to keep.
+        if seconds is not None and math.isfinite(seconds):
+            return min(max(seconds, 0.0), MAX_PAUSE)
+    return 1.0  # a 429 without a (usable) hint: a second
 
 
 @contextlib.asynccontextmanager
