@@ -223,3 +223,25 @@ async def test_a_charge_that_took_nothing_is_swept_without_counting(redis_url: s
     assert sync.hlen(keys.charges(redis_prefix, "r")) == 0 and sync.zcard(keys.reservations(redis_prefix)) == 0
     sync.close()
     await dead.close()
+
+
+async def test_a_refund_never_reaches_a_scope_deleted_and_made_again_nor_goes_below_zero(backend: Backend) -> None:
+    """A scope deleted and set again restarted its period count, so a refund of a charge taken before the
+    delete gave back into the new scope (15 taken against a limit of 10). And refunds of decimals could leave
+    a rounding's dust below zero (HINCRBYFLOAT's long doubles against the check's doubles)."""
+    budgets = backend.budgets
+    await budgets.set_scope("dr", {"api": 10})
+    assert (await budgets.charge("dr1", 1, {"api": 5.0}, ["dr"])).ok
+    await budgets.delete_scope("dr")  # type: ignore[attr-defined]
+    await budgets.set_scope("dr", {"api": 10})
+    assert (await budgets.charge("dr2", 1, {"api": 8.0}, ["dr"])).ok
+    await budgets.refund("dr1", 1)  # taken from the deleted scope: nothing comes back here
+    assert await budgets.read_scope("dr") == {"api": (10.0, 8.0)}
+    assert not (await budgets.charge("dr3", 1, {"api": 7.0}, ["dr"])).ok
+    await budgets.set_scope("dust", {"api": 100})
+    amounts = [1.50065, 2.524255, 1.980063, 0.657, 0.73, 1.44, 0.1, 0.2, 1e-10]
+    for step, amount in enumerate(amounts):
+        assert (await budgets.charge("dust-run", step, {"api": amount}, ["dust"])).ok
+    for step in (3, 8, 0, 6, 5, 1, 7, 4, 2):
+        await budgets.refund("dust-run", step)
+    assert (await budgets.read_scope("dust"))["api"][1] >= 0.0

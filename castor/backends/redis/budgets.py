@@ -248,6 +248,9 @@ class RedisBudgetStore:
                     else:
                         pipe.hset(key, f"L:{resource}", _number(value))
                     pipe.hsetnx(key, f"U:{resource}", "0")
+                # A new scope's first period is its own, not that of a scope of the same name deleted before:
+                # a refund of a charge taken there must not give back into this one (budget_refund.lua).
+                pipe.hsetnx(key, "R", str(time.time_ns() // 1000))
                 pipe.sadd(names, scope)
                 await pipe.execute()
 

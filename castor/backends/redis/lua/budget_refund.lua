@@ -33,10 +33,16 @@ for i = 3, #f - 3, 4 do
     local used = tonumber(redis.call('HGET', key, field) or '0')
     if used - tonumber(amount) < 0 then
       redis.call('HSET', key, field, 0) -- reset since the charge: never below zero
-    elseif string.sub(amount, 1, 1) == '-' then
-      redis.call('HINCRBYFLOAT', key, field, string.sub(amount, 2))
     else
-      redis.call('HINCRBYFLOAT', key, field, '-' .. amount) -- the exact decimal that was taken
+      local left
+      if string.sub(amount, 1, 1) == '-' then
+        left = redis.call('HINCRBYFLOAT', key, field, string.sub(amount, 2))
+      else
+        left = redis.call('HINCRBYFLOAT', key, field, '-' .. amount) -- the exact decimal that was taken
+      end
+      if tonumber(left) < 0 then
+        redis.call('HSET', key, field, 0) -- a rounding's dust below zero (the check above is in doubles)
+      end
     end
   end
 end
