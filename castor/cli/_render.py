@@ -189,7 +189,7 @@ def inspect_lines(cp: AgentCheckpoint, fleet: dict[str, Any] | None = None) -> l
         lines.append(f"Fleet:  {'; '.join(fleet_notes(fleet)) or 'not held by a coordinator'}")
     if cp.scopes:
         lines.append(f"Scopes: {', '.join(cp.scopes)}")
-    lines.append(f"Mode:   {'speculative' if cp.speculative else 'human approval for destructive calls'}")
+    lines.append(f"Mode:   {_mode(cp)}")
     if cp.spec is not None:
         lines.append(f"Spec:   {cp.spec.agent}")
         lines += [f"  tool: {t}" for t in cp.spec.tools]
@@ -231,6 +231,14 @@ def kept_lines(cp: AgentCheckpoint) -> list[str]:
     else:
         head = f"Kept, journaled after the steps before them: {len(kept)}"
     return [head, *(step_line(s, r) for s, r in kept)]
+
+
+def _mode(cp: AgentCheckpoint) -> str:
+    """How the run treats its calls: speculative or gated, and at most once (``?at_most_once=1``)."""
+    mode = "speculative" if cp.speculative else "human approval for destructive calls"
+    if cp.at_most_once:
+        mode += "; every call not idempotent at most once (one cut off by a crash waits for a human)"
+    return mode
 
 
 def _driven_by(cp: AgentCheckpoint) -> str:

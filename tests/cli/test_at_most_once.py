@@ -199,3 +199,5 @@ def test_a_run_started_at_most_once_keeps_it_on_a_store_url_without_the_option(t
     said = resumed.stdout + resumed.stderr
     assert (tmp_path / "executions.log").read_text().split() == ["notify"], said
     assert "Why:    in doubt: started and never finished" in said, said
+    shown = castor(tmp_path, "--store", "sqlite:///castor.db", "inspect", "kept").stdout
+    assert "Mode:   human approval for destructive calls; every call not idempotent at most once" in shown, shown
