@@ -41,12 +41,11 @@ class ToolDeclaration:
     sensitive: tuple[str, ...] = ()
 
 
-def check_cost(what: str, amount: object) -> float:
+def check_cost(what: str, amount: object) -> None:
     """``amount`` as a cost: a finite number, not negative (a NaN or negative cost would break a shared
     budget's arithmetic: a NaN usage admits every charge after it, a negative one frees room past the limit)."""
     if isinstance(amount, bool) or not isinstance(amount, int | float) or not math.isfinite(amount) or amount < 0:
         raise ConfigError(f"{what} must be a finite number, not negative, got {amount!r}")
-    return float(amount)
 
 
 def castor_tool(

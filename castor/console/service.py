@@ -22,7 +22,7 @@ from castor.cli._runs import load_run
 from castor.console.auth import Denied
 from castor.console.resumer import Resumer
 from castor.errors import ConfigError, NothingPendingError
-from castor.kernel.children import driving_parent, pending_child
+from castor.kernel.children import driving_parent, pending_child, top_run
 from castor.seams import Backend, Decision, DecisionOutcome, PendingApproval
 
 if TYPE_CHECKING:  # redis only where the store is Redis
@@ -62,9 +62,8 @@ class Console:
         headers: dict[str, AgentCheckpoint | None] = {}  # per pid waiting: the run that holds its budget
         for call in pending:
             if call.run_id not in headers:
-                headers[call.run_id] = await self._budget_holder(call.run_id)
-        roots = {call.run_id: header.pid if header else call.run_id for call, header in
-                 ((c, headers[c.run_id]) for c in pending)}
+                headers[call.run_id] = await top_run(self.backend, call.run_id)
+        roots = {pid: header.pid if header else pid for pid, header in headers.items()}
         owners = await self._owners(sorted(set(roots.values())))
         now = time.time()
         rows = []
@@ -76,14 +75,6 @@ class Console:
                 "budget": budgets_of(header) if header else {},
             })
         return rows
-
-    async def _budget_holder(self, pid: str) -> AgentCheckpoint | None:
-        """The run whose budget pays for ``pid``'s calls: a child agent's parent (up to the top run that drives
-        it), any other run (a fork included) its own."""
-        header = await self.backend.runs.load(pid)
-        while header is not None and (parent := await driving_parent(self.backend, header)) is not None:
-            header = parent
-        return header
 
     @staticmethod
     def _call(call: PendingApproval) -> dict[str, Any]:

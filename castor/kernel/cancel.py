@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from castor._terminal import CANCELLED, cancelled, save_run
 from castor.checkpoint import FINISHED, AgentCheckpoint
 from castor.errors import ConfigError, RunBusyError, RunNotFoundError
-from castor.kernel.children import driving_parent
+from castor.kernel.children import top_run
 from castor.kernel.claims import DRIVE_STEP, LEASE, holder_gone, new_holder
 from castor.seams import Backend, Decision
 
@@ -102,12 +102,10 @@ def _stop(run: AgentCheckpoint, payload: dict[str, str]) -> AgentCheckpoint:
 
 
 async def top_driver(backend: Backend, pid: str) -> str:
-    """The run that drives ``pid``: itself, or for a child agent the top of its parents (a cancel of a child
-    agent stops the run that drives it: stopped alone, it failed its parent's next resume)."""
-    header = await backend.runs.load(pid)
-    while header is not None and (parent := await driving_parent(backend, header)) is not None:
-        header = parent
-    return header.pid if header is not None else pid
+    """The pid of the run that drives ``pid`` (``castor.kernel.children.top_run``): a cancel of a child agent
+    stops it (stopped alone, the child failed its parent's next resume)."""
+    top = await top_run(backend, pid)
+    return top.pid if top is not None else pid
 
 
 def through(pid: str, top: str, outcome: str) -> str:

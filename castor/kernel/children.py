@@ -33,6 +33,15 @@ async def driving_parent(backend: Backend, cp: AgentCheckpoint) -> AgentCheckpoi
     return parent if parent is not None and cp.pid in parent.children else None
 
 
+async def top_run(backend: Backend, pid: str) -> AgentCheckpoint | None:
+    """The stored run that drives ``pid``: itself, or for a child agent the top of its parents (its budget
+    pays for the child's calls, and a cancel of the child stops it); None if the store holds no ``pid``."""
+    header = await backend.runs.load(pid)
+    while header is not None and (parent := await driving_parent(backend, header)) is not None:
+        header = parent
+    return header
+
+
 def pending_child(cp: AgentCheckpoint) -> AgentCheckpoint | None:
     """The child whose call the parent's pending approval is, if any (``AgentCheckpoint.pending_child``)."""
     return cp.pending_child
