@@ -61,6 +61,8 @@ async def body_of(request: Request) -> dict[str, Any]:
         data = json.loads(raw)
     except ValueError as exc:
         raise ConfigError(f"the body is not JSON: {exc}") from None
+    except RecursionError:  # arrays nested thousands deep: no body of this API nests beyond a few levels
+        raise ConfigError("the body is not JSON this API takes: it is nested too deep") from None
     if not isinstance(data, dict):
         raise ConfigError("the body must be a JSON object")
     return data
@@ -99,7 +101,10 @@ async def decide(request: Request, outcome: DecisionOutcome) -> Response:
     if by not in (None, "", who.name) and not state(request).gate.open:
         raise Denied(403, f"signed in as {who.name}: 'by' must be {who.name!r} or left out")
     field = TEXT_FIELD[outcome]
-    text = str(body.get(field) or body.get("reason") or "") if field else ""
+    given = (body.get(field) or body.get("reason") or "") if field else ""
+    if not isinstance(given, str):  # the agent is told this text: never a Python repr of an object
+        raise ConfigError(f"{field!r} must be a string, got {type(given).__name__}")
+    text = given
     if field and not text.strip():
         raise ConfigError(f"{outcome} needs a {field!r}: what the agent is told")
     name = str(by) if by and state(request).gate.open else who.name
@@ -159,10 +164,18 @@ def amounts_of(raw: Any) -> dict[str, float]:
         raise ConfigError("'amounts' must be an object of resource: amount, e.g. {\"api\": 100}")
     amounts = {}
     for name, value in raw.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value) or value < 0:
             raise ConfigError(f"amount of {name!r} must be a non-negative number, got {value!r}")
         amounts[str(name)] = float(value)
     return amounts
+
+
+def _finite(value: float) -> bool:
+    # JSON's integers have no bound: one past a float's range is no amount (math.isfinite would raise on it)
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 async def top_up(request: Request) -> Response:

@@ -23,6 +23,7 @@ from castor.console import api, pages
 from castor.console.auth import Denied, Gate
 from castor.console.context import State, error_status, identity, state
 from castor.console.feed import Feed
+from castor.console.limits import BodyLimit
 from castor.console.resumer import Resumer
 from castor.console.service import Console
 from castor.console.webhook import Webhook
@@ -80,7 +81,7 @@ def create_app(
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]
     handled = (Denied, RunNotFoundError, NothingPendingError, ConfigError, InvalidPidError)
-    middleware = []
+    middleware = [Middleware(BodyLimit)]  # before anything reads a body, the sign-in form included
     if castor_state.gate.open:
         # No sign-in: only loopback names may reach it, or a page of another site whose name was rebound to
         # 127.0.0.1 (DNS rebinding) would be same-origin with the console and could decide calls.

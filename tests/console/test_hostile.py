@@ -1,0 +1,58 @@
+"""Hostile input to the console: bodies of the wrong shape, type or size, and pids and scopes with odd
+characters, get a 4xx with a one-line reason, never a 500, and leave the waiting call as it was."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from castor.checkpoint import AgentCheckpoint
+from castor.console.limits import MAX_BODY_BYTES
+from tests.console.conftest import Client, auth
+
+JSON = {**auth("carol"), "content-type": "application/json"}
+
+
+async def _still_waiting(client: Client, pid: str) -> None:
+    pending = (await client.http.get(f"/api/runs/{pid}", headers=auth("bob"))).json()["pending"]
+    assert pending is not None and pending["decision"] is None
+
+
+async def test_bodies_of_the_wrong_shape_or_type_are_refused(client: Client, waiting: AgentCheckpoint) -> None:
+    pid = waiting.pid
+    refused = [
+        await client.http.post(f"/api/runs/{pid}/approve", content=b"[" * 100_000, headers=JSON),  # RecursionError
+        await client.http.post(f"/api/runs/{pid}/reject", json={"reason": {"rm": "-rf"}}, headers=auth("carol")),
+        await client.http.post(f"/api/runs/{pid}/modify", json={"feedback": ["a"]}, headers=auth("carol")),
+        await client.http.post("/api/scopes/team/top-up", json={"amounts": {"api": 10**400}}, headers=auth("carol")),
+    ]
+    assert [r.status_code for r in refused] == [400] * 4, [r.text for r in refused]
+    assert "nested too deep" in refused[0].json()["error"]
+    assert refused[1].json()["error"] == "'reason' must be a string, got dict"
+    await _still_waiting(client, pid)
+
+
+async def test_a_body_past_the_limit_is_refused_before_it_is_held(client: Client, waiting: AgentCheckpoint) -> None:
+    big = "x" * (MAX_BODY_BYTES + 1)
+    declared = await client.http.post(f"/api/runs/{waiting.pid}/reject", json={"reason": big}, headers=auth("carol"))
+    assert declared.status_code == 413 and "larger than" in declared.json()["error"]
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it comes
+        for _ in range(MAX_BODY_BYTES // 10_000 + 2):
+            yield b"x" * 10_000
+
+    streamed = await client.http.post(f"/api/runs/{waiting.pid}/reject", content=chunks(), headers=JSON)
+    assert streamed.status_code == 413
+    sign_in = await client.http.post("/login", content=chunks(),  # before anyone signed in
+                                     headers={"content-type": "application/x-www-form-urlencoded"})
+    assert sign_in.status_code == 413
+    await _still_waiting(client, waiting.pid)
+
+
+async def test_pids_and_scopes_with_odd_characters_are_not_found(client: Client, waiting: AgentCheckpoint) -> None:
+    for pid in ("nope", "a%00b", "x" * 5000, "%E2%80%AE", "%0Aline", "::fork-1", f"{waiting.pid}::fork-99999"):
+        for method, path in (("GET", ""), ("POST", "/approve"), ("POST", "/cancel"), ("POST", "/fork")):
+            r = await client.http.request(method, f"/api/runs/{pid}{path}", json={"at_step": 0}, headers=auth("carol"))
+            assert r.status_code == 404, (pid[:20], path, r.status_code, r.text[:200])
+    for scope in ("%00", "x" * 5000):
+        assert (await client.http.get(f"/api/scopes/{scope}", headers=auth("carol"))).status_code == 404
+    await _still_waiting(client, waiting.pid)
