@@ -110,7 +110,7 @@ async def _join(ctx: RunContext, call: Syscall, handle: str) -> Any:
     parent = ctx.checkpoint
     future = ctx.children.pop(handle, None)
     if future is None:
-        child = parent.children.get(handle)
+        child = parent.children.get(handle) or await _spawned_child(ctx, handle)
         if child is None:
             raise CastorError(f"join({handle!r}): no child with that handle in run {parent.pid!r}")
         agent = ctx.services.agents.get(child.agent_function_name)
@@ -131,3 +131,24 @@ async def _join(ctx: RunContext, call: Syscall, handle: str) -> Any:
         await ctx.budgets.charge(parent.pid, step, unused)
     del parent.children[handle]
     return await answer(call, child.result, unused, child=child)
+
+
+async def _spawned_child(ctx: RunContext, handle: str) -> AgentCheckpoint | None:
+    """The child ``handle`` of a spawn the parent's journal holds when the parent's stored header does not
+    (its process died after the spawn was journaled and before the header was saved again): the child's
+    own run in the store, where its steps stand, else a new checkpoint as the spawn made it. None if no
+    journaled spawn of this run made ``handle``."""
+    parent = ctx.checkpoint
+    spawned = next((r for r in parent.syscall_log if r.tool_name == "spawn" and r.response == handle), None)
+    if spawned is None:
+        return None
+    stored = await ctx.services.backend.runs.load(handle)
+    if stored is not None and stored.parent_pid == parent.pid:
+        return await runner.load(ctx.services, handle)  # with its journal: its finished steps replay
+    asked = spawned.request.get("arguments") or {}
+    caps = {str(r): float(v) for r, v in (asked.get("capabilities") or {}).items()}
+    return AgentCheckpoint(
+        pid=handle, parent_pid=parent.pid, status="RUNNING", agent_function_name=str(asked.get("agent")),
+        capabilities={r: Capability(resource_type=r, max_budget=v) for r, v in caps.items()},
+        speculative=parent.speculative, scopes=list(parent.scopes),
+    )

@@ -1,0 +1,75 @@
+"""A process killed while a child agent runs: the parent's journal holds the spawn, but the parent's
+stored header may not hold the child yet (it is saved as the run goes on). The resume takes the child from
+the store (its own run, with its journal) and joins it: the run completes, the child's journaled steps are
+not run again, and the budget delegated to it comes back to the parent on the join."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.cli.test_races import castor
+
+pytestmark = pytest.mark.fleet  # starts processes
+
+TOOLS = '''
+import os
+import signal
+from pathlib import Path
+
+LOG = Path(__file__).with_name("executions.log")
+DIE = Path(__file__).with_name("die")
+
+
+def note(text: str) -> str:
+    with LOG.open("a") as log:
+        log.write(text + "\\n")
+    if text == "child-2" and DIE.exists():
+        DIE.unlink()
+        os.kill(os.getpid(), signal.SIGKILL)  # the process dies in the middle of the child's call
+    return f"noted {text}"
+'''
+
+AGENT = '''
+from castor import castor_agent
+from castor.lib import join, spawn, tool
+
+
+@castor_agent("helper")
+async def helper():
+    await tool("note", text="child-1")
+    await tool("note", text="child-2")
+    return "helped"
+
+
+async def main():
+    await tool("note", text="parent-1")
+    result = await join(await spawn("helper", capabilities={"api": 5}))
+    await tool("note", text="parent-2")
+    return result
+'''
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_a_run_killed_while_its_child_agent_runs_completes_on_resume(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    store = "sqlite:///castor.db"
+    if backend == "redis":
+        store = f"{request.getfixturevalue('redis_url')}?prefix={request.getfixturevalue('redis_prefix')}"
+    (tmp_path / "tools.py").write_text(textwrap.dedent(TOOLS))
+    (tmp_path / "agent.py").write_text(textwrap.dedent(AGENT))
+    (tmp_path / "die").touch()
+    run = ("run", "agent.py:main", "--tool", "tools.py:note", "--pid", "boss", "--budget", "api=10")
+    crashed = castor(tmp_path, "--store", store, *run)
+    assert crashed.returncode == -9, (crashed.returncode, crashed.stderr)
+    resumed = castor(tmp_path, "--store", store, "resume", "boss")
+    said = resumed.stdout + resumed.stderr
+    assert "Status: COMPLETED" in said and "Result: helped" in said, said
+    # child-2 was cut off by the crash (a plain tool embedded runs again); child-1 was journaled: not again
+    ran = (tmp_path / "executions.log").read_text().split()
+    assert ran == ["parent-1", "child-1", "child-2", "child-2", "parent-2"], ran
+    shown = castor(tmp_path, "--store", store, "inspect", "boss").stdout
+    assert "api: 6 / 10 remaining" in shown, shown  # parent-1, parent-2, and the child's two calls: 5 - 3 back
