@@ -23,6 +23,7 @@ from castor.settings._ranges import Range
 BAD_VALUES = {
     "[broker] visibility_timeout": ("-10", "a number above 0 and at most 2592000", "0.5"),
     "[security] max_argument_bytes": ("0", "an integer from 1 to 67108864", "1"),
+    "[security] task_max_age": ("30", "a number from 60 to 31622400", "60"),
     "[tools] default_timeout": ("-5", "a number above 0 and at most 2592000", "2592000"),
     "[tools] max_retries": ("-1", "an integer from 0 to 30", "0"),
     "[tools] retry_backoff": ("-1", "a number from 0 to 3600", "0"),

@@ -11,7 +11,7 @@ from typing import Any
 from castor.backends.redis.keys import is_reply_stream
 from castor.fleet.records import canonical, function_name, redact
 from castor.fleet.sealing import DataKey, SealError, opened
-from castor.fleet.wire import Job, Malformed, decode, task_name, verify
+from castor.fleet.wire import Job, Malformed, age, decode, task_name, verify
 from castor.llm.fleet import MODEL_PREFIX
 from castor.registry import ToolRegistry, ToolSpec
 from castor.seams import ApprovalStore, PendingApproval
@@ -21,10 +21,28 @@ from castor.settings import Settings, ToolPolicy
 class Refusal(Exception):
     """A task the worker will not run; ``job`` is what could be read of it (None if nothing)."""
 
+    journaled = True  # a refusal of a signed task is journaled against its run and replied
+
     def __init__(self, reason: str, job: Job | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.job = job
+
+
+class Expired(Refusal):
+    """A signed task older than ``[security] task_max_age``: its run's records (and the run) may be gone, so
+    the refusal is a dead letter only; journaling it would write its run's keys again, with no expiry."""
+
+    journaled = False
+
+
+def check_age(job: Job, settings: Settings) -> None:
+    """``Expired`` if the job was signed longer ago than ``[security] task_max_age`` (a copy read off the
+    broker and sent again after its run's retention: nothing would answer it from the journal)."""
+    old = age(job)
+    if old > settings.security.task_max_age:
+        raise Expired(f"task signed {old / 86400:.1f} days ago, past [security] task_max_age "
+                      f"({settings.security.task_max_age / 86400:g} days): refused unrun", job)
 
 
 def parse_job(kwargs: Any, settings: Settings) -> Job:

@@ -48,7 +48,7 @@ from castor.seams import Backend
 from castor.settings import Settings, ToolPolicy, call_deadline, tool_policy
 
 from ._deadletter import letter, record_async
-from ._guard import Refusal, authorize, check_tool, parse_job
+from ._guard import Refusal, authorize, check_age, check_tool, parse_job
 from ._heartbeat import Heartbeats
 from ._loop import LoopThread
 from ._models import ModelCalls, is_model_task
@@ -152,8 +152,10 @@ class WorkerRuntime:
             job.task_id = task_id
             spec, checked = check_tool(job, self.registry, name, self.key)
             policy = self.policy(spec)
-            # a signed call needs nothing from Redis to be authorized
-            if not verify(self.settings.security.secret, job):
+            # a signed call needs nothing from Redis to be authorized, unless it is too old to be its run's
+            if verify(self.settings.security.secret, job):
+                check_age(job, self.settings)
+            else:
                 proc.loop.run(authorize(job, spec, policy, self.settings, proc.backend.approvals))
                 if self.settings.security.secret:  # approved in the store, but no coordinator named that stream
                     job.reply_to = ""
@@ -180,7 +182,7 @@ class WorkerRuntime:
         except Refusal as refusal:
             if refusal.job is not None:
                 refusal.job.task_id = task_id
-            proc.loop.run(self._refuse(proc, refusal.job, refusal.reason, name, kwargs, task_id))
+            proc.loop.run(self._refuse(proc, refusal.job, refusal.reason, name, kwargs, task_id, refusal.journaled))
             return Outcome(REFUSED, detail=clip(refusal.reason, ERROR_WIDTH))
         if done is not None:  # the step's record answers: its response, and when it finished
             answer = Reply(job.effect_id, job.attempt, OK, done.response, finished_at=done.finished_at)
@@ -362,16 +364,17 @@ class WorkerRuntime:
         await self._reply(proc, job, Reply(job.effect_id, job.attempt, status, None, error_type, message, True))
 
     async def _refuse(
-        self, proc: _Process, job: Job | None, reason: str, name: str, kwargs: Any = None, task_id: str = ""
+        self, proc: _Process, job: Job | None, reason: str, name: str, kwargs: Any = None, task_id: str = "",
+        journaled: bool = True,
     ) -> None:
         """Journal and answer the refusal of a job its coordinator signed, sent under its tool's task name
         (in an insecure development fleet without a secret, of any job that names a run); dead-letter anything
-        else: a signed job replayed
+        else (and a refusal not to be ``journaled``: a task too old to be its run's): a signed job replayed
         under another name is no coordinator's. Arguments too big to take are kept by size and digest."""
         secret = self.settings.security.secret
         # A worker with no secret can authenticate nothing, but in an insecure development fleet.
         signed = job is not None and verify(secret, job) and name == task_name(job.tool_name)
-        if job is None or not (signed if secret else self.settings.security.insecure_dev):
+        if job is None or not journaled or not (signed if secret else self.settings.security.insecure_dev):
             body = _json_of(kwargs)
             headers: dict[str, Any] = {"task": name, "id": task_id}
             if job is not None:

@@ -13,6 +13,11 @@ A reply is a flat stream entry naming the Celery task id it answers (a coordinat
 for the task it published) and, with a secret, signed over all its fields (``reply_signature``): a reply
 that anyone else wrote to the stream, or that answers a forged task, resolves nothing.
 
+A task says when its coordinator signed it (``issued``, seconds since the epoch, under the token): a worker
+refuses a signed task older than ``[security] task_max_age`` (a week, the store's default retention), so a
+task read off the broker and sent again once its run's records are gone (retention expired them, and with
+them what answers a replay) runs nothing. A coordinator that sends a step again signs it anew.
+
 Sensitive values travel encrypted in ``checked`` (what the tool runs with; ``castor._sealing``) and as
 keyed digests in ``arguments`` (what the journal's request keeps); the token covers them as sent. The
 worker journals ``job.record(result)``, the record the kernel builds from the same call, and its reply
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import time
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
@@ -52,12 +58,13 @@ class Job(ToolCall):
     _: KW_ONLY
     reply_to: str = ""
     code: str = ""
+    issued: float = 0.0  # when the coordinator signed it (time.time()); the token covers it
     token: str | None = None
     task_id: str = field(default="", compare=False)
 
     def kwargs(self) -> dict[str, Any]:
         """The task's keyword arguments, as a coordinator sent them (the token as the job carries it)."""
-        kwargs = _fields(self, self.reply_to, self.checked, self.code)
+        kwargs = _fields(self, self.reply_to, self.checked, self.code, self.issued)
         kwargs["token"] = self.token
         return kwargs
 
@@ -66,12 +73,15 @@ class Job(ToolCall):
 _FIELDS: dict[str, type | tuple[type, ...]] = {
     "run_id": str, "step": int, "tool_name": str, "arguments": dict, "checked": dict, "attempt": int,
     "decided_by": (str, type(None)), "was_hitl": bool, "needs_review": bool, "review_reason": (str, type(None)),
-    "charged": dict, "usage": (dict, type(None)), "reply_to": str, "code": str, "token": (str, type(None)),
+    "charged": dict, "usage": (dict, type(None)), "reply_to": str, "code": str, "issued": (int, float),
+    "token": (str, type(None)),
 }
 _AMOUNTS = ("charged", "usage")  # {resource: number} mappings, journaled as they come
 
 
-def _fields(call: ToolCall, reply_to: str, checked: dict[str, Any] | None, code: str) -> dict[str, Any]:
+def _fields(
+    call: ToolCall, reply_to: str, checked: dict[str, Any] | None, code: str, issued: float
+) -> dict[str, Any]:
     """Every field of a task but its token (shallow: serialized right away, never mutated)."""
     charged = call.charged
     return {
@@ -81,7 +91,7 @@ def _fields(call: ToolCall, reply_to: str, checked: dict[str, Any] | None, code:
         "attempt": call.attempt, "decided_by": call.decided_by, "was_hitl": call.was_hitl,
         "needs_review": call.needs_review, "review_reason": call.review_reason,
         "charged": charged if charged is not None else {}, "usage": call.usage, "reply_to": reply_to,
-        "code": code,
+        "code": code, "issued": issued,
     }
 
 
@@ -92,8 +102,8 @@ def encode(
     over all the others (None without a secret). ``arguments`` travel as the journal keeps them (sensitive
     values as keyed digests), ``checked`` as given (the caller encrypts their sensitive values); ``code``
     names the function the coordinator checked the call against (``castor._code.function_name``: a worker
-    whose tool of that name is another function refuses the call; "" for none)."""
-    kwargs = _fields(call, reply_to, checked, code)
+    whose tool of that name is another function refuses the call; "" for none); ``issued`` says when (now)."""
+    kwargs = _fields(call, reply_to, checked, code, round(time.time(), 3))
     kwargs["token"] = _signature(secret, kwargs) if secret else None
     return kwargs
 
@@ -127,6 +137,9 @@ def decode(kwargs: Any) -> Job:
             isinstance(v, int | float) and not isinstance(v, bool) for v in amounts.values()
         ):
             raise Malformed(f"task field {name!r} must map resources to numbers", _partial(kwargs))
+    issued = kwargs["issued"]
+    if isinstance(issued, bool) or not 0 <= issued < 1e11:  # NaN and infinity fail the comparison too
+        raise Malformed("task field 'issued' must be a time in seconds since the epoch", _partial(kwargs))
     if kwargs["step"] < 0 or kwargs["attempt"] < 0:
         raise Malformed("step and attempt must not be negative", _partial(kwargs))
     return Job(**kwargs)
@@ -156,7 +169,12 @@ def _signature(secret: str, fields: dict[str, Any]) -> str:
 
 def sign(secret: str, job: Job) -> str:
     """The coordinator's token for ``job`` (as ``encode`` signs it)."""
-    return _signature(secret, _fields(job, job.reply_to, job.checked, job.code))
+    return _signature(secret, _fields(job, job.reply_to, job.checked, job.code, job.issued))
+
+
+def age(job: Job, now: float | None = None) -> float:
+    """How many seconds ago the job's coordinator signed it (by this machine's clock)."""
+    return (time.time() if now is None else now) - job.issued
 
 
 def verify(secret: str | None, job: Job) -> bool:

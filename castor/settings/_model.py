@@ -64,6 +64,9 @@ class SecuritySection(Section):
     secret: Annotated[str | None, Field(repr=False)] = None
     max_argument_bytes: Annotated[int, Field(strict=True, ge=1, le=64 * 1024 * 1024)] = 64 * 1024
     insecure_dev: Annotated[bool, Field(strict=True)] = False  # starts without a proper secret, warning every time
+    # A signed task older than this is refused unrun: past the store's retention (a week by default) the
+    # records that answer a task sent again are gone, and a copy read off the broker would run the call again.
+    task_max_age: Annotated[float, Field(strict=True, ge=60, le=366 * DAY)] = 7 * DAY
 
 
 class ToolsSection(Section):
