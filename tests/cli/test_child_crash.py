@@ -73,3 +73,33 @@ def test_a_run_killed_while_its_child_agent_runs_completes_on_resume(
     assert ran == ["parent-1", "child-1", "child-2", "child-2", "parent-2"], ran
     shown = castor(tmp_path, "--store", store, "inspect", "boss").stdout
     assert "api: 6 / 10 remaining" in shown, shown  # parent-1, parent-2, and the child's two calls: 5 - 3 back
+
+
+def test_a_child_whose_own_run_was_never_stored_is_made_again_from_its_spawn(tmp_path: Path) -> None:
+    """The narrower window: the process died after the spawn was journaled and before the child's own run
+    was first saved. The child starts again from what the spawn's record says (agent, budget)."""
+    import asyncio
+
+    from castor.backends import open_backend
+
+    (tmp_path / "tools.py").write_text(textwrap.dedent(TOOLS))
+    (tmp_path / "agent.py").write_text(textwrap.dedent(AGENT))
+    (tmp_path / "die").touch()
+    store = f"sqlite:///{tmp_path / 'castor.db'}"
+    run = ("run", "agent.py:main", "--tool", "tools.py:note", "--pid", "boss", "--budget", "api=10")
+    assert castor(tmp_path, "--store", store, *run).returncode == -9
+
+    async def forget_the_child() -> None:  # as if the process had died before the child was first saved
+        backend = open_backend(store)
+        await backend.runs.delete("boss::helper-0")
+        await backend.journal.delete("boss::helper-0")
+        await backend.close()
+
+    asyncio.run(forget_the_child())
+    resumed = castor(tmp_path, "--store", store, "resume", "boss")
+    said = resumed.stdout + resumed.stderr
+    assert "Status: COMPLETED" in said and "Result: helped" in said, said
+    ran = (tmp_path / "executions.log").read_text().split()
+    assert ran == ["parent-1", "child-1", "child-2", "child-1", "child-2", "parent-2"], ran
+    shown = castor(tmp_path, "--store", store, "inspect", "boss::helper-0").stdout
+    assert "api: 3 / 5 remaining" in shown, shown  # its budget as the spawn gave it
