@@ -9,6 +9,7 @@ masked (``castor._redact.masked``): a sealed sensitive argument is ``***``, neve
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,9 @@ class Console:
         self.backend = backend
         self.fleet = fleet
         self.resumer = resumer  # resumes CLI runs of a SQLite store after a decision
+        # One fork at a time: two operators forking a run at the same step both found the fork absent, and
+        # each was told they made it (on Redis, where the store's calls interleave; the fleet got it twice).
+        self._forking = asyncio.Lock()
 
     # --- approvals --------------------------------------------------------------------------------
 
@@ -240,7 +244,11 @@ class Console:
     async def fork(self, pid: str, at_step: int) -> tuple[str, str]:
         """A new run sharing the first ``at_step`` steps: submitted to the fleet if the run was, else stored
         and driven at once by ``castor resume`` (a CLI run of a SQLite store), else left to whoever drives
-        it. Returns the new pid and what happens next."""
+        it. Returns the new pid and what happens next. A second fork at the same step is refused."""
+        async with self._forking:
+            return await self._fork(pid, at_step)
+
+    async def _fork(self, pid: str, at_step: int) -> tuple[str, str]:
         cp = await load_run(self.backend, pid)
         parent = await driving_parent(self.backend, cp)
         if parent is not None:  # nothing would drive the fork: a child agent is its parent's to drive

@@ -251,3 +251,17 @@ async def test_a_child_agent_is_forked_through_its_parent_and_a_fork_named_like_
     assert rows["fp::fork-1"]["budget"]["api"]["limit"] == 99.0, rows["fp::fork-1"]
     decided = await client.http.post("/api/runs/fp::fork-1/approve", json={}, headers=auth("alice"))
     assert decided.status_code == 200 and decided.json()["pid"] == "fp::fork-1", decided.text
+
+
+async def test_two_operators_forking_a_run_at_the_same_step_get_one_fork(
+    client: Client, waiting: AgentCheckpoint
+) -> None:
+    import asyncio
+
+    first, second = await asyncio.gather(*(
+        client.http.post(f"/api/runs/{waiting.pid}/fork", json={"at_step": 1}, headers=auth(who))
+        for who in ("alice", "carol")
+    ))
+    assert sorted([first.status_code, second.status_code]) == [200, 400], (first.text, second.text)
+    refused = first if first.status_code == 400 else second
+    assert refused.json()["error"] == f"run '{waiting.pid}::fork-1' exists already"
