@@ -19,7 +19,7 @@ from typing import Any
 from castor._ids import check_pid
 from castor.errors import ConfigError
 from castor.kernel import Castor
-from castor.mcp.session import Options, Outcome, Progress, Session
+from castor.mcp.session import Options, Outcome, Progress, Session, refuse_foreign
 from castor.registry import ToolSpec
 
 RUN_META = "castor/run"  # _meta key: the run (pid) a call belongs to
@@ -118,6 +118,7 @@ class Gateway:
         """What ``castor_status`` answers: the run's status, steps and what its budgets have left."""
         backend = self.kernel.backend
         header = await backend.runs.load(pid)
+        refuse_foreign(header, pid)  # another agent's run is none of the client's business
         if header is None:
             return {"pid": pid, "status": "NEW", "steps": 0, "budgets": dict(self.options.budgets or {})}
         cp = await self.kernel.aload(pid)

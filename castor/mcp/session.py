@@ -22,12 +22,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from castor.checkpoint import AgentCheckpoint
+from castor.errors import ConfigError
 from castor.kernel import Castor, runner
 from castor.kernel.context import RunContext, Suspend, active_run, current_run
 from castor.lib import tool
 from castor.results import SyscallResult, wrap
 
 KEY_ENTRY = "castor-mcp-key"  # the kind of context_history entry that maps an idempotency key to its step
+AGENT = "mcp_session"  # the agent of a session's run, as the store names it (``Session._agent``'s function)
+
+
+def refuse_foreign(header: AgentCheckpoint | None, pid: str) -> None:
+    """``ConfigError`` when the store holds run ``pid`` and it is not an MCP session's: a client names the
+    run of its calls, and must never drive another agent's run (its journal would take the client's calls,
+    a finished run would be reopened, its recorded results answered to the client)."""
+    if header is not None and (header.agent_function_name != AGENT or header.spec is not None):
+        raise ConfigError(f"run {pid!r} is not an MCP session's run (it is agent {header.agent_function_name!r}'s): "
+                          "name a session's run, or none for a new one")
 Progress = Callable[[float, str], Awaitable[None]]
 
 
@@ -73,6 +84,7 @@ class Session:
         self.hold: asyncio.Future[None] = loop.create_future()
         self.drive: runner.CastorTask | None = None
         self.last_used = time.monotonic()
+        self.vetted = False  # the store's run of this pid was found to be none or a session's (refuse_foreign)
 
     # --- the run's agent -------------------------------------------------------------------------
 
@@ -157,6 +169,9 @@ class Session:
         """Issue one call through the run; wait for a human if it is gated."""
         async with self.lock:
             self.last_used = time.monotonic()
+            if not self.vetted:  # before anything of the run is read out to the client
+                refuse_foreign(await self.kernel.backend.runs.load(self.pid), self.pid)
+                self.vetted = True
             try:
                 return await self._call(name, arguments, key, progress)
             finally:

@@ -4,6 +4,7 @@ second backend (standing in for ``castor approve`` in another process) reads and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -352,3 +353,43 @@ async def test_on_a_redis_store_the_decision_comes_from_another_backend(
     finally:
         await gw.close()
         await human.close()
+
+
+async def test_a_client_cannot_drive_another_agents_run(db: str, log: Path, operator: Backend) -> None:
+    """A client names its run (``_meta["castor/run"]``); a run of another agent in the same store, waiting,
+    finished or failed, is refused: not reopened, no call of the client's journaled in it, none of its
+    recorded results or its status answered."""
+    from castor.lib import tool
+
+    async def victim(fail: bool = False) -> str:
+        await tool("add", a=1, b=2)
+        if fail:
+            raise RuntimeError("the agent gave up")
+        await tool("append_line", text="victim's own")
+        return "done"
+
+    async def failing() -> str:
+        return await victim(fail=True)
+
+    owner = Castor(tools=TOOLS, destructive=["append_line"], store=db)
+    waiting = await owner.run(victim, pid="waits")
+    with contextlib.suppress(RuntimeError):
+        await owner.run(failing, pid="failed")
+    await owner.approve(waiting)
+    await owner.run(victim, checkpoint=waiting)  # completed
+    await owner.run(victim, pid="waits-too")
+    await owner.close()
+    before = {pid: ((await operator.runs.load(pid)).status, len(await operator.journal.history(pid)))
+              for pid in ("waits", "failed", "waits-too")}
+    assert [status for status, _ in before.values()] == ["COMPLETED", "FAILED", "SUSPENDED_FOR_HITL"]
+    gw = gateway(db, pid=None)
+    async with Client(build_server(gw)) as client:
+        for pid in before:
+            for name, arguments in (("add", {"a": 1, "b": 2}), ("append_line", {"text": "evil"}),
+                                    ("castor_status", {})):
+                result = await client.call_tool(name, arguments, meta={"castor/run": pid})
+                assert result.is_error and f"run {pid!r} is not an MCP session's run" in text(result), text(result)
+    await gw.close()
+    after = {pid: ((await operator.runs.load(pid)).status, len(await operator.journal.history(pid))) for pid in before}
+    assert after == before
+    assert lines(log) == 1  # the owner's approved call only
