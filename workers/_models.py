@@ -22,6 +22,8 @@ the first call's charge as ``spent``: the step settles to both.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -29,6 +31,8 @@ from typing import Any
 
 from castor.backends.redis.keys import chunks as chunks_key
 from castor.checkpoint import usage_after
+from castor.errors import BackendUnavailable
+from castor.fleet.restart import FINISH_PAUSE_MAX
 from castor.llm.chunks import ChunkWriter
 from castor.llm.cost import DEFAULT_MAX_TOKENS, cost_of_tokens, estimate_prompt, price_table, usage_from
 from castor.llm.fleet import MODEL_PREFIX, api_key_of, build_provider, model_ids, model_timeout
@@ -37,6 +41,8 @@ from castor.llm.types import ModelCallError, ProviderHTTPError, response_dict
 from castor.registry import castor_tool
 from castor.seams import Backend
 from castor.settings import Settings
+
+log = logging.getLogger("castor.worker")
 
 
 class ModelCalls:
@@ -109,6 +115,29 @@ class ModelCalls:
             limiter, key, estimate, once, usage=lambda response: _tokens(response, estimate),
             timeout=max(0.0, deadline - time.monotonic()),
         )
+
+    async def settle_through_outage(self, backend: Backend, job: Any, response: dict[str, Any], outage: float) -> None:
+        """``settle``, asked again while Redis is away (pauses doubling from 0.2 s to ``FINISH_PAUSE_MAX``, as
+        the step's finish is: ``castor.fleet.restart`` counts on that) for up to ``outage`` seconds. The call
+        was made and paid for: a settle that found Redis away must not lose its answer (the step would go in
+        doubt and the model be called, and charged, again). Past ``outage`` the step keeps its reservation
+        as its charge, which the ledgers hold already, and is journaled (or spooled) with it."""
+        pause, until = 0.2, time.monotonic() + outage
+        while True:
+            try:
+                await self.settle(backend, job, response)
+                return
+            except BackendUnavailable as exc:
+                if time.monotonic() + pause > until:
+                    log.warning("run %s step %d: Redis away past the outage deadline; the model call keeps its "
+                                "reservation as its charge (%s)", job.run_id, job.step, exc)
+                    if job.usage is not None:
+                        job.usage = usage_after(job.usage, job.charged or {})
+                    return
+                log.warning("run %s step %d: settling the model call's charge lost Redis (%s); asking again in %gs",
+                            job.run_id, job.step, exc, pause)
+                await asyncio.sleep(pause)
+                pause = min(FINISH_PAUSE_MAX, pause * 2)
 
     async def settle(self, backend: Backend, job: Any, response: dict[str, Any]) -> None:
         """Settle the step's reservation to the usage ``response`` reports (an offline estimate, marked, if

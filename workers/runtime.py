@@ -245,8 +245,6 @@ class WorkerRuntime:
             result = self._call(proc, spec, checked, policy.timeout)
             # a result that cannot be journaled is a failure, not a silent loss
             size = len(canonical(result))  # ASCII: characters are bytes
-            if is_model_task(job.tool_name):  # settled to the usage reported before it is journaled (_models)
-                proc.loop.run(self.models.settle(proc.backend, job, result))
         except (SoftTimeLimitExceeded, TimeoutError):
             message = f"tool {job.tool_name!r} timed out after {policy.timeout:g}s (run {job.run_id}, step {job.step})"
             proc.loop.run(self._fail(proc, job, TIMEOUT, "ToolTimeoutError", message, policy))
@@ -264,6 +262,10 @@ class WorkerRuntime:
                 return Outcome(ERROR, retry_in=delay, shown=shown)
             proc.loop.run(self._fail(proc, job, ERROR, type(exc).__name__, str(exc), policy))
             return Outcome(ERROR, detail=failure_text(type(exc).__name__, str(exc), checked, policy.sensitive))
+        if is_model_task(job.tool_name):  # settled to the usage reported before it is journaled (_models)
+            # Outside the try: Redis away as the call returns is no failure of the call (it was made, and paid)
+            outage = self.settings.workers.outage_deadline
+            proc.loop.run(self.models.settle_through_outage(proc.backend, job, result, outage))
         if size > self.settings.tools.max_result_bytes:
             # The tool ran: its step is over, as a failure that a replay raises again (never a second run),
             # rather than megabytes in Redis twice over (the journal and the reply stream).

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import math
 import random
 import time
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from castor._ids import unique_ids
-from castor.errors import CastorError, ConfigError
+from castor.errors import BackendUnavailable, CastorError, ConfigError
 
 __all__ = [
     "Limit", "LimitKey", "LimitTable", "ProviderRateLimited", "RateLimitError",
@@ -45,6 +46,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+log = logging.getLogger("castor.llm")
 
 WINDOW = 60.0  # seconds: a provider's limits are per minute
 POLL = 1.0  # a waiting caller asks again at least this often: settled calls may free the window sooner
@@ -319,7 +321,13 @@ async def limited(
         raise
     finally:
         if slot.usage is not None:
-            await limiter.settle(slot.reservation, slot.usage)
+            try:
+                await limiter.settle(slot.reservation, slot.usage)
+            except BackendUnavailable as exc:
+                # Bookkeeping only: the call's outcome (a paid answer) must not be lost to it. The estimate stays
+                # counted until it leaves the window, on the safe side of the limit.
+                log.warning("rate limit %s: the call's usage was not settled (%s); its estimate stays counted",
+                            key.name, exc)
 
 
 async def call_limited(
