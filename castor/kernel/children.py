@@ -30,7 +30,24 @@ async def driving_parent(backend: Backend, cp: AgentCheckpoint) -> AgentCheckpoi
     if not is_child_agent(cp.pid, cp.parent_pid, cp.agent_function_name):
         return None
     parent = await backend.runs.load(str(cp.parent_pid))
-    return parent if parent is not None and cp.pid in parent.children else None
+    if parent is None:
+        return None
+    if cp.pid in parent.children:
+        return parent
+    # The parent's header is saved as its run goes on: a parent whose process died while the child ran holds
+    # it in its journal only (a spawn not joined yet), and its next drive joins it (_spawned_child).
+    return parent if _unjoined(await backend.journal.history(parent.pid), cp.pid) else None
+
+
+def _unjoined(log: list[Any], handle: str) -> bool:
+    """Whether the journal ``log`` holds the spawn that made ``handle`` and no join of it."""
+    spawned = joined = False
+    for record in log:
+        if record.tool_name == "spawn" and record.response == handle:
+            spawned = True
+        elif record.tool_name == "join" and (record.request.get("arguments") or {}).get("handle") == handle:
+            joined = True
+    return spawned and not joined
 
 
 async def top_run(backend: Backend, pid: str) -> AgentCheckpoint | None:

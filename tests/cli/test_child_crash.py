@@ -103,3 +103,20 @@ def test_a_child_whose_own_run_was_never_stored_is_made_again_from_its_spawn(tmp
     assert ran == ["parent-1", "child-1", "child-2", "child-1", "child-2", "parent-2"], ran
     shown = castor(tmp_path, "--store", store, "inspect", "boss::helper-0").stdout
     assert "api: 3 / 5 remaining" in shown, shown  # its budget as the spawn gave it
+
+
+def test_a_cancel_of_the_child_after_the_crash_cancels_the_run_that_drives_it(tmp_path: Path) -> None:
+    """Between the crash and the resume, the parent's stored header does not hold the child yet; a cancel of
+    the child's pid still stops the parent (it drives the child): the parent's next drive would go on with
+    the child otherwise, its cancel said and not kept."""
+    (tmp_path / "tools.py").write_text(textwrap.dedent(TOOLS))
+    (tmp_path / "agent.py").write_text(textwrap.dedent(AGENT))
+    (tmp_path / "die").touch()
+    store = "sqlite:///castor.db"
+    run = ("run", "agent.py:main", "--tool", "tools.py:note", "--pid", "boss", "--budget", "api=10")
+    assert castor(tmp_path, "--store", store, *run).returncode == -9
+    said = castor(tmp_path, "--store", store, "cancel", "boss::helper-0").stdout
+    assert said.strip() == "boss::helper-0: cancelled (with run boss, which drives this child agent)", said
+    shown = castor(tmp_path, "--store", store, "inspect", "boss").stdout
+    assert "Status: PREEMPTED" in shown and "cancelled" in shown, shown
+    assert (tmp_path / "executions.log").read_text().split() == ["parent-1", "child-1", "child-2"]
