@@ -38,10 +38,16 @@ def status_filter(text: str | None) -> str | None:
     return found
 
 
+def whole_number(text: str) -> bool:
+    """Whether ``text`` is a whole number ``int`` takes: ASCII digits (``str.isdigit`` passes ``²``, which
+    ``int`` refuses), and not thousands of them (``int`` refuses past 4,300)."""
+    return text.isascii() and text.isdigit() and len(text) <= 18
+
+
 def limit_of(request: Request, default: int = 50) -> int:
     """The ``limit`` query value, 1 to 500."""
     text = request.query_params.get("limit") or str(default)
-    if not text.isdigit() or not 1 <= int(text) <= 500:
+    if not whole_number(text) or not 1 <= int(text) <= 500:
         raise ConfigError(f"limit must be a whole number from 1 to 500, got {text!r}")
     return int(text)
 

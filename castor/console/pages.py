@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from castor.console.api import decide_as, limit_of, status_filter
+from castor.console.api import decide_as, limit_of, status_filter, whole_number
 from castor.console.auth import (
     CSRF_COOKIE,
     CSRF_FIELD,
@@ -209,7 +209,7 @@ async def fork(request: Request) -> Response:
     form = await form_of(request)
     pid = request.path_params["pid"]
     text = form.get("at_step", "")
-    if not text.isdigit():
+    if not whole_number(text):
         raise ConfigError(f"at_step must be a whole number, got {text!r}")
     new, then = await state(request).console.fork(pid, int(text))
     return back(f"/runs/{quote(new, safe='')}", notice=f"forked {pid} at step {text} as {new}; {then}")

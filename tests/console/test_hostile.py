@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from castor.checkpoint import AgentCheckpoint
 from castor.console.limits import MAX_BODY_BYTES
 from tests.console.conftest import Client, auth
+from tests.console.test_pages import sign_in
 
 JSON = {**auth("carol"), "content-type": "application/json"}
 
@@ -56,3 +57,14 @@ async def test_pids_and_scopes_with_odd_characters_are_not_found(client: Client,
     for scope in ("%00", "x" * 5000):
         assert (await client.http.get(f"/api/scopes/{scope}", headers=auth("carol"))).status_code == 404
     await _still_waiting(client, waiting.pid)
+
+
+async def test_numbers_int_would_refuse_are_a_400(client: Client, waiting: AgentCheckpoint) -> None:
+    for limit in ("%C2%B2", "9" * 5000):  # '²' passes str.isdigit; 5,000 digits pass it too
+        r = await client.http.get(f"/api/runs?limit={limit}", headers=auth("carol"))
+        assert r.status_code == 400 and "limit must be a whole number" in r.json()["error"], r.text[:200]
+    csrf = await sign_in(client, "carol")
+    for at_step in ("²", "9" * 5000):
+        r = await client.http.post(f"/runs/{waiting.pid}/fork", data={"at_step": at_step, "csrf": csrf},
+                                   headers={"accept": "application/json"})
+        assert r.status_code == 400 and "at_step must be a whole number" in r.json()["error"], r.text[:200]
