@@ -138,6 +138,7 @@ class Gateway:
         if not self.client_may_decide:
             raise ConfigError("the client may not decide its own calls (start the gateway with --client-may-decide)")
         header = await self.kernel.backend.runs.load(pid)
+        refuse_foreign(header, pid)  # its own calls: never a decision on another agent's run in the store
         if header is None or header.pending_step is None:
             raise ConfigError(f"run {pid!r} has no call waiting for a decision")
         if outcome not in OUTCOMES:

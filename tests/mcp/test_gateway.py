@@ -382,14 +382,15 @@ async def test_a_client_cannot_drive_another_agents_run(db: str, log: Path, oper
     before = {pid: ((await operator.runs.load(pid)).status, len(await operator.journal.history(pid)))
               for pid in ("waits", "failed", "waits-too")}
     assert [status for status, _ in before.values()] == ["COMPLETED", "FAILED", "SUSPENDED_FOR_HITL"]
-    gw = gateway(db, pid=None)
+    gw = gateway(db, pid=None, client_may_decide=True)  # even a development gateway's client decides its own
     async with Client(build_server(gw)) as client:
         for pid in before:
             for name, arguments in (("add", {"a": 1, "b": 2}), ("append_line", {"text": "evil"}),
-                                    ("castor_status", {})):
+                                    ("castor_status", {}), ("castor_decide", {"decision": "approve", "run": pid})):
                 result = await client.call_tool(name, arguments, meta={"castor/run": pid})
                 assert result.is_error and f"run {pid!r} is not an MCP session's run" in text(result), text(result)
     await gw.close()
     after = {pid: ((await operator.runs.load(pid)).status, len(await operator.journal.history(pid))) for pid in before}
     assert after == before
+    assert await operator.approvals.decision("waits-too", 1) is None  # still waits for a human
     assert lines(log) == 1  # the owner's approved call only
