@@ -104,6 +104,8 @@ async def decide(request: Request, outcome: DecisionOutcome) -> Response:
     who = identity(request)
     body = await body_of(request)
     by = body.get("by")
+    if by is not None and not isinstance(by, str):  # the journal's decided_by: a name, never a repr
+        raise ConfigError(f"'by' must be a string, got {type(by).__name__}")
     if by not in (None, "", who.name) and not state(request).gate.open:
         raise Denied(403, f"signed in as {who.name}: 'by' must be {who.name!r} or left out")
     field = TEXT_FIELD[outcome]

@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 
 from castor.checkpoint import AgentCheckpoint
 from castor.console.limits import MAX_BODY_BYTES
-from tests.console.conftest import Client, auth
+from castor.seams import Backend
+from tests.console.conftest import Client, auth, open_client
 from tests.console.test_pages import sign_in
 
 JSON = {**auth("carol"), "content-type": "application/json"}
@@ -68,3 +69,11 @@ async def test_numbers_int_would_refuse_are_a_400(client: Client, waiting: Agent
         r = await client.http.post(f"/runs/{waiting.pid}/fork", data={"at_step": at_step, "csrf": csrf},
                                    headers={"accept": "application/json"})
         assert r.status_code == 400 and "at_step must be a whole number" in r.json()["error"], r.text[:200]
+
+
+async def test_a_by_that_is_not_a_name_is_refused_even_without_users(backend: Backend, store: str,
+                                                                       waiting: AgentCheckpoint) -> None:
+    async for open_console in open_client(backend, store, users=[]):  # loopback, no sign-in: 'by' is taken
+        r = await open_console.http.post(f"/api/runs/{waiting.pid}/approve", json={"by": {"name": "x"}})
+        assert r.status_code == 400 and r.json()["error"] == "'by' must be a string, got dict", r.text
+        await _still_waiting(open_console, waiting.pid)
