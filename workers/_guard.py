@@ -36,6 +36,14 @@ class Expired(Refusal):
     journaled = False
 
 
+class Spent(Refusal):
+    """A copy of a signed task whose call ran and failed for good: a failure is not cached (its run sends the
+    step again, signed anew), so without this a copy read off the broker would run the tool once more. A dead
+    letter only: the failure is journaled already."""
+
+    journaled = False
+
+
 def check_age(job: Job, settings: Settings) -> None:
     """``Expired`` if the job was signed longer ago than ``[security] task_max_age`` (a copy read off the
     broker and sent again after its run's retention: nothing would answer it from the journal)."""

@@ -37,6 +37,7 @@ REPLY_MAXLEN = 100_000
 DUPLICATE = -3  # claim: another copy of a task message a worker took already
 ABANDONED = -4  # claim: a task its coordinator gave up on before any worker took it
 RUNNING = -5  # claim: a live worker runs the step (its heartbeat is there): wait, and ask again
+SPENT = -6  # claim: a task with this token ran and failed for good before: a copy sent again
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +108,9 @@ class StepScripts:
         key_list = [
             keys.started_marker(self._prefix, run, step), keys.journal(self._prefix, run),
             keys.deliveries(self._prefix, run, step), keys.abandoned(self._prefix, run, step),
-            keys.heartbeat(self._prefix, run, step),
+            keys.heartbeat(self._prefix, run, step), keys.spent_tokens(self._prefix, run, step),
         ]
-        beat = [self._worker, self._heartbeat_ms]
+        beat = [self._worker, self._heartbeat_ms, job.token or ""]
         if delivery is None:
             return int(self._claim(keys=key_list, args=[job.attempt, MARKER_TTL, step, "", 0, "", "", *beat]))
         args = [job.attempt, MARKER_TTL, step, delivery.message, int(delivery.redelivered), delivery.task_id,

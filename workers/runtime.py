@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from castor.backends.redis.keys import dead_letters, heartbeat, is_reply_stream, started_marker
+from castor.backends.redis.keys import dead_letters, heartbeat, is_reply_stream, spent_tokens, started_marker
 from castor.checkpoint import StepFailure, SyscallRecord, bounded_arguments
 from castor.errors import InDoubtError
 from castor.fleet.records import canonical, redact
@@ -48,11 +48,11 @@ from castor.seams import Backend
 from castor.settings import Settings, ToolPolicy, call_deadline, tool_policy
 
 from ._deadletter import letter, record_async
-from ._guard import Refusal, authorize, check_age, check_tool, parse_job
+from ._guard import Refusal, Spent, authorize, check_age, check_tool, parse_job
 from ._heartbeat import Heartbeats
 from ._loop import LoopThread
 from ._models import ModelCalls, is_model_task
-from ._scripts import ABANDONED, DUPLICATE, REPLY_MAXLEN, RUNNING, Delivery, StepScripts
+from ._scripts import ABANDONED, DUPLICATE, REPLY_MAXLEN, RUNNING, SPENT, Delivery, StepScripts
 from ._shown import ERROR_WIDTH, clip, failure_text, result_summary
 
 log = logging.getLogger("castor.worker")
@@ -152,13 +152,7 @@ class WorkerRuntime:
             job.task_id = task_id
             spec, checked = check_tool(job, self.registry, name, self.key)
             policy = self.policy(spec)
-            # a signed call needs nothing from Redis to be authorized, unless it is too old to be its run's
-            if verify(self.settings.security.secret, job):
-                check_age(job, self.settings)
-            else:
-                proc.loop.run(authorize(job, spec, policy, self.settings, proc.backend.approvals))
-                if self.settings.security.secret:  # approved in the store, but no coordinator named that stream
-                    job.reply_to = ""
+            self._authorize(proc, job, spec, policy)
             self._wait_out_restart(proc, job, policy)  # a round re-approved after an outage: live workers first
             previous = proc.scripts.claim(job, delivery)
             if previous == RUNNING:
@@ -177,6 +171,9 @@ class WorkerRuntime:
                 log.warning("task %s of %s dropped: its coordinator gave up on it (the publish failed)",
                             delivery.message if delivery else "?", kwargs_repr(job, policy.sensitive))
                 return Outcome(DROPPED, detail="dropped: its coordinator gave up on it (the publish failed)")
+            if previous == SPENT:
+                raise Spent(f"a copy of a task whose call ran and failed (run {job.run_id}, step {job.step}, "
+                            f"round {job.attempt}): refused unrun", job)
             # -1: this delivery starts the step; -2: journaled already; else started before (in doubt)
             start, done = (_RUN, None) if previous == -1 else proc.loop.run(self._resume(proc, job, policy, previous))
         except Refusal as refusal:
@@ -202,6 +199,16 @@ class WorkerRuntime:
             outcome = self._execute(proc, job, spec, checked, policy, retries)
             beat.dropped = outcome.status == OK  # the finish dropped it with the marker: no round trip more
             return outcome
+
+    def _authorize(self, proc: _Process, job: Job, spec: ToolSpec, policy: ToolPolicy) -> None:
+        """``Refusal`` unless the job may run: a signed call needs nothing from Redis to be authorized, unless it
+        is too old to be its run's (``check_age``); anything else needs ``authorize``."""
+        if verify(self.settings.security.secret, job):
+            check_age(job, self.settings)
+            return
+        proc.loop.run(authorize(job, spec, policy, self.settings, proc.backend.approvals))
+        if self.settings.security.secret:  # approved in the store, but no coordinator named that stream
+            job.reply_to = ""
 
     def _await_running(self, proc: _Process, job: Job, delivery: Delivery | None, policy: ToolPolicy) -> int:
         """A live worker runs the step (a coordinator that took the run over sent it again): ask again
@@ -260,6 +267,7 @@ class WorkerRuntime:
                 shown = kwargs_repr(job, policy.sensitive)
                 log.warning("%s failed (%s: %s); retry %d in %.2fs", shown, type(exc).__name__, exc, retries + 1, delay)
                 return Outcome(ERROR, retry_in=delay, shown=shown)
+            proc.loop.run(self._spend(proc, job))
             proc.loop.run(self._fail(proc, job, ERROR, type(exc).__name__, str(exc), policy))
             return Outcome(ERROR, detail=failure_text(type(exc).__name__, str(exc), checked, policy.sensitive))
         if is_model_task(job.tool_name):  # settled to the usage reported before it is journaled (_models)
@@ -341,6 +349,17 @@ class WorkerRuntime:
             log.warning("%s: round %d of a step that was in doubt, just after Redis came back: claimed in %.1fs",
                         kwargs_repr(job, policy.sensitive), job.attempt, left)
             time.sleep(left)
+
+    async def _spend(self, proc: _Process, job: Job) -> None:
+        """Keep the token of a task whose call failed for good, for as long as a copy of it could be taken: a
+        copy sent again is refused (the run sends the step again signed anew, never this token)."""
+        if not job.token:
+            return
+        key = spent_tokens(self.settings.redis.prefix, job.run_id, job.step)
+        async with proc.redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(key, job.token)
+            pipe.expire(key, int(self.settings.security.task_max_age) + 1)
+            await pipe.execute()
 
     async def _forget_start(self, proc: _Process, job: Job) -> None:
         await proc.redis.delete(started_marker(self.settings.redis.prefix, job.run_id, job.step))

@@ -10,6 +10,8 @@ import time
 import uuid
 from typing import Any
 
+import pytest
+
 import castor.lib as lib
 from castor import Castor
 from castor.backends.redis import keys
@@ -56,3 +58,38 @@ async def test_a_signed_task_sent_again_after_its_run_is_gone_runs_nothing(
     assert "past [security] task_max_age" in letter["reason"], letter
     assert fleet.count(tag, "start") == 1  # the tool did not run again
     assert [fleet.redis.exists(key) for key in keys.run_keys(fleet.prefix, pid)] == [0] * 8  # nothing written
+
+
+async def test_a_copy_of_a_signed_task_whose_tool_failed_runs_nothing(
+    fleet: Fleet, kernel: Castor, forger: Any  # noqa: F811
+) -> None:
+    """A failure is not cached (a resume sends the step again, signed anew), so a copy of the failed task
+    read off the broker found no record to answer it and ran the tool again; its token is now kept spent."""
+    tag = f"failed-{uuid.uuid4().hex[:6]}"
+    pid = f"run-{tag}"
+    executor = kernel.executor
+    assert isinstance(executor, CeleryExecutor)
+    published: list[dict[str, Any]] = []
+    dispatch = executor._dispatch
+
+    async def keep(call: Any, kwargs: dict[str, Any], *rest: Any) -> Any:  # what a broker reader would see
+        published.append(kwargs)
+        return await dispatch(call, kwargs, *rest)
+
+    executor._dispatch = keep  # type: ignore[method-assign]
+
+    async def agent() -> object:
+        return await lib.tool("explode", message=tag)
+
+    with pytest.raises(Exception, match=tag):
+        await kernel.run(agent, pid=pid)
+    assert len(await kernel.backend.journal.failures(pid)) == 1  # the tool ran once, and raised
+    before = fleet.redis.llen(keys.dead_letters(fleet.prefix, "web"))
+    forger.send_task("castor.tool.explode", kwargs=published[0], queue=fleet.settings.queue_of("web"))
+    letter = (await dead_letters(fleet, "web", before + 1))[before]
+    assert "a copy of a task whose call ran and failed" in letter["reason"], letter
+    assert len(await kernel.backend.journal.failures(pid)) == 1  # not run again
+    # The run's own resume sends the step again, signed anew: it runs (a failure is not cached).
+    with pytest.raises(Exception, match=tag):
+        await kernel.run(agent, checkpoint=await kernel.aload(pid))
+    assert len(await kernel.backend.journal.failures(pid)) == 2

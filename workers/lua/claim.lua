@@ -7,10 +7,12 @@
 -- ARGV[4] the task message's id ('' when unknown: no duplicate check), ARGV[5] '1' if the broker redelivers it,
 -- ARGV[6] the task's id ('' when unknown), ARGV[7] the receipt: the worker's id for this one handling of
 -- the message (a claim asked again with it, its first reply lost, gets the first answer again),
--- ARGV[8] the worker's id, ARGV[9] the heartbeat's ttl (ms)
+-- ARGV[8] the worker's id, ARGV[9] the heartbeat's ttl (ms); KEYS[6] the step's spent tokens (set),
+-- ARGV[10] the task's token ('' for none)
 -- Returns -2 when the journal holds the step already: whatever round or copy this is, the step finished
 --   and its record is the result (nothing is marked);
 -- -4 when the coordinator gave up on this task before any worker took it (nothing is marked);
+-- -6 when a task with this token ran before and failed for good: a copy sent again (nothing is marked);
 -- -3 when this is another copy of a message a worker took already, and no redelivery: a publish retried
 --   after its first try landed. The copy taken first runs the step and answers; this one does nothing;
 -- -5 (running) when a live worker runs the step (its heartbeat is there) in this round or an earlier one:
@@ -25,6 +27,9 @@ if redis.call('ZRANGEBYSCORE', KEYS[2], ARGV[3], ARGV[3], 'LIMIT', 0, 1)[1] then
 end
 if ARGV[6] ~= '' and redis.call('SISMEMBER', KEYS[4], ARGV[6]) == 1 then
   return -4
+end
+if KEYS[6] and ARGV[10] and ARGV[10] ~= '' and redis.call('SISMEMBER', KEYS[6], ARGV[10]) == 1 then
+  return -6
 end
 if ARGV[4] ~= '' then
   local held = redis.call('HGET', KEYS[3], ARGV[4])

@@ -212,6 +212,12 @@ def chunks(prefix: str, run_id: str, step: int, attempt: int) -> str:
     return f"{prefix}:{{{run_id}}}:chunks:{step}:{attempt}"
 
 
+def spent_tokens(prefix: str, run_id: str, step: int) -> str:
+    """Set: the tokens of the step's tasks whose tool ran and failed for good (a failure is not cached: the
+    step may be sent again, signed anew). A copy of one of them read off the broker runs nothing."""
+    return f"{prefix}:{{{run_id}}}:spent:{step}"
+
+
 def deliveries(prefix: str, run_id: str, step: int) -> str:
     """Set: the task messages (``<task id>/<retries>``) workers took for the step while it is unjournaled. A
     second copy of one (a publish retried after its first try landed) is dropped; a redelivery is no copy."""
