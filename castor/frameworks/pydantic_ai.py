@@ -15,7 +15,9 @@
 request is the messages, tool definitions and settings with pydantic-ai's run ids, conversation ids,
 tool call ids and timestamps dropped; the ``ModelResponse`` is rebuilt from the journaled one. Every tool
 call asks ``castor.lib.tool``. pydantic-ai runs tool calls in task groups, which wrap Castor's suspension
-in an exception group: the guarded agent unwraps it, so the run suspends instead of failing.
+in an exception group: the guarded agent unwraps it, so the run suspends instead of failing. A resumed or
+forked ``run`` of a plain agent starts at the loop's last journaled model step, with the result the whole
+loop would give (``castor.frameworks._pydantic_ai_resume``).
 
 Tools registered with the agent are plain functions or ``Tool`` objects; a tool that takes pydantic-ai's
 ``RunContext`` is refused (Castor runs tools with the model's JSON arguments, possibly on a worker that
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -59,6 +62,7 @@ from pydantic_ai.toolsets.wrapper import WrapperToolset
 from pydantic_core import to_jsonable_python
 
 from castor.errors import UnsupportedError
+from castor.frameworks import _pydantic_ai_resume
 from castor.frameworks._castor_models.pydantic_ai import CastorModel
 from castor.frameworks._common import (
     IdentityCache,
@@ -173,6 +177,13 @@ def model_response(journaled: dict[str, Any]) -> ModelResponse:
     rebuilt = ModelMessagesTypeAdapter.validate_python([journaled["message"]])[0]
     assert isinstance(rebuilt, ModelResponse)  # journaled by response_json from a ModelResponse
     return rebuilt
+
+
+def model_responses(journaled: Sequence[dict[str, Any]]) -> list[ModelResponse]:
+    """``model_response`` of each journaled response, validated together (a late start rebuilds a whole
+    loop's answers at once: one validation of the list costs about half of one per answer)."""
+    rebuilt = ModelMessagesTypeAdapter.validate_python([j["message"] for j in journaled])
+    return [m for m in rebuilt if isinstance(m, ModelResponse)]
 
 
 class GuardedModel(WrapperModel):
@@ -395,6 +406,14 @@ class GuardedAgent(WrapperAgent[Any, Any]):
                 self._overrides["toolsets"] = [guard_toolset(t) for t in others]
         else:
             self._overrides.update(toolsets=[guard_toolset(t) for t in wrapped.toolsets], tools=[])
+
+    async def run(self, user_prompt: Any = None, **options: Any) -> Any:
+        """The wrapped agent's ``run`` (through ``iter``); a replay starts at the loop's last journaled model
+        step when that gives the whole loop's result (``castor.frameworks._pydantic_ai_resume``)."""
+        if options.get("infer_name", True) and self.name is None:
+            self._infer_name(inspect.currentframe())  # from the caller's frame, as pydantic-ai's own run does
+        options["infer_name"] = False
+        return await _pydantic_ai_resume.run(self, super().run, user_prompt, options)
 
     @asynccontextmanager
     async def iter(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
