@@ -10,10 +10,11 @@
 whose every tool call goes through ``castor.lib.tool`` (validated, charged, gated, executed by the run's
 executor, journaled) and whose every model call goes through ``castor.lib.model_call`` (one journaled
 step, charged in tokens). A resumed or forked run replays the framework's loop from the journal: the
-model is not called for the steps before the suspension or the fork point. A LangGraph ReAct agent and a
-plain pydantic-ai agent do not even run their loop over those steps: ``ainvoke`` starts the graph, and
-``run`` the agent, at the loop's last journaled model step (``castor.frameworks._langchain_resume``,
-``castor.frameworks._pydantic_ai_resume``).
+model is not called for the steps before the suspension or the fork point. A LangGraph ReAct agent, a
+plain pydantic-ai agent and a plain Agents SDK agent do not even run their loop over those steps:
+``ainvoke`` starts the graph, ``run`` the agent and ``Runner.run`` the SDK's loop at the loop's last
+journaled model step (``castor.frameworks._langchain_resume``, ``castor.frameworks._pydantic_ai_resume``,
+``castor.frameworks._openai_agents_resume``, from the ``RunState`` the loop had there).
 
 Where the model is called: a framework's own model object is called in the process that runs the agent (in
 the fleet, the coordinator's, which then needs its key). Each module also has a model of the framework's
@@ -60,16 +61,22 @@ Adding a framework
    ``in_thread``; the guarded model and tools then reach Castor through ``_loop_calls.call_on_loop`` (one
    hop to the run's loop and one back, a run-ending error carried past the framework's ``except
    Exception``), and a live model step hands the wrapped model back to the framework's waiting thread.
-6. Replay (optional): where the framework's state is its conversation, a replay can start at the loop's
-   last journaled model step instead of running the loop over the journal: ``_fast_forward.landing`` finds
-   that step; the guard rebuilds the conversation, checks it against the step's request and falls back to
-   the whole loop if the step is asked otherwise (LangGraph: ``_langchain_resume``, whose ``ainvoke``
-   returns only the final state). Where the entry point's result also counts what the loop did from its
-   first step (pydantic-ai's usage, new messages, step count: ``_pydantic_ai_resume``), the guard counts
-   the skipped steps as the loop counts them (usage, usage limits checked at each), makes the result say
-   what the whole loop's says, and falls back to the whole loop for anything of the agent's own that runs
-   at a step and that the journal does not hold (``_pydantic_ai_plain``: capabilities, instruction and
-   system prompt functions, output validators, tools with ``prepare``, retries in the skipped steps).
+6. Replay (optional): where the framework's loop state can be rebuilt from the journal and handed to the
+   framework, a replay can start at the loop's last journaled model step instead of running the loop over
+   the journal: ``_fast_forward.landing`` finds that step (``conversation``: the request's key that holds
+   the conversation); the guard rebuilds the state, checks the request it makes against the step's and
+   falls back to the whole loop if the step is asked otherwise. Its result must be the whole loop's. LangGraph
+   (``_langchain_resume``): the state is the conversation, and ``ainvoke`` returns only the final state.
+   The Agents SDK (``_openai_agents_resume``): the state is a ``RunState`` (items, responses, usage, turn,
+   tools used), from which the SDK makes the ``RunResult`` the whole loop makes; whatever a late start
+   would skip (hooks, guardrails, handoffs, sessions, tool errors fed back, per-tool options) replays
+   the whole loop.
+   pydantic-ai (``_pydantic_ai_resume``): the state is the conversation, but the result also counts what
+   the loop did from its first step (usage, new messages, step count): the guard counts the skipped steps
+   as the loop counts them (usage limits checked at each) and makes the result say what the whole loop's
+   says; anything of the agent's own that runs at a step and that the journal does not hold
+   (``_pydantic_ai_plain``: capabilities, instruction and system prompt functions, output validators,
+   tools with ``prepare``, retries in the skipped steps) replays the whole loop.
 7. Tests: the promises above are one contract suite (``tests/frameworks/test_contract.py``); a framework
    joins it with an adapter (``tests/frameworks/contract.py``'s ``FrameworkCase``) and a line in its
    ``FRAMEWORKS``. Its own file holds what is particular to it (streaming, its error handling, its JSON).

@@ -9,7 +9,9 @@ model step with the conversation that step was asked with: the steps before it a
 ``landing`` walks the journal from the run's next step and finds that model step. It follows one loop: a
 model step, exactly the tool steps its answer asked for (by name, in any order), then the next model step
 of the same model, asked with the same tools and settings and with the previous request's messages as the
-start of its own. It stops at an answer that asks for no tool (the loop ends there), where the journal
+start of its own (the conversation is a request's ``messages``, LangChain's; the Agents SDK guard's
+requests hold it as ``input``, and their settings may change once a tool was used: a ``tool_choice``
+the SDK resets). It stops at an answer that asks for no tool (the loop ends there), where the journal
 ends, or at anything else (another agent's call, a failed model call, a conversation that does not go on).
 The framework guard rebuilds the conversation from the steps it returns and checks it against the
 landing step's request before it starts there; the landing step's request is compared again when the
@@ -54,22 +56,25 @@ def request_of(record: SyscallRecord) -> dict[str, Any]:
     return request if isinstance(request, dict) else {}
 
 
-def _model_step(record: SyscallRecord, model: str | None) -> bool:
-    """A model step answered (not failed) by ``model`` (any model, if None), its request a conversation."""
+def _model_step(record: SyscallRecord, model: str | None, key: str) -> bool:
+    """A model step answered (not failed) by ``model`` (any model, if None), its request's ``key`` a
+    conversation."""
     name = record.tool_name
     if not is_model_step(name) or (model is not None and name != model):
         return False
     return record.failure is None and isinstance(record.response, dict) and isinstance(
-        request_of(record).get("messages"), list
+        request_of(record).get(key), list
     )
 
 
-def _goes_on(before: dict[str, Any], after: dict[str, Any]) -> bool:
-    """Whether ``after`` asks the same way as ``before`` (tools, settings) with its conversation continued."""
-    old, new = before["messages"], after["messages"]
+def _goes_on(before: dict[str, Any], after: dict[str, Any], key: str, loose: frozenset[str]) -> bool:
+    """Whether ``after`` asks the same way as ``before`` (tools, settings; those in ``loose`` aside) with its
+    conversation (``key``) continued."""
+    old, new = before[key], after[key]
     if len(new) <= len(old) or new[: len(old)] != old:
         return False
-    return {k: v for k, v in before.items() if k != "messages"} == {k: v for k, v in after.items() if k != "messages"}
+    kept = loose | {key}
+    return {k: v for k, v in before.items() if k not in kept} == {k: v for k, v in after.items() if k not in kept}
 
 
 def _asked_tools(response: dict[str, Any]) -> list[str] | None:
@@ -81,14 +86,16 @@ def _asked_tools(response: dict[str, Any]) -> list[str] | None:
     return sorted(names) if len(names) == len(calls) else None
 
 
-def landing(ctx: RunContext) -> Landing | None:
+def landing(ctx: RunContext, conversation: str = "messages", loose: frozenset[str] = frozenset()) -> Landing | None:
     """The journaled loop from the run's next step, when it has model steps past the first; else None (a
-    live step, a held step, a call that is not a model step's: the loop runs from where it is)."""
+    live step, a held step, a call that is not a model step's: the loop runs from where it is).
+    ``conversation``: the key of a request that holds its conversation; ``loose``: keys of a request that
+    may change from step to step (the guard rebuilds what the landing step is asked with, and checks it)."""
     if ctx.unjournaled_failures or ctx.held_steps or ctx.suspended_at is not None:
         return None
     log = ctx.checkpoint.syscall_log
     start = ctx.next_step
-    if start >= len(log) or not _model_step(log[start], None):
+    if start >= len(log) or not _model_step(log[start], None, conversation):
         return None
     steps, records = [start], [log[start]]
     model = log[start].tool_name
@@ -103,7 +110,9 @@ def landing(ctx: RunContext) -> Landing | None:
             break
         ran = sorted(log[s].tool_name for s in range(at + 1, tools_end))
         after = log[tools_end]
-        if ran != asked or not _model_step(after, model) or not _goes_on(request_of(record), request_of(after)):
+        if ran != asked or not _model_step(after, model, conversation) or not _goes_on(
+            request_of(record), request_of(after), conversation, loose
+        ):
             break
         steps.append(tools_end)
         records.append(after)

@@ -25,10 +25,14 @@ call: ``tools_of`` lists their tools (``castor.mcp.upstream.McpServer``: destruc
 annotations say, or as ``Castor(destructive=...)`` says), and the guarded clone holds a function tool per
 MCP tool, whose call is a syscall; the SDK never opens its own session to them.
 
-Streaming (``Runner.run_streamed``): the guarded model's ``stream_response`` hands the wrapped model's
-events to the SDK as they arrive and journals the completed response as one model step (the record
-``get_response`` makes; a stream cut short is charged what it received); a replayed step is streamed
-as one ``response.completed`` event without calling the model.
+A resumed or forked run's ``Runner.run`` of a guarded agent starts at the loop's last journaled model step
+when its loop is a plain one, from the ``RunState`` the loop had there, with the ``RunResult`` the whole
+loop makes (``castor.frameworks._openai_agents_resume``; ``Runner.run`` is wrapped once, at import).
+
+Streaming (``Runner.run_streamed``, which replays every step): the guarded model's ``stream_response``
+hands the wrapped model's events to the SDK as they arrive and journals the completed response as one
+model step (the record ``get_response`` makes; a stream cut short is charged what it received); a
+replayed step is streamed as one ``response.completed`` event without calling the model.
 """
 
 from __future__ import annotations
@@ -65,10 +69,13 @@ from castor.frameworks._openai_agents_json import (
     model_response,
     response_json,
 )
+from castor.frameworks._openai_agents_resume import starting_late
 from castor.frameworks._openai_agents_stream import stream_events
 from castor.mcp.upstream import McpServer
 
 FRAMEWORK = "OpenAI Agents"
+
+starting_late()  # Runner.run of a guarded agent starts a replay at its last journaled model step
 
 
 # --- models -------------------------------------------------------------------------------------------
