@@ -9,6 +9,7 @@ turn count and the state ``to_state()`` would save.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -68,7 +69,6 @@ def asks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 @pytest.fixture
 def whole_loop(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """A context manager: replays inside it run the whole loop."""
-    import contextlib
 
     @contextlib.contextmanager
     def off() -> Iterator[None]:
