@@ -248,13 +248,17 @@ class AgentCheckpoint(BaseModel):
 
 _RECORD_NEW = object.__new__
 _NO_FIELDS: set[str] = set()
-_SET = object.__setattr__
+# The setters of pydantic's per-instance slots, taken from their descriptors once: object.__setattr__
+# would look each slot up on the class and unpack its arguments again at every record (a fifth of its cost).
+_SET_DICT, _SET_FIELDS, _SET_EXTRA, _SET_PRIVATE = (
+    BaseModel.__dict__[slot].__set__
+    for slot in ("__dict__", "__pydantic_fields_set__", "__pydantic_extra__", "__pydantic_private__")
+)
 
 
 def new_record(
     request: dict[str, Any],
     response: Any,
-    *,
     was_hitl: bool = False,
     needs_review: bool = False,
     review_reason: str | None = None,
@@ -270,12 +274,13 @@ def new_record(
     This is the one place records are made on the hot path: ``model_construct`` costs about 4 µs, a
     tenth of a whole syscall's budget; the fields are already of the declared types here. It sets
     pydantic's per-instance slots itself: ``tests/test_dependency_internals.py`` fails when pydantic
-    changes them (``pyproject.toml`` pins pydantic below 3).
+    changes them (``pyproject.toml`` pins pydantic below 3). Callers name the fields; the kernel's one
+    builder of a step's record (``castor.seams.ToolCall.record``) passes them in order, since matching ten
+    keywords costs a record as much as one of its slots.
     """
     record = _RECORD_NEW(SyscallRecord)
-    _SET(
+    _SET_DICT(
         record,
-        "__dict__",
         {
             "request": request,
             "response": response,
@@ -291,9 +296,9 @@ def new_record(
         },
     )
     # Shared and empty: pydantic copies this set before it would ever change it (model_copy).
-    _SET(record, "__pydantic_fields_set__", _NO_FIELDS)
-    _SET(record, "__pydantic_extra__", None)
-    _SET(record, "__pydantic_private__", None)
+    _SET_FIELDS(record, _NO_FIELDS)
+    _SET_EXTRA(record, None)
+    _SET_PRIVATE(record, None)
     return record
 
 

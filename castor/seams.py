@@ -85,17 +85,17 @@ class ToolCall:
         record, used by the kernel and by the worker that journals a fleet call (a join's record carries
         the child)."""
         finished_at = self.finished_at
-        return new_record(
+        return new_record(  # its fields in order (was_hitl to usage): keywords cost every step a match of ten
             {"tool_name": self.tool_name, "arguments": self.journaled_arguments()},  # self.request, one call less
             response,
-            was_hitl=self.was_hitl,
-            needs_review=self.needs_review,
-            review_reason=self.review_reason,
-            child_checkpoint=child,
-            charged=self.charged,  # type: ignore[arg-type]  # a tool's cost mapping, never mutated: shared
-            decided_by=self.decided_by,
-            finished_at=time.time() if finished_at is None else finished_at,
-            usage=self.usage,
+            self.was_hitl,
+            self.needs_review,
+            self.review_reason,
+            child,
+            self.charged,  # type: ignore[arg-type]  # a tool's cost mapping, never mutated: shared
+            self.decided_by,
+            time.time() if finished_at is None else finished_at,
+            self.usage,
         )
 
 

@@ -196,7 +196,10 @@ def signature_once(func: F) -> F:
 
 
 def jsonable(arguments: Mapping[str, Any]) -> dict[str, Any]:
-    """The framework's parsed arguments as JSON data (pydantic models become dicts), as the journal holds them."""
+    """The framework's parsed arguments as JSON data (pydantic models become dicts), as the journal holds them.
+
+    A loop: for the usual one to three arguments, Python 3.11's specialised bytecode costs fewer instructions
+    than telling the types apart at C level first (``set(map(type, ...))``: 4.8k against 2.2k a call, callgrind)."""
     out = {}
     for k, v in arguments.items():
         kind = type(v)  # a string or an integer is its own JSON: no serializer call for the usual arguments
@@ -235,18 +238,20 @@ def model_id_of(obj: Any, *attributes: str, default: str = "model") -> str:
     return default
 
 
-async def model_step(
+def model_step(
     request: Mapping[str, Any], model: str, invoke: Callable[[dict[str, Any]], Awaitable[Any]], *,
     canonical: bool = False, partial: Callable[[], dict[str, Any] | None] | None = None,
-) -> dict[str, Any]:
-    """One model call as a journaled step; ``invoke`` calls the framework's own model (not called on replay).
+) -> Awaitable[dict[str, Any]]:
+    """One model call as a journaled step (await it); ``invoke`` calls the framework's own model (not called
+    on replay).
 
     ``canonical=True``: ``request`` is made of parts already canonical (``canonical_part``, cached per
     framework object) and ``invoke`` returns a fresh JSON dict; Castor then copies neither
     (``castor.lib.model_call(canonical=True)``). ``partial``: what a streaming ``invoke`` received, journaled
-    and charged if it fails part way (``model_call(partial=...)``).
+    and charged if it fails part way (``model_call(partial=...)``). A plain function handing back
+    ``model_call``'s coroutine: a coroutine of its own would cost every model step a frame that only awaits.
     """
-    return await model_call(request, model=model, invoke=invoke, canonical=canonical, partial=partial)
+    return model_call(request, model=model, invoke=invoke, canonical=canonical, partial=partial)
 
 
 def canonical_part(value: Any) -> Any:

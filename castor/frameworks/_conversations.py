@@ -101,7 +101,10 @@ class EqualConversations:
             converted = [self._convert(item) for item in items]
             snapshots, parts = [snapshot for snapshot, _ in converted], [part for _, part in converted]
         # A new list swapped in whole: a synchronous framework's runs share the model from several threads.
-        kept = [(snapshots, parts), *(entry for entry in recent if entry is not found)][: self._size]
+        if recent and found is recent[0]:  # the usual step: the previous step's conversation goes on
+            kept = [(snapshots, parts), *recent[1:]]
+        else:
+            kept = [(snapshots, parts), *(entry for entry in recent if entry is not found)][: self._size]
         if ctx is None:
             self._recent = kept
         else:

@@ -34,6 +34,8 @@ def message_rest(message: BaseMessage, tool_calls: list[dict[str, Any]]) -> dict
         rest["tool_calls"] = jsonable({"c": calls})["c"]
     fields = message.__dict__
     changed = {}
+    # A loop: over a message's half-dozen fields, Python 3.11's specialised bytecode costs a third of the
+    # instructions of comparing them at C level (itemgetter, map(ne), compress: 14.5k against 5.3k, callgrind).
     for name, default in _defaults(type(message)):
         value = fields.get(name, default)
         if value != default:

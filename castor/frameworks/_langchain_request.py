@@ -50,6 +50,7 @@ def _tool_json(spec: Any) -> dict[str, Any]:
             "parameters": function.get("parameters", {})}
 
 
+_NOT_OPTIONS = frozenset({"tools", "stream"})  # the request's tools, and how it is asked for
 # A bound model passes the same tool specs at every step: each converted once.
 _cached_tool = IdentityCache(lambda spec: canonical_part(_tool_json(spec)), size=1024)
 
@@ -63,7 +64,8 @@ def canonical_request(messages: Sequence[BaseMessage], stop: list[str] | None, o
         request["tools"] = [_cached_tool(t) for t in tools]
     if stop:
         request["stop"] = canonical_part(list(stop))
-    rest = {k: v for k, v in options.items() if k not in ("tools", "stream")}  # streamed or not: one request
+    # Streamed or not: one request. Usually the options are the bound tools alone: nothing else to read.
+    rest = {k: v for k, v in options.items() if k not in _NOT_OPTIONS} if not _NOT_OPTIONS.issuperset(options) else None
     if rest:
         request["options"] = canonical_part(jsonable(rest))
     return request

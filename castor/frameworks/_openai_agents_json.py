@@ -51,7 +51,8 @@ def _part(value: Any) -> Any:
 def _item(item: Any) -> tuple[Any, Any]:
     """An input item's plain copy and its canonical part (``EqualConversations``): ``plain_sized(item)[0]``
     and ``_part`` of it, the usual item's strings and numbers copied in one loop (two new items a step);
-    ``NotPlain`` if it is not plain JSON data."""
+    ``NotPlain`` if it is not plain JSON data. A loop rather than C-level copies: over an item's four or five
+    keys, ``set(map(type, ...))`` and ``dict.copy`` cost more instructions (11.4k against 7.4k, callgrind)."""
     if type(item) is not dict:
         snapshot = plain_sized(item)[0]
         return snapshot, _part(snapshot)

@@ -163,6 +163,9 @@ def request_parts(message: Any, volatile: frozenset[str], plain: Callable[[Any],
         if cls not in _READ:
             return None
         fields: dict[str, Any] = {}
+        # A loop: for a part's handful of fields it costs fewer instructions than reading them with
+        # attrgetter and dropping the None ones at C level, as compact does a response's twenty (40.5k against
+        # 57.8k a step's two messages, callgrind: attrgetter has no inline cache, the bytecode does).
         for name in _defaults(cls):
             if name in volatile:
                 continue

@@ -72,6 +72,7 @@ from castor.llm.cost import NotPlain
 FRAMEWORK = "smolagents"
 FINAL_ANSWER = "final_answer"
 _RUNNER = "castor.frameworks.smolagents.run(agent, task)"
+_STR = frozenset({str})
 _INPUT_TYPES = {"string", "boolean", "integer", "number", "array", "object", "any"}
 
 
@@ -98,8 +99,8 @@ def canonical_request(messages: list[Any], stop: list[str] | None, response_form
     request: dict[str, Any] = {"messages": parts if parts is not None else [message_json(m) for m in messages]}
     if tools:
         request["tools"] = [_cached_tool(t) for t in tools]
-    if stop:
-        request["stop"] = canonical_part(list(stop))
+    if stop:  # the agent's stop sequences, strings (a copy of them is their canonical part) at every step
+        request["stop"] = list(stop) if _STR.issuperset(map(type, stop)) else canonical_part(list(stop))
     if response_format:
         request["response_format"] = canonical_json(response_format)
     if options:

@@ -16,6 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from types import FunctionType
 from typing import Any
 
 from castor import _terminal
@@ -310,6 +311,12 @@ def _log_stop(cp: AgentCheckpoint) -> None:
 
 def takes_proxy(agent: Callable[..., Any]) -> bool:
     """Legacy agents take one parameter: the syscall proxy."""
+    if type(agent) is FunctionType and not agent.__dict__:
+        # A plain function (no __wrapped__, __signature__ or other attribute inspect would read): its
+        # positional parameters without a default, counted from its code as inspect counts them, without
+        # building a Signature at every run.
+        code = agent.__code__
+        return code.co_argcount - len(agent.__defaults__ or ()) == 1
     try:
         params = [
             p for p in inspect.signature(agent).parameters.values()

@@ -59,16 +59,25 @@ async def model_call(
     ``castor.lib.stream``'s.
     """
     ctx = active_run()
-    models = _models(ctx)
-    plain, size = _prepared(request, model, canonical)
-    mmu = ctx.services.mmu
+    services = ctx.services
+    models = services.models
+    if models is None:
+        _models(ctx)  # raises, naming what the kernel lacks
+    if canonical and type(request) is dict and type(model) is str and model:
+        plain, size = request, None  # _prepared's answer for a guard's request, without its call on every step
+    else:
+        plain, size = _prepared(request, model, canonical)
+    mmu = services.mmu
     if mmu is not None and mmu.wants_room(ctx):
         await mmu.fit(ctx)  # the run's context fits its budget before any model call (the MMU's steps come first)
     call = models.syscall(
         ctx, model, plain, invoke=invoke, max_tokens=max_tokens, timeout=timeout, size=size, canonical=canonical,
         partial=partial,
     )
-    return _checked(await models.chain(call))
+    response = await models.chain(call)
+    if "status" not in response:  # a model's answer (the usual step): nothing for _checked to refuse
+        return response  # the journaled response: a dict
+    return _checked(response)
 
 
 def _prepared(request: Mapping[str, Any], model: str, canonical: bool = False) -> tuple[dict[str, Any], int | None]:

@@ -15,6 +15,7 @@ from castor.frameworks._common import (
     UnsupportedToolError,
     call_tool,
     first_suspension,
+    jsonable,
     schema_function,
     signature_once,
     suspensions_pass,
@@ -170,3 +171,16 @@ def test_a_signature_built_once_is_what_inspect_gives_a_method_and_its_bound_for
     bound = inspect.signature(Model()._agenerate)
     assert list(bound.parameters) == ["messages", "stop", "run_manager", "kwargs"]  # LangChain asks for run_manager
     assert inspect.signature(Model._agenerate) is inspect.signature(Model._agenerate)  # built once, not per call
+
+
+def test_jsonable_arguments_are_a_copy_in_their_order_their_models_and_tuples_as_json() -> None:
+    import pydantic
+
+    class Point(pydantic.BaseModel):
+        x: int
+
+    plain = {"query": "q", "n": 2, "flag": True, "none": None}
+    copied = jsonable(plain)
+    assert copied == plain and copied is not plain and list(copied) == list(plain)
+    mixed = {"query": "q", "point": Point(x=1), "pair": (1, 2), 3: "key"}
+    assert list(jsonable(mixed).items()) == [("query", "q"), ("point", {"x": 1}), ("pair", [1, 2]), ("3", "key")]

@@ -35,6 +35,12 @@ REQUEST_MESSAGES = [
     ChatMessage(role=MessageRole.USER, content=[{"type": "text", "nested": {"id": 3, "keep": [1, 2.5, None]}}]),
     ChatMessage(role=MessageRole.USER, content=[{"type": "image", "image": ("not", "json")}]),  # a round trip
     ChatMessage(role=MessageRole.ASSISTANT, content="", tool_calls=[tool_call({"query": "q"})]),
+    ChatMessage(role=MessageRole.ASSISTANT, content=None, tool_calls=[
+        tool_call({"id": 1, "q": {"raw": 2, "keep": [1.5, None, {"token_usage": 0}]}}, "looks up"),
+        tool_call('{"query": "q"}')]),
+    ChatMessage(role="assistant", content=[{"type": "text", "text": "t", "id": "x"}], tool_calls=[]),
+    ChatMessage(role=MessageRole.ASSISTANT, content="", tool_calls=[tool_call({"n": float("nan")})]),
+    ChatMessage(role=MessageRole.ASSISTANT, content="", tool_calls=[tool_call({"pair": ("a", "b")})]),
     Custom(role=MessageRole.USER, content="a subclass"),
     {"role": "user", "content": "a dict message", "id": "m1"},
 ]

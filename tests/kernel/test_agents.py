@@ -44,6 +44,38 @@ async def test_map_reduce() -> None:
     assert (await Castor(tools=[shout, glue]).run(agent)).result == "A+B"
 
 
+def test_a_legacy_agent_is_told_by_its_signature_as_inspect_reads_it() -> None:
+    import functools
+    import inspect
+
+    from castor.kernel.runner import takes_proxy
+
+    def by_inspect(agent: object) -> bool:
+        params = [p for p in inspect.signature(agent).parameters.values()  # type: ignore[arg-type]
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+        return len(params) == 1
+
+    async def proxy_only(proxy): ...  # type: ignore[no-untyped-def]
+    async def proxy_and_default(proxy, x=1): ...  # type: ignore[no-untyped-def]
+    async def positional_only(x, /, y): ...  # type: ignore[no-untyped-def]
+    async def one_positional_only(x, /): ...  # type: ignore[no-untyped-def]
+    async def keyword_only(x, *args, k): ...  # type: ignore[no-untyped-def]
+    async def defaults_only(x=1, y=2): ...  # type: ignore[no-untyped-def]
+    async def nothing() -> None: ...
+
+    @functools.wraps(nothing)
+    async def wraps_nothing(proxy): ...  # type: ignore[no-untyped-def]
+
+    def with_signature(a, b): ...  # type: ignore[no-untyped-def]
+
+    with_signature.__signature__ = inspect.signature(proxy_only)  # type: ignore[attr-defined]
+    agents = [proxy_only, proxy_and_default, positional_only, one_positional_only, keyword_only, defaults_only,
+              nothing, wraps_nothing, with_signature, lambda proxy: None, lambda: None]
+    assert [takes_proxy(a) for a in agents] == [by_inspect(a) for a in agents]
+    assert [takes_proxy(a) for a in agents] == [True, True, False, True, True, False, False, False, True, True,
+                                                False]
+
+
 async def test_legacy_proxy_agent() -> None:
     async def agent(proxy: object) -> list[object]:
         return [
