@@ -40,17 +40,23 @@ def _settled(fleet: Fleet, pid: str) -> str:
     return status(fleet, pid)
 
 
-def test_a_coordinator_killed_mid_tool_hands_the_running_step_over_and_it_runs_once(fleet: Fleet) -> None:
+def test_a_coordinator_killed_mid_tool_hands_the_running_step_over_and_it_runs_once(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    release = tmp_path / "release"  # the slow call lasts until the second delivery is seen waiting for it
+    fleet.env["CASTOR_TEST_RELEASE"] = str(release)
     pid, ticket = _start(fleet)
     time.sleep(0.5)
     fleet.stop("co-a", signal.SIGKILL)
     fleet.coordinator("co-b", lease=1.0)
+    wait_for("the step sent again to wait for the worker running it",
+             lambda: "waits for the worker running it" in fleet.log("worker-web"), 60)
+    release.touch()
     assert _settled(fleet, pid) == "COMPLETED", fleet.log("co-b")[-3000:] + fleet.log("worker-web")[-3000:]
     assert fleet.cli_json("approvals") == []
     assert fleet.count(f"{ticket}:slow") == 1  # the tool ran once: the takeover did not start it again
     assert fleet.count(f"{ticket}:store") == 1
     assert fleet.cli_json("inspect", pid)["syscall_log"][1]["response"] == f"fetched {ticket}:slow"
-    assert "waits for the worker running it" in fleet.log("worker-web")
 
 
 def test_a_step_whose_worker_died_too_is_still_in_doubt(fleet: Fleet) -> None:
