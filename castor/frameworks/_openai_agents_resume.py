@@ -78,24 +78,25 @@ _TOOL_FIELDS = {"name", "description", "params_json_schema", "on_invoke_tool", "
                 "_failure_error_function", "_use_default_failure_error_function", "_emit_tool_origin", "_tool_origin"}
 
 
-def starting_late() -> None:
+def starting_late(guarded_model: type) -> None:
     """Have ``Runner.run`` start a guarded agent's replay late (once per process; other agents, and runs
-    outside a Castor run, go straight to the SDK's own)."""
+    outside a Castor run, go straight to the SDK's own). ``guarded_model``: the guard's model class, whose
+    journal a late start rebuilds (a ``CastorModel`` journals Castor's own format)."""
     if getattr(Runner.run, "_castor_starts_late", False):
         return
     own = Runner.run.__func__  # type: ignore[attr-defined]  # the classmethod's function
 
     async def run(cls: Any, starting_agent: Any, input: Any, **options: Any) -> Any:
-        return await _run(functools.partial(own, cls), starting_agent, input, options)
+        return await _run(functools.partial(own, cls), starting_agent, input, options, guarded_model)
 
     functools.update_wrapper(run, own)
     run._castor_starts_late = True  # type: ignore[attr-defined]
     Runner.run = classmethod(run)  # type: ignore[method-assign, assignment]
 
 
-async def _run(own: Any, agent: Any, input: Any, options: dict[str, Any]) -> Any:
+async def _run(own: Any, agent: Any, input: Any, options: dict[str, Any], guarded_model: type) -> Any:
     """``Runner.run`` (``own``: the SDK's); in a replay, from the loop's last journaled model step."""
-    plan = await _plan(agent, input, options) if STARTS_LATE else None
+    plan = await _plan(agent, input, options, guarded_model) if STARTS_LATE else None
     if plan is None:
         return await own(agent, input, **options)
     ctx, found, state = plan
@@ -113,14 +114,16 @@ async def _run(own: Any, agent: Any, input: Any, options: dict[str, Any]) -> Any
     return await own(agent, input, **options)
 
 
-async def _plan(agent: Any, input: Any, options: dict[str, Any]) -> tuple[RunContext, Landing, RunState[Any]] | None:
+async def _plan(
+    agent: Any, input: Any, options: dict[str, Any], guarded_model: type
+) -> tuple[RunContext, Landing, RunState[Any]] | None:
     ctx = current_run.get()
     if ctx is None or ctx.closed or ctx.services.mmu is not None:  # the MMU may change what the model is asked
         return None
     if ctx.services.structured_results:  # tools answer SyscallResults the guard unwraps: not rebuilt here
         return None
     found = landing(ctx, "input", _LOOSE)  # None at once for a live run: nothing journaled past its step
-    if found is None or not isinstance(input, str | list) or not _plain_run(agent, options):
+    if found is None or not isinstance(input, str | list) or not _plain_run(agent, options, guarded_model):
         return None
     max_turns = options.get("max_turns", DEFAULT_MAX_TURNS)
     if max_turns is not None and len(found.steps) > max_turns:  # the whole loop stops before the landing step
@@ -129,7 +132,7 @@ async def _plan(agent: Any, input: Any, options: dict[str, Any]) -> tuple[RunCon
     return None if state is None else (ctx, found, state)
 
 
-def _plain_run(agent: Any, options: dict[str, Any]) -> bool:
+def _plain_run(agent: Any, options: dict[str, Any], guarded_model: type) -> bool:
     """Whether the run is a plain loop a late start reproduces (module doc)."""
     if any(value not in (None, False) for key, value in options.items() if key not in _OPTIONS):
         return False
@@ -138,11 +141,9 @@ def _plain_run(agent: Any, options: dict[str, Any]) -> bool:
     config = options.get("run_config")
     if config is not None and (type(config) is not RunConfig or not _defaults(config, _CONFIG_FIELDS)):
         return False
-    from castor.frameworks.openai_agents import GuardedModel  # imported here: that module installs this one
-
     if type(agent) is not Agent or not getattr(agent, "__castor_guarded__", False):
         return False
-    if not _defaults(agent, _AGENT_FIELDS) or not isinstance(agent.model, GuardedModel):  # a CastorModel: not yet
+    if not _defaults(agent, _AGENT_FIELDS) or not isinstance(agent.model, guarded_model):  # a CastorModel: not yet
         return False
     if agent.instructions is not None and not isinstance(agent.instructions, str):  # a function: asked each turn
         return False

@@ -9,6 +9,8 @@ from the messages' dataclass fields:
   are plain JSON data (strings, numbers, dicts and lists of them); ``None`` for anything else, which the
   guard then dumps with the adapter (an image, a pydantic model as a tool's return, a part kind not read
   here). ``tests/frameworks/test_pydantic_ai_json.py`` holds both forms equal.
+- ``cached_message``: a request message's canonical parts (``request_parts``, else the adapter's dump),
+  made once per message object; ``model_response(s)``: the messages a journaled response stands for.
 - ``compact``: a message's fields that differ from their defaults, its kind and its parts' kinds always,
   as JSON: the adapter validates it back into an equal message (the defaults fill the rest). A
   ``RequestUsage`` is journaled as the counts its instance holds (those it was given), not as its
@@ -22,16 +24,25 @@ fields that hold something else.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from itertools import compress, repeat
 from operator import attrgetter, is_not
 from typing import Any
 
-from pydantic_ai.messages import SystemPromptPart, TextPart, ToolCallPart, ToolReturnPart, UserPromptPart
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelMessagesTypeAdapter,
+    ModelResponse,
+    SystemPromptPart,
+    TextPart,
+    ToolCallPart,
+    ToolReturnPart,
+    UserPromptPart,
+)
 from pydantic_ai.usage import RequestUsage
 from pydantic_core import to_jsonable_python
 
-from castor.frameworks._common import IdentityCache
+from castor.frameworks._common import IdentityCache, canonical_part
 from castor.llm.cost import NotPlain, plain_sized
 
 _READ = frozenset({UserPromptPart, SystemPromptPart, ToolReturnPart, TextPart, ToolCallPart})
@@ -182,3 +193,58 @@ def request_parts(message: Any, volatile: frozenset[str], plain: Callable[[Any],
         fields["role"] = fields.pop("part_kind", message.kind)
         out.append(fields)
     return out
+
+
+# What pydantic-ai generates anew on every run (or what a replay rebuilds from the journal anyway).
+VOLATILE = frozenset({
+    "timestamp", "request_timestamp", "run_id", "conversation_id", "tool_call_id", "duration", "id",
+    "provider_response_id", "usage", "state", "history_digest",
+})
+
+
+def without_volatile(value: Any) -> Any:
+    """JSON data without the volatile keys and without the empty ones (a short, stable request)."""
+    if isinstance(value, dict):
+        return {k: without_volatile(v) for k, v in value.items() if k not in VOLATILE and v not in (None, {}, [])}
+    if isinstance(value, list):
+        return [without_volatile(v) for v in value]
+    return value
+
+
+def _message_json(message: ModelMessage) -> list[dict[str, Any]]:
+    """One message part by part, each with its ``role`` (pydantic-ai's part kind): read from its fields
+    when they are plain JSON data (``request_parts``, fresh copies already), else from pydantic-ai's dump."""
+    parts = request_parts(message, VOLATILE, without_volatile)
+    if parts is not None:
+        return parts
+    return canonical_part(_parts_json(ModelMessagesTypeAdapter.dump_python([message], mode="json")[0]))
+
+
+def _parts_json(dumped: dict[str, Any]) -> list[dict[str, Any]]:
+    """A message as pydantic-ai dumps it (JSON mode), part by part, each with its ``role``."""
+    out: list[dict[str, Any]] = []
+    if dumped.get("instructions"):
+        out.append({"role": "instructions", "content": dumped["instructions"]})
+    for part in dumped.get("parts") or ():
+        plain = without_volatile(part)
+        plain["role"] = plain.pop("part_kind", dumped.get("kind"))
+        out.append(plain)
+    return out
+
+
+# Converted and checked once per message object, then shared by every later step's request.
+cached_message = IdentityCache(_message_json)
+
+
+def model_response(journaled: dict[str, Any]) -> ModelResponse:
+    """The ``ModelResponse`` a journaled response stands for (live and replayed alike)."""
+    rebuilt = ModelMessagesTypeAdapter.validate_python([journaled["message"]])[0]
+    assert isinstance(rebuilt, ModelResponse)  # journaled by response_json from a ModelResponse
+    return rebuilt
+
+
+def model_responses(journaled: Sequence[dict[str, Any]]) -> list[ModelResponse]:
+    """``model_response`` of each journaled response, validated together (a late start rebuilds a whole
+    loop's answers at once: one validation of the list costs about half of one per answer)."""
+    rebuilt = ModelMessagesTypeAdapter.validate_python([j["message"] for j in journaled])
+    return [m for m in rebuilt if isinstance(m, ModelResponse)]

@@ -53,6 +53,7 @@ from pydantic_ai.usage import RunUsage, UsageLimits
 from castor.errors import ReplayDivergenceError
 from castor.frameworks._common import jsonable
 from castor.frameworks._fast_forward import Landing, landing
+from castor.frameworks._pydantic_ai_json import cached_message, model_responses
 from castor.frameworks._pydantic_ai_plain import plain_agent, plain_options
 from castor.kernel.context import RunContext, current_run
 
@@ -78,10 +79,11 @@ class _Plan:
     before: RunUsage | None  # the caller's usage as it was given, put back if the whole loop runs after all
 
 
-async def run(agent: Any, run_wrapped: Run, user_prompt: Any, options: dict[str, Any]) -> Any:
+async def run(agent: Any, run_wrapped: Run, user_prompt: Any, options: dict[str, Any], guarded: type) -> Any:
     """``run_wrapped(user_prompt, **options)`` (pydantic-ai's ``run`` of the guarded agent); in a replay,
-    from the loop's last journaled model step (module doc)."""
-    plan = _plan(agent, user_prompt, options)
+    from the loop's last journaled model step (module doc). ``guarded``: the guard's model class, whose
+    journal a late start rebuilds (a ``CastorModel`` journals Castor's own format)."""
+    plan = _plan(agent, user_prompt, options, guarded)
     if plan is None:
         return await run_wrapped(user_prompt, **options)
     ctx, found = plan.ctx, plan.found
@@ -104,7 +106,7 @@ async def run(agent: Any, run_wrapped: Run, user_prompt: Any, options: dict[str,
     return result
 
 
-def _plan(agent: Any, user_prompt: Any, options: dict[str, Any]) -> _Plan | None:
+def _plan(agent: Any, user_prompt: Any, options: dict[str, Any], guarded: type) -> _Plan | None:
     ctx = current_run.get()
     if not LATE_START or ctx is None or ctx.closed or fill_response_cost is None:
         return None
@@ -114,16 +116,14 @@ def _plan(agent: Any, user_prompt: Any, options: dict[str, Any]) -> _Plan | None
     found = landing(ctx)  # None at once for a live run: the journal holds nothing past its next step
     if found is None or not isinstance(user_prompt, str) or not plain_options(options):
         return None
-    from castor.frameworks.pydantic_ai import GuardedModel, _cached_message, model_responses  # it imports this
-
     # A CastorModel journals Castor's own request and response: the whole loop, which asks it step by step.
     wrapped = agent.wrapped
-    if not isinstance(agent._guarded_model, GuardedModel) or not isinstance(wrapped, Agent) or not plain_agent(wrapped):
+    if not isinstance(agent._guarded_model, guarded) or not isinstance(wrapped, Agent) or not plain_agent(wrapped):
         return None
     history = list(options.get("message_history") or ())
     if history and not (isinstance(history[-1], ModelResponse) and not history[-1].tool_calls):
         return None  # a history that pydantic-ai would repair or continue from: the loop's own first step
-    rebuilt = _conversation(found, ctx, history, user_prompt, wrapped, _cached_message, model_responses)
+    rebuilt = _conversation(found, ctx, history, user_prompt, wrapped, cached_message, model_responses)
     if rebuilt is None:
         return None
     given = options.get("usage")

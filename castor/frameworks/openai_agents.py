@@ -75,8 +75,6 @@ from castor.mcp.upstream import McpServer
 
 FRAMEWORK = "OpenAI Agents"
 
-starting_late()  # Runner.run of a guarded agent starts a replay at its last journaled model step
-
 
 # --- models -------------------------------------------------------------------------------------------
 
@@ -120,6 +118,9 @@ class GuardedModel(Model):
     async def close(self) -> None:
         """Close the wrapped model."""
         await self.wrapped.close()
+
+
+starting_late(GuardedModel)  # Runner.run of a guarded agent starts a replay at its last journaled model step
 
 
 def guard_model(model: Model | str | None) -> Model:

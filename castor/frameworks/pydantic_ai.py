@@ -47,7 +47,6 @@ from pydantic_ai import Tool
 from pydantic_ai.agent import AbstractAgent, WrapperAgent
 from pydantic_ai.messages import (
     ModelMessage,
-    ModelMessagesTypeAdapter,
     ModelResponse,
     PartDeltaEvent,
     PartStartEvent,
@@ -77,55 +76,18 @@ from castor.frameworks._common import (
     suspensions_pass,
 )
 from castor.frameworks._conversations import Conversations
-from castor.frameworks._pydantic_ai_json import compact, request_parts
+from castor.frameworks._pydantic_ai_json import cached_message, compact, model_response, without_volatile
 from castor.frameworks._pydantic_ai_replay import next_step_journaled, record_durable_unit, replay_scope
 from castor.frameworks._pydantic_ai_stream import GuardedStreamedResponse, event_text
 from castor.mcp.upstream import McpServer
 
 FRAMEWORK = "pydantic-ai"
-# What pydantic-ai generates anew on every run (or what a replay rebuilds from the journal anyway).
-VOLATILE = frozenset({
-    "timestamp", "request_timestamp", "run_id", "conversation_id", "tool_call_id", "duration", "id",
-    "provider_response_id", "usage", "state", "history_digest",
-})
 
 
 # --- models -------------------------------------------------------------------------------------------
 
-
-def _plain(value: Any) -> Any:
-    """JSON data without the volatile keys and without the empty ones (a short, stable request)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items() if k not in VOLATILE and v not in (None, {}, [])}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _message_json(message: ModelMessage) -> list[dict[str, Any]]:
-    """One message part by part, each with its ``role`` (pydantic-ai's part kind): read from its fields
-    when they are plain JSON data (``request_parts``, fresh copies already), else from pydantic-ai's dump."""
-    parts = request_parts(message, VOLATILE, _plain)
-    if parts is not None:
-        return parts
-    return canonical_part(_parts_json(ModelMessagesTypeAdapter.dump_python([message], mode="json")[0]))
-
-
-def _parts_json(dumped: dict[str, Any]) -> list[dict[str, Any]]:
-    """A message as pydantic-ai dumps it (JSON mode), part by part, each with its ``role``."""
-    out: list[dict[str, Any]] = []
-    if dumped.get("instructions"):
-        out.append({"role": "instructions", "content": dumped["instructions"]})
-    for part in dumped.get("parts") or ():
-        plain = _plain(part)
-        plain["role"] = plain.pop("part_kind", dumped.get("kind"))
-        out.append(plain)
-    return out
-
-
-# Converted and checked once per message object, then shared by every later step's request.
-_cached_message = IdentityCache(_message_json)
-_conversation = Conversations(_cached_message, flat=True)
+# Each message converted and checked once (``cached_message``), then shared by every later step's request.
+_conversation = Conversations(cached_message, flat=True)
 # A tool's JSON schema: the same object at every step of a run (the tool's function schema holds it).
 _cached_schema = IdentityCache(lambda schema: canonical_part(to_jsonable_python(schema)), size=1024)
 
@@ -149,7 +111,7 @@ def canonical_request(
             for t in tools
         ]
     if settings:
-        request["settings"] = canonical_part(_plain(to_jsonable_python(dict(settings), fallback=str)))
+        request["settings"] = canonical_part(without_volatile(to_jsonable_python(dict(settings), fallback=str)))
     if not parameters.allow_text_output:
         request["text_output"] = False
     return request
@@ -170,20 +132,6 @@ def response_json(response: ModelResponse) -> dict[str, Any]:
     if usage.input_tokens or usage.output_tokens:
         journaled["usage"] = {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
     return journaled
-
-
-def model_response(journaled: dict[str, Any]) -> ModelResponse:
-    """The ``ModelResponse`` a journaled response stands for (live and replayed alike)."""
-    rebuilt = ModelMessagesTypeAdapter.validate_python([journaled["message"]])[0]
-    assert isinstance(rebuilt, ModelResponse)  # journaled by response_json from a ModelResponse
-    return rebuilt
-
-
-def model_responses(journaled: Sequence[dict[str, Any]]) -> list[ModelResponse]:
-    """``model_response`` of each journaled response, validated together (a late start rebuilds a whole
-    loop's answers at once: one validation of the list costs about half of one per answer)."""
-    rebuilt = ModelMessagesTypeAdapter.validate_python([j["message"] for j in journaled])
-    return [m for m in rebuilt if isinstance(m, ModelResponse)]
 
 
 class GuardedModel(WrapperModel):
@@ -413,7 +361,7 @@ class GuardedAgent(WrapperAgent[Any, Any]):
         if options.get("infer_name", True) and self.name is None:
             self._infer_name(inspect.currentframe())  # from the caller's frame, as pydantic-ai's own run does
         options["infer_name"] = False
-        return await _pydantic_ai_resume.run(self, super().run, user_prompt, options)
+        return await _pydantic_ai_resume.run(self, super().run, user_prompt, options, GuardedModel)
 
     @asynccontextmanager
     async def iter(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:

@@ -26,6 +26,7 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.usage import RequestUsage
 
+from castor.frameworks import _pydantic_ai_json as pa_json
 from castor.frameworks import pydantic_ai as guard_module
 from castor.frameworks._pydantic_ai_json import request_parts
 
@@ -58,18 +59,18 @@ RESPONSES = [
 
 
 def _dumped(message: Any) -> list[dict[str, Any]]:
-    return guard_module._parts_json(ModelMessagesTypeAdapter.dump_python([message], mode="json")[0])
+    return pa_json._parts_json(ModelMessagesTypeAdapter.dump_python([message], mode="json")[0])
 
 
 @pytest.mark.parametrize("message", REQUESTS + RESPONSES, ids=lambda m: type(m).__name__)
 def test_a_message_read_from_its_fields_is_the_request_pydantic_ais_dump_gives(message: Any) -> None:
-    assert guard_module._message_json(message) == _dumped(message)
+    assert pa_json._message_json(message) == _dumped(message)
 
 
 def test_parts_that_are_not_plain_json_are_left_to_pydantic_ais_dump() -> None:
-    read = [request_parts(m, guard_module.VOLATILE, guard_module._plain) is not None for m in REQUESTS]
+    read = [request_parts(m, pa_json.VOLATILE, pa_json.without_volatile) is not None for m in REQUESTS]
     assert read == [True, True, True, True, False, False, False, True]
-    assert request_parts(RESPONSES[3], guard_module.VOLATILE, guard_module._plain) is None  # a ThinkingPart
+    assert request_parts(RESPONSES[3], pa_json.VOLATILE, pa_json.without_volatile) is None  # a ThinkingPart
 
 
 @pytest.mark.parametrize("response", RESPONSES, ids=lambda m: type(m).__name__)
