@@ -41,7 +41,6 @@ from agents import (
     RunState,
     Usage,
 )
-from agents.exceptions import ModelBehaviorError
 from agents.items import MessageOutputItem, ReasoningItem, ToolCallItem, ToolCallOutputItem
 from agents.run import DEFAULT_MAX_TURNS
 from agents.tool import get_function_tool_origin
@@ -51,6 +50,7 @@ from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessa
 from castor.checkpoint import SyscallRecord
 from castor.errors import ReplayDivergenceError
 from castor.frameworks._fast_forward import Landing, landing, request_of
+from castor.frameworks._openai_agents_identity import Identity
 from castor.frameworks._openai_agents_json import input_parts, loads, model_response
 from castor.kernel.context import RunContext, current_run
 
@@ -181,7 +181,7 @@ async def _state(ctx: RunContext, found: Landing, agent: Agent[Any], input: str 
         return None
     wrapper: RunContextWrapper[Any] = RunContextWrapper(context=context)
     tools = {t.name: t for t in await agent.get_all_tools(wrapper) if isinstance(t, FunctionTool)}
-    keys = {name: get_function_tool_lookup_key_for_tool(t) for name, t in tools.items()}
+    keys = {name: Identity(get_function_tool_lookup_key_for_tool(t)) for name, t in tools.items()}
     journal = ctx.checkpoint.syscall_log
     items: list[Any] = []
     responses: list[ModelResponse] = []
@@ -201,7 +201,10 @@ async def _state(ctx: RunContext, found: Landing, agent: Agent[Any], input: str 
         used += [call.name for call, _ in calls]
     wrapper.usage = _usage(responses)
     asked = [*ItemHelpers.input_to_new_input_list(input), *(item.to_input_item() for item in items)]
-    if input_parts(asked) != request_of(found.records[-1]).get("input"):
+    # Converted through the guarded model's conversation, which keeps the items' parts for the run: the SDK
+    # asks the landing step with these items, whose request (compared again there) then converts none anew.
+    model: Any = agent.model  # a GuardedModel (_plain_run)
+    if input_parts(asked, model._conversation) != request_of(found.records[-1]).get("input"):
         return None
     state: RunState[Any] = RunState(context=wrapper, original_input=input, starting_agent=agent, max_turns=max_turns)
     state._generated_items, state._session_items, state._model_responses = items, list(items), responses
@@ -234,7 +237,7 @@ def _answer_items(agent: Agent[Any], tools: dict[str, FunctionTool], output: lis
 
 
 def _outputs(agent: Agent[Any], wrapper: RunContextWrapper[Any], calls: list[tuple[ResponseFunctionToolCall, Any]],
-             tools: dict[str, FunctionTool], keys: dict[str, Any], ran: list[SyscallRecord]) -> list[Any] | None:
+             tools: dict[str, FunctionTool], keys: dict[str, Identity], ran: list[SyscallRecord]) -> list[Any] | None:
     """The output items of one answer's function calls (in the order of the calls, as the SDK adds them)
     from their journaled steps (``ran``), each call recorded in ``wrapper`` as the SDK records it; None if a
     call has no step of its own, a step failed, or a step is left over."""
@@ -246,10 +249,7 @@ def _outputs(agent: Agent[Any], wrapper: RunContextWrapper[Any], calls: list[tup
         value = record.response  # what the replayed tool step hands the SDK
         output = ToolCallOutputItem(output=value, raw_item=ItemHelpers.tool_call_output_item(call, value), agent=agent,
                                     tool_origin=get_function_tool_origin(tools[call.name]))
-        try:  # the call's identity, which the SDK keeps to refuse a call id used again for another call; read
-            # off the call's JSON (its type, id and arguments: what the SDK reads off the call's own dump)
-            wrapper._tool_invocation_status(dumped, tool_lookup_key=keys[call.name])
-        except ModelBehaviorError:  # the whole loop raises it where it is
+        if not keys[call.name].record(wrapper, call, dumped):  # the whole loop raises there
             return None
         outputs.append(output)  # the SDK marks the call completed when it reads the outputs at the next turn
     return None if ran else outputs

@@ -409,3 +409,29 @@ async def test_a_run_resumed_after_approval_starts_at_the_step_that_asked_for_th
         assert len(model.asked) == 5  # once per model step over the run's life
         results.append(fields(main.result))
     assert results[0] == results[1]
+
+
+ARGUMENTS = ['{"query": "q0"}', '{"z": {"b": [1.5, null, "é"], "a": true}, "query": "日本"}', '{ "query" : "spaced" }',
+             '{"n": 10000000000000000000000, "f": 1e300, "x": -0.0}', '{"query": NaN}', "not json", "", "null"]
+
+
+def test_a_skipped_calls_identity_is_the_one_the_sdk_records() -> None:
+    from agents._tool_identity import get_function_tool_lookup_key_for_tool
+    from openai.types.responses import ResponseFunctionToolCall
+
+    from castor.frameworks._openai_agents_identity import Identity
+
+    key = get_function_tool_lookup_key_for_tool(function_tool(search))
+    identity = Identity(key)
+    made, sdks = RunContextWrapper(context=None), RunContextWrapper(context=None)
+    for at, text in enumerate(ARGUMENTS):
+        dumped = {"arguments": text, "call_id": f"c{at}", "name": "search", "type": "function_call"}
+        call = ResponseFunctionToolCall.model_validate(dumped)
+        assert identity.record(made, call, dumped)
+        sdks._tool_invocation_status(dumped, tool_lookup_key=key)
+    assert identity.scope is not None  # the calls after the first are made here, not by the SDK
+    records = [{i: (r.invocation_type, r.approval_scope, r.fingerprint) for i, r in w._tool_invocations.items()}
+               for w in (made, sdks)]
+    assert records[0] == records[1] and len(records[0]) == len(ARGUMENTS)
+    other = {"arguments": '{"query": "other"}', "call_id": "c1", "name": "search", "type": "function_call"}
+    assert not identity.record(made, ResponseFunctionToolCall.model_validate(other), other)  # a call id reused

@@ -1,0 +1,90 @@
+"""A skipped tool call's identity in the run context, as the Agents SDK records it, for a late start
+(``castor.frameworks._openai_agents_resume``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from agents import RunContextWrapper
+from agents.exceptions import ModelBehaviorError
+from agents.run_context import _ToolInvocationRecord
+from openai.types.responses import ResponseFunctionToolCall
+
+from castor.frameworks._openai_agents_json import loads
+
+
+class Identity:
+    """How the SDK records a call of one tool in the run context (``RunContextWrapper._tool_invocation_status``):
+    its call id, the tool's approval scope and a SHA-256 fingerprint of the call, which the SDK keeps to refuse
+    a call id used again for another call (and ``to_state()`` serialises).
+
+    The SDK's own reads the call's dump three times and normalises it value by value: a third of a late start.
+    A function call's fingerprint is the hash of its JSON ``{"approval_scope", "arguments", "type"}`` with
+    sorted keys (the SDK's ``_fingerprint``), the arguments parsed (``_normalize_arguments``: for JSON data
+    the parsed value, whose keys ``sort_keys`` orders as the SDK's normalisation does). So the scope is taken
+    from the SDK once per tool, each call's fingerprint made here, and the first call of each state is
+    recorded by the SDK itself and compared (another SDK's identity: every call is left to the SDK). A call
+    the fast way does not cover (no call id, a caller, a key the SDK may hash beyond the call's own,
+    arguments that are not plain JSON data: the SDK keeps ``NaN`` text unparsed) is recorded by the SDK."""
+
+    def __init__(self, lookup_key: Any) -> None:
+        self.lookup_key = lookup_key
+        self.scope: str | None = None  # the tool's approval scope, once the SDK's own record agreed
+        self.checked = False
+
+    def record(self, wrapper: RunContextWrapper[Any], call: ResponseFunctionToolCall, dumped: Any) -> bool:
+        """Record ``call`` (journaled as ``dumped``) in ``wrapper``; False where the SDK raises (a call id
+        used before for another call)."""
+        call_id, text = call.call_id, call.arguments
+        arguments = _plain_arguments(text) if call.caller is None and type(call_id) is str and call_id \
+            and dumped.get("type") == "function_call" and "arguments" in dumped and dumped.keys() <= _CALL_KEYS \
+            else None
+        if arguments is not None and self.scope is not None:
+            scope = self.scope
+            fingerprint = _fingerprint({"approval_scope": scope, "arguments": arguments[0], "type": "function_call"})
+            known = wrapper._tool_invocations.get(call_id)
+            if known is None:
+                wrapper._tool_invocations[call_id] = _ToolInvocationRecord(
+                    invocation_type="function_call", approval_scope=self.scope, fingerprint=fingerprint)
+                return True
+            return (known.invocation_type, known.approval_scope, known.fingerprint) == (
+                "function_call", self.scope, fingerprint)
+        try:
+            wrapper._tool_invocation_status(dumped, tool_lookup_key=self.lookup_key)
+        except ModelBehaviorError:
+            return False
+        if arguments is not None and not self.checked:  # the SDK's record of this call against the one made here
+            self.checked = True
+            made = wrapper._tool_invocations.get(call_id)
+            if made is not None and made.invocation_type == "function_call" and made.fingerprint == _fingerprint(
+                {"approval_scope": made.approval_scope, "arguments": arguments[0], "type": "function_call"}
+            ):
+                self.scope = made.approval_scope
+        return True
+
+
+# The keys of a function call's JSON the SDK's fingerprint reads none of but its type and arguments (any
+# other, an extra key a provider added among them, may be one of its semantic fields).
+_CALL_KEYS = frozenset({"type", "arguments", "call_id", "name", "namespace", "id", "status"})
+
+
+def _plain_arguments(text: Any) -> tuple[Any] | None:
+    """A call's arguments parsed, as the SDK's fingerprint holds them (in a tuple: JSON ``null`` is a value);
+    None for text the SDK keeps as it is or may read otherwise (not JSON, a ``NaN`` or ``Infinity``)."""
+    if type(text) is not str or "NaN" in text or "Infinity" in text:
+        return None
+    try:
+        return (loads(text),)
+    except ValueError:
+        return None
+
+
+# The SDK's encoder settings, made once (``json.dumps`` with options builds an encoder per call).
+_ENCODE = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode
+
+
+def _fingerprint(payload: dict[str, Any]) -> str:
+    """The SDK's ``_fingerprint``: SHA-256 of the compact JSON with sorted keys."""
+    return hashlib.sha256(_ENCODE(payload).encode("utf-8")).hexdigest()
