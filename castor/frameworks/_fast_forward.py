@@ -15,17 +15,24 @@ the SDK resets). It stops at an answer that asks for no tool (the loop ends ther
 ends, or at anything else (another agent's call, a failed model call, a conversation that does not go on).
 The framework guard rebuilds the conversation from the steps it returns and checks it against the
 landing step's request before it starts there; the landing step's request is compared again when the
-framework asks it, as every replayed step's is.
+framework asks it, as every replayed step's is. ``start_late`` runs the loop from the landing step, and
+from the loop's first step should the landing step be asked otherwise.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from castor.checkpoint import SyscallRecord
+from castor.errors import ReplayDivergenceError
 from castor.kernel.context import RunContext
 from castor.kernel.model import is_model_step
+
+T = TypeVar("T")
+_log = logging.getLogger("castor.run")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,3 +125,28 @@ def landing(ctx: RunContext, conversation: str = "messages", loose: frozenset[st
         records.append(after)
         at = tools_end
     return Landing(steps, records) if len(steps) > 1 else None
+
+
+async def start_late(
+    ctx: RunContext, found: Landing, late: Callable[[], Awaitable[T]], whole: Callable[[], Awaitable[T]], *,
+    what: str = "the agent", undo: Callable[[], None] | None = None,
+) -> T:
+    """``late()``: the framework's loop from ``found``'s landing step (the steps before it the journal's, not
+    run). Should the framework ask that step otherwise than journaled (the state rebuilt for it is not the
+    one the loop had: a prompt function that reads what the journal does not keep, a prompt changed since),
+    ``undo()`` puts back what preparing the late start changed and ``whole()`` runs the loop from its first
+    step, which reports a real divergence where it is."""
+    _log.debug("run %s: %s starts at its journaled model step %d (steps %d-%d from the journal, not run)",
+               ctx.run_id, what, found.step, found.start, found.step - 1)
+    ctx.next_step = found.step
+    try:
+        return await late()
+    except ReplayDivergenceError as error:
+        if error.step != found.step or ctx.next_step != found.step + 1:
+            raise
+    _log.debug("run %s: step %d asked otherwise from the rebuilt state: %s runs from step %d",
+               ctx.run_id, found.step, what, found.start)
+    if undo is not None:
+        undo()
+    ctx.next_step = found.start
+    return await whole()

@@ -22,20 +22,16 @@ this.
 
 from __future__ import annotations
 
-import logging
 from types import MethodType
 from typing import Any
 
 from langchain_core.messages import BaseMessage, ToolMessage, convert_to_messages
 
-from castor.errors import ReplayDivergenceError
-from castor.frameworks._fast_forward import Landing, landing
+from castor.frameworks._fast_forward import Landing, landing, start_late
 from castor.frameworks._langchain_graph import answer_name
 from castor.frameworks._langchain_json import rebuilt_message
 from castor.frameworks._langchain_request import _cached_message, remember
 from castor.kernel.context import RunContext, current_run
-
-log = logging.getLogger("castor.run")
 
 # The nodes of the ReAct agents whose state is their conversation: LangGraph's create_react_agent and
 # LangChain's create_agent, without hooks, structured output or middleware.
@@ -60,18 +56,10 @@ async def _ainvoke(graph: Any, ainvoke: Any, input: Any, config: Any, kwargs: di
     if plan is None:
         return await ainvoke(input, config, **kwargs)
     ctx, found, state, limited = plan
-    log.debug("run %s: the graph starts at its journaled model step %d (steps %d-%d from the journal, not run)",
-              ctx.run_id, found.step, found.start, found.step - 1)
-    ctx.next_step = found.step
-    try:
-        return await ainvoke(state, limited, **kwargs)
-    except ReplayDivergenceError as error:
-        if error.step != found.step or ctx.next_step != found.step + 1:
-            raise
-    log.debug("run %s: step %d asked otherwise from the rebuilt conversation: the graph runs from step %d",
-              ctx.run_id, found.step, found.start)
-    ctx.next_step = found.start  # the landing step was asked otherwise: the whole loop, as without this
-    return await ainvoke(input, config, **kwargs)
+    return await start_late(
+        ctx, found, lambda: ainvoke(state, limited, **kwargs), lambda: ainvoke(input, config, **kwargs),
+        what="the graph",
+    )
 
 
 _classes: dict[type, type] = {}

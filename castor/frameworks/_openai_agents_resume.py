@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 from typing import Any
 
 from agents import (
@@ -48,13 +47,10 @@ from agents.usage import RequestUsage
 from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseReasoningItem
 
 from castor.checkpoint import SyscallRecord
-from castor.errors import ReplayDivergenceError
-from castor.frameworks._fast_forward import Landing, landing, request_of
+from castor.frameworks._fast_forward import Landing, landing, request_of, start_late
 from castor.frameworks._openai_agents_identity import Identity
 from castor.frameworks._openai_agents_json import input_parts, loads, model_response
 from castor.kernel.context import RunContext, current_run
-
-log = logging.getLogger("castor.run")
 
 STARTS_LATE = True  # False: every replay runs the whole loop (what a late start's result is checked against)
 
@@ -100,18 +96,10 @@ async def _run(own: Any, agent: Any, input: Any, options: dict[str, Any], guarde
     if plan is None:
         return await own(agent, input, **options)
     ctx, found, state = plan
-    log.debug("run %s: the agent starts at its journaled model step %d (steps %d-%d from the journal, not run)",
-              ctx.run_id, found.step, found.start, found.step - 1)
-    ctx.next_step = found.step
-    try:
-        return await own(agent, state, run_config=options.get("run_config"))
-    except ReplayDivergenceError as error:
-        if error.step != found.step or ctx.next_step != found.step + 1:
-            raise
-    log.debug("run %s: step %d asked otherwise from the rebuilt state: the agent runs from step %d",
-              ctx.run_id, found.step, found.start)
-    ctx.next_step = found.start  # the landing step was asked otherwise: the whole loop, as without this
-    return await own(agent, input, **options)
+    return await start_late(
+        ctx, found, lambda: own(agent, state, run_config=options.get("run_config")),
+        lambda: own(agent, input, **options),
+    )
 
 
 async def _plan(

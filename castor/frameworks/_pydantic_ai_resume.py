@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -50,9 +49,8 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.usage import RunUsage, UsageLimits
 
-from castor.errors import ReplayDivergenceError
 from castor.frameworks._common import jsonable
-from castor.frameworks._fast_forward import Landing, landing
+from castor.frameworks._fast_forward import Landing, landing, start_late
 from castor.frameworks._pydantic_ai_json import cached_message, model_responses
 from castor.frameworks._pydantic_ai_plain import plain_agent, plain_options
 from castor.kernel.context import RunContext, current_run
@@ -62,7 +60,6 @@ try:  # what the loop does to each answer before it counts its usage: a cost fro
 except ImportError:  # another pydantic-ai: no late start (the usage could differ)
     fill_response_cost = None  # type: ignore[assignment]
 
-log = logging.getLogger("castor.run")
 
 LATE_START = True  # tests turn it off to compare a late start with a whole-loop replay
 
@@ -86,24 +83,18 @@ async def run(agent: Any, run_wrapped: Run, user_prompt: Any, options: dict[str,
     plan = _plan(agent, user_prompt, options, guarded)
     if plan is None:
         return await run_wrapped(user_prompt, **options)
-    ctx, found = plan.ctx, plan.found
-    log.debug("run %s: the agent starts at its journaled model step %d (steps %d-%d from the journal, not run)",
-              ctx.run_id, found.step, found.start, found.step - 1)
-    ctx.next_step = found.step
-    late = {**options, "message_history": [*plan.history, *plan.rebuilt], "usage": plan.usage}
-    try:
-        result = await run_wrapped(None, **late)
-    except ReplayDivergenceError as error:
-        if error.step != found.step or ctx.next_step != found.step + 1:
-            raise
-        log.debug("run %s: step %d asked otherwise from the rebuilt conversation: the agent runs from step %d",
-                  ctx.run_id, found.step, found.start)
+    late_options = {**options, "message_history": [*plan.history, *plan.rebuilt], "usage": plan.usage}
+
+    async def late() -> Any:
+        result = await run_wrapped(None, **late_options)
+        _as_the_loop_ends(result, plan)
+        return result
+
+    def undo() -> None:
         if plan.before is not None:  # the caller's usage as given: the whole loop counts every step itself
             _copy_usage(plan.before, plan.usage)
-        ctx.next_step = found.start
-        return await run_wrapped(user_prompt, **options)
-    _as_the_loop_ends(result, plan)
-    return result
+
+    return await start_late(plan.ctx, plan.found, late, lambda: run_wrapped(user_prompt, **options), undo=undo)
 
 
 def _plan(agent: Any, user_prompt: Any, options: dict[str, Any], guarded: type) -> _Plan | None:
