@@ -22,7 +22,8 @@ AGENT = f"{Path(__file__).with_name('child_agent.py')}:parent_job"
 TOOLS = [a for n in ("ticket", "fetch", "store") for a in ("--tool", tool_spec(n))]
 
 
-def test_a_coordinator_killed_while_a_child_agent_runs_hands_the_run_over_and_it_completes(fleet: Fleet) -> None:
+def _child_calling_slowly(fleet: Fleet) -> str:
+    """Start the pools and a coordinator, submit the parent; its pid once its child's slow call runs."""
     fleet.config.write_text(fleet.config.read_text() + "heartbeat = 2.0\n")  # [workers] is last
     fleet.worker("web")
     fleet.worker("fs")
@@ -31,6 +32,11 @@ def test_a_coordinator_killed_while_a_child_agent_runs_hands_the_run_over_and_it
     child = f"{pid}::fleet_helper-0"
     wait_for("the child's slow call to start",
              lambda: fleet.redis.exists(keys.started_marker(fleet.prefix, child, 1)), 30)
+    return pid
+
+
+def test_a_coordinator_killed_while_a_child_agent_runs_hands_the_run_over_and_it_completes(fleet: Fleet) -> None:
+    pid = _child_calling_slowly(fleet)
     time.sleep(0.3)
     fleet.stop("co-a", signal.SIGKILL)
     fleet.coordinator("co-b", lease=1.0)
@@ -54,14 +60,7 @@ def test_a_redis_restart_and_a_coordinator_kill_while_a_child_agent_runs_lose_no
     server = PrivateRedis(data, free_port())
     fleet = Fleet(f"redis://127.0.0.1:{server.port}/0", tmp_path)
     try:
-        fleet.config.write_text(fleet.config.read_text() + "heartbeat = 2.0\n")
-        fleet.worker("web")
-        fleet.worker("fs")
-        fleet.coordinator("co-a", lease=1.0)
-        pid = fleet.cli("submit", AGENT, *TOOLS, "--budget", "api=20").stdout.strip()
-        child = f"{pid}::fleet_helper-0"
-        wait_for("the child's slow call to start",
-                 lambda: fleet.redis.exists(keys.started_marker(fleet.prefix, child, 1)), 30)
+        pid = _child_calling_slowly(fleet)
         server.kill()
         fleet.stop("co-a", signal.SIGKILL)
         time.sleep(1.0)
