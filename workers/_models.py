@@ -120,8 +120,8 @@ class ModelCalls:
         """``settle``, asked again while Redis is away (pauses doubling from 0.2 s to ``FINISH_PAUSE_MAX``, as
         the step's finish is: ``castor.fleet.restart`` counts on that) for up to ``outage`` seconds. The call
         was made and paid for: a settle that found Redis away must not lose its answer (the step would go in
-        doubt and the model be called, and charged, again). Past ``outage`` the step keeps its reservation
-        as its charge, which the ledgers hold already, and is journaled (or spooled) with it."""
+        doubt and the model be called, and charged, again). Past ``outage``, or should the settle fail otherwise,
+        the step keeps its reservation as its charge, which the ledgers hold already, and is journaled with it."""
         pause, until = 0.2, time.monotonic() + outage
         while True:
             try:
@@ -129,15 +129,15 @@ class ModelCalls:
                 return
             except BackendUnavailable as exc:
                 if time.monotonic() + pause > until:
-                    log.warning("run %s step %d: Redis away past the outage deadline; the model call keeps its "
-                                "reservation as its charge (%s)", job.run_id, job.step, exc)
-                    if job.usage is not None:
-                        job.usage = usage_after(job.usage, job.charged or {})
+                    _keep_reservation(job, f"Redis away past the outage deadline ({exc})")
                     return
                 log.warning("run %s step %d: settling the model call's charge lost Redis (%s); asking again in %gs",
                             job.run_id, job.step, exc, pause)
                 await asyncio.sleep(pause)
                 pause = min(FINISH_PAUSE_MAX, pause * 2)
+            except Exception as exc:  # the settle is atomic in Redis: it did not happen, the reservation stands
+                _keep_reservation(job, f"the settle failed: {type(exc).__name__}: {exc}")
+                return
 
     async def settle(self, backend: Backend, job: Any, response: dict[str, Any]) -> None:
         """Settle the step's reservation to the usage ``response`` reports (an offline estimate, marked, if
@@ -157,6 +157,14 @@ class ModelCalls:
         if job.usage is not None:
             job.usage = usage_after(job.usage, actual)
         job.charged = actual
+
+
+def _keep_reservation(job: Any, why: str) -> None:
+    """The step's reservation is its charge (the ledgers hold it already): the answer, made and paid for, is
+    journaled with it rather than lost (the step in doubt would call the model, and charge it, again)."""
+    log.warning("run %s step %d: the model call keeps its reservation as its charge: %s", job.run_id, job.step, why)
+    if job.usage is not None:
+        job.usage = usage_after(job.usage, job.charged or {})
 
 
 async def _streamed(provider: Any, request: dict[str, Any], writer: ChunkWriter) -> dict[str, Any]:

@@ -195,3 +195,54 @@ def test_a_worker_takes_a_model_request_up_to_its_own_bound_and_a_tools_argument
     with pytest.raises(Refusal, match="above the limit of 200000"):
         too_long = {"request": {"messages": [{"role": "user", "content": "x" * 300_000}]}}
         parse_job(encode(ToolCall("run", 2, "model:m1", too_long), "", None), settings)
+
+
+class _FlakyBudgets:
+    """A budget store whose settle fails with ``errors`` in turn, then records what it was asked."""
+
+    def __init__(self, *errors: Exception) -> None:
+        self.errors = list(errors)
+        self.settled: list[dict[str, float]] = []
+
+    async def settle(self, run_id: str, step: int, amounts: dict[str, float]) -> None:
+        if self.errors:
+            raise self.errors.pop(0)
+        self.settled.append(amounts)
+
+
+def _settling(budgets: _FlakyBudgets) -> tuple[Any, ToolCall]:
+    backend = type("Backend", (), {"budgets": budgets})()
+    job = ToolCall("run-1", 0, "model:m1", {"request": {"messages": []}}, charged={"tokens": 100.0},
+                   usage={"tokens": 50.0})  # the run's usage before the step
+    return backend, job
+
+
+async def test_a_settle_that_loses_redis_is_asked_again_and_the_answer_is_kept() -> None:
+    from castor.errors import BackendUnavailable
+
+    calls = ModelCalls(Settings(llm=LLM))
+    budgets = _FlakyBudgets(BackendUnavailable("redis away"), BackendUnavailable("redis away"))
+    backend, job = _settling(budgets)
+    response = {"text": "ok", "usage": {"input_tokens": 3, "output_tokens": 4}}
+    await calls.settle_through_outage(backend, job, response, outage=30.0)
+    assert budgets.settled == [{"tokens": 7.0}]  # settled once Redis answered: what the call used
+    assert job.charged["tokens"] == 7 and job.usage["tokens"] == 57
+
+
+async def test_a_settle_that_fails_otherwise_keeps_the_reservation_as_the_charge() -> None:
+    calls = ModelCalls(Settings(llm=LLM))
+    budgets = _FlakyBudgets(RuntimeError("a script error"))
+    backend, job = _settling(budgets)
+    await calls.settle_through_outage(backend, job, {"text": "ok"}, outage=30.0)  # no exception: the answer stands
+    assert budgets.settled == []
+    assert job.charged == {"tokens": 100.0} and job.usage == {"tokens": 150.0}  # the reservation, as the ledger holds
+
+
+async def test_a_settle_past_the_outage_deadline_keeps_the_reservation_as_the_charge() -> None:
+    from castor.errors import BackendUnavailable
+
+    calls = ModelCalls(Settings(llm=LLM))
+    budgets = _FlakyBudgets(*[BackendUnavailable("redis away")] * 5)
+    backend, job = _settling(budgets)
+    await calls.settle_through_outage(backend, job, {"text": "ok"}, outage=0.1)
+    assert budgets.settled == [] and job.charged == {"tokens": 100.0}
