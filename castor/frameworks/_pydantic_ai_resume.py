@@ -61,7 +61,7 @@ except ImportError:  # another pydantic-ai: no late start (the usage could diffe
     fill_response_cost = None  # type: ignore[assignment]
 
 
-LATE_START = True  # tests turn it off to compare a late start with a whole-loop replay
+STARTS_LATE = True  # False: every replay runs the whole loop (what a late start's result is checked against)
 
 Run = Callable[..., Awaitable[Any]]
 
@@ -99,7 +99,7 @@ async def run(agent: Any, run_wrapped: Run, user_prompt: Any, options: dict[str,
 
 def _plan(agent: Any, user_prompt: Any, options: dict[str, Any], guarded: type) -> _Plan | None:
     ctx = current_run.get()
-    if not LATE_START or ctx is None or ctx.closed or fill_response_cost is None:
+    if not STARTS_LATE or ctx is None or ctx.closed or fill_response_cost is None:
         return None
     services = ctx.services
     if services.mmu is not None or services.structured_results:  # what the agent is handed is not the journal's

@@ -29,7 +29,7 @@ from castor.lib import tool
 from castor.results import SyscallResult, wrap
 
 KEY_ENTRY = "castor-mcp-key"  # the kind of context_history entry that maps an idempotency key to its step
-AGENT = "mcp_session"  # the agent of a session's run, as the store names it (``Session._agent``'s function)
+AGENT = "mcp_session"  # the agent of a session's run, as the store names it (``Session._agent`` names it so)
 
 
 def refuse_foreign(header: AgentCheckpoint | None, pid: str) -> None:
@@ -101,6 +101,7 @@ class Session:
             ready.set_result(active_run())
             await hold
 
+        mcp_session.__name__ = AGENT  # the name its runs are stored under, which refuse_foreign checks
         return mcp_session
 
     async def _issue(self, ctx: RunContext, name: str, arguments: dict[str, Any], key: str | None) -> Outcome | None:

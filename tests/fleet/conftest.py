@@ -11,7 +11,8 @@ from castor.fleet.scheduler._ops import FleetOps
 
 from castor.backends.redis import redis_backend
 from castor.seams import Backend
-from tests.fleet.procs import Fleet
+from tests.fleet.procs import Fleet, PrivateRedis
+from tests.redis_support import free_port, need_redis_server
 
 
 @pytest.fixture
@@ -22,6 +23,23 @@ def fleet(redis_url: str, tmp_path: Path) -> Iterator[Fleet]:
         yield f
     finally:
         f.close()
+
+
+@pytest.fixture
+def aof_fleet(tmp_path: Path) -> Iterator[tuple[Fleet, PrivateRedis]]:
+    """A ``Fleet`` on a ``redis-server`` of the test's own (AOF on), which the test may kill and start again."""
+    need_redis_server("stops and restarts a server of its own")
+    data = tmp_path / "redis"
+    data.mkdir()
+    server = PrivateRedis(data, free_port())
+    f = Fleet(f"redis://127.0.0.1:{server.port}/0", tmp_path)
+    try:
+        yield f, server
+    finally:
+        try:
+            f.close()
+        finally:
+            server.kill()
 
 
 @pytest.fixture

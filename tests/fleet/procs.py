@@ -17,6 +17,8 @@ from typing import Any
 
 import redis
 
+from tests.redis_support import start_redis_server
+
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 TOOLS = HERE / "fleet_tools.py"
@@ -174,3 +176,23 @@ class Fleet:
             for i in range(0, len(batch), 500):
                 self.redis.delete(*batch[i:i + 500])
         self.redis.close()
+
+
+AOF = ("--appendonly", "yes", "--appendfsync", "always")
+
+
+class PrivateRedis:
+    """A ``redis-server`` of the test's own, with AOF on, that the test stops and starts again."""
+
+    def __init__(self, data: Path, port: int) -> None:
+        self.data, self.port = data, port
+        self.proc = start_redis_server(data, port, *AOF)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no final save (every write was fsynced to the AOF)."""
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def start(self) -> None:
+        """Start it again on the same port and files."""
+        self.proc = start_redis_server(self.data, self.port, *AOF)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from castor.backends.redis import keys
-from tests.fleet.procs import Fleet, tool_spec
+from tests.fleet.procs import Fleet, PrivateRedis, tool_spec
 from tests.fleet.test_fencing import status
 from tests.fleet.test_scenario import wait_for
 
@@ -50,32 +50,21 @@ def test_a_coordinator_killed_while_a_child_agent_runs_hands_the_run_over_and_it
     assert used == 4, shown["capabilities"]  # parent: ticket, store; the child's two calls (5 delegated, 3 back)
 
 
-def test_a_redis_restart_and_a_coordinator_kill_while_a_child_agent_runs_lose_nothing(tmp_path: Path) -> None:
-    from tests.fleet.test_redis_outage import PrivateRedis
-    from tests.redis_support import free_port, need_redis_server
-
-    need_redis_server("stops and restarts a server of its own")
-    data = tmp_path / "redis"
-    data.mkdir()
-    server = PrivateRedis(data, free_port())
-    fleet = Fleet(f"redis://127.0.0.1:{server.port}/0", tmp_path)
-    try:
-        pid = _child_calling_slowly(fleet)
-        server.kill()
-        fleet.stop("co-a", signal.SIGKILL)
-        time.sleep(1.0)
-        server.start()
-        fleet.coordinator("co-b", lease=1.0)
-        wait_for(f"run {pid} to end", lambda: status(fleet, pid) in ("COMPLETED", "FAILED", "SUSPENDED_FOR_HITL"),
-                 90)
-        shown = fleet.cli_json("inspect", pid)
-        assert shown["status"] == "COMPLETED", (shown.get("error"), fleet.log("co-b")[-3000:])
-        ticket = shown["result"]["child"]
-        assert fleet.count(f"{ticket}:child-slow") == 1
-        assert fleet.count("tickets") == 2
-        assert shown["capabilities"]["api"]["current_usage"] == 4, shown["capabilities"]
-    finally:
-        try:
-            fleet.close()
-        finally:
-            server.kill()
+def test_a_redis_restart_and_a_coordinator_kill_while_a_child_agent_runs_lose_nothing(
+    aof_fleet: tuple[Fleet, PrivateRedis],
+) -> None:
+    fleet, server = aof_fleet
+    pid = _child_calling_slowly(fleet)
+    server.kill()
+    fleet.stop("co-a", signal.SIGKILL)
+    time.sleep(1.0)
+    server.start()
+    fleet.coordinator("co-b", lease=1.0)
+    wait_for(f"run {pid} to end", lambda: status(fleet, pid) in ("COMPLETED", "FAILED", "SUSPENDED_FOR_HITL"),
+             90)
+    shown = fleet.cli_json("inspect", pid)
+    assert shown["status"] == "COMPLETED", (shown.get("error"), fleet.log("co-b")[-3000:])
+    ticket = shown["result"]["child"]
+    assert fleet.count(f"{ticket}:child-slow") == 1
+    assert fleet.count("tickets") == 2
+    assert shown["capabilities"]["api"]["current_usage"] == 4, shown["capabilities"]

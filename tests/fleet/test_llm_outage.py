@@ -6,17 +6,14 @@ once, charged what it used, and nothing is in doubt."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.fleet.procs import Fleet
+from tests.fleet.procs import Fleet, PrivateRedis
 from tests.fleet.test_fencing import status
 from tests.fleet.test_llm_fleet import AGENTS, _configure, _llm_worker, _stats
-from tests.fleet.test_redis_outage import PrivateRedis
 from tests.fleet.test_scenario import wait_for
 from tests.llm.fake_openai import FakeOpenAI
-from tests.redis_support import free_port, need_redis_server
 
 pytestmark = pytest.mark.fleet
 
@@ -28,12 +25,10 @@ def _status(fleet: Fleet, pid: str) -> str:
         return "?"
 
 
-def test_a_model_call_answered_while_redis_is_away_is_journaled_once_not_made_again(tmp_path: Path) -> None:
-    need_redis_server("stops and restarts a server of its own")
-    data = tmp_path / "redis"
-    data.mkdir()
-    server = PrivateRedis(data, free_port())
-    fleet = Fleet(f"redis://127.0.0.1:{server.port}/0", tmp_path)
+def test_a_model_call_answered_while_redis_is_away_is_journaled_once_not_made_again(
+    aof_fleet: tuple[Fleet, PrivateRedis],
+) -> None:
+    fleet, server = aof_fleet
     fake = FakeOpenAI(latency=3.0).start()
     try:
         _configure(fleet, fake)
@@ -56,7 +51,3 @@ def test_a_model_call_answered_while_redis_is_away_is_journaled_once_not_made_ag
         assert run["capabilities"]["tokens"]["current_usage"] == 8
     finally:
         fake.stop()
-        try:
-            fleet.close()
-        finally:
-            server.kill()

@@ -7,55 +7,18 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from castor.backends.redis import keys
-from tests.fleet.procs import Fleet, agent_spec, tool_spec
-from tests.redis_support import free_port, need_redis_server, start_redis_server
+from tests.fleet.procs import Fleet, PrivateRedis, agent_spec, tool_spec
 
 pytestmark = pytest.mark.fleet  # starts processes (CLI, workers or redis-server)
 
-AOF = ("--appendonly", "yes", "--appendfsync", "always")
 TOOLS = [a for n in ("ticket", "store", "slow_write") for a in ("--tool", tool_spec(n))]
 LEASE = 2.0
 OUTAGE = 4.0  # longer than the lease
-
-
-class PrivateRedis:
-    """A ``redis-server`` of the test's own, with AOF on, that the test stops and starts again."""
-
-    def __init__(self, data: Path, port: int) -> None:
-        self.data, self.port = data, port
-        self.proc = start_redis_server(data, port, *AOF)
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown, no final save (every write was fsynced to the AOF)."""
-        self.proc.kill()
-        self.proc.wait(timeout=10)
-
-    def start(self) -> None:
-        """Start it again on the same port and files."""
-        self.proc = start_redis_server(self.data, self.port, *AOF)
-
-
-@pytest.fixture
-def private(tmp_path: Path) -> Iterator[tuple[Fleet, PrivateRedis]]:
-    need_redis_server("stops and restarts a server of its own")
-    port = free_port()
-    data = tmp_path / "redis"
-    data.mkdir()
-    server = PrivateRedis(data, port)
-    fleet = Fleet(f"redis://127.0.0.1:{port}/0", tmp_path)
-    try:
-        yield fleet, server
-    finally:
-        try:
-            fleet.close()
-        finally:
-            server.kill()
 
 
 def header(fleet: Fleet, pid: str) -> dict[str, str]:
@@ -93,8 +56,8 @@ def _outage_job(fleet: Fleet, server: PrivateRedis) -> tuple[str, Path]:
     return pid, starts
 
 
-def test_a_redis_outage_past_the_lease_never_drives_a_run_twice(private: tuple[Fleet, PrivateRedis]) -> None:
-    fleet, server = private
+def test_a_redis_outage_past_the_lease_never_drives_a_run_twice(aof_fleet: tuple[Fleet, PrivateRedis]) -> None:
+    fleet, server = aof_fleet
     pid, starts = _outage_job(fleet, server)
     assert starts.read_text().count("start") == 1  # the non-idempotent call started once
     assert len(dispatches(fleet, "slow_write")) == 1  # and the coordinator sent it once, with one drive
@@ -107,13 +70,13 @@ def test_a_redis_outage_past_the_lease_never_drives_a_run_twice(private: tuple[F
 
 
 def test_a_redis_outage_longer_than_the_heartbeat_does_not_make_a_live_worker_look_lost(
-    private: tuple[Fleet, PrivateRedis],
+    aof_fleet: tuple[Fleet, PrivateRedis],
 ) -> None:
     """The step's heartbeat (1.5 s) expires while Redis is away for 4 s (its TTL runs on, restored from the
     AOF); the worker still runs the call and sets the key again when Redis is back. A coordinator that
     looks at the step's heartbeat (``castor.executors._loss``) must not take that worker for lost: the run
     completes, the call started once, nobody asked."""
-    fleet, server = private
+    fleet, server = aof_fleet
     with fleet.config.open("a") as config:
         config.write("heartbeat = 1.5\n")  # under [workers], the config's last section
     pid, starts = _outage_job(fleet, server)
@@ -123,12 +86,12 @@ def test_a_redis_outage_longer_than_the_heartbeat_does_not_make_a_live_worker_lo
     assert "stopped renewing the step's heartbeat" not in fleet.log("co-a")
 
 
-def test_a_call_that_finishes_while_redis_is_away_is_not_in_doubt(private: tuple[Fleet, PrivateRedis]) -> None:
+def test_a_call_that_finishes_while_redis_is_away_is_not_in_doubt(aof_fleet: tuple[Fleet, PrivateRedis]) -> None:
     """The call (1 s) finishes 0.7 s into a 4 s outage: its worker asks Redis again and again to journal it
     (pauses doubling), and sets the step's heartbeat (1.5 s, expired meanwhile) again once Redis is back.
     The coordinator's lease has run out too and it leases the run again. The finished effect must be
     journaled, not lost and not taken for in doubt: the run completes, the call started once."""
-    fleet, server = private
+    fleet, server = aof_fleet
     with fleet.config.open("a") as config:
         config.write("heartbeat = 1.5\n")  # under [workers], the config's last section
     fleet.env["CASTOR_TEST_SECONDS"] = "1"

@@ -5,7 +5,7 @@ the journal or not): a replay that starts late makes one (the landing step), one
 makes one per step. A late start's result must be the whole loop's, field by field: its output, its
 messages (all and new, timestamps aside: pydantic-ai makes them anew either way; every message carries the
 result's run and conversation ids), its usage, its step count and its conversation. The whole loop's is
-the same replay with the late start turned off (``_pydantic_ai_resume.LATE_START``).
+the same replay with the late start turned off (``_pydantic_ai_resume.STARTS_LATE``).
 """
 
 from __future__ import annotations
@@ -146,11 +146,11 @@ async def replay(make: Callable[[], Runner], cp: Any, at: int | None = None) -> 
 
 
 async def whole_loop(make: Callable[[], Runner], cp: Any, at: int | None = None) -> Runner:
-    resume.LATE_START = False
+    resume.STARTS_LATE = False
     try:
         return await replay(make, cp, at)
     finally:
-        resume.LATE_START = True
+        resume.STARTS_LATE = True
 
 
 AGENTS: dict[str, Callable[[Script], Agent[Any, str]]] = {
@@ -378,18 +378,18 @@ async def test_a_resume_after_approval_starts_at_the_step_that_asked_for_the_des
 
     results = []
     for late_start in (True, False):
-        resume.LATE_START = True
+        resume.STARTS_LATE = True
         k, runner = kernel(make().agent), make()
         cp = await k.run(runner)
         assert (cp.status, cp.pending_tool) == ("SUSPENDED_FOR_HITL", "delete_file")
         await k.approve(cp)
-        resume.LATE_START = late_start
+        resume.STARTS_LATE = late_start
         asked.clear()
         try:
             runner = make()
             cp = await k.run(runner, checkpoint=cp)
         finally:
-            resume.LATE_START = True
+            resume.STARTS_LATE = True
         assert cp.status == "COMPLETED" and cp.result == "done"
         assert [r.tool_name for r in cp.syscall_log] == ["model:scripted", "search", "model:scripted", "delete_file",
                                                          "model:scripted"]
@@ -419,11 +419,11 @@ async def test_a_conversation_of_two_runs_starts_each_at_its_own_last_model_step
     replayed: list[dict[str, Any]] = []
     for late_start in (True, False):
         asked.clear()
-        resume.LATE_START = late_start
+        resume.STARTS_LATE = late_start
         try:
             again = await kernel(plain(script)).run(conversation, checkpoint=fork)
         finally:
-            resume.LATE_START = True
+            resume.STARTS_LATE = True
         assert again.status == "COMPLETED" and again.result == "second"
         assert len(asked) == (2 if late_start else 6)  # each run's landing step, or every step
         replayed.append({"first": fields(results[0]), "second": fields(results[1])})
