@@ -391,10 +391,7 @@ async def fork(args: argparse.Namespace) -> int:
             child.pid = args.new_pid
         if getattr(args, "speculative", False):
             child.speculative = True
-        if await backend.runs.load(child.pid) is not None:
-            raise ConfigError(f"run {child.pid!r} exists already; fork under another name with --pid NEW")
-        await backend.journal.fork(header.pid, child.pid, args.at_step)  # shared, not copied
-        pid = await client.submit(backend, child)
+        pid = await client.submit_fork(backend, header.pid, child, args.at_step)  # once, whoever else forks
     emit(args, {"pid": pid, "parent": args.pid, "at_step": args.at_step}, shown(pid))
     return 0
 

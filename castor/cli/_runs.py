@@ -33,6 +33,7 @@ from castor.errors import (
     UnknownToolError,
 )
 from castor.kernel import Castor, runner
+from castor.kernel.forks import store_fork
 from castor.policies import auto_approve, auto_reject, interactive
 from castor.seams import Backend
 
@@ -259,9 +260,12 @@ async def cmd_fork(args: argparse.Namespace) -> int:
             raise ConfigError(f"cannot fork {cp.pid!r}: {exc}") from exc
         if args.new_pid:
             forked.pid = args.new_pid
-        if await backend.runs.load(forked.pid) is not None:
-            raise ConfigError(f"run {forked.pid!r} exists already; fork under another name with --pid NEW")
         loaded = rebuild(cp, "fork")
+        resume = command(args, "resume", forked.pid)
+        hint = f"fork under another name with --pid NEW; if its forker stopped before driving it: {resume}"
+        # Stored once, whoever else forks it at this step (the console, another castor fork): only the
+        # process that stored it drives it.
+        await store_fork(backend, cp.pid, forked, args.at_step, hint)
         kernel = kernel_of(loaded, backend, args)
         out(f"Forked: {cp.pid} at step {args.at_step} -> {forked.pid}")
         try:
