@@ -86,6 +86,7 @@ async def coordinator(args: argparse.Namespace) -> int:
     from castor.fleet.scheduler.coordinator import CoordinatorConfig
     from castor.fleet.scheduler.main import executor_factory, serve
     from castor.settings import Settings, load_settings
+    from castor.settings._model import retention_of
 
     url, prefix, options = target(args)
     config_file, settings = config_path(args), None
@@ -93,6 +94,7 @@ async def coordinator(args: argparse.Namespace) -> int:
         settings = load_settings(config_file)
         if (url, prefix) != (settings.redis.url, settings.redis.prefix):  # --redis: its executor's too
             settings = settings.on_redis(url, prefix)
+        settings.check_task_age(retention_of(options))  # the store's options may be --redis's, not the config's
     kind = args.executor if args.executor != "auto" else ("celery" if settings is not None else "local")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.executor == "auto" and kind == "local":
