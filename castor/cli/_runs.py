@@ -30,6 +30,7 @@ from castor.errors import (
     ConfigError,
     InDoubtError,
     InvalidPidError,
+    RunExistsError,
     UnknownToolError,
 )
 from castor.kernel import Castor, runner
@@ -205,9 +206,6 @@ async def cmd_run(args: argparse.Namespace) -> int:
     async with opened(args, existing=False) as backend:
         kernel = kernel_of(loaded, backend, args)
         try:
-            if args.pid and await backend.runs.load(args.pid) is not None:
-                resume = command(args, "resume", args.pid)
-                raise ConfigError(f"run {args.pid!r} exists already; continue it with: {resume}")
             cp = AgentCheckpoint(
                 pid=args.pid or runner.new_pid(loaded.agent),
                 status="RUNNING",
@@ -218,11 +216,21 @@ async def cmd_run(args: argparse.Namespace) -> int:
             )
             scopes = args.scopes or []
             await _check_scopes(backend, scopes, args)
+            if args.pid:  # a pid the user chose: stored once, so of two `castor run --pid` at once one runs it
+                await _create(backend, cp, args)
             return await go(
                 kernel, loaded.agent, cp, args, budgets=budgets, speculative=args.speculative, scopes=scopes
             )
         finally:
             await kernel.executor.close()
+
+
+async def _create(backend: Backend, cp: AgentCheckpoint, args: argparse.Namespace) -> None:
+    """Store the new run's header once (``RunStore.create``): ``RunExistsError`` with how to continue it."""
+    try:
+        await backend.runs.create(cp)
+    except RunExistsError:
+        raise RunExistsError(cp.pid, f"continue it with: {command(args, 'resume', cp.pid)}") from None
 
 
 async def _check_scopes(backend: Backend, scopes: list[str], args: argparse.Namespace) -> None:

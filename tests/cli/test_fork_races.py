@@ -74,7 +74,7 @@ def meet(cls):
 
     async def looked(self, pid):
         found = await load(self, pid)
-        if found is None and "::fork-" in pid:
+        if found is None and ("::fork-" in pid or pid == "twin"):  # a fork, or a run under a chosen pid
             here = Path(sys.argv[1])
             here.with_suffix(".looked").touch()
             deadline = time.monotonic() + 3
