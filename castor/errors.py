@@ -5,8 +5,9 @@ are translated at the boundary with ``raise ... from exc`` so callers never catc
 
     CastorError
     ├── ConfigError              bad tools, budgets, settings or CLI input, found at start-up
-    │   └── InvalidValueError    a setting, number or secret outside what is allowed (also ValueError; CLI exit 2)
-    │       └── InvalidPidError  a pid outside the documented character set or length
+    │   ├── InvalidValueError    a setting, number or secret outside what is allowed (also ValueError; CLI exit 2)
+    │   │   └── InvalidPidError  a pid outside the documented character set or length
+    │   └── RunExistsError       a run created again under a pid the store holds (a second fork at a step)
     ├── UnknownToolError         the agent called a tool the kernel does not have   (also KeyError)
     ├── RunNotFoundError         no run with that pid in the store                  (also KeyError)
     ├── NothingPendingError      approve/reject/modify on a run with no pending call (also ValueError)
@@ -64,6 +65,15 @@ class InvalidValueError(ConfigError, ValueError):
 
 class InvalidPidError(InvalidValueError):
     """A pid outside ``castor._ids.PID_RULE``: 1 to 200 characters of letters, digits and ``_ . - : @ +``."""
+
+
+class RunExistsError(ConfigError):
+    """The store holds a run of that pid already: a second creation of it (two forks at one step at once, by
+    any two processes) is refused, naming the run and what to do instead."""
+
+    def __init__(self, pid: str, hint: str = "") -> None:
+        self.pid = pid
+        super().__init__(f"run {pid!r} exists already" + (f"; {hint}" if hint else ""))
 
 
 class RunBusyError(ConfigError):

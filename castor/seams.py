@@ -187,7 +187,11 @@ class Journal(Protocol):
         """How many steps the run has journaled."""
 
     async def fork(self, parent_id: str, child_id: str, at_step: int) -> None:
-        """Make ``child_id`` start with the parent's first ``at_step`` records, without copying them."""
+        """Make ``child_id`` start with the parent's first ``at_step`` records, without copying them.
+
+        Atomic: ``JournalConflictError`` if the child has a journal of its own or is another fork; the same
+        fork made again is a no-op (a forker that stopped before storing its fork leaves only this pointer,
+        which a later fork completes). Whose fork it is, is decided by ``RunStore.create``."""
 
     async def record_failure(self, run_id: str, failure: StepFailure) -> None:
         """Journal a tool failure for audit (not cached: the step runs again on resume)."""
@@ -315,6 +319,11 @@ class RunStore(Protocol):
         saver never moves the run back. Only ``reopen`` equal to the stored status lets the save through:
         a resume the user asked for of a run they saw finished (``castor resume`` of a FAILED run).
         """
+
+    async def create(self, checkpoint: AgentCheckpoint) -> None:
+        """Store a new run's header as ``save`` does, once: ``RunExistsError`` if the store holds a run of
+        that pid, checked atomically with the write, so of processes creating one pid at once (two forks at
+        one step) exactly one succeeds."""
 
     async def load(self, pid: str) -> AgentCheckpoint | None:
         """The header (``syscall_log`` empty) or None if no such run."""

@@ -144,6 +144,12 @@ class FencedRuns(_Fenced):
         await self._inner.save(checkpoint, owner=owner, fence=fence, reopen=reopen)
 
 
+    async def create(self, checkpoint: AgentCheckpoint) -> None:
+        """Create a run this coordinator holds (``RunStore.create``)."""
+        await self._fences.check(checkpoint.pid)
+        await self._inner.create(checkpoint)
+
+
 def fenced(backend: Backend, fences: Fences) -> Backend:
     """The backend as a coordinator's kernels see it: the same store (what it says of itself, such as
     ``answers_inline``, kept), every run write fenced."""

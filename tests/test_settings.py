@@ -241,3 +241,37 @@ def test_a_tool_file_beside_the_config_is_found_from_any_directory(
     monkeypatch.chdir(elsewhere)
     imports = load_settings(config, env={}).tools.imports
     assert list(imports) == [f"{(home / 'tools.py').resolve()}:add", "here.py:f", "mod.sub:g"]
+
+
+# --- a signed task never outlives its run's records ----------------------------------------------------
+
+
+def test_a_task_max_age_longer_than_the_stores_retention_is_a_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Past the store's retention a finished run's records are gone: a signed task still young enough to run
+    would find nothing to answer it, and run its tool again. So ``[security] task_max_age`` may not exceed
+    ``retention_seconds``: said at start-up, naming both, from the file, the environment or ``--redis``."""
+    from castor.backends.redis.runs import WEEK
+    from castor.settings._model import DEFAULT_RETENTION
+
+    assert DEFAULT_RETENTION == WEEK  # what a URL naming no retention gets
+    day = "redis://127.0.0.1:6379/0?prefix=t&retention_seconds=86400"
+    config = write(tmp_path, f'[redis]\nurl = "{day}"\n[security]\ntask_max_age = 172800\n')
+    with pytest.raises(ConfigError) as raised:
+        load_settings(config, env={})
+    message = str(raised.value)
+    assert "task_max_age = 172800 seconds" in message and "retention_seconds = 86400" in message, message
+    assert str(config) in message
+    with pytest.raises(ConfigError, match="retention_seconds = 604800"):  # the default retention, a week
+        load_settings(write(tmp_path, "[security]\ntask_max_age = 691200\n", "eight-days.toml"), env={})
+    with pytest.raises(ConfigError, match="retention_seconds = 86400"):  # a week's tasks, a day's store
+        load_settings(None, env={"CASTOR_REDIS_URL": day})
+    assert main(["worker", "--config", str(config), "--pool", "default"]) == 1  # refused at start-up
+    assert "task_max_age = 172800 seconds" in capsys.readouterr().err
+    week = write(tmp_path, "[security]\ntask_max_age = 604800\n", "week.toml")  # a coordinator's store given by --redis
+    assert main(["coordinator", "--config", str(week), "--redis", day]) == 1
+    err = capsys.readouterr().err
+    assert "task_max_age = 604800 seconds" in err and "retention_seconds = 86400" in err, err
+    ok = write(tmp_path, f'[redis]\nurl = "{day}"\n[security]\ntask_max_age = 86400\n', "day.toml")
+    assert load_settings(ok, env={}).security.task_max_age == 86400  # equal is enough

@@ -86,6 +86,7 @@ async def coordinator(args: argparse.Namespace) -> int:
     from castor.fleet.scheduler.coordinator import CoordinatorConfig
     from castor.fleet.scheduler.main import executor_factory, serve
     from castor.settings import Settings, load_settings
+    from castor.settings._model import retention_of
 
     url, prefix, options = target(args)
     config_file, settings = config_path(args), None
@@ -93,6 +94,7 @@ async def coordinator(args: argparse.Namespace) -> int:
         settings = load_settings(config_file)
         if (url, prefix) != (settings.redis.url, settings.redis.prefix):  # --redis: its executor's too
             settings = settings.on_redis(url, prefix)
+        settings.check_task_age(retention_of(options))  # the store's options may be --redis's, not the config's
     kind = args.executor if args.executor != "auto" else ("celery" if settings is not None else "local")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.executor == "auto" and kind == "local":
@@ -391,10 +393,7 @@ async def fork(args: argparse.Namespace) -> int:
             child.pid = args.new_pid
         if getattr(args, "speculative", False):
             child.speculative = True
-        if await backend.runs.load(child.pid) is not None:
-            raise ConfigError(f"run {child.pid!r} exists already; fork under another name with --pid NEW")
-        await backend.journal.fork(header.pid, child.pid, args.at_step)  # shared, not copied
-        pid = await client.submit(backend, child)
+        pid = await client.submit_fork(backend, header.pid, child, args.at_step)  # once, whoever else forks
     emit(args, {"pid": pid, "parent": args.pid, "at_step": args.at_step}, shown(pid))
     return 0
 

@@ -30,9 +30,11 @@ from castor.errors import (
     ConfigError,
     InDoubtError,
     InvalidPidError,
+    RunExistsError,
     UnknownToolError,
 )
 from castor.kernel import Castor, runner
+from castor.kernel.forks import store_fork
 from castor.policies import auto_approve, auto_reject, interactive
 from castor.seams import Backend
 
@@ -204,9 +206,6 @@ async def cmd_run(args: argparse.Namespace) -> int:
     async with opened(args, existing=False) as backend:
         kernel = kernel_of(loaded, backend, args)
         try:
-            if args.pid and await backend.runs.load(args.pid) is not None:
-                resume = command(args, "resume", args.pid)
-                raise ConfigError(f"run {args.pid!r} exists already; continue it with: {resume}")
             cp = AgentCheckpoint(
                 pid=args.pid or runner.new_pid(loaded.agent),
                 status="RUNNING",
@@ -217,11 +216,21 @@ async def cmd_run(args: argparse.Namespace) -> int:
             )
             scopes = args.scopes or []
             await _check_scopes(backend, scopes, args)
+            if args.pid:  # a pid the user chose: stored once, so of two `castor run --pid` at once one runs it
+                await _create(backend, cp, args)
             return await go(
                 kernel, loaded.agent, cp, args, budgets=budgets, speculative=args.speculative, scopes=scopes
             )
         finally:
             await kernel.executor.close()
+
+
+async def _create(backend: Backend, cp: AgentCheckpoint, args: argparse.Namespace) -> None:
+    """Store the new run's header once (``RunStore.create``): ``RunExistsError`` with how to continue it."""
+    try:
+        await backend.runs.create(cp)
+    except RunExistsError:
+        raise RunExistsError(cp.pid, f"continue it with: {command(args, 'resume', cp.pid)}") from None
 
 
 async def _check_scopes(backend: Backend, scopes: list[str], args: argparse.Namespace) -> None:
@@ -259,9 +268,12 @@ async def cmd_fork(args: argparse.Namespace) -> int:
             raise ConfigError(f"cannot fork {cp.pid!r}: {exc}") from exc
         if args.new_pid:
             forked.pid = args.new_pid
-        if await backend.runs.load(forked.pid) is not None:
-            raise ConfigError(f"run {forked.pid!r} exists already; fork under another name with --pid NEW")
         loaded = rebuild(cp, "fork")
+        resume = command(args, "resume", forked.pid)
+        hint = f"fork under another name with --pid NEW; if its forker stopped before driving it: {resume}"
+        # Stored once, whoever else forks it at this step (the console, another castor fork): only the
+        # process that stored it drives it.
+        await store_fork(backend, cp.pid, forked, args.at_step, hint)
         kernel = kernel_of(loaded, backend, args)
         out(f"Forked: {cp.pid} at step {args.at_step} -> {forked.pid}")
         try:

@@ -8,7 +8,14 @@ from castor.console.auth import SESSION_COOKIE, Denied, Gate, Identity
 from castor.console.feed import Feed
 from castor.console.service import Console
 from castor.console.webhook import Webhook
-from castor.errors import ConfigError, InvalidPidError, NothingPendingError, RunBusyError, RunNotFoundError
+from castor.errors import (
+    ConfigError,
+    InvalidPidError,
+    NothingPendingError,
+    RunBusyError,
+    RunExistsError,
+    RunNotFoundError,
+)
 
 
 class State:
@@ -42,8 +49,9 @@ def error_status(exc: Exception) -> int | None:
         return exc.status
     if isinstance(exc, RunNotFoundError):
         return 404
-    if isinstance(exc, NothingPendingError | RunBusyError):
-        return 409  # decided already, nothing waits, or a live process drives the run: the state moved on
+    if isinstance(exc, NothingPendingError | RunBusyError | RunExistsError):
+        # decided already, nothing waits, a live process drives the run, or another made the fork: the state moved on
+        return 409
     if isinstance(exc, ConfigError | InvalidPidError):
         return 400
     return None

@@ -12,7 +12,8 @@ def _ref(name: str) -> dict[str, Any]:
 def _ok(schema: dict[str, Any], what: str) -> dict[str, Any]:
     errors = {
         "400": "bad input", "401": "not signed in", "403": "the role does not allow it",
-        "404": "no such run", "409": "nothing waits (decided already), or a live process drives the run",
+        "404": "no such run",
+        "409": "nothing waits (decided already), a live process drives the run, or the fork exists already",
         "415": "not JSON",
     }
     return {

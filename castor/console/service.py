@@ -9,7 +9,6 @@ masked (``castor._redact.masked``): a sealed sensitive argument is ``***``, neve
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from castor.console.auth import Denied
 from castor.console.resumer import Resumer
 from castor.errors import ConfigError, NothingPendingError
 from castor.kernel.children import driving_parent, pending_child, top_run
+from castor.kernel.forks import store_fork
 from castor.seams import Backend, Decision, DecisionOutcome, PendingApproval
 
 if TYPE_CHECKING:  # redis only where the store is Redis
@@ -52,9 +52,6 @@ class Console:
         self.backend = backend
         self.fleet = fleet
         self.resumer = resumer  # resumes CLI runs of a SQLite store after a decision
-        # One fork at a time: two operators forking a run at the same step both found the fork absent, and
-        # each was told they made it (on Redis, where the store's calls interleave; the fleet got it twice).
-        self._forking = asyncio.Lock()
 
     # --- approvals --------------------------------------------------------------------------------
 
@@ -244,11 +241,8 @@ class Console:
     async def fork(self, pid: str, at_step: int) -> tuple[str, str]:
         """A new run sharing the first ``at_step`` steps: submitted to the fleet if the run was, else stored
         and driven at once by ``castor resume`` (a CLI run of a SQLite store), else left to whoever drives
-        it. Returns the new pid and what happens next. A second fork at the same step is refused."""
-        async with self._forking:
-            return await self._fork(pid, at_step)
-
-    async def _fork(self, pid: str, at_step: int) -> tuple[str, str]:
+        it. Returns the new pid and what happens next. A second fork at the same step, from this console or any
+        other process, is refused (``RunExistsError``: the store stores a fork once, ``castor.kernel.forks``)."""
         cp = await load_run(self.backend, pid)
         parent = await driving_parent(self.backend, cp)
         if parent is not None:  # nothing would drive the fork: a child agent is its parent's to drive
@@ -257,13 +251,13 @@ class Console:
             child = cp.fork(at_step=at_step)
         except ValueError as exc:
             raise ConfigError(f"cannot fork {pid!r}: {exc}") from exc
-        if await self.backend.runs.load(child.pid) is not None:
-            raise ConfigError(f"run {child.pid!r} exists already")
-        await self.backend.journal.fork(cp.pid, child.pid, at_step)
+        # Stored once, whoever else forks it at this step (another console, castor fork): the store decides.
         if self.fleet is not None and await self.fleet.was_submitted(pid):
-            return await self.fleet.submit(self.backend, child), "submitted: a coordinator drives it"
-        child.syscall_log = child.syscall_log[:at_step]
-        await self.backend.runs.save(child)
+            submitted = await self.fleet.submit_fork(self.backend, cp.pid, child, at_step)
+            return submitted, "submitted: a coordinator drives it"
+        hint = (f"if its forker stopped before driving it, drive it with: {self.resume_command(child.pid)}"
+                if child.spec is not None else "")
+        await store_fork(self.backend, cp.pid, child, at_step, hint)
         if child.spec is None:  # a host program's run: its code is not known here
             return child.pid, "stored: the program that ran its parent drives it (Castor.run with its checkpoint)"
         if self.resumer is not None and self.resumer.enabled:

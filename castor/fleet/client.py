@@ -21,8 +21,10 @@ from castor._imports import parse_spec
 from castor._redact import hide_password
 from castor._terminal import cancelled, nothing_waits
 from castor.backends.redis import keys
+from castor.backends.redis.scripts import STORE_SCRIPTS
 from castor.checkpoint import AgentCheckpoint
-from castor.errors import BackendUnavailable, ConfigError, NothingPendingError, RunNotFoundError
+from castor.errors import BackendUnavailable, ConfigError, NothingPendingError, RunExistsError, RunNotFoundError
+from castor.kernel import forks
 from castor.kernel.cancel import cancellable, ended, mark_cancelled, through, top_driver
 from castor.kernel.runner import new_checkpoint
 from castor.seams import Backend, Decision, DecisionOutcome
@@ -67,6 +69,7 @@ class FleetClient:
         self.url = url
         self.prefix = prefix
         self.redis = client
+        self._submit = STORE_SCRIPTS["fleet_submit"].register(client)
 
     async def close(self) -> None:
         """Close the connection pool."""
@@ -84,14 +87,39 @@ class FleetClient:
 
     # --- runs -------------------------------------------------------------------------------------
 
-    async def submit(self, backend: Backend, checkpoint: AgentCheckpoint) -> str:
-        """Store a new run and queue it for the coordinators; returns its pid."""
+    async def submit(self, backend: Backend, checkpoint: AgentCheckpoint, *, stored: bool = False) -> str:
+        """Store a new run (unless ``stored``) and queue it for the coordinators; returns its pid.
+        ``RunExistsError`` if the store holds the run already, or it was submitted already: marking and
+        queueing are one script, so a run is queued once however many submit it at once."""
         if checkpoint.spec is None:
             raise ConfigError(f"run {checkpoint.pid!r} has no spec: a coordinator could not rebuild its kernel")
-        await backend.runs.save(checkpoint)
-        await self._call("submit the run", self.redis.sadd(keys.submitted(self.prefix), checkpoint.pid))
-        await self.enqueue(checkpoint.pid)
+        if not stored:
+            await backend.runs.create(checkpoint)
+        p = self.prefix
+        queued = await self._call(
+            "submit the run", self._submit(keys=[keys.submitted(p), keys.run_queue(p)], args=[checkpoint.pid])
+        )
+        if not queued:
+            raise RunExistsError(checkpoint.pid, "it was submitted to the fleet already")
         return checkpoint.pid
+
+    async def submit_fork(self, backend: Backend, parent_pid: str, child: AgentCheckpoint, at_step: int) -> str:
+        """Store the fork ``child`` and submit it, once (``castor.kernel.forks``): ``RunExistsError`` to every
+        forker but one. A fork stored by a forker that stopped before submitting it is submitted here."""
+        hint = "it was submitted to the fleet already (fork under another name with --pid NEW)"
+        await forks.share_prefix(backend, parent_pid, child, at_step, hint)
+        try:
+            await backend.runs.create(forks.header_of(child, at_step))
+        except RunExistsError:
+            stored = await backend.runs.load(child.pid)
+            # Its pointer is this fork's (share_prefix passed): a RUNNING header no one submitted is a fork
+            # whose forker stopped, or is about to submit it; the script lets one of us do it.
+            if stored is None or stored.status != "RUNNING" or await self.was_submitted(child.pid):
+                raise RunExistsError(child.pid, hint) from None
+        try:
+            return await self.submit(backend, child, stored=True)
+        except RunExistsError:
+            raise RunExistsError(child.pid, hint) from None
 
     async def was_submitted(self, pid: str) -> bool:
         """Whether the run was submitted to the fleet (then its fork is too)."""

@@ -4,7 +4,8 @@
     [broker]    url, queue_prefix, visibility_timeout   Redis (the default) or RabbitMQ (amqp://)
     [security]  secret, max_argument_bytes, insecure_dev, task_max_age   HMAC secret tasks are signed with;
                                                 argument size limit; a development fleet without a proper
-                                                secret; how old a signed task may be (a week)
+                                                secret; how old a signed task may be (a week; never more
+                                                than the store's retention_seconds: a ConfigError)
     [tools]     import, destructive, idempotent, retryable, timeouts, default_timeout, max_retries, retry_backoff,
                 max_result_bytes                 a larger result is journaled as the step's failure
     [pools]     <pool> = [tool, ...]            every other tool runs on ``[workers] default_pool``

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -17,6 +17,9 @@ from castor.settings._console import ConsoleSection
 from castor.settings._ranges import settings_error
 
 DAY = 86400.0
+# How long the Redis store keeps a finished run when its URL says nothing (castor.backends.redis.runs.WEEK,
+# not imported: settings load without redis).
+DEFAULT_RETENTION = 7 * DAY
 # The brokers a fleet runs on, by URL scheme: kombu's Redis transport, and RabbitMQ through py-amqp.
 BROKER_SCHEMES = {
     "redis": "redis", "rediss": "redis", "redis+socket": "redis", "sentinel": "redis",
@@ -241,7 +244,20 @@ class Settings(Section):
                 owner[tool] = pool
         if self.broker.url is not None:  # the Redis URL as a broker is Redis, whatever its form
             _check_broker_url(self.broker.url, self.source)
+        self.check_task_age(retention_of(dict(parse_qsl(urlsplit(self.redis.url).query))))
         return self
+
+    def check_task_age(self, retention: float | None) -> None:
+        """``ConfigError`` if a signed task may live longer (``[security] task_max_age``) than its run's records
+        (the store's ``retention``; None: unknown, left to the store): past the retention a copy of the task
+        read off the broker finds no record to answer it, and runs its tool again."""
+        task_max_age = self.security.task_max_age
+        if retention is not None and task_max_age > retention:
+            raise ConfigError(
+                f"{self.source}: [security] task_max_age = {task_max_age:g} seconds is longer than the store's "
+                f"retention_seconds = {retention:g}: a task could outlive its run's records and run its tool "
+                "again; make task_max_age at most retention_seconds"
+            )
 
     # --- routing ----------------------------------------------------------------------------------
 
@@ -287,6 +303,18 @@ class Settings(Section):
     def broker_transport(self) -> str:
         """``"redis"`` or ``"amqp"`` (RabbitMQ): what the broker URL's scheme names."""
         return BROKER_SCHEMES.get(urlsplit(self.broker_url).scheme, "redis")
+
+
+def retention_of(options: Mapping[str, Any]) -> float | None:
+    """The ``retention_seconds`` a Redis store's URL options ask for (the store's default when they name
+    none); None when it is not a number (the store refuses it when it opens, naming it)."""
+    given = options.get("retention_seconds")
+    if given is None:
+        return DEFAULT_RETENTION
+    try:
+        return float(given)
+    except (TypeError, ValueError):
+        return None
 
 
 def _check_broker_url(url: str, source: str) -> None:

@@ -262,6 +262,6 @@ async def test_two_operators_forking_a_run_at_the_same_step_get_one_fork(
         client.http.post(f"/api/runs/{waiting.pid}/fork", json={"at_step": 1}, headers=auth(who))
         for who in ("alice", "carol")
     ))
-    assert sorted([first.status_code, second.status_code]) == [200, 400], (first.text, second.text)
-    refused = first if first.status_code == 400 else second
+    assert sorted([first.status_code, second.status_code]) == [200, 409], (first.text, second.text)
+    refused = first if first.status_code == 409 else second
     assert refused.json()["error"] == f"run '{waiting.pid}::fork-1' exists already"

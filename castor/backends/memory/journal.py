@@ -6,7 +6,7 @@ import time
 
 from castor.backends.memory.claims import MemoryClaims
 from castor.checkpoint import FINISHED, AgentCheckpoint, StepFailure, SyscallRecord
-from castor.errors import JournalConflictError, RunFinishedError
+from castor.errors import JournalConflictError, RunExistsError, RunFinishedError
 from castor.seams import RunSummary
 
 
@@ -59,7 +59,13 @@ class MemoryJournal(MemoryClaims):
         return n
 
     async def fork(self, parent_id: str, child_id: str, at_step: int) -> None:
-        """Share the parent's first ``at_step`` records with ``child_id``."""
+        """Share the parent's first ``at_step`` records with ``child_id``; the same fork again is a no-op,
+        a child with a journal of its own or another fork pointer ``JournalConflictError``."""
+        base = self._base.get(child_id)
+        if base == (parent_id, at_step):
+            return
+        if base is not None or self._steps.get(child_id):
+            raise JournalConflictError(f"run {child_id!r} has a journal already; it cannot become a fork")
         self._base[child_id] = (parent_id, at_step)
         self._steps.setdefault(child_id, {})
 
@@ -94,6 +100,12 @@ class MemoryRunStore:
             raise RunFinishedError(checkpoint.pid, stored.status)
         self._runs[checkpoint.pid] = checkpoint.model_copy(update={"syscall_log": []})
         self._steps[checkpoint.pid] = len(checkpoint.syscall_log)
+
+    async def create(self, checkpoint: AgentCheckpoint) -> None:
+        """Keep a new run's header; ``RunExistsError`` if there is one (no await between look and write)."""
+        if checkpoint.pid in self._runs:
+            raise RunExistsError(checkpoint.pid)
+        await self.save(checkpoint)
 
     async def load(self, pid: str) -> AgentCheckpoint | None:
         """A fresh copy of the header."""

@@ -22,7 +22,7 @@ from castor.backends.redis._client import Fence, RedisConnection
 from castor.backends.redis.journal import RedisJournal
 from castor.backends.redis.scripts import STORE_SCRIPTS
 from castor.checkpoint import FINISHED, AgentCheckpoint
-from castor.errors import RunFinishedError
+from castor.errors import RunExistsError, RunFinishedError
 from castor.seams import RunSummary
 
 WEEK = 7 * 24 * 3600.0
@@ -52,9 +52,14 @@ class RedisRunStore:
         p = self._prefix
         return [keys.runs_expiring(p), keys.runs_all(p), *(keys.runs_by_status(p, s) for s in keys.STATUSES)]
 
+    async def create(self, checkpoint: AgentCheckpoint) -> None:
+        """Store a new run's header; ``RunExistsError`` if the pid has one (the save script looks, then
+        writes: nothing comes between)."""
+        await self.save(checkpoint, create=True)
+
     async def save(
         self, checkpoint: AgentCheckpoint, *, owner: str | None = None, fence: Fence | None = None,
-        reopen: str | None = None,
+        reopen: str | None = None, create: bool = False,
     ) -> None:
         """Store the checkpoint's header; a finished run starts its retention time.
 
@@ -79,12 +84,14 @@ class RedisRunStore:
         status_at = keys.STATUSES.index(cp.status) + 1
         args: _list[Any] = [
             cp.pid, status_at, repr(cp.created_at), retention, repr(time.time()), fence.token if fence else "",
-            reopen or "",
+            reopen or "", "1" if create else "",
         ]
         for name, value in fields.items():
             args.extend((name, value))
         lease = fence.key if fence else own[0]
         done = await self._conn.script("run_save", [own[0], every, expiring, *by_status, lease, *own[1:]], args)
+        if done == 0:  # created already: nothing was written
+            raise RunExistsError(cp.pid)
         if done != 1:  # the stored status of a finished run: nothing was written
             raise RunFinishedError(cp.pid, done.decode() if isinstance(done, bytes) else str(done))
         if finished:

@@ -80,7 +80,7 @@ STORE_NAMES = (
     "approval_request", "approval_decide",
     "run_save", "run_prune",
     "task_abandon", "step_claim",
-    "llm_ratelimit",
+    "llm_ratelimit", "fleet_submit",
 )
 # The stores' scripts (this package's ``lua/``), read once per process; a server learns them on first use.
 STORE_SCRIPTS = {name: Script.of(__package__ or "castor.backends.redis", name) for name in STORE_NAMES}

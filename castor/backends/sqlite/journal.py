@@ -9,7 +9,7 @@ from castor.backends.memory import summarize
 from castor.backends.sqlite._db import SqliteDatabase
 from castor.backends.sqlite.claims import SqliteClaims
 from castor.checkpoint import AgentCheckpoint, StepFailure, SyscallRecord
-from castor.errors import JournalConflictError, RunFinishedError
+from castor.errors import JournalConflictError, RunExistsError, RunFinishedError
 from castor.seams import RunSummary
 
 
@@ -86,11 +86,18 @@ class SqliteJournal(SqliteClaims):
         return len(self._contiguous(run_id, "step"))
 
     async def fork(self, parent_id: str, child_id: str, at_step: int) -> None:
-        """One row: the child shares the parent's first ``at_step`` records."""
+        """One row: the child shares the parent's first ``at_step`` records. In one immediate transaction, so
+        two processes forking one child see each other: the same fork again is a no-op, a child with records
+        of its own or another fork row ``JournalConflictError``."""
+        with self.db.transaction() as conn:
+            row = conn.execute("SELECT parent, at_step FROM forks WHERE run_id = ?", (child_id,)).fetchone()
+            if row is not None and tuple(row) == (parent_id, at_step):
+                return
+            owned = conn.execute("SELECT 1 FROM journal WHERE run_id = ? LIMIT 1", (child_id,)).fetchone()
+            if row is not None or owned:
+                raise JournalConflictError(f"run {child_id!r} has a journal already; it cannot become a fork")
+            conn.execute("INSERT INTO forks (run_id, parent, at_step) VALUES (?, ?, ?)", (child_id, parent_id, at_step))
         self._fork_at[child_id] = at_step
-        self.db.execute(
-            "INSERT OR REPLACE INTO forks (run_id, parent, at_step) VALUES (?, ?, ?)", (child_id, parent_id, at_step)
-        )
 
     async def record_failure(self, run_id: str, failure: StepFailure) -> None:
         """Keep a failure for audit."""
@@ -135,6 +142,18 @@ class SqliteRunStore:
             if written == 0:
                 row = self.db.execute("SELECT status FROM runs WHERE pid = ?", (checkpoint.pid,)).fetchone()
                 raise RunFinishedError(checkpoint.pid, row[0] if row else "finished")
+
+    async def create(self, checkpoint: AgentCheckpoint) -> None:
+        """Insert a new run's header; ``RunExistsError`` if the pid has one (the primary key decides)."""
+        header = checkpoint.model_dump_json(exclude={"syscall_log", "failures"}, fallback=repr)
+        try:
+            self.db.execute(
+                "INSERT INTO runs (pid, status, created_at, updated_at, steps, header) VALUES (?, ?, ?, ?, ?, ?)",
+                (checkpoint.pid, checkpoint.status, checkpoint.created_at, checkpoint.updated_at,
+                 len(checkpoint.syscall_log), header),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise RunExistsError(checkpoint.pid) from exc
 
     async def load(self, pid: str) -> AgentCheckpoint | None:
         """The header, or None."""

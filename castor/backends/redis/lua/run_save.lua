@@ -4,8 +4,10 @@
 -- fencing token is given), KEYS[10..] the run's other keys (journal, approvals, ...)
 -- ARGV[1] pid, ARGV[2] index of its status among KEYS[4..8] (1-5), ARGV[3] created (index score),
 -- ARGV[4] retention seconds ('0': the run is not finished, keep it), ARGV[5] now, ARGV[6] fencing token or '',
--- ARGV[7] the finished status a resume asked for reopens ('' for a plain save), ARGV[8..] header field, value pairs
--- Returns 1, or the stored status of a finished run the save would move out of its end (nothing written).
+-- ARGV[7] the finished status a resume asked for reopens ('' for a plain save), ARGV[8] '1' to create the run
+-- only (a fork: of two forkers one stores it), ARGV[9..] header field, value pairs
+-- Returns 1; 0 when creating a run whose header exists; or the stored status of a finished run the save would
+-- move out of its end (nothing written either way).
 if ARGV[6] ~= '' then
   local holder = redis.call('GET', KEYS[9])
   if holder ~= ARGV[6] then
@@ -13,6 +15,9 @@ if ARGV[6] ~= '' then
   end
 end
 local stored = redis.call('HGET', KEYS[1], 'status')
+if ARGV[8] == '1' and stored then
+  return 0
+end
 if (stored == 'COMPLETED' or stored == 'FAILED') and stored ~= ARGV[7] then
   return stored
 end
@@ -23,7 +28,7 @@ for i = 4, 8 do
     redis.call('ZREM', KEYS[i], pid)
   end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+redis.call('HSET', KEYS[1], unpack(ARGV, 9))
 redis.call('ZADD', KEYS[2], ARGV[3], pid)
 redis.call('ZADD', KEYS[own], ARGV[3], pid)
 local retention = tonumber(ARGV[4])
