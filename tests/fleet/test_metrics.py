@@ -99,7 +99,9 @@ def test_coordinator_and_worker_metrics_of_live_runs(fleet: Fleet) -> None:
     def done(s: dict[str, list[Any]]) -> bool:
         return int(fleet.redis.zcard(keys.runs_by_status(fleet.prefix, "COMPLETED"))) == 2
 
-    samples = wait_scrape(co, "both runs to finish", done)
+    wait_scrape(co, "both runs to finish", done)
+    # Scraped again: the wait's sample was taken before it read Redis, so it may predate the last step.
+    samples = scrape(co)
     # job: ticket, fetch x3 on web, store on fs; job_with_approval: ticket, fetch, remove, store.
     assert value(samples, "castor_syscalls_total", tool="fetch", pool="web", outcome="ok") == 4
     assert value(samples, "castor_syscalls_total", tool="store", pool="fs", outcome="ok") == 2
@@ -116,7 +118,9 @@ def test_coordinator_and_worker_metrics_of_live_runs(fleet: Fleet) -> None:
     assert value(samples, "castor_budget_limit", scope="team", resource="api") == 200
     assert_bounded(samples, fleet, pids)
 
-    worker = scrape(web)
+    # A worker counts a task once it has handled it, which may be after its reply let the run finish.
+    worker = wait_scrape(web, "the worker to count its tasks",
+                         lambda s: value(s, "castor_tasks_total", pool="web", outcome="ok") >= 6)
     # web serves ticket and fetch: 2 tickets, 4 fetches, each timed on the worker.
     assert value(worker, "castor_tasks_total", tool="fetch", pool="web", outcome="ok") == 4
     assert value(worker, "castor_tasks_total", tool="ticket", pool="web", outcome="ok") == 2
