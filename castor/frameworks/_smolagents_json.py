@@ -14,10 +14,12 @@ tool_calls)``: what its part is made of. A list of tuples compares at C level; t
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
 from smolagents.models import ChatMessage, ChatMessageToolCall, ChatMessageToolCallFunction, MessageRole
+from smolagents.monitoring import TokenUsage
 
 from castor.llm import canonical_request as canonical_json
 from castor.llm.cost import NotPlain, plain_sized
@@ -161,3 +163,14 @@ def answer_json(message: ChatMessage) -> dict[str, Any]:
         except NotPlain:
             pass
     return canonical_json({k: v for k, v in message.dict().items() if k not in ("raw", "token_usage")})
+
+
+def chat_message(journaled: dict[str, Any]) -> ChatMessage:
+    """The ``ChatMessage`` a journaled response stands for (live and replayed alike)."""
+    usage = journaled.get("usage")
+    token_usage = TokenUsage(int(usage["input_tokens"]), int(usage["output_tokens"])) if usage else None
+    try:  # from_dict takes its tool calls over: a copy, plain JSON as the journal holds it (no deepcopy walk)
+        message = copied(journaled["message"])
+    except NotPlain:
+        message = copy.deepcopy(journaled["message"])
+    return ChatMessage.from_dict(message, token_usage=token_usage)
