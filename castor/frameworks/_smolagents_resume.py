@@ -29,6 +29,7 @@ the next tool steps' (no MMU, no ``structured_results``). Anything else replays 
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,8 @@ STARTS_LATE = True  # False: every replay runs the whole loop (what a late start
 _OPTIONS = frozenset({"max_steps", "return_full_result"})
 _DEFAULTS = {"stream": False, "reset": True, "images": None, "additional_args": None}
 _STATEFUL_OUTPUTS = frozenset({"image", "audio"})  # smolagents keeps such a result in the agent's state
+# The agent's methods a late start stands in for during its run (instance attributes, removed after it).
+_LATE_METHODS = ("_step_stream", "_finalize_step", "initialize_system_prompt", "write_memory_to_messages")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +84,13 @@ async def run(agent: Any, task: str, options: dict[str, Any], guarded_model: typ
     async def late() -> Any:
         # Instance attributes shadow the class's methods for this run only: smolagents' loop calls them by name.
         own["_step_stream"] = _late_steps(agent, skipped)
+        own["_finalize_step"] = _finalize(agent)
         own["initialize_system_prompt"] = functools.partial(_system_prompt, agent)
         try:
             return await in_thread(agent.run, task, **options)
         finally:
-            own.pop("_step_stream", None)
-            own.pop("initialize_system_prompt", None)
+            for name in _LATE_METHODS:
+                own.pop(name, None)
 
     return await start_late(ctx, found, late, lambda: in_thread(agent.run, task, **options),
                             what="the smolagents agent")
@@ -168,17 +172,40 @@ def _skipped(agent: Any, record: SyscallRecord, tools: list[SyscallRecord], guar
 
 
 def _late_steps(agent: Any, skipped: list[_Skipped]) -> Callable[[ActionStep], Iterator[Any]]:
-    """The agent's ``_step_stream`` for this run: the skipped steps from ``skipped``, then smolagents' own."""
-    own = type(agent)._step_stream
+    """The agent's ``_step_stream`` for this run: the skipped steps from ``skipped``, then smolagents' own
+    (the landing step's conversation the one the skipped steps made: equal messages, not made again)."""
+    own, attributes = type(agent)._step_stream, vars(agent)
     conversation: list[ChatMessage] = []  # the memory's messages so far, extended step by step
+
+    def landing_messages(summary_mode: bool = False) -> list[ChatMessage]:
+        del attributes["write_memory_to_messages"]  # once: the steps after the landing step make theirs
+        return conversation.copy() if not summary_mode else type(agent).write_memory_to_messages(agent, True)
 
     def step_stream(memory_step: ActionStep) -> Iterator[Any]:
         at = memory_step.step_number - 1
         if at < len(skipped):
             return _skipped_step(agent, memory_step, skipped[at], conversation)
+        if at == len(skipped):
+            attributes["write_memory_to_messages"] = landing_messages
         return own(agent, memory_step)
 
     return step_stream
+
+
+def _finalize(agent: Any) -> Callable[[Any], None]:
+    """The agent's ``_finalize_step`` for this run: an action step's end time and the monitor's count, which
+    is what smolagents' callback registry calls for it when it holds the monitor's callback only (``_plain``),
+    without its signature inspection at every step."""
+    own, update = type(agent)._finalize_step, agent.monitor.update_metrics
+
+    def finalize(memory_step: Any) -> None:
+        if type(memory_step) is not ActionStep:
+            own(agent, memory_step)
+            return
+        memory_step.timing.end_time = time.time()
+        update(memory_step)
+
+    return finalize
 
 
 def _skipped_step(agent: Any, memory_step: ActionStep, step: _Skipped, conversation: list[ChatMessage]
