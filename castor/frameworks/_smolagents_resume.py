@@ -113,9 +113,10 @@ def _landing(ctx: RunContext | None, agent: Any, task: Any, options: dict[str, A
             return None
         found = Landing(found.steps[:allowed], found.records[:allowed])
     log = ctx.checkpoint.syscall_log
+    usable: dict[str, Tool | None] = {}  # each tool's check, once per run
     skipped = []
     for at, record in enumerate(found.records[:-1]):
-        step = _skipped(agent, record, log[found.steps[at] + 1:found.steps[at + 1]], guarded_forward)
+        step = _skipped(agent, record, log[found.steps[at] + 1:found.steps[at + 1]], guarded_forward, usable)
         if step is None:
             return None
         skipped.append(step)
@@ -138,9 +139,21 @@ def _plain(agent: Any, options: dict[str, Any], guarded_model: type, guarded_for
                for name, t in agent.tools.items())
 
 
-def _skipped(agent: Any, record: SyscallRecord, tools: list[SyscallRecord], guarded_forward: type) -> _Skipped | None:
+def _usable(agent: Any, name: str, guarded_forward: type) -> Tool | None:
+    """The agent's tool ``name`` if a skipped call of it comes back as the guarded tool returns its record
+    (a guarded tool, called as ``Tool.__call__`` calls it, whose output smolagents does not keep in its state)."""
+    tool = agent.tools.get(name)
+    if (not isinstance(tool, Tool) or not isinstance(getattr(tool, "forward", None), guarded_forward)
+            or type(tool).__call__ is not Tool.__call__ or tool.output_type in _STATEFUL_OUTPUTS):
+        return None
+    return tool
+
+
+def _skipped(agent: Any, record: SyscallRecord, tools: list[SyscallRecord], guarded_forward: type,
+             usable: dict[str, Tool | None]) -> _Skipped | None:
     """A skipped step as ``_step_stream`` makes it, its tool results from ``tools`` (its journaled tool steps);
-    None: a call that is not one of them as journaled, a failed one, or one a late start would not do the same."""
+    None: a call that is not one of them as journaled, a failed one, or one a late start would not do the same.
+    ``usable``: the tools checked so far (``_usable``), by name."""
     message = chat_message(record.response)  # as the replayed step rebuilds it
     asked = message.tool_calls or []
     if len(asked) != len(tools) or len({c.id for c in asked}) != len(asked):  # smolagents keys its calls by id
@@ -152,13 +165,15 @@ def _skipped(agent: Any, record: SyscallRecord, tools: list[SyscallRecord], guar
         function = asked_call.function
         function.arguments = parse_json_if_needed(function.arguments)  # in place, as _step_stream does
         name, arguments = function.name, function.arguments
-        tool = agent.tools.get(name)
-        if (not isinstance(tool, Tool) or not isinstance(getattr(tool, "forward", None), guarded_forward)
-                or type(tool).__call__ is not Tool.__call__ or tool.output_type in _STATEFUL_OUTPUTS
-                or not isinstance(arguments, dict)):
+        tool = usable[name] if name in usable else usable.setdefault(name, _usable(agent, name, guarded_forward))
+        if tool is None or type(arguments) is not dict:
             return None
         wanted = jsonable(arguments)  # what the guarded tool asks Castor with (parallel calls: any order)
-        found = next((r for r in unused if r.tool_name == name and r.arguments == wanted), None)
+        found: SyscallRecord | None
+        if len(unused) == 1:  # the usual step: one call, its tool step next
+            found = unused[0] if unused[0].tool_name == name and unused[0].arguments == wanted else None
+        else:
+            found = next((r for r in unused if r.tool_name == name and r.arguments == wanted), None)
         if found is None or found.failure is not None:  # a failed call: an error smolagents words itself
             return None
         unused.remove(found)
