@@ -437,3 +437,31 @@ async def test_a_castor_model_replays_every_step(asks: list[int], whole_loop: An
     with whole_loop():
         await replayed(cp, whole, llm=provider)
     assert fields(late) == fields(whole)
+
+
+async def test_a_verbose_agent_logs_the_skipped_steps_as_the_loop_logs_them(
+    asks: list[int], whole_loop: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """At smolagents' DEBUG level the skipped steps log the model's output, each tool call and its
+    observation, as the whole loop does (the console's text, its timings aside)."""
+
+    def shown(main: Main) -> list[str]:
+        lines = capsys.readouterr().out.splitlines()
+        return [line for line in lines if "Duration" not in line and line.strip()]
+
+    live = Main(searches())
+    live.build = lambda: ToolCallingAgent(  # type: ignore[method-assign]
+        tools=[search, delete_file], model=live.model, verbosity_level=2)
+    cp = await kernel_of(live).run(live)
+    capsys.readouterr()
+    asks.clear()
+    late = again(live)
+    late.build = live.build  # type: ignore[method-assign]
+    assert (await replayed(cp, late)).result == "done" and len(asks) == 1
+    late_lines = shown(late)
+    whole = again(live)
+    whole.build = live.build  # type: ignore[method-assign]
+    with whole_loop():
+        await replayed(cp, whole)
+    assert late_lines == shown(whole) and any("Observations: found q0" in line for line in late_lines)
+    assert fields(late) == fields(whole)
