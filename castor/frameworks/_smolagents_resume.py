@@ -15,9 +15,11 @@ conversation rebuilt from that memory, is compared with the journal as every rep
 it differ, the loop runs again from its first step and reports a real divergence where it is.
 
 The memory a late start leaves is the whole loop's, field for field, timing aside: the skipped steps'
-``model_input_messages`` share their messages (the whole loop makes equal ones anew at every step; smolagents
-never changes them). The system prompt is rendered from a template compiled once per template text
-(``populate_template`` compiles it at every run, 2 ms), which renders the same text.
+``model_input_messages`` share their messages, and the landing step is asked with them (the whole loop makes
+equal ones anew at every step; smolagents never changes them). For the run, the agent's system prompt is
+rendered from a template compiled once per template text (``populate_template`` compiles it at every run,
+2 ms), which renders the same text, and an action step is finalized as smolagents' callback registry does it
+when it holds the monitor's callback only, without inspecting its signature at every step.
 
 Only a plain loop starts late (``_plain``): a ``ToolCallingAgent`` (not a subclass) with a ``guard()``ed
 model (not a ``CastorModel``), no managed agents, planning, step callbacks, streaming or state, tools that
