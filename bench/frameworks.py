@@ -3,6 +3,7 @@
     python bench/frameworks.py              # every installed framework, 7 repetitions; a minute or two
     python bench/frameworks.py --repeat 3 --steps 20 --only langgraph
     python bench/frameworks.py --only langgraph-once        # one LangGraph graph compiled beforehand
+    python bench/frameworks.py --only smolagents-once       # one smolagents agent built beforehand
     python bench/frameworks.py --latency 0.05 --repeat 3   # a model that takes 50 ms to answer, as an API does
     python bench/frameworks.py --icount [--tree DIR]       # instructions per step under callgrind (bench/_fw_icount.py)
 
@@ -22,7 +23,9 @@ divided by the steps:
 "added" is the median of each repetition's embedded run less the alone run just before it (the same
 moment's load on a shared machine), not the difference of the two medians. ``langgraph`` builds its graph
 in the agent function at every run, as the LangGraph example does; ``langgraph-once`` invokes one graph
-compiled beforehand, as pydantic-ai's and the Agents SDK's cases build their agent once.
+compiled beforehand, as pydantic-ai's and the Agents SDK's cases build their agent once; likewise
+``smolagents`` builds its agent at every run (about 6 ms of the run) and ``smolagents-once`` runs one
+built beforehand.
 
 Times are the process's CPU time (``time.process_time``, all its threads): on a shared machine the wall
 clock mostly measures the other processes. With ``--latency S`` the scripted model also waits ``S``
@@ -225,9 +228,12 @@ def _sync_search(query: str) -> str:
     return f"found {query}"
 
 
-def smolagents_case(steps: int, latency: float = 0.0) -> Case:
+def smolagents_case(steps: int, latency: float = 0.0, built_once: bool = False) -> Case:
     """The unguarded and the guarded agent functions, and the tools for Castor (``latency``: seconds the
-    scripted model waits before it answers, in the agent's thread, as a provider's HTTP call does)."""
+    scripted model waits before it answers, in the agent's thread, as a provider's HTTP call does). The agent
+    functions build their agent at every run (about 6 ms: smolagents parses its prompt templates' YAML and
+    renders the system prompt); ``built_once``: they run one agent each built beforehand (smolagents resets
+    its memory at every run), as pydantic-ai's and the Agents SDK's cases do."""
     from smolagents import ToolCallingAgent, tool
     from smolagents.models import (
         ChatMessage,
@@ -265,6 +271,17 @@ def smolagents_case(steps: int, latency: float = 0.0) -> Case:
         return ToolCallingAgent(tools=[search_tool], model=Scripted(model_id="scripted"), verbosity_level=-1,
                                 max_steps=steps + 5)
 
+    if built_once:
+        plain, kept = agent(), agent()
+
+        async def alone_once() -> Any:
+            return await asyncio.to_thread(plain.run, "search")
+
+        async def guarded_once() -> Any:
+            return await run(kept, "search")
+
+        return alone_once, guarded_once, tools_of(search_tool)
+
     async def alone() -> Any:
         return await asyncio.to_thread(agent().run, "search")
 
@@ -272,6 +289,11 @@ def smolagents_case(steps: int, latency: float = 0.0) -> Case:
         return await run(agent(), "search")
 
     return alone, guarded, tools_of(search_tool)
+
+
+def smolagents_built_once_case(steps: int, latency: float = 0.0) -> Case:
+    """smolagents' case with one agent built beforehand, run at every run."""
+    return smolagents_case(steps, latency, built_once=True)
 
 
 # --- CrewAI -------------------------------------------------------------------------------------------
@@ -317,15 +339,17 @@ def crewai_case(steps: int) -> tuple[Callable[[], Awaitable[Any]], Callable[[], 
 
 CASES: dict[str, Callable[..., Case]] = {
     "langgraph": langgraph_case, "langgraph-once": langgraph_compiled_once_case, "pydantic-ai": pydantic_ai_case,
-    "openai-agents": openai_agents_case, "smolagents": smolagents_case, "crewai": crewai_case,
+    "openai-agents": openai_agents_case, "smolagents": smolagents_case, "smolagents-once": smolagents_built_once_case,
+    "crewai": crewai_case,
 }
 # Where each guard reads ``model_step`` and ``call_tool`` (the names ``--icount``'s layers mode replaces).
 MODULES = {"langgraph": ("castor.frameworks.langchain",), "langgraph-once": ("castor.frameworks.langchain",),
            "pydantic-ai": ("castor.frameworks.pydantic_ai",),
            "openai-agents": ("castor.frameworks.openai_agents",), "smolagents": ("castor.frameworks.smolagents",),
+           "smolagents-once": ("castor.frameworks.smolagents",),
            "crewai": ("castor.frameworks._crewai_llm", "castor.frameworks.crewai")}
 # The cases whose scripted model can wait (--latency): CrewAI's is the one left.
-WAITING = {"langgraph", "langgraph-once", "pydantic-ai", "openai-agents", "smolagents"}
+WAITING = {"langgraph", "langgraph-once", "pydantic-ai", "openai-agents", "smolagents", "smolagents-once"}
 
 
 async def _direct_step(request: Any, model: str, invoke: Callable[[Any], Awaitable[Any]], **_: Any) -> Any:

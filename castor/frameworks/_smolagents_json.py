@@ -14,10 +14,12 @@ tool_calls)``: what its part is made of. A list of tuples compares at C level; t
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
 from smolagents.models import ChatMessage, ChatMessageToolCall, ChatMessageToolCallFunction, MessageRole
+from smolagents.monitoring import TokenUsage
 
 from castor.llm import canonical_request as canonical_json
 from castor.llm.cost import NotPlain, plain_sized
@@ -161,3 +163,58 @@ def answer_json(message: ChatMessage) -> dict[str, Any]:
         except NotPlain:
             pass
     return canonical_json({k: v for k, v in message.dict().items() if k not in ("raw", "token_usage")})
+
+
+def chat_message(journaled: dict[str, Any]) -> ChatMessage:
+    """The ``ChatMessage`` a journaled response stands for (live and replayed alike)."""
+    usage = journaled.get("usage")
+    token_usage = TokenUsage(int(usage["input_tokens"]), int(usage["output_tokens"])) if usage else None
+    try:
+        return _answer(journaled["message"], token_usage)
+    except NotPlain:
+        pass
+    return _from_dict(journaled["message"], token_usage)
+
+
+def _from_dict(journaled: Any, token_usage: TokenUsage | None) -> ChatMessage:
+    """``ChatMessage.from_dict`` of a copy of the journaled message (it takes the tool calls over)."""
+    try:  # plain JSON as the journal holds it: a copy without the deepcopy walk
+        message = copied(journaled)
+    except NotPlain:
+        message = copy.deepcopy(journaled)
+    return ChatMessage.from_dict(message, token_usage=token_usage)
+
+
+_ROLES = {role.value: role for role in MessageRole}
+_ANSWER_KEYS = frozenset({"content", "role", "tool_calls"})  # what answer_json journals, in order
+_FUNCTION_KEYS = frozenset({"arguments", "description", "name"})
+_CALL_KEYS = frozenset({"function", "id", "type"})
+_STRINGS = frozenset({str})
+
+
+def _answer(message: Any, token_usage: TokenUsage | None) -> ChatMessage:
+    """What ``_from_dict`` makes of a message ``answer_json`` journaled, built from its fields (a replayed
+    step's every answer; ``copied``'s walk and ``from_dict``'s keyword unpacking are most of its cost):
+    the content and each call's arguments copied, the rest strings. ``NotPlain`` for anything else."""
+    if type(message) is not dict or message.keys() != _ANSWER_KEYS:
+        raise NotPlain
+    role = _ROLES.get(message["role"]) if type(message["role"]) is str else None
+    calls = message["tool_calls"]
+    if role is None or (calls is not None and type(calls) is not list):
+        raise NotPlain
+    built = None
+    if calls:
+        built = []
+        for call in calls:
+            function = call.get("function") if type(call) is dict else None
+            if (type(function) is not dict or function.keys() != _FUNCTION_KEYS or call.keys() != _CALL_KEYS
+                    or not _STRINGS.issuperset((type(function["name"]), type(call["id"]), type(call["type"])))
+                    or not (function["description"] is None or type(function["description"]) is str)):
+                raise NotPlain
+            built.append(ChatMessageToolCall(
+                function=ChatMessageToolCallFunction(arguments=copied(function["arguments"]), name=function["name"],
+                                                     description=function["description"]),
+                id=call["id"], type=call["type"]))
+    # from_dict takes the calls over only when there are some: an empty list stays one
+    return ChatMessage(role=role, content=copied(message["content"]), tool_calls=built if calls else calls,
+                       token_usage=token_usage)

@@ -45,9 +45,9 @@ from smolagents.models import (
     Model,
     agglomerate_stream_deltas,
 )
-from smolagents.monitoring import TokenUsage
 
 from castor.errors import UnsupportedError
+from castor.frameworks import _smolagents_resume
 from castor.frameworks._castor_models.smolagents import CastorModel
 from castor.frameworks._common import (
     IdentityCache,
@@ -55,7 +55,6 @@ from castor.frameworks._common import (
     call_tool,
     canonical_part,
     check_function,
-    in_thread,
     model_step,
     refuse,
     schema_function,
@@ -63,7 +62,7 @@ from castor.frameworks._common import (
 )
 from castor.frameworks._conversations import EqualConversations
 from castor.frameworks._loop_calls import Here, call_on_loop
-from castor.frameworks._smolagents_json import answer_json, copied, keyed_part, keys, message_json
+from castor.frameworks._smolagents_json import answer_json, chat_message, keyed_part, keys, message_json
 from castor.frameworks._streaming import Emit, StreamStep, stream_in_thread
 from castor.kernel.context import active_run
 from castor.llm import canonical_request as canonical_json
@@ -123,17 +122,6 @@ def response_json(message: ChatMessage, model: str) -> dict[str, Any]:
     if usage is not None and (usage.input_tokens or usage.output_tokens):
         journaled["usage"] = {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
     return journaled
-
-
-def chat_message(journaled: dict[str, Any]) -> ChatMessage:
-    """The ``ChatMessage`` a journaled response stands for (live and replayed alike)."""
-    usage = journaled.get("usage")
-    token_usage = TokenUsage(int(usage["input_tokens"]), int(usage["output_tokens"])) if usage else None
-    try:  # from_dict takes its tool calls over: a copy, plain JSON as the journal holds it (no deepcopy walk)
-        message = copied(journaled["message"])
-    except NotPlain:
-        message = copy.deepcopy(journaled["message"])
-    return ChatMessage.from_dict(message, token_usage=token_usage)
 
 
 class GuardedModel(Model):
@@ -345,8 +333,10 @@ def guard(x: Any, *, model: Model | None = None) -> Any:
 
 
 async def run(agent: MultiStepAgent, task: str, **kwargs: Any) -> Any:
-    """``agent.run(task, **kwargs)`` inside a Castor run (in a worker thread; the agent guarded first)."""
-    return await in_thread(guard_agent(agent).run, task, **kwargs)
+    """``agent.run(task, **kwargs)`` inside a Castor run (in a worker thread; the agent guarded first); in a
+    replay, from the loop's last journaled model step when that gives the whole loop's result
+    (``castor.frameworks._smolagents_resume``)."""
+    return await _smolagents_resume.run(guard_agent(agent), task, kwargs, GuardedModel, _GuardedForward)
 
 
 __all__ = ["CastorModel", "GuardedModel", "guard", "run", "tools_of"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "frameworks.py"
-CASES = ["langgraph", "langgraph-once", "pydantic-ai", "openai-agents", "smolagents"]
+CASES = ["langgraph", "langgraph-once", "pydantic-ai", "openai-agents", "smolagents", "smolagents-once"]
 
 
 @pytest.mark.parametrize("case", CASES)

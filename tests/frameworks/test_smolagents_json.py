@@ -14,7 +14,15 @@ from smolagents.models import ChatMessage, ChatMessageToolCall, ChatMessageToolC
 from smolagents.monitoring import TokenUsage
 
 from castor.frameworks._conversations import EqualConversations
-from castor.frameworks._smolagents_json import _slow_json, answer_json, keyed_part, keys, message_json
+from castor.frameworks._smolagents_json import (
+    _from_dict,
+    _slow_json,
+    answer_json,
+    chat_message,
+    keyed_part,
+    keys,
+    message_json,
+)
 from castor.llm import canonical_request as canonical_json
 
 
@@ -71,6 +79,42 @@ ANSWERS = [
 def test_an_answer_is_journaled_as_the_dict_path_journals_it(message: ChatMessage) -> None:
     slow = canonical_json({k: v for k, v in message.dict().items() if k not in ("raw", "token_usage")})
     assert ordered(answer_json(message)) == ordered(slow)
+
+
+JOURNALED = [
+    {"content": "", "role": "assistant", "tool_calls": [{"function": {"arguments": {"query": "q", "n": [1, 2.5]},
+                                                                     "description": None, "name": "search"},
+                                                        "id": "c1", "type": "function"}]},
+    {"content": [{"type": "text", "text": "hi"}], "role": "assistant", "tool_calls": None},
+    {"content": None, "role": "assistant", "tool_calls": []},
+    {"content": "t", "role": "tool-call", "tool_calls": [{"function": {"arguments": '{"q": 1}', "description": "d",
+                                                                       "name": "a"}, "id": "c", "type": "function"}]},
+    {"content": "a role smolagents does not have", "role": "critic", "tool_calls": None},
+    {"content": "", "role": "assistant", "tool_calls": [{"function": {"arguments": {}, "name": "a", "extra": 1},
+                                                         "id": "c", "type": "function"}]},
+    {"content": "", "role": "assistant", "tool_calls": None, "raw": {"kept": "by from_dict's way"}},
+]
+
+
+@pytest.mark.parametrize("message", JOURNALED, ids=range(len(JOURNALED)))
+def test_a_journaled_answer_is_rebuilt_as_from_dict_rebuilds_it(message: dict[str, Any]) -> None:
+    """chat_message's own construction makes what ChatMessage.from_dict makes of a copy (or fails the same
+    way), and shares nothing the journal holds but strings."""
+    journaled = {"message": message, "usage": {"input_tokens": 3, "output_tokens": 2}}
+    try:
+        expected: Any = _from_dict(message, TokenUsage(3, 2))
+    except Exception as error:
+        expected = type(error)
+    try:
+        made: Any = chat_message(journaled)
+    except Exception as error:
+        made = type(error)
+    assert made == expected and type(made) is type(expected)
+    if isinstance(made, ChatMessage):
+        assert made.content is None or isinstance(made.content, str) or made.content is not message["content"]
+        for call, journaled_call in zip(made.tool_calls or (), message["tool_calls"] or (), strict=True):
+            assert isinstance(call.function.arguments, str) or call.function.arguments is not (
+                journaled_call["function"]["arguments"])
 
 
 def conversation(step: int, observation: str = "found") -> list[ChatMessage]:
