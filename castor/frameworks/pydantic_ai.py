@@ -76,7 +76,8 @@ from castor.frameworks._common import (
     suspensions_pass,
 )
 from castor.frameworks._conversations import Conversations
-from castor.frameworks._pydantic_ai_json import cached_message, compact, model_response, without_volatile
+from castor.frameworks._pydantic_ai_json import cached_message, model_response, without_volatile
+from castor.frameworks._pydantic_ai_readers import compact
 from castor.frameworks._pydantic_ai_replay import next_step_journaled, record_durable_unit, replay_scope
 from castor.frameworks._pydantic_ai_stream import GuardedStreamedResponse, event_text
 from castor.mcp.upstream import McpServer
