@@ -59,7 +59,7 @@ def request_parts(message: Any) -> list[dict[str, Any]] | None:
             if read is None:
                 if type(part) not in _READ:
                     return None
-                read = _READERS[type(part)] = request_reader(type(part), VOLATILE, without_volatile)
+                read = _READERS[type(part)] = request_reader(type(part), VOLATILE, plain_copy)
             out.append(read(part, kind))
     except NotPlain:
         return None
@@ -80,6 +80,34 @@ def without_volatile(value: Any) -> Any:
     if isinstance(value, list):
         return [without_volatile(v) for v in value]
     return value
+
+
+def plain_copy(value: Any) -> Any:
+    """A copy of plain JSON data without the volatile keys and the empty ones, in one walk: what
+    ``without_volatile(plain_sized(value)[0])`` gives (a tool call's arguments, a tool's result), at half its
+    cost (two walks and a size nobody reads). ``NotPlain`` for anything JSON spells another way, volatile
+    keys' values included, as ``plain_sized`` raises it."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is dict:
+        out = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                raise NotPlain
+            copy = plain_copy(item)  # checked even where it is left out
+            if key in VOLATILE or item is None or ((type(item) is dict or type(item) is list) and not item):
+                continue
+            out[key] = copy
+        return out
+    if kind is list:
+        return [plain_copy(item) for item in value]
+    if kind is float and value == value and value != _INF and value != -_INF:
+        return value
+    raise NotPlain
+
+
+_INF = float("inf")
 
 
 def _message_json(message: ModelMessage) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ that, so these readers are generated as source, field by field, the way ``datacl
   is None), always (its kind, a required field), or when it differs from its default (a timestamp, an id
   made by a default factory); ``parts`` part by part. A ``RequestUsage`` is journaled as the counts its
   instance holds (those it was given), not as its serializer's dump of every count.
-- ``request_reader(cls)``: a part's fields as the canonical request holds them (volatile and empty ones
+- ``request_reader(cls, ...)``: a part's fields as the canonical request holds them (volatile and empty ones
   left out, values that are not strings, numbers or booleans copied as plain JSON data without their
   volatile keys); it raises ``NotPlain`` for a value that is not plain JSON data.
 """
@@ -27,7 +27,7 @@ from typing import Any
 from pydantic_ai.usage import RequestUsage
 from pydantic_core import to_jsonable_python
 
-from castor.llm.cost import NotPlain, plain_sized
+from castor.llm.cost import NotPlain
 
 _REQUIRED = object()
 _KINDS = ("kind", "part_kind")  # the adapter's discriminators: always journaled
@@ -109,26 +109,27 @@ def compact(message: Any) -> dict[str, Any]:
     return reader(message)
 
 
-def _plain(value: Any, volatile_free: Callable[[Any], Any]) -> Any:
+def _plain(value: Any, copy: Callable[[Any], Any]) -> Any:
     """A field's value as the request holds it: ``_EMPTY`` for an empty dict or list (left out), a number
-    or boolean as it is, anything else copied as plain JSON data (``NotPlain`` if it is not)."""
+    or boolean as it is, anything else ``copy(value)`` (``NotPlain`` if it is not plain JSON data)."""
     kind = type(value)
     if kind is int or kind is bool:
         return value
     if (kind is dict or kind is list) and not value:
         return _EMPTY
-    return volatile_free(plain_sized(value)[0])
+    return copy(value)
 
 
 _EMPTY = object()
 
 
 def request_reader(
-    cls: type, volatile: frozenset[str], volatile_free: Callable[[Any], Any]
+    cls: type, volatile: frozenset[str], copy: Callable[[Any], Any]
 ) -> Callable[[Any, str], dict[str, Any]]:
     """A function of a ``cls`` part and its message's kind: the part's fields, ``volatile`` ones and None or
-    empty ones left out, others copied by ``volatile_free`` (the guard's filter of volatile keys), in field
-    order, with ``part_kind`` last as ``role`` (the message's kind for a part without one)."""
+    empty ones left out, strings as they are, others as ``copy`` makes them (the guard's copy of plain JSON
+    data without its volatile keys, ``NotPlain`` for anything else), in field order, with ``part_kind``
+    last as ``role`` (the message's kind for a part without one)."""
     lines = ["out = {}"]
     for n in field_defaults(cls):
         if n in volatile:
@@ -137,11 +138,11 @@ def request_reader(
                   "if type(v) is str:",
                   f"    out[{n!r}] = v",
                   "elif v is not None:",
-                  "    v = _plain(v, volatile_free)",
+                  "    v = _plain(v, copy)",
                   "    if v is not _EMPTY:",
                   f"        out[{n!r}] = v"]
     lines += ["out['role'] = out.pop('part_kind', kind)", "return out"]
-    namespace = {"_plain": _plain, "_EMPTY": _EMPTY, "volatile_free": volatile_free}
+    namespace = {"_plain": _plain, "_EMPTY": _EMPTY, "copy": copy}
     return _written(f"request_{cls.__name__}", "m, kind", lines, namespace)
 
 

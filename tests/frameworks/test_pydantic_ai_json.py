@@ -148,3 +148,21 @@ def test_a_generated_reader_gives_what_reading_the_fields_by_name_gives() -> Non
 
     for message in REQUESTS + RESPONSES:
         assert json.dumps(compact(message)) == json.dumps(by_name(message))  # the journal's bytes
+
+
+@pytest.mark.parametrize("value", [
+    "s", 0, False, None, 1.5, [], {}, {"a": {}, "b": [], "c": None, "d": 0, "e": "", "f": False},
+    {"timestamp": 1, "x": {"id": "i", "y": [{"run_id": "r", "z": [1, {}]}]}}, [{"usage": {}}, [], None],
+    {"a": {"timestamp": 1}}, {"a": (1,)}, {"timestamp": (1,)}, {1: "x"}, [float("nan")], {"a": float("inf")},
+    {"a": Found(path="/a", size=1)},
+])
+def test_plain_copy_is_the_plain_copy_without_volatile_keys(value: Any) -> None:
+    from castor.llm.cost import NotPlain, plain_sized
+
+    try:
+        expected = json.dumps(pa_json.without_volatile(plain_sized(value)[0]))
+    except NotPlain:
+        with pytest.raises(NotPlain):
+            pa_json.plain_copy(value)
+        return
+    assert json.dumps(pa_json.plain_copy(value)) == expected
