@@ -89,10 +89,10 @@ def _compact_reader(cls: type) -> Callable[[Any], dict[str, Any]]:
                   "    if u:",
                   f"        out[{n!r}] = u",
                   f"elif v is not _default_{i} and v != _default_{i}:",
-                  f"    out[{n!r}] = _json(v)"]
+                  f"    out[{n!r}] = v if type(v) is str else _json(v)"]
     if "parts" in defaults:
-        lines.append("out['parts'] = [compact(p) if type(p) in _COMPACT or is_dataclass(p) else _json(p) "
-                     "for p in m.parts]")
+        lines.append("out['parts'] = [_COMPACT[type(p)](p) if type(p) in _COMPACT else compact(p) "
+                     "if is_dataclass(p) else _json(p) for p in m.parts]")
     lines.append("return out")
     return _written(f"compact_{cls.__name__}", "m", lines, namespace)
 
