@@ -21,6 +21,7 @@ that, so these readers are generated as source, field by field, the way ``datacl
 from __future__ import annotations
 
 import dataclasses
+import keyword
 from collections.abc import Callable
 from typing import Any
 
@@ -59,13 +60,19 @@ def _usage(usage: RequestUsage) -> dict[str, Any]:
             if v or k != "details"}
 
 
-def _written(name: str, params: str, lines: list[str], namespace: dict[str, Any]) -> Callable[..., Any]:
-    """The function ``def name(params): <lines>``, its globals ``namespace``. The source is made here from a
-    dataclass's field names (identifiers, as a class's own attributes), never from a message's values."""
-    source = f"def {name}({params}):\n" + "".join(f"    {line}\n" for line in lines)
-    exec(compile(source, f"<castor reader {name}>", "exec"), namespace)
-    function: Callable[..., Any] = namespace[name]
+def _written(cls: type, params: str, lines: list[str], namespace: dict[str, Any]) -> Callable[..., Any]:
+    """The function ``def read(params): <lines>`` (a reader of ``cls``), its globals ``namespace``. The source
+    is made here from the class's field names only (``_load``), never from a message's values."""
+    source = f"def read({params}):\n" + "".join(f"    {line}\n" for line in lines)
+    exec(compile(source, f"<castor reader of {cls.__module__}.{cls.__qualname__}>", "exec"), namespace)
+    function: Callable[..., Any] = namespace["read"]
     return function
+
+
+def _load(name: str) -> str:
+    """The expression reading field ``name`` of ``m``: an attribute load, or ``getattr`` for a name that is
+    not one (a dataclass made with ``make_dataclass`` may have any string as a field's name)."""
+    return f"m.{name}" if name.isidentifier() and not keyword.iskeyword(name) else f"getattr(m, {name!r})"
 
 
 def _compact_reader(cls: type) -> Callable[[Any], dict[str, Any]]:
@@ -78,12 +85,12 @@ def _compact_reader(cls: type) -> Callable[[Any], dict[str, Any]]:
                 if d is not None and d is not _REQUIRED and n not in _KINDS and n != "parts"]
     lines = ["out = {}"]
     for n in nones:  # most are None: one attribute load and one test each
-        lines += [f"v = m.{n}", "if v is not None:", f"    out[{n!r}] = v if type(v) is str else _json(v)"]
+        lines += [f"v = {_load(n)}", "if v is not None:", f"    out[{n!r}] = v if type(v) is str else _json(v)"]
     for n in always:
-        lines += [f"v = m.{n}", f"out[{n!r}] = v if type(v) is str else _json(v)"]
+        lines += [f"v = {_load(n)}", f"out[{n!r}] = v if type(v) is str else _json(v)"]
     for i, n in enumerate(compared):
         namespace[f"_default_{i}"] = defaults[n]
-        lines += [f"v = m.{n}",
+        lines += [f"v = {_load(n)}",
                   "if type(v) is RequestUsage:",
                   "    u = _usage(v)",
                   "    if u:",
@@ -94,7 +101,7 @@ def _compact_reader(cls: type) -> Callable[[Any], dict[str, Any]]:
         lines.append("out['parts'] = [_COMPACT[type(p)](p) if type(p) in _COMPACT else compact(p) "
                      "if is_dataclass(p) else _json(p) for p in m.parts]")
     lines.append("return out")
-    return _written(f"compact_{cls.__name__}", "m", lines, namespace)
+    return _written(cls, "m", lines, namespace)
 
 
 # Per dataclass (a handful of classes, kept for the process): its compact reader.
@@ -134,7 +141,7 @@ def request_reader(
     for n in field_defaults(cls):
         if n in volatile:
             continue
-        lines += [f"v = m.{n}",
+        lines += [f"v = {_load(n)}",
                   "if type(v) is str:",
                   f"    out[{n!r}] = v",
                   "elif v is not None:",
@@ -143,7 +150,7 @@ def request_reader(
                   f"        out[{n!r}] = v"]
     lines += ["out['role'] = out.pop('part_kind', kind)", "return out"]
     namespace = {"_plain": _plain, "_EMPTY": _EMPTY, "copy": copy}
-    return _written(f"request_{cls.__name__}", "m, kind", lines, namespace)
+    return _written(cls, "m, kind", lines, namespace)
 
 
 __all__ = ["NotPlain", "compact", "field_defaults", "request_reader"]

@@ -166,3 +166,20 @@ def test_plain_copy_is_the_plain_copy_without_volatile_keys(value: Any) -> None:
             pa_json.plain_copy(value)
         return
     assert json.dumps(pa_json.plain_copy(value)) == expected
+
+
+def test_a_field_whose_name_is_no_identifier_is_read_too() -> None:
+    import copy
+    import dataclasses
+
+    from castor.frameworks._pydantic_ai_readers import compact, request_reader
+
+    Odd = dataclasses.make_dataclass("Odd", [("a", str | None, dataclasses.field(default=None))])
+    odd = Odd(a="x")
+    setattr(odd, "not an identifier", "y")
+    odd_field = copy.copy(Odd.__dataclass_fields__["a"])  # a hand-made class's: make_dataclass refuses the name
+    odd_field.name = "not an identifier"
+    Odd.__dataclass_fields__[odd_field.name] = odd_field
+    assert compact(odd) == {"a": "x", "not an identifier": "y"}
+    assert request_reader(Odd, frozenset(), lambda v: v)(odd, "request") == {"a": "x", "not an identifier": "y",
+                                                                             "role": "request"}
