@@ -56,8 +56,11 @@ def _json(value: Any) -> Any:
 def _usage(usage: RequestUsage) -> dict[str, Any]:
     """A ``RequestUsage`` as its instance's own values: it keeps only the counts it was given (and any
     extra key), which the adapter validates back (its serializer and ``==`` run Python for every field)."""
-    return {k: v if type(v) in _SCALARS else to_jsonable_python(v) for k, v in vars(usage).items()
-            if v or k != "details"}
+    out = {}
+    for k, v in vars(usage).items():  # a loop, not a comprehension: no frame of its own (5.5k -> 4.5k, callgrind)
+        if v or k != "details":
+            out[k] = v if type(v) in _SCALARS else to_jsonable_python(v)
+    return out
 
 
 def _written(cls: type, params: str, lines: list[str], namespace: dict[str, Any]) -> Callable[..., Any]:
