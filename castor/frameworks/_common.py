@@ -279,7 +279,11 @@ class IdentityCache:
         hit = entries.get(id(message))
         if hit is not None and hit[0] is message:
             return hit[1]
-        return self.put(message, self._convert(message))
+        value = self._convert(message)
+        if len(entries) >= self._size:
+            return self.put(message, value)
+        entries[id(message)] = (message, value)  # put's common case here: a method call less per new message
+        return value
 
     def put(self, message: Any, value: Any) -> Any:
         """Remember ``value`` as ``convert(message)`` (known already, e.g. from the response just journaled)."""

@@ -11,22 +11,17 @@ from the messages' dataclass fields:
   here). ``tests/frameworks/test_pydantic_ai_json.py`` holds both forms equal.
 - ``cached_message``: a request message's canonical parts (``request_parts``, else the adapter's dump),
   made once per message object; ``model_response(s)``: the messages a journaled response stands for.
-- ``compact``: a message's fields that differ from their defaults, its kind and its parts' kinds always,
-  as JSON: the adapter validates it back into an equal message (the defaults fill the rest). A
-  ``RequestUsage`` is journaled as the counts its instance holds (those it was given), not as its
-  serializer's dump of every count.
+- ``compact`` (``castor.frameworks._pydantic_ai_readers``): a message's fields that differ from their
+  defaults, its kind and its parts' kinds always, as JSON: the adapter validates it back into an equal
+  message (the defaults fill the rest).
 
-``compact`` reads a response (twenty fields, nearly all None) with ``attrgetter`` and drops the None ones
-with C-level iterators, and takes a part whose values are all strings as it is, so Python runs only for the
-fields that hold something else.
+Both read a message with a function written for its class (``_pydantic_ai_readers``): a loop over twenty
+field names cost more than the rest of a guarded step's conversions.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Iterable, Sequence
-from itertools import compress, repeat
-from operator import attrgetter, is_not
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic_ai.messages import (
@@ -39,159 +34,35 @@ from pydantic_ai.messages import (
     ToolReturnPart,
     UserPromptPart,
 )
-from pydantic_ai.usage import RequestUsage
-from pydantic_core import to_jsonable_python
 
 from castor.frameworks._common import IdentityCache, canonical_part
-from castor.llm.cost import NotPlain, plain_sized
+from castor.frameworks._pydantic_ai_readers import NotPlain, request_reader
 
 _READ = frozenset({UserPromptPart, SystemPromptPart, ToolReturnPart, TextPart, ToolCallPart})
-_REQUIRED = object()
-_KINDS = ("kind", "part_kind")  # the adapter's discriminators: always journaled
-_NONES = repeat(None)  # never exhausted: shared by every map(is_not, values, _NONES)
+# Per part class read here: its request reader (``request_reader``), written when first met.
+_READERS: dict[type, Callable[[Any, str], dict[str, Any]]] = {}
 
 
-def _field_defaults(cls: type) -> dict[str, Any]:
-    defaults: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            defaults[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            defaults[f.name] = f.default_factory()  # a timestamp or an id differs from it: journaled
-        else:
-            defaults[f.name] = _REQUIRED
-    return defaults
-
-
-_defaults = IdentityCache(_field_defaults, size=128)
-
-
-def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
-    """The values of fields ``names`` of an object, as a tuple (``attrgetter``, whatever their number)."""
-    if len(names) == 1:
-        one = attrgetter(names[0])
-        return lambda x: (one(x),)
-    return attrgetter(*names) if names else (lambda _: ())
-
-
-class _Fields:
-    """Some fields of a dataclass, read together: ``present(x)`` is a dict of those whose value is not None,
-    found by C-level iterators (a response has twenty fields, nearly all None: a Python loop over them costs
-    more than the rest of converting the message). Not from the instance's ``__dict__``: reading it makes
-    CPython give the object a real dict, and every later attribute read of that message (pydantic-ai reads
-    the whole history at every step) takes the slower path."""
-
-    def __init__(self, names: Iterable[str]) -> None:
-        self.names = tuple(names)
-        self._values = _getter(self.names)
-
-    def present(self, message: Any) -> dict[str, Any]:
-        """``{name: value}`` of the fields whose value is not None, in field order."""
-        values = self._values(message)
-        keep = list(map(is_not, values, _NONES))
-        return dict(zip(compress(self.names, keep), compress(values, keep), strict=True))
-
-
-@dataclasses.dataclass(frozen=True)
-class _Compact:
-    """How ``compact`` reads a dataclass: its fields whose default is None (journaled when not None, with
-    no comparison), those always journaled (its kind, the required ones), those journaled when they differ
-    from their default, and whether it has parts."""
-
-    nones: _Fields
-    always: tuple[str, ...]
-    always_values: Callable[[Any], tuple[Any, ...]]
-    compared: tuple[tuple[str, Any], ...]
-    parts: bool
-
-
-# Per dataclass (a handful of classes, kept for the process): how ``compact`` reads it.
-_COMPACT: dict[type, _Compact] = {}
-
-
-def _compact_shape(cls: type) -> _Compact:
-    shape = _COMPACT.get(cls)
-    if shape is None:
-        defaults = _field_defaults(cls)
-        always = tuple(n for n, d in defaults.items() if n != "parts" and (n in _KINDS or d is _REQUIRED))
-        shape = _COMPACT[cls] = _Compact(
-            nones=_Fields(n for n, d in defaults.items() if d is None), always=always, always_values=_getter(always),
-            compared=tuple((n, d) for n, d in defaults.items()
-                           if d is not None and d is not _REQUIRED and n not in _KINDS and n != "parts"),
-            parts="parts" in defaults,
-        )
-    return shape
-
-
-_SCALARS = frozenset({str, int, bool, type(None)})  # their own JSON (``_json`` inlined where it runs most)
-
-
-def _json(value: Any) -> Any:
-    return value if type(value) in _SCALARS else to_jsonable_python(value)
-
-
-def _usage(usage: RequestUsage) -> dict[str, Any]:
-    """A ``RequestUsage`` as its instance's own values: it keeps only the counts it was given (and any
-    extra key), which the adapter validates back (its serializer and ``==`` run Python for every field)."""
-    return {k: v if type(v) in _SCALARS else to_jsonable_python(v) for k, v in vars(usage).items()
-            if v or k != "details"}
-
-
-def compact(message: Any) -> dict[str, Any]:
-    """``message`` (a dataclass) as JSON holding only what its defaults do not say (parts part by part)."""
-    shape = _compact_shape(type(message))
-    out = shape.nones.present(message)
-    out.update(zip(shape.always, shape.always_values(message), strict=True))
-    if not _SCALARS.issuperset(map(type, out.values())):  # C-level: usually strings only
-        for name, value in out.items():
-            if type(value) not in _SCALARS:
-                out[name] = to_jsonable_python(value)
-    for name, default in shape.compared:
-        value = getattr(message, name)
-        if type(value) is RequestUsage:
-            usage = _usage(value)
-            if usage:
-                out[name] = usage
-        elif value is not default and value != default:
-            out[name] = _json(value)
-    if shape.parts:
-        out["parts"] = [compact(part) if type(part) in _COMPACT or dataclasses.is_dataclass(part) else _json(part)
-                        for part in message.parts]
-    return out
-
-
-def request_parts(message: Any, volatile: frozenset[str], plain: Callable[[Any], Any]) -> list[dict[str, Any]] | None:
-    """The message's parts as the canonical request holds them (``plain``: the guard's filter of volatile
-    and empty values), read from its fields; None if a part is not plain JSON data."""
+def request_parts(message: Any) -> list[dict[str, Any]] | None:
+    """The message's parts as the canonical request holds them, read from its fields (volatile and empty
+    values left out); None if a part is not plain JSON data."""
     out: list[dict[str, Any]] = []
     instructions = getattr(message, "instructions", None)
     if instructions:
         if type(instructions) is not str:
             return None
         out.append({"role": "instructions", "content": instructions})
-    for part in message.parts:
-        cls = type(part)
-        if cls not in _READ:
-            return None
-        fields: dict[str, Any] = {}
-        # A loop: for a part's handful of fields it costs fewer instructions than reading them with
-        # attrgetter and dropping the None ones at C level, as compact does a response's twenty (40.5k against
-        # 57.8k a step's two messages, callgrind: attrgetter has no inline cache, the bytecode does).
-        for name in _defaults(cls):
-            if name in volatile:
-                continue
-            value = getattr(part, name)
-            kind = type(value)
-            if value is None or ((kind is dict or kind is list) and not value):
-                continue
-            if kind is not str and kind is not int and kind is not bool:
-                try:
-                    value = plain(plain_sized(value)[0])
-                except NotPlain:
+    kind = message.kind
+    try:
+        for part in message.parts:
+            read = _READERS.get(type(part))
+            if read is None:
+                if type(part) not in _READ:
                     return None
-            fields[name] = value
-        fields["role"] = fields.pop("part_kind", message.kind)
-        out.append(fields)
+                read = _READERS[type(part)] = request_reader(type(part), VOLATILE, plain_copy)
+            out.append(read(part, kind))
+    except NotPlain:
+        return None
     return out
 
 
@@ -211,10 +82,38 @@ def without_volatile(value: Any) -> Any:
     return value
 
 
+def plain_copy(value: Any) -> Any:
+    """A copy of plain JSON data without the volatile keys and the empty ones, in one walk: what
+    ``without_volatile(plain_sized(value)[0])`` gives (a tool call's arguments, a tool's result), at half its
+    cost (two walks and a size nobody reads). ``NotPlain`` for anything JSON spells another way, volatile
+    keys' values included, as ``plain_sized`` raises it."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is dict:
+        out = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                raise NotPlain
+            copy = plain_copy(item)  # checked even where it is left out
+            if key in VOLATILE or item is None or ((type(item) is dict or type(item) is list) and not item):
+                continue
+            out[key] = copy
+        return out
+    if kind is list:
+        return [plain_copy(item) for item in value]
+    if kind is float and value == value and value != _INF and value != -_INF:
+        return value
+    raise NotPlain
+
+
+_INF = float("inf")
+
+
 def _message_json(message: ModelMessage) -> list[dict[str, Any]]:
     """One message part by part, each with its ``role`` (pydantic-ai's part kind): read from its fields
     when they are plain JSON data (``request_parts``, fresh copies already), else from pydantic-ai's dump."""
-    parts = request_parts(message, VOLATILE, without_volatile)
+    parts = request_parts(message)
     if parts is not None:
         return parts
     return canonical_part(_parts_json(ModelMessagesTypeAdapter.dump_python([message], mode="json")[0]))

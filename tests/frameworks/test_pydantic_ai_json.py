@@ -4,6 +4,7 @@ rebuild an equal message."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +26,7 @@ from pydantic_ai.messages import (
     UserPromptPart,
 )
 from pydantic_ai.usage import RequestUsage
+from pydantic_core import to_jsonable_python
 
 from castor.frameworks import _pydantic_ai_json as pa_json
 from castor.frameworks import pydantic_ai as guard_module
@@ -68,9 +70,9 @@ def test_a_message_read_from_its_fields_is_the_request_pydantic_ais_dump_gives(m
 
 
 def test_parts_that_are_not_plain_json_are_left_to_pydantic_ais_dump() -> None:
-    read = [request_parts(m, pa_json.VOLATILE, pa_json.without_volatile) is not None for m in REQUESTS]
+    read = [request_parts(m) is not None for m in REQUESTS]
     assert read == [True, True, True, True, False, False, False, True]
-    assert request_parts(RESPONSES[3], pa_json.VOLATILE, pa_json.without_volatile) is None  # a ThinkingPart
+    assert request_parts(RESPONSES[3]) is None  # a ThinkingPart
 
 
 @pytest.mark.parametrize("response", RESPONSES, ids=lambda m: type(m).__name__)
@@ -90,26 +92,94 @@ def test_a_response_journaled_whole_by_an_earlier_version_still_rebuilds() -> No
     assert guard_module.model_response(journaled) == response
 
 
-
-
 def test_fields_are_read_with_or_without_an_instance_dict_and_at_their_class_defaults() -> None:
     import dataclasses
 
-    from castor.frameworks._pydantic_ai_json import _Fields
+    from castor.frameworks._pydantic_ai_readers import compact, request_reader
 
     @dataclasses.dataclass(slots=True)
     class Slotted:
         a: str | None = None
         b: int | None = None
+        part_kind: str = "slotted"
 
+    @dataclasses.dataclass
     class Sparse:  # sets only what it is given, as pydantic-ai's usage does
         a: str | None = None
         b: int | None = None
 
-    sparse = Sparse()
+    sparse = Sparse.__new__(Sparse)
     sparse.b = 0
-    fields = _Fields(["a", "b"])
-    assert fields.present(Slotted(b=0)) == {"b": 0}
-    assert fields.present(sparse) == {"b": 0}
-    assert fields.present(Slotted(a="x", b=1)) == {"a": "x", "b": 1}
-    assert _Fields(["a"]).present(Slotted(a="x")) == {"a": "x"}
+    assert compact(Slotted(b=0)) == {"b": 0, "part_kind": "slotted"}
+    assert compact(sparse) == {"b": 0}
+    assert compact(Slotted(a="x", b=1)) == {"a": "x", "b": 1, "part_kind": "slotted"}
+    read = request_reader(Slotted, frozenset({"b"}), lambda v: v)
+    assert read(Slotted(a="x", b=1), "request") == {"a": "x", "role": "slotted"}
+    assert request_reader(Sparse, frozenset(), lambda v: v)(sparse, "request") == {"b": 0, "role": "request"}
+
+
+def test_a_generated_reader_gives_what_reading_the_fields_by_name_gives() -> None:
+    """The readers are written per class for speed; their output, key order included, is the journal's."""
+    import dataclasses
+
+    from castor.frameworks._pydantic_ai_readers import _REQUIRED, compact, field_defaults
+
+    def by_name(x: Any) -> Any:  # compact as a plain loop over the fields, the reference
+        if not dataclasses.is_dataclass(x):
+            return to_jsonable_python(x) if type(x) not in (str, int, bool, type(None)) else x
+        defaults = field_defaults(type(x))
+        nones = {n: by_name(getattr(x, n)) for n, d in defaults.items() if d is None and getattr(x, n) is not None}
+        always = {n: by_name(getattr(x, n)) for n, d in defaults.items()
+                  if n != "parts" and (n in ("kind", "part_kind") or d is _REQUIRED)}
+        out = {**nones, **always}
+        for n, d in defaults.items():
+            if n in out or n in always or n == "parts" or d is None or d is _REQUIRED:
+                continue
+            v = getattr(x, n)
+            if isinstance(v, RequestUsage):
+                counts = {k: c for k, c in vars(v).items() if c or k != "details"}
+                if counts:
+                    out[n] = counts
+            elif v is not d and v != d:
+                out[n] = by_name(v)
+        if "parts" in defaults:
+            out["parts"] = [by_name(p) for p in x.parts]
+        return out
+
+    for message in REQUESTS + RESPONSES:
+        assert json.dumps(compact(message)) == json.dumps(by_name(message))  # the journal's bytes
+
+
+@pytest.mark.parametrize("value", [
+    "s", 0, False, None, 1.5, [], {}, {"a": {}, "b": [], "c": None, "d": 0, "e": "", "f": False},
+    {"timestamp": 1, "x": {"id": "i", "y": [{"run_id": "r", "z": [1, {}]}]}}, [{"usage": {}}, [], None],
+    {"a": {"timestamp": 1}}, {"a": (1,)}, {"timestamp": (1,)}, {1: "x"}, [float("nan")], {"a": float("inf")},
+    {"a": Found(path="/a", size=1)},
+])
+def test_plain_copy_is_the_plain_copy_without_volatile_keys(value: Any) -> None:
+    from castor.llm.cost import NotPlain, plain_sized
+
+    try:
+        expected = json.dumps(pa_json.without_volatile(plain_sized(value)[0]))
+    except NotPlain:
+        with pytest.raises(NotPlain):
+            pa_json.plain_copy(value)
+        return
+    assert json.dumps(pa_json.plain_copy(value)) == expected
+
+
+def test_a_field_whose_name_is_no_identifier_is_read_too() -> None:
+    import copy
+    import dataclasses
+
+    from castor.frameworks._pydantic_ai_readers import compact, request_reader
+
+    Odd = dataclasses.make_dataclass("Odd", [("a", str | None, dataclasses.field(default=None))])
+    odd = Odd(a="x")
+    setattr(odd, "not an identifier", "y")
+    odd_field = copy.copy(Odd.__dataclass_fields__["a"])  # a hand-made class's: make_dataclass refuses the name
+    odd_field.name = "not an identifier"
+    Odd.__dataclass_fields__[odd_field.name] = odd_field
+    assert compact(odd) == {"a": "x", "not an identifier": "y"}
+    assert request_reader(Odd, frozenset(), lambda v: v)(odd, "request") == {"a": "x", "not an identifier": "y",
+                                                                             "role": "request"}
