@@ -143,7 +143,6 @@ class FencedRuns(_Fenced):
         fence = self._fences.fence(checkpoint.pid)
         await self._inner.save(checkpoint, owner=owner, fence=fence, reopen=reopen)
 
-
     async def create(self, checkpoint: AgentCheckpoint) -> None:
         """Create a run this coordinator holds (``RunStore.create``)."""
         await self._fences.check(checkpoint.pid)

@@ -34,7 +34,7 @@ from castor.errors import (
     UnknownToolError,
 )
 from castor.kernel import Castor, runner
-from castor.kernel.forks import store_fork
+from castor.kernel.forks import refuse_leftover, store_fork
 from castor.policies import auto_approve, auto_reject, interactive
 from castor.seams import Backend
 
@@ -226,7 +226,10 @@ async def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _create(backend: Backend, cp: AgentCheckpoint, args: argparse.Namespace) -> None:
-    """Store the new run's header once (``RunStore.create``): ``RunExistsError`` with how to continue it."""
+    """Store the new run's header once (``RunStore.create``): ``RunExistsError`` with how to continue it. A pid
+    whose journal holds steps but no run (a fork whose forker stopped before storing it) is refused too: a new
+    run under it would be served those steps as its own."""
+    await refuse_leftover(backend, cp.pid)
     try:
         await backend.runs.create(cp)
     except RunExistsError:

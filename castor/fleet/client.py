@@ -94,6 +94,7 @@ class FleetClient:
         if checkpoint.spec is None:
             raise ConfigError(f"run {checkpoint.pid!r} has no spec: a coordinator could not rebuild its kernel")
         if not stored:
+            await forks.refuse_leftover(backend, checkpoint.pid)
             await backend.runs.create(checkpoint)
         p = self.prefix
         queued = await self._call(

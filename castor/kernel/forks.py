@@ -44,3 +44,12 @@ async def store_fork(backend: Backend, parent_pid: str, child: AgentCheckpoint, 
         await backend.runs.create(header_of(child, at_step))
     except RunExistsError:
         raise RunExistsError(child.pid, hint) from None
+
+
+async def refuse_leftover(backend: Backend, pid: str) -> None:
+    """``RunExistsError`` if ``pid``'s journal holds steps though no run of it is stored (a fork whose forker
+    stopped after step 1): a new run created under that pid would be served those steps as its own."""
+    # Steps under a stored run are that run's (created first, journaled after): its creator says it exists.
+    if await backend.journal.length(pid) and await backend.runs.load(pid) is None:
+        raise RunExistsError(pid, "its journal holds steps (a fork whose forker stopped before storing it: fork "
+                                  "it again to complete it); choose another pid")

@@ -91,6 +91,13 @@ def test_a_fork_whose_forker_died_is_completed_or_driven_by_the_next(
     assert executions(tmp_path) == 3
     shares_prefix(url, "racy::fork-2", 2)
 
+    # A fork under a chosen pid left as a pointer: a new run under that pid would replay the parent's steps.
+    dies_forking(tmp_path, "header", *store, "fork", "racy", "--at-step", "3", "--pid", "orphan")
+    fresh = castor(tmp_path, *store, "run", "agent.py:job", "--tool", "tools.py:wipe", "--destructive",
+                   "--tool", "tools.py:note", "--pid", "orphan")
+    assert fresh.returncode == 1, fresh.stdout + fresh.stderr
+    assert "'orphan' exists already; its journal holds steps" in fresh.stderr, fresh.stderr
+
 
 def test_a_fleet_fork_stored_but_never_submitted_is_submitted_by_the_next_fork(
     tmp_path: Path, redis_url: str, redis_prefix: str
@@ -109,6 +116,13 @@ def test_a_fleet_fork_stored_but_never_submitted_is_submitted_by_the_next_fork(
         shares_prefix(url, "racy::fork-1", 1)
         refused = castor(tmp_path, "--store", url, "fork", "racy", "--at-step", "1")
         assert refused.returncode == 1 and "'racy::fork-1' exists already" in refused.stderr, refused.stderr
+        assert client.lrange(queue, 0, -1) == ["racy::fork-1"]
+        # A fleet fork left as a pointer under a chosen pid: a run submitted under it is refused, not queued.
+        dies_forking(tmp_path, "header", "--store", url, "fork", "racy", "--at-step", "2", "--pid", "orphan")
+        fresh = castor(tmp_path, "--store", url, "submit", "agent.py:job", "--tool", "tools.py:wipe", "--destructive",
+                       "--tool", "tools.py:note", "--pid", "orphan")
+        assert fresh.returncode == 1, fresh.stdout + fresh.stderr
+        assert "'orphan' exists already; its journal holds steps" in fresh.stderr, fresh.stderr
         assert client.lrange(queue, 0, -1) == ["racy::fork-1"]
     finally:
         client.close()
