@@ -44,7 +44,7 @@ from smolagents.agent_types import handle_agent_output_types
 from smolagents.agents import ActionOutput, ToolOutput
 from smolagents.memory import ActionStep, ToolCall
 from smolagents.models import ChatMessage, parse_json_if_needed
-from smolagents.monitoring import LogLevel
+from smolagents.monitoring import AgentLogger, LogLevel, Monitor
 
 from castor.checkpoint import SyscallRecord
 from castor.frameworks._common import in_thread, jsonable
@@ -61,6 +61,7 @@ _DEFAULTS = {"stream": False, "reset": True, "images": None, "additional_args": 
 _STATEFUL_OUTPUTS = frozenset({"image", "audio"})  # smolagents keeps such a result in the agent's state
 # The agent's methods a late start stands in for during its run (instance attributes, removed after it).
 _LATE_METHODS = ("_step_stream", "_finalize_step", "initialize_system_prompt", "write_memory_to_messages")
+_UPDATE_METRICS = Monitor.update_metrics  # the monitor's count a late start keeps itself at a quiet level
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,17 +83,23 @@ async def run(agent: Any, task: str, options: dict[str, Any], guarded_model: typ
         return await in_thread(agent.run, task, **options)
     found, skipped = planned
     own = vars(agent)
+    logger = agent.logger
+    quiet = vars(logger) if type(logger) is AgentLogger else None  # its log_rule shadowed (_log_rule)
 
     async def late() -> Any:
         # Instance attributes shadow the class's methods for this run only: smolagents' loop calls them by name.
         own["_step_stream"] = _late_steps(agent, skipped)
         own["_finalize_step"] = _finalize(agent)
         own["initialize_system_prompt"] = functools.partial(_system_prompt, agent)
+        if quiet is not None:
+            quiet["log_rule"] = functools.partial(_log_rule, logger)
         try:
             return await in_thread(agent.run, task, **options)
         finally:
             for name in _LATE_METHODS:
                 own.pop(name, None)
+            if quiet is not None:
+                quiet.pop("log_rule", None)
 
     return await start_late(ctx, found, late, lambda: in_thread(agent.run, task, **options),
                             what="the smolagents agent")
@@ -209,18 +216,38 @@ def _late_steps(agent: Any, skipped: list[_Skipped]) -> Callable[[ActionStep], I
     return step_stream
 
 
+def _log_rule(logger: AgentLogger, title: str, level: int = LogLevel.INFO) -> None:
+    """``AgentLogger.log_rule`` without building its rich ``Rule`` when its level prints nothing: it logs at
+    INFO whatever ``level`` says (each step's rule; 12k instructions a step at a level that shows none)."""
+    if LogLevel.INFO <= logger.level:
+        AgentLogger.log_rule(logger, title, level)
+
+
 def _finalize(agent: Any) -> Callable[[Any], None]:
     """The agent's ``_finalize_step`` for this run: an action step's end time and the monitor's count, which
     is what smolagents' callback registry calls for it when it holds the monitor's callback only (``_plain``),
-    without its signature inspection at every step."""
-    own, update = type(agent)._finalize_step, agent.monitor.update_metrics
+    without its signature inspection at every step. When the monitor's line would not show (its logger's
+    level under INFO), its counts are kept as ``Monitor.update_metrics`` keeps them, without the line's text
+    and rich ``Text`` (40k instructions a step)."""
+    own, monitor = type(agent)._finalize_step, agent.monitor
+    update = monitor.update_metrics
+    counts = type(monitor) is Monitor and type(monitor).update_metrics is _UPDATE_METRICS and type(
+        monitor.logger) is AgentLogger
 
     def finalize(memory_step: Any) -> None:
         if type(memory_step) is not ActionStep:
             own(agent, memory_step)
             return
-        memory_step.timing.end_time = time.time()
-        update(memory_step)
+        timing = memory_step.timing
+        timing.end_time = time.time()
+        if not counts or LogLevel.INFO <= monitor.logger.level:
+            update(memory_step)
+            return
+        monitor.step_durations.append(timing.duration)
+        usage = memory_step.token_usage
+        if usage is not None:
+            monitor.total_input_token_count += usage.input_tokens
+            monitor.total_output_token_count += usage.output_tokens
 
     return finalize
 
