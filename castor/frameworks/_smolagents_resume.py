@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +41,6 @@ from rich.panel import Panel
 from rich.text import Text
 from smolagents import Tool, ToolCallingAgent
 from smolagents.agent_types import handle_agent_output_types
-from smolagents.agents import ActionOutput, ToolOutput
 from smolagents.memory import ActionStep, ToolCall
 from smolagents.models import ChatMessage, parse_json_if_needed
 from smolagents.monitoring import AgentLogger, LogLevel, Monitor
@@ -66,11 +65,15 @@ _UPDATE_METRICS = Monitor.update_metrics  # the monitor's count a late start kee
 
 @dataclass(frozen=True, slots=True)
 class _Skipped:
-    """A skipped action step: its answer as replayed, its tool calls and their outputs, in the answer's order."""
+    """A skipped action step: its answer as replayed, its tool calls, their tools and observations in the
+    answer's order, and the calls and observations as the step's memory keeps them (by call id)."""
 
     message: ChatMessage
     calls: list[ToolCall]
-    outputs: list[ToolOutput]
+    tools: list[Tool]
+    observations: list[str]
+    memory_calls: list[ToolCall]
+    memory_observations: str
 
 
 async def run(agent: Any, task: str, options: dict[str, Any], guarded_model: type, guarded_forward: type) -> Any:
@@ -169,7 +172,8 @@ def _skipped(agent: Any, record: SyscallRecord, tools: list[SyscallRecord], guar
         return None
     unused = list(tools)
     calls: list[ToolCall] = []
-    outputs: list[ToolOutput] = []
+    used: list[Tool] = []
+    observations: list[str] = []
     for asked_call in asked:
         function = asked_call.function
         function.arguments = parse_json_if_needed(function.arguments)  # in place, as _step_stream does
@@ -186,16 +190,19 @@ def _skipped(agent: Any, record: SyscallRecord, tools: list[SyscallRecord], guar
         if found is None or found.failure is not None:  # a failed call: an error smolagents words itself
             return None
         unused.remove(found)
-        call = ToolCall(name=name, arguments=arguments, id=asked_call.id)
+        calls.append(ToolCall(name=name, arguments=arguments, id=asked_call.id))
+        used.append(tool)
         # The guarded tool returns the journaled result on replay; Tool.__call__ gives it smolagents' type.
-        result = handle_agent_output_types(found.response, tool.output_type)
-        calls.append(call)
-        outputs.append(ToolOutput(id=call.id, output=result, is_final_answer=False,
-                                  observation=str(result).strip(), tool_call=call))
-    return _Skipped(message, calls, outputs)
+        observations.append(str(handle_agent_output_types(found.response, tool.output_type)).strip())
+    if len(calls) == 1:  # process_tool_calls' memory: calls and observations by id, observations joined
+        return _Skipped(message, calls, used, observations, calls, observations[0])
+    order = sorted(range(len(calls)), key=lambda i: calls[i].id)
+    joined = "".join(observations[i] + "\n" for i in order)
+    return _Skipped(message, calls, used, observations, [calls[i] for i in order],
+                    joined.rstrip("\n") if joined else joined)
 
 
-def _late_steps(agent: Any, skipped: list[_Skipped]) -> Callable[[ActionStep], Iterator[Any]]:
+def _late_steps(agent: Any, skipped: list[_Skipped]) -> Callable[[ActionStep], Iterable[Any]]:
     """The agent's ``_step_stream`` for this run: the skipped steps from ``skipped``, then smolagents' own
     (the landing step's conversation the one the skipped steps made: equal messages, not made again)."""
     own, attributes = type(agent)._step_stream, vars(agent)
@@ -205,7 +212,7 @@ def _late_steps(agent: Any, skipped: list[_Skipped]) -> Callable[[ActionStep], I
         del attributes["write_memory_to_messages"]  # once: the steps after the landing step make theirs
         return conversation.copy() if not summary_mode else type(agent).write_memory_to_messages(agent, True)
 
-    def step_stream(memory_step: ActionStep) -> Iterator[Any]:
+    def step_stream(memory_step: ActionStep) -> Iterable[Any]:
         at = memory_step.step_number - 1
         if at < len(skipped):
             return _skipped_step(agent, memory_step, skipped[at], conversation)
@@ -219,7 +226,7 @@ def _late_steps(agent: Any, skipped: list[_Skipped]) -> Callable[[ActionStep], I
 def _log_rule(logger: AgentLogger, title: str, level: int = LogLevel.INFO) -> None:
     """``AgentLogger.log_rule`` without building its rich ``Rule`` when its level prints nothing: it logs at
     INFO whatever ``level`` says (each step's rule; 12k instructions a step at a level that shows none)."""
-    if LogLevel.INFO <= logger.level:
+    if logger.level >= LogLevel.INFO:
         AgentLogger.log_rule(logger, title, level)
 
 
@@ -240,7 +247,7 @@ def _finalize(agent: Any) -> Callable[[Any], None]:
             return
         timing = memory_step.timing
         timing.end_time = time.time()
-        if not counts or LogLevel.INFO <= monitor.logger.level:
+        if not counts or monitor.logger.level >= LogLevel.INFO:
             update(memory_step)
             return
         monitor.step_durations.append(timing.duration)
@@ -253,8 +260,11 @@ def _finalize(agent: Any) -> Callable[[Any], None]:
 
 
 def _skipped_step(agent: Any, memory_step: ActionStep, step: _Skipped, conversation: list[ChatMessage]
-                  ) -> Iterator[Any]:
-    """What ``ToolCallingAgent._step_stream`` and ``process_tool_calls`` do at a step, from the journal."""
+                  ) -> tuple[()]:
+    """What ``ToolCallingAgent._step_stream`` and ``process_tool_calls`` do to the memory step, the logs and
+    the tools at a step, from the journal. What they yield (the calls, their outputs, the step's output) is
+    not yielded: in a run that does not stream (``_plain``), ``run`` keeps only the final answer's step and
+    ``_run_stream`` looks only for a final answer, which a skipped step is not."""
     if not conversation:  # the system prompt and the task: the loop's first step
         conversation += agent.write_memory_to_messages()
     memory_step.model_input_messages = conversation.copy()
@@ -266,25 +276,21 @@ def _skipped_step(agent: Any, memory_step: ActionStep, step: _Skipped, conversat
     if logger.level >= LogLevel.DEBUG:  # smolagents builds the markdown whatever the level: only when shown here
         logger.log_markdown(content=str(message.content or message.raw or ""), title="Output message of the LLM:",
                             level=LogLevel.DEBUG)
-    yield from step.calls
-    shown = logger.level >= LogLevel.INFO
-    for output in step.outputs:
-        call = output.tool_call
-        if shown:
+    if logger.level >= LogLevel.INFO:
+        for call, tool, observation in zip(step.calls, step.tools, step.observations, strict=True):
             logger.log(Panel(Text(f"Calling tool: '{call.name}' with arguments: {call.arguments or {}}")),
                        level=LogLevel.INFO)
-        tool = agent.tools[call.name]
-        if not tool.is_initialized:  # Tool.__call__ sets a tool up at its first call
-            tool.setup()
-        if shown:
-            logger.log(f"Observations: {output.observation.replace('[', '|')}", level=LogLevel.INFO)
-        yield output
-    by_id = {output.id: output for output in step.outputs}
-    memory_step.tool_calls = [by_id[k].tool_call for k in sorted(by_id)]
-    observations = "".join(by_id[k].observation + "\n" for k in sorted(by_id))
-    memory_step.observations = observations.rstrip("\n") if observations else observations
+            if not tool.is_initialized:  # Tool.__call__ sets a tool up at its first call
+                tool.setup()
+            logger.log(f"Observations: {observation.replace('[', '|')}", level=LogLevel.INFO)
+    else:
+        for tool in step.tools:
+            if not tool.is_initialized:
+                tool.setup()
+    memory_step.tool_calls = step.memory_calls
+    memory_step.observations = step.memory_observations
     conversation += memory_step.to_messages()  # what the next step's write_memory_to_messages adds for it
-    yield ActionOutput(output=None, is_final_answer=False)
+    return ()
 
 
 @functools.lru_cache(maxsize=64)
