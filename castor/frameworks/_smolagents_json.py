@@ -189,7 +189,17 @@ _ROLES = {role.value: role for role in MessageRole}
 _ANSWER_KEYS = frozenset({"content", "role", "tool_calls"})  # what answer_json journals, in order
 _FUNCTION_KEYS = frozenset({"arguments", "description", "name"})
 _CALL_KEYS = frozenset({"function", "id", "type"})
-_STRINGS = frozenset({str})
+
+
+def _plain_copy(value: Any) -> Any:
+    """``copied(value)``: a call's arguments, usually a dict of strings and numbers, copied as it is."""
+    if type(value) is dict:
+        for key, item in value.items():
+            kind = type(item)
+            if type(key) is not str or not (kind is str or kind is int or kind is bool or item is None):
+                return copied(value)
+        return value.copy()
+    return copied(value)
 
 
 def _answer(message: Any, token_usage: TokenUsage | None) -> ChatMessage:
@@ -198,7 +208,8 @@ def _answer(message: Any, token_usage: TokenUsage | None) -> ChatMessage:
     the content and each call's arguments copied, the rest strings. ``NotPlain`` for anything else."""
     if type(message) is not dict or message.keys() != _ANSWER_KEYS:
         raise NotPlain
-    role = _ROLES.get(message["role"]) if type(message["role"]) is str else None
+    role = message["role"]
+    role = _ROLES.get(role) if type(role) is str else None
     calls = message["tool_calls"]
     if role is None or (calls is not None and type(calls) is not list):
         raise NotPlain
@@ -206,15 +217,20 @@ def _answer(message: Any, token_usage: TokenUsage | None) -> ChatMessage:
     if calls:
         built = []
         for call in calls:
-            function = call.get("function") if type(call) is dict else None
-            if (type(function) is not dict or function.keys() != _FUNCTION_KEYS or call.keys() != _CALL_KEYS
-                    or not _STRINGS.issuperset((type(function["name"]), type(call["id"]), type(call["type"])))
-                    or not (function["description"] is None or type(function["description"]) is str)):
+            if type(call) is not dict or call.keys() != _CALL_KEYS:
+                raise NotPlain
+            function = call["function"]
+            if type(function) is not dict or function.keys() != _FUNCTION_KEYS:
+                raise NotPlain
+            name, ident, kind, description = function["name"], call["id"], call["type"], function["description"]
+            if (type(name) is not str or type(ident) is not str or type(kind) is not str
+                    or not (description is None or type(description) is str)):
                 raise NotPlain
             built.append(ChatMessageToolCall(
-                function=ChatMessageToolCallFunction(arguments=copied(function["arguments"]), name=function["name"],
-                                                     description=function["description"]),
-                id=call["id"], type=call["type"]))
+                function=ChatMessageToolCallFunction(arguments=_plain_copy(function["arguments"]), name=name,
+                                                     description=description),
+                id=ident, type=kind))
+    content = message["content"]
     # from_dict takes the calls over only when there are some: an empty list stays one
-    return ChatMessage(role=role, content=copied(message["content"]), tool_calls=built if calls else calls,
-                       token_usage=token_usage)
+    return ChatMessage(role=role, content=content if type(content) is str else copied(content),
+                       tool_calls=built if calls else calls, token_usage=token_usage)
