@@ -63,7 +63,7 @@ _LATE_METHODS = ("_step_stream", "_finalize_step", "initialize_system_prompt", "
 _UPDATE_METRICS = Monitor.update_metrics  # the monitor's count a late start keeps itself at a quiet level
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__
 class _Skipped:
     """A skipped action step: its answer as replayed, its tool calls, their tools and observations in the
     answer's order, and the calls and observations as the step's memory keeps them (by call id)."""
@@ -168,8 +168,8 @@ def _skipped(agent: Any, record: SyscallRecord, tools: list[SyscallRecord], guar
     ``usable``: the tools checked so far (``_usable``), by name."""
     message = chat_message(record.response)  # as the replayed step rebuilds it
     asked = message.tool_calls or []
-    if len(asked) != len(tools) or len({c.id for c in asked}) != len(asked):  # smolagents keys its calls by id
-        return None
+    if len(asked) != len(tools) or (len(asked) > 1 and len({c.id for c in asked}) != len(asked)):
+        return None  # smolagents keys its calls by id
     unused = list(tools)
     calls: list[ToolCall] = []
     used: list[Tool] = []
@@ -192,8 +192,12 @@ def _skipped(agent: Any, record: SyscallRecord, tools: list[SyscallRecord], guar
         unused.remove(found)
         calls.append(ToolCall(name=name, arguments=arguments, id=asked_call.id))
         used.append(tool)
-        # The guarded tool returns the journaled result on replay; Tool.__call__ gives it smolagents' type.
-        observations.append(str(handle_agent_output_types(found.response, tool.output_type)).strip())
+        # The guarded tool returns the journaled result on replay; Tool.__call__ gives it smolagents' type,
+        # whose text is the observation (a text output's AgentText: the text itself).
+        result = found.response
+        if type(result) is not str or tool.output_type != "string":
+            result = str(handle_agent_output_types(result, tool.output_type))
+        observations.append(result.strip())
     if len(calls) == 1:  # process_tool_calls' memory: calls and observations by id, observations joined
         return _Skipped(message, calls, used, observations, calls, observations[0])
     order = sorted(range(len(calls)), key=lambda i: calls[i].id)
