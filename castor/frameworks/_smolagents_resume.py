@@ -87,7 +87,7 @@ async def run(agent: Any, task: str, options: dict[str, Any], guarded_model: typ
     found, skipped = planned
     own = vars(agent)
     logger = agent.logger
-    quiet = vars(logger) if type(logger) is AgentLogger else None  # its log_rule shadowed (_log_rule)
+    quiet = vars(logger) if type(logger) is AgentLogger else None  # its log_rule, log_task shadowed (_log_rule)
 
     async def late() -> Any:
         # Instance attributes shadow the class's methods for this run only: smolagents' loop calls them by name.
@@ -96,6 +96,7 @@ async def run(agent: Any, task: str, options: dict[str, Any], guarded_model: typ
         own["initialize_system_prompt"] = functools.partial(_system_prompt, agent)
         if quiet is not None:
             quiet["log_rule"] = functools.partial(_log_rule, logger)
+            quiet["log_task"] = functools.partial(_log_task, logger)
         try:
             return await in_thread(agent.run, task, **options)
         finally:
@@ -103,6 +104,7 @@ async def run(agent: Any, task: str, options: dict[str, Any], guarded_model: typ
                 own.pop(name, None)
             if quiet is not None:
                 quiet.pop("log_rule", None)
+                quiet.pop("log_task", None)
 
     return await start_late(ctx, found, late, lambda: in_thread(agent.run, task, **options),
                             what="the smolagents agent")
@@ -232,6 +234,14 @@ def _log_rule(logger: AgentLogger, title: str, level: int = LogLevel.INFO) -> No
     INFO whatever ``level`` says (each step's rule; 12k instructions a step at a level that shows none)."""
     if logger.level >= LogLevel.INFO:
         AgentLogger.log_rule(logger, title, level)
+
+
+def _log_task(logger: AgentLogger, content: str, subtitle: str, title: str | None = None,
+              level: LogLevel = LogLevel.INFO) -> None:
+    """``AgentLogger.log_task`` without building its rich ``Panel`` when ``level`` prints nothing (the run's
+    task, 70k instructions; a level named by a string goes smolagents' way)."""
+    if not isinstance(level, int) or level <= logger.level:
+        AgentLogger.log_task(logger, content, subtitle, title, level)
 
 
 def _finalize(agent: Any) -> Callable[[Any], None]:
