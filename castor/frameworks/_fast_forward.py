@@ -79,16 +79,6 @@ def _model_request(record: SyscallRecord, model: str | None, key: str) -> dict[s
     return asked if isinstance(asked, dict) and isinstance(asked.get(key), list) else None
 
 
-def _goes_on(before: dict[str, Any], after: dict[str, Any], key: str, loose: frozenset[str]) -> bool:
-    """Whether ``after`` asks the same way as ``before`` (tools, settings; those in ``loose`` aside) with its
-    conversation (``key``) continued."""
-    old, new = before[key], after[key]
-    if len(new) <= len(old) or new[: len(old)] != old:
-        return False
-    kept = loose | {key}
-    return {k: v for k, v in before.items() if k not in kept} == {k: v for k, v in after.items() if k not in kept}
-
-
 def _asked_tools(response: dict[str, Any]) -> list[str] | None:
     """The names of the tools an answer asked for, sorted (None: the answer's calls are not readable)."""
     calls = response.get("tool_calls")
@@ -118,22 +108,32 @@ def landing(ctx: RunContext, conversation: str = "messages", loose: frozenset[st
     model = record.tool_name
     at = start
     end = len(log)
+    kept = loose | {conversation}  # what may differ from one request to the next
     while True:
-        asked = _asked_tools(record.response)
-        if not asked:  # the model answered: the loop ends at this step
-            break
-        tools_end = at + 1 + len(asked)
-        if tools_end >= end:
-            break
-        if len(asked) == 1:  # the usual step: one call
-            if log[at + 1].tool_name != asked[0]:
+        calls = record.response.get("tool_calls")
+        if type(calls) is list and len(calls) == 1 and type(calls[0]) is dict:  # the usual step: one call
+            name = calls[0].get("name")
+            if not isinstance(name, str):
                 break
-        elif sorted(log[s].tool_name for s in range(at + 1, tools_end)) != asked:
-            break
+            tools_end = at + 2
+            if tools_end >= end or log[at + 1].tool_name != name:
+                break
+        else:
+            asked = _asked_tools(record.response)
+            if not asked:  # the model answered: the loop ends at this step
+                break
+            tools_end = at + 1 + len(asked)
+            if tools_end >= end or sorted(log[s].tool_name for s in range(at + 1, tools_end)) != asked:
+                break
         after = log[tools_end]
         following = _model_request(after, model, conversation)
-        if following is None or not _goes_on(request, following, conversation, loose):
+        if following is None:
             break
+        old, new = request[conversation], following[conversation]
+        if len(new) <= len(old) or new[: len(old)] != old or (
+                {k: v for k, v in request.items() if k not in kept}
+                != {k: v for k, v in following.items() if k not in kept}):
+            break  # not asked the same way (tools, settings; ``loose`` aside) with the conversation continued
         steps.append(tools_end)
         records.append(after)
         at, record, request = tools_end, after, following
