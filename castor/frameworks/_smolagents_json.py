@@ -48,8 +48,8 @@ def copied(value: Any, drop: frozenset[str] = _NOTHING, ordered: bool = False) -
 
 
 def _role(role: Any) -> str:
-    if type(role) is MessageRole:
-        return role.value
+    if type(role) is MessageRole:  # its value as the member holds it: Enum's ``value`` is a Python descriptor
+        return role._value_
     if type(role) is str:
         return role
     raise NotPlain
@@ -75,7 +75,7 @@ def _content(content: Any) -> Any:
 
 
 def _text_part(role: Any, content: Any) -> dict[str, Any]:
-    part = {"role": _role(role)}
+    part = {"role": role._value_ if type(role) is MessageRole else _role(role)}
     if content is not None:
         part["content"] = _content(content)
     return part
@@ -158,7 +158,7 @@ def answer_json(message: ChatMessage) -> dict[str, Any]:
     if type(message) is ChatMessage and type(message.role) is MessageRole:  # else no JSON round trip sorts keys
         try:
             calls = message.tool_calls
-            return {"content": copied(message.content, ordered=True), "role": message.role.value,
+            return {"content": copied(message.content, ordered=True), "role": message.role._value_,
                     "tool_calls": None if calls is None else [_call_json(c) for c in calls]}
         except NotPlain:
             pass
