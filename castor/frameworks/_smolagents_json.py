@@ -231,6 +231,8 @@ def _answer(message: Any, token_usage: TokenUsage | None) -> ChatMessage:
                                                      description=description),
                 id=ident, type=kind))
     content = message["content"]
-    # from_dict takes the calls over only when there are some: an empty list stays one
-    return ChatMessage(role=role, content=content if type(content) is str else copied(content),
-                       tool_calls=built if calls else calls, token_usage=token_usage)
+    answer = ChatMessage(role=role, content=content if type(content) is str else copied(content),
+                         token_usage=token_usage)
+    if calls is not None:  # set after: __post_init__ would copy the list and keep each call as it is
+        answer.tool_calls = built if calls else []  # from_dict takes the calls over only when there are some
+    return answer

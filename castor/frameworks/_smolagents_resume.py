@@ -183,11 +183,11 @@ def _skipped(agent: Any, record: SyscallRecord, tools: list[SyscallRecord], guar
         tool = usable[name] if name in usable else usable.setdefault(name, _usable(agent, name, guarded_forward))
         if tool is None or type(arguments) is not dict:
             return None
-        wanted = jsonable(arguments)  # what the guarded tool asks Castor with (parallel calls: any order)
-        found: SyscallRecord | None
-        if len(unused) == 1:  # the usual step: one call, its tool step next
-            found = unused[0] if unused[0].tool_name == name and unused[0].arguments == wanted else None
-        else:
+        found: SyscallRecord | None = unused[0] if len(unused) == 1 else None  # the usual step: its tool step next
+        # What the guarded tool asks Castor with (journaled JSON: the arguments as they are, usually).
+        if found is None or found.tool_name != name or (found.arguments != arguments
+                                                        and found.arguments != jsonable(arguments)):
+            wanted = jsonable(arguments)  # parallel calls: in any order
             found = next((r for r in unused if r.tool_name == name and r.arguments == wanted), None)
         if found is None or found.failure is not None:  # a failed call: an error smolagents words itself
             return None
