@@ -26,6 +26,7 @@ from castor.llm.cost import NotPlain, plain_sized
 
 VOLATILE = frozenset({"raw", "token_usage", "id"})  # dropped from the request at any depth: made anew each call
 _NOTHING: frozenset[str] = frozenset()
+_TEXT_KEYS = frozenset({"type", "text"})  # a text part's keys
 
 
 def copied(value: Any, drop: frozenset[str] = _NOTHING, ordered: bool = False) -> Any:
@@ -61,6 +62,11 @@ def _content(content: Any) -> Any:
         return content
     if type(content) is not list:
         return copied(content, VOLATILE)
+    if len(content) == 1:  # smolagents' memory messages: one text part
+        item = content[0]
+        if (type(item) is dict and item.keys() == _TEXT_KEYS and type(item["text"]) is str
+                and type(item["type"]) is str):
+            return [item.copy()]
     out = []
     for item in content:
         if type(item) is dict and VOLATILE.isdisjoint(item):
