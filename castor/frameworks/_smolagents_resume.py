@@ -19,7 +19,12 @@ The memory a late start leaves is the whole loop's, field for field, timing asid
 equal ones anew at every step; smolagents never changes them). For the run, the agent's system prompt is
 rendered from a template compiled once per template text (``populate_template`` compiles it at every run,
 2 ms), which renders the same text, and an action step is finalized as smolagents' callback registry does it
-when it holds the monitor's callback only, without inspecting its signature at every step.
+when it holds the monitor's callback only, without inspecting its signature at every step. A skipped step
+yields nothing to smolagents' loop (``run`` without streaming throws away what a step yields but a final
+answer, which a skipped step is not). At a logger level that prints them nowhere, the run's task panel, each
+step's rule and the monitor's line are not built (smolagents builds its rich renderables before the logger
+looks at its level): the monitor's durations and token counts are kept as ``Monitor.update_metrics`` keeps
+them, and at a level that shows them the logs are smolagents' own.
 
 Only a plain loop starts late (``_plain``): a ``ToolCallingAgent`` (not a subclass) with a ``guard()``ed
 model (not a ``CastorModel``), no managed agents, planning, step callbacks, streaming or state, tools that
