@@ -63,25 +63,20 @@ def request_of(record: SyscallRecord) -> dict[str, Any]:
     return request if isinstance(request, dict) else {}
 
 
-def _model_step(record: SyscallRecord, model: str | None, key: str) -> bool:
-    """A model step answered (not failed) by ``model`` (any model, if None), its request's ``key`` a
-    conversation."""
-    name = record.tool_name
+def _model_request(record: SyscallRecord, model: str | None, key: str) -> dict[str, Any] | None:
+    """The request of a model step answered (not failed) by ``model`` (any model, if None) whose ``key`` is
+    a conversation; None for any other step."""
+    request = record.request
+    name = request.get("tool_name", "")
+    if type(name) is not str:
+        name = str(name)
     if not is_model_step(name) or (model is not None and name != model):
-        return False
-    return record.failure is None and isinstance(record.response, dict) and isinstance(
-        request_of(record).get(key), list
-    )
-
-
-def _goes_on(before: dict[str, Any], after: dict[str, Any], key: str, loose: frozenset[str]) -> bool:
-    """Whether ``after`` asks the same way as ``before`` (tools, settings; those in ``loose`` aside) with its
-    conversation (``key``) continued."""
-    old, new = before[key], after[key]
-    if len(new) <= len(old) or new[: len(old)] != old:
-        return False
-    kept = loose | {key}
-    return {k: v for k, v in before.items() if k not in kept} == {k: v for k, v in after.items() if k not in kept}
+        return None
+    if record.failure is not None or not isinstance(record.response, dict):
+        return None
+    arguments = request.get("arguments")
+    asked = arguments.get("request") if isinstance(arguments, dict) else None
+    return asked if isinstance(asked, dict) and isinstance(asked.get(key), list) else None
 
 
 def _asked_tools(response: dict[str, Any]) -> list[str] | None:
@@ -97,33 +92,51 @@ def landing(ctx: RunContext, conversation: str = "messages", loose: frozenset[st
     """The journaled loop from the run's next step, when it has model steps past the first; else None (a
     live step, a held step, a call that is not a model step's: the loop runs from where it is).
     ``conversation``: the key of a request that holds its conversation; ``loose``: keys of a request that
-    may change from step to step (the guard rebuilds what the landing step is asked with, and checks it)."""
+    may change from step to step (the guard rebuilds what the landing step is asked with, and checks it).
+    Each record is read once: its request found as it is checked, kept for the next step's comparison."""
     if ctx.unjournaled_failures or ctx.held_steps or ctx.suspended_at is not None:
         return None
     log = ctx.checkpoint.syscall_log
     start = ctx.next_step
-    if start >= len(log) or not _model_step(log[start], None, conversation):
+    if start >= len(log):
         return None
-    steps, records = [start], [log[start]]
-    model = log[start].tool_name
+    record = log[start]
+    request = _model_request(record, None, conversation)
+    if request is None:
+        return None
+    steps, records = [start], [record]
+    model = record.tool_name
     at = start
+    end = len(log)
+    kept = loose | {conversation}  # what may differ from one request to the next
     while True:
-        record = log[at]
-        asked = _asked_tools(record.response)
-        if not asked:  # the model answered: the loop ends at this step
-            break
-        tools_end = at + 1 + len(asked)
-        if tools_end >= len(log):
-            break
-        ran = sorted(log[s].tool_name for s in range(at + 1, tools_end))
+        calls = record.response.get("tool_calls")
+        if type(calls) is list and len(calls) == 1 and type(calls[0]) is dict:  # the usual step: one call
+            name = calls[0].get("name")
+            if not isinstance(name, str):
+                break
+            tools_end = at + 2
+            if tools_end >= end or log[at + 1].tool_name != name:
+                break
+        else:
+            asked = _asked_tools(record.response)
+            if not asked:  # the model answered: the loop ends at this step
+                break
+            tools_end = at + 1 + len(asked)
+            if tools_end >= end or sorted(log[s].tool_name for s in range(at + 1, tools_end)) != asked:
+                break
         after = log[tools_end]
-        if ran != asked or not _model_step(after, model, conversation) or not _goes_on(
-            request_of(record), request_of(after), conversation, loose
-        ):
+        following = _model_request(after, model, conversation)
+        if following is None:
             break
+        old, new = request[conversation], following[conversation]
+        if len(new) <= len(old) or new[: len(old)] != old or (
+                {k: v for k, v in request.items() if k not in kept}
+                != {k: v for k, v in following.items() if k not in kept}):
+            break  # not asked the same way (tools, settings; ``loose`` aside) with the conversation continued
         steps.append(tools_end)
         records.append(after)
-        at = tools_end
+        at, record, request = tools_end, after, following
     return Landing(steps, records) if len(steps) > 1 else None
 
 

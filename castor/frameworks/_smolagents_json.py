@@ -26,6 +26,7 @@ from castor.llm.cost import NotPlain, plain_sized
 
 VOLATILE = frozenset({"raw", "token_usage", "id"})  # dropped from the request at any depth: made anew each call
 _NOTHING: frozenset[str] = frozenset()
+_TEXT_KEYS = frozenset({"type", "text"})  # a text part's keys
 
 
 def copied(value: Any, drop: frozenset[str] = _NOTHING, ordered: bool = False) -> Any:
@@ -48,8 +49,8 @@ def copied(value: Any, drop: frozenset[str] = _NOTHING, ordered: bool = False) -
 
 
 def _role(role: Any) -> str:
-    if type(role) is MessageRole:
-        return role.value
+    if type(role) is MessageRole:  # its value as the member holds it: Enum's ``value`` is a Python descriptor
+        return role._value_
     if type(role) is str:
         return role
     raise NotPlain
@@ -61,6 +62,11 @@ def _content(content: Any) -> Any:
         return content
     if type(content) is not list:
         return copied(content, VOLATILE)
+    if len(content) == 1:  # smolagents' memory messages: one text part
+        item = content[0]
+        if (type(item) is dict and item.keys() == _TEXT_KEYS and type(item["text"]) is str
+                and type(item["type"]) is str):
+            return [item.copy()]
     out = []
     for item in content:
         if type(item) is dict and VOLATILE.isdisjoint(item):
@@ -75,7 +81,7 @@ def _content(content: Any) -> Any:
 
 
 def _text_part(role: Any, content: Any) -> dict[str, Any]:
-    part = {"role": _role(role)}
+    part = {"role": role._value_ if type(role) is MessageRole else _role(role)}
     if content is not None:
         part["content"] = _content(content)
     return part
@@ -158,7 +164,7 @@ def answer_json(message: ChatMessage) -> dict[str, Any]:
     if type(message) is ChatMessage and type(message.role) is MessageRole:  # else no JSON round trip sorts keys
         try:
             calls = message.tool_calls
-            return {"content": copied(message.content, ordered=True), "role": message.role.value,
+            return {"content": copied(message.content, ordered=True), "role": message.role._value_,
                     "tool_calls": None if calls is None else [_call_json(c) for c in calls]}
         except NotPlain:
             pass
@@ -189,7 +195,17 @@ _ROLES = {role.value: role for role in MessageRole}
 _ANSWER_KEYS = frozenset({"content", "role", "tool_calls"})  # what answer_json journals, in order
 _FUNCTION_KEYS = frozenset({"arguments", "description", "name"})
 _CALL_KEYS = frozenset({"function", "id", "type"})
-_STRINGS = frozenset({str})
+
+
+def _plain_copy(value: Any) -> Any:
+    """``copied(value)``: a call's arguments, usually a dict of strings and numbers, copied as it is."""
+    if type(value) is dict:
+        for key, item in value.items():
+            kind = type(item)
+            if type(key) is not str or not (kind is str or kind is int or kind is bool or item is None):
+                return copied(value)
+        return value.copy()
+    return copied(value)
 
 
 def _answer(message: Any, token_usage: TokenUsage | None) -> ChatMessage:
@@ -198,7 +214,8 @@ def _answer(message: Any, token_usage: TokenUsage | None) -> ChatMessage:
     the content and each call's arguments copied, the rest strings. ``NotPlain`` for anything else."""
     if type(message) is not dict or message.keys() != _ANSWER_KEYS:
         raise NotPlain
-    role = _ROLES.get(message["role"]) if type(message["role"]) is str else None
+    role = message["role"]
+    role = _ROLES.get(role) if type(role) is str else None
     calls = message["tool_calls"]
     if role is None or (calls is not None and type(calls) is not list):
         raise NotPlain
@@ -206,15 +223,22 @@ def _answer(message: Any, token_usage: TokenUsage | None) -> ChatMessage:
     if calls:
         built = []
         for call in calls:
-            function = call.get("function") if type(call) is dict else None
-            if (type(function) is not dict or function.keys() != _FUNCTION_KEYS or call.keys() != _CALL_KEYS
-                    or not _STRINGS.issuperset((type(function["name"]), type(call["id"]), type(call["type"])))
-                    or not (function["description"] is None or type(function["description"]) is str)):
+            if type(call) is not dict or call.keys() != _CALL_KEYS:
+                raise NotPlain
+            function = call["function"]
+            if type(function) is not dict or function.keys() != _FUNCTION_KEYS:
+                raise NotPlain
+            name, ident, kind, description = function["name"], call["id"], call["type"], function["description"]
+            if (type(name) is not str or type(ident) is not str or type(kind) is not str
+                    or not (description is None or type(description) is str)):
                 raise NotPlain
             built.append(ChatMessageToolCall(
-                function=ChatMessageToolCallFunction(arguments=copied(function["arguments"]), name=function["name"],
-                                                     description=function["description"]),
-                id=call["id"], type=call["type"]))
-    # from_dict takes the calls over only when there are some: an empty list stays one
-    return ChatMessage(role=role, content=copied(message["content"]), tool_calls=built if calls else calls,
-                       token_usage=token_usage)
+                function=ChatMessageToolCallFunction(arguments=_plain_copy(function["arguments"]), name=name,
+                                                     description=description),
+                id=ident, type=kind))
+    content = message["content"]
+    answer = ChatMessage(role=role, content=content if type(content) is str else copied(content),
+                         token_usage=token_usage)
+    if calls is not None:  # set after: __post_init__ would copy the list and keep each call as it is
+        answer.tool_calls = built if calls else []  # from_dict takes the calls over only when there are some
+    return answer

@@ -19,7 +19,12 @@ The memory a late start leaves is the whole loop's, field for field, timing asid
 equal ones anew at every step; smolagents never changes them). For the run, the agent's system prompt is
 rendered from a template compiled once per template text (``populate_template`` compiles it at every run,
 2 ms), which renders the same text, and an action step is finalized as smolagents' callback registry does it
-when it holds the monitor's callback only, without inspecting its signature at every step.
+when it holds the monitor's callback only, without inspecting its signature at every step. A skipped step
+yields nothing to smolagents' loop (``run`` without streaming throws away what a step yields but a final
+answer, which a skipped step is not). At a logger level that prints them nowhere, the run's task panel, each
+step's rule and the monitor's line are not built (smolagents builds its rich renderables before the logger
+looks at its level): the monitor's durations and token counts are kept as ``Monitor.update_metrics`` keeps
+them, and at a level that shows them the logs are smolagents' own.
 
 Only a plain loop starts late (``_plain``): a ``ToolCallingAgent`` (not a subclass) with a ``guard()``ed
 model (not a ``CastorModel``), no managed agents, planning, step callbacks, streaming or state, tools that
@@ -32,7 +37,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,10 +46,9 @@ from rich.panel import Panel
 from rich.text import Text
 from smolagents import Tool, ToolCallingAgent
 from smolagents.agent_types import handle_agent_output_types
-from smolagents.agents import ActionOutput, ToolOutput
 from smolagents.memory import ActionStep, ToolCall
 from smolagents.models import ChatMessage, parse_json_if_needed
-from smolagents.monitoring import LogLevel
+from smolagents.monitoring import AgentLogger, LogLevel, Monitor
 
 from castor.checkpoint import SyscallRecord
 from castor.frameworks._common import in_thread, jsonable
@@ -61,15 +65,20 @@ _DEFAULTS = {"stream": False, "reset": True, "images": None, "additional_args": 
 _STATEFUL_OUTPUTS = frozenset({"image", "audio"})  # smolagents keeps such a result in the agent's state
 # The agent's methods a late start stands in for during its run (instance attributes, removed after it).
 _LATE_METHODS = ("_step_stream", "_finalize_step", "initialize_system_prompt", "write_memory_to_messages")
+_UPDATE_METRICS = Monitor.update_metrics  # the monitor's count a late start keeps itself at a quiet level
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__
 class _Skipped:
-    """A skipped action step: its answer as replayed, its tool calls and their outputs, in the answer's order."""
+    """A skipped action step: its answer as replayed, its tool calls, their tools and observations in the
+    answer's order, and the calls and observations as the step's memory keeps them (by call id)."""
 
     message: ChatMessage
     calls: list[ToolCall]
-    outputs: list[ToolOutput]
+    tools: list[Tool]
+    observations: list[str]
+    memory_calls: list[ToolCall]
+    memory_observations: str
 
 
 async def run(agent: Any, task: str, options: dict[str, Any], guarded_model: type, guarded_forward: type) -> Any:
@@ -82,17 +91,25 @@ async def run(agent: Any, task: str, options: dict[str, Any], guarded_model: typ
         return await in_thread(agent.run, task, **options)
     found, skipped = planned
     own = vars(agent)
+    logger = agent.logger
+    quiet = vars(logger) if type(logger) is AgentLogger else None  # its log_rule, log_task shadowed (_log_rule)
 
     async def late() -> Any:
         # Instance attributes shadow the class's methods for this run only: smolagents' loop calls them by name.
         own["_step_stream"] = _late_steps(agent, skipped)
         own["_finalize_step"] = _finalize(agent)
         own["initialize_system_prompt"] = functools.partial(_system_prompt, agent)
+        if quiet is not None:
+            quiet["log_rule"] = functools.partial(_log_rule, logger)
+            quiet["log_task"] = functools.partial(_log_task, logger)
         try:
             return await in_thread(agent.run, task, **options)
         finally:
             for name in _LATE_METHODS:
                 own.pop(name, None)
+            if quiet is not None:
+                quiet.pop("log_rule", None)
+                quiet.pop("log_task", None)
 
     return await start_late(ctx, found, late, lambda: in_thread(agent.run, task, **options),
                             what="the smolagents agent")
@@ -158,11 +175,12 @@ def _skipped(agent: Any, record: SyscallRecord, tools: list[SyscallRecord], guar
     ``usable``: the tools checked so far (``_usable``), by name."""
     message = chat_message(record.response)  # as the replayed step rebuilds it
     asked = message.tool_calls or []
-    if len(asked) != len(tools) or len({c.id for c in asked}) != len(asked):  # smolagents keys its calls by id
-        return None
+    if len(asked) != len(tools) or (len(asked) > 1 and len({c.id for c in asked}) != len(asked)):
+        return None  # smolagents keys its calls by id
     unused = list(tools)
     calls: list[ToolCall] = []
-    outputs: list[ToolOutput] = []
+    used: list[Tool] = []
+    observations: list[str] = []
     for asked_call in asked:
         function = asked_call.function
         function.arguments = parse_json_if_needed(function.arguments)  # in place, as _step_stream does
@@ -170,25 +188,32 @@ def _skipped(agent: Any, record: SyscallRecord, tools: list[SyscallRecord], guar
         tool = usable[name] if name in usable else usable.setdefault(name, _usable(agent, name, guarded_forward))
         if tool is None or type(arguments) is not dict:
             return None
-        wanted = jsonable(arguments)  # what the guarded tool asks Castor with (parallel calls: any order)
-        found: SyscallRecord | None
-        if len(unused) == 1:  # the usual step: one call, its tool step next
-            found = unused[0] if unused[0].tool_name == name and unused[0].arguments == wanted else None
-        else:
+        found: SyscallRecord | None = unused[0] if len(unused) == 1 else None  # the usual step: its tool step next
+        # What the guarded tool asks Castor with (journaled JSON: the arguments as they are, usually).
+        if found is None or found.tool_name != name or (found.arguments != arguments
+                                                        and found.arguments != jsonable(arguments)):
+            wanted = jsonable(arguments)  # parallel calls: in any order
             found = next((r for r in unused if r.tool_name == name and r.arguments == wanted), None)
         if found is None or found.failure is not None:  # a failed call: an error smolagents words itself
             return None
         unused.remove(found)
-        call = ToolCall(name=name, arguments=arguments, id=asked_call.id)
-        # The guarded tool returns the journaled result on replay; Tool.__call__ gives it smolagents' type.
-        result = handle_agent_output_types(found.response, tool.output_type)
-        calls.append(call)
-        outputs.append(ToolOutput(id=call.id, output=result, is_final_answer=False,
-                                  observation=str(result).strip(), tool_call=call))
-    return _Skipped(message, calls, outputs)
+        calls.append(ToolCall(name=name, arguments=arguments, id=asked_call.id))
+        used.append(tool)
+        # The guarded tool returns the journaled result on replay; Tool.__call__ gives it smolagents' type,
+        # whose text is the observation (a text output's AgentText: the text itself).
+        result = found.response
+        if type(result) is not str or tool.output_type != "string":
+            result = str(handle_agent_output_types(result, tool.output_type))
+        observations.append(result.strip())
+    if len(calls) == 1:  # process_tool_calls' memory: calls and observations by id, observations joined
+        return _Skipped(message, calls, used, observations, calls, observations[0])
+    order = sorted(range(len(calls)), key=lambda i: calls[i].id)
+    joined = "".join(observations[i] + "\n" for i in order)
+    return _Skipped(message, calls, used, observations, [calls[i] for i in order],
+                    joined.rstrip("\n") if joined else joined)
 
 
-def _late_steps(agent: Any, skipped: list[_Skipped]) -> Callable[[ActionStep], Iterator[Any]]:
+def _late_steps(agent: Any, skipped: list[_Skipped]) -> Callable[[ActionStep], Iterable[Any]]:
     """The agent's ``_step_stream`` for this run: the skipped steps from ``skipped``, then smolagents' own
     (the landing step's conversation the one the skipped steps made: equal messages, not made again)."""
     own, attributes = type(agent)._step_stream, vars(agent)
@@ -198,7 +223,7 @@ def _late_steps(agent: Any, skipped: list[_Skipped]) -> Callable[[ActionStep], I
         del attributes["write_memory_to_messages"]  # once: the steps after the landing step make theirs
         return conversation.copy() if not summary_mode else type(agent).write_memory_to_messages(agent, True)
 
-    def step_stream(memory_step: ActionStep) -> Iterator[Any]:
+    def step_stream(memory_step: ActionStep) -> Iterable[Any]:
         at = memory_step.step_number - 1
         if at < len(skipped):
             return _skipped_step(agent, memory_step, skipped[at], conversation)
@@ -209,25 +234,56 @@ def _late_steps(agent: Any, skipped: list[_Skipped]) -> Callable[[ActionStep], I
     return step_stream
 
 
+def _log_rule(logger: AgentLogger, title: str, level: int = LogLevel.INFO) -> None:
+    """``AgentLogger.log_rule`` without building its rich ``Rule`` when its level prints nothing: it logs at
+    INFO whatever ``level`` says (each step's rule; 12k instructions a step at a level that shows none)."""
+    if logger.level >= LogLevel.INFO:
+        AgentLogger.log_rule(logger, title, level)
+
+
+def _log_task(logger: AgentLogger, content: str, subtitle: str, title: str | None = None,
+              level: LogLevel = LogLevel.INFO) -> None:
+    """``AgentLogger.log_task`` without building its rich ``Panel`` when ``level`` prints nothing (the run's
+    task, 70k instructions; a level named by a string goes smolagents' way)."""
+    if not isinstance(level, int) or level <= logger.level:
+        AgentLogger.log_task(logger, content, subtitle, title, level)
+
+
 def _finalize(agent: Any) -> Callable[[Any], None]:
     """The agent's ``_finalize_step`` for this run: an action step's end time and the monitor's count, which
     is what smolagents' callback registry calls for it when it holds the monitor's callback only (``_plain``),
-    without its signature inspection at every step."""
-    own, update = type(agent)._finalize_step, agent.monitor.update_metrics
+    without its signature inspection at every step. When the monitor's line would not show (its logger's
+    level under INFO), its counts are kept as ``Monitor.update_metrics`` keeps them, without the line's text
+    and rich ``Text`` (40k instructions a step)."""
+    own, monitor = type(agent)._finalize_step, agent.monitor
+    update = monitor.update_metrics
+    counts = type(monitor) is Monitor and type(monitor).update_metrics is _UPDATE_METRICS and type(
+        monitor.logger) is AgentLogger
 
     def finalize(memory_step: Any) -> None:
         if type(memory_step) is not ActionStep:
             own(agent, memory_step)
             return
-        memory_step.timing.end_time = time.time()
-        update(memory_step)
+        timing = memory_step.timing
+        timing.end_time = time.time()
+        if not counts or monitor.logger.level >= LogLevel.INFO:
+            update(memory_step)
+            return
+        monitor.step_durations.append(timing.duration)
+        usage = memory_step.token_usage
+        if usage is not None:
+            monitor.total_input_token_count += usage.input_tokens
+            monitor.total_output_token_count += usage.output_tokens
 
     return finalize
 
 
 def _skipped_step(agent: Any, memory_step: ActionStep, step: _Skipped, conversation: list[ChatMessage]
-                  ) -> Iterator[Any]:
-    """What ``ToolCallingAgent._step_stream`` and ``process_tool_calls`` do at a step, from the journal."""
+                  ) -> tuple[()]:
+    """What ``ToolCallingAgent._step_stream`` and ``process_tool_calls`` do to the memory step, the logs and
+    the tools at a step, from the journal. What they yield (the calls, their outputs, the step's output) is
+    not yielded: in a run that does not stream (``_plain``), ``run`` keeps only the final answer's step and
+    ``_run_stream`` looks only for a final answer, which a skipped step is not."""
     if not conversation:  # the system prompt and the task: the loop's first step
         conversation += agent.write_memory_to_messages()
     memory_step.model_input_messages = conversation.copy()
@@ -239,25 +295,21 @@ def _skipped_step(agent: Any, memory_step: ActionStep, step: _Skipped, conversat
     if logger.level >= LogLevel.DEBUG:  # smolagents builds the markdown whatever the level: only when shown here
         logger.log_markdown(content=str(message.content or message.raw or ""), title="Output message of the LLM:",
                             level=LogLevel.DEBUG)
-    yield from step.calls
-    shown = logger.level >= LogLevel.INFO
-    for output in step.outputs:
-        call = output.tool_call
-        if shown:
+    if logger.level >= LogLevel.INFO:
+        for call, tool, observation in zip(step.calls, step.tools, step.observations, strict=True):
             logger.log(Panel(Text(f"Calling tool: '{call.name}' with arguments: {call.arguments or {}}")),
                        level=LogLevel.INFO)
-        tool = agent.tools[call.name]
-        if not tool.is_initialized:  # Tool.__call__ sets a tool up at its first call
-            tool.setup()
-        if shown:
-            logger.log(f"Observations: {output.observation.replace('[', '|')}", level=LogLevel.INFO)
-        yield output
-    by_id = {output.id: output for output in step.outputs}
-    memory_step.tool_calls = [by_id[k].tool_call for k in sorted(by_id)]
-    observations = "".join(by_id[k].observation + "\n" for k in sorted(by_id))
-    memory_step.observations = observations.rstrip("\n") if observations else observations
+            if not tool.is_initialized:  # Tool.__call__ sets a tool up at its first call
+                tool.setup()
+            logger.log(f"Observations: {observation.replace('[', '|')}", level=LogLevel.INFO)
+    else:
+        for tool in step.tools:
+            if not tool.is_initialized:
+                tool.setup()
+    memory_step.tool_calls = step.memory_calls
+    memory_step.observations = step.memory_observations
     conversation += memory_step.to_messages()  # what the next step's write_memory_to_messages adds for it
-    yield ActionOutput(output=None, is_final_answer=False)
+    return ()
 
 
 @functools.lru_cache(maxsize=64)

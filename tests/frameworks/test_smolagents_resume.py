@@ -349,8 +349,7 @@ async def test_a_landing_step_asked_otherwise_replays_the_whole_loop(
     def misread(*args: Any) -> Any:
         step = rebuild(*args)
         if step is not None:
-            misread = [dataclasses.replace(o, observation="misread") for o in step.outputs]
-            step = dataclasses.replace(step, outputs=misread)
+            step = dataclasses.replace(step, memory_observations="misread")
         return step
 
     monkeypatch.setattr(resume, "_skipped", misread)
