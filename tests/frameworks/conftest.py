@@ -4,7 +4,10 @@ the OpenAI Agents SDK needs openai>=3). Where CrewAI is not installed its module
 without running it. The contract's CrewAI cases (``test_contract.py``) carry the ``crewai`` marker, which
 tests/conftest.py deselects where CrewAI is missing."""
 
+import contextlib
 import importlib.util
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -20,3 +23,17 @@ def crewai_offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
     for name, value in OFFLINE.items():
         monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
+def whole_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A context manager: replays inside it run the whole loop (the test module's late-start module, its
+    ``resume``, with ``STARTS_LATE`` off): what a late start's result is compared with."""
+
+    @contextlib.contextmanager
+    def off() -> Iterator[None]:
+        with monkeypatch.context() as patched:
+            patched.setattr(request.module.resume, "STARTS_LATE", False)
+            yield
+
+    yield off

@@ -9,9 +9,8 @@ turn count and the state ``to_state()`` would save.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -65,18 +64,6 @@ def asks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     monkeypatch.setattr(GuardedModel, "get_response", get_response)
     return counted
 
-
-@pytest.fixture
-def whole_loop(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """A context manager: replays inside it run the whole loop."""
-
-    @contextlib.contextmanager
-    def off() -> Iterator[None]:
-        with monkeypatch.context() as patched:
-            patched.setattr(resume, "STARTS_LATE", False)
-            yield
-
-    yield off
 
 
 def agent_of(model: Any, **options: Any) -> Agent[Any]:

@@ -11,9 +11,7 @@ final answer flags), the agent's step number, the monitor's token totals and ste
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -80,18 +78,6 @@ def asks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     monkeypatch.setattr(CastorModel, "generate", castor_generate)
     return counted
 
-
-@pytest.fixture
-def whole_loop(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """A context manager: replays inside it run the whole loop."""
-
-    @contextlib.contextmanager
-    def off() -> Iterator[None]:
-        with monkeypatch.context() as patched:
-            patched.setattr(resume, "STARTS_LATE", False)
-            yield
-
-    yield off
 
 
 class Planned(Scripted):
