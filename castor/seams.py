@@ -321,9 +321,10 @@ class RunStore(Protocol):
         """
 
     async def create(self, checkpoint: AgentCheckpoint) -> None:
-        """Store a new run's header as ``save`` does, once: ``RunExistsError`` if the store holds a run of
-        that pid, checked atomically with the write, so of processes creating one pid at once (two forks at
-        one step) exactly one succeeds."""
+        """Store a new run's header as ``save`` does, once: ``RunExistsError`` if the store holds another run
+        of that pid, checked atomically with the write, so of processes creating one pid at once (two forks
+        at one step) exactly one succeeds. The very same header again is a no-op: a creator's retry after a
+        lost reply (the Redis store repeats a call whose connection dropped) is not told it lost."""
 
     async def load(self, pid: str) -> AgentCheckpoint | None:
         """The header (``syscall_log`` empty) or None if no such run."""

@@ -191,9 +191,7 @@ async def submit(args: argparse.Namespace) -> int:
             allowed.check(cp.spec)  # the coordinators of this config would set the run aside
         _warn_other_functions(tools, settings.tools.imports)
     async with fleet(args) as (backend, client):
-        if args.pid and await backend.runs.load(args.pid) is not None:
-            raise ConfigError(f"a run with pid {args.pid!r} exists already")
-        pid = await client.submit(backend, cp)
+        pid = await client.submit(backend, cp)  # the store refuses a pid it holds (RunExistsError), atomically
     emit(args, {"pid": pid}, pid)
     return 0
 

@@ -45,6 +45,17 @@ async def test_a_run_is_created_once(twins: tuple[Backend, Backend]) -> None:
     await two.runs.save(header("r::fork-2", "first"))  # a save (the winner driving it) still goes through
 
 
+async def test_the_same_create_again_is_a_no_op(twins: tuple[Backend, Backend]) -> None:
+    """A retried create (its first reply lost with the connection) is not told another made the run."""
+    one, two = twins
+    mine = header("r::fork-3", "first")
+    await one.runs.create(mine)
+    await two.runs.create(mine)
+    with pytest.raises(RunExistsError):  # another creator's header, whatever it holds, still loses
+        await two.runs.create(header("r::fork-3", "first"))
+    assert [s.pid for s in await one.runs.list()] == ["r::fork-3"]
+
+
 async def test_of_many_creators_at_once_exactly_one_wins(twins: tuple[Backend, Backend]) -> None:
     one, two = twins
     outcomes = await asyncio.gather(

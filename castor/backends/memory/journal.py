@@ -102,9 +102,13 @@ class MemoryRunStore:
         self._steps[checkpoint.pid] = len(checkpoint.syscall_log)
 
     async def create(self, checkpoint: AgentCheckpoint) -> None:
-        """Keep a new run's header; ``RunExistsError`` if there is one (no await between look and write)."""
-        if checkpoint.pid in self._runs:
-            raise RunExistsError(checkpoint.pid)
+        """Keep a new run's header; ``RunExistsError`` if there is another one (no await between look and
+        write; the same header again is this creator's retry, a no-op)."""
+        stored = self._runs.get(checkpoint.pid)
+        if stored is not None:
+            if stored != checkpoint.model_copy(update={"syscall_log": []}):
+                raise RunExistsError(checkpoint.pid)
+            return
         await self.save(checkpoint)
 
     async def load(self, pid: str) -> AgentCheckpoint | None:

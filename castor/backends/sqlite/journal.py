@@ -144,7 +144,8 @@ class SqliteRunStore:
                 raise RunFinishedError(checkpoint.pid, row[0] if row else "finished")
 
     async def create(self, checkpoint: AgentCheckpoint) -> None:
-        """Insert a new run's header; ``RunExistsError`` if the pid has one (the primary key decides)."""
+        """Insert a new run's header; ``RunExistsError`` if the pid has another one (the primary key decides;
+        the same header again is this creator's retry, a no-op)."""
         header = checkpoint.model_dump_json(exclude={"syscall_log", "failures"}, fallback=repr)
         try:
             self.db.execute(
@@ -153,7 +154,9 @@ class SqliteRunStore:
                  len(checkpoint.syscall_log), header),
             )
         except sqlite3.IntegrityError as exc:
-            raise RunExistsError(checkpoint.pid) from exc
+            row = self.db.execute("SELECT header FROM runs WHERE pid = ?", (checkpoint.pid,)).fetchone()
+            if row is None or row[0] != header:
+                raise RunExistsError(checkpoint.pid) from exc
 
     async def load(self, pid: str) -> AgentCheckpoint | None:
         """The header, or None."""

@@ -6,7 +6,7 @@
 -- ARGV[4] retention seconds ('0': the run is not finished, keep it), ARGV[5] now, ARGV[6] fencing token or '',
 -- ARGV[7] the finished status a resume asked for reopens ('' for a plain save), ARGV[8] '1' to create the run
 -- only (a fork: of two forkers one stores it), ARGV[9..] header field, value pairs
--- Returns 1; 0 when creating a run whose header exists; or the stored status of a finished run the save would
+-- Returns 1 (also when creating a run whose stored header is this one); 0 when creating a run whose header exists; or the stored status of a finished run the save would
 -- move out of its end (nothing written either way).
 if ARGV[6] ~= '' then
   local holder = redis.call('GET', KEYS[9])
@@ -16,6 +16,12 @@ if ARGV[6] ~= '' then
 end
 local stored = redis.call('HGET', KEYS[1], 'status')
 if ARGV[8] == '1' and stored then
+  -- The same header again is this creator's own create run twice (a retry after a lost reply): done.
+  for i = 9, #ARGV - 1, 2 do
+    if ARGV[i] == 'cp' then
+      return redis.call('HGET', KEYS[1], 'cp') == ARGV[i + 1] and 1 or 0
+    end
+  end
   return 0
 end
 if (stored == 'COMPLETED' or stored == 'FAILED') and stored ~= ARGV[7] then
