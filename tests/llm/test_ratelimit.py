@@ -4,19 +4,20 @@ turn and its deadline, a provider's 429 pausing the key for every process, and w
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import random
 import subprocess
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from castor.backends.redis import RedisConnection
+from castor.backends.redis import RedisConnection, keys
 from castor.errors import ConfigError
 from castor.llm.memory_limits import MemoryRateLimiter
 from castor.llm.ratelimit import (
@@ -114,10 +115,20 @@ async def test_callers_take_their_turns_in_the_order_they_came(limiter: RateLimi
         order.append(name)
 
     big = asyncio.create_task(call("big", 80))  # waits for the 90 to leave the window
-    await asyncio.sleep(0.05)
+    await _until(limiter._line(K).locked, "the big call waits in line")
     small = [asyncio.create_task(call(f"small{n}", 5)) for n in range(2)]  # would fit now: they wait behind it
     await asyncio.gather(big, *small)
     assert order == ["big", "small0", "small1"]
+
+
+async def _until(check: Callable[[], Any], what: str) -> None:
+    """Wait (5 s at most) until ``check()`` (or the awaitable it returns) is true."""
+    for _ in range(500):
+        result = check()
+        if await result if inspect.isawaitable(result) else result:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"not within 5 s: {what}")
 
 
 async def test_unlimited_models_and_bad_input(limiter: RateLimiter) -> None:
@@ -196,12 +207,16 @@ async def test_the_line_spans_processes_and_a_caller_that_gives_up_leaves_it(red
         order.append(name)
 
     big = asyncio.create_task(call(here, "big", 80))
-    await asyncio.sleep(0.05)
+    head = keys.llm_limit(redis_prefix, K.name)[3]
+    probe = RedisConnection(redis_url)
+    # Came first means refused first: Redis may read two clients' requests sent together in either order.
+    await _until(lambda: probe.call("exists", head), "the big call heads the fleet's line")
     small = asyncio.create_task(call(there, "small", 4))  # fits now, but the big one came first
     await asyncio.gather(big, small)
     assert order == ["big", "small"]
-    await here.close()
-    await there.close()
+    for limiter in (here, there):
+        await limiter.close()
+    await probe.close()
 
 
 async def test_limited_settles_the_usage_and_a_429_pauses_the_key(fake_openai: FakeOpenAI) -> None:
