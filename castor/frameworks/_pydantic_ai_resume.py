@@ -56,7 +56,7 @@ from castor.frameworks._pydantic_ai_plain import plain_agent, plain_options
 from castor.kernel.context import RunContext, current_run
 
 try:  # what the loop does to each answer before it counts its usage: a cost from pydantic-ai's price list
-    from pydantic_ai._genai_prices import fill_response_cost
+    from pydantic_ai._genai_prices import calculate_price_for_usage, fill_response_cost
 except ImportError:  # another pydantic-ai: no late start (the usage could differ)
     fill_response_cost = None  # type: ignore[assignment]
 
@@ -186,22 +186,89 @@ def _count_skipped(rebuilt: list[ModelMessage], usage: RunUsage, limits: UsageLi
     if limits.count_tokens_before_request or limits.per_request_input_tokens_limit is not None:
         return False  # checked against what the model counts or each request's own input: the loop's to do
     answers = [m for m in rebuilt if isinstance(m, ModelResponse)]
+    unpriced: dict[tuple[Any, Any, Any], bool] = {}  # per model of the answers: no price for it at all
+    summed = _summed_counts(usage, answers)
     try:
         for n, answer in enumerate(answers, 1):
             # The usage only grows, so the loop's checks pass at every skipped step if they pass at the last
             # one: before its request, after its answer, before its tool calls.
             if n == len(answers):
                 limits.check_before_request(usage)
-            fill_response_cost(answer)
+            if answer.usage.cost is None:
+                model = (answer.model_name, answer.provider_url, answer.provider_name)
+                skip = unpriced.get(model)
+                if skip is None:
+                    skip = unpriced[model] = _unpriced(answer)
+                if not skip:
+                    fill_response_cost(answer)
             usage.requests += 1
-            usage.incr(answer.usage)
+            if summed is None:
+                usage.incr(answer.usage)
+            elif answer.usage.cost is not None:
+                usage.cost = (usage.cost or 0) + answer.usage.cost  # in order, as the loop adds them
             usage.tool_calls += len(answer.tool_calls)
+            if n == len(answers) - 1 and summed:
+                _add_counts(usage, summed[0])  # what check_before_request reads: every answer's but the last
+        if summed:
+            _add_counts(usage, summed[1])
         limits.check_tokens(usage)
         limits.check_cost(usage, warn_if_cost_unavailable=False)
         limits.check_before_tool_call(usage)
     except UsageLimitExceeded:
         return False
     return True
+
+
+_NOT_COUNTS = frozenset({"requests", "tool_calls", "details", "cost"})  # what RunUsage.incr does not add up
+
+
+def _summed_counts(usage: RunUsage, answers: list[ModelResponse]) -> tuple[dict[str, int], dict[str, int]] | None:
+    """The answers' token counts summed (all but the last, and the last), when adding the sums gives what
+    ``usage.incr`` of each answer in turn gives: every count an ``int`` (not a bool), in the answers and in
+    ``usage``, no ``details``. Integer sums do not depend on their grouping; ``incr`` sets every count it
+    meets, zeros included, as these do. None: ``incr`` each answer (a float count rounds in its own order).
+    ``incr`` walks the union of two usages' field names at each answer, 44k instructions an answer (0.9 M a
+    20-step late start); this is about a tenth of it."""
+    before: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for n, answer in enumerate(answers, 1):
+        counts = answer.usage.__dict__
+        into = last if n == len(answers) else before
+        for key, value in counts.items():
+            if key in _NOT_COUNTS:
+                if key == "details" and value:
+                    return None
+                continue
+            if type(value) is not int:
+                return None
+            into[key] = into.get(key, 0) + value
+    for key in before.keys() | last.keys():
+        if type(getattr(usage, key, 0)) is not int:
+            return None
+    return before, last
+
+
+def _add_counts(usage: RunUsage, counts: dict[str, int]) -> None:
+    for key, value in counts.items():
+        setattr(usage, key, getattr(usage, key, 0) + value)
+
+
+def _unpriced(answer: ModelResponse) -> bool:
+    """Whether genai-prices knows no price for the answer's model at all (not its provider, or not the model
+    there): ``fill_response_cost`` then leaves the cost None whatever the usage, the timestamp or the price
+    context, which only a price found reads. Asked once per model of a late start, not once per answer: a
+    failed lookup is not cached by genai-prices and cost 70k instructions an answer (1.4 M for 20 answers)."""
+    if not answer.model_name:
+        return True  # nothing to look up: pydantic-ai leaves the cost unset
+    try:
+        calculate_price_for_usage(answer.usage, model_name=answer.model_name, provider_api_url=answer.provider_url,
+                                  provider_name=answer.provider_name, genai_request_timestamp=answer.timestamp,
+                                  price_context=answer.provider_details)
+    except LookupError:
+        return True
+    except Exception:  # an answer it cannot price: pydantic-ai's own call decides, per answer
+        return False
+    return False
 
 
 def _as_the_loop_ends(result: Any, plan: _Plan) -> None:

@@ -30,7 +30,7 @@ from pydantic_ai.messages import (
     UserPromptPart,
 )
 from pydantic_ai.models.function import FunctionModel
-from pydantic_ai.usage import RunUsage, UsageLimits
+from pydantic_ai.usage import RequestUsage, RunUsage, UsageLimits
 
 import castor.frameworks._pydantic_ai_resume as resume
 from castor import Castor
@@ -217,6 +217,28 @@ async def test_answers_with_text_or_several_calls_start_late_too(asked: list[str
     assert asked == ["request"]
     assert fields(late.result) == fields((await whole_loop(make, cp)).result)
     assert late.result.usage.tool_calls == STEPS * calls
+
+@pytest.mark.parametrize("model", ["gpt-4o", "scripted"], ids=["a priced model", "a model without a price"])
+async def test_a_late_start_costs_the_skipped_answers_as_the_loop_does(asked: list[str], model: str) -> None:
+    """pydantic-ai prices each answer from genai-prices' list; a late start looks a model without a price up
+    once, not once per answer, and prices each answer of a priced one."""
+    def make() -> Runner:  # each answer its own usage: pydantic-ai sets its cost in place (not USAGE's)
+        answers = [ModelResponse(parts=a.parts, usage=RequestUsage(input_tokens=10, output_tokens=5))
+                   for a in searches().answers]
+        return Runner(Agent(FunctionModel(Script(*answers), model_name=model), tools=[search, delete_file]))
+
+    live = make()
+    cp = await kernel(live.agent).run(live)
+    assert cp.status == "COMPLETED" and cp.result == "done"
+    asked.clear()
+    late = await replay(make, cp)
+    assert asked == ["request"]
+    loop = await whole_loop(make, cp)
+    assert fields(late.result) == fields(loop.result)
+    assert (late.result.usage.cost is None) == (model == "scripted")
+    if model == "gpt-4o":
+        assert late.result.usage.cost > 0 and late.result.usage.cost == loop.result.usage.cost
+
 
 def _output_validator() -> Agent[Any, str]:
     agent = plain(searches())
