@@ -21,10 +21,13 @@ field names cost more than the rest of a guarded step's conversions.
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic_ai.messages import (
+    FinishReason,
     ModelMessage,
     ModelMessagesTypeAdapter,
     ModelResponse,
@@ -34,6 +37,8 @@ from pydantic_ai.messages import (
     ToolReturnPart,
     UserPromptPart,
 )
+from pydantic_ai.usage import RequestUsage
+from pydantic_core import SchemaValidator, core_schema
 
 from castor.frameworks._common import IdentityCache, canonical_part
 from castor.frameworks._pydantic_ai_readers import NotPlain, request_reader
@@ -137,13 +142,129 @@ cached_message = IdentityCache(_message_json)
 
 def model_response(journaled: dict[str, Any]) -> ModelResponse:
     """The ``ModelResponse`` a journaled response stands for (live and replayed alike)."""
-    rebuilt = ModelMessagesTypeAdapter.validate_python([journaled["message"]])[0]
+    message = journaled["message"]
+    rebuilt = plain_response(message) or ModelMessagesTypeAdapter.validate_python([message])[0]
     assert isinstance(rebuilt, ModelResponse)  # journaled by response_json from a ModelResponse
     return rebuilt
 
 
 def model_responses(journaled: Sequence[dict[str, Any]]) -> list[ModelResponse]:
-    """``model_response`` of each journaled response, validated together (a late start rebuilds a whole
-    loop's answers at once: one validation of the list costs about half of one per answer)."""
-    rebuilt = ModelMessagesTypeAdapter.validate_python([j["message"] for j in journaled])
+    """``model_response`` of each journaled response (a late start rebuilds a whole loop's answers at once:
+    those ``plain_response`` does not make are validated together, one validation of a list costing about
+    half of one per answer)."""
+    messages = [j["message"] for j in journaled]
+    rebuilt: list[Any] = [plain_response(m) for m in messages]
+    others = [m for m, r in zip(messages, rebuilt, strict=True) if r is None]
+    if others:
+        validated = iter(ModelMessagesTypeAdapter.validate_python(others))
+        rebuilt = [r if r is not None else next(validated) for r in rebuilt]
     return [m for m in rebuilt if isinstance(m, ModelResponse)]
+
+
+# The journaled response's fields ``plain_response`` makes itself: strings (or None, which ``compact`` leaves
+# out), the response's times, its usage's counts, its parts.
+_STRINGS = frozenset({"model_name", "model_id", "provider_name", "provider_url", "canonical_system",
+                      "provider_response_id", "run_id", "conversation_id"})
+_FINISH_REASONS = frozenset(typing.get_args(FinishReason))
+_COUNTS = frozenset(name for name, kind in typing.get_type_hints(RequestUsage).items() if kind is int)
+_USAGE_COUNTS = {f.name: f.default for f in dataclasses.fields(RequestUsage) if f.name not in ("details", "cost")}
+# pydantic-core's own validators of the times, as the adapter runs them (a ``TzInfo`` for a UTC time):
+# one C call for the three, 6.8k instructions (callgrind).
+_TIMES = SchemaValidator(core_schema.typed_dict_schema({
+    "timestamp": core_schema.typed_dict_field(core_schema.datetime_schema(), required=False),
+    "request_timestamp": core_schema.typed_dict_field(core_schema.datetime_schema(), required=False),
+    "duration": core_schema.typed_dict_field(core_schema.timedelta_schema(), required=False),
+}))
+_TIME_KEYS = frozenset({"timestamp", "request_timestamp", "duration"})
+_KEYS = _STRINGS | _TIME_KEYS | {"finish_reason", "usage", "kind", "parts"}
+_PART_KEYS = {"tool-call": frozenset({"tool_name", "args", "tool_call_id", "part_kind"}),
+              "text": frozenset({"content", "part_kind"})}
+
+
+def plain_response(message: Any) -> ModelResponse | None:
+    """The ``ModelResponse`` a journaled ``message`` (``compact``'s JSON) stands for, made without the adapter
+    when it holds only strings, times, token counts, text parts and tool calls with plain arguments: what the
+    adapter's validation makes, field for field (``tests/frameworks/test_pydantic_ai_json.py``), at about half
+    its cost (88k instructions an answer validated alone, 82k in a list: most of a late start's rebuild).
+    None for anything else, which the adapter validates."""
+    if type(message) is not dict or message.get("kind") != "response" or not message.keys() <= _KEYS:
+        return None
+    parts = _parts(message["parts"]) if "parts" in message else None
+    if parts is None:
+        return None
+    fields: dict[str, Any] = {}
+    if not _read_fields(message, fields):
+        return None
+    return ModelResponse(parts, **fields)  # the adapter too sets the fields in their order, then __post_init__
+
+
+def _read_fields(message: dict[str, Any], values: dict[str, Any]) -> bool:
+    """``message``'s strings, finish reason, usage and times into ``values``; False for one the adapter
+    would read otherwise (or refuse)."""
+    times: dict[str, Any] = {}
+    for key, value in message.items():
+        if key in _STRINGS:
+            if type(value) is not str:
+                return False
+            values[key] = value
+        elif key in _TIME_KEYS:
+            times[key] = value
+        elif key == "finish_reason":
+            if value not in _FINISH_REASONS:
+                return False
+            values[key] = value
+        elif key == "usage":
+            usage = _usage(value)
+            if usage is None:
+                return False
+            values[key] = usage
+    if times:
+        try:
+            values.update(_TIMES.validate_python(times))
+        except ValueError:  # pydantic-core's ValidationError: the adapter says what is wrong
+            return False
+    return True
+
+
+def _usage(counts: Any) -> RequestUsage | None:
+    """A ``RequestUsage`` of journaled counts as the adapter validates it: every field set, the given counts
+    over the defaults, a new empty ``details``."""
+    if type(counts) is not dict:
+        return None
+    for key, value in counts.items():
+        if key not in _COUNTS or type(value) is not int:
+            return None
+    usage = RequestUsage.__new__(RequestUsage)
+    usage.__dict__ = {**_USAGE_COUNTS, **counts, "details": {}, "cost": None}  # in the fields' order
+    return usage
+
+
+def _parts(parts: Any) -> list[Any] | None:
+    if type(parts) is not list:
+        return None
+    out: list[Any] = []
+    for part in parts:
+        if type(part) is not dict:
+            return None
+        kind = part.get("part_kind")
+        keys = _PART_KEYS.get(kind)  # type: ignore[arg-type]
+        if keys is None or not keys.issuperset(part):
+            return None
+        if kind == "text":
+            content = part.get("content")
+            if type(content) is not str:
+                return None
+            out.append(TextPart(content))
+            continue
+        name, args, call_id = part.get("tool_name"), part.get("args"), part.get("tool_call_id")
+        if type(name) is not str or type(call_id) is not str:
+            return None
+        if type(args) is dict:
+            for key in args:
+                if type(key) is not str:
+                    return None
+            args = dict(args)  # the adapter's copy: a new dict, its values the journal's
+        elif type(args) is not str and args is not None:
+            return None
+        out.append(ToolCallPart(name, args, call_id))
+    return out

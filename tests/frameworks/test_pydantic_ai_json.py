@@ -92,6 +92,70 @@ def test_a_response_journaled_whole_by_an_earlier_version_still_rebuilds() -> No
     assert guard_module.model_response(journaled) == response
 
 
+def _made(value: Any) -> Any:
+    """Everything an object holds, with its types and its fields' order (``==`` of two messages compares
+    their fields only, and a usage's ``==`` not which counts it holds)."""
+    if hasattr(value, "__dict__") and not isinstance(value, type):
+        return type(value), [(k, _made(v)) for k, v in vars(value).items()]
+    if isinstance(value, list | tuple):
+        return type(value), [_made(v) for v in value]
+    if isinstance(value, dict):
+        return dict, [(k, _made(v)) for k, v in value.items()]
+    return type(value), repr(value)
+
+
+PLAIN = [
+    RESPONSES[0],
+    ModelResponse(parts=[TextPart("done"), ToolCallPart("a", {"q": [1, {"x": None}]}, tool_call_id="c2"),
+                         ToolCallPart("b", None, tool_call_id="c3")],
+                  usage=RequestUsage(input_tokens=7, cache_read_tokens=3, unmeasured_requests=1), model_name="m",
+                  provider_name="p", provider_url="https://api.example.com", provider_response_id="r1",
+                  finish_reason="tool_call", request_timestamp=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+                  timestamp=datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC), run_id="r", conversation_id="c"),
+]
+JOURNALED_OTHERWISE = [  # the adapter's to validate: what plain_response does not make itself
+    {"kind": "request", "parts": []},
+    {"kind": "response", "parts": [{"part_kind": "thinking", "content": "hmm"}]},
+    {"kind": "response", "parts": [{"part_kind": "text", "content": "a", "id": "p1"}]},
+    {"kind": "response", "parts": [{"part_kind": "tool-call", "tool_name": "a", "args": [1], "tool_call_id": "c"}]},
+    {"kind": "response", "parts": [{"part_kind": "tool-call", "tool_name": "a", "args": {1: 2}, "tool_call_id": "c"}]},
+    {"kind": "response", "parts": [], "usage": {"input_tokens": 1, "details": {"r": 2}}},
+    {"kind": "response", "parts": [], "usage": {"request_tokens": 1}},  # an earlier pydantic-ai's name
+    {"kind": "response", "parts": [], "usage": {"input_tokens": 1.0}},
+    {"kind": "response", "parts": [], "provider_details": {"x": 1}},
+    {"kind": "response", "parts": [], "vendor_id": "r1"},
+    {"kind": "response", "parts": [], "finish_reason": "unknown"},
+    {"kind": "response", "parts": [], "state": "interrupted"},
+    {"kind": "response", "parts": [], "model_name": 3},
+    {"kind": "response", "parts": [], "timestamp": "yesterday"},
+]
+
+
+@pytest.mark.parametrize("response", PLAIN, ids=lambda m: type(m).__name__)
+def test_a_plain_journaled_response_is_made_as_the_adapter_validates_it(response: Any) -> None:
+    message = guard_module.response_json(response)["message"]
+    made = pa_json.plain_response(message)
+    assert made is not None
+    validated = ModelMessagesTypeAdapter.validate_python([message])[0]
+    assert made == validated == response
+    assert _made(made) == _made(validated)
+    for part, journaled in zip(made.parts, message["parts"], strict=True):  # a new dict, as the adapter's
+        if isinstance(part, ToolCallPart) and isinstance(part.args, dict):
+            assert part.args is not journaled["args"] and part.args == journaled["args"]
+
+
+@pytest.mark.parametrize("message", JOURNALED_OTHERWISE, ids=str)
+def test_anything_else_journaled_is_left_to_the_adapter(message: dict[str, Any]) -> None:
+    assert pa_json.plain_response(message) is None
+
+
+def test_a_late_starts_answers_are_made_or_validated_in_order() -> None:
+    messages = [guard_module.response_json(r)["message"] for r in [RESPONSES[1], *PLAIN, *RESPONSES[2:], PLAIN[1]]]
+    made = pa_json.model_responses([{"message": m} for m in messages])
+    assert [pa_json.plain_response(m) is not None for m in messages] == [False, True, True, False, False, False, True]
+    assert [_made(m) for m in made] == [_made(m) for m in ModelMessagesTypeAdapter.validate_python(messages)]
+
+
 def test_fields_are_read_with_or_without_an_instance_dict_and_at_their_class_defaults() -> None:
     import dataclasses
 
