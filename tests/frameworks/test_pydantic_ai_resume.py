@@ -10,7 +10,9 @@ the same replay with the late start turned off (``_pydantic_ai_resume.STARTS_LAT
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -27,6 +29,7 @@ from pydantic_ai.messages import (
     ModelResponse,
     TextPart,
     ToolCallPart,
+    ToolReturnPart,
     UserPromptPart,
 )
 from pydantic_ai.models.function import FunctionModel
@@ -238,6 +241,46 @@ async def test_a_late_start_costs_the_skipped_answers_as_the_loop_does(asked: li
     assert (late.result.usage.cost is None) == (model == "scripted")
     if model == "gpt-4o":
         assert late.result.usage.cost > 0 and late.result.usage.cost == loop.result.usage.cost
+
+
+def _validated(usage: RequestUsage) -> RequestUsage:  # as a rebuilt answer holds it: every field set
+    return ModelMessagesTypeAdapter.validate_python([{"kind": "response", "parts": [], "usage": vars(usage)}])[0].usage
+
+
+USAGES: dict[str, Callable[[int], RequestUsage]] = {
+    "rebuilt": lambda n: _validated(RequestUsage(input_tokens=10 + n, output_tokens=n % 3)),
+    "made with a few counts": lambda n: RequestUsage(input_tokens=n, cache_read_tokens=1),
+    "counts of two shapes": lambda n: RequestUsage(input_tokens=n) if n % 2 else _validated(RequestUsage()),
+    "a float count": lambda n: _validated(RequestUsage(input_tokens=n, audio_seconds=0.1 * n)),
+    "details": lambda n: RequestUsage(input_tokens=n, details={"reasoning": n}),
+    "a cost": lambda n: RequestUsage(input_tokens=n, cost=Decimal("0.1") * n),
+}
+
+
+@pytest.mark.parametrize("given", [None, RunUsage(requests=1, input_tokens=3), RunUsage(audio_seconds=0.5)],
+                         ids=["no usage", "a usage", "a float count given"])
+@pytest.mark.parametrize("usages", USAGES)
+def test_the_skipped_answers_usage_is_added_as_incr_adds_it(usages: str, given: RunUsage | None) -> None:
+    """The skipped answers' counts are summed and added at once when that gives what the loop's ``incr`` of
+    each answer gives (field by field, the fields it sets included); else added answer by answer."""
+    answers = [ModelResponse([ToolCallPart("search", {"query": f"q{n}"}, tool_call_id=f"c{n}")],
+                             usage=USAGES[usages](n), model_name="scripted") for n in range(STEPS)]
+    rebuilt: list[ModelMessage] = [ModelRequest([UserPromptPart(PROMPT)])]
+    for n, answer in enumerate(answers):
+        rebuilt += [answer, ModelRequest([ToolReturnPart("search", f"found q{n}", tool_call_id=f"c{n}")])]
+    usage = copy.deepcopy(given) if given is not None else RunUsage()
+    expected = copy.deepcopy(usage)
+    for answer in answers:
+        expected.requests += 1
+        expected.incr(answer.usage)
+        expected.tool_calls += len(answer.tool_calls)
+    summed = resume._summed_counts(usage, answers)
+    # A float count given is added to only where the answers hold that count (a rebuilt answer holds all).
+    float_added = usages == "rebuilt" and given is not None and type(given.audio_seconds) is float
+    assert (summed is not None) == (usages in ("rebuilt", "made with a few counts", "a cost") and not float_added)
+    assert resume._count_skipped(rebuilt, usage, UsageLimits())
+    assert vars(usage) == vars(expected)
+    assert {k: type(v) for k, v in vars(usage).items()} == {k: type(v) for k, v in vars(expected).items()}
 
 
 def _output_validator() -> Agent[Any, str]:
