@@ -175,8 +175,7 @@ _TIMES = SchemaValidator(core_schema.typed_dict_schema({
     "request_timestamp": core_schema.typed_dict_field(core_schema.datetime_schema(), required=False),
     "duration": core_schema.typed_dict_field(core_schema.timedelta_schema(), required=False),
 }))
-_TIME_KEYS = frozenset({"timestamp", "request_timestamp", "duration"})
-_KEYS = _STRINGS | _TIME_KEYS | {"finish_reason", "usage", "kind", "parts"}
+_KEYS = _STRINGS | {"timestamp", "request_timestamp", "duration", "finish_reason", "usage", "kind", "parts"}
 _PART_KEYS = {"tool-call": frozenset({"tool_name", "args", "tool_call_id", "part_kind"}),
               "text": frozenset({"content", "part_kind"})}
 
@@ -198,32 +197,34 @@ def plain_response(message: Any) -> ModelResponse | None:
     return ModelResponse(parts, **fields)  # the adapter too sets the fields in their order, then __post_init__
 
 
-def _read_fields(message: dict[str, Any], values: dict[str, Any]) -> bool:
-    """``message``'s strings, finish reason, usage and times into ``values``; False for one the adapter
-    would read otherwise (or refuse)."""
-    times: dict[str, Any] = {}
-    for key, value in message.items():
-        if key in _STRINGS:
-            if type(value) is not str:
-                return False
-            values[key] = value
-        elif key in _TIME_KEYS:
-            times[key] = value
-        elif key == "finish_reason":
-            if value not in _FINISH_REASONS:
-                return False
-            values[key] = value
-        elif key == "usage":
-            usage = _usage(value)
-            if usage is None:
-                return False
-            values[key] = usage
-    if times:
-        try:
-            values.update(_TIMES.validate_python(times))
-        except ValueError:  # pydantic-core's ValidationError: the adapter says what is wrong
+def _read_fields(message: dict[str, Any], fields: dict[str, Any]) -> bool:
+    """``message``'s strings, finish reason, usage and times into ``fields``; False for one the adapter
+    would read otherwise (or refuse). Looked up by name, not by a walk of the message's keys: 23.9k -> 21.9k
+    instructions with the usage and the times, which pydantic-core validates from the message itself."""
+    for key in message.keys() & _STRINGS:
+        value = message[key]
+        if type(value) is not str:
             return False
+        fields[key] = value
+    reason = message.get("finish_reason", _ABSENT)
+    if reason is not _ABSENT:
+        if reason not in _FINISH_REASONS:
+            return False
+        fields["finish_reason"] = reason
+    counts = message.get("usage", _ABSENT)
+    if counts is not _ABSENT:
+        usage = _usage(counts)
+        if usage is None:
+            return False
+        fields["usage"] = usage
+    try:
+        fields.update(_TIMES.validate_python(message))  # the times only: the schema ignores the other keys
+    except ValueError:  # pydantic-core's ValidationError: the adapter says what is wrong
+        return False
     return True
+
+
+_ABSENT = object()
 
 
 def _usage(counts: Any) -> RequestUsage | None:
