@@ -38,7 +38,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from jinja2 import StrictUndefined, Template
@@ -66,6 +66,10 @@ _STATEFUL_OUTPUTS = frozenset({"image", "audio"})  # smolagents keeps such a res
 # The agent's methods a late start stands in for during its run (instance attributes, removed after it).
 _LATE_METHODS = ("_step_stream", "_finalize_step", "initialize_system_prompt", "write_memory_to_messages")
 _UPDATE_METRICS = Monitor.update_metrics  # the monitor's count a late start keeps itself at a quiet level
+_UNCHECKED = object()  # a tool not looked at yet (_skipped's ``usable``)
+# A skipped step's memory ToolCall is made with positional arguments (1k instructions less than keywords):
+# a late start only while its fields are in this order.
+_FIELDS_IN_ORDER = [f.name for f in fields(ToolCall)] == ["name", "arguments", "id"]
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__
@@ -118,7 +122,7 @@ async def run(agent: Any, task: str, options: dict[str, Any], guarded_model: typ
 def _landing(ctx: RunContext | None, agent: Any, task: Any, options: dict[str, Any], guarded_model: type,
              guarded_forward: type) -> tuple[Landing, list[_Skipped]] | None:
     """Where the loop may start and the steps it skips, rebuilt; None: the whole loop runs."""
-    if not STARTS_LATE or ctx is None or ctx.closed:
+    if not STARTS_LATE or not _FIELDS_IN_ORDER or ctx is None or ctx.closed:
         return None
     services = ctx.services
     if services.mmu is not None or services.structured_results:  # what a tool returns is not its record
@@ -183,21 +187,30 @@ def _skipped(agent: Any, record: SyscallRecord, tools: list[SyscallRecord], guar
     observations: list[str] = []
     for asked_call in asked:
         function = asked_call.function
-        function.arguments = parse_json_if_needed(function.arguments)  # in place, as _step_stream does
-        name, arguments = function.name, function.arguments
-        tool = usable[name] if name in usable else usable.setdefault(name, _usable(agent, name, guarded_forward))
+        arguments = function.arguments
+        if type(arguments) is not dict:  # in place, as _step_stream does (parse_json_if_needed keeps a dict)
+            function.arguments = arguments = parse_json_if_needed(arguments)
+        name = function.name
+        tool = usable.get(name, _UNCHECKED)
+        if tool is _UNCHECKED:
+            tool = usable[name] = _usable(agent, name, guarded_forward)
         if tool is None or type(arguments) is not dict:
             return None
         found: SyscallRecord | None = unused[0] if len(unused) == 1 else None  # the usual step: its tool step next
-        # What the guarded tool asks Castor with (journaled JSON: the arguments as they are, usually).
-        if found is None or found.tool_name != name or (found.arguments != arguments
-                                                        and found.arguments != jsonable(arguments)):
+        if found is not None:
+            # What the guarded tool asks Castor with (journaled JSON: the arguments as they are, usually), read
+            # from the request (a record's tool_name and arguments properties cost 2k each).
+            request = found.request
+            journaled = request.get("arguments")
+            if request.get("tool_name") != name or (journaled != arguments and journaled != jsonable(arguments)):
+                found = None  # found below if it is the call (a name the journal holds otherwise than a str)
+        if found is None:
             wanted = jsonable(arguments)  # parallel calls: in any order
             found = next((r for r in unused if r.tool_name == name and r.arguments == wanted), None)
         if found is None or found.failure is not None:  # a failed call: an error smolagents words itself
             return None
         unused.remove(found)
-        calls.append(ToolCall(name=name, arguments=arguments, id=asked_call.id))
+        calls.append(ToolCall(name, arguments, asked_call.id))  # positional: _FIELDS_IN_ORDER
         used.append(tool)
         # The guarded tool returns the journaled result on replay; Tool.__call__ gives it smolagents' type,
         # whose text is the observation (a text output's AgentText: the text itself).
