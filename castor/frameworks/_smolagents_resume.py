@@ -67,6 +67,9 @@ _STATEFUL_OUTPUTS = frozenset({"image", "audio"})  # smolagents keeps such a res
 _LATE_METHODS = ("_step_stream", "_finalize_step", "initialize_system_prompt", "write_memory_to_messages")
 _UPDATE_METRICS = Monitor.update_metrics  # the monitor's count a late start keeps itself at a quiet level
 _UNCHECKED = object()  # a tool not looked at yet (_skipped's ``usable``)
+# The levels a step compares its logger's with, read once: an Enum class's member read is a Python
+# descriptor in 3.11 (950 instructions; four a skipped step).
+_INFO, _DEBUG = LogLevel.INFO, LogLevel.DEBUG
 # A skipped step's memory ToolCall is made with positional arguments (1k instructions less than keywords):
 # a late start only while its fields are in this order.
 _FIELDS_IN_ORDER = [f.name for f in fields(ToolCall)] == ["name", "arguments", "id"]
@@ -174,14 +177,14 @@ def _usable(agent: Any, name: str, guarded_forward: type) -> Tool | None:
 
 def _skipped(agent: Any, record: SyscallRecord, tools: list[SyscallRecord], guarded_forward: type,
              usable: dict[str, Tool | None]) -> _Skipped | None:
-    """A skipped step as ``_step_stream`` makes it, its tool results from ``tools`` (its journaled tool steps);
-    None: a call that is not one of them as journaled, a failed one, or one a late start would not do the same.
-    ``usable``: the tools checked so far (``_usable``), by name."""
+    """A skipped step as ``_step_stream`` makes it, its tool results from ``tools`` (its journaled tool steps, a
+    list of the caller's that this takes over); None: a call that is not one of them as journaled, a failed
+    one, or one a late start would not do the same. ``usable``: the tools checked so far (``_usable``), by name."""
     message = chat_message(record.response)  # as the replayed step rebuilds it
     asked = message.tool_calls or []
     if len(asked) != len(tools) or (len(asked) > 1 and len({c.id for c in asked}) != len(asked)):
         return None  # smolagents keys its calls by id
-    unused = list(tools)
+    unused = tools  # each call's tool step is taken out as it is found
     calls: list[ToolCall] = []
     used: list[Tool] = []
     observations: list[str] = []
@@ -250,7 +253,7 @@ def _late_steps(agent: Any, skipped: list[_Skipped]) -> Callable[[ActionStep], I
 def _log_rule(logger: AgentLogger, title: str, level: int = LogLevel.INFO) -> None:
     """``AgentLogger.log_rule`` without building its rich ``Rule`` when its level prints nothing: it logs at
     INFO whatever ``level`` says (each step's rule; 12k instructions a step at a level that shows none)."""
-    if logger.level >= LogLevel.INFO:
+    if logger.level >= _INFO:
         AgentLogger.log_rule(logger, title, level)
 
 
@@ -273,13 +276,15 @@ def _finalize(agent: Any) -> Callable[[Any], None]:
     counts = type(monitor) is Monitor and type(monitor).update_metrics is _UPDATE_METRICS and type(
         monitor.logger) is AgentLogger
 
+    now = time.time
+
     def finalize(memory_step: Any) -> None:
         if type(memory_step) is not ActionStep:
             own(agent, memory_step)
             return
         timing = memory_step.timing
-        timing.end_time = time.time()
-        if not counts or monitor.logger.level >= LogLevel.INFO:
+        timing.end_time = now()
+        if not counts or monitor.logger.level >= _INFO:
             update(memory_step)
             return
         monitor.step_durations.append(timing.duration)
@@ -305,10 +310,11 @@ def _skipped_step(agent: Any, memory_step: ActionStep, step: _Skipped, conversat
     memory_step.model_output = message.content
     memory_step.token_usage = message.token_usage
     logger = agent.logger
-    if logger.level >= LogLevel.DEBUG:  # smolagents builds the markdown whatever the level: only when shown here
+    level = logger.level
+    if level >= _DEBUG:  # smolagents builds the markdown whatever the level: only when shown here
         logger.log_markdown(content=str(message.content or message.raw or ""), title="Output message of the LLM:",
                             level=LogLevel.DEBUG)
-    if logger.level >= LogLevel.INFO:
+    if level >= _INFO:
         for call, tool, observation in zip(step.calls, step.tools, step.observations, strict=True):
             logger.log(Panel(Text(f"Calling tool: '{call.name}' with arguments: {call.arguments or {}}")),
                        level=LogLevel.INFO)
