@@ -48,7 +48,7 @@ from smolagents import Tool, ToolCallingAgent
 from smolagents.agent_types import handle_agent_output_types
 from smolagents.memory import ActionStep, ToolCall
 from smolagents.models import ChatMessage, parse_json_if_needed
-from smolagents.monitoring import AgentLogger, LogLevel, Monitor
+from smolagents.monitoring import AgentLogger, LogLevel, Monitor, Timing
 
 from castor.checkpoint import SyscallRecord
 from castor.frameworks._common import in_thread, jsonable
@@ -283,11 +283,12 @@ def _finalize(agent: Any) -> Callable[[Any], None]:
             own(agent, memory_step)
             return
         timing = memory_step.timing
-        timing.end_time = now()
+        timing.end_time = end = now()
         if not counts or monitor.logger.level >= _INFO:
             update(memory_step)
             return
-        monitor.step_durations.append(timing.duration)
+        # Timing.duration (a property: a Python call, 1k instructions) of the end just set
+        monitor.step_durations.append(end - timing.start_time if type(timing) is Timing else timing.duration)
         usage = memory_step.token_usage
         if usage is not None:
             monitor.total_input_token_count += usage.input_tokens
