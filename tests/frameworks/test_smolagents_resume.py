@@ -350,6 +350,25 @@ async def test_a_landing_step_asked_otherwise_replays_the_whole_loop(
     assert fields(late) == fields(whole)
 
 
+async def test_a_memory_tool_call_with_fields_in_another_order_replays_every_step(
+    asks: list[int], whole_loop: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A skipped step makes its memory's ToolCall with positional arguments: a smolagents whose ToolCall
+    fields are in another order replays every step (what the whole loop leaves)."""
+    live = Main(searches())
+    cp = await kernel_of(live).run(live)
+    monkeypatch.setattr(resume, "_FIELDS_IN_ORDER", False)
+    asks.clear()
+    late = again(live)
+    replay = await replayed(cp, late)
+    assert replay.status == "COMPLETED" and replay.result == "done"
+    assert len(asks) == STEPS + 1  # every model step, from the journal
+    whole = again(live)
+    with whole_loop():
+        await replayed(cp, whole)
+    assert fields(late) == fields(whole)
+
+
 async def test_a_fork_inside_the_loop_starts_at_the_last_model_step_before_it(asks: list[int], whole_loop: Any) -> None:
     live = Main(searches())
     cp = await kernel_of(live).run(live)
