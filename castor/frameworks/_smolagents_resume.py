@@ -22,9 +22,9 @@ rendered from a template compiled once per template text (``populate_template`` 
 when it holds the monitor's callback only, without inspecting its signature at every step. A skipped step
 yields nothing to smolagents' loop (``run`` without streaming throws away what a step yields but a final
 answer, which a skipped step is not). At a logger level that prints them nowhere, the run's task panel, each
-step's rule and the monitor's line are not built (smolagents builds its rich renderables before the logger
-looks at its level): the monitor's durations and token counts are kept as ``Monitor.update_metrics`` keeps
-them, and at a level that shows them the logs are smolagents' own.
+step's rule, the model's answer as markdown and the monitor's line are not built (smolagents builds its rich
+renderables before the logger looks at its level): the monitor's durations and token counts are kept as
+``Monitor.update_metrics`` keeps them, and at a level that shows them the logs are smolagents' own.
 
 Only a plain loop starts late (``_plain``): a ``ToolCallingAgent`` (not a subclass) with a ``guard()``ed
 model (not a ``CastorModel``), no managed agents, planning, step callbacks, streaming or state, tools that
@@ -65,6 +65,8 @@ _DEFAULTS = {"stream": False, "reset": True, "images": None, "additional_args": 
 _STATEFUL_OUTPUTS = frozenset({"image", "audio"})  # smolagents keeps such a result in the agent's state
 # The agent's methods a late start stands in for during its run (instance attributes, removed after it).
 _LATE_METHODS = ("_step_stream", "_finalize_step", "initialize_system_prompt", "write_memory_to_messages")
+# The logger's methods a late start stands in for at a level that prints nothing (instance attributes).
+_QUIET_METHODS = ("log_rule", "log_task", "log_markdown")
 _UPDATE_METRICS = Monitor.update_metrics  # the monitor's count a late start keeps itself at a quiet level
 _UNCHECKED = object()  # a tool not looked at yet (_skipped's ``usable``)
 # The levels a step compares its logger's with, read once: an Enum class's member read is a Python
@@ -99,24 +101,25 @@ async def run(agent: Any, task: str, options: dict[str, Any], guarded_model: typ
     found, skipped = planned
     own = vars(agent)
     logger = agent.logger
-    quiet = vars(logger) if type(logger) is AgentLogger else None  # its log_rule, log_task shadowed (_log_rule)
+    quiet = vars(logger) if type(logger) is AgentLogger else None  # its _QUIET_METHODS shadowed (_log_rule)
 
     async def late() -> Any:
         # Instance attributes shadow the class's methods for this run only: smolagents' loop calls them by name.
         own["_step_stream"] = _late_steps(agent, skipped)
         own["_finalize_step"] = _finalize(agent)
         own["initialize_system_prompt"] = functools.partial(_system_prompt, agent)
-        if quiet is not None:
+        if quiet is not None:  # each builds its renderables only at a level that shows them
             quiet["log_rule"] = functools.partial(_log_rule, logger)
             quiet["log_task"] = functools.partial(_log_task, logger)
+            quiet["log_markdown"] = functools.partial(_log_markdown, logger)
         try:
             return await in_thread(agent.run, task, **options)
         finally:
             for name in _LATE_METHODS:
                 own.pop(name, None)
             if quiet is not None:
-                quiet.pop("log_rule", None)
-                quiet.pop("log_task", None)
+                for name in _QUIET_METHODS:
+                    quiet.pop(name, None)
 
     return await start_late(ctx, found, late, lambda: in_thread(agent.run, task, **options),
                             what="the smolagents agent")
@@ -263,6 +266,15 @@ def _log_task(logger: AgentLogger, content: str, subtitle: str, title: str | Non
     task, 70k instructions; a level named by a string goes smolagents' way)."""
     if not isinstance(level, int) or level <= logger.level:
         AgentLogger.log_task(logger, content, subtitle, title, level)
+
+
+def _log_markdown(logger: AgentLogger, content: str, title: str | None = None, level: LogLevel = LogLevel.INFO,
+                  **options: Any) -> None:
+    """``AgentLogger.log_markdown`` without building its rich ``Syntax`` (and ``Rule``) when ``level`` prints
+    nothing (the model's answer at each step the loop runs, at DEBUG: 60k instructions; a level named by a
+    string goes smolagents' way)."""
+    if not isinstance(level, int) or level <= logger.level:
+        AgentLogger.log_markdown(logger, content, title, level, **options)
 
 
 def _finalize(agent: Any) -> Callable[[Any], None]:

@@ -180,6 +180,7 @@ async def test_a_replay_starts_at_the_last_journaled_model_step_with_what_the_lo
     first = late.agent.memory.steps[1]
     assert isinstance(first, ActionStep) and first.observations == "found q0"
     assert vars(late.agent).keys().isdisjoint(resume._LATE_METHODS)  # the agent's own methods again
+    assert vars(late.agent.logger).keys().isdisjoint(resume._QUIET_METHODS)  # and its logger's
 
 
 async def test_parallel_tool_calls_are_matched_to_their_journaled_steps(asks: list[int], whole_loop: Any) -> None:
