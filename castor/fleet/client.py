@@ -95,6 +95,9 @@ class FleetClient:
             raise ConfigError(f"run {checkpoint.pid!r} has no spec: a coordinator could not rebuild its kernel")
         if not stored:
             await forks.refuse_leftover(backend, checkpoint.pid)
+            if self._is_store(backend):  # the fleet's own store: stored and queued in one transaction
+                await backend.runs.create_submitted(checkpoint)  # type: ignore[attr-defined]
+                return checkpoint.pid
             await backend.runs.create(checkpoint)
         p = self.prefix
         queued = await self._call(
@@ -121,6 +124,12 @@ class FleetClient:
             return await self.submit(backend, child, stored=True)
         except RunExistsError:
             raise RunExistsError(child.pid, hint) from None
+
+    def _is_store(self, backend: Backend) -> bool:
+        """Whether ``backend``'s runs are kept in this fleet's Redis, under its prefix."""
+        from castor.backends.redis.runs import RedisRunStore
+
+        return isinstance(backend.runs, RedisRunStore) and backend.runs.lives_at(self.url, self.prefix)
 
     async def was_submitted(self, pid: str) -> bool:
         """Whether the run was submitted to the fleet (then its fork is too)."""

@@ -22,9 +22,9 @@ rendered from a template compiled once per template text (``populate_template`` 
 when it holds the monitor's callback only, without inspecting its signature at every step. A skipped step
 yields nothing to smolagents' loop (``run`` without streaming throws away what a step yields but a final
 answer, which a skipped step is not). At a logger level that prints them nowhere, the run's task panel, each
-step's rule and the monitor's line are not built (smolagents builds its rich renderables before the logger
-looks at its level): the monitor's durations and token counts are kept as ``Monitor.update_metrics`` keeps
-them, and at a level that shows them the logs are smolagents' own.
+step's rule, the model's answer as markdown and the monitor's line are not built (smolagents builds its rich
+renderables before the logger looks at its level): the monitor's durations and token counts are kept as
+``Monitor.update_metrics`` keeps them, and at a level that shows them the logs are smolagents' own.
 
 Only a plain loop starts late (``_plain``): a ``ToolCallingAgent`` (not a subclass) with a ``guard()``ed
 model (not a ``CastorModel``), no managed agents, planning, step callbacks, streaming or state, tools that
@@ -38,7 +38,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from jinja2 import StrictUndefined, Template
@@ -48,7 +48,7 @@ from smolagents import Tool, ToolCallingAgent
 from smolagents.agent_types import handle_agent_output_types
 from smolagents.memory import ActionStep, ToolCall
 from smolagents.models import ChatMessage, parse_json_if_needed
-from smolagents.monitoring import AgentLogger, LogLevel, Monitor
+from smolagents.monitoring import AgentLogger, LogLevel, Monitor, Timing
 
 from castor.checkpoint import SyscallRecord
 from castor.frameworks._common import in_thread, jsonable
@@ -65,7 +65,16 @@ _DEFAULTS = {"stream": False, "reset": True, "images": None, "additional_args": 
 _STATEFUL_OUTPUTS = frozenset({"image", "audio"})  # smolagents keeps such a result in the agent's state
 # The agent's methods a late start stands in for during its run (instance attributes, removed after it).
 _LATE_METHODS = ("_step_stream", "_finalize_step", "initialize_system_prompt", "write_memory_to_messages")
+# The logger's methods a late start stands in for at a level that prints nothing (instance attributes).
+_QUIET_METHODS = ("log_rule", "log_task", "log_markdown")
 _UPDATE_METRICS = Monitor.update_metrics  # the monitor's count a late start keeps itself at a quiet level
+_UNCHECKED = object()  # a tool not looked at yet (_skipped's ``usable``)
+# The levels a step compares its logger's with, read once: an Enum class's member read is a Python
+# descriptor in 3.11 (950 instructions; four a skipped step).
+_INFO, _DEBUG = LogLevel.INFO, LogLevel.DEBUG
+# A skipped step's memory ToolCall is made with positional arguments (1k instructions less than keywords):
+# a late start only while its fields are in this order.
+_FIELDS_IN_ORDER = [f.name for f in fields(ToolCall)] == ["name", "arguments", "id"]
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__
@@ -92,24 +101,25 @@ async def run(agent: Any, task: str, options: dict[str, Any], guarded_model: typ
     found, skipped = planned
     own = vars(agent)
     logger = agent.logger
-    quiet = vars(logger) if type(logger) is AgentLogger else None  # its log_rule, log_task shadowed (_log_rule)
+    quiet = vars(logger) if type(logger) is AgentLogger else None  # its _QUIET_METHODS shadowed (_log_rule)
 
     async def late() -> Any:
         # Instance attributes shadow the class's methods for this run only: smolagents' loop calls them by name.
         own["_step_stream"] = _late_steps(agent, skipped)
         own["_finalize_step"] = _finalize(agent)
         own["initialize_system_prompt"] = functools.partial(_system_prompt, agent)
-        if quiet is not None:
+        if quiet is not None:  # each builds its renderables only at a level that shows them
             quiet["log_rule"] = functools.partial(_log_rule, logger)
             quiet["log_task"] = functools.partial(_log_task, logger)
+            quiet["log_markdown"] = functools.partial(_log_markdown, logger)
         try:
             return await in_thread(agent.run, task, **options)
         finally:
             for name in _LATE_METHODS:
                 own.pop(name, None)
             if quiet is not None:
-                quiet.pop("log_rule", None)
-                quiet.pop("log_task", None)
+                for name in _QUIET_METHODS:
+                    quiet.pop(name, None)
 
     return await start_late(ctx, found, late, lambda: in_thread(agent.run, task, **options),
                             what="the smolagents agent")
@@ -118,7 +128,7 @@ async def run(agent: Any, task: str, options: dict[str, Any], guarded_model: typ
 def _landing(ctx: RunContext | None, agent: Any, task: Any, options: dict[str, Any], guarded_model: type,
              guarded_forward: type) -> tuple[Landing, list[_Skipped]] | None:
     """Where the loop may start and the steps it skips, rebuilt; None: the whole loop runs."""
-    if not STARTS_LATE or ctx is None or ctx.closed:
+    if not STARTS_LATE or not _FIELDS_IN_ORDER or ctx is None or ctx.closed:
         return None
     services = ctx.services
     if services.mmu is not None or services.structured_results:  # what a tool returns is not its record
@@ -170,34 +180,43 @@ def _usable(agent: Any, name: str, guarded_forward: type) -> Tool | None:
 
 def _skipped(agent: Any, record: SyscallRecord, tools: list[SyscallRecord], guarded_forward: type,
              usable: dict[str, Tool | None]) -> _Skipped | None:
-    """A skipped step as ``_step_stream`` makes it, its tool results from ``tools`` (its journaled tool steps);
-    None: a call that is not one of them as journaled, a failed one, or one a late start would not do the same.
-    ``usable``: the tools checked so far (``_usable``), by name."""
+    """A skipped step as ``_step_stream`` makes it, its tool results from ``tools`` (its journaled tool steps, a
+    list of the caller's that this takes over); None: a call that is not one of them as journaled, a failed
+    one, or one a late start would not do the same. ``usable``: the tools checked so far (``_usable``), by name."""
     message = chat_message(record.response)  # as the replayed step rebuilds it
     asked = message.tool_calls or []
     if len(asked) != len(tools) or (len(asked) > 1 and len({c.id for c in asked}) != len(asked)):
         return None  # smolagents keys its calls by id
-    unused = list(tools)
+    unused = tools  # each call's tool step is taken out as it is found
     calls: list[ToolCall] = []
     used: list[Tool] = []
     observations: list[str] = []
     for asked_call in asked:
         function = asked_call.function
-        function.arguments = parse_json_if_needed(function.arguments)  # in place, as _step_stream does
-        name, arguments = function.name, function.arguments
-        tool = usable[name] if name in usable else usable.setdefault(name, _usable(agent, name, guarded_forward))
+        arguments = function.arguments
+        if type(arguments) is not dict:  # in place, as _step_stream does (parse_json_if_needed keeps a dict)
+            function.arguments = arguments = parse_json_if_needed(arguments)
+        name = function.name
+        tool = usable.get(name, _UNCHECKED)
+        if tool is _UNCHECKED:
+            tool = usable[name] = _usable(agent, name, guarded_forward)
         if tool is None or type(arguments) is not dict:
             return None
         found: SyscallRecord | None = unused[0] if len(unused) == 1 else None  # the usual step: its tool step next
-        # What the guarded tool asks Castor with (journaled JSON: the arguments as they are, usually).
-        if found is None or found.tool_name != name or (found.arguments != arguments
-                                                        and found.arguments != jsonable(arguments)):
+        if found is not None:
+            # What the guarded tool asks Castor with (journaled JSON: the arguments as they are, usually), read
+            # from the request (a record's tool_name and arguments properties cost 2k each).
+            request = found.request
+            journaled = request.get("arguments")
+            if request.get("tool_name") != name or (journaled != arguments and journaled != jsonable(arguments)):
+                found = None  # found below if it is the call (a name the journal holds otherwise than a str)
+        if found is None:
             wanted = jsonable(arguments)  # parallel calls: in any order
             found = next((r for r in unused if r.tool_name == name and r.arguments == wanted), None)
         if found is None or found.failure is not None:  # a failed call: an error smolagents words itself
             return None
         unused.remove(found)
-        calls.append(ToolCall(name=name, arguments=arguments, id=asked_call.id))
+        calls.append(ToolCall(name, arguments, asked_call.id))  # positional: _FIELDS_IN_ORDER
         used.append(tool)
         # The guarded tool returns the journaled result on replay; Tool.__call__ gives it smolagents' type,
         # whose text is the observation (a text output's AgentText: the text itself).
@@ -237,7 +256,7 @@ def _late_steps(agent: Any, skipped: list[_Skipped]) -> Callable[[ActionStep], I
 def _log_rule(logger: AgentLogger, title: str, level: int = LogLevel.INFO) -> None:
     """``AgentLogger.log_rule`` without building its rich ``Rule`` when its level prints nothing: it logs at
     INFO whatever ``level`` says (each step's rule; 12k instructions a step at a level that shows none)."""
-    if logger.level >= LogLevel.INFO:
+    if logger.level >= _INFO:
         AgentLogger.log_rule(logger, title, level)
 
 
@@ -247,6 +266,15 @@ def _log_task(logger: AgentLogger, content: str, subtitle: str, title: str | Non
     task, 70k instructions; a level named by a string goes smolagents' way)."""
     if not isinstance(level, int) or level <= logger.level:
         AgentLogger.log_task(logger, content, subtitle, title, level)
+
+
+def _log_markdown(logger: AgentLogger, content: str, title: str | None = None, level: LogLevel = LogLevel.INFO,
+                  **options: Any) -> None:
+    """``AgentLogger.log_markdown`` without building its rich ``Syntax`` (and ``Rule``) when ``level`` prints
+    nothing (the model's answer at each step the loop runs, at DEBUG: 60k instructions; a level named by a
+    string goes smolagents' way)."""
+    if not isinstance(level, int) or level <= logger.level:
+        AgentLogger.log_markdown(logger, content, title, level, **options)
 
 
 def _finalize(agent: Any) -> Callable[[Any], None]:
@@ -260,16 +288,19 @@ def _finalize(agent: Any) -> Callable[[Any], None]:
     counts = type(monitor) is Monitor and type(monitor).update_metrics is _UPDATE_METRICS and type(
         monitor.logger) is AgentLogger
 
+    now = time.time
+
     def finalize(memory_step: Any) -> None:
         if type(memory_step) is not ActionStep:
             own(agent, memory_step)
             return
         timing = memory_step.timing
-        timing.end_time = time.time()
-        if not counts or monitor.logger.level >= LogLevel.INFO:
+        timing.end_time = end = now()
+        if not counts or monitor.logger.level >= _INFO:
             update(memory_step)
             return
-        monitor.step_durations.append(timing.duration)
+        # Timing.duration (a property: a Python call, 1k instructions) of the end just set
+        monitor.step_durations.append(end - timing.start_time if type(timing) is Timing else timing.duration)
         usage = memory_step.token_usage
         if usage is not None:
             monitor.total_input_token_count += usage.input_tokens
@@ -292,10 +323,11 @@ def _skipped_step(agent: Any, memory_step: ActionStep, step: _Skipped, conversat
     memory_step.model_output = message.content
     memory_step.token_usage = message.token_usage
     logger = agent.logger
-    if logger.level >= LogLevel.DEBUG:  # smolagents builds the markdown whatever the level: only when shown here
+    level = logger.level
+    if level >= _DEBUG:  # smolagents builds the markdown whatever the level: only when shown here
         logger.log_markdown(content=str(message.content or message.raw or ""), title="Output message of the LLM:",
                             level=LogLevel.DEBUG)
-    if logger.level >= LogLevel.INFO:
+    if level >= _INFO:
         for call, tool, observation in zip(step.calls, step.tools, step.observations, strict=True):
             logger.log(Panel(Text(f"Calling tool: '{call.name}' with arguments: {call.arguments or {}}")),
                        level=LogLevel.INFO)

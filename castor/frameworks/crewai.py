@@ -31,7 +31,8 @@ planning crew runs under ``kickoff(crew)``.
 What is guarded, by entry point (inside a Castor run):
 
 - ``kickoff(crew)``: ``crew.kickoff`` in a worker thread of Castor's (``in_thread``); the guarded calls
-  are answered on the run's loop.
+  are answered on the run's loop. Replayed (a resume, a fork), a plain crew starts at its agent's last
+  journaled model step, the steps before it rebuilt from the journal (``castor.frameworks._crewai_resume``).
 - ``akickoff(crew)``, and ``await crew.akickoff()`` on a crew guarded inside the run: CrewAI's native async
   path. CrewAI 1.15 runs each step of its agents (the LLM's ``call``, a tool's ``run``) in a thread of the
   loop's default executor; ``guard`` notes the run's loop in the run's context (``note_run_loop``), which
@@ -90,6 +91,7 @@ from crewai.tools.agent_tools.base_agent_tools import BaseAgentTool
 from crewai.utilities.llm_utils import create_llm
 
 from castor.errors import UnsupportedError
+from castor.frameworks import _crewai_resume
 from castor.frameworks._castor_models.crewai import RUNNER, CastorLLM
 from castor.frameworks._common import (
     IdentityCache,
@@ -250,7 +252,7 @@ async def kickoff(crew: Crew, *, on_chunk: Callable[[Any], None] | None = None, 
     without telling the reader."""
     guard(crew)
     if not crew.stream:
-        return await in_thread(crew.kickoff, **kwargs)
+        return await _crewai_resume.kickoff(crew, kwargs, GuardedTool)
     return await in_thread(_streamed_kickoff, crew, on_chunk, kwargs)
 
 

@@ -86,10 +86,12 @@ async def serve_stdio(gateway: Gateway) -> None:
     """Serve one client on this process's stdin/stdout until it closes them."""
     from mcp.server.stdio import stdio_server
 
+    from castor.mcp.malformed import AnswerMalformed
+
     server = build_server(gateway)
     try:
         async with stdio_server() as (read, write):
-            await server.run(read, write, server.create_initialization_options())
+            await server.run(AnswerMalformed(read, write), write, server.create_initialization_options())
     finally:
         await gateway.close()
 

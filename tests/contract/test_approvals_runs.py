@@ -107,6 +107,25 @@ async def test_run_headers(backend: Backend) -> None:
     assert await r.load("a") is None
 
 
+async def test_a_loaded_header_is_the_callers_own(backend: Backend) -> None:
+    r = backend.runs
+    cp = checkpoint("own", "SUSPENDED_FOR_HITL", 2.0)
+    cp.scopes, cp.in_doubt, cp.preemption_payload = ["team"], {1: 2}, {"by": "ops", "why": ["a"]}
+    await r.save(cp)
+    first = await r.load("own")
+    assert first is not None and first == await r.load("own")
+    first.capabilities["api"].current_usage = 99
+    first.pending_hitl["arguments"]["p"] = 7  # type: ignore[index]
+    first.scopes.append("other")
+    first.in_doubt[5] = 1
+    first.preemption_payload["why"].append("b")  # type: ignore[index]
+    second = await r.load("own")
+    assert second is not None
+    assert second.capabilities["api"].current_usage == 2 and second.pending_args == {"p": 1}
+    assert second.scopes == ["team"] and second.in_doubt == {1: 2}
+    assert second.preemption_payload == {"by": "ops", "why": ["a"]}
+
+
 async def test_a_later_round_reopens_a_decided_step(backend: Backend) -> None:
     """A step that went in doubt after it was approved asks again in round 1: the old approval stops
     counting, the new decision is stamped with its round (what lets the step run again, once)."""

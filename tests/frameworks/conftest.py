@@ -13,6 +13,7 @@ import pytest
 
 collect_ignore = [] if importlib.util.find_spec("crewai") else [
     "test_crewai.py", "test_crewai_async.py", "test_crewai_castor_model.py", "test_crewai_crews.py",
+    "test_crewai_resume.py",
 ]
 
 

@@ -13,6 +13,7 @@ pytest.importorskip("smolagents")
 from smolagents.models import ChatMessage, ChatMessageToolCall, ChatMessageToolCallFunction, MessageRole
 from smolagents.monitoring import TokenUsage
 
+import castor.frameworks._smolagents_json as smolagents_json
 from castor.frameworks._conversations import EqualConversations
 from castor.frameworks._smolagents_json import (
     _from_dict,
@@ -50,6 +51,9 @@ REQUEST_MESSAGES = [
     ChatMessage(role=MessageRole.ASSISTANT, content="", tool_calls=[tool_call({"n": float("nan")})]),
     ChatMessage(role=MessageRole.ASSISTANT, content="", tool_calls=[tool_call({"pair": ("a", "b")})]),
     Custom(role=MessageRole.USER, content="a subclass"),
+    ChatMessage(role=MessageRole.USER, content=[{"text": "keys in another order", "type": "text"}]),
+    ChatMessage(role=MessageRole.USER, content=[{"type": "text", "text": 3}]),  # not the memory's text part
+    ChatMessage(role=MessageRole.USER, content=[{"type": "text", "text": {"id": 1, "kept": 2}}]),
     {"role": "user", "content": "a dict message", "id": "m1"},
 ]
 
@@ -93,6 +97,14 @@ JOURNALED = [
     {"content": "", "role": "assistant", "tool_calls": [{"function": {"arguments": {}, "name": "a", "extra": 1},
                                                          "id": "c", "type": "function"}]},
     {"content": "", "role": "assistant", "tool_calls": None, "raw": {"kept": "by from_dict's way"}},
+    # Three keys, one of them another than answer_json journals (at each level)
+    {"content": "", "role": "assistant", "raw": None},
+    {"content": "", "role": "assistant", "tool_calls": [{"function": {"arguments": {}, "name": "a",
+                                                                      "description": None},
+                                                         "id": "c", "kind": "function"}]},
+    {"content": "", "role": "assistant", "tool_calls": [{"function": {"arguments": {}, "name": "a", "extra": None},
+                                                         "id": "c", "type": "function"}]},
+    {"content": "", "role": ["assistant"], "tool_calls": None},  # a role that is no key
 ]
 
 
@@ -112,9 +124,21 @@ def test_a_journaled_answer_is_rebuilt_as_from_dict_rebuilds_it(message: dict[st
     assert made == expected and type(made) is type(expected)
     if isinstance(made, ChatMessage):
         assert made.content is None or isinstance(made.content, str) or made.content is not message["content"]
-        for call, journaled_call in zip(made.tool_calls or (), message["tool_calls"] or (), strict=True):
+        for call, journaled_call in zip(made.tool_calls or (), message.get("tool_calls") or (), strict=True):
             assert isinstance(call.function.arguments, str) or call.function.arguments is not (
                 journaled_call["function"]["arguments"])
+
+
+def test_an_answer_is_rebuilt_by_from_dict_when_the_dataclasses_fields_are_in_another_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """chat_message builds an answer with positional arguments only while the fields are in that order."""
+    journaled = {"message": JOURNALED[0], "usage": {"input_tokens": 3, "output_tokens": 2}}
+    built = chat_message(journaled)
+    monkeypatch.setattr(smolagents_json, "_from_dict", lambda *args: ("from_dict", *args))
+    monkeypatch.setattr(smolagents_json, "_POSITIONAL", False)
+    assert chat_message(journaled) == ("from_dict", JOURNALED[0], TokenUsage(3, 2))
+    assert built == _from_dict(JOURNALED[0], TokenUsage(3, 2))
 
 
 def conversation(step: int, observation: str = "found") -> list[ChatMessage]:

@@ -180,6 +180,7 @@ async def test_a_replay_starts_at_the_last_journaled_model_step_with_what_the_lo
     first = late.agent.memory.steps[1]
     assert isinstance(first, ActionStep) and first.observations == "found q0"
     assert vars(late.agent).keys().isdisjoint(resume._LATE_METHODS)  # the agent's own methods again
+    assert vars(late.agent.logger).keys().isdisjoint(resume._QUIET_METHODS)  # and its logger's
 
 
 async def test_parallel_tool_calls_are_matched_to_their_journaled_steps(asks: list[int], whole_loop: Any) -> None:
@@ -344,6 +345,25 @@ async def test_a_landing_step_asked_otherwise_replays_the_whole_loop(
     replay = await replayed(cp, late)
     assert replay.status == "COMPLETED" and replay.result == "done"
     assert len(asks) == 1 + STEPS + 1  # the landing step, then the whole loop
+    whole = again(live)
+    with whole_loop():
+        await replayed(cp, whole)
+    assert fields(late) == fields(whole)
+
+
+async def test_a_memory_tool_call_with_fields_in_another_order_replays_every_step(
+    asks: list[int], whole_loop: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A skipped step makes its memory's ToolCall with positional arguments: a smolagents whose ToolCall
+    fields are in another order replays every step (what the whole loop leaves)."""
+    live = Main(searches())
+    cp = await kernel_of(live).run(live)
+    monkeypatch.setattr(resume, "_FIELDS_IN_ORDER", False)
+    asks.clear()
+    late = again(live)
+    replay = await replayed(cp, late)
+    assert replay.status == "COMPLETED" and replay.result == "done"
+    assert len(asks) == STEPS + 1  # every model step, from the journal
     whole = again(live)
     with whole_loop():
         await replayed(cp, whole)

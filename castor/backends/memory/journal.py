@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 
 from castor.backends.memory.claims import MemoryClaims
@@ -85,6 +86,23 @@ class MemoryJournal(MemoryClaims):
         self.forget_claims(run_id)
 
 
+_ATOMIC = frozenset({type(None), str, int, float, bool})
+
+
+def _fresh(header: AgentCheckpoint) -> AgentCheckpoint:
+    """A deep copy of ``header``, made field by field: a field holding a string, a number or None is shared
+    (it cannot change), an empty list or dict is a new one. Every run's start loads its header (to see a
+    cancel since it was read): this is half of ``model_copy(deep=True)``'s 21 µs, most fields being those."""
+    new = header.model_copy()
+    fields = new.__dict__
+    for name, value in fields.items():
+        kind = type(value)
+        if kind in _ATOMIC:
+            continue
+        fields[name] = kind() if (kind is dict or kind is list) and not value else copy.deepcopy(value)
+    return new
+
+
 class MemoryRunStore:
     """Run headers as checkpoints without journals."""
 
@@ -114,7 +132,7 @@ class MemoryRunStore:
     async def load(self, pid: str) -> AgentCheckpoint | None:
         """A fresh copy of the header."""
         header = self._runs.get(pid)
-        return header.model_copy(deep=True) if header is not None else None
+        return _fresh(header) if header is not None else None
 
     async def list(self, status: str | None = None, limit: int = 100, offset: int = 0) -> list[RunSummary]:
         """Newest first."""

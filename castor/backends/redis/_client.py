@@ -214,6 +214,22 @@ class RedisConnection:
                 out.append(self._translate(exc))
         return out
 
+    async def scripts_at_once(self, calls: Sequence[tuple[str, Sequence[str], Sequence[Any]]]) -> list[Any]:
+        """Several of Castor's scripts (``(name, keys, args)``) in one ``MULTI``/``EXEC``: all run, one after
+        the other with no other client's command between, or none (a process that dies before ``EXEC``).
+        Their replies in order. Each is sent whole (``EVAL``): with ``EVALSHA`` a script the server forgot
+        fails alone while the others run. Run once more after a lost connection (it may have run): every
+        script must be safe to repeat. For rare writes (a run's submission), not hot paths."""
+
+        async def attempt(client: aioredis.Redis) -> list[Any]:
+            async with client.pipeline(transaction=True) as pipe:
+                for name, keys, args in calls:
+                    pipe.eval(SCRIPTS[name].source, len(keys), *keys, *args)
+                replies: list[Any] = await pipe.execute()
+            return replies
+
+        return await self.run(attempt)
+
     async def call(self, method: str, *args: Any, retry: bool = True, **kwargs: Any) -> Any:
         """One command on a connection of its own (``call("xread", ..., block=1000)``: it may block)."""
         return await self.run(lambda c: getattr(c, method)(*args, **kwargs), retry=retry)

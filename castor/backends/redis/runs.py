@@ -57,6 +57,23 @@ class RedisRunStore:
         writes: nothing comes between)."""
         await self.save(checkpoint, create=True)
 
+    def lives_at(self, url: str, prefix: str) -> bool:
+        """Whether this store is the Redis at ``url`` under ``prefix`` (as a fleet's client names its own)."""
+        return self._conn.url == url and self._prefix == prefix
+
+    async def create_submitted(self, checkpoint: AgentCheckpoint) -> None:
+        """Store a new run's header and submit it to the fleet (mark it submitted, queue it for the
+        coordinators) in one transaction: a submitter that dies has done both or neither (two steps left a
+        run stored and never queued, every later submit of its pid refused). ``RunExistsError`` if the pid has
+        another header; the same header again (this submit repeated after a lost reply) is done already."""
+        cp, p = checkpoint, self._prefix
+        run_save = self._save_call(cp, owner=None, fence=None, reopen=None, create=True)
+        submit = ("fleet_submit", [keys.submitted(p), keys.run_queue(p), keys.run_header(p, cp.pid)], [cp.pid])
+        _, created = await self._conn.scripts_at_once([submit, run_save])
+        if created == 0:  # another's header: not queued either
+            raise RunExistsError(cp.pid)
+        # Queued now, or (the header being this one) by this very submit's first try: submitted either way.
+
     async def save(
         self, checkpoint: AgentCheckpoint, *, owner: str | None = None, fence: Fence | None = None,
         reopen: str | None = None, create: bool = False,
@@ -70,6 +87,19 @@ class RedisRunStore:
         """
         cp = checkpoint
         fence = fence or self.fences.get(cp.pid)
+        _, script_keys, args = self._save_call(cp, owner=owner, fence=fence, reopen=reopen, create=create)
+        done = await self._conn.script("run_save", script_keys, args)
+        if done == 0:  # created already: nothing was written
+            raise RunExistsError(cp.pid)
+        if done != 1:  # the stored status of a finished run: nothing was written
+            raise RunFinishedError(cp.pid, done.decode() if isinstance(done, bytes) else str(done))
+        if cp.status in FINISHED:
+            await self._keep_ancestors(cp.pid, max(int(self.retention_seconds), 1))
+
+    def _save_call(
+        self, cp: AgentCheckpoint, *, owner: str | None, fence: Fence | None, reopen: str | None, create: bool
+    ) -> tuple[str, _list[str], _list[Any]]:
+        """The save script's call for ``cp``: its name, keys and arguments."""
         p = self._prefix
         header = cp.model_copy(update={"syscall_log": []}).model_dump_json()
         finished = cp.status in FINISHED
@@ -89,13 +119,7 @@ class RedisRunStore:
         for name, value in fields.items():
             args.extend((name, value))
         lease = fence.key if fence else own[0]
-        done = await self._conn.script("run_save", [own[0], every, expiring, *by_status, lease, *own[1:]], args)
-        if done == 0:  # created already: nothing was written
-            raise RunExistsError(cp.pid)
-        if done != 1:  # the stored status of a finished run: nothing was written
-            raise RunFinishedError(cp.pid, done.decode() if isinstance(done, bytes) else str(done))
-        if finished:
-            await self._keep_ancestors(cp.pid, retention)
+        return "run_save", [own[0], every, expiring, *by_status, lease, *own[1:]], args
 
     async def _keep_ancestors(self, pid: str, retention: int) -> None:
         """Give the runs a finished fork shares records with at least the fork's retention."""
@@ -138,7 +162,7 @@ class RedisRunStore:
         if limit <= 0:
             return []
 
-        prune_keys = self._index_keys()
+        prune_keys = [*self._index_keys(), keys.submitted(p)]
 
         async def page(c: Any) -> _list[str]:
             async with c.pipeline(transaction=False) as pipe:
@@ -161,12 +185,14 @@ class RedisRunStore:
         """Forget the run's header and take it off the indexes (its journal is the journal's)."""
         header = keys.run_header(self._prefix, pid)
         indexes = self._index_keys()
+        submitted = keys.submitted(self._prefix)
 
         async def drop(c: Any) -> None:
             async with c.pipeline(transaction=False) as pipe:
                 pipe.delete(header)
                 for index in indexes:
                     pipe.zrem(index, pid)
+                pipe.srem(submitted, pid)
                 await pipe.execute()
 
         await self._conn.run(drop)

@@ -1,0 +1,413 @@
+"""A replayed CrewAI crew starts at its agent's last journaled model step (``castor.frameworks.crewai``).
+
+Replaying a resumed or forked run through CrewAI's loop costs nearly what the live loop cost in CPU, the
+model and the tools aside: each step is a pass of CrewAI's ``AgentExecutor`` flow (its routers and
+listeners), the guarded LLM's and the guarded tool's hops to the run's event loop and back, CrewAI's tool
+usage (parsing the call, its events on CrewAI's bus, its cache and counts) and the whole conversation
+converted for the journal's comparison. ``kickoff`` of a plain crew (``_plain``) whose journal holds more of
+its agent's loop runs CrewAI's own ``crew.kickoff`` (the crew's and the task's setup, the executor's flow,
+the final answer, the task's and the crew's outputs) with the executor's conversation, once CrewAI has set
+it up (``_setup_messages``), continued by the skipped steps as CrewAI's loop continues it: each journaled
+answer parsed as CrewAI parses it, its tool call's observation made from the journaled result as CrewAI's
+tool usage makes it, the assistant message and the reasoning prompt after it appended, the iteration count
+raised. What CrewAI's tool usage records of each call is recorded as it records it: the task's count of used
+tools (and the tools' format CrewAI appends to every third result), the agent's ``tools_results``, the
+tools handler's last call and cache, the parsed tools' usage counts, the executor's count of repeated calls,
+the agent's fingerprint renewed. The skipped steps emit none of the events a step emits on CrewAI's bus
+and send no telemetry (the console's and tracing's listeners are CrewAI's own, ``_only_crewai_listens``).
+The landing step and what follows run as CrewAI runs them, so the landing step's request, the conversation
+rebuilt, is compared with the journal as every replayed step's is; should it differ, the crew runs again
+from the loop's first step (what the late start recorded put back first) and reports a real divergence
+where it is.
+
+CrewAI's loop does not walk like the other frameworks' (``castor.frameworks._fast_forward.landing``): in
+text (ReAct) mode a model step's journaled answer holds no tool calls, its text names the tool (``Action:``,
+``Action Input:``). ``_landing`` follows the same rules over that text: a model step whose answer CrewAI
+parses as a tool action, that tool's journaled step next (its arguments the action's, as the guarded tool
+asked with them), then the next model step of the same model, asked with the same stop words and settings
+and with the conversation continued; it stops at a final answer, where the journal ends, or at anything else.
+
+Only a plain crew starts late (``_plain``): a ``Crew`` with one ``Agent`` and one ``Task`` (not subclasses),
+sequential, without planning, a manager, memory, knowledge, callbacks, streaming, verbosity, an RPM limit, a
+checkpoint or an output log, its agent's LLM a ``guard()``ed one or a ``CastorLLM`` that does not stream,
+without delegation, reasoning, planning, a step callback, guardrails, a time limit, skills, MCP servers or
+apps, its tools (the task's, else the agent's) guarded tools without a usage limit or ``result_as_answer``, the
+task without a callback, guardrails, human input, structured output, files, context or asynchronous execution,
+run with ``inputs`` at most, no LLM or tool call hooks registered, and no handler but CrewAI's own for the
+events each skipped step would emit (its tool usage's start and finish, its agent logs); in a kernel without
+``structured_results`` or an MMU, on a journal whose skipped tool calls did not fail, whose arguments are
+JSON objects, and which calls no tool twice in a row alike, nor as often as CrewAI stops a run for (CrewAI
+would answer such a call from its own checks). Anything else, and ``akickoff``, replays every step.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from crewai import Agent, Crew, Process, Task
+from crewai.agents.agent_executor import AgentExecutor
+from crewai.agents.parser import AgentAction
+from crewai.events.event_bus import crewai_event_bus
+from crewai.events.types.logging_events import AgentLogsExecutionEvent
+from crewai.events.types.tool_usage_events import ToolUsageFinishedEvent, ToolUsageStartedEvent
+from crewai.hooks.llm_hooks import get_after_llm_call_hooks, get_before_llm_call_hooks
+from crewai.hooks.tool_hooks import get_after_tool_call_hooks, get_before_tool_call_hooks
+from crewai.security.fingerprint import Fingerprint
+from crewai.tools.tool_calling import ToolCalling
+from crewai.utilities.agent_utils import (
+    MAX_REPEATED_TOOL_CALLS,
+    check_repeated_tool_call,
+    format_message_for_llm,
+    process_llm_response,
+)
+from crewai.utilities.constants import NOT_SPECIFIED
+from crewai.utilities.i18n import I18N_DEFAULT
+from crewai.utilities.string_utils import sanitize_tool_name
+
+from castor.checkpoint import SyscallRecord
+from castor.frameworks._castor_models.crewai import CastorLLM, streams
+from castor.frameworks._common import in_thread
+from castor.frameworks._crewai_llm import GuardedLLM
+from castor.frameworks._fast_forward import Landing, start_late
+from castor.kernel.context import RunContext, current_run
+from castor.kernel.model import is_model_step
+
+STARTS_LATE = True  # False: every replay runs the whole loop (what a late start's result is checked against)
+
+_OPTIONS = frozenset({"inputs"})  # kickoff's options a late start leaves as they are
+# The events a skipped step would emit on CrewAI's bus (its tool usage's and the executor's logs).
+_STEP_EVENTS = (ToolUsageStartedEvent, ToolUsageFinishedEvent, AgentLogsExecutionEvent)
+_REMEMBER_FORMAT_AFTER = 3  # CrewAI's tool usage appends the tools' format to every third result of a task
+# The agent's deprecated fields that change its loop (reasoning first, images, code execution, tool calls by
+# another LLM): any of them set, the whole loop runs.
+_DEPRECATED = ("reasoning", "multimodal", "allow_code_execution", "function_calling_llm")
+
+
+@dataclass(slots=True)
+class _Skipped:
+    """A skipped step: its journaled answer as CrewAI parses it, the tool it called (by name), the arguments
+    CrewAI parsed from the answer, and the tool's journaled result (what the guarded tool returns on replay)."""
+
+    action: AgentAction
+    tool: str
+    arguments: dict[str, Any]
+    result: Any
+
+
+async def kickoff(crew: Crew, kwargs: dict[str, Any], guarded_tool: type) -> Any:
+    """``crew.kickoff(**kwargs)`` in a thread of its own; in a replay, from its agent's last journaled model
+    step (module doc). The crew is guarded already; ``guarded_tool``: the guard's tool class (passed in: this
+    module does not import the guard)."""
+    ctx = current_run.get()
+    planned = _plan(ctx, crew, kwargs, guarded_tool)
+    if planned is None or ctx is None:
+        return await in_thread(crew.kickoff, **kwargs)
+    found, skipped = planned
+    agent, task = _members(crew)
+    kept = _Kept(agent, task)
+    own = vars(agent)
+
+    async def late() -> Any:
+        # An instance attribute shadows the agent's method for its next executor only (``_late_executor``).
+        own["create_agent_executor"] = _late_executor(agent, task, skipped)
+        try:
+            return await in_thread(crew.kickoff, **kwargs)
+        finally:
+            own.pop("create_agent_executor", None)
+            executor = agent.agent_executor
+            if executor is not None:
+                vars(executor).pop("_setup_messages", None)
+
+    return await start_late(ctx, found, late, lambda: in_thread(crew.kickoff, **kwargs),
+                            what="the CrewAI crew", undo=kept.restore)
+
+
+class _Kept:
+    """What a late start records outside the executor (which CrewAI resets at every run), kept to be put
+    back should the landing step be asked otherwise and the crew run again from its first step."""
+
+    def __init__(self, agent: Agent, task: Task) -> None:
+        self.agent, self.task = agent, task
+        self.used_tools, self.tools_errors = task.used_tools, task.tools_errors
+        self.tools_results = list(agent.tools_results)
+        handler = agent.tools_handler
+        self.last_used = handler.last_used_tool if handler is not None else None
+        cache = getattr(handler.cache, "_cache", None) if handler is not None else None
+        self.cache = dict(cache) if isinstance(cache, dict) else None
+        self.counts = [(t, t.current_usage_count) for t in _tools(agent, task)]
+
+    def restore(self) -> None:
+        """Put back what the late start recorded."""
+        self.task.used_tools, self.task.tools_errors = self.used_tools, self.tools_errors
+        self.agent.tools_results[:] = self.tools_results
+        handler = self.agent.tools_handler
+        if handler is not None:
+            handler.last_used_tool = self.last_used
+            cache = getattr(handler.cache, "_cache", None)
+            if isinstance(cache, dict) and self.cache is not None:
+                cache.clear()
+                cache.update(self.cache)
+        for t, count in self.counts:
+            t.current_usage_count = count
+
+
+def _members(crew: Crew) -> tuple[Agent, Task]:
+    """A plain crew's agent and task (``_plain``: one of each, of CrewAI's own classes)."""
+    agent = crew.agents[0]
+    assert isinstance(agent, Agent)
+    return agent, crew.tasks[0]
+
+
+def _tools(agent: Agent, task: Task) -> list[Any]:
+    """The tools the task runs with: its own, else its agent's (CrewAI's choice)."""
+    return list(task.tools or agent.tools or ())
+
+
+def _plan(ctx: RunContext | None, crew: Crew, kwargs: dict[str, Any],
+          guarded_tool: type) -> tuple[Landing, list[_Skipped]] | None:
+    """Where the loop may start and the steps it skips, rebuilt; None: the whole loop runs."""
+    if not STARTS_LATE or ctx is None or ctx.closed:
+        return None
+    services = ctx.services
+    if services.mmu is not None or services.structured_results:  # what a tool returns is not its record
+        return None
+    if ctx.unjournaled_failures or ctx.held_steps or ctx.suspended_at is not None:
+        return None
+    log = ctx.checkpoint.syscall_log
+    if ctx.next_step + 2 >= len(log):  # a live run, or a journal without a model step past the first
+        return None
+    if not _plain(crew, kwargs, guarded_tool):
+        return None
+    agent, task = _members(crew)
+    llm = agent.llm
+    assert isinstance(llm, GuardedLLM | CastorLLM)  # _plain
+    tools = {t.name: t for t in _tools(agent, task)}
+    walked = _landing(ctx, log, tools, llm.supports_stop_words())
+    if walked is None:
+        return None
+    found, skipped = walked
+    if len(skipped) > agent.max_iter:  # the loop asks for a final answer at max_iter: it lands there at the latest
+        found = Landing(found.steps[:agent.max_iter + 1], found.records[:agent.max_iter + 1])
+        skipped = skipped[:agent.max_iter]
+    if not _repeats_allowed(skipped):
+        return None
+    return found, skipped
+
+
+def _plain(crew: Crew, kwargs: dict[str, Any], guarded_tool: type) -> bool:
+    """Whether CrewAI's loop runs nothing at a step but its model call and its tools (module doc)."""
+    if set(kwargs) - _OPTIONS or type(crew) is not Crew:
+        return False
+    if len(crew.agents) != 1 or len(crew.tasks) != 1 or crew.process != Process.sequential:
+        return False
+    if (crew.planning or crew.manager_agent is not None or crew.manager_llm is not None or crew.memory
+            or crew.knowledge_sources or crew.knowledge is not None or crew.step_callback is not None
+            or crew.task_callback is not None or crew.before_kickoff_callbacks or crew.after_kickoff_callbacks
+            or crew.stream or crew.verbose or crew.max_rpm is not None or crew.checkpoint is not None
+            or crew.output_log_file):
+        return False
+    agent, task = crew.agents[0], crew.tasks[0]
+    if type(agent) is not Agent or type(task) is not Task or task.agent is not agent:
+        return False
+    llm = agent.llm
+    if not isinstance(llm, GuardedLLM | CastorLLM) or type(llm) not in (GuardedLLM, CastorLLM) or streams(llm):
+        return False  # a subclass may ask otherwise; a streamed call emits its text on CrewAI's bus
+    if agent.executor_class is not AgentExecutor:
+        return False
+    own = vars(agent)  # the deprecated fields read without their warnings
+    if any(own.get(name) for name in _DEPRECATED) or (
+            agent.allow_delegation or agent.planning or agent.planning_config is not None
+            or agent.step_callback is not None or agent.guardrail is not None or agent.verbose
+            or agent.max_execution_time is not None or agent.max_rpm is not None or agent.skills or agent.mcps
+            or agent.apps or agent.a2a or agent.knowledge is not None or agent.knowledge_sources or agent.memory):
+        return False
+    if (task.callback is not None or task.guardrail is not None or task.guardrails or task.human_input
+            or task.output_pydantic is not None or task.output_json is not None or task.response_model is not None
+            or task.input_files or (task.context and task.context is not NOT_SPECIFIED) or task.async_execution
+            or task.output_file):
+        return False
+    tools = _tools(agent, task)
+    if not tools or any(t.max_usage_count is not None or t.result_as_answer or type(t) is not guarded_tool
+                        for t in tools):
+        return False
+    if (get_before_llm_call_hooks() or get_after_llm_call_hooks() or get_before_tool_call_hooks()
+            or get_after_tool_call_hooks()):
+        return False
+    return _only_crewai_listens()
+
+
+def _only_crewai_listens() -> bool:
+    """Whether every handler of the events a skipped step would emit is CrewAI's own (its console, which
+    prints nothing for an agent that is not verbose, and its tracing): no listener of the user's would miss
+    them."""
+    for handlers in (crewai_event_bus._sync_handlers, crewai_event_bus._async_handlers):
+        for event in _STEP_EVENTS:
+            for handler in handlers.get(event, ()):
+                module = getattr(handler, "__module__", None) or ""
+                if not module.startswith("crewai."):
+                    return False
+    return True
+
+
+def _model_request(record: SyscallRecord, model: str | None) -> dict[str, Any] | None:
+    """The request of a model step answered in text (not failed) by ``model`` (any, if None); None for any
+    other step."""
+    name = record.tool_name
+    if not is_model_step(name) or (model is not None and name != model):
+        return None
+    response = record.response
+    if record.failure is not None or not isinstance(response, dict) or type(response.get("text")) is not str:
+        return None
+    if response.get("tool_calls") or response.get("structured"):
+        return None
+    arguments = record.request.get("arguments")
+    asked = arguments.get("request") if isinstance(arguments, dict) else None
+    return asked if isinstance(asked, dict) and isinstance(asked.get("messages"), list) else None
+
+
+def _landing(ctx: RunContext, log: list[SyscallRecord], tools: dict[str, Any],
+             stop_words: bool) -> tuple[Landing, list[_Skipped]] | None:
+    """The journaled loop from the run's next step and its skipped steps rebuilt (module doc); None: no
+    model step past the first to land at."""
+    start = ctx.next_step
+    record = log[start]
+    request = _model_request(record, None)
+    if request is None:
+        return None
+    model = record.tool_name
+    steps, records, skipped = [start], [record], []
+    names = {sanitize_tool_name(name): name for name in tools}
+    at, end = start, len(log)
+    while at + 2 < end:
+        step = _skipped(record.response["text"], log[at + 1], names, stop_words)
+        if step is None:
+            break
+        after = log[at + 2]
+        following = _model_request(after, model)
+        if following is None:
+            break
+        old, new = request["messages"], following["messages"]
+        if len(new) <= len(old) or new[:len(old)] != old or (
+                {k: v for k, v in request.items() if k != "messages"}
+                != {k: v for k, v in following.items() if k != "messages"}):
+            break  # not asked the same way (tools, stop words, schema) with the conversation continued
+        skipped.append(step)
+        at += 2
+        steps.append(at)
+        records.append(after)
+        record, request = after, following
+    return (Landing(steps, records), skipped) if skipped else None
+
+
+def _skipped(text: str, tool_record: SyscallRecord, names: dict[str, str], stop_words: bool) -> _Skipped | None:
+    """The step whose journaled answer is ``text``, as CrewAI parses it and calls its tool, if that call is
+    ``tool_record`` as the guarded tool journaled it; None otherwise (a final answer, a parse error, another
+    tool, other arguments, a failed call)."""
+    try:
+        action = process_llm_response(text, stop_words)
+    except Exception:  # CrewAI's parser error: the loop feeds it back to the model
+        return None
+    if not isinstance(action, AgentAction):
+        return None
+    name = names.get(sanitize_tool_name(action.tool))
+    if name is None or tool_record.tool_name != name or tool_record.failure is not None:
+        return None
+    tool_input = action.tool_input
+    try:  # what CrewAI's tool usage tries first; the repairs it tries next are not followed here
+        arguments = json.loads(tool_input) if isinstance(tool_input, str) else None
+    except ValueError:
+        return None
+    if type(arguments) is not dict or tool_record.arguments != arguments:
+        return None  # the guarded tool was asked with other arguments (a default filled in, a key dropped)
+    return _Skipped(action, name, arguments, tool_record.response)
+
+
+def _repeats_allowed(skipped: list[_Skipped]) -> bool:
+    """Whether CrewAI's loop would run every skipped call as journaled: none is the previous one again
+    (CrewAI answers such a call from its own check, not the tool's), and none is made as often as CrewAI
+    stops a run for (``check_repeated_tool_call``: the same tool, input and result; counted here by the
+    result, before the observation's text is made, which counts a repeat at least as often)."""
+    seen: dict[str, int] = {}
+    previous: tuple[str, dict[str, Any]] | None = None
+    for step in skipped:
+        current = (step.tool, step.arguments)
+        if current == previous:
+            return False
+        previous = current
+        key = json.dumps([step.action.tool, step.action.tool_input, str(step.result)], sort_keys=True, default=str)
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] >= MAX_REPEATED_TOOL_CALLS:
+            return False
+    return True
+
+
+def _late_executor(agent: Agent, task: Task, skipped: list[_Skipped]) -> Callable[..., None]:
+    """The agent's ``create_agent_executor`` for this run: CrewAI's, then the executor's ``_setup_messages``
+    shadowed once, to continue the conversation CrewAI sets up with the skipped steps (``_continue``)."""
+
+    def create_agent_executor(tools: Any = None, task: Any = None) -> None:
+        del vars(agent)["create_agent_executor"]  # once: a retry of the task runs the loop anew
+        Agent.create_agent_executor(agent, tools=tools, task=task)
+        executor = agent.agent_executor
+        assert executor is not None
+
+        def setup_messages(inputs: dict[str, Any]) -> None:
+            del vars(executor)["_setup_messages"]
+            AgentExecutor._setup_messages(executor, inputs)
+            _continue(executor, agent, task_of(executor), skipped)
+
+        vars(executor)["_setup_messages"] = setup_messages
+
+    def task_of(executor: AgentExecutor) -> Task:
+        return executor.task if isinstance(executor.task, Task) else task
+
+    return create_agent_executor
+
+
+def _continue(executor: AgentExecutor, agent: Agent, task: Task, skipped: list[_Skipped]) -> None:
+    """What CrewAI's loop does at each skipped step, but the model call and the tool's run: its tool usage's
+    records (``ToolUsage._use``), the observation, the conversation's two messages and the iteration count
+    (``AgentExecutor.execute_tool_action``, ``handle_agent_action_core``, ``increment_and_continue``)."""
+    structured = {t.name: t for t in executor.tools}
+    if any(step.tool not in structured for step in skipped):
+        # Not the tools the plan read: the conversation is left as CrewAI set it up, the landing step is asked
+        # otherwise than journaled, and the crew runs again from the loop's first step (start_late).
+        return
+    handler = executor.tools_handler
+    state = executor.state
+    messages = state.messages
+    reasoning = I18N_DEFAULT.slice("post_tool_reasoning")
+    counts = executor._tool_call_counts
+    for step in skipped:
+        tool = structured[step.tool]
+        action = step.action
+        # execute_tool_and_check_finality gives the agent a new fingerprint (a new id) at every tool call
+        agent.set_fingerprint(Fingerprint.from_dict({"agent_fingerprint": str(agent.security_config.fingerprint)}))
+        tool._increment_usage_count()  # CrewStructuredTool.invoke
+        result = step.result
+        if handler is not None:  # the tool's own cache_function decides, else the structured tool's
+            original = getattr(tool, "_original_tool", None)
+            cache_function = getattr(original, "cache_function", None) or getattr(tool, "cache_function", None)
+            should_cache = cache_function(step.arguments, result) if cache_function else True
+            handler.on_tool_use(calling=ToolCalling(tool_name=sanitize_tool_name(tool.name),
+                                                    arguments=step.arguments),
+                                output=result, should_cache=should_cache)
+        text = tool.format_output_for_agent(result)
+        task.used_tools += 1  # ToolUsage._format_result
+        if task.used_tools % _REMEMBER_FORMAT_AFTER == 0:
+            text = str(text) + "\n\n" + I18N_DEFAULT.slice("tools").format(
+                tools=executor.tools_description, tool_names=executor.tools_names)
+        observation = str(text)
+        agent.tools_results.append({"result": observation, "tool_name": sanitize_tool_name(tool.name),
+                                    "tool_args": step.arguments})
+        tool._increment_usage_count()  # ToolUsage._use, after the call
+        check_repeated_tool_call(counts, tool_name=action.tool, tool_args=action.tool_input, result=observation,
+                                 agent=agent, task=task)
+        action.text += f"\nObservation: {observation}"
+        action.result = observation
+        messages.append(format_message_for_llm(action.text, role="assistant"))
+        messages.append({"role": "user", "content": reasoning})
+        state.iterations += 1
