@@ -43,13 +43,12 @@ from agents import (
 from agents.items import MessageOutputItem, ReasoningItem, ToolCallItem, ToolCallOutputItem
 from agents.run import DEFAULT_MAX_TURNS
 from agents.tool import get_function_tool_origin
-from agents.usage import RequestUsage
 from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseReasoningItem
 
 from castor.checkpoint import SyscallRecord
 from castor.frameworks._fast_forward import Landing, landing, request_of, start_late
 from castor.frameworks._openai_agents_identity import Identity
-from castor.frameworks._openai_agents_json import input_parts, loads, model_response
+from castor.frameworks._openai_agents_json import input_parts, loads, model_response, request_usage
 from castor.kernel.context import RunContext, current_run
 
 STARTS_LATE = True  # False: every replay runs the whole loop (what a late start's result is checked against)
@@ -246,8 +245,10 @@ def _outputs(agent: Agent[Any], wrapper: RunContextWrapper[Any], calls: list[tup
 def _usage(responses: list[ModelResponse]) -> Usage:
     """The usage the SDK has added up (``Usage.add``) after ``responses``: the totals, and an entry of its own
     per request that reported tokens. A rebuilt response's usage has no token details (``model_response``):
-    the totals' are zero, as the SDK's sum of them. Made at once: ``Usage.add`` deep-copies each entry."""
+    the totals' are zero, as the SDK's sum of them. Made at once: ``Usage.add`` deep-copies each entry's
+    details (``request_usage`` makes new ones: 19k instructions an entry against 56k with ``model_copy``)."""
     usage = Usage()
+    entries = usage.request_usage_entries
     for response in responses:
         add = response.usage
         usage.requests += add.requests
@@ -255,11 +256,7 @@ def _usage(responses: list[ModelResponse]) -> Usage:
         usage.output_tokens += add.output_tokens
         usage.total_tokens += add.total_tokens
         if add.requests == 1 and (add.input_tokens > 0 or add.output_tokens > 0 or add.total_tokens > 0):
-            usage.request_usage_entries.append(RequestUsage(
-                input_tokens=add.input_tokens, output_tokens=add.output_tokens, total_tokens=add.total_tokens,
-                input_tokens_details=add.input_tokens_details.model_copy(),
-                output_tokens_details=add.output_tokens_details.model_copy(),
-            ))
+            entries.append(request_usage(add))
     return usage
 
 
