@@ -402,6 +402,20 @@ ARGUMENTS = ['{"query": "q0"}', '{"z": {"b": [1.5, null, "é"], "a": true}, "que
              '{"n": 10000000000000000000000, "f": 1e300, "x": -0.0}', '{"query": NaN}', "not json", "", "null"]
 
 
+def test_a_fingerprint_is_the_sdks() -> None:
+    """The fingerprint's encoder, built once, writes what the SDK's ``json.dumps`` writes."""
+    import json
+
+    from agents._tool_invocation import _fingerprint as sdks
+
+    from castor.frameworks._openai_agents_identity import _fingerprint
+
+    values = [json.loads(text) for text in ARGUMENTS[:-3]] + [None, [], {"é": [{"b": 1, "a": 2.5e-7}]}, float("nan")]
+    for value in values:
+        payload = {"approval_scope": "function:search", "arguments": value, "type": "function_call"}
+        assert _fingerprint(payload) == sdks(payload)
+
+
 def test_a_skipped_calls_identity_is_the_one_the_sdk_records() -> None:
     from agents._tool_identity import get_function_tool_lookup_key_for_tool
     from openai.types.responses import ResponseFunctionToolCall
