@@ -167,20 +167,25 @@ async def _state(ctx: RunContext, found: Landing, agent: Agent[Any], input: str 
     if isinstance(input, list) and normalize_resumed_input(input) != input:  # a resumed state reads it otherwise
         return None
     wrapper: RunContextWrapper[Any] = RunContextWrapper(context=context)
-    tools = {t.name: t for t in await agent.get_all_tools(wrapper) if isinstance(t, FunctionTool)}
+    # What ``agent.get_all_tools`` gives a plain agent (``_plain_run``: guarded function tools, each enabled,
+    # no MCP servers), without its task per tool (0.27 M instructions); the SDK asks it at the landing step.
+    tools = {t.name: t for t in agent.tools if type(t) is FunctionTool}
     keys = {name: Identity(get_function_tool_lookup_key_for_tool(t)) for name, t in tools.items()}
+    # Each tool's origin, made once: the SDK makes an equal ``ToolOrigin`` (a frozen dataclass) for each item
+    # of a call (11k instructions, two items a call).
+    origins = {name: get_function_tool_origin(t) for name, t in tools.items()}
     journal = ctx.checkpoint.syscall_log
     items: list[Any] = []
     responses: list[ModelResponse] = []
     used: list[str] = []
     for turn, record in enumerate(found.records[:-1]):
         response = model_response(record.response)  # as the replayed step hands it to the SDK
-        made = _answer_items(agent, tools, response.output, record.response["output"])
+        made = _answer_items(agent, tools, origins, response.output, record.response["output"])
         if made is None:
             return None
         answer, calls = made
         ran = journal[found.steps[turn] + 1 : found.steps[turn + 1]]
-        outputs = _outputs(agent, wrapper, calls, tools, keys, ran)
+        outputs = _outputs(agent, wrapper, calls, origins, keys, ran)
         if outputs is None:
             return None
         items += [*answer, *outputs]
@@ -201,11 +206,12 @@ async def _state(ctx: RunContext, found: Landing, agent: Agent[Any], input: str 
     return state
 
 
-def _answer_items(agent: Agent[Any], tools: dict[str, FunctionTool], output: list[Any],
+def _answer_items(agent: Agent[Any], tools: dict[str, FunctionTool], origins: dict[str, Any], output: list[Any],
                   journaled: list[Any]) -> tuple[list[Any], list[tuple[ResponseFunctionToolCall, Any]]] | None:
     """The run items the SDK makes of an answer's output (a message, a reasoning item, a call of one of
-    ``tools``), and its function calls with their journaled JSON; None for any other output (a hosted tool,
-    a handoff, a call the SDK would route elsewhere), which a late start does not rebuild."""
+    ``tools``, whose ``origins`` are given), and its function calls with their journaled JSON; None for any
+    other output (a hosted tool, a handoff, a call the SDK would route elsewhere), which a late start does
+    not rebuild."""
     items: list[Any] = []
     calls = []
     for part, dumped in zip(output, journaled, strict=True):
@@ -216,7 +222,7 @@ def _answer_items(agent: Agent[Any], tools: dict[str, FunctionTool], output: lis
         elif isinstance(part, ResponseFunctionToolCall) and part.name in tools and not (part.namespace or part.caller):
             tool = tools[part.name]
             items.append(ToolCallItem(raw_item=part, agent=agent, description=tool.description, title=tool._mcp_title,
-                                      tool_origin=get_function_tool_origin(tool)))
+                                      tool_origin=origins[part.name]))
             calls.append((part, dumped))
         else:
             return None
@@ -224,10 +230,10 @@ def _answer_items(agent: Agent[Any], tools: dict[str, FunctionTool], output: lis
 
 
 def _outputs(agent: Agent[Any], wrapper: RunContextWrapper[Any], calls: list[tuple[ResponseFunctionToolCall, Any]],
-             tools: dict[str, FunctionTool], keys: dict[str, Identity], ran: list[SyscallRecord]) -> list[Any] | None:
+             origins: dict[str, Any], keys: dict[str, Identity], ran: list[SyscallRecord]) -> list[Any] | None:
     """The output items of one answer's function calls (in the order of the calls, as the SDK adds them)
-    from their journaled steps (``ran``), each call recorded in ``wrapper`` as the SDK records it; None if a
-    call has no step of its own, a step failed, or a step is left over."""
+    from their journaled steps (``ran``), each call recorded in ``wrapper`` as the SDK records it (``origins``:
+    each tool's origin); None if a call has no step of its own, a step failed, or a step is left over."""
     outputs = []
     for call, dumped in calls:
         record = _result(call, ran)
@@ -235,7 +241,7 @@ def _outputs(agent: Agent[Any], wrapper: RunContextWrapper[Any], calls: list[tup
             return None
         value = record.response  # what the replayed tool step hands the SDK
         output = ToolCallOutputItem(output=value, raw_item=ItemHelpers.tool_call_output_item(call, value), agent=agent,
-                                    tool_origin=get_function_tool_origin(tools[call.name]))
+                                    tool_origin=origins[call.name])
         if not keys[call.name].record(wrapper, call, dumped):  # the whole loop raises there
             return None
         outputs.append(output)  # the SDK marks the call completed when it reads the outputs at the next turn
