@@ -25,8 +25,9 @@ class Identity:
     A function call's fingerprint is the hash of its JSON ``{"approval_scope", "arguments", "type"}`` with
     sorted keys (the SDK's ``_fingerprint``), the arguments parsed (``_normalize_arguments``: for JSON data
     the parsed value, whose keys ``sort_keys`` orders as the SDK's normalisation does). So the scope is taken
-    from the SDK once per tool, each call's fingerprint made here, and the first call of each state is
-    recorded by the SDK itself and compared (another SDK's identity: every call is left to the SDK). A call
+    from the SDK once per tool (``identity``: the SDK's scope of a function call is a hash of the tool's
+    lookup key alone), each call's fingerprint made here, and the first call an identity sees is recorded by
+    the SDK itself and compared (another SDK's identity: every call is left to the SDK). A call
     the fast way does not cover (no call id, a caller, a key the SDK may hash beyond the call's own,
     arguments that are not plain JSON data: the SDK keeps ``NaN`` text unparsed) is recorded by the SDK."""
 
@@ -64,6 +65,23 @@ class Identity:
             ):
                 self.scope = made.approval_scope
         return True
+
+
+# Each tool's identity by its lookup key, kept from one late start to the next: the SDK's own record of the
+# first call (210k instructions, as much as eight calls recorded here) is made once per tool and process,
+# not once per late start. Cleared when full (a process with that many tools: they are learnt again).
+_known: dict[Any, Identity] = {}
+
+
+def identity(lookup_key: Any) -> Identity:
+    """The identity of the tool whose lookup key (the SDK's ``get_function_tool_lookup_key_for_tool``) is
+    ``lookup_key``."""
+    found = _known.get(lookup_key)
+    if found is None:
+        if len(_known) >= 1024:
+            _known.clear()
+        found = _known[lookup_key] = Identity(lookup_key)
+    return found
 
 
 # The keys of a function call's JSON the SDK's fingerprint reads none of but its type and arguments (any

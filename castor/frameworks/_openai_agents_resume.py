@@ -47,7 +47,7 @@ from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessa
 
 from castor.checkpoint import SyscallRecord
 from castor.frameworks._fast_forward import Landing, landing, request_of, start_late
-from castor.frameworks._openai_agents_identity import Identity
+from castor.frameworks._openai_agents_identity import Identity, identity
 from castor.frameworks._openai_agents_json import input_parts, loads, model_response, request_usage
 from castor.kernel.context import RunContext, current_run
 
@@ -170,12 +170,13 @@ async def _state(ctx: RunContext, found: Landing, agent: Agent[Any], input: str 
     # What ``agent.get_all_tools`` gives a plain agent (``_plain_run``: guarded function tools, each enabled,
     # no MCP servers), without its task per tool (0.27 M instructions); the SDK asks it at the landing step.
     tools = {t.name: t for t in agent.tools if type(t) is FunctionTool}
-    keys = {name: Identity(get_function_tool_lookup_key_for_tool(t)) for name, t in tools.items()}
+    keys = {name: identity(get_function_tool_lookup_key_for_tool(t)) for name, t in tools.items()}
     # Each tool's origin, made once: the SDK makes an equal ``ToolOrigin`` (a frozen dataclass) for each item
     # of a call (11k instructions, two items a call).
     origins = {name: get_function_tool_origin(t) for name, t in tools.items()}
     journal = ctx.checkpoint.syscall_log
     items: list[Any] = []
+    inputs: list[Any] = []  # the items' input items, as their to_input_item() makes them
     responses: list[ModelResponse] = []
     used: list[str] = []
     for turn, record in enumerate(found.records[:-1]):
@@ -184,15 +185,16 @@ async def _state(ctx: RunContext, found: Landing, agent: Agent[Any], input: str 
         if made is None:
             return None
         answer, calls = made
+        inputs += map(_input_item, response.output)  # an item each (_answer_items)
         ran = journal[found.steps[turn] + 1 : found.steps[turn + 1]]
-        outputs = _outputs(agent, wrapper, calls, origins, keys, ran)
+        outputs = _outputs(agent, wrapper, calls, origins, keys, ran, inputs)
         if outputs is None:
             return None
         items += [*answer, *outputs]
         responses.append(response)
         used += [call.name for call, _ in calls]
     wrapper.usage = _usage(responses)
-    asked = [*ItemHelpers.input_to_new_input_list(input), *(item.to_input_item() for item in items)]
+    asked = [*ItemHelpers.input_to_new_input_list(input), *inputs]
     # Converted through the guarded model's conversation, which keeps the items' parts for the run: the SDK
     # asks the landing step with these items, whose request (compared again there) then converts none anew.
     model: Any = agent.model  # a GuardedModel (_plain_run)
@@ -230,22 +232,44 @@ def _answer_items(agent: Agent[Any], tools: dict[str, FunctionTool], origins: di
 
 
 def _outputs(agent: Agent[Any], wrapper: RunContextWrapper[Any], calls: list[tuple[ResponseFunctionToolCall, Any]],
-             origins: dict[str, Any], keys: dict[str, Identity], ran: list[SyscallRecord]) -> list[Any] | None:
+             origins: dict[str, Any], keys: dict[str, Identity], ran: list[SyscallRecord],
+             inputs: list[Any]) -> list[Any] | None:
     """The output items of one answer's function calls (in the order of the calls, as the SDK adds them)
     from their journaled steps (``ran``), each call recorded in ``wrapper`` as the SDK records it (``origins``:
-    each tool's origin); None if a call has no step of its own, a step failed, or a step is left over."""
+    each tool's origin) and each item's input item added to ``inputs``; None if a call has no step of its own,
+    a step failed, or a step is left over."""
     outputs = []
     for call, dumped in calls:
         record = _result(call, ran)
         if record is None:
             return None
         value = record.response  # what the replayed tool step hands the SDK
-        output = ToolCallOutputItem(output=value, raw_item=ItemHelpers.tool_call_output_item(call, value), agent=agent,
-                                    tool_origin=origins[call.name])
+        raw = ItemHelpers.tool_call_output_item(call, value)
+        output = ToolCallOutputItem(output=value, raw_item=raw, agent=agent, tool_origin=origins[call.name])
         if not keys[call.name].record(wrapper, call, dumped):  # the whole loop raises there
             return None
         outputs.append(output)  # the SDK marks the call completed when it reads the outputs at the next turn
+        inputs.append(_output_input_item(raw))
     return None if ran else outputs
+
+
+def _input_item(raw: Any) -> dict[str, Any]:
+    """The ``to_input_item()`` of the item made of ``raw``, a message, reasoning item or function call (the
+    SDK's ``_output_item_to_input_item``: the model's fields set, through the serializer ``model_dump`` calls,
+    without the output-only ``created_by``): 12k instructions against 22k for the item's method, whose
+    attribute reads go through the item's own ``__getattribute__``. A conversion that differs from the
+    SDK's fails the check against the landing step's journaled request: the whole loop runs."""
+    payload: dict[str, Any] = raw.__pydantic_serializer__.to_python(raw, exclude_unset=True)
+    payload.pop("created_by", None)
+    return payload
+
+
+def _output_input_item(raw: Any) -> dict[str, Any]:
+    """The ``to_input_item()`` of the ``ToolCallOutputItem`` of a function call's output ``raw``: a copy,
+    without the output-only ``created_by``."""
+    payload = dict(raw)
+    payload.pop("created_by", None)
+    return payload
 
 
 def _usage(responses: list[ModelResponse]) -> Usage:

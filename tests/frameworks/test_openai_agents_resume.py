@@ -402,6 +402,27 @@ ARGUMENTS = ['{"query": "q0"}', '{"z": {"b": [1.5, null, "é"], "a": true}, "que
              '{"n": 10000000000000000000000, "f": 1e300, "x": -0.0}', '{"query": NaN}', "not json", "", "null"]
 
 
+def test_a_skipped_items_input_item_is_the_one_the_sdk_makes() -> None:
+    """The input items a late start checks the landing step's request with are the items' ``to_input_item()``."""
+    from agents import ItemHelpers
+    from agents.items import MessageOutputItem, ReasoningItem, ToolCallItem, ToolCallOutputItem
+    from openai.types.responses import ResponseReasoningItem
+    from openai.types.responses.response_reasoning_item import Summary
+
+    from castor.frameworks._openai_agents_json import model_response
+
+    agent = Agent(name="janitor")
+    reasoning = ResponseReasoningItem(id="rs_1", type="reasoning", summary=[Summary(type="summary_text", text="hm")])
+    output = [reasoning, say("looking"), call("search", '{"query": "q"}', "c1")]
+    journaled = {"output": [item.model_dump(mode="json", exclude_none=True) for item in output]}
+    for kind, raw in zip((ReasoningItem, MessageOutputItem, ToolCallItem), model_response(journaled).output,
+                         strict=True):
+        assert resume._input_item(raw) == kind(raw_item=raw, agent=agent).to_input_item()
+    raw = ItemHelpers.tool_call_output_item(output[2], "found q")  # type: ignore[arg-type]
+    made = resume._output_input_item(raw)
+    assert made == ToolCallOutputItem(output="found q", raw_item=raw, agent=agent).to_input_item() and made is not raw
+
+
 def test_a_fingerprint_is_the_sdks() -> None:
     """The fingerprint's encoder, built once, writes what the SDK's ``json.dumps`` writes."""
     import json
