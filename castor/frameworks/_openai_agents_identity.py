@@ -34,6 +34,7 @@ class Identity:
     def __init__(self, lookup_key: Any) -> None:
         self.lookup_key = lookup_key
         self.scope: str | None = None  # the tool's approval scope, once the SDK's own record agreed
+        self.hashed: Any = None  # SHA-256 of the fingerprint's JSON up to the arguments (``_hasher``)
         self.checked = False
 
     def record(self, wrapper: RunContextWrapper[Any], call: ResponseFunctionToolCall, dumped: Any) -> bool:
@@ -44,8 +45,14 @@ class Identity:
             and dumped.get("type") == "function_call" and "arguments" in dumped and dumped.keys() <= _CALL_KEYS \
             else None
         if arguments is not None and self.scope is not None:
-            scope = self.scope
-            fingerprint = _fingerprint({"approval_scope": scope, "arguments": arguments[0], "type": "function_call"})
+            scope, hashed = self.scope, self.hashed
+            if hashed is not None:  # the payload's JSON is its start, the arguments', its end
+                hashed = hashed.copy()
+                hashed.update("".join(_C_ENCODE(arguments[0], 0)).encode("utf-8") + _END)  # type: ignore[misc]
+                fingerprint = hashed.hexdigest()
+            else:
+                fingerprint = _fingerprint({"approval_scope": scope, "arguments": arguments[0],
+                                            "type": "function_call"})
             known = wrapper._tool_invocations.get(call_id)
             if known is None:
                 wrapper._tool_invocations[call_id] = _ToolInvocationRecord(
@@ -63,6 +70,7 @@ class Identity:
             if made is not None and made.invocation_type == "function_call" and made.fingerprint == _fingerprint(
                 {"approval_scope": made.approval_scope, "arguments": arguments[0], "type": "function_call"}
             ):
+                self.hashed = _hasher(made.approval_scope)
                 self.scope = made.approval_scope
         return True
 
@@ -114,3 +122,22 @@ def _fingerprint(payload: dict[str, Any]) -> str:
     """The SDK's ``_fingerprint``: SHA-256 of the compact JSON with sorted keys."""
     text = _ENCODER.encode(payload) if _C_ENCODE is None else "".join(_C_ENCODE(payload, 0))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+_END = b',"type":"function_call"}'  # a function call's fingerprint JSON after its arguments (keys sorted)
+
+
+def _hasher(scope: str) -> Any:
+    """A SHA-256 object fed the JSON of a function call's fingerprint payload up to its arguments' value
+    (its keys sorted: ``approval_scope``, ``arguments``, ``type``), copied for each call: a call's fingerprint
+    then encodes and hashes its arguments alone (12.6k instructions against 23k). None when a payload's
+    fingerprint made so is not ``_fingerprint``'s (another encoder)."""
+    if _C_ENCODE is None:
+        return None
+    start = ('{"approval_scope":' + encode_basestring(scope) + ',"arguments":').encode("utf-8")
+    check = hashlib.sha256(start)
+    check.update(b'{"a":[1,"\xc3\xa9"]}' + _END)
+    sample = {"approval_scope": scope, "arguments": {"a": [1, "é"]}, "type": "function_call"}
+    if check.hexdigest() != _fingerprint(sample):
+        return None
+    return hashlib.sha256(start)

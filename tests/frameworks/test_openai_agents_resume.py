@@ -451,7 +451,7 @@ def test_a_skipped_calls_identity_is_the_one_the_sdk_records() -> None:
         call = ResponseFunctionToolCall.model_validate(dumped)
         assert identity.record(made, call, dumped)
         sdks._tool_invocation_status(dumped, tool_lookup_key=key)
-    assert identity.scope is not None  # the calls after the first are made here, not by the SDK
+    assert identity.scope is not None and identity.hashed is not None  # the calls after the first: made here
     records = [{i: (r.invocation_type, r.approval_scope, r.fingerprint) for i, r in w._tool_invocations.items()}
                for w in (made, sdks)]
     assert records[0] == records[1] and len(records[0]) == len(ARGUMENTS)
