@@ -43,13 +43,12 @@ from agents import (
 from agents.items import MessageOutputItem, ReasoningItem, ToolCallItem, ToolCallOutputItem
 from agents.run import DEFAULT_MAX_TURNS
 from agents.tool import get_function_tool_origin
-from agents.usage import RequestUsage
 from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseReasoningItem
 
 from castor.checkpoint import SyscallRecord
 from castor.frameworks._fast_forward import Landing, landing, request_of, start_late
-from castor.frameworks._openai_agents_identity import Identity
-from castor.frameworks._openai_agents_json import input_parts, loads, model_response
+from castor.frameworks._openai_agents_identity import Identity, identity
+from castor.frameworks._openai_agents_json import input_parts, loads, model_response, request_usage
 from castor.kernel.context import RunContext, current_run
 
 STARTS_LATE = True  # False: every replay runs the whole loop (what a late start's result is checked against)
@@ -168,27 +167,34 @@ async def _state(ctx: RunContext, found: Landing, agent: Agent[Any], input: str 
     if isinstance(input, list) and normalize_resumed_input(input) != input:  # a resumed state reads it otherwise
         return None
     wrapper: RunContextWrapper[Any] = RunContextWrapper(context=context)
-    tools = {t.name: t for t in await agent.get_all_tools(wrapper) if isinstance(t, FunctionTool)}
-    keys = {name: Identity(get_function_tool_lookup_key_for_tool(t)) for name, t in tools.items()}
+    # What ``agent.get_all_tools`` gives a plain agent (``_plain_run``: guarded function tools, each enabled,
+    # no MCP servers), without its task per tool (0.27 M instructions); the SDK asks it at the landing step.
+    tools = {t.name: t for t in agent.tools if type(t) is FunctionTool}
+    keys = {name: identity(get_function_tool_lookup_key_for_tool(t)) for name, t in tools.items()}
+    # Each tool's origin, made once: the SDK makes an equal ``ToolOrigin`` (a frozen dataclass) for each item
+    # of a call (11k instructions, two items a call).
+    origins = {name: get_function_tool_origin(t) for name, t in tools.items()}
     journal = ctx.checkpoint.syscall_log
     items: list[Any] = []
+    inputs: list[Any] = []  # the items' input items, as their to_input_item() makes them
     responses: list[ModelResponse] = []
     used: list[str] = []
     for turn, record in enumerate(found.records[:-1]):
         response = model_response(record.response)  # as the replayed step hands it to the SDK
-        made = _answer_items(agent, tools, response.output, record.response["output"])
+        made = _answer_items(agent, tools, origins, response.output, record.response["output"])
         if made is None:
             return None
         answer, calls = made
+        inputs += map(_input_item, response.output)  # an item each (_answer_items)
         ran = journal[found.steps[turn] + 1 : found.steps[turn + 1]]
-        outputs = _outputs(agent, wrapper, calls, tools, keys, ran)
+        outputs = _outputs(agent, wrapper, calls, origins, keys, ran, inputs)
         if outputs is None:
             return None
         items += [*answer, *outputs]
         responses.append(response)
         used += [call.name for call, _ in calls]
     wrapper.usage = _usage(responses)
-    asked = [*ItemHelpers.input_to_new_input_list(input), *(item.to_input_item() for item in items)]
+    asked = [*ItemHelpers.input_to_new_input_list(input), *inputs]
     # Converted through the guarded model's conversation, which keeps the items' parts for the run: the SDK
     # asks the landing step with these items, whose request (compared again there) then converts none anew.
     model: Any = agent.model  # a GuardedModel (_plain_run)
@@ -202,11 +208,12 @@ async def _state(ctx: RunContext, found: Landing, agent: Agent[Any], input: str 
     return state
 
 
-def _answer_items(agent: Agent[Any], tools: dict[str, FunctionTool], output: list[Any],
+def _answer_items(agent: Agent[Any], tools: dict[str, FunctionTool], origins: dict[str, Any], output: list[Any],
                   journaled: list[Any]) -> tuple[list[Any], list[tuple[ResponseFunctionToolCall, Any]]] | None:
     """The run items the SDK makes of an answer's output (a message, a reasoning item, a call of one of
-    ``tools``), and its function calls with their journaled JSON; None for any other output (a hosted tool,
-    a handoff, a call the SDK would route elsewhere), which a late start does not rebuild."""
+    ``tools``, whose ``origins`` are given), and its function calls with their journaled JSON; None for any
+    other output (a hosted tool, a handoff, a call the SDK would route elsewhere), which a late start does
+    not rebuild."""
     items: list[Any] = []
     calls = []
     for part, dumped in zip(output, journaled, strict=True):
@@ -217,7 +224,7 @@ def _answer_items(agent: Agent[Any], tools: dict[str, FunctionTool], output: lis
         elif isinstance(part, ResponseFunctionToolCall) and part.name in tools and not (part.namespace or part.caller):
             tool = tools[part.name]
             items.append(ToolCallItem(raw_item=part, agent=agent, description=tool.description, title=tool._mcp_title,
-                                      tool_origin=get_function_tool_origin(tool)))
+                                      tool_origin=origins[part.name]))
             calls.append((part, dumped))
         else:
             return None
@@ -225,29 +232,53 @@ def _answer_items(agent: Agent[Any], tools: dict[str, FunctionTool], output: lis
 
 
 def _outputs(agent: Agent[Any], wrapper: RunContextWrapper[Any], calls: list[tuple[ResponseFunctionToolCall, Any]],
-             tools: dict[str, FunctionTool], keys: dict[str, Identity], ran: list[SyscallRecord]) -> list[Any] | None:
+             origins: dict[str, Any], keys: dict[str, Identity], ran: list[SyscallRecord],
+             inputs: list[Any]) -> list[Any] | None:
     """The output items of one answer's function calls (in the order of the calls, as the SDK adds them)
-    from their journaled steps (``ran``), each call recorded in ``wrapper`` as the SDK records it; None if a
-    call has no step of its own, a step failed, or a step is left over."""
+    from their journaled steps (``ran``), each call recorded in ``wrapper`` as the SDK records it (``origins``:
+    each tool's origin) and each item's input item added to ``inputs``; None if a call has no step of its own,
+    a step failed, or a step is left over."""
     outputs = []
     for call, dumped in calls:
         record = _result(call, ran)
         if record is None:
             return None
         value = record.response  # what the replayed tool step hands the SDK
-        output = ToolCallOutputItem(output=value, raw_item=ItemHelpers.tool_call_output_item(call, value), agent=agent,
-                                    tool_origin=get_function_tool_origin(tools[call.name]))
+        raw = ItemHelpers.tool_call_output_item(call, value)
+        output = ToolCallOutputItem(output=value, raw_item=raw, agent=agent, tool_origin=origins[call.name])
         if not keys[call.name].record(wrapper, call, dumped):  # the whole loop raises there
             return None
         outputs.append(output)  # the SDK marks the call completed when it reads the outputs at the next turn
+        inputs.append(_output_input_item(raw))
     return None if ran else outputs
+
+
+def _input_item(raw: Any) -> dict[str, Any]:
+    """The ``to_input_item()`` of the item made of ``raw``, a message, reasoning item or function call (the
+    SDK's ``_output_item_to_input_item``: the model's fields set, through the serializer ``model_dump`` calls,
+    without the output-only ``created_by``): 12k instructions against 22k for the item's method, whose
+    attribute reads go through the item's own ``__getattribute__``. A conversion that differs from the
+    SDK's fails the check against the landing step's journaled request: the whole loop runs."""
+    payload: dict[str, Any] = raw.__pydantic_serializer__.to_python(raw, exclude_unset=True)
+    payload.pop("created_by", None)
+    return payload
+
+
+def _output_input_item(raw: Any) -> dict[str, Any]:
+    """The ``to_input_item()`` of the ``ToolCallOutputItem`` of a function call's output ``raw``: a copy,
+    without the output-only ``created_by``."""
+    payload = dict(raw)
+    payload.pop("created_by", None)
+    return payload
 
 
 def _usage(responses: list[ModelResponse]) -> Usage:
     """The usage the SDK has added up (``Usage.add``) after ``responses``: the totals, and an entry of its own
     per request that reported tokens. A rebuilt response's usage has no token details (``model_response``):
-    the totals' are zero, as the SDK's sum of them. Made at once: ``Usage.add`` deep-copies each entry."""
+    the totals' are zero, as the SDK's sum of them. Made at once: ``Usage.add`` deep-copies each entry's
+    details (``request_usage`` makes new ones: 19k instructions an entry against 56k with ``model_copy``)."""
     usage = Usage()
+    entries = usage.request_usage_entries
     for response in responses:
         add = response.usage
         usage.requests += add.requests
@@ -255,11 +286,7 @@ def _usage(responses: list[ModelResponse]) -> Usage:
         usage.output_tokens += add.output_tokens
         usage.total_tokens += add.total_tokens
         if add.requests == 1 and (add.input_tokens > 0 or add.output_tokens > 0 or add.total_tokens > 0):
-            usage.request_usage_entries.append(RequestUsage(
-                input_tokens=add.input_tokens, output_tokens=add.output_tokens, total_tokens=add.total_tokens,
-                input_tokens_details=add.input_tokens_details.model_copy(),
-                output_tokens_details=add.output_tokens_details.model_copy(),
-            ))
+            entries.append(request_usage(add))
     return usage
 
 

@@ -9,6 +9,7 @@ the framework contract (``test_contract.py``) with it; the tests below are the S
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -367,6 +368,58 @@ def test_the_journaled_output_items_are_the_sdks_own_dump() -> None:
                                        {"id": "c2", "name": "broken", "arguments": "{not json"}]
     assert model_response(journaled).output == output
 
+
+
+def _state_of(value: Any) -> Any:
+    """Everything a dataclass or pydantic model holds (its class, its attributes, a model's fields set and
+    extras), nested values too: what a constructor made, not only what ``==`` compares."""
+    if isinstance(value, list):
+        return [_state_of(v) for v in value]
+    if dataclasses.is_dataclass(value) or hasattr(value, "__pydantic_fields_set__"):
+        own = {k: _state_of(v) for k, v in vars(value).items()}
+        if hasattr(value, "__pydantic_fields_set__"):
+            own["fields set"] = set(value.__pydantic_fields_set__)
+            own["extra"] = value.__pydantic_extra__
+            own["private"] = value.__pydantic_private__
+        return type(value), own
+    return value
+
+
+@pytest.mark.parametrize("usage", [{}, {"input_tokens": 3, "output_tokens": 4}, {"output_tokens": 9}])
+@pytest.mark.parametrize("response_id", [None, "resp_1", 7])
+def test_a_rebuilt_response_is_what_the_sdks_constructors_make(usage: dict[str, int], response_id: Any) -> None:
+    """``model_response`` makes the SDK's pydantic dataclasses without their validation (the fields' values
+    are of their types already): the same objects, attribute for attribute, as their validated constructors."""
+    from openai.types.responses import ResponseReasoningItem
+    from openai.types.responses.response_reasoning_item import Summary
+
+    import castor.frameworks._openai_agents_json as oj
+
+    assert oj._UNCHECKED  # this SDK's fields are the ones the fast way sets
+    reasoning = ResponseReasoningItem(id="rs_1", type="reasoning", summary=[Summary(type="summary_text", text="hm")])
+    output: list[Any] = [reasoning, call("search", '{"query": "q"}', "c1"), say("done")]
+    journaled = {"output": [item.model_dump(mode="json", exclude_none=True) for item in output],
+                 **({"usage": usage} if usage else {}), **({"response_id": response_id} if response_id else {})}
+    tokens_in, tokens_out = usage.get("input_tokens", 0), usage.get("output_tokens", 0)
+    if response_id == 7:  # not a response id the SDK takes: its own constructor says so
+        with pytest.raises(ValueError):
+            oj.model_response(journaled)
+        return
+    validated = ModelResponse(output=[type(item).model_validate(item.model_dump(mode="json", exclude_none=True))
+                                      for item in output],
+                              usage=Usage(requests=1, input_tokens=tokens_in, output_tokens=tokens_out,
+                                          total_tokens=tokens_in + tokens_out), response_id=response_id)
+    rebuilt = oj.model_response(journaled)
+    assert _state_of(rebuilt) == _state_of(validated) and rebuilt == validated
+    entry = validated.usage
+    sdks = Usage()
+    sdks.add(entry)  # the SDK's own entry of a request, its details deep-copied
+    made = [oj.request_usage(rebuilt.usage)] if entry.requests == 1 and entry.total_tokens else []
+    assert _state_of(made) == _state_of(sdks.request_usage_entries)
+    if made:
+        assert made[0].input_tokens_details is not rebuilt.usage.input_tokens_details
+        assert made[0].output_tokens_details is not rebuilt.usage.output_tokens_details
+    assert rebuilt.usage.input_tokens_details is not oj.model_response(journaled).usage.input_tokens_details
 
 async def test_guard_with_a_model_swaps_the_handoff_agents_models_too() -> None:
     class Own(Model):

@@ -402,6 +402,41 @@ ARGUMENTS = ['{"query": "q0"}', '{"z": {"b": [1.5, null, "é"], "a": true}, "que
              '{"n": 10000000000000000000000, "f": 1e300, "x": -0.0}', '{"query": NaN}', "not json", "", "null"]
 
 
+def test_a_skipped_items_input_item_is_the_one_the_sdk_makes() -> None:
+    """The input items a late start checks the landing step's request with are the items' ``to_input_item()``."""
+    from agents import ItemHelpers
+    from agents.items import MessageOutputItem, ReasoningItem, ToolCallItem, ToolCallOutputItem
+    from openai.types.responses import ResponseReasoningItem
+    from openai.types.responses.response_reasoning_item import Summary
+
+    from castor.frameworks._openai_agents_json import model_response
+
+    agent = Agent(name="janitor")
+    reasoning = ResponseReasoningItem(id="rs_1", type="reasoning", summary=[Summary(type="summary_text", text="hm")])
+    output = [reasoning, say("looking"), call("search", '{"query": "q"}', "c1")]
+    journaled = {"output": [item.model_dump(mode="json", exclude_none=True) for item in output]}
+    for kind, raw in zip((ReasoningItem, MessageOutputItem, ToolCallItem), model_response(journaled).output,
+                         strict=True):
+        assert resume._input_item(raw) == kind(raw_item=raw, agent=agent).to_input_item()
+    raw = ItemHelpers.tool_call_output_item(output[2], "found q")  # type: ignore[arg-type]
+    made = resume._output_input_item(raw)
+    assert made == ToolCallOutputItem(output="found q", raw_item=raw, agent=agent).to_input_item() and made is not raw
+
+
+def test_a_fingerprint_is_the_sdks() -> None:
+    """The fingerprint's encoder, built once, writes what the SDK's ``json.dumps`` writes."""
+    import json
+
+    from agents._tool_invocation import _fingerprint as sdks
+
+    from castor.frameworks._openai_agents_identity import _fingerprint
+
+    values = [json.loads(text) for text in ARGUMENTS[:-3]] + [None, [], {"é": [{"b": 1, "a": 2.5e-7}]}, float("nan")]
+    for value in values:
+        payload = {"approval_scope": "function:search", "arguments": value, "type": "function_call"}
+        assert _fingerprint(payload) == sdks(payload)
+
+
 def test_a_skipped_calls_identity_is_the_one_the_sdk_records() -> None:
     from agents._tool_identity import get_function_tool_lookup_key_for_tool
     from openai.types.responses import ResponseFunctionToolCall
@@ -416,7 +451,7 @@ def test_a_skipped_calls_identity_is_the_one_the_sdk_records() -> None:
         call = ResponseFunctionToolCall.model_validate(dumped)
         assert identity.record(made, call, dumped)
         sdks._tool_invocation_status(dumped, tool_lookup_key=key)
-    assert identity.scope is not None  # the calls after the first are made here, not by the SDK
+    assert identity.scope is not None and identity.hashed is not None  # the calls after the first: made here
     records = [{i: (r.invocation_type, r.approval_scope, r.fingerprint) for i, r in w._tool_invocations.items()}
                for w in (made, sdks)]
     assert records[0] == records[1] and len(records[0]) == len(ARGUMENTS)
