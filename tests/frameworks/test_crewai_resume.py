@@ -63,18 +63,23 @@ def shaky(query: str) -> str:
     return f"found {query}"
 
 
-@pytest.fixture
-def asks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many times the guarded LLM is asked (journaled steps included): one entry per call."""
+def counting(monkeypatch: pytest.MonkeyPatch, llm_class: Any) -> list[int]:
+    """How many times an LLM of ``llm_class`` is asked (journaled steps included): one entry per call."""
     counted: list[int] = []
-    own = GuardedLLM.call
+    own = llm_class.call
 
-    def call(self: GuardedLLM, *args: Any, **kwargs: Any) -> Any:
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
         counted.append(1)
         return own(self, *args, **kwargs)
 
-    monkeypatch.setattr(GuardedLLM, "call", call)
+    monkeypatch.setattr(llm_class, "call", call)
     return counted
+
+
+@pytest.fixture
+def asks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many times the guarded LLM is asked (journaled steps included): one entry per call."""
+    return counting(monkeypatch, GuardedLLM)
 
 
 class Main:
@@ -441,14 +446,7 @@ async def test_a_replay_with_a_lower_max_iter_than_the_journal_holds_diverges_wh
 async def test_a_castor_llm_starts_late_too(monkeypatch: pytest.MonkeyPatch, whole_loop: Any) -> None:
     """``CastorLLM`` journals the provider's request (the conversation as its messages) and its answer's
     text: the loop lands at its last journaled step as a guarded LLM's does."""
-    counted: list[int] = []
-    own = CastorLLM.call
-
-    def call(self: CastorLLM, *args: Any, **kwargs: Any) -> Any:
-        counted.append(1)
-        return own(self, *args, **kwargs)
-
-    monkeypatch.setattr(CastorLLM, "call", call)
+    counted = counting(monkeypatch, CastorLLM)
     provider = Provider(list(searches()), model="castor-model")
     live = Main(searches())
     live.llm = CastorLLM(model="castor-model")  # type: ignore[assignment]
