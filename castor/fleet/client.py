@@ -90,7 +90,9 @@ class FleetClient:
     async def submit(self, backend: Backend, checkpoint: AgentCheckpoint, *, stored: bool = False) -> str:
         """Store a new run (unless ``stored``) and queue it for the coordinators; returns its pid.
         ``RunExistsError`` if the store holds the run already, or it was submitted already: marking and
-        queueing are one script, so a run is queued once however many submit it at once."""
+        queueing are one script, so a run is queued once however many submit it at once. On the fleet's
+        own Redis store a new run is stored, marked and queued in one transaction (a submitter that dies
+        has done all or nothing)."""
         if checkpoint.spec is None:
             raise ConfigError(f"run {checkpoint.pid!r} has no spec: a coordinator could not rebuild its kernel")
         if not stored:
