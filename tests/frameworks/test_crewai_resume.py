@@ -112,6 +112,15 @@ def again(main: Main, answers: tuple[str, ...] | None = None) -> Main:
     return Main(answers or main.llm.answers, main.prompt, main.tools, main.agent_options, main.crew_options,
                 main.task_options, **main.options)
 
+async def whole_fields(cp: Any, live: Main, whole_loop: Any) -> dict[str, Any]:
+    """What the whole loop's replay of ``cp`` (another run of ``live``'s agent function) leaves: the late
+    start's ``fields`` must equal it."""
+    whole = again(live)
+    with whole_loop():
+        await replayed(cp, whole)
+    return fields(whole)
+
+
 
 def fields(main: Main) -> dict[str, Any]:
     """What a caller can read of the run: the crew's output and what the crew, its task, agent, executor,
@@ -195,10 +204,7 @@ async def test_kickoff_inputs_are_interpolated_as_the_loop_interpolates_them(
     asks.clear()
     late = again(live)
     assert (await replayed(cp, late)).result == "done" and len(asks) == 1
-    whole = again(live)
-    with whole_loop():
-        await replayed(cp, whole)
-    assert fields(late) == fields(whole)
+    assert fields(late) == await whole_fields(cp, live, whole_loop)
 
 
 async def test_a_cached_call_after_the_landing_step_is_answered_from_the_skipped_calls(
@@ -215,10 +221,7 @@ async def test_a_cached_call_after_the_landing_step_is_answered_from_the_skipped
     late = again(live)
     assert (await replayed(cp, late)).result == "done"
     assert len(asks) == 2  # the landing step (the cached call's), then the answer
-    whole = again(live)
-    with whole_loop():
-        await replayed(cp, whole)
-    assert fields(late) == fields(whole)
+    assert fields(late) == await whole_fields(cp, live, whole_loop)
     assert fields(late)["cache"]
 
 
@@ -232,10 +235,7 @@ async def test_a_tool_error_after_the_skipped_steps_is_crewais_own(asks: list[in
     late = again(live)
     assert (await replayed(cp, late)).result == "done"
     assert len(asks) == 3  # the failed call's step, the last search's, the answer
-    whole = again(live)
-    with whole_loop():
-        await replayed(cp, whole)
-    assert fields(late) == fields(whole)
+    assert fields(late) == await whole_fields(cp, live, whole_loop)
     assert fields(late)["task"][1] > 0 and fields(late)["output"]["tasks_output"][0]["tool_failures"]
 
 
@@ -251,10 +251,7 @@ async def test_max_iter_counts_from_the_loops_first_step(asks: list[int], whole_
     replay = await replayed(cp, late)
     assert replay.status == "COMPLETED" and replay.result == cp.result
     assert len(asks) == 1  # the landing step: the last search's, or the final answer CrewAI asks for
-    whole = again(live)
-    with whole_loop():
-        await replayed(cp, whole)
-    assert fields(late) == fields(whole)
+    assert fields(late) == await whole_fields(cp, live, whole_loop)
 
 
 def _callback(*_: Any) -> None:
@@ -384,10 +381,7 @@ async def test_a_landing_step_asked_otherwise_replays_the_whole_loop(
     replay = await replayed(cp, late)
     assert replay.status == "COMPLETED" and replay.result == "done"
     assert len(asks) == 1 + STEPS + 1  # the landing step, then the whole loop
-    whole = again(live)
-    with whole_loop():
-        await replayed(cp, whole)
-    assert fields(late) == fields(whole)
+    assert fields(late) == await whole_fields(cp, live, whole_loop)
 
 
 async def test_a_fork_inside_the_loop_starts_at_the_last_model_step_before_it(asks: list[int], whole_loop: Any) -> None:
@@ -478,7 +472,4 @@ async def test_a_tool_named_in_words_is_matched_as_crewai_matches_it(asks: list[
     asks.clear()
     late = again(live)
     assert (await replayed(cp, late)).result == "done" and len(asks) == 1
-    whole = again(live)
-    with whole_loop():
-        await replayed(cp, whole)
-    assert fields(late) == fields(whole)
+    assert fields(late) == await whole_fields(cp, live, whole_loop)

@@ -156,6 +156,15 @@ def again(main: Main, answers: list[ChatMessage] | None = None) -> Main:
     """Another run of ``main``'s agent function (its model asked anew, its options the same)."""
     return Main(answers or list(main.model.answers), main.task, main.tools, main.agent_options, **main.options)
 
+async def whole_fields(cp: Any, live: Main, whole_loop: Any) -> dict[str, Any]:
+    """What the whole loop's replay of ``cp`` (another run of ``live``'s agent function) leaves: the late
+    start's ``fields`` must equal it."""
+    whole = again(live)
+    with whole_loop():
+        await replayed(cp, whole)
+    return fields(whole)
+
+
 
 @pytest.mark.parametrize("full", [False, True])
 async def test_a_replay_starts_at_the_last_journaled_model_step_with_what_the_loop_leaves(
@@ -195,10 +204,7 @@ async def test_parallel_tool_calls_are_matched_to_their_journaled_steps(asks: li
     asks.clear()
     late = again(live)
     assert (await replayed(cp, late)).result == "done" and len(asks) == 1
-    whole = again(live)
-    with whole_loop():
-        await replayed(cp, whole)
-    assert fields(late) == fields(whole)
+    assert fields(late) == await whole_fields(cp, live, whole_loop)
     first = late.agent.memory.steps[1] if late.agent else None
     assert isinstance(first, ActionStep) and first.observations == "found b\nfound a"  # by call id, as smolagents
 
@@ -217,10 +223,7 @@ async def test_max_steps_counts_from_the_runs_first_step(asks: list[int], whole_
     assert replay.status == "COMPLETED" and replay.result == cp.result
     ran = min(max_steps, STEPS + 1)
     assert len(asks) == (1 if ran > 1 else ran) + exceeded  # the landing step, and the final answer's call
-    whole = again(live)
-    with whole_loop():
-        await replayed(cp, whole)
-    assert fields(late) == fields(whole)
+    assert fields(late) == await whole_fields(cp, live, whole_loop)
 
 
 async def test_final_answer_checks_run_where_the_loop_runs_them(asks: list[int], whole_loop: Any) -> None:
@@ -241,10 +244,7 @@ async def test_final_answer_checks_run_where_the_loop_runs_them(asks: list[int],
     late = again(live)
     assert (await replayed(cp, late)).result == "done"
     assert len(asks) == 2 and checked == ["draft", "done"]  # the refused answer's step, then the last
-    whole = again(live)
-    with whole_loop():
-        await replayed(cp, whole)
-    assert fields(late) == fields(whole)
+    assert fields(late) == await whole_fields(cp, live, whole_loop)
 
 
 def _callback(step: Any) -> None:
@@ -345,10 +345,7 @@ async def test_a_landing_step_asked_otherwise_replays_the_whole_loop(
     replay = await replayed(cp, late)
     assert replay.status == "COMPLETED" and replay.result == "done"
     assert len(asks) == 1 + STEPS + 1  # the landing step, then the whole loop
-    whole = again(live)
-    with whole_loop():
-        await replayed(cp, whole)
-    assert fields(late) == fields(whole)
+    assert fields(late) == await whole_fields(cp, live, whole_loop)
 
 
 async def test_a_memory_tool_call_with_fields_in_another_order_replays_every_step(
@@ -364,10 +361,7 @@ async def test_a_memory_tool_call_with_fields_in_another_order_replays_every_ste
     replay = await replayed(cp, late)
     assert replay.status == "COMPLETED" and replay.result == "done"
     assert len(asks) == STEPS + 1  # every model step, from the journal
-    whole = again(live)
-    with whole_loop():
-        await replayed(cp, whole)
-    assert fields(late) == fields(whole)
+    assert fields(late) == await whole_fields(cp, live, whole_loop)
 
 
 async def test_a_fork_inside_the_loop_starts_at_the_last_model_step_before_it(asks: list[int], whole_loop: Any) -> None:
