@@ -19,7 +19,9 @@ Paths (as ``bench/README.md`` describes for ``bench/kernel.py``):
 - ``plain``: the agent's loop of ``await tool("noop", i=i)``, memory store, no budget;
 - ``charged``: the same with ``budgets={"api": 1e9}`` (every call charged 1 ``api``);
 - ``replay``: ``kernel.run(agent, checkpoint=cp)`` of a completed charged run, the whole call;
-- ``sqlite``: the charged loop on ``store="sqlite:///<tmp>/icount.db"`` (each step committed).
+- ``sqlite``: the charged loop on ``store="sqlite:///<tmp>/icount.db"`` (each step committed);
+- ``model``: a framework guard's step, memory store, no budget: ``model_call(canonical=True)`` of a scripted
+  model that answers at once, then the no-op tool (two syscalls; ``bench/model_syscalls.py`` times them).
 
 Needs valgrind (``apt-get install valgrind``) and a Python whose ``os_getppid`` symbol valgrind can see
 (CPython built with symbols, as pyenv's and Debian's are). Takes about a minute per checkout on a
@@ -43,7 +45,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-PATHS = ("plain", "charged", "replay", "sqlite")
+PATHS = ("plain", "charged", "replay", "sqlite", "model")
 CHARGED = {"api": 1e9}
 SUMMARY = re.compile(rb"^(?:summary|totals): (\d+)", re.MULTILINE)
 
@@ -67,9 +69,9 @@ class Child:
 
     def __init__(self, directory: str) -> None:
         from castor import Castor
-        from castor.lib import tool
+        from castor.lib import model_call, tool
 
-        self.castor, self.tool, self.directory = Castor, tool, directory
+        self.castor, self.tool, self.model_call, self.directory = Castor, tool, model_call, directory
         self.marks = Marks()
         self.label = ""  # the live segment being measured ("": none)
 
@@ -90,6 +92,29 @@ class Child:
 
         return icount_agent
 
+    def model_agent(self, steps: int) -> Any:
+        """A guard's steps: a model call (the request built once, as a guard shares its converted parts) and
+        the tool call it asks for."""
+        tool, model_call, marks = self.tool, self.model_call, self.marks
+        request = {"messages": [{"role": "user", "content": "count"}]}
+
+        async def scripted(_request: dict[str, Any]) -> dict[str, Any]:
+            call = {"id": "c", "name": "noop", "arguments": {"i": 1}}
+            return {"text": "", "tool_calls": [call], "usage": {"input_tokens": 10, "output_tokens": 5}}
+
+        async def icount_model_agent() -> str:
+            label = self.label
+            if label:
+                marks("gap")
+            for i in range(steps):
+                await model_call(request, model="scripted", invoke=scripted, canonical=True)
+                await tool("noop", i=i)
+            if label:
+                marks(label)
+            return "done"
+
+        return icount_model_agent
+
     def kernel(self, store: str = "") -> Any:
         async def noop(i: int) -> int:
             return i
@@ -103,6 +128,15 @@ class Child:
         cp = await kernel.run(self.agent(calls), budgets=budgets)
         self.label = ""
         check(cp, calls)
+        await kernel.close()
+
+    async def model(self, steps: int, label: str) -> None:
+        kernel = self.kernel()
+        gc.collect()
+        self.label = label
+        cp = await kernel.run(self.model_agent(steps))
+        self.label = ""
+        check(cp, 2 * steps)
         await kernel.close()
 
     async def replay(self, calls: int, label: str) -> None:
@@ -129,6 +163,7 @@ class Child:
         await self.live(calls, CHARGED, "", label("charged"))
         await self.replay(calls, label("replay"))
         await self.live(calls, CHARGED, sqlite, label("sqlite"))
+        await self.model(calls, label("model"))
 
 
 async def child(low: int, high: int, directory: str) -> list[str]:

@@ -256,6 +256,14 @@ _SET_DICT, _SET_FIELDS, _SET_EXTRA, _SET_PRIVATE = (
 )
 
 
+# A record's fields in declaration order (as pydantic's own constructor leaves them), at their defaults;
+# new_record always sets ``charged`` (its own mapping, never this one).
+_RECORD_DEFAULTS: dict[str, Any] = {
+    "request": None, "response": None, "was_hitl": False, "needs_review": False, "review_reason": None,
+    "child_checkpoint": None, "charged": {}, "decided_by": None, "finished_at": None, "usage": None, "failure": None,
+}
+
+
 def new_record(
     request: dict[str, Any],
     response: Any,
@@ -279,22 +287,28 @@ def new_record(
     keywords costs a record as much as one of its slots.
     """
     record = _RECORD_NEW(SyscallRecord)
-    _SET_DICT(
-        record,
-        {
-            "request": request,
-            "response": response,
-            "was_hitl": was_hitl,
-            "needs_review": needs_review,
-            "review_reason": review_reason,
-            "child_checkpoint": child_checkpoint,
-            "charged": charged if charged is not None else {},
-            "decided_by": decided_by,
-            "finished_at": finished_at,
-            "usage": usage,
-            "failure": failure,
-        },
-    )
+    # A copy of the defaults with the usual step's four values set: half what an eleven-key literal costs
+    # since a dict's copy takes its keys' table whole rather than inserting (and regrowing) key by key.
+    fields = _RECORD_DEFAULTS.copy()
+    fields["request"] = request
+    fields["response"] = response
+    fields["charged"] = charged if charged is not None else {}  # never one shared mutable default
+    fields["finished_at"] = finished_at
+    if was_hitl:
+        fields["was_hitl"] = was_hitl
+    if needs_review:
+        fields["needs_review"] = needs_review
+    if review_reason is not None:
+        fields["review_reason"] = review_reason
+    if child_checkpoint is not None:
+        fields["child_checkpoint"] = child_checkpoint
+    if decided_by is not None:
+        fields["decided_by"] = decided_by
+    if usage is not None:
+        fields["usage"] = usage
+    if failure is not None:
+        fields["failure"] = failure
+    _SET_DICT(record, fields)
     # Shared and empty: pydantic copies this set before it would ever change it (model_copy).
     _SET_FIELDS(record, _NO_FIELDS)
     _SET_EXTRA(record, None)
