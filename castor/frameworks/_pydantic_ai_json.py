@@ -100,13 +100,14 @@ def plain_copy(value: Any) -> Any:
         for key, item in value.items():
             if type(key) is not str:
                 raise NotPlain
-            copy = plain_copy(item)  # checked even where it is left out
+            # A string (the usual argument or result) as it is, without a call of its own.
+            copy = item if type(item) is str else plain_copy(item)  # checked even where it is left out
             if key in VOLATILE or item is None or ((type(item) is dict or type(item) is list) and not item):
                 continue
             out[key] = copy
         return out
     if kind is list:
-        return [plain_copy(item) for item in value]
+        return [item if type(item) is str else plain_copy(item) for item in value]
     if kind is float and value == value and value != _INF and value != -_INF:
         return value
     raise NotPlain

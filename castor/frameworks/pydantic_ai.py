@@ -93,9 +93,27 @@ _conversation = Conversations(cached_message, flat=True)
 _cached_schema = IdentityCache(lambda schema: canonical_part(to_jsonable_python(schema)), size=1024)
 
 
-def _messages_json(messages: Sequence[ModelMessage]) -> list[dict[str, Any]]:
-    """The conversation part by part (each message converted once, the previous step's list extended)."""
-    return _conversation(messages)
+# Each tool's canonical definition, by its name, description and schema. pydantic-ai makes a step's tool
+# definitions anew, from the tool's own schema dict (the same object at every step): the step finds each
+# definition's JSON (shared by every step's request, as the conversation's parts are) rather than making it.
+_tool_json: dict[tuple[str, str, int], tuple[Any, dict[str, Any]]] = {}
+
+
+def _tools_json(*groups: Sequence[Any]) -> list[dict[str, Any]]:
+    """The request's ``tools``: each tool definition's canonical JSON, in order."""
+    out = []
+    for group in groups:
+        for t in group:
+            name, description, schema = str(t.name), str(t.description or ""), t.parameters_json_schema
+            key = (name, description, id(schema))
+            hit = _tool_json.get(key)
+            if hit is None or hit[0] is not schema:  # the schema is held: its id is not reused while kept
+                hit = (schema, {"name": name, "description": description, "parameters": _cached_schema(schema)})
+                if len(_tool_json) >= 1024:
+                    _tool_json.pop(next(iter(_tool_json)), None)  # another thread may have dropped it
+                _tool_json[key] = hit
+            out.append(hit[1])
+    return out
 
 
 def canonical_request(
@@ -103,14 +121,9 @@ def canonical_request(
 ) -> dict[str, Any]:
     """The model request as Castor journals and compares it: canonical JSON already, each part checked
     once (``castor.lib.model_call(canonical=True)``)."""
-    request: dict[str, Any] = {"messages": _messages_json(messages)}
-    tools = [*parameters.function_tools, *parameters.output_tools]
-    if tools:
-        request["tools"] = [
-            {"name": str(t.name), "description": str(t.description or ""),
-             "parameters": _cached_schema(t.parameters_json_schema)}
-            for t in tools
-        ]
+    request: dict[str, Any] = {"messages": _conversation(messages)}
+    if parameters.function_tools or parameters.output_tools:
+        request["tools"] = _tools_json(parameters.function_tools, parameters.output_tools)
     if settings:
         request["settings"] = canonical_part(without_volatile(to_jsonable_python(dict(settings), fallback=str)))
     if not parameters.allow_text_output:
@@ -304,7 +317,12 @@ def _guarded_tool(t: Tool[Any]) -> Tool[Any]:
     name = t.name
 
     async def ask_castor(**arguments: Any) -> Any:
-        return await _reported_call(name, arguments)
+        # ``_reported_call`` written out: a coroutine less on every tool call of the agent's own tools.
+        replayed = next_step_journaled()
+        try:
+            return await call_tool(name, arguments)
+        finally:
+            record_durable_unit(executed=not replayed)
 
     guarded = copy.copy(t)
     guarded.function = ask_castor

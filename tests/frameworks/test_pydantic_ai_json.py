@@ -247,3 +247,32 @@ def test_a_field_whose_name_is_no_identifier_is_read_too() -> None:
     assert compact(odd) == {"a": "x", "not an identifier": "y"}
     assert request_reader(Odd, frozenset(), lambda v: v)(odd, "request") == {"a": "x", "not an identifier": "y",
                                                                              "role": "request"}
+
+
+def test_a_steps_tools_are_the_json_of_their_definitions_whether_found_or_made() -> None:
+    """pydantic-ai makes a step's tool definitions anew from each tool's own schema dict: the request's tools
+    are found by name, description and schema, and are what reading the definitions gives."""
+    from pydantic_ai.models import ModelRequestParameters
+    from pydantic_ai.tools import ToolDefinition
+
+    schema = {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}
+    output = {"type": "object", "properties": {"answer": {"type": "string"}}}
+
+    def step(description: str | None = "finds files", tool_schema: dict[str, Any] = schema) -> dict[str, Any]:
+        parameters = ModelRequestParameters(
+            function_tools=[ToolDefinition(name="search", parameters_json_schema=tool_schema, description=description)],
+            output_tools=[ToolDefinition(name="final", parameters_json_schema=output, kind="output")],
+        )
+        request = guard_module.canonical_request([], None, parameters)
+        read = [{"name": str(t.name), "description": str(t.description or ""),
+                 "parameters": json.loads(json.dumps(t.parameters_json_schema))}
+                for t in [*parameters.function_tools, *parameters.output_tools]]
+        assert request["tools"] == read
+        return request
+
+    first, again = step(), step()
+    assert again["tools"][0] is first["tools"][0]  # found, not made again
+    assert step(description=None)["tools"][0]["description"] == ""
+    changed = {**schema, "required": []}  # another schema (a tool registered anew): its own JSON
+    assert step(tool_schema=changed)["tools"][0]["parameters"] == changed
+    assert "tools" not in guard_module.canonical_request([], None, ModelRequestParameters())
