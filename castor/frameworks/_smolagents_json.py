@@ -158,13 +158,29 @@ def keyed_part(item: Any) -> tuple[Any, Any]:
     return plain_sized(item)[0], message_json(item)
 
 
+def _sorted_copy(value: Any) -> Any:
+    """``copied(value, ordered=True)``: a call's arguments, usually a dict of strings and numbers, sorted at once."""
+    if type(value) is dict:
+        for key, item in value.items():
+            kind = type(item)
+            if type(key) is not str or not (kind is str or kind is int or kind is bool or item is None):
+                return copied(value, ordered=True)
+        return dict(sorted(value.items()))  # unique keys: the items sort by key alone, as copied sorts them
+    return copied(value, ordered=True)
+
+
 def _call_json(call: Any) -> dict[str, Any]:
     if type(call) is not ChatMessageToolCall or type(call.function) is not ChatMessageToolCallFunction:
         raise NotPlain
     function = call.function
+    name, description, ident, kind = function.name, function.description, call.id, call.type
+    if (type(name) is str and type(ident) is str and type(kind) is str
+            and (description is None or type(description) is str)):  # the usual call: copied's walk is theirs
+        return {"function": {"arguments": _sorted_copy(function.arguments), "description": description,
+                             "name": name}, "id": ident, "type": kind}
     return {"function": {"arguments": copied(function.arguments, ordered=True),
-                         "description": copied(function.description), "name": copied(function.name)},
-            "id": copied(call.id), "type": copied(call.type)}
+                         "description": copied(description), "name": copied(name)},
+            "id": copied(ident), "type": copied(kind)}
 
 
 def answer_json(message: ChatMessage) -> dict[str, Any]:
@@ -172,7 +188,9 @@ def answer_json(message: ChatMessage) -> dict[str, Any]:
     if type(message) is ChatMessage and type(message.role) is MessageRole:  # else no JSON round trip sorts keys
         try:
             calls = message.tool_calls
-            return {"content": copied(message.content, ordered=True), "role": message.role._value_,
+            content = message.content
+            return {"content": content if type(content) is str else copied(content, ordered=True),
+                    "role": message.role._value_,
                     "tool_calls": None if calls is None else [_call_json(c) for c in calls]}
         except NotPlain:
             pass

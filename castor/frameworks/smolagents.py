@@ -33,7 +33,7 @@ import asyncio
 import copy
 import inspect
 import json
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from typing import Any
 
 from smolagents import CodeAgent, MultiStepAgent, Tool
@@ -147,7 +147,9 @@ class GuardedModel(Model):
                                       tools_to_call_from=tools_to_call_from, **kwargs)
             return response_json(answer, model), answer
 
-        async def step(here: Here) -> dict[str, Any]:
+        # A plain function handing back model_step's awaitable: a coroutine of its own would be one more frame
+        # that only awaits, resumed at every wake-up of the step.
+        def step(here: Here) -> Awaitable[dict[str, Any]]:
             async def invoke(_request: dict[str, Any]) -> dict[str, Any]:
                 # Under a model deadline (Castor(llm_timeout=...)) the run must be able to give up on a model
                 # that does not answer: the model then runs in a thread of its own, the agent's thread free.
@@ -155,7 +157,7 @@ class GuardedModel(Model):
                 live.append(await (asyncio.to_thread(ask) if deadline else here.run(ask)))
                 return live[-1][0]
 
-            return await model_step(request, model, invoke, canonical=True)
+            return model_step(request, model, invoke, canonical=True)
 
         journaled = call_on_loop(FRAMEWORK, step, _RUNNER)
         if live and live[-1][0] is journaled:  # this very call's answer (not rebuilt from its own JSON)

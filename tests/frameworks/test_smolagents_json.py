@@ -76,6 +76,11 @@ ANSWERS = [
     ChatMessage(role=MessageRole.ASSISTANT, content=[{"type": "text", "text": "hi", "id": "kept"}]),
     ChatMessage(role=MessageRole.ASSISTANT, content="", tool_calls=[tool_call({"n": float("nan")})]),
     ChatMessage(role="assistant", content="a str role", tool_calls=[tool_call({"b": 1, "a": 2})]),
+    # Flat arguments in another order than sorted (copied at once), a key that is no string, fields that are not
+    ChatMessage(role=MessageRole.ASSISTANT, content="", tool_calls=[
+        tool_call({"z": "s", "a": 1, "m": True, "k": None}, "d"), tool_call({1: "x"})]),
+    ChatMessage(role=MessageRole.ASSISTANT, content="", tool_calls=[ChatMessageToolCall(
+        id=None, type="function", function=ChatMessageToolCallFunction(name="search", arguments={"b": 1, "a": 2}))]),
 ]
 
 
