@@ -279,6 +279,7 @@ def _mcp_function_tool(name: str, func: Any) -> FunctionTool:
         name=name, description=listed.description or "", params_json_schema=dict(listed.input_schema),
         on_invoke_tool=_asking_castor(name), strict_json_schema=False,
     )
+    _read_once(guarded.on_invoke_tool)
     guarded.__castor_guarded__ = True  # type: ignore[attr-defined]
     return guarded
 
