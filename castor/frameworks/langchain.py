@@ -232,8 +232,8 @@ def _guard_tool(t: BaseTool) -> BaseTool:
         return await call_tool(name, arguments)
 
     # LangChain reads the coroutine's signature and type hints at every call (does it take callbacks, a
-    # RunnableConfig?): evaluating the postponed annotations cost a step more than the rest of the tool's
-    # guard. Neither says anything LangChain acts on (the schema is args_schema), so they are dropped.
+    # RunnableConfig?): compiling and evaluating the postponed annotations cost a step 0.16M instructions,
+    # twice all the rest of the guard. Neither tells LangChain anything (the schema is args_schema's).
     run.__annotations__ = {}
     run.__signature__ = inspect.signature(run)  # type: ignore[attr-defined]
     return StructuredTool(
