@@ -49,6 +49,7 @@ from typing import Any
 from agents import Agent, FunctionTool, Handoff, Model, ModelResponse, ModelSettings, RunContextWrapper
 from agents.models.multi_provider import MultiProvider
 from agents.tool import with_function_tool_failure_error_handler
+from agents.tool_context import ToolContext
 
 from castor.errors import UnsupportedError
 from castor.frameworks._castor_models.openai_agents import CastorModel
@@ -195,9 +196,25 @@ def _asking_castor(name: str) -> Any:
     return with_function_tool_failure_error_handler(invoke, _unreported)
 
 
+def _read_once(invoker: Any) -> Any:
+    """``invoker`` (the SDK's failure-handling wrapper of ``_asking_castor``'s function) with what the SDK
+    reads of it at every call answered once: its signature (whose first parameter's annotation says which
+    context to pass), with that annotation the class its string names, and no type hints to evaluate. The
+    SDK built the signature, raised on the type hints and parsed the annotation string at every tool call
+    (0.19M instructions a step, twice all the rest of the guard); it concludes the same from the answers kept here
+    (``tests/frameworks/test_openai_agents.py`` holds it to the SDK's own conclusion)."""
+    signature = inspect.signature(invoker)
+    first, *rest = signature.parameters.values()
+    if first.annotation == "ToolContext[Any]":
+        invoker.__signature__ = signature.replace(parameters=[first.replace(annotation=ToolContext), *rest])
+        invoker.__annotations__ = {}
+    return invoker
+
+
 def _guard_tool(t: FunctionTool) -> FunctionTool:
     tool_entry(t)  # refused here, at guard(), if Castor cannot check its arguments
     guarded = dataclasses.replace(t, on_invoke_tool=_asking_castor(t.name))
+    _read_once(guarded.on_invoke_tool)  # the copy's own invoker (the SDK binds one to each tool)
     guarded.__castor_guarded__ = True  # type: ignore[attr-defined]
     return guarded
 
@@ -262,6 +279,7 @@ def _mcp_function_tool(name: str, func: Any) -> FunctionTool:
         name=name, description=listed.description or "", params_json_schema=dict(listed.input_schema),
         on_invoke_tool=_asking_castor(name), strict_json_schema=False,
     )
+    _read_once(guarded.on_invoke_tool)
     guarded.__castor_guarded__ = True  # type: ignore[attr-defined]
     return guarded
 

@@ -8,6 +8,7 @@ factory; the tests below are LangGraph's own.
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -262,3 +263,20 @@ async def test_a_tool_call_beside_a_destructive_one_runs_once_across_approve_and
     assert done.status == "COMPLETED" and done.result == "done", done.error
     assert sent == ["ops"] and len(model.asked) == 2  # notify once; the model once per step
     assert [r.tool_name for r in done.syscall_log][1:3] == ["delete_file", "notify"]
+
+
+def test_a_guarded_tool_s_coroutine_gives_langchain_nothing_to_evaluate_at_each_call() -> None:
+    """LangChain reads a tool coroutine's parameters and type hints at every call (does it take callbacks, a
+    RunnableConfig?): the guarded tool's coroutine answers both at once, and what LangChain concludes is
+    what it concluded of an annotated one (its schema is the wrapped tool's)."""
+    import typing
+
+    from langchain_core.tools.base import _get_runnable_config_param
+    from langchain_core.utils._signature import _signature_parameters
+
+    guarded = guard(TOOLS[0])
+    run = guarded.coroutine
+    assert typing.get_type_hints(run) == {} and run.__signature__ is inspect.signature(run)
+    assert _get_runnable_config_param(run) is None and _get_runnable_config_param(search) is None
+    assert "callbacks" not in _signature_parameters(run) and "run_manager" not in _signature_parameters(run)
+    assert guarded.args_schema is TOOLS[0].args_schema

@@ -473,3 +473,25 @@ def test_guard_reuses_its_clone_of_an_unchanged_agent_and_makes_a_new_one_for_an
     assert changed(lambda: setattr(guard(agent), "instructions", "Mine.")).instructions == "Tidy up."
     swap = Scripted()
     assert guard(agent, model=swap) is not guard(agent) and guard(agent, model=swap).model.wrapped is swap
+
+
+def test_a_guarded_tool_s_invoker_answers_once_what_the_sdk_reads_of_it_at_every_call() -> None:
+    """The SDK reads a tool invoker's signature and type hints at every call to choose the context it passes;
+    the guarded tool's invoker answers both at once (no annotation string to parse), and the SDK chooses
+    what it chooses for the same invoker left as it makes it."""
+    import inspect
+
+    from agents.tool import _get_function_tool_invoke_context
+    from agents.tool_context import ToolContext
+
+    from castor.frameworks.openai_agents import _asking_castor
+
+    original = function_tool(search)
+    guarded = guard(original)
+    as_made = dataclasses.replace(original, on_invoke_tool=_asking_castor(original.name))
+    first = next(iter(inspect.signature(as_made.on_invoke_tool).parameters.values()))
+    assert first.annotation == "ToolContext[Any]"  # what the SDK parses at every call (else no answer is kept)
+    assert inspect.signature(guarded.on_invoke_tool) is guarded.on_invoke_tool.__signature__
+    context = ToolContext(context=None, tool_name="search", tool_call_id="c0", tool_arguments='{"query": "q"}')
+    assert _get_function_tool_invoke_context(guarded, context) is context
+    assert _get_function_tool_invoke_context(as_made, context) is context

@@ -5,6 +5,7 @@ session of its own to the server."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -58,6 +59,8 @@ async def test_an_mcp_servers_destructive_tool_suspends_the_agent_and_runs_once_
     shown = {t["name"]: t for t in request["tools"]}
     assert shown["search"]["parameters"]["required"] == ["query"]  # the server's listing, shown to the model
     assert shown["search"]["description"] == "Find files whose name holds the query."
+    invoker = next(t for t in guard(agent).tools if t.name == "search").on_invoke_tool
+    assert inspect.signature(invoker) is invoker.__signature__  # kept once, as a function tool's (no parse a call)
 
     done = await finished_elsewhere(tools_of(agent), db, "agents-mcp", main, log)
     assert done.status == "COMPLETED" and done.result == "done"
