@@ -47,7 +47,7 @@ from castor.llm import canonical_request as canonical_json
 FRAMEWORK = "CrewAI"
 
 
-def canonical_request(messages: Any, tools: Any, stop: list[str], parts: Callable[[Any], Any] | None = None,
+def canonical_request(messages: Any, tools: Any, stop: list[str], parts: MessageParts | None = None,
                       response_model: type[BaseModel] | None = None) -> dict[str, Any]:
     """The model request as Castor journals and compares it (the messages, tool names, stop words, the
     structured output's JSON schema), made of canonical parts (``model_step(canonical=True)``): each message

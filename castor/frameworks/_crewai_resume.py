@@ -382,7 +382,8 @@ def _executor_without_discarded_state(**fields: Any) -> AgentExecutor:
     start), which the executor's own validator then replaces with an ``AgentExecutorState``. Asked for a
     ``dict`` state, the Flow makes ``{"id": ...}`` instead; ``initial_state`` is then put back as CrewAI
     leaves it (unset). A test holds the executor to CrewAI's own build."""
-    executor = AgentExecutor(**fields, initial_state=dict)
+    fields["initial_state"] = dict  # a field of CrewAI's Flow
+    executor = AgentExecutor(**fields)
     vars(executor)["initial_state"] = None
     executor.__pydantic_fields_set__.discard("initial_state")
     return executor
