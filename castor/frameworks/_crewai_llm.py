@@ -27,7 +27,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-from collections.abc import Callable, Iterator
+import operator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from crewai.events.event_bus import crewai_event_bus
@@ -46,14 +47,14 @@ from castor.llm import canonical_request as canonical_json
 FRAMEWORK = "CrewAI"
 
 
-def canonical_request(messages: Any, tools: Any, stop: list[str], parts: Callable[[Any], Any] | None = None,
+def canonical_request(messages: Any, tools: Any, stop: list[str], parts: MessageParts | None = None,
                       response_model: type[BaseModel] | None = None) -> dict[str, Any]:
     """The model request as Castor journals and compares it (the messages, tool names, stop words, the
     structured output's JSON schema), made of canonical parts (``model_step(canonical=True)``): each message
     converted by ``parts`` (a ``MessageParts``, which converts a message once), else anew."""
     listed = [{"role": "user", "content": messages}] if isinstance(messages, str) else messages
-    convert = parts or _message_part
-    request: dict[str, Any] = {"messages": [convert(m) for m in listed]}
+    converted = parts.conversation(listed) if parts is not None else [_message_part(m) for m in listed]
+    request: dict[str, Any] = {"messages": converted}
     if tools:
         request["tools"] = canonical_json(tools)
     if stop:
@@ -79,6 +80,8 @@ class MessageParts:
 
     def __init__(self) -> None:
         self._cache = IdentityCache(self._convert)
+        # The last conversation asked with: its messages, each one's items then, and their parts.
+        self._last: tuple[list[Any], list[tuple[Any, ...]], list[Any]] | None = None
 
     @staticmethod
     def _convert(message: Any) -> tuple[Any, Any]:
@@ -91,6 +94,28 @@ class MessageParts:
         if seen is None or seen == tuple(message.items()):
             return part
         return self._cache.put(message, self._convert(message))[1]
+
+    def conversation(self, messages: Sequence[Any]) -> list[Any]:
+        """The parts of ``messages``, in order (a new list). CrewAI asks at each step with the conversation so
+        far, one or two messages longer: when it begins with the last one asked with, the same dicts holding
+        the same items (compared in C, not message by message in Python: a step then costs its new messages),
+        that one's parts are taken and the new messages' added; anything else is converted message by message.
+        Kept for the last conversation only: another one asked meanwhile (another run, a thread) costs a redo."""
+        last = self._last
+        if last is not None:
+            seen, items, parts = last
+            known = len(seen)
+            if (known <= len(messages) and all(map(operator.is_, seen, messages))
+                    and list(map(tuple, map(dict.items, seen))) == items):
+                new = messages[known:]
+                converted = [*parts, *map(self, new)]
+                if set(map(type, new)) <= {dict}:
+                    self._last = ([*seen, *new], [*items, *map(tuple, map(dict.items, new))], list(converted))
+                return converted
+        converted = list(map(self, messages))
+        if set(map(type, messages)) == {dict}:  # an exact dict's items are read in C (dict.items)
+            self._last = (list(messages), list(map(tuple, map(dict.items, messages))), list(converted))
+        return converted
 
 
 class GuardedLLM(BaseLLM):

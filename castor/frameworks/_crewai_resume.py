@@ -349,8 +349,15 @@ def _late_executor(agent: Agent, task: Task, skipped: list[_Skipped]) -> Callabl
     shadowed once, to continue the conversation CrewAI sets up with the skipped steps (``_continue``)."""
 
     def create_agent_executor(tools: Any = None, task: Any = None) -> None:
-        del vars(agent)["create_agent_executor"]  # once: a retry of the task runs the loop anew
-        Agent.create_agent_executor(agent, tools=tools, task=task)
+        own = vars(agent)
+        del own["create_agent_executor"]  # once: a retry of the task runs the loop anew
+        made = agent.agent_executor is None  # CrewAI builds the agent's executor now, else it updates it
+        if made:
+            own["executor_class"] = _executor_without_discarded_state  # read once, below; AgentExecutor (_plain)
+        try:
+            Agent.create_agent_executor(agent, tools=tools, task=task)
+        finally:
+            own["executor_class"] = AgentExecutor
         executor = agent.agent_executor
         assert executor is not None
 
@@ -365,6 +372,21 @@ def _late_executor(agent: Agent, task: Task, skipped: list[_Skipped]) -> Callabl
         return executor.task if isinstance(executor.task, Task) else task
 
     return create_agent_executor
+
+
+def _executor_without_discarded_state(**fields: Any) -> AgentExecutor:
+    """``AgentExecutor(**fields)``, as CrewAI builds it at kickoff, less a state it builds and discards.
+
+    The Flow's ``model_post_init`` makes a first state (``_create_initial_state``: for the executor's pydantic
+    state model it builds a new class, ``StateWithId``, about 20 M instructions, a fifth of a 20-step late
+    start), which the executor's own validator then replaces with an ``AgentExecutorState``. Asked for a
+    ``dict`` state, the Flow makes ``{"id": ...}`` instead; ``initial_state`` is then put back as CrewAI
+    leaves it (unset). A test holds the executor to CrewAI's own build."""
+    fields["initial_state"] = dict  # a field of CrewAI's Flow
+    executor = AgentExecutor(**fields)
+    vars(executor)["initial_state"] = None
+    executor.__pydantic_fields_set__.discard("initial_state")
+    return executor
 
 
 def _continue(executor: AgentExecutor, agent: Agent, task: Task, skipped: list[_Skipped]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import json
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -203,6 +204,28 @@ def test_a_message_is_converted_once_and_again_when_it_was_edited_in_place() -> 
     assert parts(message) == {"role": "assistant", "content": "Action: search\nObservation: found"}
     message["name"] = "janitor"
     assert parts(message)["name"] == "janitor"
+
+
+
+def test_a_conversation_takes_the_last_ones_parts_and_converts_what_changed() -> None:
+    """``MessageParts.conversation``: the last conversation's parts for the same dicts holding the same items,
+    each message converted as ``MessageParts`` converts it alone otherwise."""
+    parts = MessageParts()
+    conversation: list[Any] = [{"role": "system", "content": "be tidy"}, {"role": "user", "content": "clean up"}]
+    first = parts.conversation(conversation)
+    assert first == [{"role": "system", "content": "be tidy"}, {"role": "user", "content": "clean up"}]
+    conversation += [{"role": "assistant", "content": "Action: search"}, {"role": "user", "content": "go on"}]
+    second = parts.conversation(conversation)
+    assert second[:2] == first and all(map(operator.is_, second[:2], first)) and second is not first
+    assert second[2:] == [{"role": "assistant", "content": "Action: search"}, {"role": "user", "content": "go on"}]
+    conversation[1]["content"] = "clean up the logs"  # edited in place: seen, though the dict is the same
+    conversation.append({"role": "assistant", "content": "Final Answer: done", "cache_breakpoint": True})
+    third = parts.conversation(conversation)
+    fresh = MessageParts()
+    assert third == [fresh(message) for message in conversation]
+    assert third[1] == {"role": "user", "content": "clean up the logs"}
+    assert parts.conversation(conversation[1:]) == third[1:]  # another conversation: converted message by message
+    assert parts.conversation(["a text", *conversation]) == [fresh("a text"), *third]
 
 
 BROKEN: list[str] = []

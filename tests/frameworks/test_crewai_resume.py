@@ -473,3 +473,44 @@ async def test_a_tool_named_in_words_is_matched_as_crewai_matches_it(asks: list[
     late = again(live)
     assert (await replayed(cp, late)).result == "done" and len(asks) == 1
     assert fields(late) == await whole_fields(cp, live, whole_loop)
+
+
+def _executor_of(main: Main) -> Any:
+    assert main.crew is not None and main.crew.agents[0].agent_executor is not None
+    return main.crew.agents[0].agent_executor
+
+
+def _executor_shape(executor: Any) -> tuple[Any, ...]:
+    """What an executor and its state show, but the state's id (new for every executor)."""
+    state = executor.state
+    return (type(executor), type(state), state.model_dump(exclude={"id"}), type(state.id), executor.initial_state,
+            sorted(executor.model_fields_set), executor.name, executor.max_method_calls)
+
+
+async def test_a_late_start_builds_its_executor_as_crewai_builds_it(
+    monkeypatch: pytest.MonkeyPatch, whole_loop: Any
+) -> None:
+    """CrewAI's executor makes a state at its Flow's start and replaces it with one of its own; the late
+    start has the Flow make a cheaper one. Should CrewAI keep the Flow's state, this test fails."""
+    made: list[Any] = []
+    own = resume.AgentExecutor._create_initial_state
+
+    def create_initial_state(self: Any) -> Any:
+        made.append(own(self))
+        return made[-1]
+
+    monkeypatch.setattr(resume.AgentExecutor, "_create_initial_state", create_initial_state)
+    live = Main(searches())
+    cp = await kernel_of(live).run(live)
+    made.clear()
+    late = again(live)
+    assert (await replayed(cp, late)).status == "COMPLETED"
+    whole = again(live)
+    with whole_loop():
+        await replayed(cp, whole)
+    assert [type(state).__name__ for state in made] == ["dict", "StateWithId"]  # the late start's, CrewAI's
+    built, crewais = _executor_of(late), _executor_of(whole)
+    assert _executor_shape(built) == _executor_shape(crewais)
+    assert built.state.id != crewais.state.id and built.state is not made[0]
+    assert fields(late) == fields(whole)
+    assert late.crew is not None and late.crew.agents[0].executor_class is resume.AgentExecutor
