@@ -20,8 +20,11 @@ divided by the steps:
 - replayed: a fork of that run at its last step, so every step comes from the journal and the model
   and tools are not called (the framework's loop still runs, or, for LangGraph, its last step).
 
-"added" is the median of each repetition's embedded run less the alone run just before it (the same
-moment's load on a shared machine), not the difference of the two medians. ``langgraph`` builds its graph
+"added" is the median of each repetition's embedded run less the alone run beside it (the same
+moment's load on a shared machine; the pair's order alternates), not the difference of the two medians;
+"spread" is those differences' middle half (first to third quartile). On a virtual machine whose speed
+moves from one moment to the next the spread can be wider than what is measured: the instruction counts
+(``--icount``) are the steady figures. ``langgraph`` builds its graph
 in the agent function at every run, as the LangGraph example does; ``langgraph-once`` invokes one graph
 compiled beforehand, as pydantic-ai's and the Agents SDK's cases build their agent once; likewise
 ``smolagents`` builds its agent at every run (about 6 ms of the run) and ``smolagents-once`` runs one
@@ -399,15 +402,19 @@ async def measure(name: str, steps: int, repeat: int, latency: float = 0.0) -> d
     for _ in range(2):  # warm up: imports, pydantic schemas, LangGraph's compilation caches
         await alone()
         await kernel.run(guarded)
-    for _ in range(repeat):
-        figures["alone"].append(await _timed(alone))
+    for n in range(repeat):
         cp = None
 
         async def live() -> None:
             nonlocal cp
             cp = await kernel.run(guarded)
 
-        figures["embedded"].append(await _timed(live, figures["embedded_wall"]))
+        if n % 2:  # alternately first and second: neither side of a pair always follows the other
+            figures["embedded"].append(await _timed(live, figures["embedded_wall"]))
+            figures["alone"].append(await _timed(alone))
+        else:
+            figures["alone"].append(await _timed(alone))
+            figures["embedded"].append(await _timed(live, figures["embedded_wall"]))
         figures["added"].append(figures["embedded"][-1] - figures["alone"][-1])  # paired: the same moment's load
 
         async def layers() -> None:
@@ -421,7 +428,11 @@ async def measure(name: str, steps: int, repeat: int, latency: float = 0.0) -> d
             await kernel.run(guarded, checkpoint=fork)
 
         figures["replayed"].append(await _timed(replay, figures["replayed_wall"]))
-    return {k: statistics.median(v) / steps for k, v in figures.items()}
+    result = {k: statistics.median(v) / steps for k, v in figures.items()}
+    if repeat >= 4:
+        low, _, high = statistics.quantiles(figures["added"], n=4)
+        result["added_low"], result["added_high"] = low / steps, high / steps
+    return result
 
 
 def main() -> None:
@@ -442,8 +453,8 @@ def main() -> None:
         return
     print(f"{args.steps}-step scripted run, median of {args.repeat}; per step (a model call and a tool call)"
           + (f"; the model answers in {args.latency * 1e3:g} ms" if args.latency else ""))
-    print(f"{'framework':<14} {'alone':>10} {'layers':>10} {'embedded':>10} {'added':>10} {'replayed':>10} "
-          f"{'replay/live':>12}")
+    print(f"{'framework':<14} {'alone':>10} {'layers':>10} {'embedded':>10} {'added':>10} {'spread':>14} "
+          f"{'replayed':>10} {'replay/live':>12}")
     for name in [args.only] if args.only else sorted(CASES):
         if args.latency and name not in WAITING:
             print(f"{name:<14} no --latency for this framework's scripted model yet")
@@ -454,8 +465,9 @@ def main() -> None:
             print(f"{name:<14} not installed ({missing.name})")
             continue
         added = f["added"]
+        spread = f"{f['added_low'] * 1e6:.0f}…{f['added_high'] * 1e6:.0f}µs" if "added_low" in f else "-"
         print(f"{name:<14} {f['alone'] * 1e6:>8.0f}µs {f['layers'] * 1e6:>8.0f}µs {f['embedded'] * 1e6:>8.0f}µs "
-              f"{added * 1e6:>8.0f}µs "
+              f"{added * 1e6:>8.0f}µs {spread:>14} "
               f"{f['replayed'] * 1e6:>8.0f}µs {f['replayed'] / f['embedded']:>11.0%}")
         if args.latency:  # the model's wait is no CPU time: the step as the run sees it is wall-clock time
             live, replayed = f["embedded_wall"], f["replayed_wall"]
