@@ -111,11 +111,17 @@ class FleetClient:
 
     async def submit_fork(self, backend: Backend, parent_pid: str, child: AgentCheckpoint, at_step: int) -> str:
         """Store the fork ``child`` and submit it, once (``castor.kernel.forks``): ``RunExistsError`` to every
-        forker but one. A fork stored by a forker that stopped before submitting it is submitted here."""
+        forker but one. On the fleet's own Redis store the fork's header is stored, marked and queued in one
+        transaction; a fork stored by a forker that stopped before submitting it (another store, an earlier
+        release) is submitted here."""
         hint = "it was submitted to the fleet already (fork under another name with --pid NEW)"
         await forks.share_prefix(backend, parent_pid, child, at_step, hint)
+        header = forks.header_of(child, at_step)
         try:
-            await backend.runs.create(forks.header_of(child, at_step))
+            if self._is_store(backend):  # stored, marked and queued in one transaction, as a new run is
+                await backend.runs.create_submitted(header)  # type: ignore[attr-defined]
+                return child.pid
+            await backend.runs.create(header)
         except RunExistsError:
             stored = await backend.runs.load(child.pid)
             # Its pointer is this fork's (share_prefix passed): a RUNNING header no one submitted is a fork

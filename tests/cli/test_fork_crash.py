@@ -1,6 +1,8 @@
 """A ``castor fork`` that dies between its steps (``castor.kernel.forks``) leaves no pid unusable: a fork
 whose header was never stored is completed by the next fork at that step; one stored but never driven is
-refused with the command that drives it; a fleet fork stored but never submitted is submitted by the next.
+refused with the command that drives it; a fleet fork's header is stored and queued at once, and one stored
+but never submitted (by a client whose store is not the fleet's Redis, or an earlier release) is submitted
+by the next.
 
 The forker is the real command line in a process of its own, killed (``os._exit``) at the step named.
 """
@@ -21,8 +23,9 @@ from tests.cli.test_races import _env, castor, executions
 pytestmark = pytest.mark.fleet  # starts CLI processes
 
 # Dies where it is told to: "header" as it would store the fork's header (its journal points at the
-# parent's records already), "drive" right after storing the header, "queue" right after storing the header
-# of a fleet fork, before the fleet queues it.
+# parent's records already), "drive" right after storing the header, "stored" right after a fleet fork's
+# transaction (header stored, marked, queued), "queue" right after storing the header of a fleet fork the
+# old way (two steps, as a client whose store is not the fleet's Redis), before the fleet queues it.
 DYING = '''
 import os
 import sys
@@ -30,6 +33,7 @@ import sys
 from castor.backends.redis.runs import RedisRunStore
 from castor.backends.sqlite.journal import SqliteRunStore
 from castor.cli import main
+from castor.fleet.client import FleetClient
 
 WHERE = sys.argv.pop(1)
 
@@ -48,7 +52,11 @@ def dying(cls, name, after):
 if WHERE in ("header", "drive"):
     for store in (SqliteRunStore, RedisRunStore):
         dying(store, "create", after=WHERE == "drive")
+    dying(RedisRunStore, "create_submitted", after=WHERE == "drive")  # a fleet fork's header
+elif WHERE == "stored":
+    dying(RedisRunStore, "create_submitted", after=True)
 else:  # the header is stored by a save, whatever else its store may do
+    FleetClient._is_store = lambda self, backend: False
     dying(RedisRunStore, "save", after=True)
 sys.exit(main(sys.argv[1:]))
 '''
@@ -123,6 +131,26 @@ def test_a_fleet_fork_stored_but_never_submitted_is_submitted_by_the_next_fork(
                        "--tool", "tools.py:note", "--pid", "orphan")
         assert fresh.returncode == 1, fresh.stdout + fresh.stderr
         assert "'orphan' exists already; its journal holds steps" in fresh.stderr, fresh.stderr
+        assert client.lrange(queue, 0, -1) == ["racy::fork-1"]
+    finally:
+        client.close()
+
+
+def test_a_fleet_fork_whose_forker_dies_after_storing_it_is_queued(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    url = f"{redis_url}?prefix={redis_prefix}"
+    parent_run(tmp_path, ["--store", url])
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    queue = keys.run_queue(redis_prefix)
+    try:
+        client.sadd(keys.submitted(redis_prefix), "racy")
+        dies_forking(tmp_path, "stored", "--store", url, "fork", "racy", "--at-step", "1")
+        assert client.lrange(queue, 0, -1) == ["racy::fork-1"]  # stored means queued: no later fork needed
+        assert client.sismember(keys.submitted(redis_prefix), "racy::fork-1")
+        shares_prefix(url, "racy::fork-1", 1)
+        refused = castor(tmp_path, "--store", url, "fork", "racy", "--at-step", "1")
+        assert refused.returncode == 1 and "'racy::fork-1' exists already" in refused.stderr, refused.stderr
         assert client.lrange(queue, 0, -1) == ["racy::fork-1"]
     finally:
         client.close()
