@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from castor.backends.redis import keys
-from tests.cli.test_fork_races import parent_run, shares_prefix
+from tests.cli.test_fork_races import fleet_parent, parent_run, shares_prefix
 from tests.cli.test_races import _env, castor, executions
 
 pytestmark = pytest.mark.fleet  # starts CLI processes
@@ -107,24 +107,25 @@ def test_a_fork_whose_forker_died_is_completed_or_driven_by_the_next(
     assert "'orphan' exists already; its journal holds steps" in fresh.stderr, fresh.stderr
 
 
+def refused_again(cwd: Path, url: str, client: redis.Redis, queue: str) -> None:
+    """A second fork at step 1 is told the fork exists, and the queue holds the fork once still."""
+    refused = castor(cwd, "--store", url, "fork", "racy", "--at-step", "1")
+    assert refused.returncode == 1 and "'racy::fork-1' exists already" in refused.stderr, refused.stderr
+    assert client.lrange(queue, 0, -1) == ["racy::fork-1"]
+
+
 def test_a_fleet_fork_stored_but_never_submitted_is_submitted_by_the_next_fork(
     tmp_path: Path, redis_url: str, redis_prefix: str
 ) -> None:
-    url = f"{redis_url}?prefix={redis_prefix}"
-    parent_run(tmp_path, ["--store", url])
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
     queue = keys.run_queue(redis_prefix)
-    try:
-        client.sadd(keys.submitted(redis_prefix), "racy")  # the run was the fleet's: so are its forks
+    with fleet_parent(tmp_path, redis_url, redis_prefix) as (url, client):
         dies_forking(tmp_path, "queue", "--store", url, "fork", "racy", "--at-step", "1")
         assert client.lrange(queue, 0, -1) == []
         again = castor(tmp_path, "--store", url, "fork", "racy", "--at-step", "1")
         assert again.returncode == 0 and again.stdout.strip() == "racy::fork-1", again.stdout + again.stderr
         assert client.lrange(queue, 0, -1) == ["racy::fork-1"]
         shares_prefix(url, "racy::fork-1", 1)
-        refused = castor(tmp_path, "--store", url, "fork", "racy", "--at-step", "1")
-        assert refused.returncode == 1 and "'racy::fork-1' exists already" in refused.stderr, refused.stderr
-        assert client.lrange(queue, 0, -1) == ["racy::fork-1"]
+        refused_again(tmp_path, url, client, queue)
         # A fleet fork left as a pointer under a chosen pid: a run submitted under it is refused, not queued.
         dies_forking(tmp_path, "header", "--store", url, "fork", "racy", "--at-step", "2", "--pid", "orphan")
         fresh = castor(tmp_path, "--store", url, "submit", "agent.py:job", "--tool", "tools.py:wipe", "--destructive",
@@ -132,25 +133,15 @@ def test_a_fleet_fork_stored_but_never_submitted_is_submitted_by_the_next_fork(
         assert fresh.returncode == 1, fresh.stdout + fresh.stderr
         assert "'orphan' exists already; its journal holds steps" in fresh.stderr, fresh.stderr
         assert client.lrange(queue, 0, -1) == ["racy::fork-1"]
-    finally:
-        client.close()
 
 
 def test_a_fleet_fork_whose_forker_dies_after_storing_it_is_queued(
     tmp_path: Path, redis_url: str, redis_prefix: str
 ) -> None:
-    url = f"{redis_url}?prefix={redis_prefix}"
-    parent_run(tmp_path, ["--store", url])
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
     queue = keys.run_queue(redis_prefix)
-    try:
-        client.sadd(keys.submitted(redis_prefix), "racy")
+    with fleet_parent(tmp_path, redis_url, redis_prefix) as (url, client):
         dies_forking(tmp_path, "stored", "--store", url, "fork", "racy", "--at-step", "1")
         assert client.lrange(queue, 0, -1) == ["racy::fork-1"]  # stored means queued: no later fork needed
         assert client.sismember(keys.submitted(redis_prefix), "racy::fork-1")
         shares_prefix(url, "racy::fork-1", 1)
-        refused = castor(tmp_path, "--store", url, "fork", "racy", "--at-step", "1")
-        assert refused.returncode == 1 and "'racy::fork-1' exists already" in refused.stderr, refused.stderr
-        assert client.lrange(queue, 0, -1) == ["racy::fork-1"]
-    finally:
-        client.close()
+        refused_again(tmp_path, url, client, queue)

@@ -18,7 +18,10 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -164,6 +167,21 @@ def parent_run(cwd: Path, where: list[str]) -> None:
     assert executions(cwd) == 1 and executions(cwd, "notes.log") == 3
 
 
+@contextmanager
+def fleet_parent(cwd: Path, redis_url: str, redis_prefix: str) -> Iterator[tuple[str, Any]]:
+    """The parent run on Redis, marked as the fleet's (so are its forks then): its store URL and a client."""
+    import redis
+
+    url = f"{redis_url}?prefix={redis_prefix}"
+    parent_run(cwd, ["--store", url])
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        client.sadd(keys.submitted(redis_prefix), "racy")
+        yield url, client
+    finally:
+        client.close()
+
+
 def race(cwd: Path, racers: list[list[str]]) -> list[subprocess.CompletedProcess[str]]:
     """Start each racer (a script and its arguments) in a process of its own; release them together once
     all are ready; wait for them all."""
@@ -273,18 +291,10 @@ def test_two_consoles_at_one_step_make_one_fork(tmp_path: Path, redis_url: str, 
 def test_two_castor_forks_of_a_fleet_run_submit_one_fork_once(
     tmp_path: Path, redis_url: str, redis_prefix: str
 ) -> None:
-    import redis
-
-    url = f"{redis_url}?prefix={redis_prefix}"
-    parent_run(tmp_path, ["--store", url])
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        client.sadd(keys.submitted(redis_prefix), "racy")  # the run was the fleet's: so are its forks
+    with fleet_parent(tmp_path, redis_url, redis_prefix) as (url, client):
         for at in STEPS:
             fork = f"racy::fork-{at}"
             won = one_won(race(tmp_path, [cli_fork(["--store", url], at)] * 2), fork)
             assert won.stdout.strip() == fork, won.stdout
             shares_prefix(url, fork, at)
             assert client.lrange(keys.run_queue(redis_prefix), 0, -1).count(fork) == 1  # submitted once
-    finally:
-        client.close()
