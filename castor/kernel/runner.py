@@ -15,7 +15,7 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from types import FunctionType
 from typing import Any
 
@@ -84,10 +84,7 @@ async def prepare(
         checkpoint.speculative = bool(speculative)
         checkpoint.scopes = list(default_scopes if scopes is None else scopes)
     else:
-        if pid is not None and pid != checkpoint.pid:
-            raise ConfigError(
-                f"checkpoint {checkpoint.pid!r} cannot run as {pid!r}; use checkpoint.fork() for a new run"
-            )
+        _check_runs_as(checkpoint, pid)
         for resource, limit in (budgets or {}).items():
             cap = checkpoint.capabilities.get(resource)
             if cap is None:
@@ -327,12 +324,24 @@ def takes_proxy(agent: Callable[..., Any]) -> bool:
     return len(params) == 1
 
 
+def _named_pid(options: Mapping[str, Any]) -> str | None:
+    """The pid of the run ``options`` name (``pid``, else the checkpoint's): an existing run's drive is
+    claimed before it is read. None for a new run."""
+    checkpoint = options.get("checkpoint")
+    return options.get("pid") or (checkpoint.pid if checkpoint is not None else None)
+
+
+def _check_runs_as(checkpoint: AgentCheckpoint | None, pid: str | None) -> None:
+    """``ConfigError`` when a checkpoint is asked to run under another run's pid."""
+    if checkpoint is not None and pid is not None and pid != checkpoint.pid:
+        raise ConfigError(f"checkpoint {checkpoint.pid!r} cannot run as {pid!r}; use checkpoint.fork() for a new run")
+
+
 async def run(services: Services, agent: Callable[..., Any], **options: Any) -> AgentCheckpoint:
     """Prepare and drive a run in the caller's task (``options``: those of ``prepare``). An existing run
     is driven by one process at a time: its drive is claimed before its checkpoint is read, so a second
     process reads what the first left."""
-    checkpoint = options.get("checkpoint")
-    pid = options.get("pid") or (checkpoint.pid if checkpoint is not None else None)
+    pid = _named_pid(options)
     if pid is None:  # a new run: no other process knows its pid yet
         ctx = await prepare(services, agent, **options)
         return await drive(ctx, agent)
@@ -344,14 +353,31 @@ async def run(services: Services, agent: Callable[..., Any], **options: Any) -> 
 class CastorTask:
     """A run started with ``run_async``: await it for the checkpoint, or preempt it."""
 
-    def __init__(self, ctx: RunContext, agent: Callable[..., Any]) -> None:
+    def __init__(
+        self, checkpoint: AgentCheckpoint, drives: Callable[[CastorTask], Coroutine[Any, Any, AgentCheckpoint]]
+    ) -> None:
         self._preempted: list[Any] = []
-        self.checkpoint = ctx.checkpoint
-        self.task: asyncio.Task[AgentCheckpoint] = asyncio.create_task(self._drive(ctx, agent))
+        self.checkpoint = checkpoint  # the prepared run's, once its drive is claimed (``start``)
+        self.task: asyncio.Task[AgentCheckpoint] = asyncio.create_task(drives(self))
 
     async def _drive(self, ctx: RunContext, agent: Callable[..., Any]) -> AgentCheckpoint:
         async with driving(ctx.services.backend.journal, ctx.checkpoint.pid):
             return await drive(ctx, agent, self._preempted)
+
+    async def _claim_and_drive(self, services: Services, agent: Callable[..., Any], pid: str,
+                               options: dict[str, Any]) -> AgentCheckpoint:
+        """Claim the run's drive, then prepare and drive it, as ``run`` does: a process that drives it now
+        keeps it until it stops, and this one starts from what that one left."""
+        started = False
+        try:
+            async with driving(services.backend.journal, pid):
+                ctx = await prepare(services, agent, **options)
+                self.checkpoint, started = ctx.checkpoint, True
+                return await drive(ctx, agent, self._preempted)
+        except asyncio.CancelledError:
+            if started or not self._preempted:
+                raise
+            return self.checkpoint  # preempted before it drove: the run is as the store (or its driver) has it
 
     @property
     def done(self) -> bool:
@@ -359,7 +385,8 @@ class CastorTask:
         return self.task.done()
 
     def preempt(self, reason: str, payload: dict[str, Any] | None = None) -> None:
-        """Stop the run; it ends ``PREEMPTED`` with the reason and payload."""
+        """Stop the run; it ends ``PREEMPTED`` with the reason and payload (or, still waiting for another
+        process's drive of it to end, it is left as it is)."""
         if not self.task.done():
             self._preempted[:] = [reason, payload]
             self.task.cancel()
@@ -369,8 +396,19 @@ class CastorTask:
 
 
 async def start(services: Services, agent: Callable[..., Any], **options: Any) -> CastorTask:
-    """Prepare a run and drive it in its own task (``options``: those of ``prepare``)."""
-    return CastorTask(await prepare(services, agent, **options), agent)
+    """Drive a run in its own task (``options``: those of ``prepare``). A new run is prepared here; an
+    existing one (a pid or a checkpoint given) is prepared in the task once its drive is claimed: preparing
+    writes the run's header and opens its budget ledger, which must wait while another process drives the
+    run (a ledger reopened under that drive would forget its charges in flight, and a checkpoint read
+    before that drive's last steps would run them again)."""
+    pid = _named_pid(options)
+    if pid is None:  # a new run: no other process knows its pid yet
+        ctx = await prepare(services, agent, **options)
+        return CastorTask(ctx.checkpoint, lambda task: task._drive(ctx, agent))
+    checkpoint = options.get("checkpoint")
+    _check_runs_as(checkpoint, options.get("pid"))  # told here, not when the task is awaited
+    shown = checkpoint or await services.backend.runs.load(pid) or new_checkpoint(pid, agent_name(agent), {})
+    return CastorTask(shown, lambda task: task._claim_and_drive(services, agent, pid, options))
 
 
 async def persist_all(services: Services, cp: AgentCheckpoint) -> None:

@@ -191,9 +191,10 @@ class Session:
                     return refused
                 self.drive = await self._start()
             drive = self.drive
-            ready: set[asyncio.Future[Any]] = {self.ready, drive.task}
             if not self.ready.done():
-                await asyncio.wait(ready, return_when=asyncio.FIRST_COMPLETED)
+                gave_up = await self._await_drive(drive, name, arguments, key, progress)
+                if gave_up is not None:
+                    return gave_up
             if self.ready.done():
                 outcome = await self._issue(self.ready.result(), name, arguments, key)
                 if outcome is not None:
@@ -209,6 +210,35 @@ class Session:
                     f"{self.options.approval_timeout:g} s; it still waits in `castor approvals`: retry the "
                     "same call later (same run, same idempotency key) to receive its outcome"
                 ))
+
+    async def _await_drive(self, drive: runner.CastorTask, name: str, arguments: dict[str, Any], key: str | None,
+                           progress: Progress | None) -> Outcome | None:
+        """Wait for the drive to reach the client's call; None once it has (or stopped). A drive first waits
+        for its claim while another process drives the run (another gateway's session of it, a ``castor
+        resume``): meanwhile a retried call that process journals is answered from the journal, and a call
+        still waiting after ``approval_timeout`` is told why, its drive given up before it touched the run."""
+        started = time.monotonic()
+        either: set[asyncio.Future[Any]] = {self.ready, drive.task}
+        while True:
+            await asyncio.wait(either, timeout=self.options.progress_every,
+                               return_when=asyncio.FIRST_COMPLETED)
+            if self.ready.done() or drive.task.done():
+                return None
+            answered = await self._answered(key, name, arguments)
+            waited = time.monotonic() - started
+            if answered is None and waited < self.options.approval_timeout:
+                if progress is not None:
+                    await progress(waited, f"run {self.pid} is driven by another process; {name} waits for it to "
+                                           f"let go (waited {waited:.0f} s)")
+                continue
+            drive.preempt("another process drives the run")
+            await self._settle(drive)
+            return answered or Outcome(self.pid, None, error=(
+                f"run {self.pid} is driven by another process (another gateway's session of it, or a castor "
+                f"resume) and was not let go within {self.options.approval_timeout:g} s; {name} was not issued: "
+                "retry it later (same run, same idempotency key), or send the run's calls to the gateway that "
+                "drives it"
+            ))
 
     async def _settle(self, drive: runner.CastorTask) -> AgentCheckpoint:
         """The checkpoint a finished drive left; its exception is the run's, already persisted."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -220,3 +221,68 @@ async def test_an_approval_of_an_earlier_round_never_runs_a_step_in_doubt_again(
         assert cp.status == "SUSPENDED_FOR_HITL" and runs == ["/data"]  # round 1 waits for its own decision
     finally:
         release.set()
+
+
+def labelled_ticks(label: str, runs: list[str], inside: asyncio.Event, release: asyncio.Event) -> Any:
+    """A plain tool (neither idempotent nor destructive) that notes each call under ``label``; the first
+    driver's call at step 3 stays in flight (charged, not journaled) until ``release`` is set."""
+
+    async def tick(n: int) -> int:
+        runs.append(f"{label}{n}")
+        if n == 3 and label == "first":
+            inside.set()
+            await release.wait()
+        return n
+
+    return tick
+
+
+async def six_ticks() -> int:
+    for n in range(6):
+        await tool("tick", n=n)
+    return 6
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_a_background_start_of_a_run_another_process_drives_waits_before_it_touches_it(
+    kind: str, tmp_path: Path
+) -> None:
+    """``run_async(pid=...)`` of a run another process drives used to prepare it at once: it reopened the
+    run's budget ledger from the journal (the charge in flight forgotten: a fifth call ran on a budget of
+    four) and then, its drive claimed, ran the steps the other process had journaled meanwhile again. It
+    waits for the drive now and starts from what that drive left: nothing runs twice."""
+    backend: Any = memory_backend() if kind == "memory" else f"sqlite:///{tmp_path / 'runs.db'}"
+    inside, release = asyncio.Event(), asyncio.Event()
+    runs: list[str] = []
+    first = Castor(tools=[labelled_ticks("first", runs, inside, release)], store=backend)
+    driving = await first.run_async(six_ticks, pid="p", budgets={"api": 4})
+    await inside.wait()
+    second = Castor(tools=[labelled_ticks("second", runs, inside, release)], store=backend)
+    waiting = await second.run_async(six_ticks, pid="p")
+    await asyncio.sleep(0.1)
+    assert not waiting.done  # the first drive holds the run
+    release.set()
+    ended = await driving
+    assert ended.status == "COMPLETED" and runs == ["first0", "first1", "first2", "first3"]
+    resumed = await asyncio.wait_for(waiting.task, 10)
+    assert resumed.status == "COMPLETED" and resumed.result == 6
+    assert runs == ["first0", "first1", "first2", "first3"]  # served from the journal, never run again
+
+
+async def test_a_background_start_preempted_while_another_process_drives_the_run_leaves_it_alone() -> None:
+    backend = memory_backend()
+    inside, release = asyncio.Event(), asyncio.Event()
+    runs: list[str] = []
+    first = Castor(tools=[labelled_ticks("first", runs, inside, release)], store=backend)
+    driving = await first.run_async(six_ticks, pid="p")
+    await inside.wait()
+    waiting = await Castor(tools=[labelled_ticks("second", runs, inside, release)], store=backend).run_async(
+        six_ticks, pid="p")
+    await asyncio.sleep(0.05)
+    waiting.preempt("not now")
+    left = await asyncio.wait_for(waiting.task, 5)
+    assert left.pid == "p" and left.status == "RUNNING"  # as the store holds it: the first drive's
+    release.set()
+    ended = await driving
+    assert (ended.status, ended.result, ended.preemption_reason) == ("COMPLETED", 6, None)
+    assert runs == [f"first{n}" for n in range(6)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +26,6 @@ from tests.mcp.mcp_tools import add, append_line, explode, lines, tag
 TOOLS = [add, append_line, tag, explode]
 
 
-@pytest.fixture
-def log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "appended.log"
-    monkeypatch.setenv("MCP_TEST_LOG", str(path))
-    return path
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'gateway.db'}"
-
-
 def gateway(db: str, *, budgets: dict[str, float] | None = None, pid: str | None = "session-1",
             client_may_decide: bool = False, **options: Any) -> Gateway:
     """A gateway over the test tools on ``db``; a call waits at most 10 s for a human unless told."""
@@ -45,13 +33,6 @@ def gateway(db: str, *, budgets: dict[str, float] | None = None, pid: str | None
     opts = Options(budgets=budgets, approval_timeout=options.pop("approval_timeout", 10.0),
                    progress_every=0.05, **options)
     return Gateway(kernel, opts, default_pid=pid, client_may_decide=client_may_decide)
-
-
-@pytest.fixture
-async def operator(db: str) -> AsyncIterator[Backend]:
-    backend = open_backend(db)
-    yield backend
-    await backend.close()
 
 
 async def decide_when_waiting(backend: Backend, pid: str, outcome: str, reason: str = "") -> None:

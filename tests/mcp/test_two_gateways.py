@@ -1,0 +1,53 @@
+"""Two gateways serving one run at once (two replicas behind a load balancer, or a client that retries a
+call on another gateway while the first still waits on it): a destructive call runs once, only once
+decided, and no call waits without end for the other gateway's session to let the run go."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from mcp import Client
+
+from castor.mcp.server import build_server
+from castor.seams import Backend
+from tests.mcp.mcp_tools import lines
+from tests.mcp.test_gateway import decide_when_waiting, gateway, text
+
+
+async def test_a_retry_on_another_gateway_while_the_first_waits_runs_the_call_once(
+    db: str, log: Path, operator: Backend
+) -> None:
+    """Both gateways' calls wait for the one decision; whichever drives the run runs the call, and the
+    other answers the same key from the journal instead of waiting for that gateway's session to idle out
+    (it used to, 15 minutes, its drive claimed after the run had been read)."""
+    meta = {"castor/run": "shared-run", "castor/idempotency_key": "k-1"}
+    first, second = gateway(db, pid=None, approval_timeout=20.0), gateway(db, pid=None, approval_timeout=20.0)
+    async with Client(build_server(first)) as one, Client(build_server(second)) as two:
+        waiting = asyncio.create_task(one.call_tool("append_line", {"text": "once"}, meta=meta))
+        await asyncio.sleep(0.3)
+        retried = asyncio.create_task(two.call_tool("append_line", {"text": "once"}, meta=meta))
+        await asyncio.sleep(0.3)
+        await decide_when_waiting(operator, "shared-run", "approve")
+        answers = await asyncio.wait_for(asyncio.gather(waiting, retried), 15)
+    await first.close()
+    await second.close()
+    assert [text(a) for a in answers] == ["appended once"] * 2
+    assert lines(log) == 1
+
+
+async def test_a_call_on_a_run_another_gateway_holds_is_told_so_in_time(
+    db: str, log: Path, operator: Backend
+) -> None:
+    """A run another gateway's session holds (idle, for up to ``idle_after``): a call without a key for it
+    is told so after ``approval_timeout``, and nothing of it runs."""
+    meta = {"castor/run": "held-run"}
+    first, second = gateway(db, pid=None), gateway(db, pid=None, approval_timeout=0.5)
+    async with Client(build_server(first)) as one, Client(build_server(second)) as two:
+        assert text(await one.call_tool("add", {"a": 1, "b": 2}, meta=meta)) == "3"
+        told = await asyncio.wait_for(two.call_tool("add", {"a": 2, "b": 2}, meta=meta), 10)
+        assert told.is_error and "is driven by another process" in text(told), text(told)
+        assert text(await one.call_tool("add", {"a": 3, "b": 3}, meta=meta)) == "6"  # the first goes on
+    await first.close()
+    await second.close()
+    assert [r.response for r in await operator.journal.history("held-run")] == [3, 6]
