@@ -20,6 +20,7 @@ from castor._terminal import cancelled_meanwhile, nothing_waits, save_run, take_
 from castor.checkpoint import AgentCheckpoint
 from castor.errors import CastorError, NothingPendingError
 from castor.kernel.children import pending_child
+from castor.kernel.claims import DECIDING, driving
 from castor.kernel.context import RunContext, Services, Suspend, Syscall
 from castor.kernel.runner import load, sync_journal
 from castor.seams import Backend, Decision, DecisionOutcome, PendingApproval, ToolCall
@@ -83,8 +84,23 @@ async def decide(
         await refuse_if_cancelled(services.backend, cp, *owners)
         raise
     await refuse_if_cancelled(services.backend, cp, *owners)
-    await apply_decision(services, cp, step, tool, args, owners)
+    # Applying it opens the run's budget ledger and closes it again: never while another process drives
+    # the run (a resume started at the same moment), whose ledger that would reset, then drop. A cancel
+    # still goes ahead beside it (``castor.kernel.cancel``).
+    async with driving(services.backend.journal, (owners[0] if owners else cp).pid, DECIDING):
+        if not await _passed_meanwhile(services, cp, step):
+            await apply_decision(services, cp, step, tool, args, owners)
     return cp
+
+
+async def _passed_meanwhile(services: Services, cp: AgentCheckpoint, step: int) -> bool:
+    """Whether a drive that ended while this decision waited for it journaled the decided step (it found
+    the decision and ran the call): then ``cp`` becomes the stored run, and nothing is applied again."""
+    await sync_journal(services, cp, catch_up=True)
+    if step >= len(cp.syscall_log):
+        return False
+    await take_stored(services.backend, cp)
+    return True
 
 
 async def refuse_if_cancelled(backend: Backend, cp: AgentCheckpoint, *owners: AgentCheckpoint) -> None:

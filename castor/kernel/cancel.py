@@ -14,7 +14,8 @@ still run is visible, and says so (``Cancelled.approved``).
 
 A local store's run (``cancel_stored``) is cancelled under its drive claim (``castor.kernel.claims``), so a
 ``castor resume`` started at the same moment waits, then finds it cancelled; a run a live process drives
-is refused, naming the holder. The fleet's cancel is ``castor.fleet.client.FleetClient.cancel``.
+is refused, naming the holder. An approval applies its decision under the drive claim too (so that a resume
+waits for it); a cancel goes ahead beside that one, the order above deciding between them. The fleet's cancel is ``castor.fleet.client.FleetClient.cancel``.
 
 A child agent whose call was waiting is stored cancelled too (its payload names the ``parent`` cancelled),
 so ``castor ps`` no longer lists it waiting for a human; the parent's resume drives it again.
@@ -29,7 +30,7 @@ from castor._terminal import CANCELLED, cancelled, save_run
 from castor.checkpoint import FINISHED, AgentCheckpoint
 from castor.errors import ConfigError, RunBusyError, RunNotFoundError
 from castor.kernel.children import top_run
-from castor.kernel.claims import DRIVE_STEP, LEASE, holder_gone, new_holder
+from castor.kernel.claims import DRIVE_STEP, LEASE, applies_a_decision, holder_gone, new_holder
 from castor.seams import Backend, Decision
 
 
@@ -122,7 +123,9 @@ async def cancel_stored(backend: Backend, pid: str, by: str) -> str:
     header = await cancellable(backend, pid)
     journal, holder = backend.journal, new_holder()
     found = await journal.claim(pid, DRIVE_STEP, 0, holder, LEASE)
-    if found.state != "claimed":
+    # Beside a decision being applied the cancel goes ahead unclaimed: their order decides (above).
+    beside_decision = found.state != "claimed" and applies_a_decision(found.holder) and not holder_gone(found)
+    if found.state != "claimed" and not beside_decision:
         if not holder_gone(found):
             raise RunBusyError(
                 f"run {pid!r} is being driven by {found.holder} (a castor run or resume still going): stop that "
@@ -135,5 +138,6 @@ async def cancel_stored(backend: Backend, pid: str, by: str) -> str:
         header = await cancellable(backend, pid)  # as stored now that no one else drives it
         stopped = await mark_cancelled(backend, header, by)
     finally:
-        await journal.release_claim(pid, DRIVE_STEP, holder)
+        if not beside_decision:
+            await journal.release_claim(pid, DRIVE_STEP, holder)
     return str(stopped) if stopped else f"ended meanwhile ({ended(header)}); nothing was cancelled"

@@ -68,9 +68,19 @@ _HOST = socket.gethostname()
 log = logging.getLogger("castor.run")
 
 
-def new_holder() -> str:
-    """A name for one claim: ``<host>:<pid>:<token>`` (the pid lets this machine see that its holder died)."""
-    return f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+DECIDING = "decide-"  # a drive claim's token starts so when a decision is applied under it, not a drive
+
+
+def new_holder(kind: str = "") -> str:
+    """A name for one claim: ``<host>:<pid>:<kind><token>`` (the pid lets this machine see that its holder
+    died; ``kind``: ``DECIDING`` for a decision applied under the drive claim)."""
+    return f"{_HOST}:{os.getpid()}:{kind}{uuid.uuid4().hex[:12]}"
+
+
+def applies_a_decision(holder: str) -> bool:
+    """Whether a drive claim's ``holder`` applies a human's decision (``approvals.decide``) rather than
+    drives the run: a cancel goes ahead beside it (their order is the decision's own, ``castor.kernel.cancel``)."""
+    return holder.rpartition(":")[2].startswith(DECIDING)
 
 
 def holder_gone(found: StepClaim) -> bool:
@@ -149,10 +159,11 @@ async def run_claimed(
 
 
 @contextlib.asynccontextmanager
-async def driving(journal: Journal, run_id: str) -> AsyncIterator[None]:
+async def driving(journal: Journal, run_id: str, kind: str = "") -> AsyncIterator[None]:
     """Hold the drive of ``run_id`` for the block: wait while another live process drives it, take it
-    over from one that is gone (its steps' own claims judge what it left unfinished)."""
-    holder, replace, waiting = new_holder(), "", False
+    over from one that is gone (its steps' own claims judge what it left unfinished). ``kind``: as
+    ``new_holder``'s."""
+    holder, replace, waiting = new_holder(kind), "", False
     while True:
         found = await journal.claim(run_id, DRIVE_STEP, 0, holder, LEASE, replace=replace)
         if found.state == "claimed":
@@ -164,13 +175,20 @@ async def driving(journal: Journal, run_id: str) -> AsyncIterator[None]:
             waiting = True
             log.warning("run %s is being driven by %s; waiting for that drive to end", run_id, found.holder)
         await asyncio.sleep(DRIVE_POLL)
-    renewal = asyncio.get_running_loop().create_task(_renew(journal, run_id, DRIVE_STEP, holder))
+    # The renewal starts with its first renewal due: a block that ends sooner (a decision applied by the
+    # published synchronous reject(), stepped inline on a store that answers at once) has nothing to await.
+    renewals: list[asyncio.Task[None]] = []
+    loop = asyncio.get_running_loop()
+    due = loop.call_later(LEASE / 3, lambda: renewals.append(loop.create_task(_renew(journal, run_id, DRIVE_STEP,
+                                                                                       holder, first=True))))
     try:
         yield
     finally:
-        renewal.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await renewal
+        due.cancel()
+        for renewal in renewals:
+            renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewal
         await journal.release_claim(run_id, DRIVE_STEP, holder)
 
 
@@ -198,9 +216,12 @@ async def _restarted_within(journal: Journal, seconds: float) -> bool:
         return False
 
 
-async def _renew(journal: Journal, run_id: str, step: int, holder: str) -> None:
+async def _renew(journal: Journal, run_id: str, step: int, holder: str, first: bool = False) -> None:
+    """Renew the holder's lease every third of it (``first``: the first renewal is due now)."""
     while True:
-        await asyncio.sleep(LEASE / 3)
+        if not first:
+            await asyncio.sleep(LEASE / 3)
+        first = False
         with contextlib.suppress(Exception):  # a missed renewal is retried; the lease has margin
             await journal.renew_claim(run_id, step, holder, LEASE)
 

@@ -286,3 +286,36 @@ async def test_a_background_start_preempted_while_another_process_drives_the_run
     ended = await driving
     assert (ended.status, ended.result, ended.preemption_reason) == ("COMPLETED", 6, None)
     assert runs == [f"first{n}" for n in range(6)]
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_an_approval_applied_while_a_resume_drives_the_run_keeps_its_budget(kind: str, tmp_path: Path) -> None:
+    """An approval and a resume at once: the approval used to run its call with the run's budget ledger
+    reopened under the resume's drive, then dropped it, and the resume charged what followed to no ledger
+    (five calls past a budget of three). The approval now applies under the run's drive claim."""
+    backend: Any = memory_backend() if kind == "memory" else f"sqlite:///{tmp_path / 'runs.db'}"
+    ticks: list[int] = []
+
+    async def wipe(path: str) -> str:
+        await asyncio.sleep(0.3)  # the resume starts while the approved call runs
+        return f"wiped {path}"
+
+    async def tick(n: int) -> int:
+        ticks.append(n)
+        return n
+
+    async def agent() -> int:
+        await tool("wipe", path="/d")
+        for n in range(5):
+            await tool("tick", n=n)
+        return 5
+
+    resumer = Castor(tools=[wipe, tick], destructive=["wipe"], store=backend)
+    assert (await resumer.run(agent, pid="p", budgets={"api": 3})).status == "SUSPENDED_FOR_HITL"
+    approver = Castor(tools=[wipe, tick], destructive=["wipe"], store=backend)
+    approving = asyncio.create_task(approver.approve("p"))
+    await asyncio.sleep(0.05)
+    resumed = await resumer.run(agent, pid="p")
+    await approving
+    assert resumed.status == "COMPLETED" and ticks == [0, 1]  # the wipe and two ticks: three of three
+    assert resumed.capabilities["api"].current_usage == 3

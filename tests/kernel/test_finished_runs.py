@@ -11,7 +11,7 @@ import pytest
 
 from castor import AgentCheckpoint, Castor, RunFinishedError
 from castor.backends.sqlite import sqlite_backend
-from castor.cli._decide import waiting_in_store
+from castor.cli._decide import record_only, waiting_in_store
 from castor.kernel import runner
 from castor.lib import tool
 from castor.seams import Backend, RunStore
@@ -48,8 +48,10 @@ class LateSuspend:
 
 async def test_a_resume_that_suspends_late_never_moves_a_completed_run_back(stores: list[Backend]) -> None:
     """``castor resume`` reaches the destructive step before the approval exists and suspends; meanwhile
-    ``castor approve`` runs the call and another resume completes the run. The late SUSPENDED save is
-    refused: the run stays COMPLETED, and the late process reports it as the store holds it."""
+    a human approves the call and a fleet coordinator's drive runs it and completes the run. The late
+    SUSPENDED save is refused: the run stays COMPLETED, and the late process reports it as the store holds
+    it. (An embedded ``castor approve`` applies its decision under the run's drive claim, so it waits for
+    the late resume instead: ``test_concurrent_drivers``.)"""
     WIPED.clear()
     first, second = stores
     waiting = await Castor(tools=[wipe], destructive=["wipe"], store=first).run(cleanup, pid="racy")
@@ -59,7 +61,7 @@ async def test_a_resume_that_suspends_late_never_moves_a_completed_run_back(stor
     async def approve_and_complete() -> None:
         cp = await other.aload("racy")
         await waiting_in_store(second, cp)  # as ``castor approve`` finds the call the resume cleared
-        await other.approve(cp)
+        await record_only(second, cp, "approve", "", "alice")  # as ``castor approve`` of a fleet run
         # Driven as a fleet coordinator drives (under its lease, without the drive claim ``Castor.run``
         # takes, which would make this drive wait for the late one it is nested in).
         ctx = await runner.prepare(other.services, cleanup, checkpoint=cp)
