@@ -15,7 +15,8 @@ still run is visible, and says so (``Cancelled.approved``).
 A local store's run (``cancel_stored``) is cancelled under its drive claim (``castor.kernel.claims``), so a
 ``castor resume`` started at the same moment waits, then finds it cancelled; a run a live process drives
 is refused, naming the holder. An approval applies its decision under the drive claim too (so that a resume
-waits for it); a cancel goes ahead beside that one, the order above deciding between them. The fleet's cancel is ``castor.fleet.client.FleetClient.cancel``.
+waits for it); a cancel goes ahead beside that one, the order above deciding between them. The fleet's
+cancel is ``castor.fleet.client.FleetClient.cancel``.
 
 A child agent whose call was waiting is stored cancelled too (its payload names the ``parent`` cancelled),
 so ``castor ps`` no longer lists it waiting for a human; the parent's resume drives it again.

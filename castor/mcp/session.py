@@ -88,7 +88,7 @@ class Session:
 
     # --- the run's agent -------------------------------------------------------------------------
 
-    def _agent(self, history: list[tuple[str, dict[str, Any]]]) -> Callable[[], Awaitable[Any]]:
+    def _agent(self) -> Callable[[], Awaitable[Any]]:
         """The run's agent: it replays the journal, hands its run context to the session, and holds the run
         open until the session ends it (``hold``: a ``Suspend`` to unwind it, or a result)."""
         ready: asyncio.Future[RunContext] = asyncio.get_running_loop().create_future()
@@ -96,9 +96,12 @@ class Session:
         self.ready, self.hold = ready, hold
 
         async def mcp_session() -> None:
-            for name, arguments in history:  # served from the journal: the replay stage answers them
-                await tool(name, **arguments)
-            ready.set_result(active_run())
+            # The journal as the drive read it once it held the run (another gateway may have driven the run
+            # while this one waited): each call served from it by the replay stage.
+            ctx = active_run()
+            for record in list(ctx.checkpoint.syscall_log):
+                await tool(str(record.request["tool_name"]), **dict(record.request.get("arguments") or {}))
+            ready.set_result(ctx)
             await hold
 
         mcp_session.__name__ = AGENT  # the name its runs are stored under, which refuse_foreign checks
@@ -148,20 +151,12 @@ class Session:
     # --- driving ---------------------------------------------------------------------------------
 
     async def _start(self) -> runner.CastorTask:
-        """Drive the run again (or for the first time) from what the store holds."""
-        backend = self.kernel.backend
-        stored = await backend.runs.load(self.pid)
-        history: list[tuple[str, dict[str, Any]]] = []
-        checkpoint = None
-        if stored is not None:
-            checkpoint = await self.kernel.aload(self.pid)
-            history = [
-                (str(r.request["tool_name"]), dict(r.request.get("arguments") or {})) for r in checkpoint.syscall_log
-            ]
+        """Drive the run again (or for the first time) from what the store holds once the drive is claimed
+        (``runner.start`` reads the run then, not before)."""
+        new = await self.kernel.backend.runs.load(self.pid) is None
         return await runner.start(
-            self.kernel.services, self._agent(history), checkpoint=checkpoint, pid=None if checkpoint else self.pid,
-            speculative=self.options.speculative if checkpoint is None else None,
-            scopes=self.options.scopes if checkpoint is None else None,
+            self.kernel.services, self._agent(), pid=self.pid,
+            speculative=self.options.speculative if new else None, scopes=self.options.scopes if new else None,
             default_budgets=dict(self.options.budgets or self.kernel.budgets), default_scopes=self.kernel.scopes,
         )
 

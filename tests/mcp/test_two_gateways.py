@@ -51,3 +51,27 @@ async def test_a_call_on_a_run_another_gateway_holds_is_told_so_in_time(
     await first.close()
     await second.close()
     assert [r.response for r in await operator.journal.history("held-run")] == [3, 6]
+
+
+async def test_a_gateway_that_waited_for_the_run_starts_from_what_the_other_left(
+    db: str, log: Path, operator: Backend
+) -> None:
+    """While one gateway waits for the run, the other serves more calls on it (keys and journal grow). The
+    waiting one used to drive from the run as it had read it before it waited: it issued its call at a
+    step already journaled, and saved the run without the other's keys, so a retry of those ran again."""
+    meta = {"castor/run": "busy-run"}
+    first = gateway(db, pid=None, speculative=True)
+    second = gateway(db, pid=None, speculative=True, approval_timeout=20.0)
+    async with Client(build_server(first)) as one, Client(build_server(second)) as two:
+        assert text(await one.call_tool("append_line", {"text": "a"}, meta=meta | {"castor/idempotency_key": "k1"}))
+        waiting = asyncio.create_task(two.call_tool("add", {"a": 1, "b": 1}, meta=meta))
+        await asyncio.sleep(0.3)
+        assert text(await one.call_tool("append_line", {"text": "b"}, meta=meta | {"castor/idempotency_key": "k2"}))
+        await first.close()  # the first gateway lets go of the run
+        assert text(await asyncio.wait_for(waiting, 10)) == "2"
+        retried = await two.call_tool("append_line", {"text": "b"}, meta=meta | {"castor/idempotency_key": "k2"})
+    await second.close()
+    assert text(retried) == "appended b" and not retried.is_error
+    assert log.read_text() == "a\nb\n"  # the retry answered from the journal, not run again
+    assert [r.request["tool_name"] for r in await operator.journal.history("busy-run")] == [
+        "append_line", "append_line", "add"]
