@@ -4,6 +4,7 @@ what the loop hands it meanwhile (``castor.frameworks._loop_calls``)."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from typing import Any
 
@@ -65,3 +66,43 @@ async def test_a_call_on_the_runs_loop_is_refused_naming_the_runner() -> None:
 
     with pytest.raises(UnsupportedError, match=r"call `await runner\(\)` inside a Castor run"):
         call_on_loop("test", start, "runner()")
+
+
+async def test_a_wait_cancelled_on_the_loop_ends_the_call_and_the_threads_late_answer_is_dropped() -> None:
+    def slow() -> int:
+        threading.Event().wait(0.05)
+        return 1
+
+    async def start(here: Here) -> int:
+        assert here.task is not None
+        asyncio.get_running_loop().call_later(0.01, here.task.cancel)
+        return await here.run(slow)
+
+    def framework() -> BaseException:
+        try:
+            call_on_loop("test", start, "runner()")
+        except BaseException as error:
+            return error
+        raise AssertionError("no error")
+
+    assert isinstance(await in_thread(framework), asyncio.CancelledError)
+
+
+seen: contextvars.ContextVar[str] = contextvars.ContextVar("seen", default="unset")
+
+
+async def test_each_call_runs_in_a_copy_of_the_calling_threads_context() -> None:
+    async def start(here: Here) -> str:
+        value = seen.get()
+        seen.set("set on the loop")  # the call's own copy: not the thread's, not the next call's
+        assert await here.run(seen.get) == value  # the thread's own context, as the call found it
+        return value
+
+    def framework() -> list[str]:
+        got = []
+        for value in ("first", "second"):
+            seen.set(value)
+            got.append(call_on_loop("test", start, "runner()"))
+        return [*got, seen.get()]
+
+    assert await in_thread(framework) == ["first", "second", "second"]
