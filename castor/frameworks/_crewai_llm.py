@@ -69,6 +69,9 @@ _SCHEMAS = IdentityCache(lambda model: canonical_json(model.model_json_schema())
 
 
 def _message_part(message: Any) -> Any:
+    if type(message) is dict and "cache_breakpoint" not in message and all(
+            type(key) is str and type(value) is str for key, value in message.items()):
+        return dict(message)  # CrewAI's usual message, text by role: its canonical JSON is a copy of it
     return canonical_json(message, drop={"cache_breakpoint"})
 
 

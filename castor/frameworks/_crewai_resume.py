@@ -279,7 +279,7 @@ def _landing(ctx: RunContext, log: list[SyscallRecord], tools: dict[str, Any],
         return None
     model = record.tool_name
     steps, records, skipped = [start], [record], []
-    names = {sanitize_tool_name(name): name for name in tools}
+    names = _ToolNames(tools)
     at, end = start, len(log)
     while at + 2 < end:
         step = _skipped(record.response["text"], log[at + 1], names, stop_words)
@@ -302,7 +302,22 @@ def _landing(ctx: RunContext, log: list[SyscallRecord], tools: dict[str, Any],
     return (Landing(steps, records), skipped) if skipped else None
 
 
-def _skipped(text: str, tool_record: SyscallRecord, names: dict[str, str], stop_words: bool) -> _Skipped | None:
+class _ToolNames:
+    """The tool CrewAI matches to the name an answer asks for (by their sanitized names), each name asked for
+    sanitized once in a walk (an answer names the same tool step after step)."""
+
+    def __init__(self, tools: dict[str, Any]) -> None:
+        self._tools = {sanitize_tool_name(name): name for name in tools}
+        self._asked: dict[str, str | None] = {}
+
+    def __call__(self, asked: str) -> str | None:
+        """The name of the tool ``asked`` names, None if no tool."""
+        if asked not in self._asked:
+            self._asked[asked] = self._tools.get(sanitize_tool_name(asked))
+        return self._asked[asked]
+
+
+def _skipped(text: str, tool_record: SyscallRecord, names: _ToolNames, stop_words: bool) -> _Skipped | None:
     """The step whose journaled answer is ``text``, as CrewAI parses it and calls its tool, if that call is
     ``tool_record`` as the guarded tool journaled it; None otherwise (a final answer, a parse error, another
     tool, other arguments, a failed call)."""
@@ -312,7 +327,7 @@ def _skipped(text: str, tool_record: SyscallRecord, names: dict[str, str], stop_
         return None
     if not isinstance(action, AgentAction):
         return None
-    name = names.get(sanitize_tool_name(action.tool))
+    name = names(action.tool)
     if name is None or tool_record.tool_name != name or tool_record.failure is not None:
         return None
     tool_input = action.tool_input
@@ -330,14 +345,15 @@ def _repeats_allowed(skipped: list[_Skipped]) -> bool:
     (CrewAI answers such a call from its own check, not the tool's), and none is made as often as CrewAI
     stops a run for (``check_repeated_tool_call``: the same tool, input and result; counted here by the
     result, before the observation's text is made, which counts a repeat at least as often)."""
-    seen: dict[str, int] = {}
+    seen: dict[tuple[str, str, str], int] = {}
     previous: tuple[str, dict[str, Any]] | None = None
     for step in skipped:
         current = (step.tool, step.arguments)
         if current == previous:
             return False
         previous = current
-        key = json.dumps([step.action.tool, step.action.tool_input, str(step.result)], sort_keys=True, default=str)
+        # CrewAI keys a call by the JSON of these three strings (_skipped took only text input): alike when they are
+        key = (step.action.tool, step.action.tool_input, str(step.result))
         seen[key] = seen.get(key, 0) + 1
         if seen[key] >= MAX_REPEATED_TOOL_CALLS:
             return False
@@ -392,7 +408,11 @@ def _executor_without_discarded_state(**fields: Any) -> AgentExecutor:
 def _continue(executor: AgentExecutor, agent: Agent, task: Task, skipped: list[_Skipped]) -> None:
     """What CrewAI's loop does at each skipped step, but the model call and the tool's run: its tool usage's
     records (``ToolUsage._use``), the observation, the conversation's two messages and the iteration count
-    (``AgentExecutor.execute_tool_action``, ``handle_agent_action_core``, ``increment_and_continue``)."""
+    (``AgentExecutor.execute_tool_action``, ``handle_agent_action_core``, ``increment_and_continue``).
+
+    What nothing reads between two skipped steps is set once, as the last step leaves it: the agent's
+    fingerprint, the tools' usage counts, the task's count of used tools and the iteration count (each a
+    pydantic assignment, a model built, a name sanitized per step in CrewAI's loop)."""
     structured = {t.name: t for t in executor.tools}
     if any(step.tool not in structured for step in skipped):
         # Not the tools the plan read: the conversation is left as CrewAI set it up, the landing step is asked
@@ -403,33 +423,55 @@ def _continue(executor: AgentExecutor, agent: Agent, task: Task, skipped: list[_
     messages = state.messages
     reasoning = I18N_DEFAULT.slice("post_tool_reasoning")
     counts = executor._tool_call_counts
+    names = {name: sanitize_tool_name(name) for name in structured}  # CrewAI sanitizes a name at every call
+    used = dict.fromkeys(structured, 0)
+    used_tools = task.used_tools
     for step in skipped:
         tool = structured[step.tool]
         action = step.action
-        # execute_tool_and_check_finality gives the agent a new fingerprint (a new id) at every tool call
-        agent.set_fingerprint(Fingerprint.from_dict({"agent_fingerprint": str(agent.security_config.fingerprint)}))
-        tool._increment_usage_count()  # CrewStructuredTool.invoke
         result = step.result
-        if handler is not None:  # the tool's own cache_function decides, else the structured tool's
-            original = getattr(tool, "_original_tool", None)
-            cache_function = getattr(original, "cache_function", None) or getattr(tool, "cache_function", None)
-            should_cache = cache_function(step.arguments, result) if cache_function else True
-            handler.on_tool_use(calling=ToolCalling(tool_name=sanitize_tool_name(tool.name),
-                                                    arguments=step.arguments),
-                                output=result, should_cache=should_cache)
+        if handler is not None:
+            _record_use(handler, tool, names[step.tool], step)
         text = tool.format_output_for_agent(result)
-        task.used_tools += 1  # ToolUsage._format_result
-        if task.used_tools % _REMEMBER_FORMAT_AFTER == 0:
+        used_tools += 1  # ToolUsage._format_result
+        if used_tools % _REMEMBER_FORMAT_AFTER == 0:
             text = str(text) + "\n\n" + I18N_DEFAULT.slice("tools").format(
                 tools=executor.tools_description, tool_names=executor.tools_names)
         observation = str(text)
-        agent.tools_results.append({"result": observation, "tool_name": sanitize_tool_name(tool.name),
+        agent.tools_results.append({"result": observation, "tool_name": names[step.tool],
                                     "tool_args": step.arguments})
-        tool._increment_usage_count()  # ToolUsage._use, after the call
+        used[step.tool] += 2  # CrewStructuredTool.invoke, then ToolUsage._use after the call
         check_repeated_tool_call(counts, tool_name=action.tool, tool_args=action.tool_input, result=observation,
                                  agent=agent, task=task)
         action.text += f"\nObservation: {observation}"
         action.result = observation
         messages.append(format_message_for_llm(action.text, role="assistant"))
         messages.append({"role": "user", "content": reasoning})
-        state.iterations += 1
+    task.used_tools = used_tools
+    state.iterations += len(skipped)
+    for name, uses in used.items():
+        if uses:
+            _count_uses(structured[name], uses)
+    # execute_tool_and_check_finality gives the agent a new fingerprint (a new random id, its metadata empty)
+    # at every tool call: the last one is the one anybody sees.
+    agent.set_fingerprint(Fingerprint.from_dict({"agent_fingerprint": str(agent.security_config.fingerprint)}))
+
+
+def _record_use(handler: Any, tool: Any, name: str, step: _Skipped) -> None:
+    """The tools handler's record of a skipped call (its last call, its cache): the tool's own
+    ``cache_function`` decides whether it is cached, else the structured tool's, as ``ToolUsage`` asks."""
+    result = step.result
+    original = getattr(tool, "_original_tool", None)
+    cache_function = getattr(original, "cache_function", None) or getattr(tool, "cache_function", None)
+    should_cache = cache_function(step.arguments, result) if cache_function else True
+    handler.on_tool_use(calling=ToolCalling(tool_name=name, arguments=step.arguments), output=result,
+                        should_cache=should_cache)
+
+
+def _count_uses(tool: Any, uses: int) -> None:
+    """``tool._increment_usage_count()`` ``uses`` times in one assignment (``CrewStructuredTool``'s: its own
+    count raised, then copied to the tool it was made from). A test holds the usage counts to the whole loop's."""
+    tool.current_usage_count += uses
+    original = getattr(tool, "_original_tool", None)
+    if original is not None:
+        original.current_usage_count = tool.current_usage_count

@@ -514,3 +514,15 @@ async def test_a_late_start_builds_its_executor_as_crewai_builds_it(
     assert built.state.id != crewais.state.id and built.state is not made[0]
     assert fields(late) == fields(whole)
     assert late.crew is not None and late.crew.agents[0].executor_class is resume.AgentExecutor
+
+
+def test_usage_counts_raised_at_once_are_counted_as_crewai_counts_them() -> None:
+    """A late start raises each structured tool's usage count once for all its skipped calls
+    (``_count_uses``): as CrewAI's ``_increment_usage_count`` called as often does, the tool it was made
+    from included. A CrewAI that counts otherwise fails here."""
+    by_crewai, at_once = search.model_copy().to_structured_tool(), search.model_copy().to_structured_tool()
+    for _ in range(5):
+        by_crewai._increment_usage_count()
+    resume._count_uses(at_once, 5)
+    counts = [(t.current_usage_count, t._original_tool.current_usage_count) for t in (by_crewai, at_once)]
+    assert counts == [(5, 5), (5, 5)]
