@@ -93,10 +93,10 @@ _conversation = Conversations(cached_message, flat=True)
 _cached_schema = IdentityCache(lambda schema: canonical_part(to_jsonable_python(schema)), size=1024)
 
 
-# Each tool's canonical definition, by its name, description and schema. pydantic-ai makes a step's tool
-# definitions anew, from the tool's own schema dict (the same object at every step): the step finds each
+# Each tool's canonical definition, by its schema (pydantic-ai makes a step's tool definitions anew, from the
+# tool's own schema dict, the same object at every step), then by its name and description: a step finds each
 # definition's JSON (shared by every step's request, as the conversation's parts are) rather than making it.
-_tool_json: dict[tuple[str, str, int], tuple[Any, dict[str, Any]]] = {}
+_tool_json = IdentityCache(lambda schema: {}, size=1024)
 
 
 def _tools_json(*groups: Sequence[Any]) -> list[dict[str, Any]]:
@@ -105,14 +105,12 @@ def _tools_json(*groups: Sequence[Any]) -> list[dict[str, Any]]:
     for group in groups:
         for t in group:
             name, description, schema = str(t.name), str(t.description or ""), t.parameters_json_schema
-            key = (name, description, id(schema))
-            hit = _tool_json.get(key)
-            if hit is None or hit[0] is not schema:  # the schema is held: its id is not reused while kept
-                hit = (schema, {"name": name, "description": description, "parameters": _cached_schema(schema)})
-                if len(_tool_json) >= 1024:
-                    _tool_json.pop(next(iter(_tool_json)), None)  # another thread may have dropped it
-                _tool_json[key] = hit
-            out.append(hit[1])
+            named = _tool_json(schema)
+            definition = named.get((name, description))
+            if definition is None:
+                definition = named[name, description] = {
+                    "name": name, "description": description, "parameters": _cached_schema(schema)}
+            out.append(definition)
     return out
 
 
