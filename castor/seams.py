@@ -203,11 +203,13 @@ class Journal(Protocol):
         """Forget the run's journal."""
 
     async def claim(
-        self, run_id: str, step: int, attempt: int, holder: str, lease: float, *, replace: str = ""
+        self, run_id: str, step: int, attempt: int, holder: str, lease: float, *, replace: str = "",
+        lapsed_only: bool = False,
     ) -> StepClaim:
         """Claim ``step`` for approval round ``attempt``: ``claimed`` unless the step is journaled or another
         holder has it for this round or a later one (``replace`` names a holder whose claim may be taken
-        over). The lease ends ``lease`` seconds after the claim, by the store's clock."""
+        over; with ``lapsed_only``, only while its lease has run out: a holder that renewed it since it was
+        seen lapsed keeps it). The lease ends ``lease`` seconds after the claim, by the store's clock."""
 
     async def renew_claim(self, run_id: str, step: int, holder: str, lease: float) -> bool:
         """Extend ``holder``'s lease on the step; False if it holds it no more."""

@@ -21,7 +21,7 @@ from castor.checkpoint import AgentCheckpoint
 from castor.errors import CastorError, NothingPendingError
 from castor.kernel.children import pending_child
 from castor.kernel.claims import DECIDING, driving
-from castor.kernel.context import RunContext, Services, Suspend, Syscall
+from castor.kernel.context import DriveHold, RunContext, Services, Suspend, Syscall
 from castor.kernel.runner import load, sync_journal
 from castor.seams import Backend, Decision, DecisionOutcome, PendingApproval, ToolCall
 
@@ -87,9 +87,9 @@ async def decide(
     # Applying it opens the run's budget ledger and closes it again: never while another process drives
     # the run (a resume started at the same moment), whose ledger that would reset, then drop. A cancel
     # still goes ahead beside it (``castor.kernel.cancel``).
-    async with driving(services.backend.journal, (owners[0] if owners else cp).pid, DECIDING):
+    async with driving(services.backend.journal, (owners[0] if owners else cp).pid, DECIDING) as held:
         if not await _passed_meanwhile(services, cp, step):
-            await apply_decision(services, cp, step, tool, args, owners)
+            await apply_decision(services, cp, step, tool, args, owners, held)
     return cp
 
 
@@ -126,11 +126,12 @@ async def _cancelled_of(backend: Backend, runs: tuple[AgentCheckpoint, ...]) -> 
 
 async def apply_decision(
     services: Services, cp: AgentCheckpoint, step: int, tool: str, args: dict[str, Any],
-    owners: tuple[AgentCheckpoint, ...] = (),
+    owners: tuple[AgentCheckpoint, ...] = (), held: DriveHold | None = None,
 ) -> None:
     """Journal the decided step now (executing it if approved) and mark the run ready to resume, unless it,
-    or a run it is a child agent of (``owners``), was cancelled while the call ran."""
-    ctx = RunContext(services, cp, speculative=False, scopes=tuple(cp.scopes), next_step=step + 1)
+    or a run it is a child agent of (``owners``), was cancelled while the call ran. ``held``: the run's drive
+    claim it is applied under (a process that stalled past it writes nothing once the run was taken over)."""
+    ctx = RunContext(services, cp, speculative=False, scopes=tuple(cp.scopes), next_step=step + 1, drive=held)
     caps = cp.capabilities
     backend = services.backend
     await backend.budgets.open_run(cp.pid, {r: c.max_budget for r, c in caps.items()}, ctx.total_usage())
@@ -148,6 +149,8 @@ async def apply_decision(
         pass
     finally:
         ctx.closed = True
+        if held is not None:
+            await held.check()  # the ledger and the header are the drive's that took the run over
         cp.held = ctx.keep_held()  # those the decided step's record let through are journaled now
         ctx.update_capabilities()
         await backend.budgets.close_run(cp.pid)

@@ -132,7 +132,8 @@ async def cancel_stored(backend: Backend, pid: str, by: str) -> str:
                 f"run {pid!r} is being driven by {found.holder} (a castor run or resume still going): stop that "
                 "process first (Ctrl-C); the run stays resumable"
             )
-        found = await journal.claim(pid, DRIVE_STEP, 0, holder, LEASE, replace=found.holder)
+        found = await journal.claim(pid, DRIVE_STEP, 0, holder, LEASE, replace=found.holder,
+                                    lapsed_only=found.expired)
         if found.state != "claimed":
             raise RunBusyError(f"run {pid!r} was taken up by another process meanwhile; cancel it again")
     try:

@@ -17,13 +17,14 @@ coroutine frame. Only stages that must wait for something (a charge, the tool) a
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from time import monotonic
 from typing import Any
 
 from castor._redact import redact
 from castor.checkpoint import USAGE_STRIDE, StepFailure, bounded_arguments, usage_after
 from castor.errors import CastorError, InDoubtError, RemoteToolError, UnknownToolError
 from castor.kernel.claims import run_claimed
-from castor.kernel.context import Handler, Interceptor, Syscall
+from castor.kernel.context import Handler, Interceptor, Syscall, confirmed
 from castor.kernel.steps import (
     HITL_SPECULATIVE_REASON,
     IN_DOUBT_REASON,
@@ -77,6 +78,9 @@ def validate(call: Syscall, inner: Handler) -> Awaitable[Any]:
     if error is not None:
         return answer(call, {"status": "VALIDATION_ERROR", "feedback_message": error, "tool_name": call.tool_name})
     call.checked = checked
+    drive = call.ctx.drive
+    if drive is not None and (drive.lost or monotonic() > drive.sure_until):
+        return confirmed(drive, inner, call)  # the process stalled: nothing more if the run was taken over
     return inner(call)
 
 

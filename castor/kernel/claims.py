@@ -45,6 +45,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -158,38 +159,93 @@ async def run_claimed(
             await journal.release_claim(ctx.run_id, call.step, holder)
 
 
+class Drive:
+    """This process's hold on a run's drive (``driving``). A process whose loop stalled longer than the lease
+    (blocked by an agent's synchronous call, paused, swapped out) may find the run taken over by another
+    process meanwhile: ``confirm`` tells it before it runs a call (``StaleLeaseError``), and it then writes
+    nothing more to the run (``castor.kernel.runner.drive``). While renewals keep up, a call looks at the
+    clock only (``sure_until``)."""
+
+    __slots__ = ("_journal", "holder", "lost", "run_id", "sure_until")
+
+    def __init__(self, journal: Journal, run_id: str, holder: str) -> None:
+        self._journal = journal
+        self.run_id = run_id
+        self.holder = holder
+        self.lost = False
+        self.sure_until = time.monotonic() + LEASE / 2
+
+    async def renew(self) -> None:
+        """Extend the lease; a renewal that finds another holder marks the hold lost."""
+        sent = time.monotonic()
+        if await self._journal.renew_claim(self.run_id, DRIVE_STEP, self.holder, LEASE):
+            # The store's lease ends a lease after it got the renewal, later than ``sent``: half a lease of
+            # margin leaves a renewal due every third of it room to be late.
+            self.sure_until = sent + LEASE / 2
+        else:
+            self.lost = True
+
+    async def check(self) -> None:
+        """``confirm`` if the process may have stalled past its lease since its last renewal (else no other
+        process can have taken the run over: nothing to ask the store)."""
+        if self.lost or time.monotonic() > self.sure_until:
+            await self.confirm()
+
+    async def confirm(self) -> None:
+        """Renew the hold now; ``StaleLeaseError`` if another process took the run's drive over."""
+        if not self.lost:
+            await self.renew()
+        if self.lost:
+            raise StaleLeaseError(
+                f"run {self.run_id!r}: this process stalled longer than its drive's lease ({LEASE:g} s) and another "
+                "process took the run over; this one stops here and writes nothing more to the run"
+            )
+
+
 @contextlib.asynccontextmanager
-async def driving(journal: Journal, run_id: str, kind: str = "") -> AsyncIterator[None]:
+async def driving(journal: Journal, run_id: str, kind: str = "") -> AsyncIterator[Drive]:
     """Hold the drive of ``run_id`` for the block: wait while another live process drives it, take it
     over from one that is gone (its steps' own claims judge what it left unfinished). ``kind``: as
-    ``new_holder``'s."""
-    holder, replace, waiting = new_holder(kind), "", False
+    ``new_holder``'s. The block gets the ``Drive``, to confirm before it runs or writes anything."""
+    holder, replace, lapsed, waiting = new_holder(kind), "", False, False
     while True:
-        found = await journal.claim(run_id, DRIVE_STEP, 0, holder, LEASE, replace=replace)
+        found = await journal.claim(run_id, DRIVE_STEP, 0, holder, LEASE, replace=replace, lapsed_only=lapsed)
         if found.state == "claimed":
             break
         if holder_gone(found):
-            replace = found.holder
+            # A holder whose lease ran out may be a live process that stalled: it is replaced only if it has
+            # not renewed meanwhile (the store judges, in the claim itself). A dead process renews nothing.
+            replace, lapsed = found.holder, found.expired
             continue
+        replace, lapsed = "", False
         if not waiting:
             waiting = True
             log.warning("run %s is being driven by %s; waiting for that drive to end", run_id, found.holder)
         await asyncio.sleep(DRIVE_POLL)
+    drive = Drive(journal, run_id, holder)
     # The renewal starts with its first renewal due: a block that ends sooner (a decision applied by the
     # published synchronous reject(), stepped inline on a store that answers at once) has nothing to await.
     renewals: list[asyncio.Task[None]] = []
     loop = asyncio.get_running_loop()
-    due = loop.call_later(LEASE / 3, lambda: renewals.append(loop.create_task(_renew(journal, run_id, DRIVE_STEP,
-                                                                                       holder, first=True))))
+    due = loop.call_later(LEASE / 3, lambda: renewals.append(loop.create_task(_keep(drive))))
     try:
-        yield
+        yield drive
     finally:
         due.cancel()
         for renewal in renewals:
             renewal.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewal
-        await journal.release_claim(run_id, DRIVE_STEP, holder)
+        if not drive.lost:
+            await journal.release_claim(run_id, DRIVE_STEP, holder)
+
+
+async def _keep(drive: Drive) -> None:
+    """Renew the drive every third of its lease, the first renewal due now, until it is lost."""
+    while not drive.lost:
+        with contextlib.suppress(Exception):  # a missed renewal is retried; the lease has margin
+            await drive.renew()
+        await asyncio.sleep(LEASE / 3)
 
 
 async def adopt(call: Syscall) -> Any:
@@ -216,12 +272,10 @@ async def _restarted_within(journal: Journal, seconds: float) -> bool:
         return False
 
 
-async def _renew(journal: Journal, run_id: str, step: int, holder: str, first: bool = False) -> None:
-    """Renew the holder's lease every third of it (``first``: the first renewal is due now)."""
+async def _renew(journal: Journal, run_id: str, step: int, holder: str) -> None:
+    """Renew the holder's lease every third of it."""
     while True:
-        if not first:
-            await asyncio.sleep(LEASE / 3)
-        first = False
+        await asyncio.sleep(LEASE / 3)
         with contextlib.suppress(Exception):  # a missed renewal is retried; the lease has margin
             await journal.renew_claim(run_id, step, holder, LEASE)
 

@@ -123,6 +123,22 @@ class ChildOperation(Protocol):
         ...
 
 
+class DriveHold(Protocol):
+    """This process's hold on a run's drive (``castor.kernel.claims.Drive``): a drive whose process stalled
+    past its lease, the run taken over meanwhile by another process, must run and write nothing more."""
+
+    lost: bool
+    sure_until: float  # time.monotonic() until which no other process can have taken the run over
+
+    async def check(self) -> None:
+        """``confirm`` unless the last renewal is recent enough that no one can have taken the run over."""
+        ...
+
+    async def confirm(self) -> None:
+        """Renew the hold; ``StaleLeaseError`` if another process holds the run's drive now."""
+        ...
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Services:
     """What a run may use of its kernel: built once by ``Castor``, shared by all its runs."""
@@ -171,6 +187,9 @@ class RunContext:
     # What framework guards keep for this run only (castor.frameworks._conversations: each conversation's
     # converted parts), by owner: gone with the run, however many runs a process drives at once.
     frameworks: dict[Any, Any] = field(default_factory=dict)
+    # The drive claim this process holds on the run (``castor.kernel.claims.driving``), checked before each
+    # call runs; None where a run is driven otherwise (a fleet coordinator's lease fences its writes).
+    drive: DriveHold | None = None
 
     def __post_init__(self) -> None:
         self.usage = usage_of(self.checkpoint.syscall_log)
@@ -436,6 +455,12 @@ class RunContext:
         self.held_steps.add(step)
         for name, amount in (record.charged or {}).items():
             self.spent[name] = self.spent.get(name, 0.0) + amount
+
+
+async def confirmed(drive: DriveHold, inner: Handler, call: Syscall) -> Any:
+    """``inner(call)`` once ``drive`` is confirmed (``StaleLeaseError`` if the run was taken over)."""
+    await drive.confirm()
+    return await inner(call)
 
 
 def same_arguments(recorded: Any, actual: dict[str, Any]) -> bool:

@@ -28,13 +28,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from time import monotonic
 from typing import Any
 
 from castor._redact import redact
 from castor.checkpoint import StepFailure, bounded_arguments
 from castor.kernel.chain import wrap
 from castor.kernel.claims import run_claimed
-from castor.kernel.context import Handler, Interceptor, RunContext, Syscall
+from castor.kernel.context import Handler, Interceptor, RunContext, Syscall, confirmed
 from castor.kernel.model_doubt import claim_lost, decided, plus, recharge
 from castor.kernel.steps import answer, replay
 from castor.llm.cost import (
@@ -215,6 +216,9 @@ def validate(call: Syscall, inner: Handler) -> Awaitable[Any]:
             f"in castor.toml or Castor(llm_prices={{...}})"
         )
     call.checked = call.arguments
+    drive = call.ctx.drive
+    if drive is not None and (drive.lost or monotonic() > drive.sure_until):
+        return confirmed(drive, inner, call)  # the process stalled: nothing more if the run was taken over
     return inner(call)
 
 

@@ -260,6 +260,9 @@ async def drive(ctx: RunContext, agent: Callable[..., Any], preempted: list[Any]
     finally:
         ctx.closed = True
         current_run.reset(token)
+    if ctx.drive is not None:
+        # Another process that took the run over while this one stalled writes its end; this one, nothing.
+        await ctx.drive.check()
     await finish(ctx, failed_by)
     if error is not None:
         raise error
@@ -345,8 +348,9 @@ async def run(services: Services, agent: Callable[..., Any], **options: Any) -> 
     if pid is None:  # a new run: no other process knows its pid yet
         ctx = await prepare(services, agent, **options)
         return await drive(ctx, agent)
-    async with driving(services.backend.journal, pid):
+    async with driving(services.backend.journal, pid) as held:
         ctx = await prepare(services, agent, **options)
+        ctx.drive = held
         return await drive(ctx, agent)
 
 
@@ -361,7 +365,8 @@ class CastorTask:
         self.task: asyncio.Task[AgentCheckpoint] = asyncio.create_task(drives(self))
 
     async def _drive(self, ctx: RunContext, agent: Callable[..., Any]) -> AgentCheckpoint:
-        async with driving(ctx.services.backend.journal, ctx.checkpoint.pid):
+        async with driving(ctx.services.backend.journal, ctx.checkpoint.pid) as held:
+            ctx.drive = held
             return await drive(ctx, agent, self._preempted)
 
     async def _claim_and_drive(self, services: Services, agent: Callable[..., Any], pid: str,
@@ -370,8 +375,9 @@ class CastorTask:
         keeps it until it stops, and this one starts from what that one left."""
         started = False
         try:
-            async with driving(services.backend.journal, pid):
+            async with driving(services.backend.journal, pid) as held:
                 ctx = await prepare(services, agent, **options)
+                ctx.drive = held
                 self.checkpoint, started = ctx.checkpoint, True
                 return await drive(ctx, agent, self._preempted)
         except asyncio.CancelledError:

@@ -148,3 +148,32 @@ async def test_a_refund_never_crosses_a_reopened_run_ledger(backend: Backend) ->
     await b.refund("r", 2)
     assert await b.remaining("r", "api") == 0
     assert not (await b.charge("r", 4, {"api": 1})).ok
+
+
+async def test_a_step_charged_again_after_a_reopen_is_counted_by_the_new_ledger(backend: Backend) -> None:
+    """A drive took the run over while another's call was in flight (charged, not journaled): the new
+    ledger's usage comes from the journal, without it. When the new drive charges that step again it is
+    not charged twice, but the new ledger counts it, and a refund of it gives it back there."""
+    b = backend.budgets
+    await b.open_run("r", {"api": 4}, {"api": 1})
+    assert (await b.charge("r", 1, {"api": 1})).ok  # in flight in the process that stalls
+    await b.open_run("r", {"api": 4}, {"api": 1})  # taken over: step 1 is not journaled
+    assert (await b.charge("r", 1, {"api": 1})).ok  # the new drive makes step 1's call again
+    assert await b.remaining("r", "api") == 2
+    assert (await b.charge("r", 1, {"api": 1})).ok  # charged before, in this ledger: nothing more
+    assert await b.remaining("r", "api") == 2
+    await b.refund("r", 1)
+    assert await b.remaining("r", "api") == 3
+    assert (await b.charge("r", 2, {"api": 3})).ok
+    assert not (await b.charge("r", 3, {"api": 1})).ok
+
+
+async def test_a_step_charged_again_after_a_reopen_counts_when_the_ledger_is_short(backend: Backend) -> None:
+    """The retried charge still succeeds when the new ledger is short of its cost (the call was charged
+    once), and the ledger counts what the step took: what comes after is refused."""
+    b = backend.budgets
+    await b.open_run("r", {"api": 3}, {"api": 1})
+    assert (await b.charge("r", 1, {"api": 1})).ok
+    await b.open_run("r", {"api": 3}, {"api": 2})  # the journal says 2 were used, step 1 not among them
+    assert (await b.charge("r", 1, {"api": 2})).ok  # more than is left: charged before, so it succeeds
+    assert await b.remaining("r", "api") == 0  # 2 from the journal and the 1 step 1 took

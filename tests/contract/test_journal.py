@@ -123,6 +123,21 @@ async def test_a_released_claim_is_free_and_an_expired_one_is_reported(backend: 
     assert not await j.renew_claim("r", 1, "b", 30)
 
 
+async def test_a_lapsed_only_takeover_leaves_a_holder_that_renewed_its_lease(backend: Backend) -> None:
+    """A holder seen lapsed may be a live process that stalled: taken over with ``lapsed_only``, it keeps the
+    claim if it renewed since (the store judges in the claim itself), and loses it once it has lapsed."""
+    j = backend.journal
+    assert (await j.claim("r", -1, 0, "a", 0)).state == "claimed"
+    seen = await j.claim("r", -1, 0, "b", 30)
+    assert (seen.state, seen.holder, seen.expired) == ("held", "a", True)
+    assert await j.renew_claim("r", -1, "a", 30)  # a woke up and renewed before b's takeover landed
+    kept = await j.claim("r", -1, 0, "b", 30, replace="a", lapsed_only=True)
+    assert (kept.state, kept.holder, kept.expired) == ("held", "a", False)
+    assert await j.renew_claim("r", -1, "a", 0)  # a's lease runs out again, and it stays silent
+    assert (await j.claim("r", -1, 0, "b", 30, replace="a", lapsed_only=True)).state == "claimed"
+    assert not await j.renew_claim("r", -1, "a", 30)  # a learns it lost the claim
+
+
 async def test_a_later_round_claims_over_an_earlier_one(backend: Backend) -> None:
     """A step re-approved after it went in doubt (round 1) is claimed over round 0's claim, never the reverse."""
     j = backend.journal

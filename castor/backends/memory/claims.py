@@ -25,7 +25,8 @@ class MemoryClaims:
         raise NotImplementedError
 
     async def claim(
-        self, run_id: str, step: int, attempt: int, holder: str, lease: float, *, replace: str = ""
+        self, run_id: str, step: int, attempt: int, holder: str, lease: float, *, replace: str = "",
+        lapsed_only: bool = False,
     ) -> StepClaim:
         """Claim the step unless it is journaled or another holder has it (see ``Journal.claim``)."""
         if await self.get(run_id, step) is not None:
@@ -33,7 +34,8 @@ class MemoryClaims:
         with self._claims_lock:
             table, now = self._claims(), time.time()
             held = table.get((run_id, step))
-            if held is not None and held[1] not in (holder, replace) and held[0] >= attempt:
+            taken_over = held is not None and held[1] == replace and not (lapsed_only and held[2] > now)
+            if held is not None and held[1] != holder and not taken_over and held[0] >= attempt:
                 return StepClaim("held", held[1], held[0], held[2] <= now)
             table[(run_id, step)] = (attempt, holder, now + lease)
             return CLAIMED

@@ -71,6 +71,7 @@ class MemoryBudgetStore:
             if steps is None:
                 steps = self._charged[run_id] = {}
             elif step in steps:
+                self._carry(run_id, step, steps)
                 return _OK
             if not scopes:
                 return self._charge_run(run_id, step, cost, steps)
@@ -86,6 +87,30 @@ class MemoryBudgetStore:
                         taken.append((scope, resource, amount, entry))
             steps[step] = taken
             return _OK
+
+    def _carry(self, run_id: str, step: int, steps: dict[int, Taken]) -> None:
+        """A step charged again after the run's ledger was reopened (another process took the run over while
+        the call that took the charge was in flight): the reopened ledger, whose usage came from the journal,
+        counts it now, and a refund gives it back there. (A ledger reopened after the step was journaled
+        never sees it charged again: replay serves it.)"""
+        ledger = self._runs.get(run_id)
+        if not ledger:
+            return
+        taken = steps[step]
+        if isinstance(taken, tuple):
+            old, cost = taken
+            if old is not ledger:
+                for resource, amount in cost.items():
+                    entry = ledger.get(resource)
+                    if entry is not None:
+                        entry[1] += amount
+                steps[step] = (ledger, cost)
+            return
+        for n, (scope, resource, amount, entry) in enumerate(taken):
+            now = ledger.get(resource)
+            if scope is None and now is not None and now is not entry:
+                now[1] += amount
+                taken[n] = (scope, resource, amount, now)
 
     def _charge_run(self, run_id: str, step: int, cost: Mapping[str, float], steps: dict[int, Taken]) -> Charge:
         # The common case (no shared scope) in one pass over the run's ledger.

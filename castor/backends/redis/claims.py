@@ -46,11 +46,12 @@ class RedisClaims:
         )
 
     async def claim(
-        self, run_id: str, step: int, attempt: int, holder: str, lease: float, *, replace: str = ""
+        self, run_id: str, step: int, attempt: int, holder: str, lease: float, *, replace: str = "",
+        lapsed_only: bool = False,
     ) -> StepClaim:
         """Claim the step unless it is journaled or another holder has it (see ``Journal.claim``)."""
         reply: list[str] = await self._claim_script(  # type: ignore[assignment]
-            "claim", run_id, step, attempt, holder, repr(float(lease)), replace
+            "claim", run_id, step, attempt, holder, repr(float(lease)), replace, "1" if lapsed_only else "0"
         )
         state, *rest = reply
         if state == "claimed":
@@ -62,8 +63,8 @@ class RedisClaims:
 
     async def renew_claim(self, run_id: str, step: int, holder: str, lease: float) -> bool:
         """Extend the holder's lease."""
-        return bool(await self._claim_script("renew", run_id, step, 0, holder, repr(float(lease)), ""))
+        return bool(await self._claim_script("renew", run_id, step, 0, holder, repr(float(lease)), "", "0"))
 
     async def release_claim(self, run_id: str, step: int, holder: str) -> None:
         """Drop the holder's claim."""
-        await self._claim_script("release", run_id, step, 0, holder, "0", "")
+        await self._claim_script("release", run_id, step, 0, holder, "0", "", "0")

@@ -22,7 +22,8 @@ class SqliteClaims:
     db: SqliteDatabase
 
     async def claim(
-        self, run_id: str, step: int, attempt: int, holder: str, lease: float, *, replace: str = ""
+        self, run_id: str, step: int, attempt: int, holder: str, lease: float, *, replace: str = "",
+        lapsed_only: bool = False,
     ) -> StepClaim:
         """Claim the step unless it is journaled or another holder has it (see ``Journal.claim``)."""
         with self.db.transaction() as conn:
@@ -33,7 +34,8 @@ class SqliteClaims:
                 "SELECT attempt, holder, lease_end FROM step_claims WHERE run_id = ? AND step = ?", key
             ).fetchone()
             now = time.time()
-            if held is not None and held[1] not in (holder, replace) and held[0] >= attempt:
+            taken_over = held is not None and held[1] == replace and not (lapsed_only and held[2] > now)
+            if held is not None and held[1] != holder and not taken_over and held[0] >= attempt:
                 return StepClaim("held", held[1], held[0], held[2] <= now)
             conn.execute(
                 "INSERT OR REPLACE INTO step_claims VALUES (?, ?, ?, ?, ?)", (*key, attempt, holder, now + lease)

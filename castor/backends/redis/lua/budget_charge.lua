@@ -37,7 +37,41 @@ end
 -- differ from the doubles every other backend (and the refund check) adds with. '%.17g' keeps the double.
 local record = {f[3], claim}
 local writes = {}
-local indexed
+local indexed, run_period
+local charges = string.sub(KEYS[1], 1, -7) .. 'charges'
+-- A step charged again after the run's ledger was reopened (another process took the run over while the
+-- call that took the charge was in flight): the reopened ledger, whose usage came from the journal, counts
+-- it now, and the record moves to its period (a refund gives it back there). A step journaled before the
+-- reopening is never charged again: replay serves it.
+local function carry()
+  local old = redis.call('HGET', charges, step)
+  if not old or not run_period then
+    return
+  end
+  local parts, from = {}, 1
+  while true do
+    local at = string.find(old, '\0', from, true)
+    if not at then
+      parts[#parts + 1] = string.sub(old, from)
+      break
+    end
+    parts[#parts + 1] = string.sub(old, from, at - 1)
+    from = at + 1
+  end
+  local moved = false
+  for i = 3, #parts - 3, 4 do
+    if parts[i] == KEYS[1] and parts[i + 3] ~= run_period then
+      local field = 'U:' .. parts[i + 1]
+      local used = tonumber(redis.call('HGET', KEYS[1], field) or '0') + tonumber(parts[i + 2])
+      redis.call('HSET', KEYS[1], field, string.format('%.17g', used))
+      parts[i + 3] = run_period
+      moved = true
+    end
+  end
+  if moved then
+    redis.call('HSET', charges, step, table.concat(parts, '\0'))
+  end
+end
 for li = 1, last - 1 do
   local ledger, entry, o = KEYS[1], nil, 0
   if li == 1 then
@@ -50,6 +84,9 @@ for li = 1, last - 1 do
     o = 1
   end
   local period = entry[o] or '0'
+  if li == 1 then
+    run_period = period
+  end
   local sets
   for k = 1, n do
     local limit = entry[o + 2 * k - 1]
@@ -58,7 +95,8 @@ for li = 1, last - 1 do
       local prior = tonumber(entry[o + 2 * k]) or 0
       local used = prior + tonumber(amount)
       if used > tonumber(limit) + 1e-9 then
-        if step ~= '' and redis.call('HEXISTS', string.sub(KEYS[1], 1, -7) .. 'charges', step) == 1 then
+        if step ~= '' and redis.call('HEXISTS', charges, step) == 1 then
+          carry()
           return 1 -- charged before: a retried charge succeeds whatever is left now
         end
         local left = tonumber(limit) - prior
@@ -81,7 +119,8 @@ end
 if step == '' then
   return 1
 end
-if redis.call('HSETNX', string.sub(KEYS[1], 1, -7) .. 'charges', step, table.concat(record, '\0')) == 0 then
+if redis.call('HSETNX', charges, step, table.concat(record, '\0')) == 0 then
+  carry()
   return 1 -- charged before
 end
 for i = 1, #writes do

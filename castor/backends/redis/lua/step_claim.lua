@@ -1,7 +1,8 @@
 -- Claim, renew or release a step that must run at most once, in one step with the journal.
 -- KEYS[1] the run's claims (hash: step -> '<attempt>|<lease end>|<holder>'), KEYS[2] the run's journal
 -- ARGV[1] 'claim' | 'renew' | 'release', ARGV[2] step, ARGV[3] attempt (approval round), ARGV[4] holder,
--- ARGV[5] lease (seconds), ARGV[6] a holder whose claim may be taken over ('' for none)
+-- ARGV[5] lease (seconds), ARGV[6] a holder whose claim may be taken over ('' for none), ARGV[7] '1' to take it
+-- over only while its lease has run out (a live holder that renewed it since keeps it), else '0'
 -- Leases are judged by Redis's clock, which every process of the fleet shares.
 -- claim returns {'journaled'} (the step has its record), {'claimed'}, or {'held', holder, attempt, expired 0|1}
 -- when another holder has it for this round or a later one; renew returns 1 or 0 (not held); release 1.
@@ -32,7 +33,8 @@ end
 if redis.call('ZRANGEBYSCORE', KEYS[2], step, step, 'LIMIT', 0, 1)[1] then
   return {'journaled'}
 end
-if owner and owner ~= holder and (ARGV[6] == '' or owner ~= ARGV[6]) and tonumber(attempt) >= tonumber(ARGV[3]) then
+local taken_over = ARGV[6] ~= '' and owner == ARGV[6] and not (ARGV[7] == '1' and tonumber(lease_end) > now)
+if owner and owner ~= holder and not taken_over and tonumber(attempt) >= tonumber(ARGV[3]) then
   local expired = '0'
   if tonumber(lease_end) <= now then
     expired = '1'

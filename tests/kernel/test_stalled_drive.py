@@ -1,0 +1,177 @@
+"""A drive whose process stalled longer than its drive claim's lease (its event loop blocked by an agent's
+synchronous call, the process paused or swapped out): another process may take the run over meanwhile.
+The stalled one must then run nothing more, and write nothing, once it wakes; with nobody taking over, it
+goes on as if nothing happened. The lease is shortened to 0.3 s; "process" A is a thread with its own
+event loop and its own store connection (SQLite, Redis), so blocking it blocks nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from castor import Castor, StaleLeaseError, castor_tool
+from castor.kernel import claims as _claims
+from castor.lib import tool
+
+STALL = 1.2  # four leases
+
+
+@pytest.fixture(autouse=True)
+def short_lease(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_claims, "LEASE", 0.3)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The store both processes share: one SQLite file, or one Redis (whose run ledgers they share too)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/castor.db"
+    return f"{request.getfixturevalue('redis_url')}?prefix={request.getfixturevalue('redis_prefix')}"
+
+
+class Searches:
+    """A plain tool (no claim of its own: only the drive claim keeps two processes from running it twice)
+    and an agent of five searches whose drive in thread A blocks its loop after the first, once."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.stalled = threading.Event()
+
+    def search(self, q: str) -> str:
+        self.calls.append(q)
+        return q
+
+    async def agent(self) -> list[Any]:
+        found = []
+        for n in range(5):
+            found.append(await tool("search", q=f"q{n}"))
+            if threading.current_thread().name == "A" and not self.stalled.is_set():
+                self.stalled.set()
+                time.sleep(STALL)  # the loop blocked: no renewal of the drive claim reaches the store
+        return found
+
+    def kernel(self, db: str) -> Castor:
+        def search(q: str) -> str:
+            return self.search(q)
+
+        return Castor(tools=[search], store=db, budgets={"api": 3})
+
+    def drive_in_thread(self, db: str, outcome: dict[str, Any]) -> threading.Thread:
+        """Drive run ``p`` in thread A; its checkpoint, or what it raised, goes to ``outcome["a"]``."""
+        async def main() -> Any:
+            kernel = self.kernel(db)
+            try:
+                return await kernel.run(self.agent, pid="p")
+            finally:
+                await kernel.close()
+
+        def target() -> None:
+            try:
+                outcome["a"] = asyncio.run(main())
+            except BaseException as exc:  # the test reads it
+                outcome["a"] = exc
+
+        thread = threading.Thread(target=target, name="A")
+        thread.start()
+        return thread
+
+
+async def test_a_drive_that_stalled_while_another_process_took_the_run_over_runs_and_writes_nothing(
+    db: str,
+) -> None:
+    """It ran q1 and q2 again (after the other drive had), and, on SQLite, saved its own end over the
+    other's."""
+    searches, outcome = Searches(), {}
+    a = searches.drive_in_thread(db, outcome)
+    await asyncio.to_thread(searches.stalled.wait, 5)
+    b = searches.kernel(db)
+    try:
+        taken = await b.run(searches.agent, pid="p")  # waits for A's lease to run out, then takes the run over
+        await asyncio.to_thread(a.join, 10)
+        stored = await b.aload("p")
+    finally:
+        await b.close()
+    assert isinstance(outcome["a"], StaleLeaseError), outcome["a"]
+    assert "another process took the run over" in str(outcome["a"])
+    assert searches.calls == ["q0", "q1", "q2"]  # each once, and no more than the budget of 3
+    assert taken.status == "COMPLETED" and taken.result[:3] == ["q0", "q1", "q2"]
+    assert [r.get("status") for r in taken.result[3:]] == ["INSUFFICIENT_CAPABILITY"] * 2
+    assert (stored.status, stored.result) == ("COMPLETED", taken.result)  # the other drive's end stands
+    assert len(stored.syscall_log) == 5
+
+
+async def test_a_drive_that_stalled_with_no_one_taking_the_run_over_goes_on(db: str) -> None:
+    """An agent that blocks its loop longer than the lease (a synchronous model SDK's call, say) is not
+    stopped for it: its claim lapsed, but no other process claimed the run, so its renewal holds."""
+    searches, outcome = Searches(), {}
+    await asyncio.to_thread(searches.drive_in_thread(db, outcome).join, 10)
+    cp = outcome["a"]
+    assert not isinstance(cp, BaseException), cp
+    assert (cp.status, cp.result[:3], searches.calls) == ("COMPLETED", ["q0", "q1", "q2"], ["q0", "q1", "q2"])
+
+
+async def test_an_approval_that_stalled_while_a_resume_took_the_run_over_leaves_its_ledger(db: str) -> None:
+    """The approved call blocks the approving process's loop past the lease; a resume takes the run over,
+    runs the (idempotent) call again and goes on. The approval used to close the run's ledger at its end,
+    under the resume still driving, whose later calls then ran uncharged past the budget (on Redis, where
+    the processes share the run's ledger)."""
+    calls: list[str] = []
+    started = threading.Event()
+
+    @castor_tool(idempotent=True)
+    async def wipe(path: str) -> str:
+        calls.append(f"wipe {path}")
+        if threading.current_thread().name == "A":
+            started.set()
+            time.sleep(STALL)  # the approving process's loop blocked: its claims are not renewed
+        return f"wiped {path}"
+
+    async def search(q: str) -> str:
+        calls.append(q)
+        await asyncio.sleep(0.4)  # the resume still drives when the approving process wakes
+        return q
+
+    async def agent() -> list[Any]:
+        return [await tool("wipe", path="/data"), *[await tool("search", q=f"q{n}") for n in range(6)]]
+
+    def kernel() -> Castor:
+        return Castor(tools=[wipe, search], destructive=["wipe"], store=db, budgets={"api": 4})
+
+    first = kernel()
+    try:
+        assert (await first.run(agent, pid="p")).status == "SUSPENDED_FOR_HITL"
+    finally:
+        await first.close()
+    outcome: dict[str, Any] = {}
+
+    def approve_in_thread() -> None:
+        async def main() -> Any:
+            approver = kernel()
+            try:
+                return await approver.approve(await approver.aload("p"))
+            finally:
+                await approver.close()
+        try:
+            outcome["a"] = asyncio.run(main())
+        except BaseException as exc:  # the test reads it
+            outcome["a"] = exc
+
+    a = threading.Thread(target=approve_in_thread, name="A")
+    a.start()
+    await asyncio.to_thread(started.wait, 5)
+    resumer = kernel()
+    try:
+        done = await resumer.run(agent, pid="p")
+        await asyncio.to_thread(a.join, 10)
+    finally:
+        await resumer.close()
+    assert isinstance(outcome["a"], StaleLeaseError), outcome["a"]
+    assert calls.count("wipe /data") == 2  # idempotent: the resume ran it again, one journaled effect
+    assert [c for c in calls if c.startswith("q")] == ["q0", "q1", "q2"]  # wipe + 3 searches: the budget of 4
+    assert done.status == "COMPLETED"
+    assert [r.get("status") for r in done.result[4:]] == ["INSUFFICIENT_CAPABILITY"] * 3
