@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from castor.checkpoint import AgentCheckpoint
-from castor.errors import ConfigError
+from castor.errors import ConfigError, StaleLeaseError
 from castor.kernel import Castor, runner
 from castor.kernel.context import RunContext, Suspend, active_run, current_run
 from castor.lib import tool
@@ -178,19 +178,18 @@ class Session:
         if answered is not None:
             return answered
         while True:
-            if self.drive is not None and (self.drive.done or self.hold.done()):
-                await self._settle(self.drive)  # it ended, or was told to (a failed or cancelled call)
-            if self.drive is None:
-                refused = await self._check_waiting(name, arguments)
-                if refused is not None:
-                    return refused
-                self.drive = await self._start()
+            refused = await self._driven(name, arguments)
+            if refused is not None:
+                return refused
             drive = self.drive
+            assert drive is not None  # _driven started one
             if not self.ready.done():
                 gave_up = await self._await_drive(drive, name, arguments, key, progress)
                 if gave_up is not None:
                     return gave_up
             if self.ready.done():
+                if await self._taken_over(self.ready.result(), drive):
+                    continue  # driven again once the process that took the run over lets it go
                 outcome = await self._issue(self.ready.result(), name, arguments, key)
                 if outcome is not None:
                     return outcome
@@ -205,6 +204,18 @@ class Session:
                     f"{self.options.approval_timeout:g} s; it still waits in `castor approvals`: retry the "
                     "same call later (same run, same idempotency key) to receive its outcome"
                 ))
+
+    async def _driven(self, name: str, arguments: dict[str, Any]) -> Outcome | None:
+        """Make sure a drive of the run is under way (settling one that ended, or was told to: a failed or
+        cancelled call, a drive another process took over); an ``Outcome`` if the call may not be issued."""
+        if self.drive is not None and (self.drive.done or self.hold.done()):
+            await self._settle(self.drive)
+        if self.drive is None:
+            refused = await self._check_waiting(name, arguments)
+            if refused is not None:
+                return refused
+            self.drive = await self._start()
+        return None
 
     async def _await_drive(self, drive: runner.CastorTask, name: str, arguments: dict[str, Any], key: str | None,
                            progress: Progress | None) -> Outcome | None:
@@ -234,6 +245,20 @@ class Session:
                 "retry it later (same run, same idempotency key), or send the run's calls to the gateway that "
                 "drives it"
             ))
+
+    async def _taken_over(self, ctx: RunContext, drive: runner.CastorTask) -> bool:
+        """Whether this gateway stalled longer than its drive's lease and another process took the run over
+        meanwhile: then its drive ends, writing nothing (not even the call's key, which would save the run
+        as this gateway last saw it over what the other wrote), and the call waits for a drive of its own."""
+        if ctx.drive is None:
+            return False
+        try:
+            await ctx.drive.check()
+        except StaleLeaseError:
+            self.hold.cancel()
+            await self._settle(drive)
+            return True
+        return False
 
     async def _settle(self, drive: runner.CastorTask) -> AgentCheckpoint:
         """The checkpoint a finished drive left; its exception is the run's, already persisted."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from mcp import Client
 
 from castor.mcp.server import build_server
@@ -75,3 +76,34 @@ async def test_a_gateway_that_waited_for_the_run_starts_from_what_the_other_left
     assert log.read_text() == "a\nb\n"  # the retry answered from the journal, not run again
     assert [r.request["tool_name"] for r in await operator.journal.history("busy-run")] == [
         "append_line", "append_line", "add"]
+
+
+async def test_a_gateway_that_stalled_while_another_took_the_run_over_writes_nothing_over_it(
+    db: str, log: Path, operator: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first gateway's loop stalls longer than its drive's lease (emulated: its clock says so, and the
+    second takes the run over as from a lapsed holder). Its next call used to save the run's header as it
+    last saw it (its idempotency keys, without the second's) before anything checked the drive, so a retry
+    of the second's call ran again. It now ends its drive first, writes nothing, and waits for the run."""
+    from castor.kernel import claims
+
+    meta = {"castor/run": "stalled-run"}
+    first = gateway(db, pid=None, speculative=True, approval_timeout=0.5)
+    second = gateway(db, pid=None, speculative=True, approval_timeout=20.0)
+    async with Client(build_server(first)) as one, Client(build_server(second)) as two:
+        assert text(await one.call_tool("append_line", {"text": "a"}, meta=meta | {"castor/idempotency_key": "k1"}))
+        drive = first.sessions["stalled-run"].ready.result().drive
+        assert drive is not None
+        drive.sure_until = 0.0  # its last renewal is older than half a lease: it stalled
+        with monkeypatch.context() as lapsed:
+            lapsed.setattr(claims, "holder_gone", lambda found: True)
+            taken = await two.call_tool("append_line", {"text": "b"}, meta=meta | {"castor/idempotency_key": "k2"})
+        assert text(taken) == "appended b"
+        told = await one.call_tool("append_line", {"text": "c"}, meta=meta | {"castor/idempotency_key": "k3"})
+        assert told.is_error and "is driven by another process" in text(told), text(told)
+        retried = await two.call_tool("append_line", {"text": "b"}, meta=meta | {"castor/idempotency_key": "k2"})
+    await first.close()
+    await second.close()
+    assert text(retried) == "appended b" and not retried.is_error
+    assert log.read_text() == "a\nb\n"  # the retry answered from the journal; c was not run
+    assert [r.request["arguments"]["text"] for r in await operator.journal.history("stalled-run")] == ["a", "b"]
