@@ -106,6 +106,7 @@ async def _spawn(ctx: RunContext, call: Syscall, name: str, caps: dict[str, floa
 
 async def _drive_child(ctx: RunContext, agent: Any, child: AgentCheckpoint) -> AgentCheckpoint:
     child_ctx = await runner.prepare(ctx.services, agent, checkpoint=child)
+    child_ctx.drive = ctx.drive  # driven under the parent's drive: a parent that lost it, its child too
     return await runner.drive(child_ctx, agent)
 
 

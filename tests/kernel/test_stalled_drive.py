@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from castor import Castor, StaleLeaseError, castor_tool
+from castor import AgentRegistry, Castor, StaleLeaseError, castor_agent, castor_tool
 from castor.kernel import claims as _claims
-from castor.lib import tool
+from castor.lib import join, spawn, tool
 
 STALL = 1.2  # four leases
 
@@ -175,3 +175,48 @@ async def test_an_approval_that_stalled_while_a_resume_took_the_run_over_leaves_
     assert [c for c in calls if c.startswith("q")] == ["q0", "q1", "q2"]  # wipe + 3 searches: the budget of 4
     assert done.status == "COMPLETED"
     assert [r.get("status") for r in done.result[4:]] == ["INSUFFICIENT_CAPABILITY"] * 3
+
+
+async def test_a_child_agent_of_a_drive_that_stalled_runs_nothing_more_once_the_run_was_taken_over(db: str) -> None:
+    """The child agent runs under its parent's drive: the parent's process stalls inside the child, another
+    process takes the run over and drives the child on; the stalled child used to run its next calls again."""
+    registry = AgentRegistry()
+    searches, outcome = Searches(), {}
+
+    @castor_agent("searcher", registry=registry)
+    async def searcher() -> list[Any]:
+        return await searches.agent()
+
+    async def parent() -> Any:
+        return await join(await spawn("searcher"))
+
+    def kernel() -> Castor:
+        def search(q: str) -> str:
+            return searches.search(q)
+
+        return Castor(tools=[search], store=db, agent_registry=registry)
+
+    def drive_in_thread() -> None:
+        async def main() -> Any:
+            k = kernel()
+            try:
+                return await k.run(parent, pid="p")
+            finally:
+                await k.close()
+        try:
+            outcome["a"] = asyncio.run(main())
+        except BaseException as exc:  # the test reads it
+            outcome["a"] = exc
+
+    a = threading.Thread(target=drive_in_thread, name="A")
+    a.start()
+    await asyncio.to_thread(searches.stalled.wait, 5)
+    b = kernel()
+    try:
+        taken = await b.run(parent, pid="p")
+        await asyncio.to_thread(a.join, 10)
+    finally:
+        await b.close()
+    assert isinstance(outcome["a"], StaleLeaseError), outcome["a"]
+    assert searches.calls == ["q0", "q1", "q2", "q3", "q4"]  # each once
+    assert (taken.status, taken.result) == ("COMPLETED", ["q0", "q1", "q2", "q3", "q4"])
