@@ -94,7 +94,7 @@ def add_commands(subparsers: Any) -> None:
     cos.set_defaults(finds_config=True)
     _json(cos)
 
-    for name in ("ps", "inspect", "approve", "reject", "modify", "fork"):
+    for name in ("ps", "inspect", "approve", "reject", "modify", "fork", "resume"):
         parser = subparsers.choices.get(name)
         if parser is None:
             continue

@@ -374,6 +374,25 @@ async def held_by_fleet(args: argparse.Namespace, command: str) -> bool:
         return await client.is_fleet_run(args.pid)
 
 
+async def resume(args: argparse.Namespace) -> int:
+    """``castor resume`` of a run the fleet holds (queued, leased or parked): refused. Its coordinators
+    drive it under their lease, which an embedded drive does not see: both would drive it, and a plain call
+    would run in each."""
+    async with fleet(args) as (_, client):
+        state = (await client.fleet_state([args.pid]))[args.pid]
+    if state["owner"]:
+        where = f"coordinator {state['owner']} drives it"
+    elif state["parked"] is not None:
+        where = f"it waits for a decision on step {state['parked']}"
+    else:
+        where = "it is queued for a coordinator"
+    raise ConfigError(
+        f"run {args.pid!r} is the fleet's ({where}): its coordinators drive it, not `castor resume`; "
+        f"`castor approve {args.pid}` decides a waiting call, `castor cancel {args.pid}` stops it (a cancelled "
+        "run can then be resumed here)"
+    )
+
+
 async def fork(args: argparse.Namespace) -> int:
     """``castor fork PID --at-step N``: the fork shares the first N steps and is submitted to the fleet."""
     async with fleet(args) as (backend, client):
