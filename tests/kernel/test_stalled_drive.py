@@ -220,3 +220,26 @@ async def test_a_child_agent_of_a_drive_that_stalled_runs_nothing_more_once_the_
     assert isinstance(outcome["a"], StaleLeaseError), outcome["a"]
     assert searches.calls == ["q0", "q1", "q2", "q3", "q4"]  # each once
     assert (taken.status, taken.result) == ("COMPLETED", ["q0", "q1", "q2", "q3", "q4"])
+
+
+async def test_a_cancel_of_a_run_whose_drive_stalled_stands_when_it_wakes(db: str) -> None:
+    """``castor cancel`` takes the drive of a run whose driver's lease lapsed (the process stalled). The
+    stalled drive, waking, used to go on past the cancel: the run's next calls ran after it said cancelled."""
+    from castor.backends import open_backend
+    from castor.kernel.cancel import cancel_stored
+
+    searches, outcome = Searches(), {}
+    a = searches.drive_in_thread(db, outcome)
+    await asyncio.to_thread(searches.stalled.wait, 5)
+    await asyncio.sleep(0.5)  # past the lease: the cancel takes the drive over
+    operator = open_backend(db)
+    try:
+        said = await cancel_stored(operator, "p", "ann")
+        await asyncio.to_thread(a.join, 10)
+        stored = await operator.runs.load("p")
+    finally:
+        await operator.close()
+    assert said.startswith("cancelled"), said
+    assert isinstance(outcome["a"], StaleLeaseError), outcome["a"]
+    assert searches.calls == ["q0"]  # nothing after the cancel
+    assert stored is not None and (stored.status, stored.preemption_reason) == ("PREEMPTED", "cancelled")
