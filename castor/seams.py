@@ -150,6 +150,10 @@ class Charge:
     remaining: float = 0.0
 
 
+DRIVE_STEP = -1
+"""The position whose claim is a run's drive (no step has it): one process drives a run at a time."""
+
+
 @dataclass(frozen=True, slots=True)
 class StepClaim:
     """The answer to a claim on a step: who executes it.

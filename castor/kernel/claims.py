@@ -55,7 +55,7 @@ from castor.checkpoint import StepFailure
 from castor.errors import ReplayDivergenceError, StaleLeaseError, ToolTimeoutError
 from castor.kernel.context import Handler, Syscall, same_arguments
 from castor.kernel.steps import IN_DOUBT_REASON, suspend_for_human
-from castor.seams import Journal, StepClaim
+from castor.seams import DRIVE_STEP, Journal, StepClaim
 
 LEASE = 15.0  # seconds a claim lives without renewal; renewed every third of it while the call runs
 # After a store restart, a live holder's lease may have run out on the store's clock: it is not taken for
@@ -63,7 +63,6 @@ LEASE = 15.0  # seconds a claim lives without renewal; renewed every third of it
 RENEWAL_GRACE = LEASE / 3 + 2.0
 POLL = 0.05  # seconds between two looks at a claim someone else holds
 IN_DOUBT_UNFINISHED = IN_DOUBT_REASON  # the same words whether a worker or this machine's process was lost
-DRIVE_STEP = -1  # the position whose claim is the run's drive (no step has it)
 DRIVE_POLL = 0.1  # seconds between two looks at a drive someone else holds
 _HOST = socket.gethostname()
 log = logging.getLogger("castor.run")

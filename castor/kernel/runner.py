@@ -345,7 +345,7 @@ async def run(services: Services, agent: Callable[..., Any], **options: Any) -> 
     is driven by one process at a time: its drive is claimed before its checkpoint is read, so a second
     process reads what the first left."""
     pid = _named_pid(options)
-    if pid is None:  # a new run: no other process knows its pid yet
+    if pid is None or services.backend.leased:  # a new run; or a fleet coordinator's, driven under its lease
         ctx = await prepare(services, agent, **options)
         return await drive(ctx, agent)
     async with driving(services.backend.journal, pid) as held:
@@ -411,6 +411,9 @@ async def start(services: Services, agent: Callable[..., Any], **options: Any) -
     if pid is None:  # a new run: no other process knows its pid yet
         ctx = await prepare(services, agent, **options)
         return CastorTask(ctx.checkpoint, lambda task: task._drive(ctx, agent))
+    if services.backend.leased:  # a fleet coordinator's run, driven under its lease
+        ctx = await prepare(services, agent, **options)
+        return CastorTask(ctx.checkpoint, lambda task: drive(ctx, agent, task._preempted))
     checkpoint = options.get("checkpoint")
     _check_runs_as(checkpoint, options.get("pid"))  # told here, not when the task is awaited
     shown = checkpoint or await services.backend.runs.load(pid) or new_checkpoint(pid, agent_name(agent), {})

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from castor.backends.redis import keys
 from castor.backends.redis._client import RedisConnection
-from castor.seams import StepClaim
+from castor.seams import DRIVE_STEP, StepClaim
 
 # A claim's lease is judged by Redis's clock, which a restart does not stop: a live holder finds its lease
 # run out when Redis comes back, until its next renewal.
@@ -41,9 +41,10 @@ class RedisClaims:
 
     async def _claim_script(self, op: str, run_id: str, step: int, *args: object) -> object:
         p = self._prefix
-        return await self._conn.script(
-            "step_claim", [keys.claims(p, run_id), keys.journal(p, run_id)], [op, step, *args]
-        )
+        script_keys = [keys.claims(p, run_id), keys.journal(p, run_id)]
+        if step == DRIVE_STEP and op == "claim":  # a fleet coordinator's lease holds the drive too
+            script_keys.append(keys.lease(p, run_id))
+        return await self._conn.script("step_claim", script_keys, [op, step, *args])
 
     async def claim(
         self, run_id: str, step: int, attempt: int, holder: str, lease: float, *, replace: str = "",

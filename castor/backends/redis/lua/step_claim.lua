@@ -1,5 +1,7 @@
 -- Claim, renew or release a step that must run at most once, in one step with the journal.
--- KEYS[1] the run's claims (hash: step -> '<attempt>|<lease end>|<holder>'), KEYS[2] the run's journal
+-- KEYS[1] the run's claims (hash: step -> '<attempt>|<lease end>|<holder>'), KEYS[2] the run's journal,
+-- and, to claim a run's drive (step -1), KEYS[3] the run's fleet lease: a coordinator that leases the run
+-- drives it, and holds its drive against any other process ({'held', 'fleet:' .. its token, 0, 0})
 -- ARGV[1] 'claim' | 'renew' | 'release', ARGV[2] step, ARGV[3] attempt (approval round), ARGV[4] holder,
 -- ARGV[5] lease (seconds), ARGV[6] a holder whose claim may be taken over ('' for none), ARGV[7] '1' to take it
 -- over only while its lease has run out (a live holder that renewed it since keeps it), else '0'
@@ -29,6 +31,12 @@ if ARGV[1] == 'release' then
     redis.call('HDEL', KEYS[1], step)
   end
   return 1
+end
+if KEYS[3] then
+  local fleet = redis.call('GET', KEYS[3])
+  if fleet then
+    return {'held', 'fleet:' .. fleet, '0', '0'}
+  end
 end
 if redis.call('ZRANGEBYSCORE', KEYS[2], step, step, 'LIMIT', 0, 1)[1] then
   return {'journaled'}
