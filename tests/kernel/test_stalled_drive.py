@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,39 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/castor.db"
     return f"{request.getfixturevalue('redis_url')}?prefix={request.getfixturevalue('redis_prefix')}"
+
+
+def process_a(work: Callable[[], Coroutine[Any, Any, Any]], outcome: dict[str, Any]) -> threading.Thread:
+    """"Process" A: ``work()`` on an event loop of its own in thread ``A``; what it returns, or raises, goes to
+    ``outcome["a"]``."""
+    def target() -> None:
+        try:
+            outcome["a"] = asyncio.run(work())
+        except BaseException as exc:  # the test reads it
+            outcome["a"] = exc
+
+    thread = threading.Thread(target=target, name="A")
+    thread.start()
+    return thread
+
+
+async def run_closing(kernel: Castor, work: Callable[[Castor], Awaitable[Any]]) -> Any:
+    """``work(kernel)``, the kernel closed after."""
+    try:
+        return await work(kernel)
+    finally:
+        await kernel.close()
+
+
+async def process_b(kernel: Castor, agent: Callable[[], Awaitable[Any]], a: threading.Thread) -> tuple[Any, Any]:
+    """Run ``p`` driven by ``kernel`` here (it waits for A's drive claim to lapse, then takes the run over),
+    A waited for: the checkpoint this drive returns and the run as stored after both."""
+    try:
+        cp = await kernel.run(agent, pid="p")
+        await asyncio.to_thread(a.join, 10)
+        return cp, await kernel.aload("p")
+    finally:
+        await kernel.close()
 
 
 class Searches:
@@ -62,23 +96,8 @@ class Searches:
         return Castor(tools=[search], store=db, budgets={"api": 3})
 
     def drive_in_thread(self, db: str, outcome: dict[str, Any]) -> threading.Thread:
-        """Drive run ``p`` in thread A; its checkpoint, or what it raised, goes to ``outcome["a"]``."""
-        async def main() -> Any:
-            kernel = self.kernel(db)
-            try:
-                return await kernel.run(self.agent, pid="p")
-            finally:
-                await kernel.close()
-
-        def target() -> None:
-            try:
-                outcome["a"] = asyncio.run(main())
-            except BaseException as exc:  # the test reads it
-                outcome["a"] = exc
-
-        thread = threading.Thread(target=target, name="A")
-        thread.start()
-        return thread
+        """Drive run ``p`` in "process" A; its checkpoint, or what it raised, goes to ``outcome["a"]``."""
+        return process_a(lambda: run_closing(self.kernel(db), lambda k: k.run(self.agent, pid="p")), outcome)
 
 
 async def test_a_drive_that_stalled_while_another_process_took_the_run_over_runs_and_writes_nothing(
@@ -86,29 +105,24 @@ async def test_a_drive_that_stalled_while_another_process_took_the_run_over_runs
 ) -> None:
     """It ran q1 and q2 again (after the other drive had), and, on SQLite, saved its own end over the
     other's."""
-    searches, outcome = Searches(), {}
+    searches, outcome = Searches(), dict[str, Any]()
     a = searches.drive_in_thread(db, outcome)
     await asyncio.to_thread(searches.stalled.wait, 5)
-    b = searches.kernel(db)
-    try:
-        taken = await b.run(searches.agent, pid="p")  # waits for A's lease to run out, then takes the run over
-        await asyncio.to_thread(a.join, 10)
-        stored = await b.aload("p")
-    finally:
-        await b.close()
+    taken, stored = await process_b(searches.kernel(db), searches.agent, a)
     assert isinstance(outcome["a"], StaleLeaseError), outcome["a"]
     assert "another process took the run over" in str(outcome["a"])
     assert searches.calls == ["q0", "q1", "q2"]  # each once, and no more than the budget of 3
-    assert taken.status == "COMPLETED" and taken.result[:3] == ["q0", "q1", "q2"]
-    assert [r.get("status") for r in taken.result[3:]] == ["INSUFFICIENT_CAPABILITY"] * 2
-    assert (stored.status, stored.result) == ("COMPLETED", taken.result)  # the other drive's end stands
+    found = list(taken.result or ())
+    assert taken.status == "COMPLETED" and found[:3] == ["q0", "q1", "q2"]
+    assert [r.get("status") for r in found[3:]] == ["INSUFFICIENT_CAPABILITY"] * 2
+    assert stored is not None and (stored.status, stored.result) == ("COMPLETED", taken.result)  # the other's end
     assert len(stored.syscall_log) == 5
 
 
 async def test_a_drive_that_stalled_with_no_one_taking_the_run_over_goes_on(db: str) -> None:
     """An agent that blocks its loop longer than the lease (a synchronous model SDK's call, say) is not
     stopped for it: its claim lapsed, but no other process claimed the run, so its renewal holds."""
-    searches, outcome = Searches(), {}
+    searches, outcome = Searches(), dict[str, Any]()
     await asyncio.to_thread(searches.drive_in_thread(db, outcome).join, 10)
     cp = outcome["a"]
     assert not isinstance(cp, BaseException), cp
@@ -149,39 +163,24 @@ async def test_an_approval_that_stalled_while_a_resume_took_the_run_over_leaves_
         await first.close()
     outcome: dict[str, Any] = {}
 
-    def approve_in_thread() -> None:
-        async def main() -> Any:
-            approver = kernel()
-            try:
-                return await approver.approve(await approver.aload("p"))
-            finally:
-                await approver.close()
-        try:
-            outcome["a"] = asyncio.run(main())
-        except BaseException as exc:  # the test reads it
-            outcome["a"] = exc
+    async def approve(k: Castor) -> Any:
+        return await k.approve(await k.aload("p"))
 
-    a = threading.Thread(target=approve_in_thread, name="A")
-    a.start()
+    a = process_a(lambda: run_closing(kernel(), approve), outcome)
     await asyncio.to_thread(started.wait, 5)
-    resumer = kernel()
-    try:
-        done = await resumer.run(agent, pid="p")
-        await asyncio.to_thread(a.join, 10)
-    finally:
-        await resumer.close()
+    done, _ = await process_b(kernel(), agent, a)
     assert isinstance(outcome["a"], StaleLeaseError), outcome["a"]
     assert calls.count("wipe /data") == 2  # idempotent: the resume ran it again, one journaled effect
     assert [c for c in calls if c.startswith("q")] == ["q0", "q1", "q2"]  # wipe + 3 searches: the budget of 4
     assert done.status == "COMPLETED"
-    assert [r.get("status") for r in done.result[4:]] == ["INSUFFICIENT_CAPABILITY"] * 3
+    assert [r.get("status") for r in list(done.result or ())[4:]] == ["INSUFFICIENT_CAPABILITY"] * 3
 
 
 async def test_a_child_agent_of_a_drive_that_stalled_runs_nothing_more_once_the_run_was_taken_over(db: str) -> None:
     """The child agent runs under its parent's drive: the parent's process stalls inside the child, another
     process takes the run over and drives the child on; the stalled child used to run its next calls again."""
     registry = AgentRegistry()
-    searches, outcome = Searches(), {}
+    searches, outcome = Searches(), dict[str, Any]()
 
     @castor_agent("searcher", registry=registry)
     async def searcher() -> list[Any]:
@@ -196,27 +195,9 @@ async def test_a_child_agent_of_a_drive_that_stalled_runs_nothing_more_once_the_
 
         return Castor(tools=[search], store=db, agent_registry=registry)
 
-    def drive_in_thread() -> None:
-        async def main() -> Any:
-            k = kernel()
-            try:
-                return await k.run(parent, pid="p")
-            finally:
-                await k.close()
-        try:
-            outcome["a"] = asyncio.run(main())
-        except BaseException as exc:  # the test reads it
-            outcome["a"] = exc
-
-    a = threading.Thread(target=drive_in_thread, name="A")
-    a.start()
+    a = process_a(lambda: run_closing(kernel(), lambda k: k.run(parent, pid="p")), outcome)
     await asyncio.to_thread(searches.stalled.wait, 5)
-    b = kernel()
-    try:
-        taken = await b.run(parent, pid="p")
-        await asyncio.to_thread(a.join, 10)
-    finally:
-        await b.close()
+    taken, _ = await process_b(kernel(), parent, a)
     assert isinstance(outcome["a"], StaleLeaseError), outcome["a"]
     assert searches.calls == ["q0", "q1", "q2", "q3", "q4"]  # each once
     assert (taken.status, taken.result) == ("COMPLETED", ["q0", "q1", "q2", "q3", "q4"])
@@ -228,7 +209,7 @@ async def test_a_cancel_of_a_run_whose_drive_stalled_stands_when_it_wakes(db: st
     from castor.backends import open_backend
     from castor.kernel.cancel import cancel_stored
 
-    searches, outcome = Searches(), {}
+    searches, outcome = Searches(), dict[str, Any]()
     a = searches.drive_in_thread(db, outcome)
     await asyncio.to_thread(searches.stalled.wait, 5)
     await asyncio.sleep(0.5)  # past the lease: the cancel takes the drive over
