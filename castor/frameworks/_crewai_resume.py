@@ -52,10 +52,13 @@ from crewai.agents.agent_executor import AgentExecutor
 from crewai.agents.parser import AgentAction
 from crewai.events.event_bus import crewai_event_bus
 from crewai.events.types.logging_events import AgentLogsExecutionEvent
+from crewai.events.types.task_events import TaskStartedEvent
 from crewai.events.types.tool_usage_events import ToolUsageFinishedEvent, ToolUsageStartedEvent
+from crewai.hooks.dispatch import InterceptionPoint, get_hooks, get_scoped_hooks
 from crewai.hooks.llm_hooks import get_after_llm_call_hooks, get_before_llm_call_hooks
 from crewai.hooks.tool_hooks import get_after_tool_call_hooks, get_before_tool_call_hooks
 from crewai.security.fingerprint import Fingerprint
+from crewai.tools.cache_tools.cache_tools import CacheTools
 from crewai.tools.tool_calling import ToolCalling
 from crewai.utilities.agent_utils import (
     MAX_REPEATED_TOOL_CALLS,
@@ -80,6 +83,8 @@ STARTS_LATE = True  # False: every replay runs the whole loop (what a late start
 _OPTIONS = frozenset({"inputs"})  # kickoff's options a late start leaves as they are
 # The events a skipped step would emit on CrewAI's bus (its tool usage's and the executor's logs).
 _STEP_EVENTS = (ToolUsageStartedEvent, ToolUsageFinishedEvent, AgentLogsExecutionEvent)
+# The name of CrewAI's cache tool, whose calls its tools handler does not cache (made once, not at each call).
+_CACHE_TOOL = CacheTools().name
 _REMEMBER_FORMAT_AFTER = 3  # CrewAI's tool usage appends the tools' format to every third result of a task
 # The agent's deprecated fields that change its loop (reasoning first, images, code execution, tool calls by
 # another LLM): any of them set, the whole loop runs.
@@ -112,7 +117,7 @@ async def kickoff(crew: Crew, kwargs: dict[str, Any], guarded_tool: type) -> Any
 
     async def late() -> Any:
         # An instance attribute shadows the agent's method for its next executor only (``_late_executor``).
-        own["create_agent_executor"] = _late_executor(agent, task, skipped)
+        own["create_agent_executor"] = _late_executor(agent, task, skipped, _unseen_until_the_task())
         try:
             return await in_thread(crew.kickoff, **kwargs)
         finally:
@@ -239,12 +244,12 @@ def _plain(crew: Crew, kwargs: dict[str, Any], guarded_tool: type) -> bool:
     return _only_crewai_listens()
 
 
-def _only_crewai_listens() -> bool:
-    """Whether every handler of the events a skipped step would emit is CrewAI's own (its console, which
-    prints nothing for an agent that is not verbose, and its tracing): no listener of the user's would miss
-    them."""
+def _only_crewai_listens(events: tuple[type, ...] = _STEP_EVENTS) -> bool:
+    """Whether every handler of ``events`` (by default those a skipped step would emit) is CrewAI's own (its
+    console, which prints nothing for an agent that is not verbose, and its tracing): no listener of the
+    user's would miss them."""
     for handlers in (crewai_event_bus._sync_handlers, crewai_event_bus._async_handlers):
-        for event in _STEP_EVENTS:
+        for event in events:
             for handler in handlers.get(event, ()):
                 module = getattr(handler, "__module__", None) or ""
                 if not module.startswith("crewai."):
@@ -360,12 +365,19 @@ def _repeats_allowed(skipped: list[_Skipped]) -> bool:
     return True
 
 
-def _late_executor(agent: Agent, task: Task, skipped: list[_Skipped]) -> Callable[..., None]:
+def _late_executor(agent: Agent, task: Task, skipped: list[_Skipped], defer: bool) -> Callable[..., None]:
     """The agent's ``create_agent_executor`` for this run: CrewAI's, then the executor's ``_setup_messages``
-    shadowed once, to continue the conversation CrewAI sets up with the skipped steps (``_continue``)."""
+    shadowed once, to continue the conversation CrewAI sets up with the skipped steps (``_continue``).
+
+    ``defer`` (``_unseen_until_the_task``): the first executor, which ``kickoff`` builds for the agent's own
+    tools before any task (``setup_agents``), is not built; the task's call builds it (``prepare_tools``),
+    with every field CrewAI's update there would set. That saves CrewAI's tools parsed, their prompt rendered
+    (each tool's JSON schema) and a prompt built a second time."""
 
     def create_agent_executor(tools: Any = None, task: Any = None) -> None:
         own = vars(agent)
+        if defer and task is None and agent.agent_executor is None:
+            return  # kickoff's build before the task: the task's build follows (the method stays shadowed)
         del own["create_agent_executor"]  # once: a retry of the task runs the loop anew
         made = agent.agent_executor is None  # CrewAI builds the agent's executor now, else it updates it
         if made:
@@ -388,6 +400,16 @@ def _late_executor(agent: Agent, task: Task, skipped: list[_Skipped]) -> Callabl
         return executor.task if isinstance(executor.task, Task) else task
 
     return create_agent_executor
+
+
+def _unseen_until_the_task() -> bool:
+    """Whether nobody but CrewAI reads the agent's executor between kickoff's build of it and the task's
+    (``_late_executor``): no step hooks of the user's (``InterceptionPoint.PRE_STEP``, dispatched as the task
+    starts) and no handler but CrewAI's own for the task's start. CrewAI itself reads it there only to ask
+    whether it resumes a checkpoint, which no executor does at a plain crew's kickoff (``_plain``)."""
+    if get_hooks(InterceptionPoint.PRE_STEP) or get_scoped_hooks(InterceptionPoint.PRE_STEP):
+        return False
+    return _only_crewai_listens((TaskStartedEvent,))
 
 
 def _executor_without_discarded_state(**fields: Any) -> AgentExecutor:
@@ -418,7 +440,7 @@ def _continue(executor: AgentExecutor, agent: Agent, task: Task, skipped: list[_
         # Not the tools the plan read: the conversation is left as CrewAI set it up, the landing step is asked
         # otherwise than journaled, and the crew runs again from the loop's first step (start_late).
         return
-    handler = executor.tools_handler
+    records = _HandlerRecords(executor.tools_handler) if executor.tools_handler is not None else None
     state = executor.state
     messages = state.messages
     reasoning = I18N_DEFAULT.slice("post_tool_reasoning")
@@ -430,8 +452,8 @@ def _continue(executor: AgentExecutor, agent: Agent, task: Task, skipped: list[_
         tool = structured[step.tool]
         action = step.action
         result = step.result
-        if handler is not None:
-            _record_use(handler, tool, names[step.tool], step)
+        if records is not None:
+            records.add(tool, names[step.tool], step)
         text = tool.format_output_for_agent(result)
         used_tools += 1  # ToolUsage._format_result
         if used_tools % _REMEMBER_FORMAT_AFTER == 0:
@@ -447,6 +469,8 @@ def _continue(executor: AgentExecutor, agent: Agent, task: Task, skipped: list[_
         action.result = observation
         messages.append(format_message_for_llm(action.text, role="assistant"))
         messages.append({"role": "user", "content": reasoning})
+    if records is not None:
+        records.write()
     task.used_tools = used_tools
     state.iterations += len(skipped)
     for name, uses in used.items():
@@ -457,15 +481,44 @@ def _continue(executor: AgentExecutor, agent: Agent, task: Task, skipped: list[_
     agent.set_fingerprint(Fingerprint.from_dict({"agent_fingerprint": str(agent.security_config.fingerprint)}))
 
 
-def _record_use(handler: Any, tool: Any, name: str, step: _Skipped) -> None:
-    """The tools handler's record of a skipped call (its last call, its cache): the tool's own
-    ``cache_function`` decides whether it is cached, else the structured tool's, as ``ToolUsage`` asks."""
-    result = step.result
+class _HandlerRecords:
+    """What the tools handler records of the skipped calls, as ``ToolsHandler.on_tool_use`` records each one
+    (its last call; the call's result in its cache, keyed as ``CacheHandler.add`` keys it), written once: the
+    cache's entries under its lock in one update, the last call alone (the earlier ones are replaced before
+    anybody reads them). Per call, CrewAI's own builds a ``ToolCalling`` and a ``CacheTools`` and takes the
+    cache's lock; a test holds this to CrewAI's records of the same calls."""
+
+    def __init__(self, handler: Any) -> None:
+        self.handler = handler
+        self.entries: dict[str, Any] = {}
+        self.last: tuple[str, dict[str, Any]] | None = None
+
+    def add(self, tool: Any, name: str, step: _Skipped) -> None:
+        """Record the skipped call ``step`` of ``tool`` (CrewAI's sanitized ``name``)."""
+        self.last = (name, step.arguments)
+        if not self.handler.cache or name == _CACHE_TOOL or not _should_cache(tool, step):
+            return
+        arguments = step.arguments  # a dict (_skipped); json.dumps of it, or "" if empty, as on_tool_use keys it
+        self.entries[f"{name}-{json.dumps(arguments) if arguments else ''}"] = step.result
+
+    def write(self) -> None:
+        """Leave the handler as CrewAI's records of the calls added leave it."""
+        if self.last is None:
+            return
+        name, arguments = self.last
+        self.handler.last_used_tool = ToolCalling(tool_name=name, arguments=arguments)
+        if self.entries:
+            cache = self.handler.cache
+            with cache._lock.w_locked():
+                cache._cache.update(self.entries)
+
+
+def _should_cache(tool: Any, step: _Skipped) -> bool:
+    """Whether CrewAI caches a call's result: the tool's own ``cache_function`` decides, else the structured
+    tool's, as ``ToolUsage`` asks (none: cached)."""
     original = getattr(tool, "_original_tool", None)
     cache_function = getattr(original, "cache_function", None) or getattr(tool, "cache_function", None)
-    should_cache = cache_function(step.arguments, result) if cache_function else True
-    handler.on_tool_use(calling=ToolCalling(tool_name=name, arguments=step.arguments), output=result,
-                        should_cache=should_cache)
+    return bool(cache_function(step.arguments, step.result)) if cache_function else True
 
 
 def _count_uses(tool: Any, uses: int) -> None:

@@ -11,6 +11,7 @@ tool's usage count. Runs where ``castor[crewai]`` is installed (``.ci/run``).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -19,11 +20,18 @@ from tests.frameworks.crewai_offline import offline
 
 with offline():
     pytest.importorskip("crewai")
+    import crewai.agent.core as crewai_agent
     from crewai import Agent, Crew, Task
+    from crewai.agents.cache.cache_handler import CacheHandler
+    from crewai.agents.parser import AgentAction
+    from crewai.agents.tools_handler import ToolsHandler
     from crewai.events.event_bus import crewai_event_bus
+    from crewai.events.types.task_events import TaskStartedEvent
     from crewai.events.types.tool_usage_events import ToolUsageFinishedEvent
+    from crewai.hooks.dispatch import InterceptionPoint, register, unregister
     from crewai.hooks.tool_hooks import register_before_tool_call_hook, unregister_before_tool_call_hook
     from crewai.tools import tool
+    from crewai.tools.tool_calling import ToolCalling
 
 import castor.frameworks._crewai_resume as resume
 from castor import Castor
@@ -526,3 +534,95 @@ def test_usage_counts_raised_at_once_are_counted_as_crewai_counts_them() -> None
     resume._count_uses(at_once, 5)
     counts = [(t.current_usage_count, t._original_tool.current_usage_count) for t in (by_crewai, at_once)]
     assert counts == [(5, 5), (5, 5)]
+
+
+def test_the_tools_handler_records_skipped_calls_as_crewai_records_them() -> None:
+    """A late start writes what the tools handler records of the skipped calls at once (``_HandlerRecords``):
+    the cache's entries, in order, overwritten where a call is made again, none for an uncached call (the
+    tool's ``cache_function``) or for CrewAI's cache tool, and the last call. A CrewAI whose
+    ``ToolsHandler.on_tool_use`` (or its cache) records calls otherwise fails here."""
+    def cache_function(arguments: dict[str, Any], _result: Any) -> bool:
+        return arguments.get("query") != "q1"
+
+    structured = search.model_copy(update={"cache_function": cache_function}).to_structured_tool()
+    calls = [("search", {"query": "q0"}, "found q0"), ("search", {}, "nothing"), ("search", {"query": "q1"}, "q1"),
+             ("search", {"query": "q0"}, {"again": [1, 2]}), (resume._CACHE_TOOL, {"key": "k"}, "hit")]
+    for cache in (True, False):
+        by_crewai, at_once = (ToolsHandler(cache=CacheHandler() if cache else None) for _ in range(2))
+        for handler in (by_crewai, at_once):
+            if handler.cache is not None:
+                handler.cache.add(tool="earlier", input="{}", output="kept")
+        records = resume._HandlerRecords(at_once)
+        for name, arguments, result in calls:
+            by_crewai.on_tool_use(calling=ToolCalling(tool_name=name, arguments=arguments), output=result,
+                                  should_cache=cache_function(arguments, result))
+            action = AgentAction(thought="", tool=name, tool_input=json.dumps(arguments), text="")
+            records.add(structured, name, resume._Skipped(action, name, arguments, result))
+        records.write()
+        assert at_once.last_used_tool == by_crewai.last_used_tool
+        if cache:
+            assert by_crewai.cache is not None and at_once.cache is not None
+            assert list(at_once.cache._cache.items()) == list(by_crewai.cache._cache.items())
+
+
+def _rendered(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many times CrewAI renders an agent's tools for its executor's prompt: one entry per time."""
+    rendered: list[int] = []
+    own = crewai_agent.render_text_description_and_args
+
+    def render(tools: Any) -> str:
+        rendered.append(1)
+        return own(tools)
+
+    monkeypatch.setattr(crewai_agent, "render_text_description_and_args", render)
+    return rendered
+
+
+async def test_a_late_start_builds_its_executor_once_for_the_task(
+    monkeypatch: pytest.MonkeyPatch, whole_loop: Any
+) -> None:
+    """CrewAI builds the agent's executor at kickoff, then updates it for the task (its tools parsed and
+    rendered again); a late start builds it once, for the task, and leaves what the whole loop leaves."""
+    rendered = _rendered(monkeypatch)
+    live = Main(searches())
+    cp = await kernel_of(live).run(live)
+    rendered.clear()
+    late = again(live)
+    assert (await replayed(cp, late)).status == "COMPLETED"
+    assert len(rendered) == 1
+    rendered.clear()
+    whole = again(live)
+    with whole_loop():
+        await replayed(cp, whole)
+    assert len(rendered) == 2
+    assert _executor_shape(_executor_of(late)) == _executor_shape(_executor_of(whole))
+    assert fields(late) == fields(whole)
+
+
+@pytest.mark.parametrize("seer", ["a task started handler", "a pre-step hook"])
+async def test_whoever_may_read_the_executor_before_the_task_sees_it_built(
+    monkeypatch: pytest.MonkeyPatch, seer: str
+) -> None:
+    """A handler of the task's start or a step hook of the user's may read the agent's executor before the
+    task runs: the late start then lets CrewAI build it at kickoff, as the whole loop does."""
+    rendered = _rendered(monkeypatch)
+    live = Main(searches())
+    cp = await kernel_of(live).run(live)
+    seen: list[bool] = []
+    late = again(live)
+
+    def look(*_: Any) -> None:
+        assert late.crew is not None
+        seen.append(late.crew.agents[0].agent_executor is not None)
+
+    rendered.clear()
+    if seer == "a task started handler":
+        crewai_event_bus.register_handler(TaskStartedEvent, look)
+    else:
+        register(InterceptionPoint.PRE_STEP, look)
+    try:
+        assert (await replayed(cp, late)).status == "COMPLETED"
+    finally:
+        crewai_event_bus.off(TaskStartedEvent, look)
+        unregister(InterceptionPoint.PRE_STEP, look)
+    assert seen and all(seen) and len(rendered) == 2
