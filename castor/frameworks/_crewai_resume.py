@@ -58,7 +58,9 @@ from crewai.hooks.dispatch import InterceptionPoint, get_hooks, get_scoped_hooks
 from crewai.hooks.llm_hooks import get_after_llm_call_hooks, get_before_llm_call_hooks
 from crewai.hooks.tool_hooks import get_after_tool_call_hooks, get_before_tool_call_hooks
 from crewai.security.fingerprint import Fingerprint
+from crewai.tools.base_tool import BaseTool
 from crewai.tools.cache_tools.cache_tools import CacheTools
+from crewai.tools.structured_tool import CrewStructuredTool
 from crewai.tools.tool_calling import ToolCalling
 from crewai.utilities.agent_utils import (
     MAX_REPEATED_TOOL_CALLS,
@@ -69,6 +71,7 @@ from crewai.utilities.agent_utils import (
 from crewai.utilities.constants import NOT_SPECIFIED
 from crewai.utilities.i18n import I18N_DEFAULT
 from crewai.utilities.string_utils import sanitize_tool_name
+from pydantic import BaseModel
 
 from castor.checkpoint import SyscallRecord
 from castor.frameworks._castor_models.crewai import CastorLLM, streams
@@ -444,25 +447,25 @@ def _continue(executor: AgentExecutor, agent: Agent, task: Task, skipped: list[_
     state = executor.state
     messages = state.messages
     reasoning = I18N_DEFAULT.slice("post_tool_reasoning")
+    remembered: str | None = None  # the tools' format CrewAI appends to every third result (the same each time)
     counts = executor._tool_call_counts
-    names = {name: sanitize_tool_name(name) for name in structured}  # CrewAI sanitizes a name at every call
-    used = dict.fromkeys(structured, 0)
+    uses = {name: _ToolUse(tool) for name, tool in structured.items() if any(s.tool == name for s in skipped)}
     used_tools = task.used_tools
     for step in skipped:
-        tool = structured[step.tool]
+        use = uses[step.tool]
         action = step.action
-        result = step.result
         if records is not None:
-            records.add(tool, names[step.tool], step)
-        text = tool.format_output_for_agent(result)
+            records.add(use.name, use.cache_function, step)
+        text = use.format(step.result)
         used_tools += 1  # ToolUsage._format_result
         if used_tools % _REMEMBER_FORMAT_AFTER == 0:
-            text = str(text) + "\n\n" + I18N_DEFAULT.slice("tools").format(
-                tools=executor.tools_description, tool_names=executor.tools_names)
+            if remembered is None:
+                remembered = I18N_DEFAULT.slice("tools").format(tools=executor.tools_description,
+                                                                tool_names=executor.tools_names)
+            text = str(text) + "\n\n" + remembered
         observation = str(text)
-        agent.tools_results.append({"result": observation, "tool_name": names[step.tool],
-                                    "tool_args": step.arguments})
-        used[step.tool] += 2  # CrewStructuredTool.invoke, then ToolUsage._use after the call
+        agent.tools_results.append({"result": observation, "tool_name": use.name, "tool_args": step.arguments})
+        use.calls += 2  # CrewStructuredTool.invoke, then ToolUsage._use after the call
         check_repeated_tool_call(counts, tool_name=action.tool, tool_args=action.tool_input, result=observation,
                                  agent=agent, task=task)
         action.text += f"\nObservation: {observation}"
@@ -473,9 +476,8 @@ def _continue(executor: AgentExecutor, agent: Agent, task: Task, skipped: list[_
         records.write()
     task.used_tools = used_tools
     state.iterations += len(skipped)
-    for name, uses in used.items():
-        if uses:
-            _count_uses(structured[name], uses)
+    for use in uses.values():
+        _count_uses(use.tool, use.calls)
     # execute_tool_and_check_finality gives the agent a new fingerprint (a new random id, its metadata empty)
     # at every tool call: the last one is the one anybody sees.
     agent.set_fingerprint(Fingerprint.from_dict({"agent_fingerprint": str(agent.security_config.fingerprint)}))
@@ -493,10 +495,12 @@ class _HandlerRecords:
         self.entries: dict[str, Any] = {}
         self.last: tuple[str, dict[str, Any]] | None = None
 
-    def add(self, tool: Any, name: str, step: _Skipped) -> None:
-        """Record the skipped call ``step`` of ``tool`` (CrewAI's sanitized ``name``)."""
+    def add(self, name: str, cache_function: Callable[..., Any] | None, step: _Skipped) -> None:
+        """Record the skipped call ``step`` of the tool CrewAI names ``name`` (sanitized), whose result
+        ``cache_function`` decides whether to cache (none: cached)."""
         self.last = (name, step.arguments)
-        if not self.handler.cache or name == _CACHE_TOOL or not _should_cache(tool, step):
+        if not self.handler.cache or name == _CACHE_TOOL or (
+                cache_function and not cache_function(step.arguments, step.result)):
             return
         arguments = step.arguments  # a dict (_skipped); json.dumps of it, or "" if empty, as on_tool_use keys it
         self.entries[f"{name}-{json.dumps(arguments) if arguments else ''}"] = step.result
@@ -513,12 +517,38 @@ class _HandlerRecords:
                 cache._cache.update(self.entries)
 
 
-def _should_cache(tool: Any, step: _Skipped) -> bool:
-    """Whether CrewAI caches a call's result: the tool's own ``cache_function`` decides, else the structured
-    tool's, as ``ToolUsage`` asks (none: cached)."""
+class _ToolUse:
+    """A structured tool as the skipped calls use it, with what CrewAI looks up at every call looked up once:
+    its sanitized name, the cache function ``ToolUsage`` asks (the tool's own, else the structured tool's),
+    how a result is formatted for the agent (``_result_format``), and its calls (each counted twice)."""
+
+    __slots__ = ("cache_function", "calls", "format", "name", "tool")
+
+    def __init__(self, tool: Any) -> None:
+        self.tool = tool
+        self.name = sanitize_tool_name(tool.name)
+        original = getattr(tool, "_original_tool", None)
+        self.cache_function = getattr(original, "cache_function", None) or getattr(tool, "cache_function", None)
+        self.format = _result_format(tool)
+        self.calls = 0
+
+
+def _result_format(tool: Any) -> Callable[[Any], str]:
+    """``tool.format_output_for_agent`` for a journaled result (never a ``ToolFailure``), its dispatch resolved
+    once: CrewAI's formats a result by the tool the structured tool was made from (``_original_tool``), else by
+    the tool's ``result_schema`` when that is a pydantic model, else as ``str``. Each of those lookups is a
+    pydantic attribute (a missing one raised and caught) at every call. A class with a format of its own keeps
+    it; a test holds the rest to CrewAI's."""
+    stock = BaseTool.format_output_for_agent, CrewStructuredTool.format_output_for_agent
+    if getattr(type(tool), "format_output_for_agent", None) not in stock:
+        return tool.format_output_for_agent
     original = getattr(tool, "_original_tool", None)
-    cache_function = getattr(original, "cache_function", None) or getattr(tool, "cache_function", None)
-    return bool(cache_function(step.arguments, step.result)) if cache_function else True
+    if original is not None:
+        return _result_format(original)
+    schema = getattr(tool, "result_schema", None)
+    if isinstance(schema, type) and issubclass(schema, BaseModel):
+        return tool.format_output_for_agent
+    return str
 
 
 def _count_uses(tool: Any, uses: int) -> None:

@@ -12,6 +12,7 @@ tool's usage count. Runs where ``castor[crewai]`` is installed (``.ci/run``).
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Any
 
 import pytest
@@ -32,12 +33,13 @@ with offline():
     from crewai.hooks.tool_hooks import register_before_tool_call_hook, unregister_before_tool_call_hook
     from crewai.tools import tool
     from crewai.tools.tool_calling import ToolCalling
+    from pydantic import BaseModel
 
 import castor.frameworks._crewai_resume as resume
 from castor import Castor
 from castor.errors import ReplayDivergenceError
 from castor.frameworks._crewai_llm import GuardedLLM
-from castor.frameworks.crewai import CastorLLM, kickoff, tools_of
+from castor.frameworks.crewai import CastorLLM, guard_tool, kickoff, tools_of
 from castor.llm import Scripted as Provider
 from tests.frameworks.test_crewai import Scripted, act, delete_file, final, search
 
@@ -557,7 +559,8 @@ def test_the_tools_handler_records_skipped_calls_as_crewai_records_them() -> Non
             by_crewai.on_tool_use(calling=ToolCalling(tool_name=name, arguments=arguments), output=result,
                                   should_cache=cache_function(arguments, result))
             action = AgentAction(thought="", tool=name, tool_input=json.dumps(arguments), text="")
-            records.add(structured, name, resume._Skipped(action, name, arguments, result))
+            records.add(name, resume._ToolUse(structured).cache_function, resume._Skipped(action, name, arguments,
+                                                                                         result))
         records.write()
         assert at_once.last_used_tool == by_crewai.last_used_tool
         if cache:
@@ -626,3 +629,29 @@ async def test_whoever_may_read_the_executor_before_the_task_sees_it_built(
         crewai_event_bus.off(TaskStartedEvent, look)
         unregister(InterceptionPoint.PRE_STEP, look)
     assert seen and all(seen) and len(rendered) == 2
+
+
+class Found(BaseModel):
+    """A tool's result model."""
+
+    found: str
+
+
+@tool("typed search")
+def typed_search(query: str) -> Found:
+    """Search the logs, answering a model."""
+    return Found(found=query)
+
+
+def test_results_are_formatted_for_the_agent_as_crewai_formats_them() -> None:
+    """A late start resolves once how a tool's results are formatted for the agent (``_result_format``): as
+    each structured tool's ``format_output_for_agent`` formats them, for a guarded tool, the tool it guards and
+    a tool with a result model. A CrewAI that formats otherwise fails here."""
+    tools = [guard_tool(search), search, typed_search, guard_tool(typed_search)]
+    results: list[Any] = ["found q0", "", 3, None, {"found": "q1"}, ["a", 1], {"other": 1}]
+    for made in tools:
+        structured = made.to_structured_tool()
+        formatted = resume._result_format(structured)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a result its model refuses is str()ed, warned
+            assert [formatted(r) for r in results] == [structured.format_output_for_agent(r) for r in results]
