@@ -68,9 +68,13 @@ def canonical_request(messages: Any, tools: Any, stop: list[str], parts: Message
 _SCHEMAS = IdentityCache(lambda model: canonical_json(model.model_json_schema()))
 
 
+_TEXT = frozenset({str})
+
+
 def _message_part(message: Any) -> Any:
-    if type(message) is dict and "cache_breakpoint" not in message and all(
-            type(key) is str and type(value) is str for key, value in message.items()):
+    # the types of its keys and values gathered in C (no generator stepped per item), exactly str
+    if type(message) is dict and "cache_breakpoint" not in message and {
+            *map(type, message), *map(type, message.values())} <= _TEXT:
         return dict(message)  # CrewAI's usual message, text by role: its canonical JSON is a copy of it
     return canonical_json(message, drop={"cache_breakpoint"})
 
@@ -115,9 +119,22 @@ class MessageParts:
                 if set(map(type, new)) <= {dict}:
                     self._last = ([*seen, *new], [*items, *map(tuple, map(dict.items, new))], list(converted))
                 return converted
+        if last is None and set(map(type, messages)) == {dict}:
+            return self._first(messages)
         converted = list(map(self, messages))
         if set(map(type, messages)) == {dict}:  # an exact dict's items are read in C (dict.items)
             self._last = (list(messages), list(map(tuple, map(dict.items, messages))), list(converted))
+        return converted
+
+    def _first(self, messages: Sequence[dict[str, Any]]) -> list[Any]:
+        """``conversation`` of the first conversation asked with (nothing converted yet, as at a replay's
+        landing step, asked with the whole conversation so far): each message converted and kept, its items
+        read once for both the cache and the last conversation."""
+        put = self._cache.put
+        items = [tuple(message.items()) for message in messages]
+        converted = [put(message, (seen, _message_part(message)))[1]
+                     for message, seen in zip(messages, items, strict=True)]
+        self._last = (list(messages), items, list(converted))
         return converted
 
 

@@ -228,6 +228,25 @@ def test_a_conversation_takes_the_last_ones_parts_and_converts_what_changed() ->
     assert parts.conversation(["a text", *conversation]) == [fresh("a text"), *third]
 
 
+def test_the_first_conversation_is_converted_as_each_message_alone_and_kept() -> None:
+    """A ``MessageParts`` asked first with a whole conversation (a replay's landing step) converts each
+    message as it converts one alone (a cache breakpoint dropped, a value that is not text through canonical
+    JSON), keeps each part, and takes them again for the conversation continued."""
+    conversation: list[Any] = [
+        {"role": "system", "content": "be tidy"}, {"role": "user", "content": "clean up", "cache_breakpoint": True},
+        {"role": "assistant", "content": [{"type": "text", "text": "Action: search"}]}, {"role": "user", "content": ""},
+        {},
+    ]
+    parts = MessageParts()
+    first = parts.conversation(conversation)
+    fresh = MessageParts()
+    assert first == [fresh(message) for message in conversation]
+    assert all(parts(message) is part for message, part in zip(conversation, first, strict=True))
+    conversation.append({"role": "user", "content": "go on"})
+    second = parts.conversation(conversation)
+    assert all(map(operator.is_, second[:-1], first)) and second[-1] == {"role": "user", "content": "go on"}
+
+
 BROKEN: list[str] = []
 
 
