@@ -263,23 +263,32 @@ def _only_crewai_listens(events: tuple[type, ...] = _STEP_EVENTS) -> bool:
 def _model_request(record: SyscallRecord, model: str | None) -> dict[str, Any] | None:
     """The request of a model step answered in text (not failed) by ``model`` (any, if None); None for any
     other step."""
-    name = record.tool_name
+    request = record.request
+    name = request.get("tool_name", "")
+    if type(name) is not str:
+        name = str(name)  # as SyscallRecord.tool_name reads it
     if not is_model_step(name) or (model is not None and name != model):
         return None
     response = record.response
-    if record.failure is not None or not isinstance(response, dict) or type(response.get("text")) is not str:
+    if record.failure is not None or not isinstance(response, dict):
         return None
-    if response.get("tool_calls") or response.get("structured"):
+    if type(response.get("text")) is not str or response.get("tool_calls") or response.get("structured"):
         return None
-    arguments = record.request.get("arguments")
+    arguments = request.get("arguments")
     asked = arguments.get("request") if isinstance(arguments, dict) else None
     return asked if isinstance(asked, dict) and isinstance(asked.get("messages"), list) else None
+
+
+def _settings(request: dict[str, Any]) -> dict[str, Any]:
+    """A model request but its conversation: what must not change from one step of the loop to the next."""
+    return {k: v for k, v in request.items() if k != "messages"}
 
 
 def _landing(ctx: RunContext, log: list[SyscallRecord], tools: dict[str, Any],
              stop_words: bool) -> tuple[Landing, list[_Skipped]] | None:
     """The journaled loop from the run's next step and its skipped steps rebuilt (module doc); None: no
-    model step past the first to land at."""
+    model step past the first to land at. Each request's settings are read once, kept for the next step's
+    comparison."""
     start = ctx.next_step
     record = log[start]
     request = _model_request(record, None)
@@ -288,6 +297,7 @@ def _landing(ctx: RunContext, log: list[SyscallRecord], tools: dict[str, Any],
     model = record.tool_name
     steps, records, skipped = [start], [record], []
     names = _ToolNames(tools)
+    settings = _settings(request)
     at, end = start, len(log)
     while at + 2 < end:
         step = _skipped(record.response["text"], log[at + 1], names, stop_words)
@@ -298,15 +308,16 @@ def _landing(ctx: RunContext, log: list[SyscallRecord], tools: dict[str, Any],
         if following is None:
             break
         old, new = request["messages"], following["messages"]
-        if len(new) <= len(old) or new[:len(old)] != old or (
-                {k: v for k, v in request.items() if k != "messages"}
-                != {k: v for k, v in following.items() if k != "messages"}):
-            break  # not asked the same way (tools, stop words, schema) with the conversation continued
+        if len(new) <= len(old) or new[:len(old)] != old:
+            break  # the conversation does not go on
+        following_settings = _settings(following)
+        if following_settings != settings:
+            break  # not asked the same way (tools, stop words, schema)
         skipped.append(step)
         at += 2
         steps.append(at)
         records.append(after)
-        record, request = after, following
+        record, request, settings = after, following, following_settings
     return (Landing(steps, records), skipped) if skipped else None
 
 
@@ -466,8 +477,7 @@ def _continue(executor: AgentExecutor, agent: Agent, task: Task, skipped: list[_
         observation = str(text)
         agent.tools_results.append({"result": observation, "tool_name": use.name, "tool_args": step.arguments})
         use.calls += 2  # CrewStructuredTool.invoke, then ToolUsage._use after the call
-        check_repeated_tool_call(counts, tool_name=action.tool, tool_args=action.tool_input, result=observation,
-                                 agent=agent, task=task)
+        _count_repeat(counts, action, observation, agent, task)
         action.text += f"\nObservation: {observation}"
         action.result = observation
         messages.append(format_message_for_llm(action.text, role="assistant"))
@@ -481,6 +491,21 @@ def _continue(executor: AgentExecutor, agent: Agent, task: Task, skipped: list[_
     # execute_tool_and_check_finality gives the agent a new fingerprint (a new random id, its metadata empty)
     # at every tool call: the last one is the one anybody sees.
     agent.set_fingerprint(Fingerprint.from_dict({"agent_fingerprint": str(agent.security_config.fingerprint)}))
+
+
+def _count_repeat(counts: dict[int, int], action: AgentAction, observation: str, agent: Agent, task: Task) -> None:
+    """``check_repeated_tool_call`` of a skipped call: CrewAI keys a call by the hash of the JSON of its tool's
+    name, its input and its result, with sorted keys and ``str`` for what JSON cannot hold, which for three
+    strings is their plain JSON (the module's shared encoder, not a new one per call). A count that reaches
+    CrewAI's limit is left to CrewAI's own check, which stops the run (``_repeats_allowed`` keeps a late start
+    from such a journal). A test holds the counts to CrewAI's."""
+    key = hash(json.dumps([action.tool, action.tool_input, observation]))
+    seen = counts.get(key, 0) + 1
+    if seen >= MAX_REPEATED_TOOL_CALLS:
+        check_repeated_tool_call(counts, tool_name=action.tool, tool_args=action.tool_input, result=observation,
+                                 agent=agent, task=task)
+        return
+    counts[key] = seen
 
 
 class _HandlerRecords:

@@ -33,6 +33,8 @@ with offline():
     from crewai.hooks.tool_hooks import register_before_tool_call_hook, unregister_before_tool_call_hook
     from crewai.tools import tool
     from crewai.tools.tool_calling import ToolCalling
+    from crewai.tools.tool_failure import ToolExecutionFailedError
+    from crewai.utilities.agent_utils import MAX_REPEATED_TOOL_CALLS, check_repeated_tool_call
     from pydantic import BaseModel
 
 import castor.frameworks._crewai_resume as resume
@@ -655,3 +657,23 @@ def test_results_are_formatted_for_the_agent_as_crewai_formats_them() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a result its model refuses is str()ed, warned
             assert [formatted(r) for r in results] == [structured.format_output_for_agent(r) for r in results]
+
+
+def test_repeated_calls_are_counted_as_crewai_counts_them() -> None:
+    """A late start counts each skipped call as CrewAI's ``check_repeated_tool_call`` does (``_count_repeat``:
+    the same keys, the same counts), and at CrewAI's limit leaves the call to CrewAI's check, which stops the
+    run. A CrewAI that keys or counts calls otherwise fails here."""
+    calls = [("search", '{"query": "q0"}', "found q0"), ("search", '{"query": "é \\"ü\\""}', "naïve\nline"),
+             ("delete file", "{}", ""), ("search", '{"query": "q0"}', "found q0")]
+    by_crewai: dict[int, int] = {}
+    counted: dict[int, int] = {}
+    for name, tool_input, observation in calls:
+        check_repeated_tool_call(by_crewai, tool_name=name, tool_args=tool_input, result=observation)
+        action = AgentAction(thought="", tool=name, tool_input=tool_input, text="")
+        resume._count_repeat(counted, action, observation, None, None)  # type: ignore[arg-type]
+    assert counted == by_crewai and max(counted.values()) == 2
+    action = AgentAction(thought="", tool="search", tool_input='{"query": "q0"}', text="")
+    for _ in range(MAX_REPEATED_TOOL_CALLS - 3):
+        resume._count_repeat(counted, action, "found q0", None, None)  # type: ignore[arg-type]
+    with pytest.raises(ToolExecutionFailedError):
+        resume._count_repeat(counted, action, "found q0", None, None)  # type: ignore[arg-type]
