@@ -58,16 +58,20 @@ class FleetOps:
 
     async def acquire(
         self, pid: str, token: str, lease_ms: int, max_takeovers: int = 3
-    ) -> tuple[str, str | int | None]:
+    ) -> tuple[str, Any]:
         """Lease a taken run: ``('ok', takeovers in a row)``, ``('quarantine', takeovers)`` (leased, but taken
-        over more than ``max_takeovers`` times in a row), ``('cancelled', None)`` or ``('held', holder token)``."""
+        over more than ``max_takeovers`` times in a row), ``('cancelled', None)``, ``('held', holder token)``,
+        or ``('driven', (holder, seconds left))`` while a process drives it embedded (its drive claim): the
+        pid stays on the taking list, to be acquired again once that drive ends."""
         p = self.prefix
-        out = await self._run(
-            "acquire",
-            [keys.lease(p, pid), keys.leased(p), self.taking, keys.cancelled(p), keys.lapsed(p), keys.takeovers(p)],
-            [pid, token, lease_ms, max_takeovers],
-        )
+        run_keys = [
+            keys.lease(p, pid), keys.leased(p), self.taking, keys.cancelled(p), keys.lapsed(p), keys.takeovers(p),
+            keys.claims(p, pid),
+        ]
+        out = await self._run("acquire", run_keys, [pid, token, lease_ms, max_takeovers])
         status = str(out[0])
+        if status == "driven":
+            return status, (str(out[1]), int(out[2]) / 1000)
         if len(out) < 2:
             return status, None
         return status, (str(out[1]) if status == "held" else int(out[1]))

@@ -95,6 +95,7 @@ class Coordinator:
         self._closing = False  # the loops end at their next turn (a cancellation alone may be lost)
         self._loops: list[asyncio.Task[None]] = []
         self._errands: set[asyncio.Task[None]] = set()  # short tasks (_spawn), each dropped once done
+        self.driven_elsewhere: dict[str, str] = {}  # pid -> the holder of its embedded drive, while it waits
 
     @property
     def name(self) -> str:
@@ -210,10 +211,14 @@ class Coordinator:
             self.slots.release()
             log.warning("%s: could not lease %s: %s", self.name, pid, exc)
             return
+        if status != "driven":
+            self.driven_elsewhere.pop(pid, None)
         if status not in ("ok", "quarantine"):
             self.slots.release()
             if status == "cancelled":
                 self._spawn(self.driver.cancel_queued(pid))
+            elif status == "driven":
+                self._spawn(self._lease_later(pid, *detail))
             return
         takeovers = int(detail or 0)
         if takeovers:
@@ -226,6 +231,24 @@ class Coordinator:
             self.stops[pid] = []  # the old drive keeps its own stop list; this one starts with a fresh one
         quarantine = takeovers if status == "quarantine" else 0
         self.tasks[pid] = asyncio.create_task(self._serve(pid, token, previous, quarantine), name=f"run {pid}")
+
+    async def _lease_later(self, pid: str, holder: str, left: float) -> None:
+        """Another process drives ``pid`` embedded (a host program or an MCP gateway on the fleet's Redis,
+        under its drive claim): a coordinator driving it too would run its calls twice. The pid stays on this
+        coordinator's taking list (queued again if this process dies or drains) and is acquired again, at
+        least every second, until that drive ends or its lease runs out."""
+        if self.driven_elsewhere.get(pid) != holder:
+            self.driven_elsewhere[pid] = holder
+            log.info("%s: run %s is driven by another process (%s); leasing it once that drive ends",
+                     self.name, pid, holder)
+        await asyncio.sleep(min(max(left, 0.05), 1.0))
+        if self.stopping.is_set():
+            return  # the drain puts the taking list back on the queue
+        await self.slots.acquire()
+        if self.stopping.is_set():
+            self.slots.release()
+            return
+        await self._lease(pid)
 
     async def _serve(self, pid: str, token: str, previous: asyncio.Task[None] | None, quarantine: int) -> None:
         self.fences.bind(pid, token)  # every write of this drive carries its own token
