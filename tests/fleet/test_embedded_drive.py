@@ -7,7 +7,6 @@ taking list), and takes over a drive claim whose lease ran out, in the same step
 from __future__ import annotations
 
 import collections
-import textwrap
 import time
 from pathlib import Path
 
@@ -15,9 +14,10 @@ from castor.fleet.scheduler._ops import FleetOps
 
 from castor.backends.redis import keys
 from castor.seams import DRIVE_STEP, Backend
-from tests.fleet.procs import Fleet
+from tests.fleet.procs import HERE, Fleet
 from tests.fleet.test_fencing import status
 from tests.fleet.test_scenario import wait_for
+from tests.fleet.tick_agent import CALLS
 
 
 async def test_a_coordinator_waits_while_a_process_holds_the_runs_drive_claim(ops: FleetOps, backend: Backend) -> None:
@@ -54,30 +54,10 @@ async def test_a_lapsed_drive_claim_is_taken_over_and_its_stalled_holder_cannot_
     assert not await backend.journal.renew_claim("r", DRIVE_STEP, "host:1:a", 15)
 
 
-TICKS = '''
-import os
-import time
-
-from castor.lib import tool
-
-
-def tick(n: int) -> str:
-    with open(os.environ["CASTOR_TEST_TICKS"], "a") as out:
-        out.write(f"{n}\\n")
-    time.sleep(0.3)
-    return f"tick {n}"
-
-
-async def ticks():
-    for n in range(12):
-        await tool("tick", n=n)
-    return "ticked"
-'''
 
 
 def test_a_run_queued_while_a_host_program_drives_it_runs_each_call_once(fleet: Fleet, tmp_path: Path) -> None:
-    path = tmp_path / "tick_mod.py"
-    path.write_text(textwrap.dedent(TICKS))
+    path = HERE / "tick_agent.py"
     ticks = tmp_path / "ticks.log"
     fleet.env["CASTOR_TEST_TICKS"] = str(ticks)
     fleet.coordinator("co-1", executor="local", lease=2.0, concurrency=4)
@@ -91,5 +71,5 @@ def test_a_run_queued_while_a_host_program_drives_it_runs_each_call_once(fleet: 
         keys.taking(fleet.prefix, "co-1")) == 0 and not fleet.redis.exists(keys.lease(fleet.prefix, "hosted")), 20)
     assert status(fleet, "hosted") == "COMPLETED"
     runs = collections.Counter(ticks.read_text().split())
-    assert runs == {str(n): 1 for n in range(12)}, runs
+    assert runs == {str(n): 1 for n in range(CALLS)}, runs
     assert "run hosted is driven by another process" in fleet.log("co-1")

@@ -5,38 +5,17 @@ call after it started ran twice (five of twelve here). It is now refused, saying
 from __future__ import annotations
 
 import collections
-import textwrap
 from pathlib import Path
 
-from tests.fleet.procs import Fleet
+from tests.fleet.procs import HERE, Fleet
 from tests.fleet.test_cli import run_json, submit, write_agent
 from tests.fleet.test_fencing import status
 from tests.fleet.test_scenario import wait_for
-
-TICKS = '''
-import os
-import time
-
-from castor.lib import tool
-
-
-def tick(n: int) -> str:
-    with open(os.environ["CASTOR_TEST_TICKS"], "a") as out:
-        out.write(f"{n}\\n")
-    time.sleep(0.4)
-    return f"tick {n}"
-
-
-async def ticks():
-    for n in range(12):
-        await tool("tick", n=n)
-    return "ticked"
-'''
+from tests.fleet.tick_agent import CALLS
 
 
 def test_resuming_a_run_a_coordinator_drives_is_refused_and_each_call_runs_once(fleet: Fleet, tmp_path: Path) -> None:
-    path = tmp_path / "tick_mod.py"
-    path.write_text(textwrap.dedent(TICKS))
+    path = HERE / "tick_agent.py"
     ticks = tmp_path / "ticks.log"
     fleet.env["CASTOR_TEST_TICKS"] = str(ticks)
     fleet.coordinator("co-1", executor="local", lease=2.0, concurrency=4)
@@ -47,7 +26,7 @@ def test_resuming_a_run_a_coordinator_drives_is_refused_and_each_call_runs_once(
     assert f"run '{pid}' is the fleet's (coordinator co-1 drives it)" in refused.stderr, refused.stderr
     wait_for("the run to finish", lambda: status(fleet, pid) == "COMPLETED", 40)
     runs = collections.Counter(ticks.read_text().split())
-    assert runs == {str(n): 1 for n in range(12)}, runs
+    assert runs == {str(n): 1 for n in range(CALLS)}, runs
 
 
 def test_resuming_a_parked_fleet_run_is_refused_and_approve_says_how(fleet: Fleet, tmp_path: Path) -> None:
