@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import KW_ONLY, dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from castor._sealing import DataKey
@@ -371,6 +371,15 @@ class JournalBinding(Protocol):
 
 
 @runtime_checkable
+class Ready(Protocol):
+    """Optional for a state seam: one whose server must be checked before runs are driven on it (Redis: it
+    must not evict keys) does so in ``ready``, raising ``ConfigError`` if it cannot keep Castor's promises."""
+
+    async def ready(self) -> None:
+        """Check the server, once."""
+
+
+@runtime_checkable
 class Closeable(Protocol):
     """Optional for a state seam: one that holds connections closes them with the backend."""
 
@@ -402,6 +411,17 @@ class Backend:
     # run (``?at_most_once=1`` in its URL): each is claimed before it runs, as on a leased store, so a
     # process that dies mid-call leaves the step in doubt for a human instead of running it again on resume.
     at_most_once: bool = False
+    _ready: bool = field(default=False, init=False, repr=False, compare=False)  # ``ready`` checked it
+
+    async def ready(self) -> None:
+        """Check, once, that the store can keep Castor's promises before a run is driven or a decision applied
+        on it (``Ready``); ``ConfigError`` if not."""
+        if self._ready:
+            return
+        for part in (self.journal, self.budgets, self.approvals, self.runs):
+            if isinstance(part, Ready):
+                await part.ready()
+        self._ready = True
 
     async def close(self) -> None:
         """Close connections the backend holds."""

@@ -62,6 +62,11 @@ async def serve(
     backend = redis_backend(
         config.url, prefix=config.prefix, data_key=DataKey.for_fleet(secret), **config.store_options
     )
+    try:
+        await backend.ready()  # a Redis that may evict the fleet's keys: refused before anything is taken
+    except BaseException:
+        await backend.close()
+        raise
     coordinator = Coordinator(config, backend, executor)
     if setup is not None:
         try:

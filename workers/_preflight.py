@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from castor.backends.redis import hide_password, keys, redis_client
+from castor.backends.redis import eviction, hide_password, keys, redis_client
 from castor.errors import BackendUnavailable
 from castor.fleet.broker import broker_error
 from castor.fleet.sealing import secret_proof
@@ -75,15 +75,30 @@ def _redis(settings: Settings) -> None:
     client = redis_client(
         settings.redis.url, sync=True, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT
     )
+    where = hide_password(settings.redis.url)
     try:
         client.ping()
+        memory = _memory(client)
     except redis.RedisError as exc:
         raise BackendUnavailable(
-            f"cannot start the worker: Redis at {hide_password(settings.redis.url)}, where the fleet's runs, "
+            f"cannot start the worker: Redis at {where}, where the fleet's runs, "
             f"journals and approvals live, is unavailable: {exc}"
         ) from exc
     finally:
         client.close()
+    if memory is not None:  # the results and claims a worker writes must not be evicted
+        eviction.check(memory, where, allow=settings.redis.allow_eviction)
+
+
+def _memory(client: Any) -> Any:
+    """``INFO memory``, or None where the server refuses ``INFO`` (renamed on a managed Redis)."""
+    import redis
+
+    try:
+        return client.info("memory")
+    except redis.ResponseError as exc:
+        log.warning("Redis did not answer INFO memory (%s): whether it may evict keys is not known", exc)
+        return None
 
 
 def consumer_timeout_warning(

@@ -54,6 +54,7 @@ async def decide(
     whose cancel stops it too."""
     if outcome not in OUTCOMES:
         raise ValueError(f"decision must be approve, reject or modify, not {outcome!r}")
+    await services.backend.ready()  # an approved call runs here: on a store that keeps its promises
     cp = await resolve(services, checkpoint)
     child = pending_child(cp)
     if child is not None:  # the call waits in a child agent: the decision is the child's

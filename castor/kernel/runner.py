@@ -74,6 +74,7 @@ async def prepare(
     ``budgets`` (else ``default_budgets``) and ``scopes`` (else ``default_scopes``); a resumed one keeps
     its own, ``budgets`` topping them up."""
     backend = services.backend
+    await backend.ready()  # once: a store that cannot keep Castor's promises (a Redis that evicts) is refused
     if checkpoint is None and pid is not None and await backend.runs.load(pid) is not None:
         checkpoint = await load(services, pid)  # a stored run of that pid resumes
     fresh = checkpoint is None and pid is None  # a pid made up here: nothing in the store can hold it yet

@@ -51,6 +51,9 @@ class RedisSection(Section):
 
     url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "castor"  # every key starts with it
+    # Run on a Redis that may evict keys (a maxmemory and a policy but noeviction): refused unless true, as
+    # an evicted record, claim or lease breaks Castor's promises (castor.backends.redis.eviction).
+    allow_eviction: Annotated[bool, Field(strict=True)] = False
 
 
 class BrokerSection(Section):

@@ -69,6 +69,8 @@ OPTIONS: dict[str, Any] = {
     "stream_maxlen": 10_000,
     # embedded runs: every non-idempotent call claimed before it runs (castor.seams.Backend.at_most_once)
     "at_most_once": False,
+    # a Redis that may evict keys (a maxmemory and a policy but noeviction) is refused unless this is true
+    "allow_eviction": False,
 }
 
 
@@ -81,7 +83,8 @@ def redis_backend(url: str, *, prefix: str = "castor", data_key: DataKey | None 
     ``reservation_seconds`` (how long a charge's holder may take before a sweep refunds it), ``holder``,
     ``approval_ttl`` (seconds a call may wait; None: forever), ``expiry_outcome`` / ``expiry_reason``
     (the decision an expired call gets), ``stream_maxlen`` (decisions kept on the stream), ``at_most_once``
-    (every non-idempotent call of a run driven on this store claimed before it runs).
+    (every non-idempotent call of a run driven on this store claimed before it runs), ``allow_eviction``
+    (drive runs on a Redis that may evict keys: ``castor.backends.redis.eviction``).
     ``data_key`` seals sensitive arguments (default: the fleet's, from ``$CASTOR_SECRET``; see
     ``castor._sealing``).
     """
@@ -101,6 +104,7 @@ def redis_backend(url: str, *, prefix: str = "castor", data_key: DataKey | None 
         socket_timeout=float(o["socket_timeout"]),
         socket_connect_timeout=float(o["socket_connect_timeout"]),
         lean=bool(o["lean_connection"]),
+        allow_eviction=bool(o["allow_eviction"]),
     )
     fences: dict[str, Fence] = {}  # one table: a run's journal writes, charges and saves pass the same fence
     journal = RedisJournal(conn, prefix, fences)

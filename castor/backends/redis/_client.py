@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from castor._redact import hide_password
+from castor.backends.redis import eviction
 from castor.backends.redis import resp as _resp
 from castor.backends.redis._batch import Batcher
 from castor.backends.redis.scripts import STORE_SCRIPTS as SCRIPTS
@@ -49,6 +51,7 @@ from castor.errors import BackendUnavailable, ConfigError, StaleLeaseError
 
 _CLUSTER_ERRORS = (ClusterCrossSlotError, MovedError, AskError, ClusterDownError)
 _DRIVER_ERRORS = (RedisError, _resp.RespError, BackendUnavailable)  # what redis-py and the lean connection raise
+log = logging.getLogger("castor.redis")
 _LOST = (RedisConnectionError, RedisTimeoutError, BackendUnavailable)  # the command may or may not have run
 
 def redis_client(url: str, *, sync: bool = False, **options: Any) -> Any:
@@ -109,8 +112,11 @@ class RedisConnection:
         socket_timeout: float = 5.0,
         socket_connect_timeout: float = 2.0,
         lean: bool = True,
+        allow_eviction: bool = False,
     ) -> None:
         self.url = url
+        self.allow_eviction = allow_eviction  # a Redis that may evict keys is refused by ``ready`` unless True
+        self._ready = False
         self.safe_url = hide_password(url)
         self.max_connections = max_connections
         self.socket_timeout = socket_timeout
@@ -176,6 +182,22 @@ class RedisConnection:
             await state.closer.aclose()
         for other in [lp for lp in self._loops if lp.is_closed()]:
             del self._loops[other]
+
+    async def ready(self) -> None:
+        """Refuse a server that may evict keys (``castor.backends.redis.eviction``): read once a process.
+        A server that does not answer ``INFO`` (a managed Redis may rename it) cannot tell: it is taken."""
+        if self._ready:
+            return
+        try:
+            info = await self.command("info", "memory")
+        except BackendUnavailable:
+            raise
+        except Exception as exc:  # INFO refused: nothing to judge by
+            log.warning("Redis at %s did not answer INFO memory (%s): whether it may evict keys is not known",
+                        self.safe_url, exc)
+        else:
+            eviction.check(info, self.safe_url, allow=self.allow_eviction)
+        self._ready = True
 
     # --- calls ------------------------------------------------------------------------------------
 

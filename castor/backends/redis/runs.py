@@ -197,6 +197,10 @@ class RedisRunStore:
 
         await self._conn.run(drop)
 
+    async def ready(self) -> None:
+        """Refuse a Redis that may evict keys (``castor.backends.redis.eviction``), once a process."""
+        await self._conn.ready()
+
     async def close(self) -> None:
         """Close this event loop's connections."""
         await self._conn.close()
