@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import KW_ONLY, dataclass, field
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from castor._sealing import DataKey
@@ -411,7 +411,7 @@ class Backend:
     # run (``?at_most_once=1`` in its URL): each is claimed before it runs, as on a leased store, so a
     # process that dies mid-call leaves the step in doubt for a human instead of running it again on resume.
     at_most_once: bool = False
-    _ready: bool = field(default=False, init=False, repr=False, compare=False)  # ``ready`` checked it
+    _ready = False  # ``ready`` checked it (not a field: ``dataclasses.replace`` makes a backend to check again)
 
     async def ready(self) -> None:
         """Check, once, that the store can keep Castor's promises before a run is driven or a decision applied

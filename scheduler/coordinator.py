@@ -5,6 +5,8 @@ taking list, so a crash mid-take loses nothing) and leases it; the *heartbeat* r
 round trip and registers the coordinator; the *waker* reads the decision and control streams (XREAD BLOCK)
 and queues decided runs; the *sweeper* queues runs whose lease ran out and what dead coordinators took.
 A run that suspends for a human is unwound and parked: it holds no slot, no coroutine, no memory here.
+A run another process drives embedded (its drive claim) is not leased: it stays on the taking list, tried
+again every second until that drive ends.
 """
 
 from __future__ import annotations

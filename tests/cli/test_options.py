@@ -171,7 +171,7 @@ def test_a_misspelt_option_in_a_redis_url_is_one_line_naming_the_known_ones(cli:
     wrong = cli("ps", "--store", "redis://127.0.0.1:6379/11?prefx=nc")
     assert wrong.code == 1
     assert wrong.err.startswith("castor: error: unknown option(s) prefx in the Redis URL (did you mean prefix?); "
-                                "Castor's: prefix, approval_ttl,"), wrong.err
+                                "Castor's: prefix, allow_eviction, approval_ttl,"), wrong.err
     assert wrong.err.count("\n") == 1
 
 
