@@ -31,7 +31,7 @@ from castor._terminal import CANCELLED, cancelled, save_run
 from castor.checkpoint import FINISHED, AgentCheckpoint
 from castor.errors import ConfigError, RunBusyError, RunNotFoundError
 from castor.kernel.children import top_run
-from castor.kernel.claims import DRIVE_STEP, LEASE, applies_a_decision, holder_gone, new_holder
+from castor.kernel.claims import DRIVE_STEP, applies_a_decision, claim_drive, holder_gone, new_holder
 from castor.seams import Backend, Decision
 
 
@@ -123,7 +123,7 @@ async def cancel_stored(backend: Backend, pid: str, by: str) -> str:
         return through(pid, top, await cancel_stored(backend, top, by))
     header = await cancellable(backend, pid)
     journal, holder = backend.journal, new_holder()
-    found = await journal.claim(pid, DRIVE_STEP, 0, holder, LEASE)
+    found = await claim_drive(journal, pid, holder)
     # Beside a decision being applied the cancel goes ahead unclaimed: their order decides (above).
     beside_decision = found.state != "claimed" and applies_a_decision(found.holder) and not holder_gone(found)
     if found.state != "claimed" and not beside_decision:
@@ -132,8 +132,7 @@ async def cancel_stored(backend: Backend, pid: str, by: str) -> str:
                 f"run {pid!r} is being driven by {found.holder} (a castor run or resume still going): stop that "
                 "process first (Ctrl-C); the run stays resumable"
             )
-        found = await journal.claim(pid, DRIVE_STEP, 0, holder, LEASE, replace=found.holder,
-                                    lapsed_only=found.expired)
+        found = await claim_drive(journal, pid, holder, replace=found.holder, lapsed_only=found.expired)
         if found.state != "claimed":
             raise RunBusyError(f"run {pid!r} was taken up by another process meanwhile; cancel it again")
     try:

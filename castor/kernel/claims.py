@@ -201,6 +201,20 @@ class Drive:
             )
 
 
+async def claim_drive(
+    journal: Journal, run_id: str, holder: str, *, replace: str = "", lapsed_only: bool = False
+) -> StepClaim:
+    """Claim the drive of ``run_id`` for ``holder`` (``Journal.claim`` of ``DRIVE_STEP``). Cancelled while the
+    claim is on its way (a Ctrl-C, a task stopped), the claim may have been written: it is given back, so the
+    next drive (a resume, a coordinator) does not wait out its lease for a holder that is gone."""
+    try:
+        return await journal.claim(run_id, DRIVE_STEP, 0, holder, LEASE, replace=replace, lapsed_only=lapsed_only)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):  # a store away keeps the lease: it runs out as before
+            await asyncio.shield(journal.release_claim(run_id, DRIVE_STEP, holder))
+        raise
+
+
 @contextlib.asynccontextmanager
 async def driving(journal: Journal, run_id: str, kind: str = "") -> AsyncIterator[Drive]:
     """Hold the drive of ``run_id`` for the block: wait while another live process drives it, take it
@@ -208,7 +222,7 @@ async def driving(journal: Journal, run_id: str, kind: str = "") -> AsyncIterato
     ``new_holder``'s. The block gets the ``Drive``, to confirm before it runs or writes anything."""
     holder, replace, lapsed, waiting = new_holder(kind), "", False, False
     while True:
-        found = await journal.claim(run_id, DRIVE_STEP, 0, holder, LEASE, replace=replace, lapsed_only=lapsed)
+        found = await claim_drive(journal, run_id, holder, replace=replace, lapsed_only=lapsed)
         if found.state == "claimed":
             break
         if holder_gone(found):
