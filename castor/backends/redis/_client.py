@@ -51,8 +51,8 @@ from castor.errors import BackendUnavailable, ConfigError, StaleLeaseError
 
 _CLUSTER_ERRORS = (ClusterCrossSlotError, MovedError, AskError, ClusterDownError)
 _DRIVER_ERRORS = (RedisError, _resp.RespError, BackendUnavailable)  # what redis-py and the lean connection raise
-log = logging.getLogger("castor.redis")
 _LOST = (RedisConnectionError, RedisTimeoutError, BackendUnavailable)  # the command may or may not have run
+log = logging.getLogger("castor.redis")
 
 def redis_client(url: str, *, sync: bool = False, **options: Any) -> Any:
     """A redis-py client (asyncio, or blocking with ``sync``) as every Castor process makes one: ``options``
