@@ -79,6 +79,7 @@ from castor.frameworks._conversations import Conversations
 from castor.frameworks._pydantic_ai_json import cached_message, model_response, without_volatile
 from castor.frameworks._pydantic_ai_readers import compact
 from castor.frameworks._pydantic_ai_replay import next_step_journaled, record_durable_unit, replay_scope
+from castor.frameworks._pydantic_ai_schemas import as_sent, lean_run
 from castor.frameworks._pydantic_ai_stream import GuardedStreamedResponse, event_text
 from castor.mcp.upstream import McpServer
 
@@ -369,11 +370,18 @@ class GuardedAgent(WrapperAgent[Any, Any]):
         # The agent's own tools are replaced tool by tool (override(tools=...)): replacing the agent's
         # toolsets costs pydantic-ai about 0.6 ms more per step; other toolsets are wrapped whole.
         self._overrides: dict[str, Any] = {"model": self._guarded_model}
+        # The same with each tool's definition as the model sends it, for a run that reads it nowhere else
+        # (``_pydantic_ai_schemas``); None where no tool's differs.
+        self._lean_overrides: dict[str, Any] | None = None
         if isinstance(own, FunctionToolset):
             tool_entries(own)  # refused here if Castor cannot check a tool's arguments
-            self._overrides["tools"] = [_guarded_tool(t) for t in own.tools.values()]
+            guarded = [_guarded_tool(t) for t in own.tools.values()]
+            self._overrides["tools"] = guarded
             if others:
                 self._overrides["toolsets"] = [guard_toolset(t) for t in others]
+            lean = [as_sent(t) for t in guarded]
+            if any(a is not b for a, b in zip(lean, guarded, strict=True)):
+                self._lean_overrides = {**self._overrides, "tools": lean}
         else:
             self._overrides.update(toolsets=[guard_toolset(t) for t in wrapped.toolsets], tools=[])
 
@@ -390,7 +398,12 @@ class GuardedAgent(WrapperAgent[Any, Any]):
         """The wrapped agent's ``iter`` with the guarded model and toolsets; a suspension passes as itself."""
         if kwargs.get("model") is not None or kwargs.get("toolsets"):
             raise UnsupportedError("a guarded agent runs its own model and tools: pass model=/toolsets= to guard()")
-        with self.wrapped.override(**self._overrides), replay_scope():
+        overrides = self._overrides
+        if self._lean_overrides is not None:
+            model = self._guarded_model
+            if lean_run(self.wrapped, model.wrapped if isinstance(model, GuardedModel) else model, kwargs):
+                overrides = self._lean_overrides
+        with self.wrapped.override(**overrides), replay_scope():
             async with suspensions_pass(), self.wrapped.iter(*args, **kwargs) as run:
                 yield run
 
