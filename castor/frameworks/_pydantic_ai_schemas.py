@@ -48,9 +48,8 @@ class _SentTool(Tool[Any]):
 
 def as_sent(tool: Tool[Any]) -> Tool[Any]:
     """A copy of ``tool`` whose definition is made as sent (``_SentTool``), unless it prepares its own
-    definition (then ``tool`` itself)."""
-    if tool.prepare is not None or type(tool).prepare_tool_def is not Tool.prepare_tool_def or (
-            type(tool).tool_def is not Tool.tool_def):
+    definition or is of a class of its own (then ``tool`` itself: its class may make it otherwise)."""
+    if type(tool) is not Tool or tool.prepare is not None:
         return tool
     sent = copy.copy(tool)
     sent.__class__ = _SentTool  # the same fields; only its definition is made otherwise

@@ -76,6 +76,16 @@ def test_a_tool_that_prepares_its_definition_is_left_as_it_is() -> None:
     assert sent is not plain and isinstance(sent, Tool) and plain.tool_def.return_schema  # the agent's own as it was
 
 
+def test_a_tool_of_a_class_of_its_own_is_left_as_it_is() -> None:
+    class Described(Tool[Any]):  # a subclass may make its definition, or anything else, otherwise
+        @property
+        def tool_def(self) -> ToolDefinition:
+            return dataclasses.replace(super().tool_def, description="described here")
+
+    own = Described(search)
+    assert as_sent(own) is own
+
+
 def _agent(seen: list[list[ToolDefinition]], **options: Any) -> Agent[Any, str]:
     def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
         seen.append(list(info.function_tools))
