@@ -51,6 +51,7 @@ async def one_call() -> object:
     return await tool("echo", text="hi")
 
 
+@pytest.mark.fleet  # a redis-server of its own
 async def test_a_run_on_a_redis_that_may_evict_is_refused_before_it_writes_anything(evicting: str) -> None:
     kernel = Castor(tools=[echo], store=f"{evicting}?prefix=evict-a")
     try:
@@ -68,6 +69,7 @@ async def test_a_run_on_a_redis_that_may_evict_is_refused_before_it_writes_anyth
         client.close()
 
 
+@pytest.mark.fleet  # a redis-server of its own
 async def test_allow_eviction_runs_anyway(evicting: str) -> None:
     kernel = Castor(tools=[echo], store=f"{evicting}?prefix=evict-b&allow_eviction=1")
     try:
@@ -77,6 +79,7 @@ async def test_allow_eviction_runs_anyway(evicting: str) -> None:
     assert cp.status == "COMPLETED"
 
 
+@pytest.mark.fleet  # a redis-server of its own
 def test_a_coordinator_refuses_it_at_start_in_one_line(evicting: str, tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "castor", "coordinator", "--redis", f"{evicting}?prefix=evict-c", "--executor",
@@ -93,6 +96,7 @@ def test_a_coordinator_refuses_it_at_start_in_one_line(evicting: str, tmp_path: 
         client.close()
 
 
+@pytest.mark.fleet  # a redis-server of its own
 def test_a_worker_refuses_it_before_it_consumes_unless_the_config_allows_it(evicting: str) -> None:
     from castor.fleet.workers._preflight import _redis
 
