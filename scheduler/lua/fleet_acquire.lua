@@ -17,7 +17,10 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local drive = redis.call('HGET', KEYS[7], '-1')
 if drive then
   local lease_end, owner = string.match(drive, '^%d+|([^|]+)|(.*)$')
-  local left = math.floor(tonumber(lease_end) * 1000) - now
+  local left = 0  -- a claim that is not one of Castor's (written by hand, garbled) holds nothing: dropped
+  if lease_end and tonumber(lease_end) then
+    left = math.floor(tonumber(lease_end) * 1000) - now
+  end
   if left > 0 then
     -- on the list once, also a run set aside that was adopted (on no list): where a death finds it
     redis.call('LREM', KEYS[3], 1, ARGV[1])

@@ -73,3 +73,12 @@ def test_a_run_queued_while_a_host_program_drives_it_runs_each_call_once(fleet: 
     runs = collections.Counter(ticks.read_text().split())
     assert runs == {str(n): 1 for n in range(CALLS)}, runs
     assert "run hosted is driven by another process" in fleet.log("co-1")
+
+
+async def test_a_garbled_drive_claim_neither_stops_the_coordinator_nor_holds_the_run(ops: FleetOps) -> None:
+    # anyone who can write to the fleet's Redis: the lease script must not fail on what it finds there
+    await ops.redis.hset(keys.claims(ops.prefix, "r"), str(DRIVE_STEP), "not a claim")
+    await ops.client.enqueue("r")
+    assert await ops.take(timeout=1) == "r"
+    assert await ops.acquire("r", ops.new_token(), 5000) == ("ok", 0)
+    assert await ops.redis.hget(keys.claims(ops.prefix, "r"), str(DRIVE_STEP)) is None
