@@ -262,6 +262,6 @@ def target(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:
         or (settings.redis.prefix if settings else None)
         or "castor"
     )
-    if settings is not None and settings.redis.allow_eviction:
-        options.setdefault("allow_eviction", True)
+    if settings is not None:
+        options = {**settings.redis.store_options(), **options}
     return address, prefix, options

@@ -415,7 +415,7 @@ def fleet_options(
     require_secret(settings, SENDER)  # before anything connects
     backend = redis_backend(
         settings.redis.url, prefix=settings.redis.prefix, data_key=DataKey.for_fleet(settings.security.secret),
-        **{"allow_eviction": settings.redis.allow_eviction, **(backend_options or {})},
+        **{**settings.redis.store_options(), **(backend_options or {})},
     )
     options: dict[str, Any] = {
         "tools": load_tools(settings.tools.imports),

@@ -54,6 +54,17 @@ class RedisSection(Section):
     # Run on a Redis that may evict keys (a maxmemory and a policy but noeviction): refused unless true, as
     # an evicted record, claim or lease breaks Castor's promises (castor.backends.redis.eviction).
     allow_eviction: Annotated[bool, Field(strict=True)] = False
+    # A claim (and a journal record) counts once this many replicas acknowledged it, within replica_timeout
+    # seconds (Redis's WAIT): a failover to a replica then loses no claim a call ran under
+    # (castor.backends.redis.replicas). 0: no wait, as Redis itself does.
+    replicas: Annotated[int, Field(strict=True, ge=0, le=64)] = 0
+    replica_timeout: Annotated[float, Field(strict=True, gt=0, le=4)] = 1.0
+
+    def store_options(self) -> dict[str, Any]:
+        """The Redis store options (``castor.backends.redis.OPTIONS``) this section sets."""
+        return {
+            "allow_eviction": self.allow_eviction, "replicas": self.replicas, "replica_timeout": self.replica_timeout
+        }
 
 
 class BrokerSection(Section):

@@ -71,6 +71,9 @@ OPTIONS: dict[str, Any] = {
     "at_most_once": False,
     # a Redis that may evict keys (a maxmemory and a policy but noeviction) is refused unless this is true
     "allow_eviction": False,
+    # a claim or record counts once this many replicas acknowledged it (WAIT), waited for replica_timeout s
+    "replicas": 0,
+    "replica_timeout": 1.0,
 }
 
 
@@ -84,7 +87,8 @@ def redis_backend(url: str, *, prefix: str = "castor", data_key: DataKey | None 
     ``approval_ttl`` (seconds a call may wait; None: forever), ``expiry_outcome`` / ``expiry_reason``
     (the decision an expired call gets), ``stream_maxlen`` (decisions kept on the stream), ``at_most_once``
     (every non-idempotent call of a run driven on this store claimed before it runs), ``allow_eviction``
-    (drive runs on a Redis that may evict keys: ``castor.backends.redis.eviction``).
+    (drive runs on a Redis that may evict keys: ``castor.backends.redis.eviction``), ``replicas`` /
+    ``replica_timeout`` (a claim or record counts once that many replicas have it: ``castor.backends.redis.replicas``).
     ``data_key`` seals sensitive arguments (default: the fleet's, from ``$CASTOR_SECRET``; see
     ``castor._sealing``).
     """
@@ -105,6 +109,8 @@ def redis_backend(url: str, *, prefix: str = "castor", data_key: DataKey | None 
         socket_connect_timeout=float(o["socket_connect_timeout"]),
         lean=bool(o["lean_connection"]),
         allow_eviction=bool(o["allow_eviction"]),
+        replicas=int(o["replicas"]),
+        replica_timeout=float(o["replica_timeout"]),
     )
     fences: dict[str, Fence] = {}  # one table: a run's journal writes, charges and saves pass the same fence
     journal = RedisJournal(conn, prefix, fences)

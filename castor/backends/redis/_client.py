@@ -45,6 +45,7 @@ from castor._redact import hide_password
 from castor.backends.redis import eviction
 from castor.backends.redis import resp as _resp
 from castor.backends.redis._batch import Batcher
+from castor.backends.redis.replicas import Acks
 from castor.backends.redis.scripts import STORE_SCRIPTS as SCRIPTS
 from castor.backends.redis.scripts import forgotten
 from castor.errors import BackendUnavailable, ConfigError, StaleLeaseError
@@ -113,9 +114,16 @@ class RedisConnection:
         socket_connect_timeout: float = 2.0,
         lean: bool = True,
         allow_eviction: bool = False,
+        replicas: int = 0,
+        replica_timeout: float = 1.0,
     ) -> None:
         self.url = url
         self.allow_eviction = allow_eviction  # a Redis that may evict keys is refused by ``ready`` unless True
+        # ``replicated``: how many replicas must have a claim or record before it counts, waited for how long
+        self.replicas, self.replica_timeout = replicas, replica_timeout
+        if replicas and not 0 < replica_timeout < socket_timeout:
+            raise ConfigError(f"replica_timeout={replica_timeout:g} must be above 0 and below socket_timeout="
+                              f"{socket_timeout:g} (the wait for replicas holds a connection that long)")
         self._ready = False
         self.safe_url = hide_password(url)
         self.max_connections = max_connections
@@ -198,6 +206,32 @@ class RedisConnection:
         else:
             eviction.check(info, self.safe_url, allow=self.allow_eviction)
         self._ready = True
+
+    async def replicated(self, key: str, what: str) -> None:
+        """With ``replicas`` set, return once that many replicas have every write this process made before the
+        call (``castor.backends.redis.replicas``; ``key`` is written to ask), else ``BackendUnavailable``
+        saying ``what`` is not safe yet: a failover now could lose it. Without, return at once."""
+        if not self.replicas:
+            return
+        state = self.state()
+        acks = state.extras.get(f"acks:{key}")
+        if acks is None:
+            wanted, ms = self.replicas, max(1, int(self.replica_timeout * 1000))
+
+            async def probe(client: aioredis.Redis) -> int:
+                async with client.pipeline(transaction=False) as pipe:
+                    pipe.incr(key)
+                    pipe.execute_command("WAIT", wanted, ms)
+                    replies = await pipe.execute()
+                return int(replies[1])
+
+            acks = state.extras[f"acks:{key}"] = Acks(lambda: self.run(probe))  # repeatable: an INCR and a WAIT
+        got = await acks.wait()
+        if got < self.replicas:
+            raise BackendUnavailable(
+                f"{what}: {got} of the {self.replicas} Redis replica(s) asked for (replicas= in the store URL) "
+                f"acknowledged it within {self.replica_timeout:g} s at {self.safe_url}; a failover now could lose it"
+            )
 
     # --- calls ------------------------------------------------------------------------------------
 

@@ -6,6 +6,9 @@ step, with leases judged by Redis's clock. The claims of a run are one hash unde
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from castor.backends.redis import keys
 from castor.backends.redis._client import RedisConnection
 from castor.seams import DRIVE_STEP, StepClaim
@@ -56,11 +59,24 @@ class RedisClaims:
         )
         state, *rest = reply
         if state == "claimed":
+            if self._conn.replicas:
+                await self._replicated(run_id, step, holder)
             return CLAIMED
         if state == "journaled":
             return JOURNALED
         owner, held_attempt, expired = rest
         return StepClaim("held", str(owner), int(held_attempt), str(expired) == "1")
+
+    async def _replicated(self, run_id: str, step: int, holder: str) -> None:
+        """With ``replicas=N``, a claim counts once N replicas have it: one a failover could lose would let the
+        step (or the run's drive) be taken again while its holder runs it. Given back otherwise, unused."""
+        what = f"the drive of run {run_id!r}" if step == DRIVE_STEP else f"the claim of run {run_id!r} step {step}"
+        try:
+            await self._conn.replicated(keys.replicated(self._prefix), what)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the primary away too: the lease runs out by itself
+                await asyncio.shield(self.release_claim(run_id, step, holder))
+            raise
 
     async def renew_claim(self, run_id: str, step: int, holder: str, lease: float) -> bool:
         """Extend the holder's lease."""

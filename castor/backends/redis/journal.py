@@ -105,6 +105,8 @@ class RedisJournal(RedisClaims):
             raise JournalConflictError(
                 f"run {run_id!r} step {step} is journaled already; records are write-once"
             )
+        if self._conn.replicas:  # written counts once N replicas have it (written again, the same record is taken)
+            await self._conn.replicated(keys.replicated(p), f"the record of run {run_id!r} step {step}")
 
     async def get(self, run_id: str, step: int) -> SyscallRecord | None:
         """The record of ``step``, looked up through the fork's parents."""

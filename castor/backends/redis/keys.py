@@ -49,6 +49,11 @@ def charges(prefix: str, run_id: str) -> str:
     return f"{prefix}:{{{run_id}}}:charges"
 
 
+def replicated(prefix: str) -> str:
+    """Counter: written to ask how many replicas have every earlier write (``castor.backends.redis.replicas``)."""
+    return f"{prefix}:replicated"
+
+
 def claims(prefix: str, run_id: str) -> str:
     """Hash: step -> ``<attempt>|<lease end>|<holder>``, who executes a step that must run at most once."""
     return f"{prefix}:{{{run_id}}}:claims"

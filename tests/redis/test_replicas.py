@@ -1,0 +1,314 @@
+"""A failover to a Redis replica loses no claim a call ran under (``replicas=N``: Redis's ``WAIT``).
+
+Redis replicates asynchronously: a primary acknowledges a write, then sends it on. One that dies in between
+has lost the write once its replica is promoted. A step's claim lost so let the promoted Redis hand the step
+out again: the call, which ran under that claim, ran twice. Against a primary and a replica of the test's
+own, the replication link through a relay that can stop passing the primary's stream on (a link that lags,
+as it does under load or across a network), with the primary killed and the replica promoted as Sentinel
+or a managed Redis would."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from castor import Castor, castor_tool
+from castor.backends.redis import keys
+from castor.backends.redis.replicas import Acks
+from castor.errors import BackendUnavailable, ConfigError
+from castor.lib import tool
+from castor.settings import Settings
+from tests.redis_support import free_port, need_redis_server, start_redis_server
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Link:
+    """A relay for a replica's connection to its primary; ``lag()`` stops passing the primary's stream on
+    (what it sends from then on is dropped: the replica never sees it), ``close()`` ends it."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.lagging = threading.Event()
+        self._stop = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self.port = int(self._listener.getsockname()[1])
+        self._threads = [threading.Thread(target=self._serve, daemon=True)]
+        self._threads[0].start()
+
+    def lag(self) -> None:
+        self.lagging.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._listener.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                replica = self._listener.accept()[0]
+            except TimeoutError:
+                continue
+            thread = threading.Thread(target=self._relay, args=(replica,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _relay(self, replica: socket.socket) -> None:
+        with replica, contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.upstream)) as primary:
+            while not self._stop.is_set():
+                ready, _, _ = select.select([replica, primary], [], [], 0.1)
+                for sock in ready:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    if sock is primary:
+                        if not self.lagging.is_set():
+                            replica.sendall(data)
+                    else:
+                        primary.sendall(data)  # the replica's acknowledgements: of what it got
+
+
+def _info(url: str, field: str) -> str:
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        return str(client.info("replication").get(field, ""))
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[tuple[str, str, Link, subprocess.Popen[bytes]]]:
+    """A primary and its replica (through a ``Link``): their URLs, the link, the primary's process."""
+    need_redis_server("starts a primary and a replica of its own")
+    first, second = free_port(), free_port()
+    (tmp_path / "p").mkdir()
+    (tmp_path / "r").mkdir()
+    primary = start_redis_server(tmp_path / "p", first)
+    link = Link(first)
+    replica = start_redis_server(tmp_path / "r", second, "--replicaof", "127.0.0.1", str(link.port))
+    p_url, r_url = f"redis://127.0.0.1:{first}/0", f"redis://127.0.0.1:{second}/0"
+    deadline = time.monotonic() + 10
+    while _info(r_url, "master_link_status") != "up" or _info(p_url, "connected_slaves") != "1":
+        assert time.monotonic() < deadline, "the replica did not catch up with its primary"
+        time.sleep(0.05)
+    try:
+        yield p_url, r_url, link, primary
+    finally:
+        link.close()
+        for proc in (primary, replica):
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+# --- the agent: a lookup, then a charge that must never run twice -------------------------------------------
+
+async def lookup(order: str) -> str:
+    """Read-only."""
+    return f"order {order}: 12.50 EUR"
+
+
+async def _lag_if_asked() -> None:
+    """Where $LAG names a file, the replication link starts lagging now: the file is made; the test, which
+    owns the link, makes it lag and removes the file."""
+    signal = os.environ.get("LAG")
+    if signal:
+        Path(signal).touch()
+        deadline = time.monotonic() + 5
+        while Path(signal).exists():
+            assert time.monotonic() < deadline, "the test did not make the link lag"
+            await asyncio.sleep(0.01)
+
+
+@castor_tool(idempotent=False)
+async def charge(order: str) -> str:
+    """Charges a card: each run is a line of the file named by $CHARGES."""
+    with open(os.environ["CHARGES"], "a") as out:
+        out.write(f"{order}\n")
+    return f"charged {order}"
+
+
+async def checkout() -> object:
+    await tool("lookup", order="A-1")
+    await _lag_if_asked()  # the lookup is journaled, on the replica too
+    return await tool("charge", order="A-1")
+
+
+def _kernel(url: str) -> Castor:
+    return Castor(tools=[lookup, charge], store=url)
+
+
+def first_part(url: str) -> None:
+    """The run's first drive, in a process of its own, as a program that stops with its Redis would be."""
+
+    async def go() -> None:
+        kernel = _kernel(url)
+        try:
+            await kernel.run(checkout, pid="order-A-1")
+        finally:
+            await kernel.close()
+
+    try:
+        asyncio.run(go())
+    except BackendUnavailable as exc:
+        print(f"unavailable: {exc}")
+        sys.exit(3)
+
+
+def _drive_first_part(store: str, link: Link, tmp_path: Path, charges: Path) -> subprocess.CompletedProcess[str]:
+    lag = tmp_path / "lag"
+    env = {**os.environ, "CHARGES": str(charges), "LAG": str(lag), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", f"from tests.redis.test_replicas import first_part; first_part({store!r})"],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 60
+    while proc.poll() is None:
+        if lag.exists():
+            link.lag()
+            lag.unlink()
+        assert time.monotonic() < deadline, "the first part did not end"
+        time.sleep(0.01)
+    out, err = proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _fail_over(primary: subprocess.Popen[bytes], link: Link, replica_url: str) -> None:
+    """The primary dies with what it did not send on; its replica is promoted."""
+    primary.kill()
+    primary.wait(timeout=10)
+    link.close()
+    client = redis.Redis.from_url(replica_url)
+    try:
+        client.execute_command("REPLICAOF", "NO", "ONE")
+    finally:
+        client.close()
+
+
+def _charged(charges: Path) -> list[str]:
+    return charges.read_text().split() if charges.exists() else []
+
+
+@pytest.mark.fleet  # a primary, a replica and a program of their own
+async def test_a_failover_loses_no_claim_a_call_ran_under(
+    pair: tuple[str, str, Link, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """The charge's claim reaches the primary, not the replica: with ``replicas=1`` the claim is not taken
+    (given back, the program stops: Redis unavailable) and the charge does not run; after the failover the
+    run is resumed on the promoted replica and charges once. Without the wait, the charge ran under a claim
+    the replica never had, and ran again after the failover."""
+    primary_url, replica_url, link, primary = pair
+    charges = tmp_path / "charges"
+    store = f"{primary_url}?prefix=fo&at_most_once=1&replicas=1&replica_timeout=0.3"
+    first = _drive_first_part(store, link, tmp_path, charges)
+    client = redis.Redis.from_url(primary_url, decode_responses=True)
+    try:
+        claims_left = client.hkeys(keys.claims("fo", "order-A-1"))
+    finally:
+        client.close()
+
+    _fail_over(primary, link, replica_url)
+    os.environ["CHARGES"] = str(charges)
+    kernel = _kernel(f"{replica_url}?prefix=fo&at_most_once=1")
+    try:
+        cp = await kernel.run(checkout, checkpoint=await kernel.aload("order-A-1"))
+    finally:
+        await kernel.close()
+        del os.environ["CHARGES"]
+    assert _charged(charges) == ["A-1"]  # twice without the wait: before the failover, and after it
+    assert first.returncode == 3, first.stdout + first.stderr
+    assert "the claim of run 'order-A-1' step 1: 0 of the 1 Redis replica(s)" in first.stdout, first.stdout
+    assert claims_left == []  # given back: nobody waits out its lease
+    assert cp.status == "COMPLETED", cp.status
+    assert _charged(charges) == ["A-1"]
+
+
+@pytest.mark.fleet  # a primary and a replica of their own
+async def test_with_its_replica_keeping_up_a_run_waits_for_it_and_the_replica_has_every_record(
+    pair: tuple[str, str, Link, subprocess.Popen[bytes]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    primary_url, replica_url, _, _ = pair
+    monkeypatch.setenv("CHARGES", str(tmp_path / "charges"))
+    kernel = _kernel(f"{primary_url}?prefix=ok&at_most_once=1&replicas=1")
+    try:
+        cp = await kernel.run(checkout, pid="order-B")
+    finally:
+        await kernel.close()
+    assert cp.status == "COMPLETED"
+    # Read at once, no wait: what a record's append returned for, the replica had.
+    client = redis.Redis.from_url(replica_url)
+    try:
+        assert client.zcard(keys.journal("ok", "order-B")) == 2
+        assert int(client.get(keys.replicated("ok")) or 0) >= 3  # the drive, the claim, the records waited
+    finally:
+        client.close()
+
+
+@pytest.mark.fleet  # a primary and a replica of their own
+async def test_a_drive_no_replica_acknowledges_is_refused_before_anything_runs(
+    pair: tuple[str, str, Link, subprocess.Popen[bytes]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    primary_url, _, link, _ = pair
+    link.lag()
+    monkeypatch.setenv("CHARGES", str(tmp_path / "charges"))
+    kernel = _kernel(f"{primary_url}?prefix=lag&replicas=1&replica_timeout=0.2")
+    try:
+        with pytest.raises(BackendUnavailable) as refused:
+            await kernel.run(checkout, pid="order-C")
+    finally:
+        await kernel.close()
+    assert "the drive of run 'order-C': 0 of the 1 Redis replica(s) asked for" in str(refused.value)
+    assert "failover now could lose it" in str(refused.value)
+    assert not (tmp_path / "charges").exists()
+    client = redis.Redis.from_url(primary_url)
+    try:
+        assert client.hkeys(keys.claims("lag", "order-C")) == []
+    finally:
+        client.close()
+
+
+async def test_one_probe_answers_every_waiter_that_wrote_before_it_went_out() -> None:
+    """A thousand claims at once wait for one or two probes, not a thousand; a failed probe fails its batch
+    only; a waiter that came while a probe was out waits for the next one."""
+    sent: list[int] = []
+    release = asyncio.Event()
+
+    async def probe() -> int:
+        sent.append(len(sent))
+        await release.wait()
+        if len(sent) == 2:
+            raise BackendUnavailable("Redis went away")
+        return 1
+
+    acks = Acks(probe)
+    first = [asyncio.ensure_future(acks.wait()) for _ in range(500)]
+    await asyncio.sleep(0)  # the first probe is out: these join the next batch
+    second = [asyncio.ensure_future(acks.wait()) for _ in range(500)]
+    await asyncio.sleep(0)
+    assert len(sent) == 1
+    release.set()
+    assert await asyncio.gather(*first) == [1] * 500
+    failed = await asyncio.gather(*second, return_exceptions=True)
+    assert all(isinstance(f, BackendUnavailable) for f in failed) and len(sent) == 2
+    assert await acks.wait() == 1 and len(sent) == 3
+
+
+def test_replica_settings_reach_the_store_and_a_timeout_past_the_socket_is_refused() -> None:
+    settings = Settings(redis={"replicas": 2, "replica_timeout": 0.5})
+    assert settings.redis.store_options() == {"allow_eviction": False, "replicas": 2, "replica_timeout": 0.5}
+    with pytest.raises(ConfigError, match="replica_timeout=5 must be above 0 and below socket_timeout=5"):
+        Castor(tools=[lookup], store="redis://127.0.0.1:1/0?replicas=1&replica_timeout=5")
