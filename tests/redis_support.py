@@ -250,3 +250,113 @@ def counting_round_trips(monkeypatch: pytest.MonkeyPatch) -> RoundTrips:
     monkeypatch.setattr(aioconnection.AbstractConnection, "send_packed_command", counting)
     monkeypatch.setattr(resp._Protocol, "_flush", counting_flush)
     return counter
+
+
+class ReplicationLink:
+    """A relay for a replica's connection to its primary, to play a link that lags: ``lag()`` holds what the
+    primary sends from then on (the replica does not see it, nor acknowledge it), ``catch_up()`` passes it on
+    and relays again, ``close()`` ends the link with what it holds lost (the primary died with it)."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self._lagging = threading.Event()
+        self._stop = threading.Event()
+        self._held: list[bytes] = []
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self.port = int(self._listener.getsockname()[1])
+        self._threads = [threading.Thread(target=self._serve, daemon=True)]
+        self._threads[0].start()
+
+    def lag(self) -> None:
+        """Hold the primary's stream from now on."""
+        self._lagging.set()
+
+    def catch_up(self) -> None:
+        """Pass on what was held, then relay as before."""
+        self._lagging.clear()
+
+    def close(self) -> None:
+        """End the link; what it held is lost."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._listener.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                replica = self._listener.accept()[0]
+            except TimeoutError:
+                continue
+            thread = threading.Thread(target=self._relay, args=(replica,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _relay(self, replica: socket.socket) -> None:
+        import select
+
+        with replica, contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.upstream)) as primary:
+            while not self._stop.is_set():
+                if not self._lagging.is_set() and self._held:
+                    replica.sendall(b"".join(self._held))
+                    self._held.clear()
+                ready, _, _ = select.select([replica, primary], [], [], 0.05)
+                for sock in ready:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    if sock is replica:
+                        primary.sendall(data)  # the replica's acknowledgements: of what it got
+                    elif self._lagging.is_set():
+                        self._held.append(data)
+                    else:
+                        replica.sendall(data)
+
+
+def replication_info(url: str, field: str) -> str:
+    """A field of ``INFO replication`` of the server at ``url``."""
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        return str(client.info("replication").get(field, ""))
+    finally:
+        client.close()
+
+
+def _replica_online(url: str) -> bool:
+    """Whether the primary at ``url`` has its replica online: its first sync over, its acknowledgements counted."""
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        replica = client.info("replication").get("slave0")
+    finally:
+        client.close()
+    return isinstance(replica, dict) and replica.get("state") == "online"
+
+
+@contextlib.contextmanager
+def primary_and_replica(directory: Path) -> Iterator[tuple[str, str, ReplicationLink, subprocess.Popen[bytes]]]:
+    """A ``redis-server`` and its replica, linked through a ``ReplicationLink``, in sync: the primary's URL,
+    the replica's, the link and the primary's process (to kill it)."""
+    need_redis_server("starts a primary and a replica of its own")
+    first, second = free_port(), free_port()
+    (directory / "primary").mkdir()
+    (directory / "replica").mkdir()
+    # no wait for more replicas before a full sync (Redis waits 5 s by default)
+    primary = start_redis_server(directory / "primary", first, "--repl-diskless-sync-delay", "0")
+    link = ReplicationLink(first)
+    replica = start_redis_server(directory / "replica", second, "--replicaof", "127.0.0.1", str(link.port))
+    p_url, r_url = f"redis://127.0.0.1:{first}/0", f"redis://127.0.0.1:{second}/0"
+    try:
+        deadline = time.monotonic() + 10
+        while (replication_info(r_url, "master_link_status") != "up"
+               or not _replica_online(p_url)):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the replica did not catch up with its primary")
+            time.sleep(0.05)
+        yield p_url, r_url, link, primary
+    finally:
+        link.close()
+        for proc in (primary, replica):
+            proc.kill()
+            proc.wait(timeout=10)

@@ -21,6 +21,8 @@ from castor.settings._ranges import Range
 
 # key in castor.toml -> (a value out of range, the range's words, a value at its edge that is fine)
 BAD_VALUES = {
+    "[redis] replicas": ("-1", "an integer from 0 to 64", "64"),
+    "[redis] replica_timeout": ("0", "a number above 0 and at most 4", "4"),
     "[broker] visibility_timeout": ("-10", "a number above 0 and at most 2592000", "0.5"),
     "[security] max_argument_bytes": ("0", "an integer from 1 to 67108864", "1"),
     "[security] task_max_age": ("30", "a number from 60 to 31622400", "60"),

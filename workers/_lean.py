@@ -82,6 +82,25 @@ class LeanClient:
         except (OSError, ConnectionError) as exc:
             raise self._lost(conn, exc) from exc
 
+    def call_all(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Several commands in one write on one socket, their replies in order; the first error reply is
+        raised once every reply is read (the socket stays in step)."""
+        conn = None
+        replies: list[Any] = []
+        try:
+            conn = self._write(b"".join(pack(command) for command in commands))
+            for _ in commands:
+                try:
+                    replies.append(conn.reply())
+                except RespError as exc:
+                    replies.append(exc)
+        except (OSError, ConnectionError) as exc:
+            raise self._lost(conn, exc) from exc
+        for reply in replies:
+            if isinstance(reply, RespError):
+                raise reply
+        return replies
+
     def send(self, *command: Any) -> None:
         """Write one command on a socket without replies (``replies=False``): nothing is waited for, and
         what the server makes of it is not known (for best-effort traffic such as task events)."""

@@ -79,6 +79,8 @@ def _redis(settings: Settings) -> None:
     try:
         client.ping()
         memory = _memory(client)
+        if settings.redis.replicas:
+            _replicas_connected(client, settings.redis.replicas, where)
     except redis.RedisError as exc:
         raise BackendUnavailable(
             f"cannot start the worker: Redis at {where}, where the fleet's runs, "
@@ -88,6 +90,19 @@ def _redis(settings: Settings) -> None:
         client.close()
     if memory is not None:  # the results and claims a worker writes must not be evicted
         eviction.check(memory, where, allow=settings.redis.allow_eviction)
+
+
+def _replicas_connected(client: Any, wanted: int, where: str) -> None:
+    """Say where fewer replicas are connected than ``[redis] replicas`` asks: starts wait for them."""
+    import redis
+
+    try:
+        connected = int(client.info("replication").get("connected_slaves", 0))
+    except (redis.ResponseError, ValueError, TypeError):
+        return
+    if connected < wanted:
+        log.warning("Redis at %s has %d connected replica(s) and [redis] replicas = %d: until they connect, every "
+                    "call waits for them before it starts", where, connected, wanted)
 
 
 def _memory(client: Any) -> Any:

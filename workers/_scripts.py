@@ -66,11 +66,14 @@ class StepScripts:
 
     def __init__(
         self, url: str, prefix: str, secret: str | None = None, *, worker: str = "", heartbeat: float = 10.0,
-        outage: float = 300.0, spool: str | None = None,
+        outage: float = 300.0, spool: str | None = None, replicas: int = 0, replica_timeout: float = 1.0,
     ) -> None:
         from . import _lean
 
         self._prefix = prefix
+        self.replicas, self._replica_timeout = replicas, replica_timeout  # see ``short_of_replicas``
+        self._probe: Callable[[], int]  # a write and a WAIT on one connection: how many replicas have it
+        self._command: Callable[..., Any]  # one plain command
         self._secret = secret  # signs the replies
         self._worker, self._heartbeat_ms, self._outage = worker, max(1, int(heartbeat * 1000)), outage
         self._claim: Any  # script(keys=..., args=...): redis-py's registered script, or the lean twin
@@ -83,6 +86,8 @@ class StepScripts:
             lean = _lean.LeanClient(url)
             self._claim, self._finish, self._close = _lean_script(lean, CLAIM), _lean_script(lean, FINISH), lean.close
             self._lost = (BackendUnavailable,)
+            self._command = lean.call
+            self._probe = lambda: _lean_probe(lean, keys.replicated(prefix), replicas, replica_timeout)
         else:
             import redis
 
@@ -92,6 +97,8 @@ class StepScripts:
             self._claim, self._finish = CLAIM.register(client), FINISH.register(client)
             self._close = client.close
             self._lost = (redis.ConnectionError, redis.TimeoutError)
+            self._command = client.execute_command
+            self._probe = lambda: _pipelined_probe(client, keys.replicated(prefix), replicas, replica_timeout)
         self.spool = Spool(spool, url, self._finish) if spool else None
 
     def claim(self, job: Job, delivery: Delivery | None = None) -> int:
@@ -116,6 +123,29 @@ class StepScripts:
         args = [job.attempt, MARKER_TTL, step, delivery.message, int(delivery.redelivered), delivery.task_id,
                 self._receipt(), *beat]
         return int(self._asked(self._claim, key_list, args, f"claim of {delivery.message}"))
+
+    def short_of_replicas(self) -> str:
+        """With ``replicas`` set, why this thread's writes so far (a step's start: its marker) are not yet on
+        that many replicas ('' once they are): a failover now could lose the marker, and the step would be
+        handed out again while its tool runs (``castor.backends.redis.replicas``)."""
+        if not self.replicas:
+            return ""
+        try:
+            got = self._probe()
+        except Exception as exc:  # lost, or refused (a managed Redis may rename WAIT): nothing promised
+            return f"the wait for Redis replicas failed: {exc}"
+        if got >= self.replicas:
+            return ""
+        return (f"{got} of the {self.replicas} Redis replica(s) asked for ([redis] replicas) acknowledged it "
+                f"within {self._replica_timeout:g} s")
+
+    def give_back(self, job: Job, delivery: Delivery | None) -> None:
+        """Undo the start ``claim`` just made (it returned -1, nothing ran): its marker, its heartbeat, and the
+        delivery's answer, so that the same handling claims again afresh."""
+        run, step = job.run_id, job.step
+        self._command("DEL", keys.started_marker(self._prefix, run, step), keys.heartbeat(self._prefix, run, step))
+        if delivery is not None:
+            self._command("HDEL", keys.deliveries(self._prefix, run, step), delivery.message)
 
     def finish(self, job: Job, record: SyscallRecord, reply: Reply) -> bool:
         """Journal ``record`` write-once, drop the step's marker and deliveries, and reply; False (nothing
@@ -188,6 +218,21 @@ def _lean_script(client: Any, script: Script) -> Callable[[Sequence[str], Sequen
         return script.run(call, keys, args)
 
     return run
+
+
+def _lean_probe(client: Any, key: str, replicas: int, timeout: float) -> int:
+    """``INCR key`` then ``WAIT`` in one write on the thread's socket (``_lean``): on one connection, or the
+    ``WAIT`` would count nothing: how many replicas have every write before."""
+    replies = client.call_all(("INCR", key), ("WAIT", replicas, max(1, int(timeout * 1000))))
+    return int(replies[1])
+
+
+def _pipelined_probe(client: Any, key: str, replicas: int, timeout: float) -> int:
+    """The same through redis-py: a pipeline keeps both commands on one pooled connection."""
+    with client.pipeline(transaction=False) as pipe:
+        pipe.incr(key)
+        pipe.execute_command("WAIT", replicas, max(1, int(timeout * 1000)))
+        return int(pipe.execute()[1])
 
 
 def replay_spool(url: str, prefix: str, spool: str) -> int:

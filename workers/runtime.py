@@ -38,9 +38,9 @@ from typing import Any
 
 from castor.backends.redis.keys import dead_letters, heartbeat, is_reply_stream, spent_tokens, started_marker
 from castor.checkpoint import StepFailure, SyscallRecord, bounded_arguments
-from castor.errors import InDoubtError
+from castor.errors import BackendUnavailable, InDoubtError
 from castor.fleet.records import canonical, redact
-from castor.fleet.restart import grace_left, watched
+from castor.fleet.restart import FINISH_PAUSE_MAX, grace_left, watched
 from castor.fleet.sealing import DataKey
 from castor.fleet.wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, task_name, verify
 from castor.registry import ToolRegistry, ToolSpec
@@ -60,6 +60,7 @@ IN_DOUBT_MESSAGE = "in doubt after worker loss"
 DROPPED = "dropped"  # an outcome only: a duplicate copy sends no reply
 _RUN, _DONE, _IN_DOUBT, _HELD = "run", "done", "in_doubt", "held"  # _HELD: a live worker still has it
 WAIT_POLL = 0.25  # how often a delivery waiting for a step another worker runs asks again (s)
+REPLICA_PAUSE = 0.5  # the first pause before a start the replicas did not have is claimed again (s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +82,8 @@ def redis_backend_factory(settings: Settings) -> Backend:
     from castor.fleet.sealing import DataKey
 
     return redis_backend(
-        settings.redis.url, prefix=settings.redis.prefix, data_key=DataKey.for_fleet(settings.security.secret)
+        settings.redis.url, prefix=settings.redis.prefix, data_key=DataKey.for_fleet(settings.security.secret),
+        **settings.redis.store_options(),
     )
 
 
@@ -100,6 +102,7 @@ class _Process:
         self.scripts = StepScripts(
             settings.redis.url, settings.redis.prefix, settings.security.secret or None, worker=self.worker,
             heartbeat=settings.workers.heartbeat, outage=settings.workers.outage_deadline, spool=settings.workers.spool,
+            replicas=settings.redis.replicas, replica_timeout=settings.redis.replica_timeout,
         )
         self.heartbeats = Heartbeats(settings.redis.url, settings.workers.heartbeat)
 
@@ -154,7 +157,7 @@ class WorkerRuntime:
             policy = self.policy(spec)
             self._authorize(proc, job, spec, policy)
             self._wait_out_restart(proc, job, policy)  # a round re-approved after an outage: live workers first
-            previous = proc.scripts.claim(job, delivery)
+            previous = self._claim(proc, job, delivery)
             if previous == RUNNING:
                 previous = self._await_running(proc, job, delivery, policy)
                 if previous == RUNNING:
@@ -200,6 +203,28 @@ class WorkerRuntime:
             beat.dropped = outcome.status == OK  # the finish dropped it with the marker: no round trip more
             return outcome
 
+    def _claim(self, proc: _Process, job: Job, delivery: Delivery | None) -> int:
+        """``StepScripts.claim``. With ``[redis] replicas``, a start (-1) the replicas do not have yet is given
+        back and claimed again, pauses doubling, until they have it: a failover meanwhile could lose the
+        marker, and the step be handed out again while its tool runs. Past the workers' outage deadline,
+        ``BackendUnavailable`` (nothing ran), as for a Redis that is away."""
+        previous = proc.scripts.claim(job, delivery)
+        if previous != -1 or not proc.scripts.replicas:
+            return previous
+        until, pause = time.monotonic() + self.settings.workers.outage_deadline, REPLICA_PAUSE
+        while short := proc.scripts.short_of_replicas():
+            proc.scripts.give_back(job, delivery)
+            if time.monotonic() + pause > until:
+                raise BackendUnavailable(f"run {job.run_id} step {job.step} ({job.tool_name!r}) not started: {short}")
+            log.warning("run %s step %d (%r) waits for Redis replicas before it starts: %s; asking again in %gs",
+                        job.run_id, job.step, job.tool_name, short, pause)
+            time.sleep(pause)
+            pause = min(pause * 2, FINISH_PAUSE_MAX)
+            previous = proc.scripts.claim(job, delivery)
+            if previous != -1:
+                return previous
+        return previous
+
     def _authorize(self, proc: _Process, job: Job, spec: ToolSpec, policy: ToolPolicy) -> None:
         """``Refusal`` unless the job may run: a signed call needs nothing from Redis to be authorized, unless it
         is too old to be its run's (``check_age``); anything else needs ``authorize``."""
@@ -221,7 +246,7 @@ class WorkerRuntime:
         until = time.monotonic() + wait
         while time.monotonic() < until:
             time.sleep(WAIT_POLL)
-            previous = proc.scripts.claim(job, delivery)
+            previous = self._claim(proc, job, delivery)
             if previous != RUNNING:
                 return previous
         log.warning("%s: still running on another worker after %gs; no longer waiting for it", shown, wait)

@@ -10,13 +10,9 @@ or a managed Redis would."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import select
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,89 +26,16 @@ from castor.backends.redis.replicas import Acks
 from castor.errors import BackendUnavailable, ConfigError
 from castor.lib import tool
 from castor.settings import Settings
-from tests.redis_support import free_port, need_redis_server, start_redis_server
+from tests.redis_support import ReplicationLink, primary_and_replica
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class Link:
-    """A relay for a replica's connection to its primary; ``lag()`` stops passing the primary's stream on
-    (what it sends from then on is dropped: the replica never sees it), ``close()`` ends it."""
-
-    def __init__(self, upstream: int) -> None:
-        self.upstream = upstream
-        self.lagging = threading.Event()
-        self._stop = threading.Event()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.1)
-        self.port = int(self._listener.getsockname()[1])
-        self._threads = [threading.Thread(target=self._serve, daemon=True)]
-        self._threads[0].start()
-
-    def lag(self) -> None:
-        self.lagging.set()
-
-    def close(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=5)
-        self._listener.close()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                replica = self._listener.accept()[0]
-            except TimeoutError:
-                continue
-            thread = threading.Thread(target=self._relay, args=(replica,), daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def _relay(self, replica: socket.socket) -> None:
-        with replica, contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.upstream)) as primary:
-            while not self._stop.is_set():
-                ready, _, _ = select.select([replica, primary], [], [], 0.1)
-                for sock in ready:
-                    data = sock.recv(65536)
-                    if not data:
-                        return
-                    if sock is primary:
-                        if not self.lagging.is_set():
-                            replica.sendall(data)
-                    else:
-                        primary.sendall(data)  # the replica's acknowledgements: of what it got
-
-
-def _info(url: str, field: str) -> str:
-    client = redis.Redis.from_url(url, decode_responses=True)
-    try:
-        return str(client.info("replication").get(field, ""))
-    finally:
-        client.close()
-
-
 @pytest.fixture
-def pair(tmp_path: Path) -> Iterator[tuple[str, str, Link, subprocess.Popen[bytes]]]:
-    """A primary and its replica (through a ``Link``): their URLs, the link, the primary's process."""
-    need_redis_server("starts a primary and a replica of its own")
-    first, second = free_port(), free_port()
-    (tmp_path / "p").mkdir()
-    (tmp_path / "r").mkdir()
-    primary = start_redis_server(tmp_path / "p", first)
-    link = Link(first)
-    replica = start_redis_server(tmp_path / "r", second, "--replicaof", "127.0.0.1", str(link.port))
-    p_url, r_url = f"redis://127.0.0.1:{first}/0", f"redis://127.0.0.1:{second}/0"
-    deadline = time.monotonic() + 10
-    while _info(r_url, "master_link_status") != "up" or _info(p_url, "connected_slaves") != "1":
-        assert time.monotonic() < deadline, "the replica did not catch up with its primary"
-        time.sleep(0.05)
-    try:
-        yield p_url, r_url, link, primary
-    finally:
-        link.close()
-        for proc in (primary, replica):
-            proc.kill()
-            proc.wait(timeout=10)
+def pair(tmp_path: Path) -> Iterator[tuple[str, str, ReplicationLink, subprocess.Popen[bytes]]]:
+    """A primary and its replica, through a link the test can make lag."""
+    with primary_and_replica(tmp_path) as servers:
+        yield servers
 
 
 # --- the agent: a lookup, then a charge that must never run twice -------------------------------------------
@@ -169,7 +92,9 @@ def first_part(url: str) -> None:
         sys.exit(3)
 
 
-def _drive_first_part(store: str, link: Link, tmp_path: Path, charges: Path) -> subprocess.CompletedProcess[str]:
+def _drive_first_part(
+    store: str, link: ReplicationLink, tmp_path: Path, charges: Path
+) -> subprocess.CompletedProcess[str]:
     lag = tmp_path / "lag"
     env = {**os.environ, "CHARGES": str(charges), "LAG": str(lag), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
@@ -187,7 +112,7 @@ def _drive_first_part(store: str, link: Link, tmp_path: Path, charges: Path) -> 
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def _fail_over(primary: subprocess.Popen[bytes], link: Link, replica_url: str) -> None:
+def _fail_over(primary: subprocess.Popen[bytes], link: ReplicationLink, replica_url: str) -> None:
     """The primary dies with what it did not send on; its replica is promoted."""
     primary.kill()
     primary.wait(timeout=10)
@@ -205,7 +130,7 @@ def _charged(charges: Path) -> list[str]:
 
 @pytest.mark.fleet  # a primary, a replica and a program of their own
 async def test_a_failover_loses_no_claim_a_call_ran_under(
-    pair: tuple[str, str, Link, subprocess.Popen[bytes]], tmp_path: Path
+    pair: tuple[str, str, ReplicationLink, subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
     """The charge's claim reaches the primary, not the replica: with ``replicas=1`` the claim is not taken
     (given back, the program stops: Redis unavailable) and the charge does not run; after the failover the
@@ -213,7 +138,7 @@ async def test_a_failover_loses_no_claim_a_call_ran_under(
     the replica never had, and ran again after the failover."""
     primary_url, replica_url, link, primary = pair
     charges = tmp_path / "charges"
-    store = f"{primary_url}?prefix=fo&at_most_once=1&replicas=1&replica_timeout=0.3"
+    store = f"{primary_url}?prefix=fo&at_most_once=1&replicas=1&replica_timeout=1"
     first = _drive_first_part(store, link, tmp_path, charges)
     client = redis.Redis.from_url(primary_url, decode_responses=True)
     try:
@@ -239,7 +164,7 @@ async def test_a_failover_loses_no_claim_a_call_ran_under(
 
 @pytest.mark.fleet  # a primary and a replica of their own
 async def test_with_its_replica_keeping_up_a_run_waits_for_it_and_the_replica_has_every_record(
-    pair: tuple[str, str, Link, subprocess.Popen[bytes]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    pair: tuple[str, str, ReplicationLink, subprocess.Popen[bytes]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     primary_url, replica_url, _, _ = pair
     monkeypatch.setenv("CHARGES", str(tmp_path / "charges"))
@@ -260,7 +185,7 @@ async def test_with_its_replica_keeping_up_a_run_waits_for_it_and_the_replica_ha
 
 @pytest.mark.fleet  # a primary and a replica of their own
 async def test_a_drive_no_replica_acknowledges_is_refused_before_anything_runs(
-    pair: tuple[str, str, Link, subprocess.Popen[bytes]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    pair: tuple[str, str, ReplicationLink, subprocess.Popen[bytes]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     primary_url, _, link, _ = pair
     link.lag()
@@ -312,3 +237,31 @@ def test_replica_settings_reach_the_store_and_a_timeout_past_the_socket_is_refus
     assert settings.redis.store_options() == {"allow_eviction": False, "replicas": 2, "replica_timeout": 0.5}
     with pytest.raises(ConfigError, match="replica_timeout=5 must be above 0 and below socket_timeout=5"):
         Castor(tools=[lookup], store="redis://127.0.0.1:1/0?replicas=1&replica_timeout=5")
+
+
+@pytest.mark.fleet  # a primary and a replica of their own
+@pytest.mark.parametrize("lean", [True, False], ids=["hiredis-socket", "redis-py"])
+def test_a_workers_wait_for_replicas_asks_on_one_connection(
+    pair: tuple[str, str, ReplicationLink, subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch, lean: bool
+) -> None:
+    """The worker's probe (``StepScripts.short_of_replicas``) both ways its connection can be made: a ``WAIT``
+    on a connection that wrote nothing would count every replica at once."""
+    from castor.fleet.workers import _lean
+    from castor.fleet.workers._scripts import StepScripts
+
+    if not lean:
+        monkeypatch.setattr(_lean, "available", lambda url: False)
+    elif not _lean.available(pair[0]):
+        pytest.fail("hiredis is part of the dev extra: the lean connection must be there")
+    primary_url, _, link, _ = pair
+    scripts = StepScripts(primary_url, "w", replicas=1, replica_timeout=0.5)
+    try:
+        assert scripts.short_of_replicas() == ""
+        link.lag()
+        assert scripts.short_of_replicas() == (
+            "0 of the 1 Redis replica(s) asked for ([redis] replicas) acknowledged it within 0.5 s"
+        )
+        link.catch_up()
+        assert scripts.short_of_replicas() == ""
+    finally:
+        scripts.close()

@@ -205,7 +205,20 @@ class RedisConnection:
                         self.safe_url, exc)
         else:
             eviction.check(info, self.safe_url, allow=self.allow_eviction)
+        if self.replicas:
+            await self._replicas_connected()
         self._ready = True
+
+    async def _replicas_connected(self) -> None:
+        """Say at start, once, where fewer replicas are connected than ``replicas`` asks: every claim will wait
+        for them and fail as Redis unavailable until they are."""
+        with contextlib.suppress(BackendUnavailable, ValueError, TypeError):
+            info = await self.command("info", "replication")
+            connected = int(info.get("connected_slaves", 0)) if isinstance(info, dict) else 0
+            if connected < self.replicas:
+                log.warning("Redis at %s has %d connected replica(s) and replicas=%d is asked: until they connect, "
+                            "every claim waits for them, then is refused as Redis unavailable",
+                            self.safe_url, connected, self.replicas)
 
     async def replicated(self, key: str, what: str) -> None:
         """With ``replicas`` set, return once that many replicas have every write this process made before the

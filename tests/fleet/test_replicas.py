@@ -1,0 +1,65 @@
+"""A fleet with ``[redis] replicas = 1``: a worker starts a tool only once the replica has the step's start.
+
+A worker marks a step started (``claim.lua``) before its tool runs; the marker is what stops a second worker,
+or a coordinator that took the run over, from running the step again. On a primary whose replica lags, the
+marker the primary acknowledged may be lost in a failover: the promoted replica would hand the step out a
+second time while the first run of the tool goes on. Real worker pools and a coordinator on a primary whose
+replication link the test holds back, then lets catch up."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from castor.backends.redis import keys
+from tests.fleet.procs import Fleet, agent_spec, tool_spec
+from tests.fleet.test_scenario import wait_for
+from tests.redis_support import ReplicationLink, primary_and_replica
+
+pytestmark = pytest.mark.fleet  # starts processes (redis-servers, workers, a coordinator)
+
+TOOLS = [a for n in ("ticket", "fetch", "store") for a in ("--tool", tool_spec(n))]
+LAGGING = 2.5  # seconds the test holds the replica back while the run wants to start its first call
+
+
+@pytest.fixture
+def lagging_fleet(tmp_path: Path) -> Iterator[tuple[Fleet, ReplicationLink]]:
+    with primary_and_replica(tmp_path) as (primary_url, _, link, _):
+        (tmp_path / "fleet").mkdir()
+        fleet = Fleet(primary_url, tmp_path / "fleet")
+        config = fleet.config.read_text()
+        fleet.config.write_text(config.replace(
+            f'prefix = "{fleet.prefix}"\n', f'prefix = "{fleet.prefix}"\nreplicas = 1\nreplica_timeout = 1.0\n', 1
+        ))
+        try:
+            yield fleet, link
+        finally:
+            fleet.close()
+
+
+def test_a_worker_starts_a_tool_only_once_the_replica_has_its_start(
+    lagging_fleet: tuple[Fleet, ReplicationLink],
+) -> None:
+    fleet, link = lagging_fleet
+    fleet.worker("web")
+    fleet.worker("fs")
+    fleet.coordinator("co-a")
+    link.lag()
+    pid = fleet.cli("submit", agent_spec("job"), *TOOLS).stdout.strip()
+    waiting = "waits for Redis replicas before it starts"
+    wait_for("the worker to wait for the replica (or to run the call)",
+             lambda: waiting in fleet.log("worker-web") or fleet.count("tickets"), 30)
+    time.sleep(LAGGING)
+    logs = fleet.log("worker-web")[-3000:]
+    assert fleet.count("tickets") == 0, logs  # ran while its start could be lost: the bug
+    assert "0 of the 1 Redis replica(s) asked for ([redis] replicas) acknowledged it within 1 s" in logs
+
+    link.catch_up()
+    status = lambda: str(fleet.redis.hget(keys.run_header(fleet.prefix, pid), "status") or "")  # noqa: E731
+    wait_for("the run to end", lambda: status() in ("COMPLETED", "FAILED"), 60)
+    assert status() == "COMPLETED", fleet.log("co-a")[-3000:] + fleet.log("worker-web")[-3000:]
+    counts = {key: int(fleet.redis.get(key) or 0) for key in fleet.redis.keys(f"{fleet.prefix}:count:*")}
+    assert len(counts) == 5 and set(counts.values()) == {1}, counts  # every call ran, and once
