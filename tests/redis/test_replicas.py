@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -265,3 +266,33 @@ def test_a_workers_wait_for_replicas_asks_on_one_connection(
         assert scripts.short_of_replicas() == ""
     finally:
         scripts.close()
+
+
+@pytest.mark.fleet  # a primary and a replica of their own
+async def test_a_submission_the_replica_does_not_have_is_not_said_done(
+    pair: tuple[str, str, ReplicationLink, subprocess.Popen[bytes]],
+) -> None:
+    """``castor submit`` stores and queues a run in one transaction; said submitted, it must survive a failover
+    as a claim does: with ``replicas=1`` a submission the replica did not acknowledge is an error saying so."""
+    from castor.backends.redis import redis_backend
+    from castor.checkpoint import AgentCheckpoint
+
+    def run(pid: str) -> AgentCheckpoint:
+        return AgentCheckpoint(pid=pid, status="RUNNING", agent_function_name="a", capabilities={})
+
+    primary_url, replica_url, link, _ = pair
+    backend = redis_backend(primary_url, prefix="sub", replicas=1, replica_timeout=0.3)
+    replica = redis.Redis.from_url(replica_url, decode_responses=True)
+    try:
+        runs: Any = backend.runs
+        await runs.create_submitted(run("kept"))
+        assert replica.lrange(keys.run_queue("sub"), 0, -1) == ["kept"]  # there already: what WAIT promised
+        link.lag()
+        with pytest.raises(BackendUnavailable) as refused:
+            await runs.create_submitted(run("late"))
+        assert str(refused.value).startswith(
+            "run 'late' is stored and queued on the primary: 0 of the 1 Redis replica(s) asked for"
+        ), refused.value
+    finally:
+        replica.close()
+        await backend.close()

@@ -72,6 +72,8 @@ class RedisRunStore:
         _, created = await self._conn.scripts_at_once([submit, run_save])
         if created == 0:  # another's header: not queued either
             raise RunExistsError(cp.pid)
+        if self._conn.replicas:  # a run submitted counts once the replicas have it too, as a claim does
+            await self._conn.replicated(keys.replicated(p), f"run {cp.pid!r} is stored and queued on the primary")
         # Queued now, or (the header being this one) by this very submit's first try: submitted either way.
 
     async def save(
