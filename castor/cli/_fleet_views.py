@@ -255,7 +255,7 @@ async def ps(args: argparse.Namespace) -> int:
         rows.append({
             "pid": r.pid, "status": status, "owner": s["owner"], "age": round(time.time() - r.created_at, 3),
             "steps": r.steps, "pending": pending, "parked": s["parked"] is not None, "agent": r.agent,
-            "waiting": s.get("waiting"),
+            "waiting": s.get("waiting"), "driven_by": s["driven_by"],
         })
     # each line escaped on its own: what it holds from the store draws no fake row
     emit(args, rows, "\n".join(shown(ps_line(r, state[r.pid])) for r in runs) if runs else "No agents found.")

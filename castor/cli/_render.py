@@ -132,6 +132,8 @@ def fleet_notes(fleet: dict[str, Any] | None) -> list[str]:
         return []
     notes = [f"owner: {fleet['owner']}"] if fleet.get("owner") else []
     notes += [word for word in ("queued", "parked") if fleet.get(word) not in (None, False)]
+    if fleet.get("driven_by") and not fleet.get("owner"):  # a coordinator's lease holds its drive claim too
+        notes.append(f"driven by {fleet['driven_by']}, outside the fleet")
     if fleet.get("waiting"):
         notes.append(f"waiting: {fleet['waiting']}")
     return notes

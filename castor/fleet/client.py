@@ -27,7 +27,7 @@ from castor.errors import BackendUnavailable, ConfigError, NothingPendingError, 
 from castor.kernel import forks
 from castor.kernel.cancel import cancellable, ended, mark_cancelled, through, top_driver
 from castor.kernel.runner import new_checkpoint
-from castor.seams import Backend, Decision, DecisionOutcome
+from castor.seams import DRIVE_STEP, Backend, Decision, DecisionOutcome
 
 
 def new_run(
@@ -148,18 +148,25 @@ class FleetClient:
         await self._call("queue the run", self.redis.lpush(keys.run_queue(self.prefix), pid))
 
     async def fleet_state(self, pids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """Per pid: ``owner`` (the coordinator leasing it), ``parked`` (the step it waits on), ``queued``."""
+        """Per pid: ``owner`` (the coordinator leasing it), ``parked`` (the step it waits on), ``queued``, and
+        ``driven_by``: the process that drives it outside the fleet (``castor run --store``, a program with its
+        pid, an MCP gateway: its live drive claim's holder), which coordinators wait for."""
         pids = list(pids)
         p = self.prefix
         async with self.redis.pipeline(transaction=False) as pipe:
             for pid in pids:
                 pipe.get(keys.lease(p, pid))
+                pipe.hget(keys.claims(p, pid), str(DRIVE_STEP))
             pipe.hgetall(keys.parked(p))
             pipe.lrange(keys.run_queue(p), 0, -1)
+            pipe.time()
             out = await self._call("read the fleet's state", pipe.execute())
-        tokens, parked_steps, queue = out[: len(pids)], out[len(pids)], set(out[len(pids) + 1])
+        n = 2 * len(pids)
+        parked_steps, queue, (seconds, micros) = out[n], set(out[n + 1]), out[n + 2]
+        now = seconds + micros / 1e6
         return {
-            pid: {"owner": owner_of(tokens[i]), "parked": _int(parked_steps.get(pid)), "queued": pid in queue}
+            pid: {"owner": owner_of(out[2 * i]), "parked": _int(parked_steps.get(pid)), "queued": pid in queue,
+                  "driven_by": live_holder(out[2 * i + 1], now)}
             for i, pid in enumerate(pids)
         }
 
@@ -276,6 +283,19 @@ class FleetClient:
             pipe.hlen(keys.parked(p))
             queued, leased, parked = await self._call("count runs", pipe.execute())
         return {"queued": queued, "leased": leased, "parked": parked}
+
+
+def live_holder(claim: Any, now: float) -> str | None:
+    """The holder of a drive claim (``<attempt>|<lease end>|<holder>``) whose lease runs past ``now`` (Redis's
+    clock), else None (none, lapsed, or not Castor's)."""
+    if not isinstance(claim, str):
+        return None
+    _, lease_end, holder = [*claim.split("|", 2), "", ""][:3]
+    try:
+        live = float(lease_end) > now
+    except ValueError:
+        return None
+    return holder if live and holder else None
 
 
 def _int(value: Any) -> int | None:

@@ -82,3 +82,15 @@ async def test_a_garbled_drive_claim_neither_stops_the_coordinator_nor_holds_the
     assert await ops.take(timeout=1) == "r"
     assert await ops.acquire("r", ops.new_token(), 5000) == ("ok", 0)
     assert await ops.redis.hget(keys.claims(ops.prefix, "r"), str(DRIVE_STEP)) is None
+
+
+async def test_ps_names_the_process_that_drives_a_run_outside_the_fleet(ops: FleetOps, backend: Backend) -> None:
+    """A run a coordinator waits for (another process holds its drive) showed as RUNNING, held by nobody."""
+    from castor.cli._render import fleet_notes
+
+    assert (await backend.journal.claim("r", DRIVE_STEP, 0, "host:1:a", 15)).state == "claimed"
+    assert (await backend.journal.claim("gone", DRIVE_STEP, 0, "host:2:b", 0.0)).state == "claimed"  # ran out
+    await ops.redis.hset(keys.claims(ops.prefix, "garbled"), str(DRIVE_STEP), "not a claim")
+    state = await ops.client.fleet_state(["r", "gone", "garbled", "none"])
+    assert [state[pid]["driven_by"] for pid in ("r", "gone", "garbled", "none")] == ["host:1:a", None, None, None]
+    assert fleet_notes(state["r"]) == ["driven by host:1:a, outside the fleet"]
