@@ -38,7 +38,7 @@ from typing import Any
 
 from castor.backends.redis.keys import dead_letters, heartbeat, is_reply_stream, spent_tokens, started_marker
 from castor.checkpoint import StepFailure, SyscallRecord, bounded_arguments
-from castor.errors import BackendUnavailable, InDoubtError
+from castor.errors import InDoubtError
 from castor.fleet.records import canonical, redact
 from castor.fleet.restart import FINISH_PAUSE_MAX, grace_left, watched
 from castor.fleet.sealing import DataKey
@@ -157,7 +157,7 @@ class WorkerRuntime:
             policy = self.policy(spec)
             self._authorize(proc, job, spec, policy)
             self._wait_out_restart(proc, job, policy)  # a round re-approved after an outage: live workers first
-            previous = self._claim(proc, job, delivery)
+            previous = self._claim(proc, job, delivery, policy)
             if previous == RUNNING:
                 previous = self._await_running(proc, job, delivery, policy)
                 if previous == RUNNING:
@@ -203,19 +203,26 @@ class WorkerRuntime:
             beat.dropped = outcome.status == OK  # the finish dropped it with the marker: no round trip more
             return outcome
 
-    def _claim(self, proc: _Process, job: Job, delivery: Delivery | None) -> int:
+    def _claim(self, proc: _Process, job: Job, delivery: Delivery | None, policy: ToolPolicy) -> int:
         """``StepScripts.claim``. With ``[redis] replicas``, a start (-1) the replicas do not have yet is given
         back and claimed again, pauses doubling, until they have it: a failover meanwhile could lose the
-        marker, and the step be handed out again while its tool runs. Past the workers' outage deadline,
-        ``BackendUnavailable`` (nothing ran), as for a Redis that is away."""
+        marker, and the step be handed out again while its tool runs. The wait ends at the workers' outage
+        deadline, and before the call's own deadline could pass (its tool timeout from when its coordinator
+        signed it: that coordinator then fails the call, and nothing may start it after): then ``Refusal``,
+        the call never started."""
         previous = proc.scripts.claim(job, delivery)
         if previous != -1 or not proc.scripts.replicas:
             return previous
-        until, pause = time.monotonic() + self.settings.workers.outage_deadline, REPLICA_PAUSE
+        started = time.monotonic()
+        until = started + self.settings.workers.outage_deadline
+        if job.issued:
+            until = min(until, started + job.issued + policy.timeout - time.time())
+        pause = REPLICA_PAUSE
         while short := proc.scripts.short_of_replicas():
             proc.scripts.give_back(job, delivery)
             if time.monotonic() + pause > until:
-                raise BackendUnavailable(f"run {job.run_id} step {job.step} ({job.tool_name!r}) not started: {short}")
+                raise Refusal(f"not started: {short}, asked for {time.monotonic() - started:.1f} s, until the call's "
+                              "deadline (a failover then could lose its start)", job)
             log.warning("run %s step %d (%r) waits for Redis replicas before it starts: %s; asking again in %gs",
                         job.run_id, job.step, job.tool_name, short, pause)
             time.sleep(pause)
@@ -246,7 +253,7 @@ class WorkerRuntime:
         until = time.monotonic() + wait
         while time.monotonic() < until:
             time.sleep(WAIT_POLL)
-            previous = self._claim(proc, job, delivery)
+            previous = self._claim(proc, job, delivery, policy)
             if previous != RUNNING:
                 return previous
         log.warning("%s: still running on another worker after %gs; no longer waiting for it", shown, wait)

@@ -31,9 +31,11 @@ def lagging_fleet(tmp_path: Path) -> Iterator[tuple[Fleet, ReplicationLink]]:
         (tmp_path / "fleet").mkdir()
         fleet = Fleet(primary_url, tmp_path / "fleet")
         config = fleet.config.read_text()
-        fleet.config.write_text(config.replace(
+        config = config.replace(
             f'prefix = "{fleet.prefix}"\n', f'prefix = "{fleet.prefix}"\nreplicas = 1\nreplica_timeout = 1.0\n', 1
-        ))
+        )
+        config = config.replace("default_timeout = 20\n", "default_timeout = 20\ntimeouts = { ticket = 4 }\n")
+        fleet.config.write_text(config)
         try:
             yield fleet, link
         finally:
@@ -63,3 +65,25 @@ def test_a_worker_starts_a_tool_only_once_the_replica_has_its_start(
     assert status() == "COMPLETED", fleet.log("co-a")[-3000:] + fleet.log("worker-web")[-3000:]
     counts = {key: int(fleet.redis.get(key) or 0) for key in fleet.redis.keys(f"{fleet.prefix}:count:*")}
     assert len(counts) == 5 and set(counts.values()) == {1}, counts  # every call ran, and once
+
+
+def test_a_call_whose_start_the_replica_never_gets_fails_unrun_before_its_deadline(
+    lagging_fleet: tuple[Fleet, ReplicationLink],
+) -> None:
+    """No replica acknowledges (the only one lags, or is gone after a failover): the worker stops asking before the
+    call's deadline and refuses it, never run; the coordinator fails the call with the reason at once, rather
+    than at its deadline with "is a worker running?"; the tool does not run later, when the replica is back."""
+    fleet, link = lagging_fleet
+    fleet.worker("web")
+    fleet.worker("fs")
+    fleet.coordinator("co-a")
+    link.lag()
+    pid = fleet.cli("submit", agent_spec("job"), *TOOLS).stdout.strip()
+    status = lambda: str(fleet.redis.hget(keys.run_header(fleet.prefix, pid), "status") or "")  # noqa: E731
+    wait_for("the run to end", lambda: status() in ("COMPLETED", "FAILED"), 30)
+    assert status() == "FAILED"
+    link.catch_up()
+    time.sleep(3.0)  # past the worker's pause: a start now would show
+    assert fleet.count("tickets") == 0  # it ran for a run that had failed: the agent told the call failed
+    error = str(fleet.cli_json("inspect", pid)["error"])
+    assert "TaskRefusedError" in error and "not started: 0 of the 1 Redis replica(s) asked for" in error, error
