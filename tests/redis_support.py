@@ -360,3 +360,62 @@ def primary_and_replica(directory: Path) -> Iterator[tuple[str, str, Replication
         for proc in (primary, replica):
             proc.kill()
             proc.wait(timeout=10)
+
+
+class FollowingAddress:
+    """One address for Redis that follows its primary, as a managed Redis endpoint or a Sentinel-aware proxy
+    does: it relays to ``upstream``; ``follow(port)`` drops every relayed connection and relays new ones to
+    the server at ``port`` (the promoted replica)."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self._open: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self.port = int(self._listener.getsockname()[1])
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def follow(self, port: int) -> None:
+        """Relay to ``port`` from now on; every connection to the old upstream is dropped."""
+        with self._lock:
+            self.upstream = port
+            dropped, self._open = self._open, []
+        for sock in dropped:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.follow(0)
+        self._thread.join(timeout=5)
+        self._listener.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client = self._listener.accept()[0]
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        import select
+
+        try:
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+        except OSError:
+            client.close()
+            return
+        with self._lock:
+            self._open += [client, server]
+        with client, server, contextlib.suppress(OSError):
+            while not self._stop.is_set():
+                ready, _, _ = select.select([client, server], [], [], 0.2)
+                for sock in ready:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    (server if sock is client else client).sendall(data)
