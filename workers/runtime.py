@@ -221,8 +221,8 @@ class WorkerRuntime:
         while short := proc.scripts.short_of_replicas():
             proc.scripts.give_back(job, delivery)
             if time.monotonic() + pause > until:
-                raise Refusal(f"not started: {short}, asked for {time.monotonic() - started:.1f} s, until the call's "
-                              "deadline (a failover then could lose its start)", job)
+                raise Refusal(f"not started: {short} (asked for {time.monotonic() - started:.1f} s, until the call's "
+                              "deadline or the outage deadline; started, a failover could lose its start)", job)
             log.warning("run %s step %d (%r) waits for Redis replicas before it starts: %s; asking again in %gs",
                         job.run_id, job.step, job.tool_name, short, pause)
             time.sleep(pause)
