@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -252,22 +253,49 @@ def counting_round_trips(monkeypatch: pytest.MonkeyPatch) -> RoundTrips:
     return counter
 
 
-class ReplicationLink:
-    """A relay for a replica's connection to its primary, to play a link that lags: ``lag()`` holds what the
-    primary sends from then on (the replica does not see it, nor acknowledge it), ``catch_up()`` passes it on
-    and relays again, ``close()`` ends the link with what it holds lost (the primary died with it)."""
+class _Relay:
+    """A local port whose connections are relayed, each by a thread of its own, to the server at ``upstream``
+    (``_relay``, a subclass's); ``close()`` stops accepting and waits for the relays to end."""
 
     def __init__(self, upstream: int) -> None:
         self.upstream = upstream
-        self._lagging = threading.Event()
         self._stop = threading.Event()
-        self._held: list[bytes] = []
-        self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.1)
         self.port = int(self._listener.getsockname()[1])
         self._threads = [threading.Thread(target=self._serve, daemon=True)]
         self._threads[0].start()
+
+    def close(self) -> None:
+        """Stop relaying."""
+        self._stop.set()
+        for thread in list(self._threads):
+            thread.join(timeout=5)
+        self._listener.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client = self._listener.accept()[0]
+            except TimeoutError:
+                continue
+            thread = threading.Thread(target=self._relay, args=(client,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _relay(self, client: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class ReplicationLink(_Relay):
+    """A relay for a replica's connection to its primary, to play a link that lags: ``lag()`` holds what the
+    primary sends from then on (the replica does not see it, nor acknowledge it), ``catch_up()`` passes it on
+    and relays again, ``close()`` ends the link with what it holds lost (the primary died with it)."""
+
+    def __init__(self, upstream: int) -> None:
+        self._lagging = threading.Event()
+        self._held: list[bytes] = []
+        super().__init__(upstream)
 
     def lag(self) -> None:
         """Hold the primary's stream from now on."""
@@ -277,26 +305,7 @@ class ReplicationLink:
         """Pass on what was held, then relay as before."""
         self._lagging.clear()
 
-    def close(self) -> None:
-        """End the link; what it held is lost."""
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=5)
-        self._listener.close()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                replica = self._listener.accept()[0]
-            except TimeoutError:
-                continue
-            thread = threading.Thread(target=self._relay, args=(replica,), daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
     def _relay(self, replica: socket.socket) -> None:
-        import select
-
         with replica, contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.upstream)) as primary:
             while not self._stop.is_set():
                 if not self._lagging.is_set() and self._held:
@@ -362,21 +371,15 @@ def primary_and_replica(directory: Path) -> Iterator[tuple[str, str, Replication
             proc.wait(timeout=10)
 
 
-class FollowingAddress:
+class FollowingAddress(_Relay):
     """One address for Redis that follows its primary, as a managed Redis endpoint or a Sentinel-aware proxy
     does: it relays to ``upstream``; ``follow(port)`` drops every relayed connection and relays new ones to
     the server at ``port`` (the promoted replica)."""
 
     def __init__(self, upstream: int) -> None:
-        self.upstream = upstream
         self._open: list[socket.socket] = []
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.1)
-        self.port = int(self._listener.getsockname()[1])
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__(upstream)
 
     def follow(self, port: int) -> None:
         """Relay to ``port`` from now on; every connection to the old upstream is dropped."""
@@ -388,22 +391,11 @@ class FollowingAddress:
                 sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
-        self._stop.set()
+        """Drop every connection and stop relaying."""
         self.follow(0)
-        self._thread.join(timeout=5)
-        self._listener.close()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client = self._listener.accept()[0]
-            except TimeoutError:
-                continue
-            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+        super().close()
 
     def _relay(self, client: socket.socket) -> None:
-        import select
-
         try:
             server = socket.create_connection(("127.0.0.1", self.upstream))
         except OSError:

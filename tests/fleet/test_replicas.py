@@ -42,15 +42,24 @@ def lagging_fleet(tmp_path: Path) -> Iterator[tuple[Fleet, ReplicationLink]]:
             fleet.close()
 
 
-def test_a_worker_starts_a_tool_only_once_the_replica_has_its_start(
-    lagging_fleet: tuple[Fleet, ReplicationLink],
-) -> None:
-    fleet, link = lagging_fleet
+def _submitted_while_lagging(fleet: Fleet, link: ReplicationLink) -> str:
+    """Worker pools and a coordinator started, the replica held back, then ``job`` submitted: its pid."""
     fleet.worker("web")
     fleet.worker("fs")
     fleet.coordinator("co-a")
     link.lag()
-    pid = fleet.cli("submit", agent_spec("job"), *TOOLS).stdout.strip()
+    return fleet.cli("submit", agent_spec("job"), *TOOLS).stdout.strip()
+
+
+def _status(fleet: Fleet, pid: str) -> str:
+    return str(fleet.redis.hget(keys.run_header(fleet.prefix, pid), "status") or "")
+
+
+def test_a_worker_starts_a_tool_only_once_the_replica_has_its_start(
+    lagging_fleet: tuple[Fleet, ReplicationLink],
+) -> None:
+    fleet, link = lagging_fleet
+    pid = _submitted_while_lagging(fleet, link)
     waiting = "waits for Redis replicas before it starts"
     wait_for("the worker to wait for the replica (or to run the call)",
              lambda: waiting in fleet.log("worker-web") or fleet.count("tickets"), 30)
@@ -60,7 +69,7 @@ def test_a_worker_starts_a_tool_only_once_the_replica_has_its_start(
     assert "0 of the 1 Redis replica(s) asked for ([redis] replicas) acknowledged it within 1 s" in logs
 
     link.catch_up()
-    status = lambda: str(fleet.redis.hget(keys.run_header(fleet.prefix, pid), "status") or "")  # noqa: E731
+    status = lambda: _status(fleet, pid)  # noqa: E731
     wait_for("the run to end", lambda: status() in ("COMPLETED", "FAILED"), 60)
     assert status() == "COMPLETED", fleet.log("co-a")[-3000:] + fleet.log("worker-web")[-3000:]
     counts = {key: int(fleet.redis.get(key) or 0) for key in fleet.redis.keys(f"{fleet.prefix}:count:*")}
@@ -74,12 +83,8 @@ def test_a_call_whose_start_the_replica_never_gets_fails_unrun_before_its_deadli
     call's deadline and refuses it, never run; the coordinator fails the call with the reason at once, rather
     than at its deadline with "is a worker running?"; the tool does not run later, when the replica is back."""
     fleet, link = lagging_fleet
-    fleet.worker("web")
-    fleet.worker("fs")
-    fleet.coordinator("co-a")
-    link.lag()
-    pid = fleet.cli("submit", agent_spec("job"), *TOOLS).stdout.strip()
-    status = lambda: str(fleet.redis.hget(keys.run_header(fleet.prefix, pid), "status") or "")  # noqa: E731
+    pid = _submitted_while_lagging(fleet, link)
+    status = lambda: _status(fleet, pid)  # noqa: E731
     wait_for("the run to end", lambda: status() in ("COMPLETED", "FAILED"), 30)
     assert status() == "FAILED"
     link.catch_up()
