@@ -32,9 +32,8 @@ def lagging_fleet(tmp_path: Path) -> Iterator[tuple[Fleet, ReplicationLink]]:
         fleet = Fleet(primary_url, tmp_path / "fleet")
         config = fleet.config.read_text()
         config = config.replace(
-            f'prefix = "{fleet.prefix}"\n', f'prefix = "{fleet.prefix}"\nreplicas = 1\nreplica_timeout = 1.0\n', 1
+            f'prefix = "{fleet.prefix}"\n', f'prefix = "{fleet.prefix}"\nreplicas = 1\nreplica_timeout = 3.0\n', 1
         )
-        config = config.replace("default_timeout = 20\n", "default_timeout = 20\ntimeouts = { ticket = 4 }\n")
         fleet.config.write_text(config)
         try:
             yield fleet, link
@@ -66,7 +65,7 @@ def test_a_worker_starts_a_tool_only_once_the_replica_has_its_start(
     time.sleep(LAGGING)
     logs = fleet.log("worker-web")[-3000:]
     assert fleet.count("tickets") == 0, logs  # ran while its start could be lost: the bug
-    assert "0 of the 1 Redis replica(s) asked for ([redis] replicas) acknowledged it within 1 s" in logs
+    assert "0 of the 1 Redis replica(s) asked for ([redis] replicas) acknowledged it within 3 s" in logs
 
     link.catch_up()
     status = lambda: _status(fleet, pid)  # noqa: E731
@@ -83,9 +82,11 @@ def test_a_call_whose_start_the_replica_never_gets_fails_unrun_before_its_deadli
     call's deadline and refuses it, never run; the coordinator fails the call with the reason at once, rather
     than at its deadline with "is a worker running?"; the tool does not run later, when the replica is back."""
     fleet, link = lagging_fleet
+    soon = "default_timeout = 20\ntimeouts = { ticket = 6 }\n"  # the first call's deadline comes soon
+    fleet.config.write_text(fleet.config.read_text().replace("default_timeout = 20\n", soon))
     pid = _submitted_while_lagging(fleet, link)
     status = lambda: _status(fleet, pid)  # noqa: E731
-    wait_for("the run to end", lambda: status() in ("COMPLETED", "FAILED"), 30)
+    wait_for("the run to end", lambda: status() in ("COMPLETED", "FAILED"), 40)
     assert status() == "FAILED"
     link.catch_up()
     time.sleep(3.0)  # past the worker's pause: a start now would show

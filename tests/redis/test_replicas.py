@@ -139,7 +139,7 @@ async def test_a_failover_loses_no_claim_a_call_ran_under(
     the replica never had, and ran again after the failover."""
     primary_url, replica_url, link, primary = pair
     charges = tmp_path / "charges"
-    store = f"{primary_url}?prefix=fo&at_most_once=1&replicas=1&replica_timeout=1"
+    store = f"{primary_url}?prefix=fo&at_most_once=1&replicas=1&replica_timeout=3"
     first = _drive_first_part(store, link, tmp_path, charges)
     client = redis.Redis.from_url(primary_url, decode_responses=True)
     try:
@@ -169,7 +169,7 @@ async def test_with_its_replica_keeping_up_a_run_waits_for_it_and_the_replica_ha
 ) -> None:
     primary_url, replica_url, _, _ = pair
     monkeypatch.setenv("CHARGES", str(tmp_path / "charges"))
-    kernel = _kernel(f"{primary_url}?prefix=ok&at_most_once=1&replicas=1")
+    kernel = _kernel(f"{primary_url}?prefix=ok&at_most_once=1&replicas=1&replica_timeout=3")
     try:
         cp = await kernel.run(checkout, pid="order-B")
     finally:
@@ -255,12 +255,12 @@ def test_a_workers_wait_for_replicas_asks_on_one_connection(
     elif not _lean.available(pair[0]):
         pytest.fail("hiredis is part of the dev extra: the lean connection must be there")
     primary_url, _, link, _ = pair
-    scripts = StepScripts(primary_url, "w", replicas=1, replica_timeout=0.5)
+    scripts = StepScripts(primary_url, "w", replicas=1, replica_timeout=2)
     try:
         assert scripts.short_of_replicas() == ""
         link.lag()
         assert scripts.short_of_replicas() == (
-            "0 of the 1 Redis replica(s) asked for ([redis] replicas) acknowledged it within 0.5 s"
+            "0 of the 1 Redis replica(s) asked for ([redis] replicas) acknowledged it within 2 s"
         )
         link.catch_up()
         assert scripts.short_of_replicas() == ""
@@ -281,7 +281,7 @@ async def test_a_submission_the_replica_does_not_have_is_not_said_done(
         return AgentCheckpoint(pid=pid, status="RUNNING", agent_function_name="a", capabilities={})
 
     primary_url, replica_url, link, _ = pair
-    backend = redis_backend(primary_url, prefix="sub", replicas=1, replica_timeout=0.3)
+    backend = redis_backend(primary_url, prefix="sub", replicas=1, replica_timeout=2)
     replica = redis.Redis.from_url(replica_url, decode_responses=True)
     try:
         runs: Any = backend.runs
