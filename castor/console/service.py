@@ -220,12 +220,13 @@ class Console:
 
     async def _owners(self, pids: list[str]) -> dict[str, str | None]:
         """Per pid, who holds the run: a coordinator's name, ``parked`` (waits for a decision, held by none),
-        ``queued``; nothing outside a fleet."""
+        ``queued``, the process that drives it outside the fleet (its drive claim's holder); nothing outside a
+        fleet."""
         if self.fleet is None or not pids:
             return {}
         state = await self.fleet.fleet_state(pids)
         return {
-            pid: s["owner"] or ("parked" if s["parked"] is not None else "queued" if s["queued"] else None)
+            pid: s["owner"] or ("parked" if s["parked"] is not None else "queued" if s["queued"] else s["driven_by"])
             for pid, s in state.items()
         }
 

@@ -265,3 +265,18 @@ async def test_two_operators_forking_a_run_at_the_same_step_get_one_fork(
     assert sorted([first.status_code, second.status_code]) == [200, 409], (first.text, second.text)
     refused = first if first.status_code == 409 else second
     assert refused.json()["error"] == f"run '{waiting.pid}::fork-1' exists already"
+
+
+async def test_a_run_driven_outside_the_fleet_shows_the_process_that_drives_it(
+    client: Client, waiting: AgentCheckpoint, backend: Backend, store: str
+) -> None:
+    """A run a program drives embedded on the fleet's Redis (its drive claim held) showed no owner; on SQLite,
+    with no fleet, a run has no owner whoever drives it."""
+    from castor.seams import DRIVE_STEP
+
+    assert (await backend.journal.claim(waiting.pid, DRIVE_STEP, 0, "host:4242:ab", 15)).state == "claimed"
+    run = (await client.http.get(f"/api/runs/{waiting.pid}", headers=auth("bob"))).json()
+    assert run["owner"] == ("host:4242:ab" if store.startswith("redis") else None)
+    await backend.journal.release_claim(waiting.pid, DRIVE_STEP, "host:4242:ab")
+    run = (await client.http.get(f"/api/runs/{waiting.pid}", headers=auth("bob"))).json()
+    assert run["owner"] is None
