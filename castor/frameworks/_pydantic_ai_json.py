@@ -93,21 +93,26 @@ def plain_copy(value: Any) -> Any:
     cost (two walks and a size nobody reads). ``NotPlain`` for anything JSON spells another way, volatile
     keys' values included, as ``plain_sized`` raises it."""
     kind = type(value)
-    if kind is str or kind is int or kind is bool or value is None:
-        return value
+    # A dict first: the readers hand over strings, numbers and booleans themselves, so what comes here is
+    # mostly a tool call's arguments or a tool's result.
     if kind is dict:
         out = {}
         for key, item in value.items():
             if type(key) is not str:
                 raise NotPlain
-            # A string (the usual argument or result) as it is, without a call of its own.
-            copy = item if type(item) is str else plain_copy(item)  # checked even where it is left out
+            if type(item) is str:  # the usual argument or result: as it is, without a call of its own
+                if key not in VOLATILE:
+                    out[key] = item
+                continue
+            copy = plain_copy(item)  # checked even where it is left out
             if key in VOLATILE or item is None or ((type(item) is dict or type(item) is list) and not item):
                 continue
             out[key] = copy
         return out
     if kind is list:
         return [item if type(item) is str else plain_copy(item) for item in value]
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
     if kind is float and value == value and value != _INF and value != -_INF:
         return value
     raise NotPlain

@@ -135,13 +135,12 @@ def request_reader(
         if n in volatile:
             continue
         # A number or boolean as it is, an empty dict or list left out, anything else copied: tested here,
-        # not in a function of its own (a call less for each field that is neither a string nor None).
+        # not in a function of its own (a call less for each field that is neither a string nor None). None
+        # first: most of a part's fields are None, and ``is`` costs less than the ``type`` call.
         lines += [f"v = {_load(n)}",
-                  "if type(v) is str:",
-                  f"    out[{n!r}] = v",
-                  "elif v is not None:",
+                  "if v is not None:",
                   "    t = type(v)",
-                  "    if t is int or t is bool:",
+                  "    if t is str or t is int or t is bool:",
                   f"        out[{n!r}] = v",
                   "    elif not ((t is dict or t is list) and not v):",
                   f"        out[{n!r}] = copy(v)"]

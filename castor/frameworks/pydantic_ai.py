@@ -36,6 +36,7 @@ cut short is charged what it received); a replayed step streams the journaled pa
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import inspect
@@ -94,10 +95,22 @@ _conversation = Conversations(cached_message, flat=True)
 _cached_schema = IdentityCache(lambda schema: canonical_part(to_jsonable_python(schema)), size=1024)
 
 
-# Each tool's canonical definition, by its schema (pydantic-ai makes a step's tool definitions anew, from the
-# tool's own schema dict, the same object at every step), then by its name and description: a step finds each
-# definition's JSON (shared by every step's request, as the conversation's parts are) rather than making it.
-_tool_json = IdentityCache(lambda schema: {}, size=1024)
+# Each tool's canonical definition (shared by every step's request, as the conversation's parts are), keyed by
+# its schema's identity (pydantic-ai makes a step's tool definitions anew, from the tool's own schema dict, the
+# same object at every step), name and description; the entry holds the schema, so its id is not reused. One
+# dict lookup a tool: two caches' calls cost a step 6.5k instructions a tool (callgrind), this about half.
+_TOOL_DEFINITIONS: dict[tuple[int, Any, Any], tuple[Any, dict[str, Any]]] = {}
+_TOOL_DEFINITIONS_SIZE = 1024
+
+
+def _tool_definition(t: Any, key: tuple[int, Any, Any]) -> dict[str, Any]:
+    schema = t.parameters_json_schema
+    definition = {"name": str(t.name), "description": str(t.description or ""), "parameters": _cached_schema(schema)}
+    if len(_TOOL_DEFINITIONS) >= _TOOL_DEFINITIONS_SIZE:
+        with contextlib.suppress(KeyError, RuntimeError, StopIteration):  # another thread dropped it first
+            _TOOL_DEFINITIONS.pop(next(iter(_TOOL_DEFINITIONS)))
+    _TOOL_DEFINITIONS[key] = (schema, definition)
+    return definition
 
 
 def _tools_json(*groups: Sequence[Any]) -> list[dict[str, Any]]:
@@ -105,13 +118,10 @@ def _tools_json(*groups: Sequence[Any]) -> list[dict[str, Any]]:
     out = []
     for group in groups:
         for t in group:
-            name, description, schema = str(t.name), str(t.description or ""), t.parameters_json_schema
-            named = _tool_json(schema)
-            definition = named.get((name, description))
-            if definition is None:
-                definition = named[name, description] = {
-                    "name": name, "description": description, "parameters": _cached_schema(schema)}
-            out.append(definition)
+            schema = t.parameters_json_schema
+            key = (id(schema), t.name, t.description)
+            hit = _TOOL_DEFINITIONS.get(key)
+            out.append(hit[1] if hit is not None and hit[0] is schema else _tool_definition(t, key))
     return out
 
 
@@ -138,7 +148,9 @@ def response_json(response: ModelResponse) -> dict[str, Any]:
         if isinstance(part, TextPart):
             text.append(part.content)
         elif isinstance(part, ToolCallPart):
-            calls.append({"id": part.tool_call_id, "name": part.tool_name, "arguments": jsonable(part.args_as_dict())})
+            args = part.args  # a dict as args_as_dict would give it (its own), without the call
+            arguments = jsonable(args if type(args) is dict else part.args_as_dict())
+            calls.append({"id": part.tool_call_id, "name": part.tool_name, "arguments": arguments})
     journaled: dict[str, Any] = {
         "text": "".join(text),
         "tool_calls": calls,
@@ -152,8 +164,22 @@ def response_json(response: ModelResponse) -> dict[str, Any]:
     return journaled
 
 
+# What pydantic-ai asks of the model it runs at every step, besides its requests, which ``WrapperModel`` only
+# forwards to the wrapped model, each in a frame of its own (``tests/frameworks/test_pydantic_ai_forwards.py``
+# holds them to plain forwards): a guarded model holds the wrapped model's own bound methods instead.
+_FORWARDED = tuple(name for name in ("prepare_messages", "_unified_effort", "_start_request_deadline",
+                                     "_model_for_response") if name in vars(WrapperModel))
+
+
 class GuardedModel(WrapperModel):
     """A pydantic-ai model whose every request is a model syscall of the Castor run (``guard(model)``)."""
+
+    def __init__(self, wrapped: Model | str) -> None:
+        super().__init__(wrapped)
+        for name in _FORWARDED:  # the same calls as WrapperModel's forwards, a frame less each (about 1k a call)
+            method = getattr(self.wrapped, name, None)
+            if method is not None:
+                self.__dict__[name] = method
 
     async def request(
         self, messages: list[ModelMessage], model_settings: ModelSettings | None,
