@@ -42,14 +42,12 @@ would answer such a call from its own checks). Anything else, and ``akickoff``, 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from crewai import Agent, Crew, Process, Task
 from crewai.agents.agent_executor import AgentExecutor
-from crewai.agents.parser import AgentAction
 from crewai.events.event_bus import crewai_event_bus
 from crewai.events.types.logging_events import AgentLogsExecutionEvent
 from crewai.events.types.task_events import TaskStartedEvent
@@ -66,7 +64,6 @@ from crewai.utilities.agent_utils import (
     MAX_REPEATED_TOOL_CALLS,
     check_repeated_tool_call,
     format_message_for_llm,
-    process_llm_response,
 )
 from crewai.utilities.constants import NOT_SPECIFIED
 from crewai.utilities.i18n import I18N_DEFAULT
@@ -76,6 +73,7 @@ from pydantic import BaseModel
 from castor.checkpoint import SyscallRecord
 from castor.frameworks._castor_models.crewai import CastorLLM, streams
 from castor.frameworks._common import in_thread
+from castor.frameworks._crewai_answers import Action, action_of, encode_string, joined
 from castor.frameworks._crewai_llm import GuardedLLM
 from castor.frameworks._fast_forward import Landing, start_late
 from castor.kernel.context import RunContext, current_run
@@ -96,10 +94,11 @@ _DEPRECATED = ("reasoning", "multimodal", "allow_code_execution", "function_call
 
 @dataclass(slots=True)
 class _Skipped:
-    """A skipped step: its journaled answer as CrewAI parses it, the tool it called (by name), the arguments
-    CrewAI parsed from the answer, and the tool's journaled result (what the guarded tool returns on replay)."""
+    """A skipped step: the tool action CrewAI reads in its journaled answer, the tool it called (by name), the
+    arguments CrewAI parsed from the answer, and the tool's journaled result (what the guarded tool returns
+    on replay)."""
 
-    action: AgentAction
+    action: Action
     tool: str
     arguments: dict[str, Any]
     result: Any
@@ -340,20 +339,13 @@ def _skipped(text: str, tool_record: SyscallRecord, names: _ToolNames, stop_word
     """The step whose journaled answer is ``text``, as CrewAI parses it and calls its tool, if that call is
     ``tool_record`` as the guarded tool journaled it; None otherwise (a final answer, a parse error, another
     tool, other arguments, a failed call)."""
-    try:
-        action = process_llm_response(text, stop_words)
-    except Exception:  # CrewAI's parser error: the loop feeds it back to the model
-        return None
-    if not isinstance(action, AgentAction):
+    action = action_of(text, stop_words)
+    if action is None:
         return None
     name = names(action.tool)
     if name is None or tool_record.tool_name != name or tool_record.failure is not None:
         return None
-    tool_input = action.tool_input
-    try:  # what CrewAI's tool usage tries first; the repairs it tries next are not followed here
-        arguments = json.loads(tool_input) if isinstance(tool_input, str) else None
-    except ValueError:
-        return None
+    arguments = action.arguments
     if type(arguments) is not dict or tool_record.arguments != arguments:
         return None  # the guarded tool was asked with other arguments (a default filled in, a key dropped)
     return _Skipped(action, name, arguments, tool_record.response)
@@ -458,7 +450,10 @@ def _continue(executor: AgentExecutor, agent: Agent, task: Task, skipped: list[_
     state = executor.state
     messages = state.messages
     reasoning = I18N_DEFAULT.slice("post_tool_reasoning")
-    remembered: str | None = None  # the tools' format CrewAI appends to every third result (the same each time)
+    # The tools' format CrewAI appends to every third result (the same each time), and its JSON for the
+    # repeated-call keys (escaped once, not at each third step: a long text).
+    remembered: str | None = None
+    remembered_json = ""
     counts = executor._tool_call_counts
     uses = {name: _ToolUse(tool) for name, tool in structured.items() if any(s.tool == name for s in skipped)}
     used_tools = task.used_tools
@@ -467,20 +462,22 @@ def _continue(executor: AgentExecutor, agent: Agent, task: Task, skipped: list[_
         action = step.action
         if records is not None:
             records.add(use.name, use.cache_function, step)
-        text = use.format(step.result)
+        observation = str(use.format(step.result))
         used_tools += 1  # ToolUsage._format_result
         if used_tools % _REMEMBER_FORMAT_AFTER == 0:
             if remembered is None:
                 remembered = I18N_DEFAULT.slice("tools").format(tools=executor.tools_description,
                                                                 tool_names=executor.tools_names)
-            text = str(text) + "\n\n" + remembered
-        observation = str(text)
+                remembered_json = encode_string(remembered)
+            observation += "\n\n"
+            observation_json = joined(observation, remembered_json)
+            observation += remembered
+        else:
+            observation_json = encode_string(observation)
         agent.tools_results.append({"result": observation, "tool_name": use.name, "tool_args": step.arguments})
         use.calls += 2  # CrewStructuredTool.invoke, then ToolUsage._use after the call
-        _count_repeat(counts, action, observation, agent, task)
-        action.text += f"\nObservation: {observation}"
-        action.result = observation
-        messages.append(format_message_for_llm(action.text, role="assistant"))
+        _count_repeat(counts, action, observation, agent, task, observation_json)
+        messages.append(format_message_for_llm(f"{action.text}\nObservation: {observation}", role="assistant"))
         messages.append({"role": "user", "content": reasoning})
     if records is not None:
         records.write()
@@ -493,13 +490,16 @@ def _continue(executor: AgentExecutor, agent: Agent, task: Task, skipped: list[_
     agent.set_fingerprint(Fingerprint.from_dict({"agent_fingerprint": str(agent.security_config.fingerprint)}))
 
 
-def _count_repeat(counts: dict[int, int], action: AgentAction, observation: str, agent: Agent, task: Task) -> None:
+def _count_repeat(counts: dict[int, int], action: Action, observation: str, agent: Agent, task: Task,
+                  observation_json: str | None = None) -> None:
     """``check_repeated_tool_call`` of a skipped call: CrewAI keys a call by the hash of the JSON of its tool's
     name, its input and its result, with sorted keys and ``str`` for what JSON cannot hold, which for three
-    strings is their plain JSON (the module's shared encoder, not a new one per call). A count that reaches
-    CrewAI's limit is left to CrewAI's own check, which stops the run (``_repeats_allowed`` keeps a late start
-    from such a journal). A test holds the counts to CrewAI's."""
-    key = hash(json.dumps([action.tool, action.tool_input, observation]))
+    strings is their plain JSON, made here of each string's (``observation_json``: the observation's, if
+    made already). A count that reaches CrewAI's limit is left to CrewAI's own check, which stops the run
+    (``_repeats_allowed`` keeps a late start from such a journal). A test holds the counts to CrewAI's."""
+    if observation_json is None:
+        observation_json = encode_string(observation)
+    key = hash(f"[{encode_string(action.tool)}, {encode_string(action.tool_input)}, {observation_json}]")
     seen = counts.get(key, 0) + 1
     if seen >= MAX_REPEATED_TOOL_CALLS:
         check_repeated_tool_call(counts, tool_name=action.tool, tool_args=action.tool_input, result=observation,
@@ -527,8 +527,8 @@ class _HandlerRecords:
         if not self.handler.cache or name == _CACHE_TOOL or (
                 cache_function and not cache_function(step.arguments, step.result)):
             return
-        arguments = step.arguments  # a dict (_skipped); json.dumps of it, or "" if empty, as on_tool_use keys it
-        self.entries[f"{name}-{json.dumps(arguments) if arguments else ''}"] = step.result
+        # json.dumps of the arguments (a dict, _skipped), or "" if empty, as on_tool_use keys it
+        self.entries[f"{name}-{step.action.arguments_json if step.arguments else ''}"] = step.result
 
     def write(self) -> None:
         """Leave the handler as CrewAI's records of the calls added leave it."""

@@ -25,6 +25,7 @@ with offline():
     from crewai import Agent, Crew, Task
     from crewai.agents.cache.cache_handler import CacheHandler
     from crewai.agents.parser import AgentAction
+    from crewai.utilities.agent_utils import process_llm_response
     from crewai.agents.tools_handler import ToolsHandler
     from crewai.events.event_bus import crewai_event_bus
     from crewai.events.types.task_events import TaskStartedEvent
@@ -37,6 +38,7 @@ with offline():
     from crewai.utilities.agent_utils import MAX_REPEATED_TOOL_CALLS, check_repeated_tool_call
     from pydantic import BaseModel
 
+import castor.frameworks._crewai_answers as answers
 import castor.frameworks._crewai_resume as resume
 from castor import Castor
 from castor.errors import ReplayDivergenceError
@@ -560,7 +562,7 @@ def test_the_tools_handler_records_skipped_calls_as_crewai_records_them() -> Non
         for name, arguments, result in calls:
             by_crewai.on_tool_use(calling=ToolCalling(tool_name=name, arguments=arguments), output=result,
                                   should_cache=cache_function(arguments, result))
-            action = AgentAction(thought="", tool=name, tool_input=json.dumps(arguments), text="")
+            action = answers.Action("", name, json.dumps(arguments), arguments, json.dumps(arguments))
             records.add(name, resume._ToolUse(structured).cache_function, resume._Skipped(action, name, arguments,
                                                                                          result))
         records.write()
@@ -663,17 +665,81 @@ def test_repeated_calls_are_counted_as_crewai_counts_them() -> None:
     """A late start counts each skipped call as CrewAI's ``check_repeated_tool_call`` does (``_count_repeat``:
     the same keys, the same counts), and at CrewAI's limit leaves the call to CrewAI's check, which stops the
     run. A CrewAI that keys or counts calls otherwise fails here."""
+    long = "Tools:\n" + "é \"ü\" \U0001f600\t" * 80
     calls = [("search", '{"query": "q0"}', "found q0"), ("search", '{"query": "é \\"ü\\""}', "naïve\nline"),
-             ("delete file", "{}", ""), ("search", '{"query": "q0"}', "found q0")]
+             ("delete file", "{}", ""), ("search", '{"query": "q0"}', "found q0"), ("search", "{}", "x\n\n" + long)]
     by_crewai: dict[int, int] = {}
     counted: dict[int, int] = {}
     for name, tool_input, observation in calls:
         check_repeated_tool_call(by_crewai, tool_name=name, tool_args=tool_input, result=observation)
-        action = AgentAction(thought="", tool=name, tool_input=tool_input, text="")
+        action = answers.Action("", name, tool_input, None, None)
         resume._count_repeat(counted, action, observation, None, None)  # type: ignore[arg-type]
     assert counted == by_crewai and max(counted.values()) == 2
-    action = AgentAction(thought="", tool="search", tool_input='{"query": "q0"}', text="")
+    # the observation's JSON made of its head's and the remembered format's (``_continue``), as json.dumps makes it
+    joined = answers.joined("x\n\n", answers.encode_string(long))
+    assert joined == json.dumps("x\n\n" + long)
+    resume._count_repeat(counted, answers.Action("", "search", "{}", None, None), "x\n\n" + long, None, None, joined)
+    check_repeated_tool_call(by_crewai, tool_name="search", tool_args="{}", result="x\n\n" + long)
+    assert counted == by_crewai
+    action = answers.Action("", "search", '{"query": "q0"}', None, None)
     for _ in range(MAX_REPEATED_TOOL_CALLS - 3):
         resume._count_repeat(counted, action, "found q0", None, None)  # type: ignore[arg-type]
     with pytest.raises(ToolExecutionFailedError):
         resume._count_repeat(counted, action, "found q0", None, None)  # type: ignore[arg-type]
+
+
+ANSWERS = [
+    'Thought: more\nAction: search\nAction Input: {"query": "q3"}',
+    'Action: search\nAction Input: {"query": "q3"}',
+    'Thought: x\nAction: **search** \nAction Input:   "{"query": "naïve \\"é\\" \\ud83d\\ude00"}"  ',
+    'Thought: x\nAction 1: search\nAction 1 Input: {"query": "a", "n": 1.5e3, "deep": [1, {"b": null}], "t": true}',
+    'Thought: x\nAction: search\nAction Input: {"query": """q"""}',
+    'Thought: x\nAction: search\nAction Input: {"query": "q", "query": "r"}',
+    'Thought: x\nAction: search\nAction Input: {"query": NaN, "big": 123456789012345678901234567890}',
+    'Thought: x\nAction: search\nAction Input: {"query": "q"}\nObservation: made up',
+    'Thought: x\nAction: search\nAction Input: {"query": "q"} and more',
+    "Thought: x\nAction: search\nAction Input: {'query': 'q'}",
+    'Thought: x\nAction: search\nAction Input: {}',
+    'Thought: x\nAction: search\nAction Input: ["q"]',
+    'Thought: x\nAction: search\nAction Input: "just text"',
+    'Thought: x\nAction: search\nAction Input: 3',
+    'Thought: x\nAction: search\nAction Input: {"query": "q"}\nFinal Answer: done',
+    "Thought: I now know the final answer\nFinal Answer: done",
+    "Thought: x\nAction: search",
+    "no format at all",
+    "",
+    'Thought: x\n```\nAction: search\nAction Input: {"query": "q"}\n```',
+    'Thought: x\nAction: search\nAction Input: {"query": "q"}```',
+]
+
+
+@pytest.mark.parametrize("stop_words", [True, False])
+@pytest.mark.parametrize("text", ANSWERS)
+def test_answers_are_read_as_crewai_reads_them(text: str, stop_words: bool) -> None:
+    """A late start reads a skipped step's answer (``_crewai_answers.action_of``) as CrewAI's parser reads it:
+    the same tool, the same input text, that input read as JSON, and ``json.dumps`` of it (the tools handler's
+    cache key). A CrewAI (or json_repair) that reads an answer otherwise fails here."""
+    expected = process_llm_response(text, stop_words)
+    read = answers.action_of(text, stop_words)
+    if not isinstance(expected, AgentAction):
+        assert read is None
+        return
+    try:
+        arguments = json.loads(expected.tool_input)
+    except ValueError:
+        assert read is None
+        return
+    assert read is not None
+    assert (read.text, read.tool, read.tool_input) == (expected.text, expected.tool, expected.tool_input)
+    assert read.arguments == arguments or json.dumps(read.arguments) == json.dumps(arguments)  # NaN
+    assert read.arguments_json == (json.dumps(arguments) if type(arguments) is dict else None)
+
+
+def test_json_is_made_as_json_dumps_makes_it() -> None:
+    """``_crewai_answers.dumps`` (one encoder for every call) and ``joined`` make what ``json.dumps`` makes."""
+    values: list[Any] = [{"query": "q"}, {"é": ["ü", 1, 2.5, None, True, {"n": float("nan")}]}, [], {}, "\U0001f600",
+                         {"a": 1e300, "b": -0.0, "c": 10**30, "d": float("inf")}]
+    for value in values:
+        assert answers.dumps(value) == json.dumps(value)
+    for head, tail in [("", ""), ("a\n", "b\t\"c\""), ("é\n\n", "\U0001f600 ü")]:
+        assert answers.joined(head, answers.encode_string(tail)) == json.dumps(head + tail)
