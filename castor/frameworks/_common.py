@@ -32,7 +32,7 @@ import contextvars
 import inspect
 import keyword
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Literal, TypeVar
 
@@ -284,6 +284,15 @@ class IdentityCache:
             return self.put(message, value)
         entries[id(message)] = (message, value)  # put's common case here: a method call less per new message
         return value
+
+    def put_all(self, messages: Sequence[Any], values: Iterable[Any]) -> None:
+        """``put`` of each of ``messages`` with its value, in order (a whole conversation, stored in C)."""
+        entries = self._entries
+        if len(entries) + len(messages) > self._size:  # some oldest ones to drop: one at a time
+            for message, value in zip(messages, values, strict=False):
+                self.put(message, value)
+            return
+        entries.update(zip(map(id, messages), zip(messages, values, strict=False), strict=False))
 
     def put(self, message: Any, value: Any) -> Any:
         """Remember ``value`` as ``convert(message)`` (known already, e.g. from the response just journaled)."""

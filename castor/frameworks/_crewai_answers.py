@@ -24,10 +24,16 @@ from crewai.utilities.agent_utils import process_llm_response
 # json.dumps' own string escaping (ensure_ascii): each character escaped by itself, so the JSON of a
 # concatenation is the pieces' JSON joined (``joined``).
 encode_string = _json_encoder.encode_basestring_ascii
+# A decoder of json.loads' defaults, whose raw_decode reads a text that starts with its JSON (json.loads also
+# skips whitespace around it, through the regex and frames of ``decode``).
+_DECODER = json.JSONDecoder()
 # An encoder of json.dumps' defaults, built once (json.dumps builds one at every call); None where the C
 # encoder is missing (another interpreter), where json.dumps is used.
-_ENCODE = None if _json_encoder.c_make_encoder is None else _json_encoder.c_make_encoder(
-    None, None, encode_string, None, ": ", ", ", False, False, True)
+_MAKE_ENCODER = getattr(_json_encoder, "c_make_encoder", None)  # CPython's, not in the typing stubs
+# markers, default, encoder, indent, key and item separators, sort_keys, skipkeys, allow_nan: JSONEncoder's
+# own arguments to it for json.dumps' defaults (no markers: what json.loads made holds no cycle)
+_ENCODE = None if _MAKE_ENCODER is None else _MAKE_ENCODER(None, None, encode_string, None, ": ", ", ",
+                                                           False, False, True)
 
 
 def dumps(value: Any) -> str:
@@ -42,7 +48,7 @@ def joined(head: str, tail_json: str) -> str:
     return encode_string(head)[:-1] + tail_json[1:]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass sets each field through object.__setattr__
 class Action:
     """An answer CrewAI reads as a tool action: its text (what the loop appends the observation to), the tool
     as asked for (CrewAI's cleaned name), its input as CrewAI hands it on (the text ``json_repair`` made),
@@ -94,11 +100,12 @@ def _usual(text: Any) -> Action | None:
     tool_input = found.group(2).strip().strip(" ").strip('"')
     if tool_input.startswith("[") and tool_input.endswith("]"):
         return None
-    try:
-        arguments = json.loads(tool_input.replace('"""', '"'))
+    tool_input = tool_input.replace('"""', '"')
+    try:  # json.loads' reading when the JSON is the whole text
+        arguments, end = _DECODER.raw_decode(tool_input)
     except Exception:  # not valid JSON (or too deep): CrewAI's repair decides
         return None
-    if type(arguments) is not dict or not arguments:
-        return None
+    if end != len(tool_input) or type(arguments) is not dict or not arguments:
+        return None  # text around it (whitespace json.loads would skip): CrewAI's parser decides
     tool_input = dumps(arguments)
     return Action(text, found.group(1).strip().strip("*").strip(), tool_input, arguments, tool_input)

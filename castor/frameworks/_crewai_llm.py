@@ -72,10 +72,14 @@ _TEXT = frozenset({str})
 
 
 def _message_part(message: Any) -> Any:
-    # the types of its keys and values gathered in C (no generator stepped per item), exactly str
-    if type(message) is dict and "cache_breakpoint" not in message and {
-            *map(type, message), *map(type, message.values())} <= _TEXT:
-        return dict(message)  # CrewAI's usual message, text by role: its canonical JSON is a copy of it
+    if type(message) is dict:
+        # CrewAI's usual message, text by role (read first: two lookups, not a set of every item's types): its
+        # canonical JSON is a copy of it, as of any message whose keys and values are exactly str
+        if len(message) == 2 and type(message.get("content")) is str and type(message.get("role")) is str:
+            return dict(message)
+        # the types of its keys and values gathered in C (no generator stepped per item)
+        if "cache_breakpoint" not in message and {*map(type, message), *map(type, message.values())} <= _TEXT:
+            return dict(message)
     return canonical_json(message, drop={"cache_breakpoint"})
 
 
@@ -130,10 +134,9 @@ class MessageParts:
         """``conversation`` of the first conversation asked with (nothing converted yet, as at a replay's
         landing step, asked with the whole conversation so far): each message converted and kept, its items
         read once for both the cache and the last conversation."""
-        put = self._cache.put
         items = [tuple(message.items()) for message in messages]
-        converted = [put(message, (seen, _message_part(message)))[1]
-                     for message, seen in zip(messages, items, strict=True)]
+        converted = list(map(_message_part, messages))
+        self._cache.put_all(messages, zip(items, converted, strict=True))
         self._last = (list(messages), items, list(converted))
         return converted
 

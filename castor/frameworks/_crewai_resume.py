@@ -280,7 +280,9 @@ def _model_request(record: SyscallRecord, model: str | None) -> dict[str, Any] |
 
 def _settings(request: dict[str, Any]) -> dict[str, Any]:
     """A model request but its conversation: what must not change from one step of the loop to the next."""
-    return {k: v for k, v in request.items() if k != "messages"}
+    settings = request.copy()  # copied in C, the conversation then dropped: no comprehension stepped per key
+    settings.pop("messages", None)
+    return settings
 
 
 def _landing(ctx: RunContext, log: list[SyscallRecord], tools: dict[str, Any],

@@ -25,7 +25,6 @@ with offline():
     from crewai import Agent, Crew, Task
     from crewai.agents.cache.cache_handler import CacheHandler
     from crewai.agents.parser import AgentAction
-    from crewai.utilities.agent_utils import process_llm_response
     from crewai.agents.tools_handler import ToolsHandler
     from crewai.events.event_bus import crewai_event_bus
     from crewai.events.types.task_events import TaskStartedEvent
@@ -35,7 +34,7 @@ with offline():
     from crewai.tools import tool
     from crewai.tools.tool_calling import ToolCalling
     from crewai.tools.tool_failure import ToolExecutionFailedError
-    from crewai.utilities.agent_utils import MAX_REPEATED_TOOL_CALLS, check_repeated_tool_call
+    from crewai.utilities.agent_utils import MAX_REPEATED_TOOL_CALLS, check_repeated_tool_call, process_llm_response
     from pydantic import BaseModel
 
 import castor.frameworks._crewai_answers as answers
