@@ -61,6 +61,7 @@ DROPPED = "dropped"  # an outcome only: a duplicate copy sends no reply
 _RUN, _DONE, _IN_DOUBT, _HELD = "run", "done", "in_doubt", "held"  # _HELD: a live worker still has it
 WAIT_POLL = 0.25  # how often a delivery waiting for a step another worker runs asks again (s)
 REPLICA_PAUSE = 0.5  # the first pause before a start the replicas did not have is claimed again (s)
+FAILED_SETTLE = 1.0  # how long a start found free after waiting looks for the running worker's failure (s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,9 +160,10 @@ class WorkerRuntime:
             self._wait_out_restart(proc, job, policy)  # a round re-approved after an outage: live workers first
             previous = self._claim(proc, job, delivery, policy)
             if previous == RUNNING:
-                previous = self._await_running(proc, job, delivery, policy)
-                if previous == RUNNING:
-                    return Outcome(DROPPED, detail="dropped: still running on another worker at the deadline")
+                waited = self._after_running(proc, job, delivery, policy, checked)
+                if isinstance(waited, Outcome):
+                    return waited
+                previous = waited
             if previous == DUPLICATE:
                 # The copy a worker took first runs the call (or ran it) and answers; were its worker lost,
                 # the broker would redeliver that copy, which is no duplicate.
@@ -258,6 +260,45 @@ class WorkerRuntime:
                 return previous
         log.warning("%s: still running on another worker after %gs; no longer waiting for it", shown, wait)
         return RUNNING
+
+    def _after_running(
+        self, proc: _Process, job: Job, delivery: Delivery | None, policy: ToolPolicy, checked: dict[str, Any]
+    ) -> int | Outcome:
+        """A live worker runs the step: what ``_await_running`` finds, or the outcome of this delivery. A call
+        whose running worker's tool raised for good meanwhile (not retried: its failure recorded) is answered
+        with that failure, the start this delivery found free given back: that worker's run was the step's
+        (a delivery that ran it again ran it twice, for a call already answered as failed). A failure its
+        worker retries records nothing: this delivery then runs the call, as the retry would."""
+        failures = self._step_failures(proc, job)
+        previous = self._await_running(proc, job, delivery, policy)
+        if previous == RUNNING:
+            return Outcome(DROPPED, detail="dropped: still running on another worker at the deadline")
+        if previous == -1:
+            failed = self._failed_meanwhile(proc, job, failures)
+            if failed is not None:
+                proc.scripts.give_back(job, delivery)
+                reply = Reply(job.effect_id, job.attempt, ERROR, None, failed.error_type, failed.message, True)
+                proc.loop.run(self._reply(proc, job, reply))
+                return Outcome(ERROR, detail=failure_text(failed.error_type, failed.message, checked, policy.sensitive))
+        return previous
+
+    def _step_failures(self, proc: _Process, job: Job) -> int:
+        """How many failures the step's run has recorded for it so far."""
+        recorded = proc.loop.run(proc.backend.journal.failures(job.run_id))
+        return sum(1 for failure in recorded if failure.step == job.step)
+
+    def _failed_meanwhile(self, proc: _Process, job: Job, known: int) -> StepFailure | None:
+        """The failure the worker this delivery waited on recorded for the step, if its tool raised: that worker
+        drops its start first and records the failure next, so a start found free is looked at for up to
+        ``FAILED_SETTLE`` seconds. None if none comes (a tool that raised and is retried by its own worker)."""
+        until = time.monotonic() + FAILED_SETTLE
+        while True:
+            recorded = [f for f in proc.loop.run(proc.backend.journal.failures(job.run_id)) if f.step == job.step]
+            if len(recorded) > known:
+                return recorded[-1]
+            if time.monotonic() >= until:
+                return None
+            time.sleep(WAIT_POLL / 5)
 
     def refuse_unknown(self, kwargs: Any, name: str, task_id: str = "") -> None:
         """A task whose name no tool of this worker has: record the refusal against its run, if it names one

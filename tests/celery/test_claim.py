@@ -20,7 +20,7 @@ from castor.fleet.workers.runtime import DROPPED, WorkerRuntime
 
 from castor.backends.redis import keys, redis_backend
 from castor.checkpoint import new_record
-from castor.fleet.wire import IN_DOUBT, OK, encode, task_name
+from castor.fleet.wire import ERROR, IN_DOUBT, OK, encode, task_name
 from castor.registry import ToolRegistry
 from castor.seams import ToolCall
 from castor.settings import Settings
@@ -204,3 +204,62 @@ def test_a_delivery_waits_for_a_live_worker_and_goes_in_doubt_once_its_heartbeat
     assert time.monotonic() - began >= 0.7  # it waited while the heartbeat lived, then gave the step up
     assert tool.calls == 0
     sync.close()
+
+
+def _worker_a_fails(redis_url: str, redis_prefix: str, *, for_good: bool) -> threading.Thread:
+    """Worker A started round 0 and is alive; 0.6 s later its tool raises: A drops its start, and, failed for
+    good (not retried), records the failure (then answers it)."""
+    from castor.checkpoint import StepFailure
+
+    sync = redis.Redis.from_url(redis_url)
+    sync.set(keys.started_marker(redis_prefix, "r", 0), 0)
+    sync.set(keys.heartbeat(redis_prefix, "r", 0), "elsewhere/1", px=5000)
+
+    async def record() -> None:
+        backend = redis_backend(redis_url, prefix=redis_prefix)
+        try:
+            failure = StepFailure(step=0, tool_name="touch", arguments={"path": "/tmp/x"},
+                                  error_type="PermissionError", message="read-only file system")
+            await backend.journal.record_failure("r", failure)
+        finally:
+            await backend.close()
+
+    def fails() -> None:
+        time.sleep(0.6)
+        sync.delete(keys.started_marker(redis_prefix, "r", 0), keys.heartbeat(redis_prefix, "r", 0))
+        if for_good:
+            asyncio.run(record())
+        sync.close()
+
+    thread = threading.Thread(target=fails)
+    thread.start()
+    return thread
+
+
+def test_a_delivery_waiting_on_a_worker_whose_tool_failed_does_not_run_the_tool_again(
+    runtime: WorkerRuntime, tool: Touch, redis_url: str, redis_prefix: str
+) -> None:
+    """A coordinator that took the run over sent the step again while worker A ran it; A's tool raised for
+    good: the waiting delivery used to find the step free and run the tool a second time, for a call already
+    answered as failed. It answers with A's failure now."""
+    a = _worker_a_fails(redis_url, redis_prefix, for_good=True)
+    outcome = runtime.handle(job(0), task_name("touch"))
+    a.join()
+    assert tool.calls == 0, outcome  # A's run was the step's one
+    assert outcome.status == ERROR and "PermissionError: read-only file system" in outcome.detail, outcome
+    sync = redis.Redis.from_url(redis_url)
+    try:
+        assert not sync.exists(keys.started_marker(redis_prefix, "r", 0))  # the start it found free, given back
+    finally:
+        sync.close()
+
+
+def test_a_delivery_waiting_on_a_worker_whose_tool_failed_and_is_retried_runs_it_as_the_retry(
+    runtime: WorkerRuntime, tool: Touch, redis_url: str, redis_prefix: str
+) -> None:
+    """A's failure is retried (nothing recorded): the waiting delivery runs the call, once; A's retry then
+    finds the step running or journaled."""
+    a = _worker_a_fails(redis_url, redis_prefix, for_good=False)
+    outcome = runtime.handle(job(0), task_name("touch"))
+    a.join()
+    assert outcome.status == OK and tool.calls == 1, outcome
