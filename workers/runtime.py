@@ -61,6 +61,7 @@ DROPPED = "dropped"  # an outcome only: a duplicate copy sends no reply
 _RUN, _DONE, _IN_DOUBT, _HELD = "run", "done", "in_doubt", "held"  # _HELD: a live worker still has it
 WAIT_POLL = 0.25  # how often a delivery waiting for a step another worker runs asks again (s)
 REPLICA_PAUSE = 0.5  # the first pause before a start the replicas did not have is claimed again (s)
+REFUSED_TYPE = "TaskRefusedError"  # the error type of a refusal's failure (``_refuse``)
 FAILED_SETTLE = 1.0  # how long a start found free after waiting looks for the running worker's failure (s)
 
 
@@ -269,7 +270,7 @@ class WorkerRuntime:
         with that failure, the start this delivery found free given back: that worker's run was the step's
         (a delivery that ran it again ran it twice, for a call already answered as failed). A failure its
         worker retries records nothing: this delivery then runs the call, as the retry would."""
-        failures = self._step_failures(proc, job)
+        failures = len(self._tool_failures(proc, job))
         previous = self._await_running(proc, job, delivery, policy)
         if previous == RUNNING:
             return Outcome(DROPPED, detail="dropped: still running on another worker at the deadline")
@@ -282,10 +283,12 @@ class WorkerRuntime:
                 return Outcome(ERROR, detail=failure_text(failed.error_type, failed.message, checked, policy.sensitive))
         return previous
 
-    def _step_failures(self, proc: _Process, job: Job) -> int:
-        """How many failures the step's run has recorded for it so far."""
+    def _tool_failures(self, proc: _Process, job: Job) -> list[StepFailure]:
+        """The failures the step's run recorded for a run of the step's tool, oldest first. A refusal is no run of
+        the tool, and anyone who can write to the broker can cause one (a spent task sent again): left out."""
         recorded = proc.loop.run(proc.backend.journal.failures(job.run_id))
-        return sum(1 for failure in recorded if failure.step == job.step)
+        return [f for f in recorded
+                if f.step == job.step and f.tool_name == job.tool_name and f.error_type != REFUSED_TYPE]
 
     def _failed_meanwhile(self, proc: _Process, job: Job, known: int) -> StepFailure | None:
         """The failure the worker this delivery waited on recorded for the step, if its tool raised: that worker
@@ -293,7 +296,7 @@ class WorkerRuntime:
         ``FAILED_SETTLE`` seconds. None if none comes (a tool that raised and is retried by its own worker)."""
         until = time.monotonic() + FAILED_SETTLE
         while True:
-            recorded = [f for f in proc.loop.run(proc.backend.journal.failures(job.run_id)) if f.step == job.step]
+            recorded = self._tool_failures(proc, job)
             if len(recorded) > known:
                 return recorded[-1]
             if time.monotonic() >= until:
@@ -481,7 +484,7 @@ class WorkerRuntime:
         sensitive = spec.sensitive if spec is not None else frozenset(job.arguments)  # unknown: hide all
         log.error("refused task %s %s: %s", name, kwargs_repr(job, sensitive), reason)
         policy = ToolPolicy(0.0, False, False, False, sensitive)
-        await self._fail(proc, job, REFUSED, "TaskRefusedError", reason, policy)
+        await self._fail(proc, job, REFUSED, REFUSED_TYPE, reason, policy)
 
     async def _reply(self, proc: _Process, job: Job, reply: Reply) -> None:
         # Only to a reply stream (never another key a message names), bound to the task and signed.

@@ -206,9 +206,12 @@ def test_a_delivery_waits_for_a_live_worker_and_goes_in_doubt_once_its_heartbeat
     sync.close()
 
 
-def _worker_a_fails(redis_url: str, redis_prefix: str, *, for_good: bool) -> threading.Thread:
+def _worker_a_fails(
+    redis_url: str, redis_prefix: str, *, for_good: bool, error_type: str = "PermissionError"
+) -> threading.Thread:
     """Worker A started round 0 and is alive; 0.6 s later its tool raises: A drops its start, and, failed for
-    good (not retried), records the failure (then answers it)."""
+    good (not retried), records the failure (then answers it). Not for good, a failure of ``error_type`` is
+    recorded all the same where it is a refusal's (another delivery refused meanwhile)."""
     from castor.checkpoint import StepFailure
 
     sync = redis.Redis.from_url(redis_url)
@@ -219,7 +222,7 @@ def _worker_a_fails(redis_url: str, redis_prefix: str, *, for_good: bool) -> thr
         backend = redis_backend(redis_url, prefix=redis_prefix)
         try:
             failure = StepFailure(step=0, tool_name="touch", arguments={"path": "/tmp/x"},
-                                  error_type="PermissionError", message="read-only file system")
+                                  error_type=error_type, message="read-only file system")
             await backend.journal.record_failure("r", failure)
         finally:
             await backend.close()
@@ -227,7 +230,7 @@ def _worker_a_fails(redis_url: str, redis_prefix: str, *, for_good: bool) -> thr
     def fails() -> None:
         time.sleep(0.6)
         sync.delete(keys.started_marker(redis_prefix, "r", 0), keys.heartbeat(redis_prefix, "r", 0))
-        if for_good:
+        if for_good or error_type == "TaskRefusedError":
             asyncio.run(record())
         sync.close()
 
@@ -260,6 +263,18 @@ def test_a_delivery_waiting_on_a_worker_whose_tool_failed_and_is_retried_runs_it
     """A's failure is retried (nothing recorded): the waiting delivery runs the call, once; A's retry then
     finds the step running or journaled."""
     a = _worker_a_fails(redis_url, redis_prefix, for_good=False)
+    outcome = runtime.handle(job(0), task_name("touch"))
+    a.join()
+    assert outcome.status == OK and tool.calls == 1, outcome
+
+
+def test_a_refusal_recorded_meanwhile_is_not_taken_for_the_running_workers_failure(
+    runtime: WorkerRuntime, tool: Touch, redis_url: str, redis_prefix: str
+) -> None:
+    """Anyone who can write to the broker can have a refusal recorded against the step (a spent task sent again):
+    taken for the running worker's failure, it would fail a call whose tool never failed for good. A's failure
+    is retried here; the refusal recorded meanwhile is no run of the tool: the delivery runs the call."""
+    a = _worker_a_fails(redis_url, redis_prefix, for_good=False, error_type="TaskRefusedError")
     outcome = runtime.handle(job(0), task_name("touch"))
     a.join()
     assert outcome.status == OK and tool.calls == 1, outcome
