@@ -41,7 +41,8 @@ def _redis_options(url: str) -> tuple[str, str, dict[str, Any]]:
             try:
                 ours[key] = (type(default) if default is not None else float)(value) if numeric and value else value
             except ValueError:
-                raise ConfigError(f"Redis store option {key}={value!r} in the URL must be a number") from None
+                kind = "a whole number" if type(default) is int else "a number"
+                raise ConfigError(f"Redis store option {key}={value!r} in the URL must be {kind}") from None
             if numeric and value:
                 _check_number(key, value, ours[key])
         else:

@@ -36,6 +36,15 @@ def test_store_options_of_no_finite_size_are_refused(option: str) -> None:
         open_backend(f"redis://127.0.0.1:1/0?prefix=edges&{option}")
 
 
+@pytest.mark.parametrize(("option", "said"), [("replicas=1.5", "must be a whole number"),
+                                              ("replica_timeout=soon", "must be a number"),
+                                              ("replicas=-1", "must be a finite number, not negative")])
+def test_a_store_option_that_is_no_number_of_its_kind_says_which_kind(option: str, said: str) -> None:
+    """``replicas=1.5`` was told it "must be a number"."""
+    with pytest.raises(ConfigError, match=f"{option.partition('=')[0]}.* {said}"):
+        open_backend(f"redis://127.0.0.1:1/0?prefix=edges&{option}")
+
+
 @pytest.mark.parametrize(("given", "kept"), [(math.inf, 1.0), (math.nan, 1.0), (1e300, MAX_PAUSE), (-5.0, 0.0),
                                              (3.5, 3.5)])
 def test_a_providers_retry_after_is_kept_finite(given: float, kept: float) -> None:
