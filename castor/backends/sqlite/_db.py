@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +35,28 @@ CREATE INDEX IF NOT EXISTS runs_status ON runs (status, created_at);
 
 SYNC_MODES = ("OFF", "NORMAL", "FULL")
 WAL_AUTOCHECKPOINT_PAGES = 10_000
+BUSY_TIMEOUT = 10.0
+
+
+def enter_wal(conn: sqlite3.Connection, timeout: float = BUSY_TIMEOUT) -> None:
+    """Put the file in WAL mode, waiting out another process that holds it meanwhile.
+
+    A file still in rollback-journal mode (a new one, while another process is making it) answers
+    ``PRAGMA journal_mode=WAL`` with "database is locked" at once, without SQLite's busy handler: so two
+    processes opening a new store together could see one fail. The switch is asked again, pauses doubling,
+    until the same timeout every other statement waits for a lock.
+    """
+    deadline = time.monotonic() + timeout
+    pause = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def _add_column(conn: sqlite3.Connection, table: str, column: str) -> None:
@@ -59,8 +82,8 @@ class SqliteDatabase:
         try:
             if path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
-            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT)
+            enter_wal(self.conn)
             self.conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
             # By default a checkpoint (the WAL copied back into the database, with fsyncs) runs every 1,000
             # pages, about every 1,000 steps, and costs each step ~7 µs amortized. Every 10,000 pages costs

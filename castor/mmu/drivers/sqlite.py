@@ -8,6 +8,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from castor.backends.sqlite._db import BUSY_TIMEOUT, enter_wal
 from castor.mmu.driver import RankedDriver, Scorer
 from castor.mmu.messages import Page
 
@@ -30,9 +31,9 @@ class SQLiteDriver(RankedDriver):
         super().__init__(scorer)
         self.path = str(path)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=10.0)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=BUSY_TIMEOUT)
+        enter_wal(self._db)  # the file may be new, and opened by the kernel's store at the same time
         with self._lock, self._db:
-            self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(_SCHEMA)
 
     async def store_pages(self, pid: str, pages: Sequence[Page]) -> None:
