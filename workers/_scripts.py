@@ -40,6 +40,18 @@ RUNNING = -5  # claim: a live worker runs the step (its heartbeat is there): wai
 SPENT = -6  # claim: a task with this token ran and failed for good before: a copy sent again
 
 
+class Running(int):
+    """``RUNNING``, with how many failures the step's run had recorded when the claim found the step running:
+    a failure its running worker records for good comes after that many (``StepScripts.claim``)."""
+
+    failures: int
+
+    def __new__(cls, failures: int) -> Running:
+        made = super().__new__(cls, RUNNING)
+        made.failures = failures
+        return made
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """Which task message a worker got: its task id with Celery's retry count (a retry is a new message
@@ -106,7 +118,8 @@ class StepScripts:
         copy of a message a worker took already, to drop; -4 (``ABANDONED``): a task its coordinator gave up
         on, to drop; -5 (``RUNNING``): a live worker runs the step (ask again later); -1: this attempt starts
         the step (marker and heartbeat set); else the attempt that started it before, whose worker is gone
-        (in doubt). Without ``delivery`` nothing is a duplicate or abandoned.
+        (in doubt). Without ``delivery`` nothing is a duplicate or abandoned. ``RUNNING`` comes as ``Running``,
+        which tells how long the run's failures were at that moment, read in the same atomic step.
 
         A claim whose connection was lost is asked again, on a new one, under the same receipt: had the
         lost one run, the script gives its answer again instead of taking this handling for a second copy
@@ -116,13 +129,14 @@ class StepScripts:
             keys.started_marker(self._prefix, run, step), keys.journal(self._prefix, run),
             keys.deliveries(self._prefix, run, step), keys.abandoned(self._prefix, run, step),
             keys.heartbeat(self._prefix, run, step), keys.spent_tokens(self._prefix, run, step),
+            keys.failures(self._prefix, run),
         ]
         beat = [self._worker, self._heartbeat_ms, job.token or ""]
         if delivery is None:
-            return int(self._claim(keys=key_list, args=[job.attempt, MARKER_TTL, step, "", 0, "", "", *beat]))
+            return _answer(self._claim(keys=key_list, args=[job.attempt, MARKER_TTL, step, "", 0, "", "", *beat]))
         args = [job.attempt, MARKER_TTL, step, delivery.message, int(delivery.redelivered), delivery.task_id,
                 self._receipt(), *beat]
-        return int(self._asked(self._claim, key_list, args, f"claim of {delivery.message}"))
+        return _answer(self._asked(self._claim, key_list, args, f"claim of {delivery.message}"))
 
     def short_of_replicas(self) -> str:
         """With ``replicas`` set, why this thread's writes so far (a step's start: its marker) are not yet on
@@ -201,6 +215,13 @@ class StepScripts:
     def close(self) -> None:
         """Release the client's connections."""
         self._close()
+
+
+def _answer(claimed: Any) -> int:
+    """A claim's answer: a number, or ``[RUNNING, failures]`` (claim.lua)."""
+    if isinstance(claimed, list):
+        return Running(int(claimed[1]))
+    return int(claimed)
 
 
 def _lean_script(client: Any, script: Script) -> Callable[[Sequence[str], Sequence[Any]], Any]:

@@ -37,6 +37,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from castor.backends.redis.keys import dead_letters, heartbeat, is_reply_stream, spent_tokens, started_marker
+from castor.backends.redis.keys import failures as failures_key
 from castor.checkpoint import StepFailure, SyscallRecord, bounded_arguments
 from castor.errors import InDoubtError
 from castor.fleet.records import canonical, redact
@@ -52,7 +53,7 @@ from ._guard import Refusal, Spent, authorize, check_age, check_tool, parse_job
 from ._heartbeat import Heartbeats
 from ._loop import LoopThread
 from ._models import ModelCalls, is_model_task
-from ._scripts import ABANDONED, DUPLICATE, REPLY_MAXLEN, RUNNING, SPENT, Delivery, StepScripts
+from ._scripts import ABANDONED, DUPLICATE, REPLY_MAXLEN, RUNNING, SPENT, Delivery, Running, StepScripts
 from ._shown import ERROR_WIDTH, clip, failure_text, result_summary
 
 log = logging.getLogger("castor.worker")
@@ -62,7 +63,6 @@ _RUN, _DONE, _IN_DOUBT, _HELD = "run", "done", "in_doubt", "held"  # _HELD: a li
 WAIT_POLL = 0.25  # how often a delivery waiting for a step another worker runs asks again (s)
 REPLICA_PAUSE = 0.5  # the first pause before a start the replicas did not have is claimed again (s)
 REFUSED_TYPE = "TaskRefusedError"  # the error type of a refusal's failure (``_refuse``)
-FAILED_SETTLE = 1.0  # how long a start found free after waiting looks for the running worker's failure (s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,8 +160,8 @@ class WorkerRuntime:
             self._authorize(proc, job, spec, policy)
             self._wait_out_restart(proc, job, policy)  # a round re-approved after an outage: live workers first
             previous = self._claim(proc, job, delivery, policy)
-            if previous == RUNNING:
-                waited = self._after_running(proc, job, delivery, policy, checked)
+            if isinstance(previous, Running):
+                waited = self._after_running(proc, job, delivery, policy, checked, previous.failures)
                 if isinstance(waited, Outcome):
                     return waited
                 previous = waited
@@ -263,19 +263,21 @@ class WorkerRuntime:
         return RUNNING
 
     def _after_running(
-        self, proc: _Process, job: Job, delivery: Delivery | None, policy: ToolPolicy, checked: dict[str, Any]
+        self, proc: _Process, job: Job, delivery: Delivery | None, policy: ToolPolicy, checked: dict[str, Any],
+        seen: int,
     ) -> int | Outcome:
         """A live worker runs the step: what ``_await_running`` finds, or the outcome of this delivery. A call
-        whose running worker's tool raised for good meanwhile (not retried: its failure recorded) is answered
-        with that failure, the start this delivery found free given back: that worker's run was the step's
-        (a delivery that ran it again ran it twice, for a call already answered as failed). A failure its
-        worker retries records nothing: this delivery then runs the call, as the retry would."""
-        failures = len(self._tool_failures(proc, job))
+        whose running worker's tool raised for good meanwhile (not retried) is answered with that failure, the
+        start this delivery found free given back: that worker's run was the step's (a delivery that ran it
+        again ran it twice, for a call already answered as failed). That worker records the failure and drops
+        its start in one transaction (``_fail_for_good``), so a start found free comes with the failure already
+        recorded, after the ``seen`` failures the run had when this delivery's claim found the step running.
+        A failure its worker retries records nothing: this delivery then runs the call, as the retry would."""
         previous = self._await_running(proc, job, delivery, policy)
         if previous == RUNNING:
             return Outcome(DROPPED, detail="dropped: still running on another worker at the deadline")
         if previous == -1:
-            failed = self._failed_meanwhile(proc, job, failures)
+            failed = proc.loop.run(self._failed_since(proc, job, seen))
             if failed is not None:
                 proc.scripts.give_back(job, delivery)
                 reply = Reply(job.effect_id, job.attempt, ERROR, None, failed.error_type, failed.message, True)
@@ -283,25 +285,16 @@ class WorkerRuntime:
                 return Outcome(ERROR, detail=failure_text(failed.error_type, failed.message, checked, policy.sensitive))
         return previous
 
-    def _tool_failures(self, proc: _Process, job: Job) -> list[StepFailure]:
-        """The failures the step's run recorded for a run of the step's tool, oldest first. A refusal is no run of
-        the tool, and anyone who can write to the broker can cause one (a spent task sent again): left out."""
-        recorded = proc.loop.run(proc.backend.journal.failures(job.run_id))
-        return [f for f in recorded
-                if f.step == job.step and f.tool_name == job.tool_name and f.error_type != REFUSED_TYPE]
-
-    def _failed_meanwhile(self, proc: _Process, job: Job, known: int) -> StepFailure | None:
-        """The failure the worker this delivery waited on recorded for the step, if its tool raised: that worker
-        drops its start first and records the failure next, so a start found free is looked at for up to
-        ``FAILED_SETTLE`` seconds. None if none comes (a tool that raised and is retried by its own worker)."""
-        until = time.monotonic() + FAILED_SETTLE
-        while True:
-            recorded = self._tool_failures(proc, job)
-            if len(recorded) > known:
-                return recorded[-1]
-            if time.monotonic() >= until:
-                return None
-            time.sleep(WAIT_POLL / 5)
+    async def _failed_since(self, proc: _Process, job: Job, seen: int) -> StepFailure | None:
+        """The last failure of a run of the step's tool the run recorded after its first ``seen`` failures. A
+        refusal is no run of the tool, and anyone who can write to the broker can cause one (a spent task sent
+        again): left out."""
+        rows = await proc.redis.lrange(failures_key(self.settings.redis.prefix, job.run_id), seen, -1)
+        for row in reversed(rows):
+            failure = StepFailure.model_validate_json(row)
+            if failure.step == job.step and failure.tool_name == job.tool_name and failure.error_type != REFUSED_TYPE:
+                return failure
+        return None
 
     def refuse_unknown(self, kwargs: Any, name: str, task_id: str = "") -> None:
         """A task whose name no tool of this worker has: record the refusal against its run, if it names one
@@ -337,14 +330,13 @@ class WorkerRuntime:
             return Outcome(IN_DOUBT, detail=failure_text("InDoubtError", str(exc), checked, policy.sensitive))
         except Exception as exc:
             # The tool finished, by raising: its outcome is known, so a retry is a fresh start, not in doubt.
-            proc.loop.run(self._forget_start(proc, job))
             if policy.retryable and retries < self.settings.tools.max_retries:
+                proc.loop.run(self._forget_start(proc, job))
                 delay = self.settings.tools.retry_backoff * 2**retries
                 shown = kwargs_repr(job, policy.sensitive)
                 log.warning("%s failed (%s: %s); retry %d in %.2fs", shown, type(exc).__name__, exc, retries + 1, delay)
                 return Outcome(ERROR, retry_in=delay, shown=shown)
-            proc.loop.run(self._spend(proc, job))
-            proc.loop.run(self._fail(proc, job, ERROR, type(exc).__name__, str(exc), policy))
+            proc.loop.run(self._fail_for_good(proc, job, type(exc).__name__, str(exc), policy))
             return Outcome(ERROR, detail=failure_text(type(exc).__name__, str(exc), checked, policy.sensitive))
         if is_model_task(job.tool_name):  # settled to the usage reported before it is journaled (_models)
             # Outside the try: Redis away as the call returns is no failure of the call (it was made, and paid)
@@ -426,16 +418,27 @@ class WorkerRuntime:
                         kwargs_repr(job, policy.sensitive), job.attempt, left)
             time.sleep(left)
 
-    async def _spend(self, proc: _Process, job: Job) -> None:
-        """Keep the token of a task whose call failed for good, for as long as a copy of it could be taken: a
-        copy sent again is refused (the run sends the step again signed anew, never this token)."""
-        if not job.token:
-            return
-        key = spent_tokens(self.settings.redis.prefix, job.run_id, job.step)
+    async def _fail_for_good(self, proc: _Process, job: Job, error_type: str, message: str, policy: ToolPolicy) -> None:
+        """The step's tool raised and is not retried: in one transaction, record the failure, drop the step's
+        start (a fresh start may follow: a resume of the failed run retries it) and keep the task's token for
+        as long as a copy of it could be taken (a copy sent again is refused; the run sends the step again
+        signed anew, never this token); then answer. One transaction: a delivery waiting on this worker
+        (``_after_running``) that finds the start free finds the failure with it, never a moment between."""
+        log.warning("%s: %s: %s", kwargs_repr(job, policy.sensitive), error_type, message)
+        prefix = self.settings.redis.prefix
+        failure = StepFailure(
+            step=job.step, tool_name=job.tool_name, arguments=redact(job.arguments, policy.sensitive),
+            error_type=error_type, message=message,
+        )
         async with proc.redis.pipeline(transaction=True) as pipe:
-            pipe.sadd(key, job.token)
-            pipe.expire(key, int(self.settings.security.task_max_age) + 1)
+            pipe.rpush(failures_key(prefix, job.run_id), failure.model_dump_json())
+            pipe.delete(started_marker(prefix, job.run_id, job.step))
+            if job.token:
+                spent = spent_tokens(prefix, job.run_id, job.step)
+                pipe.sadd(spent, job.token)
+                pipe.expire(spent, int(self.settings.security.task_max_age) + 1)
             await pipe.execute()
+        await self._reply(proc, job, Reply(job.effect_id, job.attempt, ERROR, None, error_type, message, True))
 
     async def _forget_start(self, proc: _Process, job: Job) -> None:
         await proc.redis.delete(started_marker(self.settings.redis.prefix, job.run_id, job.step))

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import redis
-from castor.fleet.workers._scripts import Delivery
+from castor.fleet.workers._scripts import RUNNING, Delivery
 from castor.fleet.workers.runtime import DROPPED, WorkerRuntime
 
 from castor.backends.redis import keys, redis_backend
@@ -206,33 +206,42 @@ def test_a_delivery_waits_for_a_live_worker_and_goes_in_doubt_once_its_heartbeat
     sync.close()
 
 
-def _worker_a_fails(
-    redis_url: str, redis_prefix: str, *, for_good: bool, error_type: str = "PermissionError"
-) -> threading.Thread:
-    """Worker A started round 0 and is alive; 0.6 s later its tool raises: A drops its start, and, failed for
-    good (not retried), records the failure (then answers it). Not for good, a failure of ``error_type`` is
-    recorded all the same where it is a refusal's (another delivery refused meanwhile)."""
+def _a_failed(redis_url: str, redis_prefix: str, *, for_good: bool, error_type: str = "PermissionError") -> None:
+    """What worker A does when its tool raises: for good (not retried), it records the failure and drops its
+    start in one transaction (``_fail_for_good``); retried, it drops its start and records nothing. A refusal
+    (``error_type``) is recorded all the same: another delivery refused meanwhile."""
     from castor.checkpoint import StepFailure
 
+    failure = StepFailure(step=0, tool_name="touch", arguments={"path": "/tmp/x"},
+                          error_type=error_type, message="read-only file system")
+    sync = redis.Redis.from_url(redis_url)
+    try:
+        with sync.pipeline(transaction=True) as pipe:
+            if for_good or error_type == "TaskRefusedError":
+                pipe.rpush(keys.failures(redis_prefix, "r"), failure.model_dump_json())
+            pipe.delete(keys.started_marker(redis_prefix, "r", 0), keys.heartbeat(redis_prefix, "r", 0))
+            pipe.execute()
+    finally:
+        sync.close()
+
+
+def _a_runs(redis_url: str, redis_prefix: str) -> None:
+    """Worker A started round 0 and is alive (its heartbeat renewed a moment ago)."""
     sync = redis.Redis.from_url(redis_url)
     sync.set(keys.started_marker(redis_prefix, "r", 0), 0)
     sync.set(keys.heartbeat(redis_prefix, "r", 0), "elsewhere/1", px=5000)
+    sync.close()
 
-    async def record() -> None:
-        backend = redis_backend(redis_url, prefix=redis_prefix)
-        try:
-            failure = StepFailure(step=0, tool_name="touch", arguments={"path": "/tmp/x"},
-                                  error_type=error_type, message="read-only file system")
-            await backend.journal.record_failure("r", failure)
-        finally:
-            await backend.close()
+
+def _worker_a_fails(
+    redis_url: str, redis_prefix: str, *, for_good: bool, error_type: str = "PermissionError"
+) -> threading.Thread:
+    """Worker A runs the step; 0.6 s later its tool raises (``_a_failed``)."""
+    _a_runs(redis_url, redis_prefix)
 
     def fails() -> None:
         time.sleep(0.6)
-        sync.delete(keys.started_marker(redis_prefix, "r", 0), keys.heartbeat(redis_prefix, "r", 0))
-        if for_good or error_type == "TaskRefusedError":
-            asyncio.run(record())
-        sync.close()
+        _a_failed(redis_url, redis_prefix, for_good=for_good, error_type=error_type)
 
     thread = threading.Thread(target=fails)
     thread.start()
@@ -278,3 +287,54 @@ def test_a_refusal_recorded_meanwhile_is_not_taken_for_the_running_workers_failu
     outcome = runtime.handle(job(0), task_name("touch"))
     a.join()
     assert outcome.status == OK and tool.calls == 1, outcome
+
+
+def test_a_failure_recorded_right_after_the_claim_found_the_step_running_still_answers_it(
+    runtime: WorkerRuntime, tool: Touch, redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A's failure lands between the claim that found A running and anything this delivery reads next: it used
+    to be counted among the failures from before, and the delivery then ran the tool a second time. The
+    claim itself tells how many failures came before (read in its atomic step)."""
+    _a_runs(redis_url, redis_prefix)
+    scripts = runtime.process().scripts
+    claim = scripts.claim
+
+    def claim_then_a_fails(job: Any, delivery: Any = None) -> int:
+        answer = claim(job, delivery)
+        if answer == RUNNING:
+            monkeypatch.setattr(scripts, "claim", claim)  # once
+            _a_failed(redis_url, redis_prefix, for_good=True)
+        return answer
+
+    monkeypatch.setattr(scripts, "claim", claim_then_a_fails)
+    outcome = runtime.handle(job(0), task_name("touch"))
+    assert tool.calls == 0, outcome
+    assert outcome.status == ERROR and "PermissionError: read-only file system" in outcome.detail, outcome
+
+
+def test_two_real_deliveries_of_a_step_whose_tool_fails_for_good_run_it_once(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """End to end in the worker's own code: delivery A runs the step, its tool raises after 0.5 s and is not
+    retried; delivery B (the step sent again) came meanwhile and waited on A. Both answer A's failure; the
+    tool ran once."""
+    ran: list[str] = []
+
+    def touch(path: str) -> str:
+        ran.append(path)
+        time.sleep(0.5)
+        raise PermissionError("read-only file system")
+
+    settings = Settings(redis={"url": redis_url, "prefix": redis_prefix}, security={"secret": SECRET})
+    a, b = WorkerRuntime(settings, ToolRegistry([touch])), WorkerRuntime(settings, ToolRegistry([touch]))
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(a.handle, job(0), task_name("touch"))
+            time.sleep(0.2)
+            second = pool.submit(b.handle, job(0), task_name("touch"))
+            outcomes = [first.result(10), second.result(10)]
+    finally:
+        a.close()
+        b.close()
+    assert ran == ["/tmp/x"], outcomes
+    assert all(o.status == ERROR and "PermissionError: read-only file system" in o.detail for o in outcomes), outcomes

@@ -8,7 +8,7 @@
 -- ARGV[6] the task's id ('' when unknown), ARGV[7] the receipt: the worker's id for this one handling of
 -- the message (a claim asked again with it, its first reply lost, gets the first answer again),
 -- ARGV[8] the worker's id, ARGV[9] the heartbeat's ttl (ms); KEYS[6] the step's spent tokens (set),
--- ARGV[10] the task's token ('' for none)
+-- ARGV[10] the task's token ('' for none); KEYS[7] the run's failures (list), optional
 -- Returns -2 when the journal holds the step already: whatever round or copy this is, the step finished
 --   and its record is the result (nothing is marked);
 -- -4 when the coordinator gave up on this task before any worker took it (nothing is marked);
@@ -17,7 +17,9 @@
 --   after its first try landed. The copy taken first runs the step and answers; this one does nothing;
 -- -5 (running) when a live worker runs the step (its heartbeat is there) in this round or an earlier one:
 --   nothing is marked or recorded, the caller waits and asks again (a coordinator that took the run
---   over sends the step again while the first worker still runs it);
+--   over sends the step again while the first worker still runs it); with KEYS[7], {-5, the length of
+--   the run's failures}: a failure the running worker records for good (with its start dropped, in one
+--   transaction) stands after that index, so the caller tells it from the failures before;
 -- -1 when there is no marker, or one of an earlier approval round: this attempt starts (marker and
 --   heartbeat set);
 -- else the marker's attempt, the marker left alone: the step was started before and never finished (in
@@ -45,6 +47,9 @@ if ARGV[4] ~= '' then
 end
 local old = redis.call('GET', KEYS[1])
 if old and tonumber(old) <= tonumber(ARGV[1]) and redis.call('EXISTS', KEYS[5]) == 1 then
+  if KEYS[7] then
+    return {-5, redis.call('LLEN', KEYS[7])}
+  end
   return -5
 end
 local answer
