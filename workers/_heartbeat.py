@@ -38,6 +38,16 @@ return false
 """
 
 
+# Drop a step's heartbeat (KEYS[1]) only while it is this worker's (ARGV[1]): a delivery that started the step
+# after this worker dropped its start holds the key now.
+DROP = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
 class Beat:
     """One step's heartbeat while it is renewed: ``dropped`` once something else deleted the key."""
 
@@ -50,9 +60,10 @@ class Beat:
 class Heartbeats:
     """Renews the heartbeat keys registered with ``beating``, on a client of its own."""
 
-    def __init__(self, url: str, ttl: float) -> None:
+    def __init__(self, url: str, ttl: float, worker: str = "") -> None:
         from castor.backends.redis import redis_client
 
+        self._worker = worker  # the id the claims set the keys to ('': drop whatever holds a key)
         self._ttl_ms = max(1, int(ttl * 1000))
         self._every = ttl / 4
         self._client = redis_client(url, sync=True, socket_timeout=max(self._every, 0.5))
@@ -95,7 +106,10 @@ class Heartbeats:
 
     def _drop(self, key: str) -> None:
         try:
-            self._client.delete(key)
+            if self._worker:
+                self._client.eval(DROP, 1, key, self._worker)
+            else:
+                self._client.delete(key)
         except Exception as exc:  # Redis away: the key expires within its TTL
             log.warning("could not drop the heartbeat %s (%s); it expires by itself", key, exc)
 

@@ -50,7 +50,7 @@ from castor.settings import Settings, ToolPolicy, call_deadline, tool_policy
 
 from ._deadletter import letter, record_async
 from ._guard import Refusal, Spent, authorize, check_age, check_tool, parse_job
-from ._heartbeat import Heartbeats
+from ._heartbeat import Beat, Heartbeats
 from ._loop import LoopThread
 from ._models import ModelCalls, is_model_task
 from ._scripts import ABANDONED, DUPLICATE, REPLY_MAXLEN, RUNNING, SPENT, Delivery, Running, StepScripts
@@ -106,7 +106,7 @@ class _Process:
             heartbeat=settings.workers.heartbeat, outage=settings.workers.outage_deadline, spool=settings.workers.spool,
             replicas=settings.redis.replicas, replica_timeout=settings.redis.replica_timeout,
         )
-        self.heartbeats = Heartbeats(settings.redis.url, settings.workers.heartbeat)
+        self.heartbeats = Heartbeats(settings.redis.url, settings.workers.heartbeat, self.worker)
 
 
 class WorkerRuntime:
@@ -202,8 +202,9 @@ class WorkerRuntime:
         with proc.heartbeats.beating(heartbeat(prefix, job.run_id, job.step), None if previous == -1 else proc.worker,
                                      restore=(started_marker(prefix, job.run_id, job.step), proc.worker,
                                               job.attempt)) as beat:
-            outcome = self._execute(proc, job, spec, checked, policy, retries)
-            beat.dropped = outcome.status == OK  # the finish dropped it with the marker: no round trip more
+            outcome = self._execute(proc, job, spec, checked, policy, retries, beat)
+            if outcome.status == OK:
+                beat.dropped = True  # the finish dropped it with the marker: no round trip more
             return outcome
 
     def _claim(self, proc: _Process, job: Job, delivery: Delivery | None, policy: ToolPolicy) -> int:
@@ -311,7 +312,8 @@ class WorkerRuntime:
         proc.loop.run(self._refuse(proc, job, reason, name, kwargs, task_id))
 
     def _execute(
-        self, proc: _Process, job: Job, spec: ToolSpec, checked: dict[str, Any], policy: ToolPolicy, retries: int
+        self, proc: _Process, job: Job, spec: ToolSpec, checked: dict[str, Any], policy: ToolPolicy, retries: int,
+        beat: Beat,
     ) -> Outcome:
         from celery.exceptions import SoftTimeLimitExceeded
 
@@ -330,6 +332,9 @@ class WorkerRuntime:
             return Outcome(IN_DOUBT, detail=failure_text("InDoubtError", str(exc), checked, policy.sensitive))
         except Exception as exc:
             # The tool finished, by raising: its outcome is known, so a retry is a fresh start, not in doubt.
+            # Its start and heartbeat go together, and the heartbeat is not dropped again as the task ends: by
+            # then another delivery may have started the step, and the key be that one's.
+            beat.dropped = True
             if policy.retryable and retries < self.settings.tools.max_retries:
                 proc.loop.run(self._forget_start(proc, job))
                 delay = self.settings.tools.retry_backoff * 2**retries
@@ -420,9 +425,9 @@ class WorkerRuntime:
 
     async def _fail_for_good(self, proc: _Process, job: Job, error_type: str, message: str, policy: ToolPolicy) -> None:
         """The step's tool raised and is not retried: in one transaction, record the failure, drop the step's
-        start (a fresh start may follow: a resume of the failed run retries it) and keep the task's token for
-        as long as a copy of it could be taken (a copy sent again is refused; the run sends the step again
-        signed anew, never this token); then answer. One transaction: a delivery waiting on this worker
+        start and heartbeat (a fresh start may follow: a resume of the failed run retries it) and keep the
+        task's token for as long as a copy of it could be taken (a copy sent again is refused; the run sends
+        the step again signed anew, never this token); then answer. One transaction: a delivery waiting on this worker
         (``_after_running``) that finds the start free finds the failure with it, never a moment between."""
         log.warning("%s: %s: %s", kwargs_repr(job, policy.sensitive), error_type, message)
         prefix = self.settings.redis.prefix
@@ -432,7 +437,7 @@ class WorkerRuntime:
         )
         async with proc.redis.pipeline(transaction=True) as pipe:
             pipe.rpush(failures_key(prefix, job.run_id), failure.model_dump_json())
-            pipe.delete(started_marker(prefix, job.run_id, job.step))
+            pipe.delete(started_marker(prefix, job.run_id, job.step), heartbeat(prefix, job.run_id, job.step))
             if job.token:
                 spent = spent_tokens(prefix, job.run_id, job.step)
                 pipe.sadd(spent, job.token)
@@ -441,7 +446,8 @@ class WorkerRuntime:
         await self._reply(proc, job, Reply(job.effect_id, job.attempt, ERROR, None, error_type, message, True))
 
     async def _forget_start(self, proc: _Process, job: Job) -> None:
-        await proc.redis.delete(started_marker(self.settings.redis.prefix, job.run_id, job.step))
+        prefix = self.settings.redis.prefix
+        await proc.redis.delete(started_marker(prefix, job.run_id, job.step), heartbeat(prefix, job.run_id, job.step))
 
     async def _finish_late(self, proc: _Process, job: Job, result: Any) -> None:
         """Another record holds the step (a redelivered task raced the first): reply with that one."""

@@ -338,3 +338,49 @@ def test_two_real_deliveries_of_a_step_whose_tool_fails_for_good_run_it_once(
         b.close()
     assert ran == ["/tmp/x"], outcomes
     assert all(o.status == ERROR and "PermissionError: read-only file system" in o.detail for o in outcomes), outcomes
+
+
+def test_a_worker_whose_tool_failed_and_is_retried_leaves_the_next_deliverys_heartbeat_alone(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A's tool raises and is retried: A drops its start, and, its task ending a moment later, used to drop the
+    step's heartbeat key too, which by then could be B's (B waited on A and started the step in that moment).
+    B then ran with no heartbeat, and any delivery meanwhile (A's own retry) took the step for one whose worker
+    was lost: in doubt, while B ran it. A's thread is held between the two here, as a busy machine may."""
+    sync = redis.Redis.from_url(redis_url)
+    beat_key = keys.heartbeat(redis_prefix, "r", 0)
+    seen: list[bool] = []
+
+    def touch(path: str) -> str:
+        if not seen:
+            seen.append(True)
+            time.sleep(0.4)
+            raise ConnectionError("flaky")
+        time.sleep(0.9)  # A's task has ended meanwhile
+        seen.append(bool(sync.exists(beat_key)))
+        return f"touched {path}"
+
+    settings = Settings(redis={"url": redis_url, "prefix": redis_prefix}, security={"secret": SECRET},
+                        tools={"retryable": ["touch"], "max_retries": 2})
+    a, b = WorkerRuntime(settings, ToolRegistry([touch])), WorkerRuntime(settings, ToolRegistry([touch]))
+    beats = a.process().heartbeats
+    drop = beats._drop
+
+    def held_then_drop(key: str) -> None:
+        time.sleep(0.6)
+        drop(key)
+
+    beats._drop = held_then_drop
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(a.handle, job(0), task_name("touch"))
+            time.sleep(0.1)
+            second = pool.submit(b.handle, job(0), task_name("touch"))
+            outcomes = [first.result(10), second.result(10)]
+    finally:
+        a.close()
+        b.close()
+        sync.close()
+    assert outcomes[0].status == ERROR and outcomes[0].retry_in is not None, outcomes
+    assert outcomes[1].status == OK, outcomes
+    assert seen == [True, True], "B ran its tool with the step's heartbeat gone"

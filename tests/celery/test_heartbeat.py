@@ -100,3 +100,19 @@ def test_a_running_steps_heartbeat_is_renewed_long_before_it_could_lapse(
         assert sync.get(key) is None  # dropped when the block ended
     finally:
         heartbeats.close()
+
+
+def test_a_blocks_end_drops_only_its_own_workers_key(redis_url: str, redis_prefix: str, sync: redis.Redis) -> None:
+    """A step whose worker dropped its start (its tool failed and is retried) may be started by another worker
+    before this one's block ends: the key is that worker's then, and stays."""
+    mine, theirs = keys.heartbeat(redis_prefix, "r", 0), keys.heartbeat(redis_prefix, "r", 1)
+    beats = Heartbeats(redis_url, 5.0, "host/1")
+    try:
+        for key in (mine, theirs):
+            with beats.beating(key, "host/1"):
+                if key == theirs:
+                    sync.set(key, "host/2", px=5000)  # another worker started the step meanwhile
+    finally:
+        beats.close()
+    assert sync.get(mine) is None
+    assert sync.get(theirs) == "host/2"
