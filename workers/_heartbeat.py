@@ -12,7 +12,7 @@ Renewing is ``PEXPIRE``, never a plain ``SET``: a key the step's finish dropped 
 renewal that fails (Redis restarting) is tried again at the next beat. A Redis away for longer than the
 TTL (its keys' expiry times run on, restored from the AOF) finds the key gone at the next beat while the
 tool still runs: the key is set again then, only while the step's started marker still holds this round
-(``RESTORE``: the finish drops the marker with the key, a failure drops both), so a
+(``RESTORE``: the finish drops the marker with the key, a tool that raised drops both), so a
 coordinator looking at the heartbeat (``castor.executors._loss``) does not take a live worker for lost.
 """
 
