@@ -55,10 +55,12 @@ class Running(int):
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """Which task message a worker got: its task id with Celery's retry count (a retry is a new message
-    under the same id), and whether the broker redelivers it (its worker was lost, or it was requeued)."""
+    under the same id), whether the broker redelivers it (its worker was lost, or it was requeued), and when
+    it expires (seconds since the epoch; its coordinator gives up on the call then)."""
 
     message: str
     redelivered: bool = False
+    expires: float | None = None
 
     @property
     def task_id(self) -> str:

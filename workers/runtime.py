@@ -250,17 +250,27 @@ class WorkerRuntime:
         """A live worker runs the step (a coordinator that took the run over sent it again): ask again
         until it is journaled (its record answers this delivery), failed, or its worker is gone (in
         doubt); RUNNING if it still runs at the call's deadline (no reply: the coordinator settles the
-        step at its deadline, from the journal or as in doubt)."""
+        step at its deadline, from the journal or as in doubt).
+
+        The deadline is the call's, not this wait's: the wait ends when the task expires (its coordinator gives
+        up on the call then; Celery's ``expires`` guards only a task not yet taken) or, whatever the broker says
+        of that, once ``issued`` (signed) is as long past as a call may take. A start found free later would
+        run the tool for a call its coordinator settled already."""
         shown = kwargs_repr(job, policy.sensitive)
         log.warning("%s: a live worker runs this step; this delivery waits for the worker running it", shown)
         wait = call_deadline(self.settings, policy.timeout, policy.retryable)
-        until = time.monotonic() + wait
+        ends = [time.time() + wait]
+        if job.issued:
+            ends.append(job.issued + wait)
+        if delivery is not None and delivery.expires is not None:
+            ends.append(delivery.expires)
+        until = time.monotonic() + min(ends) - time.time()
         while time.monotonic() < until:
             time.sleep(WAIT_POLL)
             previous = self._claim(proc, job, delivery, policy)
             if previous != RUNNING:
                 return previous
-        log.warning("%s: still running on another worker after %gs; no longer waiting for it", shown, wait)
+        log.warning("%s: still running on another worker at the call's deadline; no longer waiting for it", shown)
         return RUNNING
 
     def _after_running(

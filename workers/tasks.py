@@ -11,6 +11,7 @@ Celery cannot take as a task (``_poison``) or rejects is dead-lettered (``_deadl
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from castor.fleet.wire import ERROR, IN_DOUBT, REFUSED, TIMEOUT, task_name
@@ -115,7 +116,20 @@ def shown_end(outcome: Outcome) -> str:
 def _delivery(request: Any) -> Delivery:
     """The message a task runs from: a Celery retry is a new message under the same task id."""
     info = request.delivery_info or {}
-    return Delivery(f"{request.id}/{request.retries or 0}", bool(info.get("redelivered")))
+    return Delivery(f"{request.id}/{request.retries or 0}", bool(info.get("redelivered")), _expiry(request.expires))
+
+
+def _expiry(expires: Any) -> float | None:
+    """A task's ``expires`` (Celery's ISO 8601 text, or a datetime) in seconds since the epoch; None if absent
+    or unreadable (the signed bound from ``issued`` still holds: ``WorkerRuntime._await_running``)."""
+    if isinstance(expires, str):
+        try:
+            expires = datetime.fromisoformat(expires)
+        except ValueError:
+            return None
+    if isinstance(expires, datetime):
+        return (expires if expires.tzinfo else expires.replace(tzinfo=UTC)).timestamp()
+    return None
 
 
 def _watch_unknown(app: Any, runtime: WorkerRuntime, letters: DeadLetters) -> None:

@@ -384,3 +384,59 @@ def test_a_worker_whose_tool_failed_and_is_retried_leaves_the_next_deliverys_hea
     assert outcomes[0].status == ERROR and outcomes[0].retry_in is not None, outcomes
     assert outcomes[1].status == OK, outcomes
     assert seen == [True, True], "B ran its tool with the step's heartbeat gone"
+
+
+def _a_retries_after(redis_url: str, redis_prefix: str, seconds: float) -> threading.Thread:
+    """Worker A runs the step; ``seconds`` later its tool raises and is retried (its start dropped, nothing
+    recorded): the start is free for anyone waiting."""
+    _a_runs(redis_url, redis_prefix)
+
+    def fails() -> None:
+        time.sleep(seconds)
+        _a_failed(redis_url, redis_prefix, for_good=False)
+
+    thread = threading.Thread(target=fails)
+    thread.start()
+    return thread
+
+
+def test_a_delivery_waiting_on_a_worker_starts_nothing_once_its_task_expired(
+    runtime: WorkerRuntime, tool: Touch, redis_url: str, redis_prefix: str
+) -> None:
+    """The wait on a running worker is bounded by the call's deadline, not by when this delivery came: once the
+    task expired (its coordinator gave up on the call and settled it), a start found free is not taken."""
+    a = _a_retries_after(redis_url, redis_prefix, 1.0)
+    outcome = runtime.handle(job(0), task_name("touch"), delivery=Delivery("t-1/0", expires=time.time() + 0.5))
+    a.join()
+    assert outcome.status == DROPPED and tool.calls == 0, outcome
+
+
+def test_the_wait_ends_at_the_signed_deadline_whatever_the_broker_says_of_expiry(
+    runtime: WorkerRuntime, tool: Touch, redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task whose ``expires`` is gone (or rewritten on the broker) still ends its wait once its signed
+    ``issued`` is as long past as the call may take."""
+    from castor.settings import call_deadline, tool_policy
+
+    spec = runtime.registry.get("touch")
+    policy = tool_policy(runtime.settings, spec)
+    signed_at = time.time() - call_deadline(runtime.settings, policy.timeout, policy.retryable) + 0.5
+    monkeypatch.setattr("castor.fleet.wire.time.time", lambda: signed_at)
+    old = job(0)
+    monkeypatch.undo()
+    a = _a_retries_after(redis_url, redis_prefix, 1.0)
+    outcome = runtime.handle(old, task_name("touch"), delivery=Delivery("t-2/0", expires=time.time() + 3600))
+    a.join()
+    assert outcome.status == DROPPED and tool.calls == 0, outcome
+
+
+def test_a_tasks_expiry_is_read_as_celery_sends_it() -> None:
+    from datetime import UTC, datetime
+
+    from castor.fleet.workers.tasks import _expiry
+
+    at = datetime(2026, 12, 7, 12, 0, 0, tzinfo=UTC)
+    assert _expiry(at.isoformat()) == at.timestamp()
+    assert _expiry(at) == at.timestamp()
+    assert _expiry(at.replace(tzinfo=None).isoformat()) == at.timestamp()  # naive: UTC, as Celery's clock is
+    assert _expiry("next tuesday") is None and _expiry(None) is None and _expiry(12) is None
