@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from castor.backends.redis import eviction, hide_password, keys, redis_client
+from castor.backends.redis.durability import durability_warning
 from castor.errors import BackendUnavailable
 from castor.fleet.broker import broker_error
 from castor.fleet.sealing import secret_proof
@@ -79,6 +80,7 @@ def _redis(settings: Settings) -> None:
     try:
         client.ping()
         memory = _memory(client)
+        _durable(client, where)
         if settings.redis.replicas:
             _replicas_connected(client, settings.redis.replicas, where)
     except redis.RedisError as exc:
@@ -90,6 +92,18 @@ def _redis(settings: Settings) -> None:
         client.close()
     if memory is not None:  # the results and claims a worker writes must not be evicted
         eviction.check(memory, where, allow=settings.redis.allow_eviction)
+
+
+def _durable(client: Any, where: str) -> None:
+    """Say where Redis logs nothing to disk (``castor.backends.redis.durability``)."""
+    import redis
+
+    try:
+        warning = durability_warning(client.info("persistence"), where)
+    except redis.ResponseError:  # INFO refused (renamed on a managed Redis): nothing to say
+        return
+    if warning is not None:
+        log.warning("%s", warning)
 
 
 def _replicas_connected(client: Any, wanted: int, where: str) -> None:

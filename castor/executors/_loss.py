@@ -3,8 +3,9 @@
 A worker that starts a step sets the step's started marker and its heartbeat key together (``claim.lua``),
 and renews the heartbeat every quarter of ``[workers] heartbeat`` seconds while the tool runs. The step's
 finish drops both at once, and so does a tool that fails (with its failure recorded, when it is not
-retried); one that times out keeps the marker (it may still act) and replies. So a marker of the call's round with no heartbeat beside it means the
-worker that started the step stopped renewing it for a whole TTL: the process died, or its host did.
+retried); one that times out keeps the marker (it may still act) and replies. So a marker of the call's
+round with no heartbeat beside it means the worker that started the step stopped renewing it for a whole
+TTL: the process died, or its host did.
 
 Without this, a coordinator noticed a lost worker only at the call's deadline: the tool's timeout (with
 its retries) plus a grace of 30 s, minutes for a long tool, while the Redis broker gives the task back

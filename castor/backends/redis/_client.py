@@ -45,6 +45,7 @@ from castor._redact import hide_password
 from castor.backends.redis import eviction
 from castor.backends.redis import resp as _resp
 from castor.backends.redis._batch import Batcher
+from castor.backends.redis.durability import durability_warning
 from castor.backends.redis.replicas import Acks
 from castor.backends.redis.scripts import STORE_SCRIPTS as SCRIPTS
 from castor.backends.redis.scripts import forgotten
@@ -205,9 +206,17 @@ class RedisConnection:
                         self.safe_url, exc)
         else:
             eviction.check(info, self.safe_url, allow=self.allow_eviction)
+        await self._durable()
         if self.replicas:
             await self._replicas_connected()
         self._ready = True
+
+    async def _durable(self) -> None:
+        """Say at start, once, where Redis logs nothing to disk (``castor.backends.redis.durability``)."""
+        with contextlib.suppress(BackendUnavailable, RedisError, ValueError):  # INFO refused: nothing to say
+            warning = durability_warning(await self.command("info", "persistence"), self.safe_url)
+            if warning is not None:
+                log.warning("%s", warning)
 
     async def _replicas_connected(self) -> None:
         """Say at start, once, where fewer replicas are connected than ``replicas`` asks: every claim will wait
