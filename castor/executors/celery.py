@@ -227,6 +227,7 @@ class CeleryExecutor:
                 await self._abandon_or_wait(call, task_id, exc)
             return await future
         except TimeoutError:  # the reader's deadline (a worker's timeout is a reply, not this)
+            await self._give_up(call, task_id)
             return DEADLINE
         except WorkerLost:
             return LOST
@@ -259,19 +260,35 @@ class CeleryExecutor:
         fails, and its charge is refunded) unless a worker took it already, whose reply is then awaited.
         Failing the call while the task may still run would have the tool act for a call its agent was
         told had failed, and paid back."""
-        prefix, run, step = self._settings.redis.prefix, call.run_id, call.step
         try:
-            state = await self._control_conn().script(
-                "task_abandon",
-                [keys.journal(prefix, run), keys.deliveries(prefix, run, step), keys.abandoned(prefix, run, step)],
-                [step, task_id, ABANDON_TTL],
-            )
+            state = await self._abandon(call, task_id)
         except CastorError as exc:  # Redis is away too: the task may run, so its reply is the answer
             log.warning("%s; cannot abandon task %s either (%s): waiting for its reply", failure, task_id, exc)
             return
         if int(state) == 0:
             raise BackendUnavailable(f"{failure}; no worker will run it") from failure.__cause__ or failure
         log.warning("%s, but a worker took task %s: waiting for its reply", failure, task_id)
+
+    async def _give_up(self, call: ToolCall, task_id: str) -> None:
+        """No reply by the call's deadline: abandon the task unless a worker took it, so that none starts it
+        later (``_late`` then tells the call timed out, and it did). Celery's ``expires`` is judged by the
+        worker's clock, which may run behind this one's, and a worker that got the task just before it
+        expired claims it a moment later: either would run the tool for a call its agent was told had
+        timed out. A task a worker took is settled by ``_late`` (its record, or in doubt)."""
+        try:
+            await self._abandon(call, task_id)
+        except CastorError as exc:  # Redis is away: ``_late`` cannot look either, and says what it finds
+            log.warning("%r (run %s, step %d) gave no reply by its deadline; cannot abandon task %s (%s)",
+                        call.tool_name, call.run_id, call.step, task_id, exc)
+
+    async def _abandon(self, call: ToolCall, task_id: str) -> Any:
+        """``task_abandon.lua``: -2 the journal holds the step; 1 a worker took the task; 0 abandoned."""
+        prefix, run, step = self._settings.redis.prefix, call.run_id, call.step
+        return await self._control_conn().script(
+            "task_abandon",
+            [keys.journal(prefix, run), keys.deliveries(prefix, run, step), keys.abandoned(prefix, run, step)],
+            [step, task_id, ABANDON_TTL],
+        )
 
     async def _late(self, call: ToolCall, route: _Route, why: str, kwargs: dict[str, Any]) -> Any:
         """No reply by the deadline, or none from a worker seen gone (``why``): the journal's record if the
