@@ -234,13 +234,13 @@ def _a_runs(redis_url: str, redis_prefix: str) -> None:
 
 
 def _worker_a_fails(
-    redis_url: str, redis_prefix: str, *, for_good: bool, error_type: str = "PermissionError"
+    redis_url: str, redis_prefix: str, *, for_good: bool, error_type: str = "PermissionError", after: float = 0.6
 ) -> threading.Thread:
-    """Worker A runs the step; 0.6 s later its tool raises (``_a_failed``)."""
+    """Worker A runs the step; ``after`` seconds later its tool raises (``_a_failed``)."""
     _a_runs(redis_url, redis_prefix)
 
     def fails() -> None:
-        time.sleep(0.6)
+        time.sleep(after)
         _a_failed(redis_url, redis_prefix, for_good=for_good, error_type=error_type)
 
     thread = threading.Thread(target=fails)
@@ -312,6 +312,20 @@ def test_a_failure_recorded_right_after_the_claim_found_the_step_running_still_a
     assert outcome.status == ERROR and "PermissionError: read-only file system" in outcome.detail, outcome
 
 
+def _two_deliveries(a: WorkerRuntime, b: WorkerRuntime, gap: float) -> list[Any]:
+    """Delivery A of the step on worker ``a``, then, ``gap`` seconds later, delivery B on ``b`` (the step sent
+    again while A runs it); their outcomes. Both workers are closed after."""
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(a.handle, job(0), task_name("touch"))
+            time.sleep(gap)
+            second = pool.submit(b.handle, job(0), task_name("touch"))
+            return [first.result(10), second.result(10)]
+    finally:
+        a.close()
+        b.close()
+
+
 def test_two_real_deliveries_of_a_step_whose_tool_fails_for_good_run_it_once(
     redis_url: str, redis_prefix: str
 ) -> None:
@@ -327,15 +341,7 @@ def test_two_real_deliveries_of_a_step_whose_tool_fails_for_good_run_it_once(
 
     settings = Settings(redis={"url": redis_url, "prefix": redis_prefix}, security={"secret": SECRET})
     a, b = WorkerRuntime(settings, ToolRegistry([touch])), WorkerRuntime(settings, ToolRegistry([touch]))
-    try:
-        with ThreadPoolExecutor(2) as pool:
-            first = pool.submit(a.handle, job(0), task_name("touch"))
-            time.sleep(0.2)
-            second = pool.submit(b.handle, job(0), task_name("touch"))
-            outcomes = [first.result(10), second.result(10)]
-    finally:
-        a.close()
-        b.close()
+    outcomes = _two_deliveries(a, b, 0.2)
     assert ran == ["/tmp/x"], outcomes
     assert all(o.status == ERROR and "PermissionError: read-only file system" in o.detail for o in outcomes), outcomes
 
@@ -372,32 +378,12 @@ def test_a_worker_whose_tool_failed_and_is_retried_leaves_the_next_deliverys_hea
 
     beats._drop = held_then_drop
     try:
-        with ThreadPoolExecutor(2) as pool:
-            first = pool.submit(a.handle, job(0), task_name("touch"))
-            time.sleep(0.1)
-            second = pool.submit(b.handle, job(0), task_name("touch"))
-            outcomes = [first.result(10), second.result(10)]
+        outcomes = _two_deliveries(a, b, 0.1)
     finally:
-        a.close()
-        b.close()
         sync.close()
     assert outcomes[0].status == ERROR and outcomes[0].retry_in is not None, outcomes
     assert outcomes[1].status == OK, outcomes
     assert seen == [True, True], "B ran its tool with the step's heartbeat gone"
-
-
-def _a_retries_after(redis_url: str, redis_prefix: str, seconds: float) -> threading.Thread:
-    """Worker A runs the step; ``seconds`` later its tool raises and is retried (its start dropped, nothing
-    recorded): the start is free for anyone waiting."""
-    _a_runs(redis_url, redis_prefix)
-
-    def fails() -> None:
-        time.sleep(seconds)
-        _a_failed(redis_url, redis_prefix, for_good=False)
-
-    thread = threading.Thread(target=fails)
-    thread.start()
-    return thread
 
 
 def test_a_delivery_waiting_on_a_worker_starts_nothing_once_its_task_expired(
@@ -405,7 +391,7 @@ def test_a_delivery_waiting_on_a_worker_starts_nothing_once_its_task_expired(
 ) -> None:
     """The wait on a running worker is bounded by the call's deadline, not by when this delivery came: once the
     task expired (its coordinator gave up on the call and settled it), a start found free is not taken."""
-    a = _a_retries_after(redis_url, redis_prefix, 1.0)
+    a = _worker_a_fails(redis_url, redis_prefix, for_good=False, after=1.0)
     outcome = runtime.handle(job(0), task_name("touch"), delivery=Delivery("t-1/0", expires=time.time() + 0.5))
     a.join()
     assert outcome.status == DROPPED and tool.calls == 0, outcome
@@ -424,7 +410,7 @@ def test_the_wait_ends_at_the_signed_deadline_whatever_the_broker_says_of_expiry
     monkeypatch.setattr("castor.fleet.wire.time.time", lambda: signed_at)
     old = job(0)
     monkeypatch.undo()
-    a = _a_retries_after(redis_url, redis_prefix, 1.0)
+    a = _worker_a_fails(redis_url, redis_prefix, for_good=False, after=1.0)
     outcome = runtime.handle(old, task_name("touch"), delivery=Delivery("t-2/0", expires=time.time() + 3600))
     a.join()
     assert outcome.status == DROPPED and tool.calls == 0, outcome
