@@ -64,3 +64,31 @@ def test_a_lock_held_past_the_timeout_is_still_an_error(tmp_path: Path) -> None:
             enter_wal(conn, timeout=0.2)
         assert time.monotonic() - started < 0.45
         conn.close()
+
+
+def test_a_store_another_process_holds_past_the_timeout_says_so_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a bare ``sqlite3.OperationalError``, which a run took for its agent's failure: the store is unavailable,
+    as a Redis away is, and the message says why."""
+    from castor.backends.sqlite import _db
+    from castor.errors import BackendUnavailable
+
+    monkeypatch.setattr(_db, "BUSY_TIMEOUT", 0.2)
+    path = tmp_path / "castor.db"
+    db = SqliteDatabase(str(path))
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        busy = r"is busy: another process held it for more than 0.2 s"
+        with pytest.raises(BackendUnavailable, match=busy), db.transaction() as conn:
+            conn.execute("INSERT INTO forks VALUES ('a', 'b', 1)")
+        with pytest.raises(BackendUnavailable, match="is busy"):
+            db.execute("INSERT INTO forks VALUES ('a', 'b', 1)")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    with db.transaction() as conn:  # free again: it works, nothing half-done left
+        conn.execute("INSERT INTO forks VALUES ('a', 'b', 1)")
+    assert db.conn.execute("SELECT count(*) FROM forks").fetchone() == (1,)
+    db.conn.close()

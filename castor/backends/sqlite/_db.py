@@ -98,15 +98,27 @@ class SqliteDatabase:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on error), under the lock."""
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on error), under the lock. The store's own failures
+        (another process holding the file past the busy timeout, a full disk) are ``BackendUnavailable``: the
+        run stops as when Redis is away, to be resumed; an ``IntegrityError`` is the caller's to read."""
         with self.lock:
-            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise self.unavailable(exc) from exc
             try:
                 yield self.conn
-            except BaseException:
+            except BaseException as exc:
                 self.conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise self.unavailable(exc) from exc
                 raise
-            self.conn.execute("COMMIT")
+            try:
+                self.conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise self.unavailable(exc) from exc
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         """One autocommitted statement."""
@@ -116,7 +128,15 @@ class SqliteDatabase:
             except sqlite3.IntegrityError:
                 raise
             except sqlite3.Error as exc:
-                raise BackendUnavailable(f"SQLite store {self.path!r}: {exc}") from exc
+                raise self.unavailable(exc) from exc
+
+    def unavailable(self, error: sqlite3.Error) -> BackendUnavailable:
+        """The one-line error of the store failing ``error``: a file another process held past the busy timeout
+        says so."""
+        if "locked" in str(error) or "busy" in str(error):
+            return BackendUnavailable(f"SQLite store {self.path!r} is busy: another process held it for more than "
+                                      f"{BUSY_TIMEOUT:g} s ({error}); try again once it is free")
+        return BackendUnavailable(f"SQLite store {self.path!r}: {error}")
 
     async def close(self) -> None:
         """Close the connection (idempotent)."""
