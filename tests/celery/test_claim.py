@@ -426,3 +426,26 @@ def test_a_tasks_expiry_is_read_as_celery_sends_it() -> None:
     assert _expiry(at) == at.timestamp()
     assert _expiry(at.replace(tzinfo=None).isoformat()) == at.timestamp()  # naive: UTC, as Celery's clock is
     assert _expiry("next tuesday") is None and _expiry(None) is None and _expiry(12) is None
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_a_claim_that_finds_the_step_running_tells_how_many_failures_came_before(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch, lean: bool
+) -> None:
+    """Over the worker's own socket (hiredis) and over redis-py alike."""
+    from castor.fleet.workers._scripts import Running, StepScripts
+
+    from castor.fleet.wire import Job
+
+    if not lean:
+        monkeypatch.setattr("castor.fleet.workers._lean.available", lambda url: False)
+    _a_runs(redis_url, redis_prefix)
+    sync = redis.Redis.from_url(redis_url)
+    sync.rpush(keys.failures(redis_prefix, "r"), "{}", "{}")  # two failures of other steps, before
+    sync.close()
+    scripts = StepScripts(redis_url, redis_prefix, worker="w")
+    try:
+        answer = scripts.claim(Job("r", 0, "touch", {}))
+    finally:
+        scripts.close()
+    assert answer == RUNNING and isinstance(answer, Running) and answer.failures == 2
