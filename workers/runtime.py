@@ -15,7 +15,9 @@
                 and deliveries too); only then does the task return and Celery ack
 
 The common case (a signed call that starts and returns) runs in the pool thread on a synchronous
-client (``_scripts``); everything else goes through the worker's event loop and the async seams.
+client (``_scripts``); everything else goes through the worker's event loop and the async seams. What a
+claim waits for (the Redis replicas, a live worker running the step) is ``_claiming``; what the worker
+process holds for every task, ``_process``.
 
 A failure (refusal, in doubt, timeout, exception) is journaled by the worker as a ``StepFailure`` and
 replied with ``journaled`` set, so it is recorded once even when no coordinator waits any more. A refusal
@@ -30,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -41,28 +42,26 @@ from castor.backends.redis.keys import failures as failures_key
 from castor.checkpoint import StepFailure, SyscallRecord, bounded_arguments
 from castor.errors import InDoubtError
 from castor.fleet.records import canonical, redact
-from castor.fleet.restart import FINISH_PAUSE_MAX, grace_left, watched
+from castor.fleet.restart import grace_left, watched
 from castor.fleet.sealing import DataKey
 from castor.fleet.wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Job, Reply, kwargs_repr, task_name, verify
 from castor.registry import ToolRegistry, ToolSpec
 from castor.seams import Backend
 from castor.settings import Settings, ToolPolicy, call_deadline, tool_policy
 
+from ._claiming import REFUSED_TYPE, await_running, claim, failed_since
 from ._deadletter import letter, record_async
 from ._guard import Refusal, Spent, authorize, check_age, check_tool, parse_job
-from ._heartbeat import Beat, Heartbeats
-from ._loop import LoopThread
+from ._heartbeat import Beat
 from ._models import ModelCalls, is_model_task
-from ._scripts import ABANDONED, DUPLICATE, REPLY_MAXLEN, RUNNING, SPENT, Delivery, Running, StepScripts
+from ._process import WorkerProcess, redis_backend_factory
+from ._scripts import ABANDONED, DUPLICATE, REPLY_MAXLEN, RUNNING, SPENT, Delivery, Running
 from ._shown import ERROR_WIDTH, clip, failure_text, result_summary
 
 log = logging.getLogger("castor.worker")
 IN_DOUBT_MESSAGE = "in doubt after worker loss"
 DROPPED = "dropped"  # an outcome only: a duplicate copy sends no reply
 _RUN, _DONE, _IN_DOUBT, _HELD = "run", "done", "in_doubt", "held"  # _HELD: a live worker still has it
-WAIT_POLL = 0.25  # how often a delivery waiting for a step another worker runs asks again (s)
-REPLICA_PAUSE = 0.5  # the first pause before a start the replicas did not have is claimed again (s)
-REFUSED_TYPE = "TaskRefusedError"  # the error type of a refusal's failure (``_refuse``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,37 +77,6 @@ class Outcome:
     detail: str = ""
 
 
-def redis_backend_factory(settings: Settings) -> Backend:
-    """The fleet's shared state: the Redis backend under the settings' prefix."""
-    from castor.backends.redis import redis_backend
-    from castor.fleet.sealing import DataKey
-
-    return redis_backend(
-        settings.redis.url, prefix=settings.redis.prefix, data_key=DataKey.for_fleet(settings.security.secret),
-        **settings.redis.store_options(),
-    )
-
-
-class _Process:
-    """Per-process state: the loop thread, the shared backend, a Redis client for markers and replies,
-    and the synchronous scripts of the common case."""
-
-    def __init__(self, settings: Settings, factory: Callable[[Settings], Backend]) -> None:
-        from castor.backends.redis import redis_client
-
-        self.pid = os.getpid()
-        self.loop = LoopThread()
-        self.backend = factory(settings)
-        self.redis = redis_client(settings.redis.url)
-        self.worker = f"{socket.gethostname()}/{self.pid}"
-        self.scripts = StepScripts(
-            settings.redis.url, settings.redis.prefix, settings.security.secret or None, worker=self.worker,
-            heartbeat=settings.workers.heartbeat, outage=settings.workers.outage_deadline, spool=settings.workers.spool,
-            replicas=settings.redis.replicas, replica_timeout=settings.redis.replica_timeout,
-        )
-        self.heartbeats = Heartbeats(settings.redis.url, settings.workers.heartbeat, self.worker)
-
-
 class WorkerRuntime:
     """Everything a tool task needs, built once per worker from its settings, its registry and its pool."""
 
@@ -120,14 +88,14 @@ class WorkerRuntime:
         self.registry = registry
         self.pool = pool
         self._factory = backend_factory or redis_backend_factory
-        self._proc: _Process | None = None
+        self._proc: WorkerProcess | None = None
         self.key = DataKey.for_fleet(settings.security.secret)  # opens a task's encrypted sensitive arguments
         self.models = ModelCalls(settings)  # settles a model step's charge (the [llm] pool's tasks)
 
-    def process(self) -> _Process:
+    def process(self) -> WorkerProcess:
         """This process's state, rebuilt after a fork."""
         if self._proc is None or self._proc.pid != os.getpid():
-            self._proc = _Process(self.settings, self._factory)
+            self._proc = WorkerProcess(self.settings, self._factory)
         return self._proc
 
     def close(self) -> None:
@@ -159,7 +127,7 @@ class WorkerRuntime:
             policy = self.policy(spec)
             self._authorize(proc, job, spec, policy)
             self._wait_out_restart(proc, job, policy)  # a round re-approved after an outage: live workers first
-            previous = self._claim(proc, job, delivery, policy)
+            previous = claim(proc, self.settings, job, delivery, policy)
             if isinstance(previous, Running):
                 waited = self._after_running(proc, job, delivery, policy, checked, previous.failures)
                 if isinstance(waited, Outcome):
@@ -207,36 +175,7 @@ class WorkerRuntime:
                 beat.dropped = True  # the finish dropped it with the marker: no round trip more
             return outcome
 
-    def _claim(self, proc: _Process, job: Job, delivery: Delivery | None, policy: ToolPolicy) -> int:
-        """``StepScripts.claim``. With ``[redis] replicas``, a start (-1) the replicas do not have yet is given
-        back and claimed again, pauses doubling, until they have it: a failover meanwhile could lose the
-        marker, and the step be handed out again while its tool runs. The wait ends at the workers' outage
-        deadline, and before the call's own deadline could pass (its tool timeout from when its coordinator
-        signed it: that coordinator then fails the call, and nothing may start it after): then ``Refusal``,
-        the call never started."""
-        previous = proc.scripts.claim(job, delivery)
-        if previous != -1 or not proc.scripts.replicas:
-            return previous
-        started = time.monotonic()
-        until = started + self.settings.workers.outage_deadline
-        if job.issued:
-            until = min(until, started + job.issued + policy.timeout - time.time())
-        pause = REPLICA_PAUSE
-        while short := proc.scripts.short_of_replicas():
-            proc.scripts.give_back(job, delivery)
-            if time.monotonic() + pause > until:
-                raise Refusal(f"not started: {short} (asked for {time.monotonic() - started:.1f} s, until the call's "
-                              "deadline or the outage deadline; started, a failover could lose its start)", job)
-            log.warning("run %s step %d (%r) waits for Redis replicas before it starts: %s; asking again in %gs",
-                        job.run_id, job.step, job.tool_name, short, pause)
-            time.sleep(pause)
-            pause = min(pause * 2, FINISH_PAUSE_MAX)
-            previous = proc.scripts.claim(job, delivery)
-            if previous != -1:
-                return previous
-        return previous
-
-    def _authorize(self, proc: _Process, job: Job, spec: ToolSpec, policy: ToolPolicy) -> None:
+    def _authorize(self, proc: WorkerProcess, job: Job, spec: ToolSpec, policy: ToolPolicy) -> None:
         """``Refusal`` unless the job may run: a signed call needs nothing from Redis to be authorized, unless it
         is too old to be its run's (``check_age``); anything else needs ``authorize``."""
         if verify(self.settings.security.secret, job):
@@ -246,66 +185,28 @@ class WorkerRuntime:
         if self.settings.security.secret:  # approved in the store, but no coordinator named that stream
             job.reply_to = ""
 
-    def _await_running(self, proc: _Process, job: Job, delivery: Delivery | None, policy: ToolPolicy) -> int:
-        """A live worker runs the step (a coordinator that took the run over sent it again): ask again
-        until it is journaled (its record answers this delivery), failed, or its worker is gone (in
-        doubt); RUNNING if it still runs at the call's deadline (no reply: the coordinator settles the
-        step at its deadline, from the journal or as in doubt).
-
-        The deadline is the call's, not this wait's: the wait ends when the task expires (its coordinator gives
-        up on the call then; Celery's ``expires`` guards only a task not yet taken) or, whatever the broker says
-        of that, once ``issued`` (signed) is as long past as a call may take. A start found free later would
-        run the tool for a call its coordinator settled already."""
-        shown = kwargs_repr(job, policy.sensitive)
-        log.warning("%s: a live worker runs this step; this delivery waits for the worker running it", shown)
-        wait = call_deadline(self.settings, policy.timeout, policy.retryable)
-        ends = [time.time() + wait]
-        if job.issued:
-            ends.append(job.issued + wait)
-        if delivery is not None and delivery.expires is not None:
-            ends.append(delivery.expires)
-        until = time.monotonic() + min(ends) - time.time()
-        while time.monotonic() < until:
-            time.sleep(WAIT_POLL)
-            previous = self._claim(proc, job, delivery, policy)
-            if previous != RUNNING:
-                return previous
-        log.warning("%s: still running on another worker at the call's deadline; no longer waiting for it", shown)
-        return RUNNING
-
     def _after_running(
-        self, proc: _Process, job: Job, delivery: Delivery | None, policy: ToolPolicy, checked: dict[str, Any],
+        self, proc: WorkerProcess, job: Job, delivery: Delivery | None, policy: ToolPolicy, checked: dict[str, Any],
         seen: int,
     ) -> int | Outcome:
-        """A live worker runs the step: what ``_await_running`` finds, or the outcome of this delivery. A call
+        """A live worker runs the step: what ``await_running`` finds, or the outcome of this delivery. A call
         whose running worker's tool raised for good meanwhile (not retried) is answered with that failure, the
         start this delivery found free given back: that worker's run was the step's (a delivery that ran it
         again ran it twice, for a call already answered as failed). That worker records the failure and drops
         its start in one transaction (``_fail_for_good``), so a start found free comes with the failure already
         recorded, after the ``seen`` failures the run had when this delivery's claim found the step running.
         A failure its worker retries records nothing: this delivery then runs the call, as the retry would."""
-        previous = self._await_running(proc, job, delivery, policy)
+        previous = await_running(proc, self.settings, job, delivery, policy)
         if previous == RUNNING:
             return Outcome(DROPPED, detail="dropped: still running on another worker at the deadline")
         if previous == -1:
-            failed = proc.loop.run(self._failed_since(proc, job, seen))
+            failed = proc.loop.run(failed_since(proc, self.settings, job, seen))
             if failed is not None:
                 proc.scripts.give_back(job, delivery)
                 reply = Reply(job.effect_id, job.attempt, ERROR, None, failed.error_type, failed.message, True)
                 proc.loop.run(self._reply(proc, job, reply))
                 return Outcome(ERROR, detail=failure_text(failed.error_type, failed.message, checked, policy.sensitive))
         return previous
-
-    async def _failed_since(self, proc: _Process, job: Job, seen: int) -> StepFailure | None:
-        """The last failure of a run of the step's tool the run recorded after its first ``seen`` failures. A
-        refusal is no run of the tool, and anyone who can write to the broker can cause one (a spent task sent
-        again): left out."""
-        rows = await proc.redis.lrange(failures_key(self.settings.redis.prefix, job.run_id), seen, -1)
-        for row in reversed(rows):
-            failure = StepFailure.model_validate_json(row)
-            if failure.step == job.step and failure.tool_name == job.tool_name and failure.error_type != REFUSED_TYPE:
-                return failure
-        return None
 
     def refuse_unknown(self, kwargs: Any, name: str, task_id: str = "") -> None:
         """A task whose name no tool of this worker has: record the refusal against its run, if it names one
@@ -322,7 +223,7 @@ class WorkerRuntime:
         proc.loop.run(self._refuse(proc, job, reason, name, kwargs, task_id))
 
     def _execute(
-        self, proc: _Process, job: Job, spec: ToolSpec, checked: dict[str, Any], policy: ToolPolicy, retries: int,
+        self, proc: WorkerProcess, job: Job, spec: ToolSpec, checked: dict[str, Any], policy: ToolPolicy, retries: int,
         beat: Beat,
     ) -> Outcome:
         from celery.exceptions import SoftTimeLimitExceeded
@@ -374,7 +275,7 @@ class WorkerRuntime:
             proc.loop.run(self._finish_late(proc, job, result))  # another record holds the step: it wins
         return Outcome(OK, detail=result_summary(result, checked, policy.sensitive))
 
-    def _call(self, proc: _Process, spec: ToolSpec, checked: dict[str, Any], timeout: float) -> Any:
+    def _call(self, proc: WorkerProcess, spec: ToolSpec, checked: dict[str, Any], timeout: float) -> Any:
         if not spec.is_async:
             return spec.func(**checked)
         future = asyncio.run_coroutine_threadsafe(spec.func(**checked), proc.loop.loop)
@@ -387,7 +288,7 @@ class WorkerRuntime:
     # --- on the loop ------------------------------------------------------------------------------
 
     async def _resume(
-        self, proc: _Process, job: Job, policy: ToolPolicy, previous: int
+        self, proc: WorkerProcess, job: Job, policy: ToolPolicy, previous: int
     ) -> tuple[str, SyscallRecord | None]:
         """The step was claimed before (by attempt ``previous``): serve its journaled record, run it
         again (idempotent), or report it in doubt."""
@@ -415,12 +316,12 @@ class WorkerRuntime:
                 return _HELD, None
         return _IN_DOUBT, None
 
-    async def _grace_left(self, proc: _Process) -> float:
+    async def _grace_left(self, proc: WorkerProcess) -> float:
         """What is left of the grace a Redis back from a restart, or an outage this process met, gives the
         live workers (``castor.fleet.restart``)."""
         return await grace_left(proc.redis.execute_command, proc.scripts.away_at, self.settings.workers.heartbeat)
 
-    def _wait_out_restart(self, proc: _Process, job: Job, policy: ToolPolicy) -> None:
+    def _wait_out_restart(self, proc: WorkerProcess, job: Job, policy: ToolPolicy) -> None:
         """Before a later round of a step claims it: wait out the grace a Redis back from a restart or an
         outage gives the live workers (``castor.fleet.restart``), so a first round's result on its way is journaled
         (then served) or its heartbeat set again (then waited for) before this round could start. A first
@@ -433,7 +334,9 @@ class WorkerRuntime:
                         kwargs_repr(job, policy.sensitive), job.attempt, left)
             time.sleep(left)
 
-    async def _fail_for_good(self, proc: _Process, job: Job, error_type: str, message: str, policy: ToolPolicy) -> None:
+    async def _fail_for_good(
+        self, proc: WorkerProcess, job: Job, error_type: str, message: str, policy: ToolPolicy
+    ) -> None:
         """The step's tool raised and is not retried: in one transaction, record the failure, drop the step's
         start and heartbeat (a fresh start may follow: a resume of the failed run retries it) and keep the
         task's token for as long as a copy of it could be taken (a copy sent again is refused; the run sends
@@ -455,11 +358,11 @@ class WorkerRuntime:
             await pipe.execute()
         await self._reply(proc, job, Reply(job.effect_id, job.attempt, ERROR, None, error_type, message, True))
 
-    async def _forget_start(self, proc: _Process, job: Job) -> None:
+    async def _forget_start(self, proc: WorkerProcess, job: Job) -> None:
         prefix = self.settings.redis.prefix
         await proc.redis.delete(started_marker(prefix, job.run_id, job.step), heartbeat(prefix, job.run_id, job.step))
 
-    async def _finish_late(self, proc: _Process, job: Job, result: Any) -> None:
+    async def _finish_late(self, proc: WorkerProcess, job: Job, result: Any) -> None:
         """Another record holds the step (a redelivered task raced the first): reply with that one."""
         existing = await proc.backend.journal.get(job.run_id, job.step)
         if existing is None:
@@ -469,7 +372,7 @@ class WorkerRuntime:
         await self._reply(proc, job, reply)
 
     async def _fail(
-        self, proc: _Process, job: Job, status: str, error_type: str, message: str, policy: ToolPolicy
+        self, proc: WorkerProcess, job: Job, status: str, error_type: str, message: str, policy: ToolPolicy
     ) -> None:
         log.warning("%s: %s: %s", kwargs_repr(job, policy.sensitive), error_type, message)
         failure = StepFailure(
@@ -480,7 +383,7 @@ class WorkerRuntime:
         await self._reply(proc, job, Reply(job.effect_id, job.attempt, status, None, error_type, message, True))
 
     async def _refuse(
-        self, proc: _Process, job: Job | None, reason: str, name: str, kwargs: Any = None, task_id: str = "",
+        self, proc: WorkerProcess, job: Job | None, reason: str, name: str, kwargs: Any = None, task_id: str = "",
         journaled: bool = True,
     ) -> None:
         """Journal and answer the refusal of a job its coordinator signed, sent under its tool's task name
@@ -505,7 +408,7 @@ class WorkerRuntime:
         policy = ToolPolicy(0.0, False, False, False, sensitive)
         await self._fail(proc, job, REFUSED, REFUSED_TYPE, reason, policy)
 
-    async def _reply(self, proc: _Process, job: Job, reply: Reply) -> None:
+    async def _reply(self, proc: WorkerProcess, job: Job, reply: Reply) -> None:
         # Only to a reply stream (never another key a message names), bound to the task and signed.
         if job.reply_to and is_reply_stream(self.settings.redis.prefix, job.reply_to):
             fields: dict[Any, Any] = replace(reply, task_id=job.task_id).fields(self.settings.security.secret or None)

@@ -121,7 +121,7 @@ def _delivery(request: Any) -> Delivery:
 
 def _expiry(expires: Any) -> float | None:
     """A task's ``expires`` (Celery's ISO 8601 text, or a datetime) in seconds since the epoch; None if absent
-    or unreadable (the signed bound from ``issued`` still holds: ``WorkerRuntime._await_running``)."""
+    or unreadable (the signed bound from ``issued`` still holds: ``_claiming.await_running``)."""
     if isinstance(expires, str):
         try:
             expires = datetime.fromisoformat(expires)
