@@ -5,8 +5,9 @@ result backend (and, on a Redis broker, without ``send_task``: ``_publish`` writ
 one round trip), then awaits the worker's reply on this process's one reply stream. The worker
 journals the step (write-once) before it replies, so the kernel only appends the record in memory
 (``writes_journal``). A coordinator that gives up at its deadline looks in the journal once more before
-it reports a ``ToolTimeoutError``: a result that made it to the journal is the step's result. It gives up
-sooner on a call whose worker is gone, once the step's heartbeat expired (``castor.executors._loss``).
+it reports a ``ToolTimeoutError``, and withdraws the task no worker took (``castor.executors._late``): a
+result that made it to the journal is the step's result. It gives up sooner on a call whose worker is gone,
+once the step's heartbeat expired (``castor.executors._loss``).
 
 Arguments a tool declares sensitive cross the broker encrypted under the fleet's key (derived from its
 secret, ``castor._sealing``): the message body, Flower and any worker's log hold only ciphertext, and the
@@ -19,18 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
 import os
 import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import Any
 
 from castor import tracing
-from castor._canonical import canonical
 from castor._code import function_name
 from castor._ids import unique_ids
 from castor._imports import source_of
@@ -38,9 +36,7 @@ from castor._sealing import DataKey, encrypted
 from castor._secret import require_secret
 from castor.backends.redis import RedisConnection, keys
 from castor.backends.redis.keys import reply_stream
-from castor.checkpoint import SyscallRecord
 from castor.errors import (
-    BackendUnavailable,
     CastorError,
     ConfigError,
     InDoubtError,
@@ -48,6 +44,7 @@ from castor.errors import (
     TaskRefusedError,
     ToolTimeoutError,
 )
+from castor.executors._late import DEADLINE, LOST, LateCalls
 from castor.executors._loss import LossWatch, WorkerLost
 from castor.executors._publish import (
     FAST_SCHEMES,
@@ -59,9 +56,7 @@ from castor.executors._publish import (
 )
 from castor.executors._replies import READ_TIMEOUT, ReplyReader
 from castor.fleet.celery_config import celery_config
-from castor.fleet.restart import grace_left, watched
 from castor.fleet.wire import ERROR, IN_DOUBT, OK, REFUSED, TIMEOUT, Reply, encode, kwargs_repr, task_name
-from castor.kernel.steps import IN_DOUBT_REASON
 from castor.llm.fleet import MODEL_PREFIX, model_provider, model_timeout
 from castor.registry import ToolRegistry
 from castor.seams import Journal, ToolCall
@@ -69,15 +64,10 @@ from castor.settings import REPLY_GRACE, Settings, call_deadline, tool_policy
 
 log = logging.getLogger("castor.executor")
 SENDER = "a process sending tasks to the fleet (coordinator, --executor celery, fleet_options)"
-# How long an abandoned task's id is kept: as long as a worker's started marker, far past the task's
-# expiry (its deadline), after which no worker runs it anyway.
-ABANDON_TTL = 7 * 24 * 3600
 FOLLOW_GRACE = 5.0  # seconds a streamed step's last chunks may take to be read once its reply came
 _ERRORS: dict[str, type[CastorError]] = {REFUSED: TaskRefusedError, IN_DOUBT: InDoubtError, TIMEOUT: ToolTimeoutError}
-DEADLINE, LOST = "deadline", "lost"  # why a call got no reply (_dispatch)
 
 
-_LETTERS_LOOKED_AT = 200  # the newest dead letters of a pool a late call is looked for in
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +102,6 @@ class CeleryExecutor:
 
         self._tools = tools
         self._settings = settings
-        self._journal = journal
         self._grace = reply_grace
         self._routes: dict[str, _Route] = {}
         self._key = DataKey.for_fleet(settings.security.secret)  # a task's sensitive values cross the broker encrypted
@@ -136,6 +125,7 @@ class CeleryExecutor:
         self._replies = ReplyReader(connection, stream, settings.security.secret or None)
         # A call whose worker died is settled once its step's heartbeat expired, not at its deadline.
         self._loss = LossWatch(self._control_conn, settings.redis.prefix, settings.workers.heartbeat)
+        self._lateness = LateCalls(settings, self._control_conn, journal)
         # The kernel's model calls go to the [llm] pool: its stand-in provider (no key) for Castor(llm=None).
         self.model_provider = model_provider(settings)
         self.model_in_doubt = settings.llm.in_doubt  # a model call whose process was lost (castor.kernel.model_doubt)
@@ -156,7 +146,7 @@ class CeleryExecutor:
 
     def bind_journal(self, journal: Journal) -> None:
         """The journal to consult when a reply is late (the kernel's backend's)."""
-        self._journal = journal
+        self._lateness.journal = journal
 
     async def execute(self, call: ToolCall) -> Any:
         """Send the call to its pool and return the tool's result, or raise what became of it. The worker
@@ -166,7 +156,7 @@ class CeleryExecutor:
         sealed = encrypted(checked, route.sensitive, self._key) if route.sensitive else checked
         kwargs = encode(call, self._replies.stream, self._settings.security.secret or None, sealed, route.code)
         reply = await self._dispatch(call, kwargs, route)
-        if not isinstance(reply, Reply) and route.idempotent and await self._started(call):
+        if not isinstance(reply, Reply) and route.idempotent and await self._lateness.started(call):
             # Its worker died mid-call (a killed threads-pool worker's task comes back only after the
             # broker's visibility timeout): the same effect runs again, once, on a live worker.
             log.warning("%s (run %s, step %d) started and never finished: sending it again (idempotent)",
@@ -224,10 +214,10 @@ class CeleryExecutor:
                     kwargs_repr(call, route.sensitive),
                 ))
             except UnsurePublish as exc:
-                await self._abandon_or_wait(call, task_id, exc)
+                await self._lateness.abandon_or_wait(call, task_id, exc)
             return await future
         except TimeoutError:  # the reader's deadline (a worker's timeout is a reply, not this)
-            await self._give_up(call, task_id)
+            await self._lateness.give_up(call, task_id)
             return DEADLINE
         except WorkerLost:
             return LOST
@@ -255,110 +245,9 @@ class CeleryExecutor:
         # the workers' broker visibility timeout is computed from the same function: keep them one
         return call_deadline(self._settings, timeout, retryable, self._grace)
 
-    async def _abandon_or_wait(self, call: ToolCall, task_id: str, failure: UnsurePublish) -> None:
-        """The publish failed, but its task may be queued: abandon it (no worker will run it; the call
-        fails, and its charge is refunded) unless a worker took it already, whose reply is then awaited.
-        Failing the call while the task may still run would have the tool act for a call its agent was
-        told had failed, and paid back."""
-        try:
-            state = await self._abandon(call, task_id)
-        except CastorError as exc:  # Redis is away too: the task may run, so its reply is the answer
-            log.warning("%s; cannot abandon task %s either (%s): waiting for its reply", failure, task_id, exc)
-            return
-        if int(state) == 0:
-            raise BackendUnavailable(f"{failure}; no worker will run it") from failure.__cause__ or failure
-        log.warning("%s, but a worker took task %s: waiting for its reply", failure, task_id)
-
-    async def _give_up(self, call: ToolCall, task_id: str) -> None:
-        """No reply by the call's deadline: abandon the task unless a worker took it, so that none starts it
-        later (``_late`` then tells the call timed out, and it did). Celery's ``expires`` is judged by the
-        worker's clock, which may run behind this one's, and a worker that got the task just before it
-        expired claims it a moment later: either would run the tool for a call its agent was told had
-        timed out. A task a worker took is settled by ``_late`` (its record, or in doubt)."""
-        try:
-            await self._abandon(call, task_id)
-        except CastorError as exc:  # Redis is away: ``_late`` cannot look either, and says what it finds
-            log.warning("%r (run %s, step %d) gave no reply by its deadline; cannot abandon task %s (%s)",
-                        call.tool_name, call.run_id, call.step, task_id, exc)
-
-    async def _abandon(self, call: ToolCall, task_id: str) -> Any:
-        """``task_abandon.lua``: -2 the journal holds the step; 1 a worker took the task; 0 abandoned."""
-        prefix, run, step = self._settings.redis.prefix, call.run_id, call.step
-        return await self._control_conn().script(
-            "task_abandon",
-            [keys.journal(prefix, run), keys.deliveries(prefix, run, step), keys.abandoned(prefix, run, step)],
-            [step, task_id, ABANDON_TTL],
-        )
-
     async def _late(self, call: ToolCall, route: _Route, why: str, kwargs: dict[str, Any]) -> Any:
-        """No reply by the deadline, or none from a worker seen gone (``why``): the journal's record if the
-        step finished after all; in doubt if a worker started it and never finished (a lost worker, or a
-        tool that would not stop); else a timeout (no worker took it)."""
-        record = await self._journal.get(call.run_id, call.step) if self._journal is not None else None
-        if _landed(record, call):
-            return record.response
-        if await self._started(call):
-            record = await self._after_restart(call)
-            if _landed(record, call):  # it landed after all, just after Redis came back
-                return record.response
-            how = (f", which stopped renewing the step's heartbeat ({self._loss.every:g}s) before it gave a result"
-                   if why == LOST else f" and gave no result within {route.deadline:g}s")
-            raise InDoubtError(
-                f"{IN_DOUBT_REASON}: {call.tool_name!r} (run {call.run_id}, step {call.step}) started on a worker "
-                f"of pool {route.pool!r}{how}"
-            )
-        refused = await self._dead_lettered(route, kwargs)
-        if refused is not None:  # a worker took it and refused it unread: no reply could come
-            raise TaskRefusedError(
-                f"{call.tool_name!r} (run {call.run_id}, step {call.step}) was refused unread by a worker of pool "
-                f"{route.pool!r}: {refused}" + (" (are its [security] secret and this coordinator's the same?)"
-                                                if "token" in refused or "decrypt" in refused else "")
-            )
-        raise ToolTimeoutError(
-            f"tool {call.tool_name!r} gave no result within {route.deadline:g}s (run {call.run_id}, "
-            f"step {call.step}); is a worker of pool {route.pool!r} running?"
-        )
-
-    async def _dead_lettered(self, route: _Route, kwargs: dict[str, Any]) -> str | None:
-        """Why a worker of the pool dead-lettered this very task, if one did (among the newest letters): a
-        task a worker cannot authenticate (another secret) gets no reply, only a letter. A letter is this
-        task's only if it digests these very keyword arguments: a forged task naming the same run and step
-        (a letter anyone who writes to the broker can cause) is not taken for it."""
-        digest = hashlib.sha256(canonical(kwargs).encode()).hexdigest()
-        key = keys.dead_letters(self._settings.redis.prefix, route.pool)
-        try:
-            entries = await self._control_conn().command("lrange", key, 0, _LETTERS_LOOKED_AT - 1)
-        except CastorError:
-            return None
-        for raw in entries or []:
-            with contextlib.suppress(ValueError, TypeError, AttributeError):
-                entry = json.loads(raw)
-                if entry.get("sha256") == digest:
-                    return str(entry.get("reason", "refused"))
-        return None
-
-    async def _after_restart(self, call: ToolCall) -> SyscallRecord | None:
-        """Just after Redis came back (``castor.fleet.restart``): watch a step that looks in doubt through
-        the grace, and for as long as a live worker holds it again (up to the workers' outage deadline);
-        its record if it lands, else None (in doubt). Outside the grace: None at once."""
-        if self._journal is None:
-            return None
-        command = self._control_conn().command
-        left = await grace_left(command, None, self._settings.workers.heartbeat)
-        if left <= 0:
-            return None
-        log.warning("%r (run %s, step %d) looks in doubt just after Redis came back: watching it %.1fs more",
-                    call.tool_name, call.run_id, call.step, left)
-        record, _ = await watched(command, self._journal, self._settings.redis.prefix, call.run_id, call.step,
-                                  left, left + self._settings.workers.outage_deadline)
-        return record
-
-    async def _started(self, call: ToolCall) -> bool:
-        """Whether a worker started this round of the step and left it unfinished (its marker is there)."""
-        marker = await self._control_conn().command(
-            "get", keys.started_marker(self._settings.redis.prefix, call.run_id, call.step)
-        )
-        return marker is not None and int(marker) >= call.attempt
+        """What became of a call that got no reply (``LateCalls.settle``)."""
+        return await self._lateness.settle(call, route.pool, route.deadline, why, kwargs)
 
     def _control_conn(self) -> RedisConnection:
         """The connection for the rare calls outside the hot path (an abandon, a look at a late step)."""
@@ -387,14 +276,6 @@ def _connection(url: str, reply_timeout: float) -> Any:
     if available(url):
         return RespConnection(url, reply_timeout=reply_timeout)
     return RedisConnection(url, socket_timeout=reply_timeout)
-
-
-def _landed(record: SyscallRecord | None, call: ToolCall) -> TypeGuard[SyscallRecord]:
-    """Whether ``record`` is the result of ``call``'s step (then its finish time is the call's)."""
-    if record is None or record.tool_name != call.tool_name:
-        return False
-    call.finished_at = record.finished_at
-    return True
 
 
 def _answered(call: ToolCall, reply: Reply) -> Any:
