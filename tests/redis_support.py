@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -411,3 +412,113 @@ class FollowingAddress(_Relay):
                     if not data:
                         return
                     (server if sock is client else client).sendall(data)
+
+
+@dataclass
+class Sentinels:
+    """A primary, its replicas and a Sentinel watching them (``sentinel_topology``)."""
+
+    url: str  # redis+sentinel:// for the service, database 0
+    sentinel: str  # redis:// of the Sentinel itself
+    servers: dict[int, subprocess.Popen[bytes]]  # port -> process, primary first
+
+    def primary_port(self) -> int:
+        """The port of the server the Sentinel names the primary now."""
+        client = redis.Redis.from_url(self.sentinel, decode_responses=True)
+        try:
+            return int(client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)[1])
+        finally:
+            client.close()
+
+    def fail_over(self, timeout: float = 20.0) -> int:
+        """Have the Sentinel promote the replica (``SENTINEL FAILOVER``) and wait until the new primary takes
+        writes and the old one follows it; the new primary's port."""
+        old = self.primary_port()
+        deadline = time.monotonic() + timeout
+        client = redis.Redis.from_url(self.sentinel, decode_responses=True)
+        try:
+            while True:  # a Sentinel that has not yet read the replica's state refuses (NOGOODSLAVE)
+                try:
+                    client.execute_command("SENTINEL", "FAILOVER", SERVICE)
+                    break
+                except redis.ResponseError as exc:
+                    if "NOGOODSLAVE" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+        finally:
+            client.close()
+        while True:
+            new = self.primary_port()
+            if new != old and replication_info(f"redis://127.0.0.1:{new}/0", "role") == "master" \
+                    and replication_info(f"redis://127.0.0.1:{old}/0", "master_link_status") == "up":
+                return new
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Sentinel did not fail over in time")
+            time.sleep(0.1)
+
+
+    def promoted(self, old: int, timeout: float = 30.0) -> int:
+        """Once the Sentinel names another primary than ``old`` (dead, say), and that one takes writes: its
+        port."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(redis.RedisError):
+                new = self.primary_port()
+                if new != old and replication_info(f"redis://127.0.0.1:{new}/0", "role") == "master":
+                    return new
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Sentinel promoted no replica in time")
+            time.sleep(0.1)
+
+
+SERVICE = "castor-main"
+
+
+@contextlib.contextmanager
+def sentinel_topology(directory: Path, replicas: int = 1) -> Iterator[Sentinels]:
+    """A ``redis-server``, ``replicas`` replicas of it and one Sentinel (quorum 1) monitoring them as ``SERVICE``,
+    all ready (the Sentinel knows every replica)."""
+    need_redis_server("starts a primary, its replicas and a Sentinel of its own")
+    first, watcher = free_port(), free_port()
+    (directory / "primary").mkdir(parents=True)
+    (directory / "sentinel").mkdir()
+    servers = {first: start_redis_server(directory / "primary", first, "--repl-diskless-sync-delay", "0")}
+    for n in range(replicas):
+        port = free_port()
+        (directory / f"replica{n}").mkdir()
+        servers[port] = start_redis_server(directory / f"replica{n}", port, "--replicaof", "127.0.0.1", str(first),
+                                           "--repl-diskless-sync-delay", "0")
+    conf = directory / "sentinel" / "sentinel.conf"
+    conf.write_text(
+        f"port {watcher}\nbind 127.0.0.1\ndir {directory / 'sentinel'}\n"
+        f"sentinel monitor {SERVICE} 127.0.0.1 {first} 1\n"
+        f"sentinel down-after-milliseconds {SERVICE} 1000\nsentinel failover-timeout {SERVICE} 5000\n"
+    )
+    binary = shutil.which("redis-server")
+    assert binary is not None
+    watching = subprocess.Popen([binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    made = Sentinels(f"redis+sentinel://127.0.0.1:{watcher}/{SERVICE}/0", f"redis://127.0.0.1:{watcher}/0", servers)
+    try:
+        deadline = time.monotonic() + 15
+        while _sentinel_knows(made.sentinel) < replicas or any(
+                replication_info(f"redis://127.0.0.1:{port}/0", "master_link_status") != "up" for port in
+                list(servers)[1:]):
+            if time.monotonic() > deadline or watching.poll() is not None:
+                raise RuntimeError("the Sentinel did not come up watching the primary and its replicas")
+            time.sleep(0.1)
+        yield made
+    finally:
+        for proc in (watching, *servers.values()):
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _sentinel_knows(url: str) -> int:
+    """How many replicas of the service the Sentinel at ``url`` knows (0 if it does not answer yet)."""
+    client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=0.5)
+    try:
+        return len(client.execute_command("SENTINEL", "REPLICAS", SERVICE))
+    except redis.RedisError:
+        return 0
+    finally:
+        client.close()

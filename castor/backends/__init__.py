@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from castor.errors import ConfigError
 from castor.seams import Backend
 
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")  # the store URLs the Redis backend opens
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")  # the store URLs the Redis backend opens
 
 
 def _redis_options(url: str) -> tuple[str, str, dict[str, Any]]:
@@ -47,7 +47,7 @@ def _redis_options(url: str) -> tuple[str, str, dict[str, Any]]:
                 _check_number(key, value, ours[key])
         else:
             theirs.append((key, value))  # redis-py's own connection options
-    unknown = sorted({key for key, _ in theirs} - _redis_py_options())
+    unknown = sorted({key for key, _ in theirs} - _redis_py_options() - {"sentinel_password"})
     if unknown:  # redis-py would take it as a keyword and fail at the first connection, in its own words
         close = difflib.get_close_matches(unknown[0], ["prefix", *OPTIONS, *_redis_py_options()], n=1)
         raise ConfigError(
@@ -143,5 +143,6 @@ def open_backend(url: str | None) -> Backend:
 
         return sqlite_backend(url)
     raise ConfigError(
-        f"unknown store {url!r}: use memory://, sqlite:///path.db, a path ending in .db, or redis://host:port/db"
+        f"unknown store {url!r}: use memory://, sqlite:///path.db, a path ending in .db, redis://host:port/db "
+        "or redis+sentinel://host:port/service/db"
     )

@@ -128,7 +128,9 @@ def prefix_hint(address: str, prefix: str, pid: str, how: str) -> str:
     pattern = "*" + "".join(f"\\{c}" if c in "*?[]\\" else c for c in suffix)
     found: set[str] = set()
     try:
-        with redis.Redis.from_url(address, socket_timeout=1.0, socket_connect_timeout=0.5) as client:
+        from castor.backends.redis import redis_client
+
+        with redis_client(address, sync=True, socket_timeout=1.0, socket_connect_timeout=0.5) as client:
             cursor, scanned = 0, 0
             while True:
                 cursor, keys = client.scan(cursor=cursor, match=pattern, count=1000)

@@ -146,6 +146,11 @@ def _state_key_samples(prefix: str) -> Iterator[str]:
 
 
 def _db(url: str) -> str:
+    """The database number a broker URL names (a Sentinel URL's follows its service's name)."""
+    from castor.backends.redis.sentinel import is_sentinel, parse
+
+    if is_sentinel(url):
+        return str(parse(url).db)
     return urlsplit(url).path.strip("/") or "0"
 
 

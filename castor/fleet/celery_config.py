@@ -8,7 +8,9 @@ after ``visibility_timeout``, kept above the longest tool deadline (a worker cou
 tools declare in code too), and every broker key lives under the
 fleet's queue prefix. RabbitMQ has neither: an unacked task comes back when its worker's channel
 closes, or when the worker holds it past the broker's ``consumer_timeout`` (30 minutes by default,
-set in rabbitmq.conf: a worker warns at start when a tool deadline is longer). A coordinator publishing
+set in rabbitmq.conf: a worker warns at start when a tool deadline is longer). A Redis behind Sentinel
+(``redis+sentinel://``, ``castor.backends.redis.sentinel``) is kombu's ``sentinel://`` transport, given
+the service's name. A coordinator publishing
 to RabbitMQ waits for the broker's confirm, or a task written to a connection the broker had closed
 would be lost without an error (kombu then retries the publish on a new connection).
 
@@ -21,6 +23,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from castor.backends.redis.sentinel import is_sentinel, parse
 from castor.registry import ToolSpec
 from castor.settings import Settings, broker_visibility
 
@@ -30,6 +33,13 @@ def celery_config(settings: Settings, *, publisher: bool = False, tools: Iterabl
     ``publisher`` for a process that sends the tool tasks (a coordinator); ``tools`` those the process
     serves (a worker), whose deadlines the broker's visibility timeout must exceed."""
     transport: dict[str, Any] = {}
+    broker_url = settings.broker_url
+    if is_sentinel(broker_url):  # Redis behind Sentinel: kombu's transport of it, told the service's name
+        target = parse(broker_url)
+        broker_url = target.kombu_url()
+        transport["master_name"] = target.service
+        if target.sentinel_password:
+            transport["sentinel_kwargs"] = {"password": target.sentinel_password}
     if settings.broker_transport == "redis":
         # Redelivering a task that is still running would run it twice: stay above the longest deadline
         # (rounded up: int() could land a fraction of a second below it).
@@ -40,7 +50,7 @@ def celery_config(settings: Settings, *, publisher: bool = False, tools: Iterabl
         # Not on workers: each of their task events would wait for the broker too.
         transport["confirm_publish"] = True
     return {
-        "broker_url": settings.broker_url,
+        "broker_url": broker_url,
         "broker_transport_options": transport,
         "broker_connection_retry_on_startup": True,
         "result_backend": None,

@@ -24,13 +24,13 @@ class FleetCollector(Collector):
     """Gauges of the fleet under ``prefix`` in the Redis at ``url``; ``queues`` maps pool -> broker list key."""
 
     def __init__(self, url: str, prefix: str, queues: dict[str, str] | None = None) -> None:
-        import redis
+        from castor.backends.redis import redis_client
 
         self.url = url
         self.prefix = prefix
         self.queues = dict(queues or {})
-        self.redis = redis.Redis.from_url(
-            url, decode_responses=True, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
+        self.redis = redis_client(
+            url, sync=True, decode_responses=True, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
         )
 
     @classmethod

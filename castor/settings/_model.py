@@ -22,7 +22,7 @@ DAY = 86400.0
 DEFAULT_RETENTION = 7 * DAY
 # The brokers a fleet runs on, by URL scheme: kombu's Redis transport, and RabbitMQ through py-amqp.
 BROKER_SCHEMES = {
-    "redis": "redis", "rediss": "redis", "redis+socket": "redis", "sentinel": "redis",
+    "redis": "redis", "rediss": "redis", "redis+socket": "redis", "sentinel": "redis", "redis+sentinel": "redis",
     "amqp": "amqp", "amqps": "amqp", "pyamqp": "amqp",
 }
 # Celery's execution pools a worker runs its tasks on (``castor worker --pool-impl``).
@@ -337,11 +337,13 @@ def _check_broker_url(url: str, source: str) -> None:
     where = f"{source}: the broker URL ([broker] url or CASTOR_BROKER_URL)"
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018  # raises on a port that is not a number
+        if parts.scheme != "redis+sentinel":  # several hosts: read by castor.backends.redis.sentinel
+            parts.port  # noqa: B018  # raises on a port that is not a number
     except ValueError as exc:
         raise ConfigError(f"{where} is malformed: {exc}") from exc
     if parts.scheme not in BROKER_SCHEMES:
         raise ConfigError(
             f"{where} starts with {parts.scheme + '://' if parts.scheme else 'no scheme'}, which names no broker "
-            "Castor runs on: use redis:// (rediss://, redis+socket://, sentinel://) or amqp:// (amqps://) for RabbitMQ"
+            "Castor runs on: use redis:// (rediss://, redis+socket://, redis+sentinel://) or amqp:// (amqps://) for "
+            "RabbitMQ"
         )

@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 
+from castor.backends.redis import redis_client
 from tests.redis_support import start_redis_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,6 +77,8 @@ class Fleet:
     prefix: str = field(default_factory=lambda: f"castortest-{uuid.uuid4().hex[:12]}")
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
+    redis: redis.Redis = field(init=False)
+
     def __post_init__(self) -> None:
         self.queues = self.prefix.replace("castortest-", "castortestq-")
         self.config = self.tmp / "castor.toml"
@@ -90,7 +93,7 @@ class Fleet:
                     "PYTHONFAULTHANDLER": "1"}  # a process stopped with SIGABRT logs where it hung
         for var in ("CASTOR_BROKER_URL", "CASTOR_SECRET", "CASTOR_STORE"):
             self.env.pop(var, None)
-        self.redis = redis.Redis.from_url(self.url, decode_responses=True)
+        self.redis = redis_client(self.url, sync=True, decode_responses=True)  # a Sentinel URL too
 
     def log(self, name: str) -> str:
         """What a process printed so far."""

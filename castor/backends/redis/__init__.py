@@ -22,6 +22,8 @@ The connection stack, one of each:
   ``BackendUnavailable`` (or ``StaleLeaseError``, or ``ConfigError`` for a Redis Cluster). The worker's claim
   and finish ask again on their own terms (``castor.fleet.workers._scripts``: a claim under its receipt).
 - **One redaction of URLs**: ``hide_password`` (``castor._redact``) wherever a URL is shown.
+- **Sentinel** (``sentinel``): a ``redis+sentinel://`` URL gives redis-py clients and pools that ask the
+  Sentinels where the primary is at each connection (never the lean connections: they follow plain URLs).
 """
 
 from __future__ import annotations

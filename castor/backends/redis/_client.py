@@ -42,7 +42,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from castor._redact import hide_password
-from castor.backends.redis import eviction
+from castor.backends.redis import eviction, sentinel
 from castor.backends.redis import resp as _resp
 from castor.backends.redis._batch import Batcher
 from castor.backends.redis.durability import durability_warning
@@ -65,7 +65,11 @@ def redis_client(url: str, *, sync: bool = False, **options: Any) -> Any:
         import redis
         from redis.retry import Retry as SyncRetry
 
+        if sentinel.is_sentinel(url):
+            return sentinel.client(url, sync=True, retry=SyncRetry(NoBackoff(), 0), **options)
         return redis.Redis.from_url(url, retry=SyncRetry(NoBackoff(), 0), **options)
+    if sentinel.is_sentinel(url):
+        return sentinel.client(url, sync=False, retry=Retry(NoBackoff(), 0), **options)
     return aioredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
 
 
@@ -131,8 +135,10 @@ class RedisConnection:
         self.socket_timeout = socket_timeout
         self.socket_connect_timeout = socket_connect_timeout
         self.lean = lean and _resp.available(url)  # False: the scripts go through redis-py too
-        if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-            raise ConfigError(f"not a Redis URL: {self.safe_url} (use redis://, rediss:// or unix://)")
+        if urlsplit(url).scheme not in ("redis", "rediss", "unix", sentinel.SCHEME):
+            raise ConfigError(f"not a Redis URL: {self.safe_url} (use redis://, rediss://, unix:// or "
+                              f"{sentinel.SCHEME}://)")
+        self._sentinel = sentinel.parse(url) if sentinel.is_sentinel(url) else None
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
         # The loop used last and its state: most processes run one loop, so that is nearly always a hit.
         self._last: tuple[weakref.ref[asyncio.AbstractEventLoop] | None, _LoopState | None] = (None, None)
@@ -157,16 +163,19 @@ class RedisConnection:
         return self.state().client
 
     def _open(self) -> _LoopState:
+        options: dict[str, Any] = {
+            "max_connections": self.max_connections,
+            "timeout": self.socket_timeout,  # how long to wait for a free connection of the pool
+            "socket_timeout": self.socket_timeout,
+            "socket_connect_timeout": self.socket_connect_timeout,
+            "retry": Retry(NoBackoff(), 0),  # we retry ourselves, only what is safe to repeat
+            "decode_responses": True,
+        }
         try:
-            pool = aioredis.BlockingConnectionPool.from_url(
-                self.url,
-                max_connections=self.max_connections,
-                timeout=self.socket_timeout,  # how long to wait for a free connection of the pool
-                socket_timeout=self.socket_timeout,
-                socket_connect_timeout=self.socket_connect_timeout,
-                retry=Retry(NoBackoff(), 0),  # we retry ourselves, only what is safe to repeat
-                decode_responses=True,
-            )
+            if self._sentinel is not None:
+                pool = sentinel.blocking_pool(self._sentinel, **options)
+            else:
+                pool = aioredis.BlockingConnectionPool.from_url(self.url, **options)
         except ValueError as exc:
             raise ConfigError(f"bad Redis URL {self.safe_url}: {exc}") from exc
         client = aioredis.Redis.from_pool(pool)

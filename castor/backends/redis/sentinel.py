@@ -1,0 +1,165 @@
+"""Redis behind Sentinel: ``redis+sentinel://`` URLs, followed to whichever server is the primary.
+
+A Redis run for high availability has Sentinel processes watching a primary and its replicas; when the
+primary dies, they promote a replica and tell every client asking where the primary is now. Castor reads
+such a deployment from one URL, for the store and the fleet alike::
+
+    redis+sentinel://[[user]:password@]sentinel1[:26379][,sentinel2[:26379]...]/<service>[/<db>][?options]
+
+The hosts are the Sentinels (26379 by default); ``<service>`` is the name they monitor the primary under
+(``sentinel monitor <service> ...``); the user and password, and the query's options (Castor's ``prefix``,
+``replicas``, ... and redis-py's), are the Redis servers', as in a ``redis://`` URL. Sentinels that ask for
+a password of their own take it as ``sentinel_password``. Every client Castor makes (the store's pool, the
+workers' and coordinators' own connections) asks the Sentinels for the primary when it connects, and checks
+that the server it reached still is one (a demoted primary refuses writes as a replica), so a failover costs
+the calls in flight a reconnection, never a write to the old primary. The fleet's broker, where it is this
+same Redis (no ``[broker] url``), follows the same Sentinels (kombu's ``sentinel://`` transport).
+
+What a failover may still lose is the replicas' lag: ask for ``replicas`` (``castor.backends.redis.replicas``).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+
+from castor.errors import ConfigError
+
+SCHEME = "redis+sentinel"
+SENTINEL_PORT = 26379
+_OWN = ("sentinel_password",)  # query options for the Sentinels themselves, not for the Redis servers
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelURL:
+    """A ``redis+sentinel://`` URL read: the Sentinels, the service, and what the servers' connections take."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    sentinel_password: str | None = None
+    query: tuple[tuple[str, str], ...] = ()
+
+    def connection_options(self) -> dict[str, Any]:
+        """The keywords of a connection to the primary (its database, user and password)."""
+        options: dict[str, Any] = {"db": self.db}
+        if self.username:
+            options["username"] = self.username
+        if self.password:
+            options["password"] = self.password
+        return options
+
+    def sentinel_options(self, **options: Any) -> dict[str, Any]:
+        """The keywords of a connection to a Sentinel (its password, and ``options``: timeouts)."""
+        return {**options, **({"password": self.sentinel_password} if self.sentinel_password else {})}
+
+    def kombu_url(self) -> str:
+        """The same deployment as kombu's ``sentinel://`` broker URL (its service goes in ``master_name``)."""
+        auth = ""
+        if self.password:
+            auth = f"{quote(self.username or '', safe='')}:{quote(self.password, safe='')}@"
+        return ";".join(f"sentinel://{auth}{host}:{port}/{self.db}" for host, port in self.sentinels)
+
+
+def is_sentinel(url: str) -> bool:
+    """Whether ``url`` names Redis behind Sentinel."""
+    return url.startswith(f"{SCHEME}://")
+
+
+def parse(url: str) -> SentinelURL:
+    """``url`` read, or a ``ConfigError`` saying what is wrong with it (never showing its password)."""
+    parts = urlsplit(url)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    username, _, password = userinfo.partition(":")
+    sentinels = tuple(_host(h) for h in hosts.split(",") if h)
+    path = [piece for piece in parts.path.split("/") if piece]
+    if not sentinels or not path or len(path) > 2:
+        raise ConfigError(f"a Sentinel URL is {SCHEME}://[password@]host[:port][,host[:port]...]/<service>[/<db>]; "
+                          f"got {len(sentinels)} host(s) and the path /{'/'.join(path)}")
+    try:
+        db = int(path[1]) if len(path) == 2 else 0
+    except ValueError:
+        raise ConfigError(f"the database in a Sentinel URL is a number, got {path[1]!r}") from None
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    own = dict(q for q in query if q[0] in _OWN)
+    return SentinelURL(
+        sentinels, unquote(path[0]), db, unquote(username) or None, unquote(password) or None,
+        own.get("sentinel_password") or None, tuple(q for q in query if q[0] not in _OWN),
+    )
+
+
+def _host(text: str) -> tuple[str, int]:
+    """``host[:port]``, 26379 when no port is given (a name or an IPv4 address: no IPv6 literal)."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        return text, SENTINEL_PORT
+    try:
+        return host, int(port)
+    except ValueError:
+        raise ConfigError(f"a Sentinel's port is a number, got {port!r}") from None
+
+
+def redis_url(sentinel: SentinelURL) -> str:
+    """A plain ``redis://`` URL with the servers' query options, for what reads options from a URL."""
+    return f"redis://localhost/{sentinel.db}" + (f"?{urlencode(sentinel.query)}" if sentinel.query else "")
+
+
+def client(url: str, *, sync: bool, **options: Any) -> Any:
+    """A redis-py client (asyncio, or blocking with ``sync``) of the primary the Sentinels of ``url`` name now,
+    following it through a failover (``options`` as ``redis_client`` takes them)."""
+    target = parse(url)
+    timeouts = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout") if k in options}
+    if sync:
+        from redis.sentinel import Sentinel
+
+        manager = Sentinel(list(target.sentinels), sentinel_kwargs=target.sentinel_options(**timeouts))
+        return manager.master_for(target.service, **target.connection_options(), **_url_options(target), **options)
+    from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+
+    watchers = AsyncSentinel(list(target.sentinels), sentinel_kwargs=target.sentinel_options(**timeouts))
+    return watchers.master_for(target.service, connection_pool_class=_pool_class(blocking=False),
+                               **target.connection_options(), **_url_options(target), **options)
+
+
+def _url_options(target: SentinelURL) -> dict[str, Any]:
+    """The redis-py connection options the URL's query holds, parsed as redis-py parses a ``redis://`` URL's."""
+    from redis.connection import parse_url
+
+    parsed = parse_url(redis_url(target))
+    return {k: v for k, v in parsed.items() if k not in ("host", "port", "db", "path", "connection_class")}
+
+
+def blocking_pool(target: SentinelURL, **options: Any) -> Any:
+    """The store's pool of asyncio connections to the primary of ``target``: as many as ``max_connections``,
+    a caller waiting up to ``timeout`` for a free one (as ``BlockingConnectionPool``), each connection made to
+    whichever server the Sentinels name the primary when it is made."""
+    from redis.asyncio.sentinel import Sentinel
+
+    timeouts = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout") if k in options}
+    manager = Sentinel(list(target.sentinels), sentinel_kwargs=target.sentinel_options(**timeouts))
+    return _pool_class(blocking=True)(target.service, manager, **target.connection_options(),
+                                      **_url_options(target), **options)
+
+
+@functools.cache
+def _pool_class(*, blocking: bool) -> Any:
+    """Sentinel's asyncio pool (its connections ask where the primary is) that closes its connections to the
+    Sentinels with its own; ``blocking``: a caller waits for a free connection (``BlockingConnectionPool``).
+    Made at first use: settings import this module without redis."""
+    import redis.asyncio as aioredis
+    from redis.asyncio.sentinel import SentinelConnectionPool
+
+    class ClosingPool(SentinelConnectionPool):
+        async def disconnect(self, inuse_connections: bool = True) -> None:
+            await super().disconnect(inuse_connections)
+            for watcher in self.sentinel_manager.sentinels:
+                await watcher.aclose()
+
+    class BlockingPool(ClosingPool, aioredis.BlockingConnectionPool):
+        pass
+
+    return BlockingPool if blocking else ClosingPool

@@ -1,0 +1,110 @@
+"""Redis behind Sentinel (``redis+sentinel://``): the URL read, the fleet's broker told of it, and every client
+following the primary through a failover (a primary, its replica and a Sentinel of the test's own)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from castor import Castor
+from castor._redact import hide_password
+from castor.backends import open_backend
+from castor.backends.redis import keys, redis_client
+from castor.backends.redis.sentinel import SentinelURL, parse
+from castor.errors import ConfigError
+from castor.fleet.celery_config import celery_config
+from castor.fleet.wire import Job
+from castor.lib import tool
+from castor.settings import Settings
+from tests.redis_support import SERVICE, sentinel_topology
+
+SECRET = "s" * 64
+
+
+def test_a_sentinel_url_is_read_with_its_defaults() -> None:
+    read = parse("redis+sentinel://user:pw@10.0.0.1,10.0.0.2:26380/main/2?health_check_interval=5&sentinel_password=sp")
+    assert read == SentinelURL((("10.0.0.1", 26379), ("10.0.0.2", 26380)), "main", 2, "user", "pw", "sp",
+                               (("health_check_interval", "5"),))
+    assert parse("redis+sentinel://sentinel/main").db == 0
+    assert hide_password("redis+sentinel://:pw@h1,h2/main") == "redis+sentinel://:***@h1,h2/main"
+
+
+@pytest.mark.parametrize(("url", "said"), [
+    ("redis+sentinel://h1:26379", "<service>"),
+    ("redis+sentinel:///main", r"0 host\(s\)"),
+    ("redis+sentinel://h1/main/x", "database in a Sentinel URL is a number"),
+    ("redis+sentinel://h1:port/main", "a Sentinel's port is a number"),
+    ("redis+sentinel://h1/main/0/more", "<service>"),
+])
+def test_a_malformed_sentinel_url_says_what_is_wrong(url: str, said: str) -> None:
+    with pytest.raises(ConfigError, match=said):
+        parse(url)
+
+
+def test_the_fleets_broker_on_the_same_redis_is_kombus_sentinel_transport() -> None:
+    settings = Settings(redis={"url": "redis+sentinel://:pw@h1,h2:26380/main/1"}, security={"secret": SECRET})
+    conf = celery_config(settings, publisher=True)
+    assert conf["broker_url"] == "sentinel://:pw@h1:26379/1;sentinel://:pw@h2:26380/1"
+    assert conf["broker_transport_options"]["master_name"] == "main"
+    assert "visibility_timeout" in conf["broker_transport_options"]  # kombu's Redis transport underneath
+
+
+async def echo(text: str) -> str:
+    return text
+
+
+async def two_calls() -> object:
+    await tool("echo", text="one")
+    return await tool("echo", text="two")
+
+
+@pytest.mark.fleet  # redis-servers and a Sentinel of its own
+async def test_the_store_follows_the_primary_through_a_failover(tmp_path: Path) -> None:
+    with sentinel_topology(tmp_path) as deployment:
+        kernel = Castor(tools=[echo], store=f"{deployment.url}?prefix=sen&replicas=1")
+        try:
+            before = await kernel.run(two_calls, pid="before")
+            first = deployment.primary_port()
+            await asyncio.to_thread(deployment.fail_over)
+            assert deployment.primary_port() != first
+            after = await kernel.run(two_calls, pid="after")  # the same kernel: its pool reconnects
+            assert (before.status, after.status) == ("COMPLETED", "COMPLETED")
+            for pid in ("before", "after"):  # on the new primary, nothing lost
+                assert len(await kernel.backend.journal.history(pid)) == 2
+        finally:
+            await kernel.close()
+        listed = subprocess.run([sys.executable, "-m", "castor", "ps", "--store", f"{deployment.url}?prefix=sen"],
+                                capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0, listed.stderr
+        assert "before" in listed.stdout and "after" in listed.stdout, listed.stdout
+
+
+@pytest.mark.fleet  # redis-servers and a Sentinel of its own
+def test_a_workers_own_clients_follow_it_too(tmp_path: Path) -> None:
+    from castor.fleet.workers._scripts import StepScripts
+
+    with sentinel_topology(tmp_path) as deployment:
+        scripts = StepScripts(deployment.url, "sen-w", worker="w")
+        direct = redis_client(deployment.url, sync=True, decode_responses=True)
+        try:
+            assert scripts.claim(Job("r", 0, "t", {})) == -1
+            deployment.fail_over()
+            assert scripts.claim(Job("r", 1, "t", {})) == -1  # the new primary, after a reconnection
+            assert scripts.claim(Job("r", 0, "t", {})) == 0  # the claim made before the failover is there
+            assert direct.exists(keys.started_marker("sen-w", "r", 1)) == 1
+            assert direct.execute_command("ROLE")[0] == "master"
+        finally:
+            scripts.close()
+            direct.close()
+
+
+def test_a_store_url_names_it() -> None:
+    from castor.backends.redis.journal import RedisJournal
+
+    backend = open_backend(f"redis+sentinel://127.0.0.1:1/{SERVICE}/0?prefix=named")  # connects at first use
+    assert isinstance(backend.journal, RedisJournal)
+    asyncio.run(backend.close())
