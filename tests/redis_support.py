@@ -430,9 +430,10 @@ class Sentinels:
         finally:
             client.close()
 
-    def fail_over(self, timeout: float = 20.0) -> int:
-        """Have the Sentinel promote the replica (``SENTINEL FAILOVER``) and wait until the new primary takes
-        writes and the old one follows it; the new primary's port."""
+    def fail_over(self, *, rejoined: bool = True, timeout: float = 30.0) -> int:
+        """Have the Sentinel promote a replica (``SENTINEL FAILOVER``) and wait until the new primary takes
+        writes and, with ``rejoined``, until the old one follows it (the Sentinel turns it into a replica at
+        its next look, up to ten seconds on). The new primary's port."""
         old = self.primary_port()
         deadline = time.monotonic() + timeout
         client = redis.Redis.from_url(self.sentinel, decode_responses=True)
@@ -447,15 +448,12 @@ class Sentinels:
                     time.sleep(0.2)
         finally:
             client.close()
-        while True:
-            new = self.primary_port()
-            if new != old and replication_info(f"redis://127.0.0.1:{new}/0", "role") == "master" \
-                    and replication_info(f"redis://127.0.0.1:{old}/0", "master_link_status") == "up":
-                return new
+        new = self.promoted(old, timeout)
+        while rejoined and replication_info(f"redis://127.0.0.1:{old}/0", "master_link_status") != "up":
             if time.monotonic() > deadline:
-                raise RuntimeError("the Sentinel did not fail over in time")
+                raise RuntimeError("the old primary did not follow the new one in time")
             time.sleep(0.1)
-
+        return new
 
     def promoted(self, old: int, timeout: float = 30.0) -> int:
         """Once the Sentinel names another primary than ``old`` (dead, say), and that one takes writes: its

@@ -85,16 +85,18 @@ async def test_the_store_follows_the_primary_through_a_failover(tmp_path: Path) 
 
 @pytest.mark.fleet  # redis-servers and a Sentinel of its own
 def test_a_workers_own_clients_follow_it_too(tmp_path: Path) -> None:
-    from castor.fleet.workers._scripts import StepScripts
+    from castor.fleet.workers._scripts import RUNNING, StepScripts
 
     with sentinel_topology(tmp_path) as deployment:
-        scripts = StepScripts(deployment.url, "sen-w", worker="w")
+        scripts = StepScripts(deployment.url, "sen-w", worker="w", replicas=1, replica_timeout=2.0)
         direct = redis_client(deployment.url, sync=True, decode_responses=True)
         try:
             assert scripts.claim(Job("r", 0, "t", {})) == -1
-            deployment.fail_over()
+            assert scripts.short_of_replicas() == ""  # as a worker asks before it starts the tool
+            deployment.fail_over(rejoined=False)
             assert scripts.claim(Job("r", 1, "t", {})) == -1  # the new primary, after a reconnection
-            assert scripts.claim(Job("r", 0, "t", {})) == 0  # the claim made before the failover is there
+            assert scripts.claim(Job("r", 0, "t", {})) == RUNNING  # the start made before the failover is there
+            assert direct.exists(keys.started_marker("sen-w", "r", 0), keys.heartbeat("sen-w", "r", 0)) == 2
             assert direct.exists(keys.started_marker("sen-w", "r", 1)) == 1
             assert direct.execute_command("ROLE")[0] == "master"
         finally:

@@ -105,6 +105,7 @@ async def _close_with_loop(
         if resp is not None:
             await resp.close()
         await client.aclose()
+        await sentinel.close_sentinels(client.connection_pool)  # a redis+sentinel:// pool's own connections
 
 
 class RedisConnection:

@@ -10,12 +10,15 @@ The hosts are the Sentinels (26379 by default); ``<service>`` is the name they m
 (``sentinel monitor <service> ...``); the user and password, and the query's options (Castor's ``prefix``,
 ``replicas``, ... and redis-py's), are the Redis servers', as in a ``redis://`` URL. Sentinels that ask for
 a password of their own take it as ``sentinel_password``. Every client Castor makes (the store's pool, the
-workers' and coordinators' own connections) asks the Sentinels for the primary when it connects, and checks
-that the server it reached still is one (a demoted primary refuses writes as a replica), so a failover costs
-the calls in flight a reconnection, never a write to the old primary. The fleet's broker, where it is this
-same Redis (no ``[broker] url``), follows the same Sentinels (kombu's ``sentinel://`` transport).
+workers' and coordinators' own connections) asks the Sentinels for the primary at each new connection. A
+connection made before a failover talks to the old primary until that one is demoted (it then refuses
+writes) and the Sentinel closes its clients: calls then fail as when Redis is unavailable, and the next
+connection reaches the new primary. The fleet's broker, where it is this same Redis (no ``[broker] url``),
+follows the same Sentinels (kombu's ``sentinel://`` transport).
 
-What a failover may still lose is the replicas' lag: ask for ``replicas`` (``castor.backends.redis.replicas``).
+What a failover may lose is what the old primary took and its replicas had not: the replicas' lag, and
+writes made on a connection to the old primary between the promotion and its demotion. Ask for
+``replicas`` (``castor.backends.redis.replicas``): a claim or record no replica acknowledged does not count.
 """
 
 from __future__ import annotations
@@ -121,8 +124,7 @@ def client(url: str, *, sync: bool, **options: Any) -> Any:
     from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 
     watchers = AsyncSentinel(list(target.sentinels), sentinel_kwargs=target.sentinel_options(**timeouts))
-    return watchers.master_for(target.service, connection_pool_class=_pool_class(blocking=False),
-                               **target.connection_options(), **_url_options(target), **options)
+    return watchers.master_for(target.service, **target.connection_options(), **_url_options(target), **options)
 
 
 def _url_options(target: SentinelURL) -> dict[str, Any]:
@@ -141,25 +143,25 @@ def blocking_pool(target: SentinelURL, **options: Any) -> Any:
 
     timeouts = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout") if k in options}
     manager = Sentinel(list(target.sentinels), sentinel_kwargs=target.sentinel_options(**timeouts))
-    return _pool_class(blocking=True)(target.service, manager, **target.connection_options(),
+    return _pool_class()(target.service, manager, **target.connection_options(),
                                       **_url_options(target), **options)
 
 
 @functools.cache
-def _pool_class(*, blocking: bool) -> Any:
-    """Sentinel's asyncio pool (its connections ask where the primary is) that closes its connections to the
-    Sentinels with its own; ``blocking``: a caller waits for a free connection (``BlockingConnectionPool``).
-    Made at first use: settings import this module without redis."""
+def _pool_class() -> Any:
+    """Sentinel's asyncio pool (its connections ask where the primary is) that waits for a free connection, as
+    ``BlockingConnectionPool`` does. Made at first use: settings import this module without redis."""
     import redis.asyncio as aioredis
     from redis.asyncio.sentinel import SentinelConnectionPool
 
-    class ClosingPool(SentinelConnectionPool):
-        async def disconnect(self, inuse_connections: bool = True) -> None:
-            await super().disconnect(inuse_connections)
-            for watcher in self.sentinel_manager.sentinels:
-                await watcher.aclose()
-
-    class BlockingPool(ClosingPool, aioredis.BlockingConnectionPool):
+    class BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
         pass
 
-    return BlockingPool if blocking else ClosingPool
+    return BlockingSentinelPool
+
+
+async def close_sentinels(pool: Any) -> None:
+    """Close the connections to the Sentinels a pool made by ``blocking_pool`` holds (its own connections
+    close with it)."""
+    for watcher in getattr(getattr(pool, "sentinel_manager", None), "sentinels", ()):
+        await watcher.aclose()
