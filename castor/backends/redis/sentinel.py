@@ -120,11 +120,17 @@ def client(url: str, *, sync: bool, **options: Any) -> Any:
         from redis.sentinel import Sentinel
 
         manager = Sentinel(list(target.sentinels), sentinel_kwargs=target.sentinel_options(**timeouts))
-        return manager.master_for(target.service, **target.connection_options(), **_url_options(target), **options)
+        return manager.master_for(target.service, **_connection_kwargs(target, options))
     from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 
     watchers = AsyncSentinel(list(target.sentinels), sentinel_kwargs=target.sentinel_options(**timeouts))
-    return watchers.master_for(target.service, **target.connection_options(), **_url_options(target), **options)
+    return watchers.master_for(target.service, **_connection_kwargs(target, options))
+
+
+def _connection_kwargs(target: SentinelURL, options: dict[str, Any]) -> dict[str, Any]:
+    """A connection's keywords: the URL's (database, user, password, redis-py's query options), then the
+    caller's ``options``, which win."""
+    return {**target.connection_options(), **_url_options(target), **options}
 
 
 def _url_options(target: SentinelURL) -> dict[str, Any]:
@@ -143,8 +149,7 @@ def blocking_pool(target: SentinelURL, **options: Any) -> Any:
 
     timeouts = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout") if k in options}
     manager = Sentinel(list(target.sentinels), sentinel_kwargs=target.sentinel_options(**timeouts))
-    return _pool_class()(target.service, manager, **target.connection_options(),
-                                      **_url_options(target), **options)
+    return _pool_class()(target.service, manager, **_connection_kwargs(target, options))
 
 
 @functools.cache
