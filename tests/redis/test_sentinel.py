@@ -63,45 +63,39 @@ async def two_calls() -> object:
 
 
 @pytest.mark.fleet  # redis-servers and a Sentinel of its own
-async def test_the_store_follows_the_primary_through_a_failover(tmp_path: Path) -> None:
+async def test_the_store_and_a_workers_clients_follow_the_primary_through_a_failover(tmp_path: Path) -> None:
+    from castor.fleet.workers._scripts import StepScripts
+
     with sentinel_topology(tmp_path) as deployment:
         kernel = Castor(tools=[echo], store=f"{deployment.url}?prefix=sen&replicas=1")
+        scripts = StepScripts(deployment.url, "sen", worker="w", heartbeat=1.0, replicas=1, replica_timeout=2.0)
+        direct = redis_client(deployment.url, sync=True, decode_responses=True)
         try:
             before = await kernel.run(two_calls, pid="before")
+            assert scripts.claim(Job("r", 0, "t", {})) == -1
+            assert scripts.short_of_replicas() == ""  # as a worker asks before it starts the tool
             first = deployment.primary_port()
-            await asyncio.to_thread(deployment.fail_over)
+            await asyncio.to_thread(deployment.fail_over)  # and the old primary rejoins as a replica
             assert deployment.primary_port() != first
             after = await kernel.run(two_calls, pid="after")  # the same kernel: its pool reconnects
             assert (before.status, after.status) == ("COMPLETED", "COMPLETED")
             for pid in ("before", "after"):  # on the new primary, nothing lost
                 assert len(await kernel.backend.journal.history(pid)) == 2
+            # The worker's long-lived client too: its connection to the old primary was closed with it.
+            assert scripts.claim(Job("r", 1, "t", {})) == -1
+            assert scripts.short_of_replicas() == ""
+            # The start made before the failover is there: started, and its heartbeat (1 s, not renewed) gone.
+            assert scripts.claim(Job("r", 0, "t", {})) == 0
+            assert direct.exists(keys.started_marker("sen", "r", 0), keys.started_marker("sen", "r", 1)) == 2
+            assert direct.execute_command("ROLE")[0] == "master"
         finally:
             await kernel.close()
+            scripts.close()
+            direct.close()
         listed = subprocess.run([sys.executable, "-m", "castor", "ps", "--store", f"{deployment.url}?prefix=sen"],
                                 capture_output=True, text=True, timeout=60)
         assert listed.returncode == 0, listed.stderr
         assert "before" in listed.stdout and "after" in listed.stdout, listed.stdout
-
-
-@pytest.mark.fleet  # redis-servers and a Sentinel of its own
-def test_a_workers_own_clients_follow_it_too(tmp_path: Path) -> None:
-    from castor.fleet.workers._scripts import RUNNING, StepScripts
-
-    with sentinel_topology(tmp_path) as deployment:
-        scripts = StepScripts(deployment.url, "sen-w", worker="w", replicas=1, replica_timeout=2.0)
-        direct = redis_client(deployment.url, sync=True, decode_responses=True)
-        try:
-            assert scripts.claim(Job("r", 0, "t", {})) == -1
-            assert scripts.short_of_replicas() == ""  # as a worker asks before it starts the tool
-            deployment.fail_over(rejoined=False)
-            assert scripts.claim(Job("r", 1, "t", {})) == -1  # the new primary, after a reconnection
-            assert scripts.claim(Job("r", 0, "t", {})) == RUNNING  # the start made before the failover is there
-            assert direct.exists(keys.started_marker("sen-w", "r", 0), keys.heartbeat("sen-w", "r", 0)) == 2
-            assert direct.exists(keys.started_marker("sen-w", "r", 1)) == 1
-            assert direct.execute_command("ROLE")[0] == "master"
-        finally:
-            scripts.close()
-            direct.close()
 
 
 def test_a_store_url_names_it() -> None:
