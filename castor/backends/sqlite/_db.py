@@ -38,6 +38,11 @@ WAL_AUTOCHECKPOINT_PAGES = 10_000
 BUSY_TIMEOUT = 10.0
 
 
+def _busy(error: sqlite3.Error) -> bool:
+    """Whether ``error`` is another connection holding the file ("database is locked", or busy)."""
+    return "locked" in str(error) or "busy" in str(error)
+
+
 def enter_wal(conn: sqlite3.Connection, timeout: float = BUSY_TIMEOUT) -> None:
     """Put the file in WAL mode, waiting out another process that holds it meanwhile.
 
@@ -53,7 +58,7 @@ def enter_wal(conn: sqlite3.Connection, timeout: float = BUSY_TIMEOUT) -> None:
             conn.execute("PRAGMA journal_mode=WAL")
             return
         except sqlite3.OperationalError as exc:
-            if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() + pause > deadline:
+            if not _busy(exc) or time.monotonic() + pause > deadline:
                 raise
         time.sleep(pause)
         pause = min(pause * 2, 0.05)
@@ -133,7 +138,7 @@ class SqliteDatabase:
     def unavailable(self, error: sqlite3.Error) -> BackendUnavailable:
         """The one-line error of the store failing ``error``: a file another process held past the busy timeout
         says so."""
-        if "locked" in str(error) or "busy" in str(error):
+        if _busy(error):
             return BackendUnavailable(f"SQLite store {self.path!r} is busy: another process held it for more than "
                                       f"{BUSY_TIMEOUT:g} s ({error}); try again once it is free")
         return BackendUnavailable(f"SQLite store {self.path!r}: {error}")
