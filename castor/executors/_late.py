@@ -2,10 +2,10 @@
 
 A coordinator waits for a call's reply until its deadline, or until the worker running it is seen gone
 (``castor.executors._loss``). Then ``LateCalls.settle`` says what became of it: the journal's record if the
-step finished after all; in doubt if a worker started it and never finished; refused if a worker of the pool
-dead-lettered this very task; else a timeout, and then no worker runs the task any more: ``give_up``
-abandons it at the deadline unless a worker took it (``task_abandon.lua``; a worker that takes it later
-drops it). A publish that failed but may have landed is abandoned the same way (``abandon_or_wait``).
+step finished after all; in doubt if a worker started it and never finished; the tool's failure if its worker
+recorded one and was lost before it replied; refused if a worker of the pool dead-lettered this very task; else
+a timeout, and then no worker runs the task any more: ``give_up`` abandons it at the deadline unless a worker
+took it (``task_abandon.lua``; a worker that takes it later drops it). A publish that failed but may have landed is abandoned the same way (``abandon_or_wait``).
 """
 
 from __future__ import annotations
@@ -19,8 +19,15 @@ from typing import Any, TypeGuard
 
 from castor._canonical import canonical
 from castor.backends.redis import RedisConnection, keys
-from castor.checkpoint import SyscallRecord
-from castor.errors import BackendUnavailable, CastorError, InDoubtError, TaskRefusedError, ToolTimeoutError
+from castor.checkpoint import StepFailure, SyscallRecord
+from castor.errors import (
+    BackendUnavailable,
+    CastorError,
+    InDoubtError,
+    RemoteToolError,
+    TaskRefusedError,
+    ToolTimeoutError,
+)
 from castor.executors._publish import UnsurePublish
 from castor.fleet.restart import grace_left, watched
 from castor.kernel.steps import IN_DOUBT_REASON
@@ -33,6 +40,7 @@ log = logging.getLogger("castor.executor")
 ABANDON_TTL = 7 * 24 * 3600
 DEADLINE, LOST = "deadline", "lost"  # why a call got no reply (``CeleryExecutor._dispatch``)
 _LETTERS_LOOKED_AT = 200  # the newest dead letters of a pool a late call is looked for in
+_FAILURES_LOOKED_AT = 200  # the newest failures of a run a late call's is looked for in
 
 
 class LateCalls:
@@ -82,7 +90,8 @@ class LateCalls:
     async def settle(self, call: ToolCall, pool: str, deadline: float, why: str, kwargs: dict[str, Any]) -> Any:
         """No reply by the deadline, or none from a worker seen gone (``why``): the journal's record if the
         step finished after all; in doubt if a worker started it and never finished (a lost worker, or a
-        tool that would not stop); else a timeout (no worker took it)."""
+        tool that would not stop); the tool's failure, as its reply would have told it, if its worker recorded
+        one and was lost before replying; refused if a worker dead-lettered the task; else a timeout."""
         record = await self.journal.get(call.run_id, call.step) if self.journal is not None else None
         if landed(record, call):
             return record.response
@@ -97,6 +106,11 @@ class LateCalls:
                 f"{IN_DOUBT_REASON}: {call.tool_name!r} (run {call.run_id}, step {call.step}) started on a worker "
                 f"of pool {pool!r}{how}"
             )
+        failed = await self.failed_for_good(call, kwargs)
+        if failed is not None:  # its worker recorded the tool's failure, then was lost before it replied
+            error = RemoteToolError(failed.error_type, failed.message, tool_name=call.tool_name)
+            error.failure_journaled = True
+            raise error
         refused = await self.dead_lettered(pool, kwargs)
         if refused is not None:  # a worker took it and refused it unread: no reply could come
             raise TaskRefusedError(
@@ -108,6 +122,30 @@ class LateCalls:
             f"tool {call.tool_name!r} gave no result within {deadline:g}s (run {call.run_id}, "
             f"step {call.step}); is a worker of pool {pool!r} running?"
         )
+
+    async def failed_for_good(self, call: ToolCall, kwargs: dict[str, Any]) -> StepFailure | None:
+        """The failure this very task's tool ended with, if its worker recorded one (its token is spent): a
+        worker records a failure, drops the step's start and spends the token in one transaction, then
+        replies; one lost between the two leaves no reply, and no start either. Without the failure the call
+        would be told it timed out (no worker running?) while its tool ran and failed. The run's newest
+        failure of the step is the one: the transaction that spent the token pushed it."""
+        token = kwargs.get("token")
+        if not token:  # an unsigned fleet spends no token: nothing tells this task's failure from an older one
+            return None
+        prefix = self._settings.redis.prefix
+        try:
+            command = self._conn().command
+            if not await command("sismember", keys.spent_tokens(prefix, call.run_id, call.step), token):
+                return None
+            rows = await command("lrange", keys.failures(prefix, call.run_id), -_FAILURES_LOOKED_AT, -1)
+        except CastorError:
+            return None
+        for row in reversed(rows or []):
+            with contextlib.suppress(ValueError):
+                failure = StepFailure.model_validate_json(row)
+                if failure.step == call.step:
+                    return failure
+        return None
 
     async def dead_lettered(self, pool: str, kwargs: dict[str, Any]) -> str | None:
         """Why a worker of the pool dead-lettered this very task, if one did (among the newest letters): a
