@@ -5,7 +5,8 @@ A coordinator waits for a call's reply until its deadline, or until the worker r
 step finished after all; in doubt if a worker started it and never finished; the tool's failure if its worker
 recorded one and was lost before it replied; refused if a worker of the pool dead-lettered this very task; else
 a timeout, and then no worker runs the task any more: ``give_up`` abandons it at the deadline unless a worker
-took it (``task_abandon.lua``; a worker that takes it later drops it). A publish that failed but may have landed is abandoned the same way (``abandon_or_wait``).
+took it (``task_abandon.lua``; a worker that takes it later drops it). A publish that failed but may have
+landed is abandoned the same way (``abandon_or_wait``).
 """
 
 from __future__ import annotations
