@@ -13,6 +13,9 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 REDACTED = "***"
+# The query options of a server URL that hold a password: redis-py's, and a Sentinel's own
+# (``castor.backends.redis.sentinel``).
+_PASSWORD_OPTIONS = frozenset({"password", "sentinel_password"})
 # What a sealed value (``castor._sealing``) starts with: a keyed digest or a ciphertext, never the value.
 SEALED_MARK = "***"
 
@@ -61,5 +64,5 @@ def hide_password(url: str) -> str:
         user, sep, _secret = userinfo.partition(":")
         # ``user:password@`` keeps the user; a lone ``secret@`` may be a password: hide it whole
         netloc = f"{user}:***@{host}" if sep else f"***@{host}"
-    query = urlencode([(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)], safe="*")
+    query = urlencode([(k, "***" if k in _PASSWORD_OPTIONS else v) for k, v in parse_qsl(parts.query)], safe="*")
     return urlunsplit(parts._replace(netloc=netloc, query=query))

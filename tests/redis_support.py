@@ -473,9 +473,10 @@ SERVICE = "castor-main"
 
 
 @contextlib.contextmanager
-def sentinel_topology(directory: Path, replicas: int = 1) -> Iterator[Sentinels]:
+def sentinel_topology(directory: Path, replicas: int = 1, sentinel_password: str = "") -> Iterator[Sentinels]:
     """A ``redis-server``, ``replicas`` replicas of it and one Sentinel (quorum 1) monitoring them as ``SERVICE``,
-    all ready (the Sentinel knows every replica)."""
+    all ready (the Sentinel knows every replica). With ``sentinel_password`` the Sentinel asks for it (its
+    ``requirepass``), and the deployment's URLs give it."""
     need_redis_server("starts a primary, its replicas and a Sentinel of its own")
     first, watcher = free_port(), free_port()
     (directory / "primary").mkdir(parents=True)
@@ -491,11 +492,15 @@ def sentinel_topology(directory: Path, replicas: int = 1) -> Iterator[Sentinels]
         f"port {watcher}\nbind 127.0.0.1\ndir {directory / 'sentinel'}\n"
         f"sentinel monitor {SERVICE} 127.0.0.1 {first} 1\n"
         f"sentinel down-after-milliseconds {SERVICE} 1000\nsentinel failover-timeout {SERVICE} 5000\n"
+        + (f"requirepass {sentinel_password}\n" if sentinel_password else "")
     )
     binary = shutil.which("redis-server")
     assert binary is not None
     watching = subprocess.Popen([binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    made = Sentinels(f"redis+sentinel://127.0.0.1:{watcher}/{SERVICE}/0", f"redis://127.0.0.1:{watcher}/0", servers)
+    asked = f"?sentinel_password={sentinel_password}" if sentinel_password else ""
+    auth = f":{sentinel_password}@" if sentinel_password else ""
+    made = Sentinels(f"redis+sentinel://127.0.0.1:{watcher}/{SERVICE}/0{asked}", f"redis://{auth}127.0.0.1:{watcher}/0",
+                     servers)
     try:
         deadline = time.monotonic() + 15
         while _sentinel_knows(made.sentinel) < replicas or any(
@@ -512,11 +517,11 @@ def sentinel_topology(directory: Path, replicas: int = 1) -> Iterator[Sentinels]
 
 
 def _sentinel_knows(url: str) -> int:
-    """How many replicas of the service the Sentinel at ``url`` knows (0 if it does not answer yet)."""
+    """How many replicas of the service the Sentinel at ``url`` knows (-1 if it does not answer yet)."""
     client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=0.5)
     try:
         return len(client.execute_command("SENTINEL", "REPLICAS", SERVICE))
     except redis.RedisError:
-        return 0
+        return -1
     finally:
         client.close()

@@ -82,3 +82,11 @@ def test_the_command_prints_the_two_users_with_hashed_passwords(
     text = "\n".join(lines)
     assert FLEET_PW not in text and FLOWER_PW not in text
     assert f"#{acl._sha256(FLOWER_PW)}" in lines[2]
+
+
+def test_behind_sentinel_the_broker_users_channels_name_the_urls_database() -> None:
+    """kombu names a fan-out channel after the broker URL's database: behind Sentinel, the one after the
+    service's name (``castor.backends.redis.sentinel``), not a path read as a ``redis://`` URL's."""
+    settings = Settings(redis={"url": "redis+sentinel://:pw@h1,h2:26380/main/3"})
+    assert acl.broker_channels(settings) == ("castor:/3.*", "castor:/3.celeryev/*")
+    assert acl.broker_channels(Settings(redis={"url": "redis+sentinel://h1/main"}))[0] == "castor:/0.*"

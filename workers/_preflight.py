@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from castor.backends.redis import eviction, hide_password, keys, redis_client
+from castor.backends.redis import eviction, hide_password, keys, redis_client, sentinel
 from castor.backends.redis.durability import durability_warning
 from castor.errors import BackendUnavailable
 from castor.fleet.broker import broker_error
@@ -86,7 +86,7 @@ def _redis(settings: Settings) -> None:
     except redis.RedisError as exc:
         raise BackendUnavailable(
             f"cannot start the worker: Redis at {where}, where the fleet's runs, "
-            f"journals and approvals live, is unavailable: {exc}"
+            f"journals and approvals live, is unavailable: {sentinel.lookup_failure(exc)}"
         ) from exc
     finally:
         client.close()

@@ -15,7 +15,7 @@ from castor._redact import hide_password
 from castor.backends import open_backend
 from castor.backends.redis import keys, redis_client
 from castor.backends.redis.sentinel import SentinelURL, parse
-from castor.errors import ConfigError
+from castor.errors import BackendUnavailable, ConfigError
 from castor.fleet.celery_config import celery_config
 from castor.fleet.wire import Job
 from castor.lib import tool
@@ -31,6 +31,8 @@ def test_a_sentinel_url_is_read_with_its_defaults() -> None:
                                (("health_check_interval", "5"),))
     assert parse("redis+sentinel://sentinel/main").db == 0
     assert hide_password("redis+sentinel://:pw@h1,h2/main") == "redis+sentinel://:***@h1,h2/main"
+    assert hide_password("redis+sentinel://h1/main?sentinel_password=sp&prefix=p") == (
+        "redis+sentinel://h1/main?sentinel_password=***&prefix=p")
 
 
 @pytest.mark.parametrize(("url", "said"), [
@@ -104,3 +106,42 @@ def test_a_store_url_names_it() -> None:
     backend = open_backend(f"redis+sentinel://127.0.0.1:1/{SERVICE}/0?prefix=named")  # connects at first use
     assert isinstance(backend.journal, RedisJournal)
     asyncio.run(backend.close())
+
+
+@pytest.mark.fleet  # a redis-server and a Sentinel of its own, which asks for a password
+async def test_sentinels_that_ask_for_a_password_are_given_it_and_without_it_the_error_says_so(tmp_path: Path) -> None:
+    with sentinel_topology(tmp_path, replicas=0, sentinel_password="sentinel-only-pw") as deployment:
+        assert "sentinel_password=" in deployment.url
+        kernel = Castor(tools=[echo], store=f"{deployment.url}&prefix=pw")
+        try:
+            assert (await kernel.run(two_calls, pid="pw")).status == "COMPLETED"
+        finally:
+            await kernel.close()
+        worker = redis_client(deployment.url, sync=True)  # a worker's and a coordinator's own clients
+        try:
+            assert worker.ping()
+        finally:
+            worker.close()
+        # The fleet's broker on the same deployment: kombu's Sentinel transport, given the password.
+        from celery import Celery
+
+        app = Celery("pw", set_as_current=False)
+        app.conf.update(celery_config(Settings(redis={"url": deployment.url}, security={"secret": SECRET}),
+                                      publisher=True))
+        with app.connection_for_write() as conn:
+            queue = conn.SimpleQueue("castor-pw-test")
+            queue.put({"n": 1})
+            message = queue.get(timeout=10)
+            message.ack()
+            queue.close()
+        assert message.payload == {"n": 1}
+        unasked = deployment.url.partition("?")[0]
+        kernel = Castor(tools=[echo], store=f"{unasked}?prefix=pw")
+        try:
+            with pytest.raises(BackendUnavailable, match="give it as sentinel_password") as said:
+                await kernel.run(two_calls, pid="unasked")
+        finally:
+            await kernel.close()
+        assert "sentinel-only-pw" not in str(said.value)
+        assert f"Sentinel 127.0.0.1:{deployment.sentinel.rpartition(':')[2].split('/')[0]}" in str(said.value)
+        assert "Connection(" not in str(said.value), said.value  # the Sentinel by its address, not its client's repr

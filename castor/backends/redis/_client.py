@@ -375,7 +375,7 @@ class RedisConnection:
         return self._unavailable(exc)
 
     def _unavailable(self, exc: BaseException) -> BackendUnavailable:
-        return BackendUnavailable(f"Redis at {self.safe_url} is unavailable: {exc}")
+        return BackendUnavailable(f"Redis at {self.safe_url} is unavailable: {sentinel.lookup_failure(exc)}")
 
     def _refused(self, exc: BaseException) -> Exception:
         message = str(exc)

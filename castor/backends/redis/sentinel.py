@@ -24,6 +24,7 @@ writes made on a connection to the old primary between the promotion and its dem
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
@@ -170,3 +171,21 @@ async def close_sentinels(pool: Any) -> None:
     close with it)."""
     for watcher in getattr(getattr(pool, "sentinel_manager", None), "sentinels", ()):
         await watcher.aclose()
+
+
+# redis-py names each Sentinel a lookup of the primary failed on by its client's whole repr (a line of
+# connection settings); its address is what a reader needs.
+_CLIENT_REPR = re.compile(r"<redis\.(?:asyncio\.)?client\.Redis\(.*?,host=([^,]+),port=(\d+),.*?\)>\)>\)>")
+_AUTH_REFUSED = ("AuthenticationError", "AuthenticationRequiredError", "NOAUTH")
+
+
+def lookup_failure(exc: BaseException) -> str:
+    """What ``exc`` says, readably where it is a failed lookup of the primary (``MasterNotFoundError``): each
+    Sentinel named by its address, and, where one refused for want of a password, how to give it."""
+    text = str(exc)
+    if type(exc).__name__ != "MasterNotFoundError":
+        return text
+    text = _CLIENT_REPR.sub(lambda m: f"Sentinel {m[1]}:{m[2]}", text)
+    if any(word in text for word in _AUTH_REFUSED):
+        text += " (a Sentinel asks for a password of its own: give it as sentinel_password=... in the URL's query)"
+    return text
