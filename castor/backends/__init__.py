@@ -18,6 +18,7 @@ import os
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from castor._redact import hide_password
 from castor.errors import ConfigError
 from castor.seams import Backend
 
@@ -143,6 +144,7 @@ def open_backend(url: str | None) -> Backend:
 
         return sqlite_backend(url)
     raise ConfigError(
-        f"unknown store {url!r}: use memory://, sqlite:///path.db, a path ending in .db, redis://host:port/db "
+        f"unknown store {hide_password(url)!r}: use memory://, sqlite:///path.db, a path ending in .db, "
+        "redis://host:port/db "
         "or redis+sentinel://host:port/service/db"
     )

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from castor._redact import hide_password
 from castor.backends import open_backend, sqlite_file
 from castor.cli._args import add_option
 from castor.cli._celery_cmds import executor_flags
@@ -77,9 +78,12 @@ def open_store(args: argparse.Namespace, *, existing: bool = False) -> Backend:
         return open_backend(url)
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.startswith("castor"):
-            raise ConfigError(f"store {url!r} is not supported by this installation ({exc.name} is missing)") from exc
+            raise ConfigError(
+                f"store {hide_password(url)!r} is not supported by this installation ({exc.name} is missing)"
+            ) from exc
         raise ConfigError(
-            f"store {url!r} needs the optional package {exc.name!r}: pip install 'castor-kernel[redis]'"
+            f"store {hide_password(url)!r} needs the optional package {exc.name!r}: "
+            "pip install 'castor-kernel[redis]'"
         ) from exc
 
 

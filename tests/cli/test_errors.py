@@ -108,6 +108,9 @@ def test_two_stores_at_once(cli: Cli) -> None:
 
 def test_unknown_store_scheme(cli: Cli) -> None:
     failed(cli("--store", "postgres://x", "ps"), "unknown store")
+    said = cli("--store", "postgres://me:hunter2-secret@db/x", "ps")  # a password typed in the URL stays unshown
+    failed(said, "unknown store 'postgres://me:***@db/x'")
+    assert "hunter2" not in said.out + said.err
 
 
 @pytest.mark.parametrize(
