@@ -30,6 +30,9 @@ def test_a_sentinel_url_is_read_with_its_defaults() -> None:
     assert read == SentinelURL((("10.0.0.1", 26379), ("10.0.0.2", 26380)), "main", 2, "user", "pw", "sp",
                                (("health_check_interval", "5"),))
     assert parse("redis+sentinel://sentinel/main").db == 0
+    ipv6 = parse("redis+sentinel://[::1]:26380,[fd00::2]/main")
+    assert ipv6.sentinels == (("::1", 26380), ("fd00::2", 26379))
+    assert ipv6.kombu_url() == "sentinel://[::1]:26380/0;sentinel://[fd00::2]:26379/0"
     assert hide_password("redis+sentinel://:pw@h1,h2/main") == "redis+sentinel://:***@h1,h2/main"
     assert hide_password("redis+sentinel://h1/main?sentinel_password=sp&prefix=p") == (
         "redis+sentinel://h1/main?sentinel_password=***&prefix=p")
@@ -40,6 +43,9 @@ def test_a_sentinel_url_is_read_with_its_defaults() -> None:
     ("redis+sentinel:///main", r"0 host\(s\)"),
     ("redis+sentinel://h1/main/x", "database in a Sentinel URL is a number"),
     ("redis+sentinel://h1:port/main", "a Sentinel's port is a number"),
+    ("redis+sentinel://h1:99999/main", "a Sentinel's port is 1 to 65535, got 99999"),
+    ("redis+sentinel://[::1/main", "hosts cannot be read: Invalid IPv6 URL"),
+    ("redis+sentinel://h1,[::1]x/main", r"\[IPv6 address\]\[:port\], got '\[::1\]x'"),
     ("redis+sentinel://h1/main/0/more", "<service>"),
 ])
 def test_a_malformed_sentinel_url_says_what_is_wrong(url: str, said: str) -> None:

@@ -66,7 +66,12 @@ class SentinelURL:
         auth = ""
         if self.password:
             auth = f"{quote(self.username or '', safe='')}:{quote(self.password, safe='')}@"
-        return ";".join(f"sentinel://{auth}{host}:{port}/{self.db}" for host, port in self.sentinels)
+        return ";".join(f"sentinel://{auth}{_bracketed(host)}:{port}/{self.db}" for host, port in self.sentinels)
+
+
+def _bracketed(host: str) -> str:
+    """``host`` as a URL writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
 
 
 def is_sentinel(url: str) -> bool:
@@ -76,7 +81,10 @@ def is_sentinel(url: str) -> bool:
 
 def parse(url: str) -> SentinelURL:
     """``url`` read, or a ``ConfigError`` saying what is wrong with it (never showing its password)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unbalanced bracket of an IPv6 address
+        raise ConfigError(f"a Sentinel URL's hosts cannot be read: {exc}") from None
     userinfo, _, hosts = parts.netloc.rpartition("@")
     username, _, password = userinfo.partition(":")
     sentinels = tuple(_host(h) for h in hosts.split(",") if h)
@@ -97,14 +105,25 @@ def parse(url: str) -> SentinelURL:
 
 
 def _host(text: str) -> tuple[str, int]:
-    """``host[:port]``, 26379 when no port is given (a name or an IPv4 address: no IPv6 literal)."""
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        return text, SENTINEL_PORT
+    """``host[:port]`` or ``[IPv6 address][:port]``, 26379 when no port is given."""
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or not host or (rest and not rest.startswith(":")):
+            raise ConfigError(f"a Sentinel's address is host[:port] or [IPv6 address][:port], got {text!r}")
+        port = rest[1:]
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            host, port = text, ""
+    if not port:
+        return host, SENTINEL_PORT
     try:
-        return host, int(port)
+        number = int(port)
     except ValueError:
         raise ConfigError(f"a Sentinel's port is a number, got {port!r}") from None
+    if not 0 < number < 65536:
+        raise ConfigError(f"a Sentinel's port is 1 to 65535, got {number}")
+    return host, number
 
 
 def redis_url(sentinel: SentinelURL) -> str:
