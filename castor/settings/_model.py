@@ -258,6 +258,8 @@ class Settings(Section):
                 owner[tool] = pool
         if self.broker.url is not None:  # the Redis URL as a broker is Redis, whatever its form
             _check_broker_url(self.broker.url, self.source)
+        for what, url in (("[redis] url", self.redis.url), ("[broker] url", self.broker.url)):
+            _check_sentinel_url(url, f"{self.source}: {what}")
         self.check_task_age(retention_of(dict(parse_qsl(urlsplit(self.redis.url).query))))
         return self
 
@@ -329,6 +331,21 @@ def retention_of(options: Mapping[str, Any]) -> float | None:
         return float(given)
     except (TypeError, ValueError):
         return None
+
+
+def _check_sentinel_url(url: str | None, where: str) -> None:
+    """A ``redis+sentinel://`` URL read at once, or a ``ConfigError`` saying what is wrong with it, before
+    anything connects (never showing its password)."""
+    if url is None or not url.startswith("redis+sentinel://"):
+        return
+    try:
+        from castor.backends.redis.sentinel import parse  # imports redis: only for a Sentinel URL
+    except ModuleNotFoundError:  # without redis installed the store says what to install
+        return
+    try:
+        parse(url)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _check_broker_url(url: str, source: str) -> None:

@@ -53,6 +53,13 @@ def test_a_malformed_sentinel_url_says_what_is_wrong(url: str, said: str) -> Non
         parse(url)
 
 
+def test_a_config_naming_a_malformed_sentinel_url_is_refused_as_it_is_read() -> None:
+    with pytest.raises(ConfigError, match=r"\[redis\] url: a Sentinel's port is 1 to 65535, got 99999"):
+        Settings(redis={"url": "redis+sentinel://:pw@h1:99999/main"})
+    with pytest.raises(ConfigError, match=r"\[broker\] url: a Sentinel URL is .*got 1 host\(s\) and the path /$"):
+        Settings(broker={"url": "redis+sentinel://:pw@h1"})
+
+
 def test_the_fleets_broker_on_the_same_redis_is_kombus_sentinel_transport() -> None:
     settings = Settings(redis={"url": "redis+sentinel://:pw@h1,h2:26380/main/1"}, security={"secret": SECRET})
     conf = celery_config(settings, publisher=True)
