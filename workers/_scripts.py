@@ -73,10 +73,11 @@ class Delivery:
 _PACKAGE = __package__ or "castor.fleet.workers"
 CLAIM = Script.of(_PACKAGE, "claim")
 FINISH = Script.of(_PACKAGE, "finish", functions={"append": STORE_SCRIPTS["journal_append"]})
+FAIL = Script.of(_PACKAGE, "fail")
 
 
 class StepScripts:
-    """``claim`` and ``finish`` of one step, on a synchronous client (thread-safe)."""
+    """``claim``, ``finish`` and ``fail`` of one step, on a synchronous client (thread-safe)."""
 
     def __init__(
         self, url: str, prefix: str, secret: str | None = None, *, worker: str = "", heartbeat: float = 10.0,
@@ -92,6 +93,7 @@ class StepScripts:
         self._worker, self._heartbeat_ms, self._outage = worker, max(1, int(heartbeat * 1000)), outage
         self._claim: Any  # script(keys=..., args=...): redis-py's registered script, or the lean twin
         self._finish: Any
+        self._fail: Any
         self._close: Callable[[], None]
         self._receipt = unique_ids(compact=True)  # one per handling of a task message
         self.away_at: float | None = None  # when a script last found Redis away (time.monotonic())
@@ -99,6 +101,7 @@ class StepScripts:
         if _lean.available(url):
             lean = _lean.LeanClient(url)
             self._claim, self._finish, self._close = _lean_script(lean, CLAIM), _lean_script(lean, FINISH), lean.close
+            self._fail = _lean_script(lean, FAIL)
             self._lost = (BackendUnavailable,)
             self._command = lean.call
             self._probe = lambda: _lean_probe(lean, keys.replicated(prefix), replicas, replica_timeout)
@@ -109,6 +112,7 @@ class StepScripts:
             # itself, under its receipt.
             client = redis_client(url, sync=True)
             self._claim, self._finish = CLAIM.register(client), FINISH.register(client)
+            self._fail = FAIL.register(client)
             self._close = client.close
             self._lost = (redis.ConnectionError, redis.TimeoutError)
             self._command = client.execute_command
@@ -192,6 +196,27 @@ class StepScripts:
                 raise
             self.spool.keep(f"{job.run_id}#{job.step}", key_list, args)
             return True
+
+    def fail(self, job: Job, failure: str, reply: Reply, spent_ttl: int) -> None:
+        """Record the step's ``failure`` (JSON), drop its start and heartbeat, keep the task's token spent
+        (``spent_ttl`` seconds) and reply, in one call (``fail.lua``). Asked again through an outage as a
+        finish is (up to the ``outage`` deadline; a signed task's token keeps the failure from being recorded
+        twice): a tool that raised while Redis was away is answered with its failure, not left in doubt. An
+        unsigned task is asked once. The last try's failure is the caller's (the step is then in doubt)."""
+        run, step = job.run_id, job.step
+        key_list = [
+            keys.failures(self._prefix, run), keys.started_marker(self._prefix, run, step),
+            keys.heartbeat(self._prefix, run, step), keys.spent_tokens(self._prefix, run, step),
+        ]
+        args: list[Any] = [failure, job.token or "", spent_ttl, REPLY_MAXLEN]
+        if job.reply_to:
+            key_list.append(job.reply_to)
+            for name, value in replace(reply, task_id=job.task_id).fields(self._secret).items():
+                args += (name, value)
+        if not job.token:
+            self._fail(keys=key_list, args=args)
+            return
+        self._asked(self._fail, key_list, args, f"failure of {job.effect_id}", self._outage)
 
     def _asked(self, script: Any, key_list: list[str], args: list[Any], what: str, within: float = 0.0) -> Any:
         """``script``'s answer, asked again on a new connection after a lost one (it must be safe to run

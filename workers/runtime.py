@@ -37,8 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from castor.backends.redis.keys import dead_letters, heartbeat, is_reply_stream, spent_tokens, started_marker
-from castor.backends.redis.keys import failures as failures_key
+from castor.backends.redis.keys import dead_letters, heartbeat, is_reply_stream, started_marker
 from castor.checkpoint import StepFailure, SyscallRecord, bounded_arguments
 from castor.errors import InDoubtError
 from castor.fleet.records import canonical, redact
@@ -252,7 +251,7 @@ class WorkerRuntime:
                 shown = kwargs_repr(job, policy.sensitive)
                 log.warning("%s failed (%s: %s); retry %d in %.2fs", shown, type(exc).__name__, exc, retries + 1, delay)
                 return Outcome(ERROR, retry_in=delay, shown=shown)
-            proc.loop.run(self._fail_for_good(proc, job, type(exc).__name__, str(exc), policy))
+            self._fail_for_good(proc, job, type(exc).__name__, str(exc), policy)
             return Outcome(ERROR, detail=failure_text(type(exc).__name__, str(exc), checked, policy.sensitive))
         if is_model_task(job.tool_name):  # settled to the usage reported before it is journaled (_models)
             # Outside the try: Redis away as the call returns is no failure of the call (it was made, and paid)
@@ -334,29 +333,20 @@ class WorkerRuntime:
                         kwargs_repr(job, policy.sensitive), job.attempt, left)
             time.sleep(left)
 
-    async def _fail_for_good(
-        self, proc: WorkerProcess, job: Job, error_type: str, message: str, policy: ToolPolicy
-    ) -> None:
-        """The step's tool raised and is not retried: in one transaction, record the failure, drop the step's
-        start and heartbeat (a fresh start may follow: a resume of the failed run retries it) and keep the
-        task's token for as long as a copy of it could be taken (a copy sent again is refused; the run sends
-        the step again signed anew, never this token); then answer. One transaction: a delivery waiting on this worker
-        (``_after_running``) that finds the start free finds the failure with it, never a moment between."""
+    def _fail_for_good(self, proc: WorkerProcess, job: Job, error_type: str, message: str, policy: ToolPolicy) -> None:
+        """The step's tool raised and is not retried: record the failure, drop the step's start and heartbeat
+        (a resume of the failed run may start it afresh), keep the task's token spent for as long as a copy of
+        it could be taken (a copy sent again is refused; the run sends the step again signed anew) and
+        answer, in one call (``StepScripts.fail``), asked again through a Redis outage as a finish is. One
+        call: a delivery waiting on this worker (``_after_running``) that finds the start free finds the
+        failure with it, never a moment between."""
         log.warning("%s: %s: %s", kwargs_repr(job, policy.sensitive), error_type, message)
-        prefix = self.settings.redis.prefix
         failure = StepFailure(
             step=job.step, tool_name=job.tool_name, arguments=redact(job.arguments, policy.sensitive),
             error_type=error_type, message=message,
         )
-        async with proc.redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(failures_key(prefix, job.run_id), failure.model_dump_json())
-            pipe.delete(started_marker(prefix, job.run_id, job.step), heartbeat(prefix, job.run_id, job.step))
-            if job.token:
-                spent = spent_tokens(prefix, job.run_id, job.step)
-                pipe.sadd(spent, job.token)
-                pipe.expire(spent, int(self.settings.security.task_max_age) + 1)
-            await pipe.execute()
-        await self._reply(proc, job, Reply(job.effect_id, job.attempt, ERROR, None, error_type, message, True))
+        reply = Reply(job.effect_id, job.attempt, ERROR, None, error_type, message, True)
+        proc.scripts.fail(job, failure.model_dump_json(), reply, int(self.settings.security.task_max_age) + 1)
 
     async def _forget_start(self, proc: WorkerProcess, job: Job) -> None:
         prefix = self.settings.redis.prefix
