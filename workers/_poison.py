@@ -87,21 +87,9 @@ def problem(message: Any, body: Any) -> str | None:
     headers = message.headers
     if body is not None or not isinstance(headers, dict):
         return "not a Celery protocol 2 message (its headers must say the task)"
-    task_id = headers.get("id")
-    if not isinstance(task_id, str) or not task_id or len(task_id) > 200:
-        return "header 'id' is missing or not a task id"
-    limits = headers.get("timelimit")
-    if limits is not None and not (
-        isinstance(limits, list | tuple) and len(limits) == 2
-        and all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in limits)
-    ):
-        return "header 'timelimit' is not [soft, hard]"
-    retries = headers.get("retries")
-    if retries is not None and (not isinstance(retries, int) or isinstance(retries, bool) or retries < 0):
-        return "header 'retries' is not a count"
-    for name in _OPTIONAL_TEXT:
-        if not isinstance(headers.get(name), str | None):
-            return f"header {name!r} is not text"
+    wrong = _header_problem(headers)
+    if wrong is not None:
+        return wrong
     if message.content_type != CONTENT_TYPE:
         return f"content type {str(message.content_type)[:80]!r} is not {CONTENT_TYPE}"
     try:
@@ -115,6 +103,28 @@ def problem(message: Any, body: Any) -> str | None:
         return f"the body is [{_shape(args)}, {_shape(kwargs)}, ...], not [args, kwargs, embed]"
     if embed is not None and (not isinstance(embed, dict) or any(embed.values())):
         return "the body asks for callbacks, errbacks, a chain or a chord: a tool task has none"
+    return None
+
+
+def _header_problem(headers: dict[str, Any]) -> str | None:
+    """What is wrong with a task message's headers, if anything (Celery reads them before any task runs)."""
+    task_id = headers.get("id")
+    if not isinstance(task_id, str) or not task_id or len(task_id) > 200:
+        return "header 'id' is missing or not a task id"
+    limits = headers.get("timelimit")
+    if limits is not None and not (isinstance(limits, list | tuple) and len(limits) == 2):
+        return "header 'timelimit' is not [hard, soft]"
+    if limits is not None and any(limit is not None for limit in limits):
+        # Celery runs a message under the limits it asks for, over the task's own: a broker writer's copy of a
+        # signed task could have its tool killed mid-call, or let it run past its deadline on a prefork pool
+        # (a call the coordinator then reports in doubt may run twice). Castor's tasks never ask for limits.
+        return "header 'timelimit' asks for time limits of its own: a tool runs under its worker's ([tools] timeouts)"
+    retries = headers.get("retries")
+    if retries is not None and (not isinstance(retries, int) or isinstance(retries, bool) or retries < 0):
+        return "header 'retries' is not a count"
+    for name in _OPTIONAL_TEXT:
+        if not isinstance(headers.get(name), str | None):
+            return f"header {name!r} is not text"
     return None
 
 

@@ -187,3 +187,34 @@ async def test_without_a_secret_the_reader_still_takes_only_the_reply_to_its_tas
     assert future.result().result == "real"
     if reader._timer is not None:
         reader._timer.cancel()
+
+
+async def test_a_signed_task_sent_again_asking_for_time_limits_of_its_own_runs_nothing(
+    fleet: Fleet, forger: Any
+) -> None:
+    """Celery runs a message under the time limits its headers ask for, over the task's own. A broker writer
+    who read a signed task off the queue sends copies of it asking for a 0.2 s limit (its tool killed
+    mid-call on a prefork pool) or for an hour (a tool past its deadline, which its coordinator reports in
+    doubt, kept running: a human's approval would run it twice). Both are dead-lettered unrun; the task as
+    its coordinator sent it runs, once."""
+    tag = uuid.uuid4().hex[:6]
+    secret = fleet.settings.security.secret
+    queue = fleet.settings.queue_of("fs")
+    key = keys.dead_letters(fleet.prefix, "fs")
+    before = fleet.redis.llen(key)
+    signed = {which: encode(ToolCall(f"limits-{tag}-{which}", 0, "slow_write", {"tag": f"{tag}-{which}",
+                                                                               "seconds": 1.0}), "", secret)
+              for which in ("short", "long", "plain")}
+    forger.send_task("castor.tool.slow_write", kwargs=signed["short"], queue=queue, soft_time_limit=0.2,
+                     time_limit=0.3)
+    forger.send_task("castor.tool.slow_write", kwargs=signed["long"], queue=queue, soft_time_limit=3600,
+                     time_limit=3600)
+    letters = (await dead_letters(fleet, "fs", before + 2))[before:]
+    assert all("asks for time limits of its own" in letter["reason"] for letter in letters), letters
+    forger.send_task("castor.tool.slow_write", kwargs=signed["plain"], queue=queue)
+    deadline = time.monotonic() + 15
+    while fleet.count(f"{tag}-plain", "done") == 0:
+        assert time.monotonic() < deadline, fleet.log("fs")[-3000:]
+        await asyncio.sleep(0.1)
+    assert [fleet.count(f"{tag}-{which}", "start") for which in ("short", "long", "plain")] == [0, 0, 1]
+    assert fleet.workers["fs"].poll() is None
