@@ -92,7 +92,8 @@ class LateCalls:
         """No reply by the deadline, or none from a worker seen gone (``why``): the journal's record if the
         step finished after all; in doubt if a worker started it and never finished (a lost worker, or a
         tool that would not stop); the tool's failure, as its reply would have told it, if its worker recorded
-        one and was lost before replying; refused if a worker dead-lettered the task; else a timeout."""
+        one and was lost before replying, or recorded it only once Redis was back; refused if a worker
+        dead-lettered the task; else a timeout."""
         record = await self.journal.get(call.run_id, call.step) if self.journal is not None else None
         if landed(record, call):
             return record.response
@@ -100,6 +101,8 @@ class LateCalls:
             record = await self.after_restart(call)
             if landed(record, call):  # it landed after all, just after Redis came back
                 return record.response
+            # or its tool had failed, and the worker recorded it once Redis was back (``fail.lua``)
+            _raise_failure(call, await self.failed_for_good(call, kwargs))
             beat = self._settings.workers.heartbeat
             how = (f", which stopped renewing the step's heartbeat ({beat:g}s) before it gave a result"
                    if why == LOST else f" and gave no result within {deadline:g}s")
@@ -107,11 +110,8 @@ class LateCalls:
                 f"{IN_DOUBT_REASON}: {call.tool_name!r} (run {call.run_id}, step {call.step}) started on a worker "
                 f"of pool {pool!r}{how}"
             )
-        failed = await self.failed_for_good(call, kwargs)
-        if failed is not None:  # its worker recorded the tool's failure, then was lost before it replied
-            error = RemoteToolError(failed.error_type, failed.message, tool_name=call.tool_name)
-            error.failure_journaled = True
-            raise error
+        # its worker recorded the tool's failure, then was lost before it replied
+        _raise_failure(call, await self.failed_for_good(call, kwargs))
         refused = await self.dead_lettered(pool, kwargs)
         if refused is not None:  # a worker took it and refused it unread: no reply could come
             raise TaskRefusedError(
@@ -188,6 +188,16 @@ class LateCalls:
             "get", keys.started_marker(self._settings.redis.prefix, call.run_id, call.step)
         )
         return marker is not None and int(marker) >= call.attempt
+
+
+def _raise_failure(call: ToolCall, failed: StepFailure | None) -> None:
+    """The error the worker's reply would have carried for ``failed``, if there is a failure (recorded by
+    the worker: the kernel records it no more)."""
+    if failed is None:
+        return
+    error = RemoteToolError(failed.error_type, failed.message, tool_name=call.tool_name)
+    error.failure_journaled = True
+    raise error
 
 
 def landed(record: SyscallRecord | None, call: ToolCall) -> TypeGuard[SyscallRecord]:

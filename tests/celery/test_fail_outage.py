@@ -116,3 +116,40 @@ def test_a_tool_that_raised_while_redis_was_away_is_answered_with_its_failure_on
     assert back.sismember(keys.spent_tokens("fo", "run-2", 0), kwargs["token"])
     assert back.xlen(replies) == 1
     back.close()
+
+
+async def test_a_failure_recorded_once_redis_is_back_settles_a_call_that_looked_in_doubt(server: Server) -> None:
+    """Redis came back just now (its uptime is under the grace): a call whose step is started, with no
+    record and no reply, is watched through the grace rather than said in doubt at once. Its worker, asking
+    again through the outage, records the tool's failure meanwhile: the call is answered with it."""
+    from castor.backends.redis import RedisConnection, redis_backend
+    from castor.checkpoint import StepFailure
+    from castor.errors import RemoteToolError
+    from castor.executors._late import DEADLINE, LateCalls
+
+    settings = Settings(redis={"url": server.url, "prefix": "fo"}, security={"secret": SECRET})
+    arguments = {"path": "/tmp/x"}
+    call = ToolCall("run-3", 0, "rm", arguments, checked=arguments)
+    kwargs = encode(call, keys.reply_stream("fo", "co-1"), SECRET)
+    job = Job("run-3", 0, "rm", arguments, token=kwargs["token"])
+    scripts = StepScripts(server.url, "fo", SECRET, worker="w-1", heartbeat=1.0)
+    assert scripts.claim(job) == -1  # the worker started the step ...
+    failure = StepFailure(step=0, tool_name="rm", arguments=arguments, error_type="OSError", message="disk full")
+
+    def recorded_late() -> None:  # ... and records its tool's failure a moment after the call's deadline
+        time.sleep(0.8)
+        scripts.fail(job, failure.model_dump_json(), Reply("run-3:0", 0, ERROR, None, "OSError", "disk full", True), 60)
+
+    backend = redis_backend(server.url, prefix="fo")
+    conn = RedisConnection(server.url)
+    late = LateCalls(settings, lambda: conn, backend.journal)
+    worker = threading.Thread(target=recorded_late)
+    worker.start()
+    try:
+        with pytest.raises(RemoteToolError, match="OSError: disk full"):
+            await late.settle(call, "fs", 1.0, DEADLINE, kwargs)
+    finally:
+        worker.join(10)
+        scripts.close()
+        await conn.close()
+        await backend.close()
