@@ -218,6 +218,17 @@ def run_later(forger: Forger, row: Row, pid: str) -> frozenset[str]:
     return frozenset()
 
 
+def time_limits(forger: Forger, row: Row, pid: str) -> frozenset[str]:
+    """Copies of the live run's signed task asking for time limits of their own (Celery's ``timelimit``
+    header, which a worker applies over the task's, and which the token does not sign): one short enough to
+    kill the tool mid-call, one an hour long (past the deadline the pool promises to kill it at). Each must
+    be dead-lettered unrun."""
+    ids = [forger.push(forged_task(forger), timelimit=limits) for limits in ([0.3, 0.2], [3600, 3600])]
+    letters = forger.refused(row, ids)
+    row.notes += sorted({f"dead-lettered: {kind(str(entry.get('reason')))}" for entry in letters})
+    return frozenset()
+
+
 NOT_ENVELOPES = ["not json at all", "[1, 2]", '{"properties": {"delivery_tag": "t"}, "headers": "not an object"}']
 
 
@@ -308,6 +319,7 @@ ATTACKS: list[tuple[str, Attack]] = [
     ("forged: 10 MB argument", oversized),
     ("forged: remote control orders (shutdown, revoke, cancel_consumer)", control_orders),
     ("forged: tasks asking to run later (eta)", run_later),
+    ("forged: signed tasks asking for time limits of their own", time_limits),
     ("forged: queue items that are no envelope, a zlib bomb", broken_envelopes),
     ("forged: bodies not [args, kwargs, embed]", poison),  # last: on a broken worker it kills the pool
 ]
