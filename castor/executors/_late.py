@@ -126,10 +126,11 @@ class LateCalls:
 
     async def failed_for_good(self, call: ToolCall, kwargs: dict[str, Any]) -> StepFailure | None:
         """The failure this very task's tool ended with, if its worker recorded one (its token is spent): a
-        worker records a failure, drops the step's start and spends the token in one transaction, then
-        replies; one lost between the two leaves no reply, and no start either. Without the failure the call
-        would be told it timed out (no worker running?) while its tool ran and failed. The run's newest
-        failure of the step is the one: the transaction that spent the token pushed it."""
+        worker records a failure, drops the step's start, spends the token and replies in one script
+        (``fail.lua``), asked again through a Redis outage; a worker lost meanwhile, or a reply that came
+        after the deadline, leaves the call with no answer and its step with no start. Without the failure
+        the call would be told it timed out (no worker running?) while its tool ran and failed. The run's
+        newest failure of the step is the one: the script that spent the token pushed it."""
         token = kwargs.get("token")
         if not token:  # an unsigned fleet spends no token: nothing tells this task's failure from an older one
             return None
