@@ -24,10 +24,20 @@ class Conversations:
     previous step, then one or two new ones. Finding that prefix by identity (one C-level pass) and
     extending the previous list of parts costs a step its new messages rather than a cache lookup per
     message. The previous conversations are kept by their first message (held, so its id is not reused);
-    anything else (an edited history, another run's list) is converted message by message."""
+    anything else (an edited history, another run's list) is converted message by message.
 
-    def __init__(self, convert: Callable[[Any], Any], *, flat: bool = False, size: int = 256) -> None:
+    ``extend`` (default ``convert``) converts the messages a step adds to a conversation found by its
+    prefix: ``convert`` may be a process-wide ``IdentityCache``, worth it for a history handed to the next
+    run, but the messages the run itself adds are in its conversation already, and a process-wide cache
+    would keep each of them (and its parts) alive long after the run, for the collector to walk again and
+    again."""
+
+    def __init__(
+        self, convert: Callable[[Any], Any], *, flat: bool = False, size: int = 256,
+        extend: Callable[[Any], Any] | None = None,
+    ) -> None:
         self._convert = convert
+        self._extend = convert if extend is None else extend
         self._flat = flat
         self._size = size
         self._entries: dict[int, tuple[list[Any], list[Any]]] = {}
@@ -50,16 +60,15 @@ class Conversations:
             seen, parts = hit
             if len(seen) == len(messages):
                 return parts
-            parts = parts + self._parts(messages[len(seen):])
+            parts = parts + self._parts(messages[len(seen):], self._extend)
         else:
-            parts = self._parts(messages)
+            parts = self._parts(messages, self._convert)
             if len(entries) >= size:
                 entries.pop(next(iter(entries)), None)  # another thread may have dropped it
         entries[id(first)] = (list(messages), parts)
         return parts
 
-    def _parts(self, messages: Sequence[Any]) -> list[Any]:
-        convert = self._convert
+    def _parts(self, messages: Sequence[Any], convert: Callable[[Any], Any]) -> list[Any]:
         if self._flat:
             return [part for message in messages for part in convert(message)]
         return [convert(message) for message in messages]

@@ -121,7 +121,7 @@ def plain_copy(value: Any) -> Any:
 _INF = float("inf")
 
 
-def _message_json(message: ModelMessage) -> list[dict[str, Any]]:
+def message_json(message: ModelMessage) -> list[dict[str, Any]]:
     """One message part by part, each with its ``role`` (pydantic-ai's part kind): read from its fields
     when they are plain JSON data (``request_parts``, fresh copies already), else from pydantic-ai's dump."""
     parts = request_parts(message)
@@ -143,7 +143,7 @@ def _parts_json(dumped: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 # Converted and checked once per message object, then shared by every later step's request.
-cached_message = IdentityCache(_message_json)
+cached_message = IdentityCache(message_json)
 
 
 def model_response(journaled: dict[str, Any]) -> ModelResponse:

@@ -77,7 +77,7 @@ from castor.frameworks._common import (
     suspensions_pass,
 )
 from castor.frameworks._conversations import Conversations
-from castor.frameworks._pydantic_ai_json import cached_message, model_response, without_volatile
+from castor.frameworks._pydantic_ai_json import cached_message, message_json, model_response, without_volatile
 from castor.frameworks._pydantic_ai_readers import compact
 from castor.frameworks._pydantic_ai_replay import next_step_journaled, record_durable_unit, replay_scope
 from castor.frameworks._pydantic_ai_schemas import as_sent, lean_run
@@ -89,8 +89,10 @@ FRAMEWORK = "pydantic-ai"
 
 # --- models -------------------------------------------------------------------------------------------
 
-# Each message converted and checked once (``cached_message``), then shared by every later step's request.
-_conversation = Conversations(cached_message, flat=True)
+# Each message converted and checked once, then shared by every later step's request: a history given to
+# the run through ``cached_message`` (the next run's history is this run's messages), the messages the run
+# adds through ``message_json`` (the run's conversation holds their parts; the cache would keep them alive).
+_conversation = Conversations(cached_message, flat=True, extend=message_json)
 # A tool's JSON schema: the same object at every step of a run (the tool's function schema holds it).
 _cached_schema = IdentityCache(lambda schema: canonical_part(to_jsonable_python(schema)), size=1024)
 

@@ -42,6 +42,17 @@ def test_a_conversation_is_extended_by_its_new_messages_only() -> None:
     assert conversation(list(messages)) is parts and converted == []
 
 
+def test_the_messages_a_step_adds_are_converted_by_extend() -> None:
+    convert, converted = counting(lambda m: {"content": m.text})
+    extend, extended = counting(lambda m: {"content": m.text})
+    conversation = Conversations(convert, extend=extend)
+    messages = [Message("a")]
+    assert conversation(messages) == [{"content": "a"}] and converted == messages and extended == []
+    messages = [*messages, Message("b")]
+    assert conversation(messages) == [{"content": "a"}, {"content": "b"}]
+    assert converted == messages[:1] and extended == messages[1:]  # the given history's converter: untouched
+
+
 def test_a_history_that_is_not_the_previous_steps_is_converted_anew() -> None:
     convert, converted = counting(lambda m: [m.text, m.text.upper()])
     conversation = Conversations(IdentityCache(convert), flat=True)

@@ -192,6 +192,35 @@ async def test_tools_in_a_toolset_of_their_own_are_guarded_too() -> None:
     assert cp.status == "COMPLETED" and len(script.asked) == 3
 
 
+async def test_the_process_wide_message_cache_keeps_a_runs_history_not_what_the_run_added() -> None:
+    from castor.frameworks._pydantic_ai_json import cached_message
+
+    done = ModelResponse(parts=[TextPart("done")], usage=USAGE)
+    call = ModelResponse(parts=[ToolCallPart("search", {"query": "q"}, tool_call_id="c1")], usage=USAGE)
+    agent = Agent(scripted(Script(call, done, done)), tools=[search])
+    k = Castor(tools=tools_of(agent))
+    first: list[Any] = []
+
+    async def main() -> str:
+        result = await guard(agent).run("look")
+        first.extend(result.all_messages())
+        return str(result.output)
+
+    cp = await k.run(main)
+    assert cp.status == "COMPLETED" and len(first) == 4
+    held = [m for m in first if cached_message._entries.get(id(m), (None,))[0] is m]
+    assert held == first[:1]  # the prompt it was given; not the tool call, tool return and answer it made
+
+    async def again() -> str:
+        result = await guard(agent).run("more", message_history=first)
+        return str(result.output)
+
+    cp = await k.run(again)
+    assert cp.status == "COMPLETED" and all(cached_message._entries[id(m)][0] is m for m in first)
+    parts = cp.syscall_log[0].request["arguments"]["request"]["messages"]
+    assert [p["role"] for p in parts] == ["user-prompt", "tool-call", "tool-return", "text", "user-prompt"]
+
+
 async def test_the_journaled_response_keeps_only_the_usage_the_model_reported() -> None:
     agent = agent_of(scripted(Script()))
     cp = await kernel(agent).run(main_of(agent), pid="pa-usage")

@@ -66,7 +66,7 @@ def _dumped(message: Any) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("message", REQUESTS + RESPONSES, ids=lambda m: type(m).__name__)
 def test_a_message_read_from_its_fields_is_the_request_pydantic_ais_dump_gives(message: Any) -> None:
-    assert pa_json._message_json(message) == _dumped(message)
+    assert pa_json.message_json(message) == _dumped(message)
 
 
 def test_parts_that_are_not_plain_json_are_left_to_pydantic_ais_dump() -> None:
