@@ -56,9 +56,14 @@ def slow_run_on(url: str, tmp: Path, redis_url: str) -> Iterator[tuple[Fleet, st
 
 def each_call_ran_once(fleet: Fleet, pid: str, redis_url: str, status: Callable[[], str]) -> None:
     """Wait for the run to end; it completed, and every call of ``slow_job`` ran once."""
-    wait_for("the run to end", lambda: status() in ("COMPLETED", "FAILED"), 90)
-    logs = fleet.log("co-a")[-3000:] + fleet.log("worker-web")[-3000:] + fleet.log("worker-fs")[-2000:]
-    assert status() == "COMPLETED", logs
+    def logs() -> str:
+        return fleet.log("co-a")[-3000:] + fleet.log("worker-web")[-3000:] + fleet.log("worker-fs")[-2000:]
+
+    try:
+        wait_for("the run to end", lambda: status() in ("COMPLETED", "FAILED"), 90)
+    except AssertionError as exc:  # what the fleet said while the run did not end
+        raise AssertionError(f"{exc} (status {status()!r}): {logs()}") from None
+    assert status() == "COMPLETED", logs()
     counts = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
         ran = {str(key).rsplit(":", 1)[1]: int(value) for key in counts.keys(f"{fleet.prefix}:count:*")
