@@ -183,11 +183,7 @@ class StepScripts:
             keys.heartbeat(self._prefix, run, step),
         ]
         args: list[Any] = [job.step, encode(record, job.run_id, job.step), ""]
-        if job.reply_to:
-            key_list.append(job.reply_to)
-            args.append(REPLY_MAXLEN)
-            for name, value in replace(reply, task_id=job.task_id).fields(self._secret).items():
-                args += (name, value)
+        self._replying(job, reply, key_list, args)
         what = f"finish of {job.effect_id}"
         try:
             return int(self._asked(self._finish, key_list, args, what, self._outage)) != 0
@@ -208,15 +204,22 @@ class StepScripts:
             keys.failures(self._prefix, run), keys.started_marker(self._prefix, run, step),
             keys.heartbeat(self._prefix, run, step), keys.spent_tokens(self._prefix, run, step),
         ]
-        args: list[Any] = [failure, job.token or "", spent_ttl, REPLY_MAXLEN]
-        if job.reply_to:
-            key_list.append(job.reply_to)
-            for name, value in replace(reply, task_id=job.task_id).fields(self._secret).items():
-                args += (name, value)
+        args: list[Any] = [failure, job.token or "", spent_ttl]
+        self._replying(job, reply, key_list, args)
         if not job.token:
             self._fail(keys=key_list, args=args)
             return
         self._asked(self._fail, key_list, args, f"failure of {job.effect_id}", self._outage)
+
+    def _replying(self, job: Job, reply: Reply, key_list: list[str], args: list[Any]) -> None:
+        """With a reply stream, name it last among a script's ``key_list`` and add to its ``args`` the stream's
+        approximate max length and the signed reply's fields (``finish.lua``, ``fail.lua``)."""
+        if not job.reply_to:
+            return
+        key_list.append(job.reply_to)
+        args.append(REPLY_MAXLEN)
+        for name, value in replace(reply, task_id=job.task_id).fields(self._secret).items():
+            args += (name, value)
 
     def _asked(self, script: Any, key_list: list[str], args: list[Any], what: str, within: float = 0.0) -> Any:
         """``script``'s answer, asked again on a new connection after a lost one (it must be safe to run

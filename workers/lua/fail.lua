@@ -9,7 +9,7 @@
 -- KEYS[1] the run's failures, KEYS[2] the step's started marker, KEYS[3] its heartbeat, KEYS[4] its spent
 -- tokens, KEYS[5] the reply stream (absent: nobody to reply to)
 -- ARGV[1] the failure (JSON), ARGV[2] the task's token ('' when unsigned), ARGV[3] how long a spent token
--- is kept (seconds), ARGV[4] the stream's approximate max length, ARGV[5..] the reply's fields
+-- is kept (seconds); with a reply stream, ARGV[4] its approximate max length, ARGV[5..] the reply's fields
 -- Returns 1 recorded, 2 recorded before under this token.
 local recorded = 1
 if ARGV[2] ~= '' and redis.call('SISMEMBER', KEYS[4], ARGV[2]) == 1 then
