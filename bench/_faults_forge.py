@@ -229,6 +229,17 @@ def time_limits(forger: Forger, row: Row, pid: str) -> frozenset[str]:
     return frozenset()
 
 
+def unearned_retries(forger: Forger, row: Row, pid: str) -> frozenset[str]:
+    """Copies of the live run's signed task numbered as retries its call never had (Celery's ``retries``
+    header, which the token does not sign): claiming the call's retries spent, such a copy taken first made
+    a retryable tool's transient failure final. Workers count a call's retries in Redis: each must be
+    dead-lettered unrun."""
+    ids = [forger.push(forged_task(forger), retries=count) for count in (1, 30)]
+    letters = forger.refused(row, ids)
+    row.notes += sorted({f"dead-lettered: {kind(str(entry.get('reason')))}" for entry in letters})
+    return frozenset()
+
+
 NOT_ENVELOPES = ["not json at all", "[1, 2]", '{"properties": {"delivery_tag": "t"}, "headers": "not an object"}']
 
 
@@ -320,6 +331,7 @@ ATTACKS: list[tuple[str, Attack]] = [
     ("forged: remote control orders (shutdown, revoke, cancel_consumer)", control_orders),
     ("forged: tasks asking to run later (eta)", run_later),
     ("forged: signed tasks asking for time limits of their own", time_limits),
+    ("forged: signed tasks numbered as retries their call never had", unearned_retries),
     ("forged: queue items that are no envelope, a zlib bomb", broken_envelopes),
     ("forged: bodies not [args, kwargs, embed]", poison),  # last: on a broken worker it kills the pool
 ]

@@ -44,6 +44,15 @@ class Spent(Refusal):
     journaled = False
 
 
+class Unearned(Refusal):
+    """A task message numbered as a retry its call never had (its ``retries`` header above the count its
+    workers keep in Redis): a broker writer's copy of a signed task (the token signs the kwargs, not the
+    headers). Run, it would take the number of the call's real retry, which then ran as its copy (dropped);
+    refused, the call keeps its retries. A dead letter only: the call is live, a reply would fail it."""
+
+    journaled = False
+
+
 def check_age(job: Job, settings: Settings) -> None:
     """``Expired`` if the job was signed longer ago than ``[security] task_max_age`` (a copy read off the
     broker and sent again after its run's retention: nothing would answer it from the journal)."""

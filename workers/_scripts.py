@@ -74,10 +74,11 @@ _PACKAGE = __package__ or "castor.fleet.workers"
 CLAIM = Script.of(_PACKAGE, "claim")
 FINISH = Script.of(_PACKAGE, "finish", functions={"append": STORE_SCRIPTS["journal_append"]})
 FAIL = Script.of(_PACKAGE, "fail")
+RETRY = Script.of(_PACKAGE, "retry")
 
 
 class StepScripts:
-    """``claim``, ``finish`` and ``fail`` of one step, on a synchronous client (thread-safe)."""
+    """``claim``, ``finish``, ``fail`` and ``retry`` of one step, on a synchronous client (thread-safe)."""
 
     def __init__(
         self, url: str, prefix: str, secret: str | None = None, *, worker: str = "", heartbeat: float = 10.0,
@@ -94,6 +95,7 @@ class StepScripts:
         self._claim: Any  # script(keys=..., args=...): redis-py's registered script, or the lean twin
         self._finish: Any
         self._fail: Any
+        self._retry: Any
         self._close: Callable[[], None]
         self._receipt = unique_ids(compact=True)  # one per handling of a task message
         self.away_at: float | None = None  # when a script last found Redis away (time.monotonic())
@@ -101,7 +103,7 @@ class StepScripts:
         if _lean.available(url):
             lean = _lean.LeanClient(url)
             self._claim, self._finish, self._close = _lean_script(lean, CLAIM), _lean_script(lean, FINISH), lean.close
-            self._fail = _lean_script(lean, FAIL)
+            self._fail, self._retry = _lean_script(lean, FAIL), _lean_script(lean, RETRY)
             self._lost = (BackendUnavailable,)
             self._command = lean.call
             self._probe = lambda: _lean_probe(lean, keys.replicated(prefix), replicas, replica_timeout)
@@ -112,7 +114,7 @@ class StepScripts:
             # itself, under its receipt.
             client = redis_client(url, sync=True)
             self._claim, self._finish = CLAIM.register(client), FINISH.register(client)
-            self._fail = FAIL.register(client)
+            self._fail, self._retry = FAIL.register(client), RETRY.register(client)
             self._close = client.close
             self._lost = (redis.ConnectionError, redis.TimeoutError)
             self._command = client.execute_command
@@ -211,6 +213,22 @@ class StepScripts:
             return
         self._asked(self._fail, key_list, args, f"failure of {job.effect_id}", self._outage)
 
+    def retry(self, job: Job, allowed: int, ttl: int) -> int:
+        """A signed task's retryable tool raised: count the retry against its token in Redis, never by the
+        message's own ``retries`` header (a copy of the task may claim any), and give the step's start back
+        for it (``retry.lua``). The retry's number (1..``allowed``), or 0 when the call has had its retries
+        (the start is then kept, for the caller to fail the step for good). Asked again through an outage
+        under one receipt, which gives its first answer; the last try's failure is the caller's."""
+        run, step = job.run_id, job.step
+        key_list = [keys.retries(self._prefix, run, step), keys.started_marker(self._prefix, run, step),
+                    keys.heartbeat(self._prefix, run, step)]
+        args = [_retried_as(job), self._receipt(), allowed, ttl]
+        return int(self._asked(self._retry, key_list, args, f"retry of {job.effect_id}", self._outage))
+
+    def retries_had(self, job: Job) -> int:
+        """How many retries the job's call had, as its workers counted them (``retry``)."""
+        return int(self._command("HGET", keys.retries(self._prefix, job.run_id, job.step), _retried_as(job)) or 0)
+
     def _replying(self, job: Job, reply: Reply, key_list: list[str], args: list[Any]) -> None:
         """With a reply stream, name it last among a script's ``key_list`` and add to its ``args`` the stream's
         approximate max length and the signed reply's fields (``finish.lua``, ``fail.lua``)."""
@@ -245,6 +263,12 @@ class StepScripts:
     def close(self) -> None:
         """Release the client's connections."""
         self._close()
+
+
+def _retried_as(job: Job) -> str:
+    """Whose retries ``retry.lua`` counts: the task's token; an unsigned task's, by its task id (which Celery's
+    retry keeps, and a run that sends the step again changes)."""
+    return job.token or f"task {job.task_id}"
 
 
 def _answer(claimed: Any) -> int:

@@ -50,7 +50,7 @@ from castor.settings import Settings, ToolPolicy, call_deadline, tool_policy
 
 from ._claiming import REFUSED_TYPE, await_running, claim, failed_since
 from ._deadletter import letter, record_async
-from ._guard import Refusal, Spent, authorize, check_age, check_tool, parse_job
+from ._guard import Refusal, Spent, Unearned, authorize, check_age, check_tool, parse_job
 from ._heartbeat import Beat
 from ._models import ModelCalls, is_model_task
 from ._process import WorkerProcess, redis_backend_factory
@@ -74,6 +74,7 @@ class Outcome:
     retry_in: float | None = None
     shown: str = ""
     detail: str = ""
+    retries: int = 0  # with ``retry_in``: the retry's number, as counted in Redis (the retried message says so)
 
 
 class WorkerRuntime:
@@ -116,7 +117,9 @@ class WorkerRuntime:
 
     def handle(self, kwargs: Any, name: str, retries: int = 0, delivery: Delivery | None = None) -> Outcome:
         """Run one task's call; never raises (everything becomes a journaled reply or a dead letter, but a
-        duplicate copy of the ``delivery``'s message, which is dropped)."""
+        duplicate copy of the ``delivery``'s message, which is dropped). ``retries``, the message's own count,
+        is checked against the count its workers keep in Redis, which numbers the call's retries
+        (``_retry_number``): a message numbered above it is a copy, refused unrun."""
         proc = self.process()
         task_id = delivery.task_id if delivery is not None else ""
         try:
@@ -125,6 +128,7 @@ class WorkerRuntime:
             spec, checked = check_tool(job, self.registry, name, self.key)
             policy = self.policy(spec)
             self._authorize(proc, job, spec, policy)
+            self._check_numbered(proc, job, retries)
             self._wait_out_restart(proc, job, policy)  # a round re-approved after an outage: live workers first
             previous = claim(proc, self.settings, job, delivery, policy)
             if isinstance(previous, Running):
@@ -169,7 +173,7 @@ class WorkerRuntime:
         with proc.heartbeats.beating(heartbeat(prefix, job.run_id, job.step), None if previous == -1 else proc.worker,
                                      restore=(started_marker(prefix, job.run_id, job.step), proc.worker,
                                               job.attempt)) as beat:
-            outcome = self._execute(proc, job, spec, checked, policy, retries, beat)
+            outcome = self._execute(proc, job, spec, checked, policy, beat)
             if outcome.status == OK:
                 beat.dropped = True  # the finish dropped it with the marker: no round trip more
             return outcome
@@ -183,6 +187,15 @@ class WorkerRuntime:
         proc.loop.run(authorize(job, spec, policy, self.settings, proc.backend.approvals))
         if self.settings.security.secret:  # approved in the store, but no coordinator named that stream
             job.reply_to = ""
+
+    @staticmethod
+    def _check_numbered(proc: WorkerProcess, job: Job, retries: int) -> None:
+        """``Unearned`` if the message is numbered as a retry its call never had (its ``retries`` header above
+        the count its workers keep in Redis: ``_retry_number``). A first try (0) is not looked up."""
+        had = proc.scripts.retries_had(job) if retries else 0
+        if had < retries:
+            raise Unearned(f"a copy of a task numbered retry {retries} of a call that had {had} "
+                           f"(run {job.run_id}, step {job.step}): refused unrun", job)
 
     def _after_running(
         self, proc: WorkerProcess, job: Job, delivery: Delivery | None, policy: ToolPolicy, checked: dict[str, Any],
@@ -222,8 +235,7 @@ class WorkerRuntime:
         proc.loop.run(self._refuse(proc, job, reason, name, kwargs, task_id))
 
     def _execute(
-        self, proc: WorkerProcess, job: Job, spec: ToolSpec, checked: dict[str, Any], policy: ToolPolicy, retries: int,
-        beat: Beat,
+        self, proc: WorkerProcess, job: Job, spec: ToolSpec, checked: dict[str, Any], policy: ToolPolicy, beat: Beat,
     ) -> Outcome:
         from celery.exceptions import SoftTimeLimitExceeded
 
@@ -245,12 +257,12 @@ class WorkerRuntime:
             # Its start and heartbeat go together, and the heartbeat is not dropped again as the task ends: by
             # then another delivery may have started the step, and the key be that one's.
             beat.dropped = True
-            if policy.retryable and retries < self.settings.tools.max_retries:
-                proc.loop.run(self._forget_start(proc, job))
-                delay = self.settings.tools.retry_backoff * 2**retries
+            number = self._retry_number(proc, job, policy)
+            if number:
+                delay = self.settings.tools.retry_backoff * 2 ** (number - 1)
                 shown = kwargs_repr(job, policy.sensitive)
-                log.warning("%s failed (%s: %s); retry %d in %.2fs", shown, type(exc).__name__, exc, retries + 1, delay)
-                return Outcome(ERROR, retry_in=delay, shown=shown)
+                log.warning("%s failed (%s: %s); retry %d in %.2fs", shown, type(exc).__name__, exc, number, delay)
+                return Outcome(ERROR, retry_in=delay, shown=shown, retries=number)
             self._fail_for_good(proc, job, type(exc).__name__, str(exc), policy)
             return Outcome(ERROR, detail=failure_text(type(exc).__name__, str(exc), checked, policy.sensitive))
         if is_model_task(job.tool_name):  # settled to the usage reported before it is journaled (_models)
@@ -348,9 +360,13 @@ class WorkerRuntime:
         reply = Reply(job.effect_id, job.attempt, ERROR, None, error_type, message, True)
         proc.scripts.fail(job, failure.model_dump_json(), reply, int(self.settings.security.task_max_age) + 1)
 
-    async def _forget_start(self, proc: WorkerProcess, job: Job) -> None:
-        prefix = self.settings.redis.prefix
-        await proc.redis.delete(started_marker(prefix, job.run_id, job.step), heartbeat(prefix, job.run_id, job.step))
+    def _retry_number(self, proc: WorkerProcess, job: Job, policy: ToolPolicy) -> int:
+        """The retry a retryable tool's failure earns (its number, from 1), its start given back for it, or 0:
+        not retryable, or its retries had (the failure is final). Counted in Redis per task (``retry.lua``):
+        the message's ``retries`` header is the broker's to forge, not the call's history."""
+        if not policy.retryable or self.settings.tools.max_retries == 0:
+            return 0
+        return proc.scripts.retry(job, self.settings.tools.max_retries, int(self.settings.security.task_max_age) + 1)
 
     async def _finish_late(self, proc: WorkerProcess, job: Job, result: Any) -> None:
         """Another record holds the step (a redelivered task raced the first): reply with that one."""

@@ -75,8 +75,10 @@ def _register(
             kwargs = {"positional": list(args), **kwargs}
         outcome = runtime.handle(kwargs, self.name, self.request.retries, _delivery(self.request))
         if outcome.retry_in is not None:
-            # Celery builds the retried message from the request, which has lost the coordinator's
-            # kwargsrepr: without ours, events and Flower would show the raw arguments and the token.
+            # Celery numbers the retried message from the request's count, which the broker's writer set: the
+            # count Redis keeps goes out instead. It builds the message from the request, which has lost the
+            # coordinator's kwargsrepr: without ours, events and Flower would show the raw arguments and the token.
+            self.request.retries = outcome.retries - 1
             raise self.retry(
                 countdown=outcome.retry_in, max_retries=None, argsrepr="()", kwargsrepr=outcome.shown
             )
@@ -93,6 +95,7 @@ def _register(
         reject_on_worker_lost=True,
         ignore_result=True,
         throws=(ToolCallFailed,),  # a tool's failure is the tool's, not the worker's: logged without a traceback
+        max_retries=None,  # [tools] max_retries decides, counted in Redis (Celery's own default of 3 stopped a 4th)
         soft_time_limit=soft_limit(timeout, is_async),
         time_limit=soft_limit(timeout, is_async) + HARD_LIMIT_GRACE,
         # a malformed message is dead-lettered, never the worker's end

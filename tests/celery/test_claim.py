@@ -20,7 +20,7 @@ from castor.fleet.workers.runtime import DROPPED, WorkerRuntime
 
 from castor.backends.redis import keys, redis_backend
 from castor.checkpoint import new_record
-from castor.fleet.wire import ERROR, IN_DOUBT, OK, encode, task_name
+from castor.fleet.wire import ERROR, IN_DOUBT, OK, REFUSED, encode, task_name
 from castor.registry import ToolRegistry
 from castor.seams import ToolCall
 from castor.settings import Settings
@@ -131,7 +131,11 @@ def test_copies_of_one_task_message_run_it_once_and_only_the_first_answers(
     assert sync.exists(keys.started_marker(redis_prefix, "r", 0), keys.deliveries(redis_prefix, "r", 0)) == 0
     sync.close()
     assert runtime.handle(job(0), task_name("touch"), 0, copy).status == OK
-    assert runtime.handle(job(0), task_name("touch"), 1, Delivery("r:0#0-abcd/1")).status == OK
+    retry = job(0)  # a real retry: its worker counted it in Redis before Celery sent it
+    sync = redis.Redis.from_url(redis_url)
+    sync.hset(keys.retries(redis_prefix, "r", 0), retry["token"], 1)
+    sync.close()
+    assert runtime.handle(retry, task_name("touch"), 1, Delivery("r:0#0-abcd/1")).status == OK
     assert runtime.handle(job(0), task_name("touch"), 0, Delivery("r:0#0-abcd/0", redelivered=True)).status == OK
     assert tool.calls == 1
 
@@ -449,3 +453,117 @@ def test_a_claim_that_finds_the_step_running_tells_how_many_failures_came_before
     finally:
         scripts.close()
     assert answer == RUNNING and isinstance(answer, Running) and answer.failures == 2
+
+
+def _always_failing(redis_url: str, redis_prefix: str, max_retries: int) -> tuple[WorkerRuntime, list[str]]:
+    """A worker whose retryable tool always raises a transient error; the list of its runs."""
+    ran: list[str] = []
+
+    def touch(path: str) -> str:
+        ran.append(path)
+        raise ConnectionError("the disk is away")
+
+    settings = Settings(redis={"url": redis_url, "prefix": redis_prefix}, security={"secret": SECRET},
+                        tools={"retryable": ["touch"], "max_retries": max_retries, "retry_backoff": 0.1})
+    return WorkerRuntime(settings, ToolRegistry([touch])), ran
+
+
+def test_a_calls_retries_are_counted_in_redis_not_restarted_by_copies_of_its_task(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """The token signs a task's kwargs, not its headers: a broker writer's copies of a signed task may claim any
+    ``retries`` count. Copies claiming none used to restart the count, each earning a retry: the failing call
+    ran as often as copies came. Counted in Redis, the call runs 1 + max_retries times, its retries numbered
+    1, 2; the next failure is final, and a copy after that is refused unrun."""
+    runtime, ran = _always_failing(redis_url, redis_prefix, max_retries=2)
+    signed = job(0)  # one task, read off the broker: its copies carry the same token
+    try:
+        outcomes = [runtime.handle(dict(signed), task_name("touch"), 0, Delivery(f"t-{n}/0")) for n in range(4)]
+    finally:
+        runtime.close()
+    assert [(o.retry_in, o.retries) for o in outcomes[:2]] == [(0.1, 1), (0.2, 2)], outcomes
+    assert outcomes[2].status == ERROR and outcomes[2].retry_in is None, outcomes
+    assert "ConnectionError: the disk is away" in outcomes[2].detail
+    assert outcomes[3].status == REFUSED and "ran and failed" in outcomes[3].detail, outcomes[3]
+    assert len(ran) == 3
+
+
+def test_a_copy_numbered_as_a_retry_its_call_never_had_is_refused_unrun(redis_url: str, redis_prefix: str) -> None:
+    """A copy claiming the call's retries spent used to make its first transient failure final. A message
+    numbered above the retries its workers counted is refused unrun (a dead letter: the call is live); the
+    call's real retry, numbered as counted, runs."""
+    runtime, ran = _always_failing(redis_url, redis_prefix, max_retries=2)
+    signed = job(0)
+    try:
+        forged = runtime.handle(dict(signed), task_name("touch"), 2, Delivery("t-1/2"))
+        assert forged.status == REFUSED and "numbered retry 2 of a call that had 0" in forged.detail, forged
+        assert ran == []
+        first = runtime.handle(dict(signed), task_name("touch"), 0, Delivery("t-1/0"))
+        assert first.retries == 1, first
+        retried = runtime.handle(dict(signed), task_name("touch"), 1, Delivery("t-1/1"))
+        assert retried.retries == 2 and len(ran) == 2, retried
+        sync = redis.Redis.from_url(redis_url)
+        letters = sync.lrange(keys.dead_letters(redis_prefix, "default"), 0, -1)
+        sync.close()
+        assert len(letters) == 1 and b"numbered retry 2" in letters[0]
+    finally:
+        runtime.close()
+
+
+def test_a_retry_asked_again_after_a_lost_connection_is_counted_once(redis_url: str, redis_prefix: str) -> None:
+    """The worker asks its retry again when the connection was lost (it may have run): under the same receipt the
+    script answers as it first did, so a reply lost in an outage does not spend one of the call's retries."""
+    from castor.fleet.workers._scripts import RETRY
+
+    client = redis.Redis.from_url(redis_url)
+    retry = RETRY.register(client)
+    counts = keys.retries(redis_prefix, "r", 0)
+    marker = keys.started_marker(redis_prefix, "r", 0)
+    try:
+        client.set(marker, 0)
+        args = ["token-1", "receipt-1", 2, 60]
+        key_list = [counts, marker, keys.heartbeat(redis_prefix, "r", 0)]
+        assert [retry(keys=key_list, args=args) for _ in range(3)] == [1, 1, 1]
+        assert not client.exists(marker)  # given back for the retry
+        assert retry(keys=key_list, args=["token-1", "receipt-2", 2, 60]) == 2
+        client.set(marker, 0)
+        assert retry(keys=key_list, args=["token-1", "receipt-3", 2, 60]) == 0  # its retries had: final
+        assert client.exists(marker)  # kept for the failure, which drops it with the record
+    finally:
+        client.close()
+
+
+def test_a_fourth_retry_is_sent_when_the_settings_allow_it(redis_url: str, redis_prefix: str) -> None:
+    """Celery refuses to send a task's retry past the task's own ``max_retries`` (3 unless set), whatever the
+    ``[tools] max_retries`` asks for (up to 30): the task ended in Celery's MaxRetriesExceededError, with its
+    start given back and no failure recorded, no reply: the call answered nothing until its deadline. The
+    tasks leave the count to the settings; the retry goes out numbered as Redis counted it."""
+    from castor.fleet.workers.tasks import register_tools
+    from celery import Celery
+    from celery.exceptions import Retry
+
+    runtime, ran = _always_failing(redis_url, redis_prefix, max_retries=5)
+    app = Celery("retries", set_as_current=False, broker="memory://")
+    register_tools(app, runtime)
+    task = app.tasks[task_name("touch")]
+    signed = job(0)
+    sync = redis.Redis.from_url(redis_url)
+    try:
+        sync.hset(keys.retries(redis_prefix, "r", 0), signed["token"], 3)  # three retries so far
+        task.push_request(id="t-1", retries=3, called_directly=False, delivery_info={}, kwargs=signed, args=[])
+        try:
+            with pytest.raises(Retry) as retried:
+                task.run(**signed)
+        finally:
+            task.pop_request()
+        assert "Retry in 0.8s" in str(retried.value) and len(ran) == 1
+        assert sync.hget(keys.retries(redis_prefix, "r", 0), signed["token"]) == b"4"
+        with app.connection_for_write() as connection:
+            queue = connection.SimpleQueue(app.conf.task_default_queue)
+            message = queue.get(timeout=5)
+            assert message.headers["retries"] == 4 and message.headers["id"] == "t-1"
+            queue.close()
+    finally:
+        sync.close()
+        runtime.close()
+        app.close()

@@ -218,3 +218,31 @@ async def test_a_signed_task_sent_again_asking_for_time_limits_of_its_own_runs_n
         await asyncio.sleep(0.1)
     assert [fleet.count(f"{tag}-{which}", "start") for which in ("short", "long", "plain")] == [0, 0, 1]
     assert fleet.workers["fs"].poll() is None
+
+
+async def test_a_signed_task_sent_again_claiming_its_retries_spent_cannot_fail_its_call(
+    fleet: Fleet, forger: Any
+) -> None:
+    """The token signs a task's kwargs, not its ``retries`` header. A broker writer's copy of a signed task that
+    claimed its retries spent (the fleet allows one), taken first, used to make its tool's transient failure
+    final: the call failed though the settings promise it a retry, and the task as its coordinator sent it
+    was refused as spent. Workers count a call's retries in Redis: the copy, numbered as a retry the call
+    never had, is dead-lettered unrun; the task runs, is retried once, and ends in its result."""
+    tag = f"retried-{uuid.uuid4().hex[:6]}"
+    pid = f"run-{tag}"
+    queue = fleet.settings.queue_of("web")
+    key = keys.dead_letters(fleet.prefix, "web")
+    before = fleet.redis.llen(key)
+    signed = encode(ToolCall(pid, 0, "flaky", {"tag": tag}), "", fleet.settings.security.secret)
+    forger.send_task("castor.tool.flaky", kwargs=signed, queue=queue, retries=1)
+    letters = (await dead_letters(fleet, "web", before + 1))[before:]
+    assert "numbered retry 1 of a call that had 0" in letters[0]["reason"], letters
+    forger.send_task("castor.tool.flaky", kwargs=signed, queue=queue)
+    journal = keys.journal(fleet.prefix, pid)
+    deadline = time.monotonic() + 15
+    while not fleet.redis.zcard(journal):
+        assert time.monotonic() < deadline, fleet.log("web")[-3000:]
+        await asyncio.sleep(0.1)
+    assert b"ok after 2 starts" in fleet.redis.zrange(journal, 0, 0)[0]
+    assert fleet.count(tag, "start") == 2
+    assert fleet.redis.llen(keys.failures(fleet.prefix, pid)) == 0

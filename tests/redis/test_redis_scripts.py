@@ -23,12 +23,12 @@ def _lua(package: str) -> set[str]:
 
 def test_every_script_lives_next_to_its_owner_and_is_in_the_registry() -> None:
     from castor.fleet.scheduler._ops import SCRIPTS as FLEET
-    from castor.fleet.workers._scripts import CLAIM, FAIL, FINISH
+    from castor.fleet.workers._scripts import CLAIM, FAIL, FINISH, RETRY
 
     assert _lua("castor.backends.redis") == set(STORE_SCRIPTS)  # the stores' own, no coordinator's among them
     assert _lua("scheduler") == {s.name for s in FLEET.values()}  # the coordinator's fleet_*.lua
     assert all(name.startswith("fleet_") for name in _lua("scheduler"))
-    assert _lua("workers") == {CLAIM.name, FINISH.name, FAIL.name}
+    assert _lua("workers") == {CLAIM.name, FINISH.name, FAIL.name, RETRY.name}
     # the worker's finish journals with the journal's own append script, inlined
     assert STORE_SCRIPTS["journal_append"].source in FINISH.source
 

@@ -223,6 +223,12 @@ def spent_tokens(prefix: str, run_id: str, step: int) -> str:
     return f"{prefix}:{{{run_id}}}:spent:{step}"
 
 
+def retries(prefix: str, run_id: str, step: int) -> str:
+    """Hash: how many times each of the step's signed tasks (by token) was retried after its tool raised, as
+    its workers counted (``workers/lua/retry.lua``); a message's own ``retries`` header is not trusted."""
+    return f"{prefix}:{{{run_id}}}:retried:{step}"
+
+
 def deliveries(prefix: str, run_id: str, step: int) -> str:
     """Set: the task messages (``<task id>/<retries>``) workers took for the step while it is unjournaled. A
     second copy of one (a publish retried after its first try landed) is dropped; a redelivery is no copy."""
