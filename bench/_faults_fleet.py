@@ -50,6 +50,7 @@ class Exit:
     code: int
     at: float
     planned: bool
+    pid: int = 0  # its OS pid: the tools' records name the process they ran in
 
 
 @dataclass
@@ -191,12 +192,12 @@ class FaultFleet:
     def _supervise(self) -> None:
         while not self._stop.wait(0.1):
             with self._lock:
-                gone = [(n, p.returncode) for n, p in self.procs.items() if p.poll() is not None]
-                for name, code in gone:
-                    self.exits.append(Exit(name, code, time.time(), name in self.planned))
+                gone = [(n, p.returncode, p.pid) for n, p in self.procs.items() if p.poll() is not None]
+                for name, code, os_pid in gone:
+                    self.exits.append(Exit(name, code, time.time(), name in self.planned, os_pid))
                     self.planned.discard(name)
                     self.procs.pop(name)
-            for name, _ in gone:
+            for name, _, _ in gone:
                 threading.Timer(RESTART_DELAY, self._restart, args=(name,)).start()
 
     def _restart(self, name: str) -> None:

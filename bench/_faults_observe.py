@@ -33,6 +33,20 @@ def read_records(path: Path) -> tuple[Counter[tuple[str, int, str]], Counter[tup
     return starts, finishes
 
 
+def finished_by(path: Path, call: tuple[str, int, str], killed: dict[int, str]) -> str:
+    """Which processes finished ``call`` and when (those the harness killed named): what a row that finds a
+    call completed twice shows, to tell a kill that landed just after the tool returned (its result lost
+    with the process, the call run again) from a second run of a call that was journaled."""
+    ticket, step, tool = call
+    shown = []
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 6 and parts[0] == "finish" and (parts[1], parts[2], parts[3]) == (ticket, str(step), tool):
+            who = f"pid {parts[4]}" + (f" ({killed[int(parts[4])]}, killed)" if int(parts[4]) in killed else "")
+            shown.append(f"{who} at {parts[5]}")
+    return "; ".join(shown)
+
+
 def open_calls(path: Path, tool: str | None, since: float) -> list[tuple[str, int, int]]:
     """Calls of ``tool`` (None: any) that started after ``since`` (a ``time.time()``) and have not finished:
     (ticket, step, OS pid of the process running it). Calls of earlier trials are not counted."""
@@ -216,7 +230,9 @@ def _judge(row: Row, records: Path, before: dict[str, list[Any]], after: dict[st
             continue
         if tool in IDEMPOTENT:
             if finishes[(ticket, step, tool)] > 1:
-                row.problems.append(f"idempotent {tool} {ticket}:{step} completed {finishes[(ticket, step, tool)]}x")
+                killed = {e.pid: e.name for e in exits if e.planned}
+                row.problems.append(f"idempotent {tool} {ticket}:{step} completed {finishes[(ticket, step, tool)]}x: "
+                                    f"{finished_by(records, (ticket, step, tool), killed)}")
             continue
         row.once_max = max(row.once_max, n)
         if n > 1:
