@@ -117,6 +117,42 @@ def tolerate_forged_events() -> None:
     receiver._castor_tolerant = True
 
 
+def broker_page_on_every_sentinel(settings: Settings) -> None:
+    """Behind Sentinel, have Flower's broker page ask every Sentinel of the broker URL, as the workers and
+    coordinators do. Flower builds its broker client (``RedisSentinel``) from the URL kombu's connection
+    gives, which names the first Sentinel only: with that one down, the page showed no queue."""
+    from castor.backends.redis.sentinel import is_sentinel, parse
+
+    if not is_sentinel(settings.broker_url):
+        return
+    from flower.utils import broker
+
+    made: Any = broker.RedisSentinel
+    made._castor_sentinels = parse(settings.broker_url).sentinels
+    if getattr(made, "_castor_every_sentinel", False):
+        return
+    first_only = made._get_redis_client
+
+    def client(self: Any, broker_options: Any, broker_use_ssl: Any) -> Any:
+        master = first_only(self, broker_options, broker_use_ssl)
+        manager = master.connection_pool.sentinel_manager  # Flower's settings, one Sentinel: ask them all
+        every = type(manager)(made._castor_sentinels, sentinel_kwargs=manager.sentinel_kwargs,
+                              **manager.connection_kwargs)
+        chosen = every.master_for(self.master_name)
+        close = chosen.aclose
+
+        async def aclose() -> None:  # the page closes its client after each read: the Sentinels' with it
+            await close()
+            for watcher in every.sentinels:
+                await watcher.aclose()
+
+        chosen.aclose = aclose
+        return chosen
+
+    made._get_redis_client = client
+    made._castor_every_sentinel = True
+
+
 def run_flower(
     settings: Settings, port: int | None = None, address: str = "127.0.0.1", *, allow_open: bool = False
 ) -> None:
@@ -134,4 +170,5 @@ def run_flower(
     app = make_app(settings)
     check_broker(app, settings)
     tolerate_forged_events()
+    broker_page_on_every_sentinel(settings)
     app.start(flower_argv(settings, port, address))

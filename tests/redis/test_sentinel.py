@@ -158,3 +158,31 @@ async def test_sentinels_that_ask_for_a_password_are_given_it_and_without_it_the
         assert "sentinel-only-pw" not in str(said.value)
         assert f"Sentinel 127.0.0.1:{deployment.sentinel.rpartition(':')[2].split('/')[0]}" in str(said.value)
         assert "Connection(" not in str(said.value), said.value  # the Sentinel by its address, not its client's repr
+
+
+@pytest.mark.fleet  # a redis-server and a Sentinel of its own
+async def test_flowers_broker_page_asks_every_sentinel_not_only_the_first(tmp_path: Path) -> None:
+    """Flower builds its broker page's client from the URL kombu's connection gives, which names the first
+    Sentinel only: with that one down, the page showed no queue. ``castor flower`` has it ask every Sentinel
+    of the broker URL; here the first is down and the second answers."""
+    from castor.fleet.workers.flower import broker_page_on_every_sentinel
+    from celery import Celery
+    from flower.utils.broker import Broker
+
+    from tests.redis_support import free_port
+
+    with sentinel_topology(tmp_path, replicas=0) as deployment:
+        url = deployment.url.replace("redis+sentinel://", f"redis+sentinel://127.0.0.1:{free_port()},", 1)
+        settings = Settings(redis={"url": url}, security={"secret": SECRET})
+        app = Celery("flower-sentinels", set_as_current=False)
+        app.conf.update(celery_config(settings))
+        with app.connection_for_write() as conn:
+            queue = conn.SimpleQueue("castor-flower-sentinels")
+            queue.put({"n": 1})
+            queue.put({"n": 2})
+            queue.close()
+            uri = conn.as_uri(include_password=True)
+        broker_page_on_every_sentinel(settings)
+        page = Broker(uri, broker_options=app.conf.broker_transport_options)
+        assert await page.queues(["castor-flower-sentinels"]) == [{"name": "castor-flower-sentinels", "messages": 2}]
+        app.close()
