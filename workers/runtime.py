@@ -75,6 +75,9 @@ class Outcome:
     shown: str = ""
     detail: str = ""
     retries: int = 0  # with ``retry_in``: the retry's number, as counted in Redis (the retried message says so)
+    # with ``retry_in``: what the task does when its retry cannot be sent (the broker away): the step fails for
+    # good, with the tool's error and why it was not retried (the outcome of that)
+    unsent: Callable[[str], Outcome] | None = None
 
 
 class WorkerRuntime:
@@ -262,7 +265,14 @@ class WorkerRuntime:
                 delay = self.settings.tools.retry_backoff * 2 ** (number - 1)
                 shown = kwargs_repr(job, policy.sensitive)
                 log.warning("%s failed (%s: %s); retry %d in %.2fs", shown, type(exc).__name__, exc, number, delay)
-                return Outcome(ERROR, retry_in=delay, shown=shown, retries=number)
+                error_type, said = type(exc).__name__, str(exc)
+
+                def unsent(why: str) -> Outcome:
+                    message = f"{said} (not retried: {why})"
+                    self._fail_for_good(proc, job, error_type, message, policy)
+                    return Outcome(ERROR, detail=failure_text(error_type, message, checked, policy.sensitive))
+
+                return Outcome(ERROR, retry_in=delay, shown=shown, retries=number, unsent=unsent)
             self._fail_for_good(proc, job, type(exc).__name__, str(exc), policy)
             return Outcome(ERROR, detail=failure_text(type(exc).__name__, str(exc), checked, policy.sensitive))
         if is_model_task(job.tool_name):  # settled to the usage reported before it is journaled (_models)

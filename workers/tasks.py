@@ -14,6 +14,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from celery.exceptions import Retry
+
 from castor.fleet.wire import ERROR, IN_DOUBT, REFUSED, TIMEOUT, task_name
 
 from ._deadletter import DeadLetters, letter
@@ -79,9 +81,14 @@ def _register(
             # count Redis keeps goes out instead. It builds the message from the request, which has lost the
             # coordinator's kwargsrepr: without ours, events and Flower would show the raw arguments and the token.
             self.request.retries = outcome.retries - 1
-            raise self.retry(
-                countdown=outcome.retry_in, max_retries=None, argsrepr="()", kwargsrepr=outcome.shown
-            )
+            try:
+                self.retry(countdown=outcome.retry_in, max_retries=None, argsrepr="()", kwargsrepr=outcome.shown)
+            except Retry:
+                raise  # sent: the task ends as retried
+            except Exception as exc:  # the broker away past its publish retries: nothing will run the call again
+                if outcome.unsent is None:
+                    raise
+                outcome = outcome.unsent(f"its retry could not be sent, {type(exc).__name__}: {exc}")
         return shown_end(outcome)
 
     app.task(

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import redis
 from castor.fleet.workers._scripts import RUNNING, Delivery
+from castor.fleet.workers._shown import ToolCallFailed
 from castor.fleet.workers.runtime import DROPPED, WorkerRuntime
 
 from castor.backends.redis import keys, redis_backend
@@ -563,6 +564,40 @@ def test_a_fourth_retry_is_sent_when_the_settings_allow_it(redis_url: str, redis
             message = queue.get(timeout=5)
             assert message.headers["retries"] == 4 and message.headers["id"] == "t-1"
             queue.close()
+    finally:
+        sync.close()
+        runtime.close()
+        app.close()
+
+
+def test_a_retry_the_broker_cannot_take_fails_the_step_with_the_tools_error(redis_url: str, redis_prefix: str) -> None:
+    """A retryable tool raised and its retry could not be sent (the broker away past its publish retries): the
+    task ended in the broker's error, its message acknowledged, the step's start given back, and nothing
+    recorded or answered; the call said nothing until its deadline, then that no worker gave a result. The
+    step now fails for good with the tool's error and why it was not retried (recorded once, the token spent,
+    as any final failure)."""
+    from castor.fleet.workers.tasks import register_tools
+    from celery import Celery
+
+    runtime, ran = _always_failing(redis_url, redis_prefix, max_retries=2)
+    app = Celery("unsent", set_as_current=False, broker="redis://127.0.0.1:1/0")  # nothing listens there
+    app.conf.task_publish_retry = False
+    register_tools(app, runtime)
+    task = app.tasks[task_name("touch")]
+    signed = job(0)
+    sync = redis.Redis.from_url(redis_url)
+    try:
+        task.push_request(id="t-1", retries=0, called_directly=False, delivery_info={}, kwargs=signed, args=[])
+        try:
+            with pytest.raises(ToolCallFailed) as failed:
+                task.run(**signed)
+        finally:
+            task.pop_request()
+        assert "ConnectionError: the disk is away (not retried: its retry could not be sent" in str(failed.value)
+        assert len(ran) == 1
+        [recorded] = sync.lrange(keys.failures(redis_prefix, "r"), 0, -1)
+        assert b"not retried: its retry could not be sent" in recorded
+        assert sync.sismember(keys.spent_tokens(redis_prefix, "r", 0), signed["token"])  # a copy runs nothing
     finally:
         sync.close()
         runtime.close()
