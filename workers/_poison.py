@@ -125,6 +125,11 @@ def _header_problem(headers: dict[str, Any]) -> str | None:
     for name in _OPTIONAL_TEXT:
         if not isinstance(headers.get(name), str | None):
             return f"header {name!r} is not text"
+    shadow = headers.get("shadow")
+    if shadow and shadow != headers.get("task"):
+        # Celery logs and reports a task under the name its ``shadow`` header gives: a copy of a signed task
+        # could run one tool while the worker's log and Flower name another. Castor's tasks are never shadowed.
+        return "header 'shadow' names the task otherwise in the worker's log and Flower"
     return None
 
 

@@ -246,3 +246,21 @@ async def test_a_signed_task_sent_again_claiming_its_retries_spent_cannot_fail_i
     assert b"ok after 2 starts" in fleet.redis.zrange(journal, 0, 0)[0]
     assert fleet.count(tag, "start") == 2
     assert fleet.redis.llen(keys.failures(fleet.prefix, pid)) == 0
+
+
+async def test_a_signed_task_sent_again_under_another_name_in_the_logs_runs_nothing(fleet: Fleet, forger: Any) -> None:
+    """Celery logs and reports a task (its received line, its events, so Flower) under the name its ``shadow``
+    header gives, which the token does not sign: a copy of a signed ``slow_write`` could run while the
+    worker's log and Flower said ``castor.tool.search``. Castor's tasks are never shadowed: such a copy is
+    dead-lettered unrun."""
+    tag = uuid.uuid4().hex[:6]
+    queue = fleet.settings.queue_of("fs")
+    before = fleet.redis.llen(keys.dead_letters(fleet.prefix, "fs"))
+    signed = encode(ToolCall(f"shadow-{tag}", 0, "slow_write", {"tag": tag, "seconds": 0.1}), "",
+                    fleet.settings.security.secret)
+    forger.send_task("castor.tool.slow_write", kwargs=signed, queue=queue, shadow="castor.tool.search")
+    letters = (await dead_letters(fleet, "fs", before + 1))[before:]
+    assert "header 'shadow' names the task otherwise" in letters[0]["reason"], letters
+    await asyncio.sleep(0.5)
+    assert fleet.count(tag, "start") == 0
+    assert "castor.tool.search[" not in fleet.log("fs")
