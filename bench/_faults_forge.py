@@ -240,6 +240,15 @@ def unearned_retries(forger: Forger, row: Row, pid: str) -> frozenset[str]:
     return frozenset()
 
 
+def renamed(forger: Forger, row: Row, pid: str) -> frozenset[str]:
+    """A copy of the live run's signed task renamed for the logs (Celery's ``shadow`` header, which names the
+    task in the worker's log and its events, so Flower, and which the token does not sign): it must be
+    dead-lettered unrun."""
+    letters = forger.refused(row, [forger.push(forged_task(forger), shadow="castor.tool.fx_idem")])
+    row.notes += sorted({f"dead-lettered: {kind(str(entry.get('reason')))}" for entry in letters})
+    return frozenset()
+
+
 NOT_ENVELOPES = ["not json at all", "[1, 2]", '{"properties": {"delivery_tag": "t"}, "headers": "not an object"}']
 
 
@@ -332,6 +341,7 @@ ATTACKS: list[tuple[str, Attack]] = [
     ("forged: tasks asking to run later (eta)", run_later),
     ("forged: signed tasks asking for time limits of their own", time_limits),
     ("forged: signed tasks numbered as retries their call never had", unearned_retries),
+    ("forged: a signed task renamed for the logs (shadow)", renamed),
     ("forged: queue items that are no envelope, a zlib bomb", broken_envelopes),
     ("forged: bodies not [args, kwargs, embed]", poison),  # last: on a broken worker it kills the pool
 ]
