@@ -226,8 +226,14 @@ class StepScripts:
         return int(self._asked(self._retry, key_list, args, f"retry of {job.effect_id}", self._outage))
 
     def retries_had(self, job: Job) -> int:
-        """How many retries the job's call had, as its workers counted them (``retry``)."""
-        return int(self._command("HGET", keys.retries(self._prefix, job.run_id, job.step), _retried_as(job)) or 0)
+        """How many retries the job's call had, as its workers counted them (``retry``); asked again after a
+        lost connection as a claim is (a read: safe to repeat)."""
+        def read(keys: list[str], args: list[Any]) -> Any:
+            return self._command("HGET", keys[0], args[0])
+
+        count = self._asked(read, [keys.retries(self._prefix, job.run_id, job.step)], [_retried_as(job)],
+                            f"retries of {job.effect_id}")
+        return int(count or 0)
 
     def _replying(self, job: Job, reply: Reply, key_list: list[str], args: list[Any]) -> None:
         """With a reply stream, name it last among a script's ``key_list`` and add to its ``args`` the stream's
