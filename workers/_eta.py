@@ -6,7 +6,8 @@ worker checks the coordinator's token. Anyone who could write to the broker coul
 memory with forged tasks due in a year, never refused: 2,000 of them were all held, none dead-lettered.
 
 The only tasks of Castor's with an ``eta`` are a worker's own retries of a failed call (``self.retry``
-with the backoff's countdown: the same signed fields, the next ``retries`` count). So a message with an
+with the backoff's countdown: the same signed fields, numbered by the count of the call's retries its
+workers keep in Redis, which the runtime checks again as the retry comes due). So a message with an
 ``eta`` is taken only if, checked on receipt, it is one: its fields carry the token the fleet's secret
 signs (without a secret, an insecure development fleet, this is not checked); it is due within the
 longest backoff (``[tools] retry_backoff * 2**(max_retries - 1)``, plus a minute for clocks); its
