@@ -42,6 +42,8 @@ would answer such a call from its own checks). Anything else, and ``akickoff``, 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -478,7 +480,11 @@ def _continue(executor: AgentExecutor, agent: Agent, task: Task, skipped: list[_
             observation_json = encode_string(observation)
         agent.tools_results.append({"result": observation, "tool_name": use.name, "tool_args": step.arguments})
         use.calls += 2  # CrewStructuredTool.invoke, then ToolUsage._use after the call
-        _count_repeat(counts, action, observation, agent, task, observation_json)
+        if _keys_raw_results():  # what the tool returned, without the format CrewAI appends
+            raw = str(step.result)
+            _count_repeat(counts, action, raw, agent, task, observation_json if raw == observation else None)
+        else:
+            _count_repeat(counts, action, observation, agent, task, observation_json)
         messages.append(format_message_for_llm(f"{action.text}\nObservation: {observation}", role="assistant"))
         messages.append({"role": "user", "content": reasoning})
     if records is not None:
@@ -492,6 +498,26 @@ def _continue(executor: AgentExecutor, agent: Agent, task: Task, skipped: list[_
     agent.set_fingerprint(Fingerprint.from_dict({"agent_fingerprint": str(agent.security_config.fingerprint)}))
 
 
+@functools.cache
+def _keys_raw_results() -> bool:
+    """Whether this CrewAI keys a repeated call by what its tool returned (1.15.4x: ``ToolResult.raw_result``)
+    rather than by the text the agent reads, which has the tools' format appended to every third result."""
+    from crewai.tools.tool_types import ToolResult
+
+    return any(field.name == "raw_result" for field in dataclasses.fields(ToolResult))
+
+
+@functools.cache
+def _streaks_only() -> bool:
+    """Whether this CrewAI counts only the current streak of one call made again and again (1.15.4x: any other
+    call clears the counts), rather than every call of the run (earlier releases). Asked of CrewAI itself,
+    once: two different calls, and what its counts keep."""
+    probe: dict[int, int] = {}
+    check_repeated_tool_call(probe, tool_name="a", tool_args="", result="")
+    check_repeated_tool_call(probe, tool_name="b", tool_args="", result="")
+    return len(probe) == 1
+
+
 def _count_repeat(counts: dict[int, int], action: Action, observation: str, agent: Agent, task: Task,
                   observation_json: str | None = None) -> None:
     """``check_repeated_tool_call`` of a skipped call: CrewAI keys a call by the hash of the JSON of its tool's
@@ -502,6 +528,8 @@ def _count_repeat(counts: dict[int, int], action: Action, observation: str, agen
     if observation_json is None:
         observation_json = encode_string(observation)
     key = hash(f"[{encode_string(action.tool)}, {encode_string(action.tool_input)}, {observation_json}]")
+    if key not in counts and _streaks_only():
+        counts.clear()
     seen = counts.get(key, 0) + 1
     if seen >= MAX_REPEATED_TOOL_CALLS:
         check_repeated_tool_call(counts, tool_name=action.tool, tool_args=action.tool_input, result=observation,
