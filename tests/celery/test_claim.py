@@ -551,13 +551,8 @@ def test_a_fourth_retry_is_sent_when_the_settings_allow_it(redis_url: str, redis
     sync = redis.Redis.from_url(redis_url)
     try:
         sync.hset(keys.retries(redis_prefix, "r", 0), signed["token"], 3)  # three retries so far
-        task.push_request(id="t-1", retries=3, called_directly=False, delivery_info={}, kwargs=signed, args=[])
-        try:
-            with pytest.raises(Retry) as retried:
-                task.run(**signed)
-        finally:
-            task.pop_request()
-        assert "Retry in 0.8s" in str(retried.value) and len(ran) == 1
+        retried = _delivered(task, signed, 3, Retry)
+        assert "Retry in 0.8s" in str(retried) and len(ran) == 1
         assert sync.hget(keys.retries(redis_prefix, "r", 0), signed["token"]) == b"4"
         with app.connection_for_write() as connection:
             queue = connection.SimpleQueue(app.conf.task_default_queue)
@@ -587,13 +582,8 @@ def test_a_retry_the_broker_cannot_take_fails_the_step_with_the_tools_error(redi
     signed = job(0)
     sync = redis.Redis.from_url(redis_url)
     try:
-        task.push_request(id="t-1", retries=0, called_directly=False, delivery_info={}, kwargs=signed, args=[])
-        try:
-            with pytest.raises(ToolCallFailed) as failed:
-                task.run(**signed)
-        finally:
-            task.pop_request()
-        assert "ConnectionError: the disk is away (not retried: its retry could not be sent" in str(failed.value)
+        failed = _delivered(task, signed, 0, ToolCallFailed)
+        assert "ConnectionError: the disk is away (not retried: its retry could not be sent" in str(failed)
         assert len(ran) == 1
         [recorded] = sync.lrange(keys.failures(redis_prefix, "r"), 0, -1)
         assert b"not retried: its retry could not be sent" in recorded
@@ -602,3 +592,15 @@ def test_a_retry_the_broker_cannot_take_fails_the_step_with_the_tools_error(redi
         sync.close()
         runtime.close()
         app.close()
+
+
+def _delivered(task: Any, signed: dict[str, Any], retries: int, ends: type[BaseException]) -> BaseException:
+    """Run the registered Celery ``task`` on ``signed`` as a worker would a message numbered ``retries`` (task id
+    t-1); what it ends in, which must be an ``ends``."""
+    task.push_request(id="t-1", retries=retries, called_directly=False, delivery_info={}, kwargs=signed, args=[])
+    try:
+        with pytest.raises(ends) as ended:
+            task.run(**signed)
+    finally:
+        task.pop_request()
+    return ended.value
