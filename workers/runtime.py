@@ -268,13 +268,10 @@ class WorkerRuntime:
                 error_type, said = type(exc).__name__, str(exc)
 
                 def unsent(why: str) -> Outcome:
-                    message = f"{said} (not retried: {why})"
-                    self._fail_for_good(proc, job, error_type, message, policy)
-                    return Outcome(ERROR, detail=failure_text(error_type, message, checked, policy.sensitive))
+                    return self._fail_for_good(proc, job, error_type, f"{said} (not retried: {why})", policy, checked)
 
                 return Outcome(ERROR, retry_in=delay, shown=shown, retries=number, unsent=unsent)
-            self._fail_for_good(proc, job, type(exc).__name__, str(exc), policy)
-            return Outcome(ERROR, detail=failure_text(type(exc).__name__, str(exc), checked, policy.sensitive))
+            return self._fail_for_good(proc, job, type(exc).__name__, str(exc), policy, checked)
         if is_model_task(job.tool_name):  # settled to the usage reported before it is journaled (_models)
             # Outside the try: Redis away as the call returns is no failure of the call (it was made, and paid)
             outage = self.settings.workers.outage_deadline
@@ -355,20 +352,29 @@ class WorkerRuntime:
                         kwargs_repr(job, policy.sensitive), job.attempt, left)
             time.sleep(left)
 
-    def _fail_for_good(self, proc: WorkerProcess, job: Job, error_type: str, message: str, policy: ToolPolicy) -> None:
+    def _fail_for_good(
+        self, proc: WorkerProcess, job: Job, error_type: str, message: str, policy: ToolPolicy, checked: dict[str, Any]
+    ) -> Outcome:
         """The step's tool raised and is not retried: record the failure, drop the step's start and heartbeat
         (a resume of the failed run may start it afresh), keep the task's token spent for as long as a copy of
         it could be taken (a copy sent again is refused; the run sends the step again signed anew) and
         answer, in one call (``StepScripts.fail``), asked again through a Redis outage as a finish is. One
         call: a delivery waiting on this worker (``_after_running``) that finds the start free finds the
-        failure with it, never a moment between."""
+        failure with it, never a moment between. The task's outcome: that failure."""
         log.warning("%s: %s: %s", kwargs_repr(job, policy.sensitive), error_type, message)
         failure = StepFailure(
             step=job.step, tool_name=job.tool_name, arguments=redact(job.arguments, policy.sensitive),
             error_type=error_type, message=message,
         )
         reply = Reply(job.effect_id, job.attempt, ERROR, None, error_type, message, True)
-        proc.scripts.fail(job, failure.model_dump_json(), reply, int(self.settings.security.task_max_age) + 1)
+        proc.scripts.fail(job, failure.model_dump_json(), reply, self._kept_for)
+        return Outcome(ERROR, detail=failure_text(error_type, message, checked, policy.sensitive))
+
+    @property
+    def _kept_for(self) -> int:
+        """Seconds a task's spent token and retry count are kept: as long as a copy of it could be taken
+        (``check_age`` refuses one signed longer ago than ``[security] task_max_age``)."""
+        return int(self.settings.security.task_max_age) + 1
 
     def _retry_number(self, proc: WorkerProcess, job: Job, policy: ToolPolicy) -> int:
         """The retry a retryable tool's failure earns (its number, from 1), its start given back for it, or 0:
@@ -376,7 +382,7 @@ class WorkerRuntime:
         the message's ``retries`` header is the broker's to forge, not the call's history."""
         if not policy.retryable or self.settings.tools.max_retries == 0:
             return 0
-        return proc.scripts.retry(job, self.settings.tools.max_retries, int(self.settings.security.task_max_age) + 1)
+        return proc.scripts.retry(job, self.settings.tools.max_retries, self._kept_for)
 
     async def _finish_late(self, proc: WorkerProcess, job: Job, result: Any) -> None:
         """Another record holds the step (a redelivered task raced the first): reply with that one."""

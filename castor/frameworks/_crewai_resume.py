@@ -461,6 +461,7 @@ def _continue(executor: AgentExecutor, agent: Agent, task: Task, skipped: list[_
     counts = executor._tool_call_counts
     uses = {name: _ToolUse(tool) for name, tool in structured.items() if any(s.tool == name for s in skipped)}
     used_tools = task.used_tools
+    raw_keys = _keys_raw_results()
     for step in skipped:
         use = uses[step.tool]
         action = step.action
@@ -480,7 +481,7 @@ def _continue(executor: AgentExecutor, agent: Agent, task: Task, skipped: list[_
             observation_json = encode_string(observation)
         agent.tools_results.append({"result": observation, "tool_name": use.name, "tool_args": step.arguments})
         use.calls += 2  # CrewStructuredTool.invoke, then ToolUsage._use after the call
-        if _keys_raw_results():  # what the tool returned, without the format CrewAI appends
+        if raw_keys:  # what the tool returned, without the format CrewAI appends
             raw = str(step.result)
             _count_repeat(counts, action, raw, agent, task, observation_json if raw == observation else None)
         else:

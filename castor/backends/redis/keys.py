@@ -224,8 +224,9 @@ def spent_tokens(prefix: str, run_id: str, step: int) -> str:
 
 
 def retries(prefix: str, run_id: str, step: int) -> str:
-    """Hash: how many times each of the step's signed tasks (by token) was retried after its tool raised, as
-    its workers counted (``workers/lua/retry.lua``); a message's own ``retries`` header is not trusted."""
+    """Hash: how many times each of the step's tasks (by token; an unsigned one by task id) was retried after
+    its tool raised, as its workers counted (``workers/lua/retry.lua``), and each count's answer by receipt;
+    a message's own ``retries`` header is not trusted."""
     return f"{prefix}:{{{run_id}}}:retried:{step}"
 
 
