@@ -195,23 +195,25 @@ class StepScripts:
             self.spool.keep(f"{job.run_id}#{job.step}", key_list, args)
             return True
 
-    def fail(self, job: Job, failure: str, reply: Reply, spent_ttl: int) -> None:
+    def fail(self, job: Job, failure: str, reply: Reply, spent_ttl: int, if_free: bool = False) -> bool:
         """Record the step's ``failure`` (JSON), drop its start and heartbeat, keep the task's token spent
         (``spent_ttl`` seconds) and reply, in one call (``fail.lua``). Asked again through an outage as a
         finish is (up to the ``outage`` deadline; a signed task's token keeps the failure from being recorded
         twice): a tool that raised while Redis was away is answered with its failure, not left in doubt. An
-        unsigned task is asked once. The last try's failure is the caller's (the step is then in doubt)."""
+        unsigned task is asked once. The last try's failure is the caller's (the step is then in doubt).
+        ``if_free``: only while no delivery holds the step's start and the journal does not hold the step
+        (False, nothing done, when one does: that delivery answers the call)."""
         run, step = job.run_id, job.step
         key_list = [
             keys.failures(self._prefix, run), keys.started_marker(self._prefix, run, step),
             keys.heartbeat(self._prefix, run, step), keys.spent_tokens(self._prefix, run, step),
+            keys.journal(self._prefix, run),
         ]
-        args: list[Any] = [failure, job.token or "", spent_ttl]
+        args: list[Any] = [failure, job.token or "", spent_ttl, step if if_free else ""]
         self._replying(job, reply, key_list, args)
         if not job.token:
-            self._fail(keys=key_list, args=args)
-            return
-        self._asked(self._fail, key_list, args, f"failure of {job.effect_id}", self._outage)
+            return bool(self._fail(keys=key_list, args=args))
+        return bool(self._asked(self._fail, key_list, args, f"failure of {job.effect_id}", self._outage))
 
     def retry(self, job: Job, allowed: int, ttl: int) -> int:
         """A signed task's retryable tool raised: count the retry against its token in Redis, never by the

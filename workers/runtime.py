@@ -268,7 +268,10 @@ class WorkerRuntime:
                 error_type, said = type(exc).__name__, str(exc)
 
                 def unsent(why: str) -> Outcome:
-                    return self._fail_for_good(proc, job, error_type, f"{said} (not retried: {why})", policy, checked)
+                    # The start was given back for the retry: a copy of the task may have taken it since, and
+                    # then runs the call and answers it; failing the step beside it would run a call answered.
+                    return self._fail_for_good(proc, job, error_type, f"{said} (not retried: {why})", policy, checked,
+                                               if_free=True)
 
                 return Outcome(ERROR, retry_in=delay, shown=shown, retries=number, unsent=unsent)
             return self._fail_for_good(proc, job, type(exc).__name__, str(exc), policy, checked)
@@ -353,21 +356,27 @@ class WorkerRuntime:
             time.sleep(left)
 
     def _fail_for_good(
-        self, proc: WorkerProcess, job: Job, error_type: str, message: str, policy: ToolPolicy, checked: dict[str, Any]
+        self, proc: WorkerProcess, job: Job, error_type: str, message: str, policy: ToolPolicy, checked: dict[str, Any],
+        if_free: bool = False,
     ) -> Outcome:
         """The step's tool raised and is not retried: record the failure, drop the step's start and heartbeat
         (a resume of the failed run may start it afresh), keep the task's token spent for as long as a copy of
         it could be taken (a copy sent again is refused; the run sends the step again signed anew) and
         answer, in one call (``StepScripts.fail``), asked again through a Redis outage as a finish is. One
         call: a delivery waiting on this worker (``_after_running``) that finds the start free finds the
-        failure with it, never a moment between. The task's outcome: that failure."""
-        log.warning("%s: %s: %s", kwargs_repr(job, policy.sensitive), error_type, message)
+        failure with it, never a moment between. The task's outcome: that failure. ``if_free``: the start was
+        given back (for a retry that was then not sent), and the step fails only if no other delivery has
+        taken or finished it since (else this task ends, dropped: that delivery answers the call)."""
         failure = StepFailure(
             step=job.step, tool_name=job.tool_name, arguments=redact(job.arguments, policy.sensitive),
             error_type=error_type, message=message,
         )
         reply = Reply(job.effect_id, job.attempt, ERROR, None, error_type, message, True)
-        proc.scripts.fail(job, failure.model_dump_json(), reply, self._kept_for)
+        if not proc.scripts.fail(job, failure.model_dump_json(), reply, self._kept_for, if_free):
+            log.warning("%s: %s: %s; another delivery took the call meanwhile and answers it",
+                        kwargs_repr(job, policy.sensitive), error_type, message)
+            return Outcome(DROPPED, detail="dropped: another delivery took the call while its retry was refused")
+        log.warning("%s: %s: %s", kwargs_repr(job, policy.sensitive), error_type, message)
         return Outcome(ERROR, detail=failure_text(error_type, message, checked, policy.sensitive))
 
     @property

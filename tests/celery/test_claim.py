@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import redis
+from castor.fleet.workers._guard import parse_job
 from castor.fleet.workers._scripts import RUNNING, Delivery
 from castor.fleet.workers._shown import ToolCallFailed
 from castor.fleet.workers.runtime import DROPPED, WorkerRuntime
@@ -588,6 +589,53 @@ def test_a_retry_the_broker_cannot_take_fails_the_step_with_the_tools_error(redi
         [recorded] = sync.lrange(keys.failures(redis_prefix, "r"), 0, -1)
         assert b"not retried: its retry could not be sent" in recorded
         assert sync.sismember(keys.spent_tokens(redis_prefix, "r", 0), signed["token"])  # a copy runs nothing
+    finally:
+        sync.close()
+        runtime.close()
+        app.close()
+
+
+@pytest.mark.parametrize("copy", ["running", "finished"])
+def test_a_retry_the_broker_cannot_take_fails_nothing_a_copy_took_meanwhile(
+    redis_url: str, redis_prefix: str, copy: str
+) -> None:
+    """The step's start is given back before its retry is sent: a copy of the task (the same token) may take
+    it while the broker refuses the retry. That copy runs the call and answers it; failing the step for good
+    beside it recorded a failure of a call still running (or finished), and spent the token under it. Now the
+    refused retry ends the task, dropped, and leaves the step to the copy."""
+    from castor.fleet.workers.tasks import register_tools
+    from celery import Celery
+
+    runtime, ran = _always_failing(redis_url, redis_prefix, max_retries=2)
+    app = Celery("unsent-copy", set_as_current=False, broker="redis://127.0.0.1:1/0")  # nothing listens there
+    app.conf.task_publish_retry = False
+    register_tools(app, runtime)
+    task = app.tasks[task_name("touch")]
+    signed = job(0)
+    handle = runtime.handle
+
+    def a_copy_takes_the_start(*args: Any) -> Any:
+        outcome = handle(*args)  # the tool failed; its start is given back for the retry
+        copied = parse_job(dict(signed), runtime.settings)
+        assert runtime.process().scripts.claim(copied, Delivery("t-2/0")) == -1  # the copy starts the step
+        if copy == "finished":  # journaled, its start dropped, as finish.lua does
+            journal_the_step(redis_url, redis_prefix, "done by the copy")
+            sync.delete(keys.started_marker(redis_prefix, "r", 0), keys.heartbeat(redis_prefix, "r", 0))
+        return outcome
+
+    runtime.handle = a_copy_takes_the_start  # type: ignore[method-assign]
+    sync = redis.Redis.from_url(redis_url)
+    try:
+        task.push_request(id="t-1", retries=0, called_directly=False, delivery_info={}, kwargs=signed, args=[])
+        try:
+            ended = task.run(**signed)
+        finally:
+            task.pop_request()
+        assert ended.startswith("dropped: another delivery took the call"), ended
+        assert len(ran) == 1
+        assert sync.lrange(keys.failures(redis_prefix, "r"), 0, -1) == []
+        assert not sync.sismember(keys.spent_tokens(redis_prefix, "r", 0), signed["token"])
+        assert sync.exists(keys.started_marker(redis_prefix, "r", 0)) == (copy == "running")
     finally:
         sync.close()
         runtime.close()
