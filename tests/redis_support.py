@@ -488,10 +488,14 @@ def sentinel_topology(directory: Path, replicas: int = 1, sentinel_password: str
         servers[port] = start_redis_server(directory / f"replica{n}", port, "--replicaof", "127.0.0.1", str(first),
                                            "--repl-diskless-sync-delay", "0")
     conf = directory / "sentinel" / "sentinel.conf"
+    # failover-timeout bounds how long a promotion may take to show: on a loaded machine a Sentinel that gave
+    # up after 5 s began a second failover 10 s later, to the other replica, and the writes the first new
+    # primary had taken were lost as it was turned into that one's replica (Redis's replication is
+    # asynchronous). One failover is what these tests ask for.
     conf.write_text(
         f"port {watcher}\nbind 127.0.0.1\ndir {directory / 'sentinel'}\n"
         f"sentinel monitor {SERVICE} 127.0.0.1 {first} 1\n"
-        f"sentinel down-after-milliseconds {SERVICE} 1000\nsentinel failover-timeout {SERVICE} 5000\n"
+        f"sentinel down-after-milliseconds {SERVICE} 1000\nsentinel failover-timeout {SERVICE} 60000\n"
         + (f"requirepass {sentinel_password}\n" if sentinel_password else "")
     )
     binary = shutil.which("redis-server")
