@@ -481,12 +481,15 @@ def sentinel_topology(directory: Path, replicas: int = 1, sentinel_password: str
     first, watcher = free_port(), free_port()
     (directory / "primary").mkdir(parents=True)
     (directory / "sentinel").mkdir()
-    servers = {first: start_redis_server(directory / "primary", first, "--repl-diskless-sync-delay", "0")}
+    # Each server and the Sentinel log into their directory: what a failed failover test has to go on.
+    servers = {first: start_redis_server(directory / "primary", first, "--repl-diskless-sync-delay", "0",
+                                         "--logfile", str(directory / "primary" / "redis.log"))}
     for n in range(replicas):
         port = free_port()
         (directory / f"replica{n}").mkdir()
         servers[port] = start_redis_server(directory / f"replica{n}", port, "--replicaof", "127.0.0.1", str(first),
-                                           "--repl-diskless-sync-delay", "0")
+                                           "--repl-diskless-sync-delay", "0",
+                                           "--logfile", str(directory / f"replica{n}" / "redis.log"))
     conf = directory / "sentinel" / "sentinel.conf"
     # failover-timeout bounds how long a promotion may take to show: on a loaded machine a Sentinel that gave
     # up after 5 s began a second failover 10 s later, to the other replica, and the writes the first new
@@ -494,6 +497,7 @@ def sentinel_topology(directory: Path, replicas: int = 1, sentinel_password: str
     # asynchronous). One failover is what these tests ask for.
     conf.write_text(
         f"port {watcher}\nbind 127.0.0.1\ndir {directory / 'sentinel'}\n"
+        f"logfile {directory / 'sentinel' / 'sentinel.log'}\n"
         f"sentinel monitor {SERVICE} 127.0.0.1 {first} 1\n"
         f"sentinel down-after-milliseconds {SERVICE} 1000\nsentinel failover-timeout {SERVICE} 60000\n"
         + (f"requirepass {sentinel_password}\n" if sentinel_password else "")
