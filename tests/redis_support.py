@@ -26,14 +26,9 @@ from typing import Any
 import pytest
 import redis
 
+from tests.ports import free_port
+
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -157,7 +152,22 @@ def start_redis_server(directory: Path, port: int, *extra: str, url: str | None 
             proc.kill()
             raise RuntimeError(f"redis-server on port {port} did not start")
         time.sleep(0.02)
+    # Another test's server on that port (it took it first) answers as well: this one then never bound it.
+    if proc.poll() is not None or _served_by(url) not in (proc.pid, 0):
+        proc.kill()
+        raise RuntimeError(f"port {port} is another server's: the redis-server started for it did not bind it")
     return proc
+
+
+def _served_by(url: str) -> int:
+    """The pid of the redis-server answering at ``url`` (0 when it cannot say: a user not allowed ``INFO``)."""
+    client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    try:
+        return int(client.info("server").get("process_id", 0))
+    except redis.RedisError:
+        return 0
+    finally:
+        client.close()
 
 
 def _say(config: pytest.Config, text: str) -> None:
@@ -491,15 +501,15 @@ def sentinel_topology(directory: Path, replicas: int = 1, sentinel_password: str
                                            "--repl-diskless-sync-delay", "0",
                                            "--logfile", str(directory / f"replica{n}" / "redis.log"))
     conf = directory / "sentinel" / "sentinel.conf"
-    # failover-timeout bounds how long a promotion may take to show: on a loaded machine a Sentinel that gave
-    # up after 5 s began a second failover 10 s later, to the other replica, and the writes the first new
-    # primary had taken were lost as it was turned into that one's replica (Redis's replication is
-    # asynchronous). One failover is what these tests ask for.
+    # down-after-milliseconds: how long a server may not answer before the Sentinel takes it for down. At
+    # 1 s, on a loaded machine, the Sentinel took the replica it had just promoted for down a second later and
+    # failed over again, to the other replica: the writes the first had taken (a worker's record) were lost
+    # as it was turned into that one's replica. 3 s: one failover, as these tests ask for.
     conf.write_text(
         f"port {watcher}\nbind 127.0.0.1\ndir {directory / 'sentinel'}\n"
         f"logfile {directory / 'sentinel' / 'sentinel.log'}\n"
         f"sentinel monitor {SERVICE} 127.0.0.1 {first} 1\n"
-        f"sentinel down-after-milliseconds {SERVICE} 1000\nsentinel failover-timeout {SERVICE} 60000\n"
+        f"sentinel down-after-milliseconds {SERVICE} 3000\nsentinel failover-timeout {SERVICE} 5000\n"
         + (f"requirepass {sentinel_password}\n" if sentinel_password else "")
     )
     binary = shutil.which("redis-server")

@@ -9,7 +9,6 @@ import base64
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -24,15 +23,10 @@ import pytest
 
 import castor.lib as lib
 from castor import Castor, RemoteToolError
+from tests.ports import free_port
 
 from .conftest import ROOT, Fleet, stop_process
 from .test_forgery import forged
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _get(url: str) -> object:
@@ -73,7 +67,7 @@ async def _wait_until_flower_sees_events(base: str, kernel: Castor, timeout: flo
 @contextlib.contextmanager
 def flower_process(config: Path, env: dict[str, str], log: Path | None = None) -> Iterator[str]:
     """``castor flower`` on ``config``: its base URL once its API answers; stopped after."""
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "castor.fleet.workers", "flower", "--config", str(config), "--port", str(port)]
     with (log or Path(os.devnull)).open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=out)

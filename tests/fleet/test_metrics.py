@@ -4,7 +4,6 @@ that call tools on a pool, wait for a human and draw from a shared budget scope.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 import urllib.request
 from typing import Any
@@ -18,17 +17,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from castor.backends.redis import keys
 from tests.fleet.procs import Fleet
 from tests.fleet.test_scenario import set_scope, submit_all, wait_for
+from tests.ports import free_port
 
 pytestmark = pytest.mark.fleet
 
 TOOLS = {"ticket", "fetch", "store", "remove", "slow_write", "pid_of"}
 POOLS = {"web", "fs", "llm"}  # llm: the model-call pool every config has
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scrape(port: int) -> dict[str, list[Any]]:

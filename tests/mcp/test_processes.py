@@ -23,6 +23,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from castor.registry import ToolRegistry
 from tests.mcp.mcp_tools import add, append_line, lines
+from tests.ports import free_port
 
 pytestmark = pytest.mark.fleet
 TOOLS = str(Path(__file__).with_name("mcp_tools.py"))
@@ -129,12 +130,6 @@ async def test_stdio_restart_mid_wait_executes_the_decided_call_once(files: tupl
         second = await client.call_tool("append_line", {"text": "once"}, meta=meta)
     assert [text(first), text(second)] == ["appended once", "appended once"]
     assert lines(log) == 1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
