@@ -59,8 +59,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if FLEET_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.fleet)
-    # The fault harness (minutes) first: under `-n 2 --dist worksteal` one process runs it while the other
-    # takes the rest, instead of it starting last and running alone.
+    # The fault harness (minutes) first: under `-n 3 --dist worksteal` one process runs it while the others
+    # take the rest, instead of it starting last and running alone.
     items.sort(key=lambda item: item.get_closest_marker("faults") is None)
     if importlib.util.find_spec("crewai") is None:
         kept = [item for item in items if item.get_closest_marker("crewai") is None]
