@@ -6,6 +6,7 @@ of a task message is dropped, while a redelivery of it is not a copy."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import threading
 import time
@@ -572,6 +573,20 @@ def test_a_retry_the_broker_cannot_take_fails_the_step_with_the_tools_error(redi
     recorded or answered; the call said nothing until its deadline, then that no worker gave a result. The
     step now fails for good with the tool's error and why it was not retried (recorded once, the token spent,
     as any final failure)."""
+    signed = job(0)
+    with _retries_refused(redis_url, redis_prefix) as (_, ran, task), redis.Redis.from_url(redis_url) as sync:
+        failed = _delivered(task, signed, 0, ToolCallFailed)
+        assert "ConnectionError: the disk is away (not retried: its retry could not be sent" in str(failed)
+        assert len(ran) == 1
+        [recorded] = sync.lrange(keys.failures(redis_prefix, "r"), 0, -1)
+        assert b"not retried: its retry could not be sent" in recorded
+        assert sync.sismember(keys.spent_tokens(redis_prefix, "r", 0), signed["token"])  # a copy runs nothing
+
+
+@contextlib.contextmanager
+def _retries_refused(redis_url: str, redis_prefix: str) -> Iterator[tuple[WorkerRuntime, list[str], Any]]:
+    """A worker whose retryable tool always raises (``_always_failing``), its task registered on a Celery app
+    whose broker nothing listens at: every retry it sends is refused. The runtime, the tool's runs, the task."""
     from castor.fleet.workers.tasks import register_tools
     from celery import Celery
 
@@ -579,18 +594,9 @@ def test_a_retry_the_broker_cannot_take_fails_the_step_with_the_tools_error(redi
     app = Celery("unsent", set_as_current=False, broker="redis://127.0.0.1:1/0")  # nothing listens there
     app.conf.task_publish_retry = False
     register_tools(app, runtime)
-    task = app.tasks[task_name("touch")]
-    signed = job(0)
-    sync = redis.Redis.from_url(redis_url)
     try:
-        failed = _delivered(task, signed, 0, ToolCallFailed)
-        assert "ConnectionError: the disk is away (not retried: its retry could not be sent" in str(failed)
-        assert len(ran) == 1
-        [recorded] = sync.lrange(keys.failures(redis_prefix, "r"), 0, -1)
-        assert b"not retried: its retry could not be sent" in recorded
-        assert sync.sismember(keys.spent_tokens(redis_prefix, "r", 0), signed["token"])  # a copy runs nothing
+        yield runtime, ran, app.tasks[task_name("touch")]
     finally:
-        sync.close()
         runtime.close()
         app.close()
 
@@ -603,50 +609,35 @@ def test_a_retry_the_broker_cannot_take_fails_nothing_a_copy_took_meanwhile(
     it while the broker refuses the retry. That copy runs the call and answers it; failing the step for good
     beside it recorded a failure of a call still running (or finished), and spent the token under it. Now the
     refused retry ends the task, dropped, and leaves the step to the copy."""
-    from castor.fleet.workers.tasks import register_tools
-    from celery import Celery
-
-    runtime, ran = _always_failing(redis_url, redis_prefix, max_retries=2)
-    app = Celery("unsent-copy", set_as_current=False, broker="redis://127.0.0.1:1/0")  # nothing listens there
-    app.conf.task_publish_retry = False
-    register_tools(app, runtime)
-    task = app.tasks[task_name("touch")]
     signed = job(0)
-    handle = runtime.handle
+    with _retries_refused(redis_url, redis_prefix) as (runtime, ran, task), redis.Redis.from_url(redis_url) as sync:
+        handle = runtime.handle
 
-    def a_copy_takes_the_start(*args: Any) -> Any:
-        outcome = handle(*args)  # the tool failed; its start is given back for the retry
-        copied = parse_job(dict(signed), runtime.settings)
-        assert runtime.process().scripts.claim(copied, Delivery("t-2/0")) == -1  # the copy starts the step
-        if copy == "finished":  # journaled, its start dropped, as finish.lua does
-            journal_the_step(redis_url, redis_prefix, "done by the copy")
-            sync.delete(keys.started_marker(redis_prefix, "r", 0), keys.heartbeat(redis_prefix, "r", 0))
-        return outcome
+        def a_copy_takes_the_start(*args: Any) -> Any:
+            outcome = handle(*args)  # the tool failed; its start is given back for the retry
+            copied = parse_job(dict(signed), runtime.settings)
+            assert runtime.process().scripts.claim(copied, Delivery("t-2/0")) == -1  # the copy starts the step
+            if copy == "finished":  # journaled, its start dropped, as finish.lua does
+                journal_the_step(redis_url, redis_prefix, "done by the copy")
+                sync.delete(keys.started_marker(redis_prefix, "r", 0), keys.heartbeat(redis_prefix, "r", 0))
+            return outcome
 
-    runtime.handle = a_copy_takes_the_start  # type: ignore[method-assign]
-    sync = redis.Redis.from_url(redis_url)
-    try:
-        task.push_request(id="t-1", retries=0, called_directly=False, delivery_info={}, kwargs=signed, args=[])
-        try:
-            ended = task.run(**signed)
-        finally:
-            task.pop_request()
+        runtime.handle = a_copy_takes_the_start
+        ended = _delivered(task, signed, 0)
         assert ended.startswith("dropped: another delivery took the call"), ended
         assert len(ran) == 1
         assert sync.lrange(keys.failures(redis_prefix, "r"), 0, -1) == []
         assert not sync.sismember(keys.spent_tokens(redis_prefix, "r", 0), signed["token"])
         assert sync.exists(keys.started_marker(redis_prefix, "r", 0)) == (copy == "running")
-    finally:
-        sync.close()
-        runtime.close()
-        app.close()
 
 
-def _delivered(task: Any, signed: dict[str, Any], retries: int, ends: type[BaseException]) -> BaseException:
+def _delivered(task: Any, signed: dict[str, Any], retries: int, ends: type[BaseException] | None = None) -> Any:
     """Run the registered Celery ``task`` on ``signed`` as a worker would a message numbered ``retries`` (task id
-    t-1); what it ends in, which must be an ``ends``."""
+    t-1): what it returns, or, given ``ends``, the ``ends`` it must raise."""
     task.push_request(id="t-1", retries=retries, called_directly=False, delivery_info={}, kwargs=signed, args=[])
     try:
+        if ends is None:
+            return task.run(**signed)
         with pytest.raises(ends) as ended:
             task.run(**signed)
     finally:
