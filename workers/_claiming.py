@@ -20,11 +20,10 @@ from castor.settings import Settings, ToolPolicy, call_deadline
 
 from ._guard import Refusal
 from ._process import WorkerProcess
-from ._scripts import RUNNING, Delivery
+from ._scripts import REPLICA_PAUSE, RUNNING, Delivery
 
 log = logging.getLogger("castor.worker")
 WAIT_POLL = 0.25  # how often a delivery waiting for a step another worker runs asks again (s)
-REPLICA_PAUSE = 0.5  # the first pause before a start the replicas did not have is claimed again (s)
 REFUSED_TYPE = "TaskRefusedError"  # the error type of a refusal's failure (``WorkerRuntime._refuse``)
 
 

@@ -33,6 +33,7 @@ from ._spool import Spool
 MARKER_TTL = 7 * 24 * 3600
 CLAIM_PAUSES = (0.2, 1.0)  # before asking a lost claim again (a Redis restart takes a moment)
 log = logging.getLogger("castor.worker")
+REPLICA_PAUSE = 0.5  # the first pause before a step the replicas did not have is asked again (s)
 REPLY_MAXLEN = 100_000
 DUPLICATE = -3  # claim: another copy of a task message a worker took already
 ABANDONED = -4  # claim: a task its coordinator gave up on before any worker took it
@@ -185,15 +186,42 @@ class StepScripts:
             keys.heartbeat(self._prefix, run, step),
         ]
         args: list[Any] = [job.step, encode(record, job.run_id, job.step), ""]
+        journal_only = (key_list[:], args[:])
         self._replying(job, reply, key_list, args)
         what = f"finish of {job.effect_id}"
         try:
+            if self.replicas and job.reply_to and not self._replicated(*journal_only, what):
+                return False
             return int(self._asked(self._finish, key_list, args, what, self._outage)) != 0
         except self._lost:
             if self.spool is None:
                 raise
             self.spool.keep(f"{job.run_id}#{job.step}", key_list, args)
             return True
+
+    def _replicated(self, key_list: list[str], args: list[Any], what: str) -> bool:
+        """With ``replicas``: journal the record without the reply, and wait until that many replicas have it
+        before the reply goes out (``finish`` then asks ``finish.lua`` again, which finds the record written
+        and replies). A coordinator that heard a result a failover then lost would go on from a step the new
+        primary's journal does not have; and a record written to a primary the Sentinel was giving up on
+        would be lost with it. On a short count the record is written again (after a failover, to the new
+        primary), pauses doubling, up to the ``outage`` deadline; past it the reply goes out all the same
+        (the call is answered; a failover could still lose its record). False: another record holds the
+        step (nothing replied)."""
+        until = time.monotonic() + self._outage
+        pause = REPLICA_PAUSE
+        while int(self._asked(self._finish, key_list, args, what, self._outage)) != 0:
+            short = self.short_of_replicas()
+            if not short:
+                return True
+            if time.monotonic() + pause > until:
+                log.warning("%s: %s; replying all the same at the outage deadline (a failover now could lose "
+                            "the record)", what, short)
+                return True
+            log.warning("%s waits for Redis replicas before it replies: %s; asking again in %gs", what, short, pause)
+            time.sleep(pause)
+            pause = min(pause * 2, FINISH_PAUSE_MAX)
+        return False
 
     def fail(self, job: Job, failure: str, reply: Reply, spent_ttl: int, if_free: bool = False) -> bool:
         """Record the step's ``failure`` (JSON), drop its start and heartbeat, keep the task's token spent

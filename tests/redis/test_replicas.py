@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -266,6 +267,43 @@ def test_a_workers_wait_for_replicas_asks_on_one_connection(
         assert scripts.short_of_replicas() == ""
     finally:
         scripts.close()
+
+
+@pytest.mark.fleet  # a primary and a replica of their own
+def test_a_workers_result_is_answered_only_once_the_replica_has_its_record(
+    pair: tuple[str, str, ReplicationLink, subprocess.Popen[bytes]],
+) -> None:
+    """With ``replicas``, a worker journaled a result and answered its coordinator in one script, the replica
+    not waited for: a failover then (a Sentinel giving up on the primary that took the record, say) lost the
+    record after the coordinator had heard the result, and it went on from a step the new primary's journal
+    did not have. The answer now waits until the replica has the record."""
+    from castor.fleet.workers._scripts import StepScripts
+
+    from castor.checkpoint import new_record
+    from castor.fleet.wire import OK, Job, Reply
+
+    primary_url, _, link, _ = pair
+    scripts = StepScripts(primary_url, "w", replicas=1, replica_timeout=0.5)
+    direct = redis.Redis.from_url(primary_url)
+    job = Job("r", 0, "lookup", {}, reply_to="w:replies")
+    record = new_record({"tool_name": "lookup", "arguments": {}}, "found")
+    try:
+        assert scripts.claim(job) == -1
+        link.lag()
+        with ThreadPoolExecutor(1) as pool:
+            finishing = pool.submit(scripts.finish, job, record, Reply(job.effect_id, 0, OK, "found"))
+            deadline = time.monotonic() + 10
+            while not direct.zcard(keys.journal("w", "r")) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert direct.zcard(keys.journal("w", "r")) == 1  # journaled on the primary
+            time.sleep(1.5)  # three of its waits for the replica
+            assert direct.xlen("w:replies") == 0, "answered before the replica had the record"
+            link.catch_up()
+            assert finishing.result(15) is True
+        assert direct.xlen("w:replies") == 1  # answered once
+    finally:
+        scripts.close()
+        direct.close()
 
 
 @pytest.mark.fleet  # a primary and a replica of their own
