@@ -7,7 +7,10 @@ that primary, medians of ``--runs``:
 1. one run of ``--steps`` plain calls under ``at_most_once`` (a claim and a record a call), alone:
    microseconds per call with ``replicas=0`` and with ``replicas=1``;
 2. ``--concurrent`` such runs at once in one process (20 calls each): calls per second both ways, where
-   one probe answers every claim and record that came while the last one was out (group commit).
+   one probe answers every claim and record that came while the last one was out (group commit);
+3. a fleet worker's part of ``--steps`` steps (``StepScripts``: a claim, then a finish that journals the
+   record and answers on a reply stream), one after another: microseconds per step both ways (with
+   ``replicas=1`` the start and the record are each waited for before the tool runs and the answer goes).
 Both ways run against the same two servers in the same run, alternating, so the ratio is a fair one.
 """
 
@@ -92,6 +95,27 @@ async def together(url: str, runs: int, tag: str) -> float:
         await kernel.close()
 
 
+def worker_steps(url: str, prefix: str, replicas: int, steps: int) -> float:
+    """Microseconds per step of a worker's claim and finish, ``steps`` steps of one run."""
+    from castor.fleet.workers._scripts import StepScripts
+
+    from castor.checkpoint import new_record
+    from castor.fleet.wire import OK, Job, Reply
+
+    scripts = StepScripts(url, prefix, replicas=replicas, replica_timeout=1.0)
+    try:
+        started = time.perf_counter()
+        for step in range(steps):
+            job = Job("bench", step, "add", {"a": step}, reply_to=f"{prefix}:replies")
+            if scripts.claim(job) != -1 or (replicas and scripts.short_of_replicas()):
+                raise SystemExit(f"step {step} was not started as a worker starts it")
+            scripts.finish(job, new_record({"tool_name": "add", "arguments": {"a": step}}, step),
+                           Reply(job.effect_id, 0, OK, step))
+        return (time.perf_counter() - started) / steps * 1e6
+    finally:
+        scripts.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
@@ -114,10 +138,12 @@ def main() -> None:
             ways = {"replicas=0": f"{base}&prefix=b0", "replicas=1": f"{base}&prefix=b1&replicas=1"}
             per_call: dict[str, list[float]] = {way: [] for way in ways}
             rates: dict[str, list[float]] = {way: [] for way in ways}
+            per_step: dict[str, list[float]] = {way: [] for way in ways}
             for i in range(args.runs):
-                for way, url in ways.items():
+                for n, (way, url) in enumerate(ways.items()):
                     per_call[way].append(asyncio.run(alone(url, args.steps, f"{i}")))
                     rates[way].append(asyncio.run(together(url, args.concurrent, f"{i}")))
+                    per_step[way].append(worker_steps(f"redis://127.0.0.1:{first}/0", f"w{n}-{i}", n, args.steps))
             print(f"one run of {args.steps} calls (at_most_once: a claim and a record a call), medians of {args.runs}:")
             for way in ways:
                 print(f"  {way}: {statistics.median(per_call[way]):8.0f} µs a call")
@@ -128,6 +154,12 @@ def main() -> None:
                 print(f"  {way}: {statistics.median(rates[way]):8.0f} calls/s")
             share = statistics.median(rates["replicas=1"]) / statistics.median(rates["replicas=0"])
             print(f"  replicas=1 keeps {share:.0%} of the rate")
+            print(f"a fleet worker's claim and finish of {args.steps} steps, one after another, "
+                  f"medians of {args.runs}:")
+            for way in ways:
+                print(f"  {way}: {statistics.median(per_step[way]):8.0f} µs a step")
+            ratio = statistics.median(per_step["replicas=1"]) / statistics.median(per_step["replicas=0"])
+            print(f"  ratio: {ratio:.2f}x")
             client.close()
         finally:
             for proc in (primary, replica):
