@@ -186,11 +186,11 @@ class StepScripts:
             keys.heartbeat(self._prefix, run, step),
         ]
         args: list[Any] = [job.step, encode(record, job.run_id, job.step), ""]
-        journal_only = (key_list[:], args[:])
+        unanswered = (key_list[:], args[:])
         self._replying(job, reply, key_list, args)
         what = f"finish of {job.effect_id}"
         try:
-            if self.replicas and job.reply_to and not self._replicated(*journal_only, what):
+            if self.replicas and job.reply_to and not self._replicated(self._finish, *unanswered, what):
                 return False
             return int(self._asked(self._finish, key_list, args, what, self._outage)) != 0
         except self._lost:
@@ -199,18 +199,18 @@ class StepScripts:
             self.spool.keep(f"{job.run_id}#{job.step}", key_list, args)
             return True
 
-    def _replicated(self, key_list: list[str], args: list[Any], what: str) -> bool:
-        """With ``replicas``: journal the record without the reply, and wait until that many replicas have it
-        before the reply goes out (``finish`` then asks ``finish.lua`` again, which finds the record written
-        and replies). A coordinator that heard a result a failover then lost would go on from a step the new
-        primary's journal does not have; and a record written to a primary the Sentinel was giving up on
-        would be lost with it. On a short count the record is written again (after a failover, to the new
-        primary), pauses doubling, up to the ``outage`` deadline; past it the reply goes out all the same
-        (the call is answered; a failover could still lose its record). False: another record holds the
-        step (nothing replied)."""
+    def _replicated(self, script: Any, key_list: list[str], args: list[Any], what: str) -> bool:
+        """With ``replicas``: write the step's record (``finish.lua``'s journal record, ``fail.lua``'s failure)
+        without the reply, and wait until that many replicas have it before the reply goes out (the caller
+        then asks the script again, which finds the record written and replies). A coordinator that heard an
+        answer a failover then lost would go on from a step the new primary does not have; and a record
+        written to a primary the Sentinel was giving up on would be lost with it. On a short count the record
+        is written again (after a failover, to the new primary), pauses doubling, up to the ``outage``
+        deadline; past it the reply goes out all the same (the call is answered; a failover could still lose
+        its record). False: the script did nothing (another record holds the step; nothing to reply)."""
         until = time.monotonic() + self._outage
         pause = REPLICA_PAUSE
-        while int(self._asked(self._finish, key_list, args, what, self._outage)) != 0:
+        while int(self._asked(script, key_list, args, what, self._outage)) != 0:
             short = self.short_of_replicas()
             if not short:
                 return True
@@ -230,7 +230,8 @@ class StepScripts:
         twice): a tool that raised while Redis was away is answered with its failure, not left in doubt. An
         unsigned task is asked once. The last try's failure is the caller's (the step is then in doubt).
         ``if_free``: only while no delivery holds the step's start and the journal does not hold the step
-        (False, nothing done, when one does: that delivery answers the call)."""
+        (False, nothing done, when one does: that delivery answers the call). With ``replicas``, a signed
+        task's failure is answered once the replicas have it (``_replicated``)."""
         run, step = job.run_id, job.step
         key_list = [
             keys.failures(self._prefix, run), keys.started_marker(self._prefix, run, step),
@@ -238,10 +239,15 @@ class StepScripts:
             keys.journal(self._prefix, run),
         ]
         args: list[Any] = [failure, job.token or "", spent_ttl, step if if_free else ""]
+        unanswered = (key_list[:], args[:])
         self._replying(job, reply, key_list, args)
         if not job.token:
             return bool(self._fail(keys=key_list, args=args))
-        return bool(self._asked(self._fail, key_list, args, f"failure of {job.effect_id}", self._outage))
+        what = f"failure of {job.effect_id}"
+        # The token keeps the failure from being recorded twice as it is written again, then answered.
+        if self.replicas and job.reply_to and not self._replicated(self._fail, *unanswered, what):
+            return False
+        return bool(self._asked(self._fail, key_list, args, what, self._outage))
 
     def retry(self, job: Job, allowed: int, ttl: int) -> int:
         """A signed task's retryable tool raised: count the retry against its token in Redis, never by the

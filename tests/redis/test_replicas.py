@@ -270,37 +270,47 @@ def test_a_workers_wait_for_replicas_asks_on_one_connection(
 
 
 @pytest.mark.fleet  # a primary and a replica of their own
-def test_a_workers_result_is_answered_only_once_the_replica_has_its_record(
-    pair: tuple[str, str, ReplicationLink, subprocess.Popen[bytes]],
+@pytest.mark.parametrize("answer", ["result", "failure"])
+def test_a_workers_answer_goes_out_only_once_the_replica_has_its_record(
+    pair: tuple[str, str, ReplicationLink, subprocess.Popen[bytes]], answer: str
 ) -> None:
-    """With ``replicas``, a worker journaled a result and answered its coordinator in one script, the replica
-    not waited for: a failover then (a Sentinel giving up on the primary that took the record, say) lost the
-    record after the coordinator had heard the result, and it went on from a step the new primary's journal
-    did not have. The answer now waits until the replica has the record."""
+    """With ``replicas``, a worker recorded a result (or its tool's final failure) and answered its coordinator
+    in one script, the replica not waited for: a failover then (a Sentinel giving up on the primary that took
+    the record, say) lost the record after the coordinator had heard the answer, and it went on from a step
+    the new primary did not have. The answer now waits until the replica has the record, written once."""
     from castor.fleet.workers._scripts import StepScripts
 
-    from castor.checkpoint import new_record
-    from castor.fleet.wire import OK, Job, Reply
+    from castor.checkpoint import StepFailure, new_record
+    from castor.fleet.wire import ERROR, OK, Job, Reply
 
     primary_url, _, link, _ = pair
     scripts = StepScripts(primary_url, "w", replicas=1, replica_timeout=0.5)
     direct = redis.Redis.from_url(primary_url)
-    job = Job("r", 0, "lookup", {}, reply_to="w:replies")
-    record = new_record({"tool_name": "lookup", "arguments": {}}, "found")
+    job = Job("r", 0, "lookup", {}, reply_to="w:replies", token="signed-task")
+    if answer == "result":
+        recorded = lambda: direct.zcard(keys.journal("w", "r"))  # noqa: E731
+        record = new_record({"tool_name": "lookup", "arguments": {}}, "found")
+        answered = lambda: scripts.finish(job, record, Reply(job.effect_id, 0, OK, "found"))  # noqa: E731
+    else:
+        recorded = lambda: direct.llen(keys.failures("w", "r"))  # noqa: E731
+        failure = StepFailure(step=0, tool_name="lookup", arguments={}, error_type="OSError", message="disk full")
+        reply = Reply(job.effect_id, 0, ERROR, None, "OSError", "disk full", True)
+        answered = lambda: scripts.fail(job, failure.model_dump_json(), reply, 60)  # noqa: E731
     try:
         assert scripts.claim(job) == -1
         link.lag()
         with ThreadPoolExecutor(1) as pool:
-            finishing = pool.submit(scripts.finish, job, record, Reply(job.effect_id, 0, OK, "found"))
+            answering = pool.submit(answered)
             deadline = time.monotonic() + 10
-            while not direct.zcard(keys.journal("w", "r")) and time.monotonic() < deadline:
+            while not recorded() and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert direct.zcard(keys.journal("w", "r")) == 1  # journaled on the primary
-            time.sleep(1.5)  # three of its waits for the replica
+            assert recorded() == 1  # on the primary
+            time.sleep(1.6)  # its waits for the replica, and a write again
             assert direct.xlen("w:replies") == 0, "answered before the replica had the record"
             link.catch_up()
-            assert finishing.result(15) is True
+            assert answering.result(15) is True
         assert direct.xlen("w:replies") == 1  # answered once
+        assert recorded() == 1  # recorded once, however often it was written again
     finally:
         scripts.close()
         direct.close()
