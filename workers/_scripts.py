@@ -223,6 +223,23 @@ class StepScripts:
             pause = min(pause * 2, FINISH_PAUSE_MAX)
         return False
 
+    def settled(self, what: str) -> None:
+        """With ``replicas``: return once that many replicas have every write Redis took before now (pauses
+        doubling, up to the ``outage`` deadline; past it, all the same). An answer served from a record
+        another worker wrote (a second delivery of the call) goes out after it: that worker may still be
+        waiting for them (``_replicated``)."""
+        if not self.replicas:
+            return
+        until = time.monotonic() + self._outage
+        pause = REPLICA_PAUSE
+        while short := self.short_of_replicas():
+            if time.monotonic() + pause > until:
+                log.warning("%s: %s; answering all the same at the outage deadline", what, short)
+                return
+            log.warning("%s waits for Redis replicas before it answers: %s; asking again in %gs", what, short, pause)
+            time.sleep(pause)
+            pause = min(pause * 2, FINISH_PAUSE_MAX)
+
     def fail(self, job: Job, failure: str, reply: Reply, spent_ttl: int, if_free: bool = False) -> bool:
         """Record the step's ``failure`` (JSON), drop its start and heartbeat, keep the task's token spent
         (``spent_ttl`` seconds) and reply, in one call (``fail.lua``). Asked again through an outage as a

@@ -163,6 +163,7 @@ class WorkerRuntime:
             return Outcome(REFUSED, detail=clip(refusal.reason, ERROR_WIDTH))
         if done is not None:  # the step's record answers: its response, and when it finished
             answer = Reply(job.effect_id, job.attempt, OK, done.response, finished_at=done.finished_at)
+            proc.scripts.settled(f"answer of {job.effect_id} from its record")
             proc.loop.run(self._reply(proc, job, answer))
             return Outcome(OK, detail=result_summary(done.response, checked, policy.sensitive, "journaled already"))
         if start == _HELD:
@@ -219,6 +220,7 @@ class WorkerRuntime:
             if failed is not None:
                 proc.scripts.give_back(job, delivery)
                 reply = Reply(job.effect_id, job.attempt, ERROR, None, failed.error_type, failed.message, True)
+                proc.scripts.settled(f"answer of {job.effect_id} from its recorded failure")
                 proc.loop.run(self._reply(proc, job, reply))
                 return Outcome(ERROR, detail=failure_text(failed.error_type, failed.message, checked, policy.sensitive))
         return previous
@@ -292,8 +294,9 @@ class WorkerRuntime:
         job.finished_at = time.time()
         record = job.record(result)  # the record the kernel builds from the same call (castor.seams.ToolCall)
         reply = Reply(job.effect_id, job.attempt, OK, result, finished_at=job.finished_at)
-        if not proc.scripts.finish(job, record, reply):
-            proc.loop.run(self._finish_late(proc, job, result))  # another record holds the step: it wins
+        if not proc.scripts.finish(job, record, reply):  # another record holds the step: it wins
+            proc.scripts.settled(f"answer of {job.effect_id} from another record")
+            proc.loop.run(self._finish_late(proc, job, result))
         return Outcome(OK, detail=result_summary(result, checked, policy.sensitive))
 
     def _call(self, proc: WorkerProcess, spec: ToolSpec, checked: dict[str, Any], timeout: float) -> Any:

@@ -317,6 +317,58 @@ def test_a_workers_answer_goes_out_only_once_the_replica_has_its_record(
 
 
 @pytest.mark.fleet  # a primary and a replica of their own
+def test_an_answer_served_from_another_workers_record_waits_for_the_replica_too(
+    pair: tuple[str, str, ReplicationLink, subprocess.Popen[bytes]],
+) -> None:
+    """A second delivery of a call (its coordinator took the run over) finds the step journaled by the first
+    worker, which may still be waiting for the replica to have the record: it answers from the record only
+    once the replica has it, as that worker does."""
+    import secrets
+
+    from castor.fleet.workers._scripts import Delivery
+    from castor.fleet.workers.runtime import WorkerRuntime
+
+    from castor.backends.redis import redis_backend
+    from castor.checkpoint import new_record
+    from castor.fleet.wire import OK, encode, task_name
+    from castor.registry import ToolRegistry
+    from castor.seams import ToolCall
+
+    primary_url, _, link, _ = pair
+    secret = secrets.token_hex(32)
+    settings = Settings(redis={"url": primary_url, "prefix": "w", "replicas": 1, "replica_timeout": 0.5},
+                        security={"secret": secret})
+    runtime = WorkerRuntime(settings, ToolRegistry([lookup]))
+    direct = redis.Redis.from_url(primary_url)
+
+    async def journal_it() -> None:
+        backend = redis_backend(primary_url, prefix="w")
+        try:
+            await backend.journal.append("r", 0, new_record({"tool_name": "lookup", "arguments": {"order": "7"}},
+                                                            "order 7"))
+        finally:
+            await backend.close()
+
+    try:
+        link.lag()
+        asyncio.run(journal_it())  # the first worker's record, on the primary only
+        arguments = {"order": "7"}
+        replies = keys.reply_stream("w", "co-1")
+        kwargs = encode(ToolCall("r", 0, "lookup", arguments, checked=arguments), replies, secret)
+        with ThreadPoolExecutor(1) as pool:
+            handling = pool.submit(runtime.handle, kwargs, task_name("lookup"), 0, Delivery("t-2/0"))
+            time.sleep(1.6)  # its waits for the replica
+            assert direct.xlen(replies) == 0, "answered from a record the replica did not have"
+            link.catch_up()
+            outcome = handling.result(15)
+        assert outcome.status == OK and "journaled already" in outcome.detail, outcome
+        assert direct.xlen(replies) == 1
+    finally:
+        runtime.close()
+        direct.close()
+
+
+@pytest.mark.fleet  # a primary and a replica of their own
 async def test_a_submission_the_replica_does_not_have_is_not_said_done(
     pair: tuple[str, str, ReplicationLink, subprocess.Popen[bytes]],
 ) -> None:
