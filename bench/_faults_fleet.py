@@ -10,7 +10,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+
+from tests.ports import free_port  # the harness's Redis is restarted on its port: outside the ephemeral range
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENTS = Path(__file__).resolve().parent / "_faults_agents.py"
@@ -33,13 +34,6 @@ REPLY_GRACE = 30.0  # s a coordinator waits for a reply past a call's timeout (R
 def spec(name: str) -> str:
     """The import spec of a harness tool or agent."""
     return f"{AGENTS}:{name}"
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
