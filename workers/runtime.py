@@ -414,8 +414,6 @@ class WorkerRuntime:
             error_type=error_type, message=message,
         )
         await proc.backend.journal.record_failure(job.run_id, failure)
-        if proc.scripts.replicas:  # answered once the replicas have the failure (StepScripts.settled)
-            await asyncio.to_thread(proc.scripts.settled, f"failure of {job.effect_id}")
         await self._reply(proc, job, Reply(job.effect_id, job.attempt, status, None, error_type, message, True))
 
     async def _refuse(
