@@ -21,18 +21,24 @@ def _ephemeral_start() -> int:
         return _FALLBACK_START
 
 
-def free_port() -> int:
+def free_port(also: int = 0) -> int:
     """A TCP port nobody listens on right now, outside the range outgoing connections draw from (the
-    kernel's own choice, where that range leaves too little room below it)."""
-    top = _ephemeral_start()
+    kernel's own choice, where that range leaves too little room below it). With ``also``, the port that
+    far above it is free and outside that range as well (a Redis cluster node's bus: port + 10000)."""
+    top = _ephemeral_start() - also
     for _ in range(200):
         port = random.randrange(max(1024, top - 12000), top)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+        if all(_bindable(p) for p in {port, port + also}):
             return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
