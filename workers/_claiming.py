@@ -14,13 +14,12 @@ import time
 
 from castor.backends.redis.keys import failures
 from castor.checkpoint import StepFailure
-from castor.fleet.restart import FINISH_PAUSE_MAX
 from castor.fleet.wire import Job, kwargs_repr
 from castor.settings import Settings, ToolPolicy, call_deadline
 
 from ._guard import Refusal
 from ._process import WorkerProcess
-from ._scripts import REPLICA_PAUSE, RUNNING, Delivery
+from ._scripts import RUNNING, Delivery
 
 log = logging.getLogger("castor.worker")
 WAIT_POLL = 0.25  # how often a delivery waiting for a step another worker runs asks again (s)
@@ -41,19 +40,20 @@ def claim(proc: WorkerProcess, settings: Settings, job: Job, delivery: Delivery 
     until = started + settings.workers.outage_deadline
     if job.issued:
         until = min(until, started + job.issued + policy.timeout - time.time())
-    pause = REPLICA_PAUSE
-    while short := proc.scripts.short_of_replicas():
-        proc.scripts.give_back(job, delivery)
-        if time.monotonic() + pause > until:
-            raise Refusal(f"not started: {short} (asked for {time.monotonic() - started:.1f} s, until the call's "
-                          "deadline or the outage deadline; started, a failover could lose its start)", job)
-        log.warning("run %s step %d (%r) waits for Redis replicas before it starts: %s; asking again in %gs",
-                    job.run_id, job.step, job.tool_name, short, pause)
-        time.sleep(pause)
-        pause = min(pause * 2, FINISH_PAUSE_MAX)
-        previous = proc.scripts.claim(job, delivery)
-        if previous != -1:
-            return previous
+    rounds = 0
+
+    def claimed() -> bool:  # the first round's claim is the one above
+        nonlocal previous, rounds
+        rounds += 1
+        if rounds > 1:
+            previous = proc.scripts.claim(job, delivery)
+        return previous == -1
+
+    what = f"run {job.run_id} step {job.step} ({job.tool_name!r})"
+    short = proc.scripts.replicated(what, "starts", until, claimed, lambda: proc.scripts.give_back(job, delivery))
+    if short:
+        raise Refusal(f"not started: {short} (asked for {time.monotonic() - started:.1f} s, until the call's "
+                      "deadline or the outage deadline; started, a failover could lose its start)", job)
     return previous
 
 

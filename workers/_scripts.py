@@ -170,14 +170,15 @@ class StepScripts:
         if delivery is not None:
             self._command("HDEL", keys.deliveries(self._prefix, run, step), delivery.message)
 
-    def finish(self, job: Job, record: SyscallRecord, reply: Reply) -> bool:
+    def finish(self, job: Job, record: SyscallRecord, reply: Reply, until: float | None = None) -> bool:
         """Journal ``record`` write-once, drop the step's marker and deliveries, and reply; False (nothing
         replied, nothing dropped) if another record holds the step. A finish whose connection was lost is
         asked again, pauses doubling up to ``FINISH_PAUSE_MAX``, for as long as the ``outage`` deadline
         allows (a Redis restart must not lose a finished effect): the journal takes the very same record as
         written already (the reply may then go out twice; the coordinator reads the first). Past the
         deadline the finish goes to the ``spool`` (True: kept, to be journaled when Redis is back), or,
-        without one, the last failure is the caller's."""
+        without one, the last failure is the caller's. With ``replicas``, the reply waits for them
+        (``_replicated``), no longer than ``until``, the call's deadline (``time.monotonic()``)."""
         run, step = job.run_id, job.step
         journal = keys.journal(self._prefix, run)
         key_list = [
@@ -190,7 +191,7 @@ class StepScripts:
         self._replying(job, reply, key_list, args)
         what = f"finish of {job.effect_id}"
         try:
-            if self.replicas and job.reply_to and not self._replicated(self._finish, *unanswered, what):
+            if self.replicas and job.reply_to and not self._replicated(self._finish, *unanswered, what, until):
                 return False
             return int(self._asked(self._finish, key_list, args, what, self._outage)) != 0
         except self._lost:
@@ -199,48 +200,67 @@ class StepScripts:
             self.spool.keep(f"{job.run_id}#{job.step}", key_list, args)
             return True
 
-    def _replicated(self, script: Any, key_list: list[str], args: list[Any], what: str) -> bool:
+    def replicated(
+        self, what: str, before: str, until: float, write: Callable[[], bool] | None = None,
+        undo: Callable[[], None] | None = None,
+    ) -> str | None:
+        """With ``replicas``: wait until that many replicas have this thread's writes. Each round first calls
+        ``write``, when given (what the replicas must have, written again: after a failover, to the new
+        primary; False when it wrote nothing, and the wait ends with None), then asks the replicas
+        (``short_of_replicas``). Short of them: ``undo``, when given, then a pause (from ``REPLICA_PAUSE``,
+        doubling up to ``FINISH_PAUSE_MAX``) and another round, while ``until`` (``time.monotonic()``)
+        allows. '' once the replicas have it; past ``until``, the last shortfall."""
+        pause = REPLICA_PAUSE
+        while write is None or write():
+            short = self.short_of_replicas()
+            if short and undo is not None:
+                undo()
+            if not short or time.monotonic() + pause > until:
+                return short
+            log.warning("%s waits for Redis replicas before it %s: %s; asking again in %gs", what, before, short, pause)
+            time.sleep(pause)
+            pause = min(pause * 2, FINISH_PAUSE_MAX)
+        return None
+
+    def _replicated(self, script: Any, key_list: list[str], args: list[Any], what: str, until: float | None) -> bool:
         """With ``replicas``: write the step's record (``finish.lua``'s journal record, ``fail.lua``'s failure)
         without the reply, and wait until that many replicas have it before the reply goes out (the caller
         then asks the script again, which finds the record written and replies). A coordinator that heard an
         answer a failover then lost would go on from a step the new primary does not have; and a record
         written to a primary the Sentinel was giving up on would be lost with it. On a short count the record
-        is written again (after a failover, to the new primary), pauses doubling, up to the ``outage``
-        deadline; past it the reply goes out all the same (the call is answered; a failover could still lose
-        its record). False: the script did nothing (another record holds the step; nothing to reply)."""
-        until = time.monotonic() + self._outage
-        pause = REPLICA_PAUSE
-        while int(self._asked(script, key_list, args, what, self._outage)) != 0:
-            short = self.short_of_replicas()
-            if not short:
-                return True
-            if time.monotonic() + pause > until:
-                log.warning("%s: %s; replying all the same at the outage deadline (a failover now could lose "
-                            "the record)", what, short)
-                return True
-            log.warning("%s waits for Redis replicas before it replies: %s; asking again in %gs", what, short, pause)
-            time.sleep(pause)
-            pause = min(pause * 2, FINISH_PAUSE_MAX)
-        return False
+        is written again (after a failover, to the new primary), up to ``_answer_by(until)``; past it the
+        reply goes out all the same (the call is answered; a failover could still lose its record). False:
+        the script did nothing (another record holds the step; nothing to reply)."""
+        def write() -> bool:
+            return int(self._asked(script, key_list, args, what, self._outage)) != 0
 
-    def settled(self, what: str) -> None:
-        """With ``replicas``: return once that many replicas have every write Redis took before now (pauses
-        doubling, up to the ``outage`` deadline; past it, all the same). An answer served from a record
-        another worker wrote (a second delivery of the call) goes out after it: that worker may still be
-        waiting for them (``_replicated``)."""
+        short = self.replicated(what, "replies", self._answer_by(until), write)
+        if short:
+            log.warning("%s: %s; replying all the same at the call's deadline or the outage deadline (a failover "
+                        "now could lose the record)", what, short)
+        return short is not None
+
+    def settled(self, what: str, until: float | None = None) -> None:
+        """With ``replicas``: return once that many replicas have every write Redis took before now (up to
+        ``_answer_by(until)``; past it, all the same). An answer served from a record another worker wrote (a
+        second delivery of the call) goes out after it: that worker may still be waiting for them
+        (``_replicated``)."""
         if not self.replicas:
             return
-        until = time.monotonic() + self._outage
-        pause = REPLICA_PAUSE
-        while short := self.short_of_replicas():
-            if time.monotonic() + pause > until:
-                log.warning("%s: %s; answering all the same at the outage deadline", what, short)
-                return
-            log.warning("%s waits for Redis replicas before it answers: %s; asking again in %gs", what, short, pause)
-            time.sleep(pause)
-            pause = min(pause * 2, FINISH_PAUSE_MAX)
+        short = self.replicated(what, "answers", self._answer_by(until))
+        if short:
+            log.warning("%s: %s; answering all the same at the call's deadline or the outage deadline", what, short)
 
-    def fail(self, job: Job, failure: str, reply: Reply, spent_ttl: int, if_free: bool = False) -> bool:
+    def _answer_by(self, until: float | None) -> float:
+        """How long an answer waits for the replicas: until the outage deadline, or the call's deadline
+        (``until``, ``time.monotonic()``) if sooner. Past that the coordinator no longer waits for the
+        answer (it reads the journal itself), and the pool's thread is better given back."""
+        by = time.monotonic() + self._outage
+        return by if until is None else min(by, until)
+
+    def fail(
+        self, job: Job, failure: str, reply: Reply, spent_ttl: int, if_free: bool = False, until: float | None = None,
+    ) -> bool:
         """Record the step's ``failure`` (JSON), drop its start and heartbeat, keep the task's token spent
         (``spent_ttl`` seconds) and reply, in one call (``fail.lua``). Asked again through an outage as a
         finish is (up to the ``outage`` deadline; a signed task's token keeps the failure from being recorded
@@ -248,7 +268,7 @@ class StepScripts:
         unsigned task is asked once. The last try's failure is the caller's (the step is then in doubt).
         ``if_free``: only while no delivery holds the step's start and the journal does not hold the step
         (False, nothing done, when one does: that delivery answers the call). With ``replicas``, a signed
-        task's failure is answered once the replicas have it (``_replicated``)."""
+        task's failure is answered once the replicas have it (``_replicated``, no longer than ``until``)."""
         run, step = job.run_id, job.step
         key_list = [
             keys.failures(self._prefix, run), keys.started_marker(self._prefix, run, step),
@@ -262,7 +282,7 @@ class StepScripts:
             return bool(self._fail(keys=key_list, args=args))
         what = f"failure of {job.effect_id}"
         # The token keeps the failure from being recorded twice as it is written again, then answered.
-        if self.replicas and job.reply_to and not self._replicated(self._fail, *unanswered, what):
+        if self.replicas and job.reply_to and not self._replicated(self._fail, *unanswered, what, until):
             return False
         return bool(self._asked(self._fail, key_list, args, what, self._outage))
 

@@ -317,6 +317,46 @@ def test_a_workers_answer_goes_out_only_once_the_replica_has_its_record(
 
 
 @pytest.mark.fleet  # a primary and a replica of their own
+@pytest.mark.parametrize("answer", ["result", "failure"])
+def test_a_workers_answer_waits_for_the_replica_no_longer_than_the_calls_deadline(
+    pair: tuple[str, str, ReplicationLink, subprocess.Popen[bytes]], answer: str
+) -> None:
+    """Past the call's deadline its coordinator no longer waits for the answer (it reads the journal itself):
+    a worker whose replica stays away answers then, recorded once, rather than hold its pool's thread until
+    the outage deadline (five minutes by default; 25 s here)."""
+    from castor.fleet.workers._scripts import StepScripts
+
+    from castor.checkpoint import StepFailure, new_record
+    from castor.fleet.wire import ERROR, OK, Job, Reply
+
+    primary_url, _, link, _ = pair
+    scripts = StepScripts(primary_url, "w", replicas=1, replica_timeout=0.3, outage=25)
+    direct = redis.Redis.from_url(primary_url)
+    job = Job("r", 0, "lookup", {}, reply_to="w:replies", token="signed-task")
+    try:
+        assert scripts.claim(job) == -1
+        link.lag()
+        until = time.monotonic() + 1.5
+        with ThreadPoolExecutor(1) as pool:
+            if answer == "result":
+                record = new_record({"tool_name": "lookup", "arguments": {}}, "found")
+                answering = pool.submit(scripts.finish, job, record, Reply(job.effect_id, 0, OK, "found"), until)
+            else:
+                failure = StepFailure(step=0, tool_name="lookup", arguments={}, error_type="OSError",
+                                      message="disk full")
+                reply = Reply(job.effect_id, 0, ERROR, None, "OSError", "disk full", True)
+                answering = pool.submit(scripts.fail, job, failure.model_dump_json(), reply, 60, False, until)
+            assert answering.result(12) is True, "waited past the call's deadline"
+        assert direct.xlen("w:replies") == 1  # answered once, the replica still away
+        recorded = direct.zcard(keys.journal("w", "r")) if answer == "result" else direct.llen(keys.failures("w", "r"))
+        assert recorded == 1
+    finally:
+        link.catch_up()
+        scripts.close()
+        direct.close()
+
+
+@pytest.mark.fleet  # a primary and a replica of their own
 def test_an_answer_served_from_another_workers_record_waits_for_the_replica_too(
     pair: tuple[str, str, ReplicationLink, subprocess.Popen[bytes]],
 ) -> None:
