@@ -80,6 +80,10 @@ class Outcome:
     unsent: Callable[[str], Outcome] | None = None
 
 
+GAVE_UP = ("its coordinator gave up on it before a worker took it (a publish it could not confirm, the call's "
+           "deadline, or the run stopped)")
+
+
 class WorkerRuntime:
     """Everything a tool task needs, built once per worker from its settings, its registry and its pool."""
 
@@ -146,11 +150,13 @@ class WorkerRuntime:
                             kwargs_repr(job, policy.sensitive), delivery.message if delivery else "?")
                 return Outcome(DROPPED, detail="dropped: a duplicate copy of a task taken already")
             if previous == ABANDONED:
-                # Its coordinator could not tell whether the publish landed, failed the call and refunded it:
-                # run now, the tool would act for a call its agent was told had failed.
-                log.warning("task %s of %s dropped: its coordinator gave up on it (the publish failed)",
-                            delivery.message if delivery else "?", kwargs_repr(job, policy.sensitive))
-                return Outcome(DROPPED, detail="dropped: its coordinator gave up on it (the publish failed)")
+                # Its coordinator gave up on it before any worker took it: a publish it could not confirm (the
+                # call failed, refunded), the call's deadline (it timed out), or the run's drive stopped (the
+                # run was cancelled, or handed on). Run now, the tool would act for a call its agent was told
+                # had failed, or for a run said cancelled.
+                log.warning("task %s of %s dropped: %s", delivery.message if delivery else "?",
+                            kwargs_repr(job, policy.sensitive), GAVE_UP)
+                return Outcome(DROPPED, detail=f"dropped: {GAVE_UP}")
             if previous == SPENT:
                 raise Spent(f"a copy of a task whose call ran and failed (run {job.run_id}, step {job.step}, "
                             f"round {job.attempt}): refused unrun", job)

@@ -221,6 +221,14 @@ class CeleryExecutor:
             return DEADLINE
         except WorkerLost:
             return LOST
+        except asyncio.CancelledError:
+            # The drive stops (an operator cancelled the run, the coordinator drains) while the task may
+            # still wait on its queue: nobody awaits its reply now, and a worker that took it later would
+            # run a call of a run said cancelled. Abandoned unless a worker took it already (that one runs
+            # it and journals the result); a later drive of the run sends the step again. Shielded: a
+            # second cancel must not leave the task half given up.
+            await asyncio.shield(self._lateness.give_up(call, task_id))
+            raise
         finally:
             self._loss.discard(effect_id)
             self._replies.forget(effect_id)

@@ -1,0 +1,31 @@
+"""A run cancelled while its call waits on the queue (every worker of its pool busy, or none up yet): the
+cancel stops the drive, and the task left on the queue must not start the tool once a worker takes it.
+The run is cancelled; nothing of it runs after that."""
+
+from __future__ import annotations
+
+from tests.fleet.procs import Fleet, agent_spec, tool_spec
+from tests.fleet.test_fencing import status
+from tests.fleet.test_scenario import wait_for
+
+TOOLS = [a for n in ("ticket", "fetch", "store") for a in ("--tool", tool_spec(n))]
+
+
+def test_a_call_queued_when_its_run_is_cancelled_never_runs(fleet: Fleet) -> None:
+    fleet.worker("web")  # no worker of the fs pool yet: the run's `store` call waits on its queue
+    fleet.coordinator("co-a")
+    pid = fleet.cli("submit", agent_spec("job"), *TOOLS).stdout.strip()
+    queue = f"{fleet.queues}:{fleet.queues}.fs"  # the broker's list (its keys carry the queue prefix)
+    wait_for("the store call to wait on the fs queue", lambda: fleet.redis.llen(queue) == 1, 30)
+    ticket = fleet.cli_json("inspect", pid)["syscall_log"][0]["response"]
+    assert "cancel requested" in fleet.cli("cancel", pid, "--as", "ann").stdout
+    wait_for("the run to stop", lambda: status(fleet, pid) == "PREEMPTED", 20)
+
+    fleet.worker("fs")  # takes the task left on the queue
+    wait_for("the fs worker to take the task", lambda: fleet.redis.llen(queue) == 0, 20)
+    dropped = "dropped: its coordinator gave up on it before a worker took it"
+    wait_for("the fs worker to drop it (or run it)",
+             lambda: dropped in fleet.log("worker-fs") or fleet.count(f"{ticket}:store"), 20)
+    assert fleet.count(f"{ticket}:store") == 0, fleet.log("worker-fs")[-3000:]  # the bug: it ran after the cancel
+    assert fleet.cli_json("inspect", pid)["preemption_reason"] == "cancelled"
+    assert len(fleet.cli_json("inspect", pid)["syscall_log"]) == 3  # the ticket and two fetches, nothing after
