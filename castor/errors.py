@@ -199,6 +199,13 @@ class BackendUnavailable(CastorError):
     """The state store (SQLite file, Redis) cannot be reached."""
 
 
+class OutcomeUnknownError(BackendUnavailable):
+    """The store went away once a call was handed on (its task published, its tool run): the call may have
+    acted, and what it did can be neither recorded nor read now. The run stops, resumable, rather than tell
+    the agent the call failed (an agent or a framework that goes past an error would make the call again):
+    its next drive finds the step journaled, or in doubt, or runs it again as its tool allows."""
+
+
 class UnsupportedError(CastorError, NotImplementedError):
     """Code used a castor-kernel 0.5.1 name or option that Castor has no equivalent for yet; the message
     names what to use instead."""

@@ -16,7 +16,7 @@ import math
 import time
 from typing import Any
 
-from castor.errors import BackendUnavailable
+from castor.errors import OutcomeUnknownError
 from castor.fleet.background import stop_tasks
 from castor.fleet.wire import Reply, parse_reply
 
@@ -164,7 +164,9 @@ class ReplyReader:
     def _fail_all(self, exc: BaseException) -> None:
         self._failure = exc
         log.error("reply stream %s failed: %s", self.stream, exc)
-        error = BackendUnavailable(f"the reply stream {self.stream} cannot be read: {exc}")
+        # Every waiter's task is out: its call may run, or have run. Not a failure of the call (told so,
+        # an agent would make it again): the kernel stops the run, which settles the step when resumed.
+        error = OutcomeUnknownError(f"the reply stream {self.stream} cannot be read: {exc}; the call may have acted")
         for _attempt, future, _bucket, _task in self._waiting.values():
             if not future.done():
                 future.set_exception(error)

@@ -37,9 +37,11 @@ from castor._secret import require_secret
 from castor.backends.redis import RedisConnection, keys
 from castor.backends.redis.keys import reply_stream
 from castor.errors import (
+    BackendUnavailable,
     CastorError,
     ConfigError,
     InDoubtError,
+    OutcomeUnknownError,
     RemoteToolError,
     TaskRefusedError,
     ToolTimeoutError,
@@ -254,8 +256,17 @@ class CeleryExecutor:
         return call_deadline(self._settings, timeout, retryable, self._grace)
 
     async def _late(self, call: ToolCall, route: _Route, why: str, kwargs: dict[str, Any]) -> Any:
-        """What became of a call that got no reply (``LateCalls.settle``)."""
-        return await self._lateness.settle(call, route.pool, route.deadline, why, kwargs)
+        """What became of a call that got no reply (``LateCalls.settle``); ``OutcomeUnknownError`` if the store
+        cannot be read to tell (its task may have run)."""
+        try:
+            return await self._lateness.settle(call, route.pool, route.deadline, why, kwargs)
+        except OutcomeUnknownError:
+            raise
+        except BackendUnavailable as exc:
+            raise OutcomeUnknownError(
+                f"{call.tool_name!r} (run {call.run_id}, step {call.step}) gave no reply, and the store cannot be "
+                f"read to tell what became of it: {exc}"
+            ) from exc
 
     def _control_conn(self) -> RedisConnection:
         """The connection for the rare calls outside the hot path (an abandon, a look at a late step)."""

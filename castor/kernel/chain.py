@@ -22,9 +22,16 @@ from typing import Any
 
 from castor._redact import redact
 from castor.checkpoint import USAGE_STRIDE, StepFailure, bounded_arguments, usage_after
-from castor.errors import CastorError, InDoubtError, RemoteToolError, UnknownToolError
+from castor.errors import (
+    BackendUnavailable,
+    CastorError,
+    InDoubtError,
+    OutcomeUnknownError,
+    RemoteToolError,
+    UnknownToolError,
+)
 from castor.kernel.claims import run_claimed
-from castor.kernel.context import Handler, Interceptor, Syscall, confirmed
+from castor.kernel.context import Handler, Interceptor, RunEnding, Syscall, confirmed, outcome_unknown, unrecorded
 from castor.kernel.steps import (
     HITL_SPECULATIVE_REASON,
     IN_DOUBT_REASON,
@@ -187,8 +194,8 @@ async def _charged(call: Syscall, inner: Handler, cost: Mapping[str, float], tra
     call.charged = cost
     try:
         return await inner(call)
-    except BaseException:
-        if tracked:  # nothing was taken otherwise
+    except BaseException as exc:
+        if tracked and not outcome_unknown(exc):  # nothing was taken otherwise; or the call may have acted
             await budgets.refund(ctx.run_id, call.step)
         raise
 
@@ -215,6 +222,10 @@ async def execute(call: Syscall) -> Any:
             call.usage = usage_after(ctx.usage, call.charged)
     try:
         result = await executor.execute(call)  # the call itself: nothing is copied for the executor
+    except OutcomeUnknownError as exc:
+        # Not a failure of the call: whether it acted is unknown (the store went away once its task was out).
+        # Carried past the agent's own error handling, which would make the call again; the run stops.
+        raise RunEnding(exc) from exc
     except Exception as exc:
         failure = StepFailure(
             step=call.step,
@@ -235,7 +246,10 @@ async def execute(call: Syscall) -> Any:
         raise
     # The record is committed here rather than through answer(): one coroutine fewer on every live step.
     # The executor that journaled the record set when it finished: this is the very record it journaled.
-    record = await ctx.commit(call.step, call.record(result), stored=journals)
+    try:
+        record = await ctx.commit(call.step, call.record(result), stored=journals)
+    except BackendUnavailable as exc:
+        raise unrecorded(call, exc) from exc
     return record.response
 
 

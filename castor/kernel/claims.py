@@ -52,8 +52,8 @@ from typing import Any
 
 from castor._redact import redact
 from castor.checkpoint import StepFailure
-from castor.errors import ReplayDivergenceError, StaleLeaseError, ToolTimeoutError
-from castor.kernel.context import Handler, Syscall, same_arguments
+from castor.errors import BackendUnavailable, ReplayDivergenceError, StaleLeaseError, ToolTimeoutError
+from castor.kernel.context import Handler, Syscall, outcome_unknown, same_arguments
 from castor.kernel.steps import IN_DOUBT_REASON, suspend_for_human
 from castor.seams import DRIVE_STEP, Journal, StepClaim
 
@@ -148,12 +148,21 @@ async def run_claimed(
         # record was refused; the drive that has the run now must find it in doubt, not run it again.
         unknown = call.charged is not None
         raise
+    except BaseException as exc:
+        # It acted, or may have, and the store went away before its record was journaled (a released claim
+        # would let the next drive run it again).
+        unknown = outcome_unknown(exc)
+        raise
     finally:
         renewal.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await renewal
         if unknown:  # the claim stays, lapsed: whoever reaches the step next (unjournaled) finds it in doubt
-            await journal.renew_claim(ctx.run_id, call.step, holder, 0.0)
+            try:
+                await journal.renew_claim(ctx.run_id, call.step, holder, 0.0)
+            except BackendUnavailable as exc:  # the store is away: the claim lapses with its lease all the same
+                log.warning("run %s step %d: its claim is left to lapse with its lease (%s)", ctx.run_id, call.step,
+                            exc)
         else:
             await journal.release_claim(ctx.run_id, call.step, holder)
 

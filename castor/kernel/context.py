@@ -23,7 +23,7 @@ from castor._canonical import canonical
 from castor._sealing import DataKey, digested
 from castor.agents import AgentRegistry
 from castor.checkpoint import USAGE_STRIDE, AgentCheckpoint, SyscallRecord, failure_usage, usage_after, usage_of
-from castor.errors import JournalConflictError, RunEndedError
+from castor.errors import BackendUnavailable, JournalConflictError, OutcomeUnknownError, RunEndedError
 from castor.kernel.failed_steps import NOT_OUTCOMES, failure_record
 from castor.registry import ToolRegistry, ToolSpec
 from castor.seams import Backend, Executor, ToolCall
@@ -50,6 +50,22 @@ class RunEnding(BaseException):
     def __init__(self, error: Exception) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+def outcome_unknown(exc: BaseException) -> bool:
+    """Whether ``exc`` stops a run because a call may have acted unrecorded (``OutcomeUnknownError``, carried
+    in a ``RunEnding`` or not): its charge stands, and its claim stays for whoever reaches the step next."""
+    return isinstance(exc.error if isinstance(exc, RunEnding) else exc, OutcomeUnknownError)
+
+
+def unrecorded(call: ToolCall, exc: BackendUnavailable) -> RunEnding:
+    """What stops the run of a call that acted (a tool ran, a model answered) when its record cannot be
+    journaled (``exc``): an ``OutcomeUnknownError``, carried past the agent's own error handling."""
+    return RunEnding(OutcomeUnknownError(
+        f"{call.tool_name!r} (run {call.run_id}, step {call.step}) ran, and its record cannot be journaled: "
+        f"{exc}; the run stopped (resume it once the store is back: the step is in doubt, or run again if "
+        "its tool is neither destructive nor claimed)"
+    ))
 
 
 @dataclass(slots=True, init=False)

@@ -33,9 +33,10 @@ from typing import Any
 
 from castor._redact import redact
 from castor.checkpoint import StepFailure, bounded_arguments
+from castor.errors import BackendUnavailable
 from castor.kernel.chain import wrap
 from castor.kernel.claims import run_claimed
-from castor.kernel.context import Handler, Interceptor, RunContext, Syscall, confirmed
+from castor.kernel.context import Handler, Interceptor, RunContext, Syscall, confirmed, outcome_unknown, unrecorded
 from castor.kernel.model_doubt import claim_lost, decided, plus, recharge
 from castor.kernel.steps import answer, replay
 from castor.llm.cost import (
@@ -282,8 +283,8 @@ async def _reserved(
             if rejected is not None:
                 return rejected
         return await inner(call)
-    except BaseException:
-        if tracked and not call.settled:
+    except BaseException as exc:
+        if tracked and not call.settled and not outcome_unknown(exc):  # unknown: the model may have answered
             await ctx.budgets.refund(ctx.run_id, call.step)
         raise
 
@@ -333,25 +334,36 @@ async def _call_here(call: ModelSyscall) -> Any:
         await record_failed(call, exc)
         raise
     # Settled and journaled here rather than in helpers: one coroutine frame on every live model step.
-    input_tokens, output_tokens, estimated = usage_from(response, request)
-    if estimated:
-        response["usage"] = {"input_tokens": input_tokens, "output_tokens": output_tokens, "estimated": True}
-    actual = cost_of_tokens(models.prices.get(call.model), input_tokens, output_tokens)
-    if call.flat is not None:
-        actual = call.flat.add_to(actual, call.flat.cost)
-    if call.charged:
-        settle_in_store = getattr(ctx.budgets, "settle", None)
-        held = actual if call.spent is None else plus(call.spent, actual)
-        if settle_in_store is not None:  # the store's own, awaited here: no coroutine frame of settle()'s
-            await settle_in_store(ctx.run_id, call.step, held, ctx.scopes)
-        else:
-            await settle(call, held)
-    call.settled = True
-    call.charged = actual  # the record holds what the call used (the store's ledgers hold what they track of it)
-    record = await ctx.commit(call.step, call.record(response))
+    actual, estimated = _used(call, response, request)
+    try:
+        if call.charged:
+            settle_in_store = getattr(ctx.budgets, "settle", None)
+            held = actual if call.spent is None else plus(call.spent, actual)
+            if settle_in_store is not None:  # the store's own, awaited here: no coroutine frame of settle()'s
+                await settle_in_store(ctx.run_id, call.step, held, ctx.scopes)
+            else:
+                await settle(call, held)
+        call.settled = True
+        call.charged = actual  # the record holds what the call used (the store's ledgers what they track of it)
+        record = await ctx.commit(call.step, call.record(response))
+    except BackendUnavailable as exc:  # the model answered (and was paid): never made again for this
+        raise unrecorded(call, exc) from exc
     if type(result) is ModelResponse and not estimated and not result.tool_calls and record.response is response:
         call.typed = result
     return record.response
+
+
+def _used(call: ModelSyscall, response: dict[str, Any], request: dict[str, Any]) -> tuple[dict[str, float], bool]:
+    """What the call used, priced from the tokens its response reports (estimated from the request and the
+    answer when it reports none, and said so in the response), with a flat price's cost added; and whether
+    the tokens were estimated."""
+    input_tokens, output_tokens, estimated = usage_from(response, request)
+    if estimated:
+        response["usage"] = {"input_tokens": input_tokens, "output_tokens": output_tokens, "estimated": True}
+    actual = cost_of_tokens(call.models.prices.get(call.model), input_tokens, output_tokens)
+    if call.flat is not None:
+        actual = call.flat.add_to(actual, call.flat.cost)
+    return actual, estimated
 
 
 async def settle(call: ModelSyscall, actual: Mapping[str, float]) -> None:

@@ -15,7 +15,15 @@ from typing import Any
 
 from castor._redact import redact
 from castor.checkpoint import USAGE_STRIDE, StepFailure, bounded_arguments
-from castor.errors import CastorError, InDoubtError, RemoteToolError, ToolTimeoutError
+from castor.errors import (
+    BackendUnavailable,
+    CastorError,
+    InDoubtError,
+    OutcomeUnknownError,
+    RemoteToolError,
+    ToolTimeoutError,
+)
+from castor.kernel.context import RunEnding, unrecorded
 from castor.kernel.model import ModelSyscall, record_failed
 from castor.kernel.model_doubt import in_doubt, recharge, remade
 from castor.llm.types import ModelCallError, ModelTimeoutError
@@ -38,6 +46,8 @@ async def on_pool(call: ModelSyscall) -> Any:
         call.usage = dict(ctx.usage)  # the run's usage before the step: the worker adds what the call used
     try:
         await _send(call)
+    except OutcomeUnknownError as exc:  # its task is out, and the store went away: the run stops (no retry)
+        raise RunEnding(exc) from exc
     except Exception as exc:
         await _journal_failure(call, exc)
         received = call.partial is not None and call.partial() is not None  # a stream gave the agent text
@@ -49,10 +59,13 @@ async def on_pool(call: ModelSyscall) -> Any:
             await record_failed(call, exc)
         raise _model_error(call, exc) from exc
     call.settled = True  # by the worker, before it journaled the step
-    record = await ctx.journal.get(ctx.run_id, step)
-    if record is None:
-        raise ModelCallError(f"model {call.model!r} answered (run {ctx.run_id}, step {step}) but left no record")
-    committed = await ctx.commit(step, record, stored=True)
+    try:
+        record = await ctx.journal.get(ctx.run_id, step)
+        if record is None:
+            raise ModelCallError(f"model {call.model!r} answered (run {ctx.run_id}, step {step}) but left no record")
+        committed = await ctx.commit(step, record, stored=True)
+    except BackendUnavailable as exc:
+        raise unrecorded(call, exc) from exc
     return committed.response
 
 

@@ -23,7 +23,7 @@ from castor import _terminal
 from castor._ids import check_pid, pid_part
 from castor._terminal import save_run, save_started, stored_run
 from castor.checkpoint import FINISHED, AgentCheckpoint, Capability
-from castor.errors import ConfigError, JournalConflictError, RemoteToolError, RunNotFoundError
+from castor.errors import ConfigError, JournalConflictError, OutcomeUnknownError, RemoteToolError, RunNotFoundError
 from castor.kernel.claims import driving
 from castor.kernel.context import RunContext, RunEnding, Services, Suspend, current_run
 from castor.kernel.failed_steps import failure_record
@@ -237,20 +237,14 @@ async def drive(ctx: RunContext, agent: Callable[..., Any], preempted: list[Any]
             result = await result
     except Suspend:
         cp.status = "SUSPENDED_FOR_HITL"
-    except RunEnding as carried:  # carried past a framework's except Exception: the run fails with it
-        error = carried.error
-        cp.status = "FAILED"
-        cp.error = f"{type(error).__name__}: {error}"
     except asyncio.CancelledError as exc:
         cp.status = "PREEMPTED"
         reason, payload = preempted if preempted else ("cancelled", None)
         cp.preemption_reason, cp.preemption_payload = reason, payload
         if not preempted:
             error = exc
-    except Exception as exc:
-        cp.status = "FAILED"
-        cp.error = f"{type(exc).__name__}: {exc}"
-        error = failed_by = exc
+    except (RunEnding, Exception) as exc:  # RunEnding: carried past a framework's except Exception
+        error, failed_by = _ended(cp, exc)
     except BaseException as exc:  # KeyboardInterrupt, SystemExit: stop, resumable later
         cp.status = "PREEMPTED"
         cp.preemption_reason = type(exc).__name__
@@ -268,6 +262,26 @@ async def drive(ctx: RunContext, agent: Callable[..., Any], preempted: list[Any]
     if error is not None:
         raise error
     return cp
+
+
+STORE_AWAY = "store unavailable"
+"""The preemption reason of a run stopped because a call may have acted unrecorded (``OutcomeUnknownError``)."""
+
+
+def _ended(cp: AgentCheckpoint, exc: BaseException) -> tuple[BaseException, Exception | None]:
+    """The run ends on ``exc`` (an error, or one carried in a ``RunEnding``): the error to raise, and the
+    agent's own error if it failed by one. A call that may have acted unrecorded (``OutcomeUnknownError``)
+    stops the run resumable, not failed: its next drive settles the step from the journal, or in doubt,
+    once the store is back."""
+    error = exc.error if isinstance(exc, RunEnding) else exc
+    if isinstance(error, OutcomeUnknownError):
+        cp.status = "PREEMPTED"
+        cp.preemption_reason = STORE_AWAY
+        cp.preemption_payload = {"error": str(error)[:500]}
+        return error, None
+    cp.status = "FAILED"
+    cp.error = f"{type(error).__name__}: {error}"
+    return error, exc if isinstance(exc, Exception) else None
 
 
 async def finish(ctx: RunContext, failed_by: Exception | None = None) -> None:

@@ -1,6 +1,7 @@
 """A coordinator's reply reader outlives a Redis outage longer than its retries: the calls waiting when
-it gave up fail with ``BackendUnavailable`` (their runs end with that reason), and once Redis is back the
-next call is read again instead of failing for good."""
+it gave up end with ``OutcomeUnknownError`` (a ``BackendUnavailable``: their tasks are out, so the kernel stops
+their runs, resumable, rather than tell the agents the calls failed), and once Redis is back the next call
+is read again instead of failing for good."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from castor.backends.redis.resp import RespConnection
-from castor.errors import BackendUnavailable
+from castor.errors import OutcomeUnknownError
 from castor.executors._replies import ReplyReader
 from castor.fleet.wire import OK, Reply
 from tests.redis_support import free_port, need_redis_server, start_redis_server
@@ -29,7 +30,7 @@ async def test_the_reader_reads_again_after_an_outage_that_failed_its_waiters(tm
         await asyncio.sleep(0.2)  # the reader is blocked in its XREAD
         server.kill()
         server.wait()
-        with pytest.raises(BackendUnavailable):
+        with pytest.raises(OutcomeUnknownError, match="the call may have acted"):
             await asyncio.wait_for(lost, 30)  # its retries run out while Redis is away
         server = start_redis_server(tmp_path, port, "--appendonly", "yes")
         back = reader.expect("run:1", 0, deadline=60.0, task_id="t-1")

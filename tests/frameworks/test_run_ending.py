@@ -161,3 +161,46 @@ async def test_a_framework_tool_castor_was_not_given_ends_the_run_naming_it() ->
     with pytest.raises(UnknownToolError, match="unknown tool 'delete_file'; registered tools: search"):
         await kernel.run(main_of(agent), speculative=True)
     assert len(model.asked) == 2  # not asked again with the error as the tool's result
+
+
+@pytest.mark.filterwarnings("ignore:create_react_agent has been moved")
+async def test_a_tool_call_the_store_lost_the_record_of_never_reaches_the_model_as_an_error() -> None:
+    """The store went away as the tool's record was journaled (the tool ran): LangGraph's tool node would
+    hand a ``BackendUnavailable`` to the model as the tool's result, and the model would ask again. The run
+    stops instead, resumable, the model asked nothing more; its resume goes on from the journal."""
+    pytest.importorskip("langgraph")
+    from langgraph.prebuilt import ToolNode, create_react_agent
+
+    from castor.backends.memory import memory_backend
+    from castor.errors import BackendUnavailable, OutcomeUnknownError
+    from castor.frameworks.langchain import guard
+    from tests.frameworks.test_langchain import TOOLS, kernel, model_of, script
+
+    def agent_of(model: Any) -> Any:
+        async def agent() -> str:
+            graph = guard(create_react_agent(model, ToolNode(TOOLS, handle_tool_errors=True)))
+            state = await graph.ainvoke({"messages": [("user", "clean up old logs")]})
+            return str(state["messages"][-1].content)
+
+        return agent
+
+    backend = memory_backend()
+    append, refused = backend.journal.append, []
+
+    async def away_once(run_id: str, step: int, record: Any) -> None:
+        if record.tool_name == "search" and not refused:
+            refused.append(step)
+            raise BackendUnavailable("Redis at redis://127.0.0.1:6399/0 is unreachable")
+        await append(run_id, step, record)
+
+    backend.journal.append = away_once  # type: ignore[method-assign]
+    k = kernel(store=backend)
+    first = model_of(script())
+    with pytest.raises(OutcomeUnknownError):
+        await k.run(agent_of(first), pid="lost-search", speculative=True)
+    assert refused == [1] and len(first.asked) == 1  # asked for the search, never told it failed
+    stored = await backend.runs.load("lost-search")
+    assert stored is not None and (stored.status, stored.preemption_reason) == ("PREEMPTED", "store unavailable")
+    later = model_of(script())
+    cp = await k.run(agent_of(later), checkpoint=stored, speculative=True)
+    assert cp.status == "COMPLETED" and cp.result == "done"
