@@ -39,6 +39,7 @@ DUPLICATE = -3  # claim: another copy of a task message a worker took already
 ABANDONED = -4  # claim: a task its coordinator gave up on before any worker took it
 RUNNING = -5  # claim: a live worker runs the step (its heartbeat is there): wait, and ask again
 SPENT = -6  # claim: a task with this token ran and failed for good before: a copy sent again
+CANCELLED = -7  # claim: the step of a run an operator cancelled would start: a task left on a queue
 
 
 class Running(int):
@@ -125,7 +126,8 @@ class StepScripts:
     def claim(self, job: Job, delivery: Delivery | None = None) -> int:
         """-2: the journal holds the step (serve its record, never run it again); -3 (``DUPLICATE``): another
         copy of a message a worker took already, to drop; -4 (``ABANDONED``): a task its coordinator gave up
-        on, to drop; -5 (``RUNNING``): a live worker runs the step (ask again later); -1: this attempt starts
+        on, to drop; -5 (``RUNNING``): a live worker runs the step (ask again later); -7 (``CANCELLED``): the
+        step would start, but an operator cancelled its run (a task left on a queue: drop it); -1: this attempt starts
         the step (marker and heartbeat set); else the attempt that started it before, whose worker is gone
         (in doubt). Without ``delivery`` nothing is a duplicate or abandoned. ``RUNNING`` comes as ``Running``,
         which tells how long the run's failures were at that moment, read in the same atomic step.
@@ -138,7 +140,7 @@ class StepScripts:
             keys.started_marker(self._prefix, run, step), keys.journal(self._prefix, run),
             keys.deliveries(self._prefix, run, step), keys.abandoned(self._prefix, run, step),
             keys.heartbeat(self._prefix, run, step), keys.spent_tokens(self._prefix, run, step),
-            keys.failures(self._prefix, run),
+            keys.failures(self._prefix, run), keys.run_header(self._prefix, run),
         ]
         beat = [self._worker, self._heartbeat_ms, job.token or ""]
         if delivery is None:

@@ -54,7 +54,7 @@ from ._guard import Refusal, Spent, Unearned, authorize, check_age, check_tool, 
 from ._heartbeat import Beat
 from ._models import ModelCalls, is_model_task
 from ._process import WorkerProcess, redis_backend_factory
-from ._scripts import ABANDONED, DUPLICATE, REPLY_MAXLEN, RUNNING, SPENT, Delivery, Running
+from ._scripts import ABANDONED, CANCELLED, DUPLICATE, REPLY_MAXLEN, RUNNING, SPENT, Delivery, Running
 from ._shown import ERROR_WIDTH, clip, failure_text, result_summary
 
 log = logging.getLogger("castor.worker")
@@ -143,20 +143,9 @@ class WorkerRuntime:
                 if isinstance(waited, Outcome):
                     return waited
                 previous = waited
-            if previous == DUPLICATE:
-                # The copy a worker took first runs the call (or ran it) and answers; were its worker lost,
-                # the broker would redeliver that copy, which is no duplicate.
-                log.warning("duplicate delivery of %s (task %s) dropped: another copy of it was taken first",
-                            kwargs_repr(job, policy.sensitive), delivery.message if delivery else "?")
-                return Outcome(DROPPED, detail="dropped: a duplicate copy of a task taken already")
-            if previous == ABANDONED:
-                # Its coordinator gave up on it before any worker took it: a publish it could not confirm (the
-                # call failed, refunded), the call's deadline (it timed out), or the run's drive stopped (the
-                # run was cancelled, or handed on). Run now, the tool would act for a call its agent was told
-                # had failed, or for a run said cancelled.
-                log.warning("task %s of %s dropped: %s", delivery.message if delivery else "?",
-                            kwargs_repr(job, policy.sensitive), GAVE_UP)
-                return Outcome(DROPPED, detail=f"dropped: {GAVE_UP}")
+            dropped = _dropped(previous, job, delivery, policy)
+            if dropped is not None:
+                return dropped
             if previous == SPENT:
                 raise Spent(f"a copy of a task whose call ran and failed (run {job.run_id}, step {job.step}, "
                             f"round {job.attempt}): refused unrun", job)
@@ -473,3 +462,25 @@ def _json_of(value: Any) -> bytes:
         return canonical(value).encode()
     except (TypeError, ValueError):
         return repr(value).encode()
+
+
+def _dropped(previous: int, job: Job, delivery: Delivery | None, policy: ToolPolicy) -> Outcome | None:
+    """The outcome of a delivery its claim (``previous``) says to drop unrun, logged; else None.
+
+    A duplicate: the copy a worker took first runs the call (or ran it) and answers; were its worker lost,
+    the broker would redeliver that copy, which is no duplicate. Abandoned: its coordinator gave up on it
+    before any worker took it (a publish it could not confirm, the call failed and refunded; the call's
+    deadline; the run's drive stopped): run now, the tool would act for a call its agent was told had
+    failed, or for a run said cancelled. Cancelled: the run was cancelled while the task waited on the
+    queue (its coordinator died before it could withdraw it, or the cancel landed on a run parked beside
+    it): the cancel stands."""
+    message = delivery.message if delivery else "?"
+    shown = kwargs_repr(job, policy.sensitive)
+    if previous == DUPLICATE:
+        log.warning("duplicate delivery of %s (task %s) dropped: another copy of it was taken first", shown, message)
+        return Outcome(DROPPED, detail="dropped: a duplicate copy of a task taken already")
+    why = {ABANDONED: GAVE_UP, CANCELLED: "its run was cancelled"}.get(previous)
+    if why is None:
+        return None
+    log.warning("task %s of %s dropped: %s", message, shown, why)
+    return Outcome(DROPPED, detail=f"dropped: {why}")

@@ -643,3 +643,34 @@ def _delivered(task: Any, signed: dict[str, Any], retries: int, ends: type[BaseE
     finally:
         task.pop_request()
     return ended.value
+
+
+@pytest.mark.parametrize("reason", ["cancelled", "drained"])
+def test_a_task_of_a_cancelled_run_starts_nothing(
+    runtime: WorkerRuntime, tool: Touch, redis_url: str, redis_prefix: str, reason: str
+) -> None:
+    """The run was stored stopped, through the store's own save, while its task waited on the queue. Cancelled
+    by an operator: the task is dropped unrun and nothing is marked (a resume sends the step again). Handed
+    on (drained): the step starts, for whichever drive of the run sent it."""
+    from castor.kernel.runner import new_checkpoint
+
+    async def stop_the_run() -> None:
+        backend = redis_backend(redis_url, prefix=redis_prefix)
+        try:
+            cp = new_checkpoint("r", "agent", {})
+            cp.status, cp.preemption_reason = "PREEMPTED", reason
+            await backend.runs.save(cp)
+        finally:
+            await backend.close()
+
+    asyncio.run(stop_the_run())
+    outcome = runtime.handle(job(0), task_name("touch"), 0, Delivery("t-1/0"))
+    sync = redis.Redis.from_url(redis_url)
+    try:
+        if reason == "cancelled":
+            assert (outcome.status, outcome.detail) == (DROPPED, "dropped: its run was cancelled")
+            assert tool.calls == 0 and not sync.exists(keys.started_marker(redis_prefix, "r", 0))
+        else:
+            assert outcome.status == OK and tool.calls == 1
+    finally:
+        sync.close()

@@ -1,8 +1,10 @@
 """A run cancelled while its call waits on the queue (every worker of its pool busy, or none up yet): the
-cancel stops the drive, and the task left on the queue must not start the tool once a worker takes it.
-The run is cancelled; nothing of it runs after that."""
+cancel stops the drive, and the task left on the queue must not start the tool once a worker takes it,
+whether its coordinator withdrew it or died first. The run is cancelled; nothing of it runs after that."""
 
 from __future__ import annotations
+
+import signal
 
 from tests.fleet.procs import Fleet, agent_spec, tool_spec
 from tests.fleet.test_fencing import status
@@ -29,3 +31,26 @@ def test_a_call_queued_when_its_run_is_cancelled_never_runs(fleet: Fleet) -> Non
     assert fleet.count(f"{ticket}:store") == 0, fleet.log("worker-fs")[-3000:]  # the bug: it ran after the cancel
     assert fleet.cli_json("inspect", pid)["preemption_reason"] == "cancelled"
     assert len(fleet.cli_json("inspect", pid)["syscall_log"]) == 3  # the ticket and two fetches, nothing after
+
+
+def test_a_call_a_dead_coordinator_left_on_the_queue_never_runs_once_its_run_is_cancelled(fleet: Fleet) -> None:
+    """The coordinator driving the run dies (SIGKILL) with the run's call on the queue, and an operator
+    cancels the run: the coordinator that takes it over stores it cancelled without driving it, and the
+    task the dead one left is dropped by the worker that takes it (its claim reads the run stopped)."""
+    fleet.worker("web")
+    fleet.coordinator("co-a")
+    pid = fleet.cli("submit", agent_spec("job"), *TOOLS).stdout.strip()
+    queue = f"{fleet.queues}:{fleet.queues}.fs"
+    wait_for("the store call to wait on the fs queue", lambda: fleet.redis.llen(queue) == 1, 30)
+    ticket = fleet.cli_json("inspect", pid)["syscall_log"][0]["response"]
+    fleet.stop("co-a", signal.SIGKILL)  # it withdraws nothing
+    assert "cancel requested" in fleet.cli("cancel", pid, "--as", "ann").stdout
+    fleet.coordinator("co-b")  # takes the run once co-a's lease lapses, and carries the cancel out
+    wait_for("the run to be stored cancelled", lambda: status(fleet, pid) == "PREEMPTED", 30)
+
+    fleet.worker("fs")
+    wait_for("the fs worker to take the task", lambda: fleet.redis.llen(queue) == 0, 20)
+    wait_for("the fs worker to drop it (or run it)",
+             lambda: "dropped: its run was cancelled" in fleet.log("worker-fs") or fleet.count(f"{ticket}:store"), 20)
+    assert fleet.count(f"{ticket}:store") == 0, fleet.log("worker-fs")[-3000:]
+    assert fleet.cli_json("inspect", pid)["preemption_reason"] == "cancelled"

@@ -8,7 +8,8 @@
 -- ARGV[6] the task's id ('' when unknown), ARGV[7] the receipt: the worker's id for this one handling of
 -- the message (a claim asked again with it, its first reply lost, gets the first answer again),
 -- ARGV[8] the worker's id, ARGV[9] the heartbeat's ttl (ms); KEYS[6] the step's spent tokens (set),
--- ARGV[10] the task's token ('' for none); KEYS[7] the run's failures (list), optional
+-- ARGV[10] the task's token ('' for none); KEYS[7] the run's failures (list), optional; KEYS[8] the run's
+-- header (hash), optional: its 'stopped' field says why a stopped run stopped
 -- Returns -2 when the journal holds the step already: whatever round or copy this is, the step finished
 --   and its record is the result (nothing is marked);
 -- -4 when the coordinator gave up on this task before any worker took it (nothing is marked);
@@ -20,6 +21,8 @@
 --   over sends the step again while the first worker still runs it); with KEYS[7], {-5, the length of
 --   the run's failures}: a failure the running worker records for good (with its start dropped, in one
 --   transaction) stands after that index, so the caller tells it from the failures before;
+-- -7 when this attempt would start the step of a run an operator cancelled (KEYS[8]): a task left on a
+--   queue (its coordinator died, or withdrew it too late) runs nothing after the cancel (nothing is marked);
 -- -1 when there is no marker, or one of an earlier approval round: this attempt starts (marker and
 --   heartbeat set);
 -- else the marker's attempt, the marker left alone: the step was started before and never finished (in
@@ -54,6 +57,9 @@ if old and tonumber(old) <= tonumber(ARGV[1]) and redis.call('EXISTS', KEYS[5]) 
 end
 local answer
 if (not old) or tonumber(old) < tonumber(ARGV[1]) then
+  if KEYS[8] and redis.call('HGET', KEYS[8], 'stopped') == 'cancelled' then
+    return -7
+  end
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
   redis.call('SET', KEYS[5], ARGV[8], 'PX', ARGV[9])
   answer = -1

@@ -112,6 +112,8 @@ class RedisRunStore:
             "cp": header, "status": cp.status, "agent": cp.agent_function_name, "parent": cp.parent_pid or "",
             "pending_tool": cp.pending_tool or "", "steps": len(cp.syscall_log), "created": repr(cp.created_at),
             "updated": repr(cp.updated_at), "owner": owner or "",
+            # Read by a worker's claim (claim.lua): a cancelled run's task still on a queue starts nothing.
+            "stopped": (cp.preemption_reason or "") if cp.status == "PREEMPTED" else "",
         }
         status_at = keys.STATUSES.index(cp.status) + 1
         args: _list[Any] = [
