@@ -206,6 +206,12 @@ class OutcomeUnknownError(BackendUnavailable):
     its next drive finds the step journaled, or in doubt, or runs it again as its tool allows."""
 
 
+RUNS_ON = "castor_runs_on"
+"""Set true on a ``CancelledError`` that stopped a call a worker runs, or may run, all the same (the drive was
+cancelled, drained, or an agent's own timeout gave up on the call): its charge stands (the worker journals
+its record with it). An attribute, not a subclass: ``asyncio.timeout`` knows a cancellation by its exact type."""
+
+
 class UnsupportedError(CastorError, NotImplementedError):
     """Code used a castor-kernel 0.5.1 name or option that Castor has no equivalent for yet; the message
     names what to use instead."""

@@ -67,17 +67,19 @@ class LateCalls:
             raise BackendUnavailable(f"{failure}; no worker will run it") from failure.__cause__ or failure
         log.warning("%s, but a worker took task %s: waiting for its reply", failure, task_id)
 
-    async def give_up(self, call: ToolCall, task_id: str) -> None:
-        """No reply by the call's deadline: abandon the task unless a worker took it, so that none starts it
-        later (``settle`` then tells the call timed out, and it did). Celery's ``expires`` is judged by the
-        worker's clock, which may run behind this one's, and a worker that got the task just before it
-        expired claims it a moment later: either would run the tool for a call its agent was told had
-        timed out. A task a worker took is settled by ``settle`` (its record, or in doubt)."""
+    async def give_up(self, call: ToolCall, task_id: str) -> bool:
+        """No reply by the call's deadline, or the drive stopped: abandon the task unless a worker took it,
+        so that none starts it later (``settle`` then tells the call timed out, and it did). Celery's
+        ``expires`` is judged by the worker's clock, which may run behind this one's, and a worker that got
+        the task just before it expired claims it a moment later: either would run the tool for a call its
+        agent was told had timed out. A task a worker took is settled by ``settle`` (its record, or in doubt).
+        Whether the call may run all the same: a worker took it, or the store could not be asked."""
         try:
-            await self.abandon(call, task_id)
+            return int(await self.abandon(call, task_id)) != 0
         except CastorError as exc:  # Redis is away: ``settle`` cannot look either, and says what it finds
-            log.warning("%r (run %s, step %d) gave no reply by its deadline; cannot abandon task %s (%s)",
+            log.warning("%r (run %s, step %d) gave no reply; cannot abandon task %s (%s)",
                         call.tool_name, call.run_id, call.step, task_id, exc)
+            return True
 
     async def abandon(self, call: ToolCall, task_id: str) -> Any:
         """``task_abandon.lua``: -2 the journal holds the step; 1 a worker took the task; 0 abandoned."""

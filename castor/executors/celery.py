@@ -37,6 +37,7 @@ from castor._secret import require_secret
 from castor.backends.redis import RedisConnection, keys
 from castor.backends.redis.keys import reply_stream
 from castor.errors import (
+    RUNS_ON,
     BackendUnavailable,
     CastorError,
     ConfigError,
@@ -223,13 +224,14 @@ class CeleryExecutor:
             return DEADLINE
         except WorkerLost:
             return LOST
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as stopped:
             # The drive stops (an operator cancelled the run, the coordinator drains) while the task may
             # still wait on its queue: nobody awaits its reply now, and a worker that took it later would
             # run a call of a run said cancelled. Abandoned unless a worker took it already (that one runs
             # it and journals the result); a later drive of the run sends the step again. Shielded: a
             # second cancel must not leave the task half given up.
-            await asyncio.shield(self._lateness.give_up(call, task_id))
+            if await asyncio.shield(self._lateness.give_up(call, task_id)):
+                setattr(stopped, RUNS_ON, True)  # a worker runs it: its charge stands
             raise
         finally:
             self._loss.discard(effect_id)

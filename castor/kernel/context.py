@@ -23,7 +23,13 @@ from castor._canonical import canonical
 from castor._sealing import DataKey, digested
 from castor.agents import AgentRegistry
 from castor.checkpoint import USAGE_STRIDE, AgentCheckpoint, SyscallRecord, failure_usage, usage_after, usage_of
-from castor.errors import BackendUnavailable, JournalConflictError, OutcomeUnknownError, RunEndedError
+from castor.errors import (
+    RUNS_ON,
+    BackendUnavailable,
+    JournalConflictError,
+    OutcomeUnknownError,
+    RunEndedError,
+)
 from castor.kernel.failed_steps import NOT_OUTCOMES, failure_record
 from castor.registry import ToolRegistry, ToolSpec
 from castor.seams import Backend, Executor, ToolCall
@@ -53,9 +59,12 @@ class RunEnding(BaseException):
 
 
 def outcome_unknown(exc: BaseException) -> bool:
-    """Whether ``exc`` stops a run because a call may have acted unrecorded (``OutcomeUnknownError``, carried
-    in a ``RunEnding`` or not): its charge stands, and its claim stays for whoever reaches the step next."""
-    return isinstance(exc.error if isinstance(exc, RunEnding) else exc, OutcomeUnknownError)
+    """Whether ``exc`` stops a call that may have acted unrecorded (``OutcomeUnknownError``, carried in a
+    ``RunEnding`` or not; a cancellation marked ``RUNS_ON``): its charge stands, and its claim stays for
+    whoever reaches the step next."""
+    if isinstance(exc, RunEnding):
+        exc = exc.error
+    return isinstance(exc, OutcomeUnknownError) or getattr(exc, RUNS_ON, False) is True
 
 
 def unrecorded(call: ToolCall, exc: BackendUnavailable) -> RunEnding:

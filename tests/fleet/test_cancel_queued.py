@@ -5,7 +5,9 @@ whether its coordinator withdrew it or died first. The run is cancelled; nothing
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 
+from castor.backends.redis import keys
 from tests.fleet.procs import Fleet, agent_spec, tool_spec
 from tests.fleet.test_fencing import status
 from tests.fleet.test_scenario import wait_for
@@ -54,3 +56,23 @@ def test_a_call_a_dead_coordinator_left_on_the_queue_never_runs_once_its_run_is_
              lambda: "dropped: its run was cancelled" in fleet.log("worker-fs") or fleet.count(f"{ticket}:store"), 20)
     assert fleet.count(f"{ticket}:store") == 0, fleet.log("worker-fs")[-3000:]
     assert fleet.cli_json("inspect", pid)["preemption_reason"] == "cancelled"
+
+
+def test_a_call_a_worker_runs_when_its_run_is_cancelled_keeps_its_charge(fleet: Fleet, tmp_path: Path) -> None:
+    """The cancel lands while a worker runs the call: the call finishes and is journaled (as the cancel
+    says), and what it cost stays drawn from the shared scope; giving it back would let the team's budget pay
+    for one call more than it allows."""
+    release = tmp_path / "release"  # the slow call lasts until the cancel has landed
+    fleet.env["CASTOR_TEST_RELEASE"] = str(release)
+    fleet.cli("budget", "set", "team", "api=100")
+    fleet.worker("web")
+    fleet.worker("fs")
+    fleet.coordinator("co-a")
+    pid = fleet.cli("submit", agent_spec("slow_job"), *TOOLS, "--scope", "team").stdout.strip()
+    wait_for("the slow call to start", lambda: fleet.redis.exists(keys.started_marker(fleet.prefix, pid, 1)), 30)
+    assert "cancel requested" in fleet.cli("cancel", pid, "--as", "ann").stdout
+    wait_for("the run to stop", lambda: status(fleet, pid) == "PREEMPTED", 20)
+    release.touch()
+    wait_for("the slow call to be journaled", lambda: fleet.redis.zcard(keys.journal(fleet.prefix, pid)) == 2, 20)
+    used = fleet.cli_json("budget", "show", "team")
+    assert used["resources"]["api"]["used"] == 2, used  # the ticket and the slow call: both ran
