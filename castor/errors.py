@@ -22,6 +22,7 @@ are translated at the boundary with ``raise ... from exc`` so callers never catc
     ├── RemoteToolError          a tool raised on a worker; carries the original type name and message
     ├── TaskRefusedError         a worker refused a task (unknown tool, bad arguments, no authorization)
     ├── BackendUnavailable       the store (SQLite file, Redis) cannot be reached
+    │   └── OutcomeUnknownError  ... once a call acted or went out: its run stops, resumable
     └── UnsupportedError         a castor-kernel 0.5.1 name or option Castor has no equivalent for yet;
                                  the message names what to use instead          (also NotImplementedError)
 
