@@ -32,22 +32,27 @@ def forked_at_a_diverging_tool(cp: AgentCheckpoint) -> AgentCheckpoint:
     return forked
 
 
-@pytest.mark.filterwarnings("ignore:create_react_agent has been moved")
-async def test_langgraph_tool_errors_handled_by_the_tool_node_do_not_swallow_a_divergence() -> None:
-    pytest.importorskip("langgraph")
+def _tool_node_agent(model: Any) -> Any:
+    """A guarded LangGraph ReAct agent whose tool node hands a tool's errors to the model."""
     from langgraph.prebuilt import ToolNode, create_react_agent
 
     from castor.frameworks.langchain import guard
-    from tests.frameworks.test_langchain import TOOLS, kernel, model_of, script
+    from tests.frameworks.test_langchain import TOOLS
 
-    def agent_of(model: Any) -> Any:
-        async def agent() -> str:
-            graph = guard(create_react_agent(model, ToolNode(TOOLS, handle_tool_errors=True)))
-            state = await graph.ainvoke({"messages": [("user", "clean up old logs")]})
-            return str(state["messages"][-1].content)
+    async def agent() -> str:
+        graph = guard(create_react_agent(model, ToolNode(TOOLS, handle_tool_errors=True)))
+        state = await graph.ainvoke({"messages": [("user", "clean up old logs")]})
+        return str(state["messages"][-1].content)
 
-        return agent
+    return agent
 
+
+@pytest.mark.filterwarnings("ignore:create_react_agent has been moved")
+async def test_langgraph_tool_errors_handled_by_the_tool_node_do_not_swallow_a_divergence() -> None:
+    pytest.importorskip("langgraph")
+    from tests.frameworks.test_langchain import kernel, model_of, script
+
+    agent_of = _tool_node_agent
     k = kernel()
     cp = await k.run(agent_of(model_of(script())), speculative=True)
     later = model_of(script())
@@ -169,21 +174,11 @@ async def test_a_tool_call_the_store_lost_the_record_of_never_reaches_the_model_
     hand a ``BackendUnavailable`` to the model as the tool's result, and the model would ask again. The run
     stops instead, resumable, the model asked nothing more; its resume goes on from the journal."""
     pytest.importorskip("langgraph")
-    from langgraph.prebuilt import ToolNode, create_react_agent
-
     from castor.backends.memory import memory_backend
     from castor.errors import BackendUnavailable, OutcomeUnknownError
-    from castor.frameworks.langchain import guard
-    from tests.frameworks.test_langchain import TOOLS, kernel, model_of, script
+    from tests.frameworks.test_langchain import kernel, model_of, script
 
-    def agent_of(model: Any) -> Any:
-        async def agent() -> str:
-            graph = guard(create_react_agent(model, ToolNode(TOOLS, handle_tool_errors=True)))
-            state = await graph.ainvoke({"messages": [("user", "clean up old logs")]})
-            return str(state["messages"][-1].content)
-
-        return agent
-
+    agent_of = _tool_node_agent
     backend = memory_backend()
     append, refused = backend.journal.append, []
 
