@@ -21,7 +21,7 @@ from castor.checkpoint import AgentCheckpoint
 from castor.errors import CastorError, NothingPendingError
 from castor.kernel.children import pending_child
 from castor.kernel.claims import DECIDING, driving
-from castor.kernel.context import DriveHold, RunContext, Services, Suspend, Syscall
+from castor.kernel.context import DriveHold, RunContext, RunEnding, Services, Suspend, Syscall
 from castor.kernel.runner import load, sync_journal
 from castor.seams import Backend, Decision, DecisionOutcome, PendingApproval, ToolCall
 
@@ -144,6 +144,8 @@ async def apply_decision(
             await services.chain(Syscall(cp.pid, step, tool, clear_arguments(services, tool, args), ctx))
     except Suspend:
         suspended = True  # the approved call went in doubt (its worker was lost): a new round waits
+    except RunEnding as carried:  # it ran, or may have, and the store lost its record: its claim stays
+        raise carried.error from carried
     except CastorError:
         raise
     except Exception:

@@ -16,9 +16,9 @@ from typing import Any
 
 from castor._ids import check_pid, is_child_agent, pid_part
 from castor.checkpoint import AgentCheckpoint, Capability
-from castor.errors import CastorError
+from castor.errors import CastorError, OutcomeUnknownError
 from castor.kernel import runner
-from castor.kernel.context import RunContext, Suspend, Syscall
+from castor.kernel.context import RunContext, RunEnding, Suspend, Syscall
 from castor.kernel.steps import answer, journaled
 from castor.seams import Backend
 
@@ -115,6 +115,8 @@ async def join(ctx: RunContext, handle: str) -> Any:
     call = Syscall(ctx.run_id, ctx.claim_step(), "join", {"handle": handle}, ctx)
     try:
         return await _join(ctx, call, handle)
+    except OutcomeUnknownError as error:  # the child stopped on a call that may have acted: so does the parent
+        raise RunEnding(error) from error
     except Exception as error:  # a child that failed: the parent may catch it and go on
         await ctx.step_failed(call, error)
         raise

@@ -24,7 +24,7 @@ from typing import Any
 from castor.checkpoint import AgentCheckpoint
 from castor.errors import ConfigError, StaleLeaseError
 from castor.kernel import Castor, runner
-from castor.kernel.context import RunContext, Suspend, active_run, current_run
+from castor.kernel.context import RunContext, RunEnding, Suspend, active_run, current_run
 from castor.lib import tool
 from castor.results import SyscallResult, wrap
 
@@ -119,6 +119,12 @@ class Session:
         except Suspend as suspended:  # unwind the agent with it: the drive persists the run as suspended
             self.hold.set_exception(suspended)
             return None
+        except RunEnding as carried:
+            # The call may have acted and its record could not be journaled: the drive stops with it (the run
+            # resumable), the client is told, and the session goes on. The key still names the step: a
+            # retry finds its record, or its claim in doubt.
+            self.hold.set_exception(carried)
+            return Outcome(self.pid, step, error=f"{type(carried.error).__name__}: {carried.error}")
         except Exception as exc:  # the tool raised: the client gets it, the session goes on
             # The failed step is not journaled (a resume runs it again): end this drive so that the next call
             # drives the run again from the journal, at this step, rather than leave a hole in the journal.

@@ -101,3 +101,56 @@ async def test_a_plain_call_whose_record_is_lost_stops_the_run_rather_than_fail_
     resumed = await kernel.run(goes_past_errors, checkpoint=stored)
     assert resumed.status == "COMPLETED" and resumed.result == ["noted a", "noted b"]
     assert SENT == ["a", "a", "b"]  # a plain tool is run again after a loss, as after a crash (README)
+
+
+async def test_an_approved_call_whose_record_is_lost_is_not_run_again_on_resume() -> None:
+    """``approve`` runs the decided call at once: its record lost, the approval says so (one clear error,
+    no crash) and the run's resume finds the step in doubt, for a human, rather than run it again."""
+    backend = memory_backend()
+    kernel = Castor(tools=[send], store=backend)
+    parked = await kernel.run(insistent, pid="approved")
+    assert parked.status == "SUSPENDED_FOR_HITL" and SENT == []
+    append = backend.journal.append
+    refused = _losing_the_record(backend, "send")
+    with pytest.raises(OutcomeUnknownError, match="ran, and its record cannot be journaled"):
+        await kernel.approve("approved", by="ann")
+    assert refused == [0] and SENT == ["ann"]
+    backend.journal.append = append  # type: ignore[method-assign]  # the store is back
+    stored = await backend.runs.load("approved")
+    assert stored is not None
+    resumed = await kernel.run(insistent, checkpoint=stored)
+    assert resumed.status == "SUSPENDED_FOR_HITL" and "in doubt" in (resumed.pending_reason or "")
+    assert SENT == ["ann"]
+
+
+async def test_a_child_agents_call_whose_record_is_lost_stops_its_parent_too() -> None:
+    """The child agent's call ran and its record was lost: the child stops, and so does the parent that
+    joins it, even one that goes past a child's failure (it would spawn another child to do it again). The
+    parent's resume drives the child again, whose step is in doubt, for a human."""
+    from castor import AgentRegistry, castor_agent
+    from castor.lib import join, spawn
+
+    registry = AgentRegistry()
+
+    @castor_agent("sender", registry=registry)
+    async def sender() -> str:
+        return str(await tool("send", to="bob"))
+
+    async def parent() -> str:
+        for _ in range(2):
+            try:
+                return str(await join(await spawn("sender")))
+            except Exception:  # goes past a failed child, and tries again
+                continue
+        return "gave up"
+
+    backend = memory_backend()
+    _losing_the_record(backend, "send")
+    kernel = Castor(tools=[send], store=backend, agent_registry=registry)
+    with pytest.raises(OutcomeUnknownError):
+        await kernel.run(parent, pid="parent", speculative=True)
+    assert SENT == ["bob"]
+    stored = await backend.runs.load("parent")
+    assert stored is not None and (stored.status, stored.preemption_reason) == ("PREEMPTED", "store unavailable")
+    resumed = await kernel.run(parent, checkpoint=stored, speculative=True)
+    assert resumed.status == "SUSPENDED_FOR_HITL" and SENT == ["bob"]

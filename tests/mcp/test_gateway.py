@@ -375,3 +375,31 @@ async def test_a_client_cannot_drive_another_agents_run(db: str, log: Path, oper
     assert after == before
     assert await operator.approvals.decision("waits-too", 1) is None  # still waits for a human
     assert lines(log) == 1  # the owner's approved call only
+
+
+async def test_a_call_whose_record_the_store_lost_is_an_error_and_the_session_goes_on(
+    db: str, log: Path, operator: Backend
+) -> None:
+    """The store refuses a call's record once the tool ran (the disk full, Redis gone for a moment): the
+    client is told the outcome is unknown, the run stops resumable, and the session serves the next call.
+    A destructive call's claim stays: its retry finds it in doubt, for a human, and it never runs twice."""
+    from castor.errors import BackendUnavailable
+
+    gw = gateway(db, speculative=True)
+    append, refused = gw.kernel.backend.journal.append, []
+
+    async def away_once(run_id: str, step: int, record: Any) -> None:
+        if record.tool_name == "append_line" and not refused:
+            refused.append(step)
+            raise BackendUnavailable("the disk is full")
+        await append(run_id, step, record)
+
+    gw.kernel.backend.journal.append = away_once  # type: ignore[method-assign]
+    async with Client(build_server(gw)) as client:
+        lost = await client.call_tool("append_line", {"text": "once"})
+        after = await client.call_tool("add", {"a": 2, "b": 2})
+    await gw.close()
+    assert lost.is_error and "OutcomeUnknownError" in text(lost) and "the disk is full" in text(lost)
+    assert text(after) == "4"
+    assert log.read_text().splitlines() == ["once"]  # it ran once
+    assert [r.request["tool_name"] for r in await operator.journal.history("session-1")] == ["add"]
