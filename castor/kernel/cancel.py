@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from castor._terminal import CANCELLED, cancelled, save_run
 from castor.checkpoint import FINISHED, AgentCheckpoint
 from castor.errors import ConfigError, RunBusyError, RunNotFoundError
-from castor.kernel.children import top_run
+from castor.kernel.children import top_run, unjoined
 from castor.kernel.claims import DRIVE_STEP, applies_a_decision, claim_drive, holder_gone, new_holder
 from castor.seams import Backend, Decision
 
@@ -91,7 +91,25 @@ async def mark_cancelled(backend: Backend, header: AgentCheckpoint, by: str) -> 
         if stored is not None and stored.status == "SUSPENDED_FOR_HITL":
             stored.syscall_log = await backend.journal.history(child.pid)  # the store counts steps on save
             await save_run(backend, _stop(stored, {"by": by, "parent": header.pid}))
+    await _stop_running_children(backend, header, by)
     return Cancelled(decided if decided is not None and decided.outcome == "approve" else None)
+
+
+async def _stop_running_children(backend: Backend, header: AgentCheckpoint, by: str) -> None:
+    """Store the child agents the cancelled run left running (its drive's process died while they ran) as
+    cancelled with it: a call of theirs its dead coordinator left on a queue then starts nothing (a worker's
+    claim reads the run stopped). Like a waiting child's, their rows follow the parent: its resume drives
+    them again."""
+    parents = [header]
+    while parents:
+        parent = parents.pop()
+        for pid in unjoined(parent):
+            stored = await backend.runs.load(pid)
+            if stored is None or stored.status != "RUNNING":
+                continue
+            stored.syscall_log = await backend.journal.history(pid)  # the store counts steps on save
+            if await save_run(backend, _stop(stored, {"by": by, "parent": parent.pid})):
+                parents.append(stored)
 
 
 def _stop(run: AgentCheckpoint, payload: dict[str, str]) -> AgentCheckpoint:

@@ -50,6 +50,14 @@ def _unjoined(log: list[Any], handle: str) -> bool:
     return spawned and not joined
 
 
+def unjoined(cp: AgentCheckpoint) -> list[str]:
+    """The handles (pids) of the child agents run ``cp`` spawned and has not joined: those its header holds,
+    and those only its journal does (its process died before the header was saved again)."""
+    spawned = [r.response for r in cp.syscall_log if r.tool_name == "spawn" and isinstance(r.response, str)]
+    joined = {(r.request.get("arguments") or {}).get("handle") for r in cp.syscall_log if r.tool_name == "join"}
+    return [handle for handle in dict.fromkeys([*cp.children, *spawned]) if handle not in joined]
+
+
 async def top_run(backend: Backend, pid: str) -> AgentCheckpoint | None:
     """The stored run that drives ``pid``: itself, or for a child agent the top of its parents (its budget
     pays for the child's calls, and a cancel of the child stops it); None if the store holds no ``pid``."""

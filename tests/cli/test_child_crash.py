@@ -120,3 +120,10 @@ def test_a_cancel_of_the_child_after_the_crash_cancels_the_run_that_drives_it(tm
     shown = castor(tmp_path, "--store", store, "inspect", "boss").stdout
     assert "Status: PREEMPTED" in shown and "cancelled" in shown, shown
     assert (tmp_path / "executions.log").read_text().split() == ["parent-1", "child-1", "child-2"]
+    # The child's own row, left running by the crash, is stopped with its parent (a worker reads a fleet
+    # child's row before starting a call of it) and follows it: the parent's resume drives it again.
+    child = castor(tmp_path, "--store", store, "inspect", "boss::helper-0").stdout
+    assert "Status: PREEMPTED" in child and "Preempted: cancelled" in child, child
+    resumed = castor(tmp_path, "--store", store, "resume", "boss")
+    said = resumed.stdout + resumed.stderr
+    assert "Status: COMPLETED" in said and "Result: helped" in said, said
