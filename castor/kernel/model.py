@@ -300,18 +300,24 @@ def execute(call: Syscall) -> Awaitable[Any]:
     services = call.ctx.services
     if call.via_provider and call.models.on_pool:
         return call.models.pool_call(call)  # type: ignore[misc]  # castor.kernel.model_pool.on_pool
-    if services.backend.leased:
-        return run_claimed(call, _call_here, in_doubt=claim_lost)  # type: ignore[arg-type]
-    return _call_here(call)
+    if services.backend.leased:  # the claim's in-doubt check may make it a call made again (call.redo)
+        return run_claimed(call, _maybe_again, in_doubt=claim_lost)  # type: ignore[arg-type]
+    return _maybe_again(call) if call.redo else _call_here(call)
+
+
+async def _maybe_again(call: ModelSyscall) -> Any:
+    """``_call_here``; for a call made again after going in doubt (``call.redo``), charged again first (the
+    first call stays charged beside it)."""
+    if call.redo:
+        refused = await recharge(call)
+        if refused is not None:
+            return refused
+    return await _call_here(call)
 
 
 async def _call_here(call: ModelSyscall) -> Any:
     """Call the model, settle the reservation to the usage reported and journal request and response."""
     ctx = call.ctx
-    if call.redo:  # made again after going in doubt: the first call stays charged beside this one
-        refused = await recharge(call)
-        if refused is not None:
-            return refused
     models = call.models
     request: dict[str, Any] = call.arguments["request"]
     invoke = call.invoke
@@ -334,7 +340,12 @@ async def _call_here(call: ModelSyscall) -> Any:
         await record_failed(call, exc)
         raise
     # Settled and journaled here rather than in helpers: one coroutine frame on every live model step.
-    actual, estimated = _used(call, response, request)
+    input_tokens, output_tokens, estimated = usage_from(response, request)
+    if estimated:
+        response["usage"] = {"input_tokens": input_tokens, "output_tokens": output_tokens, "estimated": True}
+    actual = cost_of_tokens(models.prices.get(call.model), input_tokens, output_tokens)
+    if call.flat is not None:
+        actual = call.flat.add_to(actual, call.flat.cost)
     try:
         if call.charged:
             settle_in_store = getattr(ctx.budgets, "settle", None)
@@ -351,19 +362,6 @@ async def _call_here(call: ModelSyscall) -> Any:
     if type(result) is ModelResponse and not estimated and not result.tool_calls and record.response is response:
         call.typed = result
     return record.response
-
-
-def _used(call: ModelSyscall, response: dict[str, Any], request: dict[str, Any]) -> tuple[dict[str, float], bool]:
-    """What the call used, priced from the tokens its response reports (estimated from the request and the
-    answer when it reports none, and said so in the response), with a flat price's cost added; and whether
-    the tokens were estimated."""
-    input_tokens, output_tokens, estimated = usage_from(response, request)
-    if estimated:
-        response["usage"] = {"input_tokens": input_tokens, "output_tokens": output_tokens, "estimated": True}
-    actual = cost_of_tokens(call.models.prices.get(call.model), input_tokens, output_tokens)
-    if call.flat is not None:
-        actual = call.flat.add_to(actual, call.flat.cost)
-    return actual, estimated
 
 
 async def settle(call: ModelSyscall, actual: Mapping[str, float]) -> None:
