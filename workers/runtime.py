@@ -474,13 +474,16 @@ def _dropped(previous: int, job: Job, delivery: Delivery | None, policy: ToolPol
     failed, or for a run said cancelled. Cancelled: the run was cancelled while the task waited on the
     queue (its coordinator died before it could withdraw it, or the cancel landed on a run parked beside
     it): the cancel stands."""
+    if previous not in _DROPPED:  # the usual claim: nothing to show
+        return None
     message = delivery.message if delivery else "?"
     shown = kwargs_repr(job, policy.sensitive)
     if previous == DUPLICATE:
         log.warning("duplicate delivery of %s (task %s) dropped: another copy of it was taken first", shown, message)
         return Outcome(DROPPED, detail="dropped: a duplicate copy of a task taken already")
-    why = {ABANDONED: GAVE_UP, CANCELLED: "its run was cancelled"}.get(previous)
-    if why is None:
-        return None
-    log.warning("task %s of %s dropped: %s", message, shown, why)
-    return Outcome(DROPPED, detail=f"dropped: {why}")
+    log.warning("task %s of %s dropped: %s", message, shown, _DROPPED[previous])
+    return Outcome(DROPPED, detail=f"dropped: {_DROPPED[previous]}")
+
+
+_DROPPED = {DUPLICATE: "a duplicate copy of a task taken already", ABANDONED: GAVE_UP,
+            CANCELLED: "its run was cancelled"}
