@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -269,6 +269,25 @@ def test_a_workers_wait_for_replicas_asks_on_one_connection(
         scripts.close()
 
 
+def _answering(
+    scripts: Any, direct: redis.Redis, job: Any, answer: str
+) -> tuple[Callable[[float | None], bool], Callable[[], int]]:
+    """How a worker answers ``job`` (``answer``: its tool's result, or its final failure) by its
+    ``StepScripts``, given the call's deadline (``time.monotonic()``, None for none); and how many such
+    records the primary holds."""
+    from castor.checkpoint import StepFailure, new_record
+    from castor.fleet.wire import ERROR, OK, Reply
+
+    if answer == "result":
+        record = new_record({"tool_name": "lookup", "arguments": {}}, "found")
+        return (lambda until: scripts.finish(job, record, Reply(job.effect_id, 0, OK, "found"), until),
+                lambda: direct.zcard(keys.journal("w", "r")))
+    failure = StepFailure(step=0, tool_name="lookup", arguments={}, error_type="OSError", message="disk full")
+    reply = Reply(job.effect_id, 0, ERROR, None, "OSError", "disk full", True)
+    return (lambda until: scripts.fail(job, failure.model_dump_json(), reply, 60, False, until),
+            lambda: direct.llen(keys.failures("w", "r")))
+
+
 @pytest.mark.fleet  # a primary and a replica of their own
 @pytest.mark.parametrize("answer", ["result", "failure"])
 def test_a_workers_answer_goes_out_only_once_the_replica_has_its_record(
@@ -280,27 +299,18 @@ def test_a_workers_answer_goes_out_only_once_the_replica_has_its_record(
     the new primary did not have. The answer now waits until the replica has the record, written once."""
     from castor.fleet.workers._scripts import StepScripts
 
-    from castor.checkpoint import StepFailure, new_record
-    from castor.fleet.wire import ERROR, OK, Job, Reply
+    from castor.fleet.wire import Job
 
     primary_url, _, link, _ = pair
     scripts = StepScripts(primary_url, "w", replicas=1, replica_timeout=0.5)
     direct = redis.Redis.from_url(primary_url)
     job = Job("r", 0, "lookup", {}, reply_to="w:replies", token="signed-task")
-    if answer == "result":
-        recorded = lambda: direct.zcard(keys.journal("w", "r"))  # noqa: E731
-        record = new_record({"tool_name": "lookup", "arguments": {}}, "found")
-        answered = lambda: scripts.finish(job, record, Reply(job.effect_id, 0, OK, "found"))  # noqa: E731
-    else:
-        recorded = lambda: direct.llen(keys.failures("w", "r"))  # noqa: E731
-        failure = StepFailure(step=0, tool_name="lookup", arguments={}, error_type="OSError", message="disk full")
-        reply = Reply(job.effect_id, 0, ERROR, None, "OSError", "disk full", True)
-        answered = lambda: scripts.fail(job, failure.model_dump_json(), reply, 60)  # noqa: E731
+    answered, recorded = _answering(scripts, direct, job, answer)
     try:
         assert scripts.claim(job) == -1
         link.lag()
         with ThreadPoolExecutor(1) as pool:
-            answering = pool.submit(answered)
+            answering = pool.submit(answered, None)
             deadline = time.monotonic() + 10
             while not recorded() and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -326,30 +336,21 @@ def test_a_workers_answer_waits_for_the_replica_no_longer_than_the_calls_deadlin
     the outage deadline (five minutes by default; 25 s here)."""
     from castor.fleet.workers._scripts import StepScripts
 
-    from castor.checkpoint import StepFailure, new_record
-    from castor.fleet.wire import ERROR, OK, Job, Reply
+    from castor.fleet.wire import Job
 
     primary_url, _, link, _ = pair
     scripts = StepScripts(primary_url, "w", replicas=1, replica_timeout=0.3, outage=25)
     direct = redis.Redis.from_url(primary_url)
     job = Job("r", 0, "lookup", {}, reply_to="w:replies", token="signed-task")
+    answered, recorded = _answering(scripts, direct, job, answer)
     try:
         assert scripts.claim(job) == -1
         link.lag()
-        until = time.monotonic() + 1.5
         with ThreadPoolExecutor(1) as pool:
-            if answer == "result":
-                record = new_record({"tool_name": "lookup", "arguments": {}}, "found")
-                answering = pool.submit(scripts.finish, job, record, Reply(job.effect_id, 0, OK, "found"), until)
-            else:
-                failure = StepFailure(step=0, tool_name="lookup", arguments={}, error_type="OSError",
-                                      message="disk full")
-                reply = Reply(job.effect_id, 0, ERROR, None, "OSError", "disk full", True)
-                answering = pool.submit(scripts.fail, job, failure.model_dump_json(), reply, 60, False, until)
+            answering = pool.submit(answered, time.monotonic() + 1.5)
             assert answering.result(12) is True, "waited past the call's deadline"
         assert direct.xlen("w:replies") == 1  # answered once, the replica still away
-        recorded = direct.zcard(keys.journal("w", "r")) if answer == "result" else direct.llen(keys.failures("w", "r"))
-        assert recorded == 1
+        assert recorded() == 1
     finally:
         link.catch_up()
         scripts.close()
