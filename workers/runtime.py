@@ -158,7 +158,7 @@ class WorkerRuntime:
             return Outcome(REFUSED, detail=clip(refusal.reason, ERROR_WIDTH))
         if done is not None:  # the step's record answers: its response, and when it finished
             answer = Reply(job.effect_id, job.attempt, OK, done.response, finished_at=done.finished_at)
-            proc.scripts.settled(f"answer of {job.effect_id} from its record", self._answer_until(job, policy))
+            proc.scripts.settled(f"answer of {job.effect_id} from its record", self._answer_until(proc, job, policy))
             proc.loop.run(self._reply(proc, job, answer))
             return Outcome(OK, detail=result_summary(done.response, checked, policy.sensitive, "journaled already"))
         if start == _HELD:
@@ -216,7 +216,7 @@ class WorkerRuntime:
                 proc.scripts.give_back(job, delivery)
                 reply = Reply(job.effect_id, job.attempt, ERROR, None, failed.error_type, failed.message, True)
                 proc.scripts.settled(f"answer of {job.effect_id} from its recorded failure",
-                                      self._answer_until(job, policy))
+                                      self._answer_until(proc, job, policy))
                 proc.loop.run(self._reply(proc, job, reply))
                 return Outcome(ERROR, detail=failure_text(failed.error_type, failed.message, checked, policy.sensitive))
         return previous
@@ -290,7 +290,7 @@ class WorkerRuntime:
         job.finished_at = time.time()
         record = job.record(result)  # the record the kernel builds from the same call (castor.seams.ToolCall)
         reply = Reply(job.effect_id, job.attempt, OK, result, finished_at=job.finished_at)
-        until = self._answer_until(job, policy)
+        until = self._answer_until(proc, job, policy)
         if not proc.scripts.finish(job, record, reply, until):  # another record holds the step: it wins
             proc.scripts.settled(f"answer of {job.effect_id} from another record", until)
             proc.loop.run(self._finish_late(proc, job, result))
@@ -373,18 +373,19 @@ class WorkerRuntime:
         )
         reply = Reply(job.effect_id, job.attempt, ERROR, None, error_type, message, True)
         if not proc.scripts.fail(job, failure.model_dump_json(), reply, self._kept_for, if_free,
-                                 self._answer_until(job, policy)):
+                                 self._answer_until(proc, job, policy)):
             log.warning("%s: %s: %s; another delivery took the call meanwhile and answers it",
                         kwargs_repr(job, policy.sensitive), error_type, message)
             return Outcome(DROPPED, detail="dropped: another delivery took the call while its retry was refused")
         log.warning("%s: %s: %s", kwargs_repr(job, policy.sensitive), error_type, message)
         return Outcome(ERROR, detail=failure_text(error_type, message, checked, policy.sensitive))
 
-    def _answer_until(self, job: Job, policy: ToolPolicy) -> float | None:
+    def _answer_until(self, proc: WorkerProcess, job: Job, policy: ToolPolicy) -> float | None:
         """The call's deadline (``time.monotonic()``), past which its coordinator no longer waits for the
         answer and reads the journal itself: the longest an answer waits for the Redis replicas
-        (``StepScripts.settled``). None for an unsigned call, whose issue time is unknown."""
-        if not job.issued:
+        (``StepScripts.settled``). None for an unsigned call, whose issue time is unknown, and without
+        ``replicas`` (nothing waits: not worked out on every call's finish)."""
+        if not job.issued or not proc.scripts.replicas:
             return None
         left = job.issued + call_deadline(self.settings, policy.timeout, policy.retryable) - time.time()
         return time.monotonic() + left
