@@ -73,6 +73,12 @@ def fx_lost_once(run: str, step: int, kind: str = "lost") -> str:
     return _work("fx_lost_once", run, step, kind)
 
 
+def fx_queued(run: str, step: int, kind: str = "short") -> str:
+    """A non-idempotent call on a pool no worker serves until the cancel trials start one: it waits on its
+    queue while its run is cancelled, and must never run."""
+    return _work("fx_queued", run, step, kind)
+
+
 def fx_fail(run: str, step: int) -> str:
     """Always raises: the agent catches the error and goes on, as frameworks that hand a tool's error to
     their model do."""
@@ -142,6 +148,14 @@ async def beside_job() -> dict[str, Any]:
     return {"ticket": t}
 
 
+async def queued_job() -> dict[str, Any]:
+    """A call that waits on the queue of a pool with no worker (``fx_queued``), then one more call."""
+    t = await tool("fx_ticket")
+    await tool("fx_queued", run=t, step=1, kind="short")
+    await tool("fx_once", run=t, step=2, kind="short")
+    return {"ticket": t}
+
+
 async def poison_job() -> dict[str, Any]:
     """Kills the process that drives it, on every resume: only a quarantine ends it."""
     t = await tool("fx_ticket")
@@ -150,4 +164,5 @@ async def poison_job() -> dict[str, Any]:
 
 
 IDEMPOTENT = frozenset({"fx_idem", "fx_lost_idem"})
-POOLS = {"fa": ["fx_ticket", "fx_idem", "fx_lost_idem", "fx_fail"], "fb": ["fx_once", "fx_remove", "fx_lost_once"]}
+POOLS = {"fa": ["fx_ticket", "fx_idem", "fx_lost_idem", "fx_fail"], "fb": ["fx_once", "fx_remove", "fx_lost_once"],
+         "fq": ["fx_queued"]}

@@ -27,6 +27,7 @@ AGENTS = Path(__file__).resolve().parent / "_faults_agents.py"
 CASTOR = [sys.executable, "-m", "castor"]
 PREFIX, QUEUES = "faults", "faultsq"
 WORKERS, COORDINATORS = ("fa", "fb"), ("co-1", "co-2")
+SPARE = ("fq",)  # pools no worker serves until a trial starts one (``start_spare``): calls wait on their queue
 RESTART_DELAY = 1.0  # s before the supervisor restarts a process (systemd's RestartSec)
 REPLY_GRACE = 30.0  # s a coordinator waits for a reply past a call's timeout (README: its deadline)
 
@@ -77,6 +78,7 @@ class FaultFleet:
     exits: list[Exit] = field(default_factory=list)
     planned: set[str] = field(default_factory=set)
     redis_proc: subprocess.Popen[bytes] | None = None
+    retired: set[str] = field(default_factory=set)  # spare workers stopped for good: the supervisor leaves them
 
     def __post_init__(self) -> None:
         self.url = f"redis://127.0.0.1:{self.port}/0"
@@ -152,7 +154,7 @@ class FaultFleet:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def _args(self, name: str) -> list[str]:
-        if name in WORKERS:
+        if name in WORKERS or name in SPARE:
             return ["worker", "--config", str(self.config), "--pool", name, "--fast-start", "--loglevel", "INFO"]
         return ["coordinator", "--config", str(self.config), "--name", name, "--lease", str(self.timing.lease),
                 "--concurrency", "20", "--grace", "5"]
@@ -196,8 +198,41 @@ class FaultFleet:
 
     def _restart(self, name: str) -> None:
         with self._lock:
-            if not self._stop.is_set() and name not in self.procs:
+            if not self._stop.is_set() and name not in self.procs and name not in self.retired:
                 self._spawn(name)
+
+    def start_spare(self, name: str) -> int:
+        """Start the worker of a spare pool (supervised from then on); returns once it is ready, with the
+        length its log had before it started (what it prints from then on follows)."""
+        with self._lock:
+            self.retired.discard(name)
+            before = len(self.log(name))
+            proc = self._spawn(name)
+        deadline = time.monotonic() + 60
+        while " ready." not in self.log(name)[before:]:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not start: {self.log(name)[-3000:]}")
+            time.sleep(0.05)
+        return before
+
+    def retire(self, name: str) -> None:
+        """Stop a spare pool's worker (SIGTERM, a warm shutdown) for good, and wait until it is gone."""
+        with self._lock:
+            self.retired.add(name)
+            proc = self.procs.get(name)
+            if proc is None:
+                return
+            self.planned.add(name)
+            proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+    def queue_length(self, pool: str) -> int:
+        """How many tasks wait on ``pool``'s queue (the broker's list, its key carrying the queue prefix)."""
+        return int(self.redis.llen(f"{QUEUES}:{QUEUES}.{pool}"))
 
     def exits_since(self, since: float) -> list[Exit]:
         """The exits seen since ``since`` (a ``time.time()``)."""

@@ -250,12 +250,13 @@ def _judge_run(row: Row, pid: str, status: str, data: dict[str, Any], before: li
                finishes: Counter[tuple[str, int, str]]) -> None:
     error = str(data.get("error") or data.get("preemption_reason") or "")
     quarantined = status == "FAILED" and any(w in error.lower() for w in ("quarantin", "taken over"))
-    row.outcomes["quarantined" if quarantined else status] += 1
+    cancelled = status == "PREEMPTED" and data.get("preemption_reason") == "cancelled"
+    row.outcomes["quarantined" if quarantined else "cancelled" if cancelled else status] += 1
     if status not in (*ENDED, "IN_DOUBT"):
         row.problems.append(f"run {pid} did not end: {status}")
     elif status == "FAILED" and not error:
         row.problems.append(f"run {pid} FAILED without a reason")
-    elif status in ("FAILED", "PREEMPTED"):
+    elif status in ("FAILED", "PREEMPTED") and not cancelled:
         row.notes.append(f"run {pid} {status}: {error[:160]}")
     log = data.get("syscall_log") or []
     ticket = str(log[0]["response"]) if log and isinstance(log[0].get("response"), str) else ""
@@ -290,15 +291,15 @@ def counted(lines: list[str]) -> list[str]:
 
 def table(rows: list[Row]) -> str:
     """The table the harness prints, and under it why each failing row fails."""
-    head = ("fault", "trials", "non-idem max", "idem effects", "done/doubt/quar/failed", "lost", "workers dead",
-            "holds", "time")
+    head = ("fault", "trials", "non-idem max", "idem effects", "done/doubt/quar/cancel/failed", "lost",
+            "workers dead", "holds", "time")
     cells = [head]
     for r in rows:
         low, high = min(r.idem, default=0), max(r.idem, default=0)
         idem = "-" if not r.idem else (f"{low}" if low == high else f"{low}-{high}")
         o = r.outcomes
-        ended = f"{o['COMPLETED']}/{o['IN_DOUBT']}/{o['quarantined']}/{o['FAILED'] + o['PREEMPTED']}"
-        left = r.runs - sum(o[k] for k in ("COMPLETED", "IN_DOUBT", "quarantined", "FAILED", "PREEMPTED"))
+        ended = f"{o['COMPLETED']}/{o['IN_DOUBT']}/{o['quarantined']}/{o['cancelled']}/{o['FAILED'] + o['PREEMPTED']}"
+        left = r.runs - sum(o[k] for k in ("COMPLETED", "IN_DOUBT", "quarantined", "cancelled", "FAILED", "PREEMPTED"))
         ended += f" ({left} not ended)" if left else ""
         dead = f"{r.dead}" + (f" ({r.restarted} restarted)" if r.restarted else "")
         cells.append((r.fault, str(r.trials), str(r.once_max), idem, ended, str(r.lost), dead,

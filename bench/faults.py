@@ -8,14 +8,16 @@ private config in a temporary directory, and plays their supervisor: a process t
 as systemd or compose would. It drives runs with ``castor submit`` / ``approve`` / ``resume`` and reads
 them with ``castor ps`` / ``approvals`` / ``inspect --json``; their tools record each start and finish
 to a file. Faults: a worker or a coordinator SIGKILLed mid-tool, Redis restarted mid-tool (clean and
-SIGKILL), ``approve`` and ``resume`` at once, a run whose agent kills its coordinator, forged and
+SIGKILL), ``approve`` and ``resume`` at once, a cancel while a run's call waits on its pool's queue (its
+coordinator alive, or SIGKILLed first), a run whose agent kills its coordinator, forged and
 malformed broker messages (each must be listed by ``castor deadletters``, then purged), and in full mode
 Redis down for longer than a call's deadline. Independent trials run at once (``docs/reliability.md``).
 
 A row holds when: a non-idempotent tool ran at most once per step; an idempotent step completed exactly
 once; every run ended (COMPLETED, FAILED with a reason, or waiting for a human on a call in doubt, and
 only one that may really be lost); no journaled step was lost; no worker died (exit 0: a supervisor
-would not restart it). Plus each fault's own promise (a forged message changes nothing). The exit code
+would not restart it). Plus each fault's own promise (a forged message changes nothing; a cancelled run's
+queued call never runs). The exit code
 is 1 when a row fails. ``docs/reliability.md`` explains the table.
 """
 
@@ -33,13 +35,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from bench._faults_cancel import cancel_rows
 from bench._faults_crash import crash_rows, poison_rows, race_rows
 from bench._faults_fleet import FaultFleet, Timing
 from bench._faults_forge import clean_queues, deadletter_rows, forge_rows
 from bench._faults_lost import outage_rows, worker_rows
 from bench._faults_observe import Plan, Row, table
 
-FAULTS = ("approve", "worker", "coordinator", "redis", "poison", "forged", "outage")
+FAULTS = ("approve", "worker", "coordinator", "redis", "cancel", "poison", "forged", "outage")
 SLOW = ("outage",)  # left out of quick mode unless --faults names them
 QUICK = Timing(short=0.3, long=4.0, lease=1.5, outage=2.5)
 FULL = Timing(short=0.5, long=10.0, lease=3.0, outage=4.0)
@@ -93,6 +96,7 @@ def run(args: argparse.Namespace, rows: list[Row]) -> None:
             rows += races + worker
             clean_queues(fleet)  # what a poison pill left (if a worker failed to refuse it)
             rows += crash_rows(fleet, plan, chosen)
+            rows += cancel_rows(fleet, plan, chosen)
             rows += poison_rows(fleet, plan, chosen)
             rows += outage_rows(fleet, plan, chosen)
             rows += forged + deadletter_rows(fleet, chosen, sent)
@@ -124,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
 
 LEGEND = """
 Columns: non-idem max, the most times a non-idempotent tool ran for one step (1 holds); idem effects, the
-journaled effects of an idempotent tool per step (1 holds); done/doubt/quar/failed, how the runs ended:
-completed, in doubt (sent to a human: what a worker killed mid-call must give), quarantined, failed;
+journaled effects of an idempotent tool per step (1 holds); done/doubt/quar/cancel/failed, how the runs ended:
+completed, in doubt (sent to a human: what a worker killed mid-call must give), quarantined, cancelled, failed;
 lost, finished effects missing from the journal; workers dead, pools a forged message stopped. A row
 holds when each is what its fault promises; docs/reliability.md says what each row checks."""
 
