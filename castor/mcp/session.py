@@ -29,6 +29,7 @@ from castor.lib import tool
 from castor.results import SyscallResult, wrap
 
 KEY_ENTRY = "castor-mcp-key"  # the kind of context_history entry that maps an idempotency key to its step
+UNKNOWN_ENTRY = "castor-mcp-unknown"  # the kind of entry that keeps the step of a call whose outcome is unknown
 AGENT = "mcp_session"  # the agent of a session's run, as the store names it (``Session._agent`` names it so)
 
 
@@ -71,6 +72,16 @@ class Options:
     decide_flags: str = ""  # the store (and executor) options ``castor approve`` needs, for the progress text
 
 
+def kept_unknown(cp: AgentCheckpoint) -> tuple[int, str, None] | None:
+    """The call whose outcome is unknown that the run's header keeps at its next step, if any: (step, tool,
+    None). An entry of an earlier step is stale (the step was journaled since)."""
+    step = len(cp.syscall_log)
+    for entry in reversed(cp.context_history):
+        if isinstance(entry, dict) and entry.get("role") == UNKNOWN_ENTRY and entry.get("step") == step:
+            return step, str(entry.get("tool")), None
+    return None
+
+
 class Session:
     """The run of one MCP session; its calls are issued one at a time, in order."""
 
@@ -85,6 +96,10 @@ class Session:
         self.drive: runner.CastorTask | None = None
         self.last_used = time.monotonic()
         self.vetted = False  # the store's run of this pid was found to be none or a session's (refuse_foreign)
+        # The call whose record the store lost once it acted (step, tool, arguments; None: any, as kept on the
+        # run's header): its step is kept for its retry, which its claim settles (in doubt, for a human) or runs
+        # again (a call nothing claims).
+        self.unknown: tuple[int, str, dict[str, Any] | None] | None = None
 
     # --- the run's agent -------------------------------------------------------------------------
 
@@ -101,6 +116,7 @@ class Session:
             ctx = active_run()
             for record in list(ctx.checkpoint.syscall_log):
                 await tool(str(record.request["tool_name"]), **dict(record.request.get("arguments") or {}))
+            self.unknown = self.unknown or kept_unknown(ctx.checkpoint)  # this gateway's, else one a gateway kept
             ready.set_result(ctx)
             await hold
 
@@ -111,6 +127,9 @@ class Session:
         """Issue one call in the run's context, from the caller's task (no hop to the drive's task: the
         syscall path is the same); None when it suspended the run."""
         step = ctx.next_step
+        refused = self._unsettled(ctx.checkpoint, step, name, arguments)
+        if refused is not None:
+            return refused
         if key is not None:
             await self._remember(ctx.checkpoint, key, step)
         token = current_run.set(ctx)
@@ -123,6 +142,10 @@ class Session:
             # The call may have acted and its record could not be journaled: the drive stops with it (the run
             # resumable), the client is told, and the session goes on. The key still names the step: a
             # retry finds its record, or its claim in doubt.
+            self.unknown = (step, name, dict(arguments))
+            # Kept on the header too (its tool, not its arguments, which may be sensitive), saved as the drive
+            # ends if the store takes it: a gateway started again keeps the step for the retry as well.
+            ctx.checkpoint.context_history.append({"role": UNKNOWN_ENTRY, "step": step, "tool": name})
             self.hold.set_exception(carried)
             return Outcome(self.pid, step, error=f"{type(carried.error).__name__}: {carried.error}")
         except Exception as exc:  # the tool raised: the client gets it, the session goes on
@@ -137,6 +160,26 @@ class Session:
             current_run.reset(token)
         log = ctx.checkpoint.syscall_log
         return Outcome(self.pid, step, result, needs_review=step < len(log) and log[step].needs_review)
+
+    def _unsettled(self, cp: AgentCheckpoint, step: int, name: str, arguments: dict[str, Any]) -> Outcome | None:
+        """Refuse a call that would take the step of a call whose outcome is unknown (``self.unknown``): that
+        call would be journaled nowhere, and its retry, at a new step, would be asked of a human as a call
+        that never ran (run again at once, speculative). Its retry takes the step; so does any call once the
+        step is journaled (another gateway's drive settled it)."""
+        if self.unknown is None:
+            return None
+        lost, tool_name, lost_arguments = self.unknown
+        if lost != step or (name == tool_name and lost_arguments in (None, arguments)):
+            self.unknown = None
+            cp.context_history[:] = [e for e in cp.context_history
+                                     if not (isinstance(e, dict) and e.get("role") == UNKNOWN_ENTRY)]
+            return None
+        return Outcome(self.pid, step, error=(
+            f"{name} was not issued: step {step} of run {self.pid} holds {tool_name}, whose outcome is unknown "
+            f"(it was called, and the store lost its record); retry {tool_name} with the same arguments first: "
+            "its retry is answered from what the store holds, asks a human if it may have run, or runs it if "
+            "nothing claimed it"
+        ))
 
     def _abandon(self, cp: AgentCheckpoint, key: str | None, step: int) -> None:
         """End the drive after a call that left no record; its key no longer names the step (another call
@@ -340,5 +383,6 @@ class Session:
         drive, self.drive = self.drive, None
         if drive is not None and not drive.done:
             drive.preempt(reason)
-            with contextlib.suppress(BaseException):  # the preemption itself: the run is persisted
+        if drive is not None:
+            with contextlib.suppress(BaseException):  # the preemption itself, or how the drive ended (persisted)
                 await drive

@@ -377,15 +377,11 @@ async def test_a_client_cannot_drive_another_agents_run(db: str, log: Path, oper
     assert lines(log) == 1  # the owner's approved call only
 
 
-async def test_a_call_whose_record_the_store_lost_is_an_error_and_the_session_goes_on(
-    db: str, log: Path, operator: Backend
-) -> None:
-    """The store refuses a call's record once the tool ran (the disk full, Redis gone for a moment): the
-    client is told the outcome is unknown, the run stops resumable, and the session serves the next call.
-    A destructive call's claim stays: its retry finds it in doubt, for a human, and it never runs twice."""
+def _losing_its_record_once(gw: Gateway) -> None:
+    """The store refuses the first ``append_line`` record once the tool ran (the disk full, Redis gone for a
+    moment)."""
     from castor.errors import BackendUnavailable
 
-    gw = gateway(db, speculative=True)
     append, refused = gw.kernel.backend.journal.append, []
 
     async def away_once(run_id: str, step: int, record: Any) -> None:
@@ -395,11 +391,74 @@ async def test_a_call_whose_record_the_store_lost_is_an_error_and_the_session_go
         await append(run_id, step, record)
 
     gw.kernel.backend.journal.append = away_once  # type: ignore[method-assign]
+
+
+async def test_a_call_whose_record_the_store_lost_is_an_error_and_its_retry_is_in_doubt(
+    db: str, log: Path, operator: Backend
+) -> None:
+    """The client is told the outcome is unknown and the run stops resumable. The destructive call's claim
+    stays: its retry finds it in doubt and waits for a human (never run again by itself); decided, the
+    session goes on."""
+    gw = gateway(db, speculative=True)
+    _losing_its_record_once(gw)
     async with Client(build_server(gw)) as client:
         lost = await client.call_tool("append_line", {"text": "once"})
+        human = asyncio.create_task(decide_when_waiting(operator, "session-1", "reject", "it ran: leave it"))
+        retried = await client.call_tool("append_line", {"text": "once"})
+        await human
         after = await client.call_tool("add", {"a": 2, "b": 2})
     await gw.close()
     assert lost.is_error and "OutcomeUnknownError" in text(lost) and "the disk is full" in text(lost)
+    assert retried.is_error and "it ran: leave it" in text(retried)
     assert text(after) == "4"
     assert log.read_text().splitlines() == ["once"]  # it ran once
-    assert [r.request["tool_name"] for r in await operator.journal.history("session-1")] == ["add"]
+    assert [r.request["tool_name"] for r in await operator.journal.history("session-1")] == ["append_line", "add"]
+
+
+async def test_a_call_whose_outcome_is_unknown_keeps_its_step_from_another_call(
+    db: str, log: Path, operator: Backend
+) -> None:
+    """Another call after the lost one is refused, naming the call to retry: had it taken the lost call's
+    step, the lost call would be journaled nowhere, and its retry, a new step, would ask a human to approve
+    it as if it had never run (or, speculative, run it again)."""
+    gw = gateway(db, speculative=True)
+    _losing_its_record_once(gw)
+    async with Client(build_server(gw)) as client:
+        lost = await client.call_tool("append_line", {"text": "once"})
+        other = await client.call_tool("add", {"a": 2, "b": 2})
+        human = asyncio.create_task(decide_when_waiting(operator, "session-1", "reject", "it ran"))
+        retried = await client.call_tool("append_line", {"text": "once"})
+        await human
+    await gw.close()
+    assert lost.is_error and "OutcomeUnknownError" in text(lost)
+    assert other.is_error and "append_line" in text(other) and "step 0" in text(other), text(other)
+    assert retried.is_error and "it ran" in text(retried)
+    assert log.read_text().splitlines() == ["once"]  # never run again
+    assert [r.request["tool_name"] for r in await operator.journal.history("session-1")] == ["append_line"]
+
+
+async def test_a_gateway_started_again_keeps_the_step_of_a_call_whose_outcome_is_unknown(
+    db: str, log: Path, operator: Backend
+) -> None:
+    """The step is kept on the run's header too (its tool, never its arguments): a gateway started again
+    refuses another call at it, and the lost call's retry waits for a human."""
+    first = gateway(db, speculative=True)
+    _losing_its_record_once(first)
+    async with Client(build_server(first)) as client:
+        lost = await client.call_tool("append_line", {"text": "once"})
+    await first.close()
+    again = gateway(db, speculative=True)
+    async with Client(build_server(again)) as client:
+        other = await client.call_tool("add", {"a": 2, "b": 2})
+        human = asyncio.create_task(decide_when_waiting(operator, "session-1", "reject", "it ran"))
+        retried = await client.call_tool("append_line", {"text": "once"})
+        await human
+        after = await client.call_tool("add", {"a": 2, "b": 2})
+    await again.close()
+    assert lost.is_error and "OutcomeUnknownError" in text(lost)
+    assert other.is_error and "holds append_line" in text(other), text(other)
+    assert retried.is_error and "it ran" in text(retried)
+    assert text(after) == "4"
+    assert log.read_text().splitlines() == ["once"]
+    header = await operator.runs.load("session-1")
+    assert header is not None and "once" not in json.dumps(header.context_history)  # no argument kept
