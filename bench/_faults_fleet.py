@@ -37,6 +37,16 @@ def spec(name: str) -> str:
     return f"{AGENTS}:{name}"
 
 
+def terminate(proc: subprocess.Popen[Any], grace: float) -> None:
+    """SIGTERM ``proc`` and wait ``grace`` seconds for it to exit; SIGKILL it if it has not."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 @dataclass
 class Exit:
     """A process of the fleet that exited: who, how, and whether the harness killed it."""
@@ -223,12 +233,7 @@ class FaultFleet:
             if proc is None:
                 return
             self.planned.add(name)
-            proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        terminate(proc, 30)
 
     def queue_length(self, pool: str) -> int:
         """How many tasks wait on ``pool``'s queue (the broker's list, its key carrying the queue prefix)."""

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._faults_crash import submit, verdict
-from bench._faults_fleet import CASTOR, PREFIX, QUEUES, ROOT, FaultFleet
+from bench._faults_fleet import CASTOR, PREFIX, QUEUES, ROOT, FaultFleet, terminate
 from bench._faults_observe import Plan, Row, journals, read_records, settle, snapshot, wait_until
 
 SAMPLE_SECRET = "change-me"
@@ -196,12 +196,7 @@ def sample_secret(forger: Forger, row: Row, pid: str) -> frozenset[str]:
             if read_records(fleet.records)[0][(ticket, 1, tool)]:
                 row.problems.append(f"a worker with {what} ran {tool} from a forged task")
         finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            terminate(proc, 15)
     return frozenset(tickets)
 
 
