@@ -146,8 +146,8 @@ class ReplyReader:
     def _deliver(self, fields: Any) -> None:
         try:
             reply = parse_reply(fields, self._secret)
-        except (ValueError, KeyError, UnicodeDecodeError) as exc:
-            log.warning("ignoring a malformed reply on %s: %s", self.stream, exc)
+        except Exception as exc:  # whatever anyone wrote there: the reader goes on for the other calls
+            log.warning("ignoring a malformed reply on %s: %s: %s", self.stream, type(exc).__name__, str(exc)[:200])
             return
         waiting = self._waiting.get(reply.effect_id)
         if waiting is None or waiting[0] != reply.attempt:

@@ -79,6 +79,9 @@ async def test_a_forged_task_and_forged_replies_cannot_end_a_live_run(
     for secret in (None, "not-the-fleet-secret"):
         fake = Reply(f"{pid}:0", 0, REFUSED, None, "TaskRefusedError", "forged", True, task_id="whatever")
         fleet.redis.xadd(stream, fake.fields(secret))  # type: ignore[arg-type]
+    # A signature of other characters than hex digits (comparing it raised, and the reader stopped reading:
+    # every call of this coordinator then waited for its deadline).
+    fleet.redis.xadd(stream, {"e": f"{pid}:0", "a": "0", "s": REFUSED, "h": "é" * 64})
     letters = (await dead_letters(fleet, "fs", before + 4))[before:]
     assert {d["headers"].get("castor_run") for d in letters} == {pid}
     cp = await asyncio.wait_for(running, 30)
@@ -172,6 +175,31 @@ async def test_the_reader_takes_only_the_signed_reply_to_the_task_it_published()
     assert future.result().result == "real"
     if reader._timer is not None:
         reader._timer.cancel()
+
+
+async def test_a_reply_malformed_in_any_way_is_ignored_and_the_reader_goes_on() -> None:
+    """A reply stream is written by workers, and by anyone who reaches it: nothing written there may stop
+    the reader (every call of its coordinator would wait for its deadline), signed or not."""
+    from castor.executors._replies import ReplyReader
+    from castor.fleet.wire import OK, Reply
+
+    for secret in ("s3cret", None):
+        reader = ReplyReader(None, "castor-test:replies:{c}", secret=secret)
+        reader._task = asyncio.get_running_loop().create_future()  # type: ignore[assignment]  # no read loop here
+        future = reader.expect("run:0", 0, deadline=30.0, task_id="run:0#0-a")
+        for fields in (
+            {"e": "run:0", "a": "0", "h": "é" * 64},  # a signature hmac cannot compare
+            {"e": "run:0", "a": "9" * 5000},  # an attempt int() refuses
+            {"e": "run:0", "i": "run:0#0-a", "r": "[" * 100_000},  # a result nested past the recursion limit
+            {"e": "run:0", "f": "soon"},
+            ["e", "run:0", "h"],  # a field without its value
+        ):
+            reader._deliver(fields)
+            assert not future.done()
+        reader._deliver(Reply("run:0", 0, OK, "real", task_id="run:0#0-a").fields(secret))
+        assert future.result().result == "real"
+        if reader._timer is not None:
+            reader._timer.cancel()
 
 
 async def test_without_a_secret_the_reader_still_takes_only_the_reply_to_its_task() -> None:
