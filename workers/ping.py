@@ -28,9 +28,12 @@ def pool_workers(settings: Settings, pool: str, timeout: float = 5.0, *, here: b
     finally:
         app.close()
     host = socket.gethostname()
+    # Anyone who reaches the broker can answer too: an answer of another shape counts for nobody (it once
+    # raised, and the health check failed a healthy worker).
     nodes = [
         node for node, queues in replies.items()
-        if any(isinstance(q, dict) and q.get("name") == queue for q in queues or [])
+        if isinstance(node, str) and isinstance(queues, list)
+        and any(isinstance(q, dict) and q.get("name") == queue for q in queues)
         and (not here or node.rpartition("@")[2] == host)
     ]
     return sorted(nodes)

@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from castor.settings import Settings
+
 from .conftest import ROOT, Fleet
 
 
@@ -38,3 +42,19 @@ def test_ping_fails_in_one_line_when_no_worker_consumes_the_pool(fleet: Fleet, t
 def test_ping_refuses_an_unknown_pool(fleet: Fleet) -> None:
     done = ping(fleet, "--pool", "nope")
     assert done.returncode == 1 and "unknown pool 'nope'" in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_answers_of_another_shape_count_for_no_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anyone who reaches the broker may answer the health check's question: an answer that is not a list of
+    queues counts for nobody, and the check still finds the worker that answered rightly."""
+    import socket
+
+    from castor.fleet.workers import ping as ping_module
+
+    settings = Settings()
+    queue = settings.queue_of("default")
+    host = socket.gethostname()
+    answers = {f"forged@{host}": 5, f"odd@{host}": None, f"text@{host}": "queues", f"items@{host}": [7, "x"],
+               f"real@{host}": [{"name": queue}]}
+    monkeypatch.setattr(ping_module, "_active_queues", lambda *_: answers)
+    assert ping_module.pool_workers(settings, "default") == [f"real@{host}"]
