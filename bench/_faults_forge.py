@@ -202,10 +202,12 @@ def sample_secret(forger: Forger, row: Row, pid: str) -> frozenset[str]:
 
 def run_later(forger: Forger, row: Row, pid: str) -> frozenset[str]:
     """Copies of the live run's task asking to run later (an ``eta``, which Celery holds in the worker's
-    memory unchecked until then): 20 unsigned ones due in half a minute, and the genuine signed one due in
-    an hour. Each must be dead-lettered at once, not held."""
+    memory unchecked until then): 20 unsigned ones due in half a minute, one whose token holds characters
+    other than ASCII (checking it raised out of the worker's consumer: the worker exited 0), and the genuine
+    signed one due in an hour. Each must be dead-lettered at once, not held."""
     soon = (datetime.now(UTC) + timedelta(seconds=30)).isoformat()
     ids = [forger.push(forged_task(forger, token=None), eta=soon, retries=1) for _ in range(20)]
+    ids.append(forger.push(forged_task(forger, token="é" * 64), eta=soon, retries=1))
     far = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     ids.append(forger.push(forged_task(forger), eta=far, retries=1))
     letters = forger.refused(row, ids)

@@ -90,3 +90,11 @@ def secret_proof(secret: str) -> str:
     """A value that tells whether two processes hold the same secret and says nothing of it (an HMAC of a
     constant under it): coordinators leave theirs in Redis, a worker compares its own at start."""
     return hmac.new(secret.encode(), b"castor: the fleet's signing secret", hashlib.sha256).hexdigest()[:32]
+
+
+def digests_match(expected: object, given: object) -> bool:
+    """Whether ``given`` (whatever a message, a header or a form carried) is the text ``expected``, compared
+    in constant time; never raises. ``hmac.compare_digest`` raises ``TypeError`` on a string with a character
+    other than ASCII, which anyone who can write a message can send: such a value matches nothing."""
+    return (isinstance(expected, str) and isinstance(given, str) and expected.isascii() and given.isascii()
+            and hmac.compare_digest(expected, given))

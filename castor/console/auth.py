@@ -20,6 +20,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from castor._secret import digests_match
 from castor.kernel.approvals import default_user
 from castor.settings._console import ConsoleSection, Role, at_least, decides
 
@@ -129,7 +130,7 @@ def new_csrf() -> str:
 
 def csrf_ok(cookie: str | None, submitted: str | None) -> bool:
     """Whether the submitted token matches the cookie (both present)."""
-    return bool(cookie) and bool(submitted) and hmac.compare_digest(str(cookie), str(submitted))
+    return bool(cookie) and bool(submitted) and digests_match(cookie, submitted)
 
 
 def is_loopback(host: str) -> bool:

@@ -36,6 +36,7 @@ from typing import Any
 
 from castor._canonical import canonical
 from castor._redact import redact
+from castor._secret import digests_match
 from castor.seams import ToolCall
 
 TASK_PREFIX = "castor.tool."
@@ -181,7 +182,7 @@ def verify(secret: str | None, job: Job) -> bool:
     """Whether ``job`` carries a token ``secret`` signed for exactly this call: every field of it."""
     if not secret or not job.token:
         return False
-    return hmac.compare_digest(sign(secret, job), job.token)
+    return digests_match(sign(secret, job), job.token)
 
 
 def kwargs_repr(call: ToolCall, sensitive: frozenset[str] | set[str]) -> str:
@@ -238,9 +239,7 @@ def parse_reply(fields: Any, secret: str | None = None) -> Reply:
     else:
         pairs = fields.items() if isinstance(fields, dict) else zip(fields[::2], fields[1::2], strict=True)
         get = {_text(k): _text(v) for k, v in pairs}
-    signature = get.get("h", "")
-    # compare_digest raises on a str of other than ASCII characters: anyone who reaches the stream may write one
-    if secret and not (signature.isascii() and hmac.compare_digest(reply_signature(secret, get), signature)):
+    if secret and not digests_match(reply_signature(secret, get), get.get("h")):
         effect, task = get.get("e", "?")[:80], get.get("i", "?")[:80]
         raise ValueError(f"reply for {effect!r} (task {task!r}) has no valid signature")
     return Reply(

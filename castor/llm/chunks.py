@@ -20,6 +20,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from castor._secret import digests_match
+
 log = logging.getLogger("castor.llm.chunks")
 MAXLEN = 10_000  # entries a chunk stream keeps (approximately): a reader that lags that far loses the oldest
 TTL = 3600  # seconds a chunk stream outlives its last write if no coordinator deletes it
@@ -107,7 +109,7 @@ class ChunkFollower:
         if task_id != self.task_id or seq != str(self.seq):
             return  # another task's (an earlier publish, a forger's), or out of order
         expected = signature(self.secret, task_id, self.seq, text, kind)
-        if not hmac.compare_digest(expected, fields.get("h", "")):
+        if not digests_match(expected, fields.get("h")):
             log.warning("ignoring a chunk on %s without a valid signature", self.key)
             return
         self.seq += 1

@@ -17,10 +17,10 @@ Nothing here imports OpenTelemetry until ``enable`` is called: ``ACTIVE`` is all
 
 from __future__ import annotations
 
-import hmac
 import os
 from typing import Any
 
+from castor._secret import digests_match
 from castor.errors import ConfigError
 from castor.fleet.wire import TRACE_SIGNATURE_HEADER, TRACEPARENT_HEADER, trace_signature
 
@@ -115,7 +115,7 @@ def incoming(headers: Any, token: Any) -> tuple[Any, str]:
         if not isinstance(signature, str) or not signature:
             return None, "unsigned"
         expected = trace_signature(_secret, token if isinstance(token, str) else None, parent)
-        if not hmac.compare_digest(expected, signature):
+        if not digests_match(expected, signature):
             return None, "forged"
     from opentelemetry import trace
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator

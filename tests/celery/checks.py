@@ -17,6 +17,7 @@ import castor.lib as lib
 from castor import BackendUnavailable, Castor
 from castor.backends.redis import keys
 from castor.executors._publish import Task
+from castor.fleet.wire import ToolCall, encode
 
 from .conftest import Fleet
 
@@ -95,6 +96,9 @@ POISON: list[tuple[bytes, str, dict[str, Any] | None]] = [
     (b"hello", "text/plain", None),
     (b'{"not json', "application/json", None),
     (b'{"task": "castor.tool.search", "id": "p1", "args": [], "kwargs": {}}', "application/json", {"task": None}),
+    # A whole call whose token holds characters hmac cannot compare: checking it raised, in the refusal too.
+    (json.dumps([[], {**encode(ToolCall("poison-token", 0, "search", {"query": "x"}), "", None), "token": "é" * 64},
+                 {}]).encode(), "application/json", None),
 ]
 
 

@@ -58,6 +58,8 @@ async def test_approve_from_the_page(client: Client, waiting: AgentCheckpoint, k
     assert forged.status_code == 403  # no CSRF token: no decision
     wrong = await client.http.post(f"/approvals/{waiting.pid}/decide", data={"outcome": "approve", "csrf": "x" * 32})
     assert wrong.status_code == 403
+    odd = await client.http.post(f"/approvals/{waiting.pid}/decide", data={"outcome": "approve", "csrf": "é" * 32})
+    assert odd.status_code == 403  # refused, not an error of the server (comparing it raised)
     assert (await client.state.console.backend.approvals.pending(waiting.pid))
     reply = await client.http.post(f"/approvals/{waiting.pid}/decide", data={"outcome": "approve", "csrf": csrf})
     assert reply.status_code == 303 and "approved+by+alice" in reply.headers["location"]

@@ -34,6 +34,7 @@ async def test_the_follower_takes_only_the_signed_chunks_of_its_task_in_order(
             {"i": "run:0#0-earlier", "n": "0", "k": "t", "x": "other task",
              "h": signature(SECRET, "run:0#0-earlier", 0, "other task", "t")},
             {"i": TASK, "n": "0", "k": "end", "x": "", "h": "0" * 64},  # a forged end stops nothing
+            {"i": TASK, "n": "0", "k": "t", "x": "not ascii", "h": "é" * 64},  # stopped the follower (TypeError)
         ]
         for fields in forged:
             await client.xadd(key, fields)

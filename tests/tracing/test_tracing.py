@@ -52,6 +52,8 @@ def test_a_signed_context_links_only_the_task_it_was_signed_for(exporter: InMemo
     assert tracing.incoming(None, "token-1") == (None, "absent")
     assert tracing.incoming({TRACEPARENT_HEADER: ["x"]}, "token-1") == (None, "invalid")
     assert tracing.incoming(42, "token-1") == (None, "invalid")
+    # a signature of characters hmac cannot compare (a header anyone on the broker can set): forged, not raised
+    assert tracing.incoming({**headers, TRACE_SIGNATURE_HEADER: "é" * 64}, "token-1") == (None, "forged")
 
 
 def test_outside_a_span_nothing_is_sent(exporter: InMemorySpanExporter) -> None:
