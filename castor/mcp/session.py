@@ -24,7 +24,7 @@ from typing import Any
 from castor.checkpoint import AgentCheckpoint
 from castor.errors import ConfigError, StaleLeaseError
 from castor.kernel import Castor, runner
-from castor.kernel.context import RunContext, RunEnding, Suspend, active_run, current_run
+from castor.kernel.context import RunContext, RunEnding, Suspend, active_run, current_run, outcome_unknown
 from castor.lib import tool
 from castor.results import SyscallResult, wrap
 
@@ -142,10 +142,11 @@ class Session:
             # The call may have acted and its record could not be journaled: the drive stops with it (the run
             # resumable), the client is told, and the session goes on. The key still names the step: a
             # retry finds its record, or its claim in doubt.
-            self.unknown = (step, name, dict(arguments))
-            # Kept on the header too (its tool, not its arguments, which may be sensitive), saved as the drive
-            # ends if the store takes it: a gateway started again keeps the step for the retry as well.
-            ctx.checkpoint.context_history.append({"role": UNKNOWN_ENTRY, "step": step, "tool": name})
+            if outcome_unknown(carried):
+                self.unknown = (step, name, dict(arguments))
+                # Kept on the header too (its tool, not its arguments, which may be sensitive), saved as the
+                # drive ends if the store takes it: a gateway started again keeps the step for the retry as well.
+                ctx.checkpoint.context_history.append({"role": UNKNOWN_ENTRY, "step": step, "tool": name})
             self.hold.set_exception(carried)
             return Outcome(self.pid, step, error=f"{type(carried.error).__name__}: {carried.error}")
         except Exception as exc:  # the tool raised: the client gets it, the session goes on
