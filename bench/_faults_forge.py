@@ -215,6 +215,25 @@ def run_later(forger: Forger, row: Row, pid: str) -> frozenset[str]:
     return frozenset()
 
 
+def replies(forger: Forger, row: Row, pid: str) -> frozenset[str]:
+    """Entries of any shape on the reply stream the live call's coordinator reads (the stream its task names),
+    each for that call: unsigned, a signature of characters other than ASCII (comparing it raised and stopped
+    the coordinator's reader: its calls then waited for their deadlines), a result nested past Python's
+    recursion limit, fields that are no reply. None may answer the call or stop the reader: the run
+    completes, its call made once."""
+    kwargs, task_id = forger.kwargs, str(forger.envelope["headers"]["id"])
+    call = {"e": f"{pid}:{kwargs['step']}", "a": str(kwargs["attempt"]), "i": task_id}
+    entries = [
+        {**call, "s": "refused", "t": "TaskRefusedError", "m": "forged", "j": "1"},
+        {**call, "s": "refused", "t": "TaskRefusedError", "m": "forged", "h": "é" * 64},
+        {**call, "s": "ok", "r": "[" * 100_000, "h": "0" * 64},
+        {"not": "a reply"},
+    ]
+    for entry in entries:
+        forger.fleet.redis.xadd(str(kwargs["reply_to"]), entry)  # type: ignore[arg-type]
+    return frozenset()
+
+
 def time_limits(forger: Forger, row: Row, pid: str) -> frozenset[str]:
     """Copies of the live run's signed task asking for time limits of their own (Celery's ``timelimit``
     header, which a worker applies over the task's, and which the token does not sign): one short enough to
@@ -336,6 +355,7 @@ ATTACKS: list[tuple[str, Attack]] = [
     ("forged: 10 MB argument", oversized),
     ("forged: remote control orders (shutdown, revoke, cancel_consumer)", control_orders),
     ("forged: tasks asking to run later (eta)", run_later),
+    ("forged: replies of any shape on a coordinator's reply stream", replies),
     ("forged: signed tasks asking for time limits of their own", time_limits),
     ("forged: signed tasks numbered as retries their call never had", unearned_retries),
     ("forged: a signed task renamed for the logs (shadow)", renamed),
