@@ -27,7 +27,7 @@ from castor.console.limits import BodyLimit
 from castor.console.resumer import Resumer
 from castor.console.service import Console
 from castor.console.webhook import Webhook
-from castor.errors import ConfigError, InvalidPidError, NothingPendingError, RunNotFoundError
+from castor.errors import BackendUnavailable, ConfigError, InvalidPidError, NothingPendingError, RunNotFoundError
 from castor.seams import Backend
 from castor.settings._console import ConsoleSection
 
@@ -80,7 +80,7 @@ def create_app(
         Route("/events", events), Route("/healthz", health),
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    handled = (Denied, RunNotFoundError, NothingPendingError, ConfigError, InvalidPidError)
+    handled = (Denied, RunNotFoundError, NothingPendingError, ConfigError, InvalidPidError, BackendUnavailable)
     middleware = [Middleware(BodyLimit)]  # before anything reads a body, the sign-in form included
     if castor_state.gate.open:
         # No sign-in: only loopback names may reach it, or a page of another site whose name was rebound to

@@ -9,6 +9,7 @@ from castor.console.feed import Feed
 from castor.console.service import Console
 from castor.console.webhook import Webhook
 from castor.errors import (
+    BackendUnavailable,
     ConfigError,
     InvalidPidError,
     NothingPendingError,
@@ -54,6 +55,8 @@ def error_status(exc: Exception) -> int | None:
         return 409
     if isinstance(exc, ConfigError | InvalidPidError):
         return 400
+    if isinstance(exc, BackendUnavailable):  # the store is away (Redis restarting, a disk full): try again later
+        return 503
     return None
 
 

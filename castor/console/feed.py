@@ -12,13 +12,16 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from castor.console.service import Console
+from castor.errors import BackendUnavailable
 from castor.seams import PendingApproval
 
 log = logging.getLogger("castor.console")
+SAY_EVERY = 60.0  # seconds between two warnings of a store that stays away
 NewPending = Callable[[dict[str, Any]], Awaitable[None]]
 
 
@@ -37,11 +40,18 @@ class Feed:
         self._stopping = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
+        self._unseen = False  # no first snapshot yet (the store was away at start): the next look takes it
+        self._away_since: float | None = None  # when the store last stopped answering the feed
+        self._said_at = 0.0
 
     async def start(self) -> None:
         """Take the first snapshot (calls waiting already are not announced again) and start watching."""
         self._loop = asyncio.get_running_loop()
-        self.pending, self.runs = await self._approvals(), await self._runs()
+        try:
+            self.pending, self.runs = await self._approvals(), await self._runs()
+        except BackendUnavailable as exc:  # the console starts all the same and answers 503 until it is back
+            self._unseen = True
+            self._failed(exc)
         self._task = asyncio.create_task(self._watch(), name="castor-console-feed")
 
     async def stop(self) -> None:
@@ -74,8 +84,22 @@ class Feed:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a store hiccup: say so, keep watching
-                log.warning("console feed: %s: %s", type(exc).__name__, exc)
+                self._failed(exc)
                 await self._pause()
+            else:
+                if self._away_since is not None:
+                    log.warning("console feed: the store answers again (after %.0f s)",
+                                time.monotonic() - self._away_since)
+                    self._away_since = None
+
+    def _failed(self, exc: Exception) -> None:
+        """Say the store failed: at once, then once a minute while it stays away (not at every look)."""
+        now = time.monotonic()
+        if self._away_since is None or now - self._said_at >= SAY_EVERY:
+            log.warning("console feed: %s: %s (pages and the API answer 503 meanwhile)", type(exc).__name__, exc)
+            self._said_at = now
+        if self._away_since is None:
+            self._away_since = now
 
     async def _pause(self) -> None:
         """Sleep ``interval``, or less if the feed stops meanwhile."""
@@ -99,6 +123,9 @@ class Feed:
     async def look(self) -> None:
         """Take new snapshots and announce the differences."""
         pending, runs = await self._approvals(), await self._runs()
+        if self._unseen:  # the first snapshot, late: as at a start, the calls waiting already are not announced
+            self.pending, self.runs, self._unseen = pending, runs, False
+            return
         added = await self.console.approvals([call for key, call in pending.items() if key not in self.pending])
         removed = [key for key in self.pending if key not in pending]
         changed = sorted(pid for pid, state in runs.items() if self.runs.get(pid) != state)

@@ -280,3 +280,62 @@ async def test_a_run_driven_outside_the_fleet_shows_the_process_that_drives_it(
     await backend.journal.release_claim(waiting.pid, DRIVE_STEP, "host:4242:ab")
     run = (await client.http.get(f"/api/runs/{waiting.pid}", headers=auth("bob"))).json()
     assert run["owner"] is None
+
+
+async def test_a_store_that_went_away_is_a_503_that_says_so(
+    client: Client, waiting: AgentCheckpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis restarting, a disk full: the API and the pages answer 503 with the store's own message (it was an
+    error of the server, 500, without a word)."""
+    from castor.errors import BackendUnavailable
+
+    async def away(*_args: Any, **_kwargs: Any) -> Any:
+        raise BackendUnavailable("Redis at redis://127.0.0.1:6379/0 is unavailable: connection refused")
+
+    monkeypatch.setattr(client.state.console.backend.approvals, "pending", away)
+    api = await client.http.get("/api/approvals", headers=auth("bob"))
+    assert api.status_code == 503 and "is unavailable: connection refused" in api.json()["error"]
+    page = await client.http.get("/approvals", headers=auth("bob"))
+    assert page.status_code == 503 and "is unavailable: connection refused" in page.text
+
+
+async def test_a_console_started_while_its_store_is_away_answers_503_until_it_is_back(
+    backend: Backend, store: str, waiting: AgentCheckpoint, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """It starts all the same (it stopped at start, a traceback), says so once (not at every look of its
+    feed), and its first look once the store is back announces nothing: as at any start, the calls waiting
+    already are not new."""
+    import asyncio
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="castor.console")
+
+    from castor.errors import BackendUnavailable
+    from tests.console.conftest import open_client
+
+    real, away, announced = backend.approvals.pending, [True], []
+
+    async def pending(*args: Any, **kwargs: Any) -> Any:
+        if away[0]:
+            raise BackendUnavailable("Redis at redis://127.0.0.1:6379/0 is unavailable: connection refused")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(backend.approvals, "pending", pending)
+    async for client in open_client(backend, store, poll_interval=0.05):
+        feed = client.state.feed
+        feed.publish = announced.append
+        down = await client.http.get("/api/approvals", headers=auth("bob"))
+        await asyncio.sleep(0.4)  # the feed looks every 0.05 s: eight looks while the store is away
+        said = [r.getMessage() for r in caplog.records if r.name == "castor.console"]
+        away[0] = False
+        for _ in range(200):
+            if feed.pending:
+                break
+            await asyncio.sleep(0.02)
+        up = await client.http.get("/api/approvals", headers=auth("bob"))
+    assert down.status_code == 503 and "connection refused" in down.json()["error"]
+    assert up.status_code == 200 and [row["pid"] for row in up.json()["approvals"]] == [waiting.pid]
+    assert list(feed.pending) and not [m for m in announced if m.get("event") == "approvals"]
+    assert len(said) == 1 and "connection refused (pages and the API answer 503 meanwhile)" in said[0], said
+    assert any("the store answers again" in r.getMessage() for r in caplog.records), caplog.text
