@@ -96,7 +96,8 @@ class Feed:
         """Say the store failed: at once, then once a minute while it stays away (not at every look)."""
         now = time.monotonic()
         if self._away_since is None or now - self._said_at >= SAY_EVERY:
-            log.warning("console feed: %s: %s (pages and the API answer 503 meanwhile)", type(exc).__name__, exc)
+            meanwhile = " (pages and the API answer 503 meanwhile)" if isinstance(exc, BackendUnavailable) else ""
+            log.warning("console feed: %s: %s%s", type(exc).__name__, exc, meanwhile)
             self._said_at = now
         if self._away_since is None:
             self._away_since = now
