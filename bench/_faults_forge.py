@@ -265,7 +265,9 @@ def renamed(forger: Forger, row: Row, pid: str) -> frozenset[str]:
     return frozenset()
 
 
-NOT_ENVELOPES = ["not json at all", "[1, 2]", '{"properties": {"delivery_tag": "t"}, "headers": "not an object"}']
+# The last: JSON nested past Python's recursion limit (decoding it raised RecursionError in the consumer).
+NOT_ENVELOPES = ["not json at all", "[1, 2]", '{"properties": {"delivery_tag": "t"}, "headers": "not an object"}',
+                 "[" * 100_000]
 
 
 def broken_envelopes(forger: Forger, row: Row, pid: str) -> frozenset[str]:

@@ -108,7 +108,7 @@ def harden_redis_transport(refused: Refused, max_chars: int) -> None:
             return Undecodable(text, None)
         try:
             return loads(text)
-        except (TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        except Exception as exc:  # any: JSONDecodeError (a ValueError), RecursionError on JSON nested too deep
             return Undecodable(text, exc)
 
     class Guarded(transport.Channel.Message):
@@ -117,7 +117,7 @@ def harden_redis_transport(refused: Refused, max_chars: int) -> None:
         def __init__(self, payload: Any, channel: Any = None, **more: Any) -> None:
             try:
                 super().__init__(payload, channel=channel, **more)
-            except (KeyError, TypeError, ValueError) as exc:  # binascii.Error is a ValueError
+            except Exception as exc:  # any: whatever an item anyone pushed holds, it is no message
                 raise BrokenEnvelope(f"{type(exc).__name__}: {exc}") from exc
 
     @functools.wraps(deliver)

@@ -221,6 +221,7 @@ NOT_ENVELOPES: list[str] = [
     '{"body": 1}',
     '{"properties": {"delivery_tag": "t1"}, "headers": "not an object"}',
     '{"properties": {"delivery_tag": "t2", "body_encoding": "base64"}, "body": "not base64!", "headers": {}}',
+    "[" * 100_000,  # JSON nested past Python's recursion limit: decoding it raises RecursionError, no ValueError
 ]
 
 
