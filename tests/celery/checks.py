@@ -182,6 +182,9 @@ async def refuses_control_orders(fleet: Fleet, kernel: Castor) -> None:
             mailbox = control.mailbox(connection)
             connection.Producer().publish("just a string", exchange=mailbox.exchange.name,
                                           declare=[mailbox.exchange], serializer="json")
+            if fleet.settings.broker_transport == "redis":  # the broadcast itself nested past the recursion limit
+                channel = connection.default_channel
+                channel.client.publish(channel._get_publish_topic(mailbox.exchange.name, ""), "[" * 100_000)
         asked = {"reply": True, "timeout": 2, "limit": len(fleet.workers)}
         replies = [control.revoke(task_id, terminate=True, signal="SIGKILL", **asked)]
         for pool in fleet.workers:
