@@ -15,7 +15,9 @@ reason), so Flower lists it as ``REJECTED`` with why, as it does a task the
 worker refuses once it runs (``castor.fleet.workers._shown``).
 
 The body is decoded here no more than before: ``Request`` decodes it in this process anyway (kombu keeps
-the decoded payload).
+the decoded payload). A body nested deeper than ``MAX_NESTING`` levels is refused too: a prefork pool
+pickles each request for its child, and a body nested near Python's recursion limit (about 950 levels,
+still decodable) raised ``RecursionError`` while it was pickled, after which the pool took no more tasks.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ._deadletter import DeadLetters, letter
 from ._eta import HeldRetries, scheduled_requests
 
 CONTENT_TYPE = "application/json"
+MAX_NESTING = 100  # levels of lists and objects a task body may nest: Castor's, a conversation's included, far fewer
 _OPTIONAL_TEXT = ("eta", "expires", "shadow", "root_id", "parent_id", "group", "argsrepr", "kwargsrepr")
 
 
@@ -103,7 +106,29 @@ def problem(message: Any, body: Any) -> str | None:
         return f"the body is [{_shape(args)}, {_shape(kwargs)}, ...], not [args, kwargs, embed]"
     if embed is not None and (not isinstance(embed, dict) or any(embed.values())):
         return "the body asks for callbacks, errbacks, a chain or a chord: a tool task has none"
+    if nests_deeper(message.body, payload, MAX_NESTING):
+        return f"the body nests lists and objects deeper than {MAX_NESTING} levels: no Castor task does"
     return None
+
+
+def nests_deeper(raw: Any, value: Any, limit: int) -> bool:
+    """Whether ``value`` (decoded from ``raw``, its JSON text) nests lists and objects deeper than ``limit``
+    levels. A text with fewer opening brackets cannot: most bodies are told so by two counts in C; others
+    are walked without recursion, whatever their depth."""
+    if isinstance(raw, bytes):
+        opened = raw.count(b"[") + raw.count(b"{")
+    else:
+        opened = raw.count("[") + raw.count("{") if isinstance(raw, str) else limit + 1
+    if opened <= limit:
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list | tuple))
+    return False
 
 
 def _header_problem(headers: dict[str, Any]) -> str | None:

@@ -96,6 +96,11 @@ POISON: list[tuple[bytes, str, dict[str, Any] | None]] = [
     (b"hello", "text/plain", None),
     (b'{"not json', "application/json", None),
     (b'{"task": "castor.tool.search", "id": "p1", "args": [], "kwargs": {}}', "application/json", {"task": None}),
+    # Whole calls whose arguments nest near Python's recursion limit: still decodable, a prefork pool raised
+    # RecursionError pickling them for its child and, a few of them later, took no more tasks.
+    *[(json.dumps([[], encode(ToolCall(f"poison-deep-{i}", 0, "search", {"query": "x"}), "", None), {}])
+       .replace('"arguments": {"query": "x"}', '"arguments": {"query": ' + "[" * 950 + "]" * 950 + "}").encode(),
+       "application/json", None) for i in range(4)],
     # A whole call whose token holds characters hmac cannot compare: checking it raised, in the refusal too.
     (json.dumps([[], {**encode(ToolCall("poison-token", 0, "search", {"query": "x"}), "", None), "token": "é" * 64},
                  {}]).encode(), "application/json", None),
