@@ -15,9 +15,10 @@ reason), so Flower lists it as ``REJECTED`` with why, as it does a task the
 worker refuses once it runs (``castor.fleet.workers._shown``).
 
 The body is decoded here no more than before: ``Request`` decodes it in this process anyway (kombu keeps
-the decoded payload). A body nested deeper than ``MAX_NESTING`` levels is refused too: a prefork pool
-pickles each request for its child, and a body nested near Python's recursion limit (about 950 levels,
-still decodable) raised ``RecursionError`` while it was pickled, after which the pool took no more tasks.
+the decoded payload). A body or a header nested deeper than ``MAX_NESTING`` levels is refused too: a
+prefork pool pickles each request (its headers with it) for its child, and one nested near Python's
+recursion limit (about 950 levels, still decodable) raised ``RecursionError`` while it was pickled, after
+which the pool took no more tasks.
 """
 
 from __future__ import annotations
@@ -150,6 +151,9 @@ def _header_problem(headers: dict[str, Any]) -> str | None:
     for name in _OPTIONAL_TEXT:
         if not isinstance(headers.get(name), str | None):
             return f"header {name!r} is not text"
+    # Celery pickles the headers with the request for a prefork child, as it does the body (``nests_deeper``).
+    if any(nests_deeper(None, value, MAX_NESTING) for value in headers.values() if isinstance(value, dict | list)):
+        return f"a header nests lists and objects deeper than {MAX_NESTING} levels: no Castor task's does"
     shadow = headers.get("shadow")
     if shadow and shadow != headers.get("task"):
         # Celery logs and reports a task under the name its ``shadow`` header gives: a copy of a signed task

@@ -4,6 +4,7 @@ and threads) serves the next call. ``test_amqp.py`` does the same on RabbitMQ.""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import castor.lib as lib
@@ -47,3 +48,61 @@ async def test_a_list_item_that_is_no_message_envelope_is_dead_lettered(own_flee
 
 async def test_a_compressed_task_is_refused_without_being_inflated(fleet: Fleet, kernel: Castor) -> None:
     await refuses_compressed(fleet, kernel, "fs")
+
+
+async def test_a_header_nested_near_the_recursion_limit_leaves_a_prefork_pool_serving(
+    fleet: Fleet, kernel: Castor
+) -> None:
+    """A prefork pool pickles each request, its headers with it, for its child: twenty tasks with a header
+    nested 950 levels deep (one raised while it was pickled, and a few later the pool took no more tasks)
+    are dead-lettered before Celery takes them, and the pool serves the next call."""
+    import json
+    import sys
+    import threading
+
+    from celery import Celery
+
+    from castor.backends.redis import keys
+    from castor.fleet.celery_config import celery_config
+    from castor.fleet.wire import ToolCall, encode
+
+    from .checks import dead_letters
+
+    key = keys.dead_letters(fleet.prefix, "fs")
+    before = fleet.redis.llen(key)
+    queue = fleet.settings.queue_of("fs")
+    body = json.dumps([[], encode(ToolCall("deep-header", 0, "write_note", {"name": "x", "content": "y"}), "", None),
+                       {}]).encode()
+    app = Celery("poisoner", set_as_current=False)
+    app.conf.update(celery_config(fleet.settings))
+
+    def send() -> None:  # kombu encodes the envelope recursively: this thread may go that deep
+        sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+        deep: dict[str, object] = {}
+        inner = deep
+        for _ in range(950):
+            inner["a"] = inner = {}
+        with app.connection_for_write() as connection:
+            for i in range(20):
+                connection.Producer().publish(body, exchange=queue, routing_key=queue, content_type="application/json",
+                                              content_encoding="utf-8", retry=True,
+                                              headers={"id": f"deep-{uuid.uuid4().hex[:8]}-{i}",
+                                                       "task": "castor.tool.write_note", "x": deep})
+
+    size = threading.stack_size(256 * 1024 * 1024)
+    try:
+        sender = threading.Thread(target=send)
+        sender.start()
+        sender.join()
+    finally:
+        threading.stack_size(size)
+        app.close()
+    letters = (await dead_letters(fleet, "fs", before + 20, timeout=20))[before:]
+    assert all("a header nests lists and objects deeper than" in d["reason"] for d in letters), letters
+
+    async def agent() -> object:
+        return await lib.tool("write_note", name=f"after-{uuid.uuid4().hex[:6]}", content="fine")
+
+    done = await asyncio.wait_for(kernel.run(agent), 30)
+    assert done.status == "COMPLETED", done.error
+    assert fleet.workers["fs"].poll() is None
