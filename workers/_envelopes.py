@@ -34,6 +34,7 @@ from typing import Any
 from castor.settings import Settings
 
 from ._deadletter import DeadLetters, letter
+from ._nesting import MAX_NESTING, nests_deeper
 
 log = logging.getLogger("castor.worker")
 _PATCHED = "_castor_envelopes_patched"
@@ -85,6 +86,8 @@ def envelope_problem(message: Any) -> str | None:
             return f"the broker envelope has a {name} that is not text"
     if not isinstance(message.get("body"), str | None):
         return "the broker envelope has a body that is not text"
+    if nests_deeper(None, {**message, "body": None}, MAX_NESTING):  # its properties and headers go to the pool
+        return f"the broker envelope nests lists and objects deeper than {MAX_NESTING} levels"
     return None  # a body that is not base64 fails as kombu builds the message (BrokenEnvelope), decoded once
 
 

@@ -27,9 +27,9 @@ from typing import Any
 
 from ._deadletter import DeadLetters, letter
 from ._eta import HeldRetries, scheduled_requests
+from ._nesting import MAX_NESTING, nests_deeper
 
 CONTENT_TYPE = "application/json"
-MAX_NESTING = 100  # levels of lists and objects a task body may nest: Castor's, a conversation's included, far fewer
 _OPTIONAL_TEXT = ("eta", "expires", "shadow", "root_id", "parent_id", "group", "argsrepr", "kwargsrepr")
 
 
@@ -110,26 +110,6 @@ def problem(message: Any, body: Any) -> str | None:
     if nests_deeper(message.body, payload, MAX_NESTING):
         return f"the body nests lists and objects deeper than {MAX_NESTING} levels: no Castor task does"
     return None
-
-
-def nests_deeper(raw: Any, value: Any, limit: int) -> bool:
-    """Whether ``value`` (decoded from ``raw``, its JSON text) nests lists and objects deeper than ``limit``
-    levels. A text with fewer opening brackets cannot: most bodies are told so by two counts in C; others
-    are walked without recursion, whatever their depth."""
-    if isinstance(raw, bytes):
-        opened = raw.count(b"[") + raw.count(b"{")
-    else:
-        opened = raw.count("[") + raw.count("{") if isinstance(raw, str) else limit + 1
-    if opened <= limit:
-        return False
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list | tuple))
-    return False
 
 
 def _header_problem(headers: dict[str, Any]) -> str | None:

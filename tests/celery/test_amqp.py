@@ -276,3 +276,12 @@ def test_a_worker_says_in_one_line_why_it_cannot_start(amqp_fleet: Fleet, vhost:
         line = err.strip().splitlines()[-1]
         assert line.startswith("castor: error: cannot start the worker: the broker at amqp://guest:"), line
         assert why in line and "s3cret" not in line
+
+
+async def test_a_header_nested_near_the_recursion_limit_leaves_a_prefork_pool_serving(
+    amqp_fleet: Fleet, amqp_kernel: Castor
+) -> None:
+    from .test_poison import deep_headers, flooded_then_serving
+
+    await flooded_then_serving(amqp_fleet, amqp_kernel, deep_headers(amqp_fleet),
+                               "a header nests lists and objects deeper than 100 levels")

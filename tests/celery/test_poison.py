@@ -5,12 +5,20 @@ and threads) serves the next call. ``test_amqp.py`` does the same on RabbitMQ.""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import sys
+import threading
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import castor.lib as lib
 from castor import Castor
+from castor.backends.redis import keys
+from castor.fleet.wire import ToolCall, encode
 
-from .checks import refuses_compressed, survives_broken_envelopes, survives_poison
+from .checks import dead_letters, refuses_compressed, survives_broken_envelopes, survives_poison
 from .conftest import Fleet
 
 
@@ -50,55 +58,18 @@ async def test_a_compressed_task_is_refused_without_being_inflated(fleet: Fleet,
     await refuses_compressed(fleet, kernel, "fs")
 
 
-async def test_a_header_nested_near_the_recursion_limit_leaves_a_prefork_pool_serving(
-    fleet: Fleet, kernel: Castor
-) -> None:
-    """A prefork pool pickles each request, its headers with it, for its child: twenty tasks with a header
-    nested 950 levels deep (one raised while it was pickled, and a few later the pool took no more tasks)
-    are dead-lettered before Celery takes them, and the pool serves the next call."""
-    import json
-    import sys
-    import threading
+DEEP = 950  # levels: near Python's recursion limit, still JSON a worker decodes
 
-    from celery import Celery
 
-    from castor.backends.redis import keys
-    from castor.fleet.celery_config import celery_config
-    from castor.fleet.wire import ToolCall, encode
-
-    from .checks import dead_letters
-
+async def flooded_then_serving(fleet: Fleet, kernel: Castor, send: Callable[[str], None], reason: str) -> None:
+    """``send(queue)`` puts twenty deeply nested messages on the prefork pool's queue: each is dead-lettered
+    for ``reason`` before Celery takes it, and the pool serves the next call (it stopped taking tasks: it
+    pickles each request, headers and properties with it, for its child, and pickling these raised)."""
     key = keys.dead_letters(fleet.prefix, "fs")
     before = fleet.redis.llen(key)
-    queue = fleet.settings.queue_of("fs")
-    body = json.dumps([[], encode(ToolCall("deep-header", 0, "write_note", {"name": "x", "content": "y"}), "", None),
-                       {}]).encode()
-    app = Celery("poisoner", set_as_current=False)
-    app.conf.update(celery_config(fleet.settings))
-
-    def send() -> None:  # kombu encodes the envelope recursively: this thread may go that deep
-        sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
-        deep: dict[str, object] = {}
-        inner = deep
-        for _ in range(950):
-            inner["a"] = inner = {}
-        with app.connection_for_write() as connection:
-            for i in range(20):
-                connection.Producer().publish(body, exchange=queue, routing_key=queue, content_type="application/json",
-                                              content_encoding="utf-8", retry=True,
-                                              headers={"id": f"deep-{uuid.uuid4().hex[:8]}-{i}",
-                                                       "task": "castor.tool.write_note", "x": deep})
-
-    size = threading.stack_size(256 * 1024 * 1024)
-    try:
-        sender = threading.Thread(target=send)
-        sender.start()
-        sender.join()
-    finally:
-        threading.stack_size(size)
-        app.close()
+    await asyncio.to_thread(send, fleet.settings.queue_of("fs"))
     letters = (await dead_letters(fleet, "fs", before + 20, timeout=20))[before:]
-    assert all("a header nests lists and objects deeper than" in d["reason"] for d in letters), letters
+    assert all(reason in d["reason"] for d in letters), letters
 
     async def agent() -> object:
         return await lib.tool("write_note", name=f"after-{uuid.uuid4().hex[:6]}", content="fine")
@@ -106,3 +77,71 @@ async def test_a_header_nested_near_the_recursion_limit_leaves_a_prefork_pool_se
     done = await asyncio.wait_for(kernel.run(agent), 30)
     assert done.status == "COMPLETED", done.error
     assert fleet.workers["fs"].poll() is None
+
+
+def _body() -> str:
+    return json.dumps([[], encode(ToolCall("deep", 0, "write_note", {"name": "x", "content": "y"}), "", None), {}])
+
+
+def deep_headers(fleet: Fleet) -> Callable[[str], None]:
+    """What puts twenty tasks with a header nested ``DEEP`` levels on a queue, on ``fleet``'s broker."""
+    from celery import Celery
+
+    from castor.fleet.celery_config import celery_config
+
+    def send(queue: str) -> None:  # kombu encodes the message recursively: a thread that may go that deep
+        def publish() -> None:
+            sys.setrecursionlimit(max(sys.getrecursionlimit(), 10 * DEEP))
+            deep: dict[str, Any] = {}
+            inner = deep
+            for _ in range(DEEP):
+                inner["a"] = inner = {}
+            app = Celery("poisoner", set_as_current=False)
+            app.conf.update(celery_config(fleet.settings))
+            try:
+                with app.connection_for_write() as connection:
+                    for i in range(20):
+                        connection.Producer().publish(
+                            _body().encode(), exchange=queue, routing_key=queue, content_type="application/json",
+                            content_encoding="utf-8", retry=True,
+                            headers={"id": f"deep-{uuid.uuid4().hex[:8]}-{i}", "task": "castor.tool.write_note",
+                                     "x": deep})
+            finally:
+                app.close()
+
+        size = threading.stack_size(256 * 1024 * 1024)
+        try:
+            sender = threading.Thread(target=publish)
+            sender.start()
+            sender.join()
+        finally:
+            threading.stack_size(size)
+
+    return send
+
+
+async def test_a_header_nested_near_the_recursion_limit_leaves_a_prefork_pool_serving(
+    fleet: Fleet, kernel: Castor
+) -> None:
+    # On a Redis broker the envelope holding the header is refused first; on RabbitMQ, the header itself
+    await flooded_then_serving(fleet, kernel, deep_headers(fleet), "nests lists and objects deeper than 100 levels")
+
+
+async def test_an_envelope_nested_near_the_recursion_limit_leaves_a_prefork_pool_serving(
+    fleet: Fleet, kernel: Castor
+) -> None:
+    def send(queue: str) -> None:  # queue items written as kombu's Redis transport writes one, reply_to nested
+        for i in range(20):
+            task_id = f"deep-{uuid.uuid4().hex[:8]}-{i}"
+            envelope = {
+                "body": base64.b64encode(_body().encode()).decode(), "content-encoding": "utf-8",
+                "content-type": "application/json",
+                "headers": {"id": task_id, "task": "castor.tool.write_note", "lang": "py"},
+                "properties": {"correlation_id": task_id, "reply_to": "REPLY", "delivery_mode": 2, "priority": 0,
+                               "delivery_info": {"exchange": queue, "routing_key": queue},
+                               "body_encoding": "base64", "delivery_tag": str(uuid.uuid4())},
+            }
+            text = json.dumps(envelope).replace('"REPLY"', "[" * DEEP + "]" * DEEP)
+            fleet.redis.lpush(f"{fleet.settings.broker.queue_prefix}:{queue}", text)
+
+    await flooded_then_serving(fleet, kernel, send, "the broker envelope nests lists and objects deeper than")
