@@ -34,7 +34,7 @@ from typing import Any
 from castor.settings import Settings
 
 from ._deadletter import DeadLetters, letter
-from ._nesting import MAX_NESTING, nests_deeper
+from ._nesting import MAX_NESTING, TooDeep, nests_deeper
 
 log = logging.getLogger("castor.worker")
 _PATCHED = "_castor_envelopes_patched"
@@ -68,6 +68,8 @@ def envelope_problem(message: Any) -> str | None:
     if isinstance(message, Undecodable):
         if message.error is None:
             return f"the broker envelope is {len(message.text)} characters, too big for any task: not decoded"
+        if isinstance(message.error, TooDeep):  # a prefork pool pickles its properties and headers: refused
+            return f"the broker envelope {message.error}"
         return f"the broker envelope is not JSON ({type(message.error).__name__})"
     if not isinstance(message, dict):
         return f"the broker envelope is a {type(message).__name__}, not an object"
@@ -86,8 +88,6 @@ def envelope_problem(message: Any) -> str | None:
             return f"the broker envelope has a {name} that is not text"
     if not isinstance(message.get("body"), str | None):
         return "the broker envelope has a body that is not text"
-    if nests_deeper(None, {**message, "body": None}, MAX_NESTING):  # its properties and headers go to the pool
-        return f"the broker envelope nests lists and objects deeper than {MAX_NESTING} levels"
     return None  # a body that is not base64 fails as kombu builds the message (BrokenEnvelope), decoded once
 
 
@@ -110,9 +110,12 @@ def harden_redis_transport(refused: Refused, max_chars: int) -> None:
         if isinstance(text, str | bytes) and len(text) > max_chars:
             return Undecodable(text, None)
         try:
-            return loads(text)
+            decoded = loads(text)
         except Exception as exc:  # any: JSONDecodeError (a ValueError), RecursionError on JSON nested too deep
             return Undecodable(text, exc)
+        if nests_deeper(text, decoded, MAX_NESTING):  # mostly told by counting brackets: base64 bodies have none
+            return Undecodable(text, TooDeep(f"nests lists and objects deeper than {MAX_NESTING} levels"))
+        return decoded
 
     class Guarded(transport.Channel.Message):
         """kombu's message, whose construction from a broken envelope raises ``BrokenEnvelope``."""

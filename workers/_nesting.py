@@ -11,6 +11,10 @@ from typing import Any
 MAX_NESTING = 100  # levels of lists and objects a message may nest: Castor's, a conversation's included, far fewer
 
 
+class TooDeep(ValueError):
+    """What a message nested deeper than ``MAX_NESTING`` levels is refused for."""
+
+
 def nests_deeper(raw: Any, value: Any, limit: int) -> bool:
     """Whether ``value`` (decoded from ``raw``, its JSON text) nests lists and objects deeper than ``limit``
     levels. A text with fewer opening brackets cannot: most bodies are told so by two counts in C; others
@@ -28,4 +32,12 @@ def nests_deeper(raw: Any, value: Any, limit: int) -> bool:
         if depth > limit:
             return True
         stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list | tuple))
+    return False
+
+
+def headers_nest_deeper(headers: dict[str, Any], limit: int) -> bool:
+    """Whether a header value nests deeper than ``limit`` levels (most are text, a few short lists)."""
+    for value in headers.values():
+        if type(value) in (dict, list) and value and nests_deeper(None, value, limit - 1):
+            return True
     return False

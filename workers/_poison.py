@@ -27,7 +27,7 @@ from typing import Any
 
 from ._deadletter import DeadLetters, letter
 from ._eta import HeldRetries, scheduled_requests
-from ._nesting import MAX_NESTING, nests_deeper
+from ._nesting import MAX_NESTING, headers_nest_deeper, nests_deeper
 
 CONTENT_TYPE = "application/json"
 _OPTIONAL_TEXT = ("eta", "expires", "shadow", "root_id", "parent_id", "group", "argsrepr", "kwargsrepr")
@@ -132,7 +132,7 @@ def _header_problem(headers: dict[str, Any]) -> str | None:
         if not isinstance(headers.get(name), str | None):
             return f"header {name!r} is not text"
     # Celery pickles the headers with the request for a prefork child, as it does the body (``nests_deeper``).
-    if any(nests_deeper(None, value, MAX_NESTING) for value in headers.values() if isinstance(value, dict | list)):
+    if headers_nest_deeper(headers, MAX_NESTING):
         return f"a header nests lists and objects deeper than {MAX_NESTING} levels: no Castor task's does"
     shadow = headers.get("shadow")
     if shadow and shadow != headers.get("task"):
