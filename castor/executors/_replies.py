@@ -29,6 +29,7 @@ STALL_SECONDS = 30.0  # a read that takes this much longer than its BLOCK: the c
 READ_TIMEOUT = BLOCK_MS / 1000 + STALL_SECONDS  # the reply timeout the reader's connection must keep
 RETRIES = 5  # a dropped connection is read again (nothing is lost: the stream keeps unread replies)
 IDLE_TTL = 24 * 3600  # a stream whose coordinator vanished expires instead of leaking
+SAY_EVERY = 60.0  # seconds between two warnings of replies ignored: whoever writes the stream may send many
 
 
 class ReplyReader:
@@ -54,6 +55,8 @@ class ReplyReader:
         self._task: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         self._closed = False  # the reader ends at its next turn (a cancellation alone may be lost)
+        self._ignored = 0  # replies ignored since the last warning said so
+        self._said_at = -SAY_EVERY
 
     def expect(self, effect_id: str, attempt: int, deadline: float, task_id: str = "") -> asyncio.Future[Reply]:
         """A future set when the reply for ``effect_id`` (that attempt, answering task ``task_id``) arrives,
@@ -147,19 +150,30 @@ class ReplyReader:
         try:
             reply = parse_reply(fields, self._secret)
         except Exception as exc:  # whatever anyone wrote there: the reader goes on for the other calls
-            log.warning("ignoring a malformed reply on %s: %s: %s", self.stream, type(exc).__name__, str(exc)[:200])
+            self._ignore("a malformed reply: %s: %s", type(exc).__name__, str(exc)[:200])
             return
         waiting = self._waiting.get(reply.effect_id)
         if waiting is None or waiting[0] != reply.attempt:
             return  # nobody waits (timed out), or a late reply of an earlier attempt
         if waiting[3] != reply.task_id:  # an answer to another task: a forged one, or an earlier publish
-            log.warning("ignoring a reply on %s for %s from task %r: the call waits for task %r", self.stream,
-                        reply.effect_id, reply.task_id[:80], waiting[3])
+            self._ignore("a reply for %s from task %r: the call waits for task %r", reply.effect_id,
+                         reply.task_id[:80], waiting[3])
             return
         del self._waiting[reply.effect_id]
         self._undue(reply.effect_id, waiting[2])
         if not waiting[1].done():
             waiting[1].set_result(reply)
+
+    def _ignore(self, what: str, *args: Any) -> None:
+        """Log a reply ignored: the first at once, then at most one line a ``SAY_EVERY`` saying how many more
+        (a flood of forged replies must not fill the coordinator's log)."""
+        self._ignored += 1
+        now = time.monotonic()
+        if now - self._said_at < SAY_EVERY:
+            return
+        more = f" ({self._ignored - 1} more ignored since the last such line)" if self._ignored > 1 else ""
+        log.warning(f"reply stream %s: ignoring {what}{more}", self.stream, *args)
+        self._ignored, self._said_at = 0, now
 
     def _fail_all(self, exc: BaseException) -> None:
         self._failure = exc

@@ -292,3 +292,26 @@ async def test_a_signed_task_sent_again_under_another_name_in_the_logs_runs_noth
     await asyncio.sleep(0.5)
     assert fleet.count(tag, "start") == 0
     assert "castor.tool.search[" not in fleet.log("fs")
+
+
+async def test_a_flood_of_forged_replies_is_logged_once_a_minute(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever writes a reply stream may write thousands of replies: each is ignored, and the coordinator's
+    log says so once a minute with how many, not once per reply."""
+    import logging
+    import time
+
+    from castor.executors import _replies
+    from castor.executors._replies import ReplyReader
+
+    caplog.set_level(logging.WARNING, logger="castor.replies")
+    reader = ReplyReader(None, "castor-test:replies:{c}", secret="s3cret")
+    for _ in range(50):
+        reader._deliver({"e": "run:0", "a": "0", "h": "0" * 64})
+    now = time.monotonic()
+    monkeypatch.setattr(_replies.time, "monotonic", lambda: now + _replies.SAY_EVERY + 1)
+    reader._deliver({"e": "run:0", "a": "0", "h": "é"})
+    said = [r.getMessage() for r in caplog.records if r.name == "castor.replies"]
+    assert len(said) == 2, said
+    assert "a malformed reply" in said[0] and "(49 more ignored since the last such line)" in said[1], said
