@@ -230,7 +230,7 @@ def replies(forger: Forger, row: Row, pid: str) -> frozenset[str]:
         {"not": "a reply"},
     ]
     for entry in entries:
-        forger.fleet.redis.xadd(str(kwargs["reply_to"]), entry)  # type: ignore[arg-type]
+        forger.fleet.redis.xadd(str(kwargs["reply_to"]), entry)
     return frozenset()
 
 

@@ -481,8 +481,8 @@ def _dropped(previous: int, job: Job, delivery: Delivery | None, policy: ToolPol
     shown = kwargs_repr(job, policy.sensitive)
     if previous == DUPLICATE:
         log.warning("duplicate delivery of %s (task %s) dropped: another copy of it was taken first", shown, message)
-        return Outcome(DROPPED, detail="dropped: a duplicate copy of a task taken already")
-    log.warning("task %s of %s dropped: %s", message, shown, _DROPPED[previous])
+    else:
+        log.warning("task %s of %s dropped: %s", message, shown, _DROPPED[previous])
     return Outcome(DROPPED, detail=f"dropped: {_DROPPED[previous]}")
 
 
